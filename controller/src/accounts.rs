@@ -1,0 +1,106 @@
+//! Owners (customers who schedule checks) and volunteers (people who run agents), and
+//! the secrets they authenticate with.
+//!
+//! **Architecture Invariant:** secrets are stored only as SHA-256 hashes; the plain
+//! token is shown once, when it is created. Tokens are 256 random bits, so a fast hash
+//! is enough (there is nothing to brute-force, unlike a password).
+
+use diesel::prelude::*;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::clock::now_us;
+use crate::db::schema::{owners, volunteers};
+use crate::db::DbConn;
+use crate::error::Result;
+
+/// A fresh secret with a prefix that says what it is for (`lmo_`, `lma_`, `lmv_`).
+pub fn new_secret(prefix: &str) -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("{prefix}{}", hex::encode(bytes))
+}
+
+/// The stored form of a secret.
+pub fn hash_secret(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// A customer account.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = owners)]
+pub struct Owner {
+    pub id: String,
+    pub name: String,
+    pub token_hash: String,
+    pub created_at: i64,
+}
+
+/// Creates an owner; returns it with its API token (shown only now).
+pub fn create_owner(conn: &mut DbConn, name: &str) -> Result<(Owner, String)> {
+    let name = validate_name(name)?;
+    let token = new_secret("lmo_");
+    let owner = Owner {
+        id: Uuid::new_v4().to_string(),
+        name,
+        token_hash: hash_secret(&token),
+        created_at: now_us(),
+    };
+    diesel::insert_into(owners::table).values(&owner).execute(conn)?;
+    Ok((owner, token))
+}
+
+/// The owner holding `token`, if any.
+pub fn owner_by_token(conn: &mut DbConn, token: &str) -> Result<Option<Owner>> {
+    Ok(owners::table
+        .filter(owners::token_hash.eq(hash_secret(token)))
+        .select(Owner::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// A person who runs agents.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = volunteers)]
+pub struct Volunteer {
+    pub id: String,
+    pub name: String,
+    pub enrol_key_hash: String,
+    pub created_at: i64,
+}
+
+/// Creates a volunteer; returns it with the enrolment key for its agents.
+pub fn create_volunteer(conn: &mut DbConn, name: &str) -> Result<(Volunteer, String)> {
+    let name = validate_name(name)?;
+    let key = new_secret("lmv_");
+    let volunteer = Volunteer {
+        id: Uuid::new_v4().to_string(),
+        name,
+        enrol_key_hash: hash_secret(&key),
+        created_at: now_us(),
+    };
+    diesel::insert_into(volunteers::table).values(&volunteer).execute(conn)?;
+    Ok((volunteer, key))
+}
+
+/// The volunteer whose enrolment key this is, if any.
+pub fn volunteer_by_enrol_key(conn: &mut DbConn, key: &str) -> Result<Option<Volunteer>> {
+    Ok(volunteers::table
+        .filter(volunteers::enrol_key_hash.eq(hash_secret(key)))
+        .select(Volunteer::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Trims a display name and checks it is usable.
+pub fn validate_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(crate::Error::invalid(
+            "invalid_name",
+            "name must be 1 to 200 characters",
+        ));
+    }
+    Ok(name.to_owned())
+}

@@ -1,0 +1,135 @@
+//! Enrolled probe agents: enrolment, heartbeats, and which agents are online where.
+//!
+//! **Architecture Invariant:** an agent's location (country, region, city, ASN) comes
+//! from the address the controller sees it connect from, resolved by [`crate::geo`];
+//! nothing the agent says about itself is used for it. The handler resolves the
+//! address and passes the [`Location`] in; this module only stores it.
+
+use std::net::IpAddr;
+
+use diesel::prelude::*;
+use lastmile_protocol::{ConnectionClass, EnrolRequest, EnrolResponse, Heartbeat, Location};
+use uuid::Uuid;
+
+use crate::accounts::{self, hash_secret, new_secret};
+use crate::clock::{now_us, Micros};
+use crate::db::schema::agents;
+use crate::db::DbConn;
+use crate::error::{Error, Result};
+
+/// An agent as stored.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = agents)]
+pub struct Agent {
+    pub id: String,
+    pub volunteer_id: String,
+    pub name: String,
+    pub token_hash: String,
+    pub declared_class: String,
+    pub version: String,
+    pub max_concurrent: i32,
+    pub ip: String,
+    pub country: Option<String>,
+    pub region: Option<String>,
+    pub city: Option<String>,
+    pub asn: Option<i64>,
+    pub as_org: Option<String>,
+    pub enrolled_at: i64,
+    pub last_heartbeat_at: Option<i64>,
+}
+
+impl Agent {
+    /// The class selection and reports use. Until calibration exists (measurement
+    /// fidelity issue) this is the declared class.
+    pub fn connection_class(&self) -> Option<ConnectionClass> {
+        self.declared_class.parse().ok()
+    }
+
+    /// The agent's location as last resolved.
+    pub fn location(&self) -> Location {
+        Location {
+            country: self.country.clone(),
+            region: self.region.clone(),
+            city: self.city.clone(),
+            asn: self.asn.and_then(|a| u32::try_from(a).ok()),
+            as_org: self.as_org.clone(),
+        }
+    }
+}
+
+/// Enrols a new agent for the volunteer whose key it presents.
+pub fn enrol(conn: &mut DbConn, req: &EnrolRequest, ip: IpAddr, location: &Location) -> Result<EnrolResponse> {
+    let Some(volunteer) = accounts::volunteer_by_enrol_key(conn, &req.enrol_key)? else {
+        return Err(Error::Unauthorized("unknown enrolment key".into()));
+    };
+    let name = accounts::validate_name(&req.name)?;
+    let token = new_secret("lma_");
+    let id = Uuid::new_v4();
+    let now = now_us();
+    let agent = Agent {
+        id: id.to_string(),
+        volunteer_id: volunteer.id,
+        name,
+        token_hash: hash_secret(&token),
+        declared_class: req.declared_class.as_str().to_owned(),
+        version: truncate(&req.version, 64),
+        max_concurrent: 1,
+        ip: ip.to_string(),
+        country: location.country.clone(),
+        region: location.region.clone(),
+        city: location.city.clone(),
+        asn: location.asn.map(i64::from),
+        as_org: location.as_org.clone(),
+        enrolled_at: now,
+        last_heartbeat_at: None,
+    };
+    diesel::insert_into(agents::table).values(&agent).execute(conn)?;
+    Ok(EnrolResponse { agent_id: id, token })
+}
+
+/// The agent holding `token`, if any.
+pub fn agent_by_token(conn: &mut DbConn, token: &str) -> Result<Option<Agent>> {
+    Ok(agents::table
+        .filter(agents::token_hash.eq(hash_secret(token)))
+        .select(Agent::as_select())
+        .first(conn)
+        .optional()?)
+}
+
+/// Records a heartbeat: the agent is online, at this address and location, with these limits.
+pub fn heartbeat(conn: &mut DbConn, agent_id: &str, beat: &Heartbeat, ip: IpAddr, location: &Location) -> Result<()> {
+    if beat.limits.max_concurrent == 0 || beat.limits.max_concurrent > 64 {
+        return Err(Error::invalid(
+            "invalid_limits",
+            "limits.max_concurrent must be between 1 and 64",
+        ));
+    }
+    diesel::update(agents::table.find(agent_id))
+        .set((
+            agents::declared_class.eq(beat.declared_class.as_str()),
+            agents::version.eq(truncate(&beat.version, 64)),
+            agents::max_concurrent.eq(beat.limits.max_concurrent as i32),
+            agents::ip.eq(ip.to_string()),
+            agents::country.eq(&location.country),
+            agents::region.eq(&location.region),
+            agents::city.eq(&location.city),
+            agents::asn.eq(location.asn.map(i64::from)),
+            agents::as_org.eq(&location.as_org),
+            agents::last_heartbeat_at.eq(now_us()),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Agents that heartbeat at or after `since`.
+pub fn online_since(conn: &mut DbConn, since: Micros) -> Result<Vec<Agent>> {
+    Ok(agents::table
+        .filter(agents::last_heartbeat_at.ge(since))
+        .order(agents::id)
+        .select(Agent::as_select())
+        .load(conn)?)
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}

@@ -1,0 +1,110 @@
+//! Extractors that authenticate a request by its bearer token.
+//!
+//! Owners and agents hold different tokens (`lmo_...`, `lma_...`); a handler that
+//! takes [`AuthOwner`] or [`AuthAgent`] cannot run for anyone else.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+
+use actix_web::{web, FromRequest, HttpRequest};
+use lastmile_protocol::Location;
+
+use crate::accounts::{self, Owner};
+use crate::agents::{self, Agent};
+use crate::error::Error;
+use crate::server::AppState;
+
+fn bearer(req: &HttpRequest) -> Result<String, Error> {
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .ok_or_else(|| Error::Unauthorized("missing Authorization: Bearer <token> header".into()))?;
+    let value = header
+        .to_str()
+        .map_err(|_| Error::Unauthorized("Authorization header is not valid text".into()))?;
+    value
+        .strip_prefix("Bearer ")
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| Error::Unauthorized("Authorization header must be `Bearer <token>`".into()))
+}
+
+fn state(req: &HttpRequest) -> Result<web::Data<AppState>, Error> {
+    req.app_data::<web::Data<AppState>>()
+        .cloned()
+        .ok_or_else(|| Error::Internal("application state missing".into()))
+}
+
+/// The owner a request is authenticated as.
+pub struct AuthOwner(pub Owner);
+
+impl FromRequest for AuthOwner {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let found = bearer(req).and_then(|t| Ok((t, state(req)?)));
+        Box::pin(async move {
+            let (token, state) = found?;
+            state
+                .db
+                .run(move |c| accounts::owner_by_token(c, &token))
+                .await?
+                .map(AuthOwner)
+                .ok_or_else(|| Error::Unauthorized("unknown or revoked owner token".into()))
+        })
+    }
+}
+
+/// The agent a request is authenticated as.
+pub struct AuthAgent(pub Agent);
+
+impl FromRequest for AuthAgent {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let found = bearer(req).and_then(|t| Ok((t, state(req)?)));
+        Box::pin(async move {
+            let (token, state) = found?;
+            state
+                .db
+                .run(move |c| agents::agent_by_token(c, &token))
+                .await?
+                .map(AuthAgent)
+                .ok_or_else(|| Error::Unauthorized("unknown or revoked agent token".into()))
+        })
+    }
+}
+
+/// Where a request comes from: the client address (the TCP peer, or the forwarded
+/// address when the peer is a trusted proxy) and its resolved location.
+pub struct Origin {
+    pub ip: IpAddr,
+    pub location: Location,
+}
+
+impl FromRequest for Origin {
+    type Error = Error;
+    type Future = std::future::Ready<Result<Self, Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready((|| {
+            let state = state(req)?;
+            let peer = req
+                .peer_addr()
+                .map(|a| a.ip())
+                .ok_or_else(|| Error::Internal("request without peer address".into()))?;
+            let forwarded = req
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok());
+            let ip = state.geo.client_ip(peer, forwarded);
+            Ok(Origin {
+                ip,
+                location: state.geo.locate(ip),
+            })
+        })())
+    }
+}

@@ -1,0 +1,125 @@
+//! The one place where errors become HTTP answers.
+//!
+//! Every error answer is `{"error": "<stable_code>", "message": "<what is wrong>"}`.
+//! Domain errors map by kind (not found 404, unauthorized 401, forbidden 403, invalid
+//! 400/422, conflict 409, database unavailable 503); actix's own extractor failures
+//! (malformed JSON, oversized body, bad query string, unknown route) are mapped here too
+//! so that no client ever sees a bare text error.
+
+use actix_web::body::BoxBody;
+use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use lastmile_protocol::ApiError;
+
+use crate::error::Error;
+
+impl Error {
+    /// The stable machine code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound { code, .. } => code,
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden { code, .. } | Error::Invalid { code, .. } | Error::Conflict { code, .. } => code,
+            Error::Unavailable(_) => "service_unavailable",
+            Error::Internal(_) => "internal_error",
+        }
+    }
+}
+
+impl ResponseError for Error {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Error::NotFound { .. } => StatusCode::NOT_FOUND,
+            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse<BoxBody> {
+        let status = self.status_code();
+        let message = match self {
+            // Never leak SQL or internals to a client; the log has the detail.
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "internal error");
+                "something went wrong on our side; it has been logged".to_owned()
+            }
+            Error::Unavailable(detail) => {
+                tracing::warn!(%detail, "database unavailable");
+                "the service is temporarily unavailable; retry shortly".to_owned()
+            }
+            other => other.to_string(),
+        };
+        let mut response = HttpResponse::build(status);
+        if matches!(self, Error::Unauthorized(_)) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(ApiError {
+            error: self.code().to_owned(),
+            message,
+        })
+    }
+}
+
+/// Malformed or oversized JSON bodies.
+pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    let (status, code, message) = match &err {
+        JsonPayloadError::OverflowKnownLength { length, limit } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body of {length} bytes is over the limit of {limit} bytes"),
+        ),
+        JsonPayloadError::Overflow { limit } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("body is over the limit of {limit} bytes"),
+        ),
+        JsonPayloadError::ContentType => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the body as application/json".to_owned(),
+        ),
+        JsonPayloadError::Deserialize(e) if e.is_data() => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_body",
+            format!("the JSON does not have the expected shape: {e}"),
+        ),
+        JsonPayloadError::Deserialize(e) => (
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the body is not valid JSON: {e}"),
+        ),
+        other => (StatusCode::BAD_REQUEST, "invalid_body", other.to_string()),
+    };
+    plain(status, code, message)
+}
+
+/// Bad query strings.
+pub fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
+    plain(StatusCode::BAD_REQUEST, "invalid_query", format!("invalid query string: {err}"))
+}
+
+/// Path segments that do not parse (e.g. a malformed id): nothing by that name exists.
+pub fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
+    plain(StatusCode::NOT_FOUND, "not_found", format!("no such resource: {err}"))
+}
+
+/// Routes that do not exist.
+pub async fn no_route(req: HttpRequest) -> HttpResponse {
+    HttpResponse::NotFound().json(ApiError {
+        error: "not_found".into(),
+        message: format!("no route for {} {}", req.method(), req.path()),
+    })
+}
+
+fn plain(status: StatusCode, code: &str, message: String) -> actix_web::Error {
+    let response = HttpResponse::build(status).json(ApiError {
+        error: code.to_owned(),
+        message: message.clone(),
+    });
+    actix_web::error::InternalError::from_response(message, response).into()
+}

@@ -1,0 +1,88 @@
+//! The HTTP API: routes, the OpenAPI document, and extractor configuration.
+//!
+//! **Architecture Invariant:** handlers are thin. Each one extracts its inputs,
+//! authenticates, calls one domain function through `Db::run` (so diesel never blocks
+//! an actix worker), and answers. Handlers hold no SQL and no business rules.
+
+pub mod agents;
+pub mod auth;
+pub mod error;
+pub mod ops;
+pub mod owners;
+
+use actix_web::web;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+/// The generated OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Lastmile controller API", description = "Agents enrol, lease and report; owners schedule checks and read SLA reports."),
+    paths(
+        agents::enrol, agents::heartbeat, agents::lease, agents::submit,
+        owners::me, owners::create_site, owners::list_sites, owners::get_site, owners::verify_site,
+        owners::create_check, owners::list_checks, owners::get_check, owners::run_now, owners::list_runs,
+        owners::get_run, owners::report,
+    ),
+    components(schemas(
+        lastmile_protocol::ApiError, lastmile_protocol::Location, lastmile_protocol::Phase,
+        crate::reports::Percentiles, crate::reports::Group, crate::reports::ReportRow,
+    )),
+    modifiers(&BearerTokens),
+    tags(
+        (name = "agents", description = "Probe agents: enrolment, heartbeats, leases, results"),
+        (name = "owners", description = "Owner accounts"),
+        (name = "sites", description = "Sites and their ownership verification"),
+        (name = "checks", description = "Checks and their runs"),
+        (name = "reports", description = "SLA reports"),
+    )
+)]
+pub struct ApiDoc;
+
+struct BearerTokens;
+
+impl Modify for BearerTokens {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for name in ["owner_token", "agent_token"] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        }
+    }
+}
+
+/// Mounts every route. `max_body_bytes` caps JSON bodies.
+pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    cfg.app_data(
+        web::JsonConfig::default()
+            .limit(max_body_bytes)
+            .error_handler(error::json_error),
+    )
+    .app_data(web::QueryConfig::default().error_handler(error::query_error))
+    .app_data(web::PathConfig::default().error_handler(error::path_error))
+    .service(ops::healthz)
+    .service(ops::metrics)
+    .service(ops::openapi)
+    .service(
+        web::scope("/api/v1")
+            .service(agents::enrol)
+            .service(agents::heartbeat)
+            .service(agents::lease)
+            .service(agents::submit)
+            .service(owners::me)
+            .service(owners::create_site)
+            .service(owners::list_sites)
+            .service(owners::get_site)
+            .service(owners::verify_site)
+            .service(owners::create_check)
+            .service(owners::list_checks)
+            .service(owners::get_check)
+            .service(owners::run_now)
+            .service(owners::list_runs)
+            .service(owners::get_run)
+            .service(owners::report),
+    )
+    .default_service(web::to(error::no_route));
+}

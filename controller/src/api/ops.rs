@@ -1,0 +1,61 @@
+//! Operations endpoints: health, metrics, the OpenAPI document.
+
+use actix_web::{get, web, HttpResponse};
+use diesel::prelude::*;
+use utoipa::OpenApi;
+
+use crate::db::schema::{agents, assignments};
+use crate::error::Error;
+use crate::metrics::Gauges;
+use crate::scheduling::state as assignment_state;
+use crate::server::AppState;
+use crate::clock;
+
+/// Liveness and database reachability.
+#[get("/healthz")]
+pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    let backend = state.db.backend().name();
+    state
+        .db
+        .run(|c| {
+            diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
+                .execute(c)
+                .map_err(Error::from)
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ok", "database": backend})))
+}
+
+/// Prometheus metrics.
+#[get("/metrics")]
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+    let since = clock::now_us() - state.policy.online_window_us;
+    let gauges = state
+        .db
+        .run(move |c| {
+            let count_state = |c: &mut crate::db::DbConn, s: &str| {
+                assignments::table
+                    .filter(assignments::state.eq(s))
+                    .count()
+                    .get_result::<i64>(c)
+            };
+            Ok::<_, Error>(Gauges {
+                agents_online: agents::table
+                    .filter(agents::last_heartbeat_at.ge(since))
+                    .count()
+                    .get_result(c)?,
+                assignments_pending: count_state(c, assignment_state::PENDING)?,
+                assignments_leased: count_state(c, assignment_state::LEASED)?,
+            })
+        })
+        .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render(&gauges)))
+}
+
+/// The OpenAPI document, generated from the handlers and types.
+#[get("/api/openapi.json")]
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok().json(super::ApiDoc::openapi())
+}

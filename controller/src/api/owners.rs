@@ -1,0 +1,238 @@
+//! Owner endpoints: sites, checks, runs and reports.
+
+use actix_web::{get, post, web, HttpResponse};
+use chrono::{DateTime, Utc};
+use lastmile_protocol::ApiError;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use super::auth::AuthOwner;
+use crate::checks::{CheckView, NewCheck};
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::reports::{self, Report, ReportQuery};
+use crate::scheduling::{self, RunView};
+use crate::server::AppState;
+use crate::sites::{self, NewSite, SiteView};
+use crate::{checks, clock};
+
+/// Who the token belongs to.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Me {
+    pub id: Uuid,
+    pub name: String,
+}
+
+/// The owner behind the token.
+#[utoipa::path(get, path = "/api/v1/me", tag = "owners", security(("owner_token" = [])),
+    responses((status = 200, body = Me), (status = 401, body = ApiError)))]
+#[get("/me")]
+pub async fn me(AuthOwner(owner): AuthOwner) -> web::Json<Me> {
+    web::Json(Me {
+        id: owner.id.parse().unwrap_or_default(),
+        name: owner.name,
+    })
+}
+
+/// Add a site; the answer says how to prove you control it.
+#[utoipa::path(post, path = "/api/v1/sites", tag = "sites", request_body = NewSite, security(("owner_token" = [])),
+    responses((status = 201, body = SiteView), (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+#[post("/sites")]
+pub async fn create_site(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    body: web::Json<NewSite>,
+) -> Result<HttpResponse, Error> {
+    let site = state.db.run(move |c| sites::create(c, &owner.id, &body)).await?;
+    Ok(HttpResponse::Created().json(SiteView::from(&site)))
+}
+
+/// Your sites.
+#[utoipa::path(get, path = "/api/v1/sites", tag = "sites", security(("owner_token" = [])),
+    responses((status = 200, body = [SiteView])))]
+#[get("/sites")]
+pub async fn list_sites(state: web::Data<AppState>, AuthOwner(owner): AuthOwner) -> Result<web::Json<Vec<SiteView>>, Error> {
+    let sites = state.db.run(move |c| sites::list(c, &owner.id)).await?;
+    Ok(web::Json(sites.iter().map(SiteView::from).collect()))
+}
+
+/// One of your sites.
+#[utoipa::path(get, path = "/api/v1/sites/{id}", tag = "sites", security(("owner_token" = [])),
+    responses((status = 200, body = SiteView), (status = 404, body = ApiError)))]
+#[get("/sites/{id}")]
+pub async fn get_site(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    id: web::Path<Uuid>,
+) -> Result<web::Json<SiteView>, Error> {
+    let site = state.db.run(move |c| sites::get(c, &owner.id, &id.to_string())).await?;
+    Ok(web::Json(SiteView::from(&site)))
+}
+
+/// Fetch the site's verification URL and mark it verified if it serves the token.
+#[utoipa::path(post, path = "/api/v1/sites/{id}/verify", tag = "sites", security(("owner_token" = [])),
+    responses((status = 200, body = SiteView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
+#[post("/sites/{id}/verify")]
+pub async fn verify_site(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    id: web::Path<Uuid>,
+) -> Result<web::Json<SiteView>, Error> {
+    let site = sites::verify(
+        &state.db,
+        &state.http,
+        state.config.allow_private_sites,
+        owner.id,
+        id.to_string(),
+    )
+    .await?;
+    Ok(web::Json(SiteView::from(&site)))
+}
+
+/// Create a check on one of your verified sites. A check without a schedule runs once, now.
+#[utoipa::path(post, path = "/api/v1/checks", tag = "checks", request_body = NewCheck, security(("owner_token" = [])),
+    responses((status = 201, body = CheckView), (status = 404, body = ApiError), (status = 409, body = ApiError),
+        (status = 422, body = ApiError)))]
+#[post("/checks")]
+pub async fn create_check(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    body: web::Json<NewCheck>,
+) -> Result<HttpResponse, Error> {
+    let min_interval = state.config.min_check_interval_s;
+    let check = state
+        .db
+        .run(move |c| checks::create(c, &owner.id, &body, min_interval))
+        .await?;
+    Ok(HttpResponse::Created().json(CheckView::from(&check)))
+}
+
+/// Your checks.
+#[utoipa::path(get, path = "/api/v1/checks", tag = "checks", security(("owner_token" = [])),
+    responses((status = 200, body = [CheckView])))]
+#[get("/checks")]
+pub async fn list_checks(state: web::Data<AppState>, AuthOwner(owner): AuthOwner) -> Result<web::Json<Vec<CheckView>>, Error> {
+    let list = state.db.run(move |c| checks::list(c, &owner.id)).await?;
+    Ok(web::Json(list.iter().map(CheckView::from).collect()))
+}
+
+/// One of your checks.
+#[utoipa::path(get, path = "/api/v1/checks/{id}", tag = "checks", security(("owner_token" = [])),
+    responses((status = 200, body = CheckView), (status = 404, body = ApiError)))]
+#[get("/checks/{id}")]
+pub async fn get_check(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    id: web::Path<Uuid>,
+) -> Result<web::Json<CheckView>, Error> {
+    let check = state.db.run(move |c| checks::get(c, &owner.id, &id.to_string())).await?;
+    Ok(web::Json(CheckView::from(&check)))
+}
+
+/// Run a check now, in addition to its schedule.
+#[utoipa::path(post, path = "/api/v1/checks/{id}/runs", tag = "checks", security(("owner_token" = [])),
+    responses((status = 201, body = RunView), (status = 404, body = ApiError)))]
+#[post("/checks/{id}/runs")]
+pub async fn run_now(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, Error> {
+    let policy = state.policy;
+    let run = state
+        .db
+        .run(move |c| {
+            let check = checks::get(c, &owner.id, &id.to_string())?;
+            scheduling::create_run(c, &check, &policy, clock::now_us())
+        })
+        .await?;
+    Metrics::inc(&state.metrics.runs_created);
+    Ok(HttpResponse::Created().json(run))
+}
+
+/// The check's recent runs, newest first.
+#[utoipa::path(get, path = "/api/v1/checks/{id}/runs", tag = "checks", security(("owner_token" = [])),
+    responses((status = 200, body = [RunView]), (status = 404, body = ApiError)))]
+#[get("/checks/{id}/runs")]
+pub async fn list_runs(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    id: web::Path<Uuid>,
+) -> Result<web::Json<Vec<RunView>>, Error> {
+    let runs = state
+        .db
+        .run(move |c| scheduling::list_runs(c, &owner.id, &id.to_string(), 100))
+        .await?;
+    Ok(web::Json(runs))
+}
+
+/// One run and its progress.
+#[utoipa::path(get, path = "/api/v1/checks/{id}/runs/{run_id}", tag = "checks", security(("owner_token" = [])),
+    responses((status = 200, body = RunView), (status = 404, body = ApiError)))]
+#[get("/checks/{id}/runs/{run_id}")]
+pub async fn get_run(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<web::Json<RunView>, Error> {
+    let (check_id, run_id) = path.into_inner();
+    let run = state
+        .db
+        .run(move |c| scheduling::get_run(c, &owner.id, &check_id.to_string(), &run_id.to_string()))
+        .await?;
+    Ok(web::Json(run))
+}
+
+/// Query parameters of a report.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReportParams {
+    /// Window start (RFC 3339); default 24 hours before `to`.
+    pub from: Option<DateTime<Utc>>,
+    /// Window end (RFC 3339); default now.
+    pub to: Option<DateTime<Utc>>,
+    /// Comma-separated dimensions: connection_class, country, asn.
+    pub group_by: Option<String>,
+    /// `json` (default) or `csv`.
+    pub format: Option<String>,
+}
+
+/// The SLA report of a check over a window, grouped as asked.
+#[utoipa::path(get, path = "/api/v1/checks/{id}/report", tag = "reports", params(ReportParams), security(("owner_token" = [])),
+    responses((status = 200, body = Report, description = "JSON, or CSV with format=csv"), (status = 404, body = ApiError),
+        (status = 422, body = ApiError)))]
+#[get("/checks/{id}/report")]
+pub async fn report(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    id: web::Path<Uuid>,
+    params: web::Query<ReportParams>,
+) -> Result<HttpResponse, Error> {
+    let params = params.into_inner();
+    let csv = match params.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(Error::invalid("invalid_format", format!("format {other:?} is not json or csv")));
+        }
+    };
+    let to = params.to.unwrap_or_else(Utc::now);
+    let from = params.from.unwrap_or_else(|| reports::default_window(to).0);
+    let group_by = reports::parse_group_by(params.group_by.as_deref().unwrap_or("connection_class,country"))?;
+    let query = ReportQuery { from, to, group_by };
+    let report = state
+        .db
+        .run(move |c| {
+            let check = checks::get(c, &owner.id, &id.to_string())?;
+            reports::build(c, &check, &query)
+        })
+        .await?;
+    Ok(if csv {
+        HttpResponse::Ok()
+            .content_type("text/csv; charset=utf-8")
+            .body(reports::to_csv(&report))
+    } else {
+        HttpResponse::Ok().json(report)
+    })
+}

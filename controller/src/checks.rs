@@ -1,0 +1,308 @@
+//! Checks: what to measure, how to judge it, which agents, and how often.
+//!
+//! A check targets a URL on one of the owner's verified sites. Its selection filters
+//! (countries, ASNs, connection classes) are matched against agents when a run is
+//! created (see [`crate::scheduling`]); an empty filter matches everything.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use lastmile_protocol::{CheckKind, ConnectionClass};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::agents::Agent;
+use crate::clock::{now_us, to_datetime};
+use crate::db::schema::checks;
+use crate::db::DbConn;
+use crate::error::{Error, Result};
+use crate::sites;
+
+/// Which agents run a check.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Selection {
+    /// ISO 3166-1 alpha-2 codes; empty means any country.
+    pub countries: Vec<String>,
+    /// Autonomous system numbers; empty means any.
+    pub asns: Vec<u32>,
+    /// Connection classes; empty means any.
+    pub connection_classes: Vec<ConnectionClass>,
+    /// How many agents measure each run (at most).
+    pub agents_per_run: u32,
+}
+
+impl Selection {
+    /// Whether `agent` passes every filter.
+    pub fn matches(&self, agent: &Agent) -> bool {
+        let country_ok = self.countries.is_empty()
+            || agent
+                .country
+                .as_deref()
+                .is_some_and(|c| self.countries.iter().any(|w| w.eq_ignore_ascii_case(c)));
+        let asn_ok = self.asns.is_empty()
+            || agent
+                .asn
+                .is_some_and(|a| self.asns.iter().any(|&w| i64::from(w) == a));
+        let class_ok = self.connection_classes.is_empty()
+            || agent
+                .connection_class()
+                .is_some_and(|c| self.connection_classes.contains(&c));
+        country_ok && asn_ok && class_ok
+    }
+}
+
+/// When a check runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Schedule {
+    /// Run every N seconds; absent means once, right after creation.
+    pub every_seconds: Option<u64>,
+}
+
+/// Request body to create a check.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewCheck {
+    pub site_id: Uuid,
+    /// Display name; defaults to the URL.
+    pub name: Option<String>,
+    /// Absolute URL on the site's origin.
+    pub url: String,
+    #[serde(default = "default_kind")]
+    pub kind: CheckKind,
+    /// Statuses that count as success; empty means any 2xx or 3xx.
+    #[serde(default)]
+    pub expected_status: Vec<u16>,
+    /// Largest body agents read; default 10 MiB.
+    pub max_bytes: Option<u64>,
+    /// Per-measurement time limit; default 30 s.
+    pub timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub selection: Selection,
+    #[serde(default)]
+    pub schedule: Schedule,
+}
+
+fn default_kind() -> CheckKind {
+    CheckKind::Http
+}
+
+/// A check as stored. List-valued filters are JSON text (portable across backends).
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = checks)]
+pub struct Check {
+    pub id: String,
+    pub owner_id: String,
+    pub site_id: String,
+    pub name: String,
+    pub kind: String,
+    pub url: String,
+    pub expected_status: String,
+    pub max_bytes: i64,
+    pub timeout_ms: i64,
+    pub countries: String,
+    pub asns: String,
+    pub connection_classes: String,
+    pub agents_per_run: i32,
+    pub interval_s: Option<i64>,
+    pub next_run_at: Option<i64>,
+    pub created_at: i64,
+}
+
+impl Check {
+    /// The check's selection filters.
+    pub fn selection(&self) -> Selection {
+        Selection {
+            countries: serde_json::from_str(&self.countries).unwrap_or_default(),
+            asns: serde_json::from_str(&self.asns).unwrap_or_default(),
+            connection_classes: serde_json::from_str(&self.connection_classes).unwrap_or_default(),
+            agents_per_run: self.agents_per_run.max(0) as u32,
+        }
+    }
+
+    /// Statuses that count as success.
+    pub fn expected_status(&self) -> Vec<u16> {
+        serde_json::from_str(&self.expected_status).unwrap_or_default()
+    }
+}
+
+/// A check as the API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CheckView {
+    pub id: Uuid,
+    pub site_id: Uuid,
+    pub name: String,
+    pub kind: CheckKind,
+    pub url: String,
+    pub expected_status: Vec<u16>,
+    pub max_bytes: u64,
+    pub timeout_ms: u64,
+    pub selection: Selection,
+    pub schedule: Schedule,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&Check> for CheckView {
+    fn from(c: &Check) -> CheckView {
+        CheckView {
+            id: c.id.parse().unwrap_or_default(),
+            site_id: c.site_id.parse().unwrap_or_default(),
+            name: c.name.clone(),
+            kind: c.kind.parse().unwrap_or(CheckKind::Http),
+            url: c.url.clone(),
+            expected_status: c.expected_status(),
+            max_bytes: c.max_bytes.max(0) as u64,
+            timeout_ms: c.timeout_ms.max(0) as u64,
+            selection: c.selection(),
+            schedule: Schedule {
+                every_seconds: c.interval_s.map(|s| s.max(0) as u64),
+            },
+            next_run_at: c.next_run_at.map(to_datetime),
+            created_at: to_datetime(c.created_at),
+        }
+    }
+}
+
+const MAX_AGENTS_PER_RUN: u32 = 1000;
+const MAX_TIMEOUT_MS: u64 = 120_000;
+const MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Validates and stores a new check. A check without an interval is due at once.
+pub fn create(conn: &mut DbConn, owner_id: &str, new: &NewCheck, min_interval_s: u64) -> Result<Check> {
+    let site = sites::get(conn, owner_id, &new.site_id.to_string())?;
+    if site.verified_at.is_none() {
+        return Err(Error::conflict(
+            "site_not_verified",
+            format!("site {} is not verified yet; serve its token and call verify first", site.origin),
+        ));
+    }
+    let url = url::Url::parse(new.url.trim())
+        .map_err(|e| Error::invalid("invalid_url", format!("url {:?} is not a URL: {e}", new.url)))?;
+    if url.origin().ascii_serialization() != site.origin {
+        return Err(Error::invalid(
+            "url_not_on_site",
+            format!("url must be on the site's origin {}", site.origin),
+        ));
+    }
+    validate_selection(&new.selection)?;
+    for s in &new.expected_status {
+        if !(100..=599).contains(s) {
+            return Err(Error::invalid("invalid_expected_status", format!("{s} is not an HTTP status")));
+        }
+    }
+    let timeout_ms = new.timeout_ms.unwrap_or(30_000);
+    if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
+        return Err(Error::invalid(
+            "invalid_timeout",
+            format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}"),
+        ));
+    }
+    let max_bytes = new.max_bytes.unwrap_or(10 * 1024 * 1024);
+    if max_bytes == 0 || max_bytes > MAX_BODY_BYTES {
+        return Err(Error::invalid(
+            "invalid_max_bytes",
+            format!("max_bytes must be between 1 and {MAX_BODY_BYTES}"),
+        ));
+    }
+    if let Some(every) = new.schedule.every_seconds {
+        if every < min_interval_s || every > 31 * 24 * 3600 {
+            return Err(Error::invalid(
+                "invalid_schedule",
+                format!("schedule.every_seconds must be between {min_interval_s} and 2678400"),
+            ));
+        }
+    }
+    let name = match &new.name {
+        Some(n) => crate::accounts::validate_name(n)?,
+        None => url.to_string(),
+    };
+    let now = now_us();
+    let check = Check {
+        id: Uuid::new_v4().to_string(),
+        owner_id: owner_id.to_owned(),
+        site_id: site.id,
+        name,
+        kind: new.kind.as_str().to_owned(),
+        url: url.to_string(),
+        expected_status: json(&new.expected_status),
+        max_bytes: max_bytes as i64,
+        timeout_ms: timeout_ms as i64,
+        countries: json(&normalized_countries(&new.selection.countries)),
+        asns: json(&new.selection.asns),
+        connection_classes: json(&new.selection.connection_classes),
+        agents_per_run: new.selection.agents_per_run as i32,
+        interval_s: new.schedule.every_seconds.map(|s| s as i64),
+        next_run_at: Some(now),
+        created_at: now,
+    };
+    diesel::insert_into(checks::table).values(&check).execute(conn)?;
+    Ok(check)
+}
+
+/// A list-valued column as JSON text.
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| "[]".into())
+}
+
+fn normalized_countries(countries: &[String]) -> Vec<String> {
+    countries.iter().map(|c| c.trim().to_ascii_uppercase()).collect()
+}
+
+fn validate_selection(s: &Selection) -> Result<()> {
+    if s.agents_per_run == 0 || s.agents_per_run > MAX_AGENTS_PER_RUN {
+        return Err(Error::invalid(
+            "invalid_selection",
+            format!("selection.agents_per_run must be between 1 and {MAX_AGENTS_PER_RUN}"),
+        ));
+    }
+    for c in &s.countries {
+        let c = c.trim();
+        if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_alphabetic()) {
+            return Err(Error::invalid(
+                "invalid_selection",
+                format!("country {c:?} is not an ISO 3166-1 alpha-2 code"),
+            ));
+        }
+    }
+    if s.asns.contains(&0) {
+        return Err(Error::invalid("invalid_selection", "ASN 0 is reserved"));
+    }
+    Ok(())
+}
+
+/// The owner's check with this id.
+pub fn get(conn: &mut DbConn, owner_id: &str, id: &str) -> Result<Check> {
+    checks::table
+        .filter(checks::id.eq(id).and(checks::owner_id.eq(owner_id)))
+        .select(Check::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(Error::NotFound {
+            what: "check",
+            code: "check_not_found",
+        })
+}
+
+/// Any check by id (for the scheduler, which acts for every owner).
+pub fn get_any(conn: &mut DbConn, id: &str) -> Result<Check> {
+    checks::table
+        .find(id)
+        .select(Check::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(Error::NotFound {
+            what: "check",
+            code: "check_not_found",
+        })
+}
+
+/// The owner's checks, oldest first.
+pub fn list(conn: &mut DbConn, owner_id: &str) -> Result<Vec<Check>> {
+    Ok(checks::table
+        .filter(checks::owner_id.eq(owner_id))
+        .order(checks::created_at)
+        .select(Check::as_select())
+        .load(conn)?)
+}

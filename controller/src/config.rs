@@ -1,0 +1,87 @@
+//! Controller settings: defaults that make the demo need no flag, a TOML file for
+//! operators, and `LASTMILE_*` environment variables / flags on top (parsed in `main`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::geo::GeoConfig;
+
+/// Everything the controller can be told.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Address the HTTP API listens on.
+    pub listen: SocketAddr,
+    /// `postgres://...` for PostgreSQL; unset means a SQLite file in `data_dir`.
+    pub database_url: Option<String>,
+    /// Where the embedded SQLite database and other local state live.
+    pub data_dir: PathBuf,
+    /// Size of the database connection pool.
+    pub max_db_connections: u32,
+    /// Geo databases and overrides.
+    pub geo: GeoConfig,
+    /// How long an agent holds a leased assignment before it is re-offered.
+    pub lease_s: u64,
+    /// How often agents are asked to heartbeat.
+    pub heartbeat_interval_s: u32,
+    /// An agent counts as online if it heartbeat within this many seconds.
+    pub online_window_s: u64,
+    /// How many agents in total may try one assignment slot (first lease included).
+    pub max_attempts: u32,
+    /// A run's unfilled assignments are given up after this many seconds.
+    pub run_deadline_s: u64,
+    /// Shortest schedule interval a check may ask for.
+    pub min_check_interval_s: u64,
+    /// Let site verification fetch private and loopback addresses (local testing only).
+    pub allow_private_sites: bool,
+    /// How often the scheduler looks for due checks and expired leases, milliseconds.
+    pub scheduler_tick_ms: u64,
+    /// Largest request body the API accepts, bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        ControllerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+            data_dir: PathBuf::from(".lastmile"),
+            max_db_connections: 8,
+            geo: GeoConfig::default(),
+            lease_s: 120,
+            heartbeat_interval_s: 30,
+            online_window_s: 90,
+            max_attempts: 3,
+            run_deadline_s: 600,
+            min_check_interval_s: 60,
+            allow_private_sites: false,
+            scheduler_tick_ms: 1000,
+            max_body_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl ControllerConfig {
+    /// Reads a TOML config file.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<ControllerConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))
+    }
+
+    /// The database URL in force: the configured one, or the embedded SQLite file.
+    pub fn effective_database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) if !url.is_empty() => url.clone(),
+            _ => self.data_dir.join("lastmile.db").display().to_string(),
+        }
+    }
+
+    /// Lease duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_s)
+    }
+}

@@ -1,0 +1,244 @@
+//! Storage: one diesel model layer over PostgreSQL and SQLite.
+//!
+//! # Approach
+//!
+//! [`DbConn`] is a `#[derive(diesel::MultiConnection)]` enum, so queries written with
+//! diesel's DSL are written once and run on either backend. Its limits shape the schema:
+//! only the SQL types both backends share are used (text ids, `BIGINT` microsecond
+//! timestamps, `BOOLEAN`, `BLOB`/`BYTEA`). The few statements whose SQL differs
+//! (`FOR UPDATE SKIP LOCKED`, upserts) are a `match` with one arm per backend, side by
+//! side, in the module that needs them.
+//!
+//! The backend is picked from the URL scheme by [`Backend::from_url`], never by trying
+//! each backend in turn (which the derive's own `establish` would do), so a typo in a
+//! PostgreSQL URL is an error rather than a SQLite file with a strange name.
+//!
+//! Diesel is synchronous: every database call goes through [`Db::run`], which borrows a
+//! pooled connection inside `tokio::task::spawn_blocking`, so actix workers never block.
+//!
+//! # Write transactions
+//!
+//! [`write_tx`] is the one way to write several rows atomically. On PostgreSQL it is an
+//! ordinary transaction (callers lock rows they read-then-write with `FOR UPDATE`). On
+//! SQLite it is `BEGIN IMMEDIATE`: SQLite has a single writer, and taking the write lock
+//! up front means two writers queue on `busy_timeout` instead of one failing with
+//! `SQLITE_BUSY` when it tries to upgrade a read lock.
+
+pub mod schema;
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::pg::PgConnection;
+use diesel::r2d2::{self, ManageConnection};
+use diesel::result::QueryResult;
+use diesel::sqlite::SqliteConnection;
+use diesel::{Connection, RunQueryDsl};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+/// A connection to either backend.
+#[derive(diesel::MultiConnection)]
+pub enum DbConn {
+    Pg(PgConnection),
+    Sqlite(SqliteConnection),
+}
+
+/// Which database a URL points at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+impl Backend {
+    /// `postgres://` and `postgresql://` are PostgreSQL; `sqlite://`, `file:` or a plain
+    /// path are SQLite.
+    pub fn from_url(url: &str) -> Backend {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            Backend::Sqlite
+        }
+    }
+
+    /// Display name for logs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Postgres => "postgres",
+            Backend::Sqlite => "sqlite",
+        }
+    }
+}
+
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+
+/// Storage errors as the domain layer sees them.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("no database connection available: {0}")]
+    Pool(#[from] r2d2::PoolError),
+    #[error("cannot open database: {0}")]
+    Connect(String),
+    #[error("cannot apply migrations: {0}")]
+    Migration(String),
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// Opens connections for the pool, choosing the backend from the URL.
+#[derive(Debug, Clone)]
+pub struct DbConnectionManager {
+    url: String,
+    backend: Backend,
+}
+
+impl ManageConnection for DbConnectionManager {
+    type Connection = DbConn;
+    type Error = r2d2::Error;
+
+    fn connect(&self) -> Result<DbConn, r2d2::Error> {
+        match self.backend {
+            Backend::Postgres => PgConnection::establish(&self.url)
+                .map(DbConn::Pg)
+                .map_err(r2d2::Error::ConnectionError),
+            Backend::Sqlite => {
+                let path = self.url.strip_prefix("sqlite://").unwrap_or(&self.url);
+                let mut conn = SqliteConnection::establish(path).map_err(r2d2::Error::ConnectionError)?;
+                // WAL lets readers work while one writer commits; busy_timeout makes
+                // writers queue rather than fail; foreign keys are off by default in SQLite.
+                conn.batch_execute(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;",
+                )
+                .map_err(r2d2::Error::QueryError)?;
+                Ok(DbConn::Sqlite(conn))
+            }
+        }
+    }
+
+    fn is_valid(&self, conn: &mut DbConn) -> Result<(), r2d2::Error> {
+        conn.batch_execute("SELECT 1").map_err(r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConn) -> bool {
+        r2d2::R2D2Connection::is_broken(conn)
+    }
+}
+
+/// The shared connection pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Db {
+    pool: r2d2::Pool<DbConnectionManager>,
+    backend: Backend,
+}
+
+impl Db {
+    /// Connects to `url`, runs pending migrations, and returns the pool.
+    pub fn open(url: &str, max_connections: u32) -> Result<Db, DbError> {
+        let backend = Backend::from_url(url);
+        let manager = DbConnectionManager {
+            url: url.to_owned(),
+            backend,
+        };
+        let pool = r2d2::Pool::builder()
+            .max_size(max_connections.max(1))
+            .connection_timeout(Duration::from_secs(10))
+            .build(manager)
+            .map_err(|e| DbError::Connect(format!("{} ({})", e, redact(url))))?;
+        let db = Db { pool, backend };
+        db.migrate()?;
+        Ok(db)
+    }
+
+    /// Which backend this pool talks to.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Applies every pending embedded migration; returns how many ran.
+    pub fn migrate(&self) -> Result<usize, DbError> {
+        let mut conn = self.pool.get()?;
+        let applied = match &mut *conn {
+            DbConn::Pg(c) => c.run_pending_migrations(PG_MIGRATIONS).map(|v| v.len()),
+            DbConn::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+        }
+        .map_err(|e| DbError::Migration(e.to_string()))?;
+        if applied > 0 {
+            tracing::info!(applied, backend = self.backend.name(), "migrations applied");
+        }
+        Ok(applied)
+    }
+
+    /// A pooled connection for blocking code (CLI commands, benchmarks, tests).
+    pub fn conn(&self) -> Result<r2d2::PooledConnection<DbConnectionManager>, DbError> {
+        Ok(self.pool.get()?)
+    }
+
+    /// Runs blocking database work off the async threads.
+    pub async fn run<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConn) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<DbError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = pool.get().map_err(DbError::from)?;
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| E::from(DbError::Task(e.to_string())))?
+    }
+}
+
+/// Runs `f` in one write transaction (see the module docs for the per-backend meaning).
+/// `f` must not open transactions of its own.
+pub fn write_tx<T, E, F>(conn: &mut DbConn, f: F) -> Result<T, E>
+where
+    F: FnOnce(&mut DbConn) -> Result<T, E>,
+    E: From<diesel::result::Error>,
+{
+    match conn {
+        DbConn::Pg(_) => conn.transaction(f),
+        DbConn::Sqlite(_) => {
+            conn.batch_execute("BEGIN IMMEDIATE")?;
+            match f(conn) {
+                Ok(value) => {
+                    if let Err(e) = conn.batch_execute("COMMIT") {
+                        let _ = conn.batch_execute("ROLLBACK");
+                        return Err(e.into());
+                    }
+                    Ok(value)
+                }
+                Err(e) => {
+                    let _ = conn.batch_execute("ROLLBACK");
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// Counts rows of a table-like query; a small helper for tests and metrics.
+pub fn count_sql(conn: &mut DbConn, sql: &str) -> QueryResult<i64> {
+    #[derive(diesel::QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    Ok(diesel::sql_query(sql).get_result::<Count>(conn)?.n)
+}
+
+/// A URL safe to print: the password, if any, is hidden.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}

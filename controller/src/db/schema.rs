@@ -1,0 +1,156 @@
+//! The one schema both backends share (see `migrations/postgres` and `migrations/sqlite`).
+//! Hand-written to stay in the portable subset: text ids, BIGINT microsecond times.
+
+diesel::table! {
+    owners (id) {
+        id -> Text,
+        name -> Text,
+        token_hash -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    volunteers (id) {
+        id -> Text,
+        name -> Text,
+        enrol_key_hash -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    agents (id) {
+        id -> Text,
+        volunteer_id -> Text,
+        name -> Text,
+        token_hash -> Text,
+        declared_class -> Text,
+        version -> Text,
+        max_concurrent -> Integer,
+        ip -> Text,
+        country -> Nullable<Text>,
+        region -> Nullable<Text>,
+        city -> Nullable<Text>,
+        asn -> Nullable<BigInt>,
+        as_org -> Nullable<Text>,
+        enrolled_at -> BigInt,
+        last_heartbeat_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    sites (id) {
+        id -> Text,
+        owner_id -> Text,
+        origin -> Text,
+        verification_token -> Text,
+        verified_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    checks (id) {
+        id -> Text,
+        owner_id -> Text,
+        site_id -> Text,
+        name -> Text,
+        kind -> Text,
+        url -> Text,
+        expected_status -> Text,
+        max_bytes -> BigInt,
+        timeout_ms -> BigInt,
+        countries -> Text,
+        asns -> Text,
+        connection_classes -> Text,
+        agents_per_run -> Integer,
+        interval_s -> Nullable<BigInt>,
+        next_run_at -> Nullable<BigInt>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    runs (id) {
+        id -> Text,
+        check_id -> Text,
+        created_at -> BigInt,
+        deadline_at -> BigInt,
+        eligible_agents -> Integer,
+        requested -> Integer,
+    }
+}
+
+diesel::table! {
+    run_agents (run_id, agent_id) {
+        run_id -> Text,
+        agent_id -> Text,
+    }
+}
+
+diesel::table! {
+    assignments (id) {
+        id -> Text,
+        run_id -> Text,
+        check_id -> Text,
+        attempt -> Integer,
+        state -> Text,
+        agent_id -> Nullable<Text>,
+        created_at -> BigInt,
+        leased_at -> Nullable<BigInt>,
+        lease_expires_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    results (assignment_id) {
+        assignment_id -> Text,
+        run_id -> Text,
+        check_id -> Text,
+        agent_id -> Text,
+        received_at -> BigInt,
+        started_at -> BigInt,
+        late -> Bool,
+        status -> Nullable<Integer>,
+        bytes -> BigInt,
+        error_kind -> Nullable<Text>,
+        error_message -> Nullable<Text>,
+        dns_us -> BigInt,
+        connect_us -> BigInt,
+        tls_us -> BigInt,
+        ttfb_us -> BigInt,
+        transfer_us -> BigInt,
+        total_us -> BigInt,
+        country -> Text,
+        asn -> BigInt,
+        connection_class -> Text,
+    }
+}
+
+diesel::table! {
+    aggregates (check_id, bucket_start, country, asn, connection_class) {
+        check_id -> Text,
+        bucket_start -> BigInt,
+        country -> Text,
+        asn -> BigInt,
+        connection_class -> Text,
+        successes -> BigInt,
+        failures -> BigInt,
+        dns_hist -> Binary,
+        connect_hist -> Binary,
+        tls_hist -> Binary,
+        ttfb_hist -> Binary,
+        transfer_hist -> Binary,
+        total_hist -> Binary,
+    }
+}
+
+diesel::joinable!(assignments -> checks (check_id));
+diesel::joinable!(assignments -> runs (run_id));
+diesel::joinable!(checks -> sites (site_id));
+diesel::joinable!(results -> assignments (assignment_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    owners, volunteers, agents, sites, checks, runs, run_agents, assignments, results, aggregates,
+);

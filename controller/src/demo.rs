@@ -1,0 +1,477 @@
+//! `lastmile-controller demo`: the whole product on one machine, in one process.
+//!
+//! It starts a controller (embedded SQLite unless `DATABASE_URL` is set), a target
+//! site, and twelve probe agents in three countries, three ASNs and four connection
+//! classes. Each agent sends from its own loopback address (127.0.0.11 and up), so the
+//! controller places it by a real MaxMind DB lookup of the address it sees; the demo
+//! writes those small City and ASN databases for its 127.0.0.0/8 test range. Each
+//! agent reaches the site through its own emulated last-mile link
+//! ([`lastmile_testbed::link`]). An owner then adds and verifies the site, creates a
+//! check and runs it several times through the HTTP API, and the demo prints the SLA
+//! report the API serves.
+//!
+//! Because the links are emulated, the report must show their physics: median ttfb
+//! and total ordered dialup > dsl > cable > fibre. The demo checks that and fails if
+//! it does not hold.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use lastmile_agent::measure::{ConnectTo, EngineConfig};
+use lastmile_agent::runner::AgentSettings;
+use lastmile_protocol::{AgentLimits, ConnectionClass, Phase};
+use lastmile_testbed::geodb::{self, TestNetwork};
+use lastmile_testbed::link::{Link, LinkProfile};
+use lastmile_testbed::site::{SiteConfig, TargetSite};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::checks::CheckView;
+use crate::config::ControllerConfig;
+use crate::geo::GeoConfig;
+use crate::reports::{self, Report};
+use crate::scheduling::RunView;
+use crate::server::Controller;
+use crate::sites::SiteView;
+use crate::{accounts, agents, clock};
+
+/// What the demo is asked to do.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Write `report.json` here (exactly what the report API served).
+    pub out: Option<PathBuf>,
+    /// PostgreSQL URL; `None` means embedded SQLite in a temporary directory.
+    pub database_url: Option<String>,
+    /// How many runs of the check to make.
+    pub runs: u32,
+    /// Print progress and the report to stdout.
+    pub verbose: bool,
+}
+
+impl Default for DemoOptions {
+    fn default() -> Self {
+        DemoOptions {
+            out: None,
+            database_url: None,
+            runs: 5,
+            verbose: true,
+        }
+    }
+}
+
+/// What the demo produced.
+#[derive(Debug)]
+pub struct DemoOutcome {
+    /// The report grouped by connection class and country.
+    pub report: Report,
+    /// The report grouped by connection class alone.
+    pub by_class: Report,
+    /// Whether median ttfb and total were ordered dialup > dsl > cable > fibre.
+    pub physics_hold: bool,
+    /// Runs made and how many measurements each got.
+    pub runs: Vec<RunView>,
+}
+
+/// One demo agent: where it sits and what line it has.
+struct DemoAgent {
+    ip: Ipv4Addr,
+    class: ConnectionClass,
+    country: &'static str,
+}
+
+/// The demo's world: three countries, one ASN each, four classes in each.
+const PLACES: [(&str, &str, &str, u32, &str); 3] = [
+    ("DE", "BE", "Berlin", 64_501, "Demo Telekom DE"),
+    ("US", "CA", "San Francisco", 64_502, "Demo Cable US"),
+    ("BR", "SP", "Sao Paulo", 64_503, "Demo Fibra BR"),
+];
+
+const CLASSES: [ConnectionClass; 4] = [
+    ConnectionClass::Dialup,
+    ConnectionClass::Dsl,
+    ConnectionClass::Cable,
+    ConnectionClass::Fibre,
+];
+
+fn demo_agents() -> Vec<DemoAgent> {
+    let mut out = Vec::new();
+    for (i, (country, ..)) in PLACES.iter().enumerate() {
+        for (j, class) in CLASSES.iter().enumerate() {
+            out.push(DemoAgent {
+                ip: Ipv4Addr::new(127, 0, 0, 11 + (i * CLASSES.len() + j) as u8),
+                class: *class,
+                country,
+            });
+        }
+    }
+    out
+}
+
+/// Writes the demo's City and ASN databases for its agents' addresses.
+fn write_geo_databases(dir: &Path, agents: &[DemoAgent]) -> anyhow::Result<GeoConfig> {
+    let networks: Vec<TestNetwork> = agents
+        .iter()
+        .filter_map(|a| {
+            let (country, region, city, asn, org) = PLACES.iter().find(|p| p.0 == a.country)?;
+            Some(TestNetwork {
+                network: ipnet::IpNet::from(IpAddr::V4(a.ip)),
+                country: (*country).into(),
+                region: (*region).into(),
+                city: (*city).into(),
+                asn: *asn,
+                as_org: (*org).into(),
+            })
+        })
+        .collect();
+    let city_db = dir.join("demo-city.mmdb");
+    let asn_db = dir.join("demo-asn.mmdb");
+    geodb::write_city_db(&city_db, &networks)?;
+    geodb::write_asn_db(&asn_db, &networks)?;
+    Ok(GeoConfig {
+        city_db: Some(city_db),
+        asn_db: Some(asn_db),
+        ..GeoConfig::default()
+    })
+}
+
+macro_rules! say {
+    ($opts:expr, $($arg:tt)*) => {
+        if $opts.verbose {
+            println!($($arg)*);
+        }
+    };
+}
+
+/// Runs the demo end to end.
+pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
+    let started = Instant::now();
+    let dir = tempfile::Builder::new().prefix("lastmile-demo-").tempdir()?;
+    let plan = demo_agents();
+    let geo = write_geo_databases(dir.path(), &plan)?;
+
+    let config = ControllerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        database_url: opts.database_url.clone(),
+        data_dir: dir.path().join("controller"),
+        geo,
+        heartbeat_interval_s: 2,
+        online_window_s: 10,
+        lease_s: 30,
+        run_deadline_s: 60,
+        min_check_interval_s: 1,
+        allow_private_sites: true,
+        scheduler_tick_ms: 200,
+        ..ControllerConfig::default()
+    };
+    let backend = crate::db::Backend::from_url(&config.effective_database_url());
+    let controller = Controller::start(config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    let site = TargetSite::start(SocketAddr::from(([127, 0, 0, 1], 0)), SiteConfig::default()).await?;
+    say!(
+        opts,
+        "Lastmile demo\n  controller  {} ({} database)\n  target site {}",
+        controller.url(),
+        backend.name(),
+        site.origin()
+    );
+
+    // Accounts, as an operator would make them with `owner create` / `volunteer create`.
+    let db = controller.state.db.clone();
+    let (owner_token, enrol_keys) = db
+        .run(|c| {
+            let (_, token) = accounts::create_owner(c, "Demo Shop Ltd")?;
+            let mut keys = Vec::new();
+            for (country, ..) in PLACES {
+                keys.push(accounts::create_volunteer(c, &format!("Volunteers of {country}"))?.1);
+            }
+            Ok::<_, crate::Error>((token, keys))
+        })
+        .await?;
+
+    // Links and agents.
+    let (stop_agents, agents_stopped) = watch::channel(false);
+    let mut links = Vec::new();
+    let mut agent_tasks = tokio::task::JoinSet::new();
+    for (i, a) in plan.iter().enumerate() {
+        let profile = LinkProfile::for_class(a.class);
+        let link = Link::start(SocketAddr::from(([127, 0, 0, 1], 0)), site.addr(), profile).await?;
+        let settings = AgentSettings {
+            controller: controller.url().parse()?,
+            enrol_key: Some(enrol_keys[i / CLASSES.len()].clone()),
+            state_dir: dir.path().join(format!("agent-{i}")),
+            name: format!("{}-{}-{}", a.country.to_lowercase(), a.class, i),
+            declared_class: a.class,
+            limits: AgentLimits { max_concurrent: 2 },
+            engine: EngineConfig {
+                allow_private: true,
+                ca_file: None,
+                source_addr: Some(IpAddr::V4(a.ip)),
+                connect_to: vec![ConnectTo {
+                    host: site.addr().ip().to_string(),
+                    port: site.addr().port(),
+                    addr: link.addr(),
+                }],
+            },
+            idle_poll: Duration::from_millis(200),
+        };
+        let mut stopped = agents_stopped.clone();
+        agent_tasks.spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            lastmile_agent::run(settings, shutdown).await
+        });
+        links.push(link);
+    }
+    say!(opts, "  agents      {} behind emulated links:", plan.len());
+    for class in CLASSES {
+        let p = LinkProfile::for_class(class);
+        say!(
+            opts,
+            "              {:<7} {:>9} down / {:>9} up, {:>4} ms RTT",
+            class.as_str(),
+            rate(p.down_bps),
+            rate(p.up_bps),
+            p.rtt.as_millis()
+        );
+    }
+
+    let outcome = async {
+        wait_for_agents(&controller, plan.len(), &opts).await?;
+        let api = DemoClient::new(controller.url(), &owner_token)?;
+
+        let created: SiteView = api.post("/api/v1/sites", &json!({"origin": site.origin()})).await?;
+        site.publish_verification_token(&created.verification_token);
+        let verified: SiteView = api.post(&format!("/api/v1/sites/{}/verify", created.id), &json!({})).await?;
+        say!(opts, "  site        {} verified: {}", verified.origin, verified.verified);
+
+        let check: CheckView = api
+            .post(
+                "/api/v1/checks",
+                &json!({
+                    "site_id": verified.id,
+                    "name": "Demo shop home page",
+                    "url": format!("{}/", site.origin()),
+                    "expected_status": [200],
+                    "timeout_ms": 20000,
+                    "selection": {"agents_per_run": plan.len()},
+                }),
+            )
+            .await?;
+        say!(opts, "  check       {} ({})\n", check.name, check.url);
+
+        let mut runs = Vec::new();
+        for n in 1..=opts.runs.max(1) {
+            // The check's first run comes from its schedule; later ones are "run now".
+            let run = if n == 1 {
+                first_run(&api, &check).await?
+            } else {
+                api.post(&format!("/api/v1/checks/{}/runs", check.id), &json!({})).await?
+            };
+            runs.push(wait_for_run(&api, &check, run, n, &opts).await?);
+        }
+
+        let report_path = format!(
+            "/api/v1/checks/{}/report?group_by=connection_class,country",
+            check.id
+        );
+        let report_json = api.get_text(&report_path).await?;
+        let report: Report = serde_json::from_str(&report_json)?;
+        let by_class: Report = api
+            .get(&format!("/api/v1/checks/{}/report?group_by=connection_class", check.id))
+            .await?;
+        if let Some(out) = &opts.out {
+            std::fs::create_dir_all(out)?;
+            std::fs::write(out.join("report.json"), &report_json)?;
+        }
+        Ok::<_, anyhow::Error>((report, by_class, runs))
+    }
+    .await;
+
+    let _ = stop_agents.send(true);
+    while let Some(done) = agent_tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "demo agent ended with an error");
+        }
+    }
+    drop(links);
+    controller.stop().await?;
+    let (report, by_class, runs) = outcome?;
+
+    let physics_hold = physics_hold(&by_class);
+    say!(opts, "\nSLA report: {} (window from {})\n", report.check.name, report.window.from);
+    say!(opts, "{}", reports::to_table(&report));
+    say!(opts, "By connection class:\n{}", reports::to_table(&by_class));
+    say!(
+        opts,
+        "Link physics (median ttfb and total, dialup > dsl > cable > fibre): {}",
+        if physics_hold { "holds" } else { "DOES NOT HOLD" }
+    );
+    if let Some(out) = &opts.out {
+        say!(opts, "Wrote {}", out.join("report.json").display());
+    }
+    say!(opts, "Demo finished in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(DemoOutcome {
+        report,
+        by_class,
+        physics_hold,
+        runs,
+    })
+}
+
+fn rate(bps: u64) -> String {
+    if bps >= 1_000_000 {
+        format!("{} Mbit/s", bps / 1_000_000)
+    } else {
+        format!("{:.1} kbit/s", bps as f64 / 1000.0)
+    }
+}
+
+/// Whether medians of ttfb and total strictly decrease from dialup to fibre.
+pub fn physics_hold(by_class: &Report) -> bool {
+    let median = |class: ConnectionClass, phase: Phase| {
+        by_class
+            .rows
+            .iter()
+            .find(|r| r.group.connection_class == Some(class))
+            .and_then(|r| r.phases.get(&phase))
+            .map(|p| p.p50)
+    };
+    [Phase::Ttfb, Phase::Total].iter().all(|phase| {
+        let medians: Vec<Option<u64>> = CLASSES.iter().map(|c| median(*c, *phase)).collect();
+        medians.iter().all(Option::is_some) && medians.windows(2).all(|w| w[0] > w[1])
+    })
+}
+
+async fn wait_for_agents(controller: &Controller, want: usize, opts: &DemoOptions) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let since = clock::now_us() - controller.state.policy.online_window_us;
+        let online = controller
+            .state
+            .db
+            .run(move |c| agents::online_since(c, since))
+            .await?;
+        if online.len() >= want {
+            say!(opts, "  online      {} agents; the controller placed them at:", online.len());
+            let mut seen: Vec<String> = online
+                .iter()
+                .map(|a| {
+                    format!(
+                        "{} AS{} {}",
+                        a.country.as_deref().unwrap_or("??"),
+                        a.asn.unwrap_or(0),
+                        a.city.as_deref().unwrap_or("?")
+                    )
+                })
+                .collect();
+            seen.sort();
+            seen.dedup();
+            for place in seen {
+                say!(opts, "              {place}");
+            }
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} of {want} agents came online within 30 s",
+            online.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn first_run(api: &DemoClient, check: &CheckView) -> anyhow::Result<RunView> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let runs: Vec<RunView> = api.get(&format!("/api/v1/checks/{}/runs", check.id)).await?;
+        if let Some(run) = runs.into_iter().next() {
+            return Ok(run);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "the scheduler did not start the check's first run");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_for_run(api: &DemoClient, check: &CheckView, run: RunView, n: u32, opts: &DemoOptions) -> anyhow::Result<RunView> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let started = Instant::now();
+    let mut last_done = u32::MAX;
+    loop {
+        let now: RunView = api
+            .get(&format!("/api/v1/checks/{}/runs/{}", check.id, run.id))
+            .await?;
+        if now.done != last_done && opts.verbose {
+            use std::io::Write;
+            print!(
+                "\r  run {n}/{}: {:>2}/{} measured ({} in progress)",
+                opts.runs,
+                now.done,
+                now.requested,
+                now.leased
+            );
+            let _ = std::io::stdout().flush();
+            last_done = now.done;
+        }
+        if now.finished {
+            say!(opts, "  in {:.1} s", started.elapsed().as_secs_f64());
+            return Ok(now);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "run {n} did not finish within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The owner's side of the API, over real HTTP.
+struct DemoClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl DemoClient {
+    fn new(base: String, token: &str) -> anyhow::Result<DemoClient> {
+        Ok(DemoClient {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+            base,
+            token: token.to_owned(),
+        })
+    }
+
+    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<T> {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await?;
+        Self::parse(path, response).await
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let text = self.get_text(path).await?;
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer from GET {path}"))
+    }
+
+    async fn get_text(&self, path: &str) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await?;
+        let status = response.status();
+        let text = response.text().await?;
+        anyhow::ensure!(status.is_success(), "GET {path} answered {status}: {text}");
+        Ok(text)
+    }
+
+    async fn parse<T: serde::de::DeserializeOwned>(path: &str, response: reqwest::Response) -> anyhow::Result<T> {
+        let status = response.status();
+        let text = response.text().await?;
+        anyhow::ensure!(status.is_success(), "POST {path} answered {status}: {text}");
+        serde_json::from_str(&text).with_context(|| format!("unexpected answer from POST {path}"))
+    }
+}

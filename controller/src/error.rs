@@ -1,0 +1,90 @@
+//! The domain error type.
+//!
+//! Layers: storage code returns `diesel::QueryResult` or [`crate::db::DbError`]; domain
+//! functions return [`Error`], whose variants say what went wrong in the user's terms
+//! (not found, not allowed, invalid input, conflict) or that the service itself failed
+//! (database unavailable, internal). The one mapping to HTTP statuses and stable codes
+//! is in `api::error`; `anyhow` is used only in `main` and the demo.
+
+use crate::db::DbError;
+
+/// What went wrong, in terms a caller can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A thing the caller named does not exist (or is not theirs to see).
+    #[error("{what} not found")]
+    NotFound { what: &'static str, code: &'static str },
+    /// No or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Credentials are fine but this is not theirs to do.
+    #[error("{message}")]
+    Forbidden { code: &'static str, message: String },
+    /// The input is malformed or breaks a rule.
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    /// The request clashes with the current state.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// The database could not be reached or ran out of connections.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// Bad input with a stable code and a message saying what is wrong.
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Error {
+        Error::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// A state conflict with a stable code.
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Error {
+        Error::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Not allowed, with a stable code.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Error {
+        Error::Forbidden {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<DbError> for Error {
+    fn from(e: DbError) -> Error {
+        match e {
+            DbError::Pool(_) | DbError::Connect(_) => Error::Unavailable(e.to_string()),
+            DbError::Query(q) => Error::from(q),
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<diesel::result::Error> for Error {
+    fn from(e: diesel::result::Error) -> Error {
+        use diesel::result::{DatabaseErrorKind, Error as D};
+        match e {
+            D::DatabaseError(DatabaseErrorKind::UniqueViolation, info) => Error::conflict(
+                "already_exists",
+                format!("already exists: {}", info.message()),
+            ),
+            D::DatabaseError(DatabaseErrorKind::ClosedConnection, info) => {
+                Error::Unavailable(info.message().to_owned())
+            }
+            other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The result of a domain function.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,328 @@
+//! Results: accepting what agents measured, exactly once, and folding it into the
+//! aggregates reports are built from.
+//!
+//! **Architecture Invariant:** a result is stored once per assignment and counted at
+//! most once. The assignment id is the idempotency key: a repeated submission finds the
+//! stored result and gets the same acknowledgement. A result that arrives after its
+//! lease ran out is stored as `late` and not counted (the slot was re-offered, and the
+//! re-offered measurement is the one that counts). Storing the result, closing the
+//! assignment and updating the aggregate happen in one transaction.
+//!
+//! Aggregates are one row per (check, hour bucket, country, ASN, connection class) with
+//! success/failure counts and an HdrHistogram per phase over the successful samples.
+//! The row is read-modify-written under a lock: `SELECT ... FOR UPDATE` after an
+//! `INSERT ... ON CONFLICT DO NOTHING` on PostgreSQL, the single-writer transaction on
+//! SQLite.
+
+use diesel::prelude::*;
+use lastmile_protocol::{Phase, ResultAck, ResultDisposition, ResultSubmission};
+
+use crate::agents::Agent;
+use crate::clock::{hour_bucket, now_us, to_us, Micros};
+use crate::db::schema::{aggregates, assignments, results};
+use crate::db::{write_tx, DbConn};
+use crate::error::{Error, Result};
+use crate::histogram;
+use crate::scheduling::{state, Assignment};
+
+/// A stored result.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = results)]
+pub struct StoredResult {
+    pub assignment_id: String,
+    pub run_id: String,
+    pub check_id: String,
+    pub agent_id: String,
+    pub received_at: i64,
+    pub started_at: i64,
+    pub late: bool,
+    pub status: Option<i32>,
+    pub bytes: i64,
+    pub error_kind: Option<String>,
+    pub error_message: Option<String>,
+    pub dns_us: i64,
+    pub connect_us: i64,
+    pub tls_us: i64,
+    pub ttfb_us: i64,
+    pub transfer_us: i64,
+    pub total_us: i64,
+    pub country: String,
+    pub asn: i64,
+    pub connection_class: String,
+}
+
+/// The key of one aggregate row. Unknown country is `""`, unknown ASN is `0`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AggregateKey {
+    pub check_id: String,
+    pub bucket_start: Micros,
+    pub country: String,
+    pub asn: i64,
+    pub connection_class: String,
+}
+
+/// One aggregate row as stored.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = aggregates)]
+pub struct AggregateRow {
+    pub check_id: String,
+    pub bucket_start: i64,
+    pub country: String,
+    pub asn: i64,
+    pub connection_class: String,
+    pub successes: i64,
+    pub failures: i64,
+    pub dns_hist: Vec<u8>,
+    pub connect_hist: Vec<u8>,
+    pub tls_hist: Vec<u8>,
+    pub ttfb_hist: Vec<u8>,
+    pub transfer_hist: Vec<u8>,
+    pub total_hist: Vec<u8>,
+}
+
+impl AggregateRow {
+    fn empty(key: &AggregateKey) -> AggregateRow {
+        let empty = histogram::encode(&histogram::new_histogram());
+        AggregateRow {
+            check_id: key.check_id.clone(),
+            bucket_start: key.bucket_start,
+            country: key.country.clone(),
+            asn: key.asn,
+            connection_class: key.connection_class.clone(),
+            successes: 0,
+            failures: 0,
+            dns_hist: empty.clone(),
+            connect_hist: empty.clone(),
+            tls_hist: empty.clone(),
+            ttfb_hist: empty.clone(),
+            transfer_hist: empty.clone(),
+            total_hist: empty,
+        }
+    }
+
+    /// The serialized histogram of one phase.
+    pub fn hist(&self, phase: Phase) -> &[u8] {
+        match phase {
+            Phase::Dns => &self.dns_hist,
+            Phase::Connect => &self.connect_hist,
+            Phase::Tls => &self.tls_hist,
+            Phase::Ttfb => &self.ttfb_hist,
+            Phase::Transfer => &self.transfer_hist,
+            Phase::Total => &self.total_hist,
+        }
+    }
+
+    fn hist_mut(&mut self, phase: Phase) -> &mut Vec<u8> {
+        match phase {
+            Phase::Dns => &mut self.dns_hist,
+            Phase::Connect => &mut self.connect_hist,
+            Phase::Tls => &mut self.tls_hist,
+            Phase::Ttfb => &mut self.ttfb_hist,
+            Phase::Transfer => &mut self.transfer_hist,
+            Phase::Total => &mut self.total_hist,
+        }
+    }
+}
+
+/// Longest phase a result may report: the histograms' range.
+const MAX_PHASE_US: u64 = histogram::MAX_US;
+
+fn validate(sub: &ResultSubmission) -> Result<()> {
+    let t = sub.measurement.timings_us;
+    for phase in Phase::ALL {
+        if t.get(phase) > MAX_PHASE_US {
+            return Err(Error::invalid(
+                "invalid_result",
+                format!("timings_us.{phase} is longer than one hour"),
+            ));
+        }
+    }
+    if t.ttfb > t.total || t.transfer > t.total {
+        return Err(Error::invalid(
+            "invalid_result",
+            "timings_us.ttfb and timings_us.transfer cannot exceed timings_us.total",
+        ));
+    }
+    if let Some(status) = sub.measurement.status {
+        if !(100..=599).contains(&status) {
+            return Err(Error::invalid("invalid_result", format!("status {status} is not an HTTP status")));
+        }
+    }
+    if sub.measurement.bytes > i64::MAX as u64 {
+        return Err(Error::invalid("invalid_result", "bytes is out of range"));
+    }
+    Ok(())
+}
+
+/// What [`submit`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// The acknowledgement for the agent (the same for a repeated submission).
+    pub ack: ResultAck,
+    /// True when this submission had been stored before.
+    pub duplicate: bool,
+}
+
+/// Accepts one result from `agent`. Safe to call again with the same submission.
+pub fn submit(conn: &mut DbConn, agent: &Agent, sub: &ResultSubmission) -> Result<Submitted> {
+    validate(sub)?;
+    let assignment_id = sub.assignment_id.to_string();
+    let now = now_us();
+    write_tx(conn, |c| {
+        let assignment = lock_assignment(c, &assignment_id)?.ok_or(Error::NotFound {
+            what: "assignment",
+            code: "assignment_not_found",
+        })?;
+        if assignment.agent_id.as_deref() != Some(agent.id.as_str()) {
+            return Err(Error::forbidden(
+                "assignment_not_yours",
+                "this assignment is not leased to this agent",
+            ));
+        }
+        let existing: Option<bool> = results::table
+            .find(&assignment_id)
+            .select(results::late)
+            .first(c)
+            .optional()?;
+        if let Some(late) = existing {
+            return Ok(Submitted {
+                ack: ack(sub, late),
+                duplicate: true,
+            });
+        }
+        let late = assignment.state != state::LEASED
+            || assignment.lease_expires_at.is_none_or(|deadline| now > deadline);
+        let stored = to_stored(sub, &assignment, agent, now, late);
+        diesel::insert_into(results::table).values(&stored).execute(c)?;
+        if !late {
+            diesel::update(assignments::table.find(&assignment_id))
+                .set(assignments::state.eq(state::DONE))
+                .execute(c)?;
+            fold(c, &stored)?;
+        }
+        Ok(Submitted {
+            ack: ack(sub, late),
+            duplicate: false,
+        })
+    })
+}
+
+fn ack(sub: &ResultSubmission, late: bool) -> ResultAck {
+    ResultAck {
+        assignment_id: sub.assignment_id,
+        disposition: if late {
+            ResultDisposition::Late
+        } else {
+            ResultDisposition::Accepted
+        },
+    }
+}
+
+fn lock_assignment(conn: &mut DbConn, id: &str) -> Result<Option<Assignment>> {
+    let query = || assignments::table.find(id);
+    Ok(match conn {
+        DbConn::Pg(c) => query()
+            .select(Assignment::as_select())
+            .for_update()
+            .first(c)
+            .optional()?,
+        DbConn::Sqlite(c) => query().select(Assignment::as_select()).first(c).optional()?,
+    })
+}
+
+fn to_stored(sub: &ResultSubmission, a: &Assignment, agent: &Agent, now: Micros, late: bool) -> StoredResult {
+    let m = &sub.measurement;
+    let t = m.timings_us;
+    StoredResult {
+        assignment_id: a.id.clone(),
+        run_id: a.run_id.clone(),
+        check_id: a.check_id.clone(),
+        agent_id: agent.id.clone(),
+        received_at: now,
+        started_at: to_us(sub.started_at),
+        late,
+        status: m.status.map(i32::from),
+        bytes: m.bytes as i64,
+        error_kind: m.error.as_ref().map(|e| e.kind.as_str().to_owned()),
+        error_message: m.error.as_ref().map(|e| e.message.chars().take(500).collect()),
+        dns_us: t.dns as i64,
+        connect_us: t.connect as i64,
+        tls_us: t.tls as i64,
+        ttfb_us: t.ttfb as i64,
+        transfer_us: t.transfer as i64,
+        total_us: t.total as i64,
+        country: agent.country.clone().unwrap_or_default(),
+        asn: agent.asn.unwrap_or(0),
+        connection_class: agent.declared_class.clone(),
+    }
+}
+
+/// The aggregate bucket a result belongs to: the hour it was *received* in, so that a
+/// spooled result that arrives late still lands in a bucket reports have not closed.
+pub fn key_of(r: &StoredResult) -> AggregateKey {
+    AggregateKey {
+        check_id: r.check_id.clone(),
+        bucket_start: hour_bucket(r.received_at),
+        country: r.country.clone(),
+        asn: r.asn,
+        connection_class: r.connection_class.clone(),
+    }
+}
+
+/// Adds one accepted result to its aggregate row (creating the row if needed).
+pub fn fold(conn: &mut DbConn, r: &StoredResult) -> Result<()> {
+    let key = key_of(r);
+    let mut row = lock_aggregate(conn, &key)?;
+    if r.error_kind.is_some() {
+        row.failures += 1;
+    } else {
+        row.successes += 1;
+        let values = [
+            (Phase::Dns, r.dns_us),
+            (Phase::Connect, r.connect_us),
+            (Phase::Tls, r.tls_us),
+            (Phase::Ttfb, r.ttfb_us),
+            (Phase::Transfer, r.transfer_us),
+            (Phase::Total, r.total_us),
+        ];
+        for (phase, value) in values {
+            let mut h = histogram::decode(row.hist(phase)).map_err(Error::Internal)?;
+            h.saturating_record(value.max(0) as u64);
+            *row.hist_mut(phase) = histogram::encode(&h);
+        }
+    }
+    diesel::update(aggregates::table.find((
+        &key.check_id,
+        key.bucket_start,
+        &key.country,
+        key.asn,
+        &key.connection_class,
+    )))
+    .set(&row)
+    .execute(conn)?;
+    Ok(())
+}
+
+/// Reads the aggregate row for `key` with a write lock, creating it empty if missing.
+fn lock_aggregate(conn: &mut DbConn, key: &AggregateKey) -> Result<AggregateRow> {
+    let find = || {
+        aggregates::table.find((&key.check_id, key.bucket_start, &key.country, key.asn, &key.connection_class))
+    };
+    let empty = AggregateRow::empty(key);
+    Ok(match conn {
+        DbConn::Pg(c) => {
+            diesel::insert_into(aggregates::table)
+                .values(&empty)
+                .on_conflict_do_nothing()
+                .execute(c)?;
+            find().select(AggregateRow::as_select()).for_update().first(c)?
+        }
+        DbConn::Sqlite(c) => match find().select(AggregateRow::as_select()).first(c).optional()? {
+            Some(row) => row,
+            None => {
+                diesel::insert_into(aggregates::table).values(&empty).execute(c)?;
+                empty
+            }
+        },
+    })
+}

@@ -1,0 +1,35 @@
+//! The Lastmile controller: the API agents and site owners talk to, the scheduler that
+//! turns checks into runs and assignments, geo resolution of agents, aggregation of
+//! results into HdrHistograms, and SLA reports.
+//!
+//! Layout, from the outside in:
+//! - [`api`]: actix-web handlers, thin: extract, authenticate, call one domain function,
+//!   answer. All HTTP error mapping lives in [`api::error`].
+//! - domain modules, one idea each: [`accounts`] (owners, volunteers, tokens),
+//!   [`agents`], [`sites`], [`checks`], [`scheduling`] (runs, leases, expiry),
+//!   [`ingest`] (results and aggregation), [`reports`], [`geo`], [`metrics`].
+//! - [`db`]: the diesel layer over PostgreSQL and SQLite.
+//! - [`server`] wires the state and the scheduler loop into a service that starts and
+//!   stops cleanly; [`demo`] runs the whole product on one machine.
+
+pub mod accounts;
+pub mod agents;
+pub mod api;
+pub mod checks;
+pub mod clock;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod error;
+pub mod geo;
+pub mod histogram;
+pub mod ingest;
+pub mod metrics;
+pub mod reports;
+pub mod scheduling;
+pub mod server;
+pub mod sites;
+
+pub use config::ControllerConfig;
+pub use error::Error;
+pub use server::{AppState, Controller};

@@ -1,0 +1,187 @@
+//! `lastmile-controller`: serve the API, migrate, manage accounts, or run the demo.
+//! Parses flags (each also from `LASTMILE_*` / `DATABASE_URL` and a TOML file) and
+//! hands over to the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use lastmile_controller::config::ControllerConfig;
+use lastmile_controller::db::Db;
+use lastmile_controller::demo::{self, DemoOptions};
+use lastmile_controller::{accounts, server};
+
+/// Lastmile controller: schedules checks on volunteer probe agents and reports SLAs.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML config file (flags and environment win over it).
+    #[arg(long, global = true, env = "LASTMILE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Database URL: postgres://... for PostgreSQL; unset means SQLite in the data dir.
+    #[arg(long, global = true, env = "DATABASE_URL")]
+    database_url: Option<String>,
+    /// Directory for the embedded SQLite database and local state.
+    #[arg(long, global = true, env = "LASTMILE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "LASTMILE_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API and run the scheduler.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "LASTMILE_LISTEN")]
+        listen: Option<SocketAddr>,
+        /// MaxMind City database (GeoLite2-City layout).
+        #[arg(long, env = "LASTMILE_CITY_DB")]
+        city_db: Option<PathBuf>,
+        /// MaxMind ASN database (GeoLite2-ASN layout).
+        #[arg(long, env = "LASTMILE_ASN_DB")]
+        asn_db: Option<PathBuf>,
+    },
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Manage owner accounts.
+    Owner {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+    /// Manage volunteer accounts.
+    Volunteer {
+        #[command(subcommand)]
+        command: AccountCommand,
+    },
+    /// Run the whole product on this machine: controller, target site, 12 agents
+    /// behind emulated links, and a report at the end.
+    Demo {
+        /// Also write DIR/report.json (exactly what the report API serves).
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// How many runs of the demo check to make.
+        #[arg(long, default_value_t = 5)]
+        runs: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum AccountCommand {
+    /// Create an account and print its secret (shown only once).
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+    },
+}
+
+fn load_config(cli: &Cli) -> anyhow::Result<ControllerConfig> {
+    let mut config = match &cli.config {
+        Some(path) => ControllerConfig::from_file(path)?,
+        None => ControllerConfig::default(),
+    };
+    if let Some(url) = &cli.database_url {
+        config.database_url = Some(url.clone());
+    }
+    if let Some(dir) = &cli.data_dir {
+        config.data_dir = dir.clone();
+    }
+    Ok(config)
+}
+
+fn open_db(config: &ControllerConfig) -> anyhow::Result<Db> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
+    Ok(Db::open(&config.effective_database_url(), 2)?)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Demo { .. }) {
+        "warn"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let config = load_config(&cli)?;
+
+    match cli.command {
+        Command::Migrate => {
+            let db = open_db(&config)?;
+            println!("database is up to date ({})", db.backend().name());
+            Ok(())
+        }
+        Command::Owner {
+            command: AccountCommand::Create { name },
+        } => {
+            let db = open_db(&config)?;
+            let (owner, token) = accounts::create_owner(&mut *db.conn()?, &name)?;
+            println!("owner {} created; API token (shown only now):\n{token}", owner.id);
+            Ok(())
+        }
+        Command::Volunteer {
+            command: AccountCommand::Create { name },
+        } => {
+            let db = open_db(&config)?;
+            let (volunteer, key) = accounts::create_volunteer(&mut *db.conn()?, &name)?;
+            println!(
+                "volunteer {} created; enrolment key for their agents (shown only now):\n{key}",
+                volunteer.id
+            );
+            Ok(())
+        }
+        Command::Serve { listen, city_db, asn_db } => {
+            let mut config = config;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            if city_db.is_some() {
+                config.geo.city_db = city_db;
+            }
+            if asn_db.is_some() {
+                config.geo.asn_db = asn_db;
+            }
+            serve(config)
+        }
+        Command::Demo { out, runs } => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            let outcome = runtime.block_on(demo::run(DemoOptions {
+                out,
+                database_url: config.database_url.clone(),
+                runs,
+                verbose: true,
+            }))?;
+            anyhow::ensure!(
+                outcome.physics_hold,
+                "the report does not show the emulated links' physics"
+            );
+            Ok(())
+        }
+    }
+}
+
+fn serve(config: ControllerConfig) -> anyhow::Result<()> {
+    let listen = config.listen;
+    let state = server::AppState::open(config)?;
+    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    listener.set_nonblocking(true)?;
+    tracing::info!(%listen, database = state.db.backend().name(), "controller listening");
+    actix_web::rt::System::new().block_on(async move {
+        server::run(listener, state, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+    })?;
+    Ok(())
+}

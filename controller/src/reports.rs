@@ -1,0 +1,322 @@
+//! SLA reports: merge the aggregates of a check over a window, grouped by the
+//! dimensions asked for, into sample counts, availability and per-phase percentiles.
+//!
+//! **Architecture Invariant:** reports merge aggregates; they never rescan raw results.
+//! The cost of a report is the number of (hour, country, ASN, class) cells in the
+//! window, not the number of measurements.
+//!
+//! Windows are widened to whole hour buckets: `from` is rounded down to the hour, and
+//! every bucket that starts before `to` is included. The JSON says which window was
+//! actually covered.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use hdrhistogram::Histogram;
+use lastmile_protocol::{ConnectionClass, Phase};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::checks::Check;
+use crate::clock::{hour_bucket, to_datetime, to_us, HOUR_US};
+use crate::db::schema::aggregates;
+use crate::db::DbConn;
+use crate::error::{Error, Result};
+use crate::histogram;
+use crate::ingest::AggregateRow;
+
+/// A dimension a report can be grouped by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    ConnectionClass,
+    Country,
+    Asn,
+}
+
+impl FromStr for Dimension {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Dimension> {
+        match s.trim() {
+            "connection_class" => Ok(Dimension::ConnectionClass),
+            "country" => Ok(Dimension::Country),
+            "asn" => Ok(Dimension::Asn),
+            other => Err(Error::invalid(
+                "invalid_group_by",
+                format!("cannot group by {other:?}; use connection_class, country or asn"),
+            )),
+        }
+    }
+}
+
+impl Dimension {
+    fn name(self) -> &'static str {
+        match self {
+            Dimension::ConnectionClass => "connection_class",
+            Dimension::Country => "country",
+            Dimension::Asn => "asn",
+        }
+    }
+}
+
+/// Parses `group_by=connection_class,country`.
+pub fn parse_group_by(raw: &str) -> Result<Vec<Dimension>> {
+    let mut dims = Vec::new();
+    for part in raw.split(',').filter(|p| !p.trim().is_empty()) {
+        let d: Dimension = part.parse()?;
+        if !dims.contains(&d) {
+            dims.push(d);
+        }
+    }
+    Ok(dims)
+}
+
+/// The window and grouping of a report.
+#[derive(Debug, Clone)]
+pub struct ReportQuery {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+    pub group_by: Vec<Dimension>,
+}
+
+/// Percentiles of one phase, microseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p95: u64,
+    pub p99: u64,
+}
+
+/// The value of each dimension for one row; absent dimensions are not grouped on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+pub struct Group {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connection_class: Option<ConnectionClass>,
+    /// ISO country code; `"??"` when the agent's address has no known country.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub country: Option<String>,
+    /// Autonomous system number; 0 when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub asn: Option<u32>,
+}
+
+/// One row of a report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReportRow {
+    pub group: Group,
+    /// Measurements in the row (successful and failed).
+    pub samples: u64,
+    pub successes: u64,
+    pub failures: u64,
+    /// successes / samples.
+    pub availability: f64,
+    /// Percentiles over the successful measurements, per phase.
+    pub phases: BTreeMap<Phase, Percentiles>,
+}
+
+/// Which check a report is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReportCheck {
+    pub id: Uuid,
+    pub name: String,
+    pub url: String,
+}
+
+/// The window a report covers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReportWindow {
+    /// Start of the first hour bucket included.
+    pub from: DateTime<Utc>,
+    /// End of the window as asked.
+    pub to: DateTime<Utc>,
+    /// Bucket width the aggregates are kept at.
+    pub bucket: String,
+}
+
+/// An SLA report for one check.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Report {
+    pub check: ReportCheck,
+    pub window: ReportWindow,
+    pub group_by: Vec<Dimension>,
+    pub rows: Vec<ReportRow>,
+}
+
+struct Accumulator {
+    successes: u64,
+    failures: u64,
+    phases: BTreeMap<Phase, Histogram<u64>>,
+}
+
+/// Builds the report for `check` from its aggregates.
+pub fn build(conn: &mut DbConn, check: &Check, query: &ReportQuery) -> Result<Report> {
+    if query.to <= query.from {
+        return Err(Error::invalid("invalid_window", "`to` must be after `from`"));
+    }
+    let from_bucket = hour_bucket(to_us(query.from));
+    let rows: Vec<AggregateRow> = aggregates::table
+        .filter(aggregates::check_id.eq(&check.id))
+        .filter(aggregates::bucket_start.ge(from_bucket))
+        .filter(aggregates::bucket_start.lt(to_us(query.to)))
+        .select(AggregateRow::as_select())
+        .load(conn)?;
+    Ok(Report {
+        check: ReportCheck {
+            id: check.id.parse().unwrap_or_default(),
+            name: check.name.clone(),
+            url: check.url.clone(),
+        },
+        window: ReportWindow {
+            from: to_datetime(from_bucket),
+            to: query.to,
+            bucket: "1h".into(),
+        },
+        group_by: query.group_by.clone(),
+        rows: merge(&rows, &query.group_by)?,
+    })
+}
+
+/// Merges aggregate rows into report rows grouped by `dims`.
+pub fn merge(rows: &[AggregateRow], dims: &[Dimension]) -> Result<Vec<ReportRow>> {
+    let mut groups: BTreeMap<Group, Accumulator> = BTreeMap::new();
+    for row in rows {
+        let acc = groups.entry(group_of(row, dims)).or_insert_with(|| Accumulator {
+            successes: 0,
+            failures: 0,
+            phases: Phase::ALL.iter().map(|p| (*p, histogram::new_histogram())).collect(),
+        });
+        acc.successes += row.successes.max(0) as u64;
+        acc.failures += row.failures.max(0) as u64;
+        for (phase, merged) in acc.phases.iter_mut() {
+            let h = histogram::decode(row.hist(*phase)).map_err(Error::Internal)?;
+            merged
+                .add(&h)
+                .map_err(|e| Error::Internal(format!("cannot merge histograms: {e:?}")))?;
+        }
+    }
+    Ok(groups
+        .into_iter()
+        .map(|(group, acc)| {
+            let samples = acc.successes + acc.failures;
+            ReportRow {
+                group,
+                samples,
+                successes: acc.successes,
+                failures: acc.failures,
+                availability: if samples == 0 {
+                    0.0
+                } else {
+                    acc.successes as f64 / samples as f64
+                },
+                phases: acc
+                    .phases
+                    .iter()
+                    .filter(|(_, h)| !h.is_empty())
+                    .map(|(phase, h)| (*phase, percentiles(h)))
+                    .collect(),
+            }
+        })
+        .collect())
+}
+
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    Percentiles {
+        p50: h.value_at_quantile(0.50),
+        p90: h.value_at_quantile(0.90),
+        p95: h.value_at_quantile(0.95),
+        p99: h.value_at_quantile(0.99),
+    }
+}
+
+fn group_of(row: &AggregateRow, dims: &[Dimension]) -> Group {
+    let mut g = Group::default();
+    for d in dims {
+        match d {
+            Dimension::ConnectionClass => g.connection_class = row.connection_class.parse().ok(),
+            Dimension::Country => {
+                g.country = Some(if row.country.is_empty() {
+                    "??".to_owned()
+                } else {
+                    row.country.clone()
+                })
+            }
+            Dimension::Asn => g.asn = Some(u32::try_from(row.asn).unwrap_or(0)),
+        }
+    }
+    g
+}
+
+/// The default window: the last 24 hours.
+pub fn default_window(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
+    (now - chrono::Duration::microseconds(24 * HOUR_US), now)
+}
+
+/// The report as CSV: one line per row, percentiles in microseconds.
+pub fn to_csv(report: &Report) -> String {
+    let mut out = String::new();
+    let dims: Vec<&str> = report.group_by.iter().map(|d| d.name()).collect();
+    let mut header: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
+    header.extend(["samples", "successes", "failures", "availability"].map(String::from));
+    for phase in Phase::ALL {
+        for p in ["p50", "p90", "p95", "p99"] {
+            header.push(format!("{phase}_{p}_us"));
+        }
+    }
+    let _ = writeln!(out, "{}", header.join(","));
+    for row in &report.rows {
+        let mut cells: Vec<String> = Vec::new();
+        for d in &report.group_by {
+            cells.push(match d {
+                Dimension::ConnectionClass => row.group.connection_class.map(|c| c.to_string()).unwrap_or_default(),
+                Dimension::Country => row.group.country.clone().unwrap_or_default(),
+                Dimension::Asn => row.group.asn.map(|a| a.to_string()).unwrap_or_default(),
+            });
+        }
+        cells.push(row.samples.to_string());
+        cells.push(row.successes.to_string());
+        cells.push(row.failures.to_string());
+        cells.push(format!("{:.6}", row.availability));
+        for phase in Phase::ALL {
+            match row.phases.get(&phase) {
+                Some(p) => cells.extend([p.p50, p.p90, p.p95, p.p99].map(|v| v.to_string())),
+                None => cells.extend(std::iter::repeat_n(String::new(), 4)),
+            }
+        }
+        let _ = writeln!(out, "{}", cells.join(","));
+    }
+    out
+}
+
+/// A human-readable table of the report, for the terminal.
+pub fn to_table(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<10} {:<8} {:>7} {:>7} {:>10} {:>10} {:>10} {:>11} {:>11}",
+        "class", "country", "samples", "avail", "ttfb p50", "ttfb p95", "total p50", "total p95", "total p99"
+    );
+    let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
+    for row in &report.rows {
+        let get = |phase: Phase| row.phases.get(&phase);
+        let cell = |phase: Phase, f: fn(&Percentiles) -> u64| get(phase).map(|p| ms(f(p))).unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:<10} {:<8} {:>7} {:>6.1}% {:>10} {:>10} {:>10} {:>11} {:>11}",
+            row.group.connection_class.map(|c| c.to_string()).unwrap_or_else(|| "*".into()),
+            row.group.country.clone().unwrap_or_else(|| "*".into()),
+            row.samples,
+            row.availability * 100.0,
+            cell(Phase::Ttfb, |p| p.p50),
+            cell(Phase::Ttfb, |p| p.p95),
+            cell(Phase::Total, |p| p.p50),
+            cell(Phase::Total, |p| p.p95),
+            cell(Phase::Total, |p| p.p99),
+        );
+    }
+    out
+}

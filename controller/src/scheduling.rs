@@ -1,0 +1,395 @@
+//! Runs, assignments and leases.
+//!
+//! A **run** is one execution of a check. When it is created, the online agents that
+//! match the check's selection are recorded as its eligible agents (`run_agents`) and
+//! it fans out into `min(agents_per_run, eligible)` **assignments**, each `pending`.
+//! Any eligible agent may lease a pending assignment of the run, but never two of the
+//! same run: `pending -> leased -> done | expired`. An expired lease is re-offered as a
+//! new pending assignment (attempt + 1) to the run's other eligible agents, up to
+//! `max_attempts`; pending assignments still unfilled at the run's deadline expire.
+//!
+//! **Architecture Invariant:** no assignment is ever leased to two agents. On
+//! PostgreSQL the lease picks its row with `FOR UPDATE SKIP LOCKED`, so concurrent
+//! agents each lock a different row; on SQLite the lease runs inside the single-writer
+//! `BEGIN IMMEDIATE` transaction of [`write_tx`]. In both, the `UPDATE` re-checks
+//! `state = 'pending'`, and a unique index on `(run_id, agent_id)` backs the
+//! one-per-run rule.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use lastmile_protocol::{CheckKind, Task};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::agents::{self, Agent};
+use crate::checks::{self, Check};
+use crate::clock::{to_datetime, Micros};
+use crate::db::schema::{assignments, checks as checks_t, run_agents, runs};
+use crate::db::{write_tx, DbConn};
+use crate::error::{Error, Result};
+
+/// Knobs of the scheduler, from the controller config.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulingPolicy {
+    pub lease_us: Micros,
+    pub online_window_us: Micros,
+    pub max_attempts: i32,
+    pub run_deadline_us: Micros,
+}
+
+impl SchedulingPolicy {
+    /// The policy a controller config asks for.
+    pub fn from_config(c: &crate::ControllerConfig) -> SchedulingPolicy {
+        SchedulingPolicy {
+            lease_us: (c.lease_s as i64) * 1_000_000,
+            online_window_us: (c.online_window_s as i64) * 1_000_000,
+            max_attempts: c.max_attempts.max(1) as i32,
+            run_deadline_us: (c.run_deadline_s as i64) * 1_000_000,
+        }
+    }
+}
+
+/// Assignment states as stored.
+pub mod state {
+    pub const PENDING: &str = "pending";
+    pub const LEASED: &str = "leased";
+    pub const DONE: &str = "done";
+    pub const EXPIRED: &str = "expired";
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = runs)]
+struct RunRow {
+    id: String,
+    check_id: String,
+    created_at: i64,
+    deadline_at: i64,
+    eligible_agents: i32,
+    requested: i32,
+}
+
+/// An assignment as stored.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = assignments)]
+pub struct Assignment {
+    pub id: String,
+    pub run_id: String,
+    pub check_id: String,
+    pub attempt: i32,
+    pub state: String,
+    pub agent_id: Option<String>,
+    pub created_at: i64,
+    pub leased_at: Option<i64>,
+    pub lease_expires_at: Option<i64>,
+}
+
+impl Assignment {
+    fn new_pending(run_id: &str, check_id: &str, attempt: i32, now: Micros) -> Assignment {
+        Assignment {
+            id: Uuid::new_v4().to_string(),
+            run_id: run_id.to_owned(),
+            check_id: check_id.to_owned(),
+            attempt,
+            state: state::PENDING.to_owned(),
+            agent_id: None,
+            created_at: now,
+            leased_at: None,
+            lease_expires_at: None,
+        }
+    }
+}
+
+/// A run and how far it has got, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RunView {
+    pub id: Uuid,
+    pub check_id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub deadline_at: DateTime<Utc>,
+    /// Online agents that matched the selection when the run was created.
+    pub eligible_agents: u32,
+    /// Measurements asked for: `min(agents_per_run, eligible_agents)`.
+    pub requested: u32,
+    /// Measurements completed in time.
+    pub done: u32,
+    /// Slots waiting for an agent, or being measured now.
+    pub pending: u32,
+    pub leased: u32,
+    /// Leases that ran out (each re-offered while attempts remain).
+    pub expired: u32,
+    /// True when nothing more will happen: every slot is done or given up.
+    pub finished: bool,
+}
+
+/// Creates a run of `check` now: snapshots the eligible agents and creates the pending
+/// assignments, all in one transaction.
+pub fn create_run(conn: &mut DbConn, check: &Check, policy: &SchedulingPolicy, now: Micros) -> Result<RunView> {
+    let selection = check.selection();
+    let run_id = Uuid::new_v4().to_string();
+    write_tx(conn, |c| {
+        let eligible: Vec<Agent> = agents::online_since(c, now - policy.online_window_us)?
+            .into_iter()
+            .filter(|a| selection.matches(a))
+            .collect();
+        let requested = eligible.len().min(selection.agents_per_run as usize);
+        let run = RunRow {
+            id: run_id.clone(),
+            check_id: check.id.clone(),
+            created_at: now,
+            deadline_at: now + policy.run_deadline_us,
+            eligible_agents: eligible.len() as i32,
+            requested: requested as i32,
+        };
+        diesel::insert_into(runs::table).values(&run).execute(c)?;
+        for agent in &eligible {
+            diesel::insert_into(run_agents::table)
+                .values((run_agents::run_id.eq(&run_id), run_agents::agent_id.eq(&agent.id)))
+                .execute(c)?;
+        }
+        for _ in 0..requested {
+            diesel::insert_into(assignments::table)
+                .values(&Assignment::new_pending(&run_id, &check.id, 1, now))
+                .execute(c)?;
+        }
+        Ok::<_, Error>(())
+    })?;
+    run_view(conn, &run_id)
+}
+
+/// The owner's run with this id and its progress.
+pub fn get_run(conn: &mut DbConn, owner_id: &str, check_id: &str, run_id: &str) -> Result<RunView> {
+    checks::get(conn, owner_id, check_id)?;
+    let view = run_view(conn, run_id)?;
+    if view.check_id.to_string() != check_id {
+        return Err(Error::NotFound {
+            what: "run",
+            code: "run_not_found",
+        });
+    }
+    Ok(view)
+}
+
+/// The check's most recent runs, newest first.
+pub fn list_runs(conn: &mut DbConn, owner_id: &str, check_id: &str, limit: i64) -> Result<Vec<RunView>> {
+    checks::get(conn, owner_id, check_id)?;
+    let ids: Vec<String> = runs::table
+        .filter(runs::check_id.eq(check_id))
+        .order(runs::created_at.desc())
+        .limit(limit)
+        .select(runs::id)
+        .load(conn)?;
+    ids.iter().map(|id| run_view(conn, id)).collect()
+}
+
+fn run_view(conn: &mut DbConn, run_id: &str) -> Result<RunView> {
+    let run: RunRow = runs::table
+        .find(run_id)
+        .select(RunRow::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(Error::NotFound {
+            what: "run",
+            code: "run_not_found",
+        })?;
+    let states: Vec<(String, i64)> = assignments::table
+        .filter(assignments::run_id.eq(run_id))
+        .group_by(assignments::state)
+        .select((assignments::state, diesel::dsl::count_star()))
+        .load(conn)?;
+    let count = |s: &str| {
+        states
+            .iter()
+            .find(|(name, _)| name == s)
+            .map_or(0, |(_, n)| *n as u32)
+    };
+    let (pending, leased) = (count(state::PENDING), count(state::LEASED));
+    Ok(RunView {
+        id: run.id.parse().unwrap_or_default(),
+        check_id: run.check_id.parse().unwrap_or_default(),
+        created_at: to_datetime(run.created_at),
+        deadline_at: to_datetime(run.deadline_at),
+        eligible_agents: run.eligible_agents.max(0) as u32,
+        requested: run.requested.max(0) as u32,
+        done: count(state::DONE),
+        pending,
+        leased,
+        expired: count(state::EXPIRED),
+        finished: pending == 0 && leased == 0,
+    })
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = Text)]
+    id: String,
+}
+
+/// Leases up to `max` assignments to `agent`, never more than its free concurrency
+/// and never two of one run. Each lease is its own short transaction.
+pub fn lease(conn: &mut DbConn, agent: &Agent, max: u32, policy: &SchedulingPolicy, now: Micros) -> Result<Vec<Task>> {
+    let busy: i64 = assignments::table
+        .filter(assignments::agent_id.eq(&agent.id))
+        .filter(assignments::state.eq(state::LEASED))
+        .filter(assignments::lease_expires_at.gt(now))
+        .count()
+        .get_result(conn)?;
+    let free = (i64::from(agent.max_concurrent) - busy).max(0);
+    let want = i64::from(max.min(64)).min(free);
+    let expires = now + policy.lease_us;
+    let mut tasks = Vec::new();
+    for _ in 0..want {
+        match write_tx(conn, |c| lease_one(c, &agent.id, now, expires)) {
+            Ok(Some(id)) => tasks.push(task_for(conn, &id)?),
+            Ok(None) => break,
+            // The same agent leasing concurrently from two connections: the unique
+            // (run, agent) index refused the second pick. What it already has stands.
+            Err(Error::Conflict { .. }) => break,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(tasks)
+}
+
+/// Leases the oldest pending assignment this agent may take; returns its id.
+fn lease_one(conn: &mut DbConn, agent_id: &str, now: Micros, expires: Micros) -> Result<Option<String>> {
+    // The candidate: pending, in a live run the agent is eligible for, of a run the
+    // agent has not had an assignment in (whatever became of it).
+    let rows: Vec<IdRow> = match conn {
+        DbConn::Pg(c) => diesel::sql_query(
+            "UPDATE assignments SET state = 'leased', agent_id = $1, leased_at = $2, lease_expires_at = $3 \
+             WHERE id = (\
+               SELECT a.id FROM assignments a \
+               JOIN run_agents ra ON ra.run_id = a.run_id AND ra.agent_id = $1 \
+               JOIN runs r ON r.id = a.run_id \
+               WHERE a.state = 'pending' AND r.deadline_at > $2 \
+                 AND NOT EXISTS (SELECT 1 FROM assignments b WHERE b.run_id = a.run_id AND b.agent_id = $1) \
+               ORDER BY a.created_at, a.id LIMIT 1 \
+               FOR UPDATE OF a SKIP LOCKED) \
+             AND state = 'pending' \
+             RETURNING id",
+        )
+        .bind::<Text, _>(agent_id)
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(expires)
+        .load(c)?,
+        DbConn::Sqlite(c) => diesel::sql_query(
+            "UPDATE assignments SET state = 'leased', agent_id = ?1, leased_at = ?2, lease_expires_at = ?3 \
+             WHERE id = (\
+               SELECT a.id FROM assignments a \
+               JOIN run_agents ra ON ra.run_id = a.run_id AND ra.agent_id = ?1 \
+               JOIN runs r ON r.id = a.run_id \
+               WHERE a.state = 'pending' AND r.deadline_at > ?2 \
+                 AND NOT EXISTS (SELECT 1 FROM assignments b WHERE b.run_id = a.run_id AND b.agent_id = ?1) \
+               ORDER BY a.created_at, a.id LIMIT 1) \
+             AND state = 'pending' \
+             RETURNING id",
+        )
+        .bind::<Text, _>(agent_id)
+        .bind::<BigInt, _>(now)
+        .bind::<BigInt, _>(expires)
+        .load(c)?,
+    };
+    Ok(rows.into_iter().next().map(|r| r.id))
+}
+
+fn task_for(conn: &mut DbConn, assignment_id: &str) -> Result<Task> {
+    let (a, check): (Assignment, Check) = assignments::table
+        .inner_join(checks_t::table)
+        .filter(assignments::id.eq(assignment_id))
+        .select((Assignment::as_select(), Check::as_select()))
+        .first(conn)?;
+    Ok(Task {
+        assignment_id: a.id.parse().unwrap_or_default(),
+        check_id: a.check_id.parse().unwrap_or_default(),
+        run_id: a.run_id.parse().unwrap_or_default(),
+        kind: check.kind.parse().unwrap_or(CheckKind::Http),
+        url: check.url.clone(),
+        expected_status: check.expected_status(),
+        max_bytes: check.max_bytes.max(0) as u64,
+        timeout_ms: check.timeout_ms.max(0) as u64,
+        lease_expires_at: to_datetime(a.lease_expires_at.unwrap_or_default()),
+    })
+}
+
+/// What one expiry pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ExpiryOutcome {
+    /// Leases that ran out.
+    pub expired_leases: u32,
+    /// New pending assignments created for them.
+    pub reoffered: u32,
+    /// Pending assignments given up at their run's deadline.
+    pub abandoned: u32,
+}
+
+/// Expires leases that ran out, re-offering each while attempts remain, and gives up
+/// pending assignments of runs past their deadline.
+pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Result<ExpiryOutcome> {
+    write_tx(conn, |c| {
+        let overdue = || {
+            assignments::table
+                .filter(assignments::state.eq(state::LEASED))
+                .filter(assignments::lease_expires_at.lt(now))
+        };
+        let overdue: Vec<Assignment> = match c {
+            DbConn::Pg(pg) => overdue()
+                .select(Assignment::as_select())
+                .for_update()
+                .skip_locked()
+                .load(pg)?,
+            DbConn::Sqlite(sq) => overdue().select(Assignment::as_select()).load(sq)?,
+        };
+        let mut outcome = ExpiryOutcome::default();
+        for a in overdue {
+            let changed = diesel::update(assignments::table.find(&a.id))
+                .filter(assignments::state.eq(state::LEASED))
+                .set(assignments::state.eq(state::EXPIRED))
+                .execute(c)?;
+            if changed == 0 {
+                continue;
+            }
+            outcome.expired_leases += 1;
+            let deadline: i64 = runs::table.find(&a.run_id).select(runs::deadline_at).first(c)?;
+            if a.attempt < policy.max_attempts && deadline > now {
+                diesel::insert_into(assignments::table)
+                    .values(&Assignment::new_pending(&a.run_id, &a.check_id, a.attempt + 1, now))
+                    .execute(c)?;
+                outcome.reoffered += 1;
+            }
+        }
+        let past_deadline = runs::table.filter(runs::deadline_at.le(now)).select(runs::id);
+        outcome.abandoned = diesel::update(
+            assignments::table
+                .filter(assignments::state.eq(state::PENDING))
+                .filter(assignments::run_id.eq_any(past_deadline)),
+        )
+        .set(assignments::state.eq(state::EXPIRED))
+        .execute(c)? as u32;
+        Ok(outcome)
+    })
+}
+
+/// Creates a run for every scheduled check that is due, and moves its next run time on.
+/// Returns the runs created.
+pub fn run_due_checks(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Result<Vec<RunView>> {
+    let due: Vec<Check> = checks_t::table
+        .filter(checks_t::next_run_at.le(now))
+        .select(Check::as_select())
+        .load(conn)?;
+    let mut created = Vec::new();
+    for check in due {
+        // Claim the slot first so that two controller replicas never both run it:
+        // only the one whose update matched the old time goes on.
+        let next = check.interval_s.map(|s| now + s * 1_000_000);
+        let claimed = diesel::update(checks_t::table.find(&check.id))
+            .filter(checks_t::next_run_at.eq(check.next_run_at))
+            .set(checks_t::next_run_at.eq(next))
+            .execute(conn)?;
+        if claimed == 1 {
+            created.push(create_run(conn, &check, policy, now)?);
+        }
+    }
+    Ok(created)
+}

@@ -1,0 +1,191 @@
+//! The controller as a service: shared state, the HTTP server and the scheduler loop,
+//! started together and stopped together.
+//!
+//! [`run`] takes a bound listener and a shutdown future, so `main` passes Ctrl-C and a
+//! test or the demo passes its own signal. [`Controller::start`] wraps that for
+//! in-process use (tests, demo): it binds, starts, and hands back the address.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Service;
+use actix_web::{web, App, HttpServer};
+use futures_util::FutureExt;
+use tokio::sync::watch;
+
+use crate::config::ControllerConfig;
+use crate::db::Db;
+use crate::geo::Geo;
+use crate::metrics::Metrics;
+use crate::scheduling::{self, SchedulingPolicy};
+use crate::{api, clock};
+
+/// Everything a request handler or the scheduler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub geo: Arc<Geo>,
+    pub config: Arc<ControllerConfig>,
+    pub metrics: Arc<Metrics>,
+    /// For outgoing calls (site verification).
+    pub http: reqwest::Client,
+    pub policy: SchedulingPolicy,
+}
+
+impl AppState {
+    /// Opens the database (running migrations) and the geo databases. Blocking.
+    pub fn open(config: ControllerConfig) -> anyhow::Result<AppState> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+        let db = Db::open(&config.effective_database_url(), config.max_db_connections)?;
+        let geo = Geo::open(&config.geo)?;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("lastmile-controller/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(AppState {
+            db,
+            geo: Arc::new(geo),
+            policy: SchedulingPolicy::from_config(&config),
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::default()),
+            http,
+        })
+    }
+}
+
+/// Serves the API on `listener` and runs the scheduler until `shutdown` resolves.
+pub async fn run(
+    listener: std::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let max_body = state.config.max_body_bytes;
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        let metrics = app_state.metrics.clone();
+        App::new()
+            .app_data(web::Data::new(app_state.clone()))
+            .wrap(tracing_actix())
+            .wrap_fn(move |req, srv| {
+                let metrics = metrics.clone();
+                srv.call(req).map(move |res| {
+                    if let Ok(r) = &res {
+                        match r.status().as_u16() {
+                            400..=499 => Metrics::inc(&metrics.http_errors_4xx),
+                            500..=599 => Metrics::inc(&metrics.http_errors_5xx),
+                            _ => {}
+                        }
+                    }
+                    res
+                })
+            })
+            .configure(|cfg| api::configure(cfg, max_body))
+    })
+    .disable_signals()
+    .shutdown_timeout(5)
+    .listen(listener)?
+    .run();
+    let handle = server.handle();
+    let serving = tokio::spawn(server);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let scheduler = tokio::spawn(scheduler_loop(state, stop_rx));
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    handle.stop(true).await;
+    let _ = scheduler.await;
+    serving
+        .await
+        .map_err(|e| std::io::Error::other(format!("server task failed: {e}")))?
+}
+
+fn tracing_actix() -> actix_web::middleware::Logger {
+    actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms").log_target("lastmile::http")
+}
+
+/// Every tick: expire overdue leases (re-offering them) and create runs of due checks.
+async fn scheduler_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    let tick = Duration::from_millis(state.config.scheduler_tick_ms.max(10));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(tick) => {}
+        }
+        let policy = state.policy;
+        let outcome = state
+            .db
+            .run(move |c| {
+                let now = clock::now_us();
+                let expired = scheduling::expire(c, &policy, now)?;
+                let runs = scheduling::run_due_checks(c, &policy, now)?;
+                Ok::<_, crate::Error>((expired, runs.len()))
+            })
+            .await;
+        match outcome {
+            Ok((expired, runs)) => {
+                for _ in 0..expired.expired_leases {
+                    Metrics::inc(&state.metrics.leases_expired);
+                }
+                for _ in 0..runs {
+                    Metrics::inc(&state.metrics.runs_created);
+                }
+                if expired.expired_leases > 0 || expired.abandoned > 0 {
+                    tracing::info!(?expired, "leases expired");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "scheduler pass failed"),
+        }
+    }
+}
+
+/// A controller running inside this process (tests, demo).
+pub struct Controller {
+    pub addr: SocketAddr,
+    pub state: AppState,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl Controller {
+    /// Opens the state and serves it on `listen` (use port 0 for any free port).
+    pub async fn start(config: ControllerConfig, listen: SocketAddr) -> anyhow::Result<Controller> {
+        let state = tokio::task::spawn_blocking(move || AppState::open(config)).await??;
+        Controller::serve(state, listen).await
+    }
+
+    /// Serves an already opened state on `listen`.
+    pub async fn serve(state: AppState, listen: SocketAddr) -> anyhow::Result<Controller> {
+        let listener = std::net::TcpListener::bind(listen)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(listener, state.clone(), stopped.map(|_| ())));
+        Ok(Controller {
+            addr,
+            state,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// The base URL of the API, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server and the scheduler and waits for them.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await??;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,10 @@
+DROP TABLE aggregates;
+DROP TABLE results;
+DROP TABLE assignments;
+DROP TABLE run_agents;
+DROP TABLE runs;
+DROP TABLE checks;
+DROP TABLE sites;
+DROP TABLE agents;
+DROP TABLE volunteers;
+DROP TABLE owners;

@@ -1,0 +1,17 @@
+//! The Lastmile probe agent, as a library so that the demo and the end-to-end tests
+//! can run real agents inside one process.
+//!
+//! Layout: [`measure`] is the measurement engine (one fetch, each phase timed),
+//! [`guard`] decides which addresses may be fetched, [`spool`] keeps results until the
+//! controller acknowledges them, [`client`] speaks the controller's agent API, and
+//! [`runner`] ties them into the enrol / heartbeat / lease / measure / submit loop.
+//! The binary in `main.rs` only parses flags and calls into these.
+
+pub mod client;
+pub mod guard;
+pub mod measure;
+pub mod runner;
+pub mod spool;
+
+pub use measure::{ConnectTo, Engine, EngineConfig, Expectations};
+pub use runner::{run, AgentSettings};

@@ -1,0 +1,239 @@
+//! `lastmile-agent`: the probe a volunteer runs. Parses flags (each also readable from
+//! the environment and a TOML config file) and hands over to the library.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use lastmile_agent::measure::{ConnectTo, Engine, EngineConfig, Expectations};
+use lastmile_agent::runner::{self, AgentSettings};
+use lastmile_protocol::{AgentLimits, ConnectionClass};
+use serde::Deserialize;
+
+/// Lastmile probe agent: measures websites the way a real user on your line sees them.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "LASTMILE_LOG_JSON")]
+    log_json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enrol (first start only) and work for the controller until stopped.
+    Run(RunArgs),
+    /// Measure one URL once and print its phase timings.
+    Measure(MeasureArgs),
+}
+
+/// Flags shared by `run` and `measure` that shape how fetches are made.
+#[derive(Args, Clone, Default)]
+struct EngineArgs {
+    /// Local-test mode: allow private, loopback and link-local targets.
+    #[arg(long, env = "LASTMILE_ALLOW_PRIVATE")]
+    allow_private: bool,
+    /// Trust this extra CA certificate file (PEM), e.g. for HTTPS test targets.
+    #[arg(long, env = "LASTMILE_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// Send from this local address.
+    #[arg(long, env = "LASTMILE_SOURCE_ADDR", value_parser = runner::parse_ip)]
+    source_addr: Option<IpAddr>,
+    /// Connect to ADDR:PORT instead for HOST:PORT, as curl's --connect-to (HOST:PORT=ADDR:PORT). Repeatable.
+    #[arg(long, value_name = "HOST:PORT=ADDR:PORT")]
+    connect_to: Vec<ConnectTo>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Controller base URL, e.g. https://controller.lastmile.example
+    #[arg(long, env = "LASTMILE_CONTROLLER")]
+    controller: Option<url::Url>,
+    /// The volunteer's enrolment key (needed on the first start only).
+    #[arg(long, env = "LASTMILE_ENROL_KEY")]
+    enrol_key: Option<String>,
+    /// Where credentials and the result spool are kept.
+    #[arg(long, env = "LASTMILE_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// TOML file with any of these settings (flags and environment win over it).
+    #[arg(long, env = "LASTMILE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Name shown to the volunteer for this machine.
+    #[arg(long, env = "LASTMILE_NAME")]
+    name: Option<String>,
+    /// The kind of line this machine is on: dialup, satellite, mobile, dsl, cable, fibre.
+    #[arg(long, env = "LASTMILE_CONNECTION_CLASS")]
+    connection_class: Option<ConnectionClass>,
+    /// Measurements run at once.
+    #[arg(long, env = "LASTMILE_MAX_CONCURRENT")]
+    max_concurrent: Option<u32>,
+    /// Milliseconds to wait before asking for work again when none was offered.
+    #[arg(long, env = "LASTMILE_IDLE_POLL_MS")]
+    idle_poll_ms: Option<u64>,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+/// The config file: the same settings as the flags, all optional.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    controller: Option<url::Url>,
+    enrol_key: Option<String>,
+    state_dir: Option<PathBuf>,
+    name: Option<String>,
+    connection_class: Option<ConnectionClass>,
+    max_concurrent: Option<u32>,
+    idle_poll_ms: Option<u64>,
+    allow_private: Option<bool>,
+    ca_file: Option<PathBuf>,
+    source_addr: Option<IpAddr>,
+    #[serde(default)]
+    connect_to: Vec<String>,
+}
+
+#[derive(Args)]
+struct MeasureArgs {
+    /// The URL to fetch.
+    url: String,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Give up after this many milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+    #[command(flatten)]
+    engine: EngineArgs,
+}
+
+impl EngineArgs {
+    fn into_config(self) -> EngineConfig {
+        EngineConfig {
+            allow_private: self.allow_private,
+            ca_file: self.ca_file,
+            source_addr: self.source_addr,
+            connect_to: self.connect_to,
+        }
+    }
+}
+
+fn settings_from(args: RunArgs) -> anyhow::Result<AgentSettings> {
+    let file: ConfigFile = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?
+        }
+        None => ConfigFile::default(),
+    };
+    let mut connect_to = args.engine.connect_to;
+    for c in &file.connect_to {
+        connect_to.push(c.parse().map_err(|e: String| anyhow::anyhow!("config connect_to: {e}"))?);
+    }
+    let controller = args
+        .controller
+        .or(file.controller)
+        .context("no controller given: pass --controller URL (or LASTMILE_CONTROLLER, or `controller` in the config file)")?;
+    Ok(AgentSettings {
+        controller,
+        enrol_key: args.enrol_key.or(file.enrol_key),
+        state_dir: args.state_dir.or(file.state_dir).unwrap_or_else(runner::default_state_dir),
+        name: args
+            .name
+            .or(file.name)
+            .unwrap_or_else(|| std::env::var("HOSTNAME").unwrap_or_else(|_| "lastmile-agent".into())),
+        declared_class: args
+            .connection_class
+            .or(file.connection_class)
+            .context("declare this machine's line with --connection-class (dialup, satellite, mobile, dsl, cable, fibre)")?,
+        limits: AgentLimits {
+            max_concurrent: args
+                .max_concurrent
+                .or(file.max_concurrent)
+                .unwrap_or(AgentLimits::default().max_concurrent)
+                .max(1),
+        },
+        engine: EngineConfig {
+            allow_private: args.engine.allow_private || file.allow_private.unwrap_or(false),
+            ca_file: args.engine.ca_file.or(file.ca_file),
+            source_addr: args.engine.source_addr.or(file.source_addr),
+            connect_to,
+        },
+        idle_poll: Duration::from_millis(args.idle_poll_ms.or(file.idle_poll_ms).unwrap_or(5_000)),
+    })
+}
+
+async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
+    let engine = Engine::new(args.engine.into_config())?;
+    let expect = Expectations {
+        timeout: Duration::from_millis(args.timeout_ms),
+        ..Expectations::default()
+    };
+    let m = engine.measure(&args.url, &expect).await;
+    if args.json {
+        println!("{}", serde_json::to_string(&m)?);
+    } else {
+        let t = m.timings_us;
+        let ms = |us: u64| us as f64 / 1000.0;
+        println!("status    {}", m.status.map_or("-".into(), |s| s.to_string()));
+        println!("bytes     {}", m.bytes);
+        println!("dns       {:>10.3} ms", ms(t.dns));
+        println!("connect   {:>10.3} ms", ms(t.connect));
+        println!("tls       {:>10.3} ms", ms(t.tls));
+        println!("ttfb      {:>10.3} ms", ms(t.ttfb));
+        println!("transfer  {:>10.3} ms", ms(t.transfer));
+        println!("total     {:>10.3} ms", ms(t.total));
+        if let Some(e) = &m.error {
+            println!("error     {}: {}", e.kind, e.message);
+        }
+    }
+    if m.error.is_some() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    match cli.command {
+        Command::Measure(args) => measure(args).await,
+        Command::Run(args) => {
+            let settings = settings_from(args)?;
+            runner::run(settings, shutdown_signal()).await
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM (how systemd stops the agent).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

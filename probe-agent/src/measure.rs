@@ -1,0 +1,531 @@
+//! The measurement engine: one HTTP fetch, each phase timed where it happens.
+//!
+//! reqwest cannot tell TCP connect from TLS handshake, so the engine drives the steps
+//! itself on the stack reqwest is built on: the system resolver (`tokio::net::lookup_host`),
+//! `tokio::net::TcpSocket`, `tokio-rustls`, and a hyper 1.x HTTP/1.1 client connection.
+//! Every measurement opens a fresh connection, as a first visit would.
+//!
+//! Phase definitions follow curl's `-w` variables (DESIGN.md):
+//! `dns` = resolution, `connect` = TCP handshake, `tls` = TLS handshake, `ttfb` = request
+//! sent to response head received, `transfer` = head to last body byte, `total` = start to
+//! last byte.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use lastmile_protocol::{ErrorKind, Measurement, MeasurementError, Timings};
+use rustls::pki_types::ServerName;
+use tokio::net::{TcpSocket, TcpStream};
+use url::Url;
+
+use crate::guard;
+
+/// What the measured response must look like; failures are still timed.
+#[derive(Debug, Clone)]
+pub struct Expectations {
+    /// Acceptable status codes; empty means any 2xx or 3xx.
+    pub status: Vec<u16>,
+    /// Largest body read before giving up with `body_too_large`.
+    pub max_bytes: u64,
+    /// Time limit for the whole measurement.
+    pub timeout: Duration,
+}
+
+impl Default for Expectations {
+    fn default() -> Self {
+        Expectations {
+            status: Vec::new(),
+            max_bytes: 10 * 1024 * 1024,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// curl's `--connect-to HOST:PORT:ADDR`: connections for `host:port` go to `addr`
+/// instead. The demo uses it to send each agent's traffic through its emulated link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectTo {
+    pub host: String,
+    pub port: u16,
+    pub addr: SocketAddr,
+}
+
+impl std::str::FromStr for ConnectTo {
+    type Err = String;
+    /// Parses `HOST:PORT=ADDR:PORT`, e.g. `example.com:443=127.0.0.1:8443`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (from, to) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected HOST:PORT=ADDR:PORT, got {s:?}"))?;
+        let (host, port) = from
+            .rsplit_once(':')
+            .ok_or_else(|| format!("expected HOST:PORT before '=', got {from:?}"))?;
+        let port = port
+            .parse()
+            .map_err(|_| format!("invalid port {port:?} in {s:?}"))?;
+        let addr = to
+            .parse()
+            .map_err(|_| format!("invalid socket address {to:?} in {s:?}"))?;
+        Ok(ConnectTo {
+            host: host.trim_matches(['[', ']']).to_owned(),
+            port,
+            addr,
+        })
+    }
+}
+
+/// Settings of the engine that hold for every measurement of one agent.
+#[derive(Debug, Clone, Default)]
+pub struct EngineConfig {
+    /// Local-test mode: allow private, loopback and link-local targets.
+    pub allow_private: bool,
+    /// Extra CA certificates (PEM) to trust besides the public web roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Address to send from (the agent's own address on a multi-homed machine).
+    pub source_addr: Option<IpAddr>,
+    /// Connection overrides, as curl's `--connect-to`.
+    pub connect_to: Vec<ConnectTo>,
+}
+
+/// The engine errors that prevent it from starting at all.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot read CA file {path}: {source}")]
+    CaFile {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("CA file {path} holds no usable certificate")]
+    NoCertificate { path: String },
+    #[error("TLS setup failed: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// Measures HTTP fetches. Cheap to clone and share between tasks.
+#[derive(Clone)]
+pub struct Engine {
+    config: Arc<EngineConfig>,
+    tls: tokio_rustls::TlsConnector,
+}
+
+impl Engine {
+    /// Builds an engine, loading the extra CA file if one is configured.
+    pub fn new(config: EngineConfig) -> Result<Engine, EngineError> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(path) = &config.ca_file {
+            add_ca_file(&mut roots, path)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Engine {
+            config: Arc::new(config),
+            tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+        })
+    }
+
+    /// Fetches `url` once and reports its phase timings. Never fails: a failure is a
+    /// measurement with an error kind and the timings of the phases it reached.
+    pub async fn measure(&self, url: &str, expect: &Expectations) -> Measurement {
+        let mut probe = Probe::default();
+        let start = Instant::now();
+        let outcome = tokio::time::timeout(expect.timeout, self.fetch(url, expect, start, &mut probe))
+            .await
+            .unwrap_or_else(|_| {
+                Err(fail(
+                    ErrorKind::Timeout,
+                    format!("no complete answer within {} ms", expect.timeout.as_millis()),
+                ))
+            });
+        let timings = probe.timings(start);
+        match outcome {
+            Ok(()) => Measurement {
+                status: probe.status,
+                bytes: probe.bytes,
+                error: None,
+                timings_us: timings,
+            },
+            Err(error) => Measurement {
+                status: probe.status,
+                bytes: probe.bytes,
+                error: Some(error),
+                timings_us: timings,
+            },
+        }
+    }
+
+    async fn fetch(
+        &self,
+        url: &str,
+        expect: &Expectations,
+        start: Instant,
+        probe: &mut Probe,
+    ) -> Result<(), MeasurementError> {
+        let url = Url::parse(url).map_err(|e| fail(ErrorKind::InvalidTask, format!("invalid URL {url:?}: {e}")))?;
+        let https = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => return Err(fail(ErrorKind::InvalidTask, format!("unsupported scheme {other:?}"))),
+        };
+        let host = url
+            .host_str()
+            .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no host"))?
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no port"))?;
+
+        let addrs = self.resolve(&host, port).await?;
+        probe.dns_done = Some(start.elapsed());
+
+        let stream = self.connect(&addrs).await?;
+        probe.connect_done = Some(start.elapsed());
+
+        let authority = match url.port() {
+            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+            None => url.host_str().unwrap_or_default().to_owned(),
+        };
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        let request = Request::get(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::USER_AGENT, concat!("lastmile-agent/", env!("CARGO_PKG_VERSION")))
+            .header(hyper::header::ACCEPT, "*/*")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .map_err(|e| fail(ErrorKind::InvalidTask, format!("cannot build request: {e}")))?;
+
+        if https {
+            let name = ServerName::try_from(host.clone())
+                .map_err(|e| fail(ErrorKind::InvalidTask, format!("invalid TLS name {host:?}: {e}")))?;
+            let tls = self
+                .tls
+                .connect(name, stream)
+                .await
+                .map_err(|e| fail(ErrorKind::Tls, format!("TLS handshake with {host} failed: {e}")))?;
+            probe.tls_done = Some(start.elapsed());
+            exchange(TokioIo::new(tls), request, expect, start, probe).await
+        } else {
+            probe.tls_done = probe.connect_done;
+            exchange(TokioIo::new(stream), request, expect, start, probe).await
+        }
+    }
+
+    /// Resolves the target, honouring `--connect-to`, and keeps only permitted addresses.
+    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, MeasurementError> {
+        let overridden = self
+            .config
+            .connect_to
+            .iter()
+            .find(|c| c.host.eq_ignore_ascii_case(host) && c.port == port);
+        let addrs: Vec<SocketAddr> = match overridden {
+            Some(c) => vec![c.addr],
+            None => tokio::net::lookup_host((host, port))
+                .await
+                .map_err(|e| fail(ErrorKind::Dns, format!("cannot resolve {host}: {e}")))?
+                .collect(),
+        };
+        if addrs.is_empty() {
+            return Err(fail(ErrorKind::Dns, format!("{host} has no address")));
+        }
+        if self.config.allow_private {
+            return Ok(addrs);
+        }
+        let allowed: Vec<SocketAddr> = addrs.iter().copied().filter(|a| !guard::is_forbidden(a.ip())).collect();
+        if allowed.is_empty() {
+            return Err(fail(
+                ErrorKind::TargetForbidden,
+                format!(
+                    "{host} resolves only to private, loopback or link-local addresses ({}); \
+                     agents fetch those only in local-test mode (--allow-private)",
+                    addrs.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+        }
+        Ok(allowed)
+    }
+
+    /// Connects to the first address that answers, from the configured source address.
+    async fn connect(&self, addrs: &[SocketAddr]) -> Result<TcpStream, MeasurementError> {
+        let mut last_error = None;
+        for addr in addrs {
+            match self.connect_one(*addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last_error = Some(format!("{addr}: {e}")),
+            }
+        }
+        Err(fail(
+            ErrorKind::Connect,
+            format!("cannot connect: {}", last_error.unwrap_or_default()),
+        ))
+    }
+
+    async fn connect_one(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(source) = self.config.source_addr {
+            if source.is_ipv4() == addr.is_ipv4() {
+                socket.bind(SocketAddr::new(source, 0))?;
+            }
+        }
+        let stream = socket.connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// Sends the request on a fresh HTTP/1.1 connection and reads the body to its end.
+async fn exchange<S>(
+    io: TokioIo<S>,
+    request: Request<http_body_util::Empty<bytes::Bytes>>,
+    expect: &Expectations,
+    start: Instant,
+    probe: &mut Probe,
+) -> Result<(), MeasurementError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| fail(ErrorKind::Http, format!("HTTP handshake failed: {e}")))?;
+    // The connection task ends when the response is read or the measurement is dropped.
+    let driver = tokio::spawn(connection);
+    probe.request_sent = Some(start.elapsed());
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| fail(ErrorKind::Http, format!("no response: {e}")))?;
+    probe.first_byte = Some(start.elapsed());
+    let status = response.status().as_u16();
+    probe.status = Some(status);
+
+    let mut body = response.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| fail(ErrorKind::Http, format!("body broke off: {e}")))?;
+        if let Some(data) = frame.data_ref() {
+            probe.bytes += data.len() as u64;
+            if probe.bytes > expect.max_bytes {
+                probe.last_byte = Some(start.elapsed());
+                driver.abort();
+                return Err(fail(
+                    ErrorKind::BodyTooLarge,
+                    format!("body exceeds the limit of {} bytes", expect.max_bytes),
+                ));
+            }
+        }
+    }
+    probe.last_byte = Some(start.elapsed());
+    driver.abort();
+
+    let status_ok = if expect.status.is_empty() {
+        (200..400).contains(&status)
+    } else {
+        expect.status.contains(&status)
+    };
+    if !status_ok {
+        return Err(fail(
+            ErrorKind::UnexpectedStatus,
+            format!("status {status} is not one of the expected statuses"),
+        ));
+    }
+    Ok(())
+}
+
+/// Moments (since start) at which each phase ended; phases not reached stay `None`.
+#[derive(Debug, Default)]
+struct Probe {
+    dns_done: Option<Duration>,
+    connect_done: Option<Duration>,
+    tls_done: Option<Duration>,
+    request_sent: Option<Duration>,
+    first_byte: Option<Duration>,
+    last_byte: Option<Duration>,
+    status: Option<u16>,
+    bytes: u64,
+}
+
+impl Probe {
+    fn timings(&self, start: Instant) -> Timings {
+        let us = |d: Option<Duration>| d.map(|d| d.as_micros() as u64);
+        let span = |from: Option<Duration>, to: Option<Duration>| match (us(from), us(to)) {
+            (Some(a), Some(b)) => b.saturating_sub(a),
+            _ => 0,
+        };
+        Timings {
+            dns: us(self.dns_done).unwrap_or(0),
+            connect: span(self.dns_done, self.connect_done),
+            tls: span(self.connect_done, self.tls_done),
+            ttfb: span(self.request_sent, self.first_byte),
+            transfer: span(self.first_byte, self.last_byte),
+            total: self
+                .last_byte
+                .map(|d| d.as_micros() as u64)
+                .unwrap_or_else(|| start.elapsed().as_micros() as u64),
+        }
+    }
+}
+
+fn fail(kind: ErrorKind, message: impl Into<String>) -> MeasurementError {
+    MeasurementError {
+        kind,
+        message: message.into(),
+    }
+}
+
+fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), EngineError> {
+    let display = path.display().to_string();
+    let pem = std::fs::read(path).map_err(|source| EngineError::CaFile {
+        path: display.clone(),
+        source,
+    })?;
+    let mut added = 0;
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|source| EngineError::CaFile {
+            path: display.clone(),
+            source,
+        })?;
+        if roots.add(cert).is_ok() {
+            added += 1;
+        }
+    }
+    if added == 0 {
+        return Err(EngineError::NoCertificate { path: display });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A one-shot HTTP server that waits `think` before answering with `body`.
+    async fn server(status: u16, body: Vec<u8>, think: Duration) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let body = body.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    tokio::time::sleep(think).await;
+                    let head = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let _ = sock.write_all(&body).await;
+                });
+            }
+        });
+        addr
+    }
+
+    fn local_engine() -> Engine {
+        Engine::new(EngineConfig {
+            allow_private: true,
+            ..EngineConfig::default()
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn server_think_time_shows_up_in_ttfb_not_in_connect() {
+        let addr = server(200, vec![b'x'; 1000], Duration::from_millis(80)).await;
+        let m = local_engine().measure(&format!("http://{addr}/"), &Expectations::default()).await;
+        assert_eq!(m.error, None);
+        assert_eq!(m.status, Some(200));
+        assert_eq!(m.bytes, 1000);
+        assert!(m.timings_us.ttfb >= 80_000, "{:?}", m.timings_us);
+        assert!(m.timings_us.connect < 50_000, "{:?}", m.timings_us);
+        assert_eq!(m.timings_us.tls, 0);
+        let t = m.timings_us;
+        assert!(t.total >= t.dns + t.connect + t.ttfb + t.transfer, "{t:?}");
+    }
+
+    #[tokio::test]
+    async fn loopback_targets_are_refused_outside_local_test_mode() {
+        let addr = server(200, b"hi".to_vec(), Duration::ZERO).await;
+        let engine = Engine::new(EngineConfig::default()).unwrap();
+        let m = engine.measure(&format!("http://{addr}/"), &Expectations::default()).await;
+        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::TargetForbidden));
+        assert_eq!(m.status, None);
+    }
+
+    #[tokio::test]
+    async fn unexpected_status_is_an_error_with_timings() {
+        let addr = server(503, b"down".to_vec(), Duration::ZERO).await;
+        let m = local_engine().measure(&format!("http://{addr}/"), &Expectations::default()).await;
+        assert_eq!(m.status, Some(503));
+        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::UnexpectedStatus));
+        assert!(m.timings_us.total > 0);
+    }
+
+    #[tokio::test]
+    async fn oversized_body_is_cut_off() {
+        let addr = server(200, vec![0; 200_000], Duration::ZERO).await;
+        let expect = Expectations {
+            max_bytes: 10_000,
+            ..Expectations::default()
+        };
+        let m = local_engine().measure(&format!("http://{addr}/"), &expect).await;
+        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::BodyTooLarge));
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let m = local_engine().measure(&format!("http://{addr}/"), &Expectations::default()).await;
+        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::Connect));
+    }
+
+    #[tokio::test]
+    async fn a_silent_server_times_out() {
+        let addr = server(200, vec![], Duration::from_secs(10)).await;
+        let expect = Expectations {
+            timeout: Duration::from_millis(200),
+            ..Expectations::default()
+        };
+        let m = local_engine().measure(&format!("http://{addr}/"), &expect).await;
+        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::Timeout));
+        assert!(m.timings_us.total >= 200_000);
+    }
+
+    #[tokio::test]
+    async fn connect_to_sends_the_connection_elsewhere() {
+        let addr = server(200, b"via".to_vec(), Duration::ZERO).await;
+        let engine = Engine::new(EngineConfig {
+            allow_private: true,
+            connect_to: vec![format!("site.example:80={addr}").parse().unwrap()],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let m = engine.measure("http://site.example/", &Expectations::default()).await;
+        assert_eq!(m.error, None);
+        assert_eq!(m.bytes, 3);
+    }
+
+    #[test]
+    fn connect_to_parses_curl_style_overrides() {
+        let c: ConnectTo = "example.com:443=127.0.0.1:8443".parse().unwrap();
+        assert_eq!(c.host, "example.com");
+        assert_eq!(c.port, 443);
+        assert_eq!(c.addr, "127.0.0.1:8443".parse().unwrap());
+        assert!("example.com=127.0.0.1:1".parse::<ConnectTo>().is_err());
+    }
+}

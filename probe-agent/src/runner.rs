@@ -1,0 +1,321 @@
+//! The agent's life: enrol once, then heartbeat, lease, measure, spool and submit.
+//!
+//! The loop is written for a volunteer's machine, not a data centre: the controller may
+//! be unreachable for hours (backoff with jitter, results kept in the spool), the agent
+//! may be stopped at any moment (in-flight measurements finish and are spooled before
+//! it exits), and it never runs more measurements at once than the volunteer allowed.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use lastmile_protocol::{AgentLimits, ConnectionClass, EnrolRequest, Heartbeat, ResultSubmission, Task};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use url::Url;
+use uuid::Uuid;
+
+use crate::client::{ClientError, ControllerClient};
+use crate::measure::{Engine, EngineConfig, Expectations};
+use crate::spool::Spool;
+
+/// Everything the run loop needs, already merged from flags, environment and config file.
+#[derive(Debug, Clone)]
+pub struct AgentSettings {
+    pub controller: Url,
+    /// Needed only for the first start; afterwards the credentials in `state_dir` are used.
+    pub enrol_key: Option<String>,
+    pub state_dir: PathBuf,
+    pub name: String,
+    pub declared_class: ConnectionClass,
+    pub limits: AgentLimits,
+    pub engine: EngineConfig,
+    /// How long to wait before asking again when no work was offered.
+    pub idle_poll: Duration,
+}
+
+/// What the agent keeps after enrolling: its identity and secret.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    pub agent_id: Uuid,
+    pub token: String,
+    pub controller: Url,
+}
+
+const CREDENTIALS_FILE: &str = "credentials.json";
+
+/// Reads the stored credentials, or enrols and stores them.
+pub async fn load_or_enrol(settings: &AgentSettings, client: &ControllerClient) -> anyhow::Result<Credentials> {
+    let path = settings.state_dir.join(CREDENTIALS_FILE);
+    if let Ok(bytes) = std::fs::read(&path) {
+        let creds: Credentials = serde_json::from_slice(&bytes)
+            .map_err(|e| anyhow::anyhow!("{} is damaged ({e}); remove it to enrol again", path.display()))?;
+        return Ok(creds);
+    }
+    let Some(key) = &settings.enrol_key else {
+        anyhow::bail!(
+            "this agent is not enrolled yet: pass --enrol-key (or LASTMILE_ENROL_KEY) once; \
+             credentials are then kept in {}",
+            settings.state_dir.display()
+        );
+    };
+    let response = client
+        .enrol(&EnrolRequest {
+            enrol_key: key.clone(),
+            name: settings.name.clone(),
+            declared_class: settings.declared_class,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .await?;
+    let creds = Credentials {
+        agent_id: response.agent_id,
+        token: response.token,
+        controller: settings.controller.clone(),
+    };
+    write_private(&path, &serde_json::to_vec_pretty(&creds)?)?;
+    tracing::info!(agent_id = %creds.agent_id, "enrolled");
+    Ok(creds)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(tmp, path)
+}
+
+/// Exponential backoff with full jitter, so that a thousand agents that lost the
+/// controller at the same moment do not come back at the same moment.
+#[derive(Debug)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    const BASE: Duration = Duration::from_millis(500);
+    const CAP: Duration = Duration::from_secs(60);
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let ceiling = Self::BASE
+            .saturating_mul(1u32 << self.failures.min(10))
+            .min(Self::CAP);
+        let millis = rand::thread_rng().gen_range(Self::BASE.as_millis() as u64..=ceiling.as_millis() as u64);
+        Duration::from_millis(millis)
+    }
+}
+
+/// Runs the agent until `shutdown` resolves; in-flight measurements are finished and
+/// spooled before it returns.
+pub async fn run(settings: AgentSettings, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.state_dir)?;
+    let engine = Engine::new(settings.engine.clone())?;
+    let spool = Spool::open(settings.state_dir.join("spool"))?;
+    let anonymous = ControllerClient::new(settings.controller.clone(), settings.engine.source_addr)?;
+
+    tokio::pin!(shutdown);
+    let mut backoff = Backoff { failures: 0 };
+    let creds = loop {
+        match load_or_enrol(&settings, &anonymous).await {
+            Ok(c) => break c,
+            Err(e) if is_transient(&e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "enrolment failed");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let client = anonymous.with_token(creds.token.clone());
+    let slots = Arc::new(Semaphore::new(settings.limits.max_concurrent.max(1) as usize));
+    let mut in_flight = JoinSet::new();
+    let mut next_heartbeat = tokio::time::Instant::now();
+    backoff.reset();
+
+    loop {
+        // Reap finished measurements so the set does not grow.
+        while in_flight.try_join_next().is_some() {}
+
+        let now = tokio::time::Instant::now();
+        let step = if now >= next_heartbeat {
+            beat(&client, &settings).await.map(|interval| {
+                next_heartbeat = now + interval;
+                // Results left from an earlier life (or a failed send) go out with each beat.
+                in_flight.spawn(flush_spool(client.clone(), spool.clone()));
+                Duration::ZERO
+            })
+        } else {
+            lease_and_start(&client, &engine, &spool, &slots, &mut in_flight, &settings).await
+        };
+        let delay = match step {
+            Ok(d) => {
+                backoff.reset();
+                d
+            }
+            Err(e) if e.is_transient() => {
+                let d = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = d.as_millis() as u64, "controller call failed");
+                d
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let delay = delay.min(next_heartbeat.saturating_duration_since(tokio::time::Instant::now()));
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+
+    tracing::info!(in_flight = in_flight.len(), "stopping: finishing in-flight measurements");
+    while in_flight.join_next().await.is_some() {}
+    Ok(())
+}
+
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<ClientError>().is_some_and(ClientError::is_transient)
+}
+
+async fn beat(client: &ControllerClient, settings: &AgentSettings) -> Result<Duration, ClientError> {
+    let ack = client
+        .heartbeat(&Heartbeat {
+            declared_class: settings.declared_class,
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            limits: settings.limits,
+        })
+        .await?;
+    Ok(Duration::from_secs(u64::from(ack.heartbeat_interval_s.max(1))))
+}
+
+/// Leases as many tasks as there are free slots and starts them; returns how long to
+/// wait before asking again.
+async fn lease_and_start(
+    client: &ControllerClient,
+    engine: &Engine,
+    spool: &Spool,
+    slots: &Arc<Semaphore>,
+    in_flight: &mut JoinSet<()>,
+    settings: &AgentSettings,
+) -> Result<Duration, ClientError> {
+    let free = slots.available_permits() as u32;
+    if free == 0 {
+        return Ok(settings.idle_poll.min(Duration::from_millis(100)));
+    }
+    let leased = client.lease(free).await?;
+    let got_work = !leased.tasks.is_empty();
+    for task in leased.tasks {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            // Cannot happen (we asked for no more than were free), but never overcommit.
+            break;
+        };
+        let (client, engine, spool) = (client.clone(), engine.clone(), spool.clone());
+        in_flight.spawn(async move {
+            let result = execute(&engine, &task).await;
+            drop(permit);
+            deliver(&client, &spool, result).await;
+        });
+    }
+    Ok(if got_work { Duration::ZERO } else { settings.idle_poll })
+}
+
+/// Measures one task.
+pub async fn execute(engine: &Engine, task: &Task) -> ResultSubmission {
+    let started_at = chrono::Utc::now();
+    let expect = Expectations {
+        status: task.expected_status.clone(),
+        max_bytes: task.max_bytes,
+        timeout: Duration::from_millis(task.timeout_ms),
+    };
+    let measurement = engine.measure(&task.url, &expect).await;
+    ResultSubmission {
+        assignment_id: task.assignment_id,
+        started_at,
+        measurement,
+    }
+}
+
+/// Spools a result, then submits it; it leaves the spool only once acknowledged.
+async fn deliver(client: &ControllerClient, spool: &Spool, result: ResultSubmission) {
+    if let Err(e) = spool.put(&result) {
+        tracing::error!(error = %e, assignment = %result.assignment_id, "cannot spool result; sending it unspooled");
+    }
+    submit_from_spool(client, spool, &result).await;
+}
+
+async fn submit_from_spool(client: &ControllerClient, spool: &Spool, result: &ResultSubmission) {
+    match client.submit(result).await {
+        Ok(ack) => {
+            if let Err(e) = spool.remove(ack.assignment_id) {
+                tracing::warn!(error = %e, "acknowledged result stays in the spool");
+            }
+        }
+        Err(e) if e.is_transient() => {
+            tracing::warn!(error = %e, assignment = %result.assignment_id, "result kept in spool for later");
+        }
+        Err(e) => {
+            // The controller will never take it (unknown or foreign assignment): keeping it
+            // would retry forever, so drop it and say so.
+            tracing::error!(error = %e, assignment = %result.assignment_id, "controller rejected result; dropping it");
+            let _ = spool.remove(result.assignment_id);
+        }
+    }
+}
+
+async fn flush_spool(client: ControllerClient, spool: Spool) {
+    let pending = match spool.pending() {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read spool");
+            return;
+        }
+    };
+    for result in pending {
+        submit_from_spool(&client, &spool, &result).await;
+    }
+}
+
+/// The default state directory for a volunteer's machine.
+pub fn default_state_dir() -> PathBuf {
+    std::env::var_os("STATE_DIRECTORY")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/lastmile-agent")))
+        .unwrap_or_else(|| PathBuf::from(".lastmile-agent"))
+}
+
+/// Parses an IP for `--source-addr`.
+pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
+    s.parse().map_err(|e| format!("invalid IP address {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_failures_and_stays_capped() {
+        let mut b = Backoff { failures: 0 };
+        for _ in 0..30 {
+            let d = b.next_delay();
+            assert!(d >= Backoff::BASE && d <= Backoff::CAP, "{d:?}");
+        }
+        b.reset();
+        // After a reset the first delay is at most twice the base again.
+        assert!(b.next_delay() <= Backoff::BASE * 2);
+    }
+}

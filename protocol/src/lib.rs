@@ -1,0 +1,476 @@
+//! The wire contract between the Lastmile controller and its probe agents.
+//!
+//! Everything an agent and the controller say to each other is a type in this crate:
+//! enrolment, heartbeats, leased tasks, measurement results with their phase timings,
+//! and the closed sets both sides must agree on (connection classes, phases, error kinds).
+//! The crate does no I/O on purpose: both binaries, the tests and later the dashboard
+//! can depend on it without pulling in a runtime.
+//!
+//! Conventions: times on the wire are RFC 3339 UTC, durations are integer microseconds,
+//! enums are `snake_case`.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Version string agents report in their heartbeat.
+pub const PROTOCOL_VERSION: &str = "1";
+
+/// How a volunteer's machine reaches the internet.
+///
+/// Ordered from slowest to fastest typical link, which the report uses to sort rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionClass {
+    Dialup,
+    Satellite,
+    Mobile,
+    Dsl,
+    Cable,
+    Fibre,
+}
+
+impl ConnectionClass {
+    /// Every class, slowest first.
+    pub const ALL: [ConnectionClass; 6] = [
+        ConnectionClass::Dialup,
+        ConnectionClass::Satellite,
+        ConnectionClass::Mobile,
+        ConnectionClass::Dsl,
+        ConnectionClass::Cable,
+        ConnectionClass::Fibre,
+    ];
+
+    /// The stable wire name (`"dsl"`, `"fibre"`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionClass::Dialup => "dialup",
+            ConnectionClass::Satellite => "satellite",
+            ConnectionClass::Mobile => "mobile",
+            ConnectionClass::Dsl => "dsl",
+            ConnectionClass::Cable => "cable",
+            ConnectionClass::Fibre => "fibre",
+        }
+    }
+}
+
+impl fmt::Display for ConnectionClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error for a name that is not one of a closed set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownName {
+    /// What kind of name was expected ("connection class", "phase").
+    pub kind: &'static str,
+    /// The name that was given.
+    pub given: String,
+}
+
+impl fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown {} {:?}", self.kind, self.given)
+    }
+}
+
+impl std::error::Error for UnknownName {}
+
+impl FromStr for ConnectionClass {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ConnectionClass::ALL
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| UnknownName {
+                kind: "connection class",
+                given: s.to_owned(),
+            })
+    }
+}
+
+/// One timed phase of a fetch. Definitions match curl's `-w` variables (see DESIGN.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Name resolution (`time_namelookup`).
+    Dns,
+    /// TCP handshake only (`time_connect - time_namelookup`).
+    Connect,
+    /// TLS handshake only, 0 for plain HTTP (`time_appconnect - time_connect`).
+    Tls,
+    /// Request sent to first response byte (`time_starttransfer - time_pretransfer`).
+    Ttfb,
+    /// First byte to last byte of the body (`time_total - time_starttransfer`).
+    Transfer,
+    /// Start to last byte (`time_total`).
+    Total,
+}
+
+impl Phase {
+    /// Every phase in the order they happen.
+    pub const ALL: [Phase; 6] = [
+        Phase::Dns,
+        Phase::Connect,
+        Phase::Tls,
+        Phase::Ttfb,
+        Phase::Transfer,
+        Phase::Total,
+    ];
+
+    /// The stable wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Dns => "dns",
+            Phase::Connect => "connect",
+            Phase::Tls => "tls",
+            Phase::Ttfb => "ttfb",
+            Phase::Transfer => "transfer",
+            Phase::Total => "total",
+        }
+    }
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Phase {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Phase::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| UnknownName {
+                kind: "phase",
+                given: s.to_owned(),
+            })
+    }
+}
+
+/// Phase timings of one fetch, in microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Timings {
+    pub dns: u64,
+    pub connect: u64,
+    pub tls: u64,
+    pub ttfb: u64,
+    pub transfer: u64,
+    pub total: u64,
+}
+
+impl Timings {
+    /// The value of one phase.
+    pub fn get(&self, phase: Phase) -> u64 {
+        match phase {
+            Phase::Dns => self.dns,
+            Phase::Connect => self.connect,
+            Phase::Tls => self.tls,
+            Phase::Ttfb => self.ttfb,
+            Phase::Transfer => self.transfer,
+            Phase::Total => self.total,
+        }
+    }
+}
+
+/// Why a measurement failed. Stable codes; the measurement-fidelity work refines them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// The name did not resolve.
+    Dns,
+    /// TCP connection refused or failed.
+    Connect,
+    /// TLS handshake failed (untrusted, expired, wrong name, ...).
+    Tls,
+    /// The server answered with a status the check does not expect.
+    UnexpectedStatus,
+    /// The protocol exchange broke off (reset, malformed response).
+    Http,
+    /// The whole measurement ran past its time limit.
+    Timeout,
+    /// The body was larger than the check allows.
+    BodyTooLarge,
+    /// The target resolved to an address the agent may not fetch.
+    TargetForbidden,
+    /// The task could not be understood (bad URL, unsupported kind).
+    InvalidTask,
+}
+
+impl ErrorKind {
+    /// The stable wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Dns => "dns",
+            ErrorKind::Connect => "connect",
+            ErrorKind::Tls => "tls",
+            ErrorKind::UnexpectedStatus => "unexpected_status",
+            ErrorKind::Http => "http",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::TargetForbidden => "target_forbidden",
+            ErrorKind::InvalidTask => "invalid_task",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The failure of one measurement: a stable kind plus a human detail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct MeasurementError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// The outcome of one fetch, as `lastmile-agent measure --json` prints it and as it
+/// travels inside a [`ResultSubmission`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Measurement {
+    /// HTTP status, or `null` when no response arrived.
+    pub status: Option<u16>,
+    /// Body bytes received (as they came over the wire).
+    pub bytes: u64,
+    /// Why it failed, `null` on success.
+    pub error: Option<MeasurementError>,
+    /// Phase timings; phases not reached are 0.
+    pub timings_us: Timings,
+}
+
+impl Measurement {
+    /// Whether this measurement counts as available (no error).
+    pub fn is_success(&self) -> bool {
+        self.error.is_none()
+    }
+}
+
+/// Kind of check. Only `http` exists yet; `page` (HTML plus sub-resources) comes with
+/// the measurement-fidelity work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum CheckKind {
+    Http,
+}
+
+impl CheckKind {
+    /// The stable wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckKind::Http => "http",
+        }
+    }
+}
+
+impl FromStr for CheckKind {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "http" => Ok(CheckKind::Http),
+            _ => Err(UnknownName {
+                kind: "check kind",
+                given: s.to_owned(),
+            }),
+        }
+    }
+}
+
+/// Agent -> controller: enrol with a volunteer's enrolment key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrolRequest {
+    /// The volunteer's enrolment key.
+    pub enrol_key: String,
+    /// A name the volunteer recognises ("kitchen-pc").
+    pub name: String,
+    /// The connection class the volunteer says this machine has.
+    pub declared_class: ConnectionClass,
+    /// Agent software version.
+    pub version: String,
+}
+
+/// Controller -> agent: the agent's identity and secret token (shown only once).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct EnrolResponse {
+    pub agent_id: Uuid,
+    /// Bearer token for every later call. The controller keeps only its hash.
+    pub token: String,
+}
+
+/// The volunteer's limits, sent with each heartbeat so that the scheduler respects them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AgentLimits {
+    /// Measurements the agent runs at once.
+    pub max_concurrent: u32,
+}
+
+impl Default for AgentLimits {
+    fn default() -> Self {
+        AgentLimits { max_concurrent: 2 }
+    }
+}
+
+/// Agent -> controller: "I am alive".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Heartbeat {
+    pub declared_class: ConnectionClass,
+    pub version: String,
+    pub limits: AgentLimits,
+}
+
+/// Where the controller places the agent, from the address it connected from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Location {
+    /// ISO 3166-1 alpha-2 country code.
+    pub country: Option<String>,
+    /// ISO 3166-2 subdivision code (without the country prefix).
+    pub region: Option<String>,
+    pub city: Option<String>,
+    /// Autonomous system number.
+    pub asn: Option<u32>,
+    /// Name of the autonomous system's organisation.
+    pub as_org: Option<String>,
+}
+
+/// Controller -> agent: heartbeat acknowledged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HeartbeatAck {
+    pub server_time: DateTime<Utc>,
+    /// The location the controller resolved for this agent.
+    pub location: Location,
+    /// Seconds until the next heartbeat is due.
+    pub heartbeat_interval_s: u32,
+}
+
+/// Agent -> controller: lease up to `max` assignments.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaseRequest {
+    pub max: u32,
+}
+
+/// One measurement task leased to an agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Task {
+    /// Also the result's idempotency key.
+    pub assignment_id: Uuid,
+    pub check_id: Uuid,
+    pub run_id: Uuid,
+    pub kind: CheckKind,
+    pub url: String,
+    /// Status codes that count as success; empty means any 2xx or 3xx.
+    pub expected_status: Vec<u16>,
+    /// Largest body the agent reads before giving up.
+    pub max_bytes: u64,
+    /// Time limit for the whole measurement, milliseconds.
+    pub timeout_ms: u64,
+    /// The lease ends here; a result after it is recorded as late.
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+/// Controller -> agent: the leased tasks (possibly none).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct LeaseResponse {
+    pub tasks: Vec<Task>,
+}
+
+/// Agent -> controller: the outcome of one assignment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResultSubmission {
+    pub assignment_id: Uuid,
+    pub started_at: DateTime<Utc>,
+    pub measurement: Measurement,
+}
+
+/// What the controller did with a submitted result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ResultDisposition {
+    /// Stored and counted in the aggregates.
+    Accepted,
+    /// Stored, but the lease had expired: not counted.
+    Late,
+}
+
+/// Controller -> agent: the result is safely stored; the agent may drop it from its spool.
+///
+/// A repeated submission of the same assignment gets the same acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResultAck {
+    pub assignment_id: Uuid,
+    pub disposition: ResultDisposition,
+}
+
+/// The JSON body of every 4xx/5xx answer from the controller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ApiError {
+    /// Stable machine code, e.g. `"check_not_found"`.
+    pub error: String,
+    /// What is wrong, for a person.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_class_names_round_trip() {
+        for class in ConnectionClass::ALL {
+            let json = serde_json::to_string(&class).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", class.as_str()));
+            assert_eq!(class.as_str().parse::<ConnectionClass>(), Ok(class));
+        }
+        assert!("isdn".parse::<ConnectionClass>().is_err());
+    }
+
+    #[test]
+    fn measurement_json_has_the_documented_shape() {
+        let m = Measurement {
+            status: Some(200),
+            bytes: 10,
+            error: None,
+            timings_us: Timings {
+                dns: 1,
+                connect: 2,
+                tls: 0,
+                ttfb: 3,
+                transfer: 4,
+                total: 10,
+            },
+        };
+        let v = serde_json::to_value(&m).unwrap_or_default();
+        assert_eq!(
+            v,
+            serde_json::json!({"status": 200, "bytes": 10, "error": null,
+                "timings_us": {"dns": 1, "connect": 2, "tls": 0, "ttfb": 3, "transfer": 4, "total": 10}})
+        );
+    }
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Everything a fresh machine needs before the test suite runs: system libraries,
+# the public MaxMind test databases, and a running PostgreSQL. Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+dpkg -s libpq-dev >/dev/null 2>&1 || need_apt+=(libpq-dev)
+command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${need_apt[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+command -v cargo-nextest >/dev/null 2>&1 || cargo install --locked cargo-nextest
+
+# PostgreSQL at 127.0.0.1:5432 (trust auth, user postgres): start it if it is down.
+if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
+  echo "setup: starting PostgreSQL"
+  pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start
+  for _ in $(seq 1 30); do
+    pg_isready -h 127.0.0.1 -p 5432 -q && break
+    sleep 1
+  done
+fi
+pg_isready -h 127.0.0.1 -p 5432 || { echo "setup: PostgreSQL is not reachable at 127.0.0.1:5432" >&2; exit 1; }
+
+bash scripts/fetch-test-data.sh

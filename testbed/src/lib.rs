@@ -1,0 +1,4 @@
+//! stub
+pub mod geodb;
+pub mod link;
+pub mod site;

@@ -1,0 +1,34 @@
+//! The whole system: the demo (controller, target site, 12 real agents behind
+//! emulated links) on both backends, and its report showing the links' physics.
+
+use lastmile_controller::demo::{self, DemoOptions};
+
+use crate::per_backend;
+use crate::support::TestDb;
+
+per_backend!(demo_report_shows_the_physics_of_the_emulated_links);
+
+async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
+    let out = tempfile::tempdir().unwrap();
+    let outcome = demo::run(DemoOptions {
+        out: Some(out.path().to_path_buf()),
+        database_url: Some(db.url.clone()),
+        runs: 2,
+        verbose: false,
+    })
+    .await
+    .unwrap();
+    assert!(outcome.physics_hold, "{:#?}", outcome.by_class);
+    assert_eq!(outcome.runs.len(), 2);
+    for run in &outcome.runs {
+        assert_eq!(run.requested, 12);
+        assert_eq!(run.done, 12, "{run:?}");
+    }
+    // 12 agents in 4 classes x 3 countries: 12 rows, each with both runs.
+    assert_eq!(outcome.report.rows.len(), 12);
+    assert!(outcome.report.rows.iter().all(|r| r.samples == 2 && r.availability == 1.0));
+    // report.json is what the API served, byte for byte parseable into the same report.
+    let written = std::fs::read_to_string(out.path().join("report.json")).unwrap();
+    let parsed: lastmile_controller::reports::Report = serde_json::from_str(&written).unwrap();
+    assert_eq!(parsed, outcome.report);
+}

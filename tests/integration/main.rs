@@ -1,0 +1,10 @@
+//! Integration tests: the controller's storage and HTTP API on both database backends,
+//! and the whole system end to end. One test binary for all of them (link time).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod api_errors;
+mod end_to_end;
+mod leasing;
+mod results;

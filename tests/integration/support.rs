@@ -1,0 +1,254 @@
+//! Test support: a fresh database per test on either backend, a controller on a
+//! random port, and clients that speak to it from chosen loopback addresses.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::{Connection, PgConnection};
+use lastmile_controller::config::ControllerConfig;
+use lastmile_controller::db::{Backend, Db};
+use lastmile_controller::geo::GeoConfig;
+use lastmile_controller::Controller;
+use lastmile_testbed::geodb::{self, TestNetwork};
+use serde_json::Value;
+
+/// The PostgreSQL server tests create their databases on.
+pub fn pg_admin_url() -> String {
+    std::env::var("LASTMILE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A database of its own for one test, dropped afterwards.
+pub struct TestDb {
+    pub backend: Backend,
+    pub url: String,
+    pg_name: Option<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl TestDb {
+    pub fn new(backend: Backend) -> TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => TestDb {
+                backend,
+                url: dir.path().join("test.db").display().to_string(),
+                pg_name: None,
+                _dir: dir,
+            },
+            Backend::Postgres => {
+                let name = format!("lastmile_test_{}", uuid::Uuid::new_v4().simple());
+                let admin = pg_admin_url();
+                let mut conn = PgConnection::establish(&admin)
+                    .unwrap_or_else(|e| panic!("PostgreSQL must be running at {admin} (scripts/test.sh starts it): {e}"));
+                conn.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+                let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+                TestDb {
+                    backend,
+                    url: format!("{base}/{name}"),
+                    pg_name: Some(name),
+                    _dir: dir,
+                }
+            }
+        }
+    }
+
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_name {
+            if let Ok(mut conn) = PgConnection::establish(&pg_admin_url()) {
+                let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+            }
+        }
+    }
+}
+
+/// Runs a test body once per backend, each in its own fresh database.
+#[macro_export]
+macro_rules! per_backend {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::TestDb::new(lastmile_controller::db::Backend::Sqlite)).await
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::support::TestDb::new(lastmile_controller::db::Backend::Postgres)).await
+                }
+            )*
+        }
+    };
+}
+
+/// Test agents' addresses and where the test geo databases put them.
+pub const PLACES: [(Ipv4Addr, &str, &str, &str, u32); 4] = [
+    (Ipv4Addr::new(127, 0, 0, 2), "DE", "BE", "Berlin", 64_501),
+    (Ipv4Addr::new(127, 0, 0, 3), "US", "CA", "San Francisco", 64_502),
+    (Ipv4Addr::new(127, 0, 0, 4), "BR", "SP", "Sao Paulo", 64_503),
+    (Ipv4Addr::new(127, 0, 0, 5), "DE", "BY", "Munich", 64_504),
+];
+
+/// Writes City and ASN databases for [`PLACES`] into `dir`.
+pub fn test_geo(dir: &std::path::Path) -> GeoConfig {
+    let networks: Vec<TestNetwork> = PLACES
+        .iter()
+        .map(|(ip, country, region, city, asn)| TestNetwork {
+            network: ipnet::IpNet::from(IpAddr::V4(*ip)),
+            country: (*country).into(),
+            region: (*region).into(),
+            city: (*city).into(),
+            asn: *asn,
+            as_org: format!("Test AS{asn}"),
+        })
+        .collect();
+    let city = dir.join("city.mmdb");
+    let asn = dir.join("asn.mmdb");
+    geodb::write_city_db(&city, &networks).unwrap();
+    geodb::write_asn_db(&asn, &networks).unwrap();
+    GeoConfig {
+        city_db: Some(city),
+        asn_db: Some(asn),
+        ..GeoConfig::default()
+    }
+}
+
+/// A controller serving a test database.
+pub struct TestApp {
+    pub controller: Controller,
+    pub base: String,
+    _geo_dir: tempfile::TempDir,
+}
+
+impl TestApp {
+    pub async fn start(db: &TestDb) -> TestApp {
+        TestApp::start_with(db, |_| {}).await
+    }
+
+    pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut ControllerConfig)) -> TestApp {
+        let geo_dir = tempfile::tempdir().unwrap();
+        let mut config = ControllerConfig {
+            database_url: Some(db.url.clone()),
+            data_dir: PathBuf::from(geo_dir.path()),
+            geo: test_geo(geo_dir.path()),
+            allow_private_sites: true,
+            min_check_interval_s: 1,
+            scheduler_tick_ms: 100,
+            max_db_connections: 16,
+            ..ControllerConfig::default()
+        };
+        tweak(&mut config);
+        let controller = Controller::start(config, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let base = controller.url();
+        TestApp {
+            controller,
+            base,
+            _geo_dir: geo_dir,
+        }
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.controller.state.db
+    }
+
+    /// A new owner's API token.
+    pub fn owner(&self, name: &str) -> String {
+        let mut conn = self.db().conn().unwrap();
+        lastmile_controller::accounts::create_owner(&mut conn, name).unwrap().1
+    }
+
+    /// A new volunteer's enrolment key.
+    pub fn volunteer(&self, name: &str) -> String {
+        let mut conn = self.db().conn().unwrap();
+        lastmile_controller::accounts::create_volunteer(&mut conn, name).unwrap().1
+    }
+
+    /// An HTTP client sending from `source`.
+    pub fn client_from(source: Ipv4Addr) -> reqwest::Client {
+        reqwest::Client::builder()
+            .local_address(IpAddr::V4(source))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap()
+    }
+
+    /// A request to the API with an optional bearer token.
+    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
+        self.call_from(Ipv4Addr::LOCALHOST, method, path, token, body).await
+    }
+
+    pub async fn call_from(
+        &self,
+        source: Ipv4Addr,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = Self::client_from(source);
+        let mut req = client.request(method.parse().unwrap(), format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let text = res.text().await.unwrap();
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        (status, value)
+    }
+
+    /// Enrols an agent from `source` and heartbeats once; returns its token.
+    pub async fn agent(&self, source: Ipv4Addr, key: &str, class: &str, max_concurrent: u32) -> String {
+        let (status, enrolled) = self
+            .call_from(
+                source,
+                "POST",
+                "/api/v1/agents/enrol",
+                None,
+                Some(serde_json::json!({"enrol_key": key, "name": "test agent", "declared_class": class, "version": "test"})),
+            )
+            .await;
+        assert_eq!(status, 201, "{enrolled}");
+        let token = enrolled["token"].as_str().unwrap().to_owned();
+        let (status, ack) = self
+            .call_from(
+                source,
+                "POST",
+                "/api/v1/agents/heartbeat",
+                Some(&token),
+                Some(serde_json::json!({"declared_class": class, "version": "test", "limits": {"max_concurrent": max_concurrent}})),
+            )
+            .await;
+        assert_eq!(status, 200, "{ack}");
+        token
+    }
+
+    /// Adds and verifies a site served by `origin`'s test site; returns its id.
+    pub async fn verified_site(&self, owner: &str, site: &lastmile_testbed::site::TargetSite) -> String {
+        let (status, created) = self
+            .call("POST", "/api/v1/sites", Some(owner), Some(serde_json::json!({"origin": site.origin()})))
+            .await;
+        assert_eq!(status, 201, "{created}");
+        site.publish_verification_token(created["verification_token"].as_str().unwrap());
+        let id = created["id"].as_str().unwrap().to_owned();
+        let (status, verified) = self
+            .call("POST", &format!("/api/v1/sites/{id}/verify"), Some(owner), Some(serde_json::json!({})))
+            .await;
+        assert_eq!(status, 200, "{verified}");
+        assert_eq!(verified["verified"], true);
+        id
+    }
+}
