@@ -45,7 +45,7 @@ async fn repeated_result_submission_is_stored_once(db: TestDb) {
 
     let mut conn = app.db().conn().unwrap();
     assert_eq!(count_sql(&mut conn, "SELECT COUNT(*) AS n FROM results").unwrap(), 1);
-    assert_eq!(count_sql(&mut conn, "SELECT SUM(successes) AS n FROM aggregates").unwrap(), 1);
+    assert_eq!(count_sql(&mut conn, "SELECT CAST(SUM(successes) AS BIGINT) AS n FROM aggregates").unwrap(), 1);
     drop(conn);
     let (_, metrics) = app.call("GET", "/metrics", None, None).await;
     let metrics = metrics.as_str().unwrap();

@@ -96,11 +96,16 @@ impl FromRequest for Origin {
                 .peer_addr()
                 .map(|a| a.ip())
                 .ok_or_else(|| Error::Internal("request without peer address".into()))?;
-            let forwarded = req
+            // Several X-Forwarded-For headers are one list, in order.
+            let forwarded: Vec<&str> = req
                 .headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok());
-            let ip = state.geo.client_ip(peer, forwarded);
+                .get_all("x-forwarded-for")
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let forwarded = forwarded.join(",");
+            let ip = state
+                .geo
+                .client_ip(peer, Some(forwarded.as_str()).filter(|f| !f.is_empty()));
             Ok(Origin {
                 ip,
                 location: state.geo.locate(ip),

@@ -1,0 +1,446 @@
+//! `cargo run --release -p lastmile-controller --bin bench`: the storage benchmarks.
+//!
+//! Prints two tables:
+//! 1. results ingested per second on each backend (the full accept path: lock the
+//!    assignment, store the result, close the assignment, fold into the aggregate, in one
+//!    transaction), with several writer threads;
+//! 2. on PostgreSQL, an SLA report over ≥ 1M results built from the aggregates, against
+//!    the same percentiles computed by `percentile_cont` over the raw rows.
+//!
+//! Flags: `--results N` (ingest, default 20000), `--raw-rows N` (report, default
+//! 1000000), `--threads N` (default 4), `--pg URL` (admin URL; a scratch database is
+//! created and dropped). Nothing here is a test: it prints figures.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Double, Text};
+use lastmile_controller::checks::{self, NewCheck, Schedule, Selection};
+use lastmile_controller::db::schema::sites;
+use lastmile_controller::db::{Db, DbConn};
+use lastmile_controller::ingest::{self, AggregateRow};
+use lastmile_controller::reports::{self, Dimension, ReportQuery};
+use lastmile_controller::scheduling::{self, SchedulingPolicy};
+use lastmile_controller::{accounts, agents, clock, histogram};
+use lastmile_protocol::{
+    CheckKind, ConnectionClass, EnrolRequest, Heartbeat, Measurement, ResultSubmission, Timings,
+};
+
+struct Args {
+    results: usize,
+    raw_rows: i64,
+    threads: usize,
+    pg: String,
+}
+
+fn args() -> anyhow::Result<Args> {
+    let mut a = Args {
+        results: 20_000,
+        raw_rows: 1_000_000,
+        threads: 4,
+        pg: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--results" => a.results = value.parse()?,
+            "--raw-rows" => a.raw_rows = value.parse()?,
+            "--threads" => a.threads = value.parse()?,
+            "--pg" => a.pg = value,
+            other => anyhow::bail!("unknown flag {other}"),
+        }
+    }
+    Ok(a)
+}
+
+/// A scratch PostgreSQL database, dropped at the end.
+struct ScratchPg {
+    admin: String,
+    name: String,
+    url: String,
+}
+
+impl ScratchPg {
+    fn create(admin: &str, purpose: &str) -> anyhow::Result<ScratchPg> {
+        let name = format!("lastmile_bench_{purpose}_{}", std::process::id());
+        let mut conn = PgConnection::establish(admin)?;
+        conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"))?;
+        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or_default();
+        Ok(ScratchPg {
+            admin: admin.to_owned(),
+            url: format!("{base}/{name}"),
+            name,
+        })
+    }
+}
+
+impl Drop for ScratchPg {
+    fn drop(&mut self) {
+        if let Ok(mut conn) = PgConnection::establish(&self.admin) {
+            let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        }
+    }
+}
+
+/// An owner, a verified site, a check and `agents` online agents.
+fn fixture(conn: &mut DbConn, agents_n: usize) -> anyhow::Result<(String, lastmile_controller::checks::Check, Vec<agents::Agent>)> {
+    let (owner, _) = accounts::create_owner(conn, "bench")?;
+    let (_, key) = accounts::create_volunteer(conn, "bench")?;
+    let site = lastmile_controller::sites::create(
+        conn,
+        &owner.id,
+        &lastmile_controller::sites::NewSite {
+            origin: "https://bench.example".into(),
+        },
+    )?;
+    diesel::update(sites::table.find(&site.id))
+        .set(sites::verified_at.eq(clock::now_us()))
+        .execute(conn)?;
+    let check = checks::create(
+        conn,
+        &owner.id,
+        &NewCheck {
+            site_id: site.id.parse()?,
+            name: Some("bench".into()),
+            url: "https://bench.example/".into(),
+            kind: CheckKind::Http,
+            expected_status: vec![],
+            max_bytes: None,
+            timeout_ms: None,
+            selection: Selection {
+                agents_per_run: agents_n as u32,
+                ..Selection::default()
+            },
+            schedule: Schedule::default(),
+        },
+        1,
+    )?;
+    let countries = ["DE", "US", "BR", "FR", "JP"];
+    let mut list = Vec::new();
+    for i in 0..agents_n {
+        let class = ConnectionClass::ALL[i % ConnectionClass::ALL.len()];
+        let location = lastmile_protocol::Location {
+            country: Some(countries[i % countries.len()].into()),
+            asn: Some(64_500 + (i % 7) as u32),
+            ..Default::default()
+        };
+        let ip: std::net::IpAddr = format!("127.0.1.{}", i % 250 + 1).parse()?;
+        let enrolled = agents::enrol(
+            conn,
+            &EnrolRequest {
+                enrol_key: key.clone(),
+                name: format!("a{i}"),
+                declared_class: class,
+                version: "bench".into(),
+            },
+            ip,
+            &location,
+        )?;
+        let id = enrolled.agent_id.to_string();
+        agents::heartbeat(
+            conn,
+            &id,
+            &Heartbeat {
+                declared_class: class,
+                version: "bench".into(),
+                limits: lastmile_protocol::AgentLimits { max_concurrent: 64 },
+            },
+            ip,
+            &location,
+        )?;
+        list.push(agents::agent_by_token(conn, &enrolled.token)?.context("agent just enrolled")?);
+    }
+    Ok((owner.id, check, list))
+}
+
+fn policy() -> SchedulingPolicy {
+    SchedulingPolicy {
+        lease_us: 3_600_000_000,
+        online_window_us: 3_600_000_000,
+        max_attempts: 3,
+        run_deadline_us: 3_600_000_000,
+    }
+}
+
+fn measurement(i: usize) -> Measurement {
+    let total = 20_000 + (i as u64 * 7919) % 400_000;
+    Measurement {
+        status: Some(200),
+        bytes: 8192,
+        error: None,
+        timings_us: Timings {
+            dns: 1_000,
+            connect: 5_000,
+            tls: 0,
+            ttfb: total / 2,
+            transfer: total / 3,
+            total,
+        },
+    }
+}
+
+/// Ingest benchmark: returns results per second.
+fn bench_ingest(db: &Db, results: usize, threads: usize) -> anyhow::Result<f64> {
+    const AGENTS: usize = 50;
+    let mut conn = db.conn()?;
+    let (_, check, agent_list) = fixture(&mut conn, AGENTS)?;
+    // Set up: runs and leases (not timed).
+    let runs = results.div_ceil(AGENTS);
+    let mut work: Vec<(agents::Agent, ResultSubmission)> = Vec::with_capacity(runs * AGENTS);
+    for _ in 0..runs {
+        scheduling::create_run(&mut conn, &check, &policy(), clock::now_us())?;
+        for agent in &agent_list {
+            for task in scheduling::lease(&mut conn, agent, 1, &policy(), clock::now_us())? {
+                let i = work.len();
+                work.push((
+                    agent.clone(),
+                    ResultSubmission {
+                        assignment_id: task.assignment_id,
+                        started_at: chrono::Utc::now(),
+                        measurement: measurement(i),
+                    },
+                ));
+            }
+        }
+    }
+    drop(conn);
+    work.truncate(results);
+    let n = work.len();
+    let chunks: Vec<Vec<(agents::Agent, ResultSubmission)>> = {
+        let mut c: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+        for (i, w) in work.into_iter().enumerate() {
+            c[i % threads].push(w);
+        }
+        c
+    };
+    let started = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                s.spawn(move || -> anyhow::Result<()> {
+                    let mut conn = db.conn()?;
+                    for (agent, sub) in chunk {
+                        ingest::submit(&mut conn, &agent, &sub)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("ingest thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(n as f64 / started.elapsed().as_secs_f64())
+}
+
+#[derive(QueryableByName, Debug)]
+struct RawPercentiles {
+    #[diesel(sql_type = Text)]
+    connection_class: String,
+    #[diesel(sql_type = Text)]
+    country: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+    #[diesel(sql_type = Double)]
+    p50: f64,
+    #[diesel(sql_type = Double)]
+    p99: f64,
+}
+
+/// Report benchmark on PostgreSQL: `rows` raw results vs their aggregates.
+fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
+    let mut conn = db.conn()?;
+    let (_, check, agent_list) = fixture(&mut conn, 30)?;
+    let now = clock::now_us();
+    let DbConn::Pg(pg) = &mut *conn else {
+        anyhow::bail!("report benchmark needs PostgreSQL");
+    };
+    // Raw rows: generated in the database (foreign keys off for the bulk load; the
+    // benchmark reads them, it does not need them to point anywhere).
+    let load = Instant::now();
+    let agent_ids: Vec<String> = agent_list.iter().map(|a| format!("'{}'", a.id)).collect();
+    pg.batch_execute(&format!(
+        "SET session_replication_role = replica;
+         INSERT INTO results (assignment_id, run_id, check_id, agent_id, received_at, started_at, late, status, bytes,
+             error_kind, error_message, dns_us, connect_us, tls_us, ttfb_us, transfer_us, total_us, country, asn, connection_class)
+         SELECT 'bench-' || g, 'bench-run', '{check}', (ARRAY[{agents}])[1 + g % {n_agents}],
+             {now} - (g % 720) * 3600000000 / 24, {now} - (g % 720) * 3600000000 / 24, false, 200, 8192, NULL, NULL,
+             1000, 5000, 0, (20000 + (g * 7919) % 400000) / 2, (20000 + (g * 7919) % 400000) / 3, 20000 + (g * 7919) % 400000,
+             (ARRAY['DE','US','BR','FR','JP'])[1 + g % 5], 64500 + g % 7,
+             (ARRAY['dialup','satellite','mobile','dsl','cable','fibre'])[1 + g % 6]
+         FROM generate_series(1, {rows}) AS g;
+         SET session_replication_role = DEFAULT;
+         ANALYZE results;",
+        check = check.id,
+        agents = agent_ids.join(","),
+        n_agents = agent_ids.len(),
+    ))?;
+    println!("  loaded {rows} raw results in {:.1} s", load.elapsed().as_secs_f64());
+
+    // Aggregates: fold the same rows, as ingest would have, streamed in pages.
+    let fold = Instant::now();
+    let mut cells: std::collections::BTreeMap<(i64, String, i64, String), AggregateRow> = Default::default();
+    let page = 100_000i64;
+    let mut offset = 0i64;
+    loop {
+        let batch: Vec<(i64, String, i64, String, i64, i64, i64, i64, i64, i64)> = lastmile_controller::db::schema::results::table
+            .filter(lastmile_controller::db::schema::results::check_id.eq(&check.id))
+            .order(lastmile_controller::db::schema::results::assignment_id)
+            .offset(offset)
+            .limit(page)
+            .select((
+                lastmile_controller::db::schema::results::received_at,
+                lastmile_controller::db::schema::results::country,
+                lastmile_controller::db::schema::results::asn,
+                lastmile_controller::db::schema::results::connection_class,
+                lastmile_controller::db::schema::results::dns_us,
+                lastmile_controller::db::schema::results::connect_us,
+                lastmile_controller::db::schema::results::tls_us,
+                lastmile_controller::db::schema::results::ttfb_us,
+                lastmile_controller::db::schema::results::transfer_us,
+                lastmile_controller::db::schema::results::total_us,
+            ))
+            .load(pg)?;
+        if batch.is_empty() {
+            break;
+        }
+        offset += batch.len() as i64;
+        for (received, country, asn, class, dns, connect, tls, ttfb, transfer, total) in batch {
+            let key = (clock::hour_bucket(received), country.clone(), asn, class.clone());
+            let row = cells.entry(key.clone()).or_insert_with(|| AggregateRow {
+                check_id: check.id.clone(),
+                bucket_start: key.0,
+                country,
+                asn,
+                connection_class: class,
+                successes: 0,
+                failures: 0,
+                dns_hist: Vec::new(),
+                connect_hist: Vec::new(),
+                tls_hist: Vec::new(),
+                ttfb_hist: Vec::new(),
+                transfer_hist: Vec::new(),
+                total_hist: Vec::new(),
+            });
+            row.successes += 1;
+            // Keep raw values in the blobs temporarily (8 bytes each), encode once below.
+            for (blob, v) in [
+                (&mut row.dns_hist, dns),
+                (&mut row.connect_hist, connect),
+                (&mut row.tls_hist, tls),
+                (&mut row.ttfb_hist, ttfb),
+                (&mut row.transfer_hist, transfer),
+                (&mut row.total_hist, total),
+            ] {
+                blob.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+    for row in cells.values_mut() {
+        for blob in [
+            &mut row.dns_hist,
+            &mut row.connect_hist,
+            &mut row.tls_hist,
+            &mut row.ttfb_hist,
+            &mut row.transfer_hist,
+            &mut row.total_hist,
+        ] {
+            let mut h = histogram::new_histogram();
+            for v in blob.chunks_exact(8) {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(v);
+                h.saturating_record(i64::from_le_bytes(b).max(0) as u64);
+            }
+            *blob = histogram::encode(&h);
+        }
+        diesel::insert_into(lastmile_controller::db::schema::aggregates::table)
+            .values(&*row)
+            .execute(pg)?;
+    }
+    println!(
+        "  folded them into {} aggregate cells in {:.1} s",
+        cells.len(),
+        fold.elapsed().as_secs_f64()
+    );
+    drop(conn);
+
+    let query = ReportQuery {
+        from: clock::to_datetime(now - 31 * 24 * clock::HOUR_US),
+        to: clock::to_datetime(now + clock::HOUR_US),
+        group_by: vec![Dimension::ConnectionClass, Dimension::Country],
+    };
+    let mut from_aggregates = Vec::new();
+    let mut report = None;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut conn = db.conn()?;
+        report = Some(reports::build(&mut conn, &check, &query)?);
+        from_aggregates.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let mut from_raw = Vec::new();
+    let mut raw = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let mut conn = db.conn()?;
+        let DbConn::Pg(pg) = &mut *conn else { unreachable!() };
+        raw = diesel::sql_query(
+            "SELECT connection_class, country, COUNT(*) AS n,
+                    percentile_cont(0.5) WITHIN GROUP (ORDER BY total_us) AS p50,
+                    percentile_cont(0.99) WITHIN GROUP (ORDER BY total_us) AS p99
+             FROM results WHERE check_id = $1 AND late = false AND error_kind IS NULL
+             GROUP BY connection_class, country",
+        )
+        .bind::<Text, _>(&check.id)
+        .load::<RawPercentiles>(pg)?;
+        from_raw.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let report = report.context("report built")?;
+    let samples: u64 = report.rows.iter().map(|r| r.samples).sum();
+    println!("\n  SLA report over {samples} results ({} rows, grouped by class x country)", report.rows.len());
+    println!("  {:<34} {:>12}", "method", "median time");
+    println!("  {:<34} {:>9.1} ms", "merge aggregates (HdrHistogram)", median(&mut from_aggregates));
+    println!("  {:<34} {:>9.1} ms", "percentile_cont over raw rows", median(&mut from_raw));
+    // Agreement check on one row, so the comparison is of equal answers.
+    if let (Some(r), Some(row)) = (raw.first(), report.rows.iter().find(|row| {
+        raw.first().is_some_and(|r| row.group.country.as_deref() == Some(&r.country) && row.group.connection_class.map(|c| c.as_str()) == Some(r.connection_class.as_str()))
+    })) {
+        let agg = row.phases.get(&lastmile_protocol::Phase::Total).map(|p| (p.p50, p.p99));
+        println!(
+            "  {}/{}: raw n={} p50={:.0} p99={:.0} us; aggregates n={} p50/p99={:?} us",
+            r.connection_class, r.country, r.n, r.p50, r.p99, row.samples, agg
+        );
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = args()?;
+    println!("Lastmile storage benchmark ({} threads)\n", args.threads);
+    println!("Ingest: {} results through the full accept path", args.results);
+    let dir = tempfile::tempdir()?;
+    let sqlite = Db::open(&dir.path().join("bench.db").display().to_string(), args.threads as u32 + 1)?;
+    let sqlite_rate = bench_ingest(&sqlite, args.results, args.threads)?;
+    let scratch = ScratchPg::create(&args.pg, "ingest")?;
+    let pg = Db::open(&scratch.url, args.threads as u32 + 1)?;
+    let pg_rate = bench_ingest(&pg, args.results, args.threads)?;
+    println!("  {:<12} {:>14}", "backend", "results/s");
+    println!("  {:<12} {:>14.0}", "sqlite", sqlite_rate);
+    println!("  {:<12} {:>14.0}", "postgres", pg_rate);
+    drop(pg);
+
+    println!("\nReport: aggregates vs raw rows on PostgreSQL");
+    drop(scratch);
+    let scratch = ScratchPg::create(&args.pg, "report")?;
+    let db = Db::open(&scratch.url, 4)?;
+    bench_report(&db, args.raw_rows)?;
+    Ok(())
+}
