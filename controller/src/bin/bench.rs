@@ -67,7 +67,8 @@ impl ScratchPg {
     fn create(admin: &str, purpose: &str) -> anyhow::Result<ScratchPg> {
         let name = format!("lastmile_bench_{purpose}_{}", std::process::id());
         let mut conn = PgConnection::establish(admin)?;
-        conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"))?;
+        conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))?;
+        conn.batch_execute(&format!("CREATE DATABASE {name}"))?;
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or_default();
         Ok(ScratchPg {
             admin: admin.to_owned(),
@@ -273,7 +274,7 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
              1000, 5000, 0, (20000 + (g * 7919) % 400000) / 2, (20000 + (g * 7919) % 400000) / 3, 20000 + (g * 7919) % 400000,
              (ARRAY['DE','US','BR','FR','JP'])[1 + g % 5], 64500 + g % 7,
              (ARRAY['dialup','satellite','mobile','dsl','cable','fibre'])[1 + g % 6]
-         FROM generate_series(1, {rows}) AS g;
+         FROM generate_series(1::bigint, {rows}::bigint) AS g;
          SET session_replication_role = DEFAULT;
          ANALYZE results;",
         check = check.id,
