@@ -47,7 +47,9 @@ pub fn create_owner(conn: &mut DbConn, name: &str) -> Result<(Owner, String)> {
         token_hash: hash_secret(&token),
         created_at: now_us(),
     };
-    diesel::insert_into(owners::table).values(&owner).execute(conn)?;
+    diesel::insert_into(owners::table)
+        .values(&owner)
+        .execute(conn)?;
     Ok((owner, token))
 }
 
@@ -80,7 +82,9 @@ pub fn create_volunteer(conn: &mut DbConn, name: &str) -> Result<(Volunteer, Str
         enrol_key_hash: hash_secret(&key),
         created_at: now_us(),
     };
-    diesel::insert_into(volunteers::table).values(&volunteer).execute(conn)?;
+    diesel::insert_into(volunteers::table)
+        .values(&volunteer)
+        .execute(conn)?;
     Ok((volunteer, key))
 }
 

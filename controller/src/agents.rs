@@ -58,7 +58,12 @@ impl Agent {
 }
 
 /// Enrols a new agent for the volunteer whose key it presents.
-pub fn enrol(conn: &mut DbConn, req: &EnrolRequest, ip: IpAddr, location: &Location) -> Result<EnrolResponse> {
+pub fn enrol(
+    conn: &mut DbConn,
+    req: &EnrolRequest,
+    ip: IpAddr,
+    location: &Location,
+) -> Result<EnrolResponse> {
     let Some(volunteer) = accounts::volunteer_by_enrol_key(conn, &req.enrol_key)? else {
         return Err(Error::Unauthorized("unknown enrolment key".into()));
     };
@@ -83,8 +88,13 @@ pub fn enrol(conn: &mut DbConn, req: &EnrolRequest, ip: IpAddr, location: &Locat
         enrolled_at: now,
         last_heartbeat_at: None,
     };
-    diesel::insert_into(agents::table).values(&agent).execute(conn)?;
-    Ok(EnrolResponse { agent_id: id, token })
+    diesel::insert_into(agents::table)
+        .values(&agent)
+        .execute(conn)?;
+    Ok(EnrolResponse {
+        agent_id: id,
+        token,
+    })
 }
 
 /// The agent holding `token`, if any.
@@ -97,7 +107,13 @@ pub fn agent_by_token(conn: &mut DbConn, token: &str) -> Result<Option<Agent>> {
 }
 
 /// Records a heartbeat: the agent is online, at this address and location, with these limits.
-pub fn heartbeat(conn: &mut DbConn, agent_id: &str, beat: &Heartbeat, ip: IpAddr, location: &Location) -> Result<()> {
+pub fn heartbeat(
+    conn: &mut DbConn,
+    agent_id: &str,
+    beat: &Heartbeat,
+    ip: IpAddr,
+    location: &Location,
+) -> Result<()> {
     if beat.limits.max_concurrent == 0 || beat.limits.max_concurrent > 64 {
         return Err(Error::invalid(
             "invalid_limits",

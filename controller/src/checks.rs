@@ -170,16 +170,28 @@ const MAX_TIMEOUT_MS: u64 = 120_000;
 const MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
 
 /// Validates and stores a new check. A check without an interval is due at once.
-pub fn create(conn: &mut DbConn, owner_id: &str, new: &NewCheck, min_interval_s: u64) -> Result<Check> {
+pub fn create(
+    conn: &mut DbConn,
+    owner_id: &str,
+    new: &NewCheck,
+    min_interval_s: u64,
+) -> Result<Check> {
     let site = sites::get(conn, owner_id, &new.site_id.to_string())?;
     if site.verified_at.is_none() {
         return Err(Error::conflict(
             "site_not_verified",
-            format!("site {} is not verified yet; serve its token and call verify first", site.origin),
+            format!(
+                "site {} is not verified yet; serve its token and call verify first",
+                site.origin
+            ),
         ));
     }
-    let url = url::Url::parse(new.url.trim())
-        .map_err(|e| Error::invalid("invalid_url", format!("url {:?} is not a URL: {e}", new.url)))?;
+    let url = url::Url::parse(new.url.trim()).map_err(|e| {
+        Error::invalid(
+            "invalid_url",
+            format!("url {:?} is not a URL: {e}", new.url),
+        )
+    })?;
     if url.origin().ascii_serialization() != site.origin {
         return Err(Error::invalid(
             "url_not_on_site",
@@ -189,7 +201,10 @@ pub fn create(conn: &mut DbConn, owner_id: &str, new: &NewCheck, min_interval_s:
     validate_selection(&new.selection)?;
     for s in &new.expected_status {
         if !(100..=599).contains(s) {
-            return Err(Error::invalid("invalid_expected_status", format!("{s} is not an HTTP status")));
+            return Err(Error::invalid(
+                "invalid_expected_status",
+                format!("{s} is not an HTTP status"),
+            ));
         }
     }
     let timeout_ms = new.timeout_ms.unwrap_or(30_000);
@@ -237,7 +252,9 @@ pub fn create(conn: &mut DbConn, owner_id: &str, new: &NewCheck, min_interval_s:
         next_run_at: Some(now),
         created_at: now,
     };
-    diesel::insert_into(checks::table).values(&check).execute(conn)?;
+    diesel::insert_into(checks::table)
+        .values(&check)
+        .execute(conn)?;
     Ok(check)
 }
 
@@ -247,7 +264,10 @@ fn json<T: Serialize>(value: &T) -> String {
 }
 
 fn normalized_countries(countries: &[String]) -> Vec<String> {
-    countries.iter().map(|c| c.trim().to_ascii_uppercase()).collect()
+    countries
+        .iter()
+        .map(|c| c.trim().to_ascii_uppercase())
+        .collect()
 }
 
 fn validate_selection(s: &Selection) -> Result<()> {

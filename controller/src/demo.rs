@@ -14,6 +14,7 @@
 //! and total ordered dialup > dsl > cable > fibre. The demo checks that and fails if
 //! it does not hold.
 
+use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -147,7 +148,9 @@ macro_rules! say {
 /// Runs the demo end to end.
 pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     let started = Instant::now();
-    let dir = tempfile::Builder::new().prefix("lastmile-demo-").tempdir()?;
+    let dir = tempfile::Builder::new()
+        .prefix("lastmile-demo-")
+        .tempdir()?;
     let plan = demo_agents();
     let geo = write_geo_databases(dir.path(), &plan)?;
 
@@ -167,7 +170,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     };
     let backend = crate::db::Backend::from_url(&config.effective_database_url());
     let controller = Controller::start(config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
-    let site = TargetSite::start(SocketAddr::from(([127, 0, 0, 1], 0)), SiteConfig::default()).await?;
+    let site =
+        TargetSite::start(SocketAddr::from(([127, 0, 0, 1], 0)), SiteConfig::default()).await?;
     say!(
         opts,
         "Lastmile demo\n  controller  {} ({} database)\n  target site {}",
@@ -241,10 +245,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         wait_for_agents(&controller, plan.len(), &opts).await?;
         let api = DemoClient::new(controller.url(), &owner_token)?;
 
-        let created: SiteView = api.post("/api/v1/sites", &json!({"origin": site.origin()})).await?;
+        let created: SiteView = api
+            .post("/api/v1/sites", &json!({"origin": site.origin()}))
+            .await?;
         site.publish_verification_token(&created.verification_token);
-        let verified: SiteView = api.post(&format!("/api/v1/sites/{}/verify", created.id), &json!({})).await?;
-        say!(opts, "  site        {} verified: {}", verified.origin, verified.verified);
+        let verified: SiteView = api
+            .post(&format!("/api/v1/sites/{}/verify", created.id), &json!({}))
+            .await?;
+        say!(
+            opts,
+            "  site        {} verified: {}",
+            verified.origin,
+            verified.verified
+        );
 
         let check: CheckView = api
             .post(
@@ -267,7 +280,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             let run = if n == 1 {
                 first_run(&api, &check).await?
             } else {
-                api.post(&format!("/api/v1/checks/{}/runs", check.id), &json!({})).await?
+                api.post(&format!("/api/v1/checks/{}/runs", check.id), &json!({}))
+                    .await?
             };
             runs.push(wait_for_run(&api, &check, run, n, &opts).await?);
         }
@@ -279,7 +293,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         let report_json = api.get_text(&report_path).await?;
         let report: Report = serde_json::from_str(&report_json)?;
         let by_class: Report = api
-            .get(&format!("/api/v1/checks/{}/report?group_by=connection_class", check.id))
+            .get(&format!(
+                "/api/v1/checks/{}/report?group_by=connection_class",
+                check.id
+            ))
             .await?;
         if let Some(out) = &opts.out {
             std::fs::create_dir_all(out)?;
@@ -300,18 +317,35 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     let (report, by_class, runs) = outcome?;
 
     let physics_hold = physics_hold(&by_class);
-    say!(opts, "\nSLA report: {} (window from {})\n", report.check.name, report.window.from);
+    say!(
+        opts,
+        "\nSLA report: {} (window from {})\n",
+        report.check.name,
+        report.window.from
+    );
     say!(opts, "{}", reports::to_table(&report));
-    say!(opts, "By connection class:\n{}", reports::to_table(&by_class));
+    say!(
+        opts,
+        "By connection class:\n{}",
+        reports::to_table(&by_class)
+    );
     say!(
         opts,
         "Link physics (median ttfb and total, dialup > dsl > cable > fibre): {}",
-        if physics_hold { "holds" } else { "DOES NOT HOLD" }
+        if physics_hold {
+            "holds"
+        } else {
+            "DOES NOT HOLD"
+        }
     );
     if let Some(out) = &opts.out {
         say!(opts, "Wrote {}", out.join("report.json").display());
     }
-    say!(opts, "Demo finished in {:.1} s", started.elapsed().as_secs_f64());
+    say!(
+        opts,
+        "Demo finished in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(DemoOutcome {
         report,
         by_class,
@@ -344,7 +378,11 @@ pub fn physics_hold(by_class: &Report) -> bool {
     })
 }
 
-async fn wait_for_agents(controller: &Controller, want: usize, opts: &DemoOptions) -> anyhow::Result<()> {
+async fn wait_for_agents(
+    controller: &Controller,
+    want: usize,
+    opts: &DemoOptions,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let since = clock::now_us() - controller.state.policy.online_window_us;
@@ -354,7 +392,11 @@ async fn wait_for_agents(controller: &Controller, want: usize, opts: &DemoOption
             .run(move |c| agents::online_since(c, since))
             .await?;
         if online.len() >= want {
-            say!(opts, "  online      {} agents; the controller placed them at:", online.len());
+            say!(
+                opts,
+                "  online      {} agents; the controller placed them at:",
+                online.len()
+            );
             let mut seen: Vec<String> = online
                 .iter()
                 .map(|a| {
@@ -385,16 +427,27 @@ async fn wait_for_agents(controller: &Controller, want: usize, opts: &DemoOption
 async fn first_run(api: &DemoClient, check: &CheckView) -> anyhow::Result<RunView> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let runs: Vec<RunView> = api.get(&format!("/api/v1/checks/{}/runs", check.id)).await?;
+        let runs: Vec<RunView> = api
+            .get(&format!("/api/v1/checks/{}/runs", check.id))
+            .await?;
         if let Some(run) = runs.into_iter().next() {
             return Ok(run);
         }
-        anyhow::ensure!(Instant::now() < deadline, "the scheduler did not start the check's first run");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the scheduler did not start the check's first run"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-async fn wait_for_run(api: &DemoClient, check: &CheckView, run: RunView, n: u32, opts: &DemoOptions) -> anyhow::Result<RunView> {
+async fn wait_for_run(
+    api: &DemoClient,
+    check: &CheckView,
+    run: RunView,
+    n: u32,
+    opts: &DemoOptions,
+) -> anyhow::Result<RunView> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let started = Instant::now();
     let mut last_done = u32::MAX;
@@ -402,23 +455,37 @@ async fn wait_for_run(api: &DemoClient, check: &CheckView, run: RunView, n: u32,
         let now: RunView = api
             .get(&format!("/api/v1/checks/{}/runs/{}", check.id, run.id))
             .await?;
-        if now.done != last_done && opts.verbose {
-            use std::io::Write;
+        // On a terminal the progress line updates in place; in a log, only the final
+        // line of each run is printed.
+        let interactive = std::io::stdout().is_terminal();
+        if now.done != last_done && opts.verbose && interactive {
             print!(
-                "\r  run {n}/{}: {:>2}/{} measured ({} in progress)",
-                opts.runs,
-                now.done,
-                now.requested,
-                now.leased
+                "\r  run {n}/{}: {:>2}/{} measured, {} in progress",
+                opts.runs, now.done, now.requested, now.leased
             );
             let _ = std::io::stdout().flush();
             last_done = now.done;
         }
         if now.finished {
-            say!(opts, "  in {:.1} s", started.elapsed().as_secs_f64());
+            let line = format!(
+                "  run {n}/{}: {:>2}/{} measured in {:.1} s",
+                opts.runs,
+                now.done,
+                now.requested,
+                started.elapsed().as_secs_f64()
+            );
+            say!(
+                opts,
+                "{}{line}{}",
+                if interactive { "\r" } else { "" },
+                " ".repeat(12)
+            );
             return Ok(now);
         }
-        anyhow::ensure!(Instant::now() < deadline, "run {n} did not finish within 60 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "run {n} did not finish within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -433,13 +500,19 @@ struct DemoClient {
 impl DemoClient {
     fn new(base: String, token: &str) -> anyhow::Result<DemoClient> {
         Ok(DemoClient {
-            http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()?,
             base,
             token: token.to_owned(),
         })
     }
 
-    async fn post<T: serde::de::DeserializeOwned>(&self, path: &str, body: &serde_json::Value) -> anyhow::Result<T> {
+    async fn post<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> anyhow::Result<T> {
         let response = self
             .http
             .post(format!("{}{path}", self.base))
@@ -468,7 +541,10 @@ impl DemoClient {
         Ok(text)
     }
 
-    async fn parse<T: serde::de::DeserializeOwned>(path: &str, response: reqwest::Response) -> anyhow::Result<T> {
+    async fn parse<T: serde::de::DeserializeOwned>(
+        path: &str,
+        response: reqwest::Response,
+    ) -> anyhow::Result<T> {
         let status = response.status();
         let text = response.text().await?;
         anyhow::ensure!(status.is_success(), "POST {path} answered {status}: {text}");

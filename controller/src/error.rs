@@ -13,7 +13,10 @@ use crate::db::DbError;
 pub enum Error {
     /// A thing the caller named does not exist (or is not theirs to see).
     #[error("{what} not found")]
-    NotFound { what: &'static str, code: &'static str },
+    NotFound {
+        what: &'static str,
+        code: &'static str,
+    },
     /// No or wrong credentials.
     #[error("{0}")]
     Unauthorized(String),

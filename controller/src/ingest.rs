@@ -145,7 +145,10 @@ fn validate(sub: &ResultSubmission) -> Result<()> {
     }
     if let Some(status) = sub.measurement.status {
         if !(100..=599).contains(&status) {
-            return Err(Error::invalid("invalid_result", format!("status {status} is not an HTTP status")));
+            return Err(Error::invalid(
+                "invalid_result",
+                format!("status {status} is not an HTTP status"),
+            ));
         }
     }
     if sub.measurement.bytes > i64::MAX as u64 {
@@ -191,9 +194,13 @@ pub fn submit(conn: &mut DbConn, agent: &Agent, sub: &ResultSubmission) -> Resul
             });
         }
         let late = assignment.state != state::LEASED
-            || assignment.lease_expires_at.is_none_or(|deadline| now > deadline);
+            || assignment
+                .lease_expires_at
+                .is_none_or(|deadline| now > deadline);
         let stored = to_stored(sub, &assignment, agent, now, late);
-        diesel::insert_into(results::table).values(&stored).execute(c)?;
+        diesel::insert_into(results::table)
+            .values(&stored)
+            .execute(c)?;
         if !late {
             diesel::update(assignments::table.find(&assignment_id))
                 .set(assignments::state.eq(state::DONE))
@@ -226,11 +233,20 @@ fn lock_assignment(conn: &mut DbConn, id: &str) -> Result<Option<Assignment>> {
             .for_update()
             .first(c)
             .optional()?,
-        DbConn::Sqlite(c) => query().select(Assignment::as_select()).first(c).optional()?,
+        DbConn::Sqlite(c) => query()
+            .select(Assignment::as_select())
+            .first(c)
+            .optional()?,
     })
 }
 
-fn to_stored(sub: &ResultSubmission, a: &Assignment, agent: &Agent, now: Micros, late: bool) -> StoredResult {
+fn to_stored(
+    sub: &ResultSubmission,
+    a: &Assignment,
+    agent: &Agent,
+    now: Micros,
+    late: bool,
+) -> StoredResult {
     let m = &sub.measurement;
     let t = m.timings_us;
     StoredResult {
@@ -244,7 +260,10 @@ fn to_stored(sub: &ResultSubmission, a: &Assignment, agent: &Agent, now: Micros,
         status: m.status.map(i32::from),
         bytes: m.bytes as i64,
         error_kind: m.error.as_ref().map(|e| e.kind.as_str().to_owned()),
-        error_message: m.error.as_ref().map(|e| e.message.chars().take(500).collect()),
+        error_message: m
+            .error
+            .as_ref()
+            .map(|e| e.message.chars().take(500).collect()),
         dns_us: t.dns as i64,
         connect_us: t.connect as i64,
         tls_us: t.tls as i64,
@@ -306,7 +325,13 @@ pub fn fold(conn: &mut DbConn, r: &StoredResult) -> Result<()> {
 /// Reads the aggregate row for `key` with a write lock, creating it empty if missing.
 fn lock_aggregate(conn: &mut DbConn, key: &AggregateKey) -> Result<AggregateRow> {
     let find = || {
-        aggregates::table.find((&key.check_id, key.bucket_start, &key.country, key.asn, &key.connection_class))
+        aggregates::table.find((
+            &key.check_id,
+            key.bucket_start,
+            &key.country,
+            key.asn,
+            &key.connection_class,
+        ))
     };
     let empty = AggregateRow::empty(key);
     Ok(match conn {
@@ -315,12 +340,21 @@ fn lock_aggregate(conn: &mut DbConn, key: &AggregateKey) -> Result<AggregateRow>
                 .values(&empty)
                 .on_conflict_do_nothing()
                 .execute(c)?;
-            find().select(AggregateRow::as_select()).for_update().first(c)?
+            find()
+                .select(AggregateRow::as_select())
+                .for_update()
+                .first(c)?
         }
-        DbConn::Sqlite(c) => match find().select(AggregateRow::as_select()).first(c).optional()? {
+        DbConn::Sqlite(c) => match find()
+            .select(AggregateRow::as_select())
+            .first(c)
+            .optional()?
+        {
             Some(row) => row,
             None => {
-                diesel::insert_into(aggregates::table).values(&empty).execute(c)?;
+                diesel::insert_into(aggregates::table)
+                    .values(&empty)
+                    .execute(c)?;
                 empty
             }
         },

@@ -107,8 +107,11 @@ fn main() -> anyhow::Result<()> {
     } else {
         "info"
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_level.into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_level.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cli.log_json {
         logs.json().init();
     } else {
@@ -127,7 +130,10 @@ fn main() -> anyhow::Result<()> {
         } => {
             let db = open_db(&config)?;
             let (owner, token) = accounts::create_owner(&mut *db.conn()?, &name)?;
-            println!("owner {} created; API token (shown only now):\n{token}", owner.id);
+            println!(
+                "owner {} created; API token (shown only now):\n{token}",
+                owner.id
+            );
             Ok(())
         }
         Command::Volunteer {
@@ -141,7 +147,11 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Serve { listen, city_db, asn_db } => {
+        Command::Serve {
+            listen,
+            city_db,
+            asn_db,
+        } => {
             let mut config = config;
             if let Some(listen) = listen {
                 config.listen = listen;
@@ -174,7 +184,8 @@ fn main() -> anyhow::Result<()> {
 fn serve(config: ControllerConfig) -> anyhow::Result<()> {
     let listen = config.listen;
     let state = server::AppState::open(config)?;
-    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("cannot listen on {listen}"))?;
+    let listener = std::net::TcpListener::bind(listen)
+        .with_context(|| format!("cannot listen on {listen}"))?;
     listener.set_nonblocking(true)?;
     tracing::info!(%listen, database = state.db.backend().name(), "controller listening");
     actix_web::rt::System::new().block_on(async move {

@@ -38,25 +38,76 @@ impl Metrics {
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
         let counters = [
-            ("lastmile_results_accepted_total", "Results accepted and aggregated.", &self.results_accepted),
-            ("lastmile_results_late_total", "Results stored as late (lease had expired).", &self.results_late),
-            ("lastmile_results_duplicate_total", "Repeated submissions answered idempotently.", &self.results_duplicate),
-            ("lastmile_assignments_leased_total", "Assignments leased to agents.", &self.assignments_leased),
-            ("lastmile_runs_created_total", "Runs created.", &self.runs_created),
-            ("lastmile_leases_expired_total", "Leases that ran out.", &self.leases_expired),
-            ("lastmile_http_client_errors_total", "API answers with a 4xx status.", &self.http_errors_4xx),
-            ("lastmile_http_server_errors_total", "API answers with a 5xx status.", &self.http_errors_5xx),
+            (
+                "lastmile_results_accepted_total",
+                "Results accepted and aggregated.",
+                &self.results_accepted,
+            ),
+            (
+                "lastmile_results_late_total",
+                "Results stored as late (lease had expired).",
+                &self.results_late,
+            ),
+            (
+                "lastmile_results_duplicate_total",
+                "Repeated submissions answered idempotently.",
+                &self.results_duplicate,
+            ),
+            (
+                "lastmile_assignments_leased_total",
+                "Assignments leased to agents.",
+                &self.assignments_leased,
+            ),
+            (
+                "lastmile_runs_created_total",
+                "Runs created.",
+                &self.runs_created,
+            ),
+            (
+                "lastmile_leases_expired_total",
+                "Leases that ran out.",
+                &self.leases_expired,
+            ),
+            (
+                "lastmile_http_client_errors_total",
+                "API answers with a 4xx status.",
+                &self.http_errors_4xx,
+            ),
+            (
+                "lastmile_http_server_errors_total",
+                "API answers with a 5xx status.",
+                &self.http_errors_5xx,
+            ),
         ];
         for (name, help, value) in counters {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
+            );
         }
         let gauges = [
-            ("lastmile_agents_online", "Agents that heartbeat within the online window.", gauges.agents_online),
-            ("lastmile_assignments_pending", "Assignments waiting for an agent.", gauges.assignments_pending),
-            ("lastmile_assignments_leased", "Assignments being measured now.", gauges.assignments_leased),
+            (
+                "lastmile_agents_online",
+                "Agents that heartbeat within the online window.",
+                gauges.agents_online,
+            ),
+            (
+                "lastmile_assignments_pending",
+                "Assignments waiting for an agent.",
+                gauges.assignments_pending,
+            ),
+            (
+                "lastmile_assignments_leased",
+                "Assignments being measured now.",
+                gauges.assignments_leased,
+            ),
         ];
         for (name, help, value) in gauges {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
+            );
         }
         out
     }

@@ -30,7 +30,9 @@ use crate::histogram;
 use crate::ingest::AggregateRow;
 
 /// A dimension a report can be grouped by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Dimension {
     ConnectionClass,
@@ -93,7 +95,9 @@ pub struct Percentiles {
 }
 
 /// The value of each dimension for one row; absent dimensions are not grouped on.
-#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 pub struct Group {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_class: Option<ConnectionClass>,
@@ -156,7 +160,10 @@ struct Accumulator {
 /// Builds the report for `check` from its aggregates.
 pub fn build(conn: &mut DbConn, check: &Check, query: &ReportQuery) -> Result<Report> {
     if query.to <= query.from {
-        return Err(Error::invalid("invalid_window", "`to` must be after `from`"));
+        return Err(Error::invalid(
+            "invalid_window",
+            "`to` must be after `from`",
+        ));
     }
     let from_bucket = hour_bucket(to_us(query.from));
     let rows: Vec<AggregateRow> = aggregates::table
@@ -185,11 +192,16 @@ pub fn build(conn: &mut DbConn, check: &Check, query: &ReportQuery) -> Result<Re
 pub fn merge(rows: &[AggregateRow], dims: &[Dimension]) -> Result<Vec<ReportRow>> {
     let mut groups: BTreeMap<Group, Accumulator> = BTreeMap::new();
     for row in rows {
-        let acc = groups.entry(group_of(row, dims)).or_insert_with(|| Accumulator {
-            successes: 0,
-            failures: 0,
-            phases: Phase::ALL.iter().map(|p| (*p, histogram::new_histogram())).collect(),
-        });
+        let acc = groups
+            .entry(group_of(row, dims))
+            .or_insert_with(|| Accumulator {
+                successes: 0,
+                failures: 0,
+                phases: Phase::ALL
+                    .iter()
+                    .map(|p| (*p, histogram::new_histogram()))
+                    .collect(),
+            });
         acc.successes += row.successes.max(0) as u64;
         acc.failures += row.failures.max(0) as u64;
         for (phase, merged) in acc.phases.iter_mut() {
@@ -272,7 +284,11 @@ pub fn to_csv(report: &Report) -> String {
         let mut cells: Vec<String> = Vec::new();
         for d in &report.group_by {
             cells.push(match d {
-                Dimension::ConnectionClass => row.group.connection_class.map(|c| c.to_string()).unwrap_or_default(),
+                Dimension::ConnectionClass => row
+                    .group
+                    .connection_class
+                    .map(|c| c.to_string())
+                    .unwrap_or_default(),
                 Dimension::Country => row.group.country.clone().unwrap_or_default(),
                 Dimension::Asn => row.group.asn.map(|a| a.to_string()).unwrap_or_default(),
             });
@@ -298,16 +314,29 @@ pub fn to_table(report: &Report) -> String {
     let _ = writeln!(
         out,
         "{:<10} {:<8} {:>7} {:>7} {:>10} {:>10} {:>10} {:>11} {:>11}",
-        "class", "country", "samples", "avail", "ttfb p50", "ttfb p95", "total p50", "total p95", "total p99"
+        "class",
+        "country",
+        "samples",
+        "avail",
+        "ttfb p50",
+        "ttfb p95",
+        "total p50",
+        "total p95",
+        "total p99"
     );
     let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
     for row in &report.rows {
         let get = |phase: Phase| row.phases.get(&phase);
-        let cell = |phase: Phase, f: fn(&Percentiles) -> u64| get(phase).map(|p| ms(f(p))).unwrap_or_else(|| "-".into());
+        let cell = |phase: Phase, f: fn(&Percentiles) -> u64| {
+            get(phase).map(|p| ms(f(p))).unwrap_or_else(|| "-".into())
+        };
         let _ = writeln!(
             out,
             "{:<10} {:<8} {:>7} {:>6.1}% {:>10} {:>10} {:>10} {:>11} {:>11}",
-            row.group.connection_class.map(|c| c.to_string()).unwrap_or_else(|| "*".into()),
+            row.group
+                .connection_class
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "*".into()),
             row.group.country.clone().unwrap_or_else(|| "*".into()),
             row.samples,
             row.availability * 100.0,

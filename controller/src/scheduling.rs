@@ -125,7 +125,12 @@ pub struct RunView {
 
 /// Creates a run of `check` now: snapshots the eligible agents and creates the pending
 /// assignments, all in one transaction.
-pub fn create_run(conn: &mut DbConn, check: &Check, policy: &SchedulingPolicy, now: Micros) -> Result<RunView> {
+pub fn create_run(
+    conn: &mut DbConn,
+    check: &Check,
+    policy: &SchedulingPolicy,
+    now: Micros,
+) -> Result<RunView> {
     let selection = check.selection();
     let run_id = Uuid::new_v4().to_string();
     write_tx(conn, |c| {
@@ -145,7 +150,10 @@ pub fn create_run(conn: &mut DbConn, check: &Check, policy: &SchedulingPolicy, n
         diesel::insert_into(runs::table).values(&run).execute(c)?;
         for agent in &eligible {
             diesel::insert_into(run_agents::table)
-                .values((run_agents::run_id.eq(&run_id), run_agents::agent_id.eq(&agent.id)))
+                .values((
+                    run_agents::run_id.eq(&run_id),
+                    run_agents::agent_id.eq(&agent.id),
+                ))
                 .execute(c)?;
         }
         for _ in 0..requested {
@@ -172,7 +180,12 @@ pub fn get_run(conn: &mut DbConn, owner_id: &str, check_id: &str, run_id: &str) 
 }
 
 /// The check's most recent runs, newest first.
-pub fn list_runs(conn: &mut DbConn, owner_id: &str, check_id: &str, limit: i64) -> Result<Vec<RunView>> {
+pub fn list_runs(
+    conn: &mut DbConn,
+    owner_id: &str,
+    check_id: &str,
+    limit: i64,
+) -> Result<Vec<RunView>> {
     checks::get(conn, owner_id, check_id)?;
     let ids: Vec<String> = runs::table
         .filter(runs::check_id.eq(check_id))
@@ -228,7 +241,13 @@ struct IdRow {
 
 /// Leases up to `max` assignments to `agent`, never more than its free concurrency
 /// and never two of one run. Each lease is its own short transaction.
-pub fn lease(conn: &mut DbConn, agent: &Agent, max: u32, policy: &SchedulingPolicy, now: Micros) -> Result<Vec<Task>> {
+pub fn lease(
+    conn: &mut DbConn,
+    agent: &Agent,
+    max: u32,
+    policy: &SchedulingPolicy,
+    now: Micros,
+) -> Result<Vec<Task>> {
     let busy: i64 = assignments::table
         .filter(assignments::agent_id.eq(&agent.id))
         .filter(assignments::state.eq(state::LEASED))
@@ -253,7 +272,12 @@ pub fn lease(conn: &mut DbConn, agent: &Agent, max: u32, policy: &SchedulingPoli
 }
 
 /// Leases the oldest pending assignment this agent may take; returns its id.
-fn lease_one(conn: &mut DbConn, agent_id: &str, now: Micros, expires: Micros) -> Result<Option<String>> {
+fn lease_one(
+    conn: &mut DbConn,
+    agent_id: &str,
+    now: Micros,
+    expires: Micros,
+) -> Result<Option<String>> {
     // The candidate: pending, in a live run the agent is eligible for, of a run the
     // agent has not had an assignment in (whatever became of it).
     let rows: Vec<IdRow> = match conn {
@@ -351,15 +375,25 @@ pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Resu
                 continue;
             }
             outcome.expired_leases += 1;
-            let deadline: i64 = runs::table.find(&a.run_id).select(runs::deadline_at).first(c)?;
+            let deadline: i64 = runs::table
+                .find(&a.run_id)
+                .select(runs::deadline_at)
+                .first(c)?;
             if a.attempt < policy.max_attempts && deadline > now {
                 diesel::insert_into(assignments::table)
-                    .values(&Assignment::new_pending(&a.run_id, &a.check_id, a.attempt + 1, now))
+                    .values(&Assignment::new_pending(
+                        &a.run_id,
+                        &a.check_id,
+                        a.attempt + 1,
+                        now,
+                    ))
                     .execute(c)?;
                 outcome.reoffered += 1;
             }
         }
-        let past_deadline = runs::table.filter(runs::deadline_at.le(now)).select(runs::id);
+        let past_deadline = runs::table
+            .filter(runs::deadline_at.le(now))
+            .select(runs::id);
         outcome.abandoned = diesel::update(
             assignments::table
                 .filter(assignments::state.eq(state::PENDING))
@@ -373,7 +407,11 @@ pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Resu
 
 /// Creates a run for every scheduled check that is due, and moves its next run time on.
 /// Returns the runs created.
-pub fn run_due_checks(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Result<Vec<RunView>> {
+pub fn run_due_checks(
+    conn: &mut DbConn,
+    policy: &SchedulingPolicy,
+    now: Micros,
+) -> Result<Vec<RunView>> {
     let due: Vec<Check> = checks_t::table
         .filter(checks_t::next_run_at.le(now))
         .select(Check::as_select())

@@ -37,8 +37,9 @@ pub struct AppState {
 impl AppState {
     /// Opens the database (running migrations) and the geo databases. Blocking.
     pub fn open(config: ControllerConfig) -> anyhow::Result<AppState> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
+        })?;
         let db = Db::open(&config.effective_database_url(), config.max_db_connections)?;
         let geo = Geo::open(&config.geo)?;
         let http = reqwest::Client::builder()

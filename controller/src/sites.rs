@@ -74,10 +74,17 @@ fn verification_url(origin: &str, token: &str) -> String {
 
 /// Normalises an origin (`https://Shop.Example:443/` -> `https://shop.example`).
 pub fn normalize_origin(raw: &str) -> Result<String> {
-    let url = url::Url::parse(raw.trim())
-        .map_err(|e| Error::invalid("invalid_origin", format!("origin {raw:?} is not a URL: {e}")))?;
+    let url = url::Url::parse(raw.trim()).map_err(|e| {
+        Error::invalid(
+            "invalid_origin",
+            format!("origin {raw:?} is not a URL: {e}"),
+        )
+    })?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(Error::invalid("invalid_origin", "origin must be http:// or https://"));
+        return Err(Error::invalid(
+            "invalid_origin",
+            "origin must be http:// or https://",
+        ));
     }
     if url.host_str().is_none() || url.path() != "/" || url.query().is_some() {
         return Err(Error::invalid(
@@ -102,7 +109,10 @@ pub fn create(conn: &mut DbConn, owner_id: &str, new: &NewSite) -> Result<Site> 
         .values(&site)
         .execute(conn)
         .map_err(|e| match Error::from(e) {
-            Error::Conflict { .. } => Error::conflict("site_exists", format!("you already have the site {}", site.origin)),
+            Error::Conflict { .. } => Error::conflict(
+                "site_exists",
+                format!("you already have the site {}", site.origin),
+            ),
             other => other,
         })?;
     Ok(site)
@@ -131,7 +141,13 @@ pub fn list(conn: &mut DbConn, owner_id: &str) -> Result<Vec<Site>> {
 }
 
 /// Fetches the verification URL and marks the site verified if it serves the token.
-pub async fn verify(db: &Db, http: &reqwest::Client, allow_private: bool, owner_id: String, id: String) -> Result<Site> {
+pub async fn verify(
+    db: &Db,
+    http: &reqwest::Client,
+    allow_private: bool,
+    owner_id: String,
+    id: String,
+) -> Result<Site> {
     let site = db.run(move |c| get(c, &owner_id, &id)).await?;
     if site.verified_at.is_some() {
         return Ok(site);
@@ -141,7 +157,11 @@ pub async fn verify(db: &Db, http: &reqwest::Client, allow_private: bool, owner_
         ensure_public(&site.origin).await?;
     }
     let body = async {
-        let response = http.get(&url).timeout(Duration::from_secs(10)).send().await?;
+        let response = http
+            .get(&url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?;
         let status = response.status();
         let text = response.text().await?;
         Ok::<_, reqwest::Error>((status, text))
@@ -178,12 +198,17 @@ async fn ensure_public(origin: &str) -> Result<()> {
     let port = url.port_or_known_default().unwrap_or(443);
     let addrs = tokio::net::lookup_host((host.as_str(), port))
         .await
-        .map_err(|e| Error::invalid("verification_failed", format!("cannot resolve {host}: {e}")))?;
+        .map_err(|e| {
+            Error::invalid("verification_failed", format!("cannot resolve {host}: {e}"))
+        })?;
     for addr in addrs {
         if lastmile_agent::guard::is_forbidden(addr.ip()) {
             return Err(Error::forbidden(
                 "private_origin",
-                format!("{host} resolves to a private address ({}); sites must be public", addr.ip()),
+                format!(
+                    "{host} resolves to a private address ({}); sites must be public",
+                    addr.ip()
+                ),
             ));
         }
     }

@@ -66,7 +66,11 @@ impl ControllerClient {
         self
     }
 
-    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, ClientError> {
+    async fn post<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, ClientError> {
         let url = self.base.join(path).unwrap_or_else(|_| self.base.clone());
         let mut request = self.http.post(url).json(body);
         if let Some(token) = &self.token {
@@ -100,7 +104,8 @@ impl ControllerClient {
 
     /// Leases up to `max` assignments.
     pub async fn lease(&self, max: u32) -> Result<LeaseResponse, ClientError> {
-        self.post("/api/v1/agents/lease", &LeaseRequest { max }).await
+        self.post("/api/v1/agents/lease", &LeaseRequest { max })
+            .await
     }
 
     /// Submits one result; safe to repeat.

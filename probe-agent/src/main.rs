@@ -124,14 +124,19 @@ impl EngineArgs {
 fn settings_from(args: RunArgs) -> anyhow::Result<AgentSettings> {
     let file: ConfigFile = match &args.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            toml::from_str(&text)
+                .with_context(|| format!("invalid config file {}", path.display()))?
         }
         None => ConfigFile::default(),
     };
     let mut connect_to = args.engine.connect_to;
     for c in &file.connect_to {
-        connect_to.push(c.parse().map_err(|e: String| anyhow::anyhow!("config connect_to: {e}"))?);
+        connect_to.push(
+            c.parse()
+                .map_err(|e: String| anyhow::anyhow!("config connect_to: {e}"))?,
+        );
     }
     let controller = args
         .controller
@@ -178,7 +183,10 @@ async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
     } else {
         let t = m.timings_us;
         let ms = |us: u64| us as f64 / 1000.0;
-        println!("status    {}", m.status.map_or("-".into(), |s| s.to_string()));
+        println!(
+            "status    {}",
+            m.status.map_or("-".into(), |s| s.to_string())
+        );
         println!("bytes     {}", m.bytes);
         println!("dns       {:>10.3} ms", ms(t.dns));
         println!("connect   {:>10.3} ms", ms(t.connect));
@@ -199,8 +207,11 @@ async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if cli.log_json {
         logs.json().init();
     } else {

@@ -138,14 +138,18 @@ impl Engine {
     pub async fn measure(&self, url: &str, expect: &Expectations) -> Measurement {
         let mut probe = Probe::default();
         let start = Instant::now();
-        let outcome = tokio::time::timeout(expect.timeout, self.fetch(url, expect, start, &mut probe))
-            .await
-            .unwrap_or_else(|_| {
-                Err(fail(
-                    ErrorKind::Timeout,
-                    format!("no complete answer within {} ms", expect.timeout.as_millis()),
-                ))
-            });
+        let outcome =
+            tokio::time::timeout(expect.timeout, self.fetch(url, expect, start, &mut probe))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(fail(
+                        ErrorKind::Timeout,
+                        format!(
+                            "no complete answer within {} ms",
+                            expect.timeout.as_millis()
+                        ),
+                    ))
+                });
         let timings = probe.timings(start);
         match outcome {
             Ok(()) => Measurement {
@@ -170,11 +174,17 @@ impl Engine {
         start: Instant,
         probe: &mut Probe,
     ) -> Result<(), MeasurementError> {
-        let url = Url::parse(url).map_err(|e| fail(ErrorKind::InvalidTask, format!("invalid URL {url:?}: {e}")))?;
+        let url = Url::parse(url)
+            .map_err(|e| fail(ErrorKind::InvalidTask, format!("invalid URL {url:?}: {e}")))?;
         let https = match url.scheme() {
             "http" => false,
             "https" => true,
-            other => return Err(fail(ErrorKind::InvalidTask, format!("unsupported scheme {other:?}"))),
+            other => {
+                return Err(fail(
+                    ErrorKind::InvalidTask,
+                    format!("unsupported scheme {other:?}"),
+                ))
+            }
         };
         let host = url
             .host_str()
@@ -201,19 +211,27 @@ impl Engine {
         };
         let request = Request::get(path)
             .header(hyper::header::HOST, authority)
-            .header(hyper::header::USER_AGENT, concat!("lastmile-agent/", env!("CARGO_PKG_VERSION")))
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("lastmile-agent/", env!("CARGO_PKG_VERSION")),
+            )
             .header(hyper::header::ACCEPT, "*/*")
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|e| fail(ErrorKind::InvalidTask, format!("cannot build request: {e}")))?;
 
         if https {
-            let name = ServerName::try_from(host.clone())
-                .map_err(|e| fail(ErrorKind::InvalidTask, format!("invalid TLS name {host:?}: {e}")))?;
-            let tls = self
-                .tls
-                .connect(name, stream)
-                .await
-                .map_err(|e| fail(ErrorKind::Tls, format!("TLS handshake with {host} failed: {e}")))?;
+            let name = ServerName::try_from(host.clone()).map_err(|e| {
+                fail(
+                    ErrorKind::InvalidTask,
+                    format!("invalid TLS name {host:?}: {e}"),
+                )
+            })?;
+            let tls = self.tls.connect(name, stream).await.map_err(|e| {
+                fail(
+                    ErrorKind::Tls,
+                    format!("TLS handshake with {host} failed: {e}"),
+                )
+            })?;
             probe.tls_done = Some(start.elapsed());
             exchange(TokioIo::new(tls), request, expect, start, probe).await
         } else {
@@ -242,14 +260,22 @@ impl Engine {
         if self.config.allow_private {
             return Ok(addrs);
         }
-        let allowed: Vec<SocketAddr> = addrs.iter().copied().filter(|a| !guard::is_forbidden(a.ip())).collect();
+        let allowed: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| !guard::is_forbidden(a.ip()))
+            .collect();
         if allowed.is_empty() {
             return Err(fail(
                 ErrorKind::TargetForbidden,
                 format!(
                     "{host} resolves only to private, loopback or link-local addresses ({}); \
                      agents fetch those only in local-test mode (--allow-private)",
-                    addrs.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ")
+                    addrs
+                        .iter()
+                        .map(|a| a.ip().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             ));
         }
@@ -425,7 +451,10 @@ mod tests {
                     let mut buf = vec![0u8; 4096];
                     let _ = sock.read(&mut buf).await;
                     tokio::time::sleep(think).await;
-                    let head = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                    let head = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        body.len()
+                    );
                     let _ = sock.write_all(head.as_bytes()).await;
                     let _ = sock.write_all(&body).await;
                 });
@@ -445,7 +474,9 @@ mod tests {
     #[tokio::test]
     async fn server_think_time_shows_up_in_ttfb_not_in_connect() {
         let addr = server(200, vec![b'x'; 1000], Duration::from_millis(80)).await;
-        let m = local_engine().measure(&format!("http://{addr}/"), &Expectations::default()).await;
+        let m = local_engine()
+            .measure(&format!("http://{addr}/"), &Expectations::default())
+            .await;
         assert_eq!(m.error, None);
         assert_eq!(m.status, Some(200));
         assert_eq!(m.bytes, 1000);
@@ -460,7 +491,9 @@ mod tests {
     async fn loopback_targets_are_refused_outside_local_test_mode() {
         let addr = server(200, b"hi".to_vec(), Duration::ZERO).await;
         let engine = Engine::new(EngineConfig::default()).unwrap();
-        let m = engine.measure(&format!("http://{addr}/"), &Expectations::default()).await;
+        let m = engine
+            .measure(&format!("http://{addr}/"), &Expectations::default())
+            .await;
         assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::TargetForbidden));
         assert_eq!(m.status, None);
     }
@@ -468,7 +501,9 @@ mod tests {
     #[tokio::test]
     async fn unexpected_status_is_an_error_with_timings() {
         let addr = server(503, b"down".to_vec(), Duration::ZERO).await;
-        let m = local_engine().measure(&format!("http://{addr}/"), &Expectations::default()).await;
+        let m = local_engine()
+            .measure(&format!("http://{addr}/"), &Expectations::default())
+            .await;
         assert_eq!(m.status, Some(503));
         assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::UnexpectedStatus));
         assert!(m.timings_us.total > 0);
@@ -481,7 +516,9 @@ mod tests {
             max_bytes: 10_000,
             ..Expectations::default()
         };
-        let m = local_engine().measure(&format!("http://{addr}/"), &expect).await;
+        let m = local_engine()
+            .measure(&format!("http://{addr}/"), &expect)
+            .await;
         assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::BodyTooLarge));
     }
 
@@ -490,7 +527,9 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let m = local_engine().measure(&format!("http://{addr}/"), &Expectations::default()).await;
+        let m = local_engine()
+            .measure(&format!("http://{addr}/"), &Expectations::default())
+            .await;
         assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::Connect));
     }
 
@@ -501,7 +540,9 @@ mod tests {
             timeout: Duration::from_millis(200),
             ..Expectations::default()
         };
-        let m = local_engine().measure(&format!("http://{addr}/"), &expect).await;
+        let m = local_engine()
+            .measure(&format!("http://{addr}/"), &expect)
+            .await;
         assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::Timeout));
         assert!(m.timings_us.total >= 200_000);
     }
@@ -515,7 +556,9 @@ mod tests {
             ..EngineConfig::default()
         })
         .unwrap();
-        let m = engine.measure("http://site.example/", &Expectations::default()).await;
+        let m = engine
+            .measure("http://site.example/", &Expectations::default())
+            .await;
         assert_eq!(m.error, None);
         assert_eq!(m.bytes, 3);
     }

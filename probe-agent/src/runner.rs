@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lastmile_protocol::{AgentLimits, ConnectionClass, EnrolRequest, Heartbeat, ResultSubmission, Task};
+use lastmile_protocol::{
+    AgentLimits, ConnectionClass, EnrolRequest, Heartbeat, ResultSubmission, Task,
+};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -48,11 +50,18 @@ pub struct Credentials {
 const CREDENTIALS_FILE: &str = "credentials.json";
 
 /// Reads the stored credentials, or enrols and stores them.
-pub async fn load_or_enrol(settings: &AgentSettings, client: &ControllerClient) -> anyhow::Result<Credentials> {
+pub async fn load_or_enrol(
+    settings: &AgentSettings,
+    client: &ControllerClient,
+) -> anyhow::Result<Credentials> {
     let path = settings.state_dir.join(CREDENTIALS_FILE);
     if let Ok(bytes) = std::fs::read(&path) {
-        let creds: Credentials = serde_json::from_slice(&bytes)
-            .map_err(|e| anyhow::anyhow!("{} is damaged ({e}); remove it to enrol again", path.display()))?;
+        let creds: Credentials = serde_json::from_slice(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is damaged ({e}); remove it to enrol again",
+                path.display()
+            )
+        })?;
         return Ok(creds);
     }
     let Some(key) = &settings.enrol_key else {
@@ -114,18 +123,23 @@ impl Backoff {
         let ceiling = Self::BASE
             .saturating_mul(1u32 << self.failures.min(10))
             .min(Self::CAP);
-        let millis = rand::thread_rng().gen_range(Self::BASE.as_millis() as u64..=ceiling.as_millis() as u64);
+        let millis = rand::thread_rng()
+            .gen_range(Self::BASE.as_millis() as u64..=ceiling.as_millis() as u64);
         Duration::from_millis(millis)
     }
 }
 
 /// Runs the agent until `shutdown` resolves; in-flight measurements are finished and
 /// spooled before it returns.
-pub async fn run(settings: AgentSettings, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    settings: AgentSettings,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.state_dir)?;
     let engine = Engine::new(settings.engine.clone())?;
     let spool = Spool::open(settings.state_dir.join("spool"))?;
-    let anonymous = ControllerClient::new(settings.controller.clone(), settings.engine.source_addr)?;
+    let anonymous =
+        ControllerClient::new(settings.controller.clone(), settings.engine.source_addr)?;
 
     tokio::pin!(shutdown);
     let mut backoff = Backoff { failures: 0 };
@@ -144,7 +158,9 @@ pub async fn run(settings: AgentSettings, shutdown: impl std::future::Future<Out
         }
     };
     let client = anonymous.with_token(creds.token.clone());
-    let slots = Arc::new(Semaphore::new(settings.limits.max_concurrent.max(1) as usize));
+    let slots = Arc::new(Semaphore::new(
+        settings.limits.max_concurrent.max(1) as usize
+    ));
     let mut in_flight = JoinSet::new();
     let mut next_heartbeat = tokio::time::Instant::now();
     backoff.reset();
@@ -176,23 +192,31 @@ pub async fn run(settings: AgentSettings, shutdown: impl std::future::Future<Out
             }
             Err(e) => return Err(e.into()),
         };
-        let delay = delay.min(next_heartbeat.saturating_duration_since(tokio::time::Instant::now()));
+        let delay =
+            delay.min(next_heartbeat.saturating_duration_since(tokio::time::Instant::now()));
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(delay) => {}
         }
     }
 
-    tracing::info!(in_flight = in_flight.len(), "stopping: finishing in-flight measurements");
+    tracing::info!(
+        in_flight = in_flight.len(),
+        "stopping: finishing in-flight measurements"
+    );
     while in_flight.join_next().await.is_some() {}
     Ok(())
 }
 
 fn is_transient(e: &anyhow::Error) -> bool {
-    e.downcast_ref::<ClientError>().is_some_and(ClientError::is_transient)
+    e.downcast_ref::<ClientError>()
+        .is_some_and(ClientError::is_transient)
 }
 
-async fn beat(client: &ControllerClient, settings: &AgentSettings) -> Result<Duration, ClientError> {
+async fn beat(
+    client: &ControllerClient,
+    settings: &AgentSettings,
+) -> Result<Duration, ClientError> {
     let ack = client
         .heartbeat(&Heartbeat {
             declared_class: settings.declared_class,
@@ -200,7 +224,9 @@ async fn beat(client: &ControllerClient, settings: &AgentSettings) -> Result<Dur
             limits: settings.limits,
         })
         .await?;
-    Ok(Duration::from_secs(u64::from(ack.heartbeat_interval_s.max(1))))
+    Ok(Duration::from_secs(u64::from(
+        ack.heartbeat_interval_s.max(1),
+    )))
 }
 
 /// Leases as many tasks as there are free slots and starts them; returns how long to
@@ -231,7 +257,11 @@ async fn lease_and_start(
             deliver(&client, &spool, result).await;
         });
     }
-    Ok(if got_work { Duration::ZERO } else { settings.idle_poll })
+    Ok(if got_work {
+        Duration::ZERO
+    } else {
+        settings.idle_poll
+    })
 }
 
 /// Measures one task.
@@ -294,13 +324,16 @@ async fn flush_spool(client: ControllerClient, spool: Spool) {
 pub fn default_state_dir() -> PathBuf {
     std::env::var_os("STATE_DIRECTORY")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/lastmile-agent")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/lastmile-agent"))
+        })
         .unwrap_or_else(|| PathBuf::from(".lastmile-agent"))
 }
 
 /// Parses an IP for `--source-addr`.
 pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
-    s.parse().map_err(|e| format!("invalid IP address {s:?}: {e}"))
+    s.parse()
+        .map_err(|e| format!("invalid IP address {s:?}: {e}"))
 }
 
 #[cfg(test)]

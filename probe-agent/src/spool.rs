@@ -110,7 +110,12 @@ mod tests {
             spool.put(&b).unwrap();
         }
         let spool = Spool::open(dir.path()).unwrap();
-        let mut ids: Vec<Uuid> = spool.pending().unwrap().iter().map(|r| r.assignment_id).collect();
+        let mut ids: Vec<Uuid> = spool
+            .pending()
+            .unwrap()
+            .iter()
+            .map(|r| r.assignment_id)
+            .collect();
         ids.sort();
         let mut want = vec![a.assignment_id, b.assignment_id];
         want.sort();

@@ -14,7 +14,10 @@ async fn server(body: &'static [u8]) -> std::net::SocketAddr {
             tokio::spawn(async move {
                 let mut buf = [0u8; 2048];
                 let _ = sock.read(&mut buf).await;
-                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
                 let _ = sock.write_all(head.as_bytes()).await;
                 let _ = sock.write_all(body).await;
             });
@@ -31,10 +34,19 @@ fn agent() -> Command {
 async fn measure_json_prints_the_documented_object() {
     let addr = server(b"hello lastmile").await;
     let url = format!("http://{addr}/");
-    let out = tokio::task::spawn_blocking(move || agent().args(["measure", &url, "--json", "--allow-private"]).output().unwrap())
-        .await
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tokio::task::spawn_blocking(move || {
+        agent()
+            .args(["measure", &url, "--json", "--allow-private"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["status"], 200);
     assert_eq!(v["bytes"], 14);
@@ -44,16 +56,22 @@ async fn measure_json_prints_the_documented_object() {
         assert!(t[phase].is_u64(), "{phase} missing in {v}");
     }
     assert!(t["total"].as_u64().unwrap() >= t["ttfb"].as_u64().unwrap());
-    assert_eq!(v.as_object().unwrap().len(), 4, "exactly status, bytes, error, timings_us: {v}");
+    assert_eq!(
+        v.as_object().unwrap().len(),
+        4,
+        "exactly status, bytes, error, timings_us: {v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn measure_refuses_loopback_without_local_test_mode() {
     let addr = server(b"x").await;
     let url = format!("http://{addr}/");
-    let out = tokio::task::spawn_blocking(move || agent().args(["measure", &url, "--json"]).output().unwrap())
-        .await
-        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        agent().args(["measure", &url, "--json"]).output().unwrap()
+    })
+    .await
+    .unwrap();
     assert!(!out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["error"]["kind"], "target_forbidden");
@@ -63,7 +81,14 @@ async fn measure_refuses_loopback_without_local_test_mode() {
 fn run_without_enrolment_explains_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     let out = agent()
-        .args(["run", "--controller", "http://127.0.0.1:9", "--connection-class", "dsl", "--state-dir"])
+        .args([
+            "run",
+            "--controller",
+            "http://127.0.0.1:9",
+            "--connection-class",
+            "dsl",
+            "--state-dir",
+        ])
         .arg(dir.path())
         .output()
         .unwrap();
@@ -76,8 +101,16 @@ fn run_without_enrolment_explains_what_is_missing() {
 fn config_file_supplies_settings_and_rejects_unknown_keys() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("agent.toml");
-    std::fs::write(&config, "controller = \"http://127.0.0.1:9\"\nconnection_klass = \"dsl\"\n").unwrap();
-    let out = agent().args(["run", "--config"]).arg(&config).output().unwrap();
+    std::fs::write(
+        &config,
+        "controller = \"http://127.0.0.1:9\"\nconnection_klass = \"dsl\"\n",
+    )
+    .unwrap();
+    let out = agent()
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("connection_klass"), "{err}");

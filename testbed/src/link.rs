@@ -102,11 +102,19 @@ pub struct Link {
 
 impl Link {
     /// Listens on `listen` (port 0 for any free port) and relays to `upstream`.
-    pub async fn start(listen: SocketAddr, upstream: SocketAddr, profile: LinkProfile) -> std::io::Result<Link> {
+    pub async fn start(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        profile: LinkProfile,
+    ) -> std::io::Result<Link> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(accept_loop(listener, upstream, profile));
-        Ok(Link { addr, profile, task })
+        Ok(Link {
+            addr,
+            profile,
+            task,
+        })
     }
 
     /// Where agents connect.
@@ -164,7 +172,11 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, bps: u64, one_way
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    if tx.send((Instant::now(), Bytes::copy_from_slice(&buf[..n]))).await.is_err() {
+                    if tx
+                        .send((Instant::now(), Bytes::copy_from_slice(&buf[..n])))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                 }
@@ -245,7 +257,9 @@ mod tests {
     }
 
     async fn link(upstream: SocketAddr, profile: LinkProfile) -> Link {
-        Link::start("127.0.0.1:0".parse().unwrap(), upstream, profile).await.unwrap()
+        Link::start("127.0.0.1:0".parse().unwrap(), upstream, profile)
+            .await
+            .unwrap()
     }
 
     fn within(measured: f64, expected: f64, tolerance: f64) -> bool {
@@ -284,7 +298,11 @@ mod tests {
         // One byte each way also pays its serialization time.
         let expected = 0.150 + 8.0 / dialup.up_bps as f64 + 8.0 / dialup.down_bps as f64;
         let rtt = median_rtt(dialup, 5).await;
-        eprintln!("dial-up link: median RTT {:.2} ms (expected {:.2})", rtt * 1000.0, expected * 1000.0);
+        eprintln!(
+            "dial-up link: median RTT {:.2} ms (expected {:.2})",
+            rtt * 1000.0,
+            expected * 1000.0
+        );
         assert!(within(rtt, expected, 0.05), "{rtt}");
     }
 

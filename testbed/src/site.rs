@@ -86,7 +86,12 @@ fn home_page(size: usize) -> Vec<u8> {
     page
 }
 
-async fn serve(listener: TcpListener, tokens: Arc<Mutex<HashSet<String>>>, page: Arc<Vec<u8>>, think: Duration) {
+async fn serve(
+    listener: TcpListener,
+    tokens: Arc<Mutex<HashSet<String>>>,
+    page: Arc<Vec<u8>>,
+    think: Duration,
+) {
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let Ok((socket, _)) = listener.accept().await else {

@@ -15,10 +15,19 @@ per_backend!(
 );
 
 fn code(body: &Value) -> &str {
-    body["error"].as_str().unwrap_or_else(|| panic!("no error code in {body}"))
+    body["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error code in {body}"))
 }
 
-async fn raw(app: &TestApp, method: &str, path: &str, token: Option<&str>, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+async fn raw(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, Value) {
     let client = reqwest::Client::new();
     let mut req = client
         .request(method.parse().unwrap(), format!("{}{path}", app.base))
@@ -34,94 +43,219 @@ async fn raw(app: &TestApp, method: &str, path: &str, token: Option<&str>, conte
 
 async fn bad_requests_get_a_clear_4xx_and_change_nothing(db: TestDb) {
     let app = TestApp::start(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default()).await.unwrap();
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
 
     // Missing and wrong tokens.
     let (s, b) = app.call("GET", "/api/v1/checks", None, None).await;
     assert_eq!((s, code(&b)), (401, "unauthorized"));
-    let (s, b) = app.call("GET", "/api/v1/checks", Some("lmo_nope"), None).await;
+    let (s, b) = app
+        .call("GET", "/api/v1/checks", Some("lmo_nope"), None)
+        .await;
     assert_eq!((s, code(&b)), (401, "unauthorized"));
     // An agent endpoint with an owner token is still unauthorized.
-    let (s, b) = app.call("POST", "/api/v1/agents/lease", Some(&owner), Some(json!({"max": 1}))).await;
+    let (s, b) = app
+        .call(
+            "POST",
+            "/api/v1/agents/lease",
+            Some(&owner),
+            Some(json!({"max": 1})),
+        )
+        .await;
     assert_eq!((s, code(&b)), (401, "unauthorized"));
     // Wrong enrolment key.
     let (s, b) = app
-        .call("POST", "/api/v1/agents/enrol", None, Some(json!({"enrol_key": "lmv_x", "name": "a", "declared_class": "dsl", "version": "1"})))
+        .call(
+            "POST",
+            "/api/v1/agents/enrol",
+            None,
+            Some(
+                json!({"enrol_key": "lmv_x", "name": "a", "declared_class": "dsl", "version": "1"}),
+            ),
+        )
         .await;
     assert_eq!((s, code(&b)), (401, "unauthorized"));
 
     // Malformed JSON, wrong shape, wrong content type, oversized body.
-    let (s, b) = raw(&app, "POST", "/api/v1/checks", Some(&owner), "application/json", b"{not json".to_vec()).await;
+    let (s, b) = raw(
+        &app,
+        "POST",
+        "/api/v1/checks",
+        Some(&owner),
+        "application/json",
+        b"{not json".to_vec(),
+    )
+    .await;
     assert_eq!((s, code(&b)), (400, "invalid_json"));
-    let (s, b) = raw(&app, "POST", "/api/v1/checks", Some(&owner), "application/json", br#"{"url": 5}"#.to_vec()).await;
+    let (s, b) = raw(
+        &app,
+        "POST",
+        "/api/v1/checks",
+        Some(&owner),
+        "application/json",
+        br#"{"url": 5}"#.to_vec(),
+    )
+    .await;
     assert_eq!((s, code(&b)), (422, "invalid_body"));
-    assert!(b["message"].as_str().unwrap().contains("expected a string at line 1"), "{b}");
-    let (s, b) = raw(&app, "POST", "/api/v1/checks", Some(&owner), "text/plain", b"{}".to_vec()).await;
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("expected a string at line 1"),
+        "{b}"
+    );
+    let (s, b) = raw(
+        &app,
+        "POST",
+        "/api/v1/checks",
+        Some(&owner),
+        "text/plain",
+        b"{}".to_vec(),
+    )
+    .await;
     assert_eq!((s, code(&b)), (415, "unsupported_media_type"));
     let big = format!(r#"{{"origin": "{}"}}"#, "a".repeat(300 * 1024));
-    let (s, b) = raw(&app, "POST", "/api/v1/sites", Some(&owner), "application/json", big.into_bytes()).await;
+    let (s, b) = raw(
+        &app,
+        "POST",
+        "/api/v1/sites",
+        Some(&owner),
+        "application/json",
+        big.into_bytes(),
+    )
+    .await;
     assert_eq!((s, code(&b)), (413, "payload_too_large"));
 
     // Unknown and malformed ids, unknown routes.
     let unknown = uuid::Uuid::new_v4();
-    let (s, b) = app.call("GET", &format!("/api/v1/checks/{unknown}"), Some(&owner), None).await;
+    let (s, b) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{unknown}"),
+            Some(&owner),
+            None,
+        )
+        .await;
     assert_eq!((s, code(&b)), (404, "check_not_found"));
-    let (s, b) = app.call("GET", "/api/v1/checks/not-a-uuid", Some(&owner), None).await;
-    assert_eq!((s, code(&b)), (404, "not_found"));
-    let (s, b) = app.call("GET", "/api/v1/nothing-here", Some(&owner), None).await;
+    let (s, b) = app
+        .call("GET", "/api/v1/checks/not-a-uuid", Some(&owner), None)
+        .await;
     assert_eq!((s, code(&b)), (404, "not_found"));
     let (s, b) = app
-        .call("POST", "/api/v1/results", Some(&app.agent(std::net::Ipv4Addr::new(127, 0, 0, 2), &app.volunteer("v"), "dsl", 1).await),
-            Some(crate::leasing::submission(&json!(unknown), 1000)))
+        .call("GET", "/api/v1/nothing-here", Some(&owner), None)
+        .await;
+    assert_eq!((s, code(&b)), (404, "not_found"));
+    let (s, b) = app
+        .call(
+            "POST",
+            "/api/v1/results",
+            Some(
+                &app.agent(
+                    std::net::Ipv4Addr::new(127, 0, 0, 2),
+                    &app.volunteer("v"),
+                    "dsl",
+                    1,
+                )
+                .await,
+            ),
+            Some(crate::leasing::submission(&json!(unknown), 1000)),
+        )
         .await;
     assert_eq!((s, code(&b)), (404, "assignment_not_found"));
 
     // Invalid filters and check fields: each names what is wrong.
     let url = format!("{}/", site.origin());
     let cases = [
-        (json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 0}}), "invalid_selection"),
-        (json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1, "countries": ["Germany"]}}), "invalid_selection"),
-        (json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1, "connection_classes": ["isdn"]}}), "invalid_body"),
-        (json!({"site_id": site_id, "url": "http://elsewhere.example/", "selection": {"agents_per_run": 1}}), "url_not_on_site"),
-        (json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1}, "schedule": {"every_seconds": 0}}), "invalid_schedule"),
-        (json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1}, "expected_status": [99]}), "invalid_expected_status"),
-        (json!({"site_id": unknown, "url": url, "selection": {"agents_per_run": 1}}), "site_not_found"),
+        (
+            json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 0}}),
+            "invalid_selection",
+        ),
+        (
+            json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1, "countries": ["Germany"]}}),
+            "invalid_selection",
+        ),
+        (
+            json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1, "connection_classes": ["isdn"]}}),
+            "invalid_body",
+        ),
+        (
+            json!({"site_id": site_id, "url": "http://elsewhere.example/", "selection": {"agents_per_run": 1}}),
+            "url_not_on_site",
+        ),
+        (
+            json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1}, "schedule": {"every_seconds": 0}}),
+            "invalid_schedule",
+        ),
+        (
+            json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1}, "expected_status": [99]}),
+            "invalid_expected_status",
+        ),
+        (
+            json!({"site_id": unknown, "url": url, "selection": {"agents_per_run": 1}}),
+            "site_not_found",
+        ),
     ];
     for (body, expected) in cases {
-        let (s, b) = app.call("POST", "/api/v1/checks", Some(&owner), Some(body.clone())).await;
+        let (s, b) = app
+            .call("POST", "/api/v1/checks", Some(&owner), Some(body.clone()))
+            .await;
         assert!((400..500).contains(&s), "{body} -> {s} {b}");
         assert_eq!(code(&b), expected, "{body} -> {b}");
         assert!(!b["message"].as_str().unwrap().is_empty());
     }
     // Report parameters.
     let (_, check) = app
-        .call("POST", "/api/v1/checks", Some(&owner), Some(json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1}})))
+        .call(
+            "POST",
+            "/api/v1/checks",
+            Some(&owner),
+            Some(json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1}})),
+        )
         .await;
     let id = check["id"].as_str().unwrap();
     for (query, expected) in [
         ("group_by=city", "invalid_group_by"),
         ("format=xml", "invalid_format"),
         ("from=yesterday", "invalid_query"),
-        ("from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z", "invalid_window"),
+        (
+            "from=2026-01-02T00:00:00Z&to=2026-01-01T00:00:00Z",
+            "invalid_window",
+        ),
     ] {
-        let (s, b) = app.call("GET", &format!("/api/v1/checks/{id}/report?{query}"), Some(&owner), None).await;
+        let (s, b) = app
+            .call(
+                "GET",
+                &format!("/api/v1/checks/{id}/report?{query}"),
+                Some(&owner),
+                None,
+            )
+            .await;
         assert!((400..500).contains(&s), "{query} -> {s}");
         assert_eq!(code(&b), expected, "{query} -> {b}");
     }
 
     // Nothing half-written: of all those attempts, only the one valid check exists.
     let mut conn = app.db().conn().unwrap();
-    assert_eq!(count_sql(&mut conn, "SELECT COUNT(*) AS n FROM checks").unwrap(), 1);
-    assert_eq!(count_sql(&mut conn, "SELECT COUNT(*) AS n FROM sites").unwrap(), 1);
+    assert_eq!(
+        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM checks").unwrap(),
+        1
+    );
+    assert_eq!(
+        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM sites").unwrap(),
+        1
+    );
     drop(conn);
     app.controller.stop().await.unwrap();
 }
 
 async fn one_owner_cannot_see_another_owners_checks(db: TestDb) {
     let app = TestApp::start(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default()).await.unwrap();
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
     let alice = app.owner("alice");
     let mallory = app.owner("mallory");
     let site_id = app.verified_site(&alice, &site).await;
@@ -138,14 +272,23 @@ async fn one_owner_cannot_see_another_owners_checks(db: TestDb) {
         let (s, b) = app.call("GET", &path, Some(&mallory), None).await;
         assert_eq!(s, 404, "{path}: {b}");
     }
-    let (s, _) = app.call("POST", &format!("/api/v1/checks/{id}/runs"), Some(&mallory), None).await;
+    let (s, _) = app
+        .call(
+            "POST",
+            &format!("/api/v1/checks/{id}/runs"),
+            Some(&mallory),
+            None,
+        )
+        .await;
     assert_eq!(s, 404);
     // Mallory cannot put a check on Alice's site either.
     let (s, b) = app
         .call("POST", "/api/v1/checks", Some(&mallory), Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 1}})))
         .await;
     assert_eq!((s, code(&b)), (404, "site_not_found"));
-    let (_, list) = app.call("GET", "/api/v1/checks", Some(&mallory), None).await;
+    let (_, list) = app
+        .call("GET", "/api/v1/checks", Some(&mallory), None)
+        .await;
     assert_eq!(list, json!([]));
     app.controller.stop().await.unwrap();
 }
@@ -159,7 +302,10 @@ async fn ops_endpoints_and_openapi_document_are_served(db: TestDb) {
     let (s, metrics) = app.call("GET", "/metrics", None, None).await;
     assert_eq!(s, 200);
     let metrics = metrics.as_str().unwrap();
-    assert!(metrics.contains("# TYPE lastmile_agents_online gauge"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE lastmile_agents_online gauge"),
+        "{metrics}"
+    );
     assert!(metrics.contains("lastmile_results_accepted_total 0"));
     let (s, doc) = app.call("GET", "/api/openapi.json", None, None).await;
     assert_eq!(s, 200);

@@ -26,7 +26,11 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     }
     // 12 agents in 4 classes x 3 countries: 12 rows, each with both runs.
     assert_eq!(outcome.report.rows.len(), 12);
-    assert!(outcome.report.rows.iter().all(|r| r.samples == 2 && r.availability == 1.0));
+    assert!(outcome
+        .report
+        .rows
+        .iter()
+        .all(|r| r.samples == 2 && r.availability == 1.0));
     // report.json is what the API served, byte for byte parseable into the same report.
     let written = std::fs::read_to_string(out.path().join("report.json")).unwrap();
     let parsed: lastmile_controller::reports::Report = serde_json::from_str(&written).unwrap();

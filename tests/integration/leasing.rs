@@ -38,7 +38,9 @@ async fn check_on_site(app: &TestApp, owner: &str, site: &TargetSite, selection:
 
 async fn many_agents_leasing_concurrently_never_share_an_assignment(db: TestDb) {
     let app = quiet_app(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default()).await.unwrap();
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
     let owner = app.owner("owner");
     let key = app.volunteer("volunteer");
     // 24 agents, 8 from each of three addresses, each allowed 3 leases at once.
@@ -50,7 +52,14 @@ async fn many_agents_leasing_concurrently_never_share_an_assignment(db: TestDb) 
     let check = check_on_site(&app, &owner, &site, json!({"agents_per_run": 10})).await;
     // Three runs of 10 slots each: 30 assignments for 24 agents.
     for _ in 0..3 {
-        let (status, run) = app.call("POST", &format!("/api/v1/checks/{check}/runs"), Some(&owner), None).await;
+        let (status, run) = app
+            .call(
+                "POST",
+                &format!("/api/v1/checks/{check}/runs"),
+                Some(&owner),
+                None,
+            )
+            .await;
         assert_eq!(status, 201, "{run}");
         assert_eq!(run["requested"], 10);
         assert_eq!(run["eligible_agents"], 24);
@@ -58,7 +67,12 @@ async fn many_agents_leasing_concurrently_never_share_an_assignment(db: TestDb) 
 
     // Every agent asks for 3 at the same moment.
     let leases = futures_util::future::join_all(tokens.iter().map(|t| {
-        app.call("POST", "/api/v1/agents/lease", Some(t), Some(json!({"max": 3})))
+        app.call(
+            "POST",
+            "/api/v1/agents/lease",
+            Some(t),
+            Some(json!({"max": 3})),
+        )
     }))
     .await;
     let mut seen = HashSet::new();
@@ -66,18 +80,33 @@ async fn many_agents_leasing_concurrently_never_share_an_assignment(db: TestDb) 
     for (status, body) in &leases {
         assert_eq!(*status, 200, "{body}");
         let tasks = body["tasks"].as_array().unwrap();
-        let runs: HashSet<&str> = tasks.iter().map(|t| t["run_id"].as_str().unwrap()).collect();
-        assert_eq!(runs.len(), tasks.len(), "an agent got two assignments of one run: {body}");
+        let runs: HashSet<&str> = tasks
+            .iter()
+            .map(|t| t["run_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            runs.len(),
+            tasks.len(),
+            "an agent got two assignments of one run: {body}"
+        );
         per_agent_runs.push(runs.len());
         for t in tasks {
-            assert!(seen.insert(t["assignment_id"].as_str().unwrap().to_owned()), "assignment leased twice: {t}");
+            assert!(
+                seen.insert(t["assignment_id"].as_str().unwrap().to_owned()),
+                "assignment leased twice: {t}"
+            );
         }
     }
     assert_eq!(seen.len(), 30, "every slot is leased exactly once");
 
     // Nothing is left to lease.
     let (_, more) = app
-        .call("POST", "/api/v1/agents/lease", Some(&tokens[0]), Some(json!({"max": 3})))
+        .call(
+            "POST",
+            "/api/v1/agents/lease",
+            Some(&tokens[0]),
+            Some(json!({"max": 3})),
+        )
         .await;
     let left = more["tasks"].as_array().unwrap().len();
     assert_eq!(left, 0);
@@ -86,15 +115,32 @@ async fn many_agents_leasing_concurrently_never_share_an_assignment(db: TestDb) 
 
 async fn expired_lease_is_offered_to_another_agent_and_the_late_result_is_not_counted(db: TestDb) {
     let app = quiet_app(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default()).await.unwrap();
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
     let owner = app.owner("owner");
     let key = app.volunteer("volunteer");
     let slow = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
-    let fast = app.agent(Ipv4Addr::new(127, 0, 0, 3), &key, "cable", 1).await;
+    let fast = app
+        .agent(Ipv4Addr::new(127, 0, 0, 3), &key, "cable", 1)
+        .await;
     let check = check_on_site(&app, &owner, &site, json!({"agents_per_run": 1})).await;
-    app.call("POST", &format!("/api/v1/checks/{check}/runs"), Some(&owner), None).await;
+    app.call(
+        "POST",
+        &format!("/api/v1/checks/{check}/runs"),
+        Some(&owner),
+        None,
+    )
+    .await;
 
-    let (_, first) = app.call("POST", "/api/v1/agents/lease", Some(&slow), Some(json!({"max": 1}))).await;
+    let (_, first) = app
+        .call(
+            "POST",
+            "/api/v1/agents/lease",
+            Some(&slow),
+            Some(json!({"max": 1})),
+        )
+        .await;
     let first = first["tasks"][0].clone();
     assert!(first.is_object(), "the slow agent got the slot");
 
@@ -110,25 +156,48 @@ async fn expired_lease_is_offered_to_another_agent_and_the_late_result_is_not_co
     assert_eq!(outcome.reoffered, 1);
 
     // The slow agent may not take the slot again; the other agent gets it.
-    let (_, again) = app.call("POST", "/api/v1/agents/lease", Some(&slow), Some(json!({"max": 1}))).await;
+    let (_, again) = app
+        .call(
+            "POST",
+            "/api/v1/agents/lease",
+            Some(&slow),
+            Some(json!({"max": 1})),
+        )
+        .await;
     assert_eq!(again["tasks"].as_array().unwrap().len(), 0);
-    let (_, second) = app.call("POST", "/api/v1/agents/lease", Some(&fast), Some(json!({"max": 1}))).await;
+    let (_, second) = app
+        .call(
+            "POST",
+            "/api/v1/agents/lease",
+            Some(&fast),
+            Some(json!({"max": 1})),
+        )
+        .await;
     let second = second["tasks"][0].clone();
     assert_eq!(second["run_id"], first["run_id"]);
     assert_ne!(second["assignment_id"], first["assignment_id"]);
 
     // The slow agent's result arrives late: stored, acknowledged as late, not counted.
     let late = submission(&first["assignment_id"], 90_000);
-    let (status, ack) = app.call("POST", "/api/v1/results", Some(&slow), Some(late)).await;
+    let (status, ack) = app
+        .call("POST", "/api/v1/results", Some(&slow), Some(late))
+        .await;
     assert_eq!(status, 200, "{ack}");
     assert_eq!(ack["disposition"], "late");
     let on_time = submission(&second["assignment_id"], 20_000);
-    let (status, ack) = app.call("POST", "/api/v1/results", Some(&fast), Some(on_time)).await;
+    let (status, ack) = app
+        .call("POST", "/api/v1/results", Some(&fast), Some(on_time))
+        .await;
     assert_eq!(status, 200, "{ack}");
     assert_eq!(ack["disposition"], "accepted");
 
     let (_, report) = app
-        .call("GET", &format!("/api/v1/checks/{check}/report?group_by=connection_class"), Some(&owner), None)
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/report?group_by=connection_class"),
+            Some(&owner),
+            None,
+        )
         .await;
     let rows = report["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{report}");
@@ -139,13 +208,17 @@ async fn expired_lease_is_offered_to_another_agent_and_the_late_result_is_not_co
 
 async fn runs_only_go_to_agents_matching_the_selection(db: TestDb) {
     let app = quiet_app(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default()).await.unwrap();
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
     let owner = app.owner("owner");
     let key = app.volunteer("volunteer");
     // 127.0.0.2 is DE/AS64501, .3 is US, .5 is DE/AS64504.
     let de_dsl = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
     let us_dsl = app.agent(Ipv4Addr::new(127, 0, 0, 3), &key, "dsl", 1).await;
-    let de_fibre = app.agent(Ipv4Addr::new(127, 0, 0, 5), &key, "fibre", 1).await;
+    let de_fibre = app
+        .agent(Ipv4Addr::new(127, 0, 0, 5), &key, "fibre", 1)
+        .await;
     let check = check_on_site(
         &app,
         &owner,
@@ -153,12 +226,30 @@ async fn runs_only_go_to_agents_matching_the_selection(db: TestDb) {
         json!({"agents_per_run": 5, "countries": ["de"], "connection_classes": ["dsl", "cable"]}),
     )
     .await;
-    let (_, run) = app.call("POST", &format!("/api/v1/checks/{check}/runs"), Some(&owner), None).await;
+    let (_, run) = app
+        .call(
+            "POST",
+            &format!("/api/v1/checks/{check}/runs"),
+            Some(&owner),
+            None,
+        )
+        .await;
     assert_eq!(run["eligible_agents"], 1, "{run}");
     assert_eq!(run["requested"], 1);
     for (token, expected) in [(&us_dsl, 0), (&de_fibre, 0), (&de_dsl, 1)] {
-        let (_, lease) = app.call("POST", "/api/v1/agents/lease", Some(token), Some(json!({"max": 1}))).await;
-        assert_eq!(lease["tasks"].as_array().unwrap().len(), expected, "{lease}");
+        let (_, lease) = app
+            .call(
+                "POST",
+                "/api/v1/agents/lease",
+                Some(token),
+                Some(json!({"max": 1})),
+            )
+            .await;
+        assert_eq!(
+            lease["tasks"].as_array().unwrap().len(),
+            expected,
+            "{lease}"
+        );
     }
 
     // The same rule, straight through the domain layer: selection by ASN.

@@ -18,50 +18,111 @@ per_backend!(
 
 async fn repeated_result_submission_is_stored_once(db: TestDb) {
     let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default()).await.unwrap();
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
     let owner = app.owner("owner");
     let key = app.volunteer("v");
-    let agent = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1).await;
-    let other = app.agent(Ipv4Addr::new(127, 0, 0, 3), &key, "fibre", 1).await;
+    let agent = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
+        .await;
+    let other = app
+        .agent(Ipv4Addr::new(127, 0, 0, 3), &key, "fibre", 1)
+        .await;
     let site_id = app.verified_site(&owner, &site).await;
     let (_, check) = app
         .call("POST", "/api/v1/checks", Some(&owner), Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 1}})))
         .await;
     let check = check["id"].as_str().unwrap().to_owned();
-    app.call("POST", &format!("/api/v1/checks/{check}/runs"), Some(&owner), None).await;
-    let (_, lease) = app.call("POST", "/api/v1/agents/lease", Some(&agent), Some(json!({"max": 1}))).await;
+    app.call(
+        "POST",
+        &format!("/api/v1/checks/{check}/runs"),
+        Some(&owner),
+        None,
+    )
+    .await;
+    let (_, lease) = app
+        .call(
+            "POST",
+            "/api/v1/agents/lease",
+            Some(&agent),
+            Some(json!({"max": 1})),
+        )
+        .await;
     let assignment = lease["tasks"][0]["assignment_id"].clone();
     let result = submission(&assignment, 40_000);
 
     // Another agent cannot submit for it.
-    let (status, body) = app.call("POST", "/api/v1/results", Some(&other), Some(result.clone())).await;
-    assert_eq!((status, body["error"].as_str()), (403, Some("assignment_not_yours")));
+    let (status, body) = app
+        .call(
+            "POST",
+            "/api/v1/results",
+            Some(&other),
+            Some(result.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (403, Some("assignment_not_yours"))
+    );
 
-    let (s1, ack1) = app.call("POST", "/api/v1/results", Some(&agent), Some(result.clone())).await;
-    let (s2, ack2) = app.call("POST", "/api/v1/results", Some(&agent), Some(result)).await;
+    let (s1, ack1) = app
+        .call(
+            "POST",
+            "/api/v1/results",
+            Some(&agent),
+            Some(result.clone()),
+        )
+        .await;
+    let (s2, ack2) = app
+        .call("POST", "/api/v1/results", Some(&agent), Some(result))
+        .await;
     assert_eq!((s1, s2), (200, 200));
-    assert_eq!(ack1, ack2, "a repeated submission gets the same acknowledgement");
+    assert_eq!(
+        ack1, ack2,
+        "a repeated submission gets the same acknowledgement"
+    );
     assert_eq!(ack1["disposition"], "accepted");
 
     let mut conn = app.db().conn().unwrap();
-    assert_eq!(count_sql(&mut conn, "SELECT COUNT(*) AS n FROM results").unwrap(), 1);
-    assert_eq!(count_sql(&mut conn, "SELECT CAST(SUM(successes) AS BIGINT) AS n FROM aggregates").unwrap(), 1);
+    assert_eq!(
+        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM results").unwrap(),
+        1
+    );
+    assert_eq!(
+        count_sql(
+            &mut conn,
+            "SELECT CAST(SUM(successes) AS BIGINT) AS n FROM aggregates"
+        )
+        .unwrap(),
+        1
+    );
     drop(conn);
     let (_, metrics) = app.call("GET", "/metrics", None, None).await;
     let metrics = metrics.as_str().unwrap();
-    assert!(metrics.contains("lastmile_results_accepted_total 1"), "{metrics}");
-    assert!(metrics.contains("lastmile_results_duplicate_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("lastmile_results_accepted_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("lastmile_results_duplicate_total 1"),
+        "{metrics}"
+    );
     app.controller.stop().await.unwrap();
 }
 
 async fn report_merges_results_by_class_and_country_as_json_and_csv(db: TestDb) {
     let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default()).await.unwrap();
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
     let owner = app.owner("owner");
     let key = app.volunteer("v");
     // Two DE agents (dsl from .2, fibre from .5) and one US dsl agent.
     let de_dsl = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
-    let de_fibre = app.agent(Ipv4Addr::new(127, 0, 0, 5), &key, "fibre", 1).await;
+    let de_fibre = app
+        .agent(Ipv4Addr::new(127, 0, 0, 5), &key, "fibre", 1)
+        .await;
     let us_dsl = app.agent(Ipv4Addr::new(127, 0, 0, 3), &key, "dsl", 1).await;
     let site_id = app.verified_site(&owner, &site).await;
     let (_, check) = app
@@ -70,20 +131,44 @@ async fn report_merges_results_by_class_and_country_as_json_and_csv(db: TestDb) 
     let check = check["id"].as_str().unwrap().to_owned();
     // Ten runs; per run: DE dsl 100 ms + i, DE fibre 10 ms + i, US dsl fails every other run.
     for i in 0..10u64 {
-        app.call("POST", &format!("/api/v1/checks/{check}/runs"), Some(&owner), None).await;
-        for (token, total) in [(&de_dsl, 100_000 + i * 1000), (&de_fibre, 10_000 + i * 100), (&us_dsl, 200_000)] {
-            let (_, lease) = app.call("POST", "/api/v1/agents/lease", Some(token), Some(json!({"max": 1}))).await;
+        app.call(
+            "POST",
+            &format!("/api/v1/checks/{check}/runs"),
+            Some(&owner),
+            None,
+        )
+        .await;
+        for (token, total) in [
+            (&de_dsl, 100_000 + i * 1000),
+            (&de_fibre, 10_000 + i * 100),
+            (&us_dsl, 200_000),
+        ] {
+            let (_, lease) = app
+                .call(
+                    "POST",
+                    "/api/v1/agents/lease",
+                    Some(token),
+                    Some(json!({"max": 1})),
+                )
+                .await;
             let id = lease["tasks"][0]["assignment_id"].clone();
             let mut result = submission(&id, total);
             if token == &us_dsl && i % 2 == 1 {
                 result["measurement"]["error"] = json!({"kind": "timeout", "message": "too slow"});
             }
-            let (status, ack) = app.call("POST", "/api/v1/results", Some(token), Some(result)).await;
+            let (status, ack) = app
+                .call("POST", "/api/v1/results", Some(token), Some(result))
+                .await;
             assert_eq!(status, 200, "{ack}");
         }
     }
     let (status, report) = app
-        .call("GET", &format!("/api/v1/checks/{check}/report?group_by=connection_class,country"), Some(&owner), None)
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/report?group_by=connection_class,country"),
+            Some(&owner),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["check"]["id"], check.as_str());
@@ -97,38 +182,79 @@ async fn report_merges_results_by_class_and_country_as_json_and_csv(db: TestDb) 
     assert_eq!(de["samples"], 10);
     assert_eq!(de["availability"], 1.0);
     let p50 = de["phases"]["total"]["p50"].as_u64().unwrap();
-    assert!((104_000..=105_100).contains(&p50), "median of 100..109 ms is about 104 ms: {p50}");
+    assert!(
+        (104_000..=105_100).contains(&p50),
+        "median of 100..109 ms is about 104 ms: {p50}"
+    );
     let p99 = de["phases"]["total"]["p99"].as_u64().unwrap();
     assert!((108_900..=109_100).contains(&p99), "{p99}");
     let us = row("dsl", "US");
     assert_eq!(us["samples"], 10);
     assert_eq!(us["failures"], 5);
     assert_eq!(us["availability"], 0.5);
-    assert!(row("fibre", "DE")["phases"]["ttfb"]["p50"].as_u64().unwrap() < 10_000);
+    assert!(
+        row("fibre", "DE")["phases"]["ttfb"]["p50"]
+            .as_u64()
+            .unwrap()
+            < 10_000
+    );
 
     // Grouping by class alone merges the two DSL rows.
     let (_, by_class) = app
-        .call("GET", &format!("/api/v1/checks/{check}/report?group_by=connection_class"), Some(&owner), None)
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/report?group_by=connection_class"),
+            Some(&owner),
+            None,
+        )
         .await;
-    let dsl = by_class["rows"].as_array().unwrap().iter().find(|r| r["group"]["connection_class"] == "dsl").unwrap().clone();
+    let dsl = by_class["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["group"]["connection_class"] == "dsl")
+        .unwrap()
+        .clone();
     assert_eq!(dsl["samples"], 20);
     assert!(dsl["group"].get("country").is_none());
 
     // CSV carries the same numbers.
     let (status, csv) = app
-        .call("GET", &format!("/api/v1/checks/{check}/report?group_by=connection_class,country&format=csv"), Some(&owner), None)
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/report?group_by=connection_class,country&format=csv"),
+            Some(&owner),
+            None,
+        )
         .await;
     assert_eq!(status, 200);
     let csv = csv.as_str().unwrap();
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
-    assert_eq!(&header[..6], ["connection_class", "country", "samples", "successes", "failures", "availability"]);
+    assert_eq!(
+        &header[..6],
+        [
+            "connection_class",
+            "country",
+            "samples",
+            "successes",
+            "failures",
+            "availability"
+        ]
+    );
     let us_line = csv.lines().find(|l| l.starts_with("dsl,US,")).unwrap();
     assert!(us_line.starts_with("dsl,US,10,5,5,0.500000,"), "{us_line}");
 
     // A window that ends before anything was measured is empty.
     let (_, old) = app
-        .call("GET", &format!("/api/v1/checks/{check}/report?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z"), Some(&owner), None)
+        .call(
+            "GET",
+            &format!(
+                "/api/v1/checks/{check}/report?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z"
+            ),
+            Some(&owner),
+            None,
+        )
         .await;
     assert_eq!(old["rows"].as_array().unwrap().len(), 0);
     app.controller.stop().await.unwrap();
@@ -155,14 +281,18 @@ async fn agent_location_comes_from_the_address_it_connects_from(db: TestDb) {
         assert_eq!(ack["location"]["asn"], asn);
     }
     // An address outside the databases has no location (and is not invented).
-    let token = app.agent(Ipv4Addr::new(127, 0, 0, 9), &key, "cable", 1).await;
+    let token = app
+        .agent(Ipv4Addr::new(127, 0, 0, 9), &key, "cable", 1)
+        .await;
     let (_, ack) = app
         .call_from(
             Ipv4Addr::new(127, 0, 0, 9),
             "POST",
             "/api/v1/agents/heartbeat",
             Some(&token),
-            Some(json!({"declared_class": "cable", "version": "t", "limits": {"max_concurrent": 1}})),
+            Some(
+                json!({"declared_class": "cable", "version": "t", "limits": {"max_concurrent": 1}}),
+            ),
         )
         .await;
     assert_eq!(ack["location"]["country"], serde_json::Value::Null);

@@ -16,7 +16,8 @@ use serde_json::Value;
 
 /// The PostgreSQL server tests create their databases on.
 pub fn pg_admin_url() -> String {
-    std::env::var("LASTMILE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+    std::env::var("LASTMILE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// A database of its own for one test, dropped afterwards.
@@ -40,9 +41,11 @@ impl TestDb {
             Backend::Postgres => {
                 let name = format!("lastmile_test_{}", uuid::Uuid::new_v4().simple());
                 let admin = pg_admin_url();
-                let mut conn = PgConnection::establish(&admin)
-                    .unwrap_or_else(|e| panic!("PostgreSQL must be running at {admin} (scripts/test.sh starts it): {e}"));
-                conn.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+                let mut conn = PgConnection::establish(&admin).unwrap_or_else(|e| {
+                    panic!("PostgreSQL must be running at {admin} (scripts/test.sh starts it): {e}")
+                });
+                conn.batch_execute(&format!("CREATE DATABASE {name}"))
+                    .unwrap();
                 let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
                 TestDb {
                     backend,
@@ -53,7 +56,6 @@ impl TestDb {
             }
         }
     }
-
 }
 
 impl Drop for TestDb {
@@ -92,7 +94,13 @@ macro_rules! per_backend {
 /// Test agents' addresses and where the test geo databases put them.
 pub const PLACES: [(Ipv4Addr, &str, &str, &str, u32); 4] = [
     (Ipv4Addr::new(127, 0, 0, 2), "DE", "BE", "Berlin", 64_501),
-    (Ipv4Addr::new(127, 0, 0, 3), "US", "CA", "San Francisco", 64_502),
+    (
+        Ipv4Addr::new(127, 0, 0, 3),
+        "US",
+        "CA",
+        "San Francisco",
+        64_502,
+    ),
     (Ipv4Addr::new(127, 0, 0, 4), "BR", "SP", "Sao Paulo", 64_503),
     (Ipv4Addr::new(127, 0, 0, 5), "DE", "BY", "Munich", 64_504),
 ];
@@ -164,13 +172,17 @@ impl TestApp {
     /// A new owner's API token.
     pub fn owner(&self, name: &str) -> String {
         let mut conn = self.db().conn().unwrap();
-        lastmile_controller::accounts::create_owner(&mut conn, name).unwrap().1
+        lastmile_controller::accounts::create_owner(&mut conn, name)
+            .unwrap()
+            .1
     }
 
     /// A new volunteer's enrolment key.
     pub fn volunteer(&self, name: &str) -> String {
         let mut conn = self.db().conn().unwrap();
-        lastmile_controller::accounts::create_volunteer(&mut conn, name).unwrap().1
+        lastmile_controller::accounts::create_volunteer(&mut conn, name)
+            .unwrap()
+            .1
     }
 
     /// An HTTP client sending from `source`.
@@ -183,8 +195,15 @@ impl TestApp {
     }
 
     /// A request to the API with an optional bearer token.
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> (u16, Value) {
-        self.call_from(Ipv4Addr::LOCALHOST, method, path, token, body).await
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        self.call_from(Ipv4Addr::LOCALHOST, method, path, token, body)
+            .await
     }
 
     pub async fn call_from(
@@ -211,7 +230,13 @@ impl TestApp {
     }
 
     /// Enrols an agent from `source` and heartbeats once; returns its token.
-    pub async fn agent(&self, source: Ipv4Addr, key: &str, class: &str, max_concurrent: u32) -> String {
+    pub async fn agent(
+        &self,
+        source: Ipv4Addr,
+        key: &str,
+        class: &str,
+        max_concurrent: u32,
+    ) -> String {
         let (status, enrolled) = self
             .call_from(
                 source,
@@ -237,15 +262,29 @@ impl TestApp {
     }
 
     /// Adds and verifies a site served by `origin`'s test site; returns its id.
-    pub async fn verified_site(&self, owner: &str, site: &lastmile_testbed::site::TargetSite) -> String {
+    pub async fn verified_site(
+        &self,
+        owner: &str,
+        site: &lastmile_testbed::site::TargetSite,
+    ) -> String {
         let (status, created) = self
-            .call("POST", "/api/v1/sites", Some(owner), Some(serde_json::json!({"origin": site.origin()})))
+            .call(
+                "POST",
+                "/api/v1/sites",
+                Some(owner),
+                Some(serde_json::json!({"origin": site.origin()})),
+            )
             .await;
         assert_eq!(status, 201, "{created}");
         site.publish_verification_token(created["verification_token"].as_str().unwrap());
         let id = created["id"].as_str().unwrap().to_owned();
         let (status, verified) = self
-            .call("POST", &format!("/api/v1/sites/{id}/verify"), Some(owner), Some(serde_json::json!({})))
+            .call(
+                "POST",
+                &format!("/api/v1/sites/{id}/verify"),
+                Some(owner),
+                Some(serde_json::json!({})),
+            )
             .await;
         assert_eq!(status, 200, "{verified}");
         assert_eq!(verified["verified"], true);

@@ -16,7 +16,11 @@ use crate::{agents, clock, ingest, scheduling};
 #[utoipa::path(post, path = "/api/v1/agents/enrol", tag = "agents", request_body = EnrolRequest,
     responses((status = 201, body = EnrolResponse), (status = 401, body = ApiError), (status = 422, body = ApiError)))]
 #[post("/agents/enrol")]
-pub async fn enrol(state: web::Data<AppState>, origin: Origin, body: web::Json<EnrolRequest>) -> Result<HttpResponse, Error> {
+pub async fn enrol(
+    state: web::Data<AppState>,
+    origin: Origin,
+    body: web::Json<EnrolRequest>,
+) -> Result<HttpResponse, Error> {
     let response = state
         .db
         .run(move |c| agents::enrol(c, &body, origin.ip, &origin.location))
@@ -79,7 +83,10 @@ pub async fn submit(
     AuthAgent(agent): AuthAgent,
     body: web::Json<ResultSubmission>,
 ) -> Result<web::Json<ResultAck>, Error> {
-    let submitted = state.db.run(move |c| ingest::submit(c, &agent, &body)).await?;
+    let submitted = state
+        .db
+        .run(move |c| ingest::submit(c, &agent, &body))
+        .await?;
     let counter = match (submitted.duplicate, submitted.ack.disposition) {
         (true, _) => &state.metrics.results_duplicate,
         (false, ResultDisposition::Accepted) => &state.metrics.results_accepted,

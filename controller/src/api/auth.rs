@@ -19,7 +19,9 @@ fn bearer(req: &HttpRequest) -> Result<String, Error> {
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
-        .ok_or_else(|| Error::Unauthorized("missing Authorization: Bearer <token> header".into()))?;
+        .ok_or_else(|| {
+            Error::Unauthorized("missing Authorization: Bearer <token> header".into())
+        })?;
     let value = header
         .to_str()
         .map_err(|_| Error::Unauthorized("Authorization header is not valid text".into()))?;

@@ -20,7 +20,9 @@ impl Error {
         match self {
             Error::NotFound { code, .. } => code,
             Error::Unauthorized(_) => "unauthorized",
-            Error::Forbidden { code, .. } | Error::Invalid { code, .. } | Error::Conflict { code, .. } => code,
+            Error::Forbidden { code, .. }
+            | Error::Invalid { code, .. }
+            | Error::Conflict { code, .. } => code,
             Error::Unavailable(_) => "service_unavailable",
             Error::Internal(_) => "internal_error",
         }
@@ -100,12 +102,20 @@ pub fn json_error(err: JsonPayloadError, _req: &HttpRequest) -> actix_web::Error
 
 /// Bad query strings.
 pub fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Error {
-    plain(StatusCode::BAD_REQUEST, "invalid_query", format!("invalid query string: {err}"))
+    plain(
+        StatusCode::BAD_REQUEST,
+        "invalid_query",
+        format!("invalid query string: {err}"),
+    )
 }
 
 /// Path segments that do not parse (e.g. a malformed id): nothing by that name exists.
 pub fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
-    plain(StatusCode::NOT_FOUND, "not_found", format!("no such resource: {err}"))
+    plain(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no such resource: {err}"),
+    )
 }
 
 /// Routes that do not exist.

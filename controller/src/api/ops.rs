@@ -4,12 +4,12 @@ use actix_web::{get, web, HttpResponse};
 use diesel::prelude::*;
 use utoipa::OpenApi;
 
+use crate::clock;
 use crate::db::schema::{agents, assignments};
 use crate::error::Error;
 use crate::metrics::Gauges;
 use crate::scheduling::state as assignment_state;
 use crate::server::AppState;
-use crate::clock;
 
 /// Liveness and database reachability.
 #[get("/healthz")]

@@ -44,7 +44,10 @@ pub async fn create_site(
     AuthOwner(owner): AuthOwner,
     body: web::Json<NewSite>,
 ) -> Result<HttpResponse, Error> {
-    let site = state.db.run(move |c| sites::create(c, &owner.id, &body)).await?;
+    let site = state
+        .db
+        .run(move |c| sites::create(c, &owner.id, &body))
+        .await?;
     Ok(HttpResponse::Created().json(SiteView::from(&site)))
 }
 
@@ -52,7 +55,10 @@ pub async fn create_site(
 #[utoipa::path(get, path = "/api/v1/sites", tag = "sites", security(("owner_token" = [])),
     responses((status = 200, body = [SiteView])))]
 #[get("/sites")]
-pub async fn list_sites(state: web::Data<AppState>, AuthOwner(owner): AuthOwner) -> Result<web::Json<Vec<SiteView>>, Error> {
+pub async fn list_sites(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+) -> Result<web::Json<Vec<SiteView>>, Error> {
     let sites = state.db.run(move |c| sites::list(c, &owner.id)).await?;
     Ok(web::Json(sites.iter().map(SiteView::from).collect()))
 }
@@ -66,7 +72,10 @@ pub async fn get_site(
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
 ) -> Result<web::Json<SiteView>, Error> {
-    let site = state.db.run(move |c| sites::get(c, &owner.id, &id.to_string())).await?;
+    let site = state
+        .db
+        .run(move |c| sites::get(c, &owner.id, &id.to_string()))
+        .await?;
     Ok(web::Json(SiteView::from(&site)))
 }
 
@@ -112,7 +121,10 @@ pub async fn create_check(
 #[utoipa::path(get, path = "/api/v1/checks", tag = "checks", security(("owner_token" = [])),
     responses((status = 200, body = [CheckView])))]
 #[get("/checks")]
-pub async fn list_checks(state: web::Data<AppState>, AuthOwner(owner): AuthOwner) -> Result<web::Json<Vec<CheckView>>, Error> {
+pub async fn list_checks(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+) -> Result<web::Json<Vec<CheckView>>, Error> {
     let list = state.db.run(move |c| checks::list(c, &owner.id)).await?;
     Ok(web::Json(list.iter().map(CheckView::from).collect()))
 }
@@ -126,7 +138,10 @@ pub async fn get_check(
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
 ) -> Result<web::Json<CheckView>, Error> {
-    let check = state.db.run(move |c| checks::get(c, &owner.id, &id.to_string())).await?;
+    let check = state
+        .db
+        .run(move |c| checks::get(c, &owner.id, &id.to_string()))
+        .await?;
     Ok(web::Json(CheckView::from(&check)))
 }
 
@@ -214,12 +229,20 @@ pub async fn report(
         None | Some("json") => false,
         Some("csv") => true,
         Some(other) => {
-            return Err(Error::invalid("invalid_format", format!("format {other:?} is not json or csv")));
+            return Err(Error::invalid(
+                "invalid_format",
+                format!("format {other:?} is not json or csv"),
+            ));
         }
     };
     let to = params.to.unwrap_or_else(Utc::now);
     let from = params.from.unwrap_or_else(|| reports::default_window(to).0);
-    let group_by = reports::parse_group_by(params.group_by.as_deref().unwrap_or("connection_class,country"))?;
+    let group_by = reports::parse_group_by(
+        params
+            .group_by
+            .as_deref()
+            .unwrap_or("connection_class,country"),
+    )?;
     let query = ReportQuery { from, to, group_by };
     let report = state
         .db

@@ -11,21 +11,24 @@
 //! 1000000), `--threads N` (default 4), `--pg URL` (admin URL; a scratch database is
 //! created and dropped). Nothing here is a test: it prints figures.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::Context;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Text};
+use hdrhistogram::Histogram;
 use lastmile_controller::checks::{self, NewCheck, Schedule, Selection};
-use lastmile_controller::db::schema::sites;
+use lastmile_controller::db::schema::{aggregates, results, sites};
 use lastmile_controller::db::{Db, DbConn};
-use lastmile_controller::ingest::{self, AggregateRow};
+use lastmile_controller::ingest::{self, AggregateRow, StoredResult};
 use lastmile_controller::reports::{self, Dimension, ReportQuery};
 use lastmile_controller::scheduling::{self, SchedulingPolicy};
 use lastmile_controller::{accounts, agents, clock, histogram};
 use lastmile_protocol::{
-    CheckKind, ConnectionClass, EnrolRequest, Heartbeat, Measurement, ResultSubmission, Timings,
+    CheckKind, ConnectionClass, EnrolRequest, Heartbeat, Measurement, Phase, ResultSubmission,
+    Timings,
 };
 
 struct Args {
@@ -69,7 +72,10 @@ impl ScratchPg {
         let mut conn = PgConnection::establish(admin)?;
         conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))?;
         conn.batch_execute(&format!("CREATE DATABASE {name}"))?;
-        let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap_or_default();
+        let base = admin
+            .rsplit_once('/')
+            .map(|(b, _)| b.to_owned())
+            .unwrap_or_default();
         Ok(ScratchPg {
             admin: admin.to_owned(),
             url: format!("{base}/{name}"),
@@ -81,13 +87,23 @@ impl ScratchPg {
 impl Drop for ScratchPg {
     fn drop(&mut self) {
         if let Ok(mut conn) = PgConnection::establish(&self.admin) {
-            let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+            let _ = conn.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
         }
     }
 }
 
 /// An owner, a verified site, a check and `agents` online agents.
-fn fixture(conn: &mut DbConn, agents_n: usize) -> anyhow::Result<(String, lastmile_controller::checks::Check, Vec<agents::Agent>)> {
+fn fixture(
+    conn: &mut DbConn,
+    agents_n: usize,
+) -> anyhow::Result<(
+    String,
+    lastmile_controller::checks::Check,
+    Vec<agents::Agent>,
+)> {
     let (owner, _) = accounts::create_owner(conn, "bench")?;
     let (_, key) = accounts::create_volunteer(conn, "bench")?;
     let site = lastmile_controller::sites::create(
@@ -232,7 +248,8 @@ fn bench_ingest(db: &Db, results: usize, threads: usize) -> anyhow::Result<f64> 
             })
             .collect();
         for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("ingest thread panicked"))??;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("ingest thread panicked"))??;
         }
         Ok(())
     })?;
@@ -281,86 +298,71 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
         agents = agent_ids.join(","),
         n_agents = agent_ids.len(),
     ))?;
-    println!("  loaded {rows} raw results in {:.1} s", load.elapsed().as_secs_f64());
+    println!(
+        "  loaded {rows} raw results in {:.1} s",
+        load.elapsed().as_secs_f64()
+    );
 
     // Aggregates: fold the same rows, as ingest would have, streamed in pages.
     let fold = Instant::now();
-    let mut cells: std::collections::BTreeMap<(i64, String, i64, String), AggregateRow> = Default::default();
+    let mut cells: BTreeMap<ingest::AggregateKey, (i64, Vec<Histogram<u64>>)> = BTreeMap::new();
     let page = 100_000i64;
     let mut offset = 0i64;
     loop {
-        let batch: Vec<(i64, String, i64, String, i64, i64, i64, i64, i64, i64)> = lastmile_controller::db::schema::results::table
-            .filter(lastmile_controller::db::schema::results::check_id.eq(&check.id))
-            .order(lastmile_controller::db::schema::results::assignment_id)
+        let batch: Vec<StoredResult> = results::table
+            .filter(results::check_id.eq(&check.id))
+            .order(results::assignment_id)
             .offset(offset)
             .limit(page)
-            .select((
-                lastmile_controller::db::schema::results::received_at,
-                lastmile_controller::db::schema::results::country,
-                lastmile_controller::db::schema::results::asn,
-                lastmile_controller::db::schema::results::connection_class,
-                lastmile_controller::db::schema::results::dns_us,
-                lastmile_controller::db::schema::results::connect_us,
-                lastmile_controller::db::schema::results::tls_us,
-                lastmile_controller::db::schema::results::ttfb_us,
-                lastmile_controller::db::schema::results::transfer_us,
-                lastmile_controller::db::schema::results::total_us,
-            ))
+            .select(StoredResult::as_select())
             .load(pg)?;
         if batch.is_empty() {
             break;
         }
         offset += batch.len() as i64;
-        for (received, country, asn, class, dns, connect, tls, ttfb, transfer, total) in batch {
-            let key = (clock::hour_bucket(received), country.clone(), asn, class.clone());
-            let row = cells.entry(key.clone()).or_insert_with(|| AggregateRow {
-                check_id: check.id.clone(),
-                bucket_start: key.0,
-                country,
-                asn,
-                connection_class: class,
-                successes: 0,
-                failures: 0,
-                dns_hist: Vec::new(),
-                connect_hist: Vec::new(),
-                tls_hist: Vec::new(),
-                ttfb_hist: Vec::new(),
-                transfer_hist: Vec::new(),
-                total_hist: Vec::new(),
+        for r in &batch {
+            let (successes, hists) = cells.entry(ingest::key_of(r)).or_insert_with(|| {
+                (
+                    0,
+                    Phase::ALL
+                        .iter()
+                        .map(|_| histogram::new_histogram())
+                        .collect(),
+                )
             });
-            row.successes += 1;
-            // Keep raw values in the blobs temporarily (8 bytes each), encode once below.
-            for (blob, v) in [
-                (&mut row.dns_hist, dns),
-                (&mut row.connect_hist, connect),
-                (&mut row.tls_hist, tls),
-                (&mut row.ttfb_hist, ttfb),
-                (&mut row.transfer_hist, transfer),
-                (&mut row.total_hist, total),
-            ] {
-                blob.extend_from_slice(&v.to_le_bytes());
+            *successes += 1;
+            let values = [
+                r.dns_us,
+                r.connect_us,
+                r.tls_us,
+                r.ttfb_us,
+                r.transfer_us,
+                r.total_us,
+            ];
+            for (h, v) in hists.iter_mut().zip(values) {
+                h.saturating_record(v.max(0) as u64);
             }
         }
     }
-    for row in cells.values_mut() {
-        for blob in [
-            &mut row.dns_hist,
-            &mut row.connect_hist,
-            &mut row.tls_hist,
-            &mut row.ttfb_hist,
-            &mut row.transfer_hist,
-            &mut row.total_hist,
-        ] {
-            let mut h = histogram::new_histogram();
-            for v in blob.chunks_exact(8) {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(v);
-                h.saturating_record(i64::from_le_bytes(b).max(0) as u64);
-            }
-            *blob = histogram::encode(&h);
-        }
-        diesel::insert_into(lastmile_controller::db::schema::aggregates::table)
-            .values(&*row)
+    for (key, (successes, hists)) in &cells {
+        let enc: Vec<Vec<u8>> = hists.iter().map(histogram::encode).collect();
+        let row = AggregateRow {
+            check_id: key.check_id.clone(),
+            bucket_start: key.bucket_start,
+            country: key.country.clone(),
+            asn: key.asn,
+            connection_class: key.connection_class.clone(),
+            successes: *successes,
+            failures: 0,
+            dns_hist: enc[0].clone(),
+            connect_hist: enc[1].clone(),
+            tls_hist: enc[2].clone(),
+            ttfb_hist: enc[3].clone(),
+            transfer_hist: enc[4].clone(),
+            total_hist: enc[5].clone(),
+        };
+        diesel::insert_into(aggregates::table)
+            .values(&row)
             .execute(pg)?;
     }
     println!(
@@ -388,7 +390,9 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
     for _ in 0..3 {
         let t = Instant::now();
         let mut conn = db.conn()?;
-        let DbConn::Pg(pg) = &mut *conn else { unreachable!() };
+        let DbConn::Pg(pg) = &mut *conn else {
+            unreachable!()
+        };
         raw = diesel::sql_query(
             "SELECT connection_class, country, COUNT(*) AS n,
                     percentile_cont(0.5) WITHIN GROUP (ORDER BY total_us) AS p50,
@@ -406,15 +410,36 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
     };
     let report = report.context("report built")?;
     let samples: u64 = report.rows.iter().map(|r| r.samples).sum();
-    println!("\n  SLA report over {samples} results ({} rows, grouped by class x country)", report.rows.len());
+    println!(
+        "\n  SLA report over {samples} results ({} rows, grouped by class x country)",
+        report.rows.len()
+    );
     println!("  {:<34} {:>12}", "method", "median time");
-    println!("  {:<34} {:>9.1} ms", "merge aggregates (HdrHistogram)", median(&mut from_aggregates));
-    println!("  {:<34} {:>9.1} ms", "percentile_cont over raw rows", median(&mut from_raw));
+    println!(
+        "  {:<34} {:>9.1} ms",
+        "merge aggregates (HdrHistogram)",
+        median(&mut from_aggregates)
+    );
+    println!(
+        "  {:<34} {:>9.1} ms",
+        "percentile_cont over raw rows",
+        median(&mut from_raw)
+    );
     // Agreement check on one row, so the comparison is of equal answers.
-    if let (Some(r), Some(row)) = (raw.first(), report.rows.iter().find(|row| {
-        raw.first().is_some_and(|r| row.group.country.as_deref() == Some(&r.country) && row.group.connection_class.map(|c| c.as_str()) == Some(r.connection_class.as_str()))
-    })) {
-        let agg = row.phases.get(&lastmile_protocol::Phase::Total).map(|p| (p.p50, p.p99));
+    if let (Some(r), Some(row)) = (
+        raw.first(),
+        report.rows.iter().find(|row| {
+            raw.first().is_some_and(|r| {
+                row.group.country.as_deref() == Some(&r.country)
+                    && row.group.connection_class.map(|c| c.as_str())
+                        == Some(r.connection_class.as_str())
+            })
+        }),
+    ) {
+        let agg = row
+            .phases
+            .get(&lastmile_protocol::Phase::Total)
+            .map(|p| (p.p50, p.p99));
         println!(
             "  {}/{}: raw n={} p50={:.0} p99={:.0} us; aggregates n={} p50/p99={:?} us",
             r.connection_class, r.country, r.n, r.p50, r.p99, row.samples, agg
@@ -426,9 +451,15 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     let args = args()?;
     println!("Lastmile storage benchmark ({} threads)\n", args.threads);
-    println!("Ingest: {} results through the full accept path", args.results);
+    println!(
+        "Ingest: {} results through the full accept path",
+        args.results
+    );
     let dir = tempfile::tempdir()?;
-    let sqlite = Db::open(&dir.path().join("bench.db").display().to_string(), args.threads as u32 + 1)?;
+    let sqlite = Db::open(
+        &dir.path().join("bench.db").display().to_string(),
+        args.threads as u32 + 1,
+    )?;
     let sqlite_rate = bench_ingest(&sqlite, args.results, args.threads)?;
     let scratch = ScratchPg::create(&args.pg, "ingest")?;
     let pg = Db::open(&scratch.url, args.threads as u32 + 1)?;

@@ -152,5 +152,14 @@ diesel::joinable!(checks -> sites (site_id));
 diesel::joinable!(results -> assignments (assignment_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
-    owners, volunteers, agents, sites, checks, runs, run_agents, assignments, results, aggregates,
+    owners,
+    volunteers,
+    agents,
+    sites,
+    checks,
+    runs,
+    run_agents,
+    assignments,
+    results,
+    aggregates,
 );
