@@ -115,3 +115,74 @@ fn config_file_supplies_settings_and_rejects_unknown_keys() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("connection_klass"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_targets_are_trusted_through_ca_file_only() {
+    use lastmile_testbed::site::{SiteConfig, TargetSite};
+    use lastmile_testbed::tls::TestCa;
+
+    let ca = TestCa::new().unwrap();
+    let site = TargetSite::start(
+        "127.0.0.1:0".parse().unwrap(),
+        SiteConfig {
+            tls: Some(ca.server_config(&["localhost"]).unwrap()),
+            ..SiteConfig::default()
+        },
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let url = format!("https://localhost:{}/", site.addr().port());
+
+    let (u, f) = (url.clone(), ca_file.clone());
+    let trusted = tokio::task::spawn_blocking(move || {
+        agent()
+            .args(["measure", &u, "--json", "--allow-private", "--ca-file"])
+            .arg(&f)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&trusted.stdout).unwrap();
+    assert_eq!(v["status"], 200, "{v}");
+    assert!(
+        v["timings_us"]["tls"].as_u64().unwrap() > 0,
+        "the TLS handshake is timed: {v}"
+    );
+    assert_eq!(v["bytes"], 8192);
+
+    let untrusted = tokio::task::spawn_blocking(move || {
+        agent()
+            .args(["measure", &url, "--json", "--allow-private"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&untrusted.stdout).unwrap();
+    assert_eq!(v["error"]["kind"], "tls", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("localhost"),
+        "{v}"
+    );
+}
+
+#[test]
+fn a_ca_file_without_certificates_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("empty.pem");
+    std::fs::write(&ca_file, "not a certificate").unwrap();
+    let out = agent()
+        .args(["measure", "https://localhost:1/", "--ca-file"])
+        .arg(&ca_file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no usable certificate"));
+}

@@ -1,8 +1,10 @@
 //! The world around Lastmile, for the demo and the end-to-end tests: emulated
-//! last-mile links ([`link`]), a target web site ([`site`]), and small MaxMind
-//! databases that place test addresses ([`geodb`]). Nothing here is part of the
+//! last-mile links ([`link`]), a target web site ([`site`], plain or HTTPS with a
+//! private CA from [`tls`]), and small MaxMind databases that place test addresses
+//! ([`geodb`]). Nothing here is part of the
 //! product a user runs in production; it is what the product is measured against.
 
 pub mod geodb;
 pub mod link;
 pub mod site;
+pub mod tls;

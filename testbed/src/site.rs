@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 /// How the site behaves.
@@ -22,6 +22,8 @@ pub struct SiteConfig {
     pub page_bytes: usize,
     /// Delay before answering, as a busy application server would.
     pub think_time: Duration,
+    /// Serve HTTPS with this configuration instead of plain HTTP.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Default for SiteConfig {
@@ -29,6 +31,7 @@ impl Default for SiteConfig {
         SiteConfig {
             page_bytes: 8 * 1024,
             think_time: Duration::from_millis(5),
+            tls: None,
         }
     }
 }
@@ -36,6 +39,7 @@ impl Default for SiteConfig {
 /// A running target site. Dropping it stops the server.
 pub struct TargetSite {
     addr: SocketAddr,
+    scheme: &'static str,
     tokens: Arc<Mutex<HashSet<String>>>,
     task: JoinHandle<()>,
 }
@@ -47,8 +51,18 @@ impl TargetSite {
         let addr = listener.local_addr()?;
         let tokens = Arc::new(Mutex::new(HashSet::new()));
         let page = Arc::new(home_page(config.page_bytes));
-        let task = tokio::spawn(serve(listener, tokens.clone(), page, config.think_time));
-        Ok(TargetSite { addr, tokens, task })
+        let scheme = if config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let task = tokio::spawn(serve(listener, tokens.clone(), page, config));
+        Ok(TargetSite {
+            addr,
+            scheme,
+            tokens,
+            task,
+        })
     }
 
     /// The address the site listens on.
@@ -58,7 +72,7 @@ impl TargetSite {
 
     /// The site's origin, e.g. `http://127.0.0.1:40123`.
     pub fn origin(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Serves `token` at `/.well-known/lastmile/<token>`, proving ownership.
@@ -90,23 +104,35 @@ async fn serve(
     listener: TcpListener,
     tokens: Arc<Mutex<HashSet<String>>>,
     page: Arc<Vec<u8>>,
-    think: Duration,
+    config: SiteConfig,
 ) {
     let mut connections = tokio::task::JoinSet::new();
+    let acceptor = config.tls.map(tokio_rustls::TlsAcceptor::from);
+    let think = config.think_time;
     loop {
         let Ok((socket, _)) = listener.accept().await else {
             continue;
         };
         while connections.try_join_next().is_some() {}
-        let (tokens, page) = (tokens.clone(), page.clone());
+        let (tokens, page, acceptor) = (tokens.clone(), page.clone(), acceptor.clone());
         connections.spawn(async move {
-            let _ = answer(socket, &tokens, &page, think).await;
+            let _ = socket.set_nodelay(true);
+            match acceptor {
+                Some(acceptor) => {
+                    if let Ok(tls) = acceptor.accept(socket).await {
+                        let _ = answer(tls, &tokens, &page, think).await;
+                    }
+                }
+                None => {
+                    let _ = answer(socket, &tokens, &page, think).await;
+                }
+            }
         });
     }
 }
 
-async fn answer(
-    mut socket: TcpStream,
+async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut socket: S,
     tokens: &Mutex<HashSet<String>>,
     page: &[u8],
     think: Duration,
