@@ -4,6 +4,7 @@
 
 mod support;
 
+mod agent_lifecycle;
 mod api_errors;
 mod end_to_end;
 mod leasing;

@@ -1,0 +1,187 @@
+//! A real agent against a real controller: enrols once, keeps its credentials, measures
+//! what it leases, and delivers results that waited in its spool across a restart.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lastmile_agent::measure::EngineConfig;
+use lastmile_agent::runner::{AgentSettings, Credentials};
+use lastmile_agent::spool::Spool;
+use lastmile_controller::db::count_sql;
+use lastmile_protocol::{AgentLimits, ConnectionClass, Measurement, ResultSubmission, Timings};
+use lastmile_testbed::site::{SiteConfig, TargetSite};
+use serde_json::json;
+use tokio::sync::watch;
+
+use crate::per_backend;
+use crate::support::{TestApp, TestDb};
+
+per_backend!(agent_restart_reuses_its_credentials_and_delivers_its_spool);
+
+fn settings(app: &TestApp, key: Option<String>, state_dir: &Path) -> AgentSettings {
+    AgentSettings {
+        controller: app.base.parse().unwrap(),
+        enrol_key: key,
+        state_dir: state_dir.to_path_buf(),
+        name: "kitchen-pc".into(),
+        declared_class: ConnectionClass::Cable,
+        limits: AgentLimits { max_concurrent: 2 },
+        engine: EngineConfig {
+            allow_private: true,
+            source_addr: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
+            ..EngineConfig::default()
+        },
+        idle_poll: Duration::from_millis(100),
+    }
+}
+
+/// Runs an agent until the returned sender is told to stop.
+fn spawn_agent(
+    settings: AgentSettings,
+) -> (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+) {
+    let (stop, mut stopped) = watch::channel(false);
+    let task = tokio::spawn(lastmile_agent::run(settings, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    (stop, task)
+}
+
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn count(app: &TestApp, sql: &str) -> i64 {
+    count_sql(&mut app.db().conn().unwrap(), sql).unwrap()
+}
+
+async fn agent_restart_reuses_its_credentials_and_delivers_its_spool(db: TestDb) {
+    let app = TestApp::start_with(&db, |c| {
+        c.scheduler_tick_ms = 3_600_000;
+        c.heartbeat_interval_s = 1;
+    })
+    .await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let owner = app.owner("owner");
+    let key = app.volunteer("volunteer");
+    let state = tempfile::tempdir().unwrap();
+
+    // First start: enrols, heartbeats.
+    let (stop, task) = spawn_agent(settings(&app, Some(key), state.path()));
+    eventually("the agent is online", || {
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL",
+        ) == 1
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+    let creds: Credentials =
+        serde_json::from_slice(&std::fs::read(state.path().join("credentials.json")).unwrap())
+            .unwrap();
+
+    // While it is down, a run is leased in its name and its result waits in the spool
+    // (as if the agent had measured and then lost the controller).
+    let site_id = app.verified_site(&owner, &site).await;
+    let (_, check) = app
+        .call(
+            "POST",
+            "/api/v1/checks",
+            Some(&owner),
+            Some(json!({"site_id": site_id, "url": format!("{}/", site.origin()), "selection": {"agents_per_run": 1}})),
+        )
+        .await;
+    let check = check["id"].as_str().unwrap().to_owned();
+    app.call(
+        "POST",
+        &format!("/api/v1/checks/{check}/runs"),
+        Some(&owner),
+        None,
+    )
+    .await;
+    let (_, lease) = app
+        .call_from(
+            Ipv4Addr::new(127, 0, 0, 2),
+            "POST",
+            "/api/v1/agents/lease",
+            Some(&creds.token),
+            Some(json!({"max": 1})),
+        )
+        .await;
+    let assignment_id = lease["tasks"][0]["assignment_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let spool = Spool::open(state.path().join("spool")).unwrap();
+    spool
+        .put(&ResultSubmission {
+            assignment_id,
+            started_at: chrono::Utc::now(),
+            measurement: Measurement {
+                status: Some(200),
+                bytes: 8192,
+                error: None,
+                timings_us: Timings {
+                    dns: 5,
+                    connect: 50,
+                    tls: 0,
+                    ttfb: 20_000,
+                    transfer: 1_000,
+                    total: 21_100,
+                },
+            },
+        })
+        .unwrap();
+
+    // Second start: no enrolment key needed, the spooled result goes out, and new work
+    // is measured for real.
+    let (stop, task) = spawn_agent(settings(&app, None, state.path()));
+    eventually("the spooled result is stored", || {
+        count(&app, "SELECT COUNT(*) AS n FROM results") == 1
+    })
+    .await;
+    eventually("the spool is empty", || spool.pending().unwrap().is_empty()).await;
+    app.call(
+        "POST",
+        &format!("/api/v1/checks/{check}/runs"),
+        Some(&owner),
+        None,
+    )
+    .await;
+    eventually("the new run is measured", || {
+        count(&app, "SELECT COUNT(*) AS n FROM results") == 2
+    })
+    .await;
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+
+    assert_eq!(
+        count(&app, "SELECT COUNT(*) AS n FROM agents"),
+        1,
+        "the restart did not enrol again"
+    );
+    let (_, report) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/report?group_by=connection_class,country"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    let row = &report["rows"][0];
+    assert_eq!(row["samples"], 2, "{report}");
+    assert_eq!(row["group"]["country"], "DE");
+    assert_eq!(row["group"]["connection_class"], "cable");
+    app.controller.stop().await.unwrap();
+}
