@@ -188,11 +188,23 @@ fn serve(config: ControllerConfig) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {listen}"))?;
     listener.set_nonblocking(true)?;
     tracing::info!(%listen, database = state.db.backend().name(), "controller listening");
-    actix_web::rt::System::new().block_on(async move {
-        server::run(listener, state, async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-    })?;
+    actix_web::rt::System::new()
+        .block_on(async move { server::run(listener, state, shutdown_signal()).await })?;
     Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (how systemd and Kubernetes stop a service).
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -1,0 +1,67 @@
+//! The `lastmile-controller` commands an operator types.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+fn controller(data_dir: &std::path::Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lastmile-controller"));
+    c.env_remove("DATABASE_URL").arg("--data-dir").arg(data_dir);
+    c
+}
+
+#[test]
+fn migrate_then_create_accounts_prints_secrets_once_and_stores_only_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = controller(dir.path()).arg("migrate").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date (sqlite)"));
+
+    let out = controller(dir.path())
+        .args(["owner", "create", "--name", "Shop Ltd"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let token = stdout.lines().last().unwrap().trim().to_owned();
+    assert!(token.starts_with("lmo_") && token.len() == 68, "{stdout}");
+
+    let out = controller(dir.path())
+        .args(["volunteer", "create", "--name", "Ada"])
+        .output()
+        .unwrap();
+    let key = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(key.starts_with("lmv_"), "{key}");
+
+    // The database holds neither secret in the clear.
+    let db = std::fs::read(dir.path().join("lastmile.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("lastmile.db-wal")).unwrap_or_default();
+    for secret in [&token, &key] {
+        let needle = secret.as_bytes();
+        assert!(!db.windows(needle.len()).any(|w| w == needle));
+        assert!(!wal.windows(needle.len()).any(|w| w == needle));
+    }
+}
+
+#[test]
+fn an_empty_name_is_refused_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = controller(dir.path())
+        .args(["owner", "create", "--name", "  "])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("name must be 1 to 200 characters"));
+}
