@@ -8,7 +8,7 @@
 //! re-offered measurement is the one that counts). Storing the result, closing the
 //! assignment and updating the aggregate happen in one transaction.
 //!
-//! Aggregates are one row per (check, hour bucket, country, ASN, connection class) with
+//! Aggregates are one row per (check, hour bucket, country, region, ASN, connection class) with
 //! success/failure counts and an HdrHistogram per phase over the successful samples.
 //! The row is read-modify-written under a lock: `SELECT ... FOR UPDATE` after an
 //! `INSERT ... ON CONFLICT DO NOTHING` on PostgreSQL, the single-writer transaction on
@@ -47,16 +47,18 @@ pub struct StoredResult {
     pub transfer_us: i64,
     pub total_us: i64,
     pub country: String,
+    pub region: String,
     pub asn: i64,
     pub connection_class: String,
 }
 
-/// The key of one aggregate row. Unknown country is `""`, unknown ASN is `0`.
+/// The key of one aggregate row. Unknown country or region is `""`, unknown ASN is `0`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AggregateKey {
     pub check_id: String,
     pub bucket_start: Micros,
     pub country: String,
+    pub region: String,
     pub asn: i64,
     pub connection_class: String,
 }
@@ -68,6 +70,7 @@ pub struct AggregateRow {
     pub check_id: String,
     pub bucket_start: i64,
     pub country: String,
+    pub region: String,
     pub asn: i64,
     pub connection_class: String,
     pub successes: i64,
@@ -87,6 +90,7 @@ impl AggregateRow {
             check_id: key.check_id.clone(),
             bucket_start: key.bucket_start,
             country: key.country.clone(),
+            region: key.region.clone(),
             asn: key.asn,
             connection_class: key.connection_class.clone(),
             successes: 0,
@@ -271,6 +275,7 @@ fn to_stored(
         transfer_us: t.transfer as i64,
         total_us: t.total as i64,
         country: agent.country.clone().unwrap_or_default(),
+        region: agent.region.clone().unwrap_or_default(),
         asn: agent.asn.unwrap_or(0),
         connection_class: agent.declared_class.clone(),
     }
@@ -283,6 +288,7 @@ pub fn key_of(r: &StoredResult) -> AggregateKey {
         check_id: r.check_id.clone(),
         bucket_start: hour_bucket(r.received_at),
         country: r.country.clone(),
+        region: r.region.clone(),
         asn: r.asn,
         connection_class: r.connection_class.clone(),
     }
@@ -314,6 +320,7 @@ pub fn fold(conn: &mut DbConn, r: &StoredResult) -> Result<()> {
         &key.check_id,
         key.bucket_start,
         &key.country,
+        &key.region,
         key.asn,
         &key.connection_class,
     )))
@@ -329,6 +336,7 @@ fn lock_aggregate(conn: &mut DbConn, key: &AggregateKey) -> Result<AggregateRow>
             &key.check_id,
             key.bucket_start,
             &key.country,
+            &key.region,
             key.asn,
             &key.connection_class,
         ))

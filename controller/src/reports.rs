@@ -2,7 +2,7 @@
 //! dimensions asked for, into sample counts, availability and per-phase percentiles.
 //!
 //! **Architecture Invariant:** reports merge aggregates; they never rescan raw results.
-//! The cost of a report is the number of (hour, country, ASN, class) cells in the
+//! The cost of a report is the number of (hour, country, region, ASN, class) cells in the
 //! window, not the number of measurements.
 //!
 //! Windows are widened to whole hour buckets: `from` is rounded down to the hour, and
@@ -37,6 +37,7 @@ use crate::ingest::AggregateRow;
 pub enum Dimension {
     ConnectionClass,
     Country,
+    Region,
     Asn,
 }
 
@@ -46,10 +47,11 @@ impl FromStr for Dimension {
         match s.trim() {
             "connection_class" => Ok(Dimension::ConnectionClass),
             "country" => Ok(Dimension::Country),
+            "region" => Ok(Dimension::Region),
             "asn" => Ok(Dimension::Asn),
             other => Err(Error::invalid(
                 "invalid_group_by",
-                format!("cannot group by {other:?}; use connection_class, country or asn"),
+                format!("cannot group by {other:?}; use connection_class, country, region or asn"),
             )),
         }
     }
@@ -60,6 +62,7 @@ impl Dimension {
         match self {
             Dimension::ConnectionClass => "connection_class",
             Dimension::Country => "country",
+            Dimension::Region => "region",
             Dimension::Asn => "asn",
         }
     }
@@ -104,6 +107,9 @@ pub struct Group {
     /// ISO country code; `"??"` when the agent's address has no known country.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub country: Option<String>,
+    /// Subdivision of the country as the geo database names it; `"??"` when unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     /// Autonomous system number; 0 when unknown.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub asn: Option<u32>,
@@ -250,17 +256,20 @@ fn group_of(row: &AggregateRow, dims: &[Dimension]) -> Group {
     for d in dims {
         match d {
             Dimension::ConnectionClass => g.connection_class = row.connection_class.parse().ok(),
-            Dimension::Country => {
-                g.country = Some(if row.country.is_empty() {
-                    "??".to_owned()
-                } else {
-                    row.country.clone()
-                })
-            }
+            Dimension::Country => g.country = Some(known_or_unknown(&row.country)),
+            Dimension::Region => g.region = Some(known_or_unknown(&row.region)),
             Dimension::Asn => g.asn = Some(u32::try_from(row.asn).unwrap_or(0)),
         }
     }
     g
+}
+
+fn known_or_unknown(value: &str) -> String {
+    if value.is_empty() {
+        "??".to_owned()
+    } else {
+        value.to_owned()
+    }
 }
 
 /// The default window: the last 24 hours.
@@ -290,6 +299,7 @@ pub fn to_csv(report: &Report) -> String {
                     .map(|c| c.to_string())
                     .unwrap_or_default(),
                 Dimension::Country => row.group.country.clone().unwrap_or_default(),
+                Dimension::Region => row.group.region.clone().unwrap_or_default(),
                 Dimension::Asn => row.group.asn.map(|a| a.to_string()).unwrap_or_default(),
             });
         }

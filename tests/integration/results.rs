@@ -218,6 +218,36 @@ async fn report_merges_results_by_class_and_country_as_json_and_csv(db: TestDb) 
     assert_eq!(dsl["samples"], 20);
     assert!(dsl["group"].get("country").is_none());
 
+    // Regions come from the geo database too: DE splits into BE (dsl) and BY (fibre).
+    let (_, by_region) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/report?group_by=country,region"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    let regions: Vec<(String, String, u64)> = by_region["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["group"]["country"].as_str().unwrap().to_owned(),
+                r["group"]["region"].as_str().unwrap().to_owned(),
+                r["samples"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        regions,
+        [
+            ("DE".into(), "BE".into(), 10),
+            ("DE".into(), "BY".into(), 10),
+            ("US".into(), "CA".into(), 10)
+        ]
+    );
+
     // CSV carries the same numbers.
     let (status, csv) = app
         .call(

@@ -207,7 +207,7 @@ pub struct ReportParams {
     pub from: Option<DateTime<Utc>>,
     /// Window end (RFC 3339); default now.
     pub to: Option<DateTime<Utc>>,
-    /// Comma-separated dimensions: connection_class, country, asn.
+    /// Comma-separated dimensions: connection_class, country, region, asn.
     pub group_by: Option<String>,
     /// `json` (default) or `csv`.
     pub format: Option<String>,

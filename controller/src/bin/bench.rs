@@ -285,11 +285,11 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
     pg.batch_execute(&format!(
         "SET session_replication_role = replica;
          INSERT INTO results (assignment_id, run_id, check_id, agent_id, received_at, started_at, late, status, bytes,
-             error_kind, error_message, dns_us, connect_us, tls_us, ttfb_us, transfer_us, total_us, country, asn, connection_class)
+             error_kind, error_message, dns_us, connect_us, tls_us, ttfb_us, transfer_us, total_us, country, region, asn, connection_class)
          SELECT 'bench-' || g, 'bench-run', '{check}', (ARRAY[{agents}])[1 + g % {n_agents}],
              {now} - (g % 720) * 3600000000 / 24, {now} - (g % 720) * 3600000000 / 24, false, 200, 8192, NULL, NULL,
              1000, 5000, 0, (20000 + (g * 7919) % 400000) / 2, (20000 + (g * 7919) % 400000) / 3, 20000 + (g * 7919) % 400000,
-             (ARRAY['DE','US','BR','FR','JP'])[1 + g % 5], 64500 + g % 7,
+             (ARRAY['DE','US','BR','FR','JP'])[1 + g % 5], (ARRAY['N','S','E'])[1 + g % 3], 64500 + g % 7,
              (ARRAY['dialup','satellite','mobile','dsl','cable','fibre'])[1 + g % 6]
          FROM generate_series(1::bigint, {rows}::bigint) AS g;
          SET session_replication_role = DEFAULT;
@@ -350,6 +350,7 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
             check_id: key.check_id.clone(),
             bucket_start: key.bucket_start,
             country: key.country.clone(),
+            region: key.region.clone(),
             asn: key.asn,
             connection_class: key.connection_class.clone(),
             successes: *successes,

@@ -123,16 +123,18 @@ diesel::table! {
         transfer_us -> BigInt,
         total_us -> BigInt,
         country -> Text,
+        region -> Text,
         asn -> BigInt,
         connection_class -> Text,
     }
 }
 
 diesel::table! {
-    aggregates (check_id, bucket_start, country, asn, connection_class) {
+    aggregates (check_id, bucket_start, country, region, asn, connection_class) {
         check_id -> Text,
         bucket_start -> BigInt,
         country -> Text,
+        region -> Text,
         asn -> BigInt,
         connection_class -> Text,
         successes -> BigInt,

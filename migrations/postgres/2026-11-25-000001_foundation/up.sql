@@ -116,17 +116,19 @@ CREATE TABLE results (
     transfer_us BIGINT NOT NULL,
     total_us BIGINT NOT NULL,
     country TEXT NOT NULL,
+    region TEXT NOT NULL,
     asn BIGINT NOT NULL,
     connection_class TEXT NOT NULL
 );
 CREATE INDEX results_check_time ON results (check_id, started_at);
 
--- One row per (check, hour, country, ASN, class): success/failure counts plus one
+-- One row per (check, hour, country, region, ASN, class): success/failure counts plus one
 -- serialized HdrHistogram (V2) per phase over the successful samples.
 CREATE TABLE aggregates (
     check_id TEXT NOT NULL REFERENCES checks(id),
     bucket_start BIGINT NOT NULL,
     country TEXT NOT NULL,
+    region TEXT NOT NULL,
     asn BIGINT NOT NULL,
     connection_class TEXT NOT NULL,
     successes BIGINT NOT NULL,
@@ -137,5 +139,5 @@ CREATE TABLE aggregates (
     ttfb_hist BYTEA NOT NULL,
     transfer_hist BYTEA NOT NULL,
     total_hist BYTEA NOT NULL,
-    PRIMARY KEY (check_id, bucket_start, country, asn, connection_class)
+    PRIMARY KEY (check_id, bucket_start, country, region, asn, connection_class)
 );
