@@ -82,6 +82,12 @@ pub struct NewCheck {
     pub selection: Selection,
     #[serde(default)]
     pub schedule: Schedule,
+    /// The body must contain this text, or the measurement fails with `body_mismatch`.
+    pub body_contains: Option<String>,
+    /// Share this check's results (never its URL) with the ISPs whose networks the
+    /// measuring agents sit in.
+    #[serde(default)]
+    pub isp_sharing: bool,
 }
 
 fn default_kind() -> CheckKind {
@@ -108,6 +114,8 @@ pub struct Check {
     pub interval_s: Option<i64>,
     pub next_run_at: Option<i64>,
     pub created_at: i64,
+    pub isp_sharing: bool,
+    pub body_contains: Option<String>,
 }
 
 impl Check {
@@ -142,6 +150,8 @@ pub struct CheckView {
     pub schedule: Schedule,
     pub next_run_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
+    pub body_contains: Option<String>,
+    pub isp_sharing: bool,
 }
 
 impl From<&Check> for CheckView {
@@ -161,6 +171,8 @@ impl From<&Check> for CheckView {
             },
             next_run_at: c.next_run_at.map(to_datetime),
             created_at: to_datetime(c.created_at),
+            body_contains: c.body_contains.clone(),
+            isp_sharing: c.isp_sharing,
         }
     }
 }
@@ -229,6 +241,14 @@ pub fn create(
             ));
         }
     }
+    if let Some(text) = &new.body_contains {
+        if text.is_empty() || text.len() > 1024 {
+            return Err(Error::invalid(
+                "invalid_body_contains",
+                "body_contains must be 1 to 1024 bytes",
+            ));
+        }
+    }
     let name = match &new.name {
         Some(n) => crate::accounts::validate_name(n)?,
         None => url.to_string(),
@@ -251,6 +271,8 @@ pub fn create(
         interval_s: new.schedule.every_seconds.map(|s| s as i64),
         next_run_at: Some(now),
         created_at: now,
+        isp_sharing: new.isp_sharing,
+        body_contains: new.body_contains.clone(),
     };
     diesel::insert_into(checks::table)
         .values(&check)

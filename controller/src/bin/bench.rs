@@ -132,6 +132,8 @@ fn fixture(
                 ..Selection::default()
             },
             schedule: Schedule::default(),
+            body_contains: None,
+            isp_sharing: false,
         },
         1,
     )?;

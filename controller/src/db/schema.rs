@@ -68,6 +68,8 @@ diesel::table! {
         interval_s -> Nullable<BigInt>,
         next_run_at -> Nullable<BigInt>,
         created_at -> BigInt,
+        isp_sharing -> Bool,
+        body_contains -> Nullable<Text>,
     }
 }
 
@@ -145,6 +147,45 @@ diesel::table! {
         ttfb_hist -> Binary,
         transfer_hist -> Binary,
         total_hist -> Binary,
+    }
+}
+
+diesel::table! {
+    isps (id) {
+        id -> Text,
+        name -> Text,
+        token_hash -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    isp_asns (isp_id, asn) {
+        isp_id -> Text,
+        asn -> BigInt,
+        proven_by -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    asn_contacts (asn) {
+        asn -> BigInt,
+        email -> Text,
+    }
+}
+
+diesel::table! {
+    asn_claims (id) {
+        id -> Text,
+        isp_id -> Text,
+        asn -> BigInt,
+        code_hash -> Text,
+        sent_to -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+        attempts -> Integer,
+        confirmed_at -> Nullable<BigInt>,
     }
 }
 
