@@ -41,6 +41,8 @@ pub struct ControllerConfig {
     pub scheduler_tick_ms: u64,
     /// Largest request body the API accepts, bytes.
     pub max_body_bytes: usize,
+    /// Requests per minute an ISP token may make (bursts up to this many).
+    pub isp_requests_per_minute: u32,
 }
 
 impl Default for ControllerConfig {
@@ -60,6 +62,7 @@ impl Default for ControllerConfig {
             allow_private_sites: false,
             scheduler_tick_ms: 1000,
             max_body_bytes: 256 * 1024,
+            isp_requests_per_minute: 60,
         }
     }
 }

@@ -73,6 +73,8 @@ pub struct DemoOutcome {
     pub physics_hold: bool,
     /// Runs made and how many measurements each got.
     pub runs: Vec<RunView>,
+    /// What the ISP API served to the ISP of the demo's first network (`isp_report.json`).
+    pub isp_report: serde_json::Value,
 }
 
 /// One demo agent: where it sits and what line it has.
@@ -269,6 +271,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                     "expected_status": [200],
                     "timeout_ms": 20000,
                     "selection": {"agents_per_run": plan.len()},
+                    "isp_sharing": true,
                 }),
             )
             .await?;
@@ -298,11 +301,22 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                 check.id
             ))
             .await?;
+
+        // The ISP operating the demo's German network sees only its own rows.
+        let (isp_asn, isp_name) = (PLACES[0].3, PLACES[0].4);
+        let isp_token = db
+            .run(move |c| Ok::<_, crate::Error>(crate::isp::create(c, isp_name, &[isp_asn])?.1))
+            .await?;
+        let isp_api = DemoClient::new(controller.url(), &isp_token)?;
+        let isp_json = isp_api.get_text("/api/v1/isp/summary?window=24h").await?;
+        let isp_report: serde_json::Value = serde_json::from_str(&isp_json)?;
+
         if let Some(out) = &opts.out {
             std::fs::create_dir_all(out)?;
             std::fs::write(out.join("report.json"), &report_json)?;
+            std::fs::write(out.join("isp_report.json"), &isp_json)?;
         }
-        Ok::<_, anyhow::Error>((report, by_class, runs))
+        Ok::<_, anyhow::Error>((report, by_class, runs, isp_report))
     }
     .await;
 
@@ -314,7 +328,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     }
     drop(links);
     controller.stop().await?;
-    let (report, by_class, runs) = outcome?;
+    let (report, by_class, runs, isp_report) = outcome?;
 
     let physics_hold = physics_hold(&by_class);
     say!(
@@ -338,8 +352,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             "DOES NOT HOLD"
         }
     );
+    let isp_rows = isp_report["rows"].as_array().map_or(0, Vec::len);
+    say!(
+        opts,
+        "ISP view: {} (AS{}) sees {isp_rows} rows, all of its own network",
+        PLACES[0].4,
+        PLACES[0].3
+    );
     if let Some(out) = &opts.out {
-        say!(opts, "Wrote {}", out.join("report.json").display());
+        say!(
+            opts,
+            "Wrote {} and {}",
+            out.join("report.json").display(),
+            out.join("isp_report.json").display()
+        );
     }
     say!(
         opts,
@@ -351,6 +377,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         by_class,
         physics_hold,
         runs,
+        isp_report,
     })
 }
 

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use lastmile_controller::config::ControllerConfig;
 use lastmile_controller::db::Db;
 use lastmile_controller::demo::{self, DemoOptions};
-use lastmile_controller::{accounts, server};
+use lastmile_controller::{accounts, isp, server};
 
 /// Lastmile controller: schedules checks on volunteer probe agents and reports SLAs.
 #[derive(Parser)]
@@ -58,6 +58,11 @@ enum Command {
         #[command(subcommand)]
         command: AccountCommand,
     },
+    /// Manage ISP accounts and the ASNs they own.
+    Isp {
+        #[command(subcommand)]
+        command: IspCommand,
+    },
     /// Run the whole product on this machine: controller, target site, 12 agents
     /// behind emulated links, and a report at the end.
     Demo {
@@ -67,6 +72,26 @@ enum Command {
         /// How many runs of the demo check to make.
         #[arg(long, default_value_t = 5)]
         runs: u32,
+    },
+}
+
+#[derive(Subcommand)]
+enum IspCommand {
+    /// Create an ISP owning the given ASNs and print its API token (shown only once).
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+        /// An autonomous system number it operates. Repeatable.
+        #[arg(long = "asn", required = true)]
+        asns: Vec<u32>,
+    },
+    /// Record the registered contact address that ownership proofs for an ASN go to.
+    Contact {
+        #[arg(long)]
+        asn: u32,
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -145,6 +170,25 @@ fn main() -> anyhow::Result<()> {
                 "volunteer {} created; enrolment key for their agents (shown only now):\n{key}",
                 volunteer.id
             );
+            Ok(())
+        }
+        Command::Isp {
+            command: IspCommand::Create { name, asns },
+        } => {
+            let db = open_db(&config)?;
+            let (isp, token) = isp::create(&mut *db.conn()?, &name, &asns)?;
+            println!(
+                "ISP {} created for {asns:?}; API token (shown only now):\n{token}",
+                isp.id
+            );
+            Ok(())
+        }
+        Command::Isp {
+            command: IspCommand::Contact { asn, email },
+        } => {
+            let db = open_db(&config)?;
+            isp::set_contact(&mut *db.conn()?, asn, &email)?;
+            println!("ownership proofs for AS{asn} will be sent to {email}");
             Ok(())
         }
         Command::Serve {

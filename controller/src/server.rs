@@ -18,7 +18,9 @@ use tokio::sync::watch;
 use crate::config::ControllerConfig;
 use crate::db::Db;
 use crate::geo::Geo;
+use crate::isp::{LogMailer, Mailer};
 use crate::metrics::Metrics;
+use crate::rate_limit::RateLimiter;
 use crate::scheduling::{self, SchedulingPolicy};
 use crate::{api, clock};
 
@@ -32,6 +34,10 @@ pub struct AppState {
     /// For outgoing calls (site verification).
     pub http: reqwest::Client,
     pub policy: SchedulingPolicy,
+    /// Request quotas of ISP tokens.
+    pub isp_quota: Arc<RateLimiter>,
+    /// Delivers ASN ownership codes.
+    pub mailer: Arc<dyn Mailer>,
 }
 
 impl AppState {
@@ -50,6 +56,8 @@ impl AppState {
             db,
             geo: Arc::new(geo),
             policy: SchedulingPolicy::from_config(&config),
+            isp_quota: Arc::new(RateLimiter::new(config.isp_requests_per_minute)),
+            mailer: Arc::new(LogMailer),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
             http,

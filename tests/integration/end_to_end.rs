@@ -35,4 +35,16 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     let written = std::fs::read_to_string(out.path().join("report.json")).unwrap();
     let parsed: lastmile_controller::reports::Report = serde_json::from_str(&written).unwrap();
     assert_eq!(parsed, outcome.report);
+    // isp_report.json: the ISP of AS64501 sees its rows and nothing else.
+    let isp: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("isp_report.json")).unwrap())
+            .unwrap();
+    assert_eq!(isp, outcome.isp_report);
+    let rows = isp["rows"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        4,
+        "one row per connection class in one region: {isp}"
+    );
+    assert!(rows.iter().all(|r| r["group"]["asn"] == 64_501), "{isp}");
 }

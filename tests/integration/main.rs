@@ -7,5 +7,6 @@ mod support;
 mod agent_lifecycle;
 mod api_errors;
 mod end_to_end;
+mod isp;
 mod leasing;
 mod results;

@@ -165,6 +165,35 @@ impl TestApp {
         }
     }
 
+    /// A controller whose ownership-proof mail goes to `mailer`.
+    pub async fn start_with_mailer(
+        db: &TestDb,
+        mailer: std::sync::Arc<dyn lastmile_controller::isp::Mailer>,
+    ) -> TestApp {
+        let geo_dir = tempfile::tempdir().unwrap();
+        let config = ControllerConfig {
+            database_url: Some(db.url.clone()),
+            data_dir: PathBuf::from(geo_dir.path()),
+            geo: test_geo(geo_dir.path()),
+            ..ControllerConfig::default()
+        };
+        let mut state =
+            tokio::task::spawn_blocking(move || lastmile_controller::AppState::open(config))
+                .await
+                .unwrap()
+                .unwrap();
+        state.mailer = mailer;
+        let controller = Controller::serve(state, SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .unwrap();
+        let base = controller.url();
+        TestApp {
+            controller,
+            base,
+            _geo_dir: geo_dir,
+        }
+    }
+
     pub fn db(&self) -> &Db {
         &self.controller.state.db
     }

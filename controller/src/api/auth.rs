@@ -15,7 +15,7 @@ use crate::agents::{self, Agent};
 use crate::error::Error;
 use crate::server::AppState;
 
-fn bearer(req: &HttpRequest) -> Result<String, Error> {
+pub(super) fn bearer(req: &HttpRequest) -> Result<String, Error> {
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
@@ -32,7 +32,7 @@ fn bearer(req: &HttpRequest) -> Result<String, Error> {
         .ok_or_else(|| Error::Unauthorized("Authorization header must be `Bearer <token>`".into()))
 }
 
-fn state(req: &HttpRequest) -> Result<web::Data<AppState>, Error> {
+pub(super) fn state(req: &HttpRequest) -> Result<web::Data<AppState>, Error> {
     req.app_data::<web::Data<AppState>>()
         .cloned()
         .ok_or_else(|| Error::Internal("application state missing".into()))

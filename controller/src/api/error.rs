@@ -23,6 +23,7 @@ impl Error {
             Error::Forbidden { code, .. }
             | Error::Invalid { code, .. }
             | Error::Conflict { code, .. } => code,
+            Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable(_) => "service_unavailable",
             Error::Internal(_) => "internal_error",
         }
@@ -37,6 +38,7 @@ impl ResponseError for Error {
             Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -57,8 +59,14 @@ impl ResponseError for Error {
             other => other.to_string(),
         };
         let mut response = HttpResponse::build(status);
-        if matches!(self, Error::Unauthorized(_)) {
-            response.insert_header(("WWW-Authenticate", "Bearer"));
+        match self {
+            Error::Unauthorized(_) => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            Error::RateLimited { retry_after_s } => {
+                response.insert_header(("Retry-After", retry_after_s.to_string()));
+            }
+            _ => {}
         }
         response.json(ApiError {
             error: self.code().to_owned(),

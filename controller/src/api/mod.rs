@@ -7,6 +7,7 @@
 pub mod agents;
 pub mod auth;
 pub mod error;
+pub mod isp;
 pub mod ops;
 pub mod owners;
 
@@ -23,6 +24,7 @@ use utoipa::{Modify, OpenApi};
         owners::me, owners::create_site, owners::list_sites, owners::get_site, owners::verify_site,
         owners::create_check, owners::list_checks, owners::get_check, owners::run_now, owners::list_runs,
         owners::get_run, owners::report,
+        isp::list_asns, isp::start_claim, isp::confirm_claim, isp::summary, isp::destinations, isp::series,
     ),
     components(schemas(
         lastmile_protocol::ApiError, lastmile_protocol::Location, lastmile_protocol::Phase,
@@ -35,6 +37,7 @@ use utoipa::{Modify, OpenApi};
         (name = "sites", description = "Sites and their ownership verification"),
         (name = "checks", description = "Checks and their runs"),
         (name = "reports", description = "SLA reports"),
+        (name = "isp", description = "ISPs: SLA views of their own networks, rate limited, with ETags"),
     )
 )]
 pub struct ApiDoc;
@@ -44,7 +47,7 @@ struct BearerTokens;
 impl Modify for BearerTokens {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        for name in ["owner_token", "agent_token"] {
+        for name in ["owner_token", "agent_token", "isp_token"] {
             components.add_security_scheme(
                 name,
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
@@ -82,7 +85,13 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(owners::run_now)
             .service(owners::list_runs)
             .service(owners::get_run)
-            .service(owners::report),
+            .service(owners::report)
+            .service(isp::list_asns)
+            .service(isp::start_claim)
+            .service(isp::confirm_claim)
+            .service(isp::summary)
+            .service(isp::destinations)
+            .service(isp::series),
     )
     .default_service(web::to(error::no_route));
 }

@@ -1,0 +1,414 @@
+//! ISP endpoints: their ASNs, ownership claims, and SLA views of their networks.
+//!
+//! Every answer carries the token's quota in `RateLimit-Limit`, `RateLimit-Remaining`
+//! and `RateLimit-Reset`; a request over quota gets 429 with `Retry-After`. Report
+//! answers carry a strong `ETag` of their body, and `If-None-Match` with it gets 304, so
+//! an ISP polling on a schedule transfers a report only when it changed.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix_web::http::header;
+use actix_web::{get, post, web, FromRequest, HttpRequest, HttpResponse};
+use chrono::{DateTime, Utc};
+use lastmile_protocol::ApiError;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+use crate::clock::{to_datetime, HOUR_US};
+use crate::error::Error;
+use crate::isp::{self, ClaimView, Destination, Isp, IspQuery, SeriesPoint};
+use crate::rate_limit::Quota;
+use crate::reports::ReportRow;
+use crate::server::AppState;
+
+/// The ISP a request is authenticated as, with the quota this request used.
+pub struct AuthIsp {
+    pub isp: Isp,
+    pub quota: Quota,
+}
+
+impl FromRequest for AuthIsp {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let token = super::auth::bearer(req);
+        let state = super::auth::state(req);
+        Box::pin(async move {
+            let (token, state) = (token?, state?);
+            let found = state.db.run(move |c| isp::by_token(c, &token)).await?;
+            let isp =
+                found.ok_or_else(|| Error::Unauthorized("unknown or revoked ISP token".into()))?;
+            let quota = state.isp_quota.check(&isp.id);
+            if !quota.allowed {
+                return Err(Error::RateLimited {
+                    retry_after_s: quota.reset_s,
+                });
+            }
+            Ok(AuthIsp { isp, quota })
+        })
+    }
+}
+
+/// A 200 JSON answer with quota headers, an ETag, and 304 when the client has it.
+fn answer<T: Serialize>(req: &HttpRequest, quota: Quota, body: &T) -> Result<HttpResponse, Error> {
+    let json = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
+    let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&json))[..32]);
+    let fresh = req
+        .headers()
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let mut response = if fresh {
+        HttpResponse::NotModified()
+    } else {
+        HttpResponse::Ok()
+    };
+    response
+        .insert_header((header::ETAG, etag))
+        .insert_header(("RateLimit-Limit", quota.limit.to_string()))
+        .insert_header(("RateLimit-Remaining", quota.remaining.to_string()))
+        .insert_header(("RateLimit-Reset", quota.reset_s.to_string()));
+    Ok(if fresh {
+        response.finish()
+    } else {
+        response.content_type("application/json").body(json)
+    })
+}
+
+/// The ISP's networks.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({"isp": "Demo Telekom", "asns": [64501]}))]
+pub struct IspAsns {
+    pub isp: String,
+    pub asns: Vec<u32>,
+}
+
+/// The autonomous systems this ISP token may read.
+#[utoipa::path(get, path = "/api/v1/isp/asns", tag = "isp", security(("isp_token" = [])),
+    responses((status = 200, body = IspAsns), (status = 401, body = ApiError), (status = 429, body = ApiError)))]
+#[get("/isp/asns")]
+pub async fn list_asns(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    auth: AuthIsp,
+) -> Result<HttpResponse, Error> {
+    let id = auth.isp.id.clone();
+    let asns = state.db.run(move |c| isp::asns_of(c, &id)).await?;
+    answer(
+        &req,
+        auth.quota,
+        &IspAsns {
+            isp: auth.isp.name,
+            asns,
+        },
+    )
+}
+
+/// Request body to start proving ownership of an ASN.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewClaim {
+    pub asn: u32,
+}
+
+/// Start proving ownership of an ASN: a code is mailed to its registered contact.
+#[utoipa::path(post, path = "/api/v1/isp/asn-claims", tag = "isp", request_body = NewClaim, security(("isp_token" = [])),
+    responses((status = 201, body = ClaimView), (status = 404, body = ApiError, description = "no registered contact for the ASN")))]
+#[post("/isp/asn-claims")]
+pub async fn start_claim(
+    state: web::Data<AppState>,
+    auth: AuthIsp,
+    body: web::Json<NewClaim>,
+) -> Result<HttpResponse, Error> {
+    let mailer = state.mailer.clone();
+    let claim = state
+        .db
+        .run(move |c| isp::start_claim(c, mailer.as_ref(), &auth.isp, body.asn))
+        .await?;
+    Ok(HttpResponse::Created().json(claim))
+}
+
+/// Request body to confirm a claim.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimCode {
+    pub code: String,
+}
+
+/// Confirm a claim with the mailed code; the answer lists the ISP's ASNs.
+#[utoipa::path(post, path = "/api/v1/isp/asn-claims/{id}/confirm", tag = "isp", request_body = ClaimCode,
+    security(("isp_token" = [])),
+    responses((status = 200, body = IspAsns), (status = 404, body = ApiError), (status = 409, body = ApiError),
+        (status = 422, body = ApiError)))]
+#[post("/isp/asn-claims/{id}/confirm")]
+pub async fn confirm_claim(
+    state: web::Data<AppState>,
+    auth: AuthIsp,
+    id: web::Path<Uuid>,
+    body: web::Json<ClaimCode>,
+) -> Result<HttpResponse, Error> {
+    let name = auth.isp.name.clone();
+    let asns = state
+        .db
+        .run(move |c| isp::confirm_claim(c, &auth.isp, &id.to_string(), &body.code))
+        .await?;
+    Ok(HttpResponse::Ok().json(IspAsns { isp: name, asns }))
+}
+
+/// Window and scope of an ISP view.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct IspParams {
+    /// `1h`, `24h` (default), `7d` or `30d` before now; or give `from` and `to`.
+    pub window: Option<String>,
+    /// Window start (RFC 3339).
+    pub from: Option<DateTime<Utc>>,
+    /// Window end (RFC 3339).
+    pub to: Option<DateTime<Utc>>,
+    /// Only this ASN (must be one of yours; 403 otherwise).
+    pub asn: Option<u32>,
+    /// Page number, from 1 (summary and destinations).
+    pub page: Option<usize>,
+    /// Rows per page, 1 to 500, default 100.
+    pub per_page: Option<usize>,
+    /// `hour` or `day` (series only).
+    pub bucket: Option<String>,
+}
+
+impl IspParams {
+    fn query(&self) -> Result<IspQuery, Error> {
+        let (from, to) = window(self.window.as_deref(), self.from, self.to)?;
+        Ok(IspQuery {
+            from,
+            to,
+            asn: self.asn,
+        })
+    }
+
+    fn page(&self) -> Result<(usize, usize), Error> {
+        let page = self.page.unwrap_or(1);
+        let per_page = self.per_page.unwrap_or(100);
+        if page == 0 || !(1..=500).contains(&per_page) {
+            return Err(Error::invalid(
+                "invalid_page",
+                "page starts at 1 and per_page is between 1 and 500",
+            ));
+        }
+        Ok((page, per_page))
+    }
+}
+
+/// Resolves `window=1h|24h|7d|30d` or `from`/`to` (default: `24h`).
+///
+/// Named windows are whole hour buckets ending with the current one (`to` is the start
+/// of the next hour), matching how aggregates are kept; it also keeps the answer, and
+/// so its ETag, the same between polls until new data arrives or the hour turns.
+pub fn window(
+    named: Option<&str>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), Error> {
+    let hours = |name: &str| match name {
+        "1h" => Ok(1),
+        "24h" | "1d" => Ok(24),
+        "7d" => Ok(7 * 24),
+        "30d" => Ok(30 * 24),
+        other => Err(Error::invalid(
+            "invalid_window",
+            format!("window {other:?} is not one of 1h, 24h, 7d, 30d"),
+        )),
+    };
+    let named_window = |h: i64| {
+        let end = crate::clock::hour_bucket(crate::clock::now_us()) + HOUR_US;
+        (to_datetime(end - h * HOUR_US), to_datetime(end))
+    };
+    match (named, from, to) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(Error::invalid(
+            "invalid_window",
+            "give either window or from/to, not both",
+        )),
+        (Some(name), None, None) => Ok(named_window(hours(name)?)),
+        (None, None, None) => Ok(named_window(24)),
+        (None, from, to) => {
+            let to = to.unwrap_or_else(Utc::now);
+            let from = from.unwrap_or(to - chrono::Duration::microseconds(24 * HOUR_US));
+            if to <= from {
+                return Err(Error::invalid(
+                    "invalid_window",
+                    "`to` must be after `from`",
+                ));
+            }
+            Ok((from, to))
+        }
+    }
+}
+
+/// A page of rows.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[schema(example = json!({
+    "window": {"from": "2026-11-24T10:00:00Z", "to": "2026-11-25T10:12:00Z"},
+    "asns": [64501], "page": 1, "per_page": 100, "total_rows": 1,
+    "rows": [{"group": {"asn": 64501, "connection_class": "dsl", "region": "BE"}, "samples": 120,
+              "successes": 119, "failures": 1, "availability": 0.9917,
+              "phases": {"ttfb": {"p50": 48211, "p90": 51002, "p95": 52113, "p99": 60211}}}]
+}))]
+pub struct SummaryPage {
+    pub window: Window,
+    /// The ASNs the rows cover.
+    pub asns: Vec<u32>,
+    pub page: usize,
+    pub per_page: usize,
+    pub total_rows: usize,
+    /// One row per ASN x connection class x region.
+    pub rows: Vec<ReportRow>,
+}
+
+/// The window an answer covers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Window {
+    pub from: DateTime<Utc>,
+    pub to: DateTime<Utc>,
+}
+
+fn paginate<T>(rows: Vec<T>, page: usize, per_page: usize) -> (usize, Vec<T>) {
+    let total = rows.len();
+    (
+        total,
+        rows.into_iter()
+            .skip((page - 1) * per_page)
+            .take(per_page)
+            .collect(),
+    )
+}
+
+/// SLA summary per ASN x connection class x region, over checks that share with ISPs.
+#[utoipa::path(get, path = "/api/v1/isp/summary", tag = "isp", params(IspParams), security(("isp_token" = [])),
+    responses((status = 200, body = SummaryPage), (status = 304, description = "unchanged since the ETag given"),
+        (status = 403, body = ApiError, description = "the ASN asked for is not yours"), (status = 429, body = ApiError)))]
+#[get("/isp/summary")]
+pub async fn summary(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    auth: AuthIsp,
+    params: web::Query<IspParams>,
+) -> Result<HttpResponse, Error> {
+    let query = params.query()?;
+    let (page, per_page) = params.page()?;
+    let isp = auth.isp.clone();
+    let q = query.clone();
+    let (asns, rows) = state.db.run(move |c| isp::summary(c, &isp, &q)).await?;
+    let (total_rows, rows) = paginate(rows, page, per_page);
+    answer(
+        &req,
+        auth.quota,
+        &SummaryPage {
+            window: Window {
+                from: query.from,
+                to: query.to,
+            },
+            asns,
+            page,
+            per_page,
+            total_rows,
+            rows,
+        },
+    )
+}
+
+/// Destinations ordered worst first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DestinationsPage {
+    pub window: Window,
+    pub page: usize,
+    pub per_page: usize,
+    pub total_rows: usize,
+    pub rows: Vec<Destination>,
+}
+
+/// The destinations (site hosts, never URLs) that perform worst from your networks.
+#[utoipa::path(get, path = "/api/v1/isp/destinations", tag = "isp", params(IspParams), security(("isp_token" = [])),
+    responses((status = 200, body = DestinationsPage), (status = 403, body = ApiError), (status = 429, body = ApiError)))]
+#[get("/isp/destinations")]
+pub async fn destinations(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    auth: AuthIsp,
+    params: web::Query<IspParams>,
+) -> Result<HttpResponse, Error> {
+    let query = params.query()?;
+    let (page, per_page) = params.page()?;
+    let isp = auth.isp.clone();
+    let q = query.clone();
+    let rows = state
+        .db
+        .run(move |c| isp::worst_destinations(c, &isp, &q, usize::MAX))
+        .await?;
+    let (total_rows, rows) = paginate(rows, page, per_page);
+    answer(
+        &req,
+        auth.quota,
+        &DestinationsPage {
+            window: Window {
+                from: query.from,
+                to: query.to,
+            },
+            page,
+            per_page,
+            total_rows,
+            rows,
+        },
+    )
+}
+
+/// A time series of the ISP's networks.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Series {
+    pub window: Window,
+    pub bucket: String,
+    pub points: Vec<SeriesPoint>,
+}
+
+/// Hour or day buckets, each grouped by ASN and connection class.
+#[utoipa::path(get, path = "/api/v1/isp/series", tag = "isp", params(IspParams), security(("isp_token" = [])),
+    responses((status = 200, body = Series), (status = 403, body = ApiError), (status = 429, body = ApiError)))]
+#[get("/isp/series")]
+pub async fn series(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    auth: AuthIsp,
+    params: web::Query<IspParams>,
+) -> Result<HttpResponse, Error> {
+    let query = params.query()?;
+    let (bucket, bucket_us) = match params.bucket.as_deref().unwrap_or("hour") {
+        "hour" => ("hour", HOUR_US),
+        "day" => ("day", 24 * HOUR_US),
+        other => {
+            return Err(Error::invalid(
+                "invalid_bucket",
+                format!("bucket {other:?} is not hour or day"),
+            ))
+        }
+    };
+    let isp = auth.isp.clone();
+    let q = query.clone();
+    let points = state
+        .db
+        .run(move |c| isp::series(c, &isp, &q, bucket_us))
+        .await?;
+    answer(
+        &req,
+        auth.quota,
+        &Series {
+            window: Window {
+                from: query.from,
+                to: query.to,
+            },
+            bucket: bucket.into(),
+            points,
+        },
+    )
+}
