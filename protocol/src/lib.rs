@@ -9,6 +9,8 @@
 //! Conventions: times on the wire are RFC 3339 UTC, durations are integer microseconds,
 //! enums are `snake_case`.
 
+pub mod calibration;
+
 use std::fmt;
 use std::str::FromStr;
 
