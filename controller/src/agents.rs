@@ -36,13 +36,25 @@ pub struct Agent {
     pub as_org: Option<String>,
     pub enrolled_at: i64,
     pub last_heartbeat_at: Option<i64>,
+    pub measured_class: Option<String>,
+    pub calibrated_at: Option<i64>,
+    pub rtt_us: Option<i64>,
+    pub down_bps: Option<i64>,
+    pub up_bps: Option<i64>,
+    pub class_mismatch: bool,
+    pub calibration_day: i64,
+    pub calibration_bytes: i64,
 }
 
 impl Agent {
-    /// The class selection and reports use. Until calibration exists (measurement
-    /// fidelity issue) this is the declared class.
+    /// The class selection and reports use: the measured class once calibration has
+    /// run, the declared one until then.
     pub fn connection_class(&self) -> Option<ConnectionClass> {
-        self.declared_class.parse().ok()
+        self.measured_class
+            .as_deref()
+            .unwrap_or(&self.declared_class)
+            .parse()
+            .ok()
     }
 
     /// The agent's location as last resolved.
@@ -87,6 +99,14 @@ pub fn enrol(
         as_org: location.as_org.clone(),
         enrolled_at: now,
         last_heartbeat_at: None,
+        measured_class: None,
+        calibrated_at: None,
+        rtt_us: None,
+        down_bps: None,
+        up_bps: None,
+        class_mismatch: false,
+        calibration_day: 0,
+        calibration_bytes: 0,
     };
     diesel::insert_into(agents::table)
         .values(&agent)

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::sites;
 
 /// Which agents run a check.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct Selection {
     /// ISO 3166-1 alpha-2 codes; empty means any country.
@@ -28,8 +28,22 @@ pub struct Selection {
     pub asns: Vec<u32>,
     /// Connection classes; empty means any.
     pub connection_classes: Vec<ConnectionClass>,
-    /// How many agents measure each run (at most).
+    /// How many agents measure each run (at most); 10 when not given.
     pub agents_per_run: u32,
+}
+
+/// Agents per run when a selection does not say.
+pub const DEFAULT_AGENTS_PER_RUN: u32 = 10;
+
+impl Default for Selection {
+    fn default() -> Selection {
+        Selection {
+            countries: Vec::new(),
+            asns: Vec::new(),
+            connection_classes: Vec::new(),
+            agents_per_run: DEFAULT_AGENTS_PER_RUN,
+        }
+    }
 }
 
 impl Selection {

@@ -75,6 +75,19 @@ pub struct DemoOutcome {
     pub runs: Vec<RunView>,
     /// What the ISP API served to the ISP of the demo's first network (`isp_report.json`).
     pub isp_report: serde_json::Value,
+    /// How each agent's calibration classified its line.
+    pub calibration: Vec<CalibratedAgent>,
+}
+
+/// One demo agent's line as it declared it and as the controller measured it.
+#[derive(Debug, Clone)]
+pub struct CalibratedAgent {
+    /// The class of the emulated link the agent sits behind (and declared).
+    pub declared: String,
+    /// The class calibration gave it (`None` if it never calibrated).
+    pub measured: Option<String>,
+    /// Whether the controller flagged the two as contradicting each other.
+    pub mismatch: bool,
 }
 
 /// One demo agent: where it sits and what line it has.
@@ -202,6 +215,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     for (i, a) in plan.iter().enumerate() {
         let profile = LinkProfile::for_class(a.class);
         let link = Link::start(SocketAddr::from(([127, 0, 0, 1], 0)), site.addr(), profile).await?;
+        // Calibration goes through the same kind of link, so the controller measures the
+        // line the agent really has.
+        let calibration_link = Link::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            controller.addr,
+            profile,
+        )
+        .await?;
         let settings = AgentSettings {
             controller: controller.url().parse()?,
             enrol_key: Some(enrol_keys[i / CLASSES.len()].clone()),
@@ -220,6 +241,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                 }],
             },
             idle_poll: Duration::from_millis(200),
+            calibration_url: Some(format!("http://{}", calibration_link.addr()).parse()?),
+            calibration_bytes_per_day: 20 * 1024 * 1024,
         };
         let mut stopped = agents_stopped.clone();
         agent_tasks.spawn(async move {
@@ -229,6 +252,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             lastmile_agent::run(settings, shutdown).await
         });
         links.push(link);
+        links.push(calibration_link);
     }
     say!(opts, "  agents      {} behind emulated links:", plan.len());
     for class in CLASSES {
@@ -244,7 +268,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     }
 
     let outcome = async {
-        wait_for_agents(&controller, plan.len(), &opts).await?;
+        let calibration = wait_for_agents(&controller, plan.len(), &opts).await?;
         let api = DemoClient::new(controller.url(), &owner_token)?;
 
         let created: SiteView = api
@@ -316,7 +340,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             std::fs::write(out.join("report.json"), &report_json)?;
             std::fs::write(out.join("isp_report.json"), &isp_json)?;
         }
-        Ok::<_, anyhow::Error>((report, by_class, runs, isp_report))
+        Ok::<_, anyhow::Error>((report, by_class, runs, isp_report, calibration))
     }
     .await;
 
@@ -328,7 +352,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     }
     drop(links);
     controller.stop().await?;
-    let (report, by_class, runs, isp_report) = outcome?;
+    let (report, by_class, runs, isp_report, calibration) = outcome?;
 
     let physics_hold = physics_hold(&by_class);
     say!(
@@ -378,6 +402,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         physics_hold,
         runs,
         isp_report,
+        calibration,
     })
 }
 
@@ -409,7 +434,7 @@ async fn wait_for_agents(
     controller: &Controller,
     want: usize,
     opts: &DemoOptions,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Vec<CalibratedAgent>> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let since = clock::now_us() - controller.state.policy.online_window_us;
@@ -418,33 +443,44 @@ async fn wait_for_agents(
             .db
             .run(move |c| agents::online_since(c, since))
             .await?;
-        if online.len() >= want {
+        let calibrated = online.iter().filter(|a| a.measured_class.is_some()).count();
+        if online.len() >= want && calibrated >= want {
             say!(
                 opts,
-                "  online      {} agents; the controller placed them at:",
+                "  online      {} agents, calibrated; the controller placed and classified them:",
                 online.len()
             );
             let mut seen: Vec<String> = online
                 .iter()
                 .map(|a| {
                     format!(
-                        "{} AS{} {}",
+                        "{} AS{} {:<14} declared {:<7} measured {:<7} ({} down, {:.0} ms)",
                         a.country.as_deref().unwrap_or("??"),
                         a.asn.unwrap_or(0),
-                        a.city.as_deref().unwrap_or("?")
+                        a.city.as_deref().unwrap_or("?"),
+                        a.declared_class,
+                        a.measured_class.as_deref().unwrap_or("-"),
+                        rate(a.down_bps.unwrap_or(0).max(0) as u64),
+                        a.rtt_us.unwrap_or(0) as f64 / 1000.0,
                     )
                 })
                 .collect();
             seen.sort();
-            seen.dedup();
             for place in seen {
                 say!(opts, "              {place}");
             }
-            return Ok(());
+            return Ok(online
+                .into_iter()
+                .map(|a| CalibratedAgent {
+                    declared: a.declared_class,
+                    measured: a.measured_class,
+                    mismatch: a.class_mismatch,
+                })
+                .collect());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "only {} of {want} agents came online within 30 s",
+            "only {} of {want} agents came online and {calibrated} calibrated within 30 s",
             online.len()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -29,9 +29,9 @@ pub enum Error {
     /// The request clashes with the current state.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
-    /// The client used up its request quota; it may retry after this many seconds.
-    #[error("too many requests; retry in {retry_after_s} s")]
-    RateLimited { retry_after_s: u64 },
+    /// The client used up a quota (named in `quota`); it may retry after this many seconds.
+    #[error("{quota} is used up; retry in {retry_after_s} s")]
+    RateLimited { quota: String, retry_after_s: u64 },
     /// The database could not be reached or ran out of connections.
     #[error("{0}")]
     Unavailable(String),

@@ -277,7 +277,9 @@ fn to_stored(
         country: agent.country.clone().unwrap_or_default(),
         region: agent.region.clone().unwrap_or_default(),
         asn: agent.asn.unwrap_or(0),
-        connection_class: agent.declared_class.clone(),
+        connection_class: agent
+            .connection_class()
+            .map_or_else(|| agent.declared_class.clone(), |c| c.as_str().to_owned()),
     }
 }
 

@@ -7,6 +7,7 @@
 //! [`runner`] ties them into the enrol / heartbeat / lease / measure / submit loop.
 //! The binary in `main.rs` only parses flags and calls into these.
 
+pub mod calibrate;
 pub mod client;
 pub mod guard;
 pub mod measure;

@@ -26,7 +26,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Enrol (first start only) and work for the controller until stopped.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Measure one URL once and print its phase timings.
     Measure(MeasureArgs),
 }
@@ -74,6 +74,12 @@ struct RunArgs {
     /// Milliseconds to wait before asking for work again when none was offered.
     #[arg(long, env = "LASTMILE_IDLE_POLL_MS")]
     idle_poll_ms: Option<u64>,
+    /// Calibrate the line against this URL instead of the controller.
+    #[arg(long, env = "LASTMILE_CALIBRATION_URL")]
+    calibration_url: Option<url::Url>,
+    /// Most bytes per day calibration may use (default 20 MiB; 0 turns it off).
+    #[arg(long, env = "LASTMILE_CALIBRATION_BYTES_PER_DAY")]
+    calibration_bytes_per_day: Option<u64>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -89,6 +95,8 @@ struct ConfigFile {
     connection_class: Option<ConnectionClass>,
     max_concurrent: Option<u32>,
     idle_poll_ms: Option<u64>,
+    calibration_url: Option<url::Url>,
+    calibration_bytes_per_day: Option<u64>,
     allow_private: Option<bool>,
     ca_file: Option<PathBuf>,
     source_addr: Option<IpAddr>,
@@ -168,6 +176,11 @@ fn settings_from(args: RunArgs) -> anyhow::Result<AgentSettings> {
             connect_to,
         },
         idle_poll: Duration::from_millis(args.idle_poll_ms.or(file.idle_poll_ms).unwrap_or(5_000)),
+        calibration_url: args.calibration_url.or(file.calibration_url),
+        calibration_bytes_per_day: args
+            .calibration_bytes_per_day
+            .or(file.calibration_bytes_per_day)
+            .unwrap_or(20 * 1024 * 1024),
     })
 }
 
@@ -220,7 +233,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Measure(args) => measure(args).await,
         Command::Run(args) => {
-            let settings = settings_from(args)?;
+            let settings = settings_from(*args)?;
             runner::run(settings, shutdown_signal()).await
         }
     }

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use url::Url;
 use uuid::Uuid;
 
+use crate::calibrate::Calibrator;
 use crate::client::{ClientError, ControllerClient};
 use crate::measure::{Engine, EngineConfig, Expectations};
 use crate::spool::Spool;
@@ -37,7 +38,14 @@ pub struct AgentSettings {
     pub engine: EngineConfig,
     /// How long to wait before asking again when no work was offered.
     pub idle_poll: Duration,
+    /// Where to calibrate the line; `None` means the controller itself.
+    pub calibration_url: Option<Url>,
+    /// Most calibration bytes per day (both directions); 0 turns calibration off.
+    pub calibration_bytes_per_day: u64,
 }
+
+/// How often the line is calibrated again.
+const RECALIBRATE_EVERY: Duration = Duration::from_secs(24 * 3600);
 
 /// What the agent keeps after enrolling: its identity and secret.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,6 +166,7 @@ pub async fn run(
         }
     };
     let client = anonymous.with_token(creds.token.clone());
+    let mut next_calibration = tokio::time::Instant::now();
     let slots = Arc::new(Semaphore::new(
         settings.limits.max_concurrent.max(1) as usize
     ));
@@ -170,6 +179,12 @@ pub async fn run(
         while in_flight.try_join_next().is_some() {}
 
         let now = tokio::time::Instant::now();
+        if now >= next_calibration && in_flight.is_empty() {
+            // Calibration traffic would disturb measurements, so it runs only when none
+            // is in flight; a failure is logged and retried on the next schedule.
+            calibrate(&settings, &creds).await;
+            next_calibration = now + RECALIBRATE_EVERY;
+        }
         let step = if now >= next_heartbeat {
             beat(&client, &settings).await.map(|interval| {
                 next_heartbeat = now + interval;
@@ -211,6 +226,42 @@ pub async fn run(
 fn is_transient(e: &anyhow::Error) -> bool {
     e.downcast_ref::<ClientError>()
         .is_some_and(ClientError::is_transient)
+}
+
+async fn calibrate(settings: &AgentSettings, creds: &Credentials) {
+    if settings.calibration_bytes_per_day == 0 {
+        return;
+    }
+    let http = match reqwest::Client::builder()
+        .local_address(settings.engine.source_addr)
+        .timeout(Duration::from_secs(120))
+        .build()
+    {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot build calibration client");
+            return;
+        }
+    };
+    let base = settings
+        .calibration_url
+        .as_ref()
+        .unwrap_or(&settings.controller);
+    let calibrator = Calibrator {
+        http: &http,
+        base,
+        token: &creds.token,
+        budget: settings.calibration_bytes_per_day,
+    };
+    match calibrator.run().await {
+        Ok(ack) if ack.mismatch => tracing::warn!(
+            declared = %ack.declared_class,
+            measured = %ack.measured_class,
+            "this line measures as a different class than declared; the measured class is used"
+        ),
+        Ok(ack) => tracing::info!(class = %ack.measured_class, "line calibrated"),
+        Err(e) => tracing::warn!(error = %e, "calibration failed"),
+    }
 }
 
 async fn beat(

@@ -33,6 +33,10 @@ fn settings(app: &TestApp, key: Option<String>, state_dir: &Path) -> AgentSettin
             ..EngineConfig::default()
         },
         idle_poll: Duration::from_millis(100),
+        // Calibration is tested by the demo, through emulated links; here the declared
+        // class must stand.
+        calibration_url: None,
+        calibration_bytes_per_day: 0,
     }
 }
 

@@ -18,6 +18,16 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     })
     .await
     .unwrap();
+    // Calibration against the controller puts every agent in its link's class.
+    assert_eq!(outcome.calibration.len(), 12);
+    for agent in &outcome.calibration {
+        assert_eq!(
+            agent.measured.as_deref(),
+            Some(agent.declared.as_str()),
+            "{agent:?}"
+        );
+        assert!(!agent.mismatch, "{agent:?}");
+    }
     assert!(outcome.physics_hold, "{:#?}", outcome.by_class);
     assert_eq!(outcome.runs.len(), 2);
     for run in &outcome.runs {

@@ -6,6 +6,7 @@ mod support;
 
 mod agent_lifecycle;
 mod api_errors;
+mod calibration;
 mod end_to_end;
 mod isp;
 mod leasing;

@@ -1,16 +1,21 @@
 //! Agent endpoints: enrol, heartbeat, lease, submit results.
 
-use actix_web::{post, web, HttpResponse};
+use actix_web::http::header;
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use lastmile_protocol::calibration::{CalibrationAck, CalibrationReport, MAX_PAYLOAD_BYTES};
 use lastmile_protocol::{
     ApiError, EnrolRequest, EnrolResponse, Heartbeat, HeartbeatAck, LeaseRequest, LeaseResponse,
     ResultAck, ResultDisposition, ResultSubmission,
 };
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AuthAgent, Origin};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::server::AppState;
-use crate::{agents, clock, ingest, scheduling};
+use crate::{agents, calibration, clock, ingest, scheduling};
 
 /// Enrol a new agent with a volunteer's enrolment key.
 #[utoipa::path(post, path = "/api/v1/agents/enrol", tag = "agents", request_body = EnrolRequest,
@@ -94,4 +99,120 @@ pub async fn submit(
     };
     Metrics::inc(counter);
     Ok(web::Json(submitted.ack))
+}
+
+/// Calibration: a tiny round trip for timing.
+#[utoipa::path(get, path = "/api/v1/agents/calibration/ping", tag = "agents", security(("agent_token" = [])),
+    responses((status = 204), (status = 401, body = ApiError)))]
+#[get("/agents/calibration/ping")]
+pub async fn calibration_ping(_agent: AuthAgent) -> HttpResponse {
+    HttpResponse::NoContent().finish()
+}
+
+/// How many bytes a calibration download asks for.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DownloadParams {
+    /// Payload size, 1 byte to 8 MiB.
+    pub bytes: u64,
+}
+
+/// Calibration: a payload of the asked size, to time the downstream rate. Counts
+/// against the agent's daily calibration cap (429 when spent).
+#[utoipa::path(get, path = "/api/v1/agents/calibration/download", tag = "agents", params(DownloadParams),
+    security(("agent_token" = [])),
+    responses((status = 200, content_type = "application/octet-stream"), (status = 422, body = ApiError),
+        (status = 429, body = ApiError)))]
+#[get("/agents/calibration/download")]
+pub async fn calibration_download(
+    state: web::Data<AppState>,
+    AuthAgent(agent): AuthAgent,
+    params: web::Query<DownloadParams>,
+) -> Result<HttpResponse, Error> {
+    let bytes = params.bytes;
+    if bytes == 0 || bytes > MAX_PAYLOAD_BYTES {
+        return Err(Error::invalid(
+            "invalid_payload_size",
+            format!("bytes must be between 1 and {MAX_PAYLOAD_BYTES}"),
+        ));
+    }
+    let cap = state.config.calibration_bytes_per_day;
+    state
+        .db
+        .run(move |c| calibration::reserve_bytes(c, &agent.id, bytes, cap))
+        .await?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .body(vec![0u8; bytes as usize]))
+}
+
+/// What the controller received of an upload.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UploadReceipt {
+    pub received_bytes: u64,
+}
+
+/// Calibration: accepts a payload, to time the upstream rate. Counts against the
+/// daily calibration cap.
+#[utoipa::path(post, path = "/api/v1/agents/calibration/upload", tag = "agents",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"), security(("agent_token" = [])),
+    responses((status = 200, body = UploadReceipt), (status = 413, body = ApiError), (status = 429, body = ApiError)))]
+#[post("/agents/calibration/upload")]
+pub async fn calibration_upload(
+    state: web::Data<AppState>,
+    AuthAgent(agent): AuthAgent,
+    request: HttpRequest,
+    mut body: web::Payload,
+) -> Result<web::Json<UploadReceipt>, Error> {
+    // The allowance is charged before a byte is read, so a spent allowance costs the
+    // volunteer nothing more; that needs the size up front.
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .ok_or_else(|| {
+            Error::invalid(
+                "content_length_required",
+                "a calibration upload must carry Content-Length",
+            )
+        })?;
+    if declared > MAX_PAYLOAD_BYTES {
+        return Err(Error::invalid(
+            "invalid_payload_size",
+            format!("uploads are at most {MAX_PAYLOAD_BYTES} bytes, this one declares {declared}"),
+        ));
+    }
+    let cap = state.config.calibration_bytes_per_day;
+    let agent_id = agent.id.clone();
+    state
+        .db
+        .run(move |c| calibration::reserve_bytes(c, &agent_id, declared, cap))
+        .await?;
+    // Only the size matters: count the bytes as they stream in, keep none.
+    let mut received = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|e| Error::invalid("invalid_body", format!("upload broke off: {e}")))?;
+        received += chunk.len() as u64;
+    }
+    Ok(web::Json(UploadReceipt {
+        received_bytes: received,
+    }))
+}
+
+/// Calibration: report the figures; the answer is the class the controller will use.
+#[utoipa::path(post, path = "/api/v1/agents/calibration", tag = "agents", request_body = CalibrationReport,
+    security(("agent_token" = [])),
+    responses((status = 200, body = CalibrationAck), (status = 422, body = ApiError)))]
+#[post("/agents/calibration")]
+pub async fn calibration_report(
+    state: web::Data<AppState>,
+    AuthAgent(agent): AuthAgent,
+    body: web::Json<CalibrationReport>,
+) -> Result<web::Json<CalibrationAck>, Error> {
+    let ack = state
+        .db
+        .run(move |c| calibration::record(c, &agent, &body))
+        .await?;
+    Ok(web::Json(ack))
 }

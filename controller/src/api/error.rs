@@ -63,7 +63,7 @@ impl ResponseError for Error {
             Error::Unauthorized(_) => {
                 response.insert_header(("WWW-Authenticate", "Bearer"));
             }
-            Error::RateLimited { retry_after_s } => {
+            Error::RateLimited { retry_after_s, .. } => {
                 response.insert_header(("Retry-After", retry_after_s.to_string()));
             }
             _ => {}

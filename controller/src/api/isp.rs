@@ -45,6 +45,7 @@ impl FromRequest for AuthIsp {
             let quota = state.isp_quota.check(&isp.id);
             if !quota.allowed {
                 return Err(Error::RateLimited {
+                    quota: "this ISP token's request quota".into(),
                     retry_after_s: quota.reset_s,
                 });
             }

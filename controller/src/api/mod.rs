@@ -21,6 +21,8 @@ use utoipa::{Modify, OpenApi};
     info(title = "Lastmile controller API", description = "Agents enrol, lease and report; owners schedule checks and read SLA reports."),
     paths(
         agents::enrol, agents::heartbeat, agents::lease, agents::submit,
+        agents::calibration_ping, agents::calibration_download, agents::calibration_upload,
+        agents::calibration_report,
         owners::me, owners::create_site, owners::list_sites, owners::get_site, owners::verify_site,
         owners::create_check, owners::list_checks, owners::get_check, owners::run_now, owners::list_runs,
         owners::get_run, owners::report,
@@ -74,6 +76,10 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(agents::heartbeat)
             .service(agents::lease)
             .service(agents::submit)
+            .service(agents::calibration_ping)
+            .service(agents::calibration_download)
+            .service(agents::calibration_upload)
+            .service(agents::calibration_report)
             .service(owners::me)
             .service(owners::create_site)
             .service(owners::list_sites)

@@ -36,6 +36,14 @@ diesel::table! {
         as_org -> Nullable<Text>,
         enrolled_at -> BigInt,
         last_heartbeat_at -> Nullable<BigInt>,
+        measured_class -> Nullable<Text>,
+        calibrated_at -> Nullable<BigInt>,
+        rtt_us -> Nullable<BigInt>,
+        down_bps -> Nullable<BigInt>,
+        up_bps -> Nullable<BigInt>,
+        class_mismatch -> Bool,
+        calibration_day -> BigInt,
+        calibration_bytes -> BigInt,
     }
 }
 
