@@ -44,6 +44,8 @@ pub struct Agent {
     pub class_mismatch: bool,
     pub calibration_day: i64,
     pub calibration_bytes: i64,
+    /// Why the agent takes no work now, as its last heartbeat said.
+    pub paused_reason: Option<String>,
 }
 
 impl Agent {
@@ -107,6 +109,7 @@ pub fn enrol(
         class_mismatch: false,
         calibration_day: 0,
         calibration_bytes: 0,
+        paused_reason: None,
     };
     diesel::insert_into(agents::table)
         .values(&agent)
@@ -152,12 +155,13 @@ pub fn heartbeat(
             agents::asn.eq(location.asn.map(i64::from)),
             agents::as_org.eq(&location.as_org),
             agents::last_heartbeat_at.eq(now_us()),
+            agents::paused_reason.eq(beat.paused.as_deref().map(|p| truncate(p, 200))),
         ))
         .execute(conn)?;
     Ok(())
 }
 
-/// Agents that heartbeat at or after `since`.
+/// Agents that heartbeat at or after `since` (paused or not).
 pub fn online_since(conn: &mut DbConn, since: Micros) -> Result<Vec<Agent>> {
     Ok(agents::table
         .filter(agents::last_heartbeat_at.ge(since))

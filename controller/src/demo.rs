@@ -243,6 +243,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             idle_poll: Duration::from_millis(200),
             calibration_url: Some(format!("http://{}", calibration_link.addr()).parse()?),
             calibration_bytes_per_day: 20 * 1024 * 1024,
+            volunteer: lastmile_agent::limits::VolunteerLimits::default(),
+            spool_max_results: lastmile_agent::spool::DEFAULT_MAX_RESULTS,
         };
         let mut stopped = agents_stopped.clone();
         agent_tasks.spawn(async move {

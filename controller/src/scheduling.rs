@@ -134,9 +134,10 @@ pub fn create_run(
     let selection = check.selection();
     let run_id = Uuid::new_v4().to_string();
     write_tx(conn, |c| {
+        // A paused agent (volunteer limits) would not take the work: it is not planned in.
         let eligible: Vec<Agent> = agents::online_since(c, now - policy.online_window_us)?
             .into_iter()
-            .filter(|a| selection.matches(a))
+            .filter(|a| a.paused_reason.is_none() && selection.matches(a))
             .collect();
         let requested = eligible.len().min(selection.agents_per_run as usize);
         let run = RunRow {
@@ -254,7 +255,11 @@ pub fn lease(
         .filter(assignments::lease_expires_at.gt(now))
         .count()
         .get_result(conn)?;
-    let free = (i64::from(agent.max_concurrent) - busy).max(0);
+    let free = if agent.paused_reason.is_some() {
+        0
+    } else {
+        (i64::from(agent.max_concurrent) - busy).max(0)
+    };
     let want = i64::from(max.min(64)).min(free);
     let expires = now + policy.lease_us;
     let mut tasks = Vec::new();

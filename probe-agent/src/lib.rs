@@ -10,6 +10,7 @@
 pub mod calibrate;
 pub mod client;
 pub mod guard;
+pub mod limits;
 pub mod measure;
 pub mod runner;
 pub mod spool;

@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use lastmile_agent::limits::{self, Hours, VolunteerLimits};
 use lastmile_agent::measure::{ConnectTo, Engine, EngineConfig, Expectations};
 use lastmile_agent::runner::{self, AgentSettings};
+use lastmile_agent::spool;
 use lastmile_protocol::{AgentLimits, ConnectionClass};
 use serde::Deserialize;
 
@@ -80,6 +82,18 @@ struct RunArgs {
     /// Most bytes per day calibration may use (default 20 MiB; 0 turns it off).
     #[arg(long, env = "LASTMILE_CALIBRATION_BYTES_PER_DAY")]
     calibration_bytes_per_day: Option<u64>,
+    /// Most bytes per UTC day measurements may fetch (default: no limit).
+    #[arg(long, env = "LASTMILE_MAX_BYTES_PER_DAY")]
+    max_bytes_per_day: Option<u64>,
+    /// Local hours (HH:MM-HH:MM, may wrap midnight) in which to work only while the machine is idle.
+    #[arg(long, env = "LASTMILE_IDLE_ONLY_HOURS", value_parser = parse_hours)]
+    idle_only_hours: Option<Hours>,
+    /// Load average per core under which the machine counts as idle (default 0.5).
+    #[arg(long, env = "LASTMILE_IDLE_MAX_LOAD")]
+    idle_max_load: Option<f64>,
+    /// Most results kept while the controller is unreachable (default 10000; the oldest are kept).
+    #[arg(long, env = "LASTMILE_SPOOL_MAX_RESULTS")]
+    spool_max_results: Option<usize>,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -97,6 +111,10 @@ struct ConfigFile {
     idle_poll_ms: Option<u64>,
     calibration_url: Option<url::Url>,
     calibration_bytes_per_day: Option<u64>,
+    max_bytes_per_day: Option<u64>,
+    idle_only_hours: Option<String>,
+    idle_max_load: Option<f64>,
+    spool_max_results: Option<usize>,
     allow_private: Option<bool>,
     ca_file: Option<PathBuf>,
     source_addr: Option<IpAddr>,
@@ -146,6 +164,23 @@ fn settings_from(args: RunArgs) -> anyhow::Result<AgentSettings> {
                 .map_err(|e: String| anyhow::anyhow!("config connect_to: {e}"))?,
         );
     }
+    let idle_only = match args.idle_only_hours {
+        Some(h) => Some(h),
+        None => file
+            .idle_only_hours
+            .as_deref()
+            .map(parse_hours)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("config idle_only_hours: {e}"))?,
+    };
+    let idle_max_load = args
+        .idle_max_load
+        .or(file.idle_max_load)
+        .unwrap_or(limits::DEFAULT_IDLE_MAX_LOAD);
+    anyhow::ensure!(
+        idle_max_load.is_finite() && idle_max_load > 0.0,
+        "idle max load must be a positive number, not {idle_max_load}"
+    );
     let controller = args
         .controller
         .or(file.controller)
@@ -181,7 +216,20 @@ fn settings_from(args: RunArgs) -> anyhow::Result<AgentSettings> {
             .calibration_bytes_per_day
             .or(file.calibration_bytes_per_day)
             .unwrap_or(20 * 1024 * 1024),
+        volunteer: VolunteerLimits {
+            max_bytes_per_day: args.max_bytes_per_day.or(file.max_bytes_per_day),
+            idle_only,
+            idle_max_load,
+        },
+        spool_max_results: args
+            .spool_max_results
+            .or(file.spool_max_results)
+            .unwrap_or(spool::DEFAULT_MAX_RESULTS),
     })
+}
+
+fn parse_hours(s: &str) -> Result<Hours, String> {
+    s.parse()
 }
 
 async fn measure(args: MeasureArgs) -> anyhow::Result<()> {

@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::calibrate::Calibrator;
 use crate::client::{ClientError, ControllerClient};
+use crate::limits::{self, Gate, VolunteerLimits};
 use crate::measure::{Engine, EngineConfig, Expectations};
 use crate::spool::Spool;
 
@@ -42,6 +43,10 @@ pub struct AgentSettings {
     pub calibration_url: Option<Url>,
     /// Most calibration bytes per day (both directions); 0 turns calibration off.
     pub calibration_bytes_per_day: u64,
+    /// Daily bytes and idle-only hours.
+    pub volunteer: VolunteerLimits,
+    /// Most results kept in the spool while the controller is unreachable.
+    pub spool_max_results: usize,
 }
 
 /// How often the line is calibrated again.
@@ -145,7 +150,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.state_dir)?;
     let engine = Engine::new(settings.engine.clone())?;
-    let spool = Spool::open(settings.state_dir.join("spool"))?;
+    let spool = Spool::open(settings.state_dir.join("spool"), settings.spool_max_results)?;
+    let gate = Arc::new(std::sync::Mutex::new(Gate::open(
+        settings.volunteer.clone(),
+        &settings.state_dir,
+        Box::new(limits::system_load_per_core),
+    )));
     let anonymous =
         ControllerClient::new(settings.controller.clone(), settings.engine.source_addr)?;
 
@@ -172,6 +182,8 @@ pub async fn run(
     ));
     let mut in_flight = JoinSet::new();
     let mut next_heartbeat = tokio::time::Instant::now();
+    // What the controller was last told about pausing; a change is told at once.
+    let mut told_paused: Option<Option<String>> = None;
     backoff.reset();
 
     loop {
@@ -185,15 +197,31 @@ pub async fn run(
             calibrate(&settings, &creds).await;
             next_calibration = now + RECALIBRATE_EVERY;
         }
-        let step = if now >= next_heartbeat {
-            beat(&client, &settings).await.map(|interval| {
-                next_heartbeat = now + interval;
-                // Results left from an earlier life (or a failed send) go out with each beat.
-                in_flight.spawn(flush_spool(client.clone(), spool.clone()));
-                Duration::ZERO
-            })
+        let paused = pause_reason(&gate, &spool);
+        let step = if now >= next_heartbeat || told_paused.as_ref() != Some(&paused) {
+            beat(&client, &settings, paused.clone())
+                .await
+                .map(|interval| {
+                    if let Some(why) = &paused {
+                        tracing::info!(reason = %why, "taking no work for now");
+                    }
+                    told_paused = Some(paused);
+                    next_heartbeat = now + interval;
+                    // Results left from an earlier life (or a failed send) go out with each beat.
+                    in_flight.spawn(flush_spool(client.clone(), spool.clone()));
+                    Duration::ZERO
+                })
+        } else if paused.is_some() {
+            Ok(settings.idle_poll)
         } else {
-            lease_and_start(&client, &engine, &spool, &slots, &mut in_flight, &settings).await
+            let work = Work {
+                client: &client,
+                engine: &engine,
+                spool: &spool,
+                slots: &slots,
+                gate: &gate,
+            };
+            lease_and_start(&work, &mut in_flight, &settings).await
         };
         let delay = match step {
             Ok(d) => {
@@ -264,15 +292,32 @@ async fn calibrate(settings: &AgentSettings, creds: &Credentials) {
     }
 }
 
+/// Why no work should be taken now: a volunteer limit, or a full spool.
+fn pause_reason(gate: &std::sync::Mutex<Gate>, spool: &Spool) -> Option<String> {
+    let now = chrono::Utc::now();
+    let limit = match gate.lock() {
+        Ok(g) => g.pause_reason(now),
+        Err(poisoned) => poisoned.into_inner().pause_reason(now),
+    };
+    limit.or_else(|| {
+        spool
+            .is_full()
+            .unwrap_or(false)
+            .then(|| "spool full: waiting to deliver results before measuring more".to_owned())
+    })
+}
+
 async fn beat(
     client: &ControllerClient,
     settings: &AgentSettings,
+    paused: Option<String>,
 ) -> Result<Duration, ClientError> {
     let ack = client
         .heartbeat(&Heartbeat {
             declared_class: settings.declared_class,
             version: env!("CARGO_PKG_VERSION").to_owned(),
             limits: settings.limits,
+            paused,
         })
         .await?;
     Ok(Duration::from_secs(u64::from(
@@ -280,16 +325,29 @@ async fn beat(
     )))
 }
 
+/// What a measurement needs from the run loop.
+struct Work<'a> {
+    client: &'a ControllerClient,
+    engine: &'a Engine,
+    spool: &'a Spool,
+    slots: &'a Arc<Semaphore>,
+    gate: &'a Arc<std::sync::Mutex<Gate>>,
+}
+
 /// Leases as many tasks as there are free slots and starts them; returns how long to
 /// wait before asking again.
 async fn lease_and_start(
-    client: &ControllerClient,
-    engine: &Engine,
-    spool: &Spool,
-    slots: &Arc<Semaphore>,
+    work: &Work<'_>,
     in_flight: &mut JoinSet<()>,
     settings: &AgentSettings,
 ) -> Result<Duration, ClientError> {
+    let Work {
+        client,
+        engine,
+        spool,
+        slots,
+        gate,
+    } = *work;
     let free = slots.available_permits() as u32;
     if free == 0 {
         return Ok(settings.idle_poll.min(Duration::from_millis(100)));
@@ -302,9 +360,13 @@ async fn lease_and_start(
             break;
         };
         let (client, engine, spool) = (client.clone(), engine.clone(), spool.clone());
+        let gate = gate.clone();
         in_flight.spawn(async move {
             let result = execute(&engine, &task).await;
             drop(permit);
+            if let Ok(mut g) = gate.lock() {
+                g.record(result.measurement.bytes, chrono::Utc::now());
+            }
             deliver(&client, &spool, result).await;
         });
     }

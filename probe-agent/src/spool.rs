@@ -6,6 +6,12 @@
 //! leaves half a file) *before* the first attempt to send it, and removed only after the
 //! controller's acknowledgement. Because results are idempotent by assignment id,
 //! re-sending a spooled result that did arrive is harmless.
+//!
+//! The spool is bounded (a volunteer's disk is not ours to fill during a week-long
+//! outage). When it is full the *oldest* results are kept, because they are the ones
+//! closest to their lease and the longest unreported, and a new result is refused; the
+//! runner stops taking work while the spool is full, so nothing new is measured only to
+//! be dropped.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -17,22 +23,61 @@ use uuid::Uuid;
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    max_results: usize,
 }
 
+/// Default for the most results a spool keeps.
+pub const DEFAULT_MAX_RESULTS: usize = 10_000;
+
 impl Spool {
-    /// Opens (creating if needed) the spool in `dir`.
-    pub fn open(dir: impl Into<PathBuf>) -> std::io::Result<Spool> {
+    /// Opens (creating if needed) the spool in `dir`, keeping at most `max_results`.
+    pub fn open(dir: impl Into<PathBuf>, max_results: usize) -> std::io::Result<Spool> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
-        Ok(Spool { dir })
+        Ok(Spool {
+            dir,
+            max_results: max_results.max(1),
+        })
+    }
+
+    /// How many results wait in the spool.
+    pub fn len(&self) -> std::io::Result<usize> {
+        let mut n = 0;
+        for entry in std::fs::read_dir(&self.dir)? {
+            if entry?.path().extension().and_then(|e| e.to_str()) == Some("json") {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Whether no result waits.
+    pub fn is_empty(&self) -> std::io::Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Whether a new result would be refused.
+    pub fn is_full(&self) -> std::io::Result<bool> {
+        Ok(self.len()? >= self.max_results)
     }
 
     fn path_of(&self, id: Uuid) -> PathBuf {
         self.dir.join(format!("{id}.json"))
     }
 
-    /// Durably stores a result; returns once it is on disk.
+    /// Durably stores a result; returns once it is on disk. A full spool refuses a new
+    /// result (`StorageFull`) and keeps the ones it has.
     pub fn put(&self, result: &ResultSubmission) -> std::io::Result<()> {
+        if !self.path_of(result.assignment_id).exists() && self.is_full()? {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "spool full: {} results wait for the controller in {}",
+                    self.max_results,
+                    self.dir.display()
+                ),
+            ));
+        }
         let json = serde_json::to_vec(result).map_err(std::io::Error::other)?;
         let tmp = self.dir.join(format!(".{}.tmp", result.assignment_id));
         let mut file = std::fs::File::create(&tmp)?;
@@ -105,11 +150,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (result(), result());
         {
-            let spool = Spool::open(dir.path()).unwrap();
+            let spool = Spool::open(dir.path(), 10).unwrap();
             spool.put(&a).unwrap();
             spool.put(&b).unwrap();
         }
-        let spool = Spool::open(dir.path()).unwrap();
+        let spool = Spool::open(dir.path(), 10).unwrap();
         let mut ids: Vec<Uuid> = spool
             .pending()
             .unwrap()
@@ -123,5 +168,34 @@ mod tests {
         spool.remove(a.assignment_id).unwrap();
         spool.remove(a.assignment_id).unwrap();
         assert_eq!(spool.pending().unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn a_full_spool_keeps_the_oldest_results_and_refuses_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 2).unwrap();
+        let (a, b, c) = (result(), result(), result());
+        spool.put(&a).unwrap();
+        spool.put(&b).unwrap();
+        assert!(spool.is_full().unwrap());
+        let err = spool.put(&c).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::StorageFull);
+        assert!(err.to_string().contains("spool full: 2 results"), "{err}");
+        // Re-spooling a result already kept is not a new result.
+        spool.put(&a).unwrap();
+        let mut kept: Vec<Uuid> = spool
+            .pending()
+            .unwrap()
+            .iter()
+            .map(|r| r.assignment_id)
+            .collect();
+        kept.sort();
+        let mut want = vec![a.assignment_id, b.assignment_id];
+        want.sort();
+        assert_eq!(kept, want);
+        // Once one is acknowledged there is room again.
+        spool.remove(a.assignment_id).unwrap();
+        spool.put(&c).unwrap();
+        assert_eq!(spool.len().unwrap(), 2);
     }
 }

@@ -186,3 +186,41 @@ fn a_ca_file_without_certificates_is_refused_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no usable certificate"));
 }
+
+#[test]
+fn volunteer_limits_that_make_no_sense_are_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = |extra: &[&str]| {
+        let mut cmd = agent();
+        cmd.args([
+            "run",
+            "--controller",
+            "http://127.0.0.1:9",
+            "--connection-class",
+            "dsl",
+            "--state-dir",
+        ])
+        .arg(dir.path())
+        .args(extra);
+        cmd.output().unwrap()
+    };
+    let out = base(&["--idle-only-hours", "9-5"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("like 09:00-18:00"), "{err}");
+
+    let out = base(&["--idle-only-hours", "09:00-17:00", "--idle-max-load=0"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("idle max load must be a positive number"),
+        "{err}"
+    );
+
+    let config = dir.path().join("agent.toml");
+    std::fs::write(&config, "idle_only_hours = \"late\"\n").unwrap();
+    let out = base(&["--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("config idle_only_hours"), "{err}");
+}

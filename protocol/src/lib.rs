@@ -337,6 +337,11 @@ pub struct Heartbeat {
     pub declared_class: ConnectionClass,
     pub version: String,
     pub limits: AgentLimits,
+    /// Why the agent takes no work now (daily byte limit reached, machine busy during
+    /// idle-only hours, spool full); absent when it takes work. A paused agent is not
+    /// planned into new runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 /// Where the controller places the agent, from the address it connected from.

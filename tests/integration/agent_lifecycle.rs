@@ -5,6 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use lastmile_agent::limits::VolunteerLimits;
 use lastmile_agent::measure::EngineConfig;
 use lastmile_agent::runner::{AgentSettings, Credentials};
 use lastmile_agent::spool::Spool;
@@ -17,7 +18,10 @@ use tokio::sync::watch;
 use crate::per_backend;
 use crate::support::{TestApp, TestDb};
 
-per_backend!(agent_restart_reuses_its_credentials_and_delivers_its_spool);
+per_backend!(
+    agent_restart_reuses_its_credentials_and_delivers_its_spool,
+    an_agent_past_its_daily_bytes_pauses_and_is_left_out_of_new_runs,
+);
 
 fn settings(app: &TestApp, key: Option<String>, state_dir: &Path) -> AgentSettings {
     AgentSettings {
@@ -37,6 +41,8 @@ fn settings(app: &TestApp, key: Option<String>, state_dir: &Path) -> AgentSettin
         // class must stand.
         calibration_url: None,
         calibration_bytes_per_day: 0,
+        volunteer: VolunteerLimits::default(),
+        spool_max_results: 100,
     }
 }
 
@@ -127,7 +133,7 @@ async fn agent_restart_reuses_its_credentials_and_delivers_its_spool(db: TestDb)
         .unwrap()
         .parse()
         .unwrap();
-    let spool = Spool::open(state.path().join("spool")).unwrap();
+    let spool = Spool::open(state.path().join("spool"), 100).unwrap();
     spool
         .put(&ResultSubmission {
             assignment_id,
@@ -188,4 +194,66 @@ async fn agent_restart_reuses_its_credentials_and_delivers_its_spool(db: TestDb)
     assert_eq!(row["group"]["country"], "DE");
     assert_eq!(row["group"]["connection_class"], "cable");
     app.controller.stop().await.unwrap();
+}
+
+async fn an_agent_past_its_daily_bytes_pauses_and_is_left_out_of_new_runs(db: TestDb) {
+    let app = TestApp::start_with(&db, |c| {
+        c.scheduler_tick_ms = 3_600_000;
+        c.heartbeat_interval_s = 1;
+    })
+    .await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let owner = app.owner("owner");
+    let key = app.volunteer("volunteer");
+    let state = tempfile::tempdir().unwrap();
+    // One byte a day: the first measurement spends it.
+    let mut limited = settings(&app, Some(key), state.path());
+    limited.volunteer.max_bytes_per_day = Some(1);
+    let (stop, task) = spawn_agent(limited);
+    eventually("the agent is online", || {
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL",
+        ) == 1
+    })
+    .await;
+
+    let site_id = app.verified_site(&owner, &site).await;
+    let (_, check) = app
+        .call(
+            "POST",
+            "/api/v1/checks",
+            Some(&owner),
+            Some(json!({"site_id": site_id, "url": format!("{}/", site.origin()), "selection": {"agents_per_run": 1}})),
+        )
+        .await;
+    let runs = format!("/api/v1/checks/{}/runs", check["id"].as_str().unwrap());
+    let (status, first) = app.call("POST", &runs, Some(&owner), None).await;
+    assert_eq!(status, 201, "{first}");
+    assert_eq!(first["eligible_agents"], 1);
+    eventually("the first run is measured", || {
+        count(&app, "SELECT COUNT(*) AS n FROM results") == 1
+    })
+    .await;
+    // The agent tells the controller why it stops taking work...
+    eventually("the agent reports itself paused", || {
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM agents WHERE paused_reason LIKE 'daily byte limit reached%'",
+        ) == 1
+    })
+    .await;
+    // ...so the next run does not count on it, and nothing more is measured.
+    let (status, second) = app.call("POST", &runs, Some(&owner), None).await;
+    assert_eq!(status, 201, "{second}");
+    assert_eq!(second["eligible_agents"], 0, "{second}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM results"), 1);
+    let usage: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(state.path().join("usage.json")).unwrap()).unwrap();
+    assert!(usage["bytes"].as_u64().unwrap() > 1, "{usage}");
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
 }

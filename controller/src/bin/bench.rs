@@ -166,6 +166,7 @@ fn fixture(
                 declared_class: class,
                 version: "bench".into(),
                 limits: lastmile_protocol::AgentLimits { max_concurrent: 64 },
+                paused: None,
             },
             ip,
             &location,

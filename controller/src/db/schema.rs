@@ -44,6 +44,7 @@ diesel::table! {
         class_mismatch -> Bool,
         calibration_day -> BigInt,
         calibration_bytes -> BigInt,
+        paused_reason -> Nullable<Text>,
     }
 }
 
