@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Everything a fresh machine needs before the test suite runs: system libraries,
+# Everything a fresh machine needs before the test suite runs: system libraries, a
+# headless browser,
 # the public MaxMind test databases, and a running PostgreSQL. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,6 +9,9 @@ need_apt=()
 dpkg -s libpq-dev >/dev/null 2>&1 || need_apt+=(libpq-dev)
 command -v pg_ctlcluster >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
+# The dashboard's browser tests drive Debian's headless Chromium through chromedriver.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   apt-get update -qq

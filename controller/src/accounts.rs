@@ -108,3 +108,16 @@ pub fn validate_name(name: &str) -> Result<String> {
     }
     Ok(name.to_owned())
 }
+
+/// An owner's display name.
+pub fn owner_name(conn: &mut DbConn, id: &str) -> Result<String> {
+    Ok(owners::table.find(id).select(owners::name).first(conn)?)
+}
+
+/// A volunteer's display name.
+pub fn volunteer_name(conn: &mut DbConn, id: &str) -> Result<String> {
+    Ok(volunteers::table
+        .find(id)
+        .select(volunteers::name)
+        .first(conn)?)
+}

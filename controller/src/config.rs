@@ -43,6 +43,8 @@ pub struct ControllerConfig {
     pub max_body_bytes: usize,
     /// Requests per minute an ISP token may make (bursts up to this many).
     pub isp_requests_per_minute: u32,
+    /// Dashboard sign-in attempts per minute, per client address and per email.
+    pub sign_in_attempts_per_minute: u32,
     /// Calibration bytes the controller serves and accepts per agent per UTC day.
     pub calibration_bytes_per_day: u64,
 }
@@ -65,6 +67,7 @@ impl Default for ControllerConfig {
             scheduler_tick_ms: 1000,
             max_body_bytes: 256 * 1024,
             isp_requests_per_minute: 60,
+            sign_in_attempts_per_minute: 10,
             calibration_bytes_per_day: 64 * 1024 * 1024,
         }
     }

@@ -5,6 +5,8 @@
 //! Layout, from the outside in:
 //! - [`api`]: actix-web handlers, thin: extract, authenticate, call one domain function,
 //!   answer. All HTTP error mapping lives in [`api::error`].
+//! - [`web`]: the dashboard's handlers (browser sessions, forms), equally thin, rendering
+//!   `lastmile_dashboard` pages.
 //! - domain modules, one idea each: [`accounts`] (owners, volunteers, tokens),
 //!   [`agents`], [`sites`], [`checks`], [`scheduling`] (runs, leases, expiry),
 //!   [`ingest`] (results and aggregation), [`reports`], [`geo`], [`metrics`].
@@ -26,12 +28,14 @@ pub mod geo;
 pub mod histogram;
 pub mod ingest;
 pub mod isp;
+pub mod logins;
 pub mod metrics;
 pub mod rate_limit;
 pub mod reports;
 pub mod scheduling;
 pub mod server;
 pub mod sites;
+pub mod web;
 
 pub use config::ControllerConfig;
 pub use error::Error;

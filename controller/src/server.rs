@@ -36,6 +36,8 @@ pub struct AppState {
     pub policy: SchedulingPolicy,
     /// Request quotas of ISP tokens.
     pub isp_quota: Arc<RateLimiter>,
+    /// Dashboard sign-in attempts (guessing passwords is slow on purpose).
+    pub sign_in_quota: Arc<RateLimiter>,
     /// Delivers ASN ownership codes.
     pub mailer: Arc<dyn Mailer>,
 }
@@ -57,6 +59,7 @@ impl AppState {
             geo: Arc::new(geo),
             policy: SchedulingPolicy::from_config(&config),
             isp_quota: Arc::new(RateLimiter::new(config.isp_requests_per_minute)),
+            sign_in_quota: Arc::new(RateLimiter::new(config.sign_in_attempts_per_minute)),
             mailer: Arc::new(LogMailer),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
@@ -91,6 +94,7 @@ pub async fn run(
                     res
                 })
             })
+            .configure(crate::web::configure)
             .configure(|cfg| api::configure(cfg, max_body))
     })
     .disable_signals()

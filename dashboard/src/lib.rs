@@ -1,1 +1,21 @@
-//! Lastmile dashboard: server-rendered pages the controller mounts. Empty until the dashboard issue lands.
+//! Lastmile dashboard: the pages site owners and volunteers work in, rendered on the
+//! server with `maud` (templates checked by the compiler, HTML-escaped by default) and
+//! one embedded stylesheet. Nothing is loaded from the internet and every page works
+//! without JavaScript.
+//!
+//! **Architecture Invariant:** this crate only renders. It takes plain view structs and
+//! returns markup; it has no database, no HTTP and no rules. The controller's `web`
+//! module authenticates, calls the same domain functions as the JSON API, and hands the
+//! results here.
+
+pub mod auth;
+pub mod layout;
+pub mod sites;
+
+pub use layout::{Nav, Role};
+
+/// The stylesheet served at [`STYLESHEET_PATH`], compiled into the binary.
+pub const STYLESHEET: &str = include_str!("style.css");
+
+/// Where the controller serves [`STYLESHEET`].
+pub const STYLESHEET_PATH: &str = "/app/static/style.css";

@@ -58,6 +58,21 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// `sqlite` or `postgres`, for naming artefacts.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
+/// The `n` column of a `SELECT COUNT(*) AS n ...` on the app's database.
+pub fn count(app: &TestApp, sql: &str) -> i64 {
+    lastmile_controller::db::count_sql(&mut app.db().conn().unwrap(), sql).unwrap()
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some(name) = &self.pg_name {

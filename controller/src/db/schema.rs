@@ -203,7 +203,32 @@ diesel::joinable!(assignments -> runs (run_id));
 diesel::joinable!(checks -> sites (site_id));
 diesel::joinable!(results -> assignments (assignment_id));
 
+diesel::table! {
+    logins (id) {
+        id -> Text,
+        email -> Text,
+        password_hash -> Text,
+        owner_id -> Nullable<Text>,
+        volunteer_id -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    sessions (token_hash) {
+        token_hash -> Text,
+        login_id -> Text,
+        csrf_token -> Text,
+        created_at -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
+diesel::joinable!(sessions -> logins (login_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
+    logins,
+    sessions,
     owners,
     volunteers,
     agents,

@@ -1,0 +1,216 @@
+//! Sign-up, sign-in, sign-out and the landing redirect.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use lastmile_dashboard::auth::{self as pages, SignInForm, SignUpForm};
+use serde::Deserialize;
+
+use super::session::{self, SignedIn};
+use super::{html, see_other};
+use crate::error::Error;
+use crate::logins::{self, Role};
+use crate::server::AppState;
+
+/// `/app`: where a signed-in user starts.
+pub async fn home(user: Option<SignedIn>) -> HttpResponse {
+    match user.map(|u| u.0.login.role()) {
+        Some(Role::Owner) => see_other("/app/sites"),
+        Some(Role::Volunteer) => see_other("/app/agents"),
+        None => see_other("/app/sign-in"),
+    }
+}
+
+pub async fn sign_in_form(req: HttpRequest) -> HttpResponse {
+    let (csrf, cookie) = session::pre_session_csrf(&req);
+    let mut res = html(
+        StatusCode::OK,
+        pages::sign_in(&SignInForm {
+            csrf: &csrf,
+            ..SignInForm::default()
+        }),
+    );
+    if let Some(c) = cookie {
+        let _ = res.add_cookie(&c);
+    }
+    res
+}
+
+#[derive(Deserialize)]
+pub struct SignInFields {
+    email: String,
+    password: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn sign_in(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<SignInFields>,
+) -> HttpResponse {
+    let form = form.into_inner();
+    let again = |status, error: &str| {
+        let (csrf, _) = session::pre_session_csrf(&req);
+        html(
+            status,
+            pages::sign_in(&SignInForm {
+                email: &form.email,
+                error: Some(error),
+                csrf: &csrf,
+            }),
+        )
+    };
+    if !session::pre_session_csrf_ok(&req, &form.csrf) {
+        return again(
+            StatusCode::FORBIDDEN,
+            "This form expired or came from another site. Please sign in again.",
+        );
+    }
+    // Two buckets: one per client address, one per email, so neither a botnet against
+    // one account nor one address against many accounts gets far.
+    let peer = req
+        .peer_addr()
+        .map_or_else(|| "unknown".to_owned(), |a| a.ip().to_string());
+    let by_address = state.sign_in_quota.check(&format!("ip:{peer}"));
+    let by_email = state
+        .sign_in_quota
+        .check(&format!("email:{}", form.email.trim().to_lowercase()));
+    if !by_address.allowed || !by_email.allowed {
+        let wait = by_address.reset_s.max(by_email.reset_s);
+        let mut res = again(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("Too many sign-in attempts. Try again in {wait} seconds."),
+        );
+        if let Ok(v) = actix_web::http::header::HeaderValue::from_str(&wait.to_string()) {
+            res.headers_mut()
+                .insert(actix_web::http::header::RETRY_AFTER, v);
+        }
+        return res;
+    }
+    let (email, password) = (form.email.clone(), form.password.clone());
+    let signed_in = state
+        .db
+        .run(move |c| {
+            let login = logins::authenticate(c, &email, &password)?;
+            logins::start_session(c, &login.id)
+        })
+        .await;
+    match signed_in {
+        Ok(token) => {
+            let mut res = see_other("/app");
+            let _ = res.add_cookie(&session::session_cookie(&req, &token));
+            res
+        }
+        Err(Error::Unauthorized(m)) => again(StatusCode::UNAUTHORIZED, &capitalize(&m)),
+        Err(e) => again(e.status_code(), &e.to_string()),
+    }
+}
+
+pub async fn sign_up_form(req: HttpRequest) -> HttpResponse {
+    let (csrf, cookie) = session::pre_session_csrf(&req);
+    let mut res = html(
+        StatusCode::OK,
+        pages::sign_up(&SignUpForm {
+            csrf: &csrf,
+            role: "owner",
+            ..SignUpForm::default()
+        }),
+    );
+    if let Some(c) = cookie {
+        let _ = res.add_cookie(&c);
+    }
+    res
+}
+
+#[derive(Deserialize)]
+pub struct SignUpFields {
+    #[serde(default)]
+    role: String,
+    name: String,
+    email: String,
+    password: String,
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn sign_up(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    form: web::Form<SignUpFields>,
+) -> HttpResponse {
+    let form = form.into_inner();
+    let again = |status, error: &str| {
+        let (csrf, _) = session::pre_session_csrf(&req);
+        html(
+            status,
+            pages::sign_up(&SignUpForm {
+                name: &form.name,
+                email: &form.email,
+                role: &form.role,
+                error: Some(error),
+                csrf: &csrf,
+            }),
+        )
+    };
+    if !session::pre_session_csrf_ok(&req, &form.csrf) {
+        return again(
+            StatusCode::FORBIDDEN,
+            "This form expired or came from another site. Please submit it again.",
+        );
+    }
+    let role: Role = match form.role.parse() {
+        Ok(r) => r,
+        Err(e) => return again(e.status_code(), &e.to_string()),
+    };
+    let (name, email, password) = (form.name.clone(), form.email.clone(), form.password.clone());
+    let created = state
+        .db
+        .run(move |c| {
+            let login = logins::sign_up(c, role, &name, &email, &password)?;
+            logins::start_session(c, &login.id)
+        })
+        .await;
+    match created {
+        Ok(token) => {
+            let mut res = see_other("/app");
+            let _ = res.add_cookie(&session::session_cookie(&req, &token));
+            res
+        }
+        Err(e) => again(e.status_code(), &capitalize(&e.to_string())),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn sign_out(
+    req: HttpRequest,
+    user: SignedIn,
+    state: web::Data<AppState>,
+    form: web::Form<CsrfOnly>,
+) -> HttpResponse {
+    if !user.csrf_ok(&form.csrf) {
+        return super::sites::forbidden_form(&user);
+    }
+    if let Some(token) = req
+        .cookie(session::SESSION_COOKIE)
+        .map(|c| c.value().to_owned())
+    {
+        if let Err(e) = state.db.run(move |c| logins::end_session(c, &token)).await {
+            tracing::warn!(error = %e, "could not end session");
+        }
+    }
+    let mut res = see_other("/app/sign-in");
+    let _ = res.add_cookie(&session::cleared_session_cookie());
+    res
+}
+
+fn capitalize(s: &str) -> String {
+    let mut chars = s.chars();
+    chars.next().map_or_else(String::new, |f| {
+        f.to_uppercase().collect::<String>() + chars.as_str()
+    })
+}

@@ -1,0 +1,55 @@
+//! The dashboard over HTTP: thin handlers that authenticate a browser session, call the
+//! same domain functions as the JSON API, and render `lastmile_dashboard` pages.
+//!
+//! Forms post `application/x-www-form-urlencoded`; every state-changing form carries a
+//! CSRF token (the session's, or before sign-in a double-submit cookie), and answers
+//! with a redirect (post/redirect/get) so a reload never submits twice.
+
+mod auth;
+mod session;
+mod sites;
+
+use actix_web::{web, HttpResponse};
+
+pub use session::SESSION_COOKIE;
+
+/// Mounts the dashboard under `/app`.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/app")
+            .route("", web::get().to(auth::home))
+            .route("/", web::get().to(auth::home))
+            .route("/static/style.css", web::get().to(stylesheet))
+            .route("/sign-in", web::get().to(auth::sign_in_form))
+            .route("/sign-in", web::post().to(auth::sign_in))
+            .route("/sign-up", web::get().to(auth::sign_up_form))
+            .route("/sign-up", web::post().to(auth::sign_up))
+            .route("/sign-out", web::post().to(auth::sign_out))
+            .route("/sites", web::get().to(sites::list))
+            .route("/sites", web::post().to(sites::create))
+            .route("/sites/{id}", web::get().to(sites::detail))
+            .route("/sites/{id}/verify", web::post().to(sites::verify))
+            .route("/agents", web::get().to(sites::agents)),
+    );
+}
+
+async fn stylesheet() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/css; charset=utf-8")
+        .insert_header(("Cache-Control", "public, max-age=3600"))
+        .body(lastmile_dashboard::STYLESHEET)
+}
+
+/// An HTML page answer.
+fn html(status: actix_web::http::StatusCode, markup: maud::Markup) -> HttpResponse {
+    HttpResponse::build(status)
+        .content_type("text/html; charset=utf-8")
+        .body(markup.into_string())
+}
+
+/// A 303 to `location` (after a form post).
+fn see_other(location: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((actix_web::http::header::LOCATION, location.to_owned()))
+        .finish()
+}

@@ -1,0 +1,101 @@
+//! A site owner's sites: the list, adding one, and proving ownership.
+
+use maud::{html, Markup};
+
+use crate::layout::{csrf_field, error_box, page, Nav};
+
+/// One site as the pages show it.
+#[derive(Debug, Clone)]
+pub struct SiteItem {
+    pub id: String,
+    pub origin: String,
+    pub verified: bool,
+    pub verification_token: String,
+}
+
+pub fn list(nav: &Nav, sites: &[SiteItem], error: Option<&str>, origin: &str) -> Markup {
+    page(
+        "Sites",
+        Some(nav),
+        html! {
+            h1 { "Your sites" }
+            @if sites.is_empty() {
+                p.empty { "No sites yet. Add the origin of a website you run to start measuring it." }
+            } @else {
+                table {
+                    thead { tr { th scope="col" { "Site" } th scope="col" { "Ownership" } } }
+                    tbody {
+                        @for s in sites {
+                            tr {
+                                td { a href={ "/app/sites/" (s.id) } { (s.origin) } }
+                                td { (status(s.verified)) }
+                            }
+                        }
+                    }
+                }
+            }
+            section.card {
+                h2 { "Add a site" }
+                (error_box(error))
+                form method="post" action="/app/sites" {
+                    (csrf_field(&nav.csrf))
+                    label for="origin" { "Origin " small { "(scheme, host and port, e.g. https://shop.example)" } }
+                    input #origin type="url" name="origin" required placeholder="https://shop.example" value=(origin);
+                    button type="submit" { "Add site" }
+                }
+            }
+        },
+    )
+}
+
+/// A site's page; `error` says why the last verification failed.
+pub fn detail(nav: &Nav, site: &SiteItem, error: Option<&str>) -> Markup {
+    let well_known = format!(
+        "{}/.well-known/lastmile/{}",
+        site.origin, site.verification_token
+    );
+    page(
+        &site.origin,
+        Some(nav),
+        html! {
+            p.crumbs { a href="/app/sites" { "Sites" } " / " (site.origin) }
+            h1 { (site.origin) " " (status(site.verified)) }
+            (error_box(error))
+            @if !site.verified {
+                section.card {
+                    h2 { "Prove you run this site" }
+                    p { "Serve this file, with the token as its content, then press Verify:" }
+                    pre { code { (well_known) } }
+                    p { "Content: " code { (site.verification_token) } }
+                    form method="post" action={ "/app/sites/" (site.id) "/verify" } {
+                        (csrf_field(&nav.csrf))
+                        button type="submit" { "Verify" }
+                    }
+                }
+            } @else {
+                p { "Ownership is proven. Checks can now measure pages on this site." }
+            }
+        },
+    )
+}
+
+fn status(verified: bool) -> Markup {
+    html! {
+        @if verified { span.badge.ok { "verified" } } @else { span.badge.warn { "not verified" } }
+    }
+}
+
+/// The error page for a signed-in user (not found, forbidden...).
+pub fn problem(nav: Option<&Nav>, title: &str, message: &str) -> Markup {
+    page(
+        title,
+        nav,
+        html! {
+            section.card.narrow {
+                h1 { (title) }
+                (error_box(Some(message)))
+                p { a href="/app" { "Back to the dashboard" } }
+            }
+        },
+    )
+}

@@ -1,0 +1,241 @@
+//! The dashboard in a real browser (headless Chromium), on both backends: an owner signs
+//! up, adds and verifies a site; accounts cannot see each other's sites; forms without
+//! the CSRF token change nothing.
+
+use lastmile_testbed::site::{SiteConfig, TargetSite};
+
+use crate::browser::Browser;
+use crate::per_backend;
+use crate::support::{TestApp, TestDb};
+
+per_backend!(
+    an_owner_signs_up_adds_a_site_and_verifies_it_in_the_browser,
+    one_owner_cannot_open_another_owners_site,
+    forms_without_the_csrf_token_change_nothing,
+);
+
+async fn sign_up(browser: &Browser, app: &TestApp, role: &str, name: &str, email: &str) {
+    browser.goto(&format!("{}/app/sign-up", app.base)).await;
+    browser
+        .click(&format!("input[name=role][value={role}]"))
+        .await;
+    browser.fill("#name", name).await;
+    browser.fill("#email", email).await;
+    browser.fill("#password", "a long enough password").await;
+    browser.submit("button[type=submit]").await;
+}
+
+async fn an_owner_signs_up_adds_a_site_and_verifies_it_in_the_browser(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let browser = Browser::start(1280, 900).await;
+    let shot = |name: &str| format!("{}-{name}", db.backend_name());
+
+    browser.goto(&format!("{}/app/sign-up", app.base)).await;
+    browser.screenshot(&shot("sign-up")).await;
+    // A short password is refused with the reason, and what was typed stays.
+    browser.fill("#name", "Shop Ltd").await;
+    browser.fill("#email", "ada@shop.example").await;
+    browser.fill("#password", "short").await;
+    // The browser's own minlength check would stop the form; the server must too.
+    browser
+        .client
+        .execute(
+            "document.querySelector('#password').removeAttribute('minlength')",
+            vec![],
+        )
+        .await
+        .unwrap();
+    browser.submit("button[type=submit]").await;
+    let error = browser.text(".error").await;
+    assert!(error.contains("at least 10 characters"), "{error}");
+    assert_eq!(
+        browser
+            .client
+            .find(fantoccini::Locator::Css("#email"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("ada@shop.example")
+    );
+
+    sign_up(&browser, &app, "owner", "Shop Ltd", "ada@shop.example").await;
+    assert_eq!(browser.path().await, "/app/sites");
+    assert!(browser.page_text().await.contains("No sites yet"));
+    browser.screenshot(&shot("sites-empty")).await;
+
+    // A bad origin is explained on the form.
+    browser.fill("#origin", "ftp://shop.example").await;
+    browser.submit("form[action='/app/sites'] button").await;
+    let error = browser.text(".error").await;
+    assert!(error.contains("http"), "{error}");
+
+    browser.fill("#origin", &site.origin()).await;
+    browser.submit("form[action='/app/sites'] button").await;
+    assert!(browser.path().await.starts_with("/app/sites/"));
+    assert!(browser.page_text().await.contains("not verified"));
+    browser.screenshot(&shot("site-unverified")).await;
+
+    // Verifying before the file is served says why it failed.
+    browser.submit("form[action$='/verify'] button").await;
+    let error = browser.text(".error").await;
+    assert!(!error.is_empty());
+    // Serve the token the page shows, then verify.
+    let token = browser.text("section.card p code").await;
+    site.publish_verification_token(&token);
+    browser.submit("form[action$='/verify'] button").await;
+    let text = browser.page_text().await;
+    assert!(
+        text.contains("verified") && !text.contains("not verified"),
+        "{text}"
+    );
+    browser.screenshot(&shot("site-verified")).await;
+
+    // The list shows it verified; signing out and in again brings the owner back.
+    browser.goto(&format!("{}/app/sites", app.base)).await;
+    assert!(browser.page_text().await.contains(&site.origin()));
+    browser.submit("header form button").await;
+    assert_eq!(browser.path().await, "/app/sign-in");
+    browser.fill("#email", "ada@shop.example").await;
+    browser.fill("#password", "not the password").await;
+    browser.submit("button[type=submit]").await;
+    assert!(browser.text(".error").await.contains("wrong"));
+    browser.screenshot(&shot("sign-in-wrong")).await;
+    browser.fill("#password", "a long enough password").await;
+    browser.submit("button[type=submit]").await;
+    assert_eq!(
+        browser.path().await,
+        "/app/sites",
+        "{}",
+        browser.page_text().await
+    );
+
+    // At phone width the page still reads (no horizontal scrolling).
+    browser.client.set_window_size(390, 844).await.unwrap();
+    let overflow = browser
+        .client
+        .execute(
+            "return document.documentElement.scrollWidth > window.innerWidth",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(overflow, serde_json::Value::Bool(false));
+    browser.screenshot(&shot("sites-phone")).await;
+    browser.close().await;
+}
+
+async fn one_owner_cannot_open_another_owners_site(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let browser = Browser::start(1280, 900).await;
+    sign_up(&browser, &app, "owner", "First", "first@shop.example").await;
+    browser.fill("#origin", "https://first.example").await;
+    browser.submit("form[action='/app/sites'] button").await;
+    let first_site = browser.path().await;
+    assert!(first_site.starts_with("/app/sites/"));
+    browser.submit("header form button").await;
+
+    sign_up(&browser, &app, "owner", "Second", "second@shop.example").await;
+    browser.goto(&format!("{}{first_site}", app.base)).await;
+    let text = browser.page_text().await;
+    assert!(text.contains("Not found"), "{text}");
+    assert!(!text.contains("first.example"), "{text}");
+    browser.goto(&format!("{}/app/sites", app.base)).await;
+    assert!(!browser.page_text().await.contains("first.example"));
+    // Verifying it by posting the form from this session is refused the same way.
+    let csrf = browser
+        .client
+        .find(fantoccini::Locator::Css("input[name=csrf]"))
+        .await
+        .unwrap()
+        .prop("value")
+        .await
+        .unwrap()
+        .unwrap();
+    let cookie = browser.client.get_named_cookie("lm_session").await.unwrap();
+    let res = reqwest::Client::new()
+        .post(format!("{}{first_site}/verify", app.base))
+        .header("cookie", format!("lm_session={}", cookie.value()))
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+
+    // A volunteer has no sites at all, and lands on the agents page.
+    browser.submit("header form button").await;
+    sign_up(&browser, &app, "volunteer", "Ada", "ada@volunteer.example").await;
+    assert_eq!(browser.path().await, "/app/agents");
+    browser.goto(&format!("{}/app/sites", app.base)).await;
+    assert!(browser.page_text().await.contains("volunteer account"));
+    browser.close().await;
+}
+
+async fn forms_without_the_csrf_token_change_nothing(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // Sign-up posted from elsewhere (no CSRF cookie): refused, no account.
+    let res = http
+        .post(format!("{}/app/sign-up", app.base))
+        .form(&[
+            ("role", "owner"),
+            ("name", "Mallory"),
+            ("email", "mallory@evil.example"),
+            ("password", "a long enough password"),
+            ("csrf", "0"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        crate::support::count(&app, "SELECT COUNT(*) AS n FROM logins"),
+        0
+    );
+
+    // A signed-in browser (through the real forms), then a cross-site post carrying its
+    // cookie but not its token: refused, nothing added.
+    let browser = Browser::start(1280, 900).await;
+    sign_up(&browser, &app, "owner", "Shop", "shop@shop.example").await;
+    let cookie = browser.client.get_named_cookie("lm_session").await.unwrap();
+    let res = http
+        .post(format!("{}/app/sites", app.base))
+        .header("cookie", format!("lm_session={}", cookie.value()))
+        .form(&[("origin", "https://shop.example"), ("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        crate::support::count(&app, "SELECT COUNT(*) AS n FROM sites"),
+        0
+    );
+    // Without any session, dashboard pages send the browser to sign in.
+    let res = http
+        .get(format!("{}/app/sites", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(res.headers()["location"], "/app/sign-in");
+    // The session cookie is HttpOnly and SameSite.
+    let res = http
+        .get(format!("{}/app/sign-in", app.base))
+        .send()
+        .await
+        .unwrap();
+    let set_cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
+        "{set_cookie}"
+    );
+    browser.close().await;
+}
