@@ -121,3 +121,19 @@ pub fn volunteer_name(conn: &mut DbConn, id: &str) -> Result<String> {
         .select(volunteers::name)
         .first(conn)?)
 }
+
+/// Gives a volunteer a new enrolment key (shown only now); the old one stops enrolling
+/// new agents. Agents already enrolled keep their own tokens.
+pub fn rotate_enrol_key(conn: &mut DbConn, volunteer_id: &str) -> Result<String> {
+    let key = new_secret("lmv_");
+    let changed = diesel::update(volunteers::table.find(volunteer_id))
+        .set(volunteers::enrol_key_hash.eq(hash_secret(&key)))
+        .execute(conn)?;
+    if changed == 0 {
+        return Err(crate::Error::NotFound {
+            what: "volunteer",
+            code: "volunteer_not_found",
+        });
+    }
+    Ok(key)
+}

@@ -173,3 +173,36 @@ pub fn online_since(conn: &mut DbConn, since: Micros) -> Result<Vec<Agent>> {
 fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
+
+/// One of a volunteer's agents with what it has done, for the volunteer's own view.
+#[derive(Debug, Clone)]
+pub struct AgentActivity {
+    pub agent: Agent,
+    /// When its newest result arrived.
+    pub last_result_at: Option<Micros>,
+    /// Results it delivered, ever.
+    pub results: i64,
+}
+
+/// A volunteer's agents, newest first, with their activity.
+pub fn of_volunteer(conn: &mut DbConn, volunteer_id: &str) -> Result<Vec<AgentActivity>> {
+    use crate::db::schema::results;
+    let found: Vec<Agent> = agents::table
+        .filter(agents::volunteer_id.eq(volunteer_id))
+        .order((agents::enrolled_at.desc(), agents::id))
+        .select(Agent::as_select())
+        .load(conn)?;
+    let mut out = Vec::with_capacity(found.len());
+    for agent in found {
+        let (last, n): (Option<i64>, i64) = results::table
+            .filter(results::agent_id.eq(&agent.id))
+            .select((diesel::dsl::max(results::received_at), diesel::dsl::count_star()))
+            .first(conn)?;
+        out.push(AgentActivity {
+            agent,
+            last_result_at: last,
+            results: n,
+        });
+    }
+    Ok(out)
+}

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod layout;
 pub mod sites;
+pub mod volunteers;
 
 pub use layout::{Nav, Role};
 

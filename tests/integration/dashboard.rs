@@ -12,6 +12,7 @@ per_backend!(
     an_owner_signs_up_adds_a_site_and_verifies_it_in_the_browser,
     one_owner_cannot_open_another_owners_site,
     forms_without_the_csrf_token_change_nothing,
+    a_volunteer_gets_an_install_command_and_sees_the_agent_it_enrols,
 );
 
 async fn sign_up(browser: &Browser, app: &TestApp, role: &str, name: &str, email: &str) {
@@ -237,5 +238,39 @@ async fn forms_without_the_csrf_token_change_nothing(db: TestDb) {
         set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Strict"),
         "{set_cookie}"
     );
+    browser.close().await;
+}
+
+async fn a_volunteer_gets_an_install_command_and_sees_the_agent_it_enrols(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let browser = Browser::start(1280, 900).await;
+    let shot = |name: &str| format!("{}-{name}", db.backend_name());
+    sign_up(&browser, &app, "volunteer", "Ada", "ada@volunteer.example").await;
+    assert_eq!(browser.path().await, "/app/agents");
+    assert!(browser.page_text().await.contains("No agents yet"));
+
+    browser.submit("form[action='/app/agents/enrol-key'] button").await;
+    let command = browser.text("pre code").await;
+    assert!(command.starts_with("lastmile-agent run --controller http://127.0.0.1:"), "{command}");
+    let key = command
+        .split_whitespace()
+        .skip_while(|w| *w != "--enrol-key")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    browser.screenshot(&shot("agents-install")).await;
+
+    // The key works: an agent enrols with it from a German address and heartbeats.
+    app.agent(std::net::Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1)
+        .await;
+    browser.goto(&format!("{}/app/agents", app.base)).await;
+    let row = browser.text("tbody tr").await;
+    assert!(row.contains("online"), "{row}");
+    assert!(row.contains("DE") && row.contains("AS64501"), "{row}");
+    assert!(row.contains("dsl declared"), "{row}");
+    assert!(row.contains("never"), "{row}");
+    browser.screenshot(&shot("agents-online")).await;
+    // The key is not shown again on a later visit.
+    assert!(!browser.page_text().await.contains(&key));
     browser.close().await;
 }

@@ -8,6 +8,7 @@
 mod auth;
 mod session;
 mod sites;
+mod volunteers;
 
 use actix_web::{web, HttpResponse};
 
@@ -29,7 +30,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/sites", web::post().to(sites::create))
             .route("/sites/{id}", web::get().to(sites::detail))
             .route("/sites/{id}/verify", web::post().to(sites::verify))
-            .route("/agents", web::get().to(sites::agents)),
+            .route("/agents", web::get().to(volunteers::list))
+            .route("/agents/enrol-key", web::post().to(volunteers::new_enrol_key)),
     );
 }
 

@@ -171,15 +171,3 @@ pub async fn verify(
         }
     }
 }
-
-/// A volunteer's agents (the full page comes with the volunteer dashboard).
-pub async fn agents(user: SignedIn) -> HttpResponse {
-    html(
-        StatusCode::OK,
-        pages::problem(
-            Some(&user.nav()),
-            "Agents",
-            "Your agents will be listed here.",
-        ),
-    )
-}
