@@ -196,7 +196,10 @@ pub fn of_volunteer(conn: &mut DbConn, volunteer_id: &str) -> Result<Vec<AgentAc
     for agent in found {
         let (last, n): (Option<i64>, i64) = results::table
             .filter(results::agent_id.eq(&agent.id))
-            .select((diesel::dsl::max(results::received_at), diesel::dsl::count_star()))
+            .select((
+                diesel::dsl::max(results::received_at),
+                diesel::dsl::count_star(),
+            ))
             .first(conn)?;
         out.push(AgentActivity {
             agent,

@@ -49,6 +49,9 @@ pub struct DemoOptions {
     pub runs: u32,
     /// Print progress and the report to stdout.
     pub verbose: bool,
+    /// After the report, keep the controller and agents running (until Ctrl-C) and
+    /// print the dashboard's address with demo sign-ins.
+    pub serve: bool,
 }
 
 impl Default for DemoOptions {
@@ -58,6 +61,7 @@ impl Default for DemoOptions {
             database_url: None,
             runs: 5,
             verbose: true,
+            serve: false,
         }
     }
 }
@@ -197,14 +201,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
 
     // Accounts, as an operator would make them with `owner create` / `volunteer create`.
     let db = controller.state.db.clone();
-    let (owner_token, enrol_keys) = db
+    let (owner_id, owner_token, volunteer_ids, enrol_keys) = db
         .run(|c| {
-            let (_, token) = accounts::create_owner(c, "Demo Shop Ltd")?;
-            let mut keys = Vec::new();
+            let (owner, token) = accounts::create_owner(c, "Demo Shop Ltd")?;
+            let (mut ids, mut keys) = (Vec::new(), Vec::new());
             for (country, ..) in PLACES {
-                keys.push(accounts::create_volunteer(c, &format!("Volunteers of {country}"))?.1);
+                let (v, key) = accounts::create_volunteer(c, &format!("Volunteers of {country}"))?;
+                ids.push(v.id);
+                keys.push(key);
             }
-            Ok::<_, crate::Error>((token, keys))
+            Ok::<_, crate::Error>((owner.id, token, ids, keys))
         })
         .await?;
 
@@ -346,15 +352,20 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     }
     .await;
 
-    let _ = stop_agents.send(true);
-    while let Some(done) = agent_tasks.join_next().await {
-        if let Ok(Err(e)) = done {
-            tracing::warn!(error = %e, "demo agent ended with an error");
+    let (report, by_class, runs, isp_report, calibration) = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = stop_agents.send(true);
+            while let Some(done) = agent_tasks.join_next().await {
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(error = %e, "demo agent ended with an error");
+                }
+            }
+            drop(links);
+            let _ = controller.stop().await;
+            return Err(e);
         }
-    }
-    drop(links);
-    controller.stop().await?;
-    let (report, by_class, runs, isp_report, calibration) = outcome?;
+    };
 
     let physics_hold = physics_hold(&by_class);
     say!(
@@ -393,6 +404,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             out.join("isp_report.json").display()
         );
     }
+    if opts.serve {
+        serve_dashboard(&controller, &owner_id, &volunteer_ids[0]).await?;
+    }
+    let _ = stop_agents.send(true);
+    while let Some(done) = agent_tasks.join_next().await {
+        if let Ok(Err(e)) = done {
+            tracing::warn!(error = %e, "demo agent ended with an error");
+        }
+    }
+    drop(links);
+    controller.stop().await?;
     say!(
         opts,
         "Demo finished in {:.1} s",
@@ -406,6 +428,50 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         isp_report,
         calibration,
     })
+}
+
+/// Demo sign-ins for the dashboard: (email, password).
+pub const DEMO_OWNER_LOGIN: (&str, &str) = ("owner@demo.lastmile.test", "demo-owner-password");
+pub const DEMO_VOLUNTEER_LOGIN: (&str, &str) =
+    ("volunteer@demo.lastmile.test", "demo-volunteer-password");
+
+/// Gives the demo owner and a demo volunteer dashboard logins, prints where to sign in,
+/// and keeps everything running until Ctrl-C.
+async fn serve_dashboard(
+    controller: &Controller,
+    owner_id: &str,
+    volunteer_id: &str,
+) -> anyhow::Result<()> {
+    let (owner_id, volunteer_id) = (owner_id.to_owned(), volunteer_id.to_owned());
+    controller
+        .state
+        .db
+        .run(move |c| {
+            crate::logins::add_login(
+                c,
+                crate::logins::Account::Owner(&owner_id),
+                DEMO_OWNER_LOGIN.0,
+                DEMO_OWNER_LOGIN.1,
+            )?;
+            crate::logins::add_login(
+                c,
+                crate::logins::Account::Volunteer(&volunteer_id),
+                DEMO_VOLUNTEER_LOGIN.0,
+                DEMO_VOLUNTEER_LOGIN.1,
+            )
+        })
+        .await?;
+    println!(
+        "\nDashboard: {}/app  (agents keep measuring; Ctrl-C to stop)\n  site owner  {} / {}\n  volunteer   {} / {}",
+        controller.url(),
+        DEMO_OWNER_LOGIN.0,
+        DEMO_OWNER_LOGIN.1,
+        DEMO_VOLUNTEER_LOGIN.0,
+        DEMO_VOLUNTEER_LOGIN.1
+    );
+    tokio::signal::ctrl_c().await?;
+    println!("Stopping.");
+    Ok(())
 }
 
 fn rate(bps: u64) -> String {

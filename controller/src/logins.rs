@@ -145,6 +145,47 @@ pub fn sign_up(
     })
 }
 
+/// An existing account a login can open.
+#[derive(Debug, Clone, Copy)]
+pub enum Account<'a> {
+    Owner(&'a str),
+    Volunteer(&'a str),
+}
+
+/// Adds a login to an account made elsewhere (by an operator, or the demo).
+pub fn add_login(
+    conn: &mut DbConn,
+    account: Account,
+    email: &str,
+    password: &str,
+) -> Result<Login> {
+    let email = normalize_email(email)?;
+    let password_hash = hash_password(password)?;
+    let (owner_id, volunteer_id) = match account {
+        Account::Owner(id) => (Some(id.to_owned()), None),
+        Account::Volunteer(id) => (None, Some(id.to_owned())),
+    };
+    let login = Login {
+        id: Uuid::new_v4().to_string(),
+        email,
+        password_hash,
+        owner_id,
+        volunteer_id,
+        created_at: now_us(),
+    };
+    diesel::insert_into(logins::table)
+        .values(&login)
+        .execute(conn)
+        .map_err(|e| match e {
+            diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            ) => Error::conflict("email_taken", "an account with this email already exists"),
+            other => other.into(),
+        })?;
+    Ok(login)
+}
+
 /// The login with this email and password. Unknown email and wrong password give the
 /// same answer, after the same work, so neither can be told from the other.
 pub fn authenticate(conn: &mut DbConn, email: &str, password: &str) -> Result<Login> {

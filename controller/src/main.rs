@@ -72,6 +72,9 @@ enum Command {
         /// How many runs of the demo check to make.
         #[arg(long, default_value_t = 5)]
         runs: u32,
+        /// Then keep running (until Ctrl-C) and print the dashboard's address and demo sign-ins.
+        #[arg(long)]
+        serve: bool,
     },
 }
 
@@ -208,13 +211,14 @@ fn main() -> anyhow::Result<()> {
             }
             serve(config)
         }
-        Command::Demo { out, runs } => {
+        Command::Demo { out, runs, serve } => {
             let runtime = tokio::runtime::Runtime::new()?;
             let outcome = runtime.block_on(demo::run(DemoOptions {
                 out,
                 database_url: config.database_url.clone(),
                 runs,
                 verbose: true,
+                serve,
             }))?;
             anyhow::ensure!(
                 outcome.physics_hold,

@@ -249,9 +249,14 @@ async fn a_volunteer_gets_an_install_command_and_sees_the_agent_it_enrols(db: Te
     assert_eq!(browser.path().await, "/app/agents");
     assert!(browser.page_text().await.contains("No agents yet"));
 
-    browser.submit("form[action='/app/agents/enrol-key'] button").await;
+    browser
+        .submit("form[action='/app/agents/enrol-key'] button")
+        .await;
     let command = browser.text("pre code").await;
-    assert!(command.starts_with("lastmile-agent run --controller http://127.0.0.1:"), "{command}");
+    assert!(
+        command.starts_with("lastmile-agent run --controller http://127.0.0.1:"),
+        "{command}"
+    );
     let key = command
         .split_whitespace()
         .skip_while(|w| *w != "--enrol-key")

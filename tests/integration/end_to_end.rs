@@ -15,6 +15,7 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         database_url: Some(db.url.clone()),
         runs: 2,
         verbose: false,
+        serve: false,
     })
     .await
     .unwrap();

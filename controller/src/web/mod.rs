@@ -31,7 +31,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/sites/{id}", web::get().to(sites::detail))
             .route("/sites/{id}/verify", web::post().to(sites::verify))
             .route("/agents", web::get().to(volunteers::list))
-            .route("/agents/enrol-key", web::post().to(volunteers::new_enrol_key)),
+            .route(
+                "/agents/enrol-key",
+                web::post().to(volunteers::new_enrol_key),
+            ),
     );
 }
 

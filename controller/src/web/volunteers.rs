@@ -8,10 +8,10 @@ use serde::Deserialize;
 
 use super::html;
 use super::session::SignedIn;
+use crate::accounts;
 use crate::agents::{self, AgentActivity};
 use crate::clock::now_us;
 use crate::server::AppState;
-use crate::accounts;
 
 fn not_a_volunteer(user: &SignedIn) -> HttpResponse {
     html(
