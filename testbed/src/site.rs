@@ -24,6 +24,18 @@ pub struct SiteConfig {
     pub think_time: Duration,
     /// Serve HTTPS with this configuration instead of plain HTTP.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Send the home page with `Transfer-Encoding: chunked`, as a streaming
+    /// application server does, instead of with a `Content-Length`.
+    pub chunked: Option<Chunked>,
+}
+
+/// How a chunked home page is sent.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunked {
+    /// Bytes per chunk.
+    pub chunk_bytes: usize,
+    /// Pause between chunks (the server rendering the next part).
+    pub gap: Duration,
 }
 
 impl Default for SiteConfig {
@@ -32,6 +44,7 @@ impl Default for SiteConfig {
             page_bytes: 8 * 1024,
             think_time: Duration::from_millis(5),
             tls: None,
+            chunked: None,
         }
     }
 }
@@ -109,6 +122,7 @@ async fn serve(
     let mut connections = tokio::task::JoinSet::new();
     let acceptor = config.tls.map(tokio_rustls::TlsAcceptor::from);
     let think = config.think_time;
+    let chunked = config.chunked;
     loop {
         let Ok((socket, _)) = listener.accept().await else {
             continue;
@@ -120,11 +134,11 @@ async fn serve(
             match acceptor {
                 Some(acceptor) => {
                     if let Ok(tls) = acceptor.accept(socket).await {
-                        let _ = answer(tls, &tokens, &page, think).await;
+                        let _ = answer(tls, &tokens, &page, think, chunked).await;
                     }
                 }
                 None => {
-                    let _ = answer(socket, &tokens, &page, think).await;
+                    let _ = answer(socket, &tokens, &page, think, chunked).await;
                 }
             }
         });
@@ -136,6 +150,7 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     tokens: &Mutex<HashSet<String>>,
     page: &[u8],
     think: Duration,
+    chunked: Option<Chunked>,
 ) -> std::io::Result<()> {
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
@@ -163,6 +178,25 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     } else {
         ("404 Not Found", b"not found".to_vec(), "text/plain")
     };
+    if let (Some(c), "/") = (chunked, path.as_str()) {
+        let header = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        socket.write_all(header.as_bytes()).await?;
+        for (i, part) in body.chunks(c.chunk_bytes.max(1)).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(c.gap).await;
+            }
+            socket
+                .write_all(format!("{:x}\r\n", part.len()).as_bytes())
+                .await?;
+            socket.write_all(part).await?;
+            socket.write_all(b"\r\n").await?;
+            socket.flush().await?;
+        }
+        socket.write_all(b"0\r\n\r\n").await?;
+        return socket.shutdown().await;
+    }
     let header = format!(
         "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
         body.len()

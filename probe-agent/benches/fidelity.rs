@@ -1,0 +1,293 @@
+//! Fidelity benchmark: `lastmile-agent measure --json` against `curl -w`, alternately,
+//! on local targets (plain HTTP and HTTPS with a private CA, server think time, chunked
+//! bodies, and user-space emulated links), printing per phase the median of each and
+//! the difference. Target: ttfb and total within 2 % or 300 µs of curl.
+//!
+//! Run: `cargo bench -p lastmile-agent --bench fidelity` (`FIDELITY_RUNS=N`, default 21).
+//! Both tools run as separate processes and report their own phase timings, so process
+//! start-up is in neither figure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use lastmile_protocol::ConnectionClass;
+use lastmile_testbed::link::{Link, LinkProfile};
+use lastmile_testbed::site::{Chunked, SiteConfig, TargetSite};
+use lastmile_testbed::tls::TestCa;
+
+/// Phase timings in microseconds, in DESIGN.md's definitions.
+#[derive(Debug, Clone, Copy, Default)]
+struct Phases {
+    dns: f64,
+    connect: f64,
+    tls: f64,
+    ttfb: f64,
+    transfer: f64,
+    total: f64,
+}
+
+/// The phases, and `total-tls`: the total without the TLS handshake, which compares the
+/// measurement itself when the two TLS libraries (rustls here, OpenSSL in curl) take
+/// different times for the same handshake.
+const PHASES: [&str; 7] = [
+    "dns",
+    "connect",
+    "tls",
+    "ttfb",
+    "transfer",
+    "total",
+    "total-tls",
+];
+
+impl Phases {
+    fn get(&self, name: &str) -> f64 {
+        match name {
+            "dns" => self.dns,
+            "connect" => self.connect,
+            "tls" => self.tls,
+            "ttfb" => self.ttfb,
+            "transfer" => self.transfer,
+            "total-tls" => self.total - self.tls,
+            _ => self.total,
+        }
+    }
+}
+
+/// One way to reach a target: the URL, and where the connection really goes.
+struct Target {
+    name: &'static str,
+    url: String,
+    /// (host:port as in the URL, addr:port to connect to instead)
+    connect_to: Option<(String, SocketAddr)>,
+    ca_file: Option<std::path::PathBuf>,
+}
+
+fn agent(target: &Target) -> Phases {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lastmile-agent"));
+    cmd.args(["measure", &target.url, "--json", "--allow-private"]);
+    if let Some((from, to)) = &target.connect_to {
+        cmd.arg("--connect-to").arg(format!("{from}={to}"));
+    }
+    if let Some(ca) = &target.ca_file {
+        cmd.arg("--ca-file").arg(ca);
+    }
+    let out = cmd.output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "agent printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(v["error"].is_null(), "agent failed on {}: {v}", target.url);
+    let t = &v["timings_us"];
+    let f = |k: &str| t[k].as_f64().unwrap();
+    Phases {
+        dns: f("dns"),
+        connect: f("connect"),
+        tls: f("tls"),
+        ttfb: f("ttfb"),
+        transfer: f("transfer"),
+        total: f("total"),
+    }
+}
+
+fn curl(target: &Target) -> Phases {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-s",
+        "--http1.1",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{time_namelookup} %{time_connect} %{time_appconnect} %{time_pretransfer} %{time_starttransfer} %{time_total} %{http_code}",
+    ]);
+    if let Some((from, to)) = &target.connect_to {
+        let (host, port) = from.rsplit_once(':').unwrap();
+        cmd.arg("--connect-to")
+            .arg(format!("{host}:{port}:{}:{}", to.ip(), to.port()));
+    }
+    if let Some(ca) = &target.ca_file {
+        cmd.arg("--cacert").arg(ca);
+    }
+    cmd.arg(&target.url);
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .map(|x| x.parse::<f64>().unwrap() * 1e6)
+        .collect();
+    assert_eq!(v.len(), 7, "curl printed {text:?}");
+    assert_eq!(v[6] / 1e6, 200.0, "curl got status {}", v[6] / 1e6);
+    let (lookup, connect, app, pre, start, total) = (v[0], v[1], v[2], v[3], v[4], v[5]);
+    Phases {
+        dns: lookup,
+        connect: connect - lookup,
+        tls: if app > 0.0 { app - connect } else { 0.0 },
+        ttfb: start - pre,
+        transfer: total - start,
+        total,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is taken from the command line.
+    let runs: usize = std::env::var("FIDELITY_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(21);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+
+    // Keep every server alive for the whole run.
+    let (targets, _keep) = rt.block_on(async {
+        let think = Duration::from_millis(20);
+        let plain = TargetSite::start(
+            any,
+            SiteConfig {
+                page_bytes: 64 * 1024,
+                think_time: think,
+                ..SiteConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let chunked = TargetSite::start(
+            any,
+            SiteConfig {
+                page_bytes: 64 * 1024,
+                think_time: think,
+                chunked: Some(Chunked {
+                    chunk_bytes: 4096,
+                    gap: Duration::from_millis(2),
+                }),
+                ..SiteConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let tls = TargetSite::start(
+            any,
+            SiteConfig {
+                page_bytes: 64 * 1024,
+                think_time: think,
+                tls: Some(ca.server_config(&["site.test"]).unwrap()),
+                ..SiteConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let dsl = Link::start(
+            any,
+            plain.addr(),
+            LinkProfile::for_class(ConnectionClass::Dsl),
+        )
+        .await
+        .unwrap();
+        let cable_tls = Link::start(
+            any,
+            tls.addr(),
+            LinkProfile::for_class(ConnectionClass::Cable),
+        )
+        .await
+        .unwrap();
+        let tls_host = format!("site.test:{}", tls.addr().port());
+        let targets = vec![
+            Target {
+                name: "http, 20 ms think, 64 KiB",
+                url: format!("{}/", plain.origin()),
+                connect_to: None,
+                ca_file: None,
+            },
+            Target {
+                name: "http, chunked 16 x 4 KiB, 2 ms gaps",
+                url: format!("{}/", chunked.origin()),
+                connect_to: None,
+                ca_file: None,
+            },
+            Target {
+                name: "https (private CA), 64 KiB",
+                url: format!("https://{tls_host}/"),
+                connect_to: Some((tls_host.clone(), tls.addr())),
+                ca_file: Some(ca_file.clone()),
+            },
+            Target {
+                name: "http over emulated DSL (16 Mbit/s, 40 ms)",
+                url: format!("{}/", plain.origin()),
+                connect_to: Some((plain.addr().to_string(), dsl.addr())),
+                ca_file: None,
+            },
+            Target {
+                name: "https over emulated cable (100 Mbit/s, 20 ms)",
+                url: format!("https://{tls_host}/"),
+                connect_to: Some((tls_host.clone(), cable_tls.addr())),
+                ca_file: Some(ca_file.clone()),
+            },
+        ];
+        (targets, (plain, chunked, tls, dsl, cable_tls))
+    });
+
+    println!("Fidelity: lastmile-agent vs curl, {runs} alternating runs each, medians in ms");
+    println!("target: ttfb and total within 2 % or 0.300 ms of curl\n");
+    let mut all_ok = true;
+    for target in &targets {
+        // One warm-up of each (page cache, binary loading), not counted.
+        agent(target);
+        curl(target);
+        let (mut a, mut c) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            a.push(agent(target));
+            c.push(curl(target));
+        }
+        println!("{}", target.name);
+        println!(
+            "  {:<9} {:>10} {:>10} {:>9} {:>7}",
+            "phase", "agent", "curl", "diff", "diff%"
+        );
+        for phase in PHASES {
+            let am = median(a.iter().map(|p| p.get(phase)).collect()) / 1000.0;
+            let cm = median(c.iter().map(|p| p.get(phase)).collect()) / 1000.0;
+            let diff = am - cm;
+            let pct = if cm > 0.0 { diff / cm * 100.0 } else { 0.0 };
+            let judged = matches!(phase, "ttfb" | "total" | "total-tls");
+            let ok = diff.abs() <= (cm * 0.02).max(0.300);
+            if judged && !ok {
+                all_ok = false;
+            }
+            let verdict = match (judged, ok) {
+                (false, _) => "",
+                (true, true) => "ok",
+                (true, false) => "OUTSIDE TARGET",
+            };
+            println!("  {phase:<9} {am:>10.3} {cm:>10.3} {diff:>+9.3} {pct:>+6.1}%  {verdict}");
+        }
+        println!();
+    }
+    println!(
+        "overall: {}",
+        if all_ok {
+            "ttfb and total within target everywhere"
+        } else {
+            "some figures outside target (see above)"
+        }
+    );
+}
