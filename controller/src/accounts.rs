@@ -62,6 +62,15 @@ pub fn owner_by_token(conn: &mut DbConn, token: &str) -> Result<Option<Owner>> {
         .optional()?)
 }
 
+/// The owner with this id.
+pub fn owner_by_id(conn: &mut DbConn, id: &str) -> Result<Option<Owner>> {
+    Ok(owners::table
+        .find(id)
+        .select(Owner::as_select())
+        .first(conn)
+        .optional()?)
+}
+
 /// A person who runs agents.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = volunteers)]

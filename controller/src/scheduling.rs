@@ -24,7 +24,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::agents::{self, Agent};
-use crate::checks::{self, Check};
+use crate::checks::{self, Check, Selection};
 use crate::clock::{to_datetime, Micros};
 use crate::db::schema::{assignments, checks as checks_t, run_agents, runs};
 use crate::db::{write_tx, DbConn};
@@ -123,6 +123,29 @@ pub struct RunView {
     pub finished: bool,
 }
 
+/// The agents a run created now would plan in: online since `since`, not paused by
+/// their volunteer's limits (they would not take the work), and matching `selection`.
+pub fn eligible_agents(
+    conn: &mut DbConn,
+    selection: &Selection,
+    since: Micros,
+) -> Result<Vec<Agent>> {
+    Ok(agents::online_since(conn, since)?
+        .into_iter()
+        .filter(|a| a.paused_reason.is_none() && selection.matches(a))
+        .collect())
+}
+
+/// How many agents a run of `selection` created now would plan in.
+pub fn count_eligible(
+    conn: &mut DbConn,
+    selection: &Selection,
+    policy: &SchedulingPolicy,
+    now: Micros,
+) -> Result<usize> {
+    Ok(eligible_agents(conn, selection, now - policy.online_window_us)?.len())
+}
+
 /// Creates a run of `check` now: snapshots the eligible agents and creates the pending
 /// assignments, all in one transaction.
 pub fn create_run(
@@ -134,11 +157,7 @@ pub fn create_run(
     let selection = check.selection();
     let run_id = Uuid::new_v4().to_string();
     write_tx(conn, |c| {
-        // A paused agent (volunteer limits) would not take the work: it is not planned in.
-        let eligible: Vec<Agent> = agents::online_since(c, now - policy.online_window_us)?
-            .into_iter()
-            .filter(|a| a.paused_reason.is_none() && selection.matches(a))
-            .collect();
+        let eligible = eligible_agents(c, &selection, now - policy.online_window_us)?;
         let requested = eligible.len().min(selection.agents_per_run as usize);
         let run = RunRow {
             id: run_id.clone(),

@@ -40,6 +40,7 @@ pub fn page(title: &str, nav: Option<&Nav>, body: Markup) -> Markup {
                             @match nav.role {
                                 Role::Owner => {
                                     a href="/app/sites" { "Sites" }
+                                    a href="/app/checks" { "Checks" }
                                 }
                                 Role::Volunteer => {
                                     a href="/app/agents" { "Agents" }

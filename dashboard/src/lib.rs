@@ -9,6 +9,7 @@
 //! results here.
 
 pub mod auth;
+pub mod checks;
 pub mod layout;
 pub mod sites;
 pub mod volunteers;
@@ -20,3 +21,7 @@ pub const STYLESHEET: &str = include_str!("style.css");
 
 /// Where the controller serves [`STYLESHEET`].
 pub const STYLESHEET_PATH: &str = "/app/static/style.css";
+
+/// The one progressive script (live count of eligible agents on the check form), served
+/// at `/app/static/eligible.js`. Pages work without it.
+pub const ELIGIBLE_JS: &str = include_str!("eligible.js");

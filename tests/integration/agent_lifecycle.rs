@@ -23,7 +23,7 @@ per_backend!(
     an_agent_past_its_daily_bytes_pauses_and_is_left_out_of_new_runs,
 );
 
-fn settings(app: &TestApp, key: Option<String>, state_dir: &Path) -> AgentSettings {
+pub(crate) fn settings(app: &TestApp, key: Option<String>, state_dir: &Path) -> AgentSettings {
     AgentSettings {
         controller: app.base.parse().unwrap(),
         enrol_key: key,
@@ -47,7 +47,7 @@ fn settings(app: &TestApp, key: Option<String>, state_dir: &Path) -> AgentSettin
 }
 
 /// Runs an agent until the returned sender is told to stop.
-fn spawn_agent(
+pub(crate) fn spawn_agent(
     settings: AgentSettings,
 ) -> (
     watch::Sender<bool>,

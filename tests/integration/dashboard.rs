@@ -13,6 +13,7 @@ per_backend!(
     one_owner_cannot_open_another_owners_site,
     forms_without_the_csrf_token_change_nothing,
     a_volunteer_gets_an_install_command_and_sees_the_agent_it_enrols,
+    an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure,
 );
 
 async fn sign_up(browser: &Browser, app: &TestApp, role: &str, name: &str, email: &str) {
@@ -278,4 +279,141 @@ async fn a_volunteer_gets_an_install_command_and_sees_the_agent_it_enrols(db: Te
     // The key is not shown again on a later visit.
     assert!(!browser.page_text().await.contains(&key));
     browser.close().await;
+}
+
+async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure(db: TestDb) {
+    let app = TestApp::start_with(&db, |c| {
+        c.scheduler_tick_ms = 3_600_000;
+        c.heartbeat_interval_s = 1;
+    })
+    .await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let shot = |name: &str| format!("{}-{name}", db.backend_name());
+    // A real agent in Germany (127.0.0.2) declaring cable, and a bare one in the US.
+    let key = app.volunteer("volunteer");
+    let state = tempfile::tempdir().unwrap();
+    let (stop, agent) = crate::agent_lifecycle::spawn_agent(crate::agent_lifecycle::settings(
+        &app,
+        Some(key.clone()),
+        state.path(),
+    ));
+    app.agent(std::net::Ipv4Addr::new(127, 0, 0, 3), &key, "dsl", 1)
+        .await;
+
+    let browser = Browser::start(1280, 1000).await;
+    sign_up(&browser, &app, "owner", "Shop Ltd", "ada@shop.example").await;
+    // Checks need a verified site: the form says so and links to the sites page.
+    browser.goto(&format!("{}/app/checks/new", app.base)).await;
+    assert!(browser
+        .page_text()
+        .await
+        .contains("Add and verify a site first"));
+    browser.goto(&format!("{}/app/sites", app.base)).await;
+    browser.fill("#origin", &site.origin()).await;
+    browser.submit("form[action='/app/sites'] button").await;
+    let token = browser.text("section.card p code").await;
+    site.publish_verification_token(&token);
+    browser.submit("form[action$='/verify'] button").await;
+
+    browser.goto(&format!("{}/app/checks/new", app.base)).await;
+    // Filters: Germany, cable. The count button works without JavaScript...
+    browser.fill("#countries", "de").await;
+    browser
+        .click("input[name=connection_classes][value=cable]")
+        .await;
+    browser.submit("button[value=count]").await;
+    let counted = browser.text(".eligible").await;
+    assert!(counted.starts_with("1 agents online match"), "{counted}");
+    // ...and the live count follows edits.
+    browser
+        .click("input[name=connection_classes][value=dsl]")
+        .await;
+    browser.fill("#countries", "").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let live = browser.text(".eligible").await;
+        if live.starts_with("2 agents online match") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "live count stuck at {live:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    browser.fill("#countries", "DE").await;
+    browser
+        .click("input[name=connection_classes][value=dsl]")
+        .await;
+    // A nonsense status code is explained and the form keeps what was typed.
+    browser.fill("#expected_status", "200, ok").await;
+    browser.fill("#name", "Home page from German cable").await;
+    browser.screenshot(&shot("check-new")).await;
+    browser.submit("button[value=create]").await;
+    assert!(browser
+        .text(".error")
+        .await
+        .contains("expected status codes"));
+    assert_eq!(
+        browser
+            .client
+            .find(fantoccini::Locator::Css("#name"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("Home page from German cable")
+    );
+    browser.fill("#expected_status", "200").await;
+    browser.submit("button[value=create]").await;
+    let check_page = browser.path().await;
+    assert!(check_page.starts_with("/app/checks/"), "{check_page}");
+    let facts = browser.text("dl.facts").await;
+    assert!(facts.contains("DE") && facts.contains("cable"), "{facts}");
+
+    // Run now: the real agent measures, and the run shows it.
+    browser.submit("form[action$='/runs'] button").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        browser.goto(&format!("{}{check_page}", app.base)).await;
+        let runs = browser.text("tbody").await;
+        if runs.contains("1 / 1") && runs.contains("finished") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "run did not finish: {runs}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    browser.screenshot(&shot("check-ran")).await;
+    // The CSV link reads the same API with the browser's session.
+    let href = browser
+        .client
+        .find(fantoccini::Locator::Css("a[download]"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    let csv = browser
+        .client
+        .execute_async(
+            "const done = arguments[arguments.length - 1];\
+             fetch(arguments[0]).then(r => r.text()).then(done);",
+            vec![serde_json::Value::String(href)],
+        )
+        .await
+        .unwrap();
+    let csv = csv.as_str().unwrap();
+    assert!(csv.lines().count() >= 2 && csv.contains("cable"), "{csv}");
+    assert!(csv.contains(",DE,"), "{csv}");
+    browser.close().await;
+    stop.send(true).unwrap();
+    agent.await.unwrap().unwrap();
 }

@@ -38,6 +38,12 @@ pub(super) fn state(req: &HttpRequest) -> Result<web::Data<AppState>, Error> {
         .ok_or_else(|| Error::Internal("application state missing".into()))
 }
 
+/// How an owner proved who they are.
+enum Credential {
+    Token(String),
+    Session(String),
+}
+
 /// The owner a request is authenticated as.
 pub struct AuthOwner(pub Owner);
 
@@ -46,15 +52,42 @@ impl FromRequest for AuthOwner {
     type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let found = bearer(req).and_then(|t| Ok((t, state(req)?)));
+        // A signed-in dashboard session may *read* (GET) what its owner could read with
+        // a token, so the dashboard's download links hit this same API. Writes need a
+        // token: a cookie rides along on cross-site requests, a bearer header does not.
+        let session = (req.method() == actix_web::http::Method::GET
+            && req
+                .headers()
+                .get(actix_web::http::header::AUTHORIZATION)
+                .is_none())
+        .then(|| {
+            req.cookie(crate::web::SESSION_COOKIE)
+                .map(|c| c.value().to_owned())
+        })
+        .flatten();
+        let found = match session {
+            Some(s) => state(req).map(|st| (Credential::Session(s), st)),
+            None => bearer(req).and_then(|t| Ok((Credential::Token(t), state(req)?))),
+        };
         Box::pin(async move {
-            let (token, state) = found?;
+            let (credential, state) = found?;
             state
                 .db
-                .run(move |c| accounts::owner_by_token(c, &token))
+                .run(move |c| match credential {
+                    Credential::Token(t) => accounts::owner_by_token(c, &t),
+                    Credential::Session(s) => match crate::logins::session(c, &s)? {
+                        Some(session) => match session.login.owner_id {
+                            Some(id) => accounts::owner_by_id(c, &id),
+                            None => Ok(None),
+                        },
+                        None => Ok(None),
+                    },
+                })
                 .await?
                 .map(AuthOwner)
-                .ok_or_else(|| Error::Unauthorized("unknown or revoked owner token".into()))
+                .ok_or_else(|| {
+                    Error::Unauthorized("unknown or revoked owner token, or signed out".into())
+                })
         })
     }
 }

@@ -6,6 +6,7 @@
 //! with a redirect (post/redirect/get) so a reload never submits twice.
 
 mod auth;
+mod checks;
 mod session;
 mod sites;
 mod volunteers;
@@ -30,6 +31,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/sites", web::post().to(sites::create))
             .route("/sites/{id}", web::get().to(sites::detail))
             .route("/sites/{id}/verify", web::post().to(sites::verify))
+            .route("/static/eligible.js", web::get().to(eligible_js))
+            .route("/checks", web::get().to(checks::list))
+            .route("/checks", web::post().to(checks::create))
+            .route("/checks/new", web::get().to(checks::new_form))
+            .route("/checks/eligible", web::get().to(checks::eligible))
+            .route("/checks/{id}", web::get().to(checks::detail))
+            .route("/checks/{id}/runs", web::post().to(checks::run_now))
             .route("/agents", web::get().to(volunteers::list))
             .route(
                 "/agents/enrol-key",
@@ -43,6 +51,13 @@ async fn stylesheet() -> HttpResponse {
         .content_type("text/css; charset=utf-8")
         .insert_header(("Cache-Control", "public, max-age=3600"))
         .body(lastmile_dashboard::STYLESHEET)
+}
+
+async fn eligible_js() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/javascript; charset=utf-8")
+        .insert_header(("Cache-Control", "public, max-age=3600"))
+        .body(lastmile_dashboard::ELIGIBLE_JS)
 }
 
 /// An HTML page answer.

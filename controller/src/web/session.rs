@@ -81,10 +81,11 @@ impl FromRequest for SignedIn {
 }
 
 /// The session cookie: HttpOnly, SameSite=Lax (links from mail still sign you in, posts
-/// from other sites do not carry it), Secure when served over HTTPS.
+/// from other sites do not carry it), Secure when served over HTTPS. Its path is `/` so
+/// that the dashboard's download links can read the JSON API as the signed-in owner.
 pub fn session_cookie(req: &HttpRequest, token: &str) -> Cookie<'static> {
     Cookie::build(SESSION_COOKIE, token.to_owned())
-        .path("/app")
+        .path("/")
         .http_only(true)
         .same_site(SameSite::Lax)
         .secure(req.connection_info().scheme() == "https")
@@ -96,7 +97,7 @@ pub fn session_cookie(req: &HttpRequest, token: &str) -> Cookie<'static> {
 
 /// A cookie that removes the session cookie.
 pub fn cleared_session_cookie() -> Cookie<'static> {
-    let mut c = Cookie::build(SESSION_COOKIE, "").path("/app").finish();
+    let mut c = Cookie::build(SESSION_COOKIE, "").path("/").finish();
     c.make_removal();
     c
 }

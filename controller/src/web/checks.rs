@@ -1,0 +1,456 @@
+//! A site owner's checks: list, create (with a live count of matching agents), a check's
+//! page with its runs, and "run now".
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse, ResponseError};
+use lastmile_dashboard::checks::{self as pages, CheckDetail, CheckForm, CheckItem, RunItem};
+use lastmile_dashboard::sites::problem;
+use lastmile_protocol::ConnectionClass;
+use serde::Deserialize;
+
+use super::session::SignedIn;
+use super::{html, see_other};
+use crate::checks::{self, Check, NewCheck, Schedule, Selection};
+use crate::clock::now_us;
+use crate::error::Error;
+use crate::scheduling::{self, RunView};
+use crate::server::AppState;
+use crate::sites;
+
+fn not_an_owner(user: &SignedIn) -> HttpResponse {
+    html(
+        StatusCode::FORBIDDEN,
+        problem(
+            Some(&user.nav()),
+            "Not allowed",
+            "Checks belong to site owners; this is a volunteer account.",
+        ),
+    )
+}
+
+fn failed(user: &SignedIn, e: &Error) -> HttpResponse {
+    let title = match e.status_code().as_u16() {
+        404 => "Not found",
+        _ => "Something went wrong",
+    };
+    html(
+        e.status_code(),
+        problem(Some(&user.nav()), title, &e.to_string()),
+    )
+}
+
+fn schedule_text(c: &Check) -> String {
+    match c.interval_s {
+        Some(s) if s % 3600 == 0 => format!("every {} h", s / 3600),
+        Some(s) if s % 60 == 0 => format!("every {} min", s / 60),
+        Some(s) => format!("every {s} s"),
+        None => "once".into(),
+    }
+}
+
+fn selection_text(s: &Selection) -> String {
+    let mut parts = Vec::new();
+    if !s.countries.is_empty() {
+        parts.push(s.countries.join(", "));
+    }
+    if !s.asns.is_empty() {
+        parts.push(
+            s.asns
+                .iter()
+                .map(|a| format!("AS{a}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
+    if !s.connection_classes.is_empty() {
+        parts.push(
+            s.connection_classes
+                .iter()
+                .map(|c| c.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        );
+    }
+    if parts.is_empty() {
+        parts.push("anywhere".into());
+    }
+    parts.push(format!("up to {} agents", s.agents_per_run));
+    parts.join(" · ")
+}
+
+pub async fn list(user: SignedIn, state: web::Data<AppState>) -> HttpResponse {
+    let Some(owner) = user.0.login.owner_id.clone() else {
+        return not_an_owner(&user);
+    };
+    match state.db.run(move |c| checks::list(c, &owner)).await {
+        Ok(found) => {
+            let items: Vec<CheckItem> = found
+                .iter()
+                .map(|c| CheckItem {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    url: c.url.clone(),
+                    schedule: schedule_text(c),
+                    selection: selection_text(&c.selection()),
+                })
+                .collect();
+            html(StatusCode::OK, pages::list(&user.nav(), &items))
+        }
+        Err(e) => failed(&user, &e),
+    }
+}
+
+/// The form's fields as posted (repeated `connection_classes` keys).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CheckFields {
+    csrf: String,
+    action: String,
+    site_id: String,
+    name: String,
+    url: String,
+    expected_status: String,
+    body_contains: String,
+    max_bytes: String,
+    timeout_ms: String,
+    every_seconds: String,
+    countries: String,
+    asns: String,
+    connection_classes: Vec<String>,
+    agents_per_run: String,
+    isp_sharing: Option<String>,
+}
+
+/// A comma/space separated list, each item parsed; the error names the field.
+fn list_of<T: std::str::FromStr>(raw: &str, field: &str, what: &str) -> Result<Vec<T>, Error> {
+    raw.split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.trim_start_matches("AS").parse().map_err(|_| {
+                Error::invalid("invalid_form", format!("{field}: {s:?} is not {what}"))
+            })
+        })
+        .collect()
+}
+
+fn optional_number(raw: &str, field: &str) -> Result<Option<u64>, Error> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse().map(Some).map_err(|_| {
+        Error::invalid(
+            "invalid_form",
+            format!("{field}: {raw:?} is not a whole number"),
+        )
+    })
+}
+
+fn selection_of(f: &CheckFields) -> Result<Selection, Error> {
+    let classes = f
+        .connection_classes
+        .iter()
+        .map(|c| c.parse::<ConnectionClass>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::invalid("invalid_form", format!("connection classes: {e}")))?;
+    Ok(Selection {
+        countries: list_of::<String>(&f.countries, "countries", "a country code")?
+            .into_iter()
+            .map(|c| c.to_uppercase())
+            .collect(),
+        asns: list_of(&f.asns, "networks", "an AS number")?,
+        connection_classes: classes,
+        agents_per_run: optional_number(&f.agents_per_run, "agents per run")?
+            .map_or(checks::DEFAULT_AGENTS_PER_RUN, |n| {
+                n.min(u64::from(u32::MAX)) as u32
+            }),
+    })
+}
+
+fn new_check_of(f: &CheckFields) -> Result<NewCheck, Error> {
+    let site_id = f
+        .site_id
+        .parse()
+        .map_err(|_| Error::invalid("invalid_form", "choose one of your verified sites"))?;
+    Ok(NewCheck {
+        site_id,
+        name: Some(f.name.trim().to_owned()).filter(|n| !n.is_empty()),
+        url: f.url.trim().to_owned(),
+        kind: lastmile_protocol::CheckKind::Http,
+        expected_status: list_of(&f.expected_status, "expected status codes", "a status code")?,
+        max_bytes: optional_number(&f.max_bytes, "max bytes")?,
+        timeout_ms: optional_number(&f.timeout_ms, "timeout")?,
+        selection: selection_of(f)?,
+        schedule: Schedule {
+            every_seconds: optional_number(&f.every_seconds, "run every")?,
+        },
+        body_contains: Some(f.body_contains.clone()).filter(|b| !b.is_empty()),
+        isp_sharing: f.isp_sharing.is_some(),
+    })
+}
+
+fn form_of(f: &CheckFields, sites: Vec<(String, String)>) -> CheckForm {
+    CheckForm {
+        sites,
+        site_id: f.site_id.clone(),
+        name: f.name.clone(),
+        url: f.url.clone(),
+        expected_status: f.expected_status.clone(),
+        body_contains: f.body_contains.clone(),
+        max_bytes: f.max_bytes.clone(),
+        timeout_ms: f.timeout_ms.clone(),
+        every_seconds: f.every_seconds.clone(),
+        countries: f.countries.clone(),
+        asns: f.asns.clone(),
+        classes: f.connection_classes.clone(),
+        agents_per_run: f.agents_per_run.clone(),
+        isp_sharing: f.isp_sharing.is_some(),
+        eligible: None,
+        error: None,
+    }
+}
+
+async fn verified_sites(state: &AppState, owner: &str) -> Result<Vec<(String, String)>, Error> {
+    let owner = owner.to_owned();
+    let found = state.db.run(move |c| sites::list(c, &owner)).await?;
+    Ok(found
+        .into_iter()
+        .filter(|s| s.verified_at.is_some())
+        .map(|s| (s.id, s.origin))
+        .collect())
+}
+
+async fn count(state: &AppState, selection: Selection) -> Result<usize, Error> {
+    let policy = state.policy;
+    state
+        .db
+        .run(move |c| scheduling::count_eligible(c, &selection, &policy, now_us()))
+        .await
+}
+
+pub async fn new_form(user: SignedIn, state: web::Data<AppState>) -> HttpResponse {
+    let Some(owner) = user.0.login.owner_id.clone() else {
+        return not_an_owner(&user);
+    };
+    let sites = match verified_sites(&state, &owner).await {
+        Ok(s) => s,
+        Err(e) => return failed(&user, &e),
+    };
+    let mut form = form_of(
+        &CheckFields {
+            agents_per_run: checks::DEFAULT_AGENTS_PER_RUN.to_string(),
+            url: sites
+                .first()
+                .map(|(_, o)| format!("{o}/"))
+                .unwrap_or_default(),
+            ..CheckFields::default()
+        },
+        sites,
+    );
+    form.eligible = count(&state, Selection::default()).await.ok();
+    html(StatusCode::OK, pages::new(&user.nav(), &form))
+}
+
+/// `GET /app/checks/eligible?countries=..&asns=..&connection_classes=..`: the live count.
+pub async fn eligible(
+    user: SignedIn,
+    state: web::Data<AppState>,
+    query: web::Query<Vec<(String, String)>>,
+) -> HttpResponse {
+    if user.0.login.owner_id.is_none() {
+        return HttpResponse::Forbidden().json(serde_json::json!({"error": "not_an_owner"}));
+    }
+    let mut fields = CheckFields::default();
+    for (k, v) in query.into_inner() {
+        match k.as_str() {
+            "countries" => fields.countries = v,
+            "asns" => fields.asns = v,
+            "connection_classes" => fields.connection_classes.push(v),
+            _ => {}
+        }
+    }
+    let result = match selection_of(&fields) {
+        Ok(selection) => count(&state, selection).await,
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(n) => HttpResponse::Ok().json(serde_json::json!({"eligible": n})),
+        Err(e) => {
+            HttpResponse::build(e.status_code()).json(serde_json::json!({"error": e.to_string()}))
+        }
+    }
+}
+
+pub async fn create(user: SignedIn, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    let Some(owner) = user.0.login.owner_id.clone() else {
+        return not_an_owner(&user);
+    };
+    let fields: CheckFields = match serde_html_form::from_bytes(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            let e = Error::invalid("invalid_form", format!("the form could not be read: {e}"));
+            return failed(&user, &e);
+        }
+    };
+    if !user.csrf_ok(&fields.csrf) {
+        return super::sites::forbidden_form(&user);
+    }
+    let sites = match verified_sites(&state, &owner).await {
+        Ok(s) => s,
+        Err(e) => return failed(&user, &e),
+    };
+    let again = |status: StatusCode, eligible: Option<usize>, error: Option<String>| {
+        let mut form = form_of(&fields, sites.clone());
+        form.eligible = eligible;
+        form.error = error;
+        html(status, pages::new(&user.nav(), &form))
+    };
+    if fields.action == "count" {
+        return match selection_of(&fields) {
+            Ok(selection) => match count(&state, selection).await {
+                Ok(n) => again(StatusCode::OK, Some(n), None),
+                Err(e) => again(e.status_code(), None, Some(e.to_string())),
+            },
+            Err(e) => again(e.status_code(), None, Some(e.to_string())),
+        };
+    }
+    let new = match new_check_of(&fields) {
+        Ok(n) => n,
+        Err(e) => return again(e.status_code(), None, Some(e.to_string())),
+    };
+    let min_interval = state.config.min_check_interval_s;
+    let created = state
+        .db
+        .run(move |c| checks::create(c, &owner, &new, min_interval))
+        .await;
+    match created {
+        Ok(check) => see_other(&format!("/app/checks/{}", check.id)),
+        Err(e) => again(e.status_code(), None, Some(e.to_string())),
+    }
+}
+
+fn run_item(r: &RunView) -> RunItem {
+    RunItem {
+        created: r.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        requested: r.requested,
+        done: r.done,
+        state: if r.finished {
+            "finished".into()
+        } else {
+            format!("{} waiting, {} measuring", r.pending, r.leased)
+        },
+    }
+}
+
+async fn render_detail(
+    user: &SignedIn,
+    state: &AppState,
+    owner: String,
+    id: String,
+    error: Option<String>,
+    status: StatusCode,
+) -> HttpResponse {
+    let found = state
+        .db
+        .run(move |c| {
+            let check = checks::get(c, &owner, &id)?;
+            let runs = scheduling::list_runs(c, &owner, &id, 20)?;
+            Ok::<_, Error>((check, runs))
+        })
+        .await;
+    match found {
+        Ok((check, runs)) => {
+            let expected = check.expected_status();
+            let mut expectations = if expected.is_empty() {
+                "status 2xx or 3xx".to_owned()
+            } else {
+                format!(
+                    "status {}",
+                    expected
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(" or ")
+                )
+            };
+            if let Some(b) = &check.body_contains {
+                expectations.push_str(&format!(", body contains {b:?}"));
+            }
+            expectations.push_str(&format!(
+                ", at most {} bytes, within {} ms",
+                check.max_bytes, check.timeout_ms
+            ));
+            let detail = CheckDetail {
+                id: check.id.clone(),
+                name: check.name.clone(),
+                url: check.url.clone(),
+                schedule: schedule_text(&check),
+                selection: selection_text(&check.selection()),
+                expectations,
+            };
+            let items: Vec<RunItem> = runs.iter().map(run_item).collect();
+            html(
+                status,
+                pages::detail(&user.nav(), &detail, &items, error.as_deref()),
+            )
+        }
+        Err(e) => failed(user, &e),
+    }
+}
+
+pub async fn detail(
+    user: SignedIn,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    let Some(owner) = user.0.login.owner_id.clone() else {
+        return not_an_owner(&user);
+    };
+    render_detail(&user, &state, owner, id.into_inner(), None, StatusCode::OK).await
+}
+
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+pub async fn run_now(
+    user: SignedIn,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    form: web::Form<CsrfOnly>,
+) -> HttpResponse {
+    let Some(owner) = user.0.login.owner_id.clone() else {
+        return not_an_owner(&user);
+    };
+    if !user.csrf_ok(&form.csrf) {
+        return super::sites::forbidden_form(&user);
+    }
+    let id = id.into_inner();
+    let policy = state.policy;
+    let (o, i) = (owner.clone(), id.clone());
+    let created = state
+        .db
+        .run(move |c| {
+            let check = checks::get(c, &o, &i)?;
+            scheduling::create_run(c, &check, &policy, now_us())
+        })
+        .await;
+    match created {
+        Ok(_) => see_other(&format!("/app/checks/{id}")),
+        Err(e @ Error::NotFound { .. }) => failed(&user, &e),
+        Err(e) => {
+            render_detail(
+                &user,
+                &state,
+                owner,
+                id,
+                Some(e.to_string()),
+                e.status_code(),
+            )
+            .await
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! A site owner's checks: the list, the form that creates one, and one check's page.
+
+use maud::{html, Markup};
+
+use crate::layout::{csrf_field, error_box, page, Nav};
+
+/// Connection classes offered as selection filters, in speed order.
+pub const CLASSES: [&str; 6] = ["dialup", "mobile", "satellite", "dsl", "cable", "fibre"];
+
+/// One check in the list.
+#[derive(Debug, Clone)]
+pub struct CheckItem {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    /// "every 5 min" or "once".
+    pub schedule: String,
+    /// "DE, US · dsl, cable · 10 agents".
+    pub selection: String,
+}
+
+pub fn list(nav: &Nav, checks: &[CheckItem]) -> Markup {
+    page(
+        "Checks",
+        Some(nav),
+        html! {
+            h1 { "Your checks" }
+            p { a.button href="/app/checks/new" { "New check" } }
+            @if checks.is_empty() {
+                p.empty { "No checks yet. A check measures one page of a verified site from the agents you select." }
+            } @else {
+                div.scroll {
+                    table {
+                        thead { tr {
+                            th scope="col" { "Check" } th scope="col" { "Schedule" } th scope="col" { "Agents" }
+                        } }
+                        tbody {
+                            @for c in checks {
+                                tr {
+                                    td { a href={ "/app/checks/" (c.id) } { (c.name) } br; small { (c.url) } }
+                                    td { (c.schedule) }
+                                    td { (c.selection) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// The new-check form, as typed (strings, so a refused form comes back unchanged).
+#[derive(Debug, Clone, Default)]
+pub struct CheckForm {
+    /// (site id, origin) of the owner's verified sites.
+    pub sites: Vec<(String, String)>,
+    pub site_id: String,
+    pub name: String,
+    pub url: String,
+    pub expected_status: String,
+    pub body_contains: String,
+    pub max_bytes: String,
+    pub timeout_ms: String,
+    pub every_seconds: String,
+    pub countries: String,
+    pub asns: String,
+    pub classes: Vec<String>,
+    pub agents_per_run: String,
+    pub isp_sharing: bool,
+    /// Agents a run would use now, when counted.
+    pub eligible: Option<usize>,
+    pub error: Option<String>,
+}
+
+pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
+    page(
+        "New check",
+        Some(nav),
+        html! {
+            p.crumbs { a href="/app/checks" { "Checks" } " / new" }
+            h1 { "New check" }
+            @if f.sites.is_empty() {
+                section.card {
+                    p { "Checks measure pages of verified sites, and you have none yet. "
+                        a href="/app/sites" { "Add and verify a site first" } "." }
+                }
+            } @else {
+                (error_box(f.error.as_deref()))
+                form.check method="post" action="/app/checks" {
+                    (csrf_field(&nav.csrf))
+                    section.card {
+                        h2 { "What to measure" }
+                        label for="site_id" { "Site" }
+                        select #site_id name="site_id" {
+                            @for (id, origin) in &f.sites {
+                                option value=(id) selected[*id == f.site_id] { (origin) }
+                            }
+                        }
+                        label for="url" { "Page URL " small { "(on that site)" } }
+                        input #url type="url" name="url" required value=(f.url) placeholder="https://shop.example/";
+                        label for="name" { "Name " small { "(optional)" } }
+                        input #name type="text" name="name" maxlength="200" value=(f.name);
+                    }
+                    section.card {
+                        h2 { "What counts as success" }
+                        label for="expected_status" { "Expected status codes " small { "(comma-separated; empty: any 2xx or 3xx)" } }
+                        input #expected_status type="text" name="expected_status" inputmode="numeric" value=(f.expected_status) placeholder="200";
+                        label for="body_contains" { "Body must contain " small { "(optional)" } }
+                        input #body_contains type="text" name="body_contains" value=(f.body_contains);
+                        div.row {
+                            div {
+                                label for="max_bytes" { "Max bytes " small { "(default 10 MiB)" } }
+                                input #max_bytes type="number" name="max_bytes" min="1" value=(f.max_bytes);
+                            }
+                            div {
+                                label for="timeout_ms" { "Timeout, ms " small { "(default 30000)" } }
+                                input #timeout_ms type="number" name="timeout_ms" min="1" value=(f.timeout_ms);
+                            }
+                        }
+                    }
+                    section.card {
+                        h2 { "When" }
+                        label for="every_seconds" { "Run every N seconds " small { "(empty: once, now)" } }
+                        input #every_seconds type="number" name="every_seconds" min="1" value=(f.every_seconds) placeholder="300";
+                    }
+                    section.card {
+                        h2 { "From where" }
+                        label for="countries" { "Countries " small { "(ISO codes, comma-separated; empty: anywhere)" } }
+                        input #countries type="text" name="countries" value=(f.countries) placeholder="DE, US";
+                        label for="asns" { "Networks (AS numbers) " small { "(comma-separated; empty: any)" } }
+                        input #asns type="text" name="asns" inputmode="numeric" value=(f.asns) placeholder="3320, 7922";
+                        fieldset {
+                            legend { "Connection classes " small { "(none ticked: any)" } }
+                            div.choices {
+                                @for class in CLASSES {
+                                    label.choice {
+                                        input type="checkbox" name="connection_classes" value=(class) checked[f.classes.iter().any(|c| c == class)];
+                                        " " (class)
+                                    }
+                                }
+                            }
+                        }
+                        label for="agents_per_run" { "Agents per run" }
+                        input #agents_per_run type="number" name="agents_per_run" min="1" max="1000" value=(f.agents_per_run);
+                        p.eligible aria-live="polite" {
+                            @match f.eligible {
+                                Some(n) => { strong #eligible-count { (n) } " agents online match these filters now." }
+                                None => { span #eligible-count {} }
+                            }
+                            " "
+                            button.secondary type="submit" name="action" value="count" formnovalidate { "Count matching agents" }
+                        }
+                        label.choice {
+                            input type="checkbox" name="isp_sharing" value="true" checked[f.isp_sharing];
+                            " Share results (never the URL) with the ISPs whose networks the agents sit in"
+                        }
+                    }
+                    button type="submit" name="action" value="create" { "Create check" }
+                }
+                // Progressive: recount as filters change (the button does it without JS).
+                script src="/app/static/eligible.js" defer {}
+            }
+        },
+    )
+}
+
+/// One run in a check's page.
+#[derive(Debug, Clone)]
+pub struct RunItem {
+    pub created: String,
+    pub requested: u32,
+    pub done: u32,
+    pub state: String,
+}
+
+/// A check's page.
+#[derive(Debug, Clone)]
+pub struct CheckDetail {
+    pub id: String,
+    pub name: String,
+    pub url: String,
+    pub schedule: String,
+    pub selection: String,
+    pub expectations: String,
+}
+
+pub fn detail(nav: &Nav, c: &CheckDetail, runs: &[RunItem], error: Option<&str>) -> Markup {
+    page(
+        &c.name,
+        Some(nav),
+        html! {
+            p.crumbs { a href="/app/checks" { "Checks" } " / " (c.name) }
+            h1 { (c.name) }
+            (error_box(error))
+            dl.facts {
+                dt { "URL" } dd { code { (c.url) } }
+                dt { "Schedule" } dd { (c.schedule) }
+                dt { "Agents" } dd { (c.selection) }
+                dt { "Success" } dd { (c.expectations) }
+            }
+            div.actions {
+                form method="post" action={ "/app/checks/" (c.id) "/runs" } {
+                    (csrf_field(&nav.csrf))
+                    button type="submit" { "Run now" }
+                }
+                a.button.secondary href={ "/api/v1/checks/" (c.id) "/report?group_by=connection_class,country&format=csv" } download { "Report CSV" }
+                a.button.secondary href={ "/api/v1/checks/" (c.id) "/report?group_by=connection_class,country" } { "Report JSON" }
+            }
+            h2 { "Recent runs" }
+            @if runs.is_empty() {
+                p.empty { "No runs yet." }
+            } @else {
+                div.scroll {
+                    table {
+                        thead { tr { th scope="col" { "Started" } th scope="col" { "Measured" } th scope="col" { "State" } } }
+                        tbody {
+                            @for r in runs {
+                                tr { td { (r.created) } td.num { (r.done) " / " (r.requested) } td { (r.state) } }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
