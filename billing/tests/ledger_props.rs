@@ -364,3 +364,52 @@ fn spending_more_credit_than_the_owner_has_is_refused_with_the_balance_named() {
     let volunteer = lastmile_billing::Account::volunteer_earnings("v", Currency::USD);
     assert_eq!(ledger::balance(&mut conn, &volunteer).unwrap().minor, 8);
 }
+
+#[test]
+fn concurrent_posts_on_postgres_respect_floors_and_event_keys() {
+    let mut db = PgDb::new();
+    with_write_tx(&mut db.conn, |c| {
+        ledger::post(
+            c,
+            &movements::grant("o", Money::new(50, Currency::USD), "g"),
+        )
+    })
+    .unwrap();
+    let base = pg_admin_url().rsplit_once('/').unwrap().0.to_owned();
+    let url = format!("{base}/{}", db.name);
+    // Eight payments of 10 from a credit of 50, each also racing a twin with the same
+    // event key: five events are paid, once each.
+    let outcomes: Vec<Result<bool, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let url = url.clone();
+                s.spawn(move || {
+                    let mut conn = PgConnection::establish(&url).unwrap();
+                    let pay = movements::pay_result(
+                        "o",
+                        "v",
+                        Money::new(10, Currency::USD),
+                        &format!("a{}", i / 2),
+                    );
+                    with_write_tx(&mut conn, |c| ledger::post(c, &pay))
+                        .map(|p| p.duplicate)
+                        .map_err(|e| e.to_string())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let paid = outcomes.iter().filter(|o| **o == Ok(false)).count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| o.as_ref().is_err_and(|e| e.contains("below its floor")))
+        .count();
+    assert_eq!(paid, 5, "{outcomes:?}");
+    assert_eq!(
+        paid + refused + outcomes.iter().filter(|o| **o == Ok(true)).count(),
+        16
+    );
+    let credit = lastmile_billing::Account::owner_credit("o", Currency::USD);
+    assert_eq!(ledger::balance(&mut db.conn, &credit).unwrap().minor, 0);
+    assert!(ledger::audit(&mut db.conn).unwrap().is_empty());
+}

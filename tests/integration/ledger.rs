@@ -17,6 +17,9 @@ per_backend!(
     a_result_submitted_many_times_at_once_is_paid_once,
     a_run_the_credit_cannot_cover_is_refused_with_402_before_any_assignment,
     balances_endpoint_answers_owners_and_volunteers_in_minor_units,
+    a_check_shows_its_price_and_scarce_lines_and_countries_cost_more,
+    concurrent_runs_cannot_spend_the_same_credit,
+    a_scheduled_run_without_credit_is_skipped_and_other_owners_checks_go_on,
 );
 
 /// A verified site and a check of it measured by `agents_per_run` agents.
@@ -234,5 +237,121 @@ async fn balances_endpoint_answers_owners_and_volunteers_in_minor_units(db: Test
         "{}",
         doc["paths"]
     );
+    app.controller.stop().await.unwrap();
+}
+
+async fn a_check_shows_its_price_and_scarce_lines_and_countries_cost_more(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let owner = app.owner("owner");
+    let site_id = app.verified_site(&owner, &site).await;
+    let mut prices = Vec::new();
+    for selection in [
+        json!({}),
+        json!({"connection_classes": ["dialup"]}),
+        json!({"connection_classes": ["dialup", "fibre"]}),
+        json!({"connection_classes": ["satellite"], "countries": ["BR"]}),
+        json!({"countries": ["BR", "DE"]}),
+    ] {
+        let (status, check) = app
+            .call(
+                "POST",
+                "/api/v1/checks",
+                Some(&owner),
+                Some(json!({"site_id": site_id, "url": site.origin(), "selection": selection})),
+            )
+            .await;
+        assert_eq!(status, 201, "{check}");
+        assert_eq!(check["price_currency"], "usd");
+        prices.push(check["price_per_result_minor"].as_i64().unwrap());
+    }
+    // Any line 5; dial-up only x4; dial-up or fibre is served by fibre; satellite in
+    // Brazil x3 x1.5 rounded up; Brazil or Germany is served by Germany.
+    assert_eq!(prices, [5, 20, 5, 23, 5]);
+    app.controller.stop().await.unwrap();
+}
+
+async fn concurrent_runs_cannot_spend_the_same_credit(db: TestDb) {
+    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    // Enough for one run of two results, not two.
+    let (_, owner) = app.owner_with_credit("owner", 14);
+    let key = app.volunteer("v");
+    for i in 2..=3 {
+        app.agent(Ipv4Addr::new(127, 0, 0, i), &key, "fibre", 1)
+            .await;
+    }
+    let check = check(&app, &owner, &site, 2).await;
+    let run_path = format!("/api/v1/checks/{check}/runs");
+    let answers = futures_util::future::join_all(
+        (0..6).map(|_| app.call("POST", &run_path, Some(&owner), None)),
+    )
+    .await;
+    let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 402, 402, 402, 402, 402], "{answers:?}");
+    let mut conn = app.db().conn().unwrap();
+    assert_eq!(
+        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM assignments").unwrap(),
+        2
+    );
+    drop(conn);
+    app.controller.stop().await.unwrap();
+}
+
+async fn a_scheduled_run_without_credit_is_skipped_and_other_owners_checks_go_on(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let key = app.volunteer("v");
+    app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
+        .await;
+    let (_, broke) = app.owner_with_credit("broke", 0);
+    let rich = app.owner("rich");
+    let mut checks = Vec::new();
+    for owner in [&broke, &rich] {
+        let site_id = app.verified_site(owner, &site).await;
+        let (status, check) = app
+            .call(
+                "POST",
+                "/api/v1/checks",
+                Some(owner),
+                Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 1}, "schedule": {"every_seconds": 1}})),
+            )
+            .await;
+        assert_eq!(status, 201, "{check}");
+        checks.push(check["id"].as_str().unwrap().to_owned());
+    }
+    // The scheduler ticks every 100 ms; wait (generously) for the paying owner's
+    // check to have run twice.
+    let runs_of = |owner: String, check: String| {
+        let app = &app;
+        async move {
+            let (status, runs) = app
+                .call(
+                    "GET",
+                    &format!("/api/v1/checks/{check}/runs"),
+                    Some(&owner),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{runs}");
+            runs.as_array().unwrap().len()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while runs_of(rich.clone(), checks[1].clone()).await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler stopped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(runs_of(broke.clone(), checks[0].clone()).await, 0);
     app.controller.stop().await.unwrap();
 }
