@@ -12,3 +12,4 @@ smoke_out="$(mktemp -d)"
 trap 'rm -rf "$smoke_out"' EXIT
 cargo run --quiet -p lastmile-controller -- demo --runs 1 --out "$smoke_out"
 test -s "$smoke_out/report.json"
+test -s "$smoke_out/ledger.json"

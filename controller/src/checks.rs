@@ -166,6 +166,10 @@ pub struct CheckView {
     pub created_at: DateTime<Utc>,
     pub body_contains: Option<String>,
     pub isp_sharing: bool,
+    /// What each accepted result costs, in minor units of `price_currency` (fixed by
+    /// the kind and the selection; see `lastmile_billing::pricing`).
+    pub price_per_result_minor: i64,
+    pub price_currency: String,
 }
 
 impl From<&Check> for CheckView {
@@ -187,6 +191,8 @@ impl From<&Check> for CheckView {
             created_at: to_datetime(c.created_at),
             body_contains: c.body_contains.clone(),
             isp_sharing: c.isp_sharing,
+            price_per_result_minor: crate::billing::price_of(c).minor,
+            price_currency: crate::billing::price_of(c).currency.to_string(),
         }
     }
 }

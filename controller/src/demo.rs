@@ -8,7 +8,8 @@
 //! agent reaches the site through its own emulated last-mile link
 //! ([`lastmile_testbed::link`]). An owner then adds and verifies the site, creates a
 //! check and runs it several times through the HTTP API, and the demo prints the SLA
-//! report the API serves.
+//! report the API serves. The owner pays for each result from test credit granted at
+//! the start; the demo prints where the money went and writes the trial balance.
 //!
 //! Because the links are emulated, the report must show their physics: median ttfb
 //! and total ordered dialup > dsl > cable > fibre. The demo checks that and fails if
@@ -29,6 +30,9 @@ use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::json;
 use tokio::sync::watch;
 
+use lastmile_billing::{AccountKind, Currency, Money};
+
+use crate::billing::TrialBalance;
 use crate::checks::CheckView;
 use crate::config::ControllerConfig;
 use crate::geo::GeoConfig;
@@ -41,7 +45,8 @@ use crate::{accounts, agents, clock};
 /// What the demo is asked to do.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
-    /// Write `report.json` here (exactly what the report API served).
+    /// Write `report.json` (exactly what the report API served), `isp_report.json` and
+    /// `ledger.json` (the trial balance) here.
     pub out: Option<PathBuf>,
     /// PostgreSQL URL; `None` means embedded SQLite in a temporary directory.
     pub database_url: Option<String>,
@@ -81,6 +86,8 @@ pub struct DemoOutcome {
     pub isp_report: serde_json::Value,
     /// How each agent's calibration classified its line.
     pub calibration: Vec<CalibratedAgent>,
+    /// The ledger's trial balance at the end (`ledger.json`).
+    pub ledger: TrialBalance,
 }
 
 /// One demo agent's line as it declared it and as the controller measured it.
@@ -204,6 +211,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     let (owner_id, owner_token, volunteer_ids, enrol_keys) = db
         .run(|c| {
             let (owner, token) = accounts::create_owner(c, "Demo Shop Ltd")?;
+            // ... and `owner credit`: test credit for the checks the demo runs.
+            crate::billing::grant_credit(c, &owner.id, DEMO_CREDIT, "demo")?;
             let (mut ids, mut keys) = (Vec::new(), Vec::new());
             for (country, ..) in PLACES {
                 let (v, key) = accounts::create_volunteer(c, &format!("Volunteers of {country}"))?;
@@ -343,16 +352,22 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         let isp_json = isp_api.get_text("/api/v1/isp/summary?window=24h").await?;
         let isp_report: serde_json::Value = serde_json::from_str(&isp_json)?;
 
+        let ledger = db.run(crate::billing::trial_balance).await?;
+
         if let Some(out) = &opts.out {
             std::fs::create_dir_all(out)?;
             std::fs::write(out.join("report.json"), &report_json)?;
             std::fs::write(out.join("isp_report.json"), &isp_json)?;
+            std::fs::write(
+                out.join("ledger.json"),
+                serde_json::to_string_pretty(&ledger)?,
+            )?;
         }
-        Ok::<_, anyhow::Error>((report, by_class, runs, isp_report, calibration))
+        Ok::<_, anyhow::Error>((report, by_class, runs, isp_report, calibration, ledger))
     }
     .await;
 
-    let (report, by_class, runs, isp_report, calibration) = match outcome {
+    let (report, by_class, runs, isp_report, calibration, ledger) = match outcome {
         Ok(o) => o,
         Err(e) => {
             let _ = stop_agents.send(true);
@@ -396,12 +411,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         PLACES[0].4,
         PLACES[0].3
     );
+    say!(opts, "{}", money_summary(&ledger));
     if let Some(out) = &opts.out {
         say!(
             opts,
-            "Wrote {} and {}",
+            "Wrote {}, {} and {}",
             out.join("report.json").display(),
-            out.join("isp_report.json").display()
+            out.join("isp_report.json").display(),
+            out.join("ledger.json").display()
         );
     }
     if opts.serve {
@@ -427,6 +444,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         runs,
         isp_report,
         calibration,
+        ledger,
     })
 }
 
@@ -472,6 +490,40 @@ async fn serve_dashboard(
     tokio::signal::ctrl_c().await?;
     println!("Stopping.");
     Ok(())
+}
+
+/// The test credit the demo's owner is granted.
+const DEMO_CREDIT: Money = Money {
+    minor: 5_000,
+    currency: Currency::USD,
+};
+
+/// A few lines on where the money went, from the trial balance.
+pub fn money_summary(ledger: &TrialBalance) -> String {
+    let usd = |kind| Money::new(ledger.total(kind, Currency::USD), Currency::USD);
+    let credit_left = usd(AccountKind::OwnerCredit);
+    let earned = usd(AccountKind::VolunteerEarnings);
+    let fee = usd(AccountKind::PlatformRevenue);
+    let spent = Money::new(earned.minor + fee.minor, Currency::USD);
+    let balanced = ledger
+        .accounts
+        .iter()
+        .fold(
+            std::collections::BTreeMap::<&str, i64>::new(),
+            |mut sums, l| {
+                *sums.entry(l.currency.as_str()).or_default() += l.balance_minor;
+                sums
+            },
+        )
+        .values()
+        .all(|s| *s == 0);
+    format!(
+        "Money: the owner spent {spent} of {} credit ({credit_left} left); volunteers \
+         earned {earned}; platform fee {fee}. Trial balance of {} accounts sums to zero: {}",
+        DEMO_CREDIT,
+        ledger.accounts.len(),
+        if balanced { "yes" } else { "NO" }
+    )
 }
 
 fn rate(bps: u64) -> String {

@@ -29,6 +29,9 @@ pub enum Error {
     /// The request clashes with the current state.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },
+    /// The owner's credit does not cover what they asked for.
+    #[error("{message}")]
+    PaymentRequired { code: &'static str, message: String },
     /// The client used up a quota (named in `quota`); it may retry after this many seconds.
     #[error("{quota} is used up; retry in {retry_after_s} s")]
     RateLimited { quota: String, retry_after_s: u64 },
@@ -88,6 +91,21 @@ impl From<diesel::result::Error> for Error {
                 Error::Unavailable(info.message().to_owned())
             }
             other => Error::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<lastmile_billing::LedgerError> for Error {
+    fn from(e: lastmile_billing::LedgerError) -> Error {
+        use lastmile_billing::LedgerError as L;
+        match e {
+            L::Db(d) => Error::from(d),
+            L::BelowFloor { .. } => Error::PaymentRequired {
+                code: "insufficient_balance",
+                message: e.to_string(),
+            },
+            L::Corrupt(_) => Error::Internal(e.to_string()),
+            other => Error::invalid("invalid_transaction", other.to_string()),
         }
     }
 }

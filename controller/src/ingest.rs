@@ -6,7 +6,9 @@
 //! stored result and gets the same acknowledgement. A result that arrives after its
 //! lease ran out is stored as `late` and not counted (the slot was re-offered, and the
 //! re-offered measurement is the one that counts). Storing the result, closing the
-//! assignment and updating the aggregate happen in one transaction.
+//! assignment, updating the aggregate and paying for the result (the owner's credit to
+//! the volunteer's earnings and the platform's fee, `billing::pay_for_result`, keyed by
+//! the assignment id) happen in one transaction.
 //!
 //! Aggregates are one row per (check, hour bucket, country, region, ASN, connection class) with
 //! success/failure counts and an HdrHistogram per phase over the successful samples.
@@ -24,6 +26,7 @@ use crate::db::{write_tx, DbConn};
 use crate::error::{Error, Result};
 use crate::histogram;
 use crate::scheduling::{state, Assignment};
+use crate::{billing, checks};
 
 /// A stored result.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -210,6 +213,8 @@ pub fn submit(conn: &mut DbConn, agent: &Agent, sub: &ResultSubmission) -> Resul
                 .set(assignments::state.eq(state::DONE))
                 .execute(c)?;
             fold(c, &stored)?;
+            let check = checks::get_any(c, &assignment.check_id)?;
+            billing::pay_for_result(c, &assignment, &check, &agent.volunteer_id)?;
         }
         Ok(Submitted {
             ack: ack(sub, late),

@@ -17,6 +17,7 @@
 pub mod accounts;
 pub mod agents;
 pub mod api;
+pub mod billing;
 pub mod calibration;
 pub mod checks;
 pub mod clock;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use lastmile_controller::config::ControllerConfig;
 use lastmile_controller::db::Db;
 use lastmile_controller::demo::{self, DemoOptions};
-use lastmile_controller::{accounts, isp, server};
+use lastmile_controller::{accounts, billing, isp, server};
 
 /// Lastmile controller: schedules checks on volunteer probe agents and reports SLAs.
 #[derive(Parser)]
@@ -48,10 +48,10 @@ enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Manage owner accounts.
+    /// Manage owner accounts and their credit.
     Owner {
         #[command(subcommand)]
-        command: AccountCommand,
+        command: OwnerCommand,
     },
     /// Manage volunteer accounts.
     Volunteer {
@@ -66,7 +66,8 @@ enum Command {
     /// Run the whole product on this machine: controller, target site, 12 agents
     /// behind emulated links, and a report at the end.
     Demo {
-        /// Also write DIR/report.json (exactly what the report API serves).
+        /// Also write DIR/report.json (exactly what the report API serves),
+        /// DIR/isp_report.json and DIR/ledger.json (the ledger's trial balance).
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
         /// How many runs of the demo check to make.
@@ -95,6 +96,33 @@ enum IspCommand {
         asn: u32,
         #[arg(long)]
         email: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum OwnerCommand {
+    /// Create an owner and print its API token (shown only once).
+    Create {
+        /// Display name.
+        #[arg(long)]
+        name: String,
+    },
+    /// Grant an owner test credit (an operator grant: a ledger transaction from the
+    /// operator-grants account to the owner's credit).
+    Credit {
+        /// The owner's id (as printed by `owner create`).
+        #[arg(long)]
+        owner: String,
+        /// The amount in minor units (cents): 1000 is 10.00.
+        #[arg(long)]
+        amount_minor: i64,
+        /// ISO 4217 currency code; prices are in usd.
+        #[arg(long, default_value = "usd")]
+        currency: String,
+        /// Names this grant so that running the command again with the same id changes
+        /// nothing (default: a new grant each time).
+        #[arg(long)]
+        grant_id: Option<String>,
     },
 }
 
@@ -154,7 +182,38 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Owner {
-            command: AccountCommand::Create { name },
+            command:
+                OwnerCommand::Credit {
+                    owner,
+                    amount_minor,
+                    currency,
+                    grant_id,
+                },
+        } => {
+            let db = open_db(&config)?;
+            let currency: lastmile_billing::Currency = currency.parse()?;
+            let amount = lastmile_billing::Money::new(amount_minor, currency);
+            let grant_id = grant_id.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let posted = billing::grant_credit(&mut *db.conn()?, &owner, amount, &grant_id)?;
+            let balance = billing::balances(&mut *db.conn()?, billing::HolderKind::Owner, &owner)?;
+            let credit = balance
+                .balances
+                .iter()
+                .find(|b| b.kind == "owner_credit" && b.currency == currency.as_str())
+                .map_or(0, |b| b.balance_minor);
+            println!(
+                "{} {amount} to owner {owner} (grant {grant_id}); credit now {}",
+                if posted.duplicate {
+                    "already granted"
+                } else {
+                    "granted"
+                },
+                lastmile_billing::Money::new(credit, currency)
+            );
+            Ok(())
+        }
+        Command::Owner {
+            command: OwnerCommand::Create { name },
         } => {
             let db = open_db(&config)?;
             let (owner, token) = accounts::create_owner(&mut *db.conn()?, &name)?;

@@ -24,6 +24,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::agents::{self, Agent};
+use crate::billing;
 use crate::checks::{self, Check, Selection};
 use crate::clock::{to_datetime, Micros};
 use crate::db::schema::{assignments, checks as checks_t, run_agents, runs};
@@ -147,7 +148,9 @@ pub fn count_eligible(
 }
 
 /// Creates a run of `check` now: snapshots the eligible agents and creates the pending
-/// assignments, all in one transaction.
+/// assignments, all in one transaction. Refused with [`Error::PaymentRequired`] (and
+/// nothing written) when the owner's available credit cannot pay for every assignment
+/// (`billing::admit_run`).
 pub fn create_run(
     conn: &mut DbConn,
     check: &Check,
@@ -159,6 +162,7 @@ pub fn create_run(
     write_tx(conn, |c| {
         let eligible = eligible_agents(c, &selection, now - policy.online_window_us)?;
         let requested = eligible.len().min(selection.agents_per_run as usize);
+        billing::admit_run(c, check, requested as u32)?;
         let run = RunRow {
             id: run_id.clone(),
             check_id: check.id.clone(),
@@ -450,7 +454,14 @@ pub fn run_due_checks(
             .set(checks_t::next_run_at.eq(next))
             .execute(conn)?;
         if claimed == 1 {
-            created.push(create_run(conn, &check, policy, now)?);
+            match create_run(conn, &check, policy, now) {
+                Ok(run) => created.push(run),
+                // One owner out of credit must not hold up everyone else's checks.
+                Err(Error::PaymentRequired { message, .. }) => {
+                    tracing::warn!(check = %check.id, %message, "scheduled run skipped");
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(created)

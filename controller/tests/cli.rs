@@ -167,3 +167,69 @@ async fn demo_serve_keeps_the_dashboard_up_with_working_sign_ins_until_interrupt
     let status = child.wait().unwrap();
     assert!(status.success(), "demo --serve exited with {status}");
 }
+
+#[test]
+fn owner_credit_grants_test_credit_once_per_grant_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = controller(dir.path())
+        .args(["owner", "create", "--name", "Shop Ltd"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // "owner <id> created; ..."
+    let owner = stdout.split_whitespace().nth(1).unwrap().to_owned();
+    let credit = |amount: &str, grant: &str| {
+        controller(dir.path())
+            .args([
+                "owner",
+                "credit",
+                "--owner",
+                &owner,
+                "--amount-minor",
+                amount,
+            ])
+            .args(["--currency", "usd", "--grant-id", grant])
+            .output()
+            .unwrap()
+    };
+    let out = credit("2500", "welcome");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("granted 25.00 usd") && stdout.contains("credit now 25.00 usd"),
+        "{stdout}"
+    );
+    // The same grant again changes nothing; another grant adds up.
+    let stdout = String::from_utf8_lossy(&credit("2500", "welcome").stdout).into_owned();
+    assert!(
+        stdout.contains("already granted") && stdout.contains("credit now 25.00 usd"),
+        "{stdout}"
+    );
+    let stdout = String::from_utf8_lossy(&credit("100", "top-up").stdout).into_owned();
+    assert!(stdout.contains("credit now 26.00 usd"), "{stdout}");
+
+    let out = credit("0", "nothing");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("amount must be a positive number"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = controller(dir.path())
+        .args([
+            "owner",
+            "credit",
+            "--owner",
+            "nobody",
+            "--amount-minor",
+            "100",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("owner not found"));
+}

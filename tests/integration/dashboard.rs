@@ -375,7 +375,21 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
     let facts = browser.text("dl.facts").await;
     assert!(facts.contains("DE") && facts.contains("cable"), "{facts}");
 
+    // Without test credit the run is refused, and the page says why.
+    browser.submit("form[action$='/runs'] button").await;
+    let refused = browser.text(".error").await;
+    assert!(refused.contains("credit"), "{refused}");
+    assert!(browser.page_text().await.contains("No runs yet"));
+    let login = lastmile_controller::logins::authenticate(
+        &mut app.db().conn().unwrap(),
+        "ada@shop.example",
+        "a long enough password",
+    )
+    .unwrap();
+    app.credit(login.owner_id.as_deref().unwrap(), 1_000);
+
     // Run now: the real agent measures, and the run shows it.
+    browser.goto(&format!("{}{check_page}", app.base)).await;
     browser.submit("form[action$='/runs'] button").await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {

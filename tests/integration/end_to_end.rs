@@ -58,4 +58,39 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         "one row per connection class in one region: {isp}"
     );
     assert!(rows.iter().all(|r| r["group"]["asn"] == 64_501), "{isp}");
+    // ledger.json: a trial balance that sums to zero per currency, in which the owner
+    // paid for exactly the 24 results (5 cents each), volunteers earned 4 cents of each
+    // and the platform 1.
+    let ledger: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("ledger.json")).unwrap())
+            .unwrap();
+    let accounts = ledger["accounts"].as_array().unwrap();
+    let mut sums = std::collections::BTreeMap::<String, i64>::new();
+    let mut by_kind = std::collections::BTreeMap::<String, i64>::new();
+    for a in accounts {
+        let currency = a["currency"].as_str().unwrap().to_owned();
+        let balance = a["balance_minor"].as_i64().unwrap();
+        assert!(a["account"].is_string() && a["kind"].is_string(), "{a}");
+        *sums.entry(currency).or_default() += balance;
+        *by_kind
+            .entry(a["kind"].as_str().unwrap().to_owned())
+            .or_default() += balance;
+    }
+    assert_eq!(sums.len(), 1, "{ledger}");
+    assert!(sums.values().all(|s| *s == 0), "{ledger}");
+    assert_eq!(by_kind["operator_grants"], -5_000, "{ledger}");
+    assert_eq!(by_kind["owner_credit"], 5_000 - 24 * 5, "{ledger}");
+    assert_eq!(by_kind["volunteer_earnings"], 24 * 4, "{ledger}");
+    assert_eq!(by_kind["platform_revenue"], 24, "{ledger}");
+    // Each of the 3 volunteers (one per country) earned something.
+    assert_eq!(
+        accounts
+            .iter()
+            .filter(|a| a["kind"] == "volunteer_earnings" && a["balance_minor"].as_i64() > Some(0))
+            .count(),
+        3,
+        "{ledger}"
+    );
+    let summary = demo::money_summary(&outcome.ledger);
+    assert!(summary.contains("the owner spent 1.20 usd"), "{summary}");
 }

@@ -12,4 +12,5 @@ mod dashboard;
 mod end_to_end;
 mod isp;
 mod leasing;
+mod ledger;
 mod results;

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::leasing::submission;
 use crate::per_backend;
-use crate::support::{TestApp, TestDb};
+use crate::support::{TestApp, TestDb, OWNER_CREDIT};
 
 per_backend!(
     repeated_result_submission_is_stored_once,
@@ -107,6 +107,22 @@ async fn repeated_result_submission_is_stored_once(db: TestDb) {
     assert!(
         metrics.contains("lastmile_results_duplicate_total 1"),
         "{metrics}"
+    );
+    // Money moved once: the owner paid 5 cents, the volunteer earned 4.
+    let (_, owner_balance) = app
+        .call("GET", "/api/v1/me/balance", Some(&owner), None)
+        .await;
+    assert_eq!(
+        owner_balance["balances"][0]["balance_minor"],
+        OWNER_CREDIT - 5,
+        "{owner_balance}"
+    );
+    let (_, volunteer_balance) = app
+        .call("GET", "/api/v1/me/balance", Some(&key), None)
+        .await;
+    assert_eq!(
+        volunteer_balance["balances"][0],
+        json!({"kind": "volunteer_earnings", "currency": "usd", "balance_minor": 4})
     );
     app.controller.stop().await.unwrap();
 }

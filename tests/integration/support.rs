@@ -144,6 +144,9 @@ pub fn test_geo(dir: &std::path::Path) -> GeoConfig {
     }
 }
 
+/// The test credit [`TestApp::owner`] grants: 10 000.00 usd.
+pub const OWNER_CREDIT: i64 = 1_000_000;
+
 /// A controller serving a test database.
 pub struct TestApp {
     pub controller: Controller,
@@ -213,12 +216,32 @@ impl TestApp {
         &self.controller.state.db
     }
 
-    /// A new owner's API token.
+    /// A new owner's API token. The owner has [`OWNER_CREDIT`] of test credit, so
+    /// that runs are not refused for money; [`TestApp::owner_with_credit`] for others.
     pub fn owner(&self, name: &str) -> String {
+        self.owner_with_credit(name, OWNER_CREDIT).1
+    }
+
+    /// A new owner with `credit_minor` usd cents of credit: (owner id, API token).
+    pub fn owner_with_credit(&self, name: &str, credit_minor: i64) -> (String, String) {
         let mut conn = self.db().conn().unwrap();
-        lastmile_controller::accounts::create_owner(&mut conn, name)
-            .unwrap()
-            .1
+        let (owner, token) = lastmile_controller::accounts::create_owner(&mut conn, name).unwrap();
+        if credit_minor > 0 {
+            self.credit(&owner.id, credit_minor);
+        }
+        (owner.id, token)
+    }
+
+    /// Grants the owner `minor` usd cents of test credit (a new grant each call).
+    pub fn credit(&self, owner_id: &str, minor: i64) {
+        let mut conn = self.db().conn().unwrap();
+        lastmile_controller::billing::grant_credit(
+            &mut conn,
+            owner_id,
+            lastmile_billing::Money::new(minor, lastmile_billing::Currency::USD),
+            &uuid::Uuid::new_v4().to_string(),
+        )
+        .unwrap();
     }
 
     /// A new volunteer's enrolment key.

@@ -1,7 +1,8 @@
 //! Extractors that authenticate a request by its bearer token.
 //!
 //! Owners and agents hold different tokens (`lmo_...`, `lma_...`); a handler that
-//! takes [`AuthOwner`] or [`AuthAgent`] cannot run for anyone else.
+//! takes [`AuthOwner`] or [`AuthAgent`] cannot run for anyone else. [`AuthHolder`]
+//! (balances) accepts an owner, or a volunteer by enrolment key or agent token.
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -12,6 +13,7 @@ use lastmile_protocol::Location;
 
 use crate::accounts::{self, Owner};
 use crate::agents::{self, Agent};
+use crate::billing::HolderKind;
 use crate::error::Error;
 use crate::server::AppState;
 
@@ -109,6 +111,42 @@ impl FromRequest for AuthAgent {
                 .await?
                 .map(AuthAgent)
                 .ok_or_else(|| Error::Unauthorized("unknown or revoked agent token".into()))
+        })
+    }
+}
+
+/// An owner or a volunteer: whoever holds money. Owners send their API token;
+/// volunteers send their enrolment key or one of their agents' tokens.
+pub struct AuthHolder(pub HolderKind, pub String);
+
+impl FromRequest for AuthHolder {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let found = bearer(req).and_then(|t| Ok((t, state(req)?)));
+        Box::pin(async move {
+            let (token, state) = found?;
+            state
+                .db
+                .run(move |c| {
+                    if let Some(owner) = accounts::owner_by_token(c, &token)? {
+                        return Ok(Some(AuthHolder(HolderKind::Owner, owner.id)));
+                    }
+                    if let Some(v) = accounts::volunteer_by_enrol_key(c, &token)? {
+                        return Ok(Some(AuthHolder(HolderKind::Volunteer, v.id)));
+                    }
+                    Ok::<_, Error>(
+                        agents::agent_by_token(c, &token)?
+                            .map(|a| AuthHolder(HolderKind::Volunteer, a.volunteer_id)),
+                    )
+                })
+                .await?
+                .ok_or_else(|| {
+                    Error::Unauthorized(
+                        "send an owner token, a volunteer's enrolment key or an agent token".into(),
+                    )
+                })
         })
     }
 }

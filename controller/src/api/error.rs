@@ -2,9 +2,9 @@
 //!
 //! Every error answer is `{"error": "<stable_code>", "message": "<what is wrong>"}`.
 //! Domain errors map by kind (not found 404, unauthorized 401, forbidden 403, invalid
-//! 400/422, conflict 409, database unavailable 503); actix's own extractor failures
-//! (malformed JSON, oversized body, bad query string, unknown route) are mapped here too
-//! so that no client ever sees a bare text error.
+//! 400/422, credit too low 402, conflict 409, database unavailable 503); actix's own
+//! extractor failures (malformed JSON, oversized body, bad query string, unknown route)
+//! are mapped here too so that no client ever sees a bare text error.
 
 use actix_web::body::BoxBody;
 use actix_web::error::{JsonPayloadError, PathError, QueryPayloadError};
@@ -22,7 +22,8 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden { code, .. }
             | Error::Invalid { code, .. }
-            | Error::Conflict { code, .. } => code,
+            | Error::Conflict { code, .. }
+            | Error::PaymentRequired { code, .. } => code,
             Error::RateLimited { .. } => "rate_limited",
             Error::Unavailable(_) => "service_unavailable",
             Error::Internal(_) => "internal_error",
@@ -38,6 +39,7 @@ impl ResponseError for Error {
             Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Error::Conflict { .. } => StatusCode::CONFLICT,
+            Error::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -23,7 +23,7 @@ use utoipa::{Modify, OpenApi};
         agents::enrol, agents::heartbeat, agents::lease, agents::submit,
         agents::calibration_ping, agents::calibration_download, agents::calibration_upload,
         agents::calibration_report,
-        owners::me, owners::create_site, owners::list_sites, owners::get_site, owners::verify_site,
+        owners::me, owners::balance, owners::create_site, owners::list_sites, owners::get_site, owners::verify_site,
         owners::create_check, owners::list_checks, owners::get_check, owners::run_now, owners::list_runs,
         owners::get_run, owners::report,
         isp::list_asns, isp::start_claim, isp::confirm_claim, isp::summary, isp::destinations, isp::series,
@@ -36,6 +36,7 @@ use utoipa::{Modify, OpenApi};
     tags(
         (name = "agents", description = "Probe agents: enrolment, heartbeats, leases, results"),
         (name = "owners", description = "Owner accounts"),
+        (name = "billing", description = "Balances of owners and volunteers, in integer minor units"),
         (name = "sites", description = "Sites and their ownership verification"),
         (name = "checks", description = "Checks and their runs"),
         (name = "reports", description = "SLA reports"),
@@ -80,6 +81,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(agents::calibration_download)
             .service(agents::calibration_upload)
             .service(agents::calibration_report)
+            .service(owners::balance)
             .service(owners::me)
             .service(owners::create_site)
             .service(owners::list_sites)

@@ -7,7 +7,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use super::auth::AuthOwner;
+use super::auth::{AuthHolder, AuthOwner};
+use crate::billing::{self, Balances};
 use crate::checks::{CheckView, NewCheck};
 use crate::error::Error;
 use crate::metrics::Metrics;
@@ -33,6 +34,24 @@ pub async fn me(AuthOwner(owner): AuthOwner) -> web::Json<Me> {
         id: owner.id.parse().unwrap_or_default(),
         name: owner.name,
     })
+}
+
+/// Your balances in integer minor units: an owner's prepaid credit (and how much of it
+/// is held for assignments in progress), a volunteer's earnings and payouts in transit.
+/// Owners send their API token; volunteers their enrolment key or an agent token.
+#[utoipa::path(get, path = "/api/v1/me/balance", tag = "billing",
+    security(("owner_token" = []), ("agent_token" = [])),
+    responses((status = 200, body = Balances), (status = 401, body = ApiError)))]
+#[get("/me/balance")]
+pub async fn balance(
+    state: web::Data<AppState>,
+    AuthHolder(kind, id): AuthHolder,
+) -> Result<web::Json<Balances>, Error> {
+    let balances = state
+        .db
+        .run(move |c| billing::balances(c, kind, &id))
+        .await?;
+    Ok(web::Json(balances))
 }
 
 /// Add a site; the answer says how to prove you control it.
@@ -147,7 +166,7 @@ pub async fn get_check(
 
 /// Run a check now, in addition to its schedule.
 #[utoipa::path(post, path = "/api/v1/checks/{id}/runs", tag = "checks", security(("owner_token" = [])),
-    responses((status = 201, body = RunView), (status = 404, body = ApiError)))]
+    responses((status = 201, body = RunView), (status = 402, body = ApiError, description = "your credit does not cover the run"), (status = 404, body = ApiError)))]
 #[post("/checks/{id}/runs")]
 pub async fn run_now(
     state: web::Data<AppState>,

@@ -105,6 +105,13 @@ fn fixture(
     Vec<agents::Agent>,
 )> {
     let (owner, _) = accounts::create_owner(conn, "bench")?;
+    // Enough credit that no run is refused for money.
+    lastmile_controller::billing::grant_credit(
+        conn,
+        &owner.id,
+        lastmile_billing::Money::new(1_000_000_000, lastmile_billing::Currency::USD),
+        &format!("bench-{}", owner.id),
+    )?;
     let (_, key) = accounts::create_volunteer(conn, "bench")?;
     let site = lastmile_controller::sites::create(
         conn,

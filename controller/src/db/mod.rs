@@ -43,6 +43,17 @@ pub enum DbConn {
     Sqlite(SqliteConnection),
 }
 
+/// The ledger (`lastmile-billing`) runs on the same connection, inside the caller's
+/// transaction, so a payment commits with the event that caused it.
+impl lastmile_billing::AsLedgerConn for DbConn {
+    fn ledger_conn(&mut self) -> lastmile_billing::LedgerConn<'_> {
+        match self {
+            DbConn::Pg(c) => lastmile_billing::LedgerConn::Pg(c),
+            DbConn::Sqlite(c) => lastmile_billing::LedgerConn::Sqlite(c),
+        }
+    }
+}
+
 /// Which database a URL points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {

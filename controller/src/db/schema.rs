@@ -1,5 +1,11 @@
 //! The one schema both backends share (see `migrations/postgres` and `migrations/sqlite`).
 //! Hand-written to stay in the portable subset: text ids, BIGINT microsecond times.
+//!
+//! The ledger's tables (`ledger_accounts`, `ledger_transactions`, `ledger_postings`,
+//! migration `2026-11-25-000007_ledger`) belong to `lastmile-billing`, which declares
+//! them; they are re-exported here so this file still names every table.
+
+pub use lastmile_billing::store::{ledger_accounts, ledger_postings, ledger_transactions};
 
 diesel::table! {
     owners (id) {

@@ -1,0 +1,251 @@
+//! Money in the controller: what a check costs, admitting a run against the owner's
+//! credit, paying for an accepted result, operator grants, balances.
+//!
+//! The rules live in `lastmile-billing` (the ledger, its floors and idempotency, the
+//! price table); this module applies them to the controller's records, on the
+//! controller's connection, inside the controller's transactions.
+//!
+//! **Architecture Invariant:** an accepted result is paid in the same database
+//! transaction that stores it, under the event key `result:<assignment id>`, so a
+//! repeated submission pays once and a rolled-back submission pays nothing. A run is
+//! admitted only when the owner's credit, less what is already held for assignments
+//! still pending or leased, covers all of its assignments at the check's price; the
+//! owner's credit account is locked while this is decided. A late result (its lease ran
+//! out and the slot was re-offered) is stored but not paid.
+
+use diesel::prelude::*;
+use lastmile_billing::ledger::{self, Account, BalanceLine, Posted};
+use lastmile_billing::{movements, pricing, AccountKind, Currency, LedgerError, Money};
+use lastmile_protocol::CheckKind;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::checks::Check;
+use crate::db::schema::{assignments, checks, owners};
+use crate::db::{write_tx, DbConn};
+use crate::error::{Error, Result};
+use crate::scheduling::{state, Assignment};
+
+/// The price of one accepted result of `check` (see `lastmile_billing::pricing`).
+pub fn price_of(check: &Check) -> Money {
+    let kind = check.kind.parse().unwrap_or(CheckKind::Http);
+    let selection = check.selection();
+    pricing::price_per_result(kind, &selection.connection_classes, &selection.countries)
+}
+
+/// Credit held for the owner's assignments that are still pending or leased: each will
+/// be paid for when its result is accepted.
+pub fn held_for_assignments(conn: &mut DbConn, owner_id: &str) -> Result<Money> {
+    let open: Vec<(String, i64)> = assignments::table
+        .inner_join(checks::table)
+        .filter(checks::owner_id.eq(owner_id))
+        .filter(assignments::state.eq_any([state::PENDING, state::LEASED]))
+        .group_by(assignments::check_id)
+        .select((assignments::check_id, diesel::dsl::count_star()))
+        .load(conn)?;
+    let mut minor = 0;
+    for (check_id, count) in open {
+        let check = crate::checks::get_any(conn, &check_id)?;
+        minor += price_of(&check).minor * count;
+    }
+    Ok(Money::new(minor, pricing::PRICE_CURRENCY))
+}
+
+/// Admits a run of `check` that will create `requested` assignments, or refuses it
+/// with a 402 that says what it costs and what the owner has. Call inside the write
+/// transaction that creates the run: the owner's credit account stays locked until it
+/// commits, so two runs cannot both spend the same credit.
+pub fn admit_run(conn: &mut DbConn, check: &Check, requested: u32) -> Result<()> {
+    if requested == 0 {
+        return Ok(());
+    }
+    let price = price_of(check);
+    let account = Account::owner_credit(&check.owner_id, price.currency);
+    let balance = ledger::lock_balance(conn, &account)?;
+    let held = held_for_assignments(conn, &check.owner_id)?;
+    let cost = Money::new(price.minor * i64::from(requested), price.currency);
+    let available = balance.minor - held.minor;
+    if cost.minor > available {
+        return Err(Error::PaymentRequired {
+            code: "insufficient_credit",
+            message: format!(
+                "this run needs {requested} results at {price} each ({cost}), but your \
+                 credit is {balance}, of which {held} is held for assignments in progress, \
+                 leaving {}; add credit and try again",
+                Money::new(available, price.currency)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Pays for an accepted result inside the transaction that stores it: the owner's
+/// credit pays the check's price, the volunteer behind the agent earns the price less
+/// the platform fee. Returns `None` (and logs) if the owner's credit cannot cover it,
+/// which admission makes impossible unless credit was taken away meanwhile: the result
+/// is still stored, only unpaid.
+pub fn pay_for_result(
+    conn: &mut DbConn,
+    assignment: &Assignment,
+    check: &Check,
+    volunteer_id: &str,
+) -> Result<Option<Posted>> {
+    let price = price_of(check);
+    let tx = movements::pay_result(&check.owner_id, volunteer_id, price, &assignment.id);
+    match ledger::post(conn, &tx) {
+        Ok(posted) => Ok(Some(posted)),
+        Err(e @ LedgerError::BelowFloor { .. }) => {
+            tracing::warn!(assignment = %assignment.id, error = %e, "result stored but not paid");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Grants `amount` of test credit to an owner (an operator's action, not a payment).
+/// `grant_id` names the grant: granting again with the same id changes nothing.
+pub fn grant_credit(
+    conn: &mut DbConn,
+    owner_id: &str,
+    amount: Money,
+    grant_id: &str,
+) -> Result<Posted> {
+    if amount.minor <= 0 {
+        return Err(Error::invalid(
+            "invalid_amount",
+            "the amount must be a positive number of minor units (cents)",
+        ));
+    }
+    let exists: i64 = owners::table
+        .filter(owners::id.eq(owner_id))
+        .count()
+        .get_result(conn)?;
+    if exists == 0 {
+        return Err(Error::NotFound {
+            what: "owner",
+            code: "owner_not_found",
+        });
+    }
+    write_tx(conn, |c| {
+        Ok(ledger::post(
+            c,
+            &movements::grant(owner_id, amount, grant_id),
+        )?)
+    })
+}
+
+/// Who a balance belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum HolderKind {
+    Owner,
+    Volunteer,
+}
+
+/// One account's balance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AccountBalance {
+    /// `owner_credit`, `volunteer_earnings` or `payouts_in_transit`.
+    pub kind: String,
+    /// ISO 4217, lower case.
+    pub currency: String,
+    /// Integer minor units (cents).
+    pub balance_minor: i64,
+}
+
+/// An owner's or volunteer's balances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Balances {
+    pub holder: HolderKind,
+    pub id: String,
+    pub balances: Vec<AccountBalance>,
+    /// Owners only: credit held for assignments in progress (in `usd` minor units).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held_minor: Option<i64>,
+}
+
+/// The balances of an owner or volunteer. The main accounts are listed even before
+/// their first posting (at 0 usd).
+pub fn balances(conn: &mut DbConn, holder: HolderKind, id: &str) -> Result<Balances> {
+    let mut lines: Vec<BalanceLine> = ledger::balances_of_holder(conn, id)?;
+    let main: &[AccountKind] = match holder {
+        HolderKind::Owner => &[AccountKind::OwnerCredit],
+        HolderKind::Volunteer => &[
+            AccountKind::VolunteerEarnings,
+            AccountKind::PayoutsInTransit,
+        ],
+    };
+    for kind in main {
+        if !lines
+            .iter()
+            .any(|l| l.kind == *kind && l.currency == pricing::PRICE_CURRENCY)
+        {
+            lines.push(BalanceLine {
+                account: String::new(),
+                kind: *kind,
+                holder: Some(id.to_owned()),
+                currency: pricing::PRICE_CURRENCY,
+                balance_minor: 0,
+            });
+        }
+    }
+    lines.sort_by_key(|l| (l.kind, l.currency));
+    let held_minor = match holder {
+        HolderKind::Owner => Some(held_for_assignments(conn, id)?.minor),
+        HolderKind::Volunteer => None,
+    };
+    Ok(Balances {
+        holder,
+        id: id.to_owned(),
+        balances: lines
+            .into_iter()
+            .map(|l| AccountBalance {
+                kind: l.kind.as_str().to_owned(),
+                currency: l.currency.to_string(),
+                balance_minor: l.balance_minor,
+            })
+            .collect(),
+        held_minor,
+    })
+}
+
+/// One line of the trial balance file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialBalanceLine {
+    pub account: String,
+    pub kind: String,
+    pub currency: String,
+    pub balance_minor: i64,
+}
+
+/// Every account's balance; they sum to zero per currency.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialBalance {
+    pub accounts: Vec<TrialBalanceLine>,
+}
+
+impl TrialBalance {
+    /// The sum of the balances of one kind in one currency.
+    pub fn total(&self, kind: AccountKind, currency: Currency) -> i64 {
+        self.accounts
+            .iter()
+            .filter(|l| l.kind == kind.as_str() && l.currency == currency.as_str())
+            .map(|l| l.balance_minor)
+            .sum()
+    }
+}
+
+/// The ledger's trial balance.
+pub fn trial_balance(conn: &mut DbConn) -> Result<TrialBalance> {
+    Ok(TrialBalance {
+        accounts: ledger::trial_balance(conn)?
+            .into_iter()
+            .map(|l| TrialBalanceLine {
+                account: l.account,
+                kind: l.kind.as_str().to_owned(),
+                currency: l.currency.to_string(),
+                balance_minor: l.balance_minor,
+            })
+            .collect(),
+    })
+}

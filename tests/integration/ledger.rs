@@ -1,0 +1,357 @@
+//! Money through the controller, on both backends: results paid once, runs refused
+//! for want of credit before any assignment exists, the balances endpoint, and the
+//! operator's grant.
+
+use std::net::Ipv4Addr;
+
+use lastmile_billing::ledger;
+use lastmile_controller::db::count_sql;
+use lastmile_testbed::site::{SiteConfig, TargetSite};
+use serde_json::json;
+
+use crate::leasing::submission;
+use crate::per_backend;
+use crate::support::{TestApp, TestDb, OWNER_CREDIT};
+
+per_backend!(
+    a_result_submitted_many_times_at_once_is_paid_once,
+    a_run_the_credit_cannot_cover_is_refused_with_402_before_any_assignment,
+    balances_endpoint_answers_owners_and_volunteers_in_minor_units,
+    a_check_shows_its_price_and_scarce_lines_and_countries_cost_more,
+    concurrent_runs_cannot_spend_the_same_credit,
+    a_scheduled_run_without_credit_is_skipped_and_other_owners_checks_go_on,
+);
+
+/// A verified site and a check of it measured by `agents_per_run` agents.
+async fn check(app: &TestApp, owner: &str, site: &TargetSite, agents_per_run: u32) -> String {
+    let site_id = app.verified_site(owner, site).await;
+    let (status, check) = app
+        .call(
+            "POST",
+            "/api/v1/checks",
+            Some(owner),
+            Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": agents_per_run}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{check}");
+    check["id"].as_str().unwrap().to_owned()
+}
+
+async fn balance(app: &TestApp, token: &str, kind: &str) -> i64 {
+    let (status, body) = app
+        .call("GET", "/api/v1/me/balance", Some(token), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["balances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["kind"] == kind && b["currency"] == "usd")
+        .unwrap_or_else(|| panic!("no {kind} in {body}"))["balance_minor"]
+        .as_i64()
+        .unwrap()
+}
+
+async fn a_result_submitted_many_times_at_once_is_paid_once(db: TestDb) {
+    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let owner = app.owner("owner");
+    let key = app.volunteer("v");
+    let agent = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
+        .await;
+    let check = check(&app, &owner, &site, 1).await;
+    let (status, _) = app
+        .call(
+            "POST",
+            &format!("/api/v1/checks/{check}/runs"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (_, lease) = app
+        .call(
+            "POST",
+            "/api/v1/agents/lease",
+            Some(&agent),
+            Some(json!({"max": 1})),
+        )
+        .await;
+    let assignment = lease["tasks"][0]["assignment_id"].clone();
+    let result = submission(&assignment, 40_000);
+    // Eight submissions of the same result race each other.
+    let acks = futures_util::future::join_all((0..8).map(|_| {
+        app.call(
+            "POST",
+            "/api/v1/results",
+            Some(&agent),
+            Some(result.clone()),
+        )
+    }))
+    .await;
+    for (status, ack) in &acks {
+        assert_eq!(*status, 200, "{ack}");
+        assert_eq!(ack["disposition"], "accepted");
+    }
+
+    // An http check with any class and country costs 5 cents: 4 to the volunteer,
+    // 1 to the platform.
+    assert_eq!(
+        balance(&app, &owner, "owner_credit").await,
+        OWNER_CREDIT - 5
+    );
+    assert_eq!(balance(&app, &key, "volunteer_earnings").await, 4);
+    assert_eq!(
+        balance(&app, &agent, "volunteer_earnings").await,
+        4,
+        "an agent token shows its volunteer's balance"
+    );
+    let mut conn = app.db().conn().unwrap();
+    assert_eq!(
+        count_sql(
+            &mut conn,
+            "SELECT COUNT(*) AS n FROM ledger_transactions WHERE kind = 'result'"
+        )
+        .unwrap(),
+        1
+    );
+    let lines = ledger::trial_balance(&mut *conn).unwrap();
+    let platform = lines
+        .iter()
+        .find(|l| l.account == "platform_revenue:usd")
+        .unwrap();
+    assert_eq!(platform.balance_minor, 1);
+    assert!(ledger::audit(&mut *conn).unwrap().is_empty());
+    drop(conn);
+    app.controller.stop().await.unwrap();
+}
+
+async fn a_run_the_credit_cannot_cover_is_refused_with_402_before_any_assignment(db: TestDb) {
+    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    // 12 cents: not enough for three results at 5 cents.
+    let (owner_id, owner) = app.owner_with_credit("thrifty", 12);
+    let key = app.volunteer("v");
+    for i in 2..=4 {
+        app.agent(Ipv4Addr::new(127, 0, 0, i), &key, "fibre", 1)
+            .await;
+    }
+    let check = check(&app, &owner, &site, 3).await;
+    let run_path = format!("/api/v1/checks/{check}/runs");
+    let (status, body) = app.call("POST", &run_path, Some(&owner), None).await;
+    assert_eq!(status, 402, "{body}");
+    assert_eq!(body["error"], "insufficient_credit");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("3 results at 0.05 usd each (0.15 usd)")
+            && message.contains("your credit is 0.12 usd"),
+        "{message}"
+    );
+    let mut conn = app.db().conn().unwrap();
+    for table in ["runs", "assignments", "run_agents"] {
+        assert_eq!(
+            count_sql(&mut conn, &format!("SELECT COUNT(*) AS n FROM {table}")).unwrap(),
+            0,
+            "{table}"
+        );
+    }
+    drop(conn);
+
+    // With 3 cents more the run is admitted, and its 15 cents are held...
+    app.credit(&owner_id, 3);
+    let (status, run) = app.call("POST", &run_path, Some(&owner), None).await;
+    assert_eq!(status, 201, "{run}");
+    assert_eq!(run["requested"], 3);
+    let (_, me) = app
+        .call("GET", "/api/v1/me/balance", Some(&owner), None)
+        .await;
+    assert_eq!(me["held_minor"], 15, "{me}");
+    // ... so a second run is refused although no result has been paid yet.
+    let (status, body) = app.call("POST", &run_path, Some(&owner), None).await;
+    assert_eq!(status, 402, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("0.15 usd is held for assignments in progress"),
+        "{body}"
+    );
+    let mut conn = app.db().conn().unwrap();
+    assert_eq!(
+        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM assignments").unwrap(),
+        3
+    );
+    drop(conn);
+    app.controller.stop().await.unwrap();
+}
+
+async fn balances_endpoint_answers_owners_and_volunteers_in_minor_units(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let (_, owner) = app.owner_with_credit("owner", 2_500);
+    let key = app.volunteer("v");
+
+    let (status, body) = app.call("GET", "/api/v1/me/balance", None, None).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, _) = app
+        .call("GET", "/api/v1/me/balance", Some("lmo_nonsense"), None)
+        .await;
+    assert_eq!(status, 401);
+
+    let (status, body) = app
+        .call("GET", "/api/v1/me/balance", Some(&owner), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["holder"], "owner");
+    assert_eq!(
+        body["balances"],
+        json!([{"kind": "owner_credit", "currency": "usd", "balance_minor": 2500}])
+    );
+    assert_eq!(body["held_minor"], 0);
+
+    let (status, body) = app
+        .call("GET", "/api/v1/me/balance", Some(&key), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["holder"], "volunteer");
+    assert_eq!(
+        body["balances"],
+        json!([
+            {"kind": "volunteer_earnings", "currency": "usd", "balance_minor": 0},
+            {"kind": "payouts_in_transit", "currency": "usd", "balance_minor": 0},
+        ])
+    );
+    assert!(body.get("held_minor").is_none(), "{body}");
+
+    // The endpoint is in the API document.
+    let (_, doc) = app.call("GET", "/api/openapi.json", None, None).await;
+    assert!(
+        doc["paths"]["/api/v1/me/balance"]["get"].is_object(),
+        "{}",
+        doc["paths"]
+    );
+    app.controller.stop().await.unwrap();
+}
+
+async fn a_check_shows_its_price_and_scarce_lines_and_countries_cost_more(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let owner = app.owner("owner");
+    let site_id = app.verified_site(&owner, &site).await;
+    let mut prices = Vec::new();
+    for selection in [
+        json!({}),
+        json!({"connection_classes": ["dialup"]}),
+        json!({"connection_classes": ["dialup", "fibre"]}),
+        json!({"connection_classes": ["satellite"], "countries": ["BR"]}),
+        json!({"countries": ["BR", "DE"]}),
+    ] {
+        let (status, check) = app
+            .call(
+                "POST",
+                "/api/v1/checks",
+                Some(&owner),
+                Some(json!({"site_id": site_id, "url": site.origin(), "selection": selection})),
+            )
+            .await;
+        assert_eq!(status, 201, "{check}");
+        assert_eq!(check["price_currency"], "usd");
+        prices.push(check["price_per_result_minor"].as_i64().unwrap());
+    }
+    // Any line 5; dial-up only x4; dial-up or fibre is served by fibre; satellite in
+    // Brazil x3 x1.5 rounded up; Brazil or Germany is served by Germany.
+    assert_eq!(prices, [5, 20, 5, 23, 5]);
+    app.controller.stop().await.unwrap();
+}
+
+async fn concurrent_runs_cannot_spend_the_same_credit(db: TestDb) {
+    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    // Enough for one run of two results, not two.
+    let (_, owner) = app.owner_with_credit("owner", 14);
+    let key = app.volunteer("v");
+    for i in 2..=3 {
+        app.agent(Ipv4Addr::new(127, 0, 0, i), &key, "fibre", 1)
+            .await;
+    }
+    let check = check(&app, &owner, &site, 2).await;
+    let run_path = format!("/api/v1/checks/{check}/runs");
+    let answers = futures_util::future::join_all(
+        (0..6).map(|_| app.call("POST", &run_path, Some(&owner), None)),
+    )
+    .await;
+    let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 402, 402, 402, 402, 402], "{answers:?}");
+    let mut conn = app.db().conn().unwrap();
+    assert_eq!(
+        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM assignments").unwrap(),
+        2
+    );
+    drop(conn);
+    app.controller.stop().await.unwrap();
+}
+
+async fn a_scheduled_run_without_credit_is_skipped_and_other_owners_checks_go_on(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let key = app.volunteer("v");
+    app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
+        .await;
+    let (_, broke) = app.owner_with_credit("broke", 0);
+    let rich = app.owner("rich");
+    let mut checks = Vec::new();
+    for owner in [&broke, &rich] {
+        let site_id = app.verified_site(owner, &site).await;
+        let (status, check) = app
+            .call(
+                "POST",
+                "/api/v1/checks",
+                Some(owner),
+                Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 1}, "schedule": {"every_seconds": 1}})),
+            )
+            .await;
+        assert_eq!(status, 201, "{check}");
+        checks.push(check["id"].as_str().unwrap().to_owned());
+    }
+    // The scheduler ticks every 100 ms; wait (generously) for the paying owner's
+    // check to have run twice.
+    let runs_of = |owner: String, check: String| {
+        let app = &app;
+        async move {
+            let (status, runs) = app
+                .call(
+                    "GET",
+                    &format!("/api/v1/checks/{check}/runs"),
+                    Some(&owner),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{runs}");
+            runs.as_array().unwrap().len()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while runs_of(rich.clone(), checks[1].clone()).await < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scheduler stopped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(runs_of(broke.clone(), checks[0].clone()).await, 0);
+    app.controller.stop().await.unwrap();
+}
