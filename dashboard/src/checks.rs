@@ -19,12 +19,14 @@ pub struct CheckItem {
     pub selection: String,
 }
 
-pub fn list(nav: &Nav, checks: &[CheckItem]) -> Markup {
+/// `money`: lines on the owner's test credit, shown above the list.
+pub fn list(nav: &Nav, checks: &[CheckItem], money: &[String]) -> Markup {
     page(
         "Checks",
         Some(nav),
         html! {
             h1 { "Your checks" }
+            @for line in money { p.money { (line) } }
             p { a.button href="/app/checks/new" { "New check" } }
             @if checks.is_empty() {
                 p.empty { "No checks yet. A check measures one page of a verified site from the agents you select." }

@@ -37,12 +37,14 @@ pub struct Install {
     pub new_key: Option<String>,
 }
 
-pub fn agents(nav: &Nav, items: &[AgentItem], install: &Install) -> Markup {
+/// `money`: lines on the volunteer's earnings, shown above the agents.
+pub fn agents(nav: &Nav, items: &[AgentItem], install: &Install, money: &[String]) -> Markup {
     page(
         "Agents",
         Some(nav),
         html! {
             h1 { "Your agents" }
+            @for line in money { p.money { (line) } }
             @if items.is_empty() {
                 p.empty { "No agents yet. Install one on a computer that stays on, with the command below." }
             } @else {

@@ -405,6 +405,11 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     browser.screenshot(&shot("check-ran")).await;
+    // The checks page shows what the run cost: 10.00 USD less one 5-cent result.
+    browser.goto(&format!("{}/app/checks", app.base)).await;
+    let money = browser.text(".money").await;
+    assert!(money.contains("Test credit: 9.95 USD"), "{money}");
+    browser.goto(&format!("{}{check_page}", app.base)).await;
     // The CSV link reads the same API with the browser's session.
     let href = browser
         .client

@@ -82,6 +82,7 @@ pub async fn list(user: SignedIn, state: web::Data<AppState>) -> HttpResponse {
     let Some(owner) = user.0.login.owner_id.clone() else {
         return not_an_owner(&user);
     };
+    let money = super::money_lines(&state, crate::billing::HolderKind::Owner, owner.clone()).await;
     match state.db.run(move |c| checks::list(c, &owner)).await {
         Ok(found) => {
             let items: Vec<CheckItem> = found
@@ -94,7 +95,7 @@ pub async fn list(user: SignedIn, state: web::Data<AppState>) -> HttpResponse {
                     selection: selection_text(&c.selection()),
                 })
                 .collect();
-            html(StatusCode::OK, pages::list(&user.nav(), &items))
+            html(StatusCode::OK, pages::list(&user.nav(), &items, &money))
         }
         Err(e) => failed(&user, &e),
     }

@@ -60,6 +60,61 @@ async fn eligible_js() -> HttpResponse {
         .body(lastmile_dashboard::ELIGIBLE_JS)
 }
 
+/// "49.80 USD" from integer minor units.
+fn money(minor: i64, currency: &str) -> String {
+    let sign = if minor < 0 { "-" } else { "" };
+    let m = minor.unsigned_abs();
+    format!(
+        "{sign}{}.{:02} {}",
+        m / 100,
+        m % 100,
+        currency.to_uppercase()
+    )
+}
+
+/// Lines on an account's money for the dashboard, from the same balances the API serves.
+async fn money_lines(
+    state: &crate::server::AppState,
+    holder: crate::billing::HolderKind,
+    id: String,
+) -> Vec<String> {
+    let found = state
+        .db
+        .run(move |c| crate::billing::balances(c, holder, &id))
+        .await;
+    let Ok(b) = found else {
+        return Vec::new();
+    };
+    b.balances
+        .iter()
+        .filter(|a| a.balance_minor != 0 || a.kind != "payouts_in_transit")
+        .map(|a| match a.kind.as_str() {
+            "owner_credit" => {
+                let held = b.held_minor.unwrap_or(0);
+                let mut line = format!(
+                    "Test credit: {}",
+                    money(a.balance_minor - held, &a.currency)
+                );
+                if held > 0 {
+                    line.push_str(&format!(
+                        " available ({} held for runs in progress)",
+                        money(held, &a.currency)
+                    ));
+                }
+                line
+            }
+            "volunteer_earnings" => format!(
+                "Earned, not yet paid out: {}",
+                money(a.balance_minor, &a.currency)
+            ),
+            "payouts_in_transit" => {
+                format!("On its way to you: {}", money(a.balance_minor, &a.currency))
+            }
+            other => format!("{other}: {}", money(a.balance_minor, &a.currency)),
+        })
+        .collect()
+}
+
 /// An HTML page answer.
 fn html(status: actix_web::http::StatusCode, markup: maud::Markup) -> HttpResponse {
     HttpResponse::build(status)
@@ -72,4 +127,14 @@ fn see_other(location: &str) -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header((actix_web::http::header::LOCATION, location.to_owned()))
         .finish()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn money_reads_as_an_amount_with_its_currency() {
+        assert_eq!(super::money(4_980, "usd"), "49.80 USD");
+        assert_eq!(super::money(5, "usd"), "0.05 USD");
+        assert_eq!(super::money(-120, "eur"), "-1.20 EUR");
+    }
 }

@@ -90,6 +90,12 @@ async fn render(
     let Some(volunteer) = user.0.login.volunteer_id.clone() else {
         return not_a_volunteer(user);
     };
+    let money = super::money_lines(
+        state,
+        crate::billing::HolderKind::Volunteer,
+        volunteer.clone(),
+    )
+    .await;
     let now = now_us();
     let online_since = now - state.policy.online_window_us;
     match state
@@ -103,7 +109,10 @@ async fn render(
                 controller_url: controller_url(req),
                 new_key,
             };
-            html(StatusCode::OK, pages::agents(&user.nav(), &items, &install))
+            html(
+                StatusCode::OK,
+                pages::agents(&user.nav(), &items, &install, &money),
+            )
         }
         Err(e) => html(
             e.status_code(),
