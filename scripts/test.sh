@@ -13,3 +13,4 @@ trap 'rm -rf "$smoke_out"' EXIT
 cargo run --quiet -p lastmile-controller -- demo --runs 1 --out "$smoke_out"
 test -s "$smoke_out/report.json"
 test -s "$smoke_out/ledger.json"
+test -s "$smoke_out/leaderboard.json"

@@ -130,18 +130,33 @@ pub fn agent_by_token(conn: &mut DbConn, token: &str) -> Result<Option<Agent>> {
 }
 
 /// Records a heartbeat: the agent is online, at this address and location, with these limits.
+/// Records a heartbeat: the agent's limits, pause reason, address and location, and the
+/// time online since the previous heartbeat when that came within `online_window_us`
+/// (a longer gap means the agent was offline in between).
 pub fn heartbeat(
     conn: &mut DbConn,
     agent_id: &str,
     beat: &Heartbeat,
     ip: IpAddr,
     location: &Location,
+    online_window_us: Micros,
 ) -> Result<()> {
     if beat.limits.max_concurrent == 0 || beat.limits.max_concurrent > 64 {
         return Err(Error::invalid(
             "invalid_limits",
             "limits.max_concurrent must be between 1 and 64",
         ));
+    }
+    let now = now_us();
+    let previous: Option<Micros> = agents::table
+        .find(agent_id)
+        .select(agents::last_heartbeat_at)
+        .first(conn)?;
+    if let Some(gap) = previous
+        .map(|p| now - p)
+        .filter(|g| *g > 0 && *g <= online_window_us)
+    {
+        add_uptime(conn, agent_id, now, gap)?;
     }
     diesel::update(agents::table.find(agent_id))
         .set((
@@ -154,10 +169,40 @@ pub fn heartbeat(
             agents::city.eq(&location.city),
             agents::asn.eq(location.asn.map(i64::from)),
             agents::as_org.eq(&location.as_org),
-            agents::last_heartbeat_at.eq(now_us()),
+            agents::last_heartbeat_at.eq(now),
             agents::paused_reason.eq(beat.paused.as_deref().map(|p| truncate(p, 200))),
         ))
         .execute(conn)?;
+    Ok(())
+}
+
+/// Adds `gap` microseconds of time online to the agent's tally for the UTC day of `now`.
+fn add_uptime(conn: &mut DbConn, agent_id: &str, now: Micros, gap: Micros) -> Result<()> {
+    use diesel::sql_types::{BigInt, Text};
+    let day = now.div_euclid(86_400_000_000);
+    let seconds = gap / 1_000_000;
+    if seconds == 0 {
+        return Ok(());
+    }
+    // One statement, so two heartbeats at once cannot lose an addition.
+    match conn {
+        DbConn::Pg(c) => diesel::sql_query(
+            "INSERT INTO agent_uptime (agent_id, day, seconds) VALUES ($1, $2, $3) \
+             ON CONFLICT (agent_id, day) DO UPDATE SET seconds = agent_uptime.seconds + EXCLUDED.seconds",
+        )
+        .bind::<Text, _>(agent_id)
+        .bind::<BigInt, _>(day)
+        .bind::<BigInt, _>(seconds)
+        .execute(c)?,
+        DbConn::Sqlite(c) => diesel::sql_query(
+            "INSERT INTO agent_uptime (agent_id, day, seconds) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (agent_id, day) DO UPDATE SET seconds = agent_uptime.seconds + excluded.seconds",
+        )
+        .bind::<Text, _>(agent_id)
+        .bind::<BigInt, _>(day)
+        .bind::<BigInt, _>(seconds)
+        .execute(c)?,
+    };
     Ok(())
 }
 

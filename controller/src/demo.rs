@@ -88,6 +88,8 @@ pub struct DemoOutcome {
     pub calibration: Vec<CalibratedAgent>,
     /// The ledger's trial balance at the end (`ledger.json`).
     pub ledger: TrialBalance,
+    /// This week's leaderboard as the public API served it (`leaderboard.json`).
+    pub leaderboard: crate::leaderboard::Leaderboard,
 }
 
 /// One demo agent's line as it declared it and as the controller measured it.
@@ -412,13 +414,39 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         PLACES[0].3
     );
     say!(opts, "{}", money_summary(&ledger));
-    if let Some(out) = &opts.out {
+    let leaderboard_json = reqwest::get(format!(
+        "{}/api/v1/leaderboard?period=week",
+        controller.url()
+    ))
+    .await?
+    .error_for_status()?
+    .text()
+    .await?;
+    let leaderboard: crate::leaderboard::Leaderboard = serde_json::from_str(&leaderboard_json)?;
+    say!(
+        opts,
+        "Leaderboard this week (points: 10/h online, 1/measurement, 1/10 s measuring):"
+    );
+    for e in leaderboard.entries.iter().take(5) {
         say!(
             opts,
-            "Wrote {}, {} and {}",
+            "  {:>2}. {:<24} {:>5} points ({} measurements, {:.1} h online)",
+            e.rank,
+            e.volunteer,
+            e.points,
+            e.measurements,
+            e.online_hours
+        );
+    }
+    if let Some(out) = &opts.out {
+        std::fs::write(out.join("leaderboard.json"), &leaderboard_json)?;
+        say!(
+            opts,
+            "Wrote {}, {}, {} and {}",
             out.join("report.json").display(),
             out.join("isp_report.json").display(),
-            out.join("ledger.json").display()
+            out.join("ledger.json").display(),
+            out.join("leaderboard.json").display()
         );
     }
     if opts.serve {
@@ -445,6 +473,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         isp_report,
         calibration,
         ledger,
+        leaderboard,
     })
 }
 

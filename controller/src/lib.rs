@@ -29,6 +29,7 @@ pub mod geo;
 pub mod histogram;
 pub mod ingest;
 pub mod isp;
+pub mod leaderboard;
 pub mod logins;
 pub mod metrics;
 pub mod rate_limit;

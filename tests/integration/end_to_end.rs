@@ -93,4 +93,18 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     );
     let summary = demo::money_summary(&outcome.ledger);
     assert!(summary.contains("the owner spent 1.20 usd"), "{summary}");
+    // leaderboard.json: what the public API served; the three volunteers, each paid for
+    // the 8 measurements their 4 agents made, ranked by points.
+    let board: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("leaderboard.json")).unwrap(),
+    )
+    .unwrap();
+    let entries = board["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 3, "{board}");
+    assert_eq!(entries[0]["rank"], 1, "{board}");
+    for e in entries {
+        assert_eq!(e["measurements"], 8, "{board}");
+        assert!(e["points"].as_u64().unwrap() >= 8, "{board}");
+    }
+    assert_eq!(outcome.leaderboard.entries.len(), 3);
 }

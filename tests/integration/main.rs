@@ -11,6 +11,7 @@ mod calibration;
 mod dashboard;
 mod end_to_end;
 mod isp;
+mod leaderboard;
 mod leasing;
 mod ledger;
 mod results;

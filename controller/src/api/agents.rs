@@ -45,9 +45,10 @@ pub async fn heartbeat(
     body: web::Json<Heartbeat>,
 ) -> Result<web::Json<HeartbeatAck>, Error> {
     let location = origin.location.clone();
+    let window = state.policy.online_window_us;
     state
         .db
-        .run(move |c| agents::heartbeat(c, &agent.id, &body, origin.ip, &origin.location))
+        .run(move |c| agents::heartbeat(c, &agent.id, &body, origin.ip, &origin.location, window))
         .await?;
     Ok(web::Json(HeartbeatAck {
         server_time: chrono::Utc::now(),

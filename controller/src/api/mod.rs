@@ -10,6 +10,7 @@ pub mod error;
 pub mod isp;
 pub mod ops;
 pub mod owners;
+pub mod public;
 
 use actix_web::web;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -27,6 +28,7 @@ use utoipa::{Modify, OpenApi};
         owners::create_check, owners::list_checks, owners::get_check, owners::run_now, owners::list_runs,
         owners::get_run, owners::report,
         isp::list_asns, isp::start_claim, isp::confirm_claim, isp::summary, isp::destinations, isp::series,
+        public::leaderboard,
     ),
     components(schemas(
         lastmile_protocol::ApiError, lastmile_protocol::Location, lastmile_protocol::Phase,
@@ -40,6 +42,7 @@ use utoipa::{Modify, OpenApi};
         (name = "sites", description = "Sites and their ownership verification"),
         (name = "checks", description = "Checks and their runs"),
         (name = "reports", description = "SLA reports"),
+        (name = "leaderboard", description = "Volunteers ranked by points, public"),
         (name = "isp", description = "ISPs: SLA views of their own networks, rate limited, with ETags"),
     )
 )]
@@ -99,7 +102,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(isp::confirm_claim)
             .service(isp::summary)
             .service(isp::destinations)
-            .service(isp::series),
+            .service(isp::series)
+            .service(public::leaderboard),
     )
     .default_service(web::to(error::no_route));
 }

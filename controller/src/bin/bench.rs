@@ -177,6 +177,7 @@ fn fixture(
             },
             ip,
             &location,
+            90_000_000,
         )?;
         list.push(agents::agent_by_token(conn, &enrolled.token)?.context("agent just enrolled")?);
     }

@@ -232,7 +232,16 @@ diesel::table! {
 
 diesel::joinable!(sessions -> logins (login_id));
 
+diesel::table! {
+    agent_uptime (agent_id, day) {
+        agent_id -> Text,
+        day -> BigInt,
+        seconds -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    agent_uptime,
     logins,
     sessions,
     owners,
