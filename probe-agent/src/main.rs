@@ -114,6 +114,15 @@ struct MeasureArgs {
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
+    /// A status that counts as success (repeatable, or comma-separated); default any 2xx or 3xx.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(100..=599))]
+    expect_status: Vec<u16>,
+    /// The body must contain this text, or the measurement fails with body_mismatch.
+    #[arg(long)]
+    body_contains: Option<String>,
+    /// Largest body to read; a longer one fails with body_too_large.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    max_bytes: u64,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -187,8 +196,10 @@ fn settings_from(args: RunArgs) -> anyhow::Result<AgentSettings> {
 async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
     let engine = Engine::new(args.engine.into_config())?;
     let expect = Expectations {
+        status: args.expect_status,
+        body_contains: args.body_contains,
+        max_bytes: args.max_bytes,
         timeout: Duration::from_millis(args.timeout_ms),
-        ..Expectations::default()
     };
     let m = engine.measure(&args.url, &expect).await;
     if args.json {

@@ -1,17 +1,27 @@
 //! The measurement engine: one HTTP fetch, each phase timed where it happens.
 //!
 //! reqwest cannot tell TCP connect from TLS handshake, so the engine drives the steps
-//! itself on the stack reqwest is built on: the system resolver (`tokio::net::lookup_host`),
-//! `tokio::net::TcpSocket`, `tokio-rustls`, and a hyper 1.x HTTP/1.1 client connection.
-//! Every measurement opens a fresh connection, as a first visit would.
+//! itself on the stack reqwest is built on: the system resolver (`getaddrinfo`, through
+//! the [`Resolve`] trait so that tests can make it hang), `tokio::net::TcpSocket`,
+//! `tokio-rustls`, and a hyper 1.x HTTP/1.1 client connection. Every measurement opens a
+//! fresh connection, as a first visit would.
 //!
 //! Phase definitions follow curl's `-w` variables (DESIGN.md):
 //! `dns` = resolution, `connect` = TCP handshake, `tls` = TLS handshake, `ttfb` = request
 //! sent to response head received, `transfer` = head to last body byte, `total` = start to
 //! last byte.
+//!
+//! Failures are classified where they happen into the stable codes of
+//! [`ErrorKind`]: the resolver's own answer (`EAI_NONAME` is `dns_no_such_name`), the
+//! socket error of the connect (`ECONNREFUSED` is `connect_refused`), the certificate
+//! error rustls reports (unknown issuer, expired, wrong name), and, when the time limit
+//! runs out, the phase that was in progress (resolving: `dns_timeout`, connecting:
+//! `connect_timeout`, anything later: `total_timeout`).
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +30,7 @@ use hyper::Request;
 use hyper_util::rt::TokioIo;
 use lastmile_protocol::{ErrorKind, Measurement, MeasurementError, Timings};
 use rustls::pki_types::ServerName;
+use rustls::CertificateError;
 use tokio::net::{TcpSocket, TcpStream};
 use url::Url;
 
@@ -30,6 +41,8 @@ use crate::guard;
 pub struct Expectations {
     /// Acceptable status codes; empty means any 2xx or 3xx.
     pub status: Vec<u16>,
+    /// The body must contain this text (`body_mismatch` otherwise).
+    pub body_contains: Option<String>,
     /// Largest body read before giving up with `body_too_large`.
     pub max_bytes: u64,
     /// Time limit for the whole measurement.
@@ -40,9 +53,71 @@ impl Default for Expectations {
     fn default() -> Self {
         Expectations {
             status: Vec::new(),
+            body_contains: None,
             max_bytes: 10 * 1024 * 1024,
             timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// Why a name did not resolve, as far as the resolver tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsFailure {
+    /// The name does not exist or has no address (NXDOMAIN, NODATA).
+    NoSuchName,
+    /// The resolver did not answer in time (glibc's `EAI_AGAIN`, which it also returns
+    /// for a server failure: it cannot tell the two apart).
+    Timeout,
+    /// Anything else, with the resolver's words.
+    Other(String),
+}
+
+/// A pending resolution.
+pub type Resolution = Pin<Box<dyn Future<Output = Result<Vec<IpAddr>, DnsFailure>> + Send>>;
+
+/// Name resolution. The engine uses [`SystemResolver`]; tests plug in their own.
+pub trait Resolve: Send + Sync {
+    /// The addresses of `host` (a name, never an IP literal).
+    fn resolve(&self, host: &str) -> Resolution;
+}
+
+/// The operating system's resolver (`getaddrinfo` on a blocking thread), as curl and
+/// browsers use it: `/etc/hosts`, nsswitch and the system's DNS settings all apply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, host: &str) -> Resolution {
+        let host = host.to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || system_lookup(&host))
+                .await
+                .map_err(|e| DnsFailure::Other(format!("resolver thread failed: {e}")))?
+        })
+    }
+}
+
+fn system_lookup(host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
+    use dns_lookup::{AddrInfoHints, LookupErrorKind, SockType};
+    let hints = AddrInfoHints {
+        socktype: SockType::Stream.into(),
+        ..AddrInfoHints::default()
+    };
+    match dns_lookup::getaddrinfo(Some(host), None, Some(hints)) {
+        Ok(found) => {
+            let mut addrs: Vec<IpAddr> = Vec::new();
+            for ip in found.filter_map(Result::ok).map(|a| a.sockaddr.ip()) {
+                if !addrs.contains(&ip) {
+                    addrs.push(ip);
+                }
+            }
+            Ok(addrs)
+        }
+        Err(e) => Err(match e.kind() {
+            LookupErrorKind::NoName | LookupErrorKind::NoData => DnsFailure::NoSuchName,
+            LookupErrorKind::Again => DnsFailure::Timeout,
+            other => DnsFailure::Other(format!("{other:?} (code {})", e.error_num())),
+        }),
     }
 }
 
@@ -111,6 +186,7 @@ pub enum EngineError {
 pub struct Engine {
     config: Arc<EngineConfig>,
     tls: tokio_rustls::TlsConnector,
+    resolver: Arc<dyn Resolve>,
 }
 
 impl Engine {
@@ -130,7 +206,14 @@ impl Engine {
         Ok(Engine {
             config: Arc::new(config),
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            resolver: Arc::new(SystemResolver),
         })
+    }
+
+    /// The same engine resolving names with `resolver` instead of the system's.
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolve>) -> Engine {
+        self.resolver = resolver;
+        self
     }
 
     /// Fetches `url` once and reports its phase timings. Never fails: a failure is a
@@ -139,31 +222,14 @@ impl Engine {
         let mut probe = Probe::default();
         let start = Instant::now();
         let outcome =
-            tokio::time::timeout(expect.timeout, self.fetch(url, expect, start, &mut probe))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(fail(
-                        ErrorKind::Timeout,
-                        format!(
-                            "no complete answer within {} ms",
-                            expect.timeout.as_millis()
-                        ),
-                    ))
-                });
+            tokio::time::timeout(expect.timeout, self.fetch(url, expect, start, &mut probe)).await;
+        let outcome = outcome.unwrap_or_else(|_| Err(probe.timed_out(expect.timeout)));
         let timings = probe.timings(start);
-        match outcome {
-            Ok(()) => Measurement {
-                status: probe.status,
-                bytes: probe.bytes,
-                error: None,
-                timings_us: timings,
-            },
-            Err(error) => Measurement {
-                status: probe.status,
-                bytes: probe.bytes,
-                error: Some(error),
-                timings_us: timings,
-            },
+        Measurement {
+            status: probe.status,
+            bytes: probe.bytes,
+            error: outcome.err(),
+            timings_us: timings,
         }
     }
 
@@ -195,11 +261,14 @@ impl Engine {
             .port_or_known_default()
             .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no port"))?;
 
+        probe.stage = Stage::Resolving;
         let addrs = self.resolve(&host, port).await?;
         probe.dns_done = Some(start.elapsed());
 
+        probe.stage = Stage::Connecting;
         let stream = self.connect(&addrs).await?;
         probe.connect_done = Some(start.elapsed());
+        probe.stage = Stage::Exchanging;
 
         let authority = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
@@ -226,12 +295,11 @@ impl Engine {
                     format!("invalid TLS name {host:?}: {e}"),
                 )
             })?;
-            let tls = self.tls.connect(name, stream).await.map_err(|e| {
-                fail(
-                    ErrorKind::Tls,
-                    format!("TLS handshake with {host} failed: {e}"),
-                )
-            })?;
+            let tls = self
+                .tls
+                .connect(name, stream)
+                .await
+                .map_err(|e| tls_failure(&host, &e))?;
             probe.tls_done = Some(start.elapsed());
             exchange(TokioIo::new(tls), request, expect, start, probe).await
         } else {
@@ -247,15 +315,39 @@ impl Engine {
             .connect_to
             .iter()
             .find(|c| c.host.eq_ignore_ascii_case(host) && c.port == port);
-        let addrs: Vec<SocketAddr> = match overridden {
-            Some(c) => vec![c.addr],
-            None => tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| fail(ErrorKind::Dns, format!("cannot resolve {host}: {e}")))?
-                .collect(),
+        let addrs: Vec<SocketAddr> = match (overridden, host.parse::<IpAddr>()) {
+            (Some(c), _) => vec![c.addr],
+            (None, Ok(ip)) => vec![SocketAddr::new(ip, port)],
+            (None, Err(_)) => match self.resolver.resolve(host).await {
+                Ok(ips) => ips
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect(),
+                Err(DnsFailure::NoSuchName) => {
+                    return Err(fail(
+                        ErrorKind::DnsNoSuchName,
+                        format!("{host} does not exist (no such name)"),
+                    ))
+                }
+                Err(DnsFailure::Timeout) => {
+                    return Err(fail(
+                        ErrorKind::DnsTimeout,
+                        format!("the resolver gave no answer for {host}"),
+                    ))
+                }
+                Err(DnsFailure::Other(why)) => {
+                    return Err(fail(
+                        ErrorKind::Dns,
+                        format!("cannot resolve {host}: {why}"),
+                    ))
+                }
+            },
         };
         if addrs.is_empty() {
-            return Err(fail(ErrorKind::Dns, format!("{host} has no address")));
+            return Err(fail(
+                ErrorKind::DnsNoSuchName,
+                format!("{host} has no address"),
+            ));
         }
         if self.config.allow_private {
             return Ok(addrs);
@@ -288,13 +380,20 @@ impl Engine {
         for addr in addrs {
             match self.connect_one(*addr).await {
                 Ok(stream) => return Ok(stream),
-                Err(e) => last_error = Some(format!("{addr}: {e}")),
+                Err(e) => last_error = Some((*addr, e)),
             }
         }
-        Err(fail(
-            ErrorKind::Connect,
-            format!("cannot connect: {}", last_error.unwrap_or_default()),
-        ))
+        Err(match last_error {
+            Some((addr, e)) => {
+                let kind = match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => ErrorKind::ConnectRefused,
+                    std::io::ErrorKind::TimedOut => ErrorKind::ConnectTimeout,
+                    _ => ErrorKind::Connect,
+                };
+                fail(kind, format!("cannot connect to {addr}: {e}"))
+            }
+            None => fail(ErrorKind::Connect, "no address to connect to"),
+        })
     }
 
     async fn connect_one(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
@@ -311,6 +410,70 @@ impl Engine {
         let stream = socket.connect(addr).await?;
         stream.set_nodelay(true)?;
         Ok(stream)
+    }
+}
+
+/// Classifies a failed TLS handshake by the certificate error rustls reports.
+fn tls_failure(host: &str, e: &std::io::Error) -> MeasurementError {
+    let rustls_error = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let (kind, why) = match rustls_error {
+        Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+            CertificateError::UnknownIssuer | CertificateError::Revoked => (
+                ErrorKind::TlsUntrusted,
+                "its certificate is not signed by a trusted authority",
+            ),
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => (
+                ErrorKind::TlsExpired,
+                "its certificate is outside its validity period",
+            ),
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                (
+                    ErrorKind::TlsNameMismatch,
+                    "its certificate is not valid for this name",
+                )
+            }
+            _ => (ErrorKind::TlsHandshake, "its certificate was refused"),
+        },
+        _ => (ErrorKind::TlsHandshake, "the handshake failed"),
+    };
+    fail(kind, format!("TLS with {host}: {why} ({e})"))
+}
+
+/// Looks for a needle in a body that arrives in pieces, keeping only the last
+/// `needle.len() - 1` bytes between pieces (never the whole body).
+struct Matcher {
+    finder: memchr::memmem::Finder<'static>,
+    tail: Vec<u8>,
+    found: bool,
+}
+
+impl Matcher {
+    fn new(needle: &str) -> Matcher {
+        Matcher {
+            finder: memchr::memmem::Finder::new(needle.as_bytes()).into_owned(),
+            tail: Vec::new(),
+            found: needle.is_empty(),
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        if self.found {
+            return;
+        }
+        let keep = self.finder.needle().len().saturating_sub(1);
+        self.tail.extend_from_slice(data);
+        if self.finder.find(&self.tail).is_some() {
+            self.found = true;
+            self.tail = Vec::new();
+            return;
+        }
+        let cut = self.tail.len().saturating_sub(keep);
+        self.tail.drain(..cut);
     }
 }
 
@@ -339,6 +502,7 @@ where
     let status = response.status().as_u16();
     probe.status = Some(status);
 
+    let mut matcher = expect.body_contains.as_deref().map(Matcher::new);
     let mut body = response.into_body();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| fail(ErrorKind::Http, format!("body broke off: {e}")))?;
@@ -352,6 +516,9 @@ where
                     format!("body exceeds the limit of {} bytes", expect.max_bytes),
                 ));
             }
+            if let Some(m) = matcher.as_mut() {
+                m.feed(data);
+            }
         }
     }
     probe.last_byte = Some(start.elapsed());
@@ -363,17 +530,47 @@ where
         expect.status.contains(&status)
     };
     if !status_ok {
+        let wanted = if expect.status.is_empty() {
+            "2xx or 3xx".to_owned()
+        } else {
+            expect
+                .status
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         return Err(fail(
-            ErrorKind::UnexpectedStatus,
-            format!("status {status} is not one of the expected statuses"),
+            ErrorKind::HttpStatus,
+            format!("status {status}, expected {wanted}"),
+        ));
+    }
+    if matcher.is_some_and(|m| !m.found) {
+        return Err(fail(
+            ErrorKind::BodyMismatch,
+            format!(
+                "the body does not contain {:?}",
+                expect.body_contains.as_deref().unwrap_or_default()
+            ),
         ));
     }
     Ok(())
 }
 
+/// The step a measurement is in, which names the timeout if the time limit runs out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    #[default]
+    Starting,
+    Resolving,
+    Connecting,
+    Exchanging,
+}
+
 /// Moments (since start) at which each phase ended; phases not reached stay `None`.
 #[derive(Debug, Default)]
 struct Probe {
+    stage: Stage,
     dns_done: Option<Duration>,
     connect_done: Option<Duration>,
     tls_done: Option<Duration>,
@@ -385,6 +582,25 @@ struct Probe {
 }
 
 impl Probe {
+    /// The error for a time limit that ran out, named after the phase it interrupted.
+    fn timed_out(&self, limit: Duration) -> MeasurementError {
+        let ms = limit.as_millis();
+        match self.stage {
+            Stage::Resolving => fail(
+                ErrorKind::DnsTimeout,
+                format!("name resolution did not finish within the {ms} ms limit"),
+            ),
+            Stage::Connecting => fail(
+                ErrorKind::ConnectTimeout,
+                format!("the TCP handshake did not finish within the {ms} ms limit"),
+            ),
+            Stage::Starting | Stage::Exchanging => fail(
+                ErrorKind::TotalTimeout,
+                format!("no complete answer within {ms} ms"),
+            ),
+        }
+    }
+
     fn timings(&self, start: Instant) -> Timings {
         let us = |d: Option<Duration>| d.map(|d| d.as_micros() as u64);
         let span = |from: Option<Duration>, to: Option<Duration>| match (us(from), us(to)) {
@@ -505,7 +721,7 @@ mod tests {
             .measure(&format!("http://{addr}/"), &Expectations::default())
             .await;
         assert_eq!(m.status, Some(503));
-        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::UnexpectedStatus));
+        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::HttpStatus));
         assert!(m.timings_us.total > 0);
     }
 
@@ -523,14 +739,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refused_connection_is_a_connect_error() {
+    async fn refused_connection_is_connect_refused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let m = local_engine()
             .measure(&format!("http://{addr}/"), &Expectations::default())
             .await;
-        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::Connect));
+        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::ConnectRefused));
     }
 
     #[tokio::test]
@@ -543,7 +759,7 @@ mod tests {
         let m = local_engine()
             .measure(&format!("http://{addr}/"), &expect)
             .await;
-        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::Timeout));
+        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::TotalTimeout));
         assert!(m.timings_us.total >= 200_000);
     }
 
@@ -570,5 +786,236 @@ mod tests {
         assert_eq!(c.port, 443);
         assert_eq!(c.addr, "127.0.0.1:8443".parse().unwrap());
         assert!("example.com=127.0.0.1:1".parse::<ConnectTo>().is_err());
+    }
+
+    fn kind(m: &Measurement) -> Option<ErrorKind> {
+        m.error.as_ref().map(|e| e.kind)
+    }
+
+    fn short(timeout_ms: u64) -> Expectations {
+        Expectations {
+            timeout: Duration::from_millis(timeout_ms),
+            ..Expectations::default()
+        }
+    }
+
+    /// A resolver that answers nothing, ever, or always the same failure.
+    struct FakeResolver(Option<DnsFailure>);
+
+    impl Resolve for FakeResolver {
+        fn resolve(&self, _host: &str) -> Resolution {
+            let answer = self.0.clone();
+            Box::pin(async move {
+                match answer {
+                    Some(failure) => Err(failure),
+                    None => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_under_dot_invalid_is_dns_no_such_name() {
+        // RFC 2606/6761: `.invalid` never exists; the system resolver says so at once.
+        let m = local_engine()
+            .measure("http://nosuch.lastmile.invalid/", &short(10_000))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::DnsNoSuchName), "{m:?}");
+        assert_eq!(m.status, None);
+    }
+
+    #[tokio::test]
+    async fn a_resolver_that_never_answers_is_dns_timeout() {
+        let engine = local_engine().with_resolver(Arc::new(FakeResolver(None)));
+        let m = engine.measure("http://site.example/", &short(200)).await;
+        assert_eq!(kind(&m), Some(ErrorKind::DnsTimeout), "{m:?}");
+        assert!(m.timings_us.total >= 200_000);
+        assert_eq!(m.timings_us.dns, 0, "resolution never finished");
+    }
+
+    #[tokio::test]
+    async fn resolver_failures_keep_their_kind() {
+        for (failure, expected) in [
+            (DnsFailure::Timeout, ErrorKind::DnsTimeout),
+            (DnsFailure::NoSuchName, ErrorKind::DnsNoSuchName),
+            (DnsFailure::Other("SERVFAIL".into()), ErrorKind::Dns),
+        ] {
+            let engine = local_engine().with_resolver(Arc::new(FakeResolver(Some(failure))));
+            let m = engine.measure("http://site.example/", &short(5_000)).await;
+            assert_eq!(kind(&m), Some(expected), "{m:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listener_whose_backlog_is_full_is_connect_timeout() {
+        // With a full accept queue Linux drops further SYNs, so the handshake never
+        // completes: the time limit runs out while connecting.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+            {
+                fillers.push(s);
+            }
+        }
+        let m = local_engine()
+            .measure(&format!("http://{addr}/"), &short(500))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::ConnectTimeout), "{m:?}");
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_hangs_up_without_answering_is_an_http_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                drop(sock);
+            }
+        });
+        let m = local_engine()
+            .measure(&format!("http://{addr}/"), &short(5_000))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::Http), "{m:?}");
+    }
+
+    #[tokio::test]
+    async fn a_url_the_agent_cannot_fetch_is_an_invalid_task() {
+        let m = local_engine()
+            .measure("ftp://site.example/", &short(5_000))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::InvalidTask), "{m:?}");
+    }
+
+    #[tokio::test]
+    async fn body_contains_is_checked_and_a_missing_text_is_body_mismatch() {
+        let addr = server(
+            200,
+            b"<html>Welcome to the shop</html>".to_vec(),
+            Duration::ZERO,
+        )
+        .await;
+        let url = format!("http://{addr}/");
+        let expect = |text: &str| Expectations {
+            body_contains: Some(text.into()),
+            ..short(5_000)
+        };
+        let found = local_engine().measure(&url, &expect("the shop")).await;
+        assert_eq!(found.error, None);
+        let missing = local_engine().measure(&url, &expect("Sold out")).await;
+        assert_eq!(kind(&missing), Some(ErrorKind::BodyMismatch), "{missing:?}");
+        assert_eq!(missing.status, Some(200));
+        assert!(missing.error.unwrap().message.contains("Sold out"));
+    }
+
+    #[tokio::test]
+    async fn an_expected_status_set_accepts_its_members_only() {
+        let addr = server(301, vec![], Duration::ZERO).await;
+        let url = format!("http://{addr}/");
+        let expect = |status: Vec<u16>| Expectations {
+            status,
+            ..short(5_000)
+        };
+        let m = local_engine().measure(&url, &expect(vec![200, 301])).await;
+        assert_eq!(m.error, None);
+        let m = local_engine().measure(&url, &expect(vec![200])).await;
+        assert_eq!(kind(&m), Some(ErrorKind::HttpStatus));
+        assert!(m.error.unwrap().message.contains("expected 200"));
+    }
+
+    #[test]
+    fn the_matcher_finds_text_split_across_pieces() {
+        let mut m = Matcher::new("needle");
+        for piece in [&b"hay ne"[..], b"e", b"dle hay"] {
+            m.feed(piece);
+        }
+        assert!(m.found);
+        let mut m = Matcher::new("needle");
+        for piece in [&b"needl"[..], b"x", b"eedle"] {
+            m.feed(piece);
+        }
+        assert!(!m.found);
+    }
+
+    /// An HTTPS target for `site.test` (reached through `--connect-to`) with the given
+    /// server configuration, and an engine that trusts `ca` when `trusting`.
+    async fn tls_target(
+        tls: Arc<rustls::ServerConfig>,
+        ca: &lastmile_testbed::tls::TestCa,
+        trusting: bool,
+    ) -> (
+        lastmile_testbed::site::TargetSite,
+        Engine,
+        tempfile::TempDir,
+    ) {
+        let site = lastmile_testbed::site::TargetSite::start(
+            "127.0.0.1:0".parse().unwrap(),
+            lastmile_testbed::site::SiteConfig {
+                tls: Some(tls),
+                think_time: Duration::ZERO,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let engine = Engine::new(EngineConfig {
+            allow_private: true,
+            ca_file: trusting.then_some(ca_file),
+            connect_to: vec![format!("site.test:443={}", site.addr()).parse().unwrap()],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        (site, engine, dir)
+    }
+
+    #[tokio::test]
+    async fn certificate_problems_each_have_their_own_kind() {
+        let ca = lastmile_testbed::tls::TestCa::new().unwrap();
+        let url = "https://site.test/";
+
+        let (_site, engine, _dir) =
+            tls_target(ca.server_config(&["site.test"]).unwrap(), &ca, true).await;
+        let m = engine.measure(url, &short(5_000)).await;
+        assert_eq!(m.error, None, "a good certificate passes");
+        assert!(m.timings_us.tls > 0);
+
+        let (_site, engine, _dir) =
+            tls_target(ca.server_config(&["site.test"]).unwrap(), &ca, false).await;
+        let m = engine.measure(url, &short(5_000)).await;
+        assert_eq!(kind(&m), Some(ErrorKind::TlsUntrusted), "{m:?}");
+
+        let (_site, engine, _dir) =
+            tls_target(ca.expired_server_config(&["site.test"]).unwrap(), &ca, true).await;
+        let m = engine.measure(url, &short(5_000)).await;
+        assert_eq!(kind(&m), Some(ErrorKind::TlsExpired), "{m:?}");
+
+        let (_site, engine, _dir) =
+            tls_target(ca.server_config(&["other.test"]).unwrap(), &ca, true).await;
+        let m = engine.measure(url, &short(5_000)).await;
+        assert_eq!(kind(&m), Some(ErrorKind::TlsNameMismatch), "{m:?}");
+        assert!(m.error.unwrap().message.contains("site.test"));
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_speak_tls_is_tls_handshake() {
+        let addr = server(200, b"plain".to_vec(), Duration::ZERO).await;
+        let engine = Engine::new(EngineConfig {
+            allow_private: true,
+            connect_to: vec![format!("site.test:443={addr}").parse().unwrap()],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let m = engine.measure("https://site.test/", &short(5_000)).await;
+        assert_eq!(kind(&m), Some(ErrorKind::TlsHandshake), "{m:?}");
     }
 }

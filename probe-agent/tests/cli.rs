@@ -163,7 +163,7 @@ async fn https_targets_are_trusted_through_ca_file_only() {
     .await
     .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&untrusted.stdout).unwrap();
-    assert_eq!(v["error"]["kind"], "tls", "{v}");
+    assert_eq!(v["error"]["kind"], "tls_untrusted", "{v}");
     assert!(
         v["error"]["message"]
             .as_str()
@@ -185,4 +185,35 @@ fn a_ca_file_without_certificates_is_refused_at_start() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no usable certificate"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn measure_checks_the_expectations_given_as_flags() {
+    let addr = server(b"hello lastmile").await;
+    let url = format!("http://{addr}/");
+    let run = |extra: &'static [&'static str]| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = agent()
+                .args(["measure", &url, "--json", "--allow-private"])
+                .args(extra)
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            (out.status.success(), v)
+        })
+    };
+    let (ok, v) = run(&["--expect-status", "200,204", "--body-contains", "last"])
+        .await
+        .unwrap();
+    assert!(ok, "{v}");
+    let (ok, v) = run(&["--expect-status", "204"]).await.unwrap();
+    assert!(!ok);
+    assert_eq!(v["error"]["kind"], "http_status", "{v}");
+    let (ok, v) = run(&["--body-contains", "goodbye"]).await.unwrap();
+    assert!(!ok);
+    assert_eq!(v["error"]["kind"], "body_mismatch", "{v}");
+    let (ok, v) = run(&["--max-bytes", "4"]).await.unwrap();
+    assert!(!ok);
+    assert_eq!(v["error"]["kind"], "body_too_large", "{v}");
 }

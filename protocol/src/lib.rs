@@ -184,45 +184,113 @@ impl Timings {
     }
 }
 
-/// Why a measurement failed. Stable codes; the measurement-fidelity work refines them.
+/// Why a measurement failed: one stable `snake_case` code per cause a customer would
+/// tell apart. Codes are never renamed; earlier, coarser codes are still read
+/// (`tls` as `tls_handshake`, `unexpected_status` as `http_status`, `timeout` as
+/// `total_timeout`) so that results spooled by older agents are accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
-    /// The name did not resolve.
+    /// The name does not exist (NXDOMAIN, or no address record).
+    DnsNoSuchName,
+    /// The resolver gave no answer in time.
+    DnsTimeout,
+    /// Name resolution failed otherwise (server failure, ...).
     Dns,
-    /// TCP connection refused or failed.
+    /// The target refused the TCP connection (RST: nothing listens on that port).
+    ConnectRefused,
+    /// The TCP handshake got no answer in time.
+    ConnectTimeout,
+    /// The TCP connection failed otherwise (unreachable network or host, ...).
     Connect,
-    /// TLS handshake failed (untrusted, expired, wrong name, ...).
-    Tls,
+    /// The server's certificate does not chain to a trusted root.
+    TlsUntrusted,
+    /// The server's certificate has expired (or is not valid yet).
+    TlsExpired,
+    /// The server's certificate is not valid for the host name asked for.
+    TlsNameMismatch,
+    /// The TLS handshake failed otherwise (protocol versions, ciphers, alerts, ...).
+    #[serde(alias = "tls")]
+    TlsHandshake,
     /// The server answered with a status the check does not expect.
-    UnexpectedStatus,
-    /// The protocol exchange broke off (reset, malformed response).
-    Http,
-    /// The whole measurement ran past its time limit.
-    Timeout,
+    #[serde(alias = "unexpected_status")]
+    HttpStatus,
+    /// The body did not contain the text the check expects.
+    BodyMismatch,
     /// The body was larger than the check allows.
     BodyTooLarge,
-    /// The target resolved to an address the agent may not fetch.
+    /// The protocol exchange broke off (reset, malformed response).
+    Http,
+    /// Redirects went on past the check's limit.
+    TooManyRedirects,
+    /// The whole measurement ran past its time limit.
+    #[serde(alias = "timeout")]
+    TotalTimeout,
+    /// The target (or a redirect) resolved to an address the agent may not fetch.
     TargetForbidden,
     /// The task could not be understood (bad URL, unsupported kind).
     InvalidTask,
 }
 
 impl ErrorKind {
+    /// Every kind, in the order the phases of a fetch can produce them.
+    pub const ALL: [ErrorKind; 18] = [
+        ErrorKind::DnsNoSuchName,
+        ErrorKind::DnsTimeout,
+        ErrorKind::Dns,
+        ErrorKind::ConnectRefused,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::Connect,
+        ErrorKind::TlsUntrusted,
+        ErrorKind::TlsExpired,
+        ErrorKind::TlsNameMismatch,
+        ErrorKind::TlsHandshake,
+        ErrorKind::HttpStatus,
+        ErrorKind::BodyMismatch,
+        ErrorKind::BodyTooLarge,
+        ErrorKind::Http,
+        ErrorKind::TooManyRedirects,
+        ErrorKind::TotalTimeout,
+        ErrorKind::TargetForbidden,
+        ErrorKind::InvalidTask,
+    ];
+
     /// The stable wire name.
     pub fn as_str(self) -> &'static str {
         match self {
+            ErrorKind::DnsNoSuchName => "dns_no_such_name",
+            ErrorKind::DnsTimeout => "dns_timeout",
             ErrorKind::Dns => "dns",
+            ErrorKind::ConnectRefused => "connect_refused",
+            ErrorKind::ConnectTimeout => "connect_timeout",
             ErrorKind::Connect => "connect",
-            ErrorKind::Tls => "tls",
-            ErrorKind::UnexpectedStatus => "unexpected_status",
-            ErrorKind::Http => "http",
-            ErrorKind::Timeout => "timeout",
+            ErrorKind::TlsUntrusted => "tls_untrusted",
+            ErrorKind::TlsExpired => "tls_expired",
+            ErrorKind::TlsNameMismatch => "tls_name_mismatch",
+            ErrorKind::TlsHandshake => "tls_handshake",
+            ErrorKind::HttpStatus => "http_status",
+            ErrorKind::BodyMismatch => "body_mismatch",
             ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::Http => "http",
+            ErrorKind::TooManyRedirects => "too_many_redirects",
+            ErrorKind::TotalTimeout => "total_timeout",
             ErrorKind::TargetForbidden => "target_forbidden",
             ErrorKind::InvalidTask => "invalid_task",
         }
+    }
+}
+
+impl FromStr for ErrorKind {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownName {
+                kind: "error kind",
+                given: s.to_owned(),
+            })
     }
 }
 
@@ -386,6 +454,9 @@ pub struct Task {
     pub expected_status: Vec<u16>,
     /// Largest body the agent reads before giving up.
     pub max_bytes: u64,
+    /// The (decoded) body must contain this text, or the result is `body_mismatch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
     /// Time limit for the whole measurement, milliseconds.
     pub timeout_ms: u64,
     /// The lease ends here; a result after it is recorded as late.
@@ -474,5 +545,24 @@ mod tests {
             serde_json::json!({"status": 200, "bytes": 10, "error": null,
                 "timings_us": {"dns": 1, "connect": 2, "tls": 0, "ttfb": 3, "transfer": 4, "total": 10}})
         );
+    }
+
+    #[test]
+    fn error_kinds_have_stable_names_and_older_codes_still_read() {
+        for kind in ErrorKind::ALL {
+            let json = serde_json::to_string(&kind).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(kind.as_str().parse::<ErrorKind>(), Ok(kind));
+        }
+        for (old, new) in [
+            ("tls", ErrorKind::TlsHandshake),
+            ("unexpected_status", ErrorKind::HttpStatus),
+            ("timeout", ErrorKind::TotalTimeout),
+            ("dns", ErrorKind::Dns),
+            ("connect", ErrorKind::Connect),
+        ] {
+            let kind: Option<ErrorKind> = serde_json::from_str(&format!("\"{old}\"")).ok();
+            assert_eq!(kind, Some(new), "{old}");
+        }
     }
 }
