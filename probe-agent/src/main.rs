@@ -46,6 +46,9 @@ struct EngineArgs {
     /// Connect to ADDR:PORT instead for HOST:PORT, as curl's --connect-to (HOST:PORT=ADDR:PORT). Repeatable.
     #[arg(long, value_name = "HOST:PORT=ADDR:PORT")]
     connect_to: Vec<ConnectTo>,
+    /// Allow fetching this network although it is private (e.g. a lab LAN), CIDR. Repeatable.
+    #[arg(long, value_name = "CIDR")]
+    allow_net: Vec<ipnet::IpNet>,
 }
 
 #[derive(Args)]
@@ -102,6 +105,8 @@ struct ConfigFile {
     source_addr: Option<IpAddr>,
     #[serde(default)]
     connect_to: Vec<String>,
+    #[serde(default)]
+    allow_nets: Vec<ipnet::IpNet>,
 }
 
 #[derive(Args)]
@@ -123,6 +128,9 @@ struct MeasureArgs {
     /// Largest body to read; a longer one fails with body_too_large.
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     max_bytes: u64,
+    /// Redirects to follow at most (0: do not follow); one more fails with too_many_redirects.
+    #[arg(long, default_value_t = lastmile_protocol::DEFAULT_MAX_REDIRECTS)]
+    max_redirects: u32,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -134,6 +142,7 @@ impl EngineArgs {
             ca_file: self.ca_file,
             source_addr: self.source_addr,
             connect_to: self.connect_to,
+            allow_nets: self.allow_net,
         }
     }
 }
@@ -183,6 +192,7 @@ fn settings_from(args: RunArgs) -> anyhow::Result<AgentSettings> {
             ca_file: args.engine.ca_file.or(file.ca_file),
             source_addr: args.engine.source_addr.or(file.source_addr),
             connect_to,
+            allow_nets: args.engine.allow_net.into_iter().chain(file.allow_nets).collect(),
         },
         idle_poll: Duration::from_millis(args.idle_poll_ms.or(file.idle_poll_ms).unwrap_or(5_000)),
         calibration_url: args.calibration_url.or(file.calibration_url),
@@ -200,6 +210,7 @@ async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
         body_contains: args.body_contains,
         max_bytes: args.max_bytes,
         timeout: Duration::from_millis(args.timeout_ms),
+        max_redirects: args.max_redirects,
     };
     let m = engine.measure(&args.url, &expect).await;
     if args.json {

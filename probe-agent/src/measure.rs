@@ -6,6 +6,18 @@
 //! `tokio-rustls`, and a hyper 1.x HTTP/1.1 client connection. Every measurement opens a
 //! fresh connection, as a first visit would.
 //!
+//! Redirects (301, 302, 303, 307, 308) are followed up to the task's limit, each hop on
+//! its own fresh connection and each through the guard: a hop's name is resolved once,
+//! every address checked, and the connection goes only to an address that passed, so a
+//! redirect (or a rebinding DNS answer) cannot lead the agent into a private network.
+//! Phases are summed over the hops as curl `-L` sums them; `redirect_us` is curl's
+//! `time_redirect`. One difference from curl: curl reuses a kept-alive connection for a
+//! redirect to the same host, the engine never does (each hop pays its own connect).
+//!
+//! The request accepts gzip, deflate and br; the body is decoded as it streams, so
+//! `bytes` (wire) and `bytes_decoded` are both counted and `body_contains` is searched in
+//! the decoded text. `max_bytes` bounds both, which also stops decompression bombs.
+//!
 //! Phase definitions follow curl's `-w` variables (DESIGN.md):
 //! `dns` = resolution, `connect` = TCP handshake, `tls` = TLS handshake, `ttfb` = request
 //! sent to response head received, `transfer` = head to last body byte, `total` = start to
@@ -28,7 +40,9 @@ use std::time::{Duration, Instant};
 use http_body_util::BodyExt;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use lastmile_protocol::{ErrorKind, Measurement, MeasurementError, Timings};
+use lastmile_protocol::{
+    ErrorKind, Hop, Measurement, MeasurementError, Timings, DEFAULT_MAX_REDIRECTS,
+};
 use rustls::pki_types::ServerName;
 use rustls::CertificateError;
 use tokio::net::{TcpSocket, TcpStream};
@@ -47,6 +61,8 @@ pub struct Expectations {
     pub max_bytes: u64,
     /// Time limit for the whole measurement.
     pub timeout: Duration,
+    /// Redirects followed at most (`too_many_redirects` past it); 0 does not follow.
+    pub max_redirects: u32,
 }
 
 impl Default for Expectations {
@@ -56,6 +72,7 @@ impl Default for Expectations {
             body_contains: None,
             max_bytes: 10 * 1024 * 1024,
             timeout: Duration::from_secs(30),
+            max_redirects: DEFAULT_MAX_REDIRECTS,
         }
     }
 }
@@ -165,6 +182,9 @@ pub struct EngineConfig {
     pub source_addr: Option<IpAddr>,
     /// Connection overrides, as curl's `--connect-to`.
     pub connect_to: Vec<ConnectTo>,
+    /// Networks fetched even though the guard forbids their range (a lab's private
+    /// network, a test's one loopback address); everything else stays forbidden.
+    pub allow_nets: Vec<ipnet::IpNet>,
 }
 
 /// The engine errors that prevent it from starting at all.
@@ -216,39 +236,72 @@ impl Engine {
         self
     }
 
-    /// Fetches `url` once and reports its phase timings. Never fails: a failure is a
-    /// measurement with an error kind and the timings of the phases it reached.
+    /// Fetches `url` once, following redirects up to `expect.max_redirects`, and reports
+    /// its phase timings. Never fails: a failure is a measurement with an error kind
+    /// and the timings of the phases it reached.
     pub async fn measure(&self, url: &str, expect: &Expectations) -> Measurement {
-        let mut probe = Probe::default();
         let start = Instant::now();
+        let mut trace = Trace {
+            hops: Vec::new(),
+            current: Probe::new(start),
+        };
         let outcome =
-            tokio::time::timeout(expect.timeout, self.fetch(url, expect, start, &mut probe)).await;
-        let outcome = outcome.unwrap_or_else(|_| Err(probe.timed_out(expect.timeout)));
-        let timings = probe.timings(start);
-        Measurement {
-            status: probe.status,
-            bytes: probe.bytes,
-            error: outcome.err(),
-            timings_us: timings,
-        }
+            tokio::time::timeout(expect.timeout, self.follow(url, expect, &mut trace)).await;
+        let outcome = outcome.unwrap_or_else(|_| Err(trace.current.timed_out(expect.timeout)));
+        trace.into_measurement(start, outcome.err())
     }
 
-    async fn fetch(
+    /// Fetches `url` and the redirects it leads to, each hop through the guard.
+    async fn follow(
         &self,
         url: &str,
         expect: &Expectations,
-        start: Instant,
-        probe: &mut Probe,
+        trace: &mut Trace,
     ) -> Result<(), MeasurementError> {
-        let url = Url::parse(url)
+        let mut url = Url::parse(url)
             .map_err(|e| fail(ErrorKind::InvalidTask, format!("invalid URL {url:?}: {e}")))?;
+        loop {
+            let follow = expect.max_redirects > 0;
+            let location = match self.fetch(&url, expect, follow, &mut trace.current).await? {
+                Next::Done => return Ok(()),
+                Next::Redirect(location) => location,
+            };
+            let target = url.join(&location).map_err(|e| {
+                fail(
+                    ErrorKind::Http,
+                    format!("redirect to an invalid location {location:?}: {e}"),
+                )
+            })?;
+            if trace.hops.len() as u32 >= expect.max_redirects {
+                return Err(fail(
+                    ErrorKind::TooManyRedirects,
+                    format!(
+                        "more than {} redirects (the last one to {target})",
+                        expect.max_redirects
+                    ),
+                ));
+            }
+            let done = std::mem::replace(&mut trace.current, Probe::new(Instant::now()));
+            trace.hops.push(done.hop(url.as_str(), target.as_str()));
+            url = target;
+        }
+    }
+
+    /// One request on a fresh connection: resolve, connect, TLS, exchange.
+    async fn fetch(
+        &self,
+        url: &Url,
+        expect: &Expectations,
+        follow: bool,
+        probe: &mut Probe,
+    ) -> Result<Next, MeasurementError> {
         let https = match url.scheme() {
             "http" => false,
             "https" => true,
             other => {
                 return Err(fail(
                     ErrorKind::InvalidTask,
-                    format!("unsupported scheme {other:?}"),
+                    format!("unsupported scheme {other:?} in {url}"),
                 ))
             }
         };
@@ -263,11 +316,12 @@ impl Engine {
 
         probe.stage = Stage::Resolving;
         let addrs = self.resolve(&host, port).await?;
-        probe.dns_done = Some(start.elapsed());
+        probe.dns_done = Some(Instant::now());
 
         probe.stage = Stage::Connecting;
-        let stream = self.connect(&addrs).await?;
-        probe.connect_done = Some(start.elapsed());
+        let (stream, remote) = self.connect(&addrs).await?;
+        probe.connect_done = Some(Instant::now());
+        probe.remote = Some(remote);
         probe.stage = Stage::Exchanging;
 
         let authority = match url.port() {
@@ -285,6 +339,7 @@ impl Engine {
                 concat!("lastmile-agent/", env!("CARGO_PKG_VERSION")),
             )
             .header(hyper::header::ACCEPT, "*/*")
+            .header(hyper::header::ACCEPT_ENCODING, ACCEPT_ENCODING)
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|e| fail(ErrorKind::InvalidTask, format!("cannot build request: {e}")))?;
 
@@ -300,11 +355,11 @@ impl Engine {
                 .connect(name, stream)
                 .await
                 .map_err(|e| tls_failure(&host, &e))?;
-            probe.tls_done = Some(start.elapsed());
-            exchange(TokioIo::new(tls), request, expect, start, probe).await
+            probe.tls_done = Some(Instant::now());
+            exchange(TokioIo::new(tls), request, expect, follow, probe).await
         } else {
             probe.tls_done = probe.connect_done;
-            exchange(TokioIo::new(stream), request, expect, start, probe).await
+            exchange(TokioIo::new(stream), request, expect, follow, probe).await
         }
     }
 
@@ -355,14 +410,18 @@ impl Engine {
         let allowed: Vec<SocketAddr> = addrs
             .iter()
             .copied()
-            .filter(|a| !guard::is_forbidden(a.ip()))
+            .filter(|a| {
+                !guard::is_forbidden(a.ip())
+                    || self.config.allow_nets.iter().any(|n| n.contains(&a.ip()))
+            })
             .collect();
         if allowed.is_empty() {
             return Err(fail(
                 ErrorKind::TargetForbidden,
                 format!(
                     "{host} resolves only to private, loopback or link-local addresses ({}); \
-                     agents fetch those only in local-test mode (--allow-private)",
+                     agents fetch those only in local-test mode (--allow-private) or from \
+                     networks the volunteer allowed (--allow-net)",
                     addrs
                         .iter()
                         .map(|a| a.ip().to_string())
@@ -375,11 +434,14 @@ impl Engine {
     }
 
     /// Connects to the first address that answers, from the configured source address.
-    async fn connect(&self, addrs: &[SocketAddr]) -> Result<TcpStream, MeasurementError> {
+    async fn connect(
+        &self,
+        addrs: &[SocketAddr],
+    ) -> Result<(TcpStream, SocketAddr), MeasurementError> {
         let mut last_error = None;
         for addr in addrs {
             match self.connect_one(*addr).await {
-                Ok(stream) => return Ok(stream),
+                Ok(stream) => return Ok((stream, *addr)),
                 Err(e) => last_error = Some((*addr, e)),
             }
         }
@@ -477,14 +539,84 @@ impl Matcher {
     }
 }
 
+/// What the request asks for: any encoding curl's `--compressed` and browsers accept
+/// that the engine can decode.
+const ACCEPT_ENCODING: &str = "gzip, deflate, br";
+
+/// What comes after a response.
+enum Next {
+    /// The measurement is complete.
+    Done,
+    /// A redirect to follow, to this (possibly relative) location.
+    Redirect(String),
+}
+
+/// Decodes a compressed body as it arrives (`Content-Encoding`), so that the decoded
+/// size is counted and `body_contains` searched without holding the body.
+enum Decoder {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
+}
+
+impl Decoder {
+    /// The decoder for a `Content-Encoding` value; `None` for identity or an encoding
+    /// we did not ask for (then the body is taken as it is).
+    fn for_encoding(encoding: &str) -> Option<Decoder> {
+        match encoding.trim().to_ascii_lowercase().as_str() {
+            "gzip" | "x-gzip" => Some(Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new()))),
+            "deflate" => Some(Decoder::Deflate(
+                flate2::write::ZlibDecoder::new(Vec::new()),
+            )),
+            "br" => Some(Decoder::Brotli(Box::new(
+                brotli_decompressor::DecompressorWriter::new(Vec::new(), 16 * 1024),
+            ))),
+            _ => None,
+        }
+    }
+
+    /// Feeds wire bytes in and returns the bytes decoded so far.
+    fn decode(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        use std::io::Write;
+        match self {
+            Decoder::Gzip(d) => d.write_all(data)?,
+            Decoder::Deflate(d) => d.write_all(data)?,
+            Decoder::Brotli(d) => d.write_all(data)?,
+        }
+        Ok(std::mem::take(self.output()))
+    }
+
+    /// Ends the stream (a truncated one is an error) and returns the last bytes.
+    fn finish(&mut self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Decoder::Gzip(d) => d.try_finish()?,
+            Decoder::Deflate(d) => d.try_finish()?,
+            Decoder::Brotli(d) => d
+                .close()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+        }
+        Ok(std::mem::take(self.output()))
+    }
+
+    fn output(&mut self) -> &mut Vec<u8> {
+        match self {
+            Decoder::Gzip(d) => d.get_mut(),
+            Decoder::Deflate(d) => d.get_mut(),
+            Decoder::Brotli(d) => d.get_mut(),
+        }
+    }
+}
+
 /// Sends the request on a fresh HTTP/1.1 connection and reads the body to its end.
+/// With `follow`, a redirect's body is read (it is part of the hop's transfer) and its
+/// location returned instead of checking expectations.
 async fn exchange<S>(
     io: TokioIo<S>,
     request: Request<http_body_util::Empty<bytes::Bytes>>,
     expect: &Expectations,
-    start: Instant,
+    follow: bool,
     probe: &mut Probe,
-) -> Result<(), MeasurementError>
+) -> Result<Next, MeasurementError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -493,37 +625,83 @@ where
         .map_err(|e| fail(ErrorKind::Http, format!("HTTP handshake failed: {e}")))?;
     // The connection task ends when the response is read or the measurement is dropped.
     let driver = tokio::spawn(connection);
-    probe.request_sent = Some(start.elapsed());
+    probe.request_sent = Some(Instant::now());
     let response = sender
         .send_request(request)
         .await
         .map_err(|e| fail(ErrorKind::Http, format!("no response: {e}")))?;
-    probe.first_byte = Some(start.elapsed());
+    probe.first_byte = Some(Instant::now());
     let status = response.status().as_u16();
     probe.status = Some(status);
+    let redirect = if follow && matches!(status, 301 | 302 | 303 | 307 | 308) {
+        response
+            .headers()
+            .get(hyper::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    } else {
+        None
+    };
+    let encoding = response
+        .headers()
+        .get(hyper::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut decoder = Decoder::for_encoding(&encoding);
+    let decode_error = |e: std::io::Error| {
+        fail(
+            ErrorKind::Http,
+            format!("the {encoding} body cannot be decoded: {e}"),
+        )
+    };
+    let too_large = |what: &str| {
+        fail(
+            ErrorKind::BodyTooLarge,
+            format!("{what} exceeds the limit of {} bytes", expect.max_bytes),
+        )
+    };
 
     let mut matcher = expect.body_contains.as_deref().map(Matcher::new);
     let mut body = response.into_body();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| fail(ErrorKind::Http, format!("body broke off: {e}")))?;
-        if let Some(data) = frame.data_ref() {
-            probe.bytes += data.len() as u64;
-            if probe.bytes > expect.max_bytes {
-                probe.last_byte = Some(start.elapsed());
-                driver.abort();
-                return Err(fail(
-                    ErrorKind::BodyTooLarge,
-                    format!("body exceeds the limit of {} bytes", expect.max_bytes),
-                ));
-            }
-            if let Some(m) = matcher.as_mut() {
-                m.feed(data);
-            }
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        probe.bytes += data.len() as u64;
+        if probe.bytes > expect.max_bytes {
+            probe.last_byte = Some(Instant::now());
+            driver.abort();
+            return Err(too_large("the body"));
+        }
+        let decoded = match decoder.as_mut() {
+            Some(d) => d.decode(data).map_err(decode_error)?,
+            None => data.to_vec(),
+        };
+        probe.bytes_decoded += decoded.len() as u64;
+        if probe.bytes_decoded > expect.max_bytes {
+            probe.last_byte = Some(Instant::now());
+            driver.abort();
+            return Err(too_large("the decoded body"));
+        }
+        if let Some(m) = matcher.as_mut() {
+            m.feed(&decoded);
         }
     }
-    probe.last_byte = Some(start.elapsed());
+    probe.last_byte = Some(Instant::now());
     driver.abort();
+    if let Some(d) = decoder.as_mut() {
+        let rest = d.finish().map_err(decode_error)?;
+        probe.bytes_decoded += rest.len() as u64;
+        if let Some(m) = matcher.as_mut() {
+            m.feed(&rest);
+        }
+    }
 
+    if let Some(location) = redirect {
+        return Ok(Next::Redirect(location));
+    }
     let status_ok = if expect.status.is_empty() {
         (200..400).contains(&status)
     } else {
@@ -554,7 +732,7 @@ where
             ),
         ));
     }
-    Ok(())
+    Ok(Next::Done)
 }
 
 /// The step a measurement is in, which names the timeout if the time limit runs out.
@@ -567,21 +745,78 @@ enum Stage {
     Exchanging,
 }
 
-/// Moments (since start) at which each phase ended; phases not reached stay `None`.
-#[derive(Debug, Default)]
+/// The requests of one measurement: redirects already followed and the current one.
+struct Trace {
+    hops: Vec<Hop>,
+    current: Probe,
+}
+
+impl Trace {
+    /// The result: phases summed over every hop (as curl `-L` sums them), total from
+    /// the start to the last byte, the final response's status, size and address.
+    fn into_measurement(self, start: Instant, error: Option<MeasurementError>) -> Measurement {
+        let last = self.current.timings();
+        let mut timings = last;
+        for hop in &self.hops {
+            let t = hop.timings_us;
+            timings.dns += t.dns;
+            timings.connect += t.connect;
+            timings.tls += t.tls;
+            timings.ttfb += t.ttfb;
+            timings.transfer += t.transfer;
+        }
+        let end = self.current.last_byte.unwrap_or_else(Instant::now);
+        timings.total = micros(end.saturating_duration_since(start));
+        let remote = self.current.remote;
+        Measurement {
+            status: self.current.status,
+            bytes: self.current.bytes,
+            error,
+            timings_us: timings,
+            bytes_decoded: self.current.bytes_decoded,
+            remote_addr: remote.map(|a| a.ip().to_string()),
+            ip_version: remote.map(|a| if a.is_ipv4() { 4 } else { 6 }),
+            redirect_us: micros(self.current.start.saturating_duration_since(start)),
+            redirects: self.hops,
+        }
+    }
+}
+
+/// Moments at which each phase of one request ended; phases not reached stay `None`.
+#[derive(Debug)]
 struct Probe {
+    start: Instant,
     stage: Stage,
-    dns_done: Option<Duration>,
-    connect_done: Option<Duration>,
-    tls_done: Option<Duration>,
-    request_sent: Option<Duration>,
-    first_byte: Option<Duration>,
-    last_byte: Option<Duration>,
+    dns_done: Option<Instant>,
+    connect_done: Option<Instant>,
+    tls_done: Option<Instant>,
+    request_sent: Option<Instant>,
+    first_byte: Option<Instant>,
+    last_byte: Option<Instant>,
+    remote: Option<SocketAddr>,
     status: Option<u16>,
     bytes: u64,
+    bytes_decoded: u64,
 }
 
 impl Probe {
+    fn new(start: Instant) -> Probe {
+        Probe {
+            start,
+            stage: Stage::Starting,
+            dns_done: None,
+            connect_done: None,
+            tls_done: None,
+            request_sent: None,
+            first_byte: None,
+            last_byte: None,
+            remote: None,
+            status: None,
+            bytes: 0,
+            bytes_decoded: 0,
+        }
+    }
+
     /// The error for a time limit that ran out, named after the phase it interrupted.
     fn timed_out(&self, limit: Duration) -> MeasurementError {
         let ms = limit.as_millis();
@@ -601,24 +836,40 @@ impl Probe {
         }
     }
 
-    fn timings(&self, start: Instant) -> Timings {
-        let us = |d: Option<Duration>| d.map(|d| d.as_micros() as u64);
-        let span = |from: Option<Duration>, to: Option<Duration>| match (us(from), us(to)) {
-            (Some(a), Some(b)) => b.saturating_sub(a),
+    /// This request's phases; `total` runs from its start to its last byte (or now).
+    fn timings(&self) -> Timings {
+        let span = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
+            (Some(a), Some(b)) => micros(b.saturating_duration_since(a)),
             _ => 0,
         };
         Timings {
-            dns: us(self.dns_done).unwrap_or(0),
+            dns: span(Some(self.start), self.dns_done),
             connect: span(self.dns_done, self.connect_done),
             tls: span(self.connect_done, self.tls_done),
             ttfb: span(self.request_sent, self.first_byte),
             transfer: span(self.first_byte, self.last_byte),
-            total: self
-                .last_byte
-                .map(|d| d.as_micros() as u64)
-                .unwrap_or_else(|| start.elapsed().as_micros() as u64),
+            total: micros(
+                self.last_byte
+                    .unwrap_or_else(Instant::now)
+                    .saturating_duration_since(self.start),
+            ),
         }
     }
+
+    /// This request as a followed redirect.
+    fn hop(&self, url: &str, location: &str) -> Hop {
+        Hop {
+            url: url.to_owned(),
+            status: self.status.unwrap_or_default(),
+            location: location.to_owned(),
+            remote_addr: self.remote.map(|a| a.ip().to_string()),
+            timings_us: self.timings(),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros() as u64
 }
 
 fn fail(kind: ErrorKind, message: impl Into<String>) -> MeasurementError {
@@ -799,15 +1050,15 @@ mod tests {
         }
     }
 
-    /// A resolver that answers nothing, ever, or always the same failure.
-    struct FakeResolver(Option<DnsFailure>);
+    /// A resolver that answers nothing, ever, or always the same.
+    struct FakeResolver(Option<Result<Vec<IpAddr>, DnsFailure>>);
 
     impl Resolve for FakeResolver {
         fn resolve(&self, _host: &str) -> Resolution {
             let answer = self.0.clone();
             Box::pin(async move {
                 match answer {
-                    Some(failure) => Err(failure),
+                    Some(answer) => answer,
                     None => std::future::pending().await,
                 }
             })
@@ -840,7 +1091,7 @@ mod tests {
             (DnsFailure::NoSuchName, ErrorKind::DnsNoSuchName),
             (DnsFailure::Other("SERVFAIL".into()), ErrorKind::Dns),
         ] {
-            let engine = local_engine().with_resolver(Arc::new(FakeResolver(Some(failure))));
+            let engine = local_engine().with_resolver(Arc::new(FakeResolver(Some(Err(failure)))));
             let m = engine.measure("http://site.example/", &short(5_000)).await;
             assert_eq!(kind(&m), Some(expected), "{m:?}");
         }
@@ -1017,5 +1268,267 @@ mod tests {
         .unwrap();
         let m = engine.measure("https://site.test/", &short(5_000)).await;
         assert_eq!(kind(&m), Some(ErrorKind::TlsHandshake), "{m:?}");
+    }
+
+    /// A server on `ip` answering each request with what `answer` makes of the request
+    /// text, after `think`; counts the connections it accepted.
+    async fn scripted(
+        ip: &str,
+        think: Duration,
+        answer: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer = Arc::new(answer);
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    tokio::time::sleep(think).await;
+                    let _ = sock.write_all(&answer(&request)).await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn path_of(request: &str) -> &str {
+        request.split_whitespace().nth(1).unwrap_or("/")
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+        let mut head = format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_each_hop_recorded_and_phases_summed() {
+        let think = Duration::from_millis(30);
+        let (last, _) = scripted("127.0.0.1", think, |_| response(200, &[], b"arrived")).await;
+        let (first, _) = scripted("127.0.0.1", think, move |req| match path_of(req) {
+            "/" => response(302, &[("location", "/next")], b"moved"),
+            _ => response(301, &[("location", &format!("http://{last}/end"))], b""),
+        })
+        .await;
+        let m = local_engine()
+            .measure(&format!("http://{first}/"), &short(10_000))
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(m.status, Some(200));
+        assert_eq!(m.bytes, 7, "bytes are the final response's");
+        let hops: Vec<(u16, &str, &str)> = m
+            .redirects
+            .iter()
+            .map(|h| (h.status, h.url.as_str(), h.location.as_str()))
+            .collect();
+        let (first_url, next_url, end_url) = (
+            format!("http://{first}/"),
+            format!("http://{first}/next"),
+            format!("http://{last}/end"),
+        );
+        assert_eq!(
+            hops,
+            vec![
+                (302, first_url.as_str(), next_url.as_str()),
+                (301, next_url.as_str(), end_url.as_str())
+            ]
+        );
+        // Each of the three requests waited 30 ms for its answer; ttfb sums them.
+        let t = m.timings_us;
+        assert!(t.ttfb >= 90_000, "{t:?}");
+        let hop_ttfb: u64 = m.redirects.iter().map(|h| h.timings_us.ttfb).sum();
+        assert!(hop_ttfb >= 60_000 && t.ttfb > hop_ttfb, "{m:?}");
+        let hop_total: u64 = m.redirects.iter().map(|h| h.timings_us.total).sum();
+        assert!(m.redirect_us >= hop_total, "{m:?}");
+        assert!(t.total >= m.redirect_us + 30_000, "{m:?}");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_loop_ends_in_too_many_redirects() {
+        let (addr, _) = scripted("127.0.0.1", Duration::ZERO, |_| {
+            response(302, &[("location", "/")], b"")
+        })
+        .await;
+        let url = format!("http://{addr}/");
+        let expect = Expectations {
+            max_redirects: 3,
+            ..short(10_000)
+        };
+        let m = local_engine().measure(&url, &expect).await;
+        assert_eq!(kind(&m), Some(ErrorKind::TooManyRedirects), "{m:?}");
+        assert_eq!(m.redirects.len(), 3);
+        assert_eq!(m.status, Some(302));
+
+        // With 0, redirects are not followed: the 3xx is the answer.
+        let expect = Expectations {
+            max_redirects: 0,
+            ..short(10_000)
+        };
+        let m = local_engine().measure(&url, &expect).await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(m.status, Some(302));
+        assert!(m.redirects.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_redirect_into_a_forbidden_range_is_refused_before_connecting() {
+        // Only 127.0.0.1 is allowed; the rest of 127.0.0.0/8 stays forbidden.
+        let engine = Engine::new(EngineConfig {
+            allow_nets: vec!["127.0.0.1/32".parse().unwrap()],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let (inside, inside_hits) = scripted("127.0.0.2", Duration::ZERO, |_| {
+            response(200, &[], b"secret")
+        })
+        .await;
+        let (outside, _) = scripted("127.0.0.1", Duration::ZERO, move |req| {
+            match path_of(req) {
+                "/ok" => response(200, &[], b"fine"),
+                "/by-address" => response(302, &[("location", &format!("http://{inside}/"))], b""),
+                // A name that resolves to the forbidden address (DNS rebinding).
+                _ => response(
+                    302,
+                    &[(
+                        "location",
+                        &format!("http://rebind.test:{}/", inside.port()),
+                    )],
+                    b"",
+                ),
+            }
+        })
+        .await;
+        let m = engine
+            .measure(&format!("http://{outside}/ok"), &short(5_000))
+            .await;
+        assert_eq!(m.error, None, "the allowed address is fetched: {m:?}");
+
+        let m = engine
+            .measure(&format!("http://{outside}/by-address"), &short(5_000))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::TargetForbidden), "{m:?}");
+        assert_eq!(m.redirects.len(), 1, "the first hop is recorded");
+
+        let rebinding = engine.with_resolver(Arc::new(FakeResolver(Some(Ok(vec!["127.0.0.2"
+            .parse()
+            .unwrap()])))));
+        let m = rebinding
+            .measure(&format!("http://{outside}/by-name"), &short(5_000))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::TargetForbidden), "{m:?}");
+        assert_eq!(
+            inside_hits.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no connection ever reached the forbidden address"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_remote_address_and_its_family_are_recorded() {
+        let (v4, _) = scripted("127.0.0.1", Duration::ZERO, |_| response(200, &[], b"4")).await;
+        let m = local_engine()
+            .measure(&format!("http://{v4}/"), &short(5_000))
+            .await;
+        assert_eq!(m.error, None);
+        assert_eq!(
+            (m.remote_addr.as_deref(), m.ip_version),
+            (Some("127.0.0.1"), Some(4))
+        );
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("no IPv6 loopback here; the IPv6 half is skipped");
+            return;
+        }
+        let (v6, _) = scripted("::1", Duration::ZERO, |_| response(200, &[], b"6")).await;
+        let m = local_engine()
+            .measure(&format!("http://{v6}/"), &short(5_000))
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(
+            (m.remote_addr.as_deref(), m.ip_version),
+            (Some("::1"), Some(6))
+        );
+    }
+
+    fn compress(encoding: &str, data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        match encoding {
+            "gzip" => {
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            "deflate" => {
+                let mut e =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            _ => {
+                let mut out = Vec::new();
+                {
+                    let mut e = brotli::CompressorWriter::new(&mut out, 4096, 9, 22);
+                    e.write_all(data).unwrap();
+                }
+                out
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn compressed_bodies_are_counted_on_the_wire_and_decoded() {
+        let mut page = b"<html>".to_vec();
+        page.extend("lorem ipsum ".repeat(5_000).as_bytes());
+        page.extend_from_slice(b"Order now</html>");
+        for encoding in ["gzip", "deflate", "br"] {
+            let wire = compress(encoding, &page);
+            let (wire_len, page_len) = (wire.len() as u64, page.len() as u64);
+            let (addr, _) = scripted("127.0.0.1", Duration::ZERO, move |req| {
+                assert!(
+                    req.to_ascii_lowercase()
+                        .contains("accept-encoding: gzip, deflate, br"),
+                    "{req}"
+                );
+                response(200, &[("content-encoding", encoding)], &wire)
+            })
+            .await;
+            let url = format!("http://{addr}/");
+            let expect = Expectations {
+                body_contains: Some("Order now".into()),
+                ..short(5_000)
+            };
+            let m = local_engine().measure(&url, &expect).await;
+            assert_eq!(m.error, None, "{encoding}: {m:?}");
+            assert_eq!(
+                (m.bytes, m.bytes_decoded),
+                (wire_len, page_len),
+                "{encoding}"
+            );
+            assert!(m.bytes * 10 < m.bytes_decoded, "{encoding}");
+
+            // The limit applies to the decoded size too: a small download that inflates
+            // past it is cut off.
+            let expect = Expectations {
+                max_bytes: 10_000,
+                ..short(5_000)
+            };
+            let m = local_engine().measure(&url, &expect).await;
+            assert_eq!(kind(&m), Some(ErrorKind::BodyTooLarge), "{encoding}: {m:?}");
+        }
     }
 }

@@ -323,6 +323,7 @@ pub async fn execute(engine: &Engine, task: &Task) -> ResultSubmission {
         body_contains: task.body_contains.clone(),
         max_bytes: task.max_bytes,
         timeout: Duration::from_millis(task.timeout_ms),
+        max_redirects: task.max_redirects,
     };
     let measurement = engine.measure(&task.url, &expect).await;
     ResultSubmission {

@@ -56,10 +56,27 @@ async fn measure_json_prints_the_documented_object() {
         assert!(t[phase].is_u64(), "{phase} missing in {v}");
     }
     assert!(t["total"].as_u64().unwrap() >= t["ttfb"].as_u64().unwrap());
+    assert_eq!(v["bytes_decoded"], 14);
+    assert_eq!(v["remote_addr"], "127.0.0.1");
+    assert_eq!(v["ip_version"], 4);
+    assert_eq!(v["redirect_us"], 0);
+    assert_eq!(v["redirects"], serde_json::json!([]));
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
     assert_eq!(
-        v.as_object().unwrap().len(),
-        4,
-        "exactly status, bytes, error, timings_us: {v}"
+        keys,
+        [
+            "bytes",
+            "bytes_decoded",
+            "error",
+            "ip_version",
+            "redirect_us",
+            "redirects",
+            "remote_addr",
+            "status",
+            "timings_us"
+        ],
+        "the documented fields, no more: {v}"
     );
 }
 

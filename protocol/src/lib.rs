@@ -310,16 +310,57 @@ pub struct MeasurementError {
 
 /// The outcome of one fetch, as `lastmile-agent measure --json` prints it and as it
 /// travels inside a [`ResultSubmission`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// When redirects were followed, `timings_us` sums each phase over every hop (as curl
+/// `-L` sums `time_namelookup`, `time_connect`, ...), `total` is the wall-clock time from
+/// the first request to the last byte of the final response, `redirect_us` is the time
+/// spent before the final request started (curl's `time_redirect`), and `redirects`
+/// lists the hops before the final one. `status`, `bytes`, `remote_addr` and
+/// `ip_version` describe the final response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Measurement {
     /// HTTP status, or `null` when no response arrived.
     pub status: Option<u16>,
-    /// Body bytes received (as they came over the wire).
+    /// Body bytes received as they came over the wire (compressed, if the server
+    /// compressed them).
     pub bytes: u64,
     /// Why it failed, `null` on success.
     pub error: Option<MeasurementError>,
     /// Phase timings; phases not reached are 0.
+    pub timings_us: Timings,
+    /// Body bytes after decoding `Content-Encoding` (equal to `bytes` when the body was
+    /// not compressed).
+    #[serde(default)]
+    pub bytes_decoded: u64,
+    /// The IP address the final connection went to (`null` before a connection).
+    #[serde(default)]
+    pub remote_addr: Option<String>,
+    /// 4 or 6: the address family of `remote_addr`.
+    #[serde(default)]
+    pub ip_version: Option<u8>,
+    /// Time from start until the final request's own name lookup began, µs (0 without
+    /// redirects), as curl's `time_redirect`.
+    #[serde(default)]
+    pub redirect_us: u64,
+    /// The redirects followed, in order, before the final response.
+    #[serde(default)]
+    pub redirects: Vec<Hop>,
+}
+
+/// One redirect that was followed: the request made and where it pointed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Hop {
+    /// The URL requested.
+    pub url: String,
+    /// Its (3xx) status.
+    pub status: u16,
+    /// Where its `Location` pointed (absolute).
+    pub location: String,
+    /// The IP address the request went to.
+    pub remote_addr: Option<String>,
+    /// This hop's own phase timings; `total` is the hop's duration.
     pub timings_us: Timings,
 }
 
@@ -459,8 +500,19 @@ pub struct Task {
     pub body_contains: Option<String>,
     /// Time limit for the whole measurement, milliseconds.
     pub timeout_ms: u64,
+    /// Redirects followed at most; one more is `too_many_redirects`. 0 does not follow.
+    #[serde(default = "default_max_redirects")]
+    pub max_redirects: u32,
     /// The lease ends here; a result after it is recorded as late.
     pub lease_expires_at: DateTime<Utc>,
+}
+
+/// How many redirects a task follows when the controller does not say: curl's and
+/// browsers' habit of following a few, not unbounded.
+pub const DEFAULT_MAX_REDIRECTS: u32 = 5;
+
+fn default_max_redirects() -> u32 {
+    DEFAULT_MAX_REDIRECTS
 }
 
 /// Controller -> agent: the leased tasks (possibly none).
@@ -538,13 +590,26 @@ mod tests {
                 transfer: 4,
                 total: 10,
             },
+            bytes_decoded: 10,
+            remote_addr: Some("192.0.2.1".into()),
+            ip_version: Some(4),
+            redirect_us: 0,
+            redirects: Vec::new(),
         };
         let v = serde_json::to_value(&m).unwrap_or_default();
         assert_eq!(
             v,
             serde_json::json!({"status": 200, "bytes": 10, "error": null,
-                "timings_us": {"dns": 1, "connect": 2, "tls": 0, "ttfb": 3, "transfer": 4, "total": 10}})
+                "timings_us": {"dns": 1, "connect": 2, "tls": 0, "ttfb": 3, "transfer": 4, "total": 10},
+                "bytes_decoded": 10, "remote_addr": "192.0.2.1", "ip_version": 4,
+                "redirect_us": 0, "redirects": []})
         );
+        // A result in the older, shorter shape (a spooled one) still reads.
+        let old = serde_json::json!({"status": 200, "bytes": 10, "error": {"kind": "timeout", "message": "slow"},
+            "timings_us": {"dns": 1, "connect": 2, "tls": 0, "ttfb": 3, "transfer": 4, "total": 10}});
+        let m: Measurement = serde_json::from_value(old).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::TotalTimeout));
+        assert!(m.redirects.is_empty());
     }
 
     #[test]

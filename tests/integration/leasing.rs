@@ -304,12 +304,13 @@ async fn a_leased_task_carries_the_checks_expectations(db: TestDb) {
             Some(
                 json!({"site_id": site_id, "url": format!("{}/", site.origin()),
                 "selection": {"agents_per_run": 1}, "expected_status": [200, 301],
-                "body_contains": "Welcome", "max_bytes": 5000}),
+                "body_contains": "Welcome", "max_bytes": 5000, "max_redirects": 2}),
             ),
         )
         .await;
     assert_eq!(status, 201, "{check}");
     assert_eq!(check["body_contains"], "Welcome");
+    assert_eq!(check["max_redirects"], 2);
     let id = check["id"].as_str().unwrap();
     let (status, _) = app
         .call(
@@ -333,4 +334,5 @@ async fn a_leased_task_carries_the_checks_expectations(db: TestDb) {
     assert_eq!(task["expected_status"], json!([200, 301]), "{task}");
     assert_eq!(task["body_contains"], "Welcome", "{task}");
     assert_eq!(task["max_bytes"], 5000, "{task}");
+    assert_eq!(task["max_redirects"], 2, "{task}");
 }

@@ -78,6 +78,7 @@ diesel::table! {
         created_at -> BigInt,
         isp_sharing -> Bool,
         body_contains -> Nullable<Text>,
+        max_redirects -> Integer,
     }
 }
 
@@ -136,6 +137,11 @@ diesel::table! {
         region -> Text,
         asn -> BigInt,
         connection_class -> Text,
+        remote_addr -> Nullable<Text>,
+        ip_version -> Nullable<Integer>,
+        bytes_decoded -> BigInt,
+        redirects -> Integer,
+        redirect_us -> BigInt,
     }
 }
 
