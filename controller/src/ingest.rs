@@ -52,6 +52,7 @@ pub struct StoredResult {
     pub connection_class: String,
     pub remote_addr: Option<String>,
     pub ip_version: Option<i32>,
+    pub http_version: Option<String>,
     pub bytes_decoded: i64,
     pub redirects: i32,
     pub redirect_us: i64,
@@ -287,6 +288,7 @@ fn to_stored(
             .map_or_else(|| agent.declared_class.clone(), |c| c.as_str().to_owned()),
         remote_addr: m.remote_addr.as_ref().map(|a| a.chars().take(64).collect()),
         ip_version: m.ip_version.map(i32::from),
+        http_version: m.http_version.as_ref().map(|v| v.chars().take(8).collect()),
         // An older agent does not report the decoded size: its body was not decoded.
         bytes_decoded: if m.bytes_decoded == 0 {
             m.bytes

@@ -3,8 +3,9 @@
 //! reqwest cannot tell TCP connect from TLS handshake, so the engine drives the steps
 //! itself on the stack reqwest is built on: the system resolver (`getaddrinfo`, through
 //! the [`Resolve`] trait so that tests can make it hang), `tokio::net::TcpSocket`,
-//! `tokio-rustls`, and a hyper 1.x HTTP/1.1 client connection. Every measurement opens a
-//! fresh connection, as a first visit would.
+//! `tokio-rustls`, and a hyper 1.x client connection: HTTP/2 when the server agrees to
+//! `h2` by ALPN (as browsers and curl prefer), HTTP/1.1 otherwise. Every measurement
+//! opens a fresh connection, as a first visit would.
 //!
 //! Redirects (301, 302, 303, 307, 308) are followed up to the task's limit, each hop on
 //! its own fresh connection and each through the guard: a hop's name is resolved once,
@@ -222,7 +223,8 @@ impl Engine {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 when the server offers it, as browsers and curl do.
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Engine {
             config: Arc::new(config),
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
@@ -332,8 +334,8 @@ impl Engine {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
         };
-        let request = Request::get(path)
-            .header(hyper::header::HOST, authority)
+        let mut request = Request::get(path)
+            .header(hyper::header::HOST, authority.clone())
             .header(
                 hyper::header::USER_AGENT,
                 concat!("lastmile-agent/", env!("CARGO_PKG_VERSION")),
@@ -356,10 +358,24 @@ impl Engine {
                 .await
                 .map_err(|e| tls_failure(&host, &e))?;
             probe.tls_done = Some(Instant::now());
-            exchange(TokioIo::new(tls), request, expect, follow, probe).await
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+                // HTTP/2 names the target in :scheme and :authority, not in Host.
+                *request.uri_mut() = format!("https://{authority}{}", request.uri())
+                    .parse()
+                    .map_err(|e| fail(ErrorKind::InvalidTask, format!("bad URI: {e}")))?;
+                request.headers_mut().remove(hyper::header::HOST);
+                let sent = send_http2(TokioIo::new(tls), request, probe).await?;
+                probe.http_version = Some("2");
+                return read_response(sent, expect, follow, probe).await;
+            }
+            let sent = send_http1(TokioIo::new(tls), request, probe).await?;
+            probe.http_version = Some("1.1");
+            read_response(sent, expect, follow, probe).await
         } else {
             probe.tls_done = probe.connect_done;
-            exchange(TokioIo::new(stream), request, expect, follow, probe).await
+            let sent = send_http1(TokioIo::new(stream), request, probe).await?;
+            probe.http_version = Some("1.1");
+            read_response(sent, expect, follow, probe).await
         }
     }
 
@@ -607,16 +623,20 @@ impl Decoder {
     }
 }
 
-/// Sends the request on a fresh HTTP/1.1 connection and reads the body to its end.
-/// With `follow`, a redirect's body is read (it is part of the hop's transfer) and its
-/// location returned instead of checking expectations.
-async fn exchange<S>(
+type EmptyBody = http_body_util::Empty<bytes::Bytes>;
+
+/// A response head received, with the task that drives its connection.
+struct Sent {
+    response: hyper::Response<hyper::body::Incoming>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+/// Sends the request on a fresh HTTP/1.1 connection.
+async fn send_http1<S>(
     io: TokioIo<S>,
-    request: Request<http_body_util::Empty<bytes::Bytes>>,
-    expect: &Expectations,
-    follow: bool,
+    request: Request<EmptyBody>,
     probe: &mut Probe,
-) -> Result<Next, MeasurementError>
+) -> Result<Sent, MeasurementError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -624,13 +644,52 @@ where
         .await
         .map_err(|e| fail(ErrorKind::Http, format!("HTTP handshake failed: {e}")))?;
     // The connection task ends when the response is read or the measurement is dropped.
-    let driver = tokio::spawn(connection);
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
     probe.request_sent = Some(Instant::now());
     let response = sender
         .send_request(request)
         .await
         .map_err(|e| fail(ErrorKind::Http, format!("no response: {e}")))?;
     probe.first_byte = Some(Instant::now());
+    Ok(Sent { response, driver })
+}
+
+/// Sends the request on a fresh HTTP/2 connection (after ALPN chose `h2`).
+async fn send_http2<S>(
+    io: TokioIo<S>,
+    request: Request<EmptyBody>,
+    probe: &mut Probe,
+) -> Result<Sent, MeasurementError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .map_err(|e| fail(ErrorKind::Http, format!("HTTP/2 handshake failed: {e}")))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    probe.request_sent = Some(Instant::now());
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| fail(ErrorKind::Http, format!("no response: {e}")))?;
+    probe.first_byte = Some(Instant::now());
+    Ok(Sent { response, driver })
+}
+
+/// Reads the body to its end and checks the expectations. With `follow`, a redirect's
+/// body is read (it is part of the hop's transfer) and its location returned instead.
+async fn read_response(
+    sent: Sent,
+    expect: &Expectations,
+    follow: bool,
+    probe: &mut Probe,
+) -> Result<Next, MeasurementError> {
+    let Sent { response, driver } = sent;
     let status = response.status().as_u16();
     probe.status = Some(status);
     let redirect = if follow && matches!(status, 301 | 302 | 303 | 307 | 308) {
@@ -776,6 +835,7 @@ impl Trace {
             bytes_decoded: self.current.bytes_decoded,
             remote_addr: remote.map(|a| a.ip().to_string()),
             ip_version: remote.map(|a| if a.is_ipv4() { 4 } else { 6 }),
+            http_version: self.current.http_version.map(str::to_owned),
             redirect_us: micros(self.current.start.saturating_duration_since(start)),
             redirects: self.hops,
         }
@@ -794,6 +854,7 @@ struct Probe {
     first_byte: Option<Instant>,
     last_byte: Option<Instant>,
     remote: Option<SocketAddr>,
+    http_version: Option<&'static str>,
     status: Option<u16>,
     bytes: u64,
     bytes_decoded: u64,
@@ -811,6 +872,7 @@ impl Probe {
             first_byte: None,
             last_byte: None,
             remote: None,
+            http_version: None,
             status: None,
             bytes: 0,
             bytes_decoded: 0,
@@ -1530,5 +1592,70 @@ mod tests {
             let m = local_engine().measure(&url, &expect).await;
             assert_eq!(kind(&m), Some(ErrorKind::BodyTooLarge), "{encoding}: {m:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn http2_is_used_when_the_server_offers_it_by_alpn() {
+        use http_body_util::Full;
+        let ca = lastmile_testbed::tls::TestCa::new().unwrap();
+        let mut config = (*ca.server_config(&["site.test"]).unwrap()).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        |req: Request<hyper::body::Incoming>| async move {
+                            let body = format!(
+                                "h2 for {}",
+                                req.uri()
+                                    .authority()
+                                    .map(|a| a.to_string())
+                                    .unwrap_or_default()
+                            );
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from(body),
+                            )))
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let engine = Engine::new(EngineConfig {
+            allow_private: true,
+            ca_file: Some(ca_file),
+            connect_to: vec![format!("site.test:443={addr}").parse().unwrap()],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let expect = Expectations {
+            body_contains: Some("h2 for site.test".into()),
+            ..short(5_000)
+        };
+        let m = engine.measure("https://site.test/", &expect).await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(m.http_version.as_deref(), Some("2"));
+        assert!(m.timings_us.tls > 0);
+
+        // A server that speaks only HTTP/1.1 gets HTTP/1.1.
+        let (_site, engine, _dir) =
+            tls_target(ca.server_config(&["site.test"]).unwrap(), &ca, true).await;
+        let m = engine.measure("https://site.test/", &short(5_000)).await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(m.http_version.as_deref(), Some("1.1"));
     }
 }

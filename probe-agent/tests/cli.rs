@@ -59,6 +59,7 @@ async fn measure_json_prints_the_documented_object() {
     assert_eq!(v["bytes_decoded"], 14);
     assert_eq!(v["remote_addr"], "127.0.0.1");
     assert_eq!(v["ip_version"], 4);
+    assert_eq!(v["http_version"], "1.1");
     assert_eq!(v["redirect_us"], 0);
     assert_eq!(v["redirects"], serde_json::json!([]));
     let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
@@ -69,6 +70,7 @@ async fn measure_json_prints_the_documented_object() {
             "bytes",
             "bytes_decoded",
             "error",
+            "http_version",
             "ip_version",
             "redirect_us",
             "redirects",

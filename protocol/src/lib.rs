@@ -339,6 +339,9 @@ pub struct Measurement {
     /// 4 or 6: the address family of `remote_addr`.
     #[serde(default)]
     pub ip_version: Option<u8>,
+    /// The HTTP version of the final response, `"1.1"` or `"2"` (agreed by ALPN).
+    #[serde(default)]
+    pub http_version: Option<String>,
     /// Time from start until the final request's own name lookup began, µs (0 without
     /// redirects), as curl's `time_redirect`.
     #[serde(default)]
@@ -593,6 +596,7 @@ mod tests {
             bytes_decoded: 10,
             remote_addr: Some("192.0.2.1".into()),
             ip_version: Some(4),
+            http_version: Some("1.1".into()),
             redirect_us: 0,
             redirects: Vec::new(),
         };
@@ -601,7 +605,7 @@ mod tests {
             v,
             serde_json::json!({"status": 200, "bytes": 10, "error": null,
                 "timings_us": {"dns": 1, "connect": 2, "tls": 0, "ttfb": 3, "transfer": 4, "total": 10},
-                "bytes_decoded": 10, "remote_addr": "192.0.2.1", "ip_version": 4,
+                "bytes_decoded": 10, "remote_addr": "192.0.2.1", "ip_version": 4, "http_version": "1.1",
                 "redirect_us": 0, "redirects": []})
         );
         // A result in the older, shorter shape (a spooled one) still reads.

@@ -377,7 +377,7 @@ async fn a_result_keeps_its_address_family_decoded_size_and_redirects(db: TestDb
             "status": 200, "bytes": 1000, "bytes_decoded": 5000,
             "error": {"kind": "body_mismatch", "message": "no 'Order now'"},
             "timings_us": {"dns": 10, "connect": 100, "tls": 50, "ttfb": 20, "transfer": 40, "total": 300},
-            "remote_addr": "2001:db8::1", "ip_version": 6, "redirect_us": 120, "redirects": [hop]
+            "remote_addr": "2001:db8::1", "ip_version": 6, "http_version": "2", "redirect_us": 120, "redirects": [hop]
         }
     });
     // An older agent: the four-field shape and a code it used to send.
@@ -394,7 +394,7 @@ async fn a_result_keeps_its_address_family_decoded_size_and_redirects(db: TestDb
     assert_eq!(
         count(
             &mut conn,
-            "SELECT COUNT(*) AS n FROM results WHERE remote_addr = '2001:db8::1' AND ip_version = 6 \
+            "SELECT COUNT(*) AS n FROM results WHERE remote_addr = '2001:db8::1' AND ip_version = 6 AND http_version = '2' \
              AND bytes = 1000 AND bytes_decoded = 5000 AND redirects = 1 AND redirect_us = 120 \
              AND error_kind = 'body_mismatch'"
         ),

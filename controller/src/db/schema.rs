@@ -139,6 +139,7 @@ diesel::table! {
         connection_class -> Text,
         remote_addr -> Nullable<Text>,
         ip_version -> Nullable<Integer>,
+        http_version -> Nullable<Text>,
         bytes_decoded -> BigInt,
         redirects -> Integer,
         redirect_us -> BigInt,
