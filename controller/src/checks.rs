@@ -92,6 +92,9 @@ pub struct NewCheck {
     pub max_bytes: Option<u64>,
     /// Per-measurement time limit; default 30 s.
     pub timeout_ms: Option<u64>,
+    /// Redirects agents follow at most (0: none); one more fails with
+    /// `too_many_redirects`. Default 5.
+    pub max_redirects: Option<u32>,
     #[serde(default)]
     pub selection: Selection,
     #[serde(default)]
@@ -130,6 +133,7 @@ pub struct Check {
     pub created_at: i64,
     pub isp_sharing: bool,
     pub body_contains: Option<String>,
+    pub max_redirects: i32,
 }
 
 impl Check {
@@ -165,6 +169,7 @@ pub struct CheckView {
     pub next_run_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub body_contains: Option<String>,
+    pub max_redirects: u32,
     pub isp_sharing: bool,
     /// What each accepted result costs, in minor units of `price_currency` (fixed by
     /// the kind and the selection; see `lastmile_billing::pricing`).
@@ -190,6 +195,7 @@ impl From<&Check> for CheckView {
             next_run_at: c.next_run_at.map(to_datetime),
             created_at: to_datetime(c.created_at),
             body_contains: c.body_contains.clone(),
+            max_redirects: c.max_redirects.max(0) as u32,
             isp_sharing: c.isp_sharing,
             price_per_result_minor: crate::billing::price_of(c).minor,
             price_currency: crate::billing::price_of(c).currency.to_string(),
@@ -200,6 +206,8 @@ impl From<&Check> for CheckView {
 const MAX_AGENTS_PER_RUN: u32 = 1000;
 const MAX_TIMEOUT_MS: u64 = 120_000;
 const MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+/// Browsers give up around 20 redirects; more is a loop, not a site.
+const MAX_REDIRECTS: u32 = 20;
 
 /// Validates and stores a new check. A check without an interval is due at once.
 pub fn create(
@@ -269,6 +277,15 @@ pub fn create(
             ));
         }
     }
+    let max_redirects = new
+        .max_redirects
+        .unwrap_or(lastmile_protocol::DEFAULT_MAX_REDIRECTS);
+    if max_redirects > MAX_REDIRECTS {
+        return Err(Error::invalid(
+            "invalid_max_redirects",
+            format!("max_redirects must be between 0 and {MAX_REDIRECTS}"),
+        ));
+    }
     let name = match &new.name {
         Some(n) => crate::accounts::validate_name(n)?,
         None => url.to_string(),
@@ -293,6 +310,7 @@ pub fn create(
         created_at: now,
         isp_sharing: new.isp_sharing,
         body_contains: new.body_contains.clone(),
+        max_redirects: max_redirects as i32,
     };
     diesel::insert_into(checks::table)
         .values(&check)

@@ -256,6 +256,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                     port: site.addr().port(),
                     addr: link.addr(),
                 }],
+                allow_nets: Vec::new(),
             },
             idle_poll: Duration::from_millis(200),
             calibration_url: Some(format!("http://{}", calibration_link.addr()).parse()?),

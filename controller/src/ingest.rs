@@ -53,6 +53,12 @@ pub struct StoredResult {
     pub region: String,
     pub asn: i64,
     pub connection_class: String,
+    pub remote_addr: Option<String>,
+    pub ip_version: Option<i32>,
+    pub http_version: Option<String>,
+    pub bytes_decoded: i64,
+    pub redirects: i32,
+    pub redirect_us: i64,
 }
 
 /// The key of one aggregate row. Unknown country or region is `""`, unknown ASN is `0`.
@@ -285,6 +291,17 @@ fn to_stored(
         connection_class: agent
             .connection_class()
             .map_or_else(|| agent.declared_class.clone(), |c| c.as_str().to_owned()),
+        remote_addr: m.remote_addr.as_ref().map(|a| a.chars().take(64).collect()),
+        ip_version: m.ip_version.map(i32::from),
+        http_version: m.http_version.as_ref().map(|v| v.chars().take(8).collect()),
+        // An older agent does not report the decoded size: its body was not decoded.
+        bytes_decoded: if m.bytes_decoded == 0 {
+            m.bytes
+        } else {
+            m.bytes_decoded
+        } as i64,
+        redirects: m.redirects.len().min(i32::MAX as usize) as i32,
+        redirect_us: m.redirect_us as i64,
     }
 }
 

@@ -360,7 +360,9 @@ fn task_for(conn: &mut DbConn, assignment_id: &str) -> Result<Task> {
         url: check.url.clone(),
         expected_status: check.expected_status(),
         max_bytes: check.max_bytes.max(0) as u64,
+        body_contains: check.body_contains.clone(),
         timeout_ms: check.timeout_ms.max(0) as u64,
+        max_redirects: check.max_redirects.max(0) as u32,
         lease_expires_at: to_datetime(a.lease_expires_at.unwrap_or_default()),
     })
 }

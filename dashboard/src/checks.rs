@@ -64,6 +64,7 @@ pub struct CheckForm {
     pub body_contains: String,
     pub max_bytes: String,
     pub timeout_ms: String,
+    pub max_redirects: String,
     pub every_seconds: String,
     pub countries: String,
     pub asns: String,
@@ -118,6 +119,10 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                             div {
                                 label for="timeout_ms" { "Timeout, ms " small { "(default 30000)" } }
                                 input #timeout_ms type="number" name="timeout_ms" min="1" value=(f.timeout_ms);
+                            }
+                            div {
+                                label for="max_redirects" { "Redirects to follow " small { "(default 5)" } }
+                                input #max_redirects type="number" name="max_redirects" min="0" max="20" value=(f.max_redirects);
                             }
                         }
                     }

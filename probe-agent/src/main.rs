@@ -48,6 +48,9 @@ struct EngineArgs {
     /// Connect to ADDR:PORT instead for HOST:PORT, as curl's --connect-to (HOST:PORT=ADDR:PORT). Repeatable.
     #[arg(long, value_name = "HOST:PORT=ADDR:PORT")]
     connect_to: Vec<ConnectTo>,
+    /// Allow fetching this network although it is private (e.g. a lab LAN), CIDR. Repeatable.
+    #[arg(long, value_name = "CIDR")]
+    allow_net: Vec<ipnet::IpNet>,
 }
 
 #[derive(Args)]
@@ -120,6 +123,8 @@ struct ConfigFile {
     source_addr: Option<IpAddr>,
     #[serde(default)]
     connect_to: Vec<String>,
+    #[serde(default)]
+    allow_nets: Vec<ipnet::IpNet>,
 }
 
 #[derive(Args)]
@@ -132,6 +137,18 @@ struct MeasureArgs {
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
+    /// A status that counts as success (repeatable, or comma-separated); default any 2xx or 3xx.
+    #[arg(long, value_delimiter = ',', value_parser = clap::value_parser!(u16).range(100..=599))]
+    expect_status: Vec<u16>,
+    /// The body must contain this text, or the measurement fails with body_mismatch.
+    #[arg(long)]
+    body_contains: Option<String>,
+    /// Largest body to read; a longer one fails with body_too_large.
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    max_bytes: u64,
+    /// Redirects to follow at most (0: do not follow); one more fails with too_many_redirects.
+    #[arg(long, default_value_t = lastmile_protocol::DEFAULT_MAX_REDIRECTS)]
+    max_redirects: u32,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -143,6 +160,7 @@ impl EngineArgs {
             ca_file: self.ca_file,
             source_addr: self.source_addr,
             connect_to: self.connect_to,
+            allow_nets: self.allow_net,
         }
     }
 }
@@ -209,6 +227,7 @@ fn settings_from(args: RunArgs) -> anyhow::Result<AgentSettings> {
             ca_file: args.engine.ca_file.or(file.ca_file),
             source_addr: args.engine.source_addr.or(file.source_addr),
             connect_to,
+            allow_nets: args.engine.allow_net.into_iter().chain(file.allow_nets).collect(),
         },
         idle_poll: Duration::from_millis(args.idle_poll_ms.or(file.idle_poll_ms).unwrap_or(5_000)),
         calibration_url: args.calibration_url.or(file.calibration_url),
@@ -235,8 +254,11 @@ fn parse_hours(s: &str) -> Result<Hours, String> {
 async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
     let engine = Engine::new(args.engine.into_config())?;
     let expect = Expectations {
+        status: args.expect_status,
+        body_contains: args.body_contains,
+        max_bytes: args.max_bytes,
         timeout: Duration::from_millis(args.timeout_ms),
-        ..Expectations::default()
+        max_redirects: args.max_redirects,
     };
     let m = engine.measure(&args.url, &expect).await;
     if args.json {

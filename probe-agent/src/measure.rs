@@ -1,25 +1,51 @@
 //! The measurement engine: one HTTP fetch, each phase timed where it happens.
 //!
 //! reqwest cannot tell TCP connect from TLS handshake, so the engine drives the steps
-//! itself on the stack reqwest is built on: the system resolver (`tokio::net::lookup_host`),
-//! `tokio::net::TcpSocket`, `tokio-rustls`, and a hyper 1.x HTTP/1.1 client connection.
-//! Every measurement opens a fresh connection, as a first visit would.
+//! itself on the stack reqwest is built on: the system resolver (`getaddrinfo`, through
+//! the [`Resolve`] trait so that tests can make it hang), `tokio::net::TcpSocket`,
+//! `tokio-rustls`, and a hyper 1.x client connection: HTTP/2 when the server agrees to
+//! `h2` by ALPN (as browsers and curl prefer), HTTP/1.1 otherwise. Every measurement
+//! opens a fresh connection, as a first visit would.
+//!
+//! Redirects (301, 302, 303, 307, 308) are followed up to the task's limit, each hop on
+//! its own fresh connection and each through the guard: a hop's name is resolved once,
+//! every address checked, and the connection goes only to an address that passed, so a
+//! redirect (or a rebinding DNS answer) cannot lead the agent into a private network.
+//! Phases are summed over the hops as curl `-L` sums them; `redirect_us` is curl's
+//! `time_redirect`. One difference from curl: curl reuses a kept-alive connection for a
+//! redirect to the same host, the engine never does (each hop pays its own connect).
+//!
+//! The request accepts gzip, deflate and br; the body is decoded as it streams, so
+//! `bytes` (wire) and `bytes_decoded` are both counted and `body_contains` is searched in
+//! the decoded text. `max_bytes` bounds both, which also stops decompression bombs.
 //!
 //! Phase definitions follow curl's `-w` variables (DESIGN.md):
 //! `dns` = resolution, `connect` = TCP handshake, `tls` = TLS handshake, `ttfb` = request
 //! sent to response head received, `transfer` = head to last body byte, `total` = start to
 //! last byte.
+//!
+//! Failures are classified where they happen into the stable codes of
+//! [`ErrorKind`]: the resolver's own answer (`EAI_NONAME` is `dns_no_such_name`), the
+//! socket error of the connect (`ECONNREFUSED` is `connect_refused`), the certificate
+//! error rustls reports (unknown issuer, expired, wrong name), and, when the time limit
+//! runs out, the phase that was in progress (resolving: `dns_timeout`, connecting:
+//! `connect_timeout`, anything later: `total_timeout`).
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::Request;
 use hyper_util::rt::TokioIo;
-use lastmile_protocol::{ErrorKind, Measurement, MeasurementError, Timings};
+use lastmile_protocol::{
+    ErrorKind, Hop, Measurement, MeasurementError, Timings, DEFAULT_MAX_REDIRECTS,
+};
 use rustls::pki_types::ServerName;
+use rustls::CertificateError;
 use tokio::net::{TcpSocket, TcpStream};
 use url::Url;
 
@@ -30,19 +56,86 @@ use crate::guard;
 pub struct Expectations {
     /// Acceptable status codes; empty means any 2xx or 3xx.
     pub status: Vec<u16>,
+    /// The body must contain this text (`body_mismatch` otherwise).
+    pub body_contains: Option<String>,
     /// Largest body read before giving up with `body_too_large`.
     pub max_bytes: u64,
     /// Time limit for the whole measurement.
     pub timeout: Duration,
+    /// Redirects followed at most (`too_many_redirects` past it); 0 does not follow.
+    pub max_redirects: u32,
 }
 
 impl Default for Expectations {
     fn default() -> Self {
         Expectations {
             status: Vec::new(),
+            body_contains: None,
             max_bytes: 10 * 1024 * 1024,
             timeout: Duration::from_secs(30),
+            max_redirects: DEFAULT_MAX_REDIRECTS,
         }
+    }
+}
+
+/// Why a name did not resolve, as far as the resolver tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsFailure {
+    /// The name does not exist or has no address (NXDOMAIN, NODATA).
+    NoSuchName,
+    /// The resolver did not answer in time (glibc's `EAI_AGAIN`, which it also returns
+    /// for a server failure: it cannot tell the two apart).
+    Timeout,
+    /// Anything else, with the resolver's words.
+    Other(String),
+}
+
+/// A pending resolution.
+pub type Resolution = Pin<Box<dyn Future<Output = Result<Vec<IpAddr>, DnsFailure>> + Send>>;
+
+/// Name resolution. The engine uses [`SystemResolver`]; tests plug in their own.
+pub trait Resolve: Send + Sync {
+    /// The addresses of `host` (a name, never an IP literal).
+    fn resolve(&self, host: &str) -> Resolution;
+}
+
+/// The operating system's resolver (`getaddrinfo` on a blocking thread), as curl and
+/// browsers use it: `/etc/hosts`, nsswitch and the system's DNS settings all apply.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemResolver;
+
+impl Resolve for SystemResolver {
+    fn resolve(&self, host: &str) -> Resolution {
+        let host = host.to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || system_lookup(&host))
+                .await
+                .map_err(|e| DnsFailure::Other(format!("resolver thread failed: {e}")))?
+        })
+    }
+}
+
+fn system_lookup(host: &str) -> Result<Vec<IpAddr>, DnsFailure> {
+    use dns_lookup::{AddrInfoHints, LookupErrorKind, SockType};
+    let hints = AddrInfoHints {
+        socktype: SockType::Stream.into(),
+        ..AddrInfoHints::default()
+    };
+    match dns_lookup::getaddrinfo(Some(host), None, Some(hints)) {
+        Ok(found) => {
+            let mut addrs: Vec<IpAddr> = Vec::new();
+            for ip in found.filter_map(Result::ok).map(|a| a.sockaddr.ip()) {
+                if !addrs.contains(&ip) {
+                    addrs.push(ip);
+                }
+            }
+            Ok(addrs)
+        }
+        Err(e) => Err(match e.kind() {
+            LookupErrorKind::NoName | LookupErrorKind::NoData => DnsFailure::NoSuchName,
+            LookupErrorKind::Again => DnsFailure::Timeout,
+            other => DnsFailure::Other(format!("{other:?} (code {})", e.error_num())),
+        }),
     }
 }
 
@@ -90,6 +183,9 @@ pub struct EngineConfig {
     pub source_addr: Option<IpAddr>,
     /// Connection overrides, as curl's `--connect-to`.
     pub connect_to: Vec<ConnectTo>,
+    /// Networks fetched even though the guard forbids their range (a lab's private
+    /// network, a test's one loopback address); everything else stays forbidden.
+    pub allow_nets: Vec<ipnet::IpNet>,
 }
 
 /// The engine errors that prevent it from starting at all.
@@ -111,6 +207,7 @@ pub enum EngineError {
 pub struct Engine {
     config: Arc<EngineConfig>,
     tls: tokio_rustls::TlsConnector,
+    resolver: Arc<dyn Resolve>,
 }
 
 impl Engine {
@@ -126,63 +223,87 @@ impl Engine {
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
             .with_no_client_auth();
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // HTTP/2 when the server offers it, as browsers and curl do.
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Engine {
             config: Arc::new(config),
             tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+            resolver: Arc::new(SystemResolver),
         })
     }
 
-    /// Fetches `url` once and reports its phase timings. Never fails: a failure is a
-    /// measurement with an error kind and the timings of the phases it reached.
-    pub async fn measure(&self, url: &str, expect: &Expectations) -> Measurement {
-        let mut probe = Probe::default();
-        let start = Instant::now();
-        let outcome =
-            tokio::time::timeout(expect.timeout, self.fetch(url, expect, start, &mut probe))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(fail(
-                        ErrorKind::Timeout,
-                        format!(
-                            "no complete answer within {} ms",
-                            expect.timeout.as_millis()
-                        ),
-                    ))
-                });
-        let timings = probe.timings(start);
-        match outcome {
-            Ok(()) => Measurement {
-                status: probe.status,
-                bytes: probe.bytes,
-                error: None,
-                timings_us: timings,
-            },
-            Err(error) => Measurement {
-                status: probe.status,
-                bytes: probe.bytes,
-                error: Some(error),
-                timings_us: timings,
-            },
-        }
+    /// The same engine resolving names with `resolver` instead of the system's.
+    pub fn with_resolver(mut self, resolver: Arc<dyn Resolve>) -> Engine {
+        self.resolver = resolver;
+        self
     }
 
-    async fn fetch(
+    /// Fetches `url` once, following redirects up to `expect.max_redirects`, and reports
+    /// its phase timings. Never fails: a failure is a measurement with an error kind
+    /// and the timings of the phases it reached.
+    pub async fn measure(&self, url: &str, expect: &Expectations) -> Measurement {
+        let start = Instant::now();
+        let mut trace = Trace {
+            hops: Vec::new(),
+            current: Probe::new(start),
+        };
+        let outcome =
+            tokio::time::timeout(expect.timeout, self.follow(url, expect, &mut trace)).await;
+        let outcome = outcome.unwrap_or_else(|_| Err(trace.current.timed_out(expect.timeout)));
+        trace.into_measurement(start, outcome.err())
+    }
+
+    /// Fetches `url` and the redirects it leads to, each hop through the guard.
+    async fn follow(
         &self,
         url: &str,
         expect: &Expectations,
-        start: Instant,
-        probe: &mut Probe,
+        trace: &mut Trace,
     ) -> Result<(), MeasurementError> {
-        let url = Url::parse(url)
+        let mut url = Url::parse(url)
             .map_err(|e| fail(ErrorKind::InvalidTask, format!("invalid URL {url:?}: {e}")))?;
+        loop {
+            let follow = expect.max_redirects > 0;
+            let location = match self.fetch(&url, expect, follow, &mut trace.current).await? {
+                Next::Done => return Ok(()),
+                Next::Redirect(location) => location,
+            };
+            let target = url.join(&location).map_err(|e| {
+                fail(
+                    ErrorKind::Http,
+                    format!("redirect to an invalid location {location:?}: {e}"),
+                )
+            })?;
+            if trace.hops.len() as u32 >= expect.max_redirects {
+                return Err(fail(
+                    ErrorKind::TooManyRedirects,
+                    format!(
+                        "more than {} redirects (the last one to {target})",
+                        expect.max_redirects
+                    ),
+                ));
+            }
+            let done = std::mem::replace(&mut trace.current, Probe::new(Instant::now()));
+            trace.hops.push(done.hop(url.as_str(), target.as_str()));
+            url = target;
+        }
+    }
+
+    /// One request on a fresh connection: resolve, connect, TLS, exchange.
+    async fn fetch(
+        &self,
+        url: &Url,
+        expect: &Expectations,
+        follow: bool,
+        probe: &mut Probe,
+    ) -> Result<Next, MeasurementError> {
         let https = match url.scheme() {
             "http" => false,
             "https" => true,
             other => {
                 return Err(fail(
                     ErrorKind::InvalidTask,
-                    format!("unsupported scheme {other:?}"),
+                    format!("unsupported scheme {other:?} in {url}"),
                 ))
             }
         };
@@ -195,11 +316,15 @@ impl Engine {
             .port_or_known_default()
             .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no port"))?;
 
+        probe.stage = Stage::Resolving;
         let addrs = self.resolve(&host, port).await?;
-        probe.dns_done = Some(start.elapsed());
+        probe.dns_done = Some(Instant::now());
 
-        let stream = self.connect(&addrs).await?;
-        probe.connect_done = Some(start.elapsed());
+        probe.stage = Stage::Connecting;
+        let (stream, remote) = self.connect(&addrs).await?;
+        probe.connect_done = Some(Instant::now());
+        probe.remote = Some(remote);
+        probe.stage = Stage::Exchanging;
 
         let authority = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
@@ -209,13 +334,14 @@ impl Engine {
             Some(q) => format!("{}?{q}", url.path()),
             None => url.path().to_owned(),
         };
-        let request = Request::get(path)
-            .header(hyper::header::HOST, authority)
+        let mut request = Request::get(path)
+            .header(hyper::header::HOST, authority.clone())
             .header(
                 hyper::header::USER_AGENT,
                 concat!("lastmile-agent/", env!("CARGO_PKG_VERSION")),
             )
             .header(hyper::header::ACCEPT, "*/*")
+            .header(hyper::header::ACCEPT_ENCODING, ACCEPT_ENCODING)
             .body(http_body_util::Empty::<bytes::Bytes>::new())
             .map_err(|e| fail(ErrorKind::InvalidTask, format!("cannot build request: {e}")))?;
 
@@ -226,17 +352,30 @@ impl Engine {
                     format!("invalid TLS name {host:?}: {e}"),
                 )
             })?;
-            let tls = self.tls.connect(name, stream).await.map_err(|e| {
-                fail(
-                    ErrorKind::Tls,
-                    format!("TLS handshake with {host} failed: {e}"),
-                )
-            })?;
-            probe.tls_done = Some(start.elapsed());
-            exchange(TokioIo::new(tls), request, expect, start, probe).await
+            let tls = self
+                .tls
+                .connect(name, stream)
+                .await
+                .map_err(|e| tls_failure(&host, &e))?;
+            probe.tls_done = Some(Instant::now());
+            if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+                // HTTP/2 names the target in :scheme and :authority, not in Host.
+                *request.uri_mut() = format!("https://{authority}{}", request.uri())
+                    .parse()
+                    .map_err(|e| fail(ErrorKind::InvalidTask, format!("bad URI: {e}")))?;
+                request.headers_mut().remove(hyper::header::HOST);
+                let sent = send_http2(TokioIo::new(tls), request, probe).await?;
+                probe.http_version = Some("2");
+                return read_response(sent, expect, follow, probe).await;
+            }
+            let sent = send_http1(TokioIo::new(tls), request, probe).await?;
+            probe.http_version = Some("1.1");
+            read_response(sent, expect, follow, probe).await
         } else {
             probe.tls_done = probe.connect_done;
-            exchange(TokioIo::new(stream), request, expect, start, probe).await
+            let sent = send_http1(TokioIo::new(stream), request, probe).await?;
+            probe.http_version = Some("1.1");
+            read_response(sent, expect, follow, probe).await
         }
     }
 
@@ -247,15 +386,39 @@ impl Engine {
             .connect_to
             .iter()
             .find(|c| c.host.eq_ignore_ascii_case(host) && c.port == port);
-        let addrs: Vec<SocketAddr> = match overridden {
-            Some(c) => vec![c.addr],
-            None => tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| fail(ErrorKind::Dns, format!("cannot resolve {host}: {e}")))?
-                .collect(),
+        let addrs: Vec<SocketAddr> = match (overridden, host.parse::<IpAddr>()) {
+            (Some(c), _) => vec![c.addr],
+            (None, Ok(ip)) => vec![SocketAddr::new(ip, port)],
+            (None, Err(_)) => match self.resolver.resolve(host).await {
+                Ok(ips) => ips
+                    .into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect(),
+                Err(DnsFailure::NoSuchName) => {
+                    return Err(fail(
+                        ErrorKind::DnsNoSuchName,
+                        format!("{host} does not exist (no such name)"),
+                    ))
+                }
+                Err(DnsFailure::Timeout) => {
+                    return Err(fail(
+                        ErrorKind::DnsTimeout,
+                        format!("the resolver gave no answer for {host}"),
+                    ))
+                }
+                Err(DnsFailure::Other(why)) => {
+                    return Err(fail(
+                        ErrorKind::Dns,
+                        format!("cannot resolve {host}: {why}"),
+                    ))
+                }
+            },
         };
         if addrs.is_empty() {
-            return Err(fail(ErrorKind::Dns, format!("{host} has no address")));
+            return Err(fail(
+                ErrorKind::DnsNoSuchName,
+                format!("{host} has no address"),
+            ));
         }
         if self.config.allow_private {
             return Ok(addrs);
@@ -263,14 +426,18 @@ impl Engine {
         let allowed: Vec<SocketAddr> = addrs
             .iter()
             .copied()
-            .filter(|a| !guard::is_forbidden(a.ip()))
+            .filter(|a| {
+                !guard::is_forbidden(a.ip())
+                    || self.config.allow_nets.iter().any(|n| n.contains(&a.ip()))
+            })
             .collect();
         if allowed.is_empty() {
             return Err(fail(
                 ErrorKind::TargetForbidden,
                 format!(
                     "{host} resolves only to private, loopback or link-local addresses ({}); \
-                     agents fetch those only in local-test mode (--allow-private)",
+                     agents fetch those only in local-test mode (--allow-private) or from \
+                     networks the volunteer allowed (--allow-net)",
                     addrs
                         .iter()
                         .map(|a| a.ip().to_string())
@@ -283,18 +450,28 @@ impl Engine {
     }
 
     /// Connects to the first address that answers, from the configured source address.
-    async fn connect(&self, addrs: &[SocketAddr]) -> Result<TcpStream, MeasurementError> {
+    async fn connect(
+        &self,
+        addrs: &[SocketAddr],
+    ) -> Result<(TcpStream, SocketAddr), MeasurementError> {
         let mut last_error = None;
         for addr in addrs {
             match self.connect_one(*addr).await {
-                Ok(stream) => return Ok(stream),
-                Err(e) => last_error = Some(format!("{addr}: {e}")),
+                Ok(stream) => return Ok((stream, *addr)),
+                Err(e) => last_error = Some((*addr, e)),
             }
         }
-        Err(fail(
-            ErrorKind::Connect,
-            format!("cannot connect: {}", last_error.unwrap_or_default()),
-        ))
+        Err(match last_error {
+            Some((addr, e)) => {
+                let kind = match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => ErrorKind::ConnectRefused,
+                    std::io::ErrorKind::TimedOut => ErrorKind::ConnectTimeout,
+                    _ => ErrorKind::Connect,
+                };
+                fail(kind, format!("cannot connect to {addr}: {e}"))
+            }
+            None => fail(ErrorKind::Connect, "no address to connect to"),
+        })
     }
 
     async fn connect_one(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
@@ -314,14 +491,152 @@ impl Engine {
     }
 }
 
-/// Sends the request on a fresh HTTP/1.1 connection and reads the body to its end.
-async fn exchange<S>(
+/// Classifies a failed TLS handshake by the certificate error rustls reports.
+fn tls_failure(host: &str, e: &std::io::Error) -> MeasurementError {
+    let rustls_error = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+    let (kind, why) = match rustls_error {
+        Some(rustls::Error::InvalidCertificate(cert)) => match cert {
+            CertificateError::UnknownIssuer | CertificateError::Revoked => (
+                ErrorKind::TlsUntrusted,
+                "its certificate is not signed by a trusted authority",
+            ),
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. } => (
+                ErrorKind::TlsExpired,
+                "its certificate is outside its validity period",
+            ),
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+                (
+                    ErrorKind::TlsNameMismatch,
+                    "its certificate is not valid for this name",
+                )
+            }
+            _ => (ErrorKind::TlsHandshake, "its certificate was refused"),
+        },
+        _ => (ErrorKind::TlsHandshake, "the handshake failed"),
+    };
+    fail(kind, format!("TLS with {host}: {why} ({e})"))
+}
+
+/// Looks for a needle in a body that arrives in pieces, keeping only the last
+/// `needle.len() - 1` bytes between pieces (never the whole body).
+struct Matcher {
+    finder: memchr::memmem::Finder<'static>,
+    tail: Vec<u8>,
+    found: bool,
+}
+
+impl Matcher {
+    fn new(needle: &str) -> Matcher {
+        Matcher {
+            finder: memchr::memmem::Finder::new(needle.as_bytes()).into_owned(),
+            tail: Vec::new(),
+            found: needle.is_empty(),
+        }
+    }
+
+    fn feed(&mut self, data: &[u8]) {
+        if self.found {
+            return;
+        }
+        let keep = self.finder.needle().len().saturating_sub(1);
+        self.tail.extend_from_slice(data);
+        if self.finder.find(&self.tail).is_some() {
+            self.found = true;
+            self.tail = Vec::new();
+            return;
+        }
+        let cut = self.tail.len().saturating_sub(keep);
+        self.tail.drain(..cut);
+    }
+}
+
+/// What the request asks for: any encoding curl's `--compressed` and browsers accept
+/// that the engine can decode.
+const ACCEPT_ENCODING: &str = "gzip, deflate, br";
+
+/// What comes after a response.
+enum Next {
+    /// The measurement is complete.
+    Done,
+    /// A redirect to follow, to this (possibly relative) location.
+    Redirect(String),
+}
+
+/// Decodes a compressed body as it arrives (`Content-Encoding`), so that the decoded
+/// size is counted and `body_contains` searched without holding the body.
+enum Decoder {
+    Gzip(flate2::write::GzDecoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
+}
+
+impl Decoder {
+    /// The decoder for a `Content-Encoding` value; `None` for identity or an encoding
+    /// we did not ask for (then the body is taken as it is).
+    fn for_encoding(encoding: &str) -> Option<Decoder> {
+        match encoding.trim().to_ascii_lowercase().as_str() {
+            "gzip" | "x-gzip" => Some(Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new()))),
+            "deflate" => Some(Decoder::Deflate(
+                flate2::write::ZlibDecoder::new(Vec::new()),
+            )),
+            "br" => Some(Decoder::Brotli(Box::new(
+                brotli_decompressor::DecompressorWriter::new(Vec::new(), 16 * 1024),
+            ))),
+            _ => None,
+        }
+    }
+
+    /// Feeds wire bytes in and returns the bytes decoded so far.
+    fn decode(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+        use std::io::Write;
+        match self {
+            Decoder::Gzip(d) => d.write_all(data)?,
+            Decoder::Deflate(d) => d.write_all(data)?,
+            Decoder::Brotli(d) => d.write_all(data)?,
+        }
+        Ok(std::mem::take(self.output()))
+    }
+
+    /// Ends the stream (a truncated one is an error) and returns the last bytes.
+    fn finish(&mut self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Decoder::Gzip(d) => d.try_finish()?,
+            Decoder::Deflate(d) => d.try_finish()?,
+            Decoder::Brotli(d) => d
+                .close()
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
+        }
+        Ok(std::mem::take(self.output()))
+    }
+
+    fn output(&mut self) -> &mut Vec<u8> {
+        match self {
+            Decoder::Gzip(d) => d.get_mut(),
+            Decoder::Deflate(d) => d.get_mut(),
+            Decoder::Brotli(d) => d.get_mut(),
+        }
+    }
+}
+
+type EmptyBody = http_body_util::Empty<bytes::Bytes>;
+
+/// A response head received, with the task that drives its connection.
+struct Sent {
+    response: hyper::Response<hyper::body::Incoming>,
+    driver: tokio::task::JoinHandle<()>,
+}
+
+/// Sends the request on a fresh HTTP/1.1 connection.
+async fn send_http1<S>(
     io: TokioIo<S>,
-    request: Request<http_body_util::Empty<bytes::Bytes>>,
-    expect: &Expectations,
-    start: Instant,
+    request: Request<EmptyBody>,
     probe: &mut Probe,
-) -> Result<(), MeasurementError>
+) -> Result<Sent, MeasurementError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -329,80 +644,294 @@ where
         .await
         .map_err(|e| fail(ErrorKind::Http, format!("HTTP handshake failed: {e}")))?;
     // The connection task ends when the response is read or the measurement is dropped.
-    let driver = tokio::spawn(connection);
-    probe.request_sent = Some(start.elapsed());
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    probe.request_sent = Some(Instant::now());
     let response = sender
         .send_request(request)
         .await
         .map_err(|e| fail(ErrorKind::Http, format!("no response: {e}")))?;
-    probe.first_byte = Some(start.elapsed());
+    probe.first_byte = Some(Instant::now());
+    Ok(Sent { response, driver })
+}
+
+/// Sends the request on a fresh HTTP/2 connection (after ALPN chose `h2`).
+async fn send_http2<S>(
+    io: TokioIo<S>,
+    request: Request<EmptyBody>,
+    probe: &mut Probe,
+) -> Result<Sent, MeasurementError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .map_err(|e| fail(ErrorKind::Http, format!("HTTP/2 handshake failed: {e}")))?;
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    probe.request_sent = Some(Instant::now());
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| fail(ErrorKind::Http, format!("no response: {e}")))?;
+    probe.first_byte = Some(Instant::now());
+    Ok(Sent { response, driver })
+}
+
+/// Reads the body to its end and checks the expectations. With `follow`, a redirect's
+/// body is read (it is part of the hop's transfer) and its location returned instead.
+async fn read_response(
+    sent: Sent,
+    expect: &Expectations,
+    follow: bool,
+    probe: &mut Probe,
+) -> Result<Next, MeasurementError> {
+    let Sent { response, driver } = sent;
     let status = response.status().as_u16();
     probe.status = Some(status);
+    let redirect = if follow && matches!(status, 301 | 302 | 303 | 307 | 308) {
+        response
+            .headers()
+            .get(hyper::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    } else {
+        None
+    };
+    let encoding = response
+        .headers()
+        .get(hyper::header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let mut decoder = Decoder::for_encoding(&encoding);
+    let decode_error = |e: std::io::Error| {
+        fail(
+            ErrorKind::Http,
+            format!("the {encoding} body cannot be decoded: {e}"),
+        )
+    };
+    let too_large = |what: &str| {
+        fail(
+            ErrorKind::BodyTooLarge,
+            format!("{what} exceeds the limit of {} bytes", expect.max_bytes),
+        )
+    };
 
+    let mut matcher = expect.body_contains.as_deref().map(Matcher::new);
     let mut body = response.into_body();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| fail(ErrorKind::Http, format!("body broke off: {e}")))?;
-        if let Some(data) = frame.data_ref() {
-            probe.bytes += data.len() as u64;
-            if probe.bytes > expect.max_bytes {
-                probe.last_byte = Some(start.elapsed());
-                driver.abort();
-                return Err(fail(
-                    ErrorKind::BodyTooLarge,
-                    format!("body exceeds the limit of {} bytes", expect.max_bytes),
-                ));
-            }
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        probe.bytes += data.len() as u64;
+        if probe.bytes > expect.max_bytes {
+            probe.last_byte = Some(Instant::now());
+            driver.abort();
+            return Err(too_large("the body"));
+        }
+        let decoded = match decoder.as_mut() {
+            Some(d) => d.decode(data).map_err(decode_error)?,
+            None => data.to_vec(),
+        };
+        probe.bytes_decoded += decoded.len() as u64;
+        if probe.bytes_decoded > expect.max_bytes {
+            probe.last_byte = Some(Instant::now());
+            driver.abort();
+            return Err(too_large("the decoded body"));
+        }
+        if let Some(m) = matcher.as_mut() {
+            m.feed(&decoded);
         }
     }
-    probe.last_byte = Some(start.elapsed());
+    probe.last_byte = Some(Instant::now());
     driver.abort();
+    if let Some(d) = decoder.as_mut() {
+        let rest = d.finish().map_err(decode_error)?;
+        probe.bytes_decoded += rest.len() as u64;
+        if let Some(m) = matcher.as_mut() {
+            m.feed(&rest);
+        }
+    }
 
+    if let Some(location) = redirect {
+        return Ok(Next::Redirect(location));
+    }
     let status_ok = if expect.status.is_empty() {
         (200..400).contains(&status)
     } else {
         expect.status.contains(&status)
     };
     if !status_ok {
+        let wanted = if expect.status.is_empty() {
+            "2xx or 3xx".to_owned()
+        } else {
+            expect
+                .status
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         return Err(fail(
-            ErrorKind::UnexpectedStatus,
-            format!("status {status} is not one of the expected statuses"),
+            ErrorKind::HttpStatus,
+            format!("status {status}, expected {wanted}"),
         ));
     }
-    Ok(())
+    if matcher.is_some_and(|m| !m.found) {
+        return Err(fail(
+            ErrorKind::BodyMismatch,
+            format!(
+                "the body does not contain {:?}",
+                expect.body_contains.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(Next::Done)
 }
 
-/// Moments (since start) at which each phase ended; phases not reached stay `None`.
-#[derive(Debug, Default)]
+/// The step a measurement is in, which names the timeout if the time limit runs out.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    #[default]
+    Starting,
+    Resolving,
+    Connecting,
+    Exchanging,
+}
+
+/// The requests of one measurement: redirects already followed and the current one.
+struct Trace {
+    hops: Vec<Hop>,
+    current: Probe,
+}
+
+impl Trace {
+    /// The result: phases summed over every hop (as curl `-L` sums them), total from
+    /// the start to the last byte, the final response's status, size and address.
+    fn into_measurement(self, start: Instant, error: Option<MeasurementError>) -> Measurement {
+        let last = self.current.timings();
+        let mut timings = last;
+        for hop in &self.hops {
+            let t = hop.timings_us;
+            timings.dns += t.dns;
+            timings.connect += t.connect;
+            timings.tls += t.tls;
+            timings.ttfb += t.ttfb;
+            timings.transfer += t.transfer;
+        }
+        let end = self.current.last_byte.unwrap_or_else(Instant::now);
+        timings.total = micros(end.saturating_duration_since(start));
+        let remote = self.current.remote;
+        Measurement {
+            status: self.current.status,
+            bytes: self.current.bytes,
+            error,
+            timings_us: timings,
+            bytes_decoded: self.current.bytes_decoded,
+            remote_addr: remote.map(|a| a.ip().to_string()),
+            ip_version: remote.map(|a| if a.is_ipv4() { 4 } else { 6 }),
+            http_version: self.current.http_version.map(str::to_owned),
+            redirect_us: micros(self.current.start.saturating_duration_since(start)),
+            redirects: self.hops,
+        }
+    }
+}
+
+/// Moments at which each phase of one request ended; phases not reached stay `None`.
+#[derive(Debug)]
 struct Probe {
-    dns_done: Option<Duration>,
-    connect_done: Option<Duration>,
-    tls_done: Option<Duration>,
-    request_sent: Option<Duration>,
-    first_byte: Option<Duration>,
-    last_byte: Option<Duration>,
+    start: Instant,
+    stage: Stage,
+    dns_done: Option<Instant>,
+    connect_done: Option<Instant>,
+    tls_done: Option<Instant>,
+    request_sent: Option<Instant>,
+    first_byte: Option<Instant>,
+    last_byte: Option<Instant>,
+    remote: Option<SocketAddr>,
+    http_version: Option<&'static str>,
     status: Option<u16>,
     bytes: u64,
+    bytes_decoded: u64,
 }
 
 impl Probe {
-    fn timings(&self, start: Instant) -> Timings {
-        let us = |d: Option<Duration>| d.map(|d| d.as_micros() as u64);
-        let span = |from: Option<Duration>, to: Option<Duration>| match (us(from), us(to)) {
-            (Some(a), Some(b)) => b.saturating_sub(a),
+    fn new(start: Instant) -> Probe {
+        Probe {
+            start,
+            stage: Stage::Starting,
+            dns_done: None,
+            connect_done: None,
+            tls_done: None,
+            request_sent: None,
+            first_byte: None,
+            last_byte: None,
+            remote: None,
+            http_version: None,
+            status: None,
+            bytes: 0,
+            bytes_decoded: 0,
+        }
+    }
+
+    /// The error for a time limit that ran out, named after the phase it interrupted.
+    fn timed_out(&self, limit: Duration) -> MeasurementError {
+        let ms = limit.as_millis();
+        match self.stage {
+            Stage::Resolving => fail(
+                ErrorKind::DnsTimeout,
+                format!("name resolution did not finish within the {ms} ms limit"),
+            ),
+            Stage::Connecting => fail(
+                ErrorKind::ConnectTimeout,
+                format!("the TCP handshake did not finish within the {ms} ms limit"),
+            ),
+            Stage::Starting | Stage::Exchanging => fail(
+                ErrorKind::TotalTimeout,
+                format!("no complete answer within {ms} ms"),
+            ),
+        }
+    }
+
+    /// This request's phases; `total` runs from its start to its last byte (or now).
+    fn timings(&self) -> Timings {
+        let span = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
+            (Some(a), Some(b)) => micros(b.saturating_duration_since(a)),
             _ => 0,
         };
         Timings {
-            dns: us(self.dns_done).unwrap_or(0),
+            dns: span(Some(self.start), self.dns_done),
             connect: span(self.dns_done, self.connect_done),
             tls: span(self.connect_done, self.tls_done),
             ttfb: span(self.request_sent, self.first_byte),
             transfer: span(self.first_byte, self.last_byte),
-            total: self
-                .last_byte
-                .map(|d| d.as_micros() as u64)
-                .unwrap_or_else(|| start.elapsed().as_micros() as u64),
+            total: micros(
+                self.last_byte
+                    .unwrap_or_else(Instant::now)
+                    .saturating_duration_since(self.start),
+            ),
         }
     }
+
+    /// This request as a followed redirect.
+    fn hop(&self, url: &str, location: &str) -> Hop {
+        Hop {
+            url: url.to_owned(),
+            status: self.status.unwrap_or_default(),
+            location: location.to_owned(),
+            remote_addr: self.remote.map(|a| a.ip().to_string()),
+            timings_us: self.timings(),
+        }
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    d.as_micros() as u64
 }
 
 fn fail(kind: ErrorKind, message: impl Into<String>) -> MeasurementError {
@@ -505,7 +1034,7 @@ mod tests {
             .measure(&format!("http://{addr}/"), &Expectations::default())
             .await;
         assert_eq!(m.status, Some(503));
-        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::UnexpectedStatus));
+        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::HttpStatus));
         assert!(m.timings_us.total > 0);
     }
 
@@ -523,14 +1052,14 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn refused_connection_is_a_connect_error() {
+    async fn refused_connection_is_connect_refused() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let m = local_engine()
             .measure(&format!("http://{addr}/"), &Expectations::default())
             .await;
-        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::Connect));
+        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::ConnectRefused));
     }
 
     #[tokio::test]
@@ -543,7 +1072,7 @@ mod tests {
         let m = local_engine()
             .measure(&format!("http://{addr}/"), &expect)
             .await;
-        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::Timeout));
+        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::TotalTimeout));
         assert!(m.timings_us.total >= 200_000);
     }
 
@@ -570,5 +1099,563 @@ mod tests {
         assert_eq!(c.port, 443);
         assert_eq!(c.addr, "127.0.0.1:8443".parse().unwrap());
         assert!("example.com=127.0.0.1:1".parse::<ConnectTo>().is_err());
+    }
+
+    fn kind(m: &Measurement) -> Option<ErrorKind> {
+        m.error.as_ref().map(|e| e.kind)
+    }
+
+    fn short(timeout_ms: u64) -> Expectations {
+        Expectations {
+            timeout: Duration::from_millis(timeout_ms),
+            ..Expectations::default()
+        }
+    }
+
+    /// A resolver that answers nothing, ever, or always the same.
+    struct FakeResolver(Option<Result<Vec<IpAddr>, DnsFailure>>);
+
+    impl Resolve for FakeResolver {
+        fn resolve(&self, _host: &str) -> Resolution {
+            let answer = self.0.clone();
+            Box::pin(async move {
+                match answer {
+                    Some(answer) => answer,
+                    None => std::future::pending().await,
+                }
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_name_under_dot_invalid_is_dns_no_such_name() {
+        // RFC 2606/6761: `.invalid` never exists; the system resolver says so at once.
+        let m = local_engine()
+            .measure("http://nosuch.lastmile.invalid/", &short(10_000))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::DnsNoSuchName), "{m:?}");
+        assert_eq!(m.status, None);
+    }
+
+    #[tokio::test]
+    async fn a_resolver_that_never_answers_is_dns_timeout() {
+        let engine = local_engine().with_resolver(Arc::new(FakeResolver(None)));
+        let m = engine.measure("http://site.example/", &short(200)).await;
+        assert_eq!(kind(&m), Some(ErrorKind::DnsTimeout), "{m:?}");
+        assert!(m.timings_us.total >= 200_000);
+        assert_eq!(m.timings_us.dns, 0, "resolution never finished");
+    }
+
+    #[tokio::test]
+    async fn resolver_failures_keep_their_kind() {
+        for (failure, expected) in [
+            (DnsFailure::Timeout, ErrorKind::DnsTimeout),
+            (DnsFailure::NoSuchName, ErrorKind::DnsNoSuchName),
+            (DnsFailure::Other("SERVFAIL".into()), ErrorKind::Dns),
+        ] {
+            let engine = local_engine().with_resolver(Arc::new(FakeResolver(Some(Err(failure)))));
+            let m = engine.measure("http://site.example/", &short(5_000)).await;
+            assert_eq!(kind(&m), Some(expected), "{m:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_listener_whose_backlog_is_full_is_connect_timeout() {
+        // With a full accept queue Linux drops further SYNs, so the handshake never
+        // completes: the time limit runs out while connecting.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut fillers = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr)).await
+            {
+                fillers.push(s);
+            }
+        }
+        let m = local_engine()
+            .measure(&format!("http://{addr}/"), &short(500))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::ConnectTimeout), "{m:?}");
+        drop(listener);
+    }
+
+    #[tokio::test]
+    async fn a_server_that_hangs_up_without_answering_is_an_http_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let _ = sock.read(&mut buf).await;
+                drop(sock);
+            }
+        });
+        let m = local_engine()
+            .measure(&format!("http://{addr}/"), &short(5_000))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::Http), "{m:?}");
+    }
+
+    #[tokio::test]
+    async fn a_url_the_agent_cannot_fetch_is_an_invalid_task() {
+        let m = local_engine()
+            .measure("ftp://site.example/", &short(5_000))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::InvalidTask), "{m:?}");
+    }
+
+    #[tokio::test]
+    async fn body_contains_is_checked_and_a_missing_text_is_body_mismatch() {
+        let addr = server(
+            200,
+            b"<html>Welcome to the shop</html>".to_vec(),
+            Duration::ZERO,
+        )
+        .await;
+        let url = format!("http://{addr}/");
+        let expect = |text: &str| Expectations {
+            body_contains: Some(text.into()),
+            ..short(5_000)
+        };
+        let found = local_engine().measure(&url, &expect("the shop")).await;
+        assert_eq!(found.error, None);
+        let missing = local_engine().measure(&url, &expect("Sold out")).await;
+        assert_eq!(kind(&missing), Some(ErrorKind::BodyMismatch), "{missing:?}");
+        assert_eq!(missing.status, Some(200));
+        assert!(missing.error.unwrap().message.contains("Sold out"));
+    }
+
+    #[tokio::test]
+    async fn an_expected_status_set_accepts_its_members_only() {
+        let addr = server(301, vec![], Duration::ZERO).await;
+        let url = format!("http://{addr}/");
+        let expect = |status: Vec<u16>| Expectations {
+            status,
+            ..short(5_000)
+        };
+        let m = local_engine().measure(&url, &expect(vec![200, 301])).await;
+        assert_eq!(m.error, None);
+        let m = local_engine().measure(&url, &expect(vec![200])).await;
+        assert_eq!(kind(&m), Some(ErrorKind::HttpStatus));
+        assert!(m.error.unwrap().message.contains("expected 200"));
+    }
+
+    #[test]
+    fn the_matcher_finds_text_split_across_pieces() {
+        let mut m = Matcher::new("needle");
+        for piece in [&b"hay ne"[..], b"e", b"dle hay"] {
+            m.feed(piece);
+        }
+        assert!(m.found);
+        let mut m = Matcher::new("needle");
+        for piece in [&b"needl"[..], b"x", b"eedle"] {
+            m.feed(piece);
+        }
+        assert!(!m.found);
+    }
+
+    /// An HTTPS target for `site.test` (reached through `--connect-to`) with the given
+    /// server configuration, and an engine that trusts `ca` when `trusting`.
+    async fn tls_target(
+        tls: Arc<rustls::ServerConfig>,
+        ca: &lastmile_testbed::tls::TestCa,
+        trusting: bool,
+    ) -> (
+        lastmile_testbed::site::TargetSite,
+        Engine,
+        tempfile::TempDir,
+    ) {
+        let site = lastmile_testbed::site::TargetSite::start(
+            "127.0.0.1:0".parse().unwrap(),
+            lastmile_testbed::site::SiteConfig {
+                tls: Some(tls),
+                think_time: Duration::ZERO,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let engine = Engine::new(EngineConfig {
+            allow_private: true,
+            ca_file: trusting.then_some(ca_file),
+            connect_to: vec![format!("site.test:443={}", site.addr()).parse().unwrap()],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        (site, engine, dir)
+    }
+
+    #[tokio::test]
+    async fn certificate_problems_each_have_their_own_kind() {
+        let ca = lastmile_testbed::tls::TestCa::new().unwrap();
+        let url = "https://site.test/";
+
+        let (_site, engine, _dir) =
+            tls_target(ca.server_config(&["site.test"]).unwrap(), &ca, true).await;
+        let m = engine.measure(url, &short(5_000)).await;
+        assert_eq!(m.error, None, "a good certificate passes");
+        assert!(m.timings_us.tls > 0);
+
+        let (_site, engine, _dir) =
+            tls_target(ca.server_config(&["site.test"]).unwrap(), &ca, false).await;
+        let m = engine.measure(url, &short(5_000)).await;
+        assert_eq!(kind(&m), Some(ErrorKind::TlsUntrusted), "{m:?}");
+
+        let (_site, engine, _dir) =
+            tls_target(ca.expired_server_config(&["site.test"]).unwrap(), &ca, true).await;
+        let m = engine.measure(url, &short(5_000)).await;
+        assert_eq!(kind(&m), Some(ErrorKind::TlsExpired), "{m:?}");
+
+        let (_site, engine, _dir) =
+            tls_target(ca.server_config(&["other.test"]).unwrap(), &ca, true).await;
+        let m = engine.measure(url, &short(5_000)).await;
+        assert_eq!(kind(&m), Some(ErrorKind::TlsNameMismatch), "{m:?}");
+        assert!(m.error.unwrap().message.contains("site.test"));
+    }
+
+    #[tokio::test]
+    async fn a_server_that_does_not_speak_tls_is_tls_handshake() {
+        let addr = server(200, b"plain".to_vec(), Duration::ZERO).await;
+        let engine = Engine::new(EngineConfig {
+            allow_private: true,
+            connect_to: vec![format!("site.test:443={addr}").parse().unwrap()],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let m = engine.measure("https://site.test/", &short(5_000)).await;
+        assert_eq!(kind(&m), Some(ErrorKind::TlsHandshake), "{m:?}");
+    }
+
+    /// A server on `ip` answering each request with what `answer` makes of the request
+    /// text, after `think`; counts the connections it accepted.
+    async fn scripted(
+        ip: &str,
+        think: Duration,
+        answer: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+    ) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer = Arc::new(answer);
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    tokio::time::sleep(think).await;
+                    let _ = sock.write_all(&answer(&request)).await;
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    fn path_of(request: &str) -> &str {
+        request.split_whitespace().nth(1).unwrap_or("/")
+    }
+
+    fn response(status: u16, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
+        let mut head = format!(
+            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\nconnection: close\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        let mut out = head.into_bytes();
+        out.extend_from_slice(body);
+        out
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_each_hop_recorded_and_phases_summed() {
+        let think = Duration::from_millis(30);
+        let (last, _) = scripted("127.0.0.1", think, |_| response(200, &[], b"arrived")).await;
+        let (first, _) = scripted("127.0.0.1", think, move |req| match path_of(req) {
+            "/" => response(302, &[("location", "/next")], b"moved"),
+            _ => response(301, &[("location", &format!("http://{last}/end"))], b""),
+        })
+        .await;
+        let m = local_engine()
+            .measure(&format!("http://{first}/"), &short(10_000))
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(m.status, Some(200));
+        assert_eq!(m.bytes, 7, "bytes are the final response's");
+        let hops: Vec<(u16, &str, &str)> = m
+            .redirects
+            .iter()
+            .map(|h| (h.status, h.url.as_str(), h.location.as_str()))
+            .collect();
+        let (first_url, next_url, end_url) = (
+            format!("http://{first}/"),
+            format!("http://{first}/next"),
+            format!("http://{last}/end"),
+        );
+        assert_eq!(
+            hops,
+            vec![
+                (302, first_url.as_str(), next_url.as_str()),
+                (301, next_url.as_str(), end_url.as_str())
+            ]
+        );
+        // Each of the three requests waited 30 ms for its answer; ttfb sums them.
+        let t = m.timings_us;
+        assert!(t.ttfb >= 90_000, "{t:?}");
+        let hop_ttfb: u64 = m.redirects.iter().map(|h| h.timings_us.ttfb).sum();
+        assert!(hop_ttfb >= 60_000 && t.ttfb > hop_ttfb, "{m:?}");
+        let hop_total: u64 = m.redirects.iter().map(|h| h.timings_us.total).sum();
+        assert!(m.redirect_us >= hop_total, "{m:?}");
+        assert!(t.total >= m.redirect_us + 30_000, "{m:?}");
+    }
+
+    #[tokio::test]
+    async fn a_redirect_loop_ends_in_too_many_redirects() {
+        let (addr, _) = scripted("127.0.0.1", Duration::ZERO, |_| {
+            response(302, &[("location", "/")], b"")
+        })
+        .await;
+        let url = format!("http://{addr}/");
+        let expect = Expectations {
+            max_redirects: 3,
+            ..short(10_000)
+        };
+        let m = local_engine().measure(&url, &expect).await;
+        assert_eq!(kind(&m), Some(ErrorKind::TooManyRedirects), "{m:?}");
+        assert_eq!(m.redirects.len(), 3);
+        assert_eq!(m.status, Some(302));
+
+        // With 0, redirects are not followed: the 3xx is the answer.
+        let expect = Expectations {
+            max_redirects: 0,
+            ..short(10_000)
+        };
+        let m = local_engine().measure(&url, &expect).await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(m.status, Some(302));
+        assert!(m.redirects.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_redirect_into_a_forbidden_range_is_refused_before_connecting() {
+        // Only 127.0.0.1 is allowed; the rest of 127.0.0.0/8 stays forbidden.
+        let engine = Engine::new(EngineConfig {
+            allow_nets: vec!["127.0.0.1/32".parse().unwrap()],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let (inside, inside_hits) = scripted("127.0.0.2", Duration::ZERO, |_| {
+            response(200, &[], b"secret")
+        })
+        .await;
+        let (outside, _) = scripted("127.0.0.1", Duration::ZERO, move |req| {
+            match path_of(req) {
+                "/ok" => response(200, &[], b"fine"),
+                "/by-address" => response(302, &[("location", &format!("http://{inside}/"))], b""),
+                // A name that resolves to the forbidden address (DNS rebinding).
+                _ => response(
+                    302,
+                    &[(
+                        "location",
+                        &format!("http://rebind.test:{}/", inside.port()),
+                    )],
+                    b"",
+                ),
+            }
+        })
+        .await;
+        let m = engine
+            .measure(&format!("http://{outside}/ok"), &short(5_000))
+            .await;
+        assert_eq!(m.error, None, "the allowed address is fetched: {m:?}");
+
+        let m = engine
+            .measure(&format!("http://{outside}/by-address"), &short(5_000))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::TargetForbidden), "{m:?}");
+        assert_eq!(m.redirects.len(), 1, "the first hop is recorded");
+
+        let rebinding = engine.with_resolver(Arc::new(FakeResolver(Some(Ok(vec!["127.0.0.2"
+            .parse()
+            .unwrap()])))));
+        let m = rebinding
+            .measure(&format!("http://{outside}/by-name"), &short(5_000))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::TargetForbidden), "{m:?}");
+        assert_eq!(
+            inside_hits.load(std::sync::atomic::Ordering::SeqCst),
+            0,
+            "no connection ever reached the forbidden address"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_remote_address_and_its_family_are_recorded() {
+        let (v4, _) = scripted("127.0.0.1", Duration::ZERO, |_| response(200, &[], b"4")).await;
+        let m = local_engine()
+            .measure(&format!("http://{v4}/"), &short(5_000))
+            .await;
+        assert_eq!(m.error, None);
+        assert_eq!(
+            (m.remote_addr.as_deref(), m.ip_version),
+            (Some("127.0.0.1"), Some(4))
+        );
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("no IPv6 loopback here; the IPv6 half is skipped");
+            return;
+        }
+        let (v6, _) = scripted("::1", Duration::ZERO, |_| response(200, &[], b"6")).await;
+        let m = local_engine()
+            .measure(&format!("http://{v6}/"), &short(5_000))
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(
+            (m.remote_addr.as_deref(), m.ip_version),
+            (Some("::1"), Some(6))
+        );
+    }
+
+    fn compress(encoding: &str, data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        match encoding {
+            "gzip" => {
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            "deflate" => {
+                let mut e =
+                    flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+                e.write_all(data).unwrap();
+                e.finish().unwrap()
+            }
+            _ => {
+                let mut out = Vec::new();
+                {
+                    let mut e = brotli::CompressorWriter::new(&mut out, 4096, 9, 22);
+                    e.write_all(data).unwrap();
+                }
+                out
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn compressed_bodies_are_counted_on_the_wire_and_decoded() {
+        let mut page = b"<html>".to_vec();
+        page.extend("lorem ipsum ".repeat(5_000).as_bytes());
+        page.extend_from_slice(b"Order now</html>");
+        for encoding in ["gzip", "deflate", "br"] {
+            let wire = compress(encoding, &page);
+            let (wire_len, page_len) = (wire.len() as u64, page.len() as u64);
+            let (addr, _) = scripted("127.0.0.1", Duration::ZERO, move |req| {
+                assert!(
+                    req.to_ascii_lowercase()
+                        .contains("accept-encoding: gzip, deflate, br"),
+                    "{req}"
+                );
+                response(200, &[("content-encoding", encoding)], &wire)
+            })
+            .await;
+            let url = format!("http://{addr}/");
+            let expect = Expectations {
+                body_contains: Some("Order now".into()),
+                ..short(5_000)
+            };
+            let m = local_engine().measure(&url, &expect).await;
+            assert_eq!(m.error, None, "{encoding}: {m:?}");
+            assert_eq!(
+                (m.bytes, m.bytes_decoded),
+                (wire_len, page_len),
+                "{encoding}"
+            );
+            assert!(m.bytes * 10 < m.bytes_decoded, "{encoding}");
+
+            // The limit applies to the decoded size too: a small download that inflates
+            // past it is cut off.
+            let expect = Expectations {
+                max_bytes: 10_000,
+                ..short(5_000)
+            };
+            let m = local_engine().measure(&url, &expect).await;
+            assert_eq!(kind(&m), Some(ErrorKind::BodyTooLarge), "{encoding}: {m:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn http2_is_used_when_the_server_offers_it_by_alpn() {
+        use http_body_util::Full;
+        let ca = lastmile_testbed::tls::TestCa::new().unwrap();
+        let mut config = (*ca.server_config(&["site.test"]).unwrap()).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(
+                        |req: Request<hyper::body::Incoming>| async move {
+                            let body = format!(
+                                "h2 for {}",
+                                req.uri()
+                                    .authority()
+                                    .map(|a| a.to_string())
+                                    .unwrap_or_default()
+                            );
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
+                                bytes::Bytes::from(body),
+                            )))
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let engine = Engine::new(EngineConfig {
+            allow_private: true,
+            ca_file: Some(ca_file),
+            connect_to: vec![format!("site.test:443={addr}").parse().unwrap()],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        let expect = Expectations {
+            body_contains: Some("h2 for site.test".into()),
+            ..short(5_000)
+        };
+        let m = engine.measure("https://site.test/", &expect).await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(m.http_version.as_deref(), Some("2"));
+        assert!(m.timings_us.tls > 0);
+
+        // A server that speaks only HTTP/1.1 gets HTTP/1.1.
+        let (_site, engine, _dir) =
+            tls_target(ca.server_config(&["site.test"]).unwrap(), &ca, true).await;
+        let m = engine.measure("https://site.test/", &short(5_000)).await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(m.http_version.as_deref(), Some("1.1"));
     }
 }

@@ -382,8 +382,10 @@ pub async fn execute(engine: &Engine, task: &Task) -> ResultSubmission {
     let started_at = chrono::Utc::now();
     let expect = Expectations {
         status: task.expected_status.clone(),
+        body_contains: task.body_contains.clone(),
         max_bytes: task.max_bytes,
         timeout: Duration::from_millis(task.timeout_ms),
+        max_redirects: task.max_redirects,
     };
     let measurement = engine.measure(&task.url, &expect).await;
     ResultSubmission {

@@ -141,6 +141,7 @@ mod tests {
                 bytes: 5,
                 error: None,
                 timings_us: Timings::default(),
+                ..Measurement::default()
             },
         }
     }

@@ -56,10 +56,29 @@ async fn measure_json_prints_the_documented_object() {
         assert!(t[phase].is_u64(), "{phase} missing in {v}");
     }
     assert!(t["total"].as_u64().unwrap() >= t["ttfb"].as_u64().unwrap());
+    assert_eq!(v["bytes_decoded"], 14);
+    assert_eq!(v["remote_addr"], "127.0.0.1");
+    assert_eq!(v["ip_version"], 4);
+    assert_eq!(v["http_version"], "1.1");
+    assert_eq!(v["redirect_us"], 0);
+    assert_eq!(v["redirects"], serde_json::json!([]));
+    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
     assert_eq!(
-        v.as_object().unwrap().len(),
-        4,
-        "exactly status, bytes, error, timings_us: {v}"
+        keys,
+        [
+            "bytes",
+            "bytes_decoded",
+            "error",
+            "http_version",
+            "ip_version",
+            "redirect_us",
+            "redirects",
+            "remote_addr",
+            "status",
+            "timings_us"
+        ],
+        "the documented fields, no more: {v}"
     );
 }
 
@@ -163,7 +182,7 @@ async fn https_targets_are_trusted_through_ca_file_only() {
     .await
     .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&untrusted.stdout).unwrap();
-    assert_eq!(v["error"]["kind"], "tls", "{v}");
+    assert_eq!(v["error"]["kind"], "tls_untrusted", "{v}");
     assert!(
         v["error"]["message"]
             .as_str()
@@ -223,4 +242,35 @@ fn volunteer_limits_that_make_no_sense_are_refused_with_the_reason() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("config idle_only_hours"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn measure_checks_the_expectations_given_as_flags() {
+    let addr = server(b"hello lastmile").await;
+    let url = format!("http://{addr}/");
+    let run = |extra: &'static [&'static str]| {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            let out = agent()
+                .args(["measure", &url, "--json", "--allow-private"])
+                .args(extra)
+                .output()
+                .unwrap();
+            let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            (out.status.success(), v)
+        })
+    };
+    let (ok, v) = run(&["--expect-status", "200,204", "--body-contains", "last"])
+        .await
+        .unwrap();
+    assert!(ok, "{v}");
+    let (ok, v) = run(&["--expect-status", "204"]).await.unwrap();
+    assert!(!ok);
+    assert_eq!(v["error"]["kind"], "http_status", "{v}");
+    let (ok, v) = run(&["--body-contains", "goodbye"]).await.unwrap();
+    assert!(!ok);
+    assert_eq!(v["error"]["kind"], "body_mismatch", "{v}");
+    let (ok, v) = run(&["--max-bytes", "4"]).await.unwrap();
+    assert!(!ok);
+    assert_eq!(v["error"]["kind"], "body_too_large", "{v}");
 }

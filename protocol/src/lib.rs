@@ -184,45 +184,113 @@ impl Timings {
     }
 }
 
-/// Why a measurement failed. Stable codes; the measurement-fidelity work refines them.
+/// Why a measurement failed: one stable `snake_case` code per cause a customer would
+/// tell apart. Codes are never renamed; earlier, coarser codes are still read
+/// (`tls` as `tls_handshake`, `unexpected_status` as `http_status`, `timeout` as
+/// `total_timeout`) so that results spooled by older agents are accepted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
-    /// The name did not resolve.
+    /// The name does not exist (NXDOMAIN, or no address record).
+    DnsNoSuchName,
+    /// The resolver gave no answer in time.
+    DnsTimeout,
+    /// Name resolution failed otherwise (server failure, ...).
     Dns,
-    /// TCP connection refused or failed.
+    /// The target refused the TCP connection (RST: nothing listens on that port).
+    ConnectRefused,
+    /// The TCP handshake got no answer in time.
+    ConnectTimeout,
+    /// The TCP connection failed otherwise (unreachable network or host, ...).
     Connect,
-    /// TLS handshake failed (untrusted, expired, wrong name, ...).
-    Tls,
+    /// The server's certificate does not chain to a trusted root.
+    TlsUntrusted,
+    /// The server's certificate has expired (or is not valid yet).
+    TlsExpired,
+    /// The server's certificate is not valid for the host name asked for.
+    TlsNameMismatch,
+    /// The TLS handshake failed otherwise (protocol versions, ciphers, alerts, ...).
+    #[serde(alias = "tls")]
+    TlsHandshake,
     /// The server answered with a status the check does not expect.
-    UnexpectedStatus,
-    /// The protocol exchange broke off (reset, malformed response).
-    Http,
-    /// The whole measurement ran past its time limit.
-    Timeout,
+    #[serde(alias = "unexpected_status")]
+    HttpStatus,
+    /// The body did not contain the text the check expects.
+    BodyMismatch,
     /// The body was larger than the check allows.
     BodyTooLarge,
-    /// The target resolved to an address the agent may not fetch.
+    /// The protocol exchange broke off (reset, malformed response).
+    Http,
+    /// Redirects went on past the check's limit.
+    TooManyRedirects,
+    /// The whole measurement ran past its time limit.
+    #[serde(alias = "timeout")]
+    TotalTimeout,
+    /// The target (or a redirect) resolved to an address the agent may not fetch.
     TargetForbidden,
     /// The task could not be understood (bad URL, unsupported kind).
     InvalidTask,
 }
 
 impl ErrorKind {
+    /// Every kind, in the order the phases of a fetch can produce them.
+    pub const ALL: [ErrorKind; 18] = [
+        ErrorKind::DnsNoSuchName,
+        ErrorKind::DnsTimeout,
+        ErrorKind::Dns,
+        ErrorKind::ConnectRefused,
+        ErrorKind::ConnectTimeout,
+        ErrorKind::Connect,
+        ErrorKind::TlsUntrusted,
+        ErrorKind::TlsExpired,
+        ErrorKind::TlsNameMismatch,
+        ErrorKind::TlsHandshake,
+        ErrorKind::HttpStatus,
+        ErrorKind::BodyMismatch,
+        ErrorKind::BodyTooLarge,
+        ErrorKind::Http,
+        ErrorKind::TooManyRedirects,
+        ErrorKind::TotalTimeout,
+        ErrorKind::TargetForbidden,
+        ErrorKind::InvalidTask,
+    ];
+
     /// The stable wire name.
     pub fn as_str(self) -> &'static str {
         match self {
+            ErrorKind::DnsNoSuchName => "dns_no_such_name",
+            ErrorKind::DnsTimeout => "dns_timeout",
             ErrorKind::Dns => "dns",
+            ErrorKind::ConnectRefused => "connect_refused",
+            ErrorKind::ConnectTimeout => "connect_timeout",
             ErrorKind::Connect => "connect",
-            ErrorKind::Tls => "tls",
-            ErrorKind::UnexpectedStatus => "unexpected_status",
-            ErrorKind::Http => "http",
-            ErrorKind::Timeout => "timeout",
+            ErrorKind::TlsUntrusted => "tls_untrusted",
+            ErrorKind::TlsExpired => "tls_expired",
+            ErrorKind::TlsNameMismatch => "tls_name_mismatch",
+            ErrorKind::TlsHandshake => "tls_handshake",
+            ErrorKind::HttpStatus => "http_status",
+            ErrorKind::BodyMismatch => "body_mismatch",
             ErrorKind::BodyTooLarge => "body_too_large",
+            ErrorKind::Http => "http",
+            ErrorKind::TooManyRedirects => "too_many_redirects",
+            ErrorKind::TotalTimeout => "total_timeout",
             ErrorKind::TargetForbidden => "target_forbidden",
             ErrorKind::InvalidTask => "invalid_task",
         }
+    }
+}
+
+impl FromStr for ErrorKind {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownName {
+                kind: "error kind",
+                given: s.to_owned(),
+            })
     }
 }
 
@@ -242,16 +310,60 @@ pub struct MeasurementError {
 
 /// The outcome of one fetch, as `lastmile-agent measure --json` prints it and as it
 /// travels inside a [`ResultSubmission`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+///
+/// When redirects were followed, `timings_us` sums each phase over every hop (as curl
+/// `-L` sums `time_namelookup`, `time_connect`, ...), `total` is the wall-clock time from
+/// the first request to the last byte of the final response, `redirect_us` is the time
+/// spent before the final request started (curl's `time_redirect`), and `redirects`
+/// lists the hops before the final one. `status`, `bytes`, `remote_addr` and
+/// `ip_version` describe the final response.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Measurement {
     /// HTTP status, or `null` when no response arrived.
     pub status: Option<u16>,
-    /// Body bytes received (as they came over the wire).
+    /// Body bytes received as they came over the wire (compressed, if the server
+    /// compressed them).
     pub bytes: u64,
     /// Why it failed, `null` on success.
     pub error: Option<MeasurementError>,
     /// Phase timings; phases not reached are 0.
+    pub timings_us: Timings,
+    /// Body bytes after decoding `Content-Encoding` (equal to `bytes` when the body was
+    /// not compressed).
+    #[serde(default)]
+    pub bytes_decoded: u64,
+    /// The IP address the final connection went to (`null` before a connection).
+    #[serde(default)]
+    pub remote_addr: Option<String>,
+    /// 4 or 6: the address family of `remote_addr`.
+    #[serde(default)]
+    pub ip_version: Option<u8>,
+    /// The HTTP version of the final response, `"1.1"` or `"2"` (agreed by ALPN).
+    #[serde(default)]
+    pub http_version: Option<String>,
+    /// Time from start until the final request's own name lookup began, µs (0 without
+    /// redirects), as curl's `time_redirect`.
+    #[serde(default)]
+    pub redirect_us: u64,
+    /// The redirects followed, in order, before the final response.
+    #[serde(default)]
+    pub redirects: Vec<Hop>,
+}
+
+/// One redirect that was followed: the request made and where it pointed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Hop {
+    /// The URL requested.
+    pub url: String,
+    /// Its (3xx) status.
+    pub status: u16,
+    /// Where its `Location` pointed (absolute).
+    pub location: String,
+    /// The IP address the request went to.
+    pub remote_addr: Option<String>,
+    /// This hop's own phase timings; `total` is the hop's duration.
     pub timings_us: Timings,
 }
 
@@ -391,10 +503,24 @@ pub struct Task {
     pub expected_status: Vec<u16>,
     /// Largest body the agent reads before giving up.
     pub max_bytes: u64,
+    /// The (decoded) body must contain this text, or the result is `body_mismatch`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_contains: Option<String>,
     /// Time limit for the whole measurement, milliseconds.
     pub timeout_ms: u64,
+    /// Redirects followed at most; one more is `too_many_redirects`. 0 does not follow.
+    #[serde(default = "default_max_redirects")]
+    pub max_redirects: u32,
     /// The lease ends here; a result after it is recorded as late.
     pub lease_expires_at: DateTime<Utc>,
+}
+
+/// How many redirects a task follows when the controller does not say: curl's and
+/// browsers' habit of following a few, not unbounded.
+pub const DEFAULT_MAX_REDIRECTS: u32 = 5;
+
+fn default_max_redirects() -> u32 {
+    DEFAULT_MAX_REDIRECTS
 }
 
 /// Controller -> agent: the leased tasks (possibly none).
@@ -472,12 +598,45 @@ mod tests {
                 transfer: 4,
                 total: 10,
             },
+            bytes_decoded: 10,
+            remote_addr: Some("192.0.2.1".into()),
+            ip_version: Some(4),
+            http_version: Some("1.1".into()),
+            redirect_us: 0,
+            redirects: Vec::new(),
         };
         let v = serde_json::to_value(&m).unwrap_or_default();
         assert_eq!(
             v,
             serde_json::json!({"status": 200, "bytes": 10, "error": null,
-                "timings_us": {"dns": 1, "connect": 2, "tls": 0, "ttfb": 3, "transfer": 4, "total": 10}})
+                "timings_us": {"dns": 1, "connect": 2, "tls": 0, "ttfb": 3, "transfer": 4, "total": 10},
+                "bytes_decoded": 10, "remote_addr": "192.0.2.1", "ip_version": 4, "http_version": "1.1",
+                "redirect_us": 0, "redirects": []})
         );
+        // A result in the older, shorter shape (a spooled one) still reads.
+        let old = serde_json::json!({"status": 200, "bytes": 10, "error": {"kind": "timeout", "message": "slow"},
+            "timings_us": {"dns": 1, "connect": 2, "tls": 0, "ttfb": 3, "transfer": 4, "total": 10}});
+        let m: Measurement = serde_json::from_value(old).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.error.map(|e| e.kind), Some(ErrorKind::TotalTimeout));
+        assert!(m.redirects.is_empty());
+    }
+
+    #[test]
+    fn error_kinds_have_stable_names_and_older_codes_still_read() {
+        for kind in ErrorKind::ALL {
+            let json = serde_json::to_string(&kind).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", kind.as_str()));
+            assert_eq!(kind.as_str().parse::<ErrorKind>(), Ok(kind));
+        }
+        for (old, new) in [
+            ("tls", ErrorKind::TlsHandshake),
+            ("unexpected_status", ErrorKind::HttpStatus),
+            ("timeout", ErrorKind::TotalTimeout),
+            ("dns", ErrorKind::Dns),
+            ("connect", ErrorKind::Connect),
+        ] {
+            let kind: Option<ErrorKind> = serde_json::from_str(&format!("\"{old}\"")).ok();
+            assert_eq!(kind, Some(new), "{old}");
+        }
     }
 }

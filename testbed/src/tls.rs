@@ -34,9 +34,26 @@ impl TestCa {
 
     /// A TLS server configuration with a certificate for `names` signed by this CA.
     pub fn server_config(&self, names: &[&str]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-        let key = KeyPair::generate()?;
         let params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        self.config_for(params)
+    }
+
+    /// Like [`TestCa::server_config`], but the certificate expired (valid only in 2020),
+    /// for tests of how clients report an expired certificate.
+    pub fn expired_server_config(
+        &self,
+        names: &[&str],
+    ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+        params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2020, 12, 31);
+        self.config_for(params)
+    }
+
+    fn config_for(&self, params: CertificateParams) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+        let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         let chain = vec![
             cert.der().clone(),

@@ -150,6 +150,7 @@ async fn agent_restart_reuses_its_credentials_and_delivers_its_spool(db: TestDb)
                     transfer: 1_000,
                     total: 21_100,
                 },
+                ..Measurement::default()
             },
         })
         .unwrap();

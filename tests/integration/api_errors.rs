@@ -194,6 +194,18 @@ async fn bad_requests_get_a_clear_4xx_and_change_nothing(db: TestDb) {
             "invalid_expected_status",
         ),
         (
+            json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1}, "max_bytes": 0}),
+            "invalid_max_bytes",
+        ),
+        (
+            json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1}, "body_contains": ""}),
+            "invalid_body_contains",
+        ),
+        (
+            json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1}, "max_redirects": 50}),
+            "invalid_max_redirects",
+        ),
+        (
             json!({"site_id": unknown, "url": url, "selection": {"agents_per_run": 1}}),
             "site_not_found",
         ),

@@ -15,6 +15,7 @@ per_backend!(
     many_agents_leasing_concurrently_never_share_an_assignment,
     expired_lease_is_offered_to_another_agent_and_the_late_result_is_not_counted,
     runs_only_go_to_agents_matching_the_selection,
+    a_leased_task_carries_the_checks_expectations,
 );
 
 /// Starts an app whose scheduler never ticks, so only explicit runs happen.
@@ -284,4 +285,54 @@ pub fn submission(assignment_id: &Value, total_us: u64) -> Value {
             "timings_us": {"dns": 10, "connect": 100, "tls": 0, "ttfb": total_us / 2, "transfer": total_us / 4, "total": total_us}
         }
     })
+}
+
+async fn a_leased_task_carries_the_checks_expectations(db: TestDb) {
+    let app = quiet_app(&db).await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let owner = app.owner("owner");
+    let key = app.volunteer("volunteer");
+    let agent = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
+    let site_id = app.verified_site(&owner, &site).await;
+    let (status, check) = app
+        .call(
+            "POST",
+            "/api/v1/checks",
+            Some(&owner),
+            Some(
+                json!({"site_id": site_id, "url": format!("{}/", site.origin()),
+                "selection": {"agents_per_run": 1}, "expected_status": [200, 301],
+                "body_contains": "Welcome", "max_bytes": 5000, "max_redirects": 2}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{check}");
+    assert_eq!(check["body_contains"], "Welcome");
+    assert_eq!(check["max_redirects"], 2);
+    let id = check["id"].as_str().unwrap();
+    let (status, _) = app
+        .call(
+            "POST",
+            &format!("/api/v1/checks/{id}/runs"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, lease) = app
+        .call(
+            "POST",
+            "/api/v1/agents/lease",
+            Some(&agent),
+            Some(json!({"max": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{lease}");
+    let task = &lease["tasks"][0];
+    assert_eq!(task["expected_status"], json!([200, 301]), "{task}");
+    assert_eq!(task["body_contains"], "Welcome", "{task}");
+    assert_eq!(task["max_bytes"], 5000, "{task}");
+    assert_eq!(task["max_redirects"], 2, "{task}");
 }

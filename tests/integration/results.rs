@@ -14,6 +14,7 @@ per_backend!(
     repeated_result_submission_is_stored_once,
     report_merges_results_by_class_and_country_as_json_and_csv,
     agent_location_comes_from_the_address_it_connects_from,
+    a_result_keeps_its_address_family_decoded_size_and_redirects,
 );
 
 async fn repeated_result_submission_is_stored_once(db: TestDb) {
@@ -342,5 +343,88 @@ async fn agent_location_comes_from_the_address_it_connects_from(db: TestDb) {
         )
         .await;
     assert_eq!(ack["location"]["country"], serde_json::Value::Null);
+    app.controller.stop().await.unwrap();
+}
+
+async fn a_result_keeps_its_address_family_decoded_size_and_redirects(db: TestDb) {
+    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let owner = app.owner("owner");
+    let key = app.volunteer("v");
+    let site_id = app.verified_site(&owner, &site).await;
+    let (_, check) = app
+        .call("POST", "/api/v1/checks", Some(&owner), Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 2}})))
+        .await;
+    let check = check["id"].as_str().unwrap().to_owned();
+    let new_agent = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
+        .await;
+    let old_agent = app
+        .agent(Ipv4Addr::new(127, 0, 0, 3), &key, "fibre", 1)
+        .await;
+    app.call(
+        "POST",
+        &format!("/api/v1/checks/{check}/runs"),
+        Some(&owner),
+        None,
+    )
+    .await;
+    let mut assignments = Vec::new();
+    for agent in [&new_agent, &old_agent] {
+        let (_, lease) = app
+            .call(
+                "POST",
+                "/api/v1/agents/lease",
+                Some(agent),
+                Some(json!({"max": 1})),
+            )
+            .await;
+        assignments.push(lease["tasks"][0]["assignment_id"].clone());
+    }
+    // A current agent: a failed TLS handshake after one redirect, over IPv6.
+    let hop = json!({"url": "http://shop.example/", "status": 301, "location": "https://shop.example/",
+        "remote_addr": "2001:db8::1", "timings_us": {"dns": 1, "connect": 2, "tls": 0, "ttfb": 3, "transfer": 4, "total": 10}});
+    let current = json!({
+        "assignment_id": assignments[0],
+        "started_at": chrono::Utc::now().to_rfc3339(),
+        "measurement": {
+            "status": 200, "bytes": 1000, "bytes_decoded": 5000,
+            "error": {"kind": "body_mismatch", "message": "no 'Order now'"},
+            "timings_us": {"dns": 10, "connect": 100, "tls": 50, "ttfb": 20, "transfer": 40, "total": 300},
+            "remote_addr": "2001:db8::1", "ip_version": 6, "http_version": "2", "redirect_us": 120, "redirects": [hop]
+        }
+    });
+    // An older agent: the four-field shape and a code it used to send.
+    let mut older = submission(&assignments[1], 40_000);
+    older["measurement"]["error"] = json!({"kind": "timeout", "message": "slow"});
+    for (agent, body) in [(&new_agent, current), (&old_agent, older)] {
+        let (status, ack) = app
+            .call("POST", "/api/v1/results", Some(agent), Some(body))
+            .await;
+        assert_eq!(status, 200, "{ack}");
+    }
+    let mut conn = app.db().conn().unwrap();
+    let count = |conn: &mut _, sql: &str| count_sql(conn, sql).unwrap();
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT COUNT(*) AS n FROM results WHERE remote_addr = '2001:db8::1' AND ip_version = 6 AND http_version = '2' \
+             AND bytes = 1000 AND bytes_decoded = 5000 AND redirects = 1 AND redirect_us = 120 \
+             AND error_kind = 'body_mismatch'"
+        ),
+        1
+    );
+    assert_eq!(
+        count(
+            &mut conn,
+            "SELECT COUNT(*) AS n FROM results WHERE remote_addr IS NULL AND ip_version IS NULL \
+             AND bytes_decoded = bytes AND redirects = 0 AND error_kind = 'total_timeout'"
+        ),
+        1,
+        "an older agent's result is stored with today's code"
+    );
+    drop(conn);
     app.controller.stop().await.unwrap();
 }

@@ -140,6 +140,7 @@ fn fixture(
             },
             schedule: Schedule::default(),
             body_contains: None,
+            max_redirects: None,
             isp_sharing: false,
         },
         1,
@@ -207,6 +208,7 @@ fn measurement(i: usize) -> Measurement {
             transfer: total / 3,
             total,
         },
+        ..Measurement::default()
     }
 }
 

@@ -85,6 +85,7 @@ diesel::table! {
         created_at -> BigInt,
         isp_sharing -> Bool,
         body_contains -> Nullable<Text>,
+        max_redirects -> Integer,
     }
 }
 
@@ -143,6 +144,12 @@ diesel::table! {
         region -> Text,
         asn -> BigInt,
         connection_class -> Text,
+        remote_addr -> Nullable<Text>,
+        ip_version -> Nullable<Integer>,
+        http_version -> Nullable<Text>,
+        bytes_decoded -> BigInt,
+        redirects -> Integer,
+        redirect_us -> BigInt,
     }
 }
 

@@ -114,6 +114,7 @@ pub struct CheckFields {
     body_contains: String,
     max_bytes: String,
     timeout_ms: String,
+    max_redirects: String,
     every_seconds: String,
     countries: String,
     asns: String,
@@ -182,6 +183,8 @@ fn new_check_of(f: &CheckFields) -> Result<NewCheck, Error> {
         expected_status: list_of(&f.expected_status, "expected status codes", "a status code")?,
         max_bytes: optional_number(&f.max_bytes, "max bytes")?,
         timeout_ms: optional_number(&f.timeout_ms, "timeout")?,
+        max_redirects: optional_number(&f.max_redirects, "redirects to follow")?
+            .map(|n| n.min(u64::from(u32::MAX)) as u32),
         selection: selection_of(f)?,
         schedule: Schedule {
             every_seconds: optional_number(&f.every_seconds, "run every")?,
@@ -201,6 +204,7 @@ fn form_of(f: &CheckFields, sites: Vec<(String, String)>) -> CheckForm {
         body_contains: f.body_contains.clone(),
         max_bytes: f.max_bytes.clone(),
         timeout_ms: f.timeout_ms.clone(),
+        max_redirects: f.max_redirects.clone(),
         every_seconds: f.every_seconds.clone(),
         countries: f.countries.clone(),
         asns: f.asns.clone(),
