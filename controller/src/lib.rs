@@ -18,6 +18,7 @@ pub mod api;
 pub mod calibration;
 pub mod checks;
 pub mod clock;
+pub mod confidence;
 pub mod config;
 pub mod db;
 pub mod demo;

@@ -23,6 +23,7 @@ use uuid::Uuid;
 
 use crate::checks::Check;
 use crate::clock::{hour_bucket, to_datetime, to_us, HOUR_US};
+use crate::confidence::{self, Confidence};
 use crate::db::schema::aggregates;
 use crate::db::DbConn;
 use crate::error::{Error, Result};
@@ -86,16 +87,40 @@ pub struct ReportQuery {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub group_by: Vec<Dimension>,
+    pub confidence: Confidence,
 }
 
-/// Percentiles of one phase, microseconds.
+/// Percentiles of one phase, microseconds, each with its confidence interval
+/// (distribution-free, see [`crate::confidence`]). An interval is `null` when the phase
+/// has too few samples for one at the report's confidence; `insufficient_samples` is
+/// then true and `note` names the minimum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Percentiles {
+    /// Successful samples the percentiles are over.
+    #[serde(default)]
+    pub samples: u64,
     pub p50: u64,
+    #[serde(default)]
+    pub p50_ci: Option<[u64; 2]>,
     pub p90: u64,
+    #[serde(default)]
+    pub p90_ci: Option<[u64; 2]>,
     pub p95: u64,
+    #[serde(default)]
+    pub p95_ci: Option<[u64; 2]>,
     pub p99: u64,
+    #[serde(default)]
+    pub p99_ci: Option<[u64; 2]>,
+    /// Whether some interval is missing for lack of samples.
+    #[serde(default)]
+    pub insufficient_samples: bool,
+    /// Which percentiles lack an interval and how many samples they need.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
+
+/// The percentiles a report states.
+pub const REPORTED_QUANTILES: [(u8, f64); 4] = [(50, 0.50), (90, 0.90), (95, 0.95), (99, 0.99)];
 
 /// The value of each dimension for one row; absent dimensions are not grouped on.
 #[derive(
@@ -125,6 +150,9 @@ pub struct ReportRow {
     pub failures: u64,
     /// successes / samples.
     pub availability: f64,
+    /// Clopper-Pearson interval of the availability at the report's confidence.
+    #[serde(default)]
+    pub availability_ci: Option<[f64; 2]>,
     /// Percentiles over the successful measurements, per phase.
     pub phases: BTreeMap<Phase, Percentiles>,
 }
@@ -154,6 +182,9 @@ pub struct Report {
     pub check: ReportCheck,
     pub window: ReportWindow,
     pub group_by: Vec<Dimension>,
+    /// Confidence level of every interval in the report.
+    #[serde(default)]
+    pub confidence: Confidence,
     pub rows: Vec<ReportRow>,
 }
 
@@ -190,12 +221,22 @@ pub fn build(conn: &mut DbConn, check: &Check, query: &ReportQuery) -> Result<Re
             bucket: "1h".into(),
         },
         group_by: query.group_by.clone(),
-        rows: merge(&rows, &query.group_by)?,
+        confidence: query.confidence,
+        rows: merge_at(&rows, &query.group_by, query.confidence)?,
     })
 }
 
-/// Merges aggregate rows into report rows grouped by `dims`.
+/// Merges aggregate rows into report rows grouped by `dims`, intervals at 95 %.
 pub fn merge(rows: &[AggregateRow], dims: &[Dimension]) -> Result<Vec<ReportRow>> {
+    merge_at(rows, dims, Confidence::default())
+}
+
+/// Merges aggregate rows into report rows grouped by `dims`, intervals at `confidence`.
+pub fn merge_at(
+    rows: &[AggregateRow],
+    dims: &[Dimension],
+    confidence: Confidence,
+) -> Result<Vec<ReportRow>> {
     let mut groups: BTreeMap<Group, Accumulator> = BTreeMap::new();
     for row in rows {
         let acc = groups
@@ -231,24 +272,54 @@ pub fn merge(rows: &[AggregateRow], dims: &[Dimension]) -> Result<Vec<ReportRow>
                 } else {
                     acc.successes as f64 / samples as f64
                 },
+                availability_ci: confidence::proportion_interval(
+                    acc.successes,
+                    samples,
+                    confidence,
+                ),
                 phases: acc
                     .phases
                     .iter()
                     .filter(|(_, h)| !h.is_empty())
-                    .map(|(phase, h)| (*phase, percentiles(h)))
+                    .map(|(phase, h)| (*phase, percentiles(h, confidence)))
                     .collect(),
             }
         })
         .collect())
 }
 
-fn percentiles(h: &Histogram<u64>) -> Percentiles {
-    Percentiles {
+/// Percentiles of `h` with their intervals at `confidence`.
+pub fn percentiles(h: &Histogram<u64>, confidence: Confidence) -> Percentiles {
+    let ci = |q: f64| confidence::quantile_interval(h, q, confidence);
+    let mut p = Percentiles {
+        samples: h.len(),
         p50: h.value_at_quantile(0.50),
+        p50_ci: ci(0.50),
         p90: h.value_at_quantile(0.90),
+        p90_ci: ci(0.90),
         p95: h.value_at_quantile(0.95),
+        p95_ci: ci(0.95),
         p99: h.value_at_quantile(0.99),
+        p99_ci: ci(0.99),
+        insufficient_samples: false,
+        note: None,
+    };
+    let missing: Vec<String> = REPORTED_QUANTILES
+        .iter()
+        .zip([p.p50_ci, p.p90_ci, p.p95_ci, p.p99_ci])
+        .filter(|(_, ci)| ci.is_none())
+        .map(|((nn, q), _)| format!("p{nn} needs {}", confidence::min_samples(*q, confidence)))
+        .collect();
+    if !missing.is_empty() {
+        p.insufficient_samples = true;
+        p.note = Some(format!(
+            "too few samples ({}) for a {}% interval: {}",
+            p.samples,
+            confidence.level() * 100.0,
+            missing.join(", ")
+        ));
     }
+    p
 }
 
 fn group_of(row: &AggregateRow, dims: &[Dimension]) -> Group {
@@ -277,16 +348,40 @@ pub fn default_window(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
     (now - chrono::Duration::microseconds(24 * HOUR_US), now)
 }
 
-/// The report as CSV: one line per row, percentiles in microseconds.
+/// A CSV cell, quoted when it needs to be.
+fn csv_cell(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// The report as CSV: one line per row, percentiles in microseconds. Each percentile is
+/// followed by its interval (`_ci_low_us`, `_ci_high_us`), empty when the phase has too
+/// few samples; `{phase}_ci_note` then says which percentiles need how many.
 pub fn to_csv(report: &Report) -> String {
     let mut out = String::new();
     let dims: Vec<&str> = report.group_by.iter().map(|d| d.name()).collect();
     let mut header: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-    header.extend(["samples", "successes", "failures", "availability"].map(String::from));
+    header.extend(
+        [
+            "samples",
+            "successes",
+            "failures",
+            "availability",
+            "availability_ci_low",
+            "availability_ci_high",
+        ]
+        .map(String::from),
+    );
     for phase in Phase::ALL {
-        for p in ["p50", "p90", "p95", "p99"] {
-            header.push(format!("{phase}_{p}_us"));
+        for (nn, _) in REPORTED_QUANTILES {
+            header.push(format!("{phase}_p{nn}_us"));
+            header.push(format!("{phase}_p{nn}_ci_low_us"));
+            header.push(format!("{phase}_p{nn}_ci_high_us"));
         }
+        header.push(format!("{phase}_ci_note"));
     }
     let _ = writeln!(out, "{}", header.join(","));
     for row in &report.rows {
@@ -307,10 +402,31 @@ pub fn to_csv(report: &Report) -> String {
         cells.push(row.successes.to_string());
         cells.push(row.failures.to_string());
         cells.push(format!("{:.6}", row.availability));
+        match row.availability_ci {
+            Some([lo, hi]) => cells.extend([format!("{lo:.6}"), format!("{hi:.6}")]),
+            None => cells.extend([String::new(), String::new()]),
+        }
         for phase in Phase::ALL {
             match row.phases.get(&phase) {
-                Some(p) => cells.extend([p.p50, p.p90, p.p95, p.p99].map(|v| v.to_string())),
-                None => cells.extend(std::iter::repeat_n(String::new(), 4)),
+                Some(p) => {
+                    for (value, ci) in [
+                        (p.p50, p.p50_ci),
+                        (p.p90, p.p90_ci),
+                        (p.p95, p.p95_ci),
+                        (p.p99, p.p99_ci),
+                    ] {
+                        cells.push(value.to_string());
+                        match ci {
+                            Some([lo, hi]) => cells.extend([lo.to_string(), hi.to_string()]),
+                            None => cells.extend([String::new(), String::new()]),
+                        }
+                    }
+                    cells.push(csv_cell(p.note.as_deref().unwrap_or("")));
+                }
+                None => cells.extend(std::iter::repeat_n(
+                    String::new(),
+                    REPORTED_QUANTILES.len() * 3 + 1,
+                )),
             }
         }
         let _ = writeln!(out, "{}", cells.join(","));
@@ -318,43 +434,70 @@ pub fn to_csv(report: &Report) -> String {
     out
 }
 
-/// A human-readable table of the report, for the terminal.
+fn ms(us: u64) -> String {
+    format!("{:.1}", us as f64 / 1000.0)
+}
+
+/// `812.0 ms [790.1, 840.2]`, or `812.0 ms (n<59)` when there are too few samples for
+/// an interval.
+fn with_ci(value: u64, ci: Option<[u64; 2]>, samples: u64, q: f64, c: Confidence) -> String {
+    match ci {
+        Some([lo, hi]) => format!("{} ms [{}, {}]", ms(value), ms(lo), ms(hi)),
+        None if samples == 0 => "-".into(),
+        None => format!("{} ms (n<{})", ms(value), confidence::min_samples(q, c)),
+    }
+}
+
+/// A human-readable table of the report, for the terminal. Intervals in brackets;
+/// `(n<59)` marks a percentile whose row has too few samples for an interval.
 pub fn to_table(report: &Report) -> String {
     let mut out = String::new();
+    let level = format!("{}%", report.confidence.level() * 100.0);
     let _ = writeln!(
         out,
-        "{:<10} {:<8} {:>7} {:>7} {:>10} {:>10} {:>10} {:>11} {:>11}",
+        "{:<10} {:<7} {:>7} {:>22} {:>10} {:>28} {:>28}",
         "class",
         "country",
         "samples",
-        "avail",
+        format!("avail [{level} CI]"),
         "ttfb p50",
-        "ttfb p95",
-        "total p50",
-        "total p95",
-        "total p99"
+        format!("ttfb p95 [{level} CI]"),
+        format!("total p95 [{level} CI]"),
     );
-    let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
     for row in &report.rows {
-        let get = |phase: Phase| row.phases.get(&phase);
-        let cell = |phase: Phase, f: fn(&Percentiles) -> u64| {
-            get(phase).map(|p| ms(f(p))).unwrap_or_else(|| "-".into())
+        let cell = |phase: Phase, pick: fn(&Percentiles) -> (u64, Option<[u64; 2]>), q: f64| {
+            row.phases.get(&phase).map_or_else(
+                || "-".to_owned(),
+                |p| {
+                    let (v, ci) = pick(p);
+                    with_ci(v, ci, p.samples, q, report.confidence)
+                },
+            )
+        };
+        let avail = match row.availability_ci {
+            Some([lo, hi]) => format!(
+                "{:.1}% [{:.1}, {:.1}]",
+                row.availability * 100.0,
+                lo * 100.0,
+                hi * 100.0
+            ),
+            None => "-".into(),
         };
         let _ = writeln!(
             out,
-            "{:<10} {:<8} {:>7} {:>6.1}% {:>10} {:>10} {:>10} {:>11} {:>11}",
+            "{:<10} {:<7} {:>7} {:>22} {:>10} {:>28} {:>28}",
             row.group
                 .connection_class
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "*".into()),
             row.group.country.clone().unwrap_or_else(|| "*".into()),
             row.samples,
-            row.availability * 100.0,
-            cell(Phase::Ttfb, |p| p.p50),
-            cell(Phase::Ttfb, |p| p.p95),
-            cell(Phase::Total, |p| p.p50),
-            cell(Phase::Total, |p| p.p95),
-            cell(Phase::Total, |p| p.p99),
+            avail,
+            row.phases
+                .get(&Phase::Ttfb)
+                .map_or_else(|| "-".to_owned(), |p| format!("{} ms", ms(p.p50))),
+            cell(Phase::Ttfb, |p| (p.p95, p.p95_ci), 0.95),
+            cell(Phase::Total, |p| (p.p95, p.p95_ci), 0.95),
         );
     }
     out

@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::auth::AuthOwner;
 use crate::checks::{CheckView, NewCheck};
+use crate::confidence::Confidence;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::reports::{self, Report, ReportQuery};
@@ -211,6 +212,8 @@ pub struct ReportParams {
     pub group_by: Option<String>,
     /// `json` (default) or `csv`.
     pub format: Option<String>,
+    /// Confidence level of the intervals: 0.9, 0.95 (default) or 0.99.
+    pub confidence: Option<String>,
 }
 
 /// The SLA report of a check over a window, grouped as asked.
@@ -243,7 +246,16 @@ pub async fn report(
             .as_deref()
             .unwrap_or("connection_class,country"),
     )?;
-    let query = ReportQuery { from, to, group_by };
+    let confidence = match params.confidence.as_deref() {
+        Some(raw) => Confidence::parse(raw)?,
+        None => Confidence::default(),
+    };
+    let query = ReportQuery {
+        from,
+        to,
+        group_by,
+        confidence,
+    };
     let report = state
         .db
         .run(move |c| {

@@ -379,6 +379,7 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
         from: clock::to_datetime(now - 31 * 24 * clock::HOUR_US),
         to: clock::to_datetime(now + clock::HOUR_US),
         group_by: vec![Dimension::ConnectionClass, Dimension::Country],
+        confidence: Default::default(),
     };
     let mut from_aggregates = Vec::new();
     let mut report = None;
