@@ -16,6 +16,7 @@ use crate::clock::{now_us, to_datetime};
 use crate::db::schema::checks;
 use crate::db::DbConn;
 use crate::error::{Error, Result};
+use crate::objectives::{self, Objective};
 use crate::sites;
 
 /// Which agents run a check.
@@ -102,6 +103,9 @@ pub struct NewCheck {
     /// measuring agents sit in.
     #[serde(default)]
     pub isp_sharing: bool,
+    /// SLA objectives, judged in every report (see [`crate::objectives`]).
+    #[serde(default)]
+    pub objectives: Vec<Objective>,
 }
 
 fn default_kind() -> CheckKind {
@@ -130,6 +134,7 @@ pub struct Check {
     pub created_at: i64,
     pub isp_sharing: bool,
     pub body_contains: Option<String>,
+    pub objectives: String,
 }
 
 impl Check {
@@ -141,6 +146,11 @@ impl Check {
             connection_classes: serde_json::from_str(&self.connection_classes).unwrap_or_default(),
             agents_per_run: self.agents_per_run.max(0) as u32,
         }
+    }
+
+    /// The check's SLA objectives.
+    pub fn objectives(&self) -> Vec<Objective> {
+        serde_json::from_str(&self.objectives).unwrap_or_default()
     }
 
     /// Statuses that count as success.
@@ -166,6 +176,7 @@ pub struct CheckView {
     pub created_at: DateTime<Utc>,
     pub body_contains: Option<String>,
     pub isp_sharing: bool,
+    pub objectives: Vec<Objective>,
 }
 
 impl From<&Check> for CheckView {
@@ -187,6 +198,7 @@ impl From<&Check> for CheckView {
             created_at: to_datetime(c.created_at),
             body_contains: c.body_contains.clone(),
             isp_sharing: c.isp_sharing,
+            objectives: c.objectives(),
         }
     }
 }
@@ -225,6 +237,7 @@ pub fn create(
         ));
     }
     validate_selection(&new.selection)?;
+    objectives::validate(&new.objectives)?;
     for s in &new.expected_status {
         if !(100..=599).contains(s) {
             return Err(Error::invalid(
@@ -287,6 +300,7 @@ pub fn create(
         created_at: now,
         isp_sharing: new.isp_sharing,
         body_contains: new.body_contains.clone(),
+        objectives: json(&new.objectives),
     };
     diesel::insert_into(checks::table)
         .values(&check)

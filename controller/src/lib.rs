@@ -28,6 +28,7 @@ pub mod histogram;
 pub mod ingest;
 pub mod isp;
 pub mod metrics;
+pub mod objectives;
 pub mod rate_limit;
 pub mod reports;
 pub mod scheduling;

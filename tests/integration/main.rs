@@ -10,4 +10,5 @@ mod calibration;
 mod end_to_end;
 mod isp;
 mod leasing;
+mod reports;
 mod results;

@@ -134,6 +134,7 @@ fn fixture(
             schedule: Schedule::default(),
             body_contains: None,
             isp_sharing: false,
+            objectives: Vec::new(),
         },
         1,
     )?;
@@ -380,6 +381,9 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
         to: clock::to_datetime(now + clock::HOUR_US),
         group_by: vec![Dimension::ConnectionClass, Dimension::Country],
         confidence: Default::default(),
+        histograms: false,
+        bucket: None,
+        compare: false,
     };
     let mut from_aggregates = Vec::new();
     let mut report = None;

@@ -78,6 +78,7 @@ diesel::table! {
         created_at -> BigInt,
         isp_sharing -> Bool,
         body_contains -> Nullable<Text>,
+        objectives -> Text,
     }
 }
 
