@@ -16,6 +16,7 @@ use crate::clock::{now_us, to_datetime};
 use crate::db::schema::checks;
 use crate::db::DbConn;
 use crate::error::{Error, Result};
+use crate::objectives::{self, Objective};
 use crate::sites;
 
 /// Which agents run a check.
@@ -105,6 +106,9 @@ pub struct NewCheck {
     /// measuring agents sit in.
     #[serde(default)]
     pub isp_sharing: bool,
+    /// SLA objectives, judged in every report (see [`crate::objectives`]).
+    #[serde(default)]
+    pub objectives: Vec<Objective>,
 }
 
 fn default_kind() -> CheckKind {
@@ -133,6 +137,7 @@ pub struct Check {
     pub created_at: i64,
     pub isp_sharing: bool,
     pub body_contains: Option<String>,
+    pub objectives: String,
     pub max_redirects: i32,
 }
 
@@ -145,6 +150,11 @@ impl Check {
             connection_classes: serde_json::from_str(&self.connection_classes).unwrap_or_default(),
             agents_per_run: self.agents_per_run.max(0) as u32,
         }
+    }
+
+    /// The check's SLA objectives.
+    pub fn objectives(&self) -> Vec<Objective> {
+        serde_json::from_str(&self.objectives).unwrap_or_default()
     }
 
     /// Statuses that count as success.
@@ -171,6 +181,7 @@ pub struct CheckView {
     pub body_contains: Option<String>,
     pub max_redirects: u32,
     pub isp_sharing: bool,
+    pub objectives: Vec<Objective>,
     /// What each accepted result costs, in minor units of `price_currency` (fixed by
     /// the kind and the selection; see `lastmile_billing::pricing`).
     pub price_per_result_minor: i64,
@@ -197,6 +208,7 @@ impl From<&Check> for CheckView {
             body_contains: c.body_contains.clone(),
             max_redirects: c.max_redirects.max(0) as u32,
             isp_sharing: c.isp_sharing,
+            objectives: c.objectives(),
             price_per_result_minor: crate::billing::price_of(c).minor,
             price_currency: crate::billing::price_of(c).currency.to_string(),
         }
@@ -239,6 +251,7 @@ pub fn create(
         ));
     }
     validate_selection(&new.selection)?;
+    objectives::validate(&new.objectives)?;
     for s in &new.expected_status {
         if !(100..=599).contains(s) {
             return Err(Error::invalid(
@@ -310,6 +323,7 @@ pub fn create(
         created_at: now,
         isp_sharing: new.isp_sharing,
         body_contains: new.body_contains.clone(),
+        objectives: json(&new.objectives),
         max_redirects: max_redirects as i32,
     };
     diesel::insert_into(checks::table)

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::str::FromStr;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use hdrhistogram::Histogram;
@@ -22,12 +24,14 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::checks::Check;
-use crate::clock::{hour_bucket, to_datetime, to_us, HOUR_US};
+use crate::clock::{hour_bucket, to_datetime, to_us, Micros, HOUR_US};
+use crate::confidence::{self, Confidence};
 use crate::db::schema::aggregates;
 use crate::db::DbConn;
 use crate::error::{Error, Result};
 use crate::histogram;
 use crate::ingest::AggregateRow;
+use crate::objectives::{self, Objective, ObjectiveOutcome};
 
 /// A dimension a report can be grouped by.
 #[derive(
@@ -86,22 +90,86 @@ pub struct ReportQuery {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub group_by: Vec<Dimension>,
+    pub confidence: Confidence,
+    /// Include the merged histograms in every row.
+    pub histograms: bool,
+    /// Split rows by time bucket too.
+    pub bucket: Option<TimeBucket>,
+    /// Compare every row with the previous window of equal length.
+    pub compare: bool,
 }
 
-/// Percentiles of one phase, microseconds.
+/// The time buckets a report's rows can be split into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub enum TimeBucket {
+    #[serde(rename = "1h")]
+    Hour,
+    #[serde(rename = "1d")]
+    Day,
+}
+
+impl TimeBucket {
+    /// Parses `1h` or `1d`.
+    pub fn parse(raw: &str) -> Result<TimeBucket> {
+        match raw.trim() {
+            "1h" | "hour" => Ok(TimeBucket::Hour),
+            "1d" | "day" => Ok(TimeBucket::Day),
+            other => Err(Error::invalid(
+                "invalid_bucket",
+                format!("bucket {other:?} is not 1h or 1d"),
+            )),
+        }
+    }
+
+    fn micros(self) -> Micros {
+        match self {
+            TimeBucket::Hour => HOUR_US,
+            TimeBucket::Day => 24 * HOUR_US,
+        }
+    }
+}
+
+/// Percentiles of one phase, microseconds, each with its confidence interval
+/// (distribution-free, see [`crate::confidence`]). An interval is `null` when the phase
+/// has too few samples for one at the report's confidence; `insufficient_samples` is
+/// then true and `note` names the minimum.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Percentiles {
+    /// Successful samples the percentiles are over.
+    #[serde(default)]
+    pub samples: u64,
     pub p50: u64,
+    #[serde(default)]
+    pub p50_ci: Option<[u64; 2]>,
     pub p90: u64,
+    #[serde(default)]
+    pub p90_ci: Option<[u64; 2]>,
     pub p95: u64,
+    #[serde(default)]
+    pub p95_ci: Option<[u64; 2]>,
     pub p99: u64,
+    #[serde(default)]
+    pub p99_ci: Option<[u64; 2]>,
+    /// Whether some interval is missing for lack of samples.
+    #[serde(default)]
+    pub insufficient_samples: bool,
+    /// Which percentiles lack an interval and how many samples they need.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
+
+/// The percentiles a report states.
+pub const REPORTED_QUANTILES: [(u8, f64); 4] = [(50, 0.50), (90, 0.90), (95, 0.95), (99, 0.99)];
 
 /// The value of each dimension for one row; absent dimensions are not grouped on.
 #[derive(
     Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
 )]
 pub struct Group {
+    /// With `bucket=1h|1d`: the start of the row's time bucket (UTC; day buckets start
+    /// at midnight UTC and are clipped to the window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket_start: Option<DateTime<Utc>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub connection_class: Option<ConnectionClass>,
     /// ISO country code; `"??"` when the agent's address has no known country.
@@ -125,8 +193,23 @@ pub struct ReportRow {
     pub failures: u64,
     /// successes / samples.
     pub availability: f64,
+    /// Clopper-Pearson interval of the availability at the report's confidence.
+    #[serde(default)]
+    pub availability_ci: Option<[f64; 2]>,
     /// Percentiles over the successful measurements, per phase.
     pub phases: BTreeMap<Phase, Percentiles>,
+    /// The check's objectives that apply to this row, judged (see
+    /// [`crate::objectives`]); absent when the check has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub objectives: Vec<ObjectiveOutcome>,
+    /// With `histograms=true`: the merged histogram of each phase, microseconds, as
+    /// base64 (standard alphabet, padded) of the uncompressed HdrHistogram V2 encoding
+    /// (cookie 0x1c849303), 1 µs to 1 h at 3 significant digits.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub histograms: BTreeMap<Phase, String>,
+    /// With `compare=previous`: the same row in the previous window of equal length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<Comparison>,
 }
 
 /// Which check a report is about.
@@ -154,7 +237,106 @@ pub struct Report {
     pub check: ReportCheck,
     pub window: ReportWindow,
     pub group_by: Vec<Dimension>,
+    /// Confidence level of every interval in the report.
+    #[serde(default)]
+    pub confidence: Confidence,
+    /// With `bucket=`: the width of the time buckets rows are split into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bucket: Option<TimeBucket>,
+    /// With `compare=previous`: the window every row's `previous` covers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compared_with: Option<ReportWindow>,
     pub rows: Vec<ReportRow>,
+}
+
+/// A row against the same row in the previous window (`compare=previous`).
+///
+/// Percentiles: `significant` is true when the two intervals (at the report's confidence)
+/// do not overlap, false when they do, null when either is missing for lack of samples.
+/// Non-overlap is a conservative test: two 95 % intervals that do not overlap mean a
+/// difference at well below the 5 % level, so a `true` can be trusted and some real
+/// changes will read `false`. Availability: the pooled two-proportion z-test, two-sided,
+/// significant when its p-value is below 1 - confidence (a normal approximation: with
+/// only a handful of failures on either side read it as a hint).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Comparison {
+    /// Measurements in the previous window's row.
+    pub samples: u64,
+    pub availability: AvailabilityChange,
+    /// p50 and p95 per phase, for the phases both windows have.
+    pub phases: BTreeMap<Phase, PhaseChange>,
+}
+
+/// Availability now against the previous window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AvailabilityChange {
+    pub previous: f64,
+    pub previous_ci: Option<[f64; 2]>,
+    /// current - previous (fraction).
+    pub change: f64,
+    pub p_value: Option<f64>,
+    pub significant: Option<bool>,
+}
+
+/// One percentile now against the previous window, microseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PercentileChange {
+    pub previous: u64,
+    pub previous_ci: Option<[u64; 2]>,
+    /// current - previous.
+    pub change: i64,
+    pub significant: Option<bool>,
+}
+
+/// p50 and p95 of one phase against the previous window.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PhaseChange {
+    pub p50: PercentileChange,
+    pub p95: PercentileChange,
+}
+
+fn compare_rows(current: &ReportRow, previous: &ReportRow, confidence: Confidence) -> Comparison {
+    let p_value = confidence::two_proportion_p_value(
+        current.successes,
+        current.samples,
+        previous.successes,
+        previous.samples,
+    );
+    let pct = |now: u64, now_ci: Option<[u64; 2]>, then: u64, then_ci: Option<[u64; 2]>| {
+        PercentileChange {
+            previous: then,
+            previous_ci: then_ci,
+            change: now as i64 - then as i64,
+            significant: match (now_ci, then_ci) {
+                (Some([a_lo, a_hi]), Some([b_lo, b_hi])) => Some(a_hi < b_lo || b_hi < a_lo),
+                _ => None,
+            },
+        }
+    };
+    Comparison {
+        samples: previous.samples,
+        availability: AvailabilityChange {
+            previous: previous.availability,
+            previous_ci: previous.availability_ci,
+            change: current.availability - previous.availability,
+            p_value,
+            significant: p_value.map(|p| p < confidence.alpha()),
+        },
+        phases: current
+            .phases
+            .iter()
+            .filter_map(|(phase, now)| {
+                let then = previous.phases.get(phase)?;
+                Some((
+                    *phase,
+                    PhaseChange {
+                        p50: pct(now.p50, now.p50_ci, then.p50, then.p50_ci),
+                        p95: pct(now.p95, now.p95_ci, then.p95, then.p95_ci),
+                    },
+                ))
+            })
+            .collect(),
+    }
 }
 
 struct Accumulator {
@@ -172,12 +354,62 @@ pub fn build(conn: &mut DbConn, check: &Check, query: &ReportQuery) -> Result<Re
         ));
     }
     let from_bucket = hour_bucket(to_us(query.from));
+    let to = to_us(query.to);
+    // The previous window holds as many hour buckets as this one.
+    let len = (to - from_bucket + HOUR_US - 1).div_euclid(HOUR_US) * HOUR_US;
+    let load_from = if query.compare {
+        from_bucket - len
+    } else {
+        from_bucket
+    };
     let rows: Vec<AggregateRow> = aggregates::table
         .filter(aggregates::check_id.eq(&check.id))
-        .filter(aggregates::bucket_start.ge(from_bucket))
-        .filter(aggregates::bucket_start.lt(to_us(query.to)))
+        .filter(aggregates::bucket_start.ge(load_from))
+        .filter(aggregates::bucket_start.lt(to))
         .select(AggregateRow::as_select())
         .load(conn)?;
+    let (current, previous): (Vec<AggregateRow>, Vec<AggregateRow>) = rows
+        .into_iter()
+        .partition(|r| r.bucket_start >= from_bucket);
+    let options = MergeOptions {
+        confidence: query.confidence,
+        objectives: check.objectives(),
+        histograms: query.histograms,
+    };
+    let bucket_us = query.bucket.map(TimeBucket::micros);
+    let mut out: Vec<ReportRow> = accumulate(&current, &query.group_by, bucket_us)?
+        .into_iter()
+        .map(|(group, acc)| row_of(group, &acc, &options))
+        .collect();
+    let compared_with = if query.compare {
+        let lean = MergeOptions {
+            confidence: query.confidence,
+            ..MergeOptions::default()
+        };
+        // Key the previous rows by where they fall when moved one window later.
+        let before: BTreeMap<Group, ReportRow> = accumulate(&previous, &query.group_by, bucket_us)?
+            .into_iter()
+            .map(|(mut group, acc)| {
+                let row = row_of(group.clone(), &acc, &lean);
+                group.bucket_start = group
+                    .bucket_start
+                    .map(|b| b + chrono::Duration::microseconds(len));
+                (group, row)
+            })
+            .collect();
+        for row in &mut out {
+            if let Some(prev) = before.get(&row.group) {
+                row.previous = Some(compare_rows(row, prev, query.confidence));
+            }
+        }
+        Some(ReportWindow {
+            from: to_datetime(from_bucket - len),
+            to: to_datetime(from_bucket),
+            bucket: "1h".into(),
+        })
+    } else {
+        None
+    };
     Ok(Report {
         check: ReportCheck {
             id: check.id.parse().unwrap_or_default(),
@@ -190,16 +422,39 @@ pub fn build(conn: &mut DbConn, check: &Check, query: &ReportQuery) -> Result<Re
             bucket: "1h".into(),
         },
         group_by: query.group_by.clone(),
-        rows: merge(&rows, &query.group_by)?,
+        confidence: query.confidence,
+        bucket: query.bucket,
+        compared_with,
+        rows: out,
     })
 }
 
-/// Merges aggregate rows into report rows grouped by `dims`.
+/// Merges aggregate rows into report rows grouped by `dims`, intervals at 95 %, no
+/// objectives (what the ISP views use).
 pub fn merge(rows: &[AggregateRow], dims: &[Dimension]) -> Result<Vec<ReportRow>> {
+    merge_with(rows, dims, &MergeOptions::default())
+}
+
+/// What a report row states beyond counts and percentiles.
+#[derive(Debug, Clone, Default)]
+pub struct MergeOptions {
+    pub confidence: Confidence,
+    /// Judged on every row they apply to.
+    pub objectives: Vec<Objective>,
+    /// Include the merged histograms (base64 HdrHistogram V2).
+    pub histograms: bool,
+}
+
+/// Merged counts and histograms per group.
+fn accumulate(
+    rows: &[AggregateRow],
+    dims: &[Dimension],
+    bucket_us: Option<Micros>,
+) -> Result<BTreeMap<Group, Accumulator>> {
     let mut groups: BTreeMap<Group, Accumulator> = BTreeMap::new();
     for row in rows {
         let acc = groups
-            .entry(group_of(row, dims))
+            .entry(group_of(row, dims, bucket_us))
             .or_insert_with(|| Accumulator {
                 successes: 0,
                 failures: 0,
@@ -217,42 +472,104 @@ pub fn merge(rows: &[AggregateRow], dims: &[Dimension]) -> Result<Vec<ReportRow>
                 .map_err(|e| Error::Internal(format!("cannot merge histograms: {e:?}")))?;
         }
     }
-    Ok(groups
+    Ok(groups)
+}
+
+/// Merges aggregate rows into report rows grouped by `dims`.
+pub fn merge_with(
+    rows: &[AggregateRow],
+    dims: &[Dimension],
+    options: &MergeOptions,
+) -> Result<Vec<ReportRow>> {
+    Ok(accumulate(rows, dims, None)?
         .into_iter()
-        .map(|(group, acc)| {
-            let samples = acc.successes + acc.failures;
-            ReportRow {
-                group,
-                samples,
-                successes: acc.successes,
-                failures: acc.failures,
-                availability: if samples == 0 {
-                    0.0
-                } else {
-                    acc.successes as f64 / samples as f64
-                },
-                phases: acc
-                    .phases
-                    .iter()
-                    .filter(|(_, h)| !h.is_empty())
-                    .map(|(phase, h)| (*phase, percentiles(h)))
-                    .collect(),
-            }
-        })
+        .map(|(group, acc)| row_of(group, &acc, options))
         .collect())
 }
 
-fn percentiles(h: &Histogram<u64>) -> Percentiles {
-    Percentiles {
-        p50: h.value_at_quantile(0.50),
-        p90: h.value_at_quantile(0.90),
-        p95: h.value_at_quantile(0.95),
-        p99: h.value_at_quantile(0.99),
+fn row_of(group: Group, acc: &Accumulator, options: &MergeOptions) -> ReportRow {
+    let confidence = options.confidence;
+    let samples = acc.successes + acc.failures;
+    let get = |p: Phase| acc.phases.get(&p);
+    let objectives = objectives::evaluate(
+        &options.objectives,
+        &objectives::RowData {
+            connection_class: group.connection_class,
+            successes: acc.successes,
+            failures: acc.failures,
+            phase: &get,
+        },
+        confidence,
+    );
+    ReportRow {
+        group,
+        samples,
+        successes: acc.successes,
+        failures: acc.failures,
+        availability: if samples == 0 {
+            0.0
+        } else {
+            acc.successes as f64 / samples as f64
+        },
+        availability_ci: confidence::proportion_interval(acc.successes, samples, confidence),
+        phases: acc
+            .phases
+            .iter()
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(phase, h)| (*phase, percentiles(h, confidence)))
+            .collect(),
+        objectives,
+        histograms: if options.histograms {
+            acc.phases
+                .iter()
+                .map(|(phase, h)| (*phase, BASE64.encode(histogram::encode(h))))
+                .collect()
+        } else {
+            BTreeMap::new()
+        },
+        previous: None,
     }
 }
 
-fn group_of(row: &AggregateRow, dims: &[Dimension]) -> Group {
-    let mut g = Group::default();
+/// Percentiles of `h` with their intervals at `confidence`.
+pub fn percentiles(h: &Histogram<u64>, confidence: Confidence) -> Percentiles {
+    let ci = |q: f64| confidence::quantile_interval(h, q, confidence);
+    let mut p = Percentiles {
+        samples: h.len(),
+        p50: h.value_at_quantile(0.50),
+        p50_ci: ci(0.50),
+        p90: h.value_at_quantile(0.90),
+        p90_ci: ci(0.90),
+        p95: h.value_at_quantile(0.95),
+        p95_ci: ci(0.95),
+        p99: h.value_at_quantile(0.99),
+        p99_ci: ci(0.99),
+        insufficient_samples: false,
+        note: None,
+    };
+    let missing: Vec<String> = REPORTED_QUANTILES
+        .iter()
+        .zip([p.p50_ci, p.p90_ci, p.p95_ci, p.p99_ci])
+        .filter(|(_, ci)| ci.is_none())
+        .map(|((nn, q), _)| format!("p{nn} needs {}", confidence::min_samples(*q, confidence)))
+        .collect();
+    if !missing.is_empty() {
+        p.insufficient_samples = true;
+        p.note = Some(format!(
+            "too few samples ({}) for a {}% interval: {}",
+            p.samples,
+            confidence.level() * 100.0,
+            missing.join(", ")
+        ));
+    }
+    p
+}
+
+fn group_of(row: &AggregateRow, dims: &[Dimension], bucket_us: Option<Micros>) -> Group {
+    let mut g = Group {
+        bucket_start: bucket_us.map(|b| to_datetime(row.bucket_start.div_euclid(b) * b)),
+        ..Group::default()
+    };
     for d in dims {
         match d {
             Dimension::ConnectionClass => g.connection_class = row.connection_class.parse().ok(),
@@ -277,16 +594,40 @@ pub fn default_window(now: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
     (now - chrono::Duration::microseconds(24 * HOUR_US), now)
 }
 
-/// The report as CSV: one line per row, percentiles in microseconds.
+/// A CSV cell, quoted when it needs to be.
+fn csv_cell(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// The report as CSV: one line per row, percentiles in microseconds. Each percentile is
+/// followed by its interval (`_ci_low_us`, `_ci_high_us`), empty when the phase has too
+/// few samples; `{phase}_ci_note` then says which percentiles need how many.
 pub fn to_csv(report: &Report) -> String {
     let mut out = String::new();
     let dims: Vec<&str> = report.group_by.iter().map(|d| d.name()).collect();
     let mut header: Vec<String> = dims.iter().map(|d| d.to_string()).collect();
-    header.extend(["samples", "successes", "failures", "availability"].map(String::from));
+    header.extend(
+        [
+            "samples",
+            "successes",
+            "failures",
+            "availability",
+            "availability_ci_low",
+            "availability_ci_high",
+        ]
+        .map(String::from),
+    );
     for phase in Phase::ALL {
-        for p in ["p50", "p90", "p95", "p99"] {
-            header.push(format!("{phase}_{p}_us"));
+        for (nn, _) in REPORTED_QUANTILES {
+            header.push(format!("{phase}_p{nn}_us"));
+            header.push(format!("{phase}_p{nn}_ci_low_us"));
+            header.push(format!("{phase}_p{nn}_ci_high_us"));
         }
+        header.push(format!("{phase}_ci_note"));
     }
     let _ = writeln!(out, "{}", header.join(","));
     for row in &report.rows {
@@ -307,10 +648,31 @@ pub fn to_csv(report: &Report) -> String {
         cells.push(row.successes.to_string());
         cells.push(row.failures.to_string());
         cells.push(format!("{:.6}", row.availability));
+        match row.availability_ci {
+            Some([lo, hi]) => cells.extend([format!("{lo:.6}"), format!("{hi:.6}")]),
+            None => cells.extend([String::new(), String::new()]),
+        }
         for phase in Phase::ALL {
             match row.phases.get(&phase) {
-                Some(p) => cells.extend([p.p50, p.p90, p.p95, p.p99].map(|v| v.to_string())),
-                None => cells.extend(std::iter::repeat_n(String::new(), 4)),
+                Some(p) => {
+                    for (value, ci) in [
+                        (p.p50, p.p50_ci),
+                        (p.p90, p.p90_ci),
+                        (p.p95, p.p95_ci),
+                        (p.p99, p.p99_ci),
+                    ] {
+                        cells.push(value.to_string());
+                        match ci {
+                            Some([lo, hi]) => cells.extend([lo.to_string(), hi.to_string()]),
+                            None => cells.extend([String::new(), String::new()]),
+                        }
+                    }
+                    cells.push(csv_cell(p.note.as_deref().unwrap_or("")));
+                }
+                None => cells.extend(std::iter::repeat_n(
+                    String::new(),
+                    REPORTED_QUANTILES.len() * 3 + 1,
+                )),
             }
         }
         let _ = writeln!(out, "{}", cells.join(","));
@@ -318,44 +680,185 @@ pub fn to_csv(report: &Report) -> String {
     out
 }
 
-/// A human-readable table of the report, for the terminal.
+fn ms(us: u64) -> String {
+    format!("{:.1}", us as f64 / 1000.0)
+}
+
+/// `812.0 ms [790.1, 840.2]`, or `812.0 ms (n<59)` when there are too few samples for
+/// an interval.
+fn with_ci(value: u64, ci: Option<[u64; 2]>, samples: u64, q: f64, c: Confidence) -> String {
+    match ci {
+        Some([lo, hi]) => format!("{} ms [{}, {}]", ms(value), ms(lo), ms(hi)),
+        None if samples == 0 => "-".into(),
+        None => format!("{} ms (n<{})", ms(value), confidence::min_samples(q, c)),
+    }
+}
+
+/// A human-readable table of the report, for the terminal. Intervals in brackets;
+/// `(n<59)` marks a percentile whose row has too few samples for an interval.
 pub fn to_table(report: &Report) -> String {
     let mut out = String::new();
+    let level = format!("{}%", report.confidence.level() * 100.0);
+    let with_objectives = report.rows.iter().any(|r| !r.objectives.is_empty());
     let _ = writeln!(
         out,
-        "{:<10} {:<8} {:>7} {:>7} {:>10} {:>10} {:>10} {:>11} {:>11}",
+        "{:<10} {:<7} {:>7} {:>22} {:>10} {:>28} {:>28}{}",
         "class",
         "country",
         "samples",
-        "avail",
+        format!("avail [{level} CI]"),
         "ttfb p50",
-        "ttfb p95",
-        "total p50",
-        "total p95",
-        "total p99"
+        format!("ttfb p95 [{level} CI]"),
+        format!("total p95 [{level} CI]"),
+        if with_objectives { "  objectives" } else { "" },
     );
-    let ms = |us: u64| format!("{:.1} ms", us as f64 / 1000.0);
     for row in &report.rows {
-        let get = |phase: Phase| row.phases.get(&phase);
-        let cell = |phase: Phase, f: fn(&Percentiles) -> u64| {
-            get(phase).map(|p| ms(f(p))).unwrap_or_else(|| "-".into())
+        let cell = |phase: Phase, pick: fn(&Percentiles) -> (u64, Option<[u64; 2]>), q: f64| {
+            row.phases.get(&phase).map_or_else(
+                || "-".to_owned(),
+                |p| {
+                    let (v, ci) = pick(p);
+                    with_ci(v, ci, p.samples, q, report.confidence)
+                },
+            )
+        };
+        let avail = match row.availability_ci {
+            Some([lo, hi]) => format!(
+                "{:.1}% [{:.1}, {:.1}]",
+                row.availability * 100.0,
+                lo * 100.0,
+                hi * 100.0
+            ),
+            None => "-".into(),
         };
         let _ = writeln!(
             out,
-            "{:<10} {:<8} {:>7} {:>6.1}% {:>10} {:>10} {:>10} {:>11} {:>11}",
+            "{:<10} {:<7} {:>7} {:>22} {:>10} {:>28} {:>28}{}",
             row.group
                 .connection_class
                 .map(|c| c.to_string())
                 .unwrap_or_else(|| "*".into()),
             row.group.country.clone().unwrap_or_else(|| "*".into()),
             row.samples,
-            row.availability * 100.0,
-            cell(Phase::Ttfb, |p| p.p50),
-            cell(Phase::Ttfb, |p| p.p95),
-            cell(Phase::Total, |p| p.p50),
-            cell(Phase::Total, |p| p.p95),
-            cell(Phase::Total, |p| p.p99),
+            avail,
+            row.phases
+                .get(&Phase::Ttfb)
+                .map_or_else(|| "-".to_owned(), |p| format!("{} ms", ms(p.p50))),
+            cell(Phase::Ttfb, |p| (p.p95, p.p95_ci), 0.95),
+            cell(Phase::Total, |p| (p.p95, p.p95_ci), 0.95),
+            if with_objectives {
+                format!("  {}", objectives_summary(&row.objectives))
+            } else {
+                String::new()
+            },
         );
     }
     out
+}
+
+/// `met 2/2`, or `BREACHED ttfb p95 +312.0 ms; availability -0.4 pts`; `(inconclusive)`
+/// when some verdict's interval straddles its limit or is missing for lack of samples.
+fn objectives_summary(outcomes: &[ObjectiveOutcome]) -> String {
+    let breached: Vec<String> = outcomes
+        .iter()
+        .filter(|o| o.met == Some(false))
+        .map(|o| {
+            let over = -o.margin.unwrap_or(0.0);
+            match (o.objective.phase, o.objective.percentile) {
+                (Some(phase), Some(p)) => format!("{phase} p{p} +{over:.1} ms"),
+                _ => format!("availability -{over:.2} pts"),
+            }
+        })
+        .collect();
+    let met = outcomes.iter().filter(|o| o.met == Some(true)).count();
+    let unsure = if outcomes.iter().any(|o| o.conclusive != Some(true)) {
+        " (inconclusive)"
+    } else {
+        ""
+    };
+    if !breached.is_empty() {
+        format!("BREACHED {}{unsure}", breached.join("; "))
+    } else if met > 0 {
+        format!("met {met}/{}{unsure}", outcomes.len())
+    } else if outcomes.is_empty() {
+        "-".into()
+    } else {
+        "no data".into()
+    }
+}
+
+/// The merged histograms of a report built with `histograms`, as an HdrHistogram
+/// interval log (the text format HdrHistogram's own tools read: `HistogramLogReader`,
+/// `HistogramLogProcessor`): a `#[StartTime: ...]` header at the window start, then one
+/// line per row and phase, each tagged `Tag=class=dsl;country=DE;phase=ttfb` (the row's
+/// group; characters the format forbids become `_`), covering the whole window, with the
+/// histogram in microseconds as base64 of the compressed V2 encoding (deflate), which is
+/// what the log format prescribes.
+pub fn to_interval_log(report: &Report) -> Result<String> {
+    use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+    use hdrhistogram::serialization::V2DeflateSerializer;
+
+    let start = std::time::Duration::from_micros(to_us(report.window.from).max(0) as u64);
+    let length = std::time::Duration::from_micros(
+        (to_us(report.window.to) - to_us(report.window.from)).max(0) as u64,
+    );
+    let mut out = Vec::new();
+    let mut serializer = V2DeflateSerializer::new();
+    let io = |e: std::io::Error| Error::Internal(format!("cannot write interval log: {e}"));
+    {
+        let mut log = IntervalLogWriterBuilder::new()
+            .add_comment(&format!(
+                "Lastmile report of check {} ({}); values in microseconds",
+                report.check.id, report.check.name
+            ))
+            .with_start_time(std::time::UNIX_EPOCH + start)
+            .begin_log_with(&mut out, &mut serializer)
+            .map_err(io)?;
+        for row in &report.rows {
+            for (phase, encoded) in &row.histograms {
+                let bytes = BASE64
+                    .decode(encoded)
+                    .map_err(|e| Error::Internal(format!("bad histogram encoding: {e}")))?;
+                let h = histogram::decode(&bytes).map_err(Error::Internal)?;
+                let tag = format!("{};phase={phase}", group_tag(&row.group))
+                    .replace([',', ' ', '\r', '\n'], "_");
+                let row_start = row.group.bucket_start.map_or(start, |b| {
+                    std::time::Duration::from_micros(to_us(b).max(0) as u64)
+                });
+                let row_length = report
+                    .bucket
+                    .filter(|_| row.group.bucket_start.is_some())
+                    .map_or(length, |b| {
+                        std::time::Duration::from_micros(b.micros().max(0) as u64)
+                    });
+                log.write_histogram(&h, row_start, row_length, Tag::new(&tag))
+                    .map_err(|e| Error::Internal(format!("cannot write interval log: {e:?}")))?;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|e| Error::Internal(e.to_string()))
+}
+
+/// `class=dsl;country=DE`: a row's group as `key=value` pairs.
+fn group_tag(g: &Group) -> String {
+    let mut parts = Vec::new();
+    if let Some(b) = g.bucket_start {
+        parts.push(format!("bucket={}", b.format("%Y-%m-%dT%H:%M:%SZ")));
+    }
+    if let Some(c) = g.connection_class {
+        parts.push(format!("class={c}"));
+    }
+    if let Some(c) = &g.country {
+        parts.push(format!("country={c}"));
+    }
+    if let Some(r) = &g.region {
+        parts.push(format!("region={r}"));
+    }
+    if let Some(a) = g.asn {
+        parts.push(format!("asn={a}"));
+    }
+    if parts.is_empty() {
+        parts.push("all".into());
+    }
+    parts.join(";")
 }

@@ -65,6 +65,8 @@ pub struct CheckForm {
     pub max_bytes: String,
     pub timeout_ms: String,
     pub max_redirects: String,
+    /// One objective per line, as people write them.
+    pub objectives: String,
     pub every_seconds: String,
     pub countries: String,
     pub asns: String,
@@ -125,6 +127,11 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                                 input #max_redirects type="number" name="max_redirects" min="0" max="20" value=(f.max_redirects);
                             }
                         }
+                    }
+                    section.card {
+                        h2 { "SLA objectives" }
+                        label for="objectives" { "One per line " small { "(e.g. ttfb p95 <= 800 ms, availability >= 99.5 %, optionally ending \"for dsl\")" } }
+                        textarea #objectives name="objectives" rows="3" placeholder="ttfb p95 <= 800 ms\navailability >= 99.5 %" { (f.objectives) }
                     }
                     section.card {
                         h2 { "When" }
@@ -190,6 +197,8 @@ pub struct CheckDetail {
     pub schedule: String,
     pub selection: String,
     pub expectations: String,
+    /// The check's objectives in their written form.
+    pub objectives: Vec<String>,
 }
 
 pub fn detail(nav: &Nav, c: &CheckDetail, runs: &[RunItem], error: Option<&str>) -> Markup {
@@ -205,6 +214,10 @@ pub fn detail(nav: &Nav, c: &CheckDetail, runs: &[RunItem], error: Option<&str>)
                 dt { "Schedule" } dd { (c.schedule) }
                 dt { "Agents" } dd { (c.selection) }
                 dt { "Success" } dd { (c.expectations) }
+                dt { "Objectives" } dd {
+                    @if c.objectives.is_empty() { "none" }
+                    @for (i, o) in c.objectives.iter().enumerate() { @if i > 0 { "; " } (o) }
+                }
             }
             div.actions {
                 form method="post" action={ "/app/checks/" (c.id) "/runs" } {

@@ -369,11 +369,17 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
         Some("Home page from German cable")
     );
     browser.fill("#expected_status", "200").await;
+    // An objective written the way people say it; nonsense is explained.
+    browser.fill("#objectives", "fast please").await;
+    browser.submit("button[value=create]").await;
+    assert!(browser.text(".error").await.contains("ttfb p95 <= 800 ms"));
+    browser.fill("#objectives", "ttfb p95 <= 800 ms").await;
     browser.submit("button[value=create]").await;
     let check_page = browser.path().await;
     assert!(check_page.starts_with("/app/checks/"), "{check_page}");
     let facts = browser.text("dl.facts").await;
     assert!(facts.contains("DE") && facts.contains("cable"), "{facts}");
+    assert!(facts.contains("ttfb p95 <= 800 ms"), "{facts}");
 
     // Without test credit the run is refused, and the page says why.
     browser.submit("form[action$='/runs'] button").await;

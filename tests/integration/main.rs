@@ -14,4 +14,5 @@ mod isp;
 mod leaderboard;
 mod leasing;
 mod ledger;
+mod reports;
 mod results;

@@ -254,8 +254,10 @@ pub fn window(
     "window": {"from": "2026-11-24T10:00:00Z", "to": "2026-11-25T10:12:00Z"},
     "asns": [64501], "page": 1, "per_page": 100, "total_rows": 1,
     "rows": [{"group": {"asn": 64501, "connection_class": "dsl", "region": "BE"}, "samples": 120,
-              "successes": 119, "failures": 1, "availability": 0.9917,
-              "phases": {"ttfb": {"p50": 48211, "p90": 51002, "p95": 52113, "p99": 60211}}}]
+              "successes": 119, "failures": 1, "availability": 0.9917, "availability_ci": [0.9544, 0.9998],
+              "phases": {"ttfb": {"samples": 119, "p50": 48211, "p50_ci": [47807, 48735], "p90": 51002,
+                  "p90_ci": [50303, 52127], "p95": 52113, "p95_ci": [51103, 60255], "p99": 60211, "p99_ci": null,
+                  "insufficient_samples": true, "note": "too few samples (119) for a 95% interval: p99 needs 299"}}}]
 }))]
 pub struct SummaryPage {
     pub window: Window,

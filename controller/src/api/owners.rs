@@ -10,9 +10,10 @@ use uuid::Uuid;
 use super::auth::{AuthHolder, AuthOwner};
 use crate::billing::{self, Balances};
 use crate::checks::{CheckView, NewCheck};
+use crate::confidence::Confidence;
 use crate::error::Error;
 use crate::metrics::Metrics;
-use crate::reports::{self, Report, ReportQuery};
+use crate::reports::{self, Report, ReportQuery, TimeBucket};
 use crate::scheduling::{self, RunView};
 use crate::server::AppState;
 use crate::sites::{self, NewSite, SiteView};
@@ -222,14 +223,26 @@ pub async fn get_run(
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct ReportParams {
+    /// `1h`, `24h` (default), `7d` or `30d`: whole hours ending with the current one. Or
+    /// give `from`/`to`.
+    pub window: Option<String>,
     /// Window start (RFC 3339); default 24 hours before `to`.
     pub from: Option<DateTime<Utc>>,
     /// Window end (RFC 3339); default now.
     pub to: Option<DateTime<Utc>>,
     /// Comma-separated dimensions: connection_class, country, region, asn.
     pub group_by: Option<String>,
-    /// `json` (default) or `csv`.
+    /// `json` (default), `csv`, or `hdr` (an HdrHistogram interval log of the merged
+    /// histograms, one line per row and phase).
     pub format: Option<String>,
+    /// Confidence level of the intervals: 0.9, 0.95 (default) or 0.99.
+    pub confidence: Option<String>,
+    /// `1h` or `1d`: split rows by time bucket too.
+    pub bucket: Option<String>,
+    /// `previous`: compare every row with the previous window of equal length.
+    pub compare: Option<String>,
+    /// `true`: include each row's merged histograms (base64 HdrHistogram V2) in JSON.
+    pub histograms: Option<bool>,
 }
 
 /// The SLA report of a check over a window, grouped as asked.
@@ -244,25 +257,51 @@ pub async fn report(
     params: web::Query<ReportParams>,
 ) -> Result<HttpResponse, Error> {
     let params = params.into_inner();
-    let csv = match params.format.as_deref() {
-        None | Some("json") => false,
-        Some("csv") => true,
+    let format = match params.format.as_deref() {
+        None | Some("json") => "json",
+        Some("csv") => "csv",
+        Some("hdr") => "hdr",
         Some(other) => {
             return Err(Error::invalid(
                 "invalid_format",
-                format!("format {other:?} is not json or csv"),
+                format!("format {other:?} is not json, csv or hdr"),
             ));
         }
     };
-    let to = params.to.unwrap_or_else(Utc::now);
-    let from = params.from.unwrap_or_else(|| reports::default_window(to).0);
+    let (from, to) = super::isp::window(params.window.as_deref(), params.from, params.to)?;
     let group_by = reports::parse_group_by(
         params
             .group_by
             .as_deref()
             .unwrap_or("connection_class,country"),
     )?;
-    let query = ReportQuery { from, to, group_by };
+    let confidence = match params.confidence.as_deref() {
+        Some(raw) => Confidence::parse(raw)?,
+        None => Confidence::default(),
+    };
+    let compare = match params.compare.as_deref() {
+        None => false,
+        Some("previous") => true,
+        Some(other) => {
+            return Err(Error::invalid(
+                "invalid_compare",
+                format!("compare {other:?} is not `previous`"),
+            ));
+        }
+    };
+    let query = ReportQuery {
+        from,
+        to,
+        group_by,
+        confidence,
+        histograms: params.histograms.unwrap_or(false) || format == "hdr",
+        bucket: params
+            .bucket
+            .as_deref()
+            .map(TimeBucket::parse)
+            .transpose()?,
+        compare,
+    };
     let report = state
         .db
         .run(move |c| {
@@ -270,11 +309,13 @@ pub async fn report(
             reports::build(c, &check, &query)
         })
         .await?;
-    Ok(if csv {
-        HttpResponse::Ok()
+    Ok(match format {
+        "csv" => HttpResponse::Ok()
             .content_type("text/csv; charset=utf-8")
-            .body(reports::to_csv(&report))
-    } else {
-        HttpResponse::Ok().json(report)
+            .body(reports::to_csv(&report)),
+        "hdr" => HttpResponse::Ok()
+            .content_type("text/plain; charset=utf-8")
+            .body(reports::to_interval_log(&report)?),
+        _ => HttpResponse::Ok().json(report),
     })
 }

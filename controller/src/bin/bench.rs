@@ -4,8 +4,9 @@
 //! 1. results ingested per second on each backend (the full accept path: lock the
 //!    assignment, store the result, close the assignment, fold into the aggregate, in one
 //!    transaction), with several writer threads;
-//! 2. on PostgreSQL, an SLA report over ≥ 1M results built from the aggregates, against
-//!    the same percentiles computed by `percentile_cont` over the raw rows.
+//! 2. on PostgreSQL, an SLA report over ≥ 1M results built from the aggregates (with
+//!    confidence intervals; then also with three objectives and `compare=previous`),
+//!    against the same percentiles computed by `percentile_cont` over the raw rows.
 //!
 //! Flags: `--results N` (ingest, default 20000), `--raw-rows N` (report, default
 //! 1000000), `--threads N` (default 4), `--pg URL` (admin URL; a scratch database is
@@ -142,6 +143,7 @@ fn fixture(
             body_contains: None,
             max_redirects: None,
             isp_sharing: false,
+            objectives: Vec::new(),
         },
         1,
     )?;
@@ -390,6 +392,10 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
         from: clock::to_datetime(now - 31 * 24 * clock::HOUR_US),
         to: clock::to_datetime(now + clock::HOUR_US),
         group_by: vec![Dimension::ConnectionClass, Dimension::Country],
+        confidence: Default::default(),
+        histograms: false,
+        bucket: None,
+        compare: false,
     };
     let mut from_aggregates = Vec::new();
     let mut report = None;
@@ -398,6 +404,26 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
         let mut conn = db.conn()?;
         report = Some(reports::build(&mut conn, &check, &query)?);
         from_aggregates.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    // The same report with objectives judged on every row and the previous window
+    // compared (intervals are always computed).
+    let mut with_objectives = check.clone();
+    with_objectives.objectives = serde_json::json!([
+        {"phase": "ttfb", "percentile": 95, "max_ms": 200},
+        {"phase": "total", "percentile": 99, "max_ms": 400},
+        {"availability_min": 99.5},
+    ])
+    .to_string();
+    let full_query = ReportQuery {
+        compare: true,
+        ..query.clone()
+    };
+    let mut full = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let mut conn = db.conn()?;
+        reports::build(&mut conn, &with_objectives, &full_query)?;
+        full.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     let mut from_raw = Vec::new();
     let mut raw = Vec::new();
@@ -433,6 +459,11 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
         "  {:<34} {:>9.1} ms",
         "merge aggregates (HdrHistogram)",
         median(&mut from_aggregates)
+    );
+    println!(
+        "  {:<34} {:>9.1} ms",
+        "  + 3 objectives, compare=previous",
+        median(&mut full)
     );
     println!(
         "  {:<34} {:>9.1} ms",

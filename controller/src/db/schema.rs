@@ -85,6 +85,7 @@ diesel::table! {
         created_at -> BigInt,
         isp_sharing -> Bool,
         body_contains -> Nullable<Text>,
+        objectives -> Text,
         max_redirects -> Integer,
     }
 }

@@ -115,6 +115,7 @@ pub struct CheckFields {
     max_bytes: String,
     timeout_ms: String,
     max_redirects: String,
+    objectives: String,
     every_seconds: String,
     countries: String,
     asns: String,
@@ -191,6 +192,12 @@ fn new_check_of(f: &CheckFields) -> Result<NewCheck, Error> {
         },
         body_contains: Some(f.body_contains.clone()).filter(|b| !b.is_empty()),
         isp_sharing: f.isp_sharing.is_some(),
+        objectives: f
+            .objectives
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(crate::objectives::Objective::parse_line)
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -205,6 +212,7 @@ fn form_of(f: &CheckFields, sites: Vec<(String, String)>) -> CheckForm {
         max_bytes: f.max_bytes.clone(),
         timeout_ms: f.timeout_ms.clone(),
         max_redirects: f.max_redirects.clone(),
+        objectives: f.objectives.clone(),
         every_seconds: f.every_seconds.clone(),
         countries: f.countries.clone(),
         asns: f.asns.clone(),
@@ -386,6 +394,11 @@ async fn render_detail(
                 ", at most {} bytes, within {} ms",
                 check.max_bytes, check.timeout_ms
             ));
+            let objectives: Vec<String> = check
+                .objectives()
+                .iter()
+                .map(crate::objectives::Objective::to_line)
+                .collect();
             let detail = CheckDetail {
                 id: check.id.clone(),
                 name: check.name.clone(),
@@ -393,6 +406,7 @@ async fn render_detail(
                 schedule: schedule_text(&check),
                 selection: selection_text(&check.selection()),
                 expectations,
+                objectives,
             };
             let items: Vec<RunItem> = runs.iter().map(run_item).collect();
             html(

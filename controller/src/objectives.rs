@@ -1,0 +1,397 @@
+//! SLA objectives: what a check promises, and whether a report row kept the promise.
+//!
+//! An objective is either a latency bound, `{"phase": "ttfb", "percentile": 95,
+//! "max_ms": 800}` ("ttfb p95 <= 800 ms"), or an availability floor,
+//! `{"availability_min": 99.5}` (percent). Either may carry `"connection_class"`, and
+//! then applies only to report rows of that class (so a report must be grouped by
+//! `connection_class` to show it); without one it applies to every row. Objectives are
+//! stored with the check as JSON text and validated when the check is created.
+//!
+//! Each report row states, per objective that applies to it:
+//!
+//! - `met`: latency: the row's pNN (from the merged histogram, as reported) `<= max_ms`;
+//!   availability: `availability >= availability_min`. `null` when the row has no
+//!   successful sample of that phase.
+//! - `actual`: pNN in ms, or availability in percent; `actual_ci` its interval at the
+//!   report's confidence ([`crate::confidence`]), and `conclusive`: whether that whole
+//!   interval lies on the verdict's side of the limit (a breach "for sure" vs a breach
+//!   that more samples might undo); `null` when there is no interval.
+//! - `margin`: how far from the limit, positive on the good side: `max_ms - actual` ms,
+//!   or `actual - availability_min` percentage points.
+//! - **Error budget.** Latency `pNN <= X` allows a fraction `a = (100 - NN) / 100` of the
+//!   samples above X: `allowed_bad = a · n` over the row's n successful samples;
+//!   `bad` = samples above X (counted from the histogram: samples whose bucket's highest
+//!   value exceeds X, the same rule `met` uses, so `met` ⇔ `remaining >= 0` up to
+//!   rounding of `a · n`). Availability `>= A %` allows `allowed_bad = (1 - A/100) · n`
+//!   failures over the row's n measurements, `bad` = failures. In both,
+//!   `error_budget_remaining = 1 - bad / allowed_bad`: 1 untouched, 0 spent, negative
+//!   overspent (-1: twice the allowance used).
+
+use hdrhistogram::Histogram;
+use lastmile_protocol::{ConnectionClass, Phase};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::confidence::{self, Confidence};
+use crate::error::{Error, Result};
+use crate::histogram::MAX_US;
+
+/// One SLA objective of a check.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"phase": "ttfb", "percentile": 95, "max_ms": 800, "connection_class": "dsl"}))]
+pub struct Objective {
+    /// Latency objective: the phase bounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Latency objective: which percentile, above 0 and below 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub percentile: Option<f64>,
+    /// Latency objective: the bound, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ms: Option<f64>,
+    /// Availability objective: the floor, percent (above 0, below 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_min: Option<f64>,
+    /// Only rows of this connection class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_class: Option<ConnectionClass>,
+}
+
+impl Objective {
+    /// Reads the written form people use: `ttfb p95 <= 800 ms`, `total p99 <= 3 s`,
+    /// `availability >= 99.5 %`, each optionally ending `for dsl`. The error says what
+    /// was expected.
+    pub fn parse_line(line: &str) -> Result<Objective> {
+        let bad = || {
+            Error::invalid(
+                "invalid_objective",
+                format!(
+                    "{:?} is not an objective; write e.g. \"ttfb p95 <= 800 ms\" or \"availability >= 99.5 %\", optionally ending \"for dsl\"",
+                    line.trim()
+                ),
+            )
+        };
+        let text = line.trim().to_lowercase().replace('%', " % ");
+        let (body, class) = match text.rsplit_once(" for ") {
+            Some((b, c)) => (
+                b.to_owned(),
+                Some(c.trim().parse::<ConnectionClass>().map_err(|_| bad())?),
+            ),
+            None => (text.clone(), None),
+        };
+        let words: Vec<&str> = body.split_whitespace().collect();
+        let number = |w: &str| w.parse::<f64>().map_err(|_| bad());
+        match words.as_slice() {
+            ["availability", ">=", a, rest @ ..] if rest.is_empty() || rest == ["%"] => {
+                Ok(Objective {
+                    availability_min: Some(number(a)?),
+                    connection_class: class,
+                    ..Objective::default()
+                })
+            }
+            [phase, pct, "<=", v, unit] if pct.starts_with('p') => {
+                let factor = match *unit {
+                    "ms" => 1.0,
+                    "s" => 1000.0,
+                    _ => return Err(bad()),
+                };
+                Ok(Objective {
+                    phase: Some(phase.parse().map_err(|_| bad())?),
+                    percentile: Some(number(&pct[1..])?),
+                    max_ms: Some(number(v)? * factor),
+                    connection_class: class,
+                    ..Objective::default()
+                })
+            }
+            _ => Err(bad()),
+        }
+    }
+
+    /// The written form [`Objective::parse_line`] reads.
+    pub fn to_line(&self) -> String {
+        let base = match (
+            self.phase,
+            self.percentile,
+            self.max_ms,
+            self.availability_min,
+        ) {
+            (Some(phase), Some(p), Some(ms), _) => format!("{phase} p{p} <= {ms} ms"),
+            (_, _, _, Some(a)) => format!("availability >= {a} %"),
+            _ => String::new(),
+        };
+        match self.connection_class {
+            Some(c) => format!("{base} for {c}"),
+            None => base,
+        }
+    }
+}
+
+/// The most objectives one check may carry.
+pub const MAX_OBJECTIVES: usize = 32;
+
+/// Checks every objective; the error names the offending one and field.
+pub fn validate(objectives: &[Objective]) -> Result<()> {
+    if objectives.len() > MAX_OBJECTIVES {
+        return Err(Error::invalid(
+            "invalid_objective",
+            format!("at most {MAX_OBJECTIVES} objectives per check"),
+        ));
+    }
+    for (i, o) in objectives.iter().enumerate() {
+        let bad = |field: &str, why: &str| {
+            Err(Error::invalid(
+                "invalid_objective",
+                format!("objectives[{i}].{field} {why}"),
+            ))
+        };
+        match (o.availability_min, o.phase, o.percentile, o.max_ms) {
+            (Some(a), None, None, None) => {
+                if !(a > 0.0 && a < 100.0) {
+                    return bad(
+                        "availability_min",
+                        "must be a percentage above 0 and below 100",
+                    );
+                }
+            }
+            (Some(_), ..) => return bad(
+                "availability_min",
+                "cannot be combined with phase/percentile/max_ms; give them as separate objectives",
+            ),
+            (None, phase, percentile, max_ms) => {
+                if phase.is_none() {
+                    return bad("phase", "is required (or give availability_min)");
+                }
+                match percentile {
+                    None => return bad("percentile", "is required with phase"),
+                    Some(p) if !(p > 0.0 && p < 100.0) => {
+                        return bad("percentile", "must be above 0 and below 100")
+                    }
+                    Some(_) => {}
+                }
+                let max_ceiling = (MAX_US / 1000) as f64;
+                match max_ms {
+                    None => return bad("max_ms", "is required with phase"),
+                    Some(m) if !(m > 0.0 && m <= max_ceiling) => {
+                        return bad(
+                            "max_ms",
+                            &format!("must be above 0 and at most {max_ceiling}"),
+                        )
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// How one report row fares against one objective.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ObjectiveOutcome {
+    pub objective: Objective,
+    /// Met (true), breached (false), or no data (null).
+    pub met: Option<bool>,
+    /// pNN in ms, or availability in percent.
+    pub actual: Option<f64>,
+    /// Interval of `actual` at the report's confidence.
+    pub actual_ci: Option<[f64; 2]>,
+    /// Whether the whole interval lies on the verdict's side of the limit.
+    pub conclusive: Option<bool>,
+    /// Distance from the limit, positive on the good side (ms, or percentage points).
+    pub margin: Option<f64>,
+    /// Samples over the latency bound, or failures.
+    pub bad_samples: u64,
+    /// How many the objective allows over the row's samples.
+    pub allowed_bad_samples: f64,
+    /// `1 - bad_samples / allowed_bad_samples` (see the module doc).
+    pub error_budget_remaining: Option<f64>,
+}
+
+/// The data of one report row an objective is judged on.
+pub struct RowData<'a> {
+    pub connection_class: Option<ConnectionClass>,
+    pub successes: u64,
+    pub failures: u64,
+    pub phase: &'a dyn Fn(Phase) -> Option<&'a Histogram<u64>>,
+}
+
+/// The outcomes of the objectives that apply to a row.
+pub fn evaluate(
+    objectives: &[Objective],
+    row: &RowData<'_>,
+    confidence: Confidence,
+) -> Vec<ObjectiveOutcome> {
+    objectives
+        .iter()
+        .filter(|o| o.connection_class.is_none() || o.connection_class == row.connection_class)
+        .map(|o| evaluate_one(o, row, confidence))
+        .collect()
+}
+
+fn evaluate_one(o: &Objective, row: &RowData<'_>, confidence: Confidence) -> ObjectiveOutcome {
+    let budget = |bad: u64, allowed: f64| {
+        if allowed > 0.0 {
+            Some(1.0 - bad as f64 / allowed)
+        } else {
+            None
+        }
+    };
+    let conclusive =
+        |ci: Option<[f64; 2]>, good: &dyn Fn(f64) -> bool| ci.map(|[lo, hi]| good(lo) == good(hi));
+    if let Some(min) = o.availability_min {
+        let n = row.successes + row.failures;
+        let allowed = (1.0 - min / 100.0) * n as f64;
+        if n == 0 {
+            return empty(o, allowed);
+        }
+        let actual = row.successes as f64 / n as f64 * 100.0;
+        let ci = confidence::proportion_interval(row.successes, n, confidence)
+            .map(|[lo, hi]| [lo * 100.0, hi * 100.0]);
+        return ObjectiveOutcome {
+            objective: o.clone(),
+            met: Some(actual >= min),
+            actual: Some(actual),
+            actual_ci: ci,
+            conclusive: conclusive(ci, &|v| v >= min),
+            margin: Some(actual - min),
+            bad_samples: row.failures,
+            allowed_bad_samples: allowed,
+            error_budget_remaining: budget(row.failures, allowed),
+        };
+    }
+    let (Some(phase), Some(pct), Some(max_ms)) = (o.phase, o.percentile, o.max_ms) else {
+        return empty(o, 0.0);
+    };
+    let q = pct / 100.0;
+    let Some(h) = (row.phase)(phase).filter(|h| !h.is_empty()) else {
+        return empty(o, 0.0);
+    };
+    let n = h.len();
+    let limit_us = (max_ms * 1000.0).round() as u64;
+    let allowed = (1.0 - q) * n as f64;
+    let bad: u64 = h
+        .iter_recorded()
+        .filter(|v| v.value_iterated_to() > limit_us)
+        .map(|v| v.count_at_value())
+        .sum();
+    let actual_us = h.value_at_quantile(q);
+    let actual = actual_us as f64 / 1000.0;
+    let ci = confidence::quantile_interval(h, q, confidence)
+        .map(|[lo, hi]| [lo as f64 / 1000.0, hi as f64 / 1000.0]);
+    ObjectiveOutcome {
+        objective: o.clone(),
+        met: Some(actual_us <= limit_us),
+        actual: Some(actual),
+        actual_ci: ci,
+        conclusive: conclusive(ci, &|v| v <= max_ms),
+        margin: Some(max_ms - actual),
+        bad_samples: bad,
+        allowed_bad_samples: allowed,
+        error_budget_remaining: budget(bad, allowed),
+    }
+}
+
+fn empty(o: &Objective, allowed: f64) -> ObjectiveOutcome {
+    ObjectiveOutcome {
+        objective: o.clone(),
+        met: None,
+        actual: None,
+        actual_ci: None,
+        conclusive: None,
+        margin: None,
+        bad_samples: 0,
+        allowed_bad_samples: allowed,
+        error_budget_remaining: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::histogram;
+
+    fn latency(phase: Phase, pct: f64, max_ms: f64) -> Objective {
+        Objective {
+            phase: Some(phase),
+            percentile: Some(pct),
+            max_ms: Some(max_ms),
+            availability_min: None,
+            connection_class: None,
+        }
+    }
+
+    #[test]
+    fn validation_names_the_bad_field() {
+        let mut o = latency(Phase::Ttfb, 95.0, 800.0);
+        assert!(validate(std::slice::from_ref(&o)).is_ok());
+        o.max_ms = Some(-1.0);
+        let e = validate(&[latency(Phase::Ttfb, 95.0, 800.0), o]).unwrap_err();
+        assert!(e.to_string().contains("objectives[1].max_ms"), "{e}");
+        let e = validate(&[latency(Phase::Ttfb, 100.0, 800.0)]).unwrap_err();
+        assert!(e.to_string().contains("objectives[0].percentile"), "{e}");
+        let avail = Objective {
+            phase: None,
+            percentile: None,
+            max_ms: None,
+            availability_min: Some(100.5),
+            connection_class: None,
+        };
+        let e = validate(&[avail]).unwrap_err();
+        assert!(e.to_string().contains("availability_min"), "{e}");
+    }
+
+    #[test]
+    fn error_budget_counts_samples_over_the_bound() {
+        // 1000 samples of 1..=1000 µs (exact in the histogram); p95 <= 0.990 ms allows
+        // 50 over, 10 are over.
+        let mut h = histogram::new_histogram();
+        for us in 1..=1000u64 {
+            h.record(us).unwrap();
+        }
+        let get = |_p: Phase| Some(&h);
+        let row = RowData {
+            connection_class: None,
+            successes: 1000,
+            failures: 0,
+            phase: &get,
+        };
+        let out = evaluate(&[latency(Phase::Ttfb, 95.0, 0.990)], &row, Confidence::P95);
+        let o = &out[0];
+        assert_eq!(o.met, Some(true));
+        assert_eq!(o.bad_samples, 10);
+        assert!((o.allowed_bad_samples - 50.0).abs() < 1e-9);
+        assert!((o.error_budget_remaining.unwrap() - 0.8).abs() < 1e-9);
+        // p95 <= 0.9 ms: 100 over, twice the allowance.
+        let out = evaluate(&[latency(Phase::Ttfb, 95.0, 0.9)], &row, Confidence::P95);
+        assert_eq!(out[0].met, Some(false));
+        assert!((out[0].error_budget_remaining.unwrap() + 1.0).abs() < 1e-9);
+        assert!(out[0].margin.unwrap() < -0.049);
+        assert_eq!(out[0].conclusive, Some(true));
+    }
+
+    #[test]
+    fn objectives_read_and_write_as_people_say_them() {
+        let o = Objective::parse_line("TTFB p95 <= 800 ms").unwrap();
+        assert_eq!(
+            (o.phase, o.percentile, o.max_ms),
+            (Some(Phase::Ttfb), Some(95.0), Some(800.0))
+        );
+        let o = Objective::parse_line("total p99 <= 3 s for dsl").unwrap();
+        assert_eq!(o.max_ms, Some(3000.0));
+        assert_eq!(o.connection_class, Some(ConnectionClass::Dsl));
+        let o = Objective::parse_line("availability >= 99.5%").unwrap();
+        assert_eq!(o.availability_min, Some(99.5));
+        assert_eq!(o.to_line(), "availability >= 99.5 %");
+        assert_eq!(
+            Objective::parse_line("total p99 <= 3 s for dsl")
+                .unwrap()
+                .to_line(),
+            "total p99 <= 3000 ms for dsl"
+        );
+        let err = Objective::parse_line("fast please")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("ttfb p95 <= 800 ms"), "{err}");
+    }
+}

@@ -1,0 +1,443 @@
+//! Owner SLA reports: objectives and error budgets, confidence intervals, windows and
+//! comparison, histogram export; on both backends. Aggregates are written through the
+//! same domain function ingest uses (`ingest::fold`), so results can be placed in past
+//! hours.
+
+use base64::Engine;
+use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
+use lastmile_controller::clock::{now_us, HOUR_US};
+use lastmile_controller::db::count_sql;
+use lastmile_controller::ingest::{self, StoredResult};
+use lastmile_testbed::site::{SiteConfig, TargetSite};
+use serde_json::{json, Value};
+
+use crate::per_backend;
+use crate::support::{TestApp, TestDb};
+
+per_backend!(
+    objectives_are_judged_with_error_budgets_and_intervals,
+    windows_buckets_and_comparison_with_the_previous_window,
+    merged_histograms_export_round_trips,
+);
+
+/// An app with an owner and a check carrying `objectives`; returns (app, owner, check id).
+async fn app_with_check(db: &TestDb, objectives: Value) -> (TestApp, String, String, TargetSite) {
+    let app = TestApp::start_with(db, |c| c.scheduler_tick_ms = 3_600_000).await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let owner = app.owner("owner");
+    let site_id = app.verified_site(&owner, &site).await;
+    let (status, check) = app
+        .call(
+            "POST",
+            "/api/v1/checks",
+            Some(&owner),
+            Some(json!({"site_id": site_id, "url": site.origin(), "objectives": objectives})),
+        )
+        .await;
+    assert_eq!(status, 201, "{check}");
+    let id = check["id"].as_str().unwrap().to_owned();
+    (app, owner, id, site)
+}
+
+/// Folds one measurement of `class` received at `at` into the aggregates.
+fn fold(app: &TestApp, check: &str, class: &str, at: i64, ttfb_us: i64, ok: bool) {
+    let mut conn = app.db().conn().unwrap();
+    let r = StoredResult {
+        assignment_id: String::new(),
+        run_id: String::new(),
+        check_id: check.to_owned(),
+        agent_id: String::new(),
+        received_at: at,
+        started_at: at,
+        late: false,
+        status: Some(200),
+        bytes: 1000,
+        error_kind: (!ok).then(|| "total_timeout".to_owned()),
+        error_message: None,
+        dns_us: 100,
+        connect_us: 1000,
+        tls_us: 0,
+        ttfb_us,
+        transfer_us: 2000,
+        total_us: ttfb_us + 3100,
+        country: "DE".into(),
+        region: "BE".into(),
+        asn: 64_501,
+        connection_class: class.into(),
+        remote_addr: None,
+        ip_version: None,
+        http_version: None,
+        bytes_decoded: 1000,
+        redirects: 0,
+        redirect_us: 0,
+    };
+    ingest::fold(&mut conn, &r).unwrap();
+}
+
+fn row<'a>(report: &'a Value, class: &str) -> &'a Value {
+    report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["group"]["connection_class"] == class)
+        .unwrap_or_else(|| panic!("no {class} row in {report}"))
+}
+
+fn outcome<'a>(row: &'a Value, key: &str) -> &'a Value {
+    row["objectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["objective"].get(key).is_some())
+        .unwrap_or_else(|| panic!("no {key} objective in {row}"))
+}
+
+async fn objectives_are_judged_with_error_budgets_and_intervals(db: TestDb) {
+    let (app, owner, check, _site) = app_with_check(
+        &db,
+        json!([
+            {"phase": "ttfb", "percentile": 95, "max_ms": 100.5},
+            {"availability_min": 99},
+            {"phase": "total", "percentile": 99, "max_ms": 50, "connection_class": "fibre"},
+        ]),
+    )
+    .await;
+    let (_, view) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(view["objectives"][0]["max_ms"], 100.5);
+    assert_eq!(view["objectives"][2]["connection_class"], "fibre");
+
+    let now = now_us();
+    // dsl: ttfb 1..=200 ms twice and one failure. p95 = 190 ms breaches 100.5 ms; 200
+    // samples are over it where 5 % of 400 = 20 are allowed. Availability 400/401 meets
+    // 99 %.
+    for ms in (1..=200).chain(1..=200) {
+        fold(&app, &check, "dsl", now, ms * 1000, true);
+    }
+    fold(&app, &check, "dsl", now, 0, false);
+    // fibre: 100 fast samples; every objective met.
+    for i in 0..100 {
+        fold(&app, &check, "fibre", now, 10_000 + i * 10, true);
+    }
+    // cable: 10 samples, too few for a p95 interval.
+    for i in 0..10 {
+        fold(&app, &check, "cable", now, 30_000 + i * 100, true);
+    }
+
+    let (status, report) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/report?group_by=connection_class"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["confidence"], "0.95");
+    let dsl = row(&report, "dsl");
+    let latency = outcome(dsl, "phase");
+    assert_eq!(latency["met"], false, "{latency}");
+    assert_eq!(latency["bad_samples"], 200);
+    assert!((latency["allowed_bad_samples"].as_f64().unwrap() - 20.0).abs() < 1e-9);
+    assert!((latency["error_budget_remaining"].as_f64().unwrap() + 9.0).abs() < 1e-9);
+    assert!(latency["margin"].as_f64().unwrap() < -89.0, "{latency}");
+    assert_eq!(latency["conclusive"], true, "{latency}");
+    let avail = outcome(dsl, "availability_min");
+    assert_eq!(avail["met"], true, "{avail}");
+    assert_eq!(avail["bad_samples"], 1);
+    let remaining = avail["error_budget_remaining"].as_f64().unwrap();
+    assert!((remaining - (1.0 - 1.0 / 4.01)).abs() < 1e-9, "{remaining}");
+    // The fibre-only objective applies to the fibre row alone.
+    assert_eq!(dsl["objectives"].as_array().unwrap().len(), 2);
+    let fibre = row(&report, "fibre");
+    assert_eq!(fibre["objectives"].as_array().unwrap().len(), 3);
+    assert!(fibre["objectives"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["met"] == true));
+    assert_eq!(
+        outcome(fibre, "connection_class")["error_budget_remaining"],
+        1.0
+    );
+
+    // Every interval brackets its percentile; the availability interval its availability.
+    for phase in ["ttfb", "total"] {
+        let p = &dsl["phases"][phase];
+        assert_eq!(p["insufficient_samples"], false, "{p}");
+        for nn in ["p50", "p90", "p95", "p99"] {
+            let v = p[nn].as_u64().unwrap();
+            let ci = p[format!("{nn}_ci")].as_array().unwrap();
+            let (lo, hi) = (ci[0].as_u64().unwrap(), ci[1].as_u64().unwrap());
+            assert!(
+                lo <= v && v <= hi && lo < hi,
+                "{phase} {nn}: {lo} <= {v} <= {hi}"
+            );
+        }
+    }
+    let a = dsl["availability"].as_f64().unwrap();
+    let ci = dsl["availability_ci"].as_array().unwrap();
+    assert!(
+        ci[0].as_f64().unwrap() < a && a < ci[1].as_f64().unwrap(),
+        "{dsl}"
+    );
+
+    // Too few samples: the interval is null and the row says what it would need.
+    let cable = &row(&report, "cable")["phases"]["ttfb"];
+    assert_eq!(cable["insufficient_samples"], true, "{cable}");
+    assert_eq!(cable["p95_ci"], Value::Null);
+    assert!(
+        cable["p50_ci"].is_array(),
+        "10 samples are enough for p50: {cable}"
+    );
+    assert!(
+        cable["note"].as_str().unwrap().contains("p95 needs 59"),
+        "{cable}"
+    );
+    // A wider confidence needs more samples.
+    let (_, wide) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/report?group_by=connection_class&confidence=0.99"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert!(row(&wide, "cable")["phases"]["ttfb"]["note"]
+        .as_str()
+        .unwrap()
+        .contains("p95 needs 90"));
+
+    // CSV: empty interval cells and the note for the cable row.
+    let (_, csv) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/report?group_by=connection_class&format=csv"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    let csv = csv.as_str().unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let cable_line = csv.lines().find(|l| l.starts_with("cable,")).unwrap();
+    assert!(cable_line.contains("p95 needs 59"), "{cable_line}");
+    let dsl_line: Vec<&str> = csv
+        .lines()
+        .find(|l| l.starts_with("dsl,"))
+        .unwrap()
+        .split(',')
+        .collect();
+    assert!(!dsl_line[col("ttfb_p95_ci_low_us")].is_empty());
+
+    // A bad objective is a 422 naming it, and nothing is stored.
+    let (status, body) = app
+        .call(
+            "POST",
+            "/api/v1/checks",
+            Some(&owner),
+            Some(json!({"site_id": view["site_id"], "url": view["url"],
+                "objectives": [{"availability_min": 99.9}, {"phase": "ttfb", "percentile": 95}]})),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"], "invalid_objective");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("objectives[1].max_ms"),
+        "{body}"
+    );
+    let mut conn = app.db().conn().unwrap();
+    assert_eq!(
+        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM checks").unwrap(),
+        1
+    );
+    drop(conn);
+    app.controller.stop().await.unwrap();
+}
+
+async fn windows_buckets_and_comparison_with_the_previous_window(db: TestDb) {
+    let (app, owner, check, _site) = app_with_check(&db, json!([])).await;
+    let now = now_us();
+    let yesterday = now - 25 * HOUR_US;
+    // Yesterday: ttfb ~50 ms, all fine. Now: ttfb ~100 ms and a quarter failing.
+    for i in 0..200 {
+        fold(&app, &check, "dsl", yesterday, 50_000 + i * 10, true);
+        fold(&app, &check, "dsl", now, 100_000 + i * 10, i % 4 != 0);
+    }
+    let get = |query: String| {
+        let app = &app;
+        let owner = owner.clone();
+        let check = check.clone();
+        async move {
+            app.call(
+                "GET",
+                &format!("/api/v1/checks/{check}/report?group_by=connection_class&{query}"),
+                Some(&owner),
+                None,
+            )
+            .await
+        }
+    };
+    let (status, day) = get("window=24h&compare=previous".into()).await;
+    assert_eq!(status, 200, "{day}");
+    let dsl = row(&day, "dsl");
+    assert_eq!(dsl["samples"], 200);
+    let prev = &dsl["previous"];
+    assert_eq!(prev["samples"], 200, "{dsl}");
+    let p50 = &prev["phases"]["ttfb"]["p50"];
+    assert!(p50["change"].as_i64().unwrap() > 45_000, "{p50}");
+    assert_eq!(p50["significant"], true, "{p50}");
+    let avail = &prev["availability"];
+    assert_eq!(avail["previous"], 1.0);
+    assert!(
+        (avail["change"].as_f64().unwrap() + 0.25).abs() < 1e-9,
+        "{avail}"
+    );
+    assert_eq!(avail["significant"], true, "{avail}");
+    let compared = &day["compared_with"];
+    assert_eq!(compared["to"], day["window"]["from"], "{day}");
+
+    // The last hour holds only today's samples; 7 days hold both.
+    let (_, hour) = get("window=1h".into()).await;
+    assert_eq!(row(&hour, "dsl")["samples"], 200);
+    let (_, week) = get("window=7d".into()).await;
+    assert_eq!(row(&week, "dsl")["samples"], 400);
+    // Hour buckets split the week into the two hours that have data.
+    let (_, hourly) = get("window=7d&bucket=1h".into()).await;
+    let rows = hourly["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{hourly}");
+    assert!(rows
+        .iter()
+        .all(|r| r["samples"] == 200 && r["group"]["bucket_start"].is_string()));
+    // Day buckets merge hours: every sample still counted once.
+    let (_, daily) = get("window=30d&bucket=1d".into()).await;
+    let total: u64 = daily["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["samples"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 400, "{daily}");
+    assert_eq!(daily["bucket"], "1d");
+    // A custom window before anything was measured is empty.
+    let (_, old) = get("from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z".into()).await;
+    assert_eq!(old["rows"].as_array().unwrap().len(), 0);
+
+    // Bad parameters are 4xx naming the problem.
+    for (query, code) in [
+        ("window=2w", "invalid_window"),
+        ("bucket=1w", "invalid_bucket"),
+        ("compare=last", "invalid_compare"),
+        ("confidence=0.5", "invalid_confidence"),
+        ("window=24h&from=2020-01-01T00:00:00Z", "invalid_window"),
+    ] {
+        let (status, body) = get(query.into()).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (422, Some(code)),
+            "{query}: {body}"
+        );
+    }
+    app.controller.stop().await.unwrap();
+}
+
+async fn merged_histograms_export_round_trips(db: TestDb) {
+    let (app, owner, check, _site) = app_with_check(&db, json!([])).await;
+    let now = now_us();
+    for i in 0..300 {
+        fold(
+            &app,
+            &check,
+            "dsl",
+            now - (i % 3) * HOUR_US,
+            20_000 + i * 97,
+            true,
+        );
+        fold(&app, &check, "fibre", now, 5_000 + i * 13, true);
+    }
+    let (status, report) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/report?group_by=connection_class&histograms=true"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let mut seen = 0;
+    for r in report["rows"].as_array().unwrap() {
+        for (phase, encoded) in r["histograms"].as_object().unwrap() {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(encoded.as_str().unwrap())
+                .unwrap();
+            let h: Histogram<u64> = Deserializer::new().deserialize(&mut &bytes[..]).unwrap();
+            let p = &r["phases"][phase];
+            assert_eq!(h.len(), p["samples"].as_u64().unwrap());
+            assert_eq!(h.len(), 300);
+            assert_eq!(h.value_at_quantile(0.95), p["p95"].as_u64().unwrap());
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, 2 * 6);
+    // Without the flag, no histograms.
+    let (_, plain) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/report?group_by=connection_class"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert!(plain["rows"][0].get("histograms").is_none());
+
+    // format=hdr: an HdrHistogram interval log with one tagged line per row and phase.
+    let (status, log) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/report?group_by=connection_class&format=hdr"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let log = log.as_str().unwrap();
+    let mut lines = 0;
+    for entry in IntervalLogIterator::new(log.as_bytes()) {
+        if let LogEntry::Interval(interval) = entry.unwrap() {
+            let tag = interval.tag().unwrap().as_str().to_owned();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(interval.encoded_histogram())
+                .unwrap();
+            let h: Histogram<u64> = Deserializer::new().deserialize(&mut &bytes[..]).unwrap();
+            let class = if tag.contains("class=dsl") {
+                "dsl"
+            } else {
+                "fibre"
+            };
+            let phase = tag.rsplit("phase=").next().unwrap();
+            let p = &row(&report, class)["phases"][phase];
+            assert_eq!(h.len(), p["samples"].as_u64().unwrap(), "{tag}");
+            assert_eq!(
+                h.value_at_quantile(0.5),
+                p["p50"].as_u64().unwrap(),
+                "{tag}"
+            );
+            lines += 1;
+        }
+    }
+    assert_eq!(lines, 2 * 6, "{log}");
+    app.controller.stop().await.unwrap();
+}
