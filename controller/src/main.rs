@@ -45,6 +45,9 @@ enum Command {
         /// MaxMind ASN database (GeoLite2-ASN layout).
         #[arg(long, env = "LASTMILE_ASN_DB")]
         asn_db: Option<PathBuf>,
+        /// Nameserver (ip:port) that DNS TXT ownership checks ask; default: the system's.
+        #[arg(long, env = "LASTMILE_DNS_NAMESERVER")]
+        dns_nameserver: Option<SocketAddr>,
     },
     /// Apply pending database migrations and exit.
     Migrate,
@@ -257,8 +260,12 @@ fn main() -> anyhow::Result<()> {
             listen,
             city_db,
             asn_db,
+            dns_nameserver,
         } => {
             let mut config = config;
+            if dns_nameserver.is_some() {
+                config.dns_nameserver = dns_nameserver;
+            }
             if let Some(listen) = listen {
                 config.listen = listen;
             }
