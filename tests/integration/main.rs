@@ -9,6 +9,8 @@ mod agent_lifecycle;
 mod api_errors;
 mod calibration;
 mod dashboard;
+mod dashboard_pages;
+mod dns;
 mod end_to_end;
 mod isp;
 mod leaderboard;
