@@ -7,8 +7,10 @@ use chrono::{TimeZone, Utc};
 use plotters::prelude::*;
 
 /// Size the charts are drawn at; CSS scales them to the column's width.
-const W: u32 = 720;
-const H: u32 = 300;
+const W: u32 = 480;
+const H: u32 = 250;
+/// Label size at the drawn size: about 13 px on a desktop column, 11 px on a phone.
+const LABEL_PX: u32 = 16;
 
 /// Colours for series, distinguishable for the common colour-vision deficiencies
 /// (Okabe–Ito).
@@ -50,28 +52,34 @@ pub fn time_chart(title: &str, series: &[Series], from: i64, to: i64) -> String 
     let ymax = nice_ceiling(ymax.max(1.0) * 1.1);
     let (from, to) = if to > from { (from, to) } else { (from, from + 3600) };
     let span = to - from;
+    // The x axis counts hours (or days, past two days) from the window's start, which
+    // is on a whole hour: round tick numbers then fall on whole hours or days.
+    let unit: i64 = if span > 2 * 86_400 { 86_400 } else { 3_600 };
+    let x_of = |t: i64| (t - from) as f64 / unit as f64;
+    let x_max = x_of(to);
     let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
         let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
-            .margin(14)
-            .x_label_area_size(30)
-            .y_label_area_size(58)
-            .build_cartesian_2d(from..to, 0.0..ymax)?;
+            .margin(10)
+            .margin_right(18)
+            .x_label_area_size(28)
+            .y_label_area_size(62)
+            .build_cartesian_2d(0.0..x_max, 0.0..ymax)?;
         chart
             .configure_mesh()
-            .x_labels(6)
-            .y_labels(6)
-            .x_label_formatter(&|x| time_label(*x, span))
+            .x_labels(5)
+            .y_labels(5)
+            .x_label_formatter(&|x| time_label(from + (x * unit as f64).round() as i64, span))
             .y_label_formatter(&|y| format!("{y:.0} ms"))
-            .label_style(("sans-serif", 13).into_font().color(&RGBColor(93, 109, 126)))
+            .label_style(("sans-serif", LABEL_PX).into_font().color(&RGBColor(70, 84, 98)))
             .bold_line_style(RGBColor(225, 230, 235))
             .light_line_style(RGBColor(243, 245, 247))
             .axis_style(RGBColor(180, 188, 196))
             .draw()?;
         for s in series {
             let color = PALETTE[s.color % PALETTE.len()];
-            let points: Vec<(i64, f64)> = s.points.clone();
+            let points: Vec<(f64, f64)> = s.points.iter().map(|(t, v)| (x_of(*t), *v)).collect();
             chart.draw_series(LineSeries::new(
                 points.clone(),
                 ShapeStyle::from(&color).stroke_width(2),
@@ -79,7 +87,7 @@ pub fn time_chart(title: &str, series: &[Series], from: i64, to: i64) -> String 
             chart.draw_series(
                 points
                     .iter()
-                    .map(|p| Circle::new(*p, 4, ShapeStyle::from(&color).filled())),
+                    .map(|p| Circle::new(*p, 5, ShapeStyle::from(&color).filled())),
             )?;
         }
         root.present()?;
@@ -133,9 +141,10 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
         let root = SVGBackend::with_string(&mut hist_svg, (W, H)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
-            .margin(14)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
+            .margin(10)
+            .margin_right(18)
+            .x_label_area_size(28)
+            .y_label_area_size(52)
             .build_cartesian_2d(lo..hi, 0.0..top)?;
         chart
             .configure_mesh()
@@ -143,7 +152,7 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
             .y_labels(5)
             .x_label_formatter(&|x| format!("{} ms", short(*x)))
             .y_label_formatter(&|y| format!("{y:.0} %"))
-            .label_style(("sans-serif", 13).into_font().color(&RGBColor(93, 109, 126)))
+            .label_style(("sans-serif", LABEL_PX).into_font().color(&RGBColor(70, 84, 98)))
             .bold_line_style(RGBColor(225, 230, 235))
             .light_line_style(RGBColor(243, 245, 247))
             .axis_style(RGBColor(180, 188, 196))
@@ -177,9 +186,10 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
         let root = SVGBackend::with_string(&mut cdf_svg, (W, H)).into_drawing_area();
         root.fill(&WHITE)?;
         let mut chart = ChartBuilder::on(&root)
-            .margin(14)
-            .x_label_area_size(30)
-            .y_label_area_size(50)
+            .margin(10)
+            .margin_right(18)
+            .x_label_area_size(28)
+            .y_label_area_size(52)
             .build_cartesian_2d(lo..max_ms, 0.0..100.0)?;
         chart
             .configure_mesh()
@@ -187,7 +197,7 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
             .y_labels(5)
             .x_label_formatter(&|x| format!("{} ms", short(*x)))
             .y_label_formatter(&|y| format!("{y:.0} %"))
-            .label_style(("sans-serif", 13).into_font().color(&RGBColor(93, 109, 126)))
+            .label_style(("sans-serif", LABEL_PX).into_font().color(&RGBColor(70, 84, 98)))
             .bold_line_style(RGBColor(225, 230, 235))
             .light_line_style(RGBColor(243, 245, 247))
             .axis_style(RGBColor(180, 188, 196))

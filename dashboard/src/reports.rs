@@ -66,9 +66,10 @@ pub struct ReportView {
     pub to_s: i64,
     /// "hourly" or "daily" buckets.
     pub bucket_label: String,
-    /// Per class: ttfb p50 and p95, total p95 over time (same order, same colours).
+    /// Per class: ttfb and total p50 and p95 over time (same order, same colours).
     pub ttfb_p50: Vec<Series>,
     pub ttfb_p95: Vec<Series>,
+    pub total_p50: Vec<Series>,
     pub total_p95: Vec<Series>,
     /// (value µs, count) of the merged ttfb histogram over all rows.
     pub ttfb_distribution: Vec<(u64, u64)>,
@@ -81,8 +82,9 @@ pub struct ReportView {
 pub fn report(nav: &Nav, r: &ReportView) -> Markup {
     let (hist, cdf) = charts::distribution("Time to first byte", &r.ttfb_distribution);
     let charts_over_time = [
-        ("ttfb-p95", "Time to first byte, p95", &r.ttfb_p95),
         ("ttfb-p50", "Time to first byte, median (p50)", &r.ttfb_p50),
+        ("ttfb-p95", "Time to first byte, p95", &r.ttfb_p95),
+        ("total-p50", "Total time, median (p50)", &r.total_p50),
         ("total-p95", "Total time, p95", &r.total_p95),
     ];
     page(
@@ -163,13 +165,13 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
                         tbody {
                             @for row in &r.rows {
                                 tr {
-                                    td { (row.class) }
-                                    td { (row.country) }
-                                    td.num { (row.samples) }
-                                    td.num { (row.availability) br; small { (row.availability_ci) } }
-                                    td.num { (row.p50) br; small { (row.p50_ci) } }
-                                    td.num { (row.p95) br; small { (row.p95_ci) } }
-                                    td {
+                                    td data-label="Class" { (row.class) }
+                                    td data-label="Country" { (row.country) }
+                                    td.num data-label="Samples" { (row.samples) }
+                                    td.num data-label="Availability" { (row.availability) br; small { (row.availability_ci) } }
+                                    td.num data-label="TTFB p50" { (row.p50) br; small { (row.p50_ci) } }
+                                    td.num data-label="TTFB p95" { (row.p95) br; small { (row.p95_ci) } }
+                                    td.objectives data-label="Objectives" {
                                         @if row.objectives.is_empty() { span.muted { "none set" } }
                                         @for o in &row.objectives {
                                             div.objective {

@@ -75,7 +75,7 @@ fn standing_card(id: &str, label: &str, s: Option<Standing>) -> Markup {
             @match s {
                 Some(s) => {
                     span.stat-value { "#" (s.rank) }
-                    span.stat-note { (s.points) " points · of " (s.of) }
+                    span.stat-note { (s.points) " points · " (s.of) " ranked" }
                 }
                 None => {
                     span.stat-value { "–" }

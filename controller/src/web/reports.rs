@@ -133,6 +133,7 @@ pub async fn report(
         },
         ttfb_p50: series(&over_time, Phase::Ttfb, |p| p.p50),
         ttfb_p95: series(&over_time, Phase::Ttfb, |p| p.p95),
+        total_p50: series(&over_time, Phase::Total, |p| p.p50),
         total_p95: series(&over_time, Phase::Total, |p| p.p95),
         ttfb_distribution: distribution(&overall, Phase::Ttfb),
         rows: table.rows.iter().map(row).collect(),
@@ -222,7 +223,7 @@ fn percentile(p: Option<&Percentiles>, pick: fn(&Percentiles) -> (u64, Option<[u
                 ms(v),
                 match ci {
                     Some([lo, hi]) => format!("{} – {}", ms(lo), ms(hi)),
-                    None => format!("too few samples ({}) for an interval", p.samples),
+                    None => format!("no interval yet ({} samples)", p.samples),
                 },
             )
         }
