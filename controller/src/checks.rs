@@ -238,7 +238,14 @@ pub fn create(
     min_interval_s: u64,
 ) -> Result<Check> {
     let now = now_us();
-    let check = validated(conn, owner_id, new, min_interval_s, Uuid::new_v4().to_string(), now)?;
+    let check = validated(
+        conn,
+        owner_id,
+        new,
+        min_interval_s,
+        Uuid::new_v4().to_string(),
+        now,
+    )?;
     diesel::insert_into(checks::table)
         .values(&check)
         .execute(conn)?;

@@ -188,7 +188,10 @@ pub fn build(conn: &mut DbConn, period: Period, now: DateTime<Utc>) -> Result<Le
 
 /// A volunteer's place on `board`, if they have any points in its period.
 pub fn standing<'a>(board: &'a Leaderboard, volunteer_id: &str) -> Option<&'a Entry> {
-    board.entries.iter().find(|e| e.volunteer_id == volunteer_id)
+    board
+        .entries
+        .iter()
+        .find(|e| e.volunteer_id == volunteer_id)
 }
 
 /// The leaderboard as CSV, one volunteer per line.

@@ -50,7 +50,11 @@ pub fn time_chart(title: &str, series: &[Series], from: i64, to: i64) -> String 
         .flat_map(|s| s.points.iter().map(|p| p.1))
         .fold(0.0_f64, f64::max);
     let ymax = nice_ceiling(ymax.max(1.0) * 1.1);
-    let (from, to) = if to > from { (from, to) } else { (from, from + 3600) };
+    let (from, to) = if to > from {
+        (from, to)
+    } else {
+        (from, from + 3600)
+    };
     let span = to - from;
     // The x axis counts hours (or days, past two days) from the window's start, which
     // is on a whole hour: round tick numbers then fall on whole hours or days.
@@ -72,7 +76,11 @@ pub fn time_chart(title: &str, series: &[Series], from: i64, to: i64) -> String 
             .y_labels(5)
             .x_label_formatter(&|x| time_label(from + (x * unit as f64).round() as i64, span))
             .y_label_formatter(&|y| format!("{y:.0} ms"))
-            .label_style(("sans-serif", LABEL_PX).into_font().color(&RGBColor(70, 84, 98)))
+            .label_style(
+                ("sans-serif", LABEL_PX)
+                    .into_font()
+                    .color(&RGBColor(70, 84, 98)),
+            )
             .bold_line_style(RGBColor(225, 230, 235))
             .light_line_style(RGBColor(243, 245, 247))
             .axis_style(RGBColor(180, 188, 196))
@@ -133,7 +141,10 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
         let i = (((ms - lo) / width) as usize).min(BINS - 1);
         bins[i] += n;
     }
-    let shares: Vec<f64> = bins.iter().map(|n| *n as f64 * 100.0 / total as f64).collect();
+    let shares: Vec<f64> = bins
+        .iter()
+        .map(|n| *n as f64 * 100.0 / total as f64)
+        .collect();
     let top = nice_ceiling(shares.iter().copied().fold(0.0, f64::max).max(1.0) * 1.1);
 
     let mut hist_svg = String::new();
@@ -152,7 +163,11 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
             .y_labels(5)
             .x_label_formatter(&|x| format!("{} ms", short(*x)))
             .y_label_formatter(&|y| format!("{y:.0} %"))
-            .label_style(("sans-serif", LABEL_PX).into_font().color(&RGBColor(70, 84, 98)))
+            .label_style(
+                ("sans-serif", LABEL_PX)
+                    .into_font()
+                    .color(&RGBColor(70, 84, 98)),
+            )
             .bold_line_style(RGBColor(225, 230, 235))
             .light_line_style(RGBColor(243, 245, 247))
             .axis_style(RGBColor(180, 188, 196))
@@ -197,7 +212,11 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
             .y_labels(5)
             .x_label_formatter(&|x| format!("{} ms", short(*x)))
             .y_label_formatter(&|y| format!("{y:.0} %"))
-            .label_style(("sans-serif", LABEL_PX).into_font().color(&RGBColor(70, 84, 98)))
+            .label_style(
+                ("sans-serif", LABEL_PX)
+                    .into_font()
+                    .color(&RGBColor(70, 84, 98)),
+            )
             .bold_line_style(RGBColor(225, 230, 235))
             .light_line_style(RGBColor(243, 245, 247))
             .axis_style(RGBColor(180, 188, 196))
@@ -294,7 +313,10 @@ mod tests {
             1_700_000_000,
             1_700_007_200,
         );
-        assert!(svg.starts_with("<svg role=\"img\" aria-label=\"ttfb p95\""), "{svg}");
+        assert!(
+            svg.starts_with("<svg role=\"img\" aria-label=\"ttfb p95\""),
+            "{svg}"
+        );
         let tag = svg.lines().next().unwrap_or_default();
         assert!(!tag.contains("width="), "{tag}");
         assert!(tag.contains("viewBox"), "{tag}");

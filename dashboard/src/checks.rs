@@ -84,7 +84,11 @@ pub struct CheckForm {
 
 pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
     let (title, action, submit) = match &f.editing {
-        Some((id, _)) => ("Edit check", format!("/app/checks/{id}/edit"), "Save changes"),
+        Some((id, _)) => (
+            "Edit check",
+            format!("/app/checks/{id}/edit"),
+            "Save changes",
+        ),
         None => ("New check", "/app/checks".to_owned(), "Create check"),
     };
     page(

@@ -43,7 +43,7 @@ pub fn leaderboard(nav: Option<&Nav>, period: &str, since: &str, places: &[Place
                     table.leaderboard {
                         thead { tr {
                             th scope="col" { "Rank" } th scope="col" { "Volunteer" } th scope="col" { "Points" }
-                            th scope="col" { "Hours online" } th scope="col" { "Measurements" }
+                            th scope="col" { "Hours online" } th.wide-only scope="col" { "Measurements" }
                         } }
                         tbody {
                             @for p in places {
@@ -52,7 +52,7 @@ pub fn leaderboard(nav: Option<&Nav>, period: &str, since: &str, places: &[Place
                                     td { (p.volunteer) @if p.you { " " span.badge.ok { "you" } } }
                                     td.num { strong { (p.points) } }
                                     td.num { (format!("{:.1}", p.online_hours)) }
-                                    td.num { (p.measurements) }
+                                    td.num.wide-only { (p.measurements) }
                                 }
                             }
                         }

@@ -33,7 +33,9 @@ const PHONE: (u32, u32) = (390, 1100);
 async fn shots(browser: &Browser, db: &TestDb, name: &str) {
     let backend = db.backend_name();
     fit_page(browser, DESKTOP.0).await;
-    browser.screenshot(&format!("{backend}-{name}-desktop")).await;
+    browser
+        .screenshot(&format!("{backend}-{name}-desktop"))
+        .await;
     fit_page(browser, PHONE.0).await;
     let overflow = browser
         .client
@@ -120,7 +122,10 @@ async fn wait_for_text(browser: &Browser, app: &TestApp, path: &str, css: &str, 
         if text.contains(want) {
             return;
         }
-        assert!(Instant::now() < deadline, "{path}: {css} never showed {want:?}: {text}");
+        assert!(
+            Instant::now() < deadline,
+            "{path}: {css} never showed {want:?}: {text}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -187,10 +192,7 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     browser.fill("#name", "Home page").await;
     browser.fill("#countries", "DE").await;
     browser
-        .fill(
-            "#objectives",
-            "ttfb p95 <= 5000 ms\navailability >= 50 %",
-        )
+        .fill("#objectives", "ttfb p95 <= 5000 ms\navailability >= 50 %")
         .await;
     browser.submit("button[value=create]").await;
     let check_page = browser.path().await;
@@ -199,14 +201,7 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     for n in 1..=3 {
         browser.goto(&format!("{}{check_page}", app.base)).await;
         browser.submit("form[action$='/runs'] button").await;
-        wait_for_text(
-            &browser,
-            &app,
-            &check_page,
-            "tbody tr:first-child",
-            "2 / 2",
-        )
-        .await;
+        wait_for_text(&browser, &app, &check_page, "tbody tr:first-child", "2 / 2").await;
         let finished = count_of(&browser, "tbody tr").await;
         assert_eq!(finished, n);
     }
@@ -231,9 +226,16 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     assert!(count_of(&browser, "figure#ttfb-histogram svg rect").await > 1);
     assert!(count_of(&browser, "figure#ttfb-cdf svg polyline").await >= 1);
     let legend = browser.text("ul.legend").await;
-    assert!(legend.contains("dsl") && legend.contains("cable"), "{legend}");
+    assert!(
+        legend.contains("dsl") && legend.contains("cable"),
+        "{legend}"
+    );
     let rows = browser.text("table.report tbody").await;
-    assert_eq!(count_of(&browser, "table.report tbody tr").await, 2, "{rows}");
+    assert_eq!(
+        count_of(&browser, "table.report tbody tr").await,
+        2,
+        "{rows}"
+    );
     for class in ["cable", "dsl"] {
         let row = rows
             .lines()
@@ -245,8 +247,16 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     assert!(rows.contains("ttfb p95 <= 5000 ms"), "{rows}");
     assert!(rows.contains("availability >= 50 %"), "{rows}");
     // Two objectives on each of the two rows, all met.
-    assert_eq!(count_of(&browser, "table.report .objective .badge.ok").await, 4, "{rows}");
-    assert_eq!(count_of(&browser, "table.report .objective .badge.bad").await, 0, "{rows}");
+    assert_eq!(
+        count_of(&browser, "table.report .objective .badge.ok").await,
+        4,
+        "{rows}"
+    );
+    assert_eq!(
+        count_of(&browser, "table.report .objective .badge.bad").await,
+        0,
+        "{rows}"
+    );
     assert!(browser.text("p.meta").await.contains("6 measurements"));
     shots(&browser, &db, "report").await;
 
@@ -260,7 +270,10 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
         csv.starts_with("connection_class,country,samples,"),
         "{csv}"
     );
-    assert!(csv.contains("\ncable,DE,3,3,0,") && csv.contains("\ndsl,DE,3,3,0,"), "{csv}");
+    assert!(
+        csv.contains("\ncable,DE,3,3,0,") && csv.contains("\ndsl,DE,3,3,0,"),
+        "{csv}"
+    );
     let json_href = attr(&browser, "a[href*='/report?'][href$='country']", "href").await;
     let (status, _, report) = fetch_in_page(&browser, &json_href).await;
     assert_eq!(status, 200);
@@ -278,7 +291,10 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     browser
         .goto(&format!("{}{check_page}/report?window=2y", app.base))
         .await;
-    assert!(browser.page_text().await.contains("not one of 1h, 24h, 7d, 30d"));
+    assert!(browser
+        .page_text()
+        .await
+        .contains("not one of 1h, 24h, 7d, 30d"));
 
     // Edit: the same rules as creating; a refused edit keeps what was typed.
     browser.goto(&format!("{}{check_page}", app.base)).await;
@@ -305,7 +321,10 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     browser.fill("#every_seconds", "3600").await;
     browser.fill("#expected_status", "200, ok").await;
     browser.submit("button[value=create]").await;
-    assert!(browser.text(".error").await.contains("expected status codes"));
+    assert!(browser
+        .text(".error")
+        .await
+        .contains("expected status codes"));
     assert_eq!(
         browser
             .client
@@ -324,7 +343,10 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     assert_eq!(browser.path().await, check_page);
     assert!(browser.text("h1").await.contains("Home page, hourly"));
     let facts = browser.text("dl.facts").await;
-    assert!(facts.contains("every 1 h") && facts.contains("DE"), "{facts}");
+    assert!(
+        facts.contains("every 1 h") && facts.contains("DE"),
+        "{facts}"
+    );
 
     // Pause.
     browser.submit("#pause").await;
@@ -358,7 +380,10 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     let (status, refused) = app.call("GET", "/api/v1/checks", Some(&secret), None).await;
     assert_eq!(status, 401, "{refused}");
     assert!(
-        refused["message"].as_str().unwrap().contains("nightly CI\" was revoked"),
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("nightly CI\" was revoked"),
         "{refused}"
     );
     shots(&browser, &db, "tokens-revoked").await;
@@ -377,11 +402,17 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     let token = browser.text("code.token").await;
     browser.submit("#verify-dns button").await;
     let error = browser.text(".error").await;
-    assert!(error.contains("_lastmile.shop.example has no TXT record"), "{error}");
+    assert!(
+        error.contains("_lastmile.shop.example has no TXT record"),
+        "{error}"
+    );
     shots(&browser, &db, "site-dns").await;
     dns.publish_txt(&name, "v=something-else");
     browser.submit("#verify-dns button").await;
-    assert!(browser.text(".error").await.contains("none of them the token"));
+    assert!(browser
+        .text(".error")
+        .await
+        .contains("none of them the token"));
     dns.publish_txt(&name, &token);
     browser.submit("#verify-dns button").await;
     let text = browser.page_text().await;
@@ -410,7 +441,14 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
         .await
         .unwrap();
     let browser = Browser::start(DESKTOP.0, DESKTOP.1).await;
-    sign_up(&browser, &app, "volunteer", "Ada Lovelace", "ada@volunteer.example").await;
+    sign_up(
+        &browser,
+        &app,
+        "volunteer",
+        "Ada Lovelace",
+        "ada@volunteer.example",
+    )
+    .await;
     // Before any work: no rank, nothing earned.
     assert!(browser.text("#rank-week").await.contains("no points yet"));
     browser
@@ -456,7 +494,12 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
     let id = check["id"].as_str().unwrap();
     for _ in 0..2 {
         let (status, run) = app
-            .call("POST", &format!("/api/v1/checks/{id}/runs"), Some(&owner), None)
+            .call(
+                "POST",
+                &format!("/api/v1/checks/{id}/runs"),
+                Some(&owner),
+                None,
+            )
             .await;
         assert_eq!(status, 201, "{run}");
         let run_id = run["id"].as_str().unwrap().to_owned();
@@ -506,7 +549,10 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
     assert!(stats.contains("0.11 USD"), "{stats}");
     assert!(stats.contains("0.05 USD"), "{stats}");
     let payouts = browser.text("#payouts").await;
-    assert!(payouts.contains("0.05 USD") && payouts.contains("on its way"), "{payouts}");
+    assert!(
+        payouts.contains("0.05 USD") && payouts.contains("on its way"),
+        "{payouts}"
+    );
     let agents_table = browser.text("table").await;
     assert!(agents_table.contains("attic-pi"), "{agents_table}");
     shots(&browser, &db, "volunteer-earnings").await;
@@ -521,9 +567,7 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
         .unwrap();
     assert!(browser.text("tr.you").await.contains("Ada Lovelace"));
     browser.submit("header form button").await;
-    browser
-        .goto(&format!("{}/app/leaderboard", app.base))
-        .await;
+    browser.goto(&format!("{}/app/leaderboard", app.base)).await;
     assert_eq!(browser.path().await, "/app/leaderboard");
     let rows = browser.text("table.leaderboard tbody").await;
     let first = rows.lines().next().unwrap_or_default().to_owned();
@@ -538,13 +582,19 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
         .for_element(Locator::Css("a.tab.current[href$='all_time']"))
         .await
         .unwrap();
-    assert!(browser.text("table.leaderboard").await.contains("Ada Lovelace"));
+    assert!(browser
+        .text("table.leaderboard")
+        .await
+        .contains("Ada Lovelace"));
     // The CSV link is the public API.
     let href = attr(&browser, "a[download]", "href").await;
     assert_eq!(href, "/api/v1/leaderboard?period=all_time&format=csv");
     let (status, _, csv) = fetch_in_page(&browser, &href).await;
     assert_eq!(status, 200);
-    assert!(csv.lines().nth(1).unwrap().starts_with("1,Ada Lovelace,"), "{csv}");
+    assert!(
+        csv.lines().nth(1).unwrap().starts_with("1,Ada Lovelace,"),
+        "{csv}"
+    );
     browser.close().await;
     for (stop, task) in agents {
         stop.send(true).unwrap();
@@ -604,7 +654,9 @@ async fn another_owner_can_never_see_change_pause_report_or_revoke(db: TestDb) {
         assert!(text.contains("Not found"), "{page}: {text}");
         assert!(!text.contains("First's check"), "{page}: {text}");
     }
-    browser.screenshot(&format!("{}-report-not-yours", db.backend_name())).await;
+    browser
+        .screenshot(&format!("{}-report-not-yours", db.backend_name()))
+        .await;
     let (cookie, csrf) = session_of(&browser).await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -658,7 +710,9 @@ async fn another_owner_can_never_see_change_pause_report_or_revoke(db: TestDb) {
         (
             "PUT",
             format!("/api/v1/checks/{check_id}"),
-            Some(json!({"site_id": site_id, "url": format!("{}/", site.origin()), "name": "Hijacked"})),
+            Some(
+                json!({"site_id": site_id, "url": format!("{}/", site.origin()), "name": "Hijacked"}),
+            ),
         ),
     ] {
         let (status, body) = app.call(method, &path, Some(&second), body).await;
@@ -727,7 +781,9 @@ async fn editing_and_pausing_through_the_api_follow_the_rules_of_creation(db: Te
             "PUT",
             &format!("/api/v1/checks/{id}"),
             Some(&owner),
-            Some(json!({"site_id": site_id, "url": url, "objectives": [{"availability_min": 250}]})),
+            Some(
+                json!({"site_id": site_id, "url": url, "objectives": [{"availability_min": 250}]}),
+            ),
         )
         .await;
     assert_eq!(status, 422, "{refused}");
@@ -760,7 +816,12 @@ async fn editing_and_pausing_through_the_api_follow_the_rules_of_creation(db: Te
 
     // Paused: the scheduler makes no run however late it is; resumed, it does.
     let (status, paused) = app
-        .call("POST", &format!("/api/v1/checks/{id}/pause"), Some(&owner), None)
+        .call(
+            "POST",
+            &format!("/api/v1/checks/{id}/pause"),
+            Some(&owner),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{paused}");
     assert_eq!(paused["paused"], true);
@@ -774,7 +835,12 @@ async fn editing_and_pausing_through_the_api_follow_the_rules_of_creation(db: Te
     .unwrap();
     assert!(made.is_empty(), "a paused check ran: {made:?}");
     let (status, resumed) = app
-        .call("POST", &format!("/api/v1/checks/{id}/resume"), Some(&owner), None)
+        .call(
+            "POST",
+            &format!("/api/v1/checks/{id}/resume"),
+            Some(&owner),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{resumed}");
     assert_eq!(resumed["paused"], false);
@@ -797,9 +863,19 @@ async fn editing_and_pausing_through_the_api_follow_the_rules_of_creation(db: Te
     let (status, _) = app.call("GET", "/api/v1/checks", Some(&secret), None).await;
     assert_eq!(status, 200);
     lastmile_controller::api_tokens::revoke(&mut conn, &owner_id, &named.id).unwrap();
-    let (status, body) = app.call("POST", &format!("/api/v1/checks/{id}/pause"), Some(&secret), None).await;
+    let (status, body) = app
+        .call(
+            "POST",
+            &format!("/api/v1/checks/{id}/pause"),
+            Some(&secret),
+            None,
+        )
+        .await;
     assert_eq!(status, 401, "{body}");
-    assert!(body["message"].as_str().unwrap().contains("revoked"), "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("revoked"),
+        "{body}"
+    );
     let (status, _) = app.call("GET", "/api/v1/checks", Some(&owner), None).await;
     assert_eq!(status, 200);
     // An empty name is refused.

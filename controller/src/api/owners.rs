@@ -134,8 +134,13 @@ pub async fn verify_site(
             .await?
         }
         sites::Method::Dns => {
-            sites::verify_dns(&state.db, state.config.dns_nameserver, owner.id, id.to_string())
-                .await?
+            sites::verify_dns(
+                &state.db,
+                state.config.dns_nameserver,
+                owner.id,
+                id.to_string(),
+            )
+            .await?
         }
     };
     Ok(web::Json(SiteView::from(&site)))

@@ -446,12 +446,18 @@ async fn render_detail(
                 selection: selection_text(&check.selection()),
                 expectations,
                 objectives,
-                paused: check
-                    .paused_at
-                    .map(|t| format!("since {}", crate::clock::to_datetime(t).format("%Y-%m-%d %H:%M UTC"))),
+                paused: check.paused_at.map(|t| {
+                    format!(
+                        "since {}",
+                        crate::clock::to_datetime(t).format("%Y-%m-%d %H:%M UTC")
+                    )
+                }),
                 price: {
                     let p = crate::billing::price_of(&check);
-                    format!("{} per result", super::money(p.minor, &p.currency.to_string()))
+                    format!(
+                        "{} per result",
+                        super::money(p.minor, &p.currency.to_string())
+                    )
                 },
             };
             let items: Vec<RunItem> = runs.iter().map(run_item).collect();

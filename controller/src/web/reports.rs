@@ -214,7 +214,10 @@ fn ms(us: u64) -> String {
 }
 
 /// The figure and its interval line, or why there is no interval.
-fn percentile(p: Option<&Percentiles>, pick: fn(&Percentiles) -> (u64, Option<[u64; 2]>)) -> (String, String) {
+fn percentile(
+    p: Option<&Percentiles>,
+    pick: fn(&Percentiles) -> (u64, Option<[u64; 2]>),
+) -> (String, String) {
     match p {
         None => ("–".into(), String::new()),
         Some(p) => {

@@ -158,8 +158,13 @@ pub async fn verify(
     let id = id.into_inner();
     let verified = match form.method.as_str() {
         "dns" => {
-            sites::verify_dns(&state.db, state.config.dns_nameserver, owner.clone(), id.clone())
-                .await
+            sites::verify_dns(
+                &state.db,
+                state.config.dns_nameserver,
+                owner.clone(),
+                id.clone(),
+            )
+            .await
         }
         _ => {
             sites::verify(

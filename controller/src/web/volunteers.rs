@@ -11,10 +11,10 @@ use serde::Deserialize;
 use super::html;
 use super::session::SignedIn;
 use crate::accounts;
-use crate::billing::{self, HolderKind, PayoutState};
-use crate::leaderboard::{self, Period};
 use crate::agents::{self, AgentActivity};
+use crate::billing::{self, HolderKind, PayoutState};
 use crate::clock::now_us;
+use crate::leaderboard::{self, Period};
 use crate::server::AppState;
 
 fn not_a_volunteer(user: &SignedIn) -> HttpResponse {
@@ -155,7 +155,9 @@ async fn earnings(state: &AppState, volunteer: String) -> Earnings {
         balances: balances
             .balances
             .iter()
-            .filter(|b| b.kind != "payouts_in_transit" || b.balance_minor != 0 || b.currency == "usd")
+            .filter(|b| {
+                b.kind != "payouts_in_transit" || b.balance_minor != 0 || b.currency == "usd"
+            })
             .map(|b| {
                 let label = match b.kind.as_str() {
                     "volunteer_earnings" => "Earned, not yet paid out",
