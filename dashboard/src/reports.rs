@@ -180,11 +180,17 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
                                                     Verdict::Breached => span.badge.bad { "breached" },
                                                     Verdict::NoData => span.badge { "no data" },
                                                 }
-                                                @if o.inconclusive && o.verdict != Verdict::NoData {
-                                                    " " span.badge title="The interval straddles the limit or is missing: more samples may change the verdict" { "unsure" }
-                                                }
                                                 " " (o.objective)
-                                                @if !o.detail.is_empty() { br; small { (o.detail) } }
+                                                @if !o.detail.is_empty() || o.inconclusive {
+                                                    br;
+                                                    small {
+                                                        (o.detail)
+                                                        @if o.inconclusive && o.verdict != Verdict::NoData {
+                                                            @if !o.detail.is_empty() { " · " }
+                                                            abbr.unsure title="The interval straddles the limit or is missing for lack of samples: more samples may change the verdict" { "not yet conclusive" }
+                                                        }
+                                                    }
+                                                }
                                             }
                                         }
                                     }
