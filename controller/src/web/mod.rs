@@ -18,8 +18,13 @@ use actix_web::{web, HttpResponse};
 
 pub use session::SESSION_COOKIE;
 
-/// Mounts the dashboard under `/app`.
+/// Mounts the dashboard under `/app` (and `/leaderboard`, the public page's short
+/// address).
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/leaderboard",
+        web::get().to(|| async { see_other("/app/leaderboard") }),
+    );
     cfg.service(
         web::scope("/app")
             .route("", web::get().to(auth::home))
