@@ -748,3 +748,313 @@ fn reused(probe: &mut Probe, remote: SocketAddr) {
     probe.tls_done = now;
     probe.remote = Some(remote);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::EngineConfig;
+    use lastmile_testbed::shop;
+    use lastmile_testbed::site::{SiteConfig, TargetSite, NOT_FOUND};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn local_engine() -> Engine {
+        Engine::new(EngineConfig {
+            allow_private: true,
+            ..EngineConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn within(ms: u64) -> Expectations {
+        Expectations {
+            timeout: Duration::from_millis(ms),
+            ..Expectations::default()
+        }
+    }
+
+    async fn site(think_ms: u64) -> TargetSite {
+        TargetSite::start(
+            "127.0.0.1:0".parse().unwrap(),
+            SiteConfig {
+                think_time: Duration::from_millis(think_ms),
+                ..SiteConfig::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    fn page_of(m: &Measurement) -> &PageSummary {
+        m.page
+            .as_ref()
+            .unwrap_or_else(|| panic!("no page summary: {m:?}"))
+    }
+
+    #[tokio::test]
+    async fn the_shop_page_is_loaded_with_every_sub_resource_counted() {
+        let site = site(0).await;
+        let url = format!("{}{}", site.origin(), shop::PAGE_PATH);
+        let m = local_engine()
+            .measure_page(&url, &within(10_000), PageLimits::default())
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(m.status, Some(200));
+        let page = page_of(&m);
+        let (resources, bytes, missing) = shop::expected(NOT_FOUND.len());
+        assert_eq!(page.resources, resources, "{page:?}");
+        assert_eq!(page.bytes, bytes, "{page:?}");
+        assert_eq!(page.bytes_decoded, bytes);
+        assert_eq!(
+            (m.bytes, m.bytes_decoded),
+            (bytes, bytes),
+            "a page's bytes are the page's"
+        );
+        assert_eq!(
+            page.by_type,
+            ResourceCounts {
+                stylesheet: 1,
+                script: 1,
+                // The products, the stylesheet's background and the missing one.
+                image: shop::PRODUCT_IMAGES as u32 + 2,
+                font: 1,
+                icon: 1,
+                media: 0,
+                other: 0,
+            }
+        );
+        let failed: Vec<(String, Option<u16>, ErrorKind)> = page
+            .failed
+            .iter()
+            .map(|f| (f.url.clone(), f.status, f.error.kind))
+            .collect();
+        assert_eq!(
+            failed,
+            vec![(
+                format!("{}{missing}", site.origin()),
+                Some(404),
+                ErrorKind::HttpStatus
+            )],
+            "the missing image is listed and does not fail the page"
+        );
+        let slowest = page.slowest.as_ref().unwrap();
+        assert!(slowest.timings_us.total > 0);
+        // The page total covers the document and every sub-resource after it.
+        assert_eq!(m.timings_us.total, page.total_us);
+        assert!(page.total_us > page.document_timings_us.total, "{page:?}");
+        assert_eq!(m.timings_us.ttfb, page.document_timings_us.ttfb);
+        assert_eq!(page.document_url, url);
+    }
+
+    #[tokio::test]
+    async fn http1_uses_at_most_six_kept_alive_connections_per_host() {
+        // Server think time keeps requests overlapping, so the limit is what holds
+        // the number of connections down.
+        let site = site(40).await;
+        let url = format!("{}{}", site.origin(), shop::PAGE_PATH);
+        let m = local_engine()
+            .measure_page(&url, &within(10_000), PageLimits::default())
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        let stats = site.connections();
+        assert!(
+            stats.max_open > 1,
+            "sub-resources are fetched in parallel: {stats:?}"
+        );
+        assert!(
+            stats.max_open <= MAX_CONNECTIONS_PER_HOST,
+            "never more than six at once: {stats:?}"
+        );
+        // 17 requests went over at most six connections: they were kept alive and
+        // reused, and the page says how many it opened.
+        assert!(stats.accepted <= MAX_CONNECTIONS_PER_HOST, "{stats:?}");
+        assert_eq!(page_of(&m).connections as usize, stats.accepted);
+        assert_eq!(m.http_version.as_deref(), Some("1.1"));
+        // A request that waited for a connection says so, apart from its phases.
+        let slowest = page_of(&m).slowest.as_ref().unwrap();
+        assert!(slowest.timings_us.ttfb >= 40_000, "{slowest:?}");
+    }
+
+    /// The shop over HTTPS from the test CA, HTTP/2 offered or not, and an engine that
+    /// trusts the CA and reaches `shop.test` there.
+    async fn tls_site(http2: bool) -> (TargetSite, Engine, tempfile::TempDir) {
+        let ca = lastmile_testbed::tls::TestCa::new().unwrap();
+        let site = TargetSite::start(
+            "127.0.0.1:0".parse().unwrap(),
+            SiteConfig {
+                tls: Some(ca.server_config(&["shop.test"]).unwrap()),
+                http2,
+                think_time: Duration::from_millis(20),
+                ..SiteConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let engine = Engine::new(EngineConfig {
+            allow_private: true,
+            ca_file: Some(ca_file),
+            connect_to: vec![format!("shop.test:443={}", site.addr()).parse().unwrap()],
+            ..EngineConfig::default()
+        })
+        .unwrap();
+        (site, engine, dir)
+    }
+
+    #[tokio::test]
+    async fn http2_carries_the_whole_page_on_one_connection() {
+        let (site, engine, _dir) = tls_site(true).await;
+        let m = engine
+            .measure_page(
+                "https://shop.test/page/",
+                &within(10_000),
+                PageLimits::default(),
+            )
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(m.http_version.as_deref(), Some("2"));
+        let page = page_of(&m);
+        let (resources, bytes, _) = shop::expected(NOT_FOUND.len());
+        assert_eq!((page.resources, page.bytes), (resources, bytes));
+        assert_eq!(page.failed.len(), 1);
+        assert_eq!(
+            site.connections().accepted,
+            1,
+            "one connection, multiplexed"
+        );
+        assert_eq!(page.connections, 1);
+        assert!(page.document_timings_us.tls > 0);
+        let slowest = page.slowest.as_ref().unwrap();
+        assert_eq!(
+            (slowest.timings_us.connect, slowest.timings_us.tls),
+            (0, 0),
+            "sub-resources ride the document's connection"
+        );
+
+        // Without h2 the same page goes over several HTTPS/1.1 connections.
+        let (site, engine, _dir) = tls_site(false).await;
+        let m = engine
+            .measure_page(
+                "https://shop.test/page/",
+                &within(10_000),
+                PageLimits::default(),
+            )
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(m.http_version.as_deref(), Some("1.1"));
+        let stats = site.connections();
+        assert!(
+            stats.max_open > 1 && stats.max_open <= MAX_CONNECTIONS_PER_HOST,
+            "{stats:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn each_page_limit_fails_the_page_with_its_own_error() {
+        let site = site(0).await;
+        let url = format!("{}{}", site.origin(), shop::PAGE_PATH);
+        let kind = |m: &Measurement| m.error.as_ref().map(|e| e.kind);
+
+        let m = local_engine()
+            .measure_page(&url, &within(10_000), PageLimits { max_resources: 5 })
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::PageTooManyResources), "{m:?}");
+        assert!(m.error.unwrap().message.contains("more than 5"));
+
+        let expect = Expectations {
+            max_bytes: shop::html().len() as u64 + 6_000,
+            ..within(10_000)
+        };
+        let m = local_engine()
+            .measure_page(&url, &expect, PageLimits::default())
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::PageTooLarge), "{m:?}");
+
+        // The document alone takes 150 ms; its sub-resources do not fit in the rest.
+        let slow = self::site(150).await;
+        let slow_url = format!("{}{}", slow.origin(), shop::PAGE_PATH);
+        let m = local_engine()
+            .measure_page(&slow_url, &within(250), PageLimits::default())
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::TotalTimeout), "{m:?}");
+        assert!(m.timings_us.total >= 250_000, "{m:?}");
+        assert_eq!(m.status, Some(200), "the document itself arrived");
+
+        // A document that fails fails the page, with the document's error.
+        let m = local_engine()
+            .measure_page(
+                &format!("{}/no-such-page", site.origin()),
+                &within(10_000),
+                PageLimits::default(),
+            )
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::HttpStatus), "{m:?}");
+        assert_eq!(page_of(&m).resources, 0);
+    }
+
+    #[tokio::test]
+    async fn a_sub_resource_on_a_forbidden_address_is_refused_and_listed() {
+        // 127.0.0.2 stays forbidden; only the page's own address is allowed.
+        let forbidden = TargetSite::start("127.0.0.2:0".parse().unwrap(), SiteConfig::default())
+            .await
+            .unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let html = format!(
+            "<html><body><img src=\"http://{}/page/img/product-1.png\">\
+             <img src=\"http://rebind.test:{}/page/img/product-2.png\"></body></html>",
+            forbidden.addr(),
+            forbidden.addr().port()
+        );
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let html = html.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = sock.read(&mut buf).await;
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                        html.len()
+                    );
+                    let _ = sock.write_all(head.as_bytes()).await;
+                    let _ = sock.write_all(html.as_bytes()).await;
+                });
+            }
+        });
+        let engine = Engine::new(EngineConfig {
+            allow_nets: vec!["127.0.0.1/32".parse().unwrap()],
+            ..EngineConfig::default()
+        })
+        .unwrap()
+        // A name that resolves to the forbidden address (DNS rebinding).
+        .with_resolver(Arc::new(Rebinding));
+        let m = engine
+            .measure_page(
+                &format!("http://{addr}/"),
+                &within(5_000),
+                PageLimits::default(),
+            )
+            .await;
+        assert_eq!(m.error, None, "the page itself loads: {m:?}");
+        let kinds: Vec<ErrorKind> = page_of(&m).failed.iter().map(|f| f.error.kind).collect();
+        assert_eq!(
+            kinds,
+            vec![ErrorKind::TargetForbidden, ErrorKind::TargetForbidden],
+            "{m:?}"
+        );
+        assert_eq!(
+            forbidden.connections().accepted,
+            0,
+            "no connection reached the forbidden address"
+        );
+    }
+
+    struct Rebinding;
+
+    impl crate::measure::Resolve for Rebinding {
+        fn resolve(&self, _host: &str) -> crate::measure::Resolution {
+            Box::pin(async { Ok(vec!["127.0.0.2".parse().unwrap()]) })
+        }
+    }
+}
