@@ -329,6 +329,38 @@ fn to_stored(
     }
 }
 
+/// The most recent stored page summary of a page check per connection class (counted
+/// results only), slowest class first: what the demo and an owner's tooling show
+/// beside the page-total report. Reads at most `limit` recent results.
+pub fn latest_pages(
+    conn: &mut DbConn,
+    check_id: &str,
+    limit: i64,
+) -> Result<Vec<(String, lastmile_protocol::PageSummary)>> {
+    let rows: Vec<(String, Option<String>)> = results::table
+        .filter(results::check_id.eq(check_id))
+        .filter(results::late.eq(false))
+        .filter(results::page.is_not_null())
+        .order(results::received_at.desc())
+        .limit(limit)
+        .select((results::connection_class, results::page))
+        .load(conn)?;
+    let mut latest: std::collections::BTreeMap<lastmile_protocol::ConnectionClass, _> =
+        std::collections::BTreeMap::new();
+    for (class, page) in rows {
+        let (Ok(class), Some(page)) = (class.parse(), page) else {
+            continue;
+        };
+        if let Ok(summary) = serde_json::from_str(&page) {
+            latest.entry(class).or_insert(summary);
+        }
+    }
+    Ok(latest
+        .into_iter()
+        .map(|(class, summary)| (class.as_str().to_owned(), summary))
+        .collect())
+}
+
 /// The aggregate bucket a result belongs to: the hour it was *received* in, so that a
 /// spooled result that arrives late still lands in a bucket reports have not closed.
 pub fn key_of(r: &StoredResult) -> AggregateKey {
