@@ -293,19 +293,22 @@ impl Load {
         let mut tasks = tokio::task::JoinSet::new();
         let mut queue = first;
         loop {
-            for d in queue.drain(..) {
-                if !seen.insert(d.url.as_str().to_owned()) {
-                    continue;
-                }
-                if seen.len() as u32 > self.max_resources {
-                    return Err(fail(
-                        ErrorKind::PageTooManyResources,
-                        format!(
-                            "the page references more than {} sub-resources",
-                            self.max_resources
-                        ),
-                    ));
-                }
+            let new: Vec<Discovered> = queue
+                .drain(..)
+                .filter(|d| seen.insert(d.url.as_str().to_owned()))
+                .collect();
+            // Refused before any of them is requested.
+            if seen.len() as u32 > self.max_resources {
+                return Err(fail(
+                    ErrorKind::PageTooManyResources,
+                    format!(
+                        "the page references more than {} sub-resources ({} found so far)",
+                        self.max_resources,
+                        seen.len()
+                    ),
+                ));
+            }
+            for d in new {
                 let load = self.clone();
                 tasks.spawn(async move { load.resource(d).await });
             }
@@ -960,6 +963,11 @@ mod tests {
             .measure_page(&url, &within(10_000), PageLimits { max_resources: 5 })
             .await;
         assert_eq!(kind(&m), Some(ErrorKind::PageTooManyResources), "{m:?}");
+        assert_eq!(
+            page_of(&m).connections,
+            1,
+            "refused before any sub-resource is requested"
+        );
         assert!(m.error.unwrap().message.contains("more than 5"));
 
         let expect = Expectations {

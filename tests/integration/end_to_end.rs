@@ -79,7 +79,11 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     // image listed, not failing it), and the page totals show the links' physics too.
     assert!(outcome.page_physics_hold, "{:#?}", outcome.page_by_class);
     assert_eq!(outcome.page_runs.len(), 2);
-    assert!(outcome.page_runs.iter().all(|r| r.done == 12), "{:?}", outcome.page_runs);
+    assert!(
+        outcome.page_runs.iter().all(|r| r.done == 12),
+        "{:?}",
+        outcome.page_runs
+    );
     assert_eq!(
         outcome.page_by_class.check.kind,
         lastmile_protocol::CheckKind::Page
@@ -96,7 +100,10 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         assert_eq!((page.resources, page.bytes), (resources, bytes), "{class}");
         assert_eq!(page.failed.len(), 1, "{class}: {page:?}");
         assert!(page.failed[0].url.ends_with(missing));
-        assert!(page.connections > 1 && page.connections <= 6, "{class}: {page:?}");
+        assert!(
+            page.connections > 1 && page.connections <= 6,
+            "{class}: {page:?}"
+        );
     }
     assert!(out.path().join("page_report.json").exists());
     // ledger.json: a trial balance that sums to zero per currency, in which the owner
@@ -120,7 +127,11 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     assert_eq!(sums.len(), 1, "{ledger}");
     assert!(sums.values().all(|s| *s == 0), "{ledger}");
     assert_eq!(by_kind["operator_grants"], -5_000, "{ledger}");
-    assert_eq!(by_kind["owner_credit"], 5_000 - 24 * 5 - 24 * 15, "{ledger}");
+    assert_eq!(
+        by_kind["owner_credit"],
+        5_000 - 24 * 5 - 24 * 15,
+        "{ledger}"
+    );
     assert_eq!(by_kind["volunteer_earnings"], 24 * 4 + 24 * 12, "{ledger}");
     assert_eq!(by_kind["platform_revenue"], 24 + 24 * 3, "{ledger}");
     // Each of the 3 volunteers (one per country) earned something.
