@@ -8,6 +8,7 @@
 //! | input | rule |
 //! | --- | --- |
 //! | kind `http` | base price 5 cents |
+//! | kind `page` | base price 15 cents (HTML plus its sub-resources) |
 //! | classes: only `dialup` | x 4 |
 //! | classes: only `satellite` (or satellite and dialup) | x 3 |
 //! | classes: only `mobile` or slower | x 2 |
@@ -39,6 +40,9 @@ pub const WELL_COVERED_COUNTRIES: [&str; 12] = [
 pub fn base_price_minor(kind: CheckKind) -> i64 {
     match kind {
         CheckKind::Http => 5,
+        // A page load is the document plus typically tens of sub-resources: more of
+        // the volunteer's line and time than one fetch.
+        CheckKind::Page => 15,
     }
 }
 
@@ -107,6 +111,21 @@ mod tests {
         assert_eq!(brazil.minor, 8, "5 x 1.5 rounded up");
         let us_or_br = price_per_result(CheckKind::Http, &[], &["us".to_owned(), "BR".to_owned()]);
         assert_eq!(us_or_br.minor, 5);
+    }
+
+    #[test]
+    fn a_page_load_costs_more_than_one_fetch_under_the_same_rules() {
+        let http = price_per_result(CheckKind::Http, &[], &[]);
+        let page = price_per_result(CheckKind::Page, &[], &[]);
+        assert!(page.minor > http.minor, "{page:?} vs {http:?}");
+        assert_eq!(page, Money::new(15, Currency::USD));
+        // The selection's multipliers apply to a page as to a fetch.
+        let dialup = price_per_result(CheckKind::Page, &[ConnectionClass::Dialup], &[]);
+        assert_eq!(dialup.minor, 60);
+        let brazil = price_per_result(CheckKind::Page, &[], &["BR".to_owned()]);
+        assert_eq!(brazil.minor, 23, "15 x 1.5 rounded up");
+        let (volunteer, fee) = split(page);
+        assert_eq!((volunteer.minor, fee.minor), (12, 3));
     }
 
     #[test]

@@ -84,12 +84,15 @@ pub struct NewCheck {
     pub name: Option<String>,
     /// Absolute URL on the site's origin.
     pub url: String,
+    /// `http` (default): one fetch of the URL. `page`: the HTML and its sub-resources,
+    /// loaded as a browser would; reported on the page total.
     #[serde(default = "default_kind")]
     pub kind: CheckKind,
-    /// Statuses that count as success; empty means any 2xx or 3xx.
+    /// Statuses that count as success; empty means any 2xx or 3xx (for a page: of
+    /// the HTML document).
     #[serde(default)]
     pub expected_status: Vec<u16>,
-    /// Largest body agents read; default 10 MiB.
+    /// Largest body agents read; default 10 MiB. For a page: the whole page.
     pub max_bytes: Option<u64>,
     /// Per-measurement time limit; default 30 s.
     pub timeout_ms: Option<u64>,

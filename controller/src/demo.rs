@@ -14,6 +14,11 @@
 //! Because the links are emulated, the report must show their physics: median ttfb
 //! and total ordered dialup > dsl > cable > fibre. The demo checks that and fails if
 //! it does not hold.
+//!
+//! Beside the `http` check of the home page, a `page` check loads the shop's product
+//! page ([`lastmile_testbed::shop`]: HTML, stylesheet, font, script, images, one missing
+//! image) as a browser would; its report is on the page total and must show the same
+//! ordering, and the demo prints each class's latest page summary.
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -80,6 +85,14 @@ pub struct DemoOutcome {
     pub by_class: Report,
     /// Whether median ttfb and total were ordered dialup > dsl > cable > fibre.
     pub physics_hold: bool,
+    /// The `page` check's report grouped by connection class (total = page total).
+    pub page_by_class: Report,
+    /// Whether the page check's median ttfb and page total show the same ordering.
+    pub page_physics_hold: bool,
+    /// The page check's runs.
+    pub page_runs: Vec<RunView>,
+    /// Each class's latest page summary, slowest class first.
+    pub pages: Vec<(String, lastmile_protocol::PageSummary)>,
     /// Runs made and how many measurements each got.
     pub runs: Vec<RunView>,
     /// What the ISP API served to the ISP of the demo's first network (`isp_report.json`).
@@ -360,8 +373,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         let isp_json = isp_api.get_text("/api/v1/isp/summary?window=24h").await?;
         let isp_report: serde_json::Value = serde_json::from_str(&isp_json)?;
 
+        let page = page_check(&api, &verified, plan.len(), &opts).await?;
+        let page_id = page.check_id.clone();
+        let pages = db
+            .run(move |c| crate::ingest::latest_pages(c, &page_id, 200))
+            .await?;
+
         let ledger = db.run(crate::billing::trial_balance).await?;
 
+        if let Some(out) = &opts.out {
+            std::fs::create_dir_all(out)?;
+            std::fs::write(out.join("page_report.json"), &page.report_json)?;
+        }
         if let Some(out) = &opts.out {
             std::fs::create_dir_all(out)?;
             std::fs::write(out.join("report.json"), &report_json)?;
@@ -371,11 +394,19 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                 serde_json::to_string_pretty(&ledger)?,
             )?;
         }
-        Ok::<_, anyhow::Error>((report, by_class, runs, isp_report, calibration, ledger))
+        Ok::<_, anyhow::Error>((
+            report,
+            by_class,
+            runs,
+            isp_report,
+            calibration,
+            ledger,
+            (page, pages),
+        ))
     }
     .await;
 
-    let (report, by_class, runs, isp_report, calibration, ledger) = match outcome {
+    let (report, by_class, runs, isp_report, calibration, ledger, (page, pages)) = match outcome {
         Ok(o) => o,
         Err(e) => {
             let _ = stop_agents.send(true);
@@ -407,6 +438,25 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         opts,
         "Link physics (median ttfb and total, dialup > dsl > cable > fibre): {}",
         if physics_hold {
+            "holds"
+        } else {
+            "DOES NOT HOLD"
+        }
+    );
+    let page_physics_hold = self::physics_hold(&page.by_class);
+    say!(
+        opts,
+        "\nPage load: {} (page total = start to the last byte of the last sub-resource)\n{}",
+        page.by_class.check.name,
+        reports::to_table(&page.by_class)
+    );
+    for (class, p) in &pages {
+        say!(opts, "  {class:<9} {}", page_line(p));
+    }
+    say!(
+        opts,
+        "Page physics (median ttfb and page total, dialup > dsl > cable > fibre): {}",
+        if page_physics_hold {
             "holds"
         } else {
             "DOES NOT HOLD"
@@ -475,12 +525,112 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         report,
         by_class,
         physics_hold,
+        page_by_class: page.by_class,
+        page_physics_hold,
+        page_runs: page.runs,
+        pages,
         runs,
         isp_report,
         calibration,
         ledger,
         leaderboard,
     })
+}
+
+/// What the demo's page check produced.
+struct PageCheck {
+    check_id: String,
+    runs: Vec<RunView>,
+    by_class: Report,
+    report_json: String,
+}
+
+/// Creates the `page` check of the shop's product page, runs it as often as the http
+/// check, and fetches its report by connection class.
+async fn page_check(
+    api: &DemoClient,
+    site: &SiteView,
+    agents: usize,
+    opts: &DemoOptions,
+) -> anyhow::Result<PageCheck> {
+    let check: CheckView = api
+        .post(
+            "/api/v1/checks",
+            &json!({
+                "site_id": site.id,
+                "name": "Demo shop product page (page load)",
+                "url": format!("{}{}", site.origin, lastmile_testbed::shop::PAGE_PATH),
+                "kind": "page",
+                "expected_status": [200],
+                "timeout_ms": 30000,
+                "selection": {"agents_per_run": agents},
+            }),
+        )
+        .await?;
+    say!(
+        opts,
+        "\n  check       {} ({}, kind page)",
+        check.name,
+        check.url
+    );
+    let mut runs = Vec::new();
+    for n in 1..=opts.runs.max(1) {
+        let run = if n == 1 {
+            first_run(api, &check).await?
+        } else {
+            api.post(&format!("/api/v1/checks/{}/runs", check.id), &json!({}))
+                .await?
+        };
+        runs.push(wait_for_run(api, &check, run, n, opts).await?);
+    }
+    let report_json = api
+        .get_text(&format!(
+            "/api/v1/checks/{}/report?group_by=connection_class",
+            check.id
+        ))
+        .await?;
+    Ok(PageCheck {
+        check_id: check.id.to_string(),
+        runs,
+        by_class: serde_json::from_str(&report_json)?,
+        report_json,
+    })
+}
+
+/// One page summary on a line: what was fetched, over how many connections, the
+/// slowest resource and what failed.
+pub fn page_line(p: &lastmile_protocol::PageSummary) -> String {
+    let slowest = p.slowest.as_ref().map_or_else(String::new, |s| {
+        format!(
+            ", slowest {} {:.0} ms",
+            s.url.rsplit('/').next().unwrap_or(&s.url),
+            s.timings_us.total as f64 / 1000.0
+        )
+    });
+    let failed: Vec<String> = p
+        .failed
+        .iter()
+        .map(|f| {
+            format!(
+                "{} ({})",
+                f.url.rsplit('/').next().unwrap_or(&f.url),
+                f.status
+                    .map_or_else(|| f.error.kind.to_string(), |s| s.to_string())
+            )
+        })
+        .collect();
+    format!(
+        "{:>7.0} ms: {} resources, {:.1} KB over {} connections{slowest}{}",
+        p.total_us as f64 / 1000.0,
+        p.resources,
+        p.bytes as f64 / 1000.0,
+        p.connections,
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(", failed {}", failed.join(", "))
+        }
+    )
 }
 
 /// Demo sign-ins for the dashboard: (email, password).

@@ -59,6 +59,8 @@ pub struct StoredResult {
     pub bytes_decoded: i64,
     pub redirects: i32,
     pub redirect_us: i64,
+    /// A page check's summary as JSON (`PageSummary`); `None` for an http check.
+    pub page: Option<String>,
 }
 
 /// The key of one aggregate row. Unknown country or region is `""`, unknown ASN is `0`.
@@ -137,6 +139,9 @@ impl AggregateRow {
     }
 }
 
+/// Failed sub-resources a page result may list (agents fetch at most a few hundred).
+const MAX_PAGE_FAILED: usize = 1_000;
+
 /// Longest phase a result may report: the histograms' range.
 const MAX_PHASE_US: u64 = histogram::MAX_US;
 
@@ -166,6 +171,24 @@ fn validate(sub: &ResultSubmission) -> Result<()> {
     }
     if sub.measurement.bytes > i64::MAX as u64 {
         return Err(Error::invalid("invalid_result", "bytes is out of range"));
+    }
+    if let Some(page) = &sub.measurement.page {
+        if page.failed.len() > MAX_PAGE_FAILED || page.failed.len() > page.resources as usize {
+            return Err(Error::invalid(
+                "invalid_result",
+                format!(
+                    "page.failed lists {} sub-resources; at most page.resources ({}) and {MAX_PAGE_FAILED}",
+                    page.failed.len(),
+                    page.resources
+                ),
+            ));
+        }
+        if page.total_us != t.total {
+            return Err(Error::invalid(
+                "invalid_result",
+                "page.total_us must equal timings_us.total (the page total)",
+            ));
+        }
     }
     Ok(())
 }
@@ -302,7 +325,40 @@ fn to_stored(
         } as i64,
         redirects: m.redirects.len().min(i32::MAX as usize) as i32,
         redirect_us: m.redirect_us as i64,
+        page: m.page.as_ref().and_then(|p| serde_json::to_string(p).ok()),
     }
+}
+
+/// The most recent stored page summary of a page check per connection class (counted
+/// results only), slowest class first: what the demo and an owner's tooling show
+/// beside the page-total report. Reads at most `limit` recent results.
+pub fn latest_pages(
+    conn: &mut DbConn,
+    check_id: &str,
+    limit: i64,
+) -> Result<Vec<(String, lastmile_protocol::PageSummary)>> {
+    let rows: Vec<(String, Option<String>)> = results::table
+        .filter(results::check_id.eq(check_id))
+        .filter(results::late.eq(false))
+        .filter(results::page.is_not_null())
+        .order(results::received_at.desc())
+        .limit(limit)
+        .select((results::connection_class, results::page))
+        .load(conn)?;
+    let mut latest: std::collections::BTreeMap<lastmile_protocol::ConnectionClass, _> =
+        std::collections::BTreeMap::new();
+    for (class, page) in rows {
+        let (Ok(class), Some(page)) = (class.parse(), page) else {
+            continue;
+        };
+        if let Ok(summary) = serde_json::from_str(&page) {
+            latest.entry(class).or_insert(summary);
+        }
+    }
+    Ok(latest
+        .into_iter()
+        .map(|(class, summary)| (class.as_str().to_owned(), summary))
+        .collect())
 }
 
 /// The aggregate bucket a result belongs to: the hour it was *received* in, so that a

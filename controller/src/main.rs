@@ -290,6 +290,10 @@ fn main() -> anyhow::Result<()> {
                 outcome.physics_hold,
                 "the report does not show the emulated links' physics"
             );
+            anyhow::ensure!(
+                outcome.page_physics_hold,
+                "the page check's report does not show the emulated links' physics"
+            );
             Ok(())
         }
     }

@@ -18,7 +18,7 @@ use base64::Engine;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use hdrhistogram::Histogram;
-use lastmile_protocol::{ConnectionClass, Phase};
+use lastmile_protocol::{CheckKind, ConnectionClass, Phase};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -218,6 +218,14 @@ pub struct ReportCheck {
     pub id: Uuid,
     pub name: String,
     pub url: String,
+    /// `http` or `page`. For a page check `total` is the page total (start to the last
+    /// byte of the last sub-resource) and the other phases are the HTML document's.
+    #[serde(default = "http_kind")]
+    pub kind: CheckKind,
+}
+
+fn http_kind() -> CheckKind {
+    CheckKind::Http
 }
 
 /// The window a report covers.
@@ -415,6 +423,7 @@ pub fn build(conn: &mut DbConn, check: &Check, query: &ReportQuery) -> Result<Re
             id: check.id.parse().unwrap_or_default(),
             name: check.name.clone(),
             url: check.url.clone(),
+            kind: check.kind.parse().unwrap_or(CheckKind::Http),
         },
         window: ReportWindow {
             from: to_datetime(from_bucket),
@@ -709,7 +718,13 @@ pub fn to_table(report: &Report) -> String {
         format!("avail [{level} CI]"),
         "ttfb p50",
         format!("ttfb p95 [{level} CI]"),
-        format!("total p95 [{level} CI]"),
+        format!(
+            "{} p95 [{level} CI]",
+            match report.check.kind {
+                CheckKind::Page => "page total",
+                CheckKind::Http => "total",
+            }
+        ),
         if with_objectives { "  objectives" } else { "" },
     );
     for row in &report.rows {

@@ -62,6 +62,8 @@ pub struct CheckForm {
     pub site_id: String,
     pub name: String,
     pub url: String,
+    /// `http` or `page` (empty: `http`).
+    pub kind: String,
     pub expected_status: String,
     pub body_contains: String,
     pub max_bytes: String,
@@ -122,6 +124,11 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                         }
                         label for="url" { "Page URL " small { "(on that site)" } }
                         input #url type="url" name="url" required value=(f.url) placeholder="https://shop.example/";
+                        label for="kind" { "Measure" }
+                        select #kind name="kind" {
+                            option value="http" selected[f.kind != "page"] { "The URL alone: one fetch (http)" }
+                            option value="page" selected[f.kind == "page"] { "The whole page: HTML with its stylesheets, scripts, images and fonts (page)" }
+                        }
                         label for="name" { "Name " small { "(optional)" } }
                         input #name type="text" name="name" maxlength="200" value=(f.name);
                     }
@@ -212,6 +219,8 @@ pub struct CheckDetail {
     pub id: String,
     pub name: String,
     pub url: String,
+    /// "http: one fetch" or "page: HTML and its sub-resources".
+    pub kind: String,
     pub schedule: String,
     pub selection: String,
     pub expectations: String,
@@ -238,6 +247,7 @@ pub fn detail(nav: &Nav, c: &CheckDetail, runs: &[RunItem], error: Option<&str>)
             (error_box(error))
             dl.facts {
                 dt { "URL" } dd { code { (c.url) } }
+                dt { "Measures" } dd { (c.kind) }
                 dt { "Schedule" } dd { (c.schedule)
                     @if let Some(since) = &c.paused { " — " strong { "paused" } " " (since) ", no scheduled runs" } }
                 dt { "Agents" } dd { (c.selection) }

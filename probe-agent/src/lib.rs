@@ -3,15 +3,19 @@
 //!
 //! Layout: [`measure`] is the measurement engine (one fetch, each phase timed),
 //! [`guard`] decides which addresses may be fetched, [`spool`] keeps results until the
-//! controller acknowledges them, [`client`] speaks the controller's agent API, and
-//! [`runner`] ties them into the enrol / heartbeat / lease / measure / submit loop.
+//! controller acknowledges them, [`client`] speaks the controller's agent API,
+//! [`page`] loads a page with its sub-resources (found by [`discover`]) over a
+//! browser's connections, and [`runner`] ties them into the enrol / heartbeat / lease /
+//! measure / submit loop.
 //! The binary in `main.rs` only parses flags and calls into these.
 
 pub mod calibrate;
 pub mod client;
+pub mod discover;
 pub mod guard;
 pub mod limits;
 pub mod measure;
+pub mod page;
 pub mod runner;
 pub mod spool;
 

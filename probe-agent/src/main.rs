@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use lastmile_agent::limits::{self, Hours, VolunteerLimits};
 use lastmile_agent::measure::{ConnectTo, Engine, EngineConfig, Expectations};
+use lastmile_agent::page::PageLimits;
 use lastmile_agent::runner::{self, AgentSettings};
 use lastmile_agent::spool;
 use lastmile_protocol::{AgentLimits, ConnectionClass};
@@ -29,7 +30,7 @@ struct Cli {
 enum Command {
     /// Enrol (first start only) and work for the controller until stopped.
     Run(Box<RunArgs>),
-    /// Measure one URL once and print its phase timings.
+    /// Measure one URL once and print its phase timings (with --page: the whole page).
     Measure(MeasureArgs),
 }
 
@@ -149,6 +150,13 @@ struct MeasureArgs {
     /// Redirects to follow at most (0: do not follow); one more fails with too_many_redirects.
     #[arg(long, default_value_t = lastmile_protocol::DEFAULT_MAX_REDIRECTS)]
     max_redirects: u32,
+    /// Load the page as a browser would: the HTML and its stylesheets, scripts, images,
+    /// fonts and icons (--max-bytes then bounds the whole page).
+    #[arg(long)]
+    page: bool,
+    /// With --page: sub-resources at most; more fails with page_too_many_resources.
+    #[arg(long, default_value_t = lastmile_protocol::DEFAULT_MAX_PAGE_RESOURCES)]
+    max_resources: u32,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -260,9 +268,18 @@ async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
         timeout: Duration::from_millis(args.timeout_ms),
         max_redirects: args.max_redirects,
     };
-    let m = engine.measure(&args.url, &expect).await;
+    let m = if args.page {
+        let limits = PageLimits {
+            max_resources: args.max_resources,
+        };
+        engine.measure_page(&args.url, &expect, limits).await
+    } else {
+        engine.measure(&args.url, &expect).await
+    };
     if args.json {
         println!("{}", serde_json::to_string(&m)?);
+    } else if let Some(page) = &m.page {
+        print!("{}", page_table(&m, page));
     } else {
         let t = m.timings_us;
         let ms = |us: u64| us as f64 / 1000.0;
@@ -285,6 +302,73 @@ async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The page summary as `measure --page` prints it.
+fn page_table(m: &lastmile_protocol::Measurement, page: &lastmile_protocol::PageSummary) -> String {
+    use std::fmt::Write;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let d = page.document_timings_us;
+    let mut out = String::new();
+    let _ = writeln!(out, "page       {}", page.document_url);
+    let _ = writeln!(
+        out,
+        "status     {}",
+        m.status.map_or("-".into(), |s| s.to_string())
+    );
+    let _ = writeln!(out, "total      {:>10.3} ms", ms(page.total_us));
+    let _ = writeln!(
+        out,
+        "document   dns {:.3} / connect {:.3} / tls {:.3} / ttfb {:.3} / transfer {:.3} / total {:.3} ms ({})",
+        ms(d.dns),
+        ms(d.connect),
+        ms(d.tls),
+        ms(d.ttfb),
+        ms(d.transfer),
+        ms(d.total),
+        m.http_version.as_deref().map_or("-".into(), |v| format!("HTTP/{v}"))
+    );
+    let c = page.by_type;
+    let _ = writeln!(
+        out,
+        "resources  {} (stylesheet {}, script {}, image {}, font {}, icon {}, media {}, other {})",
+        page.resources, c.stylesheet, c.script, c.image, c.font, c.icon, c.media, c.other
+    );
+    let _ = writeln!(
+        out,
+        "bytes      {} on the wire, {} decoded, over {} connection(s)",
+        page.bytes, page.bytes_decoded, page.connections
+    );
+    if let Some(s) = &page.slowest {
+        let t = s.timings_us;
+        let _ = writeln!(
+            out,
+            "slowest    {} ({}) {:.3} ms: dns {:.3} / connect {:.3} / tls {:.3} / ttfb {:.3} / transfer {:.3}, queued {:.3}",
+            s.url,
+            s.kind,
+            ms(t.total),
+            ms(t.dns),
+            ms(t.connect),
+            ms(t.tls),
+            ms(t.ttfb),
+            ms(t.transfer),
+            ms(s.queued_us)
+        );
+    }
+    for f in &page.failed {
+        let _ = writeln!(
+            out,
+            "failed     {} ({}): {}{}",
+            f.url,
+            f.kind,
+            f.error.kind,
+            f.status.map_or(String::new(), |s| format!(" {s}"))
+        );
+    }
+    if let Some(e) = &m.error {
+        let _ = writeln!(out, "error      {}: {}", e.kind, e.message);
+    }
+    out
 }
 
 #[tokio::main]

@@ -326,44 +326,13 @@ impl Engine {
         probe.remote = Some(remote);
         probe.stage = Stage::Exchanging;
 
-        let authority = match url.port() {
-            Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
-            None => url.host_str().unwrap_or_default().to_owned(),
-        };
-        let path = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_owned(),
-        };
-        let mut request = Request::get(path)
-            .header(hyper::header::HOST, authority.clone())
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("lastmile-agent/", env!("CARGO_PKG_VERSION")),
-            )
-            .header(hyper::header::ACCEPT, "*/*")
-            .header(hyper::header::ACCEPT_ENCODING, ACCEPT_ENCODING)
-            .body(http_body_util::Empty::<bytes::Bytes>::new())
-            .map_err(|e| fail(ErrorKind::InvalidTask, format!("cannot build request: {e}")))?;
+        let mut request = request_for(url)?;
 
         if https {
-            let name = ServerName::try_from(host.clone()).map_err(|e| {
-                fail(
-                    ErrorKind::InvalidTask,
-                    format!("invalid TLS name {host:?}: {e}"),
-                )
-            })?;
-            let tls = self
-                .tls
-                .connect(name, stream)
-                .await
-                .map_err(|e| tls_failure(&host, &e))?;
+            let tls = self.tls_handshake(&host, stream).await?;
             probe.tls_done = Some(Instant::now());
             if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
-                // HTTP/2 names the target in :scheme and :authority, not in Host.
-                *request.uri_mut() = format!("https://{authority}{}", request.uri())
-                    .parse()
-                    .map_err(|e| fail(ErrorKind::InvalidTask, format!("bad URI: {e}")))?;
-                request.headers_mut().remove(hyper::header::HOST);
+                as_http2(&mut request, url)?;
                 let sent = send_http2(TokioIo::new(tls), request, probe).await?;
                 probe.http_version = Some("2");
                 return read_response(sent, expect, follow, probe).await;
@@ -379,8 +348,30 @@ impl Engine {
         }
     }
 
+    /// The TLS handshake with `host` over `stream`, its failure classified.
+    pub(crate) async fn tls_handshake(
+        &self,
+        host: &str,
+        stream: TcpStream,
+    ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, MeasurementError> {
+        let name = ServerName::try_from(host.to_owned()).map_err(|e| {
+            fail(
+                ErrorKind::InvalidTask,
+                format!("invalid TLS name {host:?}: {e}"),
+            )
+        })?;
+        self.tls
+            .connect(name, stream)
+            .await
+            .map_err(|e| tls_failure(host, &e))
+    }
+
     /// Resolves the target, honouring `--connect-to`, and keeps only permitted addresses.
-    async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, MeasurementError> {
+    pub(crate) async fn resolve(
+        &self,
+        host: &str,
+        port: u16,
+    ) -> Result<Vec<SocketAddr>, MeasurementError> {
         let overridden = self
             .config
             .connect_to
@@ -450,7 +441,7 @@ impl Engine {
     }
 
     /// Connects to the first address that answers, from the configured source address.
-    async fn connect(
+    pub(crate) async fn connect(
         &self,
         addrs: &[SocketAddr],
     ) -> Result<(TcpStream, SocketAddr), MeasurementError> {
@@ -489,6 +480,46 @@ impl Engine {
         stream.set_nodelay(true)?;
         Ok(stream)
     }
+}
+
+/// The GET request for `url` as the engine sends it (HTTP/1.1 form: origin-form path
+/// and a `Host` header).
+pub(crate) fn request_for(url: &Url) -> Result<Request<EmptyBody>, MeasurementError> {
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_owned(),
+    };
+    Request::get(path)
+        .header(hyper::header::HOST, authority_of(url))
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("lastmile-agent/", env!("CARGO_PKG_VERSION")),
+        )
+        .header(hyper::header::ACCEPT, "*/*")
+        .header(hyper::header::ACCEPT_ENCODING, ACCEPT_ENCODING)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| fail(ErrorKind::InvalidTask, format!("cannot build request: {e}")))
+}
+
+/// `host[:port]` as the `Host` header and `:authority` carry it.
+fn authority_of(url: &Url) -> String {
+    match url.port() {
+        Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
+        None => url.host_str().unwrap_or_default().to_owned(),
+    }
+}
+
+/// Turns a request from [`request_for`] into its HTTP/2 form: HTTP/2 names the target
+/// in `:scheme` and `:authority`, not in `Host`.
+pub(crate) fn as_http2(
+    request: &mut Request<EmptyBody>,
+    url: &Url,
+) -> Result<(), MeasurementError> {
+    *request.uri_mut() = format!("{}://{}{}", url.scheme(), authority_of(url), request.uri())
+        .parse()
+        .map_err(|e| fail(ErrorKind::InvalidTask, format!("bad URI: {e}")))?;
+    request.headers_mut().remove(hyper::header::HOST);
+    Ok(())
 }
 
 /// Classifies a failed TLS handshake by the certificate error rustls reports.
@@ -560,7 +591,7 @@ impl Matcher {
 const ACCEPT_ENCODING: &str = "gzip, deflate, br";
 
 /// What comes after a response.
-enum Next {
+pub(crate) enum Next {
     /// The measurement is complete.
     Done,
     /// A redirect to follow, to this (possibly relative) location.
@@ -623,12 +654,14 @@ impl Decoder {
     }
 }
 
-type EmptyBody = http_body_util::Empty<bytes::Bytes>;
+pub(crate) type EmptyBody = http_body_util::Empty<bytes::Bytes>;
 
-/// A response head received, with the task that drives its connection.
-struct Sent {
-    response: hyper::Response<hyper::body::Incoming>,
-    driver: tokio::task::JoinHandle<()>,
+/// A response head received, with the task that drives its connection when the
+/// connection is this request's alone (it is ended once the body is read); a pooled
+/// connection of a page load has no driver here and lives on.
+pub(crate) struct Sent {
+    pub(crate) response: hyper::Response<hyper::body::Incoming>,
+    pub(crate) driver: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Sends the request on a fresh HTTP/1.1 connection.
@@ -653,7 +686,10 @@ where
         .await
         .map_err(|e| fail(ErrorKind::Http, format!("no response: {e}")))?;
     probe.first_byte = Some(Instant::now());
-    Ok(Sent { response, driver })
+    Ok(Sent {
+        response,
+        driver: Some(driver),
+    })
 }
 
 /// Sends the request on a fresh HTTP/2 connection (after ALPN chose `h2`).
@@ -678,20 +714,33 @@ where
         .await
         .map_err(|e| fail(ErrorKind::Http, format!("no response: {e}")))?;
     probe.first_byte = Some(Instant::now());
-    Ok(Sent { response, driver })
+    Ok(Sent {
+        response,
+        driver: Some(driver),
+    })
 }
 
 /// Reads the body to its end and checks the expectations. With `follow`, a redirect's
 /// body is read (it is part of the hop's transfer) and its location returned instead.
-async fn read_response(
+pub(crate) async fn read_response(
     sent: Sent,
     expect: &Expectations,
     follow: bool,
     probe: &mut Probe,
 ) -> Result<Next, MeasurementError> {
     let Sent { response, driver } = sent;
+    let end_connection = || {
+        if let Some(d) = &driver {
+            d.abort();
+        }
+    };
     let status = response.status().as_u16();
     probe.status = Some(status);
+    probe.content_type = response
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let redirect = if follow && matches!(status, 301 | 302 | 303 | 307 | 308) {
         response
             .headers()
@@ -731,7 +780,7 @@ async fn read_response(
         probe.bytes += data.len() as u64;
         if probe.bytes > expect.max_bytes {
             probe.last_byte = Some(Instant::now());
-            driver.abort();
+            end_connection();
             return Err(too_large("the body"));
         }
         let decoded = match decoder.as_mut() {
@@ -741,20 +790,26 @@ async fn read_response(
         probe.bytes_decoded += decoded.len() as u64;
         if probe.bytes_decoded > expect.max_bytes {
             probe.last_byte = Some(Instant::now());
-            driver.abort();
+            end_connection();
             return Err(too_large("the decoded body"));
         }
         if let Some(m) = matcher.as_mut() {
             m.feed(&decoded);
         }
+        if let Some(kept) = probe.body.as_mut() {
+            kept.extend_from_slice(&decoded);
+        }
     }
     probe.last_byte = Some(Instant::now());
-    driver.abort();
+    end_connection();
     if let Some(d) = decoder.as_mut() {
         let rest = d.finish().map_err(decode_error)?;
         probe.bytes_decoded += rest.len() as u64;
         if let Some(m) = matcher.as_mut() {
             m.feed(&rest);
+        }
+        if let Some(kept) = probe.body.as_mut() {
+            kept.extend_from_slice(&rest);
         }
     }
 
@@ -796,7 +851,7 @@ async fn read_response(
 
 /// The step a measurement is in, which names the timeout if the time limit runs out.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum Stage {
+pub(crate) enum Stage {
     #[default]
     Starting,
     Resolving,
@@ -805,15 +860,19 @@ enum Stage {
 }
 
 /// The requests of one measurement: redirects already followed and the current one.
-struct Trace {
-    hops: Vec<Hop>,
-    current: Probe,
+pub(crate) struct Trace {
+    pub(crate) hops: Vec<Hop>,
+    pub(crate) current: Probe,
 }
 
 impl Trace {
     /// The result: phases summed over every hop (as curl `-L` sums them), total from
     /// the start to the last byte, the final response's status, size and address.
-    fn into_measurement(self, start: Instant, error: Option<MeasurementError>) -> Measurement {
+    pub(crate) fn into_measurement(
+        self,
+        start: Instant,
+        error: Option<MeasurementError>,
+    ) -> Measurement {
         let last = self.current.timings();
         let mut timings = last;
         for hop in &self.hops {
@@ -838,30 +897,39 @@ impl Trace {
             http_version: self.current.http_version.map(str::to_owned),
             redirect_us: micros(self.current.start.saturating_duration_since(start)),
             redirects: self.hops,
+            page: None,
         }
     }
 }
 
 /// Moments at which each phase of one request ended; phases not reached stay `None`.
 #[derive(Debug)]
-struct Probe {
-    start: Instant,
-    stage: Stage,
-    dns_done: Option<Instant>,
-    connect_done: Option<Instant>,
-    tls_done: Option<Instant>,
-    request_sent: Option<Instant>,
-    first_byte: Option<Instant>,
-    last_byte: Option<Instant>,
-    remote: Option<SocketAddr>,
-    http_version: Option<&'static str>,
-    status: Option<u16>,
-    bytes: u64,
-    bytes_decoded: u64,
+pub(crate) struct Probe {
+    pub(crate) start: Instant,
+    pub(crate) stage: Stage,
+    pub(crate) dns_done: Option<Instant>,
+    pub(crate) connect_done: Option<Instant>,
+    pub(crate) tls_done: Option<Instant>,
+    pub(crate) request_sent: Option<Instant>,
+    pub(crate) first_byte: Option<Instant>,
+    pub(crate) last_byte: Option<Instant>,
+    pub(crate) remote: Option<SocketAddr>,
+    pub(crate) http_version: Option<&'static str>,
+    pub(crate) status: Option<u16>,
+    pub(crate) bytes: u64,
+    pub(crate) bytes_decoded: u64,
+    /// The response's `Content-Type`.
+    pub(crate) content_type: Option<String>,
+    /// Time this request waited for a connection before its phases began (a page
+    /// load's per-host limit); zero for a measurement's own fresh connection.
+    pub(crate) queued: Duration,
+    /// When `Some`, the decoded body is kept here (a page's HTML and stylesheets, which
+    /// are parsed for what they reference; `max_bytes` bounds it).
+    pub(crate) body: Option<Vec<u8>>,
 }
 
 impl Probe {
-    fn new(start: Instant) -> Probe {
+    pub(crate) fn new(start: Instant) -> Probe {
         Probe {
             start,
             stage: Stage::Starting,
@@ -876,11 +944,19 @@ impl Probe {
             status: None,
             bytes: 0,
             bytes_decoded: 0,
+            content_type: None,
+            body: None,
+            queued: Duration::ZERO,
         }
     }
 
+    /// When the request's own phases began: after any wait for a connection.
+    pub(crate) fn began(&self) -> Instant {
+        self.start + self.queued
+    }
+
     /// The error for a time limit that ran out, named after the phase it interrupted.
-    fn timed_out(&self, limit: Duration) -> MeasurementError {
+    pub(crate) fn timed_out(&self, limit: Duration) -> MeasurementError {
         let ms = limit.as_millis();
         match self.stage {
             Stage::Resolving => fail(
@@ -899,13 +975,13 @@ impl Probe {
     }
 
     /// This request's phases; `total` runs from its start to its last byte (or now).
-    fn timings(&self) -> Timings {
+    pub(crate) fn timings(&self) -> Timings {
         let span = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
             (Some(a), Some(b)) => micros(b.saturating_duration_since(a)),
             _ => 0,
         };
         Timings {
-            dns: span(Some(self.start), self.dns_done),
+            dns: span(Some(self.began()), self.dns_done),
             connect: span(self.dns_done, self.connect_done),
             tls: span(self.connect_done, self.tls_done),
             ttfb: span(self.request_sent, self.first_byte),
@@ -919,7 +995,7 @@ impl Probe {
     }
 
     /// This request as a followed redirect.
-    fn hop(&self, url: &str, location: &str) -> Hop {
+    pub(crate) fn hop(&self, url: &str, location: &str) -> Hop {
         Hop {
             url: url.to_owned(),
             status: self.status.unwrap_or_default(),
@@ -930,11 +1006,11 @@ impl Probe {
     }
 }
 
-fn micros(d: Duration) -> u64 {
+pub(crate) fn micros(d: Duration) -> u64 {
     d.as_micros() as u64
 }
 
-fn fail(kind: ErrorKind, message: impl Into<String>) -> MeasurementError {
+pub(crate) fn fail(kind: ErrorKind, message: impl Into<String>) -> MeasurementError {
     MeasurementError {
         kind,
         message: message.into(),

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lastmile_protocol::{
-    AgentLimits, ConnectionClass, EnrolRequest, Heartbeat, ResultSubmission, Task,
+    AgentLimits, CheckKind, ConnectionClass, EnrolRequest, Heartbeat, ResultSubmission, Task,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,7 @@ use crate::calibrate::Calibrator;
 use crate::client::{ClientError, ControllerClient};
 use crate::limits::{self, Gate, VolunteerLimits};
 use crate::measure::{Engine, EngineConfig, Expectations};
+use crate::page::PageLimits;
 use crate::spool::Spool;
 
 /// Everything the run loop needs, already merged from flags, environment and config file.
@@ -387,7 +388,14 @@ pub async fn execute(engine: &Engine, task: &Task) -> ResultSubmission {
         timeout: Duration::from_millis(task.timeout_ms),
         max_redirects: task.max_redirects,
     };
-    let measurement = engine.measure(&task.url, &expect).await;
+    let measurement = match task.kind {
+        CheckKind::Http => engine.measure(&task.url, &expect).await,
+        CheckKind::Page => {
+            engine
+                .measure_page(&task.url, &expect, PageLimits::default())
+                .await
+        }
+    };
     ResultSubmission {
         assignment_id: task.assignment_id,
         started_at,

@@ -274,3 +274,63 @@ async fn measure_checks_the_expectations_given_as_flags() {
     assert!(!ok);
     assert_eq!(v["error"]["kind"], "body_too_large", "{v}");
 }
+
+#[tokio::test]
+async fn measure_page_prints_the_page_summary_and_its_json() {
+    use lastmile_testbed::shop;
+    use lastmile_testbed::site::{SiteConfig, TargetSite, NOT_FOUND};
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let url = format!("{}{}", site.origin(), shop::PAGE_PATH);
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || agent().args(args).output().unwrap())
+    };
+    let base = vec![
+        "measure".to_owned(),
+        url.clone(),
+        "--page".into(),
+        "--allow-private".into(),
+    ];
+
+    let mut json = base.clone();
+    json.push("--json".into());
+    let out = run(json).await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (resources, bytes, missing) = shop::expected(NOT_FOUND.len());
+    assert_eq!(v["page"]["resources"], resources, "{v}");
+    assert_eq!(v["page"]["bytes"], bytes);
+    assert_eq!(v["bytes"], bytes);
+    assert_eq!(v["page"]["total_us"], v["timings_us"]["total"]);
+    assert_eq!(
+        v["page"]["failed"][0]["url"],
+        format!("{}{missing}", site.origin())
+    );
+    assert_eq!(v["page"]["failed"][0]["type"], "image");
+    assert_eq!(v["page"]["failed"][0]["error"]["kind"], "http_status");
+
+    let out = run(base.clone()).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("resources  {resources} (stylesheet 1, script 1")),
+        "{text}"
+    );
+    assert!(
+        text.contains("failed     ") && text.contains("http_status 404"),
+        "{text}"
+    );
+
+    // A limit that the page passes fails the command with its code.
+    let mut limited = base;
+    limited.extend(["--max-resources".into(), "3".into()]);
+    let out = run(limited).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("page_too_many_resources"), "{text}");
+}

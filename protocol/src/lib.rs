@@ -231,11 +231,15 @@ pub enum ErrorKind {
     TargetForbidden,
     /// The task could not be understood (bad URL, unsupported kind).
     InvalidTask,
+    /// A page check: the page references more sub-resources than the limit allows.
+    PageTooManyResources,
+    /// A page check: the page (HTML plus sub-resources) is larger than the byte limit.
+    PageTooLarge,
 }
 
 impl ErrorKind {
     /// Every kind, in the order the phases of a fetch can produce them.
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 20] = [
         ErrorKind::DnsNoSuchName,
         ErrorKind::DnsTimeout,
         ErrorKind::Dns,
@@ -254,6 +258,8 @@ impl ErrorKind {
         ErrorKind::TotalTimeout,
         ErrorKind::TargetForbidden,
         ErrorKind::InvalidTask,
+        ErrorKind::PageTooManyResources,
+        ErrorKind::PageTooLarge,
     ];
 
     /// The stable wire name.
@@ -277,6 +283,8 @@ impl ErrorKind {
             ErrorKind::TotalTimeout => "total_timeout",
             ErrorKind::TargetForbidden => "target_forbidden",
             ErrorKind::InvalidTask => "invalid_task",
+            ErrorKind::PageTooManyResources => "page_too_many_resources",
+            ErrorKind::PageTooLarge => "page_too_large",
         }
     }
 }
@@ -349,7 +357,143 @@ pub struct Measurement {
     /// The redirects followed, in order, before the final response.
     #[serde(default)]
     pub redirects: Vec<Hop>,
+    /// A page check's summary (absent for `http` checks). For a page, `timings_us`
+    /// keeps the HTML document's phases except `total`, which is the page total (start
+    /// to the last byte of the last sub-resource), and `bytes`/`bytes_decoded` count
+    /// the whole page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<PageSummary>,
 }
+
+/// What a page load fetched besides (and including) its HTML document.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PageSummary {
+    /// Start to the last byte of the last sub-resource, µs (the measurement's `total`).
+    pub total_us: u64,
+    /// The HTML document's own phases; its `total` ends at the document's last byte.
+    pub document_timings_us: Timings,
+    /// The document's URL after redirects: relative references resolve against it.
+    pub document_url: String,
+    /// Sub-resources requested (the document not included).
+    pub resources: u32,
+    /// Bytes over the wire for the whole page, document included.
+    pub bytes: u64,
+    /// Bytes after decoding `Content-Encoding`, document included.
+    pub bytes_decoded: u64,
+    /// TCP connections opened for the page load.
+    pub connections: u32,
+    /// Sub-resources requested, per type.
+    pub by_type: ResourceCounts,
+    /// The sub-resource that took longest (its own `total`), if any was fetched.
+    pub slowest: Option<ResourceTiming>,
+    /// Sub-resources that failed; they do not fail the page.
+    pub failed: Vec<FailedResource>,
+}
+
+/// What a sub-resource is for, from how the page references it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum ResourceType {
+    Stylesheet,
+    Script,
+    Image,
+    Font,
+    Icon,
+    /// Audio or video (`<source src>`).
+    Media,
+    Other,
+}
+
+impl ResourceType {
+    /// The stable wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::Stylesheet => "stylesheet",
+            ResourceType::Script => "script",
+            ResourceType::Image => "image",
+            ResourceType::Font => "font",
+            ResourceType::Icon => "icon",
+            ResourceType::Media => "media",
+            ResourceType::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Sub-resources per type.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(default)]
+pub struct ResourceCounts {
+    pub stylesheet: u32,
+    pub script: u32,
+    pub image: u32,
+    pub font: u32,
+    pub icon: u32,
+    pub media: u32,
+    pub other: u32,
+}
+
+impl ResourceCounts {
+    /// Counts one more resource of `kind`.
+    pub fn add(&mut self, kind: ResourceType) {
+        let slot = match kind {
+            ResourceType::Stylesheet => &mut self.stylesheet,
+            ResourceType::Script => &mut self.script,
+            ResourceType::Image => &mut self.image,
+            ResourceType::Font => &mut self.font,
+            ResourceType::Icon => &mut self.icon,
+            ResourceType::Media => &mut self.media,
+            ResourceType::Other => &mut self.other,
+        };
+        *slot += 1;
+    }
+
+    /// All resources counted.
+    pub fn total(&self) -> u32 {
+        self.stylesheet + self.script + self.image + self.font + self.icon + self.media + self.other
+    }
+}
+
+/// One sub-resource's fetch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResourceTiming {
+    pub url: String,
+    #[serde(rename = "type")]
+    pub kind: ResourceType,
+    pub status: Option<u16>,
+    /// Bytes over the wire.
+    pub bytes: u64,
+    /// Time it waited for a connection (the per-host limit), µs; not in `timings_us`.
+    pub queued_us: u64,
+    /// Its phases; `dns`, `connect` and `tls` are 0 on a reused connection, `total` runs
+    /// from when it got its connection to its last byte.
+    pub timings_us: Timings,
+}
+
+/// A sub-resource that failed, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct FailedResource {
+    pub url: String,
+    #[serde(rename = "type")]
+    pub kind: ResourceType,
+    /// Its HTTP status, when one arrived (a 404 is `http_status` with status 404).
+    pub status: Option<u16>,
+    pub error: MeasurementError,
+}
+
+/// Sub-resources a page check fetches at most by default; one more is
+/// `page_too_many_resources`.
+pub const DEFAULT_MAX_PAGE_RESOURCES: u32 = 200;
 
 /// One redirect that was followed: the request made and where it pointed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -374,21 +518,32 @@ impl Measurement {
     }
 }
 
-/// Kind of check. Only `http` exists yet; `page` (HTML plus sub-resources) comes with
-/// the measurement-fidelity work.
+/// Kind of check: `http` fetches one URL; `page` loads an HTML page with its
+/// sub-resources (stylesheets, scripts, images, fonts, icons) as a browser would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
     Http,
+    Page,
 }
 
 impl CheckKind {
+    /// Every kind.
+    pub const ALL: [CheckKind; 2] = [CheckKind::Http, CheckKind::Page];
+
     /// The stable wire name.
     pub fn as_str(self) -> &'static str {
         match self {
             CheckKind::Http => "http",
+            CheckKind::Page => "page",
         }
+    }
+}
+
+impl fmt::Display for CheckKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -397,6 +552,7 @@ impl FromStr for CheckKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "http" => Ok(CheckKind::Http),
+            "page" => Ok(CheckKind::Page),
             _ => Err(UnknownName {
                 kind: "check kind",
                 given: s.to_owned(),
@@ -604,6 +760,7 @@ mod tests {
             http_version: Some("1.1".into()),
             redirect_us: 0,
             redirects: Vec::new(),
+            page: None,
         };
         let v = serde_json::to_value(&m).unwrap_or_default();
         assert_eq!(

@@ -20,7 +20,8 @@
 //! ```
 //!
 //! So a small request costs `rtt/2 + len*8/up` one way and a page download is paced at
-//! the downstream rate. When one side closes its sending half, the other side's sending
+//! the downstream rate. The serialization queue is the line's, shared by every
+//! connection through the link: a page load's parallel connections share the rate. When one side closes its sending half, the other side's sending
 //! half is shut down after everything queued was delivered (half-close is kept).
 //!
 //! # Limits
@@ -34,6 +35,7 @@
 //!   reading and TCP backpressure reaches the sender, as a full router buffer would.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -135,36 +137,56 @@ impl Drop for Link {
     }
 }
 
+/// When the line is next free in one direction. Shared by every connection through the
+/// link, so that parallel connections (a page load's six) share its rate as they share
+/// a real line, instead of each getting a line of its own.
+type LineClock = Arc<std::sync::Mutex<Option<Instant>>>;
+
 async fn accept_loop(listener: TcpListener, upstream: SocketAddr, profile: LinkProfile) {
     let mut connections = JoinSet::new();
+    let up: LineClock = Arc::default();
+    let down: LineClock = Arc::default();
     loop {
         let Ok((client, _)) = listener.accept().await else {
             continue;
         };
         while connections.try_join_next().is_some() {}
+        let (up, down) = (up.clone(), down.clone());
         connections.spawn(async move {
             match TcpStream::connect(upstream).await {
-                Ok(server) => relay(client, server, profile).await,
+                Ok(server) => relay(client, server, profile, up, down).await,
                 Err(e) => tracing::debug!(error = %e, %upstream, "link cannot reach upstream"),
             }
         });
     }
 }
 
-async fn relay(client: TcpStream, server: TcpStream, profile: LinkProfile) {
+async fn relay(
+    client: TcpStream,
+    server: TcpStream,
+    profile: LinkProfile,
+    up: LineClock,
+    down: LineClock,
+) {
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     let (client_read, client_write) = client.into_split();
     let (server_read, server_write) = server.into_split();
     let one_way = profile.rtt / 2;
     tokio::join!(
-        pipe(client_read, server_write, profile.up_bps, one_way),
-        pipe(server_read, client_write, profile.down_bps, one_way),
+        pipe(client_read, server_write, profile.up_bps, one_way, up),
+        pipe(server_read, client_write, profile.down_bps, one_way, down),
     );
 }
 
 /// One direction of the link: read, queue with arrival times, release on schedule.
-async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, bps: u64, one_way: Duration) {
+async fn pipe(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    bps: u64,
+    one_way: Duration,
+    line: LineClock,
+) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Bytes)>(QUEUE);
     let reader = async move {
         let mut buf = vec![0u8; SEGMENT];
@@ -186,11 +208,16 @@ async fn pipe(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, bps: u64, one_way
     };
     let writer = async move {
         let seconds_per_byte = 8.0 / bps.max(1) as f64;
-        let mut depart_end: Option<Instant> = None;
         while let Some((arrival, segment)) = rx.recv().await {
-            let start = depart_end.map_or(arrival, |d| d.max(arrival));
-            let done = start + Duration::from_secs_f64(segment.len() as f64 * seconds_per_byte);
-            depart_end = Some(done);
+            let done = {
+                let Ok(mut depart_end) = line.lock() else {
+                    return;
+                };
+                let start = depart_end.map_or(arrival, |d| d.max(arrival));
+                let done = start + Duration::from_secs_f64(segment.len() as f64 * seconds_per_byte);
+                *depart_end = Some(done);
+                done
+            };
             tokio::time::sleep_until(done + one_way).await;
             if to.write_all(&segment).await.is_err() {
                 return;

@@ -1,15 +1,23 @@
 //! A small target web site for the demo and the end-to-end tests.
 //!
 //! It serves a home page of a fixed size (so that transfer time shows the link's
-//! rate), optional server think time, and the ownership-verification tokens the
-//! controller fetches from `/.well-known/lastmile/<token>`. It speaks just enough
-//! HTTP/1.1 for one request per connection (`Connection: close`), which is exactly how
-//! agents measure: a fresh connection per fetch.
+//! rate), optional server think time, the ownership-verification tokens the
+//! controller fetches from `/.well-known/lastmile/<token>`, and the demo shop's product
+//! page with its sub-resources ([`crate::shop`], for `page` checks). It speaks just
+//! enough HTTP/1.1 (with keep-alive, so that a page load can reuse its connections) and,
+//! over TLS when configured, HTTP/2 by ALPN (hyper's server). It counts its
+//! connections, open and at most at once, so that tests can see a client's connection
+//! policy from the server's side.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -27,6 +35,8 @@ pub struct SiteConfig {
     /// Send the home page with `Transfer-Encoding: chunked`, as a streaming
     /// application server does, instead of with a `Content-Length`.
     pub chunked: Option<Chunked>,
+    /// Over TLS, offer HTTP/2 by ALPN (`h2`, then `http/1.1`), as most servers do.
+    pub http2: bool,
 }
 
 /// How a chunked home page is sent.
@@ -45,15 +55,102 @@ impl Default for SiteConfig {
             think_time: Duration::from_millis(5),
             tls: None,
             chunked: None,
+            http2: false,
         }
     }
 }
+
+/// The site's connections as it saw them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Connections accepted since the start (or the last reset).
+    pub accepted: usize,
+    /// Connections open now.
+    pub open: usize,
+    /// Most connections open at once since the start (or the last reset).
+    pub max_open: usize,
+}
+
+#[derive(Default)]
+struct Counter {
+    accepted: AtomicUsize,
+    open: AtomicUsize,
+    max_open: AtomicUsize,
+}
+
+/// Counts one open connection for as long as it lives.
+struct Open(Arc<Counter>);
+
+impl Open {
+    fn new(counter: &Arc<Counter>) -> Open {
+        counter.accepted.fetch_add(1, Ordering::SeqCst);
+        let now = counter.open.fetch_add(1, Ordering::SeqCst) + 1;
+        counter.max_open.fetch_max(now, Ordering::SeqCst);
+        Open(counter.clone())
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What the site serves besides tokens: the home page and the shop page's files.
+struct Content {
+    home: Vec<u8>,
+    files: HashMap<String, (&'static str, Vec<u8>)>,
+}
+
+impl Content {
+    fn new(page_bytes: usize) -> Content {
+        let mut files = HashMap::new();
+        files.insert(
+            crate::shop::PAGE_PATH.to_owned(),
+            ("text/html; charset=utf-8", crate::shop::html().into_bytes()),
+        );
+        for r in crate::shop::resources() {
+            files.insert(r.path, (r.content_type, r.body));
+        }
+        Content {
+            home: home_page(page_bytes),
+            files,
+        }
+    }
+
+    /// The answer to a GET of `path`: status line, content type, body.
+    fn route(
+        &self,
+        path: &str,
+        tokens: &Mutex<HashSet<String>>,
+    ) -> (&'static str, &'static str, Vec<u8>) {
+        let path = path.split('?').next().unwrap_or(path);
+        if path == "/" {
+            ("200 OK", "text/html; charset=utf-8", self.home.clone())
+        } else if let Some(token) = path.strip_prefix("/.well-known/lastmile/") {
+            let known = tokens.lock().map(|t| t.contains(token)).unwrap_or(false);
+            if known {
+                ("200 OK", "text/plain", token.as_bytes().to_vec())
+            } else {
+                ("404 Not Found", "text/plain", b"unknown token".to_vec())
+            }
+        } else if let Some((kind, body)) = self.files.get(path) {
+            ("200 OK", kind, body.clone())
+        } else {
+            ("404 Not Found", "text/plain", NOT_FOUND.to_vec())
+        }
+    }
+}
+
+/// The body of every 404 for an unknown path.
+pub const NOT_FOUND: &[u8] = b"not found";
 
 /// A running target site. Dropping it stops the server.
 pub struct TargetSite {
     addr: SocketAddr,
     scheme: &'static str,
     tokens: Arc<Mutex<HashSet<String>>>,
+    counter: Arc<Counter>,
     task: JoinHandle<()>,
 }
 
@@ -63,17 +160,25 @@ impl TargetSite {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let tokens = Arc::new(Mutex::new(HashSet::new()));
-        let page = Arc::new(home_page(config.page_bytes));
+        let content = Arc::new(Content::new(config.page_bytes));
         let scheme = if config.tls.is_some() {
             "https"
         } else {
             "http"
         };
-        let task = tokio::spawn(serve(listener, tokens.clone(), page, config));
+        let counter = Arc::new(Counter::default());
+        let task = tokio::spawn(serve(
+            listener,
+            tokens.clone(),
+            content,
+            config,
+            counter.clone(),
+        ));
         Ok(TargetSite {
             addr,
             scheme,
             tokens,
+            counter,
             task,
         })
     }
@@ -86,6 +191,22 @@ impl TargetSite {
     /// The site's origin, e.g. `http://127.0.0.1:40123`.
     pub fn origin(&self) -> String {
         format!("{}://{}", self.scheme, self.addr)
+    }
+
+    /// The connections seen so far.
+    pub fn connections(&self) -> ConnectionStats {
+        ConnectionStats {
+            accepted: self.counter.accepted.load(Ordering::SeqCst),
+            open: self.counter.open.load(Ordering::SeqCst),
+            max_open: self.counter.max_open.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Starts counting afresh (`open` stays what it is).
+    pub fn reset_connection_stats(&self) {
+        self.counter.accepted.store(0, Ordering::SeqCst);
+        let open = self.counter.open.load(Ordering::SeqCst);
+        self.counter.max_open.store(open, Ordering::SeqCst);
     }
 
     /// Serves `token` at `/.well-known/lastmile/<token>`, proving ownership.
@@ -116,92 +237,143 @@ fn home_page(size: usize) -> Vec<u8> {
 async fn serve(
     listener: TcpListener,
     tokens: Arc<Mutex<HashSet<String>>>,
-    page: Arc<Vec<u8>>,
+    content: Arc<Content>,
     config: SiteConfig,
+    counter: Arc<Counter>,
 ) {
     let mut connections = tokio::task::JoinSet::new();
-    let acceptor = config.tls.map(tokio_rustls::TlsAcceptor::from);
+    let tls = config.tls.map(|tls| {
+        if config.http2 {
+            let mut offering = (*tls).clone();
+            offering.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Arc::new(offering)
+        } else {
+            tls
+        }
+    });
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let think = config.think_time;
     let chunked = config.chunked;
     loop {
         let Ok((socket, _)) = listener.accept().await else {
             continue;
         };
+        let open = Open::new(&counter);
         while connections.try_join_next().is_some() {}
-        let (tokens, page, acceptor) = (tokens.clone(), page.clone(), acceptor.clone());
+        let (tokens, content, acceptor) = (tokens.clone(), content.clone(), acceptor.clone());
         connections.spawn(async move {
+            let _open = open;
             let _ = socket.set_nodelay(true);
             match acceptor {
                 Some(acceptor) => {
-                    if let Ok(tls) = acceptor.accept(socket).await {
-                        let _ = answer(tls, &tokens, &page, think, chunked).await;
+                    let Ok(tls) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    if tls.get_ref().1.alpn_protocol() == Some(b"h2".as_slice()) {
+                        serve_http2(tls, tokens, content, think).await;
+                    } else {
+                        let _ = answer(tls, &tokens, &content, think, chunked).await;
                     }
                 }
                 None => {
-                    let _ = answer(socket, &tokens, &page, think, chunked).await;
+                    let _ = answer(socket, &tokens, &content, think, chunked).await;
                 }
             }
         });
     }
 }
 
+/// One HTTP/2 connection, through hyper's server.
+async fn serve_http2<S>(
+    io: S,
+    tokens: Arc<Mutex<HashSet<String>>>,
+    content: Arc<Content>,
+    think: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (tokens, content) = (tokens.clone(), content.clone());
+        async move {
+            tokio::time::sleep(think).await;
+            let (status, kind, body) = content.route(req.uri().path(), &tokens);
+            let code = if status.starts_with("200") { 200 } else { 404 };
+            hyper::Response::builder()
+                .status(code)
+                .header("content-type", kind)
+                .body(Full::new(Bytes::from(body)))
+        }
+    });
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+/// HTTP/1.1: answers requests on one connection until the client closes it or asks
+/// to (`Connection: close`); a chunked home page ends the connection, as before.
 async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
     mut socket: S,
     tokens: &Mutex<HashSet<String>>,
-    page: &[u8],
+    content: &Content,
     think: Duration,
     chunked: Option<Chunked>,
 ) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
+    let mut pending: Vec<u8> = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(30), socket.read(&mut buf))
-            .await
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        if n == 0 || head.len() > 16 * 1024 {
-            return Ok(());
+    loop {
+        let end = loop {
+            if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let n = tokio::time::timeout(Duration::from_secs(30), socket.read(&mut buf))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+            if n == 0 || pending.len() > 16 * 1024 {
+                return Ok(());
+            }
+            pending.extend_from_slice(&buf[..n]);
+        };
+        let head: Vec<u8> = pending.drain(..end).collect();
+        let request = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let close = request
+            .lines()
+            .any(|l| l.starts_with("connection:") && l.contains("close"));
+        let path = String::from_utf8_lossy(&head)
+            .split_whitespace()
+            .nth(1)
+            .unwrap_or("/")
+            .to_owned();
+        tokio::time::sleep(think).await;
+        let (status, kind, body) = content.route(&path, tokens);
+        if let (Some(c), "/") = (chunked, path.as_str()) {
+            let header = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            );
+            socket.write_all(header.as_bytes()).await?;
+            for (i, part) in body.chunks(c.chunk_bytes.max(1)).enumerate() {
+                if i > 0 {
+                    tokio::time::sleep(c.gap).await;
+                }
+                socket
+                    .write_all(format!("{:x}\r\n", part.len()).as_bytes())
+                    .await?;
+                socket.write_all(part).await?;
+                socket.write_all(b"\r\n").await?;
+                socket.flush().await?;
+            }
+            socket.write_all(b"0\r\n\r\n").await?;
+            return socket.shutdown().await;
         }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let request = String::from_utf8_lossy(&head);
-    let path = request.split_whitespace().nth(1).unwrap_or("/").to_owned();
-    tokio::time::sleep(think).await;
-    let (status, body, kind): (&str, Vec<u8>, &str) = if path == "/" {
-        ("200 OK", page.to_vec(), "text/html; charset=utf-8")
-    } else if let Some(token) = path.strip_prefix("/.well-known/lastmile/") {
-        let known = tokens.lock().map(|t| t.contains(token)).unwrap_or(false);
-        if known {
-            ("200 OK", token.as_bytes().to_vec(), "text/plain")
-        } else {
-            ("404 Not Found", b"unknown token".to_vec(), "text/plain")
-        }
-    } else {
-        ("404 Not Found", b"not found".to_vec(), "text/plain")
-    };
-    if let (Some(c), "/") = (chunked, path.as_str()) {
         let header = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+            "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n{}\r\n",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" }
         );
         socket.write_all(header.as_bytes()).await?;
-        for (i, part) in body.chunks(c.chunk_bytes.max(1)).enumerate() {
-            if i > 0 {
-                tokio::time::sleep(c.gap).await;
-            }
-            socket
-                .write_all(format!("{:x}\r\n", part.len()).as_bytes())
-                .await?;
-            socket.write_all(part).await?;
-            socket.write_all(b"\r\n").await?;
-            socket.flush().await?;
+        socket.write_all(&body).await?;
+        socket.flush().await?;
+        if close {
+            return socket.shutdown().await;
         }
-        socket.write_all(b"0\r\n\r\n").await?;
-        return socket.shutdown().await;
     }
-    let header = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    socket.write_all(header.as_bytes()).await?;
-    socket.write_all(&body).await?;
-    socket.shutdown().await
 }

@@ -374,11 +374,23 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
     browser.submit("button[value=create]").await;
     assert!(browser.text(".error").await.contains("ttfb p95 <= 800 ms"));
     browser.fill("#objectives", "ttfb p95 <= 800 ms").await;
+    // The whole shop page, as a browser loads it.
+    browser
+        .fill(
+            "#url",
+            &format!("{}{}", site.origin(), lastmile_testbed::shop::PAGE_PATH),
+        )
+        .await;
+    browser.click("#kind option[value=page]").await;
     browser.submit("button[value=create]").await;
     let check_page = browser.path().await;
     assert!(check_page.starts_with("/app/checks/"), "{check_page}");
     let facts = browser.text("dl.facts").await;
     assert!(facts.contains("DE") && facts.contains("cable"), "{facts}");
+    assert!(
+        facts.contains("page: the HTML and its sub-resources"),
+        "{facts}"
+    );
     assert!(facts.contains("ttfb p95 <= 800 ms"), "{facts}");
 
     // Without test credit the run is refused, and the page says why.
@@ -411,10 +423,10 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
     browser.screenshot(&shot("check-ran")).await;
-    // The checks page shows what the run cost: 10.00 USD less one 5-cent result.
+    // The checks page shows what the run cost: 10.00 USD less one 15-cent page load.
     browser.goto(&format!("{}/app/checks", app.base)).await;
     let money = browser.text(".money").await;
-    assert!(money.contains("Test credit: 9.95 USD"), "{money}");
+    assert!(money.contains("Test credit: 9.85 USD"), "{money}");
     browser.goto(&format!("{}{check_page}", app.base)).await;
     // The CSV link reads the same API with the browser's session.
     let href = browser

@@ -75,9 +75,40 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         "one row per connection class in one region: {isp}"
     );
     assert!(rows.iter().all(|r| r["group"]["asn"] == 64_501), "{isp}");
+    // The page check: every agent loaded the whole shop page in each run (the missing
+    // image listed, not failing it), and the page totals show the links' physics too.
+    assert!(outcome.page_physics_hold, "{:#?}", outcome.page_by_class);
+    assert_eq!(outcome.page_runs.len(), 2);
+    assert!(
+        outcome.page_runs.iter().all(|r| r.done == 12),
+        "{:?}",
+        outcome.page_runs
+    );
+    assert_eq!(
+        outcome.page_by_class.check.kind,
+        lastmile_protocol::CheckKind::Page
+    );
+    assert!(outcome
+        .page_by_class
+        .rows
+        .iter()
+        .all(|r| r.samples == 6 && r.availability == 1.0));
+    let (resources, bytes, missing) =
+        lastmile_testbed::shop::expected(lastmile_testbed::site::NOT_FOUND.len());
+    assert_eq!(outcome.pages.len(), 4, "one latest page per class");
+    for (class, page) in &outcome.pages {
+        assert_eq!((page.resources, page.bytes), (resources, bytes), "{class}");
+        assert_eq!(page.failed.len(), 1, "{class}: {page:?}");
+        assert!(page.failed[0].url.ends_with(missing));
+        assert!(
+            page.connections > 1 && page.connections <= 6,
+            "{class}: {page:?}"
+        );
+    }
+    assert!(out.path().join("page_report.json").exists());
     // ledger.json: a trial balance that sums to zero per currency, in which the owner
-    // paid for exactly the 24 results (5 cents each), volunteers earned 4 cents of each
-    // and the platform 1.
+    // paid for exactly the 24 http results (5 cents each: volunteers earned 4 cents of
+    // each, the platform 1) and the 24 page results (15 cents: 12 and 3).
     let ledger: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("ledger.json")).unwrap())
             .unwrap();
@@ -96,9 +127,13 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     assert_eq!(sums.len(), 1, "{ledger}");
     assert!(sums.values().all(|s| *s == 0), "{ledger}");
     assert_eq!(by_kind["operator_grants"], -5_000, "{ledger}");
-    assert_eq!(by_kind["owner_credit"], 5_000 - 24 * 5, "{ledger}");
-    assert_eq!(by_kind["volunteer_earnings"], 24 * 4, "{ledger}");
-    assert_eq!(by_kind["platform_revenue"], 24, "{ledger}");
+    assert_eq!(
+        by_kind["owner_credit"],
+        5_000 - 24 * 5 - 24 * 15,
+        "{ledger}"
+    );
+    assert_eq!(by_kind["volunteer_earnings"], 24 * 4 + 24 * 12, "{ledger}");
+    assert_eq!(by_kind["platform_revenue"], 24 + 24 * 3, "{ledger}");
     // Each of the 3 volunteers (one per country) earned something.
     assert_eq!(
         accounts
@@ -109,9 +144,9 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         "{ledger}"
     );
     let summary = demo::money_summary(&outcome.ledger);
-    assert!(summary.contains("the owner spent 1.20 usd"), "{summary}");
+    assert!(summary.contains("the owner spent 4.80 usd"), "{summary}");
     // leaderboard.json: what the public API served; the three volunteers, each paid for
-    // the 8 measurements their 4 agents made, ranked by points.
+    // the 16 measurements their 4 agents made (8 fetches, 8 page loads), ranked by points.
     let board: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("leaderboard.json")).unwrap(),
     )
@@ -120,8 +155,8 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     assert_eq!(entries.len(), 3, "{board}");
     assert_eq!(entries[0]["rank"], 1, "{board}");
     for e in entries {
-        assert_eq!(e["measurements"], 8, "{board}");
-        assert!(e["points"].as_u64().unwrap() >= 8, "{board}");
+        assert_eq!(e["measurements"], 16, "{board}");
+        assert!(e["points"].as_u64().unwrap() >= 16, "{board}");
     }
     assert_eq!(outcome.leaderboard.entries.len(), 3);
 }

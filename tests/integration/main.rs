@@ -16,5 +16,6 @@ mod isp;
 mod leaderboard;
 mod leasing;
 mod ledger;
+mod page_checks;
 mod reports;
 mod results;

@@ -47,6 +47,7 @@ async fn app_with_check(db: &TestDb, objectives: Value) -> (TestApp, String, Str
 fn fold(app: &TestApp, check: &str, class: &str, at: i64, ttfb_us: i64, ok: bool) {
     let mut conn = app.db().conn().unwrap();
     let r = StoredResult {
+        page: None,
         assignment_id: String::new(),
         run_id: String::new(),
         check_id: check.to_owned(),

@@ -153,6 +153,7 @@ diesel::table! {
         bytes_decoded -> BigInt,
         redirects -> Integer,
         redirect_us -> BigInt,
+        page -> Nullable<Text>,
     }
 }
 

@@ -111,6 +111,7 @@ pub struct CheckFields {
     site_id: String,
     name: String,
     url: String,
+    kind: String,
     expected_status: String,
     body_contains: String,
     max_bytes: String,
@@ -181,7 +182,12 @@ fn new_check_of(f: &CheckFields) -> Result<NewCheck, Error> {
         site_id,
         name: Some(f.name.trim().to_owned()).filter(|n| !n.is_empty()),
         url: f.url.trim().to_owned(),
-        kind: lastmile_protocol::CheckKind::Http,
+        kind: match f.kind.trim() {
+            "" => lastmile_protocol::CheckKind::Http,
+            k => k.parse().map_err(|e| {
+                Error::invalid("invalid_form", format!("measure: {e} (http or page)"))
+            })?,
+        },
         expected_status: list_of(&f.expected_status, "expected status codes", "a status code")?,
         max_bytes: optional_number(&f.max_bytes, "max bytes")?,
         timeout_ms: optional_number(&f.timeout_ms, "timeout")?,
@@ -208,6 +214,7 @@ fn form_of(f: &CheckFields, sites: Vec<(String, String)>) -> CheckForm {
         site_id: f.site_id.clone(),
         name: f.name.clone(),
         url: f.url.clone(),
+        kind: f.kind.clone(),
         expected_status: f.expected_status.clone(),
         body_contains: f.body_contains.clone(),
         max_bytes: f.max_bytes.clone(),
@@ -442,6 +449,10 @@ async fn render_detail(
                 id: check.id.clone(),
                 name: check.name.clone(),
                 url: check.url.clone(),
+                kind: match check.kind.as_str() {
+                    "page" => "page: the HTML and its sub-resources, as a browser loads it".into(),
+                    _ => "http: one fetch of the URL".into(),
+                },
                 schedule: schedule_text(&check),
                 selection: selection_text(&check.selection()),
                 expectations,
