@@ -186,6 +186,10 @@ pub struct CheckView {
     /// the kind and the selection; see `lastmile_billing::pricing`).
     pub price_per_result_minor: i64,
     pub price_currency: String,
+    /// Results of this check flagged by verification (stored, left out of reports, not
+    /// charged); given by `GET /api/v1/checks/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flagged_results: Option<u64>,
 }
 
 impl From<&Check> for CheckView {
@@ -211,6 +215,7 @@ impl From<&Check> for CheckView {
             objectives: c.objectives(),
             price_per_result_minor: crate::billing::price_of(c).minor,
             price_currency: crate::billing::price_of(c).currency.to_string(),
+            flagged_results: None,
         }
     }
 }

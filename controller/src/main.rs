@@ -45,6 +45,10 @@ enum Command {
         /// MaxMind ASN database (GeoLite2-ASN layout).
         #[arg(long, env = "LASTMILE_ASN_DB")]
         asn_db: Option<PathBuf>,
+        /// Bearer token for the operators' endpoints (`/api/v1/ops/...`); unset turns
+        /// them off.
+        #[arg(long, env = "LASTMILE_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
     },
     /// Apply pending database migrations and exit.
     Migrate,
@@ -257,6 +261,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             city_db,
             asn_db,
+            admin_token,
         } => {
             let mut config = config;
             if let Some(listen) = listen {
@@ -267,6 +272,9 @@ fn main() -> anyhow::Result<()> {
             }
             if asn_db.is_some() {
                 config.geo.asn_db = asn_db;
+            }
+            if admin_token.is_some() {
+                config.admin_token = admin_token;
             }
             serve(config)
         }

@@ -3,11 +3,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod browser;
+mod cheater;
 mod support;
 
 mod agent_lifecycle;
 mod api_errors;
 mod calibration;
+mod cheating;
 mod dashboard;
 mod end_to_end;
 mod isp;
@@ -16,3 +18,4 @@ mod leasing;
 mod ledger;
 mod reports;
 mod results;
+mod verification;

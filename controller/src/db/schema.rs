@@ -151,6 +151,20 @@ diesel::table! {
         bytes_decoded -> BigInt,
         redirects -> Integer,
         redirect_us -> BigInt,
+        flagged -> Bool,
+    }
+}
+
+diesel::table! {
+    result_flags (assignment_id, rule) {
+        assignment_id -> Text,
+        rule -> Text,
+        agent_id -> Text,
+        volunteer_id -> Text,
+        check_id -> Text,
+        run_id -> Text,
+        evidence -> Text,
+        created_at -> BigInt,
     }
 }
 
@@ -216,6 +230,7 @@ diesel::joinable!(assignments -> checks (check_id));
 diesel::joinable!(assignments -> runs (run_id));
 diesel::joinable!(checks -> sites (site_id));
 diesel::joinable!(results -> assignments (assignment_id));
+diesel::joinable!(result_flags -> agents (agent_id));
 
 diesel::table! {
     logins (id) {
@@ -261,5 +276,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     run_agents,
     assignments,
     results,
+    result_flags,
     aggregates,
 );

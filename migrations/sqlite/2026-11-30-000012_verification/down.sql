@@ -1,0 +1,5 @@
+DROP INDEX results_run;
+DROP INDEX results_peers;
+DROP INDEX results_fingerprint;
+DROP TABLE result_flags;
+ALTER TABLE results DROP COLUMN flagged;
