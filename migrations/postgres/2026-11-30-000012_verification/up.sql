@@ -19,5 +19,6 @@ CREATE INDEX result_flags_agent ON result_flags (agent_id);
 CREATE INDEX results_fingerprint ON results (total_us, ttfb_us);
 -- Peers: recent results of one check in one ASN and class.
 CREATE INDEX results_peers ON results (check_id, asn, connection_class, received_at);
--- Same-address farming: the other results of a run.
+-- Same-address farming: the other results of a run, and a volunteer's agents at one address.
 CREATE INDEX results_run ON results (run_id);
+CREATE INDEX agents_volunteer_ip ON agents (volunteer_id, ip);

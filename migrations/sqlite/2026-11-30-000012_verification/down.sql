@@ -1,3 +1,4 @@
+DROP INDEX agents_volunteer_ip;
 DROP INDEX results_run;
 DROP INDEX results_peers;
 DROP INDEX results_fingerprint;
