@@ -131,7 +131,7 @@ async fn a_cheating_agent_is_flagged_unpaid_and_unreported_while_honest_agents_a
             Some(&owner),
             Some(
                 json!({"site_id": site_id, "name": "home", "url": format!("{}/", site.origin()),
-                "expected_status": [200], "selection": {"agents_per_run": 4}}),
+                "expected_status": [200], "selection": {"agents_per_run": 4}, "isp_sharing": true}),
             ),
         )
         .await;
@@ -232,6 +232,29 @@ async fn a_cheating_agent_is_flagged_unpaid_and_unreported_while_honest_agents_a
         ],
         "{report}"
     );
+
+    // ISP views merge the same aggregates: the cheater's network shows nothing, an
+    // honest network its runs.
+    for (asn, samples) in [(64_502, None), (64_501, Some(RUNS))] {
+        let token = {
+            let mut conn = app.db().conn().unwrap();
+            lastmile_controller::isp::create(&mut conn, &format!("ISP of AS{asn}"), &[asn])
+                .unwrap()
+                .1
+        };
+        let (status, summary) = app
+            .call("GET", "/api/v1/isp/summary?window=24h", Some(&token), None)
+            .await;
+        assert_eq!(status, 200, "{summary}");
+        let rows = summary["rows"].as_array().unwrap();
+        match samples {
+            None => assert!(rows.is_empty(), "AS{asn}: {summary}"),
+            Some(n) => {
+                assert_eq!(rows.len(), 1, "AS{asn}: {summary}");
+                assert_eq!(rows[0]["samples"], n, "AS{asn}: {summary}");
+            }
+        }
+    }
 
     // Money: the owner paid for the honest results only; the cheater earned nothing.
     assert_eq!(
