@@ -47,8 +47,9 @@
 //! ## Peers (`peer_outlier`)
 //!
 //! The result's ttfb and total are compared with the recent (last 24 h, up to 200)
-//! successful, unflagged, in-time results of the same check from *other* agents in the
-//! same ASN and measured class. Latencies are right-skewed (roughly lognormal), so the
+//! successful, unflagged, in-time results of the same check from agents of *other
+//! volunteers* (one volunteer's agents cannot vouch for each other) in the same ASN and
+//! measured class. Latencies are right-skewed (roughly lognormal), so the
 //! robust z-score is taken on their logarithms, which makes "ten times faster" as
 //! unusual as "ten times slower": `z = (ln x - median) / (1.4826 * MAD)`. Flagged when
 //! `|z| > 6` *and* the value differs from the peers' median by at least 10 ms (so that
@@ -322,12 +323,15 @@ pub fn verify(conn: &mut DbConn, agent: &Agent, r: &StoredResult) -> Result<Vec<
 
     if r.error_kind.is_none() && r.asn != 0 {
         let since = r.received_at - PEER_WINDOW_US;
+        // Peers are other volunteers' agents: one volunteer's agents cannot vouch for
+        // each other.
         let peers: Vec<(String, i64, i64)> = results::table
+            .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
             .filter(results::check_id.eq(&r.check_id))
             .filter(results::asn.eq(r.asn))
             .filter(results::connection_class.eq(&r.connection_class))
             .filter(results::received_at.ge(since))
-            .filter(results::agent_id.ne(&agent.id))
+            .filter(agents::volunteer_id.ne(&agent.volunteer_id))
             .filter(results::flagged.eq(false))
             .filter(results::late.eq(false))
             .filter(results::error_kind.is_null())
