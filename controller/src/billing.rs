@@ -249,3 +249,97 @@ pub fn trial_balance(conn: &mut DbConn) -> Result<TrialBalance> {
             .collect(),
     })
 }
+
+/// Where one payout to a volunteer stands, as the ledger records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PayoutState {
+    /// Sent, not yet settled.
+    InTransit,
+    Completed,
+    /// Failed; the amount went back to the volunteer's earnings.
+    Failed,
+    /// Completed, then pulled back; the amount went back to the earnings.
+    Reversed,
+}
+
+/// One payout to a volunteer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PayoutLine {
+    /// The payout's id (from its event keys, `payout:<id>:...`).
+    pub id: String,
+    pub amount_minor: i64,
+    pub currency: String,
+    /// When it was sent, µs since the epoch.
+    pub started_at_us: i64,
+    pub state: PayoutState,
+    /// When it last changed state, µs since the epoch.
+    pub updated_at_us: i64,
+}
+
+/// A volunteer's payouts, newest first, read from the ledger's payout transactions
+/// (`payout_started`, `payout_completed`, `payout_failed`, `payout_reversed`) on the
+/// volunteer's own accounts. The dashboard shows this list; when payouts get their own
+/// records (Stripe Connect), only this function needs to change.
+pub fn payouts_of(conn: &mut DbConn, volunteer_id: &str) -> Result<Vec<PayoutLine>> {
+    use crate::db::schema::{ledger_accounts, ledger_postings, ledger_transactions};
+    let rows: Vec<(String, String, i64, String, i64)> = ledger_postings::table
+        .inner_join(ledger_transactions::table)
+        .inner_join(ledger_accounts::table)
+        .filter(ledger_accounts::holder.eq(volunteer_id))
+        .filter(ledger_accounts::kind.eq_any([
+            AccountKind::PayoutsInTransit.as_str(),
+            AccountKind::VolunteerEarnings.as_str(),
+        ]))
+        .filter(ledger_transactions::kind.eq_any([
+            "payout_started",
+            "payout_completed",
+            "payout_failed",
+            "payout_reversed",
+        ]))
+        .order(ledger_transactions::created_at)
+        .select((
+            ledger_transactions::event_key,
+            ledger_transactions::kind,
+            ledger_postings::amount_minor,
+            ledger_accounts::currency,
+            ledger_transactions::created_at,
+        ))
+        .load(conn)?;
+    let mut payouts: Vec<PayoutLine> = Vec::new();
+    for (key, kind, amount, currency, at) in rows {
+        let Some(id) = key
+            .strip_prefix("payout:")
+            .and_then(|rest| rest.rsplit_once(':'))
+            .map(|(id, _)| id.to_owned())
+        else {
+            continue;
+        };
+        let index = match payouts.iter().position(|p| p.id == id) {
+            Some(i) => i,
+            None => {
+                payouts.push(PayoutLine {
+                    id,
+                    amount_minor: amount.abs(),
+                    currency,
+                    started_at_us: at,
+                    state: PayoutState::InTransit,
+                    updated_at_us: at,
+                });
+                payouts.len() - 1
+            }
+        };
+        let p = &mut payouts[index];
+        p.updated_at_us = p.updated_at_us.max(at);
+        match kind.as_str() {
+            // Started touches both accounts: take the amount once, from either.
+            "payout_started" => p.amount_minor = amount.abs(),
+            "payout_completed" => p.state = PayoutState::Completed,
+            "payout_failed" => p.state = PayoutState::Failed,
+            "payout_reversed" => p.state = PayoutState::Reversed,
+            _ => {}
+        }
+    }
+    payouts.reverse();
+    Ok(payouts)
+}

@@ -139,6 +139,8 @@ pub struct Check {
     pub body_contains: Option<String>,
     pub objectives: String,
     pub max_redirects: i32,
+    /// When the owner paused the schedule; `None` while it runs.
+    pub paused_at: Option<i64>,
 }
 
 impl Check {
@@ -182,6 +184,11 @@ pub struct CheckView {
     pub max_redirects: u32,
     pub isp_sharing: bool,
     pub objectives: Vec<Objective>,
+    /// Paused checks make no scheduled runs ("run now" still works).
+    #[serde(default)]
+    pub paused: bool,
+    #[serde(default)]
+    pub paused_at: Option<DateTime<Utc>>,
     /// What each accepted result costs, in minor units of `price_currency` (fixed by
     /// the kind and the selection; see `lastmile_billing::pricing`).
     pub price_per_result_minor: i64,
@@ -213,6 +220,8 @@ impl From<&Check> for CheckView {
             max_redirects: c.max_redirects.max(0) as u32,
             isp_sharing: c.isp_sharing,
             objectives: c.objectives(),
+            paused: c.paused_at.is_some(),
+            paused_at: c.paused_at.map(to_datetime),
             price_per_result_minor: crate::billing::price_of(c).minor,
             price_currency: crate::billing::price_of(c).currency.to_string(),
             flagged_results: None,
@@ -232,6 +241,95 @@ pub fn create(
     owner_id: &str,
     new: &NewCheck,
     min_interval_s: u64,
+) -> Result<Check> {
+    let now = now_us();
+    let check = validated(
+        conn,
+        owner_id,
+        new,
+        min_interval_s,
+        Uuid::new_v4().to_string(),
+        now,
+    )?;
+    diesel::insert_into(checks::table)
+        .values(&check)
+        .execute(conn)?;
+    Ok(check)
+}
+
+/// Replaces the owner's check `id` with `new`, under exactly the rules of [`create`].
+/// The id, creation time and pause state stay. A scheduled check keeps its next run
+/// time (or becomes due now if it had none, e.g. a one-off that already ran and now
+/// gets an interval); a one-off check that already ran does not run again.
+pub fn update(
+    conn: &mut DbConn,
+    owner_id: &str,
+    id: &str,
+    new: &NewCheck,
+    min_interval_s: u64,
+) -> Result<Check> {
+    let current = get(conn, owner_id, id)?;
+    let now = now_us();
+    let mut check = validated(conn, owner_id, new, min_interval_s, current.id.clone(), now)?;
+    check.created_at = current.created_at;
+    check.paused_at = current.paused_at;
+    check.next_run_at = match check.interval_s {
+        Some(_) => current.next_run_at.or(Some(now)),
+        None => current.next_run_at,
+    };
+    diesel::update(checks::table.find(&current.id))
+        .filter(checks::owner_id.eq(owner_id))
+        .set((
+            checks::site_id.eq(&check.site_id),
+            checks::name.eq(&check.name),
+            checks::kind.eq(&check.kind),
+            checks::url.eq(&check.url),
+            checks::expected_status.eq(&check.expected_status),
+            checks::max_bytes.eq(check.max_bytes),
+            checks::timeout_ms.eq(check.timeout_ms),
+            checks::countries.eq(&check.countries),
+            checks::asns.eq(&check.asns),
+            checks::connection_classes.eq(&check.connection_classes),
+            checks::agents_per_run.eq(check.agents_per_run),
+            checks::interval_s.eq(check.interval_s),
+            checks::next_run_at.eq(check.next_run_at),
+            checks::isp_sharing.eq(check.isp_sharing),
+            checks::body_contains.eq(&check.body_contains),
+            checks::objectives.eq(&check.objectives),
+            checks::max_redirects.eq(check.max_redirects),
+        ))
+        .execute(conn)?;
+    Ok(check)
+}
+
+/// Pauses (`true`) or resumes (`false`) the owner's check. A paused check's schedule
+/// makes no runs; "run now" still works, because the owner asked for that run
+/// explicitly. Resuming a scheduled check whose next run time passed meanwhile runs it
+/// at the next scheduler tick, once (missed runs are not made up).
+pub fn set_paused(conn: &mut DbConn, owner_id: &str, id: &str, paused: bool) -> Result<Check> {
+    let current = get(conn, owner_id, id)?;
+    let paused_at = match (paused, current.paused_at) {
+        (true, Some(t)) => Some(t),
+        (true, None) => Some(now_us()),
+        (false, _) => None,
+    };
+    diesel::update(checks::table.find(&current.id))
+        .set(checks::paused_at.eq(paused_at))
+        .execute(conn)?;
+    Ok(Check {
+        paused_at,
+        ..current
+    })
+}
+
+/// Checks `new` against every rule and returns the row it would be.
+fn validated(
+    conn: &mut DbConn,
+    owner_id: &str,
+    new: &NewCheck,
+    min_interval_s: u64,
+    id: String,
+    now: i64,
 ) -> Result<Check> {
     let site = sites::get(conn, owner_id, &new.site_id.to_string())?;
     if site.verified_at.is_none() {
@@ -308,9 +406,8 @@ pub fn create(
         Some(n) => crate::accounts::validate_name(n)?,
         None => url.to_string(),
     };
-    let now = now_us();
     let check = Check {
-        id: Uuid::new_v4().to_string(),
+        id,
         owner_id: owner_id.to_owned(),
         site_id: site.id,
         name,
@@ -330,10 +427,8 @@ pub fn create(
         body_contains: new.body_contains.clone(),
         objectives: json(&new.objectives),
         max_redirects: max_redirects as i32,
+        paused_at: None,
     };
-    diesel::insert_into(checks::table)
-        .values(&check)
-        .execute(conn)?;
     Ok(check)
 }
 

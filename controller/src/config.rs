@@ -37,6 +37,9 @@ pub struct ControllerConfig {
     pub min_check_interval_s: u64,
     /// Let site verification fetch private and loopback addresses (local testing only).
     pub allow_private_sites: bool,
+    /// The nameserver (ip:port) asked for `_lastmile.<host>` TXT records when a site's
+    /// ownership is proven by DNS; unset: the system's resolver (`/etc/resolv.conf`).
+    pub dns_nameserver: Option<SocketAddr>,
     /// How often the scheduler looks for due checks and expired leases, milliseconds.
     pub scheduler_tick_ms: u64,
     /// Largest request body the API accepts, bytes.
@@ -67,6 +70,7 @@ impl Default for ControllerConfig {
             run_deadline_s: 600,
             min_check_interval_s: 60,
             allow_private_sites: false,
+            dns_nameserver: None,
             scheduler_tick_ms: 1000,
             max_body_bytes: 256 * 1024,
             isp_requests_per_minute: 60,

@@ -527,12 +527,13 @@ async fn serve_dashboard(
         })
         .await?;
     println!(
-        "\nDashboard: {}/app  (agents keep measuring; Ctrl-C to stop)\n  site owner  {} / {}\n  volunteer   {} / {}",
+        "\nDashboard: {}/app  (agents keep measuring; Ctrl-C to stop)\n  site owner  {} / {}  (Checks → Report: charts and the table)\n  volunteer   {} / {}  (rank, points, earnings)\n  public      {}/app/leaderboard",
         controller.url(),
         DEMO_OWNER_LOGIN.0,
         DEMO_OWNER_LOGIN.1,
         DEMO_VOLUNTEER_LOGIN.0,
-        DEMO_VOLUNTEER_LOGIN.1
+        DEMO_VOLUNTEER_LOGIN.1,
+        controller.url()
     );
     tokio::signal::ctrl_c().await?;
     println!("Stopping.");

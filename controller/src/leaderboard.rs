@@ -60,6 +60,10 @@ pub struct Entry {
     pub rank: u32,
     /// The volunteer's display name.
     pub volunteer: String,
+    /// Kept inside the controller (the dashboard finds a volunteer's own place by it);
+    /// never served: the public board names volunteers, it does not identify them.
+    #[serde(skip)]
+    pub volunteer_id: String,
     pub points: u64,
     pub online_hours: f64,
     pub measurements: u64,
@@ -155,6 +159,7 @@ pub fn build(conn: &mut DbConn, period: Period, now: DateTime<Utc>) -> Result<Le
         .map(|(v, (online, n, us))| Entry {
             rank: 0,
             volunteer: names.get(v).cloned().unwrap_or_default(),
+            volunteer_id: v.to_owned(),
             points: points(online, n, us),
             online_hours: (online as f64 / 360.0).round() / 10.0,
             measurements: n,
@@ -180,6 +185,14 @@ pub fn build(conn: &mut DbConn, period: Period, now: DateTime<Utc>) -> Result<Le
         from: from.map(|f| to_datetime(to_us(f))),
         entries,
     })
+}
+
+/// A volunteer's place on `board`, if they have any points in its period.
+pub fn standing<'a>(board: &'a Leaderboard, volunteer_id: &str) -> Option<&'a Entry> {
+    board
+        .entries
+        .iter()
+        .find(|e| e.volunteer_id == volunteer_id)
 }
 
 /// The leaderboard as CSV, one volunteer per line.
@@ -237,6 +250,7 @@ mod tests {
             entries: vec![Entry {
                 rank: 1,
                 volunteer: "Ada, \"the\" first".into(),
+                volunteer_id: "v1".into(),
                 points: 12,
                 online_hours: 1.2,
                 measurements: 0,

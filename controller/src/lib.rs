@@ -9,7 +9,8 @@
 //!   `lastmile_dashboard` pages.
 //! - domain modules, one idea each: [`accounts`] (owners, volunteers, tokens),
 //!   [`agents`], [`sites`], [`checks`], [`scheduling`] (runs, leases, expiry),
-//!   [`ingest`] (results and aggregation), [`reports`], [`geo`], [`metrics`].
+//!   [`ingest`] (results and aggregation), [`reports`], [`geo`], [`metrics`],
+//!   [`api_tokens`] (named owner tokens), [`dns_verify`] (DNS TXT ownership proofs).
 //! - [`db`]: the diesel layer over PostgreSQL and SQLite.
 //! - [`server`] wires the state and the scheduler loop into a service that starts and
 //!   stops cleanly; [`demo`] runs the whole product on one machine.
@@ -17,6 +18,7 @@
 pub mod accounts;
 pub mod agents;
 pub mod api;
+pub mod api_tokens;
 pub mod billing;
 pub mod calibration;
 pub mod checks;
@@ -25,6 +27,7 @@ pub mod confidence;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod dns_verify;
 pub mod error;
 pub mod geo;
 pub mod histogram;

@@ -49,6 +49,9 @@ enum Command {
         /// them off.
         #[arg(long, env = "LASTMILE_ADMIN_TOKEN", hide_env_values = true)]
         admin_token: Option<String>,
+        /// Nameserver (ip:port) that DNS TXT ownership checks ask; default: the system's.
+        #[arg(long, env = "LASTMILE_DNS_NAMESERVER")]
+        dns_nameserver: Option<SocketAddr>,
     },
     /// Apply pending database migrations and exit.
     Migrate,
@@ -262,8 +265,12 @@ fn main() -> anyhow::Result<()> {
             city_db,
             asn_db,
             admin_token,
+            dns_nameserver,
         } => {
             let mut config = config;
+            if dns_nameserver.is_some() {
+                config.dns_nameserver = dns_nameserver;
+            }
             if let Some(listen) = listen {
                 config.listen = listen;
             }

@@ -31,6 +31,9 @@ pub struct Site {
     pub verification_token: String,
     pub verified_at: Option<i64>,
     pub created_at: i64,
+    /// How ownership was proven: `file` or `dns` (`None` before, and for sites verified
+    /// before the DNS method existed).
+    pub verified_by: Option<String>,
 }
 
 /// Request body to add a site.
@@ -51,6 +54,11 @@ pub struct SiteView {
     /// Serve this token as the body of `verification_url`, then call verify.
     pub verification_token: String,
     pub verification_url: String,
+    /// Or publish the token as a TXT record at this name, then call verify with
+    /// `{"method": "dns"}`.
+    pub verification_dns_name: Option<String>,
+    /// `file` or `dns` once verified.
+    pub verified_by: Option<String>,
     pub created_at: DateTime<Utc>,
 }
 
@@ -63,6 +71,8 @@ impl From<&Site> for SiteView {
             verified_at: s.verified_at.map(to_datetime),
             verification_token: s.verification_token.clone(),
             verification_url: verification_url(&s.origin, &s.verification_token),
+            verification_dns_name: dns_name(&s.origin),
+            verified_by: s.verified_by.clone(),
             created_at: to_datetime(s.created_at),
         }
     }
@@ -70,6 +80,27 @@ impl From<&Site> for SiteView {
 
 fn verification_url(origin: &str, token: &str) -> String {
     format!("{origin}/.well-known/lastmile/{token}")
+}
+
+/// `_lastmile.<host>` for a site on a host name; `None` for an IP address origin,
+/// which has no DNS name to publish a record under.
+pub fn dns_name(origin: &str) -> Option<String> {
+    let url = url::Url::parse(origin).ok()?;
+    match url.host()? {
+        url::Host::Domain(d) => Some(crate::dns_verify::record_name(d)),
+        _ => None,
+    }
+}
+
+/// How an owner proves a site is theirs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Method {
+    /// Serve the token at `/.well-known/lastmile/<token>`.
+    #[default]
+    File,
+    /// Publish the token as a TXT record at `_lastmile.<host>`.
+    Dns,
 }
 
 /// Normalises an origin (`https://Shop.Example:443/` -> `https://shop.example`).
@@ -104,6 +135,7 @@ pub fn create(conn: &mut DbConn, owner_id: &str, new: &NewSite) -> Result<Site> 
         verification_token: new_secret("lms_"),
         verified_at: None,
         created_at: now_us(),
+        verified_by: None,
     };
     diesel::insert_into(sites::table)
         .values(&site)
@@ -177,19 +209,69 @@ pub async fn verify(
             ),
         ));
     }
+    mark_verified(db, site, Method::File).await
+}
+
+async fn mark_verified(db: &Db, site: Site, method: Method) -> Result<Site> {
     let verified_at = now_us();
+    let by = match method {
+        Method::File => "file",
+        Method::Dns => "dns",
+    };
     let id = site.id.clone();
     db.run(move |c| {
         diesel::update(sites::table.find(&id))
-            .set(sites::verified_at.eq(verified_at))
+            .set((
+                sites::verified_at.eq(verified_at),
+                sites::verified_by.eq(by),
+            ))
             .execute(c)
             .map_err(Error::from)
     })
     .await?;
     Ok(Site {
         verified_at: Some(verified_at),
+        verified_by: Some(by.to_owned()),
         ..site
     })
+}
+
+/// Looks up `_lastmile.<host>` TXT records and marks the site verified if one of them
+/// is exactly its token. `nameserver`: see [`crate::dns_verify`].
+pub async fn verify_dns(
+    db: &Db,
+    nameserver: Option<std::net::SocketAddr>,
+    owner_id: String,
+    id: String,
+) -> Result<Site> {
+    let site = db.run(move |c| get(c, &owner_id, &id)).await?;
+    if site.verified_at.is_some() {
+        return Ok(site);
+    }
+    let name = dns_name(&site.origin).ok_or_else(|| {
+        Error::invalid(
+            "verification_failed",
+            format!(
+                "{} is an IP address, which has no DNS name for a TXT record; use the file method",
+                site.origin
+            ),
+        )
+    })?;
+    let values = crate::dns_verify::txt_values(nameserver, &name).await?;
+    if !values.iter().any(|v| v.trim() == site.verification_token) {
+        let found = if values.is_empty() {
+            "no TXT record".to_owned()
+        } else {
+            format!("{} TXT record(s), none of them the token", values.len())
+        };
+        return Err(Error::invalid(
+            "verification_failed",
+            format!(
+                "{name} has {found}; publish a TXT record there whose value is exactly the token (DNS changes can take a few minutes to show)"
+            ),
+        ));
+    }
+    mark_verified(db, site, Method::Dns).await
 }
 
 async fn ensure_public(origin: &str) -> Result<()> {

@@ -17,6 +17,7 @@ pub struct CheckItem {
     pub schedule: String,
     /// "DE, US · dsl, cable · 10 agents".
     pub selection: String,
+    pub paused: bool,
 }
 
 /// `money`: lines on the owner's test credit, shown above the list.
@@ -39,8 +40,9 @@ pub fn list(nav: &Nav, checks: &[CheckItem], money: &[String]) -> Markup {
                         tbody {
                             @for c in checks {
                                 tr {
-                                    td { a href={ "/app/checks/" (c.id) } { (c.name) } br; small { (c.url) } }
-                                    td { (c.schedule) }
+                                    td { a href={ "/app/checks/" (c.id) } { (c.name) } br; small { (c.url) } br;
+                                        a.small href={ "/app/checks/" (c.id) "/report" } { "Report" } }
+                                    td { (c.schedule) @if c.paused { " " span.badge.warn { "paused" } } }
                                     td { (c.selection) }
                                 }
                             }
@@ -76,15 +78,31 @@ pub struct CheckForm {
     /// Agents a run would use now, when counted.
     pub eligible: Option<usize>,
     pub error: Option<String>,
+    /// Editing this check (id, name); `None` for a new one.
+    pub editing: Option<(String, String)>,
 }
 
 pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
+    let (title, action, submit) = match &f.editing {
+        Some((id, _)) => (
+            "Edit check",
+            format!("/app/checks/{id}/edit"),
+            "Save changes",
+        ),
+        None => ("New check", "/app/checks".to_owned(), "Create check"),
+    };
     page(
-        "New check",
+        title,
         Some(nav),
         html! {
-            p.crumbs { a href="/app/checks" { "Checks" } " / new" }
-            h1 { "New check" }
+            p.crumbs {
+                a href="/app/checks" { "Checks" } " / "
+                @match &f.editing {
+                    Some((id, name)) => { a href={ "/app/checks/" (id) } { (name) } " / edit" }
+                    None => "new",
+                }
+            }
+            h1 { (title) }
             @if f.sites.is_empty() {
                 section.card {
                     p { "Checks measure pages of verified sites, and you have none yet. "
@@ -92,7 +110,7 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                 }
             } @else {
                 (error_box(f.error.as_deref()))
-                form.check method="post" action="/app/checks" {
+                form.check method="post" action=(action) {
                     (csrf_field(&nav.csrf))
                     section.card {
                         h2 { "What to measure" }
@@ -170,7 +188,7 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                             " Share results (never the URL) with the ISPs whose networks the agents sit in"
                         }
                     }
-                    button type="submit" name="action" value="create" { "Create check" }
+                    button type="submit" name="action" value="create" { (submit) }
                 }
                 // Progressive: recount as filters change (the button does it without JS).
                 script src="/app/static/eligible.js" defer {}
@@ -199,6 +217,10 @@ pub struct CheckDetail {
     pub expectations: String,
     /// The check's objectives in their written form.
     pub objectives: Vec<String>,
+    /// "since 2026-11-30 22:10 UTC" when paused.
+    pub paused: Option<String>,
+    /// "5 cents per result"
+    pub price: String,
 }
 
 pub fn detail(nav: &Nav, c: &CheckDetail, runs: &[RunItem], error: Option<&str>) -> Markup {
@@ -207,25 +229,44 @@ pub fn detail(nav: &Nav, c: &CheckDetail, runs: &[RunItem], error: Option<&str>)
         Some(nav),
         html! {
             p.crumbs { a href="/app/checks" { "Checks" } " / " (c.name) }
-            h1 { (c.name) }
+            h1 { (c.name) " "
+                @match &c.paused {
+                    Some(since) => span.badge.warn #check-state title={ "Paused " (since) } { "paused" },
+                    None => span.badge.ok #check-state { "active" },
+                }
+            }
             (error_box(error))
             dl.facts {
                 dt { "URL" } dd { code { (c.url) } }
-                dt { "Schedule" } dd { (c.schedule) }
+                dt { "Schedule" } dd { (c.schedule)
+                    @if let Some(since) = &c.paused { " — " strong { "paused" } " " (since) ", no scheduled runs" } }
                 dt { "Agents" } dd { (c.selection) }
                 dt { "Success" } dd { (c.expectations) }
                 dt { "Objectives" } dd {
                     @if c.objectives.is_empty() { "none" }
                     @for (i, o) in c.objectives.iter().enumerate() { @if i > 0 { "; " } (o) }
                 }
+                dt { "Price" } dd { (c.price) }
             }
             div.actions {
+                a.button href={ "/app/checks/" (c.id) "/report" } { "Report" }
                 form method="post" action={ "/app/checks/" (c.id) "/runs" } {
                     (csrf_field(&nav.csrf))
-                    button type="submit" { "Run now" }
+                    button.secondary type="submit" { "Run now" }
+                }
+                a.button.secondary href={ "/app/checks/" (c.id) "/edit" } { "Edit" }
+                @if c.paused.is_some() {
+                    form method="post" action={ "/app/checks/" (c.id) "/resume" } {
+                        (csrf_field(&nav.csrf))
+                        button.secondary #resume type="submit" { "Resume schedule" }
+                    }
+                } @else {
+                    form method="post" action={ "/app/checks/" (c.id) "/pause" } {
+                        (csrf_field(&nav.csrf))
+                        button.secondary #pause type="submit" { "Pause schedule" }
+                    }
                 }
                 a.button.secondary href={ "/api/v1/checks/" (c.id) "/report?group_by=connection_class,country&format=csv" } download { "Report CSV" }
-                a.button.secondary href={ "/api/v1/checks/" (c.id) "/report?group_by=connection_class,country" } { "Report JSON" }
             }
             h2 { "Recent runs" }
             @if runs.is_empty() {

@@ -41,11 +41,13 @@ pub fn page(title: &str, nav: Option<&Nav>, body: Markup) -> Markup {
                                 Role::Owner => {
                                     a href="/app/sites" { "Sites" }
                                     a href="/app/checks" { "Checks" }
+                                    a href="/app/tokens" { "API tokens" }
                                 }
                                 Role::Volunteer => {
                                     a href="/app/agents" { "Agents" }
                                 }
                             }
+                            a href="/app/leaderboard" { "Leaderboard" }
                         }
                         div.who {
                             span title=(nav.email) { (nav.name) }
@@ -56,6 +58,7 @@ pub fn page(title: &str, nav: Option<&Nav>, body: Markup) -> Markup {
                         }
                     } @else {
                         nav aria-label="Account" {
+                            a href="/app/leaderboard" { "Leaderboard" }
                             a href="/app/sign-in" { "Sign in" }
                             a href="/app/sign-up" { "Sign up" }
                         }

@@ -9,9 +9,13 @@
 //! results here.
 
 pub mod auth;
+pub mod charts;
 pub mod checks;
 pub mod layout;
+pub mod leaderboard;
+pub mod reports;
 pub mod sites;
+pub mod tokens;
 pub mod volunteers;
 
 pub use layout::{Nav, Role};

@@ -11,6 +11,10 @@ pub struct SiteItem {
     pub origin: String,
     pub verified: bool,
     pub verification_token: String,
+    /// `_lastmile.<host>`, when the origin has a host name.
+    pub dns_name: Option<String>,
+    /// "file" or "DNS" once verified.
+    pub verified_by: Option<String>,
 }
 
 pub fn list(nav: &Nav, sites: &[SiteItem], error: Option<&str>, origin: &str) -> Markup {
@@ -62,18 +66,46 @@ pub fn detail(nav: &Nav, site: &SiteItem, error: Option<&str>) -> Markup {
             h1 { (site.origin) " " (status(site.verified)) }
             (error_box(error))
             @if !site.verified {
-                section.card {
-                    h2 { "Prove you run this site" }
-                    p { "Serve this file, with the token as its content, then press Verify:" }
-                    pre { code { (well_known) } }
-                    p { "Content: " code { (site.verification_token) } }
-                    form method="post" action={ "/app/sites/" (site.id) "/verify" } {
-                        (csrf_field(&nav.csrf))
-                        button type="submit" { "Verify" }
+                p.lead { "Prove you run this site in one of two ways, then press its Verify button." }
+                div.methods {
+                    section.card #verify-file {
+                        h2 { "Serve a file" }
+                        p { "Serve this URL with the token as its whole content:" }
+                        pre { code { (well_known) } }
+                        p { "Content: " code.token { (site.verification_token) } }
+                        form method="post" action={ "/app/sites/" (site.id) "/verify" } {
+                            (csrf_field(&nav.csrf))
+                            input type="hidden" name="method" value="file";
+                            button type="submit" { "Verify by file" }
+                        }
+                    }
+                    section.card #verify-dns {
+                        h2 { "Publish a DNS TXT record" }
+                        @match &site.dns_name {
+                            Some(name) => {
+                                p { "Add a TXT record (DNS changes can take a few minutes to show):" }
+                                dl.facts {
+                                    dt { "Name" } dd { code.dns-name { (name) } }
+                                    dt { "Type" } dd { "TXT" }
+                                    dt { "Value" } dd { code { (site.verification_token) } }
+                                }
+                                form method="post" action={ "/app/sites/" (site.id) "/verify" } {
+                                    (csrf_field(&nav.csrf))
+                                    input type="hidden" name="method" value="dns";
+                                    button type="submit" { "Verify by DNS" }
+                                }
+                            }
+                            None => {
+                                p.muted { "This origin is an IP address, which has no DNS name to publish a record under; use the file." }
+                            }
+                        }
                     }
                 }
             } @else {
-                p { "Ownership is proven. Checks can now measure pages on this site." }
+                p { "Ownership is proven"
+                    @if let Some(by) = &site.verified_by { " (by " (by) ")" }
+                    ". Checks can now measure pages on this site. "
+                    a href="/app/checks/new" { "Create a check" } "." }
             }
         },
     )

@@ -37,14 +37,72 @@ pub struct Install {
     pub new_key: Option<String>,
 }
 
-/// `money`: lines on the volunteer's earnings, shown above the agents.
-pub fn agents(nav: &Nav, items: &[AgentItem], install: &Install, money: &[String]) -> Markup {
+/// A place on the leaderboard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Standing {
+    pub rank: u32,
+    pub points: u64,
+    /// Volunteers with points in the period.
+    pub of: usize,
+}
+
+/// One payout.
+#[derive(Debug, Clone)]
+pub struct PayoutItem {
+    /// "2026-11-30"
+    pub date: String,
+    /// "12.40 USD"
+    pub amount: String,
+    /// "on its way", "paid", "failed, back in your earnings"...
+    pub state: String,
+    pub done: bool,
+}
+
+/// What a volunteer has earned: points and rank, money, payouts.
+#[derive(Debug, Clone, Default)]
+pub struct Earnings {
+    pub week: Option<Standing>,
+    pub all_time: Option<Standing>,
+    /// (label, amount) e.g. ("Earned, not yet paid out", "1.20 USD").
+    pub balances: Vec<(String, String)>,
+    pub payouts: Vec<PayoutItem>,
+}
+
+fn standing_card(id: &str, label: &str, s: Option<Standing>) -> Markup {
+    html! {
+        div.stat id=(id) {
+            span.stat-label { (label) }
+            @match s {
+                Some(s) => {
+                    span.stat-value { "#" (s.rank) }
+                    span.stat-note { (s.points) " points · " (s.of) " ranked" }
+                }
+                None => {
+                    span.stat-value { "–" }
+                    span.stat-note { "no points yet" }
+                }
+            }
+        }
+    }
+}
+
+pub fn agents(nav: &Nav, items: &[AgentItem], install: &Install, earnings: &Earnings) -> Markup {
     page(
         "Agents",
         Some(nav),
         html! {
             h1 { "Your agents" }
-            @for line in money { p.money { (line) } }
+            section.stats aria-label="Points and earnings" {
+                (standing_card("rank-week", "Rank this week", earnings.week))
+                (standing_card("rank-all", "Rank all time", earnings.all_time))
+                @for (label, amount) in &earnings.balances {
+                    div.stat.money-stat {
+                        span.stat-label { (label) }
+                        span.stat-value { (amount) }
+                    }
+                }
+            }
+            p.meta { a href="/app/leaderboard" { "See the leaderboard" } }
             @if items.is_empty() {
                 p.empty { "No agents yet. Install one on a computer that stays on, with the command below." }
             } @else {
@@ -78,6 +136,27 @@ pub fn agents(nav: &Nav, items: &[AgentItem], install: &Install, money: &[String
                                     td { (a.location) }
                                     td { (a.last_result) }
                                     td.num { (a.results) }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            section.card #payouts {
+                h2 { "Payouts" }
+                @if earnings.payouts.is_empty() {
+                    p.empty { "No payouts yet. Earnings are paid out to your connected account once they pass the payout minimum." }
+                } @else {
+                    div.scroll {
+                        table {
+                            thead { tr { th scope="col" { "Sent" } th scope="col" { "Amount" } th scope="col" { "Status" } } }
+                            tbody {
+                                @for p in &earnings.payouts {
+                                    tr {
+                                        td { (p.date) }
+                                        td.num { (p.amount) }
+                                        td { @if p.done { span.badge.ok { (p.state) } } @else { span.badge.warn { (p.state) } } }
+                                    }
                                 }
                             }
                         }

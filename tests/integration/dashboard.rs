@@ -16,7 +16,7 @@ per_backend!(
     an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure,
 );
 
-async fn sign_up(browser: &Browser, app: &TestApp, role: &str, name: &str, email: &str) {
+pub(crate) async fn sign_up(browser: &Browser, app: &TestApp, role: &str, name: &str, email: &str) {
     browser.goto(&format!("{}/app/sign-up", app.base)).await;
     browser
         .click(&format!("input[name=role][value={role}]"))

@@ -11,6 +11,8 @@ mod api_errors;
 mod calibration;
 mod cheating;
 mod dashboard;
+mod dashboard_pages;
+mod dns;
 mod end_to_end;
 mod isp;
 mod leaderboard;

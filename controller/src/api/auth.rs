@@ -76,7 +76,7 @@ impl FromRequest for AuthOwner {
             state
                 .db
                 .run(move |c| match credential {
-                    Credential::Token(t) => accounts::owner_by_token(c, &t),
+                    Credential::Token(t) => crate::api_tokens::authenticate(c, &t),
                     Credential::Session(s) => match crate::logins::session(c, &s)? {
                         Some(session) => match session.login.owner_id {
                             Some(id) => accounts::owner_by_id(c, &id),
@@ -162,7 +162,7 @@ impl FromRequest for AuthHolder {
             state
                 .db
                 .run(move |c| {
-                    if let Some(owner) = accounts::owner_by_token(c, &token)? {
+                    if let Some(owner) = crate::api_tokens::authenticate(c, &token)? {
                         return Ok(Some(AuthHolder(HolderKind::Owner, owner.id)));
                     }
                     if let Some(v) = accounts::volunteer_by_enrol_key(c, &token)? {

@@ -25,7 +25,8 @@ use utoipa::{Modify, OpenApi};
         agents::calibration_ping, agents::calibration_download, agents::calibration_upload,
         agents::calibration_report,
         owners::me, owners::balance, owners::create_site, owners::list_sites, owners::get_site, owners::verify_site,
-        owners::create_check, owners::list_checks, owners::get_check, owners::run_now, owners::list_runs,
+        owners::create_check, owners::list_checks, owners::get_check, owners::update_check,
+        owners::pause_check, owners::resume_check, owners::run_now, owners::list_runs,
         owners::get_run, owners::report,
         isp::list_asns, isp::start_claim, isp::confirm_claim, isp::summary, isp::destinations, isp::series,
         public::leaderboard, ops::flags,
@@ -94,6 +95,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(owners::create_check)
             .service(owners::list_checks)
             .service(owners::get_check)
+            .service(owners::update_check)
+            .service(owners::pause_check)
+            .service(owners::resume_check)
             .service(owners::run_now)
             .service(owners::list_runs)
             .service(owners::get_run)

@@ -1,6 +1,6 @@
 //! Owner endpoints: sites, checks, runs and reports.
 
-use actix_web::{get, post, web, HttpResponse};
+use actix_web::{get, post, put, web, HttpResponse};
 use chrono::{DateTime, Utc};
 use lastmile_protocol::ApiError;
 use serde::{Deserialize, Serialize};
@@ -99,23 +99,50 @@ pub async fn get_site(
     Ok(web::Json(SiteView::from(&site)))
 }
 
-/// Fetch the site's verification URL and mark it verified if it serves the token.
-#[utoipa::path(post, path = "/api/v1/sites/{id}/verify", tag = "sites", security(("owner_token" = [])),
+/// How to verify a site.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    /// `file` (default): fetch `verification_url`; `dns`: look up the TXT record at
+    /// `verification_dns_name`.
+    #[serde(default)]
+    pub method: sites::Method,
+}
+
+/// Prove the site is yours: the controller fetches its verification URL (`file`, the
+/// default) or looks up its `_lastmile.<host>` TXT record (`dns`), and marks it
+/// verified if the token is there.
+#[utoipa::path(post, path = "/api/v1/sites/{id}/verify", tag = "sites", request_body(content = Option<VerifyRequest>), security(("owner_token" = [])),
     responses((status = 200, body = SiteView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
 #[post("/sites/{id}/verify")]
 pub async fn verify_site(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
+    body: Option<web::Json<VerifyRequest>>,
 ) -> Result<web::Json<SiteView>, Error> {
-    let site = sites::verify(
-        &state.db,
-        &state.http,
-        state.config.allow_private_sites,
-        owner.id,
-        id.to_string(),
-    )
-    .await?;
+    let method = body.map(|b| b.method).unwrap_or_default();
+    let site = match method {
+        sites::Method::File => {
+            sites::verify(
+                &state.db,
+                &state.http,
+                state.config.allow_private_sites,
+                owner.id,
+                id.to_string(),
+            )
+            .await?
+        }
+        sites::Method::Dns => {
+            sites::verify_dns(
+                &state.db,
+                state.config.dns_nameserver,
+                owner.id,
+                id.to_string(),
+            )
+            .await?
+        }
+    };
     Ok(web::Json(SiteView::from(&site)))
 }
 
@@ -170,6 +197,57 @@ pub async fn get_check(
         flagged_results: Some(flagged.max(0) as u64),
         ..CheckView::from(&check)
     }))
+}
+
+/// Change one of your checks: the whole check as when creating it, under the same rules.
+#[utoipa::path(put, path = "/api/v1/checks/{id}", tag = "checks", request_body = NewCheck, security(("owner_token" = [])),
+    responses((status = 200, body = CheckView), (status = 404, body = ApiError), (status = 409, body = ApiError),
+        (status = 422, body = ApiError)))]
+#[put("/checks/{id}")]
+pub async fn update_check(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    id: web::Path<Uuid>,
+    body: web::Json<NewCheck>,
+) -> Result<web::Json<CheckView>, Error> {
+    let min_interval = state.config.min_check_interval_s;
+    let check = state
+        .db
+        .run(move |c| checks::update(c, &owner.id, &id.to_string(), &body, min_interval))
+        .await?;
+    Ok(web::Json(CheckView::from(&check)))
+}
+
+/// Pause a check's schedule (no scheduled runs until resumed; run now still works).
+#[utoipa::path(post, path = "/api/v1/checks/{id}/pause", tag = "checks", security(("owner_token" = [])),
+    responses((status = 200, body = CheckView), (status = 404, body = ApiError)))]
+#[post("/checks/{id}/pause")]
+pub async fn pause_check(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    id: web::Path<Uuid>,
+) -> Result<web::Json<CheckView>, Error> {
+    let check = state
+        .db
+        .run(move |c| checks::set_paused(c, &owner.id, &id.to_string(), true))
+        .await?;
+    Ok(web::Json(CheckView::from(&check)))
+}
+
+/// Resume a paused check's schedule.
+#[utoipa::path(post, path = "/api/v1/checks/{id}/resume", tag = "checks", security(("owner_token" = [])),
+    responses((status = 200, body = CheckView), (status = 404, body = ApiError)))]
+#[post("/checks/{id}/resume")]
+pub async fn resume_check(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    id: web::Path<Uuid>,
+) -> Result<web::Json<CheckView>, Error> {
+    let check = state
+        .db
+        .run(move |c| checks::set_paused(c, &owner.id, &id.to_string(), false))
+        .await?;
+    Ok(web::Json(CheckView::from(&check)))
 }
 
 /// Run a check now, in addition to its schedule.

@@ -62,6 +62,7 @@ diesel::table! {
         verification_token -> Text,
         verified_at -> Nullable<BigInt>,
         created_at -> BigInt,
+        verified_by -> Nullable<Text>,
     }
 }
 
@@ -87,6 +88,7 @@ diesel::table! {
         body_contains -> Nullable<Text>,
         objectives -> Text,
         max_redirects -> Integer,
+        paused_at -> Nullable<BigInt>,
     }
 }
 
@@ -263,7 +265,20 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Named owner API tokens (migration 000014); revoked ones stay, with `revoked_at`.
+    api_tokens (id) {
+        id -> Text,
+        owner_id -> Text,
+        name -> Text,
+        token_hash -> Text,
+        created_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    api_tokens,
     agent_uptime,
     logins,
     sessions,

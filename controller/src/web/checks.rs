@@ -93,6 +93,7 @@ pub async fn list(user: SignedIn, state: web::Data<AppState>) -> HttpResponse {
                     url: c.url.clone(),
                     schedule: schedule_text(c),
                     selection: selection_text(&c.selection()),
+                    paused: c.paused_at.is_some(),
                 })
                 .collect();
             html(StatusCode::OK, pages::list(&user.nav(), &items, &money))
@@ -221,6 +222,44 @@ fn form_of(f: &CheckFields, sites: Vec<(String, String)>) -> CheckForm {
         isp_sharing: f.isp_sharing.is_some(),
         eligible: None,
         error: None,
+        editing: None,
+    }
+}
+
+/// The form's fields filled from a stored check (for editing).
+fn fields_of(c: &Check) -> CheckFields {
+    let join = |v: Vec<String>, sep: &str| v.join(sep);
+    let selection = c.selection();
+    CheckFields {
+        site_id: c.site_id.clone(),
+        name: c.name.clone(),
+        url: c.url.clone(),
+        expected_status: join(
+            c.expected_status().iter().map(u16::to_string).collect(),
+            ", ",
+        ),
+        body_contains: c.body_contains.clone().unwrap_or_default(),
+        max_bytes: c.max_bytes.to_string(),
+        timeout_ms: c.timeout_ms.to_string(),
+        max_redirects: c.max_redirects.to_string(),
+        objectives: join(
+            c.objectives()
+                .iter()
+                .map(crate::objectives::Objective::to_line)
+                .collect(),
+            "\n",
+        ),
+        every_seconds: c.interval_s.map(|s| s.to_string()).unwrap_or_default(),
+        countries: join(selection.countries.clone(), ", "),
+        asns: join(selection.asns.iter().map(u32::to_string).collect(), ", "),
+        connection_classes: selection
+            .connection_classes
+            .iter()
+            .map(|c| c.as_str().to_owned())
+            .collect(),
+        agents_per_run: selection.agents_per_run.to_string(),
+        isp_sharing: c.isp_sharing.then(|| "true".to_owned()),
+        ..CheckFields::default()
     }
 }
 
@@ -415,6 +454,19 @@ async fn render_detail(
                 selection: selection_text(&check.selection()),
                 expectations,
                 objectives,
+                paused: check.paused_at.map(|t| {
+                    format!(
+                        "since {}",
+                        crate::clock::to_datetime(t).format("%Y-%m-%d %H:%M UTC")
+                    )
+                }),
+                price: {
+                    let p = crate::billing::price_of(&check);
+                    format!(
+                        "{} per result",
+                        super::money(p.minor, &p.currency.to_string())
+                    )
+                },
             };
             let items: Vec<RunItem> = runs.iter().map(run_item).collect();
             html(
@@ -480,4 +532,134 @@ pub async fn run_now(
             .await
         }
     }
+}
+
+/// `GET /app/checks/{id}/edit`: the check's form, filled in.
+pub async fn edit_form(
+    user: SignedIn,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> HttpResponse {
+    let Some(owner) = user.0.login.owner_id.clone() else {
+        return not_an_owner(&user);
+    };
+    let id = id.into_inner();
+    let o = owner.clone();
+    let check = match state.db.run(move |c| checks::get(c, &o, &id)).await {
+        Ok(c) => c,
+        Err(e) => return failed(&user, &e),
+    };
+    let sites = match verified_sites(&state, &owner).await {
+        Ok(s) => s,
+        Err(e) => return failed(&user, &e),
+    };
+    let mut form = form_of(&fields_of(&check), sites);
+    form.editing = Some((check.id.clone(), check.name.clone()));
+    form.eligible = count(&state, check.selection()).await.ok();
+    html(StatusCode::OK, pages::new(&user.nav(), &form))
+}
+
+/// `POST /app/checks/{id}/edit`: saves through [`checks::update`], the rules of
+/// creation; a refused form comes back with what was typed and why.
+pub async fn update(
+    user: SignedIn,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> HttpResponse {
+    let Some(owner) = user.0.login.owner_id.clone() else {
+        return not_an_owner(&user);
+    };
+    let fields: CheckFields = match serde_html_form::from_bytes(&body) {
+        Ok(f) => f,
+        Err(e) => {
+            let e = Error::invalid("invalid_form", format!("the form could not be read: {e}"));
+            return failed(&user, &e);
+        }
+    };
+    if !user.csrf_ok(&fields.csrf) {
+        return super::sites::forbidden_form(&user);
+    }
+    let id = id.into_inner();
+    let (o, i) = (owner.clone(), id.clone());
+    let current = match state.db.run(move |c| checks::get(c, &o, &i)).await {
+        Ok(c) => c,
+        Err(e) => return failed(&user, &e),
+    };
+    let sites = match verified_sites(&state, &owner).await {
+        Ok(s) => s,
+        Err(e) => return failed(&user, &e),
+    };
+    let again = |status: StatusCode, eligible: Option<usize>, error: Option<String>| {
+        let mut form = form_of(&fields, sites.clone());
+        form.editing = Some((current.id.clone(), current.name.clone()));
+        form.eligible = eligible;
+        form.error = error;
+        html(status, pages::new(&user.nav(), &form))
+    };
+    if fields.action == "count" {
+        return match selection_of(&fields) {
+            Ok(selection) => match count(&state, selection).await {
+                Ok(n) => again(StatusCode::OK, Some(n), None),
+                Err(e) => again(e.status_code(), None, Some(e.to_string())),
+            },
+            Err(e) => again(e.status_code(), None, Some(e.to_string())),
+        };
+    }
+    let new = match new_check_of(&fields) {
+        Ok(n) => n,
+        Err(e) => return again(e.status_code(), None, Some(e.to_string())),
+    };
+    let min_interval = state.config.min_check_interval_s;
+    let updated = state
+        .db
+        .run(move |c| checks::update(c, &owner, &id, &new, min_interval))
+        .await;
+    match updated {
+        Ok(check) => see_other(&format!("/app/checks/{}", check.id)),
+        Err(e) => again(e.status_code(), None, Some(e.to_string())),
+    }
+}
+
+async fn set_paused(
+    user: SignedIn,
+    state: web::Data<AppState>,
+    id: String,
+    csrf: &str,
+    paused: bool,
+) -> HttpResponse {
+    let Some(owner) = user.0.login.owner_id.clone() else {
+        return not_an_owner(&user);
+    };
+    if !user.csrf_ok(csrf) {
+        return super::sites::forbidden_form(&user);
+    }
+    match state
+        .db
+        .run(move |c| checks::set_paused(c, &owner, &id, paused))
+        .await
+    {
+        Ok(check) => see_other(&format!("/app/checks/{}", check.id)),
+        Err(e) => failed(&user, &e),
+    }
+}
+
+/// `POST /app/checks/{id}/pause`.
+pub async fn pause(
+    user: SignedIn,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    form: web::Form<CsrfOnly>,
+) -> HttpResponse {
+    set_paused(user, state, id.into_inner(), &form.csrf, true).await
+}
+
+/// `POST /app/checks/{id}/resume`.
+pub async fn resume(
+    user: SignedIn,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    form: web::Form<CsrfOnly>,
+) -> HttpResponse {
+    set_paused(user, state, id.into_inner(), &form.csrf, false).await
 }

@@ -7,16 +7,24 @@
 
 mod auth;
 mod checks;
+mod leaderboard;
+mod reports;
 mod session;
 mod sites;
+mod tokens;
 mod volunteers;
 
 use actix_web::{web, HttpResponse};
 
 pub use session::SESSION_COOKIE;
 
-/// Mounts the dashboard under `/app`.
+/// Mounts the dashboard under `/app` (and `/leaderboard`, the public page's short
+/// address).
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/leaderboard",
+        web::get().to(|| async { see_other("/app/leaderboard") }),
+    );
     cfg.service(
         web::scope("/app")
             .route("", web::get().to(auth::home))
@@ -38,6 +46,15 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/checks/eligible", web::get().to(checks::eligible))
             .route("/checks/{id}", web::get().to(checks::detail))
             .route("/checks/{id}/runs", web::post().to(checks::run_now))
+            .route("/checks/{id}/edit", web::get().to(checks::edit_form))
+            .route("/checks/{id}/edit", web::post().to(checks::update))
+            .route("/checks/{id}/pause", web::post().to(checks::pause))
+            .route("/checks/{id}/resume", web::post().to(checks::resume))
+            .route("/checks/{id}/report", web::get().to(reports::report))
+            .route("/tokens", web::get().to(tokens::list))
+            .route("/tokens", web::post().to(tokens::create))
+            .route("/tokens/{id}/revoke", web::post().to(tokens::revoke))
+            .route("/leaderboard", web::get().to(leaderboard::page))
             .route("/agents", web::get().to(volunteers::list))
             .route(
                 "/agents/enrol-key",

@@ -17,6 +17,11 @@ fn item(s: &Site) -> SiteItem {
         origin: s.origin.clone(),
         verified: s.verified_at.is_some(),
         verification_token: s.verification_token.clone(),
+        dns_name: sites::dns_name(&s.origin),
+        verified_by: s.verified_by.as_deref().map(|m| match m {
+            "dns" => "DNS TXT record".to_owned(),
+            _ => "file".to_owned(),
+        }),
     }
 }
 
@@ -130,16 +135,19 @@ pub async fn detail(
 }
 
 #[derive(Deserialize)]
-pub struct CsrfOnly {
+pub struct VerifyFields {
     #[serde(default)]
     csrf: String,
+    /// `file` (default) or `dns`.
+    #[serde(default)]
+    method: String,
 }
 
 pub async fn verify(
     user: SignedIn,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    form: web::Form<CsrfOnly>,
+    form: web::Form<VerifyFields>,
 ) -> HttpResponse {
     let Some(owner) = user.0.login.owner_id.clone() else {
         return not_an_owner(&user);
@@ -148,14 +156,27 @@ pub async fn verify(
         return forbidden_form(&user);
     }
     let id = id.into_inner();
-    let verified = sites::verify(
-        &state.db,
-        &state.http,
-        state.config.allow_private_sites,
-        owner.clone(),
-        id.clone(),
-    )
-    .await;
+    let verified = match form.method.as_str() {
+        "dns" => {
+            sites::verify_dns(
+                &state.db,
+                state.config.dns_nameserver,
+                owner.clone(),
+                id.clone(),
+            )
+            .await
+        }
+        _ => {
+            sites::verify(
+                &state.db,
+                &state.http,
+                state.config.allow_private_sites,
+                owner.clone(),
+                id.clone(),
+            )
+            .await
+        }
+    };
     match verified {
         Ok(site) => see_other(&format!("/app/sites/{}", site.id)),
         Err(e @ Error::NotFound { .. }) => problem(&user, &e),

@@ -3,14 +3,18 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use lastmile_dashboard::sites::problem;
-use lastmile_dashboard::volunteers::{self as pages, AgentItem, AgentStatus, Install};
+use lastmile_dashboard::volunteers::{
+    self as pages, AgentItem, AgentStatus, Earnings, Install, PayoutItem, Standing,
+};
 use serde::Deserialize;
 
 use super::html;
 use super::session::SignedIn;
 use crate::accounts;
 use crate::agents::{self, AgentActivity};
+use crate::billing::{self, HolderKind, PayoutState};
 use crate::clock::now_us;
+use crate::leaderboard::{self, Period};
 use crate::server::AppState;
 
 fn not_a_volunteer(user: &SignedIn) -> HttpResponse {
@@ -76,7 +80,7 @@ fn ago(us: i64) -> String {
     }
 }
 
-fn controller_url(req: &HttpRequest) -> String {
+pub(super) fn controller_url(req: &HttpRequest) -> String {
     let info = req.connection_info();
     format!("{}://{}", info.scheme(), info.host())
 }
@@ -90,12 +94,7 @@ async fn render(
     let Some(volunteer) = user.0.login.volunteer_id.clone() else {
         return not_a_volunteer(user);
     };
-    let money = super::money_lines(
-        state,
-        crate::billing::HolderKind::Volunteer,
-        volunteer.clone(),
-    )
-    .await;
+    let earnings = earnings(state, volunteer.clone()).await;
     let now = now_us();
     let online_since = now - state.policy.online_window_us;
     match state
@@ -111,13 +110,80 @@ async fn render(
             };
             html(
                 StatusCode::OK,
-                pages::agents(&user.nav(), &items, &install, &money),
+                pages::agents(&user.nav(), &items, &install, &earnings),
             )
         }
         Err(e) => html(
             e.status_code(),
             problem(Some(&user.nav()), "Something went wrong", &e.to_string()),
         ),
+    }
+}
+
+/// Rank and points (the leaderboard the public page and API show), balances (the
+/// ledger's, as `/api/v1/me/balance` serves them) and payouts. A part that cannot be
+/// read is left out rather than failing the page.
+async fn earnings(state: &AppState, volunteer: String) -> Earnings {
+    let found = state
+        .db
+        .run(move |c| {
+            let now = chrono::Utc::now();
+            let week = leaderboard::build(c, Period::Week, now)?;
+            let all = leaderboard::build(c, Period::AllTime, now)?;
+            let standing = |b: &leaderboard::Leaderboard| {
+                leaderboard::standing(b, &volunteer).map(|e| Standing {
+                    rank: e.rank,
+                    points: e.points,
+                    of: b.entries.len(),
+                })
+            };
+            let balances = billing::balances(c, HolderKind::Volunteer, &volunteer)?;
+            let payouts = billing::payouts_of(c, &volunteer)?;
+            Ok::<_, crate::Error>((standing(&week), standing(&all), balances, payouts))
+        })
+        .await;
+    let (week, all_time, balances, payouts) = match found {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(error = %e, "volunteer earnings unavailable");
+            return Earnings::default();
+        }
+    };
+    Earnings {
+        week,
+        all_time,
+        balances: balances
+            .balances
+            .iter()
+            .filter(|b| {
+                b.kind != "payouts_in_transit" || b.balance_minor != 0 || b.currency == "usd"
+            })
+            .map(|b| {
+                let label = match b.kind.as_str() {
+                    "volunteer_earnings" => "Earned, not yet paid out",
+                    "payouts_in_transit" => "Payouts on their way",
+                    other => other,
+                };
+                (label.to_owned(), super::money(b.balance_minor, &b.currency))
+            })
+            .collect(),
+        payouts: payouts
+            .iter()
+            .map(|p| PayoutItem {
+                date: crate::clock::to_datetime(p.started_at_us)
+                    .format("%Y-%m-%d")
+                    .to_string(),
+                amount: super::money(p.amount_minor, &p.currency),
+                state: match p.state {
+                    PayoutState::InTransit => "on its way",
+                    PayoutState::Completed => "paid",
+                    PayoutState::Failed => "failed, back in your earnings",
+                    PayoutState::Reversed => "reversed, back in your earnings",
+                }
+                .to_owned(),
+                done: p.state == PayoutState::Completed,
+            })
+            .collect(),
     }
 }
 

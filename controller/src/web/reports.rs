@@ -1,0 +1,287 @@
+//! A check's report page. It builds the same [`crate::reports::Report`]s the JSON API
+//! serves (`reports::build`, three groupings of one window) and hands their figures to
+//! the page: nothing here queries or computes what the API does not.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpResponse, ResponseError};
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine;
+use lastmile_dashboard::charts::Series;
+use lastmile_dashboard::reports::{self as pages, ObjectiveCell, ReportView, Row, Verdict};
+use lastmile_dashboard::sites::problem;
+use lastmile_protocol::{ConnectionClass, Phase};
+use serde::Deserialize;
+
+use super::html;
+use super::session::SignedIn;
+use crate::checks;
+use crate::confidence::Confidence;
+use crate::error::Error;
+use crate::objectives::ObjectiveOutcome;
+use crate::reports::{self, Dimension, Percentiles, Report, ReportQuery, TimeBucket};
+use crate::server::AppState;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ReportPageParams {
+    /// `1h`, `24h` (default), `7d` or `30d`.
+    window: Option<String>,
+}
+
+fn failed(user: &SignedIn, e: &Error) -> HttpResponse {
+    let title = match e.status_code().as_u16() {
+        404 => "Not found",
+        403 => "Not allowed",
+        _ => "Something went wrong",
+    };
+    html(
+        e.status_code(),
+        problem(Some(&user.nav()), title, &e.to_string()),
+    )
+}
+
+pub async fn report(
+    user: SignedIn,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    params: web::Query<ReportPageParams>,
+) -> HttpResponse {
+    let Some(owner) = user.0.login.owner_id.clone() else {
+        return html(
+            StatusCode::FORBIDDEN,
+            problem(
+                Some(&user.nav()),
+                "Not allowed",
+                "Reports belong to site owners; this is a volunteer account.",
+            ),
+        );
+    };
+    let window = params.window.clone().unwrap_or_else(|| "24h".into());
+    let (from, to) = match crate::api::isp::window(Some(&window), None, None) {
+        Ok(w) => w,
+        Err(e) => return failed(&user, &e),
+    };
+    // Hour buckets (what aggregates are kept at) up to a day; day buckets beyond.
+    let bucket = match window.as_str() {
+        "7d" | "30d" => TimeBucket::Day,
+        _ => TimeBucket::Hour,
+    };
+    let id = id.into_inner();
+    let built = state
+        .db
+        .run(move |c| {
+            let check = checks::get(c, &owner, &id)?;
+            let base = ReportQuery {
+                from,
+                to,
+                group_by: Vec::new(),
+                confidence: Confidence::default(),
+                histograms: false,
+                bucket: None,
+                compare: false,
+            };
+            let over_time = reports::build(
+                c,
+                &check,
+                &ReportQuery {
+                    group_by: vec![Dimension::ConnectionClass],
+                    bucket: Some(bucket),
+                    ..base.clone()
+                },
+            )?;
+            let table = reports::build(
+                c,
+                &check,
+                &ReportQuery {
+                    group_by: vec![Dimension::ConnectionClass, Dimension::Country],
+                    ..base.clone()
+                },
+            )?;
+            let overall = reports::build(
+                c,
+                &check,
+                &ReportQuery {
+                    histograms: true,
+                    ..base
+                },
+            )?;
+            Ok::<_, Error>((check, over_time, table, overall))
+        })
+        .await;
+    let (check, over_time, table, overall) = match built {
+        Ok(b) => b,
+        Err(e) => return failed(&user, &e),
+    };
+    let api = format!(
+        "/api/v1/checks/{}/report?window={window}&group_by=connection_class,country",
+        check.id
+    );
+    let view = ReportView {
+        check_id: check.id.clone(),
+        check_name: check.name.clone(),
+        window: window.clone(),
+        covered: format!(
+            "{} – {} UTC",
+            table.window.from.format("%Y-%m-%d %H:%M"),
+            table.window.to.format("%Y-%m-%d %H:%M")
+        ),
+        confidence: format!("{} %", table.confidence.level() * 100.0),
+        from_s: table.window.from.timestamp(),
+        to_s: table.window.to.timestamp(),
+        bucket_label: match bucket {
+            TimeBucket::Day => "daily".into(),
+            TimeBucket::Hour => "hourly".into(),
+        },
+        ttfb_p50: series(&over_time, Phase::Ttfb, |p| p.p50),
+        ttfb_p95: series(&over_time, Phase::Ttfb, |p| p.p95),
+        total_p50: series(&over_time, Phase::Total, |p| p.p50),
+        total_p95: series(&over_time, Phase::Total, |p| p.p95),
+        ttfb_distribution: distribution(&overall, Phase::Ttfb),
+        rows: table.rows.iter().map(row).collect(),
+        csv_url: format!("{api}&format=csv"),
+        json_url: api,
+        total_samples: overall.rows.iter().map(|r| r.samples).sum(),
+    };
+    html(StatusCode::OK, pages::report(&user.nav(), &view))
+}
+
+/// A class keeps its colour on every chart: its place in speed order.
+fn color_of(class: Option<ConnectionClass>) -> usize {
+    class
+        .and_then(|c| ConnectionClass::ALL.iter().position(|x| *x == c))
+        .unwrap_or(ConnectionClass::ALL.len())
+}
+
+/// One series per connection class of a report grouped by class and time bucket.
+fn series(report: &Report, phase: Phase, pick: fn(&Percentiles) -> u64) -> Vec<Series> {
+    let mut out: Vec<(Option<ConnectionClass>, Series)> = Vec::new();
+    for row in &report.rows {
+        let (Some(start), Some(p)) = (row.group.bucket_start, row.phases.get(&phase)) else {
+            continue;
+        };
+        let class = row.group.connection_class;
+        let point = (start.timestamp(), pick(p) as f64 / 1000.0);
+        match out.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, s)) => s.points.push(point),
+            None => out.push((
+                class,
+                Series {
+                    label: class.map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
+                    points: vec![point],
+                    color: color_of(class),
+                },
+            )),
+        }
+    }
+    out.sort_by_key(|(c, _)| color_of(*c));
+    out.into_iter()
+        .map(|(_, mut s)| {
+            s.points.sort_by_key(|p| p.0);
+            s
+        })
+        .collect()
+}
+
+/// (value µs, count) of a phase's merged histogram (the report's `histograms` export).
+fn distribution(report: &Report, phase: Phase) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for row in &report.rows {
+        let Some(encoded) = row.histograms.get(&phase) else {
+            continue;
+        };
+        let Ok(bytes) = BASE64.decode(encoded) else {
+            continue;
+        };
+        let Ok(h) = crate::histogram::decode(&bytes) else {
+            continue;
+        };
+        for v in h.iter_recorded() {
+            out.push((
+                h.highest_equivalent(v.value_iterated_to()),
+                v.count_at_value(),
+            ));
+        }
+    }
+    out
+}
+
+fn ms(us: u64) -> String {
+    let ms = us as f64 / 1000.0;
+    if ms >= 100.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
+/// The figure and its interval line, or why there is no interval.
+fn percentile(
+    p: Option<&Percentiles>,
+    pick: fn(&Percentiles) -> (u64, Option<[u64; 2]>),
+) -> (String, String) {
+    match p {
+        None => ("–".into(), String::new()),
+        Some(p) => {
+            let (v, ci) = pick(p);
+            (
+                ms(v),
+                match ci {
+                    Some([lo, hi]) => format!("{} – {}", ms(lo), ms(hi)),
+                    None => format!("no interval yet ({} samples)", p.samples),
+                },
+            )
+        }
+    }
+}
+
+fn row(r: &reports::ReportRow) -> Row {
+    let ttfb = r.phases.get(&Phase::Ttfb);
+    let (p50, p50_ci) = percentile(ttfb, |p| (p.p50, p.p50_ci));
+    let (p95, p95_ci) = percentile(ttfb, |p| (p.p95, p.p95_ci));
+    Row {
+        class: r
+            .group
+            .connection_class
+            .map_or_else(|| "unknown".into(), |c| c.to_string()),
+        country: r.group.country.clone().unwrap_or_default(),
+        samples: r.samples,
+        availability: format!("{:.1} %", r.availability * 100.0),
+        availability_ci: match r.availability_ci {
+            Some([lo, hi]) => format!("{:.1} – {:.1} %", lo * 100.0, hi * 100.0),
+            None => String::new(),
+        },
+        p50,
+        p50_ci,
+        p95,
+        p95_ci,
+        objectives: r.objectives.iter().map(objective).collect(),
+    }
+}
+
+fn objective(o: &ObjectiveOutcome) -> ObjectiveCell {
+    let latency = o.objective.phase.is_some();
+    let mut detail = Vec::new();
+    if let Some(a) = o.actual {
+        detail.push(if latency {
+            format!("actual {a:.0} ms")
+        } else {
+            format!("actual {a:.2} %")
+        });
+    }
+    if let Some(left) = o.error_budget_remaining {
+        detail.push(if left >= 0.0 {
+            format!("error budget {:.0} % left", left * 100.0)
+        } else {
+            format!("error budget overspent {:.0} %", -left * 100.0)
+        });
+    }
+    ObjectiveCell {
+        objective: o.objective.to_line(),
+        verdict: match o.met {
+            Some(true) => Verdict::Met,
+            Some(false) => Verdict::Breached,
+            None => Verdict::NoData,
+        },
+        inconclusive: o.conclusive != Some(true),
+        detail: detail.join(" · "),
+    }
+}

@@ -1,0 +1,340 @@
+//! Charts drawn on the server as SVG with `plotters` (its SVG backend: no fonts, no
+//! JavaScript, nothing fetched). Each function takes plain numbers and returns one
+//! `<svg>` element that scales to its container; the page puts a caption and a table
+//! with the same figures beside it, so the chart is never the only way to read them.
+
+use chrono::{TimeZone, Utc};
+use plotters::prelude::*;
+
+/// Size the charts are drawn at; CSS scales them to the column's width.
+const W: u32 = 480;
+const H: u32 = 250;
+/// Label size at the drawn size: about 13 px on a desktop column, 11 px on a phone.
+const LABEL_PX: u32 = 16;
+
+/// Colours for series, distinguishable for the common colour-vision deficiencies
+/// (Okabe–Ito).
+const PALETTE: [RGBColor; 7] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+    RGBColor(80, 80, 80),
+];
+
+/// The colour of series number `i`, as CSS (for legends drawn in HTML).
+pub fn color_css(i: usize) -> String {
+    let RGBColor(r, g, b) = PALETTE[i % PALETTE.len()];
+    format!("rgb({r},{g},{b})")
+}
+
+/// One line: a connection class's percentile over time.
+#[derive(Debug, Clone)]
+pub struct Series {
+    pub label: String,
+    /// (bucket start, unix seconds; value, milliseconds).
+    pub points: Vec<(i64, f64)>,
+    /// Index into the palette, so a class keeps its colour across charts.
+    pub color: usize,
+}
+
+/// Time on the x axis (`from`..`to`, unix seconds), milliseconds on the y axis; each
+/// bucket is a dot, joined by lines, so a single bucket still shows. `title` names the
+/// chart for screen readers.
+pub fn time_chart(title: &str, series: &[Series], from: i64, to: i64) -> String {
+    let mut svg = String::new();
+    let ymax = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(0.0_f64, f64::max);
+    let ymax = nice_ceiling(ymax.max(1.0) * 1.1);
+    let (from, to) = if to > from {
+        (from, to)
+    } else {
+        (from, from + 3600)
+    };
+    let span = to - from;
+    // The x axis counts hours (or days, past two days) from the window's start, which
+    // is on a whole hour: round tick numbers then fall on whole hours or days.
+    let unit: i64 = if span > 2 * 86_400 { 86_400 } else { 3_600 };
+    let x_of = |t: i64| (t - from) as f64 / unit as f64;
+    let x_max = x_of(to);
+    let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(10)
+            .margin_right(18)
+            .x_label_area_size(28)
+            .y_label_area_size(62)
+            .build_cartesian_2d(0.0..x_max, 0.0..ymax)?;
+        chart
+            .configure_mesh()
+            .x_labels(5)
+            .y_labels(5)
+            .x_label_formatter(&|x| time_label(from + (x * unit as f64).round() as i64, span))
+            .y_label_formatter(&|y| format!("{y:.0} ms"))
+            .label_style(
+                ("sans-serif", LABEL_PX)
+                    .into_font()
+                    .color(&RGBColor(70, 84, 98)),
+            )
+            .bold_line_style(RGBColor(225, 230, 235))
+            .light_line_style(RGBColor(243, 245, 247))
+            .axis_style(RGBColor(180, 188, 196))
+            .draw()?;
+        for s in series {
+            let color = PALETTE[s.color % PALETTE.len()];
+            let points: Vec<(f64, f64)> = s.points.iter().map(|(t, v)| (x_of(*t), *v)).collect();
+            chart.draw_series(LineSeries::new(
+                points.clone(),
+                ShapeStyle::from(&color).stroke_width(2),
+            ))?;
+            chart.draw_series(
+                points
+                    .iter()
+                    .map(|p| Circle::new(*p, 5, ShapeStyle::from(&color).filled())),
+            )?;
+        }
+        root.present()?;
+        Ok(())
+    })();
+    if drawn.is_err() {
+        return String::new();
+    }
+    accessible(svg, title)
+}
+
+/// A latency distribution: `samples` are (value µs, count) pairs from the merged
+/// histogram. Returns the histogram (share of samples per equal-width bin, up to the
+/// 99th percentile so one outlier does not flatten the rest) and the CDF (share of
+/// samples at or below each value, all of them), as two SVGs.
+pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
+    let total: u64 = samples.iter().map(|s| s.1).sum();
+    if total == 0 {
+        return (String::new(), String::new());
+    }
+    let mut sorted: Vec<(u64, u64)> = samples.iter().copied().filter(|s| s.1 > 0).collect();
+    sorted.sort_unstable();
+    // The histogram's x range: the smallest value to the 99th percentile.
+    let mut seen = 0;
+    let mut p99 = sorted.last().map_or(0, |s| s.0);
+    for (v, n) in &sorted {
+        seen += n;
+        if seen * 100 >= total * 99 {
+            p99 = *v;
+            break;
+        }
+    }
+    let lo = sorted.first().map_or(0, |s| s.0) as f64 / 1000.0;
+    let hi = (p99 as f64 / 1000.0).max(lo + 0.001);
+    const BINS: usize = 30;
+    let width = (hi - lo) / BINS as f64;
+    let mut bins = [0u64; BINS];
+    for (v, n) in &sorted {
+        let ms = *v as f64 / 1000.0;
+        if ms > hi {
+            continue;
+        }
+        let i = (((ms - lo) / width) as usize).min(BINS - 1);
+        bins[i] += n;
+    }
+    let shares: Vec<f64> = bins
+        .iter()
+        .map(|n| *n as f64 * 100.0 / total as f64)
+        .collect();
+    let top = nice_ceiling(shares.iter().copied().fold(0.0, f64::max).max(1.0) * 1.1);
+
+    let mut hist_svg = String::new();
+    let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+        let root = SVGBackend::with_string(&mut hist_svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(10)
+            .margin_right(18)
+            .x_label_area_size(28)
+            .y_label_area_size(52)
+            .build_cartesian_2d(lo..hi, 0.0..top)?;
+        chart
+            .configure_mesh()
+            .x_labels(6)
+            .y_labels(5)
+            .x_label_formatter(&|x| format!("{} ms", short(*x)))
+            .y_label_formatter(&|y| format!("{y:.0} %"))
+            .label_style(
+                ("sans-serif", LABEL_PX)
+                    .into_font()
+                    .color(&RGBColor(70, 84, 98)),
+            )
+            .bold_line_style(RGBColor(225, 230, 235))
+            .light_line_style(RGBColor(243, 245, 247))
+            .axis_style(RGBColor(180, 188, 196))
+            .draw()?;
+        chart.draw_series(shares.iter().enumerate().filter(|(_, s)| **s > 0.0).map(
+            |(i, share)| {
+                let x0 = lo + width * i as f64;
+                Rectangle::new(
+                    [(x0, 0.0), (x0 + width * 0.92, *share)],
+                    ShapeStyle::from(&PALETTE[0]).filled(),
+                )
+            },
+        ))?;
+        root.present()?;
+        Ok(())
+    })();
+    if drawn.is_err() {
+        hist_svg.clear();
+    }
+
+    let max_ms = (sorted.last().map_or(0, |s| s.0) as f64 / 1000.0).max(lo + 0.001);
+    let mut cdf = Vec::with_capacity(sorted.len() + 1);
+    let mut below = 0;
+    cdf.push((lo, 0.0));
+    for (v, n) in &sorted {
+        below += n;
+        cdf.push((*v as f64 / 1000.0, below as f64 * 100.0 / total as f64));
+    }
+    let mut cdf_svg = String::new();
+    let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+        let root = SVGBackend::with_string(&mut cdf_svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(10)
+            .margin_right(18)
+            .x_label_area_size(28)
+            .y_label_area_size(52)
+            .build_cartesian_2d(lo..max_ms, 0.0..100.0)?;
+        chart
+            .configure_mesh()
+            .x_labels(6)
+            .y_labels(5)
+            .x_label_formatter(&|x| format!("{} ms", short(*x)))
+            .y_label_formatter(&|y| format!("{y:.0} %"))
+            .label_style(
+                ("sans-serif", LABEL_PX)
+                    .into_font()
+                    .color(&RGBColor(70, 84, 98)),
+            )
+            .bold_line_style(RGBColor(225, 230, 235))
+            .light_line_style(RGBColor(243, 245, 247))
+            .axis_style(RGBColor(180, 188, 196))
+            .draw()?;
+        // A step function: the share jumps at each recorded value.
+        let mut steps = Vec::with_capacity(cdf.len() * 2);
+        let mut prev = 0.0;
+        for (x, y) in &cdf {
+            steps.push((*x, prev));
+            steps.push((*x, *y));
+            prev = *y;
+        }
+        chart.draw_series(LineSeries::new(
+            steps,
+            ShapeStyle::from(&PALETTE[1]).stroke_width(2),
+        ))?;
+        root.present()?;
+        Ok(())
+    })();
+    if drawn.is_err() {
+        cdf_svg.clear();
+    }
+    (
+        accessible(hist_svg, &format!("{title}: histogram")),
+        accessible(cdf_svg, &format!("{title}: cumulative distribution")),
+    )
+}
+
+/// Makes the SVG scale to its container and announces it as one image with a name.
+fn accessible(svg: String, title: &str) -> String {
+    if svg.is_empty() {
+        return svg;
+    }
+    let title = title
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('"', "&quot;");
+    let svg = svg.replacen(
+        "<svg ",
+        &format!("<svg role=\"img\" aria-label=\"{title}\" preserveAspectRatio=\"xMidYMid meet\" "),
+        1,
+    );
+    // Drop the fixed size: the stylesheet sets the width, the viewBox keeps the shape.
+    svg.replacen(&format!("width=\"{W}\" height=\"{H}\" "), "", 1)
+}
+
+/// `14:00` for spans under two days, `Nov 28` beyond.
+fn time_label(unix_s: i64, span: i64) -> String {
+    match Utc.timestamp_opt(unix_s, 0).single() {
+        Some(t) if span <= 2 * 86_400 => t.format("%H:%M").to_string(),
+        Some(t) => t.format("%b %d").to_string(),
+        None => String::new(),
+    }
+}
+
+/// `12`, `1.5`, `0.25`: few digits, enough to tell ticks apart.
+fn short(ms: f64) -> String {
+    if ms >= 100.0 {
+        format!("{ms:.0}")
+    } else if ms >= 10.0 {
+        format!("{ms:.1}")
+    } else {
+        format!("{ms:.2}")
+    }
+}
+
+/// The next "round" number at or above `x` (1, 2, 2.5, 5 times a power of ten).
+fn nice_ceiling(x: f64) -> f64 {
+    if x <= 0.0 || !x.is_finite() {
+        return 1.0;
+    }
+    let p = 10f64.powf(x.log10().floor());
+    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+        if m * p >= x {
+            return m * p;
+        }
+    }
+    10.0 * p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_time_chart_is_a_scalable_named_svg_with_one_dot_per_bucket() {
+        let svg = time_chart(
+            "ttfb p95",
+            &[Series {
+                label: "dsl".into(),
+                points: vec![(1_700_000_000, 120.0), (1_700_003_600, 180.0)],
+                color: 0,
+            }],
+            1_700_000_000,
+            1_700_007_200,
+        );
+        assert!(
+            svg.starts_with("<svg role=\"img\" aria-label=\"ttfb p95\""),
+            "{svg}"
+        );
+        let tag = svg.lines().next().unwrap_or_default();
+        assert!(!tag.contains("width="), "{tag}");
+        assert!(tag.contains("viewBox"), "{tag}");
+        assert_eq!(svg.matches("<circle").count(), 2, "{svg}");
+    }
+
+    #[test]
+    fn distributions_cover_every_sample() {
+        let (hist, cdf) = distribution("ttfb", &[(1_000, 5), (2_000, 10), (50_000, 1)]);
+        assert!(hist.contains("<rect"), "{hist}");
+        assert!(cdf.contains("<polyline") || cdf.contains("<path"), "{cdf}");
+        assert_eq!(distribution("ttfb", &[]), (String::new(), String::new()));
+    }
+
+    #[test]
+    fn ceilings_are_round() {
+        assert_eq!(nice_ceiling(87.0), 100.0);
+        assert_eq!(nice_ceiling(130.0), 200.0);
+        assert_eq!(nice_ceiling(2.2), 2.5);
+    }
+}

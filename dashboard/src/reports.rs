@@ -1,0 +1,205 @@
+//! A check's report page: percentiles over time per connection class, the latency
+//! distribution, and the table by country × class with intervals and objectives.
+
+use maud::{html, Markup, PreEscaped};
+
+use crate::charts::{self, Series};
+use crate::layout::{page, Nav};
+
+/// The windows offered, as (query value, label).
+pub const WINDOWS: [(&str, &str); 4] = [
+    ("1h", "Last hour"),
+    ("24h", "24 hours"),
+    ("7d", "7 days"),
+    ("30d", "30 days"),
+];
+
+/// How an objective fared on one row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Met,
+    Breached,
+    NoData,
+}
+
+/// One objective on one row: "ttfb p95 <= 800 ms", its verdict, and a detail line
+/// ("612 ms, budget 71 % left").
+#[derive(Debug, Clone)]
+pub struct ObjectiveCell {
+    pub objective: String,
+    pub verdict: Verdict,
+    /// The interval straddles the limit or is missing: more samples may change it.
+    pub inconclusive: bool,
+    pub detail: String,
+}
+
+/// One row of the table, already written as people read it.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub class: String,
+    pub country: String,
+    pub samples: u64,
+    /// "99.2 %"
+    pub availability: String,
+    /// "[97.1, 99.9] %" or a note on too few samples.
+    pub availability_ci: String,
+    pub p50: String,
+    pub p50_ci: String,
+    pub p95: String,
+    pub p95_ci: String,
+    pub objectives: Vec<ObjectiveCell>,
+}
+
+/// Everything the report page shows.
+#[derive(Debug, Clone)]
+pub struct ReportView {
+    pub check_id: String,
+    pub check_name: String,
+    /// The selected window's query value (`24h`).
+    pub window: String,
+    /// "2026-11-30 00:00 – 2026-12-01 00:00 UTC"
+    pub covered: String,
+    /// "95 %"
+    pub confidence: String,
+    /// The window's x range, unix seconds.
+    pub from_s: i64,
+    pub to_s: i64,
+    /// "hourly" or "daily" buckets.
+    pub bucket_label: String,
+    /// Per class: ttfb and total p50 and p95 over time (same order, same colours).
+    pub ttfb_p50: Vec<Series>,
+    pub ttfb_p95: Vec<Series>,
+    pub total_p50: Vec<Series>,
+    pub total_p95: Vec<Series>,
+    /// (value µs, count) of the merged ttfb histogram over all rows.
+    pub ttfb_distribution: Vec<(u64, u64)>,
+    pub rows: Vec<Row>,
+    pub csv_url: String,
+    pub json_url: String,
+    pub total_samples: u64,
+}
+
+pub fn report(nav: &Nav, r: &ReportView) -> Markup {
+    let (hist, cdf) = charts::distribution("Time to first byte", &r.ttfb_distribution);
+    let charts_over_time = [
+        ("ttfb-p50", "Time to first byte, median (p50)", &r.ttfb_p50),
+        ("ttfb-p95", "Time to first byte, p95", &r.ttfb_p95),
+        ("total-p50", "Total time, median (p50)", &r.total_p50),
+        ("total-p95", "Total time, p95", &r.total_p95),
+    ];
+    page(
+        &format!("Report · {}", r.check_name),
+        Some(nav),
+        html! {
+            p.crumbs {
+                a href="/app/checks" { "Checks" } " / "
+                a href={ "/app/checks/" (r.check_id) } { (r.check_name) } " / report"
+            }
+            div.headline {
+                h1 { "Report" }
+                nav.tabs aria-label="Window" {
+                    @for (value, label) in WINDOWS {
+                        @if value == r.window {
+                            a.tab.current href={ "?window=" (value) } aria-current="page" { (label) }
+                        } @else {
+                            a.tab href={ "?window=" (value) } { (label) }
+                        }
+                    }
+                }
+            }
+            p.meta {
+                (r.covered) " · " (r.total_samples) " measurements · intervals at " (r.confidence)
+            }
+            div.actions {
+                a.button.secondary href=(r.csv_url) download { "Download CSV" }
+                a.button.secondary href=(r.json_url) { "JSON" }
+            }
+            @if r.total_samples == 0 {
+                section.card {
+                    p.empty { "No measurements in this window yet. Runs appear here as agents report; try a longer window or "
+                        a href={ "/app/checks/" (r.check_id) } { "run the check now" } "." }
+                }
+            } @else {
+                section.card {
+                    h2 { "Percentiles over time " small.muted { "(" (r.bucket_label) ", by connection class)" } }
+                    ul.legend aria-label="Connection classes" {
+                        @for s in &r.ttfb_p95 {
+                            li { span.swatch style={ "background:" (charts::color_css(s.color)) } {} (s.label) }
+                        }
+                    }
+                    div.charts {
+                        @for (id, title, series) in charts_over_time {
+                            figure.chart id=(id) {
+                                figcaption { (title) }
+                                (PreEscaped(charts::time_chart(title, series, r.from_s, r.to_s)))
+                            }
+                        }
+                    }
+                }
+                section.card {
+                    h2 { "Latency distribution " small.muted { "(time to first byte, all rows)" } }
+                    div.charts {
+                        figure.chart #ttfb-histogram {
+                            figcaption { "Share of measurements by time to first byte (up to p99)" }
+                            (PreEscaped(hist))
+                        }
+                        figure.chart #ttfb-cdf {
+                            figcaption { "Cumulative: share at or below each time" }
+                            (PreEscaped(cdf))
+                        }
+                    }
+                }
+                h2 { "By country and connection class" }
+                div.scroll {
+                    table.report {
+                        caption.visually-hidden { "Report rows by country and connection class" }
+                        thead { tr {
+                            th scope="col" { "Class" }
+                            th scope="col" { "Country" }
+                            th scope="col" { "Samples" }
+                            th scope="col" { "Availability" }
+                            th scope="col" { "TTFB p50" }
+                            th scope="col" { "TTFB p95" }
+                            th scope="col" { "Objectives" }
+                        } }
+                        tbody {
+                            @for row in &r.rows {
+                                tr {
+                                    td data-label="Class" { (row.class) }
+                                    td data-label="Country" { (row.country) }
+                                    td.num data-label="Samples" { (row.samples) }
+                                    td.num data-label="Availability" { (row.availability) br; small { (row.availability_ci) } }
+                                    td.num data-label="TTFB p50" { (row.p50) br; small { (row.p50_ci) } }
+                                    td.num data-label="TTFB p95" { (row.p95) br; small { (row.p95_ci) } }
+                                    td.objectives data-label="Objectives" {
+                                        @if row.objectives.is_empty() { span.muted { "none set" } }
+                                        @for o in &row.objectives {
+                                            div.objective {
+                                                @match o.verdict {
+                                                    Verdict::Met => span.badge.ok { "met" },
+                                                    Verdict::Breached => span.badge.bad { "breached" },
+                                                    Verdict::NoData => span.badge { "no data" },
+                                                }
+                                                " " (o.objective)
+                                                @if !o.detail.is_empty() || o.inconclusive {
+                                                    br;
+                                                    small {
+                                                        (o.detail)
+                                                        @if o.inconclusive && o.verdict != Verdict::NoData {
+                                                            @if !o.detail.is_empty() { " · " }
+                                                            abbr.unsure title="The interval straddles the limit or is missing for lack of samples: more samples may change the verdict" { "not yet conclusive" }
+                                                        }
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
