@@ -196,6 +196,10 @@ pub struct CheckView {
     /// the kind and the selection; see `lastmile_billing::pricing`).
     pub price_per_result_minor: i64,
     pub price_currency: String,
+    /// Results of this check flagged by verification (stored, left out of reports, not
+    /// charged); given by `GET /api/v1/checks/{id}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flagged_results: Option<u64>,
 }
 
 impl From<&Check> for CheckView {
@@ -223,6 +227,7 @@ impl From<&Check> for CheckView {
             paused_at: c.paused_at.map(to_datetime),
             price_per_result_minor: crate::billing::price_of(c).minor,
             price_currency: crate::billing::price_of(c).currency.to_string(),
+            flagged_results: None,
         }
     }
 }

@@ -50,6 +50,9 @@ pub struct ControllerConfig {
     pub sign_in_attempts_per_minute: u32,
     /// Calibration bytes the controller serves and accepts per agent per UTC day.
     pub calibration_bytes_per_day: u64,
+    /// The operators' bearer token for the admin endpoints under `/api/v1/ops/`
+    /// (`LASTMILE_ADMIN_TOKEN`); unset means those endpoints answer 401.
+    pub admin_token: Option<String>,
 }
 
 impl Default for ControllerConfig {
@@ -73,6 +76,7 @@ impl Default for ControllerConfig {
             isp_requests_per_minute: 60,
             sign_in_attempts_per_minute: 10,
             calibration_bytes_per_day: 64 * 1024 * 1024,
+            admin_token: None,
         }
     }
 }

@@ -103,6 +103,8 @@ pub struct DemoOutcome {
     pub ledger: TrialBalance,
     /// This week's leaderboard as the public API served it (`leaderboard.json`).
     pub leaderboard: crate::leaderboard::Leaderboard,
+    /// Results verification flagged (0 for the demo's honest agents).
+    pub flagged: i64,
 }
 
 /// One demo agent's line as it declared it and as the controller measured it.
@@ -470,6 +472,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         PLACES[0].3
     );
     say!(opts, "{}", money_summary(&ledger));
+    let flagged = controller
+        .state
+        .db
+        .run(crate::verification::total_flagged)
+        .await?;
+    say!(
+        opts,
+        "Verification: {flagged} results flagged as fake work (kept, not counted, not paid)"
+    );
     let leaderboard_json = reqwest::get(format!(
         "{}/api/v1/leaderboard?period=week",
         controller.url()
@@ -534,6 +545,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         calibration,
         ledger,
         leaderboard,
+        flagged,
     })
 }
 

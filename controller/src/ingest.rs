@@ -8,7 +8,8 @@
 //! re-offered measurement is the one that counts). Storing the result, closing the
 //! assignment, updating the aggregate and paying for the result (the owner's credit to
 //! the volunteer's earnings and the platform's fee, `billing::pay_for_result`, keyed by
-//! the assignment id) happen in one transaction.
+//! the assignment id) happen in one transaction. Before that, `verification` judges the
+//! result; a flagged one is stored with its reasons and neither aggregated nor paid.
 //!
 //! Aggregates are one row per (check, hour bucket, country, region, ASN, connection class) with
 //! success/failure counts and an HdrHistogram per phase over the successful samples.
@@ -26,7 +27,7 @@ use crate::db::{write_tx, DbConn};
 use crate::error::{Error, Result};
 use crate::histogram;
 use crate::scheduling::{state, Assignment};
-use crate::{billing, checks};
+use crate::{billing, checks, verification};
 
 /// A stored result.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -200,6 +201,8 @@ pub struct Submitted {
     pub ack: ResultAck,
     /// True when this submission had been stored before.
     pub duplicate: bool,
+    /// True when verification flagged it: stored, but neither aggregated nor paid.
+    pub flagged: bool,
 }
 
 /// Accepts one result from `agent`. Safe to call again with the same submission.
@@ -227,6 +230,7 @@ pub fn submit(conn: &mut DbConn, agent: &Agent, sub: &ResultSubmission) -> Resul
             return Ok(Submitted {
                 ack: ack(sub, late),
                 duplicate: true,
+                flagged: false,
             });
         }
         let late = assignment.state != state::LEASED
@@ -234,6 +238,12 @@ pub fn submit(conn: &mut DbConn, agent: &Agent, sub: &ResultSubmission) -> Resul
                 .lease_expires_at
                 .is_none_or(|deadline| now > deadline);
         let stored = to_stored(sub, &assignment, agent, now, late);
+        // Judged before it is stored, so that it is not compared with itself.
+        let flags = if late {
+            Vec::new()
+        } else {
+            verification::verify(c, agent, &stored)?
+        };
         diesel::insert_into(results::table)
             .values(&stored)
             .execute(c)?;
@@ -241,13 +251,19 @@ pub fn submit(conn: &mut DbConn, agent: &Agent, sub: &ResultSubmission) -> Resul
             diesel::update(assignments::table.find(&assignment_id))
                 .set(assignments::state.eq(state::DONE))
                 .execute(c)?;
-            fold(c, &stored)?;
-            let check = checks::get_any(c, &assignment.check_id)?;
-            billing::pay_for_result(c, &assignment, &check, &agent.volunteer_id)?;
+            if flags.is_empty() {
+                fold(c, &stored)?;
+                let check = checks::get_any(c, &assignment.check_id)?;
+                billing::pay_for_result(c, &assignment, &check, &agent.volunteer_id)?;
+            } else {
+                // Kept for operators, never counted or paid (see `verification`).
+                verification::record(c, agent, &stored, &flags)?;
+            }
         }
         Ok(Submitted {
             ack: ack(sub, late),
             duplicate: false,
+            flagged: !flags.is_empty(),
         })
     })
 }

@@ -14,7 +14,8 @@
 //! Each term is rounded down on the volunteer's totals. Time online rewards keeping a
 //! probe available (the network needs standby capacity); measurements reward work; time
 //! spent measuring rewards slow lines, whose measurements cost the volunteer more. Late
-//! results were not counted in reports and earn nothing here either.
+//! results were not counted in reports and earn nothing here either; nor do results
+//! flagged by `verification` (kept for operators, not counted, not paid).
 
 use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use diesel::prelude::*;
@@ -103,10 +104,10 @@ struct WorkRow {
 fn work_since(conn: &mut DbConn, since: Micros) -> Result<Vec<WorkRow>> {
     const PG: &str =
         "SELECT agent_id, COUNT(*) AS n, CAST(COALESCE(SUM(total_us), 0) AS BIGINT) AS us \
-                      FROM results WHERE NOT late AND received_at >= $1 GROUP BY agent_id";
+                      FROM results WHERE NOT late AND NOT flagged AND received_at >= $1 GROUP BY agent_id";
     const SQLITE: &str =
         "SELECT agent_id, COUNT(*) AS n, CAST(COALESCE(SUM(total_us), 0) AS BIGINT) AS us \
-                          FROM results WHERE NOT late AND received_at >= ?1 GROUP BY agent_id";
+                          FROM results WHERE NOT late AND NOT flagged AND received_at >= ?1 GROUP BY agent_id";
     Ok(match conn {
         DbConn::Pg(c) => diesel::sql_query(PG).bind::<BigInt, _>(since).load(c)?,
         DbConn::Sqlite(c) => diesel::sql_query(SQLITE).bind::<BigInt, _>(since).load(c)?,

@@ -42,6 +42,7 @@ pub mod reports;
 pub mod scheduling;
 pub mod server;
 pub mod sites;
+pub mod verification;
 pub mod web;
 
 pub use config::ControllerConfig;

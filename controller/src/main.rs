@@ -45,6 +45,10 @@ enum Command {
         /// MaxMind ASN database (GeoLite2-ASN layout).
         #[arg(long, env = "LASTMILE_ASN_DB")]
         asn_db: Option<PathBuf>,
+        /// Bearer token for the operators' endpoints (`/api/v1/ops/...`); unset turns
+        /// them off.
+        #[arg(long, env = "LASTMILE_ADMIN_TOKEN", hide_env_values = true)]
+        admin_token: Option<String>,
         /// Nameserver (ip:port) that DNS TXT ownership checks ask; default: the system's.
         #[arg(long, env = "LASTMILE_DNS_NAMESERVER")]
         dns_nameserver: Option<SocketAddr>,
@@ -260,6 +264,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             city_db,
             asn_db,
+            admin_token,
             dns_nameserver,
         } => {
             let mut config = config;
@@ -274,6 +279,9 @@ fn main() -> anyhow::Result<()> {
             }
             if asn_db.is_some() {
                 config.geo.asn_db = asn_db;
+            }
+            if admin_token.is_some() {
+                config.admin_token = admin_token;
             }
             serve(config)
         }

@@ -13,6 +13,7 @@ pub struct Metrics {
     pub results_accepted: AtomicU64,
     pub results_late: AtomicU64,
     pub results_duplicate: AtomicU64,
+    pub results_flagged: AtomicU64,
     pub assignments_leased: AtomicU64,
     pub runs_created: AtomicU64,
     pub leases_expired: AtomicU64,
@@ -52,6 +53,11 @@ impl Metrics {
                 "lastmile_results_duplicate_total",
                 "Repeated submissions answered idempotently.",
                 &self.results_duplicate,
+            ),
+            (
+                "lastmile_results_flagged_total",
+                "Results flagged by verification (stored, not counted, not paid).",
+                &self.results_flagged,
             ),
             (
                 "lastmile_assignments_leased_total",

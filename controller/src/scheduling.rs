@@ -120,6 +120,10 @@ pub struct RunView {
     pub leased: u32,
     /// Leases that ran out (each re-offered while attempts remain).
     pub expired: u32,
+    /// Of `done`, results flagged by verification: stored, left out of reports and not
+    /// charged.
+    #[serde(default)]
+    pub flagged: u32,
     /// True when nothing more will happen: every slot is done or given up.
     pub finished: bool,
 }
@@ -253,6 +257,8 @@ fn run_view(conn: &mut DbConn, run_id: &str) -> Result<RunView> {
         pending,
         leased,
         expired: count(state::EXPIRED),
+        flagged: crate::verification::flagged_count(conn, &run.check_id, Some(run_id))?.max(0)
+            as u32,
         finished: pending == 0 && leased == 0,
     })
 }

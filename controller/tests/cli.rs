@@ -165,7 +165,11 @@ async fn demo_serve_keeps_the_dashboard_up_with_working_sign_ins_until_interrupt
         .unwrap();
     assert!(interrupted.success());
     let status = child.wait().unwrap();
-    assert!(status.success(), "demo --serve exited with {status}");
+    assert!(
+        status.success(),
+        "demo --serve exited with {status}; it printed:\n{}",
+        printed.join("\n")
+    );
 }
 
 #[test]

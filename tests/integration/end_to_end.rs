@@ -159,4 +159,11 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         assert!(e["points"].as_u64().unwrap() >= 16, "{board}");
     }
     assert_eq!(outcome.leaderboard.entries.len(), 3);
+    // Verification flags none of the honest demo agents' results.
+    assert_eq!(outcome.flagged, 0);
+    assert!(
+        outcome.runs.iter().all(|r| r.flagged == 0),
+        "{:?}",
+        outcome.runs
+    );
 }

@@ -275,14 +275,18 @@ async fn runs_only_go_to_agents_matching_the_selection(db: TestDb) {
     app.controller.stop().await.unwrap();
 }
 
-/// A successful result for an assignment with the given total time.
+/// A successful result for an assignment with the given total time. Like real
+/// measurements, no two calls give exactly the same timings (the DNS time differs by
+/// a microsecond), so verification does not take them for copies or replays.
 pub fn submission(assignment_id: &Value, total_us: u64) -> Value {
+    static JITTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dns = 10 + JITTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     json!({
         "assignment_id": assignment_id,
         "started_at": chrono::Utc::now().to_rfc3339(),
         "measurement": {
             "status": 200, "bytes": 1000, "error": null,
-            "timings_us": {"dns": 10, "connect": 100, "tls": 0, "ttfb": total_us / 2, "transfer": total_us / 4, "total": total_us}
+            "timings_us": {"dns": dns, "connect": 100, "tls": 0, "ttfb": total_us / 2, "transfer": total_us / 4, "total": total_us}
         }
     })
 }

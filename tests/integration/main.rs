@@ -3,11 +3,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod browser;
+mod cheater;
 mod support;
 
 mod agent_lifecycle;
 mod api_errors;
 mod calibration;
+mod cheating;
 mod dashboard;
 mod dashboard_pages;
 mod dns;
@@ -19,3 +21,4 @@ mod ledger;
 mod page_checks;
 mod reports;
 mod results;
+mod verification;

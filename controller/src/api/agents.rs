@@ -95,6 +95,7 @@ pub async fn submit(
         .await?;
     let counter = match (submitted.duplicate, submitted.ack.disposition) {
         (true, _) => &state.metrics.results_duplicate,
+        (false, _) if submitted.flagged => &state.metrics.results_flagged,
         (false, ResultDisposition::Accepted) => &state.metrics.results_accepted,
         (false, ResultDisposition::Late) => &state.metrics.results_late,
     };

@@ -115,6 +115,38 @@ impl FromRequest for AuthAgent {
     }
 }
 
+/// An operator, by the configured admin token (`LASTMILE_ADMIN_TOKEN`). Without a
+/// configured token nobody is an operator. Tokens are compared by their SHA-256, so
+/// the comparison takes the same time wherever the two differ.
+pub struct AuthAdmin;
+
+impl FromRequest for AuthAdmin {
+    type Error = Error;
+    type Future = std::future::Ready<Result<Self, Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        std::future::ready((|| {
+            let state = state(req)?;
+            let Some(expected) = state
+                .config
+                .admin_token
+                .as_deref()
+                .filter(|t| !t.is_empty())
+            else {
+                return Err(Error::Unauthorized(
+                    "the admin API is off: start the controller with LASTMILE_ADMIN_TOKEN".into(),
+                ));
+            };
+            let given = bearer(req)?;
+            if accounts::hash_secret(&given) == accounts::hash_secret(expected) {
+                Ok(AuthAdmin)
+            } else {
+                Err(Error::Unauthorized("not the admin token".into()))
+            }
+        })())
+    }
+}
+
 /// An owner or a volunteer: whoever holds money. Owners send their API token;
 /// volunteers send their enrolment key or one of their agents' tokens.
 pub struct AuthHolder(pub HolderKind, pub String);

@@ -29,7 +29,7 @@ use utoipa::{Modify, OpenApi};
         owners::pause_check, owners::resume_check, owners::run_now, owners::list_runs,
         owners::get_run, owners::report,
         isp::list_asns, isp::start_claim, isp::confirm_claim, isp::summary, isp::destinations, isp::series,
-        public::leaderboard,
+        public::leaderboard, ops::flags,
     ),
     components(schemas(
         lastmile_protocol::ApiError, lastmile_protocol::Location, lastmile_protocol::Phase,
@@ -45,6 +45,7 @@ use utoipa::{Modify, OpenApi};
         (name = "reports", description = "SLA reports"),
         (name = "leaderboard", description = "Volunteers ranked by points, public"),
         (name = "isp", description = "ISPs: SLA views of their own networks, rate limited, with ETags"),
+        (name = "ops", description = "Operators (admin token): flagged results"),
     )
 )]
 pub struct ApiDoc;
@@ -54,7 +55,7 @@ struct BearerTokens;
 impl Modify for BearerTokens {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        for name in ["owner_token", "agent_token", "isp_token"] {
+        for name in ["owner_token", "agent_token", "isp_token", "admin_token"] {
             components.add_security_scheme(
                 name,
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
@@ -107,7 +108,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(isp::summary)
             .service(isp::destinations)
             .service(isp::series)
-            .service(public::leaderboard),
+            .service(public::leaderboard)
+            .service(ops::flags),
     )
     .default_service(web::to(error::no_route));
 }

@@ -1,4 +1,5 @@
-//! Operations endpoints: health, metrics, the OpenAPI document.
+//! Operations endpoints: health, metrics, the OpenAPI document, and the operators'
+//! admin views (admin token): flagged results.
 
 use actix_web::{get, web, HttpResponse};
 use diesel::prelude::*;
@@ -10,6 +11,45 @@ use crate::error::Error;
 use crate::metrics::Gauges;
 use crate::scheduling::state as assignment_state;
 use crate::server::AppState;
+use crate::verification::{self, FlagList};
+
+use super::auth::AuthAdmin;
+
+/// Which flagged results to list.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct FlagParams {
+    /// Only this agent's results.
+    pub agent: Option<uuid::Uuid>,
+    /// How many results, newest first (1 to 1000, default 100).
+    pub limit: Option<i64>,
+}
+
+/// Results flagged by verification (kept, not counted, not paid), with their reasons
+/// and evidence, and how many each agent has.
+#[utoipa::path(get, path = "/api/v1/ops/flags", tag = "ops", params(FlagParams),
+    security(("admin_token" = [])),
+    responses((status = 200, body = FlagList), (status = 401, body = lastmile_protocol::ApiError),
+        (status = 422, body = lastmile_protocol::ApiError)))]
+#[get("/ops/flags")]
+pub async fn flags(
+    state: web::Data<AppState>,
+    _admin: AuthAdmin,
+    query: web::Query<FlagParams>,
+) -> Result<web::Json<FlagList>, Error> {
+    let FlagParams { agent, limit } = query.into_inner();
+    let list = state
+        .db
+        .run(move |c| {
+            verification::list(
+                c,
+                agent.map(|a| a.to_string()).as_deref(),
+                limit.unwrap_or(100),
+            )
+        })
+        .await?;
+    Ok(web::Json(list))
+}
 
 /// Liveness and database reachability.
 #[get("/healthz")]

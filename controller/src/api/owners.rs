@@ -185,11 +185,18 @@ pub async fn get_check(
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
 ) -> Result<web::Json<CheckView>, Error> {
-    let check = state
+    let (check, flagged) = state
         .db
-        .run(move |c| checks::get(c, &owner.id, &id.to_string()))
+        .run(move |c| {
+            let check = checks::get(c, &owner.id, &id.to_string())?;
+            let flagged = crate::verification::flagged_count(c, &check.id, None)?;
+            Ok::<_, Error>((check, flagged))
+        })
         .await?;
-    Ok(web::Json(CheckView::from(&check)))
+    Ok(web::Json(CheckView {
+        flagged_results: Some(flagged.max(0) as u64),
+        ..CheckView::from(&check)
+    }))
 }
 
 /// Change one of your checks: the whole check as when creating it, under the same rules.

@@ -154,6 +154,20 @@ diesel::table! {
         redirects -> Integer,
         redirect_us -> BigInt,
         page -> Nullable<Text>,
+        flagged -> Bool,
+    }
+}
+
+diesel::table! {
+    result_flags (assignment_id, rule) {
+        assignment_id -> Text,
+        rule -> Text,
+        agent_id -> Text,
+        volunteer_id -> Text,
+        check_id -> Text,
+        run_id -> Text,
+        evidence -> Text,
+        created_at -> BigInt,
     }
 }
 
@@ -219,6 +233,7 @@ diesel::joinable!(assignments -> checks (check_id));
 diesel::joinable!(assignments -> runs (run_id));
 diesel::joinable!(checks -> sites (site_id));
 diesel::joinable!(results -> assignments (assignment_id));
+diesel::joinable!(result_flags -> agents (agent_id));
 
 diesel::table! {
     logins (id) {
@@ -277,5 +292,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     run_agents,
     assignments,
     results,
+    result_flags,
     aggregates,
 );

@@ -394,10 +394,18 @@ fn run_item(r: &RunView) -> RunItem {
         created: r.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
         requested: r.requested,
         done: r.done,
-        state: if r.finished {
-            "finished".into()
-        } else {
-            format!("{} waiting, {} measuring", r.pending, r.leased)
+        state: {
+            let progress = if r.finished {
+                "finished".to_owned()
+            } else {
+                format!("{} waiting, {} measuring", r.pending, r.leased)
+            };
+            // Flagged results count as done but are in no report and were not charged.
+            if r.flagged > 0 {
+                format!("{progress}; {} flagged, not counted", r.flagged)
+            } else {
+                progress
+            }
         },
     }
 }

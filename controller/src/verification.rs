@@ -1,0 +1,832 @@
+//! Result verification: nobody is paid for fake work.
+//!
+//! Every result that arrives in time is judged here, inside the transaction that stores
+//! it, *before* it is aggregated or paid (`ingest::submit`). A result that breaks a rule
+//! is **flagged**: it is kept (the `results` row with `flagged = true`, and one
+//! `result_flags` row per broken rule carrying the numbers that broke it), but it is not
+//! folded into the aggregates (so owner reports, ISP views, histogram exports and the
+//! dashboard, which all merge aggregates, never see it), the owner is not charged, the
+//! volunteer earns nothing and the leaderboard counts no work for it. Operators list
+//! flagged results at `GET /api/v1/ops/flags`. The agent's acknowledgement stays
+//! `accepted`: the result was received and stored, and an older agent could not parse a
+//! new disposition (the wire contract only grows).
+//!
+//! # Rules, one stable code each
+//!
+//! | code | rule | can judge when |
+//! |------|------|----------------|
+//! | `ttfb_below_rtt` | ttfb shorter than one round trip over the agent's access link | the agent has calibrated and its line has a known access floor |
+//! | `faster_than_line` | body bytes arrived faster than the line can carry them | calibrated, at least [`MIN_TRANSFER_BYTES`] on the wire |
+//! | `peer_outlier` | ttfb or total far from what peers on the same network measured | enough recent peer results (below) |
+//! | `copied_result` | exactly the timings and bytes of another agent's result | a response arrived (ttfb and total > 0) |
+//! | `replayed_result` | exactly the timings and bytes of an earlier result of the same agent, for another assignment | as above |
+//! | `same_address_farm` | another agent of the same volunteer, seen from the same address, already delivered a result for this run | always |
+//!
+//! ## Physics (`ttfb_below_rtt`, `faster_than_line`)
+//!
+//! ttfb is the request sent to the first response byte: it contains at least one round
+//! trip over the agent's own access link, whatever the site. Calibration measures the
+//! RTT to the *controller*, which is the access link plus the path beyond it, so a site
+//! closer than the controller may honestly answer faster than the calibrated RTT. The
+//! floor is therefore the smaller of half the calibrated RTT (tolerance for calibration
+//! jitter) and the access link's physical minimum round trip for the agent's measured
+//! class ([`access_floor_us`]): dial-up modems 100 ms (modulation and error correction),
+//! geostationary satellite 480 ms (four 36,000 km legs), mobile 20 ms (radio
+//! scheduling), DSL 10 ms (DSLAM, interleaving), cable 5 ms (DOCSIS request-grant),
+//! fibre none (nothing to judge). `connect` is deliberately not used: the demo's
+//! user-space links cannot delay the TCP handshake (see ARCHITECTURE.md).
+//!
+//! transfer is first to last body byte. Everything after the first segment crosses the
+//! access link's bottleneck, so it takes at least `(bytes - 16 KiB) * 8 / capacity`.
+//! Calibration's downstream rate is a lower bound on the capacity (slow start, a distant
+//! controller), so the capacity is taken as [`LINE_HEADROOM`] (4) times the measured rate;
+//! only bodies of at least 32 KiB are judged, smaller ones fit in a few segments.
+//!
+//! An agent that never calibrated cannot be judged by physics.
+//!
+//! ## Peers (`peer_outlier`)
+//!
+//! The result's ttfb and total are compared with the recent (last 24 h, up to 200)
+//! successful, unflagged, in-time results of the same check from agents of *other
+//! volunteers* (one volunteer's agents cannot vouch for each other) in the same ASN and
+//! measured class. Latencies are right-skewed (roughly lognormal), so the
+//! robust z-score is taken on their logarithms, which makes "ten times faster" as
+//! unusual as "ten times slower": `z = (ln x - median) / (1.4826 * MAD)`. Flagged when
+//! `|z| > 6` *and* the value differs from the peers' median by at least 10 ms (so that
+//! millisecond jitter on fast lines never counts). At least 8 peer results from at least
+//! 3 distinct agents are needed, otherwise the rule cannot judge. When the peers agree
+//! exactly (MAD = 0, or nearly), the scale is floored at 0.25 in log units, so a value
+//! must still be `e^(6 * 0.25)`, about 4.5 times, away from the median. With honest
+//! lognormal spread of sigma 0.5, a 6-sigma-equivalent deviation is a factor of 20.
+//! Results of unknown ASN (0) and failures (their timings stop where they failed) are
+//! not judged.
+//!
+//! ## Copies and replays (`copied_result`, `replayed_result`)
+//!
+//! Independent measurements never repeat all six phase timings to the microsecond and
+//! the byte count: a match is a copy (another agent's result) or a replay (the same
+//! agent's earlier result submitted for a new assignment). Resubmitting the *same*
+//! assignment is the idempotent path of `ingest::submit` and never reaches this module.
+//! Results without a response (ttfb or total 0) carry too few digits to be unique and
+//! are not compared.
+//!
+//! ## Same-address farming (`same_address_farm`)
+//!
+//! Several agents of one volunteer behind one address are one line measured several
+//! times: only the first result of a run from that (volunteer, address) counts; the
+//! others are flagged. Agents of different volunteers behind one address (a shared
+//! NAT) are not affected. On PostgreSQL the run row is locked first (`FOR UPDATE`), so
+//! two concurrent submissions cannot both be first; SQLite has a single writer.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use lastmile_protocol::ConnectionClass;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+
+use crate::agents::Agent;
+use crate::clock::{to_datetime, Micros};
+use crate::db::schema::{agents, checks, result_flags, results, runs, volunteers};
+use crate::db::DbConn;
+use crate::error::{Error, Result};
+use crate::ingest::StoredResult;
+
+/// One rule a result can break. The codes are stable (stored, and shown to operators).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Rule {
+    TtfbBelowRtt,
+    FasterThanLine,
+    PeerOutlier,
+    CopiedResult,
+    ReplayedResult,
+    SameAddressFarm,
+}
+
+impl Rule {
+    pub const ALL: [Rule; 6] = [
+        Rule::TtfbBelowRtt,
+        Rule::FasterThanLine,
+        Rule::PeerOutlier,
+        Rule::CopiedResult,
+        Rule::ReplayedResult,
+        Rule::SameAddressFarm,
+    ];
+
+    /// The stored code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rule::TtfbBelowRtt => "ttfb_below_rtt",
+            Rule::FasterThanLine => "faster_than_line",
+            Rule::PeerOutlier => "peer_outlier",
+            Rule::CopiedResult => "copied_result",
+            Rule::ReplayedResult => "replayed_result",
+            Rule::SameAddressFarm => "same_address_farm",
+        }
+    }
+}
+
+impl std::str::FromStr for Rule {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Rule> {
+        Rule::ALL
+            .into_iter()
+            .find(|r| r.as_str() == s)
+            .ok_or_else(|| Error::Internal(format!("unknown flag rule {s:?}")))
+    }
+}
+
+/// A broken rule and the numbers that broke it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Flag {
+    pub rule: Rule,
+    /// The figures the rule compared (microseconds, bits per second, z-scores, ids).
+    #[schema(value_type = Object)]
+    pub evidence: serde_json::Value,
+}
+
+/// ttfb may be no shorter than this fraction of the calibrated RTT (jitter tolerance).
+pub const RTT_FRACTION: f64 = 0.5;
+/// The capacity assumed is this many times the calibrated downstream rate.
+pub const LINE_HEADROOM: u64 = 4;
+/// Bodies smaller than this are not judged by the line rate.
+pub const MIN_TRANSFER_BYTES: i64 = 32 * 1024;
+/// Bytes that may arrive with the first byte (an initial burst of segments).
+pub const FIRST_BURST_BYTES: i64 = 16 * 1024;
+/// |z| above which a result disagrees with its peers.
+pub const PEER_Z_MAX: f64 = 6.0;
+/// The log-scale spread never counts as smaller than this (peers that agree exactly).
+pub const PEER_MIN_SCALE: f64 = 0.25;
+/// A disagreement smaller than this (µs) is never flagged.
+pub const PEER_MIN_DIFF_US: f64 = 10_000.0;
+/// Peer results needed to judge, and distinct peer agents among them.
+pub const MIN_PEER_RESULTS: usize = 8;
+pub const MIN_PEER_AGENTS: usize = 3;
+/// How far back and how many peer results are compared.
+pub const PEER_WINDOW_US: Micros = 24 * 3_600_000_000;
+pub const MAX_PEER_RESULTS: i64 = 200;
+/// The MAD of a normal distribution times this is its standard deviation.
+const MAD_TO_SIGMA: f64 = 1.4826;
+
+/// The shortest round trip the access link of a line of `class` can have, µs (see the
+/// module's physics section). `rtt_us` tells geostationary from low-orbit satellites.
+pub fn access_floor_us(class: ConnectionClass, rtt_us: i64) -> i64 {
+    match class {
+        ConnectionClass::Dialup => 100_000,
+        ConnectionClass::Satellite if rtt_us >= 450_000 => 480_000,
+        ConnectionClass::Satellite => 20_000,
+        ConnectionClass::Mobile => 20_000,
+        ConnectionClass::Dsl => 10_000,
+        ConnectionClass::Cable => 5_000,
+        ConnectionClass::Fibre => 0,
+    }
+}
+
+/// The physics rules on a result of an agent with this calibration. No calibration, no
+/// judgement.
+pub fn physics(agent: &Agent, r: &StoredResult) -> Vec<Flag> {
+    let mut flags = Vec::new();
+    if r.error_kind.is_some() {
+        return flags;
+    }
+    let (Some(class), Some(rtt_us), Some(down_bps)) = (
+        agent
+            .measured_class
+            .as_deref()
+            .and_then(|c| c.parse::<ConnectionClass>().ok()),
+        agent.rtt_us,
+        agent.down_bps,
+    ) else {
+        return flags;
+    };
+    let floor = ((rtt_us as f64 * RTT_FRACTION) as i64).min(access_floor_us(class, rtt_us));
+    if floor > 0 && r.ttfb_us < floor {
+        flags.push(Flag {
+            rule: Rule::TtfbBelowRtt,
+            evidence: json!({
+                "ttfb_us": r.ttfb_us, "calibrated_rtt_us": rtt_us, "class": class,
+                "floor_us": floor,
+            }),
+        });
+    }
+    if r.bytes >= MIN_TRANSFER_BYTES && down_bps > 0 {
+        let capacity = down_bps.unsigned_abs().saturating_mul(LINE_HEADROOM);
+        let bits = (r.bytes - FIRST_BURST_BYTES).max(0).unsigned_abs() * 8;
+        let min_transfer_us = (u128::from(bits) * 1_000_000 / u128::from(capacity)) as i64;
+        if r.transfer_us < min_transfer_us {
+            let implied_bps = if r.transfer_us > 0 {
+                (u128::from(bits) * 1_000_000 / r.transfer_us as u128) as i64
+            } else {
+                i64::MAX
+            };
+            flags.push(Flag {
+                rule: Rule::FasterThanLine,
+                evidence: json!({
+                    "bytes": r.bytes, "transfer_us": r.transfer_us,
+                    "min_transfer_us": min_transfer_us, "implied_bps": implied_bps,
+                    "calibrated_down_bps": down_bps, "headroom": LINE_HEADROOM,
+                }),
+            });
+        }
+    }
+    flags
+}
+
+/// Where a value sits among its peers' values (robust z on logarithms).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerScore {
+    pub z: f64,
+    /// The peers' median, µs.
+    pub median_us: f64,
+    /// 1.4826 × MAD of the peers' logarithms, floored at [`PEER_MIN_SCALE`].
+    pub scale: f64,
+}
+
+/// The robust z-score of `value_us` among `peers_us` (see the module's peers section).
+/// `None` without peers.
+pub fn peer_score(value_us: i64, peers_us: &[i64]) -> Option<PeerScore> {
+    let ln = |v: i64| (v.max(1) as f64).ln();
+    let mut logs: Vec<f64> = peers_us.iter().map(|v| ln(*v)).collect();
+    let median = median_of(&mut logs)?;
+    let mut deviations: Vec<f64> = logs.iter().map(|l| (l - median).abs()).collect();
+    let mad = median_of(&mut deviations)?;
+    let scale = (MAD_TO_SIGMA * mad).max(PEER_MIN_SCALE);
+    Some(PeerScore {
+        z: (ln(value_us) - median) / scale,
+        median_us: median.exp(),
+        scale,
+    })
+}
+
+fn median_of(values: &mut [f64]) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    Some(if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    })
+}
+
+/// The peer rule on (ttfb, total) against peer results `(agent id, ttfb, total)`.
+pub fn peer_disagreement(r: &StoredResult, peers: &[(String, i64, i64)]) -> Option<Flag> {
+    let agents: HashSet<&str> = peers.iter().map(|p| p.0.as_str()).collect();
+    if peers.len() < MIN_PEER_RESULTS || agents.len() < MIN_PEER_AGENTS {
+        return None;
+    }
+    let mut outliers = serde_json::Map::new();
+    for (phase, value, pick) in [
+        (
+            "ttfb",
+            r.ttfb_us,
+            (|p: &(String, i64, i64)| p.1) as fn(&_) -> i64,
+        ),
+        ("total", r.total_us, |p: &(String, i64, i64)| p.2),
+    ] {
+        let values: Vec<i64> = peers.iter().map(pick).collect();
+        let Some(score) = peer_score(value, &values) else {
+            continue;
+        };
+        if score.z.abs() > PEER_Z_MAX && (value as f64 - score.median_us).abs() >= PEER_MIN_DIFF_US
+        {
+            outliers.insert(
+                phase.to_owned(),
+                json!({
+                    "value_us": value, "peer_median_us": score.median_us.round() as i64,
+                    "z": (score.z * 100.0).round() / 100.0, "scale": (score.scale * 1000.0).round() / 1000.0,
+                }),
+            );
+        }
+    }
+    if outliers.is_empty() {
+        return None;
+    }
+    outliers.insert("peer_results".into(), json!(peers.len()));
+    outliers.insert("peer_agents".into(), json!(agents.len()));
+    outliers.insert("asn".into(), json!(r.asn));
+    outliers.insert("class".into(), json!(r.connection_class));
+    Some(Flag {
+        rule: Rule::PeerOutlier,
+        evidence: serde_json::Value::Object(outliers),
+    })
+}
+
+/// Judges a result about to be stored (not yet inserted). Empty when it breaks no rule.
+pub fn verify(conn: &mut DbConn, agent: &Agent, r: &StoredResult) -> Result<Vec<Flag>> {
+    let mut flags = physics(agent, r);
+
+    if r.error_kind.is_none() && r.asn != 0 {
+        let since = r.received_at - PEER_WINDOW_US;
+        // Peers are other volunteers' agents: one volunteer's agents cannot vouch for
+        // each other.
+        let peers: Vec<(String, i64, i64)> = results::table
+            .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
+            .filter(results::check_id.eq(&r.check_id))
+            .filter(results::asn.eq(r.asn))
+            .filter(results::connection_class.eq(&r.connection_class))
+            .filter(results::received_at.ge(since))
+            .filter(agents::volunteer_id.ne(&agent.volunteer_id))
+            .filter(results::flagged.eq(false))
+            .filter(results::late.eq(false))
+            .filter(results::error_kind.is_null())
+            .order(results::received_at.desc())
+            .limit(MAX_PEER_RESULTS)
+            .select((results::agent_id, results::ttfb_us, results::total_us))
+            .load(conn)?;
+        flags.extend(peer_disagreement(r, &peers));
+    }
+
+    if r.ttfb_us > 0 && r.total_us > 0 {
+        let same: Option<(String, String)> = results::table
+            .filter(results::total_us.eq(r.total_us))
+            .filter(results::ttfb_us.eq(r.ttfb_us))
+            .filter(results::dns_us.eq(r.dns_us))
+            .filter(results::connect_us.eq(r.connect_us))
+            .filter(results::tls_us.eq(r.tls_us))
+            .filter(results::transfer_us.eq(r.transfer_us))
+            .filter(results::bytes.eq(r.bytes))
+            .filter(results::assignment_id.ne(&r.assignment_id))
+            .order(results::received_at.asc())
+            .select((results::assignment_id, results::agent_id))
+            .first(conn)
+            .optional()?;
+        if let Some((original, original_agent)) = same {
+            let rule = if original_agent == agent.id {
+                Rule::ReplayedResult
+            } else {
+                Rule::CopiedResult
+            };
+            flags.push(Flag {
+                rule,
+                evidence: json!({
+                    "original_assignment_id": original, "original_agent_id": original_agent,
+                    "timings_us": [r.dns_us, r.connect_us, r.tls_us, r.ttfb_us, r.transfer_us, r.total_us],
+                    "bytes": r.bytes,
+                }),
+            });
+        }
+    }
+
+    let siblings: i64 = agents::table
+        .filter(agents::volunteer_id.eq(&agent.volunteer_id))
+        .filter(agents::ip.eq(&agent.ip))
+        .filter(agents::id.ne(&agent.id))
+        .count()
+        .get_result(conn)?;
+    if siblings > 0 {
+        lock_run(conn, &r.run_id)?;
+        let first: Option<(String, String)> = results::table
+            .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
+            .filter(results::run_id.eq(&r.run_id))
+            .filter(results::agent_id.ne(&agent.id))
+            .filter(agents::volunteer_id.eq(&agent.volunteer_id))
+            .filter(agents::ip.eq(&agent.ip))
+            .filter(results::flagged.eq(false))
+            .filter(results::late.eq(false))
+            .select((results::assignment_id, results::agent_id))
+            .first(conn)
+            .optional()?;
+        if let Some((counted, counted_agent)) = first {
+            flags.push(Flag {
+                rule: Rule::SameAddressFarm,
+                evidence: json!({
+                    "address": agent.ip, "volunteer_id": agent.volunteer_id,
+                    "counted_assignment_id": counted, "counted_agent_id": counted_agent,
+                }),
+            });
+        }
+    }
+    Ok(flags)
+}
+
+/// Serializes the same-address decision per run on PostgreSQL.
+fn lock_run(conn: &mut DbConn, run_id: &str) -> Result<()> {
+    if let DbConn::Pg(c) = conn {
+        runs::table
+            .find(run_id)
+            .select(runs::id)
+            .for_update()
+            .first::<String>(c)
+            .optional()?;
+    }
+    Ok(())
+}
+
+/// Stores the flags of a result that was just inserted and marks it flagged.
+pub fn record(conn: &mut DbConn, agent: &Agent, r: &StoredResult, flags: &[Flag]) -> Result<()> {
+    for f in flags {
+        diesel::insert_into(result_flags::table)
+            .values((
+                result_flags::assignment_id.eq(&r.assignment_id),
+                result_flags::rule.eq(f.rule.as_str()),
+                result_flags::agent_id.eq(&agent.id),
+                result_flags::volunteer_id.eq(&agent.volunteer_id),
+                result_flags::check_id.eq(&r.check_id),
+                result_flags::run_id.eq(&r.run_id),
+                result_flags::evidence.eq(f.evidence.to_string()),
+                result_flags::created_at.eq(r.received_at),
+            ))
+            .execute(conn)?;
+    }
+    diesel::update(results::table.find(&r.assignment_id))
+        .set(results::flagged.eq(true))
+        .execute(conn)?;
+    tracing::warn!(
+        assignment = %r.assignment_id, agent = %agent.id,
+        rules = ?flags.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>(),
+        "result flagged: kept, not counted, not paid"
+    );
+    Ok(())
+}
+
+/// How many of a check's results (all time) or of one run were flagged.
+pub fn flagged_count(conn: &mut DbConn, check_id: &str, run_id: Option<&str>) -> Result<i64> {
+    let mut q = results::table
+        .filter(results::check_id.eq(check_id))
+        .filter(results::flagged.eq(true))
+        .into_boxed();
+    if let Some(run) = run_id {
+        q = q.filter(results::run_id.eq(run));
+    }
+    Ok(q.count().get_result(conn)?)
+}
+
+/// One flagged result as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FlaggedResult {
+    pub assignment_id: String,
+    pub run_id: String,
+    pub check_id: String,
+    pub check_name: String,
+    pub agent_id: String,
+    pub agent_name: String,
+    /// The address the controller sees the agent at.
+    pub agent_address: String,
+    pub volunteer_id: String,
+    pub volunteer_name: String,
+    pub received_at: DateTime<Utc>,
+    pub ttfb_us: i64,
+    pub transfer_us: i64,
+    pub total_us: i64,
+    pub bytes: i64,
+    /// Every rule it broke, with the numbers.
+    pub reasons: Vec<Flag>,
+}
+
+/// Flagged results per agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AgentFlags {
+    pub agent_id: String,
+    pub agent_name: String,
+    pub volunteer_id: String,
+    pub flagged_results: i64,
+}
+
+/// What `GET /api/v1/ops/flags` answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FlagList {
+    /// Newest first.
+    pub flags: Vec<FlaggedResult>,
+    /// Every agent with flagged results, most first.
+    pub per_agent: Vec<AgentFlags>,
+}
+
+/// Most flagged results one listing returns.
+pub const MAX_LIST: i64 = 1000;
+
+/// The newest `limit` flagged results (of one agent, if given) and the per-agent counts.
+pub fn list(conn: &mut DbConn, agent_id: Option<&str>, limit: i64) -> Result<FlagList> {
+    if !(1..=MAX_LIST).contains(&limit) {
+        return Err(Error::invalid(
+            "invalid_limit",
+            format!("limit must be between 1 and {MAX_LIST}"),
+        ));
+    }
+    let mut q = results::table
+        .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
+        .inner_join(volunteers::table.on(volunteers::id.eq(agents::volunteer_id)))
+        .inner_join(checks::table.on(checks::id.eq(results::check_id)))
+        .filter(results::flagged.eq(true))
+        .into_boxed();
+    if let Some(a) = agent_id {
+        q = q.filter(results::agent_id.eq(a.to_owned()));
+    }
+    type Row = (
+        (String, String, String, String, i64, i64, i64, i64, i64),
+        (String, String),
+        (String, String),
+        String,
+    );
+    let rows: Vec<Row> = q
+        .order((results::received_at.desc(), results::assignment_id.asc()))
+        .limit(limit)
+        .select((
+            (
+                results::assignment_id,
+                results::run_id,
+                results::check_id,
+                results::agent_id,
+                results::received_at,
+                results::ttfb_us,
+                results::transfer_us,
+                results::total_us,
+                results::bytes,
+            ),
+            (agents::name, agents::ip),
+            (volunteers::id, volunteers::name),
+            checks::name,
+        ))
+        .load(conn)?;
+    let ids: Vec<&str> = rows.iter().map(|r| r.0 .0.as_str()).collect();
+    let mut reasons: HashMap<String, Vec<Flag>> = HashMap::new();
+    for (assignment, rule, evidence) in result_flags::table
+        .filter(result_flags::assignment_id.eq_any(&ids))
+        .order((result_flags::assignment_id, result_flags::rule))
+        .select((
+            result_flags::assignment_id,
+            result_flags::rule,
+            result_flags::evidence,
+        ))
+        .load::<(String, String, String)>(conn)?
+    {
+        reasons.entry(assignment).or_default().push(Flag {
+            rule: rule.parse()?,
+            evidence: serde_json::from_str(&evidence)
+                .map_err(|e| Error::Internal(format!("stored flag evidence: {e}")))?,
+        });
+    }
+    let flags = rows
+        .into_iter()
+        .map(
+            |(
+                (id, run, check, agent, at, ttfb, transfer, total, bytes),
+                (name, ip),
+                (vid, vname),
+                cname,
+            )| {
+                FlaggedResult {
+                    reasons: reasons.remove(&id).unwrap_or_default(),
+                    assignment_id: id,
+                    run_id: run,
+                    check_id: check,
+                    check_name: cname,
+                    agent_id: agent,
+                    agent_name: name,
+                    agent_address: ip,
+                    volunteer_id: vid,
+                    volunteer_name: vname,
+                    received_at: to_datetime(at),
+                    ttfb_us: ttfb,
+                    transfer_us: transfer,
+                    total_us: total,
+                    bytes,
+                }
+            },
+        )
+        .collect();
+
+    let counts: Vec<(String, i64)> = results::table
+        .filter(results::flagged.eq(true))
+        .group_by(results::agent_id)
+        .select((results::agent_id, diesel::dsl::count_star()))
+        .load(conn)?;
+    let counts: Vec<(String, i64)> = counts
+        .into_iter()
+        .filter(|(a, _)| agent_id.is_none_or(|only| only == a))
+        .collect();
+    let ids: Vec<&str> = counts.iter().map(|(a, _)| a.as_str()).collect();
+    let names: HashMap<String, (String, String)> = agents::table
+        .filter(agents::id.eq_any(&ids))
+        .select((agents::id, agents::name, agents::volunteer_id))
+        .load::<(String, String, String)>(conn)?
+        .into_iter()
+        .map(|(id, name, volunteer)| (id, (name, volunteer)))
+        .collect();
+    let mut per_agent: Vec<AgentFlags> = counts
+        .into_iter()
+        .map(|(agent_id, n)| {
+            let (agent_name, volunteer_id) = names.get(&agent_id).cloned().unwrap_or_default();
+            AgentFlags {
+                agent_id,
+                agent_name,
+                volunteer_id,
+                flagged_results: n,
+            }
+        })
+        .collect();
+    per_agent.sort_by(|a, b| {
+        b.flagged_results
+            .cmp(&a.flagged_results)
+            .then_with(|| a.agent_id.cmp(&b.agent_id))
+    });
+    Ok(FlagList { flags, per_agent })
+}
+
+/// Flagged results in total (for the demo's summary and the metrics).
+pub fn total_flagged(conn: &mut DbConn) -> Result<i64> {
+    Ok(results::table
+        .filter(results::flagged.eq(true))
+        .count()
+        .get_result(conn)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(ttfb_us: i64, transfer_us: i64, total_us: i64, bytes: i64) -> StoredResult {
+        StoredResult {
+            assignment_id: "a".into(),
+            run_id: "r".into(),
+            check_id: "c".into(),
+            agent_id: "x".into(),
+            received_at: 0,
+            started_at: 0,
+            late: false,
+            status: Some(200),
+            bytes,
+            error_kind: None,
+            error_message: None,
+            dns_us: 100,
+            connect_us: 1000,
+            tls_us: 0,
+            ttfb_us,
+            transfer_us,
+            total_us,
+            country: "DE".into(),
+            region: "BE".into(),
+            asn: 64_501,
+            connection_class: "dsl".into(),
+            remote_addr: None,
+            ip_version: None,
+            http_version: None,
+            bytes_decoded: bytes,
+            redirects: 0,
+            redirect_us: 0,
+        }
+    }
+
+    fn agent(class: Option<&str>, rtt_ms: i64, down_bps: i64) -> Agent {
+        Agent {
+            id: "x".into(),
+            volunteer_id: "v".into(),
+            name: "n".into(),
+            token_hash: String::new(),
+            declared_class: "dsl".into(),
+            version: "t".into(),
+            max_concurrent: 1,
+            ip: "127.0.0.2".into(),
+            country: None,
+            region: None,
+            city: None,
+            asn: None,
+            as_org: None,
+            enrolled_at: 0,
+            last_heartbeat_at: None,
+            measured_class: class.map(str::to_owned),
+            calibrated_at: class.map(|_| 0),
+            rtt_us: class.map(|_| rtt_ms * 1000),
+            down_bps: class.map(|_| down_bps),
+            up_bps: class.map(|_| down_bps / 10),
+            class_mismatch: false,
+            calibration_day: 0,
+            calibration_bytes: 0,
+            paused_reason: None,
+        }
+    }
+
+    fn rules(flags: &[Flag]) -> Vec<Rule> {
+        flags.iter().map(|f| f.rule).collect()
+    }
+
+    #[test]
+    fn a_ttfb_shorter_than_the_access_link_allows_is_flagged() {
+        // Dial-up, 150 ms RTT: the floor is min(75 ms, 100 ms) = 75 ms.
+        let modem = agent(Some("dialup"), 150, 56_000);
+        assert_eq!(
+            rules(&physics(&modem, &result(3_000, 0, 5_000, 8_192))),
+            [Rule::TtfbBelowRtt]
+        );
+        assert!(physics(&modem, &result(160_000, 1_200_000, 1_400_000, 8_192)).is_empty());
+        // DSL with a distant controller (RTT 120 ms): a nearby site answering in 15 ms
+        // is honest; the access floor is 10 ms.
+        let dsl = agent(Some("dsl"), 120, 16_000_000);
+        assert!(physics(&dsl, &result(15_000, 5_000, 25_000, 8_192)).is_empty());
+        assert_eq!(
+            rules(&physics(&dsl, &result(2_000, 500, 3_000, 8_192))),
+            [Rule::TtfbBelowRtt]
+        );
+        // Fibre: nothing to judge on ttfb.
+        let fibre = agent(Some("fibre"), 4, 1_000_000_000);
+        assert!(physics(&fibre, &result(100, 10, 200, 8_192)).is_empty());
+    }
+
+    #[test]
+    fn a_body_faster_than_the_line_is_flagged_with_headroom() {
+        let dsl = agent(Some("dsl"), 40, 16_000_000);
+        // 512 KiB at 16 Mbit/s takes ~254 ms after the first burst; 4x headroom: 64 ms.
+        let bytes = 512 * 1024;
+        assert!(physics(&dsl, &result(45_000, 254_000, 300_000, bytes)).is_empty());
+        // Twice the calibrated rate (a lower bound) is still plausible.
+        assert!(physics(&dsl, &result(45_000, 127_000, 180_000, bytes)).is_empty());
+        let flags = physics(&dsl, &result(45_000, 20_000, 70_000, bytes));
+        assert_eq!(rules(&flags), [Rule::FasterThanLine]);
+        assert_eq!(flags[0].evidence["calibrated_down_bps"], 16_000_000);
+        // Small bodies are not judged.
+        assert!(physics(&dsl, &result(45_000, 0, 50_000, 20_000)).is_empty());
+    }
+
+    #[test]
+    fn an_uncalibrated_agent_or_a_failure_is_not_judged_by_physics() {
+        let unknown = agent(None, 0, 0);
+        assert!(physics(&unknown, &result(1, 1, 2, 1_000_000)).is_empty());
+        let modem = agent(Some("dialup"), 150, 56_000);
+        let mut failed = result(0, 0, 3_000, 0);
+        failed.error_kind = Some("connect_refused".into());
+        assert!(physics(&modem, &failed).is_empty());
+    }
+
+    fn peers(values: &[(i64, i64)]) -> Vec<(String, i64, i64)> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, (t, tot))| (format!("agent-{}", i % 4), *t, *tot))
+            .collect()
+    }
+
+    #[test]
+    fn a_result_far_from_its_peers_is_flagged_and_honest_spread_is_not() {
+        // Twelve DSL peers: ttfb 110-160 ms, total 250-330 ms.
+        let honest: Vec<(i64, i64)> = (0..12)
+            .map(|i| (110_000 + i * 4_500, 250_000 + i * 7_000))
+            .collect();
+        let p = peers(&honest);
+        let fake = peer_disagreement(&result(3_000, 1_000, 9_000, 8_192), &p).unwrap();
+        assert_eq!(fake.rule, Rule::PeerOutlier);
+        assert!(
+            fake.evidence["ttfb"]["z"].as_f64().unwrap() < -6.0,
+            "{fake:?}"
+        );
+        // 1.7 times slower than the median: a bad moment, not fake.
+        assert!(peer_disagreement(&result(230_000, 200_000, 480_000, 8_192), &p).is_none());
+    }
+
+    #[test]
+    fn peers_that_agree_exactly_still_leave_room_for_honest_variance() {
+        // MAD = 0: every peer saw 40 ms.
+        let p = peers(&[(40_000, 60_000); 10]);
+        assert_eq!(
+            peer_score(40_000, &[40_000; 10]).unwrap().scale,
+            PEER_MIN_SCALE
+        );
+        assert!(peer_disagreement(&result(90_000, 20_000, 130_000, 8_192), &p).is_none());
+        assert!(peer_disagreement(&result(2_000, 1_000, 4_000, 8_192), &p).is_some());
+        // Millisecond jitter on a fast line is never an outlier.
+        let fast = peers(&[(2_000, 3_000); 10]);
+        assert!(peer_disagreement(&result(9_000, 1_000, 11_000, 8_192), &fast).is_none());
+    }
+
+    #[test]
+    fn too_few_peers_cannot_judge() {
+        let few = peers(&[(100_000, 200_000); 7]);
+        assert!(peer_disagreement(&result(1_000, 1_000, 2_000, 8_192), &few).is_none());
+        let one_agent: Vec<(String, i64, i64)> = (0..20)
+            .map(|_| ("a".to_owned(), 100_000, 200_000))
+            .collect();
+        assert!(peer_disagreement(&result(1_000, 1_000, 2_000, 8_192), &one_agent).is_none());
+    }
+
+    #[test]
+    fn slow_link_variance_is_not_an_outlier() {
+        // Dial-up-like lognormal spread (sigma ~0.4): 0.5x to 2.2x the median.
+        let spread = [
+            300, 420, 560, 610, 700, 760, 800, 900, 1_050, 1_200, 1_400, 1_650,
+        ];
+        let p: Vec<(String, i64, i64)> = spread
+            .iter()
+            .enumerate()
+            .map(|(i, ms)| (format!("a{}", i % 5), ms * 1000, ms * 2000))
+            .collect();
+        for honest_ms in [200, 2_500, 3_000] {
+            assert!(
+                peer_disagreement(&result(honest_ms * 1000, 0, honest_ms * 2000, 8_192), &p)
+                    .is_none(),
+                "{honest_ms} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn rule_codes_round_trip() {
+        for r in Rule::ALL {
+            assert_eq!(r.as_str().parse::<Rule>().unwrap(), r);
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
+}

@@ -1,0 +1,669 @@
+//! Result verification, rule by rule, on both backends: each rule flags a result made
+//! up with realistic numbers, and leaves honest results (including slow, noisy lines)
+//! alone. A flagged result is kept and listed for operators, but is not in the report,
+//! not charged to the owner, not earned by the volunteer and not on the leaderboard.
+
+use std::net::Ipv4Addr;
+
+use lastmile_testbed::site::{SiteConfig, TargetSite};
+use serde_json::{json, Value};
+
+use crate::per_backend;
+use crate::support::{TestApp, TestDb, OWNER_CREDIT};
+
+per_backend!(
+    a_ttfb_shorter_than_the_line_allows_is_flagged_kept_and_not_paid,
+    a_body_faster_than_the_calibrated_line_is_flagged_and_slow_lines_are_not,
+    a_result_far_from_its_peers_is_flagged_and_honest_variance_is_not,
+    copied_and_replayed_results_are_flagged_and_resubmission_is_not,
+    only_one_agent_per_volunteer_and_address_is_paid_for_a_run,
+    the_flag_list_is_for_operators_only,
+);
+
+pub const ADMIN: &str = "test-admin-token";
+
+/// A controller whose scheduler stays out of the way (runs are made by the test) and
+/// whose admin token is [`ADMIN`].
+pub async fn admin_app(db: &TestDb) -> TestApp {
+    TestApp::start_with(db, |c| {
+        c.scheduler_tick_ms = 3_600_000;
+        c.admin_token = Some(ADMIN.into());
+    })
+    .await
+}
+
+/// An owner (token) with a verified site and a check of `agents_per_run`.
+async fn owner_and_check(app: &TestApp, agents_per_run: u32) -> (String, String, TargetSite) {
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let owner = app.owner("owner");
+    let site_id = app.verified_site(&owner, &site).await;
+    let (status, check) = app
+        .call(
+            "POST",
+            "/api/v1/checks",
+            Some(&owner),
+            Some(
+                json!({"site_id": site_id, "url": format!("{}/", site.origin()),
+                "selection": {"agents_per_run": agents_per_run}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{check}");
+    (owner, check["id"].as_str().unwrap().to_owned(), site)
+}
+
+/// Creates a run of `check`; returns its id.
+async fn run(app: &TestApp, owner: &str, check: &str) -> String {
+    let (status, run) = app
+        .call(
+            "POST",
+            &format!("/api/v1/checks/{check}/runs"),
+            Some(owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{run}");
+    run["id"].as_str().unwrap().to_owned()
+}
+
+/// Reports a calibration with these figures.
+async fn calibrate(app: &TestApp, token: &str, rtt_ms: u64, down_bps: u64) {
+    let (status, ack) = app
+        .call(
+            "POST",
+            "/api/v1/agents/calibration",
+            Some(token),
+            Some(json!({"rtt_us": rtt_ms * 1000, "down_bps": down_bps, "up_bps": down_bps / 8, "bytes_used": 100_000})),
+        )
+        .await;
+    assert_eq!(status, 200, "{ack}");
+}
+
+/// Leases the agent's one assignment.
+async fn lease(app: &TestApp, token: &str) -> Value {
+    let (status, lease) = app
+        .call(
+            "POST",
+            "/api/v1/agents/lease",
+            Some(token),
+            Some(json!({"max": 1})),
+        )
+        .await;
+    assert_eq!(status, 200, "{lease}");
+    lease["tasks"][0]["assignment_id"].clone()
+}
+
+/// A successful measurement: dns, connect, ttfb, transfer in µs (total is their sum
+/// plus 1 ms), and body bytes.
+fn measured(assignment: &Value, t: [u64; 4], bytes: u64) -> Value {
+    let [dns, connect, ttfb, transfer] = t;
+    json!({
+        "assignment_id": assignment,
+        "started_at": chrono::Utc::now().to_rfc3339(),
+        "measurement": {
+            "status": 200, "bytes": bytes, "error": null,
+            "timings_us": {"dns": dns, "connect": connect, "tls": 0, "ttfb": ttfb,
+                "transfer": transfer, "total": dns + connect + ttfb + transfer + 1000}
+        }
+    })
+}
+
+async fn submit(app: &TestApp, token: &str, body: &Value) -> Value {
+    let (status, ack) = app
+        .call("POST", "/api/v1/results", Some(token), Some(body.clone()))
+        .await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(ack["disposition"], "accepted", "{ack}");
+    ack
+}
+
+/// What `GET /api/v1/ops/flags` lists.
+pub async fn flags(app: &TestApp) -> Value {
+    let (status, list) = app
+        .call("GET", "/api/v1/ops/flags", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, 200, "{list}");
+    list
+}
+
+/// The rules of each flagged result, by assignment id.
+fn rules_by_assignment(list: &Value) -> Vec<(String, Vec<String>)> {
+    list["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["assignment_id"].as_str().unwrap().to_owned(),
+                f["reasons"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["rule"].as_str().unwrap().to_owned())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// A holder's first balance (owner credit or volunteer earnings), minor units.
+pub async fn balance(app: &TestApp, token: &str) -> i64 {
+    let (status, b) = app
+        .call("GET", "/api/v1/me/balance", Some(token), None)
+        .await;
+    assert_eq!(status, 200, "{b}");
+    b["balances"][0]["balance_minor"].as_i64().unwrap()
+}
+
+/// Samples per country in the check's report.
+pub async fn samples_by_country(app: &TestApp, owner: &str, check: &str) -> Vec<(String, u64)> {
+    let (status, report) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/report?group_by=country"),
+            Some(owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let mut rows: Vec<(String, u64)> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["group"]["country"].as_str().unwrap_or("").to_owned(),
+                r["samples"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+async fn a_ttfb_shorter_than_the_line_allows_is_flagged_kept_and_not_paid(db: TestDb) {
+    let app = admin_app(&db).await;
+    let (owner, check, _site) = owner_and_check(&app, 3).await;
+    let honest_key = app.volunteer("Honest Ada");
+    let cheat_key = app.volunteer("Cheating Carl");
+    // Both DSL lines, 16 Mbit/s and 40 ms to the controller; a third never calibrated.
+    let honest = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &honest_key, "dsl", 1)
+        .await;
+    calibrate(&app, &honest, 40, 16_000_000).await;
+    let cheat = app
+        .agent(Ipv4Addr::new(127, 0, 0, 3), &cheat_key, "dsl", 1)
+        .await;
+    calibrate(&app, &cheat, 40, 16_000_000).await;
+    let uncalibrated = app
+        .agent(Ipv4Addr::new(127, 0, 0, 4), &honest_key, "dsl", 1)
+        .await;
+    let run_id = run(&app, &owner, &check).await;
+
+    // Honest: a nearby site answers in 22 ms, below the 40 ms to the controller but
+    // above the DSL access floor (10 ms).
+    submit(
+        &app,
+        &honest,
+        &measured(
+            &lease(&app, &honest).await,
+            [900, 21_000, 22_000, 4_100],
+            8192,
+        ),
+    )
+    .await;
+    // Made up: 2 ms to the first byte over a 40 ms DSL line.
+    let fake_id = lease(&app, &cheat).await;
+    let fake = measured(&fake_id, [300, 800, 2_000, 400], 8192);
+    let first_ack = submit(&app, &cheat, &fake).await;
+    // Without a calibration there is nothing to judge a 1 ms ttfb by.
+    submit(
+        &app,
+        &uncalibrated,
+        &measured(
+            &lease(&app, &uncalibrated).await,
+            [100, 500, 1_000, 300],
+            8192,
+        ),
+    )
+    .await;
+    // A retry of the flagged submission: same answer, no second flag, still unpaid.
+    assert_eq!(submit(&app, &cheat, &fake).await, first_ack);
+
+    let list = flags(&app).await;
+    assert_eq!(
+        rules_by_assignment(&list),
+        [(
+            fake_id.as_str().unwrap().to_owned(),
+            vec!["ttfb_below_rtt".to_owned()]
+        )],
+        "{list}"
+    );
+    let flag = &list["flags"][0];
+    assert_eq!(flag["volunteer_name"], "Cheating Carl");
+    assert_eq!(flag["check_id"], check.as_str());
+    assert_eq!(flag["agent_address"], "127.0.0.3");
+    let evidence = &flag["reasons"][0]["evidence"];
+    assert_eq!(evidence["ttfb_us"], 2_000, "{evidence}");
+    assert_eq!(evidence["calibrated_rtt_us"], 40_000, "{evidence}");
+    assert_eq!(evidence["floor_us"], 10_000, "{evidence}");
+    assert_eq!(list["per_agent"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["per_agent"][0]["flagged_results"], 1, "{list}");
+
+    // Kept: the result is stored.
+    assert_eq!(
+        crate::support::count(
+            &app,
+            "SELECT COUNT(*) AS n FROM results WHERE flagged AND ttfb_us = 2000"
+        ),
+        1
+    );
+    // Out of the report: DE (honest) and BR (uncalibrated) only, not the US cheater.
+    assert_eq!(
+        samples_by_country(&app, &owner, &check).await,
+        [("BR".to_owned(), 1), ("DE".to_owned(), 1)]
+    );
+    // Out of the money: two results charged, the cheater earned nothing.
+    assert_eq!(balance(&app, &owner).await, OWNER_CREDIT - 2 * 5);
+    assert_eq!(balance(&app, &honest_key).await, 2 * 4);
+    assert_eq!(balance(&app, &cheat_key).await, 0);
+    // Out of the leaderboard.
+    let (_, board) = app
+        .call("GET", "/api/v1/leaderboard?period=week", None, None)
+        .await;
+    let entries = board["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().all(|e| e["volunteer"] != "Cheating Carl"),
+        "{board}"
+    );
+    assert_eq!(entries[0]["measurements"], 2, "{board}");
+    // The owner sees how many were left out.
+    let (_, view) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/runs/{run_id}"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (view["done"].clone(), view["flagged"].clone()),
+        (json!(3), json!(1)),
+        "{view}"
+    );
+    let (_, check_view) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(check_view["flagged_results"], 1, "{check_view}");
+    let (_, metrics) = app.call("GET", "/metrics", None, None).await;
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("lastmile_results_flagged_total 1"),
+        "{metrics}"
+    );
+    app.controller.stop().await.unwrap();
+}
+
+async fn a_body_faster_than_the_calibrated_line_is_flagged_and_slow_lines_are_not(db: TestDb) {
+    let app = admin_app(&db).await;
+    let (owner, check, _site) = owner_and_check(&app, 3).await;
+    let (modem_key, fibre_key, cheat_key) = (
+        app.volunteer("modem"),
+        app.volunteer("fibre"),
+        app.volunteer("cheat"),
+    );
+    // Two dial-up lines (56 kbit/s, 150 ms) and a fibre line (1 Gbit/s, 4 ms).
+    let modem = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &modem_key, "dialup", 1)
+        .await;
+    calibrate(&app, &modem, 150, 56_000).await;
+    let cheat = app
+        .agent(Ipv4Addr::new(127, 0, 0, 3), &cheat_key, "dialup", 1)
+        .await;
+    calibrate(&app, &cheat, 150, 56_000).await;
+    let fibre = app
+        .agent(Ipv4Addr::new(127, 0, 0, 4), &fibre_key, "fibre", 1)
+        .await;
+    calibrate(&app, &fibre, 4, 1_000_000_000).await;
+    run(&app, &owner, &check).await;
+
+    // 200 kB over the modem: ~26 s honestly (here 29 s, a slow moment included).
+    submit(
+        &app,
+        &modem,
+        &measured(
+            &lease(&app, &modem).await,
+            [20_000, 160_000, 180_000, 29_000_000],
+            200_000,
+        ),
+    )
+    .await;
+    // 200 kB over fibre in 2 ms: fast, but the line carries it.
+    submit(
+        &app,
+        &fibre,
+        &measured(
+            &lease(&app, &fibre).await,
+            [1_000, 300, 5_000, 2_000],
+            200_000,
+        ),
+    )
+    .await;
+    // 200 kB over a modem in 40 ms: 37 Mbit/s on a 56 kbit/s line.
+    let fake_id = lease(&app, &cheat).await;
+    submit(
+        &app,
+        &cheat,
+        &measured(&fake_id, [20_000, 160_000, 170_000, 40_000], 200_000),
+    )
+    .await;
+
+    let list = flags(&app).await;
+    assert_eq!(
+        rules_by_assignment(&list),
+        [(
+            fake_id.as_str().unwrap().to_owned(),
+            vec!["faster_than_line".to_owned()]
+        )],
+        "{list}"
+    );
+    let evidence = &list["flags"][0]["reasons"][0]["evidence"];
+    assert_eq!(evidence["calibrated_down_bps"], 56_000, "{evidence}");
+    assert!(
+        evidence["implied_bps"].as_i64().unwrap() > 30_000_000,
+        "{evidence}"
+    );
+    assert_eq!(
+        samples_by_country(&app, &owner, &check).await,
+        [("BR".to_owned(), 1), ("DE".to_owned(), 1)]
+    );
+    assert_eq!(balance(&app, &cheat_key).await, 0);
+    assert_eq!(balance(&app, &modem_key).await, 4);
+    assert_eq!(balance(&app, &fibre_key).await, 4);
+    app.controller.stop().await.unwrap();
+}
+
+async fn a_result_far_from_its_peers_is_flagged_and_honest_variance_is_not(db: TestDb) {
+    let app = admin_app(&db).await;
+    let (owner, check, _site) = owner_and_check(&app, 10).await;
+    // Four households on one DSL network (AS64501, behind 127.0.0.2), not calibrated,
+    // so physics cannot judge and only their peers can.
+    let mut peers = Vec::new();
+    for i in 0..4 {
+        let key = app.volunteer(&format!("household {i}"));
+        peers.push(app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await);
+    }
+    // Three runs: ttfb 95-160 ms, total 180-300 ms, as DSL lines spread.
+    let mut n = 0u64;
+    for _ in 0..3 {
+        run(&app, &owner, &check).await;
+        for token in &peers {
+            n += 1;
+            let ttfb = 95_000 + (n * 37_000) % 65_000;
+            let body = measured(
+                &lease(&app, token).await,
+                [2_000 + n, 30_000, ttfb, 55_000 + n * 3_000],
+                8192,
+            );
+            submit(&app, token, &body).await;
+        }
+    }
+    assert_eq!(rules_by_assignment(&flags(&app).await), []);
+
+    // A fifth household joins and makes its numbers up; one honest neighbour has a slow
+    // moment (1.9 times the median ttfb), another a fast one.
+    let cheat_key = app.volunteer("cheat");
+    let cheat = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &cheat_key, "dsl", 1)
+        .await;
+    run(&app, &owner, &check).await;
+    let fake_id = lease(&app, &cheat).await;
+    submit(
+        &app,
+        &cheat,
+        &measured(&fake_id, [200, 900, 3_000, 1_000], 8192),
+    )
+    .await;
+    submit(
+        &app,
+        &peers[0],
+        &measured(
+            &lease(&app, &peers[0]).await,
+            [2_500, 31_000, 240_000, 90_000],
+            8192,
+        ),
+    )
+    .await;
+    submit(
+        &app,
+        &peers[1],
+        &measured(
+            &lease(&app, &peers[1]).await,
+            [2_400, 29_000, 70_000, 40_000],
+            8192,
+        ),
+    )
+    .await;
+
+    let list = flags(&app).await;
+    assert_eq!(
+        rules_by_assignment(&list),
+        [(
+            fake_id.as_str().unwrap().to_owned(),
+            vec!["peer_outlier".to_owned()]
+        )],
+        "{list}"
+    );
+    let evidence = &list["flags"][0]["reasons"][0]["evidence"];
+    assert!(evidence["ttfb"]["z"].as_f64().unwrap() < -6.0, "{evidence}");
+    assert_eq!(evidence["peer_agents"], 4, "{evidence}");
+    assert_eq!(evidence["asn"], 64_501, "{evidence}");
+    // 12 + 2 honest results in the report, the made-up one not.
+    assert_eq!(
+        samples_by_country(&app, &owner, &check).await,
+        [("DE".to_owned(), 14)]
+    );
+    assert_eq!(balance(&app, &cheat_key).await, 0);
+    app.controller.stop().await.unwrap();
+}
+
+async fn copied_and_replayed_results_are_flagged_and_resubmission_is_not(db: TestDb) {
+    let app = admin_app(&db).await;
+    let (owner, check, _site) = owner_and_check(&app, 2).await;
+    let (ada_key, bob_key) = (app.volunteer("Ada"), app.volunteer("Bob"));
+    let ada = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &ada_key, "cable", 1)
+        .await;
+    let bob = app
+        .agent(Ipv4Addr::new(127, 0, 0, 3), &bob_key, "cable", 1)
+        .await;
+    let timings = [1_234, 11_873, 31_402, 2_917];
+
+    // Run 1: Ada measures; Bob sends Ada's numbers as his own.
+    run(&app, &owner, &check).await;
+    let ada_first = measured(&lease(&app, &ada).await, timings, 8192);
+    submit(&app, &ada, &ada_first).await;
+    let copied_id = lease(&app, &bob).await;
+    submit(&app, &bob, &measured(&copied_id, timings, 8192)).await;
+    // Ada retries her own submission (a lost acknowledgement): not a replay.
+    submit(&app, &ada, &ada_first).await;
+
+    // Run 2: Ada sends her run-1 measurement again for the new assignment; Bob measures
+    // honestly, and his numbers differ from Ada's by one microsecond of DNS.
+    run(&app, &owner, &check).await;
+    let replayed_id = lease(&app, &ada).await;
+    submit(&app, &ada, &measured(&replayed_id, timings, 8192)).await;
+    let [dns, connect, ttfb, transfer] = timings;
+    submit(
+        &app,
+        &bob,
+        &measured(
+            &lease(&app, &bob).await,
+            [dns + 1, connect, ttfb, transfer],
+            8192,
+        ),
+    )
+    .await;
+
+    let list = flags(&app).await;
+    let mut got = rules_by_assignment(&list);
+    got.sort();
+    let mut want = vec![
+        (
+            copied_id.as_str().unwrap().to_owned(),
+            vec!["copied_result".to_owned()],
+        ),
+        (
+            replayed_id.as_str().unwrap().to_owned(),
+            vec!["replayed_result".to_owned()],
+        ),
+    ];
+    want.sort();
+    assert_eq!(got, want, "{list}");
+    let copied = list["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["assignment_id"] == copied_id)
+        .unwrap();
+    assert_eq!(
+        copied["reasons"][0]["evidence"]["original_assignment_id"], ada_first["assignment_id"],
+        "{copied}"
+    );
+    // Each paid once for the one honest result each.
+    assert_eq!(balance(&app, &ada_key).await, 4);
+    assert_eq!(balance(&app, &bob_key).await, 4);
+    assert_eq!(balance(&app, &owner).await, OWNER_CREDIT - 2 * 5);
+    app.controller.stop().await.unwrap();
+}
+
+async fn only_one_agent_per_volunteer_and_address_is_paid_for_a_run(db: TestDb) {
+    let app = admin_app(&db).await;
+    let (owner, check, _site) = owner_and_check(&app, 5).await;
+    let farmer = app.volunteer("farmer");
+    let neighbour = app.volunteer("neighbour behind the same NAT");
+    // Three agents of the farmer on one address, one more at another address; a
+    // different volunteer shares the farmer's address.
+    let mut farm = Vec::new();
+    for _ in 0..3 {
+        farm.push(
+            app.agent(Ipv4Addr::new(127, 0, 0, 2), &farmer, "dsl", 1)
+                .await,
+        );
+    }
+    let elsewhere = app
+        .agent(Ipv4Addr::new(127, 0, 0, 3), &farmer, "dsl", 1)
+        .await;
+    let shared_nat = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &neighbour, "dsl", 1)
+        .await;
+    let run_id = run(&app, &owner, &check).await;
+    let mut farm_ids = Vec::new();
+    for (i, token) in farm.iter().chain([&elsewhere, &shared_nat]).enumerate() {
+        let id = lease(&app, token).await;
+        let i = i as u64;
+        submit(
+            &app,
+            token,
+            &measured(
+                &id,
+                [1_500 + i, 20_000 + i * 7, 45_000 + i * 311, 6_000 + i],
+                8192,
+            ),
+        )
+        .await;
+        farm_ids.push(id);
+    }
+    let list = flags(&app).await;
+    let mut got = rules_by_assignment(&list);
+    got.sort();
+    let mut want: Vec<(String, Vec<String>)> = farm_ids[1..3]
+        .iter()
+        .map(|id| {
+            (
+                id.as_str().unwrap().to_owned(),
+                vec!["same_address_farm".to_owned()],
+            )
+        })
+        .collect();
+    want.sort();
+    assert_eq!(got, want, "{list}");
+    assert_eq!(
+        list["flags"][0]["reasons"][0]["evidence"]["counted_assignment_id"], farm_ids[0],
+        "{list}"
+    );
+    // The farmer is paid for one result from 127.0.0.2 and one from 127.0.0.3; the
+    // neighbour for theirs.
+    assert_eq!(balance(&app, &farmer).await, 2 * 4);
+    assert_eq!(balance(&app, &neighbour).await, 4);
+    let (_, view) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/runs/{run_id}"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (view["done"].clone(), view["flagged"].clone()),
+        (json!(5), json!(2)),
+        "{view}"
+    );
+    app.controller.stop().await.unwrap();
+}
+
+async fn the_flag_list_is_for_operators_only(db: TestDb) {
+    let app = admin_app(&db).await;
+    let owner = app.owner("owner");
+    for (token, why) in [
+        (None, "missing Authorization"),
+        (Some("wrong"), "not the admin token"),
+        (Some(owner.as_str()), "not the admin token"),
+    ] {
+        let (status, body) = app.call("GET", "/api/v1/ops/flags", token, None).await;
+        assert_eq!(status, 401, "{body}");
+        assert!(body["message"].as_str().unwrap().contains(why), "{body}");
+    }
+    let (status, body) = app
+        .call("GET", "/api/v1/ops/flags?limit=0", Some(ADMIN), None)
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (422, Some("invalid_limit")),
+        "{body}"
+    );
+    let (status, body) = app
+        .call("GET", "/api/v1/ops/flags?agent=nope", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = app
+        .call("GET", "/api/v1/ops/flags", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"flags": [], "per_agent": []}));
+    app.controller.stop().await.unwrap();
+
+    // Without a configured token, nobody is an operator.
+    let off = TestApp::start(&db).await;
+    let (status, body) = off
+        .call("GET", "/api/v1/ops/flags", Some(ADMIN), None)
+        .await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("LASTMILE_ADMIN_TOKEN"),
+        "{body}"
+    );
+    off.controller.stop().await.unwrap();
+}
