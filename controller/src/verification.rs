@@ -212,20 +212,28 @@ pub fn physics(agent: &Agent, r: &StoredResult) -> Vec<Flag> {
             }),
         });
     }
+    // For a page load `bytes` counts every resource while `transfer_us` is the HTML's
+    // alone; all of those bytes arrived between the HTML's first byte and the end of
+    // the page, so that span is the (generous) time the line had to carry them.
+    let transfer_us = if r.page.is_some() {
+        (r.total_us - r.ttfb_us).max(r.transfer_us)
+    } else {
+        r.transfer_us
+    };
     if r.bytes >= MIN_TRANSFER_BYTES && down_bps > 0 {
         let capacity = down_bps.unsigned_abs().saturating_mul(LINE_HEADROOM);
         let bits = (r.bytes - FIRST_BURST_BYTES).max(0).unsigned_abs() * 8;
         let min_transfer_us = (u128::from(bits) * 1_000_000 / u128::from(capacity)) as i64;
-        if r.transfer_us < min_transfer_us {
-            let implied_bps = if r.transfer_us > 0 {
-                (u128::from(bits) * 1_000_000 / r.transfer_us as u128) as i64
+        if transfer_us < min_transfer_us {
+            let implied_bps = if transfer_us > 0 {
+                (u128::from(bits) * 1_000_000 / transfer_us as u128) as i64
             } else {
                 i64::MAX
             };
             flags.push(Flag {
                 rule: Rule::FasterThanLine,
                 evidence: json!({
-                    "bytes": r.bytes, "transfer_us": r.transfer_us,
+                    "bytes": r.bytes, "transfer_us": transfer_us,
                     "min_transfer_us": min_transfer_us, "implied_bps": implied_bps,
                     "calibrated_down_bps": down_bps, "headroom": LINE_HEADROOM,
                 }),
@@ -669,6 +677,7 @@ mod tests {
             bytes_decoded: bytes,
             redirects: 0,
             redirect_us: 0,
+            page: None,
         }
     }
 
@@ -740,6 +749,23 @@ mod tests {
         assert_eq!(flags[0].evidence["calibrated_down_bps"], 16_000_000);
         // Small bodies are not judged.
         assert!(physics(&dsl, &result(45_000, 0, 50_000, 20_000)).is_empty());
+    }
+
+    #[test]
+    fn a_page_is_judged_on_all_its_bytes_over_the_time_after_the_first_byte() {
+        let dsl = agent(Some("dsl"), 40, 16_000_000);
+        // A 2 MiB page whose HTML body took 5 ms, its resources the next 1.2 s: honest.
+        let mut page = result(45_000, 5_000, 1_250_000, 2 * 1024 * 1024);
+        page.page = Some("{}".into());
+        assert!(
+            physics(&dsl, &page).is_empty(),
+            "{:?}",
+            physics(&dsl, &page)
+        );
+        // The same bytes over 100 ms is 40x the line.
+        let mut fast = result(45_000, 5_000, 145_000, 2 * 1024 * 1024);
+        fast.page = Some("{}".into());
+        assert_eq!(rules(&physics(&dsl, &fast)), [Rule::FasterThanLine]);
     }
 
     #[test]
