@@ -76,8 +76,9 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     );
     assert!(rows.iter().all(|r| r["group"]["asn"] == 64_501), "{isp}");
     // ledger.json: a trial balance that sums to zero per currency, in which the owner
-    // paid for exactly the 24 results (5 cents each), volunteers earned 4 cents of each
-    // and the platform 1.
+    // bought 50.00 usd by Stripe Checkout and paid for exactly the 24 results (5 cents
+    // each), volunteers earned 4 cents of each (32 cents each) and the platform 1; the
+    // two volunteers who onboarded to Connect were paid out, the third was not.
     let ledger: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("ledger.json")).unwrap())
             .unwrap();
@@ -95,21 +96,25 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     }
     assert_eq!(sums.len(), 1, "{ledger}");
     assert!(sums.values().all(|s| *s == 0), "{ledger}");
-    assert_eq!(by_kind["operator_grants"], -5_000, "{ledger}");
+    assert!(!by_kind.contains_key("operator_grants"), "{ledger}");
+    assert_eq!(by_kind["stripe_clearing"], -5_000 + 2 * 32, "{ledger}");
     assert_eq!(by_kind["owner_credit"], 5_000 - 24 * 5, "{ledger}");
-    assert_eq!(by_kind["volunteer_earnings"], 24 * 4, "{ledger}");
+    assert_eq!(by_kind["volunteer_earnings"], 32, "{ledger}");
+    assert_eq!(by_kind["payouts_in_transit"], 0, "{ledger}");
     assert_eq!(by_kind["platform_revenue"], 24, "{ledger}");
-    // Each of the 3 volunteers (one per country) earned something.
+    // Each of the 3 volunteers (one per country) earned 32 cents; two were paid out.
     assert_eq!(
         accounts
             .iter()
             .filter(|a| a["kind"] == "volunteer_earnings" && a["balance_minor"].as_i64() > Some(0))
             .count(),
-        3,
+        1,
         "{ledger}"
     );
     let summary = demo::money_summary(&outcome.ledger);
-    assert!(summary.contains("the owner spent 1.20 usd"), "{summary}");
+    assert!(summary.contains("the owner bought 50.00 usd"), "{summary}");
+    assert!(summary.contains("spent 1.20 usd"), "{summary}");
+    assert!(summary.contains("0.64 usd was paid out"), "{summary}");
     // leaderboard.json: what the public API served; the three volunteers, each paid for
     // the 8 measurements their 4 agents made, ranked by points.
     let board: serde_json::Value = serde_json::from_str(

@@ -16,3 +16,4 @@ mod leasing;
 mod ledger;
 mod reports;
 mod results;
+mod stripe;
