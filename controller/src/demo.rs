@@ -597,7 +597,11 @@ const DEMO_PAYOUT_THRESHOLD_MINOR: i64 = 10;
 
 /// The owner buys [`DEMO_CREDIT`] through the API; the fake Stripe "pays" the Checkout
 /// session and delivers the signed `checkout.session.completed` to the controller.
-async fn buy_credit(api: &DemoClient, stripe: &FakeStripe, opts: &DemoOptions) -> anyhow::Result<()> {
+async fn buy_credit(
+    api: &DemoClient,
+    stripe: &FakeStripe,
+    opts: &DemoOptions,
+) -> anyhow::Result<()> {
     let session: crate::payments::CheckoutView = api
         .post(
             "/api/v1/owner/credit/checkout",

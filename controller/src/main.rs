@@ -29,10 +29,20 @@ struct Cli {
     #[arg(long, global = true, env = "LASTMILE_LOG_JSON")]
     log_json: bool,
     /// Stripe secret API key; without it there are no card purchases and no payouts.
-    #[arg(long, global = true, env = "LASTMILE_STRIPE_SECRET_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "LASTMILE_STRIPE_SECRET_KEY",
+        hide_env_values = true
+    )]
     stripe_secret_key: Option<String>,
     /// Signing secret of the Stripe webhook endpoint (`/api/v1/stripe/webhook`).
-    #[arg(long, global = true, env = "LASTMILE_STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "LASTMILE_STRIPE_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
     stripe_webhook_secret: Option<String>,
     /// Stripe API base URL (default: Stripe itself).
     #[arg(long, global = true, env = "LASTMILE_STRIPE_API_BASE")]

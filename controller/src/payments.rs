@@ -71,12 +71,12 @@ pub struct CheckoutRow {
 
 /// The amount asked for, if it can be sold.
 pub fn purchase_amount(req: &NewCheckout) -> Result<Money> {
-    let currency: Currency = req
-        .currency
-        .parse()
-        .map_err(|e: lastmile_billing::money::BadCurrency| {
-            Error::invalid("invalid_currency", e.to_string())
-        })?;
+    let currency: Currency =
+        req.currency
+            .parse()
+            .map_err(|e: lastmile_billing::money::BadCurrency| {
+                Error::invalid("invalid_currency", e.to_string())
+            })?;
     if currency != pricing::PRICE_CURRENCY {
         return Err(Error::invalid(
             "unsupported_currency",
@@ -265,10 +265,7 @@ fn record_event(conn: &mut DbConn, event: &Event) -> Result<bool> {
             .execute(c)?,
         // SQLite: the write transaction is the only writer.
         DbConn::Sqlite(c) => {
-            let seen: i64 = stripe_events::table
-                .find(&event.id)
-                .count()
-                .get_result(c)?;
+            let seen: i64 = stripe_events::table.find(&event.id).count().get_result(c)?;
             if seen > 0 {
                 0
             } else {
@@ -319,8 +316,12 @@ fn credit_purchase(conn: &mut DbConn, session: &Value) -> Result<EventOutcome> {
     };
     if let Some(r) = &recorded {
         if r.amount_minor != amount || r.currency != currency.as_str() {
-            tracing::warn!(session = session_id, asked = r.amount_minor, paid = amount,
-                "Checkout session paid a different amount than was asked; crediting what was paid");
+            tracing::warn!(
+                session = session_id,
+                asked = r.amount_minor,
+                paid = amount,
+                "Checkout session paid a different amount than was asked; crediting what was paid"
+            );
         }
     }
     let posted = ledger::post(

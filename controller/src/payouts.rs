@@ -208,7 +208,11 @@ pub async fn onboard(state: &AppState, volunteer_id: &str) -> Result<OnboardingV
 
 /// Stores the account unless the volunteer already has one (a concurrent onboarding
 /// got there first: theirs is kept, and Stripe's idempotency made it the same one).
-fn store_account(conn: &mut DbConn, volunteer_id: &str, account_id: &str) -> Result<ConnectAccount> {
+fn store_account(
+    conn: &mut DbConn,
+    volunteer_id: &str,
+    account_id: &str,
+) -> Result<ConnectAccount> {
     write_tx(conn, |c| {
         if let Some(existing) = account_of(c, volunteer_id)? {
             return Ok(existing);
@@ -283,7 +287,10 @@ pub fn transfer_reversed(conn: &mut DbConn, transfer: &Value) -> Result<EventOut
         (None, None) => None,
     };
     let Some(payout) = payout else {
-        tracing::warn!(transfer = transfer_id, "reversal of a transfer that is no payout of ours");
+        tracing::warn!(
+            transfer = transfer_id,
+            "reversal of a transfer that is no payout of ours"
+        );
         return Ok(EventOutcome::Ignored);
     };
     if transfer["reversed"] != true {
@@ -377,7 +384,11 @@ pub async fn run_pass(db: &Db, stripe: &StripeApi, threshold: Money) -> Result<P
 
 /// Starts a payout of all the volunteer's earnings if they reach `threshold` and no
 /// payout of theirs is in transit.
-pub fn start(conn: &mut DbConn, account: &ConnectAccount, threshold: Money) -> Result<Option<Payout>> {
+pub fn start(
+    conn: &mut DbConn,
+    account: &ConnectAccount,
+    threshold: Money,
+) -> Result<Option<Payout>> {
     write_tx(conn, |c| {
         let earnings = Account::volunteer_earnings(&account.volunteer_id, threshold.currency);
         // Locked until commit: a concurrent pass waits here and then sees 0.
@@ -416,7 +427,12 @@ pub fn start(conn: &mut DbConn, account: &ConnectAccount, threshold: Money) -> R
 }
 
 /// Sends the payout's transfer (again) and settles it by the answer.
-async fn send(db: &Db, stripe: &StripeApi, payout: Payout, summary: &mut PassSummary) -> Result<()> {
+async fn send(
+    db: &Db,
+    stripe: &StripeApi,
+    payout: Payout,
+    summary: &mut PassSummary,
+) -> Result<()> {
     let amount = payout.amount()?;
     let answer = stripe
         .create_transfer(

@@ -171,7 +171,11 @@ impl StripeApi {
             .mode(CheckoutSessionMode::Payment)
             .line_items(vec![item])
             .client_reference_id(owner_id)
-            .metadata(metadata.into_iter().collect::<std::collections::HashMap<_, _>>())
+            .metadata(
+                metadata
+                    .into_iter()
+                    .collect::<std::collections::HashMap<_, _>>(),
+            )
             .success_url(success_url)
             .cancel_url(cancel_url)
             .customize()
@@ -199,7 +203,11 @@ impl StripeApi {
         let account = CreateAccount::new()
             .type_(CreateAccountType::Express)
             .capabilities(capabilities)
-            .metadata(metadata.into_iter().collect::<std::collections::HashMap<_, _>>())
+            .metadata(
+                metadata
+                    .into_iter()
+                    .collect::<std::collections::HashMap<_, _>>(),
+            )
             .customize()
             .request_strategy(key(idempotency_key)?)
             .send(&self.client)
@@ -262,7 +270,11 @@ impl StripeApi {
         let transfer = CreateTransfer::new(currency, destination)
             .amount(amount.minor)
             .transfer_group(format!("payout-{payout_id}"))
-            .metadata(metadata.into_iter().collect::<std::collections::HashMap<_, _>>())
+            .metadata(
+                metadata
+                    .into_iter()
+                    .collect::<std::collections::HashMap<_, _>>(),
+            )
             .customize()
             .request_strategy(key(idempotency_key)?)
             .send(&self.client)

@@ -148,7 +148,10 @@ impl FakeStripe {
                 .app_data(data.clone())
                 .app_data(web::PayloadConfig::new(1024 * 1024))
                 .route("/v1/checkout/sessions", web::post().to(create_session))
-                .route("/v1/checkout/sessions/{id}", web::get().to(retrieve_session))
+                .route(
+                    "/v1/checkout/sessions/{id}",
+                    web::get().to(retrieve_session),
+                )
                 .route("/v1/accounts", web::post().to(create_account))
                 .route("/v1/accounts/{id}", web::get().to(retrieve_account))
                 .route("/v1/account_links", web::post().to(create_account_link))
@@ -344,7 +347,10 @@ impl Inner {
             .http
             .post(&url)
             .header("content-type", "application/json; charset=utf-8")
-            .header("user-agent", "Stripe/1.0 (+https://stripe.com/docs/webhooks)")
+            .header(
+                "user-agent",
+                "Stripe/1.0 (+https://stripe.com/docs/webhooks)",
+            )
             .header("stripe-signature", header)
             .body(payload)
             .send()
@@ -576,11 +582,7 @@ async fn post(
     respond(reply, replayed).await
 }
 
-async fn get(
-    inner: &Inner,
-    req: &HttpRequest,
-    op: impl FnOnce(&State) -> Reply,
-) -> HttpResponse {
+async fn get(inner: &Inner, req: &HttpRequest, op: impl FnOnce(&State) -> Reply) -> HttpResponse {
     if let Err(reply) = authorized(inner, req) {
         return respond(reply, false).await;
     }
@@ -809,13 +811,15 @@ async fn checkout_page(inner: web::Data<Inner>, path: web::Path<String>) -> Http
         return HttpResponse::NotFound().body("no such Checkout session");
     };
     let amount = session["amount_total"].as_i64().unwrap_or(0);
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(format!(
-        "<!doctype html><title>Fake Stripe Checkout</title><h1>Pay {}.{:02} {}</h1>\
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(format!(
+            "<!doctype html><title>Fake Stripe Checkout</title><h1>Pay {}.{:02} {}</h1>\
          <p>Test mode: no card is charged.</p><form method=post><button>Pay</button></form>",
-        amount / 100,
-        amount % 100,
-        session["currency"].as_str().unwrap_or("")
-    ))
+            amount / 100,
+            amount % 100,
+            session["currency"].as_str().unwrap_or("")
+        ))
 }
 
 /// Paying on the hosted page: completes the session, delivers the webhook, and sends
@@ -828,9 +832,11 @@ async fn checkout_pay(inner: web::Data<Inner>, path: web::Path<String>) -> HttpR
     if let Err(e) = inner.deliver(&event).await {
         tracing::warn!(error = %e, "fake Stripe could not deliver the webhook");
     }
-    let success = inner.state().sessions.get(path.as_str()).and_then(|s| {
-        s["success_url"].as_str().map(str::to_owned)
-    });
+    let success = inner
+        .state()
+        .sessions
+        .get(path.as_str())
+        .and_then(|s| s["success_url"].as_str().map(str::to_owned));
     HttpResponse::SeeOther()
         .insert_header(("location", success.unwrap_or_else(|| "/".into())))
         .finish()
@@ -841,10 +847,12 @@ async fn onboarding_page(inner: web::Data<Inner>, path: web::Path<String>) -> Ht
     if !inner.state().accounts.contains_key(path.as_str()) {
         return HttpResponse::NotFound().body("no such account");
     }
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(
-        "<!doctype html><title>Fake Stripe Connect</title><h1>Set up payouts</h1>\
+    HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(
+            "<!doctype html><title>Fake Stripe Connect</title><h1>Set up payouts</h1>\
          <p>Test mode: no bank details needed.</p><form method=post><button>Finish</button></form>",
-    )
+        )
 }
 
 async fn onboarding_done(inner: web::Data<Inner>, path: web::Path<String>) -> HttpResponse {
@@ -864,7 +872,11 @@ async fn unknown_url(req: HttpRequest) -> HttpResponse {
             404,
             "invalid_request_error",
             None,
-            &format!("Unrecognized request URL ({} {}).", req.method(), req.path()),
+            &format!(
+                "Unrecognized request URL ({} {}).",
+                req.method(),
+                req.path()
+            ),
             None,
         ),
         false,

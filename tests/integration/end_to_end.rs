@@ -111,6 +111,23 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         1,
         "{ledger}"
     );
+    // ... and its movements say so: one purchase, 24 results, two completed payouts.
+    let moved = |kind: &str| {
+        outcome
+            .ledger
+            .movements
+            .iter()
+            .find(|m| m.kind == kind && m.currency == "usd")
+            .map(|m| (m.transactions, m.amount_minor))
+    };
+    assert_eq!(moved("purchase"), Some((1, 5_000)), "{ledger}");
+    assert_eq!(moved("result"), Some((24, 24 * 5)), "{ledger}");
+    assert_eq!(moved("payout_completed"), Some((2, 2 * 32)), "{ledger}");
+    assert_eq!(moved("grant"), None, "{ledger}");
+    assert_eq!(
+        ledger["movements"].as_array().unwrap().len(),
+        outcome.ledger.movements.len()
+    );
     let summary = demo::money_summary(&outcome.ledger);
     assert!(summary.contains("the owner bought 50.00 usd"), "{summary}");
     assert!(summary.contains("spent 1.20 usd"), "{summary}");

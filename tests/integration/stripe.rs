@@ -147,10 +147,8 @@ async fn a_paid_checkout_credits_the_owner_once_however_often_stripe_delivers_it
         assert_eq!(again.status, 200, "{}", again.body);
         assert!(again.body.contains("already_processed"), "{}", again.body);
     }
-    let at_once = futures_util::future::join_all(
-        (0..3).map(|_| w.stripe.deliver(&first.event_id)),
-    )
-    .await;
+    let at_once =
+        futures_util::future::join_all((0..3).map(|_| w.stripe.deliver(&first.event_id))).await;
     for d in at_once {
         let d = d.unwrap();
         assert_eq!(d.status, 200, "{}", d.body);
@@ -218,7 +216,10 @@ async fn webhooks_with_a_missing_wrong_or_stale_signature_are_refused_and_credit
         assert_eq!(status, 400, "{what}: {answer}");
         assert_eq!(answer["error"], "bad_signature", "{what}: {answer}");
         assert!(
-            answer["message"].as_str().unwrap().contains("Stripe-Signature")
+            answer["message"]
+                .as_str()
+                .unwrap()
+                .contains("Stripe-Signature")
                 || answer["message"].as_str().unwrap().contains("signature"),
             "{what}: {answer}"
         );
@@ -235,7 +236,10 @@ async fn webhooks_with_a_missing_wrong_or_stale_signature_are_refused_and_credit
     );
     assert_eq!(balance(&w.app, &owner, "owner_credit").await, 0);
     assert_eq!(count(&w.app, "SELECT COUNT(*) AS n FROM stripe_events"), 0);
-    assert_eq!(count(&w.app, "SELECT COUNT(*) AS n FROM ledger_transactions"), 0);
+    assert_eq!(
+        count(&w.app, "SELECT COUNT(*) AS n FROM ledger_transactions"),
+        0
+    );
 
     // The genuine delivery still works afterwards.
     let ok = w.stripe.deliver(&event).await.unwrap();
@@ -248,9 +252,18 @@ async fn checkout_for_an_invalid_amount_or_currency_is_refused_with_a_clear_4xx(
     let w = world(&db, |_| {}).await;
     let (_, owner) = w.app.owner_with_credit("buyer", 0);
     let cases = [
-        (json!({"amount_minor": 0, "currency": "usd"}), "invalid_amount"),
-        (json!({"amount_minor": -500, "currency": "usd"}), "invalid_amount"),
-        (json!({"amount_minor": 499, "currency": "usd"}), "invalid_amount"),
+        (
+            json!({"amount_minor": 0, "currency": "usd"}),
+            "invalid_amount",
+        ),
+        (
+            json!({"amount_minor": -500, "currency": "usd"}),
+            "invalid_amount",
+        ),
+        (
+            json!({"amount_minor": 499, "currency": "usd"}),
+            "invalid_amount",
+        ),
         (
             json!({"amount_minor": 1_000_001, "currency": "usd"}),
             "invalid_amount",
@@ -298,7 +311,10 @@ async fn checkout_for_an_invalid_amount_or_currency_is_refused_with_a_clear_4xx(
         .await;
     assert_eq!(status, 401);
     assert_eq!(w.stripe.sessions_created(), 0);
-    assert_eq!(count(&w.app, "SELECT COUNT(*) AS n FROM stripe_checkouts"), 0);
+    assert_eq!(
+        count(&w.app, "SELECT COUNT(*) AS n FROM stripe_checkouts"),
+        0
+    );
 
     // A controller without Stripe settings says so instead of failing obscurely.
     let plain = TestApp::start(&db).await;
@@ -346,7 +362,12 @@ fn earning_volunteer(app: &TestApp, name: &str, earned_minor: i64) -> (String, S
 async fn onboard(w: &World, key: &str) -> String {
     let (status, first) = w
         .app
-        .call("POST", "/api/v1/volunteer/stripe/onboarding", Some(key), None)
+        .call(
+            "POST",
+            "/api/v1/volunteer/stripe/onboarding",
+            Some(key),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["payouts_enabled"], false, "{first}");
@@ -359,10 +380,19 @@ async fn onboard(w: &World, key: &str) -> String {
     assert_eq!(updated.status, 200, "{}", updated.body);
     let (status, again) = w
         .app
-        .call("POST", "/api/v1/volunteer/stripe/onboarding", Some(key), None)
+        .call(
+            "POST",
+            "/api/v1/volunteer/stripe/onboarding",
+            Some(key),
+            None,
+        )
         .await;
     assert_eq!(status, 200, "{again}");
-    assert_eq!(again["account_id"], account.as_str(), "one account per volunteer");
+    assert_eq!(
+        again["account_id"],
+        account.as_str(),
+        "one account per volunteer"
+    );
     assert_eq!(again["payouts_enabled"], true, "{again}");
     assert!(again["url"].is_null(), "{again}");
     account
@@ -370,13 +400,9 @@ async fn onboard(w: &World, key: &str) -> String {
 
 async fn pass(w: &World) -> payouts::PassSummary {
     let stripe = w.app.controller.state.stripe.clone().unwrap();
-    payouts::run_pass(
-        w.app.db(),
-        &stripe,
-        Money::new(THRESHOLD, Currency::USD),
-    )
-    .await
-    .unwrap()
+    payouts::run_pass(w.app.db(), &stripe, Money::new(THRESHOLD, Currency::USD))
+        .await
+        .unwrap()
 }
 
 async fn payout_list(w: &World, key: &str) -> Vec<Value> {
@@ -508,8 +534,10 @@ async fn a_transfer_stripe_refuses_fails_the_payout_and_restores_the_earnings(db
     let w = world(&db, |_| {}).await;
     let (_, key) = earning_volunteer(&w.app, "ada", 2_000);
     onboard(&w, &key).await;
-    w.stripe
-        .fail_next_transfer("balance_insufficient", "Insufficient funds in Stripe account.");
+    w.stripe.fail_next_transfer(
+        "balance_insufficient",
+        "Insufficient funds in Stripe account.",
+    );
     let summary = pass(&w).await;
     assert_eq!(summary.failed, 1, "{summary:?}");
     assert!(w.stripe.transfers().is_empty());
@@ -574,4 +602,70 @@ async fn two_payout_passes_at_once_pay_a_volunteer_once(db: TestDb) {
     assert_eq!(balance(&w.app, &key, "volunteer_earnings").await, 0);
     assert_eq!(balance(&w.app, &key, "payouts_in_transit").await, 0);
     ledger_is_sound(&w.app);
+}
+
+/// The fake itself, on the wire: Bearer auth, form bodies, Stripe's error envelope,
+/// and idempotency as Stripe has it.
+#[tokio::test]
+async fn the_fake_stripe_replays_a_repeated_key_and_refuses_one_reused_with_other_parameters() {
+    let stripe = FakeStripe::start(KEY, WHSEC).await.unwrap();
+    let http = reqwest::Client::new();
+    let accounts = format!("{}v1/accounts", stripe.url());
+    let post = |key: Option<&str>, auth: &str, body: &str| {
+        let mut req = http
+            .post(&accounts)
+            .header("authorization", format!("Bearer {auth}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body.to_owned());
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        req.send()
+    };
+    let res = post(None, "sk_wrong", "type=express").await.unwrap();
+    assert_eq!(res.status(), 401);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+
+    let first = post(
+        Some("k1"),
+        KEY,
+        "type=express&metadata%5Bvolunteer_id%5D=v1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.status(), 200);
+    let first: Value = first.json().await.unwrap();
+    assert_eq!(first["object"], "account");
+    assert_eq!(first["metadata"]["volunteer_id"], "v1");
+    let again = post(
+        Some("k1"),
+        KEY,
+        "type=express&metadata%5Bvolunteer_id%5D=v1",
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(stripe.accounts_created(), 1);
+
+    let other = post(
+        Some("k1"),
+        KEY,
+        "type=express&metadata%5Bvolunteer_id%5D=v2",
+    )
+    .await
+    .unwrap();
+    assert_eq!(other.status(), 400);
+    let other: Value = other.json().await.unwrap();
+    assert_eq!(other["error"]["type"], "idempotency_error", "{other}");
+    assert_eq!(stripe.accounts_created(), 1);
+
+    let missing = post(None, KEY, "country=DE").await.unwrap();
+    assert_eq!(missing.status(), 400);
+    let missing: Value = missing.json().await.unwrap();
+    assert_eq!(missing["error"]["code"], "parameter_missing", "{missing}");
+    assert_eq!(missing["error"]["param"], "type", "{missing}");
 }

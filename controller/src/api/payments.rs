@@ -70,9 +70,6 @@ pub async fn list_payouts(
     state: web::Data<AppState>,
     AuthVolunteer(volunteer): AuthVolunteer,
 ) -> Result<web::Json<Vec<PayoutView>>, Error> {
-    let list = state
-        .db
-        .run(move |c| payouts::list(c, &volunteer))
-        .await?;
+    let list = state.db.run(move |c| payouts::list(c, &volunteer)).await?;
     Ok(web::Json(list))
 }
