@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::checks::Check;
-use crate::db::schema::{assignments, checks, owners};
+use crate::db::schema::{
+    assignments, checks, ledger_accounts, ledger_postings, ledger_transactions, owners,
+};
 use crate::db::{write_tx, DbConn};
 use crate::error::{Error, Result};
 use crate::scheduling::{state, Assignment};
@@ -218,10 +220,25 @@ pub struct TrialBalanceLine {
     pub balance_minor: i64,
 }
 
-/// Every account's balance; they sum to zero per currency.
+/// Every account's balance; they sum to zero per currency. `movements` adds how much
+/// moved by each kind of transaction (purchases, results, payouts ...), so the file
+/// shows where the balances came from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TrialBalance {
     pub accounts: Vec<TrialBalanceLine>,
+    #[serde(default)]
+    pub movements: Vec<MovementTotal>,
+}
+
+/// The transactions of one kind in one currency: how many, and the money they moved
+/// (the sum of their positive postings).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MovementTotal {
+    /// `purchase`, `grant`, `result`, `payout_started`, `payout_completed`, ...
+    pub kind: String,
+    pub currency: String,
+    pub transactions: i64,
+    pub amount_minor: i64,
 }
 
 impl TrialBalance {
@@ -235,9 +252,40 @@ impl TrialBalance {
     }
 }
 
-/// The ledger's trial balance.
+/// The ledger's trial balance, with the totals per kind of movement. It reads every
+/// positive posting: for the demo and for audits, not for a request path.
 pub fn trial_balance(conn: &mut DbConn) -> Result<TrialBalance> {
+    let rows: Vec<(String, String, String, i64)> = ledger_postings::table
+        .inner_join(ledger_transactions::table)
+        .inner_join(ledger_accounts::table)
+        .filter(ledger_postings::amount_minor.gt(0))
+        .select((
+            ledger_transactions::kind,
+            ledger_accounts::currency,
+            ledger_transactions::id,
+            ledger_postings::amount_minor,
+        ))
+        .load(conn)?;
+    let mut totals: std::collections::BTreeMap<
+        (String, String),
+        (std::collections::BTreeSet<String>, i64),
+    > = std::collections::BTreeMap::new();
+    for (kind, currency, tx, amount) in rows {
+        let entry = totals.entry((kind, currency)).or_default();
+        entry.0.insert(tx);
+        entry.1 += amount;
+    }
+    let movements = totals
+        .into_iter()
+        .map(|((kind, currency), (txs, amount_minor))| MovementTotal {
+            kind,
+            currency,
+            transactions: txs.len() as i64,
+            amount_minor,
+        })
+        .collect();
     Ok(TrialBalance {
+        movements,
         accounts: ledger::trial_balance(conn)?
             .into_iter()
             .map(|l| TrialBalanceLine {

@@ -53,6 +53,69 @@ pub struct ControllerConfig {
     /// The operators' bearer token for the admin endpoints under `/api/v1/ops/`
     /// (`LASTMILE_ADMIN_TOKEN`); unset means those endpoints answer 401.
     pub admin_token: Option<String>,
+    /// Stripe: buying credit by Checkout, paying volunteers through Connect.
+    pub stripe: StripeConfig,
+}
+
+/// Stripe settings (TOML table `[stripe]`, or `LASTMILE_STRIPE_*`). Without a secret
+/// key the controller runs without Stripe: owners get credit only by operator grant
+/// and no payout is made.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StripeConfig {
+    /// The platform's secret API key (`sk_live_...` / `sk_test_...`).
+    pub secret_key: Option<String>,
+    /// The webhook endpoint's signing secret (`whsec_...`).
+    pub webhook_secret: Option<String>,
+    /// Stripe's API base URL; unset means Stripe itself. Tests and the demo point it
+    /// at `lastmile_testbed::stripe::FakeStripe`.
+    pub api_base: Option<String>,
+    /// A volunteer is paid out once their earnings reach this many minor units (usd).
+    pub payout_threshold_minor: i64,
+    /// How often the server runs a payout pass, seconds; 0 turns it off (then
+    /// `lastmile-controller payouts run` does it).
+    pub payout_interval_s: u64,
+    /// How long one Stripe request may take before it counts as failed, milliseconds.
+    /// A transfer that timed out stays in transit and is retried with the same
+    /// idempotency key.
+    pub timeout_ms: u64,
+    /// The controller's public URL, for the pages Stripe sends people back to after
+    /// paying or onboarding; unset means `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Largest age of a webhook's signed timestamp, seconds.
+    pub webhook_tolerance_s: i64,
+}
+
+impl Default for StripeConfig {
+    fn default() -> Self {
+        StripeConfig {
+            secret_key: None,
+            webhook_secret: None,
+            api_base: None,
+            payout_threshold_minor: 1_000,
+            payout_interval_s: 3_600,
+            timeout_ms: 30_000,
+            public_url: None,
+            webhook_tolerance_s: 300,
+        }
+    }
+}
+
+impl std::fmt::Debug for StripeConfig {
+    /// Secrets are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |s: &Option<String>| s.as_ref().map(|_| "***");
+        f.debug_struct("StripeConfig")
+            .field("secret_key", &hidden(&self.secret_key))
+            .field("webhook_secret", &hidden(&self.webhook_secret))
+            .field("api_base", &self.api_base)
+            .field("payout_threshold_minor", &self.payout_threshold_minor)
+            .field("payout_interval_s", &self.payout_interval_s)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("public_url", &self.public_url)
+            .field("webhook_tolerance_s", &self.webhook_tolerance_s)
+            .finish()
+    }
 }
 
 impl Default for ControllerConfig {
@@ -77,6 +140,7 @@ impl Default for ControllerConfig {
             sign_in_attempts_per_minute: 10,
             calibration_bytes_per_day: 64 * 1024 * 1024,
             admin_token: None,
+            stripe: StripeConfig::default(),
         }
     }
 }
@@ -94,6 +158,14 @@ impl ControllerConfig {
         match &self.database_url {
             Some(url) if !url.is_empty() => url.clone(),
             _ => self.data_dir.join("lastmile.db").display().to_string(),
+        }
+    }
+
+    /// Where Stripe sends people back to: the configured public URL or the listen address.
+    pub fn public_url(&self) -> String {
+        match &self.stripe.public_url {
+            Some(u) if !u.is_empty() => u.trim_end_matches('/').to_owned(),
+            _ => format!("http://{}", self.listen),
         }
     }
 

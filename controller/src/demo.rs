@@ -8,8 +8,11 @@
 //! agent reaches the site through its own emulated last-mile link
 //! ([`lastmile_testbed::link`]). An owner then adds and verifies the site, creates a
 //! check and runs it several times through the HTTP API, and the demo prints the SLA
-//! report the API serves. The owner pays for each result from test credit granted at
-//! the start; the demo prints where the money went and writes the trial balance.
+//! report the API serves. The owner buys credit by Stripe Checkout at the start and
+//! pays for each result from it; two of the three volunteers set up payouts with
+//! Stripe Connect, and a payout pass after the runs pays them. Stripe is
+//! [`lastmile_testbed::stripe::FakeStripe`], reached through the real client and
+//! webhook path. The demo prints where the money went and writes the trial balance.
 //!
 //! Because the links are emulated, the report must show their physics: median ttfb
 //! and total ordered dialup > dsl > cable > fibre. The demo checks that and fails if
@@ -32,6 +35,7 @@ use lastmile_protocol::{AgentLimits, ConnectionClass, Phase};
 use lastmile_testbed::geodb::{self, TestNetwork};
 use lastmile_testbed::link::{Link, LinkProfile};
 use lastmile_testbed::site::{SiteConfig, TargetSite};
+use lastmile_testbed::stripe::FakeStripe;
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -197,7 +201,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     let plan = demo_agents();
     let geo = write_geo_databases(dir.path(), &plan)?;
 
+    // Stripe for the demo: the fake, with test keys of its own.
+    let stripe = FakeStripe::start(DEMO_STRIPE_KEY, DEMO_WEBHOOK_SECRET).await?;
     let config = ControllerConfig {
+        stripe: crate::config::StripeConfig {
+            secret_key: Some(DEMO_STRIPE_KEY.into()),
+            webhook_secret: Some(DEMO_WEBHOOK_SECRET.into()),
+            api_base: Some(stripe.url()),
+            payout_threshold_minor: DEMO_PAYOUT_THRESHOLD_MINOR,
+            // The demo runs its payout pass itself, after the runs.
+            payout_interval_s: 0,
+            ..crate::config::StripeConfig::default()
+        },
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         database_url: opts.database_url.clone(),
         data_dir: dir.path().join("controller"),
@@ -213,14 +228,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     };
     let backend = crate::db::Backend::from_url(&config.effective_database_url());
     let controller = Controller::start(config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
+    stripe.set_webhook_url(&format!("{}/api/v1/stripe/webhook", controller.url()));
     let site =
         TargetSite::start(SocketAddr::from(([127, 0, 0, 1], 0)), SiteConfig::default()).await?;
     say!(
         opts,
-        "Lastmile demo\n  controller  {} ({} database)\n  target site {}",
+        "Lastmile demo\n  controller  {} ({} database)\n  target site {}\n  stripe      {} (fake)",
         controller.url(),
         backend.name(),
-        site.origin()
+        site.origin(),
+        stripe.url()
     );
 
     // Accounts, as an operator would make them with `owner create` / `volunteer create`.
@@ -228,8 +245,6 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     let (owner_id, owner_token, volunteer_ids, enrol_keys) = db
         .run(|c| {
             let (owner, token) = accounts::create_owner(c, "Demo Shop Ltd")?;
-            // ... and `owner credit`: test credit for the checks the demo runs.
-            crate::billing::grant_credit(c, &owner.id, DEMO_CREDIT, "demo")?;
             let (mut ids, mut keys) = (Vec::new(), Vec::new());
             for (country, ..) in PLACES {
                 let (v, key) = accounts::create_volunteer(c, &format!("Volunteers of {country}"))?;
@@ -305,6 +320,25 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     let outcome = async {
         let calibration = wait_for_agents(&controller, plan.len(), &opts).await?;
         let api = DemoClient::new(controller.url(), &owner_token)?;
+        buy_credit(&api, &stripe, &opts).await?;
+        // Two of the three volunteers set up payouts; the third keeps their earnings.
+        for key in &enrol_keys[..2] {
+            let volunteer = DemoClient::new(controller.url(), key)?;
+            let onboarding: crate::payouts::OnboardingView = volunteer
+                .post("/api/v1/volunteer/stripe/onboarding", &json!({}))
+                .await?;
+            let delivery = stripe.complete_onboarding(&onboarding.account_id).await?;
+            anyhow::ensure!(
+                delivery.status == 200,
+                "account.updated webhook answered {}: {}",
+                delivery.status,
+                delivery.body
+            );
+        }
+        say!(
+            opts,
+            "  payouts     2 of 3 volunteers onboarded to Stripe Connect"
+        );
 
         let created: SiteView = api
             .post("/api/v1/sites", &json!({"origin": site.origin()}))
@@ -380,6 +414,26 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         let pages = db
             .run(move |c| crate::ingest::latest_pages(c, &page_id, 200))
             .await?;
+        // The payout pass the server runs periodically, once, now.
+        let api_client = controller
+            .state
+            .stripe
+            .clone()
+            .context("the demo controller has no Stripe client")?;
+        let pass = crate::payouts::run_pass(
+            &db,
+            &api_client,
+            crate::payouts::threshold(&controller.state),
+        )
+        .await?;
+        say!(
+            opts,
+            "Payout pass: {} payouts completed ({}) through Stripe Connect, {} failed, {} in transit",
+            pass.completed,
+            Money::new(pass.paid_minor, Currency::USD),
+            pass.failed,
+            pass.in_transit
+        );
 
         let ledger = db.run(crate::billing::trial_balance).await?;
 
@@ -690,19 +744,70 @@ async fn serve_dashboard(
     Ok(())
 }
 
-/// The test credit the demo's owner is granted.
+/// The credit the demo's owner buys by Stripe Checkout.
 const DEMO_CREDIT: Money = Money {
     minor: 5_000,
     currency: Currency::USD,
 };
 
+/// The fake Stripe's API key and webhook signing secret in the demo.
+const DEMO_STRIPE_KEY: &str = "sk_test_lastmile_demo";
+const DEMO_WEBHOOK_SECRET: &str = "whsec_lastmile_demo";
+
+/// Volunteers are paid out from 10 cents in the demo (one run earns each 16).
+const DEMO_PAYOUT_THRESHOLD_MINOR: i64 = 10;
+
+/// The owner buys [`DEMO_CREDIT`] through the API; the fake Stripe "pays" the Checkout
+/// session and delivers the signed `checkout.session.completed` to the controller.
+async fn buy_credit(
+    api: &DemoClient,
+    stripe: &FakeStripe,
+    opts: &DemoOptions,
+) -> anyhow::Result<()> {
+    let session: crate::payments::CheckoutView = api
+        .post(
+            "/api/v1/owner/credit/checkout",
+            &json!({"amount_minor": DEMO_CREDIT.minor, "currency": DEMO_CREDIT.currency}),
+        )
+        .await?;
+    let delivery = stripe.complete_checkout(&session.session_id).await?;
+    anyhow::ensure!(
+        delivery.status == 200,
+        "checkout.session.completed webhook answered {}: {}",
+        delivery.status,
+        delivery.body
+    );
+    let balance: crate::billing::Balances = api.get("/api/v1/me/balance").await?;
+    let credit = balance
+        .balances
+        .iter()
+        .find(|b| b.kind == "owner_credit" && b.currency == "usd")
+        .map_or(0, |b| b.balance_minor);
+    anyhow::ensure!(
+        credit == DEMO_CREDIT.minor,
+        "after paying the Checkout session the owner has {credit} cents of credit"
+    );
+    say!(
+        opts,
+        "  credit      the owner bought {DEMO_CREDIT} by Stripe Checkout ({})",
+        session.session_id
+    );
+    Ok(())
+}
+
 /// A few lines on where the money went, from the trial balance.
 pub fn money_summary(ledger: &TrialBalance) -> String {
     let usd = |kind| Money::new(ledger.total(kind, Currency::USD), Currency::USD);
     let credit_left = usd(AccountKind::OwnerCredit);
-    let earned = usd(AccountKind::VolunteerEarnings);
+    let unpaid = usd(AccountKind::VolunteerEarnings);
+    let in_transit = usd(AccountKind::PayoutsInTransit);
     let fee = usd(AccountKind::PlatformRevenue);
-    let spent = Money::new(earned.minor + fee.minor, Currency::USD);
+    let spent = Money::new(DEMO_CREDIT.minor - credit_left.minor, Currency::USD);
+    let earned = Money::new(spent.minor - fee.minor, Currency::USD);
+    let paid = Money::new(
+        earned.minor - unpaid.minor - in_transit.minor,
+        Currency::USD,
+    );
     let balanced = ledger
         .accounts
         .iter()
@@ -716,8 +821,10 @@ pub fn money_summary(ledger: &TrialBalance) -> String {
         .values()
         .all(|s| *s == 0);
     format!(
-        "Money: the owner spent {spent} of {} credit ({credit_left} left); volunteers \
-         earned {earned}; platform fee {fee}. Trial balance of {} accounts sums to zero: {}",
+        "Money: the owner bought {} of credit by Stripe Checkout (purchase) and spent \
+         {spent} ({credit_left} left); volunteers earned {earned}, of which {paid} was paid \
+         out through Stripe Connect (payouts) and {unpaid} awaits payout; platform fee \
+         {fee}. Trial balance of {} accounts sums to zero: {}",
         DEMO_CREDIT,
         ledger.accounts.len(),
         if balanced { "yes" } else { "NO" }

@@ -26,6 +26,13 @@ pub enum Error {
     /// The input is malformed or breaks a rule.
     #[error("{message}")]
     Invalid { code: &'static str, message: String },
+    /// The request itself cannot be read or trusted (a webhook whose signature does
+    /// not verify): 400, where `Invalid` is 422.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    /// A provider we depend on (Stripe) refused, failed or is not configured.
+    #[error("{message}")]
+    Upstream { code: &'static str, message: String },
     /// The request clashes with the current state.
     #[error("{message}")]
     Conflict { code: &'static str, message: String },

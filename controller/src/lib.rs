@@ -11,6 +11,9 @@
 //!   [`agents`], [`sites`], [`checks`], [`scheduling`] (runs, leases, expiry),
 //!   [`ingest`] (results and aggregation), [`reports`], [`geo`], [`metrics`],
 //!   [`api_tokens`] (named owner tokens), [`dns_verify`] (DNS TXT ownership proofs).
+//!   [`payments`] (buying credit with Stripe Checkout, Stripe's webhooks),
+//!   [`payouts`] (Connect accounts and payouts), [`stripe_api`] (the Stripe client and
+//!   webhook signatures).
 //! - [`db`]: the diesel layer over PostgreSQL and SQLite.
 //! - [`server`] wires the state and the scheduler loop into a service that starts and
 //!   stops cleanly; [`demo`] runs the whole product on one machine.
@@ -37,12 +40,15 @@ pub mod leaderboard;
 pub mod logins;
 pub mod metrics;
 pub mod objectives;
+pub mod payments;
+pub mod payouts;
 pub mod rate_limit;
 pub mod reports;
 pub mod scheduling;
 pub mod server;
 pub mod sites;
 pub mod verification;
+pub mod stripe_api;
 pub mod web;
 
 pub use config::ControllerConfig;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use lastmile_controller::config::ControllerConfig;
 use lastmile_controller::db::Db;
 use lastmile_controller::demo::{self, DemoOptions};
-use lastmile_controller::{accounts, billing, isp, server};
+use lastmile_controller::{accounts, billing, isp, payouts, server};
 
 /// Lastmile controller: schedules checks on volunteer probe agents and reports SLAs.
 #[derive(Parser)]
@@ -28,6 +28,35 @@ struct Cli {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "LASTMILE_LOG_JSON")]
     log_json: bool,
+    /// Stripe secret API key; without it there are no card purchases and no payouts.
+    #[arg(
+        long,
+        global = true,
+        env = "LASTMILE_STRIPE_SECRET_KEY",
+        hide_env_values = true
+    )]
+    stripe_secret_key: Option<String>,
+    /// Signing secret of the Stripe webhook endpoint (`/api/v1/stripe/webhook`).
+    #[arg(
+        long,
+        global = true,
+        env = "LASTMILE_STRIPE_WEBHOOK_SECRET",
+        hide_env_values = true
+    )]
+    stripe_webhook_secret: Option<String>,
+    /// Stripe API base URL (default: Stripe itself).
+    #[arg(long, global = true, env = "LASTMILE_STRIPE_API_BASE")]
+    stripe_api_base: Option<String>,
+    /// Pay a volunteer out once their earnings reach this many cents (default 1000).
+    #[arg(long, global = true, env = "LASTMILE_PAYOUT_THRESHOLD_MINOR")]
+    payout_threshold_minor: Option<i64>,
+    /// Seconds between the server's payout passes; 0 turns them off (default 3600).
+    #[arg(long, global = true, env = "LASTMILE_PAYOUT_INTERVAL_S")]
+    payout_interval_s: Option<u64>,
+    /// The controller's public URL, where Stripe sends people back after paying or
+    /// onboarding (default http://<listen>).
+    #[arg(long, global = true, env = "LASTMILE_PUBLIC_URL")]
+    public_url: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,6 +99,11 @@ enum Command {
         #[command(subcommand)]
         command: IspCommand,
     },
+    /// Pay volunteers through Stripe Connect.
+    Payouts {
+        #[command(subcommand)]
+        command: PayoutsCommand,
+    },
     /// Run the whole product on this machine: controller, target site, 12 agents
     /// behind emulated links, and a report at the end.
     Demo {
@@ -84,6 +118,13 @@ enum Command {
         #[arg(long)]
         serve: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PayoutsCommand {
+    /// One payout pass: retry payouts in transit (same idempotency key), then pay out
+    /// every volunteer with payouts enabled whose earnings reach the threshold.
+    Run,
 }
 
 #[derive(Subcommand)]
@@ -154,6 +195,25 @@ fn load_config(cli: &Cli) -> anyhow::Result<ControllerConfig> {
     if let Some(dir) = &cli.data_dir {
         config.data_dir = dir.clone();
     }
+    let stripe = &mut config.stripe;
+    if cli.stripe_secret_key.is_some() {
+        stripe.secret_key = cli.stripe_secret_key.clone();
+    }
+    if cli.stripe_webhook_secret.is_some() {
+        stripe.webhook_secret = cli.stripe_webhook_secret.clone();
+    }
+    if cli.stripe_api_base.is_some() {
+        stripe.api_base = cli.stripe_api_base.clone();
+    }
+    if let Some(t) = cli.payout_threshold_minor {
+        stripe.payout_threshold_minor = t;
+    }
+    if let Some(i) = cli.payout_interval_s {
+        stripe.payout_interval_s = i;
+    }
+    if cli.public_url.is_some() {
+        stripe.public_url = cli.public_url.clone();
+    }
     Ok(config)
 }
 
@@ -216,6 +276,33 @@ fn main() -> anyhow::Result<()> {
                     "granted"
                 },
                 lastmile_billing::Money::new(credit, currency)
+            );
+            Ok(())
+        }
+        Command::Payouts {
+            command: PayoutsCommand::Run,
+        } => {
+            let db = open_db(&config)?;
+            let stripe = lastmile_controller::stripe_api::StripeApi::from_config(&config.stripe)?
+                .context("Stripe is not configured: set LASTMILE_STRIPE_SECRET_KEY")?;
+            let threshold = lastmile_billing::Money::new(
+                config.stripe.payout_threshold_minor,
+                lastmile_billing::pricing::PRICE_CURRENCY,
+            );
+            let runtime = tokio::runtime::Runtime::new()?;
+            let summary = runtime.block_on(payouts::run_pass(&db, &stripe, threshold))?;
+            println!(
+                "payout pass: {} started, {} completed ({}), {} failed, {} still in transit, \
+                 {} below the {threshold} threshold",
+                summary.started,
+                summary.completed,
+                lastmile_billing::Money::new(
+                    summary.paid_minor,
+                    lastmile_billing::pricing::PRICE_CURRENCY
+                ),
+                summary.failed,
+                summary.in_transit,
+                summary.below_threshold
             );
             Ok(())
         }

@@ -22,6 +22,7 @@ use crate::isp::{LogMailer, Mailer};
 use crate::metrics::Metrics;
 use crate::rate_limit::RateLimiter;
 use crate::scheduling::{self, SchedulingPolicy};
+use crate::stripe_api::StripeApi;
 use crate::{api, clock};
 
 /// Everything a request handler or the scheduler needs. Cheap to clone.
@@ -40,6 +41,8 @@ pub struct AppState {
     pub sign_in_quota: Arc<RateLimiter>,
     /// Delivers ASN ownership codes.
     pub mailer: Arc<dyn Mailer>,
+    /// Stripe's API, when a secret key is configured.
+    pub stripe: Option<Arc<StripeApi>>,
 }
 
 impl AppState {
@@ -54,7 +57,9 @@ impl AppState {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("lastmile-controller/", env!("CARGO_PKG_VERSION")))
             .build()?;
+        let stripe = StripeApi::from_config(&config.stripe)?.map(Arc::new);
         Ok(AppState {
+            stripe,
             db,
             geo: Arc::new(geo),
             policy: SchedulingPolicy::from_config(&config),
@@ -105,6 +110,7 @@ pub async fn run(
     let serving = tokio::spawn(server);
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let payouts = tokio::spawn(payout_loop(state.clone(), stop_rx.clone()));
     let scheduler = tokio::spawn(scheduler_loop(state, stop_rx));
 
     shutdown.await;
@@ -112,6 +118,7 @@ pub async fn run(
     let _ = stop_tx.send(true);
     handle.stop(true).await;
     let _ = scheduler.await;
+    let _ = payouts.await;
     serving
         .await
         .map_err(|e| std::io::Error::other(format!("server task failed: {e}")))?
@@ -152,6 +159,29 @@ async fn scheduler_loop(state: AppState, mut stop: watch::Receiver<bool>) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "scheduler pass failed"),
+        }
+    }
+}
+
+/// Every `stripe.payout_interval_s` (when Stripe is configured): a payout pass. The
+/// first pass waits one interval, so a restart does not pay out at once.
+async fn payout_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    let Some(stripe) = state.stripe.clone() else {
+        return;
+    };
+    if state.config.stripe.payout_interval_s == 0 {
+        return;
+    }
+    let every = Duration::from_secs(state.config.stripe.payout_interval_s);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let threshold = crate::payouts::threshold(&state);
+        match crate::payouts::run_pass(&state.db, &stripe, threshold).await {
+            Ok(summary) => tracing::info!(?summary, "payout pass"),
+            Err(e) => tracing::warn!(error = %e, "payout pass failed"),
         }
     }
 }

@@ -107,8 +107,10 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     }
     assert!(out.path().join("page_report.json").exists());
     // ledger.json: a trial balance that sums to zero per currency, in which the owner
-    // paid for exactly the 24 http results (5 cents each: volunteers earned 4 cents of
-    // each, the platform 1) and the 24 page results (15 cents: 12 and 3).
+    // bought 50.00 usd by Stripe Checkout and paid for exactly the 24 http results (5
+    // cents each: volunteers earned 4 cents of each, the platform 1) and the 24 page
+    // results (15 cents: 12 and 3), 8 + 8 per volunteer (1.28 usd each); the two
+    // volunteers who onboarded to Connect were paid out, the third was not.
     let ledger: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("ledger.json")).unwrap())
             .unwrap();
@@ -126,25 +128,51 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     }
     assert_eq!(sums.len(), 1, "{ledger}");
     assert!(sums.values().all(|s| *s == 0), "{ledger}");
-    assert_eq!(by_kind["operator_grants"], -5_000, "{ledger}");
+    assert!(!by_kind.contains_key("operator_grants"), "{ledger}");
+    let earned_each = 8 * 4 + 8 * 12;
+    assert_eq!(by_kind["stripe_clearing"], -5_000 + 2 * earned_each, "{ledger}");
     assert_eq!(
         by_kind["owner_credit"],
         5_000 - 24 * 5 - 24 * 15,
         "{ledger}"
     );
-    assert_eq!(by_kind["volunteer_earnings"], 24 * 4 + 24 * 12, "{ledger}");
+    assert_eq!(by_kind["volunteer_earnings"], earned_each, "{ledger}");
+    assert_eq!(by_kind["payouts_in_transit"], 0, "{ledger}");
     assert_eq!(by_kind["platform_revenue"], 24 + 24 * 3, "{ledger}");
-    // Each of the 3 volunteers (one per country) earned something.
+    // Each of the 3 volunteers (one per country) earned 1.28 usd; two were paid out.
     assert_eq!(
         accounts
             .iter()
             .filter(|a| a["kind"] == "volunteer_earnings" && a["balance_minor"].as_i64() > Some(0))
             .count(),
-        3,
+        1,
         "{ledger}"
     );
+    // ... and its movements say so: one purchase, 48 results, two completed payouts.
+    let moved = |kind: &str| {
+        outcome
+            .ledger
+            .movements
+            .iter()
+            .find(|m| m.kind == kind && m.currency == "usd")
+            .map(|m| (m.transactions, m.amount_minor))
+    };
+    assert_eq!(moved("purchase"), Some((1, 5_000)), "{ledger}");
+    assert_eq!(moved("result"), Some((48, 24 * 5 + 24 * 15)), "{ledger}");
+    assert_eq!(
+        moved("payout_completed"),
+        Some((2, 2 * earned_each)),
+        "{ledger}"
+    );
+    assert_eq!(moved("grant"), None, "{ledger}");
+    assert_eq!(
+        ledger["movements"].as_array().unwrap().len(),
+        outcome.ledger.movements.len()
+    );
     let summary = demo::money_summary(&outcome.ledger);
-    assert!(summary.contains("the owner spent 4.80 usd"), "{summary}");
+    assert!(summary.contains("the owner bought 50.00 usd"), "{summary}");
+    assert!(summary.contains("spent 4.80 usd"), "{summary}");
+    assert!(summary.contains("2.56 usd was paid out"), "{summary}");
     // leaderboard.json: what the public API served; the three volunteers, each paid for
     // the 16 measurements their 4 agents made (8 fetches, 8 page loads), ranked by points.
     let board: serde_json::Value = serde_json::from_str(

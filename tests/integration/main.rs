@@ -22,3 +22,4 @@ mod page_checks;
 mod reports;
 mod results;
 mod verification;
+mod stripe;

@@ -218,3 +218,25 @@ impl FromRequest for Origin {
         })())
     }
 }
+
+/// A volunteer, by enrolment key or one of their agents' tokens (an owner token is
+/// refused: owners have no earnings to pay out).
+pub struct AuthVolunteer(pub String);
+
+impl FromRequest for AuthVolunteer {
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let holder = AuthHolder::from_request(req, payload);
+        Box::pin(async move {
+            match holder.await? {
+                AuthHolder(HolderKind::Volunteer, id) => Ok(AuthVolunteer(id)),
+                AuthHolder(HolderKind::Owner, _) => Err(Error::forbidden(
+                    "volunteers_only",
+                    "this is for volunteers: send your enrolment key or an agent token",
+                )),
+            }
+        })
+    }
+}

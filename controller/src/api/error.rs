@@ -22,6 +22,8 @@ impl Error {
             Error::Unauthorized(_) => "unauthorized",
             Error::Forbidden { code, .. }
             | Error::Invalid { code, .. }
+            | Error::BadRequest { code, .. }
+            | Error::Upstream { code, .. }
             | Error::Conflict { code, .. }
             | Error::PaymentRequired { code, .. } => code,
             Error::RateLimited { .. } => "rate_limited",
@@ -38,6 +40,11 @@ impl ResponseError for Error {
             Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden { .. } => StatusCode::FORBIDDEN,
             Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Error::Upstream { code, .. } if *code == "stripe_not_configured" => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Error::Conflict { .. } => StatusCode::CONFLICT,
             Error::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
             Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,

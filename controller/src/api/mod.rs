@@ -10,6 +10,7 @@ pub mod error;
 pub mod isp;
 pub mod ops;
 pub mod owners;
+pub mod payments;
 pub mod public;
 
 use actix_web::web;
@@ -30,6 +31,8 @@ use utoipa::{Modify, OpenApi};
         owners::get_run, owners::report,
         isp::list_asns, isp::start_claim, isp::confirm_claim, isp::summary, isp::destinations, isp::series,
         public::leaderboard, ops::flags,
+        public::leaderboard,
+        payments::checkout, payments::webhook, payments::onboarding, payments::list_payouts,
     ),
     components(schemas(
         lastmile_protocol::ApiError, lastmile_protocol::Location, lastmile_protocol::Phase,
@@ -109,7 +112,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(isp::destinations)
             .service(isp::series)
             .service(public::leaderboard)
-            .service(ops::flags),
+            .service(ops::flags)
+            .service(payments::checkout)
+            .service(payments::webhook)
+            .service(payments::onboarding)
+            .service(payments::list_payouts),
     )
     .default_service(web::to(error::no_route));
 }

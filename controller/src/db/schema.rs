@@ -278,9 +278,61 @@ diesel::table! {
     }
 }
 
+    stripe_checkouts (id) {
+        id -> Text,
+        owner_id -> Text,
+        amount_minor -> BigInt,
+        currency -> Text,
+        created_at -> BigInt,
+        completed_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    stripe_events (id) {
+        id -> Text,
+        event_type -> Text,
+        received_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    stripe_accounts (volunteer_id) {
+        volunteer_id -> Text,
+        account_id -> Text,
+        payouts_enabled -> Bool,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    payouts (id) {
+        id -> Text,
+        volunteer_id -> Text,
+        account_id -> Text,
+        amount_minor -> BigInt,
+        currency -> Text,
+        status -> Text,
+        transfer_id -> Nullable<Text>,
+        failure_reason -> Nullable<Text>,
+        attempts -> Integer,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::joinable!(stripe_checkouts -> owners (owner_id));
+diesel::joinable!(stripe_accounts -> volunteers (volunteer_id));
+diesel::joinable!(payouts -> volunteers (volunteer_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     api_tokens,
     agent_uptime,
+    stripe_checkouts,
+    stripe_events,
+    stripe_accounts,
+    payouts,
     logins,
     sessions,
     owners,
