@@ -47,8 +47,8 @@ pub mod reports;
 pub mod scheduling;
 pub mod server;
 pub mod sites;
-pub mod verification;
 pub mod stripe_api;
+pub mod verification;
 pub mod web;
 
 pub use config::ControllerConfig;

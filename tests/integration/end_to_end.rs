@@ -130,7 +130,11 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     assert!(sums.values().all(|s| *s == 0), "{ledger}");
     assert!(!by_kind.contains_key("operator_grants"), "{ledger}");
     let earned_each = 8 * 4 + 8 * 12;
-    assert_eq!(by_kind["stripe_clearing"], -5_000 + 2 * earned_each, "{ledger}");
+    assert_eq!(
+        by_kind["stripe_clearing"],
+        -5_000 + 2 * earned_each,
+        "{ledger}"
+    );
     assert_eq!(
         by_kind["owner_credit"],
         5_000 - 24 * 5 - 24 * 15,

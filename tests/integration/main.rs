@@ -21,5 +21,5 @@ mod ledger;
 mod page_checks;
 mod reports;
 mod results;
-mod verification;
 mod stripe;
+mod verification;

@@ -31,7 +31,6 @@ use utoipa::{Modify, OpenApi};
         owners::get_run, owners::report,
         isp::list_asns, isp::start_claim, isp::confirm_claim, isp::summary, isp::destinations, isp::series,
         public::leaderboard, ops::flags,
-        public::leaderboard,
         payments::checkout, payments::webhook, payments::onboarding, payments::list_payouts,
     ),
     components(schemas(

@@ -278,6 +278,7 @@ diesel::table! {
     }
 }
 
+diesel::table! {
     stripe_checkouts (id) {
         id -> Text,
         owner_id -> Text,
