@@ -731,7 +731,7 @@ async fn serve_dashboard(
         })
         .await?;
     println!(
-        "\nDashboard: {}/app  (agents keep measuring; Ctrl-C to stop)\n  site owner  {} / {}  (Checks → Report: charts and the table)\n  volunteer   {} / {}  (rank, points, earnings)\n  public      {}/app/leaderboard",
+        "\nDashboard: {}/app  (agents keep measuring; Ctrl-C to stop)\n  site owner  {} / {}  (Checks → Report: charts and the table; Buy credit pays on the fake Stripe's page)\n  volunteer   {} / {}  (rank, points, earnings, payouts)\n  public      {}/app/leaderboard",
         controller.url(),
         DEMO_OWNER_LOGIN.0,
         DEMO_OWNER_LOGIN.1,

@@ -111,21 +111,34 @@ pub fn stripe_of(state: &AppState) -> Result<&StripeApi> {
     })
 }
 
-/// Opens a Checkout session in which the owner pays for `req` of credit.
+/// Where Stripe sends the browser back to: the configured public URL, or else the
+/// address the request came to (`scheme://host` of a controller reached directly, as
+/// in the demo and tests, where the listen address has an ephemeral port).
+pub fn return_base(state: &AppState, request_origin: &str) -> String {
+    match &state.config.stripe.public_url {
+        Some(u) if !u.is_empty() => u.trim_end_matches('/').to_owned(),
+        _ => request_origin.trim_end_matches('/').to_owned(),
+    }
+}
+
+/// Opens a Checkout session in which the owner pays for `req` of credit. Stripe sends
+/// the owner back to the dashboard's checks page under `return_base` (see
+/// [`return_base`]); the page only says the credit is coming, the webhook credits it.
 pub async fn start_checkout(
     state: &AppState,
     owner_id: &str,
     req: &NewCheckout,
+    return_base: &str,
 ) -> Result<CheckoutView> {
     let amount = purchase_amount(req)?;
     let stripe = stripe_of(state)?;
-    let base = state.config.public_url();
+    let base = return_base;
     let session = stripe
         .create_checkout_session(
             owner_id,
             amount,
-            &format!("{base}/app?checkout=paid"),
-            &format!("{base}/app?checkout=cancelled"),
+            &format!("{base}/app/checks?checkout=paid"),
+            &format!("{base}/app/checks?checkout=cancelled"),
             &format!("checkout-{}", uuid::Uuid::new_v4()),
         )
         .await?;

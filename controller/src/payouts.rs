@@ -154,8 +154,13 @@ pub struct OnboardingView {
 /// Creates the volunteer's Connect Express account the first time (once: the Stripe
 /// call carries `account-<volunteer id>` as its idempotency key and the row is unique
 /// per volunteer), refreshes whether payouts are enabled, and returns an onboarding
-/// link while they are not.
-pub async fn onboard(state: &AppState, volunteer_id: &str) -> Result<OnboardingView> {
+/// link while they are not. Stripe sends the volunteer back to the dashboard's agents
+/// page under `return_base` ([`crate::payments::return_base`]).
+pub async fn onboard(
+    state: &AppState,
+    volunteer_id: &str,
+    return_base: &str,
+) -> Result<OnboardingView> {
     let stripe = crate::payments::stripe_of(state)?;
     let id = volunteer_id.to_owned();
     let existing = state.db.run(move |c| account_of(c, &id)).await?;
@@ -187,13 +192,13 @@ pub async fn onboard(state: &AppState, volunteer_id: &str) -> Result<OnboardingV
     let url = if account.payouts_enabled {
         None
     } else {
-        let base = state.config.public_url();
+        let base = return_base;
         Some(
             stripe
                 .create_account_link(
                     &account.account_id,
-                    &format!("{base}/app?onboarding=refresh"),
-                    &format!("{base}/app?onboarding=done"),
+                    &format!("{base}/app/agents?onboarding=refresh"),
+                    &format!("{base}/app/agents?onboarding=done"),
                     &format!("link-{}", uuid::Uuid::new_v4()),
                 )
                 .await?,

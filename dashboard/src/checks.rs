@@ -20,14 +20,48 @@ pub struct CheckItem {
     pub paused: bool,
 }
 
-/// `money`: lines on the owner's test credit, shown above the list.
-pub fn list(nav: &Nav, checks: &[CheckItem], money: &[String]) -> Markup {
+/// The owner's credit and the form that buys more through Stripe Checkout.
+#[derive(Debug, Clone, Default)]
+pub struct Credit {
+    /// Lines on the owner's credit, from the ledger's balances.
+    pub lines: Vec<String>,
+    /// Said after Stripe sent the owner back (paid, or cancelled).
+    pub notice: Option<String>,
+    /// Why the last purchase did not start.
+    pub error: Option<String>,
+    /// The amount as typed, kept when refused.
+    pub amount: String,
+}
+
+fn credit_card(nav: &Nav, credit: &Credit) -> Markup {
+    html! {
+        section.card #credit aria-labelledby="credit-title" {
+            h2 #credit-title { "Credit" }
+            @for line in &credit.lines { p.money { (line) } }
+            @if let Some(n) = &credit.notice { p.notice role="status" { (n) } }
+            (error_box(credit.error.as_deref()))
+            form.buy method="post" action="/app/checks/credit" {
+                (csrf_field(&nav.csrf))
+                label for="amount" { "Amount in US dollars " small { "(5 to 10 000)" } }
+                div.inline {
+                    input #amount type="text" name="amount" inputmode="decimal" required
+                        placeholder="25.00" value=(credit.amount);
+                    button type="submit" { "Buy credit" }
+                }
+            }
+            p.meta { "You pay by card on Stripe's page. The credit appears here once Stripe confirms the payment." }
+        }
+    }
+}
+
+/// `credit`: the owner's credit, shown above the list, with the form to buy more.
+pub fn list(nav: &Nav, checks: &[CheckItem], credit: &Credit) -> Markup {
     page(
         "Checks",
         Some(nav),
         html! {
             h1 { "Your checks" }
-            @for line in money { p.money { (line) } }
+            (credit_card(nav, credit))
             p { a.button href="/app/checks/new" { "New check" } }
             @if checks.is_empty() {
                 p.empty { "No checks yet. A check measures one page of a verified site from the agents you select." }

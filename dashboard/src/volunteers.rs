@@ -2,7 +2,7 @@
 
 use maud::{html, Markup};
 
-use crate::layout::{csrf_field, page, Nav};
+use crate::layout::{csrf_field, error_box, page, Nav};
 
 /// One agent as its volunteer sees it.
 #[derive(Debug, Clone)]
@@ -53,9 +53,25 @@ pub struct PayoutItem {
     pub date: String,
     /// "12.40 USD"
     pub amount: String,
-    /// "on its way", "paid", "failed, back in your earnings"...
+    /// "in transit", "paid", "failed", "reversed".
     pub state: String,
     pub done: bool,
+    /// Why it failed (or why the last attempt got no answer), and what became of the
+    /// money.
+    pub note: Option<String>,
+}
+
+/// How far the volunteer's Stripe Connect account is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum PayoutSetup {
+    /// This controller has no Stripe: no button.
+    #[default]
+    Unavailable,
+    /// No account yet.
+    NotStarted,
+    /// Onboarding started; Stripe does not allow payouts yet.
+    Pending,
+    Enabled,
 }
 
 /// What a volunteer has earned: points and rank, money, payouts.
@@ -66,6 +82,61 @@ pub struct Earnings {
     /// (label, amount) e.g. ("Earned, not yet paid out", "1.20 USD").
     pub balances: Vec<(String, String)>,
     pub payouts: Vec<PayoutItem>,
+    pub setup: PayoutSetup,
+    /// The payout threshold, "10.00 USD".
+    pub threshold: String,
+    /// Said after Stripe sent the volunteer back from onboarding.
+    pub notice: Option<String>,
+    /// Why setting up payouts did not start.
+    pub error: Option<String>,
+}
+
+fn payouts_card(nav: &Nav, e: &Earnings) -> Markup {
+    html! {
+        section.card #payouts aria-labelledby="payouts-title" {
+            h2 #payouts-title { "Payouts" }
+            @if let Some(n) = &e.notice { p.notice role="status" { (n) } }
+            (error_box(e.error.as_deref()))
+            @match e.setup {
+                PayoutSetup::Enabled => p #payout-setup {
+                    span.badge.ok { "payouts enabled" } " "
+                    "Your earnings are paid out automatically to your Stripe account once they reach " strong { (e.threshold) } "."
+                },
+                PayoutSetup::Unavailable => p #payout-setup.meta { "Payouts are not set up on this Lastmile server yet; your earnings are kept until they are." },
+                setup => div #payout-setup {
+                    p { "Connect a Stripe account to be paid. Your earnings are then paid out automatically once they reach " strong { (e.threshold) } "." }
+                    @if setup == PayoutSetup::Pending {
+                        p.meta { span.badge.warn { "not enabled yet" } " Stripe still needs details from you, or is checking them." }
+                    }
+                    form method="post" action="/app/agents/payouts/setup" {
+                        (csrf_field(&nav.csrf))
+                        button type="submit" { @if setup == PayoutSetup::Pending { "Continue payout setup" } @else { "Set up payouts" } }
+                    }
+                }
+            }
+            @if e.payouts.is_empty() {
+                p.empty { "No payouts yet." }
+            } @else {
+                div.scroll {
+                    table {
+                        thead { tr { th scope="col" { "Started" } th scope="col" { "Amount" } th scope="col" { "Status" } } }
+                        tbody {
+                            @for p in &e.payouts {
+                                tr {
+                                    td.date { (p.date) }
+                                    td.num { (p.amount) }
+                                    td {
+                                        @if p.done { span.badge.ok { (p.state) } } @else { span.badge.warn { (p.state) } }
+                                        @if let Some(note) = &p.note { " " small { (note) } }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn standing_card(id: &str, label: &str, s: Option<Standing>) -> Markup {
@@ -142,27 +213,7 @@ pub fn agents(nav: &Nav, items: &[AgentItem], install: &Install, earnings: &Earn
                     }
                 }
             }
-            section.card #payouts {
-                h2 { "Payouts" }
-                @if earnings.payouts.is_empty() {
-                    p.empty { "No payouts yet. Earnings are paid out to your connected account once they pass the payout minimum." }
-                } @else {
-                    div.scroll {
-                        table {
-                            thead { tr { th scope="col" { "Sent" } th scope="col" { "Amount" } th scope="col" { "Status" } } }
-                            tbody {
-                                @for p in &earnings.payouts {
-                                    tr {
-                                        td { (p.date) }
-                                        td.num { (p.amount) }
-                                        td { @if p.done { span.badge.ok { (p.state) } } @else { span.badge.warn { (p.state) } } }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            (payouts_card(nav, earnings))
             section.card {
                 h2 { "Add an agent" }
                 @if let Some(key) = &install.new_key {

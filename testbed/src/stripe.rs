@@ -54,6 +54,9 @@ struct State {
     webhook_url: Option<String>,
     sessions: HashMap<String, Value>,
     accounts: HashMap<String, Value>,
+    /// Each account's latest Account Link `return_url`: where finishing onboarding
+    /// sends the browser, as Stripe does.
+    link_returns: HashMap<String, String>,
     /// Transfers in creation order.
     transfers: Vec<Value>,
     events: HashMap<String, Value>,
@@ -724,6 +727,9 @@ async fn create_account_link(
                 return missing(required);
             }
         }
+        if let Some(back) = p.get("return_url") {
+            st.link_returns.insert(account.to_owned(), back.to_owned());
+        }
         let created = now();
         Reply::ok(json!({
             "object": "account_link", "created": created, "expires_at": created + 300,
@@ -863,7 +869,13 @@ async fn onboarding_done(inner: web::Data<Inner>, path: web::Path<String>) -> Ht
     if let Err(e) = inner.deliver(&event).await {
         tracing::warn!(error = %e, "fake Stripe could not deliver the webhook");
     }
-    HttpResponse::Ok().body("Payouts are set up; you can close this page.")
+    let back = inner.state().link_returns.get(path.as_str()).cloned();
+    match back {
+        Some(url) => HttpResponse::SeeOther()
+            .insert_header(("location", url))
+            .finish(),
+        None => HttpResponse::Ok().body("Payouts are set up; you can close this page."),
+    }
 }
 
 async fn unknown_url(req: HttpRequest) -> HttpResponse {

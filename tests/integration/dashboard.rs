@@ -426,7 +426,7 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
     // The checks page shows what the run cost: 10.00 USD less one 15-cent page load.
     browser.goto(&format!("{}/app/checks", app.base)).await;
     let money = browser.text(".money").await;
-    assert!(money.contains("Test credit: 9.85 USD"), "{money}");
+    assert!(money.contains("Credit: 9.85 USD"), "{money}");
     browser.goto(&format!("{}{check_page}", app.base)).await;
     // The CSV link reads the same API with the browser's session.
     let href = browser

@@ -520,7 +520,7 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    // A payout of 5 cents on its way (what the ledger holds until Stripe payouts land).
+    // A payout of 5 cents in transit, as `payouts::start` leaves it (row and ledger).
     let login = lastmile_controller::logins::authenticate(
         &mut app.db().conn().unwrap(),
         "ada@volunteer.example",
@@ -539,6 +539,17 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
         )
     })
     .unwrap();
+    {
+        use diesel::RunQueryDsl;
+        let now = lastmile_controller::clock::now_us();
+        diesel::sql_query(format!(
+            "INSERT INTO payouts (id, volunteer_id, account_id, amount_minor, currency, status, \
+             attempts, created_at, updated_at) \
+             VALUES ('po_test_1', '{volunteer_id}', 'acct_test', 5, 'usd', 'in_transit', 0, {now}, {now})"
+        ))
+        .execute(&mut app.db().conn().unwrap())
+        .unwrap();
+    }
 
     browser.goto(&format!("{}/app/agents", app.base)).await;
     let week = browser.text("#rank-week").await;
@@ -550,7 +561,7 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
     assert!(stats.contains("0.05 USD"), "{stats}");
     let payouts = browser.text("#payouts").await;
     assert!(
-        payouts.contains("0.05 USD") && payouts.contains("on its way"),
+        payouts.contains("0.05 USD") && payouts.contains("in transit"),
         "{payouts}"
     );
     let agents_table = browser.text("table").await;

@@ -11,6 +11,7 @@ mod api_errors;
 mod calibration;
 mod cheating;
 mod dashboard;
+mod dashboard_money;
 mod dashboard_pages;
 mod dns;
 mod end_to_end;

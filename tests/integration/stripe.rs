@@ -33,14 +33,16 @@ per_backend!(
 const KEY: &str = "sk_test_lastmile_tests";
 const WHSEC: &str = "whsec_lastmile_tests";
 /// The payout threshold in these tests: 10.00 usd.
-const THRESHOLD: i64 = 1_000;
+pub(crate) const THRESHOLD: i64 = 1_000;
 
-struct World {
-    app: TestApp,
-    stripe: FakeStripe,
+/// A controller configured with the fake Stripe (also used by the dashboard's money
+/// tests).
+pub(crate) struct World {
+    pub(crate) app: TestApp,
+    pub(crate) stripe: FakeStripe,
 }
 
-async fn world(db: &TestDb, tweak: impl FnOnce(&mut ControllerConfig)) -> World {
+pub(crate) async fn world(db: &TestDb, tweak: impl FnOnce(&mut ControllerConfig)) -> World {
     let stripe = FakeStripe::start(KEY, WHSEC).await.unwrap();
     let base = stripe.url();
     let app = TestApp::start_with(db, |c| {
@@ -398,7 +400,7 @@ async fn onboard(w: &World, key: &str) -> String {
     account
 }
 
-async fn pass(w: &World) -> payouts::PassSummary {
+pub(crate) async fn pass(w: &World) -> payouts::PassSummary {
     let stripe = w.app.controller.state.stripe.clone().unwrap();
     payouts::run_pass(w.app.db(), &stripe, Money::new(THRESHOLD, Currency::USD))
         .await

@@ -20,10 +20,12 @@ use crate::server::AppState;
 #[post("/owner/credit/checkout")]
 pub async fn checkout(
     state: web::Data<AppState>,
+    req: HttpRequest,
     AuthOwner(owner): AuthOwner,
     body: web::Json<NewCheckout>,
 ) -> Result<actix_web::HttpResponse, Error> {
-    let view = payments::start_checkout(&state, &owner.id, &body).await?;
+    let base = payments::return_base(&state, &origin(&req));
+    let view = payments::start_checkout(&state, &owner.id, &body, &base).await?;
     Ok(actix_web::HttpResponse::Created().json(view))
 }
 
@@ -55,9 +57,19 @@ pub async fn webhook(
 #[post("/volunteer/stripe/onboarding")]
 pub async fn onboarding(
     state: web::Data<AppState>,
+    req: HttpRequest,
     AuthVolunteer(volunteer): AuthVolunteer,
 ) -> Result<web::Json<OnboardingView>, Error> {
-    Ok(web::Json(payouts::onboard(&state, &volunteer).await?))
+    let base = payments::return_base(&state, &origin(&req));
+    Ok(web::Json(
+        payouts::onboard(&state, &volunteer, &base).await?,
+    ))
+}
+
+/// `scheme://host` the request was sent to.
+pub(crate) fn origin(req: &HttpRequest) -> String {
+    let info = req.connection_info();
+    format!("{}://{}", info.scheme(), info.host())
 }
 
 /// Your payouts, newest first, with their status (`in_transit`, `completed`,

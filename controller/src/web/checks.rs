@@ -17,7 +17,7 @@ use crate::scheduling::{self, RunView};
 use crate::server::AppState;
 use crate::sites;
 
-fn not_an_owner(user: &SignedIn) -> HttpResponse {
+pub(super) fn not_an_owner(user: &SignedIn) -> HttpResponse {
     html(
         StatusCode::FORBIDDEN,
         problem(
@@ -78,11 +78,47 @@ fn selection_text(s: &Selection) -> String {
     parts.join(" · ")
 }
 
-pub async fn list(user: SignedIn, state: web::Data<AppState>) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
+/// Where Stripe's Checkout sent the owner back to the checks page.
+#[derive(Debug, Default, Deserialize)]
+pub struct CheckoutBack {
+    #[serde(default)]
+    checkout: String,
+}
+
+pub async fn list(
+    user: SignedIn,
+    state: web::Data<AppState>,
+    back: web::Query<CheckoutBack>,
+) -> HttpResponse {
+    // Coming back from Stripe credits nothing: the signed webhook does that.
+    let notice = match back.checkout.as_str() {
+        "paid" => Some(
+            "Thank you. Stripe has your payment; the credit appears here as soon as \
+             Stripe confirms it (usually within a minute). Reload to see it."
+                .to_owned(),
+        ),
+        "cancelled" => Some("The purchase was cancelled; nothing was charged.".to_owned()),
+        _ => None,
     };
-    let money = super::money_lines(&state, crate::billing::HolderKind::Owner, owner.clone()).await;
+    let credit = pages::Credit {
+        notice,
+        ..pages::Credit::default()
+    };
+    render_list(&user, &state, credit, StatusCode::OK).await
+}
+
+/// The checks page with the owner's credit (`credit.lines` filled in here).
+pub(super) async fn render_list(
+    user: &SignedIn,
+    state: &AppState,
+    mut credit: pages::Credit,
+    status: StatusCode,
+) -> HttpResponse {
+    let Some(owner) = user.0.login.owner_id.clone() else {
+        return not_an_owner(user);
+    };
+    credit.lines =
+        super::money_lines(state, crate::billing::HolderKind::Owner, owner.clone()).await;
     match state.db.run(move |c| checks::list(c, &owner)).await {
         Ok(found) => {
             let items: Vec<CheckItem> = found
@@ -96,9 +132,9 @@ pub async fn list(user: SignedIn, state: web::Data<AppState>) -> HttpResponse {
                     paused: c.paused_at.is_some(),
                 })
                 .collect();
-            html(StatusCode::OK, pages::list(&user.nav(), &items, &money))
+            html(status, pages::list(&user.nav(), &items, &credit))
         }
-        Err(e) => failed(&user, &e),
+        Err(e) => failed(user, &e),
     }
 }
 

@@ -7,6 +7,7 @@
 
 mod auth;
 mod checks;
+mod credit;
 mod leaderboard;
 mod reports;
 mod session;
@@ -43,6 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/checks", web::get().to(checks::list))
             .route("/checks", web::post().to(checks::create))
             .route("/checks/new", web::get().to(checks::new_form))
+            .route("/checks/credit", web::post().to(credit::buy))
             .route("/checks/eligible", web::get().to(checks::eligible))
             .route("/checks/{id}", web::get().to(checks::detail))
             .route("/checks/{id}/runs", web::post().to(checks::run_now))
@@ -59,6 +61,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(
                 "/agents/enrol-key",
                 web::post().to(volunteers::new_enrol_key),
+            )
+            .route(
+                "/agents/payouts/setup",
+                web::post().to(volunteers::set_up_payouts),
             ),
     );
 }
@@ -108,10 +114,7 @@ async fn money_lines(
         .map(|a| match a.kind.as_str() {
             "owner_credit" => {
                 let held = b.held_minor.unwrap_or(0);
-                let mut line = format!(
-                    "Test credit: {}",
-                    money(a.balance_minor - held, &a.currency)
-                );
+                let mut line = format!("Credit: {}", money(a.balance_minor - held, &a.currency));
                 if held > 0 {
                     line.push_str(&format!(
                         " available ({} held for runs in progress)",

@@ -4,7 +4,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use lastmile_dashboard::sites::problem;
 use lastmile_dashboard::volunteers::{
-    self as pages, AgentItem, AgentStatus, Earnings, Install, PayoutItem, Standing,
+    self as pages, AgentItem, AgentStatus, Earnings, Install, PayoutItem, PayoutSetup, Standing,
 };
 use serde::Deserialize;
 
@@ -12,9 +12,10 @@ use super::html;
 use super::session::SignedIn;
 use crate::accounts;
 use crate::agents::{self, AgentActivity};
-use crate::billing::{self, HolderKind, PayoutState};
+use crate::billing::{self, HolderKind};
 use crate::clock::now_us;
 use crate::leaderboard::{self, Period};
+use crate::payouts::{self, status};
 use crate::server::AppState;
 
 fn not_a_volunteer(user: &SignedIn) -> HttpResponse {
@@ -85,16 +86,23 @@ pub(super) fn controller_url(req: &HttpRequest) -> String {
     format!("{}://{}", info.scheme(), info.host())
 }
 
+/// Said on the page after an action: (notice, error).
+type Said = (Option<String>, Option<String>);
+
 async fn render(
     req: &HttpRequest,
     user: &SignedIn,
     state: &AppState,
     new_key: Option<String>,
+    (notice, error): Said,
 ) -> HttpResponse {
     let Some(volunteer) = user.0.login.volunteer_id.clone() else {
         return not_a_volunteer(user);
     };
-    let earnings = earnings(state, volunteer.clone()).await;
+    let mut earnings = earnings(state, volunteer.clone()).await;
+    earnings.notice = notice;
+    earnings.error = error;
+
     let now = now_us();
     let online_since = now - state.policy.online_window_us;
     match state
@@ -121,8 +129,9 @@ async fn render(
 }
 
 /// Rank and points (the leaderboard the public page and API show), balances (the
-/// ledger's, as `/api/v1/me/balance` serves them) and payouts. A part that cannot be
-/// read is left out rather than failing the page.
+/// ledger's, as `/api/v1/me/balance` serves them), the Connect account and payouts
+/// (`payouts::list`, as `/api/v1/volunteer/payouts` serves them). A part that cannot
+/// be read is left out rather than failing the page.
 async fn earnings(state: &AppState, volunteer: String) -> Earnings {
     let found = state
         .db
@@ -138,11 +147,13 @@ async fn earnings(state: &AppState, volunteer: String) -> Earnings {
                 })
             };
             let balances = billing::balances(c, HolderKind::Volunteer, &volunteer)?;
-            let payouts = billing::payouts_of(c, &volunteer)?;
-            Ok::<_, crate::Error>((standing(&week), standing(&all), balances, payouts))
+            let payouts = payouts::list(c, &volunteer)?;
+            let account = payouts::account_of(c, &volunteer)?;
+            Ok::<_, crate::Error>((standing(&week), standing(&all), balances, payouts, account))
         })
         .await;
-    let (week, all_time, balances, payouts) = match found {
+    let threshold = payouts::threshold(state);
+    let (week, all_time, balances, payouts, account) = match found {
         Ok(f) => f,
         Err(e) => {
             tracing::warn!(error = %e, "volunteer earnings unavailable");
@@ -152,6 +163,15 @@ async fn earnings(state: &AppState, volunteer: String) -> Earnings {
     Earnings {
         week,
         all_time,
+        setup: match (&state.stripe, account) {
+            (None, _) => PayoutSetup::Unavailable,
+            (Some(_), None) => PayoutSetup::NotStarted,
+            (Some(_), Some(a)) if a.payouts_enabled => PayoutSetup::Enabled,
+            (Some(_), Some(_)) => PayoutSetup::Pending,
+        },
+        threshold: super::money(threshold.minor, threshold.currency.as_str()),
+        notice: None,
+        error: None,
         balances: balances
             .balances
             .iter()
@@ -167,28 +187,94 @@ async fn earnings(state: &AppState, volunteer: String) -> Earnings {
                 (label.to_owned(), super::money(b.balance_minor, &b.currency))
             })
             .collect(),
-        payouts: payouts
-            .iter()
-            .map(|p| PayoutItem {
-                date: crate::clock::to_datetime(p.started_at_us)
-                    .format("%Y-%m-%d")
-                    .to_string(),
-                amount: super::money(p.amount_minor, &p.currency),
-                state: match p.state {
-                    PayoutState::InTransit => "on its way",
-                    PayoutState::Completed => "paid",
-                    PayoutState::Failed => "failed, back in your earnings",
-                    PayoutState::Reversed => "reversed, back in your earnings",
-                }
-                .to_owned(),
-                done: p.state == PayoutState::Completed,
-            })
-            .collect(),
+        payouts: payouts.iter().map(payout_item).collect(),
     }
 }
 
-pub async fn list(req: HttpRequest, user: SignedIn, state: web::Data<AppState>) -> HttpResponse {
-    render(&req, &user, &state, None).await
+fn payout_item(p: &payouts::PayoutView) -> PayoutItem {
+    let (state, note) = match p.status.as_str() {
+        status::COMPLETED => ("paid", None),
+        status::IN_TRANSIT => ("in transit", p.failure_reason.clone()),
+        status::FAILED => (
+            "failed",
+            Some(format!(
+                "{}. The amount is back in your earnings.",
+                p.failure_reason
+                    .as_deref()
+                    .unwrap_or("Stripe refused it")
+                    .trim_end_matches('.')
+            )),
+        ),
+        status::REVERSED => (
+            "reversed",
+            Some("The amount is back in your earnings.".to_owned()),
+        ),
+        other => (other, None),
+    };
+    PayoutItem {
+        date: p.created_at.get(..10).unwrap_or_default().to_owned(),
+        amount: super::money(p.amount_minor, &p.currency),
+        state: state.to_owned(),
+        done: p.status == status::COMPLETED,
+        note,
+    }
+}
+
+/// Where Stripe's onboarding sent the volunteer back to the agents page.
+#[derive(Debug, Default, Deserialize)]
+pub struct OnboardingBack {
+    #[serde(default)]
+    onboarding: String,
+}
+
+pub async fn list(
+    req: HttpRequest,
+    user: SignedIn,
+    state: web::Data<AppState>,
+    back: web::Query<OnboardingBack>,
+) -> HttpResponse {
+    let notice = match back.onboarding.as_str() {
+        "done" => Some(
+            "Back from Stripe. Payouts start once Stripe has enabled your account; \
+             this page says so when it has."
+                .to_owned(),
+        ),
+        "refresh" => {
+            Some("That Stripe link has expired; press the button below to continue.".to_owned())
+        }
+        _ => None,
+    };
+    render(&req, &user, &state, None, (notice, None)).await
+}
+
+/// "Set up payouts": creates the Connect account the first time (through `payouts`,
+/// as `POST /api/v1/volunteer/stripe/onboarding` does) and sends the browser to
+/// Stripe's onboarding; once payouts are enabled, back to the page.
+pub async fn set_up_payouts(
+    req: HttpRequest,
+    user: SignedIn,
+    state: web::Data<AppState>,
+    form: web::Form<CsrfOnly>,
+) -> HttpResponse {
+    let Some(volunteer) = user.0.login.volunteer_id.clone() else {
+        return not_a_volunteer(&user);
+    };
+    if !user.csrf_ok(&form.csrf) {
+        return super::sites::forbidden_form(&user);
+    }
+    let base = crate::payments::return_base(&state, &controller_url(&req));
+    match payouts::onboard(&state, &volunteer, &base).await {
+        Ok(view) => match view.url {
+            Some(url) => super::see_other(&url),
+            None => super::see_other("/app/agents"),
+        },
+        Err(e) => {
+            let why = format!("Could not set up payouts: {e}");
+            let mut res = render(&req, &user, &state, None, (None, Some(why))).await;
+            *res.status_mut() = e.status_code();
+            res
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -217,7 +303,7 @@ pub async fn new_enrol_key(
         .await
     {
         Ok(key) => {
-            let mut res = render(&req, &user, &state, Some(key)).await;
+            let mut res = render(&req, &user, &state, Some(key), (None, None)).await;
             // The key must not linger in caches or history.
             res.headers_mut().insert(
                 actix_web::http::header::CACHE_CONTROL,
