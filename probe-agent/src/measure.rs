@@ -673,7 +673,13 @@ async fn send_http1<S>(
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(io)
+    // A 64 KiB read buffer instead of hyper's adaptive one (starting at 8 KiB): a body
+    // already in the socket is read in a few large reads, as curl does, rather than
+    // many small ones that add their overhead to `transfer` (fidelity bench: 64 KiB
+    // local fetch +0.69 ms -> +0.42 ms against curl).
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .read_buf_exact_size(Some(64 * 1024))
+        .handshake(io)
         .await
         .map_err(|e| fail(ErrorKind::Http, format!("HTTP handshake failed: {e}")))?;
     // The connection task ends when the response is read or the measurement is dropped.
