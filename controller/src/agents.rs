@@ -8,7 +8,9 @@
 use std::net::IpAddr;
 
 use diesel::prelude::*;
-use lastmile_protocol::{ConnectionClass, EnrolRequest, EnrolResponse, Heartbeat, Location};
+use lastmile_protocol::{
+    CheckKind, ConnectionClass, EnrolRequest, EnrolResponse, Heartbeat, Location,
+};
 use uuid::Uuid;
 
 use crate::accounts::{self, hash_secret, new_secret};
@@ -46,6 +48,8 @@ pub struct Agent {
     pub calibration_bytes: i64,
     /// Why the agent takes no work now, as its last heartbeat said.
     pub paused_reason: Option<String>,
+    /// The check kinds the agent can measure, comma-separated (see [`Agent::measures`]).
+    pub check_kinds: String,
 }
 
 impl Agent {
@@ -57,6 +61,11 @@ impl Agent {
             .unwrap_or(&self.declared_class)
             .parse()
             .ok()
+    }
+
+    /// Whether the agent said it can measure checks of `kind`.
+    pub fn measures(&self, kind: CheckKind) -> bool {
+        self.check_kinds.split(',').any(|k| k == kind.as_str())
     }
 
     /// The agent's location as last resolved.
@@ -110,6 +119,8 @@ pub fn enrol(
         calibration_day: 0,
         calibration_bytes: 0,
         paused_reason: None,
+        // Until its first heartbeat says otherwise (it is planned into nothing before).
+        check_kinds: kinds_column(&[]),
     };
     diesel::insert_into(agents::table)
         .values(&agent)
@@ -133,6 +144,18 @@ pub fn agent_by_token(conn: &mut DbConn, token: &str) -> Result<Option<Agent>> {
 /// Records a heartbeat: the agent's limits, pause reason, address and location, and the
 /// time online since the previous heartbeat when that came within `online_window_us`
 /// (a longer gap means the agent was offline in between).
+/// The stored form of the kinds a heartbeat lists: an agent that lists none predates
+/// the list and measures `http` only.
+fn kinds_column(kinds: &[CheckKind]) -> String {
+    if kinds.is_empty() {
+        return CheckKind::Http.as_str().to_owned();
+    }
+    let mut names: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names.join(",")
+}
+
 pub fn heartbeat(
     conn: &mut DbConn,
     agent_id: &str,
@@ -171,6 +194,7 @@ pub fn heartbeat(
             agents::as_org.eq(&location.as_org),
             agents::last_heartbeat_at.eq(now),
             agents::paused_reason.eq(beat.paused.as_deref().map(|p| truncate(p, 200))),
+            agents::check_kinds.eq(kinds_column(&beat.kinds)),
         ))
         .execute(conn)?;
     Ok(())

@@ -162,9 +162,17 @@ pub fn create_run(
     now: Micros,
 ) -> Result<RunView> {
     let selection = check.selection();
+    // A kind the controller does not know cannot be measured by anyone (cannot happen:
+    // the kind was checked when the check was written).
+    let kind: Option<CheckKind> = check.kind.parse().ok();
     let run_id = Uuid::new_v4().to_string();
     write_tx(conn, |c| {
-        let eligible = eligible_agents(c, &selection, now - policy.online_window_us)?;
+        // Only agents that can measure the check's kind: an older agent would fail to
+        // parse the task and lose its whole lease with it.
+        let eligible: Vec<Agent> = eligible_agents(c, &selection, now - policy.online_window_us)?
+            .into_iter()
+            .filter(|a| kind.is_some_and(|k| a.measures(k)))
+            .collect();
         let requested = eligible.len().min(selection.agents_per_run as usize);
         billing::admit_run(c, check, requested as u32)?;
         let run = RunRow {

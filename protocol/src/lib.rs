@@ -610,6 +610,11 @@ pub struct Heartbeat {
     /// planned into new runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused: Option<String>,
+    /// The check kinds this agent can measure. An agent from before this list sends
+    /// none and is taken to measure `http` only, so it is never handed a task of a kind
+    /// it cannot parse.
+    #[serde(default)]
+    pub kinds: Vec<CheckKind>,
 }
 
 /// Where the controller places the agent, from the address it connected from.

@@ -16,6 +16,7 @@ per_backend!(
     expired_lease_is_offered_to_another_agent_and_the_late_result_is_not_counted,
     runs_only_go_to_agents_matching_the_selection,
     a_leased_task_carries_the_checks_expectations,
+    page_runs_only_go_to_agents_that_can_load_pages,
 );
 
 /// Starts an app whose scheduler never ticks, so only explicit runs happen.
@@ -339,4 +340,83 @@ async fn a_leased_task_carries_the_checks_expectations(db: TestDb) {
     assert_eq!(task["body_contains"], "Welcome", "{task}");
     assert_eq!(task["max_bytes"], 5000, "{task}");
     assert_eq!(task["max_redirects"], 2, "{task}");
+}
+
+/// An agent from before page loads lists no kinds in its heartbeat: it would fail to
+/// parse a page task (and lose its whole lease), so page runs leave it out while http
+/// runs still plan it in.
+async fn page_runs_only_go_to_agents_that_can_load_pages(db: TestDb) {
+    let app = quiet_app(&db).await;
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let owner = app.owner("owner");
+    let key = app.volunteer("volunteer");
+    let old = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 2).await;
+    let new = app.agent(Ipv4Addr::new(127, 0, 0, 3), &key, "dsl", 2).await;
+    let (status, ack) = app
+        .call_from(
+            Ipv4Addr::new(127, 0, 0, 3),
+            "POST",
+            "/api/v1/agents/heartbeat",
+            Some(&new),
+            Some(json!({"declared_class": "dsl", "version": "test",
+                        "limits": {"max_concurrent": 2}, "kinds": ["http", "page"]})),
+        )
+        .await;
+    assert_eq!(status, 200, "{ack}");
+    let site_id = app.verified_site(&owner, &site).await;
+    let mut runs = Vec::new();
+    for kind in ["page", "http"] {
+        let (status, check) = app
+            .call(
+                "POST",
+                "/api/v1/checks",
+                Some(&owner),
+                Some(
+                    json!({"site_id": site_id, "url": format!("{}/", site.origin()), "kind": kind}),
+                ),
+            )
+            .await;
+        assert_eq!(status, 201, "{check}");
+        let id = check["id"].as_str().unwrap().to_owned();
+        let (status, run) = app
+            .call(
+                "POST",
+                &format!("/api/v1/checks/{id}/runs"),
+                Some(&owner),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{run}");
+        runs.push(run);
+    }
+    assert_eq!(runs[0]["eligible_agents"], 1, "page run: {}", runs[0]);
+    assert_eq!(runs[1]["eligible_agents"], 2, "http run: {}", runs[1]);
+
+    // The old agent is offered the http task only; the new one gets both.
+    let kinds_leased = |token: String| {
+        let app = &app;
+        async move {
+            let (status, lease) = app
+                .call(
+                    "POST",
+                    "/api/v1/agents/lease",
+                    Some(&token),
+                    Some(json!({"max": 2})),
+                )
+                .await;
+            assert_eq!(status, 200, "{lease}");
+            let mut kinds: Vec<String> = lease["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["kind"].as_str().unwrap().to_owned())
+                .collect();
+            kinds.sort();
+            kinds
+        }
+    };
+    assert_eq!(kinds_leased(old).await, ["http"]);
+    assert_eq!(kinds_leased(new).await, ["http", "page"]);
 }

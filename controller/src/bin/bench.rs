@@ -177,6 +177,7 @@ fn fixture(
                 version: "bench".into(),
                 limits: lastmile_protocol::AgentLimits { max_concurrent: 64 },
                 paused: None,
+                kinds: lastmile_protocol::CheckKind::ALL.to_vec(),
             },
             ip,
             &location,

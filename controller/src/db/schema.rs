@@ -51,6 +51,7 @@ diesel::table! {
         calibration_day -> BigInt,
         calibration_bytes -> BigInt,
         paused_reason -> Nullable<Text>,
+        check_kinds -> Text,
     }
 }
 
