@@ -155,6 +155,7 @@ diesel::table! {
         redirect_us -> BigInt,
         page -> Nullable<Text>,
         flagged -> Bool,
+        redirect_hops -> Nullable<Text>,
     }
 }
 
