@@ -227,11 +227,7 @@ pub async fn pause_check(
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
 ) -> Result<web::Json<CheckView>, Error> {
-    let check = state
-        .db
-        .run(move |c| checks::set_paused(c, &owner.id, &id.to_string(), true))
-        .await?;
-    Ok(web::Json(CheckView::from(&check)))
+    set_paused(state, owner.id, id.into_inner(), true).await
 }
 
 /// Resume a paused check's schedule.
@@ -243,9 +239,19 @@ pub async fn resume_check(
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
 ) -> Result<web::Json<CheckView>, Error> {
+    set_paused(state, owner.id, id.into_inner(), false).await
+}
+
+/// What pause and resume share: they differ only in the state they set.
+async fn set_paused(
+    state: web::Data<AppState>,
+    owner_id: String,
+    check_id: Uuid,
+    paused: bool,
+) -> Result<web::Json<CheckView>, Error> {
     let check = state
         .db
-        .run(move |c| checks::set_paused(c, &owner.id, &id.to_string(), false))
+        .run(move |c| checks::set_paused(c, &owner_id, &check_id.to_string(), paused))
         .await?;
     Ok(web::Json(CheckView::from(&check)))
 }
