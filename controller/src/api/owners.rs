@@ -14,6 +14,7 @@ use crate::confidence::Confidence;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::reports::{self, Report, ReportQuery, TimeBucket};
+use crate::run_results::{self, ResultView};
 use crate::scheduling::{self, RunView};
 use crate::server::AppState;
 use crate::sites::{self, NewSite, SiteView};
@@ -308,6 +309,25 @@ pub async fn get_run(
         .run(move |c| scheduling::get_run(c, &owner.id, &check_id.to_string(), &run_id.to_string()))
         .await?;
     Ok(web::Json(run))
+}
+
+/// Each agent's result in one run, oldest start first: status or error, phase timings,
+/// address, HTTP version, the redirect hops followed and, for a page check, the page
+/// summary. Raw results age out; reports keep the aggregates.
+#[utoipa::path(get, path = "/api/v1/checks/{id}/runs/{run_id}/results", tag = "checks", security(("owner_token" = [])),
+    responses((status = 200, body = [ResultView]), (status = 404, body = ApiError)))]
+#[get("/checks/{id}/runs/{run_id}/results")]
+pub async fn list_run_results(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<web::Json<Vec<ResultView>>, Error> {
+    let (check_id, run_id) = path.into_inner();
+    let results = state
+        .db
+        .run(move |c| run_results::list(c, &owner.id, &check_id.to_string(), &run_id.to_string()))
+        .await?;
+    Ok(web::Json(results))
 }
 
 /// Query parameters of a report.
