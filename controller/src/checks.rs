@@ -236,7 +236,7 @@ const MAX_AGENTS_PER_RUN: u32 = 1000;
 const MAX_TIMEOUT_MS: u64 = 120_000;
 const MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
 /// Browsers give up around 20 redirects; more is a loop, not a site.
-const MAX_REDIRECTS: u32 = 20;
+pub const MAX_REDIRECTS: u32 = 20;
 
 /// Validates and stores a new check. A check without an interval is due at once.
 pub fn create(

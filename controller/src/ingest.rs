@@ -18,7 +18,7 @@
 //! SQLite.
 
 use diesel::prelude::*;
-use lastmile_protocol::{Phase, ResultAck, ResultDisposition, ResultSubmission};
+use lastmile_protocol::{Hop, Phase, ResultAck, ResultDisposition, ResultSubmission};
 
 use crate::agents::Agent;
 use crate::clock::{hour_bucket, now_us, to_us, Micros};
@@ -62,6 +62,9 @@ pub struct StoredResult {
     pub redirect_us: i64,
     /// A page check's summary as JSON (`PageSummary`); `None` for an http check.
     pub page: Option<String>,
+    /// The redirects followed as JSON (`Vec<Hop>`, bounded by [`bound_hops`]); `None`
+    /// when there were none.
+    pub redirect_hops: Option<String>,
 }
 
 /// The key of one aggregate row. Unknown country or region is `""`, unknown ASN is `0`.
@@ -342,7 +345,41 @@ fn to_stored(
         redirects: m.redirects.len().min(i32::MAX as usize) as i32,
         redirect_us: m.redirect_us as i64,
         page: m.page.as_ref().and_then(|p| serde_json::to_string(p).ok()),
+        redirect_hops: if m.redirects.is_empty() {
+            None
+        } else {
+            serde_json::to_string(&bound_hops(&m.redirects)).ok()
+        },
     }
+}
+
+/// Hops kept per result: a check follows at most this many redirects
+/// ([`checks::MAX_REDIRECTS`]), so an honest agent never reports more.
+pub const MAX_STORED_HOPS: usize = checks::MAX_REDIRECTS as usize;
+
+/// Characters kept of a hop's URL and `Location`: what browsers and CDNs reliably
+/// handle; past that the tail identifies nothing an owner needs.
+pub const MAX_HOP_URL_CHARS: usize = 2048;
+
+/// The hops as stored. A submission is bounded only by the request body limit, and a
+/// result row is kept and served back to the owner for as long as raw results live,
+/// so one faulty or hostile agent must not be able to park megabytes of URLs in it:
+/// at most [`MAX_STORED_HOPS`] hops (the first ones, where the chain started), each
+/// URL and `Location` cut to [`MAX_HOP_URL_CHARS`] characters, the address to 64 (as
+/// the result's own). The result's `redirects` column keeps the count reported, so a
+/// cut list is visible as fewer hops than that count.
+pub fn bound_hops(hops: &[Hop]) -> Vec<Hop> {
+    let cut = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+    hops.iter()
+        .take(MAX_STORED_HOPS)
+        .map(|h| Hop {
+            url: cut(&h.url, MAX_HOP_URL_CHARS),
+            status: h.status,
+            location: cut(&h.location, MAX_HOP_URL_CHARS),
+            remote_addr: h.remote_addr.as_deref().map(|a| cut(a, 64)),
+            timings_us: h.timings_us,
+        })
+        .collect()
 }
 
 /// The most recent stored page summary of a page check per connection class (counted
@@ -463,4 +500,49 @@ fn lock_aggregate(conn: &mut DbConn, key: &AggregateKey) -> Result<AggregateRow>
             }
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lastmile_protocol::Timings;
+
+    fn hop(i: usize, url: String) -> Hop {
+        Hop {
+            url: url.clone(),
+            status: 301,
+            location: format!("{url}/{i}"),
+            remote_addr: Some("192.0.2.1".into()),
+            timings_us: Timings {
+                total: i as u64,
+                ..Timings::default()
+            },
+        }
+    }
+
+    #[test]
+    fn stored_hops_keep_the_first_twenty_with_urls_cut_to_2048_characters() {
+        let long = format!("https://shop.example/{}", "é".repeat(5000));
+        let hops: Vec<Hop> = (0..50).map(|i| hop(i, long.clone())).collect();
+        let stored = bound_hops(&hops);
+        assert_eq!(stored.len(), MAX_STORED_HOPS);
+        assert_eq!(MAX_STORED_HOPS, 20);
+        for (i, h) in stored.iter().enumerate() {
+            assert_eq!(
+                h.timings_us.total, i as u64,
+                "the chain's first hops, in order"
+            );
+            assert_eq!(h.url.chars().count(), MAX_HOP_URL_CHARS);
+            assert_eq!(h.location.chars().count(), MAX_HOP_URL_CHARS);
+            assert!(long.starts_with(&h.url));
+            assert_eq!(h.status, 301);
+            assert_eq!(h.remote_addr.as_deref(), Some("192.0.2.1"));
+        }
+    }
+
+    #[test]
+    fn ordinary_hops_are_stored_unchanged() {
+        let hops = vec![hop(0, "http://shop.example/moved".into())];
+        assert_eq!(bound_hops(&hops), hops);
+    }
 }

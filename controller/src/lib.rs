@@ -9,7 +9,8 @@
 //!   `lastmile_dashboard` pages.
 //! - domain modules, one idea each: [`accounts`] (owners, volunteers, tokens),
 //!   [`agents`], [`sites`], [`checks`], [`scheduling`] (runs, leases, expiry),
-//!   [`ingest`] (results and aggregation), [`reports`], [`geo`], [`metrics`],
+//!   [`ingest`] (results and aggregation), [`run_results`] (one run's results as its
+//!   owner reads them), [`reports`], [`geo`], [`metrics`],
 //!   [`api_tokens`] (named owner tokens), [`dns_verify`] (DNS TXT ownership proofs).
 //!   [`payments`] (buying credit with Stripe Checkout, Stripe's webhooks),
 //!   [`payouts`] (Connect accounts and payouts), [`stripe_api`] (the Stripe client and
@@ -44,6 +45,7 @@ pub mod payments;
 pub mod payouts;
 pub mod rate_limit;
 pub mod reports;
+pub mod run_results;
 pub mod scheduling;
 pub mod server;
 pub mod sites;

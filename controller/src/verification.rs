@@ -678,6 +678,7 @@ mod tests {
             redirects: 0,
             redirect_us: 0,
             page: None,
+            redirect_hops: None,
         }
     }
 

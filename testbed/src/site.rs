@@ -2,8 +2,9 @@
 //!
 //! It serves a home page of a fixed size (so that transfer time shows the link's
 //! rate), optional server think time, the ownership-verification tokens the
-//! controller fetches from `/.well-known/lastmile/<token>`, and the demo shop's product
-//! page with its sub-resources ([`crate::shop`], for `page` checks). It speaks just
+//! controller fetches from `/.well-known/lastmile/<token>`, the demo shop's product
+//! page with its sub-resources ([`crate::shop`], for `page` checks), and a permanent
+//! redirect from [`REDIRECT_PATH`] to the home page (for the hops a result records). It speaks just
 //! enough HTTP/1.1 (with keep-alive, so that a page load can reuse its connections) and,
 //! over TLS when configured, HTTP/2 by ALPN (hyper's server). It counts its
 //! connections, open and at most at once, so that tests can see a client's connection
@@ -118,32 +119,76 @@ impl Content {
         }
     }
 
-    /// The answer to a GET of `path`: status line, content type, body.
-    fn route(
-        &self,
-        path: &str,
-        tokens: &Mutex<HashSet<String>>,
-    ) -> (&'static str, &'static str, Vec<u8>) {
+    /// The answer to a GET of `path`.
+    fn route(&self, path: &str, tokens: &Mutex<HashSet<String>>) -> Answer {
         let path = path.split('?').next().unwrap_or(path);
         if path == "/" {
-            ("200 OK", "text/html; charset=utf-8", self.home.clone())
+            Answer::ok("text/html; charset=utf-8", self.home.clone())
+        } else if path == REDIRECT_PATH {
+            Answer {
+                status: 301,
+                kind: "text/plain",
+                body: b"moved to /".to_vec(),
+                location: Some("/"),
+            }
         } else if let Some(token) = path.strip_prefix("/.well-known/lastmile/") {
             let known = tokens.lock().map(|t| t.contains(token)).unwrap_or(false);
             if known {
-                ("200 OK", "text/plain", token.as_bytes().to_vec())
+                Answer::ok("text/plain", token.as_bytes().to_vec())
             } else {
-                ("404 Not Found", "text/plain", b"unknown token".to_vec())
+                Answer::not_found(b"unknown token".to_vec())
             }
         } else if let Some((kind, body)) = self.files.get(path) {
-            ("200 OK", kind, body.clone())
+            Answer::ok(kind, body.clone())
         } else {
-            ("404 Not Found", "text/plain", NOT_FOUND.to_vec())
+            Answer::not_found(NOT_FOUND.to_vec())
+        }
+    }
+}
+
+/// One response: status, content type, body and, for a redirect, where to.
+struct Answer {
+    status: u16,
+    kind: &'static str,
+    body: Vec<u8>,
+    location: Option<&'static str>,
+}
+
+impl Answer {
+    fn ok(kind: &'static str, body: Vec<u8>) -> Answer {
+        Answer {
+            status: 200,
+            kind,
+            body,
+            location: None,
+        }
+    }
+
+    fn not_found(body: Vec<u8>) -> Answer {
+        Answer {
+            status: 404,
+            kind: "text/plain",
+            body,
+            location: None,
+        }
+    }
+
+    /// The HTTP/1.1 status line's code and reason.
+    fn status_line(&self) -> &'static str {
+        match self.status {
+            200 => "200 OK",
+            301 => "301 Moved Permanently",
+            _ => "404 Not Found",
         }
     }
 }
 
 /// The body of every 404 for an unknown path.
 pub const NOT_FOUND: &[u8] = b"not found";
+
+/// A path that answers `301 Moved Permanently` with `Location: /` (relative, as many
+/// servers send it): one redirect hop before the home page.
+pub const REDIRECT_PATH: &str = "/moved";
 
 /// A running target site. Dropping it stops the server.
 pub struct TargetSite {
@@ -296,12 +341,14 @@ async fn serve_http2<S>(
         let (tokens, content) = (tokens.clone(), content.clone());
         async move {
             tokio::time::sleep(think).await;
-            let (status, kind, body) = content.route(req.uri().path(), &tokens);
-            let code = if status.starts_with("200") { 200 } else { 404 };
-            hyper::Response::builder()
-                .status(code)
-                .header("content-type", kind)
-                .body(Full::new(Bytes::from(body)))
+            let answer = content.route(req.uri().path(), &tokens);
+            let mut response = hyper::Response::builder()
+                .status(answer.status)
+                .header("content-type", answer.kind);
+            if let Some(location) = answer.location {
+                response = response.header("location", location);
+            }
+            response.body(Full::new(Bytes::from(answer.body)))
         }
     });
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -344,7 +391,8 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
             .unwrap_or("/")
             .to_owned();
         tokio::time::sleep(think).await;
-        let (status, kind, body) = content.route(&path, tokens);
+        let answer = content.route(&path, tokens);
+        let (status, kind, body) = (answer.status_line(), answer.kind, answer.body);
         if let (Some(c), "/") = (chunked, path.as_str()) {
             let header = format!(
                 "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
@@ -365,8 +413,12 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
             return socket.shutdown().await;
         }
         let header = format!(
-            "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n{}\r\n",
+            "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n{}{}\r\n",
             body.len(),
+            answer
+                .location
+                .map(|l| format!("location: {l}\r\n"))
+                .unwrap_or_default(),
             if close { "connection: close\r\n" } else { "" }
         );
         socket.write_all(header.as_bytes()).await?;

@@ -329,10 +329,16 @@ async fn ops_endpoints_and_openapi_document_are_served(db: TestDb) {
         "/api/v1/results",
         "/api/v1/checks",
         "/api/v1/checks/{id}/report",
+        "/api/v1/checks/{id}/runs/{run_id}/results",
         "/api/v1/sites/{id}/verify",
     ] {
         assert!(doc["paths"].get(path).is_some(), "OpenAPI lacks {path}");
     }
-    assert!(doc["components"]["schemas"].get("Report").is_some());
+    for schema in ["Report", "ResultView", "Hop", "PageSummary"] {
+        assert!(
+            doc["components"]["schemas"].get(schema).is_some(),
+            "OpenAPI lacks the {schema} schema"
+        );
+    }
     app.controller.stop().await.unwrap();
 }

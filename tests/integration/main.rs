@@ -22,5 +22,6 @@ mod ledger;
 mod page_checks;
 mod reports;
 mod results;
+mod run_results;
 mod stripe;
 mod verification;

@@ -96,6 +96,36 @@ async fn a_page_check_flows_from_the_api_through_an_agent_into_the_report(db: Te
     );
     assert_eq!(stored, 1, "the stored result carries the page summary");
 
+    // The owner reads it with the run's results: the page summary with the result.
+    let (_, runs) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{id}/runs"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    let run = runs[0]["id"].as_str().unwrap().to_owned();
+    let (status, results) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{id}/runs/{run}/results"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{results}");
+    assert_eq!(results.as_array().map(Vec::len), Some(1), "{results}");
+    let page = &results[0]["page"];
+    assert_eq!(page["resources"], resources, "{results}");
+    assert_eq!(page["bytes"], bytes, "{results}");
+    assert_eq!(page["document_url"], url.as_str(), "{results}");
+    assert_eq!(page["total_us"], results[0]["timings_us"]["total"]);
+    assert!(
+        page["failed"].to_string().contains(missing),
+        "the missing sub-resource is listed: {results}"
+    );
+
     let (status, report) = app
         .call(
             "GET",

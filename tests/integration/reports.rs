@@ -48,6 +48,7 @@ fn fold(app: &TestApp, check: &str, class: &str, at: i64, ttfb_us: i64, ok: bool
     let mut conn = app.db().conn().unwrap();
     let r = StoredResult {
         page: None,
+        redirect_hops: None,
         assignment_id: String::new(),
         run_id: String::new(),
         check_id: check.to_owned(),

@@ -412,7 +412,7 @@ async fn a_result_keeps_its_address_family_decoded_size_and_redirects(db: TestDb
             &mut conn,
             "SELECT COUNT(*) AS n FROM results WHERE remote_addr = '2001:db8::1' AND ip_version = 6 AND http_version = '2' \
              AND bytes = 1000 AND bytes_decoded = 5000 AND redirects = 1 AND redirect_us = 120 \
-             AND error_kind = 'body_mismatch'"
+             AND error_kind = 'body_mismatch' AND redirect_hops LIKE '%\"location\":\"https://shop.example/\"%'"
         ),
         1
     );
@@ -420,7 +420,7 @@ async fn a_result_keeps_its_address_family_decoded_size_and_redirects(db: TestDb
         count(
             &mut conn,
             "SELECT COUNT(*) AS n FROM results WHERE remote_addr IS NULL AND ip_version IS NULL \
-             AND bytes_decoded = bytes AND redirects = 0 AND error_kind = 'total_timeout'"
+             AND bytes_decoded = bytes AND redirects = 0 AND redirect_hops IS NULL AND error_kind = 'total_timeout'"
         ),
         1,
         "an older agent's result is stored with today's code"

@@ -293,6 +293,28 @@ async fn a_ttfb_shorter_than_the_line_allows_is_flagged_kept_and_not_paid(db: Te
         (json!(3), json!(1)),
         "{view}"
     );
+    // And which result it was, with the rule that flagged it.
+    let (status, results) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{check}/runs/{run_id}/results"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{results}");
+    let flagged: Vec<(Value, Value)> = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["flagged"] == true)
+        .map(|r| (r["assignment_id"].clone(), r["flag_rules"].clone()))
+        .collect();
+    assert_eq!(
+        flagged,
+        [(fake_id.clone(), json!(["ttfb_below_rtt"]))],
+        "{results}"
+    );
     let (_, check_view) = app
         .call(
             "GET",

@@ -28,7 +28,7 @@ use utoipa::{Modify, OpenApi};
         owners::me, owners::balance, owners::create_site, owners::list_sites, owners::get_site, owners::verify_site,
         owners::create_check, owners::list_checks, owners::get_check, owners::update_check,
         owners::pause_check, owners::resume_check, owners::run_now, owners::list_runs,
-        owners::get_run, owners::report,
+        owners::get_run, owners::list_run_results, owners::report,
         isp::list_asns, isp::start_claim, isp::confirm_claim, isp::summary, isp::destinations, isp::series,
         public::leaderboard, ops::flags,
         payments::checkout, payments::webhook, payments::onboarding, payments::list_payouts,
@@ -103,6 +103,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(owners::run_now)
             .service(owners::list_runs)
             .service(owners::get_run)
+            .service(owners::list_run_results)
             .service(owners::report)
             .service(isp::list_asns)
             .service(isp::start_claim)

@@ -14,6 +14,7 @@ use crate::confidence::Confidence;
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::reports::{self, Report, ReportQuery, TimeBucket};
+use crate::run_results::{self, ResultView};
 use crate::scheduling::{self, RunView};
 use crate::server::AppState;
 use crate::sites::{self, NewSite, SiteView};
@@ -227,11 +228,7 @@ pub async fn pause_check(
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
 ) -> Result<web::Json<CheckView>, Error> {
-    let check = state
-        .db
-        .run(move |c| checks::set_paused(c, &owner.id, &id.to_string(), true))
-        .await?;
-    Ok(web::Json(CheckView::from(&check)))
+    set_paused(state, owner.id, id.into_inner(), true).await
 }
 
 /// Resume a paused check's schedule.
@@ -243,9 +240,19 @@ pub async fn resume_check(
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
 ) -> Result<web::Json<CheckView>, Error> {
+    set_paused(state, owner.id, id.into_inner(), false).await
+}
+
+/// What pause and resume share: they differ only in the state they set.
+async fn set_paused(
+    state: web::Data<AppState>,
+    owner_id: String,
+    check_id: Uuid,
+    paused: bool,
+) -> Result<web::Json<CheckView>, Error> {
     let check = state
         .db
-        .run(move |c| checks::set_paused(c, &owner.id, &id.to_string(), false))
+        .run(move |c| checks::set_paused(c, &owner_id, &check_id.to_string(), paused))
         .await?;
     Ok(web::Json(CheckView::from(&check)))
 }
@@ -302,6 +309,25 @@ pub async fn get_run(
         .run(move |c| scheduling::get_run(c, &owner.id, &check_id.to_string(), &run_id.to_string()))
         .await?;
     Ok(web::Json(run))
+}
+
+/// Each agent's result in one run, oldest start first: status or error, phase timings,
+/// address, HTTP version, the redirect hops followed and, for a page check, the page
+/// summary. Raw results age out; reports keep the aggregates.
+#[utoipa::path(get, path = "/api/v1/checks/{id}/runs/{run_id}/results", tag = "checks", security(("owner_token" = [])),
+    responses((status = 200, body = [ResultView]), (status = 404, body = ApiError)))]
+#[get("/checks/{id}/runs/{run_id}/results")]
+pub async fn list_run_results(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    path: web::Path<(Uuid, Uuid)>,
+) -> Result<web::Json<Vec<ResultView>>, Error> {
+    let (check_id, run_id) = path.into_inner();
+    let results = state
+        .db
+        .run(move |c| run_results::list(c, &owner.id, &check_id.to_string(), &run_id.to_string()))
+        .await?;
+    Ok(web::Json(results))
 }
 
 /// Query parameters of a report.

@@ -156,6 +156,7 @@ diesel::table! {
         redirect_us -> BigInt,
         page -> Nullable<Text>,
         flagged -> Bool,
+        redirect_hops -> Nullable<Text>,
     }
 }
 
