@@ -157,6 +157,11 @@ struct MeasureArgs {
     /// With --page: sub-resources at most; more fails with page_too_many_resources.
     #[arg(long, default_value_t = lastmile_protocol::DEFAULT_MAX_PAGE_RESOURCES)]
     max_resources: u32,
+    /// Measure this many times, one after the other, each on fresh connections (with
+    /// --json, one object per line). The first measurement of a process also pays for
+    /// loading the agent's code; later ones are timed as a running agent's are.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    count: u32,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -268,40 +273,63 @@ async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
         timeout: Duration::from_millis(args.timeout_ms),
         max_redirects: args.max_redirects,
     };
-    let m = if args.page {
-        let limits = PageLimits {
-            max_resources: args.max_resources,
-        };
-        engine.measure_page(&args.url, &expect, limits).await
-    } else {
-        engine.measure(&args.url, &expect).await
+    let limits = PageLimits {
+        max_resources: args.max_resources,
     };
-    if args.json {
-        println!("{}", serde_json::to_string(&m)?);
-    } else if let Some(page) = &m.page {
-        print!("{}", page_table(&m, page));
-    } else {
-        let t = m.timings_us;
-        let ms = |us: u64| us as f64 / 1000.0;
-        println!(
-            "status    {}",
-            m.status.map_or("-".into(), |s| s.to_string())
-        );
-        println!("bytes     {}", m.bytes);
-        println!("dns       {:>10.3} ms", ms(t.dns));
-        println!("connect   {:>10.3} ms", ms(t.connect));
-        println!("tls       {:>10.3} ms", ms(t.tls));
-        println!("ttfb      {:>10.3} ms", ms(t.ttfb));
-        println!("transfer  {:>10.3} ms", ms(t.transfer));
-        println!("total     {:>10.3} ms", ms(t.total));
-        if let Some(e) = &m.error {
-            println!("error     {}: {}", e.kind, e.message);
+    let mut failed = false;
+    for i in 0..args.count {
+        let m = if args.page {
+            engine.measure_page(&args.url, &expect, limits).await
+        } else {
+            engine.measure(&args.url, &expect).await
+        };
+        failed |= m.error.is_some();
+        if args.json {
+            println!("{}", serde_json::to_string(&m)?);
+            continue;
+        }
+        if args.count > 1 {
+            println!(
+                "{}measurement {} of {}",
+                if i > 0 { "\n" } else { "" },
+                i + 1,
+                args.count
+            );
+        }
+        match &m.page {
+            Some(page) => print!("{}", page_table(&m, page)),
+            None => print!("{}", measurement_table(&m)),
         }
     }
-    if m.error.is_some() {
+    if failed {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// A single fetch as `measure` prints it.
+fn measurement_table(m: &lastmile_protocol::Measurement) -> String {
+    use std::fmt::Write;
+    let t = m.timings_us;
+    let ms = |us: u64| us as f64 / 1000.0;
+    let mut out = String::new();
+    let status = m.status.map_or("-".into(), |s| s.to_string());
+    let _ = writeln!(out, "status    {status}");
+    let _ = writeln!(out, "bytes     {}", m.bytes);
+    for (name, us) in [
+        ("dns", t.dns),
+        ("connect", t.connect),
+        ("tls", t.tls),
+        ("ttfb", t.ttfb),
+        ("transfer", t.transfer),
+        ("total", t.total),
+    ] {
+        let _ = writeln!(out, "{name:<9} {:>10.3} ms", ms(us));
+    }
+    if let Some(e) = &m.error {
+        let _ = writeln!(out, "error     {}: {}", e.kind, e.message);
+    }
+    out
 }
 
 /// The page summary as `measure --page` prints it.

@@ -334,3 +334,63 @@ async fn measure_page_prints_the_page_summary_and_its_json() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("page_too_many_resources"), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn measure_count_measures_again_on_fresh_connections() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                // Keep-alive on offer: a reused connection would show in the count.
+                let mut buf = [0u8; 2048];
+                while sock.read(&mut buf).await.is_ok_and(|n| n > 0) {
+                    let _ = sock
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    let url = format!("http://{addr}/");
+    let out = tokio::task::spawn_blocking(move || {
+        agent()
+            .args(["measure", &url, "--json", "--count", "3", "--allow-private"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "one JSON object per measurement");
+    for v in &lines {
+        assert_eq!(v["status"], 200, "{v}");
+        assert!(v["timings_us"]["connect"].as_u64().unwrap() > 0, "{v}");
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        3,
+        "a fresh connection each"
+    );
+
+    let refused = agent()
+        .args(["measure", "http://127.0.0.1:9/", "--count", "0"])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(why.contains("--count") && why.contains("0"), "{why}");
+}
