@@ -3,7 +3,10 @@
 //! `<svg>` element that scales to its container; the page puts a caption and a table
 //! with the same figures beside it, so the chart is never the only way to read them.
 
+use std::ops::Range;
+
 use chrono::{TimeZone, Utc};
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// Size the charts are drawn at; CSS scales them to the column's width.
@@ -44,7 +47,6 @@ pub struct Series {
 /// bucket is a dot, joined by lines, so a single bucket still shows. `title` names the
 /// chart for screen readers.
 pub fn time_chart(title: &str, series: &[Series], from: i64, to: i64) -> String {
-    let mut svg = String::new();
     let ymax = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
@@ -61,30 +63,16 @@ pub fn time_chart(title: &str, series: &[Series], from: i64, to: i64) -> String 
     let unit: i64 = if span > 2 * 86_400 { 86_400 } else { 3_600 };
     let x_of = |t: i64| (t - from) as f64 / unit as f64;
     let x_max = x_of(to);
-    let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
-        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(10)
-            .margin_right(18)
-            .x_label_area_size(28)
-            .y_label_area_size(62)
-            .build_cartesian_2d(0.0..x_max, 0.0..ymax)?;
-        chart
-            .configure_mesh()
-            .x_labels(5)
-            .y_labels(5)
-            .x_label_formatter(&|x| time_label(from + (x * unit as f64).round() as i64, span))
-            .y_label_formatter(&|y| format!("{y:.0} ms"))
-            .label_style(
-                ("sans-serif", LABEL_PX)
-                    .into_font()
-                    .color(&RGBColor(70, 84, 98)),
-            )
-            .bold_line_style(RGBColor(225, 230, 235))
-            .light_line_style(RGBColor(243, 245, 247))
-            .axis_style(RGBColor(180, 188, 196))
-            .draw()?;
+    let x_label = |x: &f64| time_label(from + (x * unit as f64).round() as i64, span);
+    let frame = Frame {
+        x: 0.0..x_max,
+        y: 0.0..ymax,
+        x_labels: 5,
+        x_label: &x_label,
+        y_label: &|y| format!("{y:.0} ms"),
+        y_label_area: 62,
+    };
+    let svg = framed(frame, |chart| {
         for s in series {
             let color = PALETTE[s.color % PALETTE.len()];
             let points: Vec<(f64, f64)> = s.points.iter().map(|(t, v)| (x_of(*t), *v)).collect();
@@ -98,12 +86,8 @@ pub fn time_chart(title: &str, series: &[Series], from: i64, to: i64) -> String 
                     .map(|p| Circle::new(*p, 5, ShapeStyle::from(&color).filled())),
             )?;
         }
-        root.present()?;
         Ok(())
-    })();
-    if drawn.is_err() {
-        return String::new();
-    }
+    });
     accessible(svg, title)
 }
 
@@ -147,31 +131,17 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
         .collect();
     let top = nice_ceiling(shares.iter().copied().fold(0.0, f64::max).max(1.0) * 1.1);
 
-    let mut hist_svg = String::new();
-    let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
-        let root = SVGBackend::with_string(&mut hist_svg, (W, H)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(10)
-            .margin_right(18)
-            .x_label_area_size(28)
-            .y_label_area_size(52)
-            .build_cartesian_2d(lo..hi, 0.0..top)?;
-        chart
-            .configure_mesh()
-            .x_labels(6)
-            .y_labels(5)
-            .x_label_formatter(&|x| format!("{} ms", short(*x)))
-            .y_label_formatter(&|y| format!("{y:.0} %"))
-            .label_style(
-                ("sans-serif", LABEL_PX)
-                    .into_font()
-                    .color(&RGBColor(70, 84, 98)),
-            )
-            .bold_line_style(RGBColor(225, 230, 235))
-            .light_line_style(RGBColor(243, 245, 247))
-            .axis_style(RGBColor(180, 188, 196))
-            .draw()?;
+    let ms_label = |x: &f64| format!("{} ms", short(*x));
+    let share_label = |y: &f64| format!("{y:.0} %");
+    let hist_frame = Frame {
+        x: lo..hi,
+        y: 0.0..top,
+        x_labels: 6,
+        x_label: &ms_label,
+        y_label: &share_label,
+        y_label_area: 52,
+    };
+    let hist_svg = framed(hist_frame, |chart| {
         chart.draw_series(shares.iter().enumerate().filter(|(_, s)| **s > 0.0).map(
             |(i, share)| {
                 let x0 = lo + width * i as f64;
@@ -181,12 +151,8 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
                 )
             },
         ))?;
-        root.present()?;
         Ok(())
-    })();
-    if drawn.is_err() {
-        hist_svg.clear();
-    }
+    });
 
     let max_ms = (sorted.last().map_or(0, |s| s.0) as f64 / 1000.0).max(lo + 0.001);
     let mut cdf = Vec::with_capacity(sorted.len() + 1);
@@ -196,31 +162,15 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
         below += n;
         cdf.push((*v as f64 / 1000.0, below as f64 * 100.0 / total as f64));
     }
-    let mut cdf_svg = String::new();
-    let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
-        let root = SVGBackend::with_string(&mut cdf_svg, (W, H)).into_drawing_area();
-        root.fill(&WHITE)?;
-        let mut chart = ChartBuilder::on(&root)
-            .margin(10)
-            .margin_right(18)
-            .x_label_area_size(28)
-            .y_label_area_size(52)
-            .build_cartesian_2d(lo..max_ms, 0.0..100.0)?;
-        chart
-            .configure_mesh()
-            .x_labels(6)
-            .y_labels(5)
-            .x_label_formatter(&|x| format!("{} ms", short(*x)))
-            .y_label_formatter(&|y| format!("{y:.0} %"))
-            .label_style(
-                ("sans-serif", LABEL_PX)
-                    .into_font()
-                    .color(&RGBColor(70, 84, 98)),
-            )
-            .bold_line_style(RGBColor(225, 230, 235))
-            .light_line_style(RGBColor(243, 245, 247))
-            .axis_style(RGBColor(180, 188, 196))
-            .draw()?;
+    let cdf_frame = Frame {
+        x: lo..max_ms,
+        y: 0.0..100.0,
+        x_labels: 6,
+        x_label: &ms_label,
+        y_label: &share_label,
+        y_label_area: 52,
+    };
+    let cdf_svg = framed(cdf_frame, |chart| {
         // A step function: the share jumps at each recorded value.
         let mut steps = Vec::with_capacity(cdf.len() * 2);
         let mut prev = 0.0;
@@ -233,16 +183,68 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
             steps,
             ShapeStyle::from(&PALETTE[1]).stroke_width(2),
         ))?;
-        root.present()?;
         Ok(())
-    })();
-    if drawn.is_err() {
-        cdf_svg.clear();
-    }
+    });
     (
         accessible(hist_svg, &format!("{title}: histogram")),
         accessible(cdf_svg, &format!("{title}: cumulative distribution")),
     )
+}
+
+/// The axes of one chart: their ranges, how many labels the x axis gets and how they
+/// read, and the width the y labels need.
+struct Frame<'a> {
+    x: Range<f64>,
+    y: Range<f64>,
+    x_labels: usize,
+    x_label: &'a dyn Fn(&f64) -> String,
+    y_label: &'a dyn Fn(&f64) -> String,
+    y_label_area: u32,
+}
+
+/// A chart's drawing area, on which `plot` draws its series.
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draws one chart in the frame every chart here shares (white ground, margins, a grid
+/// and axes in the page's greys, labels at [`LABEL_PX`]), then what `plot` draws in
+/// it. The SVG, or nothing when drawing failed.
+fn framed(
+    frame: Frame<'_>,
+    plot: impl FnOnce(&mut Chart<'_, '_>) -> Result<(), DrawingAreaErrorKind<std::io::Error>>,
+) -> String {
+    let mut svg = String::new();
+    let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+        let root = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(10)
+            .margin_right(18)
+            .x_label_area_size(28)
+            .y_label_area_size(frame.y_label_area)
+            .build_cartesian_2d(frame.x, frame.y)?;
+        chart
+            .configure_mesh()
+            .x_labels(frame.x_labels)
+            .y_labels(5)
+            .x_label_formatter(frame.x_label)
+            .y_label_formatter(frame.y_label)
+            .label_style(
+                ("sans-serif", LABEL_PX)
+                    .into_font()
+                    .color(&RGBColor(70, 84, 98)),
+            )
+            .bold_line_style(RGBColor(225, 230, 235))
+            .light_line_style(RGBColor(243, 245, 247))
+            .axis_style(RGBColor(180, 188, 196))
+            .draw()?;
+        plot(&mut chart)?;
+        root.present()?;
+        Ok(())
+    })();
+    if drawn.is_err() {
+        svg.clear();
+    }
+    svg
 }
 
 /// Makes the SVG scale to its container and announces it as one image with a name.

@@ -268,24 +268,7 @@ impl Engine {
                 Next::Done => return Ok(()),
                 Next::Redirect(location) => location,
             };
-            let target = url.join(&location).map_err(|e| {
-                fail(
-                    ErrorKind::Http,
-                    format!("redirect to an invalid location {location:?}: {e}"),
-                )
-            })?;
-            if trace.hops.len() as u32 >= expect.max_redirects {
-                return Err(fail(
-                    ErrorKind::TooManyRedirects,
-                    format!(
-                        "more than {} redirects (the last one to {target})",
-                        expect.max_redirects
-                    ),
-                ));
-            }
-            let done = std::mem::replace(&mut trace.current, Probe::new(Instant::now()));
-            trace.hops.push(done.hop(url.as_str(), target.as_str()));
-            url = target;
+            url = trace.redirect(&url, &location, expect.max_redirects)?;
         }
     }
 
@@ -872,6 +855,34 @@ pub(crate) struct Trace {
 }
 
 impl Trace {
+    /// Follows a redirect to `location` answered by `url`, as a measurement and a page
+    /// load both do: the location is joined against `url`, the request just finished
+    /// becomes a [`Hop`] and a fresh probe starts for the target, which is returned.
+    /// Past `max_redirects` hops it is `too_many_redirects`. (The target goes through
+    /// the guard when it is requested, as every hop does.)
+    pub(crate) fn redirect(
+        &mut self,
+        url: &Url,
+        location: &str,
+        max_redirects: u32,
+    ) -> Result<Url, MeasurementError> {
+        let target = url.join(location).map_err(|e| {
+            fail(
+                ErrorKind::Http,
+                format!("redirect to an invalid location {location:?}: {e}"),
+            )
+        })?;
+        if self.hops.len() as u32 >= max_redirects {
+            return Err(fail(
+                ErrorKind::TooManyRedirects,
+                format!("more than {max_redirects} redirects (the last one to {target})"),
+            ));
+        }
+        let done = std::mem::replace(&mut self.current, Probe::new(Instant::now()));
+        self.hops.push(done.hop(url.as_str(), target.as_str()));
+        Ok(target)
+    }
+
     /// The result: phases summed over every hop (as curl `-L` sums them), total from
     /// the start to the last byte, the final response's status, size and address.
     pub(crate) fn into_measurement(

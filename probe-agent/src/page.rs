@@ -262,24 +262,7 @@ impl Load {
                 }
                 Next::Redirect(location) => location,
             };
-            let target = url.join(&location).map_err(|e| {
-                fail(
-                    ErrorKind::Http,
-                    format!("redirect to an invalid location {location:?}: {e}"),
-                )
-            })?;
-            if trace.hops.len() as u32 >= expect.max_redirects {
-                return Err(fail(
-                    ErrorKind::TooManyRedirects,
-                    format!(
-                        "more than {} redirects (the last one to {target})",
-                        expect.max_redirects
-                    ),
-                ));
-            }
-            let done = std::mem::replace(&mut trace.current, Probe::new(Instant::now()));
-            trace.hops.push(done.hop(url.as_str(), target.as_str()));
-            url = target;
+            url = trace.redirect(&url, &location, expect.max_redirects)?;
         }
     }
 

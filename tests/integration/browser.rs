@@ -140,6 +140,81 @@ impl Browser {
         self.client.current_url().await.unwrap().path().to_owned()
     }
 
+    /// The current value of the input matching `css` (what was typed or kept).
+    pub async fn value(&self, css: &str) -> Option<String> {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+    }
+
+    /// The attribute `name` of the first element matching `css`, if it has one.
+    pub async fn attr(&self, css: &str, name: &str) -> Option<String> {
+        self.client
+            .find(Locator::Css(css))
+            .await
+            .unwrap()
+            .attr(name)
+            .await
+            .unwrap()
+    }
+
+    /// How many elements match `css`.
+    pub async fn count(&self, css: &str) -> usize {
+        self.client.find_all(Locator::Css(css)).await.unwrap().len()
+    }
+
+    /// Waits until an element matching `css` is on the page.
+    pub async fn wait_for(&self, css: &str) {
+        self.client
+            .wait()
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap();
+    }
+
+    /// Whether the page is wider than the window (it scrolls sideways).
+    pub async fn scrolls_sideways(&self) -> bool {
+        self.client
+            .execute(
+                "return document.documentElement.scrollWidth > window.innerWidth",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .as_bool()
+            .unwrap()
+    }
+
+    /// GETs `url` from inside the page (with the browser's cookies): (status, content
+    /// type, body).
+    pub async fn fetch(&self, url: &str) -> (u64, String, String) {
+        let got = self
+            .client
+            .execute_async(
+                "const done = arguments[arguments.length - 1];\
+                 fetch(arguments[0]).then(r => r.text().then(t => done([r.status, r.headers.get('content-type') || '', t])));",
+                vec![serde_json::Value::String(url.to_owned())],
+            )
+            .await
+            .unwrap();
+        (
+            got[0].as_u64().unwrap(),
+            got[1].as_str().unwrap().to_owned(),
+            got[2].as_str().unwrap().to_owned(),
+        )
+    }
+
+    /// A signed-in page's session: the `cookie` header value and the form's CSRF token.
+    pub async fn session(&self) -> (String, String) {
+        let csrf = self.value("input[name=csrf]").await.unwrap();
+        let cookie = self.client.get_named_cookie("lm_session").await.unwrap();
+        (format!("lm_session={}", cookie.value()), csrf)
+    }
+
     /// Saves a PNG of the window as `target/screenshots/<name>.png`.
     pub async fn screenshot(&self, name: &str) {
         let png = self.client.screenshot().await.unwrap();

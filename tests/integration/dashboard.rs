@@ -6,7 +6,7 @@ use lastmile_testbed::site::{SiteConfig, TargetSite};
 
 use crate::browser::Browser;
 use crate::per_backend;
-use crate::support::{TestApp, TestDb};
+use crate::support::{TestApp, TestDb, PASSWORD};
 
 per_backend!(
     an_owner_signs_up_adds_a_site_and_verifies_it_in_the_browser,
@@ -23,8 +23,26 @@ pub(crate) async fn sign_up(browser: &Browser, app: &TestApp, role: &str, name: 
         .await;
     browser.fill("#name", name).await;
     browser.fill("#email", email).await;
-    browser.fill("#password", "a long enough password").await;
+    browser.fill("#password", PASSWORD).await;
     browser.submit("button[type=submit]").await;
+}
+
+/// Adds `site` on the sites page the browser is on and verifies it by file.
+pub(crate) async fn add_verified_site(browser: &Browser, site: &TargetSite) {
+    browser.fill("#origin", &site.origin()).await;
+    browser.submit("form[action='/app/sites'] button").await;
+    site.publish_verification_token(&browser.text("code.token").await);
+    browser.submit("#verify-file button").await;
+}
+
+/// The enrolment key in the install command the agents page shows.
+pub(crate) fn enrol_key_in(command: &str) -> String {
+    command
+        .split_whitespace()
+        .skip_while(|w| *w != "--enrol-key")
+        .nth(1)
+        .unwrap()
+        .to_owned()
 }
 
 async fn an_owner_signs_up_adds_a_site_and_verifies_it_in_the_browser(db: TestDb) {
@@ -54,15 +72,7 @@ async fn an_owner_signs_up_adds_a_site_and_verifies_it_in_the_browser(db: TestDb
     let error = browser.text(".error").await;
     assert!(error.contains("at least 10 characters"), "{error}");
     assert_eq!(
-        browser
-            .client
-            .find(fantoccini::Locator::Css("#email"))
-            .await
-            .unwrap()
-            .prop("value")
-            .await
-            .unwrap()
-            .as_deref(),
+        browser.value("#email").await.as_deref(),
         Some("ada@shop.example")
     );
 
@@ -119,15 +129,7 @@ async fn an_owner_signs_up_adds_a_site_and_verifies_it_in_the_browser(db: TestDb
 
     // At phone width the page still reads (no horizontal scrolling).
     browser.client.set_window_size(390, 844).await.unwrap();
-    let overflow = browser
-        .client
-        .execute(
-            "return document.documentElement.scrollWidth > window.innerWidth",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(overflow, serde_json::Value::Bool(false));
+    assert!(!browser.scrolls_sideways().await);
     browser.screenshot(&shot("sites-phone")).await;
     browser.close().await;
 }
@@ -150,19 +152,10 @@ async fn one_owner_cannot_open_another_owners_site(db: TestDb) {
     browser.goto(&format!("{}/app/sites", app.base)).await;
     assert!(!browser.page_text().await.contains("first.example"));
     // Verifying it by posting the form from this session is refused the same way.
-    let csrf = browser
-        .client
-        .find(fantoccini::Locator::Css("input[name=csrf]"))
-        .await
-        .unwrap()
-        .prop("value")
-        .await
-        .unwrap()
-        .unwrap();
-    let cookie = browser.client.get_named_cookie("lm_session").await.unwrap();
+    let (cookie, csrf) = browser.session().await;
     let res = reqwest::Client::new()
         .post(format!("{}{first_site}/verify", app.base))
-        .header("cookie", format!("lm_session={}", cookie.value()))
+        .header("cookie", cookie)
         .form(&[("csrf", csrf.as_str())])
         .send()
         .await
@@ -258,12 +251,7 @@ async fn a_volunteer_gets_an_install_command_and_sees_the_agent_it_enrols(db: Te
         command.starts_with("lastmile-agent run --controller http://127.0.0.1:"),
         "{command}"
     );
-    let key = command
-        .split_whitespace()
-        .skip_while(|w| *w != "--enrol-key")
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    let key = enrol_key_in(&command);
     browser.screenshot(&shot("agents-install")).await;
 
     // The key works: an agent enrols with it from a German address and heartbeats.
@@ -311,11 +299,7 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
         .await
         .contains("Add and verify a site first"));
     browser.goto(&format!("{}/app/sites", app.base)).await;
-    browser.fill("#origin", &site.origin()).await;
-    browser.submit("form[action='/app/sites'] button").await;
-    let token = browser.text("section.card p code").await;
-    site.publish_verification_token(&token);
-    browser.submit("form[action$='/verify'] button").await;
+    add_verified_site(&browser, &site).await;
 
     browser.goto(&format!("{}/app/checks/new", app.base)).await;
     // Filters: Germany, cable. The count button works without JavaScript...
@@ -357,15 +341,7 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
         .await
         .contains("expected status codes"));
     assert_eq!(
-        browser
-            .client
-            .find(fantoccini::Locator::Css("#name"))
-            .await
-            .unwrap()
-            .prop("value")
-            .await
-            .unwrap()
-            .as_deref(),
+        browser.value("#name").await.as_deref(),
         Some("Home page from German cable")
     );
     browser.fill("#expected_status", "200").await;
@@ -398,12 +374,7 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
     let refused = browser.text(".error").await;
     assert!(refused.contains("credit"), "{refused}");
     assert!(browser.page_text().await.contains("No runs yet"));
-    let login = lastmile_controller::logins::authenticate(
-        &mut app.db().conn().unwrap(),
-        "ada@shop.example",
-        "a long enough password",
-    )
-    .unwrap();
+    let login = app.login("ada@shop.example");
     app.credit(login.owner_id.as_deref().unwrap(), 1_000);
 
     // Run now: the real agent measures, and the run shows it.
@@ -429,25 +400,8 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
     assert!(money.contains("Credit: 9.85 USD"), "{money}");
     browser.goto(&format!("{}{check_page}", app.base)).await;
     // The CSV link reads the same API with the browser's session.
-    let href = browser
-        .client
-        .find(fantoccini::Locator::Css("a[download]"))
-        .await
-        .unwrap()
-        .attr("href")
-        .await
-        .unwrap()
-        .unwrap();
-    let csv = browser
-        .client
-        .execute_async(
-            "const done = arguments[arguments.length - 1];\
-             fetch(arguments[0]).then(r => r.text()).then(done);",
-            vec![serde_json::Value::String(href)],
-        )
-        .await
-        .unwrap();
-    let csv = csv.as_str().unwrap();
+    let href = browser.attr("a[download]", "href").await.unwrap();
+    let (_, _, csv) = browser.fetch(&href).await;
     assert!(csv.lines().count() >= 2 && csv.contains("cable"), "{csv}");
     assert!(csv.contains(",DE,"), "{csv}");
     browser.close().await;

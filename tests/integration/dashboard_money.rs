@@ -23,15 +23,6 @@ fn shot(db: &TestDb, name: &str) -> String {
     format!("{}-money-{name}", db.backend_name())
 }
 
-fn login_of(app: &TestApp, email: &str) -> lastmile_controller::logins::Login {
-    lastmile_controller::logins::authenticate(
-        &mut app.db().conn().unwrap(),
-        email,
-        "a long enough password",
-    )
-    .unwrap()
-}
-
 /// The owner's credit in cents, as the ledger has it.
 fn credit_of(app: &TestApp, owner_id: &str) -> i64 {
     let b = billing::balances(&mut app.db().conn().unwrap(), HolderKind::Owner, owner_id).unwrap();
@@ -46,7 +37,7 @@ async fn an_owner_buys_credit_through_stripe_checkout_and_sees_it_once_confirmed
     let w = world(&db, |_| {}).await;
     let browser = Browser::start(1280, 1000).await;
     sign_up(&browser, &w.app, "owner", "Shop Ltd", "ada@shop.example").await;
-    let owner = login_of(&w.app, "ada@shop.example").owner_id.unwrap();
+    let owner = w.app.login("ada@shop.example").owner_id.unwrap();
     browser.goto(&format!("{}/app/checks", w.app.base)).await;
     assert!(browser.text("#credit").await.contains("Buy credit"));
 
@@ -59,18 +50,7 @@ async fn an_owner_buys_credit_through_stripe_checkout_and_sees_it_once_confirmed
             error.contains("from 5.00 USD to 10000.00 USD"),
             "{bad}: {error}"
         );
-        assert_eq!(
-            browser
-                .client
-                .find(fantoccini::Locator::Css("#amount"))
-                .await
-                .unwrap()
-                .prop("value")
-                .await
-                .unwrap()
-                .as_deref(),
-            Some(bad)
-        );
+        assert_eq!(browser.value("#amount").await.as_deref(), Some(bad));
     }
     browser.screenshot(&shot(&db, "credit-refused")).await;
     assert_eq!(w.stripe.sessions_created(), 0);
@@ -115,15 +95,7 @@ async fn an_owner_buys_credit_through_stripe_checkout_and_sees_it_once_confirmed
 
     // At phone width the credit form still fits.
     browser.client.set_window_size(390, 900).await.unwrap();
-    let overflow = browser
-        .client
-        .execute(
-            "return document.documentElement.scrollWidth > window.innerWidth",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(overflow, serde_json::Value::Bool(false));
+    assert!(!browser.scrolls_sideways().await);
     browser.screenshot(&shot(&db, "credit-phone")).await;
     browser.close().await;
 }
@@ -159,9 +131,7 @@ async fn a_volunteer_sets_up_payouts_and_sees_them_paid_or_failed_with_the_reaso
         "ada@volunteer.example",
     )
     .await;
-    let volunteer = login_of(&w.app, "ada@volunteer.example")
-        .volunteer_id
-        .unwrap();
+    let volunteer = w.app.login("ada@volunteer.example").volunteer_id.unwrap();
     let setup = browser.text("#payout-setup").await;
     assert!(
         setup.contains("once they reach 10.00 USD") && setup.contains("Set up payouts"),
@@ -226,15 +196,7 @@ async fn a_volunteer_sets_up_payouts_and_sees_them_paid_or_failed_with_the_reaso
     assert!(stats.contains("10.00 USD"), "earnings restored: {stats}");
     browser.screenshot(&shot(&db, "payouts")).await;
     browser.client.set_window_size(390, 1100).await.unwrap();
-    let overflow = browser
-        .client
-        .execute(
-            "return document.documentElement.scrollWidth > window.innerWidth",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(overflow, serde_json::Value::Bool(false));
+    assert!(!browser.scrolls_sideways().await);
     browser.screenshot(&shot(&db, "payouts-phone")).await;
     browser.close().await;
 }
@@ -256,13 +218,8 @@ async fn without_stripe_buying_credit_and_setting_up_payouts_say_why_not(db: Tes
     assert!(setup.contains("Payouts are not set up"), "{setup}");
     assert_eq!(
         browser
-            .client
-            .find_all(fantoccini::Locator::Css(
-                "form[action='/app/agents/payouts/setup']"
-            ))
-            .await
-            .unwrap()
-            .len(),
+            .count("form[action='/app/agents/payouts/setup']")
+            .await,
         0
     );
     browser.close().await;

@@ -6,14 +6,13 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use fantoccini::Locator;
 use lastmile_protocol::ConnectionClass;
 use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::{json, Value};
 
 use crate::agent_lifecycle::{settings, spawn_agent};
 use crate::browser::Browser;
-use crate::dashboard::sign_up;
+use crate::dashboard::{add_verified_site, enrol_key_in, sign_up};
 use crate::dns::DnsResponder;
 use crate::per_backend;
 use crate::support::{TestApp, TestDb};
@@ -37,17 +36,8 @@ async fn shots(browser: &Browser, db: &TestDb, name: &str) {
         .screenshot(&format!("{backend}-{name}-desktop"))
         .await;
     fit_page(browser, PHONE.0).await;
-    let overflow = browser
-        .client
-        .execute(
-            "return document.documentElement.scrollWidth > window.innerWidth",
-            vec![],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        overflow,
-        Value::Bool(false),
+    assert!(
+        !browser.scrolls_sideways().await,
         "{name} scrolls sideways at phone width"
     );
     browser.screenshot(&format!("{backend}-{name}-phone")).await;
@@ -73,46 +63,6 @@ async fn fit_page(browser: &Browser, width: u32) {
     browser.client.set_window_size(width, height).await.unwrap();
 }
 
-/// GETs `url` from inside the page (with the browser's cookies): (status, content type,
-/// body).
-async fn fetch_in_page(browser: &Browser, url: &str) -> (u64, String, String) {
-    let got = browser
-        .client
-        .execute_async(
-            "const done = arguments[arguments.length - 1];\
-             fetch(arguments[0]).then(r => r.text().then(t => done([r.status, r.headers.get('content-type') || '', t])));",
-            vec![Value::String(url.to_owned())],
-        )
-        .await
-        .unwrap();
-    (
-        got[0].as_u64().unwrap(),
-        got[1].as_str().unwrap().to_owned(),
-        got[2].as_str().unwrap().to_owned(),
-    )
-}
-
-async fn count_of(browser: &Browser, css: &str) -> usize {
-    browser
-        .client
-        .find_all(Locator::Css(css))
-        .await
-        .unwrap()
-        .len()
-}
-
-async fn attr(browser: &Browser, css: &str, name: &str) -> String {
-    browser
-        .client
-        .find(Locator::Css(css))
-        .await
-        .unwrap()
-        .attr(name)
-        .await
-        .unwrap()
-        .unwrap_or_default()
-}
-
 /// Reloads `path` until `css`'s text contains `want` (20 s at most).
 async fn wait_for_text(browser: &Browser, app: &TestApp, path: &str, css: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -128,17 +78,6 @@ async fn wait_for_text(browser: &Browser, app: &TestApp, path: &str, css: &str, 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-fn owner_id_of(app: &TestApp, email: &str) -> String {
-    lastmile_controller::logins::authenticate(
-        &mut app.db().conn().unwrap(),
-        email,
-        "a long enough password",
-    )
-    .unwrap()
-    .owner_id
-    .unwrap()
 }
 
 /// Two real agents of one volunteer: cable in Berlin (127.0.0.2), DSL in Munich
@@ -180,11 +119,8 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
 
     let browser = Browser::start(DESKTOP.0, DESKTOP.1).await;
     sign_up(&browser, &app, "owner", "Shop Ltd", "ada@shop.example").await;
-    app.credit(&owner_id_of(&app, "ada@shop.example"), 1_000);
-    browser.fill("#origin", &site.origin()).await;
-    browser.submit("form[action='/app/sites'] button").await;
-    site.publish_verification_token(&browser.text("code.token").await);
-    browser.submit("#verify-file button").await;
+    app.credit(&app.login("ada@shop.example").owner_id.unwrap(), 1_000);
+    add_verified_site(&browser, &site).await;
     assert!(browser.page_text().await.contains("(by file)"));
 
     // A check from Germany with two objectives, run three times by the two agents.
@@ -202,40 +138,34 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
         browser.goto(&format!("{}{check_page}", app.base)).await;
         browser.submit("form[action$='/runs'] button").await;
         wait_for_text(&browser, &app, &check_page, "tbody tr:first-child", "2 / 2").await;
-        let finished = count_of(&browser, "tbody tr").await;
+        let finished = browser.count("tbody tr").await;
         assert_eq!(finished, n);
     }
 
     // The report: charts drawn from the real measurements, the table by class and
     // country, the objectives judged.
     browser.click("a[href$='/report']").await;
-    browser
-        .client
-        .wait()
-        .for_element(Locator::Css("table.report"))
-        .await
-        .unwrap();
+    browser.wait_for("table.report").await;
     assert_eq!(browser.path().await, format!("{check_page}/report"));
     for chart in ["ttfb-p50", "ttfb-p95", "total-p50", "total-p95"] {
         // One dot per class for the one hour bucket the runs landed in.
-        let dots = count_of(&browser, &format!("figure#{chart} svg circle")).await;
+        let dots = browser.count(&format!("figure#{chart} svg circle")).await;
         assert_eq!(dots, 2, "{chart}");
-        let label = attr(&browser, &format!("figure#{chart} svg"), "aria-label").await;
+        let label = browser
+            .attr(&format!("figure#{chart} svg"), "aria-label")
+            .await
+            .unwrap_or_default();
         assert!(!label.is_empty(), "{chart} has no accessible name");
     }
-    assert!(count_of(&browser, "figure#ttfb-histogram svg rect").await > 1);
-    assert!(count_of(&browser, "figure#ttfb-cdf svg polyline").await >= 1);
+    assert!(browser.count("figure#ttfb-histogram svg rect").await > 1);
+    assert!(browser.count("figure#ttfb-cdf svg polyline").await >= 1);
     let legend = browser.text("ul.legend").await;
     assert!(
         legend.contains("dsl") && legend.contains("cable"),
         "{legend}"
     );
     let rows = browser.text("table.report tbody").await;
-    assert_eq!(
-        count_of(&browser, "table.report tbody tr").await,
-        2,
-        "{rows}"
-    );
+    assert_eq!(browser.count("table.report tbody tr").await, 2, "{rows}");
     for class in ["cable", "dsl"] {
         let row = rows
             .lines()
@@ -248,12 +178,12 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     assert!(rows.contains("availability >= 50 %"), "{rows}");
     // Two objectives on each of the two rows, all met.
     assert_eq!(
-        count_of(&browser, "table.report .objective .badge.ok").await,
+        browser.count("table.report .objective .badge.ok").await,
         4,
         "{rows}"
     );
     assert_eq!(
-        count_of(&browser, "table.report .objective .badge.bad").await,
+        browser.count("table.report .objective .badge.bad").await,
         0,
         "{rows}"
     );
@@ -261,9 +191,12 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     shots(&browser, &db, "report").await;
 
     // The CSV link reads the report API with the browser's session.
-    let csv_href = attr(&browser, "a[download]", "href").await;
+    let csv_href = browser
+        .attr("a[download]", "href")
+        .await
+        .unwrap_or_default();
     assert!(csv_href.starts_with(&format!("/api/v1/checks/{check_id}/report?")));
-    let (status, content_type, csv) = fetch_in_page(&browser, &csv_href).await;
+    let (status, content_type, csv) = browser.fetch(&csv_href).await;
     assert_eq!(status, 200, "{csv}");
     assert!(content_type.starts_with("text/csv"), "{content_type}");
     assert!(
@@ -274,19 +207,17 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
         csv.contains("\ncable,DE,3,3,0,") && csv.contains("\ndsl,DE,3,3,0,"),
         "{csv}"
     );
-    let json_href = attr(&browser, "a[href*='/report?'][href$='country']", "href").await;
-    let (status, _, report) = fetch_in_page(&browser, &json_href).await;
+    let json_href = browser
+        .attr("a[href*='/report?'][href$='country']", "href")
+        .await
+        .unwrap_or_default();
+    let (status, _, report) = browser.fetch(&json_href).await;
     assert_eq!(status, 200);
     let report: Value = serde_json::from_str(&report).unwrap();
     assert_eq!(report["rows"].as_array().unwrap().len(), 2);
     // Another window that holds the same hour answers the same; an unknown one explains.
     browser.click("a.tab[href='?window=7d']").await;
-    browser
-        .client
-        .wait()
-        .for_element(Locator::Css("a.tab.current[href='?window=7d']"))
-        .await
-        .unwrap();
+    browser.wait_for("a.tab.current[href='?window=7d']").await;
     assert!(browser.text("p.meta").await.contains("6 measurements"));
     browser
         .goto(&format!("{}{check_page}/report?window=2y", app.base))
@@ -299,24 +230,8 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     // Edit: the same rules as creating; a refused edit keeps what was typed.
     browser.goto(&format!("{}{check_page}", app.base)).await;
     browser.click("a[href$='/edit']").await;
-    browser
-        .client
-        .wait()
-        .for_element(Locator::Css("form.check"))
-        .await
-        .unwrap();
-    assert_eq!(
-        browser
-            .client
-            .find(Locator::Css("#countries"))
-            .await
-            .unwrap()
-            .prop("value")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("DE")
-    );
+    browser.wait_for("form.check").await;
+    assert_eq!(browser.value("#countries").await.as_deref(), Some("DE"));
     browser.fill("#name", "Home page, hourly").await;
     browser.fill("#every_seconds", "3600").await;
     browser.fill("#expected_status", "200, ok").await;
@@ -326,15 +241,7 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
         .await
         .contains("expected status codes"));
     assert_eq!(
-        browser
-            .client
-            .find(Locator::Css("#name"))
-            .await
-            .unwrap()
-            .prop("value")
-            .await
-            .unwrap()
-            .as_deref(),
+        browser.value("#name").await.as_deref(),
         Some("Home page, hourly")
     );
     browser.fill("#expected_status", "200").await;
@@ -355,12 +262,7 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
 
     // A named token, shown once, works against the API and sees the pause.
     browser.click("header nav a[href='/app/tokens']").await;
-    browser
-        .client
-        .wait()
-        .for_element(Locator::Css("#token-name"))
-        .await
-        .unwrap();
+    browser.wait_for("#token-name").await;
     browser.fill("#token-name", "nightly CI").await;
     browser.submit("form[action='/app/tokens'] button").await;
     let secret = browser.text("#new-token").await;
@@ -455,12 +357,7 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
         .submit("form[action='/app/agents/enrol-key'] button")
         .await;
     let command = browser.text("pre code").await;
-    let key = command
-        .split_whitespace()
-        .skip_while(|w| *w != "--enrol-key")
-        .nth(1)
-        .unwrap()
-        .to_owned();
+    let key = enrol_key_in(&command);
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let agents = two_agents(&app, &key, &dirs);
     // Another volunteer with fewer points: six minutes online (one point).
@@ -482,27 +379,15 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
     // An owner's check, run twice by Ada's two agents: four paid results.
     let owner = app.owner("Shop");
     let site_id = app.verified_site(&owner, &site).await;
-    let (status, check) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(&owner),
-            Some(json!({"site_id": site_id, "url": format!("{}/", site.origin()), "selection": {"countries": ["DE"]}})),
+    let check = app
+        .create_check(
+            &owner,
+            json!({"site_id": site_id, "url": format!("{}/", site.origin()), "selection": {"countries": ["DE"]}}),
         )
         .await;
-    assert_eq!(status, 201, "{check}");
     let id = check["id"].as_str().unwrap();
     for _ in 0..2 {
-        let (status, run) = app
-            .call(
-                "POST",
-                &format!("/api/v1/checks/{id}/runs"),
-                Some(&owner),
-                None,
-            )
-            .await;
-        assert_eq!(status, 201, "{run}");
-        let run_id = run["id"].as_str().unwrap().to_owned();
+        let run_id = app.start_run(&owner, id).await;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let (_, run) = app
@@ -521,13 +406,7 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
         }
     }
     // A payout of 5 cents in transit, as `payouts::start` leaves it (row and ledger).
-    let login = lastmile_controller::logins::authenticate(
-        &mut app.db().conn().unwrap(),
-        "ada@volunteer.example",
-        "a long enough password",
-    )
-    .unwrap();
-    let volunteer_id = login.volunteer_id.unwrap();
+    let volunteer_id = app.login("ada@volunteer.example").volunteer_id.unwrap();
     lastmile_billing::ledger::with_write_tx(&mut *app.db().conn().unwrap(), |c| {
         lastmile_billing::ledger::post(
             c,
@@ -570,12 +449,7 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
 
     // The leaderboard marks Ada's own row; signed out, anyone can read it.
     browser.click("header nav a[href='/app/leaderboard']").await;
-    browser
-        .client
-        .wait()
-        .for_element(Locator::Css("table.leaderboard"))
-        .await
-        .unwrap();
+    browser.wait_for("table.leaderboard").await;
     assert!(browser.text("tr.you").await.contains("Ada Lovelace"));
     browser.submit("header form button").await;
     browser.goto(&format!("{}/app/leaderboard", app.base)).await;
@@ -584,23 +458,21 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
     let first = rows.lines().next().unwrap_or_default().to_owned();
     assert!(first.starts_with("1 Ada Lovelace"), "{rows}");
     assert!(rows.contains("Bob"), "{rows}");
-    assert_eq!(count_of(&browser, "tr.you").await, 0);
+    assert_eq!(browser.count("tr.you").await, 0);
     shots(&browser, &db, "leaderboard-week").await;
     browser.click("a.tab[href$='all_time']").await;
-    browser
-        .client
-        .wait()
-        .for_element(Locator::Css("a.tab.current[href$='all_time']"))
-        .await
-        .unwrap();
+    browser.wait_for("a.tab.current[href$='all_time']").await;
     assert!(browser
         .text("table.leaderboard")
         .await
         .contains("Ada Lovelace"));
     // The CSV link is the public API.
-    let href = attr(&browser, "a[download]", "href").await;
+    let href = browser
+        .attr("a[download]", "href")
+        .await
+        .unwrap_or_default();
     assert_eq!(href, "/api/v1/leaderboard?period=all_time&format=csv");
-    let (status, _, csv) = fetch_in_page(&browser, &href).await;
+    let (status, _, csv) = browser.fetch(&href).await;
     assert_eq!(status, 200);
     assert!(
         csv.lines().nth(1).unwrap().starts_with("1,Ada Lovelace,"),
@@ -613,21 +485,6 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
     }
 }
 
-/// A signed-in browser's session cookie and CSRF token.
-async fn session_of(browser: &Browser) -> (String, String) {
-    let csrf = browser
-        .client
-        .find(Locator::Css("input[name=csrf]"))
-        .await
-        .unwrap()
-        .prop("value")
-        .await
-        .unwrap()
-        .unwrap();
-    let cookie = browser.client.get_named_cookie("lm_session").await.unwrap();
-    (format!("lm_session={}", cookie.value()), csrf)
-}
-
 async fn another_owner_can_never_see_change_pause_report_or_revoke(db: TestDb) {
     // No scheduler ticks: the only runs are ones somebody asked for.
     let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
@@ -637,15 +494,12 @@ async fn another_owner_can_never_see_change_pause_report_or_revoke(db: TestDb) {
     // The first owner (API) has a site, a check and a named token.
     let (first_id, first) = app.owner_with_credit("First", 1_000);
     let site_id = app.verified_site(&first, &site).await;
-    let (status, check) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(&first),
-            Some(json!({"site_id": site_id, "url": format!("{}/", site.origin()), "name": "First's check"})),
+    let check = app
+        .create_check(
+            &first,
+            json!({"site_id": site_id, "url": format!("{}/", site.origin()), "name": "First's check"}),
         )
         .await;
-    assert_eq!(status, 201, "{check}");
     let check_id = check["id"].as_str().unwrap().to_owned();
     let (token, token_secret) = lastmile_controller::api_tokens::create(
         &mut app.db().conn().unwrap(),
@@ -668,7 +522,7 @@ async fn another_owner_can_never_see_change_pause_report_or_revoke(db: TestDb) {
     browser
         .screenshot(&format!("{}-report-not-yours", db.backend_name()))
         .await;
-    let (cookie, csrf) = session_of(&browser).await;
+    let (cookie, csrf) = browser.session().await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
@@ -765,15 +619,12 @@ async fn editing_and_pausing_through_the_api_follow_the_rules_of_creation(db: Te
     let owner = app.owner("Owner");
     let site_id = app.verified_site(&owner, &site).await;
     let url = format!("{}/", site.origin());
-    let (status, check) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(&owner),
-            Some(json!({"site_id": site_id, "url": url, "schedule": {"every_seconds": 60}})),
+    let check = app
+        .create_check(
+            &owner,
+            json!({"site_id": site_id, "url": url, "schedule": {"every_seconds": 60}}),
         )
         .await;
-    assert_eq!(status, 201, "{check}");
     let id = check["id"].as_str().unwrap().to_owned();
 
     // A bad edit is refused with the reason creation gives, and changes nothing.

@@ -144,6 +144,9 @@ pub fn test_geo(dir: &std::path::Path) -> GeoConfig {
     }
 }
 
+/// The password of every account the tests sign up (see `dashboard::sign_up`).
+pub const PASSWORD: &str = "a long enough password";
+
 /// The test credit [`TestApp::owner`] grants: 10 000.00 usd.
 pub const OWNER_CREDIT: i64 = 1_000_000;
 
@@ -252,6 +255,12 @@ impl TestApp {
             .1
     }
 
+    /// The login of an account signed up with [`PASSWORD`] (its owner or volunteer id).
+    pub fn login(&self, email: &str) -> lastmile_controller::logins::Login {
+        lastmile_controller::logins::authenticate(&mut self.db().conn().unwrap(), email, PASSWORD)
+            .unwrap()
+    }
+
     /// An HTTP client sending from `source`.
     pub fn client_from(source: Ipv4Addr) -> reqwest::Client {
         reqwest::Client::builder()
@@ -326,6 +335,30 @@ impl TestApp {
             .await;
         assert_eq!(status, 200, "{ack}");
         token
+    }
+
+    /// Creates a check through the API (`body` as `POST /api/v1/checks` takes it);
+    /// returns the created check.
+    pub async fn create_check(&self, owner: &str, body: Value) -> Value {
+        let (status, check) = self
+            .call("POST", "/api/v1/checks", Some(owner), Some(body))
+            .await;
+        assert_eq!(status, 201, "{check}");
+        check
+    }
+
+    /// Asks for a run of `check` now; returns the run's id.
+    pub async fn start_run(&self, owner: &str, check: &str) -> String {
+        let (status, run) = self
+            .call(
+                "POST",
+                &format!("/api/v1/checks/{check}/runs"),
+                Some(owner),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{run}");
+        run["id"].as_str().unwrap().to_owned()
     }
 
     /// Adds and verifies a site served by `origin`'s test site; returns its id.

@@ -39,33 +39,14 @@ async fn owner_and_check(app: &TestApp, agents_per_run: u32) -> (String, String,
         .unwrap();
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
-    let (status, check) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(&owner),
-            Some(
-                json!({"site_id": site_id, "url": format!("{}/", site.origin()),
+    let check = app
+        .create_check(
+            &owner,
+            json!({"site_id": site_id, "url": format!("{}/", site.origin()),
                 "selection": {"agents_per_run": agents_per_run}}),
-            ),
         )
         .await;
-    assert_eq!(status, 201, "{check}");
     (owner, check["id"].as_str().unwrap().to_owned(), site)
-}
-
-/// Creates a run of `check`; returns its id.
-async fn run(app: &TestApp, owner: &str, check: &str) -> String {
-    let (status, run) = app
-        .call(
-            "POST",
-            &format!("/api/v1/checks/{check}/runs"),
-            Some(owner),
-            None,
-        )
-        .await;
-    assert_eq!(status, 201, "{run}");
-    run["id"].as_str().unwrap().to_owned()
 }
 
 /// Reports a calibration with these figures.
@@ -108,6 +89,13 @@ fn measured(assignment: &Value, t: [u64; 4], bytes: u64) -> Value {
                 "transfer": transfer, "total": dns + connect + ttfb + transfer + 1000}
         }
     })
+}
+
+/// Leases the agent's one assignment and submits a successful measurement for it (see
+/// [`measured`]).
+async fn submit_measured(app: &TestApp, token: &str, t: [u64; 4], bytes: u64) -> Value {
+    let assignment = lease(app, token).await;
+    submit(app, token, &measured(&assignment, t, bytes)).await
 }
 
 async fn submit(app: &TestApp, token: &str, body: &Value) -> Value {
@@ -200,35 +188,17 @@ async fn a_ttfb_shorter_than_the_line_allows_is_flagged_kept_and_not_paid(db: Te
     let uncalibrated = app
         .agent(Ipv4Addr::new(127, 0, 0, 4), &honest_key, "dsl", 1)
         .await;
-    let run_id = run(&app, &owner, &check).await;
+    let run_id = app.start_run(&owner, &check).await;
 
     // Honest: a nearby site answers in 22 ms, below the 40 ms to the controller but
     // above the DSL access floor (10 ms).
-    submit(
-        &app,
-        &honest,
-        &measured(
-            &lease(&app, &honest).await,
-            [900, 21_000, 22_000, 4_100],
-            8192,
-        ),
-    )
-    .await;
+    submit_measured(&app, &honest, [900, 21_000, 22_000, 4_100], 8192).await;
     // Made up: 2 ms to the first byte over a 40 ms DSL line.
     let fake_id = lease(&app, &cheat).await;
     let fake = measured(&fake_id, [300, 800, 2_000, 400], 8192);
     let first_ack = submit(&app, &cheat, &fake).await;
     // Without a calibration there is nothing to judge a 1 ms ttfb by.
-    submit(
-        &app,
-        &uncalibrated,
-        &measured(
-            &lease(&app, &uncalibrated).await,
-            [100, 500, 1_000, 300],
-            8192,
-        ),
-    )
-    .await;
+    submit_measured(&app, &uncalibrated, [100, 500, 1_000, 300], 8192).await;
     // A retry of the flagged submission: same answer, no second flag, still unpaid.
     assert_eq!(submit(&app, &cheat, &fake).await, first_ack);
 
@@ -356,30 +326,18 @@ async fn a_body_faster_than_the_calibrated_line_is_flagged_and_slow_lines_are_no
         .agent(Ipv4Addr::new(127, 0, 0, 4), &fibre_key, "fibre", 1)
         .await;
     calibrate(&app, &fibre, 4, 1_000_000_000).await;
-    run(&app, &owner, &check).await;
+    app.start_run(&owner, &check).await;
 
     // 200 kB over the modem: ~26 s honestly (here 29 s, a slow moment included).
-    submit(
+    submit_measured(
         &app,
         &modem,
-        &measured(
-            &lease(&app, &modem).await,
-            [20_000, 160_000, 180_000, 29_000_000],
-            200_000,
-        ),
+        [20_000, 160_000, 180_000, 29_000_000],
+        200_000,
     )
     .await;
     // 200 kB over fibre in 2 ms: fast, but the line carries it.
-    submit(
-        &app,
-        &fibre,
-        &measured(
-            &lease(&app, &fibre).await,
-            [1_000, 300, 5_000, 2_000],
-            200_000,
-        ),
-    )
-    .await;
+    submit_measured(&app, &fibre, [1_000, 300, 5_000, 2_000], 200_000).await;
     // 200 kB over a modem in 40 ms: 37 Mbit/s on a 56 kbit/s line.
     let fake_id = lease(&app, &cheat).await;
     submit(
@@ -427,16 +385,12 @@ async fn a_result_far_from_its_peers_is_flagged_and_honest_variance_is_not(db: T
     // Three runs: ttfb 95-160 ms, total 180-300 ms, as DSL lines spread.
     let mut n = 0u64;
     for _ in 0..3 {
-        run(&app, &owner, &check).await;
+        app.start_run(&owner, &check).await;
         for token in &peers {
             n += 1;
             let ttfb = 95_000 + (n * 37_000) % 65_000;
-            let body = measured(
-                &lease(&app, token).await,
-                [2_000 + n, 30_000, ttfb, 55_000 + n * 3_000],
-                8192,
-            );
-            submit(&app, token, &body).await;
+            let t = [2_000 + n, 30_000, ttfb, 55_000 + n * 3_000];
+            submit_measured(&app, token, t, 8192).await;
         }
     }
     assert_eq!(rules_by_assignment(&flags(&app).await), []);
@@ -447,7 +401,7 @@ async fn a_result_far_from_its_peers_is_flagged_and_honest_variance_is_not(db: T
     let cheat = app
         .agent(Ipv4Addr::new(127, 0, 0, 2), &cheat_key, "dsl", 1)
         .await;
-    run(&app, &owner, &check).await;
+    app.start_run(&owner, &check).await;
     let fake_id = lease(&app, &cheat).await;
     submit(
         &app,
@@ -455,26 +409,8 @@ async fn a_result_far_from_its_peers_is_flagged_and_honest_variance_is_not(db: T
         &measured(&fake_id, [200, 900, 3_000, 1_000], 8192),
     )
     .await;
-    submit(
-        &app,
-        &peers[0],
-        &measured(
-            &lease(&app, &peers[0]).await,
-            [2_500, 31_000, 240_000, 90_000],
-            8192,
-        ),
-    )
-    .await;
-    submit(
-        &app,
-        &peers[1],
-        &measured(
-            &lease(&app, &peers[1]).await,
-            [2_400, 29_000, 70_000, 40_000],
-            8192,
-        ),
-    )
-    .await;
+    submit_measured(&app, &peers[0], [2_500, 31_000, 240_000, 90_000], 8192).await;
+    submit_measured(&app, &peers[1], [2_400, 29_000, 70_000, 40_000], 8192).await;
 
     let list = flags(&app).await;
     assert_eq!(
@@ -511,7 +447,7 @@ async fn copied_and_replayed_results_are_flagged_and_resubmission_is_not(db: Tes
     let timings = [1_234, 11_873, 31_402, 2_917];
 
     // Run 1: Ada measures; Bob sends Ada's numbers as his own.
-    run(&app, &owner, &check).await;
+    app.start_run(&owner, &check).await;
     let ada_first = measured(&lease(&app, &ada).await, timings, 8192);
     submit(&app, &ada, &ada_first).await;
     let copied_id = lease(&app, &bob).await;
@@ -521,20 +457,11 @@ async fn copied_and_replayed_results_are_flagged_and_resubmission_is_not(db: Tes
 
     // Run 2: Ada sends her run-1 measurement again for the new assignment; Bob measures
     // honestly, and his numbers differ from Ada's by one microsecond of DNS.
-    run(&app, &owner, &check).await;
+    app.start_run(&owner, &check).await;
     let replayed_id = lease(&app, &ada).await;
     submit(&app, &ada, &measured(&replayed_id, timings, 8192)).await;
     let [dns, connect, ttfb, transfer] = timings;
-    submit(
-        &app,
-        &bob,
-        &measured(
-            &lease(&app, &bob).await,
-            [dns + 1, connect, ttfb, transfer],
-            8192,
-        ),
-    )
-    .await;
+    submit_measured(&app, &bob, [dns + 1, connect, ttfb, transfer], 8192).await;
 
     let list = flags(&app).await;
     let mut got = rules_by_assignment(&list);
@@ -588,7 +515,7 @@ async fn only_one_agent_per_volunteer_and_address_is_paid_for_a_run(db: TestDb) 
     let shared_nat = app
         .agent(Ipv4Addr::new(127, 0, 0, 2), &neighbour, "dsl", 1)
         .await;
-    let run_id = run(&app, &owner, &check).await;
+    let run_id = app.start_run(&owner, &check).await;
     let mut farm_ids = Vec::new();
     for (i, token) in farm.iter().chain([&elsewhere, &shared_nat]).enumerate() {
         let id = lease(&app, token).await;

@@ -377,7 +377,22 @@ pub async fn eligible(
     }
 }
 
+/// `POST /app/checks`: creates through [`checks::create`]; a refused form comes back
+/// with what was typed and why.
 pub async fn create(user: SignedIn, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
+    submit(user, state, body, None).await
+}
+
+/// The check form posted, for a new check (`editing` is `None`) or to edit the check
+/// `editing`: the one path from the form to [`checks::create`] or [`checks::update`],
+/// so that both follow the same rules. "Count" only counts the matching agents; a
+/// refused form comes back with what was typed and why.
+async fn submit(
+    user: SignedIn,
+    state: web::Data<AppState>,
+    body: web::Bytes,
+    editing: Option<String>,
+) -> HttpResponse {
     let Some(owner) = user.0.login.owner_id.clone() else {
         return not_an_owner(&user);
     };
@@ -391,12 +406,23 @@ pub async fn create(user: SignedIn, state: web::Data<AppState>, body: web::Bytes
     if !user.csrf_ok(&fields.csrf) {
         return super::sites::forbidden_form(&user);
     }
+    let current = match editing.clone() {
+        Some(id) => {
+            let o = owner.clone();
+            match state.db.run(move |c| checks::get(c, &o, &id)).await {
+                Ok(c) => Some(c),
+                Err(e) => return failed(&user, &e),
+            }
+        }
+        None => None,
+    };
     let sites = match verified_sites(&state, &owner).await {
         Ok(s) => s,
         Err(e) => return failed(&user, &e),
     };
     let again = |status: StatusCode, eligible: Option<usize>, error: Option<String>| {
         let mut form = form_of(&fields, sites.clone());
+        form.editing = current.as_ref().map(|c| (c.id.clone(), c.name.clone()));
         form.eligible = eligible;
         form.error = error;
         html(status, pages::new(&user.nav(), &form))
@@ -415,11 +441,21 @@ pub async fn create(user: SignedIn, state: web::Data<AppState>, body: web::Bytes
         Err(e) => return again(e.status_code(), None, Some(e.to_string())),
     };
     let min_interval = state.config.min_check_interval_s;
-    let created = state
-        .db
-        .run(move |c| checks::create(c, &owner, &new, min_interval))
-        .await;
-    match created {
+    let saved = match editing {
+        None => {
+            state
+                .db
+                .run(move |c| checks::create(c, &owner, &new, min_interval))
+                .await
+        }
+        Some(id) => {
+            state
+                .db
+                .run(move |c| checks::update(c, &owner, &id, &new, min_interval))
+                .await
+        }
+    };
+    match saved {
         Ok(check) => see_other(&format!("/app/checks/{}", check.id)),
         Err(e) => again(e.status_code(), None, Some(e.to_string())),
     }
@@ -614,58 +650,7 @@ pub async fn update(
     id: web::Path<String>,
     body: web::Bytes,
 ) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    let fields: CheckFields = match serde_html_form::from_bytes(&body) {
-        Ok(f) => f,
-        Err(e) => {
-            let e = Error::invalid("invalid_form", format!("the form could not be read: {e}"));
-            return failed(&user, &e);
-        }
-    };
-    if !user.csrf_ok(&fields.csrf) {
-        return super::sites::forbidden_form(&user);
-    }
-    let id = id.into_inner();
-    let (o, i) = (owner.clone(), id.clone());
-    let current = match state.db.run(move |c| checks::get(c, &o, &i)).await {
-        Ok(c) => c,
-        Err(e) => return failed(&user, &e),
-    };
-    let sites = match verified_sites(&state, &owner).await {
-        Ok(s) => s,
-        Err(e) => return failed(&user, &e),
-    };
-    let again = |status: StatusCode, eligible: Option<usize>, error: Option<String>| {
-        let mut form = form_of(&fields, sites.clone());
-        form.editing = Some((current.id.clone(), current.name.clone()));
-        form.eligible = eligible;
-        form.error = error;
-        html(status, pages::new(&user.nav(), &form))
-    };
-    if fields.action == "count" {
-        return match selection_of(&fields) {
-            Ok(selection) => match count(&state, selection).await {
-                Ok(n) => again(StatusCode::OK, Some(n), None),
-                Err(e) => again(e.status_code(), None, Some(e.to_string())),
-            },
-            Err(e) => again(e.status_code(), None, Some(e.to_string())),
-        };
-    }
-    let new = match new_check_of(&fields) {
-        Ok(n) => n,
-        Err(e) => return again(e.status_code(), None, Some(e.to_string())),
-    };
-    let min_interval = state.config.min_check_interval_s;
-    let updated = state
-        .db
-        .run(move |c| checks::update(c, &owner, &id, &new, min_interval))
-        .await;
-    match updated {
-        Ok(check) => see_other(&format!("/app/checks/{}", check.id)),
-        Err(e) => again(e.status_code(), None, Some(e.to_string())),
-    }
+    submit(user, state, body, Some(id.into_inner())).await
 }
 
 async fn set_paused(
