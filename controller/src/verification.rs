@@ -708,6 +708,7 @@ mod tests {
             calibration_day: 0,
             calibration_bytes: 0,
             paused_reason: None,
+            check_kinds: "http,page".into(),
         }
     }
 
