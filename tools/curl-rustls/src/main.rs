@@ -73,6 +73,18 @@ fn transfer(args: &Args) -> Result<String, curl::Error> {
 }
 
 fn main() -> ExitCode {
+    // libcurl's rustls backend takes rustls' process-wide default crypto provider. Make it
+    // the agent's (rustls on ring): the default here, aws-lc-rs, would add a post-quantum
+    // X25519MLKEM768 key share (a 1.5 KB ClientHello instead of 250 bytes), which costs
+    // upstream time on a slow line and would make the handshakes differ in bytes, not
+    // only in how they are timed.
+    if rustls::crypto::ring::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("curl-rustls: a crypto provider was installed already");
+        return ExitCode::FAILURE;
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
