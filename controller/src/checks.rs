@@ -157,6 +157,14 @@ impl Check {
         }
     }
 
+    /// The check's kind. A stored kind this controller does not know (written by a newer
+    /// one) is an internal error: nothing could measure it.
+    pub fn check_kind(&self) -> Result<CheckKind> {
+        self.kind
+            .parse()
+            .map_err(|e| Error::Internal(format!("check {}: {e}", self.id)))
+    }
+
     /// The check's SLA objectives.
     pub fn objectives(&self) -> Vec<Objective> {
         serde_json::from_str(&self.objectives).unwrap_or_default()

@@ -128,27 +128,31 @@ pub struct RunView {
     pub finished: bool,
 }
 
-/// The agents a run created now would plan in: online since `since`, not paused by
-/// their volunteer's limits (they would not take the work), and matching `selection`.
+/// The agents a run of a `kind` check created now would plan in: online since `since`,
+/// not paused by their volunteer's limits (they would not take the work), able to
+/// measure `kind` (an older agent would fail to parse the task and lose its whole lease
+/// with it), and matching `selection`.
 pub fn eligible_agents(
     conn: &mut DbConn,
     selection: &Selection,
+    kind: CheckKind,
     since: Micros,
 ) -> Result<Vec<Agent>> {
     Ok(agents::online_since(conn, since)?
         .into_iter()
-        .filter(|a| a.paused_reason.is_none() && selection.matches(a))
+        .filter(|a| a.paused_reason.is_none() && a.measures(kind) && selection.matches(a))
         .collect())
 }
 
-/// How many agents a run of `selection` created now would plan in.
+/// How many agents a run of a `kind` check with `selection` created now would plan in.
 pub fn count_eligible(
     conn: &mut DbConn,
     selection: &Selection,
+    kind: CheckKind,
     policy: &SchedulingPolicy,
     now: Micros,
 ) -> Result<usize> {
-    Ok(eligible_agents(conn, selection, now - policy.online_window_us)?.len())
+    Ok(eligible_agents(conn, selection, kind, now - policy.online_window_us)?.len())
 }
 
 /// Creates a run of `check` now: snapshots the eligible agents and creates the pending
@@ -162,17 +166,10 @@ pub fn create_run(
     now: Micros,
 ) -> Result<RunView> {
     let selection = check.selection();
-    // A kind the controller does not know cannot be measured by anyone (cannot happen:
-    // the kind was checked when the check was written).
-    let kind: Option<CheckKind> = check.kind.parse().ok();
+    let kind = check.check_kind()?;
     let run_id = Uuid::new_v4().to_string();
     write_tx(conn, |c| {
-        // Only agents that can measure the check's kind: an older agent would fail to
-        // parse the task and lose its whole lease with it.
-        let eligible: Vec<Agent> = eligible_agents(c, &selection, now - policy.online_window_us)?
-            .into_iter()
-            .filter(|a| kind.is_some_and(|k| a.measures(k)))
-            .collect();
+        let eligible = eligible_agents(c, &selection, kind, now - policy.online_window_us)?;
         let requested = eligible.len().min(selection.agents_per_run as usize);
         billing::admit_run(c, check, requested as u32)?;
         let run = RunRow {

@@ -8,7 +8,7 @@
   function recount() {
     var data = new FormData(form);
     var q = new URLSearchParams();
-    ["countries", "asns"].forEach(function (k) { q.set(k, data.get(k) || ""); });
+    ["countries", "asns", "kind"].forEach(function (k) { q.set(k, data.get(k) || ""); });
     data.getAll("connection_classes").forEach(function (c) { q.append("connection_classes", c); });
     fetch("/app/checks/eligible?" + q.toString(), { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.json() : null; })
@@ -17,9 +17,12 @@
       })
       .catch(function () {});
   }
-  form.addEventListener("input", function () {
+  function later() {
     clearTimeout(timer);
     timer = setTimeout(recount, 250);
-  });
+  }
+  // Text fields report "input"; a select may report only "change".
+  form.addEventListener("input", later);
+  form.addEventListener("change", later);
   recount();
 })();

@@ -5,7 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, ResponseError};
 use lastmile_dashboard::checks::{self as pages, CheckDetail, CheckForm, CheckItem, RunItem};
 use lastmile_dashboard::sites::problem;
-use lastmile_protocol::ConnectionClass;
+use lastmile_protocol::{CheckKind, ConnectionClass};
 use serde::Deserialize;
 
 use super::session::SignedIn;
@@ -188,6 +188,16 @@ fn optional_number(raw: &str, field: &str) -> Result<Option<u64>, Error> {
     })
 }
 
+/// What the form's "measure" field asks for; `http` when not given.
+fn kind_of(f: &CheckFields) -> Result<CheckKind, Error> {
+    match f.kind.trim() {
+        "" => Ok(CheckKind::Http),
+        k => k
+            .parse()
+            .map_err(|e| Error::invalid("invalid_form", format!("measure: {e} (http or page)"))),
+    }
+}
+
 fn selection_of(f: &CheckFields) -> Result<Selection, Error> {
     let classes = f
         .connection_classes
@@ -218,12 +228,7 @@ fn new_check_of(f: &CheckFields) -> Result<NewCheck, Error> {
         site_id,
         name: Some(f.name.trim().to_owned()).filter(|n| !n.is_empty()),
         url: f.url.trim().to_owned(),
-        kind: match f.kind.trim() {
-            "" => lastmile_protocol::CheckKind::Http,
-            k => k.parse().map_err(|e| {
-                Error::invalid("invalid_form", format!("measure: {e} (http or page)"))
-            })?,
-        },
+        kind: kind_of(f)?,
         expected_status: list_of(&f.expected_status, "expected status codes", "a status code")?,
         max_bytes: optional_number(&f.max_bytes, "max bytes")?,
         timeout_ms: optional_number(&f.timeout_ms, "timeout")?,
@@ -316,11 +321,11 @@ async fn verified_sites(state: &AppState, owner: &str) -> Result<Vec<(String, St
         .collect())
 }
 
-async fn count(state: &AppState, selection: Selection) -> Result<usize, Error> {
+async fn count(state: &AppState, selection: Selection, kind: CheckKind) -> Result<usize, Error> {
     let policy = state.policy;
     state
         .db
-        .run(move |c| scheduling::count_eligible(c, &selection, &policy, now_us()))
+        .run(move |c| scheduling::count_eligible(c, &selection, kind, &policy, now_us()))
         .await
 }
 
@@ -343,11 +348,14 @@ pub async fn new_form(user: SignedIn, state: web::Data<AppState>) -> HttpRespons
         },
         sites,
     );
-    form.eligible = count(&state, Selection::default()).await.ok();
+    form.eligible = count(&state, Selection::default(), CheckKind::Http)
+        .await
+        .ok();
     html(StatusCode::OK, pages::new(&user.nav(), &form))
 }
 
-/// `GET /app/checks/eligible?countries=..&asns=..&connection_classes=..`: the live count.
+/// `GET /app/checks/eligible?countries=..&asns=..&connection_classes=..&kind=..`: the live
+/// count (agents that measure `kind` only: an older agent takes no page checks).
 pub async fn eligible(
     user: SignedIn,
     state: web::Data<AppState>,
@@ -362,11 +370,12 @@ pub async fn eligible(
             "countries" => fields.countries = v,
             "asns" => fields.asns = v,
             "connection_classes" => fields.connection_classes.push(v),
+            "kind" => fields.kind = v,
             _ => {}
         }
     }
-    let result = match selection_of(&fields) {
-        Ok(selection) => count(&state, selection).await,
+    let result = match selection_of(&fields).and_then(|s| Ok((s, kind_of(&fields)?))) {
+        Ok((selection, kind)) => count(&state, selection, kind).await,
         Err(e) => Err(e),
     };
     match result {
@@ -428,8 +437,8 @@ async fn submit(
         html(status, pages::new(&user.nav(), &form))
     };
     if fields.action == "count" {
-        return match selection_of(&fields) {
-            Ok(selection) => match count(&state, selection).await {
+        return match selection_of(&fields).and_then(|s| Ok((s, kind_of(&fields)?))) {
+            Ok((selection, kind)) => match count(&state, selection, kind).await {
                 Ok(n) => again(StatusCode::OK, Some(n), None),
                 Err(e) => again(e.status_code(), None, Some(e.to_string())),
             },
@@ -638,7 +647,10 @@ pub async fn edit_form(
     };
     let mut form = form_of(&fields_of(&check), sites);
     form.editing = Some((check.id.clone(), check.name.clone()));
-    form.eligible = count(&state, check.selection()).await.ok();
+    form.eligible = match check.check_kind() {
+        Ok(kind) => count(&state, check.selection(), kind).await.ok(),
+        Err(_) => None,
+    };
     html(StatusCode::OK, pages::new(&user.nav(), &form))
 }
 
