@@ -241,6 +241,8 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
 /// One run in a check's page.
 #[derive(Debug, Clone)]
 pub struct RunItem {
+    /// The run's id: its start links to its results page.
+    pub id: String,
     pub created: String,
     pub requested: u32,
     pub done: u32,
@@ -321,7 +323,7 @@ pub fn detail(nav: &Nav, c: &CheckDetail, runs: &[RunItem], error: Option<&str>)
                         thead { tr { th scope="col" { "Started" } th scope="col" { "Measured" } th scope="col" { "State" } } }
                         tbody {
                             @for r in runs {
-                                tr { td { (r.created) } td.num { (r.done) " / " (r.requested) } td { (r.state) } }
+                                tr { td { a href={ "/app/checks/" (c.id) "/runs/" (r.id) } title="What each agent saw" { (r.created) } } td.num { (r.done) " / " (r.requested) } td { (r.state) } }
                             }
                         }
                     }

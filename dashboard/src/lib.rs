@@ -14,6 +14,7 @@ pub mod checks;
 pub mod layout;
 pub mod leaderboard;
 pub mod reports;
+pub mod runs;
 pub mod sites;
 pub mod tokens;
 pub mod volunteers;

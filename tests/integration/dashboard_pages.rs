@@ -29,7 +29,7 @@ const PHONE: (u32, u32) = (390, 1100);
 
 /// Screenshots of the current page at desktop and phone widths; at phone width the
 /// page must not scroll sideways (wide tables scroll inside their own box).
-async fn shots(browser: &Browser, db: &TestDb, name: &str) {
+pub(crate) async fn shots(browser: &Browser, db: &TestDb, name: &str) {
     let backend = db.backend_name();
     fit_page(browser, DESKTOP.0).await;
     browser

@@ -13,6 +13,7 @@ mod cheating;
 mod dashboard;
 mod dashboard_money;
 mod dashboard_pages;
+mod dashboard_runs;
 mod dns;
 mod end_to_end;
 mod isp;

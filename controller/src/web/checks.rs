@@ -1,9 +1,10 @@
 //! A site owner's checks: list, create (with a live count of matching agents), a check's
-//! page with its runs, and "run now".
+//! page with its runs, one run's results, and "run now".
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse, ResponseError};
 use lastmile_dashboard::checks::{self as pages, CheckDetail, CheckForm, CheckItem, RunItem};
+use lastmile_dashboard::runs::{self, HopItem, ResultRow, RunHeader};
 use lastmile_dashboard::sites::problem;
 use lastmile_protocol::{CheckKind, ConnectionClass};
 use serde::Deserialize;
@@ -13,6 +14,7 @@ use super::{html, see_other};
 use crate::checks::{self, Check, NewCheck, Schedule, Selection};
 use crate::clock::now_us;
 use crate::error::Error;
+use crate::run_results::{self, ResultView};
 use crate::scheduling::{self, RunView};
 use crate::server::AppState;
 use crate::sites;
@@ -472,6 +474,7 @@ async fn submit(
 
 fn run_item(r: &RunView) -> RunItem {
     RunItem {
+        id: r.id.to_string(),
         created: r.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
         requested: r.requested,
         done: r.done,
@@ -706,4 +709,110 @@ pub async fn resume(
     form: web::Form<CsrfOnly>,
 ) -> HttpResponse {
     set_paused(user, state, id.into_inner(), &form.csrf, false).await
+}
+
+/// `GET /app/checks/{id}/runs/{run_id}`: what each agent saw in one run. Access is
+/// [`run_results::list`]'s (another owner's or an unknown run is its 404); the check
+/// and run are read after it only for the page's heading.
+pub async fn run_results(
+    user: SignedIn,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> HttpResponse {
+    let Some(owner) = user.0.login.owner_id.clone() else {
+        return not_an_owner(&user);
+    };
+    let (id, run_id) = path.into_inner();
+    let found = state
+        .db
+        .run(move |c| {
+            let results = run_results::list(c, &owner, &id, &run_id)?;
+            let check = checks::get(c, &owner, &id)?;
+            let run = scheduling::get_run(c, &owner, &id, &run_id)?;
+            Ok::<_, Error>((check, run, results))
+        })
+        .await;
+    match found {
+        Ok((check, run, results)) => {
+            let header = RunHeader {
+                check_id: check.id.clone(),
+                check_name: check.name.clone(),
+                url: check.url.clone(),
+                started: run.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                progress: format!(
+                    "{} / {} measured · {}",
+                    run.done,
+                    run.requested,
+                    run_item(&run).state
+                ),
+                is_page: check.kind == "page",
+            };
+            let rows: Vec<ResultRow> = results.iter().map(result_row).collect();
+            html(StatusCode::OK, runs::results(&user.nav(), &header, &rows))
+        }
+        Err(e) => failed(&user, &e),
+    }
+}
+
+/// "340.2 kB" from bytes (decimal units, as browsers' network panels show them).
+fn bytes_text(n: u64) -> String {
+    match n {
+        0..=999 => format!("{n} B"),
+        1_000..=999_999 => format!("{:.1} kB", n as f64 / 1e3),
+        _ => format!("{:.1} MB", n as f64 / 1e6),
+    }
+}
+
+fn result_row(r: &ResultView) -> ResultRow {
+    let mut place: Vec<String> = Vec::new();
+    if let Some(country) = &r.country {
+        place.push(country.clone());
+    }
+    if let Some(asn) = r.asn {
+        place.push(format!("AS{asn}"));
+    }
+    ResultRow {
+        class: r.connection_class.clone(),
+        place: if place.is_empty() {
+            "unknown location".into()
+        } else {
+            place.join(" · ")
+        },
+        status: r.status,
+        error: r
+            .error
+            .as_ref()
+            .map(|e| (e.kind.clone(), e.message.clone())),
+        ttfb: super::reports::ms(r.timings_us.ttfb),
+        total: super::reports::ms(r.timings_us.total),
+        remote_addr: r.remote_addr.clone(),
+        ip_version: r.ip_version.map(|v| format!("IPv{v}")),
+        http_version: r.http_version.as_ref().map(|v| format!("HTTP/{v}")),
+        redirect_count: r.redirect_count,
+        hops: r
+            .redirects
+            .iter()
+            .map(|h| HopItem {
+                status: h.status,
+                url: h.url.clone(),
+                location: h.location.clone(),
+            })
+            .collect(),
+        page: r.page.as_ref().map(|p| {
+            (
+                format!("{} resources · {}", p.resources, bytes_text(p.bytes)),
+                p.slowest.as_ref().map(|s| {
+                    format!(
+                        "{} {} ({})",
+                        s.kind,
+                        s.url,
+                        super::reports::ms(s.timings_us.total)
+                    )
+                }),
+            )
+        }),
+        late: r.late,
+        flagged: r.flagged,
+        flag_rules: r.flag_rules.clone(),
+    }
 }

@@ -48,6 +48,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/checks/eligible", web::get().to(checks::eligible))
             .route("/checks/{id}", web::get().to(checks::detail))
             .route("/checks/{id}/runs", web::post().to(checks::run_now))
+            .route(
+                "/checks/{id}/runs/{run_id}",
+                web::get().to(checks::run_results),
+            )
             .route("/checks/{id}/edit", web::get().to(checks::edit_form))
             .route("/checks/{id}/edit", web::post().to(checks::update))
             .route("/checks/{id}/pause", web::post().to(checks::pause))

@@ -204,7 +204,8 @@ fn distribution(report: &Report, phase: Phase) -> Vec<(u64, u64)> {
     out
 }
 
-fn ms(us: u64) -> String {
+/// "12.3 ms" ("123 ms" from 100 ms on) from microseconds.
+pub(super) fn ms(us: u64) -> String {
     let ms = us as f64 / 1000.0;
     if ms >= 100.0 {
         format!("{ms:.0} ms")
