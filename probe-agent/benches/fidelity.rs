@@ -144,6 +144,13 @@ fn curl_rustls_binary() -> Option<std::path::PathBuf> {
 fn curl_rustls(binary: &std::path::Path, target: &Target) -> CurlRun {
     let mut cmd = Command::new(binary);
     cmd.arg(&target.url);
+    curl_target_args(&mut cmd, target);
+    read_curl_lines(cmd)
+}
+
+/// curl's `--connect-to` and `--cacert` for `target` (the command line and curl-rustls
+/// take the same).
+fn curl_target_args(cmd: &mut Command, target: &Target) {
     if let Some((from, to)) = &target.connect_to {
         let (host, port) = from.rsplit_once(':').unwrap();
         cmd.arg("--connect-to")
@@ -152,7 +159,6 @@ fn curl_rustls(binary: &std::path::Path, target: &Target) -> CurlRun {
     if let Some(ca) = &target.ca_file {
         cmd.arg("--cacert").arg(ca);
     }
-    read_curl_lines(cmd)
 }
 
 /// curl's figures for one fetch of `target`, as its second transfer in one process:
@@ -174,14 +180,7 @@ fn curl(target: &Target) -> CurlRun {
             "-w",
             CURL_FORMAT,
         ]);
-        if let Some((from, to)) = &target.connect_to {
-            let (host, port) = from.rsplit_once(':').unwrap();
-            cmd.arg("--connect-to")
-                .arg(format!("{host}:{port}:{}:{}", to.ip(), to.port()));
-        }
-        if let Some(ca) = &target.ca_file {
-            cmd.arg("--cacert").arg(ca);
-        }
+        curl_target_args(cmd, target);
     };
     shared(&mut cmd);
     cmd.args(["-H", "Connection: close", &target.url, "--next"]);

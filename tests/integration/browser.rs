@@ -176,6 +176,23 @@ impl Browser {
             .unwrap();
     }
 
+    /// Waits (up to 10 s) until the text of `css` starts with `prefix`: for what the
+    /// page's own script updates after an edit.
+    pub async fn wait_for_text(&self, css: &str, prefix: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.text(css).await;
+            if text.starts_with(prefix) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} stuck at {text:?}, waiting for {prefix:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Whether the page is wider than the window (it scrolls sideways).
     pub async fn scrolls_sideways(&self) -> bool {
         self.client

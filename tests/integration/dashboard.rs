@@ -315,33 +315,15 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
         .click("input[name=connection_classes][value=dsl]")
         .await;
     browser.fill("#countries", "").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let live = browser.text(".eligible").await;
-        if live.starts_with("2 agents online match") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "live count stuck at {live:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    browser
+        .wait_for_text(".eligible", "2 agents online match")
+        .await;
     // A page check counts only agents that load pages: the bare agent lists no kinds
     // (an agent from before page loads) and is left out.
     browser.click("#kind option[value=page]").await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let live = browser.text(".eligible").await;
-        if live.starts_with("1 agents online match") {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "page count stuck at {live:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    browser
+        .wait_for_text(".eligible", "1 agents online match")
+        .await;
     browser.click("#kind option[value=http]").await;
     browser.fill("#countries", "DE").await;
     browser
