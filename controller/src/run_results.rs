@@ -26,7 +26,7 @@ use crate::db::schema::{result_flags, results};
 use crate::db::DbConn;
 use crate::error::Result;
 use crate::ingest::StoredResult;
-use crate::scheduling;
+use crate::scheduling::{self, RunView};
 
 /// Why a measurement failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -101,7 +101,16 @@ pub fn list(
     check_id: &str,
     run_id: &str,
 ) -> Result<Vec<ResultView>> {
-    scheduling::get_run(conn, owner_id, check_id, run_id)?;
+    let run = scheduling::get_run(conn, owner_id, check_id, run_id)?;
+    of_run(conn, &run)
+}
+
+/// The results of `run`, oldest start first. A [`RunView`] is only had from
+/// [`scheduling::get_run`] or [`scheduling::list_runs`], which check the owner, so a
+/// caller that already read the run (the dashboard, for its heading) does not read it
+/// again.
+pub fn of_run(conn: &mut DbConn, run: &RunView) -> Result<Vec<ResultView>> {
+    let (check_id, run_id) = (&run.check_id.to_string(), &run.id.to_string());
     let stored: Vec<(StoredResult, bool)> = results::table
         .filter(results::run_id.eq(run_id))
         .filter(results::check_id.eq(check_id))

@@ -150,16 +150,7 @@ impl StripeApi {
         cancel_url: &str,
         idempotency_key: &str,
     ) -> Result<CheckoutSession, StripeFailure> {
-        let currency: stripe_types::Currency =
-            amount
-                .currency
-                .as_str()
-                .parse()
-                .map_err(|_| StripeFailure::Refused {
-                    status: 0,
-                    code: "currency".into(),
-                    message: format!("Stripe does not know currency {}", amount.currency),
-                })?;
+        let currency = stripe_currency(amount)?;
         let mut price = CreateCheckoutSessionLineItemsPriceData::new(currency);
         price.unit_amount = Some(amount.minor);
         price.product_data = Some(ProductData::new("Lastmile measurement credit"));
@@ -253,16 +244,7 @@ impl StripeApi {
         volunteer_id: &str,
         idempotency_key: &str,
     ) -> Result<String, StripeFailure> {
-        let currency: stripe_types::Currency =
-            amount
-                .currency
-                .as_str()
-                .parse()
-                .map_err(|_| StripeFailure::Refused {
-                    status: 0,
-                    code: "currency".into(),
-                    message: format!("Stripe does not know currency {}", amount.currency),
-                })?;
+        let currency = stripe_currency(amount)?;
         let metadata = [
             ("payout_id".to_owned(), payout_id.to_owned()),
             ("volunteer_id".to_owned(), volunteer_id.to_owned()),
@@ -346,6 +328,20 @@ pub fn verify_signature(
     } else {
         Err(SignatureError::Mismatch)
     }
+}
+
+/// `amount`'s currency as Stripe names it; refused without a call when Stripe has no
+/// such currency.
+fn stripe_currency(amount: Money) -> Result<stripe_types::Currency, StripeFailure> {
+    amount
+        .currency
+        .as_str()
+        .parse()
+        .map_err(|_| StripeFailure::Refused {
+            status: 0,
+            code: "currency".into(),
+            message: format!("Stripe does not know currency {}", amount.currency),
+        })
 }
 
 #[cfg(test)]

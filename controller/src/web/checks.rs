@@ -712,8 +712,8 @@ pub async fn resume(
 }
 
 /// `GET /app/checks/{id}/runs/{run_id}`: what each agent saw in one run. Access is
-/// [`run_results::list`]'s (another owner's or an unknown run is its 404); the check
-/// and run are read after it only for the page's heading.
+/// [`scheduling::get_run`]'s, as for the API's listing (another owner's or an unknown
+/// run is its 404); the check is read for the page's heading.
 pub async fn run_results(
     user: SignedIn,
     state: web::Data<AppState>,
@@ -726,9 +726,9 @@ pub async fn run_results(
     let found = state
         .db
         .run(move |c| {
-            let results = run_results::list(c, &owner, &id, &run_id)?;
-            let check = checks::get(c, &owner, &id)?;
             let run = scheduling::get_run(c, &owner, &id, &run_id)?;
+            let results = run_results::of_run(c, &run)?;
+            let check = checks::get(c, &owner, &id)?;
             Ok::<_, Error>((check, run, results))
         })
         .await;
