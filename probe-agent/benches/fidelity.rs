@@ -9,7 +9,7 @@
 //! connection each time), as a running agent measures: the first also pays for faulting
 //! the code in and the TLS library's start-up, and is printed beside as 'cold'.
 //!
-//! Debian's curl does TLS with OpenSSL 3.0, which spends ~1.5 ms more CPU per handshake
+//! Debian's curl does TLS with OpenSSL 3.0, which spends ~2 ms more CPU per handshake
 //! than rustls (a fresh `SSL_CTX` and CA file per connection); that is the TLS
 //! libraries' difference, not the measurement's. So when `tools/curl-rustls` (libcurl on
 //! rustls) has been built, HTTPS targets are also fetched with it and judged against it:

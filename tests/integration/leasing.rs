@@ -368,17 +368,12 @@ async fn page_runs_only_go_to_agents_that_can_load_pages(db: TestDb) {
     let site_id = app.verified_site(&owner, &site).await;
     let mut runs = Vec::new();
     for kind in ["page", "http"] {
-        let (status, check) = app
-            .call(
-                "POST",
-                "/api/v1/checks",
-                Some(&owner),
-                Some(
-                    json!({"site_id": site_id, "url": format!("{}/", site.origin()), "kind": kind}),
-                ),
+        let check = app
+            .create_check(
+                &owner,
+                json!({"site_id": site_id, "url": format!("{}/", site.origin()), "kind": kind}),
             )
             .await;
-        assert_eq!(status, 201, "{check}");
         let id = check["id"].as_str().unwrap().to_owned();
         let (status, run) = app
             .call(
