@@ -384,7 +384,8 @@ async fn lease_and_start(
 /// task and the body reader wake each other across worker threads, which the fidelity
 /// bench measured as ~0.1 ms more connect and transfer time than curl. The number of
 /// such threads is bounded by the agent's concurrency slots. If no thread or runtime
-/// can be had, the task is measured here rather than lost.
+/// can be had, or the measurement thread died without a result, the task is measured
+/// here rather than lost.
 async fn execute_on_own_thread(engine: Engine, task: Task) -> ResultSubmission {
     let (done, result) = tokio::sync::oneshot::channel();
     let job = {
