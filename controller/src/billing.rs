@@ -36,35 +36,33 @@ pub fn price_of(check: &Check) -> Money {
 }
 
 /// Credit held for the owner's assignments that are still pending or leased: each will
-/// be paid for when its result is accepted.
+/// be paid for, at its run's admitted price, when its result is accepted.
 pub fn held_for_assignments(conn: &mut DbConn, owner_id: &str) -> Result<Money> {
     let open: Vec<(String, i64)> = assignments::table
         .inner_join(checks::table)
         .filter(checks::owner_id.eq(owner_id))
         .filter(assignments::state.eq_any([state::PENDING, state::LEASED]))
-        .group_by(assignments::check_id)
-        .select((assignments::check_id, diesel::dsl::count_star()))
+        .group_by(assignments::run_id)
+        .select((assignments::run_id, diesel::dsl::count_star()))
         .load(conn)?;
     let mut minor = 0;
-    for (check_id, count) in open {
-        let check = crate::checks::get_any(conn, &check_id)?;
-        minor += price_of(&check).minor * count;
+    for (run_id, count) in open {
+        minor += crate::scheduling::run_price(conn, &run_id)?.minor * count;
     }
     Ok(Money::new(minor, pricing::PRICE_CURRENCY))
 }
 
-/// Admits a run of `check` that will create `requested` assignments, or refuses it
-/// with a 402 that says what it costs and what the owner has. Call inside the write
-/// transaction that creates the run: the owner's credit account stays locked until it
-/// commits, so two runs cannot both spend the same credit.
-pub fn admit_run(conn: &mut DbConn, check: &Check, requested: u32) -> Result<()> {
+/// Admits a run of an owner's check that will create `requested` assignments at
+/// `price` each, or refuses it with a 402 that says what it costs and what the owner
+/// has. Call inside the write transaction that creates the run: the owner's credit
+/// account stays locked until it commits, so two runs cannot both spend the same credit.
+pub fn admit_run(conn: &mut DbConn, owner_id: &str, price: Money, requested: u32) -> Result<()> {
     if requested == 0 {
         return Ok(());
     }
-    let price = price_of(check);
-    let account = Account::owner_credit(&check.owner_id, price.currency);
+    let account = Account::owner_credit(owner_id, price.currency);
     let balance = ledger::lock_balance(conn, &account)?;
-    let held = held_for_assignments(conn, &check.owner_id)?;
+    let held = held_for_assignments(conn, owner_id)?;
     let cost = Money::new(price.minor * i64::from(requested), price.currency);
     let available = balance.minor - held.minor;
     if cost.minor > available {
@@ -82,18 +80,18 @@ pub fn admit_run(conn: &mut DbConn, check: &Check, requested: u32) -> Result<()>
 }
 
 /// Pays for an accepted result inside the transaction that stores it: the owner's
-/// credit pays the check's price, the volunteer behind the agent earns the price less
-/// the platform fee. Returns `None` (and logs) if the owner's credit cannot cover it,
-/// which admission makes impossible unless credit was taken away meanwhile: the result
-/// is still stored, only unpaid.
+/// credit pays the price its run was admitted at, the volunteer behind the agent earns
+/// the price less the platform fee. Returns `None` (and logs) if the owner's credit
+/// cannot cover it, which admission makes impossible unless credit was taken away
+/// meanwhile: the result is still stored, only unpaid.
 pub fn pay_for_result(
     conn: &mut DbConn,
     assignment: &Assignment,
-    check: &Check,
+    owner_id: &str,
     volunteer_id: &str,
 ) -> Result<Option<Posted>> {
-    let price = price_of(check);
-    let tx = movements::pay_result(&check.owner_id, volunteer_id, price, &assignment.id);
+    let price = crate::scheduling::run_price(conn, &assignment.run_id)?;
+    let tx = movements::pay_result(owner_id, volunteer_id, price, &assignment.id);
     match ledger::post(conn, &tx) {
         Ok(posted) => Ok(Some(posted)),
         Err(e @ LedgerError::BelowFloor { .. }) => {

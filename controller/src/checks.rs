@@ -176,6 +176,36 @@ impl Check {
     }
 }
 
+/// What the agents of one run are asked to measure: the check's task as it was when the
+/// run was admitted. Stored with the run (`runs.task`, JSON), so that editing the check
+/// while the run is open changes later runs only, and every assignment of a run
+/// (re-offers included) measures what was admitted and priced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub kind: CheckKind,
+    pub url: String,
+    pub expected_status: Vec<u16>,
+    pub max_bytes: u64,
+    pub body_contains: Option<String>,
+    pub timeout_ms: u64,
+    pub max_redirects: u32,
+}
+
+impl TaskSpec {
+    /// The task `check` describes now.
+    pub fn of_check(check: &Check) -> Result<TaskSpec> {
+        Ok(TaskSpec {
+            kind: check.check_kind()?,
+            url: check.url.clone(),
+            expected_status: check.expected_status(),
+            max_bytes: check.max_bytes.max(0) as u64,
+            body_contains: check.body_contains.clone(),
+            timeout_ms: check.timeout_ms.max(0) as u64,
+            max_redirects: check.max_redirects.max(0) as u32,
+        })
+    }
+}
+
 /// A check as the API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CheckView {
@@ -208,6 +238,10 @@ pub struct CheckView {
     /// charged); given by `GET /api/v1/checks/{id}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flagged_results: Option<u64>,
+    /// The latest run and how far it got (with its `problem`, e.g.
+    /// `no_eligible_agents`); given by `GET /api/v1/checks/{id}` once the check has run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<crate::scheduling::RunView>,
 }
 
 impl From<&Check> for CheckView {
@@ -236,6 +270,7 @@ impl From<&Check> for CheckView {
             price_per_result_minor: crate::billing::price_of(c).minor,
             price_currency: crate::billing::price_of(c).currency.to_string(),
             flagged_results: None,
+            last_run: None,
         }
     }
 }
@@ -463,11 +498,20 @@ fn validate_selection(s: &Selection) -> Result<()> {
         ));
     }
     for c in &s.countries {
-        let c = c.trim();
-        if c.len() != 2 || !c.chars().all(|ch| ch.is_ascii_alphabetic()) {
+        let code = c.trim().to_ascii_uppercase();
+        if !crate::countries::is_assigned(&code) {
+            // The usual slips, named: the UK's code is GB, and EU is no country.
+            let hint = match code.as_str() {
+                "UK" => " (the United Kingdom is GB)",
+                "EU" => " (name the member countries instead)",
+                _ => "",
+            };
             return Err(Error::invalid(
                 "invalid_selection",
-                format!("country {c:?} is not an ISO 3166-1 alpha-2 code"),
+                format!(
+                    "selection.countries: {c:?} is not an assigned ISO 3166-1 alpha-2 country code{hint}; \
+                     use two-letter codes such as DE, US or BR"
+                ),
             ));
         }
     }

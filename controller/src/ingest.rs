@@ -165,6 +165,14 @@ fn validate(sub: &ResultSubmission) -> Result<()> {
             "timings_us.ttfb and timings_us.transfer cannot exceed timings_us.total",
         ));
     }
+    // A response arrived (a status) or it did not (an error saying why); a result with
+    // neither says nothing and would count as a success.
+    if sub.measurement.status.is_none() && sub.measurement.error.is_none() {
+        return Err(Error::invalid(
+            "invalid_result",
+            "a measurement carries a status (a response arrived) or an error (why none did); this one has neither",
+        ));
+    }
     if let Some(status) = sub.measurement.status {
         if !(100..=599).contains(&status) {
             return Err(Error::invalid(
@@ -257,7 +265,7 @@ pub fn submit(conn: &mut DbConn, agent: &Agent, sub: &ResultSubmission) -> Resul
             if flags.is_empty() {
                 fold(c, &stored)?;
                 let check = checks::get_any(c, &assignment.check_id)?;
-                billing::pay_for_result(c, &assignment, &check, &agent.volunteer_id)?;
+                billing::pay_for_result(c, &assignment, &check.owner_id, &agent.volunteer_id)?;
             } else {
                 // Kept for operators, never counted or paid (see `verification`).
                 verification::record(c, agent, &stored, &flags)?;

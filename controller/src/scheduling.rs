@@ -25,7 +25,7 @@ use uuid::Uuid;
 
 use crate::agents::{self, Agent};
 use crate::billing;
-use crate::checks::{self, Check, Selection};
+use crate::checks::{self, Check, Selection, TaskSpec};
 use crate::clock::{to_datetime, Micros};
 use crate::db::schema::{assignments, checks as checks_t, run_agents, runs};
 use crate::db::{write_tx, DbConn};
@@ -69,6 +69,12 @@ struct RunRow {
     deadline_at: i64,
     eligible_agents: i32,
     requested: i32,
+    /// The task as admitted ([`TaskSpec`] as JSON); `None` for runs from before it was
+    /// kept, which use the check as it is.
+    task: Option<String>,
+    /// The price of each result as admitted (with `price_currency`).
+    price_minor: Option<i64>,
+    price_currency: Option<String>,
 }
 
 /// An assignment as stored.
@@ -126,9 +132,32 @@ pub struct RunView {
     pub flagged: u32,
     /// True when nothing more will happen: every slot is done or given up.
     pub finished: bool,
+    /// Why the run measured nothing, when it cannot: `no_eligible_agents` (no online
+    /// agent matched the selection when it was created; nothing was charged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<RunProblem>,
+}
+
+/// Why a run measured nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RunProblem {
+    /// No online agent matched the check's selection and kind when the run was created.
+    NoEligibleAgents,
+}
+
+impl RunProblem {
+    /// The wire code.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunProblem::NoEligibleAgents => "no_eligible_agents",
+        }
+    }
 }
 
 /// The agents a run of a `kind` check created now would plan in: online since `since`,
+/// calibrated (an agent whose line the controller never measured cannot be judged by
+/// the line rules of `verification`, so it is given no paid work until it calibrates),
 /// not paused by their volunteer's limits (they would not take the work), able to
 /// measure `kind` (an older agent would fail to parse the task and lose its whole lease
 /// with it), and matching `selection`.
@@ -140,7 +169,12 @@ pub fn eligible_agents(
 ) -> Result<Vec<Agent>> {
     Ok(agents::online_since(conn, since)?
         .into_iter()
-        .filter(|a| a.paused_reason.is_none() && a.measures(kind) && selection.matches(a))
+        .filter(|a| {
+            a.calibrated_at.is_some()
+                && a.paused_reason.is_none()
+                && a.measures(kind)
+                && selection.matches(a)
+        })
         .collect())
 }
 
@@ -158,7 +192,10 @@ pub fn count_eligible(
 /// Creates a run of `check` now: snapshots the eligible agents and creates the pending
 /// assignments, all in one transaction. Refused with [`Error::PaymentRequired`] (and
 /// nothing written) when the owner's available credit cannot pay for every assignment
-/// (`billing::admit_run`).
+/// (`billing::admit_run`). The run keeps the task and the price it was admitted with:
+/// its agents measure, and its results are paid, as admitted, whatever edits follow.
+/// A run that finds no eligible agent is still recorded (so the owner sees it, with
+/// [`RunProblem::NoEligibleAgents`]) but has no assignment and costs nothing.
 pub fn create_run(
     conn: &mut DbConn,
     check: &Check,
@@ -166,12 +203,18 @@ pub fn create_run(
     now: Micros,
 ) -> Result<RunView> {
     let selection = check.selection();
-    let kind = check.check_kind()?;
+    let spec = TaskSpec::of_check(check)?;
+    let task = serde_json::to_string(&spec)
+        .map_err(|e| Error::Internal(format!("task of check {}: {e}", check.id)))?;
+    let price = billing::price_of(check);
     let run_id = Uuid::new_v4().to_string();
     write_tx(conn, |c| {
-        let eligible = eligible_agents(c, &selection, kind, now - policy.online_window_us)?;
+        let eligible = eligible_agents(c, &selection, spec.kind, now - policy.online_window_us)?;
         let requested = eligible.len().min(selection.agents_per_run as usize);
-        billing::admit_run(c, check, requested as u32)?;
+        billing::admit_run(c, &check.owner_id, price, requested as u32)?;
+        if eligible.is_empty() {
+            tracing::info!(check = %check.id, "run created with no eligible agent");
+        }
         let run = RunRow {
             id: run_id.clone(),
             check_id: check.id.clone(),
@@ -179,6 +222,9 @@ pub fn create_run(
             deadline_at: now + policy.run_deadline_us,
             eligible_agents: eligible.len() as i32,
             requested: requested as i32,
+            task: Some(task.clone()),
+            price_minor: Some(price.minor),
+            price_currency: Some(price.currency.to_string()),
         };
         diesel::insert_into(runs::table).values(&run).execute(c)?;
         for agent in &eligible {
@@ -265,7 +311,37 @@ fn run_view(conn: &mut DbConn, run_id: &str) -> Result<RunView> {
         flagged: crate::verification::flagged_count(conn, &run.check_id, Some(run_id))?.max(0)
             as u32,
         finished: pending == 0 && leased == 0,
+        problem: (run.eligible_agents == 0).then_some(RunProblem::NoEligibleAgents),
     })
+}
+
+/// The check's latest run, if it has had one.
+pub fn latest_run(conn: &mut DbConn, check_id: &str) -> Result<Option<RunView>> {
+    let id: Option<String> = runs::table
+        .filter(runs::check_id.eq(check_id))
+        .order((runs::created_at.desc(), runs::id.desc()))
+        .select(runs::id)
+        .first(conn)
+        .optional()?;
+    id.map(|id| run_view(conn, &id)).transpose()
+}
+
+/// What each result of run `run_id` costs its owner: the price the run was admitted
+/// with (for a run from before prices were kept with runs, the check's price now).
+pub fn run_price(conn: &mut DbConn, run_id: &str) -> Result<lastmile_billing::Money> {
+    let (check_id, minor, currency): (String, Option<i64>, Option<String>) = runs::table
+        .find(run_id)
+        .select((runs::check_id, runs::price_minor, runs::price_currency))
+        .first(conn)?;
+    match (minor, currency) {
+        (Some(minor), Some(currency)) => {
+            let currency = currency
+                .parse()
+                .map_err(|e| Error::Internal(format!("run {run_id}: price currency: {e:?}")))?;
+            Ok(lastmile_billing::Money::new(minor, currency))
+        }
+        _ => Ok(billing::price_of(&checks::get_any(conn, &check_id)?)),
+    }
 }
 
 #[derive(QueryableByName)]
@@ -357,23 +433,29 @@ fn lease_one(
     Ok(rows.into_iter().next().map(|r| r.id))
 }
 
+/// The task of a leased assignment: its run's task as admitted.
 fn task_for(conn: &mut DbConn, assignment_id: &str) -> Result<Task> {
-    let (a, check): (Assignment, Check) = assignments::table
-        .inner_join(checks_t::table)
+    let (a, frozen): (Assignment, Option<String>) = assignments::table
+        .inner_join(runs::table)
         .filter(assignments::id.eq(assignment_id))
-        .select((Assignment::as_select(), Check::as_select()))
+        .select((Assignment::as_select(), runs::task))
         .first(conn)?;
+    let spec = match frozen {
+        Some(json) => serde_json::from_str::<TaskSpec>(&json)
+            .map_err(|e| Error::Internal(format!("task of run {}: {e}", a.run_id)))?,
+        None => TaskSpec::of_check(&checks::get_any(conn, &a.check_id)?)?,
+    };
     Ok(Task {
         assignment_id: a.id.parse().unwrap_or_default(),
         check_id: a.check_id.parse().unwrap_or_default(),
         run_id: a.run_id.parse().unwrap_or_default(),
-        kind: check.kind.parse().unwrap_or(CheckKind::Http),
-        url: check.url.clone(),
-        expected_status: check.expected_status(),
-        max_bytes: check.max_bytes.max(0) as u64,
-        body_contains: check.body_contains.clone(),
-        timeout_ms: check.timeout_ms.max(0) as u64,
-        max_redirects: check.max_redirects.max(0) as u32,
+        kind: spec.kind,
+        url: spec.url,
+        expected_status: spec.expected_status,
+        max_bytes: spec.max_bytes,
+        body_contains: spec.body_contains,
+        timeout_ms: spec.timeout_ms,
+        max_redirects: spec.max_redirects,
         lease_expires_at: to_datetime(a.lease_expires_at.unwrap_or_default()),
     })
 }

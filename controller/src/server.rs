@@ -43,6 +43,8 @@ pub struct AppState {
     pub mailer: Arc<dyn Mailer>,
     /// Stripe's API, when a secret key is configured.
     pub stripe: Option<Arc<StripeApi>>,
+    /// Agents' calibrations in progress, as this replica timed them.
+    pub calibrations: Arc<crate::calibration_timing::Sessions>,
 }
 
 impl AppState {
@@ -66,6 +68,7 @@ impl AppState {
             isp_quota: Arc::new(RateLimiter::new(config.isp_requests_per_minute)),
             sign_in_quota: Arc::new(RateLimiter::new(config.sign_in_attempts_per_minute)),
             mailer: Arc::new(LogMailer),
+            calibrations: Arc::default(),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
             http,

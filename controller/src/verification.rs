@@ -21,6 +21,18 @@
 //! | `copied_result` | exactly the timings and bytes of another agent's result | a response arrived (ttfb and total > 0) |
 //! | `replayed_result` | exactly the timings and bytes of an earlier result of the same agent, for another assignment | as above |
 //! | `same_address_farm` | another agent of the same volunteer, seen from the same address, already delivered a result for this run | always |
+//! | `impossible_timings` | timings no line can produce: phases that add up to more than the total, a response sooner than [`MIN_TTFB_US`], bytes faster than [`MAX_LINK_BPS`] | always, whatever the calibration |
+//! | `uncalibrated_agent` | the agent has never calibrated its line, so the line rules cannot judge it | always (runs plan only calibrated agents, so only results of runs planned before an agent lost its calibration reach it) |
+//!
+//! ## Physics for any line (`impossible_timings`)
+//!
+//! Some timings break physics whatever the line: the phases are consecutive steps of
+//! one measurement, so their sum cannot pass the wall-clock total (beyond rounding each
+//! to a whole microsecond); a response needs at least one exchange of packets through
+//! two network stacks, which even on loopback takes tens of microseconds; and no
+//! access link carries more than 400 Gbit/s (the fastest Ethernet in service), after a
+//! first burst of one loopback segment (64 KiB) that may arrive with the first byte.
+//! These need no calibration, so an agent cannot escape them by never calibrating.
 //!
 //! ## Physics (`ttfb_below_rtt`, `faster_than_line`)
 //!
@@ -104,16 +116,20 @@ pub enum Rule {
     CopiedResult,
     ReplayedResult,
     SameAddressFarm,
+    ImpossibleTimings,
+    UncalibratedAgent,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 6] = [
+    pub const ALL: [Rule; 8] = [
         Rule::TtfbBelowRtt,
         Rule::FasterThanLine,
         Rule::PeerOutlier,
         Rule::CopiedResult,
         Rule::ReplayedResult,
         Rule::SameAddressFarm,
+        Rule::ImpossibleTimings,
+        Rule::UncalibratedAgent,
     ];
 
     /// The stored code.
@@ -125,6 +141,8 @@ impl Rule {
             Rule::CopiedResult => "copied_result",
             Rule::ReplayedResult => "replayed_result",
             Rule::SameAddressFarm => "same_address_farm",
+            Rule::ImpossibleTimings => "impossible_timings",
+            Rule::UncalibratedAgent => "uncalibrated_agent",
         }
     }
 }
@@ -168,6 +186,15 @@ pub const MIN_PEER_AGENTS: usize = 3;
 /// How far back and how many peer results are compared.
 pub const PEER_WINDOW_US: Micros = 24 * 3_600_000_000;
 pub const MAX_PEER_RESULTS: i64 = 200;
+/// No response arrives sooner than this after its request, µs, on any line (loopback
+/// included).
+pub const MIN_TTFB_US: i64 = 20;
+/// No access link carries more than this, bit/s.
+pub const MAX_LINK_BPS: u128 = 400_000_000_000;
+/// Bytes that may arrive with the first byte on any link (one loopback segment).
+pub const ANY_LINK_BURST_BYTES: i64 = 64 * 1024;
+/// Rounding each phase to whole microseconds can make their sum pass the total by this.
+const PHASE_ROUNDING_US: i64 = 5;
 /// The MAD of a normal distribution times this is its standard deviation.
 const MAD_TO_SIGMA: f64 = 1.4826;
 
@@ -183,6 +210,50 @@ pub fn access_floor_us(class: ConnectionClass, rtt_us: i64) -> i64 {
         ConnectionClass::Cable => 5_000,
         ConnectionClass::Fibre => 0,
     }
+}
+
+/// The time a page's or a fetch's bytes had to arrive in: for a page load `bytes`
+/// counts every resource while `transfer_us` is the HTML's alone; all of those bytes
+/// arrived between the HTML's first byte and the end of the page, so that span is the
+/// (generous) time the line had to carry them.
+fn transfer_span_us(r: &StoredResult) -> i64 {
+    if r.page.is_some() {
+        (r.total_us - r.ttfb_us).max(r.transfer_us)
+    } else {
+        r.transfer_us
+    }
+}
+
+/// The physics rules that hold for any line (see the module's "Physics for any line").
+pub fn impossible(r: &StoredResult) -> Option<Flag> {
+    let mut broken = Vec::new();
+    let phases = r.dns_us + r.connect_us + r.tls_us + r.ttfb_us + r.transfer_us;
+    if phases > r.total_us + PHASE_ROUNDING_US {
+        broken.push("phases_exceed_total");
+    }
+    // A status means a response arrived, so its first byte took a real exchange.
+    if r.status.is_some() && r.ttfb_us < MIN_TTFB_US {
+        broken.push("ttfb_below_any_line");
+    }
+    let span_us = transfer_span_us(r);
+    let bits = u128::from((r.bytes - ANY_LINK_BURST_BYTES).max(0).unsigned_abs()) * 8;
+    let min_span_us = bits * 1_000_000 / MAX_LINK_BPS;
+    if (span_us.max(0) as u128) < min_span_us {
+        broken.push("faster_than_any_line");
+    }
+    if broken.is_empty() {
+        return None;
+    }
+    Some(Flag {
+        rule: Rule::ImpossibleTimings,
+        evidence: json!({
+            "broken": broken,
+            "timings_us": {"dns": r.dns_us, "connect": r.connect_us, "tls": r.tls_us,
+                           "ttfb": r.ttfb_us, "transfer": r.transfer_us, "total": r.total_us},
+            "phases_sum_us": phases, "bytes": r.bytes, "transfer_span_us": span_us,
+            "min_ttfb_us": MIN_TTFB_US, "max_line_bps": MAX_LINK_BPS as u64,
+        }),
+    })
 }
 
 /// The physics rules on a result of an agent with this calibration. No calibration, no
@@ -212,14 +283,7 @@ pub fn physics(agent: &Agent, r: &StoredResult) -> Vec<Flag> {
             }),
         });
     }
-    // For a page load `bytes` counts every resource while `transfer_us` is the HTML's
-    // alone; all of those bytes arrived between the HTML's first byte and the end of
-    // the page, so that span is the (generous) time the line had to carry them.
-    let transfer_us = if r.page.is_some() {
-        (r.total_us - r.ttfb_us).max(r.transfer_us)
-    } else {
-        r.transfer_us
-    };
+    let transfer_us = transfer_span_us(r);
     if r.bytes >= MIN_TRANSFER_BYTES && down_bps > 0 {
         let capacity = down_bps.unsigned_abs().saturating_mul(LINE_HEADROOM);
         let bits = (r.bytes - FIRST_BURST_BYTES).max(0).unsigned_abs() * 8;
@@ -327,7 +391,14 @@ pub fn peer_disagreement(r: &StoredResult, peers: &[(String, i64, i64)]) -> Opti
 
 /// Judges a result about to be stored (not yet inserted). Empty when it breaks no rule.
 pub fn verify(conn: &mut DbConn, agent: &Agent, r: &StoredResult) -> Result<Vec<Flag>> {
-    let mut flags = physics(agent, r);
+    let mut flags: Vec<Flag> = impossible(r).into_iter().collect();
+    if agent.calibrated_at.is_none() {
+        flags.push(Flag {
+            rule: Rule::UncalibratedAgent,
+            evidence: json!({"agent": agent.id}),
+        });
+    }
+    flags.extend(physics(agent, r));
 
     if r.error_kind.is_none() && r.asn != 0 {
         let since = r.received_at - PEER_WINDOW_US;

@@ -10,7 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use lastmile_protocol::calibration::{CalibrationAck, CalibrationReport, MAX_PAYLOAD_BYTES};
+use std::sync::Mutex;
+
+use lastmile_protocol::calibration::{
+    CalibrationAck, CalibrationReport, ECHO_HEADER, MAX_PAYLOAD_BYTES, NONCE_HEADER, NONCE_LEN,
+};
 use url::Url;
 
 /// Pings timed per calibration (after one that opens the connection).
@@ -29,6 +33,25 @@ pub enum CalibrationError {
     Refused { status: u16, body: String },
     #[error("the byte budget of {0} bytes is too small to calibrate")]
     NoBudget(u64),
+}
+
+/// The nonce of the previous calibration answer, sent back with the next request so
+/// that the controller times each round trip and transfer on its own clock (it never
+/// takes this agent's figures for it).
+#[derive(Default)]
+struct Echo(Mutex<Option<String>>);
+
+impl Echo {
+    fn attach(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(nonce) => request.header(ECHO_HEADER, nonce),
+            None => request,
+        }
+    }
+
+    fn keep(&self, nonce: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = nonce;
+    }
 }
 
 /// Where and as whom to calibrate.
@@ -57,12 +80,13 @@ impl Calibrator<'_> {
         })
     }
 
-    /// Measures the line and reports it; returns the controller's classification.
+    /// Measures the line and reports it; returns the controller's classification,
+    /// made from what the controller timed of these same requests.
     pub async fn run(&self) -> Result<CalibrationAck, CalibrationError> {
-        let report = self.measure().await?;
-        let response = self
-            .http
-            .post(self.url("/api/v1/agents/calibration"))
+        let echo = Echo::default();
+        let report = self.measure_with(&echo).await?;
+        let response = echo
+            .attach(self.http.post(self.url("/api/v1/agents/calibration")))
             .bearer_auth(self.token)
             .json(&report)
             .send()
@@ -70,16 +94,20 @@ impl Calibrator<'_> {
         Ok(Self::check(response).await?.json().await?)
     }
 
-    /// Measures RTT, downstream and upstream rate.
+    /// Measures RTT, downstream and upstream rate (the agent's own view).
     pub async fn measure(&self) -> Result<CalibrationReport, CalibrationError> {
+        self.measure_with(&Echo::default()).await
+    }
+
+    async fn measure_with(&self, echo: &Echo) -> Result<CalibrationReport, CalibrationError> {
         if self.budget < 2 * FIRST_PAYLOAD {
             return Err(CalibrationError::NoBudget(self.budget));
         }
-        let rtt = self.rtt().await?;
+        let rtt = self.rtt(echo).await?;
         let half = self.budget / 2;
-        let (down_bps, down_used) = self.grow(half, |size| self.download(size)).await?;
+        let (down_bps, down_used) = self.grow(half, |size| self.download(size, echo)).await?;
         let (up_bps, up_used) = self
-            .grow(self.budget - down_used, |size| self.upload(size, rtt))
+            .grow(self.budget - down_used, |size| self.upload(size, rtt, echo))
             .await?;
         Ok(CalibrationReport {
             rtt_us: rtt.as_micros() as u64,
@@ -89,17 +117,23 @@ impl Calibrator<'_> {
         })
     }
 
-    async fn rtt(&self) -> Result<Duration, CalibrationError> {
+    async fn rtt(&self, echo: &Echo) -> Result<Duration, CalibrationError> {
         let mut samples = Vec::with_capacity(PINGS);
         for i in 0..=PINGS {
             let started = Instant::now();
-            let response = self
-                .http
-                .get(self.url("/api/v1/agents/calibration/ping"))
+            let response = echo
+                .attach(self.http.get(self.url("/api/v1/agents/calibration/ping")))
                 .bearer_auth(self.token)
                 .send()
                 .await?;
-            Self::check(response).await?;
+            let response = Self::check(response).await?;
+            echo.keep(
+                response
+                    .headers()
+                    .get(NONCE_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            );
             // The first ping pays for the TCP handshake; it is not a round trip sample.
             if i > 0 {
                 samples.push(started.elapsed());
@@ -131,10 +165,12 @@ impl Calibrator<'_> {
 
     /// Downloads `size` bytes; the rate is timed from the first to the last byte, so the
     /// request's round trip is not in it.
-    async fn download(&self, size: u64) -> Result<(u64, Duration), CalibrationError> {
-        let response = self
-            .http
-            .get(self.url("/api/v1/agents/calibration/download"))
+    async fn download(&self, size: u64, echo: &Echo) -> Result<(u64, Duration), CalibrationError> {
+        let response = echo
+            .attach(
+                self.http
+                    .get(self.url("/api/v1/agents/calibration/download")),
+            )
             .query(&[("bytes", size)])
             .bearer_auth(self.token)
             .send()
@@ -142,12 +178,18 @@ impl Calibrator<'_> {
         let mut body = Self::check(response).await?;
         let mut first: Option<(Instant, u64)> = None;
         let mut received = 0u64;
+        // The payload's last bytes are the nonce to echo.
+        let mut tail: Vec<u8> = Vec::with_capacity(2 * NONCE_LEN);
         while let Some(chunk) = body.chunk().await? {
             received += chunk.len() as u64;
             if first.is_none() {
                 first = Some((Instant::now(), received));
             }
+            tail.extend_from_slice(&chunk[chunk.len().saturating_sub(NONCE_LEN)..]);
+            let excess = tail.len().saturating_sub(NONCE_LEN);
+            tail.drain(..excess);
         }
+        echo.keep(String::from_utf8(tail).ok());
         let (started, first_bytes) = first.unwrap_or((Instant::now(), 0));
         let took = started.elapsed();
         let timed_bytes = received.saturating_sub(first_bytes);
@@ -156,12 +198,19 @@ impl Calibrator<'_> {
 
     /// Uploads `size` bytes; the rate is timed over the whole request less one round
     /// trip (the controller answers once everything arrived).
-    async fn upload(&self, size: u64, rtt: Duration) -> Result<(u64, Duration), CalibrationError> {
+    async fn upload(
+        &self,
+        size: u64,
+        rtt: Duration,
+        echo: &Echo,
+    ) -> Result<(u64, Duration), CalibrationError> {
         let payload = vec![0u8; size as usize];
         let started = Instant::now();
-        let response = self
-            .http
-            .post(self.url("/api/v1/agents/calibration/upload"))
+        let response = echo
+            .attach(
+                self.http
+                    .post(self.url("/api/v1/agents/calibration/upload")),
+            )
             .bearer_auth(self.token)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(payload)

@@ -23,7 +23,11 @@ per_backend!(
     an_agent_past_its_daily_bytes_pauses_and_is_left_out_of_new_runs,
 );
 
+/// A real agent's settings: local-test mode from 127.0.0.2, declaring cable, with
+/// calibration off so that the declared class stands; the test fixture marks it
+/// calibrated as declared once it has enrolled (runs plan only calibrated agents).
 pub(crate) fn settings(app: &TestApp, key: Option<String>, state_dir: &Path) -> AgentSettings {
+    crate::support::calibrate_when_enrolled(app, state_dir);
     AgentSettings {
         controller: app.base.parse().unwrap(),
         enrol_key: key,
@@ -37,8 +41,8 @@ pub(crate) fn settings(app: &TestApp, key: Option<String>, state_dir: &Path) -> 
             ..EngineConfig::default()
         },
         idle_poll: Duration::from_millis(100),
-        // Calibration is tested by the demo, through emulated links; here the declared
-        // class must stand.
+        // Calibration is tested through emulated links (calibration.rs, the demo); here
+        // the declared class must stand.
         calibration_url: None,
         calibration_bytes_per_day: 0,
         volunteer: VolunteerLimits::default(),
@@ -90,7 +94,7 @@ async fn agent_restart_reuses_its_credentials_and_delivers_its_spool(db: TestDb)
     eventually("the agent is online", || {
         count(
             &app,
-            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL",
+            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL AND calibrated_at IS NOT NULL",
         ) == 1
     })
     .await;
@@ -216,7 +220,7 @@ async fn an_agent_past_its_daily_bytes_pauses_and_is_left_out_of_new_runs(db: Te
     eventually("the agent is online", || {
         count(
             &app,
-            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL",
+            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL AND calibrated_at IS NOT NULL",
         ) == 1
     })
     .await;

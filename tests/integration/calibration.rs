@@ -18,7 +18,8 @@ use crate::support::{TestApp, TestDb};
 per_backend!(
     a_line_that_contradicts_its_declaration_is_flagged_and_selected_as_measured,
     calibration_traffic_stays_within_the_daily_allowance,
-    a_calibration_without_figures_is_refused,
+    a_calibration_the_controller_did_not_time_is_refused,
+    the_figures_an_agent_reports_are_ignored_for_what_the_controller_timed,
 );
 
 /// Enrols an agent from `source` declaring `declared`, calibrates it through a link of
@@ -94,9 +95,11 @@ async fn a_line_that_contradicts_its_declaration_is_flagged_and_selected_as_meas
         (40_000..=70_000).contains(&down),
         "dial-up downstream measured {down} bit/s"
     );
+    // 150 ms of propagation, plus serializing the ping's request (~300 bytes at 33.6
+    // kbit/s) and answer (~200 bytes at 56 kbit/s) on the modem itself.
     let rtt_ms = flagged.rtt_us.unwrap() / 1000;
     assert!(
-        (140..=220).contains(&rtt_ms),
+        (140..=290).contains(&rtt_ms),
         "dial-up RTT measured {rtt_ms} ms"
     );
 
@@ -213,20 +216,27 @@ async fn calibration_traffic_stays_within_the_daily_allowance(db: TestDb) {
     assert_eq!(anonymous.status(), 401);
 }
 
-async fn a_calibration_without_figures_is_refused(db: TestDb) {
+async fn a_calibration_the_controller_did_not_time_is_refused(db: TestDb) {
     let app = TestApp::start(&db).await;
     let key = app.volunteer("volunteer");
-    let token = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
+    let token = app
+        .uncalibrated_agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1)
+        .await;
+    // Figures alone, without the pings and transfers behind them, prove nothing.
     let (status, body) = app
         .call(
             "POST",
             "/api/v1/agents/calibration",
             Some(&token),
-            Some(json!({"rtt_us": 0, "down_bps": 0, "up_bps": 0, "bytes_used": 0})),
+            Some(json!({"rtt_us": 40_000, "down_bps": 16_000_000, "up_bps": 1_000_000, "bytes_used": 0})),
         )
         .await;
     assert_eq!(status, 422, "{body}");
-    assert_eq!(body["error"], "invalid_calibration", "{body}");
+    assert_eq!(body["error"], "calibration_incomplete", "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("0 ping(s)"),
+        "{body}"
+    );
     // Nothing was recorded: the agent is still uncalibrated.
     let since = now_us() - 3_600_000_000;
     let stored = app
@@ -236,4 +246,59 @@ async fn a_calibration_without_figures_is_refused(db: TestDb) {
         .unwrap();
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].measured_class, None);
+}
+
+async fn the_figures_an_agent_reports_are_ignored_for_what_the_controller_timed(db: TestDb) {
+    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
+    let key = app.volunteer("volunteer");
+    let source = Ipv4Addr::new(127, 0, 0, 2);
+    let token = app.uncalibrated_agent(source, &key, "fibre", 1).await;
+    // A cheater on a dial-up line makes the calibration's requests as an honest agent
+    // does (so they are timed), then reports a line no fibre could match.
+    let link = Link::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        app.controller.addr,
+        LinkProfile::for_class(ConnectionClass::Dialup),
+    )
+    .await
+    .unwrap();
+    let base: url::Url = format!("http://{}", link.addr()).parse().unwrap();
+    let http = TestApp::client_from(source);
+    let own_view = Calibrator {
+        http: &http,
+        base: &base,
+        token: &token,
+        budget: 20 * 1024 * 1024,
+    }
+    .measure()
+    .await
+    .unwrap();
+    assert!(own_view.rtt_us > 100_000, "{own_view:?}");
+    let forged = json!({"rtt_us": 1, "down_bps": 1_000_000_000_000_000u64, "up_bps": 1_000_000_000_000_000u64,
+                        "bytes_used": own_view.bytes_used});
+    let response = http
+        .post(base.join("/api/v1/agents/calibration").unwrap())
+        .bearer_auth(&token)
+        .json(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let ack: lastmile_protocol::calibration::CalibrationAck = response.json().await.unwrap();
+    assert_eq!(ack.measured_class, ConnectionClass::Dialup, "{ack:?}");
+    assert!(ack.mismatch);
+
+    let since = now_us() - 3_600_000_000;
+    let stored = app
+        .db()
+        .run(move |c| agents::online_since(c, since))
+        .await
+        .unwrap();
+    let down = stored[0].down_bps.unwrap();
+    let rtt_ms = stored[0].rtt_us.unwrap() / 1000;
+    assert!(
+        (30_000..=70_000).contains(&down),
+        "timed downstream {down} bit/s"
+    );
+    assert!((140..=290).contains(&rtt_ms), "timed RTT {rtt_ms} ms");
 }

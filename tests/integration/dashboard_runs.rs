@@ -48,7 +48,7 @@ async fn an_owner_opens_a_runs_results_from_the_check_page_and_another_owner_can
     let deadline = Instant::now() + Duration::from_secs(20);
     while count(
         &app,
-        "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL",
+        "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL AND calibrated_at IS NOT NULL",
     ) < 1
     {
         assert!(Instant::now() < deadline, "the agent never came online");

@@ -40,7 +40,7 @@ async fn a_page_check_flows_from_the_api_through_an_agent_into_the_report(db: Te
     eventually("the agent is online", || {
         count(
             &app,
-            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL",
+            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL AND calibrated_at IS NOT NULL",
         ) == 1
     })
     .await;

@@ -63,7 +63,7 @@ async fn an_owner_reads_each_agents_result_of_a_run_with_its_redirect_hop(db: Te
     eventually("both agents are online", || {
         count(
             &app,
-            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL",
+            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL AND calibrated_at IS NOT NULL",
         ) == 2
     })
     .await;

@@ -334,6 +334,21 @@ impl TestApp {
             )
             .await;
         assert_eq!(status, 200, "{ack}");
+        calibrate_as_declared(self, &token);
+        token
+    }
+
+    /// Enrols an agent like [`TestApp::agent`] but leaves it uncalibrated: runs do not
+    /// plan it in.
+    pub async fn uncalibrated_agent(
+        &self,
+        source: Ipv4Addr,
+        key: &str,
+        class: &str,
+        max_concurrent: u32,
+    ) -> String {
+        let token = self.agent(source, key, class, max_concurrent).await;
+        set_calibration(self, &token, None);
         token
     }
 
@@ -390,4 +405,81 @@ impl TestApp {
         assert_eq!(verified["verified"], true);
         id
     }
+}
+
+/// A line as the controller measured it in calibration: (class, rtt µs, down bit/s).
+pub type MeasuredLine<'a> = (&'a str, i64, i64);
+
+/// Marks the agent with `token` calibrated, its measured class its declared one, as if
+/// the controller had measured a fast line next door (40 µs, 100 Gbit/s): runs plan
+/// only calibrated agents, and these figures keep every honest loopback timing within
+/// the line rules of `verification`. Tests of calibration itself go through the real
+/// endpoints instead.
+pub fn calibrate_as_declared(app: &TestApp, token: &str) {
+    calibrate_in(app.db(), token);
+}
+
+fn calibrate_in(db: &Db, token: &str) {
+    let mut conn = db.conn().unwrap();
+    let agent = lastmile_controller::agents::agent_by_token(&mut conn, token)
+        .unwrap()
+        .unwrap();
+    drop(conn);
+    set_calibration_in(
+        db,
+        token,
+        Some((&agent.declared_class, 40, 100_000_000_000)),
+    );
+}
+
+/// Calibrates (as [`calibrate_as_declared`]) the real agent whose state directory is
+/// `state_dir` as soon as it has enrolled (its `credentials.json` appears), from a
+/// background task that gives up after 60 s. For tests that run real agents with
+/// calibration off, so that the declared class stands and runs plan them in.
+pub fn calibrate_when_enrolled(app: &TestApp, state_dir: &std::path::Path) {
+    let db = app.db().clone();
+    let file = state_dir.join("credentials.json");
+    tokio::spawn(async move {
+        for _ in 0..12_000 {
+            if let Ok(bytes) = std::fs::read(&file) {
+                if let Ok(creds) =
+                    serde_json::from_slice::<lastmile_agent::runner::Credentials>(&bytes)
+                {
+                    tokio::task::spawn_blocking(move || calibrate_in(&db, &creds.token))
+                        .await
+                        .unwrap();
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+}
+
+/// Sets (or with `None` clears) what the controller measured of the agent's line.
+pub fn set_calibration(app: &TestApp, token: &str, line: Option<MeasuredLine<'_>>) {
+    set_calibration_in(app.db(), token, line);
+}
+
+fn set_calibration_in(db: &Db, token: &str, line: Option<MeasuredLine<'_>>) {
+    use diesel::RunQueryDsl;
+    let mut conn = db.conn().unwrap();
+    let agent = lastmile_controller::agents::agent_by_token(&mut conn, token)
+        .unwrap()
+        .unwrap();
+    let sql = match line {
+        Some((class, rtt_us, down_bps)) => format!(
+            "UPDATE agents SET measured_class = '{class}', calibrated_at = {now}, rtt_us = {rtt_us}, \
+             down_bps = {down_bps}, up_bps = {up}, class_mismatch = FALSE WHERE id = '{id}'",
+            now = lastmile_controller::clock::now_us(),
+            up = down_bps / 8,
+            id = agent.id
+        ),
+        None => format!(
+            "UPDATE agents SET measured_class = NULL, calibrated_at = NULL, rtt_us = NULL, \
+             down_bps = NULL, up_bps = NULL WHERE id = '{}'",
+            agent.id
+        ),
+    };
+    diesel::sql_query(sql).execute(&mut conn).unwrap();
 }

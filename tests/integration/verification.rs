@@ -18,6 +18,9 @@ per_backend!(
     copied_and_replayed_results_are_flagged_and_resubmission_is_not,
     only_one_agent_per_volunteer_and_address_is_paid_for_a_run,
     the_flag_list_is_for_operators_only,
+    timings_no_line_can_produce_are_flagged_whatever_the_calibration,
+    a_result_with_neither_status_nor_error_is_refused,
+    an_uncalibrated_agent_gets_no_work_and_is_not_paid,
 );
 
 pub const ADMIN: &str = "test-admin-token";
@@ -49,17 +52,23 @@ async fn owner_and_check(app: &TestApp, agents_per_run: u32) -> (String, String,
     (owner, check["id"].as_str().unwrap().to_owned(), site)
 }
 
-/// Reports a calibration with these figures.
+/// Marks the agent calibrated as its declared class with these figures, as the
+/// controller would have timed them (calibration itself is tested in calibration.rs).
 async fn calibrate(app: &TestApp, token: &str, rtt_ms: u64, down_bps: u64) {
-    let (status, ack) = app
-        .call(
-            "POST",
-            "/api/v1/agents/calibration",
-            Some(token),
-            Some(json!({"rtt_us": rtt_ms * 1000, "down_bps": down_bps, "up_bps": down_bps / 8, "bytes_used": 100_000})),
-        )
-        .await;
-    assert_eq!(status, 200, "{ack}");
+    let mut conn = app.db().conn().unwrap();
+    let agent = lastmile_controller::agents::agent_by_token(&mut conn, token)
+        .unwrap()
+        .unwrap();
+    drop(conn);
+    crate::support::set_calibration(
+        app,
+        token,
+        Some((
+            &agent.declared_class,
+            (rtt_ms * 1000) as i64,
+            down_bps as i64,
+        )),
+    );
 }
 
 /// Leases the agent's one assignment.
@@ -176,7 +185,8 @@ async fn a_ttfb_shorter_than_the_line_allows_is_flagged_kept_and_not_paid(db: Te
     let (owner, check, _site) = owner_and_check(&app, 3).await;
     let honest_key = app.volunteer("Honest Ada");
     let cheat_key = app.volunteer("Cheating Carl");
-    // Both DSL lines, 16 Mbit/s and 40 ms to the controller; a third never calibrated.
+    // Both DSL lines, 16 Mbit/s and 40 ms to the controller; a third calibrated on a
+    // line next door (support's default: 40 µs).
     let honest = app
         .agent(Ipv4Addr::new(127, 0, 0, 2), &honest_key, "dsl", 1)
         .await;
@@ -197,7 +207,7 @@ async fn a_ttfb_shorter_than_the_line_allows_is_flagged_kept_and_not_paid(db: Te
     let fake_id = lease(&app, &cheat).await;
     let fake = measured(&fake_id, [300, 800, 2_000, 400], 8192);
     let first_ack = submit(&app, &cheat, &fake).await;
-    // Without a calibration there is nothing to judge a 1 ms ttfb by.
+    // A 1 ms ttfb is nothing unusual for a line 40 µs from the controller.
     submit_measured(&app, &uncalibrated, [100, 500, 1_000, 300], 8192).await;
     // A retry of the flagged submission: same answer, no second flag, still unpaid.
     assert_eq!(submit(&app, &cheat, &fake).await, first_ack);
@@ -230,7 +240,7 @@ async fn a_ttfb_shorter_than_the_line_allows_is_flagged_kept_and_not_paid(db: Te
         ),
         1
     );
-    // Out of the report: DE (honest) and BR (uncalibrated) only, not the US cheater.
+    // Out of the report: DE (honest) and BR (next door) only, not the US cheater.
     assert_eq!(
         samples_by_country(&app, &owner, &check).await,
         [("BR".to_owned(), 1), ("DE".to_owned(), 1)]
@@ -615,4 +625,167 @@ async fn the_flag_list_is_for_operators_only(db: TestDb) {
         "{body}"
     );
     off.controller.stop().await.unwrap();
+}
+
+/// A result of `agent`'s one assignment with these timings, status 200 and `bytes`.
+fn with_timings(assignment: &Value, t: [u64; 6], bytes: u64) -> Value {
+    let [dns, connect, tls, ttfb, transfer, total] = t;
+    json!({
+        "assignment_id": assignment,
+        "started_at": chrono::Utc::now().to_rfc3339(),
+        "measurement": {
+            "status": 200, "bytes": bytes, "error": null,
+            "timings_us": {"dns": dns, "connect": connect, "tls": tls, "ttfb": ttfb,
+                "transfer": transfer, "total": total}
+        }
+    })
+}
+
+async fn timings_no_line_can_produce_are_flagged_whatever_the_calibration(db: TestDb) {
+    let app = admin_app(&db).await;
+    let (owner, check, _site) = owner_and_check(&app, 1).await;
+    let key = app.volunteer("Mallory");
+    // The fastest line there is: support's calibration (40 µs, 100 Gbit/s), under which
+    // the calibrated rules pass all but the 10 GB body; physics for any line does not.
+    let agent = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
+        .await;
+    let cases: [([u64; 6], u64, &str); 5] = [
+        ([0, 0, 0, 0, 0, 0], 1_000, "ttfb_below_any_line"),
+        ([1, 1, 1, 1, 1, 1], 1_000, "ttfb_below_any_line"),
+        ([1, 1, 0, 1, 1, 5], 1_000, "ttfb_below_any_line"),
+        (
+            [10, 50, 0, 300, 1, 400],
+            10_000_000_000,
+            "faster_than_any_line",
+        ),
+        (
+            [5_000, 9_000, 0, 15_000, 2_000, 20_000],
+            1_000,
+            "phases_exceed_total",
+        ),
+    ];
+    let mut flagged = Vec::new();
+    for (timings, bytes, broken) in cases {
+        app.start_run(&owner, &check).await;
+        let assignment = lease(&app, &agent).await;
+        submit(&app, &agent, &with_timings(&assignment, timings, bytes)).await;
+        flagged.push((assignment.as_str().unwrap().to_owned(), broken));
+    }
+    // And an honest loopback measurement passes.
+    app.start_run(&owner, &check).await;
+    submit_measured(&app, &agent, [40, 90, 180, 60], 70_000).await;
+
+    let list = flags(&app).await;
+    let rules = rules_by_assignment(&list);
+    assert_eq!(rules.len(), flagged.len(), "{list}");
+    for (assignment, broken) in &flagged {
+        let (_, rules) = rules.iter().find(|(a, _)| a == assignment).unwrap();
+        assert!(rules.iter().any(|r| r == "impossible_timings"), "{list}");
+        let flag = list["flags"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["assignment_id"] == assignment.as_str())
+            .unwrap();
+        let evidence = &flag["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["rule"] == "impossible_timings")
+            .unwrap()["evidence"];
+        assert!(
+            evidence["broken"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b == broken),
+            "{assignment}: {evidence}"
+        );
+    }
+    // None of them is in the report or paid; the honest one is.
+    assert_eq!(
+        samples_by_country(&app, &owner, &check).await,
+        [("DE".to_owned(), 1)]
+    );
+    assert_eq!(balance(&app, &owner).await, OWNER_CREDIT - 5);
+    assert_eq!(balance(&app, &key).await, 4);
+    app.controller.stop().await.unwrap();
+}
+
+async fn a_result_with_neither_status_nor_error_is_refused(db: TestDb) {
+    let app = admin_app(&db).await;
+    let (owner, check, _site) = owner_and_check(&app, 1).await;
+    let key = app.volunteer("v");
+    let agent = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
+    app.start_run(&owner, &check).await;
+    let assignment = lease(&app, &agent).await;
+    let mut body = measured(&assignment, [900, 21_000, 22_000, 4_100], 8192);
+    body["measurement"]["status"] = Value::Null;
+    let (status, answer) = app
+        .call("POST", "/api/v1/results", Some(&agent), Some(body))
+        .await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (422, Some("invalid_result")),
+        "{answer}"
+    );
+    assert!(
+        answer["message"].as_str().unwrap().contains("neither"),
+        "{answer}"
+    );
+    assert_eq!(
+        crate::support::count(&app, "SELECT COUNT(*) AS n FROM results"),
+        0
+    );
+    assert_eq!(balance(&app, &owner).await, OWNER_CREDIT);
+    app.controller.stop().await.unwrap();
+}
+
+async fn an_uncalibrated_agent_gets_no_work_and_is_not_paid(db: TestDb) {
+    let app = admin_app(&db).await;
+    let (owner, check, _site) = owner_and_check(&app, 2).await;
+    let key = app.volunteer("v");
+    let agent = app
+        .uncalibrated_agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1)
+        .await;
+    let (status, run) = app
+        .call(
+            "POST",
+            &format!("/api/v1/checks/{check}/runs"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 201, "{run}");
+    assert_eq!(
+        run["eligible_agents"], 0,
+        "an uncalibrated agent is not planned in: {run}"
+    );
+    assert_eq!(run["problem"], "no_eligible_agents", "{run}");
+
+    // Once its line is measured it is planned in; if the calibration is lost before
+    // its result arrives, the result is kept, flagged and not paid.
+    crate::support::calibrate_as_declared(&app, &agent);
+    app.start_run(&owner, &check).await;
+    let assignment = lease(&app, &agent).await;
+    crate::support::set_calibration(&app, &agent, None);
+    submit(
+        &app,
+        &agent,
+        &measured(&assignment, [900, 21_000, 22_000, 4_100], 8192),
+    )
+    .await;
+    let list = flags(&app).await;
+    assert_eq!(
+        rules_by_assignment(&list),
+        [(
+            assignment.as_str().unwrap().to_owned(),
+            vec!["uncalibrated_agent".to_owned()]
+        )],
+        "{list}"
+    );
+    assert_eq!(balance(&app, &owner).await, OWNER_CREDIT);
+    assert_eq!(balance(&app, &key).await, 0);
+    app.controller.stop().await.unwrap();
 }

@@ -15,7 +15,7 @@ use super::auth::{AuthAgent, Origin};
 use crate::error::Error;
 use crate::metrics::Metrics;
 use crate::server::AppState;
-use crate::{agents, calibration, clock, ingest, scheduling};
+use crate::{agents, calibration, calibration_timing, clock, ingest, scheduling};
 
 /// Enrol a new agent with a volunteer's enrolment key.
 #[utoipa::path(post, path = "/api/v1/agents/enrol", tag = "agents", request_body = EnrolRequest,
@@ -107,8 +107,27 @@ pub async fn submit(
 #[utoipa::path(get, path = "/api/v1/agents/calibration/ping", tag = "agents", security(("agent_token" = [])),
     responses((status = 204), (status = 401, body = ApiError)))]
 #[get("/agents/calibration/ping")]
-pub async fn calibration_ping(_agent: AuthAgent) -> HttpResponse {
-    HttpResponse::NoContent().finish()
+pub async fn calibration_ping(
+    state: web::Data<AppState>,
+    AuthAgent(agent): AuthAgent,
+    request: HttpRequest,
+) -> HttpResponse {
+    let peer = request.peer_addr();
+    state
+        .calibrations
+        .arrived(&agent.id, peer, calibration_echo(&request));
+    let nonce = state.calibrations.ping_sent(&agent.id, peer);
+    HttpResponse::NoContent()
+        .insert_header((calibration_timing::NONCE_HEADER, nonce))
+        .finish()
+}
+
+/// The nonce an agent echoes from the previous calibration answer, if it sent one.
+fn calibration_echo(request: &HttpRequest) -> Option<&str> {
+    request
+        .headers()
+        .get(calibration_timing::ECHO_HEADER)
+        .and_then(|v| v.to_str().ok())
 }
 
 /// How many bytes a calibration download asks for.
@@ -130,7 +149,12 @@ pub async fn calibration_download(
     state: web::Data<AppState>,
     AuthAgent(agent): AuthAgent,
     params: web::Query<DownloadParams>,
+    request: HttpRequest,
 ) -> Result<HttpResponse, Error> {
+    let peer = request.peer_addr();
+    state
+        .calibrations
+        .arrived(&agent.id, peer, calibration_echo(&request));
     let bytes = params.bytes;
     if bytes == 0 || bytes > MAX_PAYLOAD_BYTES {
         return Err(Error::invalid(
@@ -139,13 +163,22 @@ pub async fn calibration_download(
         ));
     }
     let cap = state.config.calibration_bytes_per_day;
+    let agent_id = agent.id.clone();
     state
         .db
-        .run(move |c| calibration::reserve_bytes(c, &agent.id, bytes, cap))
+        .run(move |c| calibration::reserve_bytes(c, &agent_id, bytes, cap))
         .await?;
+    // The payload ends with the nonce the agent's next request echoes: only an agent
+    // that has received the whole body can send it (see `calibration_timing`).
+    let mut payload = vec![0u8; bytes as usize];
+    let nonce = state.calibrations.download_sent(&agent.id, peer, bytes);
+    if payload.len() >= nonce.len() {
+        let start = payload.len() - nonce.len();
+        payload[start..].copy_from_slice(nonce.as_bytes());
+    }
     Ok(HttpResponse::Ok()
         .content_type("application/octet-stream")
-        .body(vec![0u8; bytes as usize]))
+        .body(payload))
 }
 
 /// What the controller received of an upload.
@@ -166,6 +199,9 @@ pub async fn calibration_upload(
     request: HttpRequest,
     mut body: web::Payload,
 ) -> Result<web::Json<UploadReceipt>, Error> {
+    state
+        .calibrations
+        .arrived(&agent.id, request.peer_addr(), calibration_echo(&request));
     // The allowance is charged before a byte is read, so a spent allowance costs the
     // volunteer nothing more; that needs the size up front.
     let declared = request
@@ -190,19 +226,29 @@ pub async fn calibration_upload(
         .db
         .run(move |c| calibration::reserve_bytes(c, &agent_id, declared, cap))
         .await?;
-    // Only the size matters: count the bytes as they stream in, keep none.
+    // Only the size and the timing matter: count the bytes as they stream in, keep
+    // none, and time them from the first chunk to the last on our own clock.
     let mut received = 0u64;
+    let mut first: Option<(std::time::Instant, u64)> = None;
     while let Some(chunk) = body.next().await {
         let chunk =
             chunk.map_err(|e| Error::invalid("invalid_body", format!("upload broke off: {e}")))?;
         received += chunk.len() as u64;
+        first.get_or_insert((std::time::Instant::now(), received));
+    }
+    if let Some((at, first_bytes)) = first {
+        state
+            .calibrations
+            .uploaded(&agent.id, received - first_bytes, at.elapsed());
     }
     Ok(web::Json(UploadReceipt {
         received_bytes: received,
     }))
 }
 
-/// Calibration: report the figures; the answer is the class the controller will use.
+/// Calibration: say it is done; the answer is the class the controller will use, from
+/// the figures the controller timed itself (the report's own figures are only logged).
+/// 422 `calibration_incomplete` when the controller timed too little of it.
 #[utoipa::path(post, path = "/api/v1/agents/calibration", tag = "agents", request_body = CalibrationReport,
     security(("agent_token" = [])),
     responses((status = 200, body = CalibrationAck), (status = 422, body = ApiError)))]
@@ -212,9 +258,32 @@ pub async fn calibration_report(
     AuthAgent(agent): AuthAgent,
     body: web::Json<CalibrationReport>,
 ) -> Result<web::Json<CalibrationAck>, Error> {
+    let timed = state.calibrations.finish(&agent.id).map_err(|i| {
+        Error::invalid(
+            "calibration_incomplete",
+            format!(
+                "the controller timed {} ping(s), {} download(s) and {} upload(s) of this \
+                 calibration; it needs at least {} pings and one of each transfer over one \
+                 connection, each request echoing the previous answer's nonce",
+                i.pings,
+                i.downloads,
+                i.uploads,
+                calibration_timing::MIN_PINGS
+            ),
+        )
+    })?;
+    tracing::info!(agent = %agent.id, reported_rtt_us = body.rtt_us, reported_down_bps = body.down_bps,
+        reported_up_bps = body.up_bps, rtt_us = timed.rtt_us, down_bps = timed.down_bps,
+        up_bps = timed.up_bps, "calibration timed");
+    let measured = CalibrationReport {
+        rtt_us: timed.rtt_us,
+        down_bps: timed.down_bps,
+        up_bps: timed.up_bps,
+        bytes_used: body.bytes_used,
+    };
     let ack = state
         .db
-        .run(move |c| calibration::record(c, &agent, &body))
+        .run(move |c| calibration::record(c, &agent, &measured))
         .await?;
     Ok(web::Json(ack))
 }

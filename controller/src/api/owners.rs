@@ -186,16 +186,18 @@ pub async fn get_check(
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
 ) -> Result<web::Json<CheckView>, Error> {
-    let (check, flagged) = state
+    let (check, flagged, last_run) = state
         .db
         .run(move |c| {
             let check = checks::get(c, &owner.id, &id.to_string())?;
             let flagged = crate::verification::flagged_count(c, &check.id, None)?;
-            Ok::<_, Error>((check, flagged))
+            let last_run = crate::scheduling::latest_run(c, &check.id)?;
+            Ok::<_, Error>((check, flagged, last_run))
         })
         .await?;
     Ok(web::Json(CheckView {
         flagged_results: Some(flagged.max(0) as u64),
+        last_run,
         ..CheckView::from(&check)
     }))
 }

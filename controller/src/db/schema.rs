@@ -101,6 +101,9 @@ diesel::table! {
         deadline_at -> BigInt,
         eligible_agents -> Integer,
         requested -> Integer,
+        task -> Nullable<Text>,
+        price_minor -> Nullable<BigInt>,
+        price_currency -> Nullable<Text>,
     }
 }
 

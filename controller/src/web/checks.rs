@@ -478,19 +478,26 @@ fn run_item(r: &RunView) -> RunItem {
         created: r.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
         requested: r.requested,
         done: r.done,
-        state: {
-            let progress = if r.finished {
-                "finished".to_owned()
-            } else {
-                format!("{} waiting, {} measuring", r.pending, r.leased)
-            };
-            // Flagged results count as done but are in no report and were not charged.
-            if r.flagged > 0 {
-                format!("{progress}; {} flagged, not counted", r.flagged)
-            } else {
-                progress
-            }
-        },
+        state: run_state(r),
+    }
+}
+
+/// A run's progress in words, or why it measured nothing.
+fn run_state(r: &RunView) -> String {
+    if let Some(scheduling::RunProblem::NoEligibleAgents) = r.problem {
+        return "no eligible agents: no online agent matched the selection; nothing was charged"
+            .to_owned();
+    }
+    let progress = if r.finished {
+        "finished".to_owned()
+    } else {
+        format!("{} waiting, {} measuring", r.pending, r.leased)
+    };
+    // Flagged results count as done but are in no report and were not charged.
+    if r.flagged > 0 {
+        format!("{progress}; {} flagged, not counted", r.flagged)
+    } else {
+        progress
     }
 }
 
