@@ -258,4 +258,33 @@ async fn a_sign_up_form_with_a_nul_is_refused_by_name_and_nothing_is_written(db:
     let res = sign_up("Shop").await.unwrap();
     assert_eq!(res.status(), 303);
     assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM logins"), 1);
+    let session = res
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_owned())
+        .find(|c| c.starts_with("lm_session="))
+        .unwrap();
+
+    // A page whose id holds a NUL names nothing: not found (it was a 500 on PostgreSQL).
+    let res = http
+        .get(format!("{}/app/checks/%00", app.base))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    // A query parameter holding one is named.
+    let res = http
+        .get(format!("{}/app/leaderboard?period=we%00ek", app.base))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("query parameter period contains a NUL character"),
+        "{page}"
+    );
 }
