@@ -27,6 +27,25 @@ use crate::money::{Currency, Money};
 /// The currency prices are set in.
 pub const PRICE_CURRENCY: Currency = Currency::USD;
 
+/// Every currency prices exist in: the only ones credit may be bought or granted in,
+/// since credit in any other could never be spent. Adding a currency is one line here
+/// (with prices in it).
+pub const PRICED_CURRENCIES: &[Currency] = &[PRICE_CURRENCY];
+
+/// Whether prices exist in `currency`, so that credit in it can be spent.
+pub fn is_priced(currency: Currency) -> bool {
+    PRICED_CURRENCIES.contains(&currency)
+}
+
+/// The priced currencies for a message: `usd`, or `usd, eur`.
+pub fn priced_currencies() -> String {
+    PRICED_CURRENCIES
+        .iter()
+        .map(Currency::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The platform's share of each price, in basis points (1/100 of a percent).
 pub const PLATFORM_FEE_BPS: i64 = 2_000;
 

@@ -116,6 +116,17 @@ pub fn grant_credit(
             "the amount must be a positive number of minor units (cents)",
         ));
     }
+    if !pricing::is_priced(amount.currency) {
+        return Err(Error::invalid(
+            "unsupported_currency",
+            format!(
+                "credit can only be granted in {} (the currencies prices exist in; credit \
+                 in another could never be spent), not {}",
+                pricing::priced_currencies(),
+                amount.currency
+            ),
+        ));
+    }
     let exists: i64 = owners::table
         .filter(owners::id.eq(owner_id))
         .count()

@@ -328,7 +328,7 @@ fn to_stored(
         error_message: m
             .error
             .as_ref()
-            .map(|e| e.message.chars().take(500).collect()),
+            .map(|e| observed(&e.message).take(500).collect()),
         dns_us: t.dns as i64,
         connect_us: t.connect as i64,
         tls_us: t.tls as i64,
@@ -352,13 +352,38 @@ fn to_stored(
         } as i64,
         redirects: m.redirects.len().min(i32::MAX as usize) as i32,
         redirect_us: m.redirect_us as i64,
-        page: m.page.as_ref().and_then(|p| serde_json::to_string(p).ok()),
+        page: m
+            .page
+            .as_ref()
+            .and_then(|p| serde_json::to_string(&observed_page(p)).ok()),
         redirect_hops: if m.redirects.is_empty() {
             None
         } else {
             serde_json::to_string(&bound_hops(&m.redirects)).ok()
         },
     }
+}
+
+/// A text the agent reports as a server sent it (an error message, a URL), without
+/// the NUL characters PostgreSQL cannot store. Kept rather than refused: a strange
+/// server is still honestly measured (`api::nul_text` lets exactly these through).
+fn observed(text: &str) -> impl Iterator<Item = char> + '_ {
+    text.chars().filter(|&c| c != '\0')
+}
+
+/// The page summary with NULs stripped from its URLs and error messages.
+fn observed_page(p: &lastmile_protocol::PageSummary) -> lastmile_protocol::PageSummary {
+    let text = |s: &str| observed(s).collect::<String>();
+    let mut page = p.clone();
+    page.document_url = text(&page.document_url);
+    if let Some(slowest) = &mut page.slowest {
+        slowest.url = text(&slowest.url);
+    }
+    for failed in &mut page.failed {
+        failed.url = text(&failed.url);
+        failed.error.message = text(&failed.error.message);
+    }
+    page
 }
 
 /// Hops kept per result: a check follows at most this many redirects
@@ -377,7 +402,7 @@ pub const MAX_HOP_URL_CHARS: usize = 2048;
 /// the result's own). The result's `redirects` column keeps the count reported, so a
 /// cut list is visible as fewer hops than that count.
 pub fn bound_hops(hops: &[Hop]) -> Vec<Hop> {
-    let cut = |s: &str, n: usize| s.chars().take(n).collect::<String>();
+    let cut = |s: &str, n: usize| observed(s).take(n).collect::<String>();
     hops.iter()
         .take(MAX_STORED_HOPS)
         .map(|h| Hop {

@@ -201,13 +201,42 @@ pub struct ClaimView {
 const CLAIM_TTL_US: Micros = 24 * HOUR_US;
 const CLAIM_MAX_ATTEMPTS: i32 = 5;
 
+/// Refuses a claim on an ASN that already has an owner: the ISP itself (nothing to
+/// prove) or another ISP (409 `asn_owned`). A proof by mail only gives an ASN without
+/// an owner; taking one from its owner is an operator's decision, and mailing its
+/// contact on a stranger's behalf would only be noise (or a nuisance on demand).
+fn unowned_or_conflict(conn: &mut DbConn, isp: &Isp, asn: u32) -> Result<()> {
+    let owners: Vec<String> = isp_asns::table
+        .filter(isp_asns::asn.eq(i64::from(asn)))
+        .select(isp_asns::isp_id)
+        .load(conn)?;
+    if owners.contains(&isp.id) {
+        return Err(Error::conflict(
+            "asn_already_yours",
+            format!("AS{asn} is already one of your networks; there is nothing to prove"),
+        ));
+    }
+    if !owners.is_empty() {
+        return Err(Error::conflict(
+            "asn_owned",
+            format!(
+                "AS{asn} belongs to another ISP; an operator must transfer it \
+                 (no code was sent)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Starts proving ownership of `asn`: mails a one-time code to its registered contact.
+/// Only for an ASN nobody owns yet (see [`unowned_or_conflict`]).
 pub fn start_claim(
     conn: &mut DbConn,
     mailer: &dyn Mailer,
     isp: &Isp,
     asn: u32,
 ) -> Result<ClaimView> {
+    unowned_or_conflict(conn, isp, asn)?;
     let contact: Option<String> = asn_contacts::table
         .find(i64::from(asn))
         .select(asn_contacts::email)
@@ -287,6 +316,16 @@ pub fn confirm_claim(conn: &mut DbConn, isp: &Isp, claim_id: &str, code: &str) -
             });
         };
         if confirmed_at.is_none() {
+            // Another ISP may have confirmed its own claim meanwhile (owning it
+            // already, by an operator's grant, is fine).
+            match unowned_or_conflict(c, isp, u32::try_from(asn).unwrap_or(0)) {
+                Ok(())
+                | Err(Error::Conflict {
+                    code: "asn_already_yours",
+                    ..
+                }) => {}
+                Err(e) => return Err(e),
+            }
             if expires_at < now || attempts >= CLAIM_MAX_ATTEMPTS {
                 return Err(Error::conflict(
                     "claim_expired",

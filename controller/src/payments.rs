@@ -77,12 +77,12 @@ pub fn purchase_amount(req: &NewCheckout) -> Result<Money> {
             .map_err(|e: lastmile_billing::money::BadCurrency| {
                 Error::invalid("invalid_currency", e.to_string())
             })?;
-    if currency != pricing::PRICE_CURRENCY {
+    if !pricing::is_priced(currency) {
         return Err(Error::invalid(
             "unsupported_currency",
             format!(
-                "credit is sold in {} (the currency prices are in), not {currency}",
-                pricing::PRICE_CURRENCY
+                "credit is sold in {} (the currencies prices are in), not {currency}",
+                pricing::priced_currencies()
             ),
         ));
     }
@@ -327,6 +327,22 @@ fn credit_purchase(conn: &mut DbConn, session: &Value) -> Result<EventOutcome> {
             "paid Checkout session that names no owner of ours or no amount; not credited");
         return Ok(EventOutcome::Ignored);
     };
+    if !pricing::is_priced(currency) {
+        // Credit nothing could ever spend. Refused, not acknowledged: the transaction
+        // (and so the event id) is rolled back, Stripe keeps retrying and shows the
+        // failing deliveries, and the log says so each time, until someone refunds the
+        // customer or adds the currency (when a retry credits it).
+        tracing::error!(session = session_id, owner = %owner_id, amount, %currency,
+            "paid Checkout session in a currency no price exists in; not credited: refund it");
+        return Err(Error::invalid(
+            "unsupported_currency",
+            format!(
+                "checkout session {session_id} was paid in {currency}, but credit exists only \
+                 in {} (the currencies prices are in); nothing was credited",
+                pricing::priced_currencies()
+            ),
+        ));
+    }
     if let Some(r) = &recorded {
         if r.amount_minor != amount || r.currency != currency.as_str() {
             tracing::warn!(

@@ -237,3 +237,41 @@ fn owner_credit_grants_test_credit_once_per_grant_id() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("owner not found"));
 }
+
+#[test]
+fn owner_credit_in_a_currency_without_prices_is_refused_and_grants_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = controller(dir.path())
+        .args(["owner", "create", "--name", "Shop Ltd"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let owner = stdout.split_whitespace().nth(1).unwrap().to_owned();
+    let credit = |currency: &str| {
+        controller(dir.path())
+            .args([
+                "owner",
+                "credit",
+                "--owner",
+                &owner,
+                "--amount-minor",
+                "100",
+            ])
+            .args(["--currency", currency])
+            .output()
+            .unwrap()
+    };
+    for currency in ["xyz", "eur"] {
+        let out = credit(currency);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("credit can only be granted in usd") && stderr.contains(currency),
+            "{stderr}"
+        );
+    }
+    // Nothing was granted: the first usd grant is all the credit there is.
+    let out = credit("usd");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("credit now 1.00 usd"), "{stdout}");
+}

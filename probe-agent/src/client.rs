@@ -31,9 +31,25 @@ impl ClientError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClientError::Unreachable(_) => true,
-            ClientError::Refused { status, .. } => *status >= 500 || *status == 429,
+            ClientError::Refused { status, .. } => *status >= 500 || matches!(status, 408 | 429),
         }
     }
+
+    /// Whether the controller refused this very request for good ([`is_rejection`]).
+    pub fn is_rejection(&self) -> bool {
+        match self {
+            ClientError::Unreachable(_) => false,
+            ClientError::Refused { status, .. } => is_rejection(*status),
+        }
+    }
+}
+
+/// Whether an answer with `status` refuses the request for good: a 4xx that neither
+/// waiting nor new credentials can cure. Not 401 (the token, not the request, is wrong:
+/// once the agent has a valid token the same request succeeds), 408 (the request timed
+/// out on its way) or 429 (asked to come back later).
+pub fn is_rejection(status: u16) -> bool {
+    (400..500).contains(&status) && !matches!(status, 401 | 408 | 429)
 }
 
 /// A connection to one controller.

@@ -25,7 +25,7 @@ use crate::client::{ClientError, ControllerClient};
 use crate::limits::{self, Gate, VolunteerLimits};
 use crate::measure::{Engine, EngineConfig, Expectations};
 use crate::page::PageLimits;
-use crate::spool::Spool;
+use crate::spool::{Rejected, Spool};
 
 /// Everything the run loop needs, already merged from flags, environment and config file.
 #[derive(Debug, Clone)]
@@ -452,14 +452,31 @@ async fn submit_from_spool(client: &ControllerClient, spool: &Spool, result: &Re
                 tracing::warn!(error = %e, "acknowledged result stays in the spool");
             }
         }
-        Err(e) if e.is_transient() => {
-            tracing::warn!(error = %e, assignment = %result.assignment_id, "result kept in spool for later");
+        Err(ClientError::Refused { status, body }) if crate::client::is_rejection(status) => {
+            // The controller will never take it (e.g. an unknown assignment, a text it
+            // refuses): retrying would go on forever, so it moves to `rejected/` with the
+            // controller's answer, for a person to look at.
+            let assignment = result.assignment_id;
+            match spool.reject(result, status, &body) {
+                Ok(Rejected::Kept { rejected }) => tracing::warn!(
+                    %assignment, status, error = %body.error, message = %body.message,
+                    rejected_total = rejected, folder = %spool.rejected_dir().display(),
+                    "controller rejected result; moved it out of the spool"
+                ),
+                Ok(Rejected::Dropped) => tracing::warn!(
+                    %assignment, status, error = %body.error, message = %body.message,
+                    "controller rejected result; the rejected folder is full, so it is dropped"
+                ),
+                Err(e) => tracing::warn!(
+                    %assignment, error = %e,
+                    "controller rejected result; cannot move it out of the spool"
+                ),
+            }
         }
         Err(e) => {
-            // The controller will never take it (unknown or foreign assignment): keeping it
-            // would retry forever, so drop it and say so.
-            tracing::error!(error = %e, assignment = %result.assignment_id, "controller rejected result; dropping it");
-            let _ = spool.remove(result.assignment_id);
+            // Network trouble, 5xx, 401/408/429: a later attempt (after a backoff, or a new
+            // token) may succeed, so it waits in the spool.
+            tracing::warn!(error = %e, assignment = %result.assignment_id, "result kept in spool for later");
         }
     }
 }

@@ -12,18 +12,49 @@
 //! closest to their lease and the longest unreported, and a new result is refused; the
 //! runner stops taking work while the spool is full, so nothing new is measured only to
 //! be dropped.
+//!
+//! A result the controller refuses for good (a 4xx such as `invalid_text` or
+//! `assignment_not_found`, see `ClientError::is_rejection`) would be retried forever,
+//! so it moves out of the spool into `rejected/` beside it, with the controller's
+//! answer next to it (`<id>.reason.json`), for the volunteer or a developer to look
+//! at. That folder is bounded like the spool: when it is full, further refused results
+//! are dropped (and logged) instead.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use lastmile_protocol::ResultSubmission;
+use lastmile_protocol::{ApiError, ResultSubmission};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// A directory of results not yet acknowledged.
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    /// Where refused results go: `rejected/` beside `dir`.
+    rejected: PathBuf,
     max_results: usize,
+}
+
+/// Why the controller refused a result, kept beside it in `rejected/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rejection {
+    /// The HTTP status of the refusal.
+    pub status: u16,
+    /// The controller's stable error code.
+    pub error: String,
+    /// The controller's message.
+    pub message: String,
+    pub rejected_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What [`Spool::reject`] did with a refused result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// Moved to `rejected/`, which now holds this many results.
+    Kept { rejected: usize },
+    /// `rejected/` was full: the result was dropped.
+    Dropped,
 }
 
 /// Default for the most results a spool keeps.
@@ -34,21 +65,70 @@ impl Spool {
     pub fn open(dir: impl Into<PathBuf>, max_results: usize) -> std::io::Result<Spool> {
         let dir = dir.into();
         std::fs::create_dir_all(&dir)?;
+        let rejected = dir.with_file_name("rejected");
         Ok(Spool {
             dir,
+            rejected,
             max_results: max_results.max(1),
+        })
+    }
+
+    /// The folder refused results are moved to.
+    pub fn rejected_dir(&self) -> &Path {
+        &self.rejected
+    }
+
+    /// How many refused results `rejected/` holds.
+    pub fn rejected_len(&self) -> std::io::Result<usize> {
+        match count_results(&self.rejected) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            other => other,
+        }
+    }
+
+    /// Moves a result the controller refused for good out of the spool into
+    /// `rejected/`, with `answer` (the refusal) saved next to it as `<id>.reason.json`.
+    /// A result that never made it into the spool is written there from memory.
+    pub fn reject(
+        &self,
+        result: &ResultSubmission,
+        status: u16,
+        answer: &ApiError,
+    ) -> std::io::Result<Rejected> {
+        let id = result.assignment_id;
+        let kept = self.rejected_len()?;
+        let target = self.rejected.join(format!("{id}.json"));
+        if !target.exists() && kept >= self.max_results {
+            self.remove(id)?;
+            return Ok(Rejected::Dropped);
+        }
+        std::fs::create_dir_all(&self.rejected)?;
+        let reason = Rejection {
+            status,
+            error: answer.error.clone(),
+            message: answer.message.clone(),
+            rejected_at: chrono::Utc::now(),
+        };
+        let reason = serde_json::to_vec_pretty(&reason).map_err(std::io::Error::other)?;
+        write_durably(&self.rejected, &format!("{id}.reason.json"), &reason)?;
+        // The reason first: a crash between the two leaves the result in the spool, to
+        // be sent (and refused) again, never a result in `rejected/` without its reason.
+        match std::fs::rename(self.path_of(id), &target) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let json = serde_json::to_vec(result).map_err(std::io::Error::other)?;
+                write_durably(&self.rejected, &format!("{id}.json"), &json)?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(Rejected::Kept {
+            rejected: self.rejected_len()?,
         })
     }
 
     /// How many results wait in the spool.
     pub fn len(&self) -> std::io::Result<usize> {
-        let mut n = 0;
-        for entry in std::fs::read_dir(&self.dir)? {
-            if entry?.path().extension().and_then(|e| e.to_str()) == Some("json") {
-                n += 1;
-            }
-        }
-        Ok(n)
+        count_results(&self.dir)
     }
 
     /// Whether no result waits.
@@ -79,12 +159,7 @@ impl Spool {
             ));
         }
         let json = serde_json::to_vec(result).map_err(std::io::Error::other)?;
-        let tmp = self.dir.join(format!(".{}.tmp", result.assignment_id));
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(&json)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, self.path_of(result.assignment_id))?;
-        Ok(())
+        write_durably(&self.dir, &format!("{}.json", result.assignment_id), &json)
     }
 
     /// Forgets a result the controller acknowledged.
@@ -114,6 +189,32 @@ impl Spool {
             .filter_map(|(_, path)| read_result(&path))
             .collect())
     }
+}
+
+/// Results (`<id>.json`, not reasons) in `dir`.
+fn count_results(dir: &Path) -> std::io::Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let is_reason = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(".reason.json"));
+        if path.extension().and_then(|e| e.to_str()) == Some("json") && !is_reason {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Writes `dir/name` so that a crash never leaves half a file: to a temporary name,
+/// synced, then renamed.
+fn write_durably(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))
 }
 
 fn read_result(path: &Path) -> Option<ResultSubmission> {
@@ -169,6 +270,44 @@ mod tests {
         spool.remove(a.assignment_id).unwrap();
         spool.remove(a.assignment_id).unwrap();
         assert_eq!(spool.pending().unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn a_refused_result_moves_to_rejected_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path().join("spool"), 1).unwrap();
+        let (a, b) = (result(), result());
+        spool.put(&a).unwrap();
+        let answer = ApiError {
+            error: "invalid_text".into(),
+            message: "measurement.remote_addr contains a NUL character".into(),
+        };
+        assert_eq!(
+            spool.reject(&a, 422, &answer).unwrap(),
+            Rejected::Kept { rejected: 1 }
+        );
+        assert!(spool.is_empty().unwrap());
+        assert_eq!(spool.rejected_dir(), dir.path().join("rejected"));
+        let id = a.assignment_id;
+        let kept: ResultSubmission = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("rejected/{id}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(kept, a);
+        let reason: Rejection = serde_json::from_slice(
+            &std::fs::read(dir.path().join(format!("rejected/{id}.reason.json"))).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (reason.status, reason.error.as_str()),
+            (422, "invalid_text")
+        );
+        assert_eq!(reason.message, answer.message);
+        // The folder is bounded like the spool: one more refused result is dropped.
+        spool.put(&b).unwrap();
+        assert_eq!(spool.reject(&b, 404, &answer).unwrap(), Rejected::Dropped);
+        assert!(spool.is_empty().unwrap());
+        assert_eq!(spool.rejected_len().unwrap(), 1);
     }
 
     #[test]

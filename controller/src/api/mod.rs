@@ -8,6 +8,7 @@ pub mod agents;
 pub mod auth;
 pub mod error;
 pub mod isp;
+pub mod nul_text;
 pub mod ops;
 pub mod owners;
 pub mod payments;
@@ -116,7 +117,8 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(payments::checkout)
             .service(payments::webhook)
             .service(payments::onboarding)
-            .service(payments::list_payouts),
+            .service(payments::list_payouts)
+            .wrap(actix_web::middleware::from_fn(nul_text::json_bodies)),
     )
     .default_service(web::to(error::no_route));
 }

@@ -69,7 +69,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(
                 "/agents/payouts/setup",
                 web::post().to(volunteers::set_up_payouts),
-            ),
+            )
+            .wrap(actix_web::middleware::from_fn(
+                crate::api::nul_text::form_bodies,
+            )),
     );
 }
 
