@@ -24,5 +24,6 @@ mod page_checks;
 mod reports;
 mod results;
 mod run_results;
+mod site_verification;
 mod stripe;
 mod verification;
