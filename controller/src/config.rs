@@ -37,8 +37,13 @@ pub struct ControllerConfig {
     pub min_check_interval_s: u64,
     /// Let site verification fetch private and loopback addresses (local testing only).
     pub allow_private_sites: bool,
+    /// Networks site verification may fetch although they are not public (a lab LAN,
+    /// tests on loopback), without opening all of them as `allow_private_sites` does
+    /// (`--allow-site-net CIDR`, `LASTMILE_ALLOW_SITE_NET`); like the agent's `--allow-net`.
+    pub allow_site_nets: Vec<ipnet::IpNet>,
     /// The nameserver (ip:port) asked for `_lastmile.<host>` TXT records when a site's
-    /// ownership is proven by DNS; unset: the system's resolver (`/etc/resolv.conf`).
+    /// ownership is proven by DNS, and for a site's addresses when it is proven by file;
+    /// unset: the system's resolver.
     pub dns_nameserver: Option<SocketAddr>,
     /// How often the scheduler looks for due checks and expired leases, milliseconds.
     pub scheduler_tick_ms: u64,
@@ -133,6 +138,7 @@ impl Default for ControllerConfig {
             run_deadline_s: 600,
             min_check_interval_s: 60,
             allow_private_sites: false,
+            allow_site_nets: Vec::new(),
             dns_nameserver: None,
             scheduler_tick_ms: 1000,
             max_body_bytes: 256 * 1024,

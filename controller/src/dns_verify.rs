@@ -6,11 +6,16 @@
 //! at a responder on loopback) or the system's resolver. A fresh resolver per check:
 //! an owner who just published the record and presses Verify again must not get a
 //! cached "no such record" back.
+//!
+//! [`lookup_ips`] resolves a site's host for verification by file the same way, so that
+//! one configured nameserver answers both proofs (and tests can answer on loopback).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use hickory_resolver::config::{NameServerConfig, Protocol, ResolverConfig, ResolverOpts};
+use hickory_resolver::config::{
+    LookupIpStrategy, NameServerConfig, Protocol, ResolverConfig, ResolverOpts,
+};
 use hickory_resolver::error::ResolveErrorKind;
 use hickory_resolver::TokioAsyncResolver;
 
@@ -26,6 +31,8 @@ fn resolver(nameserver: Option<SocketAddr>) -> Result<TokioAsyncResolver> {
     opts.timeout = Duration::from_secs(3);
     opts.attempts = 2;
     opts.cache_size = 0;
+    // Every address of a name, both families: site verification checks each of them.
+    opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     match nameserver {
         Some(addr) => {
             let mut config = ResolverConfig::new();
@@ -64,4 +71,36 @@ pub async fn txt_values(nameserver: Option<SocketAddr>, name: &str) -> Result<Ve
             )),
         },
     }
+}
+
+/// The addresses `host` (a name, not an IP literal) resolves to, asked once: from the
+/// configured nameserver (A and AAAA, a fresh resolver without cache), or the system's
+/// resolver (`getaddrinfo`, so `/etc/hosts` counts) when none is configured. An error
+/// says why there is no address, for the owner.
+pub async fn lookup_ips(
+    nameserver: Option<SocketAddr>,
+    host: &str,
+) -> std::result::Result<Vec<IpAddr>, String> {
+    let ips: Vec<IpAddr> = match nameserver {
+        Some(_) => {
+            let fqdn = format!("{}.", host.trim_end_matches('.'));
+            let resolver = resolver(nameserver).map_err(|e| e.to_string())?;
+            match resolver.lookup_ip(fqdn).await {
+                Ok(found) => found.iter().collect(),
+                Err(e) => match e.kind() {
+                    ResolveErrorKind::NoRecordsFound { .. } => Vec::new(),
+                    _ => return Err(format!("cannot resolve {host}: {e}")),
+                },
+            }
+        }
+        None => tokio::net::lookup_host((host, 0))
+            .await
+            .map_err(|e| format!("cannot resolve {host}: {e}"))?
+            .map(|a| a.ip())
+            .collect(),
+    };
+    if ips.is_empty() {
+        return Err(format!("{host} has no address (no A or AAAA record)"));
+    }
+    Ok(ips)
 }

@@ -81,6 +81,18 @@ enum Command {
         /// Nameserver (ip:port) that DNS TXT ownership checks ask; default: the system's.
         #[arg(long, env = "LASTMILE_DNS_NAMESERVER")]
         dns_nameserver: Option<SocketAddr>,
+        /// Local testing: let site verification fetch private and loopback addresses.
+        #[arg(long, env = "LASTMILE_ALLOW_PRIVATE_SITES")]
+        allow_private_sites: bool,
+        /// Let site verification fetch this network although it is not public (a lab
+        /// LAN), CIDR. Repeatable; comma-separated in the environment.
+        #[arg(
+            long,
+            value_name = "CIDR",
+            env = "LASTMILE_ALLOW_SITE_NET",
+            value_delimiter = ','
+        )]
+        allow_site_net: Vec<ipnet::IpNet>,
     },
     /// Apply pending database migrations and exit.
     Migrate,
@@ -353,8 +365,12 @@ fn main() -> anyhow::Result<()> {
             asn_db,
             admin_token,
             dns_nameserver,
+            allow_private_sites,
+            allow_site_net,
         } => {
             let mut config = config;
+            config.allow_private_sites |= allow_private_sites;
+            config.allow_site_nets.extend(allow_site_net);
             if dns_nameserver.is_some() {
                 config.dns_nameserver = dns_nameserver;
             }

@@ -4,9 +4,23 @@
 //! never be pointed at someone else's server. Ownership is proven by serving the site's
 //! verification token at `<origin>/.well-known/lastmile/<token>`. The controller fetches
 //! that URL itself; it refuses private and loopback origins unless the operator enabled
-//! `allow_private_sites` (local testing), so verification cannot probe the controller's
-//! own network.
+//! `allow_private_sites` (local testing) or listed the network in `allow_site_nets`, so
+//! verification cannot probe the controller's own network.
+//!
+//! The fetch cannot be DNS-rebound: the origin's host is resolved once, every address is
+//! judged by [`lastmile_protocol::address`], and the client is pinned to those addresses
+//! (`resolve_to_addrs`), so reqwest never resolves it again. A redirect (at most
+//! [`MAX_VERIFY_REDIRECTS`]) to an IP literal is judged by the redirect policy; one to
+//! another name is resolved, once and through the same judgement, by [`GuardedResolver`],
+//! the client's only resolver. No proxy is used. An IP-literal origin
+//! (`http://[2001:db8::1]:8080`) is judged as it is, never sent to a resolver.
+//!
+//! Once the controller has connected, every failure reads the same to the owner (a
+//! closed port, a refused redirect, a wrong status or body), so verification cannot be
+//! used to scan ports; the cause goes to the log.
 
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,8 +29,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use lastmile_protocol::address::{self, NonPublic};
+
 use crate::accounts::new_secret;
 use crate::clock::{now_us, to_datetime};
+use crate::config::ControllerConfig;
 use crate::db::schema::sites;
 use crate::db::{Db, DbConn};
 use crate::error::{Error, Result};
@@ -173,10 +190,11 @@ pub fn list(conn: &mut DbConn, owner_id: &str) -> Result<Vec<Site>> {
 }
 
 /// Fetches the verification URL and marks the site verified if it serves the token.
+/// What may be fetched, and which nameserver resolves the origin, come from `config`
+/// (`allow_private_sites`, `allow_site_nets`, `dns_nameserver`).
 pub async fn verify(
     db: &Db,
-    http: &reqwest::Client,
-    allow_private: bool,
+    config: &ControllerConfig,
     owner_id: String,
     id: String,
 ) -> Result<Site> {
@@ -185,31 +203,243 @@ pub async fn verify(
         return Ok(site);
     }
     let url = verification_url(&site.origin, &site.verification_token);
-    if !allow_private {
-        ensure_public(&site.origin).await?;
-    }
-    let body = async {
-        let response = http
-            .get(&url)
-            .timeout(Duration::from_secs(10))
-            .send()
-            .await?;
-        let status = response.status();
-        let text = response.text().await?;
-        Ok::<_, reqwest::Error>((status, text))
-    }
-    .await
-    .map_err(|e| Error::invalid("verification_failed", format!("cannot fetch {url}: {e}")))?;
-    if !body.0.is_success() || body.1.trim() != site.verification_token {
+    let policy = FetchPolicy::from_config(config);
+    let client = policy.client_for(&site.origin).await?;
+    let outcome = fetch_token(&client, &url).await;
+    let served = match &outcome {
+        Ok((status, body)) => status.is_success() && body.trim() == site.verification_token,
+        Err(_) => false,
+    };
+    if !served {
+        // The owner learns only that the token was not read; whether the port was
+        // closed, a redirect refused or the status wrong stays in the log, so that
+        // verification is no port scanner.
+        match &outcome {
+            Ok((status, _)) => tracing::info!(
+                site = %site.id, %url, %status,
+                "site verification: the site answered without the token"
+            ),
+            Err(cause) => tracing::info!(
+                site = %site.id, %url, %cause,
+                "site verification: cannot fetch the token"
+            ),
+        }
         return Err(Error::invalid(
             "verification_failed",
             format!(
-                "{url} answered {} without the verification token; serve exactly the token as the body",
-                body.0
+                "could not read the verification token at {url}: serve exactly the token as \
+                 the body, with status 200 (at most {MAX_VERIFY_REDIRECTS} redirects are \
+                 followed, to public addresses only)"
             ),
         ));
     }
     mark_verified(db, site, Method::File).await
+}
+
+/// Redirects site verification follows at most.
+pub const MAX_VERIFY_REDIRECTS: usize = 5;
+
+/// The most of a verification answer's body that is read: a token is short.
+const MAX_TOKEN_BODY: usize = 4096;
+
+/// Fetches `url` with the pinned client: its status and (the start of) its body. The
+/// error is the whole cause chain, for the log.
+async fn fetch_token(
+    client: &reqwest::Client,
+    url: &str,
+) -> std::result::Result<(reqwest::StatusCode, String), String> {
+    let chain = |e: reqwest::Error| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    };
+    let mut response = client.get(url).send().await.map_err(chain)?;
+    let status = response.status();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(chain)? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_TOKEN_BODY {
+            break;
+        }
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// What site verification may connect to: the address guard with the operator's
+/// exceptions, and the nameserver that resolves names.
+#[derive(Debug, Clone)]
+pub struct FetchPolicy {
+    nameserver: Option<SocketAddr>,
+    allow_private: bool,
+    allow_nets: Arc<[ipnet::IpNet]>,
+}
+
+/// Why a host may not be fetched.
+#[derive(Debug)]
+enum Refusal {
+    /// No address: the resolver's reason.
+    Unresolvable(String),
+    /// An address that is not public, and the registry block it lies in.
+    NotPublic(IpAddr, NonPublic),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Unresolvable(why) => f.write_str(why),
+            Refusal::NotPublic(ip, why) => write!(f, "{ip} is not public ({why})"),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl FetchPolicy {
+    pub fn from_config(config: &ControllerConfig) -> FetchPolicy {
+        FetchPolicy {
+            nameserver: config.dns_nameserver,
+            allow_private: config.allow_private_sites,
+            allow_nets: config.allow_site_nets.clone().into(),
+        }
+    }
+
+    /// The block that forbids `ip`, unless local testing or an allowed network lets it
+    /// through.
+    fn refuses(&self, ip: IpAddr) -> Option<NonPublic> {
+        if self.allow_private || self.allow_nets.iter().any(|n| n.contains(&ip)) {
+            return None;
+        }
+        address::non_public(ip)
+    }
+
+    /// Resolves `host` once; every address must pass (a name that mixes public and
+    /// private addresses is refused, as a misconfiguration or a rebinding attempt).
+    async fn resolve(&self, host: &str) -> std::result::Result<Vec<IpAddr>, Refusal> {
+        let ips = crate::dns_verify::lookup_ips(self.nameserver, host)
+            .await
+            .map_err(Refusal::Unresolvable)?;
+        for ip in &ips {
+            if let Some(why) = self.refuses(*ip) {
+                return Err(Refusal::NotPublic(*ip, why));
+            }
+        }
+        Ok(ips)
+    }
+
+    /// A client for verifying `origin`: its host judged (and, a name, resolved) now, the
+    /// client pinned to those addresses, redirects and other names judged as they come.
+    /// Refusing the origin itself says why: that is DNS, not a probe of the network.
+    async fn client_for(&self, origin: &str) -> Result<reqwest::Client> {
+        let url = url::Url::parse(origin).map_err(|e| Error::Internal(e.to_string()))?;
+        let refused = |host: &str, ip: IpAddr, why: NonPublic| {
+            Error::forbidden(
+                "private_origin",
+                format!(
+                    "{host} is {ip}, which is not a public address ({why}); sites must be public"
+                ),
+            )
+        };
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .user_agent(concat!("lastmile-controller/", env!("CARGO_PKG_VERSION")))
+            .timeout(Duration::from_secs(10))
+            .connect_timeout(Duration::from_secs(5))
+            .pool_max_idle_per_host(0)
+            .dns_resolver(Arc::new(GuardedResolver(self.clone())));
+        let policy = self.clone();
+        builder = builder.redirect(reqwest::redirect::Policy::custom(move |attempt| {
+            policy.redirect(attempt)
+        }));
+        match url.host() {
+            // Literals are judged as they are: never handed to a resolver.
+            Some(url::Host::Ipv4(v4)) => {
+                if let Some(why) = self.refuses(IpAddr::V4(v4)) {
+                    return Err(refused(&v4.to_string(), IpAddr::V4(v4), why));
+                }
+            }
+            Some(url::Host::Ipv6(v6)) => {
+                if let Some(why) = self.refuses(IpAddr::V6(v6)) {
+                    return Err(refused(&format!("[{v6}]"), IpAddr::V6(v6), why));
+                }
+            }
+            Some(url::Host::Domain(host)) => {
+                let ips = self.resolve(host).await.map_err(|r| match r {
+                    Refusal::Unresolvable(why) => Error::invalid("verification_failed", why),
+                    Refusal::NotPublic(ip, why) => Error::forbidden(
+                        "private_origin",
+                        format!(
+                            "{host} resolves to {ip}, which is not a public address ({why}); \
+                             sites must be public"
+                        ),
+                    ),
+                })?;
+                // Port 0: reqwest puts the URL's port in.
+                let addrs: Vec<SocketAddr> =
+                    ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect();
+                builder = builder.resolve_to_addrs(host, &addrs);
+            }
+            None => {
+                return Err(Error::invalid(
+                    "invalid_origin",
+                    format!("{origin} has no host"),
+                ))
+            }
+        }
+        builder
+            .build()
+            .map_err(|e| Error::Internal(format!("cannot build the verification client: {e}")))
+    }
+
+    /// Follows a redirect only to http(s), within the hop limit, and to an IP literal
+    /// only if it is allowed; a name is judged by [`GuardedResolver`] when it connects.
+    fn redirect(&self, attempt: reqwest::redirect::Attempt<'_>) -> reqwest::redirect::Action {
+        // The first of `previous` is the verification URL itself, not a redirect.
+        if attempt.previous().len() > MAX_VERIFY_REDIRECTS {
+            return attempt.error(format!("more than {MAX_VERIFY_REDIRECTS} redirects"));
+        }
+        let url = attempt.url();
+        if !matches!(url.scheme(), "http" | "https") {
+            let why = format!("redirect to {url}, which is not http(s)");
+            return attempt.error(why);
+        }
+        let literal = match url.host() {
+            Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
+            Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
+            Some(url::Host::Domain(_)) => None,
+            None => {
+                let why = format!("redirect to {url}, which has no host");
+                return attempt.error(why);
+            }
+        };
+        if let Some(why) = literal.and_then(|ip| self.refuses(ip).map(|w| (ip, w))) {
+            let why = format!("redirect to {url}: {}", Refusal::NotPublic(why.0, why.1));
+            return attempt.error(why);
+        }
+        attempt.follow()
+    }
+}
+
+/// The verification client's resolver: a name is resolved once (configured nameserver
+/// or the system's) and refused unless every address passes the guard, so reqwest only
+/// ever connects to judged addresses.
+struct GuardedResolver(FetchPolicy);
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.0.clone();
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let ips = policy.resolve(&host).await?;
+            let addrs: reqwest::dns::Addrs =
+                Box::new(ips.into_iter().map(|ip| SocketAddr::new(ip, 0)));
+            Ok(addrs)
+        })
+    }
 }
 
 async fn mark_verified(db: &Db, site: Site, method: Method) -> Result<Site> {
@@ -272,27 +502,4 @@ pub async fn verify_dns(
         ));
     }
     mark_verified(db, site, Method::Dns).await
-}
-
-async fn ensure_public(origin: &str) -> Result<()> {
-    let url = url::Url::parse(origin).map_err(|e| Error::Internal(e.to_string()))?;
-    let host = url.host_str().unwrap_or_default().to_owned();
-    let port = url.port_or_known_default().unwrap_or(443);
-    let addrs = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| {
-            Error::invalid("verification_failed", format!("cannot resolve {host}: {e}"))
-        })?;
-    for addr in addrs {
-        if lastmile_agent::guard::is_forbidden(addr.ip()) {
-            return Err(Error::forbidden(
-                "private_origin",
-                format!(
-                    "{host} resolves to a private address ({}); sites must be public",
-                    addr.ip()
-                ),
-            ));
-        }
-    }
-    Ok(())
 }

@@ -5,47 +5,23 @@
 //! address, so every address a name resolves to is checked *before* connecting, and the
 //! connection goes only to an address that passed (no second resolution in between,
 //! which is what a DNS-rebinding attack would exploit). Local-test mode
-//! (`--allow-private`) turns the guard off for the demo and tests.
+//! (`--allow-private`) turns the guard off for the demo and tests; `--allow-net` lets
+//! one network the volunteer names through (both applied by the caller, `measure`).
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
-/// Whether `ip` lies in a range an agent must not fetch outside local-test mode.
+use lastmile_protocol::address::{self, NonPublic};
+
+/// Whether `ip` lies in a range an agent must not fetch outside local-test mode: any
+/// special-purpose block of the IANA registries, embedded IPv4 forms decoded (the table
+/// is [`lastmile_protocol::address`], shared with the controller's site verification).
 pub fn is_forbidden(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_forbidden_v4(v4),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => is_forbidden_v4(v4),
-            None => is_forbidden_v6(v6),
-        },
-    }
+    why_forbidden(ip).is_some()
 }
 
-fn is_forbidden_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, ..] = ip.octets();
-    ip.is_private()
-        || ip.is_loopback()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || a == 0
-        // Carrier-grade NAT, 100.64.0.0/10: the ISP's side of the volunteer's line.
-        || (a == 100 && (b & 0xc0) == 64)
-        // Reserved for future use, 240.0.0.0/4.
-        || a >= 240
-}
-
-fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
-    let first = ip.segments()[0];
-    ip.is_loopback()
-        || ip.is_unspecified()
-        || ip.is_multicast()
-        // Unique local addresses, fc00::/7.
-        || (first & 0xfe00) == 0xfc00
-        // Link-local unicast, fe80::/10.
-        || (first & 0xffc0) == 0xfe80
-        // IPv4-compatible (deprecated) ::a.b.c.d and NAT64 well-known prefix with a private v4 inside.
-        || ip.to_ipv4().is_some_and(|v4| ip.segments()[..6] == [0; 6] && is_forbidden_v4(v4))
+/// The block that forbids `ip`, for messages; `None` for a public address.
+pub fn why_forbidden(ip: IpAddr) -> Option<NonPublic> {
+    address::non_public(ip)
 }
 
 #[cfg(test)]
@@ -75,6 +51,17 @@ mod tests {
             "ff02::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            // Special ranges the first guard let through (issue 13).
+            "64:ff9b::7f00:1",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::1",
+            "2002:c0a8:0101::1",
+            "fec0::1",
+            "2001:db8::1",
+            "100::1",
+            "2001::1",
+            "198.18.0.1",
+            "192.0.0.1",
         ] {
             assert!(forbidden(ip), "{ip} should be forbidden");
         }
@@ -88,6 +75,8 @@ mod tests {
             "100.128.0.1",
             "2001:4860:4860::8888",
             "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:0808:0808::1",
         ] {
             assert!(!forbidden(ip), "{ip} should be allowed");
         }

@@ -9,6 +9,7 @@
 //! Conventions: times on the wire are RFC 3339 UTC, durations are integer microseconds,
 //! enums are `snake_case`.
 
+pub mod address;
 pub mod calibration;
 
 use std::fmt;

@@ -1,20 +1,45 @@
 //! A tiny authoritative DNS responder on 127.0.0.1 (UDP, hickory-proto's wire format)
-//! for the DNS TXT ownership proof: tests publish records on it and point the
-//! controller's `dns_nameserver` at it. Names it has no record for are NXDOMAIN.
+//! for the DNS TXT ownership proof and the addresses site verification resolves: tests
+//! publish records on it and point the controller's `dns_nameserver` at it. Names it has
+//! no record for are NXDOMAIN.
+//!
+//! A records can be a sequence: each A query gets the next answer (the last repeats),
+//! as a DNS-rebinding attacker's nameserver answers a public address first and an
+//! internal one after.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::TXT;
+use hickory_proto::rr::rdata::{A, TXT};
 use hickory_proto::rr::{RData, Record, RecordType};
 use tokio::net::UdpSocket;
 
 pub struct DnsResponder {
     pub addr: SocketAddr,
     records: Arc<Mutex<HashMap<String, Vec<String>>>>,
+    addresses: Arc<Mutex<HashMap<String, Sequence>>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// The A answers of one name, in order, and how many A queries it has had.
+#[derive(Default)]
+struct Sequence {
+    answers: Vec<Ipv4Addr>,
+    asked: usize,
+}
+
+impl Sequence {
+    /// The answer to the next query.
+    fn next(&mut self) -> Option<Ipv4Addr> {
+        let answer = self
+            .answers
+            .get(self.asked.min(self.answers.len().saturating_sub(1)))
+            .copied();
+        self.asked += 1;
+        answer
+    }
 }
 
 fn key(name: &str) -> String {
@@ -26,7 +51,9 @@ impl DnsResponder {
         let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let records: Arc<Mutex<HashMap<String, Vec<String>>>> = Arc::default();
+        let addresses: Arc<Mutex<HashMap<String, Sequence>>> = Arc::default();
         let served = records.clone();
+        let served_addresses = addresses.clone();
         let task = tokio::spawn(async move {
             let mut buf = [0u8; 4096];
             loop {
@@ -52,6 +79,22 @@ impl DnsResponder {
                         .unwrap()
                         .get(&key(&q.name().to_ascii()))
                         .cloned();
+                    let name = key(&q.name().to_ascii());
+                    let mut sequences = served_addresses.lock().unwrap();
+                    if let Some(sequence) = sequences.get_mut(&name) {
+                        found = true;
+                        // AAAA and others: no record of that type (NOERROR, no answer).
+                        if q.query_type() == RecordType::A {
+                            if let Some(ip) = sequence.next() {
+                                response.add_answer(Record::from_rdata(
+                                    q.name().clone(),
+                                    0,
+                                    RData::A(A(ip)),
+                                ));
+                            }
+                        }
+                    }
+                    drop(sequences);
                     if let Some(values) = values {
                         found = true;
                         if q.query_type() == RecordType::TXT {
@@ -76,6 +119,7 @@ impl DnsResponder {
         DnsResponder {
             addr,
             records,
+            addresses,
             task,
         }
     }
@@ -88,6 +132,27 @@ impl DnsResponder {
             .entry(key(name))
             .or_default()
             .push(value.to_owned());
+    }
+
+    /// Answers A queries for `name` with `answers` in turn, one per query; the last
+    /// answer repeats.
+    pub fn publish_a_sequence(&self, name: &str, answers: &[Ipv4Addr]) {
+        self.addresses.lock().unwrap().insert(
+            key(name),
+            Sequence {
+                answers: answers.to_vec(),
+                asked: 0,
+            },
+        );
+    }
+
+    /// How many A queries `name` has had.
+    pub fn a_queries(&self, name: &str) -> usize {
+        self.addresses
+            .lock()
+            .unwrap()
+            .get(&key(name))
+            .map_or(0, |s| s.asked)
     }
 }
 

@@ -29,5 +29,6 @@ mod reports;
 mod results;
 mod run_results;
 mod run_terms;
+mod site_verification;
 mod stripe;
 mod verification;

@@ -125,14 +125,7 @@ pub async fn verify_site(
     let method = body.map(|b| b.method).unwrap_or_default();
     let site = match method {
         sites::Method::File => {
-            sites::verify(
-                &state.db,
-                &state.http,
-                state.config.allow_private_sites,
-                owner.id,
-                id.to_string(),
-            )
-            .await?
+            sites::verify(&state.db, &state.config, owner.id, id.to_string()).await?
         }
         sites::Method::Dns => {
             sites::verify_dns(

@@ -166,16 +166,7 @@ pub async fn verify(
             )
             .await
         }
-        _ => {
-            sites::verify(
-                &state.db,
-                &state.http,
-                state.config.allow_private_sites,
-                owner.clone(),
-                id.clone(),
-            )
-            .await
-        }
+        _ => sites::verify(&state.db, &state.config, owner.clone(), id.clone()).await,
     };
     match verified {
         Ok(site) => see_other(&format!("/app/sites/{}", site.id)),
