@@ -20,6 +20,7 @@ mod isp;
 mod leaderboard;
 mod leasing;
 mod ledger;
+mod openapi;
 mod page_checks;
 mod reports;
 mod results;
