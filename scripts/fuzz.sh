@@ -98,15 +98,16 @@ checks.not_a_server_error.expected-statuses = ["1XX", "2XX", "3XX", "4XX", "503"
 EOF
 
 echo "==> schema fuzz: at most $max_examples examples per operation, deterministic, at most ${max_time}s"
-report="target/fuzz-report"
+report="$PWD/target/fuzz-report"
 rm -rf "$report"
 mkdir -p "$report"
 start=$(date +%s)
 status=0
 # `timeout` is the hard stop; schemathesis's own --max-time would instead keep
-# fuzzing until the budget is spent.
-timeout --signal=INT --kill-after=30 "$max_time" \
-  "$schemathesis" --config-file "$config" run "$base/api/openapi.json" \
+# fuzzing until the budget is spent. Run from the scratch dir: schemathesis leaves
+# a cache folder where it runs.
+(cd "$work" && timeout --signal=INT --kill-after=30 "$max_time" \
+  "$OLDPWD/$schemathesis" --config-file "$config" run "$base/api/openapi.json" \
   --checks not_a_server_error \
   --max-examples "$max_examples" \
   ${LASTMILE_FUZZ_GEN:---generation-deterministic} \
@@ -114,7 +115,7 @@ timeout --signal=INT --kill-after=30 "$max_time" \
   --request-timeout 10 \
   --workers 2 \
   --no-color \
-  --report ndjson,junit --report-dir "$report" || status=$?
+  --report ndjson,junit --report-dir "$report") || status=$?
 seconds=$(($(date +%s) - start))
 [ "$status" -ne 124 ] || echo "fuzz: stopped after ${max_time}s (LASTMILE_FUZZ_MAX_TIME)" >&2
 
