@@ -2,7 +2,9 @@
 # Schema fuzz of the served OpenAPI document: schemathesis (installed by setup.sh) sends
 # generated requests, valid and invalid, to every operation of a real controller on
 # PostgreSQL (a fresh database, dropped afterwards), authenticated as the operation's
-# security says: an owner token, an agent token, an ISP token and the admin token. Any
+# security says: an owner token, an agent token, an ISP token and the admin token. A
+# verified site (a static file server on loopback), a check and a run are made first,
+# and the fuzz draws most ids from them, so operations on ids reach their logic. Any
 # 5xx fails the run. Bounded and reproducible: deterministic generation (the same
 # cases every run), at most 25 examples per operation, a hard time limit. The report
 # (NDJSON events, JUnit) stays in target/fuzz-report.
@@ -36,11 +38,12 @@ pg="postgres://postgres@127.0.0.1:5432"
 db="lastmile_fuzz_$$"
 work="$(mktemp -d)"
 server_pid=""
+site_pid=""
 cleanup() {
-  if [ -n "$server_pid" ]; then
-    kill "$server_pid" 2>/dev/null || true
-    wait "$server_pid" 2>/dev/null || true
-  fi
+  for pid in $server_pid $site_pid; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   psql -q "$pg/postgres" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
@@ -51,6 +54,9 @@ export DATABASE_URL="$pg/$db"
 export LASTMILE_DATA_DIR="$work/data"
 export LASTMILE_ADMIN_TOKEN="adm_fuzz_$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
 mkdir -p "$LASTMILE_DATA_DIR"
+# The fuzz's own site lives on loopback, so site checks must allow private origins.
+export LASTMILE_CONFIG="$work/controller.toml"
+echo "allow_private_sites = true" >"$LASTMILE_CONFIG"
 "$controller" migrate >/dev/null 2>&1
 
 # Accounts, by the operator CLI as an operator makes them.
@@ -61,7 +67,10 @@ owner_token="$(echo "$owner_out" | grep -o 'lmo_[0-9a-f]*')"
 enrol_key="$("$controller" volunteer create --name "Fuzz volunteer" | tail -n1 | tr -d '[:space:]')"
 isp_token="$("$controller" isp create --name "Fuzz ISP" --asn 64501 | tail -n1 | tr -d '[:space:]')"
 
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+port="$(free_port)"
 base="http://127.0.0.1:$port"
 "$controller" serve --listen "127.0.0.1:$port" >"$work/controller.log" 2>&1 &
 server_pid=$!
@@ -77,19 +86,59 @@ agent_token="$(curl -fsS -X POST "$base/api/v1/agents/enrol" -H 'content-type: a
   -d "{\"enrol_key\": \"$enrol_key\", \"name\": \"fuzz-agent\", \"declared_class\": \"cable\", \"version\": \"fuzz\"}" |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["token"])')"
 
+# A verified site with a check and a run, so that the operations on ids reach their
+# handlers' logic, not only "not found": the fuzz draws ids (and a check's site_id)
+# from these most of the time. The site is a static file server on loopback.
+api() {
+  local args=(-fsS -X "$1" "$base$2" -H "authorization: Bearer $owner_token")
+  [ $# -lt 3 ] || args+=(-H 'content-type: application/json' -d "$3")
+  curl "${args[@]}"
+}
+field() { python3 -c "import json, sys; print(json.load(sys.stdin)[\"$1\"])"; }
+site_port="$(free_port)"
+mkdir -p "$work/site/.well-known/lastmile"
+python3 -m http.server --bind 127.0.0.1 --directory "$work/site" "$site_port" >"$work/site.log" 2>&1 &
+site_pid=$!
+for _ in $(seq 1 100); do
+  curl -fsS "http://127.0.0.1:$site_port/" >/dev/null 2>&1 && break
+  sleep 0.1
+done
+site_json="$(api POST /api/v1/sites "{\"origin\": \"http://127.0.0.1:$site_port\"}")"
+site_id="$(echo "$site_json" | field id)"
+echo "$site_json" | field verification_token | tr -d '\n' \
+  >"$work/site/.well-known/lastmile/$(echo "$site_json" | field verification_token)"
+api POST "/api/v1/sites/$site_id/verify" >/dev/null
+check_id="$(api POST /api/v1/checks "{\"site_id\": \"$site_id\", \"url\": \"http://127.0.0.1:$site_port/\"}" | field id)"
+run_id="$(api POST "/api/v1/checks/$check_id/runs" | field id)"
+
 export LASTMILE_FUZZ_OWNER_TOKEN="$owner_token" LASTMILE_FUZZ_AGENT_TOKEN="$agent_token"
 export LASTMILE_FUZZ_ISP_TOKEN="$isp_token"
 config="$work/schemathesis.toml"
-cat >"$config" <<'EOF'
+cat >"$config" <<EOF
 # Each operation gets the token its security requirement names.
 [auth.openapi.owner_token]
-bearer = "${LASTMILE_FUZZ_OWNER_TOKEN}"
+bearer = "\${LASTMILE_FUZZ_OWNER_TOKEN}"
 [auth.openapi.agent_token]
-bearer = "${LASTMILE_FUZZ_AGENT_TOKEN}"
+bearer = "\${LASTMILE_FUZZ_AGENT_TOKEN}"
 [auth.openapi.isp_token]
-bearer = "${LASTMILE_FUZZ_ISP_TOKEN}"
+bearer = "\${LASTMILE_FUZZ_ISP_TOKEN}"
 [auth.openapi.admin_token]
-bearer = "${LASTMILE_ADMIN_TOKEN}"
+bearer = "\${LASTMILE_ADMIN_TOKEN}"
+
+[dictionaries.site]
+values = ["$site_id"]
+[dictionaries.check]
+values = ["$check_id"]
+[dictionaries.run]
+values = ["$run_id"]
+
+[[operations]]
+include-path-regex = "^/api/v1/sites/"
+parameters = { "path.id" = { dictionary = "site", probability = 0.8 } }
+
+[[operations]]
+include-path-regex = "^/api/v1/checks"
+parameters = { "path.id" = { dictionary = "check", probability = 0.8 }, "path.run_id" = { dictionary = "run", probability = 0.8 }, "body.site_id" = { dictionary = "site", probability = 0.8 } }
 
 # No Stripe keys here: payments answer a deliberate 503 "not set up".
 [[operations]]
