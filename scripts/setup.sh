@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything a fresh machine needs before the test suite runs: system libraries, a
-# headless browser,
-# the public MaxMind test databases, and a running PostgreSQL. Idempotent.
+# headless browser, schemathesis for the schema fuzz, the public MaxMind test
+# databases, and a running PostgreSQL. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +12,9 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # The dashboard's browser tests drive Debian's headless Chromium through chromedriver.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# The schema fuzz (scripts/fuzz.sh) runs schemathesis in a venv of its own.
+command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   apt-get update -qq
@@ -30,5 +33,17 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
   done
 fi
 pg_isready -h 127.0.0.1 -p 5432 || { echo "setup: PostgreSQL is not reachable at 127.0.0.1:5432" >&2; exit 1; }
+
+# schemathesis for scripts/fuzz.sh, pinned (its CLI changes between versions), in
+# target/fuzz-venv; reinstalled only when missing or of another version.
+schemathesis_version=4.32.5
+fuzz_venv=target/fuzz-venv
+if ! "$fuzz_venv/bin/schemathesis" --version 2>/dev/null | grep -qx "schemathesis, version $schemathesis_version"; then
+  echo "setup: installing schemathesis $schemathesis_version into $fuzz_venv"
+  rm -rf "$fuzz_venv"
+  mkdir -p target
+  python3 -m venv "$fuzz_venv"
+  "$fuzz_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
+fi
 
 bash scripts/fetch-test-data.sh

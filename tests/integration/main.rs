@@ -24,6 +24,7 @@ mod leaderboard;
 mod leasing;
 mod ledger;
 mod nul_text;
+mod openapi;
 mod page_checks;
 mod reports;
 mod results;

@@ -132,6 +132,7 @@ fn calibration_echo(request: &HttpRequest) -> Option<&str> {
 
 /// How many bytes a calibration download asks for.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DownloadParams {
     /// Payload size, 1 byte to 8 MiB.
@@ -191,7 +192,9 @@ pub struct UploadReceipt {
 /// daily calibration cap.
 #[utoipa::path(post, path = "/api/v1/agents/calibration/upload", tag = "agents",
     request_body(content = Vec<u8>, content_type = "application/octet-stream"), security(("agent_token" = [])),
-    responses((status = 200, body = UploadReceipt), (status = 413, body = ApiError), (status = 429, body = ApiError)))]
+    responses((status = 200, body = UploadReceipt),
+        (status = 422, body = ApiError, description = "no Content-Length, or more than 8 MiB declared"),
+        (status = 429, body = ApiError)))]
 #[post("/agents/calibration/upload")]
 pub async fn calibration_upload(
     state: web::Data<AppState>,

@@ -142,6 +142,7 @@ pub struct ClaimCode {
 
 /// Confirm a claim with the mailed code; the answer lists the ISP's ASNs.
 #[utoipa::path(post, path = "/api/v1/isp/asn-claims/{id}/confirm", tag = "isp", request_body = ClaimCode,
+    params(("id" = Uuid, Path, description = "The claim's id, from starting it")),
     security(("isp_token" = [])),
     responses((status = 200, body = IspAsns), (status = 404, body = ApiError), (status = 409, body = ApiError),
         (status = 422, body = ApiError)))]
@@ -162,6 +163,7 @@ pub async fn confirm_claim(
 
 /// Window and scope of an ISP view.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct IspParams {
     /// `1h`, `24h` (default), `7d` or `30d` before now; or give `from` and `to`.

@@ -15,7 +15,10 @@ pub mod payments;
 pub mod public;
 
 use actix_web::web;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::path::{Operation, ParameterIn};
+use utoipa::openapi::schema::{ArrayItems, Schema};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 /// The generated OpenAPI document.
@@ -23,6 +26,7 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(title = "Lastmile controller API", description = "Agents enrol, lease and report; owners schedule checks and read SLA reports."),
     paths(
+        ops::healthz, ops::metrics, ops::openapi,
         agents::enrol, agents::heartbeat, agents::lease, agents::submit,
         agents::calibration_ping, agents::calibration_download, agents::calibration_upload,
         agents::calibration_report,
@@ -38,7 +42,7 @@ use utoipa::{Modify, OpenApi};
         lastmile_protocol::ApiError, lastmile_protocol::Location, lastmile_protocol::Phase,
         crate::reports::Percentiles, crate::reports::Group, crate::reports::ReportRow,
     )),
-    modifiers(&BearerTokens),
+    modifiers(&BearerTokens, &StandardErrors, &Bounds),
     tags(
         (name = "agents", description = "Probe agents: enrolment, heartbeats, leases, results"),
         (name = "owners", description = "Owner accounts"),
@@ -48,7 +52,7 @@ use utoipa::{Modify, OpenApi};
         (name = "reports", description = "SLA reports"),
         (name = "leaderboard", description = "Volunteers ranked by points, public"),
         (name = "isp", description = "ISPs: SLA views of their own networks, rate limited, with ETags"),
-        (name = "ops", description = "Operators (admin token): flagged results"),
+        (name = "ops", description = "Health, metrics, this document; operators (admin token): flagged results"),
     )
 )]
 pub struct ApiDoc;
@@ -63,6 +67,212 @@ impl Modify for BearerTokens {
                 name,
                 SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
             );
+        }
+    }
+}
+
+/// The error answers every operation of a kind can give, added to each operation
+/// from what its own description says (security, request body, parameters), so a new
+/// handler cannot forget them: the extractors in `auth` answer 401 to any
+/// authenticated operation, `error::json_error` 400/413/415/422 to any JSON body,
+/// `error::path_error` 404 to an unparsable path segment, `error::query_error` 400 to
+/// a bad query string. A response an attribute already declares is kept as written.
+struct StandardErrors;
+
+impl Modify for StandardErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, description) in standard_errors(operation) {
+                    add_error(operation, status, description);
+                }
+            }
+        }
+    }
+}
+
+/// Which standard errors `operation` can answer, by what it declares.
+fn standard_errors(operation: &Operation) -> Vec<(&'static str, &'static str)> {
+    let mut errors = Vec::new();
+    let authenticated = operation
+        .security
+        .as_ref()
+        .is_some_and(|s| s.iter().any(|r| *r != SecurityRequirement::default()));
+    if authenticated {
+        errors.push((
+            "401",
+            "no bearer token, or one that is unknown, revoked or of another kind",
+        ));
+    }
+    let json_body = operation
+        .request_body
+        .as_ref()
+        .is_some_and(|b| b.content.contains_key("application/json"));
+    if json_body {
+        errors.extend([
+            ("400", "the body is not valid JSON"),
+            ("413", "the body is over the size limit"),
+            ("415", "the body is not sent as application/json"),
+            (
+                "422",
+                "the JSON does not have the expected shape, or a value breaks a rule",
+            ),
+        ]);
+    }
+    let params = operation.parameters.as_deref().unwrap_or_default();
+    if params.iter().any(|p| p.parameter_in == ParameterIn::Path) {
+        errors.push(("404", "nothing by that id (or the id is malformed)"));
+    }
+    if params.iter().any(|p| p.parameter_in == ParameterIn::Query) {
+        errors.push(("400", "the query string does not parse"));
+    }
+    errors
+}
+
+/// Adds an `ApiError` answer for `status` unless the operation already has one.
+fn add_error(operation: &mut Operation, status: &str, description: &str) {
+    operation
+        .responses
+        .responses
+        .entry(status.to_owned())
+        .or_insert_with(|| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(description)
+                    .content(
+                        "application/json",
+                        Content::new(Some(Ref::from_schema_name("ApiError"))),
+                    )
+                    .build(),
+            )
+        });
+}
+
+/// A rule the server enforces on a value, as JSON Schema says it.
+#[derive(Debug, Clone, Copy)]
+pub enum Bound {
+    /// `minimum`..=`maximum` (either may be absent).
+    Range(Option<i64>, Option<i64>),
+    /// `minLength`..=`maxLength`, in characters.
+    Length(usize, usize),
+    /// A regular expression the text must match somewhere (JSON Schema `pattern`).
+    Pattern(&'static str),
+}
+
+/// The bounds of request fields whose types live outside the API module (where
+/// `#[schema(...)]` could only repeat numbers as literals): (schema, property, bound),
+/// `property[]` meaning the property's array items. Taken from the constants the
+/// validation code uses, so the document and the server cannot disagree; the
+/// OpenAPI test checks that every entry lands in the served document.
+pub const SCHEMA_BOUNDS: &[(&str, &str, Bound)] = &[
+    (
+        "NewCheckout",
+        "amount_minor",
+        Bound::Range(
+            Some(crate::payments::MIN_PURCHASE_MINOR),
+            Some(crate::payments::MAX_PURCHASE_MINOR),
+        ),
+    ),
+    ("NewCheck", "name", Bound::Length(1, 200)),
+    ("NewCheck", "name", Bound::Pattern(r"\S")),
+    (
+        "NewCheck",
+        "expected_status[]",
+        Bound::Range(Some(100), Some(599)),
+    ),
+    (
+        "NewCheck",
+        "max_bytes",
+        Bound::Range(Some(1), Some(100 * 1024 * 1024)),
+    ),
+    (
+        "NewCheck",
+        "timeout_ms",
+        Bound::Range(Some(1), Some(120_000)),
+    ),
+    (
+        "NewCheck",
+        "max_redirects",
+        Bound::Range(Some(0), Some(crate::checks::MAX_REDIRECTS as i64)),
+    ),
+    ("NewCheck", "body_contains", Bound::Length(1, 1024)),
+    (
+        "Selection",
+        "agents_per_run",
+        Bound::Range(Some(1), Some(1000)),
+    ),
+    (
+        "Selection",
+        "countries[]",
+        Bound::Pattern(r"^\s*[A-Za-z]{2}\s*$"),
+    ),
+    ("Selection", "asns[]", Bound::Range(Some(1), None)),
+    (
+        "Schedule",
+        "every_seconds",
+        Bound::Range(Some(1), Some(31 * 24 * 3600)),
+    ),
+    ("NewClaim", "asn", Bound::Range(Some(1), None)),
+    (
+        "AgentLimits",
+        "max_concurrent",
+        Bound::Range(Some(1), Some(64)),
+    ),
+    ("Measurement", "status", Bound::Range(Some(100), Some(599))),
+];
+
+/// Writes [`SCHEMA_BOUNDS`] into the component schemas.
+struct Bounds;
+
+impl Modify for Bounds {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for (schema, property, bound) in SCHEMA_BOUNDS {
+            let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(*schema) else {
+                continue;
+            };
+            let (name, items) = match property.strip_suffix("[]") {
+                Some(name) => (name, true),
+                None => (*property, false),
+            };
+            let Some(RefOr::T(field)) = object.properties.get_mut(name) else {
+                continue;
+            };
+            let field = match (items, field) {
+                (false, Schema::Object(field)) => field,
+                (true, Schema::Array(array)) => match &mut array.items {
+                    ArrayItems::RefOrSchema(inner) => match inner.as_mut() {
+                        RefOr::T(Schema::Object(field)) => field,
+                        _ => continue,
+                    },
+                    _ => continue,
+                },
+                _ => continue,
+            };
+            match *bound {
+                Bound::Range(min, max) => {
+                    if let Some(min) = min {
+                        field.minimum = Some(utoipa::Number::Int(min as isize));
+                    }
+                    if let Some(max) = max {
+                        field.maximum = Some(utoipa::Number::Int(max as isize));
+                    }
+                }
+                Bound::Length(min, max) => {
+                    field.min_length = Some(min);
+                    field.max_length = Some(max);
+                }
+                Bound::Pattern(p) => field.pattern = Some(p.to_owned()),
+            }
         }
     }
 }

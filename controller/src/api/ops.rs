@@ -17,6 +17,7 @@ use super::auth::AuthAdmin;
 
 /// Which flagged results to list.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FlagParams {
     /// Only this agent's results.
@@ -51,7 +52,11 @@ pub async fn flags(
     Ok(web::Json(list))
 }
 
-/// Liveness and database reachability.
+/// Liveness and database reachability: `{"status": "ok", "database": "sqlite"}` (or
+/// `"postgres"`).
+#[utoipa::path(get, path = "/healthz", tag = "ops",
+    responses((status = 200, content_type = "application/json", description = "the controller and its database answer"),
+        (status = 503, body = lastmile_protocol::ApiError, description = "the database does not answer")))]
 #[get("/healthz")]
 pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     let backend = state.db.backend().name();
@@ -67,6 +72,9 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, Error> 
 }
 
 /// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "ops",
+    responses((status = 200, content_type = "text/plain; version=0.0.4", description = "Prometheus text format"),
+        (status = 503, body = lastmile_protocol::ApiError, description = "the database does not answer")))]
 #[get("/metrics")]
 pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Error> {
     let since = clock::now_us() - state.policy.online_window_us;
@@ -95,6 +103,8 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Error> 
 }
 
 /// The OpenAPI document, generated from the handlers and types.
+#[utoipa::path(get, path = "/api/openapi.json", tag = "ops",
+    responses((status = 200, content_type = "application/json", description = "this document")))]
 #[get("/api/openapi.json")]
 pub async fn openapi() -> HttpResponse {
     HttpResponse::Ok().json(super::ApiDoc::openapi())

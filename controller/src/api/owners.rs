@@ -85,7 +85,7 @@ pub async fn list_sites(
 }
 
 /// One of your sites.
-#[utoipa::path(get, path = "/api/v1/sites/{id}", tag = "sites", security(("owner_token" = [])),
+#[utoipa::path(get, path = "/api/v1/sites/{id}", tag = "sites", params(("id" = Uuid, Path, description = "The site's id")), security(("owner_token" = [])),
     responses((status = 200, body = SiteView), (status = 404, body = ApiError)))]
 #[get("/sites/{id}")]
 pub async fn get_site(
@@ -113,7 +113,7 @@ pub struct VerifyRequest {
 /// Prove the site is yours: the controller fetches its verification URL (`file`, the
 /// default) or looks up its `_lastmile.<host>` TXT record (`dns`), and marks it
 /// verified if the token is there.
-#[utoipa::path(post, path = "/api/v1/sites/{id}/verify", tag = "sites", request_body(content = Option<VerifyRequest>), security(("owner_token" = [])),
+#[utoipa::path(post, path = "/api/v1/sites/{id}/verify", tag = "sites", params(("id" = Uuid, Path, description = "The site's id")), request_body(content = Option<VerifyRequest>), security(("owner_token" = [])),
     responses((status = 200, body = SiteView), (status = 404, body = ApiError), (status = 422, body = ApiError)))]
 #[post("/sites/{id}/verify")]
 pub async fn verify_site(
@@ -171,7 +171,7 @@ pub async fn list_checks(
 }
 
 /// One of your checks.
-#[utoipa::path(get, path = "/api/v1/checks/{id}", tag = "checks", security(("owner_token" = [])),
+#[utoipa::path(get, path = "/api/v1/checks/{id}", tag = "checks", params(("id" = Uuid, Path, description = "The check's id")), security(("owner_token" = [])),
     responses((status = 200, body = CheckView), (status = 404, body = ApiError)))]
 #[get("/checks/{id}")]
 pub async fn get_check(
@@ -196,7 +196,7 @@ pub async fn get_check(
 }
 
 /// Change one of your checks: the whole check as when creating it, under the same rules.
-#[utoipa::path(put, path = "/api/v1/checks/{id}", tag = "checks", request_body = NewCheck, security(("owner_token" = [])),
+#[utoipa::path(put, path = "/api/v1/checks/{id}", tag = "checks", params(("id" = Uuid, Path, description = "The check's id")), request_body = NewCheck, security(("owner_token" = [])),
     responses((status = 200, body = CheckView), (status = 404, body = ApiError), (status = 409, body = ApiError),
         (status = 422, body = ApiError)))]
 #[put("/checks/{id}")]
@@ -215,7 +215,7 @@ pub async fn update_check(
 }
 
 /// Pause a check's schedule (no scheduled runs until resumed; run now still works).
-#[utoipa::path(post, path = "/api/v1/checks/{id}/pause", tag = "checks", security(("owner_token" = [])),
+#[utoipa::path(post, path = "/api/v1/checks/{id}/pause", tag = "checks", params(("id" = Uuid, Path, description = "The check's id")), security(("owner_token" = [])),
     responses((status = 200, body = CheckView), (status = 404, body = ApiError)))]
 #[post("/checks/{id}/pause")]
 pub async fn pause_check(
@@ -227,7 +227,7 @@ pub async fn pause_check(
 }
 
 /// Resume a paused check's schedule.
-#[utoipa::path(post, path = "/api/v1/checks/{id}/resume", tag = "checks", security(("owner_token" = [])),
+#[utoipa::path(post, path = "/api/v1/checks/{id}/resume", tag = "checks", params(("id" = Uuid, Path, description = "The check's id")), security(("owner_token" = [])),
     responses((status = 200, body = CheckView), (status = 404, body = ApiError)))]
 #[post("/checks/{id}/resume")]
 pub async fn resume_check(
@@ -253,7 +253,7 @@ async fn set_paused(
 }
 
 /// Run a check now, in addition to its schedule.
-#[utoipa::path(post, path = "/api/v1/checks/{id}/runs", tag = "checks", security(("owner_token" = [])),
+#[utoipa::path(post, path = "/api/v1/checks/{id}/runs", tag = "checks", params(("id" = Uuid, Path, description = "The check's id")), security(("owner_token" = [])),
     responses((status = 201, body = RunView), (status = 402, body = ApiError, description = "your credit does not cover the run"), (status = 404, body = ApiError)))]
 #[post("/checks/{id}/runs")]
 pub async fn run_now(
@@ -274,7 +274,7 @@ pub async fn run_now(
 }
 
 /// The check's recent runs, newest first.
-#[utoipa::path(get, path = "/api/v1/checks/{id}/runs", tag = "checks", security(("owner_token" = [])),
+#[utoipa::path(get, path = "/api/v1/checks/{id}/runs", tag = "checks", params(("id" = Uuid, Path, description = "The check's id")), security(("owner_token" = [])),
     responses((status = 200, body = [RunView]), (status = 404, body = ApiError)))]
 #[get("/checks/{id}/runs")]
 pub async fn list_runs(
@@ -290,7 +290,7 @@ pub async fn list_runs(
 }
 
 /// One run and its progress.
-#[utoipa::path(get, path = "/api/v1/checks/{id}/runs/{run_id}", tag = "checks", security(("owner_token" = [])),
+#[utoipa::path(get, path = "/api/v1/checks/{id}/runs/{run_id}", tag = "checks", params(("id" = Uuid, Path, description = "The check's id"), ("run_id" = Uuid, Path, description = "The run's id, one of the check's")), security(("owner_token" = [])),
     responses((status = 200, body = RunView), (status = 404, body = ApiError)))]
 #[get("/checks/{id}/runs/{run_id}")]
 pub async fn get_run(
@@ -309,7 +309,7 @@ pub async fn get_run(
 /// Each agent's result in one run, oldest start first: status or error, phase timings,
 /// address, HTTP version, the redirect hops followed and, for a page check, the page
 /// summary. Raw results age out; reports keep the aggregates.
-#[utoipa::path(get, path = "/api/v1/checks/{id}/runs/{run_id}/results", tag = "checks", security(("owner_token" = [])),
+#[utoipa::path(get, path = "/api/v1/checks/{id}/runs/{run_id}/results", tag = "checks", params(("id" = Uuid, Path, description = "The check's id"), ("run_id" = Uuid, Path, description = "The run's id, one of the check's")), security(("owner_token" = [])),
     responses((status = 200, body = [ResultView]), (status = 404, body = ApiError)))]
 #[get("/checks/{id}/runs/{run_id}/results")]
 pub async fn list_run_results(
@@ -327,6 +327,7 @@ pub async fn list_run_results(
 
 /// Query parameters of a report.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReportParams {
     /// `1h`, `24h` (default), `7d` or `30d`: whole hours ending with the current one. Or
@@ -352,7 +353,7 @@ pub struct ReportParams {
 }
 
 /// The SLA report of a check over a window, grouped as asked.
-#[utoipa::path(get, path = "/api/v1/checks/{id}/report", tag = "reports", params(ReportParams), security(("owner_token" = [])),
+#[utoipa::path(get, path = "/api/v1/checks/{id}/report", tag = "reports", params(("id" = Uuid, Path, description = "The check's id"), ReportParams), security(("owner_token" = [])),
     responses((status = 200, body = Report, description = "JSON, or CSV with format=csv"), (status = 404, body = ApiError),
         (status = 422, body = ApiError)))]
 #[get("/checks/{id}/report")]

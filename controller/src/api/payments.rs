@@ -33,7 +33,9 @@ pub async fn checkout(
 /// (otherwise 400, nothing read). Each event takes effect once however often it is
 /// delivered; types we do not use are acknowledged and ignored.
 #[utoipa::path(post, path = "/api/v1/stripe/webhook", tag = "billing",
-    responses((status = 200, body = WebhookAck), (status = 400, body = ApiError)))]
+    responses((status = 200, body = WebhookAck), (status = 400, body = ApiError),
+        (status = 413, content_type = "text/plain", description = "body over 256 KiB (actix's payload limit)"),
+        (status = 503, body = ApiError, description = "no webhook signing secret configured")))]
 #[post("/stripe/webhook")]
 pub async fn webhook(
     state: web::Data<AppState>,

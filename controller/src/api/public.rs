@@ -9,6 +9,7 @@ use crate::leaderboard::{self as board, Leaderboard, Period};
 use crate::server::AppState;
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LeaderboardParams {
     /// `week` (from Monday 00:00 UTC, the default) or `all_time`.
     pub period: Option<String>,
