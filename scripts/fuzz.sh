@@ -32,7 +32,7 @@ schemathesis="target/fuzz-venv/bin/schemathesis"
 
 max_examples="${LASTMILE_FUZZ_EXAMPLES:-25}"
 max_time="${LASTMILE_FUZZ_MAX_TIME:-300}"
-allow_nul="${LASTMILE_FUZZ_ALLOW_NUL:-false}"
+allow_nul="${LASTMILE_FUZZ_ALLOW_NUL:-true}"
 
 pg="postgres://postgres@127.0.0.1:5432"
 db="lastmile_fuzz_$$"

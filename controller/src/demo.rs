@@ -14,9 +14,10 @@
 //! [`lastmile_testbed::stripe::FakeStripe`], reached through the real client and
 //! webhook path. The demo prints where the money went and writes the trial balance.
 //!
-//! Because the links are emulated, the report must show their physics: median ttfb
-//! and total ordered dialup > dsl > cable > fibre. The demo checks that and fails if
-//! it does not hold.
+//! Because the links are emulated, the report must show their physics: each class's
+//! fastest ttfb and total ordered dialup > dsl > cable > fibre (the fastest, because a
+//! loaded machine only adds delay; see [`physics_hold`]). The demo checks that and
+//! fails if it does not hold.
 //!
 //! Beside the `http` check of the home page, a `page` check loads the shop's product
 //! page ([`lastmile_testbed::shop`]: HTML, stylesheet, font, script, images, one missing
@@ -393,9 +394,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         );
         let report_json = api.get_text(&report_path).await?;
         let report: Report = serde_json::from_str(&report_json)?;
+        // With the merged histograms: the physics are judged on each class's fastest
+        // sample (see `physics_hold`).
         let by_class: Report = api
             .get(&format!(
-                "/api/v1/checks/{}/report?group_by=connection_class",
+                "/api/v1/checks/{}/report?group_by=connection_class&histograms=true",
                 check.id
             ))
             .await?;
@@ -492,7 +495,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     );
     say!(
         opts,
-        "Link physics (median ttfb and total, dialup > dsl > cable > fibre): {}",
+        "Link physics (fastest ttfb and total per class, dialup > dsl > cable > fibre): {}",
         if physics_hold {
             "holds"
         } else {
@@ -511,7 +514,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     }
     say!(
         opts,
-        "Page physics (median ttfb and page total, dialup > dsl > cable > fibre): {}",
+        "Page physics (fastest ttfb and page total per class, dialup > dsl > cable > fibre): {}",
         if page_physics_hold {
             "holds"
         } else {
@@ -655,10 +658,16 @@ async fn page_check(
             check.id
         ))
         .await?;
+    let by_class: Report = api
+        .get(&format!(
+            "/api/v1/checks/{}/report?group_by=connection_class&histograms=true",
+            check.id
+        ))
+        .await?;
     Ok(PageCheck {
         check_id: check.id.to_string(),
         runs,
-        by_class: serde_json::from_str(&report_json)?,
+        by_class,
         report_json,
     })
 }
@@ -839,19 +848,29 @@ fn rate(bps: u64) -> String {
     }
 }
 
-/// Whether medians of ttfb and total strictly decrease from dialup to fibre.
+/// Whether each class's fastest ttfb and total strictly decrease from dialup to fibre,
+/// read from the report's merged histograms (`histograms=true`). The fastest sample and
+/// not the median, because a busy machine only ever adds delay to a measurement: no
+/// sample can beat its line, so each class's fastest one is its line's floor, and the
+/// order of the floors is the links' physics however loaded the machine running the
+/// demo is (a median of three samples is not: one delayed fibre sample moves it past
+/// cable's). The report's tables still show the medians and percentiles.
 pub fn physics_hold(by_class: &Report) -> bool {
-    let median = |class: ConnectionClass, phase: Phase| {
-        by_class
+    use base64::Engine as _;
+    let fastest = |class: ConnectionClass, phase: Phase| -> Option<u64> {
+        let row = by_class
             .rows
             .iter()
-            .find(|r| r.group.connection_class == Some(class))
-            .and_then(|r| r.phases.get(&phase))
-            .map(|p| p.p50)
+            .find(|r| r.group.connection_class == Some(class))?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(row.histograms.get(&phase)?)
+            .ok()?;
+        let h = crate::histogram::decode(&bytes).ok()?;
+        (!h.is_empty()).then(|| h.min())
     };
     [Phase::Ttfb, Phase::Total].iter().all(|phase| {
-        let medians: Vec<Option<u64>> = CLASSES.iter().map(|c| median(*c, *phase)).collect();
-        medians.iter().all(Option::is_some) && medians.windows(2).all(|w| w[0] > w[1])
+        let floors: Vec<Option<u64>> = CLASSES.iter().map(|c| fastest(*c, *phase)).collect();
+        floors.iter().all(Option::is_some) && floors.windows(2).all(|w| w[0] > w[1])
     })
 }
 

@@ -83,7 +83,9 @@ struct RunArgs {
     /// Calibrate the line against this URL instead of the controller.
     #[arg(long, env = "LASTMILE_CALIBRATION_URL")]
     calibration_url: Option<url::Url>,
-    /// Most bytes per day calibration may use (default 20 MiB; 0 turns it off).
+    /// Most bytes per day calibration may use (default 20 MiB; 0 turns it off, and an
+    /// agent that never calibrated is given no work: the controller must have measured
+    /// its line to judge its results).
     #[arg(long, env = "LASTMILE_CALIBRATION_BYTES_PER_DAY")]
     calibration_bytes_per_day: Option<u64>,
     /// Most bytes per UTC day measurements may fetch (default: no limit).

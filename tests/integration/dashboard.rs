@@ -254,8 +254,9 @@ async fn a_volunteer_gets_an_install_command_and_sees_the_agent_it_enrols(db: Te
     let key = enrol_key_in(&command);
     browser.screenshot(&shot("agents-install")).await;
 
-    // The key works: an agent enrols with it from a German address and heartbeats.
-    app.agent(std::net::Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1)
+    // The key works: an agent enrols with it from a German address and heartbeats (it
+    // has not calibrated yet, so its declared class is shown).
+    app.uncalibrated_agent(std::net::Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1)
         .await;
     browser.goto(&format!("{}/app/agents", app.base)).await;
     let row = browser.text("tbody tr").await;
