@@ -10,6 +10,7 @@ mod agent_lifecycle;
 mod api_errors;
 mod calibration;
 mod cheating;
+mod crash;
 mod dashboard;
 mod dashboard_money;
 mod dashboard_pages;
