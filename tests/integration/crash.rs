@@ -344,9 +344,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
         check["id"].as_str().unwrap().to_owned()
     };
 
-    // The check's first run comes from the schedule. Wait for it: a controller killed
-    // between the scheduler's claim of a due check and the run's own transaction loses
-    // that run (reported separately), which is not what this test is about.
+    // The check's first run comes from the schedule; the kills start once it is made.
     wait_until("the check's first run", Duration::from_secs(30), || {
         n(&db, "SELECT COUNT(*) AS n FROM runs") == 1
     })
@@ -695,4 +693,157 @@ async fn agents_back_off_while_the_controller_is_down() {
         (1..=7).contains(&made),
         "{made} calls in 3 s to a controller that hangs up"
     );
+}
+
+/// The scheduler claims a due check and creates its run in one transaction: a
+/// controller killed in between (here: while the run's transaction waits for the owner's
+/// credit account, which the test holds locked) makes the run after its restart. Before,
+/// the claim was committed on its own, so the killed controller's one-shot check was
+/// never run at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_run_cut_short_by_a_kill_is_made_after_the_restart() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+
+    let test_db = TestDb::new(Backend::Postgres);
+    let dir = tempfile::tempdir().unwrap();
+    let config = ControllerConfig {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, fixed_port())),
+        database_url: Some(test_db.url.clone()),
+        data_dir: dir.path().join("controller"),
+        geo: test_geo(dir.path()),
+        allow_private_sites: true,
+        min_check_interval_s: 1,
+        scheduler_tick_ms: 100,
+        ..ControllerConfig::default()
+    };
+    let db = Db::open(&test_db.url, 2).unwrap();
+    let controller = ControllerProcess::start(&config, 1, dir.path()).await;
+    let base = format!("http://{}", config.listen);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let (owner_id, owner, key) = {
+        let mut c = db.conn().unwrap();
+        let (owner, token) = accounts::create_owner(&mut c, "Owner").unwrap();
+        billing::grant_credit(
+            &mut c,
+            &owner.id,
+            Money::new(GRANTED_MINOR, Currency::USD),
+            "grant",
+        )
+        .unwrap();
+        let (_, key) = accounts::create_volunteer(&mut c, "Volunteer").unwrap();
+        (owner.id, token, key)
+    };
+
+    // One online, calibrated agent, so that the run has an assignment to pay for.
+    let source = PLACES[0].0;
+    let from = reqwest::Client::builder()
+        .local_address(IpAddr::V4(source))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let (status, enrolled) = call(
+        &from,
+        &base,
+        "",
+        "POST",
+        "/api/v1/agents/enrol",
+        json!({"enrol_key": key, "name": "agent", "declared_class": "fibre", "version": "test"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{enrolled}");
+    let token = enrolled["token"].as_str().unwrap().to_owned();
+    let (status, ack) = call(
+        &from,
+        &base,
+        &token,
+        "POST",
+        "/api/v1/agents/heartbeat",
+        json!({"declared_class": "fibre", "version": "test", "limits": {"max_concurrent": 1}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{ack}");
+    lastmile_agent::calibrate::Calibrator {
+        http: &from,
+        base: &base.parse().unwrap(),
+        token: &token,
+        budget: 20 * 1024 * 1024,
+    }
+    .run()
+    .await
+    .unwrap();
+
+    let site = TargetSite::start(
+        SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        SiteConfig::default(),
+    )
+    .await
+    .unwrap();
+    let (status, created) = call(
+        &http,
+        &base,
+        &owner,
+        "POST",
+        "/api/v1/sites",
+        json!({"origin": site.origin()}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    site.publish_verification_token(created["verification_token"].as_str().unwrap());
+    let site_id = created["id"].as_str().unwrap().to_owned();
+    let (status, verified) = call(
+        &http,
+        &base,
+        &owner,
+        "POST",
+        &format!("/api/v1/sites/{site_id}/verify"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{verified}");
+
+    // Hold the owner's credit account: admitting the run waits for it.
+    let mut holder = diesel::PgConnection::establish(&test_db.url).unwrap();
+    holder
+        .batch_execute(&format!(
+            "BEGIN; SELECT id FROM ledger_accounts WHERE id = 'owner_credit:{owner_id}:usd' FOR UPDATE"
+        ))
+        .unwrap();
+    // A check without a schedule: one run, right after creation.
+    let (status, check) = call(
+        &http,
+        &base,
+        &owner,
+        "POST",
+        "/api/v1/checks",
+        json!({"site_id": site_id, "url": format!("{}/", site.origin()), "selection": {"agents_per_run": 1}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{check}");
+    wait_until(
+        "the scheduler's run waits for the owner's credit account",
+        Duration::from_secs(30),
+        || {
+            n(
+                &db,
+                "SELECT COUNT(*) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            ) > 0
+        },
+    )
+    .await;
+    controller.kill();
+    holder.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(n(&db, "SELECT COUNT(*) AS n FROM runs"), 0);
+
+    let _controller = ControllerProcess::start(&config, 2, dir.path()).await;
+    wait_until(
+        "the restarted controller makes the check's run",
+        Duration::from_secs(30),
+        || n(&db, "SELECT COUNT(*) AS n FROM runs") == 1,
+    )
+    .await;
 }
