@@ -202,13 +202,32 @@ pub fn create_run(
     policy: &SchedulingPolicy,
     now: Micros,
 ) -> Result<RunView> {
+    create_run_claiming(conn, check, policy, now, None)?
+        .ok_or_else(|| Error::Internal("a run without a claim was not made".into()))
+}
+
+/// [`create_run`], and with `claim: Some(next)` first, in the same transaction, the
+/// scheduler's claim on the due check (its next run time moved on to `next`). `None`
+/// (and nothing written) when the claim found the check already claimed.
+fn create_run_claiming(
+    conn: &mut DbConn,
+    check: &Check,
+    policy: &SchedulingPolicy,
+    now: Micros,
+    claim: Option<Option<Micros>>,
+) -> Result<Option<RunView>> {
     let selection = check.selection();
     let spec = TaskSpec::of_check(check)?;
     let task = serde_json::to_string(&spec)
         .map_err(|e| Error::Internal(format!("task of check {}: {e}", check.id)))?;
     let price = billing::price_of(check);
     let run_id = Uuid::new_v4().to_string();
-    write_tx(conn, |c| {
+    let made = write_tx(conn, |c| {
+        if let Some(next) = claim {
+            if !claim_slot(c, check, next)? {
+                return Ok(false);
+            }
+        }
         let eligible = eligible_agents(c, &selection, spec.kind, now - policy.online_window_us)?;
         let requested = eligible.len().min(selection.agents_per_run as usize);
         billing::admit_run(c, &check.owner_id, price, requested as u32)?;
@@ -240,9 +259,22 @@ pub fn create_run(
                 .values(&Assignment::new_pending(&run_id, &check.id, 1, now))
                 .execute(c)?;
         }
-        Ok::<_, Error>(())
+        Ok::<_, Error>(true)
     })?;
-    run_view(conn, &run_id)
+    if !made {
+        return Ok(None);
+    }
+    run_view(conn, &run_id).map(Some)
+}
+
+/// Moves a due check's next run time on to `next` if it is still the time `check` was
+/// read with (no other controller replica claimed it); returns whether this claimed it.
+fn claim_slot(conn: &mut DbConn, check: &Check, next: Option<Micros>) -> Result<bool> {
+    let claimed = diesel::update(checks_t::table.find(&check.id))
+        .filter(checks_t::next_run_at.eq(check.next_run_at))
+        .set(checks_t::next_run_at.eq(next))
+        .execute(conn)?;
+    Ok(claimed == 1)
 }
 
 /// The owner's run with this id and its progress.
@@ -542,22 +574,20 @@ pub fn run_due_checks(
         .load(conn)?;
     let mut created = Vec::new();
     for check in due {
-        // Claim the slot first so that two controller replicas never both run it:
-        // only the one whose update matched the old time goes on.
+        // The claim is made in the run's own transaction: two controller replicas never
+        // both run a check (only the one whose update matched the old time goes on), and
+        // a controller that dies midway leaves the check due, not claimed without a run.
         let next = check.interval_s.map(|s| now + s * 1_000_000);
-        let claimed = diesel::update(checks_t::table.find(&check.id))
-            .filter(checks_t::next_run_at.eq(check.next_run_at))
-            .set(checks_t::next_run_at.eq(next))
-            .execute(conn)?;
-        if claimed == 1 {
-            match create_run(conn, &check, policy, now) {
-                Ok(run) => created.push(run),
-                // One owner out of credit must not hold up everyone else's checks.
-                Err(Error::PaymentRequired { message, .. }) => {
-                    tracing::warn!(check = %check.id, %message, "scheduled run skipped");
-                }
-                Err(e) => return Err(e),
+        match create_run_claiming(conn, &check, policy, now, Some(next)) {
+            Ok(Some(run)) => created.push(run),
+            Ok(None) => {}
+            // One owner out of credit must not hold up everyone else's checks, nor be
+            // tried again at every tick: the run is skipped until the check's next time.
+            Err(Error::PaymentRequired { message, .. }) => {
+                claim_slot(conn, &check, next)?;
+                tracing::warn!(check = %check.id, %message, "scheduled run skipped");
             }
+            Err(e) => return Err(e),
         }
     }
     Ok(created)

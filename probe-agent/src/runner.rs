@@ -225,9 +225,12 @@ pub async fn run(
             lease_and_start(&work, &mut in_flight, &settings).await
         };
         let delay = match step {
+            // A due heartbeat cuts the wait short; after a failure it must not, or a
+            // heartbeat that failed (and so is still due) would be retried at once, in a
+            // tight loop, for as long as the controller is away.
             Ok(d) => {
                 backoff.reset();
-                d
+                d.min(next_heartbeat.saturating_duration_since(tokio::time::Instant::now()))
             }
             Err(e) if e.is_transient() => {
                 let d = backoff.next_delay();
@@ -236,8 +239,6 @@ pub async fn run(
             }
             Err(e) => return Err(e.into()),
         };
-        let delay =
-            delay.min(next_heartbeat.saturating_duration_since(tokio::time::Instant::now()));
         tokio::select! {
             _ = &mut shutdown => break,
             _ = tokio::time::sleep(delay) => {}

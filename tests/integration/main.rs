@@ -11,6 +11,7 @@ mod agent_rejections;
 mod api_errors;
 mod calibration;
 mod cheating;
+mod crash;
 mod currency;
 mod dashboard;
 mod dashboard_money;
