@@ -54,7 +54,8 @@
 //! controller), so the capacity is taken as [`LINE_HEADROOM`] (4) times the measured rate;
 //! only bodies of at least 32 KiB are judged, smaller ones fit in a few segments.
 //!
-//! An agent that never calibrated cannot be judged by physics.
+//! An agent that never calibrated cannot be judged by these two rules; runs plan only
+//! calibrated agents, and `uncalibrated_agent` flags a result that arrives without one.
 //!
 //! ## Peers (`peer_outlier`)
 //!

@@ -186,6 +186,39 @@ async fn call(
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+/// Adds `site` for the owner and verifies it (the controller allows private sites);
+/// returns the site's id.
+async fn verified_site(
+    http: &reqwest::Client,
+    base: &str,
+    owner: &str,
+    site: &TargetSite,
+) -> String {
+    let (status, created) = call(
+        http,
+        base,
+        owner,
+        "POST",
+        "/api/v1/sites",
+        json!({"origin": site.origin()}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    site.publish_verification_token(created["verification_token"].as_str().unwrap());
+    let site_id = created["id"].as_str().unwrap().to_owned();
+    let (status, verified) = call(
+        http,
+        base,
+        owner,
+        "POST",
+        &format!("/api/v1/sites/{site_id}/verify"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{verified}");
+    site_id
+}
+
 /// Waits (bounded) until `done` holds; says `what` if it never does.
 async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
@@ -260,28 +293,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     )
     .await
     .unwrap();
-    let (status, created) = call(
-        &http,
-        &base,
-        &owner,
-        "POST",
-        "/api/v1/sites",
-        json!({"origin": site.origin()}),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
-    site.publish_verification_token(created["verification_token"].as_str().unwrap());
-    let site_id = created["id"].as_str().unwrap().to_owned();
-    let (status, verified) = call(
-        &http,
-        &base,
-        &owner,
-        "POST",
-        &format!("/api/v1/sites/{site_id}/verify"),
-        json!({}),
-    )
-    .await;
-    assert_eq!(status, 200, "{verified}");
+    let site_id = verified_site(&http, &base, &owner, &site).await;
 
     // Real agents, each from its own address, calibrating their line as they start.
     let mut agents = Vec::new();
@@ -782,28 +794,7 @@ async fn a_scheduled_run_cut_short_by_a_kill_is_made_after_the_restart() {
     )
     .await
     .unwrap();
-    let (status, created) = call(
-        &http,
-        &base,
-        &owner,
-        "POST",
-        "/api/v1/sites",
-        json!({"origin": site.origin()}),
-    )
-    .await;
-    assert_eq!(status, 201, "{created}");
-    site.publish_verification_token(created["verification_token"].as_str().unwrap());
-    let site_id = created["id"].as_str().unwrap().to_owned();
-    let (status, verified) = call(
-        &http,
-        &base,
-        &owner,
-        "POST",
-        &format!("/api/v1/sites/{site_id}/verify"),
-        json!({}),
-    )
-    .await;
-    assert_eq!(status, 200, "{verified}");
+    let site_id = verified_site(&http, &base, &owner, &site).await;
 
     // Hold the owner's credit account: admitting the run waits for it.
     let mut holder = diesel::PgConnection::establish(&test_db.url).unwrap();

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::leasing::submission;
 use crate::per_backend;
+use crate::support::usd_balance as balance;
 use crate::support::{TestApp, TestDb, OWNER_CREDIT};
 
 per_backend!(
@@ -35,21 +36,6 @@ async fn check(app: &TestApp, owner: &str, site: &TargetSite, agents_per_run: u3
         .await;
     assert_eq!(status, 201, "{check}");
     check["id"].as_str().unwrap().to_owned()
-}
-
-async fn balance(app: &TestApp, token: &str, kind: &str) -> i64 {
-    let (status, body) = app
-        .call("GET", "/api/v1/me/balance", Some(token), None)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["balances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["kind"] == kind && b["currency"] == "usd")
-        .unwrap_or_else(|| panic!("no {kind} in {body}"))["balance_minor"]
-        .as_i64()
-        .unwrap()
 }
 
 async fn a_result_submitted_many_times_at_once_is_paid_once(db: TestDb) {

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use crate::leasing::submission;
 use crate::per_backend;
+use crate::support::usd_balance as balance;
 use crate::support::{TestApp, TestDb, OWNER_CREDIT};
 
 per_backend!(
@@ -15,21 +16,6 @@ per_backend!(
     a_run_with_no_eligible_agent_says_so_and_charges_nothing,
     selections_that_cannot_match_are_refused_naming_the_allowed_values,
 );
-
-async fn balance(app: &TestApp, token: &str, kind: &str) -> i64 {
-    let (status, body) = app
-        .call("GET", "/api/v1/me/balance", Some(token), None)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["balances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["kind"] == kind && b["currency"] == "usd")
-        .unwrap_or_else(|| panic!("no {kind} in {body}"))["balance_minor"]
-        .as_i64()
-        .unwrap()
-}
 
 async fn quiet_app(db: &TestDb) -> TestApp {
     TestApp::start_with(db, |c| c.scheduler_tick_ms = 3_600_000).await

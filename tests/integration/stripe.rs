@@ -16,6 +16,7 @@ use lastmile_testbed::stripe::{signature_header, FakeStripe};
 use serde_json::{json, Value};
 
 use crate::per_backend;
+use crate::support::usd_balance as balance;
 use crate::support::{TestApp, TestDb};
 
 per_backend!(
@@ -75,21 +76,6 @@ fn ledger_is_sound(app: &TestApp) {
 
 fn count(app: &TestApp, sql: &str) -> i64 {
     count_sql(&mut app.db().conn().unwrap(), sql).unwrap()
-}
-
-async fn balance(app: &TestApp, token: &str, kind: &str) -> i64 {
-    let (status, body) = app
-        .call("GET", "/api/v1/me/balance", Some(token), None)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["balances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|b| b["kind"] == kind && b["currency"] == "usd")
-        .unwrap_or_else(|| panic!("no {kind} in {body}"))["balance_minor"]
-        .as_i64()
-        .unwrap()
 }
 
 async fn checkout(w: &World, owner: &str, amount_minor: i64) -> String {

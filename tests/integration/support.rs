@@ -407,6 +407,23 @@ impl TestApp {
     }
 }
 
+/// The holder's (owner's or volunteer's) `kind` balance in usd, minor units, as
+/// `GET /api/v1/me/balance` lists it for `token`.
+pub async fn usd_balance(app: &TestApp, token: &str, kind: &str) -> i64 {
+    let (status, body) = app
+        .call("GET", "/api/v1/me/balance", Some(token), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["balances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["kind"] == kind && b["currency"] == "usd")
+        .unwrap_or_else(|| panic!("no {kind} in {body}"))["balance_minor"]
+        .as_i64()
+        .unwrap()
+}
+
 /// A line as the controller measured it in calibration: (class, rtt µs, down bit/s).
 pub type MeasuredLine<'a> = (&'a str, i64, i64);
 
