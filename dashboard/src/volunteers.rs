@@ -198,7 +198,8 @@ pub fn agents(nav: &Nav, items: &[AgentItem], install: &Install, earnings: &Earn
                                     td {
                                         @match &a.measured_class {
                                             Some(m) => { (m) " " small { "measured" } }
-                                            None => { (a.declared_class) " " small { "declared" } }
+                                            // The controller gives work only to agents whose line it has measured.
+                                            None => { (a.declared_class) " " small { "declared" } " " span.badge.warn title="The controller gives work only to agents whose line it has measured; the agent calibrates at start and daily (unless --calibration-bytes-per-day 0)" { "not calibrated: no work yet" } }
                                         }
                                         @if a.class_mismatch {
                                             " " span.badge.warn title={ "You declared " (a.declared_class) } { "differs from declared" }

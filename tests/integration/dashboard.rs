@@ -263,6 +263,7 @@ async fn a_volunteer_gets_an_install_command_and_sees_the_agent_it_enrols(db: Te
     assert!(row.contains("online"), "{row}");
     assert!(row.contains("DE") && row.contains("AS64501"), "{row}");
     assert!(row.contains("dsl declared"), "{row}");
+    assert!(row.contains("not calibrated: no work yet"), "{row}");
     assert!(row.contains("never"), "{row}");
     browser.screenshot(&shot("agents-online")).await;
     // The key is not shown again on a later visit.
