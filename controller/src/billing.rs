@@ -22,7 +22,7 @@ use utoipa::ToSchema;
 
 use crate::checks::Check;
 use crate::db::schema::{
-    assignments, checks, ledger_accounts, ledger_postings, ledger_transactions, owners,
+    assignments, checks, ledger_accounts, ledger_postings, ledger_transactions, owners, runs,
 };
 use crate::db::{write_tx, DbConn};
 use crate::error::{Error, Result};
@@ -38,16 +38,27 @@ pub fn price_of(check: &Check) -> Money {
 /// Credit held for the owner's assignments that are still pending or leased: each will
 /// be paid for, at its run's admitted price, when its result is accepted.
 pub fn held_for_assignments(conn: &mut DbConn, owner_id: &str) -> Result<Money> {
-    let open: Vec<(String, i64)> = assignments::table
+    let open: Vec<(String, Option<i64>, Option<String>, i64)> = assignments::table
         .inner_join(checks::table)
+        .inner_join(runs::table)
         .filter(checks::owner_id.eq(owner_id))
         .filter(assignments::state.eq_any([state::PENDING, state::LEASED]))
-        .group_by(assignments::run_id)
-        .select((assignments::run_id, diesel::dsl::count_star()))
+        .group_by((runs::id, runs::price_minor, runs::price_currency))
+        .select((
+            runs::id,
+            runs::price_minor,
+            runs::price_currency,
+            diesel::dsl::count_star(),
+        ))
         .load(conn)?;
     let mut minor = 0;
-    for (run_id, count) in open {
-        minor += crate::scheduling::run_price(conn, &run_id)?.minor * count;
+    for (run_id, price_minor, currency, count) in open {
+        // Only a run from before prices were kept with runs costs a lookup of its check.
+        let price = match crate::scheduling::admitted_price(&run_id, price_minor, currency)? {
+            Some(price) => price,
+            None => crate::scheduling::run_terms(conn, &run_id)?.price,
+        };
+        minor += price.minor * count;
     }
     Ok(Money::new(minor, pricing::PRICE_CURRENCY))
 }
@@ -87,11 +98,10 @@ pub fn admit_run(conn: &mut DbConn, owner_id: &str, price: Money, requested: u32
 pub fn pay_for_result(
     conn: &mut DbConn,
     assignment: &Assignment,
-    owner_id: &str,
     volunteer_id: &str,
 ) -> Result<Option<Posted>> {
-    let price = crate::scheduling::run_price(conn, &assignment.run_id)?;
-    let tx = movements::pay_result(owner_id, volunteer_id, price, &assignment.id);
+    let terms = crate::scheduling::run_terms(conn, &assignment.run_id)?;
+    let tx = movements::pay_result(&terms.owner_id, volunteer_id, terms.price, &assignment.id);
     match ledger::post(conn, &tx) {
         Ok(posted) => Ok(Some(posted)),
         Err(e @ LedgerError::BelowFloor { .. }) => {

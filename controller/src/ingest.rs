@@ -264,8 +264,7 @@ pub fn submit(conn: &mut DbConn, agent: &Agent, sub: &ResultSubmission) -> Resul
                 .execute(c)?;
             if flags.is_empty() {
                 fold(c, &stored)?;
-                let check = checks::get_any(c, &assignment.check_id)?;
-                billing::pay_for_result(c, &assignment, &check.owner_id, &agent.volunteer_id)?;
+                billing::pay_for_result(c, &assignment, &agent.volunteer_id)?;
             } else {
                 // Kept for operators, never counted or paid (see `verification`).
                 verification::record(c, agent, &stored, &flags)?;

@@ -146,15 +146,6 @@ pub enum RunProblem {
     NoEligibleAgents,
 }
 
-impl RunProblem {
-    /// The wire code.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunProblem::NoEligibleAgents => "no_eligible_agents",
-        }
-    }
-}
-
 /// The agents a run of a `kind` check created now would plan in: online since `since`,
 /// calibrated (an agent whose line the controller never measured cannot be judged by
 /// the line rules of `verification`, so it is given no paid work until it calibrates),
@@ -358,22 +349,43 @@ pub fn latest_run(conn: &mut DbConn, check_id: &str) -> Result<Option<RunView>> 
     id.map(|id| run_view(conn, &id)).transpose()
 }
 
-/// What each result of run `run_id` costs its owner: the price the run was admitted
-/// with (for a run from before prices were kept with runs, the check's price now).
-pub fn run_price(conn: &mut DbConn, run_id: &str) -> Result<lastmile_billing::Money> {
-    let (check_id, minor, currency): (String, Option<i64>, Option<String>) = runs::table
-        .find(run_id)
-        .select((runs::check_id, runs::price_minor, runs::price_currency))
+/// Who pays for run `run_id`'s results, and what each costs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunTerms {
+    pub owner_id: String,
+    /// The price the run was admitted with (for a run from before prices were kept
+    /// with runs, the check's price now).
+    pub price: lastmile_billing::Money,
+}
+
+/// The terms of run `run_id`, in one query (it is on the path of every accepted result).
+pub fn run_terms(conn: &mut DbConn, run_id: &str) -> Result<RunTerms> {
+    let (minor, currency, check): (Option<i64>, Option<String>, Check) = runs::table
+        .inner_join(checks_t::table.on(checks_t::id.eq(runs::check_id)))
+        .filter(runs::id.eq(run_id))
+        .select((runs::price_minor, runs::price_currency, Check::as_select()))
         .first(conn)?;
-    match (minor, currency) {
-        (Some(minor), Some(currency)) => {
-            let currency = currency
-                .parse()
-                .map_err(|e| Error::Internal(format!("run {run_id}: price currency: {e:?}")))?;
-            Ok(lastmile_billing::Money::new(minor, currency))
-        }
-        _ => Ok(billing::price_of(&checks::get_any(conn, &check_id)?)),
-    }
+    let price =
+        admitted_price(run_id, minor, currency)?.unwrap_or_else(|| billing::price_of(&check));
+    Ok(RunTerms {
+        owner_id: check.owner_id,
+        price,
+    })
+}
+
+/// The price a run row keeps, if it keeps one.
+pub fn admitted_price(
+    run_id: &str,
+    minor: Option<i64>,
+    currency: Option<String>,
+) -> Result<Option<lastmile_billing::Money>> {
+    let (Some(minor), Some(currency)) = (minor, currency) else {
+        return Ok(None);
+    };
+    let currency = currency
+        .parse()
+        .map_err(|e| Error::Internal(format!("run {run_id}: price currency: {e:?}")))?;
+    Ok(Some(lastmile_billing::Money::new(minor, currency)))
 }
 
 #[derive(QueryableByName)]

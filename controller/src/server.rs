@@ -32,8 +32,6 @@ pub struct AppState {
     pub geo: Arc<Geo>,
     pub config: Arc<ControllerConfig>,
     pub metrics: Arc<Metrics>,
-    /// For outgoing calls (site verification).
-    pub http: reqwest::Client,
     pub policy: SchedulingPolicy,
     /// Request quotas of ISP tokens.
     pub isp_quota: Arc<RateLimiter>,
@@ -55,10 +53,6 @@ impl AppState {
         })?;
         let db = Db::open(&config.effective_database_url(), config.max_db_connections)?;
         let geo = Geo::open(&config.geo)?;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("lastmile-controller/", env!("CARGO_PKG_VERSION")))
-            .build()?;
         let stripe = StripeApi::from_config(&config.stripe)?.map(Arc::new);
         Ok(AppState {
             stripe,
@@ -71,7 +65,6 @@ impl AppState {
             calibrations: Arc::default(),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
-            http,
         })
     }
 }

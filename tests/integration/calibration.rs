@@ -22,6 +22,20 @@ per_backend!(
     the_figures_an_agent_reports_are_ignored_for_what_the_controller_timed,
 );
 
+/// An emulated `line` in front of the controller, and its URL: calibrating through it
+/// measures that line.
+async fn link_to_controller(app: &TestApp, line: ConnectionClass) -> (Link, url::Url) {
+    let link = Link::start(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        app.controller.addr,
+        LinkProfile::for_class(line),
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", link.addr()).parse().unwrap();
+    (link, base)
+}
+
 /// Enrols an agent from `source` declaring `declared`, calibrates it through a link of
 /// class `line`, and returns its token and the controller's answer.
 async fn calibrate_through(
@@ -32,14 +46,7 @@ async fn calibrate_through(
     line: ConnectionClass,
 ) -> (String, lastmile_protocol::calibration::CalibrationAck) {
     let token = app.agent(source, key, declared, 1).await;
-    let link = Link::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        app.controller.addr,
-        LinkProfile::for_class(line),
-    )
-    .await
-    .unwrap();
-    let base: url::Url = format!("http://{}", link.addr()).parse().unwrap();
+    let (_link, base) = link_to_controller(app, line).await;
     let http = TestApp::client_from(source);
     let ack = Calibrator {
         http: &http,
@@ -255,14 +262,7 @@ async fn the_figures_an_agent_reports_are_ignored_for_what_the_controller_timed(
     let token = app.uncalibrated_agent(source, &key, "fibre", 1).await;
     // A cheater on a dial-up line makes the calibration's requests as an honest agent
     // does (so they are timed), then reports a line no fibre could match.
-    let link = Link::start(
-        SocketAddr::from(([127, 0, 0, 1], 0)),
-        app.controller.addr,
-        LinkProfile::for_class(ConnectionClass::Dialup),
-    )
-    .await
-    .unwrap();
-    let base: url::Url = format!("http://{}", link.addr()).parse().unwrap();
+    let (_link, base) = link_to_controller(&app, ConnectionClass::Dialup).await;
     let http = TestApp::client_from(source);
     let own_view = Calibrator {
         http: &http,
