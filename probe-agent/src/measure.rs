@@ -260,8 +260,7 @@ impl Engine {
         expect: &Expectations,
         trace: &mut Trace,
     ) -> Result<(), MeasurementError> {
-        let mut url = Url::parse(url)
-            .map_err(|e| fail(ErrorKind::InvalidTask, format!("invalid URL {url:?}: {e}")))?;
+        let mut url = parse_task_url(url)?;
         loop {
             let follow = expect.max_redirects > 0;
             let location = match self.fetch(&url, expect, follow, &mut trace.current).await? {
@@ -280,24 +279,7 @@ impl Engine {
         follow: bool,
         probe: &mut Probe,
     ) -> Result<Next, MeasurementError> {
-        let https = match url.scheme() {
-            "http" => false,
-            "https" => true,
-            other => {
-                return Err(fail(
-                    ErrorKind::InvalidTask,
-                    format!("unsupported scheme {other:?} in {url}"),
-                ))
-            }
-        };
-        let host = url
-            .host_str()
-            .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no host"))?
-            .trim_matches(['[', ']'])
-            .to_owned();
-        let port = url
-            .port_or_known_default()
-            .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no port"))?;
+        let Target { https, host, port } = Target::of(url)?;
 
         probe.stage = Stage::Resolving;
         let addrs = self.resolve(&host, port).await?;
@@ -1025,6 +1007,43 @@ impl Probe {
 
 pub(crate) fn micros(d: Duration) -> u64 {
     d.as_micros() as u64
+}
+
+/// A task's URL, parsed; an unparsable one is the task's fault.
+pub(crate) fn parse_task_url(url: &str) -> Result<Url, MeasurementError> {
+    Url::parse(url).map_err(|e| fail(ErrorKind::InvalidTask, format!("invalid URL {url:?}: {e}")))
+}
+
+/// Where a URL is fetched from: scheme, host (an IPv6 literal without brackets) and port.
+pub(crate) struct Target {
+    pub https: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl Target {
+    /// Only `http` and `https` URLs with a host are fetched.
+    pub fn of(url: &Url) -> Result<Target, MeasurementError> {
+        let https = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                return Err(fail(
+                    ErrorKind::InvalidTask,
+                    format!("unsupported scheme {other:?} in {url}"),
+                ))
+            }
+        };
+        let host = url
+            .host_str()
+            .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no host"))?
+            .trim_matches(['[', ']'])
+            .to_owned();
+        let port = url
+            .port_or_known_default()
+            .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no port"))?;
+        Ok(Target { https, host, port })
+    }
 }
 
 pub(crate) fn fail(kind: ErrorKind, message: impl Into<String>) -> MeasurementError {

@@ -41,8 +41,8 @@ use url::Url;
 
 use crate::discover::{self, Discovered};
 use crate::measure::{
-    as_http2, fail, micros, read_response, request_for, EmptyBody, Engine, Expectations, Next,
-    Probe, Sent, Stage, Trace,
+    as_http2, fail, micros, parse_task_url, read_response, request_for, EmptyBody, Engine,
+    Expectations, Next, Probe, Sent, Stage, Target, Trace,
 };
 
 /// HTTP/1.1 connections per origin at once, as every major browser allows.
@@ -233,8 +233,7 @@ impl Load {
         expect: &Expectations,
         trace: &mut Trace,
     ) -> Result<(Url, Vec<u8>, Option<String>), MeasurementError> {
-        let url = Url::parse(url)
-            .map_err(|e| fail(ErrorKind::InvalidTask, format!("invalid URL {url:?}: {e}")))?;
+        let url = parse_task_url(url)?;
         let (url, body) = self.follow(url, expect, trace, true).await?;
         Ok((url, body, trace.current.content_type.clone()))
     }
@@ -414,24 +413,7 @@ impl Load {
 
     /// The connection pool of `url`'s origin, made on first use.
     fn origin(&self, url: &Url) -> Result<Arc<Origin>, MeasurementError> {
-        let https = match url.scheme() {
-            "http" => false,
-            "https" => true,
-            other => {
-                return Err(fail(
-                    ErrorKind::InvalidTask,
-                    format!("unsupported scheme {other:?} in {url}"),
-                ))
-            }
-        };
-        let host = url
-            .host_str()
-            .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no host"))?
-            .trim_matches(['[', ']'])
-            .to_owned();
-        let port = url
-            .port_or_known_default()
-            .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no port"))?;
+        let Target { https, host, port } = Target::of(url)?;
         let key = format!("{}://{host}:{port}", url.scheme());
         let mut origins = self
             .origins
