@@ -1,7 +1,7 @@
 //! Every class of bad request gets a 4xx JSON error with a stable code, and nothing
 //! is half-written. Also: ops endpoints and the OpenAPI document.
 
-use lastmile_controller::db::count_sql;
+use lastmile_storage::count_sql;
 use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::{json, Value};
 

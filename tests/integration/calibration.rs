@@ -5,8 +5,8 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use lastmile_agent::calibrate::Calibrator;
-use lastmile_controller::agents;
-use lastmile_controller::clock::now_us;
+use lastmile_domain::agents;
+use lastmile_domain::clock::now_us;
 use lastmile_protocol::ConnectionClass;
 use lastmile_testbed::link::{Link, LinkProfile};
 use lastmile_testbed::site::{SiteConfig, TargetSite};

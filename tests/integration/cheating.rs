@@ -238,7 +238,7 @@ async fn a_cheating_agent_is_flagged_unpaid_and_unreported_while_honest_agents_a
     for (asn, samples) in [(64_502, None), (64_501, Some(RUNS))] {
         let token = {
             let mut conn = app.db().conn().unwrap();
-            lastmile_controller::isp::create(&mut conn, &format!("ISP of AS{asn}"), &[asn])
+            lastmile_domain::isp::create(&mut conn, &format!("ISP of AS{asn}"), &[asn])
                 .unwrap()
                 .1
         };

@@ -23,9 +23,10 @@ use lastmile_agent::runner::AgentSettings;
 use lastmile_agent::spool::{self, Spool};
 use lastmile_billing::{pricing, Currency, Money};
 use lastmile_controller::config::ControllerConfig;
-use lastmile_controller::db::{count_sql, Backend, Db};
-use lastmile_controller::{accounts, billing, checks, server, AppState};
+use lastmile_controller::{server, AppState};
+use lastmile_domain::{accounts, billing, checks};
 use lastmile_protocol::{AgentLimits, ConnectionClass};
+use lastmile_storage::{count_sql, Backend, Db};
 use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::{json, Value};
 
@@ -406,7 +407,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
         };
         tokio::time::sleep(down).await;
         life += 1;
-        let restarted = lastmile_controller::clock::now_us();
+        let restarted = lastmile_domain::clock::now_us();
         controller = ControllerProcess::start(&config, life, dir.path()).await;
         // The agents come back after their backoff; the next run is for all of them.
         wait_until(

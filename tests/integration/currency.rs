@@ -130,7 +130,7 @@ async fn a_grant_in_a_currency_without_prices_is_refused_naming_the_allowed_ones
     let before = balances(&app, &owner).await;
     for code in ["xyz", "eur"] {
         let currency: Currency = code.parse().unwrap();
-        let refused = lastmile_controller::billing::grant_credit(
+        let refused = lastmile_domain::billing::grant_credit(
             &mut app.db().conn().unwrap(),
             &owner_id,
             Money::new(100, currency),

@@ -5,7 +5,7 @@
 //! paid and failed with Stripe's reason. Without Stripe the pages say so.
 
 use lastmile_billing::{ledger, movements, Currency, Money};
-use lastmile_controller::billing::{self, HolderKind};
+use lastmile_domain::billing::{self, HolderKind};
 
 use crate::browser::Browser;
 use crate::dashboard::sign_up;

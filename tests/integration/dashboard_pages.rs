@@ -366,7 +366,7 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
         .await;
     {
         use diesel::RunQueryDsl;
-        let today = lastmile_controller::clock::now_us().div_euclid(86_400_000_000);
+        let today = lastmile_domain::clock::now_us().div_euclid(86_400_000_000);
         diesel::sql_query(format!(
             "INSERT INTO agent_uptime (agent_id, day, seconds) \
              SELECT a.id, {today}, 360 FROM agents a JOIN volunteers v ON v.id = a.volunteer_id \
@@ -420,7 +420,7 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
     .unwrap();
     {
         use diesel::RunQueryDsl;
-        let now = lastmile_controller::clock::now_us();
+        let now = lastmile_domain::clock::now_us();
         diesel::sql_query(format!(
             "INSERT INTO payouts (id, volunteer_id, account_id, amount_minor, currency, status, \
              attempts, created_at, updated_at) \
@@ -501,12 +501,9 @@ async fn another_owner_can_never_see_change_pause_report_or_revoke(db: TestDb) {
         )
         .await;
     let check_id = check["id"].as_str().unwrap().to_owned();
-    let (token, token_secret) = lastmile_controller::api_tokens::create(
-        &mut app.db().conn().unwrap(),
-        &first_id,
-        "first's CI",
-    )
-    .unwrap();
+    let (token, token_secret) =
+        lastmile_domain::api_tokens::create(&mut app.db().conn().unwrap(), &first_id, "first's CI")
+            .unwrap();
 
     // The second owner signs up in the browser and tries the first owner's pages.
     let browser = Browser::start(DESKTOP.0, DESKTOP.1).await;
@@ -688,13 +685,10 @@ async fn editing_and_pausing_through_the_api_follow_the_rules_of_creation(db: Te
     assert_eq!(status, 200, "{paused}");
     assert_eq!(paused["paused"], true);
     let policy = app.controller.state.policy;
-    let later = lastmile_controller::clock::now_us() + 3_600 * 1_000_000;
-    let made = lastmile_controller::scheduling::run_due_checks(
-        &mut app.db().conn().unwrap(),
-        &policy,
-        later,
-    )
-    .unwrap();
+    let later = lastmile_domain::clock::now_us() + 3_600 * 1_000_000;
+    let made =
+        lastmile_domain::scheduling::run_due_checks(&mut app.db().conn().unwrap(), &policy, later)
+            .unwrap();
     assert!(made.is_empty(), "a paused check ran: {made:?}");
     let (status, resumed) = app
         .call(
@@ -706,12 +700,9 @@ async fn editing_and_pausing_through_the_api_follow_the_rules_of_creation(db: Te
         .await;
     assert_eq!(status, 200, "{resumed}");
     assert_eq!(resumed["paused"], false);
-    let made = lastmile_controller::scheduling::run_due_checks(
-        &mut app.db().conn().unwrap(),
-        &policy,
-        later,
-    )
-    .unwrap();
+    let made =
+        lastmile_domain::scheduling::run_due_checks(&mut app.db().conn().unwrap(), &policy, later)
+            .unwrap();
     assert_eq!(made.len(), 1);
 
     // The account's original token and named tokens both work; a revoked one is 401.
@@ -721,10 +712,10 @@ async fn editing_and_pausing_through_the_api_follow_the_rules_of_creation(db: Te
     };
     let mut conn = app.db().conn().unwrap();
     let (named, secret) =
-        lastmile_controller::api_tokens::create(&mut conn, &owner_id, "deploy").unwrap();
+        lastmile_domain::api_tokens::create(&mut conn, &owner_id, "deploy").unwrap();
     let (status, _) = app.call("GET", "/api/v1/checks", Some(&secret), None).await;
     assert_eq!(status, 200);
-    lastmile_controller::api_tokens::revoke(&mut conn, &owner_id, &named.id).unwrap();
+    lastmile_domain::api_tokens::revoke(&mut conn, &owner_id, &named.id).unwrap();
     let (status, body) = app
         .call(
             "POST",
@@ -741,5 +732,5 @@ async fn editing_and_pausing_through_the_api_follow_the_rules_of_creation(db: Te
     let (status, _) = app.call("GET", "/api/v1/checks", Some(&owner), None).await;
     assert_eq!(status, 200);
     // An empty name is refused.
-    assert!(lastmile_controller::api_tokens::create(&mut conn, &owner_id, "  ").is_err());
+    assert!(lastmile_domain::api_tokens::create(&mut conn, &owner_id, "  ").is_err());
 }

@@ -1,7 +1,7 @@
 //! The whole system: the demo (controller, target site, 12 real agents behind
 //! emulated links) on both backends, and its report showing the links' physics.
 
-use lastmile_controller::demo::{self, DemoOptions};
+use lastmile_demo::{self as demo, DemoOptions};
 
 use crate::per_backend;
 use crate::support::TestDb;
@@ -61,7 +61,7 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     }
     // report.json is what the API served, byte for byte parseable into the same report.
     let written = std::fs::read_to_string(out.path().join("report.json")).unwrap();
-    let parsed: lastmile_controller::reports::Report = serde_json::from_str(&written).unwrap();
+    let parsed: lastmile_domain::reports::Report = serde_json::from_str(&written).unwrap();
     assert_eq!(parsed, outcome.report);
     // isp_report.json: the ISP of AS64501 sees its rows and nothing else.
     let isp: serde_json::Value =

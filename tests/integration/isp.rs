@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
-use lastmile_controller::isp::{self, MemoryMailer};
+use lastmile_domain::isp::{self, MemoryMailer};
 use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::{json, Value};
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use lastmile_controller::isp::{self, MemoryMailer};
+use lastmile_domain::isp::{self, MemoryMailer};
 use serde_json::{json, Value};
 
 use crate::per_backend;

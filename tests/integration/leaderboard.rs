@@ -64,7 +64,7 @@ async fn the_leaderboard_ranks_volunteers_by_points_as_json_and_csv(db: TestDb) 
     app.agent(Ipv4Addr::new(127, 0, 0, 3), &bob, "dsl", 1).await;
     app.agent(Ipv4Addr::new(127, 0, 0, 5), &cy, "dsl", 1).await;
     // Two hours online for Ada's agent, one for Bob's and Cy's, long ago and this week.
-    let today = lastmile_controller::clock::now_us().div_euclid(86_400_000_000);
+    let today = lastmile_domain::clock::now_us().div_euclid(86_400_000_000);
     {
         let mut conn = app.db().conn().unwrap();
         for (name, day, seconds) in [

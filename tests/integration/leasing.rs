@@ -3,8 +3,9 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
-use lastmile_controller::clock::now_us;
-use lastmile_controller::{agents, checks, scheduling};
+use lastmile_domain::check_terms::StoredCheck;
+use lastmile_domain::clock::now_us;
+use lastmile_domain::{agents, checks, scheduling};
 use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::{json, Value};
 

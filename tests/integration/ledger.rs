@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 
 use lastmile_billing::ledger;
-use lastmile_controller::db::count_sql;
+use lastmile_storage::count_sql;
 use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::json;
 

@@ -21,6 +21,7 @@ mod dns;
 mod end_to_end;
 mod isp;
 mod isp_claims;
+mod layering;
 mod leaderboard;
 mod leasing;
 mod ledger;

@@ -36,7 +36,7 @@ struct Route {
 
 fn api_source(file: &str) -> String {
     let path = format!(
-        "{}/../controller/src/api/{file}",
+        "{}/../controller/server/src/api/{file}",
         env!("CARGO_MANIFEST_DIR")
     );
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))

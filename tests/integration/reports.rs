@@ -7,9 +7,9 @@ use base64::Engine;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
-use lastmile_controller::clock::{now_us, HOUR_US};
-use lastmile_controller::db::count_sql;
-use lastmile_controller::ingest::{self, StoredResult};
+use lastmile_domain::clock::{now_us, HOUR_US};
+use lastmile_domain::ingest::{self, StoredResult};
+use lastmile_storage::count_sql;
 use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::{json, Value};
 

@@ -10,8 +10,9 @@ use std::time::Duration;
 
 use lastmile_billing::{ledger, movements, Currency, Money};
 use lastmile_controller::config::StripeConfig;
-use lastmile_controller::db::count_sql;
-use lastmile_controller::{payouts, ControllerConfig};
+use lastmile_controller::ControllerConfig;
+use lastmile_domain::payouts;
+use lastmile_storage::count_sql;
 use lastmile_testbed::stripe::{signature_header, FakeStripe};
 use serde_json::{json, Value};
 
@@ -329,7 +330,7 @@ async fn checkout_for_an_invalid_amount_or_currency_is_refused_with_a_clear_4xx(
 /// paid for results of theirs (price = earnings / 0.8).
 fn earning_volunteer(app: &TestApp, name: &str, earned_minor: i64) -> (String, String) {
     let mut conn = app.db().conn().unwrap();
-    let (v, key) = lastmile_controller::accounts::create_volunteer(&mut conn, name).unwrap();
+    let (v, key) = lastmile_domain::accounts::create_volunteer(&mut conn, name).unwrap();
     if earned_minor > 0 {
         let (owner, _) = app.owner_with_credit(&format!("customer of {name}"), 0);
         let price = Money::new(earned_minor * 5 / 4, Currency::USD);

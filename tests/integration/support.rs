@@ -8,9 +8,9 @@ use std::time::Duration;
 use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection};
 use lastmile_controller::config::ControllerConfig;
-use lastmile_controller::db::{Backend, Db};
-use lastmile_controller::geo::GeoConfig;
 use lastmile_controller::Controller;
+use lastmile_domain::geo::GeoConfig;
+use lastmile_storage::{Backend, Db};
 use lastmile_testbed::geodb::{self, TestNetwork};
 use serde_json::Value;
 
@@ -70,7 +70,7 @@ impl TestDb {
 
 /// The `n` column of a `SELECT COUNT(*) AS n ...` on the app's database.
 pub fn count(app: &TestApp, sql: &str) -> i64 {
-    lastmile_controller::db::count_sql(&mut app.db().conn().unwrap(), sql).unwrap()
+    lastmile_storage::count_sql(&mut app.db().conn().unwrap(), sql).unwrap()
 }
 
 impl Drop for TestDb {
@@ -91,7 +91,7 @@ macro_rules! per_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::support::TestDb::new(lastmile_controller::db::Backend::Sqlite)).await
+                    super::$name($crate::support::TestDb::new(lastmile_storage::Backend::Sqlite)).await
                 }
             )*
         }
@@ -99,7 +99,7 @@ macro_rules! per_backend {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name($crate::support::TestDb::new(lastmile_controller::db::Backend::Postgres)).await
+                    super::$name($crate::support::TestDb::new(lastmile_storage::Backend::Postgres)).await
                 }
             )*
         }
@@ -189,7 +189,7 @@ impl TestApp {
     /// A controller whose ownership-proof mail goes to `mailer`.
     pub async fn start_with_mailer(
         db: &TestDb,
-        mailer: std::sync::Arc<dyn lastmile_controller::isp::Mailer>,
+        mailer: std::sync::Arc<dyn lastmile_domain::isp::Mailer>,
     ) -> TestApp {
         let geo_dir = tempfile::tempdir().unwrap();
         let config = ControllerConfig {
@@ -228,7 +228,7 @@ impl TestApp {
     /// A new owner with `credit_minor` usd cents of credit: (owner id, API token).
     pub fn owner_with_credit(&self, name: &str, credit_minor: i64) -> (String, String) {
         let mut conn = self.db().conn().unwrap();
-        let (owner, token) = lastmile_controller::accounts::create_owner(&mut conn, name).unwrap();
+        let (owner, token) = lastmile_domain::accounts::create_owner(&mut conn, name).unwrap();
         if credit_minor > 0 {
             self.credit(&owner.id, credit_minor);
         }
@@ -238,7 +238,7 @@ impl TestApp {
     /// Grants the owner `minor` usd cents of test credit (a new grant each call).
     pub fn credit(&self, owner_id: &str, minor: i64) {
         let mut conn = self.db().conn().unwrap();
-        lastmile_controller::billing::grant_credit(
+        lastmile_domain::billing::grant_credit(
             &mut conn,
             owner_id,
             lastmile_billing::Money::new(minor, lastmile_billing::Currency::USD),
@@ -250,14 +250,14 @@ impl TestApp {
     /// A new volunteer's enrolment key.
     pub fn volunteer(&self, name: &str) -> String {
         let mut conn = self.db().conn().unwrap();
-        lastmile_controller::accounts::create_volunteer(&mut conn, name)
+        lastmile_domain::accounts::create_volunteer(&mut conn, name)
             .unwrap()
             .1
     }
 
     /// The login of an account signed up with [`PASSWORD`] (its owner or volunteer id).
-    pub fn login(&self, email: &str) -> lastmile_controller::logins::Login {
-        lastmile_controller::logins::authenticate(&mut self.db().conn().unwrap(), email, PASSWORD)
+    pub fn login(&self, email: &str) -> lastmile_domain::logins::Login {
+        lastmile_domain::logins::authenticate(&mut self.db().conn().unwrap(), email, PASSWORD)
             .unwrap()
     }
 
@@ -438,7 +438,7 @@ pub fn calibrate_as_declared(app: &TestApp, token: &str) {
 
 fn calibrate_in(db: &Db, token: &str) {
     let mut conn = db.conn().unwrap();
-    let agent = lastmile_controller::agents::agent_by_token(&mut conn, token)
+    let agent = lastmile_domain::agents::agent_by_token(&mut conn, token)
         .unwrap()
         .unwrap();
     drop(conn);
@@ -481,14 +481,14 @@ pub fn set_calibration(app: &TestApp, token: &str, line: Option<MeasuredLine<'_>
 fn set_calibration_in(db: &Db, token: &str, line: Option<MeasuredLine<'_>>) {
     use diesel::RunQueryDsl;
     let mut conn = db.conn().unwrap();
-    let agent = lastmile_controller::agents::agent_by_token(&mut conn, token)
+    let agent = lastmile_domain::agents::agent_by_token(&mut conn, token)
         .unwrap()
         .unwrap();
     let sql = match line {
         Some((class, rtt_us, down_bps)) => format!(
             "UPDATE agents SET measured_class = '{class}', calibrated_at = {now}, rtt_us = {rtt_us}, \
              down_bps = {down_bps}, up_bps = {up}, class_mismatch = FALSE WHERE id = '{id}'",
-            now = lastmile_controller::clock::now_us(),
+            now = lastmile_domain::clock::now_us(),
             up = down_bps / 8,
             id = agent.id
         ),

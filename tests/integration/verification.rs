@@ -56,7 +56,7 @@ async fn owner_and_check(app: &TestApp, agents_per_run: u32) -> (String, String,
 /// controller would have timed them (calibration itself is tested in calibration.rs).
 async fn calibrate(app: &TestApp, token: &str, rtt_ms: u64, down_bps: u64) {
     let mut conn = app.db().conn().unwrap();
-    let agent = lastmile_controller::agents::agent_by_token(&mut conn, token)
+    let agent = lastmile_domain::agents::agent_by_token(&mut conn, token)
         .unwrap()
         .unwrap();
     drop(conn);

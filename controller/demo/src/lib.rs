@@ -1,4 +1,4 @@
-//! `lastmile-controller demo`: the whole product on one machine, in one process.
+//! `lastmile-demo`: the whole product on one machine, in one process.
 //!
 //! It starts a controller (embedded SQLite unless `DATABASE_URL` is set), a target
 //! site, and twelve probe agents in three countries, three ASNs and four connection
@@ -42,15 +42,15 @@ use tokio::sync::watch;
 
 use lastmile_billing::{AccountKind, Currency, Money};
 
-use crate::billing::TrialBalance;
-use crate::checks::CheckView;
-use crate::config::ControllerConfig;
-use crate::geo::GeoConfig;
-use crate::reports::{self, Report};
-use crate::scheduling::RunView;
-use crate::server::Controller;
-use crate::sites::SiteView;
-use crate::{accounts, agents, clock};
+use lastmile_controller::config::ControllerConfig;
+use lastmile_controller::server::Controller;
+use lastmile_domain::billing::TrialBalance;
+use lastmile_domain::checks::CheckView;
+use lastmile_domain::geo::GeoConfig;
+use lastmile_domain::reports::{self, Report};
+use lastmile_domain::scheduling::RunView;
+use lastmile_domain::sites::SiteView;
+use lastmile_domain::{accounts, agents, clock};
 
 /// What the demo is asked to do.
 #[derive(Debug, Clone)]
@@ -107,7 +107,7 @@ pub struct DemoOutcome {
     /// The ledger's trial balance at the end (`ledger.json`).
     pub ledger: TrialBalance,
     /// This week's leaderboard as the public API served it (`leaderboard.json`).
-    pub leaderboard: crate::leaderboard::Leaderboard,
+    pub leaderboard: lastmile_domain::leaderboard::Leaderboard,
     /// Results verification flagged (0 for the demo's honest agents).
     pub flagged: i64,
 }
@@ -205,14 +205,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     // Stripe for the demo: the fake, with test keys of its own.
     let stripe = FakeStripe::start(DEMO_STRIPE_KEY, DEMO_WEBHOOK_SECRET).await?;
     let config = ControllerConfig {
-        stripe: crate::config::StripeConfig {
+        stripe: lastmile_controller::config::StripeConfig {
             secret_key: Some(DEMO_STRIPE_KEY.into()),
             webhook_secret: Some(DEMO_WEBHOOK_SECRET.into()),
             api_base: Some(stripe.url()),
             payout_threshold_minor: DEMO_PAYOUT_THRESHOLD_MINOR,
             // The demo runs its payout pass itself, after the runs.
             payout_interval_s: 0,
-            ..crate::config::StripeConfig::default()
+            ..lastmile_controller::config::StripeConfig::default()
         },
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
         database_url: opts.database_url.clone(),
@@ -227,7 +227,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         scheduler_tick_ms: 200,
         ..ControllerConfig::default()
     };
-    let backend = crate::db::Backend::from_url(&config.effective_database_url());
+    let backend = lastmile_storage::Backend::from_url(&config.effective_database_url());
     let controller = Controller::start(config, SocketAddr::from(([127, 0, 0, 1], 0))).await?;
     stripe.set_webhook_url(&format!("{}/api/v1/stripe/webhook", controller.url()));
     let site =
@@ -252,7 +252,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                 ids.push(v.id);
                 keys.push(key);
             }
-            Ok::<_, crate::Error>((owner.id, token, ids, keys))
+            Ok::<_, lastmile_domain::Error>((owner.id, token, ids, keys))
         })
         .await?;
 
@@ -325,7 +325,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         // Two of the three volunteers set up payouts; the third keeps their earnings.
         for key in &enrol_keys[..2] {
             let volunteer = DemoClient::new(controller.url(), key)?;
-            let onboarding: crate::payouts::OnboardingView = volunteer
+            let onboarding: lastmile_domain::payouts::OnboardingView = volunteer
                 .post("/api/v1/volunteer/stripe/onboarding", &json!({}))
                 .await?;
             let delivery = stripe.complete_onboarding(&onboarding.account_id).await?;
@@ -406,7 +406,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         // The ISP operating the demo's German network sees only its own rows.
         let (isp_asn, isp_name) = (PLACES[0].3, PLACES[0].4);
         let isp_token = db
-            .run(move |c| Ok::<_, crate::Error>(crate::isp::create(c, isp_name, &[isp_asn])?.1))
+            .run(move |c| Ok::<_, lastmile_domain::Error>(lastmile_domain::isp::create(c, isp_name, &[isp_asn])?.1))
             .await?;
         let isp_api = DemoClient::new(controller.url(), &isp_token)?;
         let isp_json = isp_api.get_text("/api/v1/isp/summary?window=24h").await?;
@@ -415,7 +415,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         let page = page_check(&api, &verified, plan.len(), &opts).await?;
         let page_id = page.check_id.clone();
         let pages = db
-            .run(move |c| crate::ingest::latest_pages(c, &page_id, 200))
+            .run(move |c| lastmile_domain::ingest::latest_pages(c, &page_id, 200))
             .await?;
         // The payout pass the server runs periodically, once, now.
         let api_client = controller
@@ -423,10 +423,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             .stripe
             .clone()
             .context("the demo controller has no Stripe client")?;
-        let pass = crate::payouts::run_pass(
+        let pass = lastmile_domain::payouts::run_pass(
             &db,
             &api_client,
-            crate::payouts::threshold(&controller.state),
+            lastmile_domain::payouts::threshold(&controller.state.config.stripe),
         )
         .await?;
         say!(
@@ -438,7 +438,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             pass.in_transit
         );
 
-        let ledger = db.run(crate::billing::trial_balance).await?;
+        let ledger = db.run(lastmile_domain::billing::trial_balance).await?;
 
         if let Some(out) = &opts.out {
             std::fs::create_dir_all(out)?;
@@ -532,7 +532,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     let flagged = controller
         .state
         .db
-        .run(crate::verification::total_flagged)
+        .run(lastmile_domain::verification::total_flagged)
         .await?;
     say!(
         opts,
@@ -546,7 +546,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     .error_for_status()?
     .text()
     .await?;
-    let leaderboard: crate::leaderboard::Leaderboard = serde_json::from_str(&leaderboard_json)?;
+    let leaderboard: lastmile_domain::leaderboard::Leaderboard =
+        serde_json::from_str(&leaderboard_json)?;
     say!(
         opts,
         "Leaderboard this week (points: 10/h online, 1/measurement, 1/10 s measuring):"
@@ -725,15 +726,15 @@ async fn serve_dashboard(
         .state
         .db
         .run(move |c| {
-            crate::logins::add_login(
+            lastmile_domain::logins::add_login(
                 c,
-                crate::logins::Account::Owner(&owner_id),
+                lastmile_domain::logins::Account::Owner(&owner_id),
                 DEMO_OWNER_LOGIN.0,
                 DEMO_OWNER_LOGIN.1,
             )?;
-            crate::logins::add_login(
+            lastmile_domain::logins::add_login(
                 c,
-                crate::logins::Account::Volunteer(&volunteer_id),
+                lastmile_domain::logins::Account::Volunteer(&volunteer_id),
                 DEMO_VOLUNTEER_LOGIN.0,
                 DEMO_VOLUNTEER_LOGIN.1,
             )
@@ -773,7 +774,7 @@ async fn buy_credit(
     stripe: &FakeStripe,
     opts: &DemoOptions,
 ) -> anyhow::Result<()> {
-    let session: crate::payments::CheckoutView = api
+    let session: lastmile_domain::payments::CheckoutView = api
         .post(
             "/api/v1/owner/credit/checkout",
             &json!({"amount_minor": DEMO_CREDIT.minor, "currency": DEMO_CREDIT.currency}),
@@ -786,7 +787,7 @@ async fn buy_credit(
         delivery.status,
         delivery.body
     );
-    let balance: crate::billing::Balances = api.get("/api/v1/me/balance").await?;
+    let balance: lastmile_domain::billing::Balances = api.get("/api/v1/me/balance").await?;
     let credit = balance
         .balances
         .iter()
@@ -865,7 +866,7 @@ pub fn physics_hold(by_class: &Report) -> bool {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(row.histograms.get(&phase)?)
             .ok()?;
-        let h = crate::histogram::decode(&bytes).ok()?;
+        let h = lastmile_domain::histogram::decode(&bytes).ok()?;
         (!h.is_empty()).then(|| h.min())
     };
     [Phase::Ttfb, Phase::Total].iter().all(|phase| {

@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::clock::now_us;
-use crate::db::schema::{owners, volunteers};
-use crate::db::DbConn;
 use crate::error::Result;
+use lastmile_storage::schema::{owners, volunteers};
+use lastmile_storage::DbConn;
 
 /// A fresh secret with a prefix that says what it is for (`lmo_`, `lma_`, `lmv_`).
 pub fn new_secret(prefix: &str) -> String {

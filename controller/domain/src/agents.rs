@@ -15,9 +15,9 @@ use uuid::Uuid;
 
 use crate::accounts::{self, hash_secret, new_secret};
 use crate::clock::{now_us, Micros};
-use crate::db::schema::agents;
-use crate::db::DbConn;
 use crate::error::{Error, Result};
+use lastmile_storage::schema::agents;
+use lastmile_storage::DbConn;
 
 /// An agent as stored.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -208,25 +208,16 @@ fn add_uptime(conn: &mut DbConn, agent_id: &str, now: Micros, gap: Micros) -> Re
     if seconds == 0 {
         return Ok(());
     }
-    // One statement, so two heartbeats at once cannot lose an addition.
-    match conn {
-        DbConn::Pg(c) => diesel::sql_query(
-            "INSERT INTO agent_uptime (agent_id, day, seconds) VALUES ($1, $2, $3) \
-             ON CONFLICT (agent_id, day) DO UPDATE SET seconds = agent_uptime.seconds + EXCLUDED.seconds",
-        )
-        .bind::<Text, _>(agent_id)
-        .bind::<BigInt, _>(day)
-        .bind::<BigInt, _>(seconds)
-        .execute(c)?,
-        DbConn::Sqlite(c) => diesel::sql_query(
-            "INSERT INTO agent_uptime (agent_id, day, seconds) VALUES (?1, ?2, ?3) \
-             ON CONFLICT (agent_id, day) DO UPDATE SET seconds = agent_uptime.seconds + excluded.seconds",
-        )
-        .bind::<Text, _>(agent_id)
-        .bind::<BigInt, _>(day)
-        .bind::<BigInt, _>(seconds)
-        .execute(c)?,
-    };
+    // One statement, so two heartbeats at once cannot lose an addition; the same SQL
+    // on both backends.
+    diesel::sql_query(
+        "INSERT INTO agent_uptime (agent_id, day, seconds) VALUES ($1, $2, $3) \
+         ON CONFLICT (agent_id, day) DO UPDATE SET seconds = agent_uptime.seconds + excluded.seconds",
+    )
+    .bind::<Text, _>(agent_id)
+    .bind::<BigInt, _>(day)
+    .bind::<BigInt, _>(seconds)
+    .execute(conn)?;
     Ok(())
 }
 
@@ -255,7 +246,7 @@ pub struct AgentActivity {
 
 /// A volunteer's agents, newest first, with their activity.
 pub fn of_volunteer(conn: &mut DbConn, volunteer_id: &str) -> Result<Vec<AgentActivity>> {
-    use crate::db::schema::results;
+    use lastmile_storage::schema::results;
     let found: Vec<Agent> = agents::table
         .filter(agents::volunteer_id.eq(volunteer_id))
         .order((agents::enrolled_at.desc(), agents::id))

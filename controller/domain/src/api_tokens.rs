@@ -13,9 +13,9 @@ use uuid::Uuid;
 
 use crate::accounts::{self, hash_secret, new_secret, Owner};
 use crate::clock::{now_us, to_datetime};
-use crate::db::schema::api_tokens;
-use crate::db::DbConn;
 use crate::error::{Error, Result};
+use lastmile_storage::schema::api_tokens;
+use lastmile_storage::DbConn;
 
 /// A token as stored.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

@@ -20,13 +20,14 @@ use lastmile_protocol::CheckKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::checks::Check;
-use crate::db::schema::{
+use crate::check_terms::StoredCheck;
+use crate::error::{Error, Result};
+use lastmile_storage::assignments::{state, Assignment};
+use lastmile_storage::checks::Check;
+use lastmile_storage::schema::{
     assignments, checks, ledger_accounts, ledger_postings, ledger_transactions, owners, runs,
 };
-use crate::db::{write_tx, DbConn};
-use crate::error::{Error, Result};
-use crate::scheduling::{state, Assignment};
+use lastmile_storage::{write_tx, DbConn};
 
 /// The price of one accepted result of `check` (see `lastmile_billing::pricing`).
 pub fn price_of(check: &Check) -> Money {
@@ -54,9 +55,9 @@ pub fn held_for_assignments(conn: &mut DbConn, owner_id: &str) -> Result<Money> 
     let mut minor = 0;
     for (run_id, price_minor, currency, count) in open {
         // Only a run from before prices were kept with runs costs a lookup of its check.
-        let price = match crate::scheduling::admitted_price(&run_id, price_minor, currency)? {
+        let price = match admitted_price(&run_id, price_minor, currency)? {
             Some(price) => price,
-            None => crate::scheduling::run_terms(conn, &run_id)?.price,
+            None => run_terms(conn, &run_id)?.price,
         };
         minor += price.minor * count;
     }
@@ -100,7 +101,7 @@ pub fn pay_for_result(
     assignment: &Assignment,
     volunteer_id: &str,
 ) -> Result<Option<Posted>> {
-    let terms = crate::scheduling::run_terms(conn, &assignment.run_id)?;
+    let terms = run_terms(conn, &assignment.run_id)?;
     let tx = movements::pay_result(&terms.owner_id, volunteer_id, terms.price, &assignment.id);
     match ledger::post(conn, &tx) {
         Ok(posted) => Ok(Some(posted)),
@@ -315,4 +316,42 @@ pub fn trial_balance(conn: &mut DbConn) -> Result<TrialBalance> {
             })
             .collect(),
     })
+}
+
+/// Who pays for run `run_id`'s results, and what each costs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunTerms {
+    pub owner_id: String,
+    /// The price the run was admitted with (for a run from before prices were kept
+    /// with runs, the check's price now).
+    pub price: lastmile_billing::Money,
+}
+
+/// The terms of run `run_id`, in one query (it is on the path of every accepted result).
+pub fn run_terms(conn: &mut DbConn, run_id: &str) -> Result<RunTerms> {
+    let (minor, currency, check): (Option<i64>, Option<String>, Check) = runs::table
+        .inner_join(checks::table.on(checks::id.eq(runs::check_id)))
+        .filter(runs::id.eq(run_id))
+        .select((runs::price_minor, runs::price_currency, Check::as_select()))
+        .first(conn)?;
+    let price = admitted_price(run_id, minor, currency)?.unwrap_or_else(|| price_of(&check));
+    Ok(RunTerms {
+        owner_id: check.owner_id,
+        price,
+    })
+}
+
+/// The price a run row keeps, if it keeps one.
+pub fn admitted_price(
+    run_id: &str,
+    minor: Option<i64>,
+    currency: Option<String>,
+) -> Result<Option<lastmile_billing::Money>> {
+    let (Some(minor), Some(currency)) = (minor, currency) else {
+        return Ok(None);
+    };
+    let currency = currency
+        .parse()
+        .map_err(|e| Error::Internal(format!("run {run_id}: price currency: {e:?}")))?;
+    Ok(Some(lastmile_billing::Money::new(minor, currency)))
 }

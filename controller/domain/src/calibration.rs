@@ -44,9 +44,9 @@ use lastmile_protocol::ConnectionClass;
 
 use crate::agents::Agent;
 use crate::clock::now_us;
-use crate::db::schema::agents;
-use crate::db::{write_tx, DbConn};
 use crate::error::{Error, Result};
+use lastmile_storage::schema::agents;
+use lastmile_storage::{write_tx, DbConn};
 
 /// The class the controller uses for an agent that declared `declared` and measured
 /// `report`: the declared class when the measurement is plausible for it, otherwise the

@@ -6,66 +6,18 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use lastmile_protocol::{CheckKind, ConnectionClass};
+use lastmile_protocol::CheckKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::agents::Agent;
+use crate::check_terms::{Selection, StoredCheck};
 use crate::clock::{now_us, to_datetime};
-use crate::db::schema::checks;
-use crate::db::DbConn;
 use crate::error::{Error, Result};
 use crate::objectives::{self, Objective};
 use crate::sites;
-
-/// Which agents run a check.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(default, deny_unknown_fields)]
-pub struct Selection {
-    /// ISO 3166-1 alpha-2 codes; empty means any country.
-    pub countries: Vec<String>,
-    /// Autonomous system numbers; empty means any.
-    pub asns: Vec<u32>,
-    /// Connection classes; empty means any.
-    pub connection_classes: Vec<ConnectionClass>,
-    /// How many agents measure each run (at most); 10 when not given.
-    pub agents_per_run: u32,
-}
-
-/// Agents per run when a selection does not say.
-pub const DEFAULT_AGENTS_PER_RUN: u32 = 10;
-
-impl Default for Selection {
-    fn default() -> Selection {
-        Selection {
-            countries: Vec::new(),
-            asns: Vec::new(),
-            connection_classes: Vec::new(),
-            agents_per_run: DEFAULT_AGENTS_PER_RUN,
-        }
-    }
-}
-
-impl Selection {
-    /// Whether `agent` passes every filter.
-    pub fn matches(&self, agent: &Agent) -> bool {
-        let country_ok = self.countries.is_empty()
-            || agent
-                .country
-                .as_deref()
-                .is_some_and(|c| self.countries.iter().any(|w| w.eq_ignore_ascii_case(c)));
-        let asn_ok = self.asns.is_empty()
-            || agent
-                .asn
-                .is_some_and(|a| self.asns.iter().any(|&w| i64::from(w) == a));
-        let class_ok = self.connection_classes.is_empty()
-            || agent
-                .connection_class()
-                .is_some_and(|c| self.connection_classes.contains(&c));
-        country_ok && asn_ok && class_ok
-    }
-}
+use lastmile_storage::schema::checks;
+use lastmile_storage::DbConn;
 
 /// When a check runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -118,92 +70,21 @@ fn default_kind() -> CheckKind {
     CheckKind::Http
 }
 
-/// A check as stored. List-valued filters are JSON text (portable across backends).
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = checks)]
-pub struct Check {
-    pub id: String,
-    pub owner_id: String,
-    pub site_id: String,
-    pub name: String,
-    pub kind: String,
-    pub url: String,
-    pub expected_status: String,
-    pub max_bytes: i64,
-    pub timeout_ms: i64,
-    pub countries: String,
-    pub asns: String,
-    pub connection_classes: String,
-    pub agents_per_run: i32,
-    pub interval_s: Option<i64>,
-    pub next_run_at: Option<i64>,
-    pub created_at: i64,
-    pub isp_sharing: bool,
-    pub body_contains: Option<String>,
-    pub objectives: String,
-    pub max_redirects: i32,
-    /// When the owner paused the schedule; `None` while it runs.
-    pub paused_at: Option<i64>,
+pub use lastmile_storage::checks::Check;
+
+/// The owner's check with this id.
+pub fn get(conn: &mut DbConn, owner_id: &str, id: &str) -> Result<Check> {
+    Ok(lastmile_storage::checks::get(conn, owner_id, id)?)
 }
 
-impl Check {
-    /// The check's selection filters.
-    pub fn selection(&self) -> Selection {
-        Selection {
-            countries: serde_json::from_str(&self.countries).unwrap_or_default(),
-            asns: serde_json::from_str(&self.asns).unwrap_or_default(),
-            connection_classes: serde_json::from_str(&self.connection_classes).unwrap_or_default(),
-            agents_per_run: self.agents_per_run.max(0) as u32,
-        }
-    }
-
-    /// The check's kind. A stored kind this controller does not know (written by a newer
-    /// one) is an internal error: nothing could measure it.
-    pub fn check_kind(&self) -> Result<CheckKind> {
-        self.kind
-            .parse()
-            .map_err(|e| Error::Internal(format!("check {}: {e}", self.id)))
-    }
-
-    /// The check's SLA objectives.
-    pub fn objectives(&self) -> Vec<Objective> {
-        serde_json::from_str(&self.objectives).unwrap_or_default()
-    }
-
-    /// Statuses that count as success.
-    pub fn expected_status(&self) -> Vec<u16> {
-        serde_json::from_str(&self.expected_status).unwrap_or_default()
-    }
+/// Any check by id (for the scheduler, which acts for every owner).
+pub fn get_any(conn: &mut DbConn, id: &str) -> Result<Check> {
+    Ok(lastmile_storage::checks::get_any(conn, id)?)
 }
 
-/// What the agents of one run are asked to measure: the check's task as it was when the
-/// run was admitted. Stored with the run (`runs.task`, JSON), so that editing the check
-/// while the run is open changes later runs only, and every assignment of a run
-/// (re-offers included) measures what was admitted and priced.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskSpec {
-    pub kind: CheckKind,
-    pub url: String,
-    pub expected_status: Vec<u16>,
-    pub max_bytes: u64,
-    pub body_contains: Option<String>,
-    pub timeout_ms: u64,
-    pub max_redirects: u32,
-}
-
-impl TaskSpec {
-    /// The task `check` describes now.
-    pub fn of_check(check: &Check) -> Result<TaskSpec> {
-        Ok(TaskSpec {
-            kind: check.check_kind()?,
-            url: check.url.clone(),
-            expected_status: check.expected_status(),
-            max_bytes: check.max_bytes.max(0) as u64,
-            body_contains: check.body_contains.clone(),
-            timeout_ms: check.timeout_ms.max(0) as u64,
-            max_redirects: check.max_redirects.max(0) as u32,
-        })
-    }
+/// The owner's checks, oldest first.
+pub fn list(conn: &mut DbConn, owner_id: &str) -> Result<Vec<Check>> {
+    Ok(lastmile_storage::checks::list(conn, owner_id)?)
 }
 
 /// A check as the API shows it.
@@ -519,39 +400,4 @@ fn validate_selection(s: &Selection) -> Result<()> {
         return Err(Error::invalid("invalid_selection", "ASN 0 is reserved"));
     }
     Ok(())
-}
-
-/// The owner's check with this id.
-pub fn get(conn: &mut DbConn, owner_id: &str, id: &str) -> Result<Check> {
-    checks::table
-        .filter(checks::id.eq(id).and(checks::owner_id.eq(owner_id)))
-        .select(Check::as_select())
-        .first(conn)
-        .optional()?
-        .ok_or(Error::NotFound {
-            what: "check",
-            code: "check_not_found",
-        })
-}
-
-/// Any check by id (for the scheduler, which acts for every owner).
-pub fn get_any(conn: &mut DbConn, id: &str) -> Result<Check> {
-    checks::table
-        .find(id)
-        .select(Check::as_select())
-        .first(conn)
-        .optional()?
-        .ok_or(Error::NotFound {
-            what: "check",
-            code: "check_not_found",
-        })
-}
-
-/// The owner's checks, oldest first.
-pub fn list(conn: &mut DbConn, owner_id: &str) -> Result<Vec<Check>> {
-    Ok(checks::table
-        .filter(checks::owner_id.eq(owner_id))
-        .order(checks::created_at)
-        .select(Check::as_select())
-        .load(conn)?)
 }

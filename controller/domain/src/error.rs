@@ -1,12 +1,12 @@
 //! The domain error type.
 //!
-//! Layers: storage code returns `diesel::QueryResult` or [`crate::db::DbError`]; domain
+//! Layers: storage code returns `diesel::QueryResult` or [`lastmile_storage::DbError`]; domain
 //! functions return [`Error`], whose variants say what went wrong in the user's terms
 //! (not found, not allowed, invalid input, conflict) or that the service itself failed
 //! (database unavailable, internal). The one mapping to HTTP statuses and stable codes
 //! is in `api::error`; `anyhow` is used only in `main` and the demo.
 
-use crate::db::DbError;
+use lastmile_storage::DbError;
 
 /// What went wrong, in terms a caller can act on.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +51,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// The stable machine code of this error.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound { code, .. } => code,
+            Error::Unauthorized(_) => "unauthorized",
+            Error::Forbidden { code, .. }
+            | Error::Invalid { code, .. }
+            | Error::BadRequest { code, .. }
+            | Error::Upstream { code, .. }
+            | Error::Conflict { code, .. }
+            | Error::PaymentRequired { code, .. } => code,
+            Error::RateLimited { .. } => "rate_limited",
+            Error::Unavailable(_) => "service_unavailable",
+            Error::Internal(_) => "internal_error",
+        }
+    }
+
     /// Bad input with a stable code and a message saying what is wrong.
     pub fn invalid(code: &'static str, message: impl Into<String>) -> Error {
         Error::Invalid {
@@ -81,6 +98,7 @@ impl From<DbError> for Error {
         match e {
             DbError::Pool(_) | DbError::Connect(_) => Error::Unavailable(e.to_string()),
             DbError::Query(q) => Error::from(q),
+            DbError::NotFound { what, code } => Error::NotFound { what, code },
             other => Error::Internal(other.to_string()),
         }
     }

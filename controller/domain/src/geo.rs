@@ -570,7 +570,7 @@ mod tests {
         let dir = std::env::var_os("LASTMILE_TEST_MMDB_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-data/mmdb")
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-data/mmdb")
             });
         let path = dir.join(name);
         assert!(

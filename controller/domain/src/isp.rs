@@ -24,11 +24,11 @@ use uuid::Uuid;
 
 use crate::accounts::{hash_secret, new_secret, validate_name};
 use crate::clock::{now_us, to_datetime, to_us, Micros, HOUR_US};
-use crate::db::schema::{aggregates, asn_claims, asn_contacts, checks, isp_asns, isps};
-use crate::db::{write_tx, DbConn};
 use crate::error::{Error, Result};
 use crate::ingest::AggregateRow;
 use crate::reports::{self, Dimension, ReportRow};
+use lastmile_storage::schema::{aggregates, asn_claims, asn_contacts, checks, isp_asns, isps};
+use lastmile_storage::{write_tx, DbConn};
 
 /// An ISP account.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]

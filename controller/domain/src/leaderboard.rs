@@ -26,9 +26,9 @@ use std::fmt::Write;
 use utoipa::ToSchema;
 
 use crate::clock::{to_datetime, to_us, Micros};
-use crate::db::schema::{agent_uptime, agents, volunteers};
-use crate::db::DbConn;
 use crate::error::{Error, Result};
+use lastmile_storage::schema::{agent_uptime, agents, volunteers};
+use lastmile_storage::DbConn;
 
 /// Which stretch of time a leaderboard covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
@@ -100,18 +100,15 @@ struct WorkRow {
     us: i64,
 }
 
-/// Accepted results and their total time per agent since `since`.
+/// Accepted results and their total time per agent since `since`. One SQL text for
+/// both backends: SQLite reads `$1` as a parameter too.
 fn work_since(conn: &mut DbConn, since: Micros) -> Result<Vec<WorkRow>> {
-    const PG: &str =
+    Ok(diesel::sql_query(
         "SELECT agent_id, COUNT(*) AS n, CAST(COALESCE(SUM(total_us), 0) AS BIGINT) AS us \
-                      FROM results WHERE NOT late AND NOT flagged AND received_at >= $1 GROUP BY agent_id";
-    const SQLITE: &str =
-        "SELECT agent_id, COUNT(*) AS n, CAST(COALESCE(SUM(total_us), 0) AS BIGINT) AS us \
-                          FROM results WHERE NOT late AND NOT flagged AND received_at >= ?1 GROUP BY agent_id";
-    Ok(match conn {
-        DbConn::Pg(c) => diesel::sql_query(PG).bind::<BigInt, _>(since).load(c)?,
-        DbConn::Sqlite(c) => diesel::sql_query(SQLITE).bind::<BigInt, _>(since).load(c)?,
-    })
+         FROM results WHERE NOT late AND NOT flagged AND received_at >= $1 GROUP BY agent_id",
+    )
+    .bind::<BigInt, _>(since)
+    .load(conn)?)
 }
 
 /// The leaderboard for `period` as of `now`.

@@ -12,9 +12,9 @@ use uuid::Uuid;
 
 use crate::accounts::{self, hash_secret, new_secret};
 use crate::clock::{now_us, Micros};
-use crate::db::schema::{logins, sessions};
-use crate::db::{write_tx, DbConn};
 use crate::error::{Error, Result};
+use lastmile_storage::schema::{logins, sessions};
+use lastmile_storage::{write_tx, DbConn};
 
 /// How long a session lasts: 14 days.
 pub const SESSION_LIFETIME_US: Micros = 14 * 24 * 3600 * 1_000_000;

@@ -25,11 +25,10 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::clock::now_us;
-use crate::db::schema::{owners, stripe_checkouts, stripe_events};
-use crate::db::{write_tx, DbConn};
 use crate::error::{Error, Result};
-use crate::server::AppState;
-use crate::stripe_api::{verify_signature, StripeApi};
+use crate::stripe_api::{stripe_of, verify_signature, EventOutcome, StripeApi, StripeConfig};
+use lastmile_storage::schema::{owners, stripe_checkouts};
+use lastmile_storage::{write_tx, Db, DbConn};
 
 /// The smallest purchase, in minor units (5.00): below it card fees eat the credit.
 pub const MIN_PURCHASE_MINOR: i64 = 500;
@@ -101,21 +100,11 @@ pub fn purchase_amount(req: &NewCheckout) -> Result<Money> {
     Ok(Money::new(req.amount_minor, currency))
 }
 
-/// The Stripe client, or a 503 saying Stripe is not set up here.
-pub fn stripe_of(state: &AppState) -> Result<&StripeApi> {
-    state.stripe.as_deref().ok_or_else(|| Error::Upstream {
-        code: "stripe_not_configured",
-        message: "payments are not set up on this controller (no Stripe secret key; set \
-                  LASTMILE_STRIPE_SECRET_KEY)"
-            .into(),
-    })
-}
-
 /// Where Stripe sends the browser back to: the configured public URL, or else the
 /// address the request came to (`scheme://host` of a controller reached directly, as
 /// in the demo and tests, where the listen address has an ephemeral port).
-pub fn return_base(state: &AppState, request_origin: &str) -> String {
-    match &state.config.stripe.public_url {
+pub fn return_base(config: &StripeConfig, request_origin: &str) -> String {
+    match &config.public_url {
         Some(u) if !u.is_empty() => u.trim_end_matches('/').to_owned(),
         _ => request_origin.trim_end_matches('/').to_owned(),
     }
@@ -125,13 +114,14 @@ pub fn return_base(state: &AppState, request_origin: &str) -> String {
 /// the owner back to the dashboard's checks page under `return_base` (see
 /// [`return_base`]); the page only says the credit is coming, the webhook credits it.
 pub async fn start_checkout(
-    state: &AppState,
+    db: &Db,
+    stripe: Option<&StripeApi>,
     owner_id: &str,
     req: &NewCheckout,
     return_base: &str,
 ) -> Result<CheckoutView> {
     let amount = purchase_amount(req)?;
-    let stripe = stripe_of(state)?;
+    let stripe = stripe_of(stripe)?;
     let base = return_base;
     let session = stripe
         .create_checkout_session(
@@ -150,15 +140,13 @@ pub async fn start_checkout(
         created_at: now_us(),
         completed_at: None,
     };
-    state
-        .db
-        .run(move |c| {
-            diesel::insert_into(stripe_checkouts::table)
-                .values(&row)
-                .execute(c)
-                .map_err(Error::from)
-        })
-        .await?;
+    db.run(move |c| {
+        diesel::insert_into(stripe_checkouts::table)
+            .values(&row)
+            .execute(c)
+            .map_err(Error::from)
+    })
+    .await?;
     Ok(CheckoutView {
         session_id: session.id,
         url: session.url,
@@ -182,18 +170,6 @@ pub struct EventData {
     pub object: Value,
 }
 
-/// What processing an event did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum EventOutcome {
-    /// It changed something (credit, an account, a payout).
-    Applied,
-    /// It had been processed before; nothing changed.
-    AlreadyProcessed,
-    /// Not a type we act on, or nothing to do for it; acknowledged.
-    Ignored,
-}
-
 /// The webhook's answer to Stripe.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct WebhookAck {
@@ -204,11 +180,11 @@ pub struct WebhookAck {
 
 /// Verifies and processes one webhook delivery.
 pub async fn receive_webhook(
-    state: &AppState,
+    db: &Db,
+    stripe: &StripeConfig,
     signature: Option<&str>,
     payload: &[u8],
 ) -> Result<WebhookAck> {
-    let stripe = &state.config.stripe;
     let secret = stripe
         .webhook_secret
         .as_deref()
@@ -236,7 +212,7 @@ pub async fn receive_webhook(
         message: format!("the body is not a Stripe event: {e}"),
     })?;
     let id = event.id.clone();
-    let outcome = state.db.run(move |c| process_event(c, &event)).await?;
+    let outcome = db.run(move |c| process_event(c, &event)).await?;
     tracing::info!(event = %id, ?outcome, "Stripe event");
     Ok(WebhookAck {
         received: true,
@@ -266,28 +242,15 @@ pub fn process_event(conn: &mut DbConn, event: &Event) -> Result<EventOutcome> {
 /// Writes the event's id; false if it was there already. On PostgreSQL a concurrent
 /// delivery of the same event waits on the primary key until the first commits.
 fn record_event(conn: &mut DbConn, event: &Event) -> Result<bool> {
-    let row = (
-        stripe_events::id.eq(&event.id),
-        stripe_events::event_type.eq(&event.kind),
-        stripe_events::received_at.eq(now_us()),
-    );
-    let inserted = match conn {
-        DbConn::Pg(c) => diesel::insert_into(stripe_events::table)
-            .values(row)
-            .on_conflict_do_nothing()
-            .execute(c)?,
-        // SQLite: the write transaction is the only writer.
-        DbConn::Sqlite(c) => {
-            let seen: i64 = stripe_events::table.find(&event.id).count().get_result(c)?;
-            if seen > 0 {
-                0
-            } else {
-                diesel::insert_into(stripe_events::table)
-                    .values(row)
-                    .execute(c)?
-            }
-        }
-    };
+    use diesel::sql_types::{BigInt, Text};
+    let inserted = diesel::sql_query(
+        "INSERT INTO stripe_events (id, event_type, received_at) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind::<Text, _>(&event.id)
+    .bind::<Text, _>(&event.kind)
+    .bind::<BigInt, _>(now_us())
+    .execute(conn)?;
     Ok(inserted == 1)
 }
 

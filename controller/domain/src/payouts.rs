@@ -30,12 +30,10 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::clock::{now_us, to_datetime};
-use crate::db::schema::{payouts, stripe_accounts, volunteers};
-use crate::db::{write_tx, Db, DbConn};
 use crate::error::{Error, Result};
-use crate::payments::EventOutcome;
-use crate::server::AppState;
-use crate::stripe_api::{StripeApi, StripeFailure};
+use crate::stripe_api::{stripe_of, EventOutcome, StripeApi, StripeConfig, StripeFailure};
+use lastmile_storage::schema::{payouts, stripe_accounts, volunteers};
+use lastmile_storage::{write_tx, Db, DbConn};
 
 /// Payout statuses, as stored and served.
 pub mod status {
@@ -157,13 +155,14 @@ pub struct OnboardingView {
 /// link while they are not. Stripe sends the volunteer back to the dashboard's agents
 /// page under `return_base` ([`crate::payments::return_base`]).
 pub async fn onboard(
-    state: &AppState,
+    db: &Db,
+    stripe: Option<&StripeApi>,
     volunteer_id: &str,
     return_base: &str,
 ) -> Result<OnboardingView> {
-    let stripe = crate::payments::stripe_of(state)?;
+    let stripe = stripe_of(stripe)?;
     let id = volunteer_id.to_owned();
-    let existing = state.db.run(move |c| account_of(c, &id)).await?;
+    let existing = db.run(move |c| account_of(c, &id)).await?;
     let mut account = match existing {
         Some(a) => a,
         None => {
@@ -171,10 +170,7 @@ pub async fn onboard(
                 .create_express_account(volunteer_id, &format!("account-{volunteer_id}"))
                 .await?;
             let id = volunteer_id.to_owned();
-            state
-                .db
-                .run(move |c| store_account(c, &id, &account_id))
-                .await?
+            db.run(move |c| store_account(c, &id, &account_id)).await?
         }
     };
     if !account.payouts_enabled {
@@ -182,10 +178,7 @@ pub async fn onboard(
         let enabled = stripe.payouts_enabled(&account.account_id).await?;
         if enabled {
             let acct = account.account_id.clone();
-            state
-                .db
-                .run(move |c| set_payouts_enabled(c, &acct, true))
-                .await?;
+            db.run(move |c| set_payouts_enabled(c, &acct, true)).await?;
             account.payouts_enabled = true;
         }
     }
@@ -535,9 +528,6 @@ fn complete(conn: &mut DbConn, payout: &Payout, transfer_id: &str) -> Result<()>
 }
 
 /// The payout threshold in force.
-pub fn threshold(state: &AppState) -> Money {
-    Money::new(
-        state.config.stripe.payout_threshold_minor,
-        pricing::PRICE_CURRENCY,
-    )
+pub fn threshold(config: &StripeConfig) -> Money {
+    Money::new(config.payout_threshold_minor, pricing::PRICE_CURRENCY)
 }

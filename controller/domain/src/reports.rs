@@ -23,15 +23,61 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::checks::Check;
+use crate::check_terms::StoredCheck;
 use crate::clock::{hour_bucket, to_datetime, to_us, Micros, HOUR_US};
 use crate::confidence::{self, Confidence};
-use crate::db::schema::aggregates;
-use crate::db::DbConn;
 use crate::error::{Error, Result};
 use crate::histogram;
 use crate::ingest::AggregateRow;
 use crate::objectives::{self, Objective, ObjectiveOutcome};
+use lastmile_storage::checks::Check;
+use lastmile_storage::schema::aggregates;
+use lastmile_storage::DbConn;
+
+/// Resolves `window=1h|24h|7d|30d` or `from`/`to` (default: `24h`).
+///
+/// Named windows are whole hour buckets ending with the current one (`to` is the start
+/// of the next hour), matching how aggregates are kept; it also keeps the answer, and
+/// so its ETag, the same between polls until new data arrives or the hour turns.
+pub fn window(
+    named: Option<&str>,
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>)> {
+    let hours = |name: &str| match name {
+        "1h" => Ok(1),
+        "24h" | "1d" => Ok(24),
+        "7d" => Ok(7 * 24),
+        "30d" => Ok(30 * 24),
+        other => Err(Error::invalid(
+            "invalid_window",
+            format!("window {other:?} is not one of 1h, 24h, 7d, 30d"),
+        )),
+    };
+    let named_window = |h: i64| {
+        let end = hour_bucket(crate::clock::now_us()) + HOUR_US;
+        (to_datetime(end - h * HOUR_US), to_datetime(end))
+    };
+    match (named, from, to) {
+        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(Error::invalid(
+            "invalid_window",
+            "give either window or from/to, not both",
+        )),
+        (Some(name), None, None) => Ok(named_window(hours(name)?)),
+        (None, None, None) => Ok(named_window(24)),
+        (None, from, to) => {
+            let to = to.unwrap_or_else(Utc::now);
+            let from = from.unwrap_or(to - chrono::Duration::microseconds(24 * HOUR_US));
+            if to <= from {
+                return Err(Error::invalid(
+                    "invalid_window",
+                    "`to` must be after `from`",
+                ));
+            }
+            Ok((from, to))
+        }
+    }
+}
 
 /// A dimension a report can be grouped by.
 #[derive(

@@ -22,11 +22,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::clock::to_datetime;
-use crate::db::schema::{result_flags, results};
-use crate::db::DbConn;
 use crate::error::Result;
 use crate::ingest::StoredResult;
 use crate::scheduling::{self, RunView};
+use lastmile_storage::schema::{result_flags, results};
+use lastmile_storage::DbConn;
 
 /// Why a measurement failed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

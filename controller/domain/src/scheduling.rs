@@ -25,11 +25,12 @@ use uuid::Uuid;
 
 use crate::agents::{self, Agent};
 use crate::billing;
-use crate::checks::{self, Check, Selection, TaskSpec};
+use crate::check_terms::{Selection, StoredCheck, TaskSpec};
 use crate::clock::{to_datetime, Micros};
-use crate::db::schema::{assignments, checks as checks_t, run_agents, runs};
-use crate::db::{write_tx, DbConn};
 use crate::error::{Error, Result};
+use lastmile_storage::checks::{self as check_records, Check};
+use lastmile_storage::schema::{assignments, checks as checks_t, run_agents, runs};
+use lastmile_storage::{write_tx, DbConn};
 
 /// Knobs of the scheduler, from the controller config.
 #[derive(Debug, Clone, Copy)]
@@ -38,26 +39,6 @@ pub struct SchedulingPolicy {
     pub online_window_us: Micros,
     pub max_attempts: i32,
     pub run_deadline_us: Micros,
-}
-
-impl SchedulingPolicy {
-    /// The policy a controller config asks for.
-    pub fn from_config(c: &crate::ControllerConfig) -> SchedulingPolicy {
-        SchedulingPolicy {
-            lease_us: (c.lease_s as i64) * 1_000_000,
-            online_window_us: (c.online_window_s as i64) * 1_000_000,
-            max_attempts: c.max_attempts.max(1) as i32,
-            run_deadline_us: (c.run_deadline_s as i64) * 1_000_000,
-        }
-    }
-}
-
-/// Assignment states as stored.
-pub mod state {
-    pub const PENDING: &str = "pending";
-    pub const LEASED: &str = "leased";
-    pub const DONE: &str = "done";
-    pub const EXPIRED: &str = "expired";
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -77,36 +58,7 @@ struct RunRow {
     price_currency: Option<String>,
 }
 
-/// An assignment as stored.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = assignments)]
-pub struct Assignment {
-    pub id: String,
-    pub run_id: String,
-    pub check_id: String,
-    pub attempt: i32,
-    pub state: String,
-    pub agent_id: Option<String>,
-    pub created_at: i64,
-    pub leased_at: Option<i64>,
-    pub lease_expires_at: Option<i64>,
-}
-
-impl Assignment {
-    fn new_pending(run_id: &str, check_id: &str, attempt: i32, now: Micros) -> Assignment {
-        Assignment {
-            id: Uuid::new_v4().to_string(),
-            run_id: run_id.to_owned(),
-            check_id: check_id.to_owned(),
-            attempt,
-            state: state::PENDING.to_owned(),
-            agent_id: None,
-            created_at: now,
-            leased_at: None,
-            lease_expires_at: None,
-        }
-    }
-}
+pub use lastmile_storage::assignments::{state, Assignment};
 
 /// A run and how far it has got, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -270,7 +222,7 @@ fn claim_slot(conn: &mut DbConn, check: &Check, next: Option<Micros>) -> Result<
 
 /// The owner's run with this id and its progress.
 pub fn get_run(conn: &mut DbConn, owner_id: &str, check_id: &str, run_id: &str) -> Result<RunView> {
-    checks::get(conn, owner_id, check_id)?;
+    check_records::get(conn, owner_id, check_id)?;
     let view = run_view(conn, run_id)?;
     if view.check_id.to_string() != check_id {
         return Err(Error::NotFound {
@@ -288,7 +240,7 @@ pub fn list_runs(
     check_id: &str,
     limit: i64,
 ) -> Result<Vec<RunView>> {
-    checks::get(conn, owner_id, check_id)?;
+    check_records::get(conn, owner_id, check_id)?;
     let ids: Vec<String> = runs::table
         .filter(runs::check_id.eq(check_id))
         .order(runs::created_at.desc())
@@ -347,45 +299,6 @@ pub fn latest_run(conn: &mut DbConn, check_id: &str) -> Result<Option<RunView>> 
         .first(conn)
         .optional()?;
     id.map(|id| run_view(conn, &id)).transpose()
-}
-
-/// Who pays for run `run_id`'s results, and what each costs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RunTerms {
-    pub owner_id: String,
-    /// The price the run was admitted with (for a run from before prices were kept
-    /// with runs, the check's price now).
-    pub price: lastmile_billing::Money,
-}
-
-/// The terms of run `run_id`, in one query (it is on the path of every accepted result).
-pub fn run_terms(conn: &mut DbConn, run_id: &str) -> Result<RunTerms> {
-    let (minor, currency, check): (Option<i64>, Option<String>, Check) = runs::table
-        .inner_join(checks_t::table.on(checks_t::id.eq(runs::check_id)))
-        .filter(runs::id.eq(run_id))
-        .select((runs::price_minor, runs::price_currency, Check::as_select()))
-        .first(conn)?;
-    let price =
-        admitted_price(run_id, minor, currency)?.unwrap_or_else(|| billing::price_of(&check));
-    Ok(RunTerms {
-        owner_id: check.owner_id,
-        price,
-    })
-}
-
-/// The price a run row keeps, if it keeps one.
-pub fn admitted_price(
-    run_id: &str,
-    minor: Option<i64>,
-    currency: Option<String>,
-) -> Result<Option<lastmile_billing::Money>> {
-    let (Some(minor), Some(currency)) = (minor, currency) else {
-        return Ok(None);
-    };
-    let currency = currency
-        .parse()
-        .map_err(|e| Error::Internal(format!("run {run_id}: price currency: {e:?}")))?;
-    Ok(Some(lastmile_billing::Money::new(minor, currency)))
 }
 
 #[derive(QueryableByName)]
@@ -487,7 +400,7 @@ fn task_for(conn: &mut DbConn, assignment_id: &str) -> Result<Task> {
     let spec = match frozen {
         Some(json) => serde_json::from_str::<TaskSpec>(&json)
             .map_err(|e| Error::Internal(format!("task of run {}: {e}", a.run_id)))?,
-        None => TaskSpec::of_check(&checks::get_any(conn, &a.check_id)?)?,
+        None => TaskSpec::of_check(&check_records::get_any(conn, &a.check_id)?)?,
     };
     Ok(Task {
         assignment_id: a.id.parse().unwrap_or_default(),

@@ -33,10 +33,9 @@ use lastmile_protocol::address::{self, NonPublic};
 
 use crate::accounts::new_secret;
 use crate::clock::{now_us, to_datetime};
-use crate::config::ControllerConfig;
-use crate::db::schema::sites;
-use crate::db::{Db, DbConn};
 use crate::error::{Error, Result};
+use lastmile_storage::schema::sites;
+use lastmile_storage::{Db, DbConn};
 
 /// A site as stored.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -190,20 +189,14 @@ pub fn list(conn: &mut DbConn, owner_id: &str) -> Result<Vec<Site>> {
 }
 
 /// Fetches the verification URL and marks the site verified if it serves the token.
-/// What may be fetched, and which nameserver resolves the origin, come from `config`
+/// What may be fetched, and which nameserver resolves the origin, come from `policy`
 /// (`allow_private_sites`, `allow_site_nets`, `dns_nameserver`).
-pub async fn verify(
-    db: &Db,
-    config: &ControllerConfig,
-    owner_id: String,
-    id: String,
-) -> Result<Site> {
+pub async fn verify(db: &Db, policy: &FetchPolicy, owner_id: String, id: String) -> Result<Site> {
     let site = db.run(move |c| get(c, &owner_id, &id)).await?;
     if site.verified_at.is_some() {
         return Ok(site);
     }
     let url = verification_url(&site.origin, &site.verification_token);
-    let policy = FetchPolicy::from_config(config);
     let client = policy.client_for(&site.origin).await?;
     let outcome = fetch_token(&client, &url).await;
     let served = match &outcome {
@@ -300,11 +293,18 @@ impl std::fmt::Display for Refusal {
 impl std::error::Error for Refusal {}
 
 impl FetchPolicy {
-    pub fn from_config(config: &ControllerConfig) -> FetchPolicy {
+    /// `nameserver` resolves origins (unset: the system's resolver); `allow_private`
+    /// lets every address through (local testing); `allow_nets` lists networks allowed
+    /// although not public.
+    pub fn new(
+        nameserver: Option<SocketAddr>,
+        allow_private: bool,
+        allow_nets: &[ipnet::IpNet],
+    ) -> FetchPolicy {
         FetchPolicy {
-            nameserver: config.dns_nameserver,
-            allow_private: config.allow_private_sites,
-            allow_nets: config.allow_site_nets.clone().into(),
+            nameserver,
+            allow_private,
+            allow_nets: allow_nets.into(),
         }
     }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use lastmile_billing::Money;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use stripe::{Client, ClientBuilder, IdempotencyKey, RequestStrategy, StripeError, StripeRequest};
 use stripe_checkout::checkout_session::{
@@ -29,9 +30,92 @@ use stripe_connect::account::{
 };
 use stripe_connect::account_link::{CreateAccountLink, CreateAccountLinkType};
 use stripe_connect::transfer::CreateTransfer;
+use utoipa::ToSchema;
 
-use crate::config::StripeConfig;
 use crate::error::Error;
+
+/// Stripe settings (TOML table `[stripe]`, or `LASTMILE_STRIPE_*`). Without a secret
+/// key the controller runs without Stripe: owners get credit only by operator grant
+/// and no payout is made.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StripeConfig {
+    /// The platform's secret API key (`sk_live_...` / `sk_test_...`).
+    pub secret_key: Option<String>,
+    /// The webhook endpoint's signing secret (`whsec_...`).
+    pub webhook_secret: Option<String>,
+    /// Stripe's API base URL; unset means Stripe itself. Tests and the demo point it
+    /// at `lastmile_testbed::stripe::FakeStripe`.
+    pub api_base: Option<String>,
+    /// A volunteer is paid out once their earnings reach this many minor units (usd).
+    pub payout_threshold_minor: i64,
+    /// How often the server runs a payout pass, seconds; 0 turns it off (then
+    /// `lastmile-controller payouts run` does it).
+    pub payout_interval_s: u64,
+    /// How long one Stripe request may take before it counts as failed, milliseconds.
+    /// A transfer that timed out stays in transit and is retried with the same
+    /// idempotency key.
+    pub timeout_ms: u64,
+    /// The controller's public URL, for the pages Stripe sends people back to after
+    /// paying or onboarding; unset means `http://<listen>`.
+    pub public_url: Option<String>,
+    /// Largest age of a webhook's signed timestamp, seconds.
+    pub webhook_tolerance_s: i64,
+}
+
+impl Default for StripeConfig {
+    fn default() -> Self {
+        StripeConfig {
+            secret_key: None,
+            webhook_secret: None,
+            api_base: None,
+            payout_threshold_minor: 1_000,
+            payout_interval_s: 3_600,
+            timeout_ms: 30_000,
+            public_url: None,
+            webhook_tolerance_s: 300,
+        }
+    }
+}
+
+impl std::fmt::Debug for StripeConfig {
+    /// Secrets are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |s: &Option<String>| s.as_ref().map(|_| "***");
+        f.debug_struct("StripeConfig")
+            .field("secret_key", &hidden(&self.secret_key))
+            .field("webhook_secret", &hidden(&self.webhook_secret))
+            .field("api_base", &self.api_base)
+            .field("payout_threshold_minor", &self.payout_threshold_minor)
+            .field("payout_interval_s", &self.payout_interval_s)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("public_url", &self.public_url)
+            .field("webhook_tolerance_s", &self.webhook_tolerance_s)
+            .finish()
+    }
+}
+
+/// The Stripe client, or a 503 saying Stripe is not set up here.
+pub fn stripe_of(stripe: Option<&StripeApi>) -> Result<&StripeApi, Error> {
+    stripe.ok_or_else(|| Error::Upstream {
+        code: "stripe_not_configured",
+        message: "payments are not set up on this controller (no Stripe secret key; set \
+                  LASTMILE_STRIPE_SECRET_KEY)"
+            .into(),
+    })
+}
+
+/// What processing an event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum EventOutcome {
+    /// It changed something (credit, an account, a payout).
+    Applied,
+    /// It had been processed before; nothing changed.
+    AlreadyProcessed,
+    /// Not a type we act on, or nothing to do for it; acknowledged.
+    Ignored,
+}
 
 /// Why a Stripe call did not give an answer we can use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -102,10 +102,10 @@ use utoipa::ToSchema;
 
 use crate::agents::Agent;
 use crate::clock::{to_datetime, Micros};
-use crate::db::schema::{agents, checks, result_flags, results, runs, volunteers};
-use crate::db::DbConn;
 use crate::error::{Error, Result};
-use crate::ingest::StoredResult;
+use lastmile_storage::results::StoredResult;
+use lastmile_storage::schema::{agents, checks, result_flags, results, runs, volunteers};
+use lastmile_storage::DbConn;
 
 /// One rule a result can break. The codes are stable (stored, and shown to operators).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::geo::GeoConfig;
+use lastmile_domain::geo::GeoConfig;
+pub use lastmile_domain::stripe_api::StripeConfig;
 
 /// Everything the controller can be told.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -62,67 +63,6 @@ pub struct ControllerConfig {
     pub stripe: StripeConfig,
 }
 
-/// Stripe settings (TOML table `[stripe]`, or `LASTMILE_STRIPE_*`). Without a secret
-/// key the controller runs without Stripe: owners get credit only by operator grant
-/// and no payout is made.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct StripeConfig {
-    /// The platform's secret API key (`sk_live_...` / `sk_test_...`).
-    pub secret_key: Option<String>,
-    /// The webhook endpoint's signing secret (`whsec_...`).
-    pub webhook_secret: Option<String>,
-    /// Stripe's API base URL; unset means Stripe itself. Tests and the demo point it
-    /// at `lastmile_testbed::stripe::FakeStripe`.
-    pub api_base: Option<String>,
-    /// A volunteer is paid out once their earnings reach this many minor units (usd).
-    pub payout_threshold_minor: i64,
-    /// How often the server runs a payout pass, seconds; 0 turns it off (then
-    /// `lastmile-controller payouts run` does it).
-    pub payout_interval_s: u64,
-    /// How long one Stripe request may take before it counts as failed, milliseconds.
-    /// A transfer that timed out stays in transit and is retried with the same
-    /// idempotency key.
-    pub timeout_ms: u64,
-    /// The controller's public URL, for the pages Stripe sends people back to after
-    /// paying or onboarding; unset means `http://<listen>`.
-    pub public_url: Option<String>,
-    /// Largest age of a webhook's signed timestamp, seconds.
-    pub webhook_tolerance_s: i64,
-}
-
-impl Default for StripeConfig {
-    fn default() -> Self {
-        StripeConfig {
-            secret_key: None,
-            webhook_secret: None,
-            api_base: None,
-            payout_threshold_minor: 1_000,
-            payout_interval_s: 3_600,
-            timeout_ms: 30_000,
-            public_url: None,
-            webhook_tolerance_s: 300,
-        }
-    }
-}
-
-impl std::fmt::Debug for StripeConfig {
-    /// Secrets are never printed.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let hidden = |s: &Option<String>| s.as_ref().map(|_| "***");
-        f.debug_struct("StripeConfig")
-            .field("secret_key", &hidden(&self.secret_key))
-            .field("webhook_secret", &hidden(&self.webhook_secret))
-            .field("api_base", &self.api_base)
-            .field("payout_threshold_minor", &self.payout_threshold_minor)
-            .field("payout_interval_s", &self.payout_interval_s)
-            .field("timeout_ms", &self.timeout_ms)
-            .field("public_url", &self.public_url)
-            .field("webhook_tolerance_s", &self.webhook_tolerance_s)
-            .finish()
-    }
-}
-
 impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
@@ -159,7 +99,27 @@ impl ControllerConfig {
         toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))
     }
 
-    /// The database URL in force: the configured one, or the embedded SQLite file.
+    /// The scheduler's knobs (lease, online window, attempts, run deadline).
+    pub fn scheduling_policy(&self) -> lastmile_domain::scheduling::SchedulingPolicy {
+        lastmile_domain::scheduling::SchedulingPolicy {
+            lease_us: (self.lease_s as i64) * 1_000_000,
+            online_window_us: (self.online_window_s as i64) * 1_000_000,
+            max_attempts: self.max_attempts.max(1) as i32,
+            run_deadline_us: (self.run_deadline_s as i64) * 1_000_000,
+        }
+    }
+
+    /// What site verification may connect to, from `allow_private_sites`,
+    /// `allow_site_nets` and `dns_nameserver`.
+    pub fn site_fetch_policy(&self) -> lastmile_domain::sites::FetchPolicy {
+        lastmile_domain::sites::FetchPolicy::new(
+            self.dns_nameserver,
+            self.allow_private_sites,
+            &self.allow_site_nets,
+        )
+    }
+
+    /// The database URL in force: `database_url`, else a SQLite file in `data_dir`.
     pub fn effective_database_url(&self) -> String {
         match &self.database_url {
             Some(url) if !url.is_empty() => url.clone(),

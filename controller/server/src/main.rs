@@ -1,4 +1,4 @@
-//! `lastmile-controller`: serve the API, migrate, manage accounts, or run the demo.
+//! `lastmile-controller`: serve the API, migrate, manage accounts, pay volunteers.
 //! Parses flags (each also from `LASTMILE_*` / `DATABASE_URL` and a TOML file) and
 //! hands over to the library.
 
@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use lastmile_controller::config::ControllerConfig;
-use lastmile_controller::db::Db;
-use lastmile_controller::demo::{self, DemoOptions};
-use lastmile_controller::{accounts, billing, isp, payouts, server};
+use lastmile_controller::server;
+use lastmile_domain::{accounts, billing, isp, payouts};
+use lastmile_storage::Db;
 
 /// Lastmile controller: schedules checks on volunteer probe agents and reports SLAs.
 #[derive(Parser)]
@@ -115,20 +115,6 @@ enum Command {
     Payouts {
         #[command(subcommand)]
         command: PayoutsCommand,
-    },
-    /// Run the whole product on this machine: controller, target site, 12 agents
-    /// behind emulated links, and a report at the end.
-    Demo {
-        /// Also write DIR/report.json (exactly what the report API serves),
-        /// DIR/isp_report.json and DIR/ledger.json (the ledger's trial balance).
-        #[arg(long, value_name = "DIR")]
-        out: Option<PathBuf>,
-        /// How many runs of the demo check to make.
-        #[arg(long, default_value_t = 5)]
-        runs: u32,
-        /// Then keep running (until Ctrl-C) and print the dashboard's address and demo sign-ins.
-        #[arg(long)]
-        serve: bool,
     },
 }
 
@@ -237,13 +223,8 @@ fn open_db(config: &ControllerConfig) -> anyhow::Result<Db> {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let default_level = if matches!(cli.command, Command::Demo { .. }) {
-        "warn"
-    } else {
-        "info"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default_level.into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -295,7 +276,7 @@ fn main() -> anyhow::Result<()> {
             command: PayoutsCommand::Run,
         } => {
             let db = open_db(&config)?;
-            let stripe = lastmile_controller::stripe_api::StripeApi::from_config(&config.stripe)?
+            let stripe = lastmile_domain::stripe_api::StripeApi::from_config(&config.stripe)?
                 .context("Stripe is not configured: set LASTMILE_STRIPE_SECRET_KEY")?;
             let threshold = lastmile_billing::Money::new(
                 config.stripe.payout_threshold_minor,
@@ -388,31 +369,12 @@ fn main() -> anyhow::Result<()> {
             }
             serve(config)
         }
-        Command::Demo { out, runs, serve } => {
-            let runtime = tokio::runtime::Runtime::new()?;
-            let outcome = runtime.block_on(demo::run(DemoOptions {
-                out,
-                database_url: config.database_url.clone(),
-                runs,
-                verbose: true,
-                serve,
-            }))?;
-            anyhow::ensure!(
-                outcome.physics_hold,
-                "the report does not show the emulated links' physics"
-            );
-            anyhow::ensure!(
-                outcome.page_physics_hold,
-                "the page check's report does not show the emulated links' physics"
-            );
-            Ok(())
-        }
     }
 }
 
 fn serve(config: ControllerConfig) -> anyhow::Result<()> {
     let listen = config.listen;
-    let state = server::AppState::open(config)?;
+    let state = lastmile_controller::AppState::open(config)?;
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
     listener.set_nonblocking(true)?;

@@ -32,7 +32,7 @@ use futures_util::StreamExt;
 use lastmile_protocol::ApiError;
 use serde_json::Value;
 
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// The largest form body inspected: actix's default payload limit, which the
 /// dashboard's form extractors keep.

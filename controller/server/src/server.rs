@@ -7,7 +7,6 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Service;
@@ -15,59 +14,12 @@ use actix_web::{web, App, HttpServer};
 use futures_util::FutureExt;
 use tokio::sync::watch;
 
+use crate::api;
 use crate::config::ControllerConfig;
-use crate::db::Db;
-use crate::geo::Geo;
-use crate::isp::{LogMailer, Mailer};
 use crate::metrics::Metrics;
-use crate::rate_limit::RateLimiter;
-use crate::scheduling::{self, SchedulingPolicy};
-use crate::stripe_api::StripeApi;
-use crate::{api, clock};
-
-/// Everything a request handler or the scheduler needs. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState {
-    pub db: Db,
-    pub geo: Arc<Geo>,
-    pub config: Arc<ControllerConfig>,
-    pub metrics: Arc<Metrics>,
-    pub policy: SchedulingPolicy,
-    /// Request quotas of ISP tokens.
-    pub isp_quota: Arc<RateLimiter>,
-    /// Dashboard sign-in attempts (guessing passwords is slow on purpose).
-    pub sign_in_quota: Arc<RateLimiter>,
-    /// Delivers ASN ownership codes.
-    pub mailer: Arc<dyn Mailer>,
-    /// Stripe's API, when a secret key is configured.
-    pub stripe: Option<Arc<StripeApi>>,
-    /// Agents' calibrations in progress, as this replica timed them.
-    pub calibrations: Arc<crate::calibration_timing::Sessions>,
-}
-
-impl AppState {
-    /// Opens the database (running migrations) and the geo databases. Blocking.
-    pub fn open(config: ControllerConfig) -> anyhow::Result<AppState> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
-        })?;
-        let db = Db::open(&config.effective_database_url(), config.max_db_connections)?;
-        let geo = Geo::open(&config.geo)?;
-        let stripe = StripeApi::from_config(&config.stripe)?.map(Arc::new);
-        Ok(AppState {
-            stripe,
-            db,
-            geo: Arc::new(geo),
-            policy: SchedulingPolicy::from_config(&config),
-            isp_quota: Arc::new(RateLimiter::new(config.isp_requests_per_minute)),
-            sign_in_quota: Arc::new(RateLimiter::new(config.sign_in_attempts_per_minute)),
-            mailer: Arc::new(LogMailer),
-            calibrations: Arc::default(),
-            config: Arc::new(config),
-            metrics: Arc::new(Metrics::default()),
-        })
-    }
-}
+use crate::state::AppState;
+use lastmile_domain::clock;
+use lastmile_domain::scheduling::{self};
 
 /// Serves the API on `listener` and runs the scheduler until `shutdown` resolves.
 pub async fn run(
@@ -139,7 +91,7 @@ async fn scheduler_loop(state: AppState, mut stop: watch::Receiver<bool>) {
                 let now = clock::now_us();
                 let expired = scheduling::expire(c, &policy, now)?;
                 let runs = scheduling::run_due_checks(c, &policy, now)?;
-                Ok::<_, crate::Error>((expired, runs.len()))
+                Ok::<_, lastmile_domain::Error>((expired, runs.len()))
             })
             .await;
         match outcome {
@@ -174,8 +126,8 @@ async fn payout_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let threshold = crate::payouts::threshold(&state);
-        match crate::payouts::run_pass(&state.db, &stripe, threshold).await {
+        let threshold = lastmile_domain::payouts::threshold(&state.config.stripe);
+        match lastmile_domain::payouts::run_pass(&state.db, &stripe, threshold).await {
             Ok(summary) => tracing::info!(?summary, "payout pass"),
             Err(e) => tracing::warn!(error = %e, "payout pass failed"),
         }

@@ -24,6 +24,9 @@
 //! up front means two writers queue on `busy_timeout` instead of one failing with
 //! `SQLITE_BUSY` when it tries to upgrade a read lock.
 
+pub mod assignments;
+pub mod checks;
+pub mod results;
 pub mod schema;
 
 use std::time::Duration;
@@ -81,8 +84,8 @@ impl Backend {
     }
 }
 
-const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
-const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+const PG_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
 
 /// Storage errors as the domain layer sees them.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +100,13 @@ pub enum DbError {
     Migration(String),
     #[error("database task failed: {0}")]
     Task(String),
+    /// A record the caller named is not there (or not theirs): `what` for messages,
+    /// `code` the stable error code the API answers with.
+    #[error("{what} not found")]
+    NotFound {
+        what: &'static str,
+        code: &'static str,
+    },
 }
 
 /// Opens connections for the pool, choosing the backend from the URL.

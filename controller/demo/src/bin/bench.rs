@@ -1,4 +1,4 @@
-//! `cargo run --release -p lastmile-controller --bin bench`: the storage benchmarks.
+//! `cargo run --release -p lastmile-demo --bin bench`: the storage benchmarks.
 //!
 //! Prints two tables:
 //! 1. results ingested per second on each backend (the full accept path: lock the
@@ -20,17 +20,18 @@ use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Double, Text};
 use hdrhistogram::Histogram;
-use lastmile_controller::checks::{self, NewCheck, Schedule, Selection};
-use lastmile_controller::db::schema::{agents as agents_t, aggregates, results, sites};
-use lastmile_controller::db::{Db, DbConn};
-use lastmile_controller::ingest::{self, AggregateRow, StoredResult};
-use lastmile_controller::reports::{self, Dimension, ReportQuery};
-use lastmile_controller::scheduling::{self, SchedulingPolicy};
-use lastmile_controller::{accounts, agents, clock, histogram};
+use lastmile_domain::check_terms::Selection;
+use lastmile_domain::checks::{self, NewCheck, Schedule};
+use lastmile_domain::ingest::{self, AggregateRow, StoredResult};
+use lastmile_domain::reports::{self, Dimension, ReportQuery};
+use lastmile_domain::scheduling::{self, SchedulingPolicy};
+use lastmile_domain::{accounts, agents, clock, histogram};
 use lastmile_protocol::{
     CheckKind, ConnectionClass, EnrolRequest, Heartbeat, Measurement, Phase, ResultSubmission,
     Timings,
 };
+use lastmile_storage::schema::{agents as agents_t, aggregates, results, sites};
+use lastmile_storage::{Db, DbConn};
 
 struct Args {
     results: usize,
@@ -100,24 +101,20 @@ impl Drop for ScratchPg {
 fn fixture(
     conn: &mut DbConn,
     agents_n: usize,
-) -> anyhow::Result<(
-    String,
-    lastmile_controller::checks::Check,
-    Vec<agents::Agent>,
-)> {
+) -> anyhow::Result<(String, lastmile_domain::checks::Check, Vec<agents::Agent>)> {
     let (owner, _) = accounts::create_owner(conn, "bench")?;
     // Enough credit that no run is refused for money.
-    lastmile_controller::billing::grant_credit(
+    lastmile_domain::billing::grant_credit(
         conn,
         &owner.id,
         lastmile_billing::Money::new(1_000_000_000, lastmile_billing::Currency::USD),
         &format!("bench-{}", owner.id),
     )?;
     let (_, key) = accounts::create_volunteer(conn, "bench")?;
-    let site = lastmile_controller::sites::create(
+    let site = lastmile_domain::sites::create(
         conn,
         &owner.id,
-        &lastmile_controller::sites::NewSite {
+        &lastmile_domain::sites::NewSite {
             origin: "https://bench.example".into(),
         },
     )?;

@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AuthAgent, Origin};
-use crate::error::Error;
+use crate::api::error::Failure;
+use crate::calibration_timing;
 use crate::metrics::Metrics;
-use crate::server::AppState;
-use crate::{agents, calibration, calibration_timing, clock, ingest, scheduling};
+use crate::state::AppState;
+use lastmile_domain::error::Error;
+use lastmile_domain::{agents, calibration, clock, ingest, scheduling};
 
 /// Enrol a new agent with a volunteer's enrolment key.
 #[utoipa::path(post, path = "/api/v1/agents/enrol", tag = "agents", request_body = EnrolRequest,
@@ -25,7 +27,7 @@ pub async fn enrol(
     state: web::Data<AppState>,
     origin: Origin,
     body: web::Json<EnrolRequest>,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, Failure> {
     let response = state
         .db
         .run(move |c| agents::enrol(c, &body, origin.ip, &origin.location))
@@ -43,7 +45,7 @@ pub async fn heartbeat(
     AuthAgent(agent): AuthAgent,
     origin: Origin,
     body: web::Json<Heartbeat>,
-) -> Result<web::Json<HeartbeatAck>, Error> {
+) -> Result<web::Json<HeartbeatAck>, Failure> {
     let location = origin.location.clone();
     let window = state.policy.online_window_us;
     state
@@ -66,7 +68,7 @@ pub async fn lease(
     state: web::Data<AppState>,
     AuthAgent(agent): AuthAgent,
     body: web::Json<LeaseRequest>,
-) -> Result<web::Json<LeaseResponse>, Error> {
+) -> Result<web::Json<LeaseResponse>, Failure> {
     let policy = state.policy;
     let tasks = state
         .db
@@ -88,7 +90,7 @@ pub async fn submit(
     state: web::Data<AppState>,
     AuthAgent(agent): AuthAgent,
     body: web::Json<ResultSubmission>,
-) -> Result<web::Json<ResultAck>, Error> {
+) -> Result<web::Json<ResultAck>, Failure> {
     let submitted = state
         .db
         .run(move |c| ingest::submit(c, &agent, &body))
@@ -151,17 +153,17 @@ pub async fn calibration_download(
     AuthAgent(agent): AuthAgent,
     params: web::Query<DownloadParams>,
     request: HttpRequest,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, Failure> {
     let peer = request.peer_addr();
     state
         .calibrations
         .arrived(&agent.id, peer, calibration_echo(&request));
     let bytes = params.bytes;
     if bytes == 0 || bytes > MAX_PAYLOAD_BYTES {
-        return Err(Error::invalid(
+        return Err(Failure(Error::invalid(
             "invalid_payload_size",
             format!("bytes must be between 1 and {MAX_PAYLOAD_BYTES}"),
-        ));
+        )));
     }
     let cap = state.config.calibration_bytes_per_day;
     let agent_id = agent.id.clone();
@@ -201,7 +203,7 @@ pub async fn calibration_upload(
     AuthAgent(agent): AuthAgent,
     request: HttpRequest,
     mut body: web::Payload,
-) -> Result<web::Json<UploadReceipt>, Error> {
+) -> Result<web::Json<UploadReceipt>, Failure> {
     state
         .calibrations
         .arrived(&agent.id, request.peer_addr(), calibration_echo(&request));
@@ -218,10 +220,10 @@ pub async fn calibration_upload(
             )
         })?;
     if declared > MAX_PAYLOAD_BYTES {
-        return Err(Error::invalid(
+        return Err(Failure(Error::invalid(
             "invalid_payload_size",
             format!("uploads are at most {MAX_PAYLOAD_BYTES} bytes, this one declares {declared}"),
-        ));
+        )));
     }
     let cap = state.config.calibration_bytes_per_day;
     let agent_id = agent.id.clone();
@@ -234,8 +236,12 @@ pub async fn calibration_upload(
     let mut received = 0u64;
     let mut first: Option<(std::time::Instant, u64)> = None;
     while let Some(chunk) = body.next().await {
-        let chunk =
-            chunk.map_err(|e| Error::invalid("invalid_body", format!("upload broke off: {e}")))?;
+        let chunk = chunk.map_err(|e| {
+            Failure(Error::invalid(
+                "invalid_body",
+                format!("upload broke off: {e}"),
+            ))
+        })?;
         received += chunk.len() as u64;
         first.get_or_insert((std::time::Instant::now(), received));
     }
@@ -260,7 +266,7 @@ pub async fn calibration_report(
     state: web::Data<AppState>,
     AuthAgent(agent): AuthAgent,
     body: web::Json<CalibrationReport>,
-) -> Result<web::Json<CalibrationAck>, Error> {
+) -> Result<web::Json<CalibrationAck>, Failure> {
     let timed = state.calibrations.finish(&agent.id).map_err(|i| {
         Error::invalid(
             "calibration_incomplete",

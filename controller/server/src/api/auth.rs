@@ -11,33 +11,40 @@ use std::pin::Pin;
 use actix_web::{web, FromRequest, HttpRequest};
 use lastmile_protocol::Location;
 
-use crate::accounts::{self, Owner};
-use crate::agents::{self, Agent};
-use crate::billing::HolderKind;
-use crate::error::Error;
-use crate::server::AppState;
+use crate::api::error::Failure;
+use crate::state::AppState;
+use lastmile_domain::accounts::{self, Owner};
+use lastmile_domain::agents::{self, Agent};
+use lastmile_domain::billing::HolderKind;
+use lastmile_domain::error::Error;
 
-pub(super) fn bearer(req: &HttpRequest) -> Result<String, Error> {
+pub(super) fn bearer(req: &HttpRequest) -> Result<String, Failure> {
     let header = req
         .headers()
         .get(actix_web::http::header::AUTHORIZATION)
         .ok_or_else(|| {
             Error::Unauthorized("missing Authorization: Bearer <token> header".into())
         })?;
-    let value = header
-        .to_str()
-        .map_err(|_| Error::Unauthorized("Authorization header is not valid text".into()))?;
+    let value = header.to_str().map_err(|_| {
+        Failure(Error::Unauthorized(
+            "Authorization header is not valid text".into(),
+        ))
+    })?;
     value
         .strip_prefix("Bearer ")
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| Error::Unauthorized("Authorization header must be `Bearer <token>`".into()))
+        .ok_or_else(|| {
+            Failure(Error::Unauthorized(
+                "Authorization header must be `Bearer <token>`".into(),
+            ))
+        })
 }
 
-pub(super) fn state(req: &HttpRequest) -> Result<web::Data<AppState>, Error> {
+pub(super) fn state(req: &HttpRequest) -> Result<web::Data<AppState>, Failure> {
     req.app_data::<web::Data<AppState>>()
         .cloned()
-        .ok_or_else(|| Error::Internal("application state missing".into()))
+        .ok_or_else(|| Failure(Error::Internal("application state missing".into())))
 }
 
 /// How an owner proved who they are.
@@ -50,8 +57,8 @@ enum Credential {
 pub struct AuthOwner(pub Owner);
 
 impl FromRequest for AuthOwner {
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+    type Error = Failure;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Failure>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         // A signed-in dashboard session may *read* (GET) what its owner could read with
@@ -76,8 +83,8 @@ impl FromRequest for AuthOwner {
             state
                 .db
                 .run(move |c| match credential {
-                    Credential::Token(t) => crate::api_tokens::authenticate(c, &t),
-                    Credential::Session(s) => match crate::logins::session(c, &s)? {
+                    Credential::Token(t) => lastmile_domain::api_tokens::authenticate(c, &t),
+                    Credential::Session(s) => match lastmile_domain::logins::session(c, &s)? {
                         Some(session) => match session.login.owner_id {
                             Some(id) => accounts::owner_by_id(c, &id),
                             None => Ok(None),
@@ -88,7 +95,9 @@ impl FromRequest for AuthOwner {
                 .await?
                 .map(AuthOwner)
                 .ok_or_else(|| {
-                    Error::Unauthorized("unknown or revoked owner token, or signed out".into())
+                    Failure(Error::Unauthorized(
+                        "unknown or revoked owner token, or signed out".into(),
+                    ))
                 })
         })
     }
@@ -98,8 +107,8 @@ impl FromRequest for AuthOwner {
 pub struct AuthAgent(pub Agent);
 
 impl FromRequest for AuthAgent {
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+    type Error = Failure;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Failure>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let found = bearer(req).and_then(|t| Ok((t, state(req)?)));
@@ -110,7 +119,9 @@ impl FromRequest for AuthAgent {
                 .run(move |c| agents::agent_by_token(c, &token))
                 .await?
                 .map(AuthAgent)
-                .ok_or_else(|| Error::Unauthorized("unknown or revoked agent token".into()))
+                .ok_or_else(|| {
+                    Failure(Error::Unauthorized("unknown or revoked agent token".into()))
+                })
         })
     }
 }
@@ -121,8 +132,8 @@ impl FromRequest for AuthAgent {
 pub struct AuthAdmin;
 
 impl FromRequest for AuthAdmin {
-    type Error = Error;
-    type Future = std::future::Ready<Result<Self, Error>>;
+    type Error = Failure;
+    type Future = std::future::Ready<Result<Self, Failure>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         std::future::ready((|| {
@@ -133,15 +144,15 @@ impl FromRequest for AuthAdmin {
                 .as_deref()
                 .filter(|t| !t.is_empty())
             else {
-                return Err(Error::Unauthorized(
+                return Err(Failure(Error::Unauthorized(
                     "the admin API is off: start the controller with LASTMILE_ADMIN_TOKEN".into(),
-                ));
+                )));
             };
             let given = bearer(req)?;
             if accounts::hash_secret(&given) == accounts::hash_secret(expected) {
                 Ok(AuthAdmin)
             } else {
-                Err(Error::Unauthorized("not the admin token".into()))
+                Err(Failure(Error::Unauthorized("not the admin token".into())))
             }
         })())
     }
@@ -152,8 +163,8 @@ impl FromRequest for AuthAdmin {
 pub struct AuthHolder(pub HolderKind, pub String);
 
 impl FromRequest for AuthHolder {
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+    type Error = Failure;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Failure>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let found = bearer(req).and_then(|t| Ok((t, state(req)?)));
@@ -162,7 +173,7 @@ impl FromRequest for AuthHolder {
             state
                 .db
                 .run(move |c| {
-                    if let Some(owner) = crate::api_tokens::authenticate(c, &token)? {
+                    if let Some(owner) = lastmile_domain::api_tokens::authenticate(c, &token)? {
                         return Ok(Some(AuthHolder(HolderKind::Owner, owner.id)));
                     }
                     if let Some(v) = accounts::volunteer_by_enrol_key(c, &token)? {
@@ -175,9 +186,9 @@ impl FromRequest for AuthHolder {
                 })
                 .await?
                 .ok_or_else(|| {
-                    Error::Unauthorized(
+                    Failure(Error::Unauthorized(
                         "send an owner token, a volunteer's enrolment key or an agent token".into(),
-                    )
+                    ))
                 })
         })
     }
@@ -191,8 +202,8 @@ pub struct Origin {
 }
 
 impl FromRequest for Origin {
-    type Error = Error;
-    type Future = std::future::Ready<Result<Self, Error>>;
+    type Error = Failure;
+    type Future = std::future::Ready<Result<Self, Failure>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         std::future::ready((|| {
@@ -200,7 +211,7 @@ impl FromRequest for Origin {
             let peer = req
                 .peer_addr()
                 .map(|a| a.ip())
-                .ok_or_else(|| Error::Internal("request without peer address".into()))?;
+                .ok_or_else(|| Failure(Error::Internal("request without peer address".into())))?;
             // Several X-Forwarded-For headers are one list, in order.
             let forwarded: Vec<&str> = req
                 .headers()
@@ -224,18 +235,18 @@ impl FromRequest for Origin {
 pub struct AuthVolunteer(pub String);
 
 impl FromRequest for AuthVolunteer {
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+    type Error = Failure;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Failure>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
         let holder = AuthHolder::from_request(req, payload);
         Box::pin(async move {
             match holder.await? {
                 AuthHolder(HolderKind::Volunteer, id) => Ok(AuthVolunteer(id)),
-                AuthHolder(HolderKind::Owner, _) => Err(Error::forbidden(
+                AuthHolder(HolderKind::Owner, _) => Err(Failure(Error::forbidden(
                     "volunteers_only",
                     "this is for volunteers: send your enrolment key or an agent token",
-                )),
+                ))),
             }
         })
     }

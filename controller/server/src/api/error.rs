@@ -12,50 +12,42 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError};
 use lastmile_protocol::ApiError;
 
-use crate::error::Error;
+use lastmile_domain::error::Error;
 
-impl Error {
-    /// The stable machine code of this error.
-    pub fn code(&self) -> &'static str {
-        match self {
-            Error::NotFound { code, .. } => code,
-            Error::Unauthorized(_) => "unauthorized",
-            Error::Forbidden { code, .. }
-            | Error::Invalid { code, .. }
-            | Error::BadRequest { code, .. }
-            | Error::Upstream { code, .. }
-            | Error::Conflict { code, .. }
-            | Error::PaymentRequired { code, .. } => code,
-            Error::RateLimited { .. } => "rate_limited",
-            Error::Unavailable(_) => "service_unavailable",
-            Error::Internal(_) => "internal_error",
-        }
+use crate::http_status::HttpStatus;
+
+/// A domain error on its way to an HTTP answer. The orphan rule keeps actix's
+/// `ResponseError` off `lastmile_domain::Error`, so handlers and extractors return this,
+/// and `?` on a domain result converts.
+#[derive(Debug)]
+pub struct Failure(pub Error);
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Failure {
+        Failure(e)
     }
 }
 
-impl ResponseError for Error {
+impl From<lastmile_storage::DbError> for Failure {
+    fn from(e: lastmile_storage::DbError) -> Failure {
+        Failure(e.into())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl ResponseError for Failure {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Error::NotFound { .. } => StatusCode::NOT_FOUND,
-            Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Error::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Error::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Error::Upstream { code, .. } if *code == "stripe_not_configured" => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Error::Upstream { .. } => StatusCode::BAD_GATEWAY,
-            Error::Conflict { .. } => StatusCode::CONFLICT,
-            Error::PaymentRequired { .. } => StatusCode::PAYMENT_REQUIRED,
-            Error::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        HttpStatus::status_code(&self.0)
     }
 
     fn error_response(&self) -> HttpResponse<BoxBody> {
-        let status = self.status_code();
-        let message = match self {
+        let status = HttpStatus::status_code(&self.0);
+        let message = match &self.0 {
             // Never leak SQL or internals to a client; the log has the detail.
             Error::Internal(detail) => {
                 tracing::error!(%detail, "internal error");
@@ -68,7 +60,7 @@ impl ResponseError for Error {
             other => other.to_string(),
         };
         let mut response = HttpResponse::build(status);
-        match self {
+        match &self.0 {
             Error::Unauthorized(_) => {
                 response.insert_header(("WWW-Authenticate", "Bearer"));
             }
@@ -78,7 +70,7 @@ impl ResponseError for Error {
             _ => {}
         }
         response.json(ApiError {
-            error: self.code().to_owned(),
+            error: self.0.code().to_owned(),
             message,
         })
     }

@@ -17,12 +17,13 @@ use sha2::{Digest, Sha256};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
-use crate::clock::{to_datetime, HOUR_US};
-use crate::error::Error;
-use crate::isp::{self, ClaimView, Destination, Isp, IspQuery, SeriesPoint};
+use crate::api::error::Failure;
 use crate::rate_limit::Quota;
-use crate::reports::ReportRow;
-use crate::server::AppState;
+use crate::state::AppState;
+use lastmile_domain::clock::HOUR_US;
+use lastmile_domain::error::Error;
+use lastmile_domain::isp::{self, ClaimView, Destination, Isp, IspQuery, SeriesPoint};
+use lastmile_domain::reports::{self, ReportRow};
 
 /// The ISP a request is authenticated as, with the quota this request used.
 pub struct AuthIsp {
@@ -31,8 +32,8 @@ pub struct AuthIsp {
 }
 
 impl FromRequest for AuthIsp {
-    type Error = Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, Error>>>>;
+    type Error = Failure;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, Failure>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
         let token = super::auth::bearer(req);
@@ -40,14 +41,15 @@ impl FromRequest for AuthIsp {
         Box::pin(async move {
             let (token, state) = (token?, state?);
             let found = state.db.run(move |c| isp::by_token(c, &token)).await?;
-            let isp =
-                found.ok_or_else(|| Error::Unauthorized("unknown or revoked ISP token".into()))?;
+            let isp = found.ok_or_else(|| {
+                Failure(Error::Unauthorized("unknown or revoked ISP token".into()))
+            })?;
             let quota = state.isp_quota.check(&isp.id);
             if !quota.allowed {
-                return Err(Error::RateLimited {
+                return Err(Failure(Error::RateLimited {
                     quota: "this ISP token's request quota".into(),
                     retry_after_s: quota.reset_s,
-                });
+                }));
             }
             Ok(AuthIsp { isp, quota })
         })
@@ -55,8 +57,12 @@ impl FromRequest for AuthIsp {
 }
 
 /// A 200 JSON answer with quota headers, an ETag, and 304 when the client has it.
-fn answer<T: Serialize>(req: &HttpRequest, quota: Quota, body: &T) -> Result<HttpResponse, Error> {
-    let json = serde_json::to_vec(body).map_err(|e| Error::Internal(e.to_string()))?;
+fn answer<T: Serialize>(
+    req: &HttpRequest,
+    quota: Quota,
+    body: &T,
+) -> Result<HttpResponse, Failure> {
+    let json = serde_json::to_vec(body).map_err(|e| Failure(Error::Internal(e.to_string())))?;
     let etag = format!("\"{}\"", &hex::encode(Sha256::digest(&json))[..32]);
     let fresh = req
         .headers()
@@ -96,7 +102,7 @@ pub async fn list_asns(
     req: HttpRequest,
     state: web::Data<AppState>,
     auth: AuthIsp,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, Failure> {
     let id = auth.isp.id.clone();
     let asns = state.db.run(move |c| isp::asns_of(c, &id)).await?;
     answer(
@@ -124,7 +130,7 @@ pub async fn start_claim(
     state: web::Data<AppState>,
     auth: AuthIsp,
     body: web::Json<NewClaim>,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, Failure> {
     let mailer = state.mailer.clone();
     let claim = state
         .db
@@ -152,7 +158,7 @@ pub async fn confirm_claim(
     auth: AuthIsp,
     id: web::Path<Uuid>,
     body: web::Json<ClaimCode>,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, Failure> {
     let name = auth.isp.name.clone();
     let asns = state
         .db
@@ -184,7 +190,7 @@ pub struct IspParams {
 
 impl IspParams {
     fn query(&self) -> Result<IspQuery, Error> {
-        let (from, to) = window(self.window.as_deref(), self.from, self.to)?;
+        let (from, to) = reports::window(self.window.as_deref(), self.from, self.to)?;
         Ok(IspQuery {
             from,
             to,
@@ -192,61 +198,16 @@ impl IspParams {
         })
     }
 
-    fn page(&self) -> Result<(usize, usize), Error> {
+    fn page(&self) -> Result<(usize, usize), Failure> {
         let page = self.page.unwrap_or(1);
         let per_page = self.per_page.unwrap_or(100);
         if page == 0 || !(1..=500).contains(&per_page) {
-            return Err(Error::invalid(
+            return Err(Failure(Error::invalid(
                 "invalid_page",
                 "page starts at 1 and per_page is between 1 and 500",
-            ));
+            )));
         }
         Ok((page, per_page))
-    }
-}
-
-/// Resolves `window=1h|24h|7d|30d` or `from`/`to` (default: `24h`).
-///
-/// Named windows are whole hour buckets ending with the current one (`to` is the start
-/// of the next hour), matching how aggregates are kept; it also keeps the answer, and
-/// so its ETag, the same between polls until new data arrives or the hour turns.
-pub fn window(
-    named: Option<&str>,
-    from: Option<DateTime<Utc>>,
-    to: Option<DateTime<Utc>>,
-) -> Result<(DateTime<Utc>, DateTime<Utc>), Error> {
-    let hours = |name: &str| match name {
-        "1h" => Ok(1),
-        "24h" | "1d" => Ok(24),
-        "7d" => Ok(7 * 24),
-        "30d" => Ok(30 * 24),
-        other => Err(Error::invalid(
-            "invalid_window",
-            format!("window {other:?} is not one of 1h, 24h, 7d, 30d"),
-        )),
-    };
-    let named_window = |h: i64| {
-        let end = crate::clock::hour_bucket(crate::clock::now_us()) + HOUR_US;
-        (to_datetime(end - h * HOUR_US), to_datetime(end))
-    };
-    match (named, from, to) {
-        (Some(_), Some(_), _) | (Some(_), _, Some(_)) => Err(Error::invalid(
-            "invalid_window",
-            "give either window or from/to, not both",
-        )),
-        (Some(name), None, None) => Ok(named_window(hours(name)?)),
-        (None, None, None) => Ok(named_window(24)),
-        (None, from, to) => {
-            let to = to.unwrap_or_else(Utc::now);
-            let from = from.unwrap_or(to - chrono::Duration::microseconds(24 * HOUR_US));
-            if to <= from {
-                return Err(Error::invalid(
-                    "invalid_window",
-                    "`to` must be after `from`",
-                ));
-            }
-            Ok((from, to))
-        }
     }
 }
 
@@ -300,7 +261,7 @@ pub async fn summary(
     state: web::Data<AppState>,
     auth: AuthIsp,
     params: web::Query<IspParams>,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, Failure> {
     let query = params.query()?;
     let (page, per_page) = params.page()?;
     let isp = auth.isp.clone();
@@ -343,7 +304,7 @@ pub async fn destinations(
     state: web::Data<AppState>,
     auth: AuthIsp,
     params: web::Query<IspParams>,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, Failure> {
     let query = params.query()?;
     let (page, per_page) = params.page()?;
     let isp = auth.isp.clone();
@@ -386,16 +347,16 @@ pub async fn series(
     state: web::Data<AppState>,
     auth: AuthIsp,
     params: web::Query<IspParams>,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, Failure> {
     let query = params.query()?;
     let (bucket, bucket_us) = match params.bucket.as_deref().unwrap_or("hour") {
         "hour" => ("hour", HOUR_US),
         "day" => ("day", 24 * HOUR_US),
         other => {
-            return Err(Error::invalid(
+            return Err(Failure(Error::invalid(
                 "invalid_bucket",
                 format!("bucket {other:?} is not hour or day"),
-            ))
+            )))
         }
     };
     let isp = auth.isp.clone();

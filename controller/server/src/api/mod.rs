@@ -8,7 +8,6 @@ pub mod agents;
 pub mod auth;
 pub mod error;
 pub mod isp;
-pub mod nul_text;
 pub mod ops;
 pub mod owners;
 pub mod payments;
@@ -40,7 +39,7 @@ use utoipa::{Modify, OpenApi};
     ),
     components(schemas(
         lastmile_protocol::ApiError, lastmile_protocol::Location, lastmile_protocol::Phase,
-        crate::reports::Percentiles, crate::reports::Group, crate::reports::ReportRow,
+        lastmile_domain::reports::Percentiles, lastmile_domain::reports::Group, lastmile_domain::reports::ReportRow,
     )),
     modifiers(&BearerTokens, &StandardErrors, &Bounds),
     tags(
@@ -176,8 +175,8 @@ pub const SCHEMA_BOUNDS: &[(&str, &str, Bound)] = &[
         "NewCheckout",
         "amount_minor",
         Bound::Range(
-            Some(crate::payments::MIN_PURCHASE_MINOR),
-            Some(crate::payments::MAX_PURCHASE_MINOR),
+            Some(lastmile_domain::payments::MIN_PURCHASE_MINOR),
+            Some(lastmile_domain::payments::MAX_PURCHASE_MINOR),
         ),
     ),
     ("NewCheck", "name", Bound::Length(1, 200)),
@@ -200,7 +199,7 @@ pub const SCHEMA_BOUNDS: &[(&str, &str, Bound)] = &[
     (
         "NewCheck",
         "max_redirects",
-        Bound::Range(Some(0), Some(crate::checks::MAX_REDIRECTS as i64)),
+        Bound::Range(Some(0), Some(lastmile_domain::checks::MAX_REDIRECTS as i64)),
     ),
     ("NewCheck", "body_contains", Bound::Length(1, 1024)),
     (
@@ -328,7 +327,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(payments::webhook)
             .service(payments::onboarding)
             .service(payments::list_payouts)
-            .wrap(actix_web::middleware::from_fn(nul_text::json_bodies)),
+            .wrap(actix_web::middleware::from_fn(crate::nul_text::json_bodies)),
     )
     .default_service(web::to(error::no_route));
 }

@@ -5,15 +5,16 @@ use actix_web::{get, web, HttpResponse};
 use diesel::prelude::*;
 use utoipa::OpenApi;
 
-use crate::clock;
-use crate::db::schema::{agents, assignments};
-use crate::error::Error;
 use crate::metrics::Gauges;
-use crate::scheduling::state as assignment_state;
-use crate::server::AppState;
-use crate::verification::{self, FlagList};
+use crate::state::AppState;
+use lastmile_domain::clock;
+use lastmile_domain::error::Error;
+use lastmile_domain::scheduling::state as assignment_state;
+use lastmile_domain::verification::{self, FlagList};
+use lastmile_storage::schema::{agents, assignments};
 
 use super::auth::AuthAdmin;
+use crate::api::error::Failure;
 
 /// Which flagged results to list.
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
@@ -37,7 +38,7 @@ pub async fn flags(
     state: web::Data<AppState>,
     _admin: AuthAdmin,
     query: web::Query<FlagParams>,
-) -> Result<web::Json<FlagList>, Error> {
+) -> Result<web::Json<FlagList>, Failure> {
     let FlagParams { agent, limit } = query.into_inner();
     let list = state
         .db
@@ -58,7 +59,7 @@ pub async fn flags(
     responses((status = 200, content_type = "application/json", description = "the controller and its database answer"),
         (status = 503, body = lastmile_protocol::ApiError, description = "the database does not answer")))]
 #[get("/healthz")]
-pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, Failure> {
     let backend = state.db.backend().name();
     state
         .db
@@ -76,12 +77,12 @@ pub async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, Error> 
     responses((status = 200, content_type = "text/plain; version=0.0.4", description = "Prometheus text format"),
         (status = 503, body = lastmile_protocol::ApiError, description = "the database does not answer")))]
 #[get("/metrics")]
-pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Error> {
+pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Failure> {
     let since = clock::now_us() - state.policy.online_window_us;
     let gauges = state
         .db
         .run(move |c| {
-            let count_state = |c: &mut crate::db::DbConn, s: &str| {
+            let count_state = |c: &mut lastmile_storage::DbConn, s: &str| {
                 assignments::table
                     .filter(assignments::state.eq(s))
                     .count()

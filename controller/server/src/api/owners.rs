@@ -8,17 +8,18 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use super::auth::{AuthHolder, AuthOwner};
-use crate::billing::{self, Balances};
-use crate::checks::{CheckView, NewCheck};
-use crate::confidence::Confidence;
-use crate::error::Error;
+use crate::api::error::Failure;
 use crate::metrics::Metrics;
-use crate::reports::{self, Report, ReportQuery, TimeBucket};
-use crate::run_results::{self, ResultView};
-use crate::scheduling::{self, RunView};
-use crate::server::AppState;
-use crate::sites::{self, NewSite, SiteView};
-use crate::{checks, clock};
+use crate::state::AppState;
+use lastmile_domain::billing::{self, Balances};
+use lastmile_domain::checks::{CheckView, NewCheck};
+use lastmile_domain::confidence::Confidence;
+use lastmile_domain::error::Error;
+use lastmile_domain::reports::{self, Report, ReportQuery, TimeBucket};
+use lastmile_domain::run_results::{self, ResultView};
+use lastmile_domain::scheduling::{self, RunView};
+use lastmile_domain::sites::{self, NewSite, SiteView};
+use lastmile_domain::{checks, clock};
 
 /// Who the token belongs to.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -48,7 +49,7 @@ pub async fn me(AuthOwner(owner): AuthOwner) -> web::Json<Me> {
 pub async fn balance(
     state: web::Data<AppState>,
     AuthHolder(kind, id): AuthHolder,
-) -> Result<web::Json<Balances>, Error> {
+) -> Result<web::Json<Balances>, Failure> {
     let balances = state
         .db
         .run(move |c| billing::balances(c, kind, &id))
@@ -64,7 +65,7 @@ pub async fn create_site(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
     body: web::Json<NewSite>,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, Failure> {
     let site = state
         .db
         .run(move |c| sites::create(c, &owner.id, &body))
@@ -79,7 +80,7 @@ pub async fn create_site(
 pub async fn list_sites(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
-) -> Result<web::Json<Vec<SiteView>>, Error> {
+) -> Result<web::Json<Vec<SiteView>>, Failure> {
     let sites = state.db.run(move |c| sites::list(c, &owner.id)).await?;
     Ok(web::Json(sites.iter().map(SiteView::from).collect()))
 }
@@ -92,7 +93,7 @@ pub async fn get_site(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
-) -> Result<web::Json<SiteView>, Error> {
+) -> Result<web::Json<SiteView>, Failure> {
     let site = state
         .db
         .run(move |c| sites::get(c, &owner.id, &id.to_string()))
@@ -121,11 +122,17 @@ pub async fn verify_site(
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
     body: Option<web::Json<VerifyRequest>>,
-) -> Result<web::Json<SiteView>, Error> {
+) -> Result<web::Json<SiteView>, Failure> {
     let method = body.map(|b| b.method).unwrap_or_default();
     let site = match method {
         sites::Method::File => {
-            sites::verify(&state.db, &state.config, owner.id, id.to_string()).await?
+            sites::verify(
+                &state.db,
+                &state.config.site_fetch_policy(),
+                owner.id,
+                id.to_string(),
+            )
+            .await?
         }
         sites::Method::Dns => {
             sites::verify_dns(
@@ -149,7 +156,7 @@ pub async fn create_check(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
     body: web::Json<NewCheck>,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, Failure> {
     let min_interval = state.config.min_check_interval_s;
     let check = state
         .db
@@ -165,7 +172,7 @@ pub async fn create_check(
 pub async fn list_checks(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
-) -> Result<web::Json<Vec<CheckView>>, Error> {
+) -> Result<web::Json<Vec<CheckView>>, Failure> {
     let list = state.db.run(move |c| checks::list(c, &owner.id)).await?;
     Ok(web::Json(list.iter().map(CheckView::from).collect()))
 }
@@ -178,13 +185,13 @@ pub async fn get_check(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
-) -> Result<web::Json<CheckView>, Error> {
+) -> Result<web::Json<CheckView>, Failure> {
     let (check, flagged, last_run) = state
         .db
         .run(move |c| {
             let check = checks::get(c, &owner.id, &id.to_string())?;
-            let flagged = crate::verification::flagged_count(c, &check.id, None)?;
-            let last_run = crate::scheduling::latest_run(c, &check.id)?;
+            let flagged = lastmile_domain::verification::flagged_count(c, &check.id, None)?;
+            let last_run = lastmile_domain::scheduling::latest_run(c, &check.id)?;
             Ok::<_, Error>((check, flagged, last_run))
         })
         .await?;
@@ -205,7 +212,7 @@ pub async fn update_check(
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
     body: web::Json<NewCheck>,
-) -> Result<web::Json<CheckView>, Error> {
+) -> Result<web::Json<CheckView>, Failure> {
     let min_interval = state.config.min_check_interval_s;
     let check = state
         .db
@@ -222,7 +229,7 @@ pub async fn pause_check(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
-) -> Result<web::Json<CheckView>, Error> {
+) -> Result<web::Json<CheckView>, Failure> {
     set_paused(state, owner.id, id.into_inner(), true).await
 }
 
@@ -234,7 +241,7 @@ pub async fn resume_check(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
-) -> Result<web::Json<CheckView>, Error> {
+) -> Result<web::Json<CheckView>, Failure> {
     set_paused(state, owner.id, id.into_inner(), false).await
 }
 
@@ -244,7 +251,7 @@ async fn set_paused(
     owner_id: String,
     check_id: Uuid,
     paused: bool,
-) -> Result<web::Json<CheckView>, Error> {
+) -> Result<web::Json<CheckView>, Failure> {
     let check = state
         .db
         .run(move |c| checks::set_paused(c, &owner_id, &check_id.to_string(), paused))
@@ -260,7 +267,7 @@ pub async fn run_now(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, Failure> {
     let policy = state.policy;
     let run = state
         .db
@@ -281,7 +288,7 @@ pub async fn list_runs(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
-) -> Result<web::Json<Vec<RunView>>, Error> {
+) -> Result<web::Json<Vec<RunView>>, Failure> {
     let runs = state
         .db
         .run(move |c| scheduling::list_runs(c, &owner.id, &id.to_string(), 100))
@@ -297,7 +304,7 @@ pub async fn get_run(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
     path: web::Path<(Uuid, Uuid)>,
-) -> Result<web::Json<RunView>, Error> {
+) -> Result<web::Json<RunView>, Failure> {
     let (check_id, run_id) = path.into_inner();
     let run = state
         .db
@@ -316,7 +323,7 @@ pub async fn list_run_results(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
     path: web::Path<(Uuid, Uuid)>,
-) -> Result<web::Json<Vec<ResultView>>, Error> {
+) -> Result<web::Json<Vec<ResultView>>, Failure> {
     let (check_id, run_id) = path.into_inner();
     let results = state
         .db
@@ -362,20 +369,21 @@ pub async fn report(
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
     params: web::Query<ReportParams>,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, Failure> {
     let params = params.into_inner();
     let format = match params.format.as_deref() {
         None | Some("json") => "json",
         Some("csv") => "csv",
         Some("hdr") => "hdr",
         Some(other) => {
-            return Err(Error::invalid(
+            return Err(Failure(Error::invalid(
                 "invalid_format",
                 format!("format {other:?} is not json, csv or hdr"),
-            ));
+            )));
         }
     };
-    let (from, to) = super::isp::window(params.window.as_deref(), params.from, params.to)?;
+    let (from, to) =
+        lastmile_domain::reports::window(params.window.as_deref(), params.from, params.to)?;
     let group_by = reports::parse_group_by(
         params
             .group_by
@@ -390,10 +398,10 @@ pub async fn report(
         None => false,
         Some("previous") => true,
         Some(other) => {
-            return Err(Error::invalid(
+            return Err(Failure(Error::invalid(
                 "invalid_compare",
                 format!("compare {other:?} is not `previous`"),
-            ));
+            )));
         }
     };
     let query = ReportQuery {

@@ -6,10 +6,10 @@ use actix_web::{get, post, web, HttpRequest};
 use lastmile_protocol::ApiError;
 
 use crate::api::auth::{AuthOwner, AuthVolunteer};
-use crate::error::Error;
-use crate::payments::{self, CheckoutView, NewCheckout, WebhookAck};
-use crate::payouts::{self, OnboardingView, PayoutView};
-use crate::server::AppState;
+use crate::api::error::Failure;
+use crate::state::AppState;
+use lastmile_domain::payments::{self, CheckoutView, NewCheckout, WebhookAck};
+use lastmile_domain::payouts::{self, OnboardingView, PayoutView};
 
 /// Buy credit: opens a Stripe Checkout session for `amount_minor` (500 to 1 000 000
 /// cents of usd). Send the owner to `url`; the credit arrives when Stripe confirms the
@@ -23,9 +23,11 @@ pub async fn checkout(
     req: HttpRequest,
     AuthOwner(owner): AuthOwner,
     body: web::Json<NewCheckout>,
-) -> Result<actix_web::HttpResponse, Error> {
-    let base = payments::return_base(&state, &origin(&req));
-    let view = payments::start_checkout(&state, &owner.id, &body, &base).await?;
+) -> Result<actix_web::HttpResponse, Failure> {
+    let base = payments::return_base(&state.config.stripe, &origin(&req));
+    let view =
+        payments::start_checkout(&state.db, state.stripe.as_deref(), &owner.id, &body, &base)
+            .await?;
     Ok(actix_web::HttpResponse::Created().json(view))
 }
 
@@ -41,13 +43,13 @@ pub async fn webhook(
     state: web::Data<AppState>,
     req: HttpRequest,
     body: web::Bytes,
-) -> Result<web::Json<WebhookAck>, Error> {
+) -> Result<web::Json<WebhookAck>, Failure> {
     let signature = req
         .headers()
         .get("stripe-signature")
         .and_then(|v| v.to_str().ok());
     Ok(web::Json(
-        payments::receive_webhook(&state, signature, &body).await?,
+        payments::receive_webhook(&state.db, &state.config.stripe, signature, &body).await?,
     ))
 }
 
@@ -61,10 +63,10 @@ pub async fn onboarding(
     state: web::Data<AppState>,
     req: HttpRequest,
     AuthVolunteer(volunteer): AuthVolunteer,
-) -> Result<web::Json<OnboardingView>, Error> {
-    let base = payments::return_base(&state, &origin(&req));
+) -> Result<web::Json<OnboardingView>, Failure> {
+    let base = payments::return_base(&state.config.stripe, &origin(&req));
     Ok(web::Json(
-        payouts::onboard(&state, &volunteer, &base).await?,
+        payouts::onboard(&state.db, state.stripe.as_deref(), &volunteer, &base).await?,
     ))
 }
 
@@ -83,7 +85,7 @@ pub(crate) fn origin(req: &HttpRequest) -> String {
 pub async fn list_payouts(
     state: web::Data<AppState>,
     AuthVolunteer(volunteer): AuthVolunteer,
-) -> Result<web::Json<Vec<PayoutView>>, Error> {
+) -> Result<web::Json<Vec<PayoutView>>, Failure> {
     let list = state.db.run(move |c| payouts::list(c, &volunteer)).await?;
     Ok(web::Json(list))
 }

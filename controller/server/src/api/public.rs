@@ -4,9 +4,10 @@ use actix_web::{get, web, HttpResponse};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use crate::error::Error;
-use crate::leaderboard::{self as board, Leaderboard, Period};
-use crate::server::AppState;
+use crate::api::error::Failure;
+use crate::state::AppState;
+use lastmile_domain::error::Error;
+use lastmile_domain::leaderboard::{self as board, Leaderboard, Period};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -26,16 +27,16 @@ pub struct LeaderboardParams {
 pub async fn leaderboard(
     state: web::Data<AppState>,
     params: web::Query<LeaderboardParams>,
-) -> Result<HttpResponse, Error> {
+) -> Result<HttpResponse, Failure> {
     let period: Period = params.period.as_deref().unwrap_or("week").parse()?;
     let csv = match params.format.as_deref() {
         None | Some("json") => false,
         Some("csv") => true,
         Some(other) => {
-            return Err(Error::invalid(
+            return Err(Failure(Error::invalid(
                 "invalid_format",
                 format!("format {other:?} is not json or csv"),
-            ))
+            )))
         }
     };
     let ranked = state

@@ -1,15 +1,16 @@
 //! Sign-up, sign-in, sign-out and the landing redirect.
 
+use crate::http_status::HttpStatus;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
 use lastmile_dashboard::auth::{self as pages, SignInForm, SignUpForm};
 use serde::Deserialize;
 
-use super::session::{self, SignedIn};
+use super::session::{self, CsrfForm, CsrfOnly, SignedIn};
 use super::{html, see_other};
-use crate::error::Error;
-use crate::logins::{self, Role};
-use crate::server::AppState;
+use crate::state::AppState;
+use lastmile_domain::error::Error;
+use lastmile_domain::logins::{self, Role};
 
 /// `/app`: where a signed-in user starts.
 pub async fn home(user: Option<SignedIn>) -> HttpResponse {
@@ -180,21 +181,11 @@ pub async fn sign_up(
     }
 }
 
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
 pub async fn sign_out(
     req: HttpRequest,
-    user: SignedIn,
     state: web::Data<AppState>,
-    form: web::Form<CsrfOnly>,
+    _: CsrfForm<CsrfOnly>,
 ) -> HttpResponse {
-    if !user.csrf_ok(&form.csrf) {
-        return super::sites::forbidden_form(&user);
-    }
     if let Some(token) = req
         .cookie(session::SESSION_COOKIE)
         .map(|c| c.value().to_owned())

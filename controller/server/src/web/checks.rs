@@ -1,45 +1,25 @@
 //! A site owner's checks: list, create (with a live count of matching agents), a check's
 //! page with its runs, one run's results, and "run now".
 
+use crate::http_status::HttpStatus;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpResponse};
 use lastmile_dashboard::checks::{self as pages, CheckDetail, CheckForm, CheckItem, RunItem};
 use lastmile_dashboard::runs::{self, HopItem, ResultRow, RunHeader};
-use lastmile_dashboard::sites::problem;
 use lastmile_protocol::{CheckKind, ConnectionClass};
 use serde::Deserialize;
 
-use super::session::SignedIn;
+use super::error::{HasNav, OrPage, PageError};
+use super::session::{CsrfForm, CsrfOnly, CsrfToken, SignedInOwner};
 use super::{html, see_other};
-use crate::checks::{self, Check, NewCheck, Schedule, Selection};
-use crate::clock::now_us;
-use crate::error::Error;
-use crate::run_results::{self, ResultView};
-use crate::scheduling::{self, RunView};
-use crate::server::AppState;
-use crate::sites;
-
-pub(super) fn not_an_owner(user: &SignedIn) -> HttpResponse {
-    html(
-        StatusCode::FORBIDDEN,
-        problem(
-            Some(&user.nav()),
-            "Not allowed",
-            "Checks belong to site owners; this is a volunteer account.",
-        ),
-    )
-}
-
-fn failed(user: &SignedIn, e: &Error) -> HttpResponse {
-    let title = match e.status_code().as_u16() {
-        404 => "Not found",
-        _ => "Something went wrong",
-    };
-    html(
-        e.status_code(),
-        problem(Some(&user.nav()), title, &e.to_string()),
-    )
-}
+use crate::state::AppState;
+use lastmile_domain::check_terms::{Selection, StoredCheck, DEFAULT_AGENTS_PER_RUN};
+use lastmile_domain::checks::{self, Check, NewCheck, Schedule};
+use lastmile_domain::clock::now_us;
+use lastmile_domain::error::Error;
+use lastmile_domain::run_results::{self, ResultView};
+use lastmile_domain::scheduling::{self, RunView};
+use lastmile_domain::sites;
 
 fn schedule_text(c: &Check) -> String {
     match c.interval_s {
@@ -88,10 +68,10 @@ pub struct CheckoutBack {
 }
 
 pub async fn list(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
     back: web::Query<CheckoutBack>,
-) -> HttpResponse {
+) -> Result<HttpResponse, PageError> {
     // Coming back from Stripe credits nothing: the signed webhook does that.
     let notice = match back.checkout.as_str() {
         "paid" => Some(
@@ -111,33 +91,35 @@ pub async fn list(
 
 /// The checks page with the owner's credit (`credit.lines` filled in here).
 pub(super) async fn render_list(
-    user: &SignedIn,
+    user: &SignedInOwner,
     state: &AppState,
     mut credit: pages::Credit,
     status: StatusCode,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(user);
-    };
-    credit.lines =
-        super::money_lines(state, crate::billing::HolderKind::Owner, owner.clone()).await;
-    match state.db.run(move |c| checks::list(c, &owner)).await {
-        Ok(found) => {
-            let items: Vec<CheckItem> = found
-                .iter()
-                .map(|c| CheckItem {
-                    id: c.id.clone(),
-                    name: c.name.clone(),
-                    url: c.url.clone(),
-                    schedule: schedule_text(c),
-                    selection: selection_text(&c.selection()),
-                    paused: c.paused_at.is_some(),
-                })
-                .collect();
-            html(status, pages::list(&user.nav(), &items, &credit))
-        }
-        Err(e) => failed(user, &e),
-    }
+) -> Result<HttpResponse, PageError> {
+    let owner = user.owner_id.clone();
+    credit.lines = super::money_lines(
+        state,
+        lastmile_domain::billing::HolderKind::Owner,
+        owner.clone(),
+    )
+    .await;
+    let found = state
+        .db
+        .run(move |c| checks::list(c, &owner))
+        .await
+        .or_page(user)?;
+    let items: Vec<CheckItem> = found
+        .iter()
+        .map(|c| CheckItem {
+            id: c.id.clone(),
+            name: c.name.clone(),
+            url: c.url.clone(),
+            schedule: schedule_text(c),
+            selection: selection_text(&c.selection()),
+            paused: c.paused_at.is_some(),
+        })
+        .collect();
+    Ok(html(status, pages::list(&user.nav(), &items, &credit)))
 }
 
 /// The form's fields as posted (repeated `connection_classes` keys).
@@ -162,6 +144,12 @@ pub struct CheckFields {
     connection_classes: Vec<String>,
     agents_per_run: String,
     isp_sharing: Option<String>,
+}
+
+impl CsrfToken for CheckFields {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
 }
 
 /// A comma/space separated list, each item parsed; the error names the field.
@@ -215,7 +203,7 @@ fn selection_of(f: &CheckFields) -> Result<Selection, Error> {
         asns: list_of(&f.asns, "networks", "an AS number")?,
         connection_classes: classes,
         agents_per_run: optional_number(&f.agents_per_run, "agents per run")?
-            .map_or(checks::DEFAULT_AGENTS_PER_RUN, |n| {
+            .map_or(DEFAULT_AGENTS_PER_RUN, |n| {
                 n.min(u64::from(u32::MAX)) as u32
             }),
     })
@@ -246,7 +234,7 @@ fn new_check_of(f: &CheckFields) -> Result<NewCheck, Error> {
             .objectives
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(crate::objectives::Objective::parse_line)
+            .map(lastmile_domain::objectives::Objective::parse_line)
             .collect::<Result<_, _>>()?,
     })
 }
@@ -295,7 +283,7 @@ fn fields_of(c: &Check) -> CheckFields {
         objectives: join(
             c.objectives()
                 .iter()
-                .map(crate::objectives::Objective::to_line)
+                .map(lastmile_domain::objectives::Objective::to_line)
                 .collect(),
             "\n",
         ),
@@ -331,17 +319,16 @@ async fn count(state: &AppState, selection: Selection, kind: CheckKind) -> Resul
         .await
 }
 
-pub async fn new_form(user: SignedIn, state: web::Data<AppState>) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    let sites = match verified_sites(&state, &owner).await {
-        Ok(s) => s,
-        Err(e) => return failed(&user, &e),
-    };
+pub async fn new_form(
+    user: SignedInOwner,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
+    let sites = verified_sites(&state, &user.owner_id)
+        .await
+        .or_page(&user)?;
     let mut form = form_of(
         &CheckFields {
-            agents_per_run: checks::DEFAULT_AGENTS_PER_RUN.to_string(),
+            agents_per_run: DEFAULT_AGENTS_PER_RUN.to_string(),
             url: sites
                 .first()
                 .map(|(_, o)| format!("{o}/"))
@@ -353,19 +340,16 @@ pub async fn new_form(user: SignedIn, state: web::Data<AppState>) -> HttpRespons
     form.eligible = count(&state, Selection::default(), CheckKind::Http)
         .await
         .ok();
-    html(StatusCode::OK, pages::new(&user.nav(), &form))
+    Ok(html(StatusCode::OK, pages::new(&user.nav(), &form)))
 }
 
 /// `GET /app/checks/eligible?countries=..&asns=..&connection_classes=..&kind=..`: the live
 /// count (agents that measure `kind` only: an older agent takes no page checks).
 pub async fn eligible(
-    user: SignedIn,
+    _: SignedInOwner,
     state: web::Data<AppState>,
     query: web::Query<Vec<(String, String)>>,
 ) -> HttpResponse {
-    if user.0.login.owner_id.is_none() {
-        return HttpResponse::Forbidden().json(serde_json::json!({"error": "not_an_owner"}));
-    }
     let mut fields = CheckFields::default();
     for (k, v) in query.into_inner() {
         match k.as_str() {
@@ -390,8 +374,12 @@ pub async fn eligible(
 
 /// `POST /app/checks`: creates through [`checks::create`]; a refused form comes back
 /// with what was typed and why.
-pub async fn create(user: SignedIn, state: web::Data<AppState>, body: web::Bytes) -> HttpResponse {
-    submit(user, state, body, None).await
+pub async fn create(
+    user: SignedInOwner,
+    state: web::Data<AppState>,
+    CsrfForm(fields): CsrfForm<CheckFields>,
+) -> Result<HttpResponse, PageError> {
+    submit(user, state, fields, None).await
 }
 
 /// The check form posted, for a new check (`editing` is `None`) or to edit the check
@@ -399,38 +387,21 @@ pub async fn create(user: SignedIn, state: web::Data<AppState>, body: web::Bytes
 /// so that both follow the same rules. "Count" only counts the matching agents; a
 /// refused form comes back with what was typed and why.
 async fn submit(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
-    body: web::Bytes,
+    fields: CheckFields,
     editing: Option<String>,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    let fields: CheckFields = match serde_html_form::from_bytes(&body) {
-        Ok(f) => f,
-        Err(e) => {
-            let e = Error::invalid("invalid_form", format!("the form could not be read: {e}"));
-            return failed(&user, &e);
-        }
-    };
-    if !user.csrf_ok(&fields.csrf) {
-        return super::sites::forbidden_form(&user);
-    }
+) -> Result<HttpResponse, PageError> {
+    let owner = user.owner_id.clone();
     let current = match editing.clone() {
         Some(id) => {
             let o = owner.clone();
-            match state.db.run(move |c| checks::get(c, &o, &id)).await {
-                Ok(c) => Some(c),
-                Err(e) => return failed(&user, &e),
-            }
+            let check = state.db.run(move |c| checks::get(c, &o, &id)).await;
+            Some(check.or_page(&user)?)
         }
         None => None,
     };
-    let sites = match verified_sites(&state, &owner).await {
-        Ok(s) => s,
-        Err(e) => return failed(&user, &e),
-    };
+    let sites = verified_sites(&state, &owner).await.or_page(&user)?;
     let again = |status: StatusCode, eligible: Option<usize>, error: Option<String>| {
         let mut form = form_of(&fields, sites.clone());
         form.editing = current.as_ref().map(|c| (c.id.clone(), c.name.clone()));
@@ -439,17 +410,19 @@ async fn submit(
         html(status, pages::new(&user.nav(), &form))
     };
     if fields.action == "count" {
-        return match selection_of(&fields).and_then(|s| Ok((s, kind_of(&fields)?))) {
-            Ok((selection, kind)) => match count(&state, selection, kind).await {
-                Ok(n) => again(StatusCode::OK, Some(n), None),
+        return Ok(
+            match selection_of(&fields).and_then(|s| Ok((s, kind_of(&fields)?))) {
+                Ok((selection, kind)) => match count(&state, selection, kind).await {
+                    Ok(n) => again(StatusCode::OK, Some(n), None),
+                    Err(e) => again(e.status_code(), None, Some(e.to_string())),
+                },
                 Err(e) => again(e.status_code(), None, Some(e.to_string())),
             },
-            Err(e) => again(e.status_code(), None, Some(e.to_string())),
-        };
+        );
     }
     let new = match new_check_of(&fields) {
         Ok(n) => n,
-        Err(e) => return again(e.status_code(), None, Some(e.to_string())),
+        Err(e) => return Ok(again(e.status_code(), None, Some(e.to_string()))),
     };
     let min_interval = state.config.min_check_interval_s;
     let saved = match editing {
@@ -466,10 +439,10 @@ async fn submit(
                 .await
         }
     };
-    match saved {
+    Ok(match saved {
         Ok(check) => see_other(&format!("/app/checks/{}", check.id)),
         Err(e) => again(e.status_code(), None, Some(e.to_string())),
-    }
+    })
 }
 
 fn run_item(r: &RunView) -> RunItem {
@@ -502,116 +475,97 @@ fn run_state(r: &RunView) -> String {
 }
 
 async fn render_detail(
-    user: &SignedIn,
+    user: &SignedInOwner,
     state: &AppState,
-    owner: String,
     id: String,
     error: Option<String>,
     status: StatusCode,
-) -> HttpResponse {
-    let found = state
+) -> Result<HttpResponse, PageError> {
+    let owner = user.owner_id.clone();
+    let (check, runs) = state
         .db
         .run(move |c| {
             let check = checks::get(c, &owner, &id)?;
             let runs = scheduling::list_runs(c, &owner, &id, 20)?;
             Ok::<_, Error>((check, runs))
         })
-        .await;
-    match found {
-        Ok((check, runs)) => {
-            let expected = check.expected_status();
-            let mut expectations = if expected.is_empty() {
-                "status 2xx or 3xx".to_owned()
-            } else {
-                format!(
-                    "status {}",
-                    expected
-                        .iter()
-                        .map(u16::to_string)
-                        .collect::<Vec<_>>()
-                        .join(" or ")
-                )
-            };
-            if let Some(b) = &check.body_contains {
-                expectations.push_str(&format!(", body contains {b:?}"));
-            }
-            expectations.push_str(&format!(
-                ", at most {} bytes, within {} ms",
-                check.max_bytes, check.timeout_ms
-            ));
-            let objectives: Vec<String> = check
-                .objectives()
+        .await
+        .or_page(user)?;
+    let expected = check.expected_status();
+    let mut expectations = if expected.is_empty() {
+        "status 2xx or 3xx".to_owned()
+    } else {
+        format!(
+            "status {}",
+            expected
                 .iter()
-                .map(crate::objectives::Objective::to_line)
-                .collect();
-            let detail = CheckDetail {
-                id: check.id.clone(),
-                name: check.name.clone(),
-                url: check.url.clone(),
-                kind: match check.kind.as_str() {
-                    "page" => "page: the HTML and its sub-resources, as a browser loads it".into(),
-                    _ => "http: one fetch of the URL".into(),
-                },
-                schedule: schedule_text(&check),
-                selection: selection_text(&check.selection()),
-                expectations,
-                objectives,
-                paused: check.paused_at.map(|t| {
-                    format!(
-                        "since {}",
-                        crate::clock::to_datetime(t).format("%Y-%m-%d %H:%M UTC")
-                    )
-                }),
-                price: {
-                    let p = crate::billing::price_of(&check);
-                    format!(
-                        "{} per result",
-                        super::money(p.minor, &p.currency.to_string())
-                    )
-                },
-            };
-            let items: Vec<RunItem> = runs.iter().map(run_item).collect();
-            html(
-                status,
-                pages::detail(&user.nav(), &detail, &items, error.as_deref()),
-            )
-        }
-        Err(e) => failed(user, &e),
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )
+    };
+    if let Some(b) = &check.body_contains {
+        expectations.push_str(&format!(", body contains {b:?}"));
     }
+    expectations.push_str(&format!(
+        ", at most {} bytes, within {} ms",
+        check.max_bytes, check.timeout_ms
+    ));
+    let objectives: Vec<String> = check
+        .objectives()
+        .iter()
+        .map(lastmile_domain::objectives::Objective::to_line)
+        .collect();
+    let detail = CheckDetail {
+        id: check.id.clone(),
+        name: check.name.clone(),
+        url: check.url.clone(),
+        kind: match check.kind.as_str() {
+            "page" => "page: the HTML and its sub-resources, as a browser loads it".into(),
+            _ => "http: one fetch of the URL".into(),
+        },
+        schedule: schedule_text(&check),
+        selection: selection_text(&check.selection()),
+        expectations,
+        objectives,
+        paused: check.paused_at.map(|t| {
+            format!(
+                "since {}",
+                lastmile_domain::clock::to_datetime(t).format("%Y-%m-%d %H:%M UTC")
+            )
+        }),
+        price: {
+            let p = lastmile_domain::billing::price_of(&check);
+            format!(
+                "{} per result",
+                super::money(p.minor, &p.currency.to_string())
+            )
+        },
+    };
+    let items: Vec<RunItem> = runs.iter().map(run_item).collect();
+    Ok(html(
+        status,
+        pages::detail(&user.nav(), &detail, &items, error.as_deref()),
+    ))
 }
 
 pub async fn detail(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
     id: web::Path<String>,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    render_detail(&user, &state, owner, id.into_inner(), None, StatusCode::OK).await
-}
-
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
+) -> Result<HttpResponse, PageError> {
+    render_detail(&user, &state, id.into_inner(), None, StatusCode::OK).await
 }
 
 pub async fn run_now(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    form: web::Form<CsrfOnly>,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    if !user.csrf_ok(&form.csrf) {
-        return super::sites::forbidden_form(&user);
-    }
+    _: CsrfForm<CsrfOnly>,
+) -> Result<HttpResponse, PageError> {
     let id = id.into_inner();
     let policy = state.policy;
-    let (o, i) = (owner.clone(), id.clone());
+    let (o, i) = (user.owner_id.clone(), id.clone());
     let created = state
         .db
         .run(move |c| {
@@ -620,117 +574,93 @@ pub async fn run_now(
         })
         .await;
     match created {
-        Ok(_) => see_other(&format!("/app/checks/{id}")),
-        Err(e @ Error::NotFound { .. }) => failed(&user, &e),
-        Err(e) => {
-            render_detail(
-                &user,
-                &state,
-                owner,
-                id,
-                Some(e.to_string()),
-                e.status_code(),
-            )
-            .await
-        }
+        Ok(_) => Ok(see_other(&format!("/app/checks/{id}"))),
+        Err(e @ Error::NotFound { .. }) => Err(PageError::Failed(Box::new(user.nav()), e)),
+        Err(e) => render_detail(&user, &state, id, Some(e.to_string()), e.status_code()).await,
     }
 }
 
 /// `GET /app/checks/{id}/edit`: the check's form, filled in.
 pub async fn edit_form(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
     id: web::Path<String>,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    let id = id.into_inner();
-    let o = owner.clone();
-    let check = match state.db.run(move |c| checks::get(c, &o, &id)).await {
-        Ok(c) => c,
-        Err(e) => return failed(&user, &e),
-    };
-    let sites = match verified_sites(&state, &owner).await {
-        Ok(s) => s,
-        Err(e) => return failed(&user, &e),
-    };
+) -> Result<HttpResponse, PageError> {
+    let (owner, id) = (user.owner_id.clone(), id.into_inner());
+    let check = state
+        .db
+        .run(move |c| checks::get(c, &owner, &id))
+        .await
+        .or_page(&user)?;
+    let sites = verified_sites(&state, &user.owner_id)
+        .await
+        .or_page(&user)?;
     let mut form = form_of(&fields_of(&check), sites);
     form.editing = Some((check.id.clone(), check.name.clone()));
     form.eligible = match check.check_kind() {
         Ok(kind) => count(&state, check.selection(), kind).await.ok(),
         Err(_) => None,
     };
-    html(StatusCode::OK, pages::new(&user.nav(), &form))
+    Ok(html(StatusCode::OK, pages::new(&user.nav(), &form)))
 }
 
 /// `POST /app/checks/{id}/edit`: saves through [`checks::update`], the rules of
 /// creation; a refused form comes back with what was typed and why.
 pub async fn update(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    body: web::Bytes,
-) -> HttpResponse {
-    submit(user, state, body, Some(id.into_inner())).await
+    CsrfForm(fields): CsrfForm<CheckFields>,
+) -> Result<HttpResponse, PageError> {
+    submit(user, state, fields, Some(id.into_inner())).await
 }
 
 async fn set_paused(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
     id: String,
-    csrf: &str,
     paused: bool,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    if !user.csrf_ok(csrf) {
-        return super::sites::forbidden_form(&user);
-    }
-    match state
+) -> Result<HttpResponse, PageError> {
+    let owner = user.owner_id.clone();
+    let check = state
         .db
         .run(move |c| checks::set_paused(c, &owner, &id, paused))
         .await
-    {
-        Ok(check) => see_other(&format!("/app/checks/{}", check.id)),
-        Err(e) => failed(&user, &e),
-    }
+        .or_page(&user)?;
+    Ok(see_other(&format!("/app/checks/{}", check.id)))
 }
 
 /// `POST /app/checks/{id}/pause`.
 pub async fn pause(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    form: web::Form<CsrfOnly>,
-) -> HttpResponse {
-    set_paused(user, state, id.into_inner(), &form.csrf, true).await
+    _: CsrfForm<CsrfOnly>,
+) -> Result<HttpResponse, PageError> {
+    set_paused(user, state, id.into_inner(), true).await
 }
 
 /// `POST /app/checks/{id}/resume`.
 pub async fn resume(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    form: web::Form<CsrfOnly>,
-) -> HttpResponse {
-    set_paused(user, state, id.into_inner(), &form.csrf, false).await
+    _: CsrfForm<CsrfOnly>,
+) -> Result<HttpResponse, PageError> {
+    set_paused(user, state, id.into_inner(), false).await
 }
 
 /// `GET /app/checks/{id}/runs/{run_id}`: what each agent saw in one run. Access is
 /// [`scheduling::get_run`]'s, as for the API's listing (another owner's or an unknown
 /// run is its 404); the check is read for the page's heading.
 pub async fn run_results(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
     path: web::Path<(String, String)>,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
+) -> Result<HttpResponse, PageError> {
+    let owner = user.owner_id.clone();
     let (id, run_id) = path.into_inner();
-    let found = state
+    let (check, run, results) = state
         .db
         .run(move |c| {
             let run = scheduling::get_run(c, &owner, &id, &run_id)?;
@@ -738,27 +668,26 @@ pub async fn run_results(
             let check = checks::get(c, &owner, &id)?;
             Ok::<_, Error>((check, run, results))
         })
-        .await;
-    match found {
-        Ok((check, run, results)) => {
-            let header = RunHeader {
-                check_id: check.id.clone(),
-                check_name: check.name.clone(),
-                url: check.url.clone(),
-                started: run.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-                progress: format!(
-                    "{} / {} measured · {}",
-                    run.done,
-                    run.requested,
-                    run_item(&run).state
-                ),
-                is_page: check.kind == "page",
-            };
-            let rows: Vec<ResultRow> = results.iter().map(result_row).collect();
-            html(StatusCode::OK, runs::results(&user.nav(), &header, &rows))
-        }
-        Err(e) => failed(&user, &e),
-    }
+        .await
+        .or_page(&user)?;
+    let header = RunHeader {
+        check_id: check.id.clone(),
+        check_name: check.name.clone(),
+        url: check.url.clone(),
+        started: run.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        progress: format!(
+            "{} / {} measured · {}",
+            run.done,
+            run.requested,
+            run_item(&run).state
+        ),
+        is_page: check.kind == "page",
+    };
+    let rows: Vec<ResultRow> = results.iter().map(result_row).collect();
+    Ok(html(
+        StatusCode::OK,
+        runs::results(&user.nav(), &header, &rows),
+    ))
 }
 
 /// "340.2 kB" from bytes (decimal units, as browsers' network panels show them).

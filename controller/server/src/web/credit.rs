@@ -3,16 +3,19 @@
 //! and sends the browser to Stripe's page. The credit itself arrives only by the
 //! signed webhook.
 
+use crate::http_status::HttpStatus;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, HttpRequest, HttpResponse};
 use lastmile_dashboard::checks::Credit;
 use serde::Deserialize;
 
-use super::checks::{not_an_owner, render_list};
+use lastmile_domain::payments::{self, NewCheckout, MAX_PURCHASE_MINOR, MIN_PURCHASE_MINOR};
+
+use super::checks::render_list;
+use super::error::PageError;
 use super::see_other;
-use super::session::SignedIn;
-use crate::payments::{self, NewCheckout, MAX_PURCHASE_MINOR, MIN_PURCHASE_MINOR};
-use crate::server::AppState;
+use super::session::{CsrfForm, CsrfToken, SignedInOwner};
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 pub struct BuyFields {
@@ -20,6 +23,12 @@ pub struct BuyFields {
     csrf: String,
     #[serde(default)]
     amount: String,
+}
+
+impl CsrfToken for BuyFields {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
 }
 
 /// "25", "25.5", "$1,000.00" as cents; `None` unless it is a plain amount of dollars
@@ -42,16 +51,10 @@ fn cents(dollars: &str) -> Option<i64> {
 
 pub async fn buy(
     req: HttpRequest,
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
-    form: web::Form<BuyFields>,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    if !user.csrf_ok(&form.csrf) {
-        return super::sites::forbidden_form(&user);
-    }
+    CsrfForm(form): CsrfForm<BuyFields>,
+) -> Result<HttpResponse, PageError> {
     let refused = |status: StatusCode, why: String| {
         let credit = Credit {
             error: Some(why),
@@ -77,9 +80,20 @@ pub async fn buy(
         amount_minor,
         currency: usd.to_string(),
     };
-    let base = payments::return_base(&state, &super::volunteers::controller_url(&req));
-    match payments::start_checkout(&state, &owner, &request, &base).await {
-        Ok(session) => see_other(&session.url),
+    let base = payments::return_base(
+        &state.config.stripe,
+        &super::volunteers::controller_url(&req),
+    );
+    match payments::start_checkout(
+        &state.db,
+        state.stripe.as_deref(),
+        &user.owner_id,
+        &request,
+        &base,
+    )
+    .await
+    {
+        Ok(session) => Ok(see_other(&session.url)),
         Err(e) => {
             let why = format!("Could not start the payment: {e}");
             refused(e.status_code(), why).await

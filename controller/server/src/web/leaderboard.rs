@@ -1,16 +1,18 @@
-//! The public leaderboard page: the same [`crate::leaderboard::build`] the public API
+//! The public leaderboard page: the same [`lastmile_domain::leaderboard::build`] the public API
 //! serves, readable without signing in.
 
+use crate::http_status::HttpStatus;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpResponse};
 use lastmile_dashboard::leaderboard::{self as pages, Place};
 use lastmile_dashboard::sites::problem;
 use serde::Deserialize;
 
+use super::error::HasNav;
 use super::html;
 use super::session::SignedIn;
-use crate::leaderboard::{self as board, Period};
-use crate::server::AppState;
+use crate::state::AppState;
+use lastmile_domain::leaderboard::{self as board, Period};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct Params {
@@ -23,7 +25,7 @@ pub async fn page(
     state: web::Data<AppState>,
     params: web::Query<Params>,
 ) -> HttpResponse {
-    let nav = user.as_ref().map(SignedIn::nav);
+    let nav = user.as_ref().map(HasNav::nav);
     let period: Period = match params.period.as_deref().unwrap_or("week").parse() {
         Ok(p) => p,
         Err(e) => {

@@ -8,6 +8,7 @@
 mod auth;
 mod checks;
 mod credit;
+mod error;
 mod leaderboard;
 mod reports;
 mod session;
@@ -70,9 +71,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 "/agents/payouts/setup",
                 web::post().to(volunteers::set_up_payouts),
             )
-            .wrap(actix_web::middleware::from_fn(
-                crate::api::nul_text::form_bodies,
-            )),
+            .wrap(actix_web::middleware::from_fn(crate::nul_text::form_bodies)),
     );
 }
 
@@ -104,13 +103,13 @@ fn money(minor: i64, currency: &str) -> String {
 
 /// Lines on an account's money for the dashboard, from the same balances the API serves.
 async fn money_lines(
-    state: &crate::server::AppState,
-    holder: crate::billing::HolderKind,
+    state: &crate::state::AppState,
+    holder: lastmile_domain::billing::HolderKind,
     id: String,
 ) -> Vec<String> {
     let found = state
         .db
-        .run(move |c| crate::billing::balances(c, holder, &id))
+        .run(move |c| lastmile_domain::billing::balances(c, holder, &id))
         .await;
     let Ok(b) = found else {
         return Vec::new();

@@ -1,25 +1,25 @@
-//! A check's report page. It builds the same [`crate::reports::Report`]s the JSON API
+//! A check's report page. It builds the same [`lastmile_domain::reports::Report`]s the JSON API
 //! serves (`reports::build`, three groupings of one window) and hands their figures to
 //! the page: nothing here queries or computes what the API does not.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpResponse};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use lastmile_dashboard::charts::Series;
 use lastmile_dashboard::reports::{self as pages, ObjectiveCell, ReportView, Row, Verdict};
-use lastmile_dashboard::sites::problem;
 use lastmile_protocol::{ConnectionClass, Phase};
 use serde::Deserialize;
 
+use super::error::{HasNav, OrPage, PageError};
 use super::html;
-use super::session::SignedIn;
-use crate::checks;
-use crate::confidence::Confidence;
-use crate::error::Error;
-use crate::objectives::ObjectiveOutcome;
-use crate::reports::{self, Dimension, Percentiles, Report, ReportQuery, TimeBucket};
-use crate::server::AppState;
+use super::session::SignedInOwner;
+use crate::state::AppState;
+use lastmile_domain::checks;
+use lastmile_domain::confidence::Confidence;
+use lastmile_domain::error::Error;
+use lastmile_domain::objectives::ObjectiveOutcome;
+use lastmile_domain::reports::{self, Dimension, Percentiles, Report, ReportQuery, TimeBucket};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ReportPageParams {
@@ -27,39 +27,15 @@ pub struct ReportPageParams {
     window: Option<String>,
 }
 
-fn failed(user: &SignedIn, e: &Error) -> HttpResponse {
-    let title = match e.status_code().as_u16() {
-        404 => "Not found",
-        403 => "Not allowed",
-        _ => "Something went wrong",
-    };
-    html(
-        e.status_code(),
-        problem(Some(&user.nav()), title, &e.to_string()),
-    )
-}
-
 pub async fn report(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
     id: web::Path<String>,
     params: web::Query<ReportPageParams>,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return html(
-            StatusCode::FORBIDDEN,
-            problem(
-                Some(&user.nav()),
-                "Not allowed",
-                "Reports belong to site owners; this is a volunteer account.",
-            ),
-        );
-    };
+) -> Result<HttpResponse, PageError> {
+    let owner = user.owner_id.clone();
     let window = params.window.clone().unwrap_or_else(|| "24h".into());
-    let (from, to) = match crate::api::isp::window(Some(&window), None, None) {
-        Ok(w) => w,
-        Err(e) => return failed(&user, &e),
-    };
+    let (from, to) = reports::window(Some(&window), None, None).or_page(&user)?;
     // Hour buckets (what aggregates are kept at) up to a day; day buckets beyond.
     let bucket = match window.as_str() {
         "7d" | "30d" => TimeBucket::Day,
@@ -107,10 +83,7 @@ pub async fn report(
             Ok::<_, Error>((check, over_time, table, overall))
         })
         .await;
-    let (check, over_time, table, overall) = match built {
-        Ok(b) => b,
-        Err(e) => return failed(&user, &e),
-    };
+    let (check, over_time, table, overall) = built.or_page(&user)?;
     let api = format!(
         "/api/v1/checks/{}/report?window={window}&group_by=connection_class,country",
         check.id
@@ -141,7 +114,7 @@ pub async fn report(
         json_url: api,
         total_samples: overall.rows.iter().map(|r| r.samples).sum(),
     };
-    html(StatusCode::OK, pages::report(&user.nav(), &view))
+    Ok(html(StatusCode::OK, pages::report(&user.nav(), &view)))
 }
 
 /// A class keeps its colour on every chart: its place in speed order.
@@ -191,7 +164,7 @@ fn distribution(report: &Report, phase: Phase) -> Vec<(u64, u64)> {
         let Ok(bytes) = BASE64.decode(encoded) else {
             continue;
         };
-        let Ok(h) = crate::histogram::decode(&bytes) else {
+        let Ok(h) = lastmile_domain::histogram::decode(&bytes) else {
             continue;
         };
         for v in h.iter_recorded() {

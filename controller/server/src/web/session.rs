@@ -1,25 +1,37 @@
-//! Browser sessions: the cookie, the signed-in extractor, and CSRF checks.
-
-use std::future::Future;
-use std::pin::Pin;
+//! Browser sessions: the cookie, who the caller is ([`SignedIn`], [`SignedInOwner`],
+//! [`SignedInVolunteer`]) and CSRF ([`CsrfForm`]), each decided once by an extractor
+//! that fails with the right page ([`PageError`]), not by a preamble in each handler.
 
 use actix_web::cookie::{Cookie, SameSite};
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
+use futures_util::future::LocalBoxFuture;
 use lastmile_dashboard::{Nav, Role};
+use lastmile_domain::error::Error;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
 
-use crate::logins::{self, Session};
-use crate::server::AppState;
+use super::error::{HasNav, PageError};
+
+use crate::state::AppState;
+use lastmile_domain::logins::{self, Session};
 
 /// The session cookie's name.
 pub const SESSION_COOKIE: &str = "lm_session";
 /// The pre-sign-in CSRF cookie (double-submit).
 pub const CSRF_COOKIE: &str = "lm_csrf";
 
-/// A request from a signed-in browser.
+/// A request from a signed-in browser, of either kind of account.
 pub struct SignedIn(pub Session);
 
 impl SignedIn {
-    pub fn nav(&self) -> Nav {
+    /// Whether a posted form's CSRF token is this session's.
+    pub fn csrf_ok(&self, posted: &str) -> bool {
+        constant_time_eq(posted, &self.0.csrf_token)
+    }
+}
+
+impl HasNav for SignedIn {
+    fn nav(&self) -> Nav {
         Nav {
             name: self.0.name.clone(),
             email: self.0.login.email.clone(),
@@ -30,53 +42,165 @@ impl SignedIn {
             csrf: self.0.csrf_token.clone(),
         }
     }
+}
 
-    /// Whether a posted form's CSRF token is this session's.
-    pub fn csrf_ok(&self, posted: &str) -> bool {
-        constant_time_eq(posted, &self.0.csrf_token)
+/// The session of `req`: looked up once per request by its cookie, then kept in the
+/// request's extensions, so that an identity extractor and a [`CsrfForm`] in one handler
+/// cost one query.
+fn session_of(req: &HttpRequest) -> LocalBoxFuture<'static, Result<SignedIn, PageError>> {
+    if let Some(session) = req.extensions().get::<Session>() {
+        let session = session.clone();
+        return Box::pin(async move { Ok(SignedIn(session)) });
     }
-}
-
-/// Why a request could not be served as signed in.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    #[error("sign in first")]
-    SignedOut,
-    #[error("the service is temporarily unavailable")]
-    Unavailable,
-}
-
-impl ResponseError for SessionError {
-    fn error_response(&self) -> HttpResponse {
-        match self {
-            SessionError::SignedOut => super::see_other("/app/sign-in"),
-            SessionError::Unavailable => HttpResponse::ServiceUnavailable()
-                .content_type("text/plain; charset=utf-8")
-                .body("The service is temporarily unavailable; try again shortly."),
+    let token = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
+    let state = req.app_data::<web::Data<AppState>>().cloned();
+    let req = req.clone();
+    Box::pin(async move {
+        let (Some(token), Some(state)) = (token, state) else {
+            return Err(PageError::SignedOut);
+        };
+        match state.db.run(move |c| logins::session(c, &token)).await {
+            Ok(Some(session)) => {
+                req.extensions_mut().insert(session.clone());
+                Ok(SignedIn(session))
+            }
+            Ok(None) => Err(PageError::SignedOut),
+            Err(e) => {
+                tracing::warn!(error = %e, "session lookup failed");
+                Err(PageError::Unavailable)
+            }
         }
-    }
+    })
 }
 
 impl FromRequest for SignedIn {
-    type Error = SessionError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self, SessionError>>>>;
+    type Error = PageError;
+    type Future = LocalBoxFuture<'static, Result<Self, PageError>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let token = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
-        let state = req.app_data::<web::Data<AppState>>().cloned();
+        session_of(req)
+    }
+}
+
+/// The session of `req` if its account is of the kind `page_for`, with that account's
+/// id (`id_of`); otherwise the "this page is for ..." page.
+fn account_of(
+    req: &HttpRequest,
+    page_for: Role,
+    id_of: fn(&logins::Login) -> Option<String>,
+) -> LocalBoxFuture<'static, Result<(SignedIn, String), PageError>> {
+    let session = session_of(req);
+    Box::pin(async move {
+        let user = session.await?;
+        match id_of(&user.0.login) {
+            Some(id) => Ok((user, id)),
+            None => Err(PageError::WrongAccount {
+                nav: Box::new(user.nav()),
+                page_for,
+            }),
+        }
+    })
+}
+
+/// A signed-in site owner; a volunteer gets the "this page is for site owners" page.
+pub struct SignedInOwner {
+    pub user: SignedIn,
+    pub owner_id: String,
+}
+
+impl FromRequest for SignedInOwner {
+    type Error = PageError;
+    type Future = LocalBoxFuture<'static, Result<Self, PageError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let account = account_of(req, Role::Owner, |l| l.owner_id.clone());
         Box::pin(async move {
-            let (Some(token), Some(state)) = (token, state) else {
-                return Err(SessionError::SignedOut);
-            };
-            match state.db.run(move |c| logins::session(c, &token)).await {
-                Ok(Some(session)) => Ok(SignedIn(session)),
-                Ok(None) => Err(SessionError::SignedOut),
-                Err(e) => {
-                    tracing::warn!(error = %e, "session lookup failed");
-                    Err(SessionError::Unavailable)
-                }
-            }
+            let (user, owner_id) = account.await?;
+            Ok(SignedInOwner { user, owner_id })
         })
+    }
+}
+
+/// A signed-in volunteer; a site owner gets the "this page is for volunteers" page.
+pub struct SignedInVolunteer {
+    pub user: SignedIn,
+    pub volunteer_id: String,
+}
+
+impl FromRequest for SignedInVolunteer {
+    type Error = PageError;
+    type Future = LocalBoxFuture<'static, Result<Self, PageError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
+        let account = account_of(req, Role::Volunteer, |l| l.volunteer_id.clone());
+        Box::pin(async move {
+            let (user, volunteer_id) = account.await?;
+            Ok(SignedInVolunteer { user, volunteer_id })
+        })
+    }
+}
+
+impl HasNav for SignedInOwner {
+    fn nav(&self) -> Nav {
+        self.user.nav()
+    }
+}
+
+impl HasNav for SignedInVolunteer {
+    fn nav(&self) -> Nav {
+        self.user.nav()
+    }
+}
+
+/// A form that carries the session's CSRF token (field `csrf`).
+pub trait CsrfToken {
+    fn csrf(&self) -> &str;
+}
+
+/// A posted form (`application/x-www-form-urlencoded`, repeated keys for lists) whose
+/// CSRF token is the signed-in session's; otherwise the "form expired" page, and the
+/// handler never runs. A body that is not such a form is a 400 page.
+pub struct CsrfForm<T>(pub T);
+
+impl<T: DeserializeOwned + CsrfToken + 'static> FromRequest for CsrfForm<T> {
+    type Error = PageError;
+    type Future = LocalBoxFuture<'static, Result<Self, PageError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let session = session_of(req);
+        let body = web::Bytes::from_request(req, payload);
+        Box::pin(async move {
+            let user = session.await?;
+            let unreadable = |why: String| {
+                PageError::Failed(
+                    Box::new(user.nav()),
+                    Error::BadRequest {
+                        code: "invalid_form",
+                        message: format!("the form could not be read: {why}"),
+                    },
+                )
+            };
+            let body = body.await.map_err(|e| unreadable(e.to_string()))?;
+            let form: T =
+                serde_html_form::from_bytes(&body).map_err(|e| unreadable(e.to_string()))?;
+            if !user.csrf_ok(form.csrf()) {
+                return Err(PageError::ExpiredForm(Box::new(user.nav())));
+            }
+            Ok(CsrfForm(form))
+        })
+    }
+}
+
+/// A form with nothing but its CSRF token (pause, resume, run now, revoke, sign out...).
+#[derive(Deserialize)]
+pub struct CsrfOnly {
+    #[serde(default)]
+    csrf: String,
+}
+
+impl CsrfToken for CsrfOnly {
+    fn csrf(&self) -> &str {
+        &self.csrf
     }
 }
 
@@ -110,7 +234,7 @@ pub fn pre_session_csrf(req: &HttpRequest) -> (String, Option<Cookie<'static>>) 
             return (c.value().to_owned(), None);
         }
     }
-    let token = crate::accounts::new_secret("");
+    let token = lastmile_domain::accounts::new_secret("");
     let cookie = Cookie::build(CSRF_COOKIE, token.clone())
         .path("/app")
         .http_only(true)

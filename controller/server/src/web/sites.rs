@@ -1,15 +1,17 @@
 //! A site owner's sites, and a volunteer's agents.
 
+use crate::http_status::HttpStatus;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpResponse, ResponseError};
+use actix_web::{web, HttpResponse};
 use lastmile_dashboard::sites::{self as pages, SiteItem};
+use lastmile_domain::error::Error;
+use lastmile_domain::sites::{self, NewSite, Site};
 use serde::Deserialize;
 
-use super::session::SignedIn;
+use super::error::{HasNav, OrPage, PageError};
+use super::session::{CsrfForm, CsrfToken, SignedInOwner};
 use super::{html, see_other};
-use crate::error::Error;
-use crate::server::AppState;
-use crate::sites::{self, NewSite, Site};
+use crate::state::AppState;
 
 fn item(s: &Site) -> SiteItem {
     SiteItem {
@@ -25,53 +27,21 @@ fn item(s: &Site) -> SiteItem {
     }
 }
 
-/// The answer to a form whose CSRF token is wrong.
-pub fn forbidden_form(user: &SignedIn) -> HttpResponse {
-    html(
-        StatusCode::FORBIDDEN,
-        pages::problem(
-            Some(&user.nav()),
-            "Form expired",
-            "This form expired or came from another site; nothing was changed. Reload the page and try again.",
-        ),
-    )
-}
-
-fn problem(user: &SignedIn, e: &Error) -> HttpResponse {
-    let title = match e.status_code().as_u16() {
-        404 => "Not found",
-        403 => "Not allowed",
-        _ => "Something went wrong",
-    };
-    html(
-        e.status_code(),
-        pages::problem(Some(&user.nav()), title, &e.to_string()),
-    )
-}
-
-/// The page a volunteer gets for an owner's page.
-fn not_an_owner(user: &SignedIn) -> HttpResponse {
-    html(
-        StatusCode::FORBIDDEN,
-        pages::problem(
-            Some(&user.nav()),
-            "Not allowed",
-            "Sites belong to site owners; this is a volunteer account.",
-        ),
-    )
-}
-
-pub async fn list(user: SignedIn, state: web::Data<AppState>) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    match state.db.run(move |c| sites::list(c, &owner)).await {
-        Ok(found) => {
-            let items: Vec<SiteItem> = found.iter().map(item).collect();
-            html(StatusCode::OK, pages::list(&user.nav(), &items, None, ""))
-        }
-        Err(e) => problem(&user, &e),
-    }
+pub async fn list(
+    user: SignedInOwner,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
+    let owner = user.owner_id.clone();
+    let found = state
+        .db
+        .run(move |c| sites::list(c, &owner))
+        .await
+        .or_page(&user)?;
+    let items: Vec<SiteItem> = found.iter().map(item).collect();
+    Ok(html(
+        StatusCode::OK,
+        pages::list(&user.nav(), &items, None, ""),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -81,17 +51,18 @@ pub struct NewSiteFields {
     csrf: String,
 }
 
-pub async fn create(
-    user: SignedIn,
-    state: web::Data<AppState>,
-    form: web::Form<NewSiteFields>,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    if !user.csrf_ok(&form.csrf) {
-        return forbidden_form(&user);
+impl CsrfToken for NewSiteFields {
+    fn csrf(&self) -> &str {
+        &self.csrf
     }
+}
+
+pub async fn create(
+    user: SignedInOwner,
+    state: web::Data<AppState>,
+    CsrfForm(form): CsrfForm<NewSiteFields>,
+) -> HttpResponse {
+    let owner = user.owner_id.clone();
     let origin = form.origin.clone();
     let owner_for_list = owner.clone();
     match state
@@ -117,21 +88,20 @@ pub async fn create(
 }
 
 pub async fn detail(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
     id: web::Path<String>,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    let id = id.into_inner();
-    match state.db.run(move |c| sites::get(c, &owner, &id)).await {
-        Ok(site) => html(
-            StatusCode::OK,
-            pages::detail(&user.nav(), &item(&site), None),
-        ),
-        Err(e) => problem(&user, &e),
-    }
+) -> Result<HttpResponse, PageError> {
+    let (owner, id) = (user.owner_id.clone(), id.into_inner());
+    let site = state
+        .db
+        .run(move |c| sites::get(c, &owner, &id))
+        .await
+        .or_page(&user)?;
+    Ok(html(
+        StatusCode::OK,
+        pages::detail(&user.nav(), &item(&site), None),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -143,18 +113,19 @@ pub struct VerifyFields {
     method: String,
 }
 
+impl CsrfToken for VerifyFields {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 pub async fn verify(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    form: web::Form<VerifyFields>,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    if !user.csrf_ok(&form.csrf) {
-        return forbidden_form(&user);
-    }
+    CsrfForm(form): CsrfForm<VerifyFields>,
+) -> Result<HttpResponse, PageError> {
+    let owner = user.owner_id.clone();
     let id = id.into_inner();
     let verified = match form.method.as_str() {
         "dns" => {
@@ -166,20 +137,30 @@ pub async fn verify(
             )
             .await
         }
-        _ => sites::verify(&state.db, &state.config, owner.clone(), id.clone()).await,
+        _ => {
+            sites::verify(
+                &state.db,
+                &state.config.site_fetch_policy(),
+                owner.clone(),
+                id.clone(),
+            )
+            .await
+        }
     };
     match verified {
-        Ok(site) => see_other(&format!("/app/sites/{}", site.id)),
-        Err(e @ Error::NotFound { .. }) => problem(&user, &e),
+        Ok(site) => Ok(see_other(&format!("/app/sites/{}", site.id))),
+        Err(e @ Error::NotFound { .. }) => Err(PageError::Failed(Box::new(user.nav()), e)),
         Err(e) => {
             // Verification failed: say why on the site's page.
-            match state.db.run(move |c| sites::get(c, &owner, &id)).await {
-                Ok(site) => html(
-                    e.status_code(),
-                    pages::detail(&user.nav(), &item(&site), Some(&e.to_string())),
-                ),
-                Err(e) => problem(&user, &e),
-            }
+            let site = state
+                .db
+                .run(move |c| sites::get(c, &owner, &id))
+                .await
+                .or_page(&user)?;
+            Ok(html(
+                e.status_code(),
+                pages::detail(&user.nav(), &item(&site), Some(&e.to_string())),
+            ))
         }
     }
 }

@@ -1,26 +1,16 @@
 //! An owner's API tokens: list, make (shown once), revoke.
 
+use crate::http_status::HttpStatus;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use lastmile_dashboard::sites::problem;
+use actix_web::{web, HttpRequest, HttpResponse};
 use lastmile_dashboard::tokens::{self as pages, TokenItem};
+use lastmile_domain::api_tokens::{self, ApiToken};
 use serde::Deserialize;
 
-use super::session::SignedIn;
+use super::error::{HasNav, OrPage, PageError};
+use super::session::{CsrfForm, CsrfOnly, CsrfToken, SignedInOwner};
 use super::{html, see_other};
-use crate::api_tokens::{self, ApiToken};
-use crate::server::AppState;
-
-fn not_an_owner(user: &SignedIn) -> HttpResponse {
-    html(
-        StatusCode::FORBIDDEN,
-        problem(
-            Some(&user.nav()),
-            "Not allowed",
-            "API tokens belong to site owners; this is a volunteer account.",
-        ),
-    )
-}
+use crate::state::AppState;
 
 fn item(t: &ApiToken) -> TokenItem {
     TokenItem {
@@ -35,43 +25,42 @@ fn item(t: &ApiToken) -> TokenItem {
 
 async fn render(
     req: &HttpRequest,
-    user: &SignedIn,
+    user: &SignedInOwner,
     state: &AppState,
     status: StatusCode,
     new_token: Option<(&str, &str)>,
     error: Option<&str>,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(user);
-    };
-    match state.db.run(move |c| api_tokens::list(c, &owner)).await {
-        Ok(found) => {
-            let items: Vec<TokenItem> = found.iter().map(item).collect();
-            let mut res = html(
-                status,
-                pages::tokens(
-                    &user.nav(),
-                    &items,
-                    new_token,
-                    error,
-                    &super::volunteers::controller_url(req),
-                ),
-            );
-            // A page that may hold a fresh secret must not linger in caches or history.
-            res.headers_mut().insert(
-                actix_web::http::header::CACHE_CONTROL,
-                actix_web::http::header::HeaderValue::from_static("no-store"),
-            );
-            res
-        }
-        Err(e) => html(
-            e.status_code(),
-            problem(Some(&user.nav()), "Something went wrong", &e.to_string()),
+) -> Result<HttpResponse, PageError> {
+    let owner = user.owner_id.clone();
+    let found = state
+        .db
+        .run(move |c| api_tokens::list(c, &owner))
+        .await
+        .or_page(user)?;
+    let items: Vec<TokenItem> = found.iter().map(item).collect();
+    let mut res = html(
+        status,
+        pages::tokens(
+            &user.nav(),
+            &items,
+            new_token,
+            error,
+            &super::volunteers::controller_url(req),
         ),
-    }
+    );
+    // A page that may hold a fresh secret must not linger in caches or history.
+    res.headers_mut().insert(
+        actix_web::http::header::CACHE_CONTROL,
+        actix_web::http::header::HeaderValue::from_static("no-store"),
+    );
+    Ok(res)
 }
 
-pub async fn list(req: HttpRequest, user: SignedIn, state: web::Data<AppState>) -> HttpResponse {
+pub async fn list(
+    req: HttpRequest,
+    user: SignedInOwner,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, PageError> {
     render(&req, &user, &state, StatusCode::OK, None, None).await
 }
 
@@ -83,20 +72,21 @@ pub struct NewTokenFields {
     csrf: String,
 }
 
+impl CsrfToken for NewTokenFields {
+    fn csrf(&self) -> &str {
+        &self.csrf
+    }
+}
+
 /// Makes a token and shows it in this answer only (a redirect would have to carry the
 /// secret in a URL).
 pub async fn create(
     req: HttpRequest,
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
-    form: web::Form<NewTokenFields>,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    if !user.csrf_ok(&form.csrf) {
-        return super::sites::forbidden_form(&user);
-    }
+    CsrfForm(form): CsrfForm<NewTokenFields>,
+) -> Result<HttpResponse, PageError> {
+    let owner = user.owner_id.clone();
     let name = form.name.clone();
     match state
         .db
@@ -128,42 +118,17 @@ pub async fn create(
     }
 }
 
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
-}
-
 pub async fn revoke(
-    user: SignedIn,
+    user: SignedInOwner,
     state: web::Data<AppState>,
     id: web::Path<String>,
-    form: web::Form<CsrfOnly>,
-) -> HttpResponse {
-    let Some(owner) = user.0.login.owner_id.clone() else {
-        return not_an_owner(&user);
-    };
-    if !user.csrf_ok(&form.csrf) {
-        return super::sites::forbidden_form(&user);
-    }
-    let id = id.into_inner();
-    match state
+    _: CsrfForm<CsrfOnly>,
+) -> Result<HttpResponse, PageError> {
+    let (owner, id) = (user.owner_id.clone(), id.into_inner());
+    state
         .db
         .run(move |c| api_tokens::revoke(c, &owner, &id))
         .await
-    {
-        Ok(_) => see_other("/app/tokens"),
-        Err(e) => html(
-            e.status_code(),
-            problem(
-                Some(&user.nav()),
-                if e.status_code() == StatusCode::NOT_FOUND {
-                    "Not found"
-                } else {
-                    "Something went wrong"
-                },
-                &e.to_string(),
-            ),
-        ),
-    }
+        .or_page(&user)?;
+    Ok(see_other("/app/tokens"))
 }

@@ -1,33 +1,23 @@
 //! A volunteer's agents and their enrolment key.
 
+use crate::http_status::HttpStatus;
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
-use lastmile_dashboard::sites::problem;
+use actix_web::{web, HttpRequest, HttpResponse};
 use lastmile_dashboard::volunteers::{
     self as pages, AgentItem, AgentStatus, Earnings, Install, PayoutItem, PayoutSetup, Standing,
 };
 use serde::Deserialize;
 
+use super::error::{HasNav, OrPage, PageError};
 use super::html;
-use super::session::SignedIn;
-use crate::accounts;
-use crate::agents::{self, AgentActivity};
-use crate::billing::{self, HolderKind};
-use crate::clock::now_us;
-use crate::leaderboard::{self, Period};
-use crate::payouts::{self, status};
-use crate::server::AppState;
-
-fn not_a_volunteer(user: &SignedIn) -> HttpResponse {
-    html(
-        StatusCode::FORBIDDEN,
-        problem(
-            Some(&user.nav()),
-            "Not allowed",
-            "Agents belong to volunteers; this is a site owner account.",
-        ),
-    )
-}
+use super::session::{CsrfForm, CsrfOnly, SignedInVolunteer};
+use crate::state::AppState;
+use lastmile_domain::accounts;
+use lastmile_domain::agents::{self, AgentActivity};
+use lastmile_domain::billing::{self, HolderKind};
+use lastmile_domain::clock::now_us;
+use lastmile_domain::leaderboard::{self, Period};
+use lastmile_domain::payouts::{self, status};
 
 fn item(a: &AgentActivity, online_since: i64, now: i64) -> AgentItem {
     let agent = &a.agent;
@@ -91,41 +81,32 @@ type Said = (Option<String>, Option<String>);
 
 async fn render(
     req: &HttpRequest,
-    user: &SignedIn,
+    user: &SignedInVolunteer,
     state: &AppState,
     new_key: Option<String>,
     (notice, error): Said,
-) -> HttpResponse {
-    let Some(volunteer) = user.0.login.volunteer_id.clone() else {
-        return not_a_volunteer(user);
-    };
+) -> Result<HttpResponse, PageError> {
+    let volunteer = user.volunteer_id.clone();
     let mut earnings = earnings(state, volunteer.clone()).await;
     earnings.notice = notice;
     earnings.error = error;
 
     let now = now_us();
     let online_since = now - state.policy.online_window_us;
-    match state
+    let found = state
         .db
         .run(move |c| agents::of_volunteer(c, &volunteer))
         .await
-    {
-        Ok(found) => {
-            let items: Vec<AgentItem> = found.iter().map(|a| item(a, online_since, now)).collect();
-            let install = Install {
-                controller_url: controller_url(req),
-                new_key,
-            };
-            html(
-                StatusCode::OK,
-                pages::agents(&user.nav(), &items, &install, &earnings),
-            )
-        }
-        Err(e) => html(
-            e.status_code(),
-            problem(Some(&user.nav()), "Something went wrong", &e.to_string()),
-        ),
-    }
+        .or_page(user)?;
+    let items: Vec<AgentItem> = found.iter().map(|a| item(a, online_since, now)).collect();
+    let install = Install {
+        controller_url: controller_url(req),
+        new_key,
+    };
+    Ok(html(
+        StatusCode::OK,
+        pages::agents(&user.nav(), &items, &install, &earnings),
+    ))
 }
 
 /// Rank and points (the leaderboard the public page and API show), balances (the
@@ -149,10 +130,16 @@ async fn earnings(state: &AppState, volunteer: String) -> Earnings {
             let balances = billing::balances(c, HolderKind::Volunteer, &volunteer)?;
             let payouts = payouts::list(c, &volunteer)?;
             let account = payouts::account_of(c, &volunteer)?;
-            Ok::<_, crate::Error>((standing(&week), standing(&all), balances, payouts, account))
+            Ok::<_, lastmile_domain::Error>((
+                standing(&week),
+                standing(&all),
+                balances,
+                payouts,
+                account,
+            ))
         })
         .await;
-    let threshold = payouts::threshold(state);
+    let threshold = payouts::threshold(&state.config.stripe);
     let (week, all_time, balances, payouts, account) = match found {
         Ok(f) => f,
         Err(e) => {
@@ -229,10 +216,10 @@ pub struct OnboardingBack {
 
 pub async fn list(
     req: HttpRequest,
-    user: SignedIn,
+    user: SignedInVolunteer,
     state: web::Data<AppState>,
     back: web::Query<OnboardingBack>,
-) -> HttpResponse {
+) -> Result<HttpResponse, PageError> {
     let notice = match back.onboarding.as_str() {
         "done" => Some(
             "Back from Stripe. Payouts start once Stripe has enabled your account; \
@@ -252,70 +239,52 @@ pub async fn list(
 /// Stripe's onboarding; once payouts are enabled, back to the page.
 pub async fn set_up_payouts(
     req: HttpRequest,
-    user: SignedIn,
+    user: SignedInVolunteer,
     state: web::Data<AppState>,
-    form: web::Form<CsrfOnly>,
-) -> HttpResponse {
-    let Some(volunteer) = user.0.login.volunteer_id.clone() else {
-        return not_a_volunteer(&user);
-    };
-    if !user.csrf_ok(&form.csrf) {
-        return super::sites::forbidden_form(&user);
-    }
-    let base = crate::payments::return_base(&state, &controller_url(&req));
-    match payouts::onboard(&state, &volunteer, &base).await {
-        Ok(view) => match view.url {
-            Some(url) => super::see_other(&url),
-            None => super::see_other("/app/agents"),
-        },
+    _: CsrfForm<CsrfOnly>,
+) -> Result<HttpResponse, PageError> {
+    let base = lastmile_domain::payments::return_base(&state.config.stripe, &controller_url(&req));
+    let onboarded = payouts::onboard(
+        &state.db,
+        state.stripe.as_deref(),
+        &user.volunteer_id,
+        &base,
+    )
+    .await;
+    match onboarded {
+        Ok(view) => Ok(super::see_other(
+            view.url.as_deref().unwrap_or("/app/agents"),
+        )),
         Err(e) => {
             let why = format!("Could not set up payouts: {e}");
-            let mut res = render(&req, &user, &state, None, (None, Some(why))).await;
+            let mut res = render(&req, &user, &state, None, (None, Some(why))).await?;
             *res.status_mut() = e.status_code();
-            res
+            Ok(res)
         }
     }
-}
-
-#[derive(Deserialize)]
-pub struct CsrfOnly {
-    #[serde(default)]
-    csrf: String,
 }
 
 /// Makes a new enrolment key and shows it once, on the page itself (a redirect would
 /// have to carry the secret in a URL).
 pub async fn new_enrol_key(
     req: HttpRequest,
-    user: SignedIn,
+    user: SignedInVolunteer,
     state: web::Data<AppState>,
-    form: web::Form<CsrfOnly>,
-) -> HttpResponse {
-    let Some(volunteer) = user.0.login.volunteer_id.clone() else {
-        return not_a_volunteer(&user);
-    };
-    if !user.csrf_ok(&form.csrf) {
-        return super::sites::forbidden_form(&user);
-    }
-    match state
+    _: CsrfForm<CsrfOnly>,
+) -> Result<HttpResponse, PageError> {
+    let volunteer = user.volunteer_id.clone();
+    let key = state
         .db
         .run(move |c| accounts::rotate_enrol_key(c, &volunteer))
         .await
-    {
-        Ok(key) => {
-            let mut res = render(&req, &user, &state, Some(key), (None, None)).await;
-            // The key must not linger in caches or history.
-            res.headers_mut().insert(
-                actix_web::http::header::CACHE_CONTROL,
-                actix_web::http::header::HeaderValue::from_static("no-store"),
-            );
-            res
-        }
-        Err(e) => html(
-            e.status_code(),
-            problem(Some(&user.nav()), "Something went wrong", &e.to_string()),
-        ),
-    }
+        .or_page(&user)?;
+    let mut res = render(&req, &user, &state, Some(key), (None, None)).await?;
+    // The key must not linger in caches or history.
+    res.headers_mut().insert(
+        actix_web::http::header::CACHE_CONTROL,
+        actix_web::http::header::HeaderValue::from_static("no-store"),
+    );
+    Ok(res)
 }
 
 #[cfg(test)]

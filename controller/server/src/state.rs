@@ -1,0 +1,58 @@
+//! What a serving controller holds: [`AppState`], everything a request handler or the
+//! scheduler needs, opened once from the config.
+
+use std::sync::Arc;
+
+use lastmile_domain::geo::Geo;
+use lastmile_domain::isp::{LogMailer, Mailer};
+use lastmile_domain::scheduling::SchedulingPolicy;
+use lastmile_domain::stripe_api::StripeApi;
+use lastmile_storage::Db;
+
+use crate::config::ControllerConfig;
+use crate::metrics::Metrics;
+use crate::rate_limit::RateLimiter;
+
+/// Everything a request handler or the scheduler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub geo: Arc<Geo>,
+    pub config: Arc<ControllerConfig>,
+    pub metrics: Arc<Metrics>,
+    pub policy: SchedulingPolicy,
+    /// Request quotas of ISP tokens.
+    pub isp_quota: Arc<RateLimiter>,
+    /// Dashboard sign-in attempts (guessing passwords is slow on purpose).
+    pub sign_in_quota: Arc<RateLimiter>,
+    /// Delivers ASN ownership codes.
+    pub mailer: Arc<dyn Mailer>,
+    /// Stripe's API, when a secret key is configured.
+    pub stripe: Option<Arc<StripeApi>>,
+    /// Agents' calibrations in progress, as this replica timed them.
+    pub calibrations: Arc<crate::calibration_timing::Sessions>,
+}
+
+impl AppState {
+    /// Opens the database (running migrations) and the geo databases. Blocking.
+    pub fn open(config: ControllerConfig) -> anyhow::Result<AppState> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
+        })?;
+        let db = Db::open(&config.effective_database_url(), config.max_db_connections)?;
+        let geo = Geo::open(&config.geo)?;
+        let stripe = StripeApi::from_config(&config.stripe)?.map(Arc::new);
+        Ok(AppState {
+            stripe,
+            db,
+            geo: Arc::new(geo),
+            policy: config.scheduling_policy(),
+            isp_quota: Arc::new(RateLimiter::new(config.isp_requests_per_minute)),
+            sign_in_quota: Arc::new(RateLimiter::new(config.sign_in_attempts_per_minute)),
+            mailer: Arc::new(LogMailer),
+            calibrations: Arc::default(),
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::default()),
+        })
+    }
+}

@@ -1,0 +1,77 @@
+//! The `checks` table: what an owner asked to measure, as stored. List-valued filters
+//! and objectives are JSON text (portable across backends); the domain reads them into
+//! its types (`lastmile_domain::checks::CheckFields`).
+
+use diesel::prelude::*;
+
+use crate::schema::checks;
+use crate::DbError;
+
+/// A check as stored. List-valued filters are JSON text (portable across backends).
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = checks)]
+pub struct Check {
+    pub id: String,
+    pub owner_id: String,
+    pub site_id: String,
+    pub name: String,
+    pub kind: String,
+    pub url: String,
+    pub expected_status: String,
+    pub max_bytes: i64,
+    pub timeout_ms: i64,
+    pub countries: String,
+    pub asns: String,
+    pub connection_classes: String,
+    pub agents_per_run: i32,
+    pub interval_s: Option<i64>,
+    pub next_run_at: Option<i64>,
+    pub created_at: i64,
+    pub isp_sharing: bool,
+    pub body_contains: Option<String>,
+    pub objectives: String,
+    pub max_redirects: i32,
+    /// When the owner paused the schedule; `None` while it runs.
+    pub paused_at: Option<i64>,
+}
+
+impl Check {
+    /// Statuses that count as success (empty: any 2xx or 3xx).
+    pub fn expected_status(&self) -> Vec<u16> {
+        serde_json::from_str(&self.expected_status).unwrap_or_default()
+    }
+}
+
+const NOT_FOUND: DbError = DbError::NotFound {
+    what: "check",
+    code: "check_not_found",
+};
+
+/// The owner's check with this id.
+pub fn get(conn: &mut crate::DbConn, owner_id: &str, id: &str) -> Result<Check, DbError> {
+    checks::table
+        .filter(checks::id.eq(id).and(checks::owner_id.eq(owner_id)))
+        .select(Check::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(NOT_FOUND)
+}
+
+/// Any check by id (for the scheduler, which acts for every owner).
+pub fn get_any(conn: &mut crate::DbConn, id: &str) -> Result<Check, DbError> {
+    checks::table
+        .find(id)
+        .select(Check::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(NOT_FOUND)
+}
+
+/// The owner's checks, oldest first.
+pub fn list(conn: &mut crate::DbConn, owner_id: &str) -> QueryResult<Vec<Check>> {
+    checks::table
+        .filter(checks::owner_id.eq(owner_id))
+        .order(checks::created_at)
+        .select(Check::as_select())
+        .load(conn)
+}
