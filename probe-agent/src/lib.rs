@@ -10,6 +10,7 @@
 //! The binary in `main.rs` only parses flags and calls into these.
 
 pub mod calibrate;
+pub mod cli;
 pub mod client;
 pub mod discover;
 pub mod guard;

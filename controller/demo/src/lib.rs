@@ -52,6 +52,8 @@ use lastmile_domain::scheduling::RunView;
 use lastmile_domain::sites::SiteView;
 use lastmile_domain::{accounts, agents, clock};
 
+pub mod cli;
+
 /// What the demo is asked to do.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {

@@ -1,56 +1,7 @@
-//! `lastmile-demo`: the whole product on this machine (controller, target site, 12 agents
-//! behind emulated links) and the SLA report at the end. The README's first command.
-
-use std::path::PathBuf;
-
-use clap::Parser;
-use lastmile_demo::DemoOptions;
-
-/// Run the whole Lastmile product on this machine: a controller, a target site, 12 probe
-/// agents behind emulated links, and a report at the end.
-#[derive(Parser)]
-#[command(version, about)]
-struct Cli {
-    /// Also write DIR/report.json (exactly what the report API serves),
-    /// DIR/isp_report.json, DIR/ledger.json (the ledger's trial balance) and
-    /// DIR/leaderboard.json.
-    #[arg(long, value_name = "DIR")]
-    out: Option<PathBuf>,
-    /// How many runs of the demo check to make.
-    #[arg(long, default_value_t = 5)]
-    runs: u32,
-    /// Then keep running (until Ctrl-C) and print the dashboard's address and demo sign-ins.
-    #[arg(long)]
-    serve: bool,
-    /// Database URL: postgres://... runs the demo on PostgreSQL (the database must exist);
-    /// unset means an embedded SQLite file in a temporary directory.
-    #[arg(long, env = "DATABASE_URL")]
-    database_url: Option<String>,
-}
+//! `lastmile-demo`: the whole product on this machine, the README's first command. The command line lives in `lastmile_demo::cli`; this binary
+//! only calls it, so that a release build compiles that code once, in the library,
+//! rather than instantiating its generic and async code again here.
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = tokio::runtime::Runtime::new()?;
-    let outcome = runtime.block_on(lastmile_demo::run(DemoOptions {
-        out: cli.out,
-        database_url: cli.database_url,
-        runs: cli.runs,
-        verbose: true,
-        serve: cli.serve,
-    }))?;
-    anyhow::ensure!(
-        outcome.physics_hold,
-        "the report does not show the emulated links' physics"
-    );
-    anyhow::ensure!(
-        outcome.page_physics_hold,
-        "the page check's report does not show the emulated links' physics"
-    );
-    Ok(())
+    lastmile_demo::cli::main()
 }

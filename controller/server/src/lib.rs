@@ -19,6 +19,7 @@
 
 pub mod api;
 pub mod calibration_timing;
+pub mod cli;
 pub mod config;
 pub mod http_status;
 pub mod metrics;

@@ -19,13 +19,23 @@ use crate::config::ControllerConfig;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use lastmile_domain::clock;
-use lastmile_domain::scheduling::{self};
+use lastmile_domain::scheduling;
 
 /// Serves the API on `listener` and runs the scheduler until `shutdown` resolves.
 pub async fn run(
     listener: std::net::TcpListener,
     state: AppState,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::io::Result<()> {
+    serve_until(listener, state, Box::pin(shutdown)).await
+}
+
+/// [`run`] for one type of shutdown future: the server (actix's app factory, the
+/// middleware, every route) is compiled once, not again for each caller's future.
+async fn serve_until(
+    listener: std::net::TcpListener,
+    state: AppState,
+    shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>,
 ) -> std::io::Result<()> {
     let max_body = state.config.max_body_bytes;
     let app_state = state.clone();
