@@ -28,12 +28,6 @@ impl From<Error> for Failure {
     }
 }
 
-impl From<lastmile_storage::DbError> for Failure {
-    fn from(e: lastmile_storage::DbError) -> Failure {
-        Failure(e.into())
-    }
-}
-
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         self.0.fmt(f)

@@ -4,7 +4,7 @@
 
 use actix_web::cookie::{Cookie, SameSite};
 use actix_web::{web, FromRequest, HttpMessage, HttpRequest};
-use futures_util::future::LocalBoxFuture;
+use futures_util::future::{FutureExt, LocalBoxFuture, Shared};
 use lastmile_dashboard::{Nav, Role};
 use lastmile_domain::error::Error;
 use serde::de::DeserializeOwned;
@@ -44,31 +44,49 @@ impl HasNav for SignedIn {
     }
 }
 
-/// The session of `req`: looked up once per request by its cookie, then kept in the
-/// request's extensions, so that an identity extractor and a [`CsrfForm`] in one handler
-/// cost one query.
+/// How the one session lookup of a request ended (cloneable, so every extractor of the
+/// request can share it).
+#[derive(Clone)]
+enum Lookup {
+    Found(Session),
+    SignedOut,
+    Unavailable,
+}
+
+/// The one lookup of a request's session, shared by every extractor that asks.
+type SharedLookup = Shared<LocalBoxFuture<'static, Lookup>>;
+
+/// The session of `req`, looked up once per request by its cookie: the lookup is kept
+/// in the request's extensions as a shared future, so an identity extractor and a
+/// [`CsrfForm`] in one handler (whose futures actix creates before polling either) cost
+/// one query.
 fn session_of(req: &HttpRequest) -> LocalBoxFuture<'static, Result<SignedIn, PageError>> {
-    if let Some(session) = req.extensions().get::<Session>() {
-        let session = session.clone();
-        return Box::pin(async move { Ok(SignedIn(session)) });
-    }
-    let token = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
-    let state = req.app_data::<web::Data<AppState>>().cloned();
-    let req = req.clone();
+    let existing = req.extensions().get::<SharedLookup>().cloned();
+    let lookup = existing.unwrap_or_else(|| {
+        let token = req.cookie(SESSION_COOKIE).map(|c| c.value().to_owned());
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let lookup: LocalBoxFuture<'static, Lookup> = Box::pin(async move {
+            let (Some(token), Some(state)) = (token, state) else {
+                return Lookup::SignedOut;
+            };
+            match state.db.run(move |c| logins::session(c, &token)).await {
+                Ok(Some(session)) => Lookup::Found(session),
+                Ok(None) => Lookup::SignedOut,
+                Err(e) => {
+                    tracing::warn!(error = %e, "session lookup failed");
+                    Lookup::Unavailable
+                }
+            }
+        });
+        let shared = lookup.shared();
+        req.extensions_mut().insert(shared.clone());
+        shared
+    });
     Box::pin(async move {
-        let (Some(token), Some(state)) = (token, state) else {
-            return Err(PageError::SignedOut);
-        };
-        match state.db.run(move |c| logins::session(c, &token)).await {
-            Ok(Some(session)) => {
-                req.extensions_mut().insert(session.clone());
-                Ok(SignedIn(session))
-            }
-            Ok(None) => Err(PageError::SignedOut),
-            Err(e) => {
-                tracing::warn!(error = %e, "session lookup failed");
-                Err(PageError::Unavailable)
-            }
+        match lookup.await {
+            Lookup::Found(session) => Ok(SignedIn(session)),
+            Lookup::SignedOut => Err(PageError::SignedOut),
+            Lookup::Unavailable => Err(PageError::Unavailable),
         }
     })
 }
