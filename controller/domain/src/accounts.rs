@@ -12,7 +12,9 @@ use uuid::Uuid;
 
 use crate::clock::now_us;
 use crate::error::Result;
+pub use lastmile_storage::owners::Owner;
 use lastmile_storage::schema::{owners, volunteers};
+pub use lastmile_storage::volunteers::Volunteer;
 use lastmile_storage::DbConn;
 
 /// A fresh secret with a prefix that says what it is for (`lmo_`, `lma_`, `lmv_`).
@@ -25,16 +27,6 @@ pub fn new_secret(prefix: &str) -> String {
 /// The stored form of a secret.
 pub fn hash_secret(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
-}
-
-/// A customer account.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = owners)]
-pub struct Owner {
-    pub id: String,
-    pub name: String,
-    pub token_hash: String,
-    pub created_at: i64,
 }
 
 /// Creates an owner; returns it with its API token (shown only now).
@@ -69,16 +61,6 @@ pub fn owner_by_id(conn: &mut DbConn, id: &str) -> Result<Option<Owner>> {
         .select(Owner::as_select())
         .first(conn)
         .optional()?)
-}
-
-/// A person who runs agents.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = volunteers)]
-pub struct Volunteer {
-    pub id: String,
-    pub name: String,
-    pub enrol_key_hash: String,
-    pub created_at: i64,
 }
 
 /// Creates a volunteer; returns it with the enrolment key for its agents.

@@ -7,37 +7,15 @@
 //! with a 401 that says it was revoked (and when), so a script's author knows to make a
 //! new one rather than suspect a typo.
 
-use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
 use crate::accounts::{self, hash_secret, new_secret, Owner};
-use crate::clock::{now_us, to_datetime};
+use crate::clock::now_us;
 use crate::error::{Error, Result};
+pub use lastmile_storage::api_tokens::ApiToken;
 use lastmile_storage::schema::api_tokens;
 use lastmile_storage::DbConn;
-
-/// A token as stored.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = api_tokens)]
-pub struct ApiToken {
-    pub id: String,
-    pub owner_id: String,
-    pub name: String,
-    pub token_hash: String,
-    pub created_at: i64,
-    pub revoked_at: Option<i64>,
-}
-
-impl ApiToken {
-    pub fn created(&self) -> DateTime<Utc> {
-        to_datetime(self.created_at)
-    }
-
-    pub fn revoked(&self) -> Option<DateTime<Utc>> {
-        self.revoked_at.map(to_datetime)
-    }
-}
 
 /// Live tokens an owner may hold at once; more is a leak waiting to happen.
 pub const MAX_LIVE_TOKENS: i64 = 50;

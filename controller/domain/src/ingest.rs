@@ -29,6 +29,7 @@ use lastmile_storage::assignments::{state, Assignment};
 use lastmile_storage::schema::{aggregates, assignments, results};
 use lastmile_storage::{write_tx, DbConn};
 
+pub use lastmile_storage::aggregates::AggregateRow;
 pub use lastmile_storage::results::StoredResult;
 
 /// The key of one aggregate row. Unknown country or region is `""`, unknown ASN is `0`.
@@ -42,68 +43,24 @@ pub struct AggregateKey {
     pub connection_class: String,
 }
 
-/// One aggregate row as stored.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
-#[diesel(table_name = aggregates)]
-pub struct AggregateRow {
-    pub check_id: String,
-    pub bucket_start: i64,
-    pub country: String,
-    pub region: String,
-    pub asn: i64,
-    pub connection_class: String,
-    pub successes: i64,
-    pub failures: i64,
-    pub dns_hist: Vec<u8>,
-    pub connect_hist: Vec<u8>,
-    pub tls_hist: Vec<u8>,
-    pub ttfb_hist: Vec<u8>,
-    pub transfer_hist: Vec<u8>,
-    pub total_hist: Vec<u8>,
-}
-
-impl AggregateRow {
-    fn empty(key: &AggregateKey) -> AggregateRow {
-        let empty = histogram::encode(&histogram::new_histogram());
-        AggregateRow {
-            check_id: key.check_id.clone(),
-            bucket_start: key.bucket_start,
-            country: key.country.clone(),
-            region: key.region.clone(),
-            asn: key.asn,
-            connection_class: key.connection_class.clone(),
-            successes: 0,
-            failures: 0,
-            dns_hist: empty.clone(),
-            connect_hist: empty.clone(),
-            tls_hist: empty.clone(),
-            ttfb_hist: empty.clone(),
-            transfer_hist: empty.clone(),
-            total_hist: empty,
-        }
-    }
-
-    /// The serialized histogram of one phase.
-    pub fn hist(&self, phase: Phase) -> &[u8] {
-        match phase {
-            Phase::Dns => &self.dns_hist,
-            Phase::Connect => &self.connect_hist,
-            Phase::Tls => &self.tls_hist,
-            Phase::Ttfb => &self.ttfb_hist,
-            Phase::Transfer => &self.transfer_hist,
-            Phase::Total => &self.total_hist,
-        }
-    }
-
-    fn hist_mut(&mut self, phase: Phase) -> &mut Vec<u8> {
-        match phase {
-            Phase::Dns => &mut self.dns_hist,
-            Phase::Connect => &mut self.connect_hist,
-            Phase::Tls => &mut self.tls_hist,
-            Phase::Ttfb => &mut self.ttfb_hist,
-            Phase::Transfer => &mut self.transfer_hist,
-            Phase::Total => &mut self.total_hist,
-        }
+/// A cell with no results yet.
+fn empty_row(key: &AggregateKey) -> AggregateRow {
+    let empty = histogram::encode(&histogram::new_histogram());
+    AggregateRow {
+        check_id: key.check_id.clone(),
+        bucket_start: key.bucket_start,
+        country: key.country.clone(),
+        region: key.region.clone(),
+        asn: key.asn,
+        connection_class: key.connection_class.clone(),
+        successes: 0,
+        failures: 0,
+        dns_hist: empty.clone(),
+        connect_hist: empty.clone(),
+        tls_hist: empty.clone(),
+        ttfb_hist: empty.clone(),
+        transfer_hist: empty.clone(),
+        total_hist: empty,
     }
 }
 
@@ -470,7 +427,7 @@ fn lock_aggregate(conn: &mut DbConn, key: &AggregateKey) -> Result<AggregateRow>
             &key.connection_class,
         ))
     };
-    let empty = AggregateRow::empty(key);
+    let empty = empty_row(key);
     Ok(match conn {
         DbConn::Pg(c) => {
             diesel::insert_into(aggregates::table)

@@ -27,18 +27,9 @@ use crate::clock::{now_us, to_datetime, to_us, Micros, HOUR_US};
 use crate::error::{Error, Result};
 use crate::ingest::AggregateRow;
 use crate::reports::{self, Dimension, ReportRow};
+pub use lastmile_storage::isps::Isp;
 use lastmile_storage::schema::{aggregates, asn_claims, asn_contacts, checks, isp_asns, isps};
 use lastmile_storage::{write_tx, DbConn};
-
-/// An ISP account.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = isps)]
-pub struct Isp {
-    pub id: String,
-    pub name: String,
-    pub token_hash: String,
-    pub created_at: i64,
-}
 
 /// Creates an ISP owning `asns` (set by an operator); returns it with its API token.
 pub fn create(conn: &mut DbConn, name: &str, asns: &[u32]) -> Result<(Isp, String)> {

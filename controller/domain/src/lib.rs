@@ -20,7 +20,6 @@ pub mod billing;
 pub mod calibration;
 pub mod check_terms;
 pub mod checks;
-pub mod clock;
 pub mod confidence;
 pub mod countries;
 pub mod dns_verify;
@@ -42,3 +41,5 @@ pub mod stripe_api;
 pub mod verification;
 
 pub use error::Error;
+/// Time as the database keeps it (integer microseconds), from the storage layer.
+pub use lastmile_storage::clock;

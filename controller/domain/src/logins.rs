@@ -13,6 +13,7 @@ use uuid::Uuid;
 use crate::accounts::{self, hash_secret, new_secret};
 use crate::clock::{now_us, Micros};
 use crate::error::{Error, Result};
+pub use lastmile_storage::logins::{Login, Role};
 use lastmile_storage::schema::{logins, sessions};
 use lastmile_storage::{write_tx, DbConn};
 
@@ -22,46 +23,15 @@ pub const SESSION_LIFETIME_US: Micros = 14 * 24 * 3600 * 1_000_000;
 /// Shortest password accepted.
 pub const MIN_PASSWORD_CHARS: usize = 10;
 
-/// Which account a login opens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Owner,
-    Volunteer,
-}
-
-impl std::str::FromStr for Role {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Role> {
-        match s {
-            "owner" => Ok(Role::Owner),
-            "volunteer" => Ok(Role::Volunteer),
-            other => Err(Error::invalid(
-                "invalid_role",
-                format!("role must be owner or volunteer, not {other:?}"),
-            )),
-        }
-    }
-}
-
-/// A login as stored.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = logins)]
-pub struct Login {
-    pub id: String,
-    pub email: String,
-    pub password_hash: String,
-    pub owner_id: Option<String>,
-    pub volunteer_id: Option<String>,
-    pub created_at: i64,
-}
-
-impl Login {
-    pub fn role(&self) -> Role {
-        if self.owner_id.is_some() {
-            Role::Owner
-        } else {
-            Role::Volunteer
-        }
+/// The role a sign-up form asked for.
+pub fn parse_role(s: &str) -> Result<Role> {
+    match s {
+        "owner" => Ok(Role::Owner),
+        "volunteer" => Ok(Role::Volunteer),
+        other => Err(Error::invalid(
+            "invalid_role",
+            format!("role must be owner or volunteer, not {other:?}"),
+        )),
     }
 }
 

@@ -28,6 +28,7 @@ use crate::clock::now_us;
 use crate::error::{Error, Result};
 use crate::stripe_api::{stripe_of, verify_signature, EventOutcome, StripeApi, StripeConfig};
 use lastmile_storage::schema::{owners, stripe_checkouts};
+pub use lastmile_storage::stripe_checkouts::CheckoutRow;
 use lastmile_storage::{write_tx, Db, DbConn};
 
 /// The smallest purchase, in minor units (5.00): below it card fees eat the credit.
@@ -54,18 +55,6 @@ pub struct CheckoutView {
     pub url: String,
     pub amount_minor: i64,
     pub currency: String,
-}
-
-/// A recorded Checkout session.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = stripe_checkouts)]
-pub struct CheckoutRow {
-    pub id: String,
-    pub owner_id: String,
-    pub amount_minor: i64,
-    pub currency: String,
-    pub created_at: i64,
-    pub completed_at: Option<i64>,
 }
 
 /// The amount asked for, if it can be sold.

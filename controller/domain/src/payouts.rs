@@ -32,7 +32,9 @@ use utoipa::ToSchema;
 use crate::clock::{now_us, to_datetime};
 use crate::error::{Error, Result};
 use crate::stripe_api::{stripe_of, EventOutcome, StripeApi, StripeConfig, StripeFailure};
+pub use lastmile_storage::payouts::Payout;
 use lastmile_storage::schema::{payouts, stripe_accounts, volunteers};
+pub use lastmile_storage::stripe_accounts::ConnectAccount;
 use lastmile_storage::{write_tx, Db, DbConn};
 
 /// Payout statuses, as stored and served.
@@ -43,47 +45,13 @@ pub mod status {
     pub const REVERSED: &str = "reversed";
 }
 
-/// A volunteer's Connect account.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = stripe_accounts)]
-pub struct ConnectAccount {
-    pub volunteer_id: String,
-    pub account_id: String,
-    pub payouts_enabled: bool,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-/// A payout as stored.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = payouts)]
-pub struct Payout {
-    pub id: String,
-    pub volunteer_id: String,
-    pub account_id: String,
-    pub amount_minor: i64,
-    pub currency: String,
-    pub status: String,
-    pub transfer_id: Option<String>,
-    pub failure_reason: Option<String>,
-    pub attempts: i32,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-impl Payout {
-    fn amount(&self) -> Result<Money> {
-        let currency: Currency = self
-            .currency
-            .parse()
-            .map_err(|_| Error::Internal(format!("payout {} has a bad currency", self.id)))?;
-        Ok(Money::new(self.amount_minor, currency))
-    }
-
-    /// The idempotency key of its transfer, the same on every attempt.
-    pub fn idempotency_key(&self) -> String {
-        format!("payout-{}", self.id)
-    }
+/// The payout's amount as money.
+fn amount_of(payout: &Payout) -> Result<Money> {
+    let currency: Currency = payout
+        .currency
+        .parse()
+        .map_err(|_| Error::Internal(format!("payout {} has a bad currency", payout.id)))?;
+    Ok(Money::new(payout.amount_minor, currency))
 }
 
 /// A payout as the volunteer sees it.
@@ -296,7 +264,7 @@ pub fn transfer_reversed(conn: &mut DbConn, transfer: &Value) -> Result<EventOut
             "partial transfer reversal; not posted, an operator must settle it");
         return Ok(EventOutcome::Ignored);
     }
-    let amount = payout.amount()?;
+    let amount = amount_of(&payout)?;
     match payout.status.as_str() {
         status::IN_TRANSIT => {
             complete(conn, &payout, transfer_id)?;
@@ -431,7 +399,7 @@ async fn send(
     payout: Payout,
     summary: &mut PassSummary,
 ) -> Result<()> {
-    let amount = payout.amount()?;
+    let amount = amount_of(&payout)?;
     let answer = stripe
         .create_transfer(
             amount,
@@ -483,7 +451,11 @@ pub fn settle(
             Err(StripeFailure::Refused { code, message, .. }) => {
                 ledger::post(
                     c,
-                    &movements::payout_failed(&payout.volunteer_id, payout.amount()?, &payout.id),
+                    &movements::payout_failed(
+                        &payout.volunteer_id,
+                        amount_of(&payout)?,
+                        &payout.id,
+                    ),
                 )?;
                 diesel::update(payouts::table.find(&payout.id))
                     .set((
@@ -513,7 +485,7 @@ pub fn settle(
 fn complete(conn: &mut DbConn, payout: &Payout, transfer_id: &str) -> Result<()> {
     ledger::post(
         conn,
-        &movements::payout_completed(&payout.volunteer_id, payout.amount()?, &payout.id),
+        &movements::payout_completed(&payout.volunteer_id, amount_of(payout)?, &payout.id),
     )?;
     diesel::update(payouts::table.find(&payout.id))
         .set((

@@ -41,24 +41,8 @@ pub struct SchedulingPolicy {
     pub run_deadline_us: Micros,
 }
 
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = runs)]
-struct RunRow {
-    id: String,
-    check_id: String,
-    created_at: i64,
-    deadline_at: i64,
-    eligible_agents: i32,
-    requested: i32,
-    /// The task as admitted ([`TaskSpec`] as JSON); `None` for runs from before it was
-    /// kept, which use the check as it is.
-    task: Option<String>,
-    /// The price of each result as admitted (with `price_currency`).
-    price_minor: Option<i64>,
-    price_currency: Option<String>,
-}
-
 pub use lastmile_storage::assignments::{state, Assignment};
+use lastmile_storage::runs::RunRow;
 
 /// A run and how far it has got, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

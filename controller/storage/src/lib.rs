@@ -24,10 +24,24 @@
 //! up front means two writers queue on `busy_timeout` instead of one failing with
 //! `SQLITE_BUSY` when it tries to upgrade a read lock.
 
+pub mod clock;
+pub mod schema;
+
+// Records and their queries, one module per table.
+pub mod agents;
+pub mod aggregates;
+pub mod api_tokens;
 pub mod assignments;
 pub mod checks;
+pub mod isps;
+pub mod logins;
+pub mod owners;
+pub mod payouts;
 pub mod results;
-pub mod schema;
+pub mod runs;
+pub mod stripe_accounts;
+pub mod stripe_checkouts;
+pub mod volunteers;
 
 use std::time::Duration;
 

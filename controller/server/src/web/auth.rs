@@ -159,7 +159,7 @@ pub async fn sign_up(
             "This form expired or came from another site. Please submit it again.",
         );
     }
-    let role: Role = match form.role.parse() {
+    let role = match logins::parse_role(&form.role) {
         Ok(r) => r,
         Err(e) => return again(e.status_code(), &e.to_string()),
     };
