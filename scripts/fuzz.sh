@@ -26,7 +26,7 @@ cd "$(dirname "$0")/.."
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 controller="${LASTMILE_CONTROLLER:-$target_dir/debug/lastmile-controller}"
-schemathesis="target/fuzz-venv/bin/schemathesis"
+schemathesis="$(bash scripts/fuzz-venv.sh)/bin/schemathesis"
 [ -x "$schemathesis" ] || { echo "fuzz: $schemathesis missing: run scripts/setup.sh" >&2; exit 1; }
 [ -n "${LASTMILE_CONTROLLER:-}" ] || cargo build --quiet -p lastmile-controller
 

@@ -34,14 +34,16 @@ if ! pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null; then
 fi
 pg_isready -h 127.0.0.1 -p 5432 || { echo "setup: PostgreSQL is not reachable at 127.0.0.1:5432" >&2; exit 1; }
 
-# schemathesis for scripts/fuzz.sh, pinned (its CLI changes between versions), in
-# target/fuzz-venv; reinstalled only when missing or of another version.
+# schemathesis for scripts/fuzz.sh, pinned (its CLI changes between versions), in a venv
+# kept outside the checkout (scripts/fuzz-venv.sh names it), so a fresh clone or a
+# `cargo clean` does not install it again; reinstalled only when missing or of another
+# version.
 schemathesis_version=4.32.5
-fuzz_venv=target/fuzz-venv
+fuzz_venv="$(bash scripts/fuzz-venv.sh)"
 if ! "$fuzz_venv/bin/schemathesis" --version 2>/dev/null | grep -qx "schemathesis, version $schemathesis_version"; then
   echo "setup: installing schemathesis $schemathesis_version into $fuzz_venv"
   rm -rf "$fuzz_venv"
-  mkdir -p target
+  mkdir -p "$(dirname "$fuzz_venv")"
   python3 -m venv "$fuzz_venv"
   "$fuzz_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
 fi
