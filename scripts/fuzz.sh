@@ -156,7 +156,7 @@ status=0
 # fuzzing until the budget is spent. Run from the scratch dir: schemathesis leaves
 # a cache folder where it runs.
 (cd "$work" && timeout --signal=INT --kill-after=30 "$max_time" \
-  "$OLDPWD/$schemathesis" --config-file "$config" run "$base/api/openapi.json" \
+  "$schemathesis" --config-file "$config" run "$base/api/openapi.json" \
   --checks not_a_server_error \
   --max-examples "$max_examples" \
   ${LASTMILE_FUZZ_GEN:---generation-deterministic} \

@@ -24,7 +24,9 @@ echo "==> cargo build --workspace --all-targets, linted by clippy with -D warnin
 cargo build --workspace --all-targets
 cargo nextest run --workspace --no-fail-fast "$@"
 echo "==> schema fuzz: scripts/fuzz.sh"
-bash scripts/fuzz.sh
+# The controller just built: building it alone (`-p`) would resolve its dependencies'
+# features without the tests' and compile them again.
+LASTMILE_CONTROLLER="${CARGO_TARGET_DIR:-target}/debug/lastmile-controller" bash scripts/fuzz.sh
 echo "==> README smoke: cargo run -p lastmile-demo -- --runs 1"
 smoke_out="$(mktemp -d)"
 trap 'rm -rf "$smoke_out"' EXIT
