@@ -10,13 +10,12 @@ use lastmile_agent::measure::EngineConfig;
 use lastmile_agent::runner::{AgentSettings, Credentials};
 use lastmile_agent::spool::Spool;
 use lastmile_protocol::{AgentLimits, ConnectionClass, Measurement, ResultSubmission, Timings};
-use lastmile_storage::count_sql;
-use lastmile_testbed::site::{SiteConfig, TargetSite};
+use lastmile_testbed::site::TargetSite;
 use serde_json::json;
 use tokio::sync::watch;
 
 use crate::per_backend;
-use crate::support::{TestApp, TestDb};
+use crate::support::{count, target_site, TestApp, TestDb};
 
 per_backend!(
     agent_restart_reuses_its_credentials_and_delivers_its_spool,
@@ -28,8 +27,20 @@ per_backend!(
 /// calibrated as declared once it has enrolled (runs plan only calibrated agents).
 pub(crate) fn settings(app: &TestApp, key: Option<String>, state_dir: &Path) -> AgentSettings {
     crate::support::calibrate_when_enrolled(app, state_dir);
+    let source = Ipv4Addr::new(127, 0, 0, 2);
+    agent_settings(app.base.parse().unwrap(), key, state_dir, source)
+}
+
+/// The settings of a real agent of `controller` in local-test mode, sending from
+/// `source`: "kitchen-pc", declaring cable, two measurements at once, calibration off.
+pub(crate) fn agent_settings(
+    controller: url::Url,
+    key: Option<String>,
+    state_dir: &Path,
+    source: Ipv4Addr,
+) -> AgentSettings {
     AgentSettings {
-        controller: app.base.parse().unwrap(),
+        controller,
         enrol_key: key,
         state_dir: state_dir.to_path_buf(),
         name: "kitchen-pc".into(),
@@ -37,7 +48,7 @@ pub(crate) fn settings(app: &TestApp, key: Option<String>, state_dir: &Path) -> 
         limits: AgentLimits { max_concurrent: 2 },
         engine: EngineConfig {
             allow_private: true,
-            source_addr: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
+            source_addr: Some(IpAddr::V4(source)),
             ..EngineConfig::default()
         },
         idle_poll: Duration::from_millis(100),
@@ -64,7 +75,15 @@ pub(crate) fn spawn_agent(
     (stop, task)
 }
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+/// A check of the site's home page for one agent a run (the site verified first).
+async fn home_page_check(app: &TestApp, owner: &str, site: &TargetSite) -> String {
+    let home = format!("{}/", site.origin());
+    let selection = json!({"agents_per_run": 1});
+    app.site_check(owner, site, home, selection).await
+}
+
+/// Waits (20 s at most) until `check` holds.
+pub(crate) async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while !check() {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
@@ -72,32 +91,27 @@ async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn count(app: &TestApp, sql: &str) -> i64 {
-    count_sql(&mut app.db().conn().unwrap(), sql).unwrap()
+/// Waits until `n` agents have heartbeated and are calibrated.
+pub(crate) async fn agents_online(app: &TestApp, n: i64, what: &str) {
+    eventually(what, || {
+        count(
+            app,
+            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL AND calibrated_at IS NOT NULL",
+        ) == n
+    })
+    .await;
 }
 
 async fn agent_restart_reuses_its_credentials_and_delivers_its_spool(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| {
-        c.scheduler_tick_ms = 3_600_000;
-        c.heartbeat_interval_s = 1;
-    })
-    .await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet_for_real_agents(&db).await;
+    let site = target_site().await;
     let owner = app.owner("owner");
     let key = app.volunteer("volunteer");
     let state = tempfile::tempdir().unwrap();
 
     // First start: enrols, heartbeats.
     let (stop, task) = spawn_agent(settings(&app, Some(key), state.path()));
-    eventually("the agent is online", || {
-        count(
-            &app,
-            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL AND calibrated_at IS NOT NULL",
-        ) == 1
-    })
-    .await;
+    agents_online(&app, 1, "the agent is online").await;
     stop.send(true).unwrap();
     task.await.unwrap().unwrap();
     let creds: Credentials =
@@ -106,31 +120,10 @@ async fn agent_restart_reuses_its_credentials_and_delivers_its_spool(db: TestDb)
 
     // While it is down, a run is leased in its name and its result waits in the spool
     // (as if the agent had measured and then lost the controller).
-    let site_id = app.verified_site(&owner, &site).await;
-    let (_, check) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(&owner),
-            Some(json!({"site_id": site_id, "url": format!("{}/", site.origin()), "selection": {"agents_per_run": 1}})),
-        )
-        .await;
-    let check = check["id"].as_str().unwrap().to_owned();
-    app.call(
-        "POST",
-        &format!("/api/v1/checks/{check}/runs"),
-        Some(&owner),
-        None,
-    )
-    .await;
+    let check = home_page_check(&app, &owner, &site).await;
+    app.ask_run(&owner, &check).await;
     let (_, lease) = app
-        .call_from(
-            Ipv4Addr::new(127, 0, 0, 2),
-            "POST",
-            "/api/v1/agents/lease",
-            Some(&creds.token),
-            Some(json!({"max": 1})),
-        )
+        .lease_from(Ipv4Addr::new(127, 0, 0, 2), &creds.token, 1)
         .await;
     let assignment_id = lease["tasks"][0]["assignment_id"]
         .as_str()
@@ -167,13 +160,7 @@ async fn agent_restart_reuses_its_credentials_and_delivers_its_spool(db: TestDb)
     })
     .await;
     eventually("the spool is empty", || spool.pending().unwrap().is_empty()).await;
-    app.call(
-        "POST",
-        &format!("/api/v1/checks/{check}/runs"),
-        Some(&owner),
-        None,
-    )
-    .await;
+    app.ask_run(&owner, &check).await;
     eventually("the new run is measured", || {
         count(&app, "SELECT COUNT(*) AS n FROM results") == 2
     })
@@ -187,12 +174,7 @@ async fn agent_restart_reuses_its_credentials_and_delivers_its_spool(db: TestDb)
         "the restart did not enrol again"
     );
     let (_, report) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/report?group_by=connection_class,country"),
-            Some(&owner),
-            None,
-        )
+        .report(&owner, &check, "group_by=connection_class,country")
         .await;
     let row = &report["rows"][0];
     assert_eq!(row["samples"], 2, "{report}");
@@ -202,14 +184,8 @@ async fn agent_restart_reuses_its_credentials_and_delivers_its_spool(db: TestDb)
 }
 
 async fn an_agent_past_its_daily_bytes_pauses_and_is_left_out_of_new_runs(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| {
-        c.scheduler_tick_ms = 3_600_000;
-        c.heartbeat_interval_s = 1;
-    })
-    .await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet_for_real_agents(&db).await;
+    let site = target_site().await;
     let owner = app.owner("owner");
     let key = app.volunteer("volunteer");
     let state = tempfile::tempdir().unwrap();
@@ -217,25 +193,10 @@ async fn an_agent_past_its_daily_bytes_pauses_and_is_left_out_of_new_runs(db: Te
     let mut limited = settings(&app, Some(key), state.path());
     limited.volunteer.max_bytes_per_day = Some(1);
     let (stop, task) = spawn_agent(limited);
-    eventually("the agent is online", || {
-        count(
-            &app,
-            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL AND calibrated_at IS NOT NULL",
-        ) == 1
-    })
-    .await;
+    agents_online(&app, 1, "the agent is online").await;
 
-    let site_id = app.verified_site(&owner, &site).await;
-    let (_, check) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(&owner),
-            Some(json!({"site_id": site_id, "url": format!("{}/", site.origin()), "selection": {"agents_per_run": 1}})),
-        )
-        .await;
-    let runs = format!("/api/v1/checks/{}/runs", check["id"].as_str().unwrap());
-    let (status, first) = app.call("POST", &runs, Some(&owner), None).await;
+    let check = home_page_check(&app, &owner, &site).await;
+    let (status, first) = app.ask_run(&owner, &check).await;
     assert_eq!(status, 201, "{first}");
     assert_eq!(first["eligible_agents"], 1);
     eventually("the first run is measured", || {
@@ -251,7 +212,7 @@ async fn an_agent_past_its_daily_bytes_pauses_and_is_left_out_of_new_runs(db: Te
     })
     .await;
     // ...so the next run does not count on it, and nothing more is measured.
-    let (status, second) = app.call("POST", &runs, Some(&owner), None).await;
+    let (status, second) = app.ask_run(&owner, &check).await;
     assert_eq!(status, 201, "{second}");
     assert_eq!(second["eligible_agents"], 0, "{second}");
     tokio::time::sleep(Duration::from_millis(500)).await;

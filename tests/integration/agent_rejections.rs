@@ -3,21 +3,19 @@
 //! not retried forever; 5xx, 401 and 429 keep it spooled for another attempt.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use lastmile_agent::limits::VolunteerLimits;
-use lastmile_agent::measure::EngineConfig;
 use lastmile_agent::runner::{AgentSettings, Credentials};
 use lastmile_agent::spool::Spool;
-use lastmile_protocol::{AgentLimits, ConnectionClass, Measurement, ResultSubmission, Timings};
+use lastmile_protocol::{AgentLimits, Measurement, ResultSubmission, Timings};
 use serde_json::json;
 use uuid::Uuid;
 
-use crate::agent_lifecycle::{settings, spawn_agent};
+use crate::agent_lifecycle::{agent_settings, settings, spawn_agent};
 use crate::per_backend;
 use crate::support::{TestApp, TestDb};
 
@@ -74,11 +72,7 @@ fn rejected_count(state: &Path) -> usize {
 }
 
 async fn refused_results_move_to_rejected_with_the_controllers_reason(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| {
-        c.scheduler_tick_ms = 3_600_000;
-        c.heartbeat_interval_s = 1;
-    })
-    .await;
+    let app = TestApp::quiet_for_real_agents(&db).await;
     let key = app.volunteer("volunteer");
     let state = tempfile::tempdir().unwrap();
     // Two results wait in the spool from an earlier life: one for an assignment the
@@ -199,22 +193,8 @@ async fn results_the_controller_may_take_later_stay_in_the_spool() {
         spool.put(r).unwrap();
     }
     let settings = AgentSettings {
-        controller,
-        enrol_key: None,
-        state_dir: state.path().to_path_buf(),
-        name: "kitchen-pc".into(),
-        declared_class: ConnectionClass::Cable,
         limits: AgentLimits { max_concurrent: 1 },
-        engine: EngineConfig {
-            allow_private: true,
-            source_addr: Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            ..EngineConfig::default()
-        },
-        idle_poll: Duration::from_millis(100),
-        calibration_url: None,
-        calibration_bytes_per_day: 0,
-        volunteer: VolunteerLimits::default(),
-        spool_max_results: 100,
+        ..agent_settings(controller, None, state.path(), Ipv4Addr::LOCALHOST)
     };
     let (stop, task) = spawn_agent(settings);
     // Each result is sent again after the next heartbeat: two attempts each show that

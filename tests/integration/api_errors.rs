@@ -1,12 +1,10 @@
 //! Every class of bad request gets a 4xx JSON error with a stable code, and nothing
 //! is half-written. Also: ops endpoints and the OpenAPI document.
 
-use lastmile_storage::count_sql;
-use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::{json, Value};
 
 use crate::per_backend;
-use crate::support::{TestApp, TestDb};
+use crate::support::{count, target_site, TestApp, TestDb};
 
 per_backend!(
     bad_requests_get_a_clear_4xx_and_change_nothing,
@@ -20,51 +18,40 @@ fn code(body: &Value) -> &str {
         .unwrap_or_else(|| panic!("no error code in {body}"))
 }
 
-async fn raw(
+/// Posts `body` to `path` as it is, with `content_type`, as the holder of `token`: the
+/// answer as it comes.
+async fn post_raw(
     app: &TestApp,
-    method: &str,
+    token: &str,
     path: &str,
-    token: Option<&str>,
     content_type: &str,
     body: Vec<u8>,
 ) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let mut req = client
-        .request(method.parse().unwrap(), format!("{}{path}", app.base))
+    let res = reqwest::Client::new()
+        .post(format!("{}{path}", app.base))
         .header("content-type", content_type)
-        .body(body);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let res = req.send().await.unwrap();
+        .bearer_auth(token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
     let status = res.status().as_u16();
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
 async fn bad_requests_get_a_clear_4xx_and_change_nothing(db: TestDb) {
     let app = TestApp::start(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let site = target_site().await;
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
 
     // Missing and wrong tokens.
     let (s, b) = app.call("GET", "/api/v1/checks", None, None).await;
     assert_eq!((s, code(&b)), (401, "unauthorized"));
-    let (s, b) = app
-        .call("GET", "/api/v1/checks", Some("lmo_nope"), None)
-        .await;
+    let (s, b) = app.get("/api/v1/checks", "lmo_nope").await;
     assert_eq!((s, code(&b)), (401, "unauthorized"));
     // An agent endpoint with an owner token is still unauthorized.
-    let (s, b) = app
-        .call(
-            "POST",
-            "/api/v1/agents/lease",
-            Some(&owner),
-            Some(json!({"max": 1})),
-        )
-        .await;
+    let (s, b) = app.lease(&owner, 1).await;
     assert_eq!((s, code(&b)), (401, "unauthorized"));
     // Wrong enrolment key.
     let (s, b) = app
@@ -80,25 +67,10 @@ async fn bad_requests_get_a_clear_4xx_and_change_nothing(db: TestDb) {
     assert_eq!((s, code(&b)), (401, "unauthorized"));
 
     // Malformed JSON, wrong shape, wrong content type, oversized body.
-    let (s, b) = raw(
-        &app,
-        "POST",
-        "/api/v1/checks",
-        Some(&owner),
-        "application/json",
-        b"{not json".to_vec(),
-    )
-    .await;
+    let (checks, json_type) = ("/api/v1/checks", "application/json");
+    let (s, b) = post_raw(&app, &owner, checks, json_type, b"{not json".to_vec()).await;
     assert_eq!((s, code(&b)), (400, "invalid_json"));
-    let (s, b) = raw(
-        &app,
-        "POST",
-        "/api/v1/checks",
-        Some(&owner),
-        "application/json",
-        br#"{"url": 5}"#.to_vec(),
-    )
-    .await;
+    let (s, b) = post_raw(&app, &owner, checks, json_type, br#"{"url": 5}"#.to_vec()).await;
     assert_eq!((s, code(&b)), (422, "invalid_body"));
     assert!(
         b["message"]
@@ -107,62 +79,30 @@ async fn bad_requests_get_a_clear_4xx_and_change_nothing(db: TestDb) {
             .contains("expected a string at line 1"),
         "{b}"
     );
-    let (s, b) = raw(
-        &app,
-        "POST",
-        "/api/v1/checks",
-        Some(&owner),
-        "text/plain",
-        b"{}".to_vec(),
-    )
-    .await;
+    let (s, b) = post_raw(&app, &owner, checks, "text/plain", b"{}".to_vec()).await;
     assert_eq!((s, code(&b)), (415, "unsupported_media_type"));
     let big = format!(r#"{{"origin": "{}"}}"#, "a".repeat(300 * 1024));
-    let (s, b) = raw(
-        &app,
-        "POST",
-        "/api/v1/sites",
-        Some(&owner),
-        "application/json",
-        big.into_bytes(),
-    )
-    .await;
+    let (s, b) = post_raw(&app, &owner, "/api/v1/sites", json_type, big.into_bytes()).await;
     assert_eq!((s, code(&b)), (413, "payload_too_large"));
 
     // Unknown and malformed ids, unknown routes.
     let unknown = uuid::Uuid::new_v4();
-    let (s, b) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{unknown}"),
-            Some(&owner),
-            None,
-        )
-        .await;
+    let (s, b) = app.get(&format!("/api/v1/checks/{unknown}"), &owner).await;
     assert_eq!((s, code(&b)), (404, "check_not_found"));
-    let (s, b) = app
-        .call("GET", "/api/v1/checks/not-a-uuid", Some(&owner), None)
-        .await;
+    let (s, b) = app.get("/api/v1/checks/not-a-uuid", &owner).await;
     assert_eq!((s, code(&b)), (404, "not_found"));
-    let (s, b) = app
-        .call("GET", "/api/v1/nothing-here", Some(&owner), None)
-        .await;
+    let (s, b) = app.get("/api/v1/nothing-here", &owner).await;
     assert_eq!((s, code(&b)), (404, "not_found"));
-    let (s, b) = app
-        .call(
-            "POST",
-            "/api/v1/results",
-            Some(
-                &app.agent(
-                    std::net::Ipv4Addr::new(127, 0, 0, 2),
-                    &app.volunteer("v"),
-                    "dsl",
-                    1,
-                )
-                .await,
-            ),
-            Some(crate::leasing::submission(&json!(unknown), 1000)),
+    let agent = app
+        .agent(
+            std::net::Ipv4Addr::new(127, 0, 0, 2),
+            &app.volunteer("v"),
+            "dsl",
+            1,
         )
+        .await;
+    let (s, b) = app
+        .submit(&agent, crate::leasing::submission(&json!(unknown), 1000))
         .await;
     assert_eq!((s, code(&b)), (404, "assignment_not_found"));
 
@@ -211,20 +151,16 @@ async fn bad_requests_get_a_clear_4xx_and_change_nothing(db: TestDb) {
         ),
     ];
     for (body, expected) in cases {
-        let (s, b) = app
-            .call("POST", "/api/v1/checks", Some(&owner), Some(body.clone()))
-            .await;
+        let (s, b) = app.post_check(&owner, body.clone()).await;
         assert!((400..500).contains(&s), "{body} -> {s} {b}");
         assert_eq!(code(&b), expected, "{body} -> {b}");
         assert!(!b["message"].as_str().unwrap().is_empty());
     }
     // Report parameters.
     let (_, check) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(&owner),
-            Some(json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1}})),
+        .post_check(
+            &owner,
+            json!({"site_id": site_id, "url": url, "selection": {"agents_per_run": 1}}),
         )
         .await;
     let id = check["id"].as_str().unwrap();
@@ -237,43 +173,26 @@ async fn bad_requests_get_a_clear_4xx_and_change_nothing(db: TestDb) {
             "invalid_window",
         ),
     ] {
-        let (s, b) = app
-            .call(
-                "GET",
-                &format!("/api/v1/checks/{id}/report?{query}"),
-                Some(&owner),
-                None,
-            )
-            .await;
+        let (s, b) = app.report(&owner, id, query).await;
         assert!((400..500).contains(&s), "{query} -> {s}");
         assert_eq!(code(&b), expected, "{query} -> {b}");
     }
 
     // Nothing half-written: of all those attempts, only the one valid check exists.
-    let mut conn = app.db().conn().unwrap();
-    assert_eq!(
-        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM checks").unwrap(),
-        1
-    );
-    assert_eq!(
-        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM sites").unwrap(),
-        1
-    );
-    drop(conn);
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM checks"), 1);
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM sites"), 1);
     app.controller.stop().await.unwrap();
 }
 
 async fn one_owner_cannot_see_another_owners_checks(db: TestDb) {
     let app = TestApp::start(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let site = target_site().await;
     let alice = app.owner("alice");
     let mallory = app.owner("mallory");
     let site_id = app.verified_site(&alice, &site).await;
-    let (_, check) = app
-        .call("POST", "/api/v1/checks", Some(&alice), Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 1}})))
-        .await;
+    let body =
+        json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 1}});
+    let (_, check) = app.post_check(&alice, body.clone()).await;
     let id = check["id"].as_str().unwrap();
     for path in [
         format!("/api/v1/checks/{id}"),
@@ -284,23 +203,12 @@ async fn one_owner_cannot_see_another_owners_checks(db: TestDb) {
         let (s, b) = app.call("GET", &path, Some(&mallory), None).await;
         assert_eq!(s, 404, "{path}: {b}");
     }
-    let (s, _) = app
-        .call(
-            "POST",
-            &format!("/api/v1/checks/{id}/runs"),
-            Some(&mallory),
-            None,
-        )
-        .await;
+    let (s, _) = app.ask_run(&mallory, id).await;
     assert_eq!(s, 404);
     // Mallory cannot put a check on Alice's site either.
-    let (s, b) = app
-        .call("POST", "/api/v1/checks", Some(&mallory), Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 1}})))
-        .await;
+    let (s, b) = app.post_check(&mallory, body).await;
     assert_eq!((s, code(&b)), (404, "site_not_found"));
-    let (_, list) = app
-        .call("GET", "/api/v1/checks", Some(&mallory), None)
-        .await;
+    let (_, list) = app.get("/api/v1/checks", &mallory).await;
     assert_eq!(list, json!([]));
     app.controller.stop().await.unwrap();
 }

@@ -9,11 +9,10 @@ use lastmile_domain::agents;
 use lastmile_domain::clock::now_us;
 use lastmile_protocol::ConnectionClass;
 use lastmile_testbed::link::{Link, LinkProfile};
-use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::json;
 
 use crate::per_backend;
-use crate::support::{TestApp, TestDb};
+use crate::support::{target_site, TestApp, TestDb};
 
 per_backend!(
     a_line_that_contradicts_its_declaration_is_flagged_and_selected_as_measured,
@@ -36,6 +35,25 @@ async fn link_to_controller(app: &TestApp, line: ConnectionClass) -> (Link, url:
     (link, base)
 }
 
+/// A calibrator for the agent with `token` through `base`, allowed 20 MiB.
+fn calibrator<'a>(http: &'a reqwest::Client, base: &'a url::Url, token: &'a str) -> Calibrator<'a> {
+    Calibrator {
+        http,
+        base,
+        token,
+        budget: 20 * 1024 * 1024,
+    }
+}
+
+/// The agents that heartbeated in the last hour, as stored.
+async fn online_last_hour(app: &TestApp) -> Vec<agents::Agent> {
+    let since = now_us() - 3_600_000_000;
+    app.db()
+        .run(move |c| agents::online_since(c, since))
+        .await
+        .unwrap()
+}
+
 /// Enrols an agent from `source` declaring `declared`, calibrates it through a link of
 /// class `line`, and returns its token and the controller's answer.
 async fn calibrate_through(
@@ -48,20 +66,12 @@ async fn calibrate_through(
     let token = app.agent(source, key, declared, 1).await;
     let (_link, base) = link_to_controller(app, line).await;
     let http = TestApp::client_from(source);
-    let ack = Calibrator {
-        http: &http,
-        base: &base,
-        token: &token,
-        budget: 20 * 1024 * 1024,
-    }
-    .run()
-    .await
-    .unwrap();
+    let ack = calibrator(&http, &base, &token).run().await.unwrap();
     (token, ack)
 }
 
 async fn a_line_that_contradicts_its_declaration_is_flagged_and_selected_as_measured(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
+    let app = TestApp::quiet(&db).await;
     let key = app.volunteer("volunteer");
     // Declares fibre, sits behind a dial-up modem.
     let (_, liar) = calibrate_through(
@@ -88,12 +98,7 @@ async fn a_line_that_contradicts_its_declaration_is_flagged_and_selected_as_meas
     assert!(!honest.mismatch);
 
     // Both classes are stored, with the figures behind them.
-    let since = now_us() - 3_600_000_000;
-    let stored = app
-        .db()
-        .run(move |c| agents::online_since(c, since))
-        .await
-        .unwrap();
+    let stored = online_last_hour(&app).await;
     let flagged = stored.iter().find(|a| a.declared_class == "fibre").unwrap();
     assert_eq!(flagged.measured_class.as_deref(), Some("dialup"));
     assert!(flagged.class_mismatch);
@@ -111,32 +116,18 @@ async fn a_line_that_contradicts_its_declaration_is_flagged_and_selected_as_meas
     );
 
     // Selection goes by the measured class: nobody is fibre, one agent is dial-up.
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let site = target_site().await;
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
     for (class, eligible) in [("fibre", 0), ("dialup", 1), ("cable", 1)] {
-        let (status, check) = app
-            .call(
-                "POST",
-                "/api/v1/checks",
-                Some(&owner),
-                Some(
-                    json!({"site_id": site_id, "name": class, "url": format!("{}/", site.origin()),
+        let check = app
+            .create_check(
+                &owner,
+                json!({"site_id": site_id, "name": class, "url": format!("{}/", site.origin()),
                     "selection": {"connection_classes": [class]}}),
-                ),
             )
             .await;
-        assert_eq!(status, 201, "{check}");
-        let (status, run) = app
-            .call(
-                "POST",
-                &format!("/api/v1/checks/{}/runs", check["id"].as_str().unwrap()),
-                Some(&owner),
-                None,
-            )
-            .await;
+        let (status, run) = app.ask_run(&owner, check["id"].as_str().unwrap()).await;
         assert_eq!(status, 201, "{run}");
         assert_eq!(run["eligible_agents"], eligible, "{class}: {run}");
     }
@@ -227,7 +218,7 @@ async fn a_calibration_the_controller_did_not_time_is_refused(db: TestDb) {
     let app = TestApp::start(&db).await;
     let key = app.volunteer("volunteer");
     let token = app
-        .uncalibrated_agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1)
+        .uncalibrated_agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl")
         .await;
     // Figures alone, without the pings and transfers behind them, prove nothing.
     let (status, body) = app
@@ -245,34 +236,21 @@ async fn a_calibration_the_controller_did_not_time_is_refused(db: TestDb) {
         "{body}"
     );
     // Nothing was recorded: the agent is still uncalibrated.
-    let since = now_us() - 3_600_000_000;
-    let stored = app
-        .db()
-        .run(move |c| agents::online_since(c, since))
-        .await
-        .unwrap();
+    let stored = online_last_hour(&app).await;
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].measured_class, None);
 }
 
 async fn the_figures_an_agent_reports_are_ignored_for_what_the_controller_timed(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
+    let app = TestApp::quiet(&db).await;
     let key = app.volunteer("volunteer");
     let source = Ipv4Addr::new(127, 0, 0, 2);
-    let token = app.uncalibrated_agent(source, &key, "fibre", 1).await;
+    let token = app.uncalibrated_agent(source, &key, "fibre").await;
     // A cheater on a dial-up line makes the calibration's requests as an honest agent
     // does (so they are timed), then reports a line no fibre could match.
     let (_link, base) = link_to_controller(&app, ConnectionClass::Dialup).await;
     let http = TestApp::client_from(source);
-    let own_view = Calibrator {
-        http: &http,
-        base: &base,
-        token: &token,
-        budget: 20 * 1024 * 1024,
-    }
-    .measure()
-    .await
-    .unwrap();
+    let own_view = calibrator(&http, &base, &token).measure().await.unwrap();
     assert!(own_view.rtt_us > 100_000, "{own_view:?}");
     let forged = json!({"rtt_us": 1, "down_bps": 1_000_000_000_000_000u64, "up_bps": 1_000_000_000_000_000u64,
                         "bytes_used": own_view.bytes_used});
@@ -288,12 +266,7 @@ async fn the_figures_an_agent_reports_are_ignored_for_what_the_controller_timed(
     assert_eq!(ack.measured_class, ConnectionClass::Dialup, "{ack:?}");
     assert!(ack.mismatch);
 
-    let since = now_us() - 3_600_000_000;
-    let stored = app
-        .db()
-        .run(move |c| agents::online_since(c, since))
-        .await
-        .unwrap();
+    let stored = online_last_hour(&app).await;
     let down = stored[0].down_bps.unwrap();
     let rtt_ms = stored[0].rtt_us.unwrap() / 1000;
     assert!(

@@ -12,13 +12,12 @@ use lastmile_agent::measure::{ConnectTo, EngineConfig};
 use lastmile_agent::runner::AgentSettings;
 use lastmile_protocol::{AgentLimits, ConnectionClass};
 use lastmile_testbed::link::{Link, LinkProfile};
-use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::cheater::Cheater;
 use crate::per_backend;
-use crate::support::{count, TestApp, TestDb, OWNER_CREDIT};
+use crate::support::{count, target_site, TestApp, TestDb, OWNER_CREDIT};
 use crate::verification::{balance, flags, ADMIN};
 
 per_backend!(a_cheating_agent_is_flagged_unpaid_and_unreported_while_honest_agents_are_paid);
@@ -44,9 +43,7 @@ async fn a_cheating_agent_is_flagged_unpaid_and_unreported_while_honest_agents_a
         c.run_deadline_s = 60;
     })
     .await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let site = target_site().await;
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
     let state = tempfile::tempdir().unwrap();
@@ -125,14 +122,10 @@ async fn a_cheating_agent_is_flagged_unpaid_and_unreported_while_honest_agents_a
     let cheating = tokio::spawn(cheater.run(stopped.clone()));
 
     let (status, check) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(&owner),
-            Some(
-                json!({"site_id": site_id, "name": "home", "url": format!("{}/", site.origin()),
+        .post_check(
+            &owner,
+            json!({"site_id": site_id, "name": "home", "url": format!("{}/", site.origin()),
                 "expected_status": [200], "selection": {"agents_per_run": 4}, "isp_sharing": true}),
-            ),
         )
         .await;
     assert_eq!(status, 201, "{check}");

@@ -187,6 +187,57 @@ async fn call(
     (status, res.json().await.unwrap_or(Value::Null))
 }
 
+/// Creates a check (`body` as `POST /api/v1/checks` takes it) through the controller at
+/// `base`; asserts that it is created and returns its id.
+async fn create_check(http: &reqwest::Client, base: &str, owner: &str, body: Value) -> String {
+    let (status, check) = call(http, base, owner, "POST", "/api/v1/checks", body).await;
+    assert_eq!(status, 201, "{check}");
+    check["id"].as_str().unwrap().to_owned()
+}
+
+/// Asks the controller at `base` for a run of `check` now; asserts that it is made.
+async fn ask_run(http: &reqwest::Client, base: &str, owner: &str, check: &str) {
+    let path = format!("/api/v1/checks/{check}/runs");
+    let (status, run) = call(http, base, owner, "POST", &path, json!({})).await;
+    assert_eq!(status, 201, "{run}");
+}
+
+/// The config of a child controller on `port`: the test database, geo databases and
+/// state in `dir`, private sites allowed, checks as often as every second, the
+/// scheduler ticking every 100 ms.
+fn child_config(test_db: &TestDb, dir: &Path, port: u16) -> ControllerConfig {
+    ControllerConfig {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        database_url: Some(test_db.url.clone()),
+        data_dir: dir.join("controller"),
+        geo: test_geo(dir),
+        allow_private_sites: true,
+        min_check_interval_s: 1,
+        scheduler_tick_ms: 100,
+        ..ControllerConfig::default()
+    }
+}
+
+/// An HTTP client that gives up on a request after 30 s.
+fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// A new owner granted [`GRANTED_MINOR`] of usd credit under `grant_key`: (id, token).
+fn owner_with_grant(
+    c: &mut lastmile_storage::DbConn,
+    name: &str,
+    grant_key: &str,
+) -> (String, String) {
+    let (owner, token) = accounts::create_owner(c, name).unwrap();
+    let credit = Money::new(GRANTED_MINOR, Currency::USD);
+    billing::grant_credit(c, &owner.id, credit, grant_key).unwrap();
+    (owner.id, token)
+}
+
 /// Adds `site` for the owner and verifies it (the controller allows private sites);
 /// returns the site's id.
 async fn verified_site(
@@ -236,44 +287,27 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     let dir = tempfile::tempdir().unwrap();
     let port = fixed_port();
     let config = ControllerConfig {
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        database_url: Some(test_db.url.clone()),
-        data_dir: dir.path().join("controller"),
-        geo: test_geo(dir.path()),
-        allow_private_sites: true,
         heartbeat_interval_s: 1,
         // Agents stay eligible across the controller's downtime.
         online_window_s: 60,
         lease_s: LEASE_S,
         run_deadline_s: 10,
-        min_check_interval_s: 1,
-        scheduler_tick_ms: 100,
         max_db_connections: 8,
-        ..ControllerConfig::default()
+        ..child_config(&test_db, dir.path(), port)
     };
     // The test's own pool (this also runs the migrations, before any child starts).
     let db = Db::open(&test_db.url, 4).unwrap();
     let mut life = 1;
     let mut controller = ControllerProcess::start(&config, life, dir.path()).await;
     let base = format!("http://{}", config.listen);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let http = http_client();
 
     // An owner with credit, two volunteers with two agents each.
-    let (owner_id, owner) = {
-        let mut c = db.conn().unwrap();
-        let (owner, token) = accounts::create_owner(&mut c, "Crash Test Shop").unwrap();
-        billing::grant_credit(
-            &mut c,
-            &owner.id,
-            Money::new(GRANTED_MINOR, Currency::USD),
-            "crash-test-grant",
-        )
-        .unwrap();
-        (owner.id, token)
-    };
+    let (owner_id, owner) = owner_with_grant(
+        &mut db.conn().unwrap(),
+        "Crash Test Shop",
+        "crash-test-grant",
+    );
     let (volunteers, keys): (Vec<String>, Vec<String>) = (0..2)
         .map(|i| {
             let (v, key) =
@@ -336,26 +370,20 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
 
     // From here on every connection to the site is a measurement.
     site.reset_connection_stats();
-    let check = {
-        let (status, check) = call(
-            &http,
-            &base,
-            &owner,
-            "POST",
-            "/api/v1/checks",
-            json!({
-                "site_id": site_id,
-                "name": "crash test",
-                "url": format!("{}/", site.origin()),
-                "expected_status": [200],
-                "timeout_ms": 10_000,
-                "selection": {"agents_per_run": PLACES.len()},
-            }),
-        )
-        .await;
-        assert_eq!(status, 201, "{check}");
-        check["id"].as_str().unwrap().to_owned()
-    };
+    let check = create_check(
+        &http,
+        &base,
+        &owner,
+        json!({
+            "site_id": site_id,
+            "name": "crash test",
+            "url": format!("{}/", site.origin()),
+            "expected_status": [200],
+            "timeout_ms": 10_000,
+            "selection": {"agents_per_run": PLACES.len()},
+        }),
+    )
+    .await;
 
     // The check's first run comes from the schedule; the kills start once it is made.
     wait_until("the check's first run", Duration::from_secs(30), || {
@@ -370,16 +398,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
         if kills.len() == KILLS {
             break;
         }
-        let (status, run) = call(
-            &http,
-            &base,
-            &owner,
-            "POST",
-            &format!("/api/v1/checks/{check}/runs"),
-            json!({}),
-        )
-        .await;
-        assert_eq!(status, 201, "{run}");
+        ask_run(&http, &base, &owner, &check).await;
         runs_asked += 1;
         wait_until("an assignment is leased", Duration::from_secs(60), || {
             n(
@@ -427,16 +446,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     assert_eq!(kills.len(), KILLS, "leases caught at kills: {kills:?}");
 
     // One more run in peace, then no more runs; the agents deliver what they have.
-    let (status, run) = call(
-        &http,
-        &base,
-        &owner,
-        "POST",
-        &format!("/api/v1/checks/{check}/runs"),
-        json!({}),
-    )
-    .await;
-    assert_eq!(status, 201, "{run}");
+    ask_run(&http, &base, &owner, &check).await;
     runs_asked += 1;
     let spooled = |spools: &[PathBuf]| -> usize {
         spools
@@ -720,44 +730,21 @@ async fn a_scheduled_run_cut_short_by_a_kill_is_made_after_the_restart() {
 
     let test_db = TestDb::new(Backend::Postgres);
     let dir = tempfile::tempdir().unwrap();
-    let config = ControllerConfig {
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, fixed_port())),
-        database_url: Some(test_db.url.clone()),
-        data_dir: dir.path().join("controller"),
-        geo: test_geo(dir.path()),
-        allow_private_sites: true,
-        min_check_interval_s: 1,
-        scheduler_tick_ms: 100,
-        ..ControllerConfig::default()
-    };
+    let config = child_config(&test_db, dir.path(), fixed_port());
     let db = Db::open(&test_db.url, 2).unwrap();
     let controller = ControllerProcess::start(&config, 1, dir.path()).await;
     let base = format!("http://{}", config.listen);
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let http = http_client();
     let (owner_id, owner, key) = {
         let mut c = db.conn().unwrap();
-        let (owner, token) = accounts::create_owner(&mut c, "Owner").unwrap();
-        billing::grant_credit(
-            &mut c,
-            &owner.id,
-            Money::new(GRANTED_MINOR, Currency::USD),
-            "grant",
-        )
-        .unwrap();
+        let (owner_id, owner) = owner_with_grant(&mut c, "Owner", "grant");
         let (_, key) = accounts::create_volunteer(&mut c, "Volunteer").unwrap();
-        (owner.id, token, key)
+        (owner_id, owner, key)
     };
 
     // One online, calibrated agent, so that the run has an assignment to pay for.
     let source = PLACES[0].0;
-    let from = reqwest::Client::builder()
-        .local_address(IpAddr::V4(source))
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap();
+    let from = crate::support::TestApp::client_from(source);
     let (status, enrolled) = call(
         &from,
         &base,
@@ -805,16 +792,9 @@ async fn a_scheduled_run_cut_short_by_a_kill_is_made_after_the_restart() {
         ))
         .unwrap();
     // A check without a schedule: one run, right after creation.
-    let (status, check) = call(
-        &http,
-        &base,
-        &owner,
-        "POST",
-        "/api/v1/checks",
-        json!({"site_id": site_id, "url": format!("{}/", site.origin()), "selection": {"agents_per_run": 1}}),
-    )
-    .await;
-    assert_eq!(status, 201, "{check}");
+    let home = format!("{}/", site.origin());
+    let body = json!({"site_id": site_id, "url": home, "selection": {"agents_per_run": 1}});
+    create_check(&http, &base, &owner, body).await;
     wait_until(
         "the scheduler's run waits for the owner's credit account",
         Duration::from_secs(30),

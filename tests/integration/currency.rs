@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::per_backend;
 use crate::stripe::world;
-use crate::support::{count, TestApp, TestDb};
+use crate::support::{balance_sheet, count, TestApp, TestDb};
 
 per_backend!(
     a_paid_checkout_in_a_currency_without_prices_credits_nothing,
@@ -37,11 +37,7 @@ async fn deliver(app: &TestApp, event_id: &str, session: Value) -> (u16, Value) 
 
 /// The owner's balances as `GET /api/v1/me/balance` lists them: (kind, currency, minor).
 async fn balances(app: &TestApp, token: &str) -> Vec<(String, String, i64)> {
-    let (status, body) = app
-        .call("GET", "/api/v1/me/balance", Some(token), None)
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["balances"]
+    balance_sheet(app, token).await["balances"]
         .as_array()
         .unwrap()
         .iter()
@@ -88,11 +84,9 @@ async fn a_paid_checkout_in_a_currency_without_prices_credits_nothing(db: TestDb
     // A session we opened in usd whose paid event says another currency: the same.
     let (status, body) = w
         .app
-        .call(
-            "POST",
-            "/api/v1/owner/credit/checkout",
+        .ask_checkout(
             Some(&owner),
-            Some(json!({"amount_minor": 2_500, "currency": "usd"})),
+            json!({"amount_minor": 2_500, "currency": "usd"}),
         )
         .await;
     assert_eq!(status, 201, "{body}");

@@ -2,11 +2,11 @@
 //! up, adds and verifies a site; accounts cannot see each other's sites; forms without
 //! the CSRF token change nothing.
 
-use lastmile_testbed::site::{SiteConfig, TargetSite};
+use lastmile_testbed::site::TargetSite;
 
 use crate::browser::Browser;
 use crate::per_backend;
-use crate::support::{TestApp, TestDb, PASSWORD};
+use crate::support::{target_site, TestApp, TestDb, PASSWORD};
 
 per_backend!(
     an_owner_signs_up_adds_a_site_and_verifies_it_in_the_browser,
@@ -25,6 +25,17 @@ pub(crate) async fn sign_up(browser: &Browser, app: &TestApp, role: &str, name: 
     browser.fill("#email", email).await;
     browser.fill("#password", PASSWORD).await;
     browser.submit("button[type=submit]").await;
+}
+
+/// Submits the check form, whose expected status is nonsense: asserts that the error
+/// names the expected status codes and that the form keeps the typed `name`.
+pub(crate) async fn assert_status_refused_keeping_name(browser: &Browser, name: &str) {
+    browser.submit("button[value=create]").await;
+    assert!(browser
+        .text(".error")
+        .await
+        .contains("expected status codes"));
+    assert_eq!(browser.value("#name").await.as_deref(), Some(name));
 }
 
 /// Adds `site` on the sites page the browser is on and verifies it by file.
@@ -47,9 +58,7 @@ pub(crate) fn enrol_key_in(command: &str) -> String {
 
 async fn an_owner_signs_up_adds_a_site_and_verifies_it_in_the_browser(db: TestDb) {
     let app = TestApp::start(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let site = target_site().await;
     let browser = Browser::start(1280, 900).await;
     let shot = |name: &str| format!("{}-{name}", db.backend_name());
 
@@ -256,7 +265,7 @@ async fn a_volunteer_gets_an_install_command_and_sees_the_agent_it_enrols(db: Te
 
     // The key works: an agent enrols with it from a German address and heartbeats (it
     // has not calibrated yet, so its declared class is shown).
-    app.uncalibrated_agent(std::net::Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1)
+    app.uncalibrated_agent(std::net::Ipv4Addr::new(127, 0, 0, 2), &key, "dsl")
         .await;
     browser.goto(&format!("{}/app/agents", app.base)).await;
     let row = browser.text("tbody tr").await;
@@ -272,14 +281,8 @@ async fn a_volunteer_gets_an_install_command_and_sees_the_agent_it_enrols(db: Te
 }
 
 async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| {
-        c.scheduler_tick_ms = 3_600_000;
-        c.heartbeat_interval_s = 1;
-    })
-    .await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet_for_real_agents(&db).await;
+    let site = target_site().await;
     let shot = |name: &str| format!("{}-{name}", db.backend_name());
     // A real agent in Germany (127.0.0.2) declaring cable, and a bare one in the US.
     let key = app.volunteer("volunteer");
@@ -335,15 +338,7 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
     browser.fill("#expected_status", "200, ok").await;
     browser.fill("#name", "Home page from German cable").await;
     browser.screenshot(&shot("check-new")).await;
-    browser.submit("button[value=create]").await;
-    assert!(browser
-        .text(".error")
-        .await
-        .contains("expected status codes"));
-    assert_eq!(
-        browser.value("#name").await.as_deref(),
-        Some("Home page from German cable")
-    );
+    assert_status_refused_keeping_name(&browser, "Home page from German cable").await;
     browser.fill("#expected_status", "200").await;
     // An objective written the way people say it; nonsense is explained.
     browser.fill("#objectives", "fast please").await;

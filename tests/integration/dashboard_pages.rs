@@ -7,15 +7,16 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
 use lastmile_protocol::ConnectionClass;
-use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::{json, Value};
 
 use crate::agent_lifecycle::{settings, spawn_agent};
 use crate::browser::Browser;
-use crate::dashboard::{add_verified_site, enrol_key_in, sign_up};
+use crate::dashboard::{
+    add_verified_site, assert_status_refused_keeping_name, enrol_key_in, sign_up,
+};
 use crate::dns::DnsResponder;
 use crate::per_backend;
-use crate::support::{TestApp, TestDb};
+use crate::support::{target_site, TestApp, TestDb};
 
 per_backend!(
     an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_tokens_and_dns,
@@ -110,9 +111,7 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
         c.dns_nameserver = Some(dns_addr);
     })
     .await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let site = target_site().await;
     let key = app.volunteer("Volunteer");
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let agents = two_agents(&app, &key, &dirs);
@@ -235,15 +234,7 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     browser.fill("#name", "Home page, hourly").await;
     browser.fill("#every_seconds", "3600").await;
     browser.fill("#expected_status", "200, ok").await;
-    browser.submit("button[value=create]").await;
-    assert!(browser
-        .text(".error")
-        .await
-        .contains("expected status codes"));
-    assert_eq!(
-        browser.value("#name").await.as_deref(),
-        Some("Home page, hourly")
-    );
+    assert_status_refused_keeping_name(&browser, "Home page, hourly").await;
     browser.fill("#expected_status", "200").await;
     shots(&browser, &db, "check-edit").await;
     browser.submit("button[value=create]").await;
@@ -334,14 +325,8 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
 async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_leaderboard(
     db: TestDb,
 ) {
-    let app = TestApp::start_with(&db, |c| {
-        c.scheduler_tick_ms = 3_600_000;
-        c.heartbeat_interval_s = 1;
-    })
-    .await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet_for_real_agents(&db).await;
+    let site = target_site().await;
     let browser = Browser::start(DESKTOP.0, DESKTOP.1).await;
     sign_up(
         &browser,
@@ -487,10 +472,8 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
 
 async fn another_owner_can_never_see_change_pause_report_or_revoke(db: TestDb) {
     // No scheduler ticks: the only runs are ones somebody asked for.
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet(&db).await;
+    let site = target_site().await;
     // The first owner (API) has a site, a check and a named token.
     let (first_id, first) = app.owner_with_credit("First", 1_000);
     let site_id = app.verified_site(&first, &site).await;
@@ -609,10 +592,8 @@ async fn another_owner_can_never_see_change_pause_report_or_revoke(db: TestDb) {
 }
 
 async fn editing_and_pausing_through_the_api_follow_the_rules_of_creation(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet(&db).await;
+    let site = target_site().await;
     let owner = app.owner("Owner");
     let site_id = app.verified_site(&owner, &site).await;
     let url = format!("{}/", site.origin());

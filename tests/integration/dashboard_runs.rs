@@ -5,27 +5,21 @@
 
 use std::time::{Duration, Instant};
 
-use lastmile_testbed::site::{SiteConfig, TargetSite, REDIRECT_PATH};
+use lastmile_testbed::site::REDIRECT_PATH;
 
 use crate::agent_lifecycle::{settings, spawn_agent};
 use crate::browser::Browser;
 use crate::dashboard::{add_verified_site, sign_up};
 use crate::dashboard_pages::shots;
 use crate::per_backend;
-use crate::support::{count, TestApp, TestDb};
+use crate::support::{count, target_site, TestApp, TestDb};
 
 per_backend!(an_owner_opens_a_runs_results_from_the_check_page_and_another_owner_cannot);
 
 async fn an_owner_opens_a_runs_results_from_the_check_page_and_another_owner_cannot(db: TestDb) {
     // No scheduler ticks: the only run is the one the owner asks for.
-    let app = TestApp::start_with(&db, |c| {
-        c.scheduler_tick_ms = 3_600_000;
-        c.heartbeat_interval_s = 1;
-    })
-    .await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet_for_real_agents(&db).await;
+    let site = target_site().await;
     // A real agent in Germany (127.0.0.2) declaring cable.
     let key = app.volunteer("volunteer");
     let state = tempfile::tempdir().unwrap();

@@ -5,12 +5,12 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use lastmile_domain::isp::{self, MemoryMailer};
-use lastmile_testbed::site::{SiteConfig, TargetSite};
+use lastmile_testbed::site::TargetSite;
 use serde_json::{json, Value};
 
 use crate::leasing::submission;
 use crate::per_backend;
-use crate::support::{TestApp, TestDb};
+use crate::support::{target_site, TestApp, TestDb};
 
 per_backend!(
     isp_sees_only_its_networks_and_opted_in_checks,
@@ -21,9 +21,7 @@ per_backend!(
 /// Agents in AS64501 (.2), AS64502 (.3) and AS64504 (.5) each measure a shared and a
 /// private check once.
 async fn measured_world(app: &TestApp) -> (String, TargetSite) {
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let site = target_site().await;
     let owner = app.owner("owner");
     let key = app.volunteer("v");
     let agents = [
@@ -36,14 +34,10 @@ async fn measured_world(app: &TestApp) -> (String, TargetSite) {
     let site_id = app.verified_site(&owner, &site).await;
     for (path, shared) in [("/shared-page", true), ("/private-page", false)] {
         let (status, check) = app
-            .call(
-                "POST",
-                "/api/v1/checks",
-                Some(&owner),
-                Some(
-                    json!({"site_id": site_id, "url": format!("{}{path}", site.origin()),
+            .post_check(
+                &owner,
+                json!({"site_id": site_id, "url": format!("{}{path}", site.origin()),
                     "selection": {"agents_per_run": 3}, "isp_sharing": shared}),
-                ),
             )
             .await;
         assert_eq!(status, 201, "{check}");
@@ -94,7 +88,7 @@ async fn get(app: &TestApp, token: &str, path: &str) -> (u16, reqwest::header::H
 }
 
 async fn isp_sees_only_its_networks_and_opted_in_checks(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
+    let app = TestApp::quiet(&db).await;
     let (_, site) = measured_world(&app).await;
     let token = {
         let mut conn = app.db().conn().unwrap();

@@ -6,10 +6,11 @@ use std::net::Ipv4Addr;
 use lastmile_domain::check_terms::StoredCheck;
 use lastmile_domain::clock::now_us;
 use lastmile_domain::{agents, checks, scheduling};
-use lastmile_testbed::site::{SiteConfig, TargetSite};
+use lastmile_testbed::site::TargetSite;
 use serde_json::{json, Value};
 
 use crate::per_backend;
+use crate::scene;
 use crate::support::{TestApp, TestDb};
 
 per_backend!(
@@ -20,32 +21,14 @@ per_backend!(
     page_runs_only_go_to_agents_that_can_load_pages,
 );
 
-/// Starts an app whose scheduler never ticks, so only explicit runs happen.
-async fn quiet_app(db: &TestDb) -> TestApp {
-    TestApp::start_with(db, |c| c.scheduler_tick_ms = 3_600_000).await
-}
-
+/// A check of the site's home page with `selection` (the site verified first).
 async fn check_on_site(app: &TestApp, owner: &str, site: &TargetSite, selection: Value) -> String {
-    let site_id = app.verified_site(owner, site).await;
-    let (status, check) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(owner),
-            Some(json!({"site_id": site_id, "url": format!("{}/", site.origin()), "selection": selection})),
-        )
-        .await;
-    assert_eq!(status, 201, "{check}");
-    check["id"].as_str().unwrap().to_owned()
+    let home = format!("{}/", site.origin());
+    app.site_check(owner, site, home, selection).await
 }
 
 async fn many_agents_leasing_concurrently_never_share_an_assignment(db: TestDb) {
-    let app = quiet_app(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
-    let owner = app.owner("owner");
-    let key = app.volunteer("volunteer");
+    let (app, site, owner, key) = scene::start(&db).await;
     // 24 agents, 8 from each of three addresses, each allowed 3 leases at once.
     let mut tokens = Vec::new();
     for i in 0..24u8 {
@@ -55,29 +38,14 @@ async fn many_agents_leasing_concurrently_never_share_an_assignment(db: TestDb) 
     let check = check_on_site(&app, &owner, &site, json!({"agents_per_run": 10})).await;
     // Three runs of 10 slots each: 30 assignments for 24 agents.
     for _ in 0..3 {
-        let (status, run) = app
-            .call(
-                "POST",
-                &format!("/api/v1/checks/{check}/runs"),
-                Some(&owner),
-                None,
-            )
-            .await;
+        let (status, run) = app.ask_run(&owner, &check).await;
         assert_eq!(status, 201, "{run}");
         assert_eq!(run["requested"], 10);
         assert_eq!(run["eligible_agents"], 24);
     }
 
     // Every agent asks for 3 at the same moment.
-    let leases = futures_util::future::join_all(tokens.iter().map(|t| {
-        app.call(
-            "POST",
-            "/api/v1/agents/lease",
-            Some(t),
-            Some(json!({"max": 3})),
-        )
-    }))
-    .await;
+    let leases = futures_util::future::join_all(tokens.iter().map(|t| app.lease(t, 3))).await;
     let mut seen = HashSet::new();
     let mut per_agent_runs = Vec::new();
     for (status, body) in &leases {
@@ -103,47 +71,22 @@ async fn many_agents_leasing_concurrently_never_share_an_assignment(db: TestDb) 
     assert_eq!(seen.len(), 30, "every slot is leased exactly once");
 
     // Nothing is left to lease.
-    let (_, more) = app
-        .call(
-            "POST",
-            "/api/v1/agents/lease",
-            Some(&tokens[0]),
-            Some(json!({"max": 3})),
-        )
-        .await;
+    let (_, more) = app.lease(&tokens[0], 3).await;
     let left = more["tasks"].as_array().unwrap().len();
     assert_eq!(left, 0);
     app.controller.stop().await.unwrap();
 }
 
 async fn expired_lease_is_offered_to_another_agent_and_the_late_result_is_not_counted(db: TestDb) {
-    let app = quiet_app(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
-    let owner = app.owner("owner");
-    let key = app.volunteer("volunteer");
+    let (app, site, owner, key) = scene::start(&db).await;
     let slow = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
     let fast = app
         .agent(Ipv4Addr::new(127, 0, 0, 3), &key, "cable", 1)
         .await;
     let check = check_on_site(&app, &owner, &site, json!({"agents_per_run": 1})).await;
-    app.call(
-        "POST",
-        &format!("/api/v1/checks/{check}/runs"),
-        Some(&owner),
-        None,
-    )
-    .await;
+    app.ask_run(&owner, &check).await;
 
-    let (_, first) = app
-        .call(
-            "POST",
-            "/api/v1/agents/lease",
-            Some(&slow),
-            Some(json!({"max": 1})),
-        )
-        .await;
+    let (_, first) = app.lease(&slow, 1).await;
     let first = first["tasks"][0].clone();
     assert!(first.is_object(), "the slow agent got the slot");
 
@@ -159,48 +102,25 @@ async fn expired_lease_is_offered_to_another_agent_and_the_late_result_is_not_co
     assert_eq!(outcome.reoffered, 1);
 
     // The slow agent may not take the slot again; the other agent gets it.
-    let (_, again) = app
-        .call(
-            "POST",
-            "/api/v1/agents/lease",
-            Some(&slow),
-            Some(json!({"max": 1})),
-        )
-        .await;
+    let (_, again) = app.lease(&slow, 1).await;
     assert_eq!(again["tasks"].as_array().unwrap().len(), 0);
-    let (_, second) = app
-        .call(
-            "POST",
-            "/api/v1/agents/lease",
-            Some(&fast),
-            Some(json!({"max": 1})),
-        )
-        .await;
+    let (_, second) = app.lease(&fast, 1).await;
     let second = second["tasks"][0].clone();
     assert_eq!(second["run_id"], first["run_id"]);
     assert_ne!(second["assignment_id"], first["assignment_id"]);
 
     // The slow agent's result arrives late: stored, acknowledged as late, not counted.
     let late = submission(&first["assignment_id"], 90_000);
-    let (status, ack) = app
-        .call("POST", "/api/v1/results", Some(&slow), Some(late))
-        .await;
+    let (status, ack) = app.submit(&slow, late).await;
     assert_eq!(status, 200, "{ack}");
     assert_eq!(ack["disposition"], "late");
     let on_time = submission(&second["assignment_id"], 20_000);
-    let (status, ack) = app
-        .call("POST", "/api/v1/results", Some(&fast), Some(on_time))
-        .await;
+    let (status, ack) = app.submit(&fast, on_time).await;
     assert_eq!(status, 200, "{ack}");
     assert_eq!(ack["disposition"], "accepted");
 
     let (_, report) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/report?group_by=connection_class"),
-            Some(&owner),
-            None,
-        )
+        .report(&owner, &check, "group_by=connection_class")
         .await;
     let rows = report["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{report}");
@@ -210,12 +130,7 @@ async fn expired_lease_is_offered_to_another_agent_and_the_late_result_is_not_co
 }
 
 async fn runs_only_go_to_agents_matching_the_selection(db: TestDb) {
-    let app = quiet_app(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
-    let owner = app.owner("owner");
-    let key = app.volunteer("volunteer");
+    let (app, site, owner, key) = scene::start(&db).await;
     // 127.0.0.2 is DE/AS64501, .3 is US, .5 is DE/AS64504.
     let de_dsl = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
     let us_dsl = app.agent(Ipv4Addr::new(127, 0, 0, 3), &key, "dsl", 1).await;
@@ -229,25 +144,11 @@ async fn runs_only_go_to_agents_matching_the_selection(db: TestDb) {
         json!({"agents_per_run": 5, "countries": ["de"], "connection_classes": ["dsl", "cable"]}),
     )
     .await;
-    let (_, run) = app
-        .call(
-            "POST",
-            &format!("/api/v1/checks/{check}/runs"),
-            Some(&owner),
-            None,
-        )
-        .await;
+    let (_, run) = app.ask_run(&owner, &check).await;
     assert_eq!(run["eligible_agents"], 1, "{run}");
     assert_eq!(run["requested"], 1);
     for (token, expected) in [(&us_dsl, 0), (&de_fibre, 0), (&de_dsl, 1)] {
-        let (_, lease) = app
-            .call(
-                "POST",
-                "/api/v1/agents/lease",
-                Some(token),
-                Some(json!({"max": 1})),
-            )
-            .await;
+        let (_, lease) = app.lease(token, 1).await;
         assert_eq!(
             lease["tasks"].as_array().unwrap().len(),
             expected,
@@ -258,7 +159,7 @@ async fn runs_only_go_to_agents_matching_the_selection(db: TestDb) {
     // The same rule, straight through the domain layer: selection by ASN.
     let db_handle = app.db().clone();
     let owner_id = {
-        let (_, me) = app.call("GET", "/api/v1/me", Some(&owner), None).await;
+        let (_, me) = app.get("/api/v1/me", &owner).await;
         me["id"].as_str().unwrap().to_owned()
     };
     let eligible = db_handle
@@ -294,47 +195,24 @@ pub fn submission(assignment_id: &Value, total_us: u64) -> Value {
 }
 
 async fn a_leased_task_carries_the_checks_expectations(db: TestDb) {
-    let app = quiet_app(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
-    let owner = app.owner("owner");
-    let key = app.volunteer("volunteer");
+    let (app, site, owner, key) = scene::start(&db).await;
     let agent = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
     let site_id = app.verified_site(&owner, &site).await;
     let (status, check) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(&owner),
-            Some(
-                json!({"site_id": site_id, "url": format!("{}/", site.origin()),
+        .post_check(
+            &owner,
+            json!({"site_id": site_id, "url": format!("{}/", site.origin()),
                 "selection": {"agents_per_run": 1}, "expected_status": [200, 301],
                 "body_contains": "Welcome", "max_bytes": 5000, "max_redirects": 2}),
-            ),
         )
         .await;
     assert_eq!(status, 201, "{check}");
     assert_eq!(check["body_contains"], "Welcome");
     assert_eq!(check["max_redirects"], 2);
     let id = check["id"].as_str().unwrap();
-    let (status, _) = app
-        .call(
-            "POST",
-            &format!("/api/v1/checks/{id}/runs"),
-            Some(&owner),
-            None,
-        )
-        .await;
+    let (status, _) = app.ask_run(&owner, id).await;
     assert_eq!(status, 201);
-    let (status, lease) = app
-        .call(
-            "POST",
-            "/api/v1/agents/lease",
-            Some(&agent),
-            Some(json!({"max": 1})),
-        )
-        .await;
+    let (status, lease) = app.lease(&agent, 1).await;
     assert_eq!(status, 200, "{lease}");
     let task = &lease["tasks"][0];
     assert_eq!(task["expected_status"], json!([200, 301]), "{task}");
@@ -347,12 +225,7 @@ async fn a_leased_task_carries_the_checks_expectations(db: TestDb) {
 /// parse a page task (and lose its whole lease), so page runs leave it out while http
 /// runs still plan it in.
 async fn page_runs_only_go_to_agents_that_can_load_pages(db: TestDb) {
-    let app = quiet_app(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
-    let owner = app.owner("owner");
-    let key = app.volunteer("volunteer");
+    let (app, site, owner, key) = scene::start(&db).await;
     let old = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 2).await;
     let new = app.agent(Ipv4Addr::new(127, 0, 0, 3), &key, "dsl", 2).await;
     let (status, ack) = app
@@ -376,14 +249,7 @@ async fn page_runs_only_go_to_agents_that_can_load_pages(db: TestDb) {
             )
             .await;
         let id = check["id"].as_str().unwrap().to_owned();
-        let (status, run) = app
-            .call(
-                "POST",
-                &format!("/api/v1/checks/{id}/runs"),
-                Some(&owner),
-                None,
-            )
-            .await;
+        let (status, run) = app.ask_run(&owner, &id).await;
         assert_eq!(status, 201, "{run}");
         runs.push(run);
     }
@@ -394,14 +260,7 @@ async fn page_runs_only_go_to_agents_that_can_load_pages(db: TestDb) {
     let kinds_leased = |token: String| {
         let app = &app;
         async move {
-            let (status, lease) = app
-                .call(
-                    "POST",
-                    "/api/v1/agents/lease",
-                    Some(&token),
-                    Some(json!({"max": 2})),
-                )
-                .await;
+            let (status, lease) = app.lease(&token, 2).await;
             assert_eq!(status, 200, "{lease}");
             let mut kinds: Vec<String> = lease["tasks"]
                 .as_array()

@@ -5,14 +5,14 @@
 use std::net::Ipv4Addr;
 
 use lastmile_billing::ledger;
-use lastmile_storage::count_sql;
-use lastmile_testbed::site::{SiteConfig, TargetSite};
+use lastmile_testbed::site::TargetSite;
 use serde_json::json;
 
 use crate::leasing::submission;
 use crate::per_backend;
+use crate::scene;
 use crate::support::usd_balance as balance;
-use crate::support::{TestApp, TestDb, OWNER_CREDIT};
+use crate::support::{count, ledger_transactions, target_site, TestApp, TestDb, OWNER_CREDIT};
 
 per_backend!(
     a_result_submitted_many_times_at_once_is_paid_once,
@@ -25,59 +25,21 @@ per_backend!(
 
 /// A verified site and a check of it measured by `agents_per_run` agents.
 async fn check(app: &TestApp, owner: &str, site: &TargetSite, agents_per_run: u32) -> String {
-    let site_id = app.verified_site(owner, site).await;
-    let (status, check) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(owner),
-            Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": agents_per_run}})),
-        )
-        .await;
-    assert_eq!(status, 201, "{check}");
-    check["id"].as_str().unwrap().to_owned()
+    let selection = json!({ "agents_per_run": agents_per_run });
+    app.site_check(owner, site, site.origin(), selection).await
 }
 
 async fn a_result_submitted_many_times_at_once_is_paid_once(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
-    let owner = app.owner("owner");
-    let key = app.volunteer("v");
+    let (app, site, owner, key) = scene::start(&db).await;
     let agent = app
         .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
         .await;
     let check = check(&app, &owner, &site, 1).await;
-    let (status, _) = app
-        .call(
-            "POST",
-            &format!("/api/v1/checks/{check}/runs"),
-            Some(&owner),
-            None,
-        )
-        .await;
-    assert_eq!(status, 201);
-    let (_, lease) = app
-        .call(
-            "POST",
-            "/api/v1/agents/lease",
-            Some(&agent),
-            Some(json!({"max": 1})),
-        )
-        .await;
-    let assignment = lease["tasks"][0]["assignment_id"].clone();
-    let result = submission(&assignment, 40_000);
+    let task = app.run_and_lease(&owner, &check, &agent).await;
+    let result = submission(&task["assignment_id"], 40_000);
     // Eight submissions of the same result race each other.
-    let acks = futures_util::future::join_all((0..8).map(|_| {
-        app.call(
-            "POST",
-            "/api/v1/results",
-            Some(&agent),
-            Some(result.clone()),
-        )
-    }))
-    .await;
+    let acks =
+        futures_util::future::join_all((0..8).map(|_| app.submit(&agent, result.clone()))).await;
     for (status, ack) in &acks {
         assert_eq!(*status, 200, "{ack}");
         assert_eq!(ack["disposition"], "accepted");
@@ -95,15 +57,8 @@ async fn a_result_submitted_many_times_at_once_is_paid_once(db: TestDb) {
         4,
         "an agent token shows its volunteer's balance"
     );
+    assert_eq!(ledger_transactions(&app, "result"), 1);
     let mut conn = app.db().conn().unwrap();
-    assert_eq!(
-        count_sql(
-            &mut conn,
-            "SELECT COUNT(*) AS n FROM ledger_transactions WHERE kind = 'result'"
-        )
-        .unwrap(),
-        1
-    );
     let lines = ledger::trial_balance(&mut *conn).unwrap();
     let platform = lines
         .iter()
@@ -116,10 +71,8 @@ async fn a_result_submitted_many_times_at_once_is_paid_once(db: TestDb) {
 }
 
 async fn a_run_the_credit_cannot_cover_is_refused_with_402_before_any_assignment(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet(&db).await;
+    let site = target_site().await;
     // 12 cents: not enough for three results at 5 cents.
     let (owner_id, owner) = app.owner_with_credit("thrifty", 12);
     let key = app.volunteer("v");
@@ -138,24 +91,17 @@ async fn a_run_the_credit_cannot_cover_is_refused_with_402_before_any_assignment
             && message.contains("your credit is 0.12 usd"),
         "{message}"
     );
-    let mut conn = app.db().conn().unwrap();
     for table in ["runs", "assignments", "run_agents"] {
-        assert_eq!(
-            count_sql(&mut conn, &format!("SELECT COUNT(*) AS n FROM {table}")).unwrap(),
-            0,
-            "{table}"
-        );
+        let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+        assert_eq!(count(&app, &sql), 0, "{table}");
     }
-    drop(conn);
 
     // With 3 cents more the run is admitted, and its 15 cents are held...
     app.credit(&owner_id, 3);
     let (status, run) = app.call("POST", &run_path, Some(&owner), None).await;
     assert_eq!(status, 201, "{run}");
     assert_eq!(run["requested"], 3);
-    let (_, me) = app
-        .call("GET", "/api/v1/me/balance", Some(&owner), None)
-        .await;
+    let (_, me) = app.get("/api/v1/me/balance", &owner).await;
     assert_eq!(me["held_minor"], 15, "{me}");
     // ... so a second run is refused although no result has been paid yet.
     let (status, body) = app.call("POST", &run_path, Some(&owner), None).await;
@@ -167,12 +113,7 @@ async fn a_run_the_credit_cannot_cover_is_refused_with_402_before_any_assignment
             .contains("0.15 usd is held for assignments in progress"),
         "{body}"
     );
-    let mut conn = app.db().conn().unwrap();
-    assert_eq!(
-        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM assignments").unwrap(),
-        3
-    );
-    drop(conn);
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM assignments"), 3);
     app.controller.stop().await.unwrap();
 }
 
@@ -191,9 +132,7 @@ async fn balances_endpoint_answers_owners_and_volunteers_in_minor_units(db: Test
         .await;
     assert_eq!(status, 401);
 
-    let (status, body) = app
-        .call("GET", "/api/v1/me/balance", Some(&owner), None)
-        .await;
+    let (status, body) = app.get("/api/v1/me/balance", &owner).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["holder"], "owner");
     assert_eq!(
@@ -202,9 +141,7 @@ async fn balances_endpoint_answers_owners_and_volunteers_in_minor_units(db: Test
     );
     assert_eq!(body["held_minor"], 0);
 
-    let (status, body) = app
-        .call("GET", "/api/v1/me/balance", Some(&key), None)
-        .await;
+    let (status, body) = app.get("/api/v1/me/balance", &key).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["holder"], "volunteer");
     assert_eq!(
@@ -228,9 +165,7 @@ async fn balances_endpoint_answers_owners_and_volunteers_in_minor_units(db: Test
 
 async fn a_check_shows_its_price_and_scarce_lines_and_countries_cost_more(db: TestDb) {
     let app = TestApp::start(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let site = target_site().await;
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
     let mut prices = Vec::new();
@@ -242,11 +177,9 @@ async fn a_check_shows_its_price_and_scarce_lines_and_countries_cost_more(db: Te
         json!({"countries": ["BR", "DE"]}),
     ] {
         let (status, check) = app
-            .call(
-                "POST",
-                "/api/v1/checks",
-                Some(&owner),
-                Some(json!({"site_id": site_id, "url": site.origin(), "selection": selection})),
+            .post_check(
+                &owner,
+                json!({"site_id": site_id, "url": site.origin(), "selection": selection}),
             )
             .await;
         assert_eq!(status, 201, "{check}");
@@ -260,10 +193,8 @@ async fn a_check_shows_its_price_and_scarce_lines_and_countries_cost_more(db: Te
 }
 
 async fn concurrent_runs_cannot_spend_the_same_credit(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet(&db).await;
+    let site = target_site().await;
     // Enough for one run of two results, not two.
     let (_, owner) = app.owner_with_credit("owner", 14);
     let key = app.volunteer("v");
@@ -280,20 +211,13 @@ async fn concurrent_runs_cannot_spend_the_same_credit(db: TestDb) {
     let mut statuses: Vec<u16> = answers.iter().map(|(s, _)| *s).collect();
     statuses.sort_unstable();
     assert_eq!(statuses, [201, 402, 402, 402, 402, 402], "{answers:?}");
-    let mut conn = app.db().conn().unwrap();
-    assert_eq!(
-        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM assignments").unwrap(),
-        2
-    );
-    drop(conn);
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM assignments"), 2);
     app.controller.stop().await.unwrap();
 }
 
 async fn a_scheduled_run_without_credit_is_skipped_and_other_owners_checks_go_on(db: TestDb) {
     let app = TestApp::start(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let site = target_site().await;
     let key = app.volunteer("v");
     app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
         .await;
@@ -303,11 +227,9 @@ async fn a_scheduled_run_without_credit_is_skipped_and_other_owners_checks_go_on
     for owner in [&broke, &rich] {
         let site_id = app.verified_site(owner, &site).await;
         let (status, check) = app
-            .call(
-                "POST",
-                "/api/v1/checks",
-                Some(owner),
-                Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 1}, "schedule": {"every_seconds": 1}})),
+            .post_check(
+                owner,
+                json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 1}, "schedule": {"every_seconds": 1}}),
             )
             .await;
         assert_eq!(status, 201, "{check}");
@@ -319,12 +241,7 @@ async fn a_scheduled_run_without_credit_is_skipped_and_other_owners_checks_go_on
         let app = &app;
         async move {
             let (status, runs) = app
-                .call(
-                    "GET",
-                    &format!("/api/v1/checks/{check}/runs"),
-                    Some(&owner),
-                    None,
-                )
+                .get(&format!("/api/v1/checks/{check}/runs"), &owner)
                 .await;
             assert_eq!(status, 200, "{runs}");
             runs.as_array().unwrap().len()

@@ -4,6 +4,7 @@
 
 mod browser;
 mod cheater;
+mod scene;
 mod support;
 
 mod agent_lifecycle;

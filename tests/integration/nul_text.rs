@@ -5,12 +5,11 @@
 
 use std::net::Ipv4Addr;
 
-use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::{json, Value};
 
 use crate::leasing::submission;
 use crate::per_backend;
-use crate::support::{count, TestApp, TestDb, PASSWORD};
+use crate::support::{count, target_site, TestApp, TestDb, PASSWORD};
 
 per_backend!(
     api_text_fields_with_a_nul_are_refused_by_name_and_nothing_is_written,
@@ -31,10 +30,8 @@ fn assert_refused(answer: &(u16, Value), field: &str) {
 }
 
 async fn api_text_fields_with_a_nul_are_refused_by_name_and_nothing_is_written(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet(&db).await;
+    let site = target_site().await;
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
     let check = |extra: Value| {
@@ -144,10 +141,8 @@ async fn api_text_fields_with_a_nul_are_refused_by_name_and_nothing_is_written(d
 async fn a_result_with_a_nul_in_its_own_fields_is_refused_but_a_servers_text_is_stripped(
     db: TestDb,
 ) {
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet(&db).await;
+    let site = target_site().await;
     let owner = app.owner("owner");
     let key = app.volunteer("v");
     let agent = app

@@ -2,25 +2,17 @@
 //! sub-resources) from a real site, the controller stores its summary, charges the
 //! page price and reports the page total.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lastmile_testbed::shop;
 use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::json;
 
-use crate::agent_lifecycle::{settings, spawn_agent};
+use crate::agent_lifecycle::{agents_online, eventually, settings, spawn_agent};
 use crate::per_backend;
 use crate::support::{count, TestApp, TestDb};
 
 per_backend!(a_page_check_flows_from_the_api_through_an_agent_into_the_report);
-
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 async fn a_page_check_flows_from_the_api_through_an_agent_into_the_report(db: TestDb) {
     let app = TestApp::start_with(&db, |c| c.heartbeat_interval_s = 1).await;
@@ -37,13 +29,7 @@ async fn a_page_check_flows_from_the_api_through_an_agent_into_the_report(db: Te
     let key = app.volunteer("volunteer");
     let state = tempfile::tempdir().unwrap();
     let (stop, task) = spawn_agent(settings(&app, Some(key), state.path()));
-    eventually("the agent is online", || {
-        count(
-            &app,
-            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL AND calibrated_at IS NOT NULL",
-        ) == 1
-    })
-    .await;
+    agents_online(&app, 1, "the agent is online").await;
     let site_id = app.verified_site(&owner, &site).await;
     let url = format!("{}{}", site.origin(), shop::PAGE_PATH);
 

@@ -9,12 +9,11 @@ use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
 use lastmile_domain::clock::{now_us, HOUR_US};
 use lastmile_domain::ingest::{self, StoredResult};
-use lastmile_storage::count_sql;
-use lastmile_testbed::site::{SiteConfig, TargetSite};
+use lastmile_testbed::site::TargetSite;
 use serde_json::{json, Value};
 
 use crate::per_backend;
-use crate::support::{TestApp, TestDb};
+use crate::support::{count, target_site, TestApp, TestDb};
 
 per_backend!(
     objectives_are_judged_with_error_budgets_and_intervals,
@@ -24,21 +23,12 @@ per_backend!(
 
 /// An app with an owner and a check carrying `objectives`; returns (app, owner, check id).
 async fn app_with_check(db: &TestDb, objectives: Value) -> (TestApp, String, String, TargetSite) {
-    let app = TestApp::start_with(db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet(db).await;
+    let site = target_site().await;
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
-    let (status, check) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(&owner),
-            Some(json!({"site_id": site_id, "url": site.origin(), "objectives": objectives})),
-        )
-        .await;
-    assert_eq!(status, 201, "{check}");
+    let body = json!({"site_id": site_id, "url": site.origin(), "objectives": objectives});
+    let check = app.create_check(&owner, body).await;
     let id = check["id"].as_str().unwrap().to_owned();
     (app, owner, id, site)
 }
@@ -108,14 +98,7 @@ async fn objectives_are_judged_with_error_budgets_and_intervals(db: TestDb) {
         ]),
     )
     .await;
-    let (_, view) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}"),
-            Some(&owner),
-            None,
-        )
-        .await;
+    let (_, view) = app.get(&format!("/api/v1/checks/{check}"), &owner).await;
     assert_eq!(view["objectives"][0]["max_ms"], 100.5);
     assert_eq!(view["objectives"][2]["connection_class"], "fibre");
 
@@ -137,12 +120,7 @@ async fn objectives_are_judged_with_error_budgets_and_intervals(db: TestDb) {
     }
 
     let (status, report) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/report?group_by=connection_class"),
-            Some(&owner),
-            None,
-        )
+        .report(&owner, &check, "group_by=connection_class")
         .await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["confidence"], "0.95");
@@ -208,12 +186,7 @@ async fn objectives_are_judged_with_error_budgets_and_intervals(db: TestDb) {
     );
     // A wider confidence needs more samples.
     let (_, wide) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/report?group_by=connection_class&confidence=0.99"),
-            Some(&owner),
-            None,
-        )
+        .report(&owner, &check, "group_by=connection_class&confidence=0.99")
         .await;
     assert!(row(&wide, "cable")["phases"]["ttfb"]["note"]
         .as_str()
@@ -222,12 +195,7 @@ async fn objectives_are_judged_with_error_budgets_and_intervals(db: TestDb) {
 
     // CSV: empty interval cells and the note for the cable row.
     let (_, csv) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/report?group_by=connection_class&format=csv"),
-            Some(&owner),
-            None,
-        )
+        .report(&owner, &check, "group_by=connection_class&format=csv")
         .await;
     let csv = csv.as_str().unwrap();
     let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
@@ -244,12 +212,10 @@ async fn objectives_are_judged_with_error_budgets_and_intervals(db: TestDb) {
 
     // A bad objective is a 422 naming it, and nothing is stored.
     let (status, body) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(&owner),
-            Some(json!({"site_id": view["site_id"], "url": view["url"],
-                "objectives": [{"availability_min": 99.9}, {"phase": "ttfb", "percentile": 95}]})),
+        .post_check(
+            &owner,
+            json!({"site_id": view["site_id"], "url": view["url"],
+                "objectives": [{"availability_min": 99.9}, {"phase": "ttfb", "percentile": 95}]}),
         )
         .await;
     assert_eq!(status, 422, "{body}");
@@ -261,12 +227,7 @@ async fn objectives_are_judged_with_error_budgets_and_intervals(db: TestDb) {
             .contains("objectives[1].max_ms"),
         "{body}"
     );
-    let mut conn = app.db().conn().unwrap();
-    assert_eq!(
-        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM checks").unwrap(),
-        1
-    );
-    drop(conn);
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM checks"), 1);
     app.controller.stop().await.unwrap();
 }
 
@@ -284,13 +245,8 @@ async fn windows_buckets_and_comparison_with_the_previous_window(db: TestDb) {
         let owner = owner.clone();
         let check = check.clone();
         async move {
-            app.call(
-                "GET",
-                &format!("/api/v1/checks/{check}/report?group_by=connection_class&{query}"),
-                Some(&owner),
-                None,
-            )
-            .await
+            let query = format!("group_by=connection_class&{query}");
+            app.report(&owner, &check, &query).await
         }
     };
     let (status, day) = get("window=24h&compare=previous".into()).await;
@@ -371,12 +327,7 @@ async fn merged_histograms_export_round_trips(db: TestDb) {
         fold(&app, &check, "fibre", now, 5_000 + i * 13, true);
     }
     let (status, report) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/report?group_by=connection_class&histograms=true"),
-            Some(&owner),
-            None,
-        )
+        .report(&owner, &check, "group_by=connection_class&histograms=true")
         .await;
     assert_eq!(status, 200, "{report}");
     let mut seen = 0;
@@ -396,23 +347,13 @@ async fn merged_histograms_export_round_trips(db: TestDb) {
     assert_eq!(seen, 2 * 6);
     // Without the flag, no histograms.
     let (_, plain) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/report?group_by=connection_class"),
-            Some(&owner),
-            None,
-        )
+        .report(&owner, &check, "group_by=connection_class")
         .await;
     assert!(plain["rows"][0].get("histograms").is_none());
 
     // format=hdr: an HdrHistogram interval log with one tagged line per row and phase.
     let (status, log) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/report?group_by=connection_class&format=hdr"),
-            Some(&owner),
-            None,
-        )
+        .report(&owner, &check, "group_by=connection_class&format=hdr")
         .await;
     assert_eq!(status, 200);
     let log = log.as_str().unwrap();

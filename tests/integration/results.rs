@@ -3,12 +3,12 @@
 use std::net::Ipv4Addr;
 
 use lastmile_storage::count_sql;
-use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::json;
 
 use crate::leasing::submission;
 use crate::per_backend;
-use crate::support::{TestApp, TestDb, OWNER_CREDIT};
+use crate::scene;
+use crate::support::{count, TestApp, TestDb, OWNER_CREDIT};
 
 per_backend!(
     repeated_result_submission_is_stored_once,
@@ -18,66 +18,28 @@ per_backend!(
 );
 
 async fn repeated_result_submission_is_stored_once(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
-    let owner = app.owner("owner");
-    let key = app.volunteer("v");
+    let (app, site, owner, key) = scene::start(&db).await;
     let agent = app
         .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
         .await;
     let other = app
         .agent(Ipv4Addr::new(127, 0, 0, 3), &key, "fibre", 1)
         .await;
-    let site_id = app.verified_site(&owner, &site).await;
-    let (_, check) = app
-        .call("POST", "/api/v1/checks", Some(&owner), Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 1}})))
+    let check = app
+        .site_check(&owner, &site, site.origin(), json!({"agents_per_run": 1}))
         .await;
-    let check = check["id"].as_str().unwrap().to_owned();
-    app.call(
-        "POST",
-        &format!("/api/v1/checks/{check}/runs"),
-        Some(&owner),
-        None,
-    )
-    .await;
-    let (_, lease) = app
-        .call(
-            "POST",
-            "/api/v1/agents/lease",
-            Some(&agent),
-            Some(json!({"max": 1})),
-        )
-        .await;
-    let assignment = lease["tasks"][0]["assignment_id"].clone();
-    let result = submission(&assignment, 40_000);
+    let task = app.run_and_lease(&owner, &check, &agent).await;
+    let result = submission(&task["assignment_id"], 40_000);
 
     // Another agent cannot submit for it.
-    let (status, body) = app
-        .call(
-            "POST",
-            "/api/v1/results",
-            Some(&other),
-            Some(result.clone()),
-        )
-        .await;
+    let (status, body) = app.submit(&other, result.clone()).await;
     assert_eq!(
         (status, body["error"].as_str()),
         (403, Some("assignment_not_yours"))
     );
 
-    let (s1, ack1) = app
-        .call(
-            "POST",
-            "/api/v1/results",
-            Some(&agent),
-            Some(result.clone()),
-        )
-        .await;
-    let (s2, ack2) = app
-        .call("POST", "/api/v1/results", Some(&agent), Some(result))
-        .await;
+    let (s1, ack1) = app.submit(&agent, result.clone()).await;
+    let (s2, ack2) = app.submit(&agent, result).await;
     assert_eq!((s1, s2), (200, 200));
     assert_eq!(
         ack1, ack2,
@@ -85,20 +47,14 @@ async fn repeated_result_submission_is_stored_once(db: TestDb) {
     );
     assert_eq!(ack1["disposition"], "accepted");
 
-    let mut conn = app.db().conn().unwrap();
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM results"), 1);
     assert_eq!(
-        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM results").unwrap(),
-        1
-    );
-    assert_eq!(
-        count_sql(
-            &mut conn,
+        count(
+            &app,
             "SELECT CAST(SUM(successes) AS BIGINT) AS n FROM aggregates"
-        )
-        .unwrap(),
+        ),
         1
     );
-    drop(conn);
     let (_, metrics) = app.call("GET", "/metrics", None, None).await;
     let metrics = metrics.as_str().unwrap();
     assert!(
@@ -110,17 +66,13 @@ async fn repeated_result_submission_is_stored_once(db: TestDb) {
         "{metrics}"
     );
     // Money moved once: the owner paid 5 cents, the volunteer earned 4.
-    let (_, owner_balance) = app
-        .call("GET", "/api/v1/me/balance", Some(&owner), None)
-        .await;
+    let (_, owner_balance) = app.get("/api/v1/me/balance", &owner).await;
     assert_eq!(
         owner_balance["balances"][0]["balance_minor"],
         OWNER_CREDIT - 5,
         "{owner_balance}"
     );
-    let (_, volunteer_balance) = app
-        .call("GET", "/api/v1/me/balance", Some(&key), None)
-        .await;
+    let (_, volunteer_balance) = app.get("/api/v1/me/balance", &key).await;
     assert_eq!(
         volunteer_balance["balances"][0],
         json!({"kind": "volunteer_earnings", "currency": "usd", "balance_minor": 4})
@@ -129,63 +81,36 @@ async fn repeated_result_submission_is_stored_once(db: TestDb) {
 }
 
 async fn report_merges_results_by_class_and_country_as_json_and_csv(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
-    let owner = app.owner("owner");
-    let key = app.volunteer("v");
+    let (app, site, owner, key) = scene::start(&db).await;
     // Two DE agents (dsl from .2, fibre from .5) and one US dsl agent.
     let de_dsl = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
     let de_fibre = app
         .agent(Ipv4Addr::new(127, 0, 0, 5), &key, "fibre", 1)
         .await;
     let us_dsl = app.agent(Ipv4Addr::new(127, 0, 0, 3), &key, "dsl", 1).await;
-    let site_id = app.verified_site(&owner, &site).await;
-    let (_, check) = app
-        .call("POST", "/api/v1/checks", Some(&owner), Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 3}})))
+    let check = app
+        .site_check(&owner, &site, site.origin(), json!({"agents_per_run": 3}))
         .await;
-    let check = check["id"].as_str().unwrap().to_owned();
     // Ten runs; per run: DE dsl 100 ms + i, DE fibre 10 ms + i, US dsl fails every other run.
     for i in 0..10u64 {
-        app.call(
-            "POST",
-            &format!("/api/v1/checks/{check}/runs"),
-            Some(&owner),
-            None,
-        )
-        .await;
+        app.ask_run(&owner, &check).await;
         for (token, total) in [
             (&de_dsl, 100_000 + i * 1000),
             (&de_fibre, 10_000 + i * 100),
             (&us_dsl, 200_000),
         ] {
-            let (_, lease) = app
-                .call(
-                    "POST",
-                    "/api/v1/agents/lease",
-                    Some(token),
-                    Some(json!({"max": 1})),
-                )
-                .await;
+            let (_, lease) = app.lease(token, 1).await;
             let id = lease["tasks"][0]["assignment_id"].clone();
             let mut result = submission(&id, total);
             if token == &us_dsl && i % 2 == 1 {
                 result["measurement"]["error"] = json!({"kind": "timeout", "message": "too slow"});
             }
-            let (status, ack) = app
-                .call("POST", "/api/v1/results", Some(token), Some(result))
-                .await;
+            let (status, ack) = app.submit(token, result).await;
             assert_eq!(status, 200, "{ack}");
         }
     }
     let (status, report) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/report?group_by=connection_class,country"),
-            Some(&owner),
-            None,
-        )
+        .report(&owner, &check, "group_by=connection_class,country")
         .await;
     assert_eq!(status, 200, "{report}");
     assert_eq!(report["check"]["id"], check.as_str());
@@ -218,12 +143,7 @@ async fn report_merges_results_by_class_and_country_as_json_and_csv(db: TestDb) 
 
     // Grouping by class alone merges the two DSL rows.
     let (_, by_class) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/report?group_by=connection_class"),
-            Some(&owner),
-            None,
-        )
+        .report(&owner, &check, "group_by=connection_class")
         .await;
     let dsl = by_class["rows"]
         .as_array()
@@ -236,14 +156,7 @@ async fn report_merges_results_by_class_and_country_as_json_and_csv(db: TestDb) 
     assert!(dsl["group"].get("country").is_none());
 
     // Regions come from the geo database too: DE splits into BE (dsl) and BY (fibre).
-    let (_, by_region) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/report?group_by=country,region"),
-            Some(&owner),
-            None,
-        )
-        .await;
+    let (_, by_region) = app.report(&owner, &check, "group_by=country,region").await;
     let regions: Vec<(String, String, u64)> = by_region["rows"]
         .as_array()
         .unwrap()
@@ -267,11 +180,10 @@ async fn report_merges_results_by_class_and_country_as_json_and_csv(db: TestDb) 
 
     // CSV carries the same numbers.
     let (status, csv) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/report?group_by=connection_class,country&format=csv"),
-            Some(&owner),
-            None,
+        .report(
+            &owner,
+            &check,
+            "group_by=connection_class,country&format=csv",
         )
         .await;
     assert_eq!(status, 200);
@@ -293,16 +205,8 @@ async fn report_merges_results_by_class_and_country_as_json_and_csv(db: TestDb) 
     assert!(us_line.starts_with("dsl,US,10,5,5,0.500000,"), "{us_line}");
 
     // A window that ends before anything was measured is empty.
-    let (_, old) = app
-        .call(
-            "GET",
-            &format!(
-                "/api/v1/checks/{check}/report?from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z"
-            ),
-            Some(&owner),
-            None,
-        )
-        .await;
+    let window = "from=2020-01-01T00:00:00Z&to=2020-01-02T00:00:00Z";
+    let (_, old) = app.report(&owner, &check, window).await;
     assert_eq!(old["rows"].as_array().unwrap().len(), 0);
     app.controller.stop().await.unwrap();
 }
@@ -347,40 +251,20 @@ async fn agent_location_comes_from_the_address_it_connects_from(db: TestDb) {
 }
 
 async fn a_result_keeps_its_address_family_decoded_size_and_redirects(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
-    let owner = app.owner("owner");
-    let key = app.volunteer("v");
-    let site_id = app.verified_site(&owner, &site).await;
-    let (_, check) = app
-        .call("POST", "/api/v1/checks", Some(&owner), Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 2}})))
+    let (app, site, owner, key) = scene::start(&db).await;
+    let check = app
+        .site_check(&owner, &site, site.origin(), json!({"agents_per_run": 2}))
         .await;
-    let check = check["id"].as_str().unwrap().to_owned();
     let new_agent = app
         .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
         .await;
     let old_agent = app
         .agent(Ipv4Addr::new(127, 0, 0, 3), &key, "fibre", 1)
         .await;
-    app.call(
-        "POST",
-        &format!("/api/v1/checks/{check}/runs"),
-        Some(&owner),
-        None,
-    )
-    .await;
+    app.ask_run(&owner, &check).await;
     let mut assignments = Vec::new();
     for agent in [&new_agent, &old_agent] {
-        let (_, lease) = app
-            .call(
-                "POST",
-                "/api/v1/agents/lease",
-                Some(agent),
-                Some(json!({"max": 1})),
-            )
-            .await;
+        let (_, lease) = app.lease(agent, 1).await;
         assignments.push(lease["tasks"][0]["assignment_id"].clone());
     }
     // A current agent: a failed TLS handshake after one redirect, over IPv6.
@@ -400,9 +284,7 @@ async fn a_result_keeps_its_address_family_decoded_size_and_redirects(db: TestDb
     let mut older = submission(&assignments[1], 40_000);
     older["measurement"]["error"] = json!({"kind": "timeout", "message": "slow"});
     for (agent, body) in [(&new_agent, current), (&old_agent, older)] {
-        let (status, ack) = app
-            .call("POST", "/api/v1/results", Some(agent), Some(body))
-            .await;
+        let (status, ack) = app.submit(agent, body).await;
         assert_eq!(status, 200, "{ack}");
     }
     let mut conn = app.db().conn().unwrap();

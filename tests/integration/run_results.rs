@@ -2,37 +2,23 @@
 //! site that redirects once, and the listing shows what each of them saw, hop included.
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, Instant};
 
-use lastmile_testbed::site::{SiteConfig, TargetSite, REDIRECT_PATH};
+use lastmile_testbed::site::REDIRECT_PATH;
 use serde_json::{json, Value};
 
-use crate::agent_lifecycle::{settings, spawn_agent};
+use crate::agent_lifecycle::{agents_online, eventually, settings, spawn_agent};
 use crate::per_backend;
-use crate::support::{count, TestApp, TestDb};
+use crate::support::{count, target_site, TestApp, TestDb};
 
 per_backend!(
     an_owner_reads_each_agents_result_of_a_run_with_its_redirect_hop,
     only_the_checks_owner_reads_a_runs_results_and_only_under_its_check,
 );
 
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The id of the check's only run.
 async fn only_run(app: &TestApp, owner: &str, check: &str) -> String {
     let (status, runs) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/runs"),
-            Some(owner),
-            None,
-        )
+        .get(&format!("/api/v1/checks/{check}/runs"), owner)
         .await;
     assert_eq!(status, 200, "{runs}");
     assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
@@ -41,9 +27,7 @@ async fn only_run(app: &TestApp, owner: &str, check: &str) -> String {
 
 async fn an_owner_reads_each_agents_result_of_a_run_with_its_redirect_hop(db: TestDb) {
     let app = TestApp::start_with(&db, |c| c.heartbeat_interval_s = 1).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let site = target_site().await;
     let owner = app.owner("owner");
     let key = app.volunteer("volunteer");
     // Two agents, from Berlin and San Francisco (the test geo databases).
@@ -60,21 +44,13 @@ async fn an_owner_reads_each_agents_result_of_a_run_with_its_redirect_hop(db: Te
         agents.push(spawn_agent(s));
         dirs.push(dir);
     }
-    eventually("both agents are online", || {
-        count(
-            &app,
-            "SELECT COUNT(*) AS n FROM agents WHERE last_heartbeat_at IS NOT NULL AND calibrated_at IS NOT NULL",
-        ) == 2
-    })
-    .await;
+    agents_online(&app, 2, "both agents are online").await;
     let site_id = app.verified_site(&owner, &site).await;
     let moved = format!("{}{REDIRECT_PATH}", site.origin());
     let (status, check) = app
-        .call(
-            "POST",
-            "/api/v1/checks",
-            Some(&owner),
-            Some(json!({"site_id": site_id, "url": moved, "selection": {"agents_per_run": 2}})),
+        .post_check(
+            &owner,
+            json!({"site_id": site_id, "url": moved, "selection": {"agents_per_run": 2}}),
         )
         .await;
     assert_eq!(status, 201, "{check}");
@@ -86,11 +62,9 @@ async fn an_owner_reads_each_agents_result_of_a_run_with_its_redirect_hop(db: Te
     let run = only_run(&app, &owner, &check).await;
 
     let (status, results) = app
-        .call(
-            "GET",
+        .get(
             &format!("/api/v1/checks/{check}/runs/{run}/results"),
-            Some(&owner),
-            None,
+            &owner,
         )
         .await;
     assert_eq!(status, 200, "{results}");
@@ -149,10 +123,8 @@ async fn an_owner_reads_each_agents_result_of_a_run_with_its_redirect_hop(db: Te
 }
 
 async fn only_the_checks_owner_reads_a_runs_results_and_only_under_its_check(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| c.scheduler_tick_ms = 3_600_000).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet(&db).await;
+    let site = target_site().await;
     let owner = app.owner("owner");
     let mallory = app.owner("mallory");
     let key = app.volunteer("v");
@@ -162,30 +134,24 @@ async fn only_the_checks_owner_reads_a_runs_results_and_only_under_its_check(db:
     let mut checks = Vec::new();
     for _ in 0..2 {
         let (status, check) = app
-            .call("POST", "/api/v1/checks", Some(&owner), Some(json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 1}})))
+            .post_check(
+                &owner,
+                json!({"site_id": site_id, "url": site.origin(), "selection": {"agents_per_run": 1}}),
+            )
             .await;
         assert_eq!(status, 201, "{check}");
         checks.push(check["id"].as_str().unwrap().to_owned());
     }
-    let (status, run) = app
-        .call(
-            "POST",
-            &format!("/api/v1/checks/{}/runs", checks[0]),
-            Some(&owner),
-            None,
-        )
-        .await;
+    let (status, run) = app.ask_run(&owner, &checks[0]).await;
     assert_eq!(status, 201, "{run}");
     let run = run["id"].as_str().unwrap().to_owned();
     let (check, other_check) = (&checks[0], &checks[1]);
 
     // The owner sees the run's (so far empty) listing.
     let (status, results) = app
-        .call(
-            "GET",
+        .get(
             &format!("/api/v1/checks/{check}/runs/{run}/results"),
-            Some(&owner),
-            None,
+            &owner,
         )
         .await;
     assert_eq!((status, results), (200, json!([])));

@@ -3,13 +3,13 @@
 
 use std::net::Ipv4Addr;
 
-use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::{json, Value};
 
 use crate::leasing::submission;
 use crate::per_backend;
+use crate::scene;
 use crate::support::usd_balance as balance;
-use crate::support::{TestApp, TestDb, OWNER_CREDIT};
+use crate::support::{target_site, TestApp, TestDb, OWNER_CREDIT};
 
 per_backend!(
     editing_a_check_while_its_run_is_open_changes_only_later_runs,
@@ -17,17 +17,8 @@ per_backend!(
     selections_that_cannot_match_are_refused_naming_the_allowed_values,
 );
 
-async fn quiet_app(db: &TestDb) -> TestApp {
-    TestApp::start_with(db, |c| c.scheduler_tick_ms = 3_600_000).await
-}
-
 async fn editing_a_check_while_its_run_is_open_changes_only_later_runs(db: TestDb) {
-    let app = quiet_app(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
-    let owner = app.owner("owner");
-    let key = app.volunteer("volunteer");
+    let (app, site, owner, key) = scene::start(&db).await;
     // An agent from before page loads: it measures `http` only.
     let agent = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
     let site_id = app.verified_site(&owner, &site).await;
@@ -60,14 +51,7 @@ async fn editing_a_check_while_its_run_is_open_changes_only_later_runs(db: TestD
     );
 
     // The open run still hands out what was admitted: the http fetch of the home page.
-    let (status, lease) = app
-        .call(
-            "POST",
-            "/api/v1/agents/lease",
-            Some(&agent),
-            Some(json!({"max": 1})),
-        )
-        .await;
+    let (status, lease) = app.lease(&agent, 1).await;
     assert_eq!(status, 200, "{lease}");
     let task = &lease["tasks"][0];
     assert_eq!(task["run_id"], run.as_str(), "{lease}");
@@ -76,12 +60,7 @@ async fn editing_a_check_while_its_run_is_open_changes_only_later_runs(db: TestD
 
     // Its result is stored, counted and paid at the admitted price.
     let (status, ack) = app
-        .call(
-            "POST",
-            "/api/v1/results",
-            Some(&agent),
-            Some(submission(&task["assignment_id"], 40_000)),
-        )
+        .submit(&agent, submission(&task["assignment_id"], 40_000))
         .await;
     assert_eq!(
         (status, ack["disposition"].as_str()),
@@ -95,14 +74,7 @@ async fn editing_a_check_while_its_run_is_open_changes_only_later_runs(db: TestD
 
     // The next run is of the check as edited: a page check, which this agent cannot
     // measure, so nobody is eligible and nothing is charged.
-    let (status, next) = app
-        .call(
-            "POST",
-            &format!("/api/v1/checks/{check_id}/runs"),
-            Some(&owner),
-            None,
-        )
-        .await;
+    let (status, next) = app.ask_run(&owner, &check_id).await;
     assert_eq!(status, 201, "{next}");
     assert_eq!(next["problem"], "no_eligible_agents", "{next}");
     assert_eq!(
@@ -113,12 +85,7 @@ async fn editing_a_check_while_its_run_is_open_changes_only_later_runs(db: TestD
 }
 
 async fn a_run_with_no_eligible_agent_says_so_and_charges_nothing(db: TestDb) {
-    let app = quiet_app(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
-    let owner = app.owner("owner");
-    let key = app.volunteer("volunteer");
+    let (app, site, owner, key) = scene::start(&db).await;
     // Agents in Germany only (see support::PLACES); the check asks for Brazil.
     app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
     let site_id = app.verified_site(&owner, &site).await;
@@ -132,14 +99,7 @@ async fn a_run_with_no_eligible_agent_says_so_and_charges_nothing(db: TestDb) {
     let check_id = check["id"].as_str().unwrap().to_owned();
     assert!(check.get("last_run").is_none(), "no run yet: {check}");
 
-    let (status, run) = app
-        .call(
-            "POST",
-            &format!("/api/v1/checks/{check_id}/runs"),
-            Some(&owner),
-            None,
-        )
-        .await;
+    let (status, run) = app.ask_run(&owner, &check_id).await;
     assert_eq!(status, 201, "{run}");
     assert_eq!(run["problem"], "no_eligible_agents", "{run}");
     assert_eq!(run["eligible_agents"], 0);
@@ -148,14 +108,7 @@ async fn a_run_with_no_eligible_agent_says_so_and_charges_nothing(db: TestDb) {
     assert_eq!(balance(&app, &owner, "owner_credit").await, OWNER_CREDIT);
 
     // The check shows it.
-    let (status, shown) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check_id}"),
-            Some(&owner),
-            None,
-        )
-        .await;
+    let (status, shown) = app.get(&format!("/api/v1/checks/{check_id}"), &owner).await;
     assert_eq!(status, 200, "{shown}");
     assert_eq!(shown["last_run"]["id"], run["id"], "{shown}");
     assert_eq!(
@@ -177,24 +130,15 @@ async fn a_run_with_no_eligible_agent_says_so_and_charges_nothing(db: TestDb) {
         .await;
     assert_eq!(status, 200, "{ok}");
     let run = app.start_run(&owner, &check_id).await;
-    let (_, shown) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check_id}"),
-            Some(&owner),
-            None,
-        )
-        .await;
+    let (_, shown) = app.get(&format!("/api/v1/checks/{check_id}"), &owner).await;
     assert_eq!(shown["last_run"]["id"], run.as_str(), "{shown}");
     assert!(shown["last_run"].get("problem").is_none(), "{shown}");
     app.controller.stop().await.unwrap();
 }
 
 async fn selections_that_cannot_match_are_refused_naming_the_allowed_values(db: TestDb) {
-    let app = quiet_app(&db).await;
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let app = TestApp::quiet(&db).await;
+    let site = target_site().await;
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
     let url = format!("{}/", site.origin());
@@ -203,9 +147,7 @@ async fn selections_that_cannot_match_are_refused_naming_the_allowed_values(db: 
         let app = &app;
         let owner = &owner;
         async move {
-            let (status, body) = app
-                .call("POST", "/api/v1/checks", Some(owner), Some(body))
-                .await;
+            let (status, body) = app.post_check(owner, body).await;
             assert_eq!(status, 422, "{body}");
             body["message"].as_str().unwrap().to_owned()
         }
@@ -223,7 +165,7 @@ async fn selections_that_cannot_match_are_refused_naming_the_allowed_values(db: 
         "{message}"
     );
     // Nothing was created, and a real code in any case still works.
-    let (_, list) = app.call("GET", "/api/v1/checks", Some(&owner), None).await;
+    let (_, list) = app.get("/api/v1/checks", &owner).await;
     assert_eq!(list.as_array().map(Vec::len), Some(0), "{list}");
     app.create_check(
         &owner,

@@ -51,6 +51,13 @@ struct Counter {
 }
 
 impl Counter {
+    /// A counter on 127.0.0.1 at a free port.
+    async fn on_loopback() -> Counter {
+        Counter::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .unwrap()
+    }
+
     async fn bind(addr: SocketAddr) -> std::io::Result<Counter> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
@@ -152,6 +159,26 @@ async fn verify(app: &TestApp, owner: &str, id: &str) -> (u16, Value) {
     .await
 }
 
+/// Adds `origin` for the owner, publishes its verification token on `site` and asks
+/// for verification: the answer as it comes.
+async fn add_and_verify(
+    app: &TestApp,
+    owner: &str,
+    site: &TargetSite,
+    origin: &str,
+) -> (u16, Value) {
+    let (id, token, _) = add_site(app, owner, origin).await;
+    site.publish_verification_token(&token);
+    verify(app, owner, &id).await
+}
+
+/// Asserts that a verification answer is a 200 saying the site is verified.
+fn assert_verified(answer: &(u16, Value)) {
+    let (status, verified) = answer;
+    assert_eq!(*status, 200, "{verified}");
+    assert_eq!(verified["verified"], true);
+}
+
 /// A test site on 127.0.0.2 and a counting listener on 127.0.0.1 at the same port, so
 /// that one URL reaches either, depending on what its name resolves to.
 async fn site_and_loopback_twin() -> (TargetSite, Counter) {
@@ -202,9 +229,7 @@ async fn a_redirect_into_a_forbidden_address_is_refused_without_connecting(db: T
     let dns = DnsResponder::start().await;
     let app = guarded_app(&db, &dns).await;
     let owner = app.owner("owner");
-    let loopback = Counter::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .await
-        .unwrap();
+    let loopback = Counter::on_loopback().await;
     dns.publish_a_sequence("inside.test", &[Ipv4Addr::LOCALHOST]);
 
     // To loopback by address, by name, and to the NAT64 form of loopback.
@@ -233,11 +258,8 @@ async fn a_redirect_into_a_forbidden_address_is_refused_without_connecting(db: T
         .await
         .unwrap();
     let redirector = Redirector::start(ALLOWED, site.origin()).await;
-    let (id, token, _) = add_site(&app, &owner, &format!("http://{}", redirector.addr)).await;
-    site.publish_verification_token(&token);
-    let (status, verified) = verify(&app, &owner, &id).await;
-    assert_eq!(status, 200, "{verified}");
-    assert_eq!(verified["verified"], true);
+    let origin = format!("http://{}", redirector.addr);
+    assert_verified(&add_and_verify(&app, &owner, &site, &origin).await);
 }
 
 async fn a_closed_port_and_a_wrong_answer_read_the_same_to_the_owner(db: TestDb) {
@@ -287,11 +309,7 @@ async fn an_ipv6_literal_origin_is_verified_without_a_resolver(db: TestDb) {
     // Local testing (every address allowed) ...
     let app = TestApp::start(&db).await;
     let owner = app.owner("owner");
-    let (id, token, _) = add_site(&app, &owner, &site.origin()).await;
-    site.publish_verification_token(&token);
-    let (status, verified) = verify(&app, &owner, &id).await;
-    assert_eq!(status, 200, "{verified}");
-    assert_eq!(verified["verified"], true);
+    assert_verified(&add_and_verify(&app, &owner, &site, &site.origin()).await);
     drop(app);
 
     // ... and with the guard on, [::1] allowed as a network: the literal is judged as
@@ -304,20 +322,14 @@ async fn an_ipv6_literal_origin_is_verified_without_a_resolver(db: TestDb) {
     })
     .await;
     let owner = app.owner("owner");
-    let (id, token, _) = add_site(&app, &owner, &site.origin()).await;
-    site.publish_verification_token(&token);
-    let (status, verified) = verify(&app, &owner, &id).await;
-    assert_eq!(status, 200, "{verified}");
-    assert_eq!(verified["verified"], true);
+    assert_verified(&add_and_verify(&app, &owner, &site, &site.origin()).await);
 }
 
 async fn forbidden_literal_and_named_origins_are_refused_before_connecting(db: TestDb) {
     let dns = DnsResponder::start().await;
     let app = guarded_app(&db, &dns).await;
     let owner = app.owner("owner");
-    let loopback = Counter::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
-        .await
-        .unwrap();
+    let loopback = Counter::on_loopback().await;
     let port = loopback.addr.port();
     dns.publish_a_sequence("private.test", &[Ipv4Addr::new(10, 0, 0, 1)]);
     dns.publish_a_sequence("loopback.test", &[Ipv4Addr::LOCALHOST]);

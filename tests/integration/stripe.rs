@@ -12,13 +12,12 @@ use lastmile_billing::{ledger, movements, Currency, Money};
 use lastmile_controller::config::StripeConfig;
 use lastmile_controller::ControllerConfig;
 use lastmile_domain::payouts;
-use lastmile_storage::count_sql;
 use lastmile_testbed::stripe::{signature_header, FakeStripe};
 use serde_json::{json, Value};
 
 use crate::per_backend;
 use crate::support::usd_balance as balance;
-use crate::support::{TestApp, TestDb};
+use crate::support::{count, ledger_transactions, TestApp, TestDb};
 
 per_backend!(
     a_paid_checkout_credits_the_owner_once_however_often_stripe_delivers_it,
@@ -75,18 +74,12 @@ fn ledger_is_sound(app: &TestApp) {
     assert_eq!(ledger::audit(&mut *conn).unwrap(), Vec::<String>::new());
 }
 
-fn count(app: &TestApp, sql: &str) -> i64 {
-    count_sql(&mut app.db().conn().unwrap(), sql).unwrap()
-}
-
 async fn checkout(w: &World, owner: &str, amount_minor: i64) -> String {
     let (status, body) = w
         .app
-        .call(
-            "POST",
-            "/api/v1/owner/credit/checkout",
+        .ask_checkout(
             Some(owner),
-            Some(json!({"amount_minor": amount_minor, "currency": "usd"})),
+            json!({"amount_minor": amount_minor, "currency": "usd"}),
         )
         .await;
     assert_eq!(status, 201, "{body}");
@@ -143,13 +136,7 @@ async fn a_paid_checkout_credits_the_owner_once_however_often_stripe_delivers_it
         assert_eq!(d.status, 200, "{}", d.body);
     }
     assert_eq!(balance(&w.app, &owner, "owner_credit").await, 2_500);
-    assert_eq!(
-        count(
-            &w.app,
-            "SELECT COUNT(*) AS n FROM ledger_transactions WHERE kind = 'purchase'"
-        ),
-        1
-    );
+    assert_eq!(ledger_transactions(&w.app, "purchase"), 1);
     assert_eq!(count(&w.app, "SELECT COUNT(*) AS n FROM stripe_events"), 1);
 
     // An event type we do not use is acknowledged and changes nothing.
@@ -267,36 +254,21 @@ async fn checkout_for_an_invalid_amount_or_currency_is_refused_with_a_clear_4xx(
         ),
     ];
     for (body, code) in cases {
-        let (status, answer) = w
-            .app
-            .call(
-                "POST",
-                "/api/v1/owner/credit/checkout",
-                Some(&owner),
-                Some(body.clone()),
-            )
-            .await;
+        let (status, answer) = w.app.ask_checkout(Some(&owner), body.clone()).await;
         assert_eq!(status, 422, "{body} -> {answer}");
         assert_eq!(answer["error"], code, "{body} -> {answer}");
     }
     let (status, answer) = w
         .app
-        .call(
-            "POST",
-            "/api/v1/owner/credit/checkout",
+        .ask_checkout(
             Some(&owner),
-            Some(json!({"amount_minor": 12.5, "currency": "usd"})),
+            json!({"amount_minor": 12.5, "currency": "usd"}),
         )
         .await;
     assert!((400..500).contains(&status), "{answer}");
     let (status, _) = w
         .app
-        .call(
-            "POST",
-            "/api/v1/owner/credit/checkout",
-            None,
-            Some(json!({"amount_minor": 2_500, "currency": "usd"})),
-        )
+        .ask_checkout(None, json!({"amount_minor": 2_500, "currency": "usd"}))
         .await;
     assert_eq!(status, 401);
     assert_eq!(w.stripe.sessions_created(), 0);
@@ -308,11 +280,9 @@ async fn checkout_for_an_invalid_amount_or_currency_is_refused_with_a_clear_4xx(
     // A controller without Stripe settings says so instead of failing obscurely.
     let plain = TestApp::start(&db).await;
     let (status, answer) = plain
-        .call(
-            "POST",
-            "/api/v1/owner/credit/checkout",
+        .ask_checkout(
             Some(&owner),
-            Some(json!({"amount_minor": 2_500, "currency": "usd"})),
+            json!({"amount_minor": 2_500, "currency": "usd"}),
         )
         .await;
     assert_eq!(status, 503, "{answer}");
@@ -349,15 +319,8 @@ fn earning_volunteer(app: &TestApp, name: &str, earned_minor: i64) -> (String, S
 /// Onboards the volunteer to Connect through the API and the fake's onboarding;
 /// returns the account id.
 async fn onboard(w: &World, key: &str) -> String {
-    let (status, first) = w
-        .app
-        .call(
-            "POST",
-            "/api/v1/volunteer/stripe/onboarding",
-            Some(key),
-            None,
-        )
-        .await;
+    let path = "/api/v1/volunteer/stripe/onboarding";
+    let (status, first) = w.app.call("POST", path, Some(key), None).await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["payouts_enabled"], false, "{first}");
     assert!(
@@ -367,15 +330,7 @@ async fn onboard(w: &World, key: &str) -> String {
     let account = first["account_id"].as_str().unwrap().to_owned();
     let updated = w.stripe.complete_onboarding(&account).await.unwrap();
     assert_eq!(updated.status, 200, "{}", updated.body);
-    let (status, again) = w
-        .app
-        .call(
-            "POST",
-            "/api/v1/volunteer/stripe/onboarding",
-            Some(key),
-            None,
-        )
-        .await;
+    let (status, again) = w.app.call("POST", path, Some(key), None).await;
     assert_eq!(status, 200, "{again}");
     assert_eq!(
         again["account_id"],
@@ -392,6 +347,14 @@ pub(crate) async fn pass(w: &World) -> payouts::PassSummary {
     payouts::run_pass(w.app.db(), &stripe, Money::new(THRESHOLD, Currency::USD))
         .await
         .unwrap()
+}
+
+/// The volunteer's usd balances in cents: (earnings, payouts in transit).
+async fn earnings_and_in_transit(app: &TestApp, key: &str) -> (i64, i64) {
+    (
+        balance(app, key, "volunteer_earnings").await,
+        balance(app, key, "payouts_in_transit").await,
+    )
 }
 
 async fn payout_list(w: &World, key: &str) -> Vec<Value> {
@@ -452,21 +415,14 @@ async fn a_payout_transfers_the_earnings_once_and_the_ledger_shows_it_completed(
     assert_eq!(list[0]["amount_minor"], 2_000);
     assert_eq!(list[0]["transfer_id"], transfers[0]["id"]);
     assert_eq!(transfers[0]["metadata"]["payout_id"], list[0]["id"]);
-    assert_eq!(balance(&w.app, &key, "volunteer_earnings").await, 0);
-    assert_eq!(balance(&w.app, &key, "payouts_in_transit").await, 0);
+    assert_eq!(earnings_and_in_transit(&w.app, &key).await, (0, 0));
     ledger_is_sound(&w.app);
 
     // Nothing left to pay: the next pass sends nothing.
     let again = pass(&w).await;
     assert_eq!(again.started, 0, "{again:?}");
     assert_eq!(w.stripe.transfers().len(), 1);
-    assert_eq!(
-        count(
-            &w.app,
-            "SELECT COUNT(*) AS n FROM ledger_transactions WHERE kind = 'payout_completed'"
-        ),
-        1
-    );
+    assert_eq!(ledger_transactions(&w.app, "payout_completed"), 1);
 }
 
 async fn a_transfer_whose_answer_was_lost_is_retried_with_the_same_key_and_moves_money_once(
@@ -486,15 +442,9 @@ async fn a_transfer_whose_answer_was_lost_is_retried_with_the_same_key_and_moves
     let list = payout_list(&w, &key).await;
     assert_eq!(list[0]["status"], "in_transit", "{list:?}");
     assert!(list[0]["transfer_id"].is_null(), "{list:?}");
-    assert!(
-        list[0]["failure_reason"]
-            .as_str()
-            .unwrap()
-            .contains("will retry"),
-        "{list:?}"
-    );
-    assert_eq!(balance(&w.app, &key, "volunteer_earnings").await, 0);
-    assert_eq!(balance(&w.app, &key, "payouts_in_transit").await, 2_000);
+    let reason = list[0]["failure_reason"].as_str().unwrap();
+    assert!(reason.contains("will retry"), "{list:?}");
+    assert_eq!(earnings_and_in_transit(&w.app, &key).await, (0, 2_000));
     ledger_is_sound(&w.app);
 
     // The next pass sends the same transfer with the same key: Stripe replays it.
@@ -509,13 +459,7 @@ async fn a_transfer_whose_answer_was_lost_is_retried_with_the_same_key_and_moves
     assert_eq!(list[0]["status"], "completed");
     assert_eq!(list[0]["transfer_id"], transfers[0]["id"]);
     assert_eq!(balance(&w.app, &key, "payouts_in_transit").await, 0);
-    assert_eq!(
-        count(
-            &w.app,
-            "SELECT COUNT(*) AS n FROM ledger_transactions WHERE kind = 'payout_completed'"
-        ),
-        1
-    );
+    assert_eq!(ledger_transactions(&w.app, "payout_completed"), 1);
     ledger_is_sound(&w.app);
 }
 
@@ -532,15 +476,9 @@ async fn a_transfer_stripe_refuses_fails_the_payout_and_restores_the_earnings(db
     assert!(w.stripe.transfers().is_empty());
     let list = payout_list(&w, &key).await;
     assert_eq!(list[0]["status"], "failed", "{list:?}");
-    assert!(
-        list[0]["failure_reason"]
-            .as_str()
-            .unwrap()
-            .contains("balance_insufficient"),
-        "{list:?}"
-    );
-    assert_eq!(balance(&w.app, &key, "volunteer_earnings").await, 2_000);
-    assert_eq!(balance(&w.app, &key, "payouts_in_transit").await, 0);
+    let reason = list[0]["failure_reason"].as_str().unwrap();
+    assert!(reason.contains("balance_insufficient"), "{list:?}");
+    assert_eq!(earnings_and_in_transit(&w.app, &key).await, (2_000, 0));
     ledger_is_sound(&w.app);
 
     // The earnings are paid by a new payout on the next pass.
@@ -570,13 +508,7 @@ async fn a_reversed_transfer_restores_the_earnings_once(db: TestDb) {
     let again = w.stripe.deliver(&reversed.event_id).await.unwrap();
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(balance(&w.app, &key, "volunteer_earnings").await, 2_000);
-    assert_eq!(
-        count(
-            &w.app,
-            "SELECT COUNT(*) AS n FROM ledger_transactions WHERE kind = 'payout_reversed'"
-        ),
-        1
-    );
+    assert_eq!(ledger_transactions(&w.app, "payout_reversed"), 1);
     ledger_is_sound(&w.app);
 }
 
@@ -588,8 +520,7 @@ async fn two_payout_passes_at_once_pay_a_volunteer_once(db: TestDb) {
     assert_eq!(a.started + b.started, 1, "{a:?} {b:?}");
     assert_eq!(w.stripe.transfers().len(), 1);
     assert_eq!(w.stripe.transfers()[0]["amount"], 3_000);
-    assert_eq!(balance(&w.app, &key, "volunteer_earnings").await, 0);
-    assert_eq!(balance(&w.app, &key, "payouts_in_transit").await, 0);
+    assert_eq!(earnings_and_in_transit(&w.app, &key).await, (0, 0));
     ledger_is_sound(&w.app);
 }
 

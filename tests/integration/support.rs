@@ -12,6 +12,7 @@ use lastmile_controller::Controller;
 use lastmile_domain::geo::GeoConfig;
 use lastmile_storage::{Backend, Db};
 use lastmile_testbed::geodb::{self, TestNetwork};
+use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::Value;
 
 /// The PostgreSQL server tests create their databases on.
@@ -162,6 +163,21 @@ impl TestApp {
         TestApp::start_with(db, |_| {}).await
     }
 
+    /// A controller whose scheduler never ticks: only the runs a test asks for happen.
+    pub async fn quiet(db: &TestDb) -> TestApp {
+        TestApp::start_with(db, |c| c.scheduler_tick_ms = 3_600_000).await
+    }
+
+    /// A quiet controller ([`TestApp::quiet`]) that has real agents heartbeat every
+    /// second, so that they come online (and see new work) quickly.
+    pub async fn quiet_for_real_agents(db: &TestDb) -> TestApp {
+        TestApp::start_with(db, |c| {
+            c.scheduler_tick_ms = 3_600_000;
+            c.heartbeat_interval_s = 1;
+        })
+        .await
+    }
+
     pub async fn start_with(db: &TestDb, tweak: impl FnOnce(&mut ControllerConfig)) -> TestApp {
         let geo_dir = tempfile::tempdir().unwrap();
         let mut config = ControllerConfig {
@@ -178,6 +194,11 @@ impl TestApp {
         let controller = Controller::start(config, SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .unwrap();
+        TestApp::serving(controller, geo_dir)
+    }
+
+    /// The app of a running `controller` whose geo databases are in `geo_dir`.
+    fn serving(controller: Controller, geo_dir: tempfile::TempDir) -> TestApp {
         let base = controller.url();
         TestApp {
             controller,
@@ -207,12 +228,7 @@ impl TestApp {
         let controller = Controller::serve(state, SocketAddr::from(([127, 0, 0, 1], 0)))
             .await
             .unwrap();
-        let base = controller.url();
-        TestApp {
-            controller,
-            base,
-            _geo_dir: geo_dir,
-        }
+        TestApp::serving(controller, geo_dir)
     }
 
     pub fn db(&self) -> &Db {
@@ -313,24 +329,20 @@ impl TestApp {
         class: &str,
         max_concurrent: u32,
     ) -> String {
+        let enrol = serde_json::json!({"enrol_key": key, "name": "test agent", "declared_class": class, "version": "test"});
         let (status, enrolled) = self
-            .call_from(
-                source,
-                "POST",
-                "/api/v1/agents/enrol",
-                None,
-                Some(serde_json::json!({"enrol_key": key, "name": "test agent", "declared_class": class, "version": "test"})),
-            )
+            .call_from(source, "POST", "/api/v1/agents/enrol", None, Some(enrol))
             .await;
         assert_eq!(status, 201, "{enrolled}");
         let token = enrolled["token"].as_str().unwrap().to_owned();
+        let beat = serde_json::json!({"declared_class": class, "version": "test", "limits": {"max_concurrent": max_concurrent}});
         let (status, ack) = self
             .call_from(
                 source,
                 "POST",
                 "/api/v1/agents/heartbeat",
                 Some(&token),
-                Some(serde_json::json!({"declared_class": class, "version": "test", "limits": {"max_concurrent": max_concurrent}})),
+                Some(beat),
             )
             .await;
         assert_eq!(status, 200, "{ack}");
@@ -338,16 +350,10 @@ impl TestApp {
         token
     }
 
-    /// Enrols an agent like [`TestApp::agent`] but leaves it uncalibrated: runs do not
-    /// plan it in.
-    pub async fn uncalibrated_agent(
-        &self,
-        source: Ipv4Addr,
-        key: &str,
-        class: &str,
-        max_concurrent: u32,
-    ) -> String {
-        let token = self.agent(source, key, class, max_concurrent).await;
+    /// Enrols an agent like [`TestApp::agent`], measuring one thing at a time, but
+    /// leaves it uncalibrated: runs do not plan it in.
+    pub async fn uncalibrated_agent(&self, source: Ipv4Addr, key: &str, class: &str) -> String {
+        let token = self.agent(source, key, class, 1).await;
         set_calibration(self, &token, None);
         token
     }
@@ -364,24 +370,93 @@ impl TestApp {
 
     /// Asks for a run of `check` now; returns the run's id.
     pub async fn start_run(&self, owner: &str, check: &str) -> String {
-        let (status, run) = self
-            .call(
-                "POST",
-                &format!("/api/v1/checks/{check}/runs"),
-                Some(owner),
-                None,
-            )
-            .await;
+        let (status, run) = self.ask_run(owner, check).await;
         assert_eq!(status, 201, "{run}");
         run["id"].as_str().unwrap().to_owned()
     }
 
-    /// Adds and verifies a site served by `origin`'s test site; returns its id.
-    pub async fn verified_site(
+    /// Verifies `site` for `owner` and creates a check of `url` with `selection`;
+    /// returns the check's id.
+    pub async fn site_check(
         &self,
         owner: &str,
-        site: &lastmile_testbed::site::TargetSite,
+        site: &TargetSite,
+        url: String,
+        selection: Value,
     ) -> String {
+        let site_id = self.verified_site(owner, site).await;
+        let body = serde_json::json!({"site_id": site_id, "url": url, "selection": selection});
+        let check = self.create_check(owner, body).await;
+        check["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Starts a run of `check` and leases the agent with `token` one task; returns the
+    /// task (`null` if none was offered).
+    pub async fn run_and_lease(&self, owner: &str, check: &str, token: &str) -> Value {
+        self.start_run(owner, check).await;
+        let (status, lease) = self.lease(token, 1).await;
+        assert_eq!(status, 200, "{lease}");
+        lease["tasks"][0].clone()
+    }
+
+    /// `GET path` with `token`: the answer as it comes.
+    pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
+        self.call("GET", path, Some(token), None).await
+    }
+
+    /// `POST /api/v1/checks` with `body` as `owner`: the answer as it comes.
+    pub async fn post_check(&self, owner: &str, body: Value) -> (u16, Value) {
+        self.call("POST", "/api/v1/checks", Some(owner), Some(body))
+            .await
+    }
+
+    /// `POST /api/v1/checks/{check}/runs` as `owner`: the answer as it comes.
+    pub async fn ask_run(&self, owner: &str, check: &str) -> (u16, Value) {
+        let path = format!("/api/v1/checks/{check}/runs");
+        self.call("POST", &path, Some(owner), None).await
+    }
+
+    /// `POST /api/v1/agents/lease` for up to `max` tasks as the agent with `token`: the
+    /// answer as it comes.
+    pub async fn lease(&self, token: &str, max: u32) -> (u16, Value) {
+        self.lease_from(Ipv4Addr::LOCALHOST, token, max).await
+    }
+
+    /// [`TestApp::lease`] sent from `source`.
+    pub async fn lease_from(&self, source: Ipv4Addr, token: &str, max: u32) -> (u16, Value) {
+        let body = serde_json::json!({ "max": max });
+        self.call_from(
+            source,
+            "POST",
+            "/api/v1/agents/lease",
+            Some(token),
+            Some(body),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/results` with `result` as the agent with `token`: the answer as it
+    /// comes.
+    pub async fn submit(&self, token: &str, result: Value) -> (u16, Value) {
+        self.call("POST", "/api/v1/results", Some(token), Some(result))
+            .await
+    }
+
+    /// `POST /api/v1/owner/credit/checkout` with `body` (as `owner`, if any): the answer
+    /// as it comes.
+    pub async fn ask_checkout(&self, owner: Option<&str>, body: Value) -> (u16, Value) {
+        let path = "/api/v1/owner/credit/checkout";
+        self.call("POST", path, owner, Some(body)).await
+    }
+
+    /// `GET /api/v1/checks/{check}/report?{query}` as `owner`: the answer as it comes.
+    pub async fn report(&self, owner: &str, check: &str, query: &str) -> (u16, Value) {
+        self.get(&format!("/api/v1/checks/{check}/report?{query}"), owner)
+            .await
+    }
+
+    /// Adds and verifies a site served by `origin`'s test site; returns its id.
+    pub async fn verified_site(&self, owner: &str, site: &TargetSite) -> String {
         let (status, created) = self
             .call(
                 "POST",
@@ -407,13 +482,30 @@ impl TestApp {
     }
 }
 
+/// How many ledger transactions of `kind` (`result`, `purchase`, ...) are recorded.
+pub fn ledger_transactions(app: &TestApp, kind: &str) -> i64 {
+    let sql = format!("SELECT COUNT(*) AS n FROM ledger_transactions WHERE kind = '{kind}'");
+    count(app, &sql)
+}
+
+/// A target site on a free loopback port, configured as by default.
+pub async fn target_site() -> TargetSite {
+    TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap()
+}
+
+/// What `GET /api/v1/me/balance` answers the holder of `token` (asserting a 200).
+pub async fn balance_sheet(app: &TestApp, token: &str) -> Value {
+    let (status, body) = app.get("/api/v1/me/balance", token).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 /// The holder's (owner's or volunteer's) `kind` balance in usd, minor units, as
 /// `GET /api/v1/me/balance` lists it for `token`.
 pub async fn usd_balance(app: &TestApp, token: &str, kind: &str) -> i64 {
-    let (status, body) = app
-        .call("GET", "/api/v1/me/balance", Some(token), None)
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let body = balance_sheet(app, token).await;
     body["balances"]
         .as_array()
         .unwrap()

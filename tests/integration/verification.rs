@@ -5,11 +5,11 @@
 
 use std::net::Ipv4Addr;
 
-use lastmile_testbed::site::{SiteConfig, TargetSite};
+use lastmile_testbed::site::TargetSite;
 use serde_json::{json, Value};
 
 use crate::per_backend;
-use crate::support::{TestApp, TestDb, OWNER_CREDIT};
+use crate::support::{balance_sheet, target_site, TestApp, TestDb, OWNER_CREDIT};
 
 per_backend!(
     a_ttfb_shorter_than_the_line_allows_is_flagged_kept_and_not_paid,
@@ -37,19 +37,12 @@ pub async fn admin_app(db: &TestDb) -> TestApp {
 
 /// An owner (token) with a verified site and a check of `agents_per_run`.
 async fn owner_and_check(app: &TestApp, agents_per_run: u32) -> (String, String, TargetSite) {
-    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
-        .await
-        .unwrap();
+    let site = target_site().await;
     let owner = app.owner("owner");
-    let site_id = app.verified_site(&owner, &site).await;
-    let check = app
-        .create_check(
-            &owner,
-            json!({"site_id": site_id, "url": format!("{}/", site.origin()),
-                "selection": {"agents_per_run": agents_per_run}}),
-        )
-        .await;
-    (owner, check["id"].as_str().unwrap().to_owned(), site)
+    let home = format!("{}/", site.origin());
+    let selection = json!({ "agents_per_run": agents_per_run });
+    let check = app.site_check(&owner, &site, home, selection).await;
+    (owner, check, site)
 }
 
 /// Marks the agent calibrated as its declared class with these figures, as the
@@ -73,14 +66,7 @@ async fn calibrate(app: &TestApp, token: &str, rtt_ms: u64, down_bps: u64) {
 
 /// Leases the agent's one assignment.
 async fn lease(app: &TestApp, token: &str) -> Value {
-    let (status, lease) = app
-        .call(
-            "POST",
-            "/api/v1/agents/lease",
-            Some(token),
-            Some(json!({"max": 1})),
-        )
-        .await;
+    let (status, lease) = app.lease(token, 1).await;
     assert_eq!(status, 200, "{lease}");
     lease["tasks"][0]["assignment_id"].clone()
 }
@@ -107,10 +93,10 @@ async fn submit_measured(app: &TestApp, token: &str, t: [u64; 4], bytes: u64) ->
     submit(app, token, &measured(&assignment, t, bytes)).await
 }
 
+/// Submits `body` as the agent's result; asserts that it is accepted and returns the
+/// acknowledgement.
 async fn submit(app: &TestApp, token: &str, body: &Value) -> Value {
-    let (status, ack) = app
-        .call("POST", "/api/v1/results", Some(token), Some(body.clone()))
-        .await;
+    let (status, ack) = app.submit(token, body.clone()).await;
     assert_eq!(status, 200, "{ack}");
     assert_eq!(ack["disposition"], "accepted", "{ack}");
     ack
@@ -123,6 +109,12 @@ pub async fn flags(app: &TestApp) -> Value {
         .await;
     assert_eq!(status, 200, "{list}");
     list
+}
+
+/// What [`rules_by_assignment`] gives when only `assignment` is flagged, by `rule`.
+fn flagged_once(assignment: &Value, rule: &str) -> [(String, Vec<String>); 1] {
+    let assignment = assignment.as_str().unwrap().to_owned();
+    [(assignment, vec![rule.to_owned()])]
 }
 
 /// The rules of each flagged result, by assignment id.
@@ -147,23 +139,14 @@ fn rules_by_assignment(list: &Value) -> Vec<(String, Vec<String>)> {
 
 /// A holder's first balance (owner credit or volunteer earnings), minor units.
 pub async fn balance(app: &TestApp, token: &str) -> i64 {
-    let (status, b) = app
-        .call("GET", "/api/v1/me/balance", Some(token), None)
-        .await;
-    assert_eq!(status, 200, "{b}");
-    b["balances"][0]["balance_minor"].as_i64().unwrap()
+    balance_sheet(app, token).await["balances"][0]["balance_minor"]
+        .as_i64()
+        .unwrap()
 }
 
 /// Samples per country in the check's report.
 pub async fn samples_by_country(app: &TestApp, owner: &str, check: &str) -> Vec<(String, u64)> {
-    let (status, report) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/report?group_by=country"),
-            Some(owner),
-            None,
-        )
-        .await;
+    let (status, report) = app.report(owner, check, "group_by=country").await;
     assert_eq!(status, 200, "{report}");
     let mut rows: Vec<(String, u64)> = report["rows"]
         .as_array()
@@ -215,10 +198,7 @@ async fn a_ttfb_shorter_than_the_line_allows_is_flagged_kept_and_not_paid(db: Te
     let list = flags(&app).await;
     assert_eq!(
         rules_by_assignment(&list),
-        [(
-            fake_id.as_str().unwrap().to_owned(),
-            vec!["ttfb_below_rtt".to_owned()]
-        )],
+        flagged_once(&fake_id, "ttfb_below_rtt"),
         "{list}"
     );
     let flag = &list["flags"][0];
@@ -261,12 +241,7 @@ async fn a_ttfb_shorter_than_the_line_allows_is_flagged_kept_and_not_paid(db: Te
     assert_eq!(entries[0]["measurements"], 2, "{board}");
     // The owner sees how many were left out.
     let (_, view) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/runs/{run_id}"),
-            Some(&owner),
-            None,
-        )
+        .get(&format!("/api/v1/checks/{check}/runs/{run_id}"), &owner)
         .await;
     assert_eq!(
         (view["done"].clone(), view["flagged"].clone()),
@@ -275,11 +250,9 @@ async fn a_ttfb_shorter_than_the_line_allows_is_flagged_kept_and_not_paid(db: Te
     );
     // And which result it was, with the rule that flagged it.
     let (status, results) = app
-        .call(
-            "GET",
+        .get(
             &format!("/api/v1/checks/{check}/runs/{run_id}/results"),
-            Some(&owner),
-            None,
+            &owner,
         )
         .await;
     assert_eq!(status, 200, "{results}");
@@ -295,14 +268,7 @@ async fn a_ttfb_shorter_than_the_line_allows_is_flagged_kept_and_not_paid(db: Te
         [(fake_id.clone(), json!(["ttfb_below_rtt"]))],
         "{results}"
     );
-    let (_, check_view) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}"),
-            Some(&owner),
-            None,
-        )
-        .await;
+    let (_, check_view) = app.get(&format!("/api/v1/checks/{check}"), &owner).await;
     assert_eq!(check_view["flagged_results"], 1, "{check_view}");
     let (_, metrics) = app.call("GET", "/metrics", None, None).await;
     assert!(
@@ -360,10 +326,7 @@ async fn a_body_faster_than_the_calibrated_line_is_flagged_and_slow_lines_are_no
     let list = flags(&app).await;
     assert_eq!(
         rules_by_assignment(&list),
-        [(
-            fake_id.as_str().unwrap().to_owned(),
-            vec!["faster_than_line".to_owned()]
-        )],
+        flagged_once(&fake_id, "faster_than_line"),
         "{list}"
     );
     let evidence = &list["flags"][0]["reasons"][0]["evidence"];
@@ -425,10 +388,7 @@ async fn a_result_far_from_its_peers_is_flagged_and_honest_variance_is_not(db: T
     let list = flags(&app).await;
     assert_eq!(
         rules_by_assignment(&list),
-        [(
-            fake_id.as_str().unwrap().to_owned(),
-            vec!["peer_outlier".to_owned()]
-        )],
+        flagged_once(&fake_id, "peer_outlier"),
         "{list}"
     );
     let evidence = &list["flags"][0]["reasons"][0]["evidence"];
@@ -565,12 +525,7 @@ async fn only_one_agent_per_volunteer_and_address_is_paid_for_a_run(db: TestDb) 
     assert_eq!(balance(&app, &farmer).await, 2 * 4);
     assert_eq!(balance(&app, &neighbour).await, 4);
     let (_, view) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{check}/runs/{run_id}"),
-            Some(&owner),
-            None,
-        )
+        .get(&format!("/api/v1/checks/{check}/runs/{run_id}"), &owner)
         .await;
     assert_eq!(
         (view["done"].clone(), view["flagged"].clone()),
@@ -722,9 +677,7 @@ async fn a_result_with_neither_status_nor_error_is_refused(db: TestDb) {
     let assignment = lease(&app, &agent).await;
     let mut body = measured(&assignment, [900, 21_000, 22_000, 4_100], 8192);
     body["measurement"]["status"] = Value::Null;
-    let (status, answer) = app
-        .call("POST", "/api/v1/results", Some(&agent), Some(body))
-        .await;
+    let (status, answer) = app.submit(&agent, body).await;
     assert_eq!(
         (status, answer["error"].as_str()),
         (422, Some("invalid_result")),
@@ -747,16 +700,9 @@ async fn an_uncalibrated_agent_gets_no_work_and_is_not_paid(db: TestDb) {
     let (owner, check, _site) = owner_and_check(&app, 2).await;
     let key = app.volunteer("v");
     let agent = app
-        .uncalibrated_agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1)
+        .uncalibrated_agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl")
         .await;
-    let (status, run) = app
-        .call(
-            "POST",
-            &format!("/api/v1/checks/{check}/runs"),
-            Some(&owner),
-            None,
-        )
-        .await;
+    let (status, run) = app.ask_run(&owner, &check).await;
     assert_eq!(status, 201, "{run}");
     assert_eq!(
         run["eligible_agents"], 0,
@@ -779,10 +725,7 @@ async fn an_uncalibrated_agent_gets_no_work_and_is_not_paid(db: TestDb) {
     let list = flags(&app).await;
     assert_eq!(
         rules_by_assignment(&list),
-        [(
-            assignment.as_str().unwrap().to_owned(),
-            vec!["uncalibrated_agent".to_owned()]
-        )],
+        flagged_once(&assignment, "uncalibrated_agent"),
         "{list}"
     );
     assert_eq!(balance(&app, &owner).await, OWNER_CREDIT);
