@@ -27,43 +27,47 @@ fn posting(account: Account, amount_minor: i64) -> Posting {
     }
 }
 
+/// `amount` taken from `from` and put in `to`: the shape of every movement but a
+/// result's payment.
+fn transfer(
+    event_key: String,
+    kind: &'static str,
+    memo: String,
+    from: Account,
+    to: Account,
+    amount: Money,
+) -> NewTransaction {
+    NewTransaction {
+        event_key,
+        kind,
+        memo,
+        postings: vec![posting(from, -amount.minor), posting(to, amount.minor)],
+    }
+}
+
 /// An owner bought `amount` of credit by card; `payment_id` is Stripe's id for it.
 pub fn purchase(owner_id: &str, amount: Money, payment_id: &str) -> NewTransaction {
-    NewTransaction {
-        event_key: format!("purchase:{payment_id}"),
-        kind: "purchase",
-        memo: format!("owner {owner_id} bought {amount} of credit"),
-        postings: vec![
-            posting(
-                Account::platform(AccountKind::StripeClearing, amount.currency),
-                -amount.minor,
-            ),
-            posting(
-                Account::owner_credit(owner_id, amount.currency),
-                amount.minor,
-            ),
-        ],
-    }
+    transfer(
+        format!("purchase:{payment_id}"),
+        "purchase",
+        format!("owner {owner_id} bought {amount} of credit"),
+        Account::platform(AccountKind::StripeClearing, amount.currency),
+        Account::owner_credit(owner_id, amount.currency),
+        amount,
+    )
 }
 
 /// An operator granted `amount` of test credit; `grant_id` names the grant (a
 /// repeated grant with the same id is a no-op).
 pub fn grant(owner_id: &str, amount: Money, grant_id: &str) -> NewTransaction {
-    NewTransaction {
-        event_key: format!("grant:{grant_id}"),
-        kind: "grant",
-        memo: format!("operator granted owner {owner_id} {amount} of credit"),
-        postings: vec![
-            posting(
-                Account::platform(AccountKind::OperatorGrants, amount.currency),
-                -amount.minor,
-            ),
-            posting(
-                Account::owner_credit(owner_id, amount.currency),
-                amount.minor,
-            ),
-        ],
-    }
+    transfer(
+        format!("grant:{grant_id}"),
+        "grant",
+        format!("operator granted owner {owner_id} {amount} of credit"),
+        Account::platform(AccountKind::OperatorGrants, amount.currency),
+        Account::owner_credit(owner_id, amount.currency),
+        amount,
+    )
 }
 
 /// The owner pays `price` for the result of assignment `assignment_id`, measured by
@@ -106,77 +110,49 @@ pub fn result_event_key(assignment_id: &str) -> String {
 
 /// A payout of `amount` to the volunteer was sent to Stripe.
 pub fn payout_started(volunteer_id: &str, amount: Money, payout_id: &str) -> NewTransaction {
-    NewTransaction {
-        event_key: format!("payout:{payout_id}:start"),
-        kind: "payout_started",
-        memo: format!("payout {payout_id} of {amount} to volunteer {volunteer_id} sent"),
-        postings: vec![
-            posting(
-                Account::volunteer_earnings(volunteer_id, amount.currency),
-                -amount.minor,
-            ),
-            posting(
-                Account::payouts_in_transit(volunteer_id, amount.currency),
-                amount.minor,
-            ),
-        ],
-    }
+    transfer(
+        format!("payout:{payout_id}:start"),
+        "payout_started",
+        format!("payout {payout_id} of {amount} to volunteer {volunteer_id} sent"),
+        Account::volunteer_earnings(volunteer_id, amount.currency),
+        Account::payouts_in_transit(volunteer_id, amount.currency),
+        amount,
+    )
 }
 
 /// The payout arrived: the money has left the platform's Stripe balance.
 pub fn payout_completed(volunteer_id: &str, amount: Money, payout_id: &str) -> NewTransaction {
-    NewTransaction {
-        event_key: format!("payout:{payout_id}:settle"),
-        kind: "payout_completed",
-        memo: format!("payout {payout_id} of {amount} to volunteer {volunteer_id} completed"),
-        postings: vec![
-            posting(
-                Account::payouts_in_transit(volunteer_id, amount.currency),
-                -amount.minor,
-            ),
-            posting(
-                Account::platform(AccountKind::StripeClearing, amount.currency),
-                amount.minor,
-            ),
-        ],
-    }
+    transfer(
+        format!("payout:{payout_id}:settle"),
+        "payout_completed",
+        format!("payout {payout_id} of {amount} to volunteer {volunteer_id} completed"),
+        Account::payouts_in_transit(volunteer_id, amount.currency),
+        Account::platform(AccountKind::StripeClearing, amount.currency),
+        amount,
+    )
 }
 
 /// The payout failed: the money goes back to the volunteer's earnings.
 pub fn payout_failed(volunteer_id: &str, amount: Money, payout_id: &str) -> NewTransaction {
-    NewTransaction {
-        event_key: format!("payout:{payout_id}:settle"),
-        kind: "payout_failed",
-        memo: format!("payout {payout_id} of {amount} to volunteer {volunteer_id} failed"),
-        postings: vec![
-            posting(
-                Account::payouts_in_transit(volunteer_id, amount.currency),
-                -amount.minor,
-            ),
-            posting(
-                Account::volunteer_earnings(volunteer_id, amount.currency),
-                amount.minor,
-            ),
-        ],
-    }
+    transfer(
+        format!("payout:{payout_id}:settle"),
+        "payout_failed",
+        format!("payout {payout_id} of {amount} to volunteer {volunteer_id} failed"),
+        Account::payouts_in_transit(volunteer_id, amount.currency),
+        Account::volunteer_earnings(volunteer_id, amount.currency),
+        amount,
+    )
 }
 
 /// A completed payout's transfer was reversed: the money came back to the platform's
 /// Stripe balance and the volunteer's earnings are restored.
 pub fn payout_reversed(volunteer_id: &str, amount: Money, payout_id: &str) -> NewTransaction {
-    NewTransaction {
-        event_key: format!("payout:{payout_id}:reversal"),
-        kind: "payout_reversed",
-        memo: format!("payout {payout_id} of {amount} to volunteer {volunteer_id} reversed"),
-        postings: vec![
-            posting(
-                Account::platform(AccountKind::StripeClearing, amount.currency),
-                -amount.minor,
-            ),
-            posting(
-                Account::volunteer_earnings(volunteer_id, amount.currency),
-                amount.minor,
-            ),
-        ],
-    }
+    transfer(
+        format!("payout:{payout_id}:reversal"),
+        "payout_reversed",
+        format!("payout {payout_id} of {amount} to volunteer {volunteer_id} reversed"),
+        Account::platform(AccountKind::StripeClearing, amount.currency),
+        Account::volunteer_earnings(volunteer_id, amount.currency),
+        amount,
+    )
 }

@@ -2,7 +2,7 @@
 
 use maud::{html, Markup};
 
-use crate::layout::{csrf_field, error_box, page, Nav};
+use crate::layout::{column_heads, csrf_field, error_box, page, Nav};
 
 /// Connection classes offered as selection filters, in speed order.
 pub const CLASSES: [&str; 6] = ["dialup", "mobile", "satellite", "dsl", "cable", "fibre"];
@@ -68,9 +68,7 @@ pub fn list(nav: &Nav, checks: &[CheckItem], credit: &Credit) -> Markup {
             } @else {
                 div.scroll {
                     table {
-                        thead { tr {
-                            th scope="col" { "Check" } th scope="col" { "Schedule" } th scope="col" { "Agents" }
-                        } }
+                        (column_heads(&["Check", "Schedule", "Agents"]))
                         tbody {
                             @for c in checks {
                                 tr {
@@ -320,7 +318,7 @@ pub fn detail(nav: &Nav, c: &CheckDetail, runs: &[RunItem], error: Option<&str>)
             } @else {
                 div.scroll {
                     table {
-                        thead { tr { th scope="col" { "Started" } th scope="col" { "Measured" } th scope="col" { "State" } } }
+                        (column_heads(&["Started", "Measured", "State"]))
                         tbody {
                             @for r in runs {
                                 tr { td { a href={ "/app/checks/" (c.id) "/runs/" (r.id) } title="What each agent saw" { (r.created) } } td.num { (r.done) " / " (r.requested) } td { (r.state) } }

@@ -71,6 +71,11 @@ pub fn page(title: &str, nav: Option<&Nav>, body: Markup) -> Markup {
     }
 }
 
+/// A table's header row: one column heading per name.
+pub fn column_heads(names: &[&str]) -> Markup {
+    html! { thead { tr { @for name in names { th scope="col" { (name) } } } } }
+}
+
 /// The hidden form field carrying the CSRF token.
 pub fn csrf_field(token: &str) -> Markup {
     html! { input type="hidden" name="csrf" value=(token); }

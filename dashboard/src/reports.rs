@@ -4,7 +4,7 @@
 use maud::{html, Markup, PreEscaped};
 
 use crate::charts::{self, Series};
-use crate::layout::{page, Nav};
+use crate::layout::{column_heads, page, Nav};
 
 /// The windows offered, as (query value, label).
 pub const WINDOWS: [(&str, &str); 4] = [
@@ -153,15 +153,7 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
                 div.scroll {
                     table.report {
                         caption.visually-hidden { "Report rows by country and connection class" }
-                        thead { tr {
-                            th scope="col" { "Class" }
-                            th scope="col" { "Country" }
-                            th scope="col" { "Samples" }
-                            th scope="col" { "Availability" }
-                            th scope="col" { "TTFB p50" }
-                            th scope="col" { "TTFB p95" }
-                            th scope="col" { "Objectives" }
-                        } }
+                        (column_heads(&["Class", "Country", "Samples", "Availability", "TTFB p50", "TTFB p95", "Objectives"]))
                         tbody {
                             @for row in &r.rows {
                                 tr {

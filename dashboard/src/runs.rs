@@ -7,7 +7,7 @@
 
 use maud::{html, Markup};
 
-use crate::layout::{page, Nav};
+use crate::layout::{column_heads, page, Nav};
 
 /// One redirect followed: its (3xx) status, the URL requested and where it pointed.
 #[derive(Debug, Clone)]
@@ -80,15 +80,8 @@ pub fn results(nav: &Nav, run: &RunHeader, rows: &[ResultRow]) -> Markup {
             } @else {
                 div.scroll {
                     table.report.results #results {
-                        thead { tr {
-                            th scope="col" { "Agent" }
-                            th scope="col" { "Outcome" }
-                            th scope="col" { "TTFB" }
-                            th scope="col" { "Total" }
-                            th scope="col" { "Connection" }
-                            th scope="col" { "Redirects" }
-                            @if run.is_page { th scope="col" { "Page" } }
-                        } }
+                        @let heads = ["Agent", "Outcome", "TTFB", "Total", "Connection", "Redirects", "Page"];
+                        (column_heads(if run.is_page { &heads } else { &heads[..6] }))
                         tbody {
                             @for r in rows { (row(run, r)) }
                         }

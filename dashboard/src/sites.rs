@@ -2,7 +2,7 @@
 
 use maud::{html, Markup};
 
-use crate::layout::{csrf_field, error_box, page, Nav};
+use crate::layout::{column_heads, csrf_field, error_box, page, Nav};
 
 /// One site as the pages show it.
 #[derive(Debug, Clone)]
@@ -27,7 +27,7 @@ pub fn list(nav: &Nav, sites: &[SiteItem], error: Option<&str>, origin: &str) ->
                 p.empty { "No sites yet. Add the origin of a website you run to start measuring it." }
             } @else {
                 table {
-                    thead { tr { th scope="col" { "Site" } th scope="col" { "Ownership" } } }
+                    (column_heads(&["Site", "Ownership"]))
                     tbody {
                         @for s in sites {
                             tr {

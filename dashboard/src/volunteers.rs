@@ -2,7 +2,7 @@
 
 use maud::{html, Markup};
 
-use crate::layout::{csrf_field, error_box, page, Nav};
+use crate::layout::{column_heads, csrf_field, error_box, page, Nav};
 
 /// One agent as its volunteer sees it.
 #[derive(Debug, Clone)]
@@ -119,7 +119,7 @@ fn payouts_card(nav: &Nav, e: &Earnings) -> Markup {
             } @else {
                 div.scroll {
                     table {
-                        thead { tr { th scope="col" { "Started" } th scope="col" { "Amount" } th scope="col" { "Status" } } }
+                        (column_heads(&["Started", "Amount", "Status"]))
                         tbody {
                             @for p in &e.payouts {
                                 tr {
@@ -179,11 +179,7 @@ pub fn agents(nav: &Nav, items: &[AgentItem], install: &Install, earnings: &Earn
             } @else {
                 div.scroll {
                     table {
-                        thead { tr {
-                            th scope="col" { "Agent" } th scope="col" { "Status" }
-                            th scope="col" { "Line" } th scope="col" { "Location" }
-                            th scope="col" { "Last result" } th scope="col" { "Results" }
-                        } }
+                        (column_heads(&["Agent", "Status", "Line", "Location", "Last result", "Results"]))
                         tbody {
                             @for a in items {
                                 tr {

@@ -245,8 +245,7 @@ fn main() {
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let ca_file = ca.cert_file(dir.path()).unwrap();
     let any = SocketAddr::from(([127, 0, 0, 1], 0));
 
     // Keep every server alive for the whole run.

@@ -629,6 +629,47 @@ pub(crate) struct Sent {
     pub(crate) driver: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Sends a request with `send`, stamping when it left and when the response's head
+/// came back (the probe's `ttfb`).
+pub(crate) async fn timed_send<F, R>(
+    probe: &mut Probe,
+    send: F,
+) -> Result<hyper::Response<hyper::body::Incoming>, MeasurementError>
+where
+    F: FnOnce() -> R,
+    R: Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+{
+    probe.request_sent = Some(Instant::now());
+    let response = send()
+        .await
+        .map_err(|e| fail(ErrorKind::Http, format!("no response: {e}")))?;
+    probe.first_byte = Some(Instant::now());
+    Ok(response)
+}
+
+/// Sends a request, timed, on a new connection whose `connection` future (hyper's
+/// half that does the I/O) runs on a task of its own. The task ends when the response
+/// is read or the measurement is dropped.
+async fn sent_on_new_connection<C, F, R>(
+    probe: &mut Probe,
+    connection: C,
+    send: F,
+) -> Result<Sent, MeasurementError>
+where
+    C: Future + Send + 'static,
+    F: FnOnce() -> R,
+    R: Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+{
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let response = timed_send(probe, send).await?;
+    Ok(Sent {
+        response,
+        driver: Some(driver),
+    })
+}
+
 /// Sends the request on a fresh HTTP/1.1 connection.
 async fn send_http1<S>(
     io: TokioIo<S>,
@@ -647,20 +688,7 @@ where
         .handshake(io)
         .await
         .map_err(|e| fail(ErrorKind::Http, format!("HTTP handshake failed: {e}")))?;
-    // The connection task ends when the response is read or the measurement is dropped.
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    probe.request_sent = Some(Instant::now());
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| fail(ErrorKind::Http, format!("no response: {e}")))?;
-    probe.first_byte = Some(Instant::now());
-    Ok(Sent {
-        response,
-        driver: Some(driver),
-    })
+    sent_on_new_connection(probe, connection, || sender.send_request(request)).await
 }
 
 /// Sends the request on a fresh HTTP/2 connection (after ALPN chose `h2`).
@@ -676,19 +704,7 @@ where
         hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
             .await
             .map_err(|e| fail(ErrorKind::Http, format!("HTTP/2 handshake failed: {e}")))?;
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    probe.request_sent = Some(Instant::now());
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| fail(ErrorKind::Http, format!("no response: {e}")))?;
-    probe.first_byte = Some(Instant::now());
-    Ok(Sent {
-        response,
-        driver: Some(driver),
-    })
+    sent_on_new_connection(probe, connection, || sender.send_request(request)).await
 }
 
 /// Reads the body to its end and checks the expectations. With `follow`, a redirect's
@@ -1076,7 +1092,7 @@ fn add_ca_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), Eng
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
@@ -1380,23 +1396,36 @@ mod tests {
         Engine,
         tempfile::TempDir,
     ) {
-        let site = lastmile_testbed::site::TargetSite::start(
-            "127.0.0.1:0".parse().unwrap(),
-            lastmile_testbed::site::SiteConfig {
-                tls: Some(tls),
-                think_time: Duration::ZERO,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+        let config = lastmile_testbed::site::SiteConfig {
+            tls: Some(tls),
+            think_time: Duration::ZERO,
+            ..Default::default()
+        };
+        https_site_for("site.test", config, ca, trusting).await
+    }
+
+    /// A test site started with `config` (its TLS from `ca`), and an engine that
+    /// reaches `host` there through `--connect-to` and trusts `ca` when `trusting`.
+    pub(crate) async fn https_site_for(
+        host: &str,
+        config: lastmile_testbed::site::SiteConfig,
+        ca: &lastmile_testbed::tls::TestCa,
+        trusting: bool,
+    ) -> (
+        lastmile_testbed::site::TargetSite,
+        Engine,
+        tempfile::TempDir,
+    ) {
+        let site =
+            lastmile_testbed::site::TargetSite::start("127.0.0.1:0".parse().unwrap(), config)
+                .await
+                .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let ca_file = ca.cert_file(dir.path()).unwrap();
         let engine = Engine::new(EngineConfig {
             allow_private: true,
             ca_file: trusting.then_some(ca_file),
-            connect_to: vec![format!("site.test:443={}", site.addr()).parse().unwrap()],
+            connect_to: vec![format!("{host}:443={}", site.addr()).parse().unwrap()],
             ..EngineConfig::default()
         })
         .unwrap();
@@ -1745,8 +1774,7 @@ mod tests {
             }
         });
         let dir = tempfile::tempdir().unwrap();
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+        let ca_file = ca.cert_file(dir.path()).unwrap();
         let engine = Engine::new(EngineConfig {
             allow_private: true,
             ca_file: Some(ca_file),

@@ -41,8 +41,8 @@ use url::Url;
 
 use crate::discover::{self, Discovered};
 use crate::measure::{
-    as_http2, fail, micros, parse_task_url, read_response, request_for, EmptyBody, Engine,
-    Expectations, Next, Probe, Sent, Stage, Target, Trace,
+    as_http2, fail, micros, parse_task_url, read_response, request_for, timed_send, EmptyBody,
+    Engine, Expectations, Next, Probe, Sent, Stage, Target, Trace,
 };
 
 /// HTTP/1.1 connections per origin at once, as every major browser allows.
@@ -521,18 +521,7 @@ impl Origin {
         match self.checkout(load, probe).await? {
             Checkout::Http2(mut sender) => {
                 as_http2(&mut request, url)?;
-                probe.stage = Stage::Exchanging;
-                probe.http_version = Some("2");
-                probe.request_sent = Some(Instant::now());
-                let response = sender
-                    .send_request(request)
-                    .await
-                    .map_err(|e| fail(ErrorKind::Http, format!("no response: {e}")))?;
-                probe.first_byte = Some(Instant::now());
-                let sent = Sent {
-                    response,
-                    driver: None,
-                };
+                let sent = exchange(probe, "2", || sender.send_request(request)).await?;
                 read_response(sent, expect, follow, probe).await
             }
             Checkout::Http1 {
@@ -540,18 +529,7 @@ impl Origin {
                 remote,
                 _permit,
             } => {
-                probe.stage = Stage::Exchanging;
-                probe.http_version = Some("1.1");
-                probe.request_sent = Some(Instant::now());
-                let response = sender
-                    .send_request(request)
-                    .await
-                    .map_err(|e| fail(ErrorKind::Http, format!("no response: {e}")))?;
-                probe.first_byte = Some(Instant::now());
-                let sent = Sent {
-                    response,
-                    driver: None,
-                };
+                let sent = exchange(probe, "1.1", || sender.send_request(request)).await?;
                 let outcome = read_response(sent, expect, follow, probe).await;
                 // The body was read to its end (a status or body mismatch is judged
                 // after that), so the connection can carry the next request.
@@ -717,6 +695,26 @@ fn reused(probe: &mut Probe, remote: SocketAddr) {
     probe.remote = Some(remote);
 }
 
+/// Sends a request on a pooled connection (whose driver runs elsewhere) with HTTP
+/// `version`, timed.
+async fn exchange<F, R>(
+    probe: &mut Probe,
+    version: &'static str,
+    send: F,
+) -> Result<Sent, MeasurementError>
+where
+    F: FnOnce() -> R,
+    R: std::future::Future<Output = hyper::Result<hyper::Response<hyper::body::Incoming>>>,
+{
+    probe.stage = Stage::Exchanging;
+    probe.http_version = Some(version);
+    let response = timed_send(probe, send).await?;
+    Ok(Sent {
+        response,
+        driver: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -846,28 +844,13 @@ mod tests {
     /// trusts the CA and reaches `shop.test` there.
     async fn tls_site(http2: bool) -> (TargetSite, Engine, tempfile::TempDir) {
         let ca = lastmile_testbed::tls::TestCa::new().unwrap();
-        let site = TargetSite::start(
-            "127.0.0.1:0".parse().unwrap(),
-            SiteConfig {
-                tls: Some(ca.server_config(&["shop.test"]).unwrap()),
-                http2,
-                think_time: Duration::from_millis(20),
-                ..SiteConfig::default()
-            },
-        )
-        .await
-        .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let ca_file = dir.path().join("ca.pem");
-        std::fs::write(&ca_file, ca.cert_pem()).unwrap();
-        let engine = Engine::new(EngineConfig {
-            allow_private: true,
-            ca_file: Some(ca_file),
-            connect_to: vec![format!("shop.test:443={}", site.addr()).parse().unwrap()],
-            ..EngineConfig::default()
-        })
-        .unwrap();
-        (site, engine, dir)
+        let config = SiteConfig {
+            tls: Some(ca.server_config(&["shop.test"]).unwrap()),
+            http2,
+            think_time: Duration::from_millis(20),
+            ..SiteConfig::default()
+        };
+        crate::measure::tests::https_site_for("shop.test", config, &ca, true).await
     }
 
     #[tokio::test]

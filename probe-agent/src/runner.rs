@@ -145,9 +145,21 @@ impl Backoff {
 
 /// Runs the agent until `shutdown` resolves; in-flight measurements are finished and
 /// spooled before it returns.
+///
+/// Only this shim is generic: the agent itself is [`run_until`], compiled once in this
+/// crate rather than again in every crate that runs an agent (the demo's build spent
+/// a minute compiling the agent's loop a second time).
 pub async fn run(
     settings: AgentSettings,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    run_until(settings, Box::pin(shutdown)).await
+}
+
+/// [`run`] with its shutdown signal boxed.
+pub async fn run_until(
+    settings: AgentSettings,
+    shutdown: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.state_dir)?;
     let engine = Engine::new(settings.engine.clone())?;
@@ -160,7 +172,7 @@ pub async fn run(
     let anonymous =
         ControllerClient::new(settings.controller.clone(), settings.engine.source_addr)?;
 
-    tokio::pin!(shutdown);
+    let mut shutdown = shutdown;
     let mut backoff = Backoff { failures: 0 };
     let creds = loop {
         match load_or_enrol(&settings, &anonymous).await {

@@ -1,6 +1,7 @@
 //! The `lastmile-agent` binary as a volunteer runs it.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::future::Future;
 use std::process::Command;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -30,24 +31,51 @@ fn agent() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lastmile-agent"))
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn measure_json_prints_the_documented_object() {
-    let addr = server(b"hello lastmile").await;
-    let url = format!("http://{addr}/");
-    let out = tokio::task::spawn_blocking(move || {
-        agent()
-            .args(["measure", &url, "--json", "--allow-private"])
-            .output()
+/// Runs the agent with `args` off the async threads (the test's own servers keep
+/// answering meanwhile).
+fn agent_output(args: &[&str]) -> impl Future<Output = std::process::Output> {
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    async move {
+        tokio::task::spawn_blocking(move || agent().args(args).output().unwrap())
+            .await
             .unwrap()
-    })
-    .await
-    .unwrap();
+    }
+}
+
+/// `lastmile-agent run` for a DSL line against a controller that is not there, with
+/// `state_dir` and `extra` flags: it stops before reaching out, at what is wrong.
+fn run_unenrolled(state_dir: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    agent()
+        .args([
+            "run",
+            "--controller",
+            "http://127.0.0.1:9",
+            "--connection-class",
+            "dsl",
+        ])
+        .arg("--state-dir")
+        .arg(state_dir)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// Its standard output, after asserting it succeeded.
+fn succeeded(out: &std::process::Output) -> String {
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn measure_json_prints_the_documented_object() {
+    let addr = server(b"hello lastmile").await;
+    let url = format!("http://{addr}/");
+    let out = agent_output(&["measure", &url, "--json", "--allow-private"]).await;
+    let v: serde_json::Value = serde_json::from_str(&succeeded(&out)).unwrap();
     assert_eq!(v["status"], 200);
     assert_eq!(v["bytes"], 14);
     assert_eq!(v["error"], serde_json::Value::Null);
@@ -86,11 +114,7 @@ async fn measure_json_prints_the_documented_object() {
 async fn measure_refuses_loopback_without_local_test_mode() {
     let addr = server(b"x").await;
     let url = format!("http://{addr}/");
-    let out = tokio::task::spawn_blocking(move || {
-        agent().args(["measure", &url, "--json"]).output().unwrap()
-    })
-    .await
-    .unwrap();
+    let out = agent_output(&["measure", &url, "--json"]).await;
     assert!(!out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["error"]["kind"], "target_forbidden");
@@ -99,18 +123,7 @@ async fn measure_refuses_loopback_without_local_test_mode() {
 #[test]
 fn run_without_enrolment_explains_what_is_missing() {
     let dir = tempfile::tempdir().unwrap();
-    let out = agent()
-        .args([
-            "run",
-            "--controller",
-            "http://127.0.0.1:9",
-            "--connection-class",
-            "dsl",
-            "--state-dir",
-        ])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let out = run_unenrolled(dir.path(), &[]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--enrol-key"), "{err}");
@@ -151,20 +164,19 @@ async fn https_targets_are_trusted_through_ca_file_only() {
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+    let ca_file = ca.cert_file(dir.path()).unwrap();
     let url = format!("https://localhost:{}/", site.addr().port());
 
-    let (u, f) = (url.clone(), ca_file.clone());
-    let trusted = tokio::task::spawn_blocking(move || {
-        agent()
-            .args(["measure", &u, "--json", "--allow-private", "--ca-file"])
-            .arg(&f)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let ca_file = ca_file.to_str().unwrap();
+    let trusted = agent_output(&[
+        "measure",
+        &url,
+        "--json",
+        "--allow-private",
+        "--ca-file",
+        ca_file,
+    ])
+    .await;
     let v: serde_json::Value = serde_json::from_slice(&trusted.stdout).unwrap();
     assert_eq!(v["status"], 200, "{v}");
     assert!(
@@ -173,14 +185,7 @@ async fn https_targets_are_trusted_through_ca_file_only() {
     );
     assert_eq!(v["bytes"], 8192);
 
-    let untrusted = tokio::task::spawn_blocking(move || {
-        agent()
-            .args(["measure", &url, "--json", "--allow-private"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
+    let untrusted = agent_output(&["measure", &url, "--json", "--allow-private"]).await;
     let v: serde_json::Value = serde_json::from_slice(&untrusted.stdout).unwrap();
     assert_eq!(v["error"]["kind"], "tls_untrusted", "{v}");
     assert!(
@@ -209,20 +214,7 @@ fn a_ca_file_without_certificates_is_refused_at_start() {
 #[test]
 fn volunteer_limits_that_make_no_sense_are_refused_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    let base = |extra: &[&str]| {
-        let mut cmd = agent();
-        cmd.args([
-            "run",
-            "--controller",
-            "http://127.0.0.1:9",
-            "--connection-class",
-            "dsl",
-            "--state-dir",
-        ])
-        .arg(dir.path())
-        .args(extra);
-        cmd.output().unwrap()
-    };
+    let base = |extra: &[&str]| run_unenrolled(dir.path(), extra);
     let out = base(&["--idle-only-hours", "9-5"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -248,29 +240,25 @@ fn volunteer_limits_that_make_no_sense_are_refused_with_the_reason() {
 async fn measure_checks_the_expectations_given_as_flags() {
     let addr = server(b"hello lastmile").await;
     let url = format!("http://{addr}/");
-    let run = |extra: &'static [&'static str]| {
-        let url = url.clone();
-        tokio::task::spawn_blocking(move || {
-            let out = agent()
-                .args(["measure", &url, "--json", "--allow-private"])
-                .args(extra)
-                .output()
-                .unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["measure", &url, "--json", "--allow-private"];
+        args.extend_from_slice(extra);
+        let out = agent_output(&args);
+        async move {
+            let out = out.await;
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
             (out.status.success(), v)
-        })
+        }
     };
-    let (ok, v) = run(&["--expect-status", "200,204", "--body-contains", "last"])
-        .await
-        .unwrap();
+    let (ok, v) = run(&["--expect-status", "200,204", "--body-contains", "last"]).await;
     assert!(ok, "{v}");
-    let (ok, v) = run(&["--expect-status", "204"]).await.unwrap();
+    let (ok, v) = run(&["--expect-status", "204"]).await;
     assert!(!ok);
     assert_eq!(v["error"]["kind"], "http_status", "{v}");
-    let (ok, v) = run(&["--body-contains", "goodbye"]).await.unwrap();
+    let (ok, v) = run(&["--body-contains", "goodbye"]).await;
     assert!(!ok);
     assert_eq!(v["error"]["kind"], "body_mismatch", "{v}");
-    let (ok, v) = run(&["--max-bytes", "4"]).await.unwrap();
+    let (ok, v) = run(&["--max-bytes", "4"]).await;
     assert!(!ok);
     assert_eq!(v["error"]["kind"], "body_too_large", "{v}");
 }
@@ -283,25 +271,11 @@ async fn measure_page_prints_the_page_summary_and_its_json() {
         .await
         .unwrap();
     let url = format!("{}{}", site.origin(), shop::PAGE_PATH);
-    let run = |args: Vec<String>| {
-        tokio::task::spawn_blocking(move || agent().args(args).output().unwrap())
-    };
-    let base = vec![
-        "measure".to_owned(),
-        url.clone(),
-        "--page".into(),
-        "--allow-private".into(),
-    ];
+    let base = ["measure", url.as_str(), "--page", "--allow-private"];
 
-    let mut json = base.clone();
-    json.push("--json".into());
-    let out = run(json).await.unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json = [&base[..], &["--json"]].concat();
+    let v: serde_json::Value =
+        serde_json::from_str(&succeeded(&agent_output(&json).await)).unwrap();
     let (resources, bytes, missing) = shop::expected(NOT_FOUND.len());
     assert_eq!(v["page"]["resources"], resources, "{v}");
     assert_eq!(v["page"]["bytes"], bytes);
@@ -314,9 +288,7 @@ async fn measure_page_prints_the_page_summary_and_its_json() {
     assert_eq!(v["page"]["failed"][0]["type"], "image");
     assert_eq!(v["page"]["failed"][0]["error"]["kind"], "http_status");
 
-    let out = run(base.clone()).await.unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}");
+    let text = succeeded(&agent_output(&base).await);
     assert!(
         text.contains(&format!("resources  {resources} (stylesheet 1, script 1")),
         "{text}"
@@ -327,9 +299,8 @@ async fn measure_page_prints_the_page_summary_and_its_json() {
     );
 
     // A limit that the page passes fails the command with its code.
-    let mut limited = base;
-    limited.extend(["--max-resources".into(), "3".into()]);
-    let out = run(limited).await.unwrap();
+    let limited = [&base[..], &["--max-resources", "3"]].concat();
+    let out = agent_output(&limited).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("page_too_many_resources"), "{text}");
@@ -358,20 +329,8 @@ async fn measure_count_measures_again_on_fresh_connections() {
         }
     });
     let url = format!("http://{addr}/");
-    let out = tokio::task::spawn_blocking(move || {
-        agent()
-            .args(["measure", &url, "--json", "--count", "3", "--allow-private"])
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let out = agent_output(&["measure", &url, "--json", "--count", "3", "--allow-private"]).await;
+    let lines: Vec<serde_json::Value> = succeeded(&out)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();

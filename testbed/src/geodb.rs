@@ -33,6 +33,22 @@ pub struct TestNetwork {
     pub as_org: String,
 }
 
+impl TestNetwork {
+    /// A network with its place and autonomous system (a city database and an ASN
+    /// database written from it both know it).
+    pub fn new(network: ipnet::IpNet, place: [&str; 3], asn: u32, as_org: &str) -> TestNetwork {
+        let [country, region, city] = place.map(str::to_owned);
+        TestNetwork {
+            network,
+            country,
+            region,
+            city,
+            asn,
+            as_org: as_org.to_owned(),
+        }
+    }
+}
+
 /// Writes a City database (GeoLite2-City layout: `country.iso_code`,
 /// `subdivisions[0].iso_code` and `.names.en`, `city.names.en`) to `path`.
 ///
@@ -153,22 +169,13 @@ mod tests {
 
     fn networks() -> Vec<TestNetwork> {
         vec![
-            TestNetwork {
-                network: "127.0.0.2/32".parse().unwrap(),
-                country: "DE".into(),
-                region: "BE".into(),
-                city: "Berlin".into(),
-                asn: 64_501,
-                as_org: "Test AS64501".into(),
-            },
-            TestNetwork {
-                network: "2001:db8::/32".parse().unwrap(),
-                country: "US".into(),
-                region: String::new(),
-                city: String::new(),
-                asn: 0,
-                as_org: String::new(),
-            },
+            TestNetwork::new(
+                "127.0.0.2/32".parse().unwrap(),
+                ["DE", "BE", "Berlin"],
+                64_501,
+                "Test AS64501",
+            ),
+            TestNetwork::new("2001:db8::/32".parse().unwrap(), ["US", "", ""], 0, ""),
         ]
     }
 

@@ -32,6 +32,13 @@ impl TestCa {
         self.issuer.pem()
     }
 
+    /// Writes the CA's certificate as `ca.pem` in `dir`, for an agent's `ca_file`.
+    pub fn cert_file(&self, dir: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+        let path = dir.join("ca.pem");
+        std::fs::write(&path, self.cert_pem())?;
+        Ok(path)
+    }
+
     /// A TLS server configuration with a certificate for `names` signed by this CA.
     pub fn server_config(&self, names: &[&str]) -> anyhow::Result<Arc<rustls::ServerConfig>> {
         let params =

@@ -344,22 +344,18 @@ mod tests {
     /// City and ASN databases written with the testbed's writers, as the demo does.
     fn test_databases(dir: &Path) -> GeoConfig {
         let networks = [
-            TestNetwork {
-                network: net("127.0.0.2/32"),
-                country: "DE".into(),
-                region: "BE".into(),
-                city: "Berlin".into(),
-                asn: 64_501,
-                as_org: "Test AS64501".into(),
-            },
-            TestNetwork {
-                network: net("2001:db8:3::/48"),
-                country: "US".into(),
-                region: "CA".into(),
-                city: "San Francisco".into(),
-                asn: 64_502,
-                as_org: "Test AS64502".into(),
-            },
+            TestNetwork::new(
+                net("127.0.0.2/32"),
+                ["DE", "BE", "Berlin"],
+                64_501,
+                "Test AS64501",
+            ),
+            TestNetwork::new(
+                net("2001:db8:3::/48"),
+                ["US", "CA", "San Francisco"],
+                64_502,
+                "Test AS64502",
+            ),
         ];
         let city_db = dir.join("city.mmdb");
         let asn_db = dir.join("asn.mmdb");

@@ -43,9 +43,29 @@ pub struct AggregateKey {
     pub connection_class: String,
 }
 
-/// A cell with no results yet.
-fn empty_row(key: &AggregateKey) -> AggregateRow {
-    let empty = histogram::encode(&histogram::new_histogram());
+impl AggregateKey {
+    /// The row's primary key, in the table's column order.
+    fn primary_key(&self) -> (&str, i64, &str, &str, i64, &str) {
+        (
+            &self.check_id,
+            self.bucket_start,
+            &self.country,
+            &self.region,
+            self.asn,
+            &self.connection_class,
+        )
+    }
+}
+
+/// Cell `key` as a row: its counts and one encoded histogram per phase, in
+/// [`Phase::ALL`]'s order.
+pub fn aggregate_row(
+    key: &AggregateKey,
+    successes: i64,
+    failures: i64,
+    hists: [Vec<u8>; 6],
+) -> AggregateRow {
+    let [dns_hist, connect_hist, tls_hist, ttfb_hist, transfer_hist, total_hist] = hists;
     AggregateRow {
         check_id: key.check_id.clone(),
         bucket_start: key.bucket_start,
@@ -53,15 +73,21 @@ fn empty_row(key: &AggregateKey) -> AggregateRow {
         region: key.region.clone(),
         asn: key.asn,
         connection_class: key.connection_class.clone(),
-        successes: 0,
-        failures: 0,
-        dns_hist: empty.clone(),
-        connect_hist: empty.clone(),
-        tls_hist: empty.clone(),
-        ttfb_hist: empty.clone(),
-        transfer_hist: empty.clone(),
-        total_hist: empty,
+        successes,
+        failures,
+        dns_hist,
+        connect_hist,
+        tls_hist,
+        ttfb_hist,
+        transfer_hist,
+        total_hist,
     }
+}
+
+/// A cell with no results yet.
+fn empty_row(key: &AggregateKey) -> AggregateRow {
+    let empty = histogram::encode(&histogram::new_histogram());
+    aggregate_row(key, 0, 0, std::array::from_fn(|_| empty.clone()))
 }
 
 /// Failed sub-resources a page result may list (agents fetch at most a few hundred).
@@ -402,31 +428,15 @@ pub fn fold(conn: &mut DbConn, r: &StoredResult) -> Result<()> {
             *row.hist_mut(phase) = histogram::encode(&h);
         }
     }
-    diesel::update(aggregates::table.find((
-        &key.check_id,
-        key.bucket_start,
-        &key.country,
-        &key.region,
-        key.asn,
-        &key.connection_class,
-    )))
-    .set(&row)
-    .execute(conn)?;
+    diesel::update(aggregates::table.find(key.primary_key()))
+        .set(&row)
+        .execute(conn)?;
     Ok(())
 }
 
 /// Reads the aggregate row for `key` with a write lock, creating it empty if missing.
 fn lock_aggregate(conn: &mut DbConn, key: &AggregateKey) -> Result<AggregateRow> {
-    let find = || {
-        aggregates::table.find((
-            &key.check_id,
-            key.bucket_start,
-            &key.country,
-            &key.region,
-            key.asn,
-            &key.connection_class,
-        ))
-    };
+    let find = || aggregates::table.find(key.primary_key());
     let empty = empty_row(key);
     Ok(match conn {
         DbConn::Pg(c) => {

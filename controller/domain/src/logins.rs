@@ -8,7 +8,6 @@
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use diesel::prelude::*;
-use uuid::Uuid;
 
 use crate::accounts::{self, hash_secret, new_secret};
 use crate::clock::{now_us, Micros};
@@ -100,14 +99,13 @@ pub fn sign_up(
             Role::Owner => (Some(accounts::create_owner(c, name)?.0.id), None),
             Role::Volunteer => (None, Some(accounts::create_volunteer(c, name)?.0.id)),
         };
-        let login = Login {
-            id: Uuid::new_v4().to_string(),
-            email: email.clone(),
+        let login = Login::new(
+            email.clone(),
             password_hash,
             owner_id,
             volunteer_id,
-            created_at: now_us(),
-        };
+            now_us(),
+        );
         diesel::insert_into(logins::table)
             .values(&login)
             .execute(c)?;
@@ -135,14 +133,7 @@ pub fn add_login(
         Account::Owner(id) => (Some(id.to_owned()), None),
         Account::Volunteer(id) => (None, Some(id.to_owned())),
     };
-    let login = Login {
-        id: Uuid::new_v4().to_string(),
-        email,
-        password_hash,
-        owner_id,
-        volunteer_id,
-        created_at: now_us(),
-    };
+    let login = Login::new(email, password_hash, owner_id, volunteer_id, now_us());
     diesel::insert_into(logins::table)
         .values(&login)
         .execute(conn)

@@ -336,41 +336,28 @@ fn lease_one(
 ) -> Result<Option<String>> {
     // The candidate: pending, in a live run the agent is eligible for, of a run the
     // agent has not had an assignment in (whatever became of it).
-    let rows: Vec<IdRow> = match conn {
-        DbConn::Pg(c) => diesel::sql_query(
-            "UPDATE assignments SET state = 'leased', agent_id = $1, leased_at = $2, lease_expires_at = $3 \
-             WHERE id = (\
-               SELECT a.id FROM assignments a \
-               JOIN run_agents ra ON ra.run_id = a.run_id AND ra.agent_id = $1 \
-               JOIN runs r ON r.id = a.run_id \
-               WHERE a.state = 'pending' AND r.deadline_at > $2 \
-                 AND NOT EXISTS (SELECT 1 FROM assignments b WHERE b.run_id = a.run_id AND b.agent_id = $1) \
-               ORDER BY a.created_at, a.id LIMIT 1 \
-               FOR UPDATE OF a SKIP LOCKED) \
-             AND state = 'pending' \
-             RETURNING id",
-        )
-        .bind::<Text, _>(agent_id)
-        .bind::<BigInt, _>(now)
-        .bind::<BigInt, _>(expires)
-        .load(c)?,
-        DbConn::Sqlite(c) => diesel::sql_query(
-            "UPDATE assignments SET state = 'leased', agent_id = ?1, leased_at = ?2, lease_expires_at = ?3 \
-             WHERE id = (\
-               SELECT a.id FROM assignments a \
-               JOIN run_agents ra ON ra.run_id = a.run_id AND ra.agent_id = ?1 \
-               JOIN runs r ON r.id = a.run_id \
-               WHERE a.state = 'pending' AND r.deadline_at > ?2 \
-                 AND NOT EXISTS (SELECT 1 FROM assignments b WHERE b.run_id = a.run_id AND b.agent_id = ?1) \
-               ORDER BY a.created_at, a.id LIMIT 1) \
-             AND state = 'pending' \
-             RETURNING id",
-        )
-        .bind::<Text, _>(agent_id)
-        .bind::<BigInt, _>(now)
-        .bind::<BigInt, _>(expires)
-        .load(c)?,
+    // PostgreSQL skips a candidate another lease is taking; SQLite has one writer, so
+    // none can be. SQLite reads `$1` as a parameter too: one SQL text for both.
+    let lock = match conn {
+        DbConn::Pg(_) => "FOR UPDATE OF a SKIP LOCKED",
+        DbConn::Sqlite(_) => "",
     };
+    let rows: Vec<IdRow> = diesel::sql_query(format!(
+        "UPDATE assignments SET state = 'leased', agent_id = $1, leased_at = $2, lease_expires_at = $3 \
+         WHERE id = (\
+           SELECT a.id FROM assignments a \
+           JOIN run_agents ra ON ra.run_id = a.run_id AND ra.agent_id = $1 \
+           JOIN runs r ON r.id = a.run_id \
+           WHERE a.state = 'pending' AND r.deadline_at > $2 \
+             AND NOT EXISTS (SELECT 1 FROM assignments b WHERE b.run_id = a.run_id AND b.agent_id = $1) \
+           ORDER BY a.created_at, a.id LIMIT 1 {lock}) \
+         AND state = 'pending' \
+         RETURNING id"
+    ))
+    .bind::<Text, _>(agent_id)
+    .bind::<BigInt, _>(now)
+    .bind::<BigInt, _>(expires)
+    .load(conn)?;
     Ok(rows.into_iter().next().map(|r| r.id))
 }
 

@@ -177,6 +177,14 @@ fn classify(e: StripeError) -> StripeFailure {
     }
 }
 
+/// Metadata pairs in the form the request builders take.
+fn metadata_of(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
 fn key(k: &str) -> Result<RequestStrategy, StripeFailure> {
     IdempotencyKey::new(k)
         .map(RequestStrategy::Idempotent)
@@ -225,6 +233,26 @@ impl StripeApi {
         Ok(Some(StripeApi { client }))
     }
 
+    /// Sends a request that creates something, with an idempotency key: Stripe answers
+    /// a retry with the same key with the first answer, so a retried payout or checkout
+    /// never happens twice.
+    async fn create_once<R>(
+        &self,
+        request: R,
+        idempotency_key: &str,
+    ) -> Result<R::Output, StripeFailure>
+    where
+        R: StripeRequest,
+        R::Output: miniserde::Deserialize,
+    {
+        request
+            .customize()
+            .request_strategy(key(idempotency_key)?)
+            .send(&self.client)
+            .await
+            .map_err(classify)
+    }
+
     /// A Checkout session in which the owner pays `amount` for credit.
     pub async fn create_checkout_session(
         &self,
@@ -241,23 +269,19 @@ impl StripeApi {
         let mut item = CreateCheckoutSessionLineItems::new();
         item.price_data = Some(price);
         item.quantity = Some(1);
-        let metadata = [("owner_id".to_owned(), owner_id.to_owned())];
-        let session = CreateCheckoutSession::new()
-            .mode(CheckoutSessionMode::Payment)
-            .line_items(vec![item])
-            .client_reference_id(owner_id)
-            .metadata(
-                metadata
-                    .into_iter()
-                    .collect::<std::collections::HashMap<_, _>>(),
+        let metadata = [("owner_id", owner_id)];
+        let session = self
+            .create_once(
+                CreateCheckoutSession::new()
+                    .mode(CheckoutSessionMode::Payment)
+                    .line_items(vec![item])
+                    .client_reference_id(owner_id)
+                    .metadata(metadata_of(&metadata))
+                    .success_url(success_url)
+                    .cancel_url(cancel_url),
+                idempotency_key,
             )
-            .success_url(success_url)
-            .cancel_url(cancel_url)
-            .customize()
-            .request_strategy(key(idempotency_key)?)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
+            .await?;
         Ok(CheckoutSession {
             id: session.id.to_string(),
             url: session.url.unwrap_or_default(),
@@ -274,20 +298,16 @@ impl StripeApi {
         let mut transfers = CreateAccountCapabilitiesTransfers::new();
         transfers.requested = Some(true);
         capabilities.transfers = Some(transfers);
-        let metadata = [("volunteer_id".to_owned(), volunteer_id.to_owned())];
-        let account = CreateAccount::new()
-            .type_(CreateAccountType::Express)
-            .capabilities(capabilities)
-            .metadata(
-                metadata
-                    .into_iter()
-                    .collect::<std::collections::HashMap<_, _>>(),
+        let metadata = [("volunteer_id", volunteer_id)];
+        let account = self
+            .create_once(
+                CreateAccount::new()
+                    .type_(CreateAccountType::Express)
+                    .capabilities(capabilities)
+                    .metadata(metadata_of(&metadata)),
+                idempotency_key,
             )
-            .customize()
-            .request_strategy(key(idempotency_key)?)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
+            .await?;
         Ok(account.id.to_string())
     }
 
@@ -308,14 +328,14 @@ impl StripeApi {
         return_url: &str,
         idempotency_key: &str,
     ) -> Result<String, StripeFailure> {
-        let link = CreateAccountLink::new(account_id, CreateAccountLinkType::AccountOnboarding)
-            .refresh_url(refresh_url)
-            .return_url(return_url)
-            .customize()
-            .request_strategy(key(idempotency_key)?)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
+        let link = self
+            .create_once(
+                CreateAccountLink::new(account_id, CreateAccountLinkType::AccountOnboarding)
+                    .refresh_url(refresh_url)
+                    .return_url(return_url),
+                idempotency_key,
+            )
+            .await?;
         Ok(link.url)
     }
 
@@ -329,23 +349,16 @@ impl StripeApi {
         idempotency_key: &str,
     ) -> Result<String, StripeFailure> {
         let currency = stripe_currency(amount)?;
-        let metadata = [
-            ("payout_id".to_owned(), payout_id.to_owned()),
-            ("volunteer_id".to_owned(), volunteer_id.to_owned()),
-        ];
-        let transfer = CreateTransfer::new(currency, destination)
-            .amount(amount.minor)
-            .transfer_group(format!("payout-{payout_id}"))
-            .metadata(
-                metadata
-                    .into_iter()
-                    .collect::<std::collections::HashMap<_, _>>(),
+        let metadata = [("payout_id", payout_id), ("volunteer_id", volunteer_id)];
+        let transfer = self
+            .create_once(
+                CreateTransfer::new(currency, destination)
+                    .amount(amount.minor)
+                    .transfer_group(format!("payout-{payout_id}"))
+                    .metadata(metadata_of(&metadata)),
+                idempotency_key,
             )
-            .customize()
-            .request_strategy(key(idempotency_key)?)
-            .send(&self.client)
-            .await
-            .map_err(classify)?;
+            .await?;
         Ok(transfer.id.to_string())
     }
 }

@@ -25,6 +25,24 @@ pub struct Login {
 }
 
 impl Login {
+    /// A new login for the owner or the volunteer named (one of the two).
+    pub fn new(
+        email: String,
+        password_hash: String,
+        owner_id: Option<String>,
+        volunteer_id: Option<String>,
+        now: i64,
+    ) -> Login {
+        Login {
+            id: uuid::Uuid::new_v4().to_string(),
+            email,
+            password_hash,
+            owner_id,
+            volunteer_id,
+            created_at: now,
+        }
+    }
+
     pub fn role(&self) -> Role {
         if self.owner_id.is_some() {
             Role::Owner

@@ -22,7 +22,7 @@ use diesel::sql_types::{BigInt, Double, Text};
 use hdrhistogram::Histogram;
 use lastmile_domain::check_terms::Selection;
 use lastmile_domain::checks::{self, NewCheck, Schedule};
-use lastmile_domain::ingest::{self, AggregateRow, StoredResult};
+use lastmile_domain::ingest::{self, StoredResult};
 use lastmile_domain::reports::{self, Dimension, ReportQuery};
 use lastmile_domain::scheduling::{self, SchedulingPolicy};
 use lastmile_domain::{accounts, agents, clock, histogram};
@@ -371,23 +371,12 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
         }
     }
     for (key, (successes, hists)) in &cells {
-        let enc: Vec<Vec<u8>> = hists.iter().map(histogram::encode).collect();
-        let row = AggregateRow {
-            check_id: key.check_id.clone(),
-            bucket_start: key.bucket_start,
-            country: key.country.clone(),
-            region: key.region.clone(),
-            asn: key.asn,
-            connection_class: key.connection_class.clone(),
-            successes: *successes,
-            failures: 0,
-            dns_hist: enc[0].clone(),
-            connect_hist: enc[1].clone(),
-            tls_hist: enc[2].clone(),
-            ttfb_hist: enc[3].clone(),
-            transfer_hist: enc[4].clone(),
-            total_hist: enc[5].clone(),
-        };
+        let row = ingest::aggregate_row(
+            key,
+            *successes,
+            0,
+            std::array::from_fn(|i| histogram::encode(&hists[i])),
+        );
         diesel::insert_into(aggregates::table)
             .values(&row)
             .execute(pg)?;

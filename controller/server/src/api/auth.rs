@@ -17,6 +17,7 @@ use lastmile_domain::accounts::{self, Owner};
 use lastmile_domain::agents::{self, Agent};
 use lastmile_domain::billing::HolderKind;
 use lastmile_domain::error::Error;
+use lastmile_storage::DbConn;
 
 pub(super) fn bearer(req: &HttpRequest) -> Result<String, Failure> {
     let header = req
@@ -45,6 +46,28 @@ pub(super) fn state(req: &HttpRequest) -> Result<web::Data<AppState>, Failure> {
     req.app_data::<web::Data<AppState>>()
         .cloned()
         .ok_or_else(|| Failure(Error::Internal("application state missing".into())))
+}
+
+/// Whoever `find` says holds the request's bearer token, looked up off the async
+/// threads; a 401 saying `refusal` when nobody does.
+fn by_bearer<T, F>(
+    req: &HttpRequest,
+    find: F,
+    refusal: &'static str,
+) -> impl Future<Output = Result<T, Failure>> + 'static
+where
+    T: Send + 'static,
+    F: FnOnce(&mut DbConn, &str) -> Result<Option<T>, Error> + Send + 'static,
+{
+    let found = bearer(req).and_then(|t| Ok((t, state(req)?)));
+    async move {
+        let (token, state) = found?;
+        state
+            .db
+            .run(move |c| find(c, &token))
+            .await?
+            .ok_or_else(|| Failure(Error::Unauthorized(refusal.into())))
+    }
 }
 
 /// How an owner proved who they are.
@@ -111,18 +134,12 @@ impl FromRequest for AuthAgent {
     type Future = Pin<Box<dyn Future<Output = Result<Self, Failure>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let found = bearer(req).and_then(|t| Ok((t, state(req)?)));
-        Box::pin(async move {
-            let (token, state) = found?;
-            state
-                .db
-                .run(move |c| agents::agent_by_token(c, &token))
-                .await?
-                .map(AuthAgent)
-                .ok_or_else(|| {
-                    Failure(Error::Unauthorized("unknown or revoked agent token".into()))
-                })
-        })
+        let agent = by_bearer(
+            req,
+            agents::agent_by_token,
+            "unknown or revoked agent token",
+        );
+        Box::pin(async move { Ok(AuthAgent(agent.await?)) })
     }
 }
 
@@ -167,30 +184,20 @@ impl FromRequest for AuthHolder {
     type Future = Pin<Box<dyn Future<Output = Result<Self, Failure>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let found = bearer(req).and_then(|t| Ok((t, state(req)?)));
-        Box::pin(async move {
-            let (token, state) = found?;
-            state
-                .db
-                .run(move |c| {
-                    if let Some(owner) = lastmile_domain::api_tokens::authenticate(c, &token)? {
-                        return Ok(Some(AuthHolder(HolderKind::Owner, owner.id)));
-                    }
-                    if let Some(v) = accounts::volunteer_by_enrol_key(c, &token)? {
-                        return Ok(Some(AuthHolder(HolderKind::Volunteer, v.id)));
-                    }
-                    Ok::<_, Error>(
-                        agents::agent_by_token(c, &token)?
-                            .map(|a| AuthHolder(HolderKind::Volunteer, a.volunteer_id)),
-                    )
-                })
-                .await?
-                .ok_or_else(|| {
-                    Failure(Error::Unauthorized(
-                        "send an owner token, a volunteer's enrolment key or an agent token".into(),
-                    ))
-                })
-        })
+        Box::pin(by_bearer(
+            req,
+            |c, token| {
+                if let Some(owner) = lastmile_domain::api_tokens::authenticate(c, token)? {
+                    return Ok(Some(AuthHolder(HolderKind::Owner, owner.id)));
+                }
+                if let Some(v) = accounts::volunteer_by_enrol_key(c, token)? {
+                    return Ok(Some(AuthHolder(HolderKind::Volunteer, v.id)));
+                }
+                Ok(agents::agent_by_token(c, token)?
+                    .map(|a| AuthHolder(HolderKind::Volunteer, a.volunteer_id)))
+            },
+            "send an owner token, a volunteer's enrolment key or an agent token",
+        ))
     }
 }
 

@@ -198,7 +198,8 @@ impl IspParams {
         })
     }
 
-    fn page(&self) -> Result<(usize, usize), Failure> {
+    /// The window and scope, and the page asked for.
+    fn paged(&self) -> Result<(IspQuery, usize, usize), Failure> {
         let page = self.page.unwrap_or(1);
         let per_page = self.per_page.unwrap_or(100);
         if page == 0 || !(1..=500).contains(&per_page) {
@@ -207,7 +208,7 @@ impl IspParams {
                 "page starts at 1 and per_page is between 1 and 500",
             )));
         }
-        Ok((page, per_page))
+        Ok((self.query()?, page, per_page))
     }
 }
 
@@ -240,6 +241,15 @@ pub struct Window {
     pub to: DateTime<Utc>,
 }
 
+impl From<&IspQuery> for Window {
+    fn from(q: &IspQuery) -> Window {
+        Window {
+            from: q.from,
+            to: q.to,
+        }
+    }
+}
+
 fn paginate<T>(rows: Vec<T>, page: usize, per_page: usize) -> (usize, Vec<T>) {
     let total = rows.len();
     (
@@ -262,27 +272,19 @@ pub async fn summary(
     auth: AuthIsp,
     params: web::Query<IspParams>,
 ) -> Result<HttpResponse, Failure> {
-    let query = params.query()?;
-    let (page, per_page) = params.page()?;
-    let isp = auth.isp.clone();
-    let q = query.clone();
+    let (query, page, per_page) = params.paged()?;
+    let (isp, q) = (auth.isp.clone(), query.clone());
     let (asns, rows) = state.db.run(move |c| isp::summary(c, &isp, &q)).await?;
     let (total_rows, rows) = paginate(rows, page, per_page);
-    answer(
-        &req,
-        auth.quota,
-        &SummaryPage {
-            window: Window {
-                from: query.from,
-                to: query.to,
-            },
-            asns,
-            page,
-            per_page,
-            total_rows,
-            rows,
-        },
-    )
+    let body = SummaryPage {
+        window: Window::from(&query),
+        asns,
+        page,
+        per_page,
+        total_rows,
+        rows,
+    };
+    answer(&req, auth.quota, &body)
 }
 
 /// Destinations ordered worst first.
@@ -305,29 +307,21 @@ pub async fn destinations(
     auth: AuthIsp,
     params: web::Query<IspParams>,
 ) -> Result<HttpResponse, Failure> {
-    let query = params.query()?;
-    let (page, per_page) = params.page()?;
-    let isp = auth.isp.clone();
-    let q = query.clone();
+    let (query, page, per_page) = params.paged()?;
+    let (isp, q) = (auth.isp.clone(), query.clone());
     let rows = state
         .db
         .run(move |c| isp::worst_destinations(c, &isp, &q, usize::MAX))
         .await?;
     let (total_rows, rows) = paginate(rows, page, per_page);
-    answer(
-        &req,
-        auth.quota,
-        &DestinationsPage {
-            window: Window {
-                from: query.from,
-                to: query.to,
-            },
-            page,
-            per_page,
-            total_rows,
-            rows,
-        },
-    )
+    let body = DestinationsPage {
+        window: Window::from(&query),
+        page,
+        per_page,
+        total_rows,
+        rows,
+    };
+    answer(&req, auth.quota, &body)
 }
 
 /// A time series of the ISP's networks.
@@ -359,22 +353,15 @@ pub async fn series(
             )))
         }
     };
-    let isp = auth.isp.clone();
-    let q = query.clone();
+    let (isp, q) = (auth.isp.clone(), query.clone());
     let points = state
         .db
         .run(move |c| isp::series(c, &isp, &q, bucket_us))
         .await?;
-    answer(
-        &req,
-        auth.quota,
-        &Series {
-            window: Window {
-                from: query.from,
-                to: query.to,
-            },
-            bucket: bucket.into(),
-            points,
-        },
-    )
+    let body = Series {
+        window: Window::from(&query),
+        bucket: bucket.into(),
+        points,
+    };
+    answer(&req, auth.quota, &body)
 }

@@ -21,19 +21,35 @@ pub async fn home(user: Option<SignedIn>) -> HttpResponse {
     }
 }
 
-pub async fn sign_in_form(req: HttpRequest) -> HttpResponse {
-    let (csrf, cookie) = session::pre_session_csrf(&req);
-    let mut res = html(
-        StatusCode::OK,
-        pages::sign_in(&SignInForm {
-            csrf: &csrf,
-            ..SignInForm::default()
-        }),
-    );
+/// A form shown before there is a session: it carries a CSRF token bound to a cookie
+/// set now, if the browser has none yet.
+fn pre_session_form(
+    req: &HttpRequest,
+    status: StatusCode,
+    page: impl FnOnce(&str) -> maud::Markup,
+) -> HttpResponse {
+    let (csrf, cookie) = session::pre_session_csrf(req);
+    let mut res = html(status, page(&csrf));
     if let Some(c) = cookie {
         let _ = res.add_cookie(&c);
     }
     res
+}
+
+/// Into the dashboard with a new session.
+fn into_dashboard(req: &HttpRequest, token: &str) -> HttpResponse {
+    let mut res = see_other("/app");
+    let _ = res.add_cookie(&session::session_cookie(req, token));
+    res
+}
+
+pub async fn sign_in_form(req: HttpRequest) -> HttpResponse {
+    pre_session_form(&req, StatusCode::OK, |csrf| {
+        pages::sign_in(&SignInForm {
+            csrf,
+            ..SignInForm::default()
+        })
+    })
 }
 
 #[derive(Deserialize)]
@@ -51,15 +67,13 @@ pub async fn sign_in(
 ) -> HttpResponse {
     let form = form.into_inner();
     let again = |status, error: &str| {
-        let (csrf, _) = session::pre_session_csrf(&req);
-        html(
-            status,
+        pre_session_form(&req, status, |csrf| {
             pages::sign_in(&SignInForm {
                 email: &form.email,
                 error: Some(error),
-                csrf: &csrf,
-            }),
-        )
+                csrf,
+            })
+        })
     };
     if !session::pre_session_csrf_ok(&req, &form.csrf) {
         return again(
@@ -97,30 +111,20 @@ pub async fn sign_in(
         })
         .await;
     match signed_in {
-        Ok(token) => {
-            let mut res = see_other("/app");
-            let _ = res.add_cookie(&session::session_cookie(&req, &token));
-            res
-        }
+        Ok(token) => into_dashboard(&req, &token),
         Err(Error::Unauthorized(m)) => again(StatusCode::UNAUTHORIZED, &capitalize(&m)),
         Err(e) => again(e.status_code(), &e.to_string()),
     }
 }
 
 pub async fn sign_up_form(req: HttpRequest) -> HttpResponse {
-    let (csrf, cookie) = session::pre_session_csrf(&req);
-    let mut res = html(
-        StatusCode::OK,
+    pre_session_form(&req, StatusCode::OK, |csrf| {
         pages::sign_up(&SignUpForm {
-            csrf: &csrf,
+            csrf,
             role: "owner",
             ..SignUpForm::default()
-        }),
-    );
-    if let Some(c) = cookie {
-        let _ = res.add_cookie(&c);
-    }
-    res
+        })
+    })
 }
 
 #[derive(Deserialize)]
@@ -141,17 +145,15 @@ pub async fn sign_up(
 ) -> HttpResponse {
     let form = form.into_inner();
     let again = |status, error: &str| {
-        let (csrf, _) = session::pre_session_csrf(&req);
-        html(
-            status,
+        pre_session_form(&req, status, |csrf| {
             pages::sign_up(&SignUpForm {
                 name: &form.name,
                 email: &form.email,
                 role: &form.role,
                 error: Some(error),
-                csrf: &csrf,
-            }),
-        )
+                csrf,
+            })
+        })
     };
     if !session::pre_session_csrf_ok(&req, &form.csrf) {
         return again(
@@ -172,11 +174,7 @@ pub async fn sign_up(
         })
         .await;
     match created {
-        Ok(token) => {
-            let mut res = see_other("/app");
-            let _ = res.add_cookie(&session::session_cookie(&req, &token));
-            res
-        }
+        Ok(token) => into_dashboard(&req, &token),
         Err(e) => again(e.status_code(), &capitalize(&e.to_string())),
     }
 }

@@ -10,7 +10,7 @@ use lastmile_protocol::{CheckKind, ConnectionClass};
 use serde::Deserialize;
 
 use super::error::{HasNav, OrPage, PageError};
-use super::session::{CsrfForm, CsrfOnly, CsrfToken, SignedInOwner};
+use super::session::{CsrfForm, CsrfOnly, SignedInOwner};
 use super::{html, see_other};
 use crate::state::AppState;
 use lastmile_domain::check_terms::{Selection, StoredCheck, DEFAULT_AGENTS_PER_RUN};
@@ -126,7 +126,6 @@ pub(super) async fn render_list(
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub struct CheckFields {
-    csrf: String,
     action: String,
     site_id: String,
     name: String,
@@ -144,12 +143,6 @@ pub struct CheckFields {
     connection_classes: Vec<String>,
     agents_per_run: String,
     isp_sharing: Option<String>,
-}
-
-impl CsrfToken for CheckFields {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 /// A comma/space separated list, each item parsed; the error names the field.

@@ -14,21 +14,13 @@ use lastmile_domain::payments::{self, NewCheckout, MAX_PURCHASE_MINOR, MIN_PURCH
 use super::checks::render_list;
 use super::error::PageError;
 use super::see_other;
-use super::session::{CsrfForm, CsrfToken, SignedInOwner};
+use super::session::{CsrfForm, SignedInOwner};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
 pub struct BuyFields {
     #[serde(default)]
-    csrf: String,
-    #[serde(default)]
     amount: String,
-}
-
-impl CsrfToken for BuyFields {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 /// "25", "25.5", "$1,000.00" as cents; `None` unless it is a plain amount of dollars

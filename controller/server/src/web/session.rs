@@ -170,17 +170,13 @@ impl HasNav for SignedInVolunteer {
     }
 }
 
-/// A form that carries the session's CSRF token (field `csrf`).
-pub trait CsrfToken {
-    fn csrf(&self) -> &str;
-}
-
 /// A posted form (`application/x-www-form-urlencoded`, repeated keys for lists) whose
-/// CSRF token is the signed-in session's; otherwise the "form expired" page, and the
-/// handler never runs. A body that is not such a form is a 400 page.
+/// CSRF token (field `csrf`, read here, so `T` names only the form's own fields) is the
+/// signed-in session's; otherwise the "form expired" page, and the handler never runs.
+/// A body that is not such a form is a 400 page.
 pub struct CsrfForm<T>(pub T);
 
-impl<T: DeserializeOwned + CsrfToken + 'static> FromRequest for CsrfForm<T> {
+impl<T: DeserializeOwned + 'static> FromRequest for CsrfForm<T> {
     type Error = PageError;
     type Future = LocalBoxFuture<'static, Result<Self, PageError>>;
 
@@ -199,11 +195,13 @@ impl<T: DeserializeOwned + CsrfToken + 'static> FromRequest for CsrfForm<T> {
                 )
             };
             let body = body.await.map_err(|e| unreadable(e.to_string()))?;
-            let form: T =
+            let token: CsrfOnly =
                 serde_html_form::from_bytes(&body).map_err(|e| unreadable(e.to_string()))?;
-            if !user.csrf_ok(form.csrf()) {
+            if !user.csrf_ok(&token.csrf) {
                 return Err(PageError::ExpiredForm(Box::new(user.nav())));
             }
+            let form: T =
+                serde_html_form::from_bytes(&body).map_err(|e| unreadable(e.to_string()))?;
             Ok(CsrfForm(form))
         })
     }
@@ -214,12 +212,6 @@ impl<T: DeserializeOwned + CsrfToken + 'static> FromRequest for CsrfForm<T> {
 pub struct CsrfOnly {
     #[serde(default)]
     csrf: String,
-}
-
-impl CsrfToken for CsrfOnly {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 /// The session cookie: HttpOnly, SameSite=Lax (links from mail still sign you in, posts

@@ -9,7 +9,7 @@ use lastmile_domain::sites::{self, NewSite, Site};
 use serde::Deserialize;
 
 use super::error::{HasNav, OrPage, PageError};
-use super::session::{CsrfForm, CsrfToken, SignedInOwner};
+use super::session::{CsrfForm, SignedInOwner};
 use super::{html, see_other};
 use crate::state::AppState;
 
@@ -47,14 +47,6 @@ pub async fn list(
 #[derive(Deserialize)]
 pub struct NewSiteFields {
     origin: String,
-    #[serde(default)]
-    csrf: String,
-}
-
-impl CsrfToken for NewSiteFields {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 pub async fn create(
@@ -92,31 +84,34 @@ pub async fn detail(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, PageError> {
-    let (owner, id) = (user.owner_id.clone(), id.into_inner());
+    site_page(&user, &state, id.into_inner(), StatusCode::OK, None).await
+}
+
+/// The site's page, with why verifying failed when it did.
+async fn site_page(
+    user: &SignedInOwner,
+    state: &AppState,
+    id: String,
+    status: StatusCode,
+    failure: Option<&str>,
+) -> Result<HttpResponse, PageError> {
+    let owner = user.owner_id.clone();
     let site = state
         .db
         .run(move |c| sites::get(c, &owner, &id))
         .await
-        .or_page(&user)?;
+        .or_page(user)?;
     Ok(html(
-        StatusCode::OK,
-        pages::detail(&user.nav(), &item(&site), None),
+        status,
+        pages::detail(&user.nav(), &item(&site), failure),
     ))
 }
 
 #[derive(Deserialize)]
 pub struct VerifyFields {
-    #[serde(default)]
-    csrf: String,
     /// `file` (default) or `dns`.
     #[serde(default)]
     method: String,
-}
-
-impl CsrfToken for VerifyFields {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 pub async fn verify(
@@ -152,15 +147,7 @@ pub async fn verify(
         Err(e @ Error::NotFound { .. }) => Err(PageError::Failed(Box::new(user.nav()), e)),
         Err(e) => {
             // Verification failed: say why on the site's page.
-            let site = state
-                .db
-                .run(move |c| sites::get(c, &owner, &id))
-                .await
-                .or_page(&user)?;
-            Ok(html(
-                e.status_code(),
-                pages::detail(&user.nav(), &item(&site), Some(&e.to_string())),
-            ))
+            site_page(&user, &state, id, e.status_code(), Some(&e.to_string())).await
         }
     }
 }

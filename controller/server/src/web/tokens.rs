@@ -8,7 +8,7 @@ use lastmile_domain::api_tokens::{self, ApiToken};
 use serde::Deserialize;
 
 use super::error::{HasNav, OrPage, PageError};
-use super::session::{CsrfForm, CsrfOnly, CsrfToken, SignedInOwner};
+use super::session::{CsrfForm, CsrfOnly, SignedInOwner};
 use super::{html, see_other};
 use crate::state::AppState;
 
@@ -68,14 +68,6 @@ pub async fn list(
 pub struct NewTokenFields {
     #[serde(default)]
     name: String,
-    #[serde(default)]
-    csrf: String,
-}
-
-impl CsrfToken for NewTokenFields {
-    fn csrf(&self) -> &str {
-        &self.csrf
-    }
 }
 
 /// Makes a token and shows it in this answer only (a redirect would have to carry the
