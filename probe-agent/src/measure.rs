@@ -1128,6 +1128,22 @@ pub(crate) mod tests {
         .unwrap()
     }
 
+    /// A local engine that reaches `authority` (host:port) at `addr` instead of where
+    /// DNS says, trusting `ca_file` when given.
+    pub(crate) fn engine_reaching(
+        authority: &str,
+        addr: std::net::SocketAddr,
+        ca_file: Option<std::path::PathBuf>,
+    ) -> Engine {
+        Engine::new(EngineConfig {
+            allow_private: true,
+            ca_file,
+            connect_to: vec![format!("{authority}={addr}").parse().unwrap()],
+            ..EngineConfig::default()
+        })
+        .unwrap()
+    }
+
     #[tokio::test]
     async fn server_think_time_shows_up_in_ttfb_not_in_connect() {
         let addr = server(200, vec![b'x'; 1000], Duration::from_millis(80)).await;
@@ -1207,12 +1223,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn connect_to_sends_the_connection_elsewhere() {
         let addr = server(200, b"via".to_vec(), Duration::ZERO).await;
-        let engine = Engine::new(EngineConfig {
-            allow_private: true,
-            connect_to: vec![format!("site.example:80={addr}").parse().unwrap()],
-            ..EngineConfig::default()
-        })
-        .unwrap();
+        let engine = engine_reaching("site.example:80", addr, None);
         let m = engine
             .measure("http://site.example/", &Expectations::default())
             .await;
@@ -1422,13 +1433,11 @@ pub(crate) mod tests {
                 .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = ca.cert_file(dir.path()).unwrap();
-        let engine = Engine::new(EngineConfig {
-            allow_private: true,
-            ca_file: trusting.then_some(ca_file),
-            connect_to: vec![format!("{host}:443={}", site.addr()).parse().unwrap()],
-            ..EngineConfig::default()
-        })
-        .unwrap();
+        let engine = engine_reaching(
+            &format!("{host}:443"),
+            site.addr(),
+            trusting.then_some(ca_file),
+        );
         (site, engine, dir)
     }
 
@@ -1463,12 +1472,7 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_server_that_does_not_speak_tls_is_tls_handshake() {
         let addr = server(200, b"plain".to_vec(), Duration::ZERO).await;
-        let engine = Engine::new(EngineConfig {
-            allow_private: true,
-            connect_to: vec![format!("site.test:443={addr}").parse().unwrap()],
-            ..EngineConfig::default()
-        })
-        .unwrap();
+        let engine = engine_reaching("site.test:443", addr, None);
         let m = engine.measure("https://site.test/", &short(5_000)).await;
         assert_eq!(kind(&m), Some(ErrorKind::TlsHandshake), "{m:?}");
     }
@@ -1775,13 +1779,7 @@ pub(crate) mod tests {
         });
         let dir = tempfile::tempdir().unwrap();
         let ca_file = ca.cert_file(dir.path()).unwrap();
-        let engine = Engine::new(EngineConfig {
-            allow_private: true,
-            ca_file: Some(ca_file),
-            connect_to: vec![format!("site.test:443={addr}").parse().unwrap()],
-            ..EngineConfig::default()
-        })
-        .unwrap();
+        let engine = engine_reaching("site.test:443", addr, Some(ca_file));
         let expect = Expectations {
             body_contains: Some("h2 for site.test".into()),
             ..short(5_000)

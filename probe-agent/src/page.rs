@@ -500,6 +500,28 @@ enum Checkout {
     Http2(http2::SendRequest<EmptyBody>),
 }
 
+/// An HTTP/1.1 connection over `io`, its I/O driven by the load; it holds `permit`
+/// (one of the origin's connections) for as long as it lives.
+async fn http1_over<S>(
+    io: S,
+    load: &Load,
+    remote: SocketAddr,
+    permit: OwnedSemaphorePermit,
+) -> Result<Checkout, MeasurementError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| fail(ErrorKind::Http, format!("HTTP handshake failed: {e}")))?;
+    load.drive(connection);
+    Ok(Checkout::Http1 {
+        sender,
+        remote,
+        _permit: permit,
+    })
+}
+
 /// A freshly opened transport.
 enum Transport {
     Plain(TcpStream),
@@ -654,28 +676,8 @@ impl Origin {
                 drop(permit);
                 Ok(Checkout::Http2(sender))
             }
-            Transport::Tls(tls) => {
-                let (sender, connection) = http1::handshake(TokioIo::new(tls))
-                    .await
-                    .map_err(|e| fail(ErrorKind::Http, format!("HTTP handshake failed: {e}")))?;
-                load.drive(connection);
-                Ok(Checkout::Http1 {
-                    sender,
-                    remote,
-                    _permit: permit,
-                })
-            }
-            Transport::Plain(tcp) => {
-                let (sender, connection) = http1::handshake(TokioIo::new(tcp))
-                    .await
-                    .map_err(|e| fail(ErrorKind::Http, format!("HTTP handshake failed: {e}")))?;
-                load.drive(connection);
-                Ok(Checkout::Http1 {
-                    sender,
-                    remote,
-                    _permit: permit,
-                })
-            }
+            Transport::Tls(tls) => http1_over(tls, load, remote, permit).await,
+            Transport::Plain(tcp) => http1_over(tcp, load, remote, permit).await,
         }
     }
 }
@@ -853,9 +855,9 @@ mod tests {
         crate::measure::tests::https_site_for("shop.test", config, &ca, true).await
     }
 
-    #[tokio::test]
-    async fn http2_carries_the_whole_page_on_one_connection() {
-        let (site, engine, _dir) = tls_site(true).await;
+    /// The shop's page measured over HTTPS (HTTP/2 offered or not), without error.
+    async fn shop_over_tls(http2: bool) -> (TargetSite, Measurement, tempfile::TempDir) {
+        let (site, engine, dir) = tls_site(http2).await;
         let m = engine
             .measure_page(
                 "https://shop.test/page/",
@@ -864,6 +866,12 @@ mod tests {
             )
             .await;
         assert_eq!(m.error, None, "{m:?}");
+        (site, m, dir)
+    }
+
+    #[tokio::test]
+    async fn http2_carries_the_whole_page_on_one_connection() {
+        let (site, m, _dir) = shop_over_tls(true).await;
         assert_eq!(m.http_version.as_deref(), Some("2"));
         let page = page_of(&m);
         let (resources, bytes, _) = shop::expected(NOT_FOUND.len());
@@ -884,15 +892,7 @@ mod tests {
         );
 
         // Without h2 the same page goes over several HTTPS/1.1 connections.
-        let (site, engine, _dir) = tls_site(false).await;
-        let m = engine
-            .measure_page(
-                "https://shop.test/page/",
-                &within(10_000),
-                PageLimits::default(),
-            )
-            .await;
-        assert_eq!(m.error, None, "{m:?}");
+        let (site, m, _dir) = shop_over_tls(false).await;
         assert_eq!(m.http_version.as_deref(), Some("1.1"));
         let stats = site.connections();
         assert!(
