@@ -22,10 +22,10 @@ export RUSTC_WORKSPACE_WRAPPER="${RUSTC_WORKSPACE_WRAPPER-$(command -v clippy-dr
 export CLIPPY_ARGS="${CLIPPY_ARGS--D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__}"
 echo "==> cargo build --workspace --all-targets, linted by clippy with -D warnings"
 cargo build --workspace --all-targets
-# Two tests per core: they wait on sockets, emulated links, PostgreSQL and the browser
-# far more than they compute (the suite's own processes used 35 % of the 2-core
-# machine at one per core), and at two per core they take 173 s instead of 218 s.
-threads="${LASTMILE_TEST_THREADS:-$(($(nproc) * 2))}"
+# One test per core. Two per core took 173 s instead of 218 s (they mostly wait), but
+# the load made the demo's page-physics check fail (issue 16: judge it by intervals,
+# then raise this); LASTMILE_TEST_THREADS sets another number.
+threads="${LASTMILE_TEST_THREADS:-$(nproc)}"
 cargo nextest run --workspace --no-fail-fast --test-threads "$threads" "$@"
 echo "==> schema fuzz: scripts/fuzz.sh"
 # The controller just built: building it alone (`-p`) would resolve its dependencies'
