@@ -1396,17 +1396,21 @@ pub(crate) mod tests {
         assert!(!m.found);
     }
 
+    /// A running HTTPS test site, an engine set up to reach it, and the directory
+    /// holding the CA file the engine trusts (dropped with it).
+    pub(crate) type HttpsTarget = (
+        lastmile_testbed::site::TargetSite,
+        Engine,
+        tempfile::TempDir,
+    );
+
     /// An HTTPS target for `site.test` (reached through `--connect-to`) with the given
     /// server configuration, and an engine that trusts `ca` when `trusting`.
     async fn tls_target(
         tls: Arc<rustls::ServerConfig>,
         ca: &lastmile_testbed::tls::TestCa,
         trusting: bool,
-    ) -> (
-        lastmile_testbed::site::TargetSite,
-        Engine,
-        tempfile::TempDir,
-    ) {
+    ) -> HttpsTarget {
         let config = lastmile_testbed::site::SiteConfig {
             tls: Some(tls),
             think_time: Duration::ZERO,
@@ -1422,11 +1426,7 @@ pub(crate) mod tests {
         config: lastmile_testbed::site::SiteConfig,
         ca: &lastmile_testbed::tls::TestCa,
         trusting: bool,
-    ) -> (
-        lastmile_testbed::site::TargetSite,
-        Engine,
-        tempfile::TempDir,
-    ) {
+    ) -> HttpsTarget {
         let site =
             lastmile_testbed::site::TargetSite::start("127.0.0.1:0".parse().unwrap(), config)
                 .await
