@@ -35,22 +35,8 @@ use crate::accounts::new_secret;
 use crate::clock::{now_us, to_datetime};
 use crate::error::{Error, Result};
 use lastmile_storage::schema::sites;
+pub use lastmile_storage::sites::Site;
 use lastmile_storage::{Db, DbConn};
-
-/// A site as stored.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = sites)]
-pub struct Site {
-    pub id: String,
-    pub owner_id: String,
-    pub origin: String,
-    pub verification_token: String,
-    pub verified_at: Option<i64>,
-    pub created_at: i64,
-    /// How ownership was proven: `file` or `dns` (`None` before, and for sites verified
-    /// before the DNS method existed).
-    pub verified_by: Option<String>,
-}
 
 /// Request body to add a site.
 #[derive(Debug, Deserialize, ToSchema)]

@@ -39,6 +39,7 @@ pub mod owners;
 pub mod payouts;
 pub mod results;
 pub mod runs;
+pub mod sites;
 pub mod stripe_accounts;
 pub mod stripe_checkouts;
 pub mod volunteers;
