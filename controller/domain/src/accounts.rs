@@ -47,20 +47,15 @@ pub fn create_owner(conn: &mut DbConn, name: &str) -> Result<(Owner, String)> {
 
 /// The owner holding `token`, if any.
 pub fn owner_by_token(conn: &mut DbConn, token: &str) -> Result<Option<Owner>> {
-    Ok(owners::table
-        .filter(owners::token_hash.eq(hash_secret(token)))
-        .select(Owner::as_select())
-        .first(conn)
-        .optional()?)
+    Ok(lastmile_storage::owners::by_token_hash(
+        conn,
+        &hash_secret(token),
+    )?)
 }
 
 /// The owner with this id.
 pub fn owner_by_id(conn: &mut DbConn, id: &str) -> Result<Option<Owner>> {
-    Ok(owners::table
-        .find(id)
-        .select(Owner::as_select())
-        .first(conn)
-        .optional()?)
+    Ok(lastmile_storage::owners::by_id(conn, id)?)
 }
 
 /// Creates a volunteer; returns it with the enrolment key for its agents.
@@ -81,11 +76,10 @@ pub fn create_volunteer(conn: &mut DbConn, name: &str) -> Result<(Volunteer, Str
 
 /// The volunteer whose enrolment key this is, if any.
 pub fn volunteer_by_enrol_key(conn: &mut DbConn, key: &str) -> Result<Option<Volunteer>> {
-    Ok(volunteers::table
-        .filter(volunteers::enrol_key_hash.eq(hash_secret(key)))
-        .select(Volunteer::as_select())
-        .first(conn)
-        .optional()?)
+    Ok(lastmile_storage::volunteers::by_enrol_key_hash(
+        conn,
+        &hash_secret(key),
+    )?)
 }
 
 /// Trims a display name and checks it is usable.
@@ -102,15 +96,12 @@ pub fn validate_name(name: &str) -> Result<String> {
 
 /// An owner's display name.
 pub fn owner_name(conn: &mut DbConn, id: &str) -> Result<String> {
-    Ok(owners::table.find(id).select(owners::name).first(conn)?)
+    Ok(lastmile_storage::owners::name(conn, id)?)
 }
 
 /// A volunteer's display name.
 pub fn volunteer_name(conn: &mut DbConn, id: &str) -> Result<String> {
-    Ok(volunteers::table
-        .find(id)
-        .select(volunteers::name)
-        .first(conn)?)
+    Ok(lastmile_storage::volunteers::name(conn, id)?)
 }
 
 /// Gives a volunteer a new enrolment key (shown only now); the old one stops enrolling

@@ -154,24 +154,12 @@ pub fn create(conn: &mut DbConn, owner_id: &str, new: &NewSite) -> Result<Site> 
 
 /// The owner's site with this id.
 pub fn get(conn: &mut DbConn, owner_id: &str, id: &str) -> Result<Site> {
-    sites::table
-        .filter(sites::id.eq(id).and(sites::owner_id.eq(owner_id)))
-        .select(Site::as_select())
-        .first(conn)
-        .optional()?
-        .ok_or(Error::NotFound {
-            what: "site",
-            code: "site_not_found",
-        })
+    Ok(lastmile_storage::sites::get(conn, owner_id, id)?)
 }
 
 /// The owner's sites, oldest first.
 pub fn list(conn: &mut DbConn, owner_id: &str) -> Result<Vec<Site>> {
-    Ok(sites::table
-        .filter(sites::owner_id.eq(owner_id))
-        .order(sites::created_at)
-        .select(Site::as_select())
-        .load(conn)?)
+    Ok(lastmile_storage::sites::list(conn, owner_id)?)
 }
 
 /// Fetches the verification URL and marks the site verified if it serves the token.

@@ -19,3 +19,25 @@ pub struct Site {
     /// before the DNS method existed).
     pub verified_by: Option<String>,
 }
+
+/// The owner's site with this id.
+pub fn get(conn: &mut crate::DbConn, owner_id: &str, id: &str) -> Result<Site, crate::DbError> {
+    sites::table
+        .filter(sites::id.eq(id).and(sites::owner_id.eq(owner_id)))
+        .select(Site::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(crate::DbError::NotFound {
+            what: "site",
+            code: "site_not_found",
+        })
+}
+
+/// The owner's sites, oldest first.
+pub fn list(conn: &mut crate::DbConn, owner_id: &str) -> QueryResult<Vec<Site>> {
+    sites::table
+        .filter(sites::owner_id.eq(owner_id))
+        .order(sites::created_at)
+        .select(Site::as_select())
+        .load(conn)
+}
