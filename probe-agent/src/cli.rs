@@ -419,16 +419,7 @@ pub fn main() -> anyhow::Result<()> {
 }
 
 async fn async_main(cli: Cli) -> anyhow::Result<()> {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    lastmile_logs::init("info", lastmile_logs::Format::json_if(cli.log_json));
     match cli.command {
         Command::Measure(args) => measure(args).await,
         Command::Run(args) => {

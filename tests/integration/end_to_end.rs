@@ -29,7 +29,7 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         );
         assert!(!agent.mismatch, "{agent:?}");
     }
-    assert!(outcome.physics_hold, "{:#?}", outcome.by_class);
+    assert_physics(&outcome.physics, &outcome.by_class);
     assert_eq!(outcome.runs.len(), 2);
     for run in &outcome.runs {
         assert_eq!(run.requested, 12);
@@ -77,7 +77,7 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     assert!(rows.iter().all(|r| r["group"]["asn"] == 64_501), "{isp}");
     // The page check: every agent loaded the whole shop page in each run (the missing
     // image listed, not failing it), and the page totals show the links' physics too.
-    assert!(outcome.page_physics_hold, "{:#?}", outcome.page_by_class);
+    assert_physics(&outcome.page_physics, &outcome.page_by_class);
     assert_eq!(outcome.page_runs.len(), 2);
     assert!(
         outcome.page_runs.iter().all(|r| r.done == 12),
@@ -198,4 +198,17 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         "{:?}",
         outcome.runs
     );
+}
+
+/// The demo's physics verdict: never broken. On a machine loaded through a whole run the
+/// fastest samples may be out of order without the intervals showing it; that is said,
+/// not failed (the demo prints the same).
+fn assert_physics(physics: &demo::Physics, report: &lastmile_domain::reports::Report) {
+    match physics {
+        demo::Physics::Holds => {}
+        demo::Physics::NotConclusive(why) => {
+            eprintln!("physics not conclusive on this machine: {why}")
+        }
+        demo::Physics::Broken(why) => panic!("physics broken: {why}\n{report:#?}"),
+    }
 }

@@ -224,16 +224,7 @@ fn open_db(config: &ControllerConfig) -> anyhow::Result<Db> {
 /// Parses the command line and runs what it asks for.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    lastmile_logs::init("info", lastmile_logs::Format::json_if(cli.log_json));
     let config = load_config(&cli)?;
 
     match cli.command {

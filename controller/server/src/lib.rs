@@ -10,6 +10,7 @@
 //!   starts and stops cleanly; [`config`] is every setting, from flags, environment and
 //!   TOML.
 //! - What only a serving process has: [`metrics`] (Prometheus counters),
+//!   [`access_log`] (one line per request; agents' polls at debug),
 //!   [`rate_limit`] (per-process token buckets), [`calibration_timing`] (the controller's
 //!   own clock on an agent's calibration requests).
 //!
@@ -17,6 +18,7 @@
 //! holds no SQL. The demo, which puts the test bed next to the controller, is its own
 //! crate (`lastmile-demo`), so nothing of the test bed is in this crate's graph.
 
+pub mod access_log;
 pub mod api;
 pub mod calibration_timing;
 pub mod cli;

@@ -9,7 +9,6 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use actix_web::dev::Service;
 use actix_web::{web, App, HttpServer};
 use futures_util::FutureExt;
 use tokio::sync::watch;
@@ -40,23 +39,11 @@ async fn serve_until(
     let max_body = state.config.max_body_bytes;
     let app_state = state.clone();
     let server = HttpServer::new(move || {
-        let metrics = app_state.metrics.clone();
         App::new()
             .app_data(web::Data::new(app_state.clone()))
-            .wrap(tracing_actix())
-            .wrap_fn(move |req, srv| {
-                let metrics = metrics.clone();
-                srv.call(req).map(move |res| {
-                    if let Ok(r) = &res {
-                        match r.status().as_u16() {
-                            400..=499 => Metrics::inc(&metrics.http_errors_4xx),
-                            500..=599 => Metrics::inc(&metrics.http_errors_5xx),
-                            _ => {}
-                        }
-                    }
-                    res
-                })
-            })
+            .wrap(actix_web::middleware::from_fn(
+                crate::access_log::log_and_count,
+            ))
             .configure(crate::web::configure)
             .configure(|cfg| api::configure(cfg, max_body))
     })
@@ -80,10 +67,6 @@ async fn serve_until(
     serving
         .await
         .map_err(|e| std::io::Error::other(format!("server task failed: {e}")))?
-}
-
-fn tracing_actix() -> actix_web::middleware::Logger {
-    actix_web::middleware::Logger::new("%a \"%r\" %s %b %Dms").log_target("lastmile::http")
 }
 
 /// Every tick: expire overdue leases (re-offering them) and create runs of due checks.
