@@ -1,4 +1,4 @@
-//! `cargo run --release -p lastmile-demo --bin bench`: the storage benchmarks.
+//! `bench [storage]`: the storage benchmarks.
 //!
 //! Prints two tables:
 //! 1. results ingested per second on each backend (the full accept path: lock the
@@ -40,14 +40,14 @@ struct Args {
     pg: String,
 }
 
-fn args() -> anyhow::Result<Args> {
+fn args(flags: Vec<String>) -> anyhow::Result<Args> {
     let mut a = Args {
         results: 20_000,
         raw_rows: 1_000_000,
         threads: 4,
         pg: "postgres://postgres@127.0.0.1:5432/postgres".into(),
     };
-    let mut it = std::env::args().skip(1);
+    let mut it = flags.into_iter();
     while let Some(flag) = it.next() {
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
@@ -62,14 +62,14 @@ fn args() -> anyhow::Result<Args> {
 }
 
 /// A scratch PostgreSQL database, dropped at the end.
-struct ScratchPg {
+pub struct ScratchPg {
     admin: String,
     name: String,
-    url: String,
+    pub url: String,
 }
 
 impl ScratchPg {
-    fn create(admin: &str, purpose: &str) -> anyhow::Result<ScratchPg> {
+    pub fn create(admin: &str, purpose: &str) -> anyhow::Result<ScratchPg> {
         let name = format!("lastmile_bench_{purpose}_{}", std::process::id());
         let mut conn = PgConnection::establish(admin)?;
         conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))?;
@@ -493,8 +493,8 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = args()?;
+pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
+    let args = args(flags)?;
     println!("Lastmile storage benchmark ({} threads)\n", args.threads);
     println!(
         "Ingest: {} results through the full accept path",

@@ -1,0 +1,22 @@
+//! `cargo run --release -p lastmile-demo --bin bench -- [storage|agents] [flags]`: the
+//! benchmarks. Nothing here is a test: each prints figures.
+//!
+//! - `storage` (the default): ingest through the full accept path on each backend, and
+//!   an SLA report from aggregates against `percentile_cont` over the raw rows
+//!   ([`storage`]).
+//! - `agents`: a load generator that simulates enrolled agents at the real agent's
+//!   cadence against a controller process it starts, and prints per step of agents the
+//!   request rate, each call's latency, errors, and the controller's CPU and memory
+//!   ([`agents`]).
+
+mod agents;
+mod storage;
+
+fn main() -> anyhow::Result<()> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("agents") => agents::main(args.split_off(1)),
+        Some("storage") => storage::main(args.split_off(1)),
+        _ => storage::main(args),
+    }
+}
