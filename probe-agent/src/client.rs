@@ -118,10 +118,15 @@ impl ControllerClient {
         self.post("/api/v1/agents/heartbeat", beat).await
     }
 
-    /// Leases up to `max` assignments.
-    pub async fn lease(&self, max: u32) -> Result<LeaseResponse, ClientError> {
-        self.post("/api/v1/agents/lease", &LeaseRequest { max })
-            .await
+    /// Leases up to `max` assignments; with `wait_s` > 0 and no work now, the controller
+    /// holds the answer up to that long for work planned for this agent (a controller
+    /// from before long polls answers at once).
+    pub async fn lease(&self, max: u32, wait_s: u32) -> Result<LeaseResponse, ClientError> {
+        let request = LeaseRequest {
+            max,
+            wait_s: (wait_s > 0).then_some(wait_s),
+        };
+        self.post("/api/v1/agents/lease", &request).await
     }
 
     /// Submits one result; safe to repeat.

@@ -234,7 +234,13 @@ pub async fn run_until(
                 slots: &slots,
                 gate: &gate,
             };
-            lease_and_start(&work, &mut in_flight, &settings).await
+            let until_beat = next_heartbeat.saturating_duration_since(now);
+            // A lease may wait at the controller for work: stopping must not wait for it
+            // (a lease cut off here expires at the controller and is offered again).
+            tokio::select! {
+                _ = &mut shutdown => break,
+                step = lease_and_start(&work, &mut in_flight, &settings, until_beat) => step,
+            }
         };
         let delay = match step {
             // A due heartbeat cuts the wait short; after a failure it must not, or a
@@ -349,12 +355,19 @@ struct Work<'a> {
     gate: &'a Arc<std::sync::Mutex<Gate>>,
 }
 
+/// Longest this agent asks a lease to wait for work (the controller caps it too).
+const MAX_LEASE_WAIT: Duration = Duration::from_secs(20);
+
 /// Leases as many tasks as there are free slots and starts them; returns how long to
-/// wait before asking again.
+/// wait before asking again. With no work, the lease waits at the controller for some
+/// (a long poll, at most until the next heartbeat is due), so new work starts at once;
+/// a controller that answered sooner than asked (one from before long polls) is asked
+/// again only after the idle poll.
 async fn lease_and_start(
     work: &Work<'_>,
     in_flight: &mut JoinSet<()>,
     settings: &AgentSettings,
+    until_beat: Duration,
 ) -> Result<Duration, ClientError> {
     let Work {
         client,
@@ -367,7 +380,9 @@ async fn lease_and_start(
     if free == 0 {
         return Ok(settings.idle_poll.min(Duration::from_millis(100)));
     }
-    let leased = client.lease(free).await?;
+    let wait = until_beat.min(MAX_LEASE_WAIT).as_secs() as u32;
+    let asked = tokio::time::Instant::now();
+    let leased = client.lease(free, wait).await?;
     let got_work = !leased.tasks.is_empty();
     for task in leased.tasks {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
@@ -388,7 +403,7 @@ async fn lease_and_start(
     Ok(if got_work {
         Duration::ZERO
     } else {
-        settings.idle_poll
+        settings.idle_poll.saturating_sub(asked.elapsed())
     })
 }
 

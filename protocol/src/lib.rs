@@ -649,6 +649,12 @@ pub struct HeartbeatAck {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseRequest {
     pub max: u32,
+    /// With no work now, wait up to this many seconds for some before answering (a long
+    /// poll: work reaches a waiting agent as soon as it is planned). The controller caps
+    /// it (25 s by default); absent or 0, the answer comes at once, as agents from
+    /// before this field expect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_s: Option<u32>,
 }
 
 /// One measurement task leased to an agent.

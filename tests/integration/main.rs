@@ -29,6 +29,7 @@ mod ledger;
 mod nul_text;
 mod openapi;
 mod page_checks;
+mod presence;
 mod reports;
 mod results;
 mod run_results;

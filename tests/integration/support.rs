@@ -187,6 +187,7 @@ impl TestApp {
             allow_private_sites: true,
             min_check_interval_s: 1,
             scheduler_tick_ms: 100,
+            agent_refresh_ms: 100,
             max_db_connections: 16,
             ..ControllerConfig::default()
         };
@@ -195,6 +196,19 @@ impl TestApp {
             .await
             .unwrap();
         TestApp::serving(controller, geo_dir)
+    }
+
+    /// Reads agent rows changed behind the controller's back (as its refresh loop would).
+    pub fn refresh_agents(&self) {
+        let presence = &self.controller.state.presence;
+        presence.refresh(&mut self.db().conn().unwrap()).unwrap();
+    }
+
+    /// Writes the heartbeats the controller holds in memory (as its flush loop would).
+    pub fn flush_heartbeats(&self) {
+        let presence = &self.controller.state.presence;
+        let pending = presence.take_pending();
+        lastmile_domain::presence::flush(&mut self.db().conn().unwrap(), &pending).unwrap();
     }
 
     /// The app of a running `controller` whose geo databases are in `geo_dir`.
@@ -526,6 +540,7 @@ pub type MeasuredLine<'a> = (&'a str, i64, i64);
 /// endpoints instead.
 pub fn calibrate_as_declared(app: &TestApp, token: &str) {
     calibrate_in(app.db(), token);
+    app.refresh_agents();
 }
 
 fn calibrate_in(db: &Db, token: &str) {
@@ -566,8 +581,10 @@ pub fn calibrate_when_enrolled(app: &TestApp, state_dir: &std::path::Path) {
 }
 
 /// Sets (or with `None` clears) what the controller measured of the agent's line.
+/// The controller serves the change at once (it would within `agent_refresh_ms`).
 pub fn set_calibration(app: &TestApp, token: &str, line: Option<MeasuredLine<'_>>) {
     set_calibration_in(app.db(), token, line);
+    app.refresh_agents();
 }
 
 fn set_calibration_in(db: &Db, token: &str, line: Option<MeasuredLine<'_>>) {
@@ -579,14 +596,16 @@ fn set_calibration_in(db: &Db, token: &str, line: Option<MeasuredLine<'_>>) {
     let sql = match line {
         Some((class, rtt_us, down_bps)) => format!(
             "UPDATE agents SET measured_class = '{class}', calibrated_at = {now}, rtt_us = {rtt_us}, \
-             down_bps = {down_bps}, up_bps = {up}, class_mismatch = FALSE WHERE id = '{id}'",
+             down_bps = {down_bps}, up_bps = {up}, class_mismatch = FALSE, changed_at = {now} \
+             WHERE id = '{id}'",
             now = lastmile_domain::clock::now_us(),
             up = down_bps / 8,
             id = agent.id
         ),
         None => format!(
             "UPDATE agents SET measured_class = NULL, calibrated_at = NULL, rtt_us = NULL, \
-             down_bps = NULL, up_bps = NULL WHERE id = '{}'",
+             down_bps = NULL, up_bps = NULL, changed_at = {} WHERE id = '{}'",
+            lastmile_domain::clock::now_us(),
             agent.id
         ),
     };

@@ -59,6 +59,8 @@ pub fn enrol(
         paused_reason: None,
         // Until its first heartbeat says otherwise (it is planned into nothing before).
         check_kinds: kinds_column(&[]),
+        changed_at: now,
+        revoked_at: None,
     };
     diesel::insert_into(agents::table)
         .values(&agent)
@@ -69,19 +71,69 @@ pub fn enrol(
     })
 }
 
-/// The agent holding `token`, if any.
+/// The agent holding `token`, if any and not revoked. The server asks
+/// [`crate::presence::Presence`] first, which asks this only for agents it does not hold.
 pub fn agent_by_token(conn: &mut DbConn, token: &str) -> Result<Option<Agent>> {
-    Ok(agents::table
-        .filter(agents::token_hash.eq(hash_secret(token)))
-        .select(Agent::as_select())
-        .first(conn)
-        .optional()?)
+    Ok(lastmile_storage::agents::by_token_hash(
+        conn,
+        &hash_secret(token),
+    )?)
 }
 
-/// Records a heartbeat: the agent is online, at this address and location, with these limits.
-/// Records a heartbeat: the agent's limits, pause reason, address and location, and the
-/// time online since the previous heartbeat when that came within `online_window_us`
-/// (a longer gap means the agent was offline in between).
+/// The agent with this id.
+pub fn get(conn: &mut DbConn, id: &str) -> Result<Agent> {
+    agents::table
+        .find(id)
+        .select(Agent::as_select())
+        .first(conn)
+        .optional()?
+        .ok_or(Error::NotFound {
+            what: "agent",
+            code: "agent_not_found",
+        })
+}
+
+/// Revokes one of the volunteer's agents (see [`lastmile_storage::agents::revoke`]).
+pub fn revoke(conn: &mut DbConn, volunteer_id: &str, agent_id: &str) -> Result<()> {
+    if lastmile_storage::agents::revoke(conn, volunteer_id, agent_id, now_us())? {
+        Ok(())
+    } else {
+        Err(Error::NotFound {
+            what: "agent",
+            code: "agent_not_found",
+        })
+    }
+}
+
+/// Whether a heartbeat says anything the agent's row does not hold already (its
+/// class, version, limits, address, location, pause or kinds). A heartbeat that changes
+/// nothing only moves the agent's last-seen time, which [`crate::presence`] keeps in
+/// memory and writes in batches.
+pub fn beat_changes(agent: &Agent, beat: &Heartbeat, ip: IpAddr, location: &Location) -> bool {
+    agent.declared_class != beat.declared_class.as_str()
+        || agent.version != truncate(&beat.version, 64)
+        || i64::from(agent.max_concurrent) != i64::from(beat.limits.max_concurrent)
+        || agent.ip != ip.to_string()
+        || agent.country != location.country
+        || agent.region != location.region
+        || agent.city != location.city
+        || agent.asn != location.asn.map(i64::from)
+        || agent.as_org != location.as_org
+        || agent.paused_reason != beat.paused.as_deref().map(|p| truncate(p, 200))
+        || agent.check_kinds != kinds_column(&beat.kinds)
+}
+
+/// Refuses limits outside what the controller plans for.
+pub fn check_limits(beat: &Heartbeat) -> Result<()> {
+    if beat.limits.max_concurrent == 0 || beat.limits.max_concurrent > 64 {
+        return Err(Error::invalid(
+            "invalid_limits",
+            "limits.max_concurrent must be between 1 and 64",
+        ));
+    }
+    Ok(())
+}
+
 /// The stored form of the kinds a heartbeat lists: an agent that lists none predates
 /// the list and measures `http` only.
 fn kinds_column(kinds: &[CheckKind]) -> String {
@@ -94,6 +146,13 @@ fn kinds_column(kinds: &[CheckKind]) -> String {
     names.join(",")
 }
 
+/// Writes a heartbeat through: the agent's limits, pause reason, address and location,
+/// and the time online since the previous heartbeat when that came within
+/// `online_window_us` (a longer gap means the agent was offline in between). The
+/// previous heartbeat is `previous` when the caller knows a newer one than the row
+/// (a controller holding beats not yet flushed), else the row's. Returns the row as
+/// written.
+#[allow(clippy::too_many_arguments)]
 pub fn heartbeat(
     conn: &mut DbConn,
     agent_id: &str,
@@ -101,18 +160,15 @@ pub fn heartbeat(
     ip: IpAddr,
     location: &Location,
     online_window_us: Micros,
-) -> Result<()> {
-    if beat.limits.max_concurrent == 0 || beat.limits.max_concurrent > 64 {
-        return Err(Error::invalid(
-            "invalid_limits",
-            "limits.max_concurrent must be between 1 and 64",
-        ));
-    }
-    let now = now_us();
-    let previous: Option<Micros> = agents::table
+    previous: Option<Micros>,
+    now: Micros,
+) -> Result<Agent> {
+    check_limits(beat)?;
+    let stored: Option<Micros> = agents::table
         .find(agent_id)
         .select(agents::last_heartbeat_at)
         .first(conn)?;
+    let previous = previous.max(stored);
     if let Some(gap) = previous
         .map(|p| now - p)
         .filter(|g| *g > 0 && *g <= online_window_us)
@@ -133,29 +189,22 @@ pub fn heartbeat(
             agents::last_heartbeat_at.eq(now),
             agents::paused_reason.eq(beat.paused.as_deref().map(|p| truncate(p, 200))),
             agents::check_kinds.eq(kinds_column(&beat.kinds)),
+            agents::changed_at.eq(now),
         ))
         .execute(conn)?;
-    Ok(())
+    Ok(agents::table
+        .find(agent_id)
+        .select(Agent::as_select())
+        .first(conn)?)
 }
 
 /// Adds `gap` microseconds of time online to the agent's tally for the UTC day of `now`.
 fn add_uptime(conn: &mut DbConn, agent_id: &str, now: Micros, gap: Micros) -> Result<()> {
-    use diesel::sql_types::{BigInt, Text};
-    let day = now.div_euclid(86_400_000_000);
     let seconds = gap / 1_000_000;
-    if seconds == 0 {
-        return Ok(());
+    if seconds > 0 {
+        let day = now.div_euclid(86_400_000_000);
+        lastmile_storage::agents::add_uptime(conn, &[(agent_id.to_owned(), day, seconds)])?;
     }
-    // One statement, so two heartbeats at once cannot lose an addition; the same SQL
-    // on both backends.
-    diesel::sql_query(
-        "INSERT INTO agent_uptime (agent_id, day, seconds) VALUES ($1, $2, $3) \
-         ON CONFLICT (agent_id, day) DO UPDATE SET seconds = agent_uptime.seconds + excluded.seconds",
-    )
-    .bind::<Text, _>(agent_id)
-    .bind::<BigInt, _>(day)
-    .bind::<BigInt, _>(seconds)
-    .execute(conn)?;
     Ok(())
 }
 

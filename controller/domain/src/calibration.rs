@@ -124,6 +124,7 @@ pub fn record(
             agents::down_bps.eq(clamp(report.down_bps)),
             agents::up_bps.eq(clamp(report.up_bps)),
             agents::class_mismatch.eq(mismatch),
+            agents::changed_at.eq(now_us()),
         ))
         .execute(conn)?;
     Ok(CalibrationAck {

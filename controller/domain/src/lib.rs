@@ -33,6 +33,7 @@ pub mod logins;
 pub mod objectives;
 pub mod payments;
 pub mod payouts;
+pub mod presence;
 pub mod reports;
 pub mod run_results;
 pub mod scheduling;

@@ -299,7 +299,7 @@ pub fn lease(
     max: u32,
     policy: &SchedulingPolicy,
     now: Micros,
-) -> Result<Vec<Task>> {
+) -> Result<Leased> {
     let busy: i64 = assignments::table
         .filter(assignments::agent_id.eq(&agent.id))
         .filter(assignments::state.eq(state::LEASED))
@@ -314,17 +314,66 @@ pub fn lease(
     let want = i64::from(max.min(64)).min(free);
     let expires = now + policy.lease_us;
     let mut tasks = Vec::new();
+    let mut none_left = false;
     for _ in 0..want {
         match write_tx(conn, |c| lease_one(c, &agent.id, now, expires)) {
             Ok(Some(id)) => tasks.push(task_for(conn, &id)?),
-            Ok(None) => break,
+            Ok(None) => {
+                none_left = true;
+                break;
+            }
             // The same agent leasing concurrently from two connections: the unique
             // (run, agent) index refused the second pick. What it already has stands.
             Err(Error::Conflict { .. }) => break,
             Err(e) => return Err(e),
         }
     }
-    Ok(tasks)
+    Ok(Leased { tasks, none_left })
+}
+
+/// What a lease handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leased {
+    pub tasks: Vec<Task>,
+    /// The agent had room for more and no pending assignment was left for it: until new
+    /// work is planned for it, asking again finds nothing.
+    pub none_left: bool,
+}
+
+/// The agents runs planned (their eligible agents when created): those new work in
+/// them may reach.
+pub fn planned_agents(conn: &mut DbConn, run_ids: &[String]) -> Result<Vec<String>> {
+    Ok(run_agents::table
+        .filter(run_agents::run_id.eq_any(run_ids))
+        .select(run_agents::agent_id)
+        .distinct()
+        .load(conn)?)
+}
+
+#[derive(QueryableByName)]
+struct OfferRow {
+    #[diesel(sql_type = Text)]
+    agent_id: String,
+    #[diesel(sql_type = BigInt)]
+    created_at: i64,
+}
+
+/// New work, as agents see it: each agent planned into a run that has a pending
+/// assignment created at or after `since`, with that assignment's creation time. Whoever
+/// created it (this controller, another replica, an operator's command), its agents
+/// can be woken from this; by the `(state, created_at)` index.
+pub fn offered_since(conn: &mut DbConn, since: Micros) -> Result<Vec<(String, Micros)>> {
+    let rows: Vec<OfferRow> = diesel::sql_query(
+        "SELECT DISTINCT ra.agent_id AS agent_id, a.created_at AS created_at \
+         FROM assignments a JOIN run_agents ra ON ra.run_id = a.run_id \
+         WHERE a.state = 'pending' AND a.created_at >= $1",
+    )
+    .bind::<BigInt, _>(since)
+    .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.agent_id, r.created_at))
+        .collect())
 }
 
 /// Leases the oldest pending assignment this agent may take; returns its id.

@@ -781,6 +781,8 @@ mod tests {
             calibration_bytes: 0,
             paused_reason: None,
             check_kinds: "http,page".into(),
+            changed_at: 0,
+            revoked_at: None,
         }
     }
 

@@ -61,6 +61,19 @@ pub struct ControllerConfig {
     pub admin_token: Option<String>,
     /// Stripe: buying credit by Checkout, paying volunteers through Connect.
     pub stripe: StripeConfig,
+    /// How often remembered heartbeats are written (last-seen times and uptime; see
+    /// `lastmile_domain::presence`), milliseconds.
+    pub presence_flush_ms: u64,
+    /// How often agent rows changed elsewhere (revocations, calibrations on another
+    /// replica) are read into memory, milliseconds: a revoked agent is refused within it.
+    pub agent_refresh_ms: u64,
+    /// Most agents held in memory (about 1.5 KiB each).
+    pub max_held_agents: usize,
+    /// Longest a lease waits for work when the agent asks it to (`wait_s`), seconds.
+    pub max_lease_wait_s: u32,
+    /// How long an idle keep-alive connection stays open, seconds: longer than the
+    /// agents' idle poll, so a poll reuses its connection.
+    pub keep_alive_s: u64,
 }
 
 impl Default for ControllerConfig {
@@ -87,6 +100,11 @@ impl Default for ControllerConfig {
             calibration_bytes_per_day: 64 * 1024 * 1024,
             admin_token: None,
             stripe: StripeConfig::default(),
+            presence_flush_ms: 5_000,
+            agent_refresh_ms: 2_000,
+            max_held_agents: 250_000,
+            max_lease_wait_s: 25,
+            keep_alive_s: 75,
         }
     }
 }

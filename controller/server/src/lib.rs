@@ -9,6 +9,8 @@
 //! - [`server`] wires the state ([`AppState`]) and the scheduler loop into a service that
 //!   starts and stops cleanly; [`config`] is every setting, from flags, environment and
 //!   TOML.
+//! - [`agent_work`]: agents served from memory (heartbeats, long-polled leases) and the
+//!   loop that keeps that memory and the database in step.
 //! - What only a serving process has: [`metrics`] (Prometheus counters),
 //!   [`access_log`] (one line per request; agents' polls at debug),
 //!   [`rate_limit`] (per-process token buckets), [`calibration_timing`] (the controller's
@@ -19,6 +21,7 @@
 //! crate (`lastmile-demo`), so nothing of the test bed is in this crate's graph.
 
 pub mod access_log;
+pub mod agent_work;
 pub mod api;
 pub mod calibration_timing;
 pub mod cli;

@@ -49,6 +49,7 @@ async fn serve_until(
     })
     .disable_signals()
     .shutdown_timeout(5)
+    .keep_alive(Duration::from_secs(state.config.keep_alive_s))
     .listen(listener)?
     .run();
     let handle = server.handle();
@@ -56,14 +57,23 @@ async fn serve_until(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let payouts = tokio::spawn(payout_loop(state.clone(), stop_rx.clone()));
+    let presence = tokio::spawn(crate::agent_work::presence_loop(
+        state.clone(),
+        stop_rx.clone(),
+    ));
+    let held_agents = state.presence.clone();
     let scheduler = tokio::spawn(scheduler_loop(state, stop_rx));
 
     shutdown.await;
     tracing::info!("shutting down");
+    // Leases waiting for work answer now, so the graceful stop does not wait for them.
+    held_agents.close();
     let _ = stop_tx.send(true);
     handle.stop(true).await;
     let _ = scheduler.await;
     let _ = payouts.await;
+    // After the server stopped: the last heartbeats it took are written.
+    let _ = presence.await;
     serving
         .await
         .map_err(|e| std::io::Error::other(format!("server task failed: {e}")))?
@@ -84,7 +94,7 @@ async fn scheduler_loop(state: AppState, mut stop: watch::Receiver<bool>) {
                 let now = clock::now_us();
                 let expired = scheduling::expire(c, &policy, now)?;
                 let runs = scheduling::run_due_checks(c, &policy, now)?;
-                Ok::<_, lastmile_domain::Error>((expired, runs.len()))
+                Ok::<_, lastmile_domain::Error>((expired, runs))
             })
             .await;
         match outcome {
@@ -92,9 +102,11 @@ async fn scheduler_loop(state: AppState, mut stop: watch::Receiver<bool>) {
                 for _ in 0..expired.expired_leases {
                     Metrics::inc(&state.metrics.leases_expired);
                 }
-                for _ in 0..runs {
+                for _ in &runs {
                     Metrics::inc(&state.metrics.runs_created);
                 }
+                let ids = runs.iter().map(|r| r.id.to_string()).collect();
+                crate::agent_work::announce_runs(&state, ids).await;
                 if expired.expired_leases > 0 || expired.abandoned > 0 {
                     tracing::info!(?expired, "leases expired");
                 }

@@ -31,6 +31,8 @@ pub struct AppState {
     pub stripe: Option<Arc<StripeApi>>,
     /// Agents' calibrations in progress, as this replica timed them.
     pub calibrations: Arc<crate::calibration_timing::Sessions>,
+    /// The agents this replica serves, in memory (tokens, heartbeats, idle leases).
+    pub presence: Arc<lastmile_domain::presence::Presence>,
 }
 
 impl AppState {
@@ -51,6 +53,11 @@ impl AppState {
             sign_in_quota: Arc::new(RateLimiter::new(config.sign_in_attempts_per_minute)),
             mailer: Arc::new(LogMailer),
             calibrations: Arc::default(),
+            presence: Arc::new(lastmile_domain::presence::Presence::new(
+                config.scheduling_policy().online_window_us,
+                config.max_held_agents,
+                lastmile_domain::clock::now_us(),
+            )),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
         })

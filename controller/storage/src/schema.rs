@@ -52,6 +52,8 @@ diesel::table! {
         calibration_bytes -> BigInt,
         paused_reason -> Nullable<Text>,
         check_kinds -> Text,
+        changed_at -> BigInt,
+        revoked_at -> Nullable<BigInt>,
     }
 }
 

@@ -1,5 +1,7 @@
 //! Agent endpoints: enrol, heartbeat, lease, submit results.
 
+use std::time::Duration;
+
 use actix_web::http::header;
 use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
@@ -12,12 +14,13 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
 use super::auth::{AuthAgent, Origin};
+use crate::agent_work;
 use crate::api::error::Failure;
 use crate::calibration_timing;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use lastmile_domain::error::Error;
-use lastmile_domain::{agents, calibration, clock, ingest, scheduling};
+use lastmile_domain::{agents, calibration, ingest};
 
 /// Enrol a new agent with a volunteer's enrolment key.
 #[utoipa::path(post, path = "/api/v1/agents/enrol", tag = "agents", request_body = EnrolRequest,
@@ -47,11 +50,14 @@ pub async fn heartbeat(
     body: web::Json<Heartbeat>,
 ) -> Result<web::Json<HeartbeatAck>, Failure> {
     let location = origin.location.clone();
-    let window = state.policy.online_window_us;
-    state
-        .db
-        .run(move |c| agents::heartbeat(c, &agent.id, &body, origin.ip, &origin.location, window))
-        .await?;
+    agent_work::heartbeat(
+        &state,
+        &agent,
+        body.into_inner(),
+        origin.ip,
+        origin.location,
+    )
+    .await?;
     Ok(web::Json(HeartbeatAck {
         server_time: chrono::Utc::now(),
         location,
@@ -60,6 +66,8 @@ pub async fn heartbeat(
 }
 
 /// Lease up to `max` assignments (fewer if the agent's concurrency limit is reached).
+/// With `wait_s`, and no work now, the answer waits up to that long (capped by the
+/// controller) for work planned for this agent.
 #[utoipa::path(post, path = "/api/v1/agents/lease", tag = "agents", request_body = LeaseRequest,
     security(("agent_token" = [])),
     responses((status = 200, body = LeaseResponse), (status = 401, body = ApiError)))]
@@ -69,11 +77,9 @@ pub async fn lease(
     AuthAgent(agent): AuthAgent,
     body: web::Json<LeaseRequest>,
 ) -> Result<web::Json<LeaseResponse>, Failure> {
-    let policy = state.policy;
-    let tasks = state
-        .db
-        .run(move |c| scheduling::lease(c, &agent, body.max, &policy, clock::now_us()))
-        .await?;
+    let wait = body.wait_s.unwrap_or(0).min(state.config.max_lease_wait_s);
+    let tasks =
+        agent_work::lease(&state, agent, body.max, Duration::from_secs(wait.into())).await?;
     for _ in &tasks {
         Metrics::inc(&state.metrics.assignments_leased);
     }
@@ -290,9 +296,15 @@ pub async fn calibration_report(
         up_bps: timed.up_bps,
         bytes_used: body.bytes_used,
     };
-    let ack = state
+    let (ack, row) = state
         .db
-        .run(move |c| calibration::record(c, &agent, &measured))
+        .run(move |c| {
+            let ack = calibration::record(c, &agent, &measured)?;
+            Ok::<_, Error>((ack, agents::get(c, &agent.id)?))
+        })
         .await?;
+    // This replica serves the agent's next requests with its new class at once (others
+    // read it with their next refresh).
+    state.presence.hold(row);
     Ok(web::Json(ack))
 }

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use actix_web::{web, FromRequest, HttpRequest};
 use lastmile_protocol::Location;
@@ -126,20 +127,30 @@ impl FromRequest for AuthOwner {
     }
 }
 
-/// The agent a request is authenticated as.
-pub struct AuthAgent(pub Agent);
+/// The agent a request is authenticated as: from the agents this replica holds in
+/// memory (no query), else read once by its token and held from then on.
+pub struct AuthAgent(pub Arc<Agent>);
 
 impl FromRequest for AuthAgent {
     type Error = Failure;
     type Future = Pin<Box<dyn Future<Output = Result<Self, Failure>>>>;
 
     fn from_request(req: &HttpRequest, _: &mut actix_web::dev::Payload) -> Self::Future {
-        let agent = by_bearer(
-            req,
-            agents::agent_by_token,
-            "unknown or revoked agent token",
-        );
-        Box::pin(async move { Ok(AuthAgent(agent.await?)) })
+        let found = bearer(req).and_then(|t| Ok((t, state(req)?)));
+        Box::pin(async move {
+            let (token, state) = found?;
+            if let Some(agent) = state.presence.agent_by_token(&token) {
+                return Ok(AuthAgent(agent));
+            }
+            let agent = state
+                .db
+                .run(move |c| agents::agent_by_token(c, &token))
+                .await?
+                .ok_or_else(|| {
+                    Failure(Error::Unauthorized("unknown or revoked agent token".into()))
+                })?;
+            Ok(AuthAgent(state.presence.hold(agent)))
+        })
     }
 }
 

@@ -277,6 +277,7 @@ pub async fn run_now(
         })
         .await?;
     Metrics::inc(&state.metrics.runs_created);
+    crate::agent_work::announce_runs(&state, vec![run.id.to_string()]).await;
     Ok(HttpResponse::Created().json(run))
 }
 

@@ -567,7 +567,10 @@ pub async fn run_now(
         })
         .await;
     match created {
-        Ok(_) => Ok(see_other(&format!("/app/checks/{id}"))),
+        Ok(run) => {
+            crate::agent_work::announce_runs(&state, vec![run.id.to_string()]).await;
+            Ok(see_other(&format!("/app/checks/{id}")))
+        }
         Err(e @ Error::NotFound { .. }) => Err(PageError::Failed(Box::new(user.nav()), e)),
         Err(e) => render_detail(&user, &state, id, Some(e.to_string()), e.status_code()).await,
     }

@@ -464,7 +464,13 @@ async fn agent(
         }
         let started = Instant::now();
         let outcome = conn
-            .post::<_, serde_json::Value>("/api/v1/agents/lease", &LeaseRequest { max: 2 })
+            .post::<_, serde_json::Value>(
+                "/api/v1/agents/lease",
+                &LeaseRequest {
+                    max: 2,
+                    wait_s: None,
+                },
+            )
             .await
             .map(drop)
             .map_err(|e| e.to_string());

@@ -179,6 +179,8 @@ fn fixture(
             ip,
             &location,
             90_000_000,
+            None,
+            clock::now_us(),
         )?;
         // Runs plan only agents whose line the controller has measured: record a
         // calibration as it would (a fast line, so no line rule flags the bench's
@@ -236,7 +238,7 @@ fn bench_ingest(db: &Db, results: usize, threads: usize) -> anyhow::Result<f64> 
     for _ in 0..runs {
         scheduling::create_run(&mut conn, &check, &policy(), clock::now_us())?;
         for agent in &agent_list {
-            for task in scheduling::lease(&mut conn, agent, 1, &policy(), clock::now_us())? {
+            for task in scheduling::lease(&mut conn, agent, 1, &policy(), clock::now_us())?.tasks {
                 let i = work.len();
                 work.push((
                     agent.clone(),

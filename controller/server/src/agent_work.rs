@@ -1,0 +1,199 @@
+//! Serving agents from memory: heartbeats, leases that wait for work, and the loop that
+//! keeps [`Presence`] and the database in step.
+//!
+//! The rules are `lastmile_domain::presence`'s; this module adds what needs the runtime:
+//! a lease that waits (a long poll, woken the moment work is planned for the agent),
+//! and the presence loop, which every few seconds writes remembered heartbeats, every
+//! couple of seconds reads agent rows changed elsewhere, and four times a second reads
+//! the work planned since it last looked — by this replica, another one, or an
+//! operator's command, so wake-ups cross replicas through the database they share —
+//! and wakes the agents it was planned for.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lastmile_domain::agents::{self, Agent};
+use lastmile_domain::clock::{self, Micros};
+use lastmile_domain::error::Error;
+use lastmile_domain::presence::{self, Beat};
+use lastmile_domain::scheduling;
+use lastmile_protocol::{Heartbeat, Location, Task};
+use tokio::sync::watch;
+
+use crate::state::AppState;
+
+/// How often new work is looked for (the latency it adds to new work reaching an idle
+/// agent).
+const WORK_POLL: Duration = Duration::from_millis(250);
+
+/// Work planned this long before the last look is looked at again (controllers'
+/// clocks, and transactions that committed after a later one).
+const WORK_MARGIN_US: Micros = 5_000_000;
+
+/// Wakes the agents the runs this replica just created planned, at once (other
+/// replicas wake theirs from the work feed).
+pub async fn announce_runs(state: &AppState, run_ids: Vec<String>) {
+    if run_ids.is_empty() {
+        return;
+    }
+    match state
+        .db
+        .run(move |c| scheduling::planned_agents(c, &run_ids))
+        .await
+    {
+        Ok(agents) => state.presence.wake(agents.iter().map(String::as_str)),
+        Err(e) => tracing::warn!(error = %e, "reading the agents of new runs failed"),
+    }
+}
+
+/// Records a heartbeat: in memory when it changes nothing, else written through.
+pub async fn heartbeat(
+    state: &AppState,
+    agent: &Agent,
+    beat: Heartbeat,
+    ip: std::net::IpAddr,
+    location: Location,
+) -> Result<(), Error> {
+    let now = clock::now_us();
+    let presence = &state.presence;
+    match presence.beat(agent, &beat, ip, &location, now)? {
+        Beat::Remembered => Ok(()),
+        Beat::WriteThrough { previous } => {
+            let (id, window) = (agent.id.clone(), state.policy.online_window_us);
+            let row = state
+                .db
+                .run(move |c| {
+                    agents::heartbeat(c, &id, &beat, ip, &location, window, previous, now)
+                })
+                .await?;
+            presence.hold(row);
+            Ok(())
+        }
+    }
+}
+
+/// Leases up to `max` tasks. With none for the agent, waits up to `wait` for work to be
+/// planned for it. An agent a lease found idle is answered from memory until woken.
+pub async fn lease(
+    state: &AppState,
+    agent: Arc<Agent>,
+    max: u32,
+    wait: Duration,
+) -> Result<Vec<Task>, Error> {
+    let deadline = tokio::time::Instant::now() + wait;
+    // Each round either leases from the database or waits for a wake-up; a wake-up
+    // without work for this agent (another took it) comes round again, bounded.
+    for _ in 0..64 {
+        let waker = state.presence.waker(&agent.id);
+        let notified = waker.as_ref().map(|w| w.notified());
+        tokio::pin!(notified);
+        if let Some(n) = notified.as_mut().as_pin_mut() {
+            // Registered before the idle check, so a wake-up between the check and the
+            // wait is not lost.
+            n.enable();
+        }
+        if !state.presence.is_idle(&agent.id, clock::now_us()) {
+            let (policy, leasing) = (state.policy, agent.clone());
+            let leased = state
+                .db
+                .run(move |c| scheduling::lease(c, &leasing, max, &policy, clock::now_us()))
+                .await?;
+            state
+                .presence
+                .leased(&agent.id, leased.none_left, clock::now_us());
+            if !leased.tasks.is_empty() || !leased.none_left {
+                return Ok(leased.tasks);
+            }
+        }
+        let Some(notified) = notified.as_pin_mut() else {
+            return Ok(Vec::new());
+        };
+        if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            return Ok(Vec::new());
+        }
+    }
+    Ok(Vec::new())
+}
+
+/// Runs until `stop`: flushes remembered heartbeats every `presence_flush_ms` (and
+/// once more when stopping), reads changed agent rows every `agent_refresh_ms`, and
+/// wakes the agents new work was planned for every [`WORK_POLL`].
+pub async fn presence_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    let every = |ms: u64| {
+        let mut i = tokio::time::interval(Duration::from_millis(ms.max(10)));
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    };
+    let mut flush = every(state.config.presence_flush_ms);
+    let mut refresh = every(state.config.agent_refresh_ms);
+    let mut work = every(WORK_POLL.as_millis() as u64);
+    let mut feed = WorkFeed::new(clock::now_us());
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = flush.tick() => flush_presence(&state).await,
+            _ = refresh.tick() => {
+                let presence = state.presence.clone();
+                if let Err(e) = state.db.run(move |c| presence.refresh(c)).await {
+                    tracing::warn!(error = %e, "reading changed agents failed");
+                }
+            }
+            _ = work.tick() => feed.poll(&state).await,
+        }
+    }
+    flush_presence(&state).await;
+}
+
+async fn flush_presence(state: &AppState) {
+    let pending = state.presence.take_pending();
+    if pending.is_empty() {
+        return;
+    }
+    let written = pending.clone();
+    if let Err(e) = state.db.run(move |c| presence::flush(c, &written)).await {
+        tracing::warn!(error = %e, "writing heartbeats failed; kept for the next flush");
+        state.presence.restore(pending);
+    }
+}
+
+/// New work seen so far: planned (agent, assignment time) pairs within the margin, so
+/// a pair read again is not woken again.
+struct WorkFeed {
+    since: Micros,
+    seen: HashSet<(String, Micros)>,
+}
+
+impl WorkFeed {
+    fn new(now: Micros) -> WorkFeed {
+        WorkFeed {
+            since: now - WORK_MARGIN_US,
+            seen: HashSet::new(),
+        }
+    }
+
+    async fn poll(&mut self, state: &AppState) {
+        let (since, now) = (self.since, clock::now_us());
+        let offers = match state
+            .db
+            .run(move |c| scheduling::offered_since(c, since))
+            .await
+        {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading new work failed");
+                return;
+            }
+        };
+        let fresh: Vec<(String, Micros)> = offers
+            .into_iter()
+            .filter(|o| !self.seen.contains(o))
+            .collect();
+        state.presence.wake(fresh.iter().map(|(id, _)| id.as_str()));
+        self.seen.extend(fresh);
+        // Work committed more than the margin before this look has been seen.
+        self.since = since.max(now - WORK_MARGIN_US);
+        let since = self.since;
+        self.seen.retain(|(_, at)| *at >= since);
+    }
+}

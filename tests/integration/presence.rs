@@ -1,0 +1,175 @@
+//! Agents served from memory (`lastmile_domain::presence`, `agent_work`): heartbeats that
+//! change nothing are written in batches, a revoked agent is refused within a refresh,
+//! an idle agent's long-polled lease gets new work as soon as it is planned, and the
+//! scheduler's runs reach agents found idle before, on both backends.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::per_backend;
+use crate::scene;
+use crate::support::{count, TestApp, TestDb};
+
+per_backend!(
+    a_heartbeat_that_changes_nothing_is_written_with_the_next_flush,
+    a_revoked_agent_is_refused_within_a_refresh,
+    a_waiting_lease_gets_new_work_as_soon_as_it_is_planned,
+    an_agent_found_idle_gets_work_planned_by_someone_else,
+);
+
+fn last_beat(app: &TestApp) -> i64 {
+    count(
+        app,
+        "SELECT CAST(COALESCE(MAX(last_heartbeat_at), 0) AS BIGINT) AS n FROM agents",
+    )
+}
+
+async fn beat(app: &TestApp, token: &str, class: &str) -> u16 {
+    let body = json!({"declared_class": class, "version": "test", "limits": {"max_concurrent": 1}});
+    let (status, _) = app
+        .call_from(
+            Ipv4Addr::new(127, 0, 0, 2),
+            "POST",
+            "/api/v1/agents/heartbeat",
+            Some(token),
+            Some(body),
+        )
+        .await;
+    status
+}
+
+async fn a_heartbeat_that_changes_nothing_is_written_with_the_next_flush(db: TestDb) {
+    let app = TestApp::start_with(&db, |c| c.presence_flush_ms = 3_600_000).await;
+    let key = app.volunteer("volunteer");
+    let token = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
+    let first = last_beat(&app);
+    assert!(first > 0, "a first heartbeat is written at once");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(beat(&app, &token, "dsl").await, 200);
+    assert_eq!(last_beat(&app), first, "nothing changed: held in memory");
+    app.flush_heartbeats();
+    assert!(last_beat(&app) > first, "written by the flush");
+    // A heartbeat that changes the agent (here its declared class) is written at once.
+    let flushed = last_beat(&app);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(beat(&app, &token, "cable").await, 200);
+    assert!(last_beat(&app) > flushed);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM agents WHERE declared_class = 'cable'"
+        ),
+        1
+    );
+}
+
+async fn a_revoked_agent_is_refused_within_a_refresh(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let key = app.volunteer("volunteer");
+    let token = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
+    assert_eq!(beat(&app, &token, "dsl").await, 200, "held in memory now");
+    let mut conn = app.db().conn().unwrap();
+    let agent = lastmile_domain::agents::agent_by_token(&mut conn, &token)
+        .unwrap()
+        .unwrap();
+    lastmile_domain::agents::revoke(&mut conn, &agent.volunteer_id, &agent.id).unwrap();
+    drop(conn);
+    // The test controller reads changed agents every 100 ms; production every 2 s.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match beat(&app, &token, "dsl").await {
+            401 => break,
+            200 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            other => panic!("still answered {other} after 5 s"),
+        }
+    }
+    let (status, _) = app.lease(&token, 1).await;
+    assert_eq!(status, 401);
+}
+
+/// A lease with `wait_s` from an agent that found no work waits; a run planned for it
+/// answers it at once.
+async fn a_waiting_lease_gets_new_work_as_soon_as_it_is_planned(db: TestDb) {
+    let (app, site, owner, key) = scene::start(&db).await;
+    let token = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
+    let check = app
+        .site_check(&owner, &site, format!("{}/", site.origin()), json!({}))
+        .await;
+    let (_, empty) = app.lease(&token, 1).await;
+    assert_eq!(empty["tasks"], json!([]), "no work yet: the agent is idle");
+
+    let waiting = {
+        let (base, token) = (app.base.clone(), token.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let answer: serde_json::Value = reqwest::Client::new()
+                .post(format!("{base}/api/v1/agents/lease"))
+                .bearer_auth(token)
+                .json(&json!({"max": 1, "wait_s": 20}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (answer, Instant::now(), started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "with no work the lease waits");
+    let (status, run) = app.ask_run(&owner, &check).await;
+    let planned = Instant::now();
+    assert_eq!(status, 201, "{run}");
+    let (answer, answered, waited) = waiting.await.unwrap();
+    assert_eq!(answer["tasks"][0]["run_id"], run["id"], "{answer}");
+    let delay = answered.saturating_duration_since(planned);
+    assert!(
+        delay < Duration::from_secs(1),
+        "work reached the waiting agent {delay:?} after it was planned (waited {waited:?})"
+    );
+}
+
+/// Work planned without this controller's knowledge (another replica, an operator's
+/// command; here the domain called directly) reaches an agent its leases found idle,
+/// through the work feed.
+async fn an_agent_found_idle_gets_work_planned_by_someone_else(db: TestDb) {
+    let (app, site, owner, key) = scene::start(&db).await;
+    let token = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
+    let check = app
+        .site_check(&owner, &site, format!("{}/", site.origin()), json!({}))
+        .await;
+    let (_, empty) = app.lease(&token, 1).await;
+    assert_eq!(empty["tasks"], json!([]));
+    let policy = app.controller.state.policy;
+    let run = app
+        .db()
+        .run(move |c| {
+            let check = lastmile_domain::checks::get_any(c, &check)?;
+            lastmile_domain::scheduling::create_run(
+                c,
+                &check,
+                &policy,
+                lastmile_domain::clock::now_us(),
+            )
+        })
+        .await
+        .unwrap();
+    let planned = Instant::now();
+    let (status, answer) = app
+        .call(
+            "POST",
+            "/api/v1/agents/lease",
+            Some(&token),
+            Some(json!({"max": 1, "wait_s": 10})),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["tasks"][0]["run_id"], run.id.to_string(), "{answer}");
+    assert!(
+        planned.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        planned.elapsed()
+    );
+}
