@@ -89,16 +89,23 @@ async fn a_revoked_agent_is_refused_within_a_refresh(db: TestDb) {
     assert_eq!(status, 401);
 }
 
-/// A lease with `wait_s` from an agent that found no work waits; a run planned for it
-/// answers it at once.
-async fn a_waiting_lease_gets_new_work_as_soon_as_it_is_planned(db: TestDb) {
-    let (app, site, owner, key) = scene::start(&db).await;
+/// An app with one agent and a check of the scene's site, whose lease found no work
+/// (so the controller holds the agent as idle): app, owner token, agent token, check.
+async fn idle_agent_and_check(db: &TestDb) -> (TestApp, String, String, String) {
+    let (app, site, owner, key) = scene::start(db).await;
     let token = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
     let check = app
         .site_check(&owner, &site, format!("{}/", site.origin()), json!({}))
         .await;
     let (_, empty) = app.lease(&token, 1).await;
     assert_eq!(empty["tasks"], json!([]), "no work yet: the agent is idle");
+    (app, owner, token, check)
+}
+
+/// A lease with `wait_s` from an agent that found no work waits; a run planned for it
+/// answers it at once.
+async fn a_waiting_lease_gets_new_work_as_soon_as_it_is_planned(db: TestDb) {
+    let (app, owner, token, check) = idle_agent_and_check(&db).await;
 
     let waiting = {
         let (base, token) = (app.base.clone(), token.clone());
@@ -135,13 +142,7 @@ async fn a_waiting_lease_gets_new_work_as_soon_as_it_is_planned(db: TestDb) {
 /// command; here the domain called directly) reaches an agent its leases found idle,
 /// through the work feed.
 async fn an_agent_found_idle_gets_work_planned_by_someone_else(db: TestDb) {
-    let (app, site, owner, key) = scene::start(&db).await;
-    let token = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
-    let check = app
-        .site_check(&owner, &site, format!("{}/", site.origin()), json!({}))
-        .await;
-    let (_, empty) = app.lease(&token, 1).await;
-    assert_eq!(empty["tasks"], json!([]));
+    let (app, _, token, check) = idle_agent_and_check(&db).await;
     let policy = app.controller.state.policy;
     let run = app
         .db()

@@ -25,14 +25,14 @@
 //! - **Idle leases**: a lease that found no pending assignment for the agent marks it
 //!   idle; its next leases are answered "nothing" from memory until work may have
 //!   appeared for it: a run that planned it, or an assignment re-offered in such a run,
-//!   [wakes](Presence::wake) it (and answers its waiting long-poll at once), and as a
+//!   [wakes](Presence::wake_for) it (once per offer) (and answers its waiting long-poll at once), and as a
 //!   safety net the mark lapses after [`IDLE_RECHECK_US`].
 //!
 //! What is held is bounded ([`Presence::new`]'s capacity): past it, agents not seen
 //! within the online window go first. One lock guards it all; nothing under it does
 //! I/O.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -78,6 +78,10 @@ struct Inner {
     pending: Pending,
     /// Changes at or after this were not read yet.
     watermark: Micros,
+    /// Offers of work already woken for, (agent, assignment time), so that the two
+    /// ways of learning of one (the runs this replica created, the work feed) wake an
+    /// agent once.
+    offers_woken: HashSet<(String, Micros)>,
 }
 
 /// Heartbeats remembered and not yet written.
@@ -344,16 +348,26 @@ impl Presence {
         inner.held.get(agent_id).map(|h| h.wake.clone())
     }
 
-    /// Work may have appeared for these agents: their next lease asks the database,
-    /// and a lease waiting now returns to do so.
-    pub fn wake<'a>(&self, agent_ids: impl IntoIterator<Item = &'a str>) {
+    /// Work was offered to these agents ([`crate::scheduling::offers`]): each one
+    /// held and not yet woken for that offer asks the database with its next lease, and
+    /// a lease waiting now returns to do so.
+    pub fn wake_for(&self, offers: Vec<(String, Micros)>) {
         let mut inner = self.lock();
-        for id in agent_ids {
-            if let Some(held) = inner.held.get_mut(id) {
+        for offer in offers {
+            if inner.offers_woken.contains(&offer) {
+                continue;
+            }
+            if let Some(held) = inner.held.get_mut(&offer.0) {
                 held.idle_since = None;
                 held.wake.notify_waiters();
             }
+            inner.offers_woken.insert(offer);
         }
+    }
+
+    /// Forgets the offers made before `since` (the work feed no longer reads them).
+    pub fn forget_offers_before(&self, since: Micros) {
+        self.lock().offers_woken.retain(|(_, at)| *at >= since);
     }
 }
 
@@ -535,8 +549,11 @@ mod tests {
             !p.is_idle("a", S + IDLE_RECHECK_US),
             "the safety net lapses"
         );
-        p.wake(["a"]);
+        p.wake_for(vec![("a".into(), 10)]);
         assert!(!p.is_idle("a", 2 * S));
+        p.leased("a", true, 3 * S);
+        p.wake_for(vec![("a".into(), 10)]);
+        assert!(p.is_idle("a", 4 * S), "woken once per offer");
     }
 
     #[test]

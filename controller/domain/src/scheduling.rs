@@ -340,40 +340,27 @@ pub struct Leased {
     pub none_left: bool,
 }
 
-/// The agents runs planned (their eligible agents when created): those new work in
-/// them may reach.
-pub fn planned_agents(conn: &mut DbConn, run_ids: &[String]) -> Result<Vec<String>> {
-    Ok(run_agents::table
-        .filter(run_agents::run_id.eq_any(run_ids))
-        .select(run_agents::agent_id)
-        .distinct()
-        .load(conn)?)
-}
-
-#[derive(QueryableByName)]
-struct OfferRow {
-    #[diesel(sql_type = Text)]
-    agent_id: String,
-    #[diesel(sql_type = BigInt)]
-    created_at: i64,
-}
-
 /// New work, as agents see it: each agent planned into a run that has a pending
-/// assignment created at or after `since`, with that assignment's creation time. Whoever
-/// created it (this controller, another replica, an operator's command), its agents
-/// can be woken from this; by the `(state, created_at)` index.
-pub fn offered_since(conn: &mut DbConn, since: Micros) -> Result<Vec<(String, Micros)>> {
-    let rows: Vec<OfferRow> = diesel::sql_query(
-        "SELECT DISTINCT ra.agent_id AS agent_id, a.created_at AS created_at \
-         FROM assignments a JOIN run_agents ra ON ra.run_id = a.run_id \
-         WHERE a.state = 'pending' AND a.created_at >= $1",
-    )
-    .bind::<BigInt, _>(since)
-    .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.agent_id, r.created_at))
-        .collect())
+/// assignment created at or after `since` (and, given `runs`, in one of them), with that
+/// assignment's creation time. Whoever created it (this controller, another replica, an
+/// operator's command), its agents can be woken from this; by the `(state, created_at)`
+/// index, or the runs' keys.
+pub fn offers(
+    conn: &mut DbConn,
+    since: Micros,
+    runs: Option<&[String]>,
+) -> Result<Vec<(String, Micros)>> {
+    let mut query = run_agents::table
+        .inner_join(assignments::table.on(assignments::run_id.eq(run_agents::run_id)))
+        .filter(assignments::state.eq(state::PENDING))
+        .filter(assignments::created_at.ge(since))
+        .select((run_agents::agent_id, assignments::created_at))
+        .distinct()
+        .into_boxed();
+    if let Some(runs) = runs {
+        query = query.filter(run_agents::run_id.eq_any(runs));
+    }
+    Ok(query.load(conn)?)
 }
 
 /// Leases the oldest pending assignment this agent may take; returns its id.

@@ -45,11 +45,11 @@ pub async fn log_and_count(
         }
     }
     let ms = started.elapsed().as_secs_f64() * 1e3;
-    let peer = peer.map(|p| p.ip().to_string()).unwrap_or_default();
+    let peer = peer.map(|p| p.ip());
     if is_agent_poll(&path) && status.is_success() {
-        tracing::debug!(target: "lastmile::http", %peer, %method, %path, status = status.as_u16(), ms);
+        tracing::debug!(target: "lastmile::http", peer = ?peer, %method, %path, status = status.as_u16(), ms);
     } else {
-        tracing::info!(target: "lastmile::http", %peer, %method, %path, status = status.as_u16(), ms);
+        tracing::info!(target: "lastmile::http", peer = ?peer, %method, %path, status = status.as_u16(), ms);
     }
     res
 }

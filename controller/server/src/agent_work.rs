@@ -9,7 +9,6 @@
 //! operator's command, so wake-ups cross replicas through the database they share —
 //! and wakes the agents it was planned for.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,18 +30,19 @@ const WORK_POLL: Duration = Duration::from_millis(250);
 /// clocks, and transactions that committed after a later one).
 const WORK_MARGIN_US: Micros = 5_000_000;
 
-/// Wakes the agents the runs this replica just created planned, at once (other
-/// replicas wake theirs from the work feed).
+/// Wakes the agents the runs this replica just created planned, at once, so an agent
+/// leasing right after "run now" answered finds the work (the work feed would within
+/// [`WORK_POLL`]; each offer wakes an agent once either way).
 pub async fn announce_runs(state: &AppState, run_ids: Vec<String>) {
     if run_ids.is_empty() {
         return;
     }
     match state
         .db
-        .run(move |c| scheduling::planned_agents(c, &run_ids))
+        .run(move |c| scheduling::offers(c, Micros::MIN, Some(&run_ids)))
         .await
     {
-        Ok(agents) => state.presence.wake(agents.iter().map(String::as_str)),
+        Ok(offers) => state.presence.wake_for(offers),
         Err(e) => tracing::warn!(error = %e, "reading the agents of new runs failed"),
     }
 }
@@ -157,43 +157,33 @@ async fn flush_presence(state: &AppState) {
     }
 }
 
-/// New work seen so far: planned (agent, assignment time) pairs within the margin, so
-/// a pair read again is not woken again.
+/// Where the work feed reads from: offers made at or after `since`.
 struct WorkFeed {
     since: Micros,
-    seen: HashSet<(String, Micros)>,
 }
 
 impl WorkFeed {
     fn new(now: Micros) -> WorkFeed {
         WorkFeed {
             since: now - WORK_MARGIN_US,
-            seen: HashSet::new(),
         }
     }
 
     async fn poll(&mut self, state: &AppState) {
         let (since, now) = (self.since, clock::now_us());
-        let offers = match state
+        match state
             .db
-            .run(move |c| scheduling::offered_since(c, since))
+            .run(move |c| scheduling::offers(c, since, None))
             .await
         {
-            Ok(o) => o,
+            Ok(offers) => state.presence.wake_for(offers),
             Err(e) => {
                 tracing::warn!(error = %e, "reading new work failed");
                 return;
             }
-        };
-        let fresh: Vec<(String, Micros)> = offers
-            .into_iter()
-            .filter(|o| !self.seen.contains(o))
-            .collect();
-        state.presence.wake(fresh.iter().map(|(id, _)| id.as_str()));
-        self.seen.extend(fresh);
+        }
         // Work committed more than the margin before this look has been seen.
         self.since = since.max(now - WORK_MARGIN_US);
-        let since = self.since;
-        self.seen.retain(|(_, at)| *at >= since);
+        state.presence.forget_offers_before(self.since);
     }
 }

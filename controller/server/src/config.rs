@@ -67,7 +67,8 @@ pub struct ControllerConfig {
     /// How often agent rows changed elsewhere (revocations, calibrations on another
     /// replica) are read into memory, milliseconds: a revoked agent is refused within it.
     pub agent_refresh_ms: u64,
-    /// Most agents held in memory (about 1.5 KiB each).
+    /// Most agents held in memory (past it, those not seen within the online window are
+    /// dropped first).
     pub max_held_agents: usize,
     /// Longest a lease waits for work when the agent asks it to (`wait_s`), seconds.
     pub max_lease_wait_s: u32,
