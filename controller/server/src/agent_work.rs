@@ -106,7 +106,9 @@ pub async fn lease(
                 return Ok(leased.tasks);
             }
         }
-        let Some(notified) = notified.as_pin_mut() else {
+        // No wait asked (every agent from before long polls): answer now, without a
+        // timer (tokio's are of 1 ms granularity: it would add a millisecond).
+        let Some(notified) = notified.as_pin_mut().filter(|_| !wait.is_zero()) else {
             return Ok(Vec::new());
         };
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
