@@ -177,7 +177,12 @@ async fn agent_restart_reuses_its_credentials_and_delivers_its_spool(db: TestDb)
         .report(&owner, &check, "group_by=connection_class,country")
         .await;
     let row = &report["rows"][0];
-    assert_eq!(row["samples"], 2, "{report}");
+    let flags = count(&app, "SELECT COUNT(*) AS n FROM result_flags");
+    let late = count(&app, "SELECT COUNT(*) AS n FROM results WHERE late");
+    assert_eq!(
+        row["samples"], 2,
+        "{flags} result(s) flagged, {late} late: {report}"
+    );
     assert_eq!(row["group"]["country"], "DE");
     assert_eq!(row["group"]["connection_class"], "cable");
     app.controller.stop().await.unwrap();

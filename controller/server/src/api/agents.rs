@@ -97,9 +97,15 @@ pub async fn submit(
     AuthAgent(agent): AuthAgent,
     body: web::Json<ResultSubmission>,
 ) -> Result<web::Json<ResultAck>, Failure> {
+    // The result is judged and paid on the agent's row as stored now, not as this
+    // replica holds it in memory (a calibration written elsewhere reaches memory only
+    // with the next refresh): one key lookup, beside the accept path's transaction.
     let submitted = state
         .db
-        .run(move |c| ingest::submit(c, &agent, &body))
+        .run(move |c| {
+            let agent = agents::get(c, &agent.id)?;
+            ingest::submit(c, &agent, &body)
+        })
         .await?;
     let counter = match (submitted.duplicate, submitted.ack.disposition) {
         (true, _) => &state.metrics.results_duplicate,
