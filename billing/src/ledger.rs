@@ -8,7 +8,10 @@
 //! - Each transaction names the event that caused it (`event_key`, unique in the
 //!   table). Posting the same event again writes nothing and returns the transaction
 //!   posted the first time ([`Posted::duplicate`]), however often it is retried.
-//! - Balances are never stored: an account's balance is the sum of its postings.
+//! - An account's balance is the sum of its postings. Each account keeps it as a
+//!   running balance, moved by every posting in the same database transaction, so that
+//!   reading or checking a balance costs one row however long the history is; the
+//!   postings stay the truth, and [`audit`] recomputes every balance from them.
 //! - Each account kind has a floor ([`AccountKind::floor`]): an owner's credit, a
 //!   volunteer's earnings, platform revenue and payouts in transit never go below
 //!   zero. A transaction that would take any account below its floor is refused with
@@ -327,12 +330,13 @@ pub fn post(conn: &mut impl AsLedgerConn, tx: &NewTransaction) -> Result<Posted,
             holder: p.account.holder.clone(),
             currency: p.account.currency.to_string(),
             created_at: now,
+            balance_minor: 0,
         })
         .collect();
     store::ensure_accounts(conn, &rows)?;
     let mut ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
     ids.sort();
-    store::lock_accounts(conn, &ids)?;
+    let balances: BTreeMap<String, i64> = store::lock_accounts(conn, &ids)?.into_iter().collect();
     // After the locks: a concurrent post of the same event has committed by now.
     if let Some(first) = store::find_transaction(conn, &tx.event_key)? {
         return Ok(Posted {
@@ -340,7 +344,6 @@ pub fn post(conn: &mut impl AsLedgerConn, tx: &NewTransaction) -> Result<Posted,
             duplicate: true,
         });
     }
-    let balances: BTreeMap<String, i64> = store::balances_of(conn, &ids)?.into_iter().collect();
     for p in tx.postings.iter().filter(|p| p.amount_minor < 0) {
         let Some(floor) = p.account.kind.floor() else {
             continue;
@@ -439,10 +442,13 @@ pub fn lock_balance(conn: &mut impl AsLedgerConn, account: &Account) -> Result<M
             holder: account.holder.clone(),
             currency: account.currency.to_string(),
             created_at: now_us(),
+            balance_minor: 0,
         }],
     )?;
-    store::lock_accounts(conn, &[id])?;
-    balance(conn, account)
+    let minor = store::lock_accounts(conn, &[id])?
+        .first()
+        .map_or(0, |(_, b)| *b);
+    Ok(Money::new(minor, account.currency))
 }
 
 /// One line of a trial balance.
@@ -501,9 +507,18 @@ pub fn sums_by_currency(lines: &[BalanceLine]) -> BTreeMap<Currency, i64> {
 }
 
 /// Audits the stored ledger: every transaction sums to zero per currency, every
-/// account is at or above its floor. Returns the problems found (none when sound).
+/// account's running balance equals the sum of its postings (recomputed here from
+/// scratch), every account is at or above its floor. Returns the problems found (none
+/// when sound).
 pub fn audit(conn: &mut impl AsLedgerConn) -> Result<Vec<String>, LedgerError> {
     let mut problems = Vec::new();
+    for (account, balance, sum) in store::balances_recomputed(conn)? {
+        if balance != sum {
+            problems.push(format!(
+                "{account} keeps a balance of {balance}, but its postings sum to {sum}"
+            ));
+        }
+    }
     for (tx, currency, sum) in store::transaction_sums(conn)? {
         if sum != 0 {
             problems.push(format!("transaction {tx} sums to {sum} {currency}, not 0"));

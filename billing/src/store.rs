@@ -22,13 +22,15 @@ use diesel::sql_types::BigInt;
 use diesel::sqlite::SqliteConnection;
 
 diesel::table! {
-    /// Accounts; an account's balance is the sum of its postings.
+    /// Accounts; an account's balance is the sum of its postings, kept beside them in
+    /// `balance_minor` (updated in the transaction that posts them).
     ledger_accounts (id) {
         id -> Text,
         kind -> Text,
         holder -> Nullable<Text>,
         currency -> Text,
         created_at -> BigInt,
+        balance_minor -> BigInt,
     }
 }
 
@@ -107,6 +109,8 @@ pub(crate) struct AccountRow {
     pub holder: Option<String>,
     pub currency: String,
     pub created_at: i64,
+    /// The running balance: the sum of the account's postings.
+    pub balance_minor: i64,
 }
 
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
@@ -148,20 +152,22 @@ pub(crate) fn ensure_accounts(
 }
 
 /// Locks the accounts' rows until the end of the caller's transaction, in id order
-/// (so two transactions touching the same accounts cannot deadlock). On SQLite the
-/// caller's `BEGIN IMMEDIATE` already holds the only write lock.
-pub(crate) fn lock_accounts(conn: &mut impl AsLedgerConn, ids: &[String]) -> QueryResult<()> {
+/// (so two transactions touching the same accounts cannot deadlock), and returns their
+/// running balances. On SQLite the caller's `BEGIN IMMEDIATE` already holds the only
+/// write lock.
+pub(crate) fn lock_accounts(
+    conn: &mut impl AsLedgerConn,
+    ids: &[String],
+) -> QueryResult<Vec<(String, i64)>> {
+    let query = || {
+        ledger_accounts::table
+            .filter(ledger_accounts::id.eq_any(ids))
+            .order(ledger_accounts::id)
+            .select((ledger_accounts::id, ledger_accounts::balance_minor))
+    };
     match conn.ledger_conn() {
-        LedgerConn::Pg(c) => {
-            let _: Vec<String> = ledger_accounts::table
-                .filter(ledger_accounts::id.eq_any(ids))
-                .order(ledger_accounts::id)
-                .select(ledger_accounts::id)
-                .for_update()
-                .load(c)?;
-            Ok(())
-        }
-        LedgerConn::Sqlite(_) => Ok(()),
+        LedgerConn::Pg(c) => query().for_update().load(c),
+        LedgerConn::Sqlite(c) => query().load(c),
     }
 }
 
@@ -190,19 +196,45 @@ pub(crate) fn postings_of(
         .load(c))
 }
 
-/// Balances of the given accounts (accounts without postings are absent).
+/// Running balances of the given accounts (accounts that do not exist are absent).
 pub(crate) fn balances_of(
     conn: &mut impl AsLedgerConn,
     ids: &[String],
 ) -> QueryResult<Vec<(String, i64)>> {
-    on_backend!(conn, |c| ledger_postings::table
-        .filter(ledger_postings::account_id.eq_any(ids))
-        .group_by(ledger_postings::account_id)
-        .select((ledger_postings::account_id, sql::<BigInt>(SUM_AMOUNT)))
+    on_backend!(conn, |c| ledger_accounts::table
+        .filter(ledger_accounts::id.eq_any(ids))
+        .select((ledger_accounts::id, ledger_accounts::balance_minor))
         .load(c))
 }
 
-/// Writes a transaction and its postings.
+/// Every account's running balance beside the sum of its postings, for audits: rows
+/// of (account id, running balance, sum of postings).
+pub(crate) fn balances_recomputed(
+    conn: &mut impl AsLedgerConn,
+) -> QueryResult<Vec<(String, i64, i64)>> {
+    on_backend!(conn, |c| {
+        let sums: std::collections::HashMap<String, i64> = ledger_postings::table
+            .group_by(ledger_postings::account_id)
+            .select((ledger_postings::account_id, sql::<BigInt>(SUM_AMOUNT)))
+            .load::<(String, i64)>(c)?
+            .into_iter()
+            .collect();
+        let accounts: Vec<(String, i64)> = ledger_accounts::table
+            .order(ledger_accounts::id)
+            .select((ledger_accounts::id, ledger_accounts::balance_minor))
+            .load(c)?;
+        Ok(accounts
+            .into_iter()
+            .map(|(id, balance)| {
+                let sum = sums.get(&id).copied().unwrap_or(0);
+                (id, balance, sum)
+            })
+            .collect())
+    })
+}
+
+/// Writes a transaction and its postings, and moves the accounts' running balances by
+/// them (the caller has locked the accounts).
 pub(crate) fn insert_transaction(
     conn: &mut impl AsLedgerConn,
     tx: &TransactionRow,
@@ -213,15 +245,23 @@ pub(crate) fn insert_transaction(
             .values(tx)
             .execute(c)?;
         for p in postings {
+            // Row by row: a multi-row insert on SQLite opens a transaction of its own,
+            // which cannot nest in the caller's.
             diesel::insert_into(ledger_postings::table)
                 .values(p)
+                .execute(c)?;
+            diesel::update(ledger_accounts::table.find(&p.account_id))
+                .set(
+                    ledger_accounts::balance_minor
+                        .eq(ledger_accounts::balance_minor + p.amount_minor),
+                )
                 .execute(c)?;
         }
         Ok(())
     })
 }
 
-/// Every account with its balance, optionally only one holder's.
+/// Every account with its running balance, optionally only one holder's.
 pub(crate) fn accounts_with_balances(
     conn: &mut impl AsLedgerConn,
     holder: Option<&str>,
@@ -235,20 +275,10 @@ pub(crate) fn accounts_with_balances(
             accounts = accounts.filter(ledger_accounts::holder.eq(h));
         }
         let accounts: Vec<AccountRow> = accounts.load(c)?;
-        let mut sums = ledger_postings::table
-            .inner_join(ledger_accounts::table)
-            .group_by(ledger_postings::account_id)
-            .select((ledger_postings::account_id, sql::<BigInt>(SUM_AMOUNT)))
-            .into_boxed();
-        if let Some(h) = holder {
-            sums = sums.filter(ledger_accounts::holder.eq(h));
-        }
-        let sums: std::collections::HashMap<String, i64> =
-            sums.load::<(String, i64)>(c)?.into_iter().collect();
         Ok(accounts
             .into_iter()
             .map(|a| {
-                let balance = sums.get(&a.id).copied().unwrap_or(0);
+                let balance = a.balance_minor;
                 (a, balance)
             })
             .collect())

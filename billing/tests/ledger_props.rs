@@ -14,8 +14,15 @@ use lastmile_billing::movements;
 use lastmile_billing::{AsLedgerConn, NewTransaction};
 use proptest::prelude::*;
 
-const SQLITE_SCHEMA: &str = include_str!("../../migrations/sqlite/2026-11-25-000007_ledger/up.sql");
-const PG_SCHEMA: &str = include_str!("../../migrations/postgres/2026-11-25-000007_ledger/up.sql");
+/// The ledger's migrations, in order: its tables, then running balances.
+const SQLITE_SCHEMA: [&str; 2] = [
+    include_str!("../../migrations/sqlite/2026-11-25-000007_ledger/up.sql"),
+    include_str!("../../migrations/sqlite/2026-12-05-000019_ledger_balances/up.sql"),
+];
+const PG_SCHEMA: [&str; 2] = [
+    include_str!("../../migrations/postgres/2026-11-25-000007_ledger/up.sql"),
+    include_str!("../../migrations/postgres/2026-12-05-000019_ledger_balances/up.sql"),
+];
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -268,7 +275,9 @@ fn check_sequence<C: AsLedgerConn>(conn: &mut C, ops: &[Op]) -> Result<(), TestC
 
 fn sqlite() -> SqliteConnection {
     let mut conn = SqliteConnection::establish(":memory:").unwrap();
-    conn.batch_execute(SQLITE_SCHEMA).unwrap();
+    for sql in SQLITE_SCHEMA {
+        conn.batch_execute(sql).unwrap();
+    }
     conn
 }
 
@@ -301,7 +310,9 @@ impl PgDb {
             .unwrap();
         let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
         let mut conn = PgConnection::establish(&format!("{base}/{name}")).unwrap();
-        conn.batch_execute(PG_SCHEMA).unwrap();
+        for sql in PG_SCHEMA {
+            conn.batch_execute(sql).unwrap();
+        }
         PgDb { name, conn }
     }
 }
@@ -363,6 +374,56 @@ fn spending_more_credit_than_the_owner_has_is_refused_with_the_balance_named() {
     assert_eq!(again.transaction.id, posted.transaction.id);
     let volunteer = lastmile_billing::Account::volunteer_earnings("v", Currency::USD);
     assert_eq!(ledger::balance(&mut conn, &volunteer).unwrap().minor, 8);
+}
+
+#[test]
+fn a_running_balance_that_disagrees_with_its_postings_is_reported_by_the_audit() {
+    let mut conn = sqlite();
+    with_write_tx(&mut conn, |c| {
+        ledger::post(
+            c,
+            &movements::grant("o", Money::new(100, Currency::USD), "g1"),
+        )
+    })
+    .unwrap();
+    assert!(ledger::audit(&mut conn).unwrap().is_empty());
+    conn.batch_execute(
+        "UPDATE ledger_accounts SET balance_minor = balance_minor + 1 \
+         WHERE id = 'owner_credit:o:usd'",
+    )
+    .unwrap();
+    let problems = ledger::audit(&mut conn).unwrap();
+    assert!(
+        problems.contains(
+            &"owner_credit:o:usd keeps a balance of 101, but its postings sum to 100".to_owned()
+        ),
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn the_migration_to_running_balances_starts_them_at_the_sum_of_the_postings() {
+    let mut conn = SqliteConnection::establish(":memory:").unwrap();
+    conn.batch_execute(SQLITE_SCHEMA[0]).unwrap();
+    // A ledger written before running balances: accounts and postings only.
+    conn.batch_execute(
+        "INSERT INTO ledger_accounts (id, kind, holder, currency, created_at) VALUES \
+           ('owner_credit:o:usd', 'owner_credit', 'o', 'usd', 1), \
+           ('operator_grants:usd', 'operator_grants', NULL, 'usd', 1), \
+           ('volunteer_earnings:v:usd', 'volunteer_earnings', 'v', 'usd', 1); \
+         INSERT INTO ledger_transactions (id, event_key, kind, memo, created_at) VALUES \
+           ('t1', 'grant:g1', 'grant', '', 1), ('t2', 'grant:g2', 'grant', '', 2); \
+         INSERT INTO ledger_postings (transaction_id, account_id, amount_minor) VALUES \
+           ('t1', 'operator_grants:usd', -70), ('t1', 'owner_credit:o:usd', 70), \
+           ('t2', 'operator_grants:usd', -30), ('t2', 'owner_credit:o:usd', 30);",
+    )
+    .unwrap();
+    conn.batch_execute(SQLITE_SCHEMA[1]).unwrap();
+    let owner = lastmile_billing::Account::owner_credit("o", Currency::USD);
+    assert_eq!(ledger::balance(&mut conn, &owner).unwrap().minor, 100);
+    let volunteer = lastmile_billing::Account::volunteer_earnings("v", Currency::USD);
+    assert_eq!(ledger::balance(&mut conn, &volunteer).unwrap().minor, 0);
+    assert!(ledger::audit(&mut conn).unwrap().is_empty());
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use lastmile_protocol::{
     ApiError, EnrolRequest, EnrolResponse, Heartbeat, HeartbeatAck, LeaseRequest, LeaseResponse,
-    ResultAck, ResultSubmission,
+    ResultAck, ResultBatch, ResultBatchAck, ResultSubmission,
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -132,5 +132,18 @@ impl ControllerClient {
     /// Submits one result; safe to repeat.
     pub async fn submit(&self, result: &ResultSubmission) -> Result<ResultAck, ClientError> {
         self.post("/api/v1/results", result).await
+    }
+
+    /// Submits up to `MAX_RESULTS_PER_BATCH` results in one request; safe to repeat.
+    /// The answer has one outcome per result, in order. A controller from before batches
+    /// answers 404 (no such path): send them one by one.
+    pub async fn submit_batch(
+        &self,
+        results: &[ResultSubmission],
+    ) -> Result<ResultBatchAck, ClientError> {
+        let batch = ResultBatch {
+            results: results.to_vec(),
+        };
+        self.post("/api/v1/results/batch", &batch).await
     }
 }

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lastmile_protocol::{
-    AgentLimits, CheckKind, ConnectionClass, EnrolRequest, Heartbeat, ResultSubmission, Task,
+    AgentLimits, ApiError, CheckKind, ConnectionClass, EnrolRequest, Heartbeat, ResultAck,
+    ResultOutcome, ResultSubmission, Task, MAX_RESULTS_PER_BATCH,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -474,7 +475,14 @@ async fn deliver(client: &ControllerClient, spool: &Spool, result: ResultSubmiss
 }
 
 async fn submit_from_spool(client: &ControllerClient, spool: &Spool, result: &ResultSubmission) {
-    match client.submit(result).await {
+    let answer = client.submit(result).await;
+    settle(spool, result, answer);
+}
+
+/// What the controller's answer to a result means for the spool: acknowledged results
+/// leave it, refused ones move to `rejected/`, the rest wait for the next attempt.
+fn settle(spool: &Spool, result: &ResultSubmission, answer: Result<ResultAck, ClientError>) {
+    match answer {
         Ok(ack) => {
             if let Err(e) = spool.remove(ack.assignment_id) {
                 tracing::warn!(error = %e, "acknowledged result stays in the spool");
@@ -509,6 +517,30 @@ async fn submit_from_spool(client: &ControllerClient, spool: &Spool, result: &Re
     }
 }
 
+/// One result's outcome in a batch answer, as the answer a single submission gets.
+fn outcome_answer(outcome: ResultOutcome) -> Result<ResultAck, ClientError> {
+    match (outcome.disposition, outcome.error) {
+        (Some(disposition), _) => Ok(ResultAck {
+            assignment_id: outcome.assignment_id,
+            disposition,
+        }),
+        (None, body) => Err(ClientError::Refused {
+            status: outcome.status.unwrap_or(500),
+            body: body.unwrap_or_else(|| ApiError {
+                error: "unexpected_answer".into(),
+                message: "the batch answer gave neither a disposition nor an error".into(),
+            }),
+        }),
+    }
+}
+
+/// Delivers what the spool holds (after an outage or a restart): in batches of up to
+/// `MAX_RESULTS_PER_BATCH` results, one request each. A batch refused as a whole (a
+/// controller from before batches answers 404; one result the controller refuses
+/// before reading the batch, such as a NUL in a text, makes the whole body a 422) is
+/// sent one by one, so that each result gets its own answer. Stops at the first batch
+/// that cannot be delivered (the controller is unreachable again): the rest waits in
+/// the spool.
 async fn flush_spool(client: ControllerClient, spool: Spool) {
     let pending = match spool.pending() {
         Ok(p) => p,
@@ -517,8 +549,36 @@ async fn flush_spool(client: ControllerClient, spool: Spool) {
             return;
         }
     };
-    for result in pending {
-        submit_from_spool(&client, &spool, &result).await;
+    for batch in pending.chunks(MAX_RESULTS_PER_BATCH) {
+        if let [result] = batch {
+            submit_from_spool(&client, &spool, result).await;
+            continue;
+        }
+        match client.submit_batch(batch).await {
+            Ok(answer) if answer.results.len() == batch.len() => {
+                tracing::info!(results = batch.len(), "delivered spooled results");
+                for (result, outcome) in batch.iter().zip(answer.results) {
+                    settle(&spool, result, outcome_answer(outcome));
+                }
+            }
+            Err(e) if e.is_rejection() => {
+                for result in batch {
+                    submit_from_spool(&client, &spool, result).await;
+                }
+            }
+            Ok(answer) => {
+                tracing::warn!(
+                    sent = batch.len(),
+                    answered = answer.results.len(),
+                    "the controller answered a different number of results; they stay in the spool"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, results = batch.len(), "spooled results kept for later");
+                return;
+            }
+        }
     }
 }
 

@@ -728,6 +728,41 @@ pub struct ResultAck {
     pub disposition: ResultDisposition,
 }
 
+/// Most results one [`ResultBatch`] may carry.
+pub const MAX_RESULTS_PER_BATCH: usize = 100;
+
+/// Agent -> controller: several results in one request (`POST /api/v1/results/batch`),
+/// e.g. a spool delivered after an outage. 1 to [`MAX_RESULTS_PER_BATCH`] results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResultBatch {
+    pub results: Vec<ResultSubmission>,
+}
+
+/// Controller -> agent: one answer per submitted result, in the order sent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResultBatchAck {
+    pub results: Vec<ResultOutcome>,
+}
+
+/// The answer for one result of a batch: stored (`disposition`, the same as
+/// [`ResultAck`]'s: the agent may drop it from its spool) or refused (`error`, with the
+/// status and body a single submission of it would have got: it will never be
+/// accepted, so the agent drops it too).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ResultOutcome {
+    pub assignment_id: Uuid,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposition: Option<ResultDisposition>,
+    /// The HTTP status a single submission would have got (403, 404, 422).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ApiError>,
+}
+
 /// The JSON body of every 4xx/5xx answer from the controller.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -505,10 +505,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
         &db,
         "SELECT COUNT(*) AS n FROM assignments WHERE attempt > 1",
     );
-    let paid = n(
-        &db,
-        "SELECT COUNT(*) AS n FROM ledger_transactions WHERE kind = 'result'",
-    );
+    let paid = n(&db, "SELECT COUNT(*) AS n FROM result_payments");
     println!(
         "crash test: {} kills (leased at each: {kills:?}), {runs} runs ({runs_asked} asked \
          for, one by the schedule), {measurements} measurements made, {results} results \
@@ -571,14 +568,15 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     );
     assert_eq!(aggregated, counted, "aggregated vs. counted results");
 
-    // One payment per counted result, none for a late or flagged one.
+    // One payment per counted result, none for a late or flagged one. Results are paid
+    // in batches; `result_payments` links each to the ledger transaction that paid it.
     assert_eq!(paid, counted, "result payments vs. counted results");
     assert_eq!(
         n(
             &db,
             "SELECT COUNT(*) AS n FROM results r WHERE NOT r.late AND NOT r.flagged \
-             AND NOT EXISTS (SELECT 1 FROM ledger_transactions t \
-                             WHERE t.event_key = 'result:' || r.assignment_id)",
+             AND NOT EXISTS (SELECT 1 FROM result_payments p \
+                             WHERE p.assignment_id = r.assignment_id)",
         ),
         0,
         "counted results left unpaid"
@@ -586,12 +584,30 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     assert_eq!(
         n(
             &db,
-            "SELECT COUNT(*) AS n FROM ledger_transactions t WHERE t.kind = 'result' \
-             AND NOT EXISTS (SELECT 1 FROM results r WHERE t.event_key = 'result:' || r.assignment_id \
-                             AND NOT r.late AND NOT r.flagged)",
+            "SELECT COUNT(*) AS n FROM result_payments p \
+             WHERE NOT EXISTS (SELECT 1 FROM results r WHERE r.assignment_id = p.assignment_id \
+                               AND NOT r.late AND NOT r.flagged)",
         ),
         0,
         "payments for results that are not counted"
+    );
+    assert_eq!(
+        n(
+            &db,
+            "SELECT COUNT(*) AS n FROM ledger_transactions t WHERE t.kind = 'result' \
+             AND (SELECT COALESCE(SUM(-lp.amount_minor), 0) FROM ledger_postings lp \
+                  JOIN ledger_accounts la ON la.id = lp.account_id \
+                  WHERE lp.transaction_id = t.id AND la.kind = 'owner_credit') \
+              <> (SELECT COALESCE(SUM(p.price_minor), 0) FROM result_payments p \
+                  WHERE p.transaction_id = t.id)",
+        ),
+        0,
+        "result transactions whose owners paid other than the prices of their results"
+    );
+    assert_eq!(
+        n(&db, "SELECT COUNT(*) AS n FROM fold_queue"),
+        0,
+        "results still waiting to be folded after the controller stopped"
     );
 
     // The ledger balances: per transaction and per currency.

@@ -10,6 +10,7 @@ mod support;
 mod agent_lifecycle;
 mod agent_rejections;
 mod api_errors;
+mod batch_results;
 mod calibration;
 mod cheating;
 mod crash;

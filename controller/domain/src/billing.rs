@@ -5,27 +5,33 @@
 //! price table); this module applies them to the controller's records, on the
 //! controller's connection, inside the controller's transactions.
 //!
-//! **Architecture Invariant:** an accepted result is paid in the same database
-//! transaction that stores it, under the event key `result:<assignment id>`, so a
-//! repeated submission pays once and a rolled-back submission pays nothing. A run is
-//! admitted only when the owner's credit, less what is already held for assignments
-//! still pending or leased, covers all of its assignments at the check's price; the
-//! owner's credit account is locked while this is decided. A late result (its lease ran
-//! out and the slot was re-offered) is stored but not paid.
+//! **Architecture Invariant:** an accepted result is paid exactly once, in the database
+//! transaction that folds it out of the fold queue (`ingest::fold_pending`), together
+//! with the other results of its batch (one ledger transaction, event key
+//! `results:<first assignment id>`); a repeated submission is never queued again and a
+//! rolled-back fold pays nothing and leaves its results queued. A run is admitted only
+//! when the owner's credit, less what is already held for assignments still pending,
+//! leased, or done and not yet paid (queued), covers all of its assignments at the
+//! check's price; the owner's credit account is locked while this is decided. A late
+//! result (its lease ran out and the slot was re-offered) is stored but not paid.
+
+use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use lastmile_billing::ledger::{self, Account, BalanceLine, Posted};
-use lastmile_billing::{movements, pricing, AccountKind, Currency, LedgerError, Money};
+use lastmile_billing::{movements, pricing, AccountKind, Currency, Money};
 use lastmile_protocol::CheckKind;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::check_terms::StoredCheck;
 use crate::error::{Error, Result};
-use lastmile_storage::assignments::{state, Assignment};
+use lastmile_storage::assignments::state;
 use lastmile_storage::checks::Check;
+use lastmile_storage::result_payments::{self, ResultPayment};
 use lastmile_storage::schema::{
-    assignments, checks, ledger_accounts, ledger_postings, ledger_transactions, owners, runs,
+    assignments, checks, fold_queue, ledger_accounts, ledger_postings, ledger_transactions, owners,
+    runs,
 };
 use lastmile_storage::{write_tx, DbConn};
 
@@ -36,14 +42,19 @@ pub fn price_of(check: &Check) -> Money {
     pricing::price_per_result(kind, &selection.connection_classes, &selection.countries)
 }
 
-/// Credit held for the owner's assignments that are still pending or leased: each will
-/// be paid for, at its run's admitted price, when its result is accepted.
+/// Credit held for the owner's assignments that are still pending or leased, or whose
+/// result is accepted and still queued for folding: each will be paid for, at its run's
+/// admitted price, when its result is folded.
 pub fn held_for_assignments(conn: &mut DbConn, owner_id: &str) -> Result<Money> {
     let open: Vec<(String, Option<i64>, Option<String>, i64)> = assignments::table
         .inner_join(checks::table)
         .inner_join(runs::table)
         .filter(checks::owner_id.eq(owner_id))
-        .filter(assignments::state.eq_any([state::PENDING, state::LEASED]))
+        .filter(
+            assignments::state
+                .eq_any([state::PENDING, state::LEASED])
+                .or(assignments::id.eq_any(fold_queue::table.select(fold_queue::assignment_id))),
+        )
         .group_by((runs::id, runs::price_minor, runs::price_currency))
         .select((
             runs::id,
@@ -91,26 +102,75 @@ pub fn admit_run(conn: &mut DbConn, owner_id: &str, price: Money, requested: u32
     Ok(())
 }
 
-/// Pays for an accepted result inside the transaction that stores it: the owner's
-/// credit pays the price its run was admitted at, the volunteer behind the agent earns
-/// the price less the platform fee. Returns `None` (and logs) if the owner's credit
-/// cannot cover it, which admission makes impossible unless credit was taken away
-/// meanwhile: the result is still stored, only unpaid.
-pub fn pay_for_result(
-    conn: &mut DbConn,
-    assignment: &Assignment,
-    volunteer_id: &str,
-) -> Result<Option<Posted>> {
-    let terms = run_terms(conn, &assignment.run_id)?;
-    let tx = movements::pay_result(&terms.owner_id, volunteer_id, terms.price, &assignment.id);
-    match ledger::post(conn, &tx) {
-        Ok(posted) => Ok(Some(posted)),
-        Err(e @ LedgerError::BelowFloor { .. }) => {
-            tracing::warn!(assignment = %assignment.id, error = %e, "result stored but not paid");
-            Ok(None)
+/// One accepted result to pay for.
+#[derive(Debug, Clone, Copy)]
+pub struct ToPay<'a> {
+    pub assignment_id: &'a str,
+    pub run_id: &'a str,
+    /// The volunteer whose agent measured it.
+    pub volunteer_id: &'a str,
+}
+
+/// Pays for a batch of accepted results inside the transaction that folds them, in
+/// one ledger transaction (`movements::pay_results`): each owner's credit pays the
+/// price its run was admitted at, each volunteer earns the price less the platform
+/// fee. A result the owner's credit no longer covers (admission makes that impossible
+/// unless credit was taken away meanwhile) is left unpaid and logged; the others are
+/// paid. Each paid result is linked to the ledger transaction in `result_payments`,
+/// whose key refuses a second payment of the same result. Returns how many were left
+/// unpaid.
+///
+/// Lock order: the owners' credit accounts first (their ids, `owner_credit:...`, sort
+/// before every other account `ledger::post` locks), then the rest in id order, the
+/// same global order every posting uses, so folders on several controllers cannot
+/// deadlock.
+pub fn pay_for_results(conn: &mut DbConn, results: &[ToPay<'_>]) -> Result<usize> {
+    let mut terms: BTreeMap<&str, RunTerms> = BTreeMap::new();
+    for r in results {
+        if !terms.contains_key(r.run_id) {
+            terms.insert(r.run_id, run_terms(conn, r.run_id)?);
         }
-        Err(e) => Err(e.into()),
     }
+    let mut credit: BTreeMap<Account, i64> = terms
+        .values()
+        .map(|t| (Account::owner_credit(&t.owner_id, t.price.currency), 0))
+        .collect();
+    for (account, left) in credit.iter_mut() {
+        *left = ledger::lock_balance(conn, account)?.minor;
+    }
+    let mut payments = Vec::with_capacity(results.len());
+    let mut unpaid = 0;
+    for r in results {
+        let t = &terms[r.run_id];
+        let account = Account::owner_credit(&t.owner_id, t.price.currency);
+        let left = credit.entry(account).or_default();
+        if *left < t.price.minor {
+            unpaid += 1;
+            tracing::warn!(assignment = %r.assignment_id, owner = %t.owner_id, credit_minor = *left,
+                price = %t.price, "result stored but not paid: the owner's credit no longer covers it");
+            continue;
+        }
+        *left -= t.price.minor;
+        payments.push(movements::ResultPayment {
+            owner_id: t.owner_id.clone(),
+            volunteer_id: r.volunteer_id.to_owned(),
+            price: t.price,
+            assignment_id: r.assignment_id.to_owned(),
+        });
+    }
+    if let Some(tx) = movements::pay_results(&payments) {
+        let posted = ledger::post(conn, &tx)?;
+        let links: Vec<ResultPayment> = payments
+            .into_iter()
+            .map(|p| ResultPayment {
+                assignment_id: p.assignment_id,
+                transaction_id: posted.transaction.id.clone(),
+                price_minor: p.price.minor,
+            })
+            .collect();
+        result_payments::record(conn, &links)?;
+    }
+    Ok(unpaid)
 }
 
 /// Grants `amount` of test credit to an owner (an operator's action, not a payment).

@@ -5,17 +5,36 @@
 //! most once. The assignment id is the idempotency key: a repeated submission finds the
 //! stored result and gets the same acknowledgement. A result that arrives after its
 //! lease ran out is stored as `late` and not counted (the slot was re-offered, and the
-//! re-offered measurement is the one that counts). Storing the result, closing the
-//! assignment, updating the aggregate and paying for the result (the owner's credit to
-//! the volunteer's earnings and the platform's fee, `billing::pay_for_result`, keyed by
-//! the assignment id) happen in one transaction. Before that, `verification` judges the
-//! result; a flagged one is stored with its reasons and neither aggregated nor paid.
+//! re-offered measurement is the one that counts). Before it is stored,
+//! `verification` judges the result; a flagged one is stored with its reasons and
+//! neither aggregated nor paid.
 //!
-//! Aggregates are one row per (check, hour bucket, country, region, ASN, connection class) with
-//! success/failure counts and an HdrHistogram per phase over the successful samples.
-//! The row is read-modify-written under a lock: `SELECT ... FOR UPDATE` after an
-//! `INSERT ... ON CONFLICT DO NOTHING` on PostgreSQL, the single-writer transaction on
-//! SQLite.
+//! Accepting and folding are two steps, so that results of one check do not
+//! serialise on the rows they all feed:
+//!
+//! 1. [`accept`] (the agent's request, one short transaction for all the results it
+//!    sends): store each result, close its assignment and, when it counts, queue it in
+//!    `fold_queue`. It locks only the submitted assignments.
+//! 2. [`fold_pending`] (a folder, batches of up to [`FOLD_BATCH`]): take queued
+//!    results, merge them per aggregate cell (one read and one write per cell, however
+//!    many results it gets), pay for all of them in one ledger transaction
+//!    (`billing::pay_for_results`) and remove them from the queue, in one transaction.
+//!    A result is folded and paid exactly once because leaving the queue and being
+//!    folded commit together; after a crash, whatever was queued is folded by the next
+//!    pass.
+//!
+//! The controller runs the folder right after each accept and waits for it (group
+//! commit: one pass folds everything queued by the requests that arrived meanwhile),
+//! and every second in the background for anything left, so a report misses an
+//! acknowledged result for a second at most, and normally not at all.
+//!
+//! Aggregates are one row per (check, hour bucket, country, region, ASN, connection
+//! class) with success/failure counts and an HdrHistogram per phase over the
+//! successful samples. A cell is read-modify-written under a lock: `SELECT ... FOR
+//! UPDATE` after an `INSERT ... ON CONFLICT DO NOTHING` on PostgreSQL, the single-writer
+//! transaction on SQLite; cells are locked in key order.
+
+use std::collections::{BTreeMap, HashMap};
 
 use diesel::prelude::*;
 use lastmile_protocol::{Hop, Phase, ResultAck, ResultDisposition, ResultSubmission};
@@ -26,7 +45,8 @@ use crate::error::{Error, Result};
 use crate::histogram;
 use crate::{billing, checks, verification};
 use lastmile_storage::assignments::{state, Assignment};
-use lastmile_storage::schema::{aggregates, assignments, results};
+use lastmile_storage::fold_queue::{self, Queued};
+use lastmile_storage::schema::{agents, aggregates, assignments, results};
 use lastmile_storage::{write_tx, DbConn};
 
 pub use lastmile_storage::aggregates::AggregateRow;
@@ -152,7 +172,7 @@ fn validate(sub: &ResultSubmission) -> Result<()> {
     Ok(())
 }
 
-/// What [`submit`] did.
+/// What accepting one result did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submitted {
     /// The acknowledgement for the agent (the same for a repeated submission).
@@ -161,67 +181,142 @@ pub struct Submitted {
     pub duplicate: bool,
     /// True when verification flagged it: stored, but neither aggregated nor paid.
     pub flagged: bool,
+    /// True when it was queued to be folded and paid (accepted, not late, not flagged).
+    pub queued: bool,
 }
 
-/// Accepts one result from `agent`. Safe to call again with the same submission.
+/// Most results one request may carry.
+pub const MAX_BATCH: usize = lastmile_protocol::MAX_RESULTS_PER_BATCH;
+
+/// Accepts one result from `agent` (see [`accept`]). Safe to call again with the same
+/// submission.
 pub fn submit(conn: &mut DbConn, agent: &Agent, sub: &ResultSubmission) -> Result<Submitted> {
-    validate(sub)?;
-    let assignment_id = sub.assignment_id.to_string();
+    accept(conn, agent, std::slice::from_ref(sub))?
+        .pop()
+        .unwrap_or_else(|| Err(Error::Internal("accept answered nothing".into())))
+}
+
+/// Accepts results from `agent`, in one transaction, and answers each in order: its
+/// acknowledgement, or why it was refused (invalid, unknown, not leased to this
+/// agent). A refused result does not stop the others. Counted results are queued for
+/// [`fold_pending`]. Safe to call again with the same submissions: each assignment is
+/// stored once, and the same assignment twice in one call is one result.
+pub fn accept(
+    conn: &mut DbConn,
+    agent: &Agent,
+    subs: &[ResultSubmission],
+) -> Result<Vec<Result<Submitted>>> {
+    if subs.len() > MAX_BATCH {
+        return Err(Error::invalid(
+            "too_many_results",
+            format!(
+                "at most {MAX_BATCH} results per request, not {}",
+                subs.len()
+            ),
+        ));
+    }
+    let checked: Vec<Result<()>> = subs.iter().map(validate).collect();
+    let mut ids: Vec<String> = subs.iter().map(|s| s.assignment_id.to_string()).collect();
+    ids.sort();
+    ids.dedup();
     let now = now_us();
     write_tx(conn, |c| {
-        let assignment = lock_assignment(c, &assignment_id)?.ok_or(Error::NotFound {
-            what: "assignment",
-            code: "assignment_not_found",
-        })?;
-        if assignment.agent_id.as_deref() != Some(agent.id.as_str()) {
-            return Err(Error::forbidden(
-                "assignment_not_yours",
-                "this assignment is not leased to this agent",
-            ));
+        let leased = lock_assignments(c, &ids)?;
+        let stored_before: HashMap<String, bool> = results::table
+            .filter(results::assignment_id.eq_any(&ids))
+            .select((results::assignment_id, results::late))
+            .load(c)?
+            .into_iter()
+            .collect();
+        let mut answered: HashMap<String, ResultAck> = HashMap::new();
+        let mut closed: Vec<String> = Vec::new();
+        let mut queued: Vec<Queued> = Vec::new();
+        let mut outcomes = Vec::with_capacity(subs.len());
+        for (sub, valid) in subs.iter().zip(checked) {
+            if let Err(e) = valid {
+                outcomes.push(Err(e));
+                continue;
+            }
+            let id = sub.assignment_id.to_string();
+            if let Some(ack) = answered.get(&id) {
+                outcomes.push(Ok(Submitted {
+                    ack: ack.clone(),
+                    duplicate: true,
+                    flagged: false,
+                    queued: false,
+                }));
+                continue;
+            }
+            let Some(assignment) = leased.get(&id) else {
+                outcomes.push(Err(Error::NotFound {
+                    what: "assignment",
+                    code: "assignment_not_found",
+                }));
+                continue;
+            };
+            if assignment.agent_id.as_deref() != Some(agent.id.as_str()) {
+                outcomes.push(Err(Error::forbidden(
+                    "assignment_not_yours",
+                    "this assignment is not leased to this agent",
+                )));
+                continue;
+            }
+            if let Some(&late) = stored_before.get(&id) {
+                let ack = ack(sub, late);
+                answered.insert(id, ack.clone());
+                outcomes.push(Ok(Submitted {
+                    ack,
+                    duplicate: true,
+                    flagged: false,
+                    queued: false,
+                }));
+                continue;
+            }
+            let late = assignment.state != state::LEASED
+                || assignment
+                    .lease_expires_at
+                    .is_none_or(|deadline| now > deadline);
+            let stored = to_stored(sub, assignment, agent, now, late);
+            // Judged before it is stored, so that it is not compared with itself; stored
+            // before the next one is judged, so that a replay within one request is
+            // caught like one across requests.
+            let flags = if late {
+                Vec::new()
+            } else {
+                verification::verify(c, agent, &stored)?
+            };
+            diesel::insert_into(results::table)
+                .values(&stored)
+                .execute(c)?;
+            if !late {
+                closed.push(id.clone());
+                if flags.is_empty() {
+                    queued.push(Queued {
+                        assignment_id: id.clone(),
+                        run_id: assignment.run_id.clone(),
+                        queued_at: now,
+                    });
+                } else {
+                    // Kept for operators, never counted or paid (see `verification`).
+                    verification::record(c, agent, &stored, &flags)?;
+                }
+            }
+            let ack = ack(sub, late);
+            answered.insert(id, ack.clone());
+            outcomes.push(Ok(Submitted {
+                ack,
+                duplicate: false,
+                flagged: !flags.is_empty(),
+                queued: !late && flags.is_empty(),
+            }));
         }
-        let existing: Option<bool> = results::table
-            .find(&assignment_id)
-            .select(results::late)
-            .first(c)
-            .optional()?;
-        if let Some(late) = existing {
-            return Ok(Submitted {
-                ack: ack(sub, late),
-                duplicate: true,
-                flagged: false,
-            });
-        }
-        let late = assignment.state != state::LEASED
-            || assignment
-                .lease_expires_at
-                .is_none_or(|deadline| now > deadline);
-        let stored = to_stored(sub, &assignment, agent, now, late);
-        // Judged before it is stored, so that it is not compared with itself.
-        let flags = if late {
-            Vec::new()
-        } else {
-            verification::verify(c, agent, &stored)?
-        };
-        diesel::insert_into(results::table)
-            .values(&stored)
-            .execute(c)?;
-        if !late {
-            diesel::update(assignments::table.find(&assignment_id))
+        for chunk in closed.chunks(lastmile_storage::agents::BATCH_ROWS) {
+            diesel::update(assignments::table.filter(assignments::id.eq_any(chunk)))
                 .set(assignments::state.eq(state::DONE))
                 .execute(c)?;
-            if flags.is_empty() {
-                fold(c, &stored)?;
-                billing::pay_for_result(c, &assignment, &agent.volunteer_id)?;
-            } else {
-                // Kept for operators, never counted or paid (see `verification`).
-                verification::record(c, agent, &stored, &flags)?;
-            }
         }
-        Ok(Submitted {
-            ack: ack(sub, late),
-            duplicate: false,
-            flagged: !flags.is_empty(),
-        })
+        fold_queue::enqueue(c, &queued)?;
+        Ok(outcomes)
     })
 }
 
@@ -236,18 +331,80 @@ fn ack(sub: &ResultSubmission, late: bool) -> ResultAck {
     }
 }
 
-fn lock_assignment(conn: &mut DbConn, id: &str) -> Result<Option<Assignment>> {
-    let query = || assignments::table.find(id);
-    Ok(match conn {
+/// The assignments with these ids, locked until the end of the caller's transaction
+/// on PostgreSQL (in id order, so two requests cannot deadlock; SQLite's single writer
+/// needs no lock).
+fn lock_assignments(conn: &mut DbConn, ids: &[String]) -> Result<HashMap<String, Assignment>> {
+    let query = || {
+        assignments::table
+            .filter(assignments::id.eq_any(ids))
+            .order(assignments::id)
+    };
+    let rows: Vec<Assignment> = match conn {
         DbConn::Pg(c) => query()
             .select(Assignment::as_select())
             .for_update()
-            .first(c)
-            .optional()?,
-        DbConn::Sqlite(c) => query()
-            .select(Assignment::as_select())
-            .first(c)
-            .optional()?,
+            .load(c)?,
+        DbConn::Sqlite(c) => query().select(Assignment::as_select()).load(c)?,
+    };
+    Ok(rows.into_iter().map(|a| (a.id.clone(), a)).collect())
+}
+
+/// Results folded per transaction: large enough that a busy controller folds
+/// hundreds of results per aggregate write, small enough that one fold holds its
+/// locks for milliseconds.
+pub const FOLD_BATCH: i64 = 2_000;
+
+/// What one [`fold_pending`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Folded {
+    /// Results folded into aggregates (and paid, unless counted in `unpaid`).
+    pub results: usize,
+    /// Aggregate cells written.
+    pub cells: usize,
+    /// Results the owner's credit no longer covered.
+    pub unpaid: usize,
+}
+
+/// Folds up to `max` queued results: merges them into their aggregate cells, pays for
+/// them and removes them from the queue, in one transaction. Returns what it did;
+/// `results == 0` when nothing was queued (or everything queued is being folded by
+/// another controller).
+pub fn fold_pending(conn: &mut DbConn, max: i64) -> Result<Folded> {
+    write_tx(conn, |c| {
+        let ids = fold_queue::take(c, max)?;
+        if ids.is_empty() {
+            return Ok(Folded::default());
+        }
+        let mut rows: Vec<(StoredResult, String)> = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(lastmile_storage::agents::BATCH_ROWS) {
+            rows.extend(
+                results::table
+                    .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
+                    .filter(results::assignment_id.eq_any(chunk))
+                    .select((StoredResult::as_select(), agents::volunteer_id))
+                    .load::<(StoredResult, String)>(c)?,
+            );
+        }
+        rows.sort_by(|(a, _), (b, _)| {
+            (a.received_at, &a.assignment_id).cmp(&(b.received_at, &b.assignment_id))
+        });
+        let cells = fold_into_cells(c, rows.iter().map(|(r, _)| r))?;
+        let to_pay: Vec<billing::ToPay<'_>> = rows
+            .iter()
+            .map(|(r, volunteer_id)| billing::ToPay {
+                assignment_id: &r.assignment_id,
+                run_id: &r.run_id,
+                volunteer_id,
+            })
+            .collect();
+        let unpaid = billing::pay_for_results(c, &to_pay)?;
+        fold_queue::remove(c, &ids)?;
+        Ok(Folded {
+            results: rows.len(),
+            cells,
+            unpaid,
+        })
     })
 }
 
@@ -406,32 +563,73 @@ pub fn key_of(r: &StoredResult) -> AggregateKey {
     }
 }
 
-/// Adds one accepted result to its aggregate row (creating the row if needed).
+/// Adds one accepted result to its aggregate row (creating the row if needed), inside
+/// the caller's write transaction. Used to place results directly (tests, tools);
+/// accepted results reach their cells through [`fold_pending`].
 pub fn fold(conn: &mut DbConn, r: &StoredResult) -> Result<()> {
-    let key = key_of(r);
-    let mut row = lock_aggregate(conn, &key)?;
-    if r.error_kind.is_some() {
-        row.failures += 1;
-    } else {
-        row.successes += 1;
-        let values = [
-            (Phase::Dns, r.dns_us),
-            (Phase::Connect, r.connect_us),
-            (Phase::Tls, r.tls_us),
-            (Phase::Ttfb, r.ttfb_us),
-            (Phase::Transfer, r.transfer_us),
-            (Phase::Total, r.total_us),
-        ];
-        for (phase, value) in values {
-            let mut h = histogram::decode(row.hist(phase)).map_err(Error::Internal)?;
-            h.saturating_record(value.max(0) as u64);
-            *row.hist_mut(phase) = histogram::encode(&h);
+    fold_into_cells(conn, std::iter::once(r)).map(|_| ())
+}
+
+/// What a batch adds to one cell.
+struct CellDelta {
+    successes: i64,
+    failures: i64,
+    hists: [hdrhistogram::Histogram<u64>; 6],
+}
+
+/// The phases' values of a result, in [`Phase::ALL`]'s order.
+fn phase_values(r: &StoredResult) -> [i64; 6] {
+    [
+        r.dns_us,
+        r.connect_us,
+        r.tls_us,
+        r.ttfb_us,
+        r.transfer_us,
+        r.total_us,
+    ]
+}
+
+/// Merges results into their aggregate cells: each cell's histograms are decoded,
+/// merged with all of the batch's samples and encoded once. Returns the cells written.
+fn fold_into_cells<'a>(
+    conn: &mut DbConn,
+    results: impl Iterator<Item = &'a StoredResult>,
+) -> Result<usize> {
+    let mut cells: BTreeMap<AggregateKey, CellDelta> = BTreeMap::new();
+    for r in results {
+        let cell = cells.entry(key_of(r)).or_insert_with(|| CellDelta {
+            successes: 0,
+            failures: 0,
+            hists: std::array::from_fn(|_| histogram::new_histogram()),
+        });
+        if r.error_kind.is_some() {
+            cell.failures += 1;
+        } else {
+            cell.successes += 1;
+            for (h, value) in cell.hists.iter_mut().zip(phase_values(r)) {
+                h.saturating_record(value.max(0) as u64);
+            }
         }
     }
-    diesel::update(aggregates::table.find(key.primary_key()))
-        .set(&row)
-        .execute(conn)?;
-    Ok(())
+    let written = cells.len();
+    // In key order, so that two folders lock shared cells in the same order.
+    for (key, delta) in cells {
+        let mut row = lock_aggregate(conn, &key)?;
+        row.successes += delta.successes;
+        row.failures += delta.failures;
+        if delta.successes > 0 {
+            for (phase, add) in Phase::ALL.into_iter().zip(&delta.hists) {
+                let mut h = histogram::decode(row.hist(phase)).map_err(Error::Internal)?;
+                h.add(add)
+                    .map_err(|e| Error::Internal(format!("merging a {phase} histogram: {e:?}")))?;
+                *row.hist_mut(phase) = histogram::encode(&h);
+            }
+        }
+        diesel::update(aggregates::table.find(key.primary_key()))
+            .set(&row)
+            .execute(conn)?;
+    }
+    Ok(written)
 }
 
 /// Reads the aggregate row for `key` with a write lock, creating it empty if missing.

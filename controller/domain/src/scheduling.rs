@@ -66,7 +66,8 @@ pub struct RunView {
     /// charged.
     #[serde(default)]
     pub flagged: u32,
-    /// True when nothing more will happen: every slot is done or given up.
+    /// True when nothing more will happen: every slot is done or given up, and every
+    /// counted result is in the check's aggregates.
     pub finished: bool,
     /// Why the run measured nothing, when it cannot: `no_eligible_agents` (no online
     /// agent matched the selection when it was created; nothing was charged).
@@ -256,6 +257,8 @@ fn run_view(conn: &mut DbConn, run_id: &str) -> Result<RunView> {
             .map_or(0, |(_, n)| *n as u32)
     };
     let (pending, leased) = (count(state::PENDING), count(state::LEASED));
+    // A run is finished once its results are in its report: none still being folded.
+    let folding = lastmile_storage::fold_queue::queued_in_run(conn, run_id)?;
     Ok(RunView {
         id: run.id.parse().unwrap_or_default(),
         check_id: run.check_id.parse().unwrap_or_default(),
@@ -269,7 +272,7 @@ fn run_view(conn: &mut DbConn, run_id: &str) -> Result<RunView> {
         expired: count(state::EXPIRED),
         flagged: crate::verification::flagged_count(conn, &run.check_id, Some(run_id))?.max(0)
             as u32,
-        finished: pending == 0 && leased == 0,
+        finished: pending == 0 && leased == 0 && folding == 0,
         problem: (run.eligible_agents == 0).then_some(RunProblem::NoEligibleAgents),
     })
 }

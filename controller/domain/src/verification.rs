@@ -1,7 +1,7 @@
 //! Result verification: nobody is paid for fake work.
 //!
 //! Every result that arrives in time is judged here, inside the transaction that stores
-//! it, *before* it is aggregated or paid (`ingest::submit`). A result that breaks a rule
+//! it, *before* it is aggregated or paid (`ingest::accept`). A result that breaks a rule
 //! is **flagged**: it is kept (the `results` row with `flagged = true`, and one
 //! `result_flags` row per broken rule carrying the numbers that broke it), but it is not
 //! folded into the aggregates (so owner reports, ISP views, histogram exports and the
@@ -79,7 +79,7 @@
 //! Independent measurements never repeat all six phase timings to the microsecond and
 //! the byte count: a match is a copy (another agent's result) or a replay (the same
 //! agent's earlier result submitted for a new assignment). Resubmitting the *same*
-//! assignment is the idempotent path of `ingest::submit` and never reaches this module.
+//! assignment is the idempotent path of `ingest::accept` and never reaches this module.
 //! Results without a response (ttfb or total 0) carry too few digits to be unique and
 //! are not compared.
 //!

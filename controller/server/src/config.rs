@@ -70,6 +70,10 @@ pub struct ControllerConfig {
     /// Most agents held in memory (past it, those not seen within the online window are
     /// dropped first).
     pub max_held_agents: usize,
+    /// How often a background pass folds accepted results still queued (each request
+    /// that submits results folds them before it answers; this catches the rest),
+    /// milliseconds.
+    pub fold_interval_ms: u64,
     /// Longest a lease waits for work when the agent asks it to (`wait_s`), seconds.
     pub max_lease_wait_s: u32,
     /// How long an idle keep-alive connection stays open, seconds: longer than the
@@ -106,6 +110,7 @@ impl Default for ControllerConfig {
             max_held_agents: 250_000,
             max_lease_wait_s: 25,
             keep_alive_s: 75,
+            fold_interval_ms: 1_000,
         }
     }
 }

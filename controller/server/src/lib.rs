@@ -11,6 +11,8 @@
 //!   TOML.
 //! - [`agent_work`]: agents served from memory (heartbeats, long-polled leases) and the
 //!   loop that keeps that memory and the database in step.
+//! - [`folding`]: accepted results folded into aggregates and paid in batches (group
+//!   commit), and the background pass for what is left.
 //! - What only a serving process has: [`metrics`] (Prometheus counters),
 //!   [`access_log`] (one line per request; agents' polls at debug),
 //!   [`rate_limit`] (per-process token buckets), [`calibration_timing`] (the controller's
@@ -26,6 +28,7 @@ pub mod api;
 pub mod calibration_timing;
 pub mod cli;
 pub mod config;
+pub mod folding;
 pub mod http_status;
 pub mod metrics;
 pub mod nul_text;

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub results_late: AtomicU64,
     pub results_duplicate: AtomicU64,
     pub results_flagged: AtomicU64,
+    pub results_folded: AtomicU64,
+    pub results_unpaid: AtomicU64,
     pub assignments_leased: AtomicU64,
     pub runs_created: AtomicU64,
     pub leases_expired: AtomicU64,
@@ -35,13 +37,18 @@ impl Metrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// Renders every metric in the Prometheus text exposition format.
     pub fn render(&self, gauges: &Gauges) -> String {
         let mut out = String::new();
         let counters = [
             (
                 "lastmile_results_accepted_total",
-                "Results accepted and aggregated.",
+                "Results accepted (stored and queued to be aggregated and paid).",
                 &self.results_accepted,
             ),
             (
@@ -58,6 +65,16 @@ impl Metrics {
                 "lastmile_results_flagged_total",
                 "Results flagged by verification (stored, not counted, not paid).",
                 &self.results_flagged,
+            ),
+            (
+                "lastmile_results_folded_total",
+                "Accepted results folded into aggregates and paid, in batches.",
+                &self.results_folded,
+            ),
+            (
+                "lastmile_results_unpaid_total",
+                "Folded results the owner's credit no longer covered (stored, counted, not paid).",
+                &self.results_unpaid,
             ),
             (
                 "lastmile_assignments_leased_total",

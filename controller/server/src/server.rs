@@ -61,6 +61,13 @@ async fn serve_until(
         state.clone(),
         stop_rx.clone(),
     ));
+    let folder = tokio::spawn(crate::folding::fold_loop(
+        state.folder.clone(),
+        state.db.clone(),
+        state.metrics.clone(),
+        Duration::from_millis(state.config.fold_interval_ms),
+        stop_rx.clone(),
+    ));
     let held_agents = state.presence.clone();
     let scheduler = tokio::spawn(scheduler_loop(state, stop_rx));
 
@@ -72,6 +79,8 @@ async fn serve_until(
     handle.stop(true).await;
     let _ = scheduler.await;
     let _ = payouts.await;
+    // After the server stopped: results accepted last are folded.
+    let _ = folder.await;
     // After the server stopped: the last heartbeats it took are written.
     let _ = presence.await;
     serving

@@ -33,6 +33,8 @@ pub struct AppState {
     pub calibrations: Arc<crate::calibration_timing::Sessions>,
     /// The agents this replica serves, in memory (tokens, heartbeats, idle leases).
     pub presence: Arc<lastmile_domain::presence::Presence>,
+    /// Group commit of accepted results into aggregates and the ledger.
+    pub folder: Arc<crate::folding::Folder>,
 }
 
 impl AppState {
@@ -58,6 +60,7 @@ impl AppState {
                 config.max_held_agents,
                 lastmile_domain::clock::now_us(),
             )),
+            folder: Arc::default(),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
         })

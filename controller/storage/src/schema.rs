@@ -334,7 +334,29 @@ diesel::joinable!(stripe_checkouts -> owners (owner_id));
 diesel::joinable!(stripe_accounts -> volunteers (volunteer_id));
 diesel::joinable!(payouts -> volunteers (volunteer_id));
 
+diesel::table! {
+    /// Results accepted and not yet folded into aggregates and paid (see
+    /// `lastmile_domain::ingest`).
+    fold_queue (assignment_id) {
+        assignment_id -> Text,
+        run_id -> Text,
+        queued_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    /// The ledger transaction that paid for each counted result (see
+    /// `lastmile_domain::billing::pay_for_results`).
+    result_payments (assignment_id) {
+        assignment_id -> Text,
+        transaction_id -> Text,
+        price_minor -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
+    fold_queue,
+    result_payments,
     api_tokens,
     agent_uptime,
     stripe_checkouts,

@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use actix_web::http::header;
-use actix_web::{get, post, web, HttpRequest, HttpResponse};
+use actix_web::{get, post, web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 use lastmile_protocol::calibration::{CalibrationAck, CalibrationReport, MAX_PAYLOAD_BYTES};
 use lastmile_protocol::{
     ApiError, EnrolRequest, EnrolResponse, Heartbeat, HeartbeatAck, LeaseRequest, LeaseResponse,
-    ResultAck, ResultDisposition, ResultSubmission,
+    ResultAck, ResultBatch, ResultBatchAck, ResultDisposition, ResultOutcome, ResultSubmission,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -86,7 +86,8 @@ pub async fn lease(
     Ok(web::Json(LeaseResponse { tasks }))
 }
 
-/// Submit the result of an assignment. Idempotent by assignment id.
+/// Submit the result of an assignment. Idempotent by assignment id. When the answer
+/// arrives the result is stored and (normally) already in the check's report.
 #[utoipa::path(post, path = "/api/v1/results", tag = "agents", request_body = ResultSubmission,
     security(("agent_token" = [])),
     responses((status = 200, body = ResultAck), (status = 403, body = ApiError), (status = 404, body = ApiError),
@@ -97,24 +98,90 @@ pub async fn submit(
     AuthAgent(agent): AuthAgent,
     body: web::Json<ResultSubmission>,
 ) -> Result<web::Json<ResultAck>, Failure> {
-    // The result is judged and paid on the agent's row as stored now, not as this
+    let mut outcomes = accept(&state, &agent.id, vec![body.into_inner()]).await?;
+    let submitted = outcomes
+        .pop()
+        .unwrap_or_else(|| Err(Error::Internal("no outcome".into())))?;
+    Ok(web::Json(submitted.ack))
+}
+
+/// Submit several results at once (up to 100), e.g. a spool after an outage: one
+/// answer per result, in order, each either its acknowledgement or why it was refused
+/// (the status and error a single submission would have got). Idempotent by
+/// assignment id, like single submissions.
+#[utoipa::path(post, path = "/api/v1/results/batch", tag = "agents", request_body = ResultBatch,
+    security(("agent_token" = [])),
+    responses((status = 200, body = ResultBatchAck), (status = 422, body = ApiError)))]
+#[post("/results/batch")]
+pub async fn submit_batch(
+    state: web::Data<AppState>,
+    AuthAgent(agent): AuthAgent,
+    body: web::Json<ResultBatch>,
+) -> Result<web::Json<ResultBatchAck>, Failure> {
+    let batch = body.into_inner().results;
+    if batch.is_empty() {
+        return Err(Error::invalid("no_results", "results is empty: send 1 to 100 results").into());
+    }
+    let ids: Vec<_> = batch.iter().map(|r| r.assignment_id).collect();
+    let outcomes = accept(&state, &agent.id, batch).await?;
+    let results = ids
+        .into_iter()
+        .zip(outcomes)
+        .map(|(assignment_id, outcome)| match outcome {
+            Ok(submitted) => ResultOutcome {
+                assignment_id,
+                disposition: Some(submitted.ack.disposition),
+                status: None,
+                error: None,
+            },
+            Err(e) => {
+                let refused = Failure(e);
+                ResultOutcome {
+                    assignment_id,
+                    disposition: None,
+                    status: Some(refused.status_code().as_u16()),
+                    error: Some(refused.body()),
+                }
+            }
+        })
+        .collect();
+    Ok(web::Json(ResultBatchAck { results }))
+}
+
+/// Accepts results for the agent, counts them, and waits until they are folded into
+/// their aggregates (group commit, see `folding`).
+async fn accept(
+    state: &AppState,
+    agent_id: &str,
+    batch: Vec<ResultSubmission>,
+) -> Result<Vec<Result<ingest::Submitted, Error>>, Failure> {
+    let agent_id = agent_id.to_owned();
+    // The results are judged and paid on the agent's row as stored now, not as this
     // replica holds it in memory (a calibration written elsewhere reaches memory only
-    // with the next refresh): one key lookup, beside the accept path's transaction.
-    let submitted = state
+    // with the next refresh): one key lookup per request, beside the transaction.
+    let outcomes = state
         .db
         .run(move |c| {
-            let agent = agents::get(c, &agent.id)?;
-            ingest::submit(c, &agent, &body)
+            let agent = agents::get(c, &agent_id)?;
+            ingest::accept(c, &agent, &batch)
         })
         .await?;
-    let counter = match (submitted.duplicate, submitted.ack.disposition) {
-        (true, _) => &state.metrics.results_duplicate,
-        (false, _) if submitted.flagged => &state.metrics.results_flagged,
-        (false, ResultDisposition::Accepted) => &state.metrics.results_accepted,
-        (false, ResultDisposition::Late) => &state.metrics.results_late,
-    };
-    Metrics::inc(counter);
-    Ok(web::Json(submitted.ack))
+    let mut queued = false;
+    for submitted in outcomes.iter().flatten() {
+        queued |= submitted.queued;
+        let counter = match (submitted.duplicate, submitted.ack.disposition) {
+            (true, _) => &state.metrics.results_duplicate,
+            (false, _) if submitted.flagged => &state.metrics.results_flagged,
+            (false, ResultDisposition::Accepted) => &state.metrics.results_accepted,
+            (false, ResultDisposition::Late) => &state.metrics.results_late,
+        };
+        Metrics::inc(counter);
+    }
+    if queued {
+        let ticket = state.folder.ticket();
+        state.folder.settle(&state.db, &state.metrics, ticket).await;
+    }
+    Ok(outcomes)
 }
 
 /// Calibration: a tiny round trip for timing.

@@ -41,6 +41,23 @@ impl ResponseError for Failure {
 
     fn error_response(&self) -> HttpResponse<BoxBody> {
         let status = HttpStatus::status_code(&self.0);
+        let mut response = HttpResponse::build(status);
+        match &self.0 {
+            Error::Unauthorized(_) => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            Error::RateLimited { retry_after_s, .. } => {
+                response.insert_header(("Retry-After", retry_after_s.to_string()));
+            }
+            _ => {}
+        }
+        response.json(self.body())
+    }
+}
+
+impl Failure {
+    /// The JSON body of the answer: the error's code and what is wrong, in words.
+    pub fn body(&self) -> ApiError {
         let message = match &self.0 {
             // Never leak SQL or internals to a client; the log has the detail.
             Error::Internal(detail) => {
@@ -53,20 +70,10 @@ impl ResponseError for Failure {
             }
             other => other.to_string(),
         };
-        let mut response = HttpResponse::build(status);
-        match &self.0 {
-            Error::Unauthorized(_) => {
-                response.insert_header(("WWW-Authenticate", "Bearer"));
-            }
-            Error::RateLimited { retry_after_s, .. } => {
-                response.insert_header(("Retry-After", retry_after_s.to_string()));
-            }
-            _ => {}
-        }
-        response.json(ApiError {
+        ApiError {
             error: self.0.code().to_owned(),
             message,
-        })
+        }
     }
 }
 

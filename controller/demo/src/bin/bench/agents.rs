@@ -21,8 +21,7 @@
 //! Bodies are the protocol crate's types. Traffic goes to 127.0.0.1 only.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,11 +30,9 @@ use hdrhistogram::Histogram;
 use lastmile_protocol::{
     AgentLimits, CheckKind, ConnectionClass, EnrolRequest, EnrolResponse, Heartbeat, LeaseRequest,
 };
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+use super::harness::{usage, Connection, ControllerProcess};
 
 struct Args {
     steps: Vec<usize>,
@@ -84,281 +81,6 @@ pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
     let args = args(flags)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(run(args))
-}
-
-/// The controller process under test, killed when dropped.
-struct ControllerProcess {
-    child: Child,
-    addr: SocketAddr,
-    _data_dir: tempfile::TempDir,
-    _scratch: Option<super::storage::ScratchPg>,
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn controller_binary(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    let path = match given {
-        Some(p) => p.to_owned(),
-        None => std::env::current_exe()?
-            .parent()
-            .context("bench has no directory")?
-            .join("lastmile-controller"),
-    };
-    if !path.exists() {
-        bail!(
-            "{} not found: `cargo build --release --workspace` first, or pass --controller PATH",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-impl ControllerProcess {
-    fn start(args: &Args) -> anyhow::Result<(ControllerProcess, String)> {
-        let binary = controller_binary(args.controller.as_deref())?;
-        let data_dir = tempfile::tempdir()?;
-        let scratch = match &args.pg {
-            Some(admin) => Some(super::storage::ScratchPg::create(admin, "agents")?),
-            None => None,
-        };
-        let database_url = scratch.as_ref().map(|s| s.url.clone());
-        let command = |args: &[&str]| {
-            let mut c = Command::new(&binary);
-            c.arg("--data-dir").arg(data_dir.path());
-            if let Some(url) = &database_url {
-                c.arg("--database-url").arg(url);
-            }
-            c.args(args).env("RUST_LOG", "warn");
-            c
-        };
-        let created = command(&["volunteer", "create", "--name", "bench"]).output()?;
-        if !created.status.success() {
-            bail!(
-                "volunteer create failed: {}",
-                String::from_utf8_lossy(&created.stderr)
-            );
-        }
-        let key = String::from_utf8(created.stdout)?
-            .lines()
-            .last()
-            .context("volunteer create printed no key")?
-            .trim()
-            .to_owned();
-        let addr = free_port()?;
-        let child = command(&["serve", "--listen", &addr.to_string()])
-            .stdout(Stdio::null())
-            .spawn()?;
-        let process = ControllerProcess {
-            child,
-            addr,
-            _data_dir: data_dir,
-            _scratch: scratch,
-        };
-        wait_until_serving(addr)?;
-        Ok((process, key))
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
-}
-
-fn wait_until_serving(addr: SocketAddr) -> anyhow::Result<()> {
-    for _ in 0..300 {
-        if std::net::TcpStream::connect(addr).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("controller did not listen on {addr} within 30 s")
-}
-
-/// CPU time (user + system) and resident memory of a process, from `/proc`.
-#[derive(Clone, Copy)]
-struct Usage {
-    cpu: Duration,
-    rss_kib: u64,
-}
-
-fn usage(pid: u32) -> anyhow::Result<Usage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at state (field 3);
-    // utime and stime are fields 14 and 15, in clock ticks.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("odd /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    Ok(Usage {
-        cpu: Duration::from_millis(ticks * 1000 / clock_ticks_per_second()),
-        rss_kib,
-    })
-}
-
-/// `sysconf(_SC_CLK_TCK)`, which is 100 on every Linux this runs on; `getconf` says.
-fn clock_ticks_per_second() -> u64 {
-    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100)
-    })
-}
-
-/// One agent's connection to the controller: HTTP/1.1 with keep-alive, reconnecting
-/// when the controller closed it.
-struct Connection {
-    addr: SocketAddr,
-    token: Option<String>,
-    stream: Option<BufReader<TcpStream>>,
-    /// Connections opened, to tell how often keep-alive did not hold.
-    opened: u64,
-}
-
-#[derive(Debug)]
-enum CallError {
-    Io(std::io::Error),
-    Status(u16, String),
-    Body(String),
-}
-
-impl std::fmt::Display for CallError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CallError::Io(e) => write!(f, "{e}"),
-            CallError::Status(s, body) => write!(f, "HTTP {s}: {body}"),
-            CallError::Body(e) => write!(f, "bad body: {e}"),
-        }
-    }
-}
-
-impl Connection {
-    fn new(addr: SocketAddr) -> Connection {
-        Connection {
-            addr,
-            token: None,
-            stream: None,
-            opened: 0,
-        }
-    }
-
-    async fn post<B: Serialize, R: DeserializeOwned>(
-        &mut self,
-        path: &str,
-        body: &B,
-    ) -> Result<R, CallError> {
-        let body = serde_json::to_vec(body).map_err(|e| CallError::Body(e.to_string()))?;
-        let reused = self.stream.is_some();
-        match self.exchange(path, &body).await {
-            Ok(answer) => answer,
-            // The controller closed an idle keep-alive connection just as we sent: a real
-            // client retries once on a new connection.
-            Err(_) if reused => {
-                self.stream = None;
-                self.exchange(path, &body).await.map_err(CallError::Io)?
-            }
-            Err(e) => {
-                self.stream = None;
-                Err(CallError::Io(e))
-            }
-        }
-    }
-
-    /// Sends one request and reads one answer. The outer error is the connection's (the
-    /// request may be retried); the inner is the answer's.
-    async fn exchange<R: DeserializeOwned>(
-        &mut self,
-        path: &str,
-        body: &[u8],
-    ) -> std::io::Result<Result<R, CallError>> {
-        if self.stream.is_none() {
-            let stream = TcpStream::connect(self.addr).await?;
-            stream.set_nodelay(true)?;
-            self.stream = Some(BufReader::new(stream));
-            self.opened += 1;
-        }
-        let Some(stream) = self.stream.as_mut() else {
-            return Err(std::io::ErrorKind::NotConnected.into());
-        };
-        let auth = self
-            .token
-            .as_ref()
-            .map(|t| format!("authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\n{auth}content-length: {}\r\n\r\n",
-            self.addr,
-            body.len()
-        );
-        let mut request = head.into_bytes();
-        request.extend_from_slice(body);
-        stream.get_mut().write_all(&request).await?;
-        let mut line = String::new();
-        if stream.read_line(&mut line).await? == 0 {
-            return Err(std::io::ErrorKind::UnexpectedEof.into());
-        }
-        let status: u16 = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-        let mut length = None;
-        let mut close = false;
-        loop {
-            line.clear();
-            if stream.read_line(&mut line).await? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let header = line.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                let value = value.trim();
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.parse::<usize>().ok();
-                } else if name.eq_ignore_ascii_case("connection") {
-                    close = value.eq_ignore_ascii_case("close");
-                }
-            }
-        }
-        let length =
-            length.ok_or_else(|| std::io::Error::other("answer without content-length"))?;
-        let mut answer = vec![0; length];
-        stream.read_exact(&mut answer).await?;
-        if close {
-            self.stream = None;
-        }
-        if !(200..300).contains(&status) {
-            return Ok(Err(CallError::Status(
-                status,
-                String::from_utf8_lossy(&answer).into_owned(),
-            )));
-        }
-        Ok(serde_json::from_slice(&answer).map_err(|e| CallError::Body(e.to_string())))
-    }
 }
 
 /// The two calls an idle agent makes.
@@ -518,7 +240,8 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let (controller, key) = ControllerProcess::start(&args)?;
+    let (controller, key) =
+        ControllerProcess::start(args.controller.as_deref(), args.pg.as_deref(), "agents")?;
     let backend = if args.pg.is_some() {
         "postgres"
     } else {

@@ -1,4 +1,4 @@
-//! `cargo run --release -p lastmile-demo --bin bench -- [storage|agents] [flags]`: the
+//! `cargo run --release -p lastmile-demo --bin bench -- [storage|agents|ingest] [flags]`: the
 //! benchmarks. Nothing here is a test: each prints figures.
 //!
 //! - `storage` (the default): ingest through the full accept path on each backend, and
@@ -8,14 +8,20 @@
 //!   cadence against a controller process it starts, and prints per step of agents the
 //!   request rate, each call's latency, errors, and the controller's CPU and memory
 //!   ([`agents`]).
+//! - `ingest`: results submitted over the HTTP API to a controller process it starts,
+//!   single or in batches, and a raw `COPY` of the same rows into PostgreSQL beside it
+//!   ([`ingest`]).
 
 mod agents;
+mod harness;
+mod ingest;
 mod storage;
 
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("agents") => agents::main(args.split_off(1)),
+        Some("ingest") => ingest::main(args.split_off(1)),
         Some("storage") => storage::main(args.split_off(1)),
         _ => storage::main(args),
     }

@@ -1,9 +1,10 @@
 //! `bench [storage]`: the storage benchmarks.
 //!
 //! Prints two tables:
-//! 1. results ingested per second on each backend (the full accept path: lock the
-//!    assignment, store the result, close the assignment, fold into the aggregate, in one
-//!    transaction), with several writer threads;
+//! 1. results ingested per second on each backend (the full accept path: writer
+//!    threads accept results one per transaction as single submissions do, a folder
+//!    thread folds them into aggregates and pays for them in batches, timed until all
+//!    are folded);
 //! 2. on PostgreSQL, an SLA report over ≥ 1M results built from the aggregates (with
 //!    confidence intervals; then also with three objectives and `compare=previous`),
 //!    against the same percentiles computed by `percentile_cont` over the raw rows.
@@ -97,11 +98,17 @@ impl Drop for ScratchPg {
     }
 }
 
-/// An owner, a verified site, a check and `agents` online agents.
-fn fixture(
-    conn: &mut DbConn,
-    agents_n: usize,
-) -> anyhow::Result<(String, lastmile_domain::checks::Check, Vec<agents::Agent>)> {
+/// What [`fixture_with_tokens`] sets up: the owner's id, the check, and the agents
+/// with their tokens.
+pub type Fixture = (
+    String,
+    lastmile_domain::checks::Check,
+    Vec<(agents::Agent, String)>,
+);
+
+/// An owner, a verified site, a check and `agents` online, calibrated agents with their
+/// tokens.
+pub fn fixture_with_tokens(conn: &mut DbConn, agents_n: usize) -> anyhow::Result<Fixture> {
     let (owner, _) = accounts::create_owner(conn, "bench")?;
     // Enough credit that no run is refused for money.
     lastmile_domain::billing::grant_credit(
@@ -194,12 +201,23 @@ fn fixture(
                 agents_t::up_bps.eq(100_000_000),
             ))
             .execute(conn)?;
-        list.push(agents::agent_by_token(conn, &enrolled.token)?.context("agent just enrolled")?);
+        let agent =
+            agents::agent_by_token(conn, &enrolled.token)?.context("agent just enrolled")?;
+        list.push((agent, enrolled.token));
     }
     Ok((owner.id, check, list))
 }
 
-fn policy() -> SchedulingPolicy {
+/// [`fixture_with_tokens`] without the tokens.
+fn fixture(
+    conn: &mut DbConn,
+    agents_n: usize,
+) -> anyhow::Result<(String, lastmile_domain::checks::Check, Vec<agents::Agent>)> {
+    let (owner, check, list) = fixture_with_tokens(conn, agents_n)?;
+    Ok((owner, check, list.into_iter().map(|(a, _)| a).collect()))
+}
+
+pub fn policy() -> SchedulingPolicy {
     SchedulingPolicy {
         lease_us: 3_600_000_000,
         online_window_us: 3_600_000_000,
@@ -208,7 +226,7 @@ fn policy() -> SchedulingPolicy {
     }
 }
 
-fn measurement(i: usize) -> Measurement {
+pub fn measurement(i: usize) -> Measurement {
     // dns + connect + ttfb + transfer stay within the total, as a real measurement's do.
     let total = 40_000 + (i as u64 * 7919) % 400_000;
     Measurement {
@@ -262,23 +280,44 @@ fn bench_ingest(db: &Db, results: usize, threads: usize) -> anyhow::Result<f64> 
         c
     };
     let started = Instant::now();
+    let submitting = std::sync::atomic::AtomicUsize::new(threads);
     std::thread::scope(|s| -> anyhow::Result<()> {
+        let submitting = &submitting;
         let handles: Vec<_> = chunks
             .into_iter()
             .map(|chunk| {
                 s.spawn(move || -> anyhow::Result<()> {
                     let mut conn = db.conn()?;
-                    for (agent, sub) in chunk {
-                        ingest::submit(&mut conn, &agent, &sub)?;
-                    }
-                    Ok(())
+                    let outcome = chunk.iter().try_for_each(|(agent, sub)| {
+                        ingest::submit(&mut conn, agent, sub).map(|_| ())
+                    });
+                    submitting.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok(outcome?)
                 })
             })
             .collect();
+        // The folder, as the controller runs it: batches while results arrive, until
+        // the writers are done and the queue is empty.
+        let folder = s.spawn(move || -> anyhow::Result<()> {
+            let mut conn = db.conn()?;
+            loop {
+                let writing = submitting.load(std::sync::atomic::Ordering::SeqCst) > 0;
+                let folded = ingest::fold_pending(&mut conn, ingest::FOLD_BATCH)?;
+                if folded.results == 0 {
+                    if !writing {
+                        return Ok(());
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            }
+        });
         for h in handles {
             h.join()
                 .map_err(|_| anyhow::anyhow!("ingest thread panicked"))??;
         }
+        folder
+            .join()
+            .map_err(|_| anyhow::anyhow!("folder thread panicked"))??;
         Ok(())
     })?;
     Ok(n as f64 / started.elapsed().as_secs_f64())

@@ -1,0 +1,365 @@
+//! `bench ingest`: results accepted over the real HTTP API by a controller process, and
+//! beside it a raw `COPY` of the same rows into PostgreSQL, printed as a ratio.
+//!
+//! The bench starts `lastmile-controller serve` (as `bench agents` does) on a scratch
+//! SQLite data dir or a scratch PostgreSQL database (`--pg ADMIN_URL`), sets up an
+//! owner with credit, a verified site, a check and `--agents` calibrated agents in the
+//! controller's database, creates enough runs for `--results` assignments and leases
+//! them to the agents (one SQL update: leasing is not what is measured). Then
+//! `--connections` keep-alive connections submit the results, each request carrying
+//! `--batch` results of one agent (`1`: `POST /api/v1/results`, as agents have always
+//! sent them; more: `POST /api/v1/results/batch`). The clock stops when every answer has
+//! arrived; an answer means stored, folded into the aggregates and paid (the bench
+//! checks that nothing is left in the fold queue).
+//!
+//! Prints results/s, requests/s, request latency p50/p99, errors, the controller's CPU
+//! (per cent of one core and per result) and RSS. With `--pg`, the same rows (read back
+//! from the controller's database) are then written with a binary `COPY` into the
+//! `results` table of a fresh database with the same schema and indexes, and the
+//! accept rate is printed as a ratio of that.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use diesel::prelude::*;
+use hdrhistogram::Histogram;
+use lastmile_domain::{clock, scheduling};
+use lastmile_protocol::{ResultAck, ResultBatch, ResultBatchAck, ResultSubmission};
+use lastmile_storage::results::StoredResult;
+use lastmile_storage::schema::{assignments, results};
+use lastmile_storage::{count_sql, Db};
+
+use super::harness::{usage, Connection, ControllerProcess};
+use super::storage::{fixture_with_tokens, measurement, policy, ScratchPg};
+
+struct Args {
+    results: usize,
+    batch: usize,
+    connections: usize,
+    agents: usize,
+    pg: Option<String>,
+    controller: Option<PathBuf>,
+}
+
+fn args(flags: Vec<String>) -> anyhow::Result<Args> {
+    let mut a = Args {
+        results: 20_000,
+        batch: 50,
+        connections: 16,
+        agents: 200,
+        pg: None,
+        controller: None,
+    };
+    let mut it = flags.into_iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--results" => a.results = value.parse()?,
+            "--batch" => a.batch = value.parse()?,
+            "--connections" => a.connections = value.parse()?,
+            "--agents" => a.agents = value.parse()?,
+            "--pg" => a.pg = Some(value),
+            "--controller" => a.controller = Some(value.into()),
+            other => bail!("unknown flag {other} (flags: --results N --batch N --connections N --agents N --pg ADMIN_URL --controller PATH)"),
+        }
+    }
+    if !(1..=lastmile_protocol::MAX_RESULTS_PER_BATCH).contains(&a.batch) {
+        bail!(
+            "--batch must be 1 to {}",
+            lastmile_protocol::MAX_RESULTS_PER_BATCH
+        );
+    }
+    if !(1..=250).contains(&a.agents) {
+        // Each agent has its own loopback address (127.0.1.x), so that no two count as
+        // one volunteer's farm behind one address.
+        bail!("--agents must be 1 to 250");
+    }
+    Ok(a)
+}
+
+pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
+    let args = args(flags)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(run(args))
+}
+
+/// One request's worth of work: an agent's token and its results.
+struct Request {
+    token: String,
+    results: Vec<ResultSubmission>,
+}
+
+/// Creates the runs and leases their assignments, in the controller's database; returns
+/// the requests to send.
+fn prepare(db: &Db, args: &Args) -> anyhow::Result<Vec<Request>> {
+    let mut conn = db.conn()?;
+    let (_, check, agents) = fixture_with_tokens(&mut conn, args.agents)?;
+    let runs = args.results.div_ceil(args.agents);
+    for _ in 0..runs {
+        scheduling::create_run(&mut conn, &check, &policy(), clock::now_us())?;
+    }
+    // The i-th assignment of every run goes to the i-th agent (an agent never holds two
+    // of one run), leased for an hour.
+    let now = clock::now_us();
+    let leased = diesel::sql_query(format!(
+        "UPDATE assignments SET state = 'leased', agent_id = pick.agent_id, leased_at = {now}, \
+         lease_expires_at = {} \
+         FROM (SELECT a.id AS assignment_id, g.id AS agent_id FROM \
+                 (SELECT id, ROW_NUMBER() OVER (PARTITION BY run_id ORDER BY id) AS k \
+                  FROM assignments WHERE state = 'pending') a \
+               JOIN (SELECT id, ROW_NUMBER() OVER (ORDER BY id) AS k FROM agents) g \
+               ON g.k = a.k) pick \
+         WHERE assignments.id = pick.assignment_id",
+        now + 3_600_000_000
+    ))
+    .execute(&mut *conn)?;
+    let tokens: BTreeMap<String, String> = agents
+        .into_iter()
+        .map(|(agent, token)| (agent.id, token))
+        .collect();
+    let held: Vec<(String, Option<String>)> = assignments::table
+        .filter(assignments::state.eq("leased"))
+        .order(assignments::id)
+        .limit(args.results as i64)
+        .select((assignments::id, assignments::agent_id))
+        .load(&mut *conn)?;
+    let mut per_agent: BTreeMap<String, Vec<ResultSubmission>> = BTreeMap::new();
+    for (i, (id, agent)) in held.into_iter().enumerate() {
+        let agent = agent.context("a leased assignment without agent")?;
+        per_agent.entry(agent).or_default().push(ResultSubmission {
+            assignment_id: id.parse()?,
+            started_at: chrono::Utc::now(),
+            measurement: measurement(i),
+        });
+    }
+    let mut requests = Vec::new();
+    for (agent, mut subs) in per_agent {
+        let token = tokens.get(&agent).context("an agent without token")?;
+        while !subs.is_empty() {
+            let rest = subs.split_off(subs.len().min(args.batch));
+            requests.push(Request {
+                token: token.clone(),
+                results: std::mem::replace(&mut subs, rest),
+            });
+        }
+    }
+    println!(
+        "  set up: {} agents, {runs} runs, {leased} assignments leased, {} requests of up to {} results",
+        args.agents,
+        requests.len(),
+        args.batch
+    );
+    Ok(requests)
+}
+
+/// What the senders saw.
+struct Seen {
+    latency_us: Histogram<u64>,
+    errors: BTreeMap<String, u64>,
+    accepted: u64,
+}
+
+async fn send(addr: std::net::SocketAddr, queue: Arc<Mutex<Vec<Request>>>, seen: Arc<Mutex<Seen>>) {
+    let mut conn = Connection::new(addr);
+    // Bounded by the queue: each turn takes one request out of it.
+    loop {
+        let Some(request) = queue.lock().map(|mut q| q.pop()).ok().flatten() else {
+            return;
+        };
+        conn.token = Some(request.token);
+        let started = Instant::now();
+        let outcome: Result<u64, String> = if let [one] = request.results.as_slice() {
+            conn.post::<_, ResultAck>("/api/v1/results", one)
+                .await
+                .map(|_| 1)
+                .map_err(|e| e.to_string())
+        } else {
+            let batch = ResultBatch {
+                results: request.results,
+            };
+            conn.post::<_, ResultBatchAck>("/api/v1/results/batch", &batch)
+                .await
+                .map(|ack| {
+                    ack.results
+                        .iter()
+                        .filter(|o| o.disposition.is_some())
+                        .count() as u64
+                })
+                .map_err(|e| e.to_string())
+        };
+        let took = started.elapsed();
+        if let Ok(mut seen) = seen.lock() {
+            let _ = seen.latency_us.record(took.as_micros() as u64);
+            match outcome {
+                Ok(n) => seen.accepted += n,
+                Err(e) => {
+                    *seen
+                        .errors
+                        .entry(e.chars().take(120).collect())
+                        .or_default() += 1
+                }
+            }
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let backend = if args.pg.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    println!(
+        "Lastmile ingest benchmark over HTTP ({backend}): {} results, {} per request, {} connections\n",
+        args.results, args.batch, args.connections
+    );
+    let (controller, _) =
+        ControllerProcess::start(args.controller.as_deref(), args.pg.as_deref(), "ingest")?;
+    let url = match &controller.scratch {
+        Some(scratch) => scratch.url.clone(),
+        None => controller
+            .data_dir
+            .path()
+            .join("lastmile.db")
+            .display()
+            .to_string(),
+    };
+    let db = Db::open(&url, 4)?;
+    let requests = prepare(&db, &args)?;
+    let results: usize = requests.iter().map(|r| r.results.len()).sum();
+    let request_count = requests.len();
+    let queue = Arc::new(Mutex::new(requests));
+    let seen = Arc::new(Mutex::new(Seen {
+        latency_us: Histogram::new(3)?,
+        errors: BTreeMap::new(),
+        accepted: 0,
+    }));
+    let before = usage(controller.pid())?;
+    let started = Instant::now();
+    let senders: Vec<_> = (0..args.connections)
+        .map(|_| tokio::spawn(send(controller.addr, queue.clone(), seen.clone())))
+        .collect();
+    for s in senders {
+        s.await?;
+    }
+    let elapsed = started.elapsed();
+    let after = usage(controller.pid())?;
+    let mut conn = db.conn()?;
+    let left = count_sql(&mut conn, "SELECT COUNT(*) AS n FROM fold_queue")?;
+    let folded = count_sql(
+        &mut conn,
+        "SELECT CAST(COALESCE(SUM(successes + failures), 0) AS BIGINT) AS n FROM aggregates",
+    )?;
+    let paid = count_sql(&mut conn, "SELECT COUNT(*) AS n FROM result_payments")?;
+    let seen = seen
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a sender panicked"))?;
+    let rate = seen.accepted as f64 / elapsed.as_secs_f64();
+    let cpu = after.cpu.saturating_sub(before.cpu);
+    let ms = |q: f64| seen.latency_us.value_at_quantile(q) as f64 / 1000.0;
+    println!(
+        "  {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>10} {:>9}",
+        "results/s", "requests/s", "p50 ms", "p99 ms", "errors", "ctl cpu%", "µs/result", "RSS MiB"
+    );
+    println!(
+        "  {:>10.0} {:>10.0} {:>10.1} {:>10.1} {:>8} {:>9.0} {:>10.0} {:>9.1}",
+        rate,
+        request_count as f64 / elapsed.as_secs_f64(),
+        ms(0.5),
+        ms(0.99),
+        seen.errors.values().sum::<u64>(),
+        100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64(),
+        cpu.as_micros() as f64 / seen.accepted.max(1) as f64,
+        after.rss_kib as f64 / 1024.0,
+    );
+    println!(
+        "  {} of {results} results acknowledged in {:.1} s; in aggregates {folded}, paid {paid}, still queued {left}",
+        seen.accepted,
+        elapsed.as_secs_f64()
+    );
+    for (error, n) in &seen.errors {
+        println!("  error x{n}: {error}");
+    }
+    if let Some(admin) = &args.pg {
+        let rows: Vec<StoredResult> = results::table
+            .select(StoredResult::as_select())
+            .load(&mut *conn)?;
+        let copy_rate = raw_copy(admin, &rows)?;
+        println!(
+            "\n  raw COPY of the same {} rows: {copy_rate:.0} rows/s; accept over HTTP / COPY = {:.3}x",
+            rows.len(),
+            rate / copy_rate
+        );
+    }
+    drop(controller);
+    Ok(())
+}
+
+/// Writes `rows` into the `results` table of a fresh, migrated database with one binary
+/// `COPY`; returns rows per second.
+fn raw_copy(admin: &str, rows: &[StoredResult]) -> anyhow::Result<f64> {
+    let scratch = ScratchPg::create(admin, "copy")?;
+    let db = Db::open(&scratch.url, 1)?;
+    let mut conn = db.conn()?;
+    let lastmile_storage::DbConn::Pg(pg) = &mut *conn else {
+        bail!("the COPY database is not PostgreSQL");
+    };
+    let started = Instant::now();
+    diesel::copy_from(results::table)
+        .from_raw_data(results::table, |out| {
+            rows.iter()
+                .try_for_each(|r| csv_row(r, out))
+                .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
+        })
+        .with_format(diesel::pg::CopyFormat::Csv)
+        .execute(pg)?;
+    Ok(rows.len() as f64 / started.elapsed().as_secs_f64())
+}
+
+/// One result as a CSV line in the `results` table's column order (an empty unquoted
+/// field is NULL; text is quoted).
+fn csv_row(r: &StoredResult, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    fn text(s: &str) -> String {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    }
+    fn opt<T: ToString>(v: &Option<T>) -> String {
+        v.as_ref().map(ToString::to_string).unwrap_or_default()
+    }
+    let opt_text = |v: &Option<String>| v.as_deref().map(text).unwrap_or_default();
+    let fields = [
+        text(&r.assignment_id),
+        text(&r.run_id),
+        text(&r.check_id),
+        text(&r.agent_id),
+        r.received_at.to_string(),
+        r.started_at.to_string(),
+        r.late.to_string(),
+        opt(&r.status),
+        r.bytes.to_string(),
+        opt_text(&r.error_kind),
+        opt_text(&r.error_message),
+        r.dns_us.to_string(),
+        r.connect_us.to_string(),
+        r.tls_us.to_string(),
+        r.ttfb_us.to_string(),
+        r.transfer_us.to_string(),
+        r.total_us.to_string(),
+        text(&r.country),
+        text(&r.region),
+        r.asn.to_string(),
+        text(&r.connection_class),
+        opt_text(&r.remote_addr),
+        opt(&r.ip_version),
+        opt_text(&r.http_version),
+        r.bytes_decoded.to_string(),
+        r.redirects.to_string(),
+        r.redirect_us.to_string(),
+        opt_text(&r.page),
+        "false".to_owned(),
+        opt_text(&r.redirect_hops),
+    ];
+    writeln!(out, "{}", fields.join(","))
+}

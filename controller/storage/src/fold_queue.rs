@@ -1,0 +1,84 @@
+//! The `fold_queue` table: results accepted and not yet folded into their aggregates
+//! and paid for. Rows are added by the transaction that accepts a result and deleted by
+//! the transaction that folds it, so each accepted result is folded exactly once.
+
+use diesel::prelude::*;
+
+use crate::schema::fold_queue;
+use crate::DbConn;
+
+/// One queued result.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = fold_queue)]
+pub struct Queued {
+    pub assignment_id: String,
+    pub run_id: String,
+    pub queued_at: i64,
+}
+
+/// Queues results (inside the transaction that stores them).
+pub fn enqueue(conn: &mut DbConn, rows: &[Queued]) -> QueryResult<()> {
+    match conn {
+        // One statement per chunk (multi-row inserts need the concrete backend).
+        DbConn::Pg(c) => {
+            for chunk in rows.chunks(crate::agents::BATCH_ROWS) {
+                diesel::insert_into(fold_queue::table)
+                    .values(chunk)
+                    .execute(c)?;
+            }
+        }
+        // Row by row: diesel wraps a multi-row insert on SQLite in a transaction of its
+        // own, which cannot nest in the caller's `BEGIN IMMEDIATE`; in process, a
+        // statement per row costs little.
+        DbConn::Sqlite(c) => {
+            for row in rows {
+                diesel::insert_into(fold_queue::table)
+                    .values(row)
+                    .execute(c)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Takes up to `max` queued results, oldest first, for the caller's write transaction.
+/// On PostgreSQL the rows stay locked until it ends and rows another transaction holds
+/// are skipped (`FOR UPDATE SKIP LOCKED`), so several controllers fold side by side
+/// without taking the same result twice. SQLite's single writer does the same by
+/// itself.
+pub fn take(conn: &mut DbConn, max: i64) -> QueryResult<Vec<String>> {
+    let query = || {
+        fold_queue::table
+            .order(fold_queue::queued_at)
+            .limit(max)
+            .select(fold_queue::assignment_id)
+    };
+    match conn {
+        DbConn::Pg(c) => query().for_update().skip_locked().load(c),
+        DbConn::Sqlite(c) => query().load(c),
+    }
+}
+
+/// Removes folded results from the queue.
+pub fn remove(conn: &mut DbConn, ids: &[String]) -> QueryResult<usize> {
+    let mut removed = 0;
+    for chunk in ids.chunks(crate::agents::BATCH_ROWS) {
+        removed +=
+            diesel::delete(fold_queue::table.filter(fold_queue::assignment_id.eq_any(chunk)))
+                .execute(conn)?;
+    }
+    Ok(removed)
+}
+
+/// How many of a run's results are still waiting to be folded.
+pub fn queued_in_run(conn: &mut DbConn, run_id: &str) -> QueryResult<i64> {
+    fold_queue::table
+        .filter(fold_queue::run_id.eq(run_id))
+        .count()
+        .get_result(conn)
+}
+
+/// How many results are waiting to be folded (for metrics and tests).
+pub fn len(conn: &mut DbConn) -> QueryResult<i64> {
+    fold_queue::table.count().get_result(conn)
+}

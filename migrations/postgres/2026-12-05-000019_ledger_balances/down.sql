@@ -1,0 +1,1 @@
+ALTER TABLE ledger_accounts DROP COLUMN balance_minor;

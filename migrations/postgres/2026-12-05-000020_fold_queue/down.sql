@@ -1,0 +1,2 @@
+DROP TABLE fold_queue;
+DROP TABLE result_payments;
