@@ -125,12 +125,10 @@ pub struct ToPay<'a> {
 /// same global order every posting uses, so folders on several controllers cannot
 /// deadlock.
 pub fn pay_for_results(conn: &mut DbConn, results: &[ToPay<'_>]) -> Result<usize> {
-    let mut terms: BTreeMap<&str, RunTerms> = BTreeMap::new();
-    for r in results {
-        if !terms.contains_key(r.run_id) {
-            terms.insert(r.run_id, run_terms(conn, r.run_id)?);
-        }
-    }
+    let mut run_ids: Vec<&str> = results.iter().map(|r| r.run_id).collect();
+    run_ids.sort_unstable();
+    run_ids.dedup();
+    let terms = runs_terms(conn, &run_ids)?;
     let mut credit: BTreeMap<Account, i64> = terms
         .values()
         .map(|t| (Account::owner_credit(&t.owner_id, t.price.currency), 0))
@@ -141,7 +139,9 @@ pub fn pay_for_results(conn: &mut DbConn, results: &[ToPay<'_>]) -> Result<usize
     let mut payments = Vec::with_capacity(results.len());
     let mut unpaid = 0;
     for r in results {
-        let t = &terms[r.run_id];
+        let t = terms
+            .get(r.run_id)
+            .ok_or_else(|| Error::Internal(format!("run {} of a result is gone", r.run_id)))?;
         let account = Account::owner_credit(&t.owner_id, t.price.currency);
         let left = credit.entry(account).or_default();
         if *left < t.price.minor {
@@ -399,6 +399,36 @@ pub fn run_terms(conn: &mut DbConn, run_id: &str) -> Result<RunTerms> {
         owner_id: check.owner_id,
         price,
     })
+}
+
+/// The terms of several runs, in one query per thousand runs (a fold pays for results
+/// of many runs at once).
+pub fn runs_terms(conn: &mut DbConn, run_ids: &[&str]) -> Result<BTreeMap<String, RunTerms>> {
+    let mut terms = BTreeMap::new();
+    for chunk in run_ids.chunks(lastmile_storage::agents::BATCH_ROWS) {
+        let rows: Vec<(String, Option<i64>, Option<String>, Check)> = runs::table
+            .inner_join(checks::table.on(checks::id.eq(runs::check_id)))
+            .filter(runs::id.eq_any(chunk))
+            .select((
+                runs::id,
+                runs::price_minor,
+                runs::price_currency,
+                Check::as_select(),
+            ))
+            .load(conn)?;
+        for (run_id, minor, currency, check) in rows {
+            let price =
+                admitted_price(&run_id, minor, currency)?.unwrap_or_else(|| price_of(&check));
+            terms.insert(
+                run_id,
+                RunTerms {
+                    owner_id: check.owner_id,
+                    price,
+                },
+            );
+        }
+    }
+    Ok(terms)
 }
 
 /// The price a run row keeps, if it keeps one.

@@ -228,87 +228,72 @@ pub fn accept(
             .load(c)?
             .into_iter()
             .collect();
-        let mut answered: HashMap<String, ResultAck> = HashMap::new();
-        let mut closed: Vec<String> = Vec::new();
-        let mut queued: Vec<Queued> = Vec::new();
-        let mut outcomes = Vec::with_capacity(subs.len());
+        // First what each submission is: answered now (refused, or stored before), or a
+        // new result to store (the first of its assignment in this request).
+        let mut answers: Vec<Answer> = Vec::with_capacity(subs.len());
+        let mut new: Vec<StoredResult> = Vec::new();
+        let mut first_of: HashMap<String, usize> = HashMap::new();
         for (sub, valid) in subs.iter().zip(checked) {
-            if let Err(e) = valid {
-                outcomes.push(Err(e));
-                continue;
-            }
             let id = sub.assignment_id.to_string();
-            if let Some(ack) = answered.get(&id) {
-                outcomes.push(Ok(Submitted {
-                    ack: ack.clone(),
-                    duplicate: true,
-                    flagged: false,
-                    queued: false,
-                }));
-                continue;
-            }
-            let Some(assignment) = leased.get(&id) else {
-                outcomes.push(Err(Error::NotFound {
+            let answer = match (valid, leased.get(&id)) {
+                (Err(e), _) => Answer::Refused(e),
+                (Ok(()), _) if first_of.contains_key(&id) => Answer::Again(first_of[&id]),
+                (Ok(()), None) => Answer::Refused(Error::NotFound {
                     what: "assignment",
                     code: "assignment_not_found",
-                }));
-                continue;
+                }),
+                (Ok(()), Some(a)) if a.agent_id.as_deref() != Some(agent.id.as_str()) => {
+                    Answer::Refused(Error::forbidden(
+                        "assignment_not_yours",
+                        "this assignment is not leased to this agent",
+                    ))
+                }
+                (Ok(()), Some(_)) if stored_before.contains_key(&id) => {
+                    Answer::Before(stored_before[&id])
+                }
+                (Ok(()), Some(assignment)) => {
+                    let late = assignment.state != state::LEASED
+                        || assignment
+                            .lease_expires_at
+                            .is_none_or(|deadline| now > deadline);
+                    first_of.insert(id, new.len());
+                    new.push(to_stored(sub, assignment, agent, now, late));
+                    Answer::New(new.len() - 1)
+                }
             };
-            if assignment.agent_id.as_deref() != Some(agent.id.as_str()) {
-                outcomes.push(Err(Error::forbidden(
-                    "assignment_not_yours",
-                    "this assignment is not leased to this agent",
-                )));
-                continue;
-            }
-            if let Some(&late) = stored_before.get(&id) {
-                let ack = ack(sub, late);
-                answered.insert(id, ack.clone());
-                outcomes.push(Ok(Submitted {
-                    ack,
-                    duplicate: true,
-                    flagged: false,
-                    queued: false,
-                }));
-                continue;
-            }
-            let late = assignment.state != state::LEASED
-                || assignment
-                    .lease_expires_at
-                    .is_none_or(|deadline| now > deadline);
-            let stored = to_stored(sub, assignment, agent, now, late);
-            // Judged before it is stored, so that it is not compared with itself; stored
-            // before the next one is judged, so that a replay within one request is
-            // caught like one across requests.
-            let flags = if late {
+            answers.push(answer);
+        }
+        // Then judge the new ones, in order, each before it is stored, so that none is
+        // compared with itself and a replay within the request is caught as one across
+        // requests would be.
+        let mut verifier = verification::Verifier::new(c, agent, &new)?;
+        let mut flags: Vec<Vec<verification::Flag>> = Vec::with_capacity(new.len());
+        for r in &new {
+            flags.push(if r.late {
+                verifier.remember(r);
                 Vec::new()
             } else {
-                verification::verify(c, agent, &stored)?
-            };
-            diesel::insert_into(results::table)
-                .values(&stored)
-                .execute(c)?;
-            if !late {
-                closed.push(id.clone());
-                if flags.is_empty() {
-                    queued.push(Queued {
-                        assignment_id: id.clone(),
-                        run_id: assignment.run_id.clone(),
-                        queued_at: now,
-                    });
-                } else {
-                    // Kept for operators, never counted or paid (see `verification`).
-                    verification::record(c, agent, &stored, &flags)?;
-                }
+                verifier.verify(c, r)?
+            });
+        }
+        insert_results(c, &new)?;
+        let mut closed: Vec<&str> = Vec::new();
+        let mut queued: Vec<Queued> = Vec::new();
+        for (r, flags) in new.iter().zip(&flags) {
+            if r.late {
+                continue;
             }
-            let ack = ack(sub, late);
-            answered.insert(id, ack.clone());
-            outcomes.push(Ok(Submitted {
-                ack,
-                duplicate: false,
-                flagged: !flags.is_empty(),
-                queued: !late && flags.is_empty(),
-            }));
+            closed.push(&r.assignment_id);
+            if flags.is_empty() {
+                queued.push(Queued {
+                    assignment_id: r.assignment_id.clone(),
+                    run_id: r.run_id.clone(),
+                    queued_at: now,
+                });
+            } else {
+                // Kept for operators, never counted or paid (see `verification`).
+                verification::record(c, agent, r, flags)?;
+            }
         }
         for chunk in closed.chunks(lastmile_storage::agents::BATCH_ROWS) {
             diesel::update(assignments::table.filter(assignments::id.eq_any(chunk)))
@@ -316,8 +301,63 @@ pub fn accept(
                 .execute(c)?;
         }
         fold_queue::enqueue(c, &queued)?;
-        Ok(outcomes)
+        let submitted = |sub: &ResultSubmission, i: usize, duplicate: bool| {
+            let (r, flagged) = (&new[i], !flags[i].is_empty());
+            Submitted {
+                ack: ack(sub, r.late),
+                duplicate,
+                flagged: flagged && !duplicate,
+                queued: !r.late && !flagged && !duplicate,
+            }
+        };
+        Ok(answers
+            .into_iter()
+            .zip(subs)
+            .map(|(answer, sub)| match answer {
+                Answer::Refused(e) => Err(e),
+                Answer::Before(late) => Ok(Submitted {
+                    ack: ack(sub, late),
+                    duplicate: true,
+                    flagged: false,
+                    queued: false,
+                }),
+                Answer::New(i) => Ok(submitted(sub, i, false)),
+                Answer::Again(i) => Ok(submitted(sub, i, true)),
+            })
+            .collect())
     })
+}
+
+/// What [`accept`] answers one submission, before the new results are judged.
+enum Answer {
+    Refused(Error),
+    /// Stored by an earlier request (late or not).
+    Before(bool),
+    /// The i-th new result.
+    New(usize),
+    /// The same assignment as the i-th new result, earlier in this request.
+    Again(usize),
+}
+
+/// Inserts results: one statement per chunk on PostgreSQL, row by row on SQLite (a
+/// multi-row insert there opens a transaction of its own, which cannot nest).
+fn insert_results(conn: &mut DbConn, rows: &[StoredResult]) -> Result<()> {
+    match conn {
+        DbConn::Pg(c) => {
+            // 30 columns a row: well under PostgreSQL's 65,535 bind parameters.
+            for chunk in rows.chunks(MAX_BATCH) {
+                diesel::insert_into(results::table)
+                    .values(chunk)
+                    .execute(c)?;
+            }
+        }
+        DbConn::Sqlite(c) => {
+            for row in rows {
+                diesel::insert_into(results::table).values(row).execute(c)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn ack(sub: &ResultSubmission, late: bool) -> ResultAck {

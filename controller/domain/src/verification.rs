@@ -390,99 +390,228 @@ pub fn peer_disagreement(r: &StoredResult, peers: &[(String, i64, i64)]) -> Opti
     })
 }
 
-/// Judges a result about to be stored (not yet inserted). Empty when it breaks no rule.
-pub fn verify(conn: &mut DbConn, agent: &Agent, r: &StoredResult) -> Result<Vec<Flag>> {
-    let mut flags: Vec<Flag> = impossible(r).into_iter().collect();
-    if agent.calibrated_at.is_none() {
-        flags.push(Flag {
-            rule: Rule::UncalibratedAgent,
-            evidence: json!({"agent": agent.id}),
-        });
-    }
-    flags.extend(physics(agent, r));
+/// What identifies a measurement's numbers: its phases and byte count. Two results with
+/// the same fingerprint are one measurement reported twice.
+type Fingerprint = [i64; 7];
 
-    if r.error_kind.is_none() && r.asn != 0 {
-        let since = r.received_at - PEER_WINDOW_US;
-        // Peers are other volunteers' agents: one volunteer's agents cannot vouch for
-        // each other.
-        let peers: Vec<(String, i64, i64)> = results::table
-            .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
-            .filter(results::check_id.eq(&r.check_id))
-            .filter(results::asn.eq(r.asn))
-            .filter(results::connection_class.eq(&r.connection_class))
-            .filter(results::received_at.ge(since))
-            .filter(agents::volunteer_id.ne(&agent.volunteer_id))
-            .filter(results::flagged.eq(false))
-            .filter(results::late.eq(false))
-            .filter(results::error_kind.is_null())
-            .order(results::received_at.desc())
-            .limit(MAX_PEER_RESULTS)
-            .select((results::agent_id, results::ttfb_us, results::total_us))
-            .load(conn)?;
-        flags.extend(peer_disagreement(r, &peers));
+fn fingerprint(r: &StoredResult) -> Fingerprint {
+    [
+        r.dns_us,
+        r.connect_us,
+        r.tls_us,
+        r.ttfb_us,
+        r.transfer_us,
+        r.total_us,
+        r.bytes,
+    ]
+}
+
+/// Results without a response (ttfb or total 0) carry too few digits to be unique and
+/// are not compared.
+fn comparable(r: &StoredResult) -> bool {
+    r.ttfb_us > 0 && r.total_us > 0
+}
+
+/// A stored result's assignment, agent and numbers, in [`Fingerprint`]'s order.
+type StoredPrint = (String, String, (i64, i64, i64, i64, i64, i64, i64));
+
+/// Peers' recent results in one (check, ASN, class) cell: (agent, ttfb, total).
+type Peers = Vec<(String, i64, i64)>;
+
+/// Judges the results one agent sends in one request, each before it is stored. What
+/// does not change between them is read once per request: whether the agent shares its
+/// address with another agent of its volunteer, its peers' recent results per (check,
+/// ASN, class), and the stored results whose numbers match any of the request's. The
+/// request's results are compared with each other as with stored ones (the first is
+/// the original, a later one with the same numbers a replay), so a request of many
+/// results is judged as the same results sent one by one would be.
+pub struct Verifier<'a> {
+    agent: &'a Agent,
+    /// Stored results with one of the request's fingerprints: the earliest of each,
+    /// (assignment, agent).
+    stored: HashMap<Fingerprint, (String, String)>,
+    /// Results of this request judged (or stored unjudged, late) so far.
+    earlier: HashMap<Fingerprint, String>,
+    /// Whether another agent of the volunteer has the same address.
+    siblings: Option<bool>,
+    peers: HashMap<(String, i64, String), Peers>,
+}
+
+impl<'a> Verifier<'a> {
+    /// A verifier for `agent`'s request carrying `results` (all of them, judged or not).
+    pub fn new(conn: &mut DbConn, agent: &'a Agent, results: &[StoredResult]) -> Result<Self> {
+        let candidates: Vec<&StoredResult> = results.iter().filter(|r| comparable(r)).collect();
+        let mut stored: HashMap<Fingerprint, (String, String)> = HashMap::new();
+        if !candidates.is_empty() {
+            let wanted: HashSet<Fingerprint> = candidates.iter().map(|r| fingerprint(r)).collect();
+            let totals: Vec<i64> = candidates.iter().map(|r| r.total_us).collect();
+            let ttfbs: Vec<i64> = candidates.iter().map(|r| r.ttfb_us).collect();
+            let own: Vec<&str> = results.iter().map(|r| r.assignment_id.as_str()).collect();
+            // By the (total, ttfb) index; the other numbers are compared here.
+            let rows: Vec<StoredPrint> = results::table
+                .filter(results::total_us.eq_any(&totals))
+                .filter(results::ttfb_us.eq_any(&ttfbs))
+                .filter(results::assignment_id.ne_all(&own))
+                .order(results::received_at.asc())
+                .select((
+                    results::assignment_id,
+                    results::agent_id,
+                    (
+                        results::dns_us,
+                        results::connect_us,
+                        results::tls_us,
+                        results::ttfb_us,
+                        results::transfer_us,
+                        results::total_us,
+                        results::bytes,
+                    ),
+                ))
+                .load(conn)?;
+            for (assignment, agent_id, (dns, connect, tls, ttfb, transfer, total, bytes)) in rows {
+                let print = [dns, connect, tls, ttfb, transfer, total, bytes];
+                if wanted.contains(&print) {
+                    stored.entry(print).or_insert((assignment, agent_id));
+                }
+            }
+        }
+        Ok(Verifier {
+            agent,
+            stored,
+            earlier: HashMap::new(),
+            siblings: None,
+            peers: HashMap::new(),
+        })
     }
 
-    if r.ttfb_us > 0 && r.total_us > 0 {
-        let same: Option<(String, String)> = results::table
-            .filter(results::total_us.eq(r.total_us))
-            .filter(results::ttfb_us.eq(r.ttfb_us))
-            .filter(results::dns_us.eq(r.dns_us))
-            .filter(results::connect_us.eq(r.connect_us))
-            .filter(results::tls_us.eq(r.tls_us))
-            .filter(results::transfer_us.eq(r.transfer_us))
-            .filter(results::bytes.eq(r.bytes))
-            .filter(results::assignment_id.ne(&r.assignment_id))
-            .order(results::received_at.asc())
-            .select((results::assignment_id, results::agent_id))
-            .first(conn)
-            .optional()?;
-        if let Some((original, original_agent)) = same {
-            let rule = if original_agent == agent.id {
-                Rule::ReplayedResult
-            } else {
-                Rule::CopiedResult
-            };
-            flags.push(Flag {
-                rule,
-                evidence: json!({
-                    "original_assignment_id": original, "original_agent_id": original_agent,
-                    "timings_us": [r.dns_us, r.connect_us, r.tls_us, r.ttfb_us, r.transfer_us, r.total_us],
-                    "bytes": r.bytes,
-                }),
-            });
+    /// Remembers a result stored without judging (a late one): a later result of the
+    /// request with the same numbers replays it.
+    pub fn remember(&mut self, r: &StoredResult) {
+        if comparable(r) {
+            self.earlier
+                .entry(fingerprint(r))
+                .or_insert_with(|| r.assignment_id.clone());
         }
     }
 
-    let siblings: i64 = agents::table
-        .filter(agents::volunteer_id.eq(&agent.volunteer_id))
-        .filter(agents::ip.eq(&agent.ip))
-        .filter(agents::id.ne(&agent.id))
-        .count()
-        .get_result(conn)?;
-    if siblings > 0 {
-        lock_run(conn, &r.run_id)?;
-        let first: Option<(String, String)> = results::table
-            .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
-            .filter(results::run_id.eq(&r.run_id))
-            .filter(results::agent_id.ne(&agent.id))
+    /// Judges a result about to be stored. Empty when it breaks no rule.
+    pub fn verify(&mut self, conn: &mut DbConn, r: &StoredResult) -> Result<Vec<Flag>> {
+        let agent = self.agent;
+        let mut flags: Vec<Flag> = impossible(r).into_iter().collect();
+        if agent.calibrated_at.is_none() {
+            flags.push(Flag {
+                rule: Rule::UncalibratedAgent,
+                evidence: json!({"agent": agent.id}),
+            });
+        }
+        flags.extend(physics(agent, r));
+
+        if r.error_kind.is_none() && r.asn != 0 {
+            let peers = self.peers_of(conn, r)?;
+            flags.extend(peer_disagreement(r, peers));
+        }
+
+        if comparable(r) {
+            let print = fingerprint(r);
+            let original = self.stored.get(&print).cloned().or_else(|| {
+                self.earlier
+                    .get(&print)
+                    .map(|a| (a.clone(), agent.id.clone()))
+            });
+            if let Some((original, original_agent)) = original {
+                let rule = if original_agent == agent.id {
+                    Rule::ReplayedResult
+                } else {
+                    Rule::CopiedResult
+                };
+                flags.push(Flag {
+                    rule,
+                    evidence: json!({
+                        "original_assignment_id": original, "original_agent_id": original_agent,
+                        "timings_us": [r.dns_us, r.connect_us, r.tls_us, r.ttfb_us, r.transfer_us, r.total_us],
+                        "bytes": r.bytes,
+                    }),
+                });
+            }
+        }
+        self.remember(r);
+
+        if self.has_siblings(conn)? {
+            lock_run(conn, &r.run_id)?;
+            let first: Option<(String, String)> = results::table
+                .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
+                .filter(results::run_id.eq(&r.run_id))
+                .filter(results::agent_id.ne(&agent.id))
+                .filter(agents::volunteer_id.eq(&agent.volunteer_id))
+                .filter(agents::ip.eq(&agent.ip))
+                .filter(results::flagged.eq(false))
+                .filter(results::late.eq(false))
+                .select((results::assignment_id, results::agent_id))
+                .first(conn)
+                .optional()?;
+            if let Some((counted, counted_agent)) = first {
+                flags.push(Flag {
+                    rule: Rule::SameAddressFarm,
+                    evidence: json!({
+                        "address": agent.ip, "volunteer_id": agent.volunteer_id,
+                        "counted_assignment_id": counted, "counted_agent_id": counted_agent,
+                    }),
+                });
+            }
+        }
+        Ok(flags)
+    }
+
+    /// Whether another agent of the volunteer shares this agent's address (read once).
+    fn has_siblings(&mut self, conn: &mut DbConn) -> Result<bool> {
+        if let Some(known) = self.siblings {
+            return Ok(known);
+        }
+        let agent = self.agent;
+        let siblings: i64 = agents::table
             .filter(agents::volunteer_id.eq(&agent.volunteer_id))
             .filter(agents::ip.eq(&agent.ip))
-            .filter(results::flagged.eq(false))
-            .filter(results::late.eq(false))
-            .select((results::assignment_id, results::agent_id))
-            .first(conn)
-            .optional()?;
-        if let Some((counted, counted_agent)) = first {
-            flags.push(Flag {
-                rule: Rule::SameAddressFarm,
-                evidence: json!({
-                    "address": agent.ip, "volunteer_id": agent.volunteer_id,
-                    "counted_assignment_id": counted, "counted_agent_id": counted_agent,
-                }),
-            });
-        }
+            .filter(agents::id.ne(&agent.id))
+            .count()
+            .get_result(conn)?;
+        self.siblings = Some(siblings > 0);
+        Ok(siblings > 0)
     }
-    Ok(flags)
+
+    /// Other volunteers' recent counted successes in `r`'s (check, ASN, class) cell: one
+    /// volunteer's agents cannot vouch for each other. Read once per cell and request,
+    /// from the cell's latest [`MAX_PEER_RESULTS`] results (whoever measured them), so
+    /// the cost is bounded however many results the cell holds.
+    fn peers_of(&mut self, conn: &mut DbConn, r: &StoredResult) -> Result<&Peers> {
+        let key = (r.check_id.clone(), r.asn, r.connection_class.clone());
+        if !self.peers.contains_key(&key) {
+            let since = r.received_at - PEER_WINDOW_US;
+            let latest: Vec<(String, String, i64, i64)> = results::table
+                .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
+                .filter(results::check_id.eq(&r.check_id))
+                .filter(results::asn.eq(r.asn))
+                .filter(results::connection_class.eq(&r.connection_class))
+                .filter(results::received_at.ge(since))
+                .filter(results::flagged.eq(false))
+                .filter(results::late.eq(false))
+                .filter(results::error_kind.is_null())
+                .order(results::received_at.desc())
+                .limit(MAX_PEER_RESULTS)
+                .select((
+                    results::agent_id,
+                    agents::volunteer_id,
+                    results::ttfb_us,
+                    results::total_us,
+                ))
+                .load(conn)?;
+            let peers = latest
+                .into_iter()
+                .filter(|(_, volunteer, _, _)| *volunteer != self.agent.volunteer_id)
+                .map(|(agent, _, ttfb, total)| (agent, ttfb, total))
+                .collect();
+            self.peers.insert(key.clone(), peers);
+        }
+        Ok(&self.peers[&key])
+    }
 }
 
 /// Serializes the same-address decision per run on PostgreSQL.

@@ -307,6 +307,16 @@ fn raw_copy(admin: &str, rows: &[StoredResult]) -> anyhow::Result<f64> {
     let lastmile_storage::DbConn::Pg(pg) = &mut *conn else {
         bail!("the COPY database is not PostgreSQL");
     };
+    // The rows alone, with the table's indexes but without its foreign keys (the runs,
+    // checks and agents they point to are not in this database).
+    diesel::connection::SimpleConnection::batch_execute(
+        pg,
+        "DO $$ DECLARE c record; BEGIN \
+           FOR c IN SELECT conname FROM pg_constraint \
+                    WHERE conrelid = 'results'::regclass AND contype = 'f' LOOP \
+             EXECUTE format('ALTER TABLE results DROP CONSTRAINT %I', c.conname); \
+           END LOOP; END $$;",
+    )?;
     let started = Instant::now();
     diesel::copy_from(results::table)
         .from_raw_data(results::table, |out| {
