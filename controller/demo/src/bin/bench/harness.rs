@@ -150,6 +150,25 @@ pub fn usage(pid: u32) -> anyhow::Result<Usage> {
     })
 }
 
+/// CPU time (user + system) of every PostgreSQL server process on this machine (the
+/// bench's server is the only one here), to show where the rest of the machine went.
+pub fn postgres_cpu() -> Duration {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    procs
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+            (comm.trim() == "postgres")
+                .then(|| usage(pid).ok())
+                .flatten()
+        })
+        .map(|u| u.cpu)
+        .sum()
+}
+
 /// `sysconf(_SC_CLK_TCK)`, which is 100 on every Linux this runs on; `getconf` says.
 fn clock_ticks_per_second() -> u64 {
     static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();

@@ -13,7 +13,7 @@
 //! checks that nothing is left in the fold queue).
 //!
 //! Prints results/s, requests/s, request latency p50/p99, errors, the controller's CPU
-//! (per cent of one core and per result) and RSS. With `--pg`, the same rows (read back
+//! (per cent of one core and per result) and RSS, and the PostgreSQL server's CPU. With `--pg`, the same rows (read back
 //! from the controller's database) are then written with a binary `COPY` into the
 //! `results` table of a fresh database with the same schema and indexes, and the
 //! accept rate is printed as a ratio of that.
@@ -32,7 +32,7 @@ use lastmile_storage::results::StoredResult;
 use lastmile_storage::schema::{assignments, results};
 use lastmile_storage::{count_sql, Db};
 
-use super::harness::{usage, Connection, ControllerProcess};
+use super::harness::{postgres_cpu, usage, Connection, ControllerProcess};
 use super::storage::{fixture_with_tokens, measurement, policy, ScratchPg};
 
 struct Args {
@@ -238,6 +238,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         accepted: 0,
     }));
     let before = usage(controller.pid())?;
+    let db_before = postgres_cpu();
     let started = Instant::now();
     let senders: Vec<_> = (0..args.connections)
         .map(|_| tokio::spawn(send(controller.addr, queue.clone(), seen.clone())))
@@ -247,6 +248,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     let after = usage(controller.pid())?;
+    let db_cpu = postgres_cpu().saturating_sub(db_before);
     let mut conn = db.conn()?;
     let left = count_sql(&mut conn, "SELECT COUNT(*) AS n FROM fold_queue")?;
     let folded = count_sql(
@@ -261,11 +263,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cpu = after.cpu.saturating_sub(before.cpu);
     let ms = |q: f64| seen.latency_us.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "  {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>10} {:>9}",
-        "results/s", "requests/s", "p50 ms", "p99 ms", "errors", "ctl cpu%", "µs/result", "RSS MiB"
+        "  {:>10} {:>10} {:>10} {:>10} {:>8} {:>9} {:>10} {:>9} {:>8}",
+        "results/s",
+        "requests/s",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "ctl cpu%",
+        "µs/result",
+        "RSS MiB",
+        "pg cpu%"
     );
     println!(
-        "  {:>10.0} {:>10.0} {:>10.1} {:>10.1} {:>8} {:>9.0} {:>10.0} {:>9.1}",
+        "  {:>10.0} {:>10.0} {:>10.1} {:>10.1} {:>8} {:>9.0} {:>10.0} {:>9.1} {:>8.0}",
         rate,
         request_count as f64 / elapsed.as_secs_f64(),
         ms(0.5),
@@ -274,6 +284,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64(),
         cpu.as_micros() as f64 / seen.accepted.max(1) as f64,
         after.rss_kib as f64 / 1024.0,
+        100.0 * db_cpu.as_secs_f64() / elapsed.as_secs_f64(),
     );
     println!(
         "  {} of {results} results acknowledged in {:.1} s; in aggregates {folded}, paid {paid}, still queued {left}",

@@ -75,13 +75,21 @@ impl ScratchPg {
         let mut conn = PgConnection::establish(admin)?;
         conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))?;
         conn.batch_execute(&format!("CREATE DATABASE {name}"))?;
-        let base = admin
+        // The admin URL with the scratch database's name, keeping its parameters (e.g.
+        // `?sslmode=disable`).
+        let (path, query) = admin.split_once('?').unwrap_or((admin, ""));
+        let base = path
             .rsplit_once('/')
             .map(|(b, _)| b.to_owned())
             .unwrap_or_default();
+        let query = if query.is_empty() {
+            String::new()
+        } else {
+            format!("?{query}")
+        };
         Ok(ScratchPg {
             admin: admin.to_owned(),
-            url: format!("{base}/{name}"),
+            url: format!("{base}/{name}{query}"),
             name,
         })
     }
