@@ -68,25 +68,65 @@ async fn a_heartbeat_that_changes_nothing_is_written_with_the_next_flush(db: Tes
 async fn a_revoked_agent_is_refused_within_a_refresh(db: TestDb) {
     let app = TestApp::start(&db).await;
     let key = app.volunteer("volunteer");
+    let stranger = app.volunteer("stranger");
     let token = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
+    let kept = app.agent(Ipv4Addr::new(127, 0, 0, 3), &key, "dsl", 1).await;
     assert_eq!(beat(&app, &token, "dsl").await, 200, "held in memory now");
-    let mut conn = app.db().conn().unwrap();
-    let agent = lastmile_domain::agents::agent_by_token(&mut conn, &token)
+    let agent = lastmile_domain::agents::agent_by_token(&mut app.db().conn().unwrap(), &token)
         .unwrap()
         .unwrap();
-    lastmile_domain::agents::revoke(&mut conn, &agent.volunteer_id, &agent.id).unwrap();
-    drop(conn);
-    // The test controller reads changed agents every 100 ms; production every 2 s.
+    let revoke = |id: String, with: String| {
+        let app = &app;
+        async move {
+            let path = format!("/api/v1/volunteer/agents/{id}/revoke");
+            app.call("POST", &path, Some(&with), None).await
+        }
+    };
+    // Only the agent's own volunteer can revoke it.
+    let (status, body) = revoke(agent.id.clone(), stranger.clone()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("agent_not_found"))
+    );
+    let (status, _) = revoke(uuid::Uuid::new_v4().to_string(), key.clone()).await;
+    assert_eq!(status, 404);
+    assert_eq!(beat(&app, &token, "dsl").await, 200);
+
+    let (status, body) = revoke(agent.id.clone(), key.clone()).await;
+    assert_eq!(status, 204, "{body}");
+    // The replica that revoked refuses the token at once; another one within its
+    // refresh (the test controller reads changed agents every 100 ms; production every
+    // 2 s).
+    assert_eq!(beat(&app, &token, "dsl").await, 401);
+    let (status, _) = app.lease(&token, 1).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        beat(&app, &kept, "dsl").await,
+        200,
+        "its other agent works on"
+    );
+    let (status, _) = revoke(agent.id.clone(), key.clone()).await;
+    assert_eq!(status, 204, "revoking again changes nothing");
+
+    // Revoked behind this replica's back (as another replica would): refused within a
+    // refresh.
+    let other = lastmile_domain::agents::agent_by_token(&mut app.db().conn().unwrap(), &kept)
+        .unwrap()
+        .unwrap();
+    lastmile_domain::agents::revoke(
+        &mut app.db().conn().unwrap(),
+        &other.volunteer_id,
+        &other.id,
+    )
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        match beat(&app, &token, "dsl").await {
+        match beat(&app, &kept, "dsl").await {
             401 => break,
             200 if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
             other => panic!("still answered {other} after 5 s"),
         }
     }
-    let (status, _) = app.lease(&token, 1).await;
-    assert_eq!(status, 401);
 }
 
 /// An app with one agent and a check of the scene's site, whose lease found no work

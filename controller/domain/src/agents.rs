@@ -93,15 +93,20 @@ pub fn get(conn: &mut DbConn, id: &str) -> Result<Agent> {
         })
 }
 
-/// Revokes one of the volunteer's agents (see [`lastmile_storage::agents::revoke`]).
+/// Revokes one of the volunteer's agents (see [`lastmile_storage::agents::revoke`]): its
+/// token stops working on every controller within a refresh. Revoking it again changes
+/// nothing; an agent that is not the volunteer's is not found.
 pub fn revoke(conn: &mut DbConn, volunteer_id: &str, agent_id: &str) -> Result<()> {
     if lastmile_storage::agents::revoke(conn, volunteer_id, agent_id, now_us())? {
-        Ok(())
-    } else {
-        Err(Error::NotFound {
+        return Ok(());
+    }
+    match get(conn, agent_id) {
+        Ok(agent) if agent.volunteer_id == volunteer_id => Ok(()),
+        Ok(_) => Err(Error::NotFound {
             what: "agent",
             code: "agent_not_found",
-        })
+        }),
+        Err(e) => Err(e),
     }
 }
 

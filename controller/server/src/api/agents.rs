@@ -13,7 +13,7 @@ use lastmile_protocol::{
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::auth::{AuthAgent, Origin};
+use super::auth::{AuthAgent, AuthVolunteer, Origin};
 use crate::agent_work;
 use crate::api::error::Failure;
 use crate::calibration_timing;
@@ -21,6 +21,7 @@ use crate::metrics::Metrics;
 use crate::state::AppState;
 use lastmile_domain::error::Error;
 use lastmile_domain::{agents, calibration, ingest};
+use uuid::Uuid;
 
 /// Enrol a new agent with a volunteer's enrolment key.
 #[utoipa::path(post, path = "/api/v1/agents/enrol", tag = "agents", request_body = EnrolRequest,
@@ -182,6 +183,32 @@ async fn accept(
         state.folder.settle(&state.db, &state.metrics, ticket).await;
     }
     Ok(outcomes)
+}
+
+/// Revoke one of your agents (a lost or retired machine): its token stops working on
+/// every controller within seconds (the controllers' refresh of agents). Send your
+/// enrolment key or one of your agents' tokens. Revoking again changes nothing.
+#[utoipa::path(post, path = "/api/v1/volunteer/agents/{id}/revoke", tag = "agents",
+    params(("id" = Uuid, Path, description = "The agent's id")),
+    security(("agent_token" = [])),
+    responses((status = 204), (status = 403, body = ApiError), (status = 404, body = ApiError)))]
+#[post("/volunteer/agents/{id}/revoke")]
+pub async fn revoke(
+    state: web::Data<AppState>,
+    AuthVolunteer(volunteer): AuthVolunteer,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, Failure> {
+    let agent_id = id.into_inner().to_string();
+    let presence = state.presence.clone();
+    state
+        .db
+        .run(move |c| {
+            agents::revoke(c, &volunteer, &agent_id)?;
+            // This replica refuses the token at once; the others at their next refresh.
+            presence.refresh(c)
+        })
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// Calibration: a tiny round trip for timing.
