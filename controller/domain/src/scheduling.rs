@@ -15,6 +15,8 @@
 //! `state = 'pending'`, and a unique index on `(run_id, agent_id)` backs the
 //! one-per-run rule.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -344,26 +346,53 @@ pub struct Leased {
 }
 
 /// New work, as agents see it: each agent planned into a run that has a pending
-/// assignment created at or after `since` (and, given `runs`, in one of them), with that
-/// assignment's creation time. Whoever created it (this controller, another replica, an
-/// operator's command), its agents can be woken from this; by the `(state, created_at)`
-/// index, or the runs' keys.
+/// assignment created at or after `since` (and, given `runs`, in one of them), with the
+/// newest such assignment's creation time (a re-offer is newer than the run's first
+/// offers, so it wakes the run's agents again). Whoever created it (this controller,
+/// another replica, an operator's command), its agents can be woken from this.
+///
+/// Two queries: the runs with new pending work (by the `(state, created_at)` index, or
+/// the runs' keys), then their planned agents. One join would pair every pending
+/// assignment of a run with every agent planned into it: assignments x agents rows per
+/// run (40,000 for a run of 200 slots over 200 agents) before `DISTINCT`.
 pub fn offers(
     conn: &mut DbConn,
     since: Micros,
     runs: Option<&[String]>,
 ) -> Result<Vec<(String, Micros)>> {
-    let mut query = run_agents::table
-        .inner_join(assignments::table.on(assignments::run_id.eq(run_agents::run_id)))
+    let mut pending = assignments::table
         .filter(assignments::state.eq(state::PENDING))
         .filter(assignments::created_at.ge(since))
-        .select((run_agents::agent_id, assignments::created_at))
-        .distinct()
+        .group_by(assignments::run_id)
+        .select((
+            assignments::run_id,
+            diesel::dsl::max(assignments::created_at),
+        ))
         .into_boxed();
     if let Some(runs) = runs {
-        query = query.filter(run_agents::run_id.eq_any(runs));
+        pending = pending.filter(assignments::run_id.eq_any(runs));
     }
-    Ok(query.load(conn)?)
+    let newest: HashMap<String, Micros> = pending
+        .load::<(String, Option<Micros>)>(conn)?
+        .into_iter()
+        .filter_map(|(run, at)| Some((run, at?)))
+        .collect();
+    let run_ids: Vec<&String> = newest.keys().collect();
+    let mut offers = Vec::new();
+    for chunk in run_ids.chunks(lastmile_storage::agents::BATCH_ROWS) {
+        let planned: Vec<(String, String)> = run_agents::table
+            .filter(run_agents::run_id.eq_any(chunk))
+            .select((run_agents::run_id, run_agents::agent_id))
+            .load(conn)?;
+        offers.extend(
+            planned
+                .into_iter()
+                .map(|(run, agent)| (agent, newest[&run])),
+        );
+    }
+    offers.sort_unstable();
+    offers.dedup();
+    Ok(offers)
 }
 
 /// Leases the oldest pending assignment this agent may take; returns its id.
