@@ -7,6 +7,7 @@ use crate::layout::{column_heads, csrf_field, error_box, page, Nav};
 /// One agent as its volunteer sees it.
 #[derive(Debug, Clone)]
 pub struct AgentItem {
+    pub id: String,
     pub name: String,
     /// `online`, `paused: <why>` or `offline`.
     pub status: AgentStatus,
@@ -27,6 +28,8 @@ pub enum AgentStatus {
     Online,
     Paused(String),
     Offline,
+    /// Its volunteer revoked it: its token no longer works.
+    Revoked,
 }
 
 /// The install command card: with a freshly made key, or the button to make one.
@@ -179,7 +182,7 @@ pub fn agents(nav: &Nav, items: &[AgentItem], install: &Install, earnings: &Earn
             } @else {
                 div.scroll {
                     table {
-                        (column_heads(&["Agent", "Status", "Line", "Location", "Last result", "Results"]))
+                        (column_heads(&["Agent", "Status", "Line", "Location", "Last result", "Results", ""]))
                         tbody {
                             @for a in items {
                                 tr {
@@ -189,6 +192,7 @@ pub fn agents(nav: &Nav, items: &[AgentItem], install: &Install, earnings: &Earn
                                             AgentStatus::Online => span.badge.ok { "online" },
                                             AgentStatus::Paused(why) => { span.badge.warn title=(why) { "paused" } " " small { (why) } },
                                             AgentStatus::Offline => span.badge { "offline" },
+                                            AgentStatus::Revoked => span.badge title="Its token no longer works" { "revoked" },
                                         }
                                     }
                                     td {
@@ -204,6 +208,15 @@ pub fn agents(nav: &Nav, items: &[AgentItem], install: &Install, earnings: &Earn
                                     td { (a.location) }
                                     td { (a.last_result) }
                                     td.num { (a.results) }
+                                    td {
+                                        @if a.status != AgentStatus::Revoked {
+                                            // A lost or retired machine: its token stops working within seconds.
+                                            form method="post" action={ "/app/agents/" (a.id) "/revoke" } {
+                                                (csrf_field(&nav.csrf))
+                                                button.secondary type="submit" title="Its token stops working within seconds; the machine can enrol again with a new key" { "Revoke" }
+                                            }
+                                        }
+                                    }
                                 }
                             }
                         }

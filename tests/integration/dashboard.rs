@@ -277,6 +277,31 @@ async fn a_volunteer_gets_an_install_command_and_sees_the_agent_it_enrols(db: Te
     browser.screenshot(&shot("agents-online")).await;
     // The key is not shown again on a later visit.
     assert!(!browser.page_text().await.contains(&key));
+
+    // A lost machine: revoking its agent stops its token at once.
+    let token = app
+        .uncalibrated_agent(std::net::Ipv4Addr::new(127, 0, 0, 3), &key, "cable")
+        .await;
+    let lost = lastmile_domain::agents::agent_by_token(&mut app.db().conn().unwrap(), &token)
+        .unwrap()
+        .unwrap();
+    browser.goto(&format!("{}/app/agents", app.base)).await;
+    browser
+        .submit(&format!(
+            "form[action='/app/agents/{}/revoke'] button",
+            lost.id
+        ))
+        .await;
+    assert_eq!(browser.path().await, "/app/agents");
+    let rows = browser.text("tbody").await;
+    assert_eq!(rows.matches("revoked").count(), 1, "{rows}");
+    assert_eq!(
+        rows.matches("Revoke").count(),
+        1,
+        "the other agent keeps its button: {rows}"
+    );
+    let (status, _) = app.lease(&token, 1).await;
+    assert_eq!(status, 401, "the revoked agent's token no longer works");
     browser.close().await;
 }
 

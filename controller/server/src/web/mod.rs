@@ -67,6 +67,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 "/agents/enrol-key",
                 web::post().to(volunteers::new_enrol_key),
             )
+            .route("/agents/{id}/revoke", web::post().to(volunteers::revoke))
             .route(
                 "/agents/payouts/setup",
                 web::post().to(volunteers::set_up_payouts),

@@ -9,8 +9,8 @@ use lastmile_dashboard::volunteers::{
 use serde::Deserialize;
 
 use super::error::{HasNav, OrPage, PageError};
-use super::html;
 use super::session::{CsrfForm, CsrfOnly, SignedInVolunteer};
+use super::{html, see_other};
 use crate::state::AppState;
 use lastmile_domain::accounts;
 use lastmile_domain::agents::{self, AgentActivity};
@@ -23,6 +23,7 @@ fn item(a: &AgentActivity, online_since: i64, now: i64) -> AgentItem {
     let agent = &a.agent;
     let online = agent.last_heartbeat_at.is_some_and(|t| t >= online_since);
     let status = match (&agent.paused_reason, online) {
+        _ if agent.revoked_at.is_some() => AgentStatus::Revoked,
         (_, false) => AgentStatus::Offline,
         (Some(why), true) => AgentStatus::Paused(why.clone()),
         (None, true) => AgentStatus::Online,
@@ -43,6 +44,7 @@ fn item(a: &AgentActivity, online_since: i64, now: i64) -> AgentItem {
         .collect::<Vec<_>>()
         .join(" · ");
     AgentItem {
+        id: agent.id.clone(),
         name: agent.name.clone(),
         status,
         declared_class: agent.declared_class.clone(),
@@ -285,6 +287,27 @@ pub async fn new_enrol_key(
         actix_web::http::header::HeaderValue::from_static("no-store"),
     );
     Ok(res)
+}
+
+/// "Revoke": the agent's token stops working (as `POST
+/// /api/v1/volunteer/agents/{id}/revoke`); back to the agents page.
+pub async fn revoke(
+    user: SignedInVolunteer,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    _: CsrfForm<CsrfOnly>,
+) -> Result<HttpResponse, PageError> {
+    let (volunteer, id) = (user.volunteer_id.clone(), id.into_inner());
+    let presence = state.presence.clone();
+    state
+        .db
+        .run(move |c| {
+            agents::revoke(c, &volunteer, &id)?;
+            presence.refresh(c)
+        })
+        .await
+        .or_page(&user)?;
+    Ok(see_other("/app/agents"))
 }
 
 #[cfg(test)]
