@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use lastmile_billing::ledger;
 use lastmile_domain::{agents, ingest};
-use lastmile_protocol::{Measurement, ResultSubmission, Timings};
+use lastmile_protocol::ResultSubmission;
 use serde_json::{json, Value};
 
 use crate::leasing::submission;
@@ -181,23 +181,8 @@ async fn results_queued_but_not_folded_are_folded_by_the_background_pass(db: Tes
     // died before its fold pass.
     let mut conn = app.db().conn().unwrap();
     let stored = agents::agent_by_token(&mut conn, &agent).unwrap().unwrap();
-    let sub = ResultSubmission {
-        assignment_id: task["assignment_id"].as_str().unwrap().parse().unwrap(),
-        started_at: chrono::Utc::now(),
-        measurement: Measurement {
-            status: Some(200),
-            bytes: 1000,
-            timings_us: Timings {
-                dns: 10,
-                connect: 100,
-                tls: 0,
-                ttfb: 20_000,
-                transfer: 10_000,
-                total: 40_000,
-            },
-            ..Measurement::default()
-        },
-    };
+    let sub: ResultSubmission =
+        serde_json::from_value(submission(&task["assignment_id"], 40_000)).unwrap();
     let accepted = ingest::accept(&mut conn, &stored, &[sub]).unwrap();
     assert!(accepted[0].as_ref().unwrap().queued);
     drop(conn);

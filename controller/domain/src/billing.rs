@@ -387,18 +387,14 @@ pub struct RunTerms {
     pub price: lastmile_billing::Money,
 }
 
-/// The terms of run `run_id`, in one query (it is on the path of every accepted result).
+/// The terms of run `run_id`, in one query.
 pub fn run_terms(conn: &mut DbConn, run_id: &str) -> Result<RunTerms> {
-    let (minor, currency, check): (Option<i64>, Option<String>, Check) = runs::table
-        .inner_join(checks::table.on(checks::id.eq(runs::check_id)))
-        .filter(runs::id.eq(run_id))
-        .select((runs::price_minor, runs::price_currency, Check::as_select()))
-        .first(conn)?;
-    let price = admitted_price(run_id, minor, currency)?.unwrap_or_else(|| price_of(&check));
-    Ok(RunTerms {
-        owner_id: check.owner_id,
-        price,
-    })
+    runs_terms(conn, &[run_id])?
+        .remove(run_id)
+        .ok_or(Error::NotFound {
+            what: "run",
+            code: "run_not_found",
+        })
 }
 
 /// The terms of several runs, in one query per thousand runs (a fold pays for results

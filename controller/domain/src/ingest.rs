@@ -276,7 +276,7 @@ pub fn accept(
                 verifier.verify(c, r)?
             });
         }
-        insert_results(c, &new)?;
+        lastmile_storage::insert_rows!(c, results::table, &new);
         let mut closed: Vec<&str> = Vec::new();
         let mut queued: Vec<Queued> = Vec::new();
         for (r, flags) in new.iter().zip(&flags) {
@@ -339,27 +339,6 @@ enum Answer {
     Again(usize),
 }
 
-/// Inserts results: one statement per chunk on PostgreSQL, row by row on SQLite (a
-/// multi-row insert there opens a transaction of its own, which cannot nest).
-fn insert_results(conn: &mut DbConn, rows: &[StoredResult]) -> Result<()> {
-    match conn {
-        DbConn::Pg(c) => {
-            // 30 columns a row: well under PostgreSQL's 65,535 bind parameters.
-            for chunk in rows.chunks(MAX_BATCH) {
-                diesel::insert_into(results::table)
-                    .values(chunk)
-                    .execute(c)?;
-            }
-        }
-        DbConn::Sqlite(c) => {
-            for row in rows {
-                diesel::insert_into(results::table).values(row).execute(c)?;
-            }
-        }
-    }
-    Ok(())
-}
-
 fn ack(sub: &ResultSubmission, late: bool) -> ResultAck {
     ResultAck {
         assignment_id: sub.assignment_id,
@@ -400,8 +379,6 @@ pub const FOLD_BATCH: i64 = 2_000;
 pub struct Folded {
     /// Results folded into aggregates (and paid, unless counted in `unpaid`).
     pub results: usize,
-    /// Aggregate cells written.
-    pub cells: usize,
     /// Results the owner's credit no longer covered.
     pub unpaid: usize,
 }
@@ -429,7 +406,7 @@ pub fn fold_pending(conn: &mut DbConn, max: i64) -> Result<Folded> {
         rows.sort_by(|(a, _), (b, _)| {
             (a.received_at, &a.assignment_id).cmp(&(b.received_at, &b.assignment_id))
         });
-        let cells = fold_into_cells(c, rows.iter().map(|(r, _)| r))?;
+        fold_into_cells(c, rows.iter().map(|(r, _)| r))?;
         let to_pay: Vec<billing::ToPay<'_>> = rows
             .iter()
             .map(|(r, volunteer_id)| billing::ToPay {
@@ -442,7 +419,6 @@ pub fn fold_pending(conn: &mut DbConn, max: i64) -> Result<Folded> {
         fold_queue::remove(c, &ids)?;
         Ok(Folded {
             results: rows.len(),
-            cells,
             unpaid,
         })
     })
@@ -607,7 +583,7 @@ pub fn key_of(r: &StoredResult) -> AggregateKey {
 /// the caller's write transaction. Used to place results directly (tests, tools);
 /// accepted results reach their cells through [`fold_pending`].
 pub fn fold(conn: &mut DbConn, r: &StoredResult) -> Result<()> {
-    fold_into_cells(conn, std::iter::once(r)).map(|_| ())
+    fold_into_cells(conn, std::iter::once(r))
 }
 
 /// What a batch adds to one cell.
@@ -617,24 +593,12 @@ struct CellDelta {
     hists: [hdrhistogram::Histogram<u64>; 6],
 }
 
-/// The phases' values of a result, in [`Phase::ALL`]'s order.
-fn phase_values(r: &StoredResult) -> [i64; 6] {
-    [
-        r.dns_us,
-        r.connect_us,
-        r.tls_us,
-        r.ttfb_us,
-        r.transfer_us,
-        r.total_us,
-    ]
-}
-
 /// Merges results into their aggregate cells: each cell's histograms are decoded,
-/// merged with all of the batch's samples and encoded once. Returns the cells written.
+/// merged with all of the batch's samples and encoded once.
 fn fold_into_cells<'a>(
     conn: &mut DbConn,
     results: impl Iterator<Item = &'a StoredResult>,
-) -> Result<usize> {
+) -> Result<()> {
     let mut cells: BTreeMap<AggregateKey, CellDelta> = BTreeMap::new();
     for r in results {
         let cell = cells.entry(key_of(r)).or_insert_with(|| CellDelta {
@@ -646,12 +610,11 @@ fn fold_into_cells<'a>(
             cell.failures += 1;
         } else {
             cell.successes += 1;
-            for (h, value) in cell.hists.iter_mut().zip(phase_values(r)) {
+            for (h, value) in cell.hists.iter_mut().zip(r.phases_us()) {
                 h.saturating_record(value.max(0) as u64);
             }
         }
     }
-    let written = cells.len();
     // In key order, so that two folders lock shared cells in the same order.
     for (key, delta) in cells {
         let mut row = lock_aggregate(conn, &key)?;
@@ -669,7 +632,7 @@ fn fold_into_cells<'a>(
             .set(&row)
             .execute(conn)?;
     }
-    Ok(written)
+    Ok(())
 }
 
 /// Reads the aggregate row for `key` with a write lock, creating it empty if missing.

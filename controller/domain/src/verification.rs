@@ -395,15 +395,8 @@ pub fn peer_disagreement(r: &StoredResult, peers: &[(String, i64, i64)]) -> Opti
 type Fingerprint = [i64; 7];
 
 fn fingerprint(r: &StoredResult) -> Fingerprint {
-    [
-        r.dns_us,
-        r.connect_us,
-        r.tls_us,
-        r.ttfb_us,
-        r.transfer_us,
-        r.total_us,
-        r.bytes,
-    ]
+    let [dns, connect, tls, ttfb, transfer, total] = r.phases_us();
+    [dns, connect, tls, ttfb, transfer, total, r.bytes]
 }
 
 /// Results without a response (ttfb or total 0) carry too few digits to be unique and

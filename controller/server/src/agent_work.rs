@@ -159,6 +159,24 @@ async fn flush_presence(state: &AppState) {
     }
 }
 
+/// Revokes one of the volunteer's agents (`agents::revoke`) and refreshes this
+/// replica's agents in the same call, so that this replica refuses the token at once;
+/// the others at their next refresh. For the API and the dashboard alike.
+pub async fn revoke(
+    state: &AppState,
+    volunteer_id: String,
+    agent_id: String,
+) -> Result<(), lastmile_domain::Error> {
+    let presence = state.presence.clone();
+    state
+        .db
+        .run(move |c| {
+            agents::revoke(c, &volunteer_id, &agent_id)?;
+            presence.refresh(c).map(|_| ())
+        })
+        .await
+}
+
 /// Where the work feed reads from: offers made at or after `since`.
 struct WorkFeed {
     since: Micros,

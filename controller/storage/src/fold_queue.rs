@@ -18,26 +18,7 @@ pub struct Queued {
 
 /// Queues results (inside the transaction that stores them).
 pub fn enqueue(conn: &mut DbConn, rows: &[Queued]) -> QueryResult<()> {
-    match conn {
-        // One statement per chunk (multi-row inserts need the concrete backend).
-        DbConn::Pg(c) => {
-            for chunk in rows.chunks(crate::agents::BATCH_ROWS) {
-                diesel::insert_into(fold_queue::table)
-                    .values(chunk)
-                    .execute(c)?;
-            }
-        }
-        // Row by row: diesel wraps a multi-row insert on SQLite in a transaction of its
-        // own, which cannot nest in the caller's `BEGIN IMMEDIATE`; in process, a
-        // statement per row costs little.
-        DbConn::Sqlite(c) => {
-            for row in rows {
-                diesel::insert_into(fold_queue::table)
-                    .values(row)
-                    .execute(c)?;
-            }
-        }
-    }
+    crate::insert_rows!(conn, fold_queue::table, rows);
     Ok(())
 }
 
@@ -76,9 +57,4 @@ pub fn queued_in_run(conn: &mut DbConn, run_id: &str) -> QueryResult<i64> {
         .filter(fold_queue::run_id.eq(run_id))
         .count()
         .get_result(conn)
-}
-
-/// How many results are waiting to be folded (for metrics and tests).
-pub fn len(conn: &mut DbConn) -> QueryResult<i64> {
-    fold_queue::table.count().get_result(conn)
 }

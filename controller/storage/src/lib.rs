@@ -24,6 +24,31 @@
 //! up front means two writers queue on `busy_timeout` instead of one failing with
 //! `SQLITE_BUSY` when it tries to upgrade a read lock.
 
+/// Inserts `$rows` (a slice of one `Insertable` record type) into `$table` inside the
+/// caller's write transaction: one statement per [`agents::BATCH_ROWS`] rows on
+/// PostgreSQL; row by row on SQLite, where diesel wraps a multi-row insert in a
+/// transaction of its own that cannot nest in the caller's `BEGIN IMMEDIATE` (in
+/// process, a statement per row costs little). A macro because a multi-row insert
+/// needs the concrete backend, which `MultiConnection` code cannot name generically.
+#[macro_export]
+macro_rules! insert_rows {
+    ($conn:expr, $table:expr, $rows:expr) => {{
+        use diesel::RunQueryDsl as _;
+        match $conn {
+            $crate::DbConn::Pg(c) => {
+                for chunk in $rows.chunks($crate::agents::BATCH_ROWS) {
+                    diesel::insert_into($table).values(chunk).execute(c)?;
+                }
+            }
+            $crate::DbConn::Sqlite(c) => {
+                for row in $rows {
+                    diesel::insert_into($table).values(row).execute(c)?;
+                }
+            }
+        }
+    }};
+}
+
 pub mod clock;
 pub mod schema;
 

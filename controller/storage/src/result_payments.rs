@@ -18,23 +18,6 @@ pub struct ResultPayment {
 
 /// Records payments (inside the transaction that posts them).
 pub fn record(conn: &mut DbConn, rows: &[ResultPayment]) -> QueryResult<()> {
-    match conn {
-        // One statement per chunk (multi-row inserts need the concrete backend).
-        DbConn::Pg(c) => {
-            for chunk in rows.chunks(crate::agents::BATCH_ROWS) {
-                diesel::insert_into(result_payments::table)
-                    .values(chunk)
-                    .execute(c)?;
-            }
-        }
-        // Row by row: see `fold_queue::enqueue`.
-        DbConn::Sqlite(c) => {
-            for row in rows {
-                diesel::insert_into(result_payments::table)
-                    .values(row)
-                    .execute(c)?;
-            }
-        }
-    }
+    crate::insert_rows!(conn, result_payments::table, rows);
     Ok(())
 }

@@ -42,3 +42,18 @@ pub struct StoredResult {
     /// when there were none.
     pub redirect_hops: Option<String>,
 }
+
+impl StoredResult {
+    /// The phases in microseconds, in `lastmile_protocol::Phase::ALL`'s order (dns,
+    /// connect, tls, ttfb, transfer, total).
+    pub fn phases_us(&self) -> [i64; 6] {
+        [
+            self.dns_us,
+            self.connect_us,
+            self.tls_us,
+            self.ttfb_us,
+            self.transfer_us,
+            self.total_us,
+        ]
+    }
+}

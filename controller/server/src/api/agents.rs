@@ -198,16 +198,7 @@ pub async fn revoke(
     AuthVolunteer(volunteer): AuthVolunteer,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Failure> {
-    let agent_id = id.into_inner().to_string();
-    let presence = state.presence.clone();
-    state
-        .db
-        .run(move |c| {
-            agents::revoke(c, &volunteer, &agent_id)?;
-            // This replica refuses the token at once; the others at their next refresh.
-            presence.refresh(c)
-        })
-        .await?;
+    agent_work::revoke(&state, volunteer, id.into_inner().to_string()).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

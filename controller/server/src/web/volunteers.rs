@@ -297,14 +297,7 @@ pub async fn revoke(
     id: web::Path<String>,
     _: CsrfForm<CsrfOnly>,
 ) -> Result<HttpResponse, PageError> {
-    let (volunteer, id) = (user.volunteer_id.clone(), id.into_inner());
-    let presence = state.presence.clone();
-    state
-        .db
-        .run(move |c| {
-            agents::revoke(c, &volunteer, &id)?;
-            presence.refresh(c)
-        })
+    crate::agent_work::revoke(&state, user.volunteer_id.clone(), id.into_inner())
         .await
         .or_page(&user)?;
     Ok(see_other("/app/agents"))

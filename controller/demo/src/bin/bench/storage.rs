@@ -406,15 +406,7 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
                 )
             });
             *successes += 1;
-            let values = [
-                r.dns_us,
-                r.connect_us,
-                r.tls_us,
-                r.ttfb_us,
-                r.transfer_us,
-                r.total_us,
-            ];
-            for (h, v) in hists.iter_mut().zip(values) {
+            for (h, v) in hists.iter_mut().zip(r.phases_us()) {
                 h.saturating_record(v.max(0) as u64);
             }
         }
