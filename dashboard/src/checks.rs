@@ -108,6 +108,8 @@ pub struct CheckForm {
     pub asns: String,
     pub classes: Vec<String>,
     pub agents_per_run: String,
+    /// `proportional` or `equal` (empty: `proportional`).
+    pub spread: String,
     pub isp_sharing: bool,
     /// Agents a run would use now, when counted.
     pub eligible: Option<usize>,
@@ -214,6 +216,11 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                         }
                         label for="agents_per_run" { "Agents per run" }
                         input #agents_per_run type="number" name="agents_per_run" min="1" max="1000" value=(f.agents_per_run);
+                        label for="spread" { "Spread each run's agents over countries, networks and classes" }
+                        select #spread name="spread" {
+                            option value="proportional" selected[f.spread != "equal"] { "In proportion to their agents" }
+                            option value="equal" selected[f.spread == "equal"] { "Equally" }
+                        }
                         p.eligible aria-live="polite" {
                             @match f.eligible {
                                 Some(n) => { strong #eligible-count { (n) } " agents online match these filters now." }

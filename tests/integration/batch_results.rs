@@ -55,17 +55,18 @@ async fn a_batch_answers_each_result_in_order_and_counts_and_pays_each_once(db: 
     let agent = app
         .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 4)
         .await;
-    let other = app
-        .agent(Ipv4Addr::new(127, 0, 0, 3), &key, "fibre", 1)
-        .await;
     let check = app
         .site_check(&owner, &site, site.origin(), json!({"agents_per_run": 1}))
         .await;
-    // Three runs measured by `agent`, one by `other`.
+    // Three runs measured by `agent`, one by `other` (which runs choose, as the agent
+    // this check never used, once it is online).
     let mut tasks = Vec::new();
     for _ in 0..3 {
         tasks.push(app.run_and_lease(&owner, &check, &agent).await["assignment_id"].clone());
     }
+    let other = app
+        .agent(Ipv4Addr::new(127, 0, 0, 3), &key, "fibre", 1)
+        .await;
     let others = app.run_and_lease(&owner, &check, &other).await["assignment_id"].clone();
     assert!(tasks.iter().chain([&others]).all(Value::is_string));
 

@@ -5,7 +5,8 @@ use std::net::Ipv4Addr;
 
 use lastmile_domain::check_terms::StoredCheck;
 use lastmile_domain::clock::now_us;
-use lastmile_domain::{agents, checks, scheduling};
+use lastmile_domain::{checks, scheduling};
+use lastmile_protocol::CheckKind;
 use lastmile_testbed::site::TargetSite;
 use serde_json::{json, Value};
 
@@ -80,19 +81,26 @@ async fn many_agents_leasing_concurrently_never_share_an_assignment(db: TestDb) 
 async fn expired_lease_is_offered_to_another_agent_and_the_late_result_is_not_counted(db: TestDb) {
     let (app, site, owner, key) = scene::start(&db).await;
     let slow = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
-    let fast = app
-        .agent(Ipv4Addr::new(127, 0, 0, 3), &key, "cable", 1)
-        .await;
     let check = check_on_site(&app, &owner, &site, json!({"agents_per_run": 1})).await;
     app.ask_run(&owner, &check).await;
 
     let (_, first) = app.lease(&slow, 1).await;
     let first = first["tasks"][0].clone();
     assert!(first.is_object(), "the slow agent got the slot");
+    // Online after the run was created: not in it until the slot needs another agent.
+    let fast = app
+        .agent(Ipv4Addr::new(127, 0, 0, 3), &key, "cable", 1)
+        .await;
+    let (_, early) = app.lease(&fast, 1).await;
+    assert_eq!(early["tasks"].as_array().unwrap().len(), 0, "{early}");
 
     // Time passes beyond the lease; the scheduler's expiry pass runs.
     let db_handle = app.db().clone();
-    let policy = app.controller.state.policy;
+    // (Meanwhile the agents heartbeat: they are still online then.)
+    let policy = scheduling::SchedulingPolicy {
+        online_window_us: 10 * app.controller.state.policy.lease_us,
+        ..app.controller.state.policy
+    };
     let later = now_us() + policy.lease_us + 1_000_000;
     let outcome = db_handle
         .run(move |c| scheduling::expire(c, &policy, later))
@@ -104,7 +112,7 @@ async fn expired_lease_is_offered_to_another_agent_and_the_late_result_is_not_co
     // The slow agent may not take the slot again; the other agent gets it.
     let (_, again) = app.lease(&slow, 1).await;
     assert_eq!(again["tasks"].as_array().unwrap().len(), 0);
-    let (_, second) = app.lease(&fast, 1).await;
+    let second = app.lease_when_offered(&fast, 1).await;
     let second = second["tasks"][0].clone();
     assert_eq!(second["run_id"], first["run_id"]);
     assert_ne!(second["assignment_id"], first["assignment_id"]);
@@ -162,6 +170,7 @@ async fn runs_only_go_to_agents_matching_the_selection(db: TestDb) {
         let (_, me) = app.get("/api/v1/me", &owner).await;
         me["id"].as_str().unwrap().to_owned()
     };
+    let policy = app.controller.state.policy;
     let eligible = db_handle
         .run(move |c| {
             let check = checks::get(c, &owner_id, &check)?;
@@ -169,8 +178,7 @@ async fn runs_only_go_to_agents_matching_the_selection(db: TestDb) {
             sel.countries.clear();
             sel.connection_classes.clear();
             sel.asns = vec![64_504];
-            let online = agents::online_since(c, now_us() - 60_000_000)?;
-            Ok::<_, lastmile_controller::Error>(online.iter().filter(|a| sel.matches(a)).count())
+            scheduling::count_eligible(c, &sel, CheckKind::Http, &policy, now_us())
         })
         .await
         .unwrap();

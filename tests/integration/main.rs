@@ -7,6 +7,7 @@ mod cheater;
 mod scene;
 mod support;
 
+mod agent_choice;
 mod agent_lifecycle;
 mod agent_rejections;
 mod api_errors;

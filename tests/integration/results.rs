@@ -22,13 +22,13 @@ async fn repeated_result_submission_is_stored_once(db: TestDb) {
     let agent = app
         .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
         .await;
-    let other = app
-        .agent(Ipv4Addr::new(127, 0, 0, 3), &key, "fibre", 1)
-        .await;
     let check = app
         .site_check(&owner, &site, site.origin(), json!({"agents_per_run": 1}))
         .await;
     let task = app.run_and_lease(&owner, &check, &agent).await;
+    let other = app
+        .agent(Ipv4Addr::new(127, 0, 0, 3), &key, "fibre", 1)
+        .await;
     let result = submission(&task["assignment_id"], 40_000);
 
     // Another agent cannot submit for it.

@@ -449,6 +449,24 @@ impl TestApp {
         .await
     }
 
+    /// Leases like [`TestApp::lease`] until a task comes, for work offered behind the
+    /// controller's back (an expiry pass a test ran itself): the agent was told there
+    /// was none, and the work feed wakes it within a quarter second. Gives up after 5 s
+    /// with the last answer.
+    pub async fn lease_when_offered(&self, token: &str, max: u32) -> Value {
+        let mut last = Value::Null;
+        for _ in 0..50 {
+            let (status, body) = self.lease(token, max).await;
+            assert_eq!(status, 200, "{body}");
+            if body["tasks"].as_array().is_some_and(|t| !t.is_empty()) {
+                return body;
+            }
+            last = body;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        last
+    }
+
     /// `POST /api/v1/results` with `result` as the agent with `token`: the answer as it
     /// comes.
     pub async fn submit(&self, token: &str, result: Value) -> (u16, Value) {

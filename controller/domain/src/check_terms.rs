@@ -8,7 +8,6 @@ use lastmile_storage::checks::Check;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::agents::Agent;
 use crate::error::{Error, Result};
 use crate::objectives::Objective;
 
@@ -24,6 +23,42 @@ pub struct Selection {
     pub connection_classes: Vec<ConnectionClass>,
     /// How many agents measure each run (at most); 10 when not given.
     pub agents_per_run: u32,
+    /// How a run's agents are spread over the matching countries, then networks (ASNs),
+    /// then connection classes: in proportion to how many agents each has (the
+    /// default), or equally.
+    pub spread: Spread,
+}
+
+/// How a run's agents are spread over the groups of agents that match a selection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Spread {
+    /// Each country (then network, then class) gets a share of the run's agents in
+    /// proportion to its number of matching agents: the run looks like the network.
+    #[default]
+    Proportional,
+    /// Each country (then network, then class) gets the same number of the run's
+    /// agents, as far as it has agents: a small country counts as much as a big one.
+    Equal,
+}
+
+impl Spread {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Spread::Proportional => "proportional",
+            Spread::Equal => "equal",
+        }
+    }
+
+    /// A stored name read back; an unknown one (written by a newer controller) reads as
+    /// the default.
+    pub fn from_stored(s: &str) -> Spread {
+        match s {
+            "equal" => Spread::Equal,
+            _ => Spread::Proportional,
+        }
+    }
 }
 
 /// Agents per run when a selection does not say.
@@ -36,27 +71,8 @@ impl Default for Selection {
             asns: Vec::new(),
             connection_classes: Vec::new(),
             agents_per_run: DEFAULT_AGENTS_PER_RUN,
+            spread: Spread::Proportional,
         }
-    }
-}
-
-impl Selection {
-    /// Whether `agent` passes every filter.
-    pub fn matches(&self, agent: &Agent) -> bool {
-        let country_ok = self.countries.is_empty()
-            || agent
-                .country
-                .as_deref()
-                .is_some_and(|c| self.countries.iter().any(|w| w.eq_ignore_ascii_case(c)));
-        let asn_ok = self.asns.is_empty()
-            || agent
-                .asn
-                .is_some_and(|a| self.asns.iter().any(|&w| i64::from(w) == a));
-        let class_ok = self.connection_classes.is_empty()
-            || agent
-                .connection_class()
-                .is_some_and(|c| self.connection_classes.contains(&c));
-        country_ok && asn_ok && class_ok
     }
 }
 
@@ -78,6 +94,7 @@ impl StoredCheck for Check {
             asns: serde_json::from_str(&self.asns).unwrap_or_default(),
             connection_classes: serde_json::from_str(&self.connection_classes).unwrap_or_default(),
             agents_per_run: self.agents_per_run.max(0) as u32,
+            spread: Spread::from_stored(&self.spread),
         }
     }
 

@@ -218,6 +218,7 @@ pub fn update(
             checks::asns.eq(&check.asns),
             checks::connection_classes.eq(&check.connection_classes),
             checks::agents_per_run.eq(check.agents_per_run),
+            checks::spread.eq(&check.spread),
             checks::interval_s.eq(check.interval_s),
             checks::next_run_at.eq(check.next_run_at),
             checks::isp_sharing.eq(check.isp_sharing),
@@ -355,6 +356,7 @@ fn validated(
         objectives: json(&new.objectives),
         max_redirects: max_redirects as i32,
         paused_at: None,
+        spread: new.selection.spread.as_str().to_owned(),
     };
     Ok(check)
 }

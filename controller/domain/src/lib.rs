@@ -14,6 +14,7 @@
 //! type, which the HTTP layer maps to answers.
 
 pub mod accounts;
+pub mod agent_choice;
 pub mod agents;
 pub mod api_tokens;
 pub mod billing;

@@ -1,12 +1,16 @@
 //! Runs, assignments and leases.
 //!
-//! A **run** is one execution of a check. When it is created, the online agents that
-//! match the check's selection are recorded as its eligible agents (`run_agents`) and
-//! it fans out into `min(agents_per_run, eligible)` **assignments**, each `pending`.
-//! Any eligible agent may lease a pending assignment of the run, but never two of the
-//! same run: `pending -> leased -> done | expired`. An expired lease is re-offered as a
-//! new pending assignment (attempt + 1) to the run's other eligible agents, up to
-//! `max_attempts`; pending assignments still unfilled at the run's deadline expire.
+//! A **run** is one execution of a check. When it is created, its agents are chosen
+//! from the online agents that match the check's selection ([`agent_choice`]: spread
+//! over countries, networks and classes, least recently used by the check first) and
+//! recorded as the run's planned agents (`run_agents`); it fans out into one **assignment**
+//! per chosen agent, each `pending`. A planned agent may lease a pending assignment of
+//! its run, but never two of the same run: `pending -> leased -> done | expired`. An
+//! expired lease is re-offered as a new pending assignment (attempt + 1), up to
+//! `max_attempts`, and the best eligible agent not yet in the run is planned in for it;
+//! an assignment no planned agent came for within the offer window is offered to one
+//! more agent the same way. Pending assignments still unfilled at the run's deadline
+//! expire.
 //!
 //! **Architecture Invariant:** no assignment is ever leased to two agents. On
 //! PostgreSQL the lease picks its row with `FOR UPDATE SKIP LOCKED`, so concurrent
@@ -25,7 +29,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::agents::{self, Agent};
+use crate::agent_choice::{self, Pool};
+use crate::agents::Agent;
 use crate::billing;
 use crate::check_terms::{Selection, StoredCheck, TaskSpec};
 use crate::clock::{to_datetime, Micros};
@@ -41,6 +46,9 @@ pub struct SchedulingPolicy {
     pub online_window_us: Micros,
     pub max_attempts: i32,
     pub run_deadline_us: Micros,
+    /// How long a pending assignment waits for its run's planned agents before one more
+    /// agent is planned in for it.
+    pub offer_us: Micros,
 }
 
 pub use lastmile_storage::assignments::{state, Assignment};
@@ -85,30 +93,8 @@ pub enum RunProblem {
     NoEligibleAgents,
 }
 
-/// The agents a run of a `kind` check created now would plan in: online since `since`,
-/// calibrated (an agent whose line the controller never measured cannot be judged by
-/// the line rules of `verification`, so it is given no paid work until it calibrates),
-/// not paused by their volunteer's limits (they would not take the work), able to
-/// measure `kind` (an older agent would fail to parse the task and lose its whole lease
-/// with it), and matching `selection`.
-pub fn eligible_agents(
-    conn: &mut DbConn,
-    selection: &Selection,
-    kind: CheckKind,
-    since: Micros,
-) -> Result<Vec<Agent>> {
-    Ok(agents::online_since(conn, since)?
-        .into_iter()
-        .filter(|a| {
-            a.calibrated_at.is_some()
-                && a.paused_reason.is_none()
-                && a.measures(kind)
-                && selection.matches(a)
-        })
-        .collect())
-}
-
-/// How many agents a run of a `kind` check with `selection` created now would plan in.
+/// How many agents a run of a `kind` check with `selection` created now could choose
+/// from (see [`agent_choice`] for who is eligible).
 pub fn count_eligible(
     conn: &mut DbConn,
     selection: &Selection,
@@ -116,10 +102,17 @@ pub fn count_eligible(
     policy: &SchedulingPolicy,
     now: Micros,
 ) -> Result<usize> {
-    Ok(eligible_agents(conn, selection, kind, now - policy.online_window_us)?.len())
+    let pool = Pool {
+        check_id: "",
+        selection,
+        kind,
+        since: now - policy.online_window_us,
+        run_id: None,
+    };
+    Ok(agent_choice::count(conn, &pool)? as usize)
 }
 
-/// Creates a run of `check` now: snapshots the eligible agents and creates the pending
+/// Creates a run of `check` now: chooses its agents and creates their pending
 /// assignments, all in one transaction. Refused with [`Error::PaymentRequired`] (and
 /// nothing written) when the owner's available credit cannot pay for every assignment
 /// (`billing::admit_run`). The run keeps the task and the price it was admitted with:
@@ -158,10 +151,17 @@ fn create_run_claiming(
                 return Ok(false);
             }
         }
-        let eligible = eligible_agents(c, &selection, spec.kind, now - policy.online_window_us)?;
-        let requested = eligible.len().min(selection.agents_per_run as usize);
+        let pool = Pool {
+            check_id: &check.id,
+            selection: &selection,
+            kind: spec.kind,
+            since: now - policy.online_window_us,
+            run_id: None,
+        };
+        let chosen = agent_choice::choose(c, &pool, u64::from(selection.agents_per_run))?;
+        let requested = chosen.agents.len();
         billing::admit_run(c, &check.owner_id, price, requested as u32)?;
-        if eligible.is_empty() {
+        if chosen.eligible == 0 {
             tracing::info!(check = %check.id, "run created with no eligible agent");
         }
         let run = RunRow {
@@ -169,21 +169,17 @@ fn create_run_claiming(
             check_id: check.id.clone(),
             created_at: now,
             deadline_at: now + policy.run_deadline_us,
-            eligible_agents: eligible.len() as i32,
+            eligible_agents: i32::try_from(chosen.eligible).unwrap_or(i32::MAX),
             requested: requested as i32,
             task: Some(task.clone()),
             price_minor: Some(price.minor),
             price_currency: Some(price.currency.to_string()),
         };
         diesel::insert_into(runs::table).values(&run).execute(c)?;
-        for agent in &eligible {
-            diesel::insert_into(run_agents::table)
-                .values((
-                    run_agents::run_id.eq(&run_id),
-                    run_agents::agent_id.eq(&agent.id),
-                ))
-                .execute(c)?;
+        for agent in &chosen.agents {
+            plan_in(c, &run_id, agent)?;
         }
+        agent_choice::record_use(c, &check.id, &chosen.agents, now)?;
         for _ in 0..requested {
             diesel::insert_into(assignments::table)
                 .values(&Assignment::new_pending(&run_id, &check.id, 1, now))
@@ -195,6 +191,57 @@ fn create_run_claiming(
         return Ok(None);
     }
     run_view(conn, &run_id).map(Some)
+}
+
+/// Plans `agent` into the run: it may lease one of the run's pending assignments.
+fn plan_in(conn: &mut DbConn, run_id: &str, agent: &str) -> Result<()> {
+    diesel::insert_into(run_agents::table)
+        .values((
+            run_agents::run_id.eq(run_id),
+            run_agents::agent_id.eq(agent),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Plans one more agent into the run for a slot `failed` (the agent that let a lease
+/// expire, or a planned agent that never came) did not fill: the best eligible agent not
+/// yet in the run, from `failed`'s group when it has one left. Returns the agent, if
+/// any is eligible.
+fn plan_replacement(
+    conn: &mut DbConn,
+    run_id: &str,
+    failed: Option<&str>,
+    policy: &SchedulingPolicy,
+    now: Micros,
+) -> Result<Option<String>> {
+    let run: RunRow = runs::table
+        .find(run_id)
+        .select(RunRow::as_select())
+        .first(conn)?;
+    let check = check_records::get_any(conn, &run.check_id)?;
+    let kind = match &run.task {
+        Some(json) => {
+            serde_json::from_str::<TaskSpec>(json)
+                .map_err(|e| Error::Internal(format!("task of run {run_id}: {e}")))?
+                .kind
+        }
+        None => check.check_kind()?,
+    };
+    let selection = check.selection();
+    let pool = Pool {
+        check_id: &check.id,
+        selection: &selection,
+        kind,
+        since: now - policy.online_window_us,
+        run_id: Some(run_id),
+    };
+    let found = agent_choice::replacement(conn, &pool, failed)?;
+    if let Some(agent) = &found {
+        plan_in(conn, run_id, agent)?;
+        agent_choice::record_use(conn, &check.id, std::slice::from_ref(agent), now)?;
+    }
+    Ok(found)
 }
 
 /// Moves a due check's next run time on to `next` if it is still the time `check` was
@@ -465,10 +512,15 @@ pub struct ExpiryOutcome {
     pub reoffered: u32,
     /// Pending assignments given up at their run's deadline.
     pub abandoned: u32,
+    /// Pending assignments no planned agent came for within the offer window, offered to
+    /// one more agent.
+    pub unclaimed: u32,
 }
 
-/// Expires leases that ran out, re-offering each while attempts remain, and gives up
-/// pending assignments of runs past their deadline.
+/// Expires leases that ran out, re-offering each while attempts remain (with the best
+/// remaining agent planned in for it), offers pending assignments that waited out the
+/// offer window to one more agent, and gives up pending assignments of runs past their
+/// deadline.
 pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Result<ExpiryOutcome> {
     write_tx(conn, |c| {
         let overdue = || {
@@ -507,9 +559,12 @@ pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Resu
                         now,
                     ))
                     .execute(c)?;
+                // Whoever else the run planned has, or had, an assignment of its own.
+                plan_replacement(c, &a.run_id, a.agent_id.as_deref(), policy, now)?;
                 outcome.reoffered += 1;
             }
         }
+        outcome.unclaimed = offer_unclaimed(c, policy, now)?;
         let past_deadline = runs::table
             .filter(runs::deadline_at.le(now))
             .select(runs::id);
@@ -522,6 +577,46 @@ pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Resu
         .execute(c)? as u32;
         Ok(outcome)
     })
+}
+
+/// Pending assignments of live runs that waited out the offer window (their planned
+/// agents went offline, or stayed busy): each gets one more planned agent, from the
+/// group of a planned agent that never came when it can, and is offered anew (its
+/// offer time moves to now, which wakes the run's agents and starts a new window).
+fn offer_unclaimed(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Result<u32> {
+    let waited: Vec<(String, String)> = assignments::table
+        .inner_join(runs::table)
+        .filter(assignments::state.eq(state::PENDING))
+        .filter(assignments::created_at.lt(now - policy.offer_us))
+        .filter(runs::deadline_at.gt(now))
+        .select((assignments::id, assignments::run_id))
+        .load(conn)?;
+    let mut by_run: HashMap<&str, Vec<&str>> = HashMap::new();
+    for (id, run_id) in &waited {
+        by_run.entry(run_id).or_default().push(id);
+    }
+    for (run_id, ids) in by_run {
+        // The planned agents that never came, one for each slot: each slot's new agent
+        // comes from its own absentee's group.
+        let absent: Vec<String> = run_agents::table
+            .filter(run_agents::run_id.eq(run_id))
+            .filter(diesel::dsl::not(diesel::dsl::exists(
+                assignments::table
+                    .filter(assignments::run_id.eq(run_id))
+                    .filter(assignments::agent_id.eq(run_agents::agent_id.nullable())),
+            )))
+            .select(run_agents::agent_id)
+            .order(run_agents::agent_id)
+            .load(conn)?;
+        for (i, id) in ids.into_iter().enumerate() {
+            plan_replacement(conn, run_id, absent.get(i).map(String::as_str), policy, now)?;
+            diesel::update(assignments::table.find(id))
+                .filter(assignments::state.eq(state::PENDING))
+                .set(assignments::created_at.eq(now))
+                .execute(conn)?;
+        }
+    }
+    Ok(waited.len() as u32)
 }
 
 /// Creates a run for every scheduled check that is due, and moves its next run time on.

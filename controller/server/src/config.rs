@@ -34,6 +34,9 @@ pub struct ControllerConfig {
     pub max_attempts: u32,
     /// A run's unfilled assignments are given up after this many seconds.
     pub run_deadline_s: u64,
+    /// How long a pending assignment waits for the agents chosen for its run before one
+    /// more agent is chosen for it, seconds.
+    pub offer_timeout_s: u64,
     /// Shortest schedule interval a check may ask for.
     pub min_check_interval_s: u64,
     /// Let site verification fetch private and loopback addresses (local testing only).
@@ -94,6 +97,7 @@ impl Default for ControllerConfig {
             online_window_s: 90,
             max_attempts: 3,
             run_deadline_s: 600,
+            offer_timeout_s: 30,
             min_check_interval_s: 60,
             allow_private_sites: false,
             allow_site_nets: Vec::new(),
@@ -130,6 +134,7 @@ impl ControllerConfig {
             online_window_us: (self.online_window_s as i64) * 1_000_000,
             max_attempts: self.max_attempts.max(1) as i32,
             run_deadline_us: (self.run_deadline_s as i64) * 1_000_000,
+            offer_us: (self.offer_timeout_s.max(1) as i64) * 1_000_000,
         }
     }
 

@@ -33,6 +33,9 @@ pub struct Check {
     pub max_redirects: i32,
     /// When the owner paused the schedule; `None` while it runs.
     pub paused_at: Option<i64>,
+    /// How a run's agents are spread over the selection's groups: `proportional` or
+    /// `equal`.
+    pub spread: String,
 }
 
 impl Check {

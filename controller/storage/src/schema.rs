@@ -92,6 +92,15 @@ diesel::table! {
         objectives -> Text,
         max_redirects -> Integer,
         paused_at -> Nullable<BigInt>,
+        spread -> Text,
+    }
+}
+
+diesel::table! {
+    check_agents (check_id, agent_id) {
+        check_id -> Text,
+        agent_id -> Text,
+        last_run_at -> BigInt,
     }
 }
 
@@ -370,6 +379,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     agents,
     sites,
     checks,
+    check_agents,
     runs,
     run_agents,
     assignments,

@@ -13,7 +13,7 @@ use super::error::{HasNav, OrPage, PageError};
 use super::session::{CsrfForm, CsrfOnly, SignedInOwner};
 use super::{html, see_other};
 use crate::state::AppState;
-use lastmile_domain::check_terms::{Selection, StoredCheck, DEFAULT_AGENTS_PER_RUN};
+use lastmile_domain::check_terms::{Selection, Spread, StoredCheck, DEFAULT_AGENTS_PER_RUN};
 use lastmile_domain::checks::{self, Check, NewCheck, Schedule};
 use lastmile_domain::clock::now_us;
 use lastmile_domain::error::Error;
@@ -57,6 +57,9 @@ fn selection_text(s: &Selection) -> String {
         parts.push("anywhere".into());
     }
     parts.push(format!("up to {} agents", s.agents_per_run));
+    if s.spread == Spread::Equal {
+        parts.push("spread equally".into());
+    }
     parts.join(" · ")
 }
 
@@ -142,6 +145,7 @@ pub struct CheckFields {
     asns: String,
     connection_classes: Vec<String>,
     agents_per_run: String,
+    spread: String,
     isp_sharing: Option<String>,
 }
 
@@ -199,6 +203,16 @@ fn selection_of(f: &CheckFields) -> Result<Selection, Error> {
             .map_or(DEFAULT_AGENTS_PER_RUN, |n| {
                 n.min(u64::from(u32::MAX)) as u32
             }),
+        spread: match f.spread.trim() {
+            "" | "proportional" => Spread::Proportional,
+            "equal" => Spread::Equal,
+            other => {
+                return Err(Error::invalid(
+                    "invalid_form",
+                    format!("spread: {other:?} is neither proportional nor equal"),
+                ))
+            }
+        },
     })
 }
 
@@ -250,6 +264,7 @@ fn form_of(f: &CheckFields, sites: Vec<(String, String)>) -> CheckForm {
         asns: f.asns.clone(),
         classes: f.connection_classes.clone(),
         agents_per_run: f.agents_per_run.clone(),
+        spread: f.spread.clone(),
         isp_sharing: f.isp_sharing.is_some(),
         eligible: None,
         error: None,
@@ -289,6 +304,7 @@ fn fields_of(c: &Check) -> CheckFields {
             .map(|c| c.as_str().to_owned())
             .collect(),
         agents_per_run: selection.agents_per_run.to_string(),
+        spread: selection.spread.as_str().to_owned(),
         isp_sharing: c.isp_sharing.then(|| "true".to_owned()),
         ..CheckFields::default()
     }

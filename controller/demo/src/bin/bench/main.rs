@@ -11,8 +11,11 @@
 //! - `ingest`: results submitted over the HTTP API to a controller process it starts,
 //!   single or in batches, and a raw `COPY` of the same rows into PostgreSQL beside it
 //!   ([`ingest`]).
+//! - `choice`: what choosing a run's agents costs at 10k and 100k agents, and whether
+//!   runs rotate over them ([`choice`]).
 
 mod agents;
+mod choice;
 mod harness;
 mod ingest;
 mod storage;
@@ -21,6 +24,7 @@ fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("agents") => agents::main(args.split_off(1)),
+        Some("choice") => choice::main(args.split_off(1)),
         Some("ingest") => ingest::main(args.split_off(1)),
         Some("storage") => storage::main(args.split_off(1)),
         _ => storage::main(args),

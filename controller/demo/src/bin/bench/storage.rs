@@ -46,7 +46,7 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
         results: 20_000,
         raw_rows: 1_000_000,
         threads: 4,
-        pg: "postgres://postgres@127.0.0.1:5432/postgres".into(),
+        pg: DEFAULT_PG.into(),
     };
     let mut it = flags.into_iter();
     while let Some(flag) = it.next() {
@@ -63,6 +63,9 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
 }
 
 /// A scratch PostgreSQL database, dropped at the end.
+/// The PostgreSQL admin URL the benches use unless `--pg` says otherwise.
+pub const DEFAULT_PG: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
 pub struct ScratchPg {
     admin: String,
     name: String,
@@ -148,7 +151,7 @@ pub fn fixture_with_tokens(conn: &mut DbConn, agents_n: usize) -> anyhow::Result
             max_bytes: None,
             timeout_ms: None,
             selection: Selection {
-                agents_per_run: agents_n as u32,
+                agents_per_run: agents_n.max(1) as u32,
                 ..Selection::default()
             },
             schedule: Schedule::default(),
@@ -231,6 +234,7 @@ pub fn policy() -> SchedulingPolicy {
         online_window_us: 3_600_000_000,
         max_attempts: 3,
         run_deadline_us: 3_600_000_000,
+        offer_us: 3_600_000_000,
     }
 }
 

@@ -1,0 +1,2 @@
+DROP TABLE check_agents;
+ALTER TABLE checks DROP COLUMN spread;
