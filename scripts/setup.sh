@@ -12,6 +12,9 @@ command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 # The dashboard's browser tests drive Debian's headless Chromium through chromedriver.
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
+# The three-replica test puts the controllers behind Debian's HAProxy (it starts its own,
+# with a config of its own; the system service is not used).
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 # The schema fuzz (scripts/fuzz.sh) runs schemathesis in a venv of its own.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)

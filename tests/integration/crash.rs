@@ -2,19 +2,16 @@
 //! SIGKILL while assignments are leased, restarted on the same address, and killed
 //! again; afterwards the database is reconciled with what really happened.
 //!
-//! The controller runs in a process of its own so that the kill is real: this test
-//! binary runs itself again with [`CHILD_ENV`] set, which makes the otherwise ignored
-//! test [`controller_child`] serve the controller until it is killed. The parent keeps
+//! The controller runs in a process of its own so that the kill is real
+//! ([`crate::controller_process`]). The parent keeps
 //! the agents, the target site and the database. The site counts the connections it
 //! accepts, and every http measurement opens exactly one (see `measure.rs`), so the
 //! site knows how many measurements the agents made; the database must hold exactly
 //! one result for each, count each accepted one once in the aggregates, and pay each
 //! accepted one exactly once. PostgreSQL only: SQLite is one process's file.
 
-use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use lastmile_agent::limits::VolunteerLimits;
@@ -23,7 +20,6 @@ use lastmile_agent::runner::AgentSettings;
 use lastmile_agent::spool::{self, Spool};
 use lastmile_billing::{pricing, Currency, Money};
 use lastmile_controller::config::ControllerConfig;
-use lastmile_controller::{server, AppState};
 use lastmile_domain::{accounts, billing, checks};
 use lastmile_protocol::{AgentLimits, ConnectionClass};
 use lastmile_storage::{count_sql, Backend, Db};
@@ -31,13 +27,8 @@ use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::{json, Value};
 
 use crate::agent_lifecycle::spawn_agent;
-use crate::support::{test_geo, TestDb, PLACES};
-
-/// Carries the child's controller config (JSON); set only for the child process.
-const CHILD_ENV: &str = "LASTMILE_CRASH_CHILD";
-
-/// The child's test, as libtest names it (`--exact`).
-const CHILD_TEST: &str = "crash::controller_child";
+use crate::controller_process::{child_config, fixed_port, ControllerProcess};
+use crate::support::{TestDb, PLACES};
 
 /// How long an agent holds a lease: short, so that some results come back late.
 const LEASE_S: u64 = 3;
@@ -48,127 +39,12 @@ const KILLS: usize = 3;
 /// The owner's test credit, usd cents.
 const GRANTED_MINOR: i64 = 100_000;
 
-/// The controller process: serves the config in [`CHILD_ENV`] until it is killed. When
-/// the variable is unset (an ordinary `--ignored` run) it does nothing.
-#[test]
-#[ignore = "the controller process of crash::sigkilled_controller_loses_no_measurement_and_pays_each_once"]
-fn controller_child() {
-    let Ok(config) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let config: ControllerConfig = serde_json::from_str(&config).unwrap();
-    // The parent holds our stdin; when it goes away (even killed), so do we.
-    std::thread::spawn(|| {
-        let _ = std::io::stdin().read(&mut [0u8; 1]);
-        std::process::exit(0);
-    });
-    let listen = config.listen;
-    let state = AppState::open(config).unwrap();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
-        // The same port every time, though the last life's connections linger in
-        // TIME_WAIT: the agents keep the one controller URL they were given.
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_reuseaddr(true).unwrap();
-        socket.bind(listen).unwrap();
-        let listener = socket.listen(1024).unwrap().into_std().unwrap();
-        server::run(listener, state, std::future::pending())
-            .await
-            .unwrap();
-    });
-}
-
-/// One life of the controller process; killed (SIGKILL) when dropped.
-struct ControllerProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ControllerProcess {
-    /// Starts the controller process and waits until `/healthz` answers.
-    async fn start(config: &ControllerConfig, life: usize, dir: &Path) -> ControllerProcess {
-        let log = dir.join(format!("controller-{life}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args([CHILD_TEST, "--exact", "--ignored", "--nocapture"])
-            .env(CHILD_ENV, serde_json::to_string(config).unwrap())
-            .stdin(Stdio::piped())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap();
-        let mut process = ControllerProcess { child, log };
-        let health = format!("http://{}/healthz", config.listen);
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = process.child.try_wait().unwrap() {
-                panic!(
-                    "controller process {life} exited ({status}) before it served:\n{}",
-                    process.log_tail()
-                );
-            }
-            if let Ok(r) = http.get(&health).send().await {
-                if r.status().is_success() {
-                    return process;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "controller process {life} did not answer /healthz within 60 s:\n{}",
-                process.log_tail()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGKILL, and wait until the process is gone.
-    fn kill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-}
-
-impl Drop for ControllerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A port to serve on that nothing else is given: below Linux's ephemeral range
-/// (32768 and up), so that no outgoing connection and no port-0 listener can take it
-/// while the controller is down between two lives.
-fn fixed_port() -> u16 {
-    let seed = uuid::Uuid::new_v4().as_u128();
-    for i in 0..200u128 {
-        let port = 20_000 + ((seed + i * 7_919) % 12_000) as u16;
-        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in 20000..32000");
-}
-
 /// `SELECT COUNT(*) AS n ...` (or any BIGINT `n`) on the test's own connection.
-fn n(db: &Db, sql: &str) -> i64 {
+pub(crate) fn n(db: &Db, sql: &str) -> i64 {
     count_sql(&mut db.conn().unwrap(), sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
 }
 
-async fn call(
+pub(crate) async fn call(
     http: &reqwest::Client,
     base: &str,
     token: &str,
@@ -189,37 +65,26 @@ async fn call(
 
 /// Creates a check (`body` as `POST /api/v1/checks` takes it) through the controller at
 /// `base`; asserts that it is created and returns its id.
-async fn create_check(http: &reqwest::Client, base: &str, owner: &str, body: Value) -> String {
+pub(crate) async fn create_check(
+    http: &reqwest::Client,
+    base: &str,
+    owner: &str,
+    body: Value,
+) -> String {
     let (status, check) = call(http, base, owner, "POST", "/api/v1/checks", body).await;
     assert_eq!(status, 201, "{check}");
     check["id"].as_str().unwrap().to_owned()
 }
 
 /// Asks the controller at `base` for a run of `check` now; asserts that it is made.
-async fn ask_run(http: &reqwest::Client, base: &str, owner: &str, check: &str) {
+pub(crate) async fn ask_run(http: &reqwest::Client, base: &str, owner: &str, check: &str) {
     let path = format!("/api/v1/checks/{check}/runs");
     let (status, run) = call(http, base, owner, "POST", &path, json!({})).await;
     assert_eq!(status, 201, "{run}");
 }
 
-/// The config of a child controller on `port`: the test database, geo databases and
-/// state in `dir`, private sites allowed, checks as often as every second, the
-/// scheduler ticking every 100 ms.
-fn child_config(test_db: &TestDb, dir: &Path, port: u16) -> ControllerConfig {
-    ControllerConfig {
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-        database_url: Some(test_db.url.clone()),
-        data_dir: dir.join("controller"),
-        geo: test_geo(dir),
-        allow_private_sites: true,
-        min_check_interval_s: 1,
-        scheduler_tick_ms: 100,
-        ..ControllerConfig::default()
-    }
-}
-
 /// An HTTP client that gives up on a request after 30 s.
-fn http_client() -> reqwest::Client {
+pub(crate) fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -227,7 +92,7 @@ fn http_client() -> reqwest::Client {
 }
 
 /// A new owner granted [`GRANTED_MINOR`] of usd credit under `grant_key`: (id, token).
-fn owner_with_grant(
+pub(crate) fn owner_with_grant(
     c: &mut lastmile_storage::DbConn,
     name: &str,
     grant_key: &str,
@@ -240,7 +105,7 @@ fn owner_with_grant(
 
 /// Adds `site` for the owner and verifies it (the controller allows private sites);
 /// returns the site's id.
-async fn verified_site(
+pub(crate) async fn verified_site(
     http: &reqwest::Client,
     base: &str,
     owner: &str,
@@ -272,7 +137,7 @@ async fn verified_site(
 }
 
 /// Waits (bounded) until `done` holds; says `what` if it never does.
-async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+pub(crate) async fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !done() {
         assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
@@ -515,6 +380,29 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
         started.elapsed().as_secs_f64()
     );
 
+    assert_reconciled(&db, measurements, &owner_id, &volunteers, &check);
+    drop(db);
+}
+
+/// Asserts what a run of real agents must leave in the database, whatever was killed
+/// meanwhile: every measurement the site served (`measurements`) stored once, each
+/// result with the agent that held its lease, late exactly when after its lease,
+/// aggregates equal to the counted results, each counted result paid once and nothing
+/// else, the fold queue empty, the ledger balanced, the owner charged and each of
+/// `volunteers` paid for exactly the counted results.
+pub(crate) fn assert_reconciled(
+    db: &Db,
+    measurements: i64,
+    owner_id: &str,
+    volunteers: &[String],
+    check: &str,
+) {
+    let results = n(db, "SELECT COUNT(*) AS n FROM results");
+    let counted = n(
+        db,
+        "SELECT COUNT(*) AS n FROM results WHERE NOT late AND NOT flagged",
+    );
+    let paid = n(db, "SELECT COUNT(*) AS n FROM result_payments");
     // Every measurement the site served is stored, once.
     assert_eq!(
         results, measurements,
@@ -522,7 +410,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     );
     assert_eq!(
         n(
-            &db,
+            db,
             "SELECT COUNT(*) AS n FROM (SELECT assignment_id FROM results \
              GROUP BY assignment_id HAVING COUNT(*) > 1) d",
         ),
@@ -532,7 +420,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     // A result belongs to the agent that held the lease; an accepted one closed it.
     assert_eq!(
         n(
-            &db,
+            db,
             "SELECT COUNT(*) AS n FROM results r JOIN assignments a ON a.id = r.assignment_id \
              WHERE a.agent_id IS DISTINCT FROM r.agent_id \
                 OR (NOT r.late AND a.state <> 'done') OR (r.late AND a.state = 'done')",
@@ -542,7 +430,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     );
     assert_eq!(
         n(
-            &db,
+            db,
             "SELECT COUNT(*) AS n FROM assignments a WHERE a.state = 'done' \
              AND NOT EXISTS (SELECT 1 FROM results r WHERE r.assignment_id = a.id)",
         ),
@@ -553,7 +441,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     // A result that came after its lease ran out is late, whatever the restarts.
     assert_eq!(
         n(
-            &db,
+            db,
             "SELECT COUNT(*) AS n FROM results r JOIN assignments a ON a.id = r.assignment_id \
              WHERE r.received_at > a.lease_expires_at AND NOT r.late",
         ),
@@ -563,7 +451,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
 
     // Aggregates equal the counted results.
     let aggregated = n(
-        &db,
+        db,
         "SELECT COALESCE(SUM(successes + failures), 0)::BIGINT AS n FROM aggregates",
     );
     assert_eq!(aggregated, counted, "aggregated vs. counted results");
@@ -573,7 +461,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     assert_eq!(paid, counted, "result payments vs. counted results");
     assert_eq!(
         n(
-            &db,
+            db,
             "SELECT COUNT(*) AS n FROM results r WHERE NOT r.late AND NOT r.flagged \
              AND NOT EXISTS (SELECT 1 FROM result_payments p \
                              WHERE p.assignment_id = r.assignment_id)",
@@ -583,7 +471,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     );
     assert_eq!(
         n(
-            &db,
+            db,
             "SELECT COUNT(*) AS n FROM result_payments p \
              WHERE NOT EXISTS (SELECT 1 FROM results r WHERE r.assignment_id = p.assignment_id \
                                AND NOT r.late AND NOT r.flagged)",
@@ -593,7 +481,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     );
     assert_eq!(
         n(
-            &db,
+            db,
             "SELECT COUNT(*) AS n FROM ledger_transactions t WHERE t.kind = 'result' \
              AND (SELECT COALESCE(SUM(-lp.amount_minor), 0) FROM ledger_postings lp \
                   JOIN ledger_accounts la ON la.id = lp.account_id \
@@ -605,7 +493,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
         "result transactions whose owners paid other than the prices of their results"
     );
     assert_eq!(
-        n(&db, "SELECT COUNT(*) AS n FROM fold_queue"),
+        n(db, "SELECT COUNT(*) AS n FROM fold_queue"),
         0,
         "results still waiting to be folded after the controller stopped"
     );
@@ -613,7 +501,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     // The ledger balances: per transaction and per currency.
     assert_eq!(
         n(
-            &db,
+            db,
             "SELECT COUNT(*) AS n FROM (SELECT transaction_id FROM ledger_postings \
              GROUP BY transaction_id HAVING SUM(amount_minor) <> 0) t",
         ),
@@ -622,7 +510,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     );
     assert_eq!(
         n(
-            &db,
+            db,
             "SELECT COUNT(*) AS n FROM (SELECT a.currency FROM ledger_postings p \
              JOIN ledger_accounts a ON a.id = p.account_id \
              GROUP BY a.currency HAVING SUM(p.amount_minor) <> 0) c",
@@ -632,11 +520,11 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     );
 
     // Who paid and who earned what.
-    let price = billing::price_of(&checks::get_any(&mut db.conn().unwrap(), &check).unwrap());
+    let price = billing::price_of(&checks::get_any(&mut db.conn().unwrap(), check).unwrap());
     let (share, _fee) = pricing::split(price);
     let balance = |kind: &str, holder: &str| {
         n(
-            &db,
+            db,
             &format!(
                 "SELECT COALESCE(SUM(p.amount_minor), 0)::BIGINT AS n FROM ledger_postings p \
                  JOIN ledger_accounts a ON a.id = p.account_id \
@@ -645,13 +533,13 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
         )
     };
     assert_eq!(
-        balance("owner_credit", &owner_id),
+        balance("owner_credit", owner_id),
         GRANTED_MINOR - counted * price.minor,
         "owner credit vs. granted less the price of each counted result"
     );
-    for v in &volunteers {
+    for v in volunteers {
         let earned = n(
-            &db,
+            db,
             &format!(
                 "SELECT COUNT(*) AS n FROM results r JOIN agents g ON g.id = r.agent_id \
                  WHERE NOT r.late AND NOT r.flagged AND g.volunteer_id = '{v}'"
@@ -663,7 +551,6 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
             "earnings of volunteer {v} vs. the share of each of their counted results"
         );
     }
-    drop(db);
 }
 
 /// While the controller is down (here: a port that accepts and hangs up, as a

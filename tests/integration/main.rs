@@ -4,6 +4,7 @@
 
 mod browser;
 mod cheater;
+mod controller_process;
 mod scene;
 mod support;
 
@@ -32,6 +33,7 @@ mod nul_text;
 mod openapi;
 mod page_checks;
 mod presence;
+mod replicas;
 mod reports;
 mod results;
 mod run_results;

@@ -19,7 +19,7 @@ use lastmile_domain::clock;
 use lastmile_domain::scheduling;
 use lastmile_protocol::{CheckKind, ConnectionClass};
 use lastmile_storage::agents::Agent;
-use lastmile_storage::schema::{checks as checks_t, run_agents, runs};
+use lastmile_storage::schema::{checks as checks_t, run_agents};
 use lastmile_storage::{Db, DbConn};
 
 use crate::storage::{fixture_with_tokens, policy, ScratchPg};
@@ -158,7 +158,6 @@ fn bench(backend: &str, db: &Db, agents_n: usize, runs_n: usize) -> anyhow::Resu
             used.len(),
             runs_n * 10,
         );
-        diesel::delete(runs::table).execute(&mut *conn)?;
     }
     eprintln!(
         "  ({backend}: {agents_n} agents written in {:.1} s)",
