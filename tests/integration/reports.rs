@@ -4,6 +4,7 @@
 //! hours.
 
 use base64::Engine;
+use diesel::RunQueryDsl;
 use hdrhistogram::serialization::interval_log::{IntervalLogIterator, LogEntry};
 use hdrhistogram::serialization::Deserializer;
 use hdrhistogram::Histogram;
@@ -19,11 +20,18 @@ per_backend!(
     objectives_are_judged_with_error_budgets_and_intervals,
     windows_buckets_and_comparison_with_the_previous_window,
     merged_histograms_export_round_trips,
+    complete_days_roll_up_into_day_cells_that_report_the_same_figures,
 );
 
 /// An app with an owner and a check carrying `objectives`; returns (app, owner, check id).
 async fn app_with_check(db: &TestDb, objectives: Value) -> (TestApp, String, String, TargetSite) {
-    let app = TestApp::quiet(db).await;
+    app_with_check_on(TestApp::quiet(db).await, objectives).await
+}
+
+async fn app_with_check_on(
+    app: TestApp,
+    objectives: Value,
+) -> (TestApp, String, String, TargetSite) {
     let site = target_site().await;
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
@@ -382,5 +390,137 @@ async fn merged_histograms_export_round_trips(db: TestDb) {
         }
     }
     assert_eq!(lines, 2 * 6, "{log}");
+    app.controller.stop().await.unwrap();
+}
+
+async fn complete_days_roll_up_into_day_cells_that_report_the_same_figures(db: TestDb) {
+    use lastmile_domain::rollups::{self, day_start, DAY_US};
+    // No background rollup or fold pass: this test decides when they happen.
+    let app = TestApp::start_with(&db, |c| {
+        c.scheduler_tick_ms = 3_600_000;
+        c.rollup_interval_s = 0;
+        c.fold_interval_ms = 3_600_000;
+    })
+    .await;
+    let (app, owner, check, _site) = app_with_check_on(
+        app,
+        json!([{"phase": "ttfb", "percentile": 95, "max_ms": 100}]),
+    )
+    .await;
+    let now = now_us();
+    let today = day_start(now);
+    // Three days ago in three hours, two classes; two days ago; and now.
+    for (i, hour) in [1, 5, 23].into_iter().enumerate() {
+        for j in 0..50 {
+            let at = today - 3 * DAY_US + hour * HOUR_US + j;
+            fold(
+                &app,
+                &check,
+                "dsl",
+                at,
+                40_000 + (i as i64) * 9_000 + j * 37,
+                j % 10 != 0,
+            );
+            fold(&app, &check, "cable", at, 20_000 + j * 11, true);
+        }
+    }
+    for j in 0..30 {
+        fold(
+            &app,
+            &check,
+            "dsl",
+            today - 2 * DAY_US + 12 * HOUR_US,
+            70_000 + j * 101,
+            true,
+        );
+    }
+    for j in 0..20 {
+        fold(&app, &check, "dsl", now, 90_000 + j * 53, true);
+    }
+    let report = |query: &'static str| {
+        let (app, owner, check) = (&app, owner.clone(), check.clone());
+        async move {
+            let (status, body) = app.report(&owner, &check, query).await;
+            assert_eq!(status, 200, "{body}");
+            body["rows"].clone()
+        }
+    };
+    let queries = [
+        "group_by=connection_class&window=30d",
+        "group_by=connection_class&window=7d&compare=previous",
+        "group_by=connection_class&window=30d&bucket=1d",
+        "window=7d&bucket=1h",
+    ];
+    let mut before = Vec::new();
+    for q in queries {
+        before.push(report(q).await);
+    }
+
+    // A result received two days ago still waits to be folded: that day is not complete.
+    let queued_at = today - 2 * DAY_US + 13 * HOUR_US;
+    let mut conn = app.db().conn().unwrap();
+    diesel::sql_query(format!(
+        "INSERT INTO fold_queue (assignment_id, run_id, queued_at) VALUES ('waiting', 'run', {queued_at})"
+    ))
+    .execute(&mut conn)
+    .unwrap();
+    assert_eq!(
+        rollups::roll_up(&mut conn, now).unwrap(),
+        1,
+        "only three days ago"
+    );
+    diesel::sql_query("DELETE FROM fold_queue WHERE assignment_id = 'waiting'")
+        .execute(&mut conn)
+        .unwrap();
+    assert_eq!(
+        rollups::roll_up(&mut conn, now).unwrap(),
+        1,
+        "then two days ago"
+    );
+    assert_eq!(
+        rollups::roll_up(&mut conn, now).unwrap(),
+        0,
+        "a day is rolled up once"
+    );
+    drop(conn);
+
+    // One cell per class and day; their counts are the hours'.
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM aggregate_days"), 3);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT CAST(SUM(successes + failures) AS BIGINT) AS n FROM aggregate_days"
+        ),
+        330
+    );
+    assert_eq!(
+        count(
+            &app,
+            &format!("SELECT rolled_until AS n FROM aggregate_rollups WHERE check_id = '{check}'")
+        ),
+        today - DAY_US
+    );
+    // Reports read the day cells now, and say exactly what they said from the hours:
+    // the same samples, percentiles, intervals, verdicts, comparison and buckets.
+    for (q, was) in queries.iter().zip(&before) {
+        assert_eq!(&report(q).await, was, "{q}");
+    }
+    // They do read the days: without the rolled-up days' hour cells, reports over
+    // whole days say the same; only the hourly buckets, which need hours, lose them.
+    diesel::sql_query(format!(
+        "DELETE FROM aggregates WHERE bucket_start < {}",
+        today - DAY_US
+    ))
+    .execute(&mut app.db().conn().unwrap())
+    .unwrap();
+    for (q, was) in queries[..3].iter().zip(&before) {
+        assert_eq!(&report(q).await, was, "{q}");
+    }
+    let hourly = report(queries[3]).await;
+    assert_eq!(
+        hourly.as_array().unwrap().len(),
+        1,
+        "only the hour of now: {hourly}"
+    );
     app.controller.stop().await.unwrap();
 }

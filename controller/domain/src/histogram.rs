@@ -38,6 +38,171 @@ pub fn decode(bytes: &[u8]) -> Result<Histogram<u64>, String> {
         .map_err(|e| format!("corrupt histogram: {e:?}"))
 }
 
+/// The V2 (uncompressed) serialization's cookie and header length.
+const V2_COOKIE: u32 = 0x1c84_9313;
+const V2_HEADER_LEN: usize = 40;
+
+/// Counts per half bucket of [`new_histogram`]: 3 significant digits need 2,048 sub
+/// buckets (the power of two above 2 x 10^3), half of them past the first bucket.
+const HALF_BUCKET_MAGNITUDE: u32 = 10;
+const HALF_BUCKET: usize = 1 << HALF_BUCKET_MAGNITUDE;
+
+/// Adds a histogram written by [`encode`] to `into` straight from its bytes, without
+/// building it (see [`Merger`], which does the same for many at once). A histogram of
+/// another shape, or bytes that do not parse, go through [`decode`].
+pub fn add_encoded(into: &mut Histogram<u64>, bytes: &[u8]) -> Result<(), String> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    let mut counts = Vec::new();
+    if !ours(into) || read_counts(bytes, &mut counts).is_none() {
+        return add_decoded(into, bytes);
+    }
+    for (index, n) in counts {
+        into.record_n(value_at_index(index), n)
+            .map_err(|e| format!("cannot merge histograms: {e:?}"))?;
+    }
+    Ok(())
+}
+
+/// Sums many stored histograms (the cells of a report) counter by counter, and makes
+/// one histogram of them at the end. Decoding each stored histogram would allocate and
+/// zero a whole counts array (23,552 counters for 1 µs to 1 h) only to add it and drop
+/// it; recording its counts one by one would look up each value's counter again. This
+/// reads the counts off the bytes (the V2 payload lists non-zero counters, runs of empty
+/// ones as one negative number) and adds them into one array.
+pub struct Merger {
+    counts: Vec<u64>,
+    /// What came in another shape (decoded and added the ordinary way).
+    other: Option<Histogram<u64>>,
+    scratch: Vec<(usize, u64)>,
+}
+
+impl Default for Merger {
+    fn default() -> Merger {
+        Merger::new()
+    }
+}
+
+impl Merger {
+    pub fn new() -> Merger {
+        Merger {
+            counts: vec![0; new_histogram().distinct_values()],
+            other: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Adds a histogram written by [`encode`]; bytes that do not parse add nothing and
+    /// are an error.
+    pub fn add_encoded(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.scratch.clear();
+        let fits = read_counts(bytes, &mut self.scratch).is_some()
+            && self.scratch.iter().all(|&(i, _)| i < self.counts.len());
+        if !fits {
+            let other = self.other.get_or_insert_with(new_histogram);
+            return add_decoded(other, bytes);
+        }
+        for &(index, n) in &self.scratch {
+            self.counts[index] = self.counts[index].saturating_add(n);
+        }
+        Ok(())
+    }
+
+    /// The sum, as a histogram.
+    pub fn finish(self) -> Result<Histogram<u64>, String> {
+        let mut h = self.other.unwrap_or_else(new_histogram);
+        for (index, &n) in self.counts.iter().enumerate() {
+            if n > 0 {
+                h.record_n(value_at_index(index), n)
+                    .map_err(|e| format!("cannot merge histograms: {e:?}"))?;
+            }
+        }
+        Ok(h)
+    }
+}
+
+/// Whether `h` has [`new_histogram`]'s shape.
+fn ours(h: &Histogram<u64>) -> bool {
+    h.low() == 1 && h.high() >= MAX_US && h.sigfig() == 3
+}
+
+/// The non-zero counters of bytes of [`new_histogram`]'s shape, into `out` as (counter
+/// index, count); `None` for bytes of any other shape or that do not parse.
+fn read_counts(bytes: &[u8], out: &mut Vec<(usize, u64)>) -> Option<()> {
+    let ours = bytes.len() >= V2_HEADER_LEN
+        && be_u32(&bytes[0..4]) == V2_COOKIE
+        && be_u32(&bytes[8..12]) == 0 // no normalizing offset
+        && be_u32(&bytes[12..16]) == 3
+        && be_u64(&bytes[16..24]) == 1
+        && be_u64(&bytes[24..32]) == MAX_US
+        && f64::from_bits(be_u64(&bytes[32..40])) == 1.0;
+    if !ours {
+        return None;
+    }
+    let payload_len = be_u32(&bytes[4..8]) as usize;
+    let mut payload = bytes.get(V2_HEADER_LEN..V2_HEADER_LEN.checked_add(payload_len)?)?;
+    let mut index: usize = 0;
+    while !payload.is_empty() {
+        let (raw, used) = read_varint(payload)?;
+        payload = &payload[used..];
+        // ZigZag: a negative number is a run of empty counters.
+        let n = (raw >> 1) as i64 ^ -((raw & 1) as i64);
+        if n < 0 {
+            index = index.checked_add(n.unsigned_abs() as usize)?;
+            continue;
+        }
+        if n > 0 {
+            out.push((index, n as u64));
+        }
+        index += 1;
+    }
+    Some(())
+}
+
+fn add_decoded(into: &mut Histogram<u64>, bytes: &[u8]) -> Result<(), String> {
+    into.add(&decode(bytes)?)
+        .map_err(|e| format!("cannot merge histograms: {e:?}"))
+}
+
+/// The value that counter `index` of a [`new_histogram`] counts (its lowest).
+fn value_at_index(index: usize) -> u64 {
+    let bucket = (index >> HALF_BUCKET_MAGNITUDE) as i64 - 1;
+    let sub = (index & (HALF_BUCKET - 1)) + HALF_BUCKET;
+    if bucket < 0 {
+        (sub - HALF_BUCKET) as u64
+    } else {
+        (sub as u64) << bucket
+    }
+}
+
+/// A LEB128 number of at most 9 bytes (the 9th byte whole), as the V2 format writes
+/// them; with how many bytes it took.
+fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut value = 0u64;
+    for (i, &b) in bytes.iter().take(9).enumerate() {
+        if i == 8 {
+            return Some((value | (u64::from(b) << 56), 9));
+        }
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+fn be_u32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,6 +231,62 @@ mod tests {
                 prop_assert_eq!(merged.value_at_quantile(q), all.value_at_quantile(q));
             }
         }
+    }
+
+    proptest! {
+        /// Adding stored bytes equals decoding them and adding the histogram: every
+        /// count lands in the same counter, whatever the values (sub-millisecond to past
+        /// the hour, where values saturate) and however many.
+        #[test]
+        fn adding_the_bytes_equals_adding_the_decoded_histogram(
+            stored in proptest::collection::vec((0u64..5_000_000_000, 1u64..1_000), 0..300),
+            already in proptest::collection::vec(0u64..50_000_000, 0..50),
+        ) {
+            let mut h = new_histogram();
+            for &(v, n) in &stored {
+                h.saturating_record_n(v, n);
+            }
+            let bytes = encode(&h);
+            let mut by_bytes = new_histogram();
+            let mut by_decoding = new_histogram();
+            for &v in &already {
+                by_bytes.saturating_record(v);
+                by_decoding.saturating_record(v);
+            }
+            prop_assert!(read_counts(&bytes, &mut Vec::new()).is_some(), "read as bytes of our shape");
+            add_encoded(&mut by_bytes, &bytes).unwrap();
+            let mut merger = Merger::new();
+            merger.add_encoded(&bytes).unwrap();
+            merger.add_encoded(&encode(&by_decoding)).unwrap();
+            let merged = merger.finish().unwrap();
+            by_decoding.add(decode(&bytes).unwrap()).unwrap();
+            prop_assert_eq!(by_bytes.len(), by_decoding.len());
+            let a: Vec<(u64, u64)> = by_bytes.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
+            let b: Vec<(u64, u64)> = by_decoding.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
+            let m: Vec<(u64, u64)> = merged.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
+            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(m, b);
+        }
+    }
+
+    #[test]
+    fn bytes_of_another_shape_are_decoded_and_bad_bytes_refused() {
+        let mut other = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).unwrap();
+        other.record(1234).unwrap();
+        let mut into = new_histogram();
+        assert!(read_counts(&encode(&other), &mut Vec::new()).is_none());
+        add_encoded(&mut into, &encode(&other)).unwrap();
+        assert_eq!(into.len(), 1);
+        assert!(add_encoded(&mut into, b"not a histogram at all, not even close to one").is_err());
+        add_encoded(&mut into, &[]).unwrap();
+        assert_eq!(into.len(), 1);
+        let mut merger = Merger::new();
+        merger.add_encoded(&encode(&other)).unwrap();
+        merger.add_encoded(&encode(&into)).unwrap();
+        assert!(merger
+            .add_encoded(b"not a histogram at all, not even close to one")
+            .is_err());
+        assert_eq!(merger.finish().unwrap().len(), 2);
     }
 
     #[test]

@@ -16,7 +16,6 @@ use std::str::FromStr;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 use hdrhistogram::Histogram;
 use lastmile_protocol::{CheckKind, ConnectionClass, Phase};
 use serde::{Deserialize, Serialize};
@@ -31,7 +30,6 @@ use crate::histogram;
 use crate::ingest::AggregateRow;
 use crate::objectives::{self, Objective, ObjectiveOutcome};
 use lastmile_storage::checks::Check;
-use lastmile_storage::schema::aggregates;
 use lastmile_storage::DbConn;
 
 /// Resolves `window=1h|24h|7d|30d` or `from`/`to` (default: `24h`).
@@ -411,20 +409,14 @@ pub fn build(conn: &mut DbConn, check: &Check, query: &ReportQuery) -> Result<Re
     let to = to_us(query.to);
     // The previous window holds as many hour buckets as this one.
     let len = (to - from_bucket + HOUR_US - 1).div_euclid(HOUR_US) * HOUR_US;
-    let load_from = if query.compare {
-        from_bucket - len
+    // Day cells where whole rolled-up days fit, unless the report shows hours apart.
+    let days = query.bucket != Some(TimeBucket::Hour);
+    let current = crate::rollups::cells(conn, &check.id, from_bucket, to, days)?;
+    let previous = if query.compare {
+        crate::rollups::cells(conn, &check.id, from_bucket - len, from_bucket, days)?
     } else {
-        from_bucket
+        Vec::new()
     };
-    let rows: Vec<AggregateRow> = aggregates::table
-        .filter(aggregates::check_id.eq(&check.id))
-        .filter(aggregates::bucket_start.ge(load_from))
-        .filter(aggregates::bucket_start.lt(to))
-        .select(AggregateRow::as_select())
-        .load(conn)?;
-    let (current, previous): (Vec<AggregateRow>, Vec<AggregateRow>) = rows
-        .into_iter()
-        .partition(|r| r.bucket_start >= from_bucket);
     let options = MergeOptions {
         confidence: query.confidence,
         objectives: check.objectives(),
@@ -500,34 +492,53 @@ pub struct MergeOptions {
     pub histograms: bool,
 }
 
-/// Merged counts and histograms per group.
+/// Merged counts and histograms per group: every cell's stored histograms summed
+/// counter by counter ([`histogram::Merger`]), each group's made once at the end.
 fn accumulate(
     rows: &[AggregateRow],
     dims: &[Dimension],
     bucket_us: Option<Micros>,
 ) -> Result<BTreeMap<Group, Accumulator>> {
-    let mut groups: BTreeMap<Group, Accumulator> = BTreeMap::new();
+    let mut groups: BTreeMap<Group, (u64, u64, Vec<histogram::Merger>)> = BTreeMap::new();
     for row in rows {
-        let acc = groups
+        let (successes, failures, mergers) = groups
             .entry(group_of(row, dims, bucket_us))
-            .or_insert_with(|| Accumulator {
-                successes: 0,
-                failures: 0,
-                phases: Phase::ALL
-                    .iter()
-                    .map(|p| (*p, histogram::new_histogram()))
-                    .collect(),
+            .or_insert_with(|| {
+                (
+                    0,
+                    0,
+                    Phase::ALL
+                        .iter()
+                        .map(|_| histogram::Merger::new())
+                        .collect(),
+                )
             });
-        acc.successes += row.successes.max(0) as u64;
-        acc.failures += row.failures.max(0) as u64;
-        for (phase, merged) in acc.phases.iter_mut() {
-            let h = histogram::decode(row.hist(*phase)).map_err(Error::Internal)?;
-            merged
-                .add(&h)
-                .map_err(|e| Error::Internal(format!("cannot merge histograms: {e:?}")))?;
+        *successes += row.successes.max(0) as u64;
+        *failures += row.failures.max(0) as u64;
+        for (merger, phase) in mergers.iter_mut().zip(Phase::ALL) {
+            merger
+                .add_encoded(row.hist(phase))
+                .map_err(Error::Internal)?;
         }
     }
-    Ok(groups)
+    groups
+        .into_iter()
+        .map(|(group, (successes, failures, mergers))| {
+            let phases = Phase::ALL
+                .into_iter()
+                .zip(mergers)
+                .map(|(phase, m)| Ok((phase, m.finish().map_err(Error::Internal)?)))
+                .collect::<Result<BTreeMap<_, _>>>()?;
+            Ok((
+                group,
+                Accumulator {
+                    successes,
+                    failures,
+                    phases,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// Merges aggregate rows into report rows grouped by `dims`.

@@ -77,6 +77,9 @@ pub struct ControllerConfig {
     /// that submits results folds them before it answers; this catches the rest),
     /// milliseconds.
     pub fold_interval_ms: u64,
+    /// How often complete days' hour cells are rolled up into day cells, seconds (0:
+    /// never; reports then merge hour cells only).
+    pub rollup_interval_s: u64,
     /// Longest a lease waits for work when the agent asks it to (`wait_s`), seconds.
     pub max_lease_wait_s: u32,
     /// How long an idle keep-alive connection stays open, seconds: longer than the
@@ -115,6 +118,7 @@ impl Default for ControllerConfig {
             max_lease_wait_s: 25,
             keep_alive_s: 75,
             fold_interval_ms: 1_000,
+            rollup_interval_s: 600,
         }
     }
 }

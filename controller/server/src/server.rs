@@ -68,6 +68,7 @@ async fn serve_until(
         Duration::from_millis(state.config.fold_interval_ms),
         stop_rx.clone(),
     ));
+    let rollups = tokio::spawn(rollup_loop(state.clone(), stop_rx.clone()));
     let held_agents = state.presence.clone();
     let scheduler = tokio::spawn(scheduler_loop(state, stop_rx));
 
@@ -79,6 +80,7 @@ async fn serve_until(
     handle.stop(true).await;
     let _ = scheduler.await;
     let _ = payouts.await;
+    let _ = rollups.await;
     // After the server stopped: results accepted last are folded.
     let _ = folder.await;
     // After the server stopped: the last heartbeats it took are written.
@@ -121,6 +123,32 @@ async fn scheduler_loop(state: AppState, mut stop: watch::Receiver<bool>) {
                 }
             }
             Err(e) => tracing::warn!(error = %e, "scheduler pass failed"),
+        }
+    }
+}
+
+/// Every `rollup_interval_s`: rolls up the complete days' hour cells into day cells
+/// (`rollups::roll_up`), the first time soon after start. 0 turns it off.
+async fn rollup_loop(state: AppState, mut stop: watch::Receiver<bool>) {
+    if state.config.rollup_interval_s == 0 {
+        return;
+    }
+    let every = Duration::from_secs(state.config.rollup_interval_s);
+    let mut wait = Duration::from_secs(5).min(every);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        wait = every;
+        let rolled = state
+            .db
+            .run(|c| lastmile_domain::rollups::roll_up(c, clock::now_us()))
+            .await;
+        match rolled {
+            Ok(0) => {}
+            Ok(days) => tracing::info!(days, "rolled up days of hour cells"),
+            Err(e) => tracing::warn!(error = %e, "rollup pass failed"),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The `aggregates` table: per check, hour and (country, region, ASN, class) cell, the
-//! counts and one HdrHistogram per phase, serialized.
+//! counts and one HdrHistogram per phase, serialized; and `aggregate_days`, the same
+//! cells a day long, rolled up from the hours of complete days.
 
 use diesel::prelude::*;
 use lastmile_protocol::Phase;
@@ -7,7 +8,7 @@ use lastmile_protocol::Phase;
 use crate::schema::aggregates;
 
 /// One aggregate row as stored.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable, AsChangeset)]
 #[diesel(table_name = aggregates)]
 pub struct AggregateRow {
     pub check_id: String,
@@ -50,4 +51,62 @@ impl AggregateRow {
             Phase::Total => &mut self.total_hist,
         }
     }
+}
+
+/// A check's day cells starting in `[from, to)`.
+pub fn days(
+    conn: &mut crate::DbConn,
+    check_id: &str,
+    from: i64,
+    to: i64,
+) -> QueryResult<Vec<AggregateRow>> {
+    use crate::schema::aggregate_days as d;
+    // The day table has the hour table's columns: read it into the same row type.
+    d::table
+        .filter(d::check_id.eq(check_id))
+        .filter(d::bucket_start.ge(from))
+        .filter(d::bucket_start.lt(to))
+        .select((
+            d::check_id,
+            d::bucket_start,
+            d::country,
+            d::region,
+            d::asn,
+            d::connection_class,
+            d::successes,
+            d::failures,
+            d::dns_hist,
+            d::connect_hist,
+            d::tls_hist,
+            d::ttfb_hist,
+            d::transfer_hist,
+            d::total_hist,
+        ))
+        .load::<AggregateRow>(conn)
+}
+
+/// Stores day cells (new ones: a day is rolled up once).
+pub fn insert_days(conn: &mut crate::DbConn, rows: &[AggregateRow]) -> QueryResult<()> {
+    use crate::schema::aggregate_days as d;
+    for r in rows {
+        diesel::insert_into(d::table)
+            .values((
+                d::check_id.eq(&r.check_id),
+                d::bucket_start.eq(r.bucket_start),
+                d::country.eq(&r.country),
+                d::region.eq(&r.region),
+                d::asn.eq(r.asn),
+                d::connection_class.eq(&r.connection_class),
+                d::successes.eq(r.successes),
+                d::failures.eq(r.failures),
+                d::dns_hist.eq(&r.dns_hist),
+                d::connect_hist.eq(&r.connect_hist),
+                d::tls_hist.eq(&r.tls_hist),
+                d::ttfb_hist.eq(&r.ttfb_hist),
+                d::transfer_hist.eq(&r.transfer_hist),
+                d::total_hist.eq(&r.total_hist),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
 }

@@ -207,6 +207,32 @@ diesel::table! {
 }
 
 diesel::table! {
+    aggregate_days (check_id, bucket_start, country, region, asn, connection_class) {
+        check_id -> Text,
+        bucket_start -> BigInt,
+        country -> Text,
+        region -> Text,
+        asn -> BigInt,
+        connection_class -> Text,
+        successes -> BigInt,
+        failures -> BigInt,
+        dns_hist -> Binary,
+        connect_hist -> Binary,
+        tls_hist -> Binary,
+        ttfb_hist -> Binary,
+        transfer_hist -> Binary,
+        total_hist -> Binary,
+    }
+}
+
+diesel::table! {
+    aggregate_rollups (check_id) {
+        check_id -> Text,
+        rolled_until -> BigInt,
+    }
+}
+
+diesel::table! {
     isps (id) {
         id -> Text,
         name -> Text,
@@ -386,4 +412,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     results,
     result_flags,
     aggregates,
+    aggregate_days,
+    aggregate_rollups,
 );

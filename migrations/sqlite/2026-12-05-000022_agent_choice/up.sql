@@ -10,3 +10,7 @@ CREATE TABLE check_agents (
     last_run_at BIGINT NOT NULL,
     PRIMARY KEY (check_id, agent_id)
 );
+-- A run's picks read one group's agents: (country, network, class) as the choice
+-- groups them, unknowns as '' and -1.
+CREATE INDEX agents_choice_group ON agents
+    (COALESCE(country, ''), COALESCE(asn, -1), COALESCE(measured_class, declared_class));

@@ -9,8 +9,8 @@
 //!    confidence intervals; then also with three objectives and `compare=previous`),
 //!    against the same percentiles computed by `percentile_cont` over the raw rows.
 //!
-//! Flags: `--results N` (ingest, default 20000), `--raw-rows N` (report, default
-//! 1000000), `--threads N` (default 4), `--pg URL` (admin URL; a scratch database is
+//! Flags: `--results N` (ingest, default 20000; 0 skips it), `--raw-rows N` (report,
+//! default 1000000, spread over 30 days), `--threads N` (default 4), `--pg URL` (admin URL; a scratch database is
 //! created and dropped). Nothing here is a test: it prints figures.
 
 use std::collections::BTreeMap;
@@ -366,7 +366,7 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
          INSERT INTO results (assignment_id, run_id, check_id, agent_id, received_at, started_at, late, status, bytes,
              error_kind, error_message, dns_us, connect_us, tls_us, ttfb_us, transfer_us, total_us, country, region, asn, connection_class)
          SELECT 'bench-' || g, 'bench-run', '{check}', (ARRAY[{agents}])[1 + g % {n_agents}],
-             {now} - (g % 720) * 3600000000 / 24, {now} - (g % 720) * 3600000000 / 24, false, 200, 8192, NULL, NULL,
+             {now} - (g % 720) * 3600000000, {now} - (g % 720) * 3600000000, false, 200, 8192, NULL, NULL,
              1000, 5000, 0, (20000 + (g * 7919) % 400000) / 2, (20000 + (g * 7919) % 400000) / 3, 20000 + (g * 7919) % 400000,
              (ARRAY['DE','US','BR','FR','JP'])[1 + g % 5], (ARRAY['N','S','E'])[1 + g % 3], 64500 + g % 7,
              (ARRAY['dialup','satellite','mobile','dsl','cable','fibre'])[1 + g % 6]
@@ -382,23 +382,20 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
         load.elapsed().as_secs_f64()
     );
 
-    // Aggregates: fold the same rows, as ingest would have, streamed in pages.
+    // Aggregates: fold the same rows, as ingest would have, an hour at a time (a cell
+    // is one hour; holding every cell's histograms at once would not fit in memory).
     let fold = Instant::now();
-    let mut cells: BTreeMap<ingest::AggregateKey, (i64, Vec<Histogram<u64>>)> = BTreeMap::new();
-    let page = 100_000i64;
-    let mut offset = 0i64;
-    loop {
+    let mut cells_written = 0usize;
+    let first_hour = clock::hour_bucket(now - 720 * clock::HOUR_US);
+    for hour in 0..=721i64 {
+        let from = first_hour + hour * clock::HOUR_US;
         let batch: Vec<StoredResult> = results::table
             .filter(results::check_id.eq(&check.id))
-            .order(results::assignment_id)
-            .offset(offset)
-            .limit(page)
+            .filter(results::started_at.ge(from))
+            .filter(results::started_at.lt(from + clock::HOUR_US))
             .select(StoredResult::as_select())
             .load(pg)?;
-        if batch.is_empty() {
-            break;
-        }
-        offset += batch.len() as i64;
+        let mut cells: BTreeMap<ingest::AggregateKey, (i64, Vec<Histogram<u64>>)> = BTreeMap::new();
         for r in &batch {
             let (successes, hists) = cells.entry(ingest::key_of(r)).or_insert_with(|| {
                 (
@@ -414,22 +411,33 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
                 h.saturating_record(v.max(0) as u64);
             }
         }
-    }
-    for (key, (successes, hists)) in &cells {
-        let row = ingest::aggregate_row(
-            key,
-            *successes,
-            0,
-            std::array::from_fn(|i| histogram::encode(&hists[i])),
-        );
-        diesel::insert_into(aggregates::table)
-            .values(&row)
-            .execute(pg)?;
+        let rows: Vec<_> = cells
+            .iter()
+            .map(|(key, (successes, hists))| {
+                ingest::aggregate_row(
+                    key,
+                    *successes,
+                    0,
+                    std::array::from_fn(|i| histogram::encode(&hists[i])),
+                )
+            })
+            .collect();
+        for chunk in rows.chunks(500) {
+            diesel::insert_into(aggregates::table)
+                .values(chunk)
+                .execute(pg)?;
+        }
+        cells_written += rows.len();
     }
     println!(
-        "  folded them into {} aggregate cells in {:.1} s",
-        cells.len(),
+        "  folded them into {cells_written} aggregate cells in {:.1} s",
         fold.elapsed().as_secs_f64()
+    );
+    let roll = Instant::now();
+    let days = lastmile_domain::rollups::roll_up(&mut conn, clock::now_us())?;
+    println!(
+        "  rolled the complete days up into day cells: {days} days in {:.1} s",
+        roll.elapsed().as_secs_f64()
     );
     drop(conn);
 
@@ -470,9 +478,79 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
         reports::build(&mut conn, &with_objectives, &full_query)?;
         full.push(t.elapsed().as_secs_f64() * 1000.0);
     }
+    // Where a report's time goes: reading the cells it merges.
+    let t = Instant::now();
+    let read = lastmile_domain::rollups::cells(
+        &mut *db.conn()?,
+        &check.id,
+        clock::hour_bucket(now - 31 * 24 * clock::HOUR_US),
+        now + clock::HOUR_US,
+        true,
+    )?;
+    let read_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let read_bytes: usize = read
+        .iter()
+        .map(|r| Phase::ALL.iter().map(|p| r.hist(*p).len()).sum::<usize>())
+        .sum();
+    println!(
+        "  the report reads {} cells ({} of them day cells), {:.1} MB of histograms, in {read_ms:.1} ms",
+        read.len(),
+        read.iter().filter(|r| r.bucket_start % lastmile_domain::rollups::DAY_US == 0 && r.bucket_start < clock::hour_bucket(now) - clock::HOUR_US).count(),
+        read_bytes as f64 / 1e6
+    );
+    let t = Instant::now();
+    let mut merger: Vec<histogram::Merger> = Phase::ALL
+        .iter()
+        .map(|_| histogram::Merger::new())
+        .collect();
+    for row in &read {
+        for (m, phase) in merger.iter_mut().zip(Phase::ALL) {
+            m.add_encoded(row.hist(phase)).map_err(anyhow::Error::msg)?;
+        }
+    }
+    let merged: Vec<Histogram<u64>> = merger
+        .into_iter()
+        .map(|m| m.finish().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
+    println!(
+        "  merging them into one histogram per phase: {:.1} ms ({} samples)",
+        t.elapsed().as_secs_f64() * 1000.0,
+        merged[5].len()
+    );
+    // What the merge itself costs: every stored histogram of the window added into
+    // one per phase, by decoding each (what reports did before) and from its bytes.
+    let stored: Vec<lastmile_storage::aggregates::AggregateRow> = aggregates::table
+        .filter(aggregates::check_id.eq(&check.id))
+        .select(lastmile_storage::aggregates::AggregateRow::as_select())
+        .load(&mut *db.conn()?)?;
+    let t = Instant::now();
+    let mut decoded: Vec<Histogram<u64>> = Phase::ALL
+        .iter()
+        .map(|_| histogram::new_histogram())
+        .collect();
+    for row in &stored {
+        for (h, phase) in decoded.iter_mut().zip(Phase::ALL) {
+            h.add(histogram::decode(row.hist(phase)).map_err(anyhow::Error::msg)?)
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+    }
+    let by_decoding = t.elapsed().as_secs_f64() * 1000.0;
+    let t = Instant::now();
+    let mut from_bytes: Vec<Histogram<u64>> = Phase::ALL
+        .iter()
+        .map(|_| histogram::new_histogram())
+        .collect();
+    for row in &stored {
+        for (h, phase) in from_bytes.iter_mut().zip(Phase::ALL) {
+            histogram::add_encoded(h, row.hist(phase)).map_err(anyhow::Error::msg)?;
+        }
+    }
+    let by_bytes = t.elapsed().as_secs_f64() * 1000.0;
+    anyhow::ensure!(decoded == from_bytes, "the two merges disagree");
     let mut from_raw = Vec::new();
     let mut raw = Vec::new();
-    for _ in 0..3 {
+    // percentile_cont over 10M rows takes about a minute: once is enough there.
+    for _ in 0..if rows > 2_000_000 { 1 } else { 3 } {
         let t = Instant::now();
         let mut conn = db.conn()?;
         let DbConn::Pg(pg) = &mut *conn else {
@@ -515,6 +593,11 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
         "percentile_cont over raw rows",
         median(&mut from_raw)
     );
+    println!(
+        "  merging the {} stored cells' 6 histograms: {by_decoding:.1} ms decoding each, \
+         {by_bytes:.1} ms adding their bytes",
+        stored.len()
+    );
     // Agreement check on one row, so the comparison is of equal answers.
     if let (Some(r), Some(row)) = (
         raw.first(),
@@ -545,22 +628,22 @@ pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
         "Ingest: {} results through the full accept path",
         args.results
     );
-    let dir = tempfile::tempdir()?;
-    let sqlite = Db::open(
-        &dir.path().join("bench.db").display().to_string(),
-        args.threads as u32 + 1,
-    )?;
-    let sqlite_rate = bench_ingest(&sqlite, args.results, args.threads)?;
-    let scratch = ScratchPg::create(&args.pg, "ingest")?;
-    let pg = Db::open(&scratch.url, args.threads as u32 + 1)?;
-    let pg_rate = bench_ingest(&pg, args.results, args.threads)?;
-    println!("  {:<12} {:>14}", "backend", "results/s");
-    println!("  {:<12} {:>14.0}", "sqlite", sqlite_rate);
-    println!("  {:<12} {:>14.0}", "postgres", pg_rate);
-    drop(pg);
+    if args.results > 0 {
+        let dir = tempfile::tempdir()?;
+        let sqlite = Db::open(
+            &dir.path().join("bench.db").display().to_string(),
+            args.threads as u32 + 1,
+        )?;
+        let sqlite_rate = bench_ingest(&sqlite, args.results, args.threads)?;
+        let scratch = ScratchPg::create(&args.pg, "ingest")?;
+        let pg = Db::open(&scratch.url, args.threads as u32 + 1)?;
+        let pg_rate = bench_ingest(&pg, args.results, args.threads)?;
+        println!("  {:<12} {:>14}", "backend", "results/s");
+        println!("  {:<12} {:>14.0}", "sqlite", sqlite_rate);
+        println!("  {:<12} {:>14.0}", "postgres", pg_rate);
+    }
 
     println!("\nReport: aggregates vs raw rows on PostgreSQL");
-    drop(scratch);
     let scratch = ScratchPg::create(&args.pg, "report")?;
     let db = Db::open(&scratch.url, 4)?;
     bench_report(&db, args.raw_rows)?;

@@ -1,0 +1,220 @@
+//! Day cells: the hour cells of a complete UTC day merged per (country, region, ASN,
+//! class), so that a report over 30 days merges 30 cells per group instead of 720.
+//!
+//! Hour cells are folded by the time a result was received, so a day's hour cells stop
+//! changing once the day is over and no result received during it is still queued for
+//! folding. [`roll_up`] then merges them into day cells (`aggregate_days`) and moves the
+//! check's `aggregate_rollups.rolled_until` past the day, in one transaction that holds
+//! that row's lock: a day is rolled up once, whichever replica gets there first, and a
+//! reader sees either the hours or the day, never both. The hour cells stay (hourly
+//! charts, the edges of a window). [`cells`] is how reports read: day cells for the
+//! rolled-up days that lie wholly inside the window, hour cells for the rest.
+
+use std::collections::BTreeMap;
+
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Text};
+use lastmile_protocol::Phase;
+
+use crate::clock::{Micros, HOUR_US};
+use crate::error::{Error, Result};
+use crate::histogram;
+use lastmile_storage::aggregates::{self as cells_store, AggregateRow};
+use lastmile_storage::schema::{aggregate_rollups, aggregates, fold_queue};
+use lastmile_storage::{write_tx, DbConn};
+
+/// One UTC day, microseconds.
+pub const DAY_US: Micros = 24 * HOUR_US;
+
+/// How long after its end a day is rolled up at the earliest: results received just
+/// before midnight are folded within seconds; an hour leaves room for a slow pass.
+pub const GRACE_US: Micros = HOUR_US;
+
+/// Most days one pass rolls up per check (a long backlog is worked off over passes).
+const DAYS_PER_PASS: usize = 62;
+
+/// The start of the UTC day holding `us`.
+pub fn day_start(us: Micros) -> Micros {
+    us.div_euclid(DAY_US) * DAY_US
+}
+
+/// Every day before this is complete: over for [`GRACE_US`], and none of its results
+/// still waiting in the fold queue.
+fn complete_until(conn: &mut DbConn, now: Micros) -> Result<Micros> {
+    let oldest_queued: Option<Micros> = fold_queue::table
+        .select(diesel::dsl::min(fold_queue::queued_at))
+        .first(conn)?;
+    let until = day_start(now - GRACE_US);
+    Ok(oldest_queued.map_or(until, |q| until.min(day_start(q))))
+}
+
+#[derive(QueryableByName)]
+struct Pending {
+    #[diesel(sql_type = Text)]
+    check_id: String,
+    #[diesel(sql_type = BigInt)]
+    first: i64,
+}
+
+/// Rolls up the complete days not rolled up yet, of every check; returns how many days.
+pub fn roll_up(conn: &mut DbConn, now: Micros) -> Result<u32> {
+    let complete = complete_until(conn, now)?;
+    let pending: Vec<Pending> = diesel::sql_query(
+        "SELECT a.check_id AS check_id, MIN(a.bucket_start) AS first FROM aggregates a \
+         LEFT JOIN aggregate_rollups r ON r.check_id = a.check_id \
+         WHERE a.bucket_start < $1 AND a.bucket_start >= COALESCE(r.rolled_until, 0) \
+         GROUP BY a.check_id",
+    )
+    .bind::<BigInt, _>(complete)
+    .load(conn)?;
+    let mut rolled = 0;
+    for p in pending {
+        let mut day = day_start(p.first);
+        for _ in 0..DAYS_PER_PASS {
+            if day + DAY_US > complete {
+                break;
+            }
+            roll_up_day(conn, &p.check_id, day)?;
+            rolled += 1;
+            // The next day that has hours (days without any need nothing).
+            let next: Option<Micros> = aggregates::table
+                .filter(aggregates::check_id.eq(&p.check_id))
+                .filter(aggregates::bucket_start.ge(day + DAY_US))
+                .select(diesel::dsl::min(aggregates::bucket_start))
+                .first(conn)?;
+            match next {
+                Some(next) => day = day_start(next),
+                None => break,
+            }
+        }
+    }
+    Ok(rolled)
+}
+
+/// Rolls up one complete day of a check, unless it already is.
+fn roll_up_day(conn: &mut DbConn, check_id: &str, day: Micros) -> Result<()> {
+    write_tx(conn, |c| {
+        // The check's rollup row, locked (SQLite: the single writer holds everything).
+        diesel::sql_query(
+            "INSERT INTO aggregate_rollups (check_id, rolled_until) VALUES ($1, 0) \
+             ON CONFLICT (check_id) DO NOTHING",
+        )
+        .bind::<Text, _>(check_id)
+        .execute(c)?;
+        let find = || {
+            aggregate_rollups::table
+                .find(check_id)
+                .select(aggregate_rollups::rolled_until)
+        };
+        let until: Micros = match c {
+            DbConn::Pg(pg) => find().for_update().first(pg)?,
+            DbConn::Sqlite(sq) => find().first(sq)?,
+        };
+        if until > day {
+            return Ok(());
+        }
+        let hours = hour_cells(c, check_id, day, day + DAY_US)?;
+        cells_store::insert_days(c, &merge_into_days(&hours, day)?)?;
+        diesel::update(aggregate_rollups::table.find(check_id))
+            .set(aggregate_rollups::rolled_until.eq(day + DAY_US))
+            .execute(c)?;
+        Ok::<_, Error>(())
+    })
+}
+
+/// One day's hour cells merged per (country, region, ASN, class), starting at `day`.
+fn merge_into_days(hours: &[AggregateRow], day: Micros) -> Result<Vec<AggregateRow>> {
+    type Key<'a> = (&'a str, &'a str, i64, &'a str);
+    let mut merged: BTreeMap<Key, (i64, i64, Vec<histogram::Merger>)> = BTreeMap::new();
+    for h in hours {
+        let (successes, failures, mergers) = merged
+            .entry((&h.country, &h.region, h.asn, &h.connection_class))
+            .or_insert_with(|| {
+                (
+                    0,
+                    0,
+                    Phase::ALL
+                        .iter()
+                        .map(|_| histogram::Merger::new())
+                        .collect(),
+                )
+            });
+        *successes += h.successes;
+        *failures += h.failures;
+        for (merger, phase) in mergers.iter_mut().zip(Phase::ALL) {
+            merger.add_encoded(h.hist(phase)).map_err(Error::Internal)?;
+        }
+    }
+    let mut days = Vec::with_capacity(merged.len());
+    for ((country, region, asn, class), (successes, failures, mergers)) in merged {
+        let mut row = AggregateRow {
+            check_id: hours[0].check_id.clone(),
+            bucket_start: day,
+            country: country.to_owned(),
+            region: region.to_owned(),
+            asn,
+            connection_class: class.to_owned(),
+            successes,
+            failures,
+            dns_hist: Vec::new(),
+            connect_hist: Vec::new(),
+            tls_hist: Vec::new(),
+            ttfb_hist: Vec::new(),
+            transfer_hist: Vec::new(),
+            total_hist: Vec::new(),
+        };
+        for (merger, phase) in mergers.into_iter().zip(Phase::ALL) {
+            *row.hist_mut(phase) = histogram::encode(&merger.finish().map_err(Error::Internal)?);
+        }
+        days.push(row);
+    }
+    Ok(days)
+}
+
+fn hour_cells(
+    conn: &mut DbConn,
+    check_id: &str,
+    from: Micros,
+    to: Micros,
+) -> Result<Vec<AggregateRow>> {
+    if from >= to {
+        return Ok(Vec::new());
+    }
+    Ok(aggregates::table
+        .filter(aggregates::check_id.eq(check_id))
+        .filter(aggregates::bucket_start.ge(from))
+        .filter(aggregates::bucket_start.lt(to))
+        .select(AggregateRow::as_select())
+        .load(conn)?)
+}
+
+/// A check's cells for the hours `[from, to)`: day cells for the rolled-up days that lie
+/// wholly inside, hour cells for the rest. `days`: whether day cells may be used at all
+/// (not when the caller shows hours apart).
+pub fn cells(
+    conn: &mut DbConn,
+    check_id: &str,
+    from: Micros,
+    to: Micros,
+    days: bool,
+) -> Result<Vec<AggregateRow>> {
+    let rolled_until: Micros = if days {
+        aggregate_rollups::table
+            .find(check_id)
+            .select(aggregate_rollups::rolled_until)
+            .first(conn)
+            .optional()?
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    let first_day = day_start(from + DAY_US - 1);
+    let last_day = day_start(to).min(rolled_until);
+    if first_day >= last_day {
+        return hour_cells(conn, check_id, from, to);
+    }
+    let mut rows = hour_cells(conn, check_id, from, first_day)?;
+    rows.extend(cells_store::days(conn, check_id, first_day, last_day)?);
+    rows.extend(hour_cells(conn, check_id, last_day, to)?);
+    Ok(rows)
+}

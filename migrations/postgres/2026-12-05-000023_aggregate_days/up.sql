@@ -1,0 +1,25 @@
+-- Day cells: the hour cells of one UTC day merged per (country, region, ASN, class), so
+-- that a report over 30 days reads 30 cells per group instead of 720. Written by the
+-- rollup pass (`lastmile_domain::rollups`) once a day is complete; `aggregate_rollups`
+-- says up to when each check's hours are rolled up (all days before `rolled_until`).
+CREATE TABLE aggregate_days (
+    check_id TEXT NOT NULL,
+    bucket_start BIGINT NOT NULL,
+    country TEXT NOT NULL,
+    region TEXT NOT NULL,
+    asn BIGINT NOT NULL,
+    connection_class TEXT NOT NULL,
+    successes BIGINT NOT NULL,
+    failures BIGINT NOT NULL,
+    dns_hist BYTEA NOT NULL,
+    connect_hist BYTEA NOT NULL,
+    tls_hist BYTEA NOT NULL,
+    ttfb_hist BYTEA NOT NULL,
+    transfer_hist BYTEA NOT NULL,
+    total_hist BYTEA NOT NULL,
+    PRIMARY KEY (check_id, bucket_start, country, region, asn, connection_class)
+);
+CREATE TABLE aggregate_rollups (
+    check_id TEXT PRIMARY KEY,
+    rolled_until BIGINT NOT NULL
+);

@@ -1,0 +1,2 @@
+DROP TABLE aggregate_rollups;
+DROP TABLE aggregate_days;
