@@ -16,7 +16,7 @@ use crate::dashboard::{
 };
 use crate::dns::DnsResponder;
 use crate::per_backend;
-use crate::support::{target_site, TestApp, TestDb};
+use crate::support::{count, target_site, TestApp, TestDb};
 
 per_backend!(
     an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_tokens_and_dns,
@@ -100,6 +100,20 @@ fn two_agents(
     vec![spawn_agent(cable), spawn_agent(dsl)]
 }
 
+/// Waits (bounded) until `n` agents are online and calibrated: a run plans only those,
+/// and one that is still calibrating when the run is made would not measure it.
+async fn agents_ready(app: &TestApp, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count(
+        app,
+        "SELECT COUNT(*) AS n FROM agents WHERE calibrated_at IS NOT NULL AND last_heartbeat_at IS NOT NULL",
+    ) < n
+    {
+        assert!(Instant::now() < deadline, "{n} agents not ready within 60 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_tokens_and_dns(
     db: TestDb,
 ) {
@@ -115,6 +129,7 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
     let key = app.volunteer("Volunteer");
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let agents = two_agents(&app, &key, &dirs);
+    agents_ready(&app, 2).await;
 
     let browser = Browser::start(DESKTOP.0, DESKTOP.1).await;
     sign_up(&browser, &app, "owner", "Shop Ltd", "ada@shop.example").await;
@@ -345,6 +360,7 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
     let key = enrol_key_in(&command);
     let dirs = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let agents = two_agents(&app, &key, &dirs);
+    agents_ready(&app, 2).await;
     // Another volunteer with fewer points: six minutes online (one point).
     let other = app.volunteer("Bob");
     app.agent(Ipv4Addr::new(127, 0, 0, 3), &other, "fibre", 1)

@@ -230,22 +230,55 @@ pub fn min_samples(q: f64, confidence: Confidence) -> u64 {
 /// `[low, high]` for the q-quantile of the samples in `h`, in the histogram's units;
 /// `None` when `h` holds too few samples.
 pub fn quantile_interval(h: &Histogram<u64>, q: f64, confidence: Confidence) -> Option<[u64; 2]> {
-    let (l, u) = quantile_ranks(h.len(), q, confidence)?;
-    let low = value_at_rank(h, l)?;
-    let high = value_at_rank(h, u)?;
-    Some([h.lowest_equivalent(low), h.highest_equivalent(high)])
+    quantile_intervals(h, &[q], confidence)[0]
 }
 
-/// The value of the rank-th smallest sample (1-based).
-fn value_at_rank(h: &Histogram<u64>, rank: u64) -> Option<u64> {
+/// [`quantile_interval`] for several quantiles, in one pass over the histogram (a
+/// report asks for four per phase and row; each pass walks every counter).
+pub fn quantile_intervals(
+    h: &Histogram<u64>,
+    qs: &[f64],
+    confidence: Confidence,
+) -> Vec<Option<[u64; 2]>> {
+    let ranks: Vec<Option<(u64, u64)>> = qs
+        .iter()
+        .map(|&q| quantile_ranks(h.len(), q, confidence))
+        .collect();
+    let mut wanted: Vec<u64> = ranks.iter().flatten().flat_map(|&(l, u)| [l, u]).collect();
+    wanted.sort_unstable();
+    wanted.dedup();
+    let values = values_at_ranks(h, &wanted);
+    let at = |rank: u64| {
+        wanted
+            .binary_search(&rank)
+            .ok()
+            .and_then(|i| values.get(i).copied())
+    };
+    ranks
+        .into_iter()
+        .map(|r| {
+            let (l, u) = r?;
+            Some([h.lowest_equivalent(at(l)?), h.highest_equivalent(at(u)?)])
+        })
+        .collect()
+}
+
+/// The values of the rank-th smallest samples (1-based) for ascending `ranks`, as far
+/// as the histogram holds that many samples.
+fn values_at_ranks(h: &Histogram<u64>, ranks: &[u64]) -> Vec<u64> {
+    let mut values = Vec::with_capacity(ranks.len());
     let mut seen = 0u64;
+    let mut next = ranks.iter().peekable();
     for v in h.iter_recorded() {
         seen += v.count_since_last_iteration();
-        if seen >= rank {
-            return Some(v.value_iterated_to());
+        while next.next_if(|&&rank| seen >= rank).is_some() {
+            values.push(v.value_iterated_to());
+        }
+        if next.peek().is_none() {
+            break;
         }
     }
-    None
+    values
 }
 
 /// Clopper-Pearson interval for `successes` out of `n`, as fractions; `None` when n = 0.
@@ -383,6 +416,38 @@ mod tests {
         assert!(p > 0.5, "{p}");
         assert_eq!(two_proportion_p_value(10, 10, 20, 20), Some(1.0));
         assert!((erfc(1.0) - 0.157_299_207).abs() < 1e-6);
+    }
+
+    /// Several intervals in one pass are each the interval asked for alone, whatever
+    /// the sample count (none, too few for some quantiles, many).
+    #[test]
+    fn intervals_in_one_pass_equal_one_at_a_time() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let qs = [0.5, 0.9, 0.95, 0.99];
+        for n in [0usize, 1, 10, 59, 60, 299, 300, 5_000] {
+            let mut h = histogram::new_histogram();
+            for _ in 0..n {
+                h.record(rng.gen_range(1..5_000_000)).unwrap();
+            }
+            for confidence in [Confidence::P90, Confidence::P95, Confidence::P99] {
+                let together = quantile_intervals(&h, &qs, confidence);
+                let alone: Vec<_> = qs
+                    .iter()
+                    .map(|&q| {
+                        let (l, u) = quantile_ranks(h.len(), q, confidence)?;
+                        let nth = |rank: u64| {
+                            let mut seen = 0;
+                            h.iter_recorded().find_map(|v| {
+                                seen += v.count_since_last_iteration();
+                                (seen >= rank).then(|| v.value_iterated_to())
+                            })
+                        };
+                        Some([h.lowest_equivalent(nth(l)?), h.highest_equivalent(nth(u)?)])
+                    })
+                    .collect();
+                assert_eq!(together, alone, "n = {n}");
+            }
+        }
     }
 
     /// Lognormal latencies with known quantiles: over many trials the intervals cover

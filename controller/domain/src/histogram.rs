@@ -75,7 +75,6 @@ pub struct Merger {
     counts: Vec<u64>,
     /// What came in another shape (decoded and added the ordinary way).
     other: Option<Histogram<u64>>,
-    scratch: Vec<(usize, u64)>,
 }
 
 impl Default for Merger {
@@ -89,25 +88,38 @@ impl Merger {
         Merger {
             counts: vec![0; new_histogram().distinct_values()],
             other: None,
-            scratch: Vec::new(),
         }
     }
 
-    /// Adds a histogram written by [`encode`]; bytes that do not parse add nothing and
-    /// are an error.
+    /// Adds a histogram written by [`encode`]. Bytes that do not parse are an error,
+    /// after some of their counts may have been added: the caller drops the merger then
+    /// (a report with a corrupt cell fails as a whole).
     pub fn add_encoded(&mut self, bytes: &[u8]) -> Result<(), String> {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.scratch.clear();
-        let fits = read_counts(bytes, &mut self.scratch).is_some()
-            && self.scratch.iter().all(|&(i, _)| i < self.counts.len());
-        if !fits {
+        let Some(mut payload) = payload_of_ours(bytes) else {
             let other = self.other.get_or_insert_with(new_histogram);
             return add_decoded(other, bytes);
-        }
-        for &(index, n) in &self.scratch {
-            self.counts[index] = self.counts[index].saturating_add(n);
+        };
+        let corrupt = || "corrupt histogram: bad payload".to_owned();
+        let mut index: usize = 0;
+        while !payload.is_empty() {
+            let (raw, used) = read_varint(payload).ok_or_else(corrupt)?;
+            payload = &payload[used..];
+            // ZigZag: a negative number is a run of empty counters.
+            let n = (raw >> 1) as i64 ^ -((raw & 1) as i64);
+            if n < 0 {
+                index = index
+                    .checked_add(n.unsigned_abs() as usize)
+                    .ok_or_else(corrupt)?;
+                continue;
+            }
+            if n > 0 {
+                let counter = self.counts.get_mut(index).ok_or_else(corrupt)?;
+                *counter = counter.saturating_add(n as u64);
+            }
+            index += 1;
         }
         Ok(())
     }
@@ -130,9 +142,8 @@ fn ours(h: &Histogram<u64>) -> bool {
     h.low() == 1 && h.high() >= MAX_US && h.sigfig() == 3
 }
 
-/// The non-zero counters of bytes of [`new_histogram`]'s shape, into `out` as (counter
-/// index, count); `None` for bytes of any other shape or that do not parse.
-fn read_counts(bytes: &[u8], out: &mut Vec<(usize, u64)>) -> Option<()> {
+/// The V2 payload of bytes of [`new_histogram`]'s shape; `None` for any other shape.
+fn payload_of_ours(bytes: &[u8]) -> Option<&[u8]> {
     let ours = bytes.len() >= V2_HEADER_LEN
         && be_u32(&bytes[0..4]) == V2_COOKIE
         && be_u32(&bytes[8..12]) == 0 // no normalizing offset
@@ -144,7 +155,13 @@ fn read_counts(bytes: &[u8], out: &mut Vec<(usize, u64)>) -> Option<()> {
         return None;
     }
     let payload_len = be_u32(&bytes[4..8]) as usize;
-    let mut payload = bytes.get(V2_HEADER_LEN..V2_HEADER_LEN.checked_add(payload_len)?)?;
+    bytes.get(V2_HEADER_LEN..V2_HEADER_LEN.checked_add(payload_len)?)
+}
+
+/// The non-zero counters of bytes of [`new_histogram`]'s shape, into `out` as (counter
+/// index, count); `None` for bytes of any other shape or that do not parse.
+fn read_counts(bytes: &[u8], out: &mut Vec<(usize, u64)>) -> Option<()> {
+    let mut payload = payload_of_ours(bytes)?;
     let mut index: usize = 0;
     while !payload.is_empty() {
         let (raw, used) = read_varint(payload)?;

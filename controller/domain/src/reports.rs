@@ -599,17 +599,20 @@ fn row_of(group: Group, acc: &Accumulator, options: &MergeOptions) -> ReportRow 
 
 /// Percentiles of `h` with their intervals at `confidence`.
 pub fn percentiles(h: &Histogram<u64>, confidence: Confidence) -> Percentiles {
-    let ci = |q: f64| confidence::quantile_interval(h, q, confidence);
+    // One pass for the four values and one for their intervals.
+    let qs = [0.50, 0.90, 0.95, 0.99];
+    let v: Vec<u64> = h.value_at_quantiles(qs).collect();
+    let ci = confidence::quantile_intervals(h, &qs, confidence);
     let mut p = Percentiles {
         samples: h.len(),
-        p50: h.value_at_quantile(0.50),
-        p50_ci: ci(0.50),
-        p90: h.value_at_quantile(0.90),
-        p90_ci: ci(0.90),
-        p95: h.value_at_quantile(0.95),
-        p95_ci: ci(0.95),
-        p99: h.value_at_quantile(0.99),
-        p99_ci: ci(0.99),
+        p50: v[0],
+        p50_ci: ci[0],
+        p90: v[1],
+        p90_ci: ci[1],
+        p95: v[2],
+        p95_ci: ci[2],
+        p99: v[3],
+        p99_ci: ci[3],
         insufficient_samples: false,
         note: None,
     };
