@@ -199,6 +199,14 @@ fn value_at_index(index: usize) -> u64 {
 /// A LEB128 number of at most 9 bytes (the 9th byte whole), as the V2 format writes
 /// them; with how many bytes it took.
 fn read_varint(bytes: &[u8]) -> Option<(u64, usize)> {
+    // Most counts and runs of empty counters fit in one byte.
+    match bytes {
+        [b, ..] if b & 0x80 == 0 => return Some((u64::from(*b), 1)),
+        [b0, b1, ..] if b1 & 0x80 == 0 => {
+            return Some((u64::from(b0 & 0x7f) | (u64::from(*b1) << 7), 2))
+        }
+        _ => {}
+    }
     let mut value = 0u64;
     for (i, &b) in bytes.iter().take(9).enumerate() {
         if i == 8 {
