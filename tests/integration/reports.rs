@@ -20,7 +20,7 @@ per_backend!(
     objectives_are_judged_with_error_budgets_and_intervals,
     windows_buckets_and_comparison_with_the_previous_window,
     merged_histograms_export_round_trips,
-    complete_days_roll_up_into_day_cells_that_report_the_same_figures,
+    complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figures,
 );
 
 /// An app with an owner and a check carrying `objectives`; returns (app, owner, check id).
@@ -393,7 +393,7 @@ async fn merged_histograms_export_round_trips(db: TestDb) {
     app.controller.stop().await.unwrap();
 }
 
-async fn complete_days_roll_up_into_day_cells_that_report_the_same_figures(db: TestDb) {
+async fn complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figures(db: TestDb) {
     use lastmile_domain::rollups::{self, day_start, DAY_US};
     // No background rollup or fold pass: this test decides when they happen.
     let app = TestApp::start_with(&db, |c| {
@@ -434,6 +434,19 @@ async fn complete_days_roll_up_into_day_cells_that_report_the_same_figures(db: T
             true,
         );
     }
+    // A day each 8 to 14 days ago: fourteen days always hold one whole week.
+    for d in 8..=14 {
+        for j in 0..10 {
+            fold(
+                &app,
+                &check,
+                "dsl",
+                today - d * DAY_US + 6 * HOUR_US,
+                60_000 + d * 1_000 + j * 7,
+                true,
+            );
+        }
+    }
     for j in 0..20 {
         fold(&app, &check, "dsl", now, 90_000 + j * 53, true);
     }
@@ -466,8 +479,8 @@ async fn complete_days_roll_up_into_day_cells_that_report_the_same_figures(db: T
     .unwrap();
     assert_eq!(
         rollups::roll_up(&mut conn, now).unwrap(),
-        1,
-        "only three days ago"
+        8,
+        "14 to 8 days ago, and three days ago"
     );
     diesel::sql_query("DELETE FROM fold_queue WHERE assignment_id = 'waiting'")
         .execute(&mut conn)
@@ -484,14 +497,27 @@ async fn complete_days_roll_up_into_day_cells_that_report_the_same_figures(db: T
     );
     drop(conn);
 
-    // One cell per class and day; their counts are the hours'.
-    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM aggregate_days"), 3);
+    // One cell per class and day; their counts are the hours'. At least one week is
+    // whole, and rolled up from its days.
+    let week = 7 * DAY_US;
+    let day_cells = format!("FROM rollup_cells WHERE span_us = {DAY_US}");
     assert_eq!(
-        count(
-            &app,
-            "SELECT CAST(SUM(successes + failures) AS BIGINT) AS n FROM aggregate_days"
-        ),
-        330
+        count(&app, &format!("SELECT COUNT(*) AS n {day_cells}")),
+        10
+    );
+    let samples = "SELECT CAST(COALESCE(SUM(successes + failures), 0) AS BIGINT) AS n";
+    assert_eq!(count(&app, &format!("{samples} {day_cells}")), 400);
+    let week_cells = format!("FROM rollup_cells WHERE span_us = {week}");
+    assert!(count(&app, &format!("SELECT COUNT(*) AS n {week_cells}")) >= 1);
+    let days_in_weeks = format!(
+        "FROM rollup_cells WHERE span_us = {DAY_US} AND EXISTS (SELECT 1 FROM rollup_cells w \
+         WHERE w.span_us = {week} AND rollup_cells.bucket_start >= w.bucket_start \
+         AND rollup_cells.bucket_start < w.bucket_start + {week})"
+    );
+    assert_eq!(
+        count(&app, &format!("{samples} {week_cells}")),
+        count(&app, &format!("{samples} {days_in_weeks}")),
+        "a week cell holds its days"
     );
     assert_eq!(
         count(
@@ -500,22 +526,27 @@ async fn complete_days_roll_up_into_day_cells_that_report_the_same_figures(db: T
         ),
         today - DAY_US
     );
-    // Reports read the day cells now, and say exactly what they said from the hours:
+    // Reports read the week and day cells now, and say exactly what they said from the
+    // hours:
     // the same samples, percentiles, intervals, verdicts, comparison and buckets.
     for (q, was) in queries.iter().zip(&before) {
         assert_eq!(&report(q).await, was, "{q}");
     }
-    // They do read the days: without the rolled-up days' hour cells, reports over
-    // whole days say the same; only the hourly buckets, which need hours, lose them.
+    // They do read the weeks: without the days inside whole weeks, the 30-day report
+    // says the same.
+    diesel::sql_query(format!("DELETE {days_in_weeks}"))
+        .execute(&mut app.db().conn().unwrap())
+        .unwrap();
+    assert_eq!(&report(queries[0]).await, &before[0]);
+    // And the days: without the rolled-up days' hour cells too, it still does; the
+    // hourly buckets, which need hours, lose them.
     diesel::sql_query(format!(
         "DELETE FROM aggregates WHERE bucket_start < {}",
         today - DAY_US
     ))
     .execute(&mut app.db().conn().unwrap())
     .unwrap();
-    for (q, was) in queries[..3].iter().zip(&before) {
-        assert_eq!(&report(q).await, was, "{q}");
-    }
+    assert_eq!(&report(queries[0]).await, &before[0]);
     let hourly = report(queries[3]).await;
     assert_eq!(
         hourly.as_array().unwrap().len(),

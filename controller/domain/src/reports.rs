@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::histogram;
 use crate::ingest::AggregateRow;
 use crate::objectives::{self, Objective, ObjectiveOutcome};
+use crate::rollups::Span;
 use lastmile_storage::checks::Check;
 use lastmile_storage::DbConn;
 
@@ -409,11 +410,15 @@ pub fn build(conn: &mut DbConn, check: &Check, query: &ReportQuery) -> Result<Re
     let to = to_us(query.to);
     // The previous window holds as many hour buckets as this one.
     let len = (to - from_bucket + HOUR_US - 1).div_euclid(HOUR_US) * HOUR_US;
-    // Day cells where whole rolled-up days fit, unless the report shows hours apart.
-    let days = query.bucket != Some(TimeBucket::Hour);
-    let current = crate::rollups::cells(conn, &check.id, from_bucket, to, days)?;
+    // Week and day cells where whole rolled-up spans fit, no longer than the buckets.
+    let longest = match query.bucket {
+        Some(TimeBucket::Hour) => Span::Hour,
+        Some(TimeBucket::Day) => Span::Day,
+        None => Span::Week,
+    };
+    let current = crate::rollups::cells(conn, &check.id, from_bucket, to, longest)?;
     let previous = if query.compare {
-        crate::rollups::cells(conn, &check.id, from_bucket - len, from_bucket, days)?
+        crate::rollups::cells(conn, &check.id, from_bucket - len, from_bucket, longest)?
     } else {
         Vec::new()
     };

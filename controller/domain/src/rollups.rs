@@ -1,14 +1,16 @@
-//! Day cells: the hour cells of a complete UTC day merged per (country, region, ASN,
-//! class), so that a report over 30 days merges 30 cells per group instead of 720.
+//! Day and week cells: the hour cells of a complete UTC day, and the day cells of a
+//! week, merged per (country, region, ASN, class), so that a report over 30 days merges
+//! a few cells per group (its weeks, the days at its ends, today's hours) instead of 720.
 //!
 //! Hour cells are folded by the time a result was received, so a day's hour cells stop
 //! changing once the day is over and no result received during it is still queued for
-//! folding. [`roll_up`] then merges them into day cells (`aggregate_days`) and moves the
-//! check's `aggregate_rollups.rolled_until` past the day, in one transaction that holds
-//! that row's lock: a day is rolled up once, whichever replica gets there first, and a
-//! reader sees either the hours or the day, never both. The hour cells stay (hourly
-//! charts, the edges of a window). [`cells`] is how reports read: day cells for the
-//! rolled-up days that lie wholly inside the window, hour cells for the rest.
+//! folding. [`roll_up`] then merges them into a day cell (`rollup_cells`, `span_us` one
+//! day), and, when that completes a week (weeks are 7-day spans from the Unix epoch),
+//! the week's day cells into a week cell, and moves the check's
+//! `aggregate_rollups.rolled_until` past the day, in one transaction that holds that
+//! row's lock: a span is rolled up once, whichever replica gets there first, and a
+//! reader sees either the finer cells or the coarser one, never both. Finer cells stay
+//! (hourly and daily charts, the edges of a window). [`cells`] is how reports read.
 
 use std::collections::BTreeMap;
 
@@ -26,6 +28,17 @@ use lastmile_storage::{write_tx, DbConn};
 /// One UTC day, microseconds.
 pub const DAY_US: Micros = 24 * HOUR_US;
 
+/// Seven days from the Unix epoch (a Thursday): a week cell's span.
+pub const WEEK_US: Micros = 7 * DAY_US;
+
+/// The longest cells a reader may be given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Span {
+    Hour,
+    Day,
+    Week,
+}
+
 /// How long after its end a day is rolled up at the earliest: results received just
 /// before midnight are folded within seconds; an hour leaves room for a slow pass.
 pub const GRACE_US: Micros = HOUR_US;
@@ -36,6 +49,11 @@ const DAYS_PER_PASS: usize = 62;
 /// The start of the UTC day holding `us`.
 pub fn day_start(us: Micros) -> Micros {
     us.div_euclid(DAY_US) * DAY_US
+}
+
+/// The start of the week (see [`WEEK_US`]) holding `us`.
+pub fn week_start(us: Micros) -> Micros {
+    us.div_euclid(WEEK_US) * WEEK_US
 }
 
 /// Every day before this is complete: over for [`GRACE_US`], and none of its results
@@ -114,7 +132,18 @@ fn roll_up_day(conn: &mut DbConn, check_id: &str, day: Micros) -> Result<()> {
             return Ok(());
         }
         let hours = hour_cells(c, check_id, day, day + DAY_US)?;
-        cells_store::insert_days(c, &merge_into_days(&hours, day)?)?;
+        cells_store::insert_rolled(c, DAY_US, &merge_cells(&hours, day)?)?;
+        // The weeks that ended since the last rolled-up day (days without any hours are
+        // skipped over) and with this one; before the first, no week has day cells.
+        let after = if until == 0 { week_start(day) } else { until };
+        let mut week_end = week_start(after) + WEEK_US;
+        while week_end <= day + DAY_US {
+            let days = cells_store::rolled(c, DAY_US, check_id, week_end - WEEK_US, week_end)?;
+            if !days.is_empty() {
+                cells_store::insert_rolled(c, WEEK_US, &merge_cells(&days, week_end - WEEK_US)?)?;
+            }
+            week_end += WEEK_US;
+        }
         diesel::update(aggregate_rollups::table.find(check_id))
             .set(aggregate_rollups::rolled_until.eq(day + DAY_US))
             .execute(c)?;
@@ -122,11 +151,11 @@ fn roll_up_day(conn: &mut DbConn, check_id: &str, day: Micros) -> Result<()> {
     })
 }
 
-/// One day's hour cells merged per (country, region, ASN, class), starting at `day`.
-fn merge_into_days(hours: &[AggregateRow], day: Micros) -> Result<Vec<AggregateRow>> {
+/// Finer cells merged per (country, region, ASN, class) into cells starting at `start`.
+fn merge_cells(finer: &[AggregateRow], start: Micros) -> Result<Vec<AggregateRow>> {
     type Key<'a> = (&'a str, &'a str, i64, &'a str);
     let mut merged: BTreeMap<Key, (i64, i64, Vec<histogram::Merger>)> = BTreeMap::new();
-    for h in hours {
+    for h in finer {
         let (successes, failures, mergers) = merged
             .entry((&h.country, &h.region, h.asn, &h.connection_class))
             .or_insert_with(|| {
@@ -148,8 +177,8 @@ fn merge_into_days(hours: &[AggregateRow], day: Micros) -> Result<Vec<AggregateR
     let mut days = Vec::with_capacity(merged.len());
     for ((country, region, asn, class), (successes, failures, mergers)) in merged {
         let mut row = AggregateRow {
-            check_id: hours[0].check_id.clone(),
-            bucket_start: day,
+            check_id: finer[0].check_id.clone(),
+            bucket_start: start,
             country: country.to_owned(),
             region: region.to_owned(),
             asn,
@@ -188,17 +217,18 @@ fn hour_cells(
         .load(conn)?)
 }
 
-/// A check's cells for the hours `[from, to)`: day cells for the rolled-up days that lie
-/// wholly inside, hour cells for the rest. `days`: whether day cells may be used at all
-/// (not when the caller shows hours apart).
+/// A check's cells for the hours `[from, to)`: week cells for the rolled-up weeks that
+/// lie wholly inside, day cells for the rolled-up days between them and the window's
+/// ends, hour cells for the rest; nothing longer than `longest` (a report bucketed by
+/// hour or day needs its cells no longer).
 pub fn cells(
     conn: &mut DbConn,
     check_id: &str,
     from: Micros,
     to: Micros,
-    days: bool,
+    longest: Span,
 ) -> Result<Vec<AggregateRow>> {
-    let rolled_until: Micros = if days {
+    let rolled_until: Micros = if longest > Span::Hour {
         aggregate_rollups::table
             .find(check_id)
             .select(aggregate_rollups::rolled_until)
@@ -214,7 +244,23 @@ pub fn cells(
         return hour_cells(conn, check_id, from, to);
     }
     let mut rows = hour_cells(conn, check_id, from, first_day)?;
-    rows.extend(cells_store::days(conn, check_id, first_day, last_day)?);
+    let first_week = week_start(first_day + WEEK_US - 1);
+    let last_week = week_start(last_day);
+    if longest == Span::Week && first_week < last_week {
+        rows.extend(cells_store::rolled(
+            conn, DAY_US, check_id, first_day, first_week,
+        )?);
+        rows.extend(cells_store::rolled(
+            conn, WEEK_US, check_id, first_week, last_week,
+        )?);
+        rows.extend(cells_store::rolled(
+            conn, DAY_US, check_id, last_week, last_day,
+        )?);
+    } else {
+        rows.extend(cells_store::rolled(
+            conn, DAY_US, check_id, first_day, last_day,
+        )?);
+    }
     rows.extend(hour_cells(conn, check_id, last_day, to)?);
     Ok(rows)
 }

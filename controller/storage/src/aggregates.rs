@@ -1,6 +1,6 @@
 //! The `aggregates` table: per check, hour and (country, region, ASN, class) cell, the
-//! counts and one HdrHistogram per phase, serialized; and `aggregate_days`, the same
-//! cells a day long, rolled up from the hours of complete days.
+//! counts and one HdrHistogram per phase, serialized; and `rollup_cells`, the same cells
+//! a day or a week long, rolled up from the hours of complete days.
 
 use diesel::prelude::*;
 use lastmile_protocol::Phase;
@@ -53,17 +53,19 @@ impl AggregateRow {
     }
 }
 
-/// A check's day cells starting in `[from, to)`.
-pub fn days(
+/// A check's rolled-up cells `span_us` long starting in `[from, to)`.
+pub fn rolled(
     conn: &mut crate::DbConn,
+    span_us: i64,
     check_id: &str,
     from: i64,
     to: i64,
 ) -> QueryResult<Vec<AggregateRow>> {
-    use crate::schema::aggregate_days as d;
-    // The day table has the hour table's columns: read it into the same row type.
+    use crate::schema::rollup_cells as d;
+    // Rolled-up cells have the hour table's columns: read them into the same row type.
     d::table
         .filter(d::check_id.eq(check_id))
+        .filter(d::span_us.eq(span_us))
         .filter(d::bucket_start.ge(from))
         .filter(d::bucket_start.lt(to))
         .select((
@@ -85,13 +87,18 @@ pub fn days(
         .load::<AggregateRow>(conn)
 }
 
-/// Stores day cells (new ones: a day is rolled up once).
-pub fn insert_days(conn: &mut crate::DbConn, rows: &[AggregateRow]) -> QueryResult<()> {
-    use crate::schema::aggregate_days as d;
+/// Stores rolled-up cells `span_us` long (new ones: a span is rolled up once).
+pub fn insert_rolled(
+    conn: &mut crate::DbConn,
+    span_us: i64,
+    rows: &[AggregateRow],
+) -> QueryResult<()> {
+    use crate::schema::rollup_cells as d;
     for r in rows {
         diesel::insert_into(d::table)
             .values((
                 d::check_id.eq(&r.check_id),
+                d::span_us.eq(span_us),
                 d::bucket_start.eq(r.bucket_start),
                 d::country.eq(&r.country),
                 d::region.eq(&r.region),

@@ -207,8 +207,9 @@ diesel::table! {
 }
 
 diesel::table! {
-    aggregate_days (check_id, bucket_start, country, region, asn, connection_class) {
+    rollup_cells (check_id, span_us, bucket_start, country, region, asn, connection_class) {
         check_id -> Text,
+        span_us -> BigInt,
         bucket_start -> BigInt,
         country -> Text,
         region -> Text,
@@ -412,6 +413,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     results,
     result_flags,
     aggregates,
-    aggregate_days,
+    rollup_cells,
     aggregate_rollups,
 );

@@ -490,7 +490,7 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
         &check.id,
         clock::hour_bucket(now - 31 * 24 * clock::HOUR_US),
         now + clock::HOUR_US,
-        true,
+        lastmile_domain::rollups::Span::Week,
     )?;
     let read_ms = t.elapsed().as_secs_f64() * 1000.0;
     let read_bytes: usize = read
@@ -498,7 +498,7 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
         .map(|r| Phase::ALL.iter().map(|p| r.hist(*p).len()).sum::<usize>())
         .sum();
     println!(
-        "  the report reads {} cells ({} of them before today: day cells), {:.1} MB of histograms, in {read_ms:.1} ms",
+        "  the report reads {} cells ({} of them before today: week and day cells), {:.1} MB of histograms, in {read_ms:.1} ms",
         read.len(),
         read.iter()
             .filter(|r| r.bucket_start < lastmile_domain::rollups::day_start(now))

@@ -1,2 +1,2 @@
 DROP TABLE aggregate_rollups;
-DROP TABLE aggregate_days;
+DROP TABLE rollup_cells;

@@ -1,9 +1,12 @@
--- Day cells: the hour cells of one UTC day merged per (country, region, ASN, class), so
--- that a report over 30 days reads 30 cells per group instead of 720. Written by the
--- rollup pass (`lastmile_domain::rollups`) once a day is complete; `aggregate_rollups`
--- says up to when each check's hours are rolled up (all days before `rolled_until`).
-CREATE TABLE aggregate_days (
+-- Day and week cells: the hour cells of one UTC day (`span_us` one day), and the day
+-- cells of one week (`span_us` seven days), merged per (country, region, ASN, class),
+-- so that a report over 30 days reads a few cells per group instead of 720. Written by
+-- the rollup pass (`lastmile_domain::rollups`) once a day is complete;
+-- `aggregate_rollups` says up to when each check's hours are rolled up (all days before
+-- `rolled_until`, and every week that ends by then).
+CREATE TABLE rollup_cells (
     check_id TEXT NOT NULL,
+    span_us BIGINT NOT NULL,
     bucket_start BIGINT NOT NULL,
     country TEXT NOT NULL,
     region TEXT NOT NULL,
@@ -17,16 +20,16 @@ CREATE TABLE aggregate_days (
     ttfb_hist BYTEA NOT NULL,
     transfer_hist BYTEA NOT NULL,
     total_hist BYTEA NOT NULL,
-    PRIMARY KEY (check_id, bucket_start, country, region, asn, connection_class)
+    PRIMARY KEY (check_id, span_us, bucket_start, country, region, asn, connection_class)
 );
 CREATE TABLE aggregate_rollups (
     check_id TEXT PRIMARY KEY,
     rolled_until BIGINT NOT NULL
 );
--- A 30-day report reads thousands of day cells, each histogram a few KB, which
+-- A 30-day report reads thousands of rolled-up cells, each histogram a few KB, which
 -- PostgreSQL stores compressed (TOAST): lz4 decompresses several times faster than the
 -- default pglz.
-ALTER TABLE aggregate_days
+ALTER TABLE rollup_cells
     ALTER COLUMN dns_hist SET COMPRESSION lz4,
     ALTER COLUMN connect_hist SET COMPRESSION lz4,
     ALTER COLUMN tls_hist SET COMPRESSION lz4,
