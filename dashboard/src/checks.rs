@@ -222,9 +222,11 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                             option value="equal" selected[f.spread == "equal"] { "Equally" }
                         }
                         p.eligible aria-live="polite" {
-                            @match f.eligible {
-                                Some(n) => { strong #eligible-count { (n) } " agents online match these filters now." }
-                                None => { span #eligible-count {} }
+                            // The live count (eligible.js) rewrites this whole span.
+                            span #eligible-count {
+                                @if let Some(n) = f.eligible {
+                                    strong { (n) } " agents online match these filters now."
+                                }
                             }
                             " "
                             button.secondary type="submit" name="action" value="count" formnovalidate { "Count matching agents" }

@@ -13,7 +13,11 @@
     fetch("/app/checks/eligible?" + q.toString(), { credentials: "same-origin" })
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (j) {
-        if (j) out.textContent = j.eligible + " agents online match these filters now.";
+        if (!j) return;
+        // The same sentence the server renders: the number in bold, the words after it.
+        var n = document.createElement("strong");
+        n.textContent = j.eligible;
+        out.replaceChildren(n, " agents online match these filters now.");
       })
       .catch(function () {});
   }

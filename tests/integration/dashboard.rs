@@ -348,6 +348,9 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
     browser
         .wait_for_text(".eligible", "2 agents online match")
         .await;
+    // Said once: the live count rewrites the sentence, it does not add another.
+    let live = browser.text(".eligible").await;
+    assert_eq!(live.matches("agents online match").count(), 1, "{live}");
     // A page check counts only agents that load pages: the bare agent lists no kinds
     // (an agent from before page loads) and is left out.
     browser.click("#kind option[value=page]").await;
