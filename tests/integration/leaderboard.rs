@@ -115,12 +115,14 @@ async fn the_leaderboard_ranks_volunteers_by_points_as_json_and_csv(db: TestDb) 
     assert_eq!(all["entries"][0]["volunteer"], "Bob", "{all}");
     assert_eq!(all["entries"][0]["points"], 110, "{all}");
     // CSV, for spreadsheets.
-    let csv = reqwest::get(format!("{}/api/v1/leaderboard?format=csv", app.base))
-        .await
-        .unwrap()
-        .text()
+    let answer = reqwest::get(format!("{}/api/v1/leaderboard?format=csv", app.base))
         .await
         .unwrap();
+    assert_eq!(
+        answer.headers()["content-disposition"],
+        "attachment; filename=\"lastmile-leaderboard-week.csv\""
+    );
+    let csv = answer.text().await.unwrap();
     assert!(csv.starts_with("rank,volunteer,points,"), "{csv}");
     assert!(csv.contains("\n1,Ada,20,2,0,0\n"), "{csv}");
     // A period that does not exist is named in the error.

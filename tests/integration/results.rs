@@ -187,6 +187,26 @@ async fn report_merges_results_by_class_and_country_as_json_and_csv(db: TestDb) 
         )
         .await;
     assert_eq!(status, 200);
+    // A download says what to save it as.
+    let answer = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/checks/{check}/report?group_by=connection_class,country&format=csv",
+            app.base
+        ))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .unwrap();
+    let disposition = answer.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    assert!(
+        disposition.starts_with(&format!("attachment; filename=\"lastmile-report-{check}-"))
+            && disposition.ends_with(&format!("-to-{today}.csv\"")),
+        "{disposition}"
+    );
     let csv = csv.as_str().unwrap();
     let mut lines = csv.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();

@@ -428,6 +428,16 @@ pub async fn report(
     Ok(match format {
         "csv" => HttpResponse::Ok()
             .content_type("text/csv; charset=utf-8")
+            // Saved under a name that says what it is: the check and the window's days.
+            .insert_header((
+                "content-disposition",
+                format!(
+                    "attachment; filename=\"lastmile-report-{}-{}-to-{}.csv\"",
+                    report.check.id,
+                    report.window.from.format("%Y-%m-%d"),
+                    report.window.to.format("%Y-%m-%d")
+                ),
+            ))
             .body(reports::to_csv(&report)),
         "hdr" => HttpResponse::Ok()
             .content_type("text/plain; charset=utf-8")

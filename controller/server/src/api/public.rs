@@ -46,6 +46,16 @@ pub async fn leaderboard(
     Ok(if csv {
         HttpResponse::Ok()
             .content_type("text/csv; charset=utf-8")
+            .insert_header((
+                "content-disposition",
+                format!(
+                    "attachment; filename=\"lastmile-leaderboard-{}.csv\"",
+                    match period {
+                        Period::Week => "week",
+                        Period::AllTime => "all-time",
+                    }
+                ),
+            ))
             .body(board::to_csv(&ranked))
     } else {
         HttpResponse::Ok().json(ranked)
