@@ -33,6 +33,7 @@ mod nul_text;
 mod openapi;
 mod page_checks;
 mod presence;
+mod readme;
 mod replicas;
 mod reports;
 mod results;
