@@ -173,14 +173,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
         "Crash Test Shop",
         "crash-test-grant",
     );
-    let (volunteers, keys): (Vec<String>, Vec<String>) = (0..2)
-        .map(|i| {
-            let (v, key) =
-                accounts::create_volunteer(&mut db.conn().unwrap(), &format!("volunteer {i}"))
-                    .unwrap();
-            (v.id, key)
-        })
-        .unzip();
+    let (volunteers, keys) = two_volunteers(&db);
 
     // The target site answers after a think time, so that leases last long enough to
     // be caught.
@@ -196,31 +189,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     let site_id = verified_site(&http, &base, &owner, &site).await;
 
     // Real agents, each from its own address, calibrating their line as they start.
-    let mut agents = Vec::new();
-    let mut spools = Vec::new();
-    for (i, place) in PLACES.iter().enumerate() {
-        let state_dir = dir.path().join(format!("agent-{i}"));
-        spools.push(state_dir.join("spool"));
-        agents.push(spawn_agent(AgentSettings {
-            controller: base.parse().unwrap(),
-            enrol_key: Some(keys[i % keys.len()].clone()),
-            state_dir,
-            name: format!("crash-agent-{i}"),
-            declared_class: ConnectionClass::Fibre,
-            limits: AgentLimits { max_concurrent: 2 },
-            engine: EngineConfig {
-                allow_private: true,
-                source_addr: Some(IpAddr::V4(place.0)),
-                ..EngineConfig::default()
-            },
-            idle_poll: Duration::from_millis(100),
-            calibration_url: None,
-            // The agent's default budget.
-            calibration_bytes_per_day: 20 * 1024 * 1024,
-            volunteer: VolunteerLimits::default(),
-            spool_max_results: spool::DEFAULT_MAX_RESULTS,
-        }));
-    }
+    let agents = PlaceAgents::spawn(&base, &keys, dir.path(), "crash-agent");
     wait_until(
         "all four agents enrolled and calibrated",
         Duration::from_secs(90),
@@ -313,43 +282,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
     // One more run in peace, then no more runs; the agents deliver what they have.
     ask_run(&http, &base, &owner, &check).await;
     runs_asked += 1;
-    let spooled = |spools: &[PathBuf]| -> usize {
-        spools
-            .iter()
-            .map(|s| {
-                Spool::open(s, spool::DEFAULT_MAX_RESULTS)
-                    .unwrap()
-                    .len()
-                    .unwrap()
-            })
-            .sum()
-    };
-    wait_until(
-        "no assignment pending or leased, every spool empty, the site idle",
-        Duration::from_secs(120),
-        || {
-            n(
-                &db,
-                "SELECT COUNT(*) AS n FROM assignments WHERE state IN ('pending', 'leased')",
-            ) == 0
-                && spooled(&spools) == 0
-                && site.connections().open == 0
-        },
-    )
-    .await;
-    for (stop, task) in agents {
-        stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .expect("an agent did not stop within 60 s")
-            .unwrap()
-            .unwrap();
-    }
-    assert_eq!(
-        spooled(&spools),
-        0,
-        "results left in spools after the agents stopped"
-    );
+    agents.deliver_and_stop(&db, &site).await;
     controller.kill();
 
     // Reconcile.
@@ -382,6 +315,110 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
 
     assert_reconciled(&db, measurements, &owner_id, &volunteers, &check);
     drop(db);
+}
+
+/// Two volunteers: their ids and enrolment keys.
+pub(crate) fn two_volunteers(db: &Db) -> (Vec<String>, Vec<String>) {
+    (0..2)
+        .map(|i| {
+            let (v, key) =
+                accounts::create_volunteer(&mut db.conn().unwrap(), &format!("volunteer {i}"))
+                    .unwrap();
+            (v.id, key)
+        })
+        .unzip()
+}
+
+/// Real agents, one from each test place (so each is located by its own address), of
+/// the volunteers with `keys` in turn, declaring fibre and calibrating as they start.
+pub(crate) struct PlaceAgents {
+    agents: Vec<(
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    )>,
+    spools: Vec<PathBuf>,
+}
+
+impl PlaceAgents {
+    /// Starts them against `controller`, their state under `dir`, named `name-<i>`.
+    pub(crate) fn spawn(
+        controller: &str,
+        keys: &[String],
+        dir: &std::path::Path,
+        name: &str,
+    ) -> PlaceAgents {
+        let mut agents = Vec::new();
+        let mut spools = Vec::new();
+        for (i, place) in PLACES.iter().enumerate() {
+            let state_dir = dir.join(format!("agent-{i}"));
+            spools.push(state_dir.join("spool"));
+            agents.push(spawn_agent(AgentSettings {
+                controller: controller.parse().unwrap(),
+                enrol_key: Some(keys[i % keys.len()].clone()),
+                state_dir,
+                name: format!("{name}-{i}"),
+                declared_class: ConnectionClass::Fibre,
+                limits: AgentLimits { max_concurrent: 2 },
+                engine: EngineConfig {
+                    allow_private: true,
+                    source_addr: Some(IpAddr::V4(place.0)),
+                    ..EngineConfig::default()
+                },
+                idle_poll: Duration::from_millis(100),
+                calibration_url: None,
+                // The agent's default budget.
+                calibration_bytes_per_day: 20 * 1024 * 1024,
+                volunteer: VolunteerLimits::default(),
+                spool_max_results: spool::DEFAULT_MAX_RESULTS,
+            }));
+        }
+        PlaceAgents { agents, spools }
+    }
+
+    /// Waits until no assignment is pending or leased, every spool is empty and the
+    /// site is idle (so no more runs must be coming); then stops the agents and asserts
+    /// that they left nothing in their spools.
+    pub(crate) async fn deliver_and_stop(self, db: &Db, site: &TargetSite) {
+        wait_until(
+            "no assignment pending or leased, every spool empty, the site idle",
+            Duration::from_secs(120),
+            || {
+                n(
+                    db,
+                    "SELECT COUNT(*) AS n FROM assignments WHERE state IN ('pending', 'leased')",
+                ) == 0
+                    && spooled(&self.spools) == 0
+                    && site.connections().open == 0
+            },
+        )
+        .await;
+        for (stop, task) in self.agents {
+            stop.send(true).unwrap();
+            tokio::time::timeout(Duration::from_secs(60), task)
+                .await
+                .expect("an agent did not stop within 60 s")
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(
+            spooled(&self.spools),
+            0,
+            "results left in spools after the agents stopped"
+        );
+    }
+}
+
+/// Results waiting in the spools at these paths.
+fn spooled(spools: &[PathBuf]) -> usize {
+    spools
+        .iter()
+        .map(|s| {
+            Spool::open(s, spool::DEFAULT_MAX_RESULTS)
+                .unwrap()
+                .len()
+                .unwrap()
+        })
+        .sum()
 }
 
 /// Asserts what a run of real agents must leave in the database, whatever was killed

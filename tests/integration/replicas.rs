@@ -7,27 +7,20 @@
 //! agent that held its lease), the aggregates and the payments equal to the counted
 //! results, the ledger balanced.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use lastmile_agent::limits::VolunteerLimits;
-use lastmile_agent::measure::EngineConfig;
-use lastmile_agent::runner::AgentSettings;
-use lastmile_agent::spool::{self, Spool};
 use lastmile_controller::config::ControllerConfig;
-use lastmile_domain::accounts;
-use lastmile_protocol::{AgentLimits, ConnectionClass};
 use lastmile_storage::{Backend, Db};
 use lastmile_testbed::site::{SiteConfig, TargetSite};
 use serde_json::json;
 
-use crate::agent_lifecycle::spawn_agent;
 use crate::controller_process::{child_config, fixed_port, ControllerProcess};
 use crate::crash::{
-    assert_reconciled, call, create_check, http_client, n, owner_with_grant, verified_site,
-    wait_until,
+    assert_reconciled, call, create_check, http_client, n, owner_with_grant, two_volunteers,
+    verified_site, wait_until, PlaceAgents,
 };
 use crate::support::{TestDb, PLACES};
 
@@ -164,14 +157,7 @@ async fn three_replicas_behind_haproxy_lose_nothing_when_one_is_killed() {
 
     let (owner_id, owner) =
         owner_with_grant(&mut db.conn().unwrap(), "Replica Shop", "replica-grant");
-    let (volunteers, keys): (Vec<String>, Vec<String>) = (0..2)
-        .map(|i| {
-            let (v, key) =
-                accounts::create_volunteer(&mut db.conn().unwrap(), &format!("volunteer {i}"))
-                    .unwrap();
-            (v.id, key)
-        })
-        .unzip();
+    let (volunteers, keys) = two_volunteers(&db);
     let site = TargetSite::start(
         SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         SiteConfig {
@@ -184,30 +170,7 @@ async fn three_replicas_behind_haproxy_lose_nothing_when_one_is_killed() {
     let site_id = verified_site(&http, &base, &owner, &site).await;
 
     // Real agents from the test places, all talking to the balancer.
-    let mut agents = Vec::new();
-    let mut spools = Vec::new();
-    for (i, place) in PLACES.iter().enumerate() {
-        let state_dir = dir.path().join(format!("agent-{i}"));
-        spools.push(state_dir.join("spool"));
-        agents.push(spawn_agent(AgentSettings {
-            controller: base.parse().unwrap(),
-            enrol_key: Some(keys[i % keys.len()].clone()),
-            state_dir,
-            name: format!("replica-agent-{i}"),
-            declared_class: ConnectionClass::Fibre,
-            limits: AgentLimits { max_concurrent: 2 },
-            engine: EngineConfig {
-                allow_private: true,
-                source_addr: Some(IpAddr::V4(place.0)),
-                ..EngineConfig::default()
-            },
-            idle_poll: Duration::from_millis(100),
-            calibration_url: None,
-            calibration_bytes_per_day: 20 * 1024 * 1024,
-            volunteer: VolunteerLimits::default(),
-            spool_max_results: spool::DEFAULT_MAX_RESULTS,
-        }));
-    }
+    let agents = PlaceAgents::spawn(&base, &keys, dir.path(), "replica-agent");
     wait_until(
         "all four agents enrolled and calibrated through the balancer",
         Duration::from_secs(90),
@@ -301,38 +264,7 @@ async fn three_replicas_behind_haproxy_lose_nothing_when_one_is_killed() {
     )
     .await;
     assert_eq!(status, 200, "{paused}");
-    let spooled = |spools: &[PathBuf]| -> usize {
-        spools
-            .iter()
-            .map(|s| {
-                Spool::open(s, spool::DEFAULT_MAX_RESULTS)
-                    .unwrap()
-                    .len()
-                    .unwrap()
-            })
-            .sum()
-    };
-    wait_until(
-        "no assignment pending or leased, every spool empty, the site idle",
-        Duration::from_secs(120),
-        || {
-            n(
-                &db,
-                "SELECT COUNT(*) AS n FROM assignments WHERE state IN ('pending', 'leased')",
-            ) == 0
-                && spooled(&spools) == 0
-                && site.connections().open == 0
-        },
-    )
-    .await;
-    for (stop, task) in agents {
-        stop.send(true).unwrap();
-        tokio::time::timeout(Duration::from_secs(60), task)
-            .await
-            .expect("an agent did not stop within 60 s")
-            .unwrap()
-            .unwrap();
-    }
+    agents.deliver_and_stop(&db, &site).await;
     for replica in replicas.into_iter().flatten() {
         replica.kill();
     }

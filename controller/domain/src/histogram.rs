@@ -47,24 +47,6 @@ const V2_HEADER_LEN: usize = 40;
 const HALF_BUCKET_MAGNITUDE: u32 = 10;
 const HALF_BUCKET: usize = 1 << HALF_BUCKET_MAGNITUDE;
 
-/// Adds a histogram written by [`encode`] to `into` straight from its bytes, without
-/// building it (see [`Merger`], which does the same for many at once). A histogram of
-/// another shape, or bytes that do not parse, go through [`decode`].
-pub fn add_encoded(into: &mut Histogram<u64>, bytes: &[u8]) -> Result<(), String> {
-    if bytes.is_empty() {
-        return Ok(());
-    }
-    let mut counts = Vec::new();
-    if !ours(into) || read_counts(bytes, &mut counts).is_none() {
-        return add_decoded(into, bytes);
-    }
-    for (index, n) in counts {
-        into.record_n(value_at_index(index), n)
-            .map_err(|e| format!("cannot merge histograms: {e:?}"))?;
-    }
-    Ok(())
-}
-
 /// Sums many stored histograms (the cells of a report) counter by counter, and makes
 /// one histogram of them at the end. Decoding each stored histogram would allocate and
 /// zero a whole counts array (23,552 counters for 1 µs to 1 h) only to add it and drop
@@ -137,11 +119,6 @@ impl Merger {
     }
 }
 
-/// Whether `h` has [`new_histogram`]'s shape.
-fn ours(h: &Histogram<u64>) -> bool {
-    h.low() == 1 && h.high() >= MAX_US && h.sigfig() == 3
-}
-
 /// The V2 payload of bytes of [`new_histogram`]'s shape; `None` for any other shape.
 fn payload_of_ours(bytes: &[u8]) -> Option<&[u8]> {
     let ours = bytes.len() >= V2_HEADER_LEN
@@ -156,28 +133,6 @@ fn payload_of_ours(bytes: &[u8]) -> Option<&[u8]> {
     }
     let payload_len = be_u32(&bytes[4..8]) as usize;
     bytes.get(V2_HEADER_LEN..V2_HEADER_LEN.checked_add(payload_len)?)
-}
-
-/// The non-zero counters of bytes of [`new_histogram`]'s shape, into `out` as (counter
-/// index, count); `None` for bytes of any other shape or that do not parse.
-fn read_counts(bytes: &[u8], out: &mut Vec<(usize, u64)>) -> Option<()> {
-    let mut payload = payload_of_ours(bytes)?;
-    let mut index: usize = 0;
-    while !payload.is_empty() {
-        let (raw, used) = read_varint(payload)?;
-        payload = &payload[used..];
-        // ZigZag: a negative number is a run of empty counters.
-        let n = (raw >> 1) as i64 ^ -((raw & 1) as i64);
-        if n < 0 {
-            index = index.checked_add(n.unsigned_abs() as usize)?;
-            continue;
-        }
-        if n > 0 {
-            out.push((index, n as u64));
-        }
-        index += 1;
-    }
-    Some(())
 }
 
 fn add_decoded(into: &mut Histogram<u64>, bytes: &[u8]) -> Result<(), String> {
@@ -272,24 +227,19 @@ mod tests {
                 h.saturating_record_n(v, n);
             }
             let bytes = encode(&h);
-            let mut by_bytes = new_histogram();
             let mut by_decoding = new_histogram();
             for &v in &already {
-                by_bytes.saturating_record(v);
                 by_decoding.saturating_record(v);
             }
-            prop_assert!(read_counts(&bytes, &mut Vec::new()).is_some(), "read as bytes of our shape");
-            add_encoded(&mut by_bytes, &bytes).unwrap();
             let mut merger = Merger::new();
             merger.add_encoded(&bytes).unwrap();
+            prop_assert!(merger.other.is_none(), "read as bytes of our shape, not decoded");
             merger.add_encoded(&encode(&by_decoding)).unwrap();
             let merged = merger.finish().unwrap();
             by_decoding.add(decode(&bytes).unwrap()).unwrap();
-            prop_assert_eq!(by_bytes.len(), by_decoding.len());
-            let a: Vec<(u64, u64)> = by_bytes.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
             let b: Vec<(u64, u64)> = by_decoding.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
             let m: Vec<(u64, u64)> = merged.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect();
-            prop_assert_eq!(&a, &b);
+            prop_assert_eq!(merged.len(), by_decoding.len());
             prop_assert_eq!(m, b);
         }
     }
@@ -298,16 +248,13 @@ mod tests {
     fn bytes_of_another_shape_are_decoded_and_bad_bytes_refused() {
         let mut other = Histogram::<u64>::new_with_bounds(1, 60_000_000, 2).unwrap();
         other.record(1234).unwrap();
-        let mut into = new_histogram();
-        assert!(read_counts(&encode(&other), &mut Vec::new()).is_none());
-        add_encoded(&mut into, &encode(&other)).unwrap();
-        assert_eq!(into.len(), 1);
-        assert!(add_encoded(&mut into, b"not a histogram at all, not even close to one").is_err());
-        add_encoded(&mut into, &[]).unwrap();
-        assert_eq!(into.len(), 1);
+        let mut ours = new_histogram();
+        ours.record(99).unwrap();
         let mut merger = Merger::new();
         merger.add_encoded(&encode(&other)).unwrap();
-        merger.add_encoded(&encode(&into)).unwrap();
+        assert!(merger.other.is_some(), "another shape is decoded");
+        merger.add_encoded(&encode(&ours)).unwrap();
+        merger.add_encoded(&[]).unwrap();
         assert!(merger
             .add_encoded(b"not a histogram at all, not even close to one")
             .is_err());

@@ -543,15 +543,19 @@ fn bench_report(db: &Db, rows: i64) -> anyhow::Result<()> {
     }
     let by_decoding = t.elapsed().as_secs_f64() * 1000.0;
     let t = Instant::now();
-    let mut from_bytes: Vec<Histogram<u64>> = Phase::ALL
+    let mut mergers: Vec<histogram::Merger> = Phase::ALL
         .iter()
-        .map(|_| histogram::new_histogram())
+        .map(|_| histogram::Merger::new())
         .collect();
     for row in &stored {
-        for (h, phase) in from_bytes.iter_mut().zip(Phase::ALL) {
-            histogram::add_encoded(h, row.hist(phase)).map_err(anyhow::Error::msg)?;
+        for (m, phase) in mergers.iter_mut().zip(Phase::ALL) {
+            m.add_encoded(row.hist(phase)).map_err(anyhow::Error::msg)?;
         }
     }
+    let from_bytes: Vec<Histogram<u64>> = mergers
+        .into_iter()
+        .map(|m| m.finish().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()?;
     let by_bytes = t.elapsed().as_secs_f64() * 1000.0;
     anyhow::ensure!(decoded == from_bytes, "the two merges disagree");
     let mut from_raw = Vec::new();
