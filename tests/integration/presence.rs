@@ -166,6 +166,20 @@ async fn a_waiting_lease_gets_new_work_as_soon_as_it_is_planned(db: TestDb) {
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "with no work the lease waits");
+    // A lease that asks for nothing does not wait for anything (the schema fuzz found
+    // one held for the whole 25 s).
+    let (status, nothing) = tokio::time::timeout(
+        Duration::from_secs(10),
+        app.call(
+            "POST",
+            "/api/v1/agents/lease",
+            Some(&token),
+            Some(json!({"max": 0, "wait_s": 20})),
+        ),
+    )
+    .await
+    .expect("a lease for zero tasks was held");
+    assert_eq!((status, &nothing["tasks"]), (200, &json!([])), "{nothing}");
     let (status, run) = app.ask_run(&owner, &check).await;
     let planned = Instant::now();
     assert_eq!(status, 201, "{run}");

@@ -81,6 +81,11 @@ pub async fn lease(
     max: u32,
     wait: Duration,
 ) -> Result<Vec<Task>, Error> {
+    if max == 0 {
+        // Asks for nothing: there is nothing to wait for (a held answer would only tie
+        // up the connection until `wait` ran out).
+        return Ok(Vec::new());
+    }
     let deadline = tokio::time::Instant::now() + wait;
     // Each round either leases from the database or waits for a wake-up; a wake-up
     // without work for this agent (another took it) comes round again, bounded.
