@@ -57,6 +57,10 @@ mkdir -p "$LASTMILE_DATA_DIR"
 # The fuzz's own site lives on loopback, so site checks must allow private origins.
 export LASTMILE_CONFIG="$work/controller.toml"
 echo "allow_private_sites = true" >"$LASTMILE_CONFIG"
+# A lease may be held as a long poll up to max_lease_wait_s (25 s) when the agent has no
+# work, by design; schemathesis gives up on a request after 10 s (--request-timeout
+# below), so the fuzzed controller holds leases for at most 5 s.
+echo "max_lease_wait_s = 5" >>"$LASTMILE_CONFIG"
 "$controller" migrate >/dev/null 2>&1
 
 # Accounts, by the operator CLI as an operator makes them.
