@@ -37,6 +37,7 @@ mod readme;
 mod replicas;
 mod reports;
 mod results;
+mod retention;
 mod run_results;
 mod run_terms;
 mod site_verification;

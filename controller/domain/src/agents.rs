@@ -230,15 +230,15 @@ fn truncate(s: &str, max: usize) -> String {
 #[derive(Debug, Clone)]
 pub struct AgentActivity {
     pub agent: Agent,
-    /// When its newest result arrived.
+    /// When its newest counted result arrived.
     pub last_result_at: Option<Micros>,
-    /// Results it delivered, ever.
+    /// Results it delivered that were counted (neither late nor flagged), ever.
     pub results: i64,
 }
 
 /// A volunteer's agents, newest first, with their activity.
 pub fn of_volunteer(conn: &mut DbConn, volunteer_id: &str) -> Result<Vec<AgentActivity>> {
-    use lastmile_storage::schema::results;
+    use lastmile_storage::schema::agent_work_days;
     let found: Vec<Agent> = agents::table
         .filter(agents::volunteer_id.eq(volunteer_id))
         .order((agents::enrolled_at.desc(), agents::id))
@@ -246,13 +246,14 @@ pub fn of_volunteer(conn: &mut DbConn, volunteer_id: &str) -> Result<Vec<AgentAc
         .load(conn)?;
     let mut out = Vec::with_capacity(found.len());
     for agent in found {
-        let (last, n): (Option<i64>, i64) = results::table
-            .filter(results::agent_id.eq(&agent.id))
-            .select((
-                diesel::dsl::max(results::received_at),
-                diesel::dsl::count_star(),
-            ))
-            .first(conn)?;
+        // One row per day it worked: summed here, not by SQL (whose SUM of BIGINT is
+        // NUMERIC on PostgreSQL).
+        let days: Vec<(i64, i64)> = agent_work_days::table
+            .filter(agent_work_days::agent_id.eq(&agent.id))
+            .select((agent_work_days::results, agent_work_days::last_at))
+            .load(conn)?;
+        let n = days.iter().map(|d| d.0).sum();
+        let last = days.iter().map(|d| d.1).max();
         out.push(AgentActivity {
             agent,
             last_result_at: last,

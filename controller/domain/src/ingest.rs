@@ -222,12 +222,19 @@ pub fn accept(
     let now = now_us();
     write_tx(conn, |c| {
         let leased = lock_assignments(c, &ids)?;
-        let stored_before: HashMap<String, bool> = results::table
-            .filter(results::assignment_id.eq_any(&ids))
-            .select((results::assignment_id, results::late))
-            .load(c)?
-            .into_iter()
-            .collect();
+        // A result is received after its assignment was created: bounding the time lets
+        // PostgreSQL look in the recent days' partitions only.
+        let stored_before: HashMap<String, bool> = match leased.values().map(|a| a.created_at).min()
+        {
+            None => HashMap::new(),
+            Some(oldest) => results::table
+                .filter(results::assignment_id.eq_any(&ids))
+                .filter(results::received_at.ge(oldest))
+                .select((results::assignment_id, results::late))
+                .load(c)?
+                .into_iter()
+                .collect(),
+        };
         // First what each submission is: answered now (refused, or stored before), or a
         // new result to store (the first of its assignment in this request).
         let mut answers: Vec<Answer> = Vec::with_capacity(subs.len());
@@ -389,16 +396,20 @@ pub struct Folded {
 /// another controller).
 pub fn fold_pending(conn: &mut DbConn, max: i64) -> Result<Folded> {
     write_tx(conn, |c| {
-        let ids = fold_queue::take(c, max)?;
-        if ids.is_empty() {
+        let (ids, Some(oldest)) = fold_queue::take(c, max)? else {
             return Ok(Folded::default());
-        }
+        };
+        // A result is queued in the transaction that receives it (`queued_at` is its
+        // `received_at`): a day's margin still lets PostgreSQL read only the recent
+        // days' partitions.
+        let received_from = oldest - crate::rollups::DAY_US;
         let mut rows: Vec<(StoredResult, String)> = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(lastmile_storage::agents::BATCH_ROWS) {
             rows.extend(
                 results::table
                     .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
                     .filter(results::assignment_id.eq_any(chunk))
+                    .filter(results::received_at.ge(received_from))
                     .select((StoredResult::as_select(), agents::volunteer_id))
                     .load::<(StoredResult, String)>(c)?,
             );
@@ -407,6 +418,7 @@ pub fn fold_pending(conn: &mut DbConn, max: i64) -> Result<Folded> {
             (a.received_at, &a.assignment_id).cmp(&(b.received_at, &b.assignment_id))
         });
         fold_into_cells(c, rows.iter().map(|(r, _)| r))?;
+        crate::leaderboard::add_work(c, rows.iter().map(|(r, _)| r))?;
         let to_pay: Vec<billing::ToPay<'_>> = rows
             .iter()
             .map(|(r, volunteer_id)| billing::ToPay {

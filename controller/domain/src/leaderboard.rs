@@ -11,6 +11,11 @@
 //!        +  1 per 10 s spent measuring        (sum of those results' total time)
 //! ```
 //!
+//! The work terms are read from `agent_work_days` (per agent and UTC day the result was
+//! received on), which [`add_work`] adds to in the transaction that folds the results:
+//! the leaderboard costs O(agents × days), not O(results), and stays the same when raw
+//! results age out (`retention`).
+//!
 //! Each term is rounded down on the volunteer's totals. Time online rewards keeping a
 //! probe available (the network needs standby capacity); measurements reward work; time
 //! spent measuring rewards slow lines, whose measurements cost the volunteer more. Late
@@ -27,7 +32,8 @@ use utoipa::ToSchema;
 
 use crate::clock::{to_datetime, to_us, Micros};
 use crate::error::{Error, Result};
-use lastmile_storage::schema::{agent_uptime, agents, volunteers};
+use lastmile_storage::results::StoredResult;
+use lastmile_storage::schema::{agent_uptime, agent_work_days, agents, volunteers};
 use lastmile_storage::DbConn;
 
 /// Which stretch of time a leaderboard covers.
@@ -90,26 +96,43 @@ pub fn week_start(now: DateTime<Utc>) -> DateTime<Utc> {
     Utc.from_utc_datetime(&monday.and_hms_opt(0, 0, 0).unwrap_or_default())
 }
 
-#[derive(QueryableByName)]
-struct WorkRow {
-    #[diesel(sql_type = Text)]
-    agent_id: String,
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-    #[diesel(sql_type = BigInt)]
-    us: i64,
+/// Adds counted results (folded: neither late nor flagged) to their agents' per-day
+/// tallies, one upsert per agent and day, inside the caller's fold transaction.
+pub fn add_work<'a>(
+    conn: &mut DbConn,
+    counted: impl IntoIterator<Item = &'a StoredResult>,
+) -> Result<()> {
+    // (agent, day) -> (results, measuring µs, last received)
+    let mut days: std::collections::BTreeMap<(&str, i64), (i64, i64, i64)> = Default::default();
+    for r in counted {
+        let t = days
+            .entry((&r.agent_id, r.received_at.div_euclid(DAY_US)))
+            .or_default();
+        t.0 += 1;
+        t.1 += r.total_us.max(0);
+        t.2 = t.2.max(r.received_at);
+    }
+    for ((agent, day), (n, us, last)) in days {
+        diesel::sql_query(
+            "INSERT INTO agent_work_days (agent_id, day, results, measuring_us, last_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (agent_id, day) DO UPDATE SET \
+             results = agent_work_days.results + excluded.results, \
+             measuring_us = agent_work_days.measuring_us + excluded.measuring_us, \
+             last_at = CASE WHEN excluded.last_at > agent_work_days.last_at \
+                       THEN excluded.last_at ELSE agent_work_days.last_at END",
+        )
+        .bind::<Text, _>(agent)
+        .bind::<BigInt, _>(day)
+        .bind::<BigInt, _>(n)
+        .bind::<BigInt, _>(us)
+        .bind::<BigInt, _>(last)
+        .execute(conn)?;
+    }
+    Ok(())
 }
 
-/// Accepted results and their total time per agent since `since`. One SQL text for
-/// both backends: SQLite reads `$1` as a parameter too.
-fn work_since(conn: &mut DbConn, since: Micros) -> Result<Vec<WorkRow>> {
-    Ok(diesel::sql_query(
-        "SELECT agent_id, COUNT(*) AS n, CAST(COALESCE(SUM(total_us), 0) AS BIGINT) AS us \
-         FROM results WHERE NOT late AND NOT flagged AND received_at >= $1 GROUP BY agent_id",
-    )
-    .bind::<BigInt, _>(since)
-    .load(conn)?)
-}
+/// One UTC day, microseconds.
+const DAY_US: Micros = 86_400_000_000;
 
 /// The leaderboard for `period` as of `now`.
 pub fn build(conn: &mut DbConn, period: Period, now: DateTime<Utc>) -> Result<Leaderboard> {
@@ -117,8 +140,7 @@ pub fn build(conn: &mut DbConn, period: Period, now: DateTime<Utc>) -> Result<Le
         Period::Week => Some(week_start(now)),
         Period::AllTime => None,
     };
-    let since = from.map_or(i64::MIN, to_us);
-    let since_day = from.map_or(i64::MIN, |f| to_us(f).div_euclid(86_400_000_000));
+    let since_day = from.map_or(i64::MIN, |f| to_us(f).div_euclid(DAY_US));
 
     let owner_of: HashMap<String, String> = agents::table
         .select((agents::id, agents::volunteer_id))
@@ -142,12 +164,19 @@ pub fn build(conn: &mut DbConn, period: Period, now: DateTime<Utc>) -> Result<Le
             totals.entry(v).or_default().0 += seconds.max(&0).unsigned_abs();
         }
     }
-    let work = work_since(conn, since)?;
-    for row in &work {
-        if let Some(v) = owner_of.get(&row.agent_id) {
+    let work: Vec<(String, i64, i64)> = agent_work_days::table
+        .filter(agent_work_days::day.ge(since_day))
+        .select((
+            agent_work_days::agent_id,
+            agent_work_days::results,
+            agent_work_days::measuring_us,
+        ))
+        .load(conn)?;
+    for (agent, n, us) in &work {
+        if let Some(v) = owner_of.get(agent) {
             let t = totals.entry(v).or_default();
-            t.1 += row.n.max(0).unsigned_abs();
-            t.2 += row.us.max(0).unsigned_abs();
+            t.1 += n.max(&0).unsigned_abs();
+            t.2 += us.max(&0).unsigned_abs();
         }
     }
 

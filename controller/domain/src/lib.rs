@@ -36,6 +36,7 @@ pub mod payments;
 pub mod payouts;
 pub mod presence;
 pub mod reports;
+pub mod retention;
 pub mod rollups;
 pub mod run_results;
 pub mod scheduling;

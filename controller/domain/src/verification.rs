@@ -636,9 +636,13 @@ pub fn record(conn: &mut DbConn, agent: &Agent, r: &StoredResult, flags: &[Flag]
             ))
             .execute(conn)?;
     }
-    diesel::update(results::table.find(&r.assignment_id))
-        .set(results::flagged.eq(true))
-        .execute(conn)?;
+    diesel::update(
+        results::table
+            .filter(results::assignment_id.eq(&r.assignment_id))
+            .filter(results::received_at.eq(r.received_at)),
+    )
+    .set(results::flagged.eq(true))
+    .execute(conn)?;
     tracing::warn!(
         assignment = %r.assignment_id, agent = %agent.id,
         rules = ?flags.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>(),

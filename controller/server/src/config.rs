@@ -80,6 +80,11 @@ pub struct ControllerConfig {
     /// How often complete days' hour cells are rolled up into day cells, seconds (0:
     /// never; reports then merge hour cells only).
     pub rollup_interval_s: u64,
+    /// Whole UTC days before today whose raw results are kept (0: keep them all).
+    /// Older results are removed by the maintenance pass that runs with the rollups
+    /// (on PostgreSQL a whole day's partition at a time); aggregates, reports, money
+    /// and the leaderboard keep what they counted.
+    pub result_retention_days: u32,
     /// Longest a lease waits for work when the agent asks it to (`wait_s`), seconds.
     pub max_lease_wait_s: u32,
     /// How long an idle keep-alive connection stays open, seconds: longer than the
@@ -119,6 +124,7 @@ impl Default for ControllerConfig {
             keep_alive_s: 75,
             fold_interval_ms: 1_000,
             rollup_interval_s: 600,
+            result_retention_days: 90,
         }
     }
 }

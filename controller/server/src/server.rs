@@ -127,13 +127,16 @@ async fn scheduler_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Every `rollup_interval_s`: rolls up the complete days' hour cells into day cells
-/// (`rollups::roll_up`), the first time soon after start. 0 turns it off.
+/// Every `rollup_interval_s`, the first time soon after start: rolls up the complete
+/// days' hour cells into day cells (`rollups::roll_up`), creates the coming days'
+/// results partitions and removes results past `result_retention_days`
+/// (`retention::maintain`). 0 turns it off.
 async fn rollup_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     if state.config.rollup_interval_s == 0 {
         return;
     }
     let every = Duration::from_secs(state.config.rollup_interval_s);
+    let keep_days = Some(state.config.result_retention_days).filter(|d| *d > 0);
     let mut wait = Duration::from_secs(5).min(every);
     loop {
         tokio::select! {
@@ -149,6 +152,20 @@ async fn rollup_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             Ok(0) => {}
             Ok(days) => tracing::info!(days, "rolled up days of hour cells"),
             Err(e) => tracing::warn!(error = %e, "rollup pass failed"),
+        }
+        let kept = state
+            .db
+            .run(move |c| lastmile_domain::retention::maintain(c, clock::now_us(), keep_days))
+            .await;
+        match kept {
+            Ok((_, aged)) if aged == Default::default() => {}
+            Ok((_, aged)) => tracing::info!(
+                days_dropped = aged.days_dropped,
+                results_deleted = aged.results_deleted,
+                flags_deleted = aged.flags_deleted,
+                "raw results past retention removed"
+            ),
+            Err(e) => tracing::warn!(error = %e, "retention pass failed"),
         }
     }
 }

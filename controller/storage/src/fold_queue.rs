@@ -22,22 +22,24 @@ pub fn enqueue(conn: &mut DbConn, rows: &[Queued]) -> QueryResult<()> {
     Ok(())
 }
 
-/// Takes up to `max` queued results, oldest first, for the caller's write transaction.
-/// On PostgreSQL the rows stay locked until it ends and rows another transaction holds
-/// are skipped (`FOR UPDATE SKIP LOCKED`), so several controllers fold side by side
-/// without taking the same result twice. SQLite's single writer does the same by
-/// itself.
-pub fn take(conn: &mut DbConn, max: i64) -> QueryResult<Vec<String>> {
+/// Takes up to `max` queued results, oldest first, for the caller's write transaction:
+/// their assignment ids and when the oldest was queued. On PostgreSQL the rows stay
+/// locked until it ends and rows another transaction holds are skipped (`FOR UPDATE
+/// SKIP LOCKED`), so several controllers fold side by side without taking the same
+/// result twice. SQLite's single writer does the same by itself.
+pub fn take(conn: &mut DbConn, max: i64) -> QueryResult<(Vec<String>, Option<i64>)> {
     let query = || {
         fold_queue::table
             .order(fold_queue::queued_at)
             .limit(max)
-            .select(fold_queue::assignment_id)
+            .select((fold_queue::assignment_id, fold_queue::queued_at))
     };
-    match conn {
-        DbConn::Pg(c) => query().for_update().skip_locked().load(c),
-        DbConn::Sqlite(c) => query().load(c),
-    }
+    let rows: Vec<(String, i64)> = match conn {
+        DbConn::Pg(c) => query().for_update().skip_locked().load(c)?,
+        DbConn::Sqlite(c) => query().load(c)?,
+    };
+    let oldest = rows.first().map(|r| r.1);
+    Ok((rows.into_iter().map(|r| r.0).collect(), oldest))
 }
 
 /// Removes folded results from the queue.

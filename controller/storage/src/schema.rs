@@ -302,6 +302,19 @@ diesel::table! {
 diesel::joinable!(sessions -> logins (login_id));
 
 diesel::table! {
+    /// Each agent's counted results and measuring time per UTC day (migration 000024),
+    /// added to when results are folded; the leaderboard and the agents page read it, so
+    /// raw results can age out.
+    agent_work_days (agent_id, day) {
+        agent_id -> Text,
+        day -> BigInt,
+        results -> BigInt,
+        measuring_us -> BigInt,
+        last_at -> BigInt,
+    }
+}
+
+diesel::table! {
     agent_uptime (agent_id, day) {
         agent_id -> Text,
         day -> BigInt,

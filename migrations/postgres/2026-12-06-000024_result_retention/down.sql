@@ -1,0 +1,13 @@
+ALTER TABLE results RENAME TO results_partitioned;
+CREATE TABLE results (LIKE results_partitioned INCLUDING DEFAULTS);
+INSERT INTO results SELECT * FROM results_partitioned;
+DROP TABLE results_partitioned;
+ALTER TABLE results ADD PRIMARY KEY (assignment_id);
+ALTER TABLE results ADD FOREIGN KEY (assignment_id) REFERENCES assignments(id);
+CREATE INDEX results_check_time ON results (check_id, started_at);
+CREATE INDEX results_fingerprint ON results (total_us, ttfb_us);
+CREATE INDEX results_peers ON results (check_id, asn, connection_class, received_at);
+CREATE INDEX results_run ON results (run_id);
+DELETE FROM result_flags WHERE assignment_id NOT IN (SELECT assignment_id FROM results);
+ALTER TABLE result_flags ADD FOREIGN KEY (assignment_id) REFERENCES results(assignment_id);
+DROP TABLE agent_work_days;

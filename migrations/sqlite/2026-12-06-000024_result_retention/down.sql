@@ -1,0 +1,2 @@
+DROP INDEX results_received;
+DROP TABLE agent_work_days;
