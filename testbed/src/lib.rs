@@ -6,6 +6,7 @@
 //! product a user runs in production; it is what the product is measured against.
 
 pub mod geodb;
+pub mod hooks;
 pub mod link;
 pub mod shop;
 pub mod site;

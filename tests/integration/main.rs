@@ -11,6 +11,7 @@ mod support;
 mod agent_choice;
 mod agent_lifecycle;
 mod agent_rejections;
+mod alerts;
 mod api_errors;
 mod batch_results;
 mod calibration;

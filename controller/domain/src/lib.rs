@@ -16,6 +16,8 @@
 pub mod accounts;
 pub mod agent_choice;
 pub mod agents;
+pub mod alert_delivery;
+pub mod alerts;
 pub mod api_tokens;
 pub mod billing;
 pub mod calibration;
@@ -27,6 +29,7 @@ pub mod dns_verify;
 pub mod error;
 pub mod geo;
 pub mod histogram;
+pub mod incidents;
 pub mod ingest;
 pub mod isp;
 pub mod leaderboard;

@@ -209,22 +209,26 @@ pub const MAX_VERIFY_REDIRECTS: usize = 5;
 /// The most of a verification answer's body that is read: a token is short.
 const MAX_TOKEN_BODY: usize = 4096;
 
+/// An error and every cause under it, joined by ": " (reqwest's own text alone is
+/// "error sending request").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Fetches `url` with the pinned client: its status and (the start of) its body. The
 /// error is the whole cause chain, for the log.
 async fn fetch_token(
     client: &reqwest::Client,
     url: &str,
 ) -> std::result::Result<(reqwest::StatusCode, String), String> {
-    let chain = |e: reqwest::Error| {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
-    };
+    let chain = |e: reqwest::Error| error_chain(&e);
     let mut response = client.get(url).send().await.map_err(chain)?;
     let status = response.status();
     let mut body = Vec::new();
@@ -367,6 +371,12 @@ impl FetchPolicy {
         builder
             .build()
             .map_err(|e| Error::Internal(format!("cannot build the verification client: {e}")))
+    }
+
+    /// A client for posting to `url` (alert webhooks): the same guard as verifying a
+    /// site's origin, its host judged and pinned now.
+    pub async fn guarded_client(&self, url: &str) -> Result<reqwest::Client> {
+        self.client_for(url).await
     }
 
     /// Follows a redirect only to http(s), within the hop limit, and to an IP literal

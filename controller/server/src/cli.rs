@@ -93,6 +93,10 @@ enum Command {
             value_delimiter = ','
         )]
         allow_site_net: Vec<ipnet::IpNet>,
+        /// Whole days before today whose raw results are kept (0: all); reports,
+        /// balances and the leaderboard keep what they counted from older ones.
+        #[arg(long, env = "LASTMILE_RESULT_RETENTION_DAYS")]
+        result_retention_days: Option<u32>,
     },
     /// Apply pending database migrations and exit.
     Migrate,
@@ -340,8 +344,12 @@ pub fn main() -> anyhow::Result<()> {
             dns_nameserver,
             allow_private_sites,
             allow_site_net,
+            result_retention_days,
         } => {
             let mut config = config;
+            if let Some(days) = result_retention_days {
+                config.result_retention_days = days;
+            }
             config.allow_private_sites |= allow_private_sites;
             config.allow_site_nets.extend(allow_site_net);
             if dns_nameserver.is_some() {

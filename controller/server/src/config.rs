@@ -85,6 +85,12 @@ pub struct ControllerConfig {
     /// (on PostgreSQL a whole day's partition at a time); aggregates, reports, money
     /// and the leaderboard keep what they counted.
     pub result_retention_days: u32,
+    /// How often alert rules are judged, milliseconds (0: never). Due alert deliveries
+    /// are sent every second, or this often when it is shorter.
+    pub alert_interval_ms: u64,
+    /// The first retry of a failed alert delivery waits this long, each later one three
+    /// times longer (at most an hour), milliseconds.
+    pub alert_retry_ms: u64,
     /// Longest a lease waits for work when the agent asks it to (`wait_s`), seconds.
     pub max_lease_wait_s: u32,
     /// How long an idle keep-alive connection stays open, seconds: longer than the
@@ -125,6 +131,8 @@ impl Default for ControllerConfig {
             fold_interval_ms: 1_000,
             rollup_interval_s: 600,
             result_retention_days: 90,
+            alert_interval_ms: 10_000,
+            alert_retry_ms: 10_000,
         }
     }
 }

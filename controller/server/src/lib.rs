@@ -24,6 +24,7 @@
 
 pub mod access_log;
 pub mod agent_work;
+pub mod alerting;
 pub mod api;
 pub mod calibration_timing;
 pub mod cli;

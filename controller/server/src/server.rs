@@ -69,6 +69,7 @@ async fn serve_until(
         stop_rx.clone(),
     ));
     let rollups = tokio::spawn(rollup_loop(state.clone(), stop_rx.clone()));
+    let alerts = tokio::spawn(crate::alerting::alert_loop(state.clone(), stop_rx.clone()));
     let held_agents = state.presence.clone();
     let scheduler = tokio::spawn(scheduler_loop(state, stop_rx));
 
@@ -81,6 +82,7 @@ async fn serve_until(
     let _ = scheduler.await;
     let _ = payouts.await;
     let _ = rollups.await;
+    let _ = alerts.await;
     // After the server stopped: results accepted last are folded.
     let _ = folder.await;
     // After the server stopped: the last heartbeats it took are written.

@@ -429,3 +429,85 @@ diesel::allow_tables_to_appear_in_same_query!(
     rollup_cells,
     aggregate_rollups,
 );
+
+diesel::table! {
+    /// Where an owner's alerts go (migration 000025).
+    alert_channels (id) {
+        id -> Text,
+        owner_id -> Text,
+        name -> Text,
+        kind -> Text,
+        target -> Text,
+        secret -> Nullable<Text>,
+        created_at -> BigInt,
+        deleted_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    /// What breaks a check (migration 000025).
+    alert_rules (id) {
+        id -> Text,
+        check_id -> Text,
+        kind -> Text,
+        threshold_percent -> Nullable<Double>,
+        window_s -> BigInt,
+        min_samples -> BigInt,
+        created_at -> BigInt,
+        deleted_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    /// Which channels a rule alerts (migration 000025).
+    alert_rule_channels (rule_id, channel_id) {
+        rule_id -> Text,
+        channel_id -> Text,
+    }
+}
+
+diesel::table! {
+    /// A rule firing, from open to resolved (migration 000025).
+    incidents (id) {
+        id -> Text,
+        check_id -> Text,
+        rule_id -> Text,
+        opened_at -> BigInt,
+        updated_at -> BigInt,
+        resolved_at -> Nullable<BigInt>,
+        summary -> Text,
+        resolution -> Nullable<Text>,
+        fingerprint -> Text,
+        details -> Text,
+    }
+}
+
+diesel::table! {
+    /// The alerts outbox: one row per (incident event, channel) (migration 000025).
+    alert_deliveries (id) {
+        id -> Text,
+        incident_id -> Text,
+        channel_id -> Text,
+        event -> Text,
+        body -> Text,
+        created_at -> BigInt,
+        attempts -> Integer,
+        next_attempt_at -> Nullable<BigInt>,
+        delivered_at -> Nullable<BigInt>,
+        last_status -> Nullable<Integer>,
+        last_error -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(alert_rule_channels -> alert_rules (rule_id));
+diesel::joinable!(alert_rule_channels -> alert_channels (channel_id));
+diesel::joinable!(alert_deliveries -> alert_channels (channel_id));
+diesel::joinable!(alert_deliveries -> incidents (incident_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    alert_channels,
+    alert_rules,
+    alert_rule_channels,
+    incidents,
+    alert_deliveries,
+    checks,
+);

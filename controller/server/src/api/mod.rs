@@ -5,6 +5,7 @@
 //! an actix worker), and answers. Handlers hold no SQL and no business rules.
 
 pub mod agents;
+pub mod alerts;
 pub mod auth;
 pub mod error;
 pub mod isp;
@@ -36,6 +37,8 @@ use utoipa::{Modify, OpenApi};
         isp::list_asns, isp::start_claim, isp::confirm_claim, isp::summary, isp::destinations, isp::series,
         public::leaderboard, ops::flags,
         payments::checkout, payments::webhook, payments::onboarding, payments::list_payouts,
+        alerts::create_channel, alerts::list_channels, alerts::delete_channel, alerts::list_deliveries,
+        alerts::create_rule, alerts::list_rules, alerts::delete_rule, alerts::list_incidents, alerts::get_incident,
     ),
     components(schemas(
         lastmile_protocol::ApiError, lastmile_protocol::Location, lastmile_protocol::Phase,
@@ -49,6 +52,7 @@ use utoipa::{Modify, OpenApi};
         (name = "sites", description = "Sites and their ownership verification"),
         (name = "checks", description = "Checks and their runs"),
         (name = "reports", description = "SLA reports"),
+        (name = "alerts", description = "Alert channels, rules on checks, incidents"),
         (name = "leaderboard", description = "Volunteers ranked by points, public"),
         (name = "isp", description = "ISPs: SLA views of their own networks, rate limited, with ETags"),
         (name = "ops", description = "Health, metrics, this document; operators (admin token): flagged results"),
@@ -329,6 +333,15 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(payments::webhook)
             .service(payments::onboarding)
             .service(payments::list_payouts)
+            .service(alerts::create_channel)
+            .service(alerts::list_channels)
+            .service(alerts::delete_channel)
+            .service(alerts::list_deliveries)
+            .service(alerts::create_rule)
+            .service(alerts::list_rules)
+            .service(alerts::delete_rule)
+            .service(alerts::list_incidents)
+            .service(alerts::get_incident)
             .wrap(actix_web::middleware::from_fn(crate::nul_text::json_bodies)),
     )
     .default_service(web::to(error::no_route));
