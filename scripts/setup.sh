@@ -51,4 +51,16 @@ if ! "$fuzz_venv/bin/schemathesis" --version 2>/dev/null | grep -qx "schemathesi
   "$fuzz_venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$schemathesis_version"
 fi
 
+# aiosmtpd, the SMTP server the alert email tests start, pinned, in a venv of its own
+# (scripts/smtp-venv.sh names it).
+aiosmtpd_version=1.4.6
+smtp_venv="$(bash scripts/smtp-venv.sh)"
+if ! "$smtp_venv/bin/python" -c "import aiosmtpd, sys; sys.exit(aiosmtpd.__version__ != '$aiosmtpd_version')" 2>/dev/null; then
+  echo "setup: installing aiosmtpd $aiosmtpd_version into $smtp_venv"
+  rm -rf "$smtp_venv"
+  mkdir -p "$(dirname "$smtp_venv")"
+  python3 -m venv "$smtp_venv"
+  "$smtp_venv/bin/pip" install --quiet --disable-pip-version-check "aiosmtpd==$aiosmtpd_version"
+fi
+
 bash scripts/fetch-test-data.sh

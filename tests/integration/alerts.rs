@@ -20,7 +20,95 @@ use crate::support::{target_site, TestApp, TestDb};
 per_backend!(
     incidents_open_once_are_delivered_signed_and_retried_and_resolve_with_a_message,
     a_run_without_eligible_agents_alerts_and_channels_refuse_what_they_cannot_send_to,
+    email_alerts_reach_a_real_smtp_server,
 );
+
+/// A real SMTP server: Python's aiosmtpd (installed by `scripts/setup.sh`), keeping what
+/// it receives in a maildir.
+struct SmtpServer {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl SmtpServer {
+    fn start() -> SmtpServer {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/smtp-venv.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .output()
+            .unwrap();
+        let venv = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+        let python = format!("{venv}/bin/python");
+        assert!(
+            std::path::Path::new(&python).exists(),
+            "no aiosmtpd venv at {venv}: run scripts/setup.sh"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(python)
+            .args(["-m", "aiosmtpd", "-n", "-l", &format!("127.0.0.1:{port}")])
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(dir.path().join("mail"))
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = SmtpServer { child, port, dir };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return server;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("aiosmtpd did not listen on {port}");
+    }
+
+    /// The messages received so far, raw.
+    fn messages(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(self.dir.path().join("mail/new")) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+            .collect()
+    }
+}
+
+/// A stored message with its headers unfolded and its quoted-printable body decoded.
+fn readable(raw: &str) -> String {
+    let text = raw
+        .replace("\r\n", "\n")
+        .replace("\n ", " ")
+        .replace("=\n", "");
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find('=') {
+        out.push_str(&rest[..i]);
+        match u8::from_str_radix(rest.get(i + 1..i + 3).unwrap_or("--"), 16) {
+            Ok(byte) => {
+                out.push(char::from(byte));
+                rest = &rest[i + 3..];
+            }
+            Err(_) => {
+                out.push('=');
+                rest = &rest[i + 1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -445,5 +533,87 @@ async fn a_run_without_eligible_agents_alerts_and_channels_refuse_what_they_cann
         )
         .await;
     assert_eq!(status, 404);
+    app.controller.stop().await.unwrap();
+}
+
+async fn email_alerts_reach_a_real_smtp_server(db: TestDb) {
+    let smtp = SmtpServer::start();
+    let port = smtp.port;
+    let app = TestApp::start_with(&db, |c| {
+        c.scheduler_tick_ms = 3_600_000;
+        c.alert_interval_ms = 150;
+        c.alert_retry_ms = 200;
+        c.smtp_url = Some(format!("smtp://127.0.0.1:{port}"));
+        c.mail_from = "Lastmile alerts <alerts@lastmile.test>".into();
+    })
+    .await;
+    let site = target_site().await;
+    let owner = app.owner("owner");
+    let key = app.volunteer("volunteer");
+    let agent = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
+    let site_id = app.verified_site(&owner, &site).await;
+    let check = app
+        .create_check(
+            &owner,
+            json!({"site_id": site_id, "url": format!("{}/", site.origin()), "name": "Shop home",
+                "selection": {"agents_per_run": 1}}),
+        )
+        .await;
+    let check = check["id"].as_str().unwrap().to_owned();
+    for _ in 0..3 {
+        let task = app.run_and_lease(&owner, &check, &agent).await["assignment_id"].clone();
+        let mut result = submission(&task, 40_000);
+        result["measurement"]["status"] = Value::Null;
+        result["measurement"]["error"] = json!({"kind": "connect_refused", "message": "refused"});
+        let (status, ack) = app.submit(&agent, result).await;
+        assert_eq!(status, 200, "{ack}");
+    }
+    let channel = post(
+        &app,
+        &owner,
+        "/api/v1/alert-channels",
+        json!({"name": "me", "kind": "email", "email": "oncall@shop.test"}),
+    )
+    .await;
+    assert_eq!(channel["target"], "oncall@shop.test");
+    post(
+        &app,
+        &owner,
+        &format!("/api/v1/checks/{check}/alert-rules"),
+        json!({"kind": "availability_below", "threshold_percent": 99.5, "channels": [channel["id"]]}),
+    )
+    .await;
+    let mut mail = Vec::new();
+    for _ in 0..200 {
+        mail = smtp.messages();
+        if !mail.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(mail.len(), 1, "{mail:?}");
+    let message = readable(&mail[0]);
+    for expected in [
+        "Subject: [Lastmile] Incident opened on Shop home: Availability 0 % over the last 15 min (3 of 3 measurements failed), below 99.5 %",
+        "From: \"Lastmile alerts\" <alerts@lastmile.test>",
+        "To: oncall@shop.test",
+        "X-RcptTo: oncall@shop.test",
+        "Content-Type: text/plain; charset=utf-8",
+        "What broke: Availability 0 % over the last 15 min (3 of 3 measurements failed), below 99.5 %",
+        &format!("Check: Shop home ({check})"),
+    ] {
+        assert!(message.contains(expected), "{expected:?} not in {message}");
+    }
+    let (_, log) = app
+        .get(
+            &format!(
+                "/api/v1/alert-channels/{}/deliveries",
+                channel["id"].as_str().unwrap()
+            ),
+            &owner,
+        )
+        .await;
+    assert_eq!(log[0]["state"], "delivered", "{log}");
+    assert_eq!(log[0]["attempts"], 1, "{log}");
     app.controller.stop().await.unwrap();
 }

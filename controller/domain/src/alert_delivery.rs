@@ -279,6 +279,13 @@ async fn send(sender: &Sender, d: &Delivery, channel: &Channel) -> Attempt {
             post(sender, &channel.target, &d.body, &headers).await
         }
         Some(ChannelKind::Slack) => post(sender, &channel.target, &d.body, &[]).await,
+        Some(ChannelKind::Email) if !sender.mailer.delivers() => Attempt {
+            status: None,
+            error: Some(
+                "this controller has no SMTP relay configured (smtp_url): the mail was not sent"
+                    .into(),
+            ),
+        },
         Some(ChannelKind::Email) => {
             let body: serde_json::Value = serde_json::from_str(&d.body).unwrap_or_default();
             let (to, subject, text) = (

@@ -177,8 +177,14 @@ fn email_address(raw: Option<&str>) -> Result<String> {
     Ok(raw.to_owned())
 }
 
-/// Makes a channel for `owner_id`. A webhook's answer carries its secret, once.
-pub fn create_channel(conn: &mut DbConn, owner_id: &str, new: &NewChannel) -> Result<ChannelView> {
+/// Makes a channel for `owner_id`. A webhook's answer carries its secret, once. An email
+/// channel needs `can_email`: a controller with an SMTP relay.
+pub fn create_channel(
+    conn: &mut DbConn,
+    owner_id: &str,
+    new: &NewChannel,
+    can_email: bool,
+) -> Result<ChannelView> {
     let name = new.name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(Error::invalid(
@@ -206,7 +212,15 @@ pub fn create_channel(conn: &mut DbConn, owner_id: &str, new: &NewChannel) -> Re
                     "an email channel takes an `email`, not a `url`",
                 ));
             }
-            email_address(new.email.as_deref())?
+            let address = email_address(new.email.as_deref())?;
+            if !can_email {
+                return Err(Error::invalid(
+                    "email_unavailable",
+                    "this controller has no SMTP relay configured (smtp_url), so it cannot send \
+                     email alerts; use a webhook or Slack channel, or ask its operator",
+                ));
+            }
+            address
         }
     };
     let secret = (new.kind == ChannelKind::Webhook).then(|| crate::accounts::new_secret("whsec_"));

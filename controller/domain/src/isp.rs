@@ -129,6 +129,12 @@ fn list_asns(asns: &[u32]) -> String {
 pub trait Mailer: Send + Sync {
     /// Sends one message.
     fn send(&self, to: &str, subject: &str, body: &str) -> std::result::Result<(), String>;
+
+    /// Whether mail reaches the addressee (false for [`LogMailer`]: email alert channels
+    /// are refused, since nothing would arrive).
+    fn delivers(&self) -> bool {
+        true
+    }
 }
 
 /// Writes every message to the log instead of sending it.
@@ -139,6 +145,10 @@ impl Mailer for LogMailer {
     fn send(&self, to: &str, subject: &str, body: &str) -> std::result::Result<(), String> {
         tracing::info!(%to, %subject, %body, "mail (log delivery)");
         Ok(())
+    }
+
+    fn delivers(&self) -> bool {
+        false
     }
 }
 

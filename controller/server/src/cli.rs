@@ -57,6 +57,14 @@ struct Cli {
     /// onboarding (default http://<listen>).
     #[arg(long, global = true, env = "LASTMILE_PUBLIC_URL")]
     public_url: Option<String>,
+    /// SMTP relay for alert emails and ISP ownership codes: smtp://host:25,
+    /// smtp://host:587?tls=required, smtps://user:password@host:465. Unset: mail goes to
+    /// the log and email alert channels are refused.
+    #[arg(long, global = true, env = "LASTMILE_SMTP_URL", hide_env_values = true)]
+    smtp_url: Option<String>,
+    /// Sender of the controller's mail (default `Lastmile <lastmile@localhost>`).
+    #[arg(long, global = true, env = "LASTMILE_MAIL_FROM")]
+    mail_from: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -196,6 +204,12 @@ fn load_config(cli: &Cli) -> anyhow::Result<ControllerConfig> {
     }
     if let Some(dir) = &cli.data_dir {
         config.data_dir = dir.clone();
+    }
+    if cli.smtp_url.is_some() {
+        config.smtp_url = cli.smtp_url.clone();
+    }
+    if let Some(from) = &cli.mail_from {
+        config.mail_from = from.clone();
     }
     let stripe = &mut config.stripe;
     if cli.stripe_secret_key.is_some() {

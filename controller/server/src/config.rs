@@ -91,6 +91,12 @@ pub struct ControllerConfig {
     /// The first retry of a failed alert delivery waits this long, each later one three
     /// times longer (at most an hour), milliseconds.
     pub alert_retry_ms: u64,
+    /// The SMTP relay for alert emails and ISP ownership codes: `smtp://host:25`,
+    /// `smtp://host:587?tls=required` (STARTTLS), `smtps://user:password@host:465`.
+    /// Unset: mail is written to the log and email alert channels are refused.
+    pub smtp_url: Option<String>,
+    /// The sender of that mail.
+    pub mail_from: String,
     /// Longest a lease waits for work when the agent asks it to (`wait_s`), seconds.
     pub max_lease_wait_s: u32,
     /// How long an idle keep-alive connection stays open, seconds: longer than the
@@ -133,6 +139,8 @@ impl Default for ControllerConfig {
             result_retention_days: 90,
             alert_interval_ms: 10_000,
             alert_retry_ms: 10_000,
+            smtp_url: None,
+            mail_from: "Lastmile <lastmile@localhost>".into(),
         }
     }
 }

@@ -35,6 +35,7 @@ pub mod metrics;
 pub mod nul_text;
 pub mod rate_limit;
 pub mod server;
+pub mod smtp;
 pub mod state;
 pub mod web;
 

@@ -25,7 +25,7 @@ pub struct AppState {
     pub isp_quota: Arc<RateLimiter>,
     /// Dashboard sign-in attempts (guessing passwords is slow on purpose).
     pub sign_in_quota: Arc<RateLimiter>,
-    /// Delivers ASN ownership codes.
+    /// Delivers ASN ownership codes and alert emails.
     pub mailer: Arc<dyn Mailer>,
     /// Stripe's API, when a secret key is configured.
     pub stripe: Option<Arc<StripeApi>>,
@@ -46,6 +46,12 @@ impl AppState {
         let db = Db::open(&config.effective_database_url(), config.max_db_connections)?;
         let geo = Geo::open(&config.geo)?;
         let stripe = StripeApi::from_config(&config.stripe)?.map(Arc::new);
+        let mailer: Arc<dyn Mailer> = match &config.smtp_url {
+            Some(url) if !url.is_empty() => {
+                Arc::new(crate::smtp::SmtpMailer::new(url, &config.mail_from)?)
+            }
+            _ => Arc::new(LogMailer),
+        };
         Ok(AppState {
             stripe,
             db,
@@ -53,7 +59,7 @@ impl AppState {
             policy: config.scheduling_policy(),
             isp_quota: Arc::new(RateLimiter::new(config.isp_requests_per_minute)),
             sign_in_quota: Arc::new(RateLimiter::new(config.sign_in_attempts_per_minute)),
-            mailer: Arc::new(LogMailer),
+            mailer,
             calibrations: Arc::default(),
             presence: Arc::new(lastmile_domain::presence::Presence::new(
                 config.scheduling_policy().online_window_us,

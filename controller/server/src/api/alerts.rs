@@ -24,9 +24,10 @@ pub async fn create_channel(
     AuthOwner(owner): AuthOwner,
     body: web::Json<NewChannel>,
 ) -> Result<HttpResponse, Failure> {
+    let can_email = state.mailer.delivers();
     let channel = state
         .db
-        .run(move |c| alerts::create_channel(c, &owner.id, &body))
+        .run(move |c| alerts::create_channel(c, &owner.id, &body, can_email))
         .await?;
     Ok(HttpResponse::Created().json(channel))
 }
