@@ -2,6 +2,7 @@
 
 use maud::{html, Markup};
 
+use crate::alerts::CheckAlerts;
 use crate::layout::{column_heads, csrf_field, error_box, page, Nav};
 
 /// Connection classes offered as selection filters, in speed order.
@@ -275,7 +276,16 @@ pub struct CheckDetail {
     pub price: String,
 }
 
-pub fn detail(nav: &Nav, c: &CheckDetail, runs: &[RunItem], error: Option<&str>) -> Markup {
+/// A check's page. `error` is shown at the top; `rule_error` by the form that adds an
+/// alert rule.
+pub fn detail(
+    nav: &Nav,
+    c: &CheckDetail,
+    runs: &[RunItem],
+    alerts: &CheckAlerts,
+    error: Option<&str>,
+    rule_error: Option<&str>,
+) -> Markup {
     page(
         &c.name,
         Some(nav),
@@ -288,6 +298,7 @@ pub fn detail(nav: &Nav, c: &CheckDetail, runs: &[RunItem], error: Option<&str>)
                 }
             }
             (error_box(error))
+            (crate::alerts::open_banner(alerts))
             dl.facts {
                 dt { "URL" } dd { code { (c.url) } }
                 dt { "Measures" } dd { (c.kind) }
@@ -336,6 +347,7 @@ pub fn detail(nav: &Nav, c: &CheckDetail, runs: &[RunItem], error: Option<&str>)
                     }
                 }
             }
+            (crate::alerts::check_section(nav, &c.id, alerts, rule_error))
         },
     )
 }

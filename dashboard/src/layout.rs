@@ -41,6 +41,7 @@ pub fn page(title: &str, nav: Option<&Nav>, body: Markup) -> Markup {
                                 Role::Owner => {
                                     a href="/app/sites" { "Sites" }
                                     a href="/app/checks" { "Checks" }
+                                    a href="/app/alerts" { "Alerts" }
                                     a href="/app/tokens" { "API tokens" }
                                 }
                                 Role::Volunteer => {

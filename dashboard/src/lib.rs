@@ -8,6 +8,7 @@
 //! module authenticates, calls the same domain functions as the JSON API, and hands the
 //! results here.
 
+pub mod alerts;
 pub mod auth;
 pub mod charts;
 pub mod checks;

@@ -19,6 +19,7 @@ mod cheating;
 mod crash;
 mod currency;
 mod dashboard;
+mod dashboard_alerts;
 mod dashboard_money;
 mod dashboard_pages;
 mod dashboard_runs;

@@ -483,20 +483,23 @@ fn run_state(r: &RunView) -> String {
     }
 }
 
-async fn render_detail(
+/// A check's page; `error` at the top, `rule_error` by the form that adds an alert rule.
+pub(super) async fn render_detail(
     user: &SignedInOwner,
     state: &AppState,
     id: String,
     error: Option<String>,
+    rule_error: Option<String>,
     status: StatusCode,
 ) -> Result<HttpResponse, PageError> {
     let owner = user.owner_id.clone();
-    let (check, runs) = state
+    let (check, runs, alerts) = state
         .db
         .run(move |c| {
             let check = checks::get(c, &owner, &id)?;
             let runs = scheduling::list_runs(c, &owner, &id, 20)?;
-            Ok::<_, Error>((check, runs))
+            let alerts = super::alerts::check_alerts(c, &owner, &id)?;
+            Ok::<_, Error>((check, runs, alerts))
         })
         .await
         .or_page(user)?;
@@ -554,7 +557,14 @@ async fn render_detail(
     let items: Vec<RunItem> = runs.iter().map(run_item).collect();
     Ok(html(
         status,
-        pages::detail(&user.nav(), &detail, &items, error.as_deref()),
+        pages::detail(
+            &user.nav(),
+            &detail,
+            &items,
+            &alerts,
+            error.as_deref(),
+            rule_error.as_deref(),
+        ),
     ))
 }
 
@@ -563,7 +573,7 @@ pub async fn detail(
     state: web::Data<AppState>,
     id: web::Path<String>,
 ) -> Result<HttpResponse, PageError> {
-    render_detail(&user, &state, id.into_inner(), None, StatusCode::OK).await
+    render_detail(&user, &state, id.into_inner(), None, None, StatusCode::OK).await
 }
 
 pub async fn run_now(
@@ -588,7 +598,17 @@ pub async fn run_now(
             Ok(see_other(&format!("/app/checks/{id}")))
         }
         Err(e @ Error::NotFound { .. }) => Err(PageError::Failed(Box::new(user.nav()), e)),
-        Err(e) => render_detail(&user, &state, id, Some(e.to_string()), e.status_code()).await,
+        Err(e) => {
+            render_detail(
+                &user,
+                &state,
+                id,
+                Some(e.to_string()),
+                None,
+                e.status_code(),
+            )
+            .await
+        }
     }
 }
 

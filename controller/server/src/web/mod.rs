@@ -5,6 +5,7 @@
 //! CSRF token (the session's, or before sign-in a double-submit cookie), and answers
 //! with a redirect (post/redirect/get) so a reload never submits twice.
 
+mod alerts;
 mod auth;
 mod checks;
 mod credit;
@@ -58,6 +59,18 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route("/checks/{id}/pause", web::post().to(checks::pause))
             .route("/checks/{id}/resume", web::post().to(checks::resume))
             .route("/checks/{id}/report", web::get().to(reports::report))
+            .route("/alerts", web::get().to(alerts::list))
+            .route("/alerts", web::post().to(alerts::create))
+            .route("/alerts/{id}", web::get().to(alerts::deliveries))
+            .route("/alerts/{id}/delete", web::post().to(alerts::delete))
+            .route(
+                "/checks/{id}/alert-rules",
+                web::post().to(alerts::create_rule),
+            )
+            .route(
+                "/checks/{id}/alert-rules/{rule}/delete",
+                web::post().to(alerts::delete_rule),
+            )
             .route("/tokens", web::get().to(tokens::list))
             .route("/tokens", web::post().to(tokens::create))
             .route("/tokens/{id}/revoke", web::post().to(tokens::revoke))
