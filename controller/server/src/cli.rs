@@ -69,6 +69,16 @@ struct Cli {
     command: Command,
 }
 
+/// The example configuration: every setting, its default, what it does.
+pub const EXAMPLE_CONFIG: &str = include_str!("../../../deploy/lastmile.example.toml");
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print a commented TOML file of every setting with its default (geo overrides
+    /// included), to start a `--config` file from.
+    Example,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve the HTTP API and run the scheduler.
@@ -108,6 +118,11 @@ enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate,
+    /// The configuration file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Manage owner accounts and their credit.
     Owner {
         #[command(subcommand)]
@@ -233,10 +248,30 @@ fn load_config(cli: &Cli) -> anyhow::Result<ControllerConfig> {
     Ok(config)
 }
 
+/// Opens the database a command works on, and says which on stderr: a command run from
+/// another directory would otherwise quietly work on a new, empty SQLite file there.
 fn open_db(config: &ControllerConfig) -> anyhow::Result<Db> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data dir {}", config.data_dir.display()))?;
-    Ok(Db::open(&config.effective_database_url(), 2)?)
+    let url = config.effective_database_url();
+    let sqlite = !url.starts_with("postgres");
+    let new = sqlite && !std::path::Path::new(&url).exists();
+    let db = Db::open(&url, 2)?;
+    let shown = if sqlite {
+        std::fs::canonicalize(&url).map_or(url.clone(), |p| p.display().to_string())
+    } else {
+        lastmile_storage::redact(&url)
+    };
+    eprintln!(
+        "database: {shown} ({}{})",
+        db.backend().name(),
+        if new {
+            ", new and empty: created now"
+        } else {
+            ""
+        }
+    );
+    Ok(db)
 }
 
 /// Parses the command line and runs what it asks for.
@@ -246,6 +281,12 @@ pub fn main() -> anyhow::Result<()> {
     let config = load_config(&cli)?;
 
     match cli.command {
+        Command::Config {
+            command: ConfigCommand::Example,
+        } => {
+            print!("{EXAMPLE_CONFIG}");
+            Ok(())
+        }
         Command::Migrate => {
             let db = open_db(&config)?;
             println!("database is up to date ({})", db.backend().name());
@@ -412,4 +453,62 @@ async fn shutdown_signal() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example parses as a config, says exactly the defaults, and names every
+    /// setting (those unset by default in a commented `# key = ...` line), so it cannot
+    /// fall behind `ControllerConfig`.
+    #[test]
+    fn the_example_config_names_every_setting_with_its_default() {
+        let parsed: ControllerConfig = toml::from_str(EXAMPLE_CONFIG).unwrap();
+        let as_json = |c: &ControllerConfig| serde_json::to_value(c).unwrap();
+        assert_eq!(as_json(&parsed), as_json(&ControllerConfig::default()));
+        let all = as_json(&ControllerConfig::default());
+        let mut missing = Vec::new();
+        for (key, value) in all.as_object().unwrap() {
+            match value.as_object() {
+                Some(table) => {
+                    if !EXAMPLE_CONFIG.contains(&format!("\n[{key}]\n")) {
+                        missing.push(format!("[{key}]"));
+                    }
+                    for sub in table.keys() {
+                        let named = EXAMPLE_CONFIG.contains(&format!("\n{sub} = "))
+                            || EXAMPLE_CONFIG.contains(&format!("\n# {sub} = "))
+                            || EXAMPLE_CONFIG.contains(&format!(".{sub}]]"));
+                        if !named {
+                            missing.push(format!("{key}.{sub}"));
+                        }
+                    }
+                }
+                None => {
+                    let named = EXAMPLE_CONFIG.contains(&format!("\n{key} = "))
+                        || EXAMPLE_CONFIG.contains(&format!("\n# {key} = "));
+                    if !named {
+                        missing.push(key.clone());
+                    }
+                }
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "deploy/lastmile.example.toml lacks {missing:?}"
+        );
+        // Its commented examples are valid settings too, geo overrides included.
+        let uncommented: String = EXAMPLE_CONFIG
+            .lines()
+            .map(|l| {
+                l.strip_prefix("# ")
+                    .filter(|r| r.contains(" = ") || r.starts_with('['))
+                    .unwrap_or(l)
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let all_set: ControllerConfig = toml::from_str(&uncommented).unwrap();
+        assert_eq!(all_set.geo.overrides.len(), 1);
+        assert_eq!(all_set.smtp_url.as_deref(), Some("smtp://127.0.0.1:25"));
+    }
 }
