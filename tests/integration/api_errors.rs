@@ -91,6 +91,12 @@ async fn bad_requests_get_a_clear_4xx_and_change_nothing(db: TestDb) {
     assert_eq!((s, code(&b)), (404, "check_not_found"));
     let (s, b) = app.get("/api/v1/checks/not-a-uuid", &owner).await;
     assert_eq!((s, code(&b)), (404, "not_found"));
+    // In words, not the parser's ("Path deserialize error: UUID parsing failed: ...").
+    assert_eq!(
+        b["message"],
+        "no such resource: /api/v1/checks/not-a-uuid holds something that is not an id; \
+         ids are UUIDs such as 123e4567-e89b-12d3-a456-426614174000"
+    );
     let (s, b) = app.get("/api/v1/nothing-here", &owner).await;
     assert_eq!((s, code(&b)), (404, "not_found"));
     let agent = app

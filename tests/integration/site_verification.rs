@@ -349,6 +349,8 @@ async fn forbidden_literal_and_named_origins_are_refused_before_connecting(db: T
         assert_eq!(refused["error"], "private_origin", "{origin}: {refused}");
         let message = refused["message"].as_str().unwrap();
         assert!(message.contains(block), "{origin}: {message}");
+        // The refusal names the switch a local tester needs.
+        assert!(message.contains("--allow-private-sites"), "{origin}: {message}");
     }
     assert_eq!(loopback.connections(), 0);
 }

@@ -203,6 +203,11 @@ pub async fn verify(db: &Db, policy: &FetchPolicy, owner_id: String, id: String)
     mark_verified(db, site, Method::File).await
 }
 
+/// What a refusal of a private address adds: how an operator lets one through.
+const PRIVATE_HINT: &str = " (to test on your own machine, start the controller with \
+    --allow-private-sites or LASTMILE_ALLOW_PRIVATE_SITES=true; for a lab network, \
+    --allow-site-net CIDR)";
+
 /// Redirects site verification follows at most.
 pub const MAX_VERIFY_REDIRECTS: usize = 5;
 
@@ -318,7 +323,7 @@ impl FetchPolicy {
             Error::forbidden(
                 "private_origin",
                 format!(
-                    "{host} is {ip}, which is not a public address ({why}); sites must be public"
+                    "{host} is {ip}, which is not a public address ({why}); sites must be public{PRIVATE_HINT}"
                 ),
             )
         };
@@ -352,7 +357,7 @@ impl FetchPolicy {
                         "private_origin",
                         format!(
                             "{host} resolves to {ip}, which is not a public address ({why}); \
-                             sites must be public"
+                             sites must be public{PRIVATE_HINT}"
                         ),
                     ),
                 })?;

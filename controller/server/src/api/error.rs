@@ -120,12 +120,18 @@ pub fn query_error(err: QueryPayloadError, _req: &HttpRequest) -> actix_web::Err
 }
 
 /// Path segments that do not parse (e.g. a malformed id): nothing by that name exists.
-pub fn path_error(err: PathError, _req: &HttpRequest) -> actix_web::Error {
-    plain(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("no such resource: {err}"),
-    )
+pub fn path_error(err: PathError, req: &HttpRequest) -> actix_web::Error {
+    let text = err.to_string();
+    let message = if text.contains("UUID parsing failed") {
+        format!(
+            "no such resource: {} holds something that is not an id; ids are UUIDs such as \
+             123e4567-e89b-12d3-a456-426614174000",
+            req.path()
+        )
+    } else {
+        format!("no such resource: {}", text.trim_start_matches("Path deserialize error: "))
+    };
+    plain(StatusCode::NOT_FOUND, "not_found", message)
 }
 
 /// Routes that do not exist.
