@@ -16,6 +16,7 @@ mod api_errors;
 mod batch_results;
 mod calibration;
 mod cheating;
+mod check_changes;
 mod crash;
 mod currency;
 mod dashboard;

@@ -350,7 +350,10 @@ async fn forbidden_literal_and_named_origins_are_refused_before_connecting(db: T
         let message = refused["message"].as_str().unwrap();
         assert!(message.contains(block), "{origin}: {message}");
         // The refusal names the switch a local tester needs.
-        assert!(message.contains("--allow-private-sites"), "{origin}: {message}");
+        assert!(
+            message.contains("--allow-private-sites"),
+            "{origin}: {message}"
+        );
     }
     assert_eq!(loopback.connections(), 0);
 }

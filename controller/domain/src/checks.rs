@@ -28,7 +28,7 @@ pub struct Schedule {
 }
 
 /// Request body to create a check.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCheck {
     pub site_id: Uuid,
@@ -68,6 +68,120 @@ pub struct NewCheck {
 
 fn default_kind() -> CheckKind {
     CheckKind::Http
+}
+
+impl NewCheck {
+    /// The request that would make `check` as it is now (a `PATCH` is merged into it).
+    pub fn of(check: &Check) -> NewCheck {
+        NewCheck {
+            site_id: check.site_id.parse().unwrap_or_default(),
+            name: Some(check.name.clone()),
+            url: check.url.clone(),
+            kind: check.kind.parse().unwrap_or(CheckKind::Http),
+            expected_status: check.expected_status(),
+            max_bytes: Some(check.max_bytes.max(0) as u64),
+            timeout_ms: Some(check.timeout_ms.max(0) as u64),
+            max_redirects: Some(check.max_redirects.max(0) as u32),
+            selection: check.selection(),
+            schedule: Schedule {
+                every_seconds: check.interval_s.map(|s| s.max(0) as u64),
+            },
+            body_contains: check.body_contains.clone(),
+            isp_sharing: check.isp_sharing,
+            objectives: check.objectives(),
+        }
+    }
+}
+
+/// Merges JSON merge patch `patch` (RFC 7396) into `target`: objects merge key by key,
+/// `null` removes a key (the field's default then applies), anything else replaces.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (target, patch) {
+        (serde_json::Value::Object(t), serde_json::Value::Object(p)) => {
+            for (key, value) in p {
+                if value.is_null() {
+                    t.remove(key);
+                } else {
+                    merge_patch(
+                        t.entry(key.clone()).or_insert(serde_json::Value::Null),
+                        value,
+                    );
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// Changes the fields of one of the owner's checks that `patch` names (a JSON merge
+/// patch: the other fields stay; `null` resets a field to its default), under the rules
+/// of creation.
+pub fn patch(
+    conn: &mut DbConn,
+    owner_id: &str,
+    id: &str,
+    patch: &serde_json::Value,
+    min_interval_s: u64,
+) -> Result<Check> {
+    if !patch.is_object() {
+        return Err(Error::invalid(
+            "invalid_patch",
+            "a PATCH body is a JSON object of the fields to change",
+        ));
+    }
+    let current = get(conn, owner_id, id)?;
+    let mut merged = serde_json::to_value(NewCheck::of(&current))
+        .map_err(|e| Error::Internal(format!("check {id} as JSON: {e}")))?;
+    merge_patch(&mut merged, patch);
+    let new: NewCheck = serde_json::from_value(merged).map_err(|e| {
+        Error::invalid(
+            "invalid_patch",
+            format!("the patched check is not valid: {e}"),
+        )
+    })?;
+    update(conn, owner_id, id, &new, min_interval_s)
+}
+
+/// Deletes one of the owner's checks: it leaves the owner's lists and is never run
+/// again; its open runs stop (their unfilled assignments are given up, so no credit
+/// stays held); its alert rules go (their open incidents resolve). Its runs, results,
+/// aggregates and payments stay.
+pub fn delete(conn: &mut DbConn, owner_id: &str, id: &str) -> Result<()> {
+    lastmile_storage::write_tx(conn, |c| {
+        get(c, owner_id, id)?;
+        delete_unchecked(c, id, now_us())
+    })
+}
+
+/// [`delete`] without the ownership check, inside the caller's transaction (a site's
+/// deletion deletes its checks).
+pub(crate) fn delete_unchecked(
+    conn: &mut DbConn,
+    id: &str,
+    now: crate::clock::Micros,
+) -> Result<()> {
+    use lastmile_storage::schema::{alert_rules, runs};
+    diesel::update(checks::table.find(id))
+        .set((
+            checks::deleted_at.eq(now),
+            checks::next_run_at.eq(None::<i64>),
+        ))
+        .execute(conn)?;
+    diesel::update(
+        runs::table
+            .filter(runs::check_id.eq(id))
+            .filter(runs::deadline_at.gt(now)),
+    )
+    .set(runs::deadline_at.eq(now))
+    .execute(conn)?;
+    diesel::update(
+        alert_rules::table
+            .filter(alert_rules::check_id.eq(id))
+            .filter(alert_rules::deleted_at.is_null()),
+    )
+    .set(alert_rules::deleted_at.eq(now))
+    .execute(conn)?;
+    Ok(())
 }
 
 pub use lastmile_storage::checks::Check;

@@ -507,7 +507,9 @@ fn evaluate_rule(conn: &mut DbConn, rule_id: &str, now: Micros) -> Result<Option
             .select(Incident::as_select())
             .first(c)
             .optional()?;
-        let judgement = if rule.deleted_at.is_some() {
+        let judgement = if lastmile_storage::checks::is_deleted(c, &rule.check_id)? {
+            Judgement::Clear("The check was deleted".into())
+        } else if rule.deleted_at.is_some() {
             Judgement::Clear("The alert rule was deleted".into())
         } else {
             let check = crate::checks::get_any(c, &rule.check_id)?;

@@ -629,6 +629,7 @@ pub fn run_due_checks(
     let due: Vec<Check> = checks_t::table
         .filter(checks_t::next_run_at.le(now))
         .filter(checks_t::paused_at.is_null())
+        .filter(checks_t::deleted_at.is_null())
         .select(Check::as_select())
         .load(conn)?;
     let mut created = Vec::new();

@@ -139,22 +139,67 @@ pub fn create(conn: &mut DbConn, owner_id: &str, new: &NewSite) -> Result<Site> 
         created_at: now_us(),
         verified_by: None,
     };
-    diesel::insert_into(sites::table)
-        .values(&site)
-        .execute(conn)
-        .map_err(|e| match Error::from(e) {
-            Error::Conflict { .. } => Error::conflict(
-                "site_exists",
-                format!("you already have the site {}", site.origin),
-            ),
-            other => other,
-        })?;
-    Ok(site)
+    lastmile_storage::write_tx(conn, |c| {
+        // A site the owner deleted is added anew in its old row (origins are unique per
+        // owner): unverified, with a fresh token; its deleted checks stay deleted.
+        let deleted: Option<String> = sites::table
+            .filter(sites::owner_id.eq(owner_id))
+            .filter(sites::origin.eq(&site.origin))
+            .filter(sites::deleted_at.is_not_null())
+            .select(sites::id)
+            .first(c)
+            .optional()?;
+        if let Some(id) = deleted {
+            diesel::update(sites::table.find(&id))
+                .set((
+                    sites::verification_token.eq(&site.verification_token),
+                    sites::verified_at.eq(None::<i64>),
+                    sites::verified_by.eq(None::<String>),
+                    sites::created_at.eq(site.created_at),
+                    sites::deleted_at.eq(None::<i64>),
+                ))
+                .execute(c)?;
+            return Ok(Site { id, ..site.clone() });
+        }
+        diesel::insert_into(sites::table)
+            .values(&site)
+            .execute(c)
+            .map_err(|e| match Error::from(e) {
+                Error::Conflict { .. } => Error::conflict(
+                    "site_exists",
+                    format!("you already have the site {}", site.origin),
+                ),
+                other => other,
+            })?;
+        Ok(site.clone())
+    })
 }
 
 /// The owner's site with this id.
 pub fn get(conn: &mut DbConn, owner_id: &str, id: &str) -> Result<Site> {
     Ok(lastmile_storage::sites::get(conn, owner_id, id)?)
+}
+
+/// Deletes one of the owner's sites and its checks ([`crate::checks::delete`]): no
+/// check can be made on it again until it is added and verified anew. History stays.
+pub fn delete(conn: &mut DbConn, owner_id: &str, id: &str) -> Result<()> {
+    use lastmile_storage::schema::checks;
+    lastmile_storage::write_tx(conn, |c| {
+        get(c, owner_id, id)?;
+        let now = now_us();
+        diesel::update(sites::table.find(id))
+            .set(sites::deleted_at.eq(now))
+            .execute(c)?;
+        let live: Vec<String> = checks::table
+            .filter(checks::site_id.eq(id))
+            .filter(checks::deleted_at.is_null())
+            .select(checks::id)
+            .load(c)?;
+        for check in live {
+            crate::checks::delete_unchecked(c, &check, now)?;
+        }
+        Ok(())
+    })
 }
 
 /// The owner's sites, oldest first.

@@ -38,6 +38,17 @@ pub struct Check {
     pub spread: String,
 }
 
+/// Whether the check with this id was deleted (false for one that does not exist).
+pub fn is_deleted(conn: &mut crate::DbConn, id: &str) -> QueryResult<bool> {
+    Ok(checks::table
+        .find(id)
+        .select(checks::deleted_at)
+        .first::<Option<i64>>(conn)
+        .optional()?
+        .flatten()
+        .is_some())
+}
+
 impl Check {
     /// Statuses that count as success (empty: any 2xx or 3xx).
     pub fn expected_status(&self) -> Vec<u16> {
@@ -50,17 +61,19 @@ const NOT_FOUND: DbError = DbError::NotFound {
     code: "check_not_found",
 };
 
-/// The owner's check with this id.
+/// The owner's check with this id (not deleted).
 pub fn get(conn: &mut crate::DbConn, owner_id: &str, id: &str) -> Result<Check, DbError> {
     checks::table
         .filter(checks::id.eq(id).and(checks::owner_id.eq(owner_id)))
+        .filter(checks::deleted_at.is_null())
         .select(Check::as_select())
         .first(conn)
         .optional()?
         .ok_or(NOT_FOUND)
 }
 
-/// Any check by id (for the scheduler, which acts for every owner).
+/// Any check by id, deleted or not (for the scheduler and the alert pass, which act
+/// for every owner and on history).
 pub fn get_any(conn: &mut crate::DbConn, id: &str) -> Result<Check, DbError> {
     checks::table
         .find(id)
@@ -70,10 +83,11 @@ pub fn get_any(conn: &mut crate::DbConn, id: &str) -> Result<Check, DbError> {
         .ok_or(NOT_FOUND)
 }
 
-/// The owner's checks, oldest first.
+/// The owner's checks (not deleted), oldest first.
 pub fn list(conn: &mut crate::DbConn, owner_id: &str) -> QueryResult<Vec<Check>> {
     checks::table
         .filter(checks::owner_id.eq(owner_id))
+        .filter(checks::deleted_at.is_null())
         .order(checks::created_at)
         .select(Check::as_select())
         .load(conn)

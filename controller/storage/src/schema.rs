@@ -66,6 +66,8 @@ diesel::table! {
         verified_at -> Nullable<BigInt>,
         created_at -> BigInt,
         verified_by -> Nullable<Text>,
+        /// When the owner deleted it (migration 000026); the row stays for history.
+        deleted_at -> Nullable<BigInt>,
     }
 }
 
@@ -93,6 +95,8 @@ diesel::table! {
         max_redirects -> Integer,
         paused_at -> Nullable<BigInt>,
         spread -> Text,
+        /// When the owner deleted it (migration 000026); the row stays for history.
+        deleted_at -> Nullable<BigInt>,
     }
 }
 

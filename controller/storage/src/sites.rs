@@ -24,6 +24,7 @@ pub struct Site {
 pub fn get(conn: &mut crate::DbConn, owner_id: &str, id: &str) -> Result<Site, crate::DbError> {
     sites::table
         .filter(sites::id.eq(id).and(sites::owner_id.eq(owner_id)))
+        .filter(sites::deleted_at.is_null())
         .select(Site::as_select())
         .first(conn)
         .optional()?
@@ -37,6 +38,7 @@ pub fn get(conn: &mut crate::DbConn, owner_id: &str, id: &str) -> Result<Site, c
 pub fn list(conn: &mut crate::DbConn, owner_id: &str) -> QueryResult<Vec<Site>> {
     sites::table
         .filter(sites::owner_id.eq(owner_id))
+        .filter(sites::deleted_at.is_null())
         .order(sites::created_at)
         .select(Site::as_select())
         .load(conn)

@@ -129,7 +129,10 @@ pub fn path_error(err: PathError, req: &HttpRequest) -> actix_web::Error {
             req.path()
         )
     } else {
-        format!("no such resource: {}", text.trim_start_matches("Path deserialize error: "))
+        format!(
+            "no such resource: {}",
+            text.trim_start_matches("Path deserialize error: ")
+        )
     };
     plain(StatusCode::NOT_FOUND, "not_found", message)
 }

@@ -32,6 +32,7 @@ use utoipa::{Modify, OpenApi};
         agents::calibration_report,
         owners::me, owners::balance, owners::create_site, owners::list_sites, owners::get_site, owners::verify_site,
         owners::create_check, owners::list_checks, owners::get_check, owners::update_check,
+        owners::patch_check, owners::delete_check, owners::delete_site,
         owners::pause_check, owners::resume_check, owners::run_now, owners::list_runs,
         owners::get_run, owners::list_run_results, owners::report,
         isp::list_asns, isp::start_claim, isp::confirm_claim, isp::summary, isp::destinations, isp::series,
@@ -314,6 +315,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(owners::list_checks)
             .service(owners::get_check)
             .service(owners::update_check)
+            .service(owners::patch_check)
+            .service(owners::delete_check)
+            .service(owners::delete_site)
             .service(owners::pause_check)
             .service(owners::resume_check)
             .service(owners::run_now)

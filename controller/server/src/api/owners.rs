@@ -1,6 +1,6 @@
 //! Owner endpoints: sites, checks, runs and reports.
 
-use actix_web::{get, post, put, web, HttpResponse};
+use actix_web::{delete, get, patch, post, put, web, HttpResponse};
 use chrono::{DateTime, Utc};
 use lastmile_protocol::ApiError;
 use serde::{Deserialize, Serialize};
@@ -219,6 +219,62 @@ pub async fn update_check(
         .run(move |c| checks::update(c, &owner.id, &id.to_string(), &body, min_interval))
         .await?;
     Ok(web::Json(CheckView::from(&check)))
+}
+
+/// Change some fields of one of your checks (a JSON merge patch, RFC 7396): the fields
+/// named change, `null` resets one to its default, the rest stay; the result must pass
+/// the rules of creation.
+#[utoipa::path(patch, path = "/api/v1/checks/{id}", tag = "checks", params(("id" = Uuid, Path, description = "The check's id")),
+    request_body(content = Object, description = "The fields to change, as in NewCheck", content_type = "application/json"),
+    security(("owner_token" = [])),
+    responses((status = 200, body = CheckView), (status = 404, body = ApiError), (status = 409, body = ApiError),
+        (status = 422, body = ApiError)))]
+#[patch("/checks/{id}")]
+pub async fn patch_check(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    id: web::Path<Uuid>,
+    body: web::Json<serde_json::Value>,
+) -> Result<web::Json<CheckView>, Failure> {
+    let min_interval = state.config.min_check_interval_s;
+    let check = state
+        .db
+        .run(move |c| checks::patch(c, &owner.id, &id.to_string(), &body, min_interval))
+        .await?;
+    Ok(web::Json(CheckView::from(&check)))
+}
+
+/// Delete one of your checks: it is never run again, its open runs stop, its alert
+/// rules go; its runs, results and payments stay on record.
+#[utoipa::path(delete, path = "/api/v1/checks/{id}", tag = "checks", params(("id" = Uuid, Path, description = "The check's id")), security(("owner_token" = [])),
+    responses((status = 204, description = "deleted"), (status = 404, body = ApiError)))]
+#[delete("/checks/{id}")]
+pub async fn delete_check(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, Failure> {
+    state
+        .db
+        .run(move |c| checks::delete(c, &owner.id, &id.to_string()))
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+/// Delete one of your sites and its checks (as `DELETE /api/v1/checks/{id}` each).
+#[utoipa::path(delete, path = "/api/v1/sites/{id}", tag = "sites", params(("id" = Uuid, Path, description = "The site's id")), security(("owner_token" = [])),
+    responses((status = 204, description = "deleted"), (status = 404, body = ApiError)))]
+#[delete("/sites/{id}")]
+pub async fn delete_site(
+    state: web::Data<AppState>,
+    AuthOwner(owner): AuthOwner,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, Failure> {
+    state
+        .db
+        .run(move |c| sites::delete(c, &owner.id, &id.to_string()))
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 /// Pause a check's schedule (no scheduled runs until resumed; run now still works).
