@@ -19,6 +19,26 @@ pub struct CheckItem {
     /// "DE, US · dsl, cable · 10 agents".
     pub selection: String,
     pub paused: bool,
+    /// "ok", "degraded", "down", "incident", "no agents", "paused", "no data".
+    pub state: String,
+    /// "2026-12-05 09:40 UTC · 9 of 10 ok", or "never".
+    pub last_run: String,
+    /// "99.2 % of 480", or "no data".
+    pub availability_24h: String,
+    /// "met", "at risk", "breached", "no data", "no objectives".
+    pub sla_24h: String,
+}
+
+/// A state or verdict as a coloured badge: good, bad, in between, or neutral.
+pub fn verdict_badge(word: &str) -> Markup {
+    html! {
+        @match word {
+            "ok" | "met" => span.badge.ok { (word) },
+            "down" | "incident" | "breached" => span.badge.bad { (word) },
+            "degraded" | "no agents" | "at risk" | "paused" => span.badge.warn { (word) },
+            _ => span.badge { (word) },
+        }
+    }
 }
 
 /// The owner's credit and the form that buys more through Stripe Checkout.
@@ -69,12 +89,16 @@ pub fn list(nav: &Nav, checks: &[CheckItem], credit: &Credit) -> Markup {
             } @else {
                 div.scroll {
                     table {
-                        (column_heads(&["Check", "Schedule", "Agents"]))
-                        tbody {
+                        (column_heads(&["Check", "Status", "Last run", "Availability, 24 h", "SLA, 24 h", "Schedule", "Agents"]))
+                        tbody.checks {
                             @for c in checks {
                                 tr {
-                                    td { a href={ "/app/checks/" (c.id) } { (c.name) } br; small { (c.url) } br;
+                                    td.wrap { a href={ "/app/checks/" (c.id) } { (c.name) } br; small { (c.url) } br;
                                         a.small href={ "/app/checks/" (c.id) "/report" } { "Report" } }
+                                    td.state { (verdict_badge(&c.state)) }
+                                    td { (c.last_run) }
+                                    td.num.availability { (c.availability_24h) }
+                                    td.sla { (verdict_badge(&c.sla_24h)) }
                                     td { (c.schedule) @if c.paused { " " span.badge.warn { "paused" } } }
                                     td { (c.selection) }
                                 }

@@ -2,7 +2,8 @@
 //! owner adds a webhook channel (its secret shown once), is told why an email channel
 //! cannot be made here, puts a rule on a check from its page, sees the incident the
 //! agents' failures open (banner, incidents table) and the channel's delivery log, and
-//! deletes the rule, which resolves the incident. Every page also at phone width.
+//! deletes the rule, which resolves the incident; the checks list shows each check's
+//! state, last run, 24-hour availability and SLA verdict. Every page also at phone width.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -141,6 +142,17 @@ async fn an_owner_sets_up_alerts_sees_the_incident_and_the_deliveries_in_the_bro
     );
     assert!(browser.text("table.incidents").await.contains("open"));
     shots(&browser, &db, "check-incident").await;
+    // The checks list answers "is it OK" at a glance.
+    browser.goto(&format!("{}/app/checks", app.base)).await;
+    assert_eq!(browser.text("tbody.checks td.state").await, "incident");
+    assert_eq!(
+        browser.text("tbody.checks td.availability").await,
+        "0.0 % of 3"
+    );
+    let row = browser.text("tbody.checks tr").await;
+    assert!(row.contains("0 of 1 ok"), "{row}");
+    assert_eq!(browser.text("tbody.checks td.sla").await, "no objectives");
+    shots(&browser, &db, "checks-health").await;
 
     // The delivery log: delivered once.
     let got = hooks
@@ -171,6 +183,9 @@ async fn an_owner_sets_up_alerts_sees_the_incident_and_the_deliveries_in_the_bro
         "{incidents}"
     );
     assert_eq!(browser.count(".incident").await, 0);
+    // Without the incident, the list says what the last run saw.
+    browser.goto(&format!("{}/app/checks", app.base)).await;
+    assert_eq!(browser.text("tbody.checks td.state").await, "down");
     browser.close().await;
     app.controller.stop().await.unwrap();
 }

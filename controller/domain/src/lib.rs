@@ -21,6 +21,7 @@ pub mod alerts;
 pub mod api_tokens;
 pub mod billing;
 pub mod calibration;
+pub mod check_health;
 pub mod check_terms;
 pub mod checks;
 pub mod confidence;

@@ -106,20 +106,47 @@ pub(super) async fn render_list(
         owner.clone(),
     )
     .await;
-    let found = state
+    let (found, health) = state
         .db
-        .run(move |c| checks::list(c, &owner))
+        .run(move |c| {
+            let found = checks::list(c, &owner)?;
+            let health = lastmile_domain::check_health::of_checks(
+                c,
+                &found,
+                lastmile_domain::clock::now_us(),
+            )?;
+            Ok::<_, Error>((found, health))
+        })
         .await
         .or_page(user)?;
     let items: Vec<CheckItem> = found
         .iter()
-        .map(|c| CheckItem {
+        .zip(&health)
+        .map(|(c, h)| CheckItem {
             id: c.id.clone(),
             name: c.name.clone(),
             url: c.url.clone(),
             schedule: schedule_text(c),
             selection: selection_text(&c.selection()),
             paused: c.paused_at.is_some(),
+            state: h.state.as_str().to_owned(),
+            last_run: match &h.last_run {
+                None => "never".to_owned(),
+                Some(r) => {
+                    let when = r.created_at.format("%Y-%m-%d %H:%M UTC");
+                    if r.done > 0 {
+                        let ok = i64::from(r.done) - h.last_run_failed;
+                        format!("{when} · {ok} of {} ok", r.done)
+                    } else {
+                        format!("{when} · {}", run_state(r))
+                    }
+                }
+            },
+            availability_24h: match h.availability_24h {
+                None => "no data".to_owned(),
+                Some((a, n)) => format!("{:.1} % of {n}", a * 100.0),
+            },
+            sla_24h: h.sla_24h.as_str().to_owned(),
         })
         .collect();
     Ok(html(status, pages::list(&user.nav(), &items, &credit)))
