@@ -23,6 +23,17 @@ pub struct Nav {
 
 /// A whole HTML document around `body`.
 pub fn page(title: &str, nav: Option<&Nav>, body: Markup) -> Markup {
+    refreshing_page(title, nav, None, body)
+}
+
+/// [`page`] that the browser reloads every `refresh_s` seconds while it is `Some`
+/// (a run in progress shows its results as they arrive, without a script).
+pub fn refreshing_page(
+    title: &str,
+    nav: Option<&Nav>,
+    refresh_s: Option<u32>,
+    body: Markup,
+) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -30,6 +41,9 @@ pub fn page(title: &str, nav: Option<&Nav>, body: Markup) -> Markup {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · Lastmile" }
+                @if let Some(seconds) = refresh_s {
+                    meta http-equiv="refresh" content=(seconds);
+                }
                 link rel="stylesheet" href=(STYLESHEET_PATH);
             }
             body {

@@ -7,7 +7,7 @@
 
 use maud::{html, Markup};
 
-use crate::layout::{column_heads, page, Nav};
+use crate::layout::{column_heads, refreshing_page, Nav};
 
 /// One redirect followed: its (3xx) status, the URL requested and where it pointed.
 #[derive(Debug, Clone)]
@@ -61,20 +61,24 @@ pub struct RunHeader {
     pub progress: String,
     /// A page check: show the page column.
     pub is_page: bool,
+    /// Still measuring: the page reloads itself, so results appear as they arrive.
+    pub in_progress: bool,
 }
 
 pub fn results(nav: &Nav, run: &RunHeader, rows: &[ResultRow]) -> Markup {
     let title = format!("Run of {}", run.started);
-    page(
+    refreshing_page(
         &title,
         Some(nav),
+        run.in_progress.then_some(2),
         html! {
             p.crumbs {
                 a href="/app/checks" { "Checks" } " / "
                 a href={ "/app/checks/" (run.check_id) } { (run.check_name) } " / run"
             }
             h1 { "Run started " (run.started) }
-            p.meta { code { (run.url) } " · " (run.progress) }
+            p.meta { code { (run.url) } " · " (run.progress)
+                @if run.in_progress { " · " span.badge.warn #live { "live: updates every 2 s" } } }
             @if rows.is_empty() {
                 p.empty { "No results yet, or they have aged out (raw results are kept for a while; the report keeps the aggregates)." }
             } @else {
@@ -207,6 +211,7 @@ mod tests {
             url: "http://shop.example/".into(),
             started: "2026-12-01 02:00:00 UTC".into(),
             progress: "1 / 1 measured · finished".into(),
+            in_progress: false,
             is_page,
         }
     }

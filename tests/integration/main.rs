@@ -32,6 +32,7 @@ mod layering;
 mod leaderboard;
 mod leasing;
 mod ledger;
+mod live;
 mod nul_text;
 mod openapi;
 mod page_checks;

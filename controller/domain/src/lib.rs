@@ -34,6 +34,7 @@ pub mod incidents;
 pub mod ingest;
 pub mod isp;
 pub mod leaderboard;
+pub mod live;
 pub mod logins;
 pub mod objectives;
 pub mod payments;

@@ -142,7 +142,7 @@ pub fn of_run(conn: &mut DbConn, run: &RunView) -> Result<Vec<ResultView>> {
         .collect())
 }
 
-fn view(r: StoredResult, flagged: bool, flag_rules: Vec<String>) -> ResultView {
+pub(crate) fn view(r: StoredResult, flagged: bool, flag_rules: Vec<String>) -> ResultView {
     let us = |v: i64| u64::try_from(v).unwrap_or(0);
     let known = |s: String| (!s.is_empty()).then_some(s);
     // JSON this controller wrote; a row it cannot read back shows without the detail

@@ -8,6 +8,7 @@ pub mod agents;
 pub mod alerts;
 pub mod auth;
 pub mod error;
+pub mod events;
 pub mod isp;
 pub mod ops;
 pub mod owners;
@@ -32,7 +33,7 @@ use utoipa::{Modify, OpenApi};
         agents::calibration_report,
         owners::me, owners::balance, owners::create_site, owners::list_sites, owners::get_site, owners::verify_site,
         owners::create_check, owners::list_checks, owners::get_check, owners::update_check,
-        owners::patch_check, owners::delete_check, owners::delete_site,
+        owners::patch_check, owners::delete_check, owners::delete_site, events::check_events,
         owners::pause_check, owners::resume_check, owners::run_now, owners::list_runs,
         owners::get_run, owners::list_run_results, owners::report,
         isp::list_asns, isp::start_claim, isp::confirm_claim, isp::summary, isp::destinations, isp::series,
@@ -318,6 +319,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(owners::patch_check)
             .service(owners::delete_check)
             .service(owners::delete_site)
+            .service(events::check_events)
             .service(owners::pause_check)
             .service(owners::resume_check)
             .service(owners::run_now)

@@ -741,6 +741,7 @@ pub async fn run_results(
             run_item(&run).state
         ),
         is_page: check.kind == "page",
+        in_progress: !run.finished && run.problem.is_none(),
     };
     let rows: Vec<ResultRow> = results.iter().map(result_row).collect();
     Ok(html(
