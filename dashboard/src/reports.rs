@@ -18,8 +18,63 @@ pub const WINDOWS: [(&str, &str); 4] = [
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     Met,
+    /// Breached by the whole interval.
     Breached,
+    /// Breached as measured, but the interval still reaches the good side.
+    AtRisk,
     NoData,
+}
+
+/// The report's verdict in one line, worst first: a breach (which objective, where),
+/// else a risk, else all met; `None` without objectives or data. With its CSS class.
+pub fn overall(rows: &[Row]) -> Option<(&'static str, String)> {
+    let cells = || {
+        rows.iter()
+            .flat_map(|r| r.objectives.iter().map(move |o| (r, o)))
+    };
+    let place = |r: &Row| format!("{} in {}", r.class, r.country);
+    let named = |verdict: Verdict| -> Vec<String> {
+        cells()
+            .filter(|(_, o)| o.verdict == verdict)
+            .map(|(r, o)| format!("{} for {}", o.objective, place(r)))
+            .collect()
+    };
+    let list = |items: Vec<String>| {
+        let n = items.len();
+        let shown: Vec<String> = items.into_iter().take(3).collect();
+        let more = if n > 3 {
+            format!(" and {} more", n - 3)
+        } else {
+            String::new()
+        };
+        format!("{}{more}", shown.join("; "))
+    };
+    let breached = named(Verdict::Breached);
+    if !breached.is_empty() {
+        return Some(("bad", format!("Breached: {}", list(breached))));
+    }
+    let at_risk = named(Verdict::AtRisk);
+    if !at_risk.is_empty() {
+        return Some((
+            "warn",
+            format!(
+                "At risk: {} (measured over the limit, but the interval still reaches it: more samples will tell)",
+                list(at_risk)
+            ),
+        ));
+    }
+    let met = cells().filter(|(_, o)| o.verdict == Verdict::Met).count();
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    (met > 0).then(|| {
+        (
+            "ok",
+            format!(
+                "All objectives met ({} over {})",
+                plural(met, "judgement"),
+                plural(rows.len(), "row")
+            ),
+        )
+    })
 }
 
 /// One objective on one row: "ttfb p95 <= 800 ms", its verdict, and a detail line
@@ -110,6 +165,9 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
             p.meta {
                 (r.covered) " · " (r.total_samples) " measurements · intervals at " (r.confidence)
             }
+            @if let Some((class, text)) = overall(&r.rows) {
+                p.verdict.(class) #verdict role="status" { (text) }
+            }
             div.actions {
                 a.button.secondary href=(r.csv_url) download { "Download CSV" }
                 a.button.secondary href=(r.json_url) { "JSON" }
@@ -170,6 +228,7 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
                                                 @match o.verdict {
                                                     Verdict::Met => span.badge.ok { "met" },
                                                     Verdict::Breached => span.badge.bad { "breached" },
+                                                    Verdict::AtRisk => span.badge.warn { "at risk" },
                                                     Verdict::NoData => span.badge { "no data" },
                                                 }
                                                 " " (o.objective)
@@ -194,4 +253,67 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(class: &str, cells: &[(&str, Verdict)]) -> Row {
+        Row {
+            class: class.into(),
+            country: "DE".into(),
+            samples: 100,
+            availability: String::new(),
+            availability_ci: String::new(),
+            p50: String::new(),
+            p50_ci: String::new(),
+            p95: String::new(),
+            p95_ci: String::new(),
+            objectives: cells
+                .iter()
+                .map(|(o, v)| ObjectiveCell {
+                    objective: (*o).into(),
+                    verdict: v.clone(),
+                    inconclusive: false,
+                    detail: String::new(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn the_verdict_line_names_the_worst_first() {
+        let rows = [
+            row("dsl", &[("ttfb p95 <= 800 ms", Verdict::AtRisk)]),
+            row(
+                "cable",
+                &[
+                    ("ttfb p95 <= 800 ms", Verdict::Breached),
+                    ("availability >= 99 %", Verdict::Met),
+                ],
+            ),
+        ];
+        assert_eq!(
+            overall(&rows),
+            Some((
+                "bad",
+                "Breached: ttfb p95 <= 800 ms for cable in DE".to_owned()
+            ))
+        );
+        let (class, text) = overall(&rows[..1]).unwrap();
+        assert_eq!(class, "warn");
+        assert!(
+            text.starts_with("At risk: ttfb p95 <= 800 ms for dsl in DE"),
+            "{text}"
+        );
+        assert_eq!(
+            overall(&[row("dsl", &[("availability >= 99 %", Verdict::Met)])]),
+            Some((
+                "ok",
+                "All objectives met (1 judgement over 1 row)".to_owned()
+            ))
+        );
+        assert_eq!(overall(&[row("dsl", &[])]), None);
+    }
 }

@@ -202,6 +202,11 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
         "{rows}"
     );
     assert!(browser.text("p.meta").await.contains("6 measurements"));
+    // The verdict first, in one line.
+    assert_eq!(
+        browser.text("#verdict").await,
+        "All objectives met (4 judgements over 2 rows)"
+    );
     shots(&browser, &db, "report").await;
 
     // The CSV link reads the report API with the browser's session.

@@ -241,19 +241,26 @@ fn objective(o: &ObjectiveOutcome) -> ObjectiveCell {
             format!("actual {a:.2} %")
         });
     }
+    let bad = if latency { "slow" } else { "failed" };
     if let Some(left) = o.error_budget_remaining {
         detail.push(if left >= 0.0 {
             format!("error budget {:.0} % left", left * 100.0)
         } else {
-            format!("error budget overspent {:.0} %", -left * 100.0)
+            // "overspent 1900 %" read as nonsense: say what happened instead.
+            format!(
+                "error budget spent: {} {bad} where {:.1} were allowed",
+                o.bad_samples, o.allowed_bad_samples
+            )
         });
     }
     ObjectiveCell {
         objective: o.objective.to_line(),
-        verdict: match o.met {
-            Some(true) => Verdict::Met,
-            Some(false) => Verdict::Breached,
-            None => Verdict::NoData,
+        verdict: match (o.met, o.conclusive) {
+            (Some(true), _) => Verdict::Met,
+            (Some(false), Some(true)) => Verdict::Breached,
+            // Breached as measured, but the interval still reaches the good side.
+            (Some(false), _) => Verdict::AtRisk,
+            (None, _) => Verdict::NoData,
         },
         inconclusive: o.conclusive != Some(true),
         detail: detail.join(" · "),
