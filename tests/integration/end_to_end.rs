@@ -14,6 +14,7 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         out: Some(out.path().to_path_buf()),
         database_url: Some(db.url.clone()),
         runs: 2,
+        page_runs: None,
         verbose: false,
         serve: false,
     })
@@ -106,6 +107,14 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         );
     }
     assert!(out.path().join("page_report.json").exists());
+    // The per-class report, whose rows pool a class's agents (with 22 runs, enough
+    // samples for p95 intervals).
+    let by_class: lastmile_domain::reports::Report = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("report_by_class.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(by_class, outcome.by_class);
+    assert!(by_class.rows.iter().all(|r| r.samples == 6), "{by_class:?}");
     // ledger.json: a trial balance that sums to zero per currency, in which the owner
     // bought 50.00 usd by Stripe Checkout and paid for exactly the 24 http results (5
     // cents each: volunteers earned 4 cents of each, the platform 1) and the 24 page

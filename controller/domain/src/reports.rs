@@ -836,30 +836,42 @@ pub fn to_table(report: &Report) -> String {
     out
 }
 
-/// `met 2/2`, or `BREACHED ttfb p95 +312.0 ms; availability -0.4 pts`; `(inconclusive)`
-/// when some verdict's interval straddles its limit or is missing for lack of samples.
+/// `met 2/2`, or `BREACHED ttfb p95 +312.0 ms; availability -0.4 pts; met 1/3`. A
+/// breach whose interval still reaches its limit says `(inconclusive)` after itself;
+/// met objectives whose intervals do say how many: `met 2/2 (1 inconclusive)`.
 fn objectives_summary(outcomes: &[ObjectiveOutcome]) -> String {
     let breached: Vec<String> = outcomes
         .iter()
         .filter(|o| o.met == Some(false))
         .map(|o| {
             let over = -o.margin.unwrap_or(0.0);
+            let unsure = if o.conclusive == Some(true) {
+                ""
+            } else {
+                " (inconclusive)"
+            };
             match (o.objective.phase, o.objective.percentile) {
-                (Some(phase), Some(p)) => format!("{phase} p{p} +{over:.1} ms"),
-                _ => format!("availability -{over:.2} pts"),
+                (Some(phase), Some(p)) => format!("{phase} p{p} +{over:.1} ms{unsure}"),
+                _ => format!("availability -{over:.2} pts{unsure}"),
             }
         })
         .collect();
-    let met = outcomes.iter().filter(|o| o.met == Some(true)).count();
-    let unsure = if outcomes.iter().any(|o| o.conclusive != Some(true)) {
-        " (inconclusive)"
-    } else {
-        ""
+    let met: Vec<&ObjectiveOutcome> = outcomes.iter().filter(|o| o.met == Some(true)).collect();
+    let unsure_met = met.iter().filter(|o| o.conclusive != Some(true)).count();
+    let met_text = match (met.len(), unsure_met) {
+        (0, _) => String::new(),
+        (n, 0) => format!("met {n}/{}", outcomes.len()),
+        (n, u) => format!("met {n}/{} ({u} inconclusive)", outcomes.len()),
     };
     if !breached.is_empty() {
-        format!("BREACHED {}{unsure}", breached.join("; "))
-    } else if met > 0 {
-        format!("met {met}/{}{unsure}", outcomes.len())
+        let mut text = format!("BREACHED {}", breached.join("; "));
+        if !met_text.is_empty() {
+            text.push_str("; ");
+            text.push_str(&met_text);
+        }
+        text
+    } else if !met_text.is_empty() {
+        met_text
     } else if outcomes.is_empty() {
         "-".into()
     } else {
