@@ -392,8 +392,10 @@ async fn lease_and_start(
         };
         let (client, engine, spool) = (client.clone(), engine.clone(), spool.clone());
         let gate = gate.clone();
+        let url = task.url.clone();
         in_flight.spawn(async move {
             let result = execute_on_own_thread(engine, task).await;
+            log_measurement(&url, &result);
             drop(permit);
             if let Ok(mut g) = gate.lock() {
                 g.record(result.measurement.bytes, chrono::Utc::now());
@@ -463,6 +465,23 @@ pub async fn execute(engine: &Engine, task: &Task) -> ResultSubmission {
         assignment_id: task.assignment_id,
         started_at,
         measurement,
+    }
+}
+
+/// One line per measurement at `info`: what was measured and how it went, so a
+/// volunteer's log shows the agent working (it measures a few times an hour).
+fn log_measurement(url: &str, result: &ResultSubmission) {
+    let m = &result.measurement;
+    let total_ms = m.timings_us.total as f64 / 1000.0;
+    match &m.error {
+        Some(e) => tracing::info!(
+            %url, error = e.kind.as_str(), total_ms, assignment = %result.assignment_id,
+            "measured: failed"
+        ),
+        None => tracing::info!(
+            %url, status = m.status.unwrap_or(0), bytes = m.bytes, total_ms,
+            assignment = %result.assignment_id, "measured"
+        ),
     }
 }
 
