@@ -50,7 +50,10 @@ pub fn leaderboard(nav: Option<&Nav>, period: &str, since: &str, places: &[Place
                                 tr.you[p.you] {
                                     td.num.rank { (p.rank) }
                                     td { (p.volunteer) @if p.you { " " span.badge.ok { "you" } } }
-                                    td.num { strong { (p.points) } }
+                                    // On a phone the measurements column gives way, so its
+                                    // figure moves under the points instead of vanishing.
+                                    td.num.points { strong { (p.points) }
+                                        small.narrow-only { br; (p.measurements) " measurements" } }
                                     td.num { (format!("{:.1}", p.online_hours)) }
                                     td.num.wide-only { (p.measurements) }
                                 }

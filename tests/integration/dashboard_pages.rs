@@ -466,6 +466,21 @@ async fn a_volunteer_sees_rank_points_earnings_and_payouts_and_anyone_sees_the_l
     assert!(rows.contains("Bob"), "{rows}");
     assert_eq!(browser.count("tr.you").await, 0);
     shots(&browser, &db, "leaderboard-week").await;
+    // On a phone no figure is lost: the measurements move under the points.
+    browser
+        .client
+        .set_window_size(PHONE.0, PHONE.1)
+        .await
+        .unwrap();
+    let points = browser.text("table.leaderboard tbody tr td.points").await;
+    assert!(points.contains("measurements"), "{points}");
+    browser
+        .client
+        .set_window_size(DESKTOP.0, DESKTOP.1)
+        .await
+        .unwrap();
+    let points = browser.text("table.leaderboard tbody tr td.points").await;
+    assert!(!points.contains("measurements"), "{points}");
     browser.click("a.tab[href$='all_time']").await;
     browser.wait_for("a.tab.current[href$='all_time']").await;
     assert!(browser
