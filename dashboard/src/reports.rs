@@ -102,6 +102,11 @@ pub struct Row {
     pub p50_ci: String,
     pub p95: String,
     pub p95_ci: String,
+    /// The total time's (for a page check: the page total's) p50 and p95.
+    pub total_p50: String,
+    pub total_p50_ci: String,
+    pub total_p95: String,
+    pub total_p95_ci: String,
     pub objectives: Vec<ObjectiveCell>,
 }
 
@@ -132,6 +137,8 @@ pub struct ReportView {
     pub csv_url: String,
     pub json_url: String,
     pub total_samples: u64,
+    /// "Total", or "Page total" for a page check.
+    pub total_label: String,
 }
 
 pub fn report(nav: &Nav, r: &ReportView) -> Markup {
@@ -211,7 +218,9 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
                 div.scroll {
                     table.report {
                         caption.visually-hidden { "Report rows by country and connection class" }
-                        (column_heads(&["Class", "Country", "Samples", "Availability", "TTFB p50", "TTFB p95", "Objectives"]))
+                        @let total_p50 = format!("{} p50", r.total_label);
+                        @let total_p95 = format!("{} p95", r.total_label);
+                        (column_heads(&["Class", "Country", "Samples", "Availability", "TTFB p50", "TTFB p95", &total_p50, &total_p95, "Objectives"]))
                         tbody {
                             @for row in &r.rows {
                                 tr {
@@ -221,6 +230,8 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
                                     td.num data-label="Availability" { (row.availability) br; small { (row.availability_ci) } }
                                     td.num data-label="TTFB p50" { (row.p50) br; small { (row.p50_ci) } }
                                     td.num data-label="TTFB p95" { (row.p95) br; small { (row.p95_ci) } }
+                                    td.num.total data-label=(total_p50) { (row.total_p50) br; small { (row.total_p50_ci) } }
+                                    td.num.total data-label=(total_p95) { (row.total_p95) br; small { (row.total_p95_ci) } }
                                     td.objectives data-label="Objectives" {
                                         @if row.objectives.is_empty() { span.muted { "none set" } }
                                         @for o in &row.objectives {
@@ -270,6 +281,10 @@ mod tests {
             p50_ci: String::new(),
             p95: String::new(),
             p95_ci: String::new(),
+            total_p50: String::new(),
+            total_p50_ci: String::new(),
+            total_p95: String::new(),
+            total_p95_ci: String::new(),
             objectives: cells
                 .iter()
                 .map(|(o, v)| ObjectiveCell {

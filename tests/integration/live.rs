@@ -69,37 +69,6 @@ async fn follow(
     rx
 }
 
-/// A dashboard session for the owner behind `token` (the session cookie).
-async fn session_of(app: &TestApp, token: &str) -> String {
-    use lastmile_domain::logins::{self, Account};
-    let (_, me) = app.get("/api/v1/me", token).await;
-    let id = me["id"].as_str().unwrap().to_owned();
-    let mut conn = app.db().conn().unwrap();
-    let login = logins::add_login(
-        &mut conn,
-        Account::Owner(&id),
-        "owner@shop.test",
-        "correct horse battery",
-    )
-    .unwrap();
-    format!(
-        "lm_session={}",
-        logins::start_session(&mut conn, &login.id).unwrap()
-    )
-}
-
-/// A dashboard page's HTML, read with `cookie`.
-async fn page_html(app: &TestApp, cookie: &str, path: &str) -> String {
-    let answer = reqwest::Client::new()
-        .get(format!("{}{path}", app.base))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200, "{path}");
-    answer.text().await.unwrap()
-}
-
 async fn next(events: &mut mpsc::Receiver<Event>) -> Event {
     tokio::time::timeout(Duration::from_secs(15), events.recv())
         .await
@@ -144,11 +113,13 @@ async fn a_check_is_followed_live_and_resumes_where_it_left_off(db: TestDb) {
         .await;
     assert_eq!(status, 201, "{rule}");
 
-    let cookie = session_of(&app, &owner).await;
+    let cookie = app.owner_session(&owner).await;
     let mut events = follow(&app, &owner, &check, None).await;
     // A run measured: its result arrives as it is stored.
     let run = app.start_run(&owner, &check).await;
-    let page = page_html(&app, &cookie, &format!("/app/checks/{check}/runs/{run}")).await;
+    let page = app
+        .dashboard_page(&cookie, &format!("/app/checks/{check}/runs/{run}"))
+        .await;
     let task = app.lease_when_offered(&agent, 1).await["tasks"][0]["assignment_id"].clone();
     let mut failing = submission(&task, 40_000);
     failing["measurement"]["status"] = Value::Null;
@@ -187,7 +158,9 @@ async fn a_check_is_followed_live_and_resumes_where_it_left_off(db: TestDb) {
 
     // A run's page reloads itself while measuring, and not once it is finished.
     assert!(page.contains("http-equiv=\"refresh\""), "{page}");
-    let done = page_html(&app, &cookie, &format!("/app/checks/{check}/runs/{run}")).await;
+    let done = app
+        .dashboard_page(&cookie, &format!("/app/checks/{check}/runs/{run}"))
+        .await;
     assert!(!done.contains("http-equiv=\"refresh\""), "{done}");
 
     // Another owner's check, and no token, are refused before any stream.

@@ -129,6 +129,20 @@ async fn a_page_check_flows_from_the_api_through_an_agent_into_the_report(db: Te
     let total = row["phases"]["total"]["p50"].as_u64().unwrap();
     let ttfb = row["phases"]["ttfb"]["p50"].as_u64().unwrap();
     assert!(total >= 3 * 10_000 && total > ttfb, "{row}");
+    // The dashboard's report table shows the page total, the point of a page check.
+    let cookie = app.owner_session(&owner).await;
+    let html = app
+        .dashboard_page(&cookie, &format!("/app/checks/{id}/report"))
+        .await;
+    assert!(html.contains("Page total p95"), "{html}");
+    let shown = match total as f64 / 1000.0 {
+        ms if ms >= 100.0 => format!("{ms:.0} ms"),
+        ms => format!("{ms:.1} ms"),
+    };
+    assert!(
+        html.contains(&shown),
+        "the page total {shown} is not in the table"
+    );
 
     // The owner paid the page price for it: 1.00 usd of credit less 0.15.
     let (status, balance) = app

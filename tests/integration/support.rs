@@ -413,6 +413,39 @@ impl TestApp {
         lease["tasks"][0].clone()
     }
 
+    /// A dashboard session (its cookie) for the owner behind the API `token`, with a
+    /// login made for it.
+    pub async fn owner_session(&self, token: &str) -> String {
+        use lastmile_domain::logins::{self, Account};
+        let (_, me) = self.get("/api/v1/me", token).await;
+        let id = me["id"].as_str().unwrap().to_owned();
+        let mut conn = self.db().conn().unwrap();
+        let email = format!("{id}@owners.test");
+        let login = logins::add_login(
+            &mut conn,
+            Account::Owner(&id),
+            &email,
+            "correct horse battery",
+        )
+        .unwrap();
+        format!(
+            "lm_session={}",
+            logins::start_session(&mut conn, &login.id).unwrap()
+        )
+    }
+
+    /// A dashboard page's HTML, read with a session `cookie` (200 expected).
+    pub async fn dashboard_page(&self, cookie: &str, path: &str) -> String {
+        let answer = reqwest::Client::new()
+            .get(format!("{}{path}", self.base))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{path}");
+        answer.text().await.unwrap()
+    }
+
     /// `GET path` with `token`: the answer as it comes.
     pub async fn get(&self, path: &str, token: &str) -> (u16, Value) {
         self.call("GET", path, Some(token), None).await

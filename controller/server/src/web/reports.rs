@@ -113,6 +113,12 @@ pub async fn report(
         csv_url: format!("{api}&format=csv"),
         json_url: api,
         total_samples: overall.rows.iter().map(|r| r.samples).sum(),
+        // A page check's total is the whole page's, its point.
+        total_label: if check.kind == "page" {
+            "Page total".into()
+        } else {
+            "Total".into()
+        },
     };
     Ok(html(StatusCode::OK, pages::report(&user.nav(), &view)))
 }
@@ -211,7 +217,14 @@ fn row(r: &reports::ReportRow) -> Row {
     let ttfb = r.phases.get(&Phase::Ttfb);
     let (p50, p50_ci) = percentile(ttfb, |p| (p.p50, p.p50_ci));
     let (p95, p95_ci) = percentile(ttfb, |p| (p.p95, p.p95_ci));
+    let total = r.phases.get(&Phase::Total);
+    let (total_p50, total_p50_ci) = percentile(total, |p| (p.p50, p.p50_ci));
+    let (total_p95, total_p95_ci) = percentile(total, |p| (p.p95, p.p95_ci));
     Row {
+        total_p50,
+        total_p50_ci,
+        total_p95,
+        total_p95_ci,
         class: r
             .group
             .connection_class
