@@ -47,11 +47,22 @@ pub struct Series {
 /// bucket is a dot, joined by lines, so a single bucket still shows. `title` names the
 /// chart for screen readers.
 pub fn time_chart(title: &str, series: &[Series], from: i64, to: i64) -> String {
-    let ymax = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .fold(0.0_f64, f64::max);
-    let ymax = nice_ceiling(ymax.max(1.0) * 1.1);
+    let values = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
+    let ymax = values().fold(0.0_f64, f64::max);
+    let ymin = values().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
+    // Lines ten times apart (dial-up against fibre) would squash the fast ones flat on a
+    // linear axis: then the axis is logarithmic, a decade per grid line.
+    let log = ymin.is_finite() && ymax / ymin > 10.0;
+    let (y_range, y_of, decades): (Range<f64>, fn(f64) -> f64, usize) = if log {
+        let (lo, hi) = (ymin.log10().floor(), (ymax * 1.1).log10().ceil());
+        (
+            lo..hi.max(lo + 1.0),
+            |v| v.max(1e-3).log10(),
+            (hi - lo).max(1.0) as usize + 1,
+        )
+    } else {
+        (0.0..nice_ceiling(ymax.max(1.0) * 1.1), |v| v, 5)
+    };
     let (from, to) = if to > from {
         (from, to)
     } else {
@@ -64,18 +75,28 @@ pub fn time_chart(title: &str, series: &[Series], from: i64, to: i64) -> String 
     let x_of = |t: i64| (t - from) as f64 / unit as f64;
     let x_max = x_of(to);
     let x_label = |x: &f64| time_label(from + (x * unit as f64).round() as i64, span);
+    let y_label = |y: &f64| {
+        let ms = if log { 10f64.powf(*y) } else { *y };
+        if ms < 1.0 {
+            format!("{ms:.1} ms")
+        } else {
+            format!("{ms:.0} ms")
+        }
+    };
     let frame = Frame {
         x: 0.0..x_max,
-        y: 0.0..ymax,
+        y: y_range,
         x_labels: 5,
+        y_labels: decades,
         x_label: &x_label,
-        y_label: &|y| format!("{y:.0} ms"),
+        y_label: &y_label,
         y_label_area: 62,
     };
     let svg = framed(frame, |chart| {
         for s in series {
             let color = PALETTE[s.color % PALETTE.len()];
-            let points: Vec<(f64, f64)> = s.points.iter().map(|(t, v)| (x_of(*t), *v)).collect();
+            let points: Vec<(f64, f64)> =
+                s.points.iter().map(|(t, v)| (x_of(*t), y_of(*v))).collect();
             chart.draw_series(LineSeries::new(
                 points.clone(),
                 ShapeStyle::from(&color).stroke_width(2),
@@ -88,7 +109,12 @@ pub fn time_chart(title: &str, series: &[Series], from: i64, to: i64) -> String 
         }
         Ok(())
     });
-    accessible(svg, title)
+    let name = if log {
+        format!("{title} (logarithmic time axis)")
+    } else {
+        title.to_owned()
+    };
+    accessible(svg, &name)
 }
 
 /// A latency distribution: `samples` are (value µs, count) pairs from the merged
@@ -137,6 +163,7 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
         x: lo..hi,
         y: 0.0..top,
         x_labels: 6,
+        y_labels: 5,
         x_label: &ms_label,
         y_label: &share_label,
         y_label_area: 52,
@@ -166,6 +193,7 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
         x: lo..max_ms,
         y: 0.0..100.0,
         x_labels: 6,
+        y_labels: 5,
         x_label: &ms_label,
         y_label: &share_label,
         y_label_area: 52,
@@ -197,6 +225,7 @@ struct Frame<'a> {
     x: Range<f64>,
     y: Range<f64>,
     x_labels: usize,
+    y_labels: usize,
     x_label: &'a dyn Fn(&f64) -> String,
     y_label: &'a dyn Fn(&f64) -> String,
     y_label_area: u32,
@@ -225,7 +254,7 @@ fn framed(
         chart
             .configure_mesh()
             .x_labels(frame.x_labels)
-            .y_labels(5)
+            .y_labels(frame.y_labels)
             .x_label_formatter(frame.x_label)
             .y_label_formatter(frame.y_label)
             .label_style(
@@ -302,6 +331,37 @@ fn nice_ceiling(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_ten_times_apart_get_a_logarithmic_axis_a_decade_per_line() {
+        let class = |label: &str, ms: f64, color| Series {
+            label: label.into(),
+            points: vec![(1_700_000_000, ms), (1_700_003_600, ms * 1.1)],
+            color,
+        };
+        let svg = time_chart(
+            "ttfb p50",
+            &[class("dialup", 900.0, 0), class("fibre", 12.0, 1)],
+            1_700_000_000,
+            1_700_007_200,
+        );
+        assert!(svg.contains("ttfb p50 (logarithmic time axis)"), "{svg}");
+        for tick in ["\n10 ms\n", "\n100 ms\n", "\n1000 ms\n"] {
+            assert!(svg.contains(tick), "{tick} missing: {svg}");
+        }
+        // Within a factor of ten, the axis stays linear from zero.
+        let svg = time_chart(
+            "ttfb p50",
+            &[class("dsl", 50.0, 0), class("fibre", 12.0, 1)],
+            1_700_000_000,
+            1_700_007_200,
+        );
+        assert!(!svg.contains("logarithmic"), "{svg}");
+        assert!(
+            svg.contains("\n0 ms\n") || svg.contains("\n0.0 ms\n"),
+            "{svg}"
+        );
+    }
 
     #[test]
     fn a_time_chart_is_a_scalable_named_svg_with_one_dot_per_bucket() {
