@@ -219,6 +219,93 @@ pub fn distribution(title: &str, samples: &[(u64, u64)]) -> (String, String) {
     )
 }
 
+/// One class's latency samples: (value µs, count) pairs of its merged histogram.
+#[derive(Debug, Clone)]
+pub struct Distribution {
+    pub label: String,
+    /// Index into the palette, as in [`Series`].
+    pub color: usize,
+    pub samples: Vec<(u64, u64)>,
+}
+
+/// The cumulative distribution of each class, one coloured step line each (share of its
+/// samples at or below each value), on a shared axis: logarithmic, a decade per grid
+/// line, when the classes are more than ten times apart. Empty without samples.
+pub fn class_cdf(title: &str, classes: &[Distribution]) -> String {
+    let values = || {
+        classes
+            .iter()
+            .flat_map(|c| c.samples.iter().filter(|s| s.1 > 0).map(|s| s.0))
+    };
+    let (Some(min), Some(max)) = (values().min(), values().max()) else {
+        return String::new();
+    };
+    let (lo, hi) = (
+        min as f64 / 1000.0,
+        (max as f64 / 1000.0).max(min as f64 / 1000.0 + 0.001),
+    );
+    let log = lo > 0.0 && hi / lo > 10.0;
+    let (x_range, x_of, labels): (Range<f64>, fn(f64) -> f64, usize) = if log {
+        let (a, b) = (lo.log10().floor(), hi.log10().ceil());
+        (
+            a..b.max(a + 1.0),
+            |v| v.max(1e-3).log10(),
+            (b - a).max(1.0) as usize + 1,
+        )
+    } else {
+        (lo..hi, |v| v, 6)
+    };
+    let x_label = |x: &f64| {
+        let ms = if log { 10f64.powf(*x) } else { *x };
+        format!("{} ms", short(ms))
+    };
+    let share_label = |y: &f64| format!("{y:.0} %");
+    let frame = Frame {
+        x: x_range.clone(),
+        y: 0.0..100.0,
+        x_labels: labels,
+        y_labels: 5,
+        x_label: &x_label,
+        y_label: &share_label,
+        y_label_area: 52,
+    };
+    let svg = framed(frame, |chart| {
+        for class in classes {
+            let mut sorted: Vec<(u64, u64)> =
+                class.samples.iter().copied().filter(|s| s.1 > 0).collect();
+            sorted.sort_unstable();
+            let total: u64 = sorted.iter().map(|s| s.1).sum();
+            if total == 0 {
+                continue;
+            }
+            // A step function: the share jumps at each recorded value.
+            let mut steps = vec![(x_range.start, 0.0)];
+            let (mut below, mut prev) = (0, 0.0);
+            for (v, n) in &sorted {
+                let x = x_of(*v as f64 / 1000.0);
+                below += n;
+                let y = below as f64 * 100.0 / total as f64;
+                steps.push((x, prev));
+                steps.push((x, y));
+                prev = y;
+            }
+            steps.push((x_range.end, 100.0));
+            let color = PALETTE[class.color % PALETTE.len()];
+            chart.draw_series(LineSeries::new(
+                steps,
+                ShapeStyle::from(&color).stroke_width(2),
+            ))?;
+        }
+        Ok(())
+    });
+    let name = if log {
+        format!("{title} (logarithmic time axis)")
+    } else {
+        title.to_owned()
+    };
+    accessible(svg, &name)
+}
+
 /// The axes of one chart: their ranges, how many labels the x axis gets and how they
 /// read, and the width the y labels need.
 struct Frame<'a> {
@@ -383,6 +470,22 @@ mod tests {
         assert!(!tag.contains("width="), "{tag}");
         assert!(tag.contains("viewBox"), "{tag}");
         assert_eq!(svg.matches("<circle").count(), 2, "{svg}");
+    }
+
+    #[test]
+    fn each_class_gets_its_own_cumulative_line_in_its_colour() {
+        let class = |label: &str, color, ms: u64| Distribution {
+            label: label.into(),
+            color,
+            samples: vec![(ms * 1000, 3), (ms * 1100, 1)],
+        };
+        let svg = class_cdf("ttfb", &[class("dialup", 0, 400), class("fibre", 3, 12)]);
+        assert!(svg.contains("ttfb (logarithmic time axis)"), "{svg}");
+        for color in [PALETTE[0], PALETTE[3]] {
+            let hex = format!("#{:02X}{:02X}{:02X}", color.0, color.1, color.2);
+            assert!(svg.contains(&hex), "no line in {hex}: {svg}");
+        }
+        assert_eq!(class_cdf("ttfb", &[]), String::new());
     }
 
     #[test]

@@ -133,6 +133,8 @@ pub struct ReportView {
     pub total_p95: Vec<Series>,
     /// (value µs, count) of the merged ttfb histogram over all rows.
     pub ttfb_distribution: Vec<(u64, u64)>,
+    /// The same per connection class (same colours as the charts over time).
+    pub ttfb_by_class: Vec<charts::Distribution>,
     pub rows: Vec<Row>,
     pub csv_url: String,
     pub json_url: String,
@@ -142,7 +144,8 @@ pub struct ReportView {
 }
 
 pub fn report(nav: &Nav, r: &ReportView) -> Markup {
-    let (hist, cdf) = charts::distribution("Time to first byte", &r.ttfb_distribution);
+    let (hist, _) = charts::distribution("Time to first byte", &r.ttfb_distribution);
+    let cdf = charts::class_cdf("Time to first byte by connection class", &r.ttfb_by_class);
     let charts_over_time = [
         ("ttfb-p50", "Time to first byte, median (p50)", &r.ttfb_p50),
         ("ttfb-p95", "Time to first byte, p95", &r.ttfb_p95),
@@ -202,14 +205,14 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
                     }
                 }
                 section.card {
-                    h2 { "Latency distribution " small.muted { "(time to first byte, all rows)" } }
+                    h2 { "Latency distribution " small.muted { "(time to first byte)" } }
                     div.charts {
                         figure.chart #ttfb-histogram {
-                            figcaption { "Share of measurements by time to first byte (up to p99)" }
+                            figcaption { "All classes: share of measurements by time to first byte (up to p99)" }
                             (PreEscaped(hist))
                         }
                         figure.chart #ttfb-cdf {
-                            figcaption { "Cumulative: share at or below each time" }
+                            figcaption { "Cumulative, per class: share of its measurements at or below each time" }
                             (PreEscaped(cdf))
                         }
                     }

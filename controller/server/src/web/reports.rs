@@ -77,6 +77,7 @@ pub async fn report(
                 &check,
                 &ReportQuery {
                     histograms: true,
+                    group_by: vec![Dimension::ConnectionClass],
                     ..base
                 },
             )?;
@@ -108,7 +109,19 @@ pub async fn report(
         ttfb_p95: series(&over_time, Phase::Ttfb, |p| p.p95),
         total_p50: series(&over_time, Phase::Total, |p| p.p50),
         total_p95: series(&over_time, Phase::Total, |p| p.p95),
-        ttfb_distribution: distribution(&overall, Phase::Ttfb),
+        ttfb_distribution: distribution(&overall.rows, Phase::Ttfb),
+        ttfb_by_class: overall
+            .rows
+            .iter()
+            .map(|row| lastmile_dashboard::charts::Distribution {
+                label: row
+                    .group
+                    .connection_class
+                    .map_or_else(|| "unknown".into(), |c| c.to_string()),
+                color: color_of(row.group.connection_class),
+                samples: distribution(std::slice::from_ref(row), Phase::Ttfb),
+            })
+            .collect(),
         rows: table.rows.iter().map(row).collect(),
         csv_url: format!("{api}&format=csv"),
         json_url: api,
@@ -161,9 +174,10 @@ fn series(report: &Report, phase: Phase, pick: fn(&Percentiles) -> u64) -> Vec<S
 }
 
 /// (value µs, count) of a phase's merged histogram (the report's `histograms` export).
-fn distribution(report: &Report, phase: Phase) -> Vec<(u64, u64)> {
+/// The recorded (value µs, count) pairs of `rows`' merged histograms of `phase`.
+fn distribution(rows: &[reports::ReportRow], phase: Phase) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
-    for row in &report.rows {
+    for row in rows {
         let Some(encoded) = row.histograms.get(&phase) else {
             continue;
         };
