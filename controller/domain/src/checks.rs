@@ -142,48 +142,6 @@ pub fn patch(
     update(conn, owner_id, id, &new, min_interval_s)
 }
 
-/// Deletes one of the owner's checks: it leaves the owner's lists and is never run
-/// again; its open runs stop (their unfilled assignments are given up, so no credit
-/// stays held); its alert rules go (their open incidents resolve). Its runs, results,
-/// aggregates and payments stay.
-pub fn delete(conn: &mut DbConn, owner_id: &str, id: &str) -> Result<()> {
-    lastmile_storage::write_tx(conn, |c| {
-        get(c, owner_id, id)?;
-        delete_unchecked(c, id, now_us())
-    })
-}
-
-/// [`delete`] without the ownership check, inside the caller's transaction (a site's
-/// deletion deletes its checks).
-pub(crate) fn delete_unchecked(
-    conn: &mut DbConn,
-    id: &str,
-    now: crate::clock::Micros,
-) -> Result<()> {
-    use lastmile_storage::schema::{alert_rules, runs};
-    diesel::update(checks::table.find(id))
-        .set((
-            checks::deleted_at.eq(now),
-            checks::next_run_at.eq(None::<i64>),
-        ))
-        .execute(conn)?;
-    diesel::update(
-        runs::table
-            .filter(runs::check_id.eq(id))
-            .filter(runs::deadline_at.gt(now)),
-    )
-    .set(runs::deadline_at.eq(now))
-    .execute(conn)?;
-    diesel::update(
-        alert_rules::table
-            .filter(alert_rules::check_id.eq(id))
-            .filter(alert_rules::deleted_at.is_null()),
-    )
-    .set(alert_rules::deleted_at.eq(now))
-    .execute(conn)?;
-    Ok(())
-}
-
 pub use lastmile_storage::checks::Check;
 
 /// The owner's check with this id.

@@ -26,6 +26,7 @@ pub mod check_terms;
 pub mod checks;
 pub mod confidence;
 pub mod countries;
+pub mod deletions;
 pub mod dns_verify;
 pub mod error;
 pub mod geo;

@@ -180,28 +180,6 @@ pub fn get(conn: &mut DbConn, owner_id: &str, id: &str) -> Result<Site> {
     Ok(lastmile_storage::sites::get(conn, owner_id, id)?)
 }
 
-/// Deletes one of the owner's sites and its checks ([`crate::checks::delete`]): no
-/// check can be made on it again until it is added and verified anew. History stays.
-pub fn delete(conn: &mut DbConn, owner_id: &str, id: &str) -> Result<()> {
-    use lastmile_storage::schema::checks;
-    lastmile_storage::write_tx(conn, |c| {
-        get(c, owner_id, id)?;
-        let now = now_us();
-        diesel::update(sites::table.find(id))
-            .set(sites::deleted_at.eq(now))
-            .execute(c)?;
-        let live: Vec<String> = checks::table
-            .filter(checks::site_id.eq(id))
-            .filter(checks::deleted_at.is_null())
-            .select(checks::id)
-            .load(c)?;
-        for check in live {
-            crate::checks::delete_unchecked(c, &check, now)?;
-        }
-        Ok(())
-    })
-}
-
 /// The owner's sites, oldest first.
 pub fn list(conn: &mut DbConn, owner_id: &str) -> Result<Vec<Site>> {
     Ok(lastmile_storage::sites::list(conn, owner_id)?)

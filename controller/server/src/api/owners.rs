@@ -256,7 +256,7 @@ pub async fn delete_check(
 ) -> Result<HttpResponse, Failure> {
     state
         .db
-        .run(move |c| checks::delete(c, &owner.id, &id.to_string()))
+        .run(move |c| lastmile_domain::deletions::delete_check(c, &owner.id, &id.to_string()))
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }
@@ -272,7 +272,7 @@ pub async fn delete_site(
 ) -> Result<HttpResponse, Failure> {
     state
         .db
-        .run(move |c| sites::delete(c, &owner.id, &id.to_string()))
+        .run(move |c| lastmile_domain::deletions::delete_site(c, &owner.id, &id.to_string()))
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }
