@@ -578,8 +578,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         std::fs::write(out.join("leaderboard.json"), &leaderboard_json)?;
         say!(
             opts,
-            "Wrote {}, {}, {} and {}",
+            "Wrote {}, {}, {}, {}, {} and {}",
             out.join("report.json").display(),
+            out.join("report_by_class.json").display(),
+            out.join("page_report.json").display(),
             out.join("isp_report.json").display(),
             out.join("ledger.json").display(),
             out.join("leaderboard.json").display()
