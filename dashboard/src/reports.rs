@@ -110,6 +110,17 @@ pub struct Row {
     pub objectives: Vec<ObjectiveCell>,
 }
 
+/// One country: its figures and the verdict of the objectives that apply to it.
+#[derive(Debug, Clone)]
+pub struct CountryRow {
+    pub country: String,
+    pub samples: u64,
+    pub availability: String,
+    pub ttfb_p95: String,
+    /// "met", "at risk", "breached", "no objectives" or "no data".
+    pub verdict: String,
+}
+
 /// Everything the report page shows.
 #[derive(Debug, Clone)]
 pub struct ReportView {
@@ -141,6 +152,8 @@ pub struct ReportView {
     pub total_samples: u64,
     /// "Total", or "Page total" for a page check.
     pub total_label: String,
+    /// By country, each coloured by its verdict.
+    pub countries: Vec<CountryRow>,
 }
 
 pub fn report(nav: &Nav, r: &ReportView) -> Markup {
@@ -214,6 +227,24 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
                         figure.chart #ttfb-cdf {
                             figcaption { "Cumulative, per class: share of its measurements at or below each time" }
                             (PreEscaped(cdf))
+                        }
+                    }
+                }
+                h2 { "By country" }
+                div.scroll {
+                    table.countries {
+                        caption.visually-hidden { "Countries coloured by the verdict of their objectives" }
+                        (column_heads(&["Country", "Verdict", "Samples", "Availability", "TTFB p95"]))
+                        tbody {
+                            @for c in &r.countries {
+                                tr.(c.verdict.replace(' ', "-")) {
+                                    td { (c.country) }
+                                    td { (crate::checks::verdict_badge(&c.verdict)) }
+                                    td.num { (c.samples) }
+                                    td.num { (c.availability) }
+                                    td.num { (c.ttfb_p95) }
+                                }
+                            }
                         }
                     }
                 }

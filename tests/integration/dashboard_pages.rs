@@ -202,6 +202,11 @@ async fn an_owner_reads_a_report_of_real_measurements_edits_pauses_and_uses_toke
         "{rows}"
     );
     assert!(browser.text("p.meta").await.contains("6 measurements"));
+    // One country, coloured by its verdict.
+    assert_eq!(browser.count("table.countries tbody tr").await, 1);
+    assert_eq!(browser.count("table.countries tr.met").await, 1);
+    let germany = browser.text("table.countries tbody tr").await;
+    assert!(germany.starts_with("DE met 6 100.0 %"), "{germany}");
     // The verdict first, in one line.
     assert_eq!(
         browser.text("#verdict").await,

@@ -7,7 +7,9 @@ use actix_web::{web, HttpResponse};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use lastmile_dashboard::charts::Series;
-use lastmile_dashboard::reports::{self as pages, ObjectiveCell, ReportView, Row, Verdict};
+use lastmile_dashboard::reports::{
+    self as pages, CountryRow, ObjectiveCell, ReportView, Row, Verdict,
+};
 use lastmile_protocol::{ConnectionClass, Phase};
 use serde::Deserialize;
 
@@ -78,13 +80,21 @@ pub async fn report(
                 &ReportQuery {
                     histograms: true,
                     group_by: vec![Dimension::ConnectionClass],
+                    ..base.clone()
+                },
+            )?;
+            let by_country = reports::build(
+                c,
+                &check,
+                &ReportQuery {
+                    group_by: vec![Dimension::Country],
                     ..base
                 },
             )?;
-            Ok::<_, Error>((check, over_time, table, overall))
+            Ok::<_, Error>((check, over_time, table, overall, by_country))
         })
         .await;
-    let (check, over_time, table, overall) = built.or_page(&user)?;
+    let (check, over_time, table, overall, by_country) = built.or_page(&user)?;
     let api = format!(
         "/api/v1/checks/{}/report?window={window}&group_by=connection_class,country",
         check.id
@@ -126,6 +136,7 @@ pub async fn report(
         csv_url: format!("{api}&format=csv"),
         json_url: api,
         total_samples: overall.rows.iter().map(|r| r.samples).sum(),
+        countries: by_country.rows.iter().map(country_row).collect(),
         // A page check's total is the whole page's, its point.
         total_label: if check.kind == "page" {
             "Page total".into()
@@ -174,6 +185,31 @@ fn series(report: &Report, phase: Phase, pick: fn(&Percentiles) -> u64) -> Vec<S
 }
 
 /// (value µs, count) of a phase's merged histogram (the report's `histograms` export).
+/// A country's row: its figures and the worst verdict of the objectives that apply to
+/// the whole country (class-specific ones are judged in the class table).
+fn country_row(r: &reports::ReportRow) -> CountryRow {
+    let cells: Vec<ObjectiveCell> = r.objectives.iter().map(objective).collect();
+    let verdict = if cells.iter().any(|c| c.verdict == Verdict::Breached) {
+        "breached"
+    } else if cells.iter().any(|c| c.verdict == Verdict::AtRisk) {
+        "at risk"
+    } else if cells.iter().any(|c| c.verdict == Verdict::Met) {
+        "met"
+    } else if cells.is_empty() {
+        "no objectives"
+    } else {
+        "no data"
+    };
+    let (p95, _) = percentile(r.phases.get(&Phase::Ttfb), |p| (p.p95, p.p95_ci));
+    CountryRow {
+        country: r.group.country.clone().unwrap_or_else(|| "unknown".into()),
+        samples: r.samples,
+        availability: format!("{:.1} %", r.availability * 100.0),
+        ttfb_p95: p95,
+        verdict: verdict.into(),
+    }
+}
+
 /// The recorded (value µs, count) pairs of `rows`' merged histograms of `phase`.
 fn distribution(rows: &[reports::ReportRow], phase: Phase) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
