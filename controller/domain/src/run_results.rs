@@ -114,6 +114,8 @@ pub fn of_run(conn: &mut DbConn, run: &RunView) -> Result<Vec<ResultView>> {
     let stored: Vec<(StoredResult, bool)> = results::table
         .filter(results::run_id.eq(run_id))
         .filter(results::check_id.eq(check_id))
+        // Received after the run was made: PostgreSQL reads those days' partitions only.
+        .filter(results::received_at.ge(crate::clock::to_us(run.created_at)))
         .order((results::started_at.asc(), results::assignment_id.asc()))
         .select((StoredResult::as_select(), results::flagged))
         .load(conn)?;

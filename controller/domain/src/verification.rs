@@ -187,6 +187,13 @@ pub const MIN_PEER_AGENTS: usize = 3;
 /// How far back and how many peer results are compared.
 pub const PEER_WINDOW_US: Micros = 24 * 3_600_000_000;
 pub const MAX_PEER_RESULTS: i64 = 200;
+/// How far back a copy or replay is looked for: results are partitioned by day on
+/// PostgreSQL, so an unbounded lookup would probe every day kept (90 by default) on
+/// every request; copies are of recent results (a peer's current numbers), and an old
+/// replay still has to pass the physics and peer rules.
+pub const COPY_WINDOW_US: Micros = 7 * 24 * 3_600_000_000;
+/// A run's results all arrive within its deadline; a day bounds a run's lookups by time.
+const RUN_WINDOW_US: Micros = 24 * 3_600_000_000;
 /// No response arrives sooner than this after its request, µs, on any line (loopback
 /// included).
 pub const MIN_TTFB_US: i64 = 20;
@@ -441,7 +448,9 @@ impl<'a> Verifier<'a> {
             let ttfbs: Vec<i64> = candidates.iter().map(|r| r.ttfb_us).collect();
             let own: Vec<&str> = results.iter().map(|r| r.assignment_id.as_str()).collect();
             // By the (total, ttfb) index; the other numbers are compared here.
+            let since = results.iter().map(|r| r.received_at).min().unwrap_or(0) - COPY_WINDOW_US;
             let rows: Vec<StoredPrint> = results::table
+                .filter(results::received_at.ge(since))
                 .filter(results::total_us.eq_any(&totals))
                 .filter(results::ttfb_us.eq_any(&ttfbs))
                 .filter(results::assignment_id.ne_all(&own))
@@ -533,6 +542,7 @@ impl<'a> Verifier<'a> {
             let first: Option<(String, String)> = results::table
                 .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
                 .filter(results::run_id.eq(&r.run_id))
+                .filter(results::received_at.ge(r.received_at - RUN_WINDOW_US))
                 .filter(results::agent_id.ne(&agent.id))
                 .filter(agents::volunteer_id.eq(&agent.volunteer_id))
                 .filter(agents::ip.eq(&agent.ip))
