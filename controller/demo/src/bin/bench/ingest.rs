@@ -42,6 +42,9 @@ struct Args {
     agents: usize,
     pg: Option<String>,
     controller: Option<PathBuf>,
+    /// Results (with their payments and ledger postings) already stored before the
+    /// measured ingest, received over the last 60 days (PostgreSQL only).
+    history: usize,
 }
 
 fn args(flags: Vec<String>) -> anyhow::Result<Args> {
@@ -52,6 +55,7 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
         agents: 200,
         pg: None,
         controller: None,
+        history: 0,
     };
     let mut it = flags.into_iter();
     while let Some(flag) = it.next() {
@@ -63,7 +67,8 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
             "--agents" => a.agents = value.parse()?,
             "--pg" => a.pg = Some(value),
             "--controller" => a.controller = Some(value.into()),
-            other => bail!("unknown flag {other} (flags: --results N --batch N --connections N --agents N --pg ADMIN_URL --controller PATH)"),
+            "--history" => a.history = value.parse()?,
+            other => bail!("unknown flag {other} (flags: --results N --batch N --connections N --agents N --pg ADMIN_URL --controller PATH --history N)"),
         }
     }
     if !(1..=lastmile_protocol::MAX_RESULTS_PER_BATCH).contains(&a.batch) {
@@ -97,6 +102,10 @@ struct Request {
 fn prepare(db: &Db, args: &Args) -> anyhow::Result<Vec<Request>> {
     let mut conn = db.conn()?;
     let (_, check, agents) = fixture_with_tokens(&mut conn, args.agents)?;
+    if args.history > 0 {
+        let ids: Vec<String> = agents.iter().map(|(a, _)| a.id.clone()).collect();
+        prefill_history(&mut conn, &check, &ids, args.history)?;
+    }
     let runs = args.results.div_ceil(args.agents);
     for _ in 0..runs {
         scheduling::create_run(&mut conn, &check, &policy(), clock::now_us())?;
@@ -153,6 +162,102 @@ fn prepare(db: &Db, args: &Args) -> anyhow::Result<Vec<Request>> {
         args.batch
     );
     Ok(requests)
+}
+
+/// Stores `n` results of `check` by `agents`, received over the last 60 days, each
+/// paid in a ledger transaction of 50 (as the fold pays), with the postings' running
+/// balances moved to match: the history a long-running controller has, so the bench
+/// shows whether accepting costs more as history grows. PostgreSQL only (generated in
+/// SQL; foreign key checks off for this session, the rows being made consistent by hand).
+fn prefill_history(
+    conn: &mut lastmile_storage::DbConn,
+    check: &lastmile_domain::checks::Check,
+    agents: &[String],
+    n: usize,
+) -> anyhow::Result<()> {
+    use diesel::connection::SimpleConnection;
+    use lastmile_billing::ledger::{Account, AccountKind};
+    use lastmile_billing::Currency;
+    if !matches!(conn, lastmile_storage::DbConn::Pg(_)) {
+        bail!("--history needs --pg");
+    }
+    let started = Instant::now();
+    const DAYS: i64 = 60;
+    let day = lastmile_domain::rollups::DAY_US;
+    let now = clock::now_us();
+    for d in (0..DAYS).step_by(3) {
+        lastmile_domain::retention::prepare_days(conn, now - (DAYS - d) * day)?;
+    }
+    let volunteer: String = lastmile_storage::schema::agents::table
+        .find(&agents[0])
+        .select(lastmile_storage::schema::agents::volunteer_id)
+        .first(conn)?;
+    let owner_account = Account::owner_credit(&check.owner_id, Currency::USD);
+    let volunteer_account = Account::volunteer_earnings(&volunteer, Currency::USD);
+    let platform_account = Account::platform(AccountKind::PlatformRevenue, Currency::USD);
+    let agent_list = agents
+        .iter()
+        .map(|a| format!("'{a}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let k = agents.len();
+    let (check_id, batches) = (&check.id, n.div_ceil(50));
+    let account_row = |a: &Account| {
+        format!(
+            "('{}', '{}', {}, '{}', {now}, 0)",
+            a.id(),
+            a.kind.as_str(),
+            a.holder
+                .as_ref()
+                .map_or("NULL".to_owned(), |h| format!("'{h}'")),
+            a.currency
+        )
+    };
+    // Each result pays 5 cents: 4 to the volunteer, 1 to the platform.
+    conn.batch_execute(&format!(
+        "SET session_replication_role = replica;
+         INSERT INTO ledger_accounts (id, kind, holder, currency, created_at, balance_minor) VALUES {}, {}
+           ON CONFLICT (id) DO NOTHING;
+         INSERT INTO results (assignment_id, run_id, check_id, agent_id, received_at, started_at, late, status,
+             bytes, error_kind, error_message, dns_us, connect_us, tls_us, ttfb_us, transfer_us, total_us,
+             country, region, asn, connection_class, remote_addr, ip_version, http_version, bytes_decoded,
+             redirects, redirect_us, flagged)
+         SELECT 'history-' || g, 'history-run-' || (g / 100), '{check_id}', (ARRAY[{agent_list}])[1 + g % {k}],
+             {now} - 3600000000 - (g::BIGINT * {span}) / {n}, {now} - 3600000000 - (g::BIGINT * {span}) / {n} - 900000,
+             false, 200, 20000 + g % 5000, NULL, NULL, 1000 + g % 900, 9000 + g % 3000, 20000 + g % 7000,
+             45000 + g % 20000, 3000 + g % 9000, 80000 + g % 40000, 'DE', 'BE', 64500 + g % 400, 'dsl',
+             '2001:db8::' || (g % 1000), 6, '2', 60000, 0, 0, false
+         FROM generate_series(1, {n}) g;
+         INSERT INTO ledger_transactions (id, event_key, kind, memo, created_at)
+         SELECT 'history-tx-' || b, 'history-results-' || b, 'result', 'history', {now} - (b::BIGINT * {span}) / {batches}
+         FROM generate_series(0, {batches} - 1) b;
+         INSERT INTO ledger_postings (transaction_id, account_id, amount_minor)
+         SELECT 'history-tx-' || b, a.id, a.per_result * LEAST(50, {n} - b * 50)
+         FROM generate_series(0, {batches} - 1) b,
+              (VALUES ('{owner}', -5), ('{volunteer_id}', 4), ('{platform}', 1)) AS a(id, per_result);
+         INSERT INTO result_payments (assignment_id, transaction_id, price_minor)
+         SELECT 'history-' || g, 'history-tx-' || ((g - 1) / 50), 5 FROM generate_series(1, {n}) g;
+         UPDATE ledger_accounts SET balance_minor = balance_minor + {n} * -5 WHERE id = '{owner}';
+         UPDATE ledger_accounts SET balance_minor = balance_minor + {n} * 4 WHERE id = '{volunteer_id}';
+         UPDATE ledger_accounts SET balance_minor = balance_minor + {n} * 1 WHERE id = '{platform}';
+         SET session_replication_role = DEFAULT;
+         ANALYZE;",
+        account_row(&volunteer_account),
+        account_row(&platform_account),
+        span = DAYS * day,
+        owner = owner_account.id(),
+        volunteer_id = volunteer_account.id(),
+        platform = platform_account.id(),
+    ))?;
+    let problems = lastmile_billing::ledger::audit(conn)?;
+    if !problems.is_empty() {
+        bail!("the prefilled history does not balance: {problems:?}");
+    }
+    println!(
+        "  history: {n} results over {DAYS} days with {batches} ledger transactions, stored in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// What the senders saw.
@@ -255,7 +360,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         &mut conn,
         "SELECT CAST(COALESCE(SUM(successes + failures), 0) AS BIGINT) AS n FROM aggregates",
     )?;
-    let paid = count_sql(&mut conn, "SELECT COUNT(*) AS n FROM result_payments")?;
+    let paid = count_sql(
+        &mut conn,
+        "SELECT COUNT(*) AS n FROM result_payments WHERE assignment_id NOT LIKE 'history-%'",
+    )?;
     let seen = seen
         .lock()
         .map_err(|_| anyhow::anyhow!("a sender panicked"))?;
@@ -296,6 +404,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(admin) = &args.pg {
         let rows: Vec<StoredResult> = results::table
+            .filter(results::assignment_id.not_like("history-%"))
             .select(StoredResult::as_select())
             .load(&mut *conn)?;
         let copy_rate = raw_copy(admin, &rows)?;
