@@ -223,13 +223,13 @@ fn prefill_history(
              country, region, asn, connection_class, remote_addr, ip_version, http_version, bytes_decoded,
              redirects, redirect_us, flagged)
          SELECT 'history-' || g, 'history-run-' || (g / 100), '{check_id}', (ARRAY[{agent_list}])[1 + g % {k}],
-             {now} - 3600000000 - (g::BIGINT * {span}) / {n}, {now} - 3600000000 - (g::BIGINT * {span}) / {n} - 900000,
+             {now} - 3600000000 - g::BIGINT * ({span} / {n}), {now} - 3600000000 - g::BIGINT * ({span} / {n}) - 900000,
              false, 200, 20000 + g % 5000, NULL, NULL, 1000 + g % 900, 9000 + g % 3000, 20000 + g % 7000,
              45000 + g % 20000, 3000 + g % 9000, 80000 + g % 40000, 'DE', 'BE', 64500 + g % 400, 'dsl',
              '2001:db8::' || (g % 1000), 6, '2', 60000, 0, 0, false
          FROM generate_series(1, {n}) g;
          INSERT INTO ledger_transactions (id, event_key, kind, memo, created_at)
-         SELECT 'history-tx-' || b, 'history-results-' || b, 'result', 'history', {now} - (b::BIGINT * {span}) / {batches}
+         SELECT 'history-tx-' || b, 'history-results-' || b, 'result', 'history', {now} - b::BIGINT * ({span} / {batches})
          FROM generate_series(0, {batches} - 1) b;
          INSERT INTO ledger_postings (transaction_id, account_id, amount_minor)
          SELECT 'history-tx-' || b, a.id, a.per_result * LEAST(50, {n} - b * 50)
