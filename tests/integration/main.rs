@@ -38,6 +38,7 @@ mod openapi;
 mod page_checks;
 mod presence;
 mod readme;
+mod recent;
 mod replicas;
 mod reports;
 mod results;

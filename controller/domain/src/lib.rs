@@ -41,6 +41,7 @@ pub mod objectives;
 pub mod payments;
 pub mod payouts;
 pub mod presence;
+pub mod recent;
 pub mod reports;
 pub mod retention;
 pub mod rollups;

@@ -44,6 +44,7 @@ pub async fn report(
         _ => TimeBucket::Hour,
     };
     let id = id.into_inner();
+    let last_hour = window == "1h";
     let built = state
         .db
         .run(move |c| {
@@ -91,10 +92,22 @@ pub async fn report(
                     ..base
                 },
             )?;
-            Ok::<_, Error>((check, over_time, table, overall, by_country))
+            // The last hour in 5-minute slots from the raw results (hour cells would
+            // draw one dot per class).
+            let recent = if last_hour {
+                Some(lastmile_domain::recent::slots(
+                    c,
+                    &check.id,
+                    lastmile_domain::clock::to_us(from),
+                    lastmile_domain::clock::to_us(to),
+                )?)
+            } else {
+                None
+            };
+            Ok::<_, Error>((check, over_time, table, overall, by_country, recent))
         })
         .await;
-    let (check, over_time, table, overall, by_country) = built.or_page(&user)?;
+    let (check, over_time, table, overall, by_country, recent) = built.or_page(&user)?;
     let api = format!(
         "/api/v1/checks/{}/report?window={window}&group_by=connection_class,country",
         check.id
@@ -111,14 +124,27 @@ pub async fn report(
         confidence: format!("{} %", table.confidence.level() * 100.0),
         from_s: table.window.from.timestamp(),
         to_s: table.window.to.timestamp(),
-        bucket_label: match bucket {
-            TimeBucket::Day => "daily".into(),
-            TimeBucket::Hour => "hourly".into(),
+        bucket_label: match (&recent, bucket) {
+            (Some(_), _) => "5-minute slots".into(),
+            (None, TimeBucket::Day) => "daily".into(),
+            (None, TimeBucket::Hour) => "hourly".into(),
         },
-        ttfb_p50: series(&over_time, Phase::Ttfb, |p| p.p50),
-        ttfb_p95: series(&over_time, Phase::Ttfb, |p| p.p95),
-        total_p50: series(&over_time, Phase::Total, |p| p.p50),
-        total_p95: series(&over_time, Phase::Total, |p| p.p95),
+        ttfb_p50: match &recent {
+            Some(slots) => slot_series(slots, |s| s.ttfb_p50),
+            None => series(&over_time, Phase::Ttfb, |p| p.p50),
+        },
+        ttfb_p95: match &recent {
+            Some(slots) => slot_series(slots, |s| s.ttfb_p95),
+            None => series(&over_time, Phase::Ttfb, |p| p.p95),
+        },
+        total_p50: match &recent {
+            Some(slots) => slot_series(slots, |s| s.total_p50),
+            None => series(&over_time, Phase::Total, |p| p.p50),
+        },
+        total_p95: match &recent {
+            Some(slots) => slot_series(slots, |s| s.total_p95),
+            None => series(&over_time, Phase::Total, |p| p.p95),
+        },
         ttfb_distribution: distribution(&overall.rows, Phase::Ttfb),
         ttfb_by_class: overall
             .rows
@@ -152,6 +178,37 @@ fn color_of(class: Option<ConnectionClass>) -> usize {
     class
         .and_then(|c| ConnectionClass::ALL.iter().position(|x| *x == c))
         .unwrap_or(ConnectionClass::ALL.len())
+}
+
+/// One series per connection class from the last hour's slots.
+fn slot_series(
+    slots: &[lastmile_domain::recent::Slot],
+    pick: fn(&lastmile_domain::recent::Slot) -> u64,
+) -> Vec<Series> {
+    let mut out: Vec<(Option<ConnectionClass>, Series)> = Vec::new();
+    for slot in slots {
+        let point = (slot.start.div_euclid(1_000_000), pick(slot) as f64 / 1000.0);
+        match out.iter_mut().find(|(c, _)| *c == slot.class) {
+            Some((_, s)) => s.points.push(point),
+            None => out.push((
+                slot.class,
+                Series {
+                    label: slot
+                        .class
+                        .map_or_else(|| "unknown".into(), |c| c.to_string()),
+                    points: vec![point],
+                    color: color_of(slot.class),
+                },
+            )),
+        }
+    }
+    out.sort_by_key(|(c, _)| color_of(*c));
+    out.into_iter()
+        .map(|(_, mut s)| {
+            s.points.sort_by_key(|p| p.0);
+            s
+        })
+        .collect()
 }
 
 /// One series per connection class of a report grouped by class and time bucket.
