@@ -45,6 +45,10 @@ pub async fn report(
     };
     let id = id.into_inner();
     let last_hour = window == "1h";
+    let recent_window = {
+        let now = lastmile_domain::clock::now_us();
+        (now - lastmile_domain::clock::HOUR_US, now + 1)
+    };
     let built = state
         .db
         .run(move |c| {
@@ -95,12 +99,9 @@ pub async fn report(
             // The last hour in 5-minute slots from the raw results (hour cells would
             // draw one dot per class).
             let recent = if last_hour {
-                Some(lastmile_domain::recent::slots(
-                    c,
-                    &check.id,
-                    lastmile_domain::clock::to_us(from),
-                    lastmile_domain::clock::to_us(to),
-                )?)
+                // The last 60 minutes, not the clock hour the named window means.
+                let (from, to) = recent_window;
+                Some(lastmile_domain::recent::slots(c, &check.id, from, to)?)
             } else {
                 None
             };
@@ -122,10 +123,16 @@ pub async fn report(
             table.window.to.format("%Y-%m-%d %H:%M")
         ),
         confidence: format!("{} %", table.confidence.level() * 100.0),
-        from_s: table.window.from.timestamp(),
-        to_s: table.window.to.timestamp(),
+        from_s: match &recent {
+            Some(_) => recent_window.0.div_euclid(1_000_000),
+            None => table.window.from.timestamp(),
+        },
+        to_s: match &recent {
+            Some(_) => recent_window.1.div_euclid(1_000_000),
+            None => table.window.to.timestamp(),
+        },
         bucket_label: match (&recent, bucket) {
-            (Some(_), _) => "5-minute slots".into(),
+            (Some(_), _) => "5-minute slots of the last 60 minutes".into(),
             (None, TimeBucket::Day) => "daily".into(),
             (None, TimeBucket::Hour) => "hourly".into(),
         },
