@@ -159,22 +159,24 @@ fn web_url(raw: Option<&str>, kind: ChannelKind) -> Result<String> {
     Ok(url.to_string())
 }
 
+/// An address as sign-up normalises it (`logins::normalize_email`), and one address
+/// only: a list would fail at the relay, not here.
 fn email_address(raw: Option<&str>) -> Result<String> {
-    let raw = raw.map(str::trim).unwrap_or_default();
-    let valid = raw.len() <= 254
-        && raw.split_once('@').is_some_and(|(local, domain)| {
-            !local.is_empty() && domain.contains('.') && !domain.starts_with('.')
-        })
-        && !raw
-            .chars()
-            .any(|c| c.is_whitespace() || c.is_control() || c == ',');
-    if !valid {
-        return Err(Error::invalid(
+    let raw = raw.unwrap_or_default();
+    let refused = || {
+        Error::invalid(
             "invalid_channel",
-            format!("an email channel needs an `email` address, not {raw:?}"),
-        ));
+            format!(
+                "an email channel needs an `email` address, not {:?}",
+                raw.trim()
+            ),
+        )
+    };
+    let address = crate::logins::normalize_email(raw).map_err(|_| refused())?;
+    if address.contains([',', ';']) || address.chars().any(char::is_control) {
+        return Err(refused());
     }
-    Ok(raw.to_owned())
+    Ok(address)
 }
 
 /// Makes a channel for `owner_id`. A webhook's answer carries its secret, once. An email

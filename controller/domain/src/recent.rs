@@ -11,7 +11,8 @@ use hdrhistogram::Histogram;
 use lastmile_protocol::ConnectionClass;
 
 use crate::clock::Micros;
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::histogram;
 use lastmile_storage::schema::results;
 use lastmile_storage::DbConn;
 
@@ -52,20 +53,14 @@ pub fn slots(conn: &mut DbConn, check_id: &str, from: Micros, to: Micros) -> Res
             results::total_us,
         ))
         .load(conn)?;
-    let new = || {
-        Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
-            .map_err(|e| Error::Internal(format!("histogram: {e}")))
-    };
     let mut cells: BTreeMap<(Micros, String), (Histogram<u64>, Histogram<u64>)> = BTreeMap::new();
     for (class, at, ttfb, total) in rows {
-        let key = (at.div_euclid(SLOT_US) * SLOT_US, class);
-        if !cells.contains_key(&key) {
-            cells.insert(key.clone(), (new()?, new()?));
-        }
-        if let Some((t, tot)) = cells.get_mut(&key) {
-            t.saturating_record(ttfb.clamp(1, 3_600_000_000) as u64);
-            tot.saturating_record(total.clamp(1, 3_600_000_000) as u64);
-        }
+        let (t, tot) = cells
+            .entry((at.div_euclid(SLOT_US) * SLOT_US, class))
+            .or_insert_with(|| (histogram::new_histogram(), histogram::new_histogram()));
+        // As ingest records phases into cells.
+        t.saturating_record(ttfb.max(0) as u64);
+        tot.saturating_record(total.max(0) as u64);
     }
     Ok(cells
         .into_iter()

@@ -52,13 +52,11 @@ async fn render_channels(
         .or_page(user)?;
     let items: Vec<ChannelItem> = found.iter().map(channel_item).collect();
     let made = made.map(|(name, secret)| pages::NewChannel { name, secret });
-    let mut res = html(status, pages::channels(&user.nav(), &items, made, error));
-    // A page that may hold a fresh secret must not linger in caches or history.
-    res.headers_mut().insert(
-        actix_web::http::header::CACHE_CONTROL,
-        actix_web::http::header::HeaderValue::from_static("no-store"),
-    );
-    Ok(res)
+    // It may hold a webhook's fresh secret.
+    Ok(super::no_store(html(
+        status,
+        pages::channels(&user.nav(), &items, made, error),
+    )))
 }
 
 pub async fn list(
@@ -200,12 +198,13 @@ pub fn rule_words(r: &RuleView) -> String {
 }
 
 /// What a check's page shows of its alerting.
+/// `check` is the owner's, already read by the page.
 pub(super) fn check_alerts(
     conn: &mut DbConn,
     owner: &str,
-    check_id: &str,
+    check: &lastmile_domain::checks::Check,
 ) -> Result<CheckAlerts, Error> {
-    let check = lastmile_domain::checks::get(conn, owner, check_id)?;
+    let check_id = check.id.as_str();
     let channels = alerts::list_channels(conn, owner)?;
     let name_of = |id: &Uuid| {
         channels

@@ -525,7 +525,7 @@ pub(super) async fn render_detail(
         .run(move |c| {
             let check = checks::get(c, &owner, &id)?;
             let runs = scheduling::list_runs(c, &owner, &id, 20)?;
-            let alerts = super::alerts::check_alerts(c, &owner, &id)?;
+            let alerts = super::alerts::check_alerts(c, &owner, &check)?;
             Ok::<_, Error>((check, runs, alerts))
         })
         .await

@@ -163,6 +163,16 @@ fn html(status: actix_web::http::StatusCode, markup: maud::Markup) -> HttpRespon
 }
 
 /// A 303 to `location` (after a form post).
+/// Marks a page that may hold a fresh secret (a token, a key) so that it does not
+/// linger in caches or history.
+fn no_store(mut res: HttpResponse) -> HttpResponse {
+    res.headers_mut().insert(
+        actix_web::http::header::CACHE_CONTROL,
+        actix_web::http::header::HeaderValue::from_static("no-store"),
+    );
+    res
+}
+
 fn see_other(location: &str) -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header((actix_web::http::header::LOCATION, location.to_owned()))

@@ -38,7 +38,7 @@ async fn render(
         .await
         .or_page(user)?;
     let items: Vec<TokenItem> = found.iter().map(item).collect();
-    let mut res = html(
+    let res = html(
         status,
         pages::tokens(
             &user.nav(),
@@ -48,12 +48,8 @@ async fn render(
             &super::volunteers::controller_url(req),
         ),
     );
-    // A page that may hold a fresh secret must not linger in caches or history.
-    res.headers_mut().insert(
-        actix_web::http::header::CACHE_CONTROL,
-        actix_web::http::header::HeaderValue::from_static("no-store"),
-    );
-    Ok(res)
+    // It may hold a fresh token.
+    Ok(super::no_store(res))
 }
 
 pub async fn list(

@@ -280,13 +280,9 @@ pub async fn new_enrol_key(
         .run(move |c| accounts::rotate_enrol_key(c, &volunteer))
         .await
         .or_page(&user)?;
-    let mut res = render(&req, &user, &state, Some(key), (None, None)).await?;
-    // The key must not linger in caches or history.
-    res.headers_mut().insert(
-        actix_web::http::header::CACHE_CONTROL,
-        actix_web::http::header::HeaderValue::from_static("no-store"),
-    );
-    Ok(res)
+    let res = render(&req, &user, &state, Some(key), (None, None)).await?;
+    // It holds the new enrolment key.
+    Ok(super::no_store(res))
 }
 
 /// "Revoke": the agent's token stops working (as `POST
