@@ -100,6 +100,10 @@ struct RunArgs {
     /// Most results kept while the controller is unreachable (default 10000; the oldest are kept).
     #[arg(long, env = "LASTMILE_SPOOL_MAX_RESULTS")]
     spool_max_results: Option<usize>,
+    /// Do not run path traces (a few dozen small UDP probes to a check's target when an
+    /// incident opens on it).
+    #[arg(long, env = "LASTMILE_NO_PATH_TRACE")]
+    no_path_trace: bool,
     #[command(flatten)]
     engine: EngineArgs,
 }
@@ -121,6 +125,7 @@ struct ConfigFile {
     idle_only_hours: Option<String>,
     idle_max_load: Option<f64>,
     spool_max_results: Option<usize>,
+    path_trace: Option<bool>,
     allow_private: Option<bool>,
     ca_file: Option<PathBuf>,
     source_addr: Option<IpAddr>,
@@ -259,6 +264,7 @@ fn settings_from(args: RunArgs) -> anyhow::Result<AgentSettings> {
             .spool_max_results
             .or(file.spool_max_results)
             .unwrap_or(spool::DEFAULT_MAX_RESULTS),
+        path_trace: !args.no_path_trace && file.path_trace.unwrap_or(true),
     })
 }
 

@@ -129,6 +129,14 @@ impl ControllerClient {
         self.post("/api/v1/agents/lease", &request).await
     }
 
+    /// Reports a path trace; safe to repeat.
+    pub async fn report_trace(
+        &self,
+        report: &lastmile_protocol::trace::TraceReport,
+    ) -> Result<lastmile_protocol::trace::TraceAck, ClientError> {
+        self.post("/api/v1/agents/traces", report).await
+    }
+
     /// Submits one result; safe to repeat.
     pub async fn submit(&self, result: &ResultSubmission) -> Result<ResultAck, ClientError> {
         self.post("/api/v1/results", result).await

@@ -19,6 +19,7 @@ pub mod measure;
 pub mod page;
 pub mod runner;
 pub mod spool;
+pub mod trace;
 
 pub use measure::{ConnectTo, Engine, EngineConfig, Expectations};
 pub use runner::{run, AgentSettings};

@@ -331,6 +331,11 @@ impl Engine {
             .map_err(|e| tls_failure(host, &e))
     }
 
+    /// The address measurements (and path traces) are sent from, if one is set.
+    pub(crate) fn source_addr(&self) -> Option<IpAddr> {
+        self.config.source_addr
+    }
+
     /// Resolves the target, honouring `--connect-to`, and keeps only permitted addresses.
     pub(crate) async fn resolve(
         &self,

@@ -27,6 +27,7 @@ use crate::limits::{self, Gate, VolunteerLimits};
 use crate::measure::{Engine, EngineConfig, Expectations};
 use crate::page::PageLimits;
 use crate::spool::{Rejected, Spool};
+use crate::trace;
 
 /// Everything the run loop needs, already merged from flags, environment and config file.
 #[derive(Debug, Clone)]
@@ -49,6 +50,8 @@ pub struct AgentSettings {
     pub volunteer: VolunteerLimits,
     /// Most results kept in the spool while the controller is unreachable.
     pub spool_max_results: usize,
+    /// Whether to run the path traces the controller asks for when an incident opens.
+    pub path_trace: bool,
 }
 
 /// How often the line is calibrated again.
@@ -340,6 +343,7 @@ async fn beat(
             limits: settings.limits,
             paused,
             kinds: CheckKind::ALL.to_vec(),
+            path_trace: settings.path_trace,
         })
         .await?;
     Ok(Duration::from_secs(u64::from(
@@ -384,7 +388,24 @@ async fn lease_and_start(
     let wait = until_beat.min(MAX_LEASE_WAIT).as_secs() as u32;
     let asked = tokio::time::Instant::now();
     let leased = client.lease(free, wait).await?;
-    let got_work = !leased.tasks.is_empty();
+    let got_work = !leased.tasks.is_empty() || !leased.traces.is_empty();
+    for task in leased.traces {
+        let (client, engine) = (client.clone(), engine.clone());
+        // Not spooled: a trace is evidence for an incident now, worth nothing later.
+        in_flight.spawn(async move {
+            let report = trace::run(&engine, &task).await;
+            tracing::info!(
+                url = %task.url,
+                hops = report.hops.len(),
+                reached = report.reached,
+                error = report.error.as_ref().map(|e| e.message.as_str()).unwrap_or(""),
+                "path traced"
+            );
+            if let Err(e) = client.report_trace(&report).await {
+                tracing::warn!(error = %e, "path trace report not delivered");
+            }
+        });
+    }
     for task in leased.tasks {
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             // Cannot happen (we asked for no more than were free), but never overcommit.

@@ -11,6 +11,7 @@
 
 pub mod address;
 pub mod calibration;
+pub mod trace;
 
 use std::fmt;
 use std::str::FromStr;
@@ -616,6 +617,10 @@ pub struct Heartbeat {
     /// it cannot parse.
     #[serde(default)]
     pub kinds: Vec<CheckKind>,
+    /// Whether this agent runs path traces ([`trace::TraceTask`] in a lease answer).
+    /// An agent from before sends nothing and is never handed one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub path_trace: bool,
 }
 
 /// Where the controller places the agent, from the address it connected from.
@@ -696,6 +701,10 @@ fn default_max_redirects() -> u32 {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LeaseResponse {
     pub tasks: Vec<Task>,
+    /// Path traces to run (only for agents whose heartbeat says `path_trace`); absent
+    /// when there are none, so agents from before never see the field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub traces: Vec<trace::TraceTask>,
 }
 
 /// Agent -> controller: the outcome of one assignment.

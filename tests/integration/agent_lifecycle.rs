@@ -58,6 +58,7 @@ pub(crate) fn agent_settings(
         calibration_bytes_per_day: 0,
         volunteer: VolunteerLimits::default(),
         spool_max_results: 100,
+        path_trace: true,
     }
 }
 

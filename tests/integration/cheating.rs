@@ -89,6 +89,7 @@ async fn a_cheating_agent_is_flagged_unpaid_and_unreported_while_honest_agents_a
             calibration_bytes_per_day: 20 * 1024 * 1024,
             volunteer: VolunteerLimits::default(),
             spool_max_results: 100,
+            path_trace: true,
         };
         let mut stopped = stopped.clone();
         agents.spawn(lastmile_agent::run(settings, async move {

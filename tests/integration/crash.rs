@@ -370,6 +370,7 @@ impl PlaceAgents {
                 calibration_bytes_per_day: 20 * 1024 * 1024,
                 volunteer: VolunteerLimits::default(),
                 spool_max_results: spool::DEFAULT_MAX_RESULTS,
+                path_trace: true,
             }));
         }
         PlaceAgents { agents, spools }
@@ -640,6 +641,7 @@ async fn agents_back_off_while_the_controller_is_down() {
         calibration_bytes_per_day: 0,
         volunteer: VolunteerLimits::default(),
         spool_max_results: 10,
+        path_trace: true,
     });
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.send(true).unwrap();

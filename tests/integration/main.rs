@@ -36,6 +36,7 @@ mod live;
 mod nul_text;
 mod openapi;
 mod page_checks;
+mod path_trace;
 mod presence;
 mod readme;
 mod recent;

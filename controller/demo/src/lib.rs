@@ -313,6 +313,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             calibration_bytes_per_day: 20 * 1024 * 1024,
             volunteer: lastmile_agent::limits::VolunteerLimits::default(),
             spool_max_results: lastmile_agent::spool::DEFAULT_MAX_RESULTS,
+            path_trace: true,
         };
         let mut stopped = agents_stopped.clone();
         agent_tasks.spawn(async move {

@@ -61,6 +61,7 @@ pub fn enrol(
         check_kinds: kinds_column(&[]),
         changed_at: now,
         revoked_at: None,
+        path_trace: false,
     };
     diesel::insert_into(agents::table)
         .values(&agent)
@@ -111,7 +112,7 @@ pub fn revoke(conn: &mut DbConn, volunteer_id: &str, agent_id: &str) -> Result<(
 }
 
 /// Whether a heartbeat says anything the agent's row does not hold already (its
-/// class, version, limits, address, location, pause or kinds). A heartbeat that changes
+/// class, version, limits, address, location, pause, kinds or path tracing). A heartbeat that changes
 /// nothing only moves the agent's last-seen time, which [`crate::presence`] keeps in
 /// memory and writes in batches.
 pub fn beat_changes(agent: &Agent, beat: &Heartbeat, ip: IpAddr, location: &Location) -> bool {
@@ -126,6 +127,7 @@ pub fn beat_changes(agent: &Agent, beat: &Heartbeat, ip: IpAddr, location: &Loca
         || agent.as_org != location.as_org
         || agent.paused_reason != beat.paused.as_deref().map(|p| truncate(p, 200))
         || agent.check_kinds != kinds_column(&beat.kinds)
+        || agent.path_trace != beat.path_trace
 }
 
 /// Refuses limits outside what the controller plans for.
@@ -194,6 +196,7 @@ pub fn heartbeat(
             agents::last_heartbeat_at.eq(now),
             agents::paused_reason.eq(beat.paused.as_deref().map(|p| truncate(p, 200))),
             agents::check_kinds.eq(kinds_column(&beat.kinds)),
+            agents::path_trace.eq(beat.path_trace),
             agents::changed_at.eq(now),
         ))
         .execute(conn)?;

@@ -74,6 +74,10 @@ pub struct IncidentView {
     /// The figures behind the summary.
     #[schema(value_type = Object)]
     pub details: Value,
+    /// The paths traced by agents that saw the incident open (see
+    /// [`crate::path_traces`]); absent in webhook bodies, sent before any trace ran.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_traces: Vec<crate::path_traces::PathTraceView>,
 }
 
 impl Incident {
@@ -95,6 +99,7 @@ impl Incident {
             summary: self.summary.clone(),
             resolution: self.resolution.clone(),
             details: serde_json::from_str(&self.details).unwrap_or(Value::Null),
+            path_traces: Vec::new(),
         }
     }
 }
@@ -507,13 +512,14 @@ fn evaluate_rule(conn: &mut DbConn, rule_id: &str, now: Micros) -> Result<Option
             .select(Incident::as_select())
             .first(c)
             .optional()?;
+        let mut check = None;
         let judgement = if lastmile_storage::checks::is_deleted(c, &rule.check_id)? {
             Judgement::Clear("The check was deleted".into())
         } else if rule.deleted_at.is_some() {
             Judgement::Clear("The alert rule was deleted".into())
         } else {
-            let check = crate::checks::get_any(c, &rule.check_id)?;
-            judge(c, &check, &rule, now)?
+            let judged = check.insert(crate::checks::get_any(c, &rule.check_id)?);
+            judge(c, judged, &rule, now)?
         };
         match (judgement, open) {
             (
@@ -549,6 +555,16 @@ fn evaluate_rule(conn: &mut DbConn, rule_id: &str, now: Micros) -> Result<Option
                     ))
                     .execute(c)?;
                 queue(c, &rule, kind, &incident, Event::Opened, now)?;
+                if let Some(check) = &check {
+                    // Where the time is lost: the agents that saw it trace the path.
+                    crate::path_traces::request_for_incident(
+                        c,
+                        &incident.id,
+                        check,
+                        now - rule.window_us(),
+                        now,
+                    )?;
+                }
                 Ok(Some(Change::Opened))
             }
             (
@@ -720,9 +736,15 @@ pub fn list(
         .limit(100)
         .select((Incident::as_select(), alert_rules::kind))
         .load(conn)?;
+    let ids: Vec<String> = rows.iter().map(|(i, _)| i.id.clone()).collect();
+    let mut traces = crate::path_traces::of_incidents(conn, &ids)?;
     Ok(rows
         .into_iter()
-        .map(|(i, kind)| i.view(RuleKind::parse(&kind).unwrap_or(RuleKind::AvailabilityBelow)))
+        .map(|(i, kind)| {
+            let mut view = i.view(RuleKind::parse(&kind).unwrap_or(RuleKind::AvailabilityBelow));
+            view.path_traces = traces.remove(&i.id).unwrap_or_default();
+            view
+        })
         .collect())
 }
 

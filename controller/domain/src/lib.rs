@@ -38,6 +38,7 @@ pub mod leaderboard;
 pub mod live;
 pub mod logins;
 pub mod objectives;
+pub mod path_traces;
 pub mod payments;
 pub mod payouts;
 pub mod presence;

@@ -67,6 +67,10 @@ struct Held {
     idle_since: Option<Micros>,
     /// Wakes its waiting long-poll lease.
     wake: Arc<Notify>,
+    /// A path trace may wait for it: its next lease asks the database for traces. Set
+    /// when it is first held (one may have been asked for before) and by
+    /// [`Presence::wake_for_traces`]; an agent that does not trace never asks.
+    traces_due: bool,
 }
 
 #[derive(Default)]
@@ -82,6 +86,8 @@ struct Inner {
     /// ways of learning of one (the runs this replica created, the work feed) wake an
     /// agent once.
     offers_woken: HashSet<(String, Micros)>,
+    /// The same for path traces ([`crate::path_traces::offers`]).
+    traces_woken: HashSet<(String, Micros)>,
 }
 
 /// Heartbeats remembered and not yet written.
@@ -184,6 +190,7 @@ impl Presence {
                         last_beat: agent.last_heartbeat_at,
                         idle_since: None,
                         wake: Arc::new(Notify::new()),
+                        traces_due: agent.path_trace,
                     },
                 );
             }
@@ -365,9 +372,45 @@ impl Presence {
         }
     }
 
+    /// Path traces were asked of these agents: each one held and not yet woken for
+    /// that trace asks the database for traces with its next lease, and a lease
+    /// waiting now returns to do so.
+    pub fn wake_for_traces(&self, offers: Vec<(String, Micros)>) {
+        let mut inner = self.lock();
+        for offer in offers {
+            if inner.traces_woken.contains(&offer) {
+                continue;
+            }
+            if let Some(held) = inner.held.get_mut(&offer.0) {
+                held.traces_due = true;
+                held.wake.notify_waiters();
+            }
+            inner.traces_woken.insert(offer);
+        }
+    }
+
+    /// Whether a path trace may wait for this agent; the answer is given once (the
+    /// lease that asked looks), until [`Presence::wake_for_traces`] or
+    /// [`Presence::traces_still_due`] sets it again.
+    pub fn take_traces_due(&self, agent_id: &str) -> bool {
+        self.lock()
+            .held
+            .get_mut(agent_id)
+            .is_some_and(|h| std::mem::take(&mut h.traces_due))
+    }
+
+    /// A lease that took [`Presence::take_traces_due`] could not look: look next time.
+    pub fn traces_still_due(&self, agent_id: &str) {
+        if let Some(held) = self.lock().held.get_mut(agent_id) {
+            held.traces_due = true;
+        }
+    }
+
     /// Forgets the offers made before `since` (the work feed no longer reads them).
     pub fn forget_offers_before(&self, since: Micros) {
-        self.lock().offers_woken.retain(|(_, at)| *at >= since);
+        let mut inner = self.lock();
+        inner.offers_woken.retain(|(_, at)| *at >= since);
+        inner.traces_woken.retain(|(_, at)| *at >= since);
     }
 }
 
@@ -435,6 +478,7 @@ mod tests {
             calibration_bytes: 0,
             paused_reason: None,
             check_kinds: "http,page".into(),
+            path_trace: false,
             changed_at: 0,
             revoked_at: None,
         }
@@ -447,6 +491,7 @@ mod tests {
             limits: AgentLimits { max_concurrent: 2 },
             paused: None,
             kinds: vec![CheckKind::Http, CheckKind::Page],
+            path_trace: false,
         }
     }
 

@@ -917,6 +917,7 @@ mod tests {
             calibration_bytes: 0,
             paused_reason: None,
             check_kinds: "http,page".into(),
+            path_trace: false,
             changed_at: 0,
             revoked_at: None,
         }

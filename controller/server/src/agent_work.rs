@@ -7,7 +7,7 @@
 //! couple of seconds reads agent rows changed elsewhere, and four times a second reads
 //! the work planned since it last looked — by this replica, another one, or an
 //! operator's command, so wake-ups cross replicas through the database they share —
-//! and wakes the agents it was planned for.
+//! and the path traces asked for since, and wakes the agents they are for.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +15,10 @@ use std::time::Duration;
 use lastmile_domain::agents::{self, Agent};
 use lastmile_domain::clock::{self, Micros};
 use lastmile_domain::error::Error;
+use lastmile_domain::path_traces;
 use lastmile_domain::presence::{self, Beat};
 use lastmile_domain::scheduling;
+use lastmile_protocol::trace::TraceTask;
 use lastmile_protocol::{Heartbeat, Location, Task};
 use tokio::sync::watch;
 
@@ -73,18 +75,28 @@ pub async fn heartbeat(
     }
 }
 
-/// Leases up to `max` tasks. With none for the agent, waits up to `wait` for work to be
-/// planned for it. An agent a lease found idle is answered from memory until woken.
+/// What a lease hands an agent: measurement tasks and path traces.
+#[derive(Debug, Default)]
+pub struct Leased {
+    pub tasks: Vec<Task>,
+    pub traces: Vec<TraceTask>,
+}
+
+/// Leases up to `max` tasks, and the path traces asked of the agent. With neither for
+/// the agent, waits up to `wait` for work to be planned for it. An agent a lease found
+/// idle is answered from memory until woken; traces are looked for only when one may
+/// wait ([`lastmile_domain::presence::Presence::take_traces_due`]), so an idle agent's
+/// lease still costs no query.
 pub async fn lease(
     state: &AppState,
     agent: Arc<Agent>,
     max: u32,
     wait: Duration,
-) -> Result<Vec<Task>, Error> {
+) -> Result<Leased, Error> {
     if max == 0 {
         // Asks for nothing: there is nothing to wait for (a held answer would only tie
         // up the connection until `wait` ran out).
-        return Ok(Vec::new());
+        return Ok(Leased::default());
     }
     let deadline = tokio::time::Instant::now() + wait;
     // Each round either leases from the database or waits for a wake-up; a wake-up
@@ -98,29 +110,62 @@ pub async fn lease(
             // wait is not lost.
             n.enable();
         }
-        if !state.presence.is_idle(&agent.id, clock::now_us()) {
+        let idle = state.presence.is_idle(&agent.id, clock::now_us());
+        let traces_due = agent.path_trace && state.presence.take_traces_due(&agent.id);
+        if !idle || traces_due {
             let (policy, leasing) = (state.policy, agent.clone());
-            let leased = state
+            let found = state
                 .db
-                .run(move |c| scheduling::lease(c, &leasing, max, &policy, clock::now_us()))
-                .await?;
-            state
-                .presence
-                .leased(&agent.id, leased.none_left, clock::now_us());
-            if !leased.tasks.is_empty() || !leased.none_left {
-                return Ok(leased.tasks);
+                .run(move |c| {
+                    let now = clock::now_us();
+                    let leased = if idle {
+                        None
+                    } else {
+                        Some(scheduling::lease(c, &leasing, max, &policy, now)?)
+                    };
+                    let traces = if traces_due {
+                        path_traces::lease(c, &leasing.id, now)?
+                    } else {
+                        Vec::new()
+                    };
+                    Ok::<_, Error>((leased, traces))
+                })
+                .await;
+            let (leased, traces) = match found {
+                Ok(found) => found,
+                Err(e) => {
+                    if traces_due {
+                        state.presence.traces_still_due(&agent.id);
+                    }
+                    return Err(e);
+                }
+            };
+            let mut answer = Leased {
+                tasks: Vec::new(),
+                traces,
+            };
+            let mut none_left = true;
+            if let Some(leased) = leased {
+                state
+                    .presence
+                    .leased(&agent.id, leased.none_left, clock::now_us());
+                answer.tasks = leased.tasks;
+                none_left = leased.none_left;
+            }
+            if !answer.tasks.is_empty() || !answer.traces.is_empty() || !none_left {
+                return Ok(answer);
             }
         }
         // No wait asked (every agent from before long polls): answer now, without a
         // timer (tokio's are of 1 ms granularity: it would add a millisecond).
         let Some(notified) = notified.as_pin_mut().filter(|_| !wait.is_zero()) else {
-            return Ok(Vec::new());
+            return Ok(Leased::default());
         };
         if tokio::time::timeout_at(deadline, notified).await.is_err() {
-            return Ok(Vec::new());
+            return Ok(Leased::default());
         }
     }
-    Ok(Vec::new())
+    Ok(Leased::default())
 }
 
 /// Runs until `stop`: flushes remembered heartbeats every `presence_flush_ms` (and
@@ -198,10 +243,18 @@ impl WorkFeed {
         let (since, now) = (self.since, clock::now_us());
         match state
             .db
-            .run(move |c| scheduling::offers(c, since, None))
+            .run(move |c| {
+                Ok::<_, Error>((
+                    scheduling::offers(c, since, None)?,
+                    path_traces::offers(c, since)?,
+                ))
+            })
             .await
         {
-            Ok(offers) => state.presence.wake_for(offers),
+            Ok((offers, traces)) => {
+                state.presence.wake_for(offers);
+                state.presence.wake_for_traces(traces);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "reading new work failed");
                 return;

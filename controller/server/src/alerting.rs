@@ -1,6 +1,7 @@
 //! The alert loop: judges alert rules every `alert_interval_ms`
 //! (`incidents::evaluate`) and sends due deliveries every second or sooner
-//! (`alert_delivery::deliver_due`). Every replica runs it: rules are judged under their
+//! (`alert_delivery::deliver_due`), and expires path traces nobody reported
+//! (`path_traces::expire`). Every replica runs it: rules are judged under their
 //! row's lock and deliveries claimed with `SKIP LOCKED`, so they share the work.
 
 use std::time::{Duration, Instant};
@@ -11,6 +12,7 @@ use crate::state::AppState;
 use lastmile_domain::alert_delivery::{self, Sender};
 use lastmile_domain::clock;
 use lastmile_domain::incidents;
+use lastmile_domain::path_traces;
 
 pub async fn alert_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     if state.config.alert_interval_ms == 0 {
@@ -35,7 +37,12 @@ pub async fn alert_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             judged_at = Some(Instant::now());
             let judged = state
                 .db
-                .run(|c| incidents::evaluate(c, clock::now_us()))
+                .run(|c| {
+                    let now = clock::now_us();
+                    // Traces nobody reported in time go first: they are not waited for.
+                    path_traces::expire(c, now)?;
+                    incidents::evaluate(c, now)
+                })
                 .await;
             match judged {
                 Ok(done) if done == incidents::Evaluated::default() => {}

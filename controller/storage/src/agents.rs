@@ -42,6 +42,8 @@ pub struct Agent {
     pub changed_at: i64,
     /// When the agent's token was revoked; a revoked agent is refused.
     pub revoked_at: Option<i64>,
+    /// Whether the agent runs path traces, as its last heartbeat said.
+    pub path_trace: bool,
 }
 
 impl Agent {

@@ -54,6 +54,7 @@ diesel::table! {
         check_kinds -> Text,
         changed_at -> BigInt,
         revoked_at -> Nullable<BigInt>,
+        path_trace -> Bool,
     }
 }
 
@@ -503,6 +504,29 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// A path trace asked of an agent when an incident opened (migration 000027).
+    path_traces (id) {
+        id -> Text,
+        incident_id -> Text,
+        check_id -> Text,
+        agent_id -> Text,
+        url -> Text,
+        state -> Text,
+        created_at -> BigInt,
+        leased_at -> Nullable<BigInt>,
+        expires_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+        target_addr -> Nullable<Text>,
+        reached -> Nullable<Bool>,
+        hops -> Nullable<Text>,
+        error_kind -> Nullable<Text>,
+        error_message -> Nullable<Text>,
+    }
+}
+
+diesel::joinable!(path_traces -> incidents (incident_id));
+diesel::joinable!(path_traces -> agents (agent_id));
 diesel::joinable!(alert_rule_channels -> alert_rules (rule_id));
 diesel::joinable!(alert_rule_channels -> alert_channels (channel_id));
 diesel::joinable!(alert_deliveries -> alert_channels (channel_id));
@@ -514,4 +538,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     incidents,
     alert_deliveries,
     checks,
+    path_traces,
 );
+diesel::allow_tables_to_appear_in_same_query!(path_traces, agents);

@@ -6,6 +6,7 @@ use actix_web::http::header;
 use actix_web::{get, post, web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt;
 use lastmile_protocol::calibration::{CalibrationAck, CalibrationReport, MAX_PAYLOAD_BYTES};
+use lastmile_protocol::trace::{TraceAck, TraceReport};
 use lastmile_protocol::{
     ApiError, EnrolRequest, EnrolResponse, Heartbeat, HeartbeatAck, LeaseRequest, LeaseResponse,
     ResultAck, ResultBatch, ResultBatchAck, ResultDisposition, ResultOutcome, ResultSubmission,
@@ -20,7 +21,7 @@ use crate::calibration_timing;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 use lastmile_domain::error::Error;
-use lastmile_domain::{agents, calibration, ingest};
+use lastmile_domain::{agents, calibration, ingest, path_traces};
 use uuid::Uuid;
 
 /// Enrol a new agent with a volunteer's enrolment key.
@@ -79,12 +80,35 @@ pub async fn lease(
     body: web::Json<LeaseRequest>,
 ) -> Result<web::Json<LeaseResponse>, Failure> {
     let wait = body.wait_s.unwrap_or(0).min(state.config.max_lease_wait_s);
-    let tasks =
+    let leased =
         agent_work::lease(&state, agent, body.max, Duration::from_secs(wait.into())).await?;
-    for _ in &tasks {
+    for _ in &leased.tasks {
         Metrics::inc(&state.metrics.assignments_leased);
     }
-    Ok(web::Json(LeaseResponse { tasks }))
+    Ok(web::Json(LeaseResponse {
+        tasks: leased.tasks,
+        traces: leased.traces,
+    }))
+}
+
+/// Report a path trace the agent was handed in a lease (`traces`). Idempotent by trace
+/// id: the same report again is acknowledged and changes nothing.
+#[utoipa::path(post, path = "/api/v1/agents/traces", tag = "agents", request_body = TraceReport,
+    security(("agent_token" = [])),
+    responses((status = 200, body = TraceAck), (status = 401, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+#[post("/agents/traces")]
+pub async fn report_trace(
+    state: web::Data<AppState>,
+    AuthAgent(agent): AuthAgent,
+    body: web::Json<TraceReport>,
+) -> Result<web::Json<TraceAck>, Failure> {
+    let trace_id = body.trace_id;
+    state
+        .db
+        .run(move |c| path_traces::record(c, &agent.id, &body, lastmile_domain::clock::now_us()))
+        .await?;
+    Ok(web::Json(TraceAck { trace_id }))
 }
 
 /// Submit the result of an assignment. Idempotent by assignment id. When the answer

@@ -28,7 +28,7 @@ use utoipa::{Modify, OpenApi};
     info(title = "Lastmile controller API", description = "Agents enrol, lease and report; owners schedule checks and read SLA reports."),
     paths(
         ops::healthz, ops::metrics, ops::openapi,
-        agents::enrol, agents::heartbeat, agents::lease, agents::submit, agents::submit_batch, agents::revoke,
+        agents::enrol, agents::heartbeat, agents::lease, agents::report_trace, agents::submit, agents::submit_batch, agents::revoke,
         agents::calibration_ping, agents::calibration_download, agents::calibration_upload,
         agents::calibration_report,
         owners::me, owners::balance, owners::create_site, owners::list_sites, owners::get_site, owners::verify_site,
@@ -299,6 +299,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .service(agents::enrol)
             .service(agents::heartbeat)
             .service(agents::lease)
+            .service(agents::report_trace)
             .service(agents::submit)
             .service(agents::submit_batch)
             .service(agents::revoke)

@@ -148,6 +148,7 @@ fn heartbeat_body() -> Heartbeat {
         limits: AgentLimits { max_concurrent: 2 },
         paused: None,
         kinds: CheckKind::ALL.to_vec(),
+        path_trace: false,
     }
 }
 

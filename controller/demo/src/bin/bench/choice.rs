@@ -91,6 +91,7 @@ fn add_agents(conn: &mut DbConn, volunteer_id: &str, n: usize) -> anyhow::Result
                 calibration_bytes: 0,
                 paused_reason: None,
                 check_kinds: "http,page".into(),
+                path_trace: false,
                 changed_at: now,
                 revoked_at: None,
             }

@@ -198,6 +198,7 @@ pub fn fixture_with_tokens(conn: &mut DbConn, agents_n: usize) -> anyhow::Result
                 limits: lastmile_protocol::AgentLimits { max_concurrent: 64 },
                 paused: None,
                 kinds: lastmile_protocol::CheckKind::ALL.to_vec(),
+                path_trace: false,
             },
             ip,
             &location,
