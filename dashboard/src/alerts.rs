@@ -150,7 +150,7 @@ pub fn deliveries(nav: &Nav, channel: &ChannelItem, rows: &[DeliveryItem]) -> Ma
 fn state_badge(state: &str) -> Markup {
     html! {
         @match state {
-            "delivered" | "resolved" => span.badge.ok { (state) },
+            "delivered" | "resolved" | "done" => span.badge.ok { (state) },
             "failed" | "open" => span.badge.bad { (state) },
             _ => span.badge.warn { (state) },
         }
@@ -168,6 +168,36 @@ pub struct IncidentItem {
     pub summary: String,
     /// When and why it resolved.
     pub resolved: Option<(String, String)>,
+    /// The paths traced by agents that saw it open.
+    pub traces: Vec<TraceItem>,
+}
+
+/// One agent's path trace for an incident.
+#[derive(Debug, Clone)]
+pub struct TraceItem {
+    /// "kitchen-pc (cable, DE, AS64501) to 192.0.2.1".
+    pub from: String,
+    /// "asked", "running", "done" or "expired".
+    pub state: String,
+    /// What the trace shows, in words (empty until it is done).
+    pub finding: String,
+    pub hops: Vec<TraceHopItem>,
+    /// Why the agent could not trace.
+    pub error: Option<String>,
+}
+
+/// One hop of a path trace.
+#[derive(Debug, Clone)]
+pub struct TraceHopItem {
+    pub ttl: u8,
+    /// The address that answered, or "no answer".
+    pub addr: String,
+    /// "0 %", "33 %".
+    pub loss: String,
+    /// "0.4 / 0.5 / 0.9 ms" (min / median / max), "–" for a silent hop.
+    pub rtt: String,
+    /// Where latency or loss jumps.
+    pub jump: bool,
 }
 
 /// One rule on a check's page.
@@ -203,6 +233,41 @@ pub fn open_banner(alerts: &CheckAlerts) -> Markup {
     }
 }
 
+/// The path traces of one incident: per agent, the hops with loss and round trips, the
+/// hop where latency or loss jumps marked, and what the trace shows in words.
+fn trace_section(incident: &IncidentItem) -> Markup {
+    html! {
+        section.card.traces {
+            h3 { "Where the time is lost: the incident of " (incident.opened) }
+            @for t in &incident.traces {
+                h4 { "From " (t.from) " " (state_badge(&t.state)) }
+                @if let Some(error) = &t.error {
+                    p.error { (error) }
+                } @else if t.hops.is_empty() {
+                    p.empty { "Not traced yet." }
+                } @else {
+                    p.finding { (t.finding) }
+                    div.scroll {
+                        table.trace {
+                            (column_heads(&["Hop", "Address", "Loss", "Round trip min / median / max"]))
+                            tbody {
+                                @for h in &t.hops {
+                                    tr class=[h.jump.then_some("jump")] {
+                                        td.num { (h.ttl) }
+                                        td { (h.addr) }
+                                        td.num { (h.loss) }
+                                        td.num { (h.rtt) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A check's incidents and rules, with the form to add a rule.
 pub fn check_section(
     nav: &Nav,
@@ -232,6 +297,9 @@ pub fn check_section(
                     }
                 }
             }
+        }
+        @for i in alerts.incidents.iter().filter(|i| !i.traces.is_empty()) {
+            (trace_section(i))
         }
         h2 #alert-rules { "Alert rules" }
         @if alerts.rules.is_empty() {

@@ -64,6 +64,19 @@ async fn an_owner_sets_up_alerts_sees_the_incident_and_the_deliveries_in_the_bro
     let hooks = HookReceiver::start().await.unwrap();
     let key = app.volunteer("Volunteer");
     let agent = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
+    // It runs path traces (its heartbeat says so), so the incident will ask it for one.
+    let beat = json!({"declared_class": "dsl", "version": "test",
+        "limits": {"max_concurrent": 1}, "path_trace": true});
+    let (status, ack) = app
+        .call_from(
+            Ipv4Addr::new(127, 0, 0, 2),
+            "POST",
+            "/api/v1/agents/heartbeat",
+            Some(&agent),
+            Some(beat),
+        )
+        .await;
+    assert_eq!(status, 200, "{ack}");
 
     let browser = Browser::start(1280, 1100).await;
     sign_up(&browser, &app, "owner", "Shop Ltd", "ada@shop.example").await;
@@ -142,6 +155,54 @@ async fn an_owner_sets_up_alerts_sees_the_incident_and_the_deliveries_in_the_bro
     );
     assert!(browser.text("table.incidents").await.contains("open"));
     shots(&browser, &db, "check-incident").await;
+
+    // The agent is asked to trace the path; its report (hop 3 slow and lossy) shows on
+    // the check's page with that hop marked.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let trace = loop {
+        let (status, lease) = app.lease(&agent, 1).await;
+        assert_eq!(status, 200, "{lease}");
+        if let Some(trace) = lease["traces"].get(0) {
+            break trace.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no trace asked for");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(trace["url"], format!("{}/", site.origin()));
+    let report = json!({
+        "trace_id": trace["trace_id"], "started_at": "2026-12-05T12:00:00Z",
+        "target_addr": "127.0.0.1", "reached": true,
+        "hops": [
+            {"ttl": 1, "addr": "10.0.0.1", "sent": 3, "rtts_us": [900, 1_100, 1_000]},
+            {"ttl": 2, "addr": "198.51.100.1", "sent": 3, "rtts_us": [5_000, 5_200, 5_100]},
+            {"ttl": 3, "addr": "127.0.0.1", "sent": 3, "rtts_us": [180_000, 190_000]},
+        ],
+    });
+    let (status, ack) = app
+        .call("POST", "/api/v1/agents/traces", Some(&agent), Some(report))
+        .await;
+    assert_eq!(status, 200, "{ack}");
+    let traced = reload_until(&browser, &url, ".traces", "Round trips rise").await;
+    assert!(
+        traced.contains("From test agent (dsl, DE, AS64501) to 127.0.0.1"),
+        "{traced}"
+    );
+    assert!(
+        traced.contains("Round trips rise by 185 ms at hop 3 (127.0.0.1)")
+            && traced.contains("Probes are lost from hop 3 (127.0.0.1) on: 33 %"),
+        "{traced}"
+    );
+    let jump = browser.text("table.trace tr.jump").await;
+    assert!(
+        jump.contains("127.0.0.1") && jump.contains("33 %"),
+        "{jump}"
+    );
+    assert!(
+        jump.contains("180.0 / 190.0 / 190.0 ms"),
+        "min / median / max: {jump}"
+    );
+    assert_eq!(browser.count("table.trace tr.jump").await, 1);
+    shots(&browser, &db, "check-trace").await;
     // The checks list answers "is it OK" at a glance.
     browser.goto(&format!("{}/app/checks", app.base)).await;
     assert_eq!(browser.text("tbody.checks td.state").await, "incident");

@@ -434,7 +434,7 @@ pub fn find_jumps(hops: &[TraceHop], reached: bool) -> Jumps {
     if let Some((ttl, rise)) = latency {
         words.push(format!(
             "Round trips rise by {} ms at hop {ttl} ({}) and stay up to the end",
-            rise / 1000,
+            (rise + 500) / 1000,
             answered(ttl)
         ));
     }

@@ -5,7 +5,8 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use lastmile_dashboard::alerts::{
-    self as pages, ChannelItem, CheckAlerts, DeliveryItem, IncidentItem, RuleItem,
+    self as pages, ChannelItem, CheckAlerts, DeliveryItem, IncidentItem, RuleItem, TraceHopItem,
+    TraceItem,
 };
 use lastmile_domain::alert_delivery::{self, DeliveryState};
 use lastmile_domain::alerts::{
@@ -14,6 +15,7 @@ use lastmile_domain::alerts::{
 use lastmile_domain::check_terms::StoredCheck;
 use lastmile_domain::error::Error;
 use lastmile_domain::incidents::{self, window_words, IncidentState};
+use lastmile_domain::path_traces::PathTraceView;
 use lastmile_storage::DbConn;
 use serde::Deserialize;
 use uuid::Uuid;
@@ -245,6 +247,7 @@ pub(super) fn check_alerts(
                     i.resolution.clone().unwrap_or_default(),
                 )
             }),
+            traces: i.path_traces.iter().map(trace_item).collect(),
         })
         .collect();
     Ok(CheckAlerts {
@@ -372,4 +375,47 @@ pub async fn delete_rule(
         .await
         .or_page(&user)?;
     Ok(see_other(&format!("/app/checks/{check}#alert-rules")))
+}
+
+/// A path trace as the check page shows it.
+fn trace_item(t: &PathTraceView) -> TraceItem {
+    let a = &t.agent;
+    let mut about: Vec<String> = Vec::new();
+    about.extend(a.connection_class.clone());
+    about.extend(a.country.clone());
+    about.extend(a.asn.map(|n| format!("AS{n}")));
+    let mut from = a.name.clone();
+    if !about.is_empty() {
+        from.push_str(&format!(" ({})", about.join(", ")));
+    }
+    if let Some(target) = &t.target_addr {
+        from.push_str(&format!(" to {target}"));
+    }
+    let ms = |us: u64| format!("{:.1}", us as f64 / 1000.0);
+    TraceItem {
+        from,
+        state: match t.state.as_str() {
+            "pending" => "asked".into(),
+            "leased" => "running".into(),
+            other => other.to_owned(),
+        },
+        finding: t.jumps.finding.clone(),
+        hops: t
+            .hops
+            .iter()
+            .map(|h| TraceHopItem {
+                ttl: h.ttl,
+                addr: h.addr.clone().unwrap_or_else(|| "no answer".into()),
+                loss: format!("{:.0} %", h.loss_percent),
+                rtt: match (h.rtt_min_us, h.rtt_median_us, h.rtt_max_us) {
+                    (Some(min), Some(median), Some(max)) => {
+                        format!("{} / {} / {} ms", ms(min), ms(median), ms(max))
+                    }
+                    _ => "–".into(),
+                },
+                jump: Some(h.ttl) == t.jumps.latency_ttl || Some(h.ttl) == t.jumps.loss_ttl,
+            })
+            .collect(),
+        error: t.error.clone(),
+    }
 }
