@@ -40,13 +40,24 @@ pub struct ResultRow {
     /// How many redirects the agent reported (may exceed `hops` when the list was cut).
     pub redirect_count: u32,
     pub hops: Vec<HopItem>,
-    /// A page check's summary: "12 resources · 340.2 kB", and the slowest resource.
-    pub page: Option<(String, Option<String>)>,
+    /// A page check's summary.
+    pub page: Option<PageItem>,
     /// Arrived after its lease ran out: kept, not counted.
     pub late: bool,
     /// The verification rules that flagged it (empty when not flagged).
     pub flag_rules: Vec<String>,
     pub flagged: bool,
+}
+
+/// What a page load fetched, as the run page shows it.
+#[derive(Debug, Clone)]
+pub struct PageItem {
+    /// "12 resources · 340.2 kB".
+    pub summary: String,
+    /// "image https://shop.example/hero.jpg (812.0 ms)".
+    pub slowest: Option<String>,
+    /// Each sub-resource that failed: "image https://cdn.example/a.png: http_status 404".
+    pub failed: Vec<String>,
 }
 
 /// The run's heading facts.
@@ -151,9 +162,16 @@ fn row(run: &RunHeader, r: &ResultRow) -> Markup {
             @if run.is_page {
                 td.page data-label="Page" {
                     @match &r.page {
-                        Some((summary, slowest)) => {
-                            (summary)
-                            @if let Some(s) = slowest { br; small { "slowest: " (s) } }
+                        Some(page) => {
+                            (page.summary)
+                            @if let Some(s) = &page.slowest { br; small { "slowest: " (s) } }
+                            @if !page.failed.is_empty() {
+                                br;
+                                span.badge.warn { (page.failed.len()) " failed" }
+                                ul.failed {
+                                    @for f in &page.failed { li { small { (f) } } }
+                                }
+                            }
                         }
                         None => span.muted { "no page summary" },
                     }
@@ -194,10 +212,11 @@ mod tests {
                 url: "http://shop.example/".into(),
                 location: "https://shop.example/".into(),
             }],
-            page: Some((
-                "12 resources · 340.2 kB".into(),
-                Some("image /a.png (90.0 ms)".into()),
-            )),
+            page: Some(PageItem {
+                summary: "12 resources · 340.2 kB".into(),
+                slowest: Some("image /a.png (90.0 ms)".into()),
+                failed: vec!["image https://cdn.shop.example/b.png: http_status 404".into()],
+            }),
             late: false,
             flag_rules: vec!["impossible_rtt".into(), "timing_outlier".into()],
             flagged: true,
@@ -227,6 +246,11 @@ mod tests {
         );
         assert!(html.contains("12 resources · 340.2 kB"), "{html}");
         assert!(html.contains("slowest: image /a.png (90.0 ms)"), "{html}");
+        assert!(html.contains("1 failed"), "{html}");
+        assert!(
+            html.contains("image https://cdn.shop.example/b.png: http_status 404"),
+            "the failed sub-resource is named in full: {html}"
+        );
         assert!(
             html.contains("Home &lt;page&gt;"),
             "names are escaped: {html}"

@@ -143,6 +143,26 @@ async fn a_page_check_flows_from_the_api_through_an_agent_into_the_report(db: Te
         html.contains(&shown),
         "the page total {shown} is not in the table"
     );
+    // The run's page names the sub-resource that failed, its whole URL and why.
+    let (_, runs) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{id}/runs"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    let run = runs[0]["id"].as_str().unwrap().to_owned();
+    let html = app
+        .dashboard_page(&cookie, &format!("/app/checks/{id}/runs/{run}"))
+        .await;
+    assert!(html.contains("1 failed"), "{html}");
+    let failed = format!(
+        "image {}{}: http_status 404",
+        site.origin(),
+        shop::MISSING_PATH
+    );
+    assert!(html.contains(&failed), "{failed} missing from {html}");
 
     // The owner paid the page price for it: 1.00 usd of credit less 0.15.
     let (status, balance) = app

@@ -5,7 +5,7 @@ use crate::http_status::HttpStatus;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use lastmile_dashboard::checks::{self as pages, CheckDetail, CheckForm, CheckItem, RunItem};
-use lastmile_dashboard::runs::{self, HopItem, ResultRow, RunHeader};
+use lastmile_dashboard::runs::{self, HopItem, PageItem, ResultRow, RunHeader};
 use lastmile_protocol::{CheckKind, ConnectionClass};
 use serde::Deserialize;
 
@@ -794,18 +794,27 @@ fn result_row(r: &ResultView) -> ResultRow {
                 location: h.location.clone(),
             })
             .collect(),
-        page: r.page.as_ref().map(|p| {
-            (
-                format!("{} resources · {}", p.resources, bytes_text(p.bytes)),
-                p.slowest.as_ref().map(|s| {
-                    format!(
-                        "{} {} ({})",
-                        s.kind,
-                        s.url,
-                        super::reports::ms(s.timings_us.total)
-                    )
-                }),
-            )
+        page: r.page.as_ref().map(|p| PageItem {
+            summary: format!("{} resources · {}", p.resources, bytes_text(p.bytes)),
+            slowest: p.slowest.as_ref().map(|s| {
+                format!(
+                    "{} {} ({})",
+                    s.kind,
+                    s.url,
+                    super::reports::ms(s.timings_us.total)
+                )
+            }),
+            failed: p
+                .failed
+                .iter()
+                .map(|f| match f.status {
+                    Some(status) => format!("{} {}: {} {status}", f.kind, f.url, f.error.kind),
+                    None => format!(
+                        "{} {}: {} ({})",
+                        f.kind, f.url, f.error.kind, f.error.message
+                    ),
+                })
+                .collect(),
         }),
         late: r.late,
         flagged: r.flagged,
