@@ -356,6 +356,17 @@ pub fn detail(
                 }
                 a.button.secondary href={ "/api/v1/checks/" (c.id) "/report?group_by=connection_class,country&format=csv" } download { "Report CSV" }
             }
+            // Two clicks, no script: the button is inside a closed disclosure that says what
+            // deleting does.
+            details.delete #delete-check {
+                summary { "Delete this check…" }
+                p { "It stops: no more runs, open runs end and their held credit is released, its alert rules go. "
+                    "Its results, reports and charges are kept for your records." }
+                form method="post" action={ "/app/checks/" (c.id) "/delete" } {
+                    (csrf_field(&nav.csrf))
+                    button.danger type="submit" { "Delete check" }
+                }
+            }
             h2 { "Recent runs" }
             @if runs.is_empty() {
                 p.empty { "No runs yet." }

@@ -107,6 +107,15 @@ pub fn detail(nav: &Nav, site: &SiteItem, error: Option<&str>) -> Markup {
                     ". Checks can now measure pages on this site. "
                     a href="/app/checks/new" { "Create a check" } "." }
             }
+            details.delete #delete-site {
+                summary { "Delete this site…" }
+                p { "Its checks are deleted with it and stop running; their results, reports and charges are kept. "
+                    "Adding the site again needs a new proof of ownership." }
+                form method="post" action={ "/app/sites/" (site.id) "/delete" } {
+                    (csrf_field(&nav.csrf))
+                    button.danger type="submit" { "Delete site" }
+                }
+            }
         },
     )
 }

@@ -6,7 +6,7 @@ use lastmile_testbed::site::TargetSite;
 
 use crate::browser::Browser;
 use crate::per_backend;
-use crate::support::{target_site, TestApp, TestDb, PASSWORD};
+use crate::support::{count, target_site, TestApp, TestDb, PASSWORD};
 
 per_backend!(
     an_owner_signs_up_adds_a_site_and_verifies_it_in_the_browser,
@@ -14,6 +14,7 @@ per_backend!(
     forms_without_the_csrf_token_change_nothing,
     a_volunteer_gets_an_install_command_and_sees_the_agent_it_enrols,
     an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure,
+    an_owner_deletes_a_check_then_its_site_and_their_history_stays,
 );
 
 pub(crate) async fn sign_up(browser: &Browser, app: &TestApp, role: &str, name: &str, email: &str) {
@@ -430,4 +431,77 @@ async fn an_owner_creates_a_filtered_check_runs_it_and_sees_a_real_agent_measure
     browser.close().await;
     stop.send(true).unwrap();
     agent.await.unwrap().unwrap();
+}
+
+/// Creates a check named `name` of the site's home page from the new-check form; returns
+/// the check page's path.
+async fn check_from_form(browser: &Browser, app: &TestApp, name: &str) -> String {
+    browser.goto(&format!("{}/app/checks/new", app.base)).await;
+    browser.fill("#name", name).await;
+    browser.submit("button[value=create]").await;
+    let page = browser.path().await;
+    assert!(page.starts_with("/app/checks/"), "{page}");
+    page
+}
+
+async fn an_owner_deletes_a_check_then_its_site_and_their_history_stays(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let site = target_site().await;
+    let browser = Browser::start(1280, 900).await;
+    sign_up(&browser, &app, "owner", "Shop Ltd", "ada@shop.example").await;
+    app.credit(&app.login("ada@shop.example").owner_id.unwrap(), 1_000);
+    browser.goto(&format!("{}/app/sites", app.base)).await;
+    add_verified_site(&browser, &site).await;
+    let site_page = browser.path().await;
+    let doomed = check_from_form(&browser, &app, "Doomed check").await;
+    let kept = check_from_form(&browser, &app, "Second check").await;
+
+    // The button is behind a disclosure that says what deleting does.
+    browser.goto(&format!("{}{doomed}", app.base)).await;
+    browser.click("#delete-check summary").await;
+    assert!(browser
+        .text("#delete-check")
+        .await
+        .contains("Its results, reports and charges are kept"));
+    browser.submit("#delete-check button").await;
+    assert_eq!(browser.path().await, "/app/checks");
+    let list = browser.page_text().await;
+    assert!(
+        !list.contains("Doomed check") && list.contains("Second check"),
+        "{list}"
+    );
+    browser.goto(&format!("{}{doomed}", app.base)).await;
+    assert!(browser.page_text().await.contains("Not found"));
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM checks WHERE deleted_at IS NOT NULL"
+        ),
+        1,
+        "the row stays, marked"
+    );
+
+    // Deleting the site takes its other check with it.
+    browser.goto(&format!("{}{site_page}", app.base)).await;
+    browser.click("#delete-site summary").await;
+    browser.submit("#delete-site button").await;
+    assert_eq!(browser.path().await, "/app/sites");
+    assert!(!browser.page_text().await.contains(&site.origin()));
+    browser.goto(&format!("{}{kept}", app.base)).await;
+    assert!(browser.page_text().await.contains("Not found"));
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM checks WHERE deleted_at IS NOT NULL"
+        ),
+        2
+    );
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM sites WHERE deleted_at IS NOT NULL"
+        ),
+        1
+    );
+    browser.close().await;
 }

@@ -699,6 +699,22 @@ pub async fn pause(
     set_paused(user, state, id.into_inner(), true).await
 }
 
+/// `POST /app/checks/{id}/delete`: the check goes (its history stays); back to the list.
+pub async fn delete(
+    user: SignedInOwner,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    _: CsrfForm<CsrfOnly>,
+) -> Result<HttpResponse, PageError> {
+    let (owner, id) = (user.owner_id.clone(), id.into_inner());
+    state
+        .db
+        .run(move |c| lastmile_domain::deletions::delete_check(c, &owner, &id))
+        .await
+        .or_page(&user)?;
+    Ok(see_other("/app/checks"))
+}
+
 /// `POST /app/checks/{id}/resume`.
 pub async fn resume(
     user: SignedInOwner,

@@ -9,7 +9,7 @@ use lastmile_domain::sites::{self, NewSite, Site};
 use serde::Deserialize;
 
 use super::error::{HasNav, OrPage, PageError};
-use super::session::{CsrfForm, SignedInOwner};
+use super::session::{CsrfForm, CsrfOnly, SignedInOwner};
 use super::{html, see_other};
 use crate::state::AppState;
 
@@ -105,6 +105,22 @@ async fn site_page(
         status,
         pages::detail(&user.nav(), &item(&site), failure),
     ))
+}
+
+/// `POST /app/sites/{id}/delete`: the site and its checks go (their history stays).
+pub async fn delete(
+    user: SignedInOwner,
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+    _: CsrfForm<CsrfOnly>,
+) -> Result<HttpResponse, PageError> {
+    let (owner, id) = (user.owner_id.clone(), id.into_inner());
+    state
+        .db
+        .run(move |c| lastmile_domain::deletions::delete_site(c, &owner, &id))
+        .await
+        .or_page(&user)?;
+    Ok(see_other("/app/sites"))
 }
 
 #[derive(Deserialize)]
