@@ -47,6 +47,11 @@ const V2_HEADER_LEN: usize = 40;
 const HALF_BUCKET_MAGNITUDE: u32 = 10;
 const HALF_BUCKET: usize = 1 << HALF_BUCKET_MAGNITUDE;
 
+/// Counters of a [`new_histogram`]: 23 half buckets of 1,024 (22 buckets, 1 µs to past
+/// an hour, and the first bucket's lower half). Known here so that a [`Merger`] does not
+/// build a whole histogram to learn it (a test checks it against the crate's).
+const COUNTS_LEN: usize = 23 * HALF_BUCKET;
+
 /// Sums many stored histograms (the cells of a report) counter by counter, and makes
 /// one histogram of them at the end. Decoding each stored histogram would allocate and
 /// zero a whole counts array (23,552 counters for 1 µs to 1 h) only to add it and drop
@@ -68,7 +73,7 @@ impl Default for Merger {
 impl Merger {
     pub fn new() -> Merger {
         Merger {
-            counts: vec![0; new_histogram().distinct_values()],
+            counts: vec![0; COUNTS_LEN],
             other: None,
         }
     }
@@ -259,6 +264,11 @@ mod tests {
             .add_encoded(b"not a histogram at all, not even close to one")
             .is_err());
         assert_eq!(merger.finish().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_merger_has_one_counter_per_counter_of_the_histogram() {
+        assert_eq!(COUNTS_LEN, new_histogram().distinct_values());
     }
 
     #[test]

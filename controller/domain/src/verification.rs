@@ -412,8 +412,64 @@ fn comparable(r: &StoredResult) -> bool {
     r.ttfb_us > 0 && r.total_us > 0
 }
 
-/// A stored result's assignment, agent and numbers, in [`Fingerprint`]'s order.
-type StoredPrint = (String, String, (i64, i64, i64, i64, i64, i64, i64));
+/// A stored result's assignment, agent and numbers.
+#[derive(QueryableByName)]
+struct StoredPrint {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    assignment_id: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    agent_id: String,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    dns_us: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    connect_us: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    tls_us: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    ttfb_us: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    transfer_us: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    total_us: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    bytes: i64,
+}
+
+/// Stored results received since `since`, other than `own`, whose (total, ttfb) pair is
+/// one of the candidates', oldest first; the other numbers are compared by the caller.
+/// The pairs are joined as a `VALUES` list, so each is one probe of the `(total_us,
+/// ttfb_us)` index per partition. (`total_us = ANY(..) AND ttfb_us = ANY(..)` probed
+/// every total with every ttfb: 2,500 probes a partition for a batch of 50, the one
+/// statement that grew with stored history.) The numbers and ids are inlined: integers,
+/// and our own UUIDs with quotes doubled anyway.
+fn stored_prints(
+    conn: &mut DbConn,
+    candidates: &[&StoredResult],
+    own: &[&str],
+    since: Micros,
+) -> Result<Vec<StoredPrint>> {
+    let pairs: std::collections::BTreeSet<(i64, i64)> =
+        candidates.iter().map(|r| (r.total_us, r.ttfb_us)).collect();
+    let values: Vec<String> = pairs.iter().map(|(t, f)| format!("({t}, {f})")).collect();
+    let own: Vec<String> = own
+        .iter()
+        .map(|id| format!("'{}'", id.replace('\'', "''")))
+        .collect();
+    let not_own = if own.is_empty() {
+        String::new()
+    } else {
+        format!("AND r.assignment_id NOT IN ({})", own.join(", "))
+    };
+    Ok(diesel::sql_query(format!(
+        "SELECT r.assignment_id, r.agent_id, r.dns_us, r.connect_us, r.tls_us, r.ttfb_us, \
+                r.transfer_us, r.total_us, r.bytes \
+         FROM results r JOIN (VALUES {}) AS w ON r.total_us = w.column1 AND r.ttfb_us = w.column2 \
+         WHERE r.received_at >= {since} {not_own} \
+         ORDER BY r.received_at",
+        values.join(", ")
+    ))
+    .load(conn)?)
+}
 
 /// Peers' recent results in one (check, ASN, class) cell: (agent, ttfb, total).
 type Peers = Vec<(String, i64, i64)>;
@@ -444,33 +500,20 @@ impl<'a> Verifier<'a> {
         let mut stored: HashMap<Fingerprint, (String, String)> = HashMap::new();
         if !candidates.is_empty() {
             let wanted: HashSet<Fingerprint> = candidates.iter().map(|r| fingerprint(r)).collect();
-            let totals: Vec<i64> = candidates.iter().map(|r| r.total_us).collect();
-            let ttfbs: Vec<i64> = candidates.iter().map(|r| r.ttfb_us).collect();
             let own: Vec<&str> = results.iter().map(|r| r.assignment_id.as_str()).collect();
-            // By the (total, ttfb) index; the other numbers are compared here.
             let since = results.iter().map(|r| r.received_at).min().unwrap_or(0) - COPY_WINDOW_US;
-            let rows: Vec<StoredPrint> = results::table
-                .filter(results::received_at.ge(since))
-                .filter(results::total_us.eq_any(&totals))
-                .filter(results::ttfb_us.eq_any(&ttfbs))
-                .filter(results::assignment_id.ne_all(&own))
-                .order(results::received_at.asc())
-                .select((
-                    results::assignment_id,
-                    results::agent_id,
-                    (
-                        results::dns_us,
-                        results::connect_us,
-                        results::tls_us,
-                        results::ttfb_us,
-                        results::transfer_us,
-                        results::total_us,
-                        results::bytes,
-                    ),
-                ))
-                .load(conn)?;
-            for (assignment, agent_id, (dns, connect, tls, ttfb, transfer, total, bytes)) in rows {
-                let print = [dns, connect, tls, ttfb, transfer, total, bytes];
+            let rows = stored_prints(conn, &candidates, &own, since)?;
+            for row in rows {
+                let print = [
+                    row.dns_us,
+                    row.connect_us,
+                    row.tls_us,
+                    row.ttfb_us,
+                    row.transfer_us,
+                    row.total_us,
+                    row.bytes,
+                ];
+                let (assignment, agent_id) = (row.assignment_id, row.agent_id);
                 if wanted.contains(&print) {
                     stored.entry(print).or_insert((assignment, agent_id));
                 }
