@@ -21,6 +21,7 @@ per_backend!(
     windows_buckets_and_comparison_with_the_previous_window,
     merged_histograms_export_round_trips,
     complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figures,
+    complete_quarters_of_a_day_not_rolled_up_are_read_as_quarter_cells,
 );
 
 /// An app with an owner and a check carrying `objectives`; returns (app, owner, check id).
@@ -553,5 +554,123 @@ async fn complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figu
         1,
         "only the hour of now: {hourly}"
     );
+    app.controller.stop().await.unwrap();
+}
+
+async fn complete_quarters_of_a_day_not_rolled_up_are_read_as_quarter_cells(db: TestDb) {
+    use lastmile_domain::rollups::{self, day_start, Span, DAY_US, QUARTER_US};
+    let app = TestApp::start_with(&db, |c| {
+        c.scheduler_tick_ms = 3_600_000;
+        c.rollup_interval_s = 0;
+        c.fold_interval_ms = 3_600_000;
+    })
+    .await;
+    let (app, owner, check, _site) = app_with_check_on(
+        app,
+        json!([{"phase": "ttfb", "percentile": 95, "max_ms": 100}]),
+    )
+    .await;
+    let now = now_us();
+    let today = day_start(now);
+    let yesterday = today - DAY_US;
+    // Three days ago (a day to roll up), yesterday in each of its quarters, and now.
+    for j in 0..20 {
+        fold(
+            &app,
+            &check,
+            "dsl",
+            yesterday - 2 * DAY_US + 3 * HOUR_US,
+            50_000 + j * 41,
+            true,
+        );
+    }
+    for (i, hour) in [1, 7, 13, 19].into_iter().enumerate() {
+        for j in 0..25 {
+            let at = yesterday + hour * HOUR_US + j;
+            fold(
+                &app,
+                &check,
+                "dsl",
+                at,
+                40_000 + (i as i64) * 7_000 + j * 37,
+                j % 8 != 0,
+            );
+            fold(&app, &check, "cable", at, 20_000 + j * 13, true);
+        }
+    }
+    for j in 0..10 {
+        fold(&app, &check, "dsl", now, 90_000 + j * 53, true);
+    }
+    let report = |query: &'static str| {
+        let (app, owner, check) = (&app, owner.clone(), check.clone());
+        async move {
+            let (status, body) = app.report(&owner, &check, query).await;
+            assert_eq!(status, 200, "{body}");
+            body["rows"].clone()
+        }
+    };
+    let queries = [
+        "group_by=connection_class&window=30d",
+        "group_by=connection_class&window=7d&compare=previous",
+        "group_by=connection_class&window=30d&bucket=1d",
+        "window=7d&bucket=1h",
+    ];
+    let mut before = Vec::new();
+    for q in queries {
+        before.push(report(q).await);
+    }
+
+    // As of 23:00 yesterday: three days ago is complete, yesterday is not, but its first
+    // three quarters are (the last ends at midnight, within the grace).
+    let mut conn = app.db().conn().unwrap();
+    assert_eq!(rollups::roll_up(&mut conn, today - HOUR_US).unwrap(), 1);
+    let quarters = format!("FROM rollup_cells WHERE span_us = {QUARTER_US}");
+    assert_eq!(
+        count(&app, &format!("SELECT COUNT(*) AS n {quarters}")),
+        6,
+        "three quarters, two classes"
+    );
+    let samples = "SELECT CAST(COALESCE(SUM(successes + failures), 0) AS BIGINT) AS n";
+    assert_eq!(count(&app, &format!("{samples} {quarters}")), 150);
+    // A second pass rolls nothing again.
+    rollups::roll_up(&mut conn, today - HOUR_US).unwrap();
+    assert_eq!(count(&app, &format!("SELECT COUNT(*) AS n {quarters}")), 6);
+    // A 30-day read takes yesterday's quarters, then the hours after them.
+    let read = rollups::cells(&mut conn, &check, today - 30 * DAY_US, now, Span::Week).unwrap();
+    let starts: Vec<i64> = read
+        .iter()
+        .filter(|c| c.bucket_start >= yesterday)
+        .map(|c| c.bucket_start - yesterday)
+        .collect();
+    for q in 0..3 {
+        assert_eq!(
+            starts.iter().filter(|s| **s == q * QUARTER_US).count(),
+            2,
+            "quarter {q}: {starts:?}"
+        );
+    }
+    assert!(
+        !starts
+            .iter()
+            .any(|s| [HOUR_US, 7 * HOUR_US, 13 * HOUR_US].contains(s)),
+        "the hours inside rolled-up quarters are not read too: {starts:?}"
+    );
+    assert_eq!(
+        starts.iter().filter(|s| **s == 19 * HOUR_US).count(),
+        2,
+        "the hour past the last complete quarter is: {starts:?}"
+    );
+    drop(conn);
+    // Reports say exactly what they said from the hours.
+    for (q, was) in queries.iter().zip(&before) {
+        assert_eq!(&report(q).await, was, "{q}");
+    }
+    // Yesterday rolls up into a day later; its quarters stay until the next day's does.
+    let mut conn = app.db().conn().unwrap();
+    assert_eq!(rollups::roll_up(&mut conn, now).unwrap(), 1);
+    drop(conn);
+    for (q, was) in queries.iter().zip(&before) {
+        assert_eq!(&report(q).await, was, "{q}");
+    }
     app.controller.stop().await.unwrap();
 }

@@ -88,6 +88,23 @@ pub fn rolled(
 }
 
 /// Stores rolled-up cells `span_us` long (new ones: a span is rolled up once).
+/// Deletes a check's rolled-up cells of `span_us` starting before `before`.
+pub fn delete_rolled_before(
+    conn: &mut crate::DbConn,
+    span_us: i64,
+    check_id: &str,
+    before: i64,
+) -> QueryResult<usize> {
+    use crate::schema::rollup_cells as d;
+    diesel::delete(
+        d::table
+            .filter(d::check_id.eq(check_id))
+            .filter(d::span_us.eq(span_us))
+            .filter(d::bucket_start.lt(before)),
+    )
+    .execute(conn)
+}
+
 pub fn insert_rolled(
     conn: &mut crate::DbConn,
     span_us: i64,

@@ -235,6 +235,7 @@ diesel::table! {
     aggregate_rollups (check_id) {
         check_id -> Text,
         rolled_until -> BigInt,
+        quarters_until -> BigInt,
     }
 }
 

@@ -1,0 +1,1 @@
+ALTER TABLE aggregate_rollups DROP COLUMN quarters_until;
