@@ -25,8 +25,17 @@ per_backend!(
 );
 
 /// An app with an owner and a check carrying `objectives`; returns (app, owner, check id).
+///
+/// No background rollup pass: these tests fold results into past hours after the fact,
+/// which the pass may already have rolled up into quarter and day cells (ingest folds
+/// by the time a result arrived, so a span is never added to once it is complete).
 async fn app_with_check(db: &TestDb, objectives: Value) -> (TestApp, String, String, TargetSite) {
-    app_with_check_on(TestApp::quiet(db).await, objectives).await
+    let app = TestApp::start_with(db, |c| {
+        c.scheduler_tick_ms = 3_600_000;
+        c.rollup_interval_s = 0;
+    })
+    .await;
+    app_with_check_on(app, objectives).await
 }
 
 async fn app_with_check_on(
