@@ -15,6 +15,8 @@ command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 # The three-replica test puts the controllers behind Debian's HAProxy (it starts its own,
 # with a config of its own; the system service is not used).
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
+# The path trace test builds network namespaces with routers between them (ip, tc).
+command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || need_apt+=(iproute2)
 # The schema fuzz (scripts/fuzz.sh) runs schemathesis in a venv of its own.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)
