@@ -403,6 +403,22 @@ async fn merged_histograms_export_round_trips(db: TestDb) {
     app.controller.stop().await.unwrap();
 }
 
+/// The reports a rollup must leave unchanged: 30 days, 7 days compared with the week
+/// before, daily buckets, hourly buckets.
+const ROLLUP_QUERIES: [&str; 4] = [
+    "group_by=connection_class&window=30d",
+    "group_by=connection_class&window=7d&compare=previous",
+    "group_by=connection_class&window=30d&bucket=1d",
+    "window=7d&bucket=1h",
+];
+
+/// A report's rows (asserting a 200).
+async fn report_rows(app: &TestApp, owner: &str, check: &str, query: &str) -> Value {
+    let (status, body) = app.report(owner, check, query).await;
+    assert_eq!(status, 200, "{body}");
+    body["rows"].clone()
+}
+
 async fn complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figures(db: TestDb) {
     use lastmile_domain::rollups::{self, day_start, DAY_US};
     // No background rollup or fold pass: this test decides when they happen.
@@ -460,20 +476,8 @@ async fn complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figu
     for j in 0..20 {
         fold(&app, &check, "dsl", now, 90_000 + j * 53, true);
     }
-    let report = |query: &'static str| {
-        let (app, owner, check) = (&app, owner.clone(), check.clone());
-        async move {
-            let (status, body) = app.report(&owner, &check, query).await;
-            assert_eq!(status, 200, "{body}");
-            body["rows"].clone()
-        }
-    };
-    let queries = [
-        "group_by=connection_class&window=30d",
-        "group_by=connection_class&window=7d&compare=previous",
-        "group_by=connection_class&window=30d&bucket=1d",
-        "window=7d&bucket=1h",
-    ];
+    let report = |query: &'static str| report_rows(&app, &owner, &check, query);
+    let queries = ROLLUP_QUERIES;
     let mut before = Vec::new();
     for q in queries {
         before.push(report(q).await);
@@ -610,20 +614,8 @@ async fn complete_quarters_of_a_day_not_rolled_up_are_read_as_quarter_cells(db: 
     for j in 0..10 {
         fold(&app, &check, "dsl", now, 90_000 + j * 53, true);
     }
-    let report = |query: &'static str| {
-        let (app, owner, check) = (&app, owner.clone(), check.clone());
-        async move {
-            let (status, body) = app.report(&owner, &check, query).await;
-            assert_eq!(status, 200, "{body}");
-            body["rows"].clone()
-        }
-    };
-    let queries = [
-        "group_by=connection_class&window=30d",
-        "group_by=connection_class&window=7d&compare=previous",
-        "group_by=connection_class&window=30d&bucket=1d",
-        "window=7d&bucket=1h",
-    ];
+    let report = |query: &'static str| report_rows(&app, &owner, &check, query);
+    let queries = ROLLUP_QUERIES;
     let mut before = Vec::new();
     for q in queries {
         before.push(report(q).await);

@@ -134,25 +134,31 @@ fn roll_up_days(conn: &mut DbConn, now: Micros) -> Result<u32> {
     Ok(rolled)
 }
 
+/// The check's rollup row, made if missing and locked for the caller's transaction
+/// (SQLite: the single writer holds everything): (`rolled_until`, `quarters_until`).
+fn lock_rollup_row(c: &mut DbConn, check_id: &str) -> Result<(Micros, Micros)> {
+    diesel::sql_query(
+        "INSERT INTO aggregate_rollups (check_id, rolled_until) VALUES ($1, 0) \
+         ON CONFLICT (check_id) DO NOTHING",
+    )
+    .bind::<Text, _>(check_id)
+    .execute(c)?;
+    let find = || {
+        aggregate_rollups::table.find(check_id).select((
+            aggregate_rollups::rolled_until,
+            aggregate_rollups::quarters_until,
+        ))
+    };
+    Ok(match c {
+        DbConn::Pg(pg) => find().for_update().first(pg)?,
+        DbConn::Sqlite(sq) => find().first(sq)?,
+    })
+}
+
 /// Rolls up one complete day of a check, unless it already is.
 fn roll_up_day(conn: &mut DbConn, check_id: &str, day: Micros) -> Result<()> {
     write_tx(conn, |c| {
-        // The check's rollup row, locked (SQLite: the single writer holds everything).
-        diesel::sql_query(
-            "INSERT INTO aggregate_rollups (check_id, rolled_until) VALUES ($1, 0) \
-             ON CONFLICT (check_id) DO NOTHING",
-        )
-        .bind::<Text, _>(check_id)
-        .execute(c)?;
-        let find = || {
-            aggregate_rollups::table
-                .find(check_id)
-                .select(aggregate_rollups::rolled_until)
-        };
-        let until: Micros = match c {
-            DbConn::Pg(pg) => find().for_update().first(pg)?,
-            DbConn::Sqlite(sq) => find().first(sq)?,
-        };
+        let (until, _) = lock_rollup_row(c, check_id)?;
         if until > day {
             return Ok(());
         }
@@ -211,22 +217,7 @@ fn roll_up_quarters(conn: &mut DbConn, now: Micros) -> Result<()> {
 /// from the rolled-up days' end to `quarters_until` is).
 fn roll_up_quarter(conn: &mut DbConn, check_id: &str, quarter: Micros) -> Result<()> {
     write_tx(conn, |c| {
-        diesel::sql_query(
-            "INSERT INTO aggregate_rollups (check_id, rolled_until) VALUES ($1, 0) \
-             ON CONFLICT (check_id) DO NOTHING",
-        )
-        .bind::<Text, _>(check_id)
-        .execute(c)?;
-        let find = || {
-            aggregate_rollups::table.find(check_id).select((
-                aggregate_rollups::rolled_until,
-                aggregate_rollups::quarters_until,
-            ))
-        };
-        let (days_until, quarters_until): (Micros, Micros) = match c {
-            DbConn::Pg(pg) => find().for_update().first(pg)?,
-            DbConn::Sqlite(sq) => find().first(sq)?,
-        };
+        let (days_until, quarters_until) = lock_rollup_row(c, check_id)?;
         let base = days_until.max(quarters_until);
         let hours_between: Option<Micros> = aggregates::table
             .filter(aggregates::check_id.eq(check_id))
