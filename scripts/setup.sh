@@ -17,6 +17,8 @@ command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_apt+=(haproxy)
 # The path trace test builds network namespaces with routers between them (ip, tc).
 command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || need_apt+=(iproute2)
+# `bench http` measures the API with wrk beside an actix-web hello world.
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
 # The schema fuzz (scripts/fuzz.sh) runs schemathesis in a venv of its own.
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_apt+=(python3-venv)

@@ -21,6 +21,8 @@ pub struct ControllerProcess {
     pub addr: SocketAddr,
     pub data_dir: tempfile::TempDir,
     pub scratch: Option<super::storage::ScratchPg>,
+    binary: PathBuf,
+    database_url: Option<String>,
 }
 
 impl Drop for ControllerProcess {
@@ -95,6 +97,8 @@ impl ControllerProcess {
             addr,
             data_dir,
             scratch,
+            binary,
+            database_url,
         };
         wait_until_serving(addr)?;
         Ok((process, key))
@@ -102,6 +106,26 @@ impl ControllerProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Runs one of the controller's CLI commands on its database and returns the last
+    /// line it printed (what `owner create` and the like print last is the token).
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut command = Command::new(&self.binary);
+        command.arg("--data-dir").arg(self.data_dir.path());
+        if let Some(url) = &self.database_url {
+            command.arg("--database-url").arg(url);
+        }
+        let out = command.args(args).env("RUST_LOG", "warn").output()?;
+        if !out.status.success() {
+            bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?
+            .lines()
+            .last()
+            .with_context(|| format!("{args:?} printed nothing"))?
+            .trim()
+            .to_owned())
     }
 }
 

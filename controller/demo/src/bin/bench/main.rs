@@ -1,4 +1,4 @@
-//! `cargo run --release -p lastmile-demo --bin bench -- [storage|agents|ingest] [flags]`: the
+//! `cargo run --release -p lastmile-demo --bin bench -- [storage|agents|ingest|http|choice] [flags]`: the
 //! benchmarks. Nothing here is a test: each prints figures.
 //!
 //! - `storage` (the default): ingest through the full accept path on each backend, and
@@ -11,12 +11,15 @@
 //! - `ingest`: results submitted over the HTTP API to a controller process it starts,
 //!   single or in batches, and a raw `COPY` of the same rows into PostgreSQL beside it
 //!   ([`ingest`]).
+//! - `http`: authenticated API calls (an owner's GET, an agent's idle lease) under
+//!   `wrk`, side by side with an actix-web hello world ([`http`]).
 //! - `choice`: what choosing a run's agents costs at 10k and 100k agents, and whether
 //!   runs rotate over them ([`choice`]).
 
 mod agents;
 mod choice;
 mod harness;
+mod http;
 mod ingest;
 mod storage;
 
@@ -25,6 +28,8 @@ fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("agents") => agents::main(args.split_off(1)),
         Some("choice") => choice::main(args.split_off(1)),
+        Some("http") => http::main(args.split_off(1)),
+        Some("hello") => http::hello(args.split_off(1)),
         Some("ingest") => ingest::main(args.split_off(1)),
         Some("storage") => storage::main(args.split_off(1)),
         _ => storage::main(args),

@@ -1,0 +1,341 @@
+//! `bench http`: authenticated API calls against an actix-web hello world, side by side
+//! under `wrk`.
+//!
+//! The bench starts two processes on 127.0.0.1: this binary as a hello world (`bench
+//! hello`: actix-web, one route answering `Hello world!`, actix's default workers, as
+//! the controller has) and `lastmile-controller serve` on a scratch SQLite data dir or a
+//! scratch PostgreSQL database (`--pg ADMIN_URL`), with an owner (its API token from the
+//! controller's CLI) and one enrolled, heartbeating agent. Then `wrk` (Debian's; `apt-get
+//! install wrk`) runs `--duration-s` seconds with `--connections` keep-alive connections
+//! on one thread against each URL in turn:
+//!
+//! - the hello world, `GET /`;
+//! - an owner's `GET /api/v1/me` and `GET /api/v1/checks` (bearer token);
+//! - the agent's idle `POST /api/v1/agents/lease` (bearer token, `{"max":2}`: no work is
+//!   planned, so the answer is an empty lease, what nearly every lease of a network is).
+//!
+//! Prints requests/s, latency p50/p99, non-2xx answers and socket errors as `wrk`
+//! reports them, the server's CPU over the run, and each call's rate as a ratio of the
+//! hello world's. `wrk` shares the two cores with the server it measures, the same way
+//! for every row, so read the ratios.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use lastmile_protocol::{
+    AgentLimits, CheckKind, ConnectionClass, EnrolRequest, EnrolResponse, Heartbeat,
+};
+
+use super::harness::{usage, Connection, ControllerProcess};
+
+struct Args {
+    duration: Duration,
+    connections: usize,
+    pg: Option<String>,
+    controller: Option<PathBuf>,
+}
+
+fn args(flags: Vec<String>) -> anyhow::Result<Args> {
+    let mut a = Args {
+        duration: Duration::from_secs(10),
+        connections: 64,
+        pg: None,
+        controller: None,
+    };
+    let mut it = flags.into_iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--duration-s" => a.duration = Duration::from_secs(value.parse()?),
+            "--connections" => a.connections = value.parse()?,
+            "--pg" => a.pg = Some(value),
+            "--controller" => a.controller = Some(value.into()),
+            other => bail!(
+                "unknown flag {other} (flags: --duration-s S --connections N --pg ADMIN_URL --controller PATH)"
+            ),
+        }
+    }
+    if a.connections == 0 || a.duration.is_zero() {
+        bail!("--connections and --duration-s must be above 0");
+    }
+    Ok(a)
+}
+
+/// `bench hello --listen ADDR`: the reference server, an actix-web hello world.
+pub fn hello(flags: Vec<String>) -> anyhow::Result<()> {
+    let listen = match flags.as_slice() {
+        [flag, addr] if flag == "--listen" => addr.clone(),
+        _ => bail!("usage: bench hello --listen ADDR"),
+    };
+    actix_web::rt::System::new().block_on(async move {
+        actix_web::HttpServer::new(|| {
+            actix_web::App::new().route("/", actix_web::web::get().to(|| async { "Hello world!" }))
+        })
+        .bind(listen)?
+        .run()
+        .await
+    })?;
+    Ok(())
+}
+
+/// A child process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What `wrk` printed for one run, and the server's CPU over it.
+struct Measured {
+    requests_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    non_2xx: u64,
+    socket_errors: u64,
+    cpu_percent: f64,
+}
+
+/// `wrk`'s latency figures ("1.23ms", "850.00us", "1.02s") in milliseconds.
+fn wrk_ms(text: &str) -> Option<f64> {
+    let (number, scale) = if let Some(n) = text.strip_suffix("us") {
+        (n, 1e-3)
+    } else if let Some(n) = text.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1e3)
+    } else {
+        return None;
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
+}
+
+/// Reads `wrk --latency`'s report.
+fn parse_wrk(out: &str) -> anyhow::Result<(f64, f64, f64, u64, u64)> {
+    let mut rate = None;
+    let (mut p50, mut p99) = (None, None);
+    let (mut non_2xx, mut socket_errors) = (0, 0);
+    for line in out.lines().map(str::trim) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Requests/sec:", n] => rate = n.parse::<f64>().ok(),
+            ["50%", v] => p50 = wrk_ms(v),
+            ["99%", v] => p99 = wrk_ms(v),
+            ["Non-2xx", "or", "3xx", "responses:", n] => non_2xx = n.parse()?,
+            ["Socket", "errors:", rest @ ..] => {
+                // "connect 0, read 0, write 0, timeout 0"
+                socket_errors = rest
+                    .iter()
+                    .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+                    .sum();
+            }
+            _ => {}
+        }
+    }
+    match (rate, p50, p99) {
+        (Some(r), Some(a), Some(b)) => Ok((r, a, b, non_2xx, socket_errors)),
+        _ => bail!("could not read wrk's report:\n{out}"),
+    }
+}
+
+/// Runs `wrk` against `url` (with the request `script` sets up, if any) and measures
+/// the server `pid`'s CPU meanwhile.
+fn wrk(
+    args: &Args,
+    url: &str,
+    script: Option<&std::path::Path>,
+    pid: u32,
+) -> anyhow::Result<Measured> {
+    let mut command = Command::new("wrk");
+    command
+        .args(["-t1", "--latency", "--timeout", "5s"])
+        .arg(format!("-c{}", args.connections))
+        .arg(format!("-d{}s", args.duration.as_secs()));
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
+    }
+    let before = usage(pid)?;
+    let started = Instant::now();
+    let out = command.arg(url).output().map_err(|e| {
+        anyhow::anyhow!("cannot run wrk ({e}): install it, e.g. `apt-get install wrk`")
+    })?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = usage(pid)?;
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let (requests_per_s, p50_ms, p99_ms, non_2xx, socket_errors) =
+        parse_wrk(&String::from_utf8_lossy(&out.stdout))?;
+    Ok(Measured {
+        requests_per_s,
+        p50_ms,
+        p99_ms,
+        non_2xx,
+        socket_errors,
+        cpu_percent: 100.0 * (after.cpu - before.cpu).as_secs_f64() / elapsed,
+    })
+}
+
+/// A `wrk` script that sends every request with `method`, the bearer `token` and,
+/// when given, a JSON `body`.
+fn script(
+    dir: &std::path::Path,
+    name: &str,
+    method: &str,
+    token: &str,
+    body: Option<&str>,
+) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("{name}.lua"));
+    let mut lua =
+        format!("wrk.method = \"{method}\"\nwrk.headers[\"Authorization\"] = \"Bearer {token}\"\n");
+    if let Some(body) = body {
+        lua.push_str(&format!(
+            "wrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = '{body}'\n"
+        ));
+    }
+    std::fs::write(&path, lua)?;
+    Ok(path)
+}
+
+fn heartbeat_body() -> Heartbeat {
+    Heartbeat {
+        declared_class: ConnectionClass::Cable,
+        version: concat!("bench-", env!("CARGO_PKG_VERSION")).to_owned(),
+        limits: AgentLimits { max_concurrent: 2 },
+        paused: None,
+        kinds: CheckKind::ALL.to_vec(),
+        path_trace: false,
+    }
+}
+
+pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
+    let args = args(flags)?;
+    let (controller, key) =
+        ControllerProcess::start(args.controller.as_deref(), args.pg.as_deref(), "http")?;
+    let owner_token = controller.cli(&["owner", "create", "--name", "bench"])?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let agent_token = runtime.block_on(async {
+        let enrolled: EnrolResponse = Connection::new(controller.addr)
+            .post(
+                "/api/v1/agents/enrol",
+                &EnrolRequest {
+                    enrol_key: key.clone(),
+                    name: "bench-http".into(),
+                    declared_class: ConnectionClass::Cable,
+                    version: "bench".into(),
+                },
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("enrol: {e}"))?;
+        let mut conn = Connection::new(controller.addr);
+        conn.token = Some(enrolled.token.clone());
+        conn.post::<_, serde_json::Value>("/api/v1/agents/heartbeat", &heartbeat_body())
+            .await
+            .map_err(|e| anyhow::anyhow!("heartbeat: {e}"))?;
+        anyhow::Ok(enrolled.token)
+    })?;
+
+    let hello_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let hello = Killed(
+        Command::new(std::env::current_exe()?)
+            .args(["hello", "--listen", &hello_addr.to_string()])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(hello_addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let scripts = tempfile::tempdir()?;
+    let owner_get = script(scripts.path(), "owner", "GET", &owner_token, None)?;
+    let lease = script(
+        scripts.path(),
+        "lease",
+        "POST",
+        &agent_token,
+        Some(r#"{"max":2}"#),
+    )?;
+    let backend = if args.pg.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    println!(
+        "Lastmile http bench: wrk -t1 -c{} -d{}s, each call vs an actix-web hello world (controller on {backend})\n",
+        args.connections,
+        args.duration.as_secs()
+    );
+    println!(
+        "{:<34} {:>10} {:>9} {:>9} {:>8} {:>8} {:>9} {:>8}",
+        "call", "req/s", "p50 ms", "p99 ms", "non-2xx", "sock err", "srv cpu%", "vs hello"
+    );
+    let base = format!("http://{}", controller.addr);
+    let rows: [(&str, String, Option<&std::path::Path>, u32); 4] = [
+        (
+            "hello world GET /",
+            format!("http://{hello_addr}/"),
+            None,
+            hello.0.id(),
+        ),
+        (
+            "owner GET /api/v1/me",
+            format!("{base}/api/v1/me"),
+            Some(&owner_get),
+            controller.pid(),
+        ),
+        (
+            "owner GET /api/v1/checks",
+            format!("{base}/api/v1/checks"),
+            Some(&owner_get),
+            controller.pid(),
+        ),
+        (
+            "agent POST /api/v1/agents/lease",
+            format!("{base}/api/v1/agents/lease"),
+            Some(&lease),
+            controller.pid(),
+        ),
+    ];
+    let mut hello_rate = None;
+    for (name, url, script, pid) in rows {
+        let m = wrk(&args, &url, script, pid)?;
+        let reference = *hello_rate.get_or_insert(m.requests_per_s);
+        println!(
+            "{:<34} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>8} {:>9.0} {:>7.2}x",
+            name,
+            m.requests_per_s,
+            m.p50_ms,
+            m.p99_ms,
+            m.non_2xx,
+            m.socket_errors,
+            m.cpu_percent,
+            m.requests_per_s / reference
+        );
+    }
+    drop(hello);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wrk_reports_are_read() {
+        let out = "Running 10s test @ http://127.0.0.1:1/\n  1 threads and 64 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   612.51us  201.10us   5.01ms   80.00%\n  Latency Distribution\n     50%  580.00us\n     75%  700.00us\n     90%  800.00us\n     99%    1.20ms\n  1000 requests in 10.00s, 100.00KB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 7\nRequests/sec:  99999.50\nTransfer/sec:     10.00KB\n";
+        let (rate, p50, p99, non_2xx, errors) = parse_wrk(out).unwrap();
+        assert_eq!(rate, 99999.5);
+        assert!((p50 - 0.58).abs() < 1e-9 && (p99 - 1.2).abs() < 1e-9);
+        assert_eq!((non_2xx, errors), (7, 3));
+        assert!(parse_wrk("nothing").is_err());
+    }
+}
