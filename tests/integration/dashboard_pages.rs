@@ -737,15 +737,19 @@ async fn editing_and_pausing_through_the_api_follow_the_rules_of_creation(db: Te
         lastmile_domain::api_tokens::create(&mut conn, &owner_id, "deploy").unwrap();
     let (status, _) = app.call("GET", "/api/v1/checks", Some(&secret), None).await;
     assert_eq!(status, 200);
+    // Revoked behind the controller's back (as another replica would): it trusts a
+    // token it found valid for `agent_refresh_ms` (100 ms here, 2 s in production),
+    // then refuses it.
     lastmile_domain::api_tokens::revoke(&mut conn, &owner_id, &named.id).unwrap();
-    let (status, body) = app
-        .call(
-            "POST",
-            &format!("/api/v1/checks/{id}/pause"),
-            Some(&secret),
-            None,
-        )
-        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let (status, body) = loop {
+        let (status, body) = app.call("GET", "/api/v1/me", Some(&secret), None).await;
+        if status != 401 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        }
+        break (status, body);
+    };
     assert_eq!(status, 401, "{body}");
     assert!(
         body["message"].as_str().unwrap().contains("revoked"),

@@ -24,6 +24,7 @@ mod dashboard_alerts;
 mod dashboard_money;
 mod dashboard_pages;
 mod dashboard_runs;
+mod db_reconnects;
 mod dns;
 mod end_to_end;
 mod isp;

@@ -50,6 +50,7 @@ pub mod run_results;
 pub mod scheduling;
 pub mod sites;
 pub mod stripe_api;
+pub mod token_cache;
 pub mod verification;
 
 pub use error::Error;

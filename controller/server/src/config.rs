@@ -69,6 +69,8 @@ pub struct ControllerConfig {
     pub presence_flush_ms: u64,
     /// How often agent rows changed elsewhere (revocations, calibrations on another
     /// replica) are read into memory, milliseconds: a revoked agent is refused within it.
+    /// Also how long an owner's API token found valid is trusted without asking the
+    /// database again (a token revoked on another replica is refused within it).
     pub agent_refresh_ms: u64,
     /// Most agents held in memory (past it, those not seen within the online window are
     /// dropped first).

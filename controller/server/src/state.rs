@@ -13,6 +13,9 @@ use crate::config::ControllerConfig;
 use crate::metrics::Metrics;
 use crate::rate_limit::RateLimiter;
 
+/// Owner tokens remembered at most (see `lastmile_domain::token_cache`).
+const OWNER_TOKENS_HELD: usize = 10_000;
+
 /// Everything a request handler or the scheduler needs. Cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
@@ -33,6 +36,8 @@ pub struct AppState {
     pub calibrations: Arc<crate::calibration_timing::Sessions>,
     /// The agents this replica serves, in memory (tokens, heartbeats, idle leases).
     pub presence: Arc<lastmile_domain::presence::Presence>,
+    /// Owners' API tokens found valid in the last `agent_refresh_ms`.
+    pub owner_tokens: Arc<lastmile_domain::token_cache::TokenCache>,
     /// Group commit of accepted results into aggregates and the ledger.
     pub folder: Arc<crate::folding::Folder>,
 }
@@ -65,6 +70,10 @@ impl AppState {
                 config.scheduling_policy().online_window_us,
                 config.max_held_agents,
                 lastmile_domain::clock::now_us(),
+            )),
+            owner_tokens: Arc::new(lastmile_domain::token_cache::TokenCache::new(
+                config.agent_refresh_ms as i64 * 1_000,
+                OWNER_TOKENS_HELD,
             )),
             folder: Arc::default(),
             config: Arc::new(config),

@@ -210,8 +210,14 @@ impl Db {
             url: url.to_owned(),
             backend,
         };
+        // No `SELECT 1` before every checkout (r2d2's default): on PostgreSQL it was a
+        // round trip on top of every request's own queries. A connection the server
+        // dropped fails its next statement, which leaves libpq's transaction status
+        // unknown; diesel then marks its transaction manager broken, `has_broken` says
+        // so and the pool replaces it (`db_reconnects` in the integration tests).
         let pool = r2d2::Pool::builder()
             .max_size(max_connections.max(1))
+            .test_on_check_out(false)
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .map_err(|e| DbError::Connect(format!("{} ({})", e, redact(url))))?;

@@ -17,6 +17,7 @@ use crate::state::AppState;
 use lastmile_domain::accounts::{self, Owner};
 use lastmile_domain::agents::{self, Agent};
 use lastmile_domain::billing::HolderKind;
+use lastmile_domain::clock;
 use lastmile_domain::error::Error;
 use lastmile_storage::DbConn;
 
@@ -77,7 +78,9 @@ enum Credential {
     Session(String),
 }
 
-/// The owner a request is authenticated as.
+/// The owner a request is authenticated as: by an API token (remembered for a few
+/// seconds once found valid, `lastmile_domain::token_cache`), or on GET by the
+/// dashboard's session cookie (read from the database each time).
 pub struct AuthOwner(pub Owner);
 
 impl FromRequest for AuthOwner {
@@ -104,10 +107,22 @@ impl FromRequest for AuthOwner {
         };
         Box::pin(async move {
             let (credential, state) = found?;
+            if let Credential::Token(t) = &credential {
+                if let Some(owner) = state.owner_tokens.owner(t, clock::now_us()) {
+                    return Ok(AuthOwner(owner));
+                }
+            }
+            let tokens = state.owner_tokens.clone();
             state
                 .db
                 .run(move |c| match credential {
-                    Credential::Token(t) => lastmile_domain::api_tokens::authenticate(c, &t),
+                    Credential::Token(t) => {
+                        let owner = lastmile_domain::api_tokens::authenticate(c, &t)?;
+                        if let Some(owner) = &owner {
+                            tokens.remember(&t, owner, clock::now_us());
+                        }
+                        Ok(owner)
+                    }
                     Credential::Session(s) => match lastmile_domain::logins::session(c, &s)? {
                         Some(session) => match session.login.owner_id {
                             Some(id) => accounts::owner_by_id(c, &id),

@@ -118,5 +118,8 @@ pub async fn revoke(
         .run(move |c| api_tokens::revoke(c, &owner, &id))
         .await
         .or_page(&user)?;
+    // Refused here at once; other replicas check their tokens again within
+    // `agent_refresh_ms`.
+    state.owner_tokens.forget_owner(&user.owner_id);
     Ok(see_other("/app/tokens"))
 }

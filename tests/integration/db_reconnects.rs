@@ -1,0 +1,48 @@
+//! The controller's PostgreSQL connections, when the server drops them (a restart, a
+//! failover, an operator's `pg_terminate_backend`).
+//!
+//! The pool does not test a connection with `SELECT 1` before every use (that was a
+//! round trip on top of every request's own queries); a dropped connection fails its
+//! next statement and is then replaced. So a drop costs at most one failed request per
+//! pooled connection, and the controller serves on.
+
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use lastmile_storage::Backend;
+
+use crate::support::{pg_admin_url, TestApp, TestDb};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_recover_after_postgresql_drops_every_connection() {
+    let db = TestDb::new(Backend::Postgres);
+    let app = TestApp::start(&db).await;
+    let owner = app.owner("owner");
+    let list = || app.call("GET", "/api/v1/checks", Some(&owner), None);
+    // Several requests at once, so the pool holds several connections.
+    let answers = futures_util::future::join_all((0..8).map(|_| list())).await;
+    assert!(answers.iter().all(|(status, _)| *status == 200));
+
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = PgConnection::establish(&pg_admin_url()).unwrap();
+    let dropped = diesel::sql_query(format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ))
+    .execute(&mut admin)
+    .unwrap();
+    assert!(dropped > 0, "the controller's connections were dropped");
+
+    // At most one failure per pooled connection (16 in the tests' config), then all served.
+    let mut failed = 0;
+    for _ in 0..40 {
+        let (status, body) = list().await;
+        match status {
+            200 => {}
+            500..=599 => failed += 1,
+            other => panic!("answered {other}: {body}"),
+        }
+    }
+    assert!(failed <= 16, "{failed} requests failed after the drop");
+    for _ in 0..10 {
+        let (status, body) = list().await;
+        assert_eq!(status, 200, "still failing after 40 requests: {body}");
+    }
+}
