@@ -17,6 +17,7 @@ per_backend!(
     a_revoked_agent_is_refused_within_a_refresh,
     a_waiting_lease_gets_new_work_as_soon_as_it_is_planned,
     an_agent_found_idle_gets_work_planned_by_someone_else,
+    more_changed_agents_than_one_refresh_batch_are_all_read,
 );
 
 fn last_beat(app: &TestApp) -> i64 {
@@ -127,6 +128,54 @@ async fn a_revoked_agent_is_refused_within_a_refresh(db: TestDb) {
             other => panic!("still answered {other} after 5 s"),
         }
     }
+}
+
+/// More agent rows changed at once than one refresh reads (10,000: a replica restarting
+/// under a big network, every agent's first heartbeat written through) are read in
+/// several batches, and the replica keeps serving. It used to take its own lock twice
+/// after a full batch and hang every request for good.
+async fn more_changed_agents_than_one_refresh_batch_are_all_read(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let key = app.volunteer("volunteer");
+    let token = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
+    assert_eq!(beat(&app, &token, "dsl").await, 200, "held in memory now");
+    let now = lastmile_domain::clock::now_us();
+    diesel::connection::SimpleConnection::batch_execute(
+        &mut *app.db().conn().unwrap(),
+        &format!(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10001) \
+             INSERT INTO agents (id, volunteer_id, name, token_hash, declared_class, version, \
+               max_concurrent, ip, enrolled_at, class_mismatch, calibration_day, \
+               calibration_bytes, check_kinds, changed_at, path_trace) \
+             SELECT 'bulk-' || i, v.volunteer_id, 'bulk', 'hash-' || i, 'dsl', '1', 1, \
+               '192.0.2.1', {now}, false, 0, 0, 'http', {now}, false \
+             FROM n, (SELECT volunteer_id FROM agents LIMIT 1) v"
+        ),
+    )
+    .unwrap();
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM agents"), 10_002);
+    // The held agent's change comes after all of them: only a second batch reads it.
+    let held = lastmile_domain::agents::agent_by_token(&mut app.db().conn().unwrap(), &token)
+        .unwrap()
+        .unwrap();
+    lastmile_domain::agents::revoke(&mut app.db().conn().unwrap(), &held.volunteer_id, &held.id)
+        .unwrap();
+
+    let presence = app.controller.state.presence.clone();
+    let db = app.db().clone();
+    let refreshed = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || presence.refresh(&mut db.conn().unwrap())),
+    )
+    .await
+    .expect("a refresh over 10,001 changed agents returns")
+    .unwrap()
+    .unwrap();
+    assert!(refreshed <= 1, "only the held agent changed: {refreshed}");
+    let status = tokio::time::timeout(Duration::from_secs(10), beat(&app, &token, "dsl"))
+        .await
+        .expect("the controller still answers");
+    assert_eq!(status, 401, "the revocation in the second batch was read");
 }
 
 /// An app with one agent and a check of the scene's site, whose lease found no work

@@ -289,6 +289,7 @@ impl Presence {
         let mut since = self.lock().watermark - CLOCK_MARGIN_US;
         let mut updated = 0;
         loop {
+            let read_from = since;
             let rows = lastmile_storage::agents::changed_since(conn, since, REFRESH_BATCH)?;
             let full = rows.len() as i64 == REFRESH_BATCH;
             let mut inner = self.lock();
@@ -306,12 +307,18 @@ impl Presence {
                     held.agent = Arc::new(row);
                 }
             }
+            // Let go before the next query (the lock was held into the next round's
+            // `self.lock()` here once, and hung every request of the replica: the
+            // lock is not reentrant).
+            drop(inner);
             if !full {
                 return Ok(updated);
             }
-            // A full batch: the rest changed at `since` or later. Moving on by one
-            // microsecond could skip rows sharing the last time; re-reading it is safe.
-            if since == self.lock().watermark - CLOCK_MARGIN_US {
+            // A full batch: the rest changed at `since` or later, and reading again from
+            // `since` re-reads the rows sharing the last time, which is safe. A batch
+            // that all changed at the time it was read from would be read forever: then
+            // move on by one microsecond.
+            if since == read_from {
                 since += 1;
             }
         }
