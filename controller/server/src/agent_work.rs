@@ -75,6 +75,20 @@ pub async fn heartbeat(
     }
 }
 
+/// Long polls end on a grid of this step: the ones ending within one step share one
+/// timer wake-up of the worker thread instead of one each.
+const LEASE_DEADLINE_STEP: Duration = Duration::from_millis(100);
+
+/// `at`, moved back onto the [`LEASE_DEADLINE_STEP`] grid (so a waiting lease ends at
+/// most one step before the time the agent asked for, never after it).
+fn coalesced(at: tokio::time::Instant) -> tokio::time::Instant {
+    static ORIGIN: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(tokio::time::Instant::now);
+    let since = at.saturating_duration_since(origin).as_micros();
+    let step = LEASE_DEADLINE_STEP.as_micros();
+    origin + Duration::from_micros((since - since % step) as u64)
+}
+
 /// What a lease hands an agent: measurement tasks and path traces.
 #[derive(Debug, Default)]
 pub struct Leased {
@@ -98,7 +112,7 @@ pub async fn lease(
         // up the connection until `wait` ran out).
         return Ok(Leased::default());
     }
-    let deadline = tokio::time::Instant::now() + wait;
+    let deadline = coalesced(tokio::time::Instant::now() + wait);
     // Each round either leases from the database or waits for a wake-up; a wake-up
     // without work for this agent (another took it) comes round again, bounded.
     for _ in 0..64 {
@@ -263,5 +277,24 @@ impl WorkFeed {
         // Work committed more than the margin before this look has been seen.
         self.since = since.max(now - WORK_MARGIN_US);
         state.presence.forget_offers_before(self.since);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_deadlines_share_a_grid_and_never_come_later() {
+        let now = tokio::time::Instant::now();
+        let step = LEASE_DEADLINE_STEP;
+        let at = coalesced(now + Duration::from_secs(20));
+        assert!(at <= now + Duration::from_secs(20));
+        assert!(now + Duration::from_secs(20) - at < step);
+        // Deadlines within one step of each other end together (one timer wake-up).
+        let mut ends: Vec<_> = (0..10).map(|i| coalesced(at + step * i / 10)).collect();
+        ends.dedup();
+        assert_eq!(ends, vec![at], "on the grid: {at:?}");
+        assert_eq!(coalesced(at + step), at + step);
     }
 }

@@ -6,7 +6,10 @@
 //! agents over the API, and then runs them: each simulated agent holds its own
 //! keep-alive connection, heartbeats every `--heartbeat-s` (30) seconds with a lease
 //! right after, and leases every `--idle-poll-s` (5) seconds in between, as
-//! `lastmile-agent run` does when there is no work (0.23 requests a second per agent).
+//! `lastmile-agent run` did before long polls when there is no work (0.23 requests a
+//! second per agent; agents in the field keep that cadence for months). With
+//! `--long-poll` they run as `lastmile-agent run` does now: leases that wait at the
+//! controller up to 20 s, never past the next heartbeat (about 0.1 requests a second).
 //! Agents start spread over one heartbeat interval, as a real network's would be.
 //!
 //! For each step of `--steps` (agents in total, e.g. `1000,5000,10000`) it adds agents,
@@ -41,6 +44,8 @@ struct Args {
     idle_poll: Duration,
     pg: Option<String>,
     controller: Option<PathBuf>,
+    /// Agents as `lastmile-agent` runs now: leases that wait at the controller.
+    long_poll: bool,
 }
 
 fn args(flags: Vec<String>) -> anyhow::Result<Args> {
@@ -51,9 +56,14 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
         idle_poll: Duration::from_secs(5),
         pg: None,
         controller: None,
+        long_poll: false,
     };
     let mut it = flags.into_iter();
     while let Some(flag) = it.next() {
+        if flag == "--long-poll" {
+            a.long_poll = true;
+            continue;
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         let secs = |v: &str| -> anyhow::Result<Duration> { Ok(Duration::from_secs(v.parse()?)) };
         match flag.as_str() {
@@ -68,7 +78,7 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
             "--idle-poll-s" => a.idle_poll = secs(&value)?,
             "--pg" => a.pg = Some(value),
             "--controller" => a.controller = Some(value.into()),
-            other => bail!("unknown flag {other} (flags: --steps N,N,.. --hold-s S --heartbeat-s S --idle-poll-s S --pg ADMIN_URL --controller PATH)"),
+            other => bail!("unknown flag {other} (flags: --steps N,N,.. --hold-s S --heartbeat-s S --idle-poll-s S --long-poll --pg ADMIN_URL --controller PATH)"),
         }
     }
     if a.steps.windows(2).any(|w| w[1] <= w[0]) || a.steps.is_empty() {
@@ -207,6 +217,74 @@ async fn agent(
     }
 }
 
+/// Longest a simulated agent asks a lease to wait, as `lastmile-agent` does.
+const MAX_LEASE_WAIT: Duration = Duration::from_secs(20);
+
+/// One simulated agent as `lastmile-agent` runs today, until `stop`: a heartbeat every
+/// `heartbeat_every`, and in between leases that wait at the controller for work, each
+/// for at most 20 s and never past the next heartbeat (with under a second left, a
+/// lease that does not wait, then a sleep until the heartbeat). A lease's latency is
+/// recorded as how much later than the asked wait it was answered.
+async fn long_polling_agent(
+    mut conn: Connection,
+    start_after: Duration,
+    heartbeat_every: Duration,
+    window: Arc<Mutex<Window>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let beat = heartbeat_body();
+    tokio::select! {
+        _ = stop.changed() => return,
+        _ = tokio::time::sleep(start_after) => {}
+    }
+    let mut next_beat = tokio::time::Instant::now();
+    loop {
+        let now = tokio::time::Instant::now();
+        if now >= next_beat {
+            next_beat = now + heartbeat_every;
+            let started = Instant::now();
+            let outcome = tokio::select! {
+                _ = stop.changed() => return,
+                answer = conn.post::<_, serde_json::Value>("/api/v1/agents/heartbeat", &beat) => answer,
+            };
+            let outcome = outcome.map(drop).map_err(|e| e.to_string());
+            lock(&window).record(Call::Heartbeat, started.elapsed(), outcome);
+        }
+        let until_beat = next_beat.saturating_duration_since(tokio::time::Instant::now());
+        let wait = until_beat.min(MAX_LEASE_WAIT).as_secs() as u32;
+        let opened = conn.opened;
+        let started = Instant::now();
+        let request = LeaseRequest {
+            max: 2,
+            wait_s: (wait > 0).then_some(wait),
+        };
+        let outcome = tokio::select! {
+            _ = stop.changed() => return,
+            answer = conn.post::<_, serde_json::Value>("/api/v1/agents/lease", &request) => answer,
+        };
+        let late = started
+            .elapsed()
+            .saturating_sub(Duration::from_secs(wait.into()));
+        {
+            let mut w = lock(&window);
+            w.record(
+                Call::Lease,
+                late,
+                outcome.map(drop).map_err(|e| e.to_string()),
+            );
+            if w.recording {
+                w.reconnects += conn.opened - opened;
+            }
+        }
+        if wait == 0 {
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep_until(next_beat) => {}
+            }
+        }
+    }
+}
+
 /// Enrols `n` agents, 32 at a time; returns their tokens.
 async fn enrol(addr: SocketAddr, key: &str, n: usize, first: usize) -> anyhow::Result<Vec<String>> {
     let mut tokens = Vec::with_capacity(n);
@@ -248,11 +326,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         "sqlite"
     };
-    println!(
-        "Lastmile agents bench: idle agents against one controller ({backend}), heartbeat every {} s, idle lease every {} s\n",
-        args.heartbeat.as_secs(),
-        args.idle_poll.as_secs()
-    );
+    if args.long_poll {
+        println!(
+            "Lastmile agents bench: idle agents against one controller ({backend}), heartbeat every {} s, leases that wait up to {} s (ls = how late a lease was answered after its wait)\n",
+            args.heartbeat.as_secs(),
+            MAX_LEASE_WAIT.as_secs()
+        );
+    } else {
+        println!(
+            "Lastmile agents bench: idle agents against one controller ({backend}), heartbeat every {} s, idle lease every {} s\n",
+            args.heartbeat.as_secs(),
+            args.idle_poll.as_secs()
+        );
+    }
     let idle = usage(controller.pid())?;
     println!(
         "{:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>11} {:>8} {:>9}",
@@ -280,13 +366,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let mut conn = Connection::new(controller.addr);
             conn.token = Some(token);
             let offset = Duration::from_millis(spread * i as u64 / (target - running) as u64);
-            agents.spawn(agent(
-                conn,
-                offset,
-                (args.heartbeat, args.idle_poll),
-                window.clone(),
-                stop_rx.clone(),
-            ));
+            if args.long_poll {
+                agents.spawn(long_polling_agent(
+                    conn,
+                    offset,
+                    args.heartbeat,
+                    window.clone(),
+                    stop_rx.clone(),
+                ));
+            } else {
+                agents.spawn(agent(
+                    conn,
+                    offset,
+                    (args.heartbeat, args.idle_poll),
+                    window.clone(),
+                    stop_rx.clone(),
+                ));
+            }
         }
         running = target;
         // One full heartbeat interval for the new agents to start and settle.

@@ -207,6 +207,9 @@ fn clock_ticks_per_second() -> u64 {
     })
 }
 
+/// How long one request may take before the bench counts it failed.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One agent's connection to the controller: HTTP/1.1 with keep-alive, reconnecting
 /// when the controller closed it.
 pub struct Connection {
@@ -251,17 +254,39 @@ impl Connection {
     ) -> Result<R, CallError> {
         let body = serde_json::to_vec(body).map_err(|e| CallError::Body(e.to_string()))?;
         let reused = self.stream.is_some();
-        match self.exchange(path, &body).await {
+        match self.exchange_within(path, &body).await {
             Ok(answer) => answer,
             // The controller closed an idle keep-alive connection just as we sent: a real
             // client retries once on a new connection.
             Err(_) if reused => {
                 self.stream = None;
-                self.exchange(path, &body).await.map_err(CallError::Io)?
+                self.exchange_within(path, &body)
+                    .await
+                    .map_err(CallError::Io)?
             }
             Err(e) => {
                 self.stream = None;
                 Err(CallError::Io(e))
+            }
+        }
+    }
+
+    /// [`Connection::exchange`] within [`REQUEST_TIMEOUT`]: a controller that stopped
+    /// answering shows as errors, not as a bench that waits for ever. The connection is
+    /// dropped after a timeout (an answer may still be on its way).
+    async fn exchange_within<R: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &[u8],
+    ) -> std::io::Result<Result<R, CallError>> {
+        match tokio::time::timeout(REQUEST_TIMEOUT, self.exchange(path, body)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                self.stream = None;
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", REQUEST_TIMEOUT.as_secs()),
+                ))
             }
         }
     }
