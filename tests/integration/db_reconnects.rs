@@ -45,4 +45,5 @@ async fn requests_recover_after_postgresql_drops_every_connection() {
         let (status, body) = list().await;
         assert_eq!(status, 200, "still failing after 40 requests: {body}");
     }
+    app.controller.stop().await.unwrap();
 }

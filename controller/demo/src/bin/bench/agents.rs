@@ -30,12 +30,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use lastmile_protocol::{
-    AgentLimits, CheckKind, ConnectionClass, EnrolRequest, EnrolResponse, Heartbeat, LeaseRequest,
-};
+use lastmile_protocol::{ConnectionClass, EnrolRequest, EnrolResponse, LeaseRequest};
 use tokio::sync::watch;
 
-use super::harness::{usage, Connection, ControllerProcess};
+use super::harness::{idle_heartbeat, usage, Connection, ControllerProcess};
 
 struct Args {
     steps: Vec<usize>,
@@ -151,17 +149,6 @@ fn lock(window: &Mutex<Window>) -> std::sync::MutexGuard<'_, Window> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn heartbeat_body() -> Heartbeat {
-    Heartbeat {
-        declared_class: ConnectionClass::Cable,
-        version: concat!("bench-", env!("CARGO_PKG_VERSION")).to_owned(),
-        limits: AgentLimits { max_concurrent: 2 },
-        paused: None,
-        kinds: CheckKind::ALL.to_vec(),
-        path_trace: false,
-    }
-}
-
 /// One simulated agent: the idle cadence until `stop`.
 async fn agent(
     mut conn: Connection,
@@ -171,7 +158,7 @@ async fn agent(
     mut stop: watch::Receiver<bool>,
 ) {
     let (heartbeat_every, idle_poll) = args;
-    let beat = heartbeat_body();
+    let beat = idle_heartbeat();
     let polls_per_beat = (heartbeat_every.as_millis() / idle_poll.as_millis().max(1)).max(1);
     tokio::select! {
         _ = stop.changed() => return,
@@ -232,7 +219,7 @@ async fn long_polling_agent(
     window: Arc<Mutex<Window>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let beat = heartbeat_body();
+    let beat = idle_heartbeat();
     tokio::select! {
         _ = stop.changed() => return,
         _ = tokio::time::sleep(start_after) => {}

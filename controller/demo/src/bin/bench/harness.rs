@@ -207,6 +207,19 @@ fn clock_ticks_per_second() -> u64 {
     })
 }
 
+/// The heartbeat of an idle simulated agent (cable, two slots, every kind of check).
+pub fn idle_heartbeat() -> lastmile_protocol::Heartbeat {
+    use lastmile_protocol::{AgentLimits, CheckKind, ConnectionClass, Heartbeat};
+    Heartbeat {
+        declared_class: ConnectionClass::Cable,
+        version: concat!("bench-", env!("CARGO_PKG_VERSION")).to_owned(),
+        limits: AgentLimits { max_concurrent: 2 },
+        paused: None,
+        kinds: CheckKind::ALL.to_vec(),
+        path_trace: false,
+    }
+}
+
 /// How long one request may take before the bench counts it failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -24,11 +24,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use lastmile_protocol::{
-    AgentLimits, CheckKind, ConnectionClass, EnrolRequest, EnrolResponse, Heartbeat,
-};
+use lastmile_protocol::{ConnectionClass, EnrolRequest, EnrolResponse};
 
-use super::harness::{usage, Connection, ControllerProcess};
+use super::harness::{idle_heartbeat, usage, Connection, ControllerProcess};
 
 struct Args {
     duration: Duration,
@@ -201,17 +199,6 @@ fn script(
     Ok(path)
 }
 
-fn heartbeat_body() -> Heartbeat {
-    Heartbeat {
-        declared_class: ConnectionClass::Cable,
-        version: concat!("bench-", env!("CARGO_PKG_VERSION")).to_owned(),
-        limits: AgentLimits { max_concurrent: 2 },
-        paused: None,
-        kinds: CheckKind::ALL.to_vec(),
-        path_trace: false,
-    }
-}
-
 pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
     let args = args(flags)?;
     let (controller, key) =
@@ -235,7 +222,7 @@ pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("enrol: {e}"))?;
         let mut conn = Connection::new(controller.addr);
         conn.token = Some(enrolled.token.clone());
-        conn.post::<_, serde_json::Value>("/api/v1/agents/heartbeat", &heartbeat_body())
+        conn.post::<_, serde_json::Value>("/api/v1/agents/heartbeat", &idle_heartbeat())
             .await
             .map_err(|e| anyhow::anyhow!("heartbeat: {e}"))?;
         anyhow::Ok(enrolled.token)
