@@ -38,6 +38,22 @@ async fn app_with_check(db: &TestDb, objectives: Value) -> (TestApp, String, Str
     app_with_check_on(app, objectives).await
 }
 
+/// [`app_with_check`] with no background rollup or fold pass (a ttfb p95 ≤ 100 ms
+/// objective): the test decides when they happen.
+async fn app_deciding_rollups(db: &TestDb) -> (TestApp, String, String, TargetSite) {
+    let app = TestApp::start_with(db, |c| {
+        c.scheduler_tick_ms = 3_600_000;
+        c.rollup_interval_s = 0;
+        c.fold_interval_ms = 3_600_000;
+    })
+    .await;
+    app_with_check_on(
+        app,
+        json!([{"phase": "ttfb", "percentile": 95, "max_ms": 100}]),
+    )
+    .await
+}
+
 async fn app_with_check_on(
     app: TestApp,
     objectives: Value,
@@ -421,18 +437,7 @@ async fn report_rows(app: &TestApp, owner: &str, check: &str, query: &str) -> Va
 
 async fn complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figures(db: TestDb) {
     use lastmile_domain::rollups::{self, day_start, DAY_US};
-    // No background rollup or fold pass: this test decides when they happen.
-    let app = TestApp::start_with(&db, |c| {
-        c.scheduler_tick_ms = 3_600_000;
-        c.rollup_interval_s = 0;
-        c.fold_interval_ms = 3_600_000;
-    })
-    .await;
-    let (app, owner, check, _site) = app_with_check_on(
-        app,
-        json!([{"phase": "ttfb", "percentile": 95, "max_ms": 100}]),
-    )
-    .await;
+    let (app, owner, check, _site) = app_deciding_rollups(&db).await;
     let now = now_us();
     let today = day_start(now);
     // Three days ago in three hours, two classes; two days ago; and now.
@@ -572,17 +577,7 @@ async fn complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figu
 
 async fn complete_quarters_of_a_day_not_rolled_up_are_read_as_quarter_cells(db: TestDb) {
     use lastmile_domain::rollups::{self, day_start, Span, DAY_US, QUARTER_US};
-    let app = TestApp::start_with(&db, |c| {
-        c.scheduler_tick_ms = 3_600_000;
-        c.rollup_interval_s = 0;
-        c.fold_interval_ms = 3_600_000;
-    })
-    .await;
-    let (app, owner, check, _site) = app_with_check_on(
-        app,
-        json!([{"phase": "ttfb", "percentile": 95, "max_ms": 100}]),
-    )
-    .await;
+    let (app, owner, check, _site) = app_deciding_rollups(&db).await;
     let now = now_us();
     let today = day_start(now);
     let yesterday = today - DAY_US;
