@@ -18,6 +18,20 @@
 //! and lease, errors, the controller's CPU (per cent of one core, and microseconds per
 //! agent-second) and its RSS (and RSS per agent above the idle controller).
 //!
+//! With `--work-every-s S`, an owner also asks for a run of a check every `S` seconds
+//! while a step is measured (`POST /api/v1/checks/{id}/runs`, `--work-agents` agents a
+//! run, chosen by the controller among the calibrated agents), and the bench prints how
+//! long new work took to reach an idle agent: from just before the owner's request to
+//! the lease answer carrying the assignment (p50/p99), and how many of the planned
+//! assignments arrived within the step. An agent that gets work answers it at once with
+//! a result (`POST /api/v1/results`), as a fast measurement would, and goes back to its
+//! cadence.
+//!
+//! With `--hello`, the same agents (polling cadence) hold their connections against an
+//! actix-web hello world (`bench hello`, which answers every call with an empty lease)
+//! instead of a controller: the floor of CPU and RSS per connected agent that actix-web
+//! itself sets, to read the controller's figures against.
+//!
 //! The client is a minimal HTTP/1.1 client over one TCP connection per agent (not
 //! reqwest: 10k reqwest clients would each build their own TLS configuration and pool,
 //! and the load generator shares the machine's cores with the controller it measures).
@@ -30,10 +44,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
-use lastmile_protocol::{ConnectionClass, EnrolRequest, EnrolResponse, LeaseRequest};
+use lastmile_domain::scheduling::RunView;
+use lastmile_protocol::{
+    ConnectionClass, EnrolRequest, EnrolResponse, LeaseRequest, LeaseResponse, ResultAck,
+    ResultSubmission, Task,
+};
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use super::harness::{idle_heartbeat, usage, Connection, ControllerProcess};
+use super::http::Hello;
 
 struct Args {
     steps: Vec<usize>,
@@ -44,6 +64,12 @@ struct Args {
     controller: Option<PathBuf>,
     /// Agents as `lastmile-agent` runs now: leases that wait at the controller.
     long_poll: bool,
+    /// An owner asks for a run this often while a step is measured.
+    work_every: Option<Duration>,
+    /// Agents each of those runs asks for.
+    work_agents: usize,
+    /// Against an actix-web hello world instead of a controller.
+    hello: bool,
 }
 
 fn args(flags: Vec<String>) -> anyhow::Result<Args> {
@@ -55,11 +81,15 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
         pg: None,
         controller: None,
         long_poll: false,
+        work_every: None,
+        work_agents: 20,
+        hello: false,
     };
     let mut it = flags.into_iter();
     while let Some(flag) = it.next() {
-        if flag == "--long-poll" {
-            a.long_poll = true;
+        if flag == "--long-poll" || flag == "--hello" {
+            a.long_poll |= flag == "--long-poll";
+            a.hello |= flag == "--hello";
             continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -76,8 +106,18 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
             "--idle-poll-s" => a.idle_poll = secs(&value)?,
             "--pg" => a.pg = Some(value),
             "--controller" => a.controller = Some(value.into()),
-            other => bail!("unknown flag {other} (flags: --steps N,N,.. --hold-s S --heartbeat-s S --idle-poll-s S --long-poll --pg ADMIN_URL --controller PATH)"),
+            "--work-every-s" => a.work_every = Some(secs(&value)?),
+            "--work-agents" => a.work_agents = value.parse()?,
+            other => bail!("unknown flag {other} (flags: --steps N,N,.. --hold-s S --heartbeat-s S --idle-poll-s S --long-poll --work-every-s S --work-agents N --hello --pg ADMIN_URL --controller PATH)"),
         }
+    }
+    if a.work_every.is_some_and(|every| every.is_zero()) || a.work_agents == 0 {
+        bail!("--work-every-s and --work-agents must be above 0");
+    }
+    if a.hello && (a.long_poll || a.work_every.is_some() || a.pg.is_some()) {
+        bail!(
+            "--hello holds polling agents only (a hello world answers at once and plans no work)"
+        );
     }
     if a.steps.windows(2).any(|w| w[1] <= w[0]) || a.steps.is_empty() {
         bail!("--steps must be increasing agent counts");
@@ -89,6 +129,22 @@ pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
     let args = args(flags)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(run(args))
+}
+
+/// What the agents are held against.
+enum Server {
+    /// A controller, and the enrolment key of its volunteer.
+    Controller(ControllerProcess, String),
+    Hello(Hello),
+}
+
+impl Server {
+    fn addr_and_pid(&self) -> (SocketAddr, u32) {
+        match self {
+            Server::Controller(c, _) => (c.addr, c.pid()),
+            Server::Hello(h) => (h.addr, h.pid()),
+        }
+    }
 }
 
 /// The two calls an idle agent makes.
@@ -106,6 +162,8 @@ struct Window {
     errors: u64,
     first_error: Option<String>,
     reconnects: u64,
+    /// Assignments that reached an agent: their run, and when the lease answer came.
+    deliveries: Vec<(Uuid, Instant)>,
 }
 
 impl Window {
@@ -117,6 +175,7 @@ impl Window {
             errors: 0,
             first_error: None,
             reconnects: 0,
+            deliveries: Vec::new(),
         }
     }
 
@@ -130,6 +189,13 @@ impl Window {
             Call::Lease => self.lease.saturating_record(us),
         }
         if let Err(e) = outcome {
+            self.errors += 1;
+            self.first_error.get_or_insert(e);
+        }
+    }
+
+    fn error(&mut self, e: String) {
+        if self.recording {
             self.errors += 1;
             self.first_error.get_or_insert(e);
         }
@@ -183,8 +249,8 @@ async fn agent(
             lock(&window).record(Call::Heartbeat, started.elapsed(), outcome);
         }
         let started = Instant::now();
-        let outcome = conn
-            .post::<_, serde_json::Value>(
+        let answer = conn
+            .post::<_, LeaseResponse>(
                 "/api/v1/agents/lease",
                 &LeaseRequest {
                     max: 2,
@@ -192,14 +258,16 @@ async fn agent(
                 },
             )
             .await
-            .map(drop)
             .map_err(|e| e.to_string());
-        let mut w = lock(&window);
-        w.record(Call::Lease, started.elapsed(), outcome);
-        if w.recording && tick > 0 {
-            w.reconnects += conn.opened - opened;
+        let (outcome, work) = split(answer);
+        {
+            let mut w = lock(&window);
+            w.record(Call::Lease, started.elapsed(), outcome);
+            if w.recording && tick > 0 {
+                w.reconnects += conn.opened - opened;
+            }
         }
-        drop(w);
+        answer_work(&mut conn, work, &window).await;
         tick += 1;
     }
 }
@@ -245,25 +313,24 @@ async fn long_polling_agent(
             max: 2,
             wait_s: (wait > 0).then_some(wait),
         };
-        let outcome = tokio::select! {
+        let answer = tokio::select! {
             _ = stop.changed() => return,
-            answer = conn.post::<_, serde_json::Value>("/api/v1/agents/lease", &request) => answer,
+            answer = conn.post::<_, LeaseResponse>("/api/v1/agents/lease", &request) => answer,
         };
         let late = started
             .elapsed()
             .saturating_sub(Duration::from_secs(wait.into()));
+        let (outcome, work) = split(answer.map_err(|e| e.to_string()));
         {
             let mut w = lock(&window);
-            w.record(
-                Call::Lease,
-                late,
-                outcome.map(drop).map_err(|e| e.to_string()),
-            );
+            w.record(Call::Lease, late, outcome);
             if w.recording {
                 w.reconnects += conn.opened - opened;
             }
         }
-        if wait == 0 {
+        let had_work = !work.is_empty();
+        answer_work(&mut conn, work, &window).await;
+        if wait == 0 && !had_work {
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep_until(next_beat) => {}
@@ -272,8 +339,77 @@ async fn long_polling_agent(
     }
 }
 
-/// Enrols `n` agents, 32 at a time; returns their tokens.
-async fn enrol(addr: SocketAddr, key: &str, n: usize, first: usize) -> anyhow::Result<Vec<String>> {
+/// A lease's outcome for the window, and the work it carried.
+fn split(answer: Result<LeaseResponse, String>) -> (Result<(), String>, Vec<Task>) {
+    match answer {
+        Ok(lease) => (Ok(()), lease.tasks),
+        Err(e) => (Err(e), Vec::new()),
+    }
+}
+
+/// Notes when each task arrived and answers it at once with a result, as an agent whose
+/// measurement took no time would.
+async fn answer_work(conn: &mut Connection, work: Vec<Task>, window: &Mutex<Window>) {
+    if work.is_empty() {
+        return;
+    }
+    let arrived = Instant::now();
+    {
+        let mut w = lock(window);
+        if w.recording {
+            w.deliveries
+                .extend(work.iter().map(|t| (t.run_id, arrived)));
+        }
+    }
+    // Each result its own figures, so that none looks copied from another.
+    static ANSWERED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    for task in &work {
+        let i = ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let result = ResultSubmission {
+            assignment_id: task.assignment_id,
+            started_at: chrono::Utc::now(),
+            measurement: super::storage::measurement(i),
+        };
+        if let Err(e) = conn.post::<_, ResultAck>("/api/v1/results", &result).await {
+            lock(window).error(format!("result: {e}"));
+        }
+    }
+}
+
+/// The owner's side of `--work-every-s`: a run of `check` every `every` until `stop`;
+/// returns each run with when it was asked for and how many assignments it planned.
+async fn ask_for_runs(
+    mut owner: Connection,
+    check: Uuid,
+    every: Duration,
+    window: Arc<Mutex<Window>>,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<(Uuid, Instant, u32)> {
+    let mut runs = Vec::new();
+    let path = format!("/api/v1/checks/{check}/runs");
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return runs,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let asked = Instant::now();
+        match owner
+            .post::<_, RunView>(&path, &serde_json::json!({}))
+            .await
+        {
+            Ok(run) => runs.push((run.id, asked, run.pending)),
+            Err(e) => lock(&window).error(format!("run: {e}")),
+        }
+    }
+}
+
+/// Enrols `n` agents, 32 at a time; returns their ids and tokens.
+async fn enrol(
+    addr: SocketAddr,
+    key: &str,
+    n: usize,
+    first: usize,
+) -> anyhow::Result<Vec<EnrolResponse>> {
     let mut tokens = Vec::with_capacity(n);
     let mut pending = tokio::task::JoinSet::new();
     let mut next = 0;
@@ -296,9 +432,30 @@ async fn enrol(addr: SocketAddr, key: &str, n: usize, first: usize) -> anyhow::R
             .join_next()
             .await
             .context("enrolment tasks ended early")??;
-        tokens.push(answer.map_err(|e| anyhow::anyhow!("enrol: {e}"))?.token);
+        tokens.push(answer.map_err(|e| anyhow::anyhow!("enrol: {e}"))?);
     }
     Ok(tokens)
+}
+
+/// The new-work columns: p50/p99 from each run's request to each of its assignments'
+/// arrival, and arrived/planned.
+fn new_work(runs: &[(Uuid, Instant, u32)], deliveries: &[(Uuid, Instant)]) -> String {
+    let asked: std::collections::HashMap<Uuid, Instant> =
+        runs.iter().map(|(run, at, _)| (*run, *at)).collect();
+    let mut took = lastmile_domain::histogram::new_histogram();
+    for (run, arrived) in deliveries {
+        if let Some(at) = asked.get(run) {
+            let us = arrived.saturating_duration_since(*at).as_micros() as u64;
+            took.saturating_record(us.clamp(1, lastmile_domain::histogram::MAX_US));
+        }
+    }
+    let planned: u32 = runs.iter().map(|(_, _, planned)| planned).sum();
+    format!(
+        " {:>10.1} {:>10.1} {:>9}",
+        ms(&took, 0.5),
+        ms(&took, 0.99),
+        format!("{}/{planned}", took.len())
+    )
 }
 
 fn ms(h: &Histogram<u64>, q: f64) -> f64 {
@@ -306,29 +463,50 @@ fn ms(h: &Histogram<u64>, q: f64) -> f64 {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let (controller, key) =
-        ControllerProcess::start(args.controller.as_deref(), args.pg.as_deref(), "agents")?;
-    let backend = if args.pg.is_some() {
-        "postgres"
+    let server = if args.hello {
+        Server::Hello(Hello::start()?)
     } else {
-        "sqlite"
+        let (controller, key) =
+            ControllerProcess::start(args.controller.as_deref(), args.pg.as_deref(), "agents")?;
+        Server::Controller(controller, key)
+    };
+    let (addr, pid) = server.addr_and_pid();
+    let backend = match (&server, &args.pg) {
+        (Server::Hello(_), _) => "none: an actix-web hello world",
+        (_, Some(_)) => "postgres",
+        (_, None) => "sqlite",
     };
     if args.long_poll {
         println!(
-            "Lastmile agents bench: idle agents against one controller ({backend}), heartbeat every {} s, leases that wait up to {} s (ls = how late a lease was answered after its wait)\n",
+            "Lastmile agents bench: idle agents against one server ({backend}), heartbeat every {} s, leases that wait up to {} s (ls = how late a lease was answered after its wait)\n",
             args.heartbeat.as_secs(),
             MAX_LEASE_WAIT.as_secs()
         );
     } else {
         println!(
-            "Lastmile agents bench: idle agents against one controller ({backend}), heartbeat every {} s, idle lease every {} s\n",
+            "Lastmile agents bench: idle agents against one server ({backend}), heartbeat every {} s, idle lease every {} s\n",
             args.heartbeat.as_secs(),
             args.idle_poll.as_secs()
         );
     }
-    let idle = usage(controller.pid())?;
+    // With --work-every-s: an owner, a verified site and a check the runs are asked of.
+    let work = match (args.work_every, &server) {
+        (Some(every), Server::Controller(controller, _)) => {
+            let db = controller.db()?;
+            let (_, token, check) =
+                super::storage::owner_with_check(&mut *db.conn()?, args.work_agents)?;
+            println!(
+                "New work: a run of {} agents every {} s (work = from the owner's request to the lease answer carrying it)\n",
+                args.work_agents,
+                every.as_secs()
+            );
+            Some((db, token, check.id.parse::<Uuid>()?, every))
+        }
+        _ => None,
+    };
+    let idle = usage(pid)?;
     println!(
-        "{:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>11} {:>8} {:>9}",
+        "{:>7} {:>8} {:>9} {:>9} {:>9} {:>9} {:>7} {:>8} {:>8} {:>11} {:>8} {:>9}{}",
         "agents",
         "req/s",
         "hb p50ms",
@@ -340,18 +518,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "ctl cpu%",
         "µs/agent·s",
         "rss MiB",
-        "KiB/agent"
+        "KiB/agent",
+        if work.is_some() {
+            format!(
+                " {:>10} {:>10} {:>9}",
+                "work p50ms", "work p99ms", "work got"
+            )
+        } else {
+            String::new()
+        }
     );
     let window = Arc::new(Mutex::new(Window::new()));
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut agents = tokio::task::JoinSet::new();
     let mut running = 0;
     for &target in &args.steps {
-        let tokens = enrol(controller.addr, &key, target - running, running).await?;
+        let enrolled = match &server {
+            Server::Controller(_, key) => enrol(addr, key, target - running, running).await?,
+            Server::Hello(_) => (running..target)
+                .map(|_| EnrolResponse {
+                    agent_id: Uuid::new_v4(),
+                    token: "hello".into(),
+                })
+                .collect(),
+        };
+        if let Some((db, ..)) = &work {
+            let ids: Vec<String> = enrolled.iter().map(|e| e.agent_id.to_string()).collect();
+            super::storage::record_fast_lines(&mut *db.conn()?, &ids)?;
+        }
         let spread = args.heartbeat.as_millis() as u64;
-        for (i, token) in tokens.into_iter().enumerate() {
-            let mut conn = Connection::new(controller.addr);
-            conn.token = Some(token);
+        for (i, enrolled) in enrolled.into_iter().enumerate() {
+            let mut conn = Connection::new(addr);
+            conn.token = Some(enrolled.token);
             let offset = Duration::from_millis(spread * i as u64 / (target - running) as u64);
             if args.long_poll {
                 agents.spawn(long_polling_agent(
@@ -375,16 +573,40 @@ async fn run(args: Args) -> anyhow::Result<()> {
         // One full heartbeat interval for the new agents to start and settle.
         tokio::time::sleep(args.heartbeat + args.idle_poll).await;
         lock(&window).reset(true);
-        let before = usage(controller.pid())?;
+        let before = usage(pid)?;
         let started = Instant::now();
+        let (stop_asking, asking_stopped) = watch::channel(false);
+        let asking = work.as_ref().map(|(_, token, check, every)| {
+            let mut owner = Connection::new(addr);
+            owner.token = Some(token.clone());
+            tokio::spawn(ask_for_runs(
+                owner,
+                *check,
+                *every,
+                window.clone(),
+                asking_stopped,
+            ))
+        });
         tokio::time::sleep(args.hold).await;
-        let after = usage(controller.pid())?;
+        let after = usage(pid)?;
         let elapsed = started.elapsed().as_secs_f64();
-        let w = std::mem::replace(&mut *lock(&window), Window::new());
+        let mut w = std::mem::replace(&mut *lock(&window), Window::new());
+        let mut work_figures = String::new();
+        if let Some(asking) = asking {
+            // The runs asked for last get a few seconds to arrive; requests meanwhile
+            // are not counted.
+            lock(&window).reset(true);
+            let _ = stop_asking.send(true);
+            let runs = asking.await?;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            w.deliveries
+                .append(&mut std::mem::replace(&mut *lock(&window), Window::new()).deliveries);
+            work_figures = new_work(&runs, &w.deliveries);
+        }
         let requests = (w.heartbeat.len() + w.lease.len()) as f64;
         let cpu = (after.cpu - before.cpu).as_secs_f64();
         println!(
-            "{:>7} {:>8.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>8} {:>8.1} {:>11.2} {:>8.1} {:>9.2}",
+            "{:>7} {:>8.0} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>7} {:>8} {:>8.1} {:>11.2} {:>8.1} {:>9.2}{}",
             target,
             requests / elapsed,
             ms(&w.heartbeat, 0.5),
@@ -397,6 +619,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             cpu * 1e6 / (elapsed * target as f64),
             after.rss_kib as f64 / 1024.0,
             after.rss_kib.saturating_sub(idle.rss_kib) as f64 / target as f64,
+            work_figures,
         );
         if let Some(e) = &w.first_error {
             println!("        first error: {e}");

@@ -61,7 +61,9 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
     Ok(a)
 }
 
-/// `bench hello --listen ADDR`: the reference server, an actix-web hello world.
+/// `bench hello --listen ADDR`: the reference server, an actix-web hello world. `GET /`
+/// answers `Hello world!`; anything else an empty lease (`{"tasks":[]}`), so that `bench
+/// agents --hello` can hold idle agents' connections against it.
 pub fn hello(flags: Vec<String>) -> anyhow::Result<()> {
     let listen = match flags.as_slice() {
         [flag, addr] if flag == "--listen" => addr.clone(),
@@ -69,7 +71,13 @@ pub fn hello(flags: Vec<String>) -> anyhow::Result<()> {
     };
     actix_web::rt::System::new().block_on(async move {
         actix_web::HttpServer::new(|| {
-            actix_web::App::new().route("/", actix_web::web::get().to(|| async { "Hello world!" }))
+            actix_web::App::new()
+                .route("/", actix_web::web::get().to(|| async { "Hello world!" }))
+                .default_service(actix_web::web::to(|| async {
+                    actix_web::HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(r#"{"tasks":[]}"#)
+                }))
         })
         .bind(listen)?
         .run()
@@ -78,13 +86,40 @@ pub fn hello(flags: Vec<String>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A child process killed when dropped.
-struct Killed(Child);
+/// `bench hello` as a child process on a free port of 127.0.0.1, killed when dropped.
+pub struct Hello {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+}
 
-impl Drop for Killed {
+impl Hello {
+    pub fn start() -> anyhow::Result<Hello> {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let hello = Hello {
+            child: Command::new(std::env::current_exe()?)
+                .args(["hello", "--listen", &addr.to_string()])
+                .stdout(Stdio::null())
+                .spawn()?,
+            addr,
+        };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Ok(hello);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("the hello world did not start listening on {addr}")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Hello {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -228,19 +263,7 @@ pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
         anyhow::Ok(enrolled.token)
     })?;
 
-    let hello_addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let hello = Killed(
-        Command::new(std::env::current_exe()?)
-            .args(["hello", "--listen", &hello_addr.to_string()])
-            .stdout(Stdio::null())
-            .spawn()?,
-    );
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(hello_addr).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let hello = Hello::start()?;
 
     let scripts = tempfile::tempdir()?;
     let owner_get = script(scripts.path(), "owner", "GET", &owner_token, None)?;
@@ -269,9 +292,9 @@ pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
     let rows: [(&str, String, Option<&std::path::Path>, u32); 4] = [
         (
             "hello world GET /",
-            format!("http://{hello_addr}/"),
+            format!("http://{}/", hello.addr),
             None,
-            hello.0.id(),
+            hello.pid(),
         ),
         (
             "owner GET /api/v1/me",

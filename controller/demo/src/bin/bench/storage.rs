@@ -122,10 +122,13 @@ pub type Fixture = (
     Vec<(agents::Agent, String)>,
 );
 
-/// An owner, a verified site, a check and `agents` online, calibrated agents with their
-/// tokens.
-pub fn fixture_with_tokens(conn: &mut DbConn, agents_n: usize) -> anyhow::Result<Fixture> {
-    let (owner, _) = accounts::create_owner(conn, "bench")?;
+/// An owner with plenty of credit (and its API token), a verified site and an `http`
+/// check of it that asks for `agents_per_run` agents a run.
+pub fn owner_with_check(
+    conn: &mut DbConn,
+    agents_per_run: usize,
+) -> anyhow::Result<(accounts::Owner, String, lastmile_domain::checks::Check)> {
+    let (owner, token) = accounts::create_owner(conn, "bench")?;
     // Enough credit that no run is refused for money.
     lastmile_domain::billing::grant_credit(
         conn,
@@ -133,7 +136,6 @@ pub fn fixture_with_tokens(conn: &mut DbConn, agents_n: usize) -> anyhow::Result
         lastmile_billing::Money::new(1_000_000_000, lastmile_billing::Currency::USD),
         &format!("bench-{}", owner.id),
     )?;
-    let (_, key) = accounts::create_volunteer(conn, "bench")?;
     let site = lastmile_domain::sites::create(
         conn,
         &owner.id,
@@ -156,7 +158,7 @@ pub fn fixture_with_tokens(conn: &mut DbConn, agents_n: usize) -> anyhow::Result
             max_bytes: None,
             timeout_ms: None,
             selection: Selection {
-                agents_per_run: agents_n.max(1) as u32,
+                agents_per_run: agents_per_run.max(1) as u32,
                 ..Selection::default()
             },
             schedule: Schedule::default(),
@@ -167,6 +169,14 @@ pub fn fixture_with_tokens(conn: &mut DbConn, agents_n: usize) -> anyhow::Result
         },
         1,
     )?;
+    Ok((owner, token, check))
+}
+
+/// An owner, a verified site, a check and `agents` online, calibrated agents with their
+/// tokens.
+pub fn fixture_with_tokens(conn: &mut DbConn, agents_n: usize) -> anyhow::Result<Fixture> {
+    let (owner, _, check) = owner_with_check(conn, agents_n)?;
+    let (_, key) = accounts::create_volunteer(conn, "bench")?;
     let countries = ["DE", "US", "BR", "FR", "JP"];
     let mut list = Vec::new();
     for i in 0..agents_n {
@@ -206,23 +216,32 @@ pub fn fixture_with_tokens(conn: &mut DbConn, agents_n: usize) -> anyhow::Result
             None,
             clock::now_us(),
         )?;
-        // Runs plan only agents whose line the controller has measured: record a
-        // calibration as it would (a fast line, so no line rule flags the bench's
-        // results), without the pings and transfers behind it.
-        diesel::update(agents_t::table.find(&id))
-            .set((
-                agents_t::measured_class.eq(class.as_str()),
-                agents_t::calibrated_at.eq(clock::now_us()),
-                agents_t::rtt_us.eq(1_000),
-                agents_t::down_bps.eq(1_000_000_000),
-                agents_t::up_bps.eq(100_000_000),
-            ))
-            .execute(conn)?;
+        record_fast_lines(conn, std::slice::from_ref(&id))?;
         let agent =
             agents::agent_by_token(conn, &enrolled.token)?.context("agent just enrolled")?;
         list.push((agent, enrolled.token));
     }
     Ok((owner.id, check, list))
+}
+
+/// Runs plan only agents whose line the controller has measured: records for `ids` a
+/// calibration as the controller would (their declared class, and a fast line so that
+/// no line rule flags the bench's results), without the pings and transfers behind it.
+pub fn record_fast_lines(conn: &mut DbConn, ids: &[String]) -> anyhow::Result<()> {
+    let now = clock::now_us();
+    for chunk in ids.chunks(1_000) {
+        diesel::update(agents_t::table.filter(agents_t::id.eq_any(chunk)))
+            .set((
+                agents_t::measured_class.eq(agents_t::declared_class.nullable()),
+                agents_t::calibrated_at.eq(now),
+                agents_t::rtt_us.eq(1_000),
+                agents_t::down_bps.eq(1_000_000_000),
+                agents_t::up_bps.eq(100_000_000),
+                agents_t::changed_at.eq(now),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
 }
 
 /// [`fixture_with_tokens`] without the tokens.
