@@ -361,7 +361,17 @@ struct Work<'a> {
 }
 
 /// Longest this agent asks a lease to wait for work (the controller caps it too).
-const MAX_LEASE_WAIT: Duration = Duration::from_secs(20);
+pub const MAX_LEASE_WAIT: Duration = Duration::from_secs(20);
+
+/// How long a lease asks to wait, in the protocol's whole seconds: up to the next
+/// heartbeat, rounded up (a heartbeat is at most a second late; rounded down, the last
+/// second before each heartbeat would be spent asleep, not waiting at the controller,
+/// and work planned then would wait for the next lease), and at most
+/// [`MAX_LEASE_WAIT`].
+pub fn lease_wait_s(until_beat: Duration) -> u32 {
+    let whole = until_beat.min(MAX_LEASE_WAIT);
+    (whole.as_secs() + u64::from(whole.subsec_nanos() > 0)) as u32
+}
 
 /// Leases as many tasks as there are free slots and starts them; returns how long to
 /// wait before asking again. With no work, the lease waits at the controller for some
@@ -385,7 +395,7 @@ async fn lease_and_start(
     if free == 0 {
         return Ok(settings.idle_poll.min(Duration::from_millis(100)));
     }
-    let wait = until_beat.min(MAX_LEASE_WAIT).as_secs() as u32;
+    let wait = lease_wait_s(until_beat);
     let asked = tokio::time::Instant::now();
     let leased = client.lease(free, wait).await?;
     let got_work = !leased.tasks.is_empty() || !leased.traces.is_empty();
@@ -652,5 +662,17 @@ mod tests {
         b.reset();
         // After a reset the first delay is at most twice the base again.
         assert!(b.next_delay() <= Backoff::BASE * 2);
+    }
+
+    #[test]
+    fn a_lease_waits_until_the_heartbeat_rounded_up_and_at_most_twenty_seconds() {
+        let ms = Duration::from_millis;
+        // The last second before a heartbeat is spent waiting at the controller too.
+        assert_eq!(lease_wait_s(ms(300)), 1);
+        assert_eq!(lease_wait_s(ms(1_000)), 1);
+        assert_eq!(lease_wait_s(ms(1_900)), 2);
+        assert_eq!(lease_wait_s(ms(29_500)), 20);
+        // Due now: the heartbeat goes first, the lease does not wait.
+        assert_eq!(lease_wait_s(Duration::ZERO), 0);
     }
 }

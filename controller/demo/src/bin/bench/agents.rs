@@ -44,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use hdrhistogram::Histogram;
+use lastmile_agent::runner::{lease_wait_s, MAX_LEASE_WAIT};
 use lastmile_domain::scheduling::RunView;
 use lastmile_protocol::{
     ConnectionClass, EnrolRequest, EnrolResponse, LeaseRequest, LeaseResponse, ResultAck,
@@ -272,14 +273,11 @@ async fn agent(
     }
 }
 
-/// Longest a simulated agent asks a lease to wait, as `lastmile-agent` does.
-const MAX_LEASE_WAIT: Duration = Duration::from_secs(20);
-
 /// One simulated agent as `lastmile-agent` runs today, until `stop`: a heartbeat every
 /// `heartbeat_every`, and in between leases that wait at the controller for work, each
-/// for at most 20 s and never past the next heartbeat (with under a second left, a
-/// lease that does not wait, then a sleep until the heartbeat). A lease's latency is
-/// recorded as how much later than the asked wait it was answered.
+/// for at most 20 s and until the next heartbeat (rounded up to a whole second, as the
+/// agent does: [`lease_wait_s`]). A lease's latency is recorded as how much later than
+/// the asked wait it was answered.
 async fn long_polling_agent(
     mut conn: Connection,
     start_after: Duration,
@@ -306,7 +304,7 @@ async fn long_polling_agent(
             lock(&window).record(Call::Heartbeat, started.elapsed(), outcome);
         }
         let until_beat = next_beat.saturating_duration_since(tokio::time::Instant::now());
-        let wait = until_beat.min(MAX_LEASE_WAIT).as_secs() as u32;
+        let wait = lease_wait_s(until_beat);
         let opened = conn.opened;
         let started = Instant::now();
         let request = LeaseRequest {
@@ -376,15 +374,27 @@ async fn answer_work(conn: &mut Connection, work: Vec<Task>, window: &Mutex<Wind
     }
 }
 
+/// A run the bench asked for.
+struct AskedRun {
+    id: Uuid,
+    /// Just before the owner's request was sent.
+    asked: Instant,
+    /// The owner's request, until its answer.
+    took: Duration,
+    /// Assignments the run planned.
+    planned: u32,
+}
+
 /// The owner's side of `--work-every-s`: a run of `check` every `every` until `stop`;
-/// returns each run with when it was asked for and how many assignments it planned.
+/// returns each run with when it was asked for, how long the owner's request took and
+/// how many assignments it planned.
 async fn ask_for_runs(
     mut owner: Connection,
     check: Uuid,
     every: Duration,
     window: Arc<Mutex<Window>>,
     mut stop: watch::Receiver<bool>,
-) -> Vec<(Uuid, Instant, u32)> {
+) -> Vec<AskedRun> {
     let mut runs = Vec::new();
     let path = format!("/api/v1/checks/{check}/runs");
     loop {
@@ -397,7 +407,12 @@ async fn ask_for_runs(
             .post::<_, RunView>(&path, &serde_json::json!({}))
             .await
         {
-            Ok(run) => runs.push((run.id, asked, run.pending)),
+            Ok(run) => runs.push(AskedRun {
+                id: run.id,
+                asked,
+                took: asked.elapsed(),
+                planned: run.pending,
+            }),
             Err(e) => lock(&window).error(format!("run: {e}")),
         }
     }
@@ -437,11 +452,11 @@ async fn enrol(
     Ok(tokens)
 }
 
-/// The new-work columns: p50/p99 from each run's request to each of its assignments'
-/// arrival, and arrived/planned.
-fn new_work(runs: &[(Uuid, Instant, u32)], deliveries: &[(Uuid, Instant)]) -> String {
+/// The new-work columns: the owner's request p50, p50/p99 from each run's request to
+/// each of its assignments' arrival, and arrived/planned.
+fn new_work(runs: &[AskedRun], deliveries: &[(Uuid, Instant)]) -> String {
     let asked: std::collections::HashMap<Uuid, Instant> =
-        runs.iter().map(|(run, at, _)| (*run, *at)).collect();
+        runs.iter().map(|run| (run.id, run.asked)).collect();
     let mut took = lastmile_domain::histogram::new_histogram();
     for (run, arrived) in deliveries {
         if let Some(at) = asked.get(run) {
@@ -449,9 +464,15 @@ fn new_work(runs: &[(Uuid, Instant, u32)], deliveries: &[(Uuid, Instant)]) -> St
             took.saturating_record(us.clamp(1, lastmile_domain::histogram::MAX_US));
         }
     }
-    let planned: u32 = runs.iter().map(|(_, _, planned)| planned).sum();
+    let planned: u32 = runs.iter().map(|run| run.planned).sum();
+    let mut request = lastmile_domain::histogram::new_histogram();
+    for run in runs {
+        let us = run.took.as_micros() as u64;
+        request.saturating_record(us.clamp(1, lastmile_domain::histogram::MAX_US));
+    }
     format!(
-        " {:>10.1} {:>10.1} {:>9}",
+        " {:>9.1} {:>10.1} {:>10.1} {:>9}",
+        ms(&request, 0.5),
         ms(&took, 0.5),
         ms(&took, 0.99),
         format!("{}/{planned}", took.len())
@@ -496,7 +517,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let (_, token, check) =
                 super::storage::owner_with_check(&mut *db.conn()?, args.work_agents)?;
             println!(
-                "New work: a run of {} agents every {} s (work = from the owner's request to the lease answer carrying it)\n",
+                "New work: a run of {} agents every {} s (run = the owner's request; work = from the owner's request to the lease answer carrying it)\n",
                 args.work_agents,
                 every.as_secs()
             );
@@ -521,8 +542,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "KiB/agent",
         if work.is_some() {
             format!(
-                " {:>10} {:>10} {:>9}",
-                "work p50ms", "work p99ms", "work got"
+                " {:>9} {:>10} {:>10} {:>9}",
+                "run p50ms", "work p50ms", "work p99ms", "work got"
             )
         } else {
             String::new()
