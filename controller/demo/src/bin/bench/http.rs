@@ -73,12 +73,17 @@ pub fn hello(flags: Vec<String>) -> anyhow::Result<()> {
         actix_web::HttpServer::new(|| {
             actix_web::App::new()
                 .route("/", actix_web::web::get().to(|| async { "Hello world!" }))
-                .default_service(actix_web::web::to(|| async {
+                // The body is read (as the controller's extractors read theirs): actix
+                // closes a connection whose request body was left unread.
+                .default_service(actix_web::web::to(|_body: actix_web::web::Bytes| async {
                     actix_web::HttpResponse::Ok()
                         .content_type("application/json")
                         .body(r#"{"tasks":[]}"#)
                 }))
         })
+        // As long as the controller's (`keep_alive_s`), so that polling agents keep
+        // their connections.
+        .keep_alive(Duration::from_secs(75))
         .bind(listen)?
         .run()
         .await
