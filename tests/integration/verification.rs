@@ -17,6 +17,7 @@ per_backend!(
     a_result_far_from_its_peers_is_flagged_and_honest_variance_is_not,
     copied_and_replayed_results_are_flagged_and_resubmission_is_not,
     only_one_agent_per_volunteer_and_address_is_paid_for_a_run,
+    a_farm_submitting_all_at_once_is_still_paid_once_a_run,
     the_flag_list_is_for_operators_only,
     timings_no_line_can_produce_are_flagged_whatever_the_calibration,
     a_result_with_neither_status_nor_error_is_refused,
@@ -530,6 +531,52 @@ async fn only_one_agent_per_volunteer_and_address_is_paid_for_a_run(db: TestDb) 
     assert_eq!(
         (view["done"].clone(), view["flagged"].clone()),
         (json!(5), json!(2)),
+        "{view}"
+    );
+    app.controller.stop().await.unwrap();
+}
+
+async fn a_farm_submitting_all_at_once_is_still_paid_once_a_run(db: TestDb) {
+    let app = admin_app(&db).await;
+    let (owner, check, _site) = owner_and_check(&app, 24).await;
+    let farmer = app.volunteer("farmer");
+    let mut farm = Vec::new();
+    for _ in 0..24 {
+        farm.push(
+            app.agent(Ipv4Addr::new(127, 0, 0, 2), &farmer, "dsl", 1)
+                .await,
+        );
+    }
+    let run_id = app.start_run(&owner, &check).await;
+    let mut leased = Vec::new();
+    for token in &farm {
+        leased.push(lease(&app, token).await);
+    }
+    // All 24 results race to be the run's first from this (volunteer, address).
+    let submissions = farm
+        .iter()
+        .zip(&leased)
+        .enumerate()
+        .map(|(i, (token, id))| {
+            let i = i as u64;
+            let body = measured(
+                id,
+                [1_500 + i, 20_000 + i * 7, 45_000 + i * 311, 6_000 + i],
+                8192,
+            );
+            let app = &app;
+            async move { submit(app, token, &body).await }
+        });
+    futures_util::future::join_all(submissions).await;
+    let list = flags(&app).await;
+    assert_eq!(rules_by_assignment(&list).len(), 23, "{list}");
+    assert_eq!(balance(&app, &farmer).await, 4);
+    let (_, view) = app
+        .get(&format!("/api/v1/checks/{check}/runs/{run_id}"), &owner)
+        .await;
+    assert_eq!(
+        (view["done"].clone(), view["flagged"].clone()),
+        (json!(24), json!(23)),
         "{view}"
     );
     app.controller.stop().await.unwrap();

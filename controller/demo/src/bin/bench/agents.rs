@@ -27,6 +27,10 @@
 //! a result (`POST /api/v1/results`), as a fast measurement would, and goes back to its
 //! cadence.
 //!
+//! Each agent connects from its own loopback address (127.2.0.1 on), as agents of a
+//! network have their own; `--one-address` puts them all on 127.0.0.1, one volunteer's
+//! farm behind one address, whose results the controller checks for farming.
+//!
 //! With `--hello`, the same agents (polling cadence) hold their connections against an
 //! actix-web hello world (`bench hello`, which answers every call with an empty lease)
 //! instead of a controller: the floor of CPU and RSS per connected agent that actix-web
@@ -71,6 +75,9 @@ struct Args {
     work_agents: usize,
     /// Against an actix-web hello world instead of a controller.
     hello: bool,
+    /// Every agent from 127.0.0.1 (one volunteer's farm behind one address), not each
+    /// from its own.
+    one_address: bool,
 }
 
 fn args(flags: Vec<String>) -> anyhow::Result<Args> {
@@ -85,12 +92,14 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
         work_every: None,
         work_agents: 20,
         hello: false,
+        one_address: false,
     };
     let mut it = flags.into_iter();
     while let Some(flag) = it.next() {
-        if flag == "--long-poll" || flag == "--hello" {
+        if ["--long-poll", "--hello", "--one-address"].contains(&flag.as_str()) {
             a.long_poll |= flag == "--long-poll";
             a.hello |= flag == "--hello";
+            a.one_address |= flag == "--one-address";
             continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -109,7 +118,7 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
             "--controller" => a.controller = Some(value.into()),
             "--work-every-s" => a.work_every = Some(secs(&value)?),
             "--work-agents" => a.work_agents = value.parse()?,
-            other => bail!("unknown flag {other} (flags: --steps N,N,.. --hold-s S --heartbeat-s S --idle-poll-s S --long-poll --work-every-s S --work-agents N --hello --pg ADMIN_URL --controller PATH)"),
+            other => bail!("unknown flag {other} (flags: --steps N,N,.. --hold-s S --heartbeat-s S --idle-poll-s S --long-poll --work-every-s S --work-agents N --hello --one-address --pg ADMIN_URL --controller PATH)"),
         }
     }
     if a.work_every.is_some_and(|every| every.is_zero()) || a.work_agents == 0 {
@@ -418,12 +427,14 @@ async fn ask_for_runs(
     }
 }
 
-/// Enrols `n` agents, 32 at a time; returns their ids and tokens.
+/// Enrols agents `first..first + n`, 32 at a time, each from its own loopback address
+/// ([`Connection::loopback_source`]); returns their ids and tokens in that order.
 async fn enrol(
     addr: SocketAddr,
     key: &str,
     n: usize,
     first: usize,
+    one_address: bool,
 ) -> anyhow::Result<Vec<EnrolResponse>> {
     let mut tokens = Vec::with_capacity(n);
     let mut pending = tokio::task::JoinSet::new();
@@ -436,20 +447,25 @@ async fn enrol(
                 declared_class: ConnectionClass::Cable,
                 version: "bench".into(),
             };
+            let i = first + next;
             pending.spawn(async move {
-                Connection::new(addr)
+                let mut conn = Connection::new(addr);
+                conn.source = (!one_address).then(|| Connection::loopback_source(i));
+                let answer = conn
                     .post::<_, EnrolResponse>("/api/v1/agents/enrol", &request)
-                    .await
+                    .await;
+                (i, answer)
             });
             next += 1;
         }
-        let answer = pending
+        let (i, answer) = pending
             .join_next()
             .await
             .context("enrolment tasks ended early")??;
-        tokens.push(answer.map_err(|e| anyhow::anyhow!("enrol: {e}"))?);
+        tokens.push((i, answer.map_err(|e| anyhow::anyhow!("enrol: {e}"))?));
     }
-    Ok(tokens)
+    tokens.sort_by_key(|(i, _)| *i);
+    Ok(tokens.into_iter().map(|(_, enrolled)| enrolled).collect())
 }
 
 /// The new-work columns: the owner's request p50, p50/p99 from each run's request to
@@ -555,7 +571,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut running = 0;
     for &target in &args.steps {
         let enrolled = match &server {
-            Server::Controller(_, key) => enrol(addr, key, target - running, running).await?,
+            Server::Controller(_, key) => {
+                enrol(addr, key, target - running, running, args.one_address).await?
+            }
             Server::Hello(_) => (running..target)
                 .map(|_| EnrolResponse {
                     agent_id: Uuid::new_v4(),
@@ -571,6 +589,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         for (i, enrolled) in enrolled.into_iter().enumerate() {
             let mut conn = Connection::new(addr);
             conn.token = Some(enrolled.token);
+            conn.source = (!args.one_address).then(|| Connection::loopback_source(running + i));
             let offset = Duration::from_millis(spread * i as u64 / (target - running) as u64);
             if args.long_poll {
                 agents.spawn(long_polling_agent(

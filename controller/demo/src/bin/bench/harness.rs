@@ -112,6 +112,12 @@ impl ControllerProcess {
         self.child.id()
     }
 
+    /// Stops the controller process; its database stays until this is dropped.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// The controller's own database, opened beside it (for setting up what the API
     /// cannot, such as a verified site).
     pub fn db(&self) -> anyhow::Result<lastmile_storage::Db> {
@@ -247,6 +253,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Connection {
     addr: SocketAddr,
     pub token: Option<String>,
+    /// The address connections are made from (any of 127.0.0.0/8 reaches the
+    /// controller): agents on one machine still each have their own, as a network's do.
+    pub source: Option<std::net::IpAddr>,
     stream: Option<BufReader<TcpStream>>,
     /// Connections opened, to tell how often keep-alive did not hold.
     pub opened: u64,
@@ -270,10 +279,22 @@ impl std::fmt::Display for CallError {
 }
 
 impl Connection {
+    /// The `i`-th of up to 64,000 distinct loopback source addresses (127.2.0.1 on).
+    pub fn loopback_source(i: usize) -> std::net::IpAddr {
+        std::net::Ipv4Addr::new(
+            127,
+            2 + (i / 64_000) as u8,
+            (i % 64_000 / 250) as u8,
+            (i % 250 + 1) as u8,
+        )
+        .into()
+    }
+
     pub fn new(addr: SocketAddr) -> Connection {
         Connection {
             addr,
             token: None,
+            source: None,
             stream: None,
             opened: 0,
         }
@@ -331,7 +352,14 @@ impl Connection {
         body: &[u8],
     ) -> std::io::Result<Result<R, CallError>> {
         if self.stream.is_none() {
-            let stream = TcpStream::connect(self.addr).await?;
+            let stream = match self.source {
+                Some(source) => {
+                    let socket = tokio::net::TcpSocket::new_v4()?;
+                    socket.bind(std::net::SocketAddr::new(source, 0))?;
+                    socket.connect(self.addr).await?
+                }
+                None => TcpStream::connect(self.addr).await?,
+            };
             stream.set_nodelay(true)?;
             self.stream = Some(BufReader::new(stream));
             self.opened += 1;

@@ -17,6 +17,14 @@
 //! from the controller's database) are then written with a binary `COPY` into the
 //! `results` table of a fresh database with the same schema and indexes, and the
 //! accept rate is printed as a ratio of that.
+//!
+//! With `--in-process`, the same requests go through the accept path in this process
+//! instead of over HTTP (the controller is stopped once it has set up the database):
+//! `--connections` threads each take a request and accept its results in one
+//! transaction (`ingest::accept`, as the controller's handler does) while one thread
+//! folds them as the controller's group commit does; the clock stops when every result
+//! is accepted and folded. That is the accept path without HTTP, JSON and the agent's
+//! round trips, against the same `COPY`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -26,14 +34,14 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use diesel::prelude::*;
 use hdrhistogram::Histogram;
-use lastmile_domain::{clock, scheduling};
+use lastmile_domain::{clock, ingest, scheduling};
 use lastmile_protocol::{ResultAck, ResultBatch, ResultBatchAck, ResultSubmission};
 use lastmile_storage::results::StoredResult;
 use lastmile_storage::schema::{assignments, results};
 use lastmile_storage::{count_sql, Db};
 
 use super::harness::{postgres_cpu, usage, Connection, ControllerProcess};
-use super::storage::{fixture_with_tokens, measurement, policy, ScratchPg};
+use super::storage::{fixture_with_tokens, fold_until_written, measurement, policy, ScratchPg};
 
 struct Args {
     results: usize,
@@ -45,6 +53,8 @@ struct Args {
     /// Results (with their payments and ledger postings) already stored before the
     /// measured ingest, received over the last 60 days (PostgreSQL only).
     history: usize,
+    /// The accept path called in this process, not over HTTP.
+    in_process: bool,
 }
 
 fn args(flags: Vec<String>) -> anyhow::Result<Args> {
@@ -56,9 +66,14 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
         pg: None,
         controller: None,
         history: 0,
+        in_process: false,
     };
     let mut it = flags.into_iter();
     while let Some(flag) = it.next() {
+        if flag == "--in-process" {
+            a.in_process = true;
+            continue;
+        }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--results" => a.results = value.parse()?,
@@ -68,7 +83,7 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
             "--pg" => a.pg = Some(value),
             "--controller" => a.controller = Some(value.into()),
             "--history" => a.history = value.parse()?,
-            other => bail!("unknown flag {other} (flags: --results N --batch N --connections N --agents N --pg ADMIN_URL --controller PATH --history N)"),
+            other => bail!("unknown flag {other} (flags: --results N --batch N --connections N --agents N --pg ADMIN_URL --controller PATH --history N --in-process)"),
         }
     }
     if !(1..=lastmile_protocol::MAX_RESULTS_PER_BATCH).contains(&a.batch) {
@@ -336,7 +351,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "Lastmile ingest benchmark over HTTP ({backend}): {} results, {} per request, {} connections\n",
         args.results, args.batch, args.connections
     );
-    let (controller, _) =
+    let (mut controller, _) =
         ControllerProcess::start(args.controller.as_deref(), args.pg.as_deref(), "ingest")?;
     let url = match &controller.scratch {
         Some(scratch) => scratch.url.clone(),
@@ -347,8 +362,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .display()
             .to_string(),
     };
-    let db = Db::open(&url, 4)?;
+    let db = Db::open(&url, args.connections as u32 + 2)?;
     let requests = prepare(&db, &args)?;
+    if args.in_process {
+        // Nothing else writes meanwhile: no scheduler, no background fold.
+        controller.stop();
+        let (accepted, elapsed) = in_process(&db, requests, args.connections)?;
+        let rate = accepted as f64 / elapsed.as_secs_f64();
+        println!(
+            "  in process: {accepted} results accepted and folded in {:.1} s: {rate:.0} results/s",
+            elapsed.as_secs_f64()
+        );
+        if let Some(admin) = &args.pg {
+            compare_with_copy(admin, &mut *db.conn()?, rate, "accept in process")?;
+        }
+        return Ok(());
+    }
     let results: usize = requests.iter().map(|r| r.results.len()).sum();
     let request_count = requests.len();
     let queue = Arc::new(Mutex::new(requests));
@@ -418,19 +447,91 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("  error x{n}: {error}");
     }
     if let Some(admin) = &args.pg {
-        let rows: Vec<StoredResult> = results::table
-            .filter(results::assignment_id.not_like("history-%"))
-            .select(StoredResult::as_select())
-            .load(&mut *conn)?;
-        let copy_rate = raw_copy(admin, &rows)?;
-        println!(
-            "\n  raw COPY of the same {} rows: {copy_rate:.0} rows/s; accept over HTTP / COPY = {:.3}x",
-            rows.len(),
-            rate / copy_rate
-        );
+        compare_with_copy(admin, &mut conn, rate, "accept over HTTP")?;
     }
     drop(controller);
     Ok(())
+}
+
+/// Reads back the results just accepted, writes them with a raw `COPY` and prints the
+/// accept `rate` (`what`) as a ratio of it.
+fn compare_with_copy(
+    admin: &str,
+    conn: &mut lastmile_storage::DbConn,
+    rate: f64,
+    what: &str,
+) -> anyhow::Result<()> {
+    let rows: Vec<StoredResult> = results::table
+        .filter(results::assignment_id.not_like("history-%"))
+        .select(StoredResult::as_select())
+        .load(conn)?;
+    let copy_rate = raw_copy(admin, &rows)?;
+    println!(
+        "\n  raw COPY of the same {} rows: {copy_rate:.0} rows/s; {what} / COPY = {:.3}x",
+        rows.len(),
+        rate / copy_rate
+    );
+    Ok(())
+}
+
+/// The requests' results through `ingest::accept` on `threads` threads, one request a
+/// transaction, with the folder beside them; returns the results accepted and the time
+/// until they were all folded.
+fn in_process(
+    db: &Db,
+    requests: Vec<Request>,
+    threads: usize,
+) -> anyhow::Result<(usize, std::time::Duration)> {
+    let mut conn = db.conn()?;
+    let mut agents: BTreeMap<String, lastmile_domain::agents::Agent> = BTreeMap::new();
+    let mut work = Vec::with_capacity(requests.len());
+    for request in requests {
+        if !agents.contains_key(&request.token) {
+            let agent = lastmile_domain::agents::agent_by_token(&mut conn, &request.token)?
+                .context("a request's agent is not enrolled")?;
+            agents.insert(request.token.clone(), agent);
+        }
+        work.push((agents[&request.token].clone(), request.results));
+    }
+    drop(conn);
+    let queue = Mutex::new(work);
+    let accepted = std::sync::atomic::AtomicUsize::new(0);
+    let writers = std::sync::atomic::AtomicUsize::new(threads);
+    let started = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let (queue, accepted, writers) = (&queue, &accepted, &writers);
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(move || -> anyhow::Result<()> {
+                    let outcome = (|| -> anyhow::Result<()> {
+                        let mut conn = db.conn()?;
+                        // Bounded by the queue: each turn takes one request out of it.
+                        loop {
+                            let next = queue.lock().map(|mut q| q.pop()).ok().flatten();
+                            let Some((agent, subs)) = next else {
+                                return Ok(());
+                            };
+                            let answers = ingest::accept(&mut conn, &agent, &subs)?;
+                            let n = answers.iter().filter(|a| a.is_ok()).count();
+                            accepted.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    })();
+                    writers.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                    outcome
+                })
+            })
+            .collect();
+        let folder = s.spawn(move || fold_until_written(db, writers));
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("an accepting thread panicked"))??;
+        }
+        folder
+            .join()
+            .map_err(|_| anyhow::anyhow!("the folder panicked"))??;
+        Ok(())
+    })?;
+    Ok((accepted.into_inner(), started.elapsed()))
 }
 
 /// Writes `rows` into the `results` table of a fresh, migrated database with one binary

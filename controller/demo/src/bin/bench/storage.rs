@@ -282,6 +282,23 @@ pub fn measurement(i: usize) -> Measurement {
     }
 }
 
+/// The folder, as the controller runs it: folds batches while results arrive, until
+/// no writer is left (`writers` counts them down) and the queue is empty.
+pub fn fold_until_written(db: &Db, writers: &std::sync::atomic::AtomicUsize) -> anyhow::Result<()> {
+    let mut conn = db.conn()?;
+    // Bounded by the writers: once none is left, the queue only empties.
+    loop {
+        let writing = writers.load(std::sync::atomic::Ordering::SeqCst) > 0;
+        let folded = ingest::fold_pending(&mut conn, ingest::FOLD_BATCH)?;
+        if folded.results == 0 {
+            if !writing {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
 /// Ingest benchmark: returns results per second.
 fn bench_ingest(db: &Db, results: usize, threads: usize) -> anyhow::Result<f64> {
     const AGENTS: usize = 50;
@@ -333,21 +350,7 @@ fn bench_ingest(db: &Db, results: usize, threads: usize) -> anyhow::Result<f64> 
                 })
             })
             .collect();
-        // The folder, as the controller runs it: batches while results arrive, until
-        // the writers are done and the queue is empty.
-        let folder = s.spawn(move || -> anyhow::Result<()> {
-            let mut conn = db.conn()?;
-            loop {
-                let writing = submitting.load(std::sync::atomic::Ordering::SeqCst) > 0;
-                let folded = ingest::fold_pending(&mut conn, ingest::FOLD_BATCH)?;
-                if folded.results == 0 {
-                    if !writing {
-                        return Ok(());
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-            }
-        });
+        let folder = s.spawn(move || fold_until_written(db, submitting));
         for h in handles {
             h.join()
                 .map_err(|_| anyhow::anyhow!("ingest thread panicked"))??;
