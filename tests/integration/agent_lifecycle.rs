@@ -104,7 +104,16 @@ pub(crate) async fn agents_online(app: &TestApp, n: i64, what: &str) {
 }
 
 async fn agent_restart_reuses_its_credentials_and_delivers_its_spool(db: TestDb) {
-    let app = TestApp::quiet_for_real_agents(&db).await;
+    // Without long polls: an agent stopped while its lease waits at the controller
+    // leaves that lease waiting there until its time is up, and the run this test makes
+    // next would be leased to it (then expire and be offered again; see ARCHITECTURE.md,
+    // "Serving agents at scale"). What this test is about is what a restart keeps.
+    let app = TestApp::start_with(&db, |c| {
+        c.scheduler_tick_ms = 3_600_000;
+        c.heartbeat_interval_s = 1;
+        c.max_lease_wait_s = 0;
+    })
+    .await;
     let site = target_site().await;
     let owner = app.owner("owner");
     let key = app.volunteer("volunteer");
