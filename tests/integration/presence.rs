@@ -16,6 +16,7 @@ per_backend!(
     a_heartbeat_that_changes_nothing_is_written_with_the_next_flush,
     a_revoked_agent_is_refused_within_a_refresh,
     a_waiting_lease_gets_new_work_as_soon_as_it_is_planned,
+    a_lease_its_agent_abandoned_gives_way_to_the_agents_next_one,
     an_agent_found_idle_gets_work_planned_by_someone_else,
     more_changed_agents_than_one_refresh_batch_are_all_read,
 );
@@ -242,6 +243,49 @@ async fn a_waiting_lease_gets_new_work_as_soon_as_it_is_planned(db: TestDb) {
         delay < Duration::from_secs(1),
         "work reached the waiting agent {delay:?} after it was planned (waited {waited:?})"
     );
+}
+
+/// A lease that waits (wait 20 s) from `token`, spawned: its answer and how long it took.
+fn waiting_lease(
+    app: &TestApp,
+    token: &str,
+) -> tokio::task::JoinHandle<(serde_json::Value, Duration)> {
+    let (base, token) = (app.base.clone(), token.to_owned());
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let answer: serde_json::Value = reqwest::Client::new()
+            .post(format!("{base}/api/v1/agents/lease"))
+            .bearer_auth(token)
+            .json(&json!({"max": 1, "wait_s": 20}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (answer, started.elapsed())
+    })
+}
+
+/// An agent that restarts (or lost its line) while its lease waits leases again; the
+/// old lease, which nobody will read, stops waiting at once with nothing, and work
+/// planned next goes to the new one.
+async fn a_lease_its_agent_abandoned_gives_way_to_the_agents_next_one(db: TestDb) {
+    let (app, owner, token, check) = idle_agent_and_check(&db).await;
+    let abandoned = waiting_lease(&app, &token);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!abandoned.is_finished(), "with no work the lease waits");
+    let next = waiting_lease(&app, &token);
+    let (answer, waited) = tokio::time::timeout(Duration::from_secs(10), abandoned)
+        .await
+        .expect("the abandoned lease still waits for its 20 s")
+        .unwrap();
+    assert_eq!(answer["tasks"], json!([]), "{answer}");
+    assert!(waited < Duration::from_secs(10), "{waited:?}");
+    let (status, run) = app.ask_run(&owner, &check).await;
+    assert_eq!(status, 201, "{run}");
+    let (answer, _) = next.await.unwrap();
+    assert_eq!(answer["tasks"][0]["run_id"], run["id"], "{answer}");
 }
 
 /// Work planned without this controller's knowledge (another replica, an operator's

@@ -71,6 +71,8 @@ struct Held {
     /// when it is first held (one may have been asked for before) and by
     /// [`Presence::wake_for_traces`]; an agent that does not trace never asks.
     traces_due: bool,
+    /// Leases begun for it ([`Presence::begin_lease`]): the newest one's number.
+    leases: u64,
 }
 
 #[derive(Default)]
@@ -191,6 +193,7 @@ impl Presence {
                         idle_since: None,
                         wake: Arc::new(Notify::new()),
                         traces_due: agent.path_trace,
+                        leases: 0,
                     },
                 );
             }
@@ -350,6 +353,28 @@ impl Presence {
         for held in inner.held.values() {
             held.wake.notify_waiters();
         }
+    }
+
+    /// A lease from this agent begins and is its newest: an older one still waiting is
+    /// woken, and stops waiting ([`Presence::is_newest_lease`]). An agent leases one
+    /// request at a time, so an older lease still waiting is one its agent abandoned
+    /// (stopped, restarted, lost its line: actix does not tell a handler that its
+    /// client has gone), which would otherwise take work the agent never sees. Returns
+    /// the lease's number; `None` when the agent is not held.
+    pub fn begin_lease(&self, agent_id: &str) -> Option<u64> {
+        let mut inner = self.lock();
+        let held = inner.held.get_mut(agent_id)?;
+        held.leases += 1;
+        held.wake.notify_waiters();
+        Some(held.leases)
+    }
+
+    /// Whether no lease of this agent began after lease number `lease`.
+    pub fn is_newest_lease(&self, agent_id: &str, lease: u64) -> bool {
+        self.lock()
+            .held
+            .get(agent_id)
+            .is_none_or(|h| h.leases == lease)
     }
 
     /// What wakes this agent's waiting lease; `None` when it is not held or the

@@ -113,9 +113,15 @@ pub async fn lease(
         return Ok(Leased::default());
     }
     let deadline = coalesced(tokio::time::Instant::now() + wait);
+    let number = state.presence.begin_lease(&agent.id);
     // Each round either leases from the database or waits for a wake-up; a wake-up
     // without work for this agent (another took it) comes round again, bounded.
-    for _ in 0..64 {
+    for round in 0..64 {
+        if round > 0 && number.is_some_and(|n| !state.presence.is_newest_lease(&agent.id, n)) {
+            // The agent leased again meanwhile, so nobody waits for this answer any
+            // more (see `Presence::begin_lease`): it takes no work.
+            return Ok(Leased::default());
+        }
         let waker = state.presence.waker(&agent.id);
         let notified = waker.as_ref().map(|w| w.notified());
         tokio::pin!(notified);
