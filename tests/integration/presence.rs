@@ -200,23 +200,7 @@ async fn idle_agent_and_check(db: &TestDb) -> (TestApp, String, String, String) 
 async fn a_waiting_lease_gets_new_work_as_soon_as_it_is_planned(db: TestDb) {
     let (app, owner, token, check) = idle_agent_and_check(&db).await;
 
-    let waiting = {
-        let (base, token) = (app.base.clone(), token.clone());
-        tokio::spawn(async move {
-            let started = Instant::now();
-            let answer: serde_json::Value = reqwest::Client::new()
-                .post(format!("{base}/api/v1/agents/lease"))
-                .bearer_auth(token)
-                .json(&json!({"max": 1, "wait_s": 20}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            (answer, Instant::now(), started.elapsed())
-        })
-    };
+    let waiting = waiting_lease(&app, &token);
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "with no work the lease waits");
     // A lease that asks for nothing does not wait for anything (the schema fuzz found
@@ -245,11 +229,12 @@ async fn a_waiting_lease_gets_new_work_as_soon_as_it_is_planned(db: TestDb) {
     );
 }
 
-/// A lease that waits (wait 20 s) from `token`, spawned: its answer and how long it took.
+/// A lease that waits (wait 20 s) from `token`, spawned: its answer, when it came and
+/// how long it took.
 fn waiting_lease(
     app: &TestApp,
     token: &str,
-) -> tokio::task::JoinHandle<(serde_json::Value, Duration)> {
+) -> tokio::task::JoinHandle<(serde_json::Value, Instant, Duration)> {
     let (base, token) = (app.base.clone(), token.to_owned());
     tokio::spawn(async move {
         let started = Instant::now();
@@ -263,7 +248,7 @@ fn waiting_lease(
             .json()
             .await
             .unwrap();
-        (answer, started.elapsed())
+        (answer, Instant::now(), started.elapsed())
     })
 }
 
@@ -276,7 +261,7 @@ async fn a_lease_its_agent_abandoned_gives_way_to_the_agents_next_one(db: TestDb
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!abandoned.is_finished(), "with no work the lease waits");
     let next = waiting_lease(&app, &token);
-    let (answer, waited) = tokio::time::timeout(Duration::from_secs(10), abandoned)
+    let (answer, _, waited) = tokio::time::timeout(Duration::from_secs(10), abandoned)
         .await
         .expect("the abandoned lease still waits for its 20 s")
         .unwrap();
@@ -284,7 +269,7 @@ async fn a_lease_its_agent_abandoned_gives_way_to_the_agents_next_one(db: TestDb
     assert!(waited < Duration::from_secs(10), "{waited:?}");
     let (status, run) = app.ask_run(&owner, &check).await;
     assert_eq!(status, 201, "{run}");
-    let (answer, _) = next.await.unwrap();
+    let (answer, _, _) = next.await.unwrap();
     assert_eq!(answer["tasks"][0]["run_id"], run["id"], "{answer}");
 }
 
