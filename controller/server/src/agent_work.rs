@@ -113,7 +113,10 @@ pub async fn lease(
         return Ok(Leased::default());
     }
     let deadline = coalesced(tokio::time::Instant::now() + wait);
-    let number = state.presence.begin_lease(&agent.id);
+    // Only a lease that may wait can be abandoned while waiting, or find one that was.
+    let number = (!wait.is_zero())
+        .then(|| state.presence.begin_lease(&agent.id))
+        .flatten();
     // Each round either leases from the database or waits for a wake-up; a wake-up
     // without work for this agent (another took it) comes round again, bounded.
     for round in 0..64 {
