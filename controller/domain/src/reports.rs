@@ -416,19 +416,15 @@ pub fn build(conn: &mut DbConn, check: &Check, query: &ReportQuery) -> Result<Re
         Some(TimeBucket::Day) => Span::Day,
         None => Span::Week,
     };
-    let current = crate::rollups::cells(conn, &check.id, from_bucket, to, longest)?;
-    let previous = if query.compare {
-        crate::rollups::cells(conn, &check.id, from_bucket - len, from_bucket, longest)?
-    } else {
-        Vec::new()
-    };
+    let bucket_us = query.bucket.map(TimeBucket::micros);
+    let dims = &query.group_by;
+    let current = accumulate_cells(conn, &check.id, (from_bucket, to), longest, dims, bucket_us)?;
     let options = MergeOptions {
         confidence: query.confidence,
         objectives: check.objectives(),
         histograms: query.histograms,
     };
-    let bucket_us = query.bucket.map(TimeBucket::micros);
-    let mut out: Vec<ReportRow> = accumulate(&current, &query.group_by, bucket_us)?
+    let mut out: Vec<ReportRow> = current
         .into_iter()
         .map(|(group, acc)| row_of(group, &acc, &options))
         .collect();
@@ -438,16 +434,18 @@ pub fn build(conn: &mut DbConn, check: &Check, query: &ReportQuery) -> Result<Re
             ..MergeOptions::default()
         };
         // Key the previous rows by where they fall when moved one window later.
-        let before: BTreeMap<Group, ReportRow> = accumulate(&previous, &query.group_by, bucket_us)?
-            .into_iter()
-            .map(|(mut group, acc)| {
-                let row = row_of(group.clone(), &acc, &lean);
-                group.bucket_start = group
-                    .bucket_start
-                    .map(|b| b + chrono::Duration::microseconds(len));
-                (group, row)
-            })
-            .collect();
+        let previous = (from_bucket - len, from_bucket);
+        let before: BTreeMap<Group, ReportRow> =
+            accumulate_cells(conn, &check.id, previous, longest, dims, bucket_us)?
+                .into_iter()
+                .map(|(mut group, acc)| {
+                    let row = row_of(group.clone(), &acc, &lean);
+                    group.bucket_start = group
+                        .bucket_start
+                        .map(|b| b + chrono::Duration::microseconds(len));
+                    (group, row)
+                })
+                .collect();
         for row in &mut out {
             if let Some(prev) = before.get(&row.group) {
                 row.previous = Some(compare_rows(row, prev, query.confidence));
@@ -499,15 +497,26 @@ pub struct MergeOptions {
 
 /// Merged counts and histograms per group: every cell's stored histograms summed
 /// counter by counter ([`histogram::Merger`]), each group's made once at the end.
-fn accumulate(
-    rows: &[AggregateRow],
-    dims: &[Dimension],
+struct Accumulation<'a> {
+    dims: &'a [Dimension],
     bucket_us: Option<Micros>,
-) -> Result<BTreeMap<Group, Accumulator>> {
-    let mut groups: BTreeMap<Group, (u64, u64, Vec<histogram::Merger>)> = BTreeMap::new();
-    for row in rows {
-        let (successes, failures, mergers) = groups
-            .entry(group_of(row, dims, bucket_us))
+    groups: BTreeMap<Group, (u64, u64, Vec<histogram::Merger>)>,
+}
+
+impl<'a> Accumulation<'a> {
+    fn new(dims: &'a [Dimension], bucket_us: Option<Micros>) -> Self {
+        Accumulation {
+            dims,
+            bucket_us,
+            groups: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one cell to its group.
+    fn add(&mut self, row: &AggregateRow) -> Result<()> {
+        let (successes, failures, mergers) = self
+            .groups
+            .entry(group_of(row, self.dims, self.bucket_us))
             .or_insert_with(|| {
                 (
                     0,
@@ -525,25 +534,43 @@ fn accumulate(
                 .add_encoded(row.hist(phase))
                 .map_err(Error::Internal)?;
         }
+        Ok(())
     }
-    groups
-        .into_iter()
-        .map(|(group, (successes, failures, mergers))| {
-            let phases = Phase::ALL
-                .into_iter()
-                .zip(mergers)
-                .map(|(phase, m)| Ok((phase, m.finish().map_err(Error::Internal)?)))
-                .collect::<Result<BTreeMap<_, _>>>()?;
-            Ok((
-                group,
-                Accumulator {
-                    successes,
-                    failures,
-                    phases,
-                },
-            ))
-        })
-        .collect()
+
+    fn finish(self) -> Result<BTreeMap<Group, Accumulator>> {
+        self.groups
+            .into_iter()
+            .map(|(group, (successes, failures, mergers))| {
+                let phases = Phase::ALL
+                    .into_iter()
+                    .zip(mergers)
+                    .map(|(phase, m)| Ok((phase, m.finish().map_err(Error::Internal)?)))
+                    .collect::<Result<BTreeMap<_, _>>>()?;
+                Ok((
+                    group,
+                    Accumulator {
+                        successes,
+                        failures,
+                        phases,
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+/// Merges a check's cells for `[from, to)` as they are read.
+fn accumulate_cells(
+    conn: &mut DbConn,
+    check_id: &str,
+    (from, to): (Micros, Micros),
+    longest: Span,
+    dims: &[Dimension],
+    bucket_us: Option<Micros>,
+) -> Result<BTreeMap<Group, Accumulator>> {
+    let mut acc = Accumulation::new(dims, bucket_us);
+    crate::rollups::each_cell(conn, check_id, from, to, longest, &mut |row| acc.add(&row))?;
+    acc.finish()
 }
 
 /// Merges aggregate rows into report rows grouped by `dims`.
@@ -552,7 +579,12 @@ pub fn merge_with(
     dims: &[Dimension],
     options: &MergeOptions,
 ) -> Result<Vec<ReportRow>> {
-    Ok(accumulate(rows, dims, None)?
+    let mut acc = Accumulation::new(dims, None);
+    for row in rows {
+        acc.add(row)?;
+    }
+    Ok(acc
+        .finish()?
         .into_iter()
         .map(|(group, acc)| row_of(group, &acc, options))
         .collect())

@@ -289,27 +289,10 @@ fn merge_cells(finer: &[AggregateRow], start: Micros) -> Result<Vec<AggregateRow
     Ok(days)
 }
 
-fn hour_cells(
-    conn: &mut DbConn,
-    check_id: &str,
-    from: Micros,
-    to: Micros,
-) -> Result<Vec<AggregateRow>> {
-    if from >= to {
-        return Ok(Vec::new());
-    }
-    Ok(aggregates::table
-        .filter(aggregates::check_id.eq(check_id))
-        .filter(aggregates::bucket_start.ge(from))
-        .filter(aggregates::bucket_start.lt(to))
-        .select(AggregateRow::as_select())
-        .load(conn)?)
-}
+/// A cell read by [`each_cell`], handed to its caller as it arrives.
+pub type EachCell<'a> = dyn FnMut(AggregateRow) -> Result<()> + 'a;
 
-/// A check's cells for the hours `[from, to)`: week cells for the rolled-up weeks that
-/// lie wholly inside, day cells for the rolled-up days between them and the window's
-/// ends, hour cells for the rest; nothing longer than `longest` (a report bucketed by
-/// hour or day needs its cells no longer).
+/// A check's cells for the hours `[from, to)`, as [`each_cell`] chooses them.
 pub fn cells(
     conn: &mut DbConn,
     check_id: &str,
@@ -317,6 +300,27 @@ pub fn cells(
     to: Micros,
     longest: Span,
 ) -> Result<Vec<AggregateRow>> {
+    let mut rows = Vec::new();
+    each_cell(conn, check_id, from, to, longest, &mut |row| {
+        rows.push(row);
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+/// A check's cells for the hours `[from, to)`, handed to `each` as PostgreSQL sends
+/// them (a report merges one while the next is read): week cells for the rolled-up
+/// weeks that lie wholly inside, day cells for the rolled-up days between them and the
+/// window's ends, hour cells for the rest; nothing longer than `longest` (a report
+/// bucketed by hour or day needs its cells no longer).
+pub fn each_cell(
+    conn: &mut DbConn,
+    check_id: &str,
+    from: Micros,
+    to: Micros,
+    longest: Span,
+    each: &mut EachCell<'_>,
+) -> Result<()> {
     let (rolled_until, quarters_until): (Micros, Micros) = if longest > Span::Hour {
         aggregate_rollups::table
             .find(check_id)
@@ -333,35 +337,58 @@ pub fn cells(
     let first_day = day_start(from + DAY_US - 1);
     let last_day = day_start(to).min(rolled_until);
     if first_day >= last_day {
-        return tail_cells(conn, check_id, from, to, rolled_until, quarters_until);
+        return tail_cells(
+            conn,
+            check_id,
+            (from, to),
+            (rolled_until, quarters_until),
+            each,
+        );
     }
-    let mut rows = hour_cells(conn, check_id, from, first_day)?;
+    each_hour_cell(conn, check_id, from, first_day, each)?;
     let first_week = week_start(first_day + WEEK_US - 1);
     let last_week = week_start(last_day);
     if longest == Span::Week && first_week < last_week {
-        rows.extend(cells_store::rolled(
-            conn, DAY_US, check_id, first_day, first_week,
-        )?);
-        rows.extend(cells_store::rolled(
-            conn, WEEK_US, check_id, first_week, last_week,
-        )?);
-        rows.extend(cells_store::rolled(
-            conn, DAY_US, check_id, last_week, last_day,
-        )?);
+        cells_store::each_rolled(conn, DAY_US, check_id, first_day, first_week, each)?;
+        cells_store::each_rolled(conn, WEEK_US, check_id, first_week, last_week, each)?;
+        cells_store::each_rolled(conn, DAY_US, check_id, last_week, last_day, each)?;
     } else {
-        rows.extend(cells_store::rolled(
-            conn, DAY_US, check_id, first_day, last_day,
-        )?);
+        cells_store::each_rolled(conn, DAY_US, check_id, first_day, last_day, each)?;
     }
-    rows.extend(tail_cells(
+    tail_cells(
         conn,
         check_id,
-        last_day,
-        to,
-        rolled_until,
-        quarters_until,
-    )?);
+        (last_day, to),
+        (rolled_until, quarters_until),
+        each,
+    )
+}
+
+fn hour_cells(
+    conn: &mut DbConn,
+    check_id: &str,
+    from: Micros,
+    to: Micros,
+) -> Result<Vec<AggregateRow>> {
+    let mut rows = Vec::new();
+    each_hour_cell(conn, check_id, from, to, &mut |row| {
+        rows.push(row);
+        Ok(())
+    })?;
     Ok(rows)
+}
+
+fn each_hour_cell(
+    conn: &mut DbConn,
+    check_id: &str,
+    from: Micros,
+    to: Micros,
+    each: &mut EachCell<'_>,
+) -> Result<()> {
+    if from >= to {
+        return Ok(());
+    }
+    cells_store::each_hour(conn, check_id, from, to, each)
 }
 
 /// The cells of `[from, to)` after the rolled-up days: quarter cells for the rolled-up
@@ -370,20 +397,16 @@ pub fn cells(
 fn tail_cells(
     conn: &mut DbConn,
     check_id: &str,
-    from: Micros,
-    to: Micros,
-    rolled_until: Micros,
-    quarters_until: Micros,
-) -> Result<Vec<AggregateRow>> {
+    (from, to): (Micros, Micros),
+    (rolled_until, quarters_until): (Micros, Micros),
+    each: &mut EachCell<'_>,
+) -> Result<()> {
     let first = quarter_start(from + QUARTER_US - 1).max(rolled_until);
     let last = quarter_start(to).min(quarters_until);
     if first >= last {
-        return hour_cells(conn, check_id, from, to);
+        return each_hour_cell(conn, check_id, from, to, each);
     }
-    let mut rows = hour_cells(conn, check_id, from, first)?;
-    rows.extend(cells_store::rolled(
-        conn, QUARTER_US, check_id, first, last,
-    )?);
-    rows.extend(hour_cells(conn, check_id, last, to)?);
-    Ok(rows)
+    each_hour_cell(conn, check_id, from, first, each)?;
+    cells_store::each_rolled(conn, QUARTER_US, check_id, first, last, each)?;
+    each_hour_cell(conn, check_id, last, to, each)
 }

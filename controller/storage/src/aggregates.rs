@@ -53,17 +53,40 @@ impl AggregateRow {
     }
 }
 
-/// A check's rolled-up cells `span_us` long starting in `[from, to)`.
-pub fn rolled(
+/// A check's hour cells starting in `[from, to)`, handed to `each` as they arrive.
+pub fn each_hour<E: From<diesel::result::Error>>(
+    conn: &mut crate::DbConn,
+    check_id: &str,
+    from: i64,
+    to: i64,
+    each: &mut dyn FnMut(AggregateRow) -> Result<(), E>,
+) -> Result<(), E> {
+    // The query is written into each backend's arm: `as_select` is typed by backend.
+    for_each_row!(
+        conn,
+        aggregates::table
+            .filter(aggregates::check_id.eq(check_id))
+            .filter(aggregates::bucket_start.ge(from))
+            .filter(aggregates::bucket_start.lt(to))
+            .select(AggregateRow::as_select()),
+        AggregateRow,
+        each
+    )
+}
+
+/// A check's rolled-up cells `span_us` long starting in `[from, to)`, handed to `each`
+/// as they arrive.
+pub fn each_rolled<E: From<diesel::result::Error>>(
     conn: &mut crate::DbConn,
     span_us: i64,
     check_id: &str,
     from: i64,
     to: i64,
-) -> QueryResult<Vec<AggregateRow>> {
+    each: &mut dyn FnMut(AggregateRow) -> Result<(), E>,
+) -> Result<(), E> {
     use crate::schema::rollup_cells as d;
     // Rolled-up cells have the hour table's columns: read them into the same row type.
-    d::table
+    let query = d::table
         .filter(d::check_id.eq(check_id))
         .filter(d::span_us.eq(span_us))
         .filter(d::bucket_start.ge(from))
@@ -83,11 +106,26 @@ pub fn rolled(
             d::ttfb_hist,
             d::transfer_hist,
             d::total_hist,
-        ))
-        .load::<AggregateRow>(conn)
+        ));
+    for_each_row!(conn, query, AggregateRow, each)
 }
 
-/// Stores rolled-up cells `span_us` long (new ones: a span is rolled up once).
+/// A check's rolled-up cells `span_us` long starting in `[from, to)`.
+pub fn rolled(
+    conn: &mut crate::DbConn,
+    span_us: i64,
+    check_id: &str,
+    from: i64,
+    to: i64,
+) -> QueryResult<Vec<AggregateRow>> {
+    let mut rows = Vec::new();
+    each_rolled(conn, span_us, check_id, from, to, &mut |row| {
+        rows.push(row);
+        QueryResult::Ok(())
+    })?;
+    Ok(rows)
+}
+
 /// Deletes a check's rolled-up cells of `span_us` starting before `before`.
 pub fn delete_rolled_before(
     conn: &mut crate::DbConn,
@@ -105,6 +143,7 @@ pub fn delete_rolled_before(
     .execute(conn)
 }
 
+/// Stores rolled-up cells `span_us` long (new ones: a span is rolled up once).
 pub fn insert_rolled(
     conn: &mut crate::DbConn,
     span_us: i64,

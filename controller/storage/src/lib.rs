@@ -49,6 +49,34 @@ macro_rules! insert_rows {
     }};
 }
 
+/// Runs `$query` and hands each `$row` to `$each` (a `&mut dyn FnMut($row) -> Result<(),
+/// E>`) as it arrives, stopping at the first error. On PostgreSQL the rows are read one
+/// by one (libpq's single-row mode): a long answer (a report's cells, megabytes of
+/// histograms) is worked on while PostgreSQL is still reading and sending the rest,
+/// instead of after all of it has arrived. A macro for the same reason as
+/// [`insert_rows!`]: the loading mode is the concrete backend's. `$query` is an
+/// expression, written into each backend's arm (a selection like `as_select()` is typed
+/// by backend).
+#[macro_export]
+macro_rules! for_each_row {
+    ($conn:expr, $query:expr, $row:ty, $each:expr) => {{
+        use diesel::RunQueryDsl as _;
+        match $conn {
+            $crate::DbConn::Pg(c) => {
+                for row in $query.load_iter::<$row, diesel::pg::PgRowByRowLoadingMode>(c)? {
+                    ($each)(row?)?;
+                }
+            }
+            $crate::DbConn::Sqlite(c) => {
+                for row in $query.load_iter::<$row, diesel::connection::DefaultLoadingMode>(c)? {
+                    ($each)(row?)?;
+                }
+            }
+        }
+        Ok(())
+    }};
+}
+
 pub mod clock;
 pub mod schema;
 
