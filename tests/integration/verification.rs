@@ -18,6 +18,7 @@ per_backend!(
     copied_and_replayed_results_are_flagged_and_resubmission_is_not,
     only_one_agent_per_volunteer_and_address_is_paid_for_a_run,
     a_farm_submitting_all_at_once_is_still_paid_once_a_run,
+    requests_written_in_one_batch_are_judged_as_if_one_after_the_other,
     the_flag_list_is_for_operators_only,
     timings_no_line_can_produce_are_flagged_whatever_the_calibration,
     a_result_with_neither_status_nor_error_is_refused,
@@ -579,6 +580,131 @@ async fn a_farm_submitting_all_at_once_is_still_paid_once_a_run(db: TestDb) {
         (json!(24), json!(23)),
         "{view}"
     );
+    app.controller.stop().await.unwrap();
+}
+
+/// Several agents' requests accepted in one transaction (the controller's group commit,
+/// `ingest::accept_many`) are answered as they would be one after the other: a farm
+/// sibling, a copy and a repeated assignment in a later request of the batch are caught
+/// by the earlier ones, and a refused request or result does not touch the others.
+async fn requests_written_in_one_batch_are_judged_as_if_one_after_the_other(db: TestDb) {
+    use lastmile_domain::ingest::{self, Request};
+    use lastmile_protocol::ResultSubmission;
+    let app = admin_app(&db).await;
+    let (owner, check, _site) = owner_and_check(&app, 4).await;
+    let farmer = app.volunteer("farmer");
+    let other = app.volunteer("other");
+    let a = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &farmer, "dsl", 1)
+        .await;
+    let b = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &farmer, "dsl", 1)
+        .await;
+    let c = app
+        .agent(Ipv4Addr::new(127, 0, 0, 3), &other, "dsl", 1)
+        .await;
+    let d = app
+        .agent(Ipv4Addr::new(127, 0, 0, 4), &other, "dsl", 1)
+        .await;
+    app.start_run(&owner, &check).await;
+    let (ia, ib, ic, id) = (
+        lease(&app, &a).await,
+        lease(&app, &b).await,
+        lease(&app, &c).await,
+        lease(&app, &d).await,
+    );
+    let sub = |assignment: &Value, t: [u64; 4]| -> ResultSubmission {
+        serde_json::from_value(measured(assignment, t, 8192)).unwrap()
+    };
+    let t_a = [1_500, 20_000, 45_000, 6_000];
+    let requests: Vec<(String, Vec<ResultSubmission>)> = vec![
+        (a.clone(), vec![sub(&ia, t_a)]),
+        // A's sibling on the same address, same run: only A's counts.
+        (b.clone(), vec![sub(&ib, [1_600, 21_000, 46_000, 6_100])]),
+        // A's numbers exactly: a copy.
+        (c.clone(), vec![sub(&ic, t_a)]),
+        // D's own result, and one of A's assignments, which is not D's.
+        (
+            d.clone(),
+            vec![sub(&id, [1_700, 22_000, 47_000, 6_200]), sub(&ia, t_a)],
+        ),
+        // D again with its assignment, as a retry would: stored once.
+        (d.clone(), vec![sub(&id, [1_700, 22_000, 47_000, 6_200])]),
+        // More than a request may carry: refused alone.
+        (d.clone(), vec![sub(&id, t_a); 101]),
+    ];
+    let mut conn = app.db().conn().unwrap();
+    let agents: Vec<_> = requests
+        .iter()
+        .map(|(token, _)| {
+            lastmile_domain::agents::agent_by_token(&mut conn, token)
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    let batch: Vec<Request> = agents
+        .iter()
+        .zip(&requests)
+        .map(|(agent, (_, subs))| Request { agent, subs })
+        .collect();
+    let answers = ingest::accept_many(&mut conn, &batch).unwrap();
+    drop(conn);
+    // (flagged, queued, duplicate) of each result, or its error code.
+    type Said<'a> = Result<(bool, bool, bool), &'a str>;
+    let said: Vec<Vec<Said>> = answers
+        .iter()
+        .map(|answer| match answer {
+            Err(e) => vec![Err(e.code())],
+            Ok(results) => results
+                .iter()
+                .map(|r| match r {
+                    Ok(s) => Ok((s.flagged, s.queued, s.duplicate)),
+                    Err(e) => Err(e.code()),
+                })
+                .collect(),
+        })
+        .collect();
+    assert_eq!(
+        said,
+        vec![
+            vec![Ok((false, true, false))],
+            vec![Ok((true, false, false))],
+            vec![Ok((true, false, false))],
+            vec![Ok((false, true, false)), Err("assignment_not_yours")],
+            vec![Ok((false, false, true))],
+            vec![Err("too_many_results")],
+        ]
+    );
+    let mut rules = rules_by_assignment(&flags(&app).await);
+    rules.sort();
+    let mut expected = vec![
+        (
+            ib.as_str().unwrap().to_owned(),
+            vec!["same_address_farm".to_owned()],
+        ),
+        (
+            ic.as_str().unwrap().to_owned(),
+            vec!["copied_result".to_owned()],
+        ),
+    ];
+    expected.sort();
+    assert_eq!(rules, expected);
+    // Each result stored once; the two counted ones paid once each.
+    assert_eq!(
+        crate::support::count(&app, "SELECT COUNT(*) AS n FROM results"),
+        4
+    );
+    // Folded and paid by the background pass (every second): nothing was asked over HTTP.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while crate::support::count(&app, "SELECT COUNT(*) AS n FROM fold_queue") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch was not folded"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(balance(&app, &farmer).await, 4);
+    assert_eq!(balance(&app, &other).await, 4);
     app.controller.stop().await.unwrap();
 }
 

@@ -9,7 +9,7 @@
 use lastmile_storage::DbError;
 
 /// What went wrong, in terms a caller can act on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// A thing the caller named does not exist (or is not theirs to see).
     #[error("{what} not found")]

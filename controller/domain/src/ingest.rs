@@ -206,17 +206,53 @@ pub fn accept(
     agent: &Agent,
     subs: &[ResultSubmission],
 ) -> Result<Vec<Result<Submitted>>> {
-    if subs.len() > MAX_BATCH {
-        return Err(Error::invalid(
-            "too_many_results",
-            format!(
-                "at most {MAX_BATCH} results per request, not {}",
-                subs.len()
-            ),
-        ));
-    }
-    let checked: Vec<Result<()>> = subs.iter().map(validate).collect();
-    let mut ids: Vec<String> = subs.iter().map(|s| s.assignment_id.to_string()).collect();
+    accept_many(conn, &[Request { agent, subs }])?
+        .pop()
+        .unwrap_or_else(|| Err(Error::Internal("accept answered nothing".into())))
+}
+
+/// One agent's request, in a batch for [`accept_many`].
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub agent: &'a Agent,
+    pub subs: &'a [ResultSubmission],
+}
+
+/// Accepts several agents' requests in one transaction (group commit: the requests
+/// that arrived while the previous batch was written), each answered as [`accept`]
+/// would have answered it alone, in the order given: the requests are judged one after
+/// the other, each result stored before the next request is judged, so a copy, a
+/// replay or a farm sibling in an earlier request of the batch is seen as if it had
+/// committed first. What the requests share is paid once: locking the assignments,
+/// looking for results stored before, closing the assignments and queueing the fold,
+/// one statement each for the whole batch, and one commit. A request refused as a whole
+/// (too many results) does not stop the others; an error of the database fails the
+/// batch, and the caller may then try its requests one by one.
+pub fn accept_many(
+    conn: &mut DbConn,
+    requests: &[Request<'_>],
+) -> Result<Vec<Result<Vec<Result<Submitted>>>>> {
+    let checked: Vec<Result<Vec<Result<()>>>> = requests
+        .iter()
+        .map(|request| {
+            if request.subs.len() > MAX_BATCH {
+                return Err(Error::invalid(
+                    "too_many_results",
+                    format!(
+                        "at most {MAX_BATCH} results per request, not {}",
+                        request.subs.len()
+                    ),
+                ));
+            }
+            Ok(request.subs.iter().map(validate).collect())
+        })
+        .collect();
+    let mut ids: Vec<String> = requests
+        .iter()
+        .zip(&checked)
+        .filter(|(_, checked)| checked.is_ok())
+        .flat_map(|(request, _)| request.subs.iter().map(|s| s.assignment_id.to_string()))
+        .collect();
     ids.sort();
     ids.dedup();
     let now = now_us();
@@ -224,115 +260,153 @@ pub fn accept(
         let leased = lock_assignments(c, &ids)?;
         // A result is received after its assignment was created: bounding the time lets
         // PostgreSQL look in the recent days' partitions only.
-        let stored_before: HashMap<String, bool> = match leased.values().map(|a| a.created_at).min()
-        {
-            None => HashMap::new(),
-            Some(oldest) => results::table
-                .filter(results::assignment_id.eq_any(&ids))
-                .filter(results::received_at.ge(oldest))
-                .select((results::assignment_id, results::late))
-                .load(c)?
-                .into_iter()
-                .collect(),
-        };
-        // First what each submission is: answered now (refused, or stored before), or a
-        // new result to store (the first of its assignment in this request).
-        let mut answers: Vec<Answer> = Vec::with_capacity(subs.len());
-        let mut new: Vec<StoredResult> = Vec::new();
-        let mut first_of: HashMap<String, usize> = HashMap::new();
-        for (sub, valid) in subs.iter().zip(checked) {
-            let id = sub.assignment_id.to_string();
-            let answer = match (valid, leased.get(&id)) {
-                (Err(e), _) => Answer::Refused(e),
-                (Ok(()), _) if first_of.contains_key(&id) => Answer::Again(first_of[&id]),
-                (Ok(()), None) => Answer::Refused(Error::NotFound {
-                    what: "assignment",
-                    code: "assignment_not_found",
-                }),
-                (Ok(()), Some(a)) if a.agent_id.as_deref() != Some(agent.id.as_str()) => {
-                    Answer::Refused(Error::forbidden(
-                        "assignment_not_yours",
-                        "this assignment is not leased to this agent",
-                    ))
-                }
-                (Ok(()), Some(_)) if stored_before.contains_key(&id) => {
-                    Answer::Before(stored_before[&id])
-                }
-                (Ok(()), Some(assignment)) => {
-                    let late = assignment.state != state::LEASED
-                        || assignment
-                            .lease_expires_at
-                            .is_none_or(|deadline| now > deadline);
-                    first_of.insert(id, new.len());
-                    new.push(to_stored(sub, assignment, agent, now, late));
-                    Answer::New(new.len() - 1)
-                }
+        let mut stored_before: HashMap<String, bool> =
+            match leased.values().map(|a| a.created_at).min() {
+                None => HashMap::new(),
+                Some(oldest) => results::table
+                    .filter(results::assignment_id.eq_any(&ids))
+                    .filter(results::received_at.ge(oldest))
+                    .select((results::assignment_id, results::late))
+                    .load(c)?
+                    .into_iter()
+                    .collect(),
             };
-            answers.push(answer);
-        }
-        // Then judge the new ones, in order, each before it is stored, so that none is
-        // compared with itself and a replay within the request is caught as one across
-        // requests would be.
-        let mut verifier = verification::Verifier::new(c, agent, &new)?;
-        let mut flags: Vec<Vec<verification::Flag>> = Vec::with_capacity(new.len());
-        for r in &new {
-            flags.push(if r.late {
-                verifier.remember(r);
-                Vec::new()
-            } else {
-                verifier.verify(c, r)?
+        let mut written = Written::default();
+        let mut answers = Vec::with_capacity(requests.len());
+        for (request, checked) in requests.iter().zip(checked) {
+            answers.push(match checked {
+                Err(e) => Err(e),
+                Ok(checked) => Ok(accept_one(
+                    c,
+                    *request,
+                    checked,
+                    &leased,
+                    &mut stored_before,
+                    now,
+                    &mut written,
+                )?),
             });
         }
-        lastmile_storage::insert_rows!(c, results::table, &new);
-        let mut closed: Vec<&str> = Vec::new();
-        let mut queued: Vec<Queued> = Vec::new();
-        for (r, flags) in new.iter().zip(&flags) {
-            if r.late {
-                continue;
-            }
-            closed.push(&r.assignment_id);
-            if flags.is_empty() {
-                queued.push(Queued {
-                    assignment_id: r.assignment_id.clone(),
-                    run_id: r.run_id.clone(),
-                    queued_at: now,
-                });
-            } else {
-                // Kept for operators, never counted or paid (see `verification`).
-                verification::record(c, agent, r, flags)?;
-            }
-        }
-        for chunk in closed.chunks(lastmile_storage::agents::BATCH_ROWS) {
+        for chunk in written.closed.chunks(lastmile_storage::agents::BATCH_ROWS) {
             diesel::update(assignments::table.filter(assignments::id.eq_any(chunk)))
                 .set(assignments::state.eq(state::DONE))
                 .execute(c)?;
         }
-        fold_queue::enqueue(c, &queued)?;
-        let submitted = |sub: &ResultSubmission, i: usize, duplicate: bool| {
-            let (r, flagged) = (&new[i], !flags[i].is_empty());
-            Submitted {
-                ack: ack(sub, r.late),
-                duplicate,
-                flagged: flagged && !duplicate,
-                queued: !r.late && !flagged && !duplicate,
+        fold_queue::enqueue(c, &written.queued)?;
+        Ok(answers)
+    })
+}
+
+/// What the requests of a batch stored, closed and queued so far.
+#[derive(Default)]
+struct Written {
+    /// Assignments to close: their (timely) result is stored.
+    closed: Vec<String>,
+    queued: Vec<Queued>,
+}
+
+/// One request of [`accept_many`], its assignments locked and the results stored before
+/// it known (`stored_before`, to which it adds its own).
+fn accept_one(
+    c: &mut DbConn,
+    Request { agent, subs }: Request<'_>,
+    checked: Vec<Result<()>>,
+    leased: &HashMap<String, Assignment>,
+    stored_before: &mut HashMap<String, bool>,
+    now: Micros,
+    written: &mut Written,
+) -> Result<Vec<Result<Submitted>>> {
+    // First what each submission is: answered now (refused, or stored before), or a
+    // new result to store (the first of its assignment in this request).
+    let mut answers: Vec<Answer> = Vec::with_capacity(subs.len());
+    let mut new: Vec<StoredResult> = Vec::new();
+    let mut first_of: HashMap<String, usize> = HashMap::new();
+    for (sub, valid) in subs.iter().zip(checked) {
+        let id = sub.assignment_id.to_string();
+        let answer = match (valid, leased.get(&id)) {
+            (Err(e), _) => Answer::Refused(e),
+            (Ok(()), _) if first_of.contains_key(&id) => Answer::Again(first_of[&id]),
+            (Ok(()), None) => Answer::Refused(Error::NotFound {
+                what: "assignment",
+                code: "assignment_not_found",
+            }),
+            (Ok(()), Some(a)) if a.agent_id.as_deref() != Some(agent.id.as_str()) => {
+                Answer::Refused(Error::forbidden(
+                    "assignment_not_yours",
+                    "this assignment is not leased to this agent",
+                ))
+            }
+            (Ok(()), Some(_)) if stored_before.contains_key(&id) => {
+                Answer::Before(stored_before[&id])
+            }
+            (Ok(()), Some(assignment)) => {
+                let late = assignment.state != state::LEASED
+                    || assignment
+                        .lease_expires_at
+                        .is_none_or(|deadline| now > deadline);
+                first_of.insert(id, new.len());
+                new.push(to_stored(sub, assignment, agent, now, late));
+                Answer::New(new.len() - 1)
             }
         };
-        Ok(answers
-            .into_iter()
-            .zip(subs)
-            .map(|(answer, sub)| match answer {
-                Answer::Refused(e) => Err(e),
-                Answer::Before(late) => Ok(Submitted {
-                    ack: ack(sub, late),
-                    duplicate: true,
-                    flagged: false,
-                    queued: false,
-                }),
-                Answer::New(i) => Ok(submitted(sub, i, false)),
-                Answer::Again(i) => Ok(submitted(sub, i, true)),
-            })
-            .collect())
-    })
+        answers.push(answer);
+    }
+    // Then judge the new ones, in order, each before it is stored, so that none is
+    // compared with itself and a replay within the request is caught as one across
+    // requests would be.
+    let mut verifier = verification::Verifier::new(c, agent, &new)?;
+    let mut flags: Vec<Vec<verification::Flag>> = Vec::with_capacity(new.len());
+    for r in &new {
+        flags.push(if r.late {
+            verifier.remember(r);
+            Vec::new()
+        } else {
+            verifier.verify(c, r)?
+        });
+    }
+    lastmile_storage::insert_rows!(c, results::table, &new);
+    for (r, flags) in new.iter().zip(&flags) {
+        // A later request of the batch with this assignment finds it stored.
+        stored_before.insert(r.assignment_id.clone(), r.late);
+        if r.late {
+            continue;
+        }
+        written.closed.push(r.assignment_id.clone());
+        if flags.is_empty() {
+            written.queued.push(Queued {
+                assignment_id: r.assignment_id.clone(),
+                run_id: r.run_id.clone(),
+                queued_at: now,
+            });
+        } else {
+            // Kept for operators, never counted or paid (see `verification`).
+            verification::record(c, agent, r, flags)?;
+        }
+    }
+    let submitted = |sub: &ResultSubmission, i: usize, duplicate: bool| {
+        let (r, flagged) = (&new[i], !flags[i].is_empty());
+        Submitted {
+            ack: ack(sub, r.late),
+            duplicate,
+            flagged: flagged && !duplicate,
+            queued: !r.late && !flagged && !duplicate,
+        }
+    };
+    Ok(answers
+        .into_iter()
+        .zip(subs)
+        .map(|(answer, sub)| match answer {
+            Answer::Refused(e) => Err(e),
+            Answer::Before(late) => Ok(Submitted {
+                ack: ack(sub, late),
+                duplicate: true,
+                flagged: false,
+                queued: false,
+            }),
+            Answer::New(i) => Ok(submitted(sub, i, false)),
+            Answer::Again(i) => Ok(submitted(sub, i, true)),
+        })
+        .collect())
 }
 
 /// What [`accept`] answers one submission, before the new results are judged.

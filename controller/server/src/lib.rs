@@ -22,6 +22,7 @@
 //! holds no SQL. The demo, which puts the test bed next to the controller, is its own
 //! crate (`lastmile-demo`), so nothing of the test bed is in this crate's graph.
 
+pub mod accepting;
 pub mod access_log;
 pub mod agent_work;
 pub mod alerting;

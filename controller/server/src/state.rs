@@ -40,6 +40,8 @@ pub struct AppState {
     pub owner_tokens: Arc<lastmile_domain::token_cache::TokenCache>,
     /// Group commit of accepted results into aggregates and the ledger.
     pub folder: Arc<crate::folding::Folder>,
+    /// Group commit of agents' results into the results table.
+    pub acceptor: Arc<crate::accepting::Acceptor>,
 }
 
 impl AppState {
@@ -76,6 +78,7 @@ impl AppState {
                 OWNER_TOKENS_HELD,
             )),
             folder: Arc::default(),
+            acceptor: Arc::default(),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
         })

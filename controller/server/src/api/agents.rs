@@ -173,23 +173,17 @@ pub async fn submit_batch(
     Ok(web::Json(ResultBatchAck { results }))
 }
 
-/// Accepts results for the agent, counts them, and waits until they are folded into
-/// their aggregates (group commit, see `folding`).
+/// Accepts results for the agent (in a transaction shared with other agents' requests,
+/// see `accepting`), counts them, and waits until they are folded into their
+/// aggregates (group commit, see `folding`).
 async fn accept(
     state: &AppState,
     agent_id: &str,
     batch: Vec<ResultSubmission>,
 ) -> Result<Vec<Result<ingest::Submitted, Error>>, Failure> {
-    let agent_id = agent_id.to_owned();
-    // The results are judged and paid on the agent's row as stored now, not as this
-    // replica holds it in memory (a calibration written elsewhere reaches memory only
-    // with the next refresh): one key lookup per request, beside the transaction.
     let outcomes = state
-        .db
-        .run(move |c| {
-            let agent = agents::get(c, &agent_id)?;
-            ingest::accept(c, &agent, &batch)
-        })
+        .acceptor
+        .accept(&state.db, agent_id.to_owned(), batch)
         .await?;
     let mut queued = false;
     for submitted in outcomes.iter().flatten() {
