@@ -303,6 +303,8 @@ struct Written {
     /// Assignments to close: their (timely) result is stored.
     closed: Vec<String>,
     queued: Vec<Queued>,
+    /// The peers' results of the cells judged so far, with the batch's own added.
+    cells: verification::PeerCells,
 }
 
 /// One request of [`accept_many`], its assignments locked and the results stored before
@@ -354,7 +356,7 @@ fn accept_one(
     // Then judge the new ones, in order, each before it is stored, so that none is
     // compared with itself and a replay within the request is caught as one across
     // requests would be.
-    let mut verifier = verification::Verifier::new(c, agent, &new)?;
+    let mut verifier = verification::Verifier::new(c, agent, &new, &mut written.cells)?;
     let mut flags: Vec<Vec<verification::Flag>> = Vec::with_capacity(new.len());
     for r in &new {
         flags.push(if r.late {
@@ -373,6 +375,7 @@ fn accept_one(
         }
         written.closed.push(r.assignment_id.clone());
         if flags.is_empty() {
+            written.cells.stored(agent, r);
             written.queued.push(Queued {
                 assignment_id: r.assignment_id.clone(),
                 run_id: r.run_id.clone(),

@@ -474,6 +474,41 @@ fn stored_prints(
 /// Peers' recent results in one (check, ASN, class) cell: (agent, ttfb, total).
 type Peers = Vec<(String, i64, i64)>;
 
+/// A cell's latest counted successes, newest first: (agent, volunteer, ttfb, total).
+type CellResults = Vec<(String, String, i64, i64)>;
+
+/// The latest counted successes of the (check, ASN, class) cells a batch of requests
+/// has judged results in ([`MAX_PEER_RESULTS`] a cell), read once per cell and batch
+/// and kept up to date as the batch stores results: a later request of the batch sees
+/// its cells as a fresh read would (the earlier requests' counted results first), without
+/// the read.
+#[derive(Debug, Default)]
+pub struct PeerCells {
+    cells: HashMap<(String, i64, String), CellResults>,
+}
+
+impl PeerCells {
+    /// `r`, just stored by `agent` and judged clean, joins its cell if the cell was read.
+    pub fn stored(&mut self, agent: &Agent, r: &StoredResult) {
+        if r.late || r.error_kind.is_some() {
+            return;
+        }
+        let key = (r.check_id.clone(), r.asn, r.connection_class.clone());
+        if let Some(latest) = self.cells.get_mut(&key) {
+            latest.insert(
+                0,
+                (
+                    agent.id.clone(),
+                    agent.volunteer_id.clone(),
+                    r.ttfb_us,
+                    r.total_us,
+                ),
+            );
+            latest.truncate(MAX_PEER_RESULTS as usize);
+        }
+    }
+}
+
 /// Judges the results one agent sends in one request, each before it is stored. What
 /// does not change between them is read once per request: whether the agent shares its
 /// address with another agent of its volunteer, its peers' recent results per (check,
@@ -490,12 +525,17 @@ pub struct Verifier<'a> {
     earlier: HashMap<Fingerprint, String>,
     /// Whether another agent of the volunteer has the same address.
     siblings: Option<bool>,
-    peers: HashMap<(String, i64, String), Peers>,
+    cells: &'a mut PeerCells,
 }
 
 impl<'a> Verifier<'a> {
     /// A verifier for `agent`'s request carrying `results` (all of them, judged or not).
-    pub fn new(conn: &mut DbConn, agent: &'a Agent, results: &[StoredResult]) -> Result<Self> {
+    pub fn new(
+        conn: &mut DbConn,
+        agent: &'a Agent,
+        results: &[StoredResult],
+        cells: &'a mut PeerCells,
+    ) -> Result<Self> {
         let candidates: Vec<&StoredResult> = results.iter().filter(|r| comparable(r)).collect();
         let mut stored: HashMap<Fingerprint, (String, String)> = HashMap::new();
         if !candidates.is_empty() {
@@ -524,7 +564,7 @@ impl<'a> Verifier<'a> {
             stored,
             earlier: HashMap::new(),
             siblings: None,
-            peers: HashMap::new(),
+            cells,
         })
     }
 
@@ -552,7 +592,7 @@ impl<'a> Verifier<'a> {
 
         if r.error_kind.is_none() && r.asn != 0 {
             let peers = self.peers_of(conn, r)?;
-            flags.extend(peer_disagreement(r, peers));
+            flags.extend(peer_disagreement(r, &peers));
         }
 
         if comparable(r) {
@@ -612,12 +652,12 @@ impl<'a> Verifier<'a> {
     }
 
     /// Other volunteers' recent counted successes in `r`'s (check, ASN, class) cell: one
-    /// volunteer's agents cannot vouch for each other. Read once per cell and request,
-    /// from the cell's latest [`MAX_PEER_RESULTS`] results (whoever measured them), so
-    /// the cost is bounded however many results the cell holds.
-    fn peers_of(&mut self, conn: &mut DbConn, r: &StoredResult) -> Result<&Peers> {
+    /// volunteer's agents cannot vouch for each other. Read once per cell and batch
+    /// ([`PeerCells`]), from the cell's latest [`MAX_PEER_RESULTS`] results (whoever
+    /// measured them), so the cost is bounded however many results the cell holds.
+    fn peers_of(&mut self, conn: &mut DbConn, r: &StoredResult) -> Result<Peers> {
         let key = (r.check_id.clone(), r.asn, r.connection_class.clone());
-        if !self.peers.contains_key(&key) {
+        if !self.cells.cells.contains_key(&key) {
             let since = r.received_at - PEER_WINDOW_US;
             let latest: Vec<(String, String, i64, i64)> = results::table
                 .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
@@ -637,14 +677,13 @@ impl<'a> Verifier<'a> {
                     results::total_us,
                 ))
                 .load(conn)?;
-            let peers = latest
-                .into_iter()
-                .filter(|(_, volunteer, _, _)| *volunteer != self.agent.volunteer_id)
-                .map(|(agent, _, ttfb, total)| (agent, ttfb, total))
-                .collect();
-            self.peers.insert(key.clone(), peers);
+            self.cells.cells.insert(key.clone(), latest);
         }
-        Ok(&self.peers[&key])
+        Ok(self.cells.cells[&key]
+            .iter()
+            .filter(|(_, volunteer, _, _)| *volunteer != self.agent.volunteer_id)
+            .map(|(agent, _, ttfb, total)| (agent.clone(), *ttfb, *total))
+            .collect())
     }
 }
 
@@ -1100,6 +1139,45 @@ mod tests {
         // Millisecond jitter on a fast line is never an outlier.
         let fast = peers(&[(2_000, 3_000); 10]);
         assert!(peer_disagreement(&result(9_000, 1_000, 11_000, 8_192), &fast).is_none());
+    }
+
+    #[test]
+    fn a_batchs_clean_results_join_the_cells_it_read_newest_first() {
+        let key = ("c".to_owned(), 64_501, "dsl".to_owned());
+        let old: CellResults = (0..MAX_PEER_RESULTS)
+            .map(|i| ("p".into(), "w".into(), 100_000 + i, 200_000 + i))
+            .collect();
+        let mut cells = PeerCells::default();
+        cells.cells.insert(key.clone(), old);
+        let a = agent(Some("dsl"), 20, 10_000_000);
+        cells.stored(&a, &result(111_000, 5_000, 222_000, 8192));
+        let late = StoredResult {
+            late: true,
+            ..result(1, 1, 1, 1)
+        };
+        cells.stored(&a, &late);
+        let failed = StoredResult {
+            error_kind: Some("timeout".into()),
+            ..result(2, 2, 2, 2)
+        };
+        cells.stored(&a, &failed);
+        let elsewhere = StoredResult {
+            asn: 64_502,
+            ..result(3, 3, 3, 3)
+        };
+        cells.stored(&a, &elsewhere);
+        let latest = &cells.cells[&key];
+        assert_eq!(
+            latest.len(),
+            MAX_PEER_RESULTS as usize,
+            "still the latest 200"
+        );
+        assert_eq!(latest[0], ("x".into(), "v".into(), 111_000, 222_000));
+        assert_eq!(latest[1].2, 100_000, "the read ones after it");
+        assert!(
+            !cells.cells.contains_key(&(key.0, 64_502, key.2)),
+            "a cell not read stays unread: its first read finds the result stored"
+        );
     }
 
     #[test]
