@@ -21,10 +21,12 @@
 //! With `--in-process`, the same requests go through the accept path in this process
 //! instead of over HTTP (the controller is stopped once it has set up the database):
 //! `--connections` threads each take a request and accept its results in one
-//! transaction (`ingest::accept`, as the controller's handler does) while one thread
-//! folds them as the controller's group commit does; the clock stops when every result
-//! is accepted and folded. That is the accept path without HTTP, JSON and the agent's
-//! round trips, against the same `COPY`.
+//! transaction (`ingest::accept`) while one thread folds them as the controller's group
+//! commit does; the clock stops when every result is accepted and folded. That is the
+//! accept path without HTTP, JSON and the agent's round trips, against the same `COPY`.
+//! `--group N` has each thread take N requests a transaction (`ingest::accept_many`),
+//! as the controller's group commit of results (`server/accepting.rs`) does when
+//! requests arrive faster than one transaction writes them.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -55,6 +57,8 @@ struct Args {
     history: usize,
     /// The accept path called in this process, not over HTTP.
     in_process: bool,
+    /// Requests per transaction in process.
+    group: usize,
 }
 
 fn args(flags: Vec<String>) -> anyhow::Result<Args> {
@@ -67,6 +71,7 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
         controller: None,
         history: 0,
         in_process: false,
+        group: 1,
     };
     let mut it = flags.into_iter();
     while let Some(flag) = it.next() {
@@ -79,11 +84,12 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
             "--results" => a.results = value.parse()?,
             "--batch" => a.batch = value.parse()?,
             "--connections" => a.connections = value.parse()?,
+            "--group" => a.group = value.parse::<usize>()?.max(1),
             "--agents" => a.agents = value.parse()?,
             "--pg" => a.pg = Some(value),
             "--controller" => a.controller = Some(value.into()),
             "--history" => a.history = value.parse()?,
-            other => bail!("unknown flag {other} (flags: --results N --batch N --connections N --agents N --pg ADMIN_URL --controller PATH --history N --in-process)"),
+            other => bail!("unknown flag {other} (flags: --results N --batch N --connections N --agents N --pg ADMIN_URL --controller PATH --history N --in-process --group N)"),
         }
     }
     if !(1..=lastmile_protocol::MAX_RESULTS_PER_BATCH).contains(&a.batch) {
@@ -383,10 +389,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.in_process {
         // Nothing else writes meanwhile: no scheduler, no background fold.
         controller.stop();
-        let (accepted, elapsed) = in_process(&db, requests, args.connections)?;
+        let (accepted, elapsed) = in_process(&db, requests, args.connections, args.group)?;
         let rate = accepted as f64 / elapsed.as_secs_f64();
         println!(
-            "  in process: {accepted} results accepted and folded in {:.1} s: {rate:.0} results/s",
+            "  in process, {} request(s) a transaction: {accepted} results accepted and folded in {:.1} s: {rate:.0} results/s",
+            args.group,
             elapsed.as_secs_f64()
         );
         if let Some(admin) = &args.pg {
@@ -490,13 +497,14 @@ fn compare_with_copy(
     Ok(())
 }
 
-/// The requests' results through `ingest::accept` on `threads` threads, one request a
-/// transaction, with the folder beside them; returns the results accepted and the time
-/// until they were all folded.
+/// The requests' results through `ingest::accept_many` on `threads` threads, `group`
+/// requests a transaction, with the folder beside them; returns the results accepted
+/// and the time until they were all folded.
 fn in_process(
     db: &Db,
     requests: Vec<Request>,
     threads: usize,
+    group: usize,
 ) -> anyhow::Result<(usize, std::time::Duration)> {
     let mut conn = db.conn()?;
     let mut agents: BTreeMap<String, lastmile_domain::agents::Agent> = BTreeMap::new();
@@ -521,14 +529,29 @@ fn in_process(
                 s.spawn(move || -> anyhow::Result<()> {
                     let outcome = (|| -> anyhow::Result<()> {
                         let mut conn = db.conn()?;
-                        // Bounded by the queue: each turn takes one request out of it.
+                        // Bounded by the queue: each turn takes up to `group` requests.
                         loop {
-                            let next = queue.lock().map(|mut q| q.pop()).ok().flatten();
-                            let Some((agent, subs)) = next else {
+                            let turn: Vec<(lastmile_domain::agents::Agent, Vec<_>)> = queue
+                                .lock()
+                                .map(|mut q| {
+                                    let keep = q.len().saturating_sub(group);
+                                    q.split_off(keep)
+                                })
+                                .unwrap_or_default();
+                            if turn.is_empty() {
                                 return Ok(());
-                            };
-                            let answers = ingest::accept(&mut conn, &agent, &subs)?;
-                            let n = answers.iter().filter(|a| a.is_ok()).count();
+                            }
+                            let batch: Vec<ingest::Request> = turn
+                                .iter()
+                                .map(|(agent, subs)| ingest::Request { agent, subs })
+                                .collect();
+                            let answers = ingest::accept_many(&mut conn, &batch)?;
+                            let n = answers
+                                .iter()
+                                .flatten()
+                                .flatten()
+                                .filter(|a| a.is_ok())
+                                .count();
                             accepted.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
                         }
                     })();
