@@ -126,6 +126,27 @@ async fn expired_lease_is_offered_to_another_agent_and_the_late_result_is_not_co
     let (status, ack) = app.submit(&fast, on_time).await;
     assert_eq!(status, 200, "{ack}");
     assert_eq!(ack["disposition"], "accepted");
+    // Both sent again (as an agent that did not get its answer does): the same answers,
+    // and each result stored once, the expired assignment's and the closed one's. (The
+    // re-offered assignment was created at the expiry pass's time, ahead of the clock
+    // its result was received by, as with a replica whose clock runs ahead: the look for
+    // an earlier result bounded by that creation missed it, and stored it again.)
+    for (token, assignment, ttfb, said) in [
+        (&slow, &first, 90_000, "late"),
+        (&fast, &second, 20_000, "accepted"),
+    ] {
+        let again = submission(&assignment["assignment_id"], ttfb);
+        let (status, ack) = app.submit(token, again).await;
+        assert_eq!(
+            (status, ack["disposition"].as_str()),
+            (200, Some(said)),
+            "{ack}"
+        );
+    }
+    assert_eq!(
+        crate::support::count(&app, "SELECT COUNT(*) AS n FROM results"),
+        2
+    );
 
     let (_, report) = app
         .report(&owner, &check, "group_by=connection_class")

@@ -258,14 +258,26 @@ pub fn accept_many(
     let now = now_us();
     write_tx(conn, |c| {
         let leased = lock_assignments(c, &ids)?;
+        // Only an assignment no longer leased (closed by its result) or past its lease
+        // (whose late result may be stored) can have a result already: one still leased
+        // and in time has none (an assignment is leased once; a re-offer is a new one),
+        // so a batch of fresh results, the usual one, does not look.
+        let settled: Vec<&Assignment> = leased
+            .values()
+            .filter(|a| {
+                a.state != state::LEASED || a.lease_expires_at.is_none_or(|deadline| now > deadline)
+            })
+            .collect();
         // A result is received after its assignment was created: bounding the time lets
-        // PostgreSQL look in the recent days' partitions only.
+        // PostgreSQL look in the recent days' partitions only. By a day's margin, not
+        // the creation itself: another replica's clock may run ahead of this one's, and
+        // a result missed here would be stored twice.
         let mut stored_before: HashMap<String, bool> =
-            match leased.values().map(|a| a.created_at).min() {
+            match settled.iter().map(|a| a.created_at).min() {
                 None => HashMap::new(),
                 Some(oldest) => results::table
-                    .filter(results::assignment_id.eq_any(&ids))
-                    .filter(results::received_at.ge(oldest))
+                    .filter(results::assignment_id.eq_any(settled.iter().map(|a| &a.id)))
+                    .filter(results::received_at.ge(oldest - crate::rollups::DAY_US))
                     .select((results::assignment_id, results::late))
                     .load(c)?
                     .into_iter()
