@@ -13,8 +13,9 @@
 //! serialise on the rows they all feed:
 //!
 //! 1. [`accept`] (the agent's request, one short transaction for all the results it
-//!    sends): store each result, close its assignment and, when it counts, queue it in
-//!    `fold_queue`. It locks only the submitted assignments.
+//!    sends; [`accept_many`] for several agents' requests in one, as the controller's
+//!    group commit writes them): store each result, close its assignment and, when it
+//!    counts, queue it in `fold_queue`. It locks only the submitted assignments.
 //! 2. [`fold_pending`] (a folder, batches of up to [`FOLD_BATCH`]): take queued
 //!    results, merge them per aggregate cell (one read and one write per cell, however
 //!    many results it gets), pay for all of them in one ledger transaction
