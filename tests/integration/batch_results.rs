@@ -149,6 +149,9 @@ async fn a_batch_answers_each_result_in_order_and_counts_and_pays_each_once(db: 
         "lastmile_results_duplicate_total 5",
         "lastmile_results_folded_total 3",
         "lastmile_results_unpaid_total 0",
+        // Sent one after the other: a transaction each.
+        "lastmile_result_requests_total 2",
+        "lastmile_result_batches_total 2",
     ] {
         assert!(metrics.contains(line), "{line} in {metrics}");
     }

@@ -24,6 +24,8 @@ use lastmile_protocol::ResultSubmission;
 use lastmile_storage::{Db, DbConn};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 
+use crate::metrics::Metrics;
+
 /// Results one transaction carries at most (whole requests; one request of up to 100
 /// always fits): long enough to share its fixed cost, short enough that it holds its
 /// assignments' locks for tens of milliseconds, not seconds.
@@ -68,6 +70,7 @@ impl Acceptor {
     pub async fn accept(
         &self,
         db: &Db,
+        metrics: &Arc<Metrics>,
         agent_id: String,
         results: Vec<ResultSubmission>,
     ) -> Answer {
@@ -91,7 +94,7 @@ impl Acceptor {
                         drop(permit);
                         return answered.await.unwrap_or_else(|_| Err(lost()));
                     }
-                    tokio::spawn(write(db.clone(), batch, permit));
+                    tokio::spawn(write(db.clone(), metrics.clone(), batch, permit));
                 }
             }
         }
@@ -125,12 +128,14 @@ fn lost() -> Error {
 }
 
 /// Writes one batch and answers its requests.
-async fn write(db: Db, batch: Vec<Pending>, _permit: OwnedSemaphorePermit) {
+async fn write(db: Db, metrics: Arc<Metrics>, batch: Vec<Pending>, _permit: OwnedSemaphorePermit) {
     let (requests, answers): (Vec<(String, Vec<ResultSubmission>)>, Vec<_>) = batch
         .into_iter()
         .map(|p| ((p.agent_id, p.results), p.answer))
         .unzip();
     let n = requests.len();
+    Metrics::inc(&metrics.result_batches);
+    Metrics::add(&metrics.result_requests, n as u64);
     let outcomes = db
         .run(move |c| Ok::<_, Error>(write_batch(c, &requests)))
         .await;

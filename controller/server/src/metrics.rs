@@ -16,6 +16,9 @@ pub struct Metrics {
     pub results_flagged: AtomicU64,
     pub results_folded: AtomicU64,
     pub results_unpaid: AtomicU64,
+    /// Agents' requests written by the acceptor, and the transactions they took.
+    pub result_requests: AtomicU64,
+    pub result_batches: AtomicU64,
     pub assignments_leased: AtomicU64,
     pub runs_created: AtomicU64,
     pub leases_expired: AtomicU64,
@@ -75,6 +78,16 @@ impl Metrics {
                 "lastmile_results_unpaid_total",
                 "Folded results the owner's credit no longer covered (stored, counted, not paid).",
                 &self.results_unpaid,
+            ),
+            (
+                "lastmile_result_requests_total",
+                "Agents' result requests written (group commit).",
+                &self.result_requests,
+            ),
+            (
+                "lastmile_result_batches_total",
+                "Transactions the result requests were written in: requests / batches is the mean batch.",
+                &self.result_batches,
             ),
             (
                 "lastmile_assignments_leased_total",
