@@ -13,7 +13,10 @@
 //! (`accept_many` judges them one after the other in the transaction).
 //!
 //! The writer runs on its own task, not in the request that started it: a request whose
-//! client went away must not take the other requests' answers with it.
+//! client went away must not take the other requests' answers with it. A request whose
+//! client went away while it was still queued is written with the next batch (its
+//! answer dropped), like one whose client hung up mid-transaction: the agent sends it
+//! again and is answered as for any repeated submission.
 
 use std::sync::{Arc, Mutex};
 
