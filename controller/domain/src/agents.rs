@@ -5,6 +5,7 @@
 //! nothing the agent says about itself is used for it. The handler resolves the
 //! address and passes the [`Location`] in; this module only stores it.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use diesel::prelude::*;
@@ -92,6 +93,19 @@ pub fn get(conn: &mut DbConn, id: &str) -> Result<Agent> {
             what: "agent",
             code: "agent_not_found",
         })
+}
+
+/// The agents with these ids that exist, by id (one query, for a batch of requests).
+pub fn get_many(conn: &mut DbConn, ids: &[&str]) -> Result<HashMap<String, Agent>> {
+    let mut found = HashMap::new();
+    for chunk in ids.chunks(lastmile_storage::agents::BATCH_ROWS) {
+        let rows: Vec<Agent> = agents::table
+            .filter(agents::id.eq_any(chunk))
+            .select(Agent::as_select())
+            .load(conn)?;
+        found.extend(rows.into_iter().map(|a| (a.id.clone(), a)));
+    }
+    Ok(found)
 }
 
 /// Revokes one of the volunteer's agents (see [`lastmile_storage::agents::revoke`]): its

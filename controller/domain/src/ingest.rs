@@ -263,12 +263,7 @@ pub fn accept_many(
         // (whose late result may be stored) can have a result already: one still leased
         // and in time has none (an assignment is leased once; a re-offer is a new one),
         // so a batch of fresh results, the usual one, does not look.
-        let settled: Vec<&Assignment> = leased
-            .values()
-            .filter(|a| {
-                a.state != state::LEASED || a.lease_expires_at.is_none_or(|deadline| now > deadline)
-            })
-            .collect();
+        let settled: Vec<&Assignment> = leased.values().filter(|a| past_lease(a, now)).collect();
         // A result is received after its assignment was created: bounding the time lets
         // PostgreSQL look in the recent days' partitions only. By a day's margin, not
         // the creation itself: another replica's clock may run ahead of this one's, and
@@ -308,6 +303,12 @@ pub fn accept_many(
         fold_queue::enqueue(c, &written.queued)?;
         Ok(answers)
     })
+}
+
+/// Whether a result for `a` arriving `now` is late: its lease is over (run out, or the
+/// assignment closed or expired).
+fn past_lease(a: &Assignment, now: Micros) -> bool {
+    a.state != state::LEASED || a.lease_expires_at.is_none_or(|deadline| now > deadline)
 }
 
 /// What the requests of a batch stored, closed and queued so far.
@@ -355,10 +356,7 @@ fn accept_one(
                 Answer::Before(stored_before[&id])
             }
             (Ok(()), Some(assignment)) => {
-                let late = assignment.state != state::LEASED
-                    || assignment
-                        .lease_expires_at
-                        .is_none_or(|deadline| now > deadline);
+                let late = past_lease(assignment, now);
                 first_of.insert(id, new.len());
                 new.push(to_stored(sub, assignment, agent, now, late));
                 Answer::New(new.len() - 1)

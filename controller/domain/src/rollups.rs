@@ -370,12 +370,7 @@ fn hour_cells(
     from: Micros,
     to: Micros,
 ) -> Result<Vec<AggregateRow>> {
-    let mut rows = Vec::new();
-    each_hour_cell(conn, check_id, from, to, &mut |row| {
-        rows.push(row);
-        Ok(())
-    })?;
-    Ok(rows)
+    Ok(cells_store::hours(conn, check_id, from, to)?)
 }
 
 fn each_hour_cell(

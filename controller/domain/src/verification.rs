@@ -477,6 +477,13 @@ type Peers = Vec<(String, i64, i64)>;
 /// A cell's latest counted successes, newest first: (agent, volunteer, ttfb, total).
 type CellResults = Vec<(String, String, i64, i64)>;
 
+/// The (check, ASN, class) cell whose peers judge `r`.
+type CellKey = (String, i64, String);
+
+fn cell_of(r: &StoredResult) -> CellKey {
+    (r.check_id.clone(), r.asn, r.connection_class.clone())
+}
+
 /// The latest counted successes of the (check, ASN, class) cells a batch of requests
 /// has judged results in ([`MAX_PEER_RESULTS`] a cell), read once per cell and batch
 /// and kept up to date as the batch stores results: a later request of the batch sees
@@ -484,7 +491,7 @@ type CellResults = Vec<(String, String, i64, i64)>;
 /// the read.
 #[derive(Debug, Default)]
 pub struct PeerCells {
-    cells: HashMap<(String, i64, String), CellResults>,
+    cells: HashMap<CellKey, CellResults>,
 }
 
 impl PeerCells {
@@ -493,8 +500,7 @@ impl PeerCells {
         if r.late || r.error_kind.is_some() {
             return;
         }
-        let key = (r.check_id.clone(), r.asn, r.connection_class.clone());
-        if let Some(latest) = self.cells.get_mut(&key) {
+        if let Some(latest) = self.cells.get_mut(&cell_of(r)) {
             latest.insert(
                 0,
                 (
@@ -511,8 +517,9 @@ impl PeerCells {
 
 /// Judges the results one agent sends in one request, each before it is stored. What
 /// does not change between them is read once per request: whether the agent shares its
-/// address with another agent of its volunteer, its peers' recent results per (check,
-/// ASN, class), and the stored results whose numbers match any of the request's. The
+/// address with another agent of its volunteer and the stored results whose numbers
+/// match any of the request's; its peers' recent results per (check, ASN, class) once
+/// per batch of requests ([`PeerCells`]). The
 /// request's results are compared with each other as with stored ones (the first is
 /// the original, a later one with the same numbers a replay), so a request of many
 /// results is judged as the same results sent one by one would be.
@@ -525,7 +532,10 @@ pub struct Verifier<'a> {
     earlier: HashMap<Fingerprint, String>,
     /// Whether another agent of the volunteer has the same address.
     siblings: Option<bool>,
+    /// The batch's cells, and this agent's peers in them (the cells do not change while
+    /// one request is judged: its results join them once stored).
     cells: &'a mut PeerCells,
+    peers: HashMap<CellKey, Peers>,
 }
 
 impl<'a> Verifier<'a> {
@@ -565,6 +575,7 @@ impl<'a> Verifier<'a> {
             earlier: HashMap::new(),
             siblings: None,
             cells,
+            peers: HashMap::new(),
         })
     }
 
@@ -592,7 +603,7 @@ impl<'a> Verifier<'a> {
 
         if r.error_kind.is_none() && r.asn != 0 {
             let peers = self.peers_of(conn, r)?;
-            flags.extend(peer_disagreement(r, &peers));
+            flags.extend(peer_disagreement(r, peers));
         }
 
         if comparable(r) {
@@ -655,8 +666,11 @@ impl<'a> Verifier<'a> {
     /// volunteer's agents cannot vouch for each other. Read once per cell and batch
     /// ([`PeerCells`]), from the cell's latest [`MAX_PEER_RESULTS`] results (whoever
     /// measured them), so the cost is bounded however many results the cell holds.
-    fn peers_of(&mut self, conn: &mut DbConn, r: &StoredResult) -> Result<Peers> {
-        let key = (r.check_id.clone(), r.asn, r.connection_class.clone());
+    fn peers_of(&mut self, conn: &mut DbConn, r: &StoredResult) -> Result<&Peers> {
+        let key = cell_of(r);
+        if self.peers.contains_key(&key) {
+            return Ok(&self.peers[&key]);
+        }
         if !self.cells.cells.contains_key(&key) {
             let since = r.received_at - PEER_WINDOW_US;
             let latest: Vec<(String, String, i64, i64)> = results::table
@@ -679,11 +693,12 @@ impl<'a> Verifier<'a> {
                 .load(conn)?;
             self.cells.cells.insert(key.clone(), latest);
         }
-        Ok(self.cells.cells[&key]
+        let peers = self.cells.cells[&key]
             .iter()
             .filter(|(_, volunteer, _, _)| *volunteer != self.agent.volunteer_id)
             .map(|(agent, _, ttfb, total)| (agent.clone(), *ttfb, *total))
-            .collect())
+            .collect();
+        Ok(self.peers.entry(key).or_insert(peers))
     }
 }
 

@@ -5,7 +5,7 @@
 use diesel::prelude::*;
 use lastmile_protocol::Phase;
 
-use crate::schema::aggregates;
+use crate::schema::{aggregates, rollup_cells};
 
 /// One aggregate row as stored.
 #[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable, AsChangeset)]
@@ -53,7 +53,22 @@ impl AggregateRow {
     }
 }
 
-/// A check's hour cells starting in `[from, to)`, handed to `each` as they arrive.
+/// A check's hour cells starting in `[from, to)`.
+pub fn hours(
+    conn: &mut crate::DbConn,
+    check_id: &str,
+    from: i64,
+    to: i64,
+) -> QueryResult<Vec<AggregateRow>> {
+    aggregates::table
+        .filter(aggregates::check_id.eq(check_id))
+        .filter(aggregates::bucket_start.ge(from))
+        .filter(aggregates::bucket_start.lt(to))
+        .select(AggregateRow::as_select())
+        .load(conn)
+}
+
+/// [`hours`], each handed to `each` as it arrives (see [`for_each_row!`]).
 pub fn each_hour<E: From<diesel::result::Error>>(
     conn: &mut crate::DbConn,
     check_id: &str,
@@ -74,41 +89,40 @@ pub fn each_hour<E: From<diesel::result::Error>>(
     )
 }
 
-/// A check's rolled-up cells `span_us` long starting in `[from, to)`, handed to `each`
-/// as they arrive.
-pub fn each_rolled<E: From<diesel::result::Error>>(
-    conn: &mut crate::DbConn,
-    span_us: i64,
-    check_id: &str,
-    from: i64,
-    to: i64,
-    each: &mut dyn FnMut(AggregateRow) -> Result<(), E>,
-) -> Result<(), E> {
-    use crate::schema::rollup_cells as d;
-    // Rolled-up cells have the hour table's columns: read them into the same row type.
-    let query = d::table
-        .filter(d::check_id.eq(check_id))
-        .filter(d::span_us.eq(span_us))
-        .filter(d::bucket_start.ge(from))
-        .filter(d::bucket_start.lt(to))
-        .select((
-            d::check_id,
-            d::bucket_start,
-            d::country,
-            d::region,
-            d::asn,
-            d::connection_class,
-            d::successes,
-            d::failures,
-            d::dns_hist,
-            d::connect_hist,
-            d::tls_hist,
-            d::ttfb_hist,
-            d::transfer_hist,
-            d::total_hist,
-        ));
-    for_each_row!(conn, query, AggregateRow, each)
-}
+/// The columns of rolled-up cells that make an [`AggregateRow`] (the hour table's).
+type RolledColumns = (
+    rollup_cells::check_id,
+    rollup_cells::bucket_start,
+    rollup_cells::country,
+    rollup_cells::region,
+    rollup_cells::asn,
+    rollup_cells::connection_class,
+    rollup_cells::successes,
+    rollup_cells::failures,
+    rollup_cells::dns_hist,
+    rollup_cells::connect_hist,
+    rollup_cells::tls_hist,
+    rollup_cells::ttfb_hist,
+    rollup_cells::transfer_hist,
+    rollup_cells::total_hist,
+);
+
+const ROLLED_COLUMNS: RolledColumns = (
+    rollup_cells::check_id,
+    rollup_cells::bucket_start,
+    rollup_cells::country,
+    rollup_cells::region,
+    rollup_cells::asn,
+    rollup_cells::connection_class,
+    rollup_cells::successes,
+    rollup_cells::failures,
+    rollup_cells::dns_hist,
+    rollup_cells::connect_hist,
+    rollup_cells::tls_hist,
+    rollup_cells::ttfb_hist,
+    rollup_cells::transfer_hist,
+    rollup_cells::total_hist,
+);
 
 /// A check's rolled-up cells `span_us` long starting in `[from, to)`.
 pub fn rolled(
@@ -118,12 +132,33 @@ pub fn rolled(
     from: i64,
     to: i64,
 ) -> QueryResult<Vec<AggregateRow>> {
-    let mut rows = Vec::new();
-    each_rolled(conn, span_us, check_id, from, to, &mut |row| {
-        rows.push(row);
-        QueryResult::Ok(())
-    })?;
-    Ok(rows)
+    use crate::schema::rollup_cells as d;
+    d::table
+        .filter(d::check_id.eq(check_id))
+        .filter(d::span_us.eq(span_us))
+        .filter(d::bucket_start.ge(from))
+        .filter(d::bucket_start.lt(to))
+        .select(ROLLED_COLUMNS)
+        .load(conn)
+}
+
+/// [`rolled`], each handed to `each` as it arrives (see [`for_each_row!`]).
+pub fn each_rolled<E: From<diesel::result::Error>>(
+    conn: &mut crate::DbConn,
+    span_us: i64,
+    check_id: &str,
+    from: i64,
+    to: i64,
+    each: &mut dyn FnMut(AggregateRow) -> Result<(), E>,
+) -> Result<(), E> {
+    use crate::schema::rollup_cells as d;
+    let query = d::table
+        .filter(d::check_id.eq(check_id))
+        .filter(d::span_us.eq(span_us))
+        .filter(d::bucket_start.ge(from))
+        .filter(d::bucket_start.lt(to))
+        .select(ROLLED_COLUMNS);
+    for_each_row!(conn, query, AggregateRow, each)
 }
 
 /// Deletes a check's rolled-up cells of `span_us` starting before `before`.
