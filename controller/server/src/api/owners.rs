@@ -484,14 +484,16 @@ pub async fn report(
     Ok(match format {
         "csv" => HttpResponse::Ok()
             .content_type("text/csv; charset=utf-8")
-            // Saved under a name that says what it is: the check and the window's days.
+            // Saved under a name that says what it is: the check and the window's days,
+            // first and last (the window's end is not in it: a window ending at
+            // midnight ends on the day before).
             .insert_header((
                 "content-disposition",
                 format!(
                     "attachment; filename=\"lastmile-report-{}-{}-to-{}.csv\"",
                     report.check.id,
                     report.window.from.format("%Y-%m-%d"),
-                    report.window.to.format("%Y-%m-%d")
+                    (report.window.to - chrono::Duration::microseconds(1)).format("%Y-%m-%d")
                 ),
             ))
             .body(reports::to_csv(&report)),
