@@ -222,11 +222,15 @@ pub struct Request<'a> {
 /// Accepts several agents' requests in one transaction (group commit: the requests
 /// that arrived while the previous batch was written), each answered as [`accept`]
 /// would have answered it alone, in the order given: the requests are judged one after
-/// the other, each result stored before the next request is judged, so a copy, a
-/// replay or a farm sibling in an earlier request of the batch is seen as if it had
-/// committed first. What the requests share is paid once: locking the assignments,
-/// looking for results stored before, closing the assignments and queueing the fold,
-/// one statement each for the whole batch, and one commit. A request refused as a whole
+/// the other, each against the results of the requests before it, so a copy, a replay
+/// or a farm sibling in an earlier request of the batch is seen as if it had committed
+/// first. What the requests share is paid once: locking the assignments, looking for
+/// results stored before, the stored results with the batch's numbers and the agents'
+/// siblings (`verification::Batch`), writing the results (one `COPY` on PostgreSQL;
+/// earlier only when the same-address rule must read them), closing the assignments
+/// and queueing the fold, one statement each for the whole batch (or per
+/// [`KEYS_PER_LOOKUP`](lastmile_storage::agents::KEYS_PER_LOOKUP) keys), and one
+/// commit. A request refused as a whole
 /// (too many results) does not stop the others; an error of the database fails the
 /// batch, and the caller may then try its requests one by one.
 pub fn accept_many(
@@ -279,23 +283,38 @@ pub fn accept_many(
                     .into_iter()
                     .collect(),
             };
+        // What each submission is, request after request: answered now (refused, or
+        // stored before, by an earlier request of the batch too), or new.
+        let sorted: Vec<Result<Sorted>> = requests
+            .iter()
+            .zip(checked)
+            .map(|(request, checked)| {
+                checked.map(|checked| sort(*request, checked, &leased, &mut stored_before, now))
+            })
+            .collect();
+        let agents: Vec<&Agent> = requests.iter().map(|r| r.agent).collect();
+        let new: Vec<&StoredResult> = sorted.iter().flatten().flat_map(|s| &s.new).collect();
+        let mut batch = verification::Batch::read(c, &agents, &new)?;
         let mut written = Written::default();
         let mut answers = Vec::with_capacity(requests.len());
-        for (request, checked) in requests.iter().zip(checked) {
-            answers.push(match checked {
+        for (request, sorted) in requests.iter().zip(sorted) {
+            answers.push(match sorted {
                 Err(e) => Err(e),
-                Ok(checked) => Ok(accept_one(
+                Ok(sorted) => Ok(judge(
                     c,
-                    *request,
-                    checked,
-                    &leased,
-                    &mut stored_before,
-                    now,
+                    request.agent,
+                    sorted,
+                    &mut batch,
                     &mut written,
+                    now,
                 )?),
             });
         }
-        for chunk in written.closed.chunks(lastmile_storage::agents::BATCH_ROWS) {
+        written.store(c)?;
+        for chunk in written
+            .closed
+            .chunks(lastmile_storage::agents::KEYS_PER_LOOKUP)
+        {
             diesel::update(assignments::table.filter(assignments::id.eq_any(chunk)))
                 .set(assignments::state.eq(state::DONE))
                 .execute(c)?;
@@ -313,27 +332,47 @@ fn past_lease(a: &Assignment, now: Micros) -> bool {
 
 /// What the requests of a batch stored, closed and queued so far.
 #[derive(Default)]
-struct Written {
+struct Written<'a> {
+    /// Results judged and not yet written: written together (one `COPY` on
+    /// PostgreSQL) at the end of the batch, or before a judgement that reads them.
+    rows: Vec<StoredResult>,
+    /// Flagged results among `rows`, with their agent and flags.
+    flagged: Vec<(&'a Agent, usize, Vec<verification::Flag>)>,
     /// Assignments to close: their (timely) result is stored.
     closed: Vec<String>,
     queued: Vec<Queued>,
-    /// The peers' results of the cells judged so far, with the batch's own added.
-    cells: verification::PeerCells,
 }
 
-/// One request of [`accept_many`], its assignments locked and the results stored before
-/// it known (`stored_before`, to which it adds its own).
-fn accept_one(
-    c: &mut DbConn,
-    Request { agent, subs }: Request<'_>,
+impl Written<'_> {
+    /// Writes the results judged so far, and the flags of those flagged.
+    fn store(&mut self, c: &mut DbConn) -> Result<()> {
+        lastmile_storage::results::insert(c, &self.rows)?;
+        for (agent, i, flags) in self.flagged.drain(..) {
+            // Kept for operators, never counted or paid (see `verification`).
+            verification::record(c, agent, &self.rows[i], &flags)?;
+        }
+        self.rows.clear();
+        Ok(())
+    }
+}
+
+/// One request of a batch, its submissions sorted: the answer of each, and the new
+/// results, the first of each assignment in the request.
+struct Sorted<'a> {
+    subs: &'a [ResultSubmission],
+    answers: Vec<Answer>,
+    new: Vec<StoredResult>,
+}
+
+/// Sorts one request's submissions, its assignments locked and the results stored
+/// before it known (`stored_before`, to which it adds its own).
+fn sort<'a>(
+    Request { agent, subs }: Request<'a>,
     checked: Vec<Result<()>>,
     leased: &HashMap<String, Assignment>,
     stored_before: &mut HashMap<String, bool>,
     now: Micros,
-    written: &mut Written,
-) -> Result<Vec<Result<Submitted>>> {
-    // First what each submission is: answered now (refused, or stored before), or a
-    // new result to store (the first of its assignment in this request).
+) -> Sorted<'a> {
     let mut answers: Vec<Answer> = Vec::with_capacity(subs.len());
     let mut new: Vec<StoredResult> = Vec::new();
     let mut first_of: HashMap<String, usize> = HashMap::new();
@@ -357,6 +396,8 @@ fn accept_one(
             }
             (Ok(()), Some(assignment)) => {
                 let late = past_lease(assignment, now);
+                // A later request of the batch with this assignment finds it stored.
+                stored_before.insert(id.clone(), late);
                 first_of.insert(id, new.len());
                 new.push(to_stored(sub, assignment, agent, now, late));
                 Answer::New(new.len() - 1)
@@ -364,10 +405,25 @@ fn accept_one(
         };
         answers.push(answer);
     }
-    // Then judge the new ones, in order, each before it is stored, so that none is
-    // compared with itself and a replay within the request is caught as one across
-    // requests would be.
-    let mut verifier = verification::Verifier::new(c, agent, &new, &mut written.cells)?;
+    Sorted { subs, answers, new }
+}
+
+/// Judges one request's new results, in order, each before it is stored, so that none
+/// is compared with itself and a replay within the request is caught as one across
+/// requests would be; hands them to `written` and answers each submission.
+fn judge<'a>(
+    c: &mut DbConn,
+    agent: &'a Agent,
+    Sorted { subs, answers, new }: Sorted<'_>,
+    batch: &mut verification::Batch,
+    written: &mut Written<'a>,
+    now: Micros,
+) -> Result<Vec<Result<Submitted>>> {
+    if batch.has_siblings(agent) {
+        // The same-address rule reads the run's stored results: the batch's so far too.
+        written.store(c)?;
+    }
+    let mut verifier = verification::Verifier::new(agent, &new, batch);
     let mut flags: Vec<Vec<verification::Flag>> = Vec::with_capacity(new.len());
     for r in &new {
         flags.push(if r.late {
@@ -377,26 +433,7 @@ fn accept_one(
             verifier.verify(c, r)?
         });
     }
-    lastmile_storage::insert_rows!(c, results::table, &new);
-    for (r, flags) in new.iter().zip(&flags) {
-        // A later request of the batch with this assignment finds it stored.
-        stored_before.insert(r.assignment_id.clone(), r.late);
-        if r.late {
-            continue;
-        }
-        written.closed.push(r.assignment_id.clone());
-        if flags.is_empty() {
-            written.cells.stored(agent, r);
-            written.queued.push(Queued {
-                assignment_id: r.assignment_id.clone(),
-                run_id: r.run_id.clone(),
-                queued_at: now,
-            });
-        } else {
-            // Kept for operators, never counted or paid (see `verification`).
-            verification::record(c, agent, r, flags)?;
-        }
-    }
+    drop(verifier);
     let submitted = |sub: &ResultSubmission, i: usize, duplicate: bool| {
         let (r, flagged) = (&new[i], !flags[i].is_empty());
         Submitted {
@@ -406,7 +443,7 @@ fn accept_one(
             queued: !r.late && !flagged && !duplicate,
         }
     };
-    Ok(answers
+    let answered = answers
         .into_iter()
         .zip(subs)
         .map(|(answer, sub)| match answer {
@@ -420,7 +457,24 @@ fn accept_one(
             Answer::New(i) => Ok(submitted(sub, i, false)),
             Answer::Again(i) => Ok(submitted(sub, i, true)),
         })
-        .collect())
+        .collect();
+    for (r, flags) in new.into_iter().zip(flags) {
+        batch.stored(agent, &r, !r.late && flags.is_empty());
+        if !r.late {
+            written.closed.push(r.assignment_id.clone());
+            if flags.is_empty() {
+                written.queued.push(Queued {
+                    assignment_id: r.assignment_id.clone(),
+                    run_id: r.run_id.clone(),
+                    queued_at: now,
+                });
+            } else {
+                written.flagged.push((agent, written.rows.len(), flags));
+            }
+        }
+        written.rows.push(r);
+    }
+    Ok(answered)
 }
 
 /// What [`accept`] answers one submission, before the new results are judged.
@@ -449,19 +503,24 @@ fn ack(sub: &ResultSubmission, late: bool) -> ResultAck {
 /// on PostgreSQL (in id order, so two requests cannot deadlock; SQLite's single writer
 /// needs no lock).
 fn lock_assignments(conn: &mut DbConn, ids: &[String]) -> Result<HashMap<String, Assignment>> {
-    let query = || {
-        assignments::table
-            .filter(assignments::id.eq_any(ids))
-            .order(assignments::id)
-    };
-    let rows: Vec<Assignment> = match conn {
-        DbConn::Pg(c) => query()
-            .select(Assignment::as_select())
-            .for_update()
-            .load(c)?,
-        DbConn::Sqlite(c) => query().select(Assignment::as_select()).load(c)?,
-    };
-    Ok(rows.into_iter().map(|a| (a.id.clone(), a)).collect())
+    let mut locked = HashMap::with_capacity(ids.len());
+    // `ids` is sorted: chunk after chunk still locks in id order.
+    for chunk in ids.chunks(lastmile_storage::agents::KEYS_PER_LOOKUP) {
+        let query = || {
+            assignments::table
+                .filter(assignments::id.eq_any(chunk))
+                .order(assignments::id)
+        };
+        let rows: Vec<Assignment> = match conn {
+            DbConn::Pg(c) => query()
+                .select(Assignment::as_select())
+                .for_update()
+                .load(c)?,
+            DbConn::Sqlite(c) => query().select(Assignment::as_select()).load(c)?,
+        };
+        locked.extend(rows.into_iter().map(|a| (a.id.clone(), a)));
+    }
+    Ok(locked)
 }
 
 /// Results folded per transaction: large enough that a busy controller folds
@@ -492,7 +551,7 @@ pub fn fold_pending(conn: &mut DbConn, max: i64) -> Result<Folded> {
         // days' partitions.
         let received_from = oldest - crate::rollups::DAY_US;
         let mut rows: Vec<(StoredResult, String)> = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(lastmile_storage::agents::BATCH_ROWS) {
+        for chunk in ids.chunks(lastmile_storage::agents::KEYS_PER_LOOKUP) {
             rows.extend(
                 results::table
                     .inner_join(agents::table.on(agents::id.eq(results::agent_id)))

@@ -436,39 +436,49 @@ struct StoredPrint {
     bytes: i64,
 }
 
-/// Stored results received since `since`, other than `own`, whose (total, ttfb) pair is
-/// one of the candidates', oldest first; the other numbers are compared by the caller.
-/// The pairs are joined as a `VALUES` list, so each is one probe of the `(total_us,
-/// ttfb_us)` index per partition. (`total_us = ANY(..) AND ttfb_us = ANY(..)` probed
-/// every total with every ttfb: 2,500 probes a partition for a batch of 50, the one
-/// statement that grew with stored history.) The numbers are inlined (integers). The
-/// request's own results are left out here, not in SQL: `assignment_id NOT IN (50 ids)`
+/// Stored results received since `since` whose (total, ttfb) pair is one of the
+/// candidates', oldest first; the other numbers are compared by the caller. The pairs
+/// are a `VALUES` list, each one probe of the `(total_us, ttfb_us)` index per
+/// partition. (`total_us = ANY(..) AND ttfb_us = ANY(..)` probed every total
+/// with every ttfb: 2,500 probes a partition for a batch of 50, the one statement that
+/// grew with stored history.) The numbers are inlined (integers). A request's own
+/// results are left out by the caller, not in SQL: `assignment_id NOT IN (50 ids)`
 /// made PostgreSQL estimate each id against each partition's statistics, 7.4 ms of
-/// planning a request with 60 days stored (0.4 ms without it) and 28 ms under load,
-/// the one thing accepting a result paid for history.
+/// planning a request with 60 days stored (0.4 ms without it) and 28 ms under load, the
+/// one thing accepting a result paid for history.
 fn stored_prints(
     conn: &mut DbConn,
     candidates: &[&StoredResult],
-    own: &[&str],
     since: Micros,
 ) -> Result<Vec<StoredPrint>> {
     let pairs: std::collections::BTreeSet<(i64, i64)> =
         candidates.iter().map(|r| (r.total_us, r.ttfb_us)).collect();
     let values: Vec<String> = pairs.iter().map(|(t, f)| format!("({t}, {f})")).collect();
-    let own: HashSet<&str> = own.iter().copied().collect();
-    let rows: Vec<StoredPrint> = diesel::sql_query(format!(
-        "SELECT r.assignment_id, r.agent_id, r.dns_us, r.connect_us, r.tls_us, r.ttfb_us, \
-                r.transfer_us, r.total_us, r.bytes \
-         FROM results r JOIN (VALUES {}) AS w ON r.total_us = w.column1 AND r.ttfb_us = w.column2 \
-         WHERE r.received_at >= {since} \
-         ORDER BY r.received_at",
-        values.join(", ")
-    ))
-    .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .filter(|row| !own.contains(row.assignment_id.as_str()))
-        .collect())
+    let values = values.join(", ");
+    let columns = "assignment_id, agent_id, dns_us, connect_us, tls_us, ttfb_us, transfer_us, \
+                   total_us, bytes, received_at";
+    let query = match conn {
+        // Each pair is looked up by itself (a lateral subquery that `OFFSET 0` keeps
+        // from being merged into a join): one index probe a pair and partition,
+        // whatever the planner believes of a partition's size. Joined, a day's partition
+        // not yet analyzed (estimated small) was read whole and hashed, every batch.
+        DbConn::Pg(_) => format!(
+            "SELECT r.* FROM (VALUES {values}) AS w (total_us, ttfb_us) \
+             CROSS JOIN LATERAL ( \
+                 SELECT {columns} FROM results \
+                 WHERE total_us = w.total_us AND ttfb_us = w.ttfb_us AND received_at >= {since} \
+                 OFFSET 0) r \
+             ORDER BY r.received_at"
+        ),
+        // SQLite has no lateral join; its planner probes the index by each pair.
+        DbConn::Sqlite(_) => format!(
+            "SELECT {columns} FROM results r \
+             JOIN (VALUES {values}) AS w ON r.total_us = w.column1 AND r.ttfb_us = w.column2 \
+             WHERE r.received_at >= {since} \
+             ORDER BY r.received_at"
+        ),
+    };
+    Ok(diesel::sql_query(query).load(conn)?)
 }
 
 /// Peers' recent results in one (check, ASN, class) cell: (agent, ttfb, total).
@@ -515,45 +525,37 @@ impl PeerCells {
     }
 }
 
-/// Judges the results one agent sends in one request, each before it is stored. What
-/// does not change between them is read once per request: whether the agent shares its
-/// address with another agent of its volunteer and the stored results whose numbers
-/// match any of the request's; its peers' recent results per (check, ASN, class) once
-/// per batch of requests ([`PeerCells`]). The
-/// request's results are compared with each other as with stored ones (the first is
-/// the original, a later one with the same numbers a replay), so a request of many
-/// results is judged as the same results sent one by one would be.
-pub struct Verifier<'a> {
-    agent: &'a Agent,
-    /// Stored results with one of the request's fingerprints: the earliest of each,
-    /// (assignment, agent).
-    stored: HashMap<Fingerprint, (String, String)>,
-    /// Results of this request judged (or stored unjudged, late) so far.
-    earlier: HashMap<Fingerprint, String>,
-    /// Whether another agent of the volunteer has the same address.
-    siblings: Option<bool>,
-    /// The batch's cells, and this agent's peers in them (the cells do not change while
-    /// one request is judged: its results join them once stored).
-    cells: &'a mut PeerCells,
-    peers: HashMap<CellKey, Peers>,
+/// What verification reads once for a whole batch of requests (the controller's group
+/// commit), kept up to date as the batch's requests are judged and their results
+/// stored, so that each request is judged as if the earlier ones had committed:
+///
+/// - the results stored before the batch whose numbers match any of the batch's (one
+///   statement for the batch, not one a request), and the fingerprints of the results
+///   the batch stored since;
+/// - which of the batch's agents share their address with another agent of their
+///   volunteer (one statement);
+/// - the peers' latest results of each cell judged ([`PeerCells`], one read a cell).
+#[derive(Debug, Default)]
+pub struct Batch {
+    /// Stored before the batch, per fingerprint: (assignment, agent), oldest first.
+    stored: HashMap<Fingerprint, Vec<(String, String)>>,
+    /// Stored by the batch so far, per fingerprint: the first (assignment, agent).
+    batch: HashMap<Fingerprint, (String, String)>,
+    /// Agents of the batch that share their address with another of their volunteer's.
+    with_siblings: HashSet<String>,
+    cells: PeerCells,
 }
 
-impl<'a> Verifier<'a> {
-    /// A verifier for `agent`'s request carrying `results` (all of them, judged or not).
-    pub fn new(
-        conn: &mut DbConn,
-        agent: &'a Agent,
-        results: &[StoredResult],
-        cells: &'a mut PeerCells,
-    ) -> Result<Self> {
-        let candidates: Vec<&StoredResult> = results.iter().filter(|r| comparable(r)).collect();
-        let mut stored: HashMap<Fingerprint, (String, String)> = HashMap::new();
-        if !candidates.is_empty() {
+impl Batch {
+    /// Reads what the batch's `agents` and the new `results` they send (all of them,
+    /// judged or not) will be judged against.
+    pub fn read(conn: &mut DbConn, agents: &[&Agent], results: &[&StoredResult]) -> Result<Self> {
+        let mut batch = Batch::default();
+        let candidates: Vec<&StoredResult> =
+            results.iter().copied().filter(|r| comparable(r)).collect();
+        if let Some(first) = candidates.iter().map(|r| r.received_at).min() {
             let wanted: HashSet<Fingerprint> = candidates.iter().map(|r| fingerprint(r)).collect();
-            let own: Vec<&str> = results.iter().map(|r| r.assignment_id.as_str()).collect();
-            let since = results.iter().map(|r| r.received_at).min().unwrap_or(0) - COPY_WINDOW_US;
-            let rows = stored_prints(conn, &candidates, &own, since)?;
-            for row in rows {
+            for row in stored_prints(conn, &candidates, first - COPY_WINDOW_US)? {
                 let print = [
                     row.dns_us,
                     row.connect_us,
@@ -563,20 +565,104 @@ impl<'a> Verifier<'a> {
                     row.total_us,
                     row.bytes,
                 ];
-                let (assignment, agent_id) = (row.assignment_id, row.agent_id);
                 if wanted.contains(&print) {
-                    stored.entry(print).or_insert((assignment, agent_id));
+                    batch
+                        .stored
+                        .entry(print)
+                        .or_default()
+                        .push((row.assignment_id, row.agent_id));
                 }
             }
         }
-        Ok(Verifier {
+        batch.with_siblings = with_siblings(conn, agents)?;
+        Ok(batch)
+    }
+
+    /// Whether `agent` shares its address with another agent of its volunteer.
+    pub fn has_siblings(&self, agent: &Agent) -> bool {
+        self.with_siblings.contains(&agent.id)
+    }
+
+    /// `r`, just stored by `agent` (judged `clean` or not, or late and unjudged): a
+    /// later request of the batch with its numbers copies or replays it, and a clean one
+    /// is a peer of the later requests' results in its cell.
+    pub fn stored(&mut self, agent: &Agent, r: &StoredResult, clean: bool) {
+        if comparable(r) {
+            self.batch
+                .entry(fingerprint(r))
+                .or_insert_with(|| (r.assignment_id.clone(), agent.id.clone()));
+        }
+        if clean {
+            self.cells.stored(agent, r);
+        }
+    }
+}
+
+/// Which of `agents` share their address with another agent of their volunteer: one
+/// count per (volunteer, address) of the batch, by the `(volunteer_id, ip)` index.
+/// The lowest id tells whether a lone agent at the address is this one (its address
+/// may have changed since the batch read it).
+fn with_siblings(conn: &mut DbConn, agents: &[&Agent]) -> Result<HashSet<String>> {
+    if agents.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let volunteers: HashSet<&str> = agents.iter().map(|a| a.volunteer_id.as_str()).collect();
+    let ips: HashSet<&str> = agents.iter().map(|a| a.ip.as_str()).collect();
+    type Group = (String, String, i64, Option<String>);
+    let groups: HashMap<(String, String), (i64, Option<String>)> = agents::table
+        .filter(agents::volunteer_id.eq_any(volunteers))
+        .filter(agents::ip.eq_any(ips))
+        .group_by((agents::volunteer_id, agents::ip))
+        .select((
+            agents::volunteer_id,
+            agents::ip,
+            diesel::dsl::count_star(),
+            diesel::dsl::min(agents::id),
+        ))
+        .load::<Group>(conn)?
+        .into_iter()
+        .map(|(volunteer, ip, n, lowest)| ((volunteer, ip), (n, lowest)))
+        .collect();
+    Ok(agents
+        .iter()
+        .filter(
+            |a| match groups.get(&(a.volunteer_id.clone(), a.ip.clone())) {
+                None => false,
+                Some((n, lowest)) => *n > 1 || lowest.as_deref() != Some(a.id.as_str()),
+            },
+        )
+        .map(|a| a.id.clone())
+        .collect())
+}
+
+/// Judges the results one agent sends in one request, each before it is stored,
+/// against what the batch read ([`Batch`]). The request's results are compared with
+/// each other as with stored ones (the first is the original, a later one with the
+/// same numbers a replay), so a request of many results is judged as the same results
+/// sent one by one would be.
+pub struct Verifier<'a> {
+    agent: &'a Agent,
+    /// The request's own assignments: a stored result of one of them is this result
+    /// submitted again, not a copy.
+    own: HashSet<&'a str>,
+    /// Results of this request judged (or stored unjudged, late) so far.
+    earlier: HashMap<Fingerprint, String>,
+    batch: &'a mut Batch,
+    /// This agent's peers in the batch's cells (the cells do not change while one
+    /// request is judged: its results join them once stored).
+    peers: HashMap<CellKey, Peers>,
+}
+
+impl<'a> Verifier<'a> {
+    /// A verifier for `agent`'s request carrying `results` (all of them, judged or not).
+    pub fn new(agent: &'a Agent, results: &'a [StoredResult], batch: &'a mut Batch) -> Self {
+        Verifier {
             agent,
-            stored,
+            own: results.iter().map(|r| r.assignment_id.as_str()).collect(),
             earlier: HashMap::new(),
-            siblings: None,
-            cells,
+            batch,
             peers: HashMap::new(),
-        })
+        }
     }
 
     /// Remembers a result stored without judging (a late one): a later result of the
@@ -589,7 +675,29 @@ impl<'a> Verifier<'a> {
         }
     }
 
-    /// Judges a result about to be stored. Empty when it breaks no rule.
+    /// The earliest result with these numbers other than one of this request's own
+    /// assignments: stored before the batch, by an earlier request of the batch, or
+    /// earlier in this request. (assignment, agent).
+    fn original(&self, print: &Fingerprint) -> Option<(String, String)> {
+        let before = self.batch.stored.get(print).and_then(|stored| {
+            stored
+                .iter()
+                .find(|(assignment, _)| !self.own.contains(assignment.as_str()))
+        });
+        before
+            .or_else(|| self.batch.batch.get(print))
+            .cloned()
+            .or_else(|| {
+                self.earlier
+                    .get(print)
+                    .map(|a| (a.clone(), self.agent.id.clone()))
+            })
+    }
+
+    /// Judges a result about to be stored. Empty when it breaks no rule. The
+    /// same-address rule reads the run's stored results: the caller has stored the
+    /// batch's earlier results first when the agent has siblings
+    /// ([`Batch::has_siblings`]).
     pub fn verify(&mut self, conn: &mut DbConn, r: &StoredResult) -> Result<Vec<Flag>> {
         let agent = self.agent;
         let mut flags: Vec<Flag> = impossible(r).into_iter().collect();
@@ -607,13 +715,7 @@ impl<'a> Verifier<'a> {
         }
 
         if comparable(r) {
-            let print = fingerprint(r);
-            let original = self.stored.get(&print).cloned().or_else(|| {
-                self.earlier
-                    .get(&print)
-                    .map(|a| (a.clone(), agent.id.clone()))
-            });
-            if let Some((original, original_agent)) = original {
+            if let Some((original, original_agent)) = self.original(&fingerprint(r)) {
                 let rule = if original_agent == agent.id {
                     Rule::ReplayedResult
                 } else {
@@ -631,7 +733,7 @@ impl<'a> Verifier<'a> {
         }
         self.remember(r);
 
-        if self.has_siblings(conn)? {
+        if self.batch.has_siblings(agent) {
             lock_farm(conn, &r.run_id, agent)?;
             if let Some((counted, counted_agent)) = counted_sibling(conn, agent, r)? {
                 flags.push(Flag {
@@ -646,22 +748,6 @@ impl<'a> Verifier<'a> {
         Ok(flags)
     }
 
-    /// Whether another agent of the volunteer shares this agent's address (read once).
-    fn has_siblings(&mut self, conn: &mut DbConn) -> Result<bool> {
-        if let Some(known) = self.siblings {
-            return Ok(known);
-        }
-        let agent = self.agent;
-        let siblings: i64 = agents::table
-            .filter(agents::volunteer_id.eq(&agent.volunteer_id))
-            .filter(agents::ip.eq(&agent.ip))
-            .filter(agents::id.ne(&agent.id))
-            .count()
-            .get_result(conn)?;
-        self.siblings = Some(siblings > 0);
-        Ok(siblings > 0)
-    }
-
     /// Other volunteers' recent counted successes in `r`'s (check, ASN, class) cell: one
     /// volunteer's agents cannot vouch for each other. Read once per cell and batch
     /// ([`PeerCells`]), from the cell's latest [`MAX_PEER_RESULTS`] results (whoever
@@ -671,7 +757,8 @@ impl<'a> Verifier<'a> {
         if self.peers.contains_key(&key) {
             return Ok(&self.peers[&key]);
         }
-        if !self.cells.cells.contains_key(&key) {
+        let cells = &mut self.batch.cells.cells;
+        if !cells.contains_key(&key) {
             let since = r.received_at - PEER_WINDOW_US;
             let latest: Vec<(String, String, i64, i64)> = results::table
                 .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
@@ -691,9 +778,9 @@ impl<'a> Verifier<'a> {
                     results::total_us,
                 ))
                 .load(conn)?;
-            self.cells.cells.insert(key.clone(), latest);
+            cells.insert(key.clone(), latest);
         }
-        let peers = self.cells.cells[&key]
+        let peers = cells[&key]
             .iter()
             .filter(|(_, volunteer, _, _)| *volunteer != self.agent.volunteer_id)
             .map(|(agent, _, ttfb, total)| (agent.clone(), *ttfb, *total))

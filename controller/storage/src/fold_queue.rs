@@ -45,7 +45,7 @@ pub fn take(conn: &mut DbConn, max: i64) -> QueryResult<(Vec<String>, Option<i64
 /// Removes folded results from the queue.
 pub fn remove(conn: &mut DbConn, ids: &[String]) -> QueryResult<usize> {
     let mut removed = 0;
-    for chunk in ids.chunks(crate::agents::BATCH_ROWS) {
+    for chunk in ids.chunks(crate::agents::KEYS_PER_LOOKUP) {
         removed +=
             diesel::delete(fold_queue::table.filter(fold_queue::assignment_id.eq_any(chunk)))
                 .execute(conn)?;
