@@ -9,7 +9,7 @@ use crate::DbConn;
 
 /// One queued result.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = fold_queue)]
+#[diesel(table_name = fold_queue, treat_none_as_default_value = false)]
 pub struct Queued {
     pub assignment_id: String,
     pub run_id: String,
@@ -18,7 +18,7 @@ pub struct Queued {
 
 /// Queues results (inside the transaction that stores them).
 pub fn enqueue(conn: &mut DbConn, rows: &[Queued]) -> QueryResult<()> {
-    crate::insert_rows!(conn, fold_queue::table, rows);
+    crate::copy_rows!(conn, fold_queue::table, rows);
     Ok(())
 }
 

@@ -49,6 +49,27 @@ macro_rules! insert_rows {
     }};
 }
 
+/// Writes `$rows` as [`insert_rows!`] does, but with one binary `COPY` on PostgreSQL:
+/// no statement to plan and no parameter to bind per column and row, for the tables
+/// the accept path and the fold write a row a result to. Every field is written as it
+/// is (`None` as `NULL`, never the column's default): only for record types that derive
+/// `Insertable` with `treat_none_as_default_value = false`, or have no optional field.
+#[macro_export]
+macro_rules! copy_rows {
+    ($conn:expr, $table:expr, $rows:expr) => {{
+        use diesel::prelude::ExecuteCopyFromDsl as _;
+        let rows = $rows;
+        match $conn {
+            $crate::DbConn::Pg(c) => {
+                if !rows.is_empty() {
+                    diesel::copy_from($table).from_insertable(rows).execute(c)?;
+                }
+            }
+            conn @ $crate::DbConn::Sqlite(_) => $crate::insert_rows!(conn, $table, rows),
+        }
+    }};
+}
+
 /// Runs `$query` and hands each `$row` to `$each` (a `&mut dyn FnMut($row) -> Result<(),
 /// E>`) as it arrives, stopping at the first error. On PostgreSQL the rows are read one
 /// by one (libpq's single-row mode): a long answer (a report's cells, megabytes of

@@ -9,7 +9,7 @@ use crate::DbConn;
 
 /// One paid result.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
-#[diesel(table_name = result_payments)]
+#[diesel(table_name = result_payments, treat_none_as_default_value = false)]
 pub struct ResultPayment {
     pub assignment_id: String,
     pub transaction_id: String,
@@ -18,6 +18,6 @@ pub struct ResultPayment {
 
 /// Records payments (inside the transaction that posts them).
 pub fn record(conn: &mut DbConn, rows: &[ResultPayment]) -> QueryResult<()> {
-    crate::insert_rows!(conn, result_payments::table, rows);
+    crate::copy_rows!(conn, result_payments::table, rows);
     Ok(())
 }

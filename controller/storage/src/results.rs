@@ -59,23 +59,11 @@ impl StoredResult {
     }
 }
 
-/// Writes results (inside the caller's transaction). On PostgreSQL with one binary
-/// `COPY` however many there are (no statement to plan, no parameter to bind per column
-/// and row): the accept path, which writes a batch's hundreds of results at once, took
-/// 20.9k–22.4k results/s with it and 17.0k–18.5k with multi-row `INSERT`s of 1,000
-/// (`bench ingest --in-process --group 10`, alternated). SQLite inserts them one by
-/// one in its single writer's transaction.
+/// Writes results (inside the caller's transaction), with one `COPY` on PostgreSQL
+/// ([`copy_rows!`](crate::copy_rows)): the accept path, which writes a batch's hundreds
+/// of results at once, took 20.9k–22.4k results/s with it and 17.0k–18.5k with
+/// multi-row `INSERT`s of 1,000 (`bench ingest --in-process --group 10`, alternated).
 pub fn insert(conn: &mut DbConn, rows: &[StoredResult]) -> QueryResult<()> {
-    if rows.is_empty() {
-        return Ok(());
-    }
-    match conn {
-        DbConn::Pg(c) => {
-            diesel::copy_from(results::table)
-                .from_insertable(rows)
-                .execute(c)?;
-        }
-        DbConn::Sqlite(_) => crate::insert_rows!(conn, results::table, rows),
-    }
+    crate::copy_rows!(conn, results::table, rows);
     Ok(())
 }
