@@ -543,13 +543,17 @@ pub struct Folded {
 /// another controller).
 pub fn fold_pending(conn: &mut DbConn, max: i64) -> Result<Folded> {
     write_tx(conn, |c| {
-        let (ids, Some(oldest)) = fold_queue::take(c, max)? else {
+        let (ids, Some((oldest, newest))) = fold_queue::take(c, max)? else {
             return Ok(Folded::default());
         };
         // A result is queued in the transaction that receives it (`queued_at` is its
-        // `received_at`): a day's margin still lets PostgreSQL read only the recent
-        // days' partitions.
-        let received_from = oldest - crate::rollups::DAY_US;
+        // `received_at`): a day's margin either side still lets PostgreSQL read only
+        // the days' partitions around them (not the days created ahead, nor the
+        // default partition), each key probed in each partition read.
+        let (received_from, received_to) = (
+            oldest - crate::rollups::DAY_US,
+            newest + crate::rollups::DAY_US,
+        );
         let mut rows: Vec<(StoredResult, String)> = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(lastmile_storage::agents::KEYS_PER_LOOKUP) {
             rows.extend(
@@ -557,6 +561,7 @@ pub fn fold_pending(conn: &mut DbConn, max: i64) -> Result<Folded> {
                     .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
                     .filter(results::assignment_id.eq_any(chunk))
                     .filter(results::received_at.ge(received_from))
+                    .filter(results::received_at.le(received_to))
                     .select((StoredResult::as_select(), agents::volunteer_id))
                     .load::<(StoredResult, String)>(c)?,
             );

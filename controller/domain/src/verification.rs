@@ -436,7 +436,7 @@ struct StoredPrint {
     bytes: i64,
 }
 
-/// Stored results received since `since` whose (total, ttfb) pair is one of the
+/// Stored results received between `since` and `until` whose (total, ttfb) pair is one of the
 /// candidates', oldest first; the other numbers are compared by the caller. The pairs
 /// are a `VALUES` list, each one probe of the `(total_us, ttfb_us)` index per
 /// partition. (`total_us = ANY(..) AND ttfb_us = ANY(..)` probed every total
@@ -449,7 +449,7 @@ struct StoredPrint {
 fn stored_prints(
     conn: &mut DbConn,
     candidates: &[&StoredResult],
-    since: Micros,
+    (since, until): (Micros, Micros),
 ) -> Result<Vec<StoredPrint>> {
     let pairs: std::collections::BTreeSet<(i64, i64)> =
         candidates.iter().map(|r| (r.total_us, r.ttfb_us)).collect();
@@ -466,7 +466,8 @@ fn stored_prints(
             "SELECT r.* FROM (VALUES {values}) AS w (total_us, ttfb_us) \
              CROSS JOIN LATERAL ( \
                  SELECT {columns} FROM results \
-                 WHERE total_us = w.total_us AND ttfb_us = w.ttfb_us AND received_at >= {since} \
+                 WHERE total_us = w.total_us AND ttfb_us = w.ttfb_us \
+                   AND received_at >= {since} AND received_at <= {until} \
                  OFFSET 0) r \
              ORDER BY r.received_at"
         ),
@@ -474,7 +475,7 @@ fn stored_prints(
         DbConn::Sqlite(_) => format!(
             "SELECT {columns} FROM results r \
              JOIN (VALUES {values}) AS w ON r.total_us = w.column1 AND r.ttfb_us = w.column2 \
-             WHERE r.received_at >= {since} \
+             WHERE r.received_at >= {since} AND r.received_at <= {until} \
              ORDER BY r.received_at"
         ),
     };
@@ -553,9 +554,14 @@ impl Batch {
         let mut batch = Batch::default();
         let candidates: Vec<&StoredResult> =
             results.iter().copied().filter(|r| comparable(r)).collect();
-        if let Some(first) = candidates.iter().map(|r| r.received_at).min() {
+        let received = candidates.iter().map(|r| r.received_at);
+        if let Some((first, last)) = received.clone().min().zip(received.max()) {
             let wanted: HashSet<Fingerprint> = candidates.iter().map(|r| fingerprint(r)).collect();
-            for row in stored_prints(conn, &candidates, first - COPY_WINDOW_US)? {
+            // Up to a day past the batch: another replica's clock may run ahead of this
+            // one's; bounded, PostgreSQL leaves out the days' partitions created ahead
+            // and the default one.
+            let window = (first - COPY_WINDOW_US, last + RUN_WINDOW_US);
+            for row in stored_prints(conn, &candidates, window)? {
                 let print = [
                     row.dns_us,
                     row.connect_us,

@@ -22,12 +22,15 @@ pub fn enqueue(conn: &mut DbConn, rows: &[Queued]) -> QueryResult<()> {
     Ok(())
 }
 
+/// When the oldest and the newest of the results taken were queued.
+pub type QueuedSpan = (i64, i64);
+
 /// Takes up to `max` queued results, oldest first, for the caller's write transaction:
-/// their assignment ids and when the oldest was queued. On PostgreSQL the rows stay
+/// their assignment ids and when they were queued ([`QueuedSpan`]). On PostgreSQL the rows stay
 /// locked until it ends and rows another transaction holds are skipped (`FOR UPDATE
 /// SKIP LOCKED`), so several controllers fold side by side without taking the same
 /// result twice. SQLite's single writer does the same by itself.
-pub fn take(conn: &mut DbConn, max: i64) -> QueryResult<(Vec<String>, Option<i64>)> {
+pub fn take(conn: &mut DbConn, max: i64) -> QueryResult<(Vec<String>, Option<QueuedSpan>)> {
     let query = || {
         fold_queue::table
             .order(fold_queue::queued_at)
@@ -38,8 +41,11 @@ pub fn take(conn: &mut DbConn, max: i64) -> QueryResult<(Vec<String>, Option<i64
         DbConn::Pg(c) => query().for_update().skip_locked().load(c)?,
         DbConn::Sqlite(c) => query().load(c)?,
     };
-    let oldest = rows.first().map(|r| r.1);
-    Ok((rows.into_iter().map(|r| r.0).collect(), oldest))
+    let span = rows
+        .first()
+        .zip(rows.last())
+        .map(|(first, last)| (first.1, last.1));
+    Ok((rows.into_iter().map(|r| r.0).collect(), span))
 }
 
 /// Removes folded results from the queue.
