@@ -89,39 +89,30 @@ pub fn each_hour<E: From<diesel::result::Error>>(
     )
 }
 
-/// The columns of rolled-up cells that make an [`AggregateRow`] (the hour table's).
-type RolledColumns = (
-    rollup_cells::check_id,
-    rollup_cells::bucket_start,
-    rollup_cells::country,
-    rollup_cells::region,
-    rollup_cells::asn,
-    rollup_cells::connection_class,
-    rollup_cells::successes,
-    rollup_cells::failures,
-    rollup_cells::dns_hist,
-    rollup_cells::connect_hist,
-    rollup_cells::tls_hist,
-    rollup_cells::ttfb_hist,
-    rollup_cells::transfer_hist,
-    rollup_cells::total_hist,
-);
+/// Names the columns of rolled-up cells that make an [`AggregateRow`] (the hour
+/// table's) once, as the selection's type and as its value.
+macro_rules! rolled_columns {
+    ($($column:ident),* $(,)?) => {
+        type RolledColumns = ($(rollup_cells::$column,)*);
+        const ROLLED_COLUMNS: RolledColumns = ($(rollup_cells::$column,)*);
+    };
+}
 
-const ROLLED_COLUMNS: RolledColumns = (
-    rollup_cells::check_id,
-    rollup_cells::bucket_start,
-    rollup_cells::country,
-    rollup_cells::region,
-    rollup_cells::asn,
-    rollup_cells::connection_class,
-    rollup_cells::successes,
-    rollup_cells::failures,
-    rollup_cells::dns_hist,
-    rollup_cells::connect_hist,
-    rollup_cells::tls_hist,
-    rollup_cells::ttfb_hist,
-    rollup_cells::transfer_hist,
-    rollup_cells::total_hist,
+rolled_columns!(
+    check_id,
+    bucket_start,
+    country,
+    region,
+    asn,
+    connection_class,
+    successes,
+    failures,
+    dns_hist,
+    connect_hist,
+    tls_hist,
+    ttfb_hist,
+    transfer_hist,
+    total_hist,
 );
 
 /// A check's rolled-up cells `span_us` long starting in `[from, to)`.
