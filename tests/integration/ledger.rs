@@ -21,6 +21,7 @@ per_backend!(
     a_check_shows_its_price_and_scarce_lines_and_countries_cost_more,
     concurrent_runs_cannot_spend_the_same_credit,
     a_scheduled_run_without_credit_is_skipped_and_other_owners_checks_go_on,
+    credit_is_held_for_open_and_queued_work_of_the_owner_only,
 );
 
 /// A verified site and a check of it measured by `agents_per_run` agents.
@@ -256,5 +257,105 @@ async fn a_scheduled_run_without_credit_is_skipped_and_other_owners_checks_go_on
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(runs_of(broke.clone(), checks[0].clone()).await, 0);
+    app.controller.stop().await.unwrap();
+}
+
+/// What a run's admission holds: the owner's assignments still open, and those whose
+/// result is accepted and waits in the fold queue, at the run's price; never another
+/// owner's work, nor what is folded (paid) or expired.
+async fn credit_is_held_for_open_and_queued_work_of_the_owner_only(db: TestDb) {
+    use diesel::RunQueryDsl;
+    let app = TestApp::quiet(&db).await;
+    let site = target_site().await;
+    let key = app.volunteer("v");
+    for i in 2..=4 {
+        app.agent(Ipv4Addr::new(127, 0, 0, i), &key, "fibre", 1)
+            .await;
+    }
+    let (owner_id, owner) = app.owner_with_credit("owner", 1_000);
+    let (_, other) = app.owner_with_credit("other", 1_000);
+    for who in [&owner, &other] {
+        let check = check(&app, who, &site, 3).await;
+        let (status, run) = app
+            .call(
+                "POST",
+                &format!("/api/v1/checks/{check}/runs"),
+                Some(who),
+                None,
+            )
+            .await;
+        assert_eq!(status, 201, "{run}");
+    }
+    let held = || async {
+        let (_, me) = app.get("/api/v1/me/balance", &owner).await;
+        me["held_minor"].as_i64().unwrap()
+    };
+    assert_eq!(held().await, 15, "three open assignments at 5 cents");
+
+    // One of the owner's results accepted and waiting to be folded, one expired: the
+    // queued one is still held, the expired one no longer.
+    let mut conn = app.db().conn().unwrap();
+    let mine: Vec<(String, String)> = {
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            id: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            run_id: String,
+        }
+        let rows: Vec<Row> = diesel::sql_query(format!(
+            "SELECT a.id, a.run_id FROM assignments a JOIN checks c ON c.id = a.check_id \
+             WHERE c.owner_id = '{owner_id}' ORDER BY a.id"
+        ))
+        .load(&mut conn)
+        .unwrap();
+        rows.into_iter().map(|r| (r.id, r.run_id)).collect()
+    };
+    assert_eq!(mine.len(), 3);
+    let theirs: (String, String) = {
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            id: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            run_id: String,
+        }
+        let row: Row = diesel::sql_query(format!(
+            "SELECT a.id, a.run_id FROM assignments a JOIN checks c ON c.id = a.check_id \
+             WHERE c.owner_id <> '{owner_id}' LIMIT 1"
+        ))
+        .get_result(&mut conn)
+        .unwrap();
+        (row.id, row.run_id)
+    };
+    let (queued, run) = &mine[0];
+    let expired = &mine[1].0;
+    for sql in [
+        format!("UPDATE assignments SET state = 'done' WHERE id = '{queued}'"),
+        format!(
+            "INSERT INTO fold_queue (assignment_id, run_id, queued_at) VALUES ('{queued}', '{run}', 1)"
+        ),
+        format!("UPDATE assignments SET state = 'expired' WHERE id = '{expired}'"),
+        // The other owner's queued result is theirs to pay.
+        format!("UPDATE assignments SET state = 'done' WHERE id = '{}'", theirs.0),
+        format!(
+            "INSERT INTO fold_queue (assignment_id, run_id, queued_at) VALUES ('{}', '{}', 2)",
+            theirs.0, theirs.1
+        ),
+    ] {
+        diesel::sql_query(sql).execute(&mut conn).unwrap();
+    }
+    drop(conn);
+    assert_eq!(held().await, 10, "one open, one queued");
+
+    // Folded: out of the queue, no longer held (it is paid by then).
+    let mut conn = app.db().conn().unwrap();
+    diesel::sql_query(format!(
+        "DELETE FROM fold_queue WHERE assignment_id = '{queued}'"
+    ))
+    .execute(&mut conn)
+    .unwrap();
+    drop(conn);
+    assert_eq!(held().await, 5, "one open");
     app.controller.stop().await.unwrap();
 }

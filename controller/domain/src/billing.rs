@@ -26,12 +26,10 @@ use utoipa::ToSchema;
 
 use crate::check_terms::StoredCheck;
 use crate::error::{Error, Result};
-use lastmile_storage::assignments::state;
 use lastmile_storage::checks::Check;
 use lastmile_storage::result_payments::{self, ResultPayment};
 use lastmile_storage::schema::{
-    assignments, checks, fold_queue, ledger_accounts, ledger_postings, ledger_transactions, owners,
-    runs,
+    checks, ledger_accounts, ledger_postings, ledger_transactions, owners, runs,
 };
 use lastmile_storage::{write_tx, DbConn};
 
@@ -45,32 +43,40 @@ pub fn price_of(check: &Check) -> Money {
 /// Credit held for the owner's assignments that are still pending or leased, or whose
 /// result is accepted and still queued for folding: each will be paid for, at its run's
 /// admitted price, when its result is folded.
+///
+/// Called by every run's admission, so it costs what the owner has in flight, never the
+/// history: open assignments are found through the owner's checks and the index of open
+/// assignments by check (`assignments_open_check`), queued results through the fold
+/// queue (seconds of results), each queued run's owner looked up by key (a scalar
+/// subquery, which no plan turns into a walk over the owner's runs, which never age
+/// out); the two sets are disjoint (a result is queued by the transaction that closes
+/// its assignment). The states are literals in the text so that PostgreSQL
+/// proves the partial index usable in a generic plan too; an `OR` of the two sets, as
+/// this was written before, read the whole `assignments` table every time.
 pub fn held_for_assignments(conn: &mut DbConn, owner_id: &str) -> Result<Money> {
-    let open: Vec<(String, Option<i64>, Option<String>, i64)> = assignments::table
-        .inner_join(checks::table)
-        .inner_join(runs::table)
-        .filter(checks::owner_id.eq(owner_id))
-        .filter(
-            assignments::state
-                .eq_any([state::PENDING, state::LEASED])
-                .or(assignments::id.eq_any(fold_queue::table.select(fold_queue::assignment_id))),
-        )
-        .group_by((runs::id, runs::price_minor, runs::price_currency))
-        .select((
-            runs::id,
-            runs::price_minor,
-            runs::price_currency,
-            diesel::dsl::count_star(),
-        ))
-        .load(conn)?;
+    #[derive(QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        run_id: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    let held: Vec<Held> = diesel::sql_query(
+        "SELECT a.run_id, COUNT(*) AS n FROM checks c JOIN assignments a ON a.check_id = c.id \
+          WHERE c.owner_id = $1 AND a.state IN ('pending', 'leased') GROUP BY a.run_id \
+         UNION ALL \
+         SELECT q.run_id, q.n FROM (SELECT run_id, COUNT(*) AS n FROM fold_queue GROUP BY run_id) q \
+          WHERE (SELECT c.owner_id FROM runs r JOIN checks c ON c.id = r.check_id \
+                  WHERE r.id = q.run_id) = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(owner_id)
+    .load(conn)?;
+    let run_ids: Vec<&str> = held.iter().map(|h| h.run_id.as_str()).collect();
+    let terms = runs_terms(conn, &run_ids)?;
     let mut minor = 0;
-    for (run_id, price_minor, currency, count) in open {
-        // Only a run from before prices were kept with runs costs a lookup of its check.
-        let price = match admitted_price(&run_id, price_minor, currency)? {
-            Some(price) => price,
-            None => run_terms(conn, &run_id)?.price,
-        };
-        minor += price.minor * count;
+    for h in &held {
+        let price = terms.get(&h.run_id).map_or(0, |t| t.price.minor);
+        minor += price * h.n;
     }
     Ok(Money::new(minor, pricing::PRICE_CURRENCY))
 }

@@ -580,7 +580,6 @@ pub fn fold_pending(conn: &mut DbConn, max: i64) -> Result<Folded> {
             })
             .collect();
         let unpaid = billing::pay_for_results(c, &to_pay)?;
-        fold_queue::remove(c, &ids)?;
         Ok(Folded {
             results: rows.len(),
             unpaid,

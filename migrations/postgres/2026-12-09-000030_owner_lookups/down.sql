@@ -1,0 +1,2 @@
+DROP INDEX assignments_open_check;
+DROP INDEX checks_owner;
