@@ -19,6 +19,7 @@ per_backend!(
     runs_spread_over_countries_equally_or_in_proportion,
     runs_rotate_over_the_agents_least_recently_used_first,
     a_failed_slot_goes_to_the_best_agent_left,
+    a_group_with_fewer_agents_than_the_census_counted_leaves_its_slots_to_the_others,
 );
 
 /// Agents from the test place `place` (index into [`PLACES`]): `n` of them, of `class`;
@@ -282,5 +283,64 @@ async fn a_failed_slot_goes_to_the_best_agent_left(db: crate::support::TestDb) {
         .await
         .unwrap();
     assert_eq!(outcome.unclaimed, 0);
+    app.controller.stop().await.unwrap();
+}
+
+/// A scheduler pass counts the eligible agents once ([`agent_choice::Census`]) for all
+/// of its runs; an agent that stops being eligible meanwhile is not chosen, and the
+/// slots its group cannot fill go to the groups that still have agents.
+async fn a_group_with_fewer_agents_than_the_census_counted_leaves_its_slots_to_the_others(
+    db: crate::support::TestDb,
+) {
+    use lastmile_domain::agent_choice::{self, Census, Pool};
+    use lastmile_domain::check_terms::StoredCheck;
+    let (app, site, owner, key) = scene::start(&db).await;
+    let german: Vec<String> = agents_at(&app, &key, 0, "dsl", 3)
+        .await
+        .iter()
+        .map(|t| agent_id(&app, t))
+        .collect();
+    let american: Vec<String> = agents_at(&app, &key, 1, "cable", 3)
+        .await
+        .iter()
+        .map(|t| agent_id(&app, t))
+        .collect();
+    let check = app
+        .site_check(
+            &owner,
+            &site,
+            site.origin(),
+            json!({"agents_per_run": 4, "spread": "equal"}),
+        )
+        .await;
+    let mut conn = app.db().conn().unwrap();
+    let check = lastmile_storage::checks::get_any(&mut conn, &check).unwrap();
+    let selection = check.selection();
+    let pool = Pool {
+        check_id: &check.id,
+        selection: &selection,
+        kind: lastmile_protocol::CheckKind::Http,
+        since: now_us() - app.controller.state.policy.online_window_us,
+        run_id: None,
+    };
+    let census = Census::take(&mut conn, pool.since).unwrap();
+    assert_eq!(census.count(&pool), 6);
+    // Two of the German agents are revoked after the count.
+    diesel::update(agents_t::table.filter(agents_t::id.eq_any(&german[..2])))
+        .set(agents_t::revoked_at.eq(Some(now_us())))
+        .execute(&mut conn)
+        .unwrap();
+    let choice = agent_choice::choose(&mut conn, &census, &pool, 4).unwrap();
+    let chosen: HashSet<&String> = choice.agents.iter().collect();
+    assert_eq!(chosen.len(), 4, "{choice:?}");
+    assert!(chosen.contains(&german[2]), "{choice:?}");
+    for agent in &american {
+        assert!(
+            chosen.contains(agent),
+            "the American group fills the German slot: {choice:?}"
+        );
+    }
+    assert_eq!(choice.groups.len(), 4);
+    drop(conn);
     app.controller.stop().await.unwrap();
 }

@@ -8,25 +8,33 @@
 //!
 //! The choice, for `n` slots:
 //!
-//! 1. One grouped query counts the eligible agents per **group** (country, network,
-//!    connection class), with when this check last used each group's least recently used
-//!    agent. The selection's filters are applied to the groups (few rows), not to agents.
+//! 1. A [`Census`] counts the eligible agents per **group** (country, network,
+//!    connection class) and the kinds they measure: one grouped query a scheduler pass,
+//!    shared by every run the pass creates, whatever their checks. The selection's
+//!    filters and the check's kind are applied to the groups (few rows), not to agents;
+//!    `check_groups` gives when this check last took an agent from each group.
 //! 2. [`shares`] shares the slots out over the countries, each country's share over its
 //!    networks, each network's over its classes: in proportion to their agents or equally
-//!    ([`Spread`]). Where the arithmetic leaves a tie, the group whose best agent waited
-//!    longest wins, then chance: over runs, the slots go round.
+//!    ([`Spread`]). Where the arithmetic leaves a tie, the group this check took an agent
+//!    from least recently (never before anyone) wins, then chance: over runs, the slots
+//!    go round.
 //! 3. One query per group that got a share takes that many of its agents, least recently
-//!    used by this check first (never used before anyone), ties at random.
+//!    used by this check first (never used before anyone), ties at random. A group that
+//!    has fewer than its count (the census is of the pass's start, and a run's own agents
+//!    are not chosen twice) gives what it has, and the slots left are shared again over
+//!    the groups that still have agents.
 //!
-//! `check_agents` remembers when each agent last measured each check (written for the
-//! chosen agents only). The same choice for one slot re-offers an assignment whose lease
-//! ran out, or which its planned agent never came for, to the best agent not yet in the
-//! run, from the same group as the one that failed when it has one left.
+//! `check_agents` remembers when each agent last measured each check and `check_groups`
+//! when each check last took an agent from each group (written for the chosen agents
+//! and their groups only). The same choice for one slot re-offers an assignment whose
+//! lease ran out, or which its planned agent never came for, to the best agent not yet
+//! in the run, from the same group as the one that failed when it has one left.
 //!
-//! Cost: the grouped count reads every online eligible agent once per run (an index
-//! range on `last_heartbeat_at`), the picks read each chosen group's agents; nothing
-//! loads agents into the controller's memory, and a run writes rows for its chosen
-//! agents only.
+//! Cost: the census reads every online eligible agent once per scheduler pass (an index
+//! range on `last_heartbeat_at`), not once per run; a run reads its check's group
+//! memory (at most one row per group) and the chosen groups' agents (an index on the
+//! group); nothing loads agents into the controller's memory, and a run writes rows for
+//! its chosen agents and their groups only.
 
 use std::cmp::Reverse;
 use std::collections::BTreeMap;
@@ -71,8 +79,7 @@ pub struct Group {
     pub class: String,
     #[diesel(sql_type = BigInt)]
     pub agents: i64,
-    /// When this check last used the group's least recently used agent; -1: one of its
-    /// agents never measured this check.
+    /// When this check last took an agent from the group; -1: never.
     #[diesel(sql_type = BigInt)]
     pub oldest_use: i64,
 }
@@ -101,6 +108,17 @@ pub struct Choice {
     pub eligible: u64,
     /// The chosen ones, at most the slots asked for.
     pub agents: Vec<String>,
+    /// The group each chosen agent was taken from, index for index.
+    pub groups: Vec<GroupKey>,
+}
+
+/// A group's (country, network, class).
+pub type GroupKey = (String, i64, String);
+
+impl Group {
+    fn key(&self) -> GroupKey {
+        (self.country.clone(), self.asn, self.class.clone())
+    }
 }
 
 /// The eligible agents' table, joined with their last use by the pool's check, left
@@ -118,53 +136,182 @@ const COUNTRY: &str = "COALESCE(a.country, '')";
 const ASN: &str = "COALESCE(a.asn, -1)";
 const CLASS: &str = "COALESCE(a.measured_class, a.declared_class)";
 
-/// The eligible agents of the pool, counted per group, in group order.
-pub fn eligible_groups(conn: &mut DbConn, pool: &Pool) -> Result<Vec<Group>> {
-    let groups: Vec<Group> = diesel::sql_query(format!(
-        "SELECT {COUNTRY} AS country, {ASN} AS asn, {CLASS} AS class, \
-                COUNT(*) AS agents, MIN(COALESCE(u.last_run_at, -1)) AS oldest_use \
-         {ELIGIBLE} GROUP BY {COUNTRY}, {ASN}, {CLASS} ORDER BY 1, 2, 3"
-    ))
+/// The network's eligible agents (online since a time, not revoked, calibrated, not
+/// paused) counted per group and the kinds they measure: read once and used for every
+/// run a scheduler pass creates, so the cost of reading every online agent is paid per
+/// pass, not per run.
+#[derive(Debug, Clone, Default)]
+pub struct Census {
+    rows: Vec<CensusRow>,
+}
+
+#[derive(Debug, Clone, QueryableByName)]
+struct CensusRow {
+    #[diesel(sql_type = Text)]
+    country: String,
+    #[diesel(sql_type = BigInt)]
+    asn: i64,
+    #[diesel(sql_type = Text)]
+    class: String,
+    /// The kinds the agents measure, comma-separated as agents report them.
+    #[diesel(sql_type = Text)]
+    kinds: String,
+    #[diesel(sql_type = BigInt)]
+    agents: i64,
+}
+
+impl Census {
+    /// Counts the agents that heartbeat at or after `since`.
+    pub fn take(conn: &mut DbConn, since: Micros) -> Result<Census> {
+        let rows: Vec<CensusRow> = diesel::sql_query(format!(
+            "SELECT {COUNTRY} AS country, {ASN} AS asn, {CLASS} AS class, \
+                    a.check_kinds AS kinds, COUNT(*) AS agents \
+             FROM agents a \
+             WHERE a.last_heartbeat_at >= $1 AND a.revoked_at IS NULL \
+               AND a.calibrated_at IS NOT NULL AND a.paused_reason IS NULL \
+             GROUP BY {COUNTRY}, {ASN}, {CLASS}, a.check_kinds"
+        ))
+        .bind::<BigInt, _>(since)
+        .load(conn)?;
+        Ok(Census { rows })
+    }
+
+    /// The groups of agents that measure `kind` and pass `selection`'s filters, in
+    /// group order, each used by no check yet (`oldest_use` -1).
+    fn groups(&self, selection: &Selection, kind: CheckKind) -> Vec<Group> {
+        let mut counted: BTreeMap<GroupKey, i64> = BTreeMap::new();
+        for row in &self.rows {
+            if row.kinds.split(',').any(|k| k == kind.as_str()) {
+                *counted
+                    .entry((row.country.clone(), row.asn, row.class.clone()))
+                    .or_default() += row.agents;
+            }
+        }
+        counted
+            .into_iter()
+            .map(|((country, asn, class), agents)| Group {
+                country,
+                asn,
+                class,
+                agents,
+                oldest_use: -1,
+            })
+            .filter(|g| g.matches(selection))
+            .collect()
+    }
+
+    /// How many agents the pool has.
+    pub fn count(&self, pool: &Pool) -> u64 {
+        self.groups(pool.selection, pool.kind)
+            .iter()
+            .map(|g| g.agents.max(0) as u64)
+            .sum()
+    }
+}
+
+/// The pool's groups with when its check last took an agent from each.
+fn eligible_groups(conn: &mut DbConn, census: &Census, pool: &Pool) -> Result<Vec<Group>> {
+    let mut groups = census.groups(pool.selection, pool.kind);
+    if pool.check_id.is_empty() || groups.is_empty() {
+        return Ok(groups);
+    }
+    #[derive(QueryableByName)]
+    struct Used {
+        #[diesel(sql_type = Text)]
+        country: String,
+        #[diesel(sql_type = BigInt)]
+        asn: i64,
+        #[diesel(sql_type = Text)]
+        class: String,
+        #[diesel(sql_type = BigInt)]
+        last_used_at: i64,
+    }
+    let used: Vec<Used> = diesel::sql_query(
+        "SELECT country, asn, class, last_used_at FROM check_groups WHERE check_id = $1",
+    )
     .bind::<Text, _>(pool.check_id)
-    .bind::<BigInt, _>(pool.since)
-    .bind::<Text, _>(kind_pattern(pool.kind))
-    .bind::<Text, _>(pool.run_id.unwrap_or(""))
     .load(conn)?;
-    Ok(groups
+    let used: BTreeMap<GroupKey, i64> = used
         .into_iter()
-        .filter(|g| g.matches(pool.selection))
-        .collect())
+        .map(|u| ((u.country, u.asn, u.class), u.last_used_at))
+        .collect();
+    for g in &mut groups {
+        g.oldest_use = used.get(&g.key()).copied().unwrap_or(-1);
+    }
+    Ok(groups)
 }
 
 fn kind_pattern(kind: CheckKind) -> String {
     format!("%,{},%", kind.as_str())
 }
 
-/// How many agents the pool has.
-pub fn count(conn: &mut DbConn, pool: &Pool) -> Result<u64> {
-    Ok(eligible_groups(conn, pool)?
-        .iter()
-        .map(|g| g.agents.max(0) as u64)
-        .sum())
-}
+/// Rounds of sharing: a round after the first happens only when a group had fewer
+/// agents than its count, and each such group drops out; four rounds leave a slot
+/// empty only when groups keep running dry one after the other.
+const ROUNDS: usize = 4;
 
 /// Chooses up to `n` agents of the pool, spread and rotated (see the module's text).
-pub fn choose(conn: &mut DbConn, pool: &Pool, n: u64) -> Result<Choice> {
-    let groups = eligible_groups(conn, pool)?;
+pub fn choose(conn: &mut DbConn, census: &Census, pool: &Pool, n: u64) -> Result<Choice> {
+    let mut groups = eligible_groups(conn, census, pool)?;
     let eligible = groups.iter().map(|g| g.agents.max(0) as u64).sum();
-    let shares = shares(&groups, n, pool.selection.spread, &mut rand::thread_rng());
-    let mut agents = Vec::new();
-    for (group, share) in groups.iter().zip(shares) {
-        if share > 0 {
-            agents.extend(pick(conn, pool, group, share)?);
+    let mut choice = Choice {
+        eligible,
+        ..Choice::default()
+    };
+    // What each group has given so far.
+    let mut given = vec![0u64; groups.len()];
+    for _ in 0..ROUNDS {
+        let left = n.saturating_sub(choice.agents.len() as u64);
+        if left == 0 {
+            break;
+        }
+        let open: Vec<Group> = groups
+            .iter()
+            .zip(&given)
+            .map(|(g, &given)| Group {
+                agents: (g.agents.max(0) as u64).saturating_sub(given) as i64,
+                ..g.clone()
+            })
+            .collect();
+        let shares = shares(&open, left, pool.selection.spread, &mut rand::thread_rng());
+        let mut ran_dry = false;
+        for (i, share) in shares.into_iter().enumerate() {
+            if share == 0 {
+                continue;
+            }
+            // The group's best agents again, past the ones it already gave.
+            let picked = pick(conn, pool, &groups[i], given[i] + share)?;
+            let new: Vec<String> = picked
+                .into_iter()
+                .filter(|a| !choice.agents.contains(a))
+                .take(share as usize)
+                .collect();
+            if (new.len() as u64) < share {
+                // Fewer than counted: it gives no more.
+                groups[i].agents = (given[i] + new.len() as u64) as i64;
+                ran_dry = true;
+            }
+            given[i] += new.len() as u64;
+            for agent in new {
+                choice.agents.push(agent);
+                choice.groups.push(groups[i].key());
+            }
+        }
+        if !ran_dry {
+            break;
         }
     }
-    Ok(Choice { eligible, agents })
+    Ok(choice)
 }
 
 /// The best agent of the pool for one more slot: from `like`'s group (the agent that
 /// failed the slot) while it has eligible agents left, else as a choice of one.
-pub fn replacement(conn: &mut DbConn, pool: &Pool, like: Option<&str>) -> Result<Option<String>> {
+pub fn replacement(
+    conn: &mut DbConn,
+    census: &Census,
+    pool: &Pool,
+    like: Option<&str>,
+) -> Result<Choice> {
     if let Some(like) = like {
         let failed: Option<Agent> = agents::table
             .find(like)
@@ -181,12 +328,16 @@ pub fn replacement(conn: &mut DbConn, pool: &Pool, like: Option<&str>) -> Result
             };
             if group.matches(pool.selection) {
                 if let Some(agent) = pick(conn, pool, &group, 1)?.into_iter().next() {
-                    return Ok(Some(agent));
+                    return Ok(Choice {
+                        eligible: 0,
+                        agents: vec![agent],
+                        groups: vec![group.key()],
+                    });
                 }
             }
         }
     }
-    Ok(choose(conn, pool, 1)?.agents.into_iter().next())
+    choose(conn, census, pool, 1)
 }
 
 /// Up to `n` eligible agents of `group`, least recently used by the pool's check first.
@@ -213,15 +364,32 @@ fn pick(conn: &mut DbConn, pool: &Pool, group: &Group, n: u64) -> Result<Vec<Str
     Ok(picked.into_iter().map(|r| r.id).collect())
 }
 
-/// Records that `agents` measure a run of `check_id` created `at`: the rotation's memory.
-pub fn record_use(conn: &mut DbConn, check_id: &str, agents: &[String], at: Micros) -> Result<()> {
-    for agent in agents {
+/// Records that the chosen agents measure a run of `check_id` created `at`, and that
+/// the check took agents from their groups then: the rotation's memory.
+pub fn record_use(conn: &mut DbConn, check_id: &str, chosen: &Choice, at: Micros) -> Result<()> {
+    for agent in &chosen.agents {
         diesel::sql_query(
             "INSERT INTO check_agents (check_id, agent_id, last_run_at) VALUES ($1, $2, $3) \
              ON CONFLICT (check_id, agent_id) DO UPDATE SET last_run_at = excluded.last_run_at",
         )
         .bind::<Text, _>(check_id)
         .bind::<Text, _>(agent)
+        .bind::<BigInt, _>(at)
+        .execute(conn)?;
+    }
+    let mut groups: Vec<&GroupKey> = chosen.groups.iter().collect();
+    groups.sort_unstable();
+    groups.dedup();
+    for (country, asn, class) in groups {
+        diesel::sql_query(
+            "INSERT INTO check_groups (check_id, country, asn, class, last_used_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (check_id, country, asn, class) \
+             DO UPDATE SET last_used_at = excluded.last_used_at",
+        )
+        .bind::<Text, _>(check_id)
+        .bind::<Text, _>(country)
+        .bind::<BigInt, _>(*asn)
+        .bind::<Text, _>(class)
         .bind::<BigInt, _>(at)
         .execute(conn)?;
     }

@@ -47,7 +47,7 @@ use crate::histogram;
 use crate::{billing, checks, verification};
 use lastmile_storage::assignments::{state, Assignment};
 use lastmile_storage::fold_queue::{self, Queued};
-use lastmile_storage::schema::{agents, aggregates, assignments, results};
+use lastmile_storage::schema::{aggregates, assignments, results};
 use lastmile_storage::{write_tx, DbConn};
 
 pub use lastmile_storage::aggregates::AggregateRow;
@@ -554,18 +554,8 @@ pub fn fold_pending(conn: &mut DbConn, max: i64) -> Result<Folded> {
             oldest - crate::rollups::DAY_US,
             newest + crate::rollups::DAY_US,
         );
-        let mut rows: Vec<(StoredResult, String)> = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(lastmile_storage::agents::KEYS_PER_LOOKUP) {
-            rows.extend(
-                results::table
-                    .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
-                    .filter(results::assignment_id.eq_any(chunk))
-                    .filter(results::received_at.ge(received_from))
-                    .filter(results::received_at.le(received_to))
-                    .select((StoredResult::as_select(), agents::volunteer_id))
-                    .load::<(StoredResult, String)>(c)?,
-            );
-        }
+        let mut rows =
+            lastmile_storage::results::with_volunteers(c, &ids, (received_from, received_to))?;
         rows.sort_by(|(a, _), (b, _)| {
             (a.received_at, &a.assignment_id).cmp(&(b.received_at, &b.assignment_id))
         });

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::agent_choice::{self, Pool};
+use crate::agent_choice::{self, Census, Pool};
 use crate::agents::Agent;
 use crate::billing;
 use crate::check_terms::{Selection, StoredCheck, TaskSpec};
@@ -109,7 +109,7 @@ pub fn count_eligible(
         since: now - policy.online_window_us,
         run_id: None,
     };
-    Ok(agent_choice::count(conn, &pool)? as usize)
+    Ok(Census::take(conn, pool.since)?.count(&pool) as usize)
 }
 
 /// Creates a run of `check` now: chooses its agents and creates their pending
@@ -125,19 +125,22 @@ pub fn create_run(
     policy: &SchedulingPolicy,
     now: Micros,
 ) -> Result<RunView> {
-    create_run_claiming(conn, check, policy, now, None)?
+    create_run_claiming(conn, check, policy, now, None, &mut None)?
         .ok_or_else(|| Error::Internal("a run without a claim was not made".into()))
 }
 
 /// [`create_run`], and with `claim: Some(next)` first, in the same transaction, the
 /// scheduler's claim on the due check (its next run time moved on to `next`). `None`
-/// (and nothing written) when the claim found the check already claimed.
+/// (and nothing written) when the claim found the check already claimed. `census`: the
+/// eligible agents counted at `now`, taken (in the run's transaction) when `None`, for
+/// the next runs of the same pass to share.
 fn create_run_claiming(
     conn: &mut DbConn,
     check: &Check,
     policy: &SchedulingPolicy,
     now: Micros,
     claim: Option<Option<Micros>>,
+    census: &mut Option<Census>,
 ) -> Result<Option<RunView>> {
     let selection = check.selection();
     let spec = TaskSpec::of_check(check)?;
@@ -158,7 +161,8 @@ fn create_run_claiming(
             since: now - policy.online_window_us,
             run_id: None,
         };
-        let chosen = agent_choice::choose(c, &pool, u64::from(selection.agents_per_run))?;
+        let census = taken(census, c, pool.since)?;
+        let chosen = agent_choice::choose(c, census, &pool, u64::from(selection.agents_per_run))?;
         let requested = chosen.agents.len();
         billing::admit_run(c, &check.owner_id, price, requested as u32)?;
         if chosen.eligible == 0 {
@@ -179,7 +183,7 @@ fn create_run_claiming(
         for agent in &chosen.agents {
             plan_in(c, &run_id, agent)?;
         }
-        agent_choice::record_use(c, &check.id, &chosen.agents, now)?;
+        agent_choice::record_use(c, &check.id, &chosen, now)?;
         for _ in 0..requested {
             diesel::insert_into(assignments::table)
                 .values(&Assignment::new_pending(&run_id, &check.id, 1, now))
@@ -191,6 +195,18 @@ fn create_run_claiming(
         return Ok(None);
     }
     run_view(conn, &run_id).map(Some)
+}
+
+/// The pass's census, taken now if this is the pass's first need of it.
+fn taken<'a>(
+    census: &'a mut Option<Census>,
+    conn: &mut DbConn,
+    since: Micros,
+) -> Result<&'a Census> {
+    if census.is_none() {
+        *census = Some(Census::take(conn, since)?);
+    }
+    Ok(census.get_or_insert_with(Census::default))
 }
 
 /// Plans `agent` into the run: it may lease one of the run's pending assignments.
@@ -214,6 +230,7 @@ fn plan_replacement(
     failed: Option<&str>,
     policy: &SchedulingPolicy,
     now: Micros,
+    census: &mut Option<Census>,
 ) -> Result<Option<String>> {
     let run: RunRow = runs::table
         .find(run_id)
@@ -236,12 +253,14 @@ fn plan_replacement(
         since: now - policy.online_window_us,
         run_id: Some(run_id),
     };
-    let found = agent_choice::replacement(conn, &pool, failed)?;
-    if let Some(agent) = &found {
-        plan_in(conn, run_id, agent)?;
-        agent_choice::record_use(conn, &check.id, std::slice::from_ref(agent), now)?;
-    }
-    Ok(found)
+    let census = taken(census, conn, pool.since)?;
+    let found = agent_choice::replacement(conn, census, &pool, failed)?;
+    let Some(agent) = found.agents.first() else {
+        return Ok(None);
+    };
+    plan_in(conn, run_id, agent)?;
+    agent_choice::record_use(conn, &check.id, &found, now)?;
+    Ok(Some(agent.clone()))
 }
 
 /// Moves a due check's next run time on to `next` if it is still the time `check` was
@@ -537,6 +556,7 @@ pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Resu
             DbConn::Sqlite(sq) => overdue().select(Assignment::as_select()).load(sq)?,
         };
         let mut outcome = ExpiryOutcome::default();
+        let mut census = None;
         for a in overdue {
             let changed = diesel::update(assignments::table.find(&a.id))
                 .filter(assignments::state.eq(state::LEASED))
@@ -560,11 +580,18 @@ pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Resu
                     ))
                     .execute(c)?;
                 // Whoever else the run planned has, or had, an assignment of its own.
-                plan_replacement(c, &a.run_id, a.agent_id.as_deref(), policy, now)?;
+                plan_replacement(
+                    c,
+                    &a.run_id,
+                    a.agent_id.as_deref(),
+                    policy,
+                    now,
+                    &mut census,
+                )?;
                 outcome.reoffered += 1;
             }
         }
-        outcome.unclaimed = offer_unclaimed(c, policy, now)?;
+        outcome.unclaimed = offer_unclaimed(c, policy, now, &mut census)?;
         let past_deadline = runs::table
             .filter(runs::deadline_at.le(now))
             .select(runs::id);
@@ -583,7 +610,12 @@ pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Resu
 /// agents went offline, or stayed busy): each gets one more planned agent, from the
 /// group of a planned agent that never came when it can, and is offered anew (its
 /// offer time moves to now, which wakes the run's agents and starts a new window).
-fn offer_unclaimed(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Result<u32> {
+fn offer_unclaimed(
+    conn: &mut DbConn,
+    policy: &SchedulingPolicy,
+    now: Micros,
+    census: &mut Option<Census>,
+) -> Result<u32> {
     let waited: Vec<(String, String)> = assignments::table
         .inner_join(runs::table)
         .filter(assignments::state.eq(state::PENDING))
@@ -609,7 +641,14 @@ fn offer_unclaimed(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) ->
             .order(run_agents::agent_id)
             .load(conn)?;
         for (i, id) in ids.into_iter().enumerate() {
-            plan_replacement(conn, run_id, absent.get(i).map(String::as_str), policy, now)?;
+            plan_replacement(
+                conn,
+                run_id,
+                absent.get(i).map(String::as_str),
+                policy,
+                now,
+                census,
+            )?;
             diesel::update(assignments::table.find(id))
                 .filter(assignments::state.eq(state::PENDING))
                 .set(assignments::created_at.eq(now))
@@ -633,12 +672,14 @@ pub fn run_due_checks(
         .select(Check::as_select())
         .load(conn)?;
     let mut created = Vec::new();
+    // The eligible agents are counted once for all of the pass's runs.
+    let mut census = None;
     for check in due {
         // The claim is made in the run's own transaction: two controller replicas never
         // both run a check (only the one whose update matched the old time goes on), and
         // a controller that dies midway leaves the check due, not claimed without a run.
         let next = check.interval_s.map(|s| now + s * 1_000_000);
-        match create_run_claiming(conn, &check, policy, now, Some(next)) {
+        match create_run_claiming(conn, &check, policy, now, Some(next), &mut census) {
             Ok(Some(run)) => created.push(run),
             Ok(None) => {}
             // One owner out of credit must not hold up everyone else's checks, nor be

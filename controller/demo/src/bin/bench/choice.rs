@@ -5,7 +5,9 @@
 //! for 10 agents anywhere, in proportion and equally, and prints the time a run's
 //! creation takes (the grouped count, the picks, the rows written), the time to count
 //! the eligible agents (the dashboard's live count), and how many distinct agents the
-//! runs used (rotation: every run new agents while any are left).
+//! runs used (rotation: every run new agents while any are left). Then `--runs` checks
+//! fall due at once and one scheduler pass creates their runs: the time a run takes
+//! when the pass's runs share one count of the eligible agents.
 //!
 //! Flags: `--steps 10000,100000` (agents), `--runs N` (per step and spread, default
 //! 20), `--pg URL` (admin URL; a scratch database is created and dropped).
@@ -160,6 +162,33 @@ fn bench(backend: &str, db: &Db, agents_n: usize, runs_n: usize) -> anyhow::Resu
             runs_n * 10,
         );
     }
+    // A scheduler pass: `runs_n` checks due at once share one census of the eligible
+    // agents, as the scheduler's runs do (the runs above, made one at a time as "run
+    // now" makes them, count the agents for each).
+    let now = clock::now_us();
+    let copies: Vec<lastmile_storage::checks::Check> = (0..runs_n)
+        .map(|i| {
+            let mut c = check.clone();
+            c.id = format!("{}-due-{i}", check.id);
+            c.next_run_at = Some(now - 1);
+            c.interval_s = Some(300);
+            c.spread = Spread::Proportional.as_str().to_owned();
+            c.agents_per_run = 10;
+            c
+        })
+        .collect();
+    lastmile_storage::write_tx(&mut conn, |c| {
+        lastmile_storage::insert_rows!(c, checks_t::table, &copies);
+        Ok::<_, lastmile_storage::DbError>(())
+    })?;
+    let t = Instant::now();
+    let made = scheduling::run_due_checks(&mut conn, &policy, now)?;
+    let pass_ms = t.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "  {backend:<9} {agents_n:>8} scheduler pass: {} runs in {pass_ms:.1} ms, {:.1} ms a run",
+        made.len(),
+        pass_ms / made.len().max(1) as f64
+    );
     eprintln!(
         "  ({backend}: {agents_n} agents written in {:.1} s)",
         filled.as_secs_f64()
