@@ -295,39 +295,14 @@ async fn credit_is_held_for_open_and_queued_work_of_the_owner_only(db: TestDb) {
     // One of the owner's results accepted and waiting to be folded, one expired: the
     // queued one is still held, the expired one no longer.
     let mut conn = app.db().conn().unwrap();
-    let mine: Vec<(String, String)> = {
-        #[derive(diesel::QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            id: String,
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            run_id: String,
-        }
-        let rows: Vec<Row> = diesel::sql_query(format!(
-            "SELECT a.id, a.run_id FROM assignments a JOIN checks c ON c.id = a.check_id \
-             WHERE c.owner_id = '{owner_id}' ORDER BY a.id"
-        ))
-        .load(&mut conn)
-        .unwrap();
-        rows.into_iter().map(|r| (r.id, r.run_id)).collect()
-    };
+    let mine = assignments_where(
+        &mut conn,
+        &format!("c.owner_id = '{owner_id}' ORDER BY a.id"),
+    );
     assert_eq!(mine.len(), 3);
-    let theirs: (String, String) = {
-        #[derive(diesel::QueryableByName)]
-        struct Row {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            id: String,
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            run_id: String,
-        }
-        let row: Row = diesel::sql_query(format!(
-            "SELECT a.id, a.run_id FROM assignments a JOIN checks c ON c.id = a.check_id \
-             WHERE c.owner_id <> '{owner_id}' LIMIT 1"
-        ))
-        .get_result(&mut conn)
+    let theirs = assignments_where(&mut conn, &format!("c.owner_id <> '{owner_id}' LIMIT 1"))
+        .pop()
         .unwrap();
-        (row.id, row.run_id)
-    };
     let (queued, run) = &mine[0];
     let expired = &mine[1].0;
     for sql in [
@@ -358,4 +333,27 @@ async fn credit_is_held_for_open_and_queued_work_of_the_owner_only(db: TestDb) {
     drop(conn);
     assert_eq!(held().await, 5, "one open");
     app.controller.stop().await.unwrap();
+}
+
+/// (id, run) of the assignments whose check matches `condition` (SQL over `a`
+/// assignments and `c` checks).
+fn assignments_where(
+    conn: &mut lastmile_storage::DbConn,
+    condition: &str,
+) -> Vec<(String, String)> {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        id: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        run_id: String,
+    }
+    let rows: Vec<Row> = diesel::sql_query(format!(
+        "SELECT a.id, a.run_id FROM assignments a JOIN checks c ON c.id = a.check_id \
+         WHERE {condition}"
+    ))
+    .load(conn)
+    .unwrap();
+    rows.into_iter().map(|r| (r.id, r.run_id)).collect()
 }
