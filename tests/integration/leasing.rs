@@ -20,6 +20,7 @@ per_backend!(
     runs_only_go_to_agents_matching_the_selection,
     a_leased_task_carries_the_checks_expectations,
     page_runs_only_go_to_agents_that_can_load_pages,
+    pending_work_of_a_run_past_its_deadline_is_given_up_and_no_other,
 );
 
 /// A check of the site's home page with `selection` (the site verified first).
@@ -303,4 +304,55 @@ async fn page_runs_only_go_to_agents_that_can_load_pages(db: TestDb) {
     };
     assert_eq!(kinds_leased(old).await, ["http"]);
     assert_eq!(kinds_leased(new).await, ["http", "page"]);
+}
+
+/// At its deadline a run's slots no agent took are given up (expired), and the run is
+/// finished; a run still in time keeps its pending slots.
+async fn pending_work_of_a_run_past_its_deadline_is_given_up_and_no_other(db: TestDb) {
+    let (app, site, owner, key) = scene::start(&db).await;
+    let mut agents = Vec::new();
+    for i in 2..=4 {
+        agents.push(app.agent(Ipv4Addr::new(127, 0, 0, i), &key, "dsl", 1).await);
+    }
+    let check = check_on_site(&app, &owner, &site, json!({"agents_per_run": 3})).await;
+    let (status, old) = app.ask_run(&owner, &check).await;
+    assert_eq!(status, 201, "{old}");
+    // One agent takes its slot; the other two slots wait.
+    let (_, taken) = app.lease(&agents[0], 1).await;
+    assert_eq!(taken["tasks"].as_array().unwrap().len(), 1, "{taken}");
+
+    // The expiry pass runs just past the run's deadline (its leases still in time), with
+    // a second run created just before it, still in time.
+    // (Meanwhile the agents heartbeat: they are still online then.)
+    let policy = scheduling::SchedulingPolicy {
+        online_window_us: 10 * app.controller.state.policy.run_deadline_us,
+        ..app.controller.state.policy
+    };
+    let at_deadline = now_us() + policy.run_deadline_us + 1;
+    let mut conn = app.db().conn().unwrap();
+    let check_row = lastmile_storage::checks::get_any(&mut conn, &check).unwrap();
+    let live = scheduling::create_run(&mut conn, &check_row, &policy, at_deadline - 2).unwrap();
+    assert_eq!(live.pending, 3, "{live:?}");
+    let outcome = scheduling::expire(&mut conn, &policy, at_deadline).unwrap();
+    assert_eq!(outcome.abandoned, 2, "{outcome:?}");
+    drop(conn);
+
+    let run_path = |id: &Value| format!("/api/v1/checks/{check}/runs/{}", id.as_str().unwrap());
+    let (_, old) = app.get(&run_path(&old["id"]), &owner).await;
+    // The leased slot is the lease's to keep or lose; the two waiting ones are given up.
+    assert_eq!(old["pending"], 0, "{old}");
+    assert_eq!(
+        old["leased"].as_u64().unwrap() + old["expired"].as_u64().unwrap(),
+        3,
+        "{old}"
+    );
+    let (_, live) = app
+        .get(&run_path(&json!(live.id.to_string())), &owner)
+        .await;
+    assert_eq!(
+        (&live["pending"], &live["expired"]),
+        (&json!(3), &json!(0)),
+        "{live}"
+    );
+    app.controller.stop().await.unwrap();
 }

@@ -592,18 +592,42 @@ pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Resu
             }
         }
         outcome.unclaimed = offer_unclaimed(c, policy, now, &mut census)?;
-        let past_deadline = runs::table
-            .filter(runs::deadline_at.le(now))
-            .select(runs::id);
-        outcome.abandoned = diesel::update(
-            assignments::table
-                .filter(assignments::state.eq(state::PENDING))
-                .filter(assignments::run_id.eq_any(past_deadline)),
-        )
-        .set(assignments::state.eq(state::EXPIRED))
-        .execute(c)? as u32;
+        outcome.abandoned = abandon_past_deadline(c, now)?;
         Ok(outcome)
     })
+}
+
+/// Gives up the pending assignments of runs past their deadline; returns how many.
+/// Three steps, each the size of the work pending, never of the history: the runs
+/// with pending assignments (the open-assignments index), which of them are past their
+/// deadline (by key), then their pending assignments (by run). As one statement with
+/// `run_id IN (runs past their deadline)`, the planner was free to read every run ever
+/// made (`runs` has no index on its deadline) every pass.
+fn abandon_past_deadline(conn: &mut DbConn, now: Micros) -> Result<u32> {
+    let with_pending: Vec<String> = assignments::table
+        .filter(assignments::state.eq(state::PENDING))
+        .select(assignments::run_id)
+        .distinct()
+        .load(conn)?;
+    let mut abandoned = 0;
+    for chunk in with_pending.chunks(lastmile_storage::agents::KEYS_PER_LOOKUP) {
+        let past: Vec<String> = runs::table
+            .filter(runs::id.eq_any(chunk))
+            .filter(runs::deadline_at.le(now))
+            .select(runs::id)
+            .load(conn)?;
+        if past.is_empty() {
+            continue;
+        }
+        abandoned += diesel::update(
+            assignments::table
+                .filter(assignments::state.eq(state::PENDING))
+                .filter(assignments::run_id.eq_any(&past)),
+        )
+        .set(assignments::state.eq(state::EXPIRED))
+        .execute(conn)?;
+    }
+    Ok(u32::try_from(abandoned).unwrap_or(u32::MAX))
 }
 
 /// Pending assignments of live runs that waited out the offer window (their planned
