@@ -145,14 +145,27 @@ pub struct Census {
     rows: Vec<CensusRow>,
 }
 
+/// A group's columns as the census and `check_groups` name them.
 #[derive(Debug, Clone, QueryableByName)]
-struct CensusRow {
+struct GroupColumns {
     #[diesel(sql_type = Text)]
     country: String,
     #[diesel(sql_type = BigInt)]
     asn: i64,
     #[diesel(sql_type = Text)]
     class: String,
+}
+
+impl GroupColumns {
+    fn key(&self) -> GroupKey {
+        (self.country.clone(), self.asn, self.class.clone())
+    }
+}
+
+#[derive(Debug, Clone, QueryableByName)]
+struct CensusRow {
+    #[diesel(embed)]
+    group: GroupColumns,
     /// The kinds the agents measure, comma-separated as agents report them.
     #[diesel(sql_type = Text)]
     kinds: String,
@@ -182,9 +195,7 @@ impl Census {
         let mut counted: BTreeMap<GroupKey, i64> = BTreeMap::new();
         for row in &self.rows {
             if row.kinds.split(',').any(|k| k == kind.as_str()) {
-                *counted
-                    .entry((row.country.clone(), row.asn, row.class.clone()))
-                    .or_default() += row.agents;
+                *counted.entry(row.group.key()).or_default() += row.agents;
             }
         }
         counted
@@ -217,12 +228,8 @@ fn eligible_groups(conn: &mut DbConn, census: &Census, pool: &Pool) -> Result<Ve
     }
     #[derive(QueryableByName)]
     struct Used {
-        #[diesel(sql_type = Text)]
-        country: String,
-        #[diesel(sql_type = BigInt)]
-        asn: i64,
-        #[diesel(sql_type = Text)]
-        class: String,
+        #[diesel(embed)]
+        group: GroupColumns,
         #[diesel(sql_type = BigInt)]
         last_used_at: i64,
     }
@@ -233,7 +240,7 @@ fn eligible_groups(conn: &mut DbConn, census: &Census, pool: &Pool) -> Result<Ve
     .load(conn)?;
     let used: BTreeMap<GroupKey, i64> = used
         .into_iter()
-        .map(|u| ((u.country, u.asn, u.class), u.last_used_at))
+        .map(|u| (u.group.key(), u.last_used_at))
         .collect();
     for g in &mut groups {
         g.oldest_use = used.get(&g.key()).copied().unwrap_or(-1);

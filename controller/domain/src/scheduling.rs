@@ -203,10 +203,10 @@ fn taken<'a>(
     conn: &mut DbConn,
     since: Micros,
 ) -> Result<&'a Census> {
-    if census.is_none() {
-        *census = Some(Census::take(conn, since)?);
-    }
-    Ok(census.get_or_insert_with(Census::default))
+    Ok(match census {
+        Some(taken) => taken,
+        None => census.insert(Census::take(conn, since)?),
+    })
 }
 
 /// Plans `agent` into the run: it may lease one of the run's pending assignments.
