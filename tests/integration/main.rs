@@ -45,6 +45,7 @@ mod replicas;
 mod reports;
 mod results;
 mod retention;
+mod run_history;
 mod run_results;
 mod run_terms;
 mod site_verification;

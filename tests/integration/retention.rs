@@ -165,7 +165,8 @@ async fn raw_results_past_retention_age_out_and_nothing_counted_from_them_change
             Aged {
                 days_dropped: 5,
                 results_deleted: 0,
-                flags_deleted: 0
+                flags_deleted: 0,
+                runs: Default::default(),
             }
         );
         let days = retention::partitioned_days(&mut conn).unwrap();
@@ -183,7 +184,8 @@ async fn raw_results_past_retention_age_out_and_nothing_counted_from_them_change
             Aged {
                 days_dropped: 0,
                 results_deleted: 5,
-                flags_deleted: 1
+                flags_deleted: 1,
+                runs: Default::default(),
             }
         );
     }

@@ -46,6 +46,7 @@ pub mod recent;
 pub mod reports;
 pub mod retention;
 pub mod rollups;
+pub mod run_history;
 pub mod run_results;
 pub mod scheduling;
 pub mod sites;

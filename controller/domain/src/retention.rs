@@ -17,7 +17,8 @@
 //!
 //! Both backends drop exactly the results received before the start of the UTC day
 //! `keep_days` before today, never one still queued for folding, and their flags with
-//! them. Passes from several replicas serialise on an advisory lock (PostgreSQL).
+//! them; then the runs whose results are all gone lose their per-slot rows
+//! ([`crate::run_history::archive`]). Passes from several replicas serialise on an advisory lock (PostgreSQL).
 
 use chrono::{TimeZone, Utc};
 use diesel::connection::SimpleConnection;
@@ -50,6 +51,8 @@ pub struct Aged {
     pub results_deleted: u64,
     /// Flags of aged-out results deleted.
     pub flags_deleted: u64,
+    /// The rows of runs whose results are gone (see `run_history::archive`).
+    pub runs: crate::run_history::Archived,
 }
 
 /// The first instant whose results are kept when keeping `keep_days` whole days before
@@ -184,6 +187,7 @@ pub fn age_out(conn: &mut DbConn, now: Micros, keep_days: u32) -> Result<Aged> {
           LIMIT $2)",
         before,
     )?;
+    aged.runs = crate::run_history::archive(conn, before, now)?;
     Ok(aged)
 }
 

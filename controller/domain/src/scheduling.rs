@@ -52,7 +52,7 @@ pub struct SchedulingPolicy {
 }
 
 pub use lastmile_storage::assignments::{state, Assignment};
-use lastmile_storage::runs::RunRow;
+use lastmile_storage::runs::{RunRow, RunSettlement};
 
 /// A run and how far it has got, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -304,15 +304,47 @@ pub fn list_runs(
 }
 
 fn run_view(conn: &mut DbConn, run_id: &str) -> Result<RunView> {
-    let run: RunRow = runs::table
+    let (run, settled): (RunRow, RunSettlement) = runs::table
         .find(run_id)
-        .select(RunRow::as_select())
+        .select((RunRow::as_select(), RunSettlement::as_select()))
         .first(conn)
         .optional()?
         .ok_or(Error::NotFound {
             what: "run",
             code: "run_not_found",
         })?;
+    let view = |done: i64, pending, leased, expired: i64, flagged: i64, finished| RunView {
+        id: run.id.parse().unwrap_or_default(),
+        check_id: run.check_id.parse().unwrap_or_default(),
+        created_at: to_datetime(run.created_at),
+        deadline_at: to_datetime(run.deadline_at),
+        eligible_agents: run.eligible_agents.max(0) as u32,
+        requested: run.requested.max(0) as u32,
+        done: done.max(0) as u32,
+        pending,
+        leased,
+        expired: expired.max(0) as u32,
+        flagged: flagged.max(0) as u32,
+        finished,
+        problem: (run.eligible_agents == 0).then_some(RunProblem::NoEligibleAgents),
+    };
+    // A settled run's counts are on the run (its assignments and results may be gone).
+    if let RunSettlement {
+        settled_at: Some(_),
+        settled_done: Some(done),
+        settled_expired: Some(expired),
+        settled_flagged: Some(flagged),
+    } = settled
+    {
+        return Ok(view(
+            done.into(),
+            0,
+            0,
+            expired.into(),
+            flagged.into(),
+            true,
+        ));
+    }
     let states: Vec<(String, i64)> = assignments::table
         .filter(assignments::run_id.eq(run_id))
         .group_by(assignments::state)
@@ -327,22 +359,15 @@ fn run_view(conn: &mut DbConn, run_id: &str) -> Result<RunView> {
     let (pending, leased) = (count(state::PENDING), count(state::LEASED));
     // A run is finished once its results are in its report: none still being folded.
     let folding = lastmile_storage::fold_queue::queued_in_run(conn, run_id)?;
-    Ok(RunView {
-        id: run.id.parse().unwrap_or_default(),
-        check_id: run.check_id.parse().unwrap_or_default(),
-        created_at: to_datetime(run.created_at),
-        deadline_at: to_datetime(run.deadline_at),
-        eligible_agents: run.eligible_agents.max(0) as u32,
-        requested: run.requested.max(0) as u32,
-        done: count(state::DONE),
+    let flagged = crate::verification::flagged_count(conn, &run.check_id, Some(run_id))?;
+    Ok(view(
+        count(state::DONE).into(),
         pending,
         leased,
-        expired: count(state::EXPIRED),
-        flagged: crate::verification::flagged_count(conn, &run.check_id, Some(run_id))?.max(0)
-            as u32,
-        finished: pending == 0 && leased == 0 && folding == 0,
-        problem: (run.eligible_agents == 0).then_some(RunProblem::NoEligibleAgents),
-    })
+        count(state::EXPIRED).into(),
+        flagged,
+        pending == 0 && leased == 0 && folding == 0,
+    ))
 }
 
 /// The check's latest run, if it has had one.

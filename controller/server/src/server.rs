@@ -92,7 +92,8 @@ async fn serve_until(
         .map_err(|e| std::io::Error::other(format!("server task failed: {e}")))?
 }
 
-/// Every tick: expire overdue leases (re-offering them) and create runs of due checks.
+/// Every tick: expire overdue leases (re-offering them), create runs of due checks and
+/// settle the runs that are over (`run_history::settle`).
 async fn scheduler_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     let tick = Duration::from_millis(state.config.scheduler_tick_ms.max(10));
     loop {
@@ -107,6 +108,11 @@ async fn scheduler_loop(state: AppState, mut stop: watch::Receiver<bool>) {
                 let now = clock::now_us();
                 let expired = scheduling::expire(c, &policy, now)?;
                 let runs = scheduling::run_due_checks(c, &policy, now)?;
+                lastmile_domain::run_history::settle(
+                    c,
+                    now,
+                    lastmile_domain::run_history::SETTLE_BATCH,
+                )?;
                 Ok::<_, lastmile_domain::Error>((expired, runs))
             })
             .await;
@@ -165,6 +171,8 @@ async fn rollup_loop(state: AppState, mut stop: watch::Receiver<bool>) {
                 days_dropped = aged.days_dropped,
                 results_deleted = aged.results_deleted,
                 flags_deleted = aged.flags_deleted,
+                runs_archived = aged.runs.runs_deleted + aged.runs.runs_kept,
+                assignments_deleted = aged.runs.assignments_deleted,
                 "raw results past retention removed"
             ),
             Err(e) => tracing::warn!(error = %e, "retention pass failed"),

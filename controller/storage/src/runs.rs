@@ -21,3 +21,14 @@ pub struct RunRow {
     pub price_minor: Option<i64>,
     pub price_currency: Option<String>,
 }
+
+/// A run's outcome as kept on the run once it settled (see the domain's `run_history`):
+/// all `None` until then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = runs)]
+pub struct RunSettlement {
+    pub settled_at: Option<i64>,
+    pub settled_done: Option<i32>,
+    pub settled_expired: Option<i32>,
+    pub settled_flagged: Option<i32>,
+}

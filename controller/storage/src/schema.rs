@@ -120,6 +120,11 @@ diesel::table! {
         task -> Nullable<Text>,
         price_minor -> Nullable<BigInt>,
         price_currency -> Nullable<Text>,
+        settled_at -> Nullable<BigInt>,
+        settled_done -> Nullable<Integer>,
+        settled_expired -> Nullable<Integer>,
+        settled_flagged -> Nullable<Integer>,
+        archived_at -> Nullable<BigInt>,
     }
 }
 
