@@ -107,13 +107,22 @@ async fn a_run_over_keeps_its_counts_and_its_rows_go_once_its_results_have(db: T
     measure(&app, &[&a1, &a2]).await;
     folded(&app).await;
     let mut conn = app.db().conn().unwrap();
+    // Flagged as verification flags a result: a flag, and the result marked.
+    sql(
+        &mut conn,
+        &format!(
+            "INSERT INTO result_flags (assignment_id, rule, agent_id, volunteer_id, check_id, run_id, evidence, created_at) \
+             SELECT r.assignment_id, 'copy', r.agent_id, a.volunteer_id, r.check_id, r.run_id, '{{}}', r.received_at \
+             FROM results r JOIN agents a ON a.id = r.agent_id WHERE r.assignment_id = '{flagged}'"
+        ),
+    );
     sql(
         &mut conn,
         &format!("UPDATE results SET flagged = TRUE WHERE assignment_id = '{flagged}'"),
     );
 
     // Nothing settles before its deadline, however finished.
-    assert_eq!(run_history::settle(&mut conn, now_us(), 500).unwrap(), 0);
+    assert_eq!(run_history::settle(&mut conn, now_us()).unwrap(), 0);
     // Past every deadline and lease: run A still has its lease out (the expiry pass has
     // not run) and run B a result waiting to be folded, so neither settles; the other
     // check's run is over and does.
@@ -130,9 +139,9 @@ async fn a_run_over_keeps_its_counts_and_its_rows_go_once_its_results_have(db: T
         ),
     );
     let other_run = runs(&app, &owner, &other).await[0].clone();
-    assert_eq!(run_history::settle(&mut conn, at, 500).unwrap(), 1);
+    assert_eq!(run_history::settle(&mut conn, at).unwrap(), 1);
     sql(&mut conn, "DELETE FROM fold_queue");
-    assert_eq!(run_history::settle(&mut conn, at, 500).unwrap(), 1, "run B");
+    assert_eq!(run_history::settle(&mut conn, at).unwrap(), 1, "run B");
     let expired = scheduling::expire(&mut conn, &policy, at).unwrap();
     assert_eq!(expired.expired_leases, 1, "{expired:?}");
     let live = runs(&app, &owner, &check).await;
@@ -140,8 +149,8 @@ async fn a_run_over_keeps_its_counts_and_its_rows_go_once_its_results_have(db: T
         live.iter().map(counts).collect::<Vec<_>>(),
         vec![json!([1, 0, 0, 1, 1, true]), json!([2, 0, 0, 0, 0, true])]
     );
-    assert_eq!(run_history::settle(&mut conn, at, 500).unwrap(), 1, "run A");
-    assert_eq!(run_history::settle(&mut conn, at, 500).unwrap(), 0);
+    assert_eq!(run_history::settle(&mut conn, at).unwrap(), 1, "run A");
+    assert_eq!(run_history::settle(&mut conn, at).unwrap(), 0);
     // Settled, the runs read as they did live.
     assert_eq!(runs(&app, &owner, &check).await, live);
     assert_eq!(runs(&app, &owner, &other).await, vec![other_run.clone()]);
@@ -162,12 +171,21 @@ async fn a_run_over_keeps_its_counts_and_its_rows_go_once_its_results_have(db: T
              WHERE check_id = '{check}'"
         ),
     );
-    sql(
-        &mut conn,
-        &format!(
-            "UPDATE results SET received_at = received_at - {back} WHERE check_id = '{check}'"
-        ),
-    );
+    // The check's results move back too, except run A's, as if it came very late: it
+    // keeps run A's rows until it ages out as well.
+    let run_a = live[0]["id"].as_str().unwrap();
+    let move_back = |conn: &mut DbConn, runs: &str| {
+        for (table, column) in [("results", "received_at"), ("result_flags", "created_at")] {
+            sql(
+                conn,
+                &format!(
+                    "UPDATE {table} SET {column} = {column} - {back} \
+                     WHERE check_id = '{check}' AND run_id {runs}"
+                ),
+            );
+        }
+    };
+    move_back(&mut conn, &format!("<> '{run_a}'"));
     let of_check = |table: &str| {
         count(
             &app,
@@ -184,12 +202,26 @@ async fn a_run_over_keeps_its_counts_and_its_rows_go_once_its_results_have(db: T
     assert_eq!(
         aged.runs,
         Archived {
-            runs_deleted: 1,
+            runs_deleted: 0,
             runs_kept: 1,
-            assignments_deleted: 4,
-            planned_deleted: 4,
-            payments_deleted: 3,
-        }
+            assignments_deleted: 2,
+            planned_deleted: 2,
+            payments_deleted: 2,
+        },
+        "run B only"
+    );
+    move_back(&mut conn, &format!("= '{run_a}'"));
+    let aged = retention::age_out(&mut conn, now_us(), 30).unwrap();
+    assert_eq!(
+        aged.runs,
+        Archived {
+            runs_deleted: 1,
+            runs_kept: 0,
+            assignments_deleted: 2,
+            planned_deleted: 2,
+            payments_deleted: 1,
+        },
+        "run A, whose check has a later run"
     );
     // The check's latest run stays with the counts it had (its times moved back 40
     // days here); the one before it is gone.
@@ -199,7 +231,6 @@ async fn a_run_over_keeps_its_counts_and_its_rows_go_once_its_results_have(db: T
         kept.iter().map(outcome).collect::<Vec<_>>(),
         vec![outcome(&live[1])]
     );
-    let run_a = live[0]["id"].as_str().unwrap();
     let (status, gone) = app
         .get(&format!("/api/v1/checks/{check}/runs/{run_a}"), &owner)
         .await;

@@ -359,7 +359,7 @@ fn run_view(conn: &mut DbConn, run_id: &str) -> Result<RunView> {
     let (pending, leased) = (count(state::PENDING), count(state::LEASED));
     // A run is finished once its results are in its report: none still being folded.
     let folding = lastmile_storage::fold_queue::queued_in_run(conn, run_id)?;
-    let flagged = crate::verification::flagged_count(conn, &run.check_id, Some(run_id))?;
+    let flagged = crate::verification::flagged_in_run(conn, run_id)?;
     Ok(view(
         count(state::DONE).into(),
         pending,

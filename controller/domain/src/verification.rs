@@ -882,16 +882,23 @@ pub fn record(conn: &mut DbConn, agent: &Agent, r: &StoredResult, flags: &[Flag]
     Ok(())
 }
 
-/// How many of a check's results (all time) or of one run were flagged.
-pub fn flagged_count(conn: &mut DbConn, check_id: &str, run_id: Option<&str>) -> Result<i64> {
-    let mut q = results::table
+/// How many of a check's results still kept were flagged.
+pub fn flagged_count(conn: &mut DbConn, check_id: &str) -> Result<i64> {
+    Ok(results::table
         .filter(results::check_id.eq(check_id))
         .filter(results::flagged.eq(true))
-        .into_boxed();
-    if let Some(run) = run_id {
-        q = q.filter(results::run_id.eq(run));
-    }
-    Ok(q.count().get_result(conn)?)
+        .count()
+        .get_result(conn)?)
+}
+
+/// How many of a run's results were flagged: those with a flag ([`record`] marks a
+/// result flagged with its flags, in one transaction). Read from the flags by run
+/// rather than from the results, whose index by run is one per day's partition.
+pub fn flagged_in_run(conn: &mut DbConn, run_id: &str) -> Result<i64> {
+    Ok(result_flags::table
+        .filter(result_flags::run_id.eq(run_id))
+        .select(diesel::dsl::count(result_flags::assignment_id).aggregate_distinct())
+        .first(conn)?)
 }
 
 /// One flagged result as an operator sees it.

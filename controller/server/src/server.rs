@@ -108,11 +108,7 @@ async fn scheduler_loop(state: AppState, mut stop: watch::Receiver<bool>) {
                 let now = clock::now_us();
                 let expired = scheduling::expire(c, &policy, now)?;
                 let runs = scheduling::run_due_checks(c, &policy, now)?;
-                lastmile_domain::run_history::settle(
-                    c,
-                    now,
-                    lastmile_domain::run_history::SETTLE_BATCH,
-                )?;
+                lastmile_domain::run_history::settle(c, now)?;
                 Ok::<_, lastmile_domain::Error>((expired, runs))
             })
             .await;

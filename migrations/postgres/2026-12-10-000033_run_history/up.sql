@@ -13,6 +13,6 @@ ALTER TABLE runs ADD COLUMN archived_at BIGINT;
 -- The runs still to settle (a few minutes' worth) and still to archive (the retention
 -- window's), each read oldest deadline first.
 CREATE INDEX runs_unsettled ON runs (deadline_at) WHERE settled_at IS NULL;
-CREATE INDEX runs_unarchived ON runs (deadline_at) WHERE archived_at IS NULL;
+CREATE INDEX runs_unarchived ON runs (deadline_at, id) WHERE archived_at IS NULL;
 -- Deleting a run checks that no flag refers to it: by index, not by reading every flag.
 CREATE INDEX result_flags_run ON result_flags (run_id);

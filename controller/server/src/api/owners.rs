@@ -190,7 +190,7 @@ pub async fn get_check(
         .db
         .run(move |c| {
             let check = checks::get(c, &owner.id, &id.to_string())?;
-            let flagged = lastmile_domain::verification::flagged_count(c, &check.id, None)?;
+            let flagged = lastmile_domain::verification::flagged_count(c, &check.id)?;
             let last_run = lastmile_domain::scheduling::latest_run(c, &check.id)?;
             Ok::<_, Error>((check, flagged, last_run))
         })
