@@ -85,7 +85,8 @@ pub struct ControllerConfig {
     /// Whole UTC days before today whose raw results are kept (0: keep them all).
     /// Older results are removed by the maintenance pass that runs with the rollups
     /// (on PostgreSQL a whole day's partition at a time); aggregates, reports, money
-    /// and the leaderboard keep what they counted.
+    /// and the leaderboard keep what they counted. A day later the runs' per-agent rows
+    /// go too, and each run but its check's latest (`run_history::archive`).
     pub result_retention_days: u32,
     /// How often alert rules are judged, milliseconds (0: never). Due alert deliveries
     /// are sent every second, or this often when it is shorter.
