@@ -882,13 +882,15 @@ pub fn record(conn: &mut DbConn, agent: &Agent, r: &StoredResult, flags: &[Flag]
     Ok(())
 }
 
-/// How many of a check's results still kept were flagged.
+/// How many of a check's results still kept were flagged: counted from their flags
+/// (which age out with them), by check. Counted from the results, it read every result
+/// of the check still kept: ~260k rows for a check measured by ten agents every five
+/// minutes over 90 days.
 pub fn flagged_count(conn: &mut DbConn, check_id: &str) -> Result<i64> {
-    Ok(results::table
-        .filter(results::check_id.eq(check_id))
-        .filter(results::flagged.eq(true))
-        .count()
-        .get_result(conn)?)
+    Ok(result_flags::table
+        .filter(result_flags::check_id.eq(check_id))
+        .select(diesel::dsl::count(result_flags::assignment_id).aggregate_distinct())
+        .first(conn)?)
 }
 
 /// How many of a run's results were flagged: those with a flag ([`record`] marks a

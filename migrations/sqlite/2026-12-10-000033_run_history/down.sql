@@ -1,3 +1,4 @@
+DROP INDEX result_flags_check;
 DROP INDEX result_flags_run;
 DROP INDEX runs_unarchived;
 DROP INDEX runs_unsettled;

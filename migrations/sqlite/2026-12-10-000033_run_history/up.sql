@@ -14,5 +14,8 @@ ALTER TABLE runs ADD COLUMN archived_at BIGINT;
 -- window's), each read oldest deadline first.
 CREATE INDEX runs_unsettled ON runs (deadline_at) WHERE settled_at IS NULL;
 CREATE INDEX runs_unarchived ON runs (deadline_at, id) WHERE archived_at IS NULL;
--- Deleting a run checks that no flag refers to it: by index, not by reading every flag.
+-- Flags by run and by check: a run's and a check's flagged results are counted from
+-- their flags (not by reading every result of the check), and deleting a run checks
+-- that no flag refers to it by index, not by reading every flag.
 CREATE INDEX result_flags_run ON result_flags (run_id);
+CREATE INDEX result_flags_check ON result_flags (check_id);
