@@ -27,6 +27,7 @@ mod dashboard_runs;
 mod db_reconnects;
 mod dns;
 mod end_to_end;
+mod fold_handoff;
 mod isp;
 mod isp_claims;
 mod layering;

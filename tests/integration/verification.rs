@@ -647,7 +647,7 @@ async fn requests_written_in_one_batch_are_judged_as_if_one_after_the_other(db: 
         .zip(&requests)
         .map(|(agent, (_, subs))| Request { agent, subs })
         .collect();
-    let answers = ingest::accept_many(&mut conn, &batch).unwrap();
+    let answers = ingest::accept_many(&mut conn, &batch, None).unwrap();
     drop(conn);
     // (flagged, queued, duplicate) of each result, or its error code.
     type Said<'a> = Result<(bool, bool, bool), &'a str>;

@@ -43,6 +43,7 @@ use lastmile_protocol::{Hop, Phase, ResultAck, ResultDisposition, ResultSubmissi
 use crate::agents::Agent;
 use crate::clock::{hour_bucket, now_us, to_us, Micros};
 use crate::error::{Error, Result};
+pub use crate::fold_handoff::Handoff;
 use crate::histogram;
 use crate::{billing, checks, verification};
 use lastmile_storage::assignments::{state, Assignment};
@@ -207,7 +208,7 @@ pub fn accept(
     agent: &Agent,
     subs: &[ResultSubmission],
 ) -> Result<Vec<Result<Submitted>>> {
-    accept_many(conn, &[Request { agent, subs }])?
+    accept_many(conn, &[Request { agent, subs }], None)?
         .pop()
         .unwrap_or_else(|| Err(Error::Internal("accept answered nothing".into())))
 }
@@ -232,10 +233,13 @@ pub struct Request<'a> {
 /// [`KEYS_PER_LOOKUP`](lastmile_storage::agents::KEYS_PER_LOOKUP) keys), and one
 /// commit. A request refused as a whole
 /// (too many results) does not stop the others; an error of the database fails the
-/// batch, and the caller may then try its requests one by one.
+/// batch, and the caller may then try its requests one by one. Given a `handoff`, the
+/// queued results are held there once the transaction commits, for this process's
+/// folder ([`fold_pending`]) not to read them back.
 pub fn accept_many(
     conn: &mut DbConn,
     requests: &[Request<'_>],
+    handoff: Option<&Handoff>,
 ) -> Result<Vec<Result<Vec<Result<Submitted>>>>> {
     let checked: Vec<Result<Vec<Result<()>>>> = requests
         .iter()
@@ -261,7 +265,7 @@ pub fn accept_many(
     ids.sort();
     ids.dedup();
     let now = now_us();
-    write_tx(conn, |c| {
+    let (answers, handed) = write_tx(conn, |c| {
         let leased = lock_assignments(c, &ids)?;
         // Only an assignment no longer leased (closed by its result) or past its lease
         // (whose late result may be stored) can have a result already: one still leased
@@ -295,7 +299,10 @@ pub fn accept_many(
         let agents: Vec<&Agent> = requests.iter().map(|r| r.agent).collect();
         let new: Vec<&StoredResult> = sorted.iter().flatten().flat_map(|s| &s.new).collect();
         let mut batch = verification::Batch::read(c, &agents, &new)?;
-        let mut written = Written::default();
+        let mut written = Written {
+            hand_off: handoff.is_some(),
+            ..Written::default()
+        };
         let mut answers = Vec::with_capacity(requests.len());
         for (request, sorted) in requests.iter().zip(sorted) {
             answers.push(match sorted {
@@ -320,8 +327,12 @@ pub fn accept_many(
                 .execute(c)?;
         }
         fold_queue::enqueue(c, &written.queued)?;
-        Ok(answers)
-    })
+        Ok::<_, Error>((answers, written.handed))
+    })?;
+    if let Some(handoff) = handoff {
+        handoff.give(handed);
+    }
+    Ok(answers)
 }
 
 /// Whether a result for `a` arriving `now` is late: its lease is over (run out, or the
@@ -341,6 +352,10 @@ struct Written<'a> {
     /// Assignments to close: their (timely) result is stored.
     closed: Vec<String>,
     queued: Vec<Queued>,
+    /// Whether the queued results are to be handed to the folder in memory
+    /// ([`Handoff`]), and those results with their agents' volunteers.
+    hand_off: bool,
+    handed: Vec<(StoredResult, String)>,
 }
 
 impl Written<'_> {
@@ -468,6 +483,9 @@ fn judge<'a>(
                     run_id: r.run_id.clone(),
                     queued_at: now,
                 });
+                if written.hand_off {
+                    written.handed.push((r.clone(), agent.volunteer_id.clone()));
+                }
             } else {
                 written.flagged.push((agent, written.rows.len(), flags));
             }
@@ -540,8 +558,9 @@ pub struct Folded {
 /// Folds up to `max` queued results: merges them into their aggregate cells, pays for
 /// them and removes them from the queue, in one transaction. Returns what it did;
 /// `results == 0` when nothing was queued (or everything queued is being folded by
-/// another controller).
-pub fn fold_pending(conn: &mut DbConn, max: i64) -> Result<Folded> {
+/// another controller). The results held in `handoff` are not read back; a fold that
+/// rolls back has taken them out of it, and the next one reads them back.
+pub fn fold_pending(conn: &mut DbConn, max: i64, handoff: Option<&Handoff>) -> Result<Folded> {
     write_tx(conn, |c| {
         let (ids, Some((oldest, newest))) = fold_queue::take(c, max)? else {
             return Ok(Folded::default());
@@ -554,8 +573,17 @@ pub fn fold_pending(conn: &mut DbConn, max: i64) -> Result<Folded> {
             oldest - crate::rollups::DAY_US,
             newest + crate::rollups::DAY_US,
         );
-        let mut rows =
-            lastmile_storage::results::with_volunteers(c, &ids, (received_from, received_to))?;
+        let (mut rows, missing) = match handoff {
+            Some(handoff) => handoff.take(ids),
+            None => (Vec::new(), ids),
+        };
+        if !missing.is_empty() {
+            rows.extend(lastmile_storage::results::with_volunteers(
+                c,
+                &missing,
+                (received_from, received_to),
+            )?);
+        }
         rows.sort_by(|(a, _), (b, _)| {
             (a.received_at, &a.assignment_id).cmp(&(b.received_at, &b.assignment_id))
         });

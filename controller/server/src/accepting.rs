@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use lastmile_domain::agents;
 use lastmile_domain::error::Error;
-use lastmile_domain::ingest::{self, Request, Submitted};
+use lastmile_domain::ingest::{self, Handoff, Request, Submitted};
 use lastmile_protocol::ResultSubmission;
 use lastmile_storage::{Db, DbConn};
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
@@ -75,6 +75,7 @@ impl Acceptor {
         &self,
         db: &Db,
         metrics: &Arc<Metrics>,
+        handoff: &Arc<Handoff>,
         agent_id: String,
         results: Vec<ResultSubmission>,
     ) -> Answer {
@@ -98,7 +99,13 @@ impl Acceptor {
                         drop(permit);
                         return answered.await.unwrap_or_else(|_| Err(lost()));
                     }
-                    tokio::spawn(write(db.clone(), metrics.clone(), batch, permit));
+                    tokio::spawn(write(
+                        db.clone(),
+                        metrics.clone(),
+                        handoff.clone(),
+                        batch,
+                        permit,
+                    ));
                 }
             }
         }
@@ -132,7 +139,13 @@ fn lost() -> Error {
 }
 
 /// Writes one batch and answers its requests.
-async fn write(db: Db, metrics: Arc<Metrics>, batch: Vec<Pending>, _permit: OwnedSemaphorePermit) {
+async fn write(
+    db: Db,
+    metrics: Arc<Metrics>,
+    handoff: Arc<Handoff>,
+    batch: Vec<Pending>,
+    _permit: OwnedSemaphorePermit,
+) {
     let (requests, answers): (Vec<(String, Vec<ResultSubmission>)>, Vec<_>) = batch
         .into_iter()
         .map(|p| ((p.agent_id, p.results), p.answer))
@@ -141,7 +154,7 @@ async fn write(db: Db, metrics: Arc<Metrics>, batch: Vec<Pending>, _permit: Owne
     Metrics::inc(&metrics.result_batches);
     Metrics::add(&metrics.result_requests, n as u64);
     let outcomes = db
-        .run(move |c| Ok::<_, Error>(write_batch(c, &requests)))
+        .run(move |c| Ok::<_, Error>(write_batch(c, &requests, &handoff)))
         .await;
     let outcomes: Vec<Answer> = match outcomes {
         Ok(outcomes) => outcomes,
@@ -154,8 +167,13 @@ async fn write(db: Db, metrics: Arc<Metrics>, batch: Vec<Pending>, _permit: Owne
 }
 
 /// The batch in one transaction; if the database fails it (a deadlock, a lost
-/// connection), each request alone, so that one request's trouble is its own.
-fn write_batch(c: &mut DbConn, requests: &[(String, Vec<ResultSubmission>)]) -> Vec<Answer> {
+/// connection), each request alone, so that one request's trouble is its own. The
+/// results it queues are handed to this replica's folder in memory.
+fn write_batch(
+    c: &mut DbConn,
+    requests: &[(String, Vec<ResultSubmission>)],
+    handoff: &Handoff,
+) -> Vec<Answer> {
     // The results are judged and paid on the agents' rows as stored now, not as this
     // replica holds them in memory (a calibration written elsewhere reaches memory only
     // with the next refresh).
@@ -175,7 +193,7 @@ fn write_batch(c: &mut DbConn, requests: &[(String, Vec<ResultSubmission>)]) -> 
         })
         .collect();
     let known: Vec<Request<'_>> = requests.iter().flatten().copied().collect();
-    let outcomes = match ingest::accept_many(c, &known) {
+    let outcomes = match ingest::accept_many(c, &known, Some(handoff)) {
         Ok(outcomes) => outcomes,
         Err(e) if known.len() == 1 => vec![Err(e)],
         Err(e) => {

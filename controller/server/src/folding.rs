@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use lastmile_domain::ingest::{self, Folded, FOLD_BATCH};
+use lastmile_domain::ingest::{self, Folded, Handoff, FOLD_BATCH};
 use lastmile_storage::Db;
 use tokio::sync::watch;
 
@@ -33,6 +33,8 @@ pub struct Folder {
     folded_through: AtomicU64,
     /// One pass at a time.
     pass: tokio::sync::Mutex<()>,
+    /// Results this replica accepted, handed over in memory (see `ingest::Handoff`).
+    pub handoff: Arc<Handoff>,
 }
 
 impl Folder {
@@ -64,7 +66,11 @@ impl Folder {
         // this pass will find queued.
         let through = self.issued.load(Ordering::SeqCst);
         for _ in 0..MAX_BATCHES_PER_PASS {
-            match db.run(|c| ingest::fold_pending(c, FOLD_BATCH)).await {
+            let handoff = self.handoff.clone();
+            match db
+                .run(move |c| ingest::fold_pending(c, FOLD_BATCH, Some(&handoff)))
+                .await
+            {
                 Ok(Folded {
                     results, unpaid, ..
                 }) => {

@@ -183,7 +183,13 @@ async fn accept(
 ) -> Result<Vec<Result<ingest::Submitted, Error>>, Failure> {
     let outcomes = state
         .acceptor
-        .accept(&state.db, &state.metrics, agent_id.to_owned(), batch)
+        .accept(
+            &state.db,
+            &state.metrics,
+            &state.folder.handoff,
+            agent_id.to_owned(),
+            batch,
+        )
         .await?;
     let mut queued = false;
     for submitted in outcomes.iter().flatten() {

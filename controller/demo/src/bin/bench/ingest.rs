@@ -521,9 +521,11 @@ fn in_process(
     let queue = Mutex::new(work);
     let accepted = std::sync::atomic::AtomicUsize::new(0);
     let writers = std::sync::atomic::AtomicUsize::new(threads);
+    // Handed from the writers to the folder in memory, as the controller does.
+    let handoff = ingest::Handoff::default();
     let started = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
-        let (queue, accepted, writers) = (&queue, &accepted, &writers);
+        let (queue, accepted, writers, handoff) = (&queue, &accepted, &writers, &handoff);
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(move || -> anyhow::Result<()> {
@@ -545,7 +547,7 @@ fn in_process(
                                 .iter()
                                 .map(|(agent, subs)| ingest::Request { agent, subs })
                                 .collect();
-                            let answers = ingest::accept_many(&mut conn, &batch)?;
+                            let answers = ingest::accept_many(&mut conn, &batch, Some(handoff))?;
                             let n = answers
                                 .iter()
                                 .flatten()
@@ -560,7 +562,7 @@ fn in_process(
                 })
             })
             .collect();
-        let folder = s.spawn(move || fold_until_written(db, writers));
+        let folder = s.spawn(move || fold_until_written(db, writers, Some(handoff)));
         for h in handles {
             h.join()
                 .map_err(|_| anyhow::anyhow!("an accepting thread panicked"))??;

@@ -284,12 +284,16 @@ pub fn measurement(i: usize) -> Measurement {
 
 /// The folder, as the controller runs it: folds batches while results arrive, until
 /// no writer is left (`writers` counts them down) and the queue is empty.
-pub fn fold_until_written(db: &Db, writers: &std::sync::atomic::AtomicUsize) -> anyhow::Result<()> {
+pub fn fold_until_written(
+    db: &Db,
+    writers: &std::sync::atomic::AtomicUsize,
+    handoff: Option<&ingest::Handoff>,
+) -> anyhow::Result<()> {
     let mut conn = db.conn()?;
     // Bounded by the writers: once none is left, the queue only empties.
     loop {
         let writing = writers.load(std::sync::atomic::Ordering::SeqCst) > 0;
-        let folded = ingest::fold_pending(&mut conn, ingest::FOLD_BATCH)?;
+        let folded = ingest::fold_pending(&mut conn, ingest::FOLD_BATCH, handoff)?;
         if folded.results == 0 {
             if !writing {
                 return Ok(());
@@ -350,7 +354,7 @@ fn bench_ingest(db: &Db, results: usize, threads: usize) -> anyhow::Result<f64> 
                 })
             })
             .collect();
-        let folder = s.spawn(move || fold_until_written(db, submitting));
+        let folder = s.spawn(move || fold_until_written(db, submitting, None));
         for h in handles {
             h.join()
                 .map_err(|_| anyhow::anyhow!("ingest thread panicked"))??;
