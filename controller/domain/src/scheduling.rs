@@ -181,7 +181,7 @@ fn create_run_claiming(
         };
         diesel::insert_into(runs::table).values(&run).execute(c)?;
         for agent in &chosen.agents {
-            plan_in(c, &run_id, agent)?;
+            plan_in(c, &run_id, run.deadline_at, agent)?;
         }
         agent_choice::record_use(c, &check.id, &chosen, now)?;
         for _ in 0..requested {
@@ -209,12 +209,14 @@ fn taken<'a>(
     })
 }
 
-/// Plans `agent` into the run: it may lease one of the run's pending assignments.
-fn plan_in(conn: &mut DbConn, run_id: &str, agent: &str) -> Result<()> {
+/// Plans `agent` into the run, whose deadline is `deadline_at`: it may lease one of
+/// the run's pending assignments until then.
+fn plan_in(conn: &mut DbConn, run_id: &str, deadline_at: Micros, agent: &str) -> Result<()> {
     diesel::insert_into(run_agents::table)
         .values((
             run_agents::run_id.eq(run_id),
             run_agents::agent_id.eq(agent),
+            run_agents::deadline_at.eq(deadline_at),
         ))
         .execute(conn)?;
     Ok(())
@@ -258,7 +260,7 @@ fn plan_replacement(
     let Some(agent) = found.agents.first() else {
         return Ok(None);
     };
-    plan_in(conn, run_id, agent)?;
+    plan_in(conn, run_id, run.deadline_at, agent)?;
     agent_choice::record_use(conn, &check.id, &found, now)?;
     Ok(Some(agent.clone()))
 }
@@ -396,12 +398,7 @@ pub fn lease(
     policy: &SchedulingPolicy,
     now: Micros,
 ) -> Result<Leased> {
-    let busy: i64 = assignments::table
-        .filter(assignments::agent_id.eq(&agent.id))
-        .filter(assignments::state.eq(state::LEASED))
-        .filter(assignments::lease_expires_at.gt(now))
-        .count()
-        .get_result(conn)?;
+    let busy = leases_in_flight(conn, &agent.id, now)?;
     let free = if agent.paused_reason.is_some() {
         0
     } else {
@@ -486,6 +483,27 @@ pub fn offers(
     Ok(offers)
 }
 
+/// How many of the agent's leases have not run out at `now`. The state is part of the
+/// statement, so that every plan of it can use the index of leases by agent (a state
+/// bound as a parameter cannot prove the index's predicate: the generic plan read
+/// every assignment).
+fn leases_in_flight(conn: &mut DbConn, agent_id: &str, now: Micros) -> Result<i64> {
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    let counted: Count = diesel::sql_query(format!(
+        "SELECT COUNT(*) AS n FROM assignments \
+         WHERE agent_id = $1 AND state = '{leased}' AND lease_expires_at > $2",
+        leased = state::LEASED
+    ))
+    .bind::<Text, _>(agent_id)
+    .bind::<BigInt, _>(now)
+    .get_result(conn)?;
+    Ok(counted.n)
+}
+
 /// Leases the oldest pending assignment this agent may take; returns its id.
 fn lease_one(
     conn: &mut DbConn,
@@ -493,19 +511,22 @@ fn lease_one(
     now: Micros,
     expires: Micros,
 ) -> Result<Option<String>> {
-    // The candidate: pending, in a live run the agent is eligible for, of a run the
-    // agent has not had an assignment in (whatever became of it).
+    // The candidate: pending, in a live run the agent is planned into (its live plans:
+    // an index range by agent and deadline, kept apart by `OFFSET 0` so that no plan
+    // starts from all the network's pending work instead), of a run the agent has not
+    // had an assignment in (whatever became of it).
     // PostgreSQL skips a candidate another lease is taking; SQLite has one writer, so
     // none can be. SQLite reads `$1` as a parameter too: one SQL text for both.
-    let lock = match conn {
-        DbConn::Pg(_) => "FOR UPDATE OF a SKIP LOCKED",
-        DbConn::Sqlite(_) => "",
+    let (fence, lock) = match conn {
+        DbConn::Pg(_) => ("OFFSET 0", "FOR UPDATE OF a SKIP LOCKED"),
+        DbConn::Sqlite(_) => ("", ""),
     };
     let rows: Vec<IdRow> = diesel::sql_query(format!(
         "UPDATE assignments SET state = 'leased', agent_id = $1, leased_at = $2, lease_expires_at = $3 \
          WHERE id = (\
-           SELECT a.id FROM assignments a \
-           JOIN run_agents ra ON ra.run_id = a.run_id AND ra.agent_id = $1 \
+           SELECT a.id FROM (SELECT ra.run_id FROM run_agents ra \
+             WHERE ra.agent_id = $1 AND ra.deadline_at > $2 {fence}) live \
+           JOIN assignments a ON a.run_id = live.run_id \
            JOIN runs r ON r.id = a.run_id \
            WHERE a.state = 'pending' AND r.deadline_at > $2 \
              AND NOT EXISTS (SELECT 1 FROM assignments b WHERE b.run_id = a.run_id AND b.agent_id = $1) \

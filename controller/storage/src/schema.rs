@@ -132,6 +132,9 @@ diesel::table! {
     run_agents (run_id, agent_id) {
         run_id -> Text,
         agent_id -> Text,
+        /// The run's deadline: an agent's live plans are an index range (migration
+        /// 000034).
+        deadline_at -> BigInt,
     }
 }
 
