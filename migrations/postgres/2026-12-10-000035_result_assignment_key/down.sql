@@ -1,0 +1,1 @@
+ALTER TABLE results ADD FOREIGN KEY (assignment_id) REFERENCES assignments(id);
