@@ -108,12 +108,17 @@ async fn scheduler_loop(state: AppState, mut stop: watch::Receiver<bool>) {
                 let now = clock::now_us();
                 let expired = scheduling::expire(c, &policy, now)?;
                 let runs = scheduling::run_due_checks(c, &policy, now)?;
-                lastmile_domain::run_history::settle(c, now)?;
-                Ok::<_, lastmile_domain::Error>((expired, runs))
+                // Its own step: a failure to settle is logged, and the runs just
+                // created are announced all the same.
+                let settled = lastmile_domain::run_history::settle(c, now);
+                Ok::<_, lastmile_domain::Error>((expired, runs, settled))
             })
             .await;
         match outcome {
-            Ok((expired, runs)) => {
+            Ok((expired, runs, settled)) => {
+                if let Err(e) = settled {
+                    tracing::warn!(error = %e, "settling runs that are over failed");
+                }
                 for _ in 0..expired.expired_leases {
                     Metrics::inc(&state.metrics.leases_expired);
                 }
