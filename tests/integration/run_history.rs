@@ -22,7 +22,10 @@ use crate::per_backend;
 use crate::scene;
 use crate::support::{count, TestApp, TestDb};
 
-per_backend!(a_run_over_keeps_its_counts_and_its_rows_go_once_its_results_have);
+per_backend!(
+    a_run_over_keeps_its_counts_and_its_rows_go_once_its_results_have,
+    the_scheduler_settles_a_run_once_it_is_over,
+);
 
 fn sql(conn: &mut DbConn, statement: &str) {
     diesel::sql_query(statement)
@@ -252,6 +255,52 @@ async fn a_run_over_keeps_its_counts_and_its_rows_go_once_its_results_have(db: T
     assert_eq!(
         retention::age_out(&mut conn, now_us(), 30).unwrap(),
         retention::Aged::default()
+    );
+    app.controller.stop().await.unwrap();
+}
+
+/// The scheduler's own pass settles runs (nothing here calls `settle`): a run whose
+/// deadline has passed and whose results are folded gets its counts on its row.
+async fn the_scheduler_settles_a_run_once_it_is_over(db: TestDb) {
+    let app = TestApp::start_with(&db, |c| {
+        c.run_deadline_s = 3;
+        c.scheduler_tick_ms = 100;
+    })
+    .await;
+    let site = crate::support::target_site().await;
+    let owner = app.owner("owner");
+    let key = app.volunteer("volunteer");
+    let agent = app.agent(Ipv4Addr::new(127, 0, 0, 2), &key, "dsl", 1).await;
+    let check = app
+        .site_check(&owner, &site, site.origin(), json!({"agents_per_run": 1}))
+        .await;
+    app.start_run(&owner, &check).await;
+    measure(&app, &[&agent]).await;
+    let settled = || {
+        count(
+            &app,
+            &format!(
+                "SELECT COUNT(*) AS n FROM runs WHERE check_id = '{check}' \
+                 AND settled_at IS NOT NULL"
+            ),
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while settled() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the run was not settled within 20 s of its 3 s deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its one slot is done (or, on a machine so loaded that the result came after the
+    // deadline, given up): either way settled as finished, with nothing left open.
+    let run = &runs(&app, &owner, &check).await[0];
+    let slots = run["done"].as_u64().unwrap() + run["expired"].as_u64().unwrap();
+    assert_eq!(
+        (slots, &run["pending"], &run["leased"], &run["finished"]),
+        (1, &json!(0), &json!(0), &json!(true)),
+        "{run}"
     );
     app.controller.stop().await.unwrap();
 }
