@@ -192,8 +192,10 @@ fn prepare(db: &Db, args: &Args) -> anyhow::Result<Vec<Request>> {
 
 /// Stores `n` results of `check` by `agents`, received over the last 60 days, each
 /// paid in a ledger transaction of 50 (as the fold pays), with the postings' running
-/// balances moved to match: the history a long-running controller has, so the bench
-/// shows whether accepting costs more as history grows. PostgreSQL only (generated in
+/// balances moved to match, and the runs they were measured in (100 results a run,
+/// settled), their planned agents and their assignments (done): the history a
+/// long-running controller has, so the bench shows whether accepting (and the leases
+/// of its set-up) costs more as history grows. PostgreSQL only (generated in
 /// SQL; foreign key checks off for this session, the rows being made consistent by hand).
 fn prefill_history(
     conn: &mut lastmile_storage::DbConn,
@@ -254,6 +256,20 @@ fn prefill_history(
              45000 + g % 20000, 3000 + g % 9000, 80000 + g % 40000, 'DE', 'BE', 64500 + g % 400, 'dsl',
              '2001:db8::' || (g % 1000), 6, '2', 60000, 0, 0, false
          FROM generate_series(1, {n}) g;
+         INSERT INTO runs (id, check_id, created_at, deadline_at, eligible_agents, requested,
+             settled_at, settled_done, settled_expired, settled_flagged)
+         SELECT 'history-run-' || r, '{check_id}', t - 900000000, t + 300000000, 100, 100, t + 300000000, 100, 0, 0
+         FROM (SELECT r, {now} - 3600000000 - (r * 100)::BIGINT * ({span} / {n}) AS t
+               FROM generate_series(0, {n} / 100) r) x;
+         INSERT INTO assignments (id, run_id, check_id, attempt, state, agent_id, created_at, leased_at, lease_expires_at)
+         SELECT 'history-' || g, 'history-run-' || (g / 100), '{check_id}', 1, 'done', (ARRAY[{agent_list}])[1 + g % {k}],
+             t - 900000000, t - 900000000, t + 120000000
+         FROM (SELECT g, {now} - 3600000000 - g::BIGINT * ({span} / {n}) AS t FROM generate_series(1, {n}) g) x
+         ON CONFLICT DO NOTHING;
+         INSERT INTO run_agents (run_id, agent_id, deadline_at)
+         SELECT 'history-run-' || (g / 100), (ARRAY[{agent_list}])[1 + g % {k}], {now} - 3600000000 - g::BIGINT * ({span} / {n}) + 300000000
+         FROM generate_series(1, {n}) g
+         ON CONFLICT DO NOTHING;
          INSERT INTO ledger_transactions (id, event_key, kind, memo, created_at)
          SELECT 'history-tx-' || b, 'history-results-' || b, 'result', 'history', {now} - b::BIGINT * ({span} / {batches})
          FROM generate_series(0, {batches} - 1) b;
@@ -280,7 +296,7 @@ fn prefill_history(
         bail!("the prefilled history does not balance: {problems:?}");
     }
     println!(
-        "  history: {n} results over {DAYS} days with {batches} ledger transactions, stored in {:.0} s",
+        "  history: {n} results over {DAYS} days with their runs, assignments and {batches} ledger transactions, stored in {:.0} s",
         started.elapsed().as_secs_f64()
     );
     // A database that grew over 60 days has been vacuumed as it grew; one loaded in a
