@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 use lastmile_storage::results::StoredResult;
 
 /// Most results held: past it, new ones are not held (the folder reads them back).
-const CAP: usize = 100_000;
+/// Sized to seconds of a busy replica's results (the capacity model's peak is ~1,000 a
+/// second; `bench ingest` in process accepts ~25,000), not to a backlog: a page check's
+/// result carries its page summary, several KB, so 20k results stay within ~100 MB.
+const CAP: usize = 20_000;
 
 /// How long a result is held for the folder of this process: far longer than a fold
 /// normally waits (it runs right after each accept, and every second).
@@ -25,7 +28,14 @@ const KEEP: Duration = Duration::from_secs(60);
 /// Queued results of this process and their agents' volunteers, by assignment id.
 #[derive(Debug, Default)]
 pub struct Handoff {
-    held: Mutex<HashMap<String, Held>>,
+    held: Mutex<Holdings>,
+}
+
+#[derive(Debug, Default)]
+struct Holdings {
+    by_id: HashMap<String, Held>,
+    /// When entries past [`KEEP`] were last swept out.
+    swept: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -43,14 +53,20 @@ impl Handoff {
         }
         let now = Instant::now();
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if held.len() + results.len() > CAP {
-            held.retain(|_, h| now.duration_since(h.since) < KEEP);
+        // Entries another replica's folder took are never asked for: swept by age once
+        // the map is half full (at most once a second), so they cannot pin it full.
+        let due = held
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1));
+        if held.by_id.len() + results.len() > CAP / 2 && due {
+            held.by_id.retain(|_, h| now.duration_since(h.since) < KEEP);
+            held.swept = Some(now);
         }
         for (result, volunteer_id) in results {
-            if held.len() >= CAP {
+            if held.by_id.len() >= CAP {
                 break;
             }
-            held.insert(
+            held.by_id.insert(
                 result.assignment_id.clone(),
                 Held {
                     result,
@@ -67,7 +83,7 @@ impl Handoff {
         let mut found = Vec::with_capacity(ids.len());
         let mut missing = Vec::new();
         for id in ids {
-            match held.remove(&id) {
+            match held.by_id.remove(&id) {
                 Some(h) => found.push((h.result, h.volunteer_id)),
                 None => missing.push(id),
             }
@@ -77,7 +93,11 @@ impl Handoff {
 
     /// How many results are held.
     pub fn len(&self) -> usize {
-        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .by_id
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
