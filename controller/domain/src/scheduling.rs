@@ -51,6 +51,7 @@ pub struct SchedulingPolicy {
     pub offer_us: Micros,
 }
 
+use lastmile_storage::assignments::in_state;
 pub use lastmile_storage::assignments::{state, Assignment};
 use lastmile_storage::runs::{RunRow, RunSettlement};
 
@@ -449,7 +450,7 @@ pub fn offers(
     runs: Option<&[String]>,
 ) -> Result<Vec<(String, Micros)>> {
     let mut pending = assignments::table
-        .filter(assignments::state.eq(state::PENDING))
+        .filter(in_state(state::PENDING))
         .filter(assignments::created_at.ge(since))
         .group_by(assignments::run_id)
         .select((
@@ -590,7 +591,7 @@ pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Resu
     write_tx(conn, |c| {
         let overdue = || {
             assignments::table
-                .filter(assignments::state.eq(state::LEASED))
+                .filter(in_state(state::LEASED))
                 .filter(assignments::lease_expires_at.lt(now))
         };
         let overdue: Vec<Assignment> = match c {
@@ -651,7 +652,7 @@ pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Resu
 /// made (`runs` has no index on its deadline) every pass.
 fn abandon_past_deadline(conn: &mut DbConn, now: Micros) -> Result<u32> {
     let with_pending: Vec<String> = assignments::table
-        .filter(assignments::state.eq(state::PENDING))
+        .filter(in_state(state::PENDING))
         .select(assignments::run_id)
         .distinct()
         .load(conn)?;
@@ -667,7 +668,7 @@ fn abandon_past_deadline(conn: &mut DbConn, now: Micros) -> Result<u32> {
         }
         abandoned += diesel::update(
             assignments::table
-                .filter(assignments::state.eq(state::PENDING))
+                .filter(in_state(state::PENDING))
                 .filter(assignments::run_id.eq_any(&past)),
         )
         .set(assignments::state.eq(state::EXPIRED))
@@ -688,7 +689,7 @@ fn offer_unclaimed(
 ) -> Result<u32> {
     let waited: Vec<(String, String)> = assignments::table
         .inner_join(runs::table)
-        .filter(assignments::state.eq(state::PENDING))
+        .filter(in_state(state::PENDING))
         .filter(assignments::created_at.lt(now - policy.offer_us))
         .filter(runs::deadline_at.gt(now))
         .select((assignments::id, assignments::run_id))

@@ -14,6 +14,15 @@ pub mod state {
     pub const EXPIRED: &str = "expired";
 }
 
+/// `assignments.state = '<state>'` with the state written into the statement, for
+/// filters that should use the partial indexes of open assignments (their predicates
+/// name the states): bound as a parameter, a state leaves PostgreSQL's generic plan
+/// unable to prove the predicate, and that plan reads every assignment. `state` is one
+/// of the [`state`] constants, never outside input.
+pub fn in_state(state: &'static str) -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql(&format!("\"assignments\".\"state\" = '{state}'"))
+}
+
 /// An assignment as stored.
 #[derive(Debug, Clone, Queryable, Selectable, Insertable)]
 #[diesel(table_name = assignments)]
