@@ -109,6 +109,16 @@ pub struct Archived {
     pub payments_deleted: u64,
 }
 
+impl std::ops::AddAssign for Archived {
+    fn add_assign(&mut self, batch: Archived) {
+        self.runs_deleted += batch.runs_deleted;
+        self.runs_kept += batch.runs_kept;
+        self.assignments_deleted += batch.assignments_deleted;
+        self.planned_deleted += batch.planned_deleted;
+        self.payments_deleted += batch.payments_deleted;
+    }
+}
+
 /// Archives the settled runs whose deadline is more than [`ARCHIVE_MARGIN_US`] before
 /// `results_cutoff` and none of whose results is left (see the module's doc), in
 /// bounded batches, each its own transaction. Returns what it removed.
@@ -118,11 +128,7 @@ pub fn archive(conn: &mut DbConn, results_cutoff: Micros, now: Micros) -> Result
     let mut cursor = None;
     for _ in 0..ARCHIVE_BATCHES_PER_PASS {
         let (looked_at, batch) = write_tx(conn, |c| archive_batch(c, before, now, &mut cursor))?;
-        done.runs_deleted += batch.runs_deleted;
-        done.runs_kept += batch.runs_kept;
-        done.assignments_deleted += batch.assignments_deleted;
-        done.planned_deleted += batch.planned_deleted;
-        done.payments_deleted += batch.payments_deleted;
+        done += batch;
         if looked_at < ARCHIVE_BATCH {
             break;
         }

@@ -484,25 +484,15 @@ pub fn offers(
     Ok(offers)
 }
 
-/// How many of the agent's leases have not run out at `now`. The state is part of the
-/// statement, so that every plan of it can use the index of leases by agent (a state
-/// bound as a parameter cannot prove the index's predicate: the generic plan read
-/// every assignment).
+/// How many of the agent's leases have not run out at `now`, through the index of
+/// leases by agent ([`in_state`]: the state written into the statement).
 fn leases_in_flight(conn: &mut DbConn, agent_id: &str, now: Micros) -> Result<i64> {
-    #[derive(QueryableByName)]
-    struct Count {
-        #[diesel(sql_type = BigInt)]
-        n: i64,
-    }
-    let counted: Count = diesel::sql_query(format!(
-        "SELECT COUNT(*) AS n FROM assignments \
-         WHERE agent_id = $1 AND state = '{leased}' AND lease_expires_at > $2",
-        leased = state::LEASED
-    ))
-    .bind::<Text, _>(agent_id)
-    .bind::<BigInt, _>(now)
-    .get_result(conn)?;
-    Ok(counted.n)
+    Ok(assignments::table
+        .filter(assignments::agent_id.eq(agent_id))
+        .filter(in_state(state::LEASED))
+        .filter(assignments::lease_expires_at.gt(now))
+        .count()
+        .get_result(conn)?)
 }
 
 /// Leases the oldest pending assignment this agent may take; returns its id.
