@@ -108,6 +108,11 @@ impl ControllerProcess {
         Ok((process, key))
     }
 
+    /// The scratch PostgreSQL database it serves from, if any.
+    pub fn database_url(&self) -> Option<&str> {
+        self.database_url.as_deref()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -18,6 +18,12 @@
 //! reports them, the server's CPU over the run, and each call's rate as a ratio of the
 //! hello world's. `wrk` shares the two cores with the server it measures, the same way
 //! for every row, so read the ratios.
+//!
+//! On PostgreSQL a last row is PostgreSQL alone: `pgbench` (Debian's, beside
+//! `pg_config --bindir`) sends `GET /api/v1/checks`' own statement, prepared, on as many
+//! connections as the controller's pool has, with no HTTP in front. It is the most a
+//! call that reads the database once can reach on this machine, so `/checks` is also
+//! printed as a share of it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -320,10 +326,13 @@ pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
             controller.pid(),
         ),
     ];
-    let mut hello_rate = None;
+    let (mut hello_rate, mut checks_rate) = (None, None);
     for (name, url, script, pid) in rows {
         let m = wrk(&args, &url, script, pid)?;
         let reference = *hello_rate.get_or_insert(m.requests_per_s);
+        if url.ends_with("/api/v1/checks") {
+            checks_rate = Some(m.requests_per_s);
+        }
         println!(
             "{:<34} {:>10.0} {:>9.2} {:>9.2} {:>8} {:>8} {:>9.0} {:>7.2}x",
             name,
@@ -337,7 +346,84 @@ pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
         );
     }
     drop(hello);
+    if let (Some(url), Some(hello_rate), Some(checks_rate)) =
+        (controller.database_url(), hello_rate, checks_rate)
+    {
+        match postgres_alone(url, &args) {
+            Ok(rate) => println!(
+                "{:<34} {:>10.0} {:>9} {:>9} {:>8} {:>8} {:>9} {:>7.2}x\n\n\
+                 GET /api/v1/checks reaches {:.0} % of what PostgreSQL alone answers here.",
+                "PostgreSQL alone, /checks' SELECT",
+                rate,
+                "",
+                "",
+                "",
+                "",
+                "",
+                rate / hello_rate,
+                100.0 * checks_rate / rate
+            ),
+            Err(e) => println!("PostgreSQL alone: not measured ({e:#})"),
+        }
+    }
     Ok(())
+}
+
+/// The rate of `GET /api/v1/checks`' statement sent by `pgbench` straight to the
+/// controller's database, prepared, on the controller's number of connections.
+fn postgres_alone(url: &str, args: &Args) -> anyhow::Result<f64> {
+    use diesel::{Connection, RunQueryDsl};
+    #[derive(diesel::QueryableByName)]
+    struct Owner {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        id: String,
+    }
+    let mut conn = diesel::PgConnection::establish(url)?;
+    let owner: Owner = diesel::sql_query("SELECT id FROM owners LIMIT 1").get_result(&mut conn)?;
+    let bindir = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let pgbench = bindir
+        .map(|d| d.join("pgbench"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("pgbench"));
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("checks.sql");
+    // What `lastmile_storage::checks::list` sends (its columns are those of the row).
+    std::fs::write(
+        &script,
+        "SELECT * FROM checks WHERE owner_id = :owner AND deleted_at IS NULL ORDER BY created_at;\n",
+    )?;
+    let out = Command::new(&pgbench)
+        .args(["-n", "-M", "prepared", "-j", "1"])
+        .arg(format!(
+            "-c{}",
+            lastmile_controller::config::ControllerConfig::default().max_db_connections
+        ))
+        .arg(format!("-T{}", args.duration.as_secs()))
+        .arg("-D")
+        .arg(format!("owner={}", owner.id))
+        .arg("-f")
+        .arg(&script)
+        .arg(url)
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {} ({e})", pgbench.display()))?;
+    if !out.status.success() {
+        bail!("pgbench failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_pgbench(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The rate in `pgbench`'s report ("tps = 21809.27 (without initial connection time)").
+fn parse_pgbench(out: &str) -> anyhow::Result<f64> {
+    out.lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("could not read pgbench's report:\n{out}"))
 }
 
 #[cfg(test)]
@@ -352,5 +438,12 @@ mod tests {
         assert!((p50 - 0.58).abs() < 1e-9 && (p99 - 1.2).abs() < 1e-9);
         assert_eq!((non_2xx, errors), (7, 3));
         assert!(parse_wrk("nothing").is_err());
+    }
+
+    #[test]
+    fn pgbench_reports_are_read() {
+        let out = "transaction type: checks.sql\nnumber of clients: 8\nlatency average = 0.734 ms\ntps = 21809.273583 (without initial connection time)\n";
+        assert_eq!(parse_pgbench(out).unwrap(), 21809.273583);
+        assert!(parse_pgbench("nothing").is_err());
     }
 }
