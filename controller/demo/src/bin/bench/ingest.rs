@@ -504,10 +504,17 @@ fn compare_with_copy(
         .filter(results::assignment_id.not_like("history-%"))
         .select(StoredResult::as_select())
         .load(conn)?;
-    let copy_rate = raw_copy(admin, &rows)?;
+    let copies = raw_copy(admin, &rows)?;
+    let copy_rate = copies[copies.len() / 2];
     println!(
-        "\n  raw COPY of the same {} rows: {copy_rate:.0} rows/s; {what} / COPY = {:.3}x",
+        "\n  raw COPY of the same {} rows: {copy_rate:.0} rows/s (median of {}: {}); {what} / COPY = {:.3}x",
         rows.len(),
+        copies.len(),
+        copies
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         rate / copy_rate
     );
     Ok(())
@@ -591,9 +598,10 @@ fn in_process(
     Ok((accepted.into_inner(), started.elapsed()))
 }
 
-/// Writes `rows` into the `results` table of a fresh, migrated database with one binary
-/// `COPY`; returns rows per second.
-fn raw_copy(admin: &str, rows: &[StoredResult]) -> anyhow::Result<f64> {
+/// Writes `rows` into the `results` table of a fresh, migrated database with one `COPY`,
+/// [`COPIES`] times (emptied in between); returns each copy's rows per second, slowest
+/// first.
+fn raw_copy(admin: &str, rows: &[StoredResult]) -> anyhow::Result<Vec<f64>> {
     let scratch = ScratchPg::create(admin, "copy")?;
     let db = Db::open(&scratch.url, 1)?;
     let mut conn = db.conn()?;
@@ -610,17 +618,29 @@ fn raw_copy(admin: &str, rows: &[StoredResult]) -> anyhow::Result<f64> {
              EXECUTE format('ALTER TABLE results DROP CONSTRAINT %I', c.conname); \
            END LOOP; END $$;",
     )?;
-    let started = Instant::now();
-    diesel::copy_from(results::table)
-        .from_raw_data(results::table, |out| {
-            rows.iter()
-                .try_for_each(|r| csv_row(r, out))
-                .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
-        })
-        .with_format(diesel::pg::CopyFormat::Csv)
-        .execute(pg)?;
-    Ok(rows.len() as f64 / started.elapsed().as_secs_f64())
+    // A single copy of a few tenths of a second into a database just created varied
+    // from 56k to 104k rows/s between runs: the reference is the median of three, the
+    // table emptied between them.
+    let mut rates = Vec::with_capacity(COPIES);
+    for _ in 0..COPIES {
+        diesel::connection::SimpleConnection::batch_execute(pg, "TRUNCATE results")?;
+        let started = Instant::now();
+        diesel::copy_from(results::table)
+            .from_raw_data(results::table, |out| {
+                rows.iter()
+                    .try_for_each(|r| csv_row(r, out))
+                    .map_err(|e| diesel::result::Error::SerializationError(Box::new(e)))
+            })
+            .with_format(diesel::pg::CopyFormat::Csv)
+            .execute(pg)?;
+        rates.push(rows.len() as f64 / started.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(rates)
 }
+
+/// Raw copies of the rows whose median is the reference.
+const COPIES: usize = 3;
 
 /// One result as a CSV line in the `results` table's column order (an empty unquoted
 /// field is NULL; text is quoted).
