@@ -47,6 +47,13 @@ const JUMP_MIN_US: u64 = 20_000;
 /// Loss at or above this share of probes is loss, below it noise.
 const LOSS_PERCENT: f64 = 30.0;
 
+/// A trace in one of `states`, written into the statement so that PostgreSQL's generic
+/// plan can use the partial indexes of pending and open traces (the work feed looks
+/// every second, the expiry every alerting pass, over a table that keeps every trace).
+fn in_state(states: &[&'static str]) -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    lastmile_storage::one_of_literals("\"path_traces\".\"state\"", states)
+}
+
 mod state {
     pub const PENDING: &str = "pending";
     pub const LEASED: &str = "leased";
@@ -113,7 +120,7 @@ pub fn request_for_incident(
 /// each once per trace, as for assignments).
 pub fn offers(conn: &mut DbConn, since: Micros) -> Result<Vec<(String, Micros)>> {
     Ok(path_traces::table
-        .filter(path_traces::state.eq(state::PENDING))
+        .filter(in_state(&[state::PENDING]))
         .filter(path_traces::created_at.ge(since))
         .select((path_traces::agent_id, path_traces::created_at))
         .load(conn)?)
@@ -124,7 +131,7 @@ pub fn lease(conn: &mut DbConn, agent_id: &str, now: Micros) -> Result<Vec<Trace
     write_tx(conn, |c| {
         let pending = path_traces::table
             .filter(path_traces::agent_id.eq(agent_id))
-            .filter(path_traces::state.eq(state::PENDING))
+            .filter(in_state(&[state::PENDING]))
             .filter(path_traces::expires_at.gt(now))
             .order(path_traces::created_at)
             .limit(2)
@@ -218,7 +225,7 @@ pub fn record(conn: &mut DbConn, agent_id: &str, report: &TraceReport, now: Micr
 pub fn expire(conn: &mut DbConn, now: Micros) -> Result<usize> {
     Ok(diesel::update(
         path_traces::table
-            .filter(path_traces::state.eq_any([state::PENDING, state::LEASED]))
+            .filter(in_state(&[state::PENDING, state::LEASED]))
             .filter(path_traces::expires_at.lt(now)),
     )
     .set(path_traces::state.eq(state::EXPIRED))

@@ -20,7 +20,7 @@ pub mod state {
 /// unable to prove the predicate, and that plan reads every assignment. `state` is one
 /// of the [`state`] constants, never outside input.
 pub fn in_state(state: &'static str) -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
-    diesel::dsl::sql(&format!("\"assignments\".\"state\" = '{state}'"))
+    crate::one_of_literals("\"assignments\".\"state\"", &[state])
 }
 
 /// An assignment as stored.

@@ -344,6 +344,19 @@ where
     }
 }
 
+/// `<column> IN ('<value>', ...)` with the values written into the statement: for
+/// filters that should use a partial index whose predicate names those values (bound
+/// as parameters, they leave PostgreSQL's generic plan unable to prove the predicate,
+/// and that plan reads the whole table). `column` is a quoted `"table"."column"`, the
+/// values constants of the code, never outside input.
+pub fn one_of_literals(
+    column: &'static str,
+    values: &[&'static str],
+) -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    let values: Vec<String> = values.iter().map(|v| format!("'{v}'")).collect();
+    diesel::dsl::sql(&format!("{column} IN ({})", values.join(", ")))
+}
+
 /// Counts rows of a table-like query; a small helper for tests and metrics.
 pub fn count_sql(conn: &mut DbConn, sql: &str) -> QueryResult<i64> {
     #[derive(diesel::QueryableByName)]
