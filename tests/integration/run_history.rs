@@ -256,6 +256,33 @@ async fn a_run_over_keeps_its_counts_and_its_rows_go_once_its_results_have(db: T
         retention::age_out(&mut conn, now_us(), 30).unwrap(),
         retention::Aged::default()
     );
+    // The check runs again (as a check paused for longer than the retention, then
+    // resumed): its archived run is no longer its latest, and the next pass deletes it.
+    app.start_run(&owner, &check).await;
+    let aged = retention::age_out(&mut conn, now_us(), 30).unwrap();
+    assert_eq!(
+        aged.runs,
+        Archived {
+            runs_deleted: 1,
+            ..Archived::default()
+        },
+        "the archived run, its check having run since"
+    );
+    let now_listed = runs(&app, &owner, &check).await;
+    assert_eq!(now_listed.len(), 1, "{now_listed:?}");
+    assert_ne!(now_listed[0]["id"], kept[0]["id"]);
+    let (status, gone) = app
+        .get(
+            &format!(
+                "/api/v1/checks/{check}/runs/{}",
+                kept[0]["id"].as_str().unwrap()
+            ),
+            &owner,
+        )
+        .await;
+    assert_eq!(status, 404, "{gone}");
+    assert_eq!(runs(&app, &owner, &other).await.len(), 1);
+    assert_eq!(ledger::audit(&mut *conn).unwrap(), Vec::<String>::new());
     app.controller.stop().await.unwrap();
 }
 
@@ -303,4 +330,26 @@ async fn the_scheduler_settles_a_run_once_it_is_over(db: TestDb) {
         "{run}"
     );
     app.controller.stop().await.unwrap();
+}
+
+/// On SQLite a scheduler pass with no run to settle (nearly every pass) must not take
+/// the one write lock that every accepted result waits for: it settles nothing, at
+/// once, while another connection holds that lock.
+#[test]
+fn on_sqlite_a_pass_with_nothing_to_settle_leaves_the_write_lock_alone() {
+    use diesel::connection::SimpleConnection;
+    use diesel::Connection;
+    let db = TestDb::new(Backend::Sqlite);
+    let pool = lastmile_storage::Db::open(&db.url, 2).unwrap();
+    let mut writer = diesel::SqliteConnection::establish(&db.url).unwrap();
+    writer.batch_execute("BEGIN IMMEDIATE").unwrap();
+    let started = Instant::now();
+    let settled = run_history::settle(&mut pool.conn().unwrap(), now_us());
+    assert_eq!(settled.unwrap(), 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "settling nothing waited {:?} for the write lock",
+        started.elapsed()
+    );
+    writer.batch_execute("ROLLBACK").unwrap();
 }

@@ -71,12 +71,28 @@ pub fn settle(conn: &mut DbConn, now: Micros) -> Result<u32> {
     } else {
         ""
     };
-    let sql = format!(
-        "WITH due AS MATERIALIZED (SELECT u.id FROM runs u \
+    let due = format!(
+        "SELECT u.id FROM runs u \
            WHERE u.settled_at IS NULL AND u.deadline_at < $1 \
            AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.run_id = u.id \
              AND a.state IN ('{pending}', '{leased}')) \
-           AND NOT EXISTS (SELECT 1 FROM fold_queue q WHERE q.run_id = u.id) \
+           AND NOT EXISTS (SELECT 1 FROM fold_queue q WHERE q.run_id = u.id)",
+        pending = state::PENDING,
+        leased = state::LEASED,
+    );
+    // SQLite's write transaction takes the one write lock, which every accept waits
+    // for: look first, outside it, so that a pass with nothing to settle (nearly every
+    // pass) does not take it. PostgreSQL's statement with nothing to do locks nothing.
+    if matches!(conn, DbConn::Sqlite(_)) {
+        let any = diesel::sql_query(format!("SELECT COUNT(*) AS n FROM ({due} LIMIT 1) d"))
+            .bind::<BigInt, _>(now)
+            .get_result::<Count>(conn)?;
+        if any.n == 0 {
+            return Ok(0);
+        }
+    }
+    let sql = format!(
+        "WITH due AS MATERIALIZED ({due} \
            ORDER BY u.deadline_at LIMIT {SETTLE_BATCH}{lock}) \
          UPDATE runs SET settled_at = $1, \
            settled_done = (SELECT COUNT(*) FROM assignments a \
@@ -88,8 +104,6 @@ pub fn settle(conn: &mut DbConn, now: Micros) -> Result<u32> {
          FROM due WHERE runs.id = due.id",
         done = state::DONE,
         expired = state::EXPIRED,
-        pending = state::PENDING,
-        leased = state::LEASED,
     );
     let settled = write_tx(conn, |c| {
         diesel::sql_query(&sql).bind::<BigInt, _>(now).execute(c)
@@ -119,6 +133,28 @@ impl std::ops::AddAssign for Archived {
     }
 }
 
+/// Whether the run (a row of `runs`) has a later run of its check: then it is not its
+/// check's latest. A macro, the expression's type being diesel's to spell.
+macro_rules! later_run_of_its_check {
+    () => {{
+        let later = diesel::alias!(runs as later);
+        diesel::dsl::exists(
+            later
+                .filter(later.field(runs::check_id).eq(runs::check_id))
+                // Made at the same time or later (a range of the index on check and
+                // time), then strictly later, ties broken by id as
+                // `scheduling::latest_run` breaks them.
+                .filter(later.field(runs::created_at).ge(runs::created_at))
+                .filter(
+                    later
+                        .field(runs::created_at)
+                        .gt(runs::created_at)
+                        .or(later.field(runs::id).gt(runs::id)),
+                ),
+        )
+    }};
+}
+
 /// Archives the settled runs whose deadline is more than [`ARCHIVE_MARGIN_US`] before
 /// `results_cutoff` and none of whose results is left (see the module's doc), in
 /// bounded batches, each its own transaction. Returns what it removed.
@@ -133,7 +169,38 @@ pub fn archive(conn: &mut DbConn, results_cutoff: Micros, now: Micros) -> Result
             break;
         }
     }
+    done.runs_deleted += delete_superseded(conn)?;
     Ok(done)
+}
+
+/// Most archived runs one pass deletes once their check has run again: about one a
+/// check that was paused for longer than the retention and then resumed.
+const SUPERSEDED_PER_PASS: i64 = 10_000;
+
+/// Deletes archived runs that are no longer their check's latest: kept while they
+/// were (a check paused for longer than the retention), their check has run since.
+/// Their per-slot rows went when they were archived. The archived runs are found by a
+/// partial index that holds only them (`runs_archived`).
+fn delete_superseded(conn: &mut DbConn) -> Result<u64> {
+    write_tx(conn, |c| {
+        let superseded: Vec<String> = runs::table
+            .filter(runs::archived_at.is_not_null())
+            .filter(later_run_of_its_check!())
+            .select(runs::id)
+            .limit(SUPERSEDED_PER_PASS)
+            .load(c)?;
+        let mut deleted = 0;
+        for chunk in superseded.chunks(lastmile_storage::agents::KEYS_PER_LOOKUP) {
+            deleted += diesel::delete(runs::table.filter(runs::id.eq_any(chunk))).execute(c)?;
+        }
+        Ok(deleted as u64)
+    })
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
 }
 
 /// Where an [`archive`] pass has got to: the last run it looked at, by deadline then id.
@@ -211,24 +278,10 @@ fn archive_batch(
         diesel::delete(assignments::table.filter(assignments::run_id.eq_any(&ids))).execute(conn)?
             as u64;
     // A run with a later run of its check goes; a check's latest run stays, archived.
-    let later = diesel::alias!(runs as later);
     let runs_deleted = diesel::delete(
         runs::table
             .filter(runs::id.eq_any(&ids))
-            .filter(diesel::dsl::exists(
-                later
-                    .filter(later.field(runs::check_id).eq(runs::check_id))
-                    // Made at the same time or later (a range of the index on check
-                    // and time), then strictly later, ties broken by id as
-                    // `scheduling::latest_run` breaks them.
-                    .filter(later.field(runs::created_at).ge(runs::created_at))
-                    .filter(
-                        later
-                            .field(runs::created_at)
-                            .gt(runs::created_at)
-                            .or(later.field(runs::id).gt(runs::id)),
-                    ),
-            )),
+            .filter(later_run_of_its_check!()),
     )
     .execute(conn)? as u64;
     let runs_kept = diesel::update(runs::table.filter(runs::id.eq_any(&ids)))
