@@ -15,7 +15,8 @@
 //! 1. [`accept`] (the agent's request, one short transaction for all the results it
 //!    sends; [`accept_many`] for several agents' requests in one, as the controller's
 //!    group commit writes them): store each result, close its assignment and, when it
-//!    counts, queue it in `fold_queue`. It locks only the submitted assignments.
+//!    counts, queue it in `fold_queue`. It locks only the submitted assignments (a
+//!    timely result's assignment is closed and locked by one update).
 //! 2. [`fold_pending`] (a folder, batches of up to [`FOLD_BATCH`]): take queued
 //!    results, merge them per aggregate cell (one read and one write per cell, however
 //!    many results it gets), pay for all of them in one ledger transaction
@@ -46,7 +47,7 @@ use crate::error::{Error, Result};
 pub use crate::fold_handoff::Handoff;
 use crate::histogram;
 use crate::{billing, checks, verification};
-use lastmile_storage::assignments::{state, Assignment};
+use lastmile_storage::assignments::{in_state, state, Assignment};
 use lastmile_storage::fold_queue::{self, Queued};
 use lastmile_storage::schema::{aggregates, assignments, results};
 use lastmile_storage::{write_tx, DbConn};
@@ -225,11 +226,12 @@ pub struct Request<'a> {
 /// would have answered it alone, in the order given: the requests are judged one after
 /// the other, each against the results of the requests before it, so a copy, a replay
 /// or a farm sibling in an earlier request of the batch is seen as if it had committed
-/// first. What the requests share is paid once: locking the assignments, looking for
-/// results stored before, the stored results with the batch's numbers and the agents'
-/// siblings (`verification::Batch`), writing the results (one `COPY` on PostgreSQL;
-/// earlier only when the same-address rule must read them), closing the assignments
-/// and queueing the fold, one statement each for the whole batch (or per
+/// first. What the requests share is paid once: closing the assignments of timely
+/// results (one update an agent, which also locks them: [`claim_timely`]) and locking
+/// the others, looking for results stored before, the stored results with the batch's
+/// numbers and the agents' siblings (`verification::Batch`), writing the results (one
+/// `COPY` on PostgreSQL; earlier only when the same-address rule must read them) and
+/// queueing the fold, one statement each for the whole batch (or per
 /// [`KEYS_PER_LOOKUP`](lastmile_storage::agents::KEYS_PER_LOOKUP) keys), and one
 /// commit. A request refused as a whole
 /// (too many results) does not stop the others; an error of the database fails the
@@ -266,7 +268,18 @@ pub fn accept_many(
     ids.dedup();
     let now = now_us();
     let (answers, handed) = write_tx(conn, |c| {
-        let leased = lock_assignments(c, &ids)?;
+        // The usual submission, a valid result of an assignment leased to its agent and
+        // still in time, closes the assignment whatever else is judged of it: closed
+        // first, by one update that locks it too. The others (late, repeated, someone
+        // else's) are locked and read as they are.
+        let mut leased = claim_timely(c, requests, &checked, now)?;
+        let claimed = leased.len();
+        let rest: Vec<String> = ids
+            .iter()
+            .filter(|id| !leased.contains_key(*id))
+            .cloned()
+            .collect();
+        leased.extend(lock_assignments(c, &rest)?);
         // Only an assignment no longer leased (closed by its result) or past its lease
         // (whose late result may be stored) can have a result already: one still leased
         // and in time has none (an assignment is leased once; a re-offer is a new one),
@@ -317,15 +330,16 @@ pub fn accept_many(
                 )?),
             });
         }
-        written.store(c)?;
-        for chunk in written
-            .closed
-            .chunks(lastmile_storage::agents::KEYS_PER_LOOKUP)
-        {
-            diesel::update(assignments::table.filter(assignments::id.eq_any(chunk)))
-                .set(assignments::state.eq(state::DONE))
-                .execute(c)?;
+        // Every assignment closed must have its timely result, and every timely result
+        // a closed assignment: a result stored with its assignment still leased would
+        // be measured again once the lease ran out, and counted twice.
+        if written.timely != claimed {
+            return Err(Error::Internal(format!(
+                "{claimed} assignments closed for {} timely results",
+                written.timely
+            )));
         }
+        written.store(c)?;
         fold_queue::enqueue(c, &written.queued)?;
         Ok::<_, Error>((answers, written.handed))
     })?;
@@ -349,9 +363,9 @@ struct Written<'a> {
     rows: Vec<StoredResult>,
     /// Flagged results among `rows`, with their agent and flags.
     flagged: Vec<(&'a Agent, usize, Vec<verification::Flag>)>,
-    /// Assignments to close: their (timely) result is stored.
-    closed: Vec<String>,
     queued: Vec<Queued>,
+    /// New results in time: as many as the assignments [`claim_timely`] closed.
+    timely: usize,
     /// Whether the queued results are to be handed to the folder in memory
     /// ([`Handoff`]), and those results with their agents' volunteers.
     hand_off: bool,
@@ -475,8 +489,9 @@ fn judge<'a>(
         .collect();
     for (r, flags) in new.into_iter().zip(flags) {
         batch.stored(agent, &r, !r.late && flags.is_empty());
+        // A timely result's assignment was closed by `claim_timely`.
         if !r.late {
-            written.closed.push(r.assignment_id.clone());
+            written.timely += 1;
             if flags.is_empty() {
                 written.queued.push(Queued {
                     assignment_id: r.assignment_id.clone(),
@@ -515,6 +530,64 @@ fn ack(sub: &ResultSubmission, late: bool) -> ResultAck {
             ResultDisposition::Accepted
         },
     }
+}
+
+/// Closes the assignments that the batch's valid submissions are timely results of
+/// (leased to the submitting agent, the lease not run out at `now`): one update per
+/// agent and [`KEYS_PER_LOOKUP`](lastmile_storage::agents::KEYS_PER_LOOKUP) keys,
+/// which locks them as it closes them, instead of a lock and then a close. Returns them
+/// as they were before (leased), which is how the batch's judgement reads them: each
+/// is a new, timely result, and every such result closes its assignment.
+///
+/// Agents in id order, keys in index order within each: two transactions that claim
+/// the same assignments (an agent's retry beside its first try) lock them in one
+/// order.
+fn claim_timely(
+    conn: &mut DbConn,
+    requests: &[Request<'_>],
+    checked: &[Result<Vec<Result<()>>>],
+    now: Micros,
+) -> Result<HashMap<String, Assignment>> {
+    let mut by_agent: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for (request, checked) in requests.iter().zip(checked) {
+        let Ok(valid) = checked else { continue };
+        let ids = by_agent.entry(request.agent.id.as_str()).or_default();
+        for (sub, valid) in request.subs.iter().zip(valid) {
+            if valid.is_ok() {
+                ids.push(sub.assignment_id.to_string());
+            }
+        }
+    }
+    let mut claimed = HashMap::new();
+    for (agent_id, mut ids) in by_agent {
+        ids.sort();
+        ids.dedup();
+        for chunk in ids.chunks(lastmile_storage::agents::KEYS_PER_LOOKUP) {
+            let close = || {
+                diesel::update(
+                    assignments::table
+                        .filter(assignments::id.eq_any(chunk))
+                        .filter(assignments::agent_id.eq(agent_id))
+                        .filter(in_state(state::LEASED))
+                        .filter(assignments::lease_expires_at.ge(now)),
+                )
+                .set(assignments::state.eq(state::DONE))
+            };
+            let rows: Vec<Assignment> = match conn {
+                DbConn::Pg(c) => close()
+                    .returning(Assignment::as_returning())
+                    .get_results(c)?,
+                DbConn::Sqlite(c) => close()
+                    .returning(Assignment::as_returning())
+                    .get_results(c)?,
+            };
+            claimed.extend(rows.into_iter().map(|mut a| {
+                a.state = state::LEASED.to_owned();
+                (a.id.clone(), a)
+            }));
+        }
+    }
+    Ok(claimed)
 }
 
 /// The assignments with these ids, locked until the end of the caller's transaction
