@@ -577,9 +577,25 @@ fn claim_timely(
                 DbConn::Pg(c) => close()
                     .returning(Assignment::as_returning())
                     .get_results(c)?,
-                DbConn::Sqlite(c) => close()
-                    .returning(Assignment::as_returning())
-                    .get_results(c)?,
+                // Given this filter, SQLite's planner (no statistics) reads every leased
+                // assignment through the `(state, created_at)` index instead of the
+                // keys (5.0-5.8k results/s in `bench ingest`, 7.6k before): its one
+                // writer, which needs no lock, reads the keys and closes by key those
+                // that qualify.
+                DbConn::Sqlite(c) => {
+                    let timely: Vec<Assignment> = assignments::table
+                        .filter(assignments::id.eq_any(chunk))
+                        .select(Assignment::as_select())
+                        .load(c)?
+                        .into_iter()
+                        .filter(|a| a.agent_id.as_deref() == Some(agent_id) && !past_lease(a, now))
+                        .collect();
+                    let ids = timely.iter().map(|a| a.id.as_str());
+                    diesel::update(assignments::table.filter(assignments::id.eq_any(ids)))
+                        .set(assignments::state.eq(state::DONE))
+                        .execute(c)?;
+                    timely
+                }
             };
             claimed.extend(rows.into_iter().map(|mut a| {
                 a.state = state::LEASED.to_owned();
