@@ -541,7 +541,10 @@ fn ack(sub: &ResultSubmission, late: bool) -> ResultAck {
 ///
 /// Agents in id order, keys in index order within each: two transactions that claim
 /// the same assignments (an agent's retry beside its first try) lock them in one
-/// order.
+/// order. The rest are locked after, in id order (`lock_assignments`); only two
+/// batches crossing each other with assignments submitted by agents they are not
+/// leased to can then wait for each other, and PostgreSQL ends one of them as a
+/// deadlock, whose requests are then written one by one (`accepting::write_batch`).
 fn claim_timely(
     conn: &mut DbConn,
     requests: &[Request<'_>],
