@@ -357,3 +357,36 @@ fn assignments_where(
     .unwrap();
     rows.into_iter().map(|r| (r.id, r.run_id)).collect()
 }
+
+/// On SQLite, which keeps no statistics, the credit held at every run's admission is
+/// found from the owner's checks and their open assignments, not by reading the open
+/// assignments of every owner (the plan SQLite chose for an inner join).
+#[test]
+fn on_sqlite_held_credit_is_read_from_the_owners_checks() {
+    use diesel::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Step {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        detail: String,
+    }
+    let db = TestDb::new(lastmile_storage::Backend::Sqlite);
+    let pool = lastmile_storage::Db::open(&db.url, 1).unwrap();
+    let plan: Vec<String> = diesel::sql_query(format!(
+        "EXPLAIN QUERY PLAN {}",
+        lastmile_domain::billing::HELD_FOR_ASSIGNMENTS
+    ))
+    .bind::<diesel::sql_types::Text, _>("owner")
+    .load::<Step>(&mut *pool.conn().unwrap())
+    .unwrap()
+    .into_iter()
+    .map(|step| step.detail)
+    .collect();
+    assert!(
+        plan.iter().any(|s| s.contains("USING INDEX checks_owner")),
+        "{plan:#?}"
+    );
+    assert!(
+        plan.iter().all(|s| !s.contains("assignments_pending")),
+        "{plan:#?}"
+    );
+}

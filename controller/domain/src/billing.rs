@@ -40,6 +40,16 @@ pub fn price_of(check: &Check) -> Money {
     pricing::price_per_result(kind, &selection.connection_classes, &selection.countries)
 }
 
+/// [`held_for_assignments`]' statement (`$1`: the owner).
+pub const HELD_FOR_ASSIGNMENTS: &str =
+    "SELECT a.run_id, COUNT(*) AS n FROM checks c CROSS JOIN assignments a \
+      WHERE a.check_id = c.id AND c.owner_id = $1 AND a.state IN ('pending', 'leased') \
+      GROUP BY a.run_id \
+     UNION ALL \
+     SELECT q.run_id, q.n FROM (SELECT run_id, COUNT(*) AS n FROM fold_queue GROUP BY run_id) q \
+      WHERE (SELECT c.owner_id FROM runs r JOIN checks c ON c.id = r.check_id \
+              WHERE r.id = q.run_id) = $1";
+
 /// Credit held for the owner's assignments that are still pending or leased, or whose
 /// result is accepted and still queued for folding: each will be paid for, at its run's
 /// admitted price, when its result is folded.
@@ -52,7 +62,10 @@ pub fn price_of(check: &Check) -> Money {
 /// out); the two sets are disjoint (a result is queued by the transaction that closes
 /// its assignment). The states are literals in the text so that PostgreSQL
 /// proves the partial index usable in a generic plan too; an `OR` of the two sets, as
-/// this was written before, read the whole `assignments` table every time.
+/// this was written before, read the whole `assignments` table every time. The checks
+/// are joined with `CROSS JOIN`, which SQLite reads as "checks first" (PostgreSQL
+/// orders it freely, as an inner join): without statistics SQLite otherwise started
+/// from every open assignment of every owner, through `(state, created_at)`.
 pub fn held_for_assignments(conn: &mut DbConn, owner_id: &str) -> Result<Money> {
     #[derive(QueryableByName)]
     struct Held {
@@ -61,16 +74,9 @@ pub fn held_for_assignments(conn: &mut DbConn, owner_id: &str) -> Result<Money> 
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let held: Vec<Held> = diesel::sql_query(
-        "SELECT a.run_id, COUNT(*) AS n FROM checks c JOIN assignments a ON a.check_id = c.id \
-          WHERE c.owner_id = $1 AND a.state IN ('pending', 'leased') GROUP BY a.run_id \
-         UNION ALL \
-         SELECT q.run_id, q.n FROM (SELECT run_id, COUNT(*) AS n FROM fold_queue GROUP BY run_id) q \
-          WHERE (SELECT c.owner_id FROM runs r JOIN checks c ON c.id = r.check_id \
-                  WHERE r.id = q.run_id) = $1",
-    )
-    .bind::<diesel::sql_types::Text, _>(owner_id)
-    .load(conn)?;
+    let held: Vec<Held> = diesel::sql_query(HELD_FOR_ASSIGNMENTS)
+        .bind::<diesel::sql_types::Text, _>(owner_id)
+        .load(conn)?;
     let run_ids: Vec<&str> = held.iter().map(|h| h.run_id.as_str()).collect();
     let terms = runs_terms(conn, &run_ids)?;
     let mut minor = 0;
