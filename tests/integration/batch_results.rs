@@ -1,11 +1,13 @@
 //! Results in batches, on both backends: several results in one request
 //! (`POST /api/v1/results/batch`), answered one by one; accepted results folded into
 //! the report and paid before the answer; results queued but not folded (a replica that
-//! died in between) folded by the background pass.
+//! died in between) folded by the background pass; and a group commit of two agents'
+//! requests that cross each other closes exactly the assignments of its timely results.
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
+use diesel::RunQueryDsl;
 use lastmile_billing::ledger;
 use lastmile_domain::{agents, ingest};
 use lastmile_protocol::ResultSubmission;
@@ -19,6 +21,7 @@ use crate::support::{count, TestApp, TestDb, OWNER_CREDIT};
 per_backend!(
     a_batch_answers_each_result_in_order_and_counts_and_pays_each_once,
     results_queued_but_not_folded_are_folded_by_the_background_pass,
+    a_group_commit_closes_exactly_the_assignments_of_its_timely_results,
 );
 
 async fn submit_batch(app: &TestApp, token: &str, results: Vec<Value>) -> (u16, Value) {
@@ -205,5 +208,125 @@ async fn results_queued_but_not_folded_are_folded_by_the_background_pass(db: Tes
     assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM result_payments"), 1);
     let (_, balance) = app.get("/api/v1/me/balance", &owner).await;
     assert_eq!(balance["balances"][0]["balance_minor"], OWNER_CREDIT - 5);
+    app.controller.stop().await.unwrap();
+}
+
+/// Two agents' requests written in one transaction (the controller's group commit):
+/// each agent's timely results close their assignments; a submission of the other's
+/// assignment is refused whichever request comes first; a late result is stored and
+/// leaves its assignment as it was; a repeat in the same request is a duplicate.
+async fn a_group_commit_closes_exactly_the_assignments_of_its_timely_results(db: TestDb) {
+    // Only this test folds and expires: no background pass.
+    let app = TestApp::start_with(&db, |c| {
+        c.scheduler_tick_ms = 3_600_000;
+        c.fold_interval_ms = 3_600_000;
+    })
+    .await;
+    let site = crate::support::target_site().await;
+    let owner = app.owner("owner");
+    let key = app.volunteer("volunteer");
+    let a = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 2)
+        .await;
+    let b = app
+        .agent(Ipv4Addr::new(127, 0, 0, 3), &key, "fibre", 2)
+        .await;
+    let check = app
+        .site_check(&owner, &site, site.origin(), json!({"agents_per_run": 2}))
+        .await;
+    app.start_run(&owner, &check).await;
+    app.start_run(&owner, &check).await;
+    let tasks = |lease: &Value| -> Vec<Value> {
+        lease["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["assignment_id"].clone())
+            .collect()
+    };
+    let (_, lease_a) = app.lease(&a, 2).await;
+    let (_, lease_b) = app.lease(&b, 2).await;
+    let (tasks_a, tasks_b) = (tasks(&lease_a), tasks(&lease_b));
+    assert_eq!(
+        (tasks_a.len(), tasks_b.len()),
+        (2, 2),
+        "{lease_a} {lease_b}"
+    );
+    let id = |t: &Value| t.as_str().unwrap().to_owned();
+    let (a1, a2, b1, b2) = (
+        id(&tasks_a[0]),
+        id(&tasks_a[1]),
+        id(&tasks_b[0]),
+        id(&tasks_b[1]),
+    );
+    let mut conn = app.db().conn().unwrap();
+    // A's second lease has run out (the expiry pass has not come by): its result is late.
+    diesel::sql_query(format!(
+        "UPDATE assignments SET lease_expires_at = 1 WHERE id = '{a2}'"
+    ))
+    .execute(&mut *conn)
+    .unwrap();
+
+    let sub = |task: &Value, ttfb: u64| -> ResultSubmission {
+        serde_json::from_value(submission(task, ttfb)).unwrap()
+    };
+    let from_a = vec![
+        sub(&tasks_b[0], 41_000),
+        sub(&tasks_a[0], 42_000),
+        sub(&tasks_a[1], 43_000),
+        sub(&tasks_a[0], 42_000),
+    ];
+    let from_b = vec![sub(&tasks_a[0], 44_000), sub(&tasks_b[0], 45_000)];
+    let agent_a = agents::agent_by_token(&mut conn, &a).unwrap().unwrap();
+    let agent_b = agents::agent_by_token(&mut conn, &b).unwrap().unwrap();
+    let requests = [
+        ingest::Request {
+            agent: &agent_a,
+            subs: &from_a,
+        },
+        ingest::Request {
+            agent: &agent_b,
+            subs: &from_b,
+        },
+    ];
+    let answers = ingest::accept_many(&mut conn, &requests, None).unwrap();
+    let said: Vec<Vec<String>> = answers
+        .into_iter()
+        .map(|request| {
+            request
+                .unwrap()
+                .into_iter()
+                .map(|answer| match answer {
+                    Ok(s) => format!(
+                        "{:?}{}",
+                        s.ack.disposition,
+                        if s.duplicate { " again" } else { "" }
+                    ),
+                    Err(e) => e.code().to_owned(),
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        said,
+        vec![
+            vec!["assignment_not_yours", "Accepted", "Late", "Accepted again"],
+            vec!["assignment_not_yours", "Accepted"],
+        ]
+    );
+    let state = |id: &str| {
+        count(
+            &app,
+            &format!("SELECT COUNT(*) AS n FROM assignments WHERE id = '{id}' AND state = 'done'"),
+        )
+    };
+    assert_eq!(
+        [state(&a1), state(&a2), state(&b1), state(&b2)],
+        [1, 0, 1, 0],
+        "closed: the two timely results' assignments only"
+    );
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM results"), 3);
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM fold_queue"), 2);
+    drop(conn);
     app.controller.stop().await.unwrap();
 }
