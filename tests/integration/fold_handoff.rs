@@ -71,9 +71,9 @@ async fn a_result_held_in_memory_and_taken_by_another_folder_is_counted_once(db:
 
     // Another replica's folder (nothing held) takes one queued result first and reads
     // it back; this one then folds the other two from memory.
-    let elsewhere = ingest::fold_pending(&mut conn, 1, None).unwrap();
+    let elsewhere = ingest::fold_pending(&mut conn, 1, None, None).unwrap();
     assert_eq!(elsewhere.results, 1);
-    let here = ingest::fold_pending(&mut conn, 100, Some(&handoff)).unwrap();
+    let here = ingest::fold_pending(&mut conn, 100, Some(&handoff), None).unwrap();
     assert_eq!(here.results, 2, "only the queue entries it took");
     assert_eq!(
         handoff.len(),
@@ -81,7 +81,7 @@ async fn a_result_held_in_memory_and_taken_by_another_folder_is_counted_once(db:
         "the one folded elsewhere is left to age out"
     );
     assert_eq!(
-        ingest::fold_pending(&mut conn, 100, Some(&handoff))
+        ingest::fold_pending(&mut conn, 100, Some(&handoff), None)
             .unwrap()
             .results,
         0

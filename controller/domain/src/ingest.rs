@@ -651,8 +651,14 @@ pub struct Folded {
 /// them and removes them from the queue, in one transaction. Returns what it did;
 /// `results == 0` when nothing was queued (or everything queued is being folded by
 /// another controller). The results held in `handoff` are not read back; a fold that
-/// rolls back has taken them out of it, and the next one reads them back.
-pub fn fold_pending(conn: &mut DbConn, max: i64, handoff: Option<&Handoff>) -> Result<Folded> {
+/// rolls back has taken them out of it, and the next one reads them back. The runs'
+/// terms held in `run_terms` are not read again.
+pub fn fold_pending(
+    conn: &mut DbConn,
+    max: i64,
+    handoff: Option<&Handoff>,
+    run_terms: Option<&billing::RunTermsCache>,
+) -> Result<Folded> {
     write_tx(conn, |c| {
         let (ids, Some((oldest, newest))) = fold_queue::take(c, max)? else {
             return Ok(Folded::default());
@@ -689,7 +695,7 @@ pub fn fold_pending(conn: &mut DbConn, max: i64, handoff: Option<&Handoff>) -> R
                 volunteer_id,
             })
             .collect();
-        let unpaid = billing::pay_for_results(c, &to_pay)?;
+        let unpaid = billing::pay_for_results(c, &to_pay, run_terms)?;
         Ok(Folded {
             results: rows.len(),
             unpaid,

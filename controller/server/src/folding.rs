@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use lastmile_domain::billing::RunTermsCache;
 use lastmile_domain::ingest::{self, Folded, Handoff, FOLD_BATCH};
 use lastmile_storage::Db;
 use tokio::sync::watch;
@@ -35,6 +36,8 @@ pub struct Folder {
     pass: tokio::sync::Mutex<()>,
     /// Results this replica accepted, handed over in memory (see `ingest::Handoff`).
     pub handoff: Arc<Handoff>,
+    /// The terms of runs this replica has paid for (see `billing::RunTermsCache`).
+    pub run_terms: Arc<RunTermsCache>,
 }
 
 impl Folder {
@@ -66,9 +69,9 @@ impl Folder {
         // this pass will find queued.
         let through = self.issued.load(Ordering::SeqCst);
         for _ in 0..MAX_BATCHES_PER_PASS {
-            let handoff = self.handoff.clone();
+            let (handoff, run_terms) = (self.handoff.clone(), self.run_terms.clone());
             match db
-                .run(move |c| ingest::fold_pending(c, FOLD_BATCH, Some(&handoff)))
+                .run(move |c| ingest::fold_pending(c, FOLD_BATCH, Some(&handoff), Some(&run_terms)))
                 .await
             {
                 Ok(Folded {

@@ -290,10 +290,13 @@ pub fn fold_until_written(
     handoff: Option<&ingest::Handoff>,
 ) -> anyhow::Result<()> {
     let mut conn = db.conn()?;
+    // As the controller's folder keeps them.
+    let run_terms = lastmile_domain::billing::RunTermsCache::default();
     // Bounded by the writers: once none is left, the queue only empties.
     loop {
         let writing = writers.load(std::sync::atomic::Ordering::SeqCst) > 0;
-        let folded = ingest::fold_pending(&mut conn, ingest::FOLD_BATCH, handoff)?;
+        let folded =
+            ingest::fold_pending(&mut conn, ingest::FOLD_BATCH, handoff, Some(&run_terms))?;
         if folded.results == 0 {
             if !writing {
                 return Ok(());
