@@ -10,9 +10,10 @@
 //!   ([`agents`]).
 //! - `ingest`: results submitted over the HTTP API to a controller process it starts,
 //!   single or in batches, and a raw `COPY` of the same rows into PostgreSQL beside it
-//!   ([`ingest`]).
+//!   (the median of three copies) ([`ingest`]).
 //! - `http`: authenticated API calls (an owner's GET, an agent's idle lease) under
-//!   `wrk`, side by side with an actix-web hello world ([`http`]).
+//!   `wrk`, side by side with an actix-web hello world, and on PostgreSQL `pgbench`
+//!   sending an owner's GET's statement straight to the database ([`http`]).
 //! - `choice`: what choosing a run's agents costs at 10k and 100k agents, and whether
 //!   runs rotate over them ([`choice`]).
 
