@@ -356,3 +356,42 @@ async fn pending_work_of_a_run_past_its_deadline_is_given_up_and_no_other(db: Te
     );
     app.controller.stop().await.unwrap();
 }
+
+/// On SQLite, which keeps no statistics, the filters written with the state in the
+/// statement use the partial indexes whose predicates name that state: an agent's
+/// leases in flight (counted by every lease with work) through the index of leased
+/// assignments by agent, not by reading every leased assignment.
+#[test]
+fn on_sqlite_a_state_in_the_statement_uses_its_partial_index() {
+    use diesel::{QueryDsl, RunQueryDsl};
+    use lastmile_storage::assignments::{in_state, state};
+    use lastmile_storage::schema::assignments;
+    #[derive(diesel::QueryableByName)]
+    struct Step {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        detail: String,
+    }
+    let db = crate::support::TestDb::new(lastmile_storage::Backend::Sqlite);
+    let pool = lastmile_storage::Db::open(&db.url, 1).unwrap();
+    let plan = |sql: String| -> Vec<String> {
+        diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+            .load::<Step>(&mut *pool.conn().unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|step| step.detail)
+            .collect()
+    };
+    let busy = assignments::table
+        .filter(in_state(state::LEASED))
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "\"assignments\".\"agent_id\" = 'agent'",
+        ))
+        .count();
+    let sql = diesel::debug_query::<diesel::sqlite::Sqlite, _>(&busy).to_string();
+    let sql = sql.split(" -- binds").next().unwrap().to_owned();
+    let steps = plan(sql);
+    assert!(
+        steps.iter().any(|s| s.contains("assignments_leased_agent")),
+        "{steps:#?}"
+    );
+}

@@ -344,17 +344,24 @@ where
     }
 }
 
-/// `<column> IN ('<value>', ...)` with the values written into the statement: for
-/// filters that should use a partial index whose predicate names those values (bound
-/// as parameters, they leave PostgreSQL's generic plan unable to prove the predicate,
-/// and that plan reads the whole table). `column` is a quoted `"table"."column"`, the
-/// values constants of the code, never outside input.
+/// `<column> = '<value>'`, or `<column> IN ('<value>', ...)` for several, with the
+/// values written into the statement: for filters that should use a partial index
+/// whose predicate names those values (bound as parameters, they leave PostgreSQL's
+/// generic plan unable to prove the predicate, and that plan reads the whole table).
+/// One value is written as `=`, as the predicates are: SQLite proves `state = 'leased'`
+/// from `state = 'leased'` but not from `state IN ('leased')`. `column` is a quoted
+/// `"table"."column"`, the values constants of the code, never outside input.
 pub fn one_of_literals(
     column: &'static str,
     values: &[&'static str],
 ) -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
-    let values: Vec<String> = values.iter().map(|v| format!("'{v}'")).collect();
-    diesel::dsl::sql(&format!("{column} IN ({})", values.join(", ")))
+    match values {
+        [one] => diesel::dsl::sql(&format!("{column} = '{one}'")),
+        _ => {
+            let values: Vec<String> = values.iter().map(|v| format!("'{v}'")).collect();
+            diesel::dsl::sql(&format!("{column} IN ({})", values.join(", ")))
+        }
+    }
 }
 
 /// Counts rows of a table-like query; a small helper for tests and metrics.
