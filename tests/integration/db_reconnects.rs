@@ -21,6 +21,34 @@ async fn requests_recover_after_postgresql_drops_every_connection() {
     let answers = futures_util::future::join_all((0..8).map(|_| list())).await;
     assert!(answers.iter().all(|(status, _)| *status == 200));
 
+    drop_every_connection(&db);
+    served_again_after_at_most_one_failure_per_connection(&list).await;
+    app.controller.stop().await.unwrap();
+}
+
+/// The connections were dropped before any of them had prepared the statement the next
+/// requests send: each fails while preparing it, which diesel does not count as a
+/// broken connection by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_recover_when_the_first_statement_after_the_drop_is_a_new_one() {
+    let db = TestDb::new(Backend::Postgres);
+    let app = TestApp::start(&db).await;
+    let owner = app.owner("owner");
+    // The owner's token is read (and then cached) on several connections; the checks
+    // list has not been asked for yet.
+    let answers = futures_util::future::join_all(
+        (0..8).map(|_| app.call("GET", "/api/v1/me", Some(&owner), None)),
+    )
+    .await;
+    assert!(answers.iter().all(|(status, _)| *status == 200));
+
+    drop_every_connection(&db);
+    let list = || app.call("GET", "/api/v1/checks", Some(&owner), None);
+    served_again_after_at_most_one_failure_per_connection(&list).await;
+    app.controller.stop().await.unwrap();
+}
+
+fn drop_every_connection(db: &TestDb) {
     let name = db.url.rsplit('/').next().unwrap().to_owned();
     let mut admin = PgConnection::establish(&pg_admin_url()).unwrap();
     let dropped = diesel::sql_query(format!(
@@ -29,11 +57,17 @@ async fn requests_recover_after_postgresql_drops_every_connection() {
     .execute(&mut admin)
     .unwrap();
     assert!(dropped > 0, "the controller's connections were dropped");
+}
 
+async fn served_again_after_at_most_one_failure_per_connection<F, Fut>(call: &F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = (u16, serde_json::Value)>,
+{
     // At most one failure per pooled connection (16 in the tests' config), then all served.
     let mut failed = 0;
     for _ in 0..40 {
-        let (status, body) = list().await;
+        let (status, body) = call().await;
         match status {
             200 => {}
             500..=599 => failed += 1,
@@ -42,8 +76,7 @@ async fn requests_recover_after_postgresql_drops_every_connection() {
     }
     assert!(failed <= 16, "{failed} requests failed after the drop");
     for _ in 0..10 {
-        let (status, body) = list().await;
+        let (status, body) = call().await;
         assert_eq!(status, 200, "still failing after 40 requests: {body}");
     }
-    app.controller.stop().await.unwrap();
 }

@@ -309,10 +309,28 @@ impl Db {
         let pool = self.pool.clone();
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get().map_err(DbError::from)?;
-            f(&mut conn)
+            let outcome = f(&mut conn);
+            if outcome.is_err() {
+                mark_if_dropped(&mut conn);
+            }
+            outcome
         })
         .await
         .map_err(|e| E::from(DbError::Task(e.to_string())))?
+    }
+}
+
+/// After work that failed: on PostgreSQL, one `SELECT 1`, so that a connection the
+/// server dropped is known as broken and the pool replaces it. diesel marks a connection
+/// broken when a statement fails with libpq's transaction status unknown, but a
+/// statement that failed while being prepared (the first use of a statement on that
+/// connection) returns before diesel looks at the status, and the dead connection went
+/// back to the pool to fail the next request with the same statement, and the next
+/// (`db_reconnects` in the integration tests). Only on the error path: a success proves
+/// the connection alive.
+fn mark_if_dropped(conn: &mut DbConn) {
+    if let DbConn::Pg(_) = conn {
+        let _ = conn.batch_execute("SELECT 1");
     }
 }
 
