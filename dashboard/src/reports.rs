@@ -107,6 +107,12 @@ pub struct Row {
     pub total_p50_ci: String,
     pub total_p95: String,
     pub total_p95_ci: String,
+    /// Goodput's median and p10 ("12.4 Mbit/s"), and their intervals; empty when the
+    /// row's measurements gave none (bodies under 64 KiB).
+    pub goodput_p50: String,
+    pub goodput_p50_ci: String,
+    pub goodput_p10: String,
+    pub goodput_p10_ci: String,
     pub objectives: Vec<ObjectiveCell>,
 }
 
@@ -154,6 +160,27 @@ pub struct ReportView {
     pub total_label: String,
     /// By country, each coloured by its verdict.
     pub countries: Vec<CountryRow>,
+    /// Whether some row has a goodput (the table then shows its columns).
+    pub has_goodput: bool,
+}
+
+/// The report table's column heads: goodput's only when some row has one.
+fn table_heads<'a>(total_p50: &'a str, total_p95: &'a str, goodput: bool) -> Vec<&'a str> {
+    let mut heads = vec![
+        "Class",
+        "Country",
+        "Samples",
+        "Availability",
+        "TTFB p50",
+        "TTFB p95",
+        total_p50,
+        total_p95,
+    ];
+    if goodput {
+        heads.extend(["Goodput p50", "Goodput p10"]);
+    }
+    heads.push("Objectives");
+    heads
 }
 
 pub fn report(nav: &Nav, r: &ReportView) -> Markup {
@@ -254,7 +281,7 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
                         caption.visually-hidden { "Report rows by country and connection class" }
                         @let total_p50 = format!("{} p50", r.total_label);
                         @let total_p95 = format!("{} p95", r.total_label);
-                        (column_heads(&["Class", "Country", "Samples", "Availability", "TTFB p50", "TTFB p95", &total_p50, &total_p95, "Objectives"]))
+                        (column_heads(&table_heads(&total_p50, &total_p95, r.has_goodput)))
                         tbody {
                             @for row in &r.rows {
                                 tr {
@@ -266,6 +293,10 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
                                     td.num data-label="TTFB p95" { (row.p95) br; small { (row.p95_ci) } }
                                     td.num.total data-label=(total_p50) { (row.total_p50) br; small { (row.total_p50_ci) } }
                                     td.num.total data-label=(total_p95) { (row.total_p95) br; small { (row.total_p95_ci) } }
+                                    @if r.has_goodput {
+                                        td.num data-label="Goodput p50" { (row.goodput_p50) br; small { (row.goodput_p50_ci) } }
+                                        td.num data-label="Goodput p10" { (row.goodput_p10) br; small { (row.goodput_p10_ci) } }
+                                    }
                                     td.objectives data-label="Objectives" {
                                         @if row.objectives.is_empty() { span.muted { "none set" } }
                                         @for o in &row.objectives {
@@ -319,6 +350,10 @@ mod tests {
             total_p50_ci: String::new(),
             total_p95: String::new(),
             total_p95_ci: String::new(),
+            goodput_p50: String::new(),
+            goodput_p50_ci: String::new(),
+            goodput_p10: String::new(),
+            goodput_p10_ci: String::new(),
             objectives: cells
                 .iter()
                 .map(|(o, v)| ObjectiveCell {
@@ -329,6 +364,18 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn goodput_columns_appear_only_when_some_row_has_a_goodput() {
+        let without = table_heads("Total p50", "Total p95", false);
+        assert!(!without.iter().any(|h| h.starts_with("Goodput")));
+        let with = table_heads("Total p50", "Total p95", true);
+        assert_eq!(with.len(), without.len() + 2);
+        assert_eq!(
+            with[with.len() - 3..],
+            ["Goodput p50", "Goodput p10", "Objectives"]
+        );
     }
 
     #[test]

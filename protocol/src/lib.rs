@@ -160,6 +160,131 @@ impl FromStr for Phase {
     }
 }
 
+/// A figure a report gives percentiles of: a timing phase, or a figure of the delivery
+/// itself. Each has one unit and one direction; aggregates keep one HdrHistogram per
+/// figure (the phases in columns of their own, the others by wire name in one column),
+/// so a new figure (loaded latency, jitter, loss, stall time for the streaming and
+/// gaming kinds) is a variant here and the code that measures it, not a new table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Figure {
+    Dns,
+    Connect,
+    Tls,
+    Ttfb,
+    Transfer,
+    Total,
+    /// Body bytes over the body's transfer time (first byte to last), kbit/s: the
+    /// bandwidth the delivery sustained. Only for bodies large enough to say so (see
+    /// the controller's `figures` module).
+    Goodput,
+}
+
+/// What a figure's values count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Unit {
+    /// Microseconds.
+    Us,
+    /// Kilobits (1,000 bits) a second.
+    Kbps,
+}
+
+impl Unit {
+    /// The stable wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Us => "us",
+            Unit::Kbps => "kbps",
+        }
+    }
+}
+
+impl Figure {
+    /// Every figure: the phases in the order they happen, then the others.
+    pub const ALL: [Figure; 7] = [
+        Figure::Dns,
+        Figure::Connect,
+        Figure::Tls,
+        Figure::Ttfb,
+        Figure::Transfer,
+        Figure::Total,
+        Figure::Goodput,
+    ];
+
+    /// The stable wire name.
+    pub fn as_str(self) -> &'static str {
+        match self.phase() {
+            Some(phase) => phase.as_str(),
+            None => match self {
+                Figure::Goodput => "goodput",
+                _ => unreachable!("every phase figure has a phase"),
+            },
+        }
+    }
+
+    /// The timing phase this figure is, if it is one.
+    pub fn phase(self) -> Option<Phase> {
+        match self {
+            Figure::Dns => Some(Phase::Dns),
+            Figure::Connect => Some(Phase::Connect),
+            Figure::Tls => Some(Phase::Tls),
+            Figure::Ttfb => Some(Phase::Ttfb),
+            Figure::Transfer => Some(Phase::Transfer),
+            Figure::Total => Some(Phase::Total),
+            Figure::Goodput => None,
+        }
+    }
+
+    /// What its values count.
+    pub fn unit(self) -> Unit {
+        match self {
+            Figure::Goodput => Unit::Kbps,
+            _ => Unit::Us,
+        }
+    }
+
+    /// Whether a larger value is the better one (bandwidth), so that the tail that
+    /// matters is the low one.
+    pub fn higher_is_better(self) -> bool {
+        matches!(self, Figure::Goodput)
+    }
+}
+
+impl From<Phase> for Figure {
+    fn from(phase: Phase) -> Figure {
+        match phase {
+            Phase::Dns => Figure::Dns,
+            Phase::Connect => Figure::Connect,
+            Phase::Tls => Figure::Tls,
+            Phase::Ttfb => Figure::Ttfb,
+            Phase::Transfer => Figure::Transfer,
+            Phase::Total => Figure::Total,
+        }
+    }
+}
+
+impl fmt::Display for Figure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Figure {
+    type Err = UnknownName;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Figure::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| UnknownName {
+                kind: "figure",
+                given: s.to_owned(),
+            })
+    }
+}
+
 /// Phase timings of one fetch, in microseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -794,6 +919,26 @@ mod tests {
             assert_eq!(class.as_str().parse::<ConnectionClass>(), Ok(class));
         }
         assert!("isdn".parse::<ConnectionClass>().is_err());
+    }
+
+    #[test]
+    fn figure_names_round_trip_and_phases_keep_theirs() {
+        for figure in Figure::ALL {
+            let json = serde_json::to_string(&figure).unwrap_or_default();
+            assert_eq!(json, format!("\"{}\"", figure.as_str()));
+            assert_eq!(figure.as_str().parse::<Figure>(), Ok(figure));
+        }
+        for phase in Phase::ALL {
+            let figure = Figure::from(phase);
+            assert_eq!(figure.phase(), Some(phase));
+            assert_eq!(figure.as_str(), phase.as_str());
+            assert_eq!(figure.unit(), Unit::Us);
+            assert!(!figure.higher_is_better());
+        }
+        assert_eq!(Figure::Goodput.phase(), None);
+        assert_eq!(Figure::Goodput.unit(), Unit::Kbps);
+        assert!(Figure::Goodput.higher_is_better());
+        assert!("jitter".parse::<Figure>().is_err());
     }
 
     #[test]

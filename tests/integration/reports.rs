@@ -22,6 +22,7 @@ per_backend!(
     merged_histograms_export_round_trips,
     complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figures,
     complete_quarters_of_a_day_not_rolled_up_are_read_as_quarter_cells,
+    goodput_comes_from_large_bodies_with_its_low_tail_in_json_and_csv,
 );
 
 /// An app with an owner and a check carrying `objectives`; returns (app, owner, check id).
@@ -67,10 +68,20 @@ async fn app_with_check_on(
     (app, owner, id, site)
 }
 
-/// Folds one measurement of `class` received at `at` into the aggregates.
+/// Folds one measurement of `class` received at `at` into the aggregates. Its body is
+/// large enough for a goodput (64 KiB and more, 2 ms), which varies with the ttfb, so
+/// that the reports compared below carry one.
 fn fold(app: &TestApp, check: &str, class: &str, at: i64, ttfb_us: i64, ok: bool) {
-    let mut conn = app.db().conn().unwrap();
-    let r = StoredResult {
+    fold_stored(app, &stored(check, class, at, ttfb_us, ok));
+}
+
+fn fold_stored(app: &TestApp, r: &StoredResult) {
+    ingest::fold(&mut app.db().conn().unwrap(), r).unwrap();
+}
+
+/// The measurement [`fold`] folds.
+fn stored(check: &str, class: &str, at: i64, ttfb_us: i64, ok: bool) -> StoredResult {
+    StoredResult {
         page: None,
         redirect_hops: None,
         assignment_id: String::new(),
@@ -81,7 +92,7 @@ fn fold(app: &TestApp, check: &str, class: &str, at: i64, ttfb_us: i64, ok: bool
         started_at: at,
         late: false,
         status: Some(200),
-        bytes: 1000,
+        bytes: 65_536 + ttfb_us,
         error_kind: (!ok).then(|| "total_timeout".to_owned()),
         error_message: None,
         dns_us: 100,
@@ -97,11 +108,10 @@ fn fold(app: &TestApp, check: &str, class: &str, at: i64, ttfb_us: i64, ok: bool
         remote_addr: None,
         ip_version: None,
         http_version: None,
-        bytes_decoded: 1000,
+        bytes_decoded: 65_536 + ttfb_us,
         redirects: 0,
         redirect_us: 0,
-    };
-    ingest::fold(&mut conn, &r).unwrap();
+    }
 }
 
 fn row<'a>(report: &'a Value, class: &str) -> &'a Value {
@@ -487,6 +497,11 @@ async fn complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figu
     for q in queries {
         before.push(report(q).await);
     }
+    assert!(
+        before[0][0]["figures"]["goodput"]["samples"].as_u64() > Some(0),
+        "the reports compared carry a goodput: {}",
+        before[0]
+    );
 
     // A result received two days ago still waits to be folded: that day is not complete.
     let queued_at = today - 2 * DAY_US + 13 * HOUR_US;
@@ -668,5 +683,98 @@ async fn complete_quarters_of_a_day_not_rolled_up_are_read_as_quarter_cells(db: 
     for (q, was) in queries.iter().zip(&before) {
         assert_eq!(&report(q).await, was, "{q}");
     }
+    app.controller.stop().await.unwrap();
+}
+
+async fn goodput_comes_from_large_bodies_with_its_low_tail_in_json_and_csv(db: TestDb) {
+    let (app, owner, check, _site) = app_deciding_rollups(&db).await;
+    let now = now_us();
+    // dsl: 1 MiB bodies in 0.5 to 1.49 s (16.8 down to 5.6 Mbit/s); cable: 1 MiB in
+    // 100 ms (83.9 Mbit/s).
+    for j in 0..100 {
+        let mut r = stored(&check, "dsl", now, 40_000, true);
+        (r.bytes, r.transfer_us) = (1 << 20, 500_000 + j * 10_000);
+        fold_stored(&app, &r);
+        let mut r = stored(&check, "cable", now, 20_000, true);
+        (r.bytes, r.transfer_us) = (1 << 20, 100_000);
+        fold_stored(&app, &r);
+    }
+    // No goodput from: a body under 64 KiB, a failure, a page (its bytes are the whole
+    // page's, its transfer the document's), a body that came at once.
+    let mut small = stored(&check, "dsl", now, 40_000, true);
+    small.bytes = 60_000;
+    let mut failed = stored(&check, "dsl", now, 40_000, false);
+    failed.bytes = 1 << 20;
+    let mut page = stored(&check, "dsl", now, 40_000, true);
+    page.page = Some("{}".into());
+    let mut instant = stored(&check, "dsl", now, 40_000, true);
+    instant.transfer_us = 0;
+    for r in [small, failed, page, instant] {
+        fold_stored(&app, &r);
+    }
+
+    let (status, report) = app
+        .report(&owner, &check, "window=1h&group_by=connection_class")
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let dsl = &row(&report, "dsl")["figures"]["goodput"];
+    assert_eq!(dsl["samples"], 100, "{dsl}");
+    assert_eq!(row(&report, "dsl")["samples"], 104);
+    let value = |g: &Value, nn: u64| {
+        g["percentiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["percentile"] == nn)
+            .unwrap_or_else(|| panic!("no p{nn} in {g}"))["value"]
+            .as_u64()
+            .unwrap()
+    };
+    let close = |actual: u64, expected: u64| {
+        assert!(
+            actual.abs_diff(expected) * 1000 <= expected,
+            "{actual} kbit/s, expected {expected}"
+        )
+    };
+    // 8,388,608 bits over 0.5 .. 1.49 s: the median is the 50th lowest (1.0 s), p10
+    // the 10th lowest (1.4 s).
+    close(value(dsl, 50), 8_389);
+    close(value(dsl, 10), 5_992);
+    assert!(value(dsl, 1) <= value(dsl, 10) && value(dsl, 10) <= value(dsl, 50));
+    assert!(
+        dsl["percentiles"][1]["ci"].is_array(),
+        "100 samples give p10 an interval"
+    );
+    let cable = &row(&report, "cable")["figures"]["goodput"];
+    close(value(cable, 50), 83_886);
+    close(value(cable, 1), 83_886);
+
+    let (_, csv) = app
+        .report(
+            &owner,
+            &check,
+            "window=1h&group_by=connection_class&format=csv",
+        )
+        .await;
+    let mut lines = csv.as_str().unwrap().lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let at = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no {name} column in {header:?}"))
+    };
+    let (class, p50, p10) = (
+        at("connection_class"),
+        at("goodput_p50_kbps"),
+        at("goodput_p10_kbps"),
+    );
+    at("goodput_p10_ci_low_kbps");
+    let dsl_line: Vec<&str> = lines
+        .map(|l| l.split(',').collect::<Vec<_>>())
+        .find(|cells| cells[class] == "dsl")
+        .unwrap();
+    assert_eq!(dsl_line[p50], value(dsl, 50).to_string());
+    assert_eq!(dsl_line[p10], value(dsl, 10).to_string());
     app.controller.stop().await.unwrap();
 }

@@ -341,6 +341,44 @@ async fn a_body_faster_than_the_calibrated_line_is_flagged_and_slow_lines_are_no
         samples_by_country(&app, &owner, &check).await,
         [("BR".to_owned(), 1), ("DE".to_owned(), 1)]
     );
+    // Each line's goodput is its own body over its transfer; the made-up one is not in
+    // the report.
+    let (status, report) = app
+        .report(&owner, &check, "group_by=connection_class")
+        .await;
+    assert_eq!(status, 200, "{report}");
+    let goodput = |class: &str| {
+        let row = report["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["group"]["connection_class"] == class)
+            .unwrap_or_else(|| panic!("no {class} row in {report}"));
+        row["figures"]["goodput"].clone()
+    };
+    let modem_goodput = goodput("dialup");
+    assert_eq!(modem_goodput["unit"], "kbps", "{modem_goodput}");
+    assert_eq!(modem_goodput["higher_is_better"], true, "{modem_goodput}");
+    assert_eq!(modem_goodput["samples"], 1, "{modem_goodput}");
+    let percentiles: Vec<u64> = modem_goodput["percentiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["percentile"].as_u64().unwrap())
+        .collect();
+    assert_eq!(percentiles, [50, 10, 5, 1], "the low tail: {modem_goodput}");
+    // 200 kB in 29 s: 55.2 kbit/s; 200 kB in 2 ms: 800 Mbit/s (HdrHistogram: 3 digits).
+    assert_eq!(
+        modem_goodput["percentiles"][0]["value"], 55,
+        "{modem_goodput}"
+    );
+    let fibre_goodput = goodput("fibre")["percentiles"][0]["value"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        fibre_goodput.abs_diff(800_000) <= 800,
+        "fibre goodput {fibre_goodput} kbit/s"
+    );
     assert_eq!(balance(&app, &cheat_key).await, 0);
     assert_eq!(balance(&app, &modem_key).await, 4);
     assert_eq!(balance(&app, &fibre_key).await, 4);

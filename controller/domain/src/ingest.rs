@@ -44,6 +44,7 @@ use lastmile_protocol::{Hop, Phase, ResultAck, ResultDisposition, ResultSubmissi
 use crate::agents::Agent;
 use crate::clock::{hour_bucket, now_us, to_us, Micros};
 use crate::error::{Error, Result};
+use crate::figures::{self, Figures};
 pub use crate::fold_handoff::Handoff;
 use crate::histogram;
 use crate::{billing, checks, verification};
@@ -104,6 +105,7 @@ pub fn aggregate_row(
         ttfb_hist,
         transfer_hist,
         total_hist,
+        figures: None,
     }
 }
 
@@ -870,6 +872,7 @@ struct CellDelta {
     successes: i64,
     failures: i64,
     hists: [hdrhistogram::Histogram<u64>; 6],
+    figures: Figures,
 }
 
 /// Merges results into their aggregate cells: each cell's histograms are decoded,
@@ -884,6 +887,7 @@ fn fold_into_cells<'a>(
             successes: 0,
             failures: 0,
             hists: std::array::from_fn(|_| histogram::new_histogram()),
+            figures: Figures::default(),
         });
         if r.error_kind.is_some() {
             cell.failures += 1;
@@ -891,6 +895,9 @@ fn fold_into_cells<'a>(
             cell.successes += 1;
             for (h, value) in cell.hists.iter_mut().zip(r.phases_us()) {
                 h.saturating_record(value.max(0) as u64);
+            }
+            for (figure, value) in figures::of_result(r) {
+                cell.figures.record(figure, value);
             }
         }
     }
@@ -906,6 +913,10 @@ fn fold_into_cells<'a>(
                     .map_err(|e| Error::Internal(format!("merging a {phase} histogram: {e:?}")))?;
                 *row.hist_mut(phase) = histogram::encode(&h);
             }
+            row.figures = delta
+                .figures
+                .merged_into(row.figures.as_deref())
+                .map_err(Error::Internal)?;
         }
         diesel::update(aggregates::table.find(key.primary_key()))
             .set(&row)

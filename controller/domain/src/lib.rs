@@ -29,6 +29,7 @@ pub mod countries;
 pub mod deletions;
 pub mod dns_verify;
 pub mod error;
+pub mod figures;
 pub mod fold_handoff;
 pub mod geo;
 pub mod histogram;

@@ -17,7 +17,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use chrono::{DateTime, Utc};
 use hdrhistogram::Histogram;
-use lastmile_protocol::{CheckKind, ConnectionClass, Phase};
+use lastmile_protocol::{CheckKind, ConnectionClass, Figure, Phase, Unit};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -26,6 +26,7 @@ use crate::check_terms::StoredCheck;
 use crate::clock::{hour_bucket, to_datetime, to_us, Micros, HOUR_US};
 use crate::confidence::{self, Confidence};
 use crate::error::{Error, Result};
+use crate::figures::FigureMergers;
 use crate::histogram;
 use crate::ingest::AggregateRow;
 use crate::objectives::{self, Objective, ObjectiveOutcome};
@@ -203,6 +204,104 @@ pub struct Percentiles {
     pub note: Option<String>,
 }
 
+/// Percentiles of a figure other than the phases, in its unit, on the side that
+/// matters: for a figure where higher is better (goodput) the low percentiles, p10
+/// being the value 90 % of measurements reached or beat.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FigurePercentiles {
+    pub unit: Unit,
+    pub higher_is_better: bool,
+    /// Successful samples that gave this figure.
+    pub samples: u64,
+    /// p50, then towards the worse tail: p90, p95, p99, or p10, p5, p1.
+    pub percentiles: Vec<FigurePercentile>,
+    /// Whether some interval is missing for lack of samples.
+    #[serde(default)]
+    pub insufficient_samples: bool,
+    /// Which percentiles lack an interval and how many samples they need.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One percentile of a figure, with its interval (`null`: too few samples).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FigurePercentile {
+    /// 50 for the median, 10 for p10.
+    pub percentile: u8,
+    pub value: u64,
+    pub ci: Option<[u64; 2]>,
+}
+
+impl FigurePercentiles {
+    /// The value and interval of pNN, if stated.
+    pub fn get(&self, percentile: u8) -> Option<&FigurePercentile> {
+        self.percentiles.iter().find(|p| p.percentile == percentile)
+    }
+}
+
+/// The percentiles stated for a figure: the phases' four, mirrored when higher values
+/// are the better ones.
+pub fn figure_quantiles(figure: Figure) -> [(u8, f64); 4] {
+    if figure.higher_is_better() {
+        [(50, 0.50), (10, 0.10), (5, 0.05), (1, 0.01)]
+    } else {
+        REPORTED_QUANTILES
+    }
+}
+
+/// Percentiles of `h`, a histogram of `figure`, with their intervals at `confidence`.
+pub fn figure_percentiles(
+    figure: Figure,
+    h: &Histogram<u64>,
+    confidence: Confidence,
+) -> FigurePercentiles {
+    let stated = figure_quantiles(figure);
+    let qs: Vec<f64> = stated.iter().map(|(_, q)| *q).collect();
+    // One pass wants the quantiles ascending; the low tail's are stated descending.
+    let mut ascending = qs.clone();
+    ascending.sort_by(f64::total_cmp);
+    let sorted: Vec<u64> = h.value_at_quantiles(ascending.iter().copied()).collect();
+    let values: Vec<u64> = qs
+        .iter()
+        .map(|q| {
+            let i = ascending.partition_point(|a| a < q);
+            sorted.get(i).copied().unwrap_or(0)
+        })
+        .collect();
+    let cis = confidence::quantile_intervals(h, &qs, confidence);
+    let percentiles: Vec<FigurePercentile> = stated
+        .iter()
+        .zip(values)
+        .zip(cis)
+        .map(|(((nn, _), value), ci)| FigurePercentile {
+            percentile: *nn,
+            value,
+            ci,
+        })
+        .collect();
+    let missing: Vec<String> = stated
+        .iter()
+        .zip(&percentiles)
+        .filter(|(_, p)| p.ci.is_none())
+        .map(|((nn, q), _)| format!("p{nn} needs {}", confidence::min_samples(*q, confidence)))
+        .collect();
+    FigurePercentiles {
+        unit: figure.unit(),
+        higher_is_better: figure.higher_is_better(),
+        samples: h.len(),
+        insufficient_samples: !missing.is_empty(),
+        note: (!missing.is_empty()).then(|| {
+            format!(
+                "too few samples ({}) for a {}% interval: {}",
+                h.len(),
+                confidence.level() * 100.0,
+                missing.join(", ")
+            )
+        }),
+        percentiles,
+    }
+}
+
 /// The percentiles a report states.
 pub const REPORTED_QUANTILES: [(u8, f64); 4] = [(50, 0.50), (90, 0.90), (95, 0.95), (99, 0.99)];
 
@@ -243,6 +342,10 @@ pub struct ReportRow {
     pub availability_ci: Option<[f64; 2]>,
     /// Percentiles over the successful measurements, per phase.
     pub phases: BTreeMap<Phase, Percentiles>,
+    /// The figures other than phases that the row's measurements gave (goodput, for
+    /// http bodies of at least 64 KiB), each in its own unit; absent when none did.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub figures: BTreeMap<Figure, FigurePercentiles>,
     /// The check's objectives that apply to this row, judged (see
     /// [`crate::objectives`]); absent when the check has none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -396,6 +499,7 @@ struct Accumulator {
     successes: u64,
     failures: u64,
     phases: BTreeMap<Phase, Histogram<u64>>,
+    figures: BTreeMap<Figure, Histogram<u64>>,
 }
 
 /// Builds the report for `check` from its aggregates.
@@ -500,7 +604,7 @@ pub struct MergeOptions {
 struct Accumulation<'a> {
     dims: &'a [Dimension],
     bucket_us: Option<Micros>,
-    groups: BTreeMap<Group, (u64, u64, Vec<histogram::Merger>)>,
+    groups: BTreeMap<Group, (u64, u64, Vec<histogram::Merger>, FigureMergers)>,
 }
 
 impl<'a> Accumulation<'a> {
@@ -514,7 +618,7 @@ impl<'a> Accumulation<'a> {
 
     /// Adds one cell to its group.
     fn add(&mut self, row: &AggregateRow) -> Result<()> {
-        let (successes, failures, mergers) = self
+        let (successes, failures, mergers, figures) = self
             .groups
             .entry(group_of(row, self.dims, self.bucket_us))
             .or_insert_with(|| {
@@ -525,6 +629,7 @@ impl<'a> Accumulation<'a> {
                         .iter()
                         .map(|_| histogram::Merger::new())
                         .collect(),
+                    FigureMergers::default(),
                 )
             });
         *successes += row.successes.max(0) as u64;
@@ -534,13 +639,16 @@ impl<'a> Accumulation<'a> {
                 .add_encoded(row.hist(phase))
                 .map_err(Error::Internal)?;
         }
+        figures
+            .add(row.figures.as_deref())
+            .map_err(Error::Internal)?;
         Ok(())
     }
 
     fn finish(self) -> Result<BTreeMap<Group, Accumulator>> {
         self.groups
             .into_iter()
-            .map(|(group, (successes, failures, mergers))| {
+            .map(|(group, (successes, failures, mergers, figures))| {
                 let phases = Phase::ALL
                     .into_iter()
                     .zip(mergers)
@@ -552,6 +660,7 @@ impl<'a> Accumulation<'a> {
                         successes,
                         failures,
                         phases,
+                        figures: figures.finish_known().map_err(Error::Internal)?,
                     },
                 ))
             })
@@ -620,6 +729,12 @@ fn row_of(group: Group, acc: &Accumulator, options: &MergeOptions) -> ReportRow 
             .iter()
             .filter(|(_, h)| !h.is_empty())
             .map(|(phase, h)| (*phase, percentiles(h, confidence)))
+            .collect(),
+        figures: acc
+            .figures
+            .iter()
+            .filter(|(_, h)| !h.is_empty())
+            .map(|(figure, h)| (*figure, figure_percentiles(*figure, h, confidence)))
             .collect(),
         objectives,
         histograms: if options.histograms {
@@ -709,7 +824,12 @@ fn csv_cell(text: &str) -> String {
     }
 }
 
-/// The report as CSV: one line per row, percentiles in microseconds. Each percentile is
+/// The figures other than phases, in [`Figure::ALL`]'s order: CSV columns after the
+/// phases'.
+const OTHER_FIGURES: [Figure; 1] = [Figure::Goodput];
+
+/// The report as CSV: one line per row, percentiles in microseconds (the phases) or in
+/// the unit their column names (the other figures, after the phases). Each percentile is
 /// followed by its interval (`_ci_low_us`, `_ci_high_us`), empty when the phase has too
 /// few samples; `{phase}_ci_note` then says which percentiles need how many.
 pub fn to_csv(report: &Report) -> String {
@@ -734,6 +854,15 @@ pub fn to_csv(report: &Report) -> String {
             header.push(format!("{phase}_p{nn}_ci_high_us"));
         }
         header.push(format!("{phase}_ci_note"));
+    }
+    for figure in OTHER_FIGURES {
+        let unit = figure.unit().as_str();
+        for (nn, _) in figure_quantiles(figure) {
+            header.push(format!("{figure}_p{nn}_{unit}"));
+            header.push(format!("{figure}_p{nn}_ci_low_{unit}"));
+            header.push(format!("{figure}_p{nn}_ci_high_{unit}"));
+        }
+        header.push(format!("{figure}_ci_note"));
     }
     let _ = writeln!(out, "{}", header.join(","));
     for row in &report.rows {
@@ -778,6 +907,24 @@ pub fn to_csv(report: &Report) -> String {
                 None => cells.extend(std::iter::repeat_n(
                     String::new(),
                     REPORTED_QUANTILES.len() * 3 + 1,
+                )),
+            }
+        }
+        for figure in OTHER_FIGURES {
+            match row.figures.get(&figure) {
+                Some(f) => {
+                    for p in &f.percentiles {
+                        cells.push(p.value.to_string());
+                        match p.ci {
+                            Some([lo, hi]) => cells.extend([lo.to_string(), hi.to_string()]),
+                            None => cells.extend([String::new(), String::new()]),
+                        }
+                    }
+                    cells.push(csv_cell(f.note.as_deref().unwrap_or("")));
+                }
+                None => cells.extend(std::iter::repeat_n(
+                    String::new(),
+                    figure_quantiles(figure).len() * 3 + 1,
                 )),
             }
         }

@@ -24,6 +24,7 @@ use lastmile_protocol::Phase;
 
 use crate::clock::{Micros, HOUR_US};
 use crate::error::{Error, Result};
+use crate::figures::FigureMergers;
 use crate::histogram;
 use lastmile_storage::aggregates::{self as cells_store, AggregateRow};
 use lastmile_storage::schema::{aggregate_rollups, aggregates, fold_queue};
@@ -243,9 +244,10 @@ fn roll_up_quarter(conn: &mut DbConn, check_id: &str, quarter: Micros) -> Result
 /// Finer cells merged per (country, region, ASN, class) into cells starting at `start`.
 fn merge_cells(finer: &[AggregateRow], start: Micros) -> Result<Vec<AggregateRow>> {
     type Key<'a> = (&'a str, &'a str, i64, &'a str);
-    let mut merged: BTreeMap<Key, (i64, i64, Vec<histogram::Merger>)> = BTreeMap::new();
+    type Merged = (i64, i64, Vec<histogram::Merger>, FigureMergers);
+    let mut merged: BTreeMap<Key, Merged> = BTreeMap::new();
     for h in finer {
-        let (successes, failures, mergers) = merged
+        let (successes, failures, mergers, figures) = merged
             .entry((&h.country, &h.region, h.asn, &h.connection_class))
             .or_insert_with(|| {
                 (
@@ -255,6 +257,7 @@ fn merge_cells(finer: &[AggregateRow], start: Micros) -> Result<Vec<AggregateRow
                         .iter()
                         .map(|_| histogram::Merger::new())
                         .collect(),
+                    FigureMergers::default(),
                 )
             });
         *successes += h.successes;
@@ -262,9 +265,10 @@ fn merge_cells(finer: &[AggregateRow], start: Micros) -> Result<Vec<AggregateRow
         for (merger, phase) in mergers.iter_mut().zip(Phase::ALL) {
             merger.add_encoded(h.hist(phase)).map_err(Error::Internal)?;
         }
+        figures.add(h.figures.as_deref()).map_err(Error::Internal)?;
     }
     let mut days = Vec::with_capacity(merged.len());
-    for ((country, region, asn, class), (successes, failures, mergers)) in merged {
+    for ((country, region, asn, class), (successes, failures, mergers, figures)) in merged {
         let mut row = AggregateRow {
             check_id: finer[0].check_id.clone(),
             bucket_start: start,
@@ -280,6 +284,7 @@ fn merge_cells(finer: &[AggregateRow], start: Micros) -> Result<Vec<AggregateRow
             ttfb_hist: Vec::new(),
             transfer_hist: Vec::new(),
             total_hist: Vec::new(),
+            figures: figures.finish_encoded().map_err(Error::Internal)?,
         };
         for (merger, phase) in mergers.into_iter().zip(Phase::ALL) {
             *row.hist_mut(phase) = histogram::encode(&merger.finish().map_err(Error::Internal)?);

@@ -1,6 +1,7 @@
 //! The `aggregates` table: per check, hour and (country, region, ASN, class) cell, the
-//! counts and one HdrHistogram per phase, serialized; and `rollup_cells`, the same cells
-//! a day or a week long, rolled up from the hours of complete days.
+//! counts, one HdrHistogram per phase and those of the other figures in one value, all
+//! serialized; and `rollup_cells`, the same cells a day or a week long, rolled up from
+//! the hours of complete days.
 
 use diesel::prelude::*;
 use lastmile_protocol::Phase;
@@ -25,6 +26,9 @@ pub struct AggregateRow {
     pub ttfb_hist: Vec<u8>,
     pub transfer_hist: Vec<u8>,
     pub total_hist: Vec<u8>,
+    /// The histograms of the figures that are not phases, by wire name (the domain's
+    /// `figures` module encodes them); `None` while the cell has none.
+    pub figures: Option<Vec<u8>>,
 }
 
 impl AggregateRow {
@@ -113,6 +117,7 @@ rolled_columns!(
     ttfb_hist,
     transfer_hist,
     total_hist,
+    figures,
 );
 
 /// A check's rolled-up cells `span_us` long starting in `[from, to)`.
@@ -194,6 +199,7 @@ pub fn insert_rolled(
                 d::ttfb_hist.eq(&r.ttfb_hist),
                 d::transfer_hist.eq(&r.transfer_hist),
                 d::total_hist.eq(&r.total_hist),
+                d::figures.eq(&r.figures),
             ))
             .execute(conn)?;
     }

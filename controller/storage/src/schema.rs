@@ -216,6 +216,7 @@ diesel::table! {
         ttfb_hist -> Binary,
         transfer_hist -> Binary,
         total_hist -> Binary,
+        figures -> Nullable<Binary>,
     }
 }
 
@@ -236,6 +237,7 @@ diesel::table! {
         ttfb_hist -> Binary,
         transfer_hist -> Binary,
         total_hist -> Binary,
+        figures -> Nullable<Binary>,
     }
 }
 

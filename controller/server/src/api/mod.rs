@@ -44,7 +44,9 @@ use utoipa::{Modify, OpenApi};
     ),
     components(schemas(
         lastmile_protocol::ApiError, lastmile_protocol::Location, lastmile_protocol::Phase,
+        lastmile_protocol::Figure, lastmile_protocol::Unit,
         lastmile_domain::reports::Percentiles, lastmile_domain::reports::Group, lastmile_domain::reports::ReportRow,
+        lastmile_domain::reports::FigurePercentiles, lastmile_domain::reports::FigurePercentile,
     )),
     modifiers(&BearerTokens, &StandardErrors, &Bounds),
     tags(

@@ -10,7 +10,7 @@ use lastmile_dashboard::charts::Series;
 use lastmile_dashboard::reports::{
     self as pages, CountryRow, ObjectiveCell, ReportView, Row, Verdict,
 };
-use lastmile_protocol::{ConnectionClass, Phase};
+use lastmile_protocol::{ConnectionClass, Figure, Phase};
 use serde::Deserialize;
 
 use super::error::{HasNav, OrPage, PageError};
@@ -21,7 +21,9 @@ use lastmile_domain::checks;
 use lastmile_domain::confidence::Confidence;
 use lastmile_domain::error::Error;
 use lastmile_domain::objectives::ObjectiveOutcome;
-use lastmile_domain::reports::{self, Dimension, Percentiles, Report, ReportQuery, TimeBucket};
+use lastmile_domain::reports::{
+    self, Dimension, FigurePercentiles, Percentiles, Report, ReportQuery, TimeBucket,
+};
 
 #[derive(Debug, Default, Deserialize)]
 pub struct ReportPageParams {
@@ -170,6 +172,10 @@ pub async fn report(
         json_url: api,
         total_samples: overall.rows.iter().map(|r| r.samples).sum(),
         countries: by_country.rows.iter().map(country_row).collect(),
+        has_goodput: table
+            .rows
+            .iter()
+            .any(|r| r.figures.contains_key(&Figure::Goodput)),
         // A page check's total is the whole page's, its point.
         total_label: if check.kind == "page" {
             "Page total".into()
@@ -327,6 +333,32 @@ fn percentile(
     }
 }
 
+/// "12.4 Mbit/s" ("850 kbit/s" below one, "1.25 Gbit/s" from 1,000 on) from kbit/s.
+pub(super) fn kbps(kbps: u64) -> String {
+    let k = kbps as f64;
+    if k >= 1_000_000.0 {
+        format!("{:.2} Gbit/s", k / 1_000_000.0)
+    } else if k >= 1_000.0 {
+        format!("{:.1} Mbit/s", k / 1_000.0)
+    } else {
+        format!("{k:.0} kbit/s")
+    }
+}
+
+/// A rate figure's pNN and its interval line, or why there is no interval.
+fn rate(f: Option<&FigurePercentiles>, percentile: u8) -> (String, String) {
+    match f.and_then(|f| Some((f, f.get(percentile)?))) {
+        None => ("–".into(), String::new()),
+        Some((f, p)) => (
+            kbps(p.value),
+            match p.ci {
+                Some([lo, hi]) => format!("{} – {}", kbps(lo), kbps(hi)),
+                None => format!("no interval yet ({} samples)", f.samples),
+            },
+        ),
+    }
+}
+
 fn row(r: &reports::ReportRow) -> Row {
     let ttfb = r.phases.get(&Phase::Ttfb);
     let (p50, p50_ci) = percentile(ttfb, |p| (p.p50, p.p50_ci));
@@ -334,7 +366,14 @@ fn row(r: &reports::ReportRow) -> Row {
     let total = r.phases.get(&Phase::Total);
     let (total_p50, total_p50_ci) = percentile(total, |p| (p.p50, p.p50_ci));
     let (total_p95, total_p95_ci) = percentile(total, |p| (p.p95, p.p95_ci));
+    let goodput = r.figures.get(&Figure::Goodput);
+    let (goodput_p50, goodput_p50_ci) = rate(goodput, 50);
+    let (goodput_p10, goodput_p10_ci) = rate(goodput, 10);
     Row {
+        goodput_p50,
+        goodput_p50_ci,
+        goodput_p10,
+        goodput_p10_ci,
         total_p50,
         total_p50_ci,
         total_p95,
@@ -391,5 +430,18 @@ fn objective(o: &ObjectiveOutcome) -> ObjectiveCell {
         },
         inconclusive: o.conclusive != Some(true),
         detail: detail.join(" · "),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_in_the_unit_that_fits() {
+        assert_eq!(kbps(55), "55 kbit/s");
+        assert_eq!(kbps(8_389), "8.4 Mbit/s");
+        assert_eq!(kbps(800_000), "800.0 Mbit/s");
+        assert_eq!(kbps(2_500_000), "2.50 Gbit/s");
     }
 }

@@ -1,0 +1,279 @@
+//! The figures of a result besides its timing phases, and how an aggregate cell keeps
+//! their histograms.
+//!
+//! The phases have columns of their own everywhere (results, aggregates, reports), as
+//! they always had. Every other figure ([`Figure::phase`] is `None`) is kept in a
+//! cell's one `figures` value: a histogram per figure, keyed by the figure's wire name.
+//! A new figure (loaded latency, jitter, loss, stall time for the streaming and gaming
+//! kinds) is therefore a [`Figure`] variant, the code that measures or derives it, and
+//! its place in [`of_result`]: no migration, and no new code in the fold, the
+//! roll-ups or the reports, which go through [`Figures`] and [`FigureMergers`].
+//!
+//! Encoding: a version byte, then per figure its name's length (one byte), the name,
+//! the histogram's length (four bytes, big-endian) and the histogram as
+//! [`histogram::encode`] writes it. Names, not ordinals, so that a replica that does
+//! not know a figure (an older one during a rolling upgrade) merges and keeps its
+//! histogram instead of dropping it.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use lastmile_protocol::Figure;
+use lastmile_storage::results::StoredResult;
+
+use crate::histogram;
+
+/// Smallest body whose transfer gives a goodput: a smaller one arrives within TCP's
+/// first window or two, and bytes over its transfer time measure the round trip, not
+/// the bandwidth.
+pub const GOODPUT_MIN_BYTES: i64 = 64 * 1024;
+
+/// The figures other than phases that a stored result adds to its cell: none for a
+/// failed result (as for the phases). Goodput for an http result whose body was at
+/// least [`GOODPUT_MIN_BYTES`] and took time to arrive; a page result's bytes count the
+/// whole page while its transfer is the document's, so it has none.
+pub fn of_result(r: &StoredResult) -> Vec<(Figure, u64)> {
+    let mut figures = Vec::new();
+    if r.error_kind.is_some() {
+        return figures;
+    }
+    if r.page.is_none() && r.bytes >= GOODPUT_MIN_BYTES && r.transfer_us > 0 {
+        figures.push((Figure::Goodput, goodput_kbps(r.bytes, r.transfer_us)));
+    }
+    figures
+}
+
+/// Bytes over microseconds as kilobits a second, rounded, at most the histograms' range.
+pub fn goodput_kbps(bytes: i64, transfer_us: i64) -> u64 {
+    let bits = bytes.max(0) as u128 * 8;
+    // bits / (us / 10^6) / 10^3 = bits * 10^3 / us
+    let kbps = (bits * 1_000 + transfer_us.max(1) as u128 / 2) / transfer_us.max(1) as u128;
+    kbps.min(histogram::MAX_US as u128) as u64
+}
+
+/// A cell's histograms of figures other than phases, as recorded or decoded.
+#[derive(Debug, Default)]
+pub struct Figures {
+    known: BTreeMap<Figure, Histogram<u64>>,
+}
+
+impl Figures {
+    /// Records one value of `figure`.
+    pub fn record(&mut self, figure: Figure, value: u64) {
+        self.known
+            .entry(figure)
+            .or_insert_with(histogram::new_histogram)
+            .saturating_record(value);
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    /// Adds these histograms to a cell's stored value (`None`: the cell has none yet)
+    /// and returns the new value. Figures this replica does not know are kept as they
+    /// were.
+    pub fn merged_into(&self, stored: Option<&[u8]>) -> Result<Option<Vec<u8>>, String> {
+        if self.is_empty() {
+            return Ok(stored.map(<[u8]>::to_vec));
+        }
+        let mut entries: BTreeMap<String, Vec<u8>> = match stored {
+            Some(bytes) => decode(bytes)?
+                .into_iter()
+                .map(|(name, hist)| (name.to_owned(), hist.to_vec()))
+                .collect(),
+            None => BTreeMap::new(),
+        };
+        for (figure, add) in &self.known {
+            let name = figure.as_str();
+            let mut h = match entries.get(name) {
+                Some(bytes) => histogram::decode(bytes)?,
+                None => histogram::new_histogram(),
+            };
+            h.add(add)
+                .map_err(|e| format!("merging a {name} histogram: {e:?}"))?;
+            entries.insert(name.to_owned(), histogram::encode(&h));
+        }
+        Ok(Some(encode(
+            entries.iter().map(|(n, h)| (n.as_str(), h.as_slice())),
+        )))
+    }
+}
+
+/// Sums the `figures` values of many cells (a report's, a day's roll-up), histogram by
+/// histogram, each made once at the end.
+#[derive(Default)]
+pub struct FigureMergers {
+    by_name: BTreeMap<String, histogram::Merger>,
+}
+
+impl FigureMergers {
+    /// Adds one cell's value.
+    pub fn add(&mut self, stored: Option<&[u8]>) -> Result<(), String> {
+        let Some(bytes) = stored else {
+            return Ok(());
+        };
+        for (name, hist) in decode(bytes)? {
+            self.by_name
+                .entry(name.to_owned())
+                .or_default()
+                .add_encoded(hist)?;
+        }
+        Ok(())
+    }
+
+    /// The merged value to store (unknown figures included), `None` when no cell had any.
+    pub fn finish_encoded(self) -> Result<Option<Vec<u8>>, String> {
+        if self.by_name.is_empty() {
+            return Ok(None);
+        }
+        let mut entries = Vec::with_capacity(self.by_name.len());
+        for (name, merger) in self.by_name {
+            entries.push((name, histogram::encode(&merger.finish()?)));
+        }
+        Ok(Some(encode(
+            entries.iter().map(|(n, h)| (n.as_str(), h.as_slice())),
+        )))
+    }
+
+    /// The merged histograms of the figures this replica knows (what a report shows).
+    pub fn finish_known(self) -> Result<BTreeMap<Figure, Histogram<u64>>, String> {
+        let mut known = BTreeMap::new();
+        for (name, merger) in self.by_name {
+            if let Ok(figure) = name.parse::<Figure>() {
+                known.insert(figure, merger.finish()?);
+            }
+        }
+        Ok(known)
+    }
+}
+
+const VERSION: u8 = 1;
+
+fn encode<'a>(entries: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<u8> {
+    let mut out = vec![VERSION];
+    for (name, hist) in entries {
+        // Names are our own wire names, a few ASCII letters.
+        let name = &name.as_bytes()[..name.len().min(u8::MAX as usize)];
+        out.push(name.len() as u8);
+        out.extend_from_slice(name);
+        out.extend_from_slice(&(hist.len() as u32).to_be_bytes());
+        out.extend_from_slice(hist);
+    }
+    out
+}
+
+/// The (name, encoded histogram) entries of a stored value.
+fn decode(bytes: &[u8]) -> Result<Vec<(&str, &[u8])>, String> {
+    let corrupt = |why: &str| Err(format!("corrupt figures value: {why}"));
+    let Some((&version, mut rest)) = bytes.split_first() else {
+        return corrupt("empty");
+    };
+    if version != VERSION {
+        return corrupt(&format!("version {version}"));
+    }
+    let mut entries = Vec::new();
+    while let Some((&name_len, after)) = rest.split_first() {
+        let name_len = name_len as usize;
+        if after.len() < name_len + 4 {
+            return corrupt("truncated entry");
+        }
+        let (name, after) = after.split_at(name_len);
+        let Ok(name) = std::str::from_utf8(name) else {
+            return corrupt("a name is not UTF-8");
+        };
+        let (len, after) = after.split_at(4);
+        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if after.len() < len {
+            return corrupt("truncated histogram");
+        }
+        let (hist, after) = after.split_at(len);
+        entries.push((name, hist));
+        rest = after;
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(figures: &Figures, stored: Option<&[u8]>) -> Vec<u8> {
+        figures.merged_into(stored).unwrap().unwrap()
+    }
+
+    #[test]
+    fn goodput_is_bytes_over_transfer_time() {
+        // 1 MiB in one second: 8,388,608 bits, 8,389 kbit/s.
+        assert_eq!(goodput_kbps(1 << 20, 1_000_000), 8_389);
+        // 125 kB in 10 ms: 100 Mbit/s.
+        assert_eq!(goodput_kbps(125_000, 10_000), 100_000);
+        // Beyond the histograms' range: clamped, not wrapped.
+        assert_eq!(goodput_kbps(i64::MAX, 1), histogram::MAX_US);
+    }
+
+    #[test]
+    fn cells_merge_per_figure_and_keep_figures_they_do_not_know() {
+        let mut first = Figures::default();
+        first.record(Figure::Goodput, 10_000);
+        let stored = value(&first, None);
+        // A newer replica's figure, by a name this one does not know.
+        let mut jitter = histogram::new_histogram();
+        jitter.saturating_record(1_500);
+        let jitter = histogram::encode(&jitter);
+        let mut with_unknown = stored.clone();
+        with_unknown.push(6);
+        with_unknown.extend_from_slice(b"jitter");
+        with_unknown.extend_from_slice(&(jitter.len() as u32).to_be_bytes());
+        with_unknown.extend_from_slice(&jitter);
+
+        let mut second = Figures::default();
+        second.record(Figure::Goodput, 20_000);
+        let merged = value(&second, Some(&with_unknown));
+        let entries = decode(&merged).unwrap();
+        let names: Vec<&str> = entries.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["goodput", "jitter"]);
+        let goodput = histogram::decode(entries[0].1).unwrap();
+        assert_eq!(goodput.len(), 2);
+        assert_eq!(entries[1].1, &jitter[..]);
+
+        // Many cells summed: unknown figures stored on, known ones shown.
+        let mut mergers = FigureMergers::default();
+        mergers.add(Some(&merged)).unwrap();
+        mergers.add(Some(&stored)).unwrap();
+        mergers.add(None).unwrap();
+        let mut again = FigureMergers::default();
+        again.add(Some(&merged)).unwrap();
+        again.add(Some(&stored)).unwrap();
+        let known = mergers.finish_known().unwrap();
+        assert_eq!(known.len(), 1);
+        assert_eq!(known[&Figure::Goodput].len(), 3);
+        let rolled = again.finish_encoded().unwrap().unwrap();
+        let names: Vec<&str> = decode(&rolled).unwrap().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["goodput", "jitter"]);
+    }
+
+    #[test]
+    fn nothing_recorded_leaves_the_cell_as_it_was() {
+        let empty = Figures::default();
+        assert_eq!(empty.merged_into(None).unwrap(), None);
+        assert_eq!(
+            empty.merged_into(Some(&[VERSION])).unwrap(),
+            Some(vec![VERSION])
+        );
+        assert_eq!(FigureMergers::default().finish_encoded().unwrap(), None);
+    }
+
+    #[test]
+    fn a_corrupt_value_is_an_error_not_a_panic() {
+        for bad in [
+            &[][..],
+            &[9][..],
+            &[VERSION, 7, b'g'][..],
+            &[VERSION, 1, b'x', 0, 0, 0, 9, 1][..],
+        ] {
+            assert!(decode(bad).is_err(), "{bad:?}");
+        }
+    }
+}
