@@ -214,7 +214,7 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                     }
                     section.card {
                         h2 { "SLA objectives" }
-                        label for="objectives" { "One per line " small { "(e.g. ttfb p95 <= 800 ms, availability >= 99.5 %, optionally ending \"for dsl\")" } }
+                        label for="objectives" { "One per line " small { "(e.g. ttfb p95 <= 800 ms, goodput p10 >= 10 Mbit/s, availability >= 99.5 %, optionally ending \"for dsl\")" } }
                         textarea #objectives name="objectives" rows="3" placeholder="ttfb p95 <= 800 ms\navailability >= 99.5 %" { (f.objectives) }
                     }
                     section.card {

@@ -376,26 +376,33 @@ async fn merged_histograms_export_round_trips(db: TestDb) {
     assert_eq!(status, 200, "{report}");
     let mut seen = 0;
     for r in report["rows"].as_array().unwrap() {
-        for (phase, encoded) in r["histograms"].as_object().unwrap() {
+        for (name, encoded) in r["histograms"].as_object().unwrap() {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(encoded.as_str().unwrap())
                 .unwrap();
             let h: Histogram<u64> = Deserializer::new().deserialize(&mut &bytes[..]).unwrap();
-            let p = &r["phases"][phase];
-            assert_eq!(h.len(), p["samples"].as_u64().unwrap());
             assert_eq!(h.len(), 300);
-            assert_eq!(h.value_at_quantile(0.95), p["p95"].as_u64().unwrap());
+            if name == "goodput" {
+                let g = &r["figures"]["goodput"];
+                assert_eq!(h.len(), g["samples"].as_u64().unwrap());
+                assert_eq!(h.value_at_quantile(0.1), g["percentiles"][1]["value"]);
+            } else {
+                let p = &r["phases"][name];
+                assert_eq!(h.len(), p["samples"].as_u64().unwrap());
+                assert_eq!(h.value_at_quantile(0.95), p["p95"].as_u64().unwrap());
+            }
             seen += 1;
         }
     }
-    assert_eq!(seen, 2 * 6);
+    assert_eq!(seen, 2 * 7, "six phases and goodput per row");
     // Without the flag, no histograms.
     let (_, plain) = app
         .report(&owner, &check, "group_by=connection_class")
         .await;
     assert!(plain["rows"][0].get("histograms").is_none());
 
-    // format=hdr: an HdrHistogram interval log with one tagged line per row and phase.
+    // format=hdr: an HdrHistogram interval log with one tagged line per row and phase,
+    // and per row and other figure.
     let (status, log) = app
         .report(&owner, &check, "group_by=connection_class&format=hdr")
         .await;
@@ -414,18 +421,23 @@ async fn merged_histograms_export_round_trips(db: TestDb) {
             } else {
                 "fibre"
             };
-            let phase = tag.rsplit("phase=").next().unwrap();
-            let p = &row(&report, class)["phases"][phase];
-            assert_eq!(h.len(), p["samples"].as_u64().unwrap(), "{tag}");
-            assert_eq!(
-                h.value_at_quantile(0.5),
-                p["p50"].as_u64().unwrap(),
-                "{tag}"
-            );
+            let (samples, p50) = match tag.rsplit_once(";phase=") {
+                Some((_, phase)) => {
+                    let p = &row(&report, class)["phases"][phase];
+                    (p["samples"].clone(), p["p50"].clone())
+                }
+                None => {
+                    assert!(tag.ends_with(";figure=goodput"), "{tag}");
+                    let g = &row(&report, class)["figures"]["goodput"];
+                    (g["samples"].clone(), g["percentiles"][0]["value"].clone())
+                }
+            };
+            assert_eq!(h.len(), samples.as_u64().unwrap(), "{tag}");
+            assert_eq!(h.value_at_quantile(0.5), p50.as_u64().unwrap(), "{tag}");
             lines += 1;
         }
     }
-    assert_eq!(lines, 2 * 6, "{log}");
+    assert_eq!(lines, 2 * 7, "{log}");
     app.controller.stop().await.unwrap();
 }
 
@@ -687,7 +699,14 @@ async fn complete_quarters_of_a_day_not_rolled_up_are_read_as_quarter_cells(db: 
 }
 
 async fn goodput_comes_from_large_bodies_with_its_low_tail_in_json_and_csv(db: TestDb) {
-    let (app, owner, check, _site) = app_deciding_rollups(&db).await;
+    let app = TestApp::start_with(&db, |c| {
+        c.scheduler_tick_ms = 3_600_000;
+        c.rollup_interval_s = 0;
+        c.fold_interval_ms = 3_600_000;
+    })
+    .await;
+    let objectives = json!([{"figure": "goodput", "percentile": 10, "min_kbps": 7000}]);
+    let (app, owner, check, _site) = app_with_check_on(app, objectives).await;
     let now = now_us();
     // dsl: 1 MiB bodies in 0.5 to 1.49 s (16.8 down to 5.6 Mbit/s); cable: 1 MiB in
     // 100 ms (83.9 Mbit/s).
@@ -748,6 +767,17 @@ async fn goodput_comes_from_large_bodies_with_its_low_tail_in_json_and_csv(db: T
     let cable = &row(&report, "cable")["figures"]["goodput"];
     close(value(cable, 50), 83_886);
     close(value(cable, 1), 83_886);
+
+    // goodput p10 >= 7 Mbit/s: dsl's p10 is 6.0 Mbit/s, 30 of its 100 below 7 where 10
+    // are allowed, for sure; cable is far above.
+    let dsl_objective = outcome(row(&report, "dsl"), "figure");
+    assert_eq!(dsl_objective["met"], false, "{dsl_objective}");
+    assert_eq!(dsl_objective["conclusive"], true, "{dsl_objective}");
+    assert_eq!(dsl_objective["bad_samples"], 30, "{dsl_objective}");
+    close(dsl_objective["actual"].as_f64().unwrap() as u64, 5_992);
+    let cable_objective = outcome(row(&report, "cable"), "figure");
+    assert_eq!(cable_objective["met"], true, "{cable_objective}");
+    assert_eq!(cable_objective["bad_samples"], 0, "{cable_objective}");
 
     let (_, csv) = app
         .report(

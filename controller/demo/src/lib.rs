@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use lastmile_agent::measure::{ConnectTo, EngineConfig};
 use lastmile_agent::runner::AgentSettings;
-use lastmile_protocol::{AgentLimits, ConnectionClass, Phase};
+use lastmile_protocol::{AgentLimits, ConnectionClass, Figure, Phase};
 use lastmile_testbed::geodb::{self, TestNetwork};
 use lastmile_testbed::link::{Link, LinkProfile};
 use lastmile_testbed::site::{SiteConfig, TargetSite};
@@ -912,7 +912,7 @@ pub fn judge_physics(by_class: &Report) -> Physics {
     };
     let fastest = |class: ConnectionClass, phase: Phase| -> Option<u64> {
         let bytes = base64::engine::general_purpose::STANDARD
-            .decode(row(class)?.histograms.get(&phase)?)
+            .decode(row(class)?.histograms.get(&Figure::from(phase))?)
             .ok()?;
         let h = lastmile_domain::histogram::decode(&bytes).ok()?;
         (!h.is_empty()).then(|| h.min())

@@ -1,8 +1,10 @@
 //! SLA objectives: what a check promises, and whether a report row kept the promise.
 //!
-//! An objective is either a latency bound, `{"phase": "ttfb", "percentile": 95,
-//! "max_ms": 800}` ("ttfb p95 <= 800 ms"), or an availability floor,
-//! `{"availability_min": 99.5}` (percent). Either may carry `"connection_class"`, and
+//! An objective is a latency bound, `{"phase": "ttfb", "percentile": 95,
+//! "max_ms": 800}` ("ttfb p95 <= 800 ms"), a floor on a rate figure, `{"figure":
+//! "goodput", "percentile": 10, "min_kbps": 10000}` ("goodput p10 >= 10 Mbit/s": at
+//! most 10 % of measurements below 10 Mbit/s), or an availability floor,
+//! `{"availability_min": 99.5}` (percent). Each may carry `"connection_class"`, and
 //! then applies only to report rows of that class (so a report must be grouped by
 //! `connection_class` to show it); without one it applies to every row. Objectives are
 //! stored with the check as JSON text and validated when the check is created.
@@ -10,14 +12,15 @@
 //! Each report row states, per objective that applies to it:
 //!
 //! - `met`: latency: the row's pNN (from the merged histogram, as reported) `<= max_ms`;
-//!   availability: `availability >= availability_min`. `null` when the row has no
-//!   successful sample of that phase.
-//! - `actual`: pNN in ms, or availability in percent; `actual_ci` its interval at the
+//!   rate: the row's pNN `>= min_kbps`; availability: `availability >=
+//!   availability_min`. `null` when the row has no successful sample of that phase or
+//!   figure.
+//! - `actual`: pNN in ms (latency) or kbit/s (rate), or availability in percent; `actual_ci` its interval at the
 //!   report's confidence ([`crate::confidence`]), and `conclusive`: whether that whole
 //!   interval lies on the verdict's side of the limit (a breach "for sure" vs a breach
 //!   that more samples might undo); `null` when there is no interval.
 //! - `margin`: how far from the limit, positive on the good side: `max_ms - actual` ms,
-//!   or `actual - availability_min` percentage points.
+//!   `actual - min_kbps` kbit/s, or `actual - availability_min` percentage points.
 //! - **Error budget.** Latency `pNN <= X` allows a fraction `a = (100 - NN) / 100` of the
 //!   samples above X: `allowed_bad = a · n` over the row's n successful samples;
 //!   `bad` = samples above X (counted from the histogram: samples whose bucket's highest
@@ -25,10 +28,11 @@
 //!   rounding of `a · n`). Availability `>= A %` allows `allowed_bad = (1 - A/100) · n`
 //!   failures over the row's n measurements, `bad` = failures. In both,
 //!   `error_budget_remaining = 1 - bad / allowed_bad`: 1 untouched, 0 spent, negative
-//!   overspent (-1: twice the allowance used).
+//!   overspent (-1: twice the allowance used). Rate `pNN >= X` allows the fraction
+//!   `NN / 100` of the samples below X (samples whose bucket's lowest value is below X).
 
 use hdrhistogram::Histogram;
-use lastmile_protocol::{ConnectionClass, Phase};
+use lastmile_protocol::{ConnectionClass, Figure, Phase, Unit};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -50,6 +54,13 @@ pub struct Objective {
     /// Latency objective: the bound, milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ms: Option<f64>,
+    /// Rate objective: the figure bounded from below (`goodput`; the phases are
+    /// bounded with `phase`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figure: Option<Figure>,
+    /// Rate objective: the floor, kbit/s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_kbps: Option<f64>,
     /// Availability objective: the floor, percent (above 0, below 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_min: Option<f64>,
@@ -67,7 +78,7 @@ impl Objective {
             Error::invalid(
                 "invalid_objective",
                 format!(
-                    "{:?} is not an objective; write e.g. \"ttfb p95 <= 800 ms\" or \"availability >= 99.5 %\", optionally ending \"for dsl\"",
+                    "{:?} is not an objective; write e.g. \"ttfb p95 <= 800 ms\", \"goodput p10 >= 10 Mbit/s\" or \"availability >= 99.5 %\", optionally ending \"for dsl\"",
                     line.trim()
                 ),
             )
@@ -104,6 +115,21 @@ impl Objective {
                     ..Objective::default()
                 })
             }
+            [figure, pct, ">=", v, unit] if pct.starts_with('p') => {
+                let factor = match *unit {
+                    "kbit/s" | "kbps" => 1.0,
+                    "mbit/s" | "mbps" => 1_000.0,
+                    "gbit/s" | "gbps" => 1_000_000.0,
+                    _ => return Err(bad()),
+                };
+                Ok(Objective {
+                    figure: Some(figure.parse().map_err(|_| bad())?),
+                    percentile: Some(number(&pct[1..])?),
+                    min_kbps: Some(number(v)? * factor),
+                    connection_class: class,
+                    ..Objective::default()
+                })
+            }
             _ => Err(bad()),
         }
     }
@@ -118,7 +144,13 @@ impl Objective {
         ) {
             (Some(phase), Some(p), Some(ms), _) => format!("{phase} p{p} <= {ms} ms"),
             (_, _, _, Some(a)) => format!("availability >= {a} %"),
-            _ => String::new(),
+            _ => match (self.figure, self.percentile, self.min_kbps) {
+                (Some(figure), Some(p), Some(kbps)) if kbps >= 1_000.0 => {
+                    format!("{figure} p{p} >= {} Mbit/s", kbps / 1_000.0)
+                }
+                (Some(figure), Some(p), Some(kbps)) => format!("{figure} p{p} >= {kbps} kbit/s"),
+                _ => String::new(),
+            },
         };
         match self.connection_class {
             Some(c) => format!("{base} for {c}"),
@@ -145,6 +177,47 @@ pub fn validate(objectives: &[Objective]) -> Result<()> {
                 format!("objectives[{i}].{field} {why}"),
             ))
         };
+        let rate = o.figure.is_some() || o.min_kbps.is_some();
+        if rate {
+            if o.phase.is_some() || o.max_ms.is_some() || o.availability_min.is_some() {
+                return bad(
+                    "figure",
+                    "cannot be combined with phase, max_ms or availability_min; give them as separate objectives",
+                );
+            }
+            match o.figure {
+                None => return bad("figure", "is required with min_kbps"),
+                Some(f) if f.phase().is_some() => {
+                    return bad(
+                        "figure",
+                        &format!("{f} is a phase: bound it with \"phase\" and \"max_ms\""),
+                    )
+                }
+                Some(f) if f.unit() != Unit::Kbps => {
+                    return bad("figure", &format!("{f} takes no min_kbps"))
+                }
+                Some(_) => {}
+            }
+            match o.percentile {
+                None => return bad("percentile", "is required with figure"),
+                Some(p) if !(p > 0.0 && p < 100.0) => {
+                    return bad("percentile", "must be above 0 and below 100")
+                }
+                Some(_) => {}
+            }
+            let ceiling = MAX_US as f64;
+            match o.min_kbps {
+                None => return bad("min_kbps", "is required with figure"),
+                Some(m) if !(m > 0.0 && m <= ceiling) => {
+                    return bad(
+                        "min_kbps",
+                        &format!("must be above 0 and at most {ceiling}"),
+                    )
+                }
+                Some(_) => {}
+            }
+            continue;
+        }
         match (o.availability_min, o.phase, o.percentile, o.max_ms) {
             (Some(a), None, None, None) => {
                 if !(a > 0.0 && a < 100.0) {
@@ -160,7 +233,10 @@ pub fn validate(objectives: &[Objective]) -> Result<()> {
             ),
             (None, phase, percentile, max_ms) => {
                 if phase.is_none() {
-                    return bad("phase", "is required (or give availability_min)");
+                    return bad(
+                        "phase",
+                        "is required (or give figure and min_kbps, or availability_min)",
+                    );
                 }
                 match percentile {
                     None => return bad("percentile", "is required with phase"),
@@ -192,7 +268,7 @@ pub struct ObjectiveOutcome {
     pub objective: Objective,
     /// Met (true), breached (false), or no data (null).
     pub met: Option<bool>,
-    /// pNN in ms, or availability in percent.
+    /// pNN in ms (latency) or kbit/s (rate), or availability in percent.
     pub actual: Option<f64>,
     /// Interval of `actual` at the report's confidence.
     pub actual_ci: Option<[f64; 2]>,
@@ -214,6 +290,8 @@ pub struct RowData<'a> {
     pub successes: u64,
     pub failures: u64,
     pub phase: &'a dyn Fn(Phase) -> Option<&'a Histogram<u64>>,
+    /// The row's histograms of figures other than phases.
+    pub figure: &'a dyn Fn(Figure) -> Option<&'a Histogram<u64>>,
 }
 
 /// The outcomes of the objectives that apply to a row.
@@ -258,6 +336,33 @@ fn evaluate_one(o: &Objective, row: &RowData<'_>, confidence: Confidence) -> Obj
             bad_samples: row.failures,
             allowed_bad_samples: allowed,
             error_budget_remaining: budget(row.failures, allowed),
+        };
+    }
+    if let (Some(figure), Some(pct), Some(min)) = (o.figure, o.percentile, o.min_kbps) {
+        let q = pct / 100.0;
+        let Some(h) = (row.figure)(figure).filter(|h| !h.is_empty()) else {
+            return empty(o, 0.0);
+        };
+        let limit = min.round() as u64;
+        let allowed = q * h.len() as f64;
+        let bad: u64 = h
+            .iter_recorded()
+            .filter(|v| h.lowest_equivalent(v.value_iterated_to()) < limit)
+            .map(|v| v.count_at_value())
+            .sum();
+        let actual = h.value_at_quantile(q);
+        let ci =
+            confidence::quantile_interval(h, q, confidence).map(|[lo, hi]| [lo as f64, hi as f64]);
+        return ObjectiveOutcome {
+            objective: o.clone(),
+            met: Some(actual >= limit),
+            actual: Some(actual as f64),
+            actual_ci: ci,
+            conclusive: conclusive(ci, &|v| v >= min),
+            margin: Some(actual as f64 - min),
+            bad_samples: bad,
+            allowed_bad_samples: allowed,
+            error_budget_remaining: budget(bad, allowed),
         };
     }
     let (Some(phase), Some(pct), Some(max_ms)) = (o.phase, o.percentile, o.max_ms) else {
@@ -316,8 +421,7 @@ mod tests {
             phase: Some(phase),
             percentile: Some(pct),
             max_ms: Some(max_ms),
-            availability_min: None,
-            connection_class: None,
+            ..Objective::default()
         }
     }
 
@@ -331,11 +435,8 @@ mod tests {
         let e = validate(&[latency(Phase::Ttfb, 100.0, 800.0)]).unwrap_err();
         assert!(e.to_string().contains("objectives[0].percentile"), "{e}");
         let avail = Objective {
-            phase: None,
-            percentile: None,
-            max_ms: None,
             availability_min: Some(100.5),
-            connection_class: None,
+            ..Objective::default()
         };
         let e = validate(&[avail]).unwrap_err();
         assert!(e.to_string().contains("availability_min"), "{e}");
@@ -355,6 +456,7 @@ mod tests {
             successes: 1000,
             failures: 0,
             phase: &get,
+            figure: &|_| None,
         };
         let out = evaluate(&[latency(Phase::Ttfb, 95.0, 0.990)], &row, Confidence::P95);
         let o = &out[0];
@@ -393,5 +495,102 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("ttfb p95 <= 800 ms"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+    use crate::histogram;
+
+    fn goodput(pct: f64, min_kbps: f64) -> Objective {
+        Objective {
+            figure: Some(Figure::Goodput),
+            percentile: Some(pct),
+            min_kbps: Some(min_kbps),
+            ..Objective::default()
+        }
+    }
+
+    #[test]
+    fn a_rate_floor_counts_the_samples_below_it() {
+        // 1000 samples of 1..=1000 kbit/s (exact in the histogram).
+        let mut h = histogram::new_histogram();
+        for kbps in 1..=1000u64 {
+            h.record(kbps).unwrap();
+        }
+        let none = |_p: Phase| None;
+        let get = |_f: Figure| Some(&h);
+        let row = RowData {
+            connection_class: None,
+            successes: 1000,
+            failures: 0,
+            phase: &none,
+            figure: &get,
+        };
+        // p10 >= 91 kbit/s: 100 allowed below, 90 are; p10 is 100.
+        let out = evaluate(&[goodput(10.0, 91.0)], &row, Confidence::P95);
+        let o = &out[0];
+        assert_eq!(o.met, Some(true));
+        assert_eq!(o.actual, Some(100.0));
+        assert_eq!(o.bad_samples, 90);
+        assert!((o.allowed_bad_samples - 100.0).abs() < 1e-9);
+        assert!((o.error_budget_remaining.unwrap() - 0.1).abs() < 1e-9);
+        // p10 >= 200 kbit/s: 199 below, about twice the allowance; conclusively.
+        let out = evaluate(&[goodput(10.0, 200.0)], &row, Confidence::P95);
+        assert_eq!(out[0].met, Some(false));
+        assert_eq!(out[0].bad_samples, 199);
+        assert_eq!(out[0].conclusive, Some(true));
+        assert!((out[0].margin.unwrap() + 100.0).abs() < 1e-9);
+        // A row without goodput has no verdict.
+        let row = RowData {
+            figure: &|_| None,
+            ..row
+        };
+        assert_eq!(
+            evaluate(&[goodput(10.0, 91.0)], &row, Confidence::P95)[0].met,
+            None
+        );
+    }
+
+    #[test]
+    fn rate_objectives_read_write_and_validate_as_people_say_them() {
+        let o = Objective::parse_line("Goodput p10 >= 10 Mbit/s for cable").unwrap();
+        assert_eq!(
+            (o.figure, o.percentile, o.min_kbps, o.connection_class),
+            (
+                Some(Figure::Goodput),
+                Some(10.0),
+                Some(10_000.0),
+                Some(ConnectionClass::Cable)
+            )
+        );
+        assert_eq!(o.to_line(), "goodput p10 >= 10 Mbit/s for cable");
+        assert_eq!(
+            Objective::parse_line("goodput p5 >= 512 kbit/s")
+                .unwrap()
+                .to_line(),
+            "goodput p5 >= 512 kbit/s"
+        );
+        assert!(Objective::parse_line("goodput p10 >= 10 parsecs").is_err());
+        assert!(validate(&[goodput(10.0, 10_000.0)]).is_ok());
+        let err = |o: Objective| validate(&[o]).unwrap_err().to_string();
+        assert!(err(goodput(0.0, 10.0)).contains("objectives[0].percentile"));
+        assert!(err(goodput(10.0, -1.0)).contains("objectives[0].min_kbps"));
+        let phase_as_figure = Objective {
+            figure: Some(Figure::Ttfb),
+            ..goodput(10.0, 10.0)
+        };
+        assert!(err(phase_as_figure).contains("ttfb is a phase"));
+        let mixed = Objective {
+            max_ms: Some(100.0),
+            ..goodput(10.0, 10.0)
+        };
+        assert!(err(mixed).contains("cannot be combined"));
+        let no_floor = Objective {
+            min_kbps: None,
+            ..goodput(10.0, 10.0)
+        };
+        assert!(err(no_floor).contains("min_kbps"));
     }
 }

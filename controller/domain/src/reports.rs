@@ -350,11 +350,12 @@ pub struct ReportRow {
     /// [`crate::objectives`]); absent when the check has none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub objectives: Vec<ObjectiveOutcome>,
-    /// With `histograms=true`: the merged histogram of each phase, microseconds, as
-    /// base64 (standard alphabet, padded) of the uncompressed HdrHistogram V2 encoding
-    /// (cookie 0x1c849303), 1 µs to 1 h at 3 significant digits.
+    /// With `histograms=true`: the merged histogram of each phase (microseconds) and of
+    /// each other figure the row has (in its unit: goodput in kbit/s), as base64
+    /// (standard alphabet, padded) of the uncompressed HdrHistogram V2 encoding (cookie
+    /// 0x1c849303), 1 to 3.6·10⁹ at 3 significant digits.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub histograms: BTreeMap<Phase, String>,
+    pub histograms: BTreeMap<Figure, String>,
     /// With `compare=previous`: the same row in the previous window of equal length.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<Comparison>,
@@ -703,6 +704,7 @@ fn row_of(group: Group, acc: &Accumulator, options: &MergeOptions) -> ReportRow 
     let confidence = options.confidence;
     let samples = acc.successes + acc.failures;
     let get = |p: Phase| acc.phases.get(&p);
+    let get_figure = |f: Figure| acc.figures.get(&f);
     let objectives = objectives::evaluate(
         &options.objectives,
         &objectives::RowData {
@@ -710,6 +712,7 @@ fn row_of(group: Group, acc: &Accumulator, options: &MergeOptions) -> ReportRow 
             successes: acc.successes,
             failures: acc.failures,
             phase: &get,
+            figure: &get_figure,
         },
         confidence,
     );
@@ -738,9 +741,11 @@ fn row_of(group: Group, acc: &Accumulator, options: &MergeOptions) -> ReportRow 
             .collect(),
         objectives,
         histograms: if options.histograms {
-            acc.phases
-                .iter()
-                .map(|(phase, h)| (*phase, BASE64.encode(histogram::encode(h))))
+            let phases = acc.phases.iter().map(|(p, h)| (Figure::from(*p), h));
+            let others = acc.figures.iter().filter(|(_, h)| !h.is_empty());
+            phases
+                .chain(others.map(|(f, h)| (*f, h)))
+                .map(|(figure, h)| (figure, BASE64.encode(histogram::encode(h))))
                 .collect()
         } else {
             BTreeMap::new()
@@ -1029,8 +1034,15 @@ fn objectives_summary(outcomes: &[ObjectiveOutcome]) -> String {
             } else {
                 " (inconclusive)"
             };
-            match (o.objective.phase, o.objective.percentile) {
-                (Some(phase), Some(p)) => format!("{phase} p{p} +{over:.1} ms{unsure}"),
+            match (
+                o.objective.phase,
+                o.objective.figure,
+                o.objective.percentile,
+            ) {
+                (Some(phase), _, Some(p)) => format!("{phase} p{p} +{over:.1} ms{unsure}"),
+                (_, Some(figure), Some(p)) => {
+                    format!("{figure} p{p} -{over:.0} kbit/s{unsure}")
+                }
                 _ => format!("availability -{over:.2} pts{unsure}"),
             }
         })
@@ -1062,9 +1074,10 @@ fn objectives_summary(outcomes: &[ObjectiveOutcome]) -> String {
 /// interval log (the text format HdrHistogram's own tools read: `HistogramLogReader`,
 /// `HistogramLogProcessor`): a `#[StartTime: ...]` header at the window start, then one
 /// line per row and phase, each tagged `Tag=class=dsl;country=DE;phase=ttfb` (the row's
-/// group; characters the format forbids become `_`), covering the whole window, with the
-/// histogram in microseconds as base64 of the compressed V2 encoding (deflate), which is
-/// what the log format prescribes.
+/// group; characters the format forbids become `_`), and per row and other figure it
+/// has, tagged `...;figure=goodput`, covering the whole window, with the histogram (the
+/// phases' in microseconds, goodput's in kbit/s) as base64 of the compressed V2
+/// encoding (deflate), which is what the log format prescribes.
 pub fn to_interval_log(report: &Report) -> Result<String> {
     use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
     use hdrhistogram::serialization::V2DeflateSerializer;
@@ -1079,19 +1092,24 @@ pub fn to_interval_log(report: &Report) -> Result<String> {
     {
         let mut log = IntervalLogWriterBuilder::new()
             .add_comment(&format!(
-                "Lastmile report of check {} ({}); values in microseconds",
+                "Lastmile report of check {} ({}); phases in microseconds, goodput in kbit/s",
                 report.check.id, report.check.name
             ))
             .with_start_time(std::time::UNIX_EPOCH + start)
             .begin_log_with(&mut out, &mut serializer)
             .map_err(io)?;
         for row in &report.rows {
-            for (phase, encoded) in &row.histograms {
+            for (figure, encoded) in &row.histograms {
                 let bytes = BASE64
                     .decode(encoded)
                     .map_err(|e| Error::Internal(format!("bad histogram encoding: {e}")))?;
                 let h = histogram::decode(&bytes).map_err(Error::Internal)?;
-                let tag = format!("{};phase={phase}", group_tag(&row.group))
+                let kind = if figure.phase().is_some() {
+                    "phase"
+                } else {
+                    "figure"
+                };
+                let tag = format!("{};{kind}={figure}", group_tag(&row.group))
                     .replace([',', ' ', '\r', '\n'], "_");
                 let row_start = row.group.bucket_start.map_or(start, |b| {
                     std::time::Duration::from_micros(to_us(b).max(0) as u64)

@@ -284,7 +284,7 @@ fn country_row(r: &reports::ReportRow) -> CountryRow {
 fn distribution(rows: &[reports::ReportRow], phase: Phase) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     for row in rows {
-        let Some(encoded) = row.histograms.get(&phase) else {
+        let Some(encoded) = row.histograms.get(&Figure::from(phase)) else {
             continue;
         };
         let Ok(bytes) = BASE64.decode(encoded) else {
@@ -399,15 +399,18 @@ fn row(r: &reports::ReportRow) -> Row {
 
 fn objective(o: &ObjectiveOutcome) -> ObjectiveCell {
     let latency = o.objective.phase.is_some();
+    let rate = o.objective.figure.is_some();
     let mut detail = Vec::new();
     if let Some(a) = o.actual {
         detail.push(if latency {
             format!("actual {a:.0} ms")
+        } else if rate {
+            format!("actual {}", kbps(a.max(0.0) as u64))
         } else {
             format!("actual {a:.2} %")
         });
     }
-    let bad = if latency { "slow" } else { "failed" };
+    let bad = if latency || rate { "slow" } else { "failed" };
     if let Some(left) = o.error_budget_remaining {
         detail.push(if left >= 0.0 {
             format!("error budget {:.0} % left", left * 100.0)
