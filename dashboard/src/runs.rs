@@ -31,6 +31,8 @@ pub struct ResultRow {
     /// "12.3 ms".
     pub ttfb: String,
     pub total: String,
+    /// "8.4 Mbit/s": the body's goodput, for a body large enough to have one.
+    pub goodput: Option<String>,
     /// "127.0.0.1", when the agent reported an address.
     pub remote_addr: Option<String>,
     /// "IPv4" / "IPv6".
@@ -133,7 +135,10 @@ fn row(run: &RunHeader, r: &ResultRow) -> Markup {
                 }
             }
             td.num data-label="TTFB" { (r.ttfb) }
-            td.num data-label="Total" { (r.total) }
+            td.num data-label="Total" {
+                (r.total)
+                @if let Some(g) = &r.goodput { br; small.goodput title="Goodput: body bytes over the body's transfer time" { (g) } }
+            }
             td.connection data-label="Connection" {
                 @match &r.remote_addr {
                     Some(a) => code.remote { (a) },
@@ -203,6 +208,7 @@ mod tests {
             error: None,
             ttfb: "12.0 ms".into(),
             total: "40.0 ms".into(),
+            goodput: None,
             remote_addr: Some("2001:db8::1".into()),
             ip_version: Some("IPv6".into()),
             http_version: Some("HTTP/2".into()),
@@ -233,6 +239,19 @@ mod tests {
             in_progress: false,
             is_page,
         }
+    }
+
+    #[test]
+    fn a_result_with_a_goodput_shows_it_under_its_total() {
+        let plain = results(&nav(), &header(false), &[row()]).into_string();
+        assert!(!plain.contains("Mbit/s"), "{plain}");
+        let large = ResultRow {
+            goodput: Some("8.4 Mbit/s".into()),
+            ..row()
+        };
+        let html = results(&nav(), &header(false), &[large]).into_string();
+        assert!(html.contains(r#"class="goodput""#), "{html}");
+        assert!(html.contains("8.4 Mbit/s"), "{html}");
     }
 
     #[test]

@@ -51,6 +51,22 @@ pub fn stylesheet() -> String {
         .to_owned()
 }
 
+/// A download as a video segment or a software update is: `DOWNLOAD_BYTES` that do not
+/// compress, large enough for a goodput (64 KiB and more), and long enough on the line
+/// (84 ms at 100 Mbit/s) that a relay stalled for some milliseconds by a loaded machine
+/// does not make it look faster than the line.
+pub const DOWNLOAD_PATH: &str = "/download/segment.bin";
+pub const DOWNLOAD_BYTES: usize = 1024 * 1024;
+
+/// The body served at [`DOWNLOAD_PATH`].
+pub fn download() -> Resource {
+    Resource {
+        path: DOWNLOAD_PATH.into(),
+        content_type: "application/octet-stream",
+        body: noise(99, DOWNLOAD_BYTES),
+    }
+}
+
 /// `n` bytes that do not compress to nothing (images and fonts are already compressed).
 fn noise(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -97,7 +97,8 @@ impl Drop for Open {
     }
 }
 
-/// What the site serves besides tokens: the home page and the shop page's files.
+/// What the site serves besides tokens: the home page, the shop page's files and a
+/// download.
 struct Content {
     home: Vec<u8>,
     files: HashMap<String, (&'static str, Vec<u8>)>,
@@ -110,7 +111,10 @@ impl Content {
             crate::shop::PAGE_PATH.to_owned(),
             ("text/html; charset=utf-8", crate::shop::html().into_bytes()),
         );
-        for r in crate::shop::resources() {
+        for r in crate::shop::resources()
+            .into_iter()
+            .chain([crate::shop::download()])
+        {
             files.insert(r.path, (r.content_type, r.body));
         }
         Content {

@@ -76,6 +76,35 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         "one row per connection class in one region: {isp}"
     );
     assert!(rows.iter().all(|r| r["group"]["asn"] == 64_501), "{isp}");
+    // The download: DSL's and cable's goodput is their line's rate (in kbit/s, not
+    // bytes or milliseconds: within a factor of 2 of 16 Mbit/s for DSL), and every
+    // successful download has one. DSL's 16 Mbit/s cannot keep the 20 Mbit/s objective.
+    assert_physics(&outcome.download_physics, &outcome.download_by_class);
+    let classes: Vec<_> = outcome
+        .download_by_class
+        .rows
+        .iter()
+        .map(|r| r.group.connection_class.unwrap())
+        .collect();
+    use lastmile_protocol::ConnectionClass::{Cable, Dsl};
+    assert_eq!(classes, [Dsl, Cable]);
+    for row in &outcome.download_by_class.rows {
+        let goodput = &row.figures[&lastmile_protocol::Figure::Goodput];
+        assert!(row.successes >= 1, "{row:?}");
+        assert_eq!(goodput.samples, row.successes, "{row:?}");
+    }
+    let dsl = &outcome.download_by_class.rows[0];
+    let dsl_p50 = dsl.figures[&lastmile_protocol::Figure::Goodput]
+        .get(50)
+        .unwrap()
+        .value;
+    assert!(
+        (8_000..=32_000).contains(&dsl_p50),
+        "dsl goodput p50 {dsl_p50} kbit/s on a 16 Mbit/s line"
+    );
+    let objective = &dsl.objectives[0];
+    assert_eq!(objective.met, Some(false), "{objective:?}");
+
     // The page check: every agent loaded the whole shop page in each run (the missing
     // image listed, not failing it), and the page totals show the links' physics too.
     assert_physics(&outcome.page_physics, &outcome.page_by_class);
@@ -117,9 +146,10 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     assert!(by_class.rows.iter().all(|r| r.samples == 6), "{by_class:?}");
     // ledger.json: a trial balance that sums to zero per currency, in which the owner
     // bought 50.00 usd by Stripe Checkout and paid for exactly the 24 http results (5
-    // cents each: volunteers earned 4 cents of each, the platform 1) and the 24 page
-    // results (15 cents: 12 and 3), 8 + 8 per volunteer (1.28 usd each); the two
-    // volunteers who onboarded to Connect were paid out, the third was not.
+    // cents each: volunteers earned 4 cents of each, the platform 1), the 24 page
+    // results (15 cents: 12 and 3) and the 12 downloads (http: 5 cents), 8 + 8 + 4 per
+    // volunteer (1.44 usd each); the two volunteers who onboarded to Connect were paid
+    // out, the third was not.
     let ledger: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("ledger.json")).unwrap())
             .unwrap();
@@ -138,7 +168,7 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     assert_eq!(sums.len(), 1, "{ledger}");
     assert!(sums.values().all(|s| *s == 0), "{ledger}");
     assert!(!by_kind.contains_key("operator_grants"), "{ledger}");
-    let earned_each = 8 * 4 + 8 * 12;
+    let earned_each = 8 * 4 + 8 * 12 + 4 * 4;
     assert_eq!(
         by_kind["stripe_clearing"],
         -5_000 + 2 * earned_each,
@@ -146,13 +176,13 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     );
     assert_eq!(
         by_kind["owner_credit"],
-        5_000 - 24 * 5 - 24 * 15,
+        5_000 - 24 * 5 - 24 * 15 - 12 * 5,
         "{ledger}"
     );
     assert_eq!(by_kind["volunteer_earnings"], earned_each, "{ledger}");
     assert_eq!(by_kind["payouts_in_transit"], 0, "{ledger}");
-    assert_eq!(by_kind["platform_revenue"], 24 + 24 * 3, "{ledger}");
-    // Each of the 3 volunteers (one per country) earned 1.28 usd; two were paid out.
+    assert_eq!(by_kind["platform_revenue"], 24 + 24 * 3 + 12, "{ledger}");
+    // Each of the 3 volunteers (one per country) earned 1.44 usd; two were paid out.
     assert_eq!(
         accounts
             .iter()
@@ -161,7 +191,7 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         1,
         "{ledger}"
     );
-    // ... and its movements say so: one purchase, 48 results paid, two completed payouts.
+    // ... and its movements say so: one purchase, 60 results paid, two completed payouts.
     let moved = |kind: &str| {
         outcome
             .ledger
@@ -171,12 +201,12 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
             .map(|m| (m.transactions, m.amount_minor))
     };
     assert_eq!(moved("purchase"), Some((1, 5_000)), "{ledger}");
-    // The 48 results are paid in batches (one ledger transaction per fold), so at most
+    // The 60 results are paid in batches (one ledger transaction per fold), so at most
     // one transaction each.
     let (batches, paid) = moved("result").expect("results were paid");
-    assert_eq!(paid, 24 * 5 + 24 * 15, "{ledger}");
+    assert_eq!(paid, 24 * 5 + 24 * 15 + 12 * 5, "{ledger}");
     assert!(
-        (1..=48).contains(&batches),
+        (1..=60).contains(&batches),
         "{batches} result payments: {ledger}"
     );
     assert_eq!(
@@ -191,10 +221,11 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     );
     let summary = demo::money_summary(&outcome.ledger);
     assert!(summary.contains("the owner bought 50.00 usd"), "{summary}");
-    assert!(summary.contains("spent 4.80 usd"), "{summary}");
-    assert!(summary.contains("2.56 usd was paid out"), "{summary}");
+    assert!(summary.contains("spent 5.40 usd"), "{summary}");
+    assert!(summary.contains("2.88 usd was paid out"), "{summary}");
     // leaderboard.json: what the public API served; the three volunteers, each paid for
-    // the 16 measurements their 4 agents made (8 fetches, 8 page loads), ranked by points.
+    // the 20 measurements their 4 agents made (8 fetches, 8 page loads, 4 downloads),
+    // ranked by points.
     let board: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("leaderboard.json")).unwrap(),
     )
@@ -203,8 +234,8 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     assert_eq!(entries.len(), 3, "{board}");
     assert_eq!(entries[0]["rank"], 1, "{board}");
     for e in entries {
-        assert_eq!(e["measurements"], 16, "{board}");
-        assert!(e["points"].as_u64().unwrap() >= 16, "{board}");
+        assert_eq!(e["measurements"], 20, "{board}");
+        assert!(e["points"].as_u64().unwrap() >= 20, "{board}");
     }
     assert_eq!(outcome.leaderboard.entries.len(), 3);
     // Verification flags none of the honest demo agents' results.

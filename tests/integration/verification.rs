@@ -379,6 +379,32 @@ async fn a_body_faster_than_the_calibrated_line_is_flagged_and_slow_lines_are_no
         fibre_goodput.abs_diff(800_000) <= 800,
         "fibre goodput {fibre_goodput} kbit/s"
     );
+    // The run's results say each one's goodput, the flagged one's too (it is kept).
+    let (_, runs) = app
+        .get(&format!("/api/v1/checks/{check}/runs"), &owner)
+        .await;
+    let run = runs
+        .as_array()
+        .or_else(|| runs["runs"].as_array())
+        .and_then(|runs| runs[0]["id"].as_str())
+        .unwrap_or_else(|| panic!("{runs}"))
+        .to_owned();
+    let (status, results) = app
+        .get(
+            &format!("/api/v1/checks/{check}/runs/{run}/results"),
+            &owner,
+        )
+        .await;
+    assert_eq!(status, 200, "{results}");
+    let fake = results
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["assignment_id"] == fake_id)
+        .unwrap_or_else(|| panic!("{fake_id} not in {results}"));
+    // 200 kB in 40 ms: 40 Mbit/s.
+    assert_eq!(fake["figures"]["goodput"], 40_000, "{fake}");
+    assert_eq!(fake["flagged"], true, "{fake}");
     assert_eq!(balance(&app, &cheat_key).await, 0);
     assert_eq!(balance(&app, &modem_key).await, 4);
     assert_eq!(balance(&app, &fibre_key).await, 4);

@@ -52,5 +52,8 @@ pub fn main() -> anyhow::Result<()> {
     if let crate::Physics::Broken(why) = &outcome.page_physics {
         anyhow::bail!("the page check's report does not show the emulated links' physics: {why}");
     }
+    if let crate::Physics::Broken(why) = &outcome.download_physics {
+        anyhow::bail!("the download's goodput does not show the emulated links' rates: {why}");
+    }
     Ok(())
 }

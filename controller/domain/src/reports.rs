@@ -958,9 +958,13 @@ pub fn to_table(report: &Report) -> String {
     let mut out = String::new();
     let level = format!("{}%", report.confidence.level() * 100.0);
     let with_objectives = report.rows.iter().any(|r| !r.objectives.is_empty());
+    let with_goodput = report
+        .rows
+        .iter()
+        .any(|r| r.figures.contains_key(&Figure::Goodput));
     let _ = writeln!(
         out,
-        "{:<10} {:<7} {:>7} {:>22} {:>10} {:>28} {:>28}{}",
+        "{:<10} {:<7} {:>7} {:>22} {:>10} {:>28} {:>28}{}{}",
         "class",
         "country",
         "samples",
@@ -974,6 +978,15 @@ pub fn to_table(report: &Report) -> String {
                 CheckKind::Http => "total",
             }
         ),
+        if with_goodput {
+            format!(
+                " {:>13} {:>36}",
+                "goodput p50",
+                format!("goodput p10 [{level} CI]")
+            )
+        } else {
+            String::new()
+        },
         if with_objectives { "  objectives" } else { "" },
     );
     for row in &report.rows {
@@ -995,9 +1008,39 @@ pub fn to_table(report: &Report) -> String {
             ),
             None => "-".into(),
         };
+        let goodput = if with_goodput {
+            let g = row.figures.get(&Figure::Goodput);
+            let at = |nn| g.and_then(|g| g.get(nn));
+            let mbit = |kbps: u64| kbps as f64 / 1000.0;
+            let p10 = match at(10) {
+                Some(FigurePercentile {
+                    value,
+                    ci: Some([lo, hi]),
+                    ..
+                }) => format!(
+                    "{:.1} [{:.1}, {:.1}] Mbit/s",
+                    mbit(*value),
+                    mbit(*lo),
+                    mbit(*hi)
+                ),
+                Some(p) => format!(
+                    "{:.1} Mbit/s (n<{})",
+                    mbit(p.value),
+                    confidence::min_samples(0.10, report.confidence)
+                ),
+                None => "-".to_owned(),
+            };
+            let p50 = at(50).map_or_else(
+                || "-".to_owned(),
+                |p| format!("{:.1} Mbit/s", mbit(p.value)),
+            );
+            format!(" {p50:>13} {p10:>36}")
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             out,
-            "{:<10} {:<7} {:>7} {:>22} {:>10} {:>28} {:>28}{}",
+            "{:<10} {:<7} {:>7} {:>22} {:>10} {:>28} {:>28}{}{}",
             row.group
                 .connection_class
                 .map(|c| c.to_string())
@@ -1010,6 +1053,7 @@ pub fn to_table(report: &Report) -> String {
                 .map_or_else(|| "-".to_owned(), |p| format!("{} ms", ms(p.p50))),
             cell(Phase::Ttfb, |p| (p.p95, p.p95_ci), 0.95),
             cell(Phase::Total, |p| (p.p95, p.p95_ci), 0.95),
+            goodput,
             if with_objectives {
                 format!("  {}", objectives_summary(&row.objectives))
             } else {

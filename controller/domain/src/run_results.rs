@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use lastmile_protocol::{Hop, PageSummary, Timings};
+use lastmile_protocol::{Figure, Hop, PageSummary, Timings};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -65,6 +65,10 @@ pub struct ResultView {
     pub bytes: u64,
     /// Body bytes after decoding `Content-Encoding`.
     pub bytes_decoded: u64,
+    /// The figures other than phases the result gives its report, each in its unit
+    /// (`goodput`, kbit/s, for an http body of at least 64 KiB); empty when none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub figures: BTreeMap<Figure, u64>,
     /// The IP address the final connection went to.
     pub remote_addr: Option<String>,
     /// 4 or 6: the address family of `remote_addr`.
@@ -146,6 +150,7 @@ pub fn of_run(conn: &mut DbConn, run: &RunView) -> Result<Vec<ResultView>> {
 
 pub(crate) fn view(r: StoredResult, flagged: bool, flag_rules: Vec<String>) -> ResultView {
     let us = |v: i64| u64::try_from(v).unwrap_or(0);
+    let figures = crate::figures::of_result(&r).into_iter().collect();
     let known = |s: String| (!s.is_empty()).then_some(s);
     // JSON this controller wrote; a row it cannot read back shows without the detail
     // rather than failing the whole listing.
@@ -181,6 +186,7 @@ pub(crate) fn view(r: StoredResult, flagged: bool, flag_rules: Vec<String>) -> R
         },
         bytes: us(r.bytes),
         bytes_decoded: us(r.bytes_decoded),
+        figures,
         remote_addr: r.remote_addr,
         ip_version: r.ip_version.and_then(|v| u8::try_from(v).ok()),
         http_version: r.http_version,

@@ -797,6 +797,10 @@ fn result_row(r: &ResultView) -> ResultRow {
             .map(|e| (e.kind.clone(), e.message.clone())),
         ttfb: super::reports::ms(r.timings_us.ttfb),
         total: super::reports::ms(r.timings_us.total),
+        goodput: r
+            .figures
+            .get(&lastmile_protocol::Figure::Goodput)
+            .map(|&kbps| super::reports::kbps(kbps)),
         remote_addr: r.remote_addr.clone(),
         ip_version: r.ip_version.map(|v| format!("IPv{v}")),
         http_version: r.http_version.as_ref().map(|v| format!("HTTP/{v}")),
