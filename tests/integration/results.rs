@@ -330,3 +330,41 @@ async fn a_result_keeps_its_address_family_decoded_size_and_redirects(db: TestDb
     drop(conn);
     app.controller.stop().await.unwrap();
 }
+
+/// A check's results read by arrival (the report page's last hour, a live follower's
+/// poll in arrival order, an alert rule's window) are found by `(check_id,
+/// received_at)`, not by reading every retained result of the check: SQLite has no
+/// statistics to choose well, so the index must be the one that fits.
+#[test]
+fn on_sqlite_a_checks_results_by_arrival_are_read_by_range() {
+    #[derive(diesel::QueryableByName)]
+    struct Step {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        detail: String,
+    }
+    use diesel::RunQueryDsl;
+    let db = TestDb::new(lastmile_storage::Backend::Sqlite);
+    let pool = lastmile_storage::Db::open(&db.url, 1).unwrap();
+    let window = "check_id = 'c' AND received_at >= 1000";
+    for sql in [
+        // recent.rs: the last hour's counted successes.
+        format!("SELECT connection_class FROM results WHERE {window} AND received_at < 2000 AND NOT late AND NOT flagged AND error_kind IS NULL LIMIT 10"),
+        // live.rs: results since the follower's cursor, in arrival order.
+        format!("SELECT assignment_id FROM results WHERE {window} ORDER BY received_at, assignment_id LIMIT 100"),
+        // incidents.rs: an alert rule's window, per segment.
+        format!("SELECT country, COUNT(*) FROM results WHERE {window} AND NOT late AND NOT flagged GROUP BY country, asn, connection_class"),
+    ] {
+        let steps: Vec<String> = diesel::sql_query(format!("EXPLAIN QUERY PLAN {sql}"))
+            .load::<Step>(&mut *pool.conn().unwrap())
+            .unwrap()
+            .into_iter()
+            .map(|s| s.detail)
+            .collect();
+        assert!(
+            steps
+                .iter()
+                .any(|s| s.contains("results_check_received (check_id=? AND received_at>?")),
+            "{sql}: {steps:#?}"
+        );
+    }
+}

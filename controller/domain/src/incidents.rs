@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::alerts::{ChannelKind, Rule, RuleKind};
 use crate::clock::{to_datetime, Micros};
 use crate::error::{Error, Result};
+use crate::objectives::ObjectiveOutcome;
 use crate::reports::{Dimension, ReportQuery};
 use lastmile_storage::checks::Check;
 use lastmile_storage::schema::{alert_channels, alert_deliveries, alert_rules, incidents, runs};
@@ -341,6 +342,37 @@ fn judge_segments(
     }
 }
 
+/// What an outcome's `actual` counts: `ms` (a phase), `percent` (availability) or
+/// `kbps` (a rate figure).
+fn actual_unit(o: &ObjectiveOutcome) -> &'static str {
+    if o.objective.availability_min.is_some() {
+        "percent"
+    } else if o.objective.figure.is_some() {
+        "kbps"
+    } else {
+        "ms"
+    }
+}
+
+/// `ttfb p95 <= 300 ms on dsl (actual 412.0 ms, interval 398.1–430.2 ms)`: a breached
+/// objective as the incident says it, in its own unit (ms, %, or Mbit/s for a rate).
+fn breach_words(o: &ObjectiveOutcome, class: &str) -> String {
+    let (unit, scale) = match actual_unit(o) {
+        "percent" => (" %", 1.0),
+        "kbps" => (" Mbit/s", 1e-3),
+        _ => (" ms", 1.0),
+    };
+    let ci = o
+        .actual_ci
+        .map(|[lo, hi]| format!(", interval {:.1}–{:.1}{unit}", lo * scale, hi * scale))
+        .unwrap_or_default();
+    format!(
+        "{} on {class} (actual {:.1}{unit}{ci})",
+        o.objective.to_line(),
+        o.actual.unwrap_or_default() * scale
+    )
+}
+
 /// `objective_breached`: the report over the window, by connection class, and every
 /// objective it finds breached with the whole interval on the wrong side.
 fn judge_objectives(
@@ -364,6 +396,7 @@ fn judge_objectives(
         },
     )?;
     let mut breached = Vec::new();
+    let mut breached_words = Vec::new();
     let mut judged_any = false;
     for row in &report.rows {
         if (row.samples as i64) < rule.min_samples {
@@ -379,9 +412,11 @@ fn judge_objectives(
                 judged_any = true;
             }
             if o.met == Some(false) && o.conclusive == Some(true) {
+                breached_words.push(breach_words(o, &class));
                 breached.push(json!({
                     "objective": o.objective.to_line(), "connection_class": class,
-                    "actual": o.actual, "actual_ci": o.actual_ci, "samples": row.samples,
+                    "actual": o.actual, "actual_ci": o.actual_ci, "unit": actual_unit(o),
+                    "samples": row.samples,
                 }));
             }
         }
@@ -395,36 +430,7 @@ fn judge_objectives(
             Judgement::Unknown
         });
     }
-    let words: Vec<String> = breached
-        .iter()
-        .map(|b| {
-            let unit = if b["objective"]
-                .as_str()
-                .unwrap_or_default()
-                .starts_with("availability")
-            {
-                " %"
-            } else {
-                " ms"
-            };
-            let ci = b["actual_ci"]
-                .as_array()
-                .map(|ci| {
-                    format!(
-                        ", interval {:.1}–{:.1}{unit}",
-                        ci[0].as_f64().unwrap_or_default(),
-                        ci[1].as_f64().unwrap_or_default()
-                    )
-                })
-                .unwrap_or_default();
-            format!(
-                "{} on {} (actual {:.1}{unit}{ci})",
-                b["objective"].as_str().unwrap_or_default(),
-                b["connection_class"].as_str().unwrap_or_default(),
-                b["actual"].as_f64().unwrap_or_default(),
-            )
-        })
-        .collect();
+    let words: Vec<&str> = breached_words.iter().map(String::as_str).collect();
     let fingerprint = breached
         .iter()
         .map(|b| {
@@ -762,6 +768,43 @@ pub fn get(conn: &mut DbConn, owner_id: &str, check_id: &str, id: &str) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::objectives::Objective;
+
+    fn breach(objective: &str, actual: f64, ci: [f64; 2]) -> ObjectiveOutcome {
+        ObjectiveOutcome {
+            objective: Objective::parse_line(objective).unwrap(),
+            met: Some(false),
+            actual: Some(actual),
+            actual_ci: Some(ci),
+            conclusive: Some(true),
+            margin: None,
+            bad_samples: 0,
+            allowed_bad_samples: 0.0,
+            error_budget_remaining: None,
+        }
+    }
+
+    #[test]
+    fn a_breach_is_said_in_its_objectives_unit() {
+        assert_eq!(
+            breach_words(&breach("ttfb p95 <= 300 ms", 412.0, [398.1, 430.2]), "dsl"),
+            "ttfb p95 <= 300 ms on dsl (actual 412.0 ms, interval 398.1–430.2 ms)"
+        );
+        assert_eq!(
+            breach_words(
+                &breach("availability >= 99.5 %", 97.26, [95.0, 98.5]),
+                "cable"
+            ),
+            "availability >= 99.5 % on cable (actual 97.3 %, interval 95.0–98.5 %)"
+        );
+        assert_eq!(
+            breach_words(
+                &breach("goodput p10 >= 20 Mbit/s", 15_904.0, [15_800.0, 16_010.0]),
+                "dsl"
+            ),
+            "goodput p10 >= 20 Mbit/s on dsl (actual 15.9 Mbit/s, interval 15.8–16.0 Mbit/s)"
+        );
+    }
 
     fn seg(class: &str, asn: i64, total: i64, failed: i64) -> Segment {
         Segment {
