@@ -50,5 +50,6 @@ mod run_history;
 mod run_results;
 mod run_terms;
 mod site_verification;
+mod sqlite_plans;
 mod stripe;
 mod verification;
