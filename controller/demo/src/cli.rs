@@ -12,6 +12,7 @@ use clap::Parser;
 #[command(version, about)]
 struct Cli {
     /// Also write DIR/report.json (exactly what the report API serves),
+    /// DIR/report_by_class.json, DIR/page_report.json, DIR/download_report.json,
     /// DIR/isp_report.json, DIR/ledger.json (the ledger's trial balance) and
     /// DIR/leaderboard.json.
     #[arg(long, value_name = "DIR")]
@@ -19,7 +20,7 @@ struct Cli {
     /// How many runs of the demo check to make (22: enough for p95 intervals per class).
     #[arg(long, default_value_t = crate::DEFAULT_RUNS)]
     runs: u32,
-    /// How many runs of the page check to make (default: --runs, at most 5).
+    /// How many runs of the page and download checks to make (default: --runs, at most 5).
     #[arg(long)]
     page_runs: Option<u32>,
     /// Then keep running (until Ctrl-C) and print the dashboard's address and demo sign-ins.
