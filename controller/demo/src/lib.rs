@@ -404,17 +404,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             .await?;
         say!(opts, "  check       {} ({})\n", check.name, check.url);
 
-        let mut runs = Vec::new();
-        for n in 1..=opts.runs.max(1) {
-            // The check's first run comes from its schedule; later ones are "run now".
-            let run = if n == 1 {
-                first_run(&api, &check).await?
-            } else {
-                api.post(&format!("/api/v1/checks/{}/runs", check.id), &json!({}))
-                    .await?
-            };
-            runs.push(wait_for_run(&api, &check, run, (n, opts.runs.max(1)), &opts).await?);
-        }
+        let runs = run_times(&api, &check, opts.runs.max(1), &opts).await?;
 
         let report_path = format!(
             "/api/v1/checks/{}/report?group_by=connection_class,country",
@@ -687,17 +677,7 @@ async fn page_check(
         check.name,
         check.url
     );
-    let mut runs = Vec::new();
-    let page_runs = opts.page_runs();
-    for n in 1..=page_runs {
-        let run = if n == 1 {
-            first_run(api, &check).await?
-        } else {
-            api.post(&format!("/api/v1/checks/{}/runs", check.id), &json!({}))
-                .await?
-        };
-        runs.push(wait_for_run(api, &check, run, (n, page_runs), opts).await?);
-    }
+    let runs = run_times(api, &check, opts.page_runs(), opts).await?;
     let report_json = api
         .get_text(&format!(
             "/api/v1/checks/{}/report?group_by=connection_class",
@@ -757,16 +737,7 @@ async fn download_check(
         )
         .await?;
     say!(opts, "\n  check       {} ({})", check.name, check.url);
-    let runs = opts.page_runs();
-    for n in 1..=runs {
-        let run = if n == 1 {
-            first_run(api, &check).await?
-        } else {
-            api.post(&format!("/api/v1/checks/{}/runs", check.id), &json!({}))
-                .await?
-        };
-        wait_for_run(api, &check, run, (n, runs), opts).await?;
-    }
+    run_times(api, &check, opts.page_runs(), opts).await?;
     let path = format!(
         "/api/v1/checks/{}/report?group_by=connection_class",
         check.id
@@ -1170,6 +1141,27 @@ async fn wait_for_agents(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Runs `check` `times` times, one after the other, each waited for: the first run comes
+/// from the check's schedule, the later ones are "run now".
+async fn run_times(
+    api: &DemoClient,
+    check: &CheckView,
+    times: u32,
+    opts: &DemoOptions,
+) -> anyhow::Result<Vec<RunView>> {
+    let mut runs = Vec::new();
+    for n in 1..=times {
+        let run = if n == 1 {
+            first_run(api, check).await?
+        } else {
+            api.post(&format!("/api/v1/checks/{}/runs", check.id), &json!({}))
+                .await?
+        };
+        runs.push(wait_for_run(api, check, run, (n, times), opts).await?);
+    }
+    Ok(runs)
 }
 
 async fn first_run(api: &DemoClient, check: &CheckView) -> anyhow::Result<RunView> {
