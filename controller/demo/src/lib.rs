@@ -1290,3 +1290,69 @@ impl DemoClient {
         serde_json::from_str(&text).with_context(|| format!("unexpected answer from POST {path}"))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A report by class whose rows have these goodput medians (kbit/s) and intervals.
+    fn goodput_report(rows: &[(&str, u64, Option<[u64; 2]>)]) -> Report {
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(class, p50, ci)| {
+                json!({
+                    "group": {"connection_class": class},
+                    "samples": 15, "successes": 15, "failures": 0, "availability": 1.0,
+                    "phases": {},
+                    "figures": {"goodput": {
+                        "unit": "kbps", "higher_is_better": true, "samples": 15,
+                        "percentiles": [{"percentile": 50, "value": p50, "ci": ci}],
+                    }},
+                })
+            })
+            .collect();
+        serde_json::from_value(json!({
+            "check": {"id": uuid::Uuid::nil(), "name": "download", "url": "http://x/"},
+            "window": {"from": "2026-12-06T00:00:00Z", "to": "2026-12-06T01:00:00Z", "bucket": "1h"},
+            "group_by": ["connection_class"],
+            "rows": rows,
+        }))
+        .unwrap_or_else(|e| panic!("a report: {e}"))
+    }
+
+    #[test]
+    fn goodput_physics_hold_warn_and_break_as_the_figures_say() {
+        let lines = goodput_report(&[
+            ("dsl", 16_000, Some([15_900, 16_100])),
+            ("cable", 99_000, Some([98_000, 99_500])),
+        ]);
+        assert_eq!(judge_goodput(&lines), Physics::Holds);
+        // Above its line's rate (a stalled relay's burst): said, not failed.
+        let burst = goodput_report(&[
+            ("dsl", 16_000, Some([15_900, 16_100])),
+            ("cable", 140_000, Some([98_000, 150_000])),
+        ]);
+        assert!(
+            matches!(judge_goodput(&burst), Physics::NotConclusive(ref why) if why.contains("cable goodput p50 140.0 Mbit/s above")),
+            "{:?}",
+            judge_goodput(&burst)
+        );
+        // Cable slower than DSL, but the intervals overlap: not conclusive.
+        let close = goodput_report(&[
+            ("dsl", 15_000, Some([9_000, 16_000])),
+            ("cable", 12_000, Some([11_000, 60_000])),
+        ]);
+        assert!(matches!(judge_goodput(&close), Physics::NotConclusive(_)));
+        // Cable slower than DSL with the intervals apart: broken.
+        let reversed = goodput_report(&[
+            ("dsl", 15_000, Some([14_000, 16_000])),
+            ("cable", 9_000, Some([8_000, 10_000])),
+        ]);
+        assert!(matches!(judge_goodput(&reversed), Physics::Broken(_)));
+        // A line with no goodput at all: broken.
+        let missing = goodput_report(&[("dsl", 16_000, None)]);
+        assert!(
+            matches!(judge_goodput(&missing), Physics::Broken(ref why) if why.contains("no goodput of cable"))
+        );
+    }
+}
