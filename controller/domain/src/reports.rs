@@ -279,25 +279,20 @@ pub fn figure_percentiles(
             ci,
         })
         .collect();
-    let missing: Vec<String> = stated
-        .iter()
-        .zip(&percentiles)
-        .filter(|(_, p)| p.ci.is_none())
-        .map(|((nn, q), _)| format!("p{nn} needs {}", confidence::min_samples(*q, confidence)))
-        .collect();
+    let note = missing_intervals(
+        h.len(),
+        stated
+            .iter()
+            .zip(&percentiles)
+            .map(|(stated, p)| (*stated, p.ci.is_some())),
+        confidence,
+    );
     FigurePercentiles {
         unit: figure.unit(),
         higher_is_better: figure.higher_is_better(),
         samples: h.len(),
-        insufficient_samples: !missing.is_empty(),
-        note: (!missing.is_empty()).then(|| {
-            format!(
-                "too few samples ({}) for a {}% interval: {}",
-                h.len(),
-                confidence.level() * 100.0,
-                missing.join(", ")
-            )
-        }),
+        insufficient_samples: note.is_some(),
+        note,
         percentiles,
     }
 }
@@ -773,22 +768,36 @@ pub fn percentiles(h: &Histogram<u64>, confidence: Confidence) -> Percentiles {
         insufficient_samples: false,
         note: None,
     };
-    let missing: Vec<String> = REPORTED_QUANTILES
-        .iter()
-        .zip([p.p50_ci, p.p90_ci, p.p95_ci, p.p99_ci])
-        .filter(|(_, ci)| ci.is_none())
-        .map(|((nn, q), _)| format!("p{nn} needs {}", confidence::min_samples(*q, confidence)))
+    p.note = missing_intervals(
+        h.len(),
+        REPORTED_QUANTILES
+            .iter()
+            .zip([p.p50_ci, p.p90_ci, p.p95_ci, p.p99_ci])
+            .map(|(stated, ci)| (*stated, ci.is_some())),
+        confidence,
+    );
+    p.insufficient_samples = p.note.is_some();
+    p
+}
+
+/// `too few samples (12) for a 95% interval: p90 needs 29, p95 needs 59`, naming each
+/// stated percentile (`(NN, quantile)`) that has no interval; `None` when all have one.
+fn missing_intervals(
+    samples: u64,
+    stated: impl Iterator<Item = ((u8, f64), bool)>,
+    confidence: Confidence,
+) -> Option<String> {
+    let missing: Vec<String> = stated
+        .filter(|(_, has_interval)| !has_interval)
+        .map(|((nn, q), _)| format!("p{nn} needs {}", confidence::min_samples(q, confidence)))
         .collect();
-    if !missing.is_empty() {
-        p.insufficient_samples = true;
-        p.note = Some(format!(
-            "too few samples ({}) for a {}% interval: {}",
-            p.samples,
+    (!missing.is_empty()).then(|| {
+        format!(
+            "too few samples ({samples}) for a {}% interval: {}",
             confidence.level() * 100.0,
             missing.join(", ")
-        ));
-    }
-    p
+        )
+    })
 }
 
 fn group_of(row: &AggregateRow, dims: &[Dimension], bucket_us: Option<Micros>) -> Group {
