@@ -1094,7 +1094,8 @@ fn objectives_summary(outcomes: &[ObjectiveOutcome]) -> String {
             ) {
                 (Some(phase), _, Some(p)) => format!("{phase} p{p} +{over:.1} ms{unsure}"),
                 (_, Some(figure), Some(p)) => {
-                    format!("{figure} p{p} -{over:.0} kbit/s{unsure}")
+                    // Rates are kept in kbit/s and read in Mbit/s, as the table's columns.
+                    format!("{figure} p{p} -{:.1} Mbit/s{unsure}", over / 1000.0)
                 }
                 _ => format!("availability -{over:.2} pts{unsure}"),
             }
@@ -1203,4 +1204,36 @@ fn group_tag(g: &Group) -> String {
         parts.push("all".into());
     }
     parts.join(";")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(line: &str, met: bool, margin: f64, conclusive: bool) -> ObjectiveOutcome {
+        ObjectiveOutcome {
+            objective: Objective::parse_line(line).unwrap(),
+            met: Some(met),
+            actual: None,
+            actual_ci: None,
+            conclusive: Some(conclusive),
+            margin: Some(margin),
+            bad_samples: 0,
+            allowed_bad_samples: 0.0,
+            error_budget_remaining: None,
+        }
+    }
+
+    #[test]
+    fn the_tables_objective_summary_says_each_breach_in_its_unit() {
+        let summary = objectives_summary(&[
+            outcome("ttfb p95 <= 300 ms", false, -99.1, false),
+            outcome("goodput p10 >= 20 Mbit/s", false, -4_009.0, true),
+            outcome("availability >= 99.5 %", true, 0.5, true),
+        ]);
+        assert_eq!(
+            summary,
+            "BREACHED ttfb p95 +99.1 ms (inconclusive); goodput p10 -4.0 Mbit/s; met 1/3"
+        );
+    }
 }
