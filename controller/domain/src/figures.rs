@@ -71,14 +71,14 @@ impl Figures {
         self.known.is_empty()
     }
 
-    /// Adds these histograms to a cell's stored value (`None`: the cell has none yet)
-    /// and returns the new value. Figures this replica does not know are kept as they
-    /// were.
-    pub fn merged_into(&self, stored: Option<&[u8]>) -> Result<Option<Vec<u8>>, String> {
+    /// Adds these histograms to a cell's stored value (`None`: the cell has none yet),
+    /// in place; with nothing recorded the value is left as it is, not copied. Figures
+    /// this replica does not know are kept as they were.
+    pub fn merge_into(&self, stored: &mut Option<Vec<u8>>) -> Result<(), String> {
         if self.is_empty() {
-            return Ok(stored.map(<[u8]>::to_vec));
+            return Ok(());
         }
-        let mut entries: BTreeMap<String, Vec<u8>> = match stored {
+        let mut entries: BTreeMap<String, Vec<u8>> = match stored.as_deref() {
             Some(bytes) => decode(bytes)?
                 .into_iter()
                 .map(|(name, hist)| (name.to_owned(), hist.to_vec()))
@@ -95,9 +95,10 @@ impl Figures {
                 .map_err(|e| format!("merging a {name} histogram: {e:?}"))?;
             entries.insert(name.to_owned(), histogram::encode(&h));
         }
-        Ok(Some(encode(
+        *stored = Some(encode(
             entries.iter().map(|(n, h)| (n.as_str(), h.as_slice())),
-        )))
+        ));
+        Ok(())
     }
 }
 
@@ -200,7 +201,9 @@ mod tests {
     use super::*;
 
     fn value(figures: &Figures, stored: Option<&[u8]>) -> Vec<u8> {
-        figures.merged_into(stored).unwrap().unwrap()
+        let mut value = stored.map(<[u8]>::to_vec);
+        figures.merge_into(&mut value).unwrap();
+        value.unwrap()
     }
 
     #[test]
@@ -257,11 +260,12 @@ mod tests {
     #[test]
     fn nothing_recorded_leaves_the_cell_as_it_was() {
         let empty = Figures::default();
-        assert_eq!(empty.merged_into(None).unwrap(), None);
-        assert_eq!(
-            empty.merged_into(Some(&[VERSION])).unwrap(),
-            Some(vec![VERSION])
-        );
+        let mut none = None;
+        empty.merge_into(&mut none).unwrap();
+        assert_eq!(none, None);
+        let mut some = Some(vec![VERSION]);
+        empty.merge_into(&mut some).unwrap();
+        assert_eq!(some, Some(vec![VERSION]));
         assert_eq!(FigureMergers::default().finish_encoded().unwrap(), None);
     }
 

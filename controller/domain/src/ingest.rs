@@ -913,9 +913,9 @@ fn fold_into_cells<'a>(
                     .map_err(|e| Error::Internal(format!("merging a {phase} histogram: {e:?}")))?;
                 *row.hist_mut(phase) = histogram::encode(&h);
             }
-            row.figures = delta
+            delta
                 .figures
-                .merged_into(row.figures.as_deref())
+                .merge_into(&mut row.figures)
                 .map_err(Error::Internal)?;
         }
         diesel::update(aggregates::table.find(key.primary_key()))
