@@ -62,6 +62,9 @@ pub fn base_price_minor(kind: CheckKind) -> i64 {
         // A page load is the document plus typically tens of sub-resources: more of
         // the volunteer's line and time than one fetch.
         CheckKind::Page => 15,
+        // A throughput load fills the volunteer's line for seconds over several
+        // connections, and spends their data allowance.
+        CheckKind::Throughput => 40,
     }
 }
 

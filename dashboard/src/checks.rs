@@ -119,13 +119,17 @@ pub struct CheckForm {
     pub site_id: String,
     pub name: String,
     pub url: String,
-    /// `http` or `page` (empty: `http`).
+    /// `http`, `page` or `throughput` (empty: `http`).
     pub kind: String,
     pub expected_status: String,
     pub body_contains: String,
     pub max_bytes: String,
     pub timeout_ms: String,
     pub max_redirects: String,
+    /// A throughput check's load: connections at once and how long, ms (empty: the
+    /// defaults).
+    pub connections: String,
+    pub duration_ms: String,
     /// One objective per line, as people write them.
     pub objectives: String,
     pub every_seconds: String,
@@ -185,8 +189,19 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                         input #url type="url" name="url" required value=(f.url) placeholder="https://shop.example/";
                         label for="kind" { "Measure" }
                         select #kind name="kind" {
-                            option value="http" selected[f.kind != "page"] { "The URL alone: one fetch (http)" }
+                            option value="http" selected[f.kind != "page" && f.kind != "throughput"] { "The URL alone: one fetch (http)" }
                             option value="page" selected[f.kind == "page"] { "The whole page: HTML with its stylesheets, scripts, images and fonts (page)" }
+                            option value="throughput" selected[f.kind == "throughput"] { "The line's speed: the URL downloaded over several connections at once, with latency under that load (throughput)" }
+                        }
+                        div.row {
+                            div {
+                                label for="connections" { "Connections at once " small { "(throughput; default 4)" } }
+                                input #connections type="number" name="connections" min="1" max="16" value=(f.connections);
+                            }
+                            div {
+                                label for="duration_ms" { "Load duration, ms " small { "(throughput; default 10000)" } }
+                                input #duration_ms type="number" name="duration_ms" min="1000" max="30000" value=(f.duration_ms);
+                            }
                         }
                         label for="name" { "Name " small { "(optional)" } }
                         input #name type="text" name="name" maxlength="200" value=(f.name);
@@ -214,7 +229,7 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                     }
                     section.card {
                         h2 { "SLA objectives" }
-                        label for="objectives" { "One per line " small { "(e.g. ttfb p95 <= 800 ms, goodput p10 >= 10 Mbit/s, availability >= 99.5 %, optionally ending \"for dsl\")" } }
+                        label for="objectives" { "One per line " small { "(e.g. ttfb p95 <= 800 ms, goodput p10 >= 10 Mbit/s, loaded_latency p95 <= 300 ms, availability >= 99.5 %, optionally ending \"for dsl\")" } }
                         textarea #objectives name="objectives" rows="3" placeholder="ttfb p95 <= 800 ms\navailability >= 99.5 %" { (f.objectives) }
                     }
                     section.card {

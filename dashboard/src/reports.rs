@@ -107,13 +107,18 @@ pub struct Row {
     pub total_p50_ci: String,
     pub total_p95: String,
     pub total_p95_ci: String,
-    /// Goodput's median and p10 ("12.4 Mbit/s"), and their intervals; empty when the
-    /// row's measurements gave none (bodies under 64 KiB).
-    pub goodput_p50: String,
-    pub goodput_p50_ci: String,
-    pub goodput_p10: String,
-    pub goodput_p10_ci: String,
+    /// One cell per head of [`ReportView::figure_heads`], in order: a figure's
+    /// percentile ("12.4 Mbit/s", "288 ms") and its interval, "–" when the row's
+    /// measurements gave none (bodies under 64 KiB have no goodput).
+    pub figures: Vec<FigureCell>,
     pub objectives: Vec<ObjectiveCell>,
+}
+
+/// A figure's percentile and its interval line.
+#[derive(Debug, Clone)]
+pub struct FigureCell {
+    pub value: String,
+    pub ci: String,
 }
 
 /// One country: its figures and the verdict of the objectives that apply to it.
@@ -160,12 +165,17 @@ pub struct ReportView {
     pub total_label: String,
     /// By country, each coloured by its verdict.
     pub countries: Vec<CountryRow>,
-    /// Whether some row has a goodput (the table then shows its columns).
-    pub has_goodput: bool,
+    /// Heads of the columns of figures besides the phases that some row has (goodput,
+    /// idle and loaded latency), two a figure: "Goodput p50", "Goodput p10".
+    pub figure_heads: Vec<String>,
 }
 
-/// The report table's column heads: goodput's only when some row has one.
-fn table_heads<'a>(total_p50: &'a str, total_p95: &'a str, goodput: bool) -> Vec<&'a str> {
+/// The report table's column heads: a figure's only when some row has it.
+fn table_heads<'a>(
+    total_p50: &'a str,
+    total_p95: &'a str,
+    figure_heads: &'a [String],
+) -> Vec<&'a str> {
     let mut heads = vec![
         "Class",
         "Country",
@@ -176,9 +186,7 @@ fn table_heads<'a>(total_p50: &'a str, total_p95: &'a str, goodput: bool) -> Vec
         total_p50,
         total_p95,
     ];
-    if goodput {
-        heads.extend(["Goodput p50", "Goodput p10"]);
-    }
+    heads.extend(figure_heads.iter().map(String::as_str));
     heads.push("Objectives");
     heads
 }
@@ -281,7 +289,7 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
                         caption.visually-hidden { "Report rows by country and connection class" }
                         @let total_p50 = format!("{} p50", r.total_label);
                         @let total_p95 = format!("{} p95", r.total_label);
-                        (column_heads(&table_heads(&total_p50, &total_p95, r.has_goodput)))
+                        (column_heads(&table_heads(&total_p50, &total_p95, &r.figure_heads)))
                         tbody {
                             @for row in &r.rows {
                                 tr {
@@ -293,9 +301,8 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
                                     td.num data-label="TTFB p95" { (row.p95) br; small { (row.p95_ci) } }
                                     td.num.total data-label=(total_p50) { (row.total_p50) br; small { (row.total_p50_ci) } }
                                     td.num.total data-label=(total_p95) { (row.total_p95) br; small { (row.total_p95_ci) } }
-                                    @if r.has_goodput {
-                                        td.num data-label="Goodput p50" { (row.goodput_p50) br; small { (row.goodput_p50_ci) } }
-                                        td.num data-label="Goodput p10" { (row.goodput_p10) br; small { (row.goodput_p10_ci) } }
+                                    @for (head, cell) in r.figure_heads.iter().zip(&row.figures) {
+                                        td.num data-label=(head) { (cell.value) br; small { (cell.ci) } }
                                     }
                                     td.objectives data-label="Objectives" {
                                         @if row.objectives.is_empty() { span.muted { "none set" } }
@@ -350,10 +357,7 @@ mod tests {
             total_p50_ci: String::new(),
             total_p95: String::new(),
             total_p95_ci: String::new(),
-            goodput_p50: String::new(),
-            goodput_p50_ci: String::new(),
-            goodput_p10: String::new(),
-            goodput_p10_ci: String::new(),
+            figures: Vec::new(),
             objectives: cells
                 .iter()
                 .map(|(o, v)| ObjectiveCell {
@@ -367,10 +371,11 @@ mod tests {
     }
 
     #[test]
-    fn goodput_columns_appear_only_when_some_row_has_a_goodput() {
-        let without = table_heads("Total p50", "Total p95", false);
+    fn figure_columns_appear_only_when_some_row_has_the_figure() {
+        let without = table_heads("Total p50", "Total p95", &[]);
         assert!(!without.iter().any(|h| h.starts_with("Goodput")));
-        let with = table_heads("Total p50", "Total p95", true);
+        let heads = ["Goodput p50".to_owned(), "Goodput p10".to_owned()];
+        let with = table_heads("Total p50", "Total p95", &heads);
         assert_eq!(with.len(), without.len() + 2);
         assert_eq!(
             with[with.len() - 3..],

@@ -33,6 +33,9 @@ pub struct ResultRow {
     pub total: String,
     /// "8.4 Mbit/s": the body's goodput, for a body large enough to have one.
     pub goodput: Option<String>,
+    /// "41.0 ms idle, 288 ms loaded": a throughput load's round trip before and under
+    /// its load.
+    pub latency_under_load: Option<String>,
     /// "127.0.0.1", when the agent reported an address.
     pub remote_addr: Option<String>,
     /// "IPv4" / "IPv6".
@@ -138,6 +141,7 @@ fn row(run: &RunHeader, r: &ResultRow) -> Markup {
             td.num data-label="Total" {
                 (r.total)
                 @if let Some(g) = &r.goodput { br; small.goodput title="Goodput: body bytes over the body's transfer time" { (g) } }
+                @if let Some(l) = &r.latency_under_load { br; small.latency title="Round trip of small requests before the load, and while it filled the line" { (l) } }
             }
             td.connection data-label="Connection" {
                 @match &r.remote_addr {
@@ -209,6 +213,7 @@ mod tests {
             ttfb: "12.0 ms".into(),
             total: "40.0 ms".into(),
             goodput: None,
+            latency_under_load: None,
             remote_addr: Some("2001:db8::1".into()),
             ip_version: Some("IPv6".into()),
             http_version: Some("HTTP/2".into()),
@@ -252,6 +257,14 @@ mod tests {
         let html = results(&nav(), &header(false), &[large]).into_string();
         assert!(html.contains(r#"class="goodput""#), "{html}");
         assert!(html.contains("8.4 Mbit/s"), "{html}");
+        assert!(!html.contains("loaded"), "{html}");
+        let load = ResultRow {
+            latency_under_load: Some("41.0 ms idle, 288 ms loaded".into()),
+            ..row()
+        };
+        let html = results(&nav(), &header(false), &[load]).into_string();
+        assert!(html.contains(r#"class="latency""#), "{html}");
+        assert!(html.contains("41.0 ms idle, 288 ms loaded"), "{html}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::runner::{self, AgentSettings};
 use crate::spool;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use lastmile_protocol::{AgentLimits, ConnectionClass};
+use lastmile_protocol::{AgentLimits, ConnectionClass, ThroughputTask};
 use serde::Deserialize;
 
 /// Lastmile probe agent: measures websites the way a real user on your line sees them.
@@ -30,8 +30,9 @@ struct Cli {
 enum Command {
     /// Enrol (first start only) and work for the controller until stopped.
     Run(Box<RunArgs>),
-    /// Measure one URL once and print its phase timings (with --page: the whole page).
-    Measure(MeasureArgs),
+    /// Measure one URL once and print its phase timings (with --page: the whole page;
+    /// with --throughput: a load of several downloads and the round trip under it).
+    Measure(Box<MeasureArgs>),
 }
 
 /// Flags shared by `run` and `measure` that shape how fetches are made.
@@ -151,9 +152,11 @@ struct MeasureArgs {
     /// The body must contain this text, or the measurement fails with body_mismatch.
     #[arg(long)]
     body_contains: Option<String>,
-    /// Largest body to read; a longer one fails with body_too_large.
-    #[arg(long, default_value_t = 10 * 1024 * 1024)]
-    max_bytes: u64,
+    /// Largest body to read; a longer one fails with body_too_large (default 10 MiB).
+    /// With --throughput: the load's bytes over all connections, after which it ends
+    /// (default 100 MiB).
+    #[arg(long)]
+    max_bytes: Option<u64>,
     /// Redirects to follow at most (0: do not follow); one more fails with too_many_redirects.
     #[arg(long, default_value_t = lastmile_protocol::DEFAULT_MAX_REDIRECTS)]
     max_redirects: u32,
@@ -164,6 +167,19 @@ struct MeasureArgs {
     /// With --page: sub-resources at most; more fails with page_too_many_resources.
     #[arg(long, default_value_t = lastmile_protocol::DEFAULT_MAX_PAGE_RESOURCES)]
     max_resources: u32,
+    /// Load the line as a speed test does: several connections download the URL again
+    /// and again for a while (goodput), with HEAD round trips timed before and during
+    /// the load (idle and loaded latency).
+    #[arg(long, conflicts_with = "page")]
+    throughput: bool,
+    /// With --throughput: connections downloading at once.
+    #[arg(long, default_value_t = ThroughputTask::default().connections,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(lastmile_protocol::MAX_THROUGHPUT_CONNECTIONS)))]
+    connections: u32,
+    /// With --throughput: how long the load lasts, milliseconds (less than --timeout-ms).
+    #[arg(long, default_value_t = ThroughputTask::default().duration_ms,
+          value_parser = clap::value_parser!(u64).range(1..=lastmile_protocol::MAX_THROUGHPUT_DURATION_MS))]
+    duration_ms: u64,
     /// Measure this many times, one after the other, each on fresh connections (with
     /// --json, one object per line). The first measurement of a process also pays for
     /// loading the agent's code; later ones are timed as a running agent's are.
@@ -274,20 +290,31 @@ fn parse_hours(s: &str) -> Result<Hours, String> {
 
 async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
     let engine = Engine::new(args.engine.into_config())?;
+    let default_max_bytes = if args.throughput {
+        100 * 1024 * 1024
+    } else {
+        10 * 1024 * 1024
+    };
     let expect = Expectations {
         status: args.expect_status,
         body_contains: args.body_contains,
-        max_bytes: args.max_bytes,
+        max_bytes: args.max_bytes.unwrap_or(default_max_bytes),
         timeout: Duration::from_millis(args.timeout_ms),
         max_redirects: args.max_redirects,
     };
     let limits = PageLimits {
         max_resources: args.max_resources,
     };
+    let load = ThroughputTask {
+        connections: args.connections,
+        duration_ms: args.duration_ms,
+    };
     let mut failed = false;
     for i in 0..args.count {
         let m = if args.page {
             engine.measure_page(&args.url, &expect, limits).await
+        } else if args.throughput {
+            engine.measure_throughput(&args.url, &expect, load).await
         } else {
             engine.measure(&args.url, &expect).await
         };
@@ -304,9 +331,10 @@ async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
                 args.count
             );
         }
-        match &m.page {
-            Some(page) => print!("{}", page_table(&m, page)),
-            None => print!("{}", measurement_table(&m)),
+        match (&m.page, &m.throughput) {
+            (Some(page), _) => print!("{}", page_table(&m, page)),
+            (None, Some(load)) => print!("{}", throughput_table(&m, load)),
+            (None, None) => print!("{}", measurement_table(&m)),
         }
     }
     if failed {
@@ -407,6 +435,59 @@ fn page_table(m: &lastmile_protocol::Measurement, page: &lastmile_protocol::Page
     out
 }
 
+/// The throughput load as `measure --throughput` prints it: goodput is every body byte
+/// over the load's first to last byte (bits per µs are Mbit/s).
+fn throughput_table(
+    m: &lastmile_protocol::Measurement,
+    load: &lastmile_protocol::ThroughputSummary,
+) -> String {
+    use crate::throughput::percentile;
+    use std::fmt::Write;
+    let ms = |us: Option<u64>| us.map_or("-".into(), |us| format!("{:.3} ms", us as f64 / 1000.0));
+    let goodput = if load.duration_us > 0 {
+        format!(
+            "{:.2} Mbit/s",
+            load.bytes as f64 * 8.0 / load.duration_us as f64
+        )
+    } else {
+        "-".into()
+    };
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "status       {} ({})",
+        m.status.map_or("-".into(), |s| s.to_string()),
+        m.http_version
+            .as_deref()
+            .map_or("-".into(), |v| format!("HTTP/{v}"))
+    );
+    let _ = writeln!(out, "connections  {}", load.connections);
+    let _ = writeln!(out, "requests     {}", load.requests);
+    let _ = writeln!(out, "bytes        {}", load.bytes);
+    let _ = writeln!(
+        out,
+        "goodput      {goodput} over {}",
+        ms(Some(load.duration_us))
+    );
+    let _ = writeln!(
+        out,
+        "idle         {} median of {} probes",
+        ms(percentile(&load.idle_latency_us, 50)),
+        load.idle_latency_us.len()
+    );
+    let _ = writeln!(
+        out,
+        "loaded       {} median, {} p90 of {} probes",
+        ms(percentile(&load.loaded_latency_us, 50)),
+        ms(percentile(&load.loaded_latency_us, 90)),
+        load.loaded_latency_us.len()
+    );
+    if let Some(e) = &m.error {
+        let _ = writeln!(out, "error        {}: {}", e.kind, e.message);
+    }
+    out
+}
+
 /// Parses the command line and runs what it asks for.
 pub fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -427,7 +508,7 @@ pub fn main() -> anyhow::Result<()> {
 async fn async_main(cli: Cli) -> anyhow::Result<()> {
     lastmile_logs::init("info", lastmile_logs::Format::json_if(cli.log_json));
     match cli.command {
-        Command::Measure(args) => measure(args).await,
+        Command::Measure(args) => measure(*args).await,
         Command::Run(args) => {
             let settings = settings_from(*args)?;
             runner::run(settings, shutdown_signal()).await

@@ -5,8 +5,9 @@
 //! [`guard`] decides which addresses may be fetched, [`spool`] keeps results until the
 //! controller acknowledges them, [`client`] speaks the controller's agent API,
 //! [`page`] loads a page with its sub-resources (found by [`discover`]) over a
-//! browser's connections, and [`runner`] ties them into the enrol / heartbeat / lease /
-//! measure / submit loop.
+//! browser's connections, [`throughput`] loads the line with several downloads at once
+//! and times round trips before and during that load, and [`runner`] ties them into
+//! the enrol / heartbeat / lease / measure / submit loop.
 //! The binary in `main.rs` only parses flags and calls into these.
 
 pub mod calibrate;
@@ -19,6 +20,7 @@ pub mod measure;
 pub mod page;
 pub mod runner;
 pub mod spool;
+pub mod throughput;
 pub mod trace;
 
 pub use measure::{ConnectTo, Engine, EngineConfig, Expectations};

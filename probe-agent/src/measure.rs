@@ -808,26 +808,8 @@ pub(crate) async fn read_response(
     if let Some(location) = redirect {
         return Ok(Next::Redirect(location));
     }
-    let status_ok = if expect.status.is_empty() {
-        (200..400).contains(&status)
-    } else {
-        expect.status.contains(&status)
-    };
-    if !status_ok {
-        let wanted = if expect.status.is_empty() {
-            "2xx or 3xx".to_owned()
-        } else {
-            expect
-                .status
-                .iter()
-                .map(u16::to_string)
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        return Err(fail(
-            ErrorKind::HttpStatus,
-            format!("status {status}, expected {wanted}"),
-        ));
+    if let Some(e) = status_failure(status, expect) {
+        return Err(e);
     }
     if matcher.is_some_and(|m| !m.found) {
         return Err(fail(
@@ -841,6 +823,33 @@ pub(crate) async fn read_response(
     Ok(Next::Done)
 }
 
+/// The `http_status` failure of a response whose status the expectations do not
+/// accept (empty: any 2xx or 3xx); `None` when it passes.
+pub(crate) fn status_failure(status: u16, expect: &Expectations) -> Option<MeasurementError> {
+    let status_ok = if expect.status.is_empty() {
+        (200..400).contains(&status)
+    } else {
+        expect.status.contains(&status)
+    };
+    if status_ok {
+        return None;
+    }
+    let wanted = if expect.status.is_empty() {
+        "2xx or 3xx".to_owned()
+    } else {
+        expect
+            .status
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(fail(
+        ErrorKind::HttpStatus,
+        format!("status {status}, expected {wanted}"),
+    ))
+}
+
 /// The step a measurement is in, which names the timeout if the time limit runs out.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Stage {
@@ -849,6 +858,28 @@ pub(crate) enum Stage {
     Resolving,
     Connecting,
     Exchanging,
+}
+
+impl Stage {
+    /// The error for a time limit that ran out in this step: resolving is
+    /// `dns_timeout`, connecting `connect_timeout`, anything else `total_timeout`.
+    pub(crate) fn timed_out(self, limit: Duration) -> MeasurementError {
+        let ms = limit.as_millis();
+        match self {
+            Stage::Resolving => fail(
+                ErrorKind::DnsTimeout,
+                format!("name resolution did not finish within the {ms} ms limit"),
+            ),
+            Stage::Connecting => fail(
+                ErrorKind::ConnectTimeout,
+                format!("the TCP handshake did not finish within the {ms} ms limit"),
+            ),
+            Stage::Starting | Stage::Exchanging => fail(
+                ErrorKind::TotalTimeout,
+                format!("no complete answer within {ms} ms"),
+            ),
+        }
+    }
 }
 
 /// The requests of one measurement: redirects already followed and the current one.
@@ -918,6 +949,7 @@ impl Trace {
             redirect_us: micros(self.current.start.saturating_duration_since(start)),
             redirects: self.hops,
             page: None,
+            throughput: None,
         }
     }
 }
@@ -977,21 +1009,7 @@ impl Probe {
 
     /// The error for a time limit that ran out, named after the phase it interrupted.
     pub(crate) fn timed_out(&self, limit: Duration) -> MeasurementError {
-        let ms = limit.as_millis();
-        match self.stage {
-            Stage::Resolving => fail(
-                ErrorKind::DnsTimeout,
-                format!("name resolution did not finish within the {ms} ms limit"),
-            ),
-            Stage::Connecting => fail(
-                ErrorKind::ConnectTimeout,
-                format!("the TCP handshake did not finish within the {ms} ms limit"),
-            ),
-            Stage::Starting | Stage::Exchanging => fail(
-                ErrorKind::TotalTimeout,
-                format!("no complete answer within {ms} ms"),
-            ),
-        }
+        self.stage.timed_out(limit)
     }
 
     /// This request's phases; `total` runs from its start to its last byte (or now).

@@ -491,6 +491,11 @@ pub async fn execute(engine: &Engine, task: &Task) -> ResultSubmission {
                 .measure_page(&task.url, &expect, PageLimits::default())
                 .await
         }
+        CheckKind::Throughput => {
+            engine
+                .measure_throughput(&task.url, &expect, task.throughput.unwrap_or_default())
+                .await
+        }
     };
     ResultSubmission {
         assignment_id: task.assignment_id,

@@ -353,3 +353,100 @@ async fn measure_count_measures_again_on_fresh_connections() {
     let why = String::from_utf8_lossy(&refused.stderr);
     assert!(why.contains("--count") && why.contains("0"), "{why}");
 }
+
+/// A keep-alive HTTP/1.1 server (hyper's) answering `HEAD` with an empty 200 and `GET`
+/// with `body_bytes` bytes: what a throughput load downloads again and again.
+async fn download_server(body_bytes: usize) -> std::net::SocketAddr {
+    use http_body_util::Full;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = bytes::Bytes::from(vec![b'x'; body_bytes]);
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let body = if request.method() == hyper::Method::HEAD {
+                            bytes::Bytes::new()
+                        } else {
+                            body.clone()
+                        };
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(body)))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(sock), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn measure_throughput_prints_the_load_and_its_json() {
+    let addr = download_server(256 * 1024).await;
+    let url = format!("http://{addr}/");
+    let base = [
+        "measure",
+        url.as_str(),
+        "--throughput",
+        "--connections",
+        "2",
+        "--duration-ms",
+        "300",
+        "--allow-private",
+    ];
+
+    let json = [&base[..], &["--json"]].concat();
+    let v: serde_json::Value =
+        serde_json::from_str(&succeeded(&agent_output(&json).await)).unwrap();
+    let t = &v["throughput"];
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(t["connections"], 2, "{v}");
+    assert!(t["requests"].as_u64().unwrap() >= 2, "{v}");
+    assert!(t["bytes"].as_u64().unwrap() > 0, "{v}");
+    assert_eq!(v["bytes"], t["bytes"]);
+    assert_eq!(v["bytes_decoded"], t["bytes"]);
+    assert_eq!(v["timings_us"]["transfer"], t["duration_us"]);
+    assert_eq!(t["idle_latency_us"].as_array().unwrap().len(), 5, "{v}");
+    assert!(t["loaded_latency_us"].is_array(), "{v}");
+    let mut keys: Vec<&str> = t.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "bytes",
+            "connections",
+            "duration_us",
+            "idle_latency_us",
+            "loaded_latency_us",
+            "requests"
+        ],
+        "{v}"
+    );
+
+    let text = succeeded(&agent_output(&base).await);
+    for line in [
+        "connections  2",
+        "goodput      ",
+        "Mbit/s over ",
+        "median of 5 probes",
+        " p90 of ",
+    ] {
+        assert!(text.contains(line), "{line:?} missing in:\n{text}");
+    }
+
+    // A page load and a throughput load are different measurements.
+    let both = [&base[..], &["--page"]].concat();
+    let out = agent_output(&both).await;
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains("--page") && why.contains("--throughput"),
+        "{why}"
+    );
+}

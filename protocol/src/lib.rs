@@ -177,8 +177,16 @@ pub enum Figure {
     Total,
     /// Body bytes over the body's transfer time (first byte to last), kbit/s: the
     /// bandwidth the delivery sustained. Only for bodies large enough to say so (see
-    /// the controller's `figures` module).
+    /// the controller's `figures` module), and for a throughput load (all its
+    /// connections' bytes over the load's time).
     Goodput,
+    /// A throughput check's round trip before its load: the median of small requests on
+    /// a connection of their own to the site, µs.
+    IdleLatency,
+    /// The same round trip while the load fills the line, µs: what a call or a game
+    /// sharing the line would feel. Its distance from the idle latency is the line's
+    /// queueing (bufferbloat).
+    LoadedLatency,
 }
 
 /// What a figure's values count.
@@ -204,7 +212,7 @@ impl Unit {
 
 impl Figure {
     /// Every figure: the phases in the order they happen, then the others.
-    pub const ALL: [Figure; 7] = [
+    pub const ALL: [Figure; 9] = [
         Figure::Dns,
         Figure::Connect,
         Figure::Tls,
@@ -212,7 +220,12 @@ impl Figure {
         Figure::Transfer,
         Figure::Total,
         Figure::Goodput,
+        Figure::IdleLatency,
+        Figure::LoadedLatency,
     ];
+
+    /// The figures that are not timing phases, in report order.
+    pub const OTHERS: [Figure; 3] = [Figure::Goodput, Figure::IdleLatency, Figure::LoadedLatency];
 
     /// The stable wire name.
     pub fn as_str(self) -> &'static str {
@@ -220,6 +233,8 @@ impl Figure {
             Some(phase) => phase.as_str(),
             None => match self {
                 Figure::Goodput => "goodput",
+                Figure::IdleLatency => "idle_latency",
+                Figure::LoadedLatency => "loaded_latency",
                 _ => unreachable!("every phase figure has a phase"),
             },
         }
@@ -234,7 +249,7 @@ impl Figure {
             Figure::Ttfb => Some(Phase::Ttfb),
             Figure::Transfer => Some(Phase::Transfer),
             Figure::Total => Some(Phase::Total),
-            Figure::Goodput => None,
+            Figure::Goodput | Figure::IdleLatency | Figure::LoadedLatency => None,
         }
     }
 
@@ -490,6 +505,77 @@ pub struct Measurement {
     /// the whole page.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page: Option<PageSummary>,
+    /// A throughput check's summary (absent for other kinds). `bytes` is then every
+    /// connection's body bytes, `timings_us.transfer` the load's time (equal to
+    /// `throughput.duration_us`) and the other phases the first connection's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<ThroughputSummary>,
+}
+
+/// What a throughput load measured.
+///
+/// The agent first sends [`IDLE_LATENCY_PROBES`] small requests (`HEAD` of the check's
+/// URL) one after the other on a connection of their own, then opens `connections`
+/// connections that each download the URL, again and again, until the load's duration
+/// is over or `max_bytes` arrived, and meanwhile sends a probe every
+/// [`LATENCY_PROBE_INTERVAL_MS`] on the probe connection (the next one once the last
+/// answered, if it took longer).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ThroughputSummary {
+    /// Connections that downloaded at once.
+    pub connections: u32,
+    /// Downloads completed or cut by the end of the load, over every connection.
+    pub requests: u32,
+    /// Body bytes received over every connection (the measurement's `bytes`).
+    pub bytes: u64,
+    /// From the load's first body byte on any connection to its last, µs (the
+    /// measurement's `timings_us.transfer`): goodput is `bytes` over it.
+    pub duration_us: u64,
+    /// Each idle probe's round trip (request sent to the response's first byte), µs.
+    pub idle_latency_us: Vec<u64>,
+    /// Each probe's round trip under load, µs, in the order sent. A probe the load's
+    /// end cut short is not listed.
+    pub loaded_latency_us: Vec<u64>,
+}
+
+/// Probes a throughput load sends before the load starts.
+pub const IDLE_LATENCY_PROBES: usize = 5;
+
+/// A throughput load sends a probe this often, milliseconds.
+pub const LATENCY_PROBE_INTERVAL_MS: u64 = 100;
+
+/// Connections a throughput check may ask for at most.
+pub const MAX_THROUGHPUT_CONNECTIONS: u32 = 16;
+
+/// Longest load a throughput check may ask for, milliseconds.
+pub const MAX_THROUGHPUT_DURATION_MS: u64 = 30_000;
+
+/// Probes under load a summary may list at most: one per interval of the longest load,
+/// and the one that started it.
+pub const MAX_LOADED_LATENCY_PROBES: usize =
+    (MAX_THROUGHPUT_DURATION_MS / LATENCY_PROBE_INTERVAL_MS) as usize + 1;
+
+/// A throughput check's load, in its [`Task`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ThroughputTask {
+    /// Connections downloading at once, 1 to [`MAX_THROUGHPUT_CONNECTIONS`].
+    pub connections: u32,
+    /// How long the load lasts, milliseconds (at most [`MAX_THROUGHPUT_DURATION_MS`],
+    /// and less than the task's `timeout_ms`).
+    pub duration_ms: u64,
+}
+
+impl Default for ThroughputTask {
+    /// Four connections for ten seconds: what browser speed tests settle on to fill a
+    /// line of a few hundred Mbit/s past TCP's slow start.
+    fn default() -> Self {
+        ThroughputTask {
+            connections: 4,
+            duration_ms: 10_000,
+        }
+    }
 }
 
 /// What a page load fetched besides (and including) its HTML document.
@@ -646,24 +732,28 @@ impl Measurement {
 }
 
 /// Kind of check: `http` fetches one URL; `page` loads an HTML page with its
-/// sub-resources (stylesheets, scripts, images, fonts, icons) as a browser would.
+/// sub-resources (stylesheets, scripts, images, fonts, icons) as a browser would;
+/// `throughput` downloads the URL over several connections at once for a while, as a
+/// speed test does, and measures the round trip before and during that load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
     Http,
     Page,
+    Throughput,
 }
 
 impl CheckKind {
     /// Every kind.
-    pub const ALL: [CheckKind; 2] = [CheckKind::Http, CheckKind::Page];
+    pub const ALL: [CheckKind; 3] = [CheckKind::Http, CheckKind::Page, CheckKind::Throughput];
 
     /// The stable wire name.
     pub fn as_str(self) -> &'static str {
         match self {
             CheckKind::Http => "http",
             CheckKind::Page => "page",
+            CheckKind::Throughput => "throughput",
         }
     }
 }
@@ -680,6 +770,7 @@ impl FromStr for CheckKind {
         match s {
             "http" => Ok(CheckKind::Http),
             "page" => Ok(CheckKind::Page),
+            "throughput" => Ok(CheckKind::Throughput),
             _ => Err(UnknownName {
                 kind: "check kind",
                 given: s.to_owned(),
@@ -811,6 +902,9 @@ pub struct Task {
     pub max_redirects: u32,
     /// The lease ends here; a result after it is recorded as late.
     pub lease_expires_at: DateTime<Utc>,
+    /// A throughput check's load; absent for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<ThroughputTask>,
 }
 
 /// How many redirects a task follows when the controller does not say: curl's and
@@ -962,6 +1056,7 @@ mod tests {
             redirect_us: 0,
             redirects: Vec::new(),
             page: None,
+            throughput: None,
         };
         let v = serde_json::to_value(&m).unwrap_or_default();
         assert_eq!(

@@ -10,7 +10,7 @@
 //! # Model
 //!
 //! Each direction is a pipe. A reader takes what the sender wrote, in segments of at
-//! most one MSS (1460 bytes), stamps each with its arrival time, and queues it. A writer
+//! most one MSS (1460 bytes), and books each on the line as it arrives; a writer
 //! releases segments like a real link: a serialization queue at the link's rate, then
 //! half the round-trip time of propagation:
 //!
@@ -21,8 +21,11 @@
 //!
 //! So a small request costs `rtt/2 + len*8/up` one way and a page download is paced at
 //! the downstream rate. The serialization queue is the line's, shared by every
-//! connection through the link: a page load's parallel connections share the rate. When one side closes its sending half, the other side's sending
-//! half is shut down after everything queued was delivered (half-close is kept).
+//! connection through the link, first come first served: a page load's parallel
+//! connections share the rate, and a small answer that arrives behind a download's
+//! queued bytes waits for them (the loaded latency a throughput check measures). When
+//! one side closes its sending half, the other side's sending half is shut down after
+//! everything queued was delivered (half-close is kept).
 //!
 //! # Limits
 //!
@@ -31,8 +34,9 @@
 //! - tokio's timer has millisecond granularity, so each delivery may be up to ~1 ms
 //!   late; relative to the demo's RTTs (4 ms and up) that is small but not nothing on
 //!   the fibre profile.
-//! - The queue is bounded (4096 segments, about 6 MB); beyond that the relay stops
-//!   reading and TCP backpressure reaches the sender, as a full router buffer would.
+//! - The queue is bounded by [`BUFFER`] (250 ms of the line's rate; and 4096 segments,
+//!   about 6 MB, per connection): beyond that the relay stops reading and TCP
+//!   backpressure reaches the sender, where a full router buffer would drop.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,8 +95,13 @@ impl LinkProfile {
 
 /// Largest segment a reader queues at once (a typical TCP MSS).
 const SEGMENT: usize = 1460;
-/// Segments queued per direction before the relay stops reading.
+/// Segments one connection's direction may hold in the relay at once.
 const QUEUE: usize = 4096;
+/// The line's buffer, in time at its rate: what an unmanaged modem or home router
+/// queues before it drops (a few hundred milliseconds is common; see the bufferbloat
+/// measurements of Gettys and Nichols, 2011). It is what a throughput check's loaded
+/// latency sees: a probe's answer waits behind the load's bytes.
+pub const BUFFER: Duration = Duration::from_millis(250);
 
 /// A running relay: accepts TCP on [`Link::addr`] and forwards each connection to the
 /// upstream address through the shaped link. Dropping it stops everything.
@@ -179,7 +188,8 @@ async fn relay(
     );
 }
 
-/// One direction of the link: read, queue with arrival times, release on schedule.
+/// One direction of the link: read, book each segment's departure on the line as it
+/// arrives (first come, first served across every connection), release on schedule.
 async fn pipe(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
@@ -190,16 +200,33 @@ async fn pipe(
     let (tx, mut rx) = mpsc::channel::<(Instant, Bytes)>(QUEUE);
     let reader = async move {
         let mut buf = vec![0u8; SEGMENT];
+        let seconds_per_byte = 8.0 / bps.max(1) as f64;
         loop {
             match from.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    let arrival = Instant::now();
+                    let depart_end = {
+                        let Ok(mut line_free) = line.lock() else {
+                            break;
+                        };
+                        let start = line_free.map_or(arrival, |free| free.max(arrival));
+                        let done = start + Duration::from_secs_f64(n as f64 * seconds_per_byte);
+                        *line_free = Some(done);
+                        done
+                    };
                     if tx
-                        .send((Instant::now(), Bytes::copy_from_slice(&buf[..n])))
+                        .send((depart_end, Bytes::copy_from_slice(&buf[..n])))
                         .await
                         .is_err()
                     {
                         break;
+                    }
+                    // A full buffer: read no more until the line has drained to its
+                    // size, so the sender's TCP feels it (backpressure, as a full
+                    // router buffer drops and TCP backs off).
+                    if depart_end > arrival + BUFFER {
+                        tokio::time::sleep_until(depart_end - BUFFER).await;
                     }
                 }
             }
@@ -207,18 +234,8 @@ async fn pipe(
         // Dropping `tx` tells the writer that nothing more comes.
     };
     let writer = async move {
-        let seconds_per_byte = 8.0 / bps.max(1) as f64;
-        while let Some((arrival, segment)) = rx.recv().await {
-            let done = {
-                let Ok(mut depart_end) = line.lock() else {
-                    return;
-                };
-                let start = depart_end.map_or(arrival, |d| d.max(arrival));
-                let done = start + Duration::from_secs_f64(segment.len() as f64 * seconds_per_byte);
-                *depart_end = Some(done);
-                done
-            };
-            tokio::time::sleep_until(done + one_way).await;
+        while let Some((depart_end, segment)) = rx.recv().await {
+            tokio::time::sleep_until(depart_end + one_way).await;
             if to.write_all(&segment).await.is_err() {
                 return;
             }
@@ -386,6 +403,85 @@ mod tests {
         eprintln!("1 Mbit/s uplink: measured {rate:.0} bit/s");
         assert_eq!(answer, n.to_string());
         assert!(within(rate, 1_000_000.0, 0.05), "{rate}");
+    }
+
+    /// A server that streams bytes to a client whose first byte is `b'D'` until it
+    /// goes, and echoes for any other.
+    async fn download_or_echo_server() -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let _ = sock.set_nodelay(true);
+                    let mut first = [0u8; 1];
+                    if sock.read_exact(&mut first).await.is_err() {
+                        return;
+                    }
+                    if first[0] == b'D' {
+                        let chunk = vec![1u8; 64 * 1024];
+                        while sock.write_all(&chunk).await.is_ok() {}
+                        return;
+                    }
+                    let _ = sock.write_all(&first).await;
+                    let mut buf = [0u8; 64];
+                    while let Ok(n) = sock.read(&mut buf).await {
+                        if n == 0 || sock.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_small_answer_queued_behind_a_download_waits_for_the_buffer() {
+        let profile = LinkProfile {
+            down_bps: 8_000_000,
+            up_bps: 8_000_000,
+            rtt: Duration::from_millis(20),
+        };
+        let link = link(download_or_echo_server().await, profile).await;
+        let mut echo = TcpStream::connect(link.addr()).await.unwrap();
+        echo.set_nodelay(true).unwrap();
+        let mut byte = [0u8; 1];
+        let mut ping = async |echo: &mut TcpStream, i: u8| {
+            let t = std::time::Instant::now();
+            echo.write_all(&[i]).await.unwrap();
+            echo.read_exact(&mut byte).await.unwrap();
+            t.elapsed().as_secs_f64()
+        };
+        let idle = ping(&mut echo, b'E').await;
+        let mut bulk = TcpStream::connect(link.addr()).await.unwrap();
+        bulk.write_all(b"D").await.unwrap();
+        let draining = tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            // Bounded: the test ends by aborting it.
+            while bulk.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        // Once the download filled the line's buffer, a ping waits behind it.
+        tokio::time::sleep(BUFFER * 2).await;
+        let mut loaded = Vec::new();
+        for i in 0..5 {
+            loaded.push(ping(&mut echo, i).await);
+        }
+        draining.abort();
+        loaded.sort_by(f64::total_cmp);
+        let loaded = loaded[2];
+        eprintln!(
+            "idle RTT {:.1} ms, under load {:.1} ms",
+            idle * 1000.0,
+            loaded * 1000.0
+        );
+        assert!(within(idle, 0.020, 0.25), "idle {idle}");
+        // The round trip plus a full buffer, give or take a segment and the timer.
+        let expected = 0.020 + BUFFER.as_secs_f64();
+        assert!(
+            within(loaded, expected, 0.15),
+            "loaded {loaded}, expected {expected}"
+        );
     }
 
     #[tokio::test]

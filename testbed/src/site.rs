@@ -352,7 +352,14 @@ async fn serve_http2<S>(
             if let Some(location) = answer.location {
                 response = response.header("location", location);
             }
-            response.body(Full::new(Bytes::from(answer.body)))
+            // A HEAD gets the GET's head and no body (hyper's HTTP/2 server sends
+            // what it is given).
+            let body = if req.method() == hyper::Method::HEAD {
+                Bytes::new()
+            } else {
+                Bytes::from(answer.body)
+            };
+            response.body(Full::new(body))
         }
     });
     let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -389,6 +396,10 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
         let close = request
             .lines()
             .any(|l| l.starts_with("connection:") && l.contains("close"));
+        let mut words = request.split_whitespace();
+        // A HEAD is answered with the GET's head and no body (RFC 9110, 9.3.2): a
+        // throughput load's probes are HEADs.
+        let head_only = words.next() == Some("head");
         let path = String::from_utf8_lossy(&head)
             .split_whitespace()
             .nth(1)
@@ -431,7 +442,9 @@ async fn answer<S: AsyncRead + AsyncWrite + Unpin>(
         // sooner: the demo's dial-up ttfb then jumped between ~220 and ~400 ms.
         let mut response = Vec::with_capacity(header.len() + body.len());
         response.extend_from_slice(header.as_bytes());
-        response.extend_from_slice(&body);
+        if !head_only {
+            response.extend_from_slice(&body);
+        }
         socket.write_all(&response).await?;
         socket.flush().await?;
         if close {

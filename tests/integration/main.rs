@@ -52,4 +52,5 @@ mod run_terms;
 mod site_verification;
 mod sqlite_plans;
 mod stripe;
+mod throughput_checks;
 mod verification;

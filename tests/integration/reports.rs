@@ -84,6 +84,7 @@ fn stored(check: &str, class: &str, at: i64, ttfb_us: i64, ok: bool) -> StoredRe
     StoredResult {
         page: None,
         redirect_hops: None,
+        figures: None,
         assignment_id: String::new(),
         run_id: String::new(),
         check_id: check.to_owned(),

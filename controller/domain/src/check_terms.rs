@@ -3,7 +3,7 @@
 //! hands its agents ([`TaskSpec`]). Below both the checks workflow (create, edit,
 //! views) and scheduling, which read checks but never each other.
 
-use lastmile_protocol::{CheckKind, ConnectionClass};
+use lastmile_protocol::{CheckKind, ConnectionClass, ThroughputTask};
 use lastmile_storage::checks::Check;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -85,6 +85,8 @@ pub trait StoredCheck {
     fn check_kind(&self) -> Result<CheckKind>;
     /// The check's SLA objectives.
     fn objectives(&self) -> Vec<Objective>;
+    /// A throughput check's load (`None` for the other kinds).
+    fn throughput(&self) -> Option<ThroughputTask>;
 }
 
 impl StoredCheck for Check {
@@ -107,6 +109,13 @@ impl StoredCheck for Check {
     fn objectives(&self) -> Vec<Objective> {
         serde_json::from_str(&self.objectives).unwrap_or_default()
     }
+
+    fn throughput(&self) -> Option<ThroughputTask> {
+        let stored = self.throughput.as_deref()?;
+        // Written by `checks::validated`; a value it could not read would be a bug, and
+        // the kind's default load is what the check asked for when it named none.
+        Some(serde_json::from_str(stored).unwrap_or_default())
+    }
 }
 
 /// What the agents of one run are asked to measure: the check's task as it was when the
@@ -122,6 +131,10 @@ pub struct TaskSpec {
     pub body_contains: Option<String>,
     pub timeout_ms: u64,
     pub max_redirects: u32,
+    /// A throughput check's load; absent for the other kinds (and in runs admitted
+    /// before the kind existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<ThroughputTask>,
 }
 
 impl TaskSpec {
@@ -135,6 +148,7 @@ impl TaskSpec {
             body_contains: check.body_contains.clone(),
             timeout_ms: check.timeout_ms.max(0) as u64,
             max_redirects: check.max_redirects.max(0) as u32,
+            throughput: check.throughput(),
         })
     }
 }

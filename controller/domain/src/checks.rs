@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use lastmile_protocol::CheckKind;
+use lastmile_protocol::{CheckKind, ThroughputTask};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -37,14 +37,24 @@ pub struct NewCheck {
     /// Absolute URL on the site's origin.
     pub url: String,
     /// `http` (default): one fetch of the URL. `page`: the HTML and its sub-resources,
-    /// loaded as a browser would; reported on the page total.
+    /// loaded as a browser would; reported on the page total. `throughput`: the URL
+    /// downloaded over several connections at once for a while, as a speed test does,
+    /// with the round trip measured before and during the load; reported on goodput,
+    /// idle and loaded latency.
     #[serde(default = "default_kind")]
     pub kind: CheckKind,
+    /// A throughput check's load: `connections` (1–16, default 4) downloading at once
+    /// for `duration_ms` (1,000–30,000, default 10,000, and at least 5 s less than
+    /// `timeout_ms`). Only for kind `throughput`.
+    #[serde(default)]
+    pub throughput: Option<ThroughputLoad>,
     /// Statuses that count as success; empty means any 2xx or 3xx (for a page: of
     /// the HTML document).
     #[serde(default)]
     pub expected_status: Vec<u16>,
-    /// Largest body agents read; default 10 MiB. For a page: the whole page.
+    /// Largest body agents read; default 10 MiB. For a page: the whole page. For a
+    /// throughput load: every connection's bytes together (the load ends when they
+    /// arrived), default 100 MiB.
     pub max_bytes: Option<u64>,
     /// Per-measurement time limit; default 30 s.
     pub timeout_ms: Option<u64>,
@@ -66,6 +76,41 @@ pub struct NewCheck {
     pub objectives: Vec<Objective>,
 }
 
+/// A throughput check's load as owners write it: either field may be left out (its
+/// default applies), a misspelt one is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ThroughputLoad {
+    /// Connections downloading at once; default 4.
+    pub connections: u32,
+    /// How long the load lasts, milliseconds; default 10,000.
+    pub duration_ms: u64,
+}
+
+impl Default for ThroughputLoad {
+    fn default() -> Self {
+        ThroughputLoad::from(ThroughputTask::default())
+    }
+}
+
+impl From<ThroughputTask> for ThroughputLoad {
+    fn from(t: ThroughputTask) -> Self {
+        ThroughputLoad {
+            connections: t.connections,
+            duration_ms: t.duration_ms,
+        }
+    }
+}
+
+impl From<ThroughputLoad> for ThroughputTask {
+    fn from(l: ThroughputLoad) -> Self {
+        ThroughputTask {
+            connections: l.connections,
+            duration_ms: l.duration_ms,
+        }
+    }
+}
+
 fn default_kind() -> CheckKind {
     CheckKind::Http
 }
@@ -78,6 +123,7 @@ impl NewCheck {
             name: Some(check.name.clone()),
             url: check.url.clone(),
             kind: check.kind.parse().unwrap_or(CheckKind::Http),
+            throughput: check.throughput().map(ThroughputLoad::from),
             expected_status: check.expected_status(),
             max_bytes: Some(check.max_bytes.max(0) as u64),
             timeout_ms: Some(check.timeout_ms.max(0) as u64),
@@ -166,6 +212,9 @@ pub struct CheckView {
     pub site_id: Uuid,
     pub name: String,
     pub kind: CheckKind,
+    /// A throughput check's load; absent for the other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<ThroughputLoad>,
     pub url: String,
     pub expected_status: Vec<u16>,
     pub max_bytes: u64,
@@ -204,6 +253,7 @@ impl From<&Check> for CheckView {
             site_id: c.site_id.parse().unwrap_or_default(),
             name: c.name.clone(),
             kind: c.kind.parse().unwrap_or(CheckKind::Http),
+            throughput: c.throughput().map(ThroughputLoad::from),
             url: c.url.clone(),
             expected_status: c.expected_status(),
             max_bytes: c.max_bytes.max(0) as u64,
@@ -297,6 +347,7 @@ pub fn update(
             checks::body_contains.eq(&check.body_contains),
             checks::objectives.eq(&check.objectives),
             checks::max_redirects.eq(check.max_redirects),
+            checks::throughput.eq(&check.throughput),
         ))
         .execute(conn)?;
     Ok(check)
@@ -370,7 +421,12 @@ fn validated(
             format!("timeout_ms must be between 1 and {MAX_TIMEOUT_MS}"),
         ));
     }
-    let max_bytes = new.max_bytes.unwrap_or(10 * 1024 * 1024);
+    let throughput = validated_load(new, timeout_ms)?;
+    let default_max_bytes = match new.kind {
+        CheckKind::Throughput => MAX_BODY_BYTES,
+        CheckKind::Http | CheckKind::Page => 10 * 1024 * 1024,
+    };
+    let max_bytes = new.max_bytes.unwrap_or(default_max_bytes);
     if max_bytes == 0 || max_bytes > MAX_BODY_BYTES {
         return Err(Error::invalid(
             "invalid_max_bytes",
@@ -429,8 +485,63 @@ fn validated(
         max_redirects: max_redirects as i32,
         paused_at: None,
         spread: new.selection.spread.as_str().to_owned(),
+        throughput: throughput.map(|load| json(&load)),
     };
     Ok(check)
+}
+
+/// Time a throughput task needs besides its load: resolving, connecting, the idle
+/// probes and the last probe's answer, on a slow line.
+const THROUGHPUT_SLACK_MS: u64 = 5_000;
+
+/// The load of a throughput check (its default when it names none), checked; `None`
+/// for the other kinds, which must not name one.
+fn validated_load(new: &NewCheck, timeout_ms: u64) -> Result<Option<ThroughputTask>> {
+    if new.kind != CheckKind::Throughput {
+        return match new.throughput {
+            Some(_) => Err(Error::invalid(
+                "invalid_throughput",
+                format!(
+                    "throughput is a load for kind \"throughput\"; a {} check has none",
+                    new.kind
+                ),
+            )),
+            None => Ok(None),
+        };
+    }
+    if new.body_contains.is_some() {
+        return Err(Error::invalid(
+            "invalid_body_contains",
+            "a throughput check reads its bodies only to count them: body_contains is for http and page checks",
+        ));
+    }
+    let load = ThroughputTask::from(new.throughput.unwrap_or_default());
+    let max_connections = lastmile_protocol::MAX_THROUGHPUT_CONNECTIONS;
+    if load.connections == 0 || load.connections > max_connections {
+        return Err(Error::invalid(
+            "invalid_throughput",
+            format!("throughput.connections must be between 1 and {max_connections}"),
+        ));
+    }
+    let max_duration = lastmile_protocol::MAX_THROUGHPUT_DURATION_MS;
+    if !(1_000..=max_duration).contains(&load.duration_ms) {
+        return Err(Error::invalid(
+            "invalid_throughput",
+            format!("throughput.duration_ms must be between 1000 and {max_duration}"),
+        ));
+    }
+    if load.duration_ms + THROUGHPUT_SLACK_MS > timeout_ms {
+        return Err(Error::invalid(
+            "invalid_timeout",
+            format!(
+                "timeout_ms ({timeout_ms}) must leave {THROUGHPUT_SLACK_MS} ms beside the load's duration_ms ({}): \
+                 at least {}",
+                load.duration_ms,
+                load.duration_ms + THROUGHPUT_SLACK_MS
+            ),
+        ));
+    }
+    Ok(Some(load))
 }
 
 /// A list-valued column as JSON text.

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
-use lastmile_protocol::Figure;
+use lastmile_protocol::{Figure, Measurement};
 use lastmile_storage::results::StoredResult;
 
 use crate::histogram;
@@ -29,18 +29,73 @@ use crate::histogram;
 pub const GOODPUT_MIN_BYTES: i64 = 64 * 1024;
 
 /// The figures other than phases that a stored result adds to its cell: none for a
-/// failed result (as for the phases). Goodput for an http result whose body was at
-/// least [`GOODPUT_MIN_BYTES`] and took time to arrive; a page result's bytes count the
-/// whole page while its transfer is the document's, so it has none.
+/// failed result (as for the phases). A result whose kind reported figures of its own
+/// (a throughput load) has those, as ingest derived them ([`of_measurement`], the
+/// `figures` column); figures this replica does not know are skipped. Otherwise
+/// goodput for an http result whose body was at least [`GOODPUT_MIN_BYTES`] and took
+/// time to arrive; a page result's bytes count the whole page while its transfer is the
+/// document's, so it has none.
 pub fn of_result(r: &StoredResult) -> Vec<(Figure, u64)> {
     let mut figures = Vec::new();
     if r.error_kind.is_some() {
         return figures;
     }
+    if let Some(stored) = &r.figures {
+        return parse(stored);
+    }
     if r.page.is_none() && r.bytes >= GOODPUT_MIN_BYTES && r.transfer_us > 0 {
         figures.push((Figure::Goodput, goodput_kbps(r.bytes, r.transfer_us)));
     }
     figures
+}
+
+/// The figures a result's `figures` column holds, those this replica knows.
+pub fn parse(stored: &str) -> Vec<(Figure, u64)> {
+    // Written by `of_measurement` (a JSON object of wire name to value); a value that
+    // does not read is left out rather than failing the fold of a whole batch.
+    let map: BTreeMap<String, u64> = serde_json::from_str(stored).unwrap_or_default();
+    map.into_iter()
+        .filter_map(|(name, value)| Some((name.parse::<Figure>().ok()?, value)))
+        .collect()
+}
+
+/// The figures a measurement's kind reported, as the controller derives them from its
+/// summary, as the `figures` column stores them (`None` when the kind reports none, or
+/// the measurement failed). A throughput load: goodput as all its bytes over the
+/// load's time (when at least [`GOODPUT_MIN_BYTES`] arrived), and the idle and loaded
+/// latency as the medians of their probes' round trips (the median, not the mean: one
+/// probe that met a retransmission does not move it).
+pub fn of_measurement(m: &Measurement) -> Option<String> {
+    if m.error.is_some() {
+        return None;
+    }
+    let load = m.throughput.as_ref()?;
+    let mut figures = BTreeMap::new();
+    if load.bytes >= GOODPUT_MIN_BYTES as u64 && load.duration_us > 0 {
+        let kbps = goodput_kbps(
+            load.bytes.min(i64::MAX as u64) as i64,
+            load.duration_us.min(i64::MAX as u64) as i64,
+        );
+        figures.insert(Figure::Goodput.as_str(), kbps);
+    }
+    if let Some(idle) = median(&load.idle_latency_us) {
+        figures.insert(Figure::IdleLatency.as_str(), idle);
+    }
+    if let Some(loaded) = median(&load.loaded_latency_us) {
+        figures.insert(Figure::LoadedLatency.as_str(), loaded);
+    }
+    serde_json::to_string(&figures).ok()
+}
+
+/// The median of round trips, µs (the lower middle of an even count: a value that was
+/// measured, not one between two).
+fn median(values: &[u64]) -> Option<u64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_unstable();
+    Some(sorted[(sorted.len() - 1) / 2])
 }
 
 /// Bytes over microseconds as kilobits a second, rounded, at most the histograms' range.
@@ -204,6 +259,100 @@ mod tests {
         let mut value = stored.map(<[u8]>::to_vec);
         figures.merge_into(&mut value).unwrap();
         value.unwrap()
+    }
+
+    fn load(idle: &[u64], loaded: &[u64]) -> Measurement {
+        Measurement {
+            status: Some(200),
+            bytes: 20_000_000,
+            throughput: Some(lastmile_protocol::ThroughputSummary {
+                connections: 4,
+                requests: 20,
+                bytes: 20_000_000,
+                duration_us: 10_000_000,
+                idle_latency_us: idle.to_vec(),
+                loaded_latency_us: loaded.to_vec(),
+            }),
+            ..Measurement::default()
+        }
+    }
+
+    #[test]
+    fn a_throughput_load_gives_goodput_and_the_median_latencies() {
+        let m = load(
+            &[41_000, 40_000, 90_000, 40_500, 40_200],
+            &[300_000, 250_000, 280_000, 1_000_000],
+        );
+        let stored = of_measurement(&m).unwrap();
+        // 20 MB in 10 s: 16 Mbit/s. Medians: 40.5 ms idle, 280 ms loaded (lower middle).
+        assert_eq!(
+            parse(&stored),
+            vec![
+                (Figure::Goodput, 16_000),
+                (Figure::IdleLatency, 40_500),
+                (Figure::LoadedLatency, 280_000)
+            ]
+        );
+        // The fold reads them from the column, and does not add an http goodput too.
+        let r = StoredResult {
+            figures: Some(stored),
+            bytes: 20_000_000,
+            transfer_us: 10_000_000,
+            ..stored_result()
+        };
+        assert_eq!(of_result(&r).len(), 3);
+        // No probes answered: no latency figures; a failure or another kind: none.
+        assert_eq!(
+            parse(&of_measurement(&load(&[], &[])).unwrap()),
+            vec![(Figure::Goodput, 16_000)]
+        );
+        let mut failed = load(&[1], &[2]);
+        failed.error = Some(lastmile_protocol::MeasurementError {
+            kind: lastmile_protocol::ErrorKind::TotalTimeout,
+            message: "x".into(),
+        });
+        assert_eq!(of_measurement(&failed), None);
+        assert_eq!(of_measurement(&Measurement::default()), None);
+        // A figure this replica does not know (a newer one wrote it) is skipped.
+        assert_eq!(
+            parse(r#"{"jitter": 5, "goodput": 7}"#),
+            vec![(Figure::Goodput, 7)]
+        );
+    }
+
+    fn stored_result() -> StoredResult {
+        StoredResult {
+            assignment_id: String::new(),
+            run_id: String::new(),
+            check_id: String::new(),
+            agent_id: String::new(),
+            received_at: 0,
+            started_at: 0,
+            late: false,
+            status: Some(200),
+            bytes: 0,
+            error_kind: None,
+            error_message: None,
+            dns_us: 0,
+            connect_us: 0,
+            tls_us: 0,
+            ttfb_us: 0,
+            transfer_us: 0,
+            total_us: 0,
+            country: String::new(),
+            region: String::new(),
+            asn: 0,
+            connection_class: String::new(),
+            remote_addr: None,
+            ip_version: None,
+            http_version: None,
+            bytes_decoded: 0,
+            redirects: 0,
+            redirect_us: 0,
+            page: None,
+            redirect_hops: None,
+            figures: None,
+        }
     }
 
     #[test]

@@ -347,7 +347,7 @@ fn judge_segments(
 fn actual_unit(o: &ObjectiveOutcome) -> &'static str {
     if o.objective.availability_min.is_some() {
         "percent"
-    } else if o.objective.figure.is_some() {
+    } else if o.objective.is_rate() {
         "kbps"
     } else {
         "ms"

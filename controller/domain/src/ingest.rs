@@ -174,6 +174,66 @@ fn validate(sub: &ResultSubmission) -> Result<()> {
             ));
         }
     }
+    if let Some(load) = &sub.measurement.throughput {
+        validate_load(&sub.measurement, load)?;
+    }
+    Ok(())
+}
+
+/// A throughput summary must add up with its measurement: it is where the result's
+/// goodput and latencies come from, so a summary that contradicts the bytes and the
+/// transfer time the physics rules judge would escape them.
+fn validate_load(
+    m: &lastmile_protocol::Measurement,
+    load: &lastmile_protocol::ThroughputSummary,
+) -> Result<()> {
+    use lastmile_protocol::{
+        IDLE_LATENCY_PROBES, MAX_LOADED_LATENCY_PROBES, MAX_THROUGHPUT_CONNECTIONS,
+    };
+    let invalid = |why: String| Err(Error::invalid("invalid_result", why));
+    if m.page.is_some() {
+        return invalid("a measurement is a page load or a throughput load, not both".into());
+    }
+    if load.connections == 0 || load.connections > MAX_THROUGHPUT_CONNECTIONS {
+        return invalid(format!(
+            "throughput.connections must be between 1 and {MAX_THROUGHPUT_CONNECTIONS}, not {}",
+            load.connections
+        ));
+    }
+    if load.bytes != m.bytes {
+        return invalid(format!(
+            "throughput.bytes ({}) must equal bytes ({}): both count the load's body bytes",
+            load.bytes, m.bytes
+        ));
+    }
+    if load.duration_us != m.timings_us.transfer {
+        return invalid(format!(
+            "throughput.duration_us ({}) must equal timings_us.transfer ({}): both are the load's time",
+            load.duration_us, m.timings_us.transfer
+        ));
+    }
+    if load.idle_latency_us.len() > IDLE_LATENCY_PROBES {
+        return invalid(format!(
+            "throughput.idle_latency_us lists {} probes; a load sends {IDLE_LATENCY_PROBES}",
+            load.idle_latency_us.len()
+        ));
+    }
+    if load.loaded_latency_us.len() > MAX_LOADED_LATENCY_PROBES {
+        return invalid(format!(
+            "throughput.loaded_latency_us lists {} probes; at most {MAX_LOADED_LATENCY_PROBES}",
+            load.loaded_latency_us.len()
+        ));
+    }
+    let probes = load.idle_latency_us.iter().chain(&load.loaded_latency_us);
+    if let Some(long) = probes
+        .copied()
+        .find(|&rtt| rtt == 0 || rtt > m.timings_us.total)
+    {
+        return invalid(format!(
+            "a latency probe of {long} µs: each is above 0 and within timings_us.total ({})",
+            m.timings_us.total
+        ));
+    }
     Ok(())
 }
 
@@ -761,6 +821,7 @@ fn to_stored(
         } else {
             serde_json::to_string(&bound_hops(&m.redirects)).ok()
         },
+        figures: figures::of_measurement(m),
     }
 }
 

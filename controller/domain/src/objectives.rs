@@ -1,7 +1,9 @@
 //! SLA objectives: what a check promises, and whether a report row kept the promise.
 //!
 //! An objective is a latency bound, `{"phase": "ttfb", "percentile": 95,
-//! "max_ms": 800}` ("ttfb p95 <= 800 ms"), a floor on a rate figure, `{"figure":
+//! "max_ms": 800}` ("ttfb p95 <= 800 ms"), on a phase or on a latency figure
+//! (`{"figure": "loaded_latency", "percentile": 95, "max_ms": 300}`, "loaded_latency
+//! p95 <= 300 ms"), a floor on a rate figure, `{"figure":
 //! "goodput", "percentile": 10, "min_kbps": 10000}` ("goodput p10 >= 10 Mbit/s": at
 //! most 10 % of measurements below 10 Mbit/s), or an availability floor,
 //! `{"availability_min": 99.5}` (percent). Each may carry `"connection_class"`, and
@@ -51,11 +53,13 @@ pub struct Objective {
     /// Latency objective: which percentile, above 0 and below 100.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub percentile: Option<f64>,
-    /// Latency objective: the bound, milliseconds.
+    /// Latency objective: the bound, milliseconds (of `phase`, or of a latency
+    /// `figure`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ms: Option<f64>,
-    /// Rate objective: the figure bounded from below (`goodput`; the phases are
-    /// bounded with `phase`).
+    /// Rate objective: the figure bounded from below (`goodput`) with `min_kbps`. Latency
+    /// objective on a figure that is not a phase (`idle_latency`, `loaded_latency`):
+    /// bounded from above with `max_ms` (the phases are bounded with `phase`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub figure: Option<Figure>,
     /// Rate objective: the floor, kbit/s.
@@ -70,6 +74,18 @@ pub struct Objective {
 }
 
 impl Objective {
+    /// The figure a latency objective bounds from above: its phase, or its latency
+    /// figure; `None` for a rate or availability objective.
+    pub fn latency_figure(&self) -> Option<Figure> {
+        self.max_ms?;
+        self.phase.map(Figure::from).or(self.figure)
+    }
+
+    /// Whether this is a rate objective (a figure with a floor in kbit/s).
+    pub fn is_rate(&self) -> bool {
+        self.min_kbps.is_some()
+    }
+
     /// Reads the written form people use: `ttfb p95 <= 800 ms`, `total p99 <= 3 s`,
     /// `availability >= 99.5 %`, each optionally ending `for dsl`. The error says what
     /// was expected.
@@ -101,14 +117,16 @@ impl Objective {
                     ..Objective::default()
                 })
             }
-            [phase, pct, "<=", v, unit] if pct.starts_with('p') => {
+            [name, pct, "<=", v, unit] if pct.starts_with('p') => {
                 let factor = match *unit {
                     "ms" => 1.0,
                     "s" => 1000.0,
                     _ => return Err(bad()),
                 };
+                let figure: Figure = name.parse().map_err(|_| bad())?;
                 Ok(Objective {
-                    phase: Some(phase.parse().map_err(|_| bad())?),
+                    phase: figure.phase(),
+                    figure: figure.phase().is_none().then_some(figure),
                     percentile: Some(number(&pct[1..])?),
                     max_ms: Some(number(v)? * factor),
                     connection_class: class,
@@ -137,12 +155,12 @@ impl Objective {
     /// The written form [`Objective::parse_line`] reads.
     pub fn to_line(&self) -> String {
         let base = match (
-            self.phase,
+            self.latency_figure(),
             self.percentile,
             self.max_ms,
             self.availability_min,
         ) {
-            (Some(phase), Some(p), Some(ms), _) => format!("{phase} p{p} <= {ms} ms"),
+            (Some(latency), Some(p), Some(ms), _) => format!("{latency} p{p} <= {ms} ms"),
             (_, _, _, Some(a)) => format!("availability >= {a} %"),
             _ => match (self.figure, self.percentile, self.min_kbps) {
                 (Some(figure), Some(p), Some(kbps)) if kbps >= 1_000.0 => {
@@ -177,7 +195,7 @@ pub fn validate(objectives: &[Objective]) -> Result<()> {
                 format!("objectives[{i}].{field} {why}"),
             ))
         };
-        let rate = o.figure.is_some() || o.min_kbps.is_some();
+        let rate = o.min_kbps.is_some() || o.figure.is_some_and(|f| f.unit() == Unit::Kbps);
         if rate {
             if o.phase.is_some() || o.max_ms.is_some() || o.availability_min.is_some() {
                 return bad(
@@ -194,7 +212,10 @@ pub fn validate(objectives: &[Objective]) -> Result<()> {
                     )
                 }
                 Some(f) if f.unit() != Unit::Kbps => {
-                    return bad("figure", &format!("{f} takes no min_kbps"))
+                    return bad(
+                        "figure",
+                        &format!("{f} is a latency: bound it with \"max_ms\", not min_kbps"),
+                    )
                 }
                 Some(_) => {}
             }
@@ -218,7 +239,23 @@ pub fn validate(objectives: &[Objective]) -> Result<()> {
             }
             continue;
         }
-        match (o.availability_min, o.phase, o.percentile, o.max_ms) {
+        // A latency bound names the phase, or the latency figure that is not one.
+        let bounded = match (o.phase, o.figure) {
+            (Some(_), Some(_)) => {
+                return bad(
+                    "figure",
+                    "cannot be combined with phase; a latency objective bounds one of them",
+                )
+            }
+            (None, Some(f)) if f.phase().is_some() => {
+                return bad(
+                    "figure",
+                    &format!("{f} is a phase: bound it with \"phase\" and \"max_ms\""),
+                )
+            }
+            (phase, figure) => phase.map(Figure::from).or(figure),
+        };
+        match (o.availability_min, bounded, o.percentile, o.max_ms) {
             (Some(a), None, None, None) => {
                 if !(a > 0.0 && a < 100.0) {
                     return bad(
@@ -229,13 +266,13 @@ pub fn validate(objectives: &[Objective]) -> Result<()> {
             }
             (Some(_), ..) => return bad(
                 "availability_min",
-                "cannot be combined with phase/percentile/max_ms; give them as separate objectives",
+                "cannot be combined with phase/figure/percentile/max_ms; give them as separate objectives",
             ),
-            (None, phase, percentile, max_ms) => {
-                if phase.is_none() {
+            (None, bounded, percentile, max_ms) => {
+                if bounded.is_none() {
                     return bad(
                         "phase",
-                        "is required (or give figure and min_kbps, or availability_min)",
+                        "is required (or a latency figure with max_ms, a rate figure with min_kbps, or availability_min)",
                     );
                 }
                 match percentile {
@@ -365,11 +402,16 @@ fn evaluate_one(o: &Objective, row: &RowData<'_>, confidence: Confidence) -> Obj
             error_budget_remaining: budget(bad, allowed),
         };
     }
-    let (Some(phase), Some(pct), Some(max_ms)) = (o.phase, o.percentile, o.max_ms) else {
+    let (Some(bounded), Some(pct), Some(max_ms)) = (o.latency_figure(), o.percentile, o.max_ms)
+    else {
         return empty(o, 0.0);
     };
     let q = pct / 100.0;
-    let Some(h) = (row.phase)(phase).filter(|h| !h.is_empty()) else {
+    let h = match bounded.phase() {
+        Some(phase) => (row.phase)(phase),
+        None => (row.figure)(bounded),
+    };
+    let Some(h) = h.filter(|h| !h.is_empty()) else {
         return empty(o, 0.0);
     };
     let n = h.len();
@@ -592,5 +634,72 @@ mod rate_tests {
             ..goodput(10.0, 10.0)
         };
         assert!(err(no_floor).contains("min_kbps"));
+    }
+
+    #[test]
+    fn a_latency_figure_is_bounded_like_a_phase() {
+        let o = Objective::parse_line("loaded_latency p95 <= 300 ms for dsl").unwrap();
+        assert_eq!(
+            (
+                o.phase,
+                o.figure,
+                o.percentile,
+                o.max_ms,
+                o.connection_class
+            ),
+            (
+                None,
+                Some(Figure::LoadedLatency),
+                Some(95.0),
+                Some(300.0),
+                Some(ConnectionClass::Dsl)
+            )
+        );
+        assert_eq!(o.to_line(), "loaded_latency p95 <= 300 ms for dsl");
+        assert!(validate(std::slice::from_ref(&o)).is_ok());
+        // A phase written by name is still a phase objective.
+        let ttfb = Objective::parse_line("ttfb p95 <= 800 ms").unwrap();
+        assert_eq!((ttfb.phase, ttfb.figure), (Some(Phase::Ttfb), None));
+        // Judged on the row's histogram of that figure: 1..=1000 ms, p95 is 950 ms.
+        let mut h = histogram::new_histogram();
+        for ms in 1..=1000u64 {
+            h.record(ms * 1000).unwrap();
+        }
+        let none = |_p: Phase| None;
+        let get = |f: Figure| (f == Figure::LoadedLatency).then_some(&h);
+        let row = RowData {
+            connection_class: Some(ConnectionClass::Dsl),
+            successes: 1000,
+            failures: 0,
+            phase: &none,
+            figure: &get,
+        };
+        let out = evaluate(std::slice::from_ref(&o), &row, Confidence::P95);
+        assert_eq!(out[0].met, Some(false));
+        assert!(
+            (out[0].actual.unwrap() - 950.0).abs() < 1.0,
+            "{:?}",
+            out[0].actual
+        );
+        // 700 above 300 ms, and 300 ms itself, whose bucket reaches past the bound.
+        assert!((700..=701).contains(&out[0].bad_samples), "{:?}", out[0]);
+        let loose = Objective {
+            max_ms: Some(990.0),
+            ..o.clone()
+        };
+        assert_eq!(evaluate(&[loose], &row, Confidence::P95)[0].met, Some(true));
+        // Mistakes are named: a latency with a floor, a latency and a phase at once.
+        let err = |o: Objective| validate(&[o]).unwrap_err().to_string();
+        let floor = Objective {
+            max_ms: None,
+            min_kbps: Some(10.0),
+            ..o.clone()
+        };
+        assert!(err(floor).contains("loaded_latency is a latency"));
+        let both = Objective {
+            phase: Some(Phase::Ttfb),
+            ..o
+        };
+        assert!(err(both).contains("cannot be combined with phase"));
     }
 }

@@ -840,7 +840,7 @@ fn csv_cell(text: &str) -> String {
 
 /// The figures other than phases, in [`Figure::ALL`]'s order: CSV columns after the
 /// phases'.
-const OTHER_FIGURES: [Figure; 1] = [Figure::Goodput];
+const OTHER_FIGURES: [Figure; 3] = Figure::OTHERS;
 
 /// The report as CSV: one line per row, percentiles in microseconds (the phases) or in
 /// the unit their column names (the other figures, after the phases). Each percentile is
@@ -967,10 +967,22 @@ pub fn to_table(report: &Report) -> String {
     let mut out = String::new();
     let level = format!("{}%", report.confidence.level() * 100.0);
     let with_objectives = report.rows.iter().any(|r| !r.objectives.is_empty());
-    let with_goodput = report
-        .rows
+    // Each figure besides the phases that some row has: its median and its worse
+    // tail's percentile (p10 of goodput, p95 of a latency), in its own unit.
+    let figures: Vec<Figure> = OTHER_FIGURES
+        .into_iter()
+        .filter(|f| report.rows.iter().any(|r| r.figures.contains_key(f)))
+        .collect();
+    let figure_heads: String = figures
         .iter()
-        .any(|r| r.figures.contains_key(&Figure::Goodput));
+        .map(|&f| {
+            format!(
+                " {:>14} {:>36}",
+                format!("{f} p50"),
+                format!("{f} p{} [{level} CI]", tail_percentile(f))
+            )
+        })
+        .collect();
     let _ = writeln!(
         out,
         "{:<10} {:<7} {:>7} {:>22} {:>10} {:>28} {:>28}{}{}",
@@ -984,18 +996,10 @@ pub fn to_table(report: &Report) -> String {
             "{} p95 [{level} CI]",
             match report.check.kind {
                 CheckKind::Page => "page total",
-                CheckKind::Http => "total",
+                CheckKind::Http | CheckKind::Throughput => "total",
             }
         ),
-        if with_goodput {
-            format!(
-                " {:>13} {:>36}",
-                "goodput p50",
-                format!("goodput p10 [{level} CI]")
-            )
-        } else {
-            String::new()
-        },
+        figure_heads,
         if with_objectives { "  objectives" } else { "" },
     );
     for row in &report.rows {
@@ -1017,36 +1021,39 @@ pub fn to_table(report: &Report) -> String {
             ),
             None => "-".into(),
         };
-        let goodput = if with_goodput {
-            let g = row.figures.get(&Figure::Goodput);
-            let at = |nn| g.and_then(|g| g.get(nn));
-            let mbit = |kbps: u64| kbps as f64 / 1000.0;
-            let p10 = match at(10) {
-                Some(FigurePercentile {
-                    value,
-                    ci: Some([lo, hi]),
-                    ..
-                }) => format!(
-                    "{:.1} [{:.1}, {:.1}] Mbit/s",
-                    mbit(*value),
-                    mbit(*lo),
-                    mbit(*hi)
-                ),
-                Some(p) => format!(
-                    "{:.1} Mbit/s (n<{})",
-                    mbit(p.value),
-                    confidence::min_samples(0.10, report.confidence)
-                ),
-                None => "-".to_owned(),
-            };
-            let p50 = at(50).map_or_else(
-                || "-".to_owned(),
-                |p| format!("{:.1} Mbit/s", mbit(p.value)),
-            );
-            format!(" {p50:>13} {p10:>36}")
-        } else {
-            String::new()
-        };
+        let figure_cells: String = figures
+            .iter()
+            .map(|&f| {
+                let fp = row.figures.get(&f);
+                let at = |nn| fp.and_then(|p| p.get(nn));
+                let tail = tail_percentile(f);
+                let tail_cell = match at(tail) {
+                    Some(FigurePercentile {
+                        value,
+                        ci: Some([lo, hi]),
+                        ..
+                    }) => format!(
+                        "{} [{}, {}] {}",
+                        in_unit(f, *value),
+                        in_unit(f, *lo),
+                        in_unit(f, *hi),
+                        unit_label(f)
+                    ),
+                    Some(p) => format!(
+                        "{} {} (n<{})",
+                        in_unit(f, p.value),
+                        unit_label(f),
+                        confidence::min_samples(f64::from(tail) / 100.0, report.confidence)
+                    ),
+                    None => "-".to_owned(),
+                };
+                let p50 = at(50).map_or_else(
+                    || "-".to_owned(),
+                    |p| format!("{} {}", in_unit(f, p.value), unit_label(f)),
+                );
+                format!(" {p50:>14} {tail_cell:>36}")
+            })
+            .collect();
         let _ = writeln!(
             out,
             "{:<10} {:<7} {:>7} {:>22} {:>10} {:>28} {:>28}{}{}",
@@ -1062,7 +1069,7 @@ pub fn to_table(report: &Report) -> String {
                 .map_or_else(|| "-".to_owned(), |p| format!("{} ms", ms(p.p50))),
             cell(Phase::Ttfb, |p| (p.p95, p.p95_ci), 0.95),
             cell(Phase::Total, |p| (p.p95, p.p95_ci), 0.95),
-            goodput,
+            figure_cells,
             if with_objectives {
                 format!("  {}", objectives_summary(&row.objectives))
             } else {
@@ -1071,6 +1078,33 @@ pub fn to_table(report: &Report) -> String {
         );
     }
     out
+}
+
+/// The percentile a table shows for a figure's worse tail: p10 where higher is
+/// better (the rate 90 % of measurements reached), p95 otherwise.
+fn tail_percentile(figure: Figure) -> u8 {
+    if figure.higher_is_better() {
+        10
+    } else {
+        95
+    }
+}
+
+/// A figure's value as a table shows it, in [`unit_label`]'s unit, one decimal.
+fn in_unit(figure: Figure, value: u64) -> String {
+    // Both units are shown a thousand times larger than they are kept.
+    let shown = match figure.unit() {
+        Unit::Kbps | Unit::Us => value as f64 / 1000.0,
+    };
+    format!("{shown:.1}")
+}
+
+/// The unit [`in_unit`] writes.
+fn unit_label(figure: Figure) -> &'static str {
+    match figure.unit() {
+        Unit::Kbps => "Mbit/s",
+        Unit::Us => "ms",
+    }
 }
 
 /// `met 2/2`, or `BREACHED ttfb p95 +312.0 ms; availability -0.4 pts; met 1/3`. A
@@ -1088,11 +1122,11 @@ fn objectives_summary(outcomes: &[ObjectiveOutcome]) -> String {
                 " (inconclusive)"
             };
             match (
-                o.objective.phase,
+                o.objective.latency_figure(),
                 o.objective.figure,
                 o.objective.percentile,
             ) {
-                (Some(phase), _, Some(p)) => format!("{phase} p{p} +{over:.1} ms{unsure}"),
+                (Some(latency), _, Some(p)) => format!("{latency} p{p} +{over:.1} ms{unsure}"),
                 (_, Some(figure), Some(p)) => {
                     // Rates are kept in kbit/s and read in Mbit/s, as the table's columns.
                     format!("{figure} p{p} -{:.1} Mbit/s{unsure}", over / 1000.0)

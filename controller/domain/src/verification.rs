@@ -15,7 +15,7 @@
 //!
 //! | code | rule | can judge when |
 //! |------|------|----------------|
-//! | `ttfb_below_rtt` | ttfb shorter than one round trip over the agent's access link | the agent has calibrated and its line has a known access floor |
+//! | `ttfb_below_rtt` | ttfb (or a throughput load's idle or loaded latency, the median of its probes' ttfbs) shorter than one round trip over the agent's access link | the agent has calibrated and its line has a known access floor |
 //! | `faster_than_line` | body bytes arrived faster than the line can carry them | calibrated, at least [`MIN_TRANSFER_BYTES`] on the wire |
 //! | `peer_outlier` | ttfb or total far from what peers on the same network measured | enough recent peer results (below) |
 //! | `copied_result` | exactly the timings and bytes of another agent's result | a response arrived (ttfb and total > 0) |
@@ -96,7 +96,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use lastmile_protocol::ConnectionClass;
+use lastmile_protocol::{ConnectionClass, Figure};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -104,6 +104,7 @@ use utoipa::ToSchema;
 use crate::agents::Agent;
 use crate::clock::{to_datetime, Micros};
 use crate::error::{Error, Result};
+use crate::figures;
 use lastmile_storage::results::StoredResult;
 use lastmile_storage::schema::{agents, checks, result_flags, results, volunteers};
 use lastmile_storage::DbConn;
@@ -291,6 +292,28 @@ pub fn physics(agent: &Agent, r: &StoredResult) -> Vec<Flag> {
                 "floor_us": floor,
             }),
         });
+    } else if floor > 0 {
+        // A throughput load's latency probes are small requests timed to their
+        // response's first byte: ttfbs of their own, under the same floor.
+        let probe = r
+            .figures
+            .as_deref()
+            .map(figures::parse)
+            .and_then(|figures| {
+                figures.into_iter().find(|&(figure, value)| {
+                    matches!(figure, Figure::IdleLatency | Figure::LoadedLatency)
+                        && (value as i64) < floor
+                })
+            });
+        if let Some((figure, value)) = probe {
+            flags.push(Flag {
+                rule: Rule::TtfbBelowRtt,
+                evidence: json!({
+                    "figure": figure, "value_us": value, "calibrated_rtt_us": rtt_us,
+                    "class": class, "floor_us": floor,
+                }),
+            });
+        }
     }
     let transfer_us = transfer_span_us(r);
     if r.bytes >= MIN_TRANSFER_BYTES && down_bps > 0 {
@@ -1117,6 +1140,7 @@ mod tests {
             redirect_us: 0,
             page: None,
             redirect_hops: None,
+            figures: None,
         }
     }
 

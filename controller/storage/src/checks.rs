@@ -36,6 +36,9 @@ pub struct Check {
     /// How a run's agents are spread over the selection's groups: `proportional` or
     /// `equal`.
     pub spread: String,
+    /// A throughput check's load as JSON (`lastmile_protocol::ThroughputTask`);
+    /// `None` for the other kinds.
+    pub throughput: Option<String>,
 }
 
 /// Whether the check with this id was deleted (false for one that does not exist).

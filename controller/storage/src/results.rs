@@ -42,6 +42,11 @@ pub struct StoredResult {
     /// The redirects followed as JSON (`Vec<Hop>`, bounded by `lastmile_domain::ingest::bound_hops`); `None`
     /// when there were none.
     pub redirect_hops: Option<String>,
+    /// The figures besides the phases that the measurement gave, as the controller
+    /// derived them at ingest from the kind's summary: JSON of figure wire name to
+    /// value (a throughput load's goodput and latencies); `None` when the phases say
+    /// it all.
+    pub figures: Option<String>,
 }
 
 impl StoredResult {

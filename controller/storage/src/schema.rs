@@ -69,6 +69,8 @@ diesel::table! {
         verified_by -> Nullable<Text>,
         /// When the owner deleted it (migration 000026); the row stays for history.
         deleted_at -> Nullable<BigInt>,
+        /// A throughput check's load as JSON (migration 000040); NULL for other kinds.
+        throughput -> Nullable<Text>,
     }
 }
 
@@ -98,6 +100,8 @@ diesel::table! {
         spread -> Text,
         /// When the owner deleted it (migration 000026); the row stays for history.
         deleted_at -> Nullable<BigInt>,
+        /// A throughput check's load as JSON (migration 000040); NULL for other kinds.
+        throughput -> Nullable<Text>,
     }
 }
 
@@ -184,6 +188,8 @@ diesel::table! {
         page -> Nullable<Text>,
         flagged -> Bool,
         redirect_hops -> Nullable<Text>,
+        /// Figures besides the phases, derived at ingest, as JSON (migration 000040).
+        figures -> Nullable<Text>,
     }
 }
 

@@ -14,7 +14,7 @@ use super::session::{CsrfForm, CsrfOnly, SignedInOwner};
 use super::{html, see_other};
 use crate::state::AppState;
 use lastmile_domain::check_terms::{Selection, Spread, StoredCheck, DEFAULT_AGENTS_PER_RUN};
-use lastmile_domain::checks::{self, Check, NewCheck, Schedule};
+use lastmile_domain::checks::{self, Check, NewCheck, Schedule, ThroughputLoad};
 use lastmile_domain::clock::now_us;
 use lastmile_domain::error::Error;
 use lastmile_domain::run_results::{self, ResultView};
@@ -166,6 +166,8 @@ pub struct CheckFields {
     max_bytes: String,
     timeout_ms: String,
     max_redirects: String,
+    connections: String,
+    duration_ms: String,
     objectives: String,
     every_seconds: String,
     countries: String,
@@ -206,10 +208,29 @@ fn optional_number(raw: &str, field: &str) -> Result<Option<u64>, Error> {
 fn kind_of(f: &CheckFields) -> Result<CheckKind, Error> {
     match f.kind.trim() {
         "" => Ok(CheckKind::Http),
-        k => k
-            .parse()
-            .map_err(|e| Error::invalid("invalid_form", format!("measure: {e} (http or page)"))),
+        k => k.parse().map_err(|e| {
+            Error::invalid(
+                "invalid_form",
+                format!("measure: {e} (http, page or throughput)"),
+            )
+        }),
     }
+}
+
+/// A throughput check's load from the form: the defaults for what is left empty. For
+/// another kind the fields are left alone when empty and passed on when filled, so
+/// that the check's rules say why they do not fit.
+fn load_of(f: &CheckFields, kind: CheckKind) -> Result<Option<ThroughputLoad>, Error> {
+    let connections = optional_number(&f.connections, "connections")?;
+    let duration_ms = optional_number(&f.duration_ms, "load duration")?;
+    if kind != CheckKind::Throughput && connections.is_none() && duration_ms.is_none() {
+        return Ok(None);
+    }
+    let default = ThroughputLoad::default();
+    Ok(Some(ThroughputLoad {
+        connections: connections.map_or(default.connections, |n| n.min(u64::from(u32::MAX)) as u32),
+        duration_ms: duration_ms.unwrap_or(default.duration_ms),
+    }))
 }
 
 fn selection_of(f: &CheckFields) -> Result<Selection, Error> {
@@ -253,6 +274,7 @@ fn new_check_of(f: &CheckFields) -> Result<NewCheck, Error> {
         name: Some(f.name.trim().to_owned()).filter(|n| !n.is_empty()),
         url: f.url.trim().to_owned(),
         kind: kind_of(f)?,
+        throughput: load_of(f, kind_of(f)?)?,
         expected_status: list_of(&f.expected_status, "expected status codes", "a status code")?,
         max_bytes: optional_number(&f.max_bytes, "max bytes")?,
         timeout_ms: optional_number(&f.timeout_ms, "timeout")?,
@@ -285,6 +307,8 @@ fn form_of(f: &CheckFields, sites: Vec<(String, String)>) -> CheckForm {
         max_bytes: f.max_bytes.clone(),
         timeout_ms: f.timeout_ms.clone(),
         max_redirects: f.max_redirects.clone(),
+        connections: f.connections.clone(),
+        duration_ms: f.duration_ms.clone(),
         objectives: f.objectives.clone(),
         every_seconds: f.every_seconds.clone(),
         countries: f.countries.clone(),
@@ -299,14 +323,37 @@ fn form_of(f: &CheckFields, sites: Vec<(String, String)>) -> CheckForm {
     }
 }
 
+/// "41.0 ms idle, 288 ms loaded", from a throughput result's figures; either side
+/// alone when the other is missing, `None` for other kinds.
+fn latency_under_load(r: &ResultView) -> Option<String> {
+    use lastmile_protocol::Figure;
+    let side = |figure, word| {
+        r.figures
+            .get(&figure)
+            .map(|&us| format!("{} {word}", super::reports::ms(us)))
+    };
+    let sides: Vec<String> = [
+        side(Figure::IdleLatency, "idle"),
+        side(Figure::LoadedLatency, "loaded"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    (!sides.is_empty()).then(|| sides.join(", "))
+}
+
 /// The form's fields filled from a stored check (for editing).
 fn fields_of(c: &Check) -> CheckFields {
     let join = |v: Vec<String>, sep: &str| v.join(sep);
     let selection = c.selection();
+    let load = c.throughput();
     CheckFields {
         site_id: c.site_id.clone(),
         name: c.name.clone(),
         url: c.url.clone(),
+        kind: c.kind.clone(),
+        connections: load.map(|l| l.connections.to_string()).unwrap_or_default(),
+        duration_ms: load.map(|l| l.duration_ms.to_string()).unwrap_or_default(),
         expected_status: join(
             c.expected_status().iter().map(u16::to_string).collect(),
             ", ",
@@ -801,6 +848,7 @@ fn result_row(r: &ResultView) -> ResultRow {
             .figures
             .get(&lastmile_protocol::Figure::Goodput)
             .map(|&kbps| super::reports::kbps(kbps)),
+        latency_under_load: latency_under_load(r),
         remote_addr: r.remote_addr.clone(),
         ip_version: r.ip_version.map(|v| format!("IPv{v}")),
         http_version: r.http_version.as_ref().map(|v| format!("HTTP/{v}")),

@@ -8,9 +8,9 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use lastmile_dashboard::charts::Series;
 use lastmile_dashboard::reports::{
-    self as pages, CountryRow, ObjectiveCell, ReportView, Row, Verdict,
+    self as pages, CountryRow, FigureCell, ObjectiveCell, ReportView, Row, Verdict,
 };
-use lastmile_protocol::{ConnectionClass, Figure, Phase};
+use lastmile_protocol::{ConnectionClass, Figure, Phase, Unit};
 use serde::Deserialize;
 
 use super::error::{HasNav, OrPage, PageError};
@@ -115,6 +115,7 @@ pub async fn report(
         "/api/v1/checks/{}/report?window={window}&group_by=connection_class,country",
         check.id
     );
+    let figures = table_figures(&table);
     let view = ReportView {
         check_id: check.id.clone(),
         check_name: check.name.clone(),
@@ -167,15 +168,12 @@ pub async fn report(
                 samples: distribution(std::slice::from_ref(row), Phase::Ttfb),
             })
             .collect(),
-        rows: table.rows.iter().map(row).collect(),
+        rows: table.rows.iter().map(|r| row(r, &figures)).collect(),
         csv_url: format!("{api}&format=csv"),
         json_url: api,
         total_samples: overall.rows.iter().map(|r| r.samples).sum(),
         countries: by_country.rows.iter().map(country_row).collect(),
-        has_goodput: table
-            .rows
-            .iter()
-            .any(|r| r.figures.contains_key(&Figure::Goodput)),
+        figure_heads: figure_heads(&figures),
         // A page check's total is the whole page's, its point.
         total_label: if check.kind == "page" {
             "Page total".into()
@@ -345,35 +343,73 @@ pub(super) fn kbps(kbps: u64) -> String {
     }
 }
 
-/// A rate figure's pNN and its interval line, or why there is no interval.
-fn rate(f: Option<&FigurePercentiles>, percentile: u8) -> (String, String) {
-    match f.and_then(|f| Some((f, f.get(percentile)?))) {
-        None => ("–".into(), String::new()),
-        Some((f, p)) => (
-            kbps(p.value),
-            match p.ci {
-                Some([lo, hi]) => format!("{} – {}", kbps(lo), kbps(hi)),
-                None => format!("no interval yet ({} samples)", f.samples),
-            },
-        ),
+/// The percentiles the table shows of a figure besides the phases: its median and its
+/// worse tail's (p10 of a rate, p95 of a latency).
+fn shown_percentiles(figure: Figure) -> [u8; 2] {
+    if figure.higher_is_better() {
+        [50, 10]
+    } else {
+        [50, 95]
     }
 }
 
-fn row(r: &reports::ReportRow) -> Row {
+/// The figures besides the phases that some row of the table has, in report order.
+fn table_figures(table: &reports::Report) -> Vec<Figure> {
+    Figure::OTHERS
+        .into_iter()
+        .filter(|f| table.rows.iter().any(|r| r.figures.contains_key(f)))
+        .collect()
+}
+
+/// "Goodput p50", "Goodput p10", "Loaded latency p50", ...: two heads per figure.
+fn figure_heads(figures: &[Figure]) -> Vec<String> {
+    figures
+        .iter()
+        .flat_map(|&f| {
+            let name = match f {
+                Figure::Goodput => "Goodput",
+                Figure::IdleLatency => "Idle latency",
+                Figure::LoadedLatency => "Loaded latency",
+                other => other.as_str(),
+            };
+            shown_percentiles(f).map(|nn| format!("{name} p{nn}"))
+        })
+        .collect()
+}
+
+/// A figure's pNN and its interval line, in its unit, or why there is no interval.
+fn figure_cell(figure: Figure, f: Option<&FigurePercentiles>, percentile: u8) -> FigureCell {
+    let shown = |v: u64| match figure.unit() {
+        Unit::Kbps => kbps(v),
+        Unit::Us => ms(v),
+    };
+    match f.and_then(|f| Some((f, f.get(percentile)?))) {
+        None => FigureCell {
+            value: "–".into(),
+            ci: String::new(),
+        },
+        Some((f, p)) => FigureCell {
+            value: shown(p.value),
+            ci: match p.ci {
+                Some([lo, hi]) => format!("{} – {}", shown(lo), shown(hi)),
+                None => format!("no interval yet ({} samples)", f.samples),
+            },
+        },
+    }
+}
+
+fn row(r: &reports::ReportRow, figures: &[Figure]) -> Row {
     let ttfb = r.phases.get(&Phase::Ttfb);
     let (p50, p50_ci) = percentile(ttfb, |p| (p.p50, p.p50_ci));
     let (p95, p95_ci) = percentile(ttfb, |p| (p.p95, p.p95_ci));
     let total = r.phases.get(&Phase::Total);
     let (total_p50, total_p50_ci) = percentile(total, |p| (p.p50, p.p50_ci));
     let (total_p95, total_p95_ci) = percentile(total, |p| (p.p95, p.p95_ci));
-    let goodput = r.figures.get(&Figure::Goodput);
-    let (goodput_p50, goodput_p50_ci) = rate(goodput, 50);
-    let (goodput_p10, goodput_p10_ci) = rate(goodput, 10);
     Row {
-        goodput_p50,
-        goodput_p50_ci,
-        goodput_p10,
-        goodput_p10_ci,
+        figures: figures
+            .iter()
+            .flat_map(|&f| shown_percentiles(f).map(|nn| figure_cell(f, r.figures.get(&f), nn)))
+            .collect(),
         total_p50,
         total_p50_ci,
         total_p95,

@@ -154,6 +154,7 @@ pub fn owner_with_check(
             name: Some("bench".into()),
             url: "https://bench.example/".into(),
             kind: CheckKind::Http,
+            throughput: None,
             expected_status: vec![],
             max_bytes: None,
             timeout_ms: None,

@@ -1,0 +1,2 @@
+ALTER TABLE results DROP COLUMN figures;
+ALTER TABLE checks DROP COLUMN throughput;

@@ -1,0 +1,267 @@
+//! `throughput` checks end to end, both backends: the API takes one (and refuses the
+//! loads that do not fit), a real agent behind an emulated DSL line downloads the shop's
+//! segment over four connections for two seconds while it probes the round trip, the
+//! controller derives goodput and the idle and loaded latency from its summary, and the
+//! report, the CSV, the objectives and the run's results show them. The line queues
+//! 250 ms before it pushes back (`lastmile_testbed::link::BUFFER`), so the loaded
+//! latency must come out well above the idle one: the bufferbloat the kind exists for.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use lastmile_agent::limits::VolunteerLimits;
+use lastmile_agent::measure::{ConnectTo, EngineConfig};
+use lastmile_agent::runner::AgentSettings;
+use lastmile_protocol::{AgentLimits, ConnectionClass};
+use lastmile_testbed::link::{Link, LinkProfile};
+use lastmile_testbed::shop;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::per_backend;
+use crate::support::{count, target_site, TestApp, TestDb};
+
+per_backend!(a_throughput_check_measures_the_line_and_its_queue_under_load);
+
+async fn until(what: &str, secs: u64, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A report row's pNN of a figure, in its unit.
+fn figure(row: &Value, name: &str, percentile: u64) -> u64 {
+    row["figures"][name]["percentiles"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["percentile"] == percentile))
+        .and_then(|p| p["value"].as_u64())
+        .unwrap_or_else(|| panic!("no {name} p{percentile} in {row}"))
+}
+
+async fn a_throughput_check_measures_the_line_and_its_queue_under_load(db: TestDb) {
+    let app = TestApp::start_with(&db, |c| {
+        c.heartbeat_interval_s = 1;
+        c.lease_s = 60;
+        c.run_deadline_s = 120;
+    })
+    .await;
+    let site = target_site().await;
+    let owner = app.owner("owner");
+    let site_id = app.verified_site(&owner, &site).await;
+    let state = tempfile::tempdir().unwrap();
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+
+    // One agent on a DSL line (16 Mbit/s down, 40 ms), calibrated over it.
+    let profile = LinkProfile::for_class(ConnectionClass::Dsl);
+    let to_site = Link::start(any_port, site.addr(), profile).await.unwrap();
+    let to_controller = Link::start(any_port, app.controller.addr, profile)
+        .await
+        .unwrap();
+    let settings = AgentSettings {
+        controller: app.base.parse().unwrap(),
+        enrol_key: Some(app.volunteer("Ada")),
+        state_dir: state.path().join("agent"),
+        name: "ada-dsl".into(),
+        declared_class: ConnectionClass::Dsl,
+        limits: AgentLimits { max_concurrent: 1 },
+        engine: EngineConfig {
+            allow_private: true,
+            source_addr: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
+            connect_to: vec![ConnectTo {
+                host: site.addr().ip().to_string(),
+                port: site.addr().port(),
+                addr: to_site.addr(),
+            }],
+            ..EngineConfig::default()
+        },
+        idle_poll: Duration::from_millis(200),
+        calibration_url: Some(format!("http://{}", to_controller.addr()).parse().unwrap()),
+        calibration_bytes_per_day: 20 * 1024 * 1024,
+        volunteer: VolunteerLimits::default(),
+        spool_max_results: 100,
+        path_trace: false,
+    };
+    let (stop, stopped) = watch::channel(false);
+    let agent = tokio::spawn(lastmile_agent::run(settings, async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    until("the agent has calibrated its line", 60, async || {
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM agents WHERE measured_class = 'dsl'",
+        ) == 1
+    })
+    .await;
+
+    let url = format!("{}{}", site.origin(), shop::DOWNLOAD_PATH);
+    let check = |extra: Value| {
+        let mut body = json!({"site_id": site_id, "url": url, "kind": "throughput",
+                              "selection": {"agents_per_run": 1}});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // Loads that do not fit are refused, each saying why.
+    for (extra, says) in [
+        (json!({"throughput": {"connections": 17}}), "connections"),
+        (json!({"throughput": {"duration_ms": 500}}), "duration_ms"),
+        (json!({"throughput": {"conections": 2}}), "conections"),
+        (
+            json!({"throughput": {"duration_ms": 20000}, "timeout_ms": 22000}),
+            "timeout_ms",
+        ),
+        (json!({"body_contains": "x"}), "body_contains"),
+        (
+            json!({"kind": "http", "throughput": {"connections": 2}}),
+            "throughput",
+        ),
+    ] {
+        let (status, body) = app.post_check(&owner, check(extra.clone())).await;
+        assert!(
+            (400..500).contains(&status) && body.to_string().contains(says),
+            "{extra} -> {status} {body}"
+        );
+    }
+
+    let (status, created) = app
+        .post_check(
+            &owner,
+            check(json!({
+                "throughput": {"connections": 4, "duration_ms": 2000},
+                "timeout_ms": 15000,
+                "objectives": [
+                    {"figure": "goodput", "percentile": 10, "min_kbps": 8000},
+                    {"figure": "loaded_latency", "percentile": 50, "max_ms": 100},
+                ],
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["kind"], "throughput");
+    assert_eq!(
+        created["throughput"],
+        json!({"connections": 4, "duration_ms": 2000})
+    );
+    assert_eq!(created["max_bytes"], 100 * 1024 * 1024, "{created}");
+    assert_eq!(
+        created["price_per_result_minor"], 40,
+        "a load costs more than a fetch"
+    );
+    let id = created["id"].as_str().unwrap().to_owned();
+    let runs_path = format!("/api/v1/checks/{id}/runs");
+    for n in 0..3 {
+        if n > 0 {
+            let (status, run) = app.call("POST", &runs_path, Some(&owner), None).await;
+            assert_eq!(status, 201, "{run}");
+        }
+        until(&format!("result {} is stored", n + 1), 60, async || {
+            count(&app, "SELECT COUNT(*) AS n FROM results") == n + 1
+        })
+        .await;
+    }
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM results WHERE error_kind IS NULL AND flagged = false \
+             AND figures LIKE '%loaded_latency%'"
+        ),
+        3,
+        "every load succeeded, unflagged, with its figures"
+    );
+
+    // The report: DSL's goodput is its line's 16 Mbit/s (within 2x: kbit/s, not bytes),
+    // its idle latency the line's 40 ms round trip, and under load the probes wait
+    // behind the line's queue.
+    let mut report = Value::Null;
+    until("the report counts the three results", 30, async || {
+        let (status, body) = app
+            .call(
+                "GET",
+                &format!("/api/v1/checks/{id}/report?group_by=connection_class"),
+                Some(&owner),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        report = body;
+        report["rows"][0]["samples"] == 3
+    })
+    .await;
+    let row = &report["rows"][0];
+    let goodput = figure(row, "goodput", 50);
+    let idle = figure(row, "idle_latency", 50);
+    let loaded = figure(row, "loaded_latency", 50);
+    eprintln!("dsl: goodput {goodput} kbit/s, idle {idle} µs, loaded {loaded} µs");
+    assert!(
+        (8_000..=32_000).contains(&goodput),
+        "goodput {goodput} kbit/s"
+    );
+    assert!((35_000..=150_000).contains(&idle), "idle latency {idle} µs");
+    assert!(
+        loaded >= idle + 100_000,
+        "loaded latency {loaded} µs is not above idle {idle} µs by the line's queue"
+    );
+    assert_eq!(row["figures"]["loaded_latency"]["unit"], "us", "{row}");
+    // The objectives: the goodput floor holds, the loaded latency bound breaks.
+    let outcomes = row["objectives"].as_array().unwrap();
+    assert_eq!(outcomes[0]["met"], true, "{row}");
+    assert_eq!(outcomes[1]["met"], false, "{row}");
+    assert!(
+        outcomes[1]["actual"].as_f64().unwrap() > 100.0,
+        "loaded latency read in ms: {row}"
+    );
+
+    // The CSV has a column per figure, in its unit.
+    let (status, csv) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{id}/report?group_by=connection_class&format=csv"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{csv}");
+    let header = csv
+        .as_str()
+        .and_then(|c| c.lines().next())
+        .unwrap_or_default();
+    for column in [
+        "goodput_p10_kbps",
+        "idle_latency_p50_us",
+        "loaded_latency_p95_us",
+    ] {
+        assert!(
+            header.split(',').any(|c| c == column),
+            "{column} in {header}"
+        );
+    }
+
+    // Each run's result carries its own figures.
+    let (_, runs) = app.call("GET", &runs_path, Some(&owner), None).await;
+    let runs = runs
+        .as_array()
+        .or_else(|| runs["runs"].as_array())
+        .unwrap_or_else(|| panic!("{runs}"));
+    let run = runs[0]["id"].as_str().unwrap().to_owned();
+    let (status, results) = app
+        .call(
+            "GET",
+            &format!("{runs_path}/{run}/results"),
+            Some(&owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{results}");
+    let figures = &results[0]["figures"];
+    assert!(
+        figures["goodput"].as_u64().is_some() && figures["loaded_latency"].as_u64().is_some(),
+        "{results}"
+    );
+
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+}
