@@ -197,6 +197,7 @@ pub async fn run_until(
     let slots = Arc::new(Semaphore::new(
         settings.limits.max_concurrent.max(1) as usize
     ));
+    let line = LineShare::default();
     let mut in_flight = JoinSet::new();
     let mut next_heartbeat = tokio::time::Instant::now();
     // What the controller was last told about pausing; a change is told at once.
@@ -237,6 +238,7 @@ pub async fn run_until(
                 spool: &spool,
                 slots: &slots,
                 gate: &gate,
+                line: &line,
             };
             let until_beat = next_heartbeat.saturating_duration_since(now);
             // A lease may wait at the controller for work: stopping must not wait for it
@@ -358,6 +360,34 @@ struct Work<'a> {
     spool: &'a Spool,
     slots: &'a Arc<Semaphore>,
     gate: &'a Arc<std::sync::Mutex<Gate>>,
+    line: &'a LineShare,
+}
+
+/// Who may use the agent's line at once. A throughput load fills the line on purpose,
+/// so it runs alone: it waits for the measurements in flight to end, and nothing else
+/// starts until it is over; the other kinds share the line as the volunteer's
+/// concurrency allows. Otherwise the load would read the line slower than it is, and a
+/// fetch beside it would time the load's queue instead of its site. Waiters are served
+/// in order (tokio's `RwLock` is fair), so a load is not starved by a stream of fetches.
+#[derive(Clone, Default)]
+pub struct LineShare(Arc<tokio::sync::RwLock<()>>);
+
+/// A measurement's hold on the line; released when dropped.
+pub enum LineClaim {
+    Shared(tokio::sync::OwnedRwLockReadGuard<()>),
+    Alone(tokio::sync::OwnedRwLockWriteGuard<()>),
+}
+
+impl LineShare {
+    /// Waits until a measurement of `kind` may use the line.
+    pub async fn claim(&self, kind: CheckKind) -> LineClaim {
+        match kind {
+            CheckKind::Throughput => LineClaim::Alone(self.0.clone().write_owned().await),
+            CheckKind::Http | CheckKind::Page => {
+                LineClaim::Shared(self.0.clone().read_owned().await)
+            }
+        }
+    }
 }
 
 /// Longest this agent asks a lease to wait for work (the controller caps it too).
@@ -390,6 +420,7 @@ async fn lease_and_start(
         spool,
         slots,
         gate,
+        line,
     } = *work;
     let free = slots.available_permits() as u32;
     if free == 0 {
@@ -423,9 +454,12 @@ async fn lease_and_start(
         };
         let (client, engine, spool) = (client.clone(), engine.clone(), spool.clone());
         let gate = gate.clone();
+        let line = line.clone();
         let url = task.url.clone();
         in_flight.spawn(async move {
+            let claim = line.claim(task.kind).await;
             let result = execute_on_own_thread(engine, task).await;
+            drop(claim);
             log_measurement(&url, &result);
             drop(permit);
             if let Ok(mut g) = gate.lock() {
@@ -656,6 +690,49 @@ pub fn parse_ip(s: &str) -> Result<IpAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `claim` is granted within a short wait.
+    async fn granted(line: &LineShare, kind: CheckKind) -> Option<LineClaim> {
+        tokio::time::timeout(Duration::from_millis(50), line.claim(kind))
+            .await
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn a_throughput_load_has_the_line_to_itself() {
+        let line = LineShare::default();
+        // Fetches share the line.
+        let fetch = granted(&line, CheckKind::Http)
+            .await
+            .expect("a first fetch");
+        let page = granted(&line, CheckKind::Page)
+            .await
+            .expect("a fetch beside it");
+        // A load waits for them; and once it waits, a new fetch waits behind it.
+        let waiting_load = tokio::spawn({
+            let line = line.clone();
+            async move { line.claim(CheckKind::Throughput).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiting_load.is_finished(),
+            "the load started beside fetches"
+        );
+        assert!(
+            granted(&line, CheckKind::Http).await.is_none(),
+            "a fetch jumped the waiting load"
+        );
+        drop((fetch, page));
+        let load = tokio::time::timeout(Duration::from_secs(5), waiting_load)
+            .await
+            .expect("the load starts once the fetches end")
+            .unwrap();
+        // Nothing starts beside the load, not even another load.
+        assert!(granted(&line, CheckKind::Http).await.is_none());
+        assert!(granted(&line, CheckKind::Throughput).await.is_none());
+        drop(load);
+        assert!(granted(&line, CheckKind::Http).await.is_some());
+    }
 
     #[test]
     fn backoff_grows_with_failures_and_stays_capped() {

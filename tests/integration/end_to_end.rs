@@ -105,6 +105,22 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     let objective = &dsl.objectives[0];
     assert_eq!(objective.met, Some(false), "{objective:?}");
 
+    // The throughput check: each line's load shows its rate, and its round trip under
+    // load the line's queue, so the `loaded_latency p95 <= 100 ms` objective breaks.
+    assert_physics(&outcome.speed_physics, &outcome.speed_by_class);
+    assert!(out.path().join("speed_report.json").exists());
+    use lastmile_protocol::Figure::{Goodput, IdleLatency, LoadedLatency};
+    for row in &outcome.speed_by_class.rows {
+        let median = |f| row.figures[&f].get(50).unwrap().value;
+        assert_eq!(row.successes, 3, "one load per place: {row:?}");
+        assert!(
+            median(LoadedLatency) > median(IdleLatency),
+            "loaded above idle: {row:?}"
+        );
+        assert!(median(Goodput) > 0, "{row:?}");
+        assert_eq!(row.objectives[0].met, Some(false), "{row:?}");
+    }
+
     // The page check: every agent loaded the whole shop page in each run (the missing
     // image listed, not failing it), and the page totals show the links' physics too.
     assert_physics(&outcome.page_physics, &outcome.page_by_class);
@@ -147,9 +163,9 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     // ledger.json: a trial balance that sums to zero per currency, in which the owner
     // bought 50.00 usd by Stripe Checkout and paid for exactly the 24 http results (5
     // cents each: volunteers earned 4 cents of each, the platform 1), the 24 page
-    // results (15 cents: 12 and 3) and the 12 downloads (http: 5 cents), 8 + 8 + 4 per
-    // volunteer (1.44 usd each); the two volunteers who onboarded to Connect were paid
-    // out, the third was not.
+    // results (15 cents: 12 and 3), the 12 downloads (http: 5 cents) and the 6 loads
+    // (throughput: 40 cents, 32 and 8), 8 + 8 + 4 + 2 per volunteer (2.08 usd each);
+    // the two volunteers who onboarded to Connect were paid out, the third was not.
     let ledger: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("ledger.json")).unwrap())
             .unwrap();
@@ -168,7 +184,7 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     assert_eq!(sums.len(), 1, "{ledger}");
     assert!(sums.values().all(|s| *s == 0), "{ledger}");
     assert!(!by_kind.contains_key("operator_grants"), "{ledger}");
-    let earned_each = 8 * 4 + 8 * 12 + 4 * 4;
+    let earned_each = 8 * 4 + 8 * 12 + 4 * 4 + 2 * 32;
     assert_eq!(
         by_kind["stripe_clearing"],
         -5_000 + 2 * earned_each,
@@ -176,13 +192,17 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     );
     assert_eq!(
         by_kind["owner_credit"],
-        5_000 - 24 * 5 - 24 * 15 - 12 * 5,
+        5_000 - 24 * 5 - 24 * 15 - 12 * 5 - 6 * 40,
         "{ledger}"
     );
     assert_eq!(by_kind["volunteer_earnings"], earned_each, "{ledger}");
     assert_eq!(by_kind["payouts_in_transit"], 0, "{ledger}");
-    assert_eq!(by_kind["platform_revenue"], 24 + 24 * 3 + 12, "{ledger}");
-    // Each of the 3 volunteers (one per country) earned 1.44 usd; two were paid out.
+    assert_eq!(
+        by_kind["platform_revenue"],
+        24 + 24 * 3 + 12 + 6 * 8,
+        "{ledger}"
+    );
+    // Each of the 3 volunteers (one per country) earned 2.08 usd; two were paid out.
     assert_eq!(
         accounts
             .iter()
@@ -191,7 +211,7 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         1,
         "{ledger}"
     );
-    // ... and its movements say so: one purchase, 60 results paid, two completed payouts.
+    // ... and its movements say so: one purchase, 66 results paid, two completed payouts.
     let moved = |kind: &str| {
         outcome
             .ledger
@@ -201,12 +221,12 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
             .map(|m| (m.transactions, m.amount_minor))
     };
     assert_eq!(moved("purchase"), Some((1, 5_000)), "{ledger}");
-    // The 60 results are paid in batches (one ledger transaction per fold), so at most
+    // The 66 results are paid in batches (one ledger transaction per fold), so at most
     // one transaction each.
     let (batches, paid) = moved("result").expect("results were paid");
-    assert_eq!(paid, 24 * 5 + 24 * 15 + 12 * 5, "{ledger}");
+    assert_eq!(paid, 24 * 5 + 24 * 15 + 12 * 5 + 6 * 40, "{ledger}");
     assert!(
-        (1..=60).contains(&batches),
+        (1..=66).contains(&batches),
         "{batches} result payments: {ledger}"
     );
     assert_eq!(
@@ -221,11 +241,11 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     );
     let summary = demo::money_summary(&outcome.ledger);
     assert!(summary.contains("the owner bought 50.00 usd"), "{summary}");
-    assert!(summary.contains("spent 5.40 usd"), "{summary}");
-    assert!(summary.contains("2.88 usd was paid out"), "{summary}");
+    assert!(summary.contains("spent 7.80 usd"), "{summary}");
+    assert!(summary.contains("4.16 usd was paid out"), "{summary}");
     // leaderboard.json: what the public API served; the three volunteers, each paid for
-    // the 20 measurements their 4 agents made (8 fetches, 8 page loads, 4 downloads),
-    // ranked by points.
+    // the 22 measurements their 4 agents made (8 fetches, 8 page loads, 4 downloads, 2
+    // loads), ranked by points.
     let board: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("leaderboard.json")).unwrap(),
     )
@@ -234,8 +254,8 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     assert_eq!(entries.len(), 3, "{board}");
     assert_eq!(entries[0]["rank"], 1, "{board}");
     for e in entries {
-        assert_eq!(e["measurements"], 20, "{board}");
-        assert!(e["points"].as_u64().unwrap() >= 20, "{board}");
+        assert_eq!(e["measurements"], 22, "{board}");
+        assert!(e["points"].as_u64().unwrap() >= 22, "{board}");
     }
     assert_eq!(outcome.leaderboard.entries.len(), 3);
     // Verification flags none of the honest demo agents' results.

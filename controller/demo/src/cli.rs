@@ -13,8 +13,8 @@ use clap::Parser;
 struct Cli {
     /// Also write DIR/report.json (exactly what the report API serves),
     /// DIR/report_by_class.json, DIR/page_report.json, DIR/download_report.json,
-    /// DIR/isp_report.json, DIR/ledger.json (the ledger's trial balance) and
-    /// DIR/leaderboard.json.
+    /// DIR/speed_report.json, DIR/isp_report.json, DIR/ledger.json (the ledger's trial
+    /// balance) and DIR/leaderboard.json.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// How many runs of the demo check to make (22: enough for p95 intervals per class).
@@ -55,6 +55,9 @@ pub fn main() -> anyhow::Result<()> {
     }
     if let crate::Physics::Broken(why) = &outcome.download_physics {
         anyhow::bail!("the download's goodput does not show the emulated links' rates: {why}");
+    }
+    if let crate::Physics::Broken(why) = &outcome.speed_physics {
+        anyhow::bail!("the throughput loads do not show the emulated links: {why}");
     }
     Ok(())
 }

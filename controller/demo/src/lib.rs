@@ -28,7 +28,11 @@
 //! downloads 1 MiB ([`lastmile_testbed::shop::DOWNLOAD_PATH`]) over the DSL and cable
 //! lines: its report gives each line's goodput, which must stay within the line's rate
 //! and order dsl < cable ([`judge_goodput`]), and a `goodput p10 >= 20 Mbit/s`
-//! objective that DSL breaches.
+//! objective that DSL breaches. A fourth, a `throughput` check, loads the same two
+//! lines with four connections for three seconds: each line's goodput and its round
+//! trip before and under the load, which must rise by the line's queue
+//! ([`judge_speed`]), so its `loaded_latency p95 <= 100 ms` objective is breached on
+//! both (bufferbloat).
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -121,6 +125,12 @@ pub struct DemoOutcome {
     pub download_by_class: Report,
     /// Whether each line's goodput stays within its rate, in the lines' order.
     pub download_physics: Physics,
+    /// The throughput check's report by connection class (dsl, cable): goodput, idle
+    /// and loaded latency.
+    pub speed_by_class: Report,
+    /// Whether the loads show the lines: goodput within each rate, and the round trip
+    /// under load above the idle one by the line's queue.
+    pub speed_physics: Physics,
     /// The page check's runs.
     pub page_runs: Vec<RunView>,
     /// Each class's latest page summary, slowest class first.
@@ -437,6 +447,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             .filter(|p| DOWNLOAD_CLASSES.contains(&p.class))
             .count();
         let download = download_check(&api, &verified, shaped, &opts).await?;
+        let speed = speed_check(&api, &verified, shaped, &opts).await?;
         let page_id = page.check_id.clone();
         let pages = db
             .run(move |c| lastmile_domain::ingest::latest_pages(c, &page_id, 200))
@@ -468,6 +479,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             std::fs::create_dir_all(out)?;
             std::fs::write(out.join("page_report.json"), &page.report_json)?;
             std::fs::write(out.join("download_report.json"), &download.report_json)?;
+            std::fs::write(out.join("speed_report.json"), &speed.report_json)?;
         }
         if let Some(out) = &opts.out {
             std::fs::create_dir_all(out)?;
@@ -487,12 +499,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             calibration,
             ledger,
             (page, pages),
-            download,
+            (download, speed),
         ))
     }
     .await;
 
-    let (report, by_class, runs, isp_report, calibration, ledger, (page, pages), download) =
+    let (report, by_class, runs, isp_report, calibration, ledger, (page, pages), (download, speed)) =
         match outcome {
             Ok(o) => o,
             Err(e) => {
@@ -550,6 +562,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         opts,
         "Goodput physics (each line within its rate, dsl < cable): {download_physics}"
     );
+    let speed_physics = judge_speed(&speed.by_class);
+    say!(
+        opts,
+        "\nLine speed: {} (4 connections for 3 s; latency = HEAD round trips before and during the load)\n{}",
+        speed.by_class.check.name,
+        reports::to_table(&speed.by_class)
+    );
+    say!(
+        opts,
+        "Load physics (goodput within each rate, dsl < cable; loaded latency above idle by the line's queue): {speed_physics}"
+    );
     let isp_rows = isp_report["rows"].as_array().map_or(0, Vec::len);
     say!(
         opts,
@@ -596,11 +619,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         std::fs::write(out.join("leaderboard.json"), &leaderboard_json)?;
         say!(
             opts,
-            "Wrote {}, {}, {}, {}, {}, {} and {}",
+            "Wrote {}, {}, {}, {}, {}, {}, {} and {}",
             out.join("report.json").display(),
             out.join("report_by_class.json").display(),
             out.join("page_report.json").display(),
             out.join("download_report.json").display(),
+            out.join("speed_report.json").display(),
             out.join("isp_report.json").display(),
             out.join("ledger.json").display(),
             out.join("leaderboard.json").display()
@@ -630,6 +654,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         page_physics,
         download_by_class: download.by_class,
         download_physics,
+        speed_by_class: speed.by_class,
+        speed_physics,
         page_runs: page.runs,
         pages,
         runs,
@@ -747,6 +773,97 @@ async fn download_check(
         by_class: serde_json::from_str(&report_json)?,
         report_json,
     })
+}
+
+/// Creates a `throughput` check of the site's download for [`DOWNLOAD_CLASSES`] (four
+/// connections for three seconds) and runs it once: each line's goodput, and its round
+/// trip before and under the load. It promises a loaded round trip under 100 ms, which
+/// the emulated lines' 250 ms buffers cannot keep (bufferbloat).
+async fn speed_check(
+    api: &DemoClient,
+    site: &SiteView,
+    agents: usize,
+    opts: &DemoOptions,
+) -> anyhow::Result<DownloadCheck> {
+    let check: CheckView = api
+        .post(
+            "/api/v1/checks",
+            &json!({
+                "site_id": site.id,
+                "name": "Demo line speed",
+                "kind": "throughput",
+                "url": format!("{}{}", site.origin, lastmile_testbed::shop::DOWNLOAD_PATH),
+                "throughput": {"connections": 4, "duration_ms": 3000},
+                "timeout_ms": 20000,
+                "expected_status": [200],
+                "selection": {"agents_per_run": agents, "connection_classes": DOWNLOAD_CLASSES},
+                "objectives": [{"figure": "loaded_latency", "percentile": 95, "max_ms": 100}],
+            }),
+        )
+        .await?;
+    say!(opts, "\n  check       {} ({})", check.name, check.url);
+    run_times(api, &check, 1, opts).await?;
+    let path = format!(
+        "/api/v1/checks/{}/report?group_by=connection_class",
+        check.id
+    );
+    let report_json = api.get_text(&path).await?;
+    Ok(DownloadCheck {
+        by_class: serde_json::from_str(&report_json)?,
+        report_json,
+    })
+}
+
+/// Whether the loads show the lines: their goodput as [`judge_goodput`] judges a
+/// download's, and on each line a loaded round trip above the idle one (the line's
+/// queue). A line whose loaded median is below its idle median is broken; one whose
+/// loaded latency rose by less than half the line's buffer is not conclusive (a
+/// machine too loaded to keep the line full).
+pub fn judge_speed(by_class: &Report) -> Physics {
+    let mut doubts = Vec::new();
+    match judge_goodput(by_class) {
+        Physics::Broken(why) => return Physics::Broken(why),
+        Physics::NotConclusive(why) => doubts.push(why),
+        Physics::Holds => {}
+    }
+    for class in DOWNLOAD_CLASSES {
+        let median = |figure: Figure| {
+            by_class
+                .rows
+                .iter()
+                .find(|r| r.group.connection_class == Some(class))
+                .and_then(|r| r.figures.get(&figure))
+                .and_then(|f| f.get(50))
+                .map(|p| p.value)
+        };
+        let (Some(idle), Some(loaded)) =
+            (median(Figure::IdleLatency), median(Figure::LoadedLatency))
+        else {
+            return Physics::Broken(format!("no idle or loaded latency of {class}"));
+        };
+        let ms = |us: u64| us as f64 / 1000.0;
+        if loaded < idle {
+            return Physics::Broken(format!(
+                "{class}: loaded latency p50 {:.1} ms below idle {:.1} ms",
+                ms(loaded),
+                ms(idle)
+            ));
+        }
+        let queue = lastmile_testbed::link::BUFFER.as_micros() as u64;
+        if loaded < idle + queue / 2 {
+            doubts.push(format!(
+                "{class}: loaded latency p50 {:.1} ms, idle {:.1} ms: the line's {:.0} ms queue did not fill",
+                ms(loaded),
+                ms(idle),
+                ms(queue)
+            ));
+        }
+    }
+    if doubts.is_empty() {
+        Physics::Holds
+    } else {
+        Physics::NotConclusive(doubts.join("; "))
+    }
 }
 
 /// Whether the download's goodput shows the links: each line's median within its rate
