@@ -21,7 +21,10 @@ use tokio::sync::watch;
 use crate::per_backend;
 use crate::support::{count, target_site, TestApp, TestDb};
 
-per_backend!(a_throughput_check_measures_the_line_and_its_queue_under_load);
+per_backend!(
+    a_throughput_check_measures_the_line_and_its_queue_under_load,
+    a_throughput_check_is_made_and_edited_in_the_dashboard,
+);
 
 async fn until(what: &str, secs: u64, mut done: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -264,4 +267,91 @@ async fn a_throughput_check_measures_the_line_and_its_queue_under_load(db: TestD
 
     let _ = stop.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+}
+
+/// The value of the hidden `csrf` field of a dashboard page.
+fn csrf_of(html: &str) -> String {
+    let at = html.find(r#"name="csrf" value=""#).expect("a csrf field") + 19;
+    html[at..].split('"').next().unwrap().to_owned()
+}
+
+async fn a_throughput_check_is_made_and_edited_in_the_dashboard(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let site = target_site().await;
+    let owner = app.owner("owner");
+    let site_id = app.verified_site(&owner, &site).await;
+    let cookie = app.owner_session(&owner).await;
+    let csrf = csrf_of(&app.dashboard_page(&cookie, "/app/checks/new").await);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = format!("{}{}", site.origin(), shop::DOWNLOAD_PATH);
+    let form = |kind: &str, name: &str| {
+        vec![
+            ("csrf", csrf.clone()),
+            ("action", "create".to_owned()),
+            ("site_id", site_id.clone()),
+            ("url", url.clone()),
+            ("name", name.to_owned()),
+            ("kind", kind.to_owned()),
+            ("connections", "8".to_owned()),
+            ("duration_ms", "5000".to_owned()),
+            ("timeout_ms", "15000".to_owned()),
+            ("agents_per_run", "1".to_owned()),
+        ]
+    };
+    let post = |path: String, form: Vec<(&'static str, String)>| {
+        http.post(format!("{}{path}", app.base))
+            .header("cookie", cookie.clone())
+            .form(&form)
+            .send()
+    };
+
+    // A load is for throughput checks: an http check with one is refused, saying so.
+    let refused = post("/app/checks".into(), form("http", "Speed"))
+        .await
+        .unwrap();
+    assert!(refused.status().is_client_error(), "{}", refused.status());
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("is a load for kind"), "{page}");
+
+    let made = post("/app/checks".into(), form("throughput", "Speed"))
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 303);
+    let check_page = made.headers()["location"].to_str().unwrap().to_owned();
+    let shown = app.dashboard_page(&cookie, &check_page).await;
+    assert!(
+        shown.contains("over 8 connections at once for 5 s"),
+        "{shown}"
+    );
+    // The edit form shows the check as it is: its kind (it used to fall back to http,
+    // and saving the form turned a page or throughput check into an http one) and load.
+    let edit = app
+        .dashboard_page(&cookie, &format!("{check_page}/edit"))
+        .await;
+    assert!(
+        edit.contains(r#"<option value="throughput" selected>"#),
+        "{edit}"
+    );
+    assert!(
+        edit.contains(r#"name="connections" min="1" max="16" value="8""#),
+        "{edit}"
+    );
+    let saved = post(
+        format!("{check_page}/edit"),
+        form("throughput", "Speed, renamed"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(saved.status(), 303);
+    let id = check_page.rsplit('/').next().unwrap();
+    let (_, check) = app.get(&format!("/api/v1/checks/{id}"), &owner).await;
+    assert_eq!(check["name"], "Speed, renamed");
+    assert_eq!(check["kind"], "throughput");
+    assert_eq!(
+        check["throughput"],
+        json!({"connections": 8, "duration_ms": 5000})
+    );
 }

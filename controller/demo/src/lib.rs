@@ -1437,6 +1437,59 @@ mod tests {
         .unwrap_or_else(|e| panic!("a report: {e}"))
     }
 
+    /// A speed report by class: (class, goodput p50 kbit/s, idle p50 µs, loaded p50 µs).
+    fn speed_report(rows: &[(&str, u64, u64, u64)]) -> Report {
+        let figure = |unit: &str, better: bool, value: u64| {
+            json!({"unit": unit, "higher_is_better": better, "samples": 3,
+                   "percentiles": [{"percentile": 50, "value": value, "ci": null}]})
+        };
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(class, goodput, idle, loaded)| {
+                json!({
+                    "group": {"connection_class": class},
+                    "samples": 3, "successes": 3, "failures": 0, "availability": 1.0,
+                    "phases": {},
+                    "figures": {
+                        "goodput": figure("kbps", true, *goodput),
+                        "idle_latency": figure("us", false, *idle),
+                        "loaded_latency": figure("us", false, *loaded),
+                    },
+                })
+            })
+            .collect();
+        let mut report = goodput_report(&[]);
+        report.rows = serde_json::from_value(json!(rows)).unwrap();
+        report
+    }
+
+    #[test]
+    fn speed_physics_want_the_queue_to_show_under_load() {
+        let lines = speed_report(&[
+            ("dsl", 16_000, 50_000, 300_000),
+            ("cable", 99_000, 30_000, 280_000),
+        ]);
+        assert_eq!(judge_speed(&lines), Physics::Holds);
+        // A queue that did not fill: not conclusive.
+        let shallow = speed_report(&[
+            ("dsl", 16_000, 50_000, 60_000),
+            ("cable", 99_000, 30_000, 280_000),
+        ]);
+        assert!(
+            matches!(judge_speed(&shallow), Physics::NotConclusive(ref why) if why.contains("dsl"))
+        );
+        // Loaded below idle, or a goodput order reversed: broken.
+        let reversed = speed_report(&[
+            ("dsl", 16_000, 50_000, 40_000),
+            ("cable", 99_000, 30_000, 280_000),
+        ]);
+        assert!(
+            matches!(judge_speed(&reversed), Physics::Broken(ref why) if why.contains("below idle"))
+        );
+        let missing = speed_report(&[("dsl", 16_000, 50_000, 300_000)]);
+        assert!(matches!(judge_speed(&missing), Physics::Broken(_)));
+    }
+
     #[test]
     fn goodput_physics_hold_warn_and_break_as_the_figures_say() {
         let lines = goodput_report(&[

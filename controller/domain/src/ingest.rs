@@ -1022,6 +1022,70 @@ mod tests {
     use super::*;
     use lastmile_protocol::Timings;
 
+    /// A throughput result whose summary adds up: 2 MB over 1 s, 5 idle and 10 loaded
+    /// probes.
+    fn load() -> ResultSubmission {
+        let bytes = 2_000_000;
+        ResultSubmission {
+            assignment_id: uuid::Uuid::nil(),
+            started_at: chrono::Utc::now(),
+            measurement: lastmile_protocol::Measurement {
+                status: Some(200),
+                bytes,
+                bytes_decoded: bytes,
+                timings_us: Timings {
+                    dns: 10,
+                    connect: 40_000,
+                    tls: 0,
+                    ttfb: 45_000,
+                    transfer: 1_000_000,
+                    total: 1_400_000,
+                },
+                throughput: Some(lastmile_protocol::ThroughputSummary {
+                    connections: 4,
+                    requests: 8,
+                    bytes,
+                    duration_us: 1_000_000,
+                    idle_latency_us: vec![40_000; 5],
+                    loaded_latency_us: vec![290_000; 10],
+                }),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn a_throughput_summary_must_add_up_with_its_measurement() {
+        assert!(validate(&load()).is_ok());
+        let refused = |change: fn(&mut lastmile_protocol::Measurement)| {
+            let mut sub = load();
+            change(&mut sub.measurement);
+            validate(&sub).unwrap_err().to_string()
+        };
+        fn summary(
+            m: &mut lastmile_protocol::Measurement,
+        ) -> &mut lastmile_protocol::ThroughputSummary {
+            m.throughput.as_mut().unwrap()
+        }
+        assert!(refused(|m| summary(m).bytes += 1).contains("throughput.bytes"));
+        assert!(refused(|m| summary(m).duration_us -= 1).contains("throughput.duration_us"));
+        assert!(refused(|m| summary(m).connections = 0).contains("throughput.connections"));
+        assert!(refused(|m| summary(m).connections = 17).contains("throughput.connections"));
+        assert!(refused(|m| summary(m).idle_latency_us.push(1)).contains("idle_latency_us"));
+        assert!(
+            refused(|m| summary(m).loaded_latency_us = vec![1; 302]).contains("loaded_latency_us")
+        );
+        assert!(refused(|m| summary(m).loaded_latency_us[3] = 0).contains("latency probe"));
+        assert!(refused(|m| summary(m).loaded_latency_us[3] = 2_000_000).contains("latency probe"));
+        assert!(refused(|m| {
+            m.page = Some(lastmile_protocol::PageSummary {
+                total_us: m.timings_us.total,
+                ..Default::default()
+            })
+        })
+        .contains("not both"));
+    }
+
     fn hop(i: usize, url: String) -> Hop {
         Hop {
             url: url.clone(),

@@ -606,8 +606,13 @@ pub(super) async fn render_detail(
         id: check.id.clone(),
         name: check.name.clone(),
         url: check.url.clone(),
-        kind: match check.kind.as_str() {
-            "page" => "page: the HTML and its sub-resources, as a browser loads it".into(),
+        kind: match (check.kind.as_str(), check.throughput()) {
+            ("page", _) => "page: the HTML and its sub-resources, as a browser loads it".into(),
+            ("throughput", Some(load)) => format!(
+                "throughput: the URL downloaded over {} connections at once for {} s, with the round trip before and during the load",
+                load.connections,
+                load.duration_ms as f64 / 1000.0
+            ),
             _ => "http: one fetch of the URL".into(),
         },
         schedule: schedule_text(&check),
