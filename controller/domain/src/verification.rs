@@ -1204,6 +1204,30 @@ mod tests {
     }
 
     #[test]
+    fn a_throughput_loads_latency_probes_are_held_to_the_same_floor() {
+        // DSL, 40 ms calibrated: the floor is min(20 ms, 10 ms) = 10 ms.
+        let dsl = agent(Some("dsl"), 40, 16_000_000);
+        let load = |idle_us: u64, loaded_us: u64| StoredResult {
+            figures: Some(format!(
+                r#"{{"goodput": 16000, "idle_latency": {idle_us}, "loaded_latency": {loaded_us}}}"#
+            )),
+            ..result(45_000, 2_000_000, 2_100_000, 4_000_000)
+        };
+        assert!(physics(&dsl, &load(41_000, 290_000)).is_empty());
+        let flags = physics(&dsl, &load(3_000, 290_000));
+        assert_eq!(rules(&flags), [Rule::TtfbBelowRtt]);
+        assert_eq!(
+            flags[0].evidence["figure"], "idle_latency",
+            "{:?}",
+            flags[0]
+        );
+        assert_eq!(
+            rules(&physics(&dsl, &load(41_000, 2_000))),
+            [Rule::TtfbBelowRtt]
+        );
+    }
+
+    #[test]
     fn a_body_faster_than_the_line_is_flagged_with_headroom() {
         let dsl = agent(Some("dsl"), 40, 16_000_000);
         // 512 KiB at 16 Mbit/s takes ~254 ms after the first burst; 4x headroom: 64 ms.
