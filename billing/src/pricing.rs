@@ -65,6 +65,9 @@ pub fn base_price_minor(kind: CheckKind) -> i64 {
         // A throughput load fills the volunteer's line for seconds over several
         // connections, and spends their data allowance.
         CheckKind::Throughput => 40,
+        // A video session downloads its media (20 s of a rendition by default): a
+        // throughput load's share of the line and the data allowance.
+        CheckKind::Video => 40,
     }
 }
 

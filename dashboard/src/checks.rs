@@ -130,6 +130,10 @@ pub struct CheckForm {
     /// defaults).
     pub connections: String,
     pub duration_ms: String,
+    /// A video check's session: media to play, ms, and the highest bitrate, kbit/s
+    /// (empty: the defaults).
+    pub play_ms: String,
+    pub max_bitrate_kbps: String,
     /// One objective per line, as people write them.
     pub objectives: String,
     pub every_seconds: String,
@@ -189,9 +193,10 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                         input #url type="url" name="url" required value=(f.url) placeholder="https://shop.example/";
                         label for="kind" { "Measure" }
                         select #kind name="kind" {
-                            option value="http" selected[f.kind != "page" && f.kind != "throughput"] { "The URL alone: one fetch (http)" }
+                            option value="http" selected[!["page", "throughput", "video"].contains(&f.kind.as_str())] { "The URL alone: one fetch (http)" }
                             option value="page" selected[f.kind == "page"] { "The whole page: HTML with its stylesheets, scripts, images and fonts (page)" }
                             option value="throughput" selected[f.kind == "throughput"] { "The line's speed: the URL downloaded over several connections at once, with latency under that load (throughput)" }
+                            option value="video" selected[f.kind == "video"] { "A stream: the URL is an HLS playlist, played as a player would, with its start-up delay and stalls (video)" }
                         }
                         div.row {
                             div {
@@ -201,6 +206,16 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                             div {
                                 label for="duration_ms" { "Load duration, ms " small { "(throughput; default 10000)" } }
                                 input #duration_ms type="number" name="duration_ms" min="1000" max="30000" value=(f.duration_ms);
+                            }
+                        }
+                        div.row {
+                            div {
+                                label for="play_ms" { "Media to play, ms " small { "(video; default 20000)" } }
+                                input #play_ms type="number" name="play_ms" min="1000" max="120000" value=(f.play_ms);
+                            }
+                            div {
+                                label for="max_bitrate_kbps" { "Highest bitrate, kbit/s " small { "(video; empty: the highest variant)" } }
+                                input #max_bitrate_kbps type="number" name="max_bitrate_kbps" min="1" value=(f.max_bitrate_kbps);
                             }
                         }
                         label for="name" { "Name " small { "(optional)" } }
@@ -229,7 +244,7 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                     }
                     section.card {
                         h2 { "SLA objectives" }
-                        label for="objectives" { "One per line " small { "(e.g. ttfb p95 <= 800 ms, goodput p10 >= 10 Mbit/s, loaded_latency p95 <= 300 ms, availability >= 99.5 %, optionally ending \"for dsl\")" } }
+                        label for="objectives" { "One per line " small { "(e.g. ttfb p95 <= 800 ms, goodput p10 >= 10 Mbit/s, loaded_latency p95 <= 300 ms, stall_time p90 <= 500 ms, availability >= 99.5 %, optionally ending \"for dsl\")" } }
                         textarea #objectives name="objectives" rows="3" placeholder="ttfb p95 <= 800 ms\navailability >= 99.5 %" { (f.objectives) }
                     }
                     section.card {

@@ -12,7 +12,7 @@ use crate::runner::{self, AgentSettings};
 use crate::spool;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use lastmile_protocol::{AgentLimits, ConnectionClass, ThroughputTask};
+use lastmile_protocol::{AgentLimits, ConnectionClass, ThroughputTask, VideoTask};
 use serde::Deserialize;
 
 /// Lastmile probe agent: measures websites the way a real user on your line sees them.
@@ -31,7 +31,8 @@ enum Command {
     /// Enrol (first start only) and work for the controller until stopped.
     Run(Box<RunArgs>),
     /// Measure one URL once and print its phase timings (with --page: the whole page;
-    /// with --throughput: a load of several downloads and the round trip under it).
+    /// with --throughput: a load of several downloads and the round trip under it;
+    /// with --video: an HLS session's start-up delay and stalls).
     Measure(Box<MeasureArgs>),
 }
 
@@ -154,7 +155,8 @@ struct MeasureArgs {
     body_contains: Option<String>,
     /// Largest body to read; a longer one fails with body_too_large (default 10 MiB).
     /// With --throughput: the load's bytes over all connections, after which it ends
-    /// (default 100 MiB).
+    /// (default 100 MiB). With --video: the session's playlists and segments together
+    /// (default 100 MiB; more fails with body_too_large).
     #[arg(long)]
     max_bytes: Option<u64>,
     /// Redirects to follow at most (0: do not follow); one more fails with too_many_redirects.
@@ -180,6 +182,19 @@ struct MeasureArgs {
     #[arg(long, default_value_t = ThroughputTask::default().duration_ms,
           value_parser = clap::value_parser!(u64).range(1..=lastmile_protocol::MAX_THROUGHPUT_DURATION_MS))]
     duration_ms: u64,
+    /// Play the URL's HLS stream as a player does: a master playlist's variant (see
+    /// --max-bitrate-kbps), its segments one after the other until --play-ms of media,
+    /// and the start-up delay and stalls of a player's buffer model.
+    #[arg(long, conflicts_with_all = ["page", "throughput"])]
+    video: bool,
+    /// With --video: milliseconds of media to play.
+    #[arg(long, default_value_t = VideoTask::default().play_ms,
+          value_parser = clap::value_parser!(u64).range(1_000..=lastmile_protocol::MAX_VIDEO_PLAY_MS))]
+    play_ms: u64,
+    /// With --video: play the highest variant at or under this bitrate, kbit/s (the
+    /// lowest when none is); default the highest.
+    #[arg(long)]
+    max_bitrate_kbps: Option<u64>,
     /// Measure this many times, one after the other, each on fresh connections (with
     /// --json, one object per line). The first measurement of a process also pays for
     /// loading the agent's code; later ones are timed as a running agent's are.
@@ -290,7 +305,7 @@ fn parse_hours(s: &str) -> Result<Hours, String> {
 
 async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
     let engine = Engine::new(args.engine.into_config())?;
-    let default_max_bytes = if args.throughput {
+    let default_max_bytes = if args.throughput || args.video {
         100 * 1024 * 1024
     } else {
         10 * 1024 * 1024
@@ -309,12 +324,18 @@ async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
         connections: args.connections,
         duration_ms: args.duration_ms,
     };
+    let session = VideoTask {
+        play_ms: args.play_ms,
+        max_bitrate_kbps: args.max_bitrate_kbps,
+    };
     let mut failed = false;
     for i in 0..args.count {
         let m = if args.page {
             engine.measure_page(&args.url, &expect, limits).await
         } else if args.throughput {
             engine.measure_throughput(&args.url, &expect, load).await
+        } else if args.video {
+            engine.measure_video(&args.url, &expect, session).await
         } else {
             engine.measure(&args.url, &expect).await
         };
@@ -331,10 +352,11 @@ async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
                 args.count
             );
         }
-        match (&m.page, &m.throughput) {
-            (Some(page), _) => print!("{}", page_table(&m, page)),
-            (None, Some(load)) => print!("{}", throughput_table(&m, load)),
-            (None, None) => print!("{}", measurement_table(&m)),
+        match (&m.page, &m.throughput, &m.video) {
+            (Some(page), _, _) => print!("{}", page_table(&m, page)),
+            (None, Some(load), _) => print!("{}", throughput_table(&m, load)),
+            (None, None, Some(session)) => print!("{}", video_table(&m, session)),
+            (None, None, None) => print!("{}", measurement_table(&m)),
         }
     }
     if failed {
@@ -484,6 +506,53 @@ fn throughput_table(
     );
     if let Some(e) = &m.error {
         let _ = writeln!(out, "error        {}: {}", e.kind, e.message);
+    }
+    out
+}
+
+/// The video session as `measure --video` prints it.
+pub(crate) fn video_table(
+    m: &lastmile_protocol::Measurement,
+    session: &lastmile_protocol::VideoSummary,
+) -> String {
+    use std::fmt::Write;
+    let ms = |us: u64| format!("{:.3} ms", us as f64 / 1000.0);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "playlist   {}",
+        if session.playlist_url.is_empty() {
+            "-"
+        } else {
+            &session.playlist_url
+        }
+    );
+    let _ = writeln!(
+        out,
+        "rendition  {}",
+        session
+            .bitrate_bps
+            .map_or("- (no master playlist)".into(), |bps| format!(
+                "{} kbit/s",
+                bps / 1000
+            ))
+    );
+    let _ = writeln!(
+        out,
+        "status     {} ({})",
+        m.status.map_or("-".into(), |s| s.to_string()),
+        m.http_version
+            .as_deref()
+            .map_or("-".into(), |v| format!("HTTP/{v}"))
+    );
+    let _ = writeln!(out, "segments   {}", session.segments);
+    let _ = writeln!(out, "bytes      {}", m.bytes);
+    let _ = writeln!(out, "startup    {}", ms(session.startup_us));
+    let _ = writeln!(out, "stalls     {}", session.stalls);
+    let _ = writeln!(out, "stalled    {}", ms(session.stall_us));
+    let _ = writeln!(out, "played     {:.3} s", session.played_ms as f64 / 1000.0);
+    if let Some(e) = &m.error {
+        let _ = writeln!(out, "error      {}: {}", e.kind, e.message);
     }
     out
 }

@@ -6,13 +6,16 @@
 //! controller acknowledges them, [`client`] speaks the controller's agent API,
 //! [`page`] loads a page with its sub-resources (found by [`discover`]) over a
 //! browser's connections, [`throughput`] loads the line with several downloads at once
-//! and times round trips before and during that load, and [`runner`] ties them into
-//! the enrol / heartbeat / lease / measure / submit loop.
+//! and times round trips before and during that load, [`video`] plays an HLS stream
+//! against a player's buffer model (start-up delay, stalls), both over the kept-alive
+//! connections of [`connection`], and [`runner`] ties them into the enrol / heartbeat /
+//! lease / measure / submit loop.
 //! The binary in `main.rs` only parses flags and calls into these.
 
 pub mod calibrate;
 pub mod cli;
 pub mod client;
+pub mod connection;
 pub mod discover;
 pub mod guard;
 pub mod limits;
@@ -22,6 +25,7 @@ pub mod runner;
 pub mod spool;
 pub mod throughput;
 pub mod trace;
+pub mod video;
 
 pub use measure::{ConnectTo, Engine, EngineConfig, Expectations};
 pub use runner::{run, AgentSettings};

@@ -950,6 +950,7 @@ impl Trace {
             redirects: self.hops,
             page: None,
             throughput: None,
+            video: None,
         }
     }
 }

@@ -364,11 +364,13 @@ struct Work<'a> {
 }
 
 /// Who may use the agent's line at once. A throughput load fills the line on purpose,
-/// so it runs alone: it waits for the measurements in flight to end, and nothing else
+/// and a video session's player judges the line by how fast its segments arrive, so
+/// both run alone: each waits for the measurements in flight to end, and nothing else
 /// starts until it is over; the other kinds share the line as the volunteer's
-/// concurrency allows. Otherwise the load would read the line slower than it is, and a
-/// fetch beside it would time the load's queue instead of its site. Waiters are served
-/// in order (tokio's `RwLock` is fair), so a load is not starved by a stream of fetches.
+/// concurrency allows. Otherwise the load would read the line slower than it is, a
+/// player beside other fetches would stall for their bytes, and a fetch beside either
+/// would time their queue instead of its site. Waiters are served in order (tokio's
+/// `RwLock` is fair), so a load or a session is not starved by a stream of fetches.
 #[derive(Clone, Default)]
 pub struct LineShare(Arc<tokio::sync::RwLock<()>>);
 
@@ -382,7 +384,9 @@ impl LineShare {
     /// Waits until a measurement of `kind` may use the line.
     pub async fn claim(&self, kind: CheckKind) -> LineClaim {
         match kind {
-            CheckKind::Throughput => LineClaim::Alone(self.0.clone().write_owned().await),
+            CheckKind::Throughput | CheckKind::Video => {
+                LineClaim::Alone(self.0.clone().write_owned().await)
+            }
             CheckKind::Http | CheckKind::Page => {
                 LineClaim::Shared(self.0.clone().read_owned().await)
             }
@@ -528,6 +532,11 @@ pub async fn execute(engine: &Engine, task: &Task) -> ResultSubmission {
         CheckKind::Throughput => {
             engine
                 .measure_throughput(&task.url, &expect, task.throughput.unwrap_or_default())
+                .await
+        }
+        CheckKind::Video => {
+            engine
+                .measure_video(&task.url, &expect, task.video.unwrap_or_default())
                 .await
         }
     };
@@ -699,7 +708,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_throughput_load_has_the_line_to_itself() {
+    async fn a_throughput_load_or_a_video_session_has_the_line_to_itself() {
         let line = LineShare::default();
         // Fetches share the line.
         let fetch = granted(&line, CheckKind::Http)
@@ -732,6 +741,27 @@ mod tests {
         assert!(granted(&line, CheckKind::Throughput).await.is_none());
         drop(load);
         assert!(granted(&line, CheckKind::Http).await.is_some());
+
+        // A video session waits for a fetch in flight, then has the line alone.
+        let fetch = granted(&line, CheckKind::Http)
+            .await
+            .expect("a fetch on an idle line");
+        assert!(
+            granted(&line, CheckKind::Video).await.is_none(),
+            "a session started beside a fetch"
+        );
+        drop(fetch);
+        let video = granted(&line, CheckKind::Video)
+            .await
+            .expect("a session once the fetch ended");
+        for kind in CheckKind::ALL {
+            assert!(
+                granted(&line, kind).await.is_none(),
+                "{kind:?} started beside a video session"
+            );
+        }
+        drop(video);
+        assert!(granted(&line, CheckKind::Page).await.is_some());
     }
 
     #[test]

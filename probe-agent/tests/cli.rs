@@ -450,3 +450,93 @@ async fn measure_throughput_prints_the_load_and_its_json() {
         "{why}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn measure_video_prints_the_session_and_its_json() {
+    use lastmile_testbed::site::{SiteConfig, TargetSite};
+    use lastmile_testbed::video::{self as stream, MASTER_PATH, RENDITIONS};
+    let site = TargetSite::start("127.0.0.1:0".parse().unwrap(), SiteConfig::default())
+        .await
+        .unwrap();
+    let url = format!("{}{MASTER_PATH}", site.origin());
+    let base = [
+        "measure",
+        url.as_str(),
+        "--video",
+        "--play-ms",
+        "3000",
+        "--max-bitrate-kbps",
+        "2000",
+        "--allow-private",
+    ];
+
+    let json = [&base[..], &["--json"]].concat();
+    let v: serde_json::Value =
+        serde_json::from_str(&succeeded(&agent_output(&json).await)).unwrap();
+    let s = &v["video"];
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(
+        s["playlist_url"],
+        format!("{}/video/low/index.m3u8", site.origin()),
+        "{v}"
+    );
+    assert_eq!(s["bitrate_bps"], RENDITIONS[0].bitrate_bps, "{v}");
+    assert_eq!(s["segments"], 3, "{v}");
+    assert_eq!(s["played_ms"], 3_000, "{v}");
+    assert_eq!(
+        (s["stalls"].as_u64(), s["stall_us"].as_u64()),
+        (Some(0), Some(0)),
+        "{v}"
+    );
+    assert!(s["startup_us"].as_u64().unwrap() > 0, "{v}");
+    let bytes =
+        stream::master().len() + stream::media().len() + 3 * stream::segment_bytes(RENDITIONS[0]);
+    assert_eq!(v["bytes"], bytes, "{v}");
+    assert_eq!(v["bytes_decoded"], bytes, "{v}");
+    let mut keys: Vec<&str> = s.as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "bitrate_bps",
+            "played_ms",
+            "playlist_url",
+            "segments",
+            "stall_us",
+            "stalls",
+            "startup_us"
+        ],
+        "{v}"
+    );
+
+    let text = succeeded(&agent_output(&base).await);
+    for line in [
+        "/video/low/index.m3u8",
+        "rendition  2000 kbit/s",
+        "segments   3",
+        &format!("bytes      {bytes}"),
+        "startup    ",
+        "stalls     0",
+        "stalled    0.000 ms",
+        "played     3.000 s",
+    ] {
+        assert!(text.contains(line), "{line:?} missing in:\n{text}");
+    }
+
+    // Not a playlist: the command fails with its code.
+    let home = format!("{}/", site.origin());
+    let out = agent_output(&["measure", &home, "--video", "--allow-private"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("playlist_invalid"), "{text}");
+
+    // A video session is not a throughput load.
+    let both = [&base[..], &["--throughput"]].concat();
+    let out = agent_output(&both).await;
+    assert!(!out.status.success());
+    let why = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        why.contains("--video") && why.contains("--throughput"),
+        "{why}"
+    );
+}

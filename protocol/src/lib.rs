@@ -187,6 +187,11 @@ pub enum Figure {
     /// sharing the line would feel. Its distance from the idle latency is the line's
     /// queueing (bufferbloat).
     LoadedLatency,
+    /// A video session's wait from its first request until playback started, µs.
+    StartupDelay,
+    /// A video session's time stalled (rebuffering) after playback started, µs; 0 for a
+    /// session that played through.
+    StallTime,
 }
 
 /// What a figure's values count.
@@ -212,7 +217,7 @@ impl Unit {
 
 impl Figure {
     /// Every figure: the phases in the order they happen, then the others.
-    pub const ALL: [Figure; 9] = [
+    pub const ALL: [Figure; 11] = [
         Figure::Dns,
         Figure::Connect,
         Figure::Tls,
@@ -222,10 +227,18 @@ impl Figure {
         Figure::Goodput,
         Figure::IdleLatency,
         Figure::LoadedLatency,
+        Figure::StartupDelay,
+        Figure::StallTime,
     ];
 
     /// The figures that are not timing phases, in report order.
-    pub const OTHERS: [Figure; 3] = [Figure::Goodput, Figure::IdleLatency, Figure::LoadedLatency];
+    pub const OTHERS: [Figure; 5] = [
+        Figure::Goodput,
+        Figure::IdleLatency,
+        Figure::LoadedLatency,
+        Figure::StartupDelay,
+        Figure::StallTime,
+    ];
 
     /// The stable wire name.
     pub fn as_str(self) -> &'static str {
@@ -235,6 +248,8 @@ impl Figure {
                 Figure::Goodput => "goodput",
                 Figure::IdleLatency => "idle_latency",
                 Figure::LoadedLatency => "loaded_latency",
+                Figure::StartupDelay => "startup_delay",
+                Figure::StallTime => "stall_time",
                 _ => unreachable!("every phase figure has a phase"),
             },
         }
@@ -249,7 +264,11 @@ impl Figure {
             Figure::Ttfb => Some(Phase::Ttfb),
             Figure::Transfer => Some(Phase::Transfer),
             Figure::Total => Some(Phase::Total),
-            Figure::Goodput | Figure::IdleLatency | Figure::LoadedLatency => None,
+            Figure::Goodput
+            | Figure::IdleLatency
+            | Figure::LoadedLatency
+            | Figure::StartupDelay
+            | Figure::StallTime => None,
         }
     }
 
@@ -377,11 +396,14 @@ pub enum ErrorKind {
     PageTooManyResources,
     /// A page check: the page (HTML plus sub-resources) is larger than the byte limit.
     PageTooLarge,
+    /// A video check: the URL is not an HLS playlist that can be played (not a
+    /// playlist, no segments, or a live playlist).
+    PlaylistInvalid,
 }
 
 impl ErrorKind {
     /// Every kind, in the order the phases of a fetch can produce them.
-    pub const ALL: [ErrorKind; 20] = [
+    pub const ALL: [ErrorKind; 21] = [
         ErrorKind::DnsNoSuchName,
         ErrorKind::DnsTimeout,
         ErrorKind::Dns,
@@ -402,6 +424,7 @@ impl ErrorKind {
         ErrorKind::InvalidTask,
         ErrorKind::PageTooManyResources,
         ErrorKind::PageTooLarge,
+        ErrorKind::PlaylistInvalid,
     ];
 
     /// The stable wire name.
@@ -427,6 +450,7 @@ impl ErrorKind {
             ErrorKind::InvalidTask => "invalid_task",
             ErrorKind::PageTooManyResources => "page_too_many_resources",
             ErrorKind::PageTooLarge => "page_too_large",
+            ErrorKind::PlaylistInvalid => "playlist_invalid",
         }
     }
 }
@@ -510,6 +534,79 @@ pub struct Measurement {
     /// `throughput.duration_us`) and the other phases the first connection's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throughput: Option<ThroughputSummary>,
+    /// A video check's summary (absent for other kinds). `bytes` then counts every
+    /// playlist and segment, `timings_us.transfer` runs from the first segment's first
+    /// byte to the last segment's last, `total` from the start to the last byte (or
+    /// the failure), `dns` to `ttfb` are the first request's, and `status` (with
+    /// `remote_addr`, `ip_version`, `http_version`) is the media playlist's response's;
+    /// a segment that fails is named in the error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoSummary>,
+}
+
+/// What a video session measured, against the player model: segments are fetched in
+/// order, back to back, on one kept-alive connection; a segment's media is buffered
+/// when its last byte arrives; playback starts once [`VIDEO_STARTUP_BUFFER_MS`] of
+/// media is buffered (or all the session will play), plays in real time, and stalls
+/// when the buffer runs dry until [`VIDEO_REBUFFER_MS`] is buffered again (or all the
+/// rest). The session ends when `play_ms` of media has played; playback after the last
+/// download is computed, since nothing can stall then.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VideoSummary {
+    /// The media playlist played (the chosen variant's, or the URL itself).
+    pub playlist_url: String,
+    /// The chosen variant's `BANDWIDTH`, bit/s (absent without a master playlist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bitrate_bps: Option<u64>,
+    /// Segments downloaded.
+    pub segments: u32,
+    /// Media played, milliseconds.
+    pub played_ms: u64,
+    /// From the first request until playback started, µs (0 when the session failed
+    /// before playback started: a failed result gives no figures).
+    pub startup_us: u64,
+    /// Times playback stopped for want of media after it started.
+    pub stalls: u32,
+    /// Time spent stalled after playback started, µs (a stall still on at a failure
+    /// counts up to the failure). Above 0 only with a stall.
+    pub stall_us: u64,
+}
+
+/// Media buffered before playback starts, milliseconds (ExoPlayer's default
+/// `bufferForPlaybackMs`).
+pub const VIDEO_STARTUP_BUFFER_MS: u64 = 2_500;
+
+/// Media buffered before playback resumes after a stall, milliseconds (ExoPlayer's
+/// default `bufferForPlaybackAfterRebufferMs`).
+pub const VIDEO_REBUFFER_MS: u64 = 5_000;
+
+/// Longest session a video check may ask for, milliseconds of media.
+pub const MAX_VIDEO_PLAY_MS: u64 = 120_000;
+
+/// Segments a session downloads at most.
+pub const MAX_VIDEO_SEGMENTS: usize = 2_000;
+
+/// A video check's session, in its [`Task`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct VideoTask {
+    /// Media to play, milliseconds (1,000 to [`MAX_VIDEO_PLAY_MS`]).
+    pub play_ms: u64,
+    /// The highest variant of a master playlist at or under this bitrate is played
+    /// (the lowest when none is); absent: the highest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bitrate_kbps: Option<u64>,
+}
+
+impl Default for VideoTask {
+    /// Twenty seconds of the highest rendition.
+    fn default() -> Self {
+        VideoTask {
+            play_ms: 20_000,
+            max_bitrate_kbps: None,
+        }
+    }
 }
 
 /// What a throughput load measured.
@@ -734,7 +831,8 @@ impl Measurement {
 /// Kind of check: `http` fetches one URL; `page` loads an HTML page with its
 /// sub-resources (stylesheets, scripts, images, fonts, icons) as a browser would;
 /// `throughput` downloads the URL over several connections at once for a while, as a
-/// speed test does, and measures the round trip before and during that load.
+/// speed test does, and measures the round trip before and during that load; `video`
+/// plays an HLS stream against a player's buffer model (start-up delay, stalls).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
@@ -742,11 +840,17 @@ pub enum CheckKind {
     Http,
     Page,
     Throughput,
+    Video,
 }
 
 impl CheckKind {
     /// Every kind.
-    pub const ALL: [CheckKind; 3] = [CheckKind::Http, CheckKind::Page, CheckKind::Throughput];
+    pub const ALL: [CheckKind; 4] = [
+        CheckKind::Http,
+        CheckKind::Page,
+        CheckKind::Throughput,
+        CheckKind::Video,
+    ];
 
     /// The stable wire name.
     pub fn as_str(self) -> &'static str {
@@ -754,6 +858,7 @@ impl CheckKind {
             CheckKind::Http => "http",
             CheckKind::Page => "page",
             CheckKind::Throughput => "throughput",
+            CheckKind::Video => "video",
         }
     }
 }
@@ -771,6 +876,7 @@ impl FromStr for CheckKind {
             "http" => Ok(CheckKind::Http),
             "page" => Ok(CheckKind::Page),
             "throughput" => Ok(CheckKind::Throughput),
+            "video" => Ok(CheckKind::Video),
             _ => Err(UnknownName {
                 kind: "check kind",
                 given: s.to_owned(),
@@ -905,6 +1011,9 @@ pub struct Task {
     /// A throughput check's load; absent for other kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throughput: Option<ThroughputTask>,
+    /// A video check's session; absent for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoTask>,
 }
 
 /// How many redirects a task follows when the controller does not say: curl's and
@@ -1057,6 +1166,7 @@ mod tests {
             redirects: Vec::new(),
             page: None,
             throughput: None,
+            video: None,
         };
         let v = serde_json::to_value(&m).unwrap_or_default();
         assert_eq!(

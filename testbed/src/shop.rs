@@ -68,7 +68,7 @@ pub fn download() -> Resource {
 }
 
 /// `n` bytes that do not compress to nothing (images and fonts are already compressed).
-fn noise(seed: u64, n: usize) -> Vec<u8> {
+pub(crate) fn noise(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..n)
         .map(|_| {

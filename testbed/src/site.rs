@@ -144,6 +144,8 @@ impl Content {
             }
         } else if let Some((kind, body)) = self.files.get(path) {
             Answer::ok(kind, body.clone())
+        } else if let Some((kind, body)) = crate::video::answer(path) {
+            Answer::ok(kind, body)
         } else {
             Answer::not_found(NOT_FOUND.to_vec())
         }

@@ -54,3 +54,4 @@ mod sqlite_plans;
 mod stripe;
 mod throughput_checks;
 mod verification;
+mod video_checks;

@@ -13,7 +13,7 @@ use clap::Parser;
 struct Cli {
     /// Also write DIR/report.json (exactly what the report API serves),
     /// DIR/report_by_class.json, DIR/page_report.json, DIR/download_report.json,
-    /// DIR/speed_report.json, DIR/isp_report.json, DIR/ledger.json (the ledger's trial
+    /// DIR/speed_report.json, DIR/stream_report.json, DIR/isp_report.json, DIR/ledger.json (the ledger's trial
     /// balance) and DIR/leaderboard.json.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -58,6 +58,9 @@ pub fn main() -> anyhow::Result<()> {
     }
     if let crate::Physics::Broken(why) = &outcome.speed_physics {
         anyhow::bail!("the throughput loads do not show the emulated links: {why}");
+    }
+    if let crate::Physics::Broken(why) = &outcome.stream_physics {
+        anyhow::bail!("the stream does not play as the emulated links' rates say: {why}");
     }
     Ok(())
 }

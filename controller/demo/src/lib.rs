@@ -131,6 +131,11 @@ pub struct DemoOutcome {
     /// Whether the loads show the lines: goodput within each rate, and the round trip
     /// under load above the idle one by the line's queue.
     pub speed_physics: Physics,
+    /// The video check's report by connection class (dsl, cable): start-up delay and
+    /// stall time of the 30 Mbit/s rendition.
+    pub stream_by_class: Report,
+    /// Whether the stream plays on cable and stalls on DSL, as their rates say.
+    pub stream_physics: Physics,
     /// The page check's runs.
     pub page_runs: Vec<RunView>,
     /// Each class's latest page summary, slowest class first.
@@ -448,6 +453,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             .count();
         let download = download_check(&api, &verified, shaped, &opts).await?;
         let speed = speed_check(&api, &verified, shaped, &opts).await?;
+        let stream = stream_check(&api, &verified, shaped, &opts).await?;
         let page_id = page.check_id.clone();
         let pages = db
             .run(move |c| lastmile_domain::ingest::latest_pages(c, &page_id, 200))
@@ -480,6 +486,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             std::fs::write(out.join("page_report.json"), &page.report_json)?;
             std::fs::write(out.join("download_report.json"), &download.report_json)?;
             std::fs::write(out.join("speed_report.json"), &speed.report_json)?;
+            std::fs::write(out.join("stream_report.json"), &stream.report_json)?;
         }
         if let Some(out) = &opts.out {
             std::fs::create_dir_all(out)?;
@@ -499,26 +506,34 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             calibration,
             ledger,
             (page, pages),
-            (download, speed),
+            (download, speed, stream),
         ))
     }
     .await;
 
-    let (report, by_class, runs, isp_report, calibration, ledger, (page, pages), (download, speed)) =
-        match outcome {
-            Ok(o) => o,
-            Err(e) => {
-                let _ = stop_agents.send(true);
-                while let Some(done) = agent_tasks.join_next().await {
-                    if let Ok(Err(e)) = done {
-                        tracing::warn!(error = %e, "demo agent ended with an error");
-                    }
+    let (
+        report,
+        by_class,
+        runs,
+        isp_report,
+        calibration,
+        ledger,
+        (page, pages),
+        (download, speed, stream),
+    ) = match outcome {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = stop_agents.send(true);
+            while let Some(done) = agent_tasks.join_next().await {
+                if let Ok(Err(e)) = done {
+                    tracing::warn!(error = %e, "demo agent ended with an error");
                 }
-                drop(links);
-                let _ = controller.stop().await;
-                return Err(e);
             }
-        };
+            drop(links);
+            let _ = controller.stop().await;
+            return Err(e);
+        }
+    };
 
     let physics = judge_physics(&by_class);
     say!(
@@ -573,6 +588,17 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         opts,
         "Load physics (goodput within each rate, dsl < cable; loaded latency above idle by the line's queue): {speed_physics}"
     );
+    let stream_physics = judge_stream(&stream.by_class);
+    say!(
+        opts,
+        "\nStream: {} (6 s of the 30 Mbit/s rendition; start-up = first request to playback, stalls after it)\n{}",
+        stream.by_class.check.name,
+        reports::to_table(&stream.by_class)
+    );
+    say!(
+        opts,
+        "Stream physics (cable plays through, dsl's 16 Mbit/s stalls the 30 Mbit/s rendition): {stream_physics}"
+    );
     let isp_rows = isp_report["rows"].as_array().map_or(0, Vec::len);
     say!(
         opts,
@@ -619,12 +645,13 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         std::fs::write(out.join("leaderboard.json"), &leaderboard_json)?;
         say!(
             opts,
-            "Wrote {}, {}, {}, {}, {}, {}, {} and {}",
+            "Wrote {}, {}, {}, {}, {}, {}, {}, {} and {}",
             out.join("report.json").display(),
             out.join("report_by_class.json").display(),
             out.join("page_report.json").display(),
             out.join("download_report.json").display(),
             out.join("speed_report.json").display(),
+            out.join("stream_report.json").display(),
             out.join("isp_report.json").display(),
             out.join("ledger.json").display(),
             out.join("leaderboard.json").display()
@@ -656,6 +683,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         download_physics,
         speed_by_class: speed.by_class,
         speed_physics,
+        stream_by_class: stream.by_class,
+        stream_physics,
         page_runs: page.runs,
         pages,
         runs,
@@ -812,6 +841,88 @@ async fn speed_check(
         by_class: serde_json::from_str(&report_json)?,
         report_json,
     })
+}
+
+/// Creates a `video` check of the site's HLS stream ([`lastmile_testbed::video`]) for
+/// [`DOWNLOAD_CLASSES`], 6 s of its 30 Mbit/s rendition, and runs it once: cable's
+/// 100 Mbit/s plays it through, DSL's 16 Mbit/s waits for the start-up buffer and
+/// stalls. It promises stalls under half a second to 90 % of sessions.
+async fn stream_check(
+    api: &DemoClient,
+    site: &SiteView,
+    agents: usize,
+    opts: &DemoOptions,
+) -> anyhow::Result<DownloadCheck> {
+    let check: CheckView = api
+        .post(
+            "/api/v1/checks",
+            &json!({
+                "site_id": site.id,
+                "name": "Demo stream (HLS, 30 Mbit/s)",
+                "kind": "video",
+                "url": format!("{}{}", site.origin, lastmile_testbed::video::MASTER_PATH),
+                "video": {"play_ms": 6000},
+                "expected_status": [200],
+                "selection": {"agents_per_run": agents, "connection_classes": DOWNLOAD_CLASSES},
+                "objectives": [{"figure": "stall_time", "percentile": 90, "max_ms": 500}],
+            }),
+        )
+        .await?;
+    say!(opts, "\n  check       {} ({})", check.name, check.url);
+    run_times(api, &check, 1, opts).await?;
+    let path = format!(
+        "/api/v1/checks/{}/report?group_by=connection_class",
+        check.id
+    );
+    let report_json = api.get_text(&path).await?;
+    Ok(DownloadCheck {
+        by_class: serde_json::from_str(&report_json)?,
+        report_json,
+    })
+}
+
+/// Whether the stream shows the lines: on cable (100 Mbit/s, more than three times the
+/// rendition's 30) no session stalls; on DSL (16 Mbit/s, about half) its sessions stall
+/// and start later than cable's. Broken when a line has no session, when cable stalls
+/// and DSL does not, or when DSL starts sooner; a cable stall beside a DSL one is not
+/// conclusive (a machine loaded enough to stall a relay stalls a player too).
+pub fn judge_stream(by_class: &Report) -> Physics {
+    let median = |class: ConnectionClass, figure: Figure| {
+        by_class
+            .rows
+            .iter()
+            .find(|r| r.group.connection_class == Some(class))
+            .and_then(|r| r.figures.get(&figure))
+            .and_then(|f| f.get(50))
+            .map(|p| p.value)
+    };
+    let [slow, fast] = DOWNLOAD_CLASSES;
+    let (Some(slow_stall), Some(fast_stall), Some(slow_start), Some(fast_start)) = (
+        median(slow, Figure::StallTime),
+        median(fast, Figure::StallTime),
+        median(slow, Figure::StartupDelay),
+        median(fast, Figure::StartupDelay),
+    ) else {
+        return Physics::Broken(format!("no stream session on {slow} or {fast}"));
+    };
+    let s = |us: u64| us as f64 / 1e6;
+    if slow_start <= fast_start || (slow_stall == 0 && fast_stall > 0) {
+        return Physics::Broken(format!(
+            "start-up {slow} {:.1} s, {fast} {:.1} s; stalls {slow} {:.1} s, {fast} {:.1} s",
+            s(slow_start),
+            s(fast_start),
+            s(slow_stall),
+            s(fast_stall)
+        ));
+    }
+    if slow_stall == 0 || fast_stall > 0 {
+        return Physics::NotConclusive(format!(
+            "stall p50: {slow} {:.1} s, {fast} {:.1} s",
+            s(slow_stall),
+            s(fast_stall)
+        ));
+    }
+    Physics::Holds
 }
 
 /// Whether the loads show the lines: their goodput as [`judge_goodput`] judges a
@@ -1461,6 +1572,44 @@ mod tests {
         let mut report = goodput_report(&[]);
         report.rows = serde_json::from_value(json!(rows)).unwrap();
         report
+    }
+
+    /// A stream report by class: (class, start-up p50 µs, stall p50 µs).
+    fn stream_report(rows: &[(&str, u64, u64)]) -> Report {
+        let figure = |value: u64| {
+            json!({"unit": "us", "higher_is_better": false, "samples": 3,
+                   "percentiles": [{"percentile": 50, "value": value, "ci": null}]})
+        };
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(class, start, stall)| {
+                json!({
+                    "group": {"connection_class": class},
+                    "samples": 3, "successes": 3, "failures": 0, "availability": 1.0,
+                    "phases": {},
+                    "figures": {"startup_delay": figure(*start), "stall_time": figure(*stall)},
+                })
+            })
+            .collect();
+        let mut report = goodput_report(&[]);
+        report.rows = serde_json::from_value(json!(rows)).unwrap();
+        report
+    }
+
+    #[test]
+    fn stream_physics_want_dsl_to_stall_where_cable_plays_through() {
+        let lines = stream_report(&[("dsl", 5_700_000, 700_000), ("cable", 900_000, 0)]);
+        assert_eq!(judge_stream(&lines), Physics::Holds);
+        // Both stalled: a loaded machine, not conclusive.
+        let both = stream_report(&[("dsl", 5_700_000, 700_000), ("cable", 900_000, 100_000)]);
+        assert!(matches!(judge_stream(&both), Physics::NotConclusive(_)));
+        // Cable stalls while DSL plays through, or DSL starts first: broken.
+        let reversed = stream_report(&[("dsl", 5_700_000, 0), ("cable", 900_000, 100_000)]);
+        assert!(matches!(judge_stream(&reversed), Physics::Broken(_)));
+        let sooner = stream_report(&[("dsl", 800_000, 700_000), ("cable", 900_000, 0)]);
+        assert!(matches!(judge_stream(&sooner), Physics::Broken(_)));
+        let missing = stream_report(&[("dsl", 5_700_000, 700_000)]);
+        assert!(matches!(judge_stream(&missing), Physics::Broken(_)));
     }
 
     #[test]

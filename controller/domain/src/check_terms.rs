@@ -3,7 +3,7 @@
 //! hands its agents ([`TaskSpec`]). Below both the checks workflow (create, edit,
 //! views) and scheduling, which read checks but never each other.
 
-use lastmile_protocol::{CheckKind, ConnectionClass, ThroughputTask};
+use lastmile_protocol::{CheckKind, ConnectionClass, ThroughputTask, VideoTask};
 use lastmile_storage::checks::Check;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -87,6 +87,8 @@ pub trait StoredCheck {
     fn objectives(&self) -> Vec<Objective>;
     /// A throughput check's load (`None` for the other kinds).
     fn throughput(&self) -> Option<ThroughputTask>;
+    /// A video check's session (`None` for the other kinds).
+    fn video(&self) -> Option<VideoTask>;
 }
 
 impl StoredCheck for Check {
@@ -116,6 +118,12 @@ impl StoredCheck for Check {
         // the kind's default load is what the check asked for when it named none.
         Some(serde_json::from_str(stored).unwrap_or_default())
     }
+
+    fn video(&self) -> Option<VideoTask> {
+        let stored = self.video.as_deref()?;
+        // As for the load: written by `checks::validated`.
+        Some(serde_json::from_str(stored).unwrap_or_default())
+    }
 }
 
 /// What the agents of one run are asked to measure: the check's task as it was when the
@@ -135,6 +143,9 @@ pub struct TaskSpec {
     /// before the kind existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throughput: Option<ThroughputTask>,
+    /// A video check's session; absent for the other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoTask>,
 }
 
 impl TaskSpec {
@@ -149,6 +160,7 @@ impl TaskSpec {
             timeout_ms: check.timeout_ms.max(0) as u64,
             max_redirects: check.max_redirects.max(0) as u32,
             throughput: check.throughput(),
+            video: check.video(),
         })
     }
 }

@@ -6,7 +6,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use lastmile_protocol::{CheckKind, ThroughputTask};
+use lastmile_protocol::{CheckKind, ThroughputTask, VideoTask};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -40,7 +40,8 @@ pub struct NewCheck {
     /// loaded as a browser would; reported on the page total. `throughput`: the URL
     /// downloaded over several connections at once for a while, as a speed test does,
     /// with the round trip measured before and during the load; reported on goodput,
-    /// idle and loaded latency.
+    /// idle and loaded latency. `video`: the URL is an HLS playlist, played against a
+    /// player's buffer model; reported on start-up delay and stall time.
     #[serde(default = "default_kind")]
     pub kind: CheckKind,
     /// A throughput check's load: `connections` (1–16, default 4) downloading at once
@@ -48,6 +49,11 @@ pub struct NewCheck {
     /// `timeout_ms`). Only for kind `throughput`.
     #[serde(default)]
     pub throughput: Option<ThroughputLoad>,
+    /// A video check's session: `play_ms` of media (1,000–120,000, default 20,000) of
+    /// the master playlist's highest variant at or under `max_bitrate_kbps` (absent:
+    /// the highest). Only for kind `video`.
+    #[serde(default)]
+    pub video: Option<VideoSession>,
     /// Statuses that count as success; empty means any 2xx or 3xx (for a page: of
     /// the HTML document).
     #[serde(default)]
@@ -56,7 +62,7 @@ pub struct NewCheck {
     /// throughput load: every connection's bytes together (the load ends when they
     /// arrived), default 100 MiB.
     pub max_bytes: Option<u64>,
-    /// Per-measurement time limit; default 30 s.
+    /// Per-measurement time limit; default 30 s (60 s for a video session).
     pub timeout_ms: Option<u64>,
     /// Redirects agents follow at most (0: none); one more fails with
     /// `too_many_redirects`. Default 5.
@@ -111,6 +117,43 @@ impl From<ThroughputLoad> for ThroughputTask {
     }
 }
 
+/// A video check's session as owners write it: either field may be left out, a
+/// misspelt one is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct VideoSession {
+    /// Media to play, milliseconds; default 20,000.
+    pub play_ms: u64,
+    /// The highest variant at or under this bitrate is played (the lowest when none
+    /// is); absent: the highest.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_bitrate_kbps: Option<u64>,
+}
+
+impl Default for VideoSession {
+    fn default() -> Self {
+        VideoSession::from(VideoTask::default())
+    }
+}
+
+impl From<VideoTask> for VideoSession {
+    fn from(t: VideoTask) -> Self {
+        VideoSession {
+            play_ms: t.play_ms,
+            max_bitrate_kbps: t.max_bitrate_kbps,
+        }
+    }
+}
+
+impl From<VideoSession> for VideoTask {
+    fn from(v: VideoSession) -> Self {
+        VideoTask {
+            play_ms: v.play_ms,
+            max_bitrate_kbps: v.max_bitrate_kbps,
+        }
+    }
+}
+
 fn default_kind() -> CheckKind {
     CheckKind::Http
 }
@@ -124,6 +167,7 @@ impl NewCheck {
             url: check.url.clone(),
             kind: check.kind.parse().unwrap_or(CheckKind::Http),
             throughput: check.throughput().map(ThroughputLoad::from),
+            video: check.video().map(VideoSession::from),
             expected_status: check.expected_status(),
             max_bytes: Some(check.max_bytes.max(0) as u64),
             timeout_ms: Some(check.timeout_ms.max(0) as u64),
@@ -215,6 +259,9 @@ pub struct CheckView {
     /// A throughput check's load; absent for the other kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throughput: Option<ThroughputLoad>,
+    /// A video check's session; absent for the other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video: Option<VideoSession>,
     pub url: String,
     pub expected_status: Vec<u16>,
     pub max_bytes: u64,
@@ -254,6 +301,7 @@ impl From<&Check> for CheckView {
             name: c.name.clone(),
             kind: c.kind.parse().unwrap_or(CheckKind::Http),
             throughput: c.throughput().map(ThroughputLoad::from),
+            video: c.video().map(VideoSession::from),
             url: c.url.clone(),
             expected_status: c.expected_status(),
             max_bytes: c.max_bytes.max(0) as u64,
@@ -348,6 +396,7 @@ pub fn update(
             checks::objectives.eq(&check.objectives),
             checks::max_redirects.eq(check.max_redirects),
             checks::throughput.eq(&check.throughput),
+            checks::video.eq(&check.video),
         ))
         .execute(conn)?;
     Ok(check)
@@ -414,7 +463,11 @@ fn validated(
             ));
         }
     }
-    let timeout_ms = new.timeout_ms.unwrap_or(30_000);
+    let default_timeout_ms = match new.kind {
+        CheckKind::Video => 60_000,
+        CheckKind::Http | CheckKind::Page | CheckKind::Throughput => 30_000,
+    };
+    let timeout_ms = new.timeout_ms.unwrap_or(default_timeout_ms);
     if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
         return Err(Error::invalid(
             "invalid_timeout",
@@ -422,8 +475,9 @@ fn validated(
         ));
     }
     let throughput = validated_load(new, timeout_ms)?;
+    let video = validated_session(new)?;
     let default_max_bytes = match new.kind {
-        CheckKind::Throughput => MAX_BODY_BYTES,
+        CheckKind::Throughput | CheckKind::Video => MAX_BODY_BYTES,
         CheckKind::Http | CheckKind::Page => 10 * 1024 * 1024,
     };
     let max_bytes = new.max_bytes.unwrap_or(default_max_bytes);
@@ -486,8 +540,47 @@ fn validated(
         paused_at: None,
         spread: new.selection.spread.as_str().to_owned(),
         throughput: throughput.map(|load| json(&load)),
+        video: video.map(|session| json(&session)),
     };
     Ok(check)
+}
+
+/// The session of a video check (its default when it names none), checked; `None` for
+/// the other kinds, which must not name one.
+fn validated_session(new: &NewCheck) -> Result<Option<VideoTask>> {
+    if new.kind != CheckKind::Video {
+        return match new.video {
+            Some(_) => Err(Error::invalid(
+                "invalid_video",
+                format!(
+                    "video is a session for kind \"video\"; a {} check has none",
+                    new.kind
+                ),
+            )),
+            None => Ok(None),
+        };
+    }
+    if new.body_contains.is_some() {
+        return Err(Error::invalid(
+            "invalid_body_contains",
+            "a video check plays its segments, it does not search them: body_contains is for http and page checks",
+        ));
+    }
+    let session = VideoTask::from(new.video.unwrap_or_default());
+    let max_play = lastmile_protocol::MAX_VIDEO_PLAY_MS;
+    if !(1_000..=max_play).contains(&session.play_ms) {
+        return Err(Error::invalid(
+            "invalid_video",
+            format!("video.play_ms must be between 1000 and {max_play}"),
+        ));
+    }
+    if session.max_bitrate_kbps == Some(0) {
+        return Err(Error::invalid(
+            "invalid_video",
+            "video.max_bitrate_kbps must be above 0 (leave it out for the highest variant)",
+        ));
+    }
+    Ok(Some(session))
 }
 
 /// Time a throughput task needs besides its load: resolving, connecting, the idle

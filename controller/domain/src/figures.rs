@@ -64,10 +64,19 @@ pub fn parse(stored: &str) -> Vec<(Figure, u64)> {
 /// the measurement failed). A throughput load: goodput as all its bytes over the
 /// load's time (when at least [`GOODPUT_MIN_BYTES`] arrived), and the idle and loaded
 /// latency as the medians of their probes' round trips (the median, not the mean: one
-/// probe that met a retransmission does not move it).
+/// probe that met a retransmission does not move it). A video session: its start-up
+/// delay and its time stalled (0 when it played through: a session without a stall is
+/// a sample of 0, so that the stall time's percentiles say how many sessions stalled).
 pub fn of_measurement(m: &Measurement) -> Option<String> {
     if m.error.is_some() {
         return None;
+    }
+    if let Some(session) = &m.video {
+        let figures = BTreeMap::from([
+            (Figure::StartupDelay.as_str(), session.startup_us),
+            (Figure::StallTime.as_str(), session.stall_us),
+        ]);
+        return serde_json::to_string(&figures).ok();
     }
     let load = m.throughput.as_ref()?;
     let mut figures = BTreeMap::new();
@@ -275,6 +284,34 @@ mod tests {
             }),
             ..Measurement::default()
         }
+    }
+
+    #[test]
+    fn a_video_session_gives_its_startup_delay_and_stall_time() {
+        let m = Measurement {
+            status: Some(200),
+            video: Some(lastmile_protocol::VideoSummary {
+                playlist_url: "http://x/high/index.m3u8".into(),
+                bitrate_bps: Some(30_000_000),
+                segments: 6,
+                played_ms: 6_000,
+                startup_us: 5_600_000,
+                stalls: 1,
+                stall_us: 2_100_000,
+            }),
+            ..Measurement::default()
+        };
+        assert_eq!(
+            parse(&of_measurement(&m).unwrap()),
+            vec![
+                (Figure::StallTime, 2_100_000),
+                (Figure::StartupDelay, 5_600_000)
+            ]
+        );
+        // Played through: a stall time of 0 is a sample too.
+        let mut smooth = m.clone();
+        smooth.video.as_mut().unwrap().stall_us = 0;
+        assert!(parse(&of_measurement(&smooth).unwrap()).contains(&(Figure::StallTime, 0)));
     }
 
     #[test]

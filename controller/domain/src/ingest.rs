@@ -177,6 +177,47 @@ fn validate(sub: &ResultSubmission) -> Result<()> {
     if let Some(load) = &sub.measurement.throughput {
         validate_load(&sub.measurement, load)?;
     }
+    if let Some(session) = &sub.measurement.video {
+        validate_session(&sub.measurement, session)?;
+    }
+    Ok(())
+}
+
+/// A video summary must fit its measurement: playback starts and stalls while the
+/// segments arrive, so neither the start-up delay nor the stall time can pass the
+/// session's total.
+fn validate_session(
+    m: &lastmile_protocol::Measurement,
+    session: &lastmile_protocol::VideoSummary,
+) -> Result<()> {
+    use lastmile_protocol::{MAX_VIDEO_PLAY_MS, MAX_VIDEO_SEGMENTS};
+    let invalid = |why: String| Err(Error::invalid("invalid_result", why));
+    if m.page.is_some() || m.throughput.is_some() {
+        return invalid("a video session is neither a page load nor a throughput load".into());
+    }
+    if session.segments as usize > MAX_VIDEO_SEGMENTS {
+        return invalid(format!(
+            "video.segments is {}; a session downloads at most {MAX_VIDEO_SEGMENTS}",
+            session.segments
+        ));
+    }
+    if session.played_ms > MAX_VIDEO_PLAY_MS {
+        return invalid(format!(
+            "video.played_ms is {}; a session plays at most {MAX_VIDEO_PLAY_MS}",
+            session.played_ms
+        ));
+    }
+    let total = m.timings_us.total;
+    if session.startup_us > total || session.stall_us > total {
+        return invalid(format!(
+            "video.startup_us ({}) and video.stall_us ({}) are within timings_us.total ({total}): \
+             playback starts and stalls while the segments arrive",
+            session.startup_us, session.stall_us
+        ));
+    }
+    if session.stalls == 0 && session.stall_us > 0 {
+        return invalid("video.stall_us is above 0 without a stall (video.stalls is 0)".into());
+    }
     Ok(())
 }
 
@@ -1052,6 +1093,40 @@ mod tests {
                 ..Default::default()
             },
         }
+    }
+
+    #[test]
+    fn a_video_summary_must_fit_its_session() {
+        let session = || {
+            let mut sub = load();
+            sub.measurement.throughput = None;
+            sub.measurement.video = Some(lastmile_protocol::VideoSummary {
+                playlist_url: "http://x/high/index.m3u8".into(),
+                bitrate_bps: Some(30_000_000),
+                segments: 6,
+                played_ms: 6_000,
+                startup_us: 600_000,
+                stalls: 1,
+                stall_us: 300_000,
+            });
+            sub
+        };
+        assert!(validate(&session()).is_ok());
+        let refused = |change: fn(&mut lastmile_protocol::VideoSummary)| {
+            let mut sub = session();
+            change(sub.measurement.video.as_mut().unwrap());
+            validate(&sub).unwrap_err().to_string()
+        };
+        assert!(refused(|v| v.startup_us = 2_000_000).contains("video.startup_us"));
+        assert!(refused(|v| v.stall_us = 2_000_000).contains("video.stall_us"));
+        assert!(refused(|v| v.stalls = 0).contains("video.stalls"));
+        assert!(refused(|v| v.segments = 5_000).contains("video.segments"));
+        assert!(refused(|v| v.played_ms = 200_000).contains("video.played_ms"));
+        // Played through: no stall, no stall time.
+        let mut smooth = session();
+        let v = smooth.measurement.video.as_mut().unwrap();
+        (v.stalls, v.stall_us) = (0, 0);
+        assert!(validate(&smooth).is_ok());
     }
 
     #[test]

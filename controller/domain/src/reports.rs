@@ -840,7 +840,7 @@ fn csv_cell(text: &str) -> String {
 
 /// The figures other than phases, in [`Figure::ALL`]'s order: CSV columns after the
 /// phases'.
-const OTHER_FIGURES: [Figure; 3] = Figure::OTHERS;
+const OTHER_FIGURES: [Figure; Figure::OTHERS.len()] = Figure::OTHERS;
 
 /// The report as CSV: one line per row, percentiles in microseconds (the phases) or in
 /// the unit their column names (the other figures, after the phases). Each percentile is
@@ -996,7 +996,7 @@ pub fn to_table(report: &Report) -> String {
             "{} p95 [{level} CI]",
             match report.check.kind {
                 CheckKind::Page => "page total",
-                CheckKind::Http | CheckKind::Throughput => "total",
+                CheckKind::Http | CheckKind::Throughput | CheckKind::Video => "total",
             }
         ),
         figure_heads,

@@ -557,6 +557,7 @@ fn task_for(conn: &mut DbConn, assignment_id: &str) -> Result<Task> {
         max_redirects: spec.max_redirects,
         lease_expires_at: to_datetime(a.lease_expires_at.unwrap_or_default()),
         throughput: spec.throughput,
+        video: spec.video,
     })
 }
 

@@ -39,6 +39,9 @@ pub struct Check {
     /// A throughput check's load as JSON (`lastmile_protocol::ThroughputTask`);
     /// `None` for the other kinds.
     pub throughput: Option<String>,
+    /// A video check's session as JSON (`lastmile_protocol::VideoTask`); `None` for
+    /// the other kinds.
+    pub video: Option<String>,
 }
 
 /// Whether the check with this id was deleted (false for one that does not exist).

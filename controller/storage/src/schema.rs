@@ -71,6 +71,8 @@ diesel::table! {
         deleted_at -> Nullable<BigInt>,
         /// A throughput check's load as JSON (migration 000040); NULL for other kinds.
         throughput -> Nullable<Text>,
+        /// A video check's session as JSON (migration 000041); NULL for other kinds.
+        video -> Nullable<Text>,
     }
 }
 
@@ -102,6 +104,8 @@ diesel::table! {
         deleted_at -> Nullable<BigInt>,
         /// A throughput check's load as JSON (migration 000040); NULL for other kinds.
         throughput -> Nullable<Text>,
+        /// A video check's session as JSON (migration 000041); NULL for other kinds.
+        video -> Nullable<Text>,
     }
 }
 

@@ -14,7 +14,7 @@ use super::session::{CsrfForm, CsrfOnly, SignedInOwner};
 use super::{html, see_other};
 use crate::state::AppState;
 use lastmile_domain::check_terms::{Selection, Spread, StoredCheck, DEFAULT_AGENTS_PER_RUN};
-use lastmile_domain::checks::{self, Check, NewCheck, Schedule, ThroughputLoad};
+use lastmile_domain::checks::{self, Check, NewCheck, Schedule, ThroughputLoad, VideoSession};
 use lastmile_domain::clock::now_us;
 use lastmile_domain::error::Error;
 use lastmile_domain::run_results::{self, ResultView};
@@ -168,6 +168,8 @@ pub struct CheckFields {
     max_redirects: String,
     connections: String,
     duration_ms: String,
+    play_ms: String,
+    max_bitrate_kbps: String,
     objectives: String,
     every_seconds: String,
     countries: String,
@@ -211,7 +213,7 @@ fn kind_of(f: &CheckFields) -> Result<CheckKind, Error> {
         k => k.parse().map_err(|e| {
             Error::invalid(
                 "invalid_form",
-                format!("measure: {e} (http, page or throughput)"),
+                format!("measure: {e} (http, page, throughput or video)"),
             )
         }),
     }
@@ -275,6 +277,7 @@ fn new_check_of(f: &CheckFields) -> Result<NewCheck, Error> {
         url: f.url.trim().to_owned(),
         kind: kind_of(f)?,
         throughput: load_of(f, kind_of(f)?)?,
+        video: session_of(f, kind_of(f)?)?,
         expected_status: list_of(&f.expected_status, "expected status codes", "a status code")?,
         max_bytes: optional_number(&f.max_bytes, "max bytes")?,
         timeout_ms: optional_number(&f.timeout_ms, "timeout")?,
@@ -309,6 +312,8 @@ fn form_of(f: &CheckFields, sites: Vec<(String, String)>) -> CheckForm {
         max_redirects: f.max_redirects.clone(),
         connections: f.connections.clone(),
         duration_ms: f.duration_ms.clone(),
+        play_ms: f.play_ms.clone(),
+        max_bitrate_kbps: f.max_bitrate_kbps.clone(),
         objectives: f.objectives.clone(),
         every_seconds: f.every_seconds.clone(),
         countries: f.countries.clone(),
@@ -323,8 +328,8 @@ fn form_of(f: &CheckFields, sites: Vec<(String, String)>) -> CheckForm {
     }
 }
 
-/// "41.0 ms idle, 288 ms loaded", from a throughput result's figures; either side
-/// alone when the other is missing, `None` for other kinds.
+/// "41.0 ms idle, 288 ms loaded" from a throughput result's figures, "1.2 s to start,
+/// 0.0 ms stalled" from a video session's; what is there, `None` for other kinds.
 fn latency_under_load(r: &ResultView) -> Option<String> {
     use lastmile_protocol::Figure;
     let side = |figure, word| {
@@ -335,6 +340,8 @@ fn latency_under_load(r: &ResultView) -> Option<String> {
     let sides: Vec<String> = [
         side(Figure::IdleLatency, "idle"),
         side(Figure::LoadedLatency, "loaded"),
+        side(Figure::StartupDelay, "to start"),
+        side(Figure::StallTime, "stalled"),
     ]
     .into_iter()
     .flatten()
@@ -342,11 +349,25 @@ fn latency_under_load(r: &ResultView) -> Option<String> {
     (!sides.is_empty()).then(|| sides.join(", "))
 }
 
+/// A video check's session from the form, as [`load_of`] makes a load.
+fn session_of(f: &CheckFields, kind: CheckKind) -> Result<Option<VideoSession>, Error> {
+    let play_ms = optional_number(&f.play_ms, "media to play")?;
+    let max_bitrate_kbps = optional_number(&f.max_bitrate_kbps, "highest bitrate")?;
+    if kind != CheckKind::Video && play_ms.is_none() && max_bitrate_kbps.is_none() {
+        return Ok(None);
+    }
+    Ok(Some(VideoSession {
+        play_ms: play_ms.unwrap_or(VideoSession::default().play_ms),
+        max_bitrate_kbps,
+    }))
+}
+
 /// The form's fields filled from a stored check (for editing).
 fn fields_of(c: &Check) -> CheckFields {
     let join = |v: Vec<String>, sep: &str| v.join(sep);
     let selection = c.selection();
     let load = c.throughput();
+    let session = c.video();
     CheckFields {
         site_id: c.site_id.clone(),
         name: c.name.clone(),
@@ -354,6 +375,11 @@ fn fields_of(c: &Check) -> CheckFields {
         kind: c.kind.clone(),
         connections: load.map(|l| l.connections.to_string()).unwrap_or_default(),
         duration_ms: load.map(|l| l.duration_ms.to_string()).unwrap_or_default(),
+        play_ms: session.map(|v| v.play_ms.to_string()).unwrap_or_default(),
+        max_bitrate_kbps: session
+            .and_then(|v| v.max_bitrate_kbps)
+            .map(|k| k.to_string())
+            .unwrap_or_default(),
         expected_status: join(
             c.expected_status().iter().map(u16::to_string).collect(),
             ", ",
@@ -608,6 +634,17 @@ pub(super) async fn render_detail(
         url: check.url.clone(),
         kind: match (check.kind.as_str(), check.throughput()) {
             ("page", _) => "page: the HTML and its sub-resources, as a browser loads it".into(),
+            ("video", _) => {
+                let session = check.video().unwrap_or_default();
+                format!(
+                    "video: {} s of the HLS stream's {}, played against a player's buffer",
+                    session.play_ms as f64 / 1000.0,
+                    match session.max_bitrate_kbps {
+                        Some(k) => format!("highest variant at or under {}", super::reports::kbps(k)),
+                        None => "highest variant".to_owned(),
+                    }
+                )
+            }
             ("throughput", Some(load)) => format!(
                 "throughput: the URL downloaded over {} connections at once for {} s, with the round trip before and during the load",
                 load.connections,

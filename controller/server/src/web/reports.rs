@@ -370,6 +370,8 @@ fn figure_heads(figures: &[Figure]) -> Vec<String> {
                 Figure::Goodput => "Goodput",
                 Figure::IdleLatency => "Idle latency",
                 Figure::LoadedLatency => "Loaded latency",
+                Figure::StartupDelay => "Start-up delay",
+                Figure::StallTime => "Stall time",
                 other => other.as_str(),
             };
             shown_percentiles(f).map(|nn| format!("{name} p{nn}"))

@@ -155,6 +155,7 @@ pub fn owner_with_check(
             url: "https://bench.example/".into(),
             kind: CheckKind::Http,
             throughput: None,
+            video: None,
             expected_status: vec![],
             max_bytes: None,
             timeout_ms: None,

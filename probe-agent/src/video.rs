@@ -1,0 +1,1385 @@
+//! A video session: what a viewer of an HLS stream on this line would see, start-up
+//! delay and stalls, measured against a player's buffer model.
+//!
+//! A fetch's ttfb and a speed test's goodput do not say whether a stream plays: that
+//! depends on the rendition's bitrate, on how the segments' arrivals spread over time
+//! and on how much a player buffers before it starts and before it resumes. So the
+//! agent plays the stream as a player fetches it and hands the arrival times to a model
+//! of the player ([`Player`]), which is pure and tested on its own.
+//!
+//! **Fetching.** The URL is fetched and parsed as HLS (`m3u8-rs`). A master playlist's
+//! variant with the highest `BANDWIDTH` at or under the task's `max_bitrate_kbps` is
+//! chosen (none at or under it: the lowest; no limit: the highest; I-frame-only
+//! variants are never chosen), and its media playlist fetched; a media playlist given
+//! directly is played as it is. URIs resolve against the final URL of the playlist that
+//! names them. A media playlist must be video on demand, or an event that has ended
+//! (`#EXT-X-ENDLIST`): live playlists, which a player reloads while it plays, are not
+//! supported yet and fail as `playlist_invalid`, as do a body that is not a playlist, a
+//! playlist without segments and byte-range segments (not supported yet either).
+//! Segments are then downloaded in order, one at a time and back to back, as hls.js
+//! and ExoPlayer fetch a rendition, until they cover `play_ms` of media (or the
+//! playlist ends; at most [`MAX_VIDEO_SEGMENTS`]); an `#EXT-X-MAP` initialisation
+//! section is fetched before the first segment that needs it, counted in the bytes and
+//! the transfer, with no media. Not fetched: keys (nothing is decrypted), alternative
+//! renditions (`#EXT-X-MEDIA` audio or subtitles), and no switching between variants:
+//! the model measures one rendition, the one a check names by its bitrate.
+//!
+//! **Connections.** Everything goes through the engine's steps: each host is resolved
+//! once per session, every address passes the target guard, and an origin (scheme,
+//! host, port) gets one connection, kept alive and reused by each of its requests (TCP,
+//! TLS, HTTP/2 when ALPN agrees); a request to another origin opens a guarded
+//! connection of its own, and one the server closed is replaced. Redirects are
+//! followed for every request as `measure` follows them (up to the task's
+//! `max_redirects`, each hop through the guard, `too_many_redirects` past it), over the
+//! session's connections; they are not listed in the result's `redirects`. Every
+//! final status must pass the task's expectations (empty: 2xx or 3xx);
+//! `body_contains` does not apply. Bodies are asked for with
+//! `Accept-Encoding: identity`, so `bytes` and `bytes_decoded` are the same, every
+//! playlist and segment body byte. `max_bytes` bounds the whole session
+//! (`body_too_large` past it) and the time limit too (`total_timeout`, or the step the
+//! session was in). Every connection ends with the session.
+//!
+//! **The player model** (the constants are ExoPlayer's defaults, so the figures read
+//! like a common Android or TV player's): a segment's media is in the buffer the moment
+//! its last byte arrived. Playback starts once [`VIDEO_STARTUP_BUFFER_MS`] of media is
+//! buffered, or all the media the session will play is; the start-up delay runs from
+//! the session's first request to that moment. Media then plays in real time; when
+//! the buffer runs dry before the next segment arrives, playback stalls (one stall)
+//! until [`VIDEO_REBUFFER_MS`] is buffered again or all the rest is, and the stall time
+//! is the sum of those waits. The session ends when `play_ms` of media has played (the
+//! playlist's media, if shorter). Playback after the last download is computed, not
+//! waited for, since nothing can stall once everything is buffered: a session takes
+//! as long as its downloads, not as its media.
+//!
+//! **The result's phases**: `dns`, `connect`, `tls` and `ttfb` are the first
+//! request's (the URL's, its first hop when it redirects), `transfer` runs from the
+//! first segment's (or initialisation section's) first byte to the last segment's last
+//! byte, and `total` from the start to that last byte (to the failure, for a session
+//! that failed). `status`, `remote_addr`, `ip_version` and `http_version` describe the
+//! media playlist's response (before it arrived, the last response that did); a
+//! segment that fails names its URL in the error. A failed session's summary says what
+//! the viewer saw until the failure: the segments that arrived, playback to that
+//! moment, a stall in progress counted to it, and `startup_us` 0 when playback never
+//! started (`played_ms` is then 0 too).
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::time::Instant;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Method, Response};
+use lastmile_protocol::{
+    ErrorKind, Measurement, MeasurementError, Timings, VideoSummary, VideoTask, MAX_VIDEO_PLAY_MS,
+    MAX_VIDEO_SEGMENTS, VIDEO_REBUFFER_MS, VIDEO_STARTUP_BUFFER_MS,
+};
+use m3u8_rs::{MediaPlaylist, Playlist, VariantStream};
+use url::Url;
+
+use crate::connection::{Conn, Dialer, First, Tasks};
+use crate::measure::{
+    fail, micros, parse_task_url, status_failure, Engine, Expectations, Stage, Target,
+};
+
+impl Engine {
+    /// Plays the HLS stream at `url` for `task.play_ms` of media as a player fetches it
+    /// and reports the session with its start-up delay and stalls (see the module's
+    /// doc). Statuses must pass `expect.status`; `expect.max_bytes` bounds the
+    /// session's bytes and `expect.timeout` its time. Never fails: a failure is a
+    /// measurement with an error kind and what the session measured until then.
+    pub async fn measure_video(
+        &self,
+        url: &str,
+        expect: &Expectations,
+        task: VideoTask,
+    ) -> Measurement {
+        let mut session = Session::new(self.clone(), Instant::now());
+        let outcome = tokio::time::timeout(expect.timeout, session.go(url, expect, task)).await;
+        let error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some(session.stage.timed_out(expect.timeout)),
+        };
+        let ended = Instant::now();
+        // Every connection of this session ends with it.
+        session.tasks.shut_down().await;
+        session.into_measurement(error, ended)
+    }
+}
+
+/// Refuses a session the agent cannot carry out as asked.
+fn check_task(task: VideoTask) -> Result<(), MeasurementError> {
+    if !(1_000..=MAX_VIDEO_PLAY_MS).contains(&task.play_ms) {
+        return Err(fail(
+            ErrorKind::InvalidTask,
+            format!(
+                "a video session plays 1,000 to {MAX_VIDEO_PLAY_MS} ms of media, not {}",
+                task.play_ms
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The variant a player limited to `max_bitrate_kbps` plays: the highest `BANDWIDTH`
+/// at or under the limit, else the lowest; without a limit the highest. I-frame-only
+/// variants (trick play) and variants without a URI are never chosen.
+pub fn choose_variant(
+    variants: &[VariantStream],
+    max_bitrate_kbps: Option<u64>,
+) -> Option<&VariantStream> {
+    let playable = || {
+        variants
+            .iter()
+            .filter(|v| !v.is_i_frame && !v.uri.trim().is_empty())
+    };
+    match max_bitrate_kbps {
+        None => playable().max_by_key(|v| v.bandwidth),
+        Some(kbps) => {
+            let cap = kbps.saturating_mul(1_000);
+            playable()
+                .filter(|v| v.bandwidth <= cap)
+                .max_by_key(|v| v.bandwidth)
+                .or_else(|| playable().min_by_key(|v| v.bandwidth))
+        }
+    }
+}
+
+/// A playlist body, parsed; anything else is `playlist_invalid`.
+fn parse_playlist(body: &[u8], url: &Url) -> Result<Playlist, MeasurementError> {
+    m3u8_rs::parse_playlist_res(body).map_err(|_| {
+        fail(
+            ErrorKind::PlaylistInvalid,
+            format!(
+                "{url} is not an HLS playlist ({} bytes that do not parse as #EXTM3U)",
+                body.len()
+            ),
+        )
+    })
+}
+
+fn invalid(message: String) -> MeasurementError {
+    fail(ErrorKind::PlaylistInvalid, message)
+}
+
+/// What a session downloads, in order.
+#[derive(Debug, PartialEq)]
+struct Plan {
+    pieces: Vec<Piece>,
+    /// The media the session plays: `play_ms`, or all the segments', if less; µs.
+    media_us: u64,
+}
+
+/// One download: a segment with its media, or an initialisation section (none).
+#[derive(Debug, PartialEq)]
+struct Piece {
+    url: Url,
+    media_us: Option<u64>,
+}
+
+/// The downloads that play `play_ms` of `media` (whose URL is `base`), after checking
+/// that it can be played.
+fn plan(media: &MediaPlaylist, base: &Url, play_ms: u64) -> Result<Plan, MeasurementError> {
+    if !media.end_list {
+        return Err(invalid(format!(
+            "{base} is a live playlist (no #EXT-X-ENDLIST): live streams are not supported \
+             yet, only video on demand (VOD, or an EVENT that has ended)"
+        )));
+    }
+    if media.i_frames_only {
+        return Err(invalid(format!(
+            "{base} is an I-frame playlist (trick play), not one a player plays"
+        )));
+    }
+    if media.segments.is_empty() {
+        return Err(invalid(format!("{base} lists no segments")));
+    }
+    if media.segments.iter().any(|s| s.byte_range.is_some()) {
+        return Err(invalid(format!(
+            "{base} has byte-range segments (#EXT-X-BYTERANGE), which are not supported yet"
+        )));
+    }
+    let join = |uri: &str| {
+        base.join(uri.trim())
+            .map_err(|e| invalid(format!("{base} names an invalid URI {uri:?}: {e}")))
+    };
+    let play_us = play_ms.saturating_mul(1_000);
+    let mut pieces = Vec::new();
+    let mut covered = 0u64;
+    let mut init: Option<&str> = None;
+    for segment in media.segments.iter().take(MAX_VIDEO_SEGMENTS) {
+        if covered >= play_us {
+            break;
+        }
+        if let Some(map) = &segment.map {
+            if map.byte_range.is_some() {
+                return Err(invalid(format!(
+                    "{base} has a byte-range initialisation section, which is not supported yet"
+                )));
+            }
+            if init != Some(map.uri.as_str()) {
+                pieces.push(Piece {
+                    url: join(&map.uri)?,
+                    media_us: None,
+                });
+                init = Some(map.uri.as_str());
+            }
+        }
+        // `#EXTINF` seconds; a negative or unreadable duration carries no media.
+        let media_us = (f64::from(segment.duration) * 1e6).round().max(0.0) as u64;
+        pieces.push(Piece {
+            url: join(&segment.uri)?,
+            media_us: Some(media_us),
+        });
+        covered = covered.saturating_add(media_us);
+    }
+    if covered == 0 {
+        return Err(invalid(format!(
+            "{base}'s segments carry no media (every #EXTINF is 0)"
+        )));
+    }
+    Ok(Plan {
+        pieces,
+        media_us: covered.min(play_us),
+    })
+}
+
+/// The player model of the module's doc. Pure: it is told when each segment's last
+/// byte arrived (µs since the session started, in order) and how much media it
+/// carries, and says what a viewer saw.
+#[derive(Debug, Clone)]
+pub struct Player {
+    /// The media the session plays, µs.
+    media_us: u64,
+    /// Media buffered before playback starts, and before it resumes after a stall.
+    startup_buffer_us: u64,
+    rebuffer_us: u64,
+    buffered_us: u64,
+    last_arrival_us: u64,
+    state: State,
+    startup_us: Option<u64>,
+    stalls: u32,
+    stall_us: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// Not playing since `since_us`, at media position `position_us`: before playback
+    /// started, or in a stall (`stalled`).
+    Waiting {
+        since_us: u64,
+        position_us: u64,
+        stalled: bool,
+    },
+    /// Playing since `since_us`, from media position `from_us`.
+    Playing { since_us: u64, from_us: u64 },
+}
+
+/// What a viewer saw of a session.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Playback {
+    /// From the session's start until playback started, µs (`None`: it never did).
+    pub startup_us: Option<u64>,
+    /// Times playback stopped for want of media after it started.
+    pub stalls: u32,
+    /// Time spent stalled, µs.
+    pub stall_us: u64,
+    /// Media played, µs.
+    pub played_us: u64,
+}
+
+impl Player {
+    /// A player for a session that plays `media_us` of media, with the protocol's
+    /// buffers ([`VIDEO_STARTUP_BUFFER_MS`], [`VIDEO_REBUFFER_MS`]).
+    pub fn new(media_us: u64) -> Player {
+        Player {
+            media_us,
+            startup_buffer_us: VIDEO_STARTUP_BUFFER_MS * 1_000,
+            rebuffer_us: VIDEO_REBUFFER_MS * 1_000,
+            buffered_us: 0,
+            last_arrival_us: 0,
+            state: State::Waiting {
+                since_us: 0,
+                position_us: 0,
+                stalled: false,
+            },
+            startup_us: None,
+            stalls: 0,
+            stall_us: 0,
+        }
+    }
+
+    /// A segment carrying `media_us` of media arrived whole at `at_us` (never before
+    /// the previous one: an earlier time counts as the previous one's).
+    pub fn arrived(&mut self, at_us: u64, media_us: u64) {
+        let at = at_us.max(self.last_arrival_us);
+        self.last_arrival_us = at;
+        if let State::Playing { since_us, from_us } = self.state {
+            // The buffer ran dry before this segment came: a stall, unless the media
+            // had all played (the session was over).
+            let dry_at = since_us + (self.buffered_us - from_us);
+            if at > dry_at && self.buffered_us < self.media_us {
+                self.stalls += 1;
+                self.state = State::Waiting {
+                    since_us: dry_at,
+                    position_us: self.buffered_us,
+                    stalled: true,
+                };
+            }
+        }
+        self.buffered_us = self.buffered_us.saturating_add(media_us);
+        if let State::Waiting {
+            since_us,
+            position_us,
+            stalled,
+        } = self.state
+        {
+            let need = if stalled {
+                self.rebuffer_us
+                    .min(self.media_us.saturating_sub(position_us))
+            } else {
+                self.startup_buffer_us.min(self.media_us)
+            };
+            if self.buffered_us.saturating_sub(position_us) >= need {
+                if stalled {
+                    self.stall_us += at - since_us;
+                } else {
+                    self.startup_us = Some(at);
+                }
+                self.state = State::Playing {
+                    since_us: at,
+                    from_us: position_us,
+                };
+            }
+        }
+    }
+
+    /// The session once every download arrived: the rest of the media plays out
+    /// without a stall (nothing is left to wait for).
+    pub fn ended(&self) -> Playback {
+        match self.state {
+            State::Playing { .. } if self.buffered_us >= self.media_us => Playback {
+                startup_us: self.startup_us,
+                stalls: self.stalls,
+                stall_us: self.stall_us,
+                played_us: self.media_us,
+            },
+            // Not all of the session's media came: it ended with its last segment.
+            _ => self.cut(self.last_arrival_us),
+        }
+    }
+
+    /// The session cut short at `at_us` (it failed): playback until then, a stall in
+    /// progress counted to that moment.
+    pub fn cut(&self, at_us: u64) -> Playback {
+        let at = at_us.max(self.last_arrival_us);
+        let mut seen = Playback {
+            startup_us: self.startup_us,
+            stalls: self.stalls,
+            stall_us: self.stall_us,
+            played_us: 0,
+        };
+        match self.state {
+            State::Playing { since_us, from_us } => {
+                let reached = from_us + (at - since_us);
+                let playable = self.buffered_us.min(self.media_us);
+                if reached <= playable || self.buffered_us >= self.media_us {
+                    seen.played_us = reached.min(playable);
+                } else {
+                    let dry_at = since_us + (self.buffered_us - from_us);
+                    seen.stalls += 1;
+                    seen.stall_us += at - dry_at;
+                    seen.played_us = self.buffered_us;
+                }
+            }
+            State::Waiting {
+                since_us,
+                position_us,
+                stalled,
+            } => {
+                if stalled {
+                    seen.stall_us += at - since_us;
+                }
+                seen.played_us = position_us;
+            }
+        }
+        seen
+    }
+}
+
+/// One origin's guarded connection within a session.
+struct Origin {
+    dialer: Dialer,
+    /// The kept-alive connection, between requests.
+    conn: Option<Conn>,
+}
+
+/// One session as far as it got: what the result is made of, kept outside the future
+/// the time limit may cut short.
+struct Session {
+    engine: Engine,
+    start: Instant,
+    /// The current request's step, which names a timeout.
+    stage: Stage,
+    tasks: Tasks,
+    origins: HashMap<String, Origin>,
+    /// The first request: its name lookup (µs) and connection.
+    first: Option<(u64, First)>,
+    /// The last final (not redirected) response, and the media playlist's.
+    last: Option<First>,
+    media_playlist: Option<First>,
+    playlist_url: Option<String>,
+    bitrate_bps: Option<u64>,
+    bytes: u64,
+    /// Set once the segments' downloads begin.
+    downloading: bool,
+    transfer_from: Option<Instant>,
+    last_byte: Option<Instant>,
+    last_segment_byte: Option<Instant>,
+    segments: u32,
+    player: Option<Player>,
+}
+
+impl Session {
+    fn new(engine: Engine, start: Instant) -> Session {
+        Session {
+            engine,
+            start,
+            stage: Stage::Starting,
+            tasks: Tasks::default(),
+            origins: HashMap::new(),
+            first: None,
+            last: None,
+            media_playlist: None,
+            playlist_url: None,
+            bitrate_bps: None,
+            bytes: 0,
+            downloading: false,
+            transfer_from: None,
+            last_byte: None,
+            last_segment_byte: None,
+            segments: 0,
+            player: None,
+        }
+    }
+
+    /// The playlists, then the segments, each segment handed to the player.
+    async fn go(
+        &mut self,
+        url: &str,
+        expect: &Expectations,
+        task: VideoTask,
+    ) -> Result<(), MeasurementError> {
+        let url = parse_task_url(url)?;
+        Target::of(&url)?;
+        check_task(task)?;
+
+        let (fetched, body) = self.get(&url, expect, true).await?;
+        let (media_url, media_base, media) = match parse_playlist(&body, &fetched)? {
+            Playlist::MediaPlaylist(media) => (url, fetched, media),
+            Playlist::MasterPlaylist(master) => {
+                let variant =
+                    choose_variant(&master.variants, task.max_bitrate_kbps).ok_or_else(|| {
+                        invalid(format!(
+                            "{fetched} is a master playlist without a variant to play"
+                        ))
+                    })?;
+                let media_url = fetched.join(variant.uri.trim()).map_err(|e| {
+                    invalid(format!(
+                        "{fetched} names an invalid variant URI {:?}: {e}",
+                        variant.uri
+                    ))
+                })?;
+                self.bitrate_bps = Some(variant.bandwidth);
+                self.playlist_url = Some(media_url.to_string());
+                let (media_base, body) = self.get(&media_url, expect, true).await?;
+                match parse_playlist(&body, &media_base)? {
+                    Playlist::MediaPlaylist(media) => (media_url, media_base, media),
+                    Playlist::MasterPlaylist(_) => {
+                        return Err(invalid(format!(
+                            "the variant {media_url} is a master playlist, not a media playlist"
+                        )))
+                    }
+                }
+            }
+        };
+        self.media_playlist = self.last;
+        self.playlist_url = Some(media_url.to_string());
+
+        let plan = plan(&media, &media_base, task.play_ms)?;
+        self.player = Some(Player::new(plan.media_us));
+        self.downloading = true;
+        for piece in plan.pieces {
+            self.get(&piece.url, expect, false).await?;
+            let Some(media_us) = piece.media_us else {
+                continue;
+            };
+            let arrived = self.last_byte.unwrap_or_else(Instant::now);
+            self.last_segment_byte = Some(arrived);
+            self.segments += 1;
+            if let Some(player) = self.player.as_mut() {
+                player.arrived(
+                    micros(arrived.saturating_duration_since(self.start)),
+                    media_us,
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// GETs `url` and the redirects it leads to; the final URL and, when `keep`, its
+    /// body.
+    async fn get(
+        &mut self,
+        url: &Url,
+        expect: &Expectations,
+        keep: bool,
+    ) -> Result<(Url, Vec<u8>), MeasurementError> {
+        let mut url = url.clone();
+        let mut hops = 0;
+        loop {
+            let (response, first) = self.send(&url).await?;
+            let status = response.status().as_u16();
+            let location =
+                if expect.max_redirects > 0 && matches!(status, 301 | 302 | 303 | 307 | 308) {
+                    response
+                        .headers()
+                        .get(hyper::header::LOCATION)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned)
+                } else {
+                    None
+                };
+            let Some(location) = location else {
+                self.last = Some(first);
+                if let Some(e) = status_failure(status, expect) {
+                    return Err(fail(e.kind, format!("{url}: {}", e.message)));
+                }
+                let body = self.read(response, &url, expect, keep).await?;
+                return Ok((url, body));
+            };
+            // A redirect's body is part of its hop, as `measure` reads it.
+            self.read(response, &url, expect, false).await?;
+            let target = url.join(&location).map_err(|e| {
+                fail(
+                    ErrorKind::Http,
+                    format!("{url} redirects to an invalid location {location:?}: {e}"),
+                )
+            })?;
+            if hops >= expect.max_redirects {
+                return Err(fail(
+                    ErrorKind::TooManyRedirects,
+                    format!(
+                        "more than {} redirects (the last one to {target})",
+                        expect.max_redirects
+                    ),
+                ));
+            }
+            hops += 1;
+            url = target;
+        }
+    }
+
+    /// Sends a GET of `url` on its origin's connection (resolved, guarded and opened
+    /// on first use, reopened when the server closed it); the response head and the
+    /// request's phases.
+    async fn send(&mut self, url: &Url) -> Result<(Response<Incoming>, First), MeasurementError> {
+        let Target { https, host, port } = Target::of(url)?;
+        let mut dns_us = 0;
+        let origin = match self
+            .origins
+            .entry(format!("{}://{host}:{port}", url.scheme()))
+        {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                self.stage = Stage::Resolving;
+                let resolving = Instant::now();
+                let addrs = self.engine.resolve(&host, port).await?;
+                dns_us = micros(resolving.elapsed());
+                v.insert(Origin {
+                    dialer: Dialer {
+                        engine: self.engine.clone(),
+                        https,
+                        host,
+                        addrs,
+                        tasks: self.tasks.clone(),
+                    },
+                    conn: None,
+                })
+            }
+        };
+        let reusable = match origin.conn.as_mut() {
+            Some(conn) => conn.ready().await,
+            None => false,
+        };
+        let (mut conn, reused) = match origin.conn.take() {
+            Some(conn) if reusable => (conn, true),
+            _ => {
+                self.stage = Stage::Connecting;
+                (origin.dialer.open().await?, false)
+            }
+        };
+        self.stage = Stage::Exchanging;
+        let request = conn.request(url, Method::GET)?;
+        let (response, ttfb_us) = conn.exchange(request).await?;
+        let mut first = conn.first(Some(response.status().as_u16()), ttfb_us);
+        if reused {
+            // No handshake in this request.
+            first.connect_us = 0;
+            first.tls_us = 0;
+        }
+        origin.conn = Some(conn);
+        self.first.get_or_insert((dns_us, first));
+        Ok((response, first))
+    }
+
+    /// Reads a body to its end, counting its bytes against the session's `max_bytes`;
+    /// the body when `keep`.
+    async fn read(
+        &mut self,
+        response: Response<Incoming>,
+        url: &Url,
+        expect: &Expectations,
+        keep: bool,
+    ) -> Result<Vec<u8>, MeasurementError> {
+        let mut kept = Vec::new();
+        let mut body = response.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame
+                .map_err(|e| fail(ErrorKind::Http, format!("the body of {url} broke off: {e}")))?;
+            let Some(data) = frame.data_ref() else {
+                continue;
+            };
+            if data.is_empty() {
+                continue;
+            }
+            let now = Instant::now();
+            if self.downloading && self.transfer_from.is_none() {
+                self.transfer_from = Some(now);
+            }
+            self.last_byte = Some(now);
+            self.bytes += data.len() as u64;
+            if self.bytes > expect.max_bytes {
+                return Err(fail(
+                    ErrorKind::BodyTooLarge,
+                    format!(
+                        "the session's bodies exceed the limit of {} bytes (at {url})",
+                        expect.max_bytes
+                    ),
+                ));
+            }
+            if keep {
+                kept.extend_from_slice(data);
+            }
+        }
+        self.last_byte = Some(Instant::now());
+        Ok(kept)
+    }
+
+    fn into_measurement(self, error: Option<MeasurementError>, ended: Instant) -> Measurement {
+        let since_start = |at: Instant| micros(at.saturating_duration_since(self.start));
+        let playback = match &self.player {
+            None => Playback::default(),
+            Some(player) if error.is_none() => player.ended(),
+            Some(player) => player.cut(since_start(ended)),
+        };
+        let transfer = match (self.transfer_from, self.last_segment_byte) {
+            (Some(from), Some(to)) => micros(to.saturating_duration_since(from)),
+            _ => 0,
+        };
+        let (dns, first) = self.first.unzip();
+        let ttfb = first.map_or(0, |f| f.ttfb_us);
+        let end = match (&error, self.last_byte) {
+            (None, Some(last)) => last,
+            _ => ended,
+        };
+        let timings = Timings {
+            dns: dns.unwrap_or(0),
+            connect: first.map_or(0, |f| f.connect_us),
+            tls: first.map_or(0, |f| f.tls_us),
+            ttfb,
+            transfer,
+            // The first request's answer comes before the first segment's byte, so
+            // the two never overlap; the total covers both all the same (the
+            // controller refuses a ttfb or transfer longer than the total).
+            total: since_start(end).max(ttfb + transfer),
+        };
+        let shown = self.media_playlist.or(self.last);
+        Measurement {
+            status: shown.and_then(|f| f.status),
+            bytes: self.bytes,
+            error,
+            timings_us: timings,
+            bytes_decoded: self.bytes,
+            remote_addr: shown.map(|f| f.remote.ip().to_string()),
+            ip_version: shown.map(|f| if f.remote.is_ipv4() { 4 } else { 6 }),
+            http_version: shown.map(|f| f.http_version.to_owned()),
+            video: Some(VideoSummary {
+                playlist_url: self.playlist_url.unwrap_or_default(),
+                bitrate_bps: self.bitrate_bps,
+                segments: self.segments,
+                played_ms: playback.played_us / 1_000,
+                startup_us: playback.startup_us.unwrap_or(0),
+                stalls: playback.stalls,
+                stall_us: playback.stall_us,
+            }),
+            ..Measurement::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::EngineConfig;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::Request;
+    use hyper_util::rt::TokioIo;
+    use lastmile_testbed::link::{Link, LinkProfile};
+    use lastmile_testbed::site::{SiteConfig, TargetSite};
+    use lastmile_testbed::video::{self as stream, MASTER_PATH, RENDITIONS, SEGMENTS};
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::net::TcpListener;
+
+    /// A second, µs.
+    const S: u64 = 1_000_000;
+
+    /// A player for `media_us` that was handed `arrivals` (µs, media µs) in order.
+    fn player(media_us: u64, arrivals: &[(u64, u64)]) -> Player {
+        let mut p = Player::new(media_us);
+        for &(at, media) in arrivals {
+            p.arrived(at, media);
+        }
+        p
+    }
+
+    /// One-second segments arriving at these times.
+    fn seconds(times_us: &[u64]) -> Vec<(u64, u64)> {
+        times_us.iter().map(|&at| (at, S)).collect()
+    }
+
+    #[test]
+    fn on_a_fast_line_playback_starts_with_the_startup_buffer_and_never_stalls() {
+        // Twelve one-second segments, one every 100 ms: 2.5 s of media is buffered at
+        // the third, not before.
+        let times: Vec<u64> = (1..=12).map(|k| k * S / 10).collect();
+        let p = player(12 * S, &seconds(&times));
+        assert_eq!(
+            p.ended(),
+            Playback {
+                startup_us: Some(3 * S / 10),
+                stalls: 0,
+                stall_us: 0,
+                played_us: 12 * S,
+            }
+        );
+        // Two segments (2 s) are not enough to start.
+        let p = player(12 * S, &seconds(&times[..2]));
+        assert_eq!(p.cut(times[1]).startup_us, None);
+    }
+
+    #[test]
+    fn a_line_slower_than_the_bitrate_stalls_until_the_rebuffer_is_in() {
+        // A one-second segment every 2 s (the line carries half the bitrate). Starts at
+        // 6 s with 3 s buffered; the 5 s buffered by 10 s run dry at 11 s, before the
+        // sixth segment (12 s); playback resumes once 5 s more are in, with the tenth
+        // (20 s): one stall of 9 s. The last two come before the buffer runs dry.
+        let times: Vec<u64> = (1..=12).map(|k| 2 * k * S).collect();
+        let p = player(12 * S, &seconds(&times));
+        assert_eq!(
+            p.ended(),
+            Playback {
+                startup_us: Some(6 * S),
+                stalls: 1,
+                stall_us: 9 * S,
+                played_us: 12 * S,
+            }
+        );
+        // Cut in the middle of that stall (at 15 s), 4 s of it counted.
+        let p = player(12 * S, &seconds(&times[..7]));
+        assert_eq!(
+            p.cut(15 * S),
+            Playback {
+                startup_us: Some(6 * S),
+                stalls: 1,
+                stall_us: 4 * S,
+                played_us: 5 * S,
+            }
+        );
+        // Cut while playing, after the buffer ran dry but before the next arrival: the
+        // stall in progress counts to the cut.
+        let p = player(12 * S, &seconds(&times[..5]));
+        assert_eq!(
+            p.cut(11 * S + S / 2),
+            Playback {
+                startup_us: Some(6 * S),
+                stalls: 1,
+                stall_us: S / 2,
+                played_us: 5 * S,
+            }
+        );
+    }
+
+    #[test]
+    fn a_session_shorter_than_the_startup_buffer_starts_once_all_its_media_is_in() {
+        // Two seconds of media, the second segment in at 1.2 s: playback starts then.
+        let p = player(2 * S, &seconds(&[S / 2, 6 * S / 5]));
+        assert_eq!(
+            p.ended(),
+            Playback {
+                startup_us: Some(6 * S / 5),
+                stalls: 0,
+                stall_us: 0,
+                played_us: 2 * S,
+            }
+        );
+        // A session of 1.5 s whose one-second segments overshoot it plays 1.5 s.
+        let p = player(3 * S / 2, &seconds(&[S / 10, S / 5]));
+        assert_eq!(p.ended().played_us, 3 * S / 2);
+        assert_eq!(p.ended().startup_us, Some(S / 5));
+    }
+
+    #[test]
+    fn playback_after_the_last_download_adds_no_stall() {
+        // Four seconds of media: three segments in by 0.3 s (start, 3 s buffered, dry at
+        // 3.3 s), the fourth at 3.2 s. Nothing is left to download, so the rest plays
+        // out, computed: no stall, all four seconds played.
+        let p = player(4 * S, &seconds(&[S / 10, S / 5, 3 * S / 10, 16 * S / 5]));
+        assert_eq!(
+            p.ended(),
+            Playback {
+                startup_us: Some(3 * S / 10),
+                stalls: 0,
+                stall_us: 0,
+                played_us: 4 * S,
+            }
+        );
+        // The same fourth segment at 3.4 s comes 0.1 s after the buffer ran dry; the
+        // rest is less than the rebuffer and all of it is in: 0.1 s stalled.
+        let p = player(4 * S, &seconds(&[S / 10, S / 5, 3 * S / 10, 17 * S / 5]));
+        assert_eq!((p.ended().stalls, p.ended().stall_us), (1, S / 10));
+    }
+
+    fn variant(bandwidth: u64, uri: &str) -> VariantStream {
+        VariantStream {
+            bandwidth,
+            uri: uri.to_owned(),
+            ..VariantStream::default()
+        }
+    }
+
+    #[test]
+    fn the_variant_is_the_highest_at_or_under_the_limit_else_the_lowest() {
+        let mut trick = variant(100, "iframes.m3u8");
+        trick.is_i_frame = true;
+        let variants = [
+            variant(2_000_000, "low.m3u8"),
+            variant(30_000_000, "high.m3u8"),
+            variant(6_000_000, "mid.m3u8"),
+            trick,
+        ];
+        let chosen = |kbps| choose_variant(&variants, kbps).map(|v| v.uri.as_str());
+        assert_eq!(chosen(None), Some("high.m3u8"));
+        assert_eq!(chosen(Some(30_000)), Some("high.m3u8"));
+        assert_eq!(chosen(Some(29_999)), Some("mid.m3u8"));
+        assert_eq!(chosen(Some(2_000)), Some("low.m3u8"));
+        // None at or under it: the lowest playable one (never the I-frame variant).
+        assert_eq!(chosen(Some(1)), Some("low.m3u8"));
+        assert_eq!(choose_variant(&variants[3..], None), None);
+    }
+
+    fn media(text: &str) -> MediaPlaylist {
+        match m3u8_rs::parse_playlist_res(text.as_bytes()) {
+            Ok(Playlist::MediaPlaylist(m)) => m,
+            other => panic!("not a media playlist: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_plan_covers_play_ms_and_fetches_each_initialisation_section_once() {
+        let base = Url::parse("http://cdn.test/v/index.m3u8").unwrap();
+        let text = "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXT-X-PLAYLIST-TYPE:EVENT\n\
+                    #EXT-X-MAP:URI=\"init.mp4\"\n#EXTINF:4.0,\na.m4s\n#EXTINF:4.0,\nb.m4s\n\
+                    #EXTINF:4.0,\nhttp://other.test/c.m4s\n#EXTINF:4.0,\nd.m4s\n#EXT-X-ENDLIST\n";
+        let p = plan(&media(text), &base, 9_000).unwrap();
+        let urls: Vec<(&str, Option<u64>)> = p
+            .pieces
+            .iter()
+            .map(|piece| (piece.url.as_str(), piece.media_us))
+            .collect();
+        assert_eq!(
+            urls,
+            [
+                ("http://cdn.test/v/init.mp4", None),
+                ("http://cdn.test/v/a.m4s", Some(4 * S)),
+                ("http://cdn.test/v/b.m4s", Some(4 * S)),
+                ("http://other.test/c.m4s", Some(4 * S)),
+            ],
+            "9 s of media need three 4 s segments"
+        );
+        assert_eq!(p.media_us, 9 * S);
+        // Longer than the playlist: all of it.
+        assert_eq!(plan(&media(text), &base, 60_000).unwrap().media_us, 16 * S);
+    }
+
+    #[test]
+    fn playlists_a_player_cannot_play_are_playlist_invalid() {
+        let base = Url::parse("http://cdn.test/live.m3u8").unwrap();
+        let refused = |text: &str| {
+            let e = plan(&media(text), &base, 10_000).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::PlaylistInvalid, "{e:?}");
+            e.message
+        };
+        let live = refused("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\na.ts\n");
+        assert!(
+            live.contains("live") && live.contains("not supported"),
+            "{live}"
+        );
+        let empty = refused("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-ENDLIST\n");
+        assert!(empty.contains("no segments"), "{empty}");
+        let ranges = refused(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n#EXT-X-BYTERANGE:1000@0\nall.ts\n#EXT-X-ENDLIST\n",
+        );
+        assert!(ranges.contains("byte-range"), "{ranges}");
+        let silent =
+            refused("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:0,\na.ts\n#EXT-X-ENDLIST\n");
+        assert!(silent.contains("no media"), "{silent}");
+        let e = parse_playlist(b"<!doctype html><p>hello", &base).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PlaylistInvalid);
+    }
+
+    // Real sessions, over sockets on 127.0.0.1.
+
+    fn local_engine() -> Engine {
+        Engine::new(EngineConfig {
+            allow_private: true,
+            ..EngineConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn within(ms: u64) -> Expectations {
+        Expectations {
+            timeout: Duration::from_millis(ms),
+            max_bytes: 1024 * 1024 * 1024,
+            ..Expectations::default()
+        }
+    }
+
+    fn session(play_ms: u64, max_bitrate_kbps: Option<u64>) -> VideoTask {
+        VideoTask {
+            play_ms,
+            max_bitrate_kbps,
+        }
+    }
+
+    async fn site(think_ms: u64) -> TargetSite {
+        TargetSite::start(
+            "127.0.0.1:0".parse().unwrap(),
+            SiteConfig {
+                think_time: Duration::from_millis(think_ms),
+                ..SiteConfig::default()
+            },
+        )
+        .await
+        .unwrap()
+    }
+
+    fn summary(m: &Measurement) -> &VideoSummary {
+        m.video
+            .as_ref()
+            .unwrap_or_else(|| panic!("no video summary: {m:?}"))
+    }
+
+    fn kind(m: &Measurement) -> Option<ErrorKind> {
+        m.error.as_ref().map(|e| e.kind)
+    }
+
+    /// The phases the controller accepts: none longer than the total, ttfb and
+    /// transfer within it together.
+    fn assert_consistent(t: Timings) {
+        assert!(t.total >= t.ttfb + t.transfer, "{t:?}");
+        for phase in [t.dns, t.connect, t.tls, t.ttfb, t.transfer] {
+            assert!(phase <= t.total, "{t:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_low_rendition_plays_on_loopback_without_a_stall_over_one_connection() {
+        let site = site(5).await;
+        let url = format!("{}{MASTER_PATH}", site.origin());
+        let m = local_engine()
+            .measure_video(&url, &within(20_000), session(12_000, Some(2_000)))
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(m.status, Some(200));
+        assert_eq!(m.http_version.as_deref(), Some("1.1"));
+        assert_eq!(
+            (m.remote_addr.as_deref(), m.ip_version),
+            (Some("127.0.0.1"), Some(4))
+        );
+        let s = summary(&m);
+        assert_eq!(
+            s.playlist_url,
+            format!("{}/video/low/index.m3u8", site.origin())
+        );
+        assert_eq!(s.bitrate_bps, Some(RENDITIONS[0].bitrate_bps));
+        assert_eq!(s.segments, SEGMENTS as u32);
+        assert_eq!(s.played_ms, 12_000);
+        assert_eq!((s.stalls, s.stall_us), (0, 0), "{s:?}");
+        assert!(
+            s.startup_us > 0 && s.startup_us < 1_000_000,
+            "startup below a second on loopback: {s:?}"
+        );
+        let bytes = (stream::master().len()
+            + stream::media().len()
+            + SEGMENTS * stream::segment_bytes(RENDITIONS[0])) as u64;
+        assert_eq!((m.bytes, m.bytes_decoded), (bytes, bytes));
+        let t = m.timings_us;
+        assert_consistent(t);
+        assert!(t.connect > 0 && t.ttfb > 0 && t.transfer > 0, "{t:?}");
+        assert!(
+            t.total < 12_000_000,
+            "as long as the downloads, not the media"
+        );
+        assert!(s.startup_us <= t.total, "{s:?} {t:?}");
+        assert_eq!(
+            site.connections().accepted,
+            1,
+            "every request on one kept-alive connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn max_bitrate_kbps_picks_the_variant() {
+        let site = site(0).await;
+        let url = format!("{}{MASTER_PATH}", site.origin());
+        let [low, high] = RENDITIONS;
+        for (max, rendition) in [
+            (None, high),
+            (Some(30_000), high),
+            (Some(29_999), low),
+            (Some(2_000), low),
+            (Some(1), low),
+        ] {
+            let m = local_engine()
+                .measure_video(&url, &within(20_000), session(1_000, max))
+                .await;
+            assert_eq!(m.error, None, "{max:?}: {m:?}");
+            let s = summary(&m);
+            assert_eq!(s.bitrate_bps, Some(rendition.bitrate_bps), "{max:?}");
+            assert!(
+                s.playlist_url
+                    .ends_with(&format!("/{}/index.m3u8", rendition.name)),
+                "{max:?}: {s:?}"
+            );
+            assert_eq!((s.segments, s.played_ms), (1, 1_000), "{s:?}");
+            assert!(m.bytes > stream::segment_bytes(rendition) as u64);
+        }
+    }
+
+    #[tokio::test]
+    async fn behind_a_dsl_line_the_high_rendition_stalls_and_the_low_one_does_not() {
+        let site = site(5).await;
+        let profile = LinkProfile {
+            down_bps: 16_000_000,
+            up_bps: 1_000_000,
+            rtt: Duration::from_millis(40),
+        };
+        let link = Link::start("127.0.0.1:0".parse().unwrap(), site.addr(), profile)
+            .await
+            .unwrap();
+        let url = format!("http://{}{MASTER_PATH}", link.addr());
+        // Six seconds of media: at 30 Mbit/s a segment takes at least 1.9 s over 16,
+        // so the buffer runs dry before the sixth arrives.
+        let mut seen = Vec::new();
+        for max in [Some(2_000), None] {
+            let m = local_engine()
+                .measure_video(&url, &within(60_000), session(6_000, max))
+                .await;
+            assert_eq!(m.error, None, "{m:?}");
+            assert_consistent(m.timings_us);
+            let s = summary(&m).clone();
+            eprintln!(
+                "{} kbit/s over 16 Mbit/s, 40 ms: startup {:.1} ms, {} stall(s), {:.1} ms \
+                 stalled, {} segments in {:.1} ms\n{}",
+                s.bitrate_bps.unwrap_or(0) / 1000,
+                s.startup_us as f64 / 1000.0,
+                s.stalls,
+                s.stall_us as f64 / 1000.0,
+                s.segments,
+                m.timings_us.total as f64 / 1000.0,
+                crate::cli::video_table(&m, &s)
+            );
+            assert_eq!((s.segments, s.played_ms), (6, 6_000), "{s:?}");
+            seen.push(s);
+        }
+        let (low, high) = (&seen[0], &seen[1]);
+        assert_eq!(low.bitrate_bps, Some(2_000_000));
+        assert_eq!((low.stalls, low.stall_us), (0, 0), "{low:?}");
+        assert!(low.startup_us < 2_000_000, "{low:?}");
+        assert_eq!(high.bitrate_bps, Some(30_000_000));
+        assert!(high.stalls >= 1 && high.stall_us > 0, "{high:?}");
+        assert!(high.startup_us > low.startup_us, "{high:?}");
+    }
+
+    /// What [`Files`] answers for a path.
+    enum Route {
+        Body(Vec<u8>),
+        Redirect(String),
+    }
+
+    /// A keep-alive HTTP/1.1 server (hyper's) answering GETs from its routes, 404
+    /// otherwise; it counts the connections it accepted.
+    struct Files {
+        addr: SocketAddr,
+        accepted: Arc<AtomicUsize>,
+    }
+
+    impl Files {
+        async fn start(routes: Vec<(&str, Route)>) -> Files {
+            let routes: Arc<HashMap<String, Route>> = Arc::new(
+                routes
+                    .into_iter()
+                    .map(|(path, route)| (path.to_owned(), route))
+                    .collect(),
+            );
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let counted = accepted.clone();
+            tokio::spawn(async move {
+                while let Ok((tcp, _)) = listener.accept().await {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let routes = routes.clone();
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                            let routes = routes.clone();
+                            async move {
+                                let answer = hyper::Response::builder();
+                                let (answer, body) = match routes.get(req.uri().path()) {
+                                    Some(Route::Body(body)) => (answer, body.clone()),
+                                    Some(Route::Redirect(to)) => {
+                                        (answer.status(302).header("location", to), Vec::new())
+                                    }
+                                    None => (answer.status(404), b"not found".to_vec()),
+                                };
+                                answer.body(Full::new(Bytes::from(body)))
+                            }
+                        });
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(tcp), service)
+                            .await;
+                    });
+                }
+            });
+            Files { addr, accepted }
+        }
+
+        fn url(&self, path: &str) -> String {
+            format!("http://{}{path}", self.addr)
+        }
+
+        fn accepted(&self) -> usize {
+            self.accepted.load(Ordering::SeqCst)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_media_playlist_plays_as_it_is_with_another_origins_segments_on_their_own_connection()
+    {
+        // The segments and their initialisation section are on a second origin; one
+        // segment, relative, is on the playlist's own (after a redirect).
+        let cdn = Files::start(vec![
+            ("/init.mp4", Route::Body(vec![1; 100])),
+            ("/a.m4s", Route::Body(vec![2; 1_000])),
+            ("/b.m4s", Route::Body(vec![3; 2_000])),
+        ])
+        .await;
+        let playlist = format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-PLAYLIST-TYPE:VOD\n\
+             #EXT-X-MAP:URI=\"{}\"\n#EXTINF:1.0,\n{}\n#EXTINF:1.0,\n{}\n#EXTINF:1.0,\nc.m4s\n\
+             #EXTINF:1.0,\nd.m4s\n#EXT-X-ENDLIST\n",
+            cdn.url("/init.mp4"),
+            cdn.url("/a.m4s"),
+            cdn.url("/b.m4s")
+        );
+        let origin = Files::start(vec![
+            ("/moved.m3u8", Route::Redirect("/v/index.m3u8".into())),
+            ("/v/index.m3u8", Route::Body(playlist.clone().into_bytes())),
+            ("/v/c.m4s", Route::Body(vec![4; 3_000])),
+        ])
+        .await;
+        let url = origin.url("/moved.m3u8");
+        let m = local_engine()
+            .measure_video(&url, &within(10_000), session(2_500, Some(5_000)))
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        let s = summary(&m);
+        assert_eq!(s.playlist_url, url);
+        assert_eq!(s.bitrate_bps, None, "no master playlist, no bitrate");
+        assert_eq!(
+            (s.segments, s.played_ms),
+            (3, 2_500),
+            "2.5 s take three segments"
+        );
+        assert_eq!(s.stalls, 0);
+        assert_eq!(m.bytes, playlist.len() as u64 + 100 + 1_000 + 2_000 + 3_000);
+        assert_eq!(m.status, Some(200), "the media playlist's");
+        assert_consistent(m.timings_us);
+        assert_eq!(
+            (origin.accepted(), cdn.accepted()),
+            (1, 1),
+            "one kept-alive connection per origin"
+        );
+
+        // The same playlist refused when its segment is missing: the error names it.
+        let broken = Files::start(vec![(
+            "/index.m3u8",
+            Route::Body(playlist.replace("c.m4s", "gone.m4s").into_bytes()),
+        )])
+        .await;
+        let m = local_engine()
+            .measure_video(
+                &broken.url("/index.m3u8"),
+                &within(10_000),
+                session(10_000, None),
+            )
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::HttpStatus), "{m:?}");
+        assert!(m.error.as_ref().unwrap().message.contains("gone.m4s"));
+        assert_eq!(summary(&m).segments, 2, "the two before it arrived");
+        assert_eq!(m.status, Some(200), "the media playlist's");
+    }
+
+    #[tokio::test]
+    async fn a_body_that_is_not_a_playlist_or_a_live_playlist_is_playlist_invalid() {
+        let site = site(0).await;
+        let m = local_engine()
+            .measure_video(
+                &format!("{}/", site.origin()),
+                &within(10_000),
+                session(5_000, None),
+            )
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::PlaylistInvalid), "{m:?}");
+        assert_eq!(m.status, Some(200));
+        assert_eq!(summary(&m).segments, 0);
+        assert_eq!(summary(&m).playlist_url, "");
+
+        let live = Files::start(vec![
+            (
+                "/master.m3u8",
+                Route::Body(b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1000\nlive.m3u8\n".to_vec()),
+            ),
+            (
+                "/live.m3u8",
+                Route::Body(
+                    b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\na.ts\n#EXTINF:2.0,\nb.ts\n"
+                        .to_vec(),
+                ),
+            ),
+        ])
+        .await;
+        let m = local_engine()
+            .measure_video(
+                &live.url("/master.m3u8"),
+                &within(10_000),
+                session(5_000, None),
+            )
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::PlaylistInvalid), "{m:?}");
+        assert!(m.error.as_ref().unwrap().message.contains("live"), "{m:?}");
+        assert_eq!(summary(&m).bitrate_bps, Some(1_000));
+        assert_eq!(summary(&m).playlist_url, live.url("/live.m3u8"));
+    }
+
+    struct Loopback;
+
+    impl crate::measure::Resolve for Loopback {
+        fn resolve(&self, _host: &str) -> crate::measure::Resolution {
+            Box::pin(async { Ok(vec!["127.0.0.1".parse().unwrap()]) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_forbidden_target_or_an_invalid_task_is_refused_before_any_connection() {
+        let site = site(0).await;
+        let m = Engine::new(EngineConfig::default())
+            .unwrap()
+            .measure_video(
+                &format!("{}{MASTER_PATH}", site.origin()),
+                &within(10_000),
+                session(5_000, None),
+            )
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::TargetForbidden), "{m:?}");
+        assert_eq!(m.status, None);
+        // And by a name that resolves to it (DNS rebinding).
+        let m = Engine::new(EngineConfig::default())
+            .unwrap()
+            .with_resolver(Arc::new(Loopback))
+            .measure_video(
+                &format!("http://rebind.test:{}{MASTER_PATH}", site.addr().port()),
+                &within(10_000),
+                session(5_000, None),
+            )
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::TargetForbidden), "{m:?}");
+        for play_ms in [999, MAX_VIDEO_PLAY_MS + 1] {
+            let m = local_engine()
+                .measure_video(
+                    &format!("{}{MASTER_PATH}", site.origin()),
+                    &within(10_000),
+                    session(play_ms, None),
+                )
+                .await;
+            assert_eq!(kind(&m), Some(ErrorKind::InvalidTask), "{play_ms}: {m:?}");
+        }
+        assert_eq!(site.connections().accepted, 0, "no connection reached it");
+    }
+
+    #[tokio::test]
+    async fn max_bytes_and_the_time_limit_end_a_session_as_failures() {
+        let site = site(0).await;
+        let url = format!("{}{MASTER_PATH}", site.origin());
+        // Three low segments (250 kB each) fit in 1 MB with the playlists, a fourth
+        // does not.
+        let expect = Expectations {
+            max_bytes: 1_000_000,
+            ..within(10_000)
+        };
+        let m = local_engine()
+            .measure_video(&url, &expect, session(12_000, Some(2_000)))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::BodyTooLarge), "{m:?}");
+        assert!(m.bytes > 1_000_000 && m.bytes < 1_250_000, "{m:?}");
+        let s = summary(&m);
+        assert_eq!(s.segments, 3, "{s:?}");
+        assert!(
+            s.played_ms <= 3_000,
+            "only what arrived can have played: {s:?}"
+        );
+        assert_consistent(m.timings_us);
+
+        // 400 ms of think time a request: the playlists take 800 ms, the first
+        // segment would arrive after the 1 s limit.
+        let slow = self::site(400).await;
+        let m = local_engine()
+            .measure_video(
+                &format!("{}{MASTER_PATH}", slow.origin()),
+                &within(1_000),
+                session(12_000, Some(2_000)),
+            )
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::TotalTimeout), "{m:?}");
+        assert!(m.timings_us.total >= 1_000_000, "{m:?}");
+        let s = summary(&m);
+        assert!(s.segments < SEGMENTS as u32, "{s:?}");
+        assert_consistent(m.timings_us);
+    }
+}

@@ -1,0 +1,209 @@
+//! `video` checks end to end, both backends: the API takes one (and refuses the
+//! sessions that do not fit), a real agent behind an emulated DSL line (16 Mbit/s)
+//! plays the testbed's HLS stream (`lastmile_testbed::video`: a 2 Mbit/s and a 30
+//! Mbit/s rendition of 1-second segments), and the report shows what a viewer would
+//! have seen: the low rendition starts at once and plays through, the high one waits
+//! for its start-up buffer and stalls, because the line carries half its bitrate.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use lastmile_agent::limits::VolunteerLimits;
+use lastmile_agent::measure::{ConnectTo, EngineConfig};
+use lastmile_agent::runner::AgentSettings;
+use lastmile_protocol::{AgentLimits, ConnectionClass};
+use lastmile_testbed::link::{Link, LinkProfile};
+use lastmile_testbed::video;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::per_backend;
+use crate::support::{count, target_site, TestApp, TestDb};
+
+per_backend!(a_video_check_plays_what_the_line_carries_and_stalls_on_what_it_cannot);
+
+async fn until(what: &str, secs: u64, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A report row's pNN of a figure, in its unit.
+fn figure(row: &Value, name: &str, percentile: u64) -> u64 {
+    row["figures"][name]["percentiles"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["percentile"] == percentile))
+        .and_then(|p| p["value"].as_u64())
+        .unwrap_or_else(|| panic!("no {name} p{percentile} in {row}"))
+}
+
+async fn a_video_check_plays_what_the_line_carries_and_stalls_on_what_it_cannot(db: TestDb) {
+    let app = TestApp::start_with(&db, |c| {
+        c.heartbeat_interval_s = 1;
+        c.lease_s = 60;
+        c.run_deadline_s = 120;
+    })
+    .await;
+    let site = target_site().await;
+    let owner = app.owner("owner");
+    let site_id = app.verified_site(&owner, &site).await;
+    let state = tempfile::tempdir().unwrap();
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+
+    // One agent on a DSL line (16 Mbit/s down, 40 ms), calibrated over it.
+    let profile = LinkProfile::for_class(ConnectionClass::Dsl);
+    let to_site = Link::start(any_port, site.addr(), profile).await.unwrap();
+    let to_controller = Link::start(any_port, app.controller.addr, profile)
+        .await
+        .unwrap();
+    let settings = AgentSettings {
+        controller: app.base.parse().unwrap(),
+        enrol_key: Some(app.volunteer("Ada")),
+        state_dir: state.path().join("agent"),
+        name: "ada-dsl".into(),
+        declared_class: ConnectionClass::Dsl,
+        limits: AgentLimits { max_concurrent: 1 },
+        engine: EngineConfig {
+            allow_private: true,
+            source_addr: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
+            connect_to: vec![ConnectTo {
+                host: site.addr().ip().to_string(),
+                port: site.addr().port(),
+                addr: to_site.addr(),
+            }],
+            ..EngineConfig::default()
+        },
+        idle_poll: Duration::from_millis(200),
+        calibration_url: Some(format!("http://{}", to_controller.addr()).parse().unwrap()),
+        calibration_bytes_per_day: 20 * 1024 * 1024,
+        volunteer: VolunteerLimits::default(),
+        spool_max_results: 100,
+        path_trace: false,
+    };
+    let (stop, stopped) = watch::channel(false);
+    let agent = tokio::spawn(lastmile_agent::run(settings, async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|s| *s).await;
+    }));
+    until("the agent has calibrated its line", 60, async || {
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM agents WHERE measured_class = 'dsl'",
+        ) == 1
+    })
+    .await;
+
+    let url = format!("{}{}", site.origin(), video::MASTER_PATH);
+    let check = |extra: Value| {
+        let mut body = json!({"site_id": site_id, "url": url, "kind": "video",
+                              "selection": {"agents_per_run": 1}});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    // Sessions that do not fit are refused, each saying why.
+    for (extra, says) in [
+        (json!({"video": {"play_ms": 500}}), "play_ms"),
+        (json!({"video": {"play_ms": 200000}}), "play_ms"),
+        (
+            json!({"video": {"max_bitrate_kbps": 0}}),
+            "max_bitrate_kbps",
+        ),
+        (json!({"video": {"playms": 2000}}), "playms"),
+        (json!({"body_contains": "x"}), "body_contains"),
+        (json!({"throughput": {"connections": 2}}), "throughput"),
+        (json!({"kind": "http", "video": {"play_ms": 2000}}), "video"),
+    ] {
+        let (status, body) = app.post_check(&owner, check(extra.clone())).await;
+        assert!(
+            (400..500).contains(&status) && body.to_string().contains(says),
+            "{extra} -> {status} {body}"
+        );
+    }
+
+    // The low rendition (2 Mbit/s) and the highest (30 Mbit/s), 6 s of each.
+    let objectives = json!([
+        {"figure": "stall_time", "percentile": 90, "max_ms": 500},
+        {"figure": "startup_delay", "percentile": 50, "max_ms": 3000},
+    ]);
+    let mut ids = Vec::new();
+    for session in [
+        json!({"play_ms": 6000, "max_bitrate_kbps": 5000}),
+        json!({"play_ms": 6000}),
+    ] {
+        let (status, created) = app
+            .post_check(
+                &owner,
+                check(json!({"video": session, "objectives": objectives})),
+            )
+            .await;
+        assert_eq!(status, 201, "{created}");
+        assert_eq!(created["kind"], "video");
+        assert_eq!(created["video"], session, "{created}");
+        assert_eq!(created["timeout_ms"], 60000, "{created}");
+        assert_eq!(created["price_per_result_minor"], 40, "{created}");
+        ids.push(created["id"].as_str().unwrap().to_owned());
+        let n = ids.len() as i64;
+        until(&format!("session {n} is stored"), 90, async || {
+            count(&app, "SELECT COUNT(*) AS n FROM results") == n
+        })
+        .await;
+    }
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM results WHERE error_kind IS NULL AND flagged = false \
+             AND figures LIKE '%stall_time%'"
+        ),
+        2,
+        "both sessions played, unflagged, with their figures"
+    );
+
+    let mut rows = Vec::new();
+    for id in &ids {
+        let mut report = Value::Null;
+        until("the report counts the session", 30, async || {
+            let (status, body) = app
+                .call(
+                    "GET",
+                    &format!("/api/v1/checks/{id}/report?group_by=connection_class"),
+                    Some(&owner),
+                    None,
+                )
+                .await;
+            assert_eq!(status, 200, "{body}");
+            report = body;
+            report["rows"][0]["samples"] == 1
+        })
+        .await;
+        rows.push(report["rows"][0].clone());
+    }
+    let (low, high) = (&rows[0], &rows[1]);
+    let (low_start, low_stall) = (
+        figure(low, "startup_delay", 50),
+        figure(low, "stall_time", 50),
+    );
+    let (high_start, high_stall) = (
+        figure(high, "startup_delay", 50),
+        figure(high, "stall_time", 50),
+    );
+    eprintln!(
+        "dsl: low starts in {low_start} µs, stalls {low_stall} µs; high starts in {high_start} µs, stalls {high_stall} µs"
+    );
+    // 2.5 s of the low rendition is 625 kB: 0.3 s on the line.
+    assert!(low_start < 2_000_000, "low start-up {low_start} µs");
+    assert_eq!(low_stall, 0, "the low rendition plays through");
+    // 2.5 s of the high one is three 3.75 MB segments: 5.6 s on the line; and each
+    // further second of media takes 1.9 s to arrive.
+    assert!(high_start > 4_000_000, "high start-up {high_start} µs");
+    assert!(high_stall > 0, "the high rendition stalls");
+    assert_eq!(low["objectives"][0]["met"], true, "{low}");
+    assert_eq!(high["objectives"][0]["met"], false, "{high}");
+    assert_eq!(high["objectives"][1]["met"], false, "{high}");
+
+    let _ = stop.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+}
