@@ -37,7 +37,8 @@ pub fn color_css(i: usize) -> String {
 #[derive(Debug, Clone)]
 pub struct Series {
     pub label: String,
-    /// (bucket start, unix seconds; value, milliseconds).
+    /// (bucket start, unix seconds; value, in the chart's unit: milliseconds for the
+    /// phases).
     pub points: Vec<(i64, f64)>,
     /// Index into the palette, so a class keeps its colour across charts.
     pub color: usize,
@@ -47,6 +48,11 @@ pub struct Series {
 /// bucket is a dot, joined by lines, so a single bucket still shows. `title` names the
 /// chart for screen readers.
 pub fn time_chart(title: &str, series: &[Series], from: i64, to: i64) -> String {
+    time_chart_in(title, series, from, to, "ms")
+}
+
+/// [`time_chart`] with the values in `unit` ("Mbit/s" for a goodput).
+pub fn time_chart_in(title: &str, series: &[Series], from: i64, to: i64, y_unit: &str) -> String {
     let values = || series.iter().flat_map(|s| s.points.iter().map(|p| p.1));
     let ymax = values().fold(0.0_f64, f64::max);
     let ymin = values().filter(|v| *v > 0.0).fold(f64::INFINITY, f64::min);
@@ -76,11 +82,11 @@ pub fn time_chart(title: &str, series: &[Series], from: i64, to: i64) -> String 
     let x_max = x_of(to);
     let x_label = |x: &f64| time_label(from + (x * unit as f64).round() as i64, span);
     let y_label = |y: &f64| {
-        let ms = if log { 10f64.powf(*y) } else { *y };
-        if ms < 1.0 {
-            format!("{ms:.1} ms")
+        let value = if log { 10f64.powf(*y) } else { *y };
+        if value < 1.0 {
+            format!("{value:.1} {y_unit}")
         } else {
-            format!("{ms:.0} ms")
+            format!("{value:.0} {y_unit}")
         }
     };
     let frame = Frame {
@@ -448,6 +454,24 @@ mod tests {
             svg.contains("\n0 ms\n") || svg.contains("\n0.0 ms\n"),
             "{svg}"
         );
+    }
+
+    #[test]
+    fn a_time_chart_in_another_unit_labels_its_axis_with_it() {
+        let series = [Series {
+            label: "dsl".into(),
+            points: vec![(1_700_000_000, 16.0), (1_700_003_600, 15.5)],
+            color: 0,
+        }];
+        let svg = time_chart_in(
+            "goodput p10",
+            &series,
+            1_700_000_000,
+            1_700_007_200,
+            "Mbit/s",
+        );
+        assert!(svg.contains(" Mbit/s\n"), "{svg}");
+        assert!(!svg.contains(" ms\n"), "{svg}");
     }
 
     #[test]

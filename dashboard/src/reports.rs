@@ -168,6 +168,20 @@ pub struct ReportView {
     /// Heads of the columns of figures besides the phases that some row has (goodput,
     /// idle and loaded latency), two a figure: "Goodput p50", "Goodput p10".
     pub figure_heads: Vec<String>,
+    /// A chart over time per figure besides the phases that the report has.
+    pub figure_charts: Vec<FigureChart>,
+}
+
+/// One figure's worse tail over time, per class.
+#[derive(Debug, Clone)]
+pub struct FigureChart {
+    /// The element id ("goodput-p10").
+    pub id: String,
+    /// "Goodput, p10 (the rate 90 % of measurements reached)".
+    pub title: String,
+    /// What the y axis counts: "Mbit/s" or "ms".
+    pub unit: &'static str,
+    pub series: Vec<Series>,
 }
 
 /// The report table's column heads: a figure's only when some row has it.
@@ -248,6 +262,12 @@ pub fn report(nav: &Nav, r: &ReportView) -> Markup {
                             figure.chart id=(id) {
                                 figcaption { (title) }
                                 (PreEscaped(charts::time_chart(title, series, r.from_s, r.to_s)))
+                            }
+                        }
+                        @for c in &r.figure_charts {
+                            figure.chart id=(c.id) {
+                                figcaption { (c.title) }
+                                (PreEscaped(charts::time_chart_in(&c.title, &c.series, r.from_s, r.to_s, c.unit)))
                             }
                         }
                     }

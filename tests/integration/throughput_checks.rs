@@ -243,6 +243,20 @@ async fn a_throughput_check_measures_the_line_and_its_queue_under_load(db: TestD
         );
     }
 
+    // The report page charts each figure's worse tail over time, in its unit.
+    let cookie = app.owner_session(&owner).await;
+    let page = app
+        .dashboard_page(&cookie, &format!("/app/checks/{id}/report?window=24h"))
+        .await;
+    for chart in [
+        r#"id="goodput-p10""#,
+        r#"id="idle-latency-p95""#,
+        r#"id="loaded-latency-p95""#,
+    ] {
+        assert!(page.contains(chart), "{chart} missing");
+    }
+    assert!(page.contains(" Mbit/s\n"), "a goodput axis in Mbit/s");
+
     // Each run's result carries its own figures.
     let (_, runs) = app.call("GET", &runs_path, Some(&owner), None).await;
     let runs = runs

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use lastmile_dashboard::charts::Series;
 use lastmile_dashboard::reports::{
-    self as pages, CountryRow, FigureCell, ObjectiveCell, ReportView, Row, Verdict,
+    self as pages, CountryRow, FigureCell, FigureChart, ObjectiveCell, ReportView, Row, Verdict,
 };
 use lastmile_protocol::{ConnectionClass, Figure, Phase, Unit};
 use serde::Deserialize;
@@ -174,6 +174,12 @@ pub async fn report(
         total_samples: overall.rows.iter().map(|r| r.samples).sum(),
         countries: by_country.rows.iter().map(country_row).collect(),
         figure_heads: figure_heads(&figures),
+        // The last hour's view is 5-minute slots of the raw results' phases; the
+        // figures' charts come from the aggregates' buckets, the other windows.
+        figure_charts: match &recent {
+            Some(_) => Vec::new(),
+            None => figure_charts(&over_time),
+        },
         // A page check's total is the whole page's, its point.
         total_label: if check.kind == "page" {
             "Page total".into()
@@ -361,21 +367,86 @@ fn table_figures(table: &reports::Report) -> Vec<Figure> {
         .collect()
 }
 
+/// A figure's name as the dashboard writes it.
+fn figure_name(figure: Figure) -> &'static str {
+    match figure {
+        Figure::Goodput => "Goodput",
+        Figure::IdleLatency => "Idle latency",
+        Figure::LoadedLatency => "Loaded latency",
+        Figure::StartupDelay => "Start-up delay",
+        Figure::StallTime => "Stall time",
+        other => other.as_str(),
+    }
+}
+
+/// One chart over time per figure besides the phases that the report's buckets have:
+/// its worse tail per class (p10 of goodput, p95 of a latency), what objectives bound.
+fn figure_charts(over_time: &Report) -> Vec<FigureChart> {
+    Figure::OTHERS
+        .into_iter()
+        .filter(|f| over_time.rows.iter().any(|r| r.figures.contains_key(f)))
+        .map(|figure| {
+            let [_, tail] = shown_percentiles(figure);
+            FigureChart {
+                id: format!("{figure}-p{tail}").replace('_', "-"),
+                title: if figure.higher_is_better() {
+                    format!(
+                        "{}, p{tail} (the rate {} % of measurements reached)",
+                        figure_name(figure),
+                        100 - u32::from(tail)
+                    )
+                } else {
+                    format!("{}, p{tail}", figure_name(figure))
+                },
+                unit: match figure.unit() {
+                    Unit::Kbps => "Mbit/s",
+                    Unit::Us => "ms",
+                },
+                series: figure_series(over_time, figure, tail),
+            }
+        })
+        .collect()
+}
+
+/// Per class, a figure's pNN in each bucket, in the unit its chart shows (Mbit/s, ms).
+fn figure_series(report: &Report, figure: Figure, percentile: u8) -> Vec<Series> {
+    let mut out: Vec<(Option<ConnectionClass>, Series)> = Vec::new();
+    for row in &report.rows {
+        let (Some(start), Some(p)) = (
+            row.group.bucket_start,
+            row.figures.get(&figure).and_then(|f| f.get(percentile)),
+        ) else {
+            continue;
+        };
+        let class = row.group.connection_class;
+        // kbit/s to Mbit/s, µs to ms: both a thousandth.
+        let point = (start.timestamp(), p.value as f64 / 1000.0);
+        match out.iter_mut().find(|(c, _)| *c == class) {
+            Some((_, s)) => s.points.push(point),
+            None => out.push((
+                class,
+                Series {
+                    label: class.map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
+                    points: vec![point],
+                    color: color_of(class),
+                },
+            )),
+        }
+    }
+    out.sort_by_key(|(c, _)| color_of(*c));
+    out.into_iter()
+        .map(|(_, mut s)| {
+            s.points.sort_by_key(|p| p.0);
+            s
+        })
+        .collect()
+}
+
 /// "Goodput p50", "Goodput p10", "Loaded latency p50", ...: two heads per figure.
 fn figure_heads(figures: &[Figure]) -> Vec<String> {
     figures
         .iter()
-        .flat_map(|&f| {
-            let name = match f {
-                Figure::Goodput => "Goodput",
-                Figure::IdleLatency => "Idle latency",
-                Figure::LoadedLatency => "Loaded latency",
-                Figure::StartupDelay => "Start-up delay",
-                Figure::StallTime => "Stall time",
-                other => other.as_str(),
-            };
-            shown_percentiles(f).map(|nn| format!("{name} p{nn}"))
-        })
+        .flat_map(|&f| shown_percentiles(f).map(|nn| format!("{} p{nn}", figure_name(f))))
         .collect()
 }
 
