@@ -15,7 +15,50 @@ per_backend!(
     report_merges_results_by_class_and_country_as_json_and_csv,
     agent_location_comes_from_the_address_it_connects_from,
     a_result_keeps_its_address_family_decoded_size_and_redirects,
+    a_summary_of_another_kind_than_the_task_is_refused,
 );
+
+/// A hand-made result for an http fetch that carries a throughput load's (or a video
+/// session's, or a page's) summary is refused, naming both kinds: its figures would
+/// otherwise land in a check that never asked for them. The assignment stays open for
+/// the honest result, which is then accepted.
+async fn a_summary_of_another_kind_than_the_task_is_refused(db: TestDb) {
+    let (app, site, owner, key) = scene::start(&db).await;
+    let agent = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
+        .await;
+    let check = app
+        .site_check(&owner, &site, site.origin(), json!({"agents_per_run": 1}))
+        .await;
+    let task = app.run_and_lease(&owner, &check, &agent).await;
+    assert_eq!(task["kind"], "http");
+    let honest = submission(&task["assignment_id"], 40_000);
+    let mut load = honest.clone();
+    load["measurement"]["bytes"] = json!(2_000_000);
+    load["measurement"]["timings_us"]["transfer"] = json!(10_000);
+    load["measurement"]["throughput"] = json!({
+        "connections": 4, "requests": 8, "bytes": 2_000_000, "duration_us": 10_000,
+        "idle_latency_us": [5_000], "loaded_latency_us": [9_000]
+    });
+    let mut session = honest.clone();
+    session["measurement"]["video"] = json!({
+        "playlist_url": "http://x/index.m3u8", "segments": 2, "played_ms": 2000,
+        "startup_us": 10_000, "stalls": 0, "stall_us": 0
+    });
+    for (forged, kind) in [(load, "throughput"), (session, "video")] {
+        let (status, body) = app.submit(&agent, forged).await;
+        assert_eq!(status, 422, "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(&format!("a {kind} summary")) && message.contains("http task"),
+            "{body}"
+        );
+    }
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM results"), 0);
+    let (status, ack) = app.submit(&agent, honest).await;
+    assert_eq!(status, 200, "{ack}");
+    assert_eq!(ack["disposition"], "accepted");
+}
 
 async fn repeated_result_submission_is_stored_once(db: TestDb) {
     let (app, site, owner, key) = scene::start(&db).await;

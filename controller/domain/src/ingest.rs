@@ -39,7 +39,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use diesel::prelude::*;
-use lastmile_protocol::{Hop, Phase, ResultAck, ResultDisposition, ResultSubmission};
+use lastmile_protocol::{CheckKind, Hop, Phase, ResultAck, ResultDisposition, ResultSubmission};
 
 use crate::agents::Agent;
 use crate::clock::{hour_bucket, now_us, to_us, Micros};
@@ -221,6 +221,87 @@ fn validate_session(
     Ok(())
 }
 
+/// The kind of task a measurement's summary belongs to, if it carries one.
+fn summary_kind(m: &lastmile_protocol::Measurement) -> Option<CheckKind> {
+    if m.throughput.is_some() {
+        Some(CheckKind::Throughput)
+    } else if m.video.is_some() {
+        Some(CheckKind::Video)
+    } else if m.page.is_some() {
+        Some(CheckKind::Page)
+    } else {
+        None
+    }
+}
+
+/// Refuses each result whose summary is of another kind than its assignment's task (a
+/// throughput summary for an http fetch): its figures would land in a check that never
+/// asked for them. Only results carrying a summary are looked up, one query for the
+/// batch (their runs' frozen tasks, or their checks' kinds for runs from before tasks
+/// were frozen); the usual http result costs nothing. A run's task never changes, so
+/// this reads outside the accepting transaction.
+fn refuse_foreign_summaries(
+    conn: &mut DbConn,
+    requests: &[Request<'_>],
+    mut checked: Vec<Result<Vec<Result<()>>>>,
+) -> Result<Vec<Result<Vec<Result<()>>>>> {
+    use lastmile_storage::schema::{checks, runs};
+    let with_summary: Vec<String> = requests
+        .iter()
+        .zip(&checked)
+        .filter_map(|(request, checked)| Some((request, checked.as_ref().ok()?)))
+        .flat_map(|(request, checked)| {
+            request
+                .subs
+                .iter()
+                .zip(checked)
+                .filter(|(sub, ok)| ok.is_ok() && summary_kind(&sub.measurement).is_some())
+                .map(|(sub, _)| sub.assignment_id.to_string())
+        })
+        .collect();
+    if with_summary.is_empty() {
+        return Ok(checked);
+    }
+    let mut kinds: HashMap<String, CheckKind> = HashMap::new();
+    for chunk in with_summary.chunks(lastmile_storage::agents::KEYS_PER_LOOKUP) {
+        let rows: Vec<(String, Option<String>, String)> = assignments::table
+            .inner_join(runs::table)
+            .inner_join(checks::table)
+            .filter(assignments::id.eq_any(chunk))
+            .select((assignments::id, runs::task, checks::kind))
+            .load(conn)?;
+        for (id, task, check_kind) in rows {
+            let kind = task
+                .and_then(|t| serde_json::from_str::<crate::check_terms::TaskSpec>(&t).ok())
+                .map(|spec| spec.kind)
+                .or_else(|| check_kind.parse().ok());
+            if let Some(kind) = kind {
+                kinds.insert(id, kind);
+            }
+        }
+    }
+    for (request, checked) in requests.iter().zip(checked.iter_mut()) {
+        let Ok(checked) = checked else { continue };
+        for (sub, ok) in request.subs.iter().zip(checked.iter_mut()) {
+            let (Some(summary), Some(task)) = (
+                summary_kind(&sub.measurement),
+                kinds.get(&sub.assignment_id.to_string()),
+            ) else {
+                continue;
+            };
+            if ok.is_ok() && summary != *task {
+                *ok = Err(Error::invalid(
+                    "invalid_result",
+                    format!(
+                        "the measurement carries a {summary} summary, but the assignment is a {task} task"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(checked)
+}
+
 /// A throughput summary must add up with its measurement: it is where the result's
 /// goodput and latencies come from, so a summary that contradicts the bytes and the
 /// transfer time the physics rules judge would escape them.
@@ -361,6 +442,7 @@ pub fn accept_many(
             Ok(request.subs.iter().map(validate).collect())
         })
         .collect();
+    let checked = refuse_foreign_summaries(conn, requests, checked)?;
     let mut ids: Vec<String> = requests
         .iter()
         .zip(&checked)
