@@ -184,7 +184,8 @@ struct MeasureArgs {
     duration_ms: u64,
     /// Play the URL's HLS stream as a player does: a master playlist's variant (see
     /// --max-bitrate-kbps), its segments one after the other until --play-ms of media,
-    /// and the start-up delay and stalls of a player's buffer model.
+    /// and the start-up delay and stalls of a player's buffer model. A live stream is
+    /// played from its live edge, reloading its playlist, in about --play-ms of time.
     #[arg(long, conflicts_with_all = ["page", "throughput"])]
     video: bool,
     /// With --video: milliseconds of media to play.

@@ -12,17 +12,47 @@
 //! chosen (none at or under it: the lowest; no limit: the highest; I-frame-only
 //! variants are never chosen), and its media playlist fetched; a media playlist given
 //! directly is played as it is. URIs resolve against the final URL of the playlist that
-//! names them. A media playlist must be video on demand, or an event that has ended
-//! (`#EXT-X-ENDLIST`): live playlists, which a player reloads while it plays, are not
-//! supported yet and fail as `playlist_invalid`, as do a body that is not a playlist, a
-//! playlist without segments and byte-range segments (not supported yet either).
-//! Segments are then downloaded in order, one at a time and back to back, as hls.js
-//! and ExoPlayer fetch a rendition, until they cover `play_ms` of media (or the
-//! playlist ends; at most [`MAX_VIDEO_SEGMENTS`]); an `#EXT-X-MAP` initialisation
-//! section is fetched before the first segment that needs it, counted in the bytes and
-//! the transfer, with no media. Not fetched: keys (nothing is decrypted), alternative
-//! renditions (`#EXT-X-MEDIA` audio or subtitles), and no switching between variants:
-//! the model measures one rendition, the one a check names by its bitrate.
+//! names them. A media playlist with `#EXT-X-ENDLIST` (video on demand, or an event
+//! that has ended) is played from its first segment; one without is a live stream (an
+//! `EVENT` still going on is one too) and played live (below). A body that is not a
+//! playlist, an I-frame playlist, a VOD playlist without segments and byte-range
+//! segments (not supported yet) fail as `playlist_invalid`. Segments are downloaded in
+//! order, one at a time and back to back, as hls.js and ExoPlayer fetch a rendition,
+//! until they cover `play_ms` of media (or the playlist ends; at most
+//! [`MAX_VIDEO_SEGMENTS`]); an `#EXT-X-MAP` initialisation section is fetched before
+//! the first segment that needs it, counted in the bytes and the transfer, with no
+//! media. Not fetched: keys (nothing is decrypted), alternative renditions
+//! (`#EXT-X-MEDIA` audio or subtitles), and no switching between variants: the model
+//! measures one rendition, the one a check names by its bitrate.
+//!
+//! **Live streams** are played as RFC 8216 says a client plays them. Playback starts
+//! at the last segment that starts at least three target durations before the end of
+//! the first playlist that lists any ([`live_start`], section 6.3.3; the first segment
+//! when the playlist is shorter; hls.js's `liveSyncDurationCount` of 3 does the same),
+//! and the segments after it are fetched in order of their media sequence numbers,
+//! back to back while the playlist lists them. When the next one is not listed yet,
+//! the media playlist (its URL as the master named it, redirects followed again) is
+//! reloaded ([`reload_after`], section 6.3.4): a target duration after the last load
+//! began when that load changed the playlist (the first load counts as a change), half
+//! of one when it did not, until the next segment appears. That is how a live stream
+//! stalls besides a slow line: a segment the origin has not published yet when the
+//! buffer runs dry arrives late, and the same [`Player`] counts the wait as a stall.
+//! So a live session takes about `play_ms` of real time (the media is published in real
+//! time), less what was already listed before the live point, still bounded by the
+//! time limit and `max_bytes`; every reload's bytes count in `bytes`. Failures of a
+//! live session: a next segment that left the playlist before it was fetched (its
+//! number is below the reloaded playlist's `#EXT-X-MEDIA-SEQUENCE`: the session fell a
+//! whole window behind the live edge) and a stream that stops advancing (more reloads
+//! than `play_ms` / (target duration / 2) + 4, [`max_reloads`], which a stream
+//! published in real time never needs) are `http`: like a response that broke off, the
+//! stream stopped serving what the session was playing, and `playlist_invalid` would
+//! blame a playlist that was valid at every load. A live stream that ends
+//! (`#EXT-X-ENDLIST` appears) ends the session with its last listed segment. A live
+//! playlist without `#EXT-X-TARGETDURATION` cannot be reloaded and is
+//! `playlist_invalid`. The result is a VOD session's (the protocol does not tell them
+//! apart, and the figures are derived the same way): the start-up delay runs from the
+//! first request, so it includes the wait for the live point's segments to be
+//! published, and `segments` and `played_ms` count from the live point.
 //!
 //! **Connections.** Everything goes through the engine's steps: each host is resolved
 //! once per session, every address passes the target guard, and an origin (scheme,
@@ -48,13 +78,15 @@
 //! until [`VIDEO_REBUFFER_MS`] is buffered again or all the rest is, and the stall time
 //! is the sum of those waits. The session ends when `play_ms` of media has played (the
 //! playlist's media, if shorter). Playback after the last download is computed, not
-//! waited for, since nothing can stall once everything is buffered: a session takes
-//! as long as its downloads, not as its media.
+//! waited for, since nothing can stall once everything is buffered: a VOD session takes
+//! as long as its downloads, not as its media (a live one as long as its media takes
+//! to be published, see above).
 //!
 //! **The result's phases**: `dns`, `connect`, `tls` and `ttfb` are the first
 //! request's (the URL's, its first hop when it redirects), `transfer` runs from the
 //! first segment's (or initialisation section's) first byte to the last segment's last
-//! byte, and `total` from the start to that last byte (to the failure, for a session
+//! byte (for a live stream, the waits for segments to be published and the reloads
+//! between are in it), and `total` from the start to that last byte (to the failure, for a session
 //! that failed). `status`, `remote_addr`, `ip_version` and `http_version` describe the
 //! media playlist's response (before it arrived, the last response that did); a
 //! segment that fails names its URL in the error. A failed session's summary says what
@@ -64,7 +96,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -177,15 +209,37 @@ struct Piece {
     media_us: Option<u64>,
 }
 
-/// The downloads that play `play_ms` of `media` (whose URL is `base`), after checking
-/// that it can be played.
-fn plan(media: &MediaPlaylist, base: &Url, play_ms: u64) -> Result<Plan, MeasurementError> {
-    if !media.end_list {
+/// Refuses what no session plays, VOD or live: I-frame playlists (trick play) and
+/// byte-range segments (not supported yet).
+fn refuse_unplayable(media: &MediaPlaylist, base: &Url) -> Result<(), MeasurementError> {
+    if media.i_frames_only {
         return Err(invalid(format!(
-            "{base} is a live playlist (no #EXT-X-ENDLIST): live streams are not supported \
-             yet, only video on demand (VOD, or an EVENT that has ended)"
+            "{base} is an I-frame playlist (trick play), not one a player plays"
         )));
     }
+    if media.segments.iter().any(|s| s.byte_range.is_some()) {
+        return Err(invalid(format!(
+            "{base} has byte-range segments (#EXT-X-BYTERANGE), which are not supported yet"
+        )));
+    }
+    Ok(())
+}
+
+/// `uri` as a playlist at `base` names it.
+fn join(base: &Url, uri: &str) -> Result<Url, MeasurementError> {
+    base.join(uri.trim())
+        .map_err(|e| invalid(format!("{base} names an invalid URI {uri:?}: {e}")))
+}
+
+/// A segment's media (`#EXTINF` seconds), µs; a negative or unreadable duration
+/// carries none.
+fn extinf_us(duration: f32) -> u64 {
+    (f64::from(duration) * 1e6).round().max(0.0) as u64
+}
+
+/// The downloads that play `play_ms` of `media` (whose URL is `base`, ended by
+/// `#EXT-X-ENDLIST`), after checking that it can be played.
+fn plan(media: &MediaPlaylist, base: &Url, play_ms: u64) -> Result<Plan, MeasurementError> {
     if media.i_frames_only {
         return Err(invalid(format!(
             "{base} is an I-frame playlist (trick play), not one a player plays"
@@ -194,15 +248,8 @@ fn plan(media: &MediaPlaylist, base: &Url, play_ms: u64) -> Result<Plan, Measure
     if media.segments.is_empty() {
         return Err(invalid(format!("{base} lists no segments")));
     }
-    if media.segments.iter().any(|s| s.byte_range.is_some()) {
-        return Err(invalid(format!(
-            "{base} has byte-range segments (#EXT-X-BYTERANGE), which are not supported yet"
-        )));
-    }
-    let join = |uri: &str| {
-        base.join(uri.trim())
-            .map_err(|e| invalid(format!("{base} names an invalid URI {uri:?}: {e}")))
-    };
+    refuse_unplayable(media, base)?;
+    let join = |uri: &str| join(base, uri);
     let play_us = play_ms.saturating_mul(1_000);
     let mut pieces = Vec::new();
     let mut covered = 0u64;
@@ -225,8 +272,7 @@ fn plan(media: &MediaPlaylist, base: &Url, play_ms: u64) -> Result<Plan, Measure
                 init = Some(map.uri.as_str());
             }
         }
-        // `#EXTINF` seconds; a negative or unreadable duration carries no media.
-        let media_us = (f64::from(segment.duration) * 1e6).round().max(0.0) as u64;
+        let media_us = extinf_us(segment.duration);
         pieces.push(Piece {
             url: join(&segment.uri)?,
             media_us: Some(media_us),
@@ -242,6 +288,117 @@ fn plan(media: &MediaPlaylist, base: &Url, play_ms: u64) -> Result<Plan, Measure
         pieces,
         media_us: covered.min(play_us),
     })
+}
+
+/// Where a live session starts in a playlist whose segments last `durations_us`, for
+/// a target duration of `target_us` (RFC 8216 section 6.3.3: not less than three
+/// target durations from the end): the index of the last segment that starts at
+/// least that far from the end, or the first when all of them are shorter.
+pub fn live_start(durations_us: &[u64], target_us: u64) -> usize {
+    let edge = target_us.saturating_mul(3);
+    let mut from_end = 0u64;
+    for (index, duration) in durations_us.iter().enumerate().rev() {
+        from_end = from_end.saturating_add(*duration);
+        if from_end >= edge {
+            return index;
+        }
+    }
+    0
+}
+
+/// How long after a load of a live playlist began the next reload may begin (RFC
+/// 8216 section 6.3.4): the target duration after a load that changed the playlist (or
+/// the first load), half of it after one that did not.
+pub fn reload_after(target: Duration, changed: bool) -> Duration {
+    if changed {
+        target
+    } else {
+        target / 2
+    }
+}
+
+/// The most reloads a live session of `play_ms` makes: one every half target duration
+/// over `play_ms`, plus a few for the start and late publications. A stream published
+/// in real time needs about one a target duration.
+pub fn max_reloads(play_ms: u64, target: Duration) -> u64 {
+    let half_ms = (target.as_millis() / 2).max(1) as u64;
+    play_ms / half_ms + 4
+}
+
+/// What a live session does next with the playlist it has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LiveStep {
+    /// Fetch the segment at this index of the playlist.
+    Fetch(usize),
+    /// The next segment is not listed yet: reload the playlist.
+    Reload,
+    /// The stream ended (`#EXT-X-ENDLIST`) before the next segment.
+    Ended,
+    /// The next segment left the playlist before it was fetched; it now starts at
+    /// this media sequence number.
+    ScrolledOff(u64),
+}
+
+/// The step for the segment numbered `next` (its media sequence number; `None`
+/// before the session has chosen its start) in `playlist`, whose target duration is
+/// `target_us`.
+fn live_step(playlist: &MediaPlaylist, next: Option<u64>, target_us: u64) -> LiveStep {
+    let first = playlist.media_sequence;
+    let listed = playlist.segments.len() as u64;
+    let index = match next {
+        None if listed > 0 => {
+            let durations: Vec<u64> = playlist
+                .segments
+                .iter()
+                .map(|s| extinf_us(s.duration))
+                .collect();
+            return LiveStep::Fetch(live_start(&durations, target_us));
+        }
+        None => 0,
+        Some(next) if next < first => return LiveStep::ScrolledOff(first),
+        Some(next) => next - first,
+    };
+    if index < listed {
+        LiveStep::Fetch(index as usize)
+    } else if playlist.end_list {
+        LiveStep::Ended
+    } else {
+        LiveStep::Reload
+    }
+}
+
+/// Refuses a live playlist no session plays: those of [`refuse_unplayable`], a
+/// byte-range initialisation section, and one without a target duration (it cannot be
+/// reloaded).
+fn check_live(media: &MediaPlaylist, base: &Url) -> Result<(), MeasurementError> {
+    refuse_unplayable(media, base)?;
+    let ranged_map = media
+        .segments
+        .iter()
+        .filter_map(|s| s.map.as_ref())
+        .any(|m| m.byte_range.is_some());
+    if ranged_map {
+        return Err(invalid(format!(
+            "{base} has a byte-range initialisation section, which is not supported yet"
+        )));
+    }
+    if media.target_duration == 0 {
+        return Err(invalid(format!(
+            "{base} is a live playlist without #EXT-X-TARGETDURATION: it cannot be reloaded"
+        )));
+    }
+    Ok(())
+}
+
+/// A live media playlist as last loaded.
+struct Loaded {
+    /// Its final URL, which its URIs resolve against.
+    base: Url,
+    playlist: MediaPlaylist,
+    /// The body, to see whether a reload changed it.
+    body: Vec<u8>,
+    /// When its request began: reloads are timed from it.
+    began: Instant,
 }
 
 /// The player model of the module's doc. Pure: it is told when each segment's last
@@ -328,6 +485,23 @@ impl Player {
             }
         }
         self.buffered_us = self.buffered_us.saturating_add(media_us);
+        self.resume(at);
+    }
+
+    /// The session's media turned out shorter than the player was made for (a live
+    /// stream ended, or the segment limit came first): `media_us`, never less than
+    /// what is buffered. A wait for a buffer that can no longer fill ends at the last
+    /// arrival.
+    pub fn shorten(&mut self, media_us: u64) {
+        self.media_us = self.media_us.min(media_us.max(self.buffered_us));
+        if self.buffered_us > 0 {
+            self.resume(self.last_arrival_us);
+        }
+    }
+
+    /// Starts (or resumes) playback at `at_us` if it waits and the buffer it waits for
+    /// is in.
+    fn resume(&mut self, at: u64) {
         if let State::Waiting {
             since_us,
             position_us,
@@ -474,9 +648,10 @@ impl Session {
         Target::of(&url)?;
         check_task(task)?;
 
+        let mut began = Instant::now();
         let (fetched, body) = self.get(&url, expect, true).await?;
-        let (media_url, media_base, media) = match parse_playlist(&body, &fetched)? {
-            Playlist::MediaPlaylist(media) => (url, fetched, media),
+        let (media_url, media_base, media, body) = match parse_playlist(&body, &fetched)? {
+            Playlist::MediaPlaylist(media) => (url, fetched, media, body),
             Playlist::MasterPlaylist(master) => {
                 let variant =
                     choose_variant(&master.variants, task.max_bitrate_kbps).ok_or_else(|| {
@@ -492,9 +667,10 @@ impl Session {
                 })?;
                 self.bitrate_bps = Some(variant.bandwidth);
                 self.playlist_url = Some(media_url.to_string());
+                began = Instant::now();
                 let (media_base, body) = self.get(&media_url, expect, true).await?;
                 match parse_playlist(&body, &media_base)? {
-                    Playlist::MediaPlaylist(media) => (media_url, media_base, media),
+                    Playlist::MediaPlaylist(media) => (media_url, media_base, media, body),
                     Playlist::MasterPlaylist(_) => {
                         return Err(invalid(format!(
                             "the variant {media_url} is a master playlist, not a media playlist"
@@ -506,23 +682,146 @@ impl Session {
         self.media_playlist = self.last;
         self.playlist_url = Some(media_url.to_string());
 
+        if !media.end_list {
+            let loaded = Loaded {
+                base: media_base,
+                playlist: media,
+                body,
+                began,
+            };
+            return self.play_live(&media_url, loaded, expect, task).await;
+        }
         let plan = plan(&media, &media_base, task.play_ms)?;
         self.player = Some(Player::new(plan.media_us));
         self.downloading = true;
         for piece in plan.pieces {
             self.get(&piece.url, expect, false).await?;
-            let Some(media_us) = piece.media_us else {
-                continue;
-            };
-            let arrived = self.last_byte.unwrap_or_else(Instant::now);
-            self.last_segment_byte = Some(arrived);
-            self.segments += 1;
-            if let Some(player) = self.player.as_mut() {
-                player.arrived(
-                    micros(arrived.saturating_duration_since(self.start)),
-                    media_us,
-                );
+            if let Some(media_us) = piece.media_us {
+                self.segment_arrived(media_us);
             }
+        }
+        Ok(())
+    }
+
+    /// The segment just downloaded (its last byte was the last one read), carrying
+    /// `media_us`, handed to the player.
+    fn segment_arrived(&mut self, media_us: u64) {
+        let arrived = self.last_byte.unwrap_or_else(Instant::now);
+        self.last_segment_byte = Some(arrived);
+        self.segments += 1;
+        if let Some(player) = self.player.as_mut() {
+            player.arrived(
+                micros(arrived.saturating_duration_since(self.start)),
+                media_us,
+            );
+        }
+    }
+
+    /// Plays the live media playlist at `url`, loaded first as `loaded` (see the
+    /// module's doc): from the live point, segment after segment by media sequence
+    /// number, reloading the playlist when the next one is not listed yet.
+    async fn play_live(
+        &mut self,
+        url: &Url,
+        mut loaded: Loaded,
+        expect: &Expectations,
+        task: VideoTask,
+    ) -> Result<(), MeasurementError> {
+        check_live(&loaded.playlist, &loaded.base)?;
+        let target = Duration::from_secs(loaded.playlist.target_duration);
+        let target_us = micros(target);
+        let play_us = task.play_ms.saturating_mul(1_000);
+        self.player = Some(Player::new(play_us));
+        let reload_limit = max_reloads(task.play_ms, target);
+        let mut reloads = 0u64;
+        // The first load counts as one that changed the playlist.
+        let mut changed = true;
+        let mut next: Option<u64> = None;
+        let mut init: Option<Url> = None;
+        let mut covered = 0u64;
+        while covered < play_us && (self.segments as usize) < MAX_VIDEO_SEGMENTS {
+            match live_step(&loaded.playlist, next, target_us) {
+                LiveStep::Fetch(index) => {
+                    let segments = &loaded.playlist.segments;
+                    let segment = &segments[index];
+                    let number = loaded.playlist.media_sequence + index as u64;
+                    let media_us = extinf_us(segment.duration);
+                    let segment_url = join(&loaded.base, &segment.uri)?;
+                    // The initialisation section in effect: the last #EXT-X-MAP at or
+                    // before the segment (a live playlist repeats it at its top).
+                    let map = segments[..=index]
+                        .iter()
+                        .rev()
+                        .find_map(|s| s.map.as_ref())
+                        .map(|m| join(&loaded.base, &m.uri))
+                        .transpose()?;
+                    self.downloading = true;
+                    if let Some(map) = map {
+                        if init.as_ref() != Some(&map) {
+                            self.get(&map, expect, false).await?;
+                            init = Some(map);
+                        }
+                    }
+                    self.get(&segment_url, expect, false).await?;
+                    self.segment_arrived(media_us);
+                    covered = covered.saturating_add(media_us);
+                    next = Some(number + 1);
+                }
+                LiveStep::Reload => {
+                    reloads += 1;
+                    if reloads > reload_limit {
+                        return Err(fail(
+                            ErrorKind::Http,
+                            format!(
+                                "the live stream {url} stopped advancing: segment {} was \
+                                 still not listed after {reload_limit} reloads",
+                                next.map_or_else(|| "0".into(), |n| n.to_string())
+                            ),
+                        ));
+                    }
+                    tokio::time::sleep_until((loaded.began + reload_after(target, changed)).into())
+                        .await;
+                    let began = Instant::now();
+                    let (base, body) = self.get(url, expect, true).await?;
+                    let playlist = match parse_playlist(&body, &base)? {
+                        Playlist::MediaPlaylist(media) => media,
+                        Playlist::MasterPlaylist(_) => {
+                            return Err(invalid(format!(
+                                "{url} became a master playlist when reloaded"
+                            )))
+                        }
+                    };
+                    check_live(&playlist, &base)?;
+                    changed = body != loaded.body;
+                    loaded = Loaded {
+                        base,
+                        playlist,
+                        body,
+                        began,
+                    };
+                }
+                LiveStep::Ended => break,
+                LiveStep::ScrolledOff(first) => {
+                    return Err(fail(
+                        ErrorKind::Http,
+                        format!(
+                            "segment {} of the live stream {url} scrolled off the playlist \
+                             (it now starts at {first}) before it was fetched: the session \
+                             fell a whole playlist behind the live edge",
+                            next.unwrap_or(0)
+                        ),
+                    ))
+                }
+            }
+        }
+        if covered == 0 {
+            return Err(invalid(format!(
+                "the live stream {url} ended without a segment with media to play"
+            )));
+        }
+        if let Some(player) = self.player.as_mut() {
+            // Ended, or the segment limit: the media is what came.
+            player.shorten(covered);
         }
         Ok(())
     }
@@ -738,7 +1037,9 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use lastmile_testbed::link::{Link, LinkProfile};
     use lastmile_testbed::site::{SiteConfig, TargetSite};
-    use lastmile_testbed::video::{self as stream, MASTER_PATH, RENDITIONS, SEGMENTS};
+    use lastmile_testbed::video::{
+        self as stream, LIVE_MASTER_PATH, MASTER_PATH, RENDITIONS, SEGMENTS,
+    };
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -934,11 +1235,6 @@ mod tests {
             assert_eq!(e.kind, ErrorKind::PlaylistInvalid, "{e:?}");
             e.message
         };
-        let live = refused("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\na.ts\n");
-        assert!(
-            live.contains("live") && live.contains("not supported"),
-            "{live}"
-        );
         let empty = refused("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-ENDLIST\n");
         assert!(empty.contains("no segments"), "{empty}");
         let ranges = refused(
@@ -950,6 +1246,134 @@ mod tests {
         assert!(silent.contains("no media"), "{silent}");
         let e = parse_playlist(b"<!doctype html><p>hello", &base).unwrap_err();
         assert_eq!(e.kind, ErrorKind::PlaylistInvalid);
+
+        // Live: a playlist without a target duration cannot be reloaded; I-frame
+        // and byte-range ones are refused as for VOD; an empty one is fine (the next
+        // reload may list segments).
+        let live_refused = |text: &str| {
+            let e = check_live(&media(text), &base).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::PlaylistInvalid, "{e:?}");
+            e.message
+        };
+        let untimed = live_refused("#EXTM3U\n#EXTINF:2.0,\na.ts\n");
+        assert!(untimed.contains("TARGETDURATION"), "{untimed}");
+        let ranges = live_refused(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n#EXT-X-BYTERANGE:1000@0\nall.ts\n",
+        );
+        assert!(ranges.contains("byte-range"), "{ranges}");
+        let trick = live_refused(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-I-FRAMES-ONLY\n#EXTINF:2.0,\na.ts\n",
+        );
+        assert!(trick.contains("I-frame"), "{trick}");
+        assert!(check_live(&media("#EXTM3U\n#EXT-X-TARGETDURATION:2\n"), &base).is_ok());
+    }
+
+    #[test]
+    fn live_playback_starts_three_target_durations_from_the_end() {
+        // Six 1 s segments, target 1 s: the fourth starts 3 s from the end.
+        assert_eq!(live_start(&[S; 6], S), 3);
+        // 4 s segments under a target of 4: the third from the end starts 12 s from it.
+        assert_eq!(live_start(&[4 * S; 10], 4 * S), 7);
+        // Segments shorter than the target: as many as make three target durations.
+        assert_eq!(live_start(&[S / 2; 10], S), 4);
+        // A segment that starts a little less than 3 target durations from the end
+        // is too close: the one before it.
+        assert_eq!(live_start(&[S, S, S, S, S - 1, S], S), 2);
+        // Shorter than three target durations in all: from the first; none: 0.
+        assert_eq!(live_start(&[S, S], S), 0);
+        assert_eq!(live_start(&[], S), 0);
+    }
+
+    #[test]
+    fn a_reload_waits_a_target_duration_after_a_change_and_half_of_one_after_none() {
+        let target = Duration::from_secs(6);
+        assert_eq!(reload_after(target, true), Duration::from_secs(6));
+        assert_eq!(reload_after(target, false), Duration::from_secs(3));
+        assert_eq!(
+            reload_after(Duration::from_secs(1), false),
+            Duration::from_millis(500)
+        );
+        // One every half target duration over the media, and a few more.
+        assert_eq!(max_reloads(20_000, Duration::from_secs(1)), 44);
+        assert_eq!(max_reloads(20_000, Duration::from_secs(6)), 10);
+        assert_eq!(max_reloads(1_000, Duration::from_secs(10)), 4);
+    }
+
+    #[test]
+    fn a_live_session_follows_the_media_sequence_from_its_start() {
+        let live = |sequence: u64, count: u64, end: bool| {
+            let mut text = format!(
+                "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:{sequence}\n\
+                 #EXT-X-PLAYLIST-TYPE:EVENT\n"
+            );
+            for n in sequence..sequence + count {
+                text.push_str(&format!("#EXTINF:1.0,\ns{n}.ts\n"));
+            }
+            if end {
+                text.push_str("#EXT-X-ENDLIST\n");
+            }
+            media(&text)
+        };
+        // An EVENT without #EXT-X-ENDLIST is live.
+        assert!(!live(10, 6, false).end_list);
+        // The start: three segments from the end of the first playlist with any.
+        assert_eq!(live_step(&live(10, 6, false), None, S), LiveStep::Fetch(3));
+        assert_eq!(live_step(&live(0, 0, false), None, S), LiveStep::Reload);
+        // Then by number: 15 is the last listed, 16 not yet.
+        assert_eq!(
+            live_step(&live(10, 6, false), Some(15), S),
+            LiveStep::Fetch(5)
+        );
+        assert_eq!(
+            live_step(&live(10, 6, false), Some(16), S),
+            LiveStep::Reload
+        );
+        // The window moved on: 16 is now the first listed, 12 is gone.
+        assert_eq!(
+            live_step(&live(16, 6, false), Some(16), S),
+            LiveStep::Fetch(0)
+        );
+        assert_eq!(
+            live_step(&live(16, 6, false), Some(12), S),
+            LiveStep::ScrolledOff(16)
+        );
+        // The stream ended after the last listed one.
+        assert_eq!(live_step(&live(10, 6, true), Some(16), S), LiveStep::Ended);
+        assert_eq!(
+            live_step(&live(10, 6, true), Some(14), S),
+            LiveStep::Fetch(4)
+        );
+    }
+
+    #[test]
+    fn a_stream_that_ends_before_play_ms_plays_what_came() {
+        // Made for 12 s; two one-second segments by 0.2 s, then the stream ended:
+        // 2 s is all the media, so playback starts with the second and plays both.
+        let mut p = player(12 * S, &seconds(&[S / 10, S / 5]));
+        assert_eq!(p.cut(S / 5).startup_us, None, "2 s are not enough to start");
+        p.shorten(2 * S);
+        assert_eq!(
+            p.ended(),
+            Playback {
+                startup_us: Some(S / 5),
+                stalls: 0,
+                stall_us: 0,
+                played_us: 2 * S,
+            }
+        );
+        // Ended in a stall: it ends at the last arrival, with all the media played.
+        let times: Vec<u64> = (1..=7).map(|k| 2 * k * S).collect();
+        let mut p = player(12 * S, &seconds(&times));
+        p.shorten(7 * S);
+        assert_eq!(
+            p.ended(),
+            Playback {
+                startup_us: Some(6 * S),
+                stalls: 1,
+                stall_us: 3 * S,
+                played_us: 7 * S,
+            }
+        );
     }
 
     // Real sessions, over sockets on 127.0.0.1.
@@ -1131,6 +1555,8 @@ mod tests {
     enum Route {
         Body(Vec<u8>),
         Redirect(String),
+        /// A body made anew for each request.
+        Dynamic(Arc<dyn Fn() -> Vec<u8> + Send + Sync>),
     }
 
     /// A keep-alive HTTP/1.1 server (hyper's) answering GETs from its routes, 404
@@ -1163,6 +1589,7 @@ mod tests {
                                 let answer = hyper::Response::builder();
                                 let (answer, body) = match routes.get(req.uri().path()) {
                                     Some(Route::Body(body)) => (answer, body.clone()),
+                                    Some(Route::Dynamic(make)) => (answer, make()),
                                     Some(Route::Redirect(to)) => {
                                         (answer.status(302).header("location", to), Vec::new())
                                     }
@@ -1257,7 +1684,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_body_that_is_not_a_playlist_or_a_live_playlist_is_playlist_invalid() {
+    async fn a_body_that_is_not_a_playlist_is_playlist_invalid() {
         let site = site(0).await;
         let m = local_engine()
             .measure_video(
@@ -1270,32 +1697,187 @@ mod tests {
         assert_eq!(m.status, Some(200));
         assert_eq!(summary(&m).segments, 0);
         assert_eq!(summary(&m).playlist_url, "");
+    }
 
-        let live = Files::start(vec![
-            (
-                "/master.m3u8",
-                Route::Body(b"#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=1000\nlive.m3u8\n".to_vec()),
-            ),
+    #[tokio::test]
+    async fn the_low_live_rendition_plays_from_the_live_edge_in_about_play_ms_of_real_time() {
+        // A fresh site is a fresh live stream: segment n is published (n+1) s after it
+        // started, so the first playlist lists none and start-up needs 2.5 s of media,
+        // the third segment, published at 3 s. Reloads come a target duration (1 s)
+        // after the last one began, so each finds the segment published since. Four
+        // seconds of media end with segment 3, published at 4 s: the session takes
+        // about play_ms. The lower bounds are the stream's clock (nothing can come
+        // sooner); the upper ones only catch a session that waits for nothing, with
+        // room for a loaded machine (a timed test must not fail on a slow one).
+        let site = site(5).await;
+        let url = format!("{}{LIVE_MASTER_PATH}", site.origin());
+        let started = Instant::now();
+        let m = local_engine()
+            .measure_video(&url, &within(20_000), session(4_000, Some(2_000)))
+            .await;
+        let took = started.elapsed();
+        assert_eq!(m.error, None, "{m:?}");
+        let s = summary(&m);
+        assert_eq!(
+            s.playlist_url,
+            format!("{}/video/live/low/index.m3u8", site.origin())
+        );
+        assert_eq!(s.bitrate_bps, Some(RENDITIONS[0].bitrate_bps));
+        assert_eq!((s.segments, s.played_ms), (4, 4_000), "{s:?}");
+        assert_eq!((s.stalls, s.stall_us), (0, 0), "{s:?}");
+        assert!(
+            s.startup_us >= 2_900_000 && s.startup_us < 10_000_000,
+            "start-up waits for the third segment's publication: {s:?}"
+        );
+        let t = m.timings_us;
+        assert_consistent(t);
+        assert!(
+            t.total >= 3_900_000 && t.total < 15_000_000,
+            "about play_ms of real time: {t:?}"
+        );
+        assert!(took >= Duration::from_millis(3_900), "{took:?}");
+        // Every reload's bytes count: at least one playlist load a segment (the
+        // shortest playlist is the empty one), besides the master and the segments.
+        let empty = stream::live_media(Duration::ZERO).len();
+        let rest =
+            m.bytes as usize - stream::master().len() - 4 * stream::segment_bytes(RENDITIONS[0]);
+        assert!(rest >= 4 * empty, "{} bytes of playlists", rest);
+        assert_eq!(m.bytes, m.bytes_decoded);
+        assert_eq!(
+            site.connections().accepted,
+            1,
+            "reloads on the same connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn behind_a_dsl_line_the_high_live_rendition_stalls() {
+        // A 30 Mbit/s segment takes ~1.9 s over 16 Mbit/s, more than the second in
+        // which the next is published: playback starts with the third (~6.8 s) and
+        // the buffer runs dry before the sixth arrives.
+        let site = site(5).await;
+        let profile = LinkProfile {
+            down_bps: 16_000_000,
+            up_bps: 1_000_000,
+            rtt: Duration::from_millis(40),
+        };
+        let link = Link::start("127.0.0.1:0".parse().unwrap(), site.addr(), profile)
+            .await
+            .unwrap();
+        let url = format!("http://{}{LIVE_MASTER_PATH}", link.addr());
+        let m = local_engine()
+            .measure_video(&url, &within(60_000), session(6_000, None))
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_consistent(m.timings_us);
+        let s = summary(&m);
+        eprintln!(
+            "live {} kbit/s over 16 Mbit/s, 40 ms: startup {:.1} ms, {} stall(s), {:.1} ms \
+             stalled, {} segments in {:.1} ms, {} bytes\n{}",
+            s.bitrate_bps.unwrap_or(0) / 1000,
+            s.startup_us as f64 / 1000.0,
+            s.stalls,
+            s.stall_us as f64 / 1000.0,
+            s.segments,
+            m.timings_us.total as f64 / 1000.0,
+            m.bytes,
+            crate::cli::video_table(&m, s)
+        );
+        assert_eq!(s.bitrate_bps, Some(30_000_000));
+        assert_eq!((s.segments, s.played_ms), (6, 6_000), "{s:?}");
+        assert!(s.stalls >= 1 && s.stall_us > 0, "{s:?}");
+        assert!(s.startup_us > 4_000_000, "{s:?}");
+    }
+
+    /// A live media playlist of one-second segments `s<n>.ts` from `sequence`.
+    fn live_playlist(sequence: u64, count: u64) -> Vec<u8> {
+        let mut text =
+            format!("#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-MEDIA-SEQUENCE:{sequence}\n");
+        for n in sequence..sequence + count {
+            text.push_str(&format!("#EXTINF:1.0,\ns{n}.ts\n"));
+        }
+        text.into_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_live_playlist_that_scrolls_off_faster_than_it_is_fetched_fails_as_http() {
+        // Each load of the playlist is a hundred segments on: by the first reload the
+        // segment after the three fetched is long gone.
+        let loads = Arc::new(AtomicUsize::new(0));
+        let counted = loads.clone();
+        let origin = Files::start(vec![
             (
                 "/live.m3u8",
-                Route::Body(
-                    b"#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\na.ts\n#EXTINF:2.0,\nb.ts\n"
-                        .to_vec(),
-                ),
+                Route::Dynamic(Arc::new(move || {
+                    let k = counted.fetch_add(1, Ordering::SeqCst) as u64;
+                    live_playlist(100 * k, 3)
+                })),
             ),
+            ("/s0.ts", Route::Body(vec![0; 1_000])),
+            ("/s1.ts", Route::Body(vec![1; 1_000])),
+            ("/s2.ts", Route::Body(vec![2; 1_000])),
+        ])
+        .await;
+        let url = origin.url("/live.m3u8");
+        let m = local_engine()
+            .measure_video(&url, &within(10_000), session(10_000, None))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::Http), "{m:?}");
+        let message = &m.error.as_ref().unwrap().message;
+        assert!(
+            message.contains("segment 3 ") && message.contains("scrolled off"),
+            "{message}"
+        );
+        assert_eq!(loads.load(Ordering::SeqCst), 2, "one load, one reload");
+        let s = summary(&m);
+        assert_eq!(s.segments, 3, "{s:?}");
+        assert!(s.played_ms <= 3_000, "{s:?}");
+        let playlists = live_playlist(0, 3).len() + live_playlist(100, 3).len();
+        assert_eq!(m.bytes, (playlists + 3_000) as u64, "the reload counts");
+        assert!(
+            m.timings_us.total >= 1_000_000,
+            "the reload came a target duration after the first load"
+        );
+        assert_consistent(m.timings_us);
+    }
+
+    #[tokio::test]
+    async fn a_live_stream_that_stops_advancing_fails_after_a_bounded_number_of_reloads() {
+        // One segment, listed for ever: 2 s of media never come. After the first load
+        // (a change) the reload waits 1 s, after each unchanged one 0.5 s, and the
+        // session gives up after max_reloads (8 for 2 s at a 1 s target).
+        let loads = Arc::new(AtomicUsize::new(0));
+        let counted = loads.clone();
+        let origin = Files::start(vec![
+            (
+                "/live.m3u8",
+                Route::Dynamic(Arc::new(move || {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    live_playlist(0, 1)
+                })),
+            ),
+            ("/s0.ts", Route::Body(vec![0; 1_000])),
         ])
         .await;
         let m = local_engine()
             .measure_video(
-                &live.url("/master.m3u8"),
-                &within(10_000),
-                session(5_000, None),
+                &origin.url("/live.m3u8"),
+                &within(20_000),
+                session(2_000, None),
             )
             .await;
-        assert_eq!(kind(&m), Some(ErrorKind::PlaylistInvalid), "{m:?}");
-        assert!(m.error.as_ref().unwrap().message.contains("live"), "{m:?}");
-        assert_eq!(summary(&m).bitrate_bps, Some(1_000));
-        assert_eq!(summary(&m).playlist_url, live.url("/live.m3u8"));
+        assert_eq!(kind(&m), Some(ErrorKind::Http), "{m:?}");
+        let message = &m.error.as_ref().unwrap().message;
+        assert!(message.contains("stopped advancing"), "{message}");
+        let limit = max_reloads(2_000, Duration::from_secs(1));
+        assert_eq!(loads.load(Ordering::SeqCst) as u64, 1 + limit);
+        assert!(
+            m.timings_us.total >= 1_000_000 + (limit - 1) * 500_000,
+            "{:?}",
+            m.timings_us
+        );
+        let s = summary(&m);
+        assert_eq!((s.segments, s.played_ms, s.startup_us), (1, 0, 0), "{s:?}");
     }
 
     struct Loopback;

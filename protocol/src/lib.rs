@@ -397,7 +397,8 @@ pub enum ErrorKind {
     /// A page check: the page (HTML plus sub-resources) is larger than the byte limit.
     PageTooLarge,
     /// A video check: the URL is not an HLS playlist that can be played (not a
-    /// playlist, no segments, or a live playlist).
+    /// playlist, no segments, byte-range segments, a live playlist without a target
+    /// duration).
     PlaylistInvalid,
 }
 

@@ -3,7 +3,9 @@
 //! It serves a home page of a fixed size (so that transfer time shows the link's
 //! rate), optional server think time, the ownership-verification tokens the
 //! controller fetches from `/.well-known/lastmile/<token>`, the demo shop's product
-//! page with its sub-resources ([`crate::shop`], for `page` checks), and a permanent
+//! page with its sub-resources ([`crate::shop`], for `page` checks), the HLS streams
+//! ([`crate::video`], video on demand and a live stream timed from the site's start, for
+//! `video` checks), and a permanent
 //! redirect from [`REDIRECT_PATH`] to the home page (for the hops a result records). It speaks just
 //! enough HTTP/1.1 (with keep-alive, so that a page load can reuse its connections) and,
 //! over TLS when configured, HTTP/2 by ALPN (hyper's server). It counts its
@@ -14,7 +16,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -102,6 +104,8 @@ impl Drop for Open {
 struct Content {
     home: Vec<u8>,
     files: HashMap<String, (&'static str, Vec<u8>)>,
+    /// When the site started: the live stream's clock ([`crate::video`]).
+    started: Instant,
 }
 
 impl Content {
@@ -120,6 +124,7 @@ impl Content {
         Content {
             home: home_page(page_bytes),
             files,
+            started: Instant::now(),
         }
     }
 
@@ -144,7 +149,7 @@ impl Content {
             }
         } else if let Some((kind, body)) = self.files.get(path) {
             Answer::ok(kind, body.clone())
-        } else if let Some((kind, body)) = crate::video::answer(path) {
+        } else if let Some((kind, body)) = crate::video::answer(path, self.started.elapsed()) {
             Answer::ok(kind, body)
         } else {
             Answer::not_found(NOT_FOUND.to_vec())

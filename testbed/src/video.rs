@@ -1,4 +1,5 @@
-//! The demo site's stream: an HLS video on demand in two renditions, for `video` checks.
+//! The demo site's streams, for `video` checks: an HLS video on demand and a live
+//! stream, each in two renditions.
 //!
 //! [`MASTER_PATH`] is a master playlist naming a low and a high rendition by their
 //! `BANDWIDTH`; each rendition's media playlist lists [`SEGMENTS`] segments of
@@ -8,11 +9,30 @@
 //! and plays on a 100 Mbit/s cable line. Playlists are made per request and each
 //! rendition's segment body once per process (shared by every site), so a test site
 //! that no one plays costs nothing.
+//!
+//! **The live stream** ([`LIVE_MASTER_PATH`], the same renditions under
+//! `/video/live/`) is made from the wall clock: since the site started (each
+//! [`crate::site::TargetSite`] keeps its own start instant, so a test's fresh site is a
+//! fresh stream, whatever ran before in the process), segment n ([`SEGMENT_MS`] each,
+//! the VOD's body) is published at start + (n+1) s, as an encoder publishes a segment
+//! once it has recorded it. A media playlist lists the last [`LIVE_WINDOW`] published
+//! segments (none in the first second) with `#EXT-X-MEDIA-SEQUENCE` the first one's
+//! number, `#EXT-X-TARGETDURATION:1` and no `#EXT-X-ENDLIST`, so a player reloads it.
+//! A published segment stays available after it leaves the window (as CDNs keep them a
+//! while); one not published yet is a 404. The playlists take the time since the start
+//! as an argument ([`live_media`], [`answer`]), so they are tested at chosen instants.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 /// The master playlist.
 pub const MASTER_PATH: &str = "/video/master.m3u8";
+
+/// The live stream's master playlist.
+pub const LIVE_MASTER_PATH: &str = "/video/live/master.m3u8";
+
+/// Segments a live media playlist lists: the last ones published.
+pub const LIVE_WINDOW: u64 = 6;
 
 /// Segments per rendition.
 pub const SEGMENTS: usize = 12;
@@ -44,7 +64,7 @@ pub fn segment_bytes(rendition: Rendition) -> usize {
     (rendition.bitrate_bps / 8 * SEGMENT_MS / 1_000) as usize
 }
 
-/// The master playlist's text.
+/// The master playlist's text (the VOD's and the live stream's: URIs relative to it).
 pub fn master() -> String {
     let mut out = String::from("#EXTM3U\n#EXT-X-VERSION:3\n");
     for r in RENDITIONS {
@@ -71,24 +91,58 @@ pub fn media() -> String {
     out
 }
 
-/// What the site answers for `path` under `/video/`: `(content type, body)`, or
-/// `None` for a path of no playlist or segment.
-pub fn answer(path: &str) -> Option<(&'static str, Vec<u8>)> {
-    if path == MASTER_PATH {
-        return Some(("application/vnd.apple.mpegurl", master().into_bytes()));
+/// Live segments published `elapsed` after the start: segment n is at (n+1) segment
+/// durations, so this many (numbered from 0).
+pub fn live_published(elapsed: Duration) -> u64 {
+    (elapsed.as_millis() / u128::from(SEGMENT_MS)) as u64
+}
+
+/// A rendition's live media playlist `elapsed` after the start: the last
+/// [`LIVE_WINDOW`] published segments, no `#EXT-X-ENDLIST`.
+pub fn live_media(elapsed: Duration) -> String {
+    let seconds = SEGMENT_MS as f64 / 1_000.0;
+    let published = live_published(elapsed);
+    let first = published.saturating_sub(LIVE_WINDOW);
+    let mut out = format!(
+        "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{}\n#EXT-X-MEDIA-SEQUENCE:{first}\n",
+        seconds.ceil() as u64
+    );
+    for n in first..published {
+        out.push_str(&format!("#EXTINF:{seconds:.3},\nseg{n}.ts\n"));
+    }
+    out
+}
+
+/// What the site answers for `path` under `/video/`, `elapsed` after the site started
+/// (for the live stream): `(content type, body)`, or `None` for a path of no playlist
+/// or segment (or a live segment not published yet).
+pub fn answer(path: &str, elapsed: Duration) -> Option<(&'static str, Vec<u8>)> {
+    const PLAYLIST: &str = "application/vnd.apple.mpegurl";
+    if path == MASTER_PATH || path == LIVE_MASTER_PATH {
+        return Some((PLAYLIST, master().into_bytes()));
     }
     let rest = path.strip_prefix("/video/")?;
+    let (live, rest) = match rest.strip_prefix("live/") {
+        Some(rest) => (true, rest),
+        None => (false, rest),
+    };
     let (name, file) = rest.split_once('/')?;
     let index = RENDITIONS.iter().position(|r| r.name == name)?;
     if file == "index.m3u8" {
-        return Some(("application/vnd.apple.mpegurl", media().into_bytes()));
+        let text = if live { live_media(elapsed) } else { media() };
+        return Some((PLAYLIST, text.into_bytes()));
     }
-    let n: usize = file
+    let n: u64 = file
         .strip_prefix("seg")?
         .strip_suffix(".ts")?
         .parse()
         .ok()?;
-    if n >= SEGMENTS {
+    let available = if live {
+        live_published(elapsed)
+    } else {
+        SEGMENTS as u64
+    };
+    if n >= available {
         return None;
     }
     Some(("video/mp2t", segment(index).to_vec()))
@@ -110,16 +164,74 @@ mod tests {
         let master = master();
         assert!(master.contains("BANDWIDTH=30000000"), "{master}");
         assert!(master.contains("low/index.m3u8"), "{master}");
-        let (kind, body) = answer("/video/high/index.m3u8").unwrap();
+        let (kind, body) = answer("/video/high/index.m3u8", Duration::ZERO).unwrap();
         assert_eq!(kind, "application/vnd.apple.mpegurl");
         let text = String::from_utf8(body).unwrap();
         assert_eq!(text.matches("#EXTINF:1.000,").count(), SEGMENTS);
         assert!(text.ends_with("#EXT-X-ENDLIST\n"), "{text}");
         // 30 Mbit/s for one second.
-        assert_eq!(answer("/video/high/seg11.ts").unwrap().1.len(), 3_750_000);
-        assert_eq!(answer("/video/low/seg0.ts").unwrap().1.len(), 250_000);
-        assert!(answer("/video/high/seg12.ts").is_none());
-        assert!(answer("/video/mid/index.m3u8").is_none());
-        assert!(answer("/video/high/seg1.mp4").is_none());
+        let vod = |path| answer(path, Duration::ZERO);
+        assert_eq!(vod("/video/high/seg11.ts").unwrap().1.len(), 3_750_000);
+        assert_eq!(vod("/video/low/seg0.ts").unwrap().1.len(), 250_000);
+        assert!(vod("/video/high/seg12.ts").is_none());
+        assert!(vod("/video/mid/index.m3u8").is_none());
+        assert!(vod("/video/high/seg1.mp4").is_none());
+    }
+
+    /// The live media playlist at `ms` after the start: (media sequence, segment
+    /// URIs), checked for what every live playlist has.
+    fn live_at(ms: u64) -> (u64, Vec<String>) {
+        let (kind, body) = answer("/video/live/low/index.m3u8", Duration::from_millis(ms)).unwrap();
+        assert_eq!(kind, "application/vnd.apple.mpegurl");
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.contains("#EXT-X-TARGETDURATION:1\n"), "{text}");
+        assert!(!text.contains("#EXT-X-ENDLIST"), "live: {text}");
+        assert!(!text.contains("#EXT-X-PLAYLIST-TYPE"), "{text}");
+        let sequence = text
+            .lines()
+            .find_map(|l| l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let uris = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(str::to_owned)
+            .collect();
+        (sequence, uris)
+    }
+
+    #[test]
+    fn the_live_playlist_advances_with_time_and_keeps_the_last_six_segments() {
+        assert_eq!(live_at(0), (0, vec![]), "nothing published yet");
+        assert_eq!(live_at(999), (0, vec![]));
+        assert_eq!(live_at(1_000), (0, vec!["seg0.ts".into()]));
+        assert_eq!(
+            live_at(2_500),
+            (0, vec!["seg0.ts".into(), "seg1.ts".into()])
+        );
+        let six: Vec<String> = (0..6).map(|n| format!("seg{n}.ts")).collect();
+        assert_eq!(live_at(6_000), (0, six));
+        // Ten published: the window has scrolled past the first four.
+        let last: Vec<String> = (4..10).map(|n| format!("seg{n}.ts")).collect();
+        assert_eq!(live_at(10_400), (4, last));
+        assert!(live_at(10_400).1.iter().all(|u| u.ends_with(".ts")));
+
+        // Both renditions, same master as the VOD's; segments as the VOD's once
+        // published, a 404 before (scrolled-off ones stay).
+        let at = |path, ms| answer(path, Duration::from_millis(ms));
+        assert_eq!(at(LIVE_MASTER_PATH, 0).unwrap().1, master().into_bytes());
+        assert!(at("/video/live/high/index.m3u8", 0).is_some());
+        assert!(at("/video/live/low/seg0.ts", 999).is_none());
+        assert_eq!(
+            at("/video/live/low/seg0.ts", 1_000).unwrap().1.len(),
+            250_000
+        );
+        assert_eq!(
+            at("/video/live/high/seg0.ts", 60_000).unwrap().1.len(),
+            3_750_000
+        );
+        assert!(at("/video/live/high/seg9.ts", 9_999).is_none());
+        assert!(at("/video/live/mid/index.m3u8", 0).is_none());
     }
 }
