@@ -34,6 +34,7 @@ mod layering;
 mod leaderboard;
 mod leasing;
 mod ledger;
+mod lines;
 mod live;
 mod nul_text;
 mod openapi;

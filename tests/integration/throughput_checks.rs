@@ -6,18 +6,11 @@
 //! 250 ms before it pushes back (`lastmile_testbed::link::BUFFER`), so the loaded
 //! latency must come out well above the idle one: the bufferbloat the kind exists for.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
-
-use lastmile_agent::limits::VolunteerLimits;
-use lastmile_agent::measure::{ConnectTo, EngineConfig};
-use lastmile_agent::runner::AgentSettings;
-use lastmile_protocol::{AgentLimits, ConnectionClass};
-use lastmile_testbed::link::{Link, LinkProfile};
+use lastmile_protocol::ConnectionClass;
 use lastmile_testbed::shop;
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
+use crate::lines::{figure, until, AgentOnLine};
 use crate::per_backend;
 use crate::support::{count, target_site, TestApp, TestDb};
 
@@ -25,23 +18,6 @@ per_backend!(
     a_throughput_check_measures_the_line_and_its_queue_under_load,
     a_throughput_check_is_made_and_edited_in_the_dashboard,
 );
-
-async fn until(what: &str, secs: u64, mut done: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !done().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// A report row's pNN of a figure, in its unit.
-fn figure(row: &Value, name: &str, percentile: u64) -> u64 {
-    row["figures"][name]["percentiles"]
-        .as_array()
-        .and_then(|ps| ps.iter().find(|p| p["percentile"] == percentile))
-        .and_then(|p| p["value"].as_u64())
-        .unwrap_or_else(|| panic!("no {name} p{percentile} in {row}"))
-}
 
 async fn a_throughput_check_measures_the_line_and_its_queue_under_load(db: TestDb) {
     let app = TestApp::start_with(&db, |c| {
@@ -53,51 +29,8 @@ async fn a_throughput_check_measures_the_line_and_its_queue_under_load(db: TestD
     let site = target_site().await;
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
-    let state = tempfile::tempdir().unwrap();
-    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
-
     // One agent on a DSL line (16 Mbit/s down, 40 ms), calibrated over it.
-    let profile = LinkProfile::for_class(ConnectionClass::Dsl);
-    let to_site = Link::start(any_port, site.addr(), profile).await.unwrap();
-    let to_controller = Link::start(any_port, app.controller.addr, profile)
-        .await
-        .unwrap();
-    let settings = AgentSettings {
-        controller: app.base.parse().unwrap(),
-        enrol_key: Some(app.volunteer("Ada")),
-        state_dir: state.path().join("agent"),
-        name: "ada-dsl".into(),
-        declared_class: ConnectionClass::Dsl,
-        limits: AgentLimits { max_concurrent: 1 },
-        engine: EngineConfig {
-            allow_private: true,
-            source_addr: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
-            connect_to: vec![ConnectTo {
-                host: site.addr().ip().to_string(),
-                port: site.addr().port(),
-                addr: to_site.addr(),
-            }],
-            ..EngineConfig::default()
-        },
-        idle_poll: Duration::from_millis(200),
-        calibration_url: Some(format!("http://{}", to_controller.addr()).parse().unwrap()),
-        calibration_bytes_per_day: 20 * 1024 * 1024,
-        volunteer: VolunteerLimits::default(),
-        spool_max_results: 100,
-        path_trace: false,
-    };
-    let (stop, stopped) = watch::channel(false);
-    let agent = tokio::spawn(lastmile_agent::run(settings, async move {
-        let mut stopped = stopped;
-        let _ = stopped.wait_for(|s| *s).await;
-    }));
-    until("the agent has calibrated its line", 60, async || {
-        count(
-            &app,
-            "SELECT COUNT(*) AS n FROM agents WHERE measured_class = 'dsl'",
-        ) == 1
-    })
-    .await;
+    let agent = AgentOnLine::start(&app, &site, ConnectionClass::Dsl).await;
 
     let url = format!("{}{}", site.origin(), shop::DOWNLOAD_PATH);
     let check = |extra: Value| {
@@ -279,8 +212,7 @@ async fn a_throughput_check_measures_the_line_and_its_queue_under_load(db: TestD
         "{results}"
     );
 
-    let _ = stop.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(10), agent).await;
+    agent.stop().await;
 }
 
 /// The value of the hidden `csrf` field of a dashboard page.

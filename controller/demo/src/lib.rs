@@ -753,10 +753,32 @@ async fn page_check(
     })
 }
 
-/// What the demo's download check produced.
-struct DownloadCheck {
+/// A check's report by connection class, as the demo reads it and writes it out.
+struct ClassReport {
     by_class: Report,
     report_json: String,
+}
+
+/// Creates the check `body` describes, runs it `runs` times and fetches its report by
+/// connection class.
+async fn check_by_class(
+    api: &DemoClient,
+    body: &serde_json::Value,
+    runs: u32,
+    opts: &DemoOptions,
+) -> anyhow::Result<ClassReport> {
+    let check: CheckView = api.post("/api/v1/checks", body).await?;
+    say!(opts, "\n  check       {} ({})", check.name, check.url);
+    run_times(api, &check, runs, opts).await?;
+    let path = format!(
+        "/api/v1/checks/{}/report?group_by=connection_class",
+        check.id
+    );
+    let report_json = api.get_text(&path).await?;
+    Ok(ClassReport {
+        by_class: serde_json::from_str(&report_json)?,
+        report_json,
+    })
 }
 
 /// The lines the download check measures. Dial-up would take 2.5 minutes for 1 MiB;
@@ -776,32 +798,22 @@ async fn download_check(
     site: &SiteView,
     agents: usize,
     opts: &DemoOptions,
-) -> anyhow::Result<DownloadCheck> {
-    let check: CheckView = api
-        .post(
-            "/api/v1/checks",
-            &json!({
-                "site_id": site.id,
-                "name": "Demo shop download (1 MiB)",
-                "url": format!("{}{}", site.origin, lastmile_testbed::shop::DOWNLOAD_PATH),
-                "expected_status": [200],
-                "timeout_ms": 20000,
-                "selection": {"agents_per_run": agents, "connection_classes": DOWNLOAD_CLASSES},
-                "objectives": [{"figure": "goodput", "percentile": 10, "min_kbps": 20000}],
-            }),
-        )
-        .await?;
-    say!(opts, "\n  check       {} ({})", check.name, check.url);
-    run_times(api, &check, opts.page_runs(), opts).await?;
-    let path = format!(
-        "/api/v1/checks/{}/report?group_by=connection_class",
-        check.id
-    );
-    let report_json = api.get_text(&path).await?;
-    Ok(DownloadCheck {
-        by_class: serde_json::from_str(&report_json)?,
-        report_json,
-    })
+) -> anyhow::Result<ClassReport> {
+    check_by_class(
+        api,
+        &json!({
+            "site_id": site.id,
+            "name": "Demo shop download (1 MiB)",
+            "url": format!("{}{}", site.origin, lastmile_testbed::shop::DOWNLOAD_PATH),
+            "expected_status": [200],
+            "timeout_ms": 20000,
+            "selection": {"agents_per_run": agents, "connection_classes": DOWNLOAD_CLASSES},
+            "objectives": [{"figure": "goodput", "percentile": 10, "min_kbps": 20000}],
+        }),
+        opts.page_runs(),
+        opts,
+    )
+    .await
 }
 
 /// Creates a `throughput` check of the site's download for [`DOWNLOAD_CLASSES`] (four
@@ -813,34 +825,24 @@ async fn speed_check(
     site: &SiteView,
     agents: usize,
     opts: &DemoOptions,
-) -> anyhow::Result<DownloadCheck> {
-    let check: CheckView = api
-        .post(
-            "/api/v1/checks",
-            &json!({
-                "site_id": site.id,
-                "name": "Demo line speed",
-                "kind": "throughput",
-                "url": format!("{}{}", site.origin, lastmile_testbed::shop::DOWNLOAD_PATH),
-                "throughput": {"connections": 4, "duration_ms": 3000},
-                "timeout_ms": 20000,
-                "expected_status": [200],
-                "selection": {"agents_per_run": agents, "connection_classes": DOWNLOAD_CLASSES},
-                "objectives": [{"figure": "loaded_latency", "percentile": 95, "max_ms": 100}],
-            }),
-        )
-        .await?;
-    say!(opts, "\n  check       {} ({})", check.name, check.url);
-    run_times(api, &check, 1, opts).await?;
-    let path = format!(
-        "/api/v1/checks/{}/report?group_by=connection_class",
-        check.id
-    );
-    let report_json = api.get_text(&path).await?;
-    Ok(DownloadCheck {
-        by_class: serde_json::from_str(&report_json)?,
-        report_json,
-    })
+) -> anyhow::Result<ClassReport> {
+    check_by_class(
+        api,
+        &json!({
+            "site_id": site.id,
+            "name": "Demo line speed",
+            "kind": "throughput",
+            "url": format!("{}{}", site.origin, lastmile_testbed::shop::DOWNLOAD_PATH),
+            "throughput": {"connections": 4, "duration_ms": 3000},
+            "timeout_ms": 20000,
+            "expected_status": [200],
+            "selection": {"agents_per_run": agents, "connection_classes": DOWNLOAD_CLASSES},
+            "objectives": [{"figure": "loaded_latency", "percentile": 95, "max_ms": 100}],
+        }),
+        1,
+        opts,
+    )
+    .await
 }
 
 /// Creates a `video` check of the site's HLS stream ([`lastmile_testbed::video`]) for
@@ -852,33 +854,23 @@ async fn stream_check(
     site: &SiteView,
     agents: usize,
     opts: &DemoOptions,
-) -> anyhow::Result<DownloadCheck> {
-    let check: CheckView = api
-        .post(
-            "/api/v1/checks",
-            &json!({
-                "site_id": site.id,
-                "name": "Demo stream (HLS, 30 Mbit/s)",
-                "kind": "video",
-                "url": format!("{}{}", site.origin, lastmile_testbed::video::MASTER_PATH),
-                "video": {"play_ms": 6000},
-                "expected_status": [200],
-                "selection": {"agents_per_run": agents, "connection_classes": DOWNLOAD_CLASSES},
-                "objectives": [{"figure": "stall_time", "percentile": 90, "max_ms": 500}],
-            }),
-        )
-        .await?;
-    say!(opts, "\n  check       {} ({})", check.name, check.url);
-    run_times(api, &check, 1, opts).await?;
-    let path = format!(
-        "/api/v1/checks/{}/report?group_by=connection_class",
-        check.id
-    );
-    let report_json = api.get_text(&path).await?;
-    Ok(DownloadCheck {
-        by_class: serde_json::from_str(&report_json)?,
-        report_json,
-    })
+) -> anyhow::Result<ClassReport> {
+    check_by_class(
+        api,
+        &json!({
+            "site_id": site.id,
+            "name": "Demo stream (HLS, 30 Mbit/s)",
+            "kind": "video",
+            "url": format!("{}{}", site.origin, lastmile_testbed::video::MASTER_PATH),
+            "video": {"play_ms": 6000},
+            "expected_status": [200],
+            "selection": {"agents_per_run": agents, "connection_classes": DOWNLOAD_CLASSES},
+            "objectives": [{"figure": "stall_time", "percentile": 90, "max_ms": 500}],
+        }),
+        1,
+        opts,
+    )
+    .await
 }
 
 /// Whether the stream shows the lines: on cable (100 Mbit/s, more than three times the

@@ -230,13 +230,24 @@ fn slot_series(
 
 /// One series per connection class of a report grouped by class and time bucket.
 fn series(report: &Report, phase: Phase, pick: fn(&Percentiles) -> u64) -> Vec<Series> {
+    series_of(report, |row| {
+        row.phases.get(&phase).map(|p| pick(p) as f64 / 1000.0)
+    })
+}
+
+/// One series per class of the value `value_of` finds in each of the report's buckets
+/// (rows without one are left out), points in time order, classes in colour order.
+fn series_of(
+    report: &Report,
+    value_of: impl Fn(&reports::ReportRow) -> Option<f64>,
+) -> Vec<Series> {
     let mut out: Vec<(Option<ConnectionClass>, Series)> = Vec::new();
     for row in &report.rows {
-        let (Some(start), Some(p)) = (row.group.bucket_start, row.phases.get(&phase)) else {
+        let (Some(start), Some(value)) = (row.group.bucket_start, value_of(row)) else {
             continue;
         };
         let class = row.group.connection_class;
-        let point = (start.timestamp(), pick(p) as f64 / 1000.0);
+        let point = (start.timestamp(), value);
         match out.iter_mut().find(|(c, _)| *c == class) {
             Some((_, s)) => s.points.push(point),
             None => out.push((
@@ -410,36 +421,11 @@ fn figure_charts(over_time: &Report) -> Vec<FigureChart> {
 
 /// Per class, a figure's pNN in each bucket, in the unit its chart shows (Mbit/s, ms).
 fn figure_series(report: &Report, figure: Figure, percentile: u8) -> Vec<Series> {
-    let mut out: Vec<(Option<ConnectionClass>, Series)> = Vec::new();
-    for row in &report.rows {
-        let (Some(start), Some(p)) = (
-            row.group.bucket_start,
-            row.figures.get(&figure).and_then(|f| f.get(percentile)),
-        ) else {
-            continue;
-        };
-        let class = row.group.connection_class;
-        // kbit/s to Mbit/s, µs to ms: both a thousandth.
-        let point = (start.timestamp(), p.value as f64 / 1000.0);
-        match out.iter_mut().find(|(c, _)| *c == class) {
-            Some((_, s)) => s.points.push(point),
-            None => out.push((
-                class,
-                Series {
-                    label: class.map_or_else(|| "unknown".to_owned(), |c| c.to_string()),
-                    points: vec![point],
-                    color: color_of(class),
-                },
-            )),
-        }
-    }
-    out.sort_by_key(|(c, _)| color_of(*c));
-    out.into_iter()
-        .map(|(_, mut s)| {
-            s.points.sort_by_key(|p| p.0);
-            s
-        })
-        .collect()
+    // kbit/s to Mbit/s, µs to ms: both a thousandth.
+    series_of(report, |row| {
+        let p = row.figures.get(&figure)?.get(percentile)?;
+        Some(p.value as f64 / 1000.0)
+    })
 }
 
 /// "Goodput p50", "Goodput p10", "Loaded latency p50", ...: two heads per figure.

@@ -1,0 +1,106 @@
+//! One real agent behind an emulated last-mile line, for the tests of the kinds that
+//! measure the line itself (throughput loads, video sessions): the agent reaches the
+//! site and the controller through `lastmile_testbed::link` relays of one class, so it
+//! calibrates as that class and measures what that line carries.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use lastmile_agent::limits::VolunteerLimits;
+use lastmile_agent::measure::{ConnectTo, EngineConfig};
+use lastmile_agent::runner::AgentSettings;
+use lastmile_protocol::{AgentLimits, ConnectionClass};
+use lastmile_testbed::link::{Link, LinkProfile};
+use lastmile_testbed::site::TargetSite;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::support::{count, TestApp};
+
+/// Waits until `done`, checking every 100 ms, for at most `secs` seconds.
+pub async fn until(what: &str, secs: u64, mut done: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !done().await {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A report row's pNN of a figure, in its unit.
+pub fn figure(row: &Value, name: &str, percentile: u64) -> u64 {
+    row["figures"][name]["percentiles"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["percentile"] == percentile))
+        .and_then(|p| p["value"].as_u64())
+        .unwrap_or_else(|| panic!("no {name} p{percentile} in {row}"))
+}
+
+/// A running agent on its line; [`AgentOnLine::stop`] ends it.
+pub struct AgentOnLine {
+    stop: watch::Sender<bool>,
+    agent: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _links: [Link; 2],
+    _state: tempfile::TempDir,
+}
+
+impl AgentOnLine {
+    /// Enrols an agent of a new volunteer on a `class` line to `site` (one
+    /// measurement at a time), and waits until it has calibrated as that class.
+    pub async fn start(app: &TestApp, site: &TargetSite, class: ConnectionClass) -> AgentOnLine {
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        let profile = LinkProfile::for_class(class);
+        let to_site = Link::start(any_port, site.addr(), profile).await.unwrap();
+        let to_controller = Link::start(any_port, app.controller.addr, profile)
+            .await
+            .unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let settings = AgentSettings {
+            controller: app.base.parse().unwrap(),
+            enrol_key: Some(app.volunteer("Ada")),
+            state_dir: state.path().join("agent"),
+            name: format!("ada-{class}"),
+            declared_class: class,
+            limits: AgentLimits { max_concurrent: 1 },
+            engine: EngineConfig {
+                allow_private: true,
+                source_addr: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
+                connect_to: vec![ConnectTo {
+                    host: site.addr().ip().to_string(),
+                    port: site.addr().port(),
+                    addr: to_site.addr(),
+                }],
+                ..EngineConfig::default()
+            },
+            idle_poll: Duration::from_millis(200),
+            calibration_url: Some(format!("http://{}", to_controller.addr()).parse().unwrap()),
+            calibration_bytes_per_day: 20 * 1024 * 1024,
+            volunteer: VolunteerLimits::default(),
+            spool_max_results: 100,
+            path_trace: false,
+        };
+        let (stop, stopped) = watch::channel(false);
+        let agent = tokio::spawn(lastmile_agent::run(settings, async move {
+            let mut stopped = stopped;
+            let _ = stopped.wait_for(|s| *s).await;
+        }));
+        until("the agent has calibrated its line", 60, async || {
+            count(
+                app,
+                &format!("SELECT COUNT(*) AS n FROM agents WHERE measured_class = '{class}'"),
+            ) == 1
+        })
+        .await;
+        AgentOnLine {
+            stop,
+            agent,
+            _links: [to_site, to_controller],
+            _state: state,
+        }
+    }
+
+    /// Stops the agent (waiting up to 10 s for it to end).
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.agent).await;
+    }
+}
