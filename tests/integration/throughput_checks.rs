@@ -63,6 +63,17 @@ async fn a_throughput_check_measures_the_line_and_its_queue_under_load(db: TestD
         );
     }
 
+    // A long load gets the time it needs by default (in Japan: no agent measures it).
+    let (status, long) = app
+        .post_check(
+            &owner,
+            check(json!({"throughput": {"duration_ms": 30000},
+                         "selection": {"agents_per_run": 1, "countries": ["JP"]}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{long}");
+    assert_eq!(long["timeout_ms"], 35000, "{long}");
+
     let (status, created) = app
         .post_check(
             &owner,

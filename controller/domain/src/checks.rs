@@ -62,7 +62,8 @@ pub struct NewCheck {
     /// throughput load: every connection's bytes together (the load ends when they
     /// arrived), default 100 MiB.
     pub max_bytes: Option<u64>,
-    /// Per-measurement time limit; default 30 s (60 s for a video session).
+    /// Per-measurement time limit; default 30 s (60 s for a video session, and a
+    /// throughput load's duration plus 5 s when that is longer).
     pub timeout_ms: Option<u64>,
     /// Redirects agents follow at most (0: none); one more fails with
     /// `too_many_redirects`. Default 5.
@@ -465,7 +466,14 @@ fn validated(
     }
     let default_timeout_ms = match new.kind {
         CheckKind::Video => 60_000,
-        CheckKind::Http | CheckKind::Page | CheckKind::Throughput => 30_000,
+        // A long load gets the time it needs beside it, unless the owner says otherwise.
+        CheckKind::Throughput => new
+            .throughput
+            .unwrap_or_default()
+            .duration_ms
+            .saturating_add(THROUGHPUT_SLACK_MS)
+            .clamp(30_000, MAX_TIMEOUT_MS),
+        CheckKind::Http | CheckKind::Page => 30_000,
     };
     let timeout_ms = new.timeout_ms.unwrap_or(default_timeout_ms);
     if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
