@@ -683,6 +683,7 @@ fn csv_row(r: &StoredResult, out: &mut dyn std::io::Write) -> std::io::Result<()
         opt_text(&r.page),
         "false".to_owned(),
         opt_text(&r.redirect_hops),
+        opt_text(&r.figures),
     ];
     writeln!(out, "{}", fields.join(","))
 }
