@@ -476,14 +476,7 @@ fn throughput_table(
         "-".into()
     };
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "status       {} ({})",
-        m.status.map_or("-".into(), |s| s.to_string()),
-        m.http_version
-            .as_deref()
-            .map_or("-".into(), |v| format!("HTTP/{v}"))
-    );
+    let _ = writeln!(out, "status       {}", status_text(m));
     let _ = writeln!(out, "connections  {}", load.connections);
     let _ = writeln!(out, "requests     {}", load.requests);
     let _ = writeln!(out, "bytes        {}", load.bytes);
@@ -509,6 +502,17 @@ fn throughput_table(
         let _ = writeln!(out, "error        {}: {}", e.kind, e.message);
     }
     out
+}
+
+/// "200 (HTTP/1.1)": a measurement's status and HTTP version, "-" for what it lacks.
+fn status_text(m: &lastmile_protocol::Measurement) -> String {
+    format!(
+        "{} ({})",
+        m.status.map_or("-".into(), |s| s.to_string()),
+        m.http_version
+            .as_deref()
+            .map_or("-".into(), |v| format!("HTTP/{v}"))
+    )
 }
 
 /// The video session as `measure --video` prints it.
@@ -538,14 +542,7 @@ pub(crate) fn video_table(
                 bps / 1000
             ))
     );
-    let _ = writeln!(
-        out,
-        "status     {} ({})",
-        m.status.map_or("-".into(), |s| s.to_string()),
-        m.http_version
-            .as_deref()
-            .map_or("-".into(), |v| format!("HTTP/{v}"))
-    );
+    let _ = writeln!(out, "status     {}", status_text(m));
     let _ = writeln!(out, "segments   {}", session.segments);
     let _ = writeln!(out, "bytes      {}", m.bytes);
     let _ = writeln!(out, "startup    {}", ms(session.startup_us));

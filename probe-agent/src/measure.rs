@@ -1144,11 +1144,25 @@ pub(crate) mod tests {
         addr
     }
 
-    fn local_engine() -> Engine {
+    /// An engine that may reach 127.0.0.1, as every test server is there.
+    pub(crate) fn local_engine() -> Engine {
         Engine::new(EngineConfig {
             allow_private: true,
             ..EngineConfig::default()
         })
+        .unwrap()
+    }
+
+    /// The test bed's site on 127.0.0.1, answering after `think_ms`.
+    pub(crate) async fn site(think_ms: u64) -> lastmile_testbed::site::TargetSite {
+        lastmile_testbed::site::TargetSite::start(
+            "127.0.0.1:0".parse().unwrap(),
+            lastmile_testbed::site::SiteConfig {
+                think_time: Duration::from_millis(think_ms),
+                ..Default::default()
+            },
+        )
+        .await
         .unwrap()
     }
 

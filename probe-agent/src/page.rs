@@ -720,36 +720,18 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::measure::tests::local_engine;
+    use crate::measure::tests::site;
     use crate::measure::EngineConfig;
     use lastmile_testbed::shop;
     use lastmile_testbed::site::{SiteConfig, TargetSite, NOT_FOUND};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    fn local_engine() -> Engine {
-        Engine::new(EngineConfig {
-            allow_private: true,
-            ..EngineConfig::default()
-        })
-        .unwrap()
-    }
 
     fn within(ms: u64) -> Expectations {
         Expectations {
             timeout: Duration::from_millis(ms),
             ..Expectations::default()
         }
-    }
-
-    async fn site(think_ms: u64) -> TargetSite {
-        TargetSite::start(
-            "127.0.0.1:0".parse().unwrap(),
-            SiteConfig {
-                think_time: Duration::from_millis(think_ms),
-                ..SiteConfig::default()
-            },
-        )
-        .await
-        .unwrap()
     }
 
     fn page_of(m: &Measurement) -> &PageSummary {

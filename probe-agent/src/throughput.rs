@@ -497,6 +497,7 @@ impl ProbeLine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::measure::tests::local_engine;
     use crate::measure::EngineConfig;
     use bytes::Bytes;
     use http_body_util::combinators::BoxBody;
@@ -635,14 +636,6 @@ mod tests {
             };
             Ok::<_, Infallible>(Response::new(body))
         })
-    }
-
-    fn local_engine() -> Engine {
-        Engine::new(EngineConfig {
-            allow_private: true,
-            ..EngineConfig::default()
-        })
-        .unwrap()
     }
 
     fn within(ms: u64) -> Expectations {

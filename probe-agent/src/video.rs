@@ -1030,13 +1030,14 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::measure::tests::local_engine;
+    use crate::measure::tests::site;
     use crate::measure::EngineConfig;
     use bytes::Bytes;
     use http_body_util::Full;
     use hyper::Request;
     use hyper_util::rt::TokioIo;
     use lastmile_testbed::link::{Link, LinkProfile};
-    use lastmile_testbed::site::{SiteConfig, TargetSite};
     use lastmile_testbed::video::{
         self as stream, LIVE_MASTER_PATH, MASTER_PATH, RENDITIONS, SEGMENTS,
     };
@@ -1378,14 +1379,6 @@ mod tests {
 
     // Real sessions, over sockets on 127.0.0.1.
 
-    fn local_engine() -> Engine {
-        Engine::new(EngineConfig {
-            allow_private: true,
-            ..EngineConfig::default()
-        })
-        .unwrap()
-    }
-
     fn within(ms: u64) -> Expectations {
         Expectations {
             timeout: Duration::from_millis(ms),
@@ -1399,18 +1392,6 @@ mod tests {
             play_ms,
             max_bitrate_kbps,
         }
-    }
-
-    async fn site(think_ms: u64) -> TargetSite {
-        TargetSite::start(
-            "127.0.0.1:0".parse().unwrap(),
-            SiteConfig {
-                think_time: Duration::from_millis(think_ms),
-                ..SiteConfig::default()
-            },
-        )
-        .await
-        .unwrap()
     }
 
     fn summary(m: &Measurement) -> &VideoSummary {

@@ -567,37 +567,31 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         "Page physics (fastest ttfb and page total per class, dialup > dsl > cable > fibre): {page_physics}"
     );
     let download_physics = judge_goodput(&download.by_class);
-    say!(
-        opts,
-        "\nDownload: {} (goodput = body bytes over the body's transfer)\n{}",
-        download.by_class.check.name,
-        reports::to_table(&download.by_class)
-    );
-    say!(
-        opts,
-        "Goodput physics (each line within its rate, dsl < cable): {download_physics}"
+    print_judged(
+        &opts,
+        "Download",
+        "goodput = body bytes over the body's transfer",
+        &download.by_class,
+        "Goodput physics (each line within its rate, dsl < cable)",
+        &download_physics,
     );
     let speed_physics = judge_speed(&speed.by_class);
-    say!(
-        opts,
-        "\nLine speed: {} (4 connections for 3 s; latency = HEAD round trips before and during the load)\n{}",
-        speed.by_class.check.name,
-        reports::to_table(&speed.by_class)
-    );
-    say!(
-        opts,
-        "Load physics (goodput within each rate, dsl < cable; loaded latency above idle by the line's queue): {speed_physics}"
+    print_judged(
+        &opts,
+        "Line speed",
+        "4 connections for 3 s; latency = HEAD round trips before and during the load",
+        &speed.by_class,
+        "Load physics (goodput within each rate, dsl < cable; loaded latency above idle by the line's queue)",
+        &speed_physics,
     );
     let stream_physics = judge_stream(&stream.by_class);
-    say!(
-        opts,
-        "\nStream: {} (6 s of the 30 Mbit/s rendition; start-up = first request to playback, stalls after it)\n{}",
-        stream.by_class.check.name,
-        reports::to_table(&stream.by_class)
-    );
-    say!(
-        opts,
-        "Stream physics (cable plays through, dsl's 16 Mbit/s stalls the 30 Mbit/s rendition): {stream_physics}"
+    print_judged(
+        &opts,
+        "Stream",
+        "6 s of the 30 Mbit/s rendition; start-up = first request to playback, stalls after it",
+        &stream.by_class,
+        "Stream physics (cable plays through, dsl's 16 Mbit/s stalls the 30 Mbit/s rendition)",
+        &stream_physics,
     );
     let isp_rows = isp_report["rows"].as_array().map_or(0, Vec::len);
     say!(
@@ -751,6 +745,25 @@ async fn page_check(
         by_class,
         report_json,
     })
+}
+
+/// Prints a by-class check's table under `title` (with `what` its figures mean), then
+/// the verdict on its physics.
+fn print_judged(
+    opts: &DemoOptions,
+    title: &str,
+    what: &str,
+    report: &Report,
+    rule: &str,
+    physics: &Physics,
+) {
+    say!(
+        opts,
+        "\n{title}: {} ({what})\n{}",
+        report.check.name,
+        reports::to_table(report)
+    );
+    say!(opts, "{rule}: {physics}");
 }
 
 /// A check's report by connection class, as the demo reads it and writes it out.
