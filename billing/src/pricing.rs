@@ -68,6 +68,9 @@ pub fn base_price_minor(kind: CheckKind) -> i64 {
         // A video session downloads its media (20 s of a rendition by default): a
         // throughput load's share of the line and the data allowance.
         CheckKind::Video => 40,
+        // A udp stream is few bytes (about 20 KB a second each way by default) but has
+        // the volunteer's line to itself for its duration, as a load does.
+        CheckKind::Udp => 20,
     }
 }
 

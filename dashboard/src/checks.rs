@@ -119,7 +119,7 @@ pub struct CheckForm {
     pub site_id: String,
     pub name: String,
     pub url: String,
-    /// `http`, `page` or `throughput` (empty: `http`).
+    /// `http`, `page`, `throughput`, `video` or `udp` (empty: `http`).
     pub kind: String,
     pub expected_status: String,
     pub body_contains: String,
@@ -134,6 +134,11 @@ pub struct CheckForm {
     /// (empty: the defaults).
     pub play_ms: String,
     pub max_bitrate_kbps: String,
+    /// A udp check's stream: ms between probes, how long, ms, and each probe's bytes
+    /// (empty: the defaults).
+    pub udp_interval_ms: String,
+    pub udp_duration_ms: String,
+    pub packet_bytes: String,
     /// One objective per line, as people write them.
     pub objectives: String,
     pub every_seconds: String,
@@ -193,10 +198,11 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                         input #url type="url" name="url" required value=(f.url) placeholder="https://shop.example/";
                         label for="kind" { "Measure" }
                         select #kind name="kind" {
-                            option value="http" selected[!["page", "throughput", "video"].contains(&f.kind.as_str())] { "The URL alone: one fetch (http)" }
+                            option value="http" selected[!["page", "throughput", "video", "udp"].contains(&f.kind.as_str())] { "The URL alone: one fetch (http)" }
                             option value="page" selected[f.kind == "page"] { "The whole page: HTML with its stylesheets, scripts, images and fonts (page)" }
                             option value="throughput" selected[f.kind == "throughput"] { "The line's speed: the URL downloaded over several connections at once, with latency under that load (throughput)" }
                             option value="video" selected[f.kind == "video"] { "A stream: the URL is an HLS playlist, played as a player would, with its start-up delay and stalls (video)" }
+                            option value="udp" selected[f.kind == "udp"] { "A game or a call: small packets every few milliseconds to your reflector at udp://host:port, with their round trip, jitter and loss (udp)" }
                         }
                         div.row {
                             div {
@@ -218,6 +224,21 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                                 input #max_bitrate_kbps type="number" name="max_bitrate_kbps" min="1" value=(f.max_bitrate_kbps);
                             }
                         }
+                        div.row {
+                            div {
+                                label for="udp_interval_ms" { "Between packets, ms " small { "(udp; default 20)" } }
+                                input #udp_interval_ms type="number" name="udp_interval_ms" min="10" max="1000" value=(f.udp_interval_ms);
+                            }
+                            div {
+                                label for="udp_duration_ms" { "Stream duration, ms " small { "(udp; default 10000)" } }
+                                input #udp_duration_ms type="number" name="udp_duration_ms" min="1000" max="60000" value=(f.udp_duration_ms);
+                            }
+                            div {
+                                label for="packet_bytes" { "Packet size, bytes " small { "(udp; default 172)" } }
+                                input #packet_bytes type="number" name="packet_bytes" min="32" max="1200" value=(f.packet_bytes);
+                            }
+                        }
+                        p.hint { "A udp check streams only to a reflector that answers with the site's verification token: run " code { "lastmile-reflector --token <the site's token>" } " on the site's host, next to your game or media server." }
                         label for="name" { "Name " small { "(optional)" } }
                         input #name type="text" name="name" maxlength="200" value=(f.name);
                     }

@@ -34,7 +34,8 @@ pub struct ResultRow {
     /// "8.4 Mbit/s": the body's goodput, for a body large enough to have one.
     pub goodput: Option<String>,
     /// "41.0 ms idle, 288 ms loaded": a throughput load's round trip before and under
-    /// its load.
+    /// its load; a video session's start and stalls; a udp stream's round trip, jitter
+    /// and loss.
     pub latency_under_load: Option<String>,
     /// "127.0.0.1", when the agent reported an address.
     pub remote_addr: Option<String>,
@@ -141,7 +142,7 @@ fn row(run: &RunHeader, r: &ResultRow) -> Markup {
             td.num data-label="Total" {
                 (r.total)
                 @if let Some(g) = &r.goodput { br; small.goodput title="Goodput: body bytes over the body's transfer time" { (g) } }
-                @if let Some(l) = &r.latency_under_load { br; small.latency title="Round trip of small requests before the load, and while it filled the line" { (l) } }
+                @if let Some(l) = &r.latency_under_load { br; small.latency title="What the check's kind measured besides the phases: a load's round trip before and under it, a video session's start and stalls, a udp stream's round trip, jitter and loss" { (l) } }
             }
             td.connection data-label="Connection" {
                 @match &r.remote_addr {

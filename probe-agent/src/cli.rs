@@ -32,7 +32,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Measure one URL once and print its phase timings (with --page: the whole page;
     /// with --throughput: a load of several downloads and the round trip under it;
-    /// with --video: an HLS session's start-up delay and stalls).
+    /// with --video: an HLS session's start-up delay and stalls; with --udp: a stream
+    /// to a reflector at udp://host:port, its round trip, jitter and loss).
     Measure(Box<MeasureArgs>),
 }
 
@@ -196,6 +197,27 @@ struct MeasureArgs {
     /// lowest when none is); default the highest.
     #[arg(long)]
     max_bitrate_kbps: Option<u64>,
+    /// Stream to the reflector at the URL (udp://host:port) as a game or a call does:
+    /// a packet every --interval-ms for --stream-ms, once the reflector answered with
+    /// --token (the site's verification token); prints the round trip, jitter and loss.
+    #[arg(long, conflicts_with_all = ["page", "throughput", "video"], requires = "token")]
+    udp: bool,
+    /// With --udp: what the reflector must answer with (the site's verification token).
+    #[arg(long)]
+    token: Option<String>,
+    /// With --udp: milliseconds between packets.
+    #[arg(long, default_value_t = lastmile_protocol::DEFAULT_UDP_INTERVAL_MS,
+          value_parser = clap::value_parser!(u64).range(lastmile_protocol::MIN_UDP_INTERVAL_MS..=lastmile_protocol::MAX_UDP_INTERVAL_MS))]
+    interval_ms: u64,
+    /// With --udp: how long the stream lasts, milliseconds (with 1 s to wait for the
+    /// last echoes, less than --timeout-ms).
+    #[arg(long, default_value_t = lastmile_protocol::DEFAULT_UDP_DURATION_MS,
+          value_parser = clap::value_parser!(u64).range(lastmile_protocol::MIN_UDP_DURATION_MS..=lastmile_protocol::MAX_UDP_DURATION_MS))]
+    stream_ms: u64,
+    /// With --udp: each packet's UDP payload, bytes.
+    #[arg(long, default_value_t = lastmile_protocol::DEFAULT_UDP_PACKET_BYTES,
+          value_parser = clap::value_parser!(u32).range(lastmile_protocol::reflector::MIN_PROBE_LEN as i64..=lastmile_protocol::reflector::MAX_PROBE_LEN as i64))]
+    packet_bytes: u32,
     /// Measure this many times, one after the other, each on fresh connections (with
     /// --json, one object per line). The first measurement of a process also pays for
     /// loading the agent's code; later ones are timed as a running agent's are.
@@ -329,6 +351,12 @@ async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
         play_ms: args.play_ms,
         max_bitrate_kbps: args.max_bitrate_kbps,
     };
+    let stream = lastmile_protocol::UdpTask {
+        interval_ms: args.interval_ms,
+        duration_ms: args.stream_ms,
+        packet_bytes: args.packet_bytes,
+        token: args.token.clone().unwrap_or_default(),
+    };
     let mut failed = false;
     for i in 0..args.count {
         let m = if args.page {
@@ -337,6 +365,8 @@ async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
             engine.measure_throughput(&args.url, &expect, load).await
         } else if args.video {
             engine.measure_video(&args.url, &expect, session).await
+        } else if args.udp {
+            engine.measure_udp(&args.url, &expect, &stream).await
         } else {
             engine.measure(&args.url, &expect).await
         };
@@ -353,11 +383,12 @@ async fn measure(args: MeasureArgs) -> anyhow::Result<()> {
                 args.count
             );
         }
-        match (&m.page, &m.throughput, &m.video) {
-            (Some(page), _, _) => print!("{}", page_table(&m, page)),
-            (None, Some(load), _) => print!("{}", throughput_table(&m, load)),
-            (None, None, Some(session)) => print!("{}", video_table(&m, session)),
-            (None, None, None) => print!("{}", measurement_table(&m)),
+        match (&m.page, &m.throughput, &m.video, &m.udp) {
+            (Some(page), ..) => print!("{}", page_table(&m, page)),
+            (None, Some(load), ..) => print!("{}", throughput_table(&m, load)),
+            (None, None, Some(session), _) => print!("{}", video_table(&m, session)),
+            (None, None, None, Some(stream)) => print!("{}", udp_table(&m, stream)),
+            (None, None, None, None) => print!("{}", measurement_table(&m)),
         }
     }
     if failed {
@@ -549,6 +580,43 @@ pub(crate) fn video_table(
     let _ = writeln!(out, "stalls     {}", session.stalls);
     let _ = writeln!(out, "stalled    {}", ms(session.stall_us));
     let _ = writeln!(out, "played     {:.3} s", session.played_ms as f64 / 1000.0);
+    if let Some(e) = &m.error {
+        let _ = writeln!(out, "error      {}: {}", e.kind, e.message);
+    }
+    out
+}
+
+/// The udp stream as `measure --udp` prints it.
+pub(crate) fn udp_table(
+    m: &lastmile_protocol::Measurement,
+    stream: &lastmile_protocol::UdpSummary,
+) -> String {
+    use std::fmt::Write;
+    let ms = |us: Option<u64>| us.map_or("-".into(), |us| format!("{:.3} ms", us as f64 / 1000.0));
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "reflector  {}",
+        m.remote_addr.as_deref().unwrap_or("-")
+    );
+    let _ = writeln!(out, "hello      {}", ms(Some(m.timings_us.ttfb)));
+    let _ = writeln!(out, "sent       {}", stream.sent);
+    let _ = writeln!(out, "received   {}", stream.received);
+    let _ = writeln!(
+        out,
+        "lost       {} ({:.2} %): {} on the way there, {} on the way back",
+        stream.lost(),
+        stream.loss_ppm().unwrap_or(0) as f64 / 10_000.0,
+        stream.lost_up,
+        stream.lost() - stream.lost_up
+    );
+    let _ = writeln!(
+        out,
+        "rtt        {} median, {} p95",
+        ms(stream.median_rtt_us()),
+        ms(crate::throughput::percentile(&stream.rtt_us, 95))
+    );
+    let _ = writeln!(out, "jitter     {}", ms(stream.jitter_us()));
     if let Some(e) = &m.error {
         let _ = writeln!(out, "error      {}: {}", e.kind, e.message);
     }

@@ -21,10 +21,12 @@ pub mod guard;
 pub mod limits;
 pub mod measure;
 pub mod page;
+pub mod reflector;
 pub mod runner;
 pub mod spool;
 pub mod throughput;
 pub mod trace;
+pub mod udp;
 pub mod video;
 
 pub use measure::{ConnectTo, Engine, EngineConfig, Expectations};

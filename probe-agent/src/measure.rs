@@ -951,6 +951,7 @@ impl Trace {
             page: None,
             throughput: None,
             video: None,
+            udp: None,
         }
     }
 }

@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lastmile_protocol::{
-    AgentLimits, ApiError, CheckKind, ConnectionClass, EnrolRequest, Heartbeat, ResultAck,
-    ResultOutcome, ResultSubmission, Task, MAX_RESULTS_PER_BATCH,
+    AgentLimits, ApiError, CheckKind, ConnectionClass, EnrolRequest, ErrorKind, Heartbeat,
+    Measurement, MeasurementError, ResultAck, ResultOutcome, ResultSubmission, Task,
+    MAX_RESULTS_PER_BATCH,
 };
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -364,8 +365,9 @@ struct Work<'a> {
 }
 
 /// Who may use the agent's line at once. A throughput load fills the line on purpose,
-/// and a video session's player judges the line by how fast its segments arrive, so
-/// both run alone: each waits for the measurements in flight to end, and nothing else
+/// a video session's player judges the line by how fast its segments arrive, and a udp
+/// stream's round trips would time the queue of any download beside it, so these run
+/// alone: each waits for the measurements in flight to end, and nothing else
 /// starts until it is over; the other kinds share the line as the volunteer's
 /// concurrency allows. Otherwise the load would read the line slower than it is, a
 /// player beside other fetches would stall for their bytes, and a fetch beside either
@@ -384,7 +386,7 @@ impl LineShare {
     /// Waits until a measurement of `kind` may use the line.
     pub async fn claim(&self, kind: CheckKind) -> LineClaim {
         match kind {
-            CheckKind::Throughput | CheckKind::Video => {
+            CheckKind::Throughput | CheckKind::Video | CheckKind::Udp => {
                 LineClaim::Alone(self.0.clone().write_owned().await)
             }
             CheckKind::Http | CheckKind::Page => {
@@ -539,6 +541,17 @@ pub async fn execute(engine: &Engine, task: &Task) -> ResultSubmission {
                 .measure_video(&task.url, &expect, task.video.unwrap_or_default())
                 .await
         }
+        CheckKind::Udp => match &task.udp {
+            Some(stream) => engine.measure_udp(&task.url, &expect, stream).await,
+            // Without its stream the agent has no token to hold the reflector to.
+            None => Measurement {
+                error: Some(MeasurementError {
+                    kind: ErrorKind::InvalidTask,
+                    message: "a udp task without its stream".into(),
+                }),
+                ..Measurement::default()
+            },
+        },
     };
     ResultSubmission {
         assignment_id: task.assignment_id,

@@ -11,6 +11,7 @@
 
 pub mod address;
 pub mod calibration;
+pub mod reflector;
 pub mod trace;
 
 use std::fmt;
@@ -192,6 +193,15 @@ pub enum Figure {
     /// A video session's time stalled (rebuffering) after playback started, µs; 0 for a
     /// session that played through.
     StallTime,
+    /// A udp stream's round trip: the median of its probes' round trips, µs.
+    Rtt,
+    /// A udp stream's jitter: the mean difference between the round trips of
+    /// consecutive probes that came back (RFC 5481's packet delay variation, over the
+    /// round trip), µs.
+    Jitter,
+    /// A udp stream's loss: probes that did not come back, in parts per million of
+    /// those sent (10,000 is 1 %).
+    Loss,
 }
 
 /// What a figure's values count.
@@ -203,6 +213,8 @@ pub enum Unit {
     Us,
     /// Kilobits (1,000 bits) a second.
     Kbps,
+    /// Parts per million (10,000 is 1 %).
+    Ppm,
 }
 
 impl Unit {
@@ -211,13 +223,14 @@ impl Unit {
         match self {
             Unit::Us => "us",
             Unit::Kbps => "kbps",
+            Unit::Ppm => "ppm",
         }
     }
 }
 
 impl Figure {
     /// Every figure: the phases in the order they happen, then the others.
-    pub const ALL: [Figure; 11] = [
+    pub const ALL: [Figure; 14] = [
         Figure::Dns,
         Figure::Connect,
         Figure::Tls,
@@ -229,15 +242,21 @@ impl Figure {
         Figure::LoadedLatency,
         Figure::StartupDelay,
         Figure::StallTime,
+        Figure::Rtt,
+        Figure::Jitter,
+        Figure::Loss,
     ];
 
     /// The figures that are not timing phases, in report order.
-    pub const OTHERS: [Figure; 5] = [
+    pub const OTHERS: [Figure; 8] = [
         Figure::Goodput,
         Figure::IdleLatency,
         Figure::LoadedLatency,
         Figure::StartupDelay,
         Figure::StallTime,
+        Figure::Rtt,
+        Figure::Jitter,
+        Figure::Loss,
     ];
 
     /// The stable wire name.
@@ -250,6 +269,9 @@ impl Figure {
                 Figure::LoadedLatency => "loaded_latency",
                 Figure::StartupDelay => "startup_delay",
                 Figure::StallTime => "stall_time",
+                Figure::Rtt => "rtt",
+                Figure::Jitter => "jitter",
+                Figure::Loss => "loss",
                 _ => unreachable!("every phase figure has a phase"),
             },
         }
@@ -268,7 +290,10 @@ impl Figure {
             | Figure::IdleLatency
             | Figure::LoadedLatency
             | Figure::StartupDelay
-            | Figure::StallTime => None,
+            | Figure::StallTime
+            | Figure::Rtt
+            | Figure::Jitter
+            | Figure::Loss => None,
         }
     }
 
@@ -276,6 +301,7 @@ impl Figure {
     pub fn unit(self) -> Unit {
         match self {
             Figure::Goodput => Unit::Kbps,
+            Figure::Loss => Unit::Ppm,
             _ => Unit::Us,
         }
     }
@@ -400,11 +426,17 @@ pub enum ErrorKind {
     /// playlist, no segments, byte-range segments, a live playlist without a target
     /// duration).
     PlaylistInvalid,
+    /// A udp check: nothing answered the hello at the reflector's address (after
+    /// [`UDP_HELLO_ATTEMPTS`] tries), so no stream was sent.
+    ReflectorSilent,
+    /// A udp check: the address answered, but not as the site's reflector (another
+    /// token, or not the reflector protocol), so no stream was sent.
+    ReflectorUnverified,
 }
 
 impl ErrorKind {
     /// Every kind, in the order the phases of a fetch can produce them.
-    pub const ALL: [ErrorKind; 21] = [
+    pub const ALL: [ErrorKind; 23] = [
         ErrorKind::DnsNoSuchName,
         ErrorKind::DnsTimeout,
         ErrorKind::Dns,
@@ -426,6 +458,8 @@ impl ErrorKind {
         ErrorKind::PageTooManyResources,
         ErrorKind::PageTooLarge,
         ErrorKind::PlaylistInvalid,
+        ErrorKind::ReflectorSilent,
+        ErrorKind::ReflectorUnverified,
     ];
 
     /// The stable wire name.
@@ -452,6 +486,8 @@ impl ErrorKind {
             ErrorKind::PageTooManyResources => "page_too_many_resources",
             ErrorKind::PageTooLarge => "page_too_large",
             ErrorKind::PlaylistInvalid => "playlist_invalid",
+            ErrorKind::ReflectorSilent => "reflector_silent",
+            ErrorKind::ReflectorUnverified => "reflector_unverified",
         }
     }
 }
@@ -543,6 +579,13 @@ pub struct Measurement {
     /// a segment that fails is named in the error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoSummary>,
+    /// A udp check's summary (absent for other kinds). `timings_us.dns` is then the
+    /// reflector's name lookup, `connect` and `tls` 0, `ttfb` the round trip of the
+    /// hello the reflector answered, `transfer` from the
+    /// first probe sent to the end of the wait for the last echo, `total` the whole
+    /// session; `bytes` counts the echoes received and `remote_addr` is the reflector's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpSummary>,
 }
 
 /// What a video session measured, against the player model: segments are fetched in
@@ -607,6 +650,102 @@ impl Default for VideoTask {
             play_ms: 20_000,
             max_bitrate_kbps: None,
         }
+    }
+}
+
+/// A udp check's stream, in its [`Task`]: a probe of `packet_bytes` every
+/// `interval_ms` for `duration_ms`, to the reflector at the task's `udp://host:port`
+/// URL, which must first answer the hello with `token`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UdpTask {
+    /// Between probes, milliseconds ([`MIN_UDP_INTERVAL_MS`] to [`MAX_UDP_INTERVAL_MS`]).
+    pub interval_ms: u64,
+    /// How long the stream lasts, milliseconds ([`MIN_UDP_DURATION_MS`] to
+    /// [`MAX_UDP_DURATION_MS`], at most [`MAX_UDP_PROBES`] probes).
+    pub duration_ms: u64,
+    /// Each probe's UDP payload, bytes ([`reflector::MIN_PROBE_LEN`] to
+    /// [`reflector::MAX_PROBE_LEN`]).
+    pub packet_bytes: u32,
+    /// What the reflector must answer the hello with: the check's site token.
+    pub token: String,
+}
+
+/// Between a udp stream's probes by default, milliseconds: a game's 50 updates a
+/// second, or a call's 20 ms audio frames.
+pub const DEFAULT_UDP_INTERVAL_MS: u64 = 20;
+/// A udp stream's length by default, milliseconds.
+pub const DEFAULT_UDP_DURATION_MS: u64 = 10_000;
+/// A udp probe's payload by default, bytes: a 20 ms G.711 voice frame with its RTP
+/// header (160 + 12), about a game update's size.
+pub const DEFAULT_UDP_PACKET_BYTES: u32 = 172;
+/// Shortest interval between probes, milliseconds (100 packets a second).
+pub const MIN_UDP_INTERVAL_MS: u64 = 10;
+/// Longest interval between probes, milliseconds.
+pub const MAX_UDP_INTERVAL_MS: u64 = 1_000;
+/// Shortest stream, milliseconds.
+pub const MIN_UDP_DURATION_MS: u64 = 1_000;
+/// Longest stream, milliseconds.
+pub const MAX_UDP_DURATION_MS: u64 = 60_000;
+/// Most probes one stream sends (and one summary lists round trips of).
+pub const MAX_UDP_PROBES: usize = 3_000;
+/// Hellos an agent sends, [`UDP_HELLO_WAIT_MS`] apart, before it gives up on a silent
+/// reflector.
+pub const UDP_HELLO_ATTEMPTS: u32 = 3;
+/// How long the agent waits for a welcome before the next hello, milliseconds.
+pub const UDP_HELLO_WAIT_MS: u64 = 1_000;
+/// After the last probe, how long the agent waits for echoes still on their way,
+/// milliseconds; an echo later than that is lost (no game waits longer for it).
+pub const UDP_ECHO_WAIT_MS: u64 = 1_000;
+/// A stream stops early when no echo came back for this long, milliseconds: the
+/// reflector went away, and an agent never keeps sending into silence.
+pub const UDP_SILENCE_MS: u64 = 3_000;
+
+/// What a udp stream measured.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UdpSummary {
+    /// Probes sent (fewer than the stream's length asks when it stopped on silence).
+    pub sent: u32,
+    /// Echoes received (each probe's first; duplicates are not counted).
+    pub received: u32,
+    /// Probes the reflector said it had not received, by the count in the last echo:
+    /// loss on the way there. The rest of `sent - received` was lost on the way back,
+    /// or after the last echo.
+    pub lost_up: u32,
+    /// Each echoed probe's round trip, µs, in the order the probes were sent.
+    pub rtt_us: Vec<u64>,
+}
+
+impl UdpSummary {
+    /// Probes that did not come back.
+    pub fn lost(&self) -> u32 {
+        self.sent.saturating_sub(self.received)
+    }
+
+    /// The share of probes sent that did not come back, parts per million (rounded);
+    /// `None` when nothing was sent.
+    pub fn loss_ppm(&self) -> Option<u64> {
+        let sent = u64::from(self.sent);
+        (sent > 0).then(|| (u64::from(self.lost()) * 1_000_000 + sent / 2) / sent)
+    }
+
+    /// The median round trip of the echoes, µs (the lower middle of an even count: one
+    /// that was measured); `None` without an echo.
+    pub fn median_rtt_us(&self) -> Option<u64> {
+        let mut sorted = self.rtt_us.clone();
+        sorted.sort_unstable();
+        sorted.get(sorted.len().checked_sub(1)? / 2).copied()
+    }
+
+    /// The jitter, µs: the mean difference between the round trips of consecutive
+    /// echoes (RFC 5481's packet delay variation over the round trip, as IRTT's "IPDV"
+    /// and RFC 3550's jitter before its smoothing), rounded: the variation a game's or
+    /// a call's jitter buffer must absorb. `None` with fewer than two echoes.
+    pub fn jitter_us(&self) -> Option<u64> {
+        let n = self.rtt_us.len().checked_sub(1).filter(|&n| n > 0)? as u64;
+        let sum: u64 = self.rtt_us.windows(2).map(|w| w[0].abs_diff(w[1])).sum();
+        Some((sum + n / 2) / n)
     }
 }
 
@@ -833,7 +972,9 @@ impl Measurement {
 /// sub-resources (stylesheets, scripts, images, fonts, icons) as a browser would;
 /// `throughput` downloads the URL over several connections at once for a while, as a
 /// speed test does, and measures the round trip before and during that load; `video`
-/// plays an HLS stream against a player's buffer model (start-up delay, stalls).
+/// plays an HLS stream against a player's buffer model (start-up delay, stalls); `udp`
+/// sends an isochronous stream of small packets, as a game or a call does, to the
+/// owner's reflector and measures their round trip, jitter and loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
@@ -842,15 +983,17 @@ pub enum CheckKind {
     Page,
     Throughput,
     Video,
+    Udp,
 }
 
 impl CheckKind {
     /// Every kind.
-    pub const ALL: [CheckKind; 4] = [
+    pub const ALL: [CheckKind; 5] = [
         CheckKind::Http,
         CheckKind::Page,
         CheckKind::Throughput,
         CheckKind::Video,
+        CheckKind::Udp,
     ];
 
     /// The stable wire name.
@@ -860,6 +1003,7 @@ impl CheckKind {
             CheckKind::Page => "page",
             CheckKind::Throughput => "throughput",
             CheckKind::Video => "video",
+            CheckKind::Udp => "udp",
         }
     }
 }
@@ -878,6 +1022,7 @@ impl FromStr for CheckKind {
             "page" => Ok(CheckKind::Page),
             "throughput" => Ok(CheckKind::Throughput),
             "video" => Ok(CheckKind::Video),
+            "udp" => Ok(CheckKind::Udp),
             _ => Err(UnknownName {
                 kind: "check kind",
                 given: s.to_owned(),
@@ -1015,6 +1160,9 @@ pub struct Task {
     /// A video check's session; absent for other kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoTask>,
+    /// A udp check's stream; absent for other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpTask>,
 }
 
 /// How many redirects a task follows when the controller does not say: curl's and
@@ -1142,7 +1290,34 @@ mod tests {
         assert_eq!(Figure::Goodput.phase(), None);
         assert_eq!(Figure::Goodput.unit(), Unit::Kbps);
         assert!(Figure::Goodput.higher_is_better());
-        assert!("jitter".parse::<Figure>().is_err());
+        assert_eq!("jitter".parse::<Figure>().unwrap(), Figure::Jitter);
+        assert_eq!(Figure::Loss.unit(), Unit::Ppm);
+        assert!(!Figure::Loss.higher_is_better());
+        assert!("wobble".parse::<Figure>().is_err());
+    }
+
+    #[test]
+    fn a_streams_figures_are_its_loss_median_round_trip_and_mean_variation() {
+        let stream = UdpSummary {
+            sent: 8,
+            received: 5,
+            lost_up: 1,
+            rtt_us: vec![40_000, 44_000, 41_000, 41_000, 50_000],
+        };
+        assert_eq!(stream.lost(), 3);
+        assert_eq!(stream.loss_ppm(), Some(375_000));
+        assert_eq!(stream.median_rtt_us(), Some(41_000));
+        // |4| + |3| + |0| + |9| ms over 4 steps.
+        assert_eq!(stream.jitter_us(), Some(4_000));
+        let one = UdpSummary {
+            sent: 1,
+            received: 1,
+            lost_up: 0,
+            rtt_us: vec![40_000],
+        };
+        assert_eq!(one.jitter_us(), None, "no variation without a second echo");
+        assert_eq!(UdpSummary::default().loss_ppm(), None);
+        assert_eq!(UdpSummary::default().median_rtt_us(), None);
     }
 
     #[test]
@@ -1168,6 +1343,7 @@ mod tests {
             page: None,
             throughput: None,
             video: None,
+            udp: None,
         };
         let v = serde_json::to_value(&m).unwrap_or_default();
         assert_eq!(

@@ -13,4 +13,5 @@ pub mod shop;
 pub mod site;
 pub mod stripe;
 pub mod tls;
+pub mod udp_link;
 pub mod video;

@@ -1,7 +1,8 @@
 //! One real agent behind an emulated last-mile line, for the tests of the kinds that
-//! measure the line itself (throughput loads, video sessions): the agent reaches the
-//! site and the controller through `lastmile_testbed::link` relays of one class, so it
-//! calibrates as that class and measures what that line carries.
+//! measure the line itself (throughput loads, video sessions, udp streams): the agent
+//! reaches the site and the controller through `lastmile_testbed::link` relays of one
+//! class (and a reflector through a `udp_link` relay), so it calibrates as that class
+//! and measures what that line carries.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use lastmile_agent::runner::AgentSettings;
 use lastmile_protocol::{AgentLimits, ConnectionClass};
 use lastmile_testbed::link::{Link, LinkProfile};
 use lastmile_testbed::site::TargetSite;
+use lastmile_testbed::udp_link::{Impairment, UdpLink};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -40,6 +42,7 @@ pub struct AgentOnLine {
     stop: watch::Sender<bool>,
     agent: tokio::task::JoinHandle<anyhow::Result<()>>,
     _links: [Link; 2],
+    _udp: Option<UdpLink>,
     _state: tempfile::TempDir,
 }
 
@@ -47,8 +50,28 @@ impl AgentOnLine {
     /// Enrols an agent of a new volunteer on a `class` line to `site` (one
     /// measurement at a time), and waits until it has calibrated as that class.
     pub async fn start(app: &TestApp, site: &TargetSite, class: ConnectionClass) -> AgentOnLine {
+        AgentOnLine::start_reaching(app, site, class, None).await
+    }
+
+    /// [`AgentOnLine::start`], with the agent's datagrams to `reflector` going through a
+    /// UDP line of the same class with `impairment` (jitter, loss).
+    pub async fn start_reaching(
+        app: &TestApp,
+        site: &TargetSite,
+        class: ConnectionClass,
+        reflector: Option<(SocketAddr, Impairment)>,
+    ) -> AgentOnLine {
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         let profile = LinkProfile::for_class(class);
+        let udp = match reflector {
+            Some((addr, impairment)) => Some((
+                addr,
+                UdpLink::start(any_port, addr, profile, impairment, 1)
+                    .await
+                    .unwrap(),
+            )),
+            None => None,
+        };
         let to_site = Link::start(any_port, site.addr(), profile).await.unwrap();
         let to_controller = Link::start(any_port, app.controller.addr, profile)
             .await
@@ -64,11 +87,17 @@ impl AgentOnLine {
             engine: EngineConfig {
                 allow_private: true,
                 source_addr: Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))),
-                connect_to: vec![ConnectTo {
+                connect_to: std::iter::once(ConnectTo {
                     host: site.addr().ip().to_string(),
                     port: site.addr().port(),
                     addr: to_site.addr(),
-                }],
+                })
+                .chain(udp.as_ref().map(|(reflector, link)| ConnectTo {
+                    host: reflector.ip().to_string(),
+                    port: reflector.port(),
+                    addr: link.addr(),
+                }))
+                .collect(),
                 ..EngineConfig::default()
             },
             idle_poll: Duration::from_millis(200),
@@ -94,6 +123,7 @@ impl AgentOnLine {
             stop,
             agent,
             _links: [to_site, to_controller],
+            _udp: udp.map(|(_, link)| link),
             _state: state,
         }
     }

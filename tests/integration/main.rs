@@ -54,5 +54,6 @@ mod site_verification;
 mod sqlite_plans;
 mod stripe;
 mod throughput_checks;
+mod udp_checks;
 mod verification;
 mod video_checks;

@@ -3,7 +3,7 @@
 //! hands its agents ([`TaskSpec`]). Below both the checks workflow (create, edit,
 //! views) and scheduling, which read checks but never each other.
 
-use lastmile_protocol::{CheckKind, ConnectionClass, ThroughputTask, VideoTask};
+use lastmile_protocol::{CheckKind, ConnectionClass, ThroughputTask, UdpTask, VideoTask};
 use lastmile_storage::checks::Check;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -89,6 +89,8 @@ pub trait StoredCheck {
     fn throughput(&self) -> Option<ThroughputTask>;
     /// A video check's session (`None` for the other kinds).
     fn video(&self) -> Option<VideoTask>;
+    /// A udp check's stream (`None` for the other kinds).
+    fn udp(&self) -> Option<UdpStream>;
 }
 
 impl StoredCheck for Check {
@@ -124,6 +126,49 @@ impl StoredCheck for Check {
         // As for the load: written by `checks::validated`.
         Some(serde_json::from_str(stored).unwrap_or_default())
     }
+
+    fn udp(&self) -> Option<UdpStream> {
+        let stored = self.udp.as_deref()?;
+        // As for the load: written by `checks::validated`.
+        Some(serde_json::from_str(stored).unwrap_or_default())
+    }
+}
+
+/// A udp check's stream as owners write it and the check stores it: any field may be
+/// left out (its default applies), a misspelt one is refused. The reflector's token is
+/// not part of it: it is the site's, put into each run's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct UdpStream {
+    /// Between probes, milliseconds (10–1,000); default 20 (50 a second).
+    pub interval_ms: u64,
+    /// How long the stream lasts, milliseconds (1,000–60,000, at most 3,000 probes);
+    /// default 10,000.
+    pub duration_ms: u64,
+    /// Each probe's UDP payload, bytes (32–1,200); default 172.
+    pub packet_bytes: u32,
+}
+
+impl Default for UdpStream {
+    fn default() -> Self {
+        UdpStream {
+            interval_ms: lastmile_protocol::DEFAULT_UDP_INTERVAL_MS,
+            duration_ms: lastmile_protocol::DEFAULT_UDP_DURATION_MS,
+            packet_bytes: lastmile_protocol::DEFAULT_UDP_PACKET_BYTES,
+        }
+    }
+}
+
+impl UdpStream {
+    /// The task of this stream to the reflector that answers with `token`.
+    pub fn task(self, token: &str) -> UdpTask {
+        UdpTask {
+            interval_ms: self.interval_ms,
+            duration_ms: self.duration_ms,
+            packet_bytes: self.packet_bytes,
+            token: token.to_owned(),
+        }
+    }
 }
 
 /// What the agents of one run are asked to measure: the check's task as it was when the
@@ -146,11 +191,15 @@ pub struct TaskSpec {
     /// A video check's session; absent for the other kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoTask>,
+    /// A udp check's stream, with its site's token; absent for the other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpTask>,
 }
 
 impl TaskSpec {
-    /// The task `check` describes now.
-    pub fn of_check(check: &Check) -> Result<TaskSpec> {
+    /// The task `check` describes now; `site_token` is its site's verification token,
+    /// which a udp check's reflector must answer with.
+    pub fn of_check(check: &Check, site_token: &str) -> Result<TaskSpec> {
         Ok(TaskSpec {
             kind: check.check_kind()?,
             url: check.url.clone(),
@@ -161,6 +210,7 @@ impl TaskSpec {
             max_redirects: check.max_redirects.max(0) as u32,
             throughput: check.throughput(),
             video: check.video(),
+            udp: check.udp().map(|stream| stream.task(site_token)),
         })
     }
 }

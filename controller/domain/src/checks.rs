@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+pub use crate::check_terms::UdpStream;
 use crate::check_terms::{Selection, StoredCheck};
 use crate::clock::{now_us, to_datetime};
 use crate::error::{Error, Result};
@@ -41,7 +42,10 @@ pub struct NewCheck {
     /// downloaded over several connections at once for a while, as a speed test does,
     /// with the round trip measured before and during the load; reported on goodput,
     /// idle and loaded latency. `video`: the URL is an HLS playlist, played against a
-    /// player's buffer model; reported on start-up delay and stall time.
+    /// player's buffer model; reported on start-up delay and stall time. `udp`: the URL
+    /// is `udp://host:port` on the site's host, the owner's reflector (run with the
+    /// site's verification token), which agents send an isochronous stream of small
+    /// packets, as a game or a call does; reported on round trip, jitter and loss.
     #[serde(default = "default_kind")]
     pub kind: CheckKind,
     /// A throughput check's load: `connections` (1–16, default 4) downloading at once
@@ -54,6 +58,11 @@ pub struct NewCheck {
     /// the highest). Only for kind `video`.
     #[serde(default)]
     pub video: Option<VideoSession>,
+    /// A udp check's stream: a probe of `packet_bytes` (32–1,200, default 172) every
+    /// `interval_ms` (10–1,000, default 20) for `duration_ms` (1,000–60,000, default
+    /// 10,000; at most 3,000 probes). Only for kind `udp`.
+    #[serde(default)]
+    pub udp: Option<UdpStream>,
     /// Statuses that count as success; empty means any 2xx or 3xx (for a page: of
     /// the HTML document).
     #[serde(default)]
@@ -169,6 +178,7 @@ impl NewCheck {
             kind: check.kind.parse().unwrap_or(CheckKind::Http),
             throughput: check.throughput().map(ThroughputLoad::from),
             video: check.video().map(VideoSession::from),
+            udp: check.udp(),
             expected_status: check.expected_status(),
             max_bytes: Some(check.max_bytes.max(0) as u64),
             timeout_ms: Some(check.timeout_ms.max(0) as u64),
@@ -263,6 +273,9 @@ pub struct CheckView {
     /// A video check's session; absent for the other kinds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub video: Option<VideoSession>,
+    /// A udp check's stream; absent for the other kinds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp: Option<UdpStream>,
     pub url: String,
     pub expected_status: Vec<u16>,
     pub max_bytes: u64,
@@ -303,6 +316,7 @@ impl From<&Check> for CheckView {
             kind: c.kind.parse().unwrap_or(CheckKind::Http),
             throughput: c.throughput().map(ThroughputLoad::from),
             video: c.video().map(VideoSession::from),
+            udp: c.udp(),
             url: c.url.clone(),
             expected_status: c.expected_status(),
             max_bytes: c.max_bytes.max(0) as u64,
@@ -398,6 +412,7 @@ pub fn update(
             checks::max_redirects.eq(check.max_redirects),
             checks::throughput.eq(&check.throughput),
             checks::video.eq(&check.video),
+            checks::udp.eq(&check.udp),
         ))
         .execute(conn)?;
     Ok(check)
@@ -448,12 +463,7 @@ fn validated(
             format!("url {:?} is not a URL: {e}", new.url),
         )
     })?;
-    if url.origin().ascii_serialization() != site.origin {
-        return Err(Error::invalid(
-            "url_not_on_site",
-            format!("url must be on the site's origin {}", site.origin),
-        ));
-    }
+    on_site(&url, &site.origin, new.kind)?;
     validate_selection(&new.selection)?;
     objectives::validate(&new.objectives)?;
     for s in &new.expected_status {
@@ -473,6 +483,13 @@ fn validated(
             .duration_ms
             .saturating_add(THROUGHPUT_SLACK_MS)
             .clamp(30_000, MAX_TIMEOUT_MS),
+        // The stream, and the hellos and the wait for echoes around it, on a slow line.
+        CheckKind::Udp => new
+            .udp
+            .unwrap_or_default()
+            .duration_ms
+            .saturating_add(UDP_SLACK_MS + THROUGHPUT_SLACK_MS)
+            .clamp(30_000, MAX_TIMEOUT_MS),
         CheckKind::Http | CheckKind::Page => 30_000,
     };
     let timeout_ms = new.timeout_ms.unwrap_or(default_timeout_ms);
@@ -484,9 +501,10 @@ fn validated(
     }
     let throughput = validated_load(new, timeout_ms)?;
     let video = validated_session(new)?;
+    let udp = validated_stream(new, timeout_ms)?;
     let default_max_bytes = match new.kind {
         CheckKind::Throughput | CheckKind::Video => MAX_BODY_BYTES,
-        CheckKind::Http | CheckKind::Page => 10 * 1024 * 1024,
+        CheckKind::Http | CheckKind::Page | CheckKind::Udp => 10 * 1024 * 1024,
     };
     let max_bytes = new.max_bytes.unwrap_or(default_max_bytes);
     if max_bytes == 0 || max_bytes > MAX_BODY_BYTES {
@@ -549,8 +567,141 @@ fn validated(
         spread: new.selection.spread.as_str().to_owned(),
         throughput: throughput.map(|load| json(&load)),
         video: video.map(|session| json(&session)),
+        udp: udp.map(|stream| json(&stream)),
     };
     Ok(check)
+}
+
+/// Whether `url` may be measured by a check of `kind` on the site at `origin`: an
+/// http(s) URL on the site's origin, or for a udp check `udp://host:port` on the site's
+/// host (the site proves the owner controls the host; the reflector, answering with
+/// the site's token, that the port is theirs).
+fn on_site(url: &url::Url, origin: &str, kind: CheckKind) -> Result<()> {
+    if kind != CheckKind::Udp {
+        if url.origin().ascii_serialization() != origin {
+            let hint = if url.scheme() == "udp" {
+                "; a udp:// URL is for kind \"udp\""
+            } else {
+                ""
+            };
+            return Err(Error::invalid(
+                "url_not_on_site",
+                format!("url must be on the site's origin {origin}{hint}"),
+            ));
+        }
+        return Ok(());
+    }
+    let site_host = url::Url::parse(origin)
+        .ok()
+        .and_then(|o| o.host_str().map(str::to_owned));
+    if url.scheme() != "udp"
+        || url.port().is_none()
+        || !url.path().trim_start_matches('/').is_empty()
+        || url.query().is_some()
+    {
+        return Err(Error::invalid(
+            "invalid_url",
+            format!(
+                "a udp check's url is the reflector's udp://host:port (e.g. udp://{}:7301), not {url}",
+                site_host.as_deref().unwrap_or("host")
+            ),
+        ));
+    }
+    if url.host_str().map(str::to_owned) != site_host {
+        return Err(Error::invalid(
+            "url_not_on_site",
+            format!(
+                "a udp check's reflector must be on the site's host {}",
+                site_host.as_deref().unwrap_or(origin)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Time a udp task needs besides its stream: the hellos (at most three, a second apart)
+/// and the wait for the last echoes.
+const UDP_SLACK_MS: u64 = lastmile_protocol::UDP_HELLO_ATTEMPTS as u64
+    * lastmile_protocol::UDP_HELLO_WAIT_MS
+    + lastmile_protocol::UDP_ECHO_WAIT_MS
+    + 1_000;
+
+/// The stream of a udp check (its default when it names none), checked; `None` for the
+/// other kinds, which must not name one.
+fn validated_stream(new: &NewCheck, timeout_ms: u64) -> Result<Option<UdpStream>> {
+    if new.kind != CheckKind::Udp {
+        return match new.udp {
+            Some(_) => Err(Error::invalid(
+                "invalid_udp",
+                format!(
+                    "udp is a stream for kind \"udp\"; a {} check has none",
+                    new.kind
+                ),
+            )),
+            None => Ok(None),
+        };
+    }
+    if new.body_contains.is_some() || !new.expected_status.is_empty() {
+        return Err(Error::invalid(
+            "invalid_udp",
+            "a udp stream has no HTTP response: body_contains and expected_status are for http and page checks",
+        ));
+    }
+    let stream = new.udp.unwrap_or_default();
+    let (min_i, max_i) = (
+        lastmile_protocol::MIN_UDP_INTERVAL_MS,
+        lastmile_protocol::MAX_UDP_INTERVAL_MS,
+    );
+    if !(min_i..=max_i).contains(&stream.interval_ms) {
+        return Err(Error::invalid(
+            "invalid_udp",
+            format!("udp.interval_ms must be between {min_i} and {max_i}"),
+        ));
+    }
+    let (min_d, max_d) = (
+        lastmile_protocol::MIN_UDP_DURATION_MS,
+        lastmile_protocol::MAX_UDP_DURATION_MS,
+    );
+    if !(min_d..=max_d).contains(&stream.duration_ms) {
+        return Err(Error::invalid(
+            "invalid_udp",
+            format!("udp.duration_ms must be between {min_d} and {max_d}"),
+        ));
+    }
+    let probes = stream.duration_ms / stream.interval_ms;
+    let max_probes = lastmile_protocol::MAX_UDP_PROBES as u64;
+    if probes > max_probes {
+        return Err(Error::invalid(
+            "invalid_udp",
+            format!(
+                "a stream of {} ms every {} ms is {probes} probes; at most {max_probes}: \
+                 send less often or for less long",
+                stream.duration_ms, stream.interval_ms
+            ),
+        ));
+    }
+    let (min_b, max_b) = (
+        lastmile_protocol::reflector::MIN_PROBE_LEN,
+        lastmile_protocol::reflector::MAX_PROBE_LEN,
+    );
+    if !(min_b..=max_b).contains(&(stream.packet_bytes as usize)) {
+        return Err(Error::invalid(
+            "invalid_udp",
+            format!("udp.packet_bytes must be between {min_b} and {max_b}"),
+        ));
+    }
+    if stream.duration_ms + UDP_SLACK_MS > timeout_ms {
+        return Err(Error::invalid(
+            "invalid_timeout",
+            format!(
+                "timeout_ms ({timeout_ms}) must leave {UDP_SLACK_MS} ms beside the stream's duration_ms ({}): \
+                 at least {}",
+                stream.duration_ms,
+                stream.duration_ms + UDP_SLACK_MS
+            ),
+        ));
+    }
+    Ok(Some(stream))
 }
 
 /// The session of a video check (its default when it names none), checked; `None` for

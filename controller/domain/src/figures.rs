@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
-use lastmile_protocol::{Figure, Measurement};
+use lastmile_protocol::{Figure, Measurement, UdpSummary};
 use lastmile_storage::results::StoredResult;
 
 use crate::histogram;
@@ -67,9 +67,13 @@ pub fn parse(stored: &str) -> Vec<(Figure, u64)> {
 /// probe that met a retransmission does not move it). A video session: its start-up
 /// delay and its time stalled (0 when it played through: a session without a stall is
 /// a sample of 0, so that the stall time's percentiles say how many sessions stalled).
+/// A udp stream ([`of_stream`]): its loss, and the round trip and jitter of its echoes.
 pub fn of_measurement(m: &Measurement) -> Option<String> {
     if m.error.is_some() {
         return None;
+    }
+    if let Some(stream) = &m.udp {
+        return serde_json::to_string(&of_stream(stream)).ok();
     }
     if let Some(session) = &m.video {
         let figures = BTreeMap::from([
@@ -94,6 +98,21 @@ pub fn of_measurement(m: &Measurement) -> Option<String> {
         figures.insert(Figure::LoadedLatency.as_str(), loaded);
     }
     serde_json::to_string(&figures).ok()
+}
+
+/// A udp stream's figures: loss as the share of probes sent that did not come back
+/// (none when nothing was sent), the round trip as the median of the echoes', and the
+/// jitter (see [`UdpSummary::jitter_us`]). A stream whose every probe was lost has its
+/// loss only.
+pub fn of_stream(stream: &UdpSummary) -> BTreeMap<&'static str, u64> {
+    [
+        (Figure::Loss, stream.loss_ppm()),
+        (Figure::Rtt, stream.median_rtt_us()),
+        (Figure::Jitter, stream.jitter_us()),
+    ]
+    .into_iter()
+    .filter_map(|(figure, value)| Some((figure.as_str(), value?)))
+    .collect()
 }
 
 /// The median of round trips, µs (the lower middle of an even count: a value that was
@@ -352,8 +371,35 @@ mod tests {
         assert_eq!(of_measurement(&Measurement::default()), None);
         // A figure this replica does not know (a newer one wrote it) is skipped.
         assert_eq!(
-            parse(r#"{"jitter": 5, "goodput": 7}"#),
+            parse(r#"{"wobble": 5, "goodput": 7}"#),
             vec![(Figure::Goodput, 7)]
+        );
+    }
+
+    #[test]
+    fn a_udp_stream_gives_its_loss_round_trip_and_jitter() {
+        let stream = |sent: u32, rtt_us: Vec<u64>| Measurement {
+            udp: Some(lastmile_protocol::UdpSummary {
+                sent,
+                received: rtt_us.len() as u32,
+                lost_up: 0,
+                rtt_us,
+            }),
+            ..Measurement::default()
+        };
+        assert_eq!(
+            parse(&of_measurement(&stream(4, vec![40_000, 42_000, 41_000])).unwrap()),
+            // As stored: by name.
+            vec![
+                (Figure::Jitter, 1_500),
+                (Figure::Loss, 250_000),
+                (Figure::Rtt, 41_000),
+            ]
+        );
+        // Every probe lost: the loss alone.
+        assert_eq!(
+            parse(&of_measurement(&stream(50, Vec::new())).unwrap()),
+            vec![(Figure::Loss, 1_000_000)]
         );
     }
 
@@ -413,7 +459,7 @@ mod tests {
         let jitter = histogram::encode(&jitter);
         let mut with_unknown = stored.clone();
         with_unknown.push(6);
-        with_unknown.extend_from_slice(b"jitter");
+        with_unknown.extend_from_slice(b"wobble");
         with_unknown.extend_from_slice(&(jitter.len() as u32).to_be_bytes());
         with_unknown.extend_from_slice(&jitter);
 
@@ -422,7 +468,7 @@ mod tests {
         let merged = value(&second, Some(&with_unknown));
         let entries = decode(&merged).unwrap();
         let names: Vec<&str> = entries.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["goodput", "jitter"]);
+        assert_eq!(names, ["goodput", "wobble"]);
         let goodput = histogram::decode(entries[0].1).unwrap();
         assert_eq!(goodput.len(), 2);
         assert_eq!(entries[1].1, &jitter[..]);
@@ -440,7 +486,7 @@ mod tests {
         assert_eq!(known[&Figure::Goodput].len(), 3);
         let rolled = again.finish_encoded().unwrap().unwrap();
         let names: Vec<&str> = decode(&rolled).unwrap().iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["goodput", "jitter"]);
+        assert_eq!(names, ["goodput", "wobble"]);
     }
 
     #[test]

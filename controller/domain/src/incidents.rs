@@ -342,10 +342,10 @@ fn judge_segments(
     }
 }
 
-/// What an outcome's `actual` counts: `ms` (a phase), `percent` (availability) or
-/// `kbps` (a rate figure).
+/// What an outcome's `actual` counts: `ms` (a phase), `percent` (availability, or a
+/// share figure such as loss) or `kbps` (a rate figure).
 fn actual_unit(o: &ObjectiveOutcome) -> &'static str {
-    if o.objective.availability_min.is_some() {
+    if o.objective.availability_min.is_some() || o.objective.is_share() {
         "percent"
     } else if o.objective.is_rate() {
         "kbps"

@@ -138,8 +138,12 @@ fn validate(sub: &ResultSubmission) -> Result<()> {
         ));
     }
     // A response arrived (a status) or it did not (an error saying why); a result with
-    // neither says nothing and would count as a success.
-    if sub.measurement.status.is_none() && sub.measurement.error.is_none() {
+    // neither says nothing and would count as a success. A udp stream has no response:
+    // its summary says what came back.
+    if sub.measurement.status.is_none()
+        && sub.measurement.error.is_none()
+        && sub.measurement.udp.is_none()
+    {
         return Err(Error::invalid(
             "invalid_result",
             "a measurement carries a status (a response arrived) or an error (why none did); this one has neither",
@@ -179,6 +183,67 @@ fn validate(sub: &ResultSubmission) -> Result<()> {
     }
     if let Some(session) = &sub.measurement.video {
         validate_session(&sub.measurement, session)?;
+    }
+    if let Some(stream) = &sub.measurement.udp {
+        validate_stream(&sub.measurement, stream)?;
+    }
+    Ok(())
+}
+
+/// A udp summary must fit its measurement and itself: no more echoes than probes, a
+/// round trip for each echo, each within the session, loss on the way there within
+/// the loss, and no more echo bytes than that many probes can carry.
+fn validate_stream(
+    m: &lastmile_protocol::Measurement,
+    stream: &lastmile_protocol::UdpSummary,
+) -> Result<()> {
+    use lastmile_protocol::{reflector::MAX_PROBE_LEN, MAX_UDP_PROBES};
+    let invalid = |why: String| Err(Error::invalid("invalid_result", why));
+    if m.page.is_some() || m.throughput.is_some() || m.video.is_some() {
+        return invalid(
+            "a udp stream is not a page load, a throughput load or a video session".into(),
+        );
+    }
+    if m.status.is_some() {
+        return invalid("a udp stream has no HTTP status".into());
+    }
+    if stream.sent as usize > MAX_UDP_PROBES {
+        return invalid(format!(
+            "udp.sent is {}; a stream sends at most {MAX_UDP_PROBES} probes",
+            stream.sent
+        ));
+    }
+    if stream.received > stream.sent {
+        return invalid(format!(
+            "udp.received ({}) is more than udp.sent ({}): each probe's first echo counts once",
+            stream.received, stream.sent
+        ));
+    }
+    if stream.rtt_us.len() != stream.received as usize {
+        return invalid(format!(
+            "udp.rtt_us lists {} round trips for {} echoes received",
+            stream.rtt_us.len(),
+            stream.received
+        ));
+    }
+    if stream.lost_up > stream.lost() {
+        return invalid(format!(
+            "udp.lost_up ({}) is more than the probes lost ({})",
+            stream.lost_up,
+            stream.lost()
+        ));
+    }
+    let total = m.timings_us.total;
+    if let Some(rtt) = stream.rtt_us.iter().find(|&&rtt| rtt == 0 || rtt > total) {
+        return invalid(format!(
+            "a round trip of {rtt} µs in udp.rtt_us; each is above 0 and within timings_us.total ({total})"
+        ));
+    }
+    if m.bytes > u64::from(stream.received) * MAX_PROBE_LEN as u64 {
+        return invalid(format!(
+            "bytes ({}) is more than {} echoes of at most {MAX_PROBE_LEN} bytes carry",
+            m.bytes, stream.received
+        ));
     }
     Ok(())
 }
@@ -229,6 +294,8 @@ fn summary_kind(m: &lastmile_protocol::Measurement) -> Option<CheckKind> {
         Some(CheckKind::Video)
     } else if m.page.is_some() {
         Some(CheckKind::Page)
+    } else if m.udp.is_some() {
+        Some(CheckKind::Udp)
     } else {
         None
     }

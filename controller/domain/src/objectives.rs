@@ -5,7 +5,9 @@
 //! (`{"figure": "loaded_latency", "percentile": 95, "max_ms": 300}`, "loaded_latency
 //! p95 <= 300 ms"), a floor on a rate figure, `{"figure":
 //! "goodput", "percentile": 10, "min_kbps": 10000}` ("goodput p10 >= 10 Mbit/s": at
-//! most 10 % of measurements below 10 Mbit/s), or an availability floor,
+//! most 10 % of measurements below 10 Mbit/s), a ceiling on a share figure, `{"figure":
+//! "loss", "percentile": 95, "max_percent": 1}` ("loss p95 <= 1 %": at most 5 % of
+//! udp streams lost more than 1 % of their packets), or an availability floor,
 //! `{"availability_min": 99.5}` (percent). Each may carry `"connection_class"`, and
 //! then applies only to report rows of that class (so a report must be grouped by
 //! `connection_class` to show it); without one it applies to every row. Objectives are
@@ -14,10 +16,12 @@
 //! Each report row states, per objective that applies to it:
 //!
 //! - `met`: latency: the row's pNN (from the merged histogram, as reported) `<= max_ms`;
-//!   rate: the row's pNN `>= min_kbps`; availability: `availability >=
+//!   share: the row's pNN `<= max_percent`; rate: the row's pNN `>= min_kbps`;
+//!   availability: `availability >=
 //!   availability_min`. `null` when the row has no successful sample of that phase or
 //!   figure.
-//! - `actual`: pNN in ms (latency) or kbit/s (rate), or availability in percent; `actual_ci` its interval at the
+//! - `actual`: pNN in ms (latency), percent (share) or kbit/s (rate), or availability
+//!   in percent; `actual_ci` its interval at the
 //!   report's confidence ([`crate::confidence`]), and `conclusive`: whether that whole
 //!   interval lies on the verdict's side of the limit (a breach "for sure" vs a breach
 //!   that more samples might undo); `null` when there is no interval.
@@ -58,13 +62,17 @@ pub struct Objective {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ms: Option<f64>,
     /// Rate objective: the figure bounded from below (`goodput`) with `min_kbps`. Latency
-    /// objective on a figure that is not a phase (`idle_latency`, `loaded_latency`):
-    /// bounded from above with `max_ms` (the phases are bounded with `phase`).
+    /// objective on a figure that is not a phase (`idle_latency`, `loaded_latency`,
+    /// `rtt`, `jitter`, ...): bounded from above with `max_ms` (the phases are bounded
+    /// with `phase`). Share objective (`loss`): bounded from above with `max_percent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub figure: Option<Figure>,
     /// Rate objective: the floor, kbit/s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_kbps: Option<f64>,
+    /// Share objective: the ceiling, percent (above 0, at most 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_percent: Option<f64>,
     /// Availability objective: the floor, percent (above 0, below 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub availability_min: Option<f64>,
@@ -84,6 +92,11 @@ impl Objective {
     /// Whether this is a rate objective (a figure with a floor in kbit/s).
     pub fn is_rate(&self) -> bool {
         self.min_kbps.is_some()
+    }
+
+    /// Whether this is a share objective (a figure with a ceiling in percent).
+    pub fn is_share(&self) -> bool {
+        self.max_percent.is_some()
     }
 
     /// Reads the written form people use: `ttfb p95 <= 800 ms`, `total p99 <= 3 s`,
@@ -117,6 +130,13 @@ impl Objective {
                     ..Objective::default()
                 })
             }
+            [name, pct, "<=", v, "%"] if pct.starts_with('p') => Ok(Objective {
+                figure: Some(name.parse().map_err(|_| bad())?),
+                percentile: Some(number(&pct[1..])?),
+                max_percent: Some(number(v)?),
+                connection_class: class,
+                ..Objective::default()
+            }),
             [name, pct, "<=", v, unit] if pct.starts_with('p') => {
                 let factor = match *unit {
                     "ms" => 1.0,
@@ -162,6 +182,10 @@ impl Objective {
         ) {
             (Some(latency), Some(p), Some(ms), _) => format!("{latency} p{p} <= {ms} ms"),
             (_, _, _, Some(a)) => format!("availability >= {a} %"),
+            _ if self.is_share() => match (self.figure, self.percentile, self.max_percent) {
+                (Some(figure), Some(p), Some(max)) => format!("{figure} p{p} <= {max} %"),
+                _ => String::new(),
+            },
             _ => match (self.figure, self.percentile, self.min_kbps) {
                 (Some(figure), Some(p), Some(kbps)) if kbps >= 1_000.0 => {
                     format!("{figure} p{p} >= {} Mbit/s", kbps / 1_000.0)
@@ -195,6 +219,49 @@ pub fn validate(objectives: &[Objective]) -> Result<()> {
                 format!("objectives[{i}].{field} {why}"),
             ))
         };
+        let share = o.max_percent.is_some() || o.figure.is_some_and(|f| f.unit() == Unit::Ppm);
+        if share {
+            if o.phase.is_some()
+                || o.max_ms.is_some()
+                || o.min_kbps.is_some()
+                || o.availability_min.is_some()
+            {
+                return bad(
+                    "figure",
+                    "cannot be combined with phase, max_ms, min_kbps or availability_min; give them as separate objectives",
+                );
+            }
+            match o.figure {
+                None => return bad("figure", "is required with max_percent"),
+                Some(f) if f.unit() != Unit::Ppm => {
+                    return bad(
+                        "figure",
+                        &format!("{f} is not a share: bound it with \"max_ms\" or \"min_kbps\", not max_percent"),
+                    )
+                }
+                Some(_) => {}
+            }
+            match o.percentile {
+                None => return bad("percentile", "is required with figure"),
+                Some(p) if !(p > 0.0 && p < 100.0) => {
+                    return bad("percentile", "must be above 0 and below 100")
+                }
+                Some(_) => {}
+            }
+            match o.max_percent {
+                None => {
+                    return bad(
+                        "max_percent",
+                        "is required with a share figure (loss p95 <= 1 % is {\"figure\": \"loss\", \"percentile\": 95, \"max_percent\": 1})",
+                    )
+                }
+                Some(m) if !(m > 0.0 && m <= 100.0) => {
+                    return bad("max_percent", "must be above 0 and at most 100")
+                }
+                Some(_) => {}
+            }
+            continue;
+        }
         let rate = o.min_kbps.is_some() || o.figure.is_some_and(|f| f.unit() == Unit::Kbps);
         if rate {
             if o.phase.is_some() || o.max_ms.is_some() || o.availability_min.is_some() {
@@ -402,37 +469,62 @@ fn evaluate_one(o: &Objective, row: &RowData<'_>, confidence: Confidence) -> Obj
             error_budget_remaining: budget(bad, allowed),
         };
     }
+    if let (Some(figure), Some(pct), Some(max)) = (o.figure, o.percentile, o.max_percent) {
+        // Kept in parts per million, read in percent.
+        return ceiling(o, (row.figure)(figure), pct, max, 10_000.0, confidence);
+    }
     let (Some(bounded), Some(pct), Some(max_ms)) = (o.latency_figure(), o.percentile, o.max_ms)
     else {
         return empty(o, 0.0);
     };
-    let q = pct / 100.0;
     let h = match bounded.phase() {
         Some(phase) => (row.phase)(phase),
         None => (row.figure)(bounded),
     };
+    // Kept in µs, read in ms.
+    ceiling(o, h, pct, max_ms, 1000.0, confidence)
+}
+
+/// An objective that bounds a histogram's pNN from above: `max` in the unit people read
+/// (ms, %), `per` values kept per one of it.
+fn ceiling(
+    o: &Objective,
+    h: Option<&Histogram<u64>>,
+    pct: f64,
+    max: f64,
+    per: f64,
+    confidence: Confidence,
+) -> ObjectiveOutcome {
+    let budget = |bad: u64, allowed: f64| {
+        if allowed > 0.0 {
+            Some(1.0 - bad as f64 / allowed)
+        } else {
+            None
+        }
+    };
+    let q = pct / 100.0;
     let Some(h) = h.filter(|h| !h.is_empty()) else {
         return empty(o, 0.0);
     };
     let n = h.len();
-    let limit_us = (max_ms * 1000.0).round() as u64;
+    let limit = (max * per).round() as u64;
     let allowed = (1.0 - q) * n as f64;
     let bad: u64 = h
         .iter_recorded()
-        .filter(|v| v.value_iterated_to() > limit_us)
+        .filter(|v| v.value_iterated_to() > limit)
         .map(|v| v.count_at_value())
         .sum();
-    let actual_us = h.value_at_quantile(q);
-    let actual = actual_us as f64 / 1000.0;
+    let kept = h.value_at_quantile(q);
+    let actual = kept as f64 / per;
     let ci = confidence::quantile_interval(h, q, confidence)
-        .map(|[lo, hi]| [lo as f64 / 1000.0, hi as f64 / 1000.0]);
+        .map(|[lo, hi]| [lo as f64 / per, hi as f64 / per]);
     ObjectiveOutcome {
         objective: o.clone(),
-        met: Some(actual_us <= limit_us),
+        met: Some(kept <= limit),
         actual: Some(actual),
         actual_ci: ci,
-        conclusive: conclusive(ci, &|v| v <= max_ms),
-        margin: Some(max_ms - actual),
+        conclusive: ci.map(|[lo, hi]| (lo <= max) == (hi <= max)),
+        margin: Some(max - actual),
         bad_samples: bad,
         allowed_bad_samples: allowed,
         error_budget_remaining: budget(bad, allowed),
@@ -593,6 +685,82 @@ mod rate_tests {
             evaluate(&[goodput(10.0, 91.0)], &row, Confidence::P95)[0].met,
             None
         );
+    }
+
+    fn loss(pct: f64, max_percent: f64) -> Objective {
+        Objective {
+            figure: Some(Figure::Loss),
+            percentile: Some(pct),
+            max_percent: Some(max_percent),
+            ..Objective::default()
+        }
+    }
+
+    #[test]
+    fn a_share_ceiling_is_kept_in_ppm_and_read_in_percent() {
+        // 100 streams that lost 0 %, 0.1 %, ..., 9.9 % of their packets.
+        let mut h = histogram::new_histogram();
+        for i in 0..100u64 {
+            h.record(i * 1_000).unwrap();
+        }
+        let none = |_p: Phase| None;
+        let get = |_f: Figure| Some(&h);
+        let row = RowData {
+            connection_class: None,
+            successes: 100,
+            failures: 0,
+            phase: &none,
+            figure: &get,
+        };
+        // loss p90 <= 9.45 %: 5 streams above it, 10 allowed; p90 reads 8.9 %.
+        let out = evaluate(&[loss(90.0, 9.45)], &row, Confidence::P95);
+        let o = &out[0];
+        assert_eq!(o.met, Some(true), "{o:?}");
+        assert!((o.actual.unwrap() - 8.9).abs() < 0.05, "{o:?}");
+        assert_eq!(o.bad_samples, 5);
+        // loss p50 <= 1 %: half the streams lost more.
+        let out = evaluate(&[loss(50.0, 1.0)], &row, Confidence::P95);
+        assert_eq!(out[0].met, Some(false));
+        assert!(out[0].margin.unwrap() < -3.0, "{:?}", out[0]);
+    }
+
+    #[test]
+    fn share_objectives_read_write_and_validate_as_people_say_them() {
+        let o = Objective::parse_line("loss p95 <= 1 % for mobile").unwrap();
+        assert_eq!(
+            (o.figure, o.percentile, o.max_percent, o.connection_class),
+            (
+                Some(Figure::Loss),
+                Some(95.0),
+                Some(1.0),
+                Some(ConnectionClass::Mobile)
+            )
+        );
+        assert_eq!(o.to_line(), "loss p95 <= 1 % for mobile");
+        assert_eq!(
+            Objective::parse_line("loss p50 <= 0.5%").unwrap().to_line(),
+            "loss p50 <= 0.5 %"
+        );
+        assert!(validate(&[loss(95.0, 1.0)]).is_ok());
+        let err = |o: Objective| validate(&[o]).unwrap_err().to_string();
+        assert!(err(loss(95.0, 0.0)).contains("objectives[0].max_percent"));
+        assert!(err(loss(95.0, 101.0)).contains("objectives[0].max_percent"));
+        assert!(err(loss(100.0, 1.0)).contains("objectives[0].percentile"));
+        let in_ms = Objective {
+            max_percent: None,
+            max_ms: Some(1.0),
+            ..loss(95.0, 1.0)
+        };
+        assert!(err(in_ms).contains("cannot be combined"));
+        let rtt_in_percent = Objective {
+            figure: Some(Figure::Rtt),
+            ..loss(95.0, 1.0)
+        };
+        assert!(err(rtt_in_percent).contains("rtt is not a share"));
+        // Round trip and jitter are latencies: bounded in ms.
+        let rtt = Objective::parse_line("rtt p95 <= 80 ms").unwrap();
+        assert_eq!(rtt.latency_figure(), Some(Figure::Rtt));
+        assert!(validate(&[rtt]).is_ok());
     }
 
     #[test]

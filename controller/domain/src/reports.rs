@@ -996,7 +996,9 @@ pub fn to_table(report: &Report) -> String {
             "{} p95 [{level} CI]",
             match report.check.kind {
                 CheckKind::Page => "page total",
-                CheckKind::Http | CheckKind::Throughput | CheckKind::Video => "total",
+                CheckKind::Http | CheckKind::Throughput | CheckKind::Video | CheckKind::Udp => {
+                    "total"
+                }
             }
         ),
         figure_heads,
@@ -1090,13 +1092,14 @@ fn tail_percentile(figure: Figure) -> u8 {
     }
 }
 
-/// A figure's value as a table shows it, in [`unit_label`]'s unit, one decimal.
+/// A figure's value as a table shows it, in [`unit_label`]'s unit: one decimal, two
+/// for a share (0.25 %).
 fn in_unit(figure: Figure, value: u64) -> String {
-    // Both units are shown a thousand times larger than they are kept.
-    let shown = match figure.unit() {
-        Unit::Kbps | Unit::Us => value as f64 / 1000.0,
-    };
-    format!("{shown:.1}")
+    match figure.unit() {
+        // Shown a thousand times larger than they are kept.
+        Unit::Kbps | Unit::Us => format!("{:.1}", value as f64 / 1000.0),
+        Unit::Ppm => format!("{:.2}", value as f64 / 10_000.0),
+    }
 }
 
 /// The unit [`in_unit`] writes.
@@ -1104,6 +1107,7 @@ fn unit_label(figure: Figure) -> &'static str {
     match figure.unit() {
         Unit::Kbps => "Mbit/s",
         Unit::Us => "ms",
+        Unit::Ppm => "%",
     }
 }
 
@@ -1127,6 +1131,9 @@ fn objectives_summary(outcomes: &[ObjectiveOutcome]) -> String {
                 o.objective.percentile,
             ) {
                 (Some(latency), _, Some(p)) => format!("{latency} p{p} +{over:.1} ms{unsure}"),
+                (_, Some(figure), Some(p)) if o.objective.is_share() => {
+                    format!("{figure} p{p} +{over:.2} %{unsure}")
+                }
                 (_, Some(figure), Some(p)) => {
                     // Rates are kept in kbit/s and read in Mbit/s, as the table's columns.
                     format!("{figure} p{p} -{:.1} Mbit/s{unsure}", over / 1000.0)

@@ -144,7 +144,7 @@ fn create_run_claiming(
     census: &mut Option<Census>,
 ) -> Result<Option<RunView>> {
     let selection = check.selection();
-    let spec = TaskSpec::of_check(check)?;
+    let spec = spec_of(conn, check)?;
     let task = serde_json::to_string(&spec)
         .map_err(|e| Error::Internal(format!("task of check {}: {e}", check.id)))?;
     let price = billing::price_of(check);
@@ -532,6 +532,16 @@ fn lease_one(
     Ok(rows.into_iter().next().map(|r| r.id))
 }
 
+/// The task `check` describes now. A udp check's carries its site's token, read only for
+/// that kind.
+fn spec_of(conn: &mut DbConn, check: &Check) -> Result<TaskSpec> {
+    let token = match check.check_kind()? {
+        CheckKind::Udp => lastmile_storage::sites::token_of(conn, &check.site_id)?,
+        _ => String::new(),
+    };
+    TaskSpec::of_check(check, &token)
+}
+
 /// The task of a leased assignment: its run's task as admitted.
 fn task_for(conn: &mut DbConn, assignment_id: &str) -> Result<Task> {
     let (a, frozen): (Assignment, Option<String>) = assignments::table
@@ -542,7 +552,10 @@ fn task_for(conn: &mut DbConn, assignment_id: &str) -> Result<Task> {
     let spec = match frozen {
         Some(json) => serde_json::from_str::<TaskSpec>(&json)
             .map_err(|e| Error::Internal(format!("task of run {}: {e}", a.run_id)))?,
-        None => TaskSpec::of_check(&check_records::get_any(conn, &a.check_id)?)?,
+        None => {
+            let check = check_records::get_any(conn, &a.check_id)?;
+            spec_of(conn, &check)?
+        }
     };
     Ok(Task {
         assignment_id: a.id.parse().unwrap_or_default(),
@@ -558,6 +571,7 @@ fn task_for(conn: &mut DbConn, assignment_id: &str) -> Result<Task> {
         lease_expires_at: to_datetime(a.lease_expires_at.unwrap_or_default()),
         throughput: spec.throughput,
         video: spec.video,
+        udp: spec.udp,
     })
 }
 

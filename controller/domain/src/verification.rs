@@ -294,15 +294,18 @@ pub fn physics(agent: &Agent, r: &StoredResult) -> Vec<Flag> {
         });
     } else if floor > 0 {
         // A throughput load's latency probes are small requests timed to their
-        // response's first byte: ttfbs of their own, under the same floor.
+        // response's first byte: ttfbs of their own, under the same floor; so are a
+        // udp stream's probes, echoed by the reflector.
         let probe = r
             .figures
             .as_deref()
             .map(figures::parse)
             .and_then(|figures| {
                 figures.into_iter().find(|&(figure, value)| {
-                    matches!(figure, Figure::IdleLatency | Figure::LoadedLatency)
-                        && (value as i64) < floor
+                    matches!(
+                        figure,
+                        Figure::IdleLatency | Figure::LoadedLatency | Figure::Rtt
+                    ) && (value as i64) < floor
                 })
             });
         if let Some((figure, value)) = probe {
@@ -1225,6 +1228,22 @@ mod tests {
             rules(&physics(&dsl, &load(41_000, 2_000))),
             [Rule::TtfbBelowRtt]
         );
+    }
+
+    #[test]
+    fn a_udp_streams_round_trip_is_held_to_the_same_floor() {
+        let dsl = agent(Some("dsl"), 40, 16_000_000);
+        let stream = |rtt_us: u64| StoredResult {
+            figures: Some(format!(
+                r#"{{"loss": 2000, "rtt": {rtt_us}, "jitter": 1500}}"#
+            )),
+            // The hello's round trip is the stream's ttfb.
+            ..result(42_000, 10_000_000, 10_050_000, 86_000)
+        };
+        assert!(physics(&dsl, &stream(41_000)).is_empty());
+        let flags = physics(&dsl, &stream(900));
+        assert_eq!(rules(&flags), [Rule::TtfbBelowRtt]);
+        assert_eq!(flags[0].evidence["figure"], "rtt", "{:?}", flags[0]);
     }
 
     #[test]

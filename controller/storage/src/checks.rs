@@ -42,6 +42,9 @@ pub struct Check {
     /// A video check's session as JSON (`lastmile_protocol::VideoTask`); `None` for
     /// the other kinds.
     pub video: Option<String>,
+    /// A udp check's stream as JSON (`lastmile_protocol::UdpTask` without its token,
+    /// which is the site's); `None` for the other kinds.
+    pub udp: Option<String>,
 }
 
 /// Whether the check with this id was deleted (false for one that does not exist).

@@ -69,10 +69,6 @@ diesel::table! {
         verified_by -> Nullable<Text>,
         /// When the owner deleted it (migration 000026); the row stays for history.
         deleted_at -> Nullable<BigInt>,
-        /// A throughput check's load as JSON (migration 000040); NULL for other kinds.
-        throughput -> Nullable<Text>,
-        /// A video check's session as JSON (migration 000041); NULL for other kinds.
-        video -> Nullable<Text>,
     }
 }
 
@@ -106,6 +102,8 @@ diesel::table! {
         throughput -> Nullable<Text>,
         /// A video check's session as JSON (migration 000041); NULL for other kinds.
         video -> Nullable<Text>,
+        /// A udp check's stream as JSON (migration 000042); NULL for other kinds.
+        udp -> Nullable<Text>,
     }
 }
 

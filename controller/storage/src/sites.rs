@@ -34,6 +34,20 @@ pub fn get(conn: &mut crate::DbConn, owner_id: &str, id: &str) -> Result<Site, c
         })
 }
 
+/// The verification token of the site with this id, whoever owns it (the scheduler
+/// puts it into a udp check's tasks).
+pub fn token_of(conn: &mut crate::DbConn, id: &str) -> Result<String, crate::DbError> {
+    sites::table
+        .find(id)
+        .select(sites::verification_token)
+        .first(conn)
+        .optional()?
+        .ok_or(crate::DbError::NotFound {
+            what: "site",
+            code: "site_not_found",
+        })
+}
+
 /// The owner's sites, oldest first.
 pub fn list(conn: &mut crate::DbConn, owner_id: &str) -> QueryResult<Vec<Site>> {
     sites::table

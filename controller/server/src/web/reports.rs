@@ -349,6 +349,11 @@ fn percentile(
 }
 
 /// "12.4 Mbit/s" ("850 kbit/s" below one, "1.25 Gbit/s" from 1,000 on) from kbit/s.
+/// Parts per million as a share: "0.25 %".
+pub(super) fn percent(ppm: u64) -> String {
+    format!("{:.2} %", ppm as f64 / 10_000.0)
+}
+
 pub(super) fn kbps(kbps: u64) -> String {
     let k = kbps as f64;
     if k >= 1_000_000.0 {
@@ -386,6 +391,9 @@ fn figure_name(figure: Figure) -> &'static str {
         Figure::LoadedLatency => "Loaded latency",
         Figure::StartupDelay => "Start-up delay",
         Figure::StallTime => "Stall time",
+        Figure::Rtt => "Round trip",
+        Figure::Jitter => "Jitter",
+        Figure::Loss => "Loss",
         other => other.as_str(),
     }
 }
@@ -412,6 +420,7 @@ fn figure_charts(over_time: &Report) -> Vec<FigureChart> {
                 unit: match figure.unit() {
                     Unit::Kbps => "Mbit/s",
                     Unit::Us => "ms",
+                    Unit::Ppm => "%",
                 },
                 series: figure_series(over_time, figure, tail),
             }
@@ -419,12 +428,17 @@ fn figure_charts(over_time: &Report) -> Vec<FigureChart> {
         .collect()
 }
 
-/// Per class, a figure's pNN in each bucket, in the unit its chart shows (Mbit/s, ms).
+/// Per class, a figure's pNN in each bucket, in the unit its chart shows (Mbit/s, ms,
+/// %).
 fn figure_series(report: &Report, figure: Figure, percentile: u8) -> Vec<Series> {
-    // kbit/s to Mbit/s, µs to ms: both a thousandth.
+    let per_shown = match figure.unit() {
+        // kbit/s to Mbit/s, µs to ms: both a thousandth.
+        Unit::Kbps | Unit::Us => 1000.0,
+        Unit::Ppm => 10_000.0,
+    };
     series_of(report, |row| {
         let p = row.figures.get(&figure)?.get(percentile)?;
-        Some(p.value as f64 / 1000.0)
+        Some(p.value as f64 / per_shown)
     })
 }
 
@@ -441,6 +455,7 @@ fn figure_cell(figure: Figure, f: Option<&FigurePercentiles>, percentile: u8) ->
     let shown = |v: u64| match figure.unit() {
         Unit::Kbps => kbps(v),
         Unit::Us => ms(v),
+        Unit::Ppm => percent(v),
     };
     match f.and_then(|f| Some((f, f.get(percentile)?))) {
         None => FigureCell {

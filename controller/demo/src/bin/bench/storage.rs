@@ -156,6 +156,7 @@ pub fn owner_with_check(
             kind: CheckKind::Http,
             throughput: None,
             video: None,
+            udp: None,
             expected_status: vec![],
             max_bytes: None,
             timeout_ms: None,
