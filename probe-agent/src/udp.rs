@@ -28,7 +28,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use lastmile_protocol::reflector::{self, Packet};
+use lastmile_protocol::reflector::{self, Answer, Packet};
 use lastmile_protocol::{
     ErrorKind, Measurement, MeasurementError, Timings, UdpSummary, UdpTask, MAX_UDP_DURATION_MS,
     MAX_UDP_INTERVAL_MS, MAX_UDP_PROBES, MIN_UDP_DURATION_MS, MIN_UDP_INTERVAL_MS,
@@ -411,29 +411,29 @@ async fn handshake(
                     ))
                 }
             };
-            match reflector::decode(&buf[..n]) {
-                Ok(Packet::Welcome {
-                    session: s,
-                    token: t,
-                }) if s == session => {
-                    if t == token {
-                        return Ok(micros(said.elapsed()));
-                    }
+            match reflector::judge_answer(&buf[..n], session, token) {
+                Answer::Welcomed => return Ok(micros(said.elapsed())),
+                Answer::OtherToken => {
                     return Err(fail(
                         ErrorKind::ReflectorUnverified,
                         format!(
                             "udp://{addr} is a reflector, but not this site's (it answered with \
                              another token); no stream was sent"
                         ),
-                    ));
+                    ))
                 }
-                // A welcome for another session: a late answer to another agent's
-                // hello from this address. Wait on.
-                Ok(Packet::Welcome { .. }) => {}
-                // Anything else is not what a reflector says to a hello: whatever
-                // listens there is something else (an echo service, a game server).
-                Ok(other) => return Err(not_a_reflector(addr, &format!("{other:?}"))),
-                Err(e) => return Err(not_a_reflector(addr, &e.to_string())),
+                // Whatever listens there is something else (an echo service, a game
+                // server).
+                Answer::NotAReflector(what) => {
+                    return Err(fail(
+                        ErrorKind::ReflectorUnverified,
+                        format!(
+                            "udp://{addr} answered, but not as a reflector ({what}); no stream \
+                             was sent"
+                        ),
+                    ))
+                }
+                Answer::Ignore => {}
             }
         }
     }
@@ -444,13 +444,6 @@ async fn handshake(
             UDP_HELLO_ATTEMPTS as u64 * UDP_HELLO_WAIT_MS
         ),
     ))
-}
-
-fn not_a_reflector(addr: SocketAddr, what: &str) -> MeasurementError {
-    fail(
-        ErrorKind::ReflectorUnverified,
-        format!("udp://{addr} answered, but not as a reflector ({what}); no stream was sent"),
-    )
 }
 
 fn refused(addr: SocketAddr) -> MeasurementError {

@@ -96,6 +96,41 @@ impl fmt::Display for DecodeError {
 
 impl std::error::Error for DecodeError {}
 
+/// What an answer to a hello says of the address it came from (the agent's and the
+/// controller's handshakes both judge answers so).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// A welcome for the session with the token: the site's reflector.
+    Welcomed,
+    /// A welcome for the session with another token: a reflector, of another site.
+    OtherToken,
+    /// Not what a reflector says to a hello (another protocol, or another packet of
+    /// this one): something else listens there. What it was, for the message.
+    NotAReflector(String),
+    /// A welcome for another session: a late answer to an earlier hello from the same
+    /// address. Wait on.
+    Ignore,
+}
+
+/// Judges `bytes`, an answer to the hello of `session`, against the site's `token`.
+pub fn judge_answer(bytes: &[u8], session: u64, token: &str) -> Answer {
+    match decode(bytes) {
+        Ok(Packet::Welcome {
+            session: s,
+            token: t,
+        }) if s == session => {
+            if t == token {
+                Answer::Welcomed
+            } else {
+                Answer::OtherToken
+            }
+        }
+        Ok(Packet::Welcome { .. }) => Answer::Ignore,
+        Ok(other) => Answer::NotAReflector(format!("{other:?}")),
+        Err(e) => Answer::NotAReflector(e.to_string()),
+    }
+}
+
 fn header(kind: u8, session: u64, len: usize) -> Vec<u8> {
     let mut buf = Vec::with_capacity(len);
     buf.extend_from_slice(&MAGIC);
@@ -253,6 +288,32 @@ mod tests {
         assert_eq!(probe(1, 0, 0, 65_000).len(), MAX_PROBE_LEN);
         // Only a probe is echoed.
         assert!(echo(&hello(1), 1).is_none());
+    }
+
+    #[test]
+    fn answers_to_a_hello_are_judged_by_session_and_token() {
+        let welcome_of = |session, token| welcome(session, token).unwrap();
+        assert_eq!(
+            judge_answer(&welcome_of(7, "lms_a"), 7, "lms_a"),
+            Answer::Welcomed
+        );
+        assert_eq!(
+            judge_answer(&welcome_of(7, "lms_b"), 7, "lms_a"),
+            Answer::OtherToken
+        );
+        assert_eq!(
+            judge_answer(&welcome_of(6, "lms_a"), 7, "lms_a"),
+            Answer::Ignore
+        );
+        // An echo service bounces the hello; a DNS server answers in its own protocol.
+        assert!(matches!(
+            judge_answer(&hello(7), 7, "lms_a"),
+            Answer::NotAReflector(_)
+        ));
+        assert!(matches!(
+            judge_answer(b"\x12\x34\x81\x80", 7, "lms_a"),
+            Answer::NotAReflector(_)
+        ));
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //! (and refuses what does not fit, each saying why), a real agent behind an emulated DSL
 //! line with loss and jitter on its UDP path streams to a real reflector run with the
 //! site's token, and the controller derives round trip, jitter and loss from the
-//! stream's summary into the report, the CSV, the objectives and the run's results. A
-//! reflector that answers with another token gets no stream: its results fail with
-//! `reflector_unverified`.
+//! stream's summary into the report, the CSV, the objectives and the run's results. The
+//! controller proves the reflector when a check first points at it (a missing one, or
+//! one started with another token, is refused at once), and agents prove it again
+//! before each stream: a reflector replaced by one of another site gets no stream, its
+//! results fail with `reflector_unverified`.
 
 use lastmile_agent::reflector::Reflector;
 use lastmile_protocol::ConnectionClass;
@@ -62,6 +64,28 @@ async fn a_udp_check_streams_to_the_sites_reflector_and_reports_round_trip_jitte
             .extend(extra.as_object().unwrap().clone());
         body
     };
+    // A reflector must be there, and the site's, before a check may point at it: the
+    // controller says hello first, as agents do.
+    let nowhere = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let stranger = Reflector::start("127.0.0.1:0".parse().unwrap(), "lms_someone_else".into())
+        .await
+        .unwrap();
+    for (target, says) in [
+        (nowhere, "no reflector answered"),
+        (stranger.addr(), "another token"),
+    ] {
+        let (status, body) = app
+            .post_check(&owner, check(json!({"url": format!("udp://{target}")})))
+            .await;
+        assert_eq!(status, 422, "{target}: {body}");
+        assert_eq!(body["error"], "reflector_not_verified", "{body}");
+        assert!(body.to_string().contains(says), "{body}");
+    }
+    drop(stranger);
+
     // Streams that do not fit are refused, each saying why.
     let port = reflector.addr().port();
     for (extra, says) in [
@@ -243,20 +267,25 @@ async fn a_udp_check_streams_to_the_sites_reflector_and_reports_round_trip_jitte
         "{run_page}"
     );
 
-    // A reflector that answers with another site's token gets no stream: the result
-    // fails, saying why.
-    let stranger = Reflector::start("127.0.0.1:0".parse().unwrap(), "lms_someone_else".into())
-        .await
-        .unwrap();
-    let (status, other) = app
-        .post_check(
-            &owner,
-            check(json!({"url": format!("udp://{}", stranger.addr()),
-                         "udp": {"duration_ms": 1000}})),
-        )
-        .await;
-    assert_eq!(status, 201, "{other}");
-    until("the stranger's result is stored", 60, async || {
+    // The reflector is replaced by one of another site: the agent, proving it again
+    // before its stream, sends none, and the result fails saying why.
+    let addr = reflector.addr();
+    drop(reflector);
+    let mut replaced = None;
+    for _ in 0..50 {
+        match Reflector::start(addr, "lms_someone_else".into()).await {
+            Ok(r) => {
+                replaced = Some(r);
+                break;
+            }
+            // The old one's socket closes as its task ends.
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let _replaced = replaced.expect("the reflector's port again");
+    let (status, run) = app.call("POST", &runs_path, Some(&owner), None).await;
+    assert_eq!(status, 201, "{run}");
+    until("the fourth result is stored", 60, async || {
         count(&app, "SELECT COUNT(*) AS n FROM results") == 4
     })
     .await;
@@ -288,7 +317,12 @@ async fn a_udp_check_is_made_and_edited_in_the_dashboard(db: TestDb) {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let url = format!("udp://127.0.0.1:{}", site.addr().port() + 1);
+    let (_, shown) = app.get(&format!("/api/v1/sites/{site_id}"), &owner).await;
+    let token = shown["verification_token"].as_str().unwrap().to_owned();
+    let reflector = Reflector::start("127.0.0.1:0".parse().unwrap(), token)
+        .await
+        .unwrap();
+    let url = format!("udp://{}", reflector.addr());
     let form = |kind: &str, name: &str| {
         vec![
             ("csrf", csrf.clone()),
@@ -361,11 +395,25 @@ async fn a_udp_check_is_made_and_edited_in_the_dashboard(db: TestDb) {
         edit.contains(r#"name="udp_interval_ms" min="10" max="1000" value="50""#),
         "{edit}"
     );
+    // Proven once: an edit that keeps the reflector's URL does not ask it again (the
+    // reflector may be down for maintenance), one that moves it does.
+    let reflector_port = reflector.addr().port();
+    drop(reflector);
+    let id = check_page.rsplit('/').next().unwrap();
+    let (status, moved) = app
+        .call(
+            "PATCH",
+            &format!("/api/v1/checks/{id}"),
+            Some(&owner),
+            Some(json!({"url": format!("udp://127.0.0.1:{}", reflector_port + 1)})),
+        )
+        .await;
+    assert_eq!(status, 422, "{moved}");
+    assert_eq!(moved["error"], "reflector_not_verified", "{moved}");
     let saved = post(format!("{check_page}/edit"), form("udp", "Game, renamed"))
         .await
         .unwrap();
     assert_eq!(saved.status(), 303);
-    let id = check_page.rsplit('/').next().unwrap();
     let (_, check) = app.get(&format!("/api/v1/checks/{id}"), &owner).await;
     assert_eq!(check["name"], "Game, renamed");
     assert_eq!(check["kind"], "udp");

@@ -16,9 +16,9 @@ use crate::check_terms::{Selection, StoredCheck};
 use crate::clock::{now_us, to_datetime};
 use crate::error::{Error, Result};
 use crate::objectives::{self, Objective};
-use crate::sites;
+use crate::sites::{self, FetchPolicy};
 use lastmile_storage::schema::checks;
-use lastmile_storage::DbConn;
+use lastmile_storage::{Db, DbConn};
 
 /// When a check runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -224,23 +224,123 @@ pub fn patch(
     patch: &serde_json::Value,
     min_interval_s: u64,
 ) -> Result<Check> {
+    let current = get(conn, owner_id, id)?;
+    let new = patched(&current, patch)?;
+    update(conn, owner_id, id, &new, min_interval_s)
+}
+
+/// The request `patch` makes of `current` (see [`patch`]).
+fn patched(current: &Check, patch: &serde_json::Value) -> Result<NewCheck> {
     if !patch.is_object() {
         return Err(Error::invalid(
             "invalid_patch",
             "a PATCH body is a JSON object of the fields to change",
         ));
     }
-    let current = get(conn, owner_id, id)?;
-    let mut merged = serde_json::to_value(NewCheck::of(&current))
-        .map_err(|e| Error::Internal(format!("check {id} as JSON: {e}")))?;
+    let mut merged = serde_json::to_value(NewCheck::of(current))
+        .map_err(|e| Error::Internal(format!("check {} as JSON: {e}", current.id)))?;
     merge_patch(&mut merged, patch);
-    let new: NewCheck = serde_json::from_value(merged).map_err(|e| {
+    serde_json::from_value(merged).map_err(|e| {
         Error::invalid(
             "invalid_patch",
             format!("the patched check is not valid: {e}"),
         )
-    })?;
-    update(conn, owner_id, id, &new, min_interval_s)
+    })
+}
+
+/// [`create`], once a udp check's reflector proved to be its site's
+/// ([`crate::reflectors::prove`]): what the API and the dashboard call.
+pub async fn create_proven(
+    db: &Db,
+    policy: &FetchPolicy,
+    owner_id: String,
+    new: NewCheck,
+    min_interval_s: u64,
+) -> Result<Check> {
+    prove_target(db, policy, &owner_id, &new, None, min_interval_s).await?;
+    db.run(move |c| create(c, &owner_id, &new, min_interval_s))
+        .await
+}
+
+/// [`update`], once a udp check's new reflector proved to be its site's.
+pub async fn update_proven(
+    db: &Db,
+    policy: &FetchPolicy,
+    owner_id: String,
+    id: String,
+    new: NewCheck,
+    min_interval_s: u64,
+) -> Result<Check> {
+    let current = {
+        let (owner_id, id) = (owner_id.clone(), id.clone());
+        db.run(move |c| get(c, &owner_id, &id)).await?
+    };
+    prove_target(db, policy, &owner_id, &new, Some(&current), min_interval_s).await?;
+    db.run(move |c| update(c, &owner_id, &id, &new, min_interval_s))
+        .await
+}
+
+/// [`patch`], once a udp check's new reflector proved to be its site's.
+pub async fn patch_proven(
+    db: &Db,
+    policy: &FetchPolicy,
+    owner_id: String,
+    id: String,
+    patch: serde_json::Value,
+    min_interval_s: u64,
+) -> Result<Check> {
+    let current = {
+        let (owner_id, id) = (owner_id.clone(), id.clone());
+        db.run(move |c| get(c, &owner_id, &id)).await?
+    };
+    let new = patched(&current, &patch)?;
+    prove_target(db, policy, &owner_id, &new, Some(&current), min_interval_s).await?;
+    db.run(move |c| update(c, &owner_id, &id, &new, min_interval_s))
+        .await
+}
+
+/// Proves the reflector of `new` when it is a udp check whose target is new (made now,
+/// or another URL or kind than `current`'s): as a site is verified once, a reflector is
+/// proven when a check first points at it, not at every edit. The check must pass the
+/// rules first, so that a refused field is named before any packet is sent.
+async fn prove_target(
+    db: &Db,
+    policy: &FetchPolicy,
+    owner_id: &str,
+    new: &NewCheck,
+    current: Option<&Check>,
+    min_interval_s: u64,
+) -> Result<()> {
+    if new.kind != CheckKind::Udp {
+        return Ok(());
+    }
+    let Ok(url) = url::Url::parse(new.url.trim()) else {
+        return Ok(());
+    };
+    if current.is_some_and(|c| c.kind == CheckKind::Udp.as_str() && c.url == url.as_str()) {
+        return Ok(());
+    }
+    let (owner_id, checked) = (owner_id.to_owned(), new.clone());
+    let token = db
+        .run(move |c| {
+            validated(
+                c,
+                &owner_id,
+                &checked,
+                min_interval_s,
+                String::new(),
+                now_us(),
+            )?;
+            Ok::<_, Error>(
+                sites::get(c, &owner_id, &checked.site_id.to_string())?.verification_token,
+            )
+        })
+        .await?;
+    // The rules held: the URL is udp://host:port on the site's host.
+    let (Some(host), Some(port)) = (url.host_str(), url.port()) else {
+        return Ok(());
+    };
+    crate::reflectors::prove(policy, host.trim_matches(['[', ']']), port, &token).await
 }
 
 pub use lastmile_storage::checks::Check;

@@ -45,6 +45,7 @@ pub mod payments;
 pub mod payouts;
 pub mod presence;
 pub mod recent;
+pub mod reflectors;
 pub mod reports;
 pub mod retention;
 pub mod rollups;

@@ -342,14 +342,6 @@ impl FetchPolicy {
     /// Refusing the origin itself says why: that is DNS, not a probe of the network.
     async fn client_for(&self, origin: &str) -> Result<reqwest::Client> {
         let url = url::Url::parse(origin).map_err(|e| Error::Internal(e.to_string()))?;
-        let refused = |host: &str, ip: IpAddr, why: NonPublic| {
-            Error::forbidden(
-                "private_origin",
-                format!(
-                    "{host} is {ip}, which is not a public address ({why}); sites must be public{PRIVATE_HINT}"
-                ),
-            )
-        };
         let mut builder = reqwest::Client::builder()
             .no_proxy()
             .user_agent(concat!("lastmile-controller/", env!("CARGO_PKG_VERSION")))
@@ -362,28 +354,14 @@ impl FetchPolicy {
             policy.redirect(attempt)
         }));
         match url.host() {
-            // Literals are judged as they are: never handed to a resolver.
             Some(url::Host::Ipv4(v4)) => {
-                if let Some(why) = self.refuses(IpAddr::V4(v4)) {
-                    return Err(refused(&v4.to_string(), IpAddr::V4(v4), why));
-                }
+                self.judged_addresses(&v4.to_string()).await?;
             }
             Some(url::Host::Ipv6(v6)) => {
-                if let Some(why) = self.refuses(IpAddr::V6(v6)) {
-                    return Err(refused(&format!("[{v6}]"), IpAddr::V6(v6), why));
-                }
+                self.judged_addresses(&v6.to_string()).await?;
             }
             Some(url::Host::Domain(host)) => {
-                let ips = self.resolve(host).await.map_err(|r| match r {
-                    Refusal::Unresolvable(why) => Error::invalid("verification_failed", why),
-                    Refusal::NotPublic(ip, why) => Error::forbidden(
-                        "private_origin",
-                        format!(
-                            "{host} resolves to {ip}, which is not a public address ({why}); \
-                             sites must be public{PRIVATE_HINT}"
-                        ),
-                    ),
-                })?;
+                let ips = self.judged_addresses(host).await?;
                 // Port 0: reqwest puts the URL's port in.
                 let addrs: Vec<SocketAddr> =
                     ips.into_iter().map(|ip| SocketAddr::new(ip, 0)).collect();
@@ -399,6 +377,35 @@ impl FetchPolicy {
         builder
             .build()
             .map_err(|e| Error::Internal(format!("cannot build the verification client: {e}")))
+    }
+
+    /// The addresses of `host` (a name, or an IP literal without brackets) that may be
+    /// reached, judged now: a literal as it is (never handed to a resolver), a name
+    /// resolved once with every address passing the guard. A refusal says why, as for a
+    /// site's origin (that is DNS, not a probe of the network).
+    pub async fn judged_addresses(&self, host: &str) -> Result<Vec<IpAddr>> {
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return match self.refuses(ip) {
+                Some(why) => Err(Error::forbidden(
+                    "private_origin",
+                    format!(
+                        "{host} is {ip}, which is not a public address ({why}); sites must be \
+                         public{PRIVATE_HINT}"
+                    ),
+                )),
+                None => Ok(vec![ip]),
+            };
+        }
+        self.resolve(host).await.map_err(|r| match r {
+            Refusal::Unresolvable(why) => Error::invalid("verification_failed", why),
+            Refusal::NotPublic(ip, why) => Error::forbidden(
+                "private_origin",
+                format!(
+                    "{host} resolves to {ip}, which is not a public address ({why}); \
+                     sites must be public{PRIVATE_HINT}"
+                ),
+            ),
+        })
     }
 
     /// A client for posting to `url` (alert webhooks): the same guard as verifying a

@@ -148,9 +148,11 @@ pub async fn verify_site(
 }
 
 /// Create a check on one of your verified sites. A check without a schedule runs once, now.
+/// A udp check's reflector must answer now with the site's token (422
+/// `reflector_not_verified` otherwise; 403 `private_origin` for a private address).
 #[utoipa::path(post, path = "/api/v1/checks", tag = "checks", request_body = NewCheck, security(("owner_token" = [])),
-    responses((status = 201, body = CheckView), (status = 404, body = ApiError), (status = 409, body = ApiError),
-        (status = 422, body = ApiError)))]
+    responses((status = 201, body = CheckView), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError), (status = 422, body = ApiError)))]
 #[post("/checks")]
 pub async fn create_check(
     state: web::Data<AppState>,
@@ -158,10 +160,15 @@ pub async fn create_check(
     body: web::Json<NewCheck>,
 ) -> Result<HttpResponse, Failure> {
     let min_interval = state.config.min_check_interval_s;
-    let check = state
-        .db
-        .run(move |c| checks::create(c, &owner.id, &body, min_interval))
-        .await?;
+    let policy = state.config.site_fetch_policy();
+    let check = checks::create_proven(
+        &state.db,
+        &policy,
+        owner.id,
+        body.into_inner(),
+        min_interval,
+    )
+    .await?;
     Ok(HttpResponse::Created().json(CheckView::from(&check)))
 }
 
@@ -204,8 +211,8 @@ pub async fn get_check(
 
 /// Change one of your checks: the whole check as when creating it, under the same rules.
 #[utoipa::path(put, path = "/api/v1/checks/{id}", tag = "checks", params(("id" = Uuid, Path, description = "The check's id")), request_body = NewCheck, security(("owner_token" = [])),
-    responses((status = 200, body = CheckView), (status = 404, body = ApiError), (status = 409, body = ApiError),
-        (status = 422, body = ApiError)))]
+    responses((status = 200, body = CheckView), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError), (status = 422, body = ApiError)))]
 #[put("/checks/{id}")]
 pub async fn update_check(
     state: web::Data<AppState>,
@@ -214,10 +221,16 @@ pub async fn update_check(
     body: web::Json<NewCheck>,
 ) -> Result<web::Json<CheckView>, Failure> {
     let min_interval = state.config.min_check_interval_s;
-    let check = state
-        .db
-        .run(move |c| checks::update(c, &owner.id, &id.to_string(), &body, min_interval))
-        .await?;
+    let policy = state.config.site_fetch_policy();
+    let check = checks::update_proven(
+        &state.db,
+        &policy,
+        owner.id,
+        id.to_string(),
+        body.into_inner(),
+        min_interval,
+    )
+    .await?;
     Ok(web::Json(CheckView::from(&check)))
 }
 
@@ -227,8 +240,8 @@ pub async fn update_check(
 #[utoipa::path(patch, path = "/api/v1/checks/{id}", tag = "checks", params(("id" = Uuid, Path, description = "The check's id")),
     request_body(content = Object, description = "The fields to change, as in NewCheck", content_type = "application/json"),
     security(("owner_token" = [])),
-    responses((status = 200, body = CheckView), (status = 404, body = ApiError), (status = 409, body = ApiError),
-        (status = 422, body = ApiError)))]
+    responses((status = 200, body = CheckView), (status = 403, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError), (status = 422, body = ApiError)))]
 #[patch("/checks/{id}")]
 pub async fn patch_check(
     state: web::Data<AppState>,
@@ -237,10 +250,16 @@ pub async fn patch_check(
     body: web::Json<serde_json::Value>,
 ) -> Result<web::Json<CheckView>, Failure> {
     let min_interval = state.config.min_check_interval_s;
-    let check = state
-        .db
-        .run(move |c| checks::patch(c, &owner.id, &id.to_string(), &body, min_interval))
-        .await?;
+    let policy = state.config.site_fetch_policy();
+    let check = checks::patch_proven(
+        &state.db,
+        &policy,
+        owner.id,
+        id.to_string(),
+        body.into_inner(),
+        min_interval,
+    )
+    .await?;
     Ok(web::Json(CheckView::from(&check)))
 }
 

@@ -580,19 +580,10 @@ async fn submit(
         Err(e) => return Ok(again(e.status_code(), None, Some(e.to_string()))),
     };
     let min_interval = state.config.min_check_interval_s;
+    let policy = state.config.site_fetch_policy();
     let saved = match editing {
-        None => {
-            state
-                .db
-                .run(move |c| checks::create(c, &owner, &new, min_interval))
-                .await
-        }
-        Some(id) => {
-            state
-                .db
-                .run(move |c| checks::update(c, &owner, &id, &new, min_interval))
-                .await
-        }
+        None => checks::create_proven(&state.db, &policy, owner, new, min_interval).await,
+        Some(id) => checks::update_proven(&state.db, &policy, owner, id, new, min_interval).await,
     };
     Ok(match saved {
         Ok(check) => see_other(&format!("/app/checks/{}", check.id)),
