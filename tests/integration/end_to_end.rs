@@ -135,6 +135,30 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     assert!(dsl_stall > 0, "dsl stalls: {:?}", stream[0]);
     assert_eq!(stream[0].objectives[0].met, Some(false), "{:?}", stream[0]);
 
+    // The game: every line streamed to the site's reflector; dial-up's upstream cannot
+    // carry the stream, so the `loss p95 <= 1 %` objective breaks there.
+    assert_physics(&outcome.game_physics, &outcome.game_by_class);
+    assert!(out.path().join("game_report.json").exists());
+    use lastmile_protocol::Figure::{Jitter, Loss, Rtt};
+    let game = &outcome.game_by_class.rows;
+    assert_eq!(game.len(), 4, "{game:?}");
+    for row in game {
+        assert_eq!(row.successes, 3, "one stream per place: {row:?}");
+        assert!(
+            row.figures.contains_key(&Rtt) && row.figures.contains_key(&Jitter),
+            "{row:?}"
+        );
+    }
+    let dialup = game
+        .iter()
+        .find(|r| r.group.connection_class == Some(lastmile_protocol::ConnectionClass::Dialup))
+        .unwrap();
+    assert!(
+        dialup.figures[&Loss].get(50).unwrap().value >= 100_000,
+        "dial-up drops a tenth or more: {dialup:?}"
+    );
+    assert_eq!(dialup.objectives[0].met, Some(false), "{dialup:?}");
+
     // The page check: every agent loaded the whole shop page in each run (the missing
     // image listed, not failing it), and the page totals show the links' physics too.
     assert_physics(&outcome.page_physics, &outcome.page_by_class);
@@ -178,8 +202,9 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     // bought 50.00 usd by Stripe Checkout and paid for exactly the 24 http results (5
     // cents each: volunteers earned 4 cents of each, the platform 1), the 24 page
     // results (15 cents: 12 and 3), the 12 downloads (http: 5 cents), the 6 loads
-    // (throughput: 40 cents, 32 and 8) and the 6 stream sessions (video: 40 cents),
-    // 8 + 8 + 4 + 2 + 2 per volunteer (2.72 usd each);
+    // (throughput: 40 cents, 32 and 8), the 6 stream sessions (video: 40 cents) and the
+    // 12 game streams (udp: 20 cents, 16 and 4), 8 + 8 + 4 + 2 + 2 + 4 per volunteer
+    // (3.36 usd each);
     // the two volunteers who onboarded to Connect were paid out, the third was not.
     let ledger: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("ledger.json")).unwrap())
@@ -199,7 +224,7 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     assert_eq!(sums.len(), 1, "{ledger}");
     assert!(sums.values().all(|s| *s == 0), "{ledger}");
     assert!(!by_kind.contains_key("operator_grants"), "{ledger}");
-    let earned_each = 8 * 4 + 8 * 12 + 4 * 4 + 2 * 32 + 2 * 32;
+    let earned_each = 8 * 4 + 8 * 12 + 4 * 4 + 2 * 32 + 2 * 32 + 4 * 16;
     assert_eq!(
         by_kind["stripe_clearing"],
         -5_000 + 2 * earned_each,
@@ -207,17 +232,17 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     );
     assert_eq!(
         by_kind["owner_credit"],
-        5_000 - 24 * 5 - 24 * 15 - 12 * 5 - 6 * 40 - 6 * 40,
+        5_000 - 24 * 5 - 24 * 15 - 12 * 5 - 6 * 40 - 6 * 40 - 12 * 20,
         "{ledger}"
     );
     assert_eq!(by_kind["volunteer_earnings"], earned_each, "{ledger}");
     assert_eq!(by_kind["payouts_in_transit"], 0, "{ledger}");
     assert_eq!(
         by_kind["platform_revenue"],
-        24 + 24 * 3 + 12 + 6 * 8 + 6 * 8,
+        24 + 24 * 3 + 12 + 6 * 8 + 6 * 8 + 12 * 4,
         "{ledger}"
     );
-    // Each of the 3 volunteers (one per country) earned 2.72 usd; two were paid out.
+    // Each of the 3 volunteers (one per country) earned 3.36 usd; two were paid out.
     assert_eq!(
         accounts
             .iter()
@@ -226,7 +251,7 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         1,
         "{ledger}"
     );
-    // ... and its movements say so: one purchase, 72 results paid, two completed payouts.
+    // ... and its movements say so: one purchase, 84 results paid, two completed payouts.
     let moved = |kind: &str| {
         outcome
             .ledger
@@ -236,16 +261,16 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
             .map(|m| (m.transactions, m.amount_minor))
     };
     assert_eq!(moved("purchase"), Some((1, 5_000)), "{ledger}");
-    // The 72 results are paid in batches (one ledger transaction per fold), so at most
+    // The 84 results are paid in batches (one ledger transaction per fold), so at most
     // one transaction each.
     let (batches, paid) = moved("result").expect("results were paid");
     assert_eq!(
         paid,
-        24 * 5 + 24 * 15 + 12 * 5 + 6 * 40 + 6 * 40,
+        24 * 5 + 24 * 15 + 12 * 5 + 6 * 40 + 6 * 40 + 12 * 20,
         "{ledger}"
     );
     assert!(
-        (1..=72).contains(&batches),
+        (1..=84).contains(&batches),
         "{batches} result payments: {ledger}"
     );
     assert_eq!(
@@ -260,11 +285,11 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     );
     let summary = demo::money_summary(&outcome.ledger);
     assert!(summary.contains("the owner bought 50.00 usd"), "{summary}");
-    assert!(summary.contains("spent 10.20 usd"), "{summary}");
-    assert!(summary.contains("5.44 usd was paid out"), "{summary}");
+    assert!(summary.contains("spent 12.60 usd"), "{summary}");
+    assert!(summary.contains("6.72 usd was paid out"), "{summary}");
     // leaderboard.json: what the public API served; the three volunteers, each paid for
-    // the 24 measurements their 4 agents made (8 fetches, 8 page loads, 4 downloads, 2
-    // loads, 2 stream sessions), ranked by points.
+    // the 28 measurements their 4 agents made (8 fetches, 8 page loads, 4 downloads, 2
+    // loads, 2 stream sessions, 4 game streams), ranked by points.
     let board: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(out.path().join("leaderboard.json")).unwrap(),
     )
@@ -273,8 +298,8 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
     assert_eq!(entries.len(), 3, "{board}");
     assert_eq!(entries[0]["rank"], 1, "{board}");
     for e in entries {
-        assert_eq!(e["measurements"], 24, "{board}");
-        assert!(e["points"].as_u64().unwrap() >= 24, "{board}");
+        assert_eq!(e["measurements"], 28, "{board}");
+        assert!(e["points"].as_u64().unwrap() >= 28, "{board}");
     }
     assert_eq!(outcome.leaderboard.entries.len(), 3);
     // Verification flags none of the honest demo agents' results.

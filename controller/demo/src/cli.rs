@@ -13,8 +13,8 @@ use clap::Parser;
 struct Cli {
     /// Also write DIR/report.json (exactly what the report API serves),
     /// DIR/report_by_class.json, DIR/page_report.json, DIR/download_report.json,
-    /// DIR/speed_report.json, DIR/stream_report.json, DIR/isp_report.json, DIR/ledger.json (the ledger's trial
-    /// balance) and DIR/leaderboard.json.
+    /// DIR/speed_report.json, DIR/stream_report.json, DIR/game_report.json, DIR/isp_report.json,
+    /// DIR/ledger.json (the ledger's trial balance) and DIR/leaderboard.json.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     /// How many runs of the demo check to make (22: enough for p95 intervals per class).

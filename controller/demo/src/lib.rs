@@ -41,12 +41,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use lastmile_agent::measure::{ConnectTo, EngineConfig};
+use lastmile_agent::reflector::Reflector;
 use lastmile_agent::runner::AgentSettings;
 use lastmile_protocol::{AgentLimits, ConnectionClass, Figure, Phase};
 use lastmile_testbed::geodb::{self, TestNetwork};
 use lastmile_testbed::link::{Link, LinkProfile};
 use lastmile_testbed::site::{SiteConfig, TargetSite};
 use lastmile_testbed::stripe::FakeStripe;
+use lastmile_testbed::udp_link::{Impairment, UdpLink};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -136,6 +138,12 @@ pub struct DemoOutcome {
     pub stream_by_class: Report,
     /// Whether the stream plays on cable and stalls on DSL, as their rates say.
     pub stream_physics: Physics,
+    /// The game check's report by connection class: round trip, jitter and loss of a
+    /// udp stream to the site's reflector.
+    pub game_by_class: Report,
+    /// Whether the stream's round trips follow the lines' and dial-up's upstream loses
+    /// what it cannot carry.
+    pub game_physics: Physics,
     /// The page check's runs.
     pub page_runs: Vec<RunView>,
     /// Each class's latest page summary, slowest class first.
@@ -298,9 +306,26 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         })
         .await?;
 
+    // The owner's site, verified, and the reflector it runs on its host with the site's
+    // token (`lastmile-reflector`), for the game check's udp streams.
+    let api = DemoClient::new(controller.url(), &owner_token)?;
+    let created: SiteView = api
+        .post("/api/v1/sites", &json!({"origin": site.origin()}))
+        .await?;
+    site.publish_verification_token(&created.verification_token);
+    let verified: SiteView = api
+        .post(&format!("/api/v1/sites/{}/verify", created.id), &json!({}))
+        .await?;
+    let reflector = Reflector::start(
+        SocketAddr::new(site.addr().ip(), 0),
+        created.verification_token.clone(),
+    )
+    .await?;
+
     // Links and agents.
     let (stop_agents, agents_stopped) = watch::channel(false);
     let mut links = Vec::new();
+    let mut udp_links = Vec::new();
     let mut agent_tasks = tokio::task::JoinSet::new();
     for (i, a) in plan.iter().enumerate() {
         let profile = LinkProfile::for_class(a.class);
@@ -311,6 +336,16 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             SocketAddr::from(([127, 0, 0, 1], 0)),
             controller.addr,
             profile,
+        )
+        .await?;
+        // Datagrams to the reflector cross a line of the same class, with its jitter
+        // and loss.
+        let udp_link = UdpLink::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            reflector.addr(),
+            profile,
+            Impairment::for_class(a.class),
+            i as u64,
         )
         .await?;
         let settings = AgentSettings {
@@ -324,11 +359,18 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                 allow_private: true,
                 ca_file: None,
                 source_addr: Some(IpAddr::V4(a.ip)),
-                connect_to: vec![ConnectTo {
-                    host: site.addr().ip().to_string(),
-                    port: site.addr().port(),
-                    addr: link.addr(),
-                }],
+                connect_to: vec![
+                    ConnectTo {
+                        host: site.addr().ip().to_string(),
+                        port: site.addr().port(),
+                        addr: link.addr(),
+                    },
+                    ConnectTo {
+                        host: reflector.addr().ip().to_string(),
+                        port: reflector.addr().port(),
+                        addr: udp_link.addr(),
+                    },
+                ],
                 allow_nets: Vec::new(),
             },
             idle_poll: Duration::from_millis(200),
@@ -347,6 +389,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         });
         links.push(link);
         links.push(calibration_link);
+        udp_links.push(udp_link);
     }
     say!(opts, "  agents      {} behind emulated links:", plan.len());
     for class in CLASSES {
@@ -363,7 +406,6 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
 
     let outcome = async {
         let calibration = wait_for_agents(&controller, plan.len(), &opts).await?;
-        let api = DemoClient::new(controller.url(), &owner_token)?;
         buy_credit(&api, &stripe, &opts).await?;
         // Two of the three volunteers set up payouts; the third keeps their earnings.
         for key in &enrol_keys[..2] {
@@ -384,18 +426,12 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             "  payouts     2 of 3 volunteers onboarded to Stripe Connect"
         );
 
-        let created: SiteView = api
-            .post("/api/v1/sites", &json!({"origin": site.origin()}))
-            .await?;
-        site.publish_verification_token(&created.verification_token);
-        let verified: SiteView = api
-            .post(&format!("/api/v1/sites/{}/verify", created.id), &json!({}))
-            .await?;
         say!(
             opts,
-            "  site        {} verified: {}",
+            "  site        {} verified: {}; its reflector on udp://{}",
             verified.origin,
-            verified.verified
+            verified.verified,
+            reflector.addr()
         );
 
         let check: CheckView = api
@@ -454,6 +490,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         let download = download_check(&api, &verified, shaped, &opts).await?;
         let speed = speed_check(&api, &verified, shaped, &opts).await?;
         let stream = stream_check(&api, &verified, shaped, &opts).await?;
+        let game = game_check(&api, &verified, reflector.addr(), plan.len(), &opts).await?;
         let page_id = page.check_id.clone();
         let pages = db
             .run(move |c| lastmile_domain::ingest::latest_pages(c, &page_id, 200))
@@ -487,6 +524,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             std::fs::write(out.join("download_report.json"), &download.report_json)?;
             std::fs::write(out.join("speed_report.json"), &speed.report_json)?;
             std::fs::write(out.join("stream_report.json"), &stream.report_json)?;
+            std::fs::write(out.join("game_report.json"), &game.report_json)?;
         }
         if let Some(out) = &opts.out {
             std::fs::create_dir_all(out)?;
@@ -506,7 +544,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             calibration,
             ledger,
             (page, pages),
-            (download, speed, stream),
+            (download, speed, stream, game),
         ))
     }
     .await;
@@ -519,7 +557,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         calibration,
         ledger,
         (page, pages),
-        (download, speed, stream),
+        (download, speed, stream, game),
     ) = match outcome {
         Ok(o) => o,
         Err(e) => {
@@ -530,6 +568,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
                 }
             }
             drop(links);
+            drop(udp_links);
             let _ = controller.stop().await;
             return Err(e);
         }
@@ -593,6 +632,15 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         "Stream physics (cable plays through, dsl's 16 Mbit/s stalls the 30 Mbit/s rendition)",
         &stream_physics,
     );
+    let game_physics = judge_game(&game.by_class);
+    print_judged(
+        &opts,
+        "Game",
+        "a 172-byte packet every 20 ms for 3 s to the site's reflector; jitter = mean change of the round trip",
+        &game.by_class,
+        "Game physics (round trip dialup > dsl > cable; dial-up's 33.6 kbit/s upstream drops what a 69 kbit/s stream sends)",
+        &game_physics,
+    );
     let isp_rows = isp_report["rows"].as_array().map_or(0, Vec::len);
     say!(
         opts,
@@ -639,13 +687,14 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         std::fs::write(out.join("leaderboard.json"), &leaderboard_json)?;
         say!(
             opts,
-            "Wrote {}, {}, {}, {}, {}, {}, {}, {} and {}",
+            "Wrote {}, {}, {}, {}, {}, {}, {}, {}, {} and {}",
             out.join("report.json").display(),
             out.join("report_by_class.json").display(),
             out.join("page_report.json").display(),
             out.join("download_report.json").display(),
             out.join("speed_report.json").display(),
             out.join("stream_report.json").display(),
+            out.join("game_report.json").display(),
             out.join("isp_report.json").display(),
             out.join("ledger.json").display(),
             out.join("leaderboard.json").display()
@@ -661,6 +710,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         }
     }
     drop(links);
+    drop(udp_links);
+    drop(reflector);
     controller.stop().await?;
     say!(
         opts,
@@ -679,6 +730,8 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         speed_physics,
         stream_by_class: stream.by_class,
         stream_physics,
+        game_by_class: game.by_class,
+        game_physics,
         page_runs: page.runs,
         pages,
         runs,
@@ -884,6 +937,87 @@ async fn stream_check(
         opts,
     )
     .await
+}
+
+/// Creates a `udp` check of the site's reflector for every line, a 172-byte packet
+/// every 20 ms for 3 s (a game's or a call's rhythm, 69 kbit/s with its headers), and
+/// runs it once: each line's round trip, jitter and loss. It promises under 1 % loss to
+/// 95 % of streams, which dial-up's 33.6 kbit/s upstream cannot keep.
+async fn game_check(
+    api: &DemoClient,
+    site: &SiteView,
+    reflector: SocketAddr,
+    agents: usize,
+    opts: &DemoOptions,
+) -> anyhow::Result<ClassReport> {
+    check_by_class(
+        api,
+        &json!({
+            "site_id": site.id,
+            "name": "Demo game (udp, 50 packets/s)",
+            "kind": "udp",
+            "url": format!("udp://{reflector}"),
+            "udp": {"interval_ms": 20, "duration_ms": 3000, "packet_bytes": 172},
+            "selection": {"agents_per_run": agents},
+            "objectives": [
+                {"figure": "loss", "percentile": 95, "max_percent": 1},
+                {"figure": "jitter", "percentile": 95, "max_ms": 30},
+            ],
+        }),
+        1,
+        opts,
+    )
+    .await
+}
+
+/// Whether the game's streams show the lines: their median round trips in the order of
+/// the lines' (dial-up 150 ms and its full buffer, DSL 40, cable 20), and dial-up,
+/// whose 33.6 kbit/s upstream cannot carry the stream's 69 kbit/s, losing more than a
+/// tenth of it. Broken when a line has no stream, when dial-up loses less than that or
+/// when the round trips are out of order; fibre (4 ms) is not judged against cable
+/// (20 ms), which a loaded machine's timers can blur, nor is loss on the other lines
+/// (their impairments drop 0.1 % to 1 %).
+pub fn judge_game(by_class: &Report) -> Physics {
+    let median = |class: ConnectionClass, figure: Figure| {
+        by_class
+            .rows
+            .iter()
+            .find(|r| r.group.connection_class == Some(class))
+            .and_then(|r| r.figures.get(&figure))
+            .and_then(|f| f.get(50))
+            .map(|p| p.value)
+    };
+    let ordered = [
+        ConnectionClass::Dialup,
+        ConnectionClass::Dsl,
+        ConnectionClass::Cable,
+    ];
+    let mut rtts = Vec::new();
+    for class in ordered {
+        match median(class, Figure::Rtt) {
+            Some(rtt) => rtts.push((class, rtt)),
+            None => return Physics::Broken(format!("no stream came back on {class}")),
+        }
+    }
+    let ms = |us: u64| us as f64 / 1000.0;
+    let text = rtts
+        .iter()
+        .map(|(c, rtt)| format!("{c} {:.1} ms", ms(*rtt)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if rtts.windows(2).any(|w| w[0].1 <= w[1].1) {
+        return Physics::Broken(format!("round trips out of the lines' order: {text}"));
+    }
+    let Some(dialup_loss) = median(ConnectionClass::Dialup, Figure::Loss) else {
+        return Physics::Broken("no loss figure of dialup".into());
+    };
+    if dialup_loss < 100_000 {
+        return Physics::Broken(format!(
+            "dialup lost {:.1} % of a stream twice its upstream's rate",
+            dialup_loss as f64 / 10_000.0
+        ));
+    }
+    Physics::Holds
 }
 
 /// Whether the stream shows the lines: on cable (100 Mbit/s, more than three times the
@@ -1615,6 +1749,62 @@ mod tests {
         assert!(matches!(judge_stream(&sooner), Physics::Broken(_)));
         let missing = stream_report(&[("dsl", 5_700_000, 700_000)]);
         assert!(matches!(judge_stream(&missing), Physics::Broken(_)));
+    }
+
+    /// A game report by class: (class, rtt p50 µs, loss p50 ppm).
+    fn game_report(rows: &[(&str, u64, u64)]) -> Report {
+        let figure = |unit: &str, value: u64| {
+            json!({"unit": unit, "higher_is_better": false, "samples": 3,
+                   "percentiles": [{"percentile": 50, "value": value, "ci": null}]})
+        };
+        let rows: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(class, rtt, loss)| {
+                json!({
+                    "group": {"connection_class": class},
+                    "samples": 3, "successes": 3, "failures": 0, "availability": 1.0,
+                    "phases": {},
+                    "figures": {"rtt": figure("us", *rtt), "loss": figure("ppm", *loss)},
+                })
+            })
+            .collect();
+        let mut report = goodput_report(&[]);
+        report.rows = serde_json::from_value(json!(rows)).unwrap();
+        report
+    }
+
+    #[test]
+    fn game_physics_want_the_lines_round_trips_in_order_and_dialup_to_drop() {
+        let lines = game_report(&[
+            ("dialup", 420_000, 550_000),
+            ("dsl", 41_000, 0),
+            ("cable", 21_000, 0),
+            ("fibre", 5_000, 0),
+        ]);
+        assert_eq!(judge_game(&lines), Physics::Holds);
+        // Fibre is not judged against cable.
+        let fibre_slow = game_report(&[
+            ("dialup", 420_000, 550_000),
+            ("dsl", 41_000, 0),
+            ("cable", 21_000, 0),
+            ("fibre", 25_000, 0),
+        ]);
+        assert_eq!(judge_game(&fibre_slow), Physics::Holds);
+        let out_of_order = game_report(&[
+            ("dialup", 420_000, 550_000),
+            ("dsl", 19_000, 0),
+            ("cable", 21_000, 0),
+        ]);
+        assert!(matches!(judge_game(&out_of_order), Physics::Broken(_)));
+        // Dial-up carried a stream twice its upstream: something does not shape it.
+        let no_drop = game_report(&[
+            ("dialup", 160_000, 0),
+            ("dsl", 41_000, 0),
+            ("cable", 21_000, 0),
+        ]);
+        assert!(matches!(judge_game(&no_drop), Physics::Broken(_)));
+        let missing = game_report(&[("dsl", 41_000, 0), ("cable", 21_000, 0)]);
+        assert!(matches!(judge_game(&missing), Physics::Broken(_)));
     }
 
     #[test]
