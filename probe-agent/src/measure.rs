@@ -1055,6 +1055,16 @@ pub(crate) fn parse_task_url(url: &str) -> Result<Url, MeasurementError> {
     Url::parse(url).map_err(|e| fail(ErrorKind::InvalidTask, format!("invalid URL {url:?}: {e}")))
 }
 
+/// A task URL's host, an IPv6 literal without its brackets; a URL without one is the
+/// task's fault.
+pub(crate) fn host_of(url: &Url) -> Result<String, MeasurementError> {
+    Ok(url
+        .host_str()
+        .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no host"))?
+        .trim_matches(['[', ']'])
+        .to_owned())
+}
+
 /// Where a URL is fetched from: scheme, host (an IPv6 literal without brackets) and port.
 pub(crate) struct Target {
     pub https: bool,
@@ -1075,11 +1085,7 @@ impl Target {
                 ))
             }
         };
-        let host = url
-            .host_str()
-            .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no host"))?
-            .trim_matches(['[', ']'])
-            .to_owned();
+        let host = host_of(url)?;
         let port = url
             .port_or_known_default()
             .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no port"))?;

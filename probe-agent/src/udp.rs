@@ -37,7 +37,7 @@ use lastmile_protocol::{
 use tokio::net::UdpSocket;
 use tokio::time::MissedTickBehavior;
 
-use crate::measure::{fail, micros, parse_task_url, Engine, Expectations, Stage};
+use crate::measure::{fail, host_of, micros, parse_task_url, Engine, Expectations, Stage};
 
 impl Engine {
     /// Streams to the reflector at `url` (`udp://host:port`) as `stream` asks, once it
@@ -121,11 +121,7 @@ fn reflector_of(url: &str) -> Result<(String, u16), MeasurementError> {
             format!("a udp check streams to udp://host:port, not {url}"),
         ));
     }
-    let host = url
-        .host_str()
-        .ok_or_else(|| fail(ErrorKind::InvalidTask, "URL has no host"))?
-        .trim_matches(['[', ']'])
-        .to_owned();
+    let host = host_of(&url)?;
     let port = url
         .port()
         .ok_or_else(|| fail(ErrorKind::InvalidTask, format!("{url} has no port")))?;

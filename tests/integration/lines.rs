@@ -37,6 +37,86 @@ pub fn figure(row: &Value, name: &str, percentile: u64) -> u64 {
         .unwrap_or_else(|| panic!("no {name} p{percentile} in {row}"))
 }
 
+/// Runs the check `id` `runs` times (its first run is the one made when it was created)
+/// and waits until each run's one result is stored (the test's only results).
+pub async fn run_and_wait(app: &TestApp, owner: &str, id: &str, runs: i64) {
+    let runs_path = format!("/api/v1/checks/{id}/runs");
+    for n in 0..runs {
+        if n > 0 {
+            let (status, run) = app.call("POST", &runs_path, Some(owner), None).await;
+            assert_eq!(status, 201, "{run}");
+        }
+        until(&format!("result {} is stored", n + 1), 60, async || {
+            count(app, "SELECT COUNT(*) AS n FROM results") == n + 1
+        })
+        .await;
+    }
+}
+
+/// The first row of the check's report by connection class, once it counts `samples`.
+pub async fn class_row(app: &TestApp, owner: &str, id: &str, samples: u64) -> Value {
+    let mut report = Value::Null;
+    until("the report counts the results", 30, async || {
+        let (status, body) = app
+            .call(
+                "GET",
+                &format!("/api/v1/checks/{id}/report?group_by=connection_class"),
+                Some(owner),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        report = body;
+        report["rows"][0]["samples"] == samples
+    })
+    .await;
+    report["rows"][0].clone()
+}
+
+/// Asserts that the check's CSV report by class has each of `columns`.
+pub async fn assert_csv_columns(app: &TestApp, owner: &str, id: &str, columns: &[&str]) {
+    let (status, csv) = app
+        .call(
+            "GET",
+            &format!("/api/v1/checks/{id}/report?group_by=connection_class&format=csv"),
+            Some(owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{csv}");
+    let header = csv
+        .as_str()
+        .and_then(|c| c.lines().next())
+        .unwrap_or_default();
+    for column in columns {
+        assert!(
+            header.split(',').any(|c| c == *column),
+            "{column} in {header}"
+        );
+    }
+}
+
+/// The check's latest run's id and its results, as the API lists them.
+pub async fn latest_run_results(app: &TestApp, owner: &str, id: &str) -> (String, Value) {
+    let runs_path = format!("/api/v1/checks/{id}/runs");
+    let (_, runs) = app.call("GET", &runs_path, Some(owner), None).await;
+    let runs = runs
+        .as_array()
+        .or_else(|| runs["runs"].as_array())
+        .unwrap_or_else(|| panic!("{runs}"));
+    let run = runs[0]["id"].as_str().unwrap().to_owned();
+    let (status, results) = app
+        .call(
+            "GET",
+            &format!("{runs_path}/{run}/results"),
+            Some(owner),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{results}");
+    (run, results)
+}
+
 /// A running agent on its line; [`AgentOnLine::stop`] ends it.
 pub struct AgentOnLine {
     stop: watch::Sender<bool>,

@@ -10,7 +10,9 @@ use lastmile_protocol::ConnectionClass;
 use lastmile_testbed::shop;
 use serde_json::{json, Value};
 
-use crate::lines::{figure, until, AgentOnLine};
+use crate::lines::{
+    assert_csv_columns, class_row, figure, latest_run_results, run_and_wait, AgentOnLine,
+};
 use crate::per_backend;
 use crate::support::{count, target_site, TestApp, TestDb};
 
@@ -88,17 +90,7 @@ async fn a_throughput_check_measures_the_line_and_its_queue_under_load(db: TestD
         "a load costs more than a fetch"
     );
     let id = created["id"].as_str().unwrap().to_owned();
-    let runs_path = format!("/api/v1/checks/{id}/runs");
-    for n in 0..3 {
-        if n > 0 {
-            let (status, run) = app.call("POST", &runs_path, Some(&owner), None).await;
-            assert_eq!(status, 201, "{run}");
-        }
-        until(&format!("result {} is stored", n + 1), 60, async || {
-            count(&app, "SELECT COUNT(*) AS n FROM results") == n + 1
-        })
-        .await;
-    }
+    run_and_wait(&app, &owner, &id, 3).await;
     assert_eq!(
         count(
             &app,
@@ -112,22 +104,7 @@ async fn a_throughput_check_measures_the_line_and_its_queue_under_load(db: TestD
     // The report: DSL's goodput is its line's 16 Mbit/s (within 2x: kbit/s, not bytes),
     // its idle latency the line's 40 ms round trip, and under load the probes wait
     // behind the line's queue.
-    let mut report = Value::Null;
-    until("the report counts the three results", 30, async || {
-        let (status, body) = app
-            .call(
-                "GET",
-                &format!("/api/v1/checks/{id}/report?group_by=connection_class"),
-                Some(&owner),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        report = body;
-        report["rows"][0]["samples"] == 3
-    })
-    .await;
-    let row = &report["rows"][0];
+    let row = &class_row(&app, &owner, &id, 3).await;
     let goodput = figure(row, "goodput", 50);
     let idle = figure(row, "idle_latency", 50);
     let loaded = figure(row, "loaded_latency", 50);
@@ -152,29 +129,17 @@ async fn a_throughput_check_measures_the_line_and_its_queue_under_load(db: TestD
     );
 
     // The CSV has a column per figure, in its unit.
-    let (status, csv) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{id}/report?group_by=connection_class&format=csv"),
-            Some(&owner),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{csv}");
-    let header = csv
-        .as_str()
-        .and_then(|c| c.lines().next())
-        .unwrap_or_default();
-    for column in [
-        "goodput_p10_kbps",
-        "idle_latency_p50_us",
-        "loaded_latency_p95_us",
-    ] {
-        assert!(
-            header.split(',').any(|c| c == column),
-            "{column} in {header}"
-        );
-    }
+    assert_csv_columns(
+        &app,
+        &owner,
+        &id,
+        &[
+            "goodput_p10_kbps",
+            "idle_latency_p50_us",
+            "loaded_latency_p95_us",
+        ],
+    )
+    .await;
 
     // The report page charts each figure's worse tail over time, in its unit.
     let cookie = app.owner_session(&owner).await;
@@ -191,21 +156,7 @@ async fn a_throughput_check_measures_the_line_and_its_queue_under_load(db: TestD
     assert!(page.contains(" Mbit/s\n"), "a goodput axis in Mbit/s");
 
     // Each run's result carries its own figures.
-    let (_, runs) = app.call("GET", &runs_path, Some(&owner), None).await;
-    let runs = runs
-        .as_array()
-        .or_else(|| runs["runs"].as_array())
-        .unwrap_or_else(|| panic!("{runs}"));
-    let run = runs[0]["id"].as_str().unwrap().to_owned();
-    let (status, results) = app
-        .call(
-            "GET",
-            &format!("{runs_path}/{run}/results"),
-            Some(&owner),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{results}");
+    let (_, results) = latest_run_results(&app, &owner, &id).await;
     let figures = &results[0]["figures"];
     assert!(
         figures["goodput"].as_u64().is_some() && figures["loaded_latency"].as_u64().is_some(),

@@ -14,7 +14,9 @@ use lastmile_testbed::udp_link::Impairment;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-use crate::lines::{figure, until, AgentOnLine};
+use crate::lines::{
+    assert_csv_columns, class_row, figure, latest_run_results, run_and_wait, until, AgentOnLine,
+};
 use crate::per_backend;
 use crate::support::{count, target_site, TestApp, TestDb};
 
@@ -153,17 +155,7 @@ async fn a_udp_check_streams_to_the_sites_reflector_and_reports_round_trip_jitte
     );
     assert_eq!(created["price_per_result_minor"], 20, "{created}");
     let id = created["id"].as_str().unwrap().to_owned();
-    let runs_path = format!("/api/v1/checks/{id}/runs");
-    for n in 0..3 {
-        if n > 0 {
-            let (status, run) = app.call("POST", &runs_path, Some(&owner), None).await;
-            assert_eq!(status, 201, "{run}");
-        }
-        until(&format!("result {} is stored", n + 1), 60, async || {
-            count(&app, "SELECT COUNT(*) AS n FROM results") == n + 1
-        })
-        .await;
-    }
+    run_and_wait(&app, &owner, &id, 3).await;
     assert_eq!(
         count(
             &app,
@@ -176,22 +168,7 @@ async fn a_udp_check_streams_to_the_sites_reflector_and_reports_round_trip_jitte
 
     // The report: DSL's round trip is its line's 40 ms plus the jitter's share, the
     // jitter a few ms, and about 6 % of the probes lost (3 % each way).
-    let mut report = Value::Null;
-    until("the report counts the three results", 30, async || {
-        let (status, body) = app
-            .call(
-                "GET",
-                &format!("/api/v1/checks/{id}/report?group_by=connection_class"),
-                Some(&owner),
-                None,
-            )
-            .await;
-        assert_eq!(status, 200, "{body}");
-        report = body;
-        report["rows"][0]["samples"] == 3
-    })
-    .await;
-    let row = &report["rows"][0];
+    let row = &class_row(&app, &owner, &id, 3).await;
     let rtt = figure(row, "rtt", 50);
     let jitter = figure(row, "jitter", 50);
     let loss = figure(row, "loss", 50);
@@ -211,25 +188,13 @@ async fn a_udp_check_streams_to_the_sites_reflector_and_reports_round_trip_jitte
     assert!((1.0..=20.0).contains(&actual), "loss read in %: {row}");
 
     // The CSV has a column per figure, in its unit.
-    let (status, csv) = app
-        .call(
-            "GET",
-            &format!("/api/v1/checks/{id}/report?group_by=connection_class&format=csv"),
-            Some(&owner),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{csv}");
-    let header = csv
-        .as_str()
-        .and_then(|c| c.lines().next())
-        .unwrap_or_default();
-    for column in ["rtt_p50_us", "jitter_p95_us", "loss_p95_ppm"] {
-        assert!(
-            header.split(',').any(|c| c == column),
-            "{column} in {header}"
-        );
-    }
+    assert_csv_columns(
+        &app,
+        &owner,
+        &id,
+        &["rtt_p50_us", "jitter_p95_us", "loss_p95_ppm"],
+    )
+    .await;
 
     // The report page charts loss in percent; the run page says what the stream saw.
     let cookie = app.owner_session(&owner).await;
@@ -239,21 +204,7 @@ async fn a_udp_check_streams_to_the_sites_reflector_and_reports_round_trip_jitte
     for chart in [r#"id="rtt-p95""#, r#"id="jitter-p95""#, r#"id="loss-p95""#] {
         assert!(page.contains(chart), "{chart} missing");
     }
-    let (_, runs) = app.call("GET", &runs_path, Some(&owner), None).await;
-    let runs = runs
-        .as_array()
-        .or_else(|| runs["runs"].as_array())
-        .unwrap_or_else(|| panic!("{runs}"));
-    let run = runs[0]["id"].as_str().unwrap().to_owned();
-    let (status, results) = app
-        .call(
-            "GET",
-            &format!("{runs_path}/{run}/results"),
-            Some(&owner),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{results}");
+    let (run, results) = latest_run_results(&app, &owner, &id).await;
     let figures = &results[0]["figures"];
     assert!(
         figures["rtt"].as_u64().is_some() && figures["loss"].as_u64().is_some(),
@@ -283,6 +234,7 @@ async fn a_udp_check_streams_to_the_sites_reflector_and_reports_round_trip_jitte
         }
     }
     let _replaced = replaced.expect("the reflector's port again");
+    let runs_path = format!("/api/v1/checks/{id}/runs");
     let (status, run) = app.call("POST", &runs_path, Some(&owner), None).await;
     assert_eq!(status, 201, "{run}");
     until("the fourth result is stored", 60, async || {

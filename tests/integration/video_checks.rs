@@ -9,7 +9,7 @@ use lastmile_protocol::ConnectionClass;
 use lastmile_testbed::video;
 use serde_json::{json, Value};
 
-use crate::lines::{figure, until, AgentOnLine};
+use crate::lines::{class_row, figure, until, AgentOnLine};
 use crate::per_backend;
 use crate::support::{count, target_site, TestApp, TestDb};
 
@@ -97,22 +97,7 @@ async fn a_video_check_plays_what_the_line_carries_and_stalls_on_what_it_cannot(
 
     let mut rows = Vec::new();
     for id in &ids {
-        let mut report = Value::Null;
-        until("the report counts the session", 30, async || {
-            let (status, body) = app
-                .call(
-                    "GET",
-                    &format!("/api/v1/checks/{id}/report?group_by=connection_class"),
-                    Some(&owner),
-                    None,
-                )
-                .await;
-            assert_eq!(status, 200, "{body}");
-            report = body;
-            report["rows"][0]["samples"] == 1
-        })
-        .await;
-        rows.push(report["rows"][0].clone());
+        rows.push(class_row(&app, &owner, id, 1).await);
     }
     let (low, high) = (&rows[0], &rows[1]);
     let (low_start, low_stall) = (

@@ -1713,26 +1713,33 @@ mod tests {
         report
     }
 
-    /// A stream report by class: (class, start-up p50 µs, stall p50 µs).
-    fn stream_report(rows: &[(&str, u64, u64)]) -> Report {
-        let figure = |value: u64| {
-            json!({"unit": "us", "higher_is_better": false, "samples": 3,
+    /// A report by class whose rows have only two figures' medians: (class, first,
+    /// second), each figure named with its unit.
+    fn two_figure_report(figures: [(&str, &str); 2], rows: &[(&str, u64, u64)]) -> Report {
+        let figure = |unit: &str, value: u64| {
+            json!({"unit": unit, "higher_is_better": false, "samples": 3,
                    "percentiles": [{"percentile": 50, "value": value, "ci": null}]})
         };
+        let [(a, a_unit), (b, b_unit)] = figures;
         let rows: Vec<serde_json::Value> = rows
             .iter()
-            .map(|(class, start, stall)| {
+            .map(|(class, first, second)| {
                 json!({
                     "group": {"connection_class": class},
                     "samples": 3, "successes": 3, "failures": 0, "availability": 1.0,
                     "phases": {},
-                    "figures": {"startup_delay": figure(*start), "stall_time": figure(*stall)},
+                    "figures": {a: figure(a_unit, *first), b: figure(b_unit, *second)},
                 })
             })
             .collect();
         let mut report = goodput_report(&[]);
         report.rows = serde_json::from_value(json!(rows)).unwrap();
         report
+    }
+
+    /// A stream report by class: (class, start-up p50 µs, stall p50 µs).
+    fn stream_report(rows: &[(&str, u64, u64)]) -> Report {
+        two_figure_report([("startup_delay", "us"), ("stall_time", "us")], rows)
     }
 
     #[test]
@@ -1753,24 +1760,7 @@ mod tests {
 
     /// A game report by class: (class, rtt p50 µs, loss p50 ppm).
     fn game_report(rows: &[(&str, u64, u64)]) -> Report {
-        let figure = |unit: &str, value: u64| {
-            json!({"unit": unit, "higher_is_better": false, "samples": 3,
-                   "percentiles": [{"percentile": 50, "value": value, "ci": null}]})
-        };
-        let rows: Vec<serde_json::Value> = rows
-            .iter()
-            .map(|(class, rtt, loss)| {
-                json!({
-                    "group": {"connection_class": class},
-                    "samples": 3, "successes": 3, "failures": 0, "availability": 1.0,
-                    "phases": {},
-                    "figures": {"rtt": figure("us", *rtt), "loss": figure("ppm", *loss)},
-                })
-            })
-            .collect();
-        let mut report = goodput_report(&[]);
-        report.rows = serde_json::from_value(json!(rows)).unwrap();
-        report
+        two_figure_report([("rtt", "us"), ("loss", "ppm")], rows)
     }
 
     #[test]

@@ -241,12 +241,8 @@ pub fn validate(objectives: &[Objective]) -> Result<()> {
                 }
                 Some(_) => {}
             }
-            match o.percentile {
-                None => return bad("percentile", "is required with figure"),
-                Some(p) if !(p > 0.0 && p < 100.0) => {
-                    return bad("percentile", "must be above 0 and below 100")
-                }
-                Some(_) => {}
+            if let Some(why) = percentile_fault(o.percentile) {
+                return bad("percentile", why);
             }
             match o.max_percent {
                 None => {
@@ -286,12 +282,8 @@ pub fn validate(objectives: &[Objective]) -> Result<()> {
                 }
                 Some(_) => {}
             }
-            match o.percentile {
-                None => return bad("percentile", "is required with figure"),
-                Some(p) if !(p > 0.0 && p < 100.0) => {
-                    return bad("percentile", "must be above 0 and below 100")
-                }
-                Some(_) => {}
+            if let Some(why) = percentile_fault(o.percentile) {
+                return bad("percentile", why);
             }
             let ceiling = MAX_US as f64;
             match o.min_kbps {
@@ -364,6 +356,15 @@ pub fn validate(objectives: &[Objective]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Why a figure objective's percentile is not one it can hold (`None`: it can).
+fn percentile_fault(percentile: Option<f64>) -> Option<&'static str> {
+    match percentile {
+        None => Some("is required with figure"),
+        Some(p) if !(p > 0.0 && p < 100.0) => Some("must be above 0 and below 100"),
+        Some(_) => None,
+    }
 }
 
 /// How one report row fares against one objective.
