@@ -469,7 +469,7 @@ async fn lease_and_start(
             log_measurement(&url, &result);
             drop(permit);
             if let Ok(mut g) = gate.lock() {
-                g.record(result.measurement.bytes, chrono::Utc::now());
+                g.record(line_bytes(&result.measurement), chrono::Utc::now());
             }
             deliver(&client, &spool, result).await;
         });
@@ -511,6 +511,19 @@ async fn execute_on_own_thread(engine: Engine, task: Task) -> ResultSubmission {
     match result.await {
         Ok(submission) => submission,
         Err(_) => execute(&engine, &task).await,
+    }
+}
+
+/// The bytes a measurement put through the volunteer's line, for the daily allowance:
+/// what it fetched, and for a udp stream its probes too (as many bytes went up as came
+/// back, and a metered line counts both).
+fn line_bytes(m: &Measurement) -> u64 {
+    match &m.udp {
+        Some(stream) if stream.received > 0 => {
+            let per_echo = m.bytes / u64::from(stream.received);
+            m.bytes + u64::from(stream.sent) * per_echo
+        }
+        _ => m.bytes,
     }
 }
 
@@ -775,6 +788,27 @@ mod tests {
         }
         drop(video);
         assert!(granted(&line, CheckKind::Page).await.is_some());
+    }
+
+    #[test]
+    fn a_udp_stream_counts_what_it_sent_against_the_allowance_too() {
+        let fetch = Measurement {
+            bytes: 5_000,
+            ..Measurement::default()
+        };
+        assert_eq!(line_bytes(&fetch), 5_000);
+        // 100 probes of 172 bytes sent, 90 echoed.
+        let stream = Measurement {
+            bytes: 90 * 172,
+            udp: Some(lastmile_protocol::UdpSummary {
+                sent: 100,
+                received: 90,
+                lost_up: 4,
+                rtt_us: vec![40_000; 90],
+            }),
+            ..Measurement::default()
+        };
+        assert_eq!(line_bytes(&stream), 190 * 172);
     }
 
     #[test]

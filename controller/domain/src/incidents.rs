@@ -804,6 +804,10 @@ mod tests {
             ),
             "goodput p10 >= 20 Mbit/s on dsl (actual 15.9 Mbit/s, interval 15.8–16.0 Mbit/s)"
         );
+        assert_eq!(
+            breach_words(&breach("loss p95 <= 1 %", 8.04, [5.5, 12.0]), "mobile"),
+            "loss p95 <= 1 % on mobile (actual 8.0 %, interval 5.5–12.0 %)"
+        );
     }
 
     fn seg(class: &str, asn: i64, total: i64, failed: i64) -> Segment {
