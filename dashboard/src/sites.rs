@@ -13,6 +13,8 @@ pub struct SiteItem {
     pub verification_token: String,
     /// `_lastmile.<host>`, when the origin has a host name.
     pub dns_name: Option<String>,
+    /// The origin's host (a name, or an IP literal as URLs write it).
+    pub host: String,
     /// "file" or "DNS" once verified.
     pub verified_by: Option<String>,
 }
@@ -106,6 +108,15 @@ pub fn detail(nav: &Nav, site: &SiteItem, error: Option<&str>) -> Markup {
                     @if let Some(by) = &site.verified_by { " (by " (by) ")" }
                     ". Checks can now measure pages on this site. "
                     a href="/app/checks/new" { "Create a check" } "." }
+                section.card #reflector {
+                    h2 { "Games and calls: udp checks" }
+                    p { "A udp check streams small packets to a reflector on this site's host, which echoes them: "
+                        "the round trip, jitter and loss a game or a call would see. Agents stream only to a reflector "
+                        "that answers with this site's token. Run it next to your game or media server, with UDP port 7301 open:" }
+                    pre { code { "LASTMILE_REFLECTOR_TOKEN=" (site.verification_token) " lastmile-reflector --listen 0.0.0.0:7301" } }
+                    p { "It comes with the agent (and its image: " code { "--entrypoint lastmile-reflector" } "). Then create a check of kind udp with the URL "
+                        code { "udp://" (site.host) ":7301" } "; the controller says hello to the reflector before it takes the check." }
+                }
             }
             details.delete #delete-site {
                 summary { "Delete this site…" }

@@ -271,6 +271,16 @@ async fn a_udp_check_is_made_and_edited_in_the_dashboard(db: TestDb) {
         .unwrap();
     let (_, shown) = app.get(&format!("/api/v1/sites/{site_id}"), &owner).await;
     let token = shown["verification_token"].as_str().unwrap().to_owned();
+    // The site's page says how to run its reflector, with the token and the URL.
+    let site_page = app
+        .dashboard_page(&cookie, &format!("/app/sites/{site_id}"))
+        .await;
+    assert!(
+        site_page.contains(&format!(
+            "LASTMILE_REFLECTOR_TOKEN={token} lastmile-reflector --listen 0.0.0.0:7301"
+        )) && site_page.contains("udp://127.0.0.1:7301"),
+        "{site_page}"
+    );
     let reflector = Reflector::start("127.0.0.1:0".parse().unwrap(), token)
         .await
         .unwrap();

@@ -20,6 +20,10 @@ fn item(s: &Site) -> SiteItem {
         verified: s.verified_at.is_some(),
         verification_token: s.verification_token.clone(),
         dns_name: sites::dns_name(&s.origin),
+        host: url::Url::parse(&s.origin)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+            .unwrap_or_default(),
         verified_by: s.verified_by.as_deref().map(|m| match m {
             "dns" => "DNS TXT record".to_owned(),
             _ => "file".to_owned(),
