@@ -235,7 +235,7 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                             }
                             div {
                                 label for="packet_bytes" { "Packet size, bytes " small { "(udp; default 172)" } }
-                                input #packet_bytes type="number" name="packet_bytes" min="32" max="1200" value=(f.packet_bytes);
+                                input #packet_bytes type="number" name="packet_bytes" min="40" max="1200" value=(f.packet_bytes);
                             }
                         }
                         p.hint { "A udp check streams only to a reflector that answers with the site's verification token: run " code { "lastmile-reflector --token <the site's token>" } " on the site's host, next to your game or media server." }

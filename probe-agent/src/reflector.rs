@@ -8,14 +8,19 @@
 //! of its session so that the agent tells loss on the way there from loss on the way
 //! back. Everything else — other protocols, welcomes, echoes, malformed or oversized
 //! datagrams — is dropped without an answer, so the reflector cannot be used to bounce
-//! traffic of any other protocol; and since no answer is larger than what it answers
-//! (see the protocol module), it cannot amplify either.
+//! traffic of any other protocol; since no answer is larger than what it answers (see
+//! the protocol module), it cannot amplify either; and a probe is echoed only with the
+//! cookie the welcome gave its source and session ([`Cookies`]), so a probe whose source
+//! address is forged (it never saw the welcome) gets no echo: the reflector cannot be
+//! pointed at a third party.
 //!
 //! The session counters are the only state, held in a table bounded both in size
 //! ([`MAX_SESSIONS`]) and in time ([`SESSION_IDLE`]), so a flood of forged sessions
 //! costs memory once and is forgotten.
 
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -78,8 +83,24 @@ impl Drop for Reflector {
     }
 }
 
+/// A session's cookie: a keyed hash (SipHash, keyed at random when the reflector
+/// starts) of the source address and the session id. Only who received the welcome
+/// knows it, and the reflector checks it without keeping any state for a hello.
+struct Cookies(RandomState);
+
+impl Cookies {
+    fn new() -> Cookies {
+        Cookies(RandomState::new())
+    }
+
+    fn of(&self, from: SocketAddr, session: u64) -> u64 {
+        self.0.hash_one((from, session))
+    }
+}
+
 async fn serve(socket: UdpSocket, token: String) {
     let mut sessions = Sessions::new(MAX_SESSIONS, SESSION_IDLE);
+    let cookies = Cookies::new();
     // One byte more than the longest probe, so that a longer datagram shows as one
     // (the kernel truncates it to the buffer) and is dropped rather than echoed cut.
     let mut buf = vec![0u8; MAX_PROBE_LEN + 1];
@@ -97,11 +118,18 @@ async fn serve(socket: UdpSocket, token: String) {
         }
         let datagram = &buf[..len];
         let answer = match reflector::decode(datagram) {
-            Ok(Packet::Hello { session }) => reflector::welcome(session, &token),
-            Ok(Packet::Probe { session, .. }) => {
+            Ok(Packet::Hello { session }) => {
+                reflector::welcome(session, cookies.of(from, session), &token)
+            }
+            // A probe without its welcome's cookie: from a forged address (or a
+            // reflector restarted since): not echoed, not counted.
+            Ok(Packet::Probe {
+                session, cookie, ..
+            }) if cookie == cookies.of(from, session) => {
                 let received = sessions.count(from, session, Instant::now());
                 reflector::echo(datagram, received)
             }
+            Ok(Packet::Probe { .. }) => None,
             // Welcomes and echoes are answers, never questions; anything that is not
             // this protocol is not ours to answer.
             Ok(Packet::Welcome { .. } | Packet::Echo { .. }) | Err(_) => None,
@@ -223,29 +251,45 @@ mod tests {
             .unwrap();
         let (bytes, from) = answer(&sock, PATIENCE).await.expect("a welcome");
         assert_eq!(from, server.addr());
-        assert_eq!(
+        assert!(matches!(
             reflector::decode(&bytes),
             Ok(Packet::Welcome {
                 session: 42,
-                token: TOKEN
+                token: TOKEN,
+                ..
             })
-        );
+        ));
     }
 
-    /// Sends probe `seq` of `session` and returns the echo's `received` count.
-    async fn probe(sock: &UdpSocket, to: SocketAddr, session: u64, seq: u32) -> u32 {
-        let probe = reflector::probe(session, seq, 1_000 + u64::from(seq), 172);
+    /// Says hello for `session` and returns the welcome's cookie.
+    async fn cookie(sock: &UdpSocket, to: SocketAddr, session: u64) -> u64 {
+        sock.send_to(&reflector::hello(session), to).await.unwrap();
+        let (bytes, _) = answer(sock, PATIENCE).await.expect("a welcome");
+        match reflector::decode(&bytes) {
+            Ok(Packet::Welcome { cookie, .. }) => cookie,
+            other => panic!("not a welcome: {other:?}"),
+        }
+    }
+
+    /// Sends probe `seq` of `session` with `cookie` and returns the echo's `received`
+    /// count.
+    async fn probe(sock: &UdpSocket, to: SocketAddr, session: u64, cookie: u64, seq: u32) -> u32 {
+        let probe = reflector::probe(session, cookie, seq, 1_000 + u64::from(seq), 172);
         sock.send_to(&probe, to).await.unwrap();
         let (bytes, _) = answer(sock, PATIENCE).await.expect("an echo");
         assert_eq!(bytes.len(), probe.len(), "an echo is as long as its probe");
         match reflector::decode(&bytes) {
             Ok(Packet::Echo {
                 session: s,
+                cookie: c,
                 seq: q,
                 sent_us,
                 received,
             }) => {
-                assert_eq!((s, q, sent_us), (session, seq, 1_000 + u64::from(seq)));
+                assert_eq!(
+                    (s, c, q, sent_us),
+                    (session, cookie, seq, 1_000 + u64::from(seq))
+                );
                 received
             }
             other => panic!("not an echo: {other:?}"),
@@ -257,30 +301,52 @@ mod tests {
         let server = start_reflector().await;
         let to = server.addr();
         let one = client().await;
+        let (one_7, one_8) = (cookie(&one, to, 7).await, cookie(&one, to, 8).await);
         for (seq, expected) in [(0, 1), (1, 2), (2, 3)] {
-            assert_eq!(probe(&one, to, 7, seq).await, expected);
+            assert_eq!(probe(&one, to, 7, one_7, seq).await, expected);
         }
         // Another session id from the same socket counts on its own...
-        assert_eq!(probe(&one, to, 8, 0).await, 1);
-        assert_eq!(probe(&one, to, 7, 3).await, 4);
-        // ...and so does the same id from another address.
+        assert_eq!(probe(&one, to, 8, one_8, 0).await, 1);
+        assert_eq!(probe(&one, to, 7, one_7, 3).await, 4);
+        // ...and so does the same id from another address, with a cookie of its own.
         let two = client().await;
-        assert_eq!(probe(&two, to, 7, 0).await, 1);
-        assert_eq!(probe(&two, to, 7, 1).await, 2);
-        assert_eq!(probe(&one, to, 8, 1).await, 2);
+        let two_7 = cookie(&two, to, 7).await;
+        assert_ne!(two_7, one_7, "a cookie is its source's");
+        assert_eq!(probe(&two, to, 7, two_7, 0).await, 1);
+        assert_eq!(probe(&two, to, 7, two_7, 1).await, 2);
+        assert_eq!(probe(&one, to, 8, one_8, 1).await, 2);
+    }
+
+    #[tokio::test]
+    async fn a_probe_without_its_welcomes_cookie_gets_no_echo() {
+        let server = start_reflector().await;
+        let to = server.addr();
+        let (one, two) = (client().await, client().await);
+        let one_7 = cookie(&one, to, 7).await;
+        // Another address sends one's probe (as a forged source would, never having seen
+        // one's welcome), and one sends a made-up cookie: neither is echoed nor counted.
+        let stolen = reflector::probe(7, one_7, 0, 0, 172);
+        two.send_to(&stolen, to).await.unwrap();
+        let guessed = reflector::probe(7, one_7 ^ 1, 0, 0, 172);
+        one.send_to(&guessed, to).await.unwrap();
+        for sock in [&one, &two] {
+            let got = answer(sock, Duration::from_millis(200)).await;
+            assert!(got.is_none(), "echoed {got:?}");
+        }
+        assert_eq!(probe(&one, to, 7, one_7, 0).await, 1, "nothing was counted");
     }
 
     #[tokio::test]
     async fn anything_but_a_hello_or_a_probe_gets_no_answer() {
         let server = start_reflector().await;
         let sock = client().await;
-        let mut oversized = reflector::probe(1, 0, 0, MAX_PROBE_LEN);
+        let mut oversized = reflector::probe(1, 0, 0, 0, MAX_PROBE_LEN);
         oversized.push(0);
         let ignored: [Vec<u8>; 6] = [
             reflector::hello(1)[..reflector::HELLO_LEN - 1].to_vec(),
             b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n".to_vec(),
-            reflector::welcome(1, TOKEN).unwrap(),
-            reflector::echo(&reflector::probe(1, 0, 0, 64), 1).unwrap(),
+            reflector::welcome(1, 0, TOKEN).unwrap(),
+            reflector::echo(&reflector::probe(1, 0, 0, 0, 64), 1).unwrap(),
             oversized,
             Vec::new(),
         ];
@@ -294,13 +360,14 @@ mod tests {
             .await
             .unwrap();
         let (bytes, _) = answer(&sock, PATIENCE).await.expect("a welcome");
-        assert_eq!(
+        assert!(matches!(
             reflector::decode(&bytes),
             Ok(Packet::Welcome {
                 session: 2,
-                token: TOKEN
+                token: TOKEN,
+                ..
             })
-        );
+        ));
     }
 
     #[tokio::test]

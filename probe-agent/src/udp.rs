@@ -197,16 +197,17 @@ impl Session {
         // Not `Connecting`: a time limit that runs out here is no TCP handshake's.
         self.stage = Stage::Exchanging;
         let session: u64 = rand::random();
-        self.hello_us = handshake(&socket, addr, session, &stream.token).await?;
-        self.stream(&socket, addr, session, stream).await
+        let (hello_us, cookie) = handshake(&socket, addr, session, &stream.token).await?;
+        self.hello_us = hello_us;
+        self.stream(&socket, addr, (session, cookie), stream).await
     }
 
-    /// Sends the stream and takes its echoes.
+    /// Sends the stream of `(session, cookie)` and takes its echoes.
     async fn stream(
         &mut self,
         socket: &UdpSocket,
         addr: SocketAddr,
-        session: u64,
+        (session, cookie): (u64, u64),
         stream: &UdpTask,
     ) -> Result<(), MeasurementError> {
         let planned = probes_of(stream);
@@ -242,7 +243,7 @@ impl Session {
                     }
                     let seq = self.sent.len() as u32;
                     let now = Instant::now();
-                    let probe = reflector::probe(session, seq, micros(now - self.start), len);
+                    let probe = reflector::probe(session, cookie, seq, micros(now - self.start), len);
                     match socket.send(&probe).await {
                         Ok(_) => {
                             self.sent.push(now);
@@ -271,7 +272,7 @@ impl Session {
                             ))
                         }
                     };
-                    if self.take_echo(&buf[..n], session, Instant::now()) {
+                    if self.take_echo(&buf[..n], (session, cookie), Instant::now()) {
                         last_echo = Instant::now();
                     }
                 }
@@ -282,11 +283,12 @@ impl Session {
         Ok(())
     }
 
-    /// Takes one datagram if it is the first echo of a probe of this stream; says
-    /// whether it was.
-    fn take_echo(&mut self, bytes: &[u8], session: u64, arrived: Instant) -> bool {
+    /// Takes one datagram if it is the first echo of a probe of this stream (`(session,
+    /// cookie)`); says whether it was.
+    fn take_echo(&mut self, bytes: &[u8], (session, cookie): (u64, u64), arrived: Instant) -> bool {
         let Ok(Packet::Echo {
             session: s,
+            cookie: c,
             seq,
             sent_us,
             received,
@@ -297,7 +299,7 @@ impl Session {
         let Some(&sent) = self.sent.get(seq as usize) else {
             return false;
         };
-        if s != session || sent_us != micros(sent - self.start) {
+        if s != session || c != cookie || sent_us != micros(sent - self.start) {
             return false;
         }
         let slot = &mut self.rtt[seq as usize];
@@ -365,13 +367,13 @@ async fn bind_for(to: SocketAddr, source: Option<IpAddr>) -> std::io::Result<Udp
 }
 
 /// Says hello until the site's reflector welcomes `session` with `token`; returns the
-/// answered hello's round trip, µs.
+/// answered hello's round trip, µs, and the cookie the session's probes carry.
 async fn handshake(
     socket: &UdpSocket,
     addr: SocketAddr,
     session: u64,
     token: &str,
-) -> Result<u64, MeasurementError> {
+) -> Result<(u64, u64), MeasurementError> {
     let hello = reflector::hello(session);
     let mut buf = vec![0u8; reflector::MAX_PROBE_LEN + 1];
     for _ in 0..UDP_HELLO_ATTEMPTS {
@@ -408,7 +410,7 @@ async fn handshake(
                 }
             };
             match reflector::judge_answer(&buf[..n], session, token) {
-                Answer::Welcomed => return Ok(micros(said.elapsed())),
+                Answer::Welcomed { cookie } => return Ok((micros(said.elapsed()), cookie)),
                 Answer::OtherToken => {
                     return Err(fail(
                         ErrorKind::ReflectorUnverified,
@@ -585,7 +587,7 @@ mod tests {
     #[tokio::test]
     async fn no_stream_goes_to_a_reflector_of_another_site() {
         let (addr, got) = stranger(|bytes| match reflector::decode(bytes) {
-            Ok(Packet::Hello { session }) => reflector::welcome(session, "lms_someone_else"),
+            Ok(Packet::Hello { session }) => reflector::welcome(session, 1, "lms_someone_else"),
             _ => None,
         })
         .await;

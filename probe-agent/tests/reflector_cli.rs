@@ -61,7 +61,10 @@ fn start_and_hello(args: &[&str], env: &[(&str, &str)]) -> (Running, String) {
         let Ok(n) = sock.recv(&mut buf) else {
             continue;
         };
-        if let Ok(Packet::Welcome { session: 7, token }) = reflector::decode(&buf[..n]) {
+        if let Ok(Packet::Welcome {
+            session: 7, token, ..
+        }) = reflector::decode(&buf[..n])
+        {
             return (running, token.to_owned());
         }
     }

@@ -11,18 +11,22 @@
 //! so that the agent tells loss on the way there from loss on the way back (as IRTT's
 //! server does).
 //!
-//! No answer is larger than what it answers (a hello is padded to [`HELLO_LEN`], more
-//! than any welcome; an echo is exactly its probe's length), so a reflector cannot
-//! amplify traffic towards a forged source address.
+//! A reflector is no tool for attacking anyone else either. No answer is larger than
+//! what it answers (a hello is padded to [`HELLO_LEN`], more than any welcome; an echo
+//! is exactly its probe's length), so it cannot amplify. And it echoes only probes that
+//! carry the **cookie** its welcome gave that source and session (a keyed hash the
+//! reflector computes again, keeping no state), as DTLS and QUIC answer a first packet:
+//! a probe with a forged source address never saw the welcome, so it is dropped, and
+//! the reflector cannot be made to bounce a stream at someone else.
 //!
 //! Layout, big-endian: the magic `LMR1`, a type byte, the session id (8 bytes), then
 //!
 //! | type | rest |
 //! | --- | --- |
 //! | hello (1) | zeros up to [`HELLO_LEN`] |
-//! | welcome (2) | the token's length (1 byte), the token (UTF-8, at most [`MAX_TOKEN_LEN`] bytes) |
-//! | probe (3) | sequence number (4), the agent's send time in µs (8), zeros up to the probe's length |
-//! | echo (4) | sequence number (4), send time (8), probes received (4), zeros up to the probe's length |
+//! | welcome (2) | the cookie (8), the token's length (1 byte), the token (UTF-8, at most [`MAX_TOKEN_LEN`] bytes) |
+//! | probe (3) | the cookie (8), sequence number (4), the agent's send time in µs (8), zeros up to the probe's length |
+//! | echo (4) | the cookie (8), sequence number (4), send time (8), probes received (4), zeros up to the probe's length |
 
 use std::fmt;
 
@@ -44,8 +48,9 @@ pub const MAX_TOKEN_LEN: usize = 128;
 /// larger packet.
 pub const HELLO_LEN: usize = 160;
 
-/// The shortest probe: room for an echo's fields.
-pub const MIN_PROBE_LEN: usize = 32;
+/// The shortest probe: room for an echo's fields (the header, cookie, sequence number,
+/// send time and count: 37 bytes).
+pub const MIN_PROBE_LEN: usize = 40;
 
 /// The longest probe: one that fits an IPv6 path's minimum MTU (1280) with its IP and
 /// UDP headers, so that a stream is never fragmented.
@@ -56,17 +61,23 @@ pub const MAX_PROBE_LEN: usize = 1_200;
 pub enum Packet<'a> {
     /// Agent -> reflector: "are you the reflector of this site?"
     Hello { session: u64 },
-    /// Reflector -> agent: its site token.
-    Welcome { session: u64, token: &'a str },
+    /// Reflector -> agent: its site token, and the cookie the session's probes carry.
+    Welcome {
+        session: u64,
+        cookie: u64,
+        token: &'a str,
+    },
     /// Agent -> reflector: one packet of the stream.
     Probe {
         session: u64,
+        cookie: u64,
         seq: u32,
         sent_us: u64,
     },
     /// Reflector -> agent: a probe back, with the probes of its session received so far.
     Echo {
         session: u64,
+        cookie: u64,
         seq: u32,
         sent_us: u64,
         received: u32,
@@ -100,8 +111,9 @@ impl std::error::Error for DecodeError {}
 /// controller's handshakes both judge answers so).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Answer {
-    /// A welcome for the session with the token: the site's reflector.
-    Welcomed,
+    /// A welcome for the session with the token: the site's reflector, and the cookie
+    /// the session's probes carry.
+    Welcomed { cookie: u64 },
     /// A welcome for the session with another token: a reflector, of another site.
     OtherToken,
     /// Not what a reflector says to a hello (another protocol, or another packet of
@@ -117,10 +129,11 @@ pub fn judge_answer(bytes: &[u8], session: u64, token: &str) -> Answer {
     match decode(bytes) {
         Ok(Packet::Welcome {
             session: s,
+            cookie,
             token: t,
         }) if s == session => {
             if t == token {
-                Answer::Welcomed
+                Answer::Welcomed { cookie }
             } else {
                 Answer::OtherToken
             }
@@ -146,23 +159,25 @@ pub fn hello(session: u64) -> Vec<u8> {
     buf
 }
 
-/// A welcome for `session` with `token`; `None` when the token is longer than
-/// [`MAX_TOKEN_LEN`].
-pub fn welcome(session: u64, token: &str) -> Option<Vec<u8>> {
+/// A welcome for `session` with its `cookie` and `token`; `None` when the token is
+/// longer than [`MAX_TOKEN_LEN`].
+pub fn welcome(session: u64, cookie: u64, token: &str) -> Option<Vec<u8>> {
     if token.len() > MAX_TOKEN_LEN {
         return None;
     }
-    let mut buf = header(WELCOME, session, HEADER_LEN + 1 + token.len());
+    let mut buf = header(WELCOME, session, HEADER_LEN + 9 + token.len());
+    buf.extend_from_slice(&cookie.to_be_bytes());
     buf.push(token.len() as u8);
     buf.extend_from_slice(token.as_bytes());
     Some(buf)
 }
 
-/// Probe `seq` of `session`, sent at `sent_us` on the agent's clock, `len` bytes
-/// (held to [`MIN_PROBE_LEN`]..=[`MAX_PROBE_LEN`]).
-pub fn probe(session: u64, seq: u32, sent_us: u64, len: usize) -> Vec<u8> {
+/// Probe `seq` of `session` (whose welcome gave `cookie`), sent at `sent_us` on the
+/// agent's clock, `len` bytes (held to [`MIN_PROBE_LEN`]..=[`MAX_PROBE_LEN`]).
+pub fn probe(session: u64, cookie: u64, seq: u32, sent_us: u64, len: usize) -> Vec<u8> {
     let len = len.clamp(MIN_PROBE_LEN, MAX_PROBE_LEN);
     let mut buf = header(PROBE, session, len);
+    buf.extend_from_slice(&cookie.to_be_bytes());
     buf.extend_from_slice(&seq.to_be_bytes());
     buf.extend_from_slice(&sent_us.to_be_bytes());
     buf.resize(len, 0);
@@ -178,7 +193,7 @@ pub fn echo(probe: &[u8], received: u32) -> Option<Vec<u8>> {
     }
     let mut buf = probe.to_vec();
     buf[4] = ECHO;
-    buf[HEADER_LEN + 12..HEADER_LEN + 16].copy_from_slice(&received.to_be_bytes());
+    buf[HEADER_LEN + 20..HEADER_LEN + 24].copy_from_slice(&received.to_be_bytes());
     Some(buf)
 }
 
@@ -206,24 +221,30 @@ pub fn decode(buf: &[u8]) -> Result<Packet<'_>, DecodeError> {
     let session = u64_at(buf, 5);
     match buf[4] {
         HELLO if buf.len() >= HELLO_LEN => Ok(Packet::Hello { session }),
-        WELCOME if buf.len() > HEADER_LEN => {
-            let len = buf[HEADER_LEN] as usize;
+        WELCOME if buf.len() > HEADER_LEN + 8 => {
+            let len = buf[HEADER_LEN + 8] as usize;
             let token = buf
-                .get(HEADER_LEN + 1..HEADER_LEN + 1 + len)
+                .get(HEADER_LEN + 9..HEADER_LEN + 9 + len)
                 .and_then(|t| std::str::from_utf8(t).ok())
                 .ok_or(DecodeError::Malformed)?;
-            Ok(Packet::Welcome { session, token })
+            Ok(Packet::Welcome {
+                session,
+                cookie: u64_at(buf, HEADER_LEN),
+                token,
+            })
         }
         PROBE if buf.len() >= MIN_PROBE_LEN => Ok(Packet::Probe {
             session,
-            seq: u32_at(buf, HEADER_LEN),
-            sent_us: u64_at(buf, HEADER_LEN + 4),
+            cookie: u64_at(buf, HEADER_LEN),
+            seq: u32_at(buf, HEADER_LEN + 8),
+            sent_us: u64_at(buf, HEADER_LEN + 12),
         }),
         ECHO if buf.len() >= MIN_PROBE_LEN => Ok(Packet::Echo {
             session,
-            seq: u32_at(buf, HEADER_LEN),
-            sent_us: u64_at(buf, HEADER_LEN + 4),
-            received: u32_at(buf, HEADER_LEN + 12),
+            cookie: u64_at(buf, HEADER_LEN),
+            seq: u32_at(buf, HEADER_LEN + 8),
+            sent_us: u64_at(buf, HEADER_LEN + 12),
+            received: u32_at(buf, HEADER_LEN + 20),
         }),
         HELLO | WELCOME | PROBE | ECHO => Err(DecodeError::Malformed),
         other => Err(DecodeError::UnknownType(other)),
@@ -238,20 +259,22 @@ mod tests {
     fn every_packet_reads_back_as_written() {
         assert_eq!(decode(&hello(7)), Ok(Packet::Hello { session: 7 }));
         let token = format!("lms_{}", "ab".repeat(32));
-        let w = welcome(7, &token).unwrap();
+        let w = welcome(7, 0xC00C1E, &token).unwrap();
         assert_eq!(
             decode(&w),
             Ok(Packet::Welcome {
                 session: 7,
+                cookie: 0xC00C1E,
                 token: &token
             })
         );
-        let p = probe(7, 41, 123_456_789, 160);
+        let p = probe(7, 0xC00C1E, 41, 123_456_789, 160);
         assert_eq!(p.len(), 160);
         assert_eq!(
             decode(&p),
             Ok(Packet::Probe {
                 session: 7,
+                cookie: 0xC00C1E,
                 seq: 41,
                 sent_us: 123_456_789
             })
@@ -262,40 +285,47 @@ mod tests {
             decode(&e),
             Ok(Packet::Echo {
                 session: 7,
+                cookie: 0xC00C1E,
                 seq: 41,
                 sent_us: 123_456_789,
                 received: 40
             })
         );
+        // The shortest probe has room for every field of its echo.
+        let short = echo(&probe(7, 1, 2, 3, MIN_PROBE_LEN), 4).unwrap();
+        assert!(matches!(
+            decode(&short),
+            Ok(Packet::Echo { received: 4, .. })
+        ));
     }
 
     #[test]
     fn no_answer_is_larger_than_what_it_answers() {
-        let longest = welcome(1, &"x".repeat(MAX_TOKEN_LEN)).unwrap();
+        let longest = welcome(1, u64::MAX, &"x".repeat(MAX_TOKEN_LEN)).unwrap();
         assert!(
             longest.len() <= HELLO_LEN,
             "{} > {HELLO_LEN}",
             longest.len()
         );
-        assert!(welcome(1, &"x".repeat(MAX_TOKEN_LEN + 1)).is_none());
+        assert!(welcome(1, 1, &"x".repeat(MAX_TOKEN_LEN + 1)).is_none());
         // A hello cut short is not a hello: a reflector answers none.
         assert_eq!(
             decode(&hello(1)[..HELLO_LEN - 1]),
             Err(DecodeError::Malformed)
         );
         // Probes are held to a length an echo fits in and no fragmenting needs.
-        assert_eq!(probe(1, 0, 0, 1).len(), MIN_PROBE_LEN);
-        assert_eq!(probe(1, 0, 0, 65_000).len(), MAX_PROBE_LEN);
+        assert_eq!(probe(1, 1, 0, 0, 1).len(), MIN_PROBE_LEN);
+        assert_eq!(probe(1, 1, 0, 0, 65_000).len(), MAX_PROBE_LEN);
         // Only a probe is echoed.
         assert!(echo(&hello(1), 1).is_none());
     }
 
     #[test]
     fn answers_to_a_hello_are_judged_by_session_and_token() {
-        let welcome_of = |session, token| welcome(session, token).unwrap();
+        let welcome_of = |session, token| welcome(session, 99, token).unwrap();
         assert_eq!(
             judge_answer(&welcome_of(7, "lms_a"), 7, "lms_a"),
-            Answer::Welcomed
+            Answer::Welcomed { cookie: 99 }
         );
         assert_eq!(
             judge_answer(&welcome_of(7, "lms_b"), 7, "lms_a"),
@@ -320,11 +350,11 @@ mod tests {
     fn other_protocols_and_bad_packets_are_told_apart() {
         assert_eq!(decode(b"GET / HTTP/1.1"), Err(DecodeError::NotReflector));
         assert_eq!(decode(b"LMR1"), Err(DecodeError::Malformed));
-        let mut p = probe(1, 0, 0, 32);
+        let mut p = probe(1, 1, 0, 0, 40);
         p[4] = 9;
         assert_eq!(decode(&p), Err(DecodeError::UnknownType(9)));
-        let mut w = welcome(1, "abc").unwrap();
-        w[HEADER_LEN] = 10; // claims more token than it carries
+        let mut w = welcome(1, 1, "abc").unwrap();
+        w[HEADER_LEN + 8] = 10; // claims more token than it carries
         assert_eq!(decode(&w), Err(DecodeError::Malformed));
     }
 }

@@ -145,7 +145,7 @@ pub struct UdpStream {
     /// How long the stream lasts, milliseconds (1,000–60,000, at most 3,000 probes);
     /// default 10,000.
     pub duration_ms: u64,
-    /// Each probe's UDP payload, bytes (32–1,200); default 172.
+    /// Each probe's UDP payload, bytes (40–1,200); default 172.
     pub packet_bytes: u32,
 }
 

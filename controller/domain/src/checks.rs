@@ -58,7 +58,7 @@ pub struct NewCheck {
     /// the highest). Only for kind `video`.
     #[serde(default)]
     pub video: Option<VideoSession>,
-    /// A udp check's stream: a probe of `packet_bytes` (32–1,200, default 172) every
+    /// A udp check's stream: a probe of `packet_bytes` (40–1,200, default 172) every
     /// `interval_ms` (10–1,000, default 20) for `duration_ms` (1,000–60,000, default
     /// 10,000; at most 3,000 probes). Only for kind `udp`.
     #[serde(default)]

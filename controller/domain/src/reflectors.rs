@@ -72,7 +72,7 @@ pub async fn prove(policy: &FetchPolicy, host: &str, port: u16, token: &str) -> 
                 Err(e) => return Err(unavailable(e)),
             };
             match reflector::judge_answer(&buf[..n], session, token) {
-                Answer::Welcomed => return Ok(()),
+                Answer::Welcomed { .. } => return Ok(()),
                 Answer::OtherToken => {
                     return Err(Error::invalid(
                         "reflector_not_verified",
