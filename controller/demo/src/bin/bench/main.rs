@@ -1,4 +1,4 @@
-//! `cargo run --release -p lastmile-demo --bin bench -- [storage|agents|ingest|http|choice] [flags]`: the
+//! `cargo run --release -p lastmile-demo --bin bench -- [storage|agents|ingest|http|choice|reflector] [flags]`: the
 //! benchmarks. Nothing here is a test: each prints figures.
 //!
 //! - `storage` (the default): ingest through the full accept path on each backend, and
@@ -16,12 +16,15 @@
 //!   sending an owner's GET's statement straight to the database ([`http`]).
 //! - `choice`: what choosing a run's agents costs at 10k and 100k agents, and whether
 //!   runs rotate over them ([`choice`]).
+//! - `reflector`: how many udp streams one `lastmile-reflector` carries: echoes a
+//!   second, loss, round trip and its CPU per probe ([`reflector`]).
 
 mod agents;
 mod choice;
 mod harness;
 mod http;
 mod ingest;
+mod reflector;
 mod storage;
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +35,7 @@ fn main() -> anyhow::Result<()> {
         Some("http") => http::main(args.split_off(1)),
         Some("hello") => http::hello(args.split_off(1)),
         Some("ingest") => ingest::main(args.split_off(1)),
+        Some("reflector") => reflector::main(args.split_off(1)),
         Some("storage") => storage::main(args.split_off(1)),
         _ => storage::main(args),
     }
