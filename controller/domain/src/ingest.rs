@@ -1310,6 +1310,43 @@ mod tests {
         .contains("not both"));
     }
 
+    #[test]
+    fn a_udp_summary_must_fit_its_stream() {
+        let stream = || {
+            let mut sub = load();
+            let m = &mut sub.measurement;
+            (m.throughput, m.status) = (None, None);
+            m.bytes = 4 * 172;
+            m.udp = Some(lastmile_protocol::UdpSummary {
+                sent: 5,
+                received: 4,
+                lost_up: 1,
+                rtt_us: vec![41_000, 43_000, 40_000, 42_000],
+            });
+            sub
+        };
+        assert!(
+            validate(&stream()).is_ok(),
+            "a stream needs no status: its summary says what came back"
+        );
+        let refused = |change: fn(&mut lastmile_protocol::Measurement)| {
+            let mut sub = stream();
+            change(&mut sub.measurement);
+            validate(&sub).unwrap_err().to_string()
+        };
+        fn summary(m: &mut lastmile_protocol::Measurement) -> &mut lastmile_protocol::UdpSummary {
+            m.udp.as_mut().unwrap()
+        }
+        assert!(refused(|m| summary(m).received = 6).contains("udp.received"));
+        assert!(refused(|m| summary(m).rtt_us.push(40_000)).contains("udp.rtt_us"));
+        assert!(refused(|m| summary(m).lost_up = 2).contains("udp.lost_up"));
+        assert!(refused(|m| summary(m).sent = 3_001).contains("udp.sent"));
+        assert!(refused(|m| summary(m).rtt_us[1] = 0).contains("round trip"));
+        assert!(refused(|m| summary(m).rtt_us[1] = 2_000_000).contains("round trip"));
+        assert!(refused(|m| m.bytes = 4 * 1_201).contains("echoes"));
+        assert!(refused(|m| m.status = Some(200)).contains("no HTTP status"));
+    }
+
     fn hop(i: usize, url: String) -> Hop {
         Hop {
             url: url.clone(),
