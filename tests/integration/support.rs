@@ -662,3 +662,9 @@ fn set_calibration_in(db: &Db, token: &str, line: Option<MeasuredLine<'_>>) {
     };
     diesel::sql_query(sql).execute(&mut conn).unwrap();
 }
+
+/// The value of the hidden `csrf` field of a dashboard page.
+pub fn csrf_of(html: &str) -> String {
+    let at = html.find(r#"name="csrf" value=""#).expect("a csrf field") + 19;
+    html[at..].split('"').next().unwrap().to_owned()
+}

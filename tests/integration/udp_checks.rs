@@ -18,7 +18,7 @@ use crate::lines::{
     assert_csv_columns, class_row, figure, latest_run_results, run_and_wait, until, AgentOnLine,
 };
 use crate::per_backend;
-use crate::support::{count, target_site, TestApp, TestDb};
+use crate::support::{count, csrf_of, target_site, TestApp, TestDb};
 
 per_backend!(
     a_udp_check_streams_to_the_sites_reflector_and_reports_round_trip_jitter_and_loss,
@@ -250,12 +250,6 @@ async fn a_udp_check_streams_to_the_sites_reflector_and_reports_round_trip_jitte
     );
 
     agent.stop().await;
-}
-
-/// The value of the hidden `csrf` field of a dashboard page.
-fn csrf_of(html: &str) -> String {
-    let at = html.find(r#"name="csrf" value=""#).expect("a csrf field") + 19;
-    html[at..].split('"').next().unwrap().to_owned()
 }
 
 async fn a_udp_check_is_made_and_edited_in_the_dashboard(db: TestDb) {
