@@ -37,6 +37,18 @@ pub fn figure(row: &Value, name: &str, percentile: u64) -> u64 {
         .unwrap_or_else(|| panic!("no {name} p{percentile} in {row}"))
 }
 
+/// A controller for tests of an agent on a line: heartbeats every second (so the agent
+/// calibrates and is planned at once), leases and runs long enough for a slow line's
+/// measurement.
+pub async fn line_app(db: &crate::support::TestDb) -> TestApp {
+    TestApp::start_with(db, |c| {
+        c.heartbeat_interval_s = 1;
+        c.lease_s = 60;
+        c.run_deadline_s = 120;
+    })
+    .await
+}
+
 /// Runs the check `id` `runs` times (its first run is the one made when it was created)
 /// and waits until each run's one result is stored (the test's only results).
 pub async fn run_and_wait(app: &TestApp, owner: &str, id: &str, runs: i64) {

@@ -521,6 +521,26 @@ impl TestApp {
     }
 
     /// Adds and verifies a site served by `origin`'s test site; returns its id.
+    /// Posts a dashboard form as the signed-in `cookie`, without following the
+    /// redirect that answers a saved form.
+    pub async fn post_form(
+        &self,
+        cookie: &str,
+        path: &str,
+        form: &[(&str, String)],
+    ) -> reqwest::Response {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+            .post(format!("{}{path}", self.base))
+            .header("cookie", cookie)
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn verified_site(&self, owner: &str, site: &TargetSite) -> String {
         let (status, created) = self
             .call(

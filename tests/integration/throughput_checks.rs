@@ -11,7 +11,7 @@ use lastmile_testbed::shop;
 use serde_json::{json, Value};
 
 use crate::lines::{
-    assert_csv_columns, class_row, figure, latest_run_results, run_and_wait, AgentOnLine,
+    assert_csv_columns, class_row, figure, latest_run_results, line_app, run_and_wait, AgentOnLine,
 };
 use crate::per_backend;
 use crate::support::{count, csrf_of, target_site, TestApp, TestDb};
@@ -22,12 +22,7 @@ per_backend!(
 );
 
 async fn a_throughput_check_measures_the_line_and_its_queue_under_load(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| {
-        c.heartbeat_interval_s = 1;
-        c.lease_s = 60;
-        c.run_deadline_s = 120;
-    })
-    .await;
+    let app = line_app(&db).await;
     let site = target_site().await;
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
@@ -173,10 +168,6 @@ async fn a_throughput_check_is_made_and_edited_in_the_dashboard(db: TestDb) {
     let site_id = app.verified_site(&owner, &site).await;
     let cookie = app.owner_session(&owner).await;
     let csrf = csrf_of(&app.dashboard_page(&cookie, "/app/checks/new").await);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
     let url = format!("{}{}", site.origin(), shop::DOWNLOAD_PATH);
     let form = |kind: &str, name: &str| {
         vec![
@@ -192,12 +183,6 @@ async fn a_throughput_check_is_made_and_edited_in_the_dashboard(db: TestDb) {
             ("agents_per_run", "1".to_owned()),
         ]
     };
-    let post = |path: String, form: Vec<(&'static str, String)>| {
-        http.post(format!("{}{path}", app.base))
-            .header("cookie", cookie.clone())
-            .form(&form)
-            .send()
-    };
 
     // A long load gets the time it needs by default (this test runs no agent).
     let (status, long) = app
@@ -211,16 +196,16 @@ async fn a_throughput_check_is_made_and_edited_in_the_dashboard(db: TestDb) {
     assert_eq!(long["timeout_ms"], 35000, "{long}");
 
     // A load is for throughput checks: an http check with one is refused, saying so.
-    let refused = post("/app/checks".into(), form("http", "Speed"))
-        .await
-        .unwrap();
+    let refused = app
+        .post_form(&cookie, "/app/checks", &form("http", "Speed"))
+        .await;
     assert!(refused.status().is_client_error(), "{}", refused.status());
     let page = refused.text().await.unwrap();
     assert!(page.contains("is a load for kind"), "{page}");
 
-    let made = post("/app/checks".into(), form("throughput", "Speed"))
-        .await
-        .unwrap();
+    let made = app
+        .post_form(&cookie, "/app/checks", &form("throughput", "Speed"))
+        .await;
     assert_eq!(made.status(), 303);
     let check_page = made.headers()["location"].to_str().unwrap().to_owned();
     let shown = app.dashboard_page(&cookie, &check_page).await;
@@ -241,12 +226,13 @@ async fn a_throughput_check_is_made_and_edited_in_the_dashboard(db: TestDb) {
         edit.contains(r#"name="connections" min="1" max="16" value="8""#),
         "{edit}"
     );
-    let saved = post(
-        format!("{check_page}/edit"),
-        form("throughput", "Speed, renamed"),
-    )
-    .await
-    .unwrap();
+    let saved = app
+        .post_form(
+            &cookie,
+            &format!("{check_page}/edit"),
+            &form("throughput", "Speed, renamed"),
+        )
+        .await;
     assert_eq!(saved.status(), 303);
     let id = check_page.rsplit('/').next().unwrap();
     let (_, check) = app.get(&format!("/api/v1/checks/{id}"), &owner).await;

@@ -15,7 +15,8 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 use crate::lines::{
-    assert_csv_columns, class_row, figure, latest_run_results, run_and_wait, until, AgentOnLine,
+    assert_csv_columns, class_row, figure, latest_run_results, line_app, run_and_wait, until,
+    AgentOnLine,
 };
 use crate::per_backend;
 use crate::support::{count, csrf_of, target_site, TestApp, TestDb};
@@ -28,12 +29,7 @@ per_backend!(
 async fn a_udp_check_streams_to_the_sites_reflector_and_reports_round_trip_jitter_and_loss(
     db: TestDb,
 ) {
-    let app = TestApp::start_with(&db, |c| {
-        c.heartbeat_interval_s = 1;
-        c.lease_s = 60;
-        c.run_deadline_s = 120;
-    })
-    .await;
+    let app = line_app(&db).await;
     let site = target_site().await;
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
@@ -259,10 +255,6 @@ async fn a_udp_check_is_made_and_edited_in_the_dashboard(db: TestDb) {
     let site_id = app.verified_site(&owner, &site).await;
     let cookie = app.owner_session(&owner).await;
     let csrf = csrf_of(&app.dashboard_page(&cookie, "/app/checks/new").await);
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
     let (_, shown) = app.get(&format!("/api/v1/sites/{site_id}"), &owner).await;
     let token = shown["verification_token"].as_str().unwrap().to_owned();
     // The site's page says how to run its reflector, with the token and the URL.
@@ -293,12 +285,6 @@ async fn a_udp_check_is_made_and_edited_in_the_dashboard(db: TestDb) {
             ("agents_per_run", "1".to_owned()),
         ]
     };
-    let post = |path: String, form: Vec<(&'static str, String)>| {
-        http.post(format!("{}{path}", app.base))
-            .header("cookie", cookie.clone())
-            .form(&form)
-            .send()
-    };
 
     // A long stream gets the time it needs by default (this test runs no agent).
     let (status, long) = app
@@ -326,16 +312,16 @@ async fn a_udp_check_is_made_and_edited_in_the_dashboard(db: TestDb) {
     );
 
     // A stream is for udp checks: an http check with one is refused, saying so.
-    let refused = post("/app/checks".into(), form("http", "Game"))
-        .await
-        .unwrap();
+    let refused = app
+        .post_form(&cookie, "/app/checks", &form("http", "Game"))
+        .await;
     assert!(refused.status().is_client_error(), "{}", refused.status());
     let page = refused.text().await.unwrap();
     assert!(page.contains("udp://"), "{page}");
 
-    let made = post("/app/checks".into(), form("udp", "Game"))
-        .await
-        .unwrap();
+    let made = app
+        .post_form(&cookie, "/app/checks", &form("udp", "Game"))
+        .await;
     assert_eq!(made.status(), 303);
     let check_page = made.headers()["location"].to_str().unwrap().to_owned();
     let shown = app.dashboard_page(&cookie, &check_page).await;
@@ -366,9 +352,13 @@ async fn a_udp_check_is_made_and_edited_in_the_dashboard(db: TestDb) {
         .await;
     assert_eq!(status, 422, "{moved}");
     assert_eq!(moved["error"], "reflector_not_verified", "{moved}");
-    let saved = post(format!("{check_page}/edit"), form("udp", "Game, renamed"))
-        .await
-        .unwrap();
+    let saved = app
+        .post_form(
+            &cookie,
+            &format!("{check_page}/edit"),
+            &form("udp", "Game, renamed"),
+        )
+        .await;
     assert_eq!(saved.status(), 303);
     let (_, check) = app.get(&format!("/api/v1/checks/{id}"), &owner).await;
     assert_eq!(check["name"], "Game, renamed");

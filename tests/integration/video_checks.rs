@@ -9,19 +9,14 @@ use lastmile_protocol::ConnectionClass;
 use lastmile_testbed::video;
 use serde_json::{json, Value};
 
-use crate::lines::{class_row, figure, until, AgentOnLine};
+use crate::lines::{class_row, figure, line_app, until, AgentOnLine};
 use crate::per_backend;
-use crate::support::{count, target_site, TestApp, TestDb};
+use crate::support::{count, target_site, TestDb};
 
 per_backend!(a_video_check_plays_what_the_line_carries_and_stalls_on_what_it_cannot);
 
 async fn a_video_check_plays_what_the_line_carries_and_stalls_on_what_it_cannot(db: TestDb) {
-    let app = TestApp::start_with(&db, |c| {
-        c.heartbeat_interval_s = 1;
-        c.lease_s = 60;
-        c.run_deadline_s = 120;
-    })
-    .await;
+    let app = line_app(&db).await;
     let site = target_site().await;
     let owner = app.owner("owner");
     let site_id = app.verified_site(&owner, &site).await;
