@@ -201,7 +201,7 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                             option value="http" selected[!["page", "throughput", "video", "udp"].contains(&f.kind.as_str())] { "The URL alone: one fetch (http)" }
                             option value="page" selected[f.kind == "page"] { "The whole page: HTML with its stylesheets, scripts, images and fonts (page)" }
                             option value="throughput" selected[f.kind == "throughput"] { "The line's speed: the URL downloaded over several connections at once, with latency under that load (throughput)" }
-                            option value="video" selected[f.kind == "video"] { "A stream: the URL is an HLS playlist, played as a player would, with its start-up delay and stalls (video)" }
+                            option value="video" selected[f.kind == "video"] { "A stream: the URL is an HLS playlist or a DASH MPD, played as a player would, with its start-up delay and stalls (video)" }
                             option value="udp" selected[f.kind == "udp"] { "A game or a call: small packets every few milliseconds to your reflector at udp://host:port, with their round trip, jitter and loss (udp)" }
                         }
                         div.row {
@@ -220,7 +220,7 @@ pub fn new(nav: &Nav, f: &CheckForm) -> Markup {
                                 input #play_ms type="number" name="play_ms" min="1000" max="120000" value=(f.play_ms);
                             }
                             div {
-                                label for="max_bitrate_kbps" { "Highest bitrate, kbit/s " small { "(video; empty: the highest variant)" } }
+                                label for="max_bitrate_kbps" { "Highest bitrate, kbit/s " small { "(video; empty: the highest rendition)" } }
                                 input #max_bitrate_kbps type="number" name="max_bitrate_kbps" min="1" value=(f.max_bitrate_kbps);
                             }
                         }

@@ -32,7 +32,7 @@ enum Command {
     Run(Box<RunArgs>),
     /// Measure one URL once and print its phase timings (with --page: the whole page;
     /// with --throughput: a load of several downloads and the round trip under it;
-    /// with --video: an HLS session's start-up delay and stalls; with --udp: a stream
+    /// with --video: an HLS or DASH session's start-up delay and stalls; with --udp: a stream
     /// to a reflector at udp://host:port, its round trip, jitter and loss).
     Measure(Box<MeasureArgs>),
 }
@@ -183,10 +183,12 @@ struct MeasureArgs {
     #[arg(long, default_value_t = ThroughputTask::default().duration_ms,
           value_parser = clap::value_parser!(u64).range(1..=lastmile_protocol::MAX_THROUGHPUT_DURATION_MS))]
     duration_ms: u64,
-    /// Play the URL's HLS stream as a player does: a master playlist's variant (see
+    /// Play the URL's HLS stream or DASH presentation (an MPD) as a player does: a
+    /// master playlist's variant or an MPD's video representation (see
     /// --max-bitrate-kbps), its segments one after the other until --play-ms of media,
     /// and the start-up delay and stalls of a player's buffer model. A live stream is
-    /// played from its live edge, reloading its playlist, in about --play-ms of time.
+    /// played from its live edge, reloading its playlist, in about --play-ms of time
+    /// (live DASH, `type="dynamic"`, is not supported yet).
     #[arg(long, conflicts_with_all = ["page", "throughput"])]
     video: bool,
     /// With --video: milliseconds of media to play.

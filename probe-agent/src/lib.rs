@@ -7,7 +7,8 @@
 //! [`page`] loads a page with its sub-resources (found by [`discover`]) over a
 //! browser's connections, [`throughput`] loads the line with several downloads at once
 //! and times round trips before and during that load, [`video`] plays an HLS stream
-//! against a player's buffer model (start-up delay, stalls), both over the kept-alive
+//! or a DASH presentation (its MPD read by `dash`) against a player's buffer model
+//! (start-up delay, stalls), both over the kept-alive
 //! connections of [`connection`], and [`runner`] ties them into the enrol / heartbeat /
 //! lease / measure / submit loop.
 //! The binary in `main.rs` only parses flags and calls into these.
@@ -16,6 +17,7 @@ pub mod calibrate;
 pub mod cli;
 pub mod client;
 pub mod connection;
+mod dash;
 pub mod discover;
 pub mod guard;
 pub mod limits;

@@ -1,4 +1,5 @@
-//! A video session: what a viewer of an HLS stream on this line would see, start-up
+//! A video session: what a viewer of an HLS stream (or a DASH presentation, whose MPD
+//! [`crate::dash`] reads into the same downloads) on this line would see, start-up
 //! delay and stalls, measured against a player's buffer model.
 //!
 //! A fetch's ttfb and a speed test's goodput do not say whether a stream plays: that
@@ -7,7 +8,9 @@
 //! agent plays the stream as a player fetches it and hands the arrival times to a model
 //! of the player ([`Player`]), which is pure and tested on its own.
 //!
-//! **Fetching.** The URL is fetched and parsed as HLS (`m3u8-rs`). A master playlist's
+//! **Fetching.** The URL is fetched; an XML body with an `<MPD>` is a DASH
+//! presentation, planned by [`crate::dash`] and played as a VOD media playlist is
+//! (below); anything else is parsed as HLS (`m3u8-rs`). A master playlist's
 //! variant with the highest `BANDWIDTH` at or under the task's `max_bitrate_kbps` is
 //! chosen (none at or under it: the lowest; no limit: the highest; I-frame-only
 //! variants are never chosen), and its media playlist fetched; a media playlist given
@@ -109,6 +112,7 @@ use m3u8_rs::{MediaPlaylist, Playlist, VariantStream};
 use url::Url;
 
 use crate::connection::{Conn, Dialer, First, Tasks};
+use crate::dash;
 use crate::measure::{
     fail, micros, parse_task_url, status_failure, Engine, Expectations, Stage, Target,
 };
@@ -153,28 +157,36 @@ fn check_task(task: VideoTask) -> Result<(), MeasurementError> {
     Ok(())
 }
 
-/// The variant a player limited to `max_bitrate_kbps` plays: the highest `BANDWIDTH`
-/// at or under the limit, else the lowest; without a limit the highest. I-frame-only
-/// variants (trick play) and variants without a URI are never chosen.
+/// The variant a player limited to `max_bitrate_kbps` plays ([`choose_by_bandwidth`]).
+/// I-frame-only variants (trick play) and variants without a URI are never chosen.
 pub fn choose_variant(
     variants: &[VariantStream],
     max_bitrate_kbps: Option<u64>,
 ) -> Option<&VariantStream> {
-    let playable = || {
-        variants
-            .iter()
-            .filter(|v| !v.is_i_frame && !v.uri.trim().is_empty())
-    };
+    let playable: Vec<&VariantStream> = variants
+        .iter()
+        .filter(|v| !v.is_i_frame && !v.uri.trim().is_empty())
+        .collect();
+    let bandwidths: Vec<u64> = playable.iter().map(|v| v.bandwidth).collect();
+    choose_by_bandwidth(&bandwidths, max_bitrate_kbps).map(|i| playable[i])
+}
+
+/// Which of the renditions of these `bandwidths` (bit/s) a player limited to
+/// `max_bitrate_kbps` plays, HLS variant or DASH representation: the highest at or
+/// under the limit, else the lowest; without a limit the highest.
+pub fn choose_by_bandwidth(bandwidths: &[u64], max_bitrate_kbps: Option<u64>) -> Option<usize> {
+    let all = || bandwidths.iter().copied().enumerate();
     match max_bitrate_kbps {
-        None => playable().max_by_key(|v| v.bandwidth),
+        None => all().max_by_key(|(_, b)| *b),
         Some(kbps) => {
             let cap = kbps.saturating_mul(1_000);
-            playable()
-                .filter(|v| v.bandwidth <= cap)
-                .max_by_key(|v| v.bandwidth)
-                .or_else(|| playable().min_by_key(|v| v.bandwidth))
+            all()
+                .filter(|(_, b)| *b <= cap)
+                .max_by_key(|(_, b)| *b)
+                .or_else(|| all().min_by_key(|(_, b)| *b))
         }
     }
+    .map(|(i, _)| i)
 }
 
 /// A playlist body, parsed; anything else is `playlist_invalid`.
@@ -190,23 +202,23 @@ fn parse_playlist(body: &[u8], url: &Url) -> Result<Playlist, MeasurementError> 
     })
 }
 
-fn invalid(message: String) -> MeasurementError {
+pub(crate) fn invalid(message: String) -> MeasurementError {
     fail(ErrorKind::PlaylistInvalid, message)
 }
 
 /// What a session downloads, in order.
 #[derive(Debug, PartialEq)]
-struct Plan {
-    pieces: Vec<Piece>,
+pub(crate) struct Plan {
+    pub pieces: Vec<Piece>,
     /// The media the session plays: `play_ms`, or all the segments', if less; µs.
-    media_us: u64,
+    pub media_us: u64,
 }
 
 /// One download: a segment with its media, or an initialisation section (none).
 #[derive(Debug, PartialEq)]
-struct Piece {
-    url: Url,
-    media_us: Option<u64>,
+pub(crate) struct Piece {
+    pub url: Url,
+    pub media_us: Option<u64>,
 }
 
 /// Refuses what no session plays, VOD or live: I-frame playlists (trick play) and
@@ -650,7 +662,22 @@ impl Session {
 
         let mut began = Instant::now();
         let (fetched, body) = self.get(&url, expect, true).await?;
-        let (media_url, media_base, media, body) = match parse_playlist(&body, &fetched)? {
+        if dash::is_mpd(&body) {
+            let mpd = dash::parse(&body, &fetched)?;
+            let dash = dash::plan(&mpd, &fetched, task)?;
+            self.bitrate_bps = dash.bitrate_bps;
+            self.media_playlist = self.last;
+            self.playlist_url = Some(url.to_string());
+            return self.play(dash.plan, expect).await;
+        }
+        let first = parse_playlist(&body, &fetched).map_err(|_| {
+            invalid(format!(
+                "{fetched} is neither an HLS playlist nor a DASH MPD ({} bytes that start \
+                 with neither #EXTM3U nor an <MPD> document)",
+                body.len()
+            ))
+        })?;
+        let (media_url, media_base, media, body) = match first {
             Playlist::MediaPlaylist(media) => (url, fetched, media, body),
             Playlist::MasterPlaylist(master) => {
                 let variant =
@@ -692,6 +719,12 @@ impl Session {
             return self.play_live(&media_url, loaded, expect, task).await;
         }
         let plan = plan(&media, &media_base, task.play_ms)?;
+        self.play(plan, expect).await
+    }
+
+    /// Downloads a VOD session's pieces in order, back to back, each segment handed to
+    /// the player as it arrives.
+    async fn play(&mut self, plan: Plan, expect: &Expectations) -> Result<(), MeasurementError> {
         self.player = Some(Player::new(plan.media_us));
         self.downloading = true;
         for piece in plan.pieces {
@@ -1039,7 +1072,7 @@ mod tests {
     use hyper_util::rt::TokioIo;
     use lastmile_testbed::link::{Link, LinkProfile};
     use lastmile_testbed::video::{
-        self as stream, LIVE_MASTER_PATH, MASTER_PATH, RENDITIONS, SEGMENTS,
+        self as stream, DASH_PATH, INIT_BYTES, LIVE_MASTER_PATH, MASTER_PATH, RENDITIONS, SEGMENTS,
     };
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1530,6 +1563,87 @@ mod tests {
         assert_eq!(high.bitrate_bps, Some(30_000_000));
         assert!(high.stalls >= 1 && high.stall_us > 0, "{high:?}");
         assert!(high.startup_us > low.startup_us, "{high:?}");
+    }
+
+    #[tokio::test]
+    async fn a_dash_presentation_plays_its_capped_representation_from_its_initialisation() {
+        let site = site(5).await;
+        let url = format!("{}{DASH_PATH}", site.origin());
+        let m = local_engine()
+            .measure_video(&url, &within(20_000), session(12_000, Some(2_000)))
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(m.status, Some(200), "the MPD's");
+        let s = summary(&m);
+        assert_eq!(s.playlist_url, url, "the MPD is the playlist");
+        assert_eq!(s.bitrate_bps, Some(RENDITIONS[0].bitrate_bps));
+        assert_eq!((s.segments, s.played_ms), (SEGMENTS as u32, 12_000));
+        assert_eq!((s.stalls, s.stall_us), (0, 0), "{s:?}");
+        assert!(s.startup_us > 0 && s.startup_us < 1_000_000, "{s:?}");
+        // The MPD, the low representation's initialisation and its twelve segments;
+        // nothing of the audio set (which the site does not serve: a fetch would fail).
+        let bytes = (stream::mpd().len()
+            + INIT_BYTES
+            + SEGMENTS * stream::segment_bytes(RENDITIONS[0])) as u64;
+        assert_eq!((m.bytes, m.bytes_decoded), (bytes, bytes));
+        assert_consistent(m.timings_us);
+        assert_eq!(site.connections().accepted, 1, "one kept-alive connection");
+
+        // No cap: the high representation.
+        let m = local_engine()
+            .measure_video(&url, &within(20_000), session(2_000, None))
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!(summary(&m).bitrate_bps, Some(RENDITIONS[1].bitrate_bps));
+        assert_eq!(summary(&m).segments, 2);
+    }
+
+    #[tokio::test]
+    async fn behind_a_dsl_line_the_high_dash_representation_stalls() {
+        let site = site(5).await;
+        let profile = LinkProfile {
+            down_bps: 16_000_000,
+            up_bps: 1_000_000,
+            rtt: Duration::from_millis(40),
+        };
+        let link = Link::start("127.0.0.1:0".parse().unwrap(), site.addr(), profile)
+            .await
+            .unwrap();
+        let url = format!("http://{}{DASH_PATH}", link.addr());
+        let m = local_engine()
+            .measure_video(&url, &within(60_000), session(6_000, None))
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        let s = summary(&m);
+        eprintln!("DASH 30 Mbit/s over 16 Mbit/s, 40 ms: {s:?}");
+        assert_eq!(s.bitrate_bps, Some(30_000_000));
+        assert_eq!((s.segments, s.played_ms), (6, 6_000), "{s:?}");
+        assert!(s.stalls >= 1 && s.stall_us > 0, "{s:?}");
+    }
+
+    #[tokio::test]
+    async fn a_live_or_byte_range_dash_presentation_is_playlist_invalid_before_any_segment() {
+        let live = r#"<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic"
+            availabilityStartTime="2026-01-01T00:00:00Z"><Period><AdaptationSet contentType="video">
+            <SegmentTemplate media="$Number$.m4s" duration="1"/><Representation id="v" bandwidth="1"/>
+            </AdaptationSet></Period></MPD>"#;
+        let ranged = r#"<MPD><Period duration="PT10S"><AdaptationSet mimeType="video/mp4">
+            <Representation id="v" bandwidth="1"><BaseURL>v.mp4</BaseURL><SegmentBase indexRange="0-99"/>
+            </Representation></AdaptationSet></Period></MPD>"#;
+        let files = Files::start(vec![
+            ("/live.mpd", Route::Body(live.as_bytes().to_vec())),
+            ("/ranged.mpd", Route::Body(ranged.as_bytes().to_vec())),
+        ])
+        .await;
+        for (path, says) in [("/live.mpd", "live DASH"), ("/ranged.mpd", "SegmentBase")] {
+            let m = local_engine()
+                .measure_video(&files.url(path), &within(10_000), session(5_000, None))
+                .await;
+            assert_eq!(kind(&m), Some(ErrorKind::PlaylistInvalid), "{m:?}");
+            assert!(m.error.as_ref().unwrap().message.contains(says), "{m:?}");
+            assert_eq!(m.status, Some(200));
+            assert_eq!(summary(&m).segments, 0);
+        }
     }
 
     /// What [`Files`] answers for a path.

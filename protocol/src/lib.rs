@@ -422,9 +422,9 @@ pub enum ErrorKind {
     PageTooManyResources,
     /// A page check: the page (HTML plus sub-resources) is larger than the byte limit.
     PageTooLarge,
-    /// A video check: the URL is not an HLS playlist that can be played (not a
-    /// playlist, no segments, byte-range segments, a live playlist without a target
-    /// duration).
+    /// A video check: the URL is not an HLS playlist or a DASH MPD that can be played
+    /// (neither, no segments, byte-range segments, a live playlist without a target
+    /// duration, a live MPD).
     PlaylistInvalid,
     /// A udp check: nothing answered the hello at the reflector's address (after
     /// [`UDP_HELLO_ATTEMPTS`] tries), so no stream was sent.
@@ -972,7 +972,7 @@ impl Measurement {
 /// sub-resources (stylesheets, scripts, images, fonts, icons) as a browser would;
 /// `throughput` downloads the URL over several connections at once for a while, as a
 /// speed test does, and measures the round trip before and during that load; `video`
-/// plays an HLS stream against a player's buffer model (start-up delay, stalls); `udp`
+/// plays an HLS stream or a DASH presentation against a player's buffer model (start-up delay, stalls); `udp`
 /// sends an isochronous stream of small packets, as a game or a call does, to the
 /// owner's reflector and measures their round trip, jitter and loss.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! The demo site's streams, for `video` checks: an HLS video on demand and a live
-//! stream, each in two renditions.
+//! stream, each in two renditions, and the same video on demand as MPEG-DASH.
 //!
 //! [`MASTER_PATH`] is a master playlist naming a low and a high rendition by their
 //! `BANDWIDTH`; each rendition's media playlist lists [`SEGMENTS`] segments of
@@ -21,6 +21,12 @@
 //! A published segment stays available after it leaves the window (as CDNs keep them a
 //! while); one not published yet is a 404. The playlists take the time since the start
 //! as an argument ([`live_media`], [`answer`]), so they are tested at chosen instants.
+//!
+//! **The DASH presentation** ([`DASH_PATH`], [`mpd`]) is the VOD's two renditions as
+//! one video adaptation set whose `SegmentTemplate` names `$RepresentationID$/init.mp4`
+//! ([`INIT_BYTES`] of noise) and `$RepresentationID$/seg$Number$.m4s` (the segments'
+//! bodies), and an audio adaptation set whose segments the site does not serve: a
+//! player measuring the video must not fetch them (a 404 would fail the session).
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -30,6 +36,12 @@ pub const MASTER_PATH: &str = "/video/master.m3u8";
 
 /// The live stream's master playlist.
 pub const LIVE_MASTER_PATH: &str = "/video/live/master.m3u8";
+
+/// The DASH presentation (MPD) of the video on demand.
+pub const DASH_PATH: &str = "/video/manifest.mpd";
+
+/// Bytes of a DASH representation's initialisation segment.
+pub const INIT_BYTES: usize = 1_200;
 
 /// Segments a live media playlist lists: the last ones published.
 pub const LIVE_WINDOW: u64 = 6;
@@ -91,6 +103,37 @@ pub fn media() -> String {
     out
 }
 
+/// The DASH presentation's MPD: the VOD's renditions (segment URLs relative to it, under
+/// `/video/<rendition>/`) and an audio set the site does not serve.
+pub fn mpd() -> String {
+    let mut reps = String::new();
+    for r in RENDITIONS {
+        reps.push_str(&format!(
+            "      <Representation id=\"{}\" bandwidth=\"{}\" codecs=\"avc1.640028\"/>\n",
+            r.name, r.bitrate_bps
+        ));
+    }
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" profiles="urn:mpeg:dash:profile:isoff-live:2011"
+     mediaPresentationDuration="PT{seconds}S" minBufferTime="PT2S">
+  <Period id="1" start="PT0S">
+    <AdaptationSet contentType="video" mimeType="video/mp4" segmentAlignment="true">
+      <SegmentTemplate timescale="1000" duration="{SEGMENT_MS}" startNumber="0"
+                       initialization="$RepresentationID$/init.mp4" media="$RepresentationID$/seg$Number$.m4s"/>
+{reps}    </AdaptationSet>
+    <AdaptationSet contentType="audio" mimeType="audio/mp4" lang="en">
+      <SegmentTemplate timescale="48000" duration="48000" startNumber="0"
+                       initialization="audio/init.mp4" media="audio/seg$Number$.m4s"/>
+      <Representation id="audio" bandwidth="128000" codecs="mp4a.40.2"/>
+    </AdaptationSet>
+  </Period>
+</MPD>
+"#,
+        seconds = SEGMENTS as u64 * SEGMENT_MS / 1_000,
+    )
+}
+
 /// Live segments published `elapsed` after the start: segment n is at (n+1) segment
 /// durations, so this many (numbered from 0).
 pub fn live_published(elapsed: Duration) -> u64 {
@@ -121,6 +164,9 @@ pub fn answer(path: &str, elapsed: Duration) -> Option<(&'static str, Vec<u8>)> 
     if path == MASTER_PATH || path == LIVE_MASTER_PATH {
         return Some((PLAYLIST, master().into_bytes()));
     }
+    if path == DASH_PATH {
+        return Some(("application/dash+xml", mpd().into_bytes()));
+    }
     let rest = path.strip_prefix("/video/")?;
     let (live, rest) = match rest.strip_prefix("live/") {
         Some(rest) => (true, rest),
@@ -132,11 +178,15 @@ pub fn answer(path: &str, elapsed: Duration) -> Option<(&'static str, Vec<u8>)> 
         let text = if live { live_media(elapsed) } else { media() };
         return Some((PLAYLIST, text.into_bytes()));
     }
-    let n: u64 = file
-        .strip_prefix("seg")?
-        .strip_suffix(".ts")?
-        .parse()
-        .ok()?;
+    if file == "init.mp4" && !live {
+        return Some(("video/mp4", init(index).to_vec()));
+    }
+    let (n, kind) = match file.strip_suffix(".m4s") {
+        Some(number) if !live => (number, "video/iso.segment"),
+        Some(_) => return None,
+        None => (file.strip_suffix(".ts")?, "video/mp2t"),
+    };
+    let n: u64 = n.strip_prefix("seg")?.parse().ok()?;
     let available = if live {
         live_published(elapsed)
     } else {
@@ -145,7 +195,13 @@ pub fn answer(path: &str, elapsed: Duration) -> Option<(&'static str, Vec<u8>)> 
     if n >= available {
         return None;
     }
-    Some(("video/mp2t", segment(index).to_vec()))
+    Some((kind, segment(index).to_vec()))
+}
+
+/// The initialisation segment of DASH rendition `index`, made once.
+fn init(index: usize) -> &'static [u8] {
+    static BODIES: [OnceLock<Vec<u8>>; RENDITIONS.len()] = [OnceLock::new(), OnceLock::new()];
+    BODIES[index].get_or_init(|| crate::shop::noise(300 + index as u64, INIT_BYTES))
 }
 
 /// The body of every segment of rendition `index`, made once.
@@ -176,6 +232,36 @@ mod tests {
         assert!(vod("/video/high/seg12.ts").is_none());
         assert!(vod("/video/mid/index.m3u8").is_none());
         assert!(vod("/video/high/seg1.mp4").is_none());
+    }
+
+    #[test]
+    fn the_dash_presentation_is_the_same_segments_with_an_initialisation_each() {
+        let (kind, body) = answer(DASH_PATH, Duration::ZERO).unwrap();
+        assert_eq!(kind, "application/dash+xml");
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.contains("mediaPresentationDuration=\"PT12S\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("<Representation id=\"high\" bandwidth=\"30000000\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("media=\"$RepresentationID$/seg$Number$.m4s\""),
+            "{text}"
+        );
+        let vod = |path| answer(path, Duration::ZERO);
+        assert_eq!(vod("/video/low/init.mp4").unwrap().1.len(), INIT_BYTES);
+        assert_eq!(vod("/video/low/seg11.m4s").unwrap().1.len(), 250_000);
+        assert_eq!(vod("/video/high/seg0.m4s").unwrap().0, "video/iso.segment");
+        assert!(vod("/video/low/seg12.m4s").is_none());
+        assert!(
+            vod("/video/audio/seg0.m4s").is_none(),
+            "audio is not served"
+        );
+        assert!(vod("/video/audio/init.mp4").is_none());
+        assert!(vod("/video/live/low/seg0.m4s").is_none(), "no live DASH");
     }
 
     /// The live media playlist at `ms` after the start: (media sequence, segment

@@ -3,7 +3,8 @@
 //! plays the testbed's HLS stream (`lastmile_testbed::video`: a 2 Mbit/s and a 30
 //! Mbit/s rendition of 1-second segments), and the report shows what a viewer would
 //! have seen: the low rendition starts at once and plays through, the high one waits
-//! for its start-up buffer and stalls, because the line carries half its bitrate.
+//! for its start-up buffer and stalls, because the line carries half its bitrate. The
+//! same video as a DASH presentation (an MPD) plays its low representation the same way.
 
 use lastmile_protocol::ConnectionClass;
 use lastmile_testbed::video;
@@ -116,6 +117,35 @@ async fn a_video_check_plays_what_the_line_carries_and_stalls_on_what_it_cannot(
     assert_eq!(low["objectives"][0]["met"], true, "{low}");
     assert_eq!(high["objectives"][0]["met"], false, "{high}");
     assert_eq!(high["objectives"][1]["met"], false, "{high}");
+
+    // The same video on demand as DASH: the MPD's low representation, from its
+    // initialisation segment, plays through like the HLS rendition, and its result is
+    // stored unflagged with the figures of any session.
+    let (status, created) = app
+        .post_check(
+            &owner,
+            json!({"site_id": site_id, "url": format!("{}{}", site.origin(), video::DASH_PATH),
+                   "kind": "video", "selection": {"agents_per_run": 1},
+                   "video": {"play_ms": 3000, "max_bitrate_kbps": 5000}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    until("the DASH session is stored", 90, async || {
+        count(&app, "SELECT COUNT(*) AS n FROM results") == 3
+    })
+    .await;
+    let dash = class_row(&app, &owner, created["id"].as_str().unwrap(), 1).await;
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM results WHERE error_kind IS NULL AND flagged = false \
+             AND figures LIKE '%stall_time%'"
+        ),
+        3,
+        "the DASH session played, unflagged: {dash}"
+    );
+    assert_eq!(figure(&dash, "stall_time", 50), 0, "{dash}");
+    assert!(figure(&dash, "startup_delay", 50) < 2_000_000, "{dash}");
 
     agent.stop().await;
 }

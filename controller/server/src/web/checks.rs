@@ -674,11 +674,11 @@ pub(super) async fn render_detail(
             ("video", _) => {
                 let session = check.video().unwrap_or_default();
                 format!(
-                    "video: {} s of the HLS stream's {}, played against a player's buffer",
+                    "video: {} s of the stream's {}, played against a player's buffer",
                     session.play_ms as f64 / 1000.0,
                     match session.max_bitrate_kbps {
-                        Some(k) => format!("highest variant at or under {}", super::reports::kbps(k)),
-                        None => "highest variant".to_owned(),
+                        Some(k) => format!("highest rendition at or under {}", super::reports::kbps(k)),
+                        None => "highest rendition".to_owned(),
                     }
                 )
             }

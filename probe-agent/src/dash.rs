@@ -1,0 +1,857 @@
+//! MPEG-DASH presentations for video sessions: an MPD (ISO/IEC 23009-1) read into the
+//! downloads a player makes, which [`crate::video`] then fetches and plays exactly as
+//! it plays an HLS rendition (same connections, same [`crate::video::Player`]).
+//!
+//! **What is played.** A static MPD (`type="static"`, the default: video on demand)
+//! from its first period, period after period, until `play_ms` of media (or the last
+//! period ends; at most [`MAX_VIDEO_SEGMENTS`] segments). In each period the player
+//! plays one representation: among the video adaptation sets (by `contentType`, else
+//! `mimeType`, of the set or its representations; trick-mode sets, marked with the
+//! DASH-IF `trickmode` essential property, are never played) the representation with the
+//! highest `bandwidth` at or under the task's `max_bitrate_kbps`, else the lowest; no
+//! limit: the highest ([`crate::video::choose_by_bandwidth`], the rule HLS variants
+//! follow). A presentation without video plays its audio the same way (a radio stream).
+//! Audio beside video, subtitles and thumbnails are not fetched, as HLS alternative
+//! renditions are not: the session measures the rendition a check names by its bitrate.
+//!
+//! **Where the segments are** (section 5.3.9): a `SegmentTemplate` (its attributes
+//! inherited from the period and the adaptation set, the representation's winning),
+//! either with `@duration` (segments numbered from `@startNumber`, default 1, each
+//! `@duration / @timescale` seconds, the last one cut at the period's end) or with a
+//! `SegmentTimeline` (`<S t d r>`, `r="-1"` repeating to the period's end); its
+//! `media` and `initialization` templates expand `$RepresentationID$`, `$Number$`,
+//! `$Bandwidth$`, `$Time$` (with `%0Nd` widths) and `$$` ([`expand`]). Or a
+//! `SegmentList` of `SegmentURL`s, each `@duration / @timescale` seconds. The
+//! initialisation segment (template's `initialization` or `Initialization@sourceURL`)
+//! is fetched before the period's first segment, counted in bytes and transfer, with
+//! no media. URLs resolve against the chain of `BaseURL`s (MPD, period, adaptation
+//! set, representation; the first of each, as a player without failover picks) from
+//! the MPD's final URL.
+//!
+//! **Refused** as `playlist_invalid`, with what it is: a body that is not an MPD, a
+//! live presentation (`type="dynamic"`, not supported yet: it needs the origin's clock
+//! to find the live edge), a representation addressed by byte ranges (`SegmentBase`,
+//! `mediaRange`, an `Initialization@range`: one file with an index, not supported yet,
+//! as HLS byte ranges are not), a template without `@duration` or timeline, a
+//! `@timescale` of 0, an unknown `$identifier$`, and a period without anything to play.
+
+use std::time::Duration;
+
+use dash_mpd_core::{
+    AdaptationSet, BaseURL, Period, Representation, SegmentList, SegmentTemplate, SegmentTimeline,
+    MPD,
+};
+use lastmile_protocol::{MeasurementError, VideoTask, MAX_VIDEO_SEGMENTS};
+use url::Url;
+
+use crate::video::{choose_by_bandwidth, invalid, Piece, Plan};
+
+/// The DASH-IF scheme of an adaptation set of trick-mode (fast-forward) frames.
+const TRICK_MODE: &str = "http://dashif.org/guidelines/trickmode";
+
+/// What a DASH session downloads, and the bitrate of the representation it plays
+/// first (the `bitrate_bps` a result reports).
+#[derive(Debug, PartialEq)]
+pub(crate) struct DashPlan {
+    pub plan: Plan,
+    pub bitrate_bps: Option<u64>,
+}
+
+/// Whether a manifest body is an MPD (XML with an `<MPD` element) rather than an HLS
+/// playlist, which starts with `#EXTM3U` and never holds one.
+pub(crate) fn is_mpd(body: &[u8]) -> bool {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    let starts_xml = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'<');
+    starts_xml && memchr::memmem::find(body, b"<MPD").is_some()
+}
+
+/// An MPD body, parsed; anything else is `playlist_invalid`.
+pub(crate) fn parse(body: &[u8], url: &Url) -> Result<MPD, MeasurementError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|_| invalid(format!("{url} is not a DASH MPD (it is not UTF-8 text)")))?;
+    dash_mpd_core::parse(text).map_err(|e| {
+        invalid(format!(
+            "{url} is not a DASH MPD ({} bytes of XML that do not parse as one: {e})",
+            body.len()
+        ))
+    })
+}
+
+/// The downloads that play `task.play_ms` of the static presentation `mpd`, fetched
+/// from `url` (its final URL), after checking that it can be played.
+pub(crate) fn plan(mpd: &MPD, url: &Url, task: VideoTask) -> Result<DashPlan, MeasurementError> {
+    if mpd.mpdtype.as_deref() == Some("dynamic") {
+        return Err(invalid(format!(
+            "{url} is a live DASH presentation (type=\"dynamic\"), which is not supported yet"
+        )));
+    }
+    if mpd.periods.is_empty() {
+        return Err(invalid(format!("{url} has no Period")));
+    }
+    let play_us = task.play_ms.saturating_mul(1_000);
+    let root = resolve(url, &mpd.base_url)?;
+    let mut pieces = Vec::new();
+    let mut segments = 0usize;
+    let mut covered = 0u64;
+    let mut bitrate_bps = None;
+    for (index, period) in mpd.periods.iter().enumerate() {
+        if covered >= play_us || segments >= MAX_VIDEO_SEGMENTS {
+            break;
+        }
+        let name = period.id.as_deref().map_or_else(
+            || format!("period {}", index + 1),
+            |id| format!("period {id:?}"),
+        );
+        let (set, rep) = choose(period, task.max_bitrate_kbps).ok_or_else(|| {
+            invalid(format!(
+                "{url}: {name} has no video or audio representation to play"
+            ))
+        })?;
+        if bitrate_bps.is_none() {
+            bitrate_bps = rep.bandwidth;
+        }
+        let base = resolve(&root, &period.BaseURL)?;
+        let base = resolve(&base, &set.BaseURL)?;
+        let base = resolve(&base, &rep.BaseURL)?;
+        let end_us = period_end_us(mpd, index).map(|end| end.saturating_sub(start_us(period)));
+        let names = Names {
+            id: rep.id.as_deref().unwrap_or(""),
+            bandwidth: rep.bandwidth.unwrap_or(0),
+        };
+        let budget = Budget {
+            media_us: play_us - covered,
+            segments: MAX_VIDEO_SEGMENTS - segments,
+            period_us: end_us,
+        };
+        let what = format!("{url}: {name}, representation {:?}", names.id);
+        let period_pieces = match (template_of(period, set, rep), list_of(period, set, rep)) {
+            (Some(template), _) if template.media.is_some() => {
+                template_pieces(&template, &names, &base, budget, &what)?
+            }
+            (_, Some(list)) => list_pieces(list, &base, budget, &what)?,
+            _ => {
+                return Err(invalid(format!(
+                    "{what} is addressed by byte ranges into one file (SegmentBase), which \
+                     is not supported yet"
+                )))
+            }
+        };
+        for piece in period_pieces {
+            if let Some(media_us) = piece.media_us {
+                covered = covered.saturating_add(media_us);
+                segments += 1;
+            }
+            pieces.push(piece);
+        }
+    }
+    if covered == 0 {
+        return Err(invalid(format!("{url}'s segments carry no media")));
+    }
+    Ok(DashPlan {
+        plan: Plan {
+            pieces,
+            media_us: covered.min(play_us),
+        },
+        bitrate_bps,
+    })
+}
+
+/// What the session may still take from a period: media, segments, and the period's
+/// own length when the MPD says it (µs).
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    media_us: u64,
+    segments: usize,
+    period_us: Option<u64>,
+}
+
+/// A representation's values a template names.
+struct Names<'a> {
+    id: &'a str,
+    bandwidth: u64,
+}
+
+/// The adaptation set and representation a player limited to `max_bitrate_kbps` plays
+/// in `period`: video if there is any, else audio.
+fn choose(
+    period: &Period,
+    max_bitrate_kbps: Option<u64>,
+) -> Option<(&AdaptationSet, &Representation)> {
+    for wanted in ["video", "audio"] {
+        let candidates: Vec<(&AdaptationSet, &Representation)> = period
+            .adaptations
+            .iter()
+            .filter(|set| !is_trick_mode(set))
+            .flat_map(|set| set.representations.iter().map(move |rep| (set, rep)))
+            .filter(|(set, rep)| content_of(set, rep) == Some(wanted))
+            .collect();
+        let bandwidths: Vec<u64> = candidates
+            .iter()
+            .map(|(_, rep)| rep.bandwidth.unwrap_or(0))
+            .collect();
+        if let Some(index) = choose_by_bandwidth(&bandwidths, max_bitrate_kbps) {
+            return Some(candidates[index]);
+        }
+    }
+    None
+}
+
+fn is_trick_mode(set: &AdaptationSet) -> bool {
+    set.essential_property
+        .iter()
+        .any(|p| p.schemeIdUri == TRICK_MODE)
+}
+
+/// `"video"`, `"audio"` or something else a representation carries, by the first of
+/// its and its set's `contentType` and `mimeType` that says.
+fn content_of<'a>(set: &'a AdaptationSet, rep: &'a Representation) -> Option<&'a str> {
+    let declared = rep
+        .contentType
+        .as_deref()
+        .or(set.contentType.as_deref())
+        .or_else(|| {
+            rep.mimeType
+                .as_deref()
+                .or(set.mimeType.as_deref())
+                .and_then(|mime| mime.split('/').next())
+        })?;
+    match declared.trim() {
+        "video" => Some("video"),
+        "audio" => Some("audio"),
+        _ => Some("other"),
+    }
+}
+
+/// `base` joined with the first of `urls` (none: `base`).
+fn resolve(base: &Url, urls: &[BaseURL]) -> Result<Url, MeasurementError> {
+    match urls.first() {
+        Some(url) if !url.base.trim().is_empty() => base.join(url.base.trim()).map_err(|e| {
+            invalid(format!(
+                "{base} names an invalid BaseURL {:?}: {e}",
+                url.base
+            ))
+        }),
+        _ => Ok(base.clone()),
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn start_us(period: &Period) -> u64 {
+    period.start.map_or(0, micros)
+}
+
+/// Where the period at `index` ends on the presentation's timeline (µs): its
+/// `@duration` after its start, else the next period's start, else the presentation's
+/// duration; `None` when the MPD does not say.
+fn period_end_us(mpd: &MPD, index: usize) -> Option<u64> {
+    let period = &mpd.periods[index];
+    if let Some(duration) = period.duration {
+        return Some(start_us(period).saturating_add(micros(duration)));
+    }
+    if let Some(next) = mpd.periods.get(index + 1).and_then(|p| p.start) {
+        return Some(micros(next));
+    }
+    mpd.mediaPresentationDuration.map(micros)
+}
+
+/// The segment template in effect for `rep`: the representation's attributes over the
+/// adaptation set's over the period's (section 5.3.9.1).
+fn template_of(
+    period: &Period,
+    set: &AdaptationSet,
+    rep: &Representation,
+) -> Option<SegmentTemplate> {
+    let levels = [
+        &period.SegmentTemplate,
+        &set.SegmentTemplate,
+        &rep.SegmentTemplate,
+    ];
+    let mut merged: Option<SegmentTemplate> = None;
+    for level in levels.into_iter().flatten() {
+        let base = merged.get_or_insert_with(SegmentTemplate::default);
+        macro_rules! inherit {
+            ($($field:ident),*) => {$(
+                if level.$field.is_some() {
+                    base.$field = level.$field.clone();
+                }
+            )*};
+        }
+        inherit!(
+            media,
+            initialization,
+            startNumber,
+            duration,
+            timescale,
+            presentationTimeOffset,
+            Initialization,
+            SegmentTimeline
+        );
+    }
+    merged
+}
+
+/// The segment list in effect for `rep`: the most specific one.
+fn list_of<'a>(
+    period: &'a Period,
+    set: &'a AdaptationSet,
+    rep: &'a Representation,
+) -> Option<&'a SegmentList> {
+    rep.SegmentList
+        .as_ref()
+        .or(set.SegmentList.as_ref())
+        .or(period.SegmentList.as_ref())
+}
+
+/// A timescale, which must not be 0.
+fn timescale(value: Option<u64>, what: &str) -> Result<u64, MeasurementError> {
+    match value.unwrap_or(1) {
+        0 => Err(invalid(format!("{what} has a timescale of 0"))),
+        t => Ok(t),
+    }
+}
+
+/// `ticks` of a `timescale`, µs.
+fn ticks_us(ticks: f64, timescale: u64) -> u64 {
+    (ticks / timescale as f64 * 1e6)
+        .round()
+        .clamp(0.0, u64::MAX as f64) as u64
+}
+
+/// The initialisation segment a template or list names, as a piece without media.
+fn init_piece(
+    template: Option<&str>,
+    element: Option<&dash_mpd_core::Initialization>,
+    names: &Names,
+    base: &Url,
+    what: &str,
+) -> Result<Option<Piece>, MeasurementError> {
+    if let Some(element) = element {
+        if element.range.is_some() {
+            return Err(invalid(format!(
+                "{what} has a byte-range initialisation segment, which is not supported yet"
+            )));
+        }
+    }
+    let uri = match (template, element.and_then(|e| e.sourceURL.as_deref())) {
+        (Some(template), _) => {
+            expand(template, names, 0, 0).map_err(|e| invalid(format!("{what}: {e}")))?
+        }
+        (None, Some(source)) => source.to_owned(),
+        (None, None) => return Ok(None),
+    };
+    Ok(Some(Piece {
+        url: join(base, &uri, what)?,
+        media_us: None,
+    }))
+}
+
+fn join(base: &Url, uri: &str, what: &str) -> Result<Url, MeasurementError> {
+    base.join(uri.trim())
+        .map_err(|e| invalid(format!("{what} names an invalid URL {uri:?}: {e}")))
+}
+
+/// The pieces of a `SegmentTemplate` with `media`: its initialisation segment, then
+/// numbered (`@duration`) or timed (`SegmentTimeline`) segments within `budget`.
+fn template_pieces(
+    template: &SegmentTemplate,
+    names: &Names,
+    base: &Url,
+    budget: Budget,
+    what: &str,
+) -> Result<Vec<Piece>, MeasurementError> {
+    let media = template.media.as_deref().unwrap_or_default();
+    let timescale = timescale(template.timescale, what)?;
+    let start_number = template.startNumber.unwrap_or(1);
+    let mut pieces: Vec<Piece> = init_piece(
+        template.initialization.as_deref(),
+        template.Initialization.as_ref(),
+        names,
+        base,
+        what,
+    )?
+    .into_iter()
+    .collect();
+    let times: Vec<(u64, u64)> = match (&template.SegmentTimeline, template.duration) {
+        (Some(timeline), _) => timeline_segments(
+            timeline,
+            timescale,
+            template.presentationTimeOffset.unwrap_or(0),
+            budget,
+        ),
+        (None, Some(duration)) if duration > 0.0 && duration.is_finite() => {
+            numbered_segments(duration, timescale, budget)
+        }
+        _ => {
+            return Err(invalid(format!(
+                "{what} has a SegmentTemplate with neither @duration nor a SegmentTimeline"
+            )))
+        }
+    };
+    for (i, (time, media_us)) in times.into_iter().enumerate() {
+        let number = start_number.saturating_add(i as u64);
+        let uri =
+            expand(media, names, number, time).map_err(|e| invalid(format!("{what}: {e}")))?;
+        pieces.push(Piece {
+            url: join(base, &uri, what)?,
+            media_us: Some(media_us),
+        });
+    }
+    Ok(pieces)
+}
+
+/// Segments of `duration` ticks each, as (time in ticks, media µs), the last one cut
+/// at the period's end, within `budget`.
+fn numbered_segments(duration: f64, timescale: u64, budget: Budget) -> Vec<(u64, u64)> {
+    let each_us = ticks_us(duration, timescale).max(1);
+    let mut out = Vec::new();
+    let mut at_us = 0u64;
+    let mut taken = 0u64;
+    while out.len() < budget.segments && taken < budget.media_us {
+        let media_us = match budget.period_us {
+            Some(end) if at_us >= end => break,
+            Some(end) => each_us.min(end - at_us),
+            None => each_us,
+        };
+        let time = (out.len() as f64 * duration).round() as u64;
+        out.push((time, media_us));
+        at_us = at_us.saturating_add(each_us);
+        taken = taken.saturating_add(media_us);
+    }
+    out
+}
+
+/// A timeline's segments as (time in ticks, media µs) within `budget`: each `<S>` is
+/// `r + 1` segments of `d` ticks from `t` (or where the last one ended); `r="-1"`
+/// repeats until the next `<S t>` or the period's end.
+fn timeline_segments(
+    timeline: &SegmentTimeline,
+    timescale: u64,
+    offset: u64,
+    budget: Budget,
+) -> Vec<(u64, u64)> {
+    let end_ticks = budget
+        .period_us
+        .map(|us| offset.saturating_add((us as f64 / 1e6 * timescale as f64).round() as u64));
+    let mut out = Vec::new();
+    let mut taken = 0u64;
+    let mut time = offset;
+    for (index, s) in timeline.segments.iter().enumerate() {
+        if s.d == 0 {
+            continue;
+        }
+        if let Some(t) = s.t {
+            time = t;
+        }
+        let until = match s.r {
+            Some(r) if r < 0 => timeline
+                .segments
+                .get(index + 1)
+                .and_then(|next| next.t)
+                .or(end_ticks),
+            _ => None,
+        };
+        let count = match s.r {
+            Some(r) if r >= 0 => Some((r as u64).saturating_add(1)),
+            Some(_) => None,
+            None => Some(1),
+        };
+        let mut made = 0u64;
+        loop {
+            if out.len() >= budget.segments || taken >= budget.media_us {
+                return out;
+            }
+            if count.is_some_and(|c| made >= c) || until.is_some_and(|u| time >= u) {
+                break;
+            }
+            // An open-ended repeat with no end in the MPD (`r="-1"`, nothing after
+            // it) makes as many as the budget takes: every turn makes one.
+            let media_us = ticks_us(s.d as f64, timescale);
+            out.push((time, media_us));
+            taken = taken.saturating_add(media_us);
+            time = time.saturating_add(s.d);
+            made += 1;
+        }
+    }
+    out
+}
+
+/// The pieces of a `SegmentList`: its initialisation segment, then its `SegmentURL`s,
+/// each `@duration` ticks, within `budget`.
+fn list_pieces(
+    list: &SegmentList,
+    base: &Url,
+    budget: Budget,
+    what: &str,
+) -> Result<Vec<Piece>, MeasurementError> {
+    let names = Names {
+        id: "",
+        bandwidth: 0,
+    };
+    let mut pieces: Vec<Piece> =
+        init_piece(None, list.Initialization.as_ref(), &names, base, what)?
+            .into_iter()
+            .collect();
+    let timescale = timescale(list.timescale, what)?;
+    let durations: Vec<u64> = match (&list.SegmentTimeline, list.duration) {
+        (Some(timeline), _) => timeline_segments(timeline, timescale, 0, budget)
+            .into_iter()
+            .map(|(_, us)| us)
+            .collect(),
+        (None, Some(duration)) if duration > 0 => {
+            vec![ticks_us(duration as f64, timescale); list.segment_urls.len()]
+        }
+        _ => {
+            return Err(invalid(format!(
+                "{what} has a SegmentList with neither @duration nor a SegmentTimeline"
+            )))
+        }
+    };
+    let mut taken = 0u64;
+    for (segment, media_us) in list
+        .segment_urls
+        .iter()
+        .zip(durations)
+        .take(budget.segments)
+    {
+        if taken >= budget.media_us {
+            break;
+        }
+        if segment.mediaRange.is_some() {
+            return Err(invalid(format!(
+                "{what} has byte-range segments (mediaRange), which are not supported yet"
+            )));
+        }
+        // No @media: the segment is the BaseURL itself.
+        let url = match segment.media.as_deref() {
+            Some(media) => join(base, media, what)?,
+            None => base.clone(),
+        };
+        pieces.push(Piece {
+            url,
+            media_us: Some(media_us),
+        });
+        taken = taken.saturating_add(media_us);
+    }
+    Ok(pieces)
+}
+
+/// A template (section 5.3.9.4.4) with its identifiers replaced: `$RepresentationID$`,
+/// `$Number$`, `$Bandwidth$`, `$Time$` (the last three with an optional `%0Nd` width)
+/// and `$$` for a dollar sign. Anything else is an error that says what.
+fn expand(template: &str, names: &Names, number: u64, time: u64) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len() + 16);
+    let mut rest = template;
+    while let Some(open) = rest.find('$') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after
+            .find('$')
+            .ok_or_else(|| format!("the template {template:?} has an unclosed $"))?;
+        let identifier = &after[..close];
+        rest = &after[close + 1..];
+        if identifier.is_empty() {
+            out.push('$');
+            continue;
+        }
+        if identifier == "RepresentationID" {
+            out.push_str(names.id);
+            continue;
+        }
+        let (name, width) = match identifier.split_once('%') {
+            Some((name, format)) => {
+                let width = format
+                    .strip_prefix('0')
+                    .and_then(|f| f.strip_suffix('d'))
+                    .and_then(|w| w.parse::<usize>().ok())
+                    .filter(|w| *w <= 32)
+                    .ok_or_else(|| {
+                        format!("the template {template:?} has a format {format:?} other than %0Nd")
+                    })?;
+                (name, width)
+            }
+            None => (identifier, 1),
+        };
+        let value = match name {
+            "Number" => number,
+            "Bandwidth" => names.bandwidth,
+            "Time" => time,
+            other => {
+                return Err(format!(
+                    "the template {template:?} names ${other}$, which is not supported"
+                ))
+            }
+        };
+        out.push_str(&format!("{value:0width$}"));
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lastmile_protocol::ErrorKind;
+
+    fn url() -> Url {
+        Url::parse("https://video.example/vod/manifest.mpd").unwrap()
+    }
+
+    fn task(play_ms: u64, max_bitrate_kbps: Option<u64>) -> VideoTask {
+        VideoTask {
+            play_ms,
+            max_bitrate_kbps,
+        }
+    }
+
+    fn plan_of(xml: &str, task: VideoTask) -> Result<DashPlan, MeasurementError> {
+        let mpd = parse(xml.as_bytes(), &url())?;
+        plan(&mpd, &url(), task)
+    }
+
+    /// The plan's pieces as (path, media ms; `None` for an initialisation segment).
+    fn pieces(plan: &DashPlan) -> Vec<(String, Option<u64>)> {
+        plan.plan
+            .pieces
+            .iter()
+            .map(|p| (p.url.path().to_owned(), p.media_us.map(|us| us / 1_000)))
+            .collect()
+    }
+
+    fn refusal(xml: &str) -> String {
+        let e = plan_of(xml, task(10_000, None)).expect_err("refused");
+        assert_eq!(e.kind, ErrorKind::PlaylistInvalid, "{e:?}");
+        e.message
+    }
+
+    fn mpd(attributes: &str, period: &str) -> String {
+        format!(
+            r#"<?xml version="1.0"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" {attributes}>{period}</MPD>"#
+        )
+    }
+
+    #[test]
+    fn templates_expand_identifiers_widths_and_dollars() {
+        let names = Names {
+            id: "v1",
+            bandwidth: 2_000_000,
+        };
+        let e = |t: &str| expand(t, &names, 7, 180_000);
+        assert_eq!(
+            e("$RepresentationID$/seg$Number$.m4s").unwrap(),
+            "v1/seg7.m4s"
+        );
+        assert_eq!(e("seg-$Number%05d$.m4s").unwrap(), "seg-00007.m4s");
+        assert_eq!(e("$Bandwidth$/$Time$.mp4").unwrap(), "2000000/180000.mp4");
+        assert_eq!(e("$Time%08d$").unwrap(), "00180000");
+        assert_eq!(e("a$$b").unwrap(), "a$b");
+        assert_eq!(e("plain.mp4").unwrap(), "plain.mp4");
+        assert!(e("$SubNumber$").unwrap_err().contains("$SubNumber$"));
+        assert!(e("seg$Number").unwrap_err().contains("unclosed"));
+        assert!(e("$Number%5d$").unwrap_err().contains("%0Nd"));
+        assert!(e("$Number%099d$").is_err(), "no absurd widths");
+    }
+
+    #[test]
+    fn the_demo_presentation_plays_a_rendition_by_the_cap_from_its_initialisation() {
+        let xml = lastmile_testbed::video::mpd();
+        let low = plan_of(&xml, task(12_000, Some(2_000))).unwrap();
+        assert_eq!(low.bitrate_bps, Some(2_000_000));
+        let mut expected = vec![("/vod/low/init.mp4".to_owned(), None)];
+        expected.extend((0..12).map(|n| (format!("/vod/low/seg{n}.m4s"), Some(1_000))));
+        assert_eq!(pieces(&low), expected);
+        assert_eq!(low.plan.media_us, 12_000_000);
+
+        // No cap: the highest; a part of a segment: the whole segment is fetched.
+        let high = plan_of(&xml, task(3_500, None)).unwrap();
+        assert_eq!(high.bitrate_bps, Some(30_000_000));
+        assert_eq!(pieces(&high).len(), 1 + 4);
+        assert_eq!(pieces(&high)[4].0, "/vod/high/seg3.m4s");
+        assert_eq!(high.plan.media_us, 3_500_000);
+        // A cap under every representation: the lowest. Audio is never played beside
+        // video.
+        let under = plan_of(&xml, task(1_000, Some(1))).unwrap();
+        assert_eq!(under.bitrate_bps, Some(2_000_000));
+        assert!(pieces(&under).iter().all(|(p, _)| !p.contains("audio")));
+    }
+
+    #[test]
+    fn numbered_segments_end_with_the_period_and_base_urls_chain() {
+        let xml = mpd(
+            r#"type="static" mediaPresentationDuration="PT2.5S""#,
+            r#"<BaseURL>https://cdn.example/root/</BaseURL>
+               <Period><BaseURL>p1/</BaseURL>
+                 <AdaptationSet mimeType="video/mp4"><BaseURL>video/</BaseURL>
+                   <SegmentTemplate media="$RepresentationID$-$Number$.mp4" duration="2" timescale="2"/>
+                   <Representation id="r" bandwidth="1000"><BaseURL>r/</BaseURL></Representation>
+                 </AdaptationSet></Period>"#,
+        );
+        let p = plan_of(&xml, task(10_000, None)).unwrap();
+        let urls: Vec<String> = p.plan.pieces.iter().map(|p| p.url.to_string()).collect();
+        assert_eq!(
+            urls,
+            [1, 2, 3].map(|n| format!("https://cdn.example/root/p1/video/r/r-{n}.mp4")),
+            "startNumber defaults to 1; no initialisation named"
+        );
+        let media: Vec<Option<u64>> = p.plan.pieces.iter().map(|p| p.media_us).collect();
+        assert_eq!(media, [Some(1_000_000), Some(1_000_000), Some(500_000)]);
+        assert_eq!(
+            p.plan.media_us, 2_500_000,
+            "the presentation is shorter than play_ms"
+        );
+    }
+
+    #[test]
+    fn a_timeline_gives_times_repeats_and_open_repeats_to_the_period_end() {
+        let xml = mpd(
+            r#"mediaPresentationDuration="PT6S""#,
+            r#"<Period>
+                 <AdaptationSet contentType="video">
+                   <SegmentTemplate timescale="90000" media="t$Time$.m4s" initialization="i.mp4">
+                     <SegmentTimeline><S t="0" d="90000" r="1"/><S d="45000"/><S d="90000" r="-1"/></SegmentTimeline>
+                   </SegmentTemplate>
+                   <Representation id="v" bandwidth="5000"/>
+                 </AdaptationSet></Period>"#,
+        );
+        let p = plan_of(&xml, task(60_000, None)).unwrap();
+        assert_eq!(
+            pieces(&p),
+            vec![
+                ("/vod/i.mp4".to_owned(), None),
+                ("/vod/t0.m4s".to_owned(), Some(1_000)),
+                ("/vod/t90000.m4s".to_owned(), Some(1_000)),
+                ("/vod/t180000.m4s".to_owned(), Some(500)),
+                ("/vod/t225000.m4s".to_owned(), Some(1_000)),
+                ("/vod/t315000.m4s".to_owned(), Some(1_000)),
+                ("/vod/t405000.m4s".to_owned(), Some(1_000)),
+                ("/vod/t495000.m4s".to_owned(), Some(1_000)),
+            ],
+            "r=\"-1\" repeats until the period's end at 6 s (540,000 ticks)"
+        );
+        // Without an end anywhere, an open repeat stops at play_ms.
+        let open = xml.replace(r#" mediaPresentationDuration="PT6S""#, "");
+        let p = plan_of(&open, task(4_000, None)).unwrap();
+        assert_eq!(p.plan.pieces.len(), 1 + 5);
+        assert_eq!(p.plan.media_us, 4_000_000);
+    }
+
+    #[test]
+    fn periods_play_in_order_each_with_its_initialisation() {
+        let period = |id: &str| {
+            format!(
+                r#"<Period id="{id}" duration="PT3S"><AdaptationSet contentType="video">
+                     <SegmentTemplate media="{id}/$Number$.m4s" initialization="{id}/init.mp4" duration="1" startNumber="0"/>
+                     <Representation id="v" bandwidth="1"/></AdaptationSet></Period>"#
+            )
+        };
+        let xml = mpd("", &format!("{}{}", period("ad"), period("show")));
+        let p = plan_of(&xml, task(5_000, None)).unwrap();
+        let paths: Vec<String> = pieces(&p).into_iter().map(|(path, _)| path).collect();
+        assert_eq!(
+            paths,
+            [
+                "ad/init.mp4",
+                "ad/0.m4s",
+                "ad/1.m4s",
+                "ad/2.m4s",
+                "show/init.mp4",
+                "show/0.m4s",
+                "show/1.m4s"
+            ]
+            .map(|p| format!("/vod/{p}"))
+        );
+    }
+
+    #[test]
+    fn a_segment_list_and_audio_alone_and_trick_mode_sets() {
+        // Audio only (a radio stream) plays its audio; the trick-mode set is skipped
+        // even though its bandwidth is what the cap would pick.
+        let xml = mpd(
+            "",
+            r#"<Period duration="PT4S">
+                 <AdaptationSet contentType="video">
+                   <EssentialProperty schemeIdUri="http://dashif.org/guidelines/trickmode" value="1"/>
+                   <SegmentTemplate media="trick$Number$.jpg" duration="1"/>
+                   <Representation id="trick" bandwidth="64000"/>
+                 </AdaptationSet>
+                 <AdaptationSet contentType="text"><Representation id="subs" bandwidth="1000"/></AdaptationSet>
+                 <AdaptationSet mimeType="audio/mp4">
+                   <Representation id="aac" bandwidth="128000">
+                     <SegmentList timescale="1000" duration="2000">
+                       <Initialization sourceURL="aac/init.mp4"/>
+                       <SegmentURL media="aac/a.m4s"/><SegmentURL media="aac/b.m4s"/><SegmentURL media="aac/c.m4s"/>
+                     </SegmentList>
+                   </Representation>
+                 </AdaptationSet></Period>"#,
+        );
+        let p = plan_of(&xml, task(3_000, None)).unwrap();
+        assert_eq!(p.bitrate_bps, Some(128_000));
+        assert_eq!(
+            pieces(&p),
+            vec![
+                ("/vod/aac/init.mp4".to_owned(), None),
+                ("/vod/aac/a.m4s".to_owned(), Some(2_000)),
+                ("/vod/aac/b.m4s".to_owned(), Some(2_000)),
+            ]
+        );
+        assert_eq!(p.plan.media_us, 3_000_000);
+    }
+
+    #[test]
+    fn presentations_a_player_cannot_play_are_refused_with_what_they_are() {
+        let video = |inner: &str| {
+            mpd(
+                r#"mediaPresentationDuration="PT4S""#,
+                &format!(
+                    r#"<Period><AdaptationSet contentType="video">{inner}
+                       <Representation id="v" bandwidth="1"/></AdaptationSet></Period>"#
+                ),
+            )
+        };
+        let live = mpd(
+            r#"type="dynamic" availabilityStartTime="2026-01-01T00:00:00Z""#,
+            r#"<Period><AdaptationSet contentType="video"><SegmentTemplate media="$Number$" duration="1"/><Representation id="v"/></AdaptationSet></Period>"#,
+        );
+        assert!(refusal(&live).contains("live DASH"));
+        assert!(refusal(&mpd("", "")).contains("no Period"));
+        assert!(refusal(&video(r#"<SegmentBase indexRange="0-999"/>"#)).contains("SegmentBase"));
+        assert!(
+            refusal(&video("")).contains("SegmentBase"),
+            "a bare BaseURL file"
+        );
+        assert!(refusal(&video(
+            r#"<SegmentTemplate media="$Number$" timescale="0" duration="1"/>"#
+        ))
+        .contains("timescale of 0"));
+        assert!(refusal(&video(r#"<SegmentTemplate media="$Number$"/>"#))
+            .contains("neither @duration nor a SegmentTimeline"));
+        assert!(
+            refusal(&video(r#"<SegmentTemplate media="$Sub$" duration="1"/>"#)).contains("$Sub$")
+        );
+        assert!(refusal(&video(
+            r#"<SegmentList duration="1"><SegmentURL media="a" mediaRange="0-9"/></SegmentList>"#
+        ))
+        .contains("mediaRange"));
+        assert!(refusal(&video(
+            r#"<SegmentList duration="1"><Initialization sourceURL="i" range="0-9"/><SegmentURL media="a"/></SegmentList>"#
+        ))
+        .contains("byte-range initialisation"));
+        let text_only = mpd(
+            "",
+            r#"<Period id="p"><AdaptationSet contentType="text"><Representation id="s"/></AdaptationSet></Period>"#,
+        );
+        assert!(refusal(&text_only).contains("period \"p\" has no video or audio"));
+        let broken = parse(b"<MPD><Period duration=\"soon\"></Period></MPD>", &url()).unwrap_err();
+        assert_eq!(broken.kind, ErrorKind::PlaylistInvalid);
+        assert!(broken.message.contains("not a DASH MPD"), "{broken:?}");
+        assert!(!is_mpd(b"<html><body>hi</body></html>"));
+        assert!(!is_mpd(b"#EXTM3U\n# <MPD in a comment\n"));
+        assert!(is_mpd(b"\xEF\xBB\xBF\n  <?xml version=\"1.0\"?><MPD/>"));
+    }
+}
