@@ -22,7 +22,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use lastmile_protocol::reflector::{self, Packet, MAX_PROBE_LEN, MAX_TOKEN_LEN};
@@ -38,6 +38,11 @@ pub const MAX_SESSIONS: usize = 10_000;
 pub const SESSION_IDLE: Duration = Duration::from_secs(60);
 
 /// How often, at most, the table is searched for idle sessions while it has room.
+/// Sessions one source (an IPv4 address, or an IPv6 /64: one host's addresses) keeps in
+/// the table at most, so one source cannot fill it and take the loss split from every
+/// other session; generous, as a carrier's NAT puts many agents behind one address.
+pub const MAX_SESSIONS_PER_SOURCE: usize = 256;
+
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// After a receive error, the pause before the next receive: an error that repeats at
@@ -99,7 +104,7 @@ impl Cookies {
 }
 
 async fn serve(socket: UdpSocket, token: String) {
-    let mut sessions = Sessions::new(MAX_SESSIONS, SESSION_IDLE);
+    let mut sessions = Sessions::new(MAX_SESSIONS, MAX_SESSIONS_PER_SOURCE, SESSION_IDLE);
     let cookies = Cookies::new();
     // One byte more than the longest probe, so that a longer datagram shows as one
     // (the kernel truncates it to the buffer) and is dropped rather than echoed cut.
@@ -147,9 +152,12 @@ async fn serve(socket: UdpSocket, token: String) {
 /// (two agents may pick the same id; one agent's id is unique to it).
 struct Sessions {
     max: usize,
+    max_per_source: usize,
     idle: Duration,
     /// Probes received and when the last one came.
     entries: HashMap<(SocketAddr, u64), (u32, Instant)>,
+    /// Sessions in `entries` by source ([`source_of`]).
+    per_source: HashMap<IpAddr, usize>,
     last_sweep: Option<Instant>,
     /// No session can be idle before this (the earliest last-seen time plus `idle`, as
     /// of the last sweep or insertion): a full table of live sessions is then not
@@ -158,11 +166,13 @@ struct Sessions {
 }
 
 impl Sessions {
-    fn new(max: usize, idle: Duration) -> Sessions {
+    fn new(max: usize, max_per_source: usize, idle: Duration) -> Sessions {
         Sessions {
             max,
+            max_per_source,
             idle,
             entries: HashMap::new(),
+            per_source: HashMap::new(),
             last_sweep: None,
             next_expiry: None,
         }
@@ -183,13 +193,17 @@ impl Sessions {
         if may_have_idle && (full || sweep_due) {
             self.sweep(now);
         }
-        if self.entries.len() >= self.max {
-            // Full of live sessions: still echo, so the agent still gets its round
-            // trip, but as the session's first probe and without keeping it. Only the
-            // split of its loss between the two directions is lost for that session.
+        let source = source_of(&from);
+        let of_source = self.per_source.get(&source).copied().unwrap_or(0);
+        if self.entries.len() >= self.max || of_source >= self.max_per_source {
+            // Full of live sessions (or of this source's): still echo, so the agent
+            // still gets its round trip, but as the session's first probe and without
+            // keeping it. Only the split of its loss between the two directions is
+            // lost for that session.
             return 1;
         }
         self.entries.insert(key, (1, now));
+        self.per_source.insert(source, of_source + 1);
         self.next_expiry.get_or_insert(now + self.idle);
         1
     }
@@ -199,6 +213,10 @@ impl Sessions {
         let idle = self.idle;
         self.entries
             .retain(|_, (_, last_seen)| now.saturating_duration_since(*last_seen) <= idle);
+        self.per_source.clear();
+        for (from, _) in self.entries.keys() {
+            *self.per_source.entry(source_of(from)).or_default() += 1;
+        }
         self.next_expiry = self
             .entries
             .values()
@@ -210,6 +228,18 @@ impl Sessions {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.len()
+    }
+}
+
+/// Where a session comes from, for [`MAX_SESSIONS_PER_SOURCE`]: its IPv4 address, or
+/// its IPv6 address's /64 (a host on IPv6 commonly has a whole /64 to pick from).
+fn source_of(from: &SocketAddr) -> IpAddr {
+    match from.ip().to_canonical() {
+        IpAddr::V6(v6) => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(Ipv6Addr::from(prefix))
+        }
+        v4 => v4,
     }
 }
 
@@ -391,7 +421,7 @@ mod tests {
         let idle = Duration::from_secs(60);
         let addr = |port: u16| SocketAddr::from(([192, 0, 2, 1], port));
         let (a, b, c) = (addr(1), addr(2), addr(3));
-        let mut sessions = Sessions::new(2, idle);
+        let mut sessions = Sessions::new(2, 2, idle);
         assert_eq!(sessions.count(a, 1, t0), 1);
         assert_eq!(sessions.count(a, 1, t0), 2);
         assert_eq!(sessions.count(b, 1, t0), 1);
@@ -416,10 +446,57 @@ mod tests {
     }
 
     #[test]
+    fn one_source_keeps_at_most_its_share_of_the_table() {
+        let t0 = Instant::now();
+        let idle = Duration::from_secs(60);
+        let mut sessions = Sessions::new(100, 4, idle);
+        let v4 = |port: u16| SocketAddr::from(([192, 0, 2, 1], port));
+        for port in 0..4 {
+            assert_eq!(sessions.count(v4(port), 1, t0), 1);
+        }
+        // Its fifth session (another port, or another id) is echoed but not kept...
+        assert_eq!(sessions.count(v4(9), 1, t0), 1);
+        assert_eq!(sessions.count(v4(9), 1, t0), 1);
+        assert_eq!(sessions.count(v4(0), 2, t0), 1);
+        assert_eq!(sessions.len(), 4);
+        // ...while another source's sessions count, and its own kept ones still do.
+        let other = SocketAddr::from(([198, 51, 100, 7], 1));
+        assert_eq!(sessions.count(other, 1, t0), 1);
+        assert_eq!(sessions.count(other, 1, t0), 2);
+        assert_eq!(sessions.count(v4(0), 1, t0), 2);
+        // An IPv6 host's addresses within its /64 are one source; a mapped IPv4
+        // address is the IPv4 source.
+        let v6 = |last: u16| SocketAddr::from(([0x2001, 0xdb8, 0, 1, 0, 0, 0, last], 5));
+        for last in 0..4 {
+            assert_eq!(sessions.count(v6(last), 1, t0), 1);
+        }
+        assert_eq!(sessions.count(v6(99), 1, t0), 1);
+        assert_eq!(
+            sessions.count(v6(99), 1, t0),
+            1,
+            "a fifth address of the /64"
+        );
+        let other_64 = SocketAddr::from(([0x2001, 0xdb8, 0, 2, 0, 0, 0, 1], 5));
+        sessions.count(other_64, 1, t0);
+        assert_eq!(sessions.count(other_64, 1, t0), 2);
+        let mapped: SocketAddr = "[::ffff:192.0.2.1]:40000".parse().unwrap();
+        assert_eq!(sessions.count(mapped, 1, t0), 1);
+        assert_eq!(
+            sessions.count(mapped, 1, t0),
+            1,
+            "the IPv4 source's share is taken"
+        );
+        // Once the source's sessions are idle and swept, it has its share again.
+        let later = t0 + idle + Duration::from_secs(2);
+        assert_eq!(sessions.count(v4(9), 1, later), 1);
+        assert_eq!(sessions.count(v4(9), 1, later), 2);
+    }
+
+    #[test]
     fn idle_sessions_are_swept_while_the_table_has_room() {
         let t0 = Instant::now();
         let idle = Duration::from_secs(60);
-        let mut sessions = Sessions::new(100, idle);
+        let mut sessions = Sessions::new(100, 100, idle);
         for port in 0..50 {
             sessions.count(SocketAddr::from(([192, 0, 2, 1], port)), 9, t0);
         }

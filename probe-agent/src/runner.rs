@@ -462,6 +462,7 @@ async fn lease_and_start(
         let gate = gate.clone();
         let line = line.clone();
         let url = task.url.clone();
+        let probe_bytes = task.udp.as_ref().map(|u| u.packet_bytes);
         in_flight.spawn(async move {
             let claim = line.claim(task.kind).await;
             let result = execute_on_own_thread(engine, task).await;
@@ -469,7 +470,10 @@ async fn lease_and_start(
             log_measurement(&url, &result);
             drop(permit);
             if let Ok(mut g) = gate.lock() {
-                g.record(line_bytes(&result.measurement), chrono::Utc::now());
+                g.record(
+                    line_bytes(&result.measurement, probe_bytes),
+                    chrono::Utc::now(),
+                );
             }
             deliver(&client, &spool, result).await;
         });
@@ -515,14 +519,11 @@ async fn execute_on_own_thread(engine: Engine, task: Task) -> ResultSubmission {
 }
 
 /// The bytes a measurement put through the volunteer's line, for the daily allowance:
-/// what it fetched, and for a udp stream its probes too (as many bytes went up as came
-/// back, and a metered line counts both).
-fn line_bytes(m: &Measurement) -> u64 {
-    match &m.udp {
-        Some(stream) if stream.received > 0 => {
-            let per_echo = m.bytes / u64::from(stream.received);
-            m.bytes + u64::from(stream.sent) * per_echo
-        }
+/// what it fetched, and for a udp stream its probes of `probe_bytes` too (a metered
+/// line counts both ways, and the probes went up whether or not any came back).
+fn line_bytes(m: &Measurement, probe_bytes: Option<u32>) -> u64 {
+    match (&m.udp, probe_bytes) {
+        (Some(stream), Some(each)) => m.bytes + u64::from(stream.sent) * u64::from(each),
         _ => m.bytes,
     }
 }
@@ -796,7 +797,7 @@ mod tests {
             bytes: 5_000,
             ..Measurement::default()
         };
-        assert_eq!(line_bytes(&fetch), 5_000);
+        assert_eq!(line_bytes(&fetch, None), 5_000);
         // 100 probes of 172 bytes sent, 90 echoed.
         let stream = Measurement {
             bytes: 90 * 172,
@@ -808,7 +809,19 @@ mod tests {
             }),
             ..Measurement::default()
         };
-        assert_eq!(line_bytes(&stream), 190 * 172);
+        assert_eq!(line_bytes(&stream, Some(172)), 190 * 172);
+        // A reflector that never echoes: the probes still went up the line.
+        let unanswered = Measurement {
+            bytes: 0,
+            udp: Some(lastmile_protocol::UdpSummary {
+                sent: 100,
+                received: 0,
+                lost_up: 0,
+                rtt_us: vec![],
+            }),
+            ..Measurement::default()
+        };
+        assert_eq!(line_bytes(&unanswered, Some(172)), 100 * 172);
     }
 
     #[test]

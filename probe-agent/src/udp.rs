@@ -272,7 +272,7 @@ impl Session {
                             ))
                         }
                     };
-                    if self.take_echo(&buf[..n], (session, cookie), Instant::now()) {
+                    if self.take_echo(&buf[..n], (session, cookie), len, Instant::now()) {
                         last_echo = Instant::now();
                     }
                 }
@@ -284,8 +284,20 @@ impl Session {
     }
 
     /// Takes one datagram if it is the first echo of a probe of this stream (`(session,
-    /// cookie)`); says whether it was.
-    fn take_echo(&mut self, bytes: &[u8], (session, cookie): (u64, u64), arrived: Instant) -> bool {
+    /// cookie)`, probes of `len` bytes); says whether it was. An echo is exactly as long
+    /// as its probe: a longer one would have the agent report more bytes than its probes
+    /// carried, which the controller refuses, so a reflector padding its echoes could
+    /// have every volunteer's stream refused (and unpaid).
+    fn take_echo(
+        &mut self,
+        bytes: &[u8],
+        (session, cookie): (u64, u64),
+        len: usize,
+        arrived: Instant,
+    ) -> bool {
+        if bytes.len() != len {
+            return false;
+        }
         let Ok(Packet::Echo {
             session: s,
             cookie: c,
@@ -603,6 +615,31 @@ mod tests {
             reflector::decode(&got[0]),
             Ok(Packet::Hello { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn an_echo_longer_or_shorter_than_its_probe_is_not_an_echo() {
+        // A reflector of the site that pads every echo (or cuts it): were they counted,
+        // the result would claim more (or fewer) bytes than its probes carried.
+        for change in [1i32, -1] {
+            let (addr, got) = stranger(move |bytes| match reflector::decode(bytes) {
+                Ok(Packet::Hello { session }) => reflector::welcome(session, 7, TOKEN),
+                Ok(Packet::Probe { .. }) => reflector::echo(bytes, 1).map(|mut echo| {
+                    echo.resize((echo.len() as i32 + change) as usize, 0);
+                    echo
+                }),
+                _ => None,
+            })
+            .await;
+            let m = local_engine()
+                .measure_udp(&format!("udp://{addr}"), &within(10_000), &task(50, 1_000))
+                .await;
+            assert_eq!(m.error, None, "{m:?}");
+            let s = summary(&m);
+            assert_eq!((s.sent, s.received), (20, 0), "{change}: {s:?}");
+            assert_eq!(m.bytes, 0, "{change}: {m:?}");
+            assert_eq!(got.lock().unwrap().len(), 21, "the hello and the probes");
+        }
     }
 
     #[tokio::test]

@@ -197,7 +197,8 @@ fn validate_stream(
     m: &lastmile_protocol::Measurement,
     stream: &lastmile_protocol::UdpSummary,
 ) -> Result<()> {
-    use lastmile_protocol::{reflector::MAX_PROBE_LEN, MAX_UDP_PROBES};
+    use lastmile_protocol::reflector::{MAX_PROBE_LEN, MIN_PROBE_LEN};
+    use lastmile_protocol::MAX_UDP_PROBES;
     let invalid = |why: String| Err(Error::invalid("invalid_result", why));
     if m.page.is_some() || m.throughput.is_some() || m.video.is_some() {
         return invalid(
@@ -212,6 +213,13 @@ fn validate_stream(
             "udp.sent is {}; a stream sends at most {MAX_UDP_PROBES} probes",
             stream.sent
         ));
+    }
+    if stream.sent == 0 && m.error.is_none() {
+        return invalid(
+            "udp.sent is 0 without an error: a stream that sent no probe measured nothing \
+             (it is a failure with an error kind)"
+                .into(),
+        );
     }
     if stream.received > stream.sent {
         return invalid(format!(
@@ -242,6 +250,20 @@ fn validate_stream(
     if m.bytes > u64::from(stream.received) * MAX_PROBE_LEN as u64 {
         return invalid(format!(
             "bytes ({}) is more than {} echoes of at most {MAX_PROBE_LEN} bytes carry",
+            m.bytes, stream.received
+        ));
+    }
+    // Every echo is exactly as long as its probe, and every probe of a stream as long
+    // as the others.
+    let received = u64::from(stream.received);
+    let even = match received {
+        0 => m.bytes == 0,
+        n => m.bytes.is_multiple_of(n) && m.bytes / n >= MIN_PROBE_LEN as u64,
+    };
+    if !even {
+        return invalid(format!(
+            "bytes ({}) is not {} echoes of one length of at least {MIN_PROBE_LEN} bytes: \
+             each echo is as long as its probe",
             m.bytes, stream.received
         ));
     }
@@ -1344,6 +1366,13 @@ mod tests {
         assert!(refused(|m| summary(m).rtt_us[1] = 0).contains("round trip"));
         assert!(refused(|m| summary(m).rtt_us[1] = 2_000_000).contains("round trip"));
         assert!(refused(|m| m.bytes = 4 * 1_201).contains("echoes"));
+        assert!(refused(|m| m.bytes = 4 * 172 + 1).contains("as long as its probe"));
+        assert!(refused(|m| m.bytes = 4 * 39).contains("as long as its probe"));
+        assert!(refused(|m| {
+            *summary(m) = lastmile_protocol::UdpSummary::default();
+            m.bytes = 0;
+        })
+        .contains("udp.sent is 0"));
         assert!(refused(|m| m.status = Some(200)).contains("no HTTP status"));
     }
 
