@@ -321,6 +321,7 @@ async fn prove_target(
     if current.is_some_and(|c| c.kind == CheckKind::Udp.as_str() && c.url == url.as_str()) {
         return Ok(());
     }
+    let quota_key = owner_id.to_owned();
     let (owner_id, checked) = (owner_id.to_owned(), new.clone());
     let token = db
         .run(move |c| {
@@ -341,6 +342,7 @@ async fn prove_target(
     let (Some(host), Some(port)) = (url.host_str(), url.port()) else {
         return Ok(());
     };
+    crate::reflectors::take_proof(&quota_key)?;
     crate::reflectors::prove(policy, host.trim_matches(['[', ']']), port, &token).await
 }
 

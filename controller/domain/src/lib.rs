@@ -44,6 +44,7 @@ pub mod path_traces;
 pub mod payments;
 pub mod payouts;
 pub mod presence;
+pub mod rate_limit;
 pub mod recent;
 pub mod reflectors;
 pub mod reports;

@@ -9,12 +9,14 @@
 //! controller sends nothing to a private address either.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use lastmile_protocol::reflector::{self, Answer};
 use tokio::net::UdpSocket;
 
 use crate::error::{Error, Result};
+use crate::rate_limit::RateLimiter;
 use crate::sites::FetchPolicy;
 
 /// Hellos the controller sends before it says nothing answered.
@@ -23,6 +25,27 @@ pub const PROOF_ATTEMPTS: u32 = 3;
 /// How long each hello waits for its welcome: the owner waits for their request, so
 /// the whole proof takes at most 1.5 s.
 pub const PROOF_WAIT: Duration = Duration::from_millis(500);
+
+/// Proofs one owner may ask for a minute (per controller process, as every quota).
+/// Each sends up to [`PROOF_ATTEMPTS`] hellos from the controller's address to wherever
+/// the owner's site's DNS points, and tells whether anything answered: without a
+/// bound, a way to have the controller probe UDP ports. Far more than setting up
+/// checks by hand or by script needs.
+pub const PROOFS_PER_MINUTE: u32 = 20;
+
+static PROOF_QUOTA: LazyLock<RateLimiter> = LazyLock::new(|| RateLimiter::new(PROOFS_PER_MINUTE));
+
+/// Takes one proof from `owner_id`'s quota: 429 `rate_limited` when it is used up.
+pub fn take_proof(owner_id: &str) -> Result<()> {
+    let quota = PROOF_QUOTA.check(owner_id);
+    if quota.allowed {
+        return Ok(());
+    }
+    Err(Error::RateLimited {
+        quota: format!("your reflector proofs ({PROOFS_PER_MINUTE} a minute)"),
+        retry_after_s: quota.reset_s,
+    })
+}
 
 /// Proves that `udp://host:port` is a reflector started with `token`.
 pub async fn prove(policy: &FetchPolicy, host: &str, port: u16, token: &str) -> Result<()> {
@@ -96,4 +119,27 @@ pub async fn prove(policy: &FetchPolicy, host: &str, port: u16, token: &str) -> 
         }
     }
     Err(silent())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_owner_gets_twenty_proofs_a_minute_then_429_with_when_to_retry() {
+        for _ in 0..PROOFS_PER_MINUTE {
+            take_proof("owner-a").unwrap();
+        }
+        match take_proof("owner-a") {
+            Err(Error::RateLimited {
+                quota,
+                retry_after_s,
+            }) => {
+                assert!(quota.contains("reflector proofs"), "{quota}");
+                assert!((1..=3).contains(&retry_after_s), "{retry_after_s}");
+            }
+            other => panic!("the 21st proof within a minute: {other:?}"),
+        }
+        take_proof("owner-b").expect("another owner has a quota of its own");
+    }
 }

@@ -15,7 +15,7 @@
 //!   commit), and the background pass for what is left.
 //! - What only a serving process has: [`metrics`] (Prometheus counters),
 //!   [`access_log`] (one line per request; agents' polls at debug),
-//!   [`rate_limit`] (per-process token buckets), [`calibration_timing`] (the controller's
+//!   [`calibration_timing`] (the controller's
 //!   own clock on an agent's calibration requests).
 //!
 //! The rules are in `lastmile_domain`, the storage in `lastmile_storage`; this crate
@@ -34,7 +34,6 @@ pub mod folding;
 pub mod http_status;
 pub mod metrics;
 pub mod nul_text;
-pub mod rate_limit;
 pub mod server;
 pub mod smtp;
 pub mod state;

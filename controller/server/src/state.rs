@@ -11,7 +11,7 @@ use lastmile_storage::Db;
 
 use crate::config::ControllerConfig;
 use crate::metrics::Metrics;
-use crate::rate_limit::RateLimiter;
+use lastmile_domain::rate_limit::RateLimiter;
 
 /// Owner tokens remembered at most (see `lastmile_domain::token_cache`).
 const OWNER_TOKENS_HELD: usize = 10_000;

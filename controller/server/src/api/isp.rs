@@ -18,11 +18,11 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::api::error::Failure;
-use crate::rate_limit::Quota;
 use crate::state::AppState;
 use lastmile_domain::clock::HOUR_US;
 use lastmile_domain::error::Error;
 use lastmile_domain::isp::{self, ClaimView, Destination, Isp, IspQuery, SeriesPoint};
+use lastmile_domain::rate_limit::Quota;
 use lastmile_domain::reports::{self, ReportRow};
 
 /// The ISP a request is authenticated as, with the quota this request used.

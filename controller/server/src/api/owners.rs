@@ -149,10 +149,11 @@ pub async fn verify_site(
 
 /// Create a check on one of your verified sites. A check without a schedule runs once, now.
 /// A udp check's reflector must answer now with the site's token (422
-/// `reflector_not_verified` otherwise; 403 `private_origin` for a private address).
+/// `reflector_not_verified` otherwise; 403 `private_origin` for a private address; 429
+/// past 20 reflector proofs a minute).
 #[utoipa::path(post, path = "/api/v1/checks", tag = "checks", request_body = NewCheck, security(("owner_token" = [])),
     responses((status = 201, body = CheckView), (status = 403, body = ApiError), (status = 404, body = ApiError),
-        (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+        (status = 409, body = ApiError), (status = 422, body = ApiError), (status = 429, body = ApiError)))]
 #[post("/checks")]
 pub async fn create_check(
     state: web::Data<AppState>,
@@ -212,7 +213,7 @@ pub async fn get_check(
 /// Change one of your checks: the whole check as when creating it, under the same rules.
 #[utoipa::path(put, path = "/api/v1/checks/{id}", tag = "checks", params(("id" = Uuid, Path, description = "The check's id")), request_body = NewCheck, security(("owner_token" = [])),
     responses((status = 200, body = CheckView), (status = 403, body = ApiError), (status = 404, body = ApiError),
-        (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+        (status = 409, body = ApiError), (status = 422, body = ApiError), (status = 429, body = ApiError)))]
 #[put("/checks/{id}")]
 pub async fn update_check(
     state: web::Data<AppState>,
@@ -241,7 +242,7 @@ pub async fn update_check(
     request_body(content = Object, description = "The fields to change, as in NewCheck", content_type = "application/json"),
     security(("owner_token" = [])),
     responses((status = 200, body = CheckView), (status = 403, body = ApiError), (status = 404, body = ApiError),
-        (status = 409, body = ApiError), (status = 422, body = ApiError)))]
+        (status = 409, body = ApiError), (status = 422, body = ApiError), (status = 429, body = ApiError)))]
 #[patch("/checks/{id}")]
 pub async fn patch_check(
     state: web::Data<AppState>,

@@ -1,6 +1,7 @@
-//! Per-client request quotas (token buckets), for the API surfaces that machines poll:
-//! ISPs pull reports on schedules, and one misconfigured cron must not crowd out the
-//! others.
+//! Per-client request quotas (token buckets), for the API surfaces that machines poll
+//! (ISPs pull reports on schedules, and one misconfigured cron must not crowd out the
+//! others), sign-in attempts, and what the controller sends out on an owner's behalf
+//! (a reflector's proof).
 //!
 //! Quotas are per controller process: with several replicas, each enforces its own
 //! share (a load balancer spreads a client over them). That is deliberately simple; a
@@ -30,17 +31,32 @@ struct Bucket {
 }
 
 /// Token buckets keyed by client id: `per_minute` requests, refilled continuously.
+/// A bucket that has refilled is the same as none, so buckets are forgotten once full
+/// again (swept when there are [`SWEEP_AT`] of them, at most once a second): the table
+/// holds the clients of about the last minute, however many addresses sign-in attempts
+/// come from.
 pub struct RateLimiter {
     per_minute: u32,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    table: Mutex<Table>,
 }
+
+struct Table {
+    buckets: HashMap<String, Bucket>,
+    swept: Option<Instant>,
+}
+
+/// Buckets kept before the full ones are swept.
+pub const SWEEP_AT: usize = 4_096;
 
 impl RateLimiter {
     /// A limiter allowing `per_minute` requests per client per minute (bursts up to that).
     pub fn new(per_minute: u32) -> RateLimiter {
         RateLimiter {
             per_minute: per_minute.max(1),
-            buckets: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table {
+                buckets: HashMap::new(),
+                swept: None,
+            }),
         }
     }
 
@@ -52,7 +68,7 @@ impl RateLimiter {
     fn check_at(&self, client: &str, now: Instant) -> Quota {
         let capacity = f64::from(self.per_minute);
         let per_second = capacity / 60.0;
-        let Ok(mut buckets) = self.buckets.lock() else {
+        let Ok(mut table) = self.table.lock() else {
             // A poisoned lock means a panic elsewhere; do not lock everyone out for it.
             return Quota {
                 allowed: true,
@@ -61,7 +77,17 @@ impl RateLimiter {
                 reset_s: 0,
             };
         };
-        let bucket = buckets.entry(client.to_owned()).or_insert(Bucket {
+        let sweep_due = table
+            .swept
+            .is_none_or(|at| now.saturating_duration_since(at).as_secs() >= 1);
+        if table.buckets.len() >= SWEEP_AT && sweep_due && !table.buckets.contains_key(client) {
+            table.buckets.retain(|_, b| {
+                let idle = now.saturating_duration_since(b.updated).as_secs_f64();
+                b.tokens + idle * per_second < capacity
+            });
+            table.swept = Some(now);
+        }
+        let bucket = table.buckets.entry(client.to_owned()).or_insert(Bucket {
             tokens: capacity,
             updated: now,
         });
@@ -108,6 +134,31 @@ mod tests {
             limiter
                 .check_at("isp-a", t0 + Duration::from_secs(20))
                 .allowed
+        );
+    }
+
+    #[test]
+    fn buckets_that_refilled_are_forgotten_so_many_clients_cannot_grow_the_table() {
+        let limiter = RateLimiter::new(6);
+        let t0 = Instant::now();
+        let len = || limiter.table.lock().unwrap().buckets.len();
+        for _ in 0..6 {
+            limiter.check_at("busy", t0);
+        }
+        for i in 1..SWEEP_AT {
+            limiter.check_at(&format!("ip:{i}"), t0);
+        }
+        assert_eq!(len(), SWEEP_AT);
+        // Half a minute on, the busy client has refilled half its bucket, the others
+        // (one token used, ten seconds to refill) all of theirs: a new client sweeps
+        // them and keeps the busy one's quota.
+        let later = t0 + Duration::from_secs(30);
+        assert!(limiter.check_at("new", later).allowed);
+        assert_eq!(len(), 2, "the busy client and the new one");
+        assert_eq!(
+            limiter.check_at("busy", later).remaining,
+            2,
+            "3 refilled, 1 taken"
         );
     }
 }
