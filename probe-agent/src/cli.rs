@@ -188,7 +188,8 @@ struct MeasureArgs {
     /// --max-bitrate-kbps), its segments one after the other until --play-ms of media,
     /// and the start-up delay and stalls of a player's buffer model. A live stream is
     /// played from its live edge, reloading its playlist, in about --play-ms of time
-    /// (live DASH, `type="dynamic"`, is not supported yet).
+    /// (a live DASH presentation from its live edge too, each segment fetched once its
+    /// MPD says it is published).
     #[arg(long, conflicts_with_all = ["page", "throughput"])]
     video: bool,
     /// With --video: milliseconds of media to play.

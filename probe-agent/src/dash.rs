@@ -3,7 +3,7 @@
 //! it plays an HLS rendition (same connections, same [`crate::video::Player`]).
 //!
 //! **What is played.** A static MPD (`type="static"`, the default: video on demand)
-//! from its first period, period after period, until `play_ms` of media (or the last
+//! is played from its first period, period after period, until `play_ms` of media (or the last
 //! period ends; at most [`MAX_VIDEO_SEGMENTS`] segments). In each period the player
 //! plays one representation: among the video adaptation sets (by `contentType`, else
 //! `mimeType`, of the set or its representations; trick-mode sets, marked with the
@@ -28,12 +28,28 @@
 //! set, representation; the first of each, as a player without failover picks) from
 //! the MPD's final URL.
 //!
+//! **Live presentations** (`type="dynamic"`, [`live_view`]) are played from the period
+//! under way, with the representation chosen as above, from a `SegmentTemplate`: each
+//! segment is published at `availabilityStartTime` + the period's start + the segment's
+//! end (section 5.3.9.5), on the origin's clock, which the agent's wall clock stands
+//! for. A `SegmentTimeline` lists the segments published so far (an open `r="-1"`
+//! repeats to now); a `@duration` template names every one, so the session knows when
+//! each will be published and waits for it without reloading. The session starts as an
+//! HLS live one does, `suggestedPresentationDelay` (else three segments) before the end
+//! of the last published segment ([`crate::video::live_start`]), follows the segments
+//! by their start times, waits for each until it is published, reloads the MPD (at its
+//! `minimumUpdatePeriod`, else every half segment) when the next is not listed yet, and
+//! ends when the MPD becomes `static` without it; a segment that 404s when it should be
+//! published is asked again three times a quarter segment apart (an origin whose clock
+//! runs a little behind). `UTCTiming` is not read yet: an agent whose clock is off by
+//! more than that waits for segments already published, or asks for them too early.
+//!
 //! **Refused** as `playlist_invalid`, with what it is: a body that is not an MPD, a
-//! live presentation (`type="dynamic"`, not supported yet: it needs the origin's clock
-//! to find the live edge), a representation addressed by byte ranges (`SegmentBase`,
-//! `mediaRange`, an `Initialization@range`: one file with an index, not supported yet,
-//! as HLS byte ranges are not), a template without `@duration` or timeline, a
-//! `@timescale` of 0, an unknown `$identifier$`, and a period without anything to play.
+//! live presentation without `availabilityStartTime` or without a `SegmentTemplate`, a
+//! representation addressed by byte ranges (`SegmentBase`, `mediaRange`, an
+//! `Initialization@range`: one file with an index, not supported yet, as HLS byte
+//! ranges are not), a template without `@duration` or timeline, a `@timescale` of 0,
+//! an unknown `$identifier$`, and a period without anything to play.
 
 use std::time::Duration;
 
@@ -55,6 +71,11 @@ const TRICK_MODE: &str = "http://dashif.org/guidelines/trickmode";
 pub(crate) struct DashPlan {
     pub plan: Plan,
     pub bitrate_bps: Option<u64>,
+}
+
+/// Whether an MPD is a live presentation (`type="dynamic"`).
+pub(crate) fn is_live(mpd: &MPD) -> bool {
+    mpd.mpdtype.as_deref() == Some("dynamic")
 }
 
 /// Whether a manifest body is an MPD (XML with an `<MPD` element) rather than an HLS
@@ -83,11 +104,6 @@ pub(crate) fn parse(body: &[u8], url: &Url) -> Result<MPD, MeasurementError> {
 /// The downloads that play `task.play_ms` of the static presentation `mpd`, fetched
 /// from `url` (its final URL), after checking that it can be played.
 pub(crate) fn plan(mpd: &MPD, url: &Url, task: VideoTask) -> Result<DashPlan, MeasurementError> {
-    if mpd.mpdtype.as_deref() == Some("dynamic") {
-        return Err(invalid(format!(
-            "{url} is a live DASH presentation (type=\"dynamic\"), which is not supported yet"
-        )));
-    }
     if mpd.periods.is_empty() {
         return Err(invalid(format!("{url} has no Period")));
     }
@@ -157,6 +173,222 @@ pub(crate) fn plan(mpd: &MPD, url: &Url, task: VideoTask) -> Result<DashPlan, Me
         },
         bitrate_bps,
     })
+}
+
+/// A live presentation as one load of its MPD shows it: the chosen representation's
+/// segments around the live edge, each with the moment it is available.
+#[derive(Debug)]
+pub(crate) struct LiveView {
+    /// In presentation order.
+    pub segments: Vec<LiveSegment>,
+    pub init: Option<Url>,
+    pub bitrate_bps: Option<u64>,
+    /// How long after this load began the MPD may be loaded again: its
+    /// `minimumUpdatePeriod`, else half a segment.
+    pub reload_after: Duration,
+    /// How far behind the live edge a session starts: `suggestedPresentationDelay`,
+    /// else three segments (as HLS's three target durations).
+    pub delay_us: u64,
+    /// The longest segment: a session waits at most about this for the next one.
+    pub segment_us: u64,
+    /// `false` once the presentation ended (the MPD became `static`).
+    pub dynamic: bool,
+}
+
+/// One segment of a live presentation.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LiveSegment {
+    /// Where it starts on the period's timeline, µs: what identifies it across loads.
+    pub start_us: u64,
+    pub media_us: u64,
+    pub url: Url,
+    /// When its last byte is published (`availabilityStartTime` + the period's start +
+    /// the segment's end), µs since the Unix epoch on the origin's clock.
+    pub available_at_us: i64,
+}
+
+/// Segments of a live presentation looked at past the live edge: enough for any
+/// session ([`MAX_VIDEO_SEGMENTS`]), and the bound of every loop over a timeline.
+const LIVE_LOOKAHEAD: usize = MAX_VIDEO_SEGMENTS;
+
+/// The live presentation `mpd` (fetched from `url`) at `now_us` (µs since the Unix
+/// epoch): the representation a player limited to `task.max_bitrate_kbps` plays in
+/// the period under way, and its segments from a little before the live edge on.
+pub(crate) fn live_view(
+    mpd: &MPD,
+    url: &Url,
+    task: VideoTask,
+    now_us: i64,
+) -> Result<LiveView, MeasurementError> {
+    let dynamic = mpd.mpdtype.as_deref() == Some("dynamic");
+    let start = mpd
+        .availabilityStartTime
+        .map(|t| t.timestamp_micros())
+        .ok_or_else(|| {
+            invalid(format!(
+                "{url} is a live DASH presentation without an availabilityStartTime"
+            ))
+        })?;
+    // The last period that has begun.
+    let (index, period) = mpd
+        .periods
+        .iter()
+        .enumerate()
+        .rev()
+        .find(|(_, p)| start.saturating_add(start_us(p) as i64) <= now_us)
+        .or_else(|| mpd.periods.first().map(|p| (0, p)))
+        .ok_or_else(|| invalid(format!("{url} has no Period")))?;
+    let name = period.id.as_deref().map_or_else(
+        || format!("period {}", index + 1),
+        |id| format!("period {id:?}"),
+    );
+    let (set, rep) = choose(period, task.max_bitrate_kbps).ok_or_else(|| {
+        invalid(format!(
+            "{url}: {name} has no video or audio representation to play"
+        ))
+    })?;
+    let root = resolve(url, &mpd.base_url)?;
+    let base = resolve(&root, &period.BaseURL)?;
+    let base = resolve(&base, &set.BaseURL)?;
+    let base = resolve(&base, &rep.BaseURL)?;
+    let names = Names {
+        id: rep.id.as_deref().unwrap_or(""),
+        bandwidth: rep.bandwidth.unwrap_or(0),
+    };
+    let what = format!("{url}: {name}, representation {:?}", names.id);
+    let Some(template) = template_of(period, set, rep).filter(|t| t.media.is_some()) else {
+        return Err(invalid(format!(
+            "{what}: a live presentation is played from a SegmentTemplate, which it has not"
+        )));
+    };
+    let media = template.media.as_deref().unwrap_or_default();
+    let timescale = timescale(template.timescale, &what)?;
+    let offset = template.presentationTimeOffset.unwrap_or(0);
+    let period_start = start.saturating_add(start_us(period) as i64);
+    // Where the live edge is on the period's timeline, µs.
+    let now_in_period = now_us.saturating_sub(period_start).max(0) as u64;
+    let init = init_piece(
+        template.initialization.as_deref(),
+        template.Initialization.as_ref(),
+        &names,
+        &base,
+        &what,
+    )?
+    .map(|p| p.url);
+    let start_number = template.startNumber.unwrap_or(1);
+    let mut segments = Vec::new();
+    let push = |segments: &mut Vec<LiveSegment>,
+                number: u64,
+                time: u64,
+                d_ticks: f64|
+     -> Result<(), MeasurementError> {
+        let start_us = ticks_us(time.saturating_sub(offset) as f64, timescale);
+        let media_us = ticks_us(d_ticks, timescale);
+        let uri =
+            expand(media, &names, number, time).map_err(|e| invalid(format!("{what}: {e}")))?;
+        segments.push(LiveSegment {
+            start_us,
+            media_us,
+            url: join(&base, &uri, &what)?,
+            available_at_us: period_start.saturating_add((start_us + media_us) as i64),
+        });
+        Ok(())
+    };
+    let segment_us;
+    match (&template.SegmentTimeline, template.duration) {
+        (Some(timeline), _) => {
+            // The listed segments, from the first that ends within the window a session
+            // can start in; an open repeat runs to what is available now.
+            let mut time = offset;
+            let mut number = start_number;
+            let mut longest = 0u64;
+            let now_ticks =
+                offset.saturating_add((now_in_period as f64 / 1e6 * timescale as f64) as u64);
+            for (i, s) in timeline.segments.iter().enumerate() {
+                if s.d == 0 {
+                    continue;
+                }
+                if let Some(t) = s.t {
+                    time = t;
+                }
+                longest = longest.max(s.d);
+                let repeats = match s.r {
+                    Some(r) if r >= 0 => r as u64,
+                    _ => {
+                        let until = timeline
+                            .segments
+                            .get(i + 1)
+                            .and_then(|next| next.t)
+                            .unwrap_or(now_ticks);
+                        (until.saturating_sub(time) / s.d).saturating_sub(1)
+                    }
+                };
+                // Keep the last LIVE_LOOKAHEAD only: skip the rest without a loop.
+                let count = repeats.saturating_add(1);
+                let keep = count.min(LIVE_LOOKAHEAD as u64);
+                let skip = count - keep;
+                time = time.saturating_add(skip.saturating_mul(s.d));
+                number = number.saturating_add(skip);
+                for _ in 0..keep {
+                    push(&mut segments, number, time, s.d as f64)?;
+                    time = time.saturating_add(s.d);
+                    number = number.saturating_add(1);
+                }
+                if segments.len() > 2 * LIVE_LOOKAHEAD {
+                    segments.drain(..segments.len() - LIVE_LOOKAHEAD);
+                }
+            }
+            segment_us = ticks_us(longest as f64, timescale);
+        }
+        (None, Some(duration)) if duration > 0.0 && duration.is_finite() => {
+            // Every segment is known: from a little before the live edge to as far as
+            // any session plays.
+            segment_us = ticks_us(duration, timescale).max(1);
+            let available = (now_in_period / segment_us).saturating_sub(1);
+            let back = (delay_of(mpd, segment_us) / segment_us).saturating_add(2);
+            let first = available.saturating_sub(back);
+            let ahead = (task.play_ms.saturating_mul(1_000) / segment_us)
+                .saturating_add(back + 2)
+                .min(LIVE_LOOKAHEAD as u64);
+            for k in first..first.saturating_add(ahead) {
+                let time = offset.saturating_add((k as f64 * duration).round() as u64);
+                push(
+                    &mut segments,
+                    start_number.saturating_add(k),
+                    time,
+                    duration,
+                )?;
+            }
+        }
+        _ => {
+            return Err(invalid(format!(
+                "{what} has a SegmentTemplate with neither @duration nor a SegmentTimeline"
+            )))
+        }
+    }
+    let reload_after = mpd
+        .minimumUpdatePeriod
+        .filter(|p| !p.is_zero())
+        .unwrap_or(Duration::from_micros(segment_us / 2))
+        .clamp(Duration::from_millis(100), Duration::from_secs(30));
+    Ok(LiveView {
+        segments,
+        init,
+        bitrate_bps: rep.bandwidth,
+        reload_after,
+        delay_us: delay_of(mpd, segment_us),
+        segment_us,
+        dynamic,
+    })
+}
+
+/// How far behind the live edge a session starts: `suggestedPresentationDelay`, else
+/// three segments.
+fn delay_of(mpd: &MPD, segment_us: u64) -> u64 {
+    mpd.suggestedPresentationDelay
+        .map(micros)
+        .filter(|d| *d > 0)
+        .unwrap_or(segment_us.saturating_mul(3))
 }
 
 /// What the session may still take from a period: media, segments, and the period's
@@ -636,6 +868,89 @@ mod tests {
         )
     }
 
+    /// The testbed's live stream started at `start_ms` (Unix ms), as its MPD was
+    /// `elapsed_ms` later (`timeline`: the SegmentTimeline one), viewed at that moment.
+    fn testbed_live(start_ms: u64, elapsed_ms: u64, timeline: bool, cap: Option<u64>) -> LiveView {
+        use std::time::SystemTime;
+        let started = SystemTime::UNIX_EPOCH + Duration::from_millis(start_ms);
+        let xml =
+            lastmile_testbed::video::live_mpd(Duration::from_millis(elapsed_ms), started, timeline);
+        let mpd = parse(xml.as_bytes(), &url()).unwrap();
+        assert!(is_live(&mpd));
+        let now_us = ((start_ms + elapsed_ms) * 1_000) as i64;
+        live_view(&mpd, &url(), task(4_000, cap), now_us).unwrap()
+    }
+
+    #[test]
+    fn a_live_timeline_lists_its_window_with_when_each_segment_is_published() {
+        let start_ms = 1_700_000_000_000;
+        let view = testbed_live(start_ms, 10_400, true, Some(2_000));
+        assert!(view.dynamic);
+        assert_eq!(view.bitrate_bps, Some(2_000_000));
+        assert_eq!(view.init.as_ref().unwrap().path(), "/vod/low/init.mp4");
+        assert_eq!(
+            view.reload_after,
+            Duration::from_secs(1),
+            "minimumUpdatePeriod"
+        );
+        assert_eq!((view.segment_us, view.delay_us), (1_000_000, 3_000_000));
+        let listed: Vec<(u64, String, i64)> = view
+            .segments
+            .iter()
+            .map(|s| {
+                (
+                    s.start_us / 1_000,
+                    s.url.path().to_owned(),
+                    s.available_at_us / 1_000,
+                )
+            })
+            .collect();
+        let expected: Vec<(u64, String, i64)> = (4..10)
+            .map(|n| {
+                (
+                    n * 1_000,
+                    format!("/vod/low/seg{n}.m4s"),
+                    (start_ms + (n + 1) * 1_000) as i64,
+                )
+            })
+            .collect();
+        assert_eq!(
+            listed, expected,
+            "segment n starts at n s, is published at (n+1) s"
+        );
+        assert!(testbed_live(start_ms, 500, true, None).segments.is_empty());
+    }
+
+    #[test]
+    fn a_live_duration_template_names_every_segment_from_before_the_edge_on() {
+        let start_ms = 1_700_000_000_000;
+        let view = testbed_live(start_ms, 10_400, false, None);
+        assert_eq!(view.bitrate_bps, Some(30_000_000));
+        // Nine segments published by 10.4 s (0 to 8 whole, the ninth ends at 10 s):
+        // from five before the last available one, on past the session's 4 s.
+        let first = &view.segments[0];
+        assert_eq!(first.start_us, 4_000_000, "{first:?}");
+        assert_eq!(first.url.path(), "/vod/high/seg4.m4s");
+        assert!(view.segments.len() >= 4 + 5, "{}", view.segments.len());
+        for pair in view.segments.windows(2) {
+            assert_eq!(pair[1].start_us, pair[0].start_us + 1_000_000);
+            assert_eq!(pair[1].available_at_us, pair[0].available_at_us + 1_000_000);
+        }
+        assert_eq!(
+            first.available_at_us,
+            ((start_ms + 5_000) * 1_000) as i64,
+            "segment 4 is published at 5 s"
+        );
+        // Before anything is published, the first segments are still named, each
+        // with its publication time.
+        let early = testbed_live(start_ms, 100, false, None);
+        assert_eq!(early.segments[0].start_us, 0);
+        assert_eq!(
+            early.segments[0].available_at_us,
+            ((start_ms + 1_000) * 1_000) as i64
+        );
+    }
+
     #[test]
     fn templates_expand_identifiers_widths_and_dollars() {
         let names = Names {
@@ -818,7 +1133,18 @@ mod tests {
             r#"type="dynamic" availabilityStartTime="2026-01-01T00:00:00Z""#,
             r#"<Period><AdaptationSet contentType="video"><SegmentTemplate media="$Number$" duration="1"/><Representation id="v"/></AdaptationSet></Period>"#,
         );
-        assert!(refusal(&live).contains("live DASH"));
+        assert!(is_live(&parse(live.as_bytes(), &url()).unwrap()));
+        let no_start = parse(
+            live.replace(r#"availabilityStartTime="2026-01-01T00:00:00Z""#, "")
+                .as_bytes(),
+            &url(),
+        )
+        .unwrap();
+        let e = live_view(&no_start, &url(), task(5_000, None), 0).unwrap_err();
+        assert!(
+            e.message.contains("without an availabilityStartTime"),
+            "{e:?}"
+        );
         assert!(refusal(&mpd("", "")).contains("no Period"));
         assert!(refusal(&video(r#"<SegmentBase indexRange="0-999"/>"#)).contains("SegmentBase"));
         assert!(

@@ -10,7 +10,8 @@
 //!
 //! **Fetching.** The URL is fetched; an XML body with an `<MPD>` is a DASH
 //! presentation, planned by [`crate::dash`] and played as a VOD media playlist is
-//! (below); anything else is parsed as HLS (`m3u8-rs`). A master playlist's
+//! (below), or, live, as [`crate::dash`] says; anything else is parsed as HLS
+//! (`m3u8-rs`). A master playlist's
 //! variant with the highest `BANDWIDTH` at or under the task's `max_bitrate_kbps` is
 //! chosen (none at or under it: the lowest; no limit: the highest; I-frame-only
 //! variants are never chosen), and its media playlist fetched; a media playlist given
@@ -335,6 +336,56 @@ pub fn reload_after(target: Duration, changed: bool) -> Duration {
 pub fn max_reloads(play_ms: u64, target: Duration) -> u64 {
     let half_ms = (target.as_millis() / 2).max(1) as u64;
     play_ms / half_ms + 4
+}
+
+/// Times a live DASH segment that 404s is asked for again before the session fails.
+const PUBLISH_RETRIES: u32 = 3;
+
+/// Now on the wall clock, µs since the Unix epoch: a live DASH presentation's segments
+/// are published at moments of its origin's clock, which the agent's (kept by NTP)
+/// stands for.
+fn unix_now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// The step of a live DASH session whose next segment starts at `next` (µs on the
+/// period's timeline; `None` before it chose where to start) in `view`, at `now_us`
+/// (µs since the Unix epoch). The start is chosen as HLS's: among the segments
+/// available now, the one `delay_us` before the end of the last ([`live_start`]).
+fn dash_step(view: &dash::LiveView, next: Option<u64>, now_us: i64) -> LiveStep {
+    let Some(next) = next else {
+        let available: Vec<u64> = view
+            .segments
+            .iter()
+            .take_while(|s| s.available_at_us <= now_us)
+            .map(|s| s.media_us)
+            .collect();
+        if available.is_empty() {
+            return if view.dynamic {
+                LiveStep::Reload
+            } else {
+                LiveStep::Ended
+            };
+        }
+        return LiveStep::Fetch(live_start(&available, view.delay_us / 3));
+    };
+    // Start times are rounded to µs from the timeline's ticks: a segment is the next
+    // one when it starts within a quarter segment of where the last one ended.
+    let slack = view.segment_us / 4;
+    if let Some(first) = view.segments.first() {
+        if first.start_us > next.saturating_add(slack) {
+            return LiveStep::ScrolledOff(first.start_us);
+        }
+    }
+    match view
+        .segments
+        .iter()
+        .position(|s| s.start_us.saturating_add(slack) >= next)
+    {
+        Some(index) => LiveStep::Fetch(index),
+        None if view.dynamic => LiveStep::Reload,
+        None => LiveStep::Ended,
+    }
 }
 
 /// What a live session does next with the playlist it has.
@@ -664,10 +715,14 @@ impl Session {
         let (fetched, body) = self.get(&url, expect, true).await?;
         if dash::is_mpd(&body) {
             let mpd = dash::parse(&body, &fetched)?;
-            let dash = dash::plan(&mpd, &fetched, task)?;
-            self.bitrate_bps = dash.bitrate_bps;
             self.media_playlist = self.last;
             self.playlist_url = Some(url.to_string());
+            if dash::is_live(&mpd) {
+                let view = dash::live_view(&mpd, &fetched, task, unix_now_us())?;
+                return self.play_live_dash(&url, view, began, expect, task).await;
+            }
+            let dash = dash::plan(&mpd, &fetched, task)?;
+            self.bitrate_bps = dash.bitrate_bps;
             return self.play(dash.plan, expect).await;
         }
         let first = parse_playlist(&body, &fetched).map_err(|_| {
@@ -857,6 +912,123 @@ impl Session {
             player.shorten(covered);
         }
         Ok(())
+    }
+
+    /// Plays the live DASH presentation at `url`, first loaded (at `began`) as `view`:
+    /// from `delay_us` behind the live edge, segment after segment of the chosen
+    /// representation, each fetched once it is available (waited for when it is not
+    /// yet), the MPD reloaded when the next segment is not listed yet (see
+    /// [`crate::dash`]).
+    async fn play_live_dash(
+        &mut self,
+        url: &Url,
+        mut view: dash::LiveView,
+        mut began: Instant,
+        expect: &Expectations,
+        task: VideoTask,
+    ) -> Result<(), MeasurementError> {
+        let play_us = task.play_ms.saturating_mul(1_000);
+        self.player = Some(Player::new(play_us));
+        self.bitrate_bps = view.bitrate_bps;
+        let reload_limit = max_reloads(task.play_ms, Duration::from_micros(view.segment_us));
+        let mut reloads = 0u64;
+        // The next segment, by where it starts on the period's timeline (µs).
+        let mut next: Option<u64> = None;
+        let mut init: Option<Url> = None;
+        let mut covered = 0u64;
+        while covered < play_us && (self.segments as usize) < MAX_VIDEO_SEGMENTS {
+            let now = unix_now_us();
+            match dash_step(&view, next, now) {
+                LiveStep::Fetch(index) => {
+                    let segment = view.segments[index].clone();
+                    let wait_us = segment.available_at_us.saturating_sub(unix_now_us());
+                    if wait_us > 0 {
+                        tokio::time::sleep(Duration::from_micros(wait_us as u64)).await;
+                    }
+                    self.downloading = true;
+                    if let Some(section) = &view.init {
+                        if init.as_ref() != Some(section) {
+                            self.get(section, expect, false).await?;
+                            init = Some(section.clone());
+                        }
+                    }
+                    self.get_published(&segment.url, expect, view.segment_us)
+                        .await?;
+                    self.segment_arrived(segment.media_us);
+                    covered = covered.saturating_add(segment.media_us);
+                    next = Some(segment.start_us + segment.media_us);
+                }
+                LiveStep::Reload => {
+                    reloads += 1;
+                    if reloads > reload_limit {
+                        return Err(fail(
+                            ErrorKind::Http,
+                            format!(
+                                "the live presentation {url} stopped advancing: its next \
+                                 segment was still not listed after {reload_limit} reloads"
+                            ),
+                        ));
+                    }
+                    tokio::time::sleep_until((began + view.reload_after).into()).await;
+                    began = Instant::now();
+                    let (base, body) = self.get(url, expect, true).await?;
+                    if !dash::is_mpd(&body) {
+                        return Err(invalid(format!(
+                            "{url} was no longer a DASH MPD when reloaded"
+                        )));
+                    }
+                    let mpd = dash::parse(&body, &base)?;
+                    view = dash::live_view(&mpd, &base, task, unix_now_us())?;
+                }
+                LiveStep::Ended => break,
+                LiveStep::ScrolledOff(first_us) => {
+                    return Err(fail(
+                        ErrorKind::Http,
+                        format!(
+                            "the segment at {} ms of the live presentation {url} left its \
+                             window (it now starts at {} ms) before it was fetched: the \
+                             session fell a whole window behind the live edge",
+                            next.unwrap_or(0) / 1_000,
+                            first_us / 1_000
+                        ),
+                    ))
+                }
+            }
+        }
+        if covered == 0 {
+            return Err(invalid(format!(
+                "the live presentation {url} ended without a segment with media to play"
+            )));
+        }
+        if let Some(player) = self.player.as_mut() {
+            player.shorten(covered);
+        }
+        Ok(())
+    }
+
+    /// GETs a live segment that should be published by now; a 404 is asked again
+    /// (up to [`PUBLISH_RETRIES`] times, a quarter segment apart), as dash.js does: an
+    /// origin whose clock runs a little behind the agent's publishes it a little later.
+    async fn get_published(
+        &mut self,
+        url: &Url,
+        expect: &Expectations,
+        segment_us: u64,
+    ) -> Result<(), MeasurementError> {
+        let mut tries = 0;
+        loop {
+            match self.get(url, expect, false).await {
+                Err(e)
+                    if e.kind == ErrorKind::HttpStatus
+                        && self.last.and_then(|f| f.status) == Some(404)
+                        && tries < PUBLISH_RETRIES =>
+                {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_micros((segment_us / 4).max(50_000))).await;
+                }
+                other => return other.map(|_| ()),
+            }
+        }
     }
 
     /// GETs `url` and the redirects it leads to; the final URL and, when `keep`, its
@@ -1380,6 +1552,55 @@ mod tests {
     }
 
     #[test]
+    fn a_live_dash_session_starts_behind_the_edge_and_follows_segment_start_times() {
+        // Six one-second segments starting at 10..15 s, the last published at 16 s.
+        let view = |dynamic: bool, first: u64| dash::LiveView {
+            segments: (first..16)
+                .map(|n| dash::LiveSegment {
+                    start_us: n * S,
+                    media_us: S,
+                    url: Url::parse(&format!("http://x/{n}.m4s")).unwrap(),
+                    available_at_us: ((n + 1) * S) as i64,
+                })
+                .collect(),
+            init: None,
+            bitrate_bps: None,
+            reload_after: Duration::from_secs(1),
+            delay_us: 3 * S,
+            segment_us: S,
+            dynamic,
+        };
+        let live = view(true, 10);
+        // At 14.5 s four are published (10..13): start three seconds before the end
+        // of the last, at segment 11 (index 1).
+        assert_eq!(
+            dash_step(&live, None, (14 * S + S / 2) as i64),
+            LiveStep::Fetch(1)
+        );
+        // The next one by start time, even one not published yet (it is waited for),
+        // within rounding of the last one's end.
+        assert_eq!(dash_step(&live, Some(12 * S), 0), LiveStep::Fetch(2));
+        assert_eq!(dash_step(&live, Some(15 * S - 3), 0), LiveStep::Fetch(5));
+        // Past the listed ones: reload; once the presentation ended: the end.
+        assert_eq!(dash_step(&live, Some(16 * S), 0), LiveStep::Reload);
+        assert_eq!(
+            dash_step(&view(false, 10), Some(16 * S), 0),
+            LiveStep::Ended
+        );
+        // Nothing published yet: reload (a static one has nothing to play).
+        assert_eq!(dash_step(&live, None, 5 * S as i64), LiveStep::Reload);
+        assert_eq!(
+            dash_step(&view(false, 10), None, 5 * S as i64),
+            LiveStep::Ended
+        );
+        // The window moved past the next segment.
+        assert_eq!(
+            dash_step(&view(true, 13), Some(11 * S), 0),
+            LiveStep::ScrolledOff(13 * S)
+        );
+    }
+
+    #[test]
     fn a_stream_that_ends_before_play_ms_plays_what_came() {
         // Made for 12 s; two one-second segments by 0.2 s, then the stream ended:
         // 2 s is all the media, so playback starts with the second and plays both.
@@ -1623,8 +1844,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_live_or_byte_range_dash_presentation_is_playlist_invalid_before_any_segment() {
-        let live = r#"<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic"
-            availabilityStartTime="2026-01-01T00:00:00Z"><Period><AdaptationSet contentType="video">
+        // A live presentation without the moment its segments are timed from.
+        let live = r#"<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic">
+            <Period><AdaptationSet contentType="video">
             <SegmentTemplate media="$Number$.m4s" duration="1"/><Representation id="v" bandwidth="1"/>
             </AdaptationSet></Period></MPD>"#;
         let ranged = r#"<MPD><Period duration="PT10S"><AdaptationSet mimeType="video/mp4">
@@ -1635,7 +1857,10 @@ mod tests {
             ("/ranged.mpd", Route::Body(ranged.as_bytes().to_vec())),
         ])
         .await;
-        for (path, says) in [("/live.mpd", "live DASH"), ("/ranged.mpd", "SegmentBase")] {
+        for (path, says) in [
+            ("/live.mpd", "availabilityStartTime"),
+            ("/ranged.mpd", "SegmentBase"),
+        ] {
             let m = local_engine()
                 .measure_video(&files.url(path), &within(10_000), session(5_000, None))
                 .await;
@@ -1843,6 +2068,64 @@ mod tests {
             1,
             "reloads on the same connection"
         );
+    }
+
+    #[tokio::test]
+    async fn live_dash_plays_from_the_live_edge_in_about_play_ms_of_real_time() {
+        // As the HLS live stream: segment n is published (n+1) s after the site
+        // started, so start-up waits for the third (3 s) and four seconds of media end
+        // with the fourth (4 s). The timeline MPD is reloaded each second for the next
+        // segment; the @duration one tells when each is published, and is loaded once.
+        let play = async |path: &'static str| {
+            let site = site(5).await;
+            let url = format!("{}{path}", site.origin());
+            let started = Instant::now();
+            let m = local_engine()
+                .measure_video(&url, &within(20_000), session(4_000, Some(2_000)))
+                .await;
+            (m, started.elapsed(), site)
+        };
+        let ((timeline, timeline_took, timeline_site), (numbered, numbered_took, numbered_site)) = tokio::join!(
+            play(stream::LIVE_DASH_PATH),
+            play(stream::LIVE_DASH_NUMBERED_PATH)
+        );
+        for (m, took, site, path) in [
+            (
+                &timeline,
+                timeline_took,
+                &timeline_site,
+                stream::LIVE_DASH_PATH,
+            ),
+            (
+                &numbered,
+                numbered_took,
+                &numbered_site,
+                stream::LIVE_DASH_NUMBERED_PATH,
+            ),
+        ] {
+            assert_eq!(m.error, None, "{path}: {m:?}");
+            let s = summary(m);
+            assert_eq!(s.playlist_url, format!("{}{path}", site.origin()));
+            assert_eq!(s.bitrate_bps, Some(RENDITIONS[0].bitrate_bps));
+            assert_eq!((s.segments, s.played_ms), (4, 4_000), "{path}: {s:?}");
+            assert_eq!((s.stalls, s.stall_us), (0, 0), "{path}: {s:?}");
+            assert!(
+                s.startup_us >= 2_900_000 && s.startup_us < 10_000_000,
+                "{path}: start-up waits for the third segment's publication: {s:?}"
+            );
+            assert_consistent(m.timings_us);
+            assert!(took >= Duration::from_millis(3_900), "{path}: {took:?}");
+            assert!(took < Duration::from_secs(15), "{path}: {took:?}");
+            assert_eq!(site.connections().accepted, 1, "{path}: one connection");
+        }
+        // Bytes: the MPD loads, the initialisation and four segments. The timeline MPD
+        // is loaded about once a segment, the numbered one once or twice (the first
+        // load names no published segment yet).
+        let media = INIT_BYTES + 4 * stream::segment_bytes(RENDITIONS[0]);
+        let mpds = |m: &Measurement| m.bytes as usize - media;
+        let one_mpd = stream::live_mpd(Duration::ZERO, std::time::SystemTime::now(), false).len();
+        assert!(mpds(&numbered) <= 2 * one_mpd + 16, "{}", mpds(&numbered));
+        assert!(mpds(&timeline) >= 4 * one_mpd / 2, "{}", mpds(&timeline));
     }
 
     #[tokio::test]

@@ -424,7 +424,7 @@ pub enum ErrorKind {
     PageTooLarge,
     /// A video check: the URL is not an HLS playlist or a DASH MPD that can be played
     /// (neither, no segments, byte-range segments, a live playlist without a target
-    /// duration, a live MPD).
+    /// duration, a live MPD without an availability start time).
     PlaylistInvalid,
     /// A udp check: nothing answered the hello at the reflector's address (after
     /// [`UDP_HELLO_ATTEMPTS`] tries), so no stream was sent.

@@ -104,8 +104,10 @@ impl Drop for Open {
 struct Content {
     home: Vec<u8>,
     files: HashMap<String, (&'static str, Vec<u8>)>,
-    /// When the site started: the live stream's clock ([`crate::video`]).
+    /// When the site started: the live stream's clock ([`crate::video`]), and the same
+    /// moment on the wall clock, as its MPD announces it.
     started: Instant,
+    started_at: std::time::SystemTime,
 }
 
 impl Content {
@@ -125,6 +127,9 @@ impl Content {
             home: home_page(page_bytes),
             files,
             started: Instant::now(),
+            // After the instant, so the MPD announces each segment no earlier than
+            // the site publishes it.
+            started_at: crate::video::live_start_on_wall_clock(),
         }
     }
 
@@ -149,7 +154,9 @@ impl Content {
             }
         } else if let Some((kind, body)) = self.files.get(path) {
             Answer::ok(kind, body.clone())
-        } else if let Some((kind, body)) = crate::video::answer(path, self.started.elapsed()) {
+        } else if let Some((kind, body)) =
+            crate::video::answer(path, self.started.elapsed(), self.started_at)
+        {
             Answer::ok(kind, body)
         } else {
             Answer::not_found(NOT_FOUND.to_vec())

@@ -27,9 +27,18 @@
 //! ([`INIT_BYTES`] of noise) and `$RepresentationID$/seg$Number$.m4s` (the segments'
 //! bodies), and an audio adaptation set whose segments the site does not serve: a
 //! player measuring the video must not fetch them (a 404 would fail the session).
+//!
+//! **The live DASH presentations** are the live stream's segments (published at the same
+//! moments, under `/video/live/<rendition>/seg<n>.m4s`, with an `init.mp4`) in a
+//! dynamic MPD whose `availabilityStartTime` is the site's start on the wall clock
+//! (rounded up to the millisecond, so no segment is announced before it is
+//! published): [`LIVE_DASH_PATH`] lists the last [`LIVE_WINDOW`] published segments in
+//! a `SegmentTimeline` (a player reloads it, every `minimumUpdatePeriod` of a second),
+//! [`LIVE_DASH_NUMBERED_PATH`] names them by `@duration` (a player computes when each
+//! is published and never reloads).
 
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// The master playlist.
 pub const MASTER_PATH: &str = "/video/master.m3u8";
@@ -39,6 +48,12 @@ pub const LIVE_MASTER_PATH: &str = "/video/live/master.m3u8";
 
 /// The DASH presentation (MPD) of the video on demand.
 pub const DASH_PATH: &str = "/video/manifest.mpd";
+
+/// The live stream as a dynamic MPD with a `SegmentTimeline`.
+pub const LIVE_DASH_PATH: &str = "/video/live/manifest.mpd";
+
+/// The live stream as a dynamic MPD whose `SegmentTemplate` has a `@duration`.
+pub const LIVE_DASH_NUMBERED_PATH: &str = "/video/live/numbered.mpd";
 
 /// Bytes of a DASH representation's initialisation segment.
 pub const INIT_BYTES: usize = 1_200;
@@ -134,6 +149,63 @@ pub fn mpd() -> String {
     )
 }
 
+/// The live stream's MPD `elapsed` after the site started at `started_at` (the wall
+/// clock's `availabilityStartTime`): a `SegmentTimeline` of the last [`LIVE_WINDOW`]
+/// published segments, or (`timeline` false) a `@duration` template.
+pub fn live_mpd(elapsed: Duration, started_at: SystemTime, timeline: bool) -> String {
+    let published = live_published(elapsed);
+    let first = published.saturating_sub(LIVE_WINDOW);
+    let start: chrono::DateTime<chrono::Utc> = started_at.into();
+    let segments = if timeline {
+        let repeat = if published > first {
+            format!(
+                r#"<S t="{}" d="{SEGMENT_MS}" r="{}"/>"#,
+                first * SEGMENT_MS,
+                published - first - 1
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            r#"<SegmentTemplate timescale="1000" startNumber="{first}" initialization="$RepresentationID$/init.mp4" media="$RepresentationID$/seg$Number$.m4s"><SegmentTimeline>{repeat}</SegmentTimeline></SegmentTemplate>"#
+        )
+    } else {
+        format!(
+            r#"<SegmentTemplate timescale="1000" duration="{SEGMENT_MS}" startNumber="0" initialization="$RepresentationID$/init.mp4" media="$RepresentationID$/seg$Number$.m4s"/>"#
+        )
+    };
+    let mut reps = String::new();
+    for r in RENDITIONS {
+        reps.push_str(&format!(
+            r#"<Representation id="{}" bandwidth="{}" codecs="avc1.640028"/>"#,
+            r.name, r.bitrate_bps
+        ));
+    }
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic" profiles="urn:mpeg:dash:profile:isoff-live:2011"
+     availabilityStartTime="{}" minimumUpdatePeriod="PT1S" timeShiftBufferDepth="PT{LIVE_WINDOW}S" minBufferTime="PT2S">
+  <Period id="live" start="PT0S">
+    <AdaptationSet contentType="video" mimeType="video/mp4">{segments}{reps}</AdaptationSet>
+  </Period>
+</MPD>
+"#,
+        start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
+}
+
+/// Now on the wall clock, as a live stream that starts now announces its start in its
+/// MPD: rounded up to the next millisecond, so that (taken just after the stream's
+/// `Instant`) the MPD never announces a segment before the site publishes it.
+pub fn live_start_on_wall_clock() -> SystemTime {
+    let now = SystemTime::now();
+    let since = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let ms = since.as_millis() as u64 + 1;
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
 /// Live segments published `elapsed` after the start: segment n is at (n+1) segment
 /// durations, so this many (numbered from 0).
 pub fn live_published(elapsed: Duration) -> u64 {
@@ -157,15 +229,24 @@ pub fn live_media(elapsed: Duration) -> String {
 }
 
 /// What the site answers for `path` under `/video/`, `elapsed` after the site started
-/// (for the live stream): `(content type, body)`, or `None` for a path of no playlist
-/// or segment (or a live segment not published yet).
-pub fn answer(path: &str, elapsed: Duration) -> Option<(&'static str, Vec<u8>)> {
+/// at `started_at` on the wall clock (for the live stream): `(content type, body)`, or
+/// `None` for a path of no playlist or segment (or a live segment not published yet).
+pub fn answer(
+    path: &str,
+    elapsed: Duration,
+    started_at: SystemTime,
+) -> Option<(&'static str, Vec<u8>)> {
     const PLAYLIST: &str = "application/vnd.apple.mpegurl";
     if path == MASTER_PATH || path == LIVE_MASTER_PATH {
         return Some((PLAYLIST, master().into_bytes()));
     }
     if path == DASH_PATH {
         return Some(("application/dash+xml", mpd().into_bytes()));
+    }
+    if path == LIVE_DASH_PATH || path == LIVE_DASH_NUMBERED_PATH {
+        let timeline = path == LIVE_DASH_PATH;
+        let text = live_mpd(elapsed, started_at, timeline);
+        return Some(("application/dash+xml", text.into_bytes()));
     }
     let rest = path.strip_prefix("/video/")?;
     let (live, rest) = match rest.strip_prefix("live/") {
@@ -178,12 +259,11 @@ pub fn answer(path: &str, elapsed: Duration) -> Option<(&'static str, Vec<u8>)> 
         let text = if live { live_media(elapsed) } else { media() };
         return Some((PLAYLIST, text.into_bytes()));
     }
-    if file == "init.mp4" && !live {
+    if file == "init.mp4" {
         return Some(("video/mp4", init(index).to_vec()));
     }
     let (n, kind) = match file.strip_suffix(".m4s") {
-        Some(number) if !live => (number, "video/iso.segment"),
-        Some(_) => return None,
+        Some(number) => (number, "video/iso.segment"),
         None => (file.strip_suffix(".ts")?, "video/mp2t"),
     };
     let n: u64 = n.strip_prefix("seg")?.parse().ok()?;
@@ -220,13 +300,18 @@ mod tests {
         let master = master();
         assert!(master.contains("BANDWIDTH=30000000"), "{master}");
         assert!(master.contains("low/index.m3u8"), "{master}");
-        let (kind, body) = answer("/video/high/index.m3u8", Duration::ZERO).unwrap();
+        let (kind, body) = answer(
+            "/video/high/index.m3u8",
+            Duration::ZERO,
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
         assert_eq!(kind, "application/vnd.apple.mpegurl");
         let text = String::from_utf8(body).unwrap();
         assert_eq!(text.matches("#EXTINF:1.000,").count(), SEGMENTS);
         assert!(text.ends_with("#EXT-X-ENDLIST\n"), "{text}");
         // 30 Mbit/s for one second.
-        let vod = |path| answer(path, Duration::ZERO);
+        let vod = |path| answer(path, Duration::ZERO, SystemTime::UNIX_EPOCH);
         assert_eq!(vod("/video/high/seg11.ts").unwrap().1.len(), 3_750_000);
         assert_eq!(vod("/video/low/seg0.ts").unwrap().1.len(), 250_000);
         assert!(vod("/video/high/seg12.ts").is_none());
@@ -236,7 +321,7 @@ mod tests {
 
     #[test]
     fn the_dash_presentation_is_the_same_segments_with_an_initialisation_each() {
-        let (kind, body) = answer(DASH_PATH, Duration::ZERO).unwrap();
+        let (kind, body) = answer(DASH_PATH, Duration::ZERO, SystemTime::UNIX_EPOCH).unwrap();
         assert_eq!(kind, "application/dash+xml");
         let text = String::from_utf8(body).unwrap();
         assert!(
@@ -251,7 +336,7 @@ mod tests {
             text.contains("media=\"$RepresentationID$/seg$Number$.m4s\""),
             "{text}"
         );
-        let vod = |path| answer(path, Duration::ZERO);
+        let vod = |path| answer(path, Duration::ZERO, SystemTime::UNIX_EPOCH);
         assert_eq!(vod("/video/low/init.mp4").unwrap().1.len(), INIT_BYTES);
         assert_eq!(vod("/video/low/seg11.m4s").unwrap().1.len(), 250_000);
         assert_eq!(vod("/video/high/seg0.m4s").unwrap().0, "video/iso.segment");
@@ -261,13 +346,62 @@ mod tests {
             "audio is not served"
         );
         assert!(vod("/video/audio/init.mp4").is_none());
-        assert!(vod("/video/live/low/seg0.m4s").is_none(), "no live DASH");
+        assert!(
+            vod("/video/live/low/seg0.m4s").is_none(),
+            "not published yet"
+        );
+    }
+
+    #[test]
+    fn the_live_mpd_lists_the_published_window_from_the_wall_clock_start() {
+        let started = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+        let at = |path, ms| {
+            let (kind, body) = answer(path, Duration::from_millis(ms), started).unwrap();
+            assert_eq!(kind, "application/dash+xml");
+            String::from_utf8(body).unwrap()
+        };
+        let text = at(LIVE_DASH_PATH, 10_400);
+        assert!(text.contains(r#"type="dynamic""#), "{text}");
+        assert!(
+            text.contains(r#"availabilityStartTime="2023-11-14T22:13:20.123Z""#),
+            "{text}"
+        );
+        // Ten published, the last six listed: 4 to 9.
+        assert!(text.contains(r#"startNumber="4""#), "{text}");
+        assert!(text.contains(r#"<S t="4000" d="1000" r="5"/>"#), "{text}");
+        assert!(
+            !at(LIVE_DASH_PATH, 500).contains("<S "),
+            "none published yet"
+        );
+        let numbered = at(LIVE_DASH_NUMBERED_PATH, 10_400);
+        assert!(
+            numbered.contains(r#"duration="1000" startNumber="0""#),
+            "{numbered}"
+        );
+        assert!(!numbered.contains("SegmentTimeline"), "{numbered}");
+        // Its segments and initialisation, as the HLS live stream's, once published.
+        let get = |path, ms| answer(path, Duration::from_millis(ms), started);
+        assert!(get("/video/live/low/seg9.m4s", 9_999).is_none());
+        assert_eq!(
+            get("/video/live/low/seg9.m4s", 10_000).unwrap().1.len(),
+            250_000
+        );
+        assert_eq!(
+            get("/video/live/high/init.mp4", 0).unwrap().1.len(),
+            INIT_BYTES
+        );
+        assert!(live_start_on_wall_clock() > SystemTime::now() - Duration::from_millis(1));
     }
 
     /// The live media playlist at `ms` after the start: (media sequence, segment
     /// URIs), checked for what every live playlist has.
     fn live_at(ms: u64) -> (u64, Vec<String>) {
-        let (kind, body) = answer("/video/live/low/index.m3u8", Duration::from_millis(ms)).unwrap();
+        let (kind, body) = answer(
+            "/video/live/low/index.m3u8",
+            Duration::from_millis(ms),
+            SystemTime::UNIX_EPOCH,
+        )
+        .unwrap();
         assert_eq!(kind, "application/vnd.apple.mpegurl");
         let text = String::from_utf8(body).unwrap();
         assert!(text.contains("#EXT-X-TARGETDURATION:1\n"), "{text}");
@@ -305,7 +439,7 @@ mod tests {
 
         // Both renditions, same master as the VOD's; segments as the VOD's once
         // published, a 404 before (scrolled-off ones stay).
-        let at = |path, ms| answer(path, Duration::from_millis(ms));
+        let at = |path, ms| answer(path, Duration::from_millis(ms), SystemTime::UNIX_EPOCH);
         assert_eq!(at(LIVE_MASTER_PATH, 0).unwrap().1, master().into_bytes());
         assert!(at("/video/live/high/index.m3u8", 0).is_some());
         assert!(at("/video/live/low/seg0.ts", 999).is_none());

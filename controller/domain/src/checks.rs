@@ -41,8 +41,8 @@ pub struct NewCheck {
     /// loaded as a browser would; reported on the page total. `throughput`: the URL
     /// downloaded over several connections at once for a while, as a speed test does,
     /// with the round trip measured before and during the load; reported on goodput,
-    /// idle and loaded latency. `video`: the URL is an HLS playlist or a DASH MPD (video
-    /// on demand), played against a
+    /// idle and loaded latency. `video`: the URL is an HLS playlist or a DASH MPD, played
+    /// against a
     /// player's buffer model; reported on start-up delay and stall time. `udp`: the URL
     /// is `udp://host:port` on the site's host, the owner's reflector (run with the
     /// site's verification token), which agents send an isochronous stream of small
