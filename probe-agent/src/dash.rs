@@ -41,8 +41,12 @@
 //! `minimumUpdatePeriod`, else every half segment) when the next is not listed yet, and
 //! ends when the MPD becomes `static` without it; a segment that 404s when it should be
 //! published is asked again three times a quarter segment apart (an origin whose clock
-//! runs a little behind). `UTCTiming` is not read yet: an agent whose clock is off by
-//! more than that waits for segments already published, or asks for them too early.
+//! runs a little behind). **The origin's clock**: a session reads the MPD's first
+//! `UTCTiming` it can ([`time_source`]: `direct`, or a GET of an `http-xsdate` or
+//! `http-iso` URL, timed to the middle of its round trip) once, and keeps the offset
+//! to its own clock; without one, or when it fails, the agent's clock stands for the
+//! origin's. Without it, an agent whose clock ran seconds behind would wait that much
+//! for every segment and report the wait as a stall of the line.
 //!
 //! **Refused** as `playlist_invalid`, with what it is: a body that is not an MPD, a
 //! live presentation without `availabilityStartTime` or without a `SegmentTemplate`, a
@@ -205,6 +209,48 @@ pub(crate) struct LiveSegment {
     /// When its last byte is published (`availabilityStartTime` + the period's start +
     /// the segment's end), µs since the Unix epoch on the origin's clock.
     pub available_at_us: i64,
+}
+
+/// Where a live presentation says its origin's clock can be read (`UTCTiming`, section
+/// 5.8.4.11), the first of its sources the agent reads.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum TimeSource {
+    /// `urn:mpeg:dash:utc:direct:2014`: the time, in the MPD itself (as of when the
+    /// origin wrote it), µs since the Unix epoch.
+    Direct(i64),
+    /// `urn:mpeg:dash:utc:http-xsdate:2014` or `http-iso:2014`: a URL whose body is the
+    /// time.
+    Fetch(Url),
+}
+
+/// The live presentation's first `UTCTiming` the agent reads (`http-head` and NTP
+/// sources are not read: none, and the agent's own clock stands for the origin's).
+pub(crate) fn time_source(mpd: &MPD, url: &Url) -> Option<TimeSource> {
+    mpd.UTCTiming.iter().find_map(|timing| {
+        let value = timing.value.as_deref()?.trim();
+        let scheme = timing.schemeIdUri.trim();
+        match scheme.strip_prefix("urn:mpeg:dash:utc:")? {
+            "direct:2014" => parse_time(value.as_bytes()).map(TimeSource::Direct),
+            "http-xsdate:2014" | "http-iso:2014" => {
+                // A value may list several URLs, separated by spaces: the first.
+                let first = value.split_whitespace().next()?;
+                url.join(first).ok().map(TimeSource::Fetch)
+            }
+            _ => None,
+        }
+    })
+}
+
+/// An xs:dateTime or ISO 8601 time (a time without a zone is UTC), µs since the Unix
+/// epoch; `None` for anything else.
+pub(crate) fn parse_time(body: &[u8]) -> Option<i64> {
+    let text = std::str::from_utf8(body).ok()?.trim();
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Some(t.timestamp_micros());
+    }
+    chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+        .ok()
+        .map(|t| t.and_utc().timestamp_micros())
 }
 
 /// Segments of a live presentation looked at past the live edge: enough for any
@@ -949,6 +995,53 @@ mod tests {
             early.segments[0].available_at_us,
             ((start_ms + 1_000) * 1_000) as i64
         );
+    }
+
+    #[test]
+    fn the_origins_clock_is_read_from_the_first_utc_timing_the_agent_can_read() {
+        let with = |timings: &str| {
+            let xml = mpd(
+                r#"type="dynamic" availabilityStartTime="2026-01-01T00:00:00Z""#,
+                &format!("<Period/>{timings}"),
+            );
+            time_source(&parse(xml.as_bytes(), &url()).unwrap(), &url())
+        };
+        assert_eq!(with(""), None);
+        assert_eq!(
+            with(
+                r#"<UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-head:2014" value="https://time.example/"/>
+                   <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="/clock?iso https://b.example/"/>"#
+            ),
+            Some(TimeSource::Fetch(
+                Url::parse("https://video.example/clock?iso").unwrap()
+            )),
+            "http-head is skipped; the first of several URLs, resolved"
+        );
+        assert_eq!(
+            with(
+                r#"<UTCTiming schemeIdUri="urn:mpeg:dash:utc:direct:2014" value="2026-12-06T20:30:00.250Z"/>"#
+            ),
+            Some(TimeSource::Direct(1_796_589_000_250_000))
+        );
+        assert_eq!(
+            with(r#"<UTCTiming schemeIdUri="urn:mpeg:dash:utc:ntp:2014" value="pool.ntp.org"/>"#),
+            None
+        );
+        assert_eq!(
+            parse_time(b" 2026-12-06T20:30:00Z\n"),
+            Some(1_796_589_000_000_000)
+        );
+        assert_eq!(
+            parse_time(b"2026-12-06T21:30:00.5+01:00"),
+            Some(1_796_589_000_500_000)
+        );
+        assert_eq!(
+            parse_time(b"2026-12-06T20:30:00"),
+            Some(1_796_589_000_000_000),
+            "UTC"
+        );
+        assert_eq!(parse_time(b"Sun, 06 Dec 2026 20:30:00 GMT"), None);
+        assert_eq!(parse_time(b"\xff"), None);
     }
 
     #[test]

@@ -675,6 +675,8 @@ struct Session {
     last_segment_byte: Option<Instant>,
     segments: u32,
     player: Option<Player>,
+    /// The origin's clock minus the agent's, µs (a live DASH session's `UTCTiming`).
+    clock_offset_us: i64,
 }
 
 impl Session {
@@ -697,6 +699,7 @@ impl Session {
             last_segment_byte: None,
             segments: 0,
             player: None,
+            clock_offset_us: 0,
         }
     }
 
@@ -718,7 +721,9 @@ impl Session {
             self.media_playlist = self.last;
             self.playlist_url = Some(url.to_string());
             if dash::is_live(&mpd) {
-                let view = dash::live_view(&mpd, &fetched, task, unix_now_us())?;
+                self.read_origin_clock(dash::time_source(&mpd, &fetched), expect)
+                    .await;
+                let view = dash::live_view(&mpd, &fetched, task, self.origin_now_us())?;
                 return self.play_live_dash(&url, view, began, expect, task).await;
             }
             let dash = dash::plan(&mpd, &fetched, task)?;
@@ -937,11 +942,11 @@ impl Session {
         let mut init: Option<Url> = None;
         let mut covered = 0u64;
         while covered < play_us && (self.segments as usize) < MAX_VIDEO_SEGMENTS {
-            let now = unix_now_us();
+            let now = self.origin_now_us();
             match dash_step(&view, next, now) {
                 LiveStep::Fetch(index) => {
                     let segment = view.segments[index].clone();
-                    let wait_us = segment.available_at_us.saturating_sub(unix_now_us());
+                    let wait_us = segment.available_at_us.saturating_sub(self.origin_now_us());
                     if wait_us > 0 {
                         tokio::time::sleep(Duration::from_micros(wait_us as u64)).await;
                     }
@@ -978,7 +983,7 @@ impl Session {
                         )));
                     }
                     let mpd = dash::parse(&body, &base)?;
-                    view = dash::live_view(&mpd, &base, task, unix_now_us())?;
+                    view = dash::live_view(&mpd, &base, task, self.origin_now_us())?;
                 }
                 LiveStep::Ended => break,
                 LiveStep::ScrolledOff(first_us) => {
@@ -1004,6 +1009,38 @@ impl Session {
             player.shorten(covered);
         }
         Ok(())
+    }
+
+    /// Now on the origin's clock, µs since the Unix epoch: the agent's wall clock and
+    /// the offset [`Session::read_origin_clock`] found.
+    fn origin_now_us(&self) -> i64 {
+        unix_now_us().saturating_add(self.clock_offset_us)
+    }
+
+    /// Reads the origin's clock from a live presentation's `UTCTiming` `source` and
+    /// keeps its offset to the agent's. A time fetched is taken as of the middle of
+    /// its request; a source that fails (or a body that is not a time) leaves the
+    /// agent's clock in charge, as players do, rather than failing the session.
+    async fn read_origin_clock(&mut self, source: Option<dash::TimeSource>, expect: &Expectations) {
+        let offset = match source {
+            None => None,
+            Some(dash::TimeSource::Direct(at_us)) => Some(at_us.saturating_sub(unix_now_us())),
+            Some(dash::TimeSource::Fetch(url)) => {
+                let asked = unix_now_us();
+                match self.get(&url, expect, true).await {
+                    Ok((_, body)) => {
+                        let answered = unix_now_us();
+                        dash::parse_time(&body)
+                            .map(|at| at.saturating_sub(asked + (answered - asked) / 2))
+                    }
+                    Err(e) => {
+                        tracing::debug!(%url, error = %e.message, "the origin's clock cannot be read");
+                        None
+                    }
+                }
+            }
+        };
+        self.clock_offset_us = offset.unwrap_or(0);
     }
 
     /// GETs a live segment that should be published by now; a 404 is asked again
@@ -1872,6 +1909,7 @@ mod tests {
     }
 
     /// What [`Files`] answers for a path.
+    #[derive(Clone)]
     enum Route {
         Body(Vec<u8>),
         Redirect(String),
@@ -2124,8 +2162,86 @@ mod tests {
         let media = INIT_BYTES + 4 * stream::segment_bytes(RENDITIONS[0]);
         let mpds = |m: &Measurement| m.bytes as usize - media;
         let one_mpd = stream::live_mpd(Duration::ZERO, std::time::SystemTime::now(), false).len();
-        assert!(mpds(&numbered) <= 2 * one_mpd + 16, "{}", mpds(&numbered));
+        // (and the site's time, read once).
+        assert!(mpds(&numbered) <= 2 * one_mpd + 64, "{}", mpds(&numbered));
         assert!(mpds(&timeline) >= 4 * one_mpd / 2, "{}", mpds(&timeline));
+    }
+
+    #[tokio::test]
+    async fn a_live_dash_session_times_segments_by_the_origins_clock_when_the_mpd_says_it() {
+        // An origin whose clock runs 5 s ahead of the agent's starts a live stream now:
+        // by its clock the stream started 5 s later than the agent's clock says, so an
+        // agent that trusted its own clock would wait 5 s for segments already there
+        // (and call the wait a stall or a slow start). The MPD's UTCTiming names a URL
+        // answering the origin's time: with it, the session starts as soon as three
+        // segments are published (3 s), without it 5 s later.
+        use std::time::SystemTime;
+        const AHEAD: Duration = Duration::from_secs(5);
+        let iso = |t: SystemTime| {
+            chrono::DateTime::<chrono::Utc>::from(t)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let origin_start = SystemTime::now() + AHEAD;
+        let origin = |utc_timing: bool| {
+            let timing = if utc_timing {
+                r#"<UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="/time"/>"#
+            } else {
+                ""
+            };
+            let mpd = format!(
+                r#"<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic"
+                   availabilityStartTime="{}" minimumUpdatePeriod="PT1S">
+                   <Period id="p" start="PT0S"><AdaptationSet contentType="video">
+                   <SegmentTemplate timescale="1000" duration="1000" startNumber="0" media="v/seg$Number$.m4s"/>
+                   <Representation id="v" bandwidth="100000"/></AdaptationSet></Period>{timing}</MPD>"#,
+                iso(origin_start)
+            );
+            let mut routes = vec![
+                ("/live.mpd".to_owned(), Route::Body(mpd.into_bytes())),
+                (
+                    "/time".to_owned(),
+                    Route::Dynamic(Arc::new(move || {
+                        iso(SystemTime::now() + AHEAD).into_bytes()
+                    })),
+                ),
+            ];
+            for n in 0..20 {
+                routes.push((format!("/v/seg{n}.m4s"), Route::Body(vec![7; 1_000])));
+            }
+            routes
+        };
+        let play = async |utc_timing: bool| {
+            let routes = origin(utc_timing);
+            let files = Files::start(
+                routes
+                    .iter()
+                    .map(|(p, r)| (p.as_str(), r.clone()))
+                    .collect(),
+            )
+            .await;
+            local_engine()
+                .measure_video(
+                    &files.url("/live.mpd"),
+                    &within(30_000),
+                    session(4_000, None),
+                )
+                .await
+        };
+        let (read, trusted) = tokio::join!(play(true), play(false));
+        for m in [&read, &trusted] {
+            assert_eq!(m.error, None, "{m:?}");
+            assert_eq!((summary(m).segments, summary(m).played_ms), (4, 4_000));
+        }
+        let (read, trusted) = (summary(&read), summary(&trusted));
+        eprintln!("origin clock read: {read:?}\nagent's clock trusted: {trusted:?}");
+        assert!(
+            read.startup_us >= 2_900_000 && read.startup_us < 5_500_000,
+            "the third segment is published 3 s after the start: {read:?}"
+        );
+        assert!(
+            trusted.startup_us >= 7_900_000,
+            "by the agent's clock, 8 s: {trusted:?}"
+        );
     }
 
     #[tokio::test]

@@ -35,7 +35,8 @@
 //! published): [`LIVE_DASH_PATH`] lists the last [`LIVE_WINDOW`] published segments in
 //! a `SegmentTimeline` (a player reloads it, every `minimumUpdatePeriod` of a second),
 //! [`LIVE_DASH_NUMBERED_PATH`] names them by `@duration` (a player computes when each
-//! is published and never reloads).
+//! is published and never reloads). Both name [`TIME_PATH`], which answers the site's
+//! wall clock (`UTCTiming`, `http-iso`), as a live origin tells players its time.
 
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
@@ -54,6 +55,9 @@ pub const LIVE_DASH_PATH: &str = "/video/live/manifest.mpd";
 
 /// The live stream as a dynamic MPD whose `SegmentTemplate` has a `@duration`.
 pub const LIVE_DASH_NUMBERED_PATH: &str = "/video/live/numbered.mpd";
+
+/// The site's wall clock, an ISO 8601 time (a live MPD's `UTCTiming`).
+pub const TIME_PATH: &str = "/video/time";
 
 /// Bytes of a DASH representation's initialisation segment.
 pub const INIT_BYTES: usize = 1_200;
@@ -188,6 +192,7 @@ pub fn live_mpd(elapsed: Duration, started_at: SystemTime, timeline: bool) -> St
   <Period id="live" start="PT0S">
     <AdaptationSet contentType="video" mimeType="video/mp4">{segments}{reps}</AdaptationSet>
   </Period>
+  <UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="{TIME_PATH}"/>
 </MPD>
 "#,
         start.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -242,6 +247,11 @@ pub fn answer(
     }
     if path == DASH_PATH {
         return Some(("application/dash+xml", mpd().into_bytes()));
+    }
+    if path == TIME_PATH {
+        let now: chrono::DateTime<chrono::Utc> = SystemTime::now().into();
+        let text = now.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        return Some(("text/plain", text.into_bytes()));
     }
     if path == LIVE_DASH_PATH || path == LIVE_DASH_NUMBERED_PATH {
         let timeline = path == LIVE_DASH_PATH;
@@ -379,6 +389,15 @@ mod tests {
             "{numbered}"
         );
         assert!(!numbered.contains("SegmentTimeline"), "{numbered}");
+        assert!(numbered.contains(r#"value="/video/time""#), "{numbered}");
+        let time =
+            String::from_utf8(answer(TIME_PATH, Duration::ZERO, started).unwrap().1).unwrap();
+        let now = chrono::DateTime::parse_from_rfc3339(&time).unwrap();
+        let skew = chrono::Utc::now()
+            .signed_duration_since(now)
+            .num_milliseconds()
+            .abs();
+        assert!(skew < 60_000, "the site's clock: {time}");
         // Its segments and initialisation, as the HLS live stream's, once published.
         let get = |path, ms| answer(path, Duration::from_millis(ms), started);
         assert!(get("/video/live/low/seg9.m4s", 9_999).is_none());
