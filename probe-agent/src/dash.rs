@@ -50,9 +50,10 @@
 //!
 //! **Refused** as `playlist_invalid`, with what it is: a body that is not an MPD, a
 //! live presentation without `availabilityStartTime` or without a `SegmentTemplate`, a
-//! representation addressed by byte ranges (`SegmentBase`, `mediaRange`, an
-//! `Initialization@range`: one file with an index, not supported yet, as HLS byte
-//! ranges are not), a template without `@duration` or timeline, a `@timescale` of 0,
+//! representation addressed by `SegmentBase` (one file whose segments are listed only
+//! in its `sidx` index, not read yet; a `SegmentList` with `mediaRange`s and an
+//! `Initialization@range` is played by byte ranges, as HLS's `#EXT-X-BYTERANGE`), a
+//! malformed range, a template without `@duration` or timeline, a `@timescale` of 0,
 //! an unknown `$identifier$`, and a period without anything to play.
 
 use std::time::Duration;
@@ -64,7 +65,7 @@ use dash_mpd_core::{
 use lastmile_protocol::{MeasurementError, VideoTask, MAX_VIDEO_SEGMENTS};
 use url::Url;
 
-use crate::video::{choose_by_bandwidth, invalid, Piece, Plan};
+use crate::video::{choose_by_bandwidth, invalid, ByteRange, Piece, Plan};
 
 /// The DASH-IF scheme of an adaptation set of trick-mode (fast-forward) frames.
 const TRICK_MODE: &str = "http://dashif.org/guidelines/trickmode";
@@ -154,8 +155,8 @@ pub(crate) fn plan(mpd: &MPD, url: &Url, task: VideoTask) -> Result<DashPlan, Me
             (_, Some(list)) => list_pieces(list, &base, budget, &what)?,
             _ => {
                 return Err(invalid(format!(
-                    "{what} is addressed by byte ranges into one file (SegmentBase), which \
-                     is not supported yet"
+                    "{what} is addressed by SegmentBase (one file whose segments only its \
+                     sidx index lists), which is not supported yet"
                 )))
             }
         };
@@ -609,29 +610,49 @@ fn init_piece(
     base: &Url,
     what: &str,
 ) -> Result<Option<Piece>, MeasurementError> {
-    if let Some(element) = element {
-        if element.range.is_some() {
-            return Err(invalid(format!(
-                "{what} has a byte-range initialisation segment, which is not supported yet"
-            )));
-        }
-    }
-    let uri = match (template, element.and_then(|e| e.sourceURL.as_deref())) {
+    let range = element
+        .and_then(|e| e.range.as_deref())
+        .map(|r| byte_range(r, what))
+        .transpose()?;
+    let url = match (template, element.and_then(|e| e.sourceURL.as_deref())) {
         (Some(template), _) => {
-            expand(template, names, 0, 0).map_err(|e| invalid(format!("{what}: {e}")))?
+            let uri = expand(template, names, 0, 0).map_err(|e| invalid(format!("{what}: {e}")))?;
+            join(base, &uri, what)?
         }
-        (None, Some(source)) => source.to_owned(),
+        (None, Some(source)) => join(base, source, what)?,
+        // A range of the representation's own file (its BaseURL).
+        (None, None) if range.is_some() => base.clone(),
         (None, None) => return Ok(None),
     };
     Ok(Some(Piece {
-        url: join(base, &uri, what)?,
+        url,
         media_us: None,
+        range,
     }))
 }
 
 fn join(base: &Url, uri: &str, what: &str) -> Result<Url, MeasurementError> {
     base.join(uri.trim())
         .map_err(|e| invalid(format!("{what} names an invalid URL {uri:?}: {e}")))
+}
+
+/// A `range` attribute (`first-last`, bytes, inclusive).
+fn byte_range(range: &str, what: &str) -> Result<ByteRange, MeasurementError> {
+    let parsed = range.trim().split_once('-').and_then(|(first, last)| {
+        let (first, last) = (
+            first.trim().parse::<u64>().ok()?,
+            last.trim().parse::<u64>().ok()?,
+        );
+        (last >= first).then(|| ByteRange {
+            offset: first,
+            length: last - first + 1,
+        })
+    });
+    parsed.ok_or_else(|| {
+        invalid(format!(
+            "{what} has a byte range {range:?} that is not first-last"
+        ))
+    })
 }
 
 /// The pieces of a `SegmentTemplate` with `media`: its initialisation segment, then
@@ -678,6 +699,7 @@ fn template_pieces(
         pieces.push(Piece {
             url: join(base, &uri, what)?,
             media_us: Some(media_us),
+            range: None,
         });
     }
     Ok(pieces)
@@ -800,12 +822,12 @@ fn list_pieces(
         if taken >= budget.media_us {
             break;
         }
-        if segment.mediaRange.is_some() {
-            return Err(invalid(format!(
-                "{what} has byte-range segments (mediaRange), which are not supported yet"
-            )));
-        }
-        // No @media: the segment is the BaseURL itself.
+        let range = segment
+            .mediaRange
+            .as_deref()
+            .map(|r| byte_range(r, what))
+            .transpose()?;
+        // No @media: the segment is (a range of) the BaseURL itself.
         let url = match segment.media.as_deref() {
             Some(media) => join(base, media, what)?,
             None => base.clone(),
@@ -813,6 +835,7 @@ fn list_pieces(
         pieces.push(Piece {
             url,
             media_us: Some(media_us),
+            range,
         });
         taken = taken.saturating_add(media_us);
     }
@@ -1254,13 +1277,13 @@ mod tests {
             refusal(&video(r#"<SegmentTemplate media="$Sub$" duration="1"/>"#)).contains("$Sub$")
         );
         assert!(refusal(&video(
-            r#"<SegmentList duration="1"><SegmentURL media="a" mediaRange="0-9"/></SegmentList>"#
+            r#"<SegmentList duration="1"><SegmentURL media="a" mediaRange="9-0"/></SegmentList>"#
         ))
-        .contains("mediaRange"));
+        .contains("not first-last"));
         assert!(refusal(&video(
-            r#"<SegmentList duration="1"><Initialization sourceURL="i" range="0-9"/><SegmentURL media="a"/></SegmentList>"#
+            r#"<SegmentList duration="1"><Initialization sourceURL="i" range="all"/><SegmentURL media="a"/></SegmentList>"#
         ))
-        .contains("byte-range initialisation"));
+        .contains("not first-last"));
         let text_only = mpd(
             "",
             r#"<Period id="p"><AdaptationSet contentType="text"><Representation id="s"/></AdaptationSet></Period>"#,

@@ -19,8 +19,13 @@
 //! names them. A media playlist with `#EXT-X-ENDLIST` (video on demand, or an event
 //! that has ended) is played from its first segment; one without is a live stream (an
 //! `EVENT` still going on is one too) and played live (below). A body that is not a
-//! playlist, an I-frame playlist, a VOD playlist without segments and byte-range
-//! segments (not supported yet) fail as `playlist_invalid`. Segments are downloaded in
+//! playlist, an I-frame playlist, a VOD playlist without segments and a byte range
+//! without an offset that follows no range of its resource fail as `playlist_invalid`.
+//! **Byte ranges** (`#EXT-X-BYTERANGE`, an `#EXT-X-MAP`'s `BYTERANGE`: segments that
+//! are parts of one file) are asked for with a `Range` header, on every hop; the
+//! answer must be `206` with exactly the range's bytes, and a server that sends the
+//! whole file (`200`) fails the session (`http`) before its body is read, since no
+//! player can play that playlist from it. Segments are downloaded in
 //! order, one at a time and back to back, as hls.js and ExoPlayer fetch a rendition,
 //! until they cover `play_ms` of media (or the playlist ends; at most
 //! [`MAX_VIDEO_SEGMENTS`]); an `#EXT-X-MAP` initialisation section is fetched before
@@ -220,22 +225,81 @@ pub(crate) struct Plan {
 pub(crate) struct Piece {
     pub url: Url,
     pub media_us: Option<u64>,
+    /// The bytes of `url` it is, when it is part of a file (HLS `#EXT-X-BYTERANGE`,
+    /// DASH `mediaRange`).
+    pub range: Option<ByteRange>,
 }
 
-/// Refuses what no session plays, VOD or live: I-frame playlists (trick play) and
-/// byte-range segments (not supported yet).
+/// A part of a file, asked for with `Range: bytes=offset-(offset+length-1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct ByteRange {
+    pub offset: u64,
+    pub length: u64,
+}
+
+impl ByteRange {
+    /// The `Range` header's value.
+    fn header(self) -> String {
+        format!(
+            "bytes={}-{}",
+            self.offset,
+            self.offset + self.length.max(1) - 1
+        )
+    }
+}
+
+/// Refuses what no session plays, VOD or live: I-frame playlists (trick play).
 fn refuse_unplayable(media: &MediaPlaylist, base: &Url) -> Result<(), MeasurementError> {
     if media.i_frames_only {
         return Err(invalid(format!(
             "{base} is an I-frame playlist (trick play), not one a player plays"
         )));
     }
-    if media.segments.iter().any(|s| s.byte_range.is_some()) {
-        return Err(invalid(format!(
-            "{base} has byte-range segments (#EXT-X-BYTERANGE), which are not supported yet"
-        )));
-    }
     Ok(())
+}
+
+/// Each segment's byte range in `media` (`#EXT-X-BYTERANGE:<n>[@<o>]`; `None`: the
+/// whole resource). Without `@<o>` a range starts after the previous segment's, which
+/// must then be a range of the same resource (RFC 8216 section 4.3.2.2).
+fn segment_ranges(
+    media: &MediaPlaylist,
+    base: &Url,
+) -> Result<Vec<Option<ByteRange>>, MeasurementError> {
+    let mut previous: Option<(&str, u64)> = None;
+    let mut ranges = Vec::with_capacity(media.segments.len());
+    for segment in &media.segments {
+        let range = match &segment.byte_range {
+            None => None,
+            Some(r) => {
+                let offset = match (r.offset, previous) {
+                    (Some(offset), _) => offset,
+                    (None, Some((uri, end))) if uri == segment.uri => end,
+                    (None, _) => {
+                        return Err(invalid(format!(
+                            "{base}: the byte range of {} has no offset and does not follow \
+                             a range of the same resource",
+                            segment.uri
+                        )))
+                    }
+                };
+                Some(ByteRange {
+                    offset,
+                    length: r.length,
+                })
+            }
+        };
+        previous = range.map(|r| (segment.uri.as_str(), r.offset.saturating_add(r.length)));
+        ranges.push(range);
+    }
+    Ok(ranges)
+}
+
+/// An `#EXT-X-MAP`'s byte range (`BYTERANGE="<n>[@<o>]"`, the offset 0 when absent).
+fn map_range(map: &m3u8_rs::Map) -> Option<ByteRange> {
+    map.byte_range.as_ref().map(|r| ByteRange {
+        offset: r.offset.unwrap_or(0),
+        length: r.length,
+    })
 }
 
 /// `uri` as a playlist at `base` names it.
@@ -262,33 +326,32 @@ fn plan(media: &MediaPlaylist, base: &Url, play_ms: u64) -> Result<Plan, Measure
         return Err(invalid(format!("{base} lists no segments")));
     }
     refuse_unplayable(media, base)?;
+    let ranges = segment_ranges(media, base)?;
     let join = |uri: &str| join(base, uri);
     let play_us = play_ms.saturating_mul(1_000);
     let mut pieces = Vec::new();
     let mut covered = 0u64;
-    let mut init: Option<&str> = None;
-    for segment in media.segments.iter().take(MAX_VIDEO_SEGMENTS) {
+    let mut init: Option<(&str, Option<ByteRange>)> = None;
+    for (segment, range) in media.segments.iter().zip(ranges).take(MAX_VIDEO_SEGMENTS) {
         if covered >= play_us {
             break;
         }
         if let Some(map) = &segment.map {
-            if map.byte_range.is_some() {
-                return Err(invalid(format!(
-                    "{base} has a byte-range initialisation section, which is not supported yet"
-                )));
-            }
-            if init != Some(map.uri.as_str()) {
+            let section = (map.uri.as_str(), map_range(map));
+            if init != Some(section) {
                 pieces.push(Piece {
                     url: join(&map.uri)?,
                     media_us: None,
+                    range: section.1,
                 });
-                init = Some(map.uri.as_str());
+                init = Some(section);
             }
         }
         let media_us = extinf_us(segment.duration);
         pieces.push(Piece {
             url: join(&segment.uri)?,
             media_us: Some(media_us),
+            range,
         });
         covered = covered.saturating_add(media_us);
     }
@@ -430,21 +493,12 @@ fn live_step(playlist: &MediaPlaylist, next: Option<u64>, target_us: u64) -> Liv
     }
 }
 
-/// Refuses a live playlist no session plays: those of [`refuse_unplayable`], a
-/// byte-range initialisation section, and one without a target duration (it cannot be
-/// reloaded).
+/// Refuses a live playlist no session plays: those of [`refuse_unplayable`], one whose
+/// byte ranges cannot be placed ([`segment_ranges`]), and one without a target duration
+/// (it cannot be reloaded).
 fn check_live(media: &MediaPlaylist, base: &Url) -> Result<(), MeasurementError> {
     refuse_unplayable(media, base)?;
-    let ranged_map = media
-        .segments
-        .iter()
-        .filter_map(|s| s.map.as_ref())
-        .any(|m| m.byte_range.is_some());
-    if ranged_map {
-        return Err(invalid(format!(
-            "{base} has a byte-range initialisation section, which is not supported yet"
-        )));
-    }
+    segment_ranges(media, base)?;
     if media.target_duration == 0 {
         return Err(invalid(format!(
             "{base} is a live playlist without #EXT-X-TARGETDURATION: it cannot be reloaded"
@@ -788,7 +842,8 @@ impl Session {
         self.player = Some(Player::new(plan.media_us));
         self.downloading = true;
         for piece in plan.pieces {
-            self.get(&piece.url, expect, false).await?;
+            self.get_range(&piece.url, expect, false, piece.range)
+                .await?;
             if let Some(media_us) = piece.media_us {
                 self.segment_arrived(media_us);
             }
@@ -830,7 +885,7 @@ impl Session {
         // The first load counts as one that changed the playlist.
         let mut changed = true;
         let mut next: Option<u64> = None;
-        let mut init: Option<Url> = None;
+        let mut init: Option<(Url, Option<ByteRange>)> = None;
         let mut covered = 0u64;
         while covered < play_us && (self.segments as usize) < MAX_VIDEO_SEGMENTS {
             match live_step(&loaded.playlist, next, target_us) {
@@ -840,22 +895,25 @@ impl Session {
                     let number = loaded.playlist.media_sequence + index as u64;
                     let media_us = extinf_us(segment.duration);
                     let segment_url = join(&loaded.base, &segment.uri)?;
+                    let range = segment_ranges(&loaded.playlist, &loaded.base)?[index];
                     // The initialisation section in effect: the last #EXT-X-MAP at or
                     // before the segment (a live playlist repeats it at its top).
                     let map = segments[..=index]
                         .iter()
                         .rev()
                         .find_map(|s| s.map.as_ref())
-                        .map(|m| join(&loaded.base, &m.uri))
+                        .map(|m| {
+                            Ok::<_, MeasurementError>((join(&loaded.base, &m.uri)?, map_range(m)))
+                        })
                         .transpose()?;
                     self.downloading = true;
                     if let Some(map) = map {
                         if init.as_ref() != Some(&map) {
-                            self.get(&map, expect, false).await?;
+                            self.get_range(&map.0, expect, false, map.1).await?;
                             init = Some(map);
                         }
                     }
-                    self.get(&segment_url, expect, false).await?;
+                    self.get_range(&segment_url, expect, false, range).await?;
                     self.segment_arrived(media_us);
                     covered = covered.saturating_add(media_us);
                     next = Some(number + 1);
@@ -1076,10 +1134,24 @@ impl Session {
         expect: &Expectations,
         keep: bool,
     ) -> Result<(Url, Vec<u8>), MeasurementError> {
+        self.get_range(url, expect, keep, None).await
+    }
+
+    /// [`Session::get`] of `range` of `url` when given (each hop asked for it): the
+    /// answer must be that part, `206 Partial Content` with exactly its bytes; a
+    /// server that sends the whole file instead (`200`, it does not serve ranges) fails
+    /// the session before its body is read, as a player cannot play it either.
+    async fn get_range(
+        &mut self,
+        url: &Url,
+        expect: &Expectations,
+        keep: bool,
+        range: Option<ByteRange>,
+    ) -> Result<(Url, Vec<u8>), MeasurementError> {
         let mut url = url.clone();
         let mut hops = 0;
         loop {
-            let (response, first) = self.send(&url).await?;
+            let (response, first) = self.send(&url, range).await?;
             let status = response.status().as_u16();
             let location =
                 if expect.max_redirects > 0 && matches!(status, 301 | 302 | 303 | 307 | 308) {
@@ -1096,7 +1168,33 @@ impl Session {
                 if let Some(e) = status_failure(status, expect) {
                     return Err(fail(e.kind, format!("{url}: {}", e.message)));
                 }
+                let Some(range) = range else {
+                    let body = self.read(response, &url, expect, keep).await?;
+                    return Ok((url, body));
+                };
+                if status != 206 {
+                    return Err(fail(
+                        ErrorKind::Http,
+                        format!(
+                            "{url} answered {status} to a request for its bytes {}-{}: the \
+                             server does not serve byte ranges, which the playlist needs",
+                            range.offset,
+                            range.offset + range.length.max(1) - 1
+                        ),
+                    ));
+                }
+                let before = self.bytes;
                 let body = self.read(response, &url, expect, keep).await?;
+                let got = self.bytes - before;
+                if got != range.length {
+                    return Err(fail(
+                        ErrorKind::Http,
+                        format!(
+                            "{url} sent {got} bytes for a range of {} from byte {}",
+                            range.length, range.offset
+                        ),
+                    ));
+                }
                 return Ok((url, body));
             };
             // A redirect's body is part of its hop, as `measure` reads it.
@@ -1124,7 +1222,11 @@ impl Session {
     /// Sends a GET of `url` on its origin's connection (resolved, guarded and opened
     /// on first use, reopened when the server closed it); the response head and the
     /// request's phases.
-    async fn send(&mut self, url: &Url) -> Result<(Response<Incoming>, First), MeasurementError> {
+    async fn send(
+        &mut self,
+        url: &Url,
+        range: Option<ByteRange>,
+    ) -> Result<(Response<Incoming>, First), MeasurementError> {
         let Target { https, host, port } = Target::of(url)?;
         let mut dns_us = 0;
         let origin = match self
@@ -1161,7 +1263,12 @@ impl Session {
             }
         };
         self.stage = Stage::Exchanging;
-        let request = conn.request(url, Method::GET)?;
+        let mut request = conn.request(url, Method::GET)?;
+        if let Some(range) = range {
+            let value = hyper::header::HeaderValue::from_str(&range.header())
+                .map_err(|e| fail(ErrorKind::Http, format!("a byte range for {url}: {e}")))?;
+            request.headers_mut().insert(hyper::header::RANGE, value);
+        }
         let (response, ttfb_us) = conn.exchange(request).await?;
         let mut first = conn.first(Some(response.status().as_u16()), ttfb_us);
         if reused {
@@ -1480,10 +1587,10 @@ mod tests {
         };
         let empty = refused("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-ENDLIST\n");
         assert!(empty.contains("no segments"), "{empty}");
-        let ranges = refused(
-            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n#EXT-X-BYTERANGE:1000@0\nall.ts\n#EXT-X-ENDLIST\n",
+        let adrift = refused(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n#EXT-X-BYTERANGE:1000\nall.ts\n#EXT-X-ENDLIST\n",
         );
-        assert!(ranges.contains("byte-range"), "{ranges}");
+        assert!(adrift.contains("has no offset"), "{adrift}");
         let silent =
             refused("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:0,\na.ts\n#EXT-X-ENDLIST\n");
         assert!(silent.contains("no media"), "{silent}");
@@ -1491,8 +1598,8 @@ mod tests {
         assert_eq!(e.kind, ErrorKind::PlaylistInvalid);
 
         // Live: a playlist without a target duration cannot be reloaded; I-frame
-        // and byte-range ones are refused as for VOD; an empty one is fine (the next
-        // reload may list segments).
+        // ones and ranges that cannot be placed are refused as for VOD; an empty one
+        // is fine (the next reload may list segments).
         let live_refused = |text: &str| {
             let e = check_live(&media(text), &base).unwrap_err();
             assert_eq!(e.kind, ErrorKind::PlaylistInvalid, "{e:?}");
@@ -1500,15 +1607,50 @@ mod tests {
         };
         let untimed = live_refused("#EXTM3U\n#EXTINF:2.0,\na.ts\n");
         assert!(untimed.contains("TARGETDURATION"), "{untimed}");
-        let ranges = live_refused(
-            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n#EXT-X-BYTERANGE:1000@0\nall.ts\n",
+        let adrift = live_refused(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n#EXT-X-BYTERANGE:1000\nall.ts\n",
         );
-        assert!(ranges.contains("byte-range"), "{ranges}");
+        assert!(adrift.contains("has no offset"), "{adrift}");
         let trick = live_refused(
             "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-I-FRAMES-ONLY\n#EXTINF:2.0,\na.ts\n",
         );
         assert!(trick.contains("I-frame"), "{trick}");
         assert!(check_live(&media("#EXTM3U\n#EXT-X-TARGETDURATION:2\n"), &base).is_ok());
+    }
+
+    #[test]
+    fn byte_ranges_follow_each_other_within_one_resource() {
+        let base = Url::parse("http://cdn.test/vod/index.m3u8").unwrap();
+        let text = "#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-PLAYLIST-TYPE:VOD\n\
+                    #EXT-X-MAP:URI=\"main.mp4\",BYTERANGE=\"720@0\"\n\
+                    #EXTINF:2.0,\n#EXT-X-BYTERANGE:1000@720\nmain.mp4\n\
+                    #EXTINF:2.0,\n#EXT-X-BYTERANGE:1500\nmain.mp4\n\
+                    #EXTINF:2.0,\n#EXT-X-BYTERANGE:500@0\nother.mp4\n\
+                    #EXTINF:2.0,\nwhole.ts\n#EXT-X-ENDLIST\n";
+        let plan = plan(&media(text), &base, 60_000).unwrap();
+        let got: Vec<(&str, Option<(u64, u64)>)> = plan
+            .pieces
+            .iter()
+            .map(|p| (p.url.path(), p.range.map(|r| (r.offset, r.length))))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/vod/main.mp4", Some((0, 720))),
+                ("/vod/main.mp4", Some((720, 1_000))),
+                ("/vod/main.mp4", Some((1_720, 1_500))),
+                ("/vod/other.mp4", Some((0, 500))),
+                ("/vod/whole.ts", None),
+            ]
+        );
+        assert_eq!(
+            ByteRange {
+                offset: 720,
+                length: 1_000
+            }
+            .header(),
+            "bytes=720-1719"
+        );
     }
 
     #[test]
@@ -1911,7 +2053,10 @@ mod tests {
     /// What [`Files`] answers for a path.
     #[derive(Clone)]
     enum Route {
+        /// A file; a `Range: bytes=a-b` request gets those bytes (206).
         Body(Vec<u8>),
+        /// A file served whole whatever the request asks (no range support).
+        Whole(Vec<u8>),
         Redirect(String),
         /// A body made anew for each request.
         Dynamic(Arc<dyn Fn() -> Vec<u8> + Send + Sync>),
@@ -1945,8 +2090,32 @@ mod tests {
                             let routes = routes.clone();
                             async move {
                                 let answer = hyper::Response::builder();
+                                let range = req
+                                    .headers()
+                                    .get(hyper::header::RANGE)
+                                    .and_then(|v| v.to_str().ok())
+                                    .and_then(|v| v.strip_prefix("bytes="))
+                                    .and_then(|v| v.split_once('-'))
+                                    .and_then(|(a, b)| {
+                                        Some((a.parse::<usize>().ok()?, b.parse::<usize>().ok()?))
+                                    });
                                 let (answer, body) = match routes.get(req.uri().path()) {
-                                    Some(Route::Body(body)) => (answer, body.clone()),
+                                    Some(Route::Body(body)) => match range {
+                                        Some((first, last))
+                                            if first <= last && first < body.len() =>
+                                        {
+                                            let last = last.min(body.len() - 1);
+                                            (
+                                                answer.status(206).header(
+                                                    "content-range",
+                                                    format!("bytes {first}-{last}/{}", body.len()),
+                                                ),
+                                                body[first..=last].to_vec(),
+                                            )
+                                        }
+                                        _ => (answer, body.clone()),
+                                    },
+                                    Some(Route::Whole(body)) => (answer, body.clone()),
                                     Some(Route::Dynamic(make)) => (answer, make()),
                                     Some(Route::Redirect(to)) => {
                                         (answer.status(302).header("location", to), Vec::new())
@@ -2039,6 +2208,66 @@ mod tests {
         assert!(m.error.as_ref().unwrap().message.contains("gone.m4s"));
         assert_eq!(summary(&m).segments, 2, "the two before it arrived");
         assert_eq!(m.status, Some(200), "the media playlist's");
+    }
+
+    #[tokio::test]
+    async fn a_single_file_rendition_is_played_by_byte_ranges_and_refused_by_a_server_without_them()
+    {
+        // One file: a 100-byte initialisation section, then three segments, the later
+        // ones without an offset (each after the last); HLS and the same as DASH.
+        let file: Vec<u8> = (0..6_100u32).map(|i| (i % 251) as u8).collect();
+        let hls = "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-PLAYLIST-TYPE:VOD\n\
+                   #EXT-X-MAP:URI=\"v.mp4\",BYTERANGE=\"100@0\"\n\
+                   #EXTINF:1.0,\n#EXT-X-BYTERANGE:1000@100\nv.mp4\n\
+                   #EXTINF:1.0,\n#EXT-X-BYTERANGE:2000\nv.mp4\n\
+                   #EXTINF:1.0,\n#EXT-X-BYTERANGE:3000\nv.mp4\n#EXT-X-ENDLIST\n";
+        let mpd = r#"<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" mediaPresentationDuration="PT3S">
+            <Period><AdaptationSet contentType="video"><Representation id="v" bandwidth="1000">
+            <BaseURL>v.mp4</BaseURL><SegmentList timescale="1" duration="1"><Initialization range="0-99"/>
+            <SegmentURL mediaRange="100-1099"/><SegmentURL mediaRange="1100-3099"/><SegmentURL mediaRange="3100-6099"/>
+            </SegmentList></Representation></AdaptationSet></Period></MPD>"#;
+        let files = Files::start(vec![
+            ("/index.m3u8", Route::Body(hls.as_bytes().to_vec())),
+            ("/manifest.mpd", Route::Body(mpd.as_bytes().to_vec())),
+            ("/v.mp4", Route::Body(file.clone())),
+        ])
+        .await;
+        for (path, manifest) in [("/index.m3u8", hls.len()), ("/manifest.mpd", mpd.len())] {
+            let m = local_engine()
+                .measure_video(&files.url(path), &within(10_000), session(3_000, None))
+                .await;
+            assert_eq!(m.error, None, "{path}: {m:?}");
+            assert_eq!(
+                (summary(&m).segments, summary(&m).played_ms),
+                (3, 3_000),
+                "{path}"
+            );
+            assert_eq!(
+                m.bytes as usize,
+                manifest + file.len(),
+                "{path}: the manifest and each byte of the file once"
+            );
+        }
+
+        // A server that answers a range with the whole file (200) cannot serve this
+        // playlist: the session fails at its first range, before reading that body.
+        let whole = Files::start(vec![
+            ("/index.m3u8", Route::Body(hls.as_bytes().to_vec())),
+            ("/v.mp4", Route::Whole(file.clone())),
+        ])
+        .await;
+        let m = local_engine()
+            .measure_video(
+                &whole.url("/index.m3u8"),
+                &within(10_000),
+                session(3_000, None),
+            )
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::Http), "{m:?}");
+        let message = &m.error.as_ref().unwrap().message;
+        assert!(message.contains("does not serve byte ranges"), "{message}");
+        assert_eq!(summary(&m).segments, 0);
+        assert_eq!(m.bytes as usize, hls.len(), "the whole file was not read");
     }
 
     #[tokio::test]

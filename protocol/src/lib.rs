@@ -423,8 +423,9 @@ pub enum ErrorKind {
     /// A page check: the page (HTML plus sub-resources) is larger than the byte limit.
     PageTooLarge,
     /// A video check: the URL is not an HLS playlist or a DASH MPD that can be played
-    /// (neither, no segments, byte-range segments, a live playlist without a target
-    /// duration, a live MPD without an availability start time).
+    /// (neither, no segments, a byte range that cannot be placed, a live playlist
+    /// without a target duration, a live MPD without an availability start time, an
+    /// MPD addressed by `SegmentBase`).
     PlaylistInvalid,
     /// A udp check: nothing answered the hello at the reflector's address (after
     /// [`UDP_HELLO_ATTEMPTS`] tries), so no stream was sent.
