@@ -50,11 +50,18 @@
 //!
 //! **Refused** as `playlist_invalid`, with what it is: a body that is not an MPD, a
 //! live presentation without `availabilityStartTime` or without a `SegmentTemplate`, a
-//! representation addressed by `SegmentBase` (one file whose segments are listed only
-//! in its `sidx` index, not read yet; a `SegmentList` with `mediaRange`s and an
-//! `Initialization@range` is played by byte ranges, as HLS's `#EXT-X-BYTERANGE`), a
-//! malformed range, a template without `@duration` or timeline, a `@timescale` of 0,
-//! an unknown `$identifier$`, and a period without anything to play.
+//! representation that names neither segments nor an index, a `sidx` that cannot be
+//! read or points to further indexes, a malformed range, a template without
+//! `@duration` or timeline, a `@timescale` of 0, an unknown `$identifier$`, and a
+//! period without anything to play.
+//!
+//! **One file, by byte ranges**: a `SegmentList`'s `mediaRange`s and an
+//! `Initialization@range` are parts of a file, asked for with `Range` headers as HLS's
+//! `#EXT-X-BYTERANGE`. A `SegmentBase` (the on-demand profile: one file, its segments
+//! listed only in its `sidx` box) has its `indexRange` read first, as players do, and
+//! its subsegments ([`indexed_pieces`]) played as byte ranges from the end of that box;
+//! it is the last period a session plans (how much media it holds is known only once
+//! its index is read).
 
 use std::time::Duration;
 
@@ -76,6 +83,20 @@ const TRICK_MODE: &str = "http://dashif.org/guidelines/trickmode";
 pub(crate) struct DashPlan {
     pub plan: Plan,
     pub bitrate_bps: Option<u64>,
+    /// A last period addressed by `SegmentBase`: its segments are known once its
+    /// index is read ([`indexed_pieces`]), and come after `plan`'s pieces.
+    pub indexed: Option<Indexed>,
+}
+
+/// A representation addressed by `SegmentBase`: one file, its initialisation and its
+/// segments at byte ranges its `sidx` box (at `index`) lists.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Indexed {
+    pub url: Url,
+    pub index: ByteRange,
+    pub init: Option<Piece>,
+    budget: Budget,
+    what: String,
 }
 
 /// Whether an MPD is a live presentation (`type="dynamic"`).
@@ -154,10 +175,44 @@ pub(crate) fn plan(mpd: &MPD, url: &Url, task: VideoTask) -> Result<DashPlan, Me
             }
             (_, Some(list)) => list_pieces(list, &base, budget, &what)?,
             _ => {
-                return Err(invalid(format!(
-                    "{what} is addressed by SegmentBase (one file whose segments only its \
-                     sidx index lists), which is not supported yet"
-                )))
+                // SegmentBase: the segments are known once the index is read, so this
+                // is the last period the session plans (the media it will take from
+                // this one is not known before).
+                let segment_base = rep
+                    .SegmentBase
+                    .as_ref()
+                    .or(set.SegmentBase.as_ref())
+                    .or(period.SegmentBase.as_ref());
+                let index = segment_base
+                    .and_then(|b| b.indexRange.as_deref())
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "{what} names neither segments (SegmentTemplate, SegmentList) nor \
+                             an index (SegmentBase@indexRange)"
+                        ))
+                    })?;
+                let index = byte_range(index, &what)?;
+                let init = init_piece(
+                    None,
+                    segment_base.and_then(|b| b.Initialization.as_ref()),
+                    &names,
+                    &base,
+                    &what,
+                )?;
+                return Ok(DashPlan {
+                    plan: Plan {
+                        pieces,
+                        media_us: covered.min(play_us),
+                    },
+                    bitrate_bps,
+                    indexed: Some(Indexed {
+                        url: base,
+                        index,
+                        init,
+                        budget,
+                        what,
+                    }),
+                });
             }
         };
         for piece in period_pieces {
@@ -177,7 +232,220 @@ pub(crate) fn plan(mpd: &MPD, url: &Url, task: VideoTask) -> Result<DashPlan, Me
             media_us: covered.min(play_us),
         },
         bitrate_bps,
+        indexed: None,
     })
+}
+
+/// The pieces of an [`Indexed`] representation once its index range was read as
+/// `index`: its initialisation segment, then the subsegments its `sidx` box lists (ISO
+/// 14496-12, 8.16.3), each a byte range of the file from the first byte after the box
+/// (plus the box's `first_offset`), within the representation's budget.
+pub(crate) fn indexed_pieces(
+    indexed: &Indexed,
+    index: &[u8],
+) -> Result<Vec<Piece>, MeasurementError> {
+    let what = &indexed.what;
+    let sidx = Sidx::find(index).ok_or_else(|| {
+        invalid(format!(
+            "{what}: its index range {}-{} holds no sidx box that can be read",
+            indexed.index.offset,
+            indexed.index.offset + indexed.index.length.max(1) - 1
+        ))
+    })?;
+    if sidx.timescale == 0 {
+        return Err(invalid(format!(
+            "{what}: its sidx box has a timescale of 0"
+        )));
+    }
+    if sidx.references.iter().any(|r| r.to_index) {
+        return Err(invalid(format!(
+            "{what}: its sidx box points to further sidx boxes (a hierarchical index), \
+             which is not supported yet"
+        )));
+    }
+    let mut pieces: Vec<Piece> = indexed.init.clone().into_iter().collect();
+    let mut offset = indexed
+        .index
+        .offset
+        .saturating_add(sidx.end as u64)
+        .saturating_add(sidx.first_offset);
+    let (mut taken, mut at_us) = (0u64, 0u64);
+    for reference in sidx.references.iter().take(indexed.budget.segments) {
+        if taken >= indexed.budget.media_us
+            || indexed.budget.period_us.is_some_and(|end| at_us >= end)
+        {
+            break;
+        }
+        let media_us = ticks_us(f64::from(reference.duration), u64::from(sidx.timescale));
+        pieces.push(Piece {
+            url: indexed.url.clone(),
+            media_us: Some(media_us),
+            range: Some(ByteRange {
+                offset,
+                length: u64::from(reference.size),
+            }),
+        });
+        offset = offset.saturating_add(u64::from(reference.size));
+        taken = taken.saturating_add(media_us);
+        at_us = at_us.saturating_add(media_us);
+    }
+    if taken == 0 {
+        return Err(invalid(format!("{what}: its sidx box lists no media")));
+    }
+    Ok(pieces)
+}
+
+/// A segment index box, as far as a player needs it.
+#[derive(Debug, PartialEq)]
+struct Sidx {
+    /// Where the box ends in the bytes it was read from: offsets count from there.
+    end: usize,
+    timescale: u32,
+    first_offset: u64,
+    references: Vec<SidxReference>,
+}
+
+#[derive(Debug, PartialEq)]
+struct SidxReference {
+    /// Points to another `sidx` box rather than to media.
+    to_index: bool,
+    size: u32,
+    duration: u32,
+}
+
+impl Sidx {
+    /// The first `sidx` box among the boxes `bytes` starts with; `None` when there is
+    /// none or it is cut short.
+    fn find(bytes: &[u8]) -> Option<Sidx> {
+        let mut at = 0usize;
+        // Bounded: every turn moves past one box of at least its 8-byte header.
+        while at + 8 <= bytes.len() {
+            let size = u32::from_be_bytes(bytes[at..at + 4].try_into().ok()?) as usize;
+            let kind = &bytes[at + 4..at + 8];
+            let (header, size) = match size {
+                1 => {
+                    let large = bytes.get(at + 8..at + 16)?;
+                    (
+                        16,
+                        usize::try_from(u64::from_be_bytes(large.try_into().ok()?)).ok()?,
+                    )
+                }
+                0 => (8, bytes.len() - at),
+                n => (8, n),
+            };
+            if size < header {
+                return None;
+            }
+            let end = at.checked_add(size)?;
+            if kind == b"sidx" {
+                return Sidx::read(bytes.get(at + header..end)?, end);
+            }
+            at = end;
+        }
+        None
+    }
+
+    /// The box's body (after its header), ending at `end` in the bytes read.
+    fn read(body: &[u8], end: usize) -> Option<Sidx> {
+        let mut r = Reader { bytes: body, at: 0 };
+        let version = r.u8()?;
+        r.skip(3)?; // flags
+        r.skip(4)?; // reference_ID
+        let timescale = r.u32()?;
+        let first_offset = if version == 0 {
+            r.skip(4)?; // earliest_presentation_time
+            u64::from(r.u32()?)
+        } else {
+            r.skip(8)?;
+            r.u64()?
+        };
+        r.skip(2)?; // reserved
+        let count = r.u16()?;
+        let mut references = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let word = r.u32()?;
+            let duration = r.u32()?;
+            r.skip(4)?; // SAP
+            references.push(SidxReference {
+                to_index: word >> 31 == 1,
+                size: word & 0x7fff_ffff,
+                duration,
+            });
+        }
+        Some(Sidx {
+            end,
+            timescale,
+            first_offset,
+            references,
+        })
+    }
+}
+
+/// A `sidx` box (for tests): `version` 0 or 1, and its references as (points to an
+/// index, size, duration).
+#[cfg(test)]
+pub(crate) fn sidx_box(
+    version: u8,
+    timescale: u32,
+    first_offset: u64,
+    refs: &[(bool, u32, u32)],
+) -> Vec<u8> {
+    let mut body = vec![version, 0, 0, 0];
+    body.extend(1u32.to_be_bytes());
+    body.extend(timescale.to_be_bytes());
+    if version == 0 {
+        body.extend(0u32.to_be_bytes());
+        body.extend((first_offset as u32).to_be_bytes());
+    } else {
+        body.extend(0u64.to_be_bytes());
+        body.extend(first_offset.to_be_bytes());
+    }
+    body.extend(0u16.to_be_bytes());
+    body.extend((refs.len() as u16).to_be_bytes());
+    for &(to_index, size, duration) in refs {
+        body.extend(((u32::from(to_index) << 31) | size).to_be_bytes());
+        body.extend(duration.to_be_bytes());
+        body.extend(0x9000_0000u32.to_be_bytes());
+    }
+    let mut out = ((body.len() + 8) as u32).to_be_bytes().to_vec();
+    out.extend(b"sidx");
+    out.extend(body);
+    out
+}
+
+/// Big-endian numbers read from the front of a byte slice.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let out = self.bytes.get(self.at..self.at.checked_add(n)?)?;
+        self.at += n;
+        Some(out)
+    }
+    fn skip(&mut self, n: usize) -> Option<()> {
+        self.take(n).map(|_| ())
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        self.take(2)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_be_bytes)
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_be_bytes)
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+    }
 }
 
 /// A live presentation as one load of its MPD shows it: the chosen representation's
@@ -440,7 +708,7 @@ fn delay_of(mpd: &MPD, segment_us: u64) -> u64 {
 
 /// What the session may still take from a period: media, segments, and the period's
 /// own length when the MPD says it (µs).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 struct Budget {
     media_us: u64,
     segments: usize,
@@ -1068,6 +1336,70 @@ mod tests {
     }
 
     #[test]
+    fn a_segment_base_is_played_from_the_subsegments_its_sidx_lists() {
+        let xml = mpd(
+            r#"mediaPresentationDuration="PT6S""#,
+            r#"<Period><AdaptationSet contentType="video"><Representation id="v" bandwidth="1">
+               <BaseURL>v.mp4</BaseURL><SegmentBase indexRange="700-767"><Initialization range="0-699"/></SegmentBase>
+               </Representation></AdaptationSet></Period>"#,
+        );
+        let p = plan_of(&xml, task(3_500, None)).unwrap();
+        assert!(
+            p.plan.pieces.is_empty(),
+            "nothing before the indexed period"
+        );
+        let indexed = p.indexed.expect("an indexed representation");
+        assert_eq!(indexed.url.path(), "/vod/v.mp4");
+        assert_eq!(
+            indexed.index,
+            ByteRange {
+                offset: 700,
+                length: 68
+            }
+        );
+        // The index: a styp box, then the sidx, whose first subsegment starts 4 bytes
+        // after it: 2 s subsegments at 90 kHz of 1000, 2000 and 3000 bytes.
+        let mut index = vec![0, 0, 0, 8, b's', b't', b'y', b'p'];
+        let sidx = sidx_box(
+            1,
+            90_000,
+            4,
+            &[
+                (false, 1_000, 180_000),
+                (false, 2_000, 180_000),
+                (false, 3_000, 180_000),
+            ],
+        );
+        index.extend(&sidx);
+        let pieces = indexed_pieces(&indexed, &index).unwrap();
+        type Got = (Option<(u64, u64)>, Option<u64>);
+        let got: Vec<Got> = pieces
+            .iter()
+            .map(|p| (p.range.map(|r| (r.offset, r.length)), p.media_us))
+            .collect();
+        let first = 700 + 8 + sidx.len() as u64 + 4;
+        assert_eq!(
+            got,
+            vec![
+                (Some((0, 700)), None),
+                (Some((first, 1_000)), Some(2_000_000)),
+                (Some((first + 1_000, 2_000)), Some(2_000_000)),
+            ],
+            "3.5 s take two subsegments"
+        );
+        // Version 0 reads the same; a box cut short, none at all, a hierarchical
+        // index and a timescale of 0 are refused.
+        let v0 = sidx_box(0, 1_000, 0, &[(false, 10, 1_000)]);
+        assert_eq!(Sidx::find(&v0).unwrap().references.len(), 1);
+        assert_eq!(Sidx::find(&v0[..v0.len() - 1]), None);
+        let refused = |bytes: &[u8]| indexed_pieces(&indexed, bytes).unwrap_err().message;
+        assert!(refused(b"\0\0\0\x08styp").contains("no sidx box"));
+        assert!(refused(&sidx_box(0, 1_000, 0, &[(true, 10, 1_000)])).contains("hierarchical"));
+        assert!(refused(&sidx_box(0, 0, 0, &[(false, 10, 1_000)])).contains("timescale of 0"));
+        assert!(refused(&sidx_box(0, 1_000, 0, &[])).contains("no media"));
+    }
+
+    #[test]
     fn templates_expand_identifiers_widths_and_dollars() {
         let names = Names {
             id: "v1",
@@ -1262,9 +1594,9 @@ mod tests {
             "{e:?}"
         );
         assert!(refusal(&mpd("", "")).contains("no Period"));
-        assert!(refusal(&video(r#"<SegmentBase indexRange="0-999"/>"#)).contains("SegmentBase"));
+        assert!(refusal(&video(r#"<SegmentBase indexRange="x"/>"#)).contains("not first-last"));
         assert!(
-            refusal(&video("")).contains("SegmentBase"),
+            refusal(&video("")).contains("nor an index"),
             "a bare BaseURL file"
         );
         assert!(refusal(&video(

@@ -221,7 +221,7 @@ pub(crate) struct Plan {
 }
 
 /// One download: a segment with its media, or an initialisation section (none).
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Piece {
     pub url: Url,
     pub media_us: Option<u64>,
@@ -782,7 +782,17 @@ impl Session {
             }
             let dash = dash::plan(&mpd, &fetched, task)?;
             self.bitrate_bps = dash.bitrate_bps;
-            return self.play(dash.plan, expect).await;
+            let mut plan = dash.plan;
+            if let Some(indexed) = dash.indexed {
+                // The index first, as players read it, before any media.
+                let (_, index) = self
+                    .get_range(&indexed.url, expect, true, Some(indexed.index))
+                    .await?;
+                plan.pieces.extend(dash::indexed_pieces(&indexed, &index)?);
+                let media: u64 = plan.pieces.iter().filter_map(|p| p.media_us).sum();
+                plan.media_us = media.min(task.play_ms.saturating_mul(1_000));
+            }
+            return self.play(plan, expect).await;
         }
         let first = parse_playlist(&body, &fetched).map_err(|_| {
             invalid(format!(
@@ -2022,14 +2032,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_live_or_byte_range_dash_presentation_is_playlist_invalid_before_any_segment() {
+    async fn a_dash_presentation_without_a_clock_or_segments_is_playlist_invalid_before_any_segment(
+    ) {
         // A live presentation without the moment its segments are timed from.
         let live = r#"<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic">
             <Period><AdaptationSet contentType="video">
             <SegmentTemplate media="$Number$.m4s" duration="1"/><Representation id="v" bandwidth="1"/>
             </AdaptationSet></Period></MPD>"#;
         let ranged = r#"<MPD><Period duration="PT10S"><AdaptationSet mimeType="video/mp4">
-            <Representation id="v" bandwidth="1"><BaseURL>v.mp4</BaseURL><SegmentBase indexRange="0-99"/>
+            <Representation id="v" bandwidth="1"><BaseURL>v.mp4</BaseURL>
             </Representation></AdaptationSet></Period></MPD>"#;
         let files = Files::start(vec![
             ("/live.mpd", Route::Body(live.as_bytes().to_vec())),
@@ -2038,7 +2049,7 @@ mod tests {
         .await;
         for (path, says) in [
             ("/live.mpd", "availabilityStartTime"),
-            ("/ranged.mpd", "SegmentBase"),
+            ("/ranged.mpd", "nor an index"),
         ] {
             let m = local_engine()
                 .measure_video(&files.url(path), &within(10_000), session(5_000, None))
@@ -2248,6 +2259,47 @@ mod tests {
                 "{path}: the manifest and each byte of the file once"
             );
         }
+
+        // The same file indexed by a sidx box (DASH's on-demand profile): the MPD names
+        // only the initialisation's and the index's ranges.
+        let sidx = dash::sidx_box(
+            0,
+            1,
+            0,
+            &[(false, 1_000, 1), (false, 2_000, 1), (false, 3_000, 1)],
+        );
+        let mut indexed = file[..100].to_vec();
+        indexed.extend(&sidx);
+        indexed.extend(&file[100..]);
+        let on_demand = format!(
+            r#"<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" mediaPresentationDuration="PT3S">
+            <Period><AdaptationSet contentType="video"><Representation id="v" bandwidth="1000">
+            <BaseURL>v.mp4</BaseURL><SegmentBase indexRange="100-{}"><Initialization range="0-99"/></SegmentBase>
+            </Representation></AdaptationSet></Period></MPD>"#,
+            100 + sidx.len() - 1
+        );
+        let files = Files::start(vec![
+            (
+                "/on-demand.mpd",
+                Route::Body(on_demand.clone().into_bytes()),
+            ),
+            ("/v.mp4", Route::Body(indexed.clone())),
+        ])
+        .await;
+        let m = local_engine()
+            .measure_video(
+                &files.url("/on-demand.mpd"),
+                &within(10_000),
+                session(3_000, None),
+            )
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!((summary(&m).segments, summary(&m).played_ms), (3, 3_000));
+        assert_eq!(
+            m.bytes as usize,
+            on_demand.len() + indexed.len(),
+            "the MPD, the index and every other byte of the file once"
+        );
 
         // A server that answers a range with the whole file (200) cannot serve this
         // playlist: the session fails at its first range, before reading that body.
