@@ -4,7 +4,8 @@
 //! Mbit/s rendition of 1-second segments), and the report shows what a viewer would
 //! have seen: the low rendition starts at once and plays through, the high one waits
 //! for its start-up buffer and stalls, because the line carries half its bitrate. The
-//! same video as a DASH presentation (an MPD) plays its low representation the same way.
+//! same video as a DASH presentation (an MPD) plays its low representation the same way,
+//! and the live stream as a dynamic MPD from its live edge.
 
 use lastmile_protocol::ConnectionClass;
 use lastmile_testbed::video;
@@ -146,6 +147,32 @@ async fn a_video_check_plays_what_the_line_carries_and_stalls_on_what_it_cannot(
     );
     assert_eq!(figure(&dash, "stall_time", 50), 0, "{dash}");
     assert!(figure(&dash, "startup_delay", 50) < 2_000_000, "{dash}");
+
+    // The live stream as DASH (a dynamic MPD timed by the site's clock): a session
+    // from the live edge, stored unflagged like any other.
+    let (status, created) = app
+        .post_check(
+            &owner,
+            json!({"site_id": site_id, "url": format!("{}{}", site.origin(), video::LIVE_DASH_PATH),
+                   "kind": "video", "selection": {"agents_per_run": 1},
+                   "video": {"play_ms": 3000, "max_bitrate_kbps": 5000}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    until("the live DASH session is stored", 90, async || {
+        count(&app, "SELECT COUNT(*) AS n FROM results") == 4
+    })
+    .await;
+    let live = class_row(&app, &owner, created["id"].as_str().unwrap(), 1).await;
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) AS n FROM results WHERE error_kind IS NULL AND flagged = false \
+             AND figures LIKE '%stall_time%'"
+        ),
+        4,
+        "the live DASH session played, unflagged: {live}"
+    );
 
     agent.stop().await;
 }
