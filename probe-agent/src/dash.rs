@@ -457,7 +457,7 @@ pub(crate) struct LiveView {
     pub init: Option<Url>,
     pub bitrate_bps: Option<u64>,
     /// How long after this load began the MPD may be loaded again: its
-    /// `minimumUpdatePeriod`, else half a segment.
+    /// `minimumUpdatePeriod` (at most a segment), else half a segment.
     pub reload_after: Duration,
     /// How far behind the live edge a session starts: `suggestedPresentationDelay`,
     /// else three segments (as HLS's three target durations).
@@ -681,10 +681,14 @@ pub(crate) fn live_view(
             )))
         }
     }
+    // No longer than a segment either: packagers write long update periods (ffmpeg's
+    // 500 s) for MPDs that a player waiting for its next segment reloads all the same.
+    let segment = Duration::from_micros(segment_us);
     let reload_after = mpd
         .minimumUpdatePeriod
         .filter(|p| !p.is_zero())
-        .unwrap_or(Duration::from_micros(segment_us / 2))
+        .unwrap_or(segment / 2)
+        .min(segment)
         .clamp(Duration::from_millis(100), Duration::from_secs(30));
     Ok(LiveView {
         segments,
@@ -1397,6 +1401,68 @@ mod tests {
         assert!(refused(&sidx_box(0, 1_000, 0, &[(true, 10, 1_000)])).contains("hierarchical"));
         assert!(refused(&sidx_box(0, 0, 0, &[(false, 10, 1_000)])).contains("timescale of 0"));
         assert!(refused(&sidx_box(0, 1_000, 0, &[])).contains("no media"));
+    }
+
+    #[test]
+    fn an_ffmpeg_style_live_mpd_plays_its_video_by_number_with_its_delay() {
+        // As ffmpeg's dash muxer writes one: namespaces, program information, a
+        // SegmentTimeline per representation, $Number%05d$, a 500 s update period.
+        let xml = r#"<?xml version="1.0" encoding="utf-8"?>
+<MPD xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xmlns="urn:mpeg:dash:schema:mpd:2011"
+	xmlns:xlink="http://www.w3.org/1999/xlink"
+	xsi:schemaLocation="urn:mpeg:DASH:schema:MPD:2011 http://standards.iso.org/ittf/PubliclyAvailableStandards/MPEG-DASH_schema_files/DASH-MPD.xsd"
+	profiles="urn:mpeg:dash:profile:isoff-live:2011" type="dynamic" minimumUpdatePeriod="PT500S"
+	suggestedPresentationDelay="PT4S" availabilityStartTime="2026-12-06T20:00:00.000Z"
+	publishTime="2026-12-06T20:01:00.000Z" timeShiftBufferDepth="PT1M0.0S" minBufferTime="PT8.0S">
+	<ProgramInformation></ProgramInformation>
+	<ServiceDescription id="0"></ServiceDescription>
+	<Period id="0" start="PT0.0S">
+		<AdaptationSet id="0" contentType="video" startWithSAP="1" segmentAlignment="true" bitstreamSwitching="true" frameRate="25/1" maxWidth="1280" maxHeight="720" par="16:9">
+			<Representation id="0" mimeType="video/mp4" codecs="avc1.64001f" bandwidth="2000000" width="1280" height="720" sar="1:1">
+				<SegmentTemplate timescale="12800" initialization="init-stream$RepresentationID$.m4s" media="chunk-stream$RepresentationID$-$Number%05d$.m4s" startNumber="1">
+					<SegmentTimeline><S t="0" d="51200" r="14" /></SegmentTimeline>
+				</SegmentTemplate>
+			</Representation>
+		</AdaptationSet>
+		<AdaptationSet id="1" contentType="audio" startWithSAP="1" segmentAlignment="true" bitstreamSwitching="true">
+			<Representation id="1" mimeType="audio/mp4" codecs="mp4a.40.2" bandwidth="128000" audioSamplingRate="48000">
+				<AudioChannelConfiguration schemeIdUri="urn:mpeg:dash:23003:3:audio_channel_configuration:2011" value="2" />
+				<SegmentTemplate timescale="48000" initialization="init-stream$RepresentationID$.m4s" media="chunk-stream$RepresentationID$-$Number%05d$.m4s" startNumber="1">
+					<SegmentTimeline><S t="0" d="192000" r="14" /></SegmentTimeline>
+				</SegmentTemplate>
+			</Representation>
+		</AdaptationSet>
+	</Period>
+	<UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-xsdate:2014" value="https://time.akamai.com/?iso" />
+</MPD>"#;
+        let mpd = parse(xml.as_bytes(), &url()).unwrap();
+        assert!(is_live(&mpd));
+        assert_eq!(
+            time_source(&mpd, &url()),
+            Some(TimeSource::Fetch(
+                Url::parse("https://time.akamai.com/?iso").unwrap()
+            ))
+        );
+        // A minute in: fifteen 4 s segments listed (0 to 60 s).
+        let now = 1_796_587_260_000_000; // 2026-12-06T20:01:00Z
+        let view = live_view(&mpd, &url(), task(10_000, None), now).unwrap();
+        assert_eq!(
+            view.bitrate_bps,
+            Some(2_000_000),
+            "the video, not the audio"
+        );
+        assert_eq!(view.init.as_ref().unwrap().path(), "/vod/init-stream0.m4s");
+        assert_eq!(view.segments.len(), 15);
+        assert_eq!(view.segments[0].url.path(), "/vod/chunk-stream0-00001.m4s");
+        assert_eq!(view.segments[14].url.path(), "/vod/chunk-stream0-00015.m4s");
+        assert_eq!(view.segments[14].start_us, 56_000_000);
+        assert_eq!(view.segments[14].available_at_us, now);
+        assert_eq!((view.segment_us, view.delay_us), (4_000_000, 4_000_000));
+        assert_eq!(
+            view.reload_after,
+            Duration::from_secs(4),
+            "a segment, not 500 s"
+        );
     }
 
     #[test]
