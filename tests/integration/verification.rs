@@ -23,6 +23,7 @@ per_backend!(
     timings_no_line_can_produce_are_flagged_whatever_the_calibration,
     a_result_with_neither_status_nor_error_is_refused,
     an_uncalibrated_agent_gets_no_work_and_is_not_paid,
+    a_load_check_answered_with_a_bare_fetch_is_flagged_missing_summary_and_not_paid,
 );
 
 pub const ADMIN: &str = "test-admin-token";
@@ -967,5 +968,63 @@ async fn an_uncalibrated_agent_gets_no_work_and_is_not_paid(db: TestDb) {
     );
     assert_eq!(balance(&app, &owner).await, OWNER_CREDIT);
     assert_eq!(balance(&app, &key).await, 0);
+    app.controller.stop().await.unwrap();
+}
+
+async fn a_load_check_answered_with_a_bare_fetch_is_flagged_missing_summary_and_not_paid(
+    db: TestDb,
+) {
+    // A throughput check's assignment answered with a plain 200 and no load summary:
+    // it would count as a success with no goodput or latency under load, and be paid.
+    let app = admin_app(&db).await;
+    let site = target_site().await;
+    let owner = app.owner("owner");
+    let site_id = app.verified_site(&owner, &site).await;
+    let (status, created) = app
+        .post_check(
+            &owner,
+            json!({"site_id": site_id, "url": format!("{}/", site.origin()), "kind": "throughput",
+                   "selection": {"agents_per_run": 1},
+                   "throughput": {"connections": 1, "duration_ms": 1000}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let check = created["id"].as_str().unwrap().to_owned();
+    let key = app.volunteer("Mallory");
+    let source = Ipv4Addr::new(127, 0, 0, 2);
+    let agent = app.agent(source, &key, "dsl", 1).await;
+    // It says it measures loads, as agents that do say.
+    let beat = json!({"declared_class": "dsl", "version": "test", "limits": {"max_concurrent": 1},
+                      "kinds": ["http", "throughput"]});
+    let (status, ack) = app
+        .call_from(
+            source,
+            "POST",
+            "/api/v1/agents/heartbeat",
+            Some(&agent),
+            Some(beat),
+        )
+        .await;
+    assert_eq!(status, 200, "{ack}");
+    app.start_run(&owner, &check).await;
+    let assignment = lease(&app, &agent).await;
+    let ack = submit(
+        &app,
+        &agent,
+        &measured(&assignment, [900, 21_000, 22_000, 1_000_000], 2_000_000),
+    )
+    .await;
+    assert_eq!(ack["disposition"], "accepted", "kept for operators: {ack}");
+    let list = flags(&app).await;
+    assert_eq!(
+        rules_by_assignment(&list),
+        flagged_once(&assignment, "missing_summary"),
+        "{list}"
+    );
+    let evidence = &list["flags"][0]["reasons"][0]["evidence"];
+    assert_eq!(evidence["check_kind"], "throughput", "{evidence}");
+    assert_eq!(evidence["summary"], Value::Null, "{evidence}");
+    assert_eq!(balance(&app, &owner).await, OWNER_CREDIT, "not charged");
+    assert_eq!(balance(&app, &key).await, 0, "not earned");
     app.controller.stop().await.unwrap();
 }

@@ -726,14 +726,21 @@ fn judge<'a>(
         // The same-address rule reads the run's stored results: the batch's so far too.
         written.store(c)?;
     }
+    // Which summary each new result's measurement carried.
+    let mut summaries: Vec<Option<CheckKind>> = vec![None; new.len()];
+    for (answer, sub) in answers.iter().zip(subs) {
+        if let Answer::New(i) = answer {
+            summaries[*i] = summary_kind(&sub.measurement);
+        }
+    }
     let mut verifier = verification::Verifier::new(agent, &new, batch);
     let mut flags: Vec<Vec<verification::Flag>> = Vec::with_capacity(new.len());
-    for r in &new {
+    for (r, summary) in new.iter().zip(&summaries) {
         flags.push(if r.late {
             verifier.remember(r);
             Vec::new()
         } else {
-            verifier.verify(c, r)?
+            verifier.verify(c, r, *summary)?
         });
     }
     drop(verifier);

@@ -96,7 +96,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use lastmile_protocol::{ConnectionClass, Figure};
+use lastmile_protocol::{CheckKind, ConnectionClass, Figure};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -121,10 +121,11 @@ pub enum Rule {
     SameAddressFarm,
     ImpossibleTimings,
     UncalibratedAgent,
+    MissingSummary,
 }
 
 impl Rule {
-    pub const ALL: [Rule; 8] = [
+    pub const ALL: [Rule; 9] = [
         Rule::TtfbBelowRtt,
         Rule::FasterThanLine,
         Rule::PeerOutlier,
@@ -133,6 +134,7 @@ impl Rule {
         Rule::SameAddressFarm,
         Rule::ImpossibleTimings,
         Rule::UncalibratedAgent,
+        Rule::MissingSummary,
     ];
 
     /// The stored code.
@@ -146,6 +148,7 @@ impl Rule {
             Rule::SameAddressFarm => "same_address_farm",
             Rule::ImpossibleTimings => "impossible_timings",
             Rule::UncalibratedAgent => "uncalibrated_agent",
+            Rule::MissingSummary => "missing_summary",
         }
     }
 }
@@ -167,6 +170,26 @@ pub struct Flag {
     /// The figures the rule compared (microseconds, bits per second, z-scores, ids).
     #[schema(value_type = Object)]
     pub evidence: serde_json::Value,
+}
+
+/// A success of a check whose kind measures more than a fetch (a page, a load, a
+/// session, a stream) must carry that kind's summary: without it the result would count
+/// as a success with none of the figures the check is about (no loss, no stall), an
+/// easy way for a hand-made result to be paid and to improve a report. Honest agents
+/// always send one; a failure (an error) needs none.
+pub fn missing_summary(
+    r: &StoredResult,
+    kind: Option<&CheckKind>,
+    summary: Option<CheckKind>,
+) -> Option<Flag> {
+    let kind = *kind?;
+    if r.error_kind.is_some() || kind == CheckKind::Http || summary == Some(kind) {
+        return None;
+    }
+    Some(Flag {
+        rule: Rule::MissingSummary,
+        evidence: json!({"check_kind": kind.as_str(), "summary": summary.map(CheckKind::as_str)}),
+    })
 }
 
 /// ttfb may be no shorter than this fraction of the calibrated RTT (jitter tolerance).
@@ -570,6 +593,8 @@ pub struct Batch {
     /// Agents of the batch that share their address with another of their volunteer's.
     with_siblings: HashSet<String>,
     cells: PeerCells,
+    /// The kind of each check the batch's results belong to.
+    kinds: HashMap<String, CheckKind>,
 }
 
 impl Batch {
@@ -606,6 +631,18 @@ impl Batch {
             }
         }
         batch.with_siblings = with_siblings(conn, agents)?;
+        // One statement for the batch's few checks (their primary keys).
+        let check_ids: HashSet<&str> = results.iter().map(|r| r.check_id.as_str()).collect();
+        if !check_ids.is_empty() {
+            let rows: Vec<(String, String)> = checks::table
+                .filter(checks::id.eq_any(check_ids))
+                .select((checks::id, checks::kind))
+                .load(conn)?;
+            batch.kinds = rows
+                .into_iter()
+                .filter_map(|(id, kind)| Some((id, kind.parse().ok()?)))
+                .collect();
+        }
         Ok(batch)
     }
 
@@ -725,13 +762,22 @@ impl<'a> Verifier<'a> {
             })
     }
 
-    /// Judges a result about to be stored. Empty when it breaks no rule. The
-    /// same-address rule reads the run's stored results: the caller has stored the
-    /// batch's earlier results first when the agent has siblings
-    /// ([`Batch::has_siblings`]).
-    pub fn verify(&mut self, conn: &mut DbConn, r: &StoredResult) -> Result<Vec<Flag>> {
+    /// Judges a result about to be stored, whose measurement carried a `summary` of
+    /// that kind (a page load, a throughput load, a video session, a udp stream; none
+    /// for a fetch). Empty when it breaks no rule. The same-address rule reads the
+    /// run's stored results: the caller has stored the batch's earlier results first
+    /// when the agent has siblings ([`Batch::has_siblings`]).
+    pub fn verify(
+        &mut self,
+        conn: &mut DbConn,
+        r: &StoredResult,
+        summary: Option<CheckKind>,
+    ) -> Result<Vec<Flag>> {
         let agent = self.agent;
         let mut flags: Vec<Flag> = impossible(r).into_iter().collect();
+        if let Some(flag) = missing_summary(r, self.batch.kinds.get(&r.check_id), summary) {
+            flags.push(flag);
+        }
         if agent.calibrated_at.is_none() {
             flags.push(Flag {
                 rule: Rule::UncalibratedAgent,
