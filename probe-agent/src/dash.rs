@@ -143,21 +143,15 @@ pub(crate) fn plan(mpd: &MPD, url: &Url, task: VideoTask) -> Result<DashPlan, Me
         if covered >= play_us || segments >= MAX_VIDEO_SEGMENTS {
             break;
         }
-        let name = period.id.as_deref().map_or_else(
-            || format!("period {}", index + 1),
-            |id| format!("period {id:?}"),
-        );
-        let (set, rep) = choose(period, task.max_bitrate_kbps).ok_or_else(|| {
-            invalid(format!(
-                "{url}: {name} has no video or audio representation to play"
-            ))
-        })?;
+        let PeriodChoice {
+            name,
+            set,
+            rep,
+            base,
+        } = period_choice(url, &root, index, period, task)?;
         if bitrate_bps.is_none() {
             bitrate_bps = rep.bandwidth;
         }
-        let base = resolve(&root, &period.BaseURL)?;
-        let base = resolve(&base, &set.BaseURL)?;
-        let base = resolve(&base, &rep.BaseURL)?;
         let end_us = period_end_us(mpd, index).map(|end| end.saturating_sub(start_us(period)));
         let names = Names {
             id: rep.id.as_deref().unwrap_or(""),
@@ -553,19 +547,13 @@ pub(crate) fn live_view(
         .find(|(_, p)| start.saturating_add(start_us(p) as i64) <= now_us)
         .or_else(|| mpd.periods.first().map(|p| (0, p)))
         .ok_or_else(|| invalid(format!("{url} has no Period")))?;
-    let name = period.id.as_deref().map_or_else(
-        || format!("period {}", index + 1),
-        |id| format!("period {id:?}"),
-    );
-    let (set, rep) = choose(period, task.max_bitrate_kbps).ok_or_else(|| {
-        invalid(format!(
-            "{url}: {name} has no video or audio representation to play"
-        ))
-    })?;
     let root = resolve(url, &mpd.base_url)?;
-    let base = resolve(&root, &period.BaseURL)?;
-    let base = resolve(&base, &set.BaseURL)?;
-    let base = resolve(&base, &rep.BaseURL)?;
+    let PeriodChoice {
+        name,
+        set,
+        rep,
+        base,
+    } = period_choice(url, &root, index, period, task)?;
     let names = Names {
         id: rep.id.as_deref().unwrap_or(""),
         bandwidth: rep.bandwidth.unwrap_or(0),
@@ -708,6 +696,45 @@ fn delay_of(mpd: &MPD, segment_us: u64) -> u64 {
         .map(micros)
         .filter(|d| *d > 0)
         .unwrap_or(segment_us.saturating_mul(3))
+}
+
+/// What a session plays of a period: the adaptation set and representation chosen,
+/// the period's name for messages, and the representation's base URL.
+struct PeriodChoice<'a> {
+    name: String,
+    set: &'a AdaptationSet,
+    rep: &'a Representation,
+    base: Url,
+}
+
+/// The representation a player limited to `task.max_bitrate_kbps` plays in `period`
+/// (the MPD's `index`-th, of the MPD at `url` whose own base is `root`), with its base
+/// URL along the chain of `BaseURL`s.
+fn period_choice<'a>(
+    url: &Url,
+    root: &Url,
+    index: usize,
+    period: &'a Period,
+    task: VideoTask,
+) -> Result<PeriodChoice<'a>, MeasurementError> {
+    let name = period.id.as_deref().map_or_else(
+        || format!("period {}", index + 1),
+        |id| format!("period {id:?}"),
+    );
+    let (set, rep) = choose(period, task.max_bitrate_kbps).ok_or_else(|| {
+        invalid(format!(
+            "{url}: {name} has no video or audio representation to play"
+        ))
+    })?;
+    let base = resolve(root, &period.BaseURL)?;
+    let base = resolve(&base, &set.BaseURL)?;
+    let base = resolve(&base, &rep.BaseURL)?;
+    Ok(PeriodChoice {
+        name,
+        set,
+        rep,
+        base,
+    })
 }
 
 /// What the session may still take from a period: media, segments, and the period's

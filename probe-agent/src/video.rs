@@ -1856,6 +1856,18 @@ mod tests {
         }
     }
 
+    /// An emulated DSL line (16 Mbit/s down, 1 up, 40 ms) in front of `site`.
+    async fn dsl_line_to(site: &lastmile_testbed::site::TargetSite) -> Link {
+        let profile = LinkProfile {
+            down_bps: 16_000_000,
+            up_bps: 1_000_000,
+            rtt: Duration::from_millis(40),
+        };
+        Link::start("127.0.0.1:0".parse().unwrap(), site.addr(), profile)
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn the_low_rendition_plays_on_loopback_without_a_stall_over_one_connection() {
         let site = site(5).await;
@@ -1933,14 +1945,7 @@ mod tests {
     #[tokio::test]
     async fn behind_a_dsl_line_the_high_rendition_stalls_and_the_low_one_does_not() {
         let site = site(5).await;
-        let profile = LinkProfile {
-            down_bps: 16_000_000,
-            up_bps: 1_000_000,
-            rtt: Duration::from_millis(40),
-        };
-        let link = Link::start("127.0.0.1:0".parse().unwrap(), site.addr(), profile)
-            .await
-            .unwrap();
+        let link = dsl_line_to(&site).await;
         let url = format!("http://{}{MASTER_PATH}", link.addr());
         // Six seconds of media: at 30 Mbit/s a segment takes at least 1.9 s over 16,
         // so the buffer runs dry before the sixth arrives.
@@ -2011,14 +2016,7 @@ mod tests {
     #[tokio::test]
     async fn behind_a_dsl_line_the_high_dash_representation_stalls() {
         let site = site(5).await;
-        let profile = LinkProfile {
-            down_bps: 16_000_000,
-            up_bps: 1_000_000,
-            rtt: Duration::from_millis(40),
-        };
-        let link = Link::start("127.0.0.1:0".parse().unwrap(), site.addr(), profile)
-            .await
-            .unwrap();
+        let link = dsl_line_to(&site).await;
         let url = format!("http://{}{DASH_PATH}", link.addr());
         let m = local_engine()
             .measure_video(&url, &within(60_000), session(6_000, None))
@@ -2531,14 +2529,7 @@ mod tests {
         // which the next is published: playback starts with the third (~6.8 s) and
         // the buffer runs dry before the sixth arrives.
         let site = site(5).await;
-        let profile = LinkProfile {
-            down_bps: 16_000_000,
-            up_bps: 1_000_000,
-            rtt: Duration::from_millis(40),
-        };
-        let link = Link::start("127.0.0.1:0".parse().unwrap(), site.addr(), profile)
-            .await
-            .unwrap();
+        let link = dsl_line_to(&site).await;
         let url = format!("http://{}{LIVE_MASTER_PATH}", link.addr());
         let m = local_engine()
             .measure_video(&url, &within(60_000), session(6_000, None))
