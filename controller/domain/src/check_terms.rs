@@ -214,3 +214,11 @@ impl TaskSpec {
         })
     }
 }
+
+/// The kind of task a run measures: its frozen task's (`runs.task`), or, for a run
+/// admitted before tasks were frozen, its check's kind now (`checks.kind`).
+pub fn run_kind(task: Option<&str>, check_kind: &str) -> Option<CheckKind> {
+    task.and_then(|t| serde_json::from_str::<TaskSpec>(t).ok())
+        .map(|spec| spec.kind)
+        .or_else(|| check_kind.parse().ok())
+}

@@ -360,11 +360,7 @@ fn refuse_foreign_summaries(
             .select((assignments::id, runs::task, checks::kind))
             .load(conn)?;
         for (id, task, check_kind) in rows {
-            let kind = task
-                .and_then(|t| serde_json::from_str::<crate::check_terms::TaskSpec>(&t).ok())
-                .map(|spec| spec.kind)
-                .or_else(|| check_kind.parse().ok());
-            if let Some(kind) = kind {
+            if let Some(kind) = crate::check_terms::run_kind(task.as_deref(), &check_kind) {
                 kinds.insert(id, kind);
             }
         }

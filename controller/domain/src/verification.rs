@@ -106,7 +106,7 @@ use crate::clock::{to_datetime, Micros};
 use crate::error::{Error, Result};
 use crate::figures;
 use lastmile_storage::results::StoredResult;
-use lastmile_storage::schema::{agents, checks, result_flags, results, volunteers};
+use lastmile_storage::schema::{agents, checks, result_flags, results, runs, volunteers};
 use lastmile_storage::DbConn;
 
 /// One rule a result can break. The codes are stable (stored, and shown to operators).
@@ -593,7 +593,8 @@ pub struct Batch {
     /// Agents of the batch that share their address with another of their volunteer's.
     with_siblings: HashSet<String>,
     cells: PeerCells,
-    /// The kind of each check the batch's results belong to.
+    /// The kind of task each run of the batch's results measures (its frozen task's:
+    /// a check edited while its run is open changes only later runs).
     kinds: HashMap<String, CheckKind>,
 }
 
@@ -631,16 +632,19 @@ impl Batch {
             }
         }
         batch.with_siblings = with_siblings(conn, agents)?;
-        // One statement for the batch's few checks (their primary keys).
-        let check_ids: HashSet<&str> = results.iter().map(|r| r.check_id.as_str()).collect();
-        if !check_ids.is_empty() {
-            let rows: Vec<(String, String)> = checks::table
-                .filter(checks::id.eq_any(check_ids))
-                .select((checks::id, checks::kind))
+        // One statement for the batch's few runs (their primary keys).
+        let run_ids: HashSet<&str> = results.iter().map(|r| r.run_id.as_str()).collect();
+        if !run_ids.is_empty() {
+            let rows: Vec<(String, Option<String>, String)> = runs::table
+                .inner_join(checks::table.on(checks::id.eq(runs::check_id)))
+                .filter(runs::id.eq_any(run_ids))
+                .select((runs::id, runs::task, checks::kind))
                 .load(conn)?;
             batch.kinds = rows
                 .into_iter()
-                .filter_map(|(id, kind)| Some((id, kind.parse().ok()?)))
+                .filter_map(|(id, task, kind)| {
+                    Some((id, crate::check_terms::run_kind(task.as_deref(), &kind)?))
+                })
                 .collect();
         }
         Ok(batch)
@@ -775,7 +779,7 @@ impl<'a> Verifier<'a> {
     ) -> Result<Vec<Flag>> {
         let agent = self.agent;
         let mut flags: Vec<Flag> = impossible(r).into_iter().collect();
-        if let Some(flag) = missing_summary(r, self.batch.kinds.get(&r.check_id), summary) {
+        if let Some(flag) = missing_summary(r, self.batch.kinds.get(&r.run_id), summary) {
             flags.push(flag);
         }
         if agent.calibrated_at.is_none() {
