@@ -1847,6 +1847,15 @@ mod tests {
         m.error.as_ref().map(|e| e.kind)
     }
 
+    /// Asserts that the session failed as `expected`, its message saying each of `says`.
+    fn failed_with(m: &Measurement, expected: ErrorKind, says: &[&str]) {
+        assert_eq!(kind(m), Some(expected), "{m:?}");
+        let message = &m.error.as_ref().unwrap().message;
+        for said in says {
+            assert!(message.contains(said), "{said:?} in {message}");
+        }
+    }
+
     /// The phases the controller accepts: none longer than the total, ttfb and
     /// transfer within it together.
     fn assert_consistent(t: Timings) {
@@ -2313,9 +2322,7 @@ mod tests {
                 session(3_000, None),
             )
             .await;
-        assert_eq!(kind(&m), Some(ErrorKind::Http), "{m:?}");
-        let message = &m.error.as_ref().unwrap().message;
-        assert!(message.contains("does not serve byte ranges"), "{message}");
+        failed_with(&m, ErrorKind::Http, &["does not serve byte ranges"]);
         assert_eq!(summary(&m).segments, 0);
         assert_eq!(m.bytes as usize, hls.len(), "the whole file was not read");
     }
@@ -2588,12 +2595,7 @@ mod tests {
         let m = local_engine()
             .measure_video(&url, &within(10_000), session(10_000, None))
             .await;
-        assert_eq!(kind(&m), Some(ErrorKind::Http), "{m:?}");
-        let message = &m.error.as_ref().unwrap().message;
-        assert!(
-            message.contains("segment 3 ") && message.contains("scrolled off"),
-            "{message}"
-        );
+        failed_with(&m, ErrorKind::Http, &["segment 3 ", "scrolled off"]);
         assert_eq!(loads.load(Ordering::SeqCst), 2, "one load, one reload");
         let s = summary(&m);
         assert_eq!(s.segments, 3, "{s:?}");
@@ -2632,9 +2634,7 @@ mod tests {
                 session(2_000, None),
             )
             .await;
-        assert_eq!(kind(&m), Some(ErrorKind::Http), "{m:?}");
-        let message = &m.error.as_ref().unwrap().message;
-        assert!(message.contains("stopped advancing"), "{message}");
+        failed_with(&m, ErrorKind::Http, &["stopped advancing"]);
         let limit = max_reloads(2_000, Duration::from_secs(1));
         assert_eq!(loads.load(Ordering::SeqCst) as u64, 1 + limit);
         assert!(

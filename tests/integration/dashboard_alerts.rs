@@ -68,13 +68,7 @@ async fn an_owner_sets_up_alerts_sees_the_incident_and_the_deliveries_in_the_bro
     let beat = json!({"declared_class": "dsl", "version": "test",
         "limits": {"max_concurrent": 1}, "path_trace": true});
     let (status, ack) = app
-        .call_from(
-            Ipv4Addr::new(127, 0, 0, 2),
-            "POST",
-            "/api/v1/agents/heartbeat",
-            Some(&agent),
-            Some(beat),
-        )
+        .heartbeat_from(Ipv4Addr::new(127, 0, 0, 2), &agent, beat)
         .await;
     assert_eq!(status, 200, "{ack}");
 

@@ -465,6 +465,18 @@ impl TestApp {
 
     /// `POST /api/v1/agents/lease` for up to `max` tasks as the agent with `token`: the
     /// answer as it comes.
+    /// Sends `beat` as the heartbeat of the agent `token` from `source`.
+    pub async fn heartbeat_from(&self, source: Ipv4Addr, token: &str, beat: Value) -> (u16, Value) {
+        self.call_from(
+            source,
+            "POST",
+            "/api/v1/agents/heartbeat",
+            Some(token),
+            Some(beat),
+        )
+        .await
+    }
+
     pub async fn lease(&self, token: &str, max: u32) -> (u16, Value) {
         self.lease_from(Ipv4Addr::LOCALHOST, token, max).await
     }

@@ -996,15 +996,7 @@ async fn a_load_check_answered_with_a_bare_fetch_is_flagged_missing_summary_and_
     // It says it measures loads, as agents that do say.
     let beat = json!({"declared_class": "dsl", "version": "test", "limits": {"max_concurrent": 1},
                       "kinds": ["http", "throughput"]});
-    let (status, ack) = app
-        .call_from(
-            source,
-            "POST",
-            "/api/v1/agents/heartbeat",
-            Some(&agent),
-            Some(beat),
-        )
-        .await;
+    let (status, ack) = app.heartbeat_from(source, &agent, beat).await;
     assert_eq!(status, 200, "{ack}");
     app.start_run(&owner, &check).await;
     let assignment = lease(&app, &agent).await;
