@@ -17,6 +17,7 @@ mod batch_results;
 mod calibration;
 mod cheating;
 mod check_changes;
+mod check_lists;
 mod crash;
 mod currency;
 mod dashboard;

@@ -82,3 +82,21 @@ fn an_isps_views_read_the_cells_of_its_networks() {
         "aggregates_asn (asn=? AND bucket_start>? AND bucket_start<?)",
     );
 }
+
+/// Every replica's change feed of checks, once a second: the writes of the last
+/// seconds, by `changed_at`, not every check of every owner.
+#[test]
+fn the_check_change_feed_reads_the_last_writes() {
+    let test_db = TestDb::new(Backend::Sqlite);
+    let db = Db::open(&test_db.url, 1).unwrap();
+    assert_uses(
+        &db,
+        "SELECT `checks`.`id`, `checks`.`owner_id`, `checks`.`changed_at` FROM `checks` WHERE (`checks`.`changed_at` >= 1000) ORDER BY `checks`.`changed_at`, `checks`.`id` LIMIT 10000",
+        "checks_changed (changed_at>?)",
+    );
+    assert_uses(
+        &db,
+        "SELECT MAX(`checks`.`changed_at`) FROM `checks`",
+        "checks_changed",
+    );
+}

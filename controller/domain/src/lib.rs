@@ -22,6 +22,7 @@ pub mod api_tokens;
 pub mod billing;
 pub mod calibration;
 pub mod check_health;
+pub mod check_lists;
 pub mod check_terms;
 pub mod checks;
 pub mod confidence;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lastmile_domain::agents::{self, Agent};
+use lastmile_domain::check_lists::ChangeFeed;
 use lastmile_domain::clock::{self, Micros};
 use lastmile_domain::error::Error;
 use lastmile_domain::path_traces;
@@ -27,6 +28,10 @@ use crate::state::AppState;
 /// How often new work is looked for (the latency it adds to new work reaching an idle
 /// agent).
 const WORK_POLL: Duration = Duration::from_millis(250);
+
+/// How often writes to checks made elsewhere are looked for (how far behind another
+/// replica's write an owner's check list may be).
+const CHECKS_POLL: Duration = Duration::from_secs(1);
 
 /// Work planned this long before the last look is looked at again (controllers'
 /// clocks, and transactions that committed after a later one).
@@ -192,8 +197,9 @@ pub async fn lease(
 }
 
 /// Runs until `stop`: flushes remembered heartbeats every `presence_flush_ms` (and
-/// once more when stopping), reads changed agent rows every `agent_refresh_ms`, and
-/// wakes the agents new work was planned for every [`WORK_POLL`].
+/// once more when stopping), reads changed agent rows every `agent_refresh_ms`, wakes
+/// the agents new work was planned for every [`WORK_POLL`], and forgets the owners'
+/// check lists whose checks were written elsewhere every [`CHECKS_POLL`].
 pub async fn presence_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     let every = |ms: u64| {
         let mut i = tokio::time::interval(Duration::from_millis(ms.max(10)));
@@ -204,6 +210,8 @@ pub async fn presence_loop(state: AppState, mut stop: watch::Receiver<bool>) {
     let mut refresh = every(state.config.agent_refresh_ms);
     let mut work = every(WORK_POLL.as_millis() as u64);
     let mut feed = WorkFeed::new(clock::now_us());
+    let mut checks = every(CHECKS_POLL.as_millis() as u64);
+    let check_feed = Arc::new(std::sync::Mutex::new(ChangeFeed::new()));
     loop {
         tokio::select! {
             _ = stop.changed() => break,
@@ -215,6 +223,16 @@ pub async fn presence_loop(state: AppState, mut stop: watch::Receiver<bool>) {
                 }
             }
             _ = work.tick() => feed.poll(&state).await,
+            _ = checks.tick() => {
+                let (feed, lists) = (check_feed.clone(), state.check_lists.clone());
+                let looked = state
+                    .db
+                    .run(move |c| feed.lock().unwrap_or_else(|p| p.into_inner()).poll(c, &lists))
+                    .await;
+                if let Err(e) = looked {
+                    tracing::warn!(error = %e, "reading changed checks failed");
+                }
+            }
         }
     }
     flush_presence(&state).await;

@@ -1,8 +1,10 @@
 //! What a serving controller holds: [`AppState`], everything a request handler or the
 //! scheduler needs, opened once from the config.
 
+use std::future::Future;
 use std::sync::Arc;
 
+use lastmile_domain::check_lists::CheckLists;
 use lastmile_domain::geo::Geo;
 use lastmile_domain::isp::{LogMailer, Mailer};
 use lastmile_domain::scheduling::SchedulingPolicy;
@@ -15,6 +17,10 @@ use lastmile_domain::rate_limit::RateLimiter;
 
 /// Owner tokens remembered at most (see `lastmile_domain::token_cache`).
 const OWNER_TOKENS_HELD: usize = 10_000;
+
+/// Checks held at most in owners' check lists (see `lastmile_domain::check_lists`):
+/// about 1 KiB of JSON each.
+const LISTED_CHECKS_HELD: usize = 50_000;
 
 /// Everything a request handler or the scheduler needs. Cheap to clone.
 #[derive(Clone)]
@@ -38,6 +44,8 @@ pub struct AppState {
     pub presence: Arc<lastmile_domain::presence::Presence>,
     /// Owners' API tokens found valid in the last `agent_refresh_ms`.
     pub owner_tokens: Arc<lastmile_domain::token_cache::TokenCache>,
+    /// Owners' `GET /api/v1/checks` answers (JSON), until their checks change.
+    pub check_lists: Arc<CheckLists<actix_web::web::Bytes>>,
     /// Group commit of accepted results into aggregates and the ledger.
     pub folder: Arc<crate::folding::Folder>,
     /// Group commit of agents' results into the results table.
@@ -77,10 +85,21 @@ impl AppState {
                 config.agent_refresh_ms as i64 * 1_000,
                 OWNER_TOKENS_HELD,
             )),
+            check_lists: Arc::new(CheckLists::new(LISTED_CHECKS_HELD)),
             folder: Arc::default(),
             acceptor: Arc::default(),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
         })
+    }
+
+    /// Awaits `write`, a write to `owner_id`'s checks, then forgets the owner's check
+    /// list here whatever its outcome (a failed write may have committed before
+    /// failing), so the owner's next read sees it; other replicas learn of it from
+    /// their change feed.
+    pub async fn writing_checks<T>(&self, owner_id: &str, write: impl Future<Output = T>) -> T {
+        let outcome = write.await;
+        self.check_lists.forget([owner_id]);
+        outcome
     }
 }

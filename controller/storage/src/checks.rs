@@ -101,3 +101,31 @@ pub fn list(conn: &mut crate::DbConn, owner_id: &str) -> QueryResult<Vec<Check>>
         .select(Check::as_select())
         .load(conn)
 }
+
+/// A write to a check, as the change feed sees it (see `changed_since`).
+#[derive(Debug, Clone, PartialEq, Eq, Queryable)]
+pub struct Change {
+    pub id: String,
+    pub owner_id: String,
+    /// Stamped by the database on every insert and update (migration 000043), strictly
+    /// increasing per check: (id, changed_at) names one write.
+    pub changed_at: i64,
+}
+
+/// Checks written at or after `since` (the database's clock), oldest write first, at
+/// most `limit`.
+pub fn changed_since(conn: &mut crate::DbConn, since: i64, limit: i64) -> QueryResult<Vec<Change>> {
+    checks::table
+        .filter(checks::changed_at.ge(since))
+        .order((checks::changed_at, checks::id))
+        .limit(limit)
+        .select((checks::id, checks::owner_id, checks::changed_at))
+        .load(conn)
+}
+
+/// The latest write to any check, by the database's clock (`None` without checks).
+pub fn last_change(conn: &mut crate::DbConn) -> QueryResult<Option<i64>> {
+    checks::table
+        .select(diesel::dsl::max(checks::changed_at))
+        .first(conn)
+}

@@ -104,6 +104,9 @@ diesel::table! {
         video -> Nullable<Text>,
         /// A udp check's stream as JSON (migration 000042); NULL for other kinds.
         udp -> Nullable<Text>,
+        /// When the row last changed, stamped by a trigger on every insert and update
+        /// (migration 000043), strictly increasing per row.
+        changed_at -> BigInt,
     }
 }
 

@@ -1,5 +1,6 @@
 //! Owner endpoints: sites, checks, runs and reports.
 
+use actix_web::http::header::ContentType;
 use actix_web::{delete, get, patch, post, put, web, HttpResponse};
 use chrono::{DateTime, Utc};
 use lastmile_protocol::ApiError;
@@ -162,14 +163,14 @@ pub async fn create_check(
 ) -> Result<HttpResponse, Failure> {
     let min_interval = state.config.min_check_interval_s;
     let policy = state.config.site_fetch_policy();
-    let check = checks::create_proven(
+    let write = checks::create_proven(
         &state.db,
         &policy,
-        owner.id,
+        owner.id.clone(),
         body.into_inner(),
         min_interval,
-    )
-    .await?;
+    );
+    let check = state.writing_checks(&owner.id, write).await?;
     Ok(HttpResponse::Created().json(CheckView::from(&check)))
 }
 
@@ -180,9 +181,29 @@ pub async fn create_check(
 pub async fn list_checks(
     state: web::Data<AppState>,
     AuthOwner(owner): AuthOwner,
-) -> Result<web::Json<Vec<CheckView>>, Failure> {
-    let list = state.db.run(move |c| checks::list(c, &owner.id)).await?;
-    Ok(web::Json(list.iter().map(CheckView::from).collect()))
+) -> Result<HttpResponse, Failure> {
+    let body = check_list(&state, owner.id).await?;
+    Ok(HttpResponse::Ok()
+        .content_type(ContentType::json())
+        .body(body))
+}
+
+/// The owner's checks as `GET /api/v1/checks` answers, from memory until one of them
+/// changes (`lastmile_domain::check_lists`).
+async fn check_list(state: &AppState, owner_id: String) -> Result<web::Bytes, Error> {
+    if let Some(body) = state.check_lists.get(&owner_id) {
+        return Ok(body);
+    }
+    let reading = state.check_lists.begin();
+    let owner = owner_id.clone();
+    let list = state.db.run(move |c| checks::list(c, &owner)).await?;
+    let views: Vec<CheckView> = list.iter().map(CheckView::from).collect();
+    let body =
+        web::Bytes::from(serde_json::to_vec(&views).map_err(|e| Error::Internal(e.to_string()))?);
+    state
+        .check_lists
+        .keep(&owner_id, reading, body.clone(), list.len());
+    Ok(body)
 }
 
 /// One of your checks.
@@ -223,15 +244,15 @@ pub async fn update_check(
 ) -> Result<web::Json<CheckView>, Failure> {
     let min_interval = state.config.min_check_interval_s;
     let policy = state.config.site_fetch_policy();
-    let check = checks::update_proven(
+    let write = checks::update_proven(
         &state.db,
         &policy,
-        owner.id,
+        owner.id.clone(),
         id.to_string(),
         body.into_inner(),
         min_interval,
-    )
-    .await?;
+    );
+    let check = state.writing_checks(&owner.id, write).await?;
     Ok(web::Json(CheckView::from(&check)))
 }
 
@@ -252,15 +273,15 @@ pub async fn patch_check(
 ) -> Result<web::Json<CheckView>, Failure> {
     let min_interval = state.config.min_check_interval_s;
     let policy = state.config.site_fetch_policy();
-    let check = checks::patch_proven(
+    let write = checks::patch_proven(
         &state.db,
         &policy,
-        owner.id,
+        owner.id.clone(),
         id.to_string(),
         body.into_inner(),
         min_interval,
-    )
-    .await?;
+    );
+    let check = state.writing_checks(&owner.id, write).await?;
     Ok(web::Json(CheckView::from(&check)))
 }
 
@@ -274,10 +295,11 @@ pub async fn delete_check(
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Failure> {
-    state
+    let owner_id = owner.id.clone();
+    let write = state
         .db
-        .run(move |c| lastmile_domain::deletions::delete_check(c, &owner.id, &id.to_string()))
-        .await?;
+        .run(move |c| lastmile_domain::deletions::delete_check(c, &owner_id, &id.to_string()));
+    state.writing_checks(&owner.id, write).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -290,10 +312,11 @@ pub async fn delete_site(
     AuthOwner(owner): AuthOwner,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Failure> {
-    state
+    let owner_id = owner.id.clone();
+    let write = state
         .db
-        .run(move |c| lastmile_domain::deletions::delete_site(c, &owner.id, &id.to_string()))
-        .await?;
+        .run(move |c| lastmile_domain::deletions::delete_site(c, &owner_id, &id.to_string()));
+    state.writing_checks(&owner.id, write).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -328,10 +351,11 @@ async fn set_paused(
     check_id: Uuid,
     paused: bool,
 ) -> Result<web::Json<CheckView>, Failure> {
-    let check = state
+    let owner = owner_id.clone();
+    let write = state
         .db
-        .run(move |c| checks::set_paused(c, &owner_id, &check_id.to_string(), paused))
-        .await?;
+        .run(move |c| checks::set_paused(c, &owner, &check_id.to_string(), paused));
+    let check = state.writing_checks(&owner_id, write).await?;
     Ok(web::Json(CheckView::from(&check)))
 }
 

@@ -581,10 +581,17 @@ async fn submit(
     };
     let min_interval = state.config.min_check_interval_s;
     let policy = state.config.site_fetch_policy();
-    let saved = match editing {
-        None => checks::create_proven(&state.db, &policy, owner, new, min_interval).await,
-        Some(id) => checks::update_proven(&state.db, &policy, owner, id, new, min_interval).await,
-    };
+    let owner_id = owner.clone();
+    let saved = state
+        .writing_checks(&owner_id, async {
+            match editing {
+                None => checks::create_proven(&state.db, &policy, owner, new, min_interval).await,
+                Some(id) => {
+                    checks::update_proven(&state.db, &policy, owner, id, new, min_interval).await
+                }
+            }
+        })
+        .await;
     Ok(match saved {
         Ok(check) => see_other(&format!("/app/checks/{}", check.id)),
         Err(e) => again(e.status_code(), None, Some(e.to_string())),
@@ -816,9 +823,11 @@ async fn set_paused(
     paused: bool,
 ) -> Result<HttpResponse, PageError> {
     let owner = user.owner_id.clone();
-    let check = state
+    let write = state
         .db
-        .run(move |c| checks::set_paused(c, &owner, &id, paused))
+        .run(move |c| checks::set_paused(c, &owner, &id, paused));
+    let check = state
+        .writing_checks(&user.owner_id, write)
         .await
         .or_page(&user)?;
     Ok(see_other(&format!("/app/checks/{}", check.id)))
@@ -842,9 +851,11 @@ pub async fn delete(
     _: CsrfForm<CsrfOnly>,
 ) -> Result<HttpResponse, PageError> {
     let (owner, id) = (user.owner_id.clone(), id.into_inner());
-    state
+    let write = state
         .db
-        .run(move |c| lastmile_domain::deletions::delete_check(c, &owner, &id))
+        .run(move |c| lastmile_domain::deletions::delete_check(c, &owner, &id));
+    state
+        .writing_checks(&user.owner_id, write)
         .await
         .or_page(&user)?;
     Ok(see_other("/app/checks"))

@@ -119,9 +119,11 @@ pub async fn delete(
     _: CsrfForm<CsrfOnly>,
 ) -> Result<HttpResponse, PageError> {
     let (owner, id) = (user.owner_id.clone(), id.into_inner());
-    state
+    let write = state
         .db
-        .run(move |c| lastmile_domain::deletions::delete_site(c, &owner, &id))
+        .run(move |c| lastmile_domain::deletions::delete_site(c, &owner, &id));
+    state
+        .writing_checks(&user.owner_id, write)
         .await
         .or_page(&user)?;
     Ok(see_other("/app/sites"))
