@@ -5,7 +5,8 @@
 //! hello`: actix-web, one route answering `Hello world!`, actix's default workers, as
 //! the controller has) and `lastmile-controller serve` on a scratch SQLite data dir or a
 //! scratch PostgreSQL database (`--pg ADMIN_URL`), with an owner (its API token from the
-//! controller's CLI) and one enrolled, heartbeating agent. Then `wrk` (Debian's; `apt-get
+//! controller's CLI) who has `--checks` checks (10; paused, so that no run takes the
+//! agent's idle lease) and one enrolled, heartbeating agent. Then `wrk` (Debian's; `apt-get
 //! install wrk`) runs `--duration-s` seconds with `--connections` keep-alive connections
 //! on one thread against each URL in turn:
 //!
@@ -39,6 +40,7 @@ struct Args {
     connections: usize,
     pg: Option<String>,
     controller: Option<PathBuf>,
+    checks: usize,
 }
 
 fn args(flags: Vec<String>) -> anyhow::Result<Args> {
@@ -47,6 +49,7 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
         connections: 64,
         pg: None,
         controller: None,
+        checks: 10,
     };
     let mut it = flags.into_iter();
     while let Some(flag) = it.next() {
@@ -56,8 +59,9 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
             "--connections" => a.connections = value.parse()?,
             "--pg" => a.pg = Some(value),
             "--controller" => a.controller = Some(value.into()),
+            "--checks" => a.checks = value.parse()?,
             other => bail!(
-                "unknown flag {other} (flags: --duration-s S --connections N --pg ADMIN_URL --controller PATH)"
+                "unknown flag {other} (flags: --duration-s S --connections N --checks N --pg ADMIN_URL --controller PATH)"
             ),
         }
     }
@@ -250,6 +254,7 @@ pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
     let (controller, key) =
         ControllerProcess::start(args.controller.as_deref(), args.pg.as_deref(), "http")?;
     let owner_token = controller.cli(&["owner", "create", "--name", "bench"])?;
+    listed_checks(&controller, &owner_token, args.checks)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -366,6 +371,33 @@ pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
             Err(e) => println!("PostgreSQL alone: not measured ({e:#})"),
         }
     }
+    Ok(())
+}
+
+/// Gives the owner of `token` `n` checks to list, paused in the transaction that makes
+/// them (a run would take the agent's idle lease).
+fn listed_checks(controller: &ControllerProcess, token: &str, n: usize) -> anyhow::Result<()> {
+    use lastmile_domain::checks::{self, Schedule};
+    let db = controller.db()?;
+    let mut conn = db.conn()?;
+    let owner = lastmile_domain::accounts::owner_by_token(&mut conn, token)?
+        .context("the owner just created")?;
+    let site_id = super::storage::verified_site(&mut conn, &owner.id)?;
+    let mut made = Vec::new();
+    for i in 0..n {
+        let mut new = super::storage::bench_check(&site_id, &format!("bench {i}"), 1)?;
+        new.schedule = Schedule {
+            every_seconds: Some(3_600),
+        };
+        made.push(new);
+    }
+    lastmile_storage::write_tx(&mut conn, |c| {
+        for new in &made {
+            let check = checks::create(c, &owner.id, new, 1)?;
+            checks::set_paused(c, &owner.id, &check.id, true)?;
+        }
+        Ok::<_, lastmile_domain::Error>(())
+    })?;
     Ok(())
 }
 

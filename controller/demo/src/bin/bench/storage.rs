@@ -136,9 +136,21 @@ pub fn owner_with_check(
         lastmile_billing::Money::new(1_000_000_000, lastmile_billing::Currency::USD),
         &format!("bench-{}", owner.id),
     )?;
-    let site = lastmile_domain::sites::create(
+    let site_id = verified_site(conn, &owner.id)?;
+    let check = checks::create(
         conn,
         &owner.id,
+        &bench_check(&site_id, "bench", agents_per_run)?,
+        1,
+    )?;
+    Ok((owner, token, check))
+}
+
+/// A site of the owner's, marked verified (the bench's target is never fetched).
+pub fn verified_site(conn: &mut DbConn, owner_id: &str) -> anyhow::Result<String> {
+    let site = lastmile_domain::sites::create(
+        conn,
+        owner_id,
         &lastmile_domain::sites::NewSite {
             origin: "https://bench.example".into(),
         },
@@ -146,33 +158,32 @@ pub fn owner_with_check(
     diesel::update(sites::table.find(&site.id))
         .set(sites::verified_at.eq(clock::now_us()))
         .execute(conn)?;
-    let check = checks::create(
-        conn,
-        &owner.id,
-        &NewCheck {
-            site_id: site.id.parse()?,
-            name: Some("bench".into()),
-            url: "https://bench.example/".into(),
-            kind: CheckKind::Http,
-            throughput: None,
-            video: None,
-            udp: None,
-            expected_status: vec![],
-            max_bytes: None,
-            timeout_ms: None,
-            selection: Selection {
-                agents_per_run: agents_per_run.max(1) as u32,
-                ..Selection::default()
-            },
-            schedule: Schedule::default(),
-            body_contains: None,
-            max_redirects: None,
-            isp_sharing: false,
-            objectives: Vec::new(),
+    Ok(site.id)
+}
+
+/// An http check of the bench's site, run once (a schedule is the caller's).
+pub fn bench_check(site_id: &str, name: &str, agents_per_run: usize) -> anyhow::Result<NewCheck> {
+    Ok(NewCheck {
+        site_id: site_id.parse()?,
+        name: Some(name.into()),
+        url: "https://bench.example/".into(),
+        kind: CheckKind::Http,
+        throughput: None,
+        video: None,
+        udp: None,
+        expected_status: vec![],
+        max_bytes: None,
+        timeout_ms: None,
+        selection: Selection {
+            agents_per_run: agents_per_run.max(1) as u32,
+            ..Selection::default()
         },
-        1,
-    )?;
-    Ok((owner, token, check))
+        schedule: Schedule::default(),
+        body_contains: None,
+        max_redirects: None,
+        isp_sharing: false,
+        objectives: Vec::new(),
+    })
 }
 
 /// An owner, a verified site, a check and `agents` online, calibrated agents with their
