@@ -331,6 +331,11 @@ impl Sidx {
                 return None;
             }
             let end = at.checked_add(size)?;
+            if end > bytes.len() {
+                // A box that runs past what was read (or past any memory: a hostile
+                // 64-bit size) holds no index the agent can read.
+                return None;
+            }
             if kind == b"sidx" {
                 return Sidx::read(bytes.get(at + header..end)?, end);
             }
@@ -448,7 +453,9 @@ impl Reader<'_> {
 pub(crate) struct LiveView {
     /// In presentation order.
     pub segments: Vec<LiveSegment>,
-    pub init: Option<Url>,
+    /// The initialisation section (its byte range of a file, when `Initialization@range`
+    /// says).
+    pub init: Option<Piece>,
     pub bitrate_bps: Option<u64>,
     /// How long after this load began the MPD may be loaded again: its
     /// `minimumUpdatePeriod` (at most a segment), else half a segment.
@@ -576,8 +583,7 @@ pub(crate) fn live_view(
         &names,
         &base,
         &what,
-    )?
-    .map(|p| p.url);
+    )?;
     let start_number = template.startNumber.unwrap_or(1);
     let mut segments = Vec::new();
     let push = |segments: &mut Vec<LiveSegment>,
@@ -587,58 +593,53 @@ pub(crate) fn live_view(
      -> Result<(), MeasurementError> {
         let start_us = ticks_us(time.saturating_sub(offset) as f64, timescale);
         let media_us = ticks_us(d_ticks, timescale);
+        if media_us == 0 {
+            // Shorter than a microsecond: nothing to play, and it would not move the
+            // session on.
+            return Ok(());
+        }
         let uri =
             expand(media, &names, number, time).map_err(|e| invalid(format!("{what}: {e}")))?;
         segments.push(LiveSegment {
             start_us,
             media_us,
             url: join(&base, &uri, &what)?,
-            available_at_us: period_start.saturating_add((start_us + media_us) as i64),
+            available_at_us: period_start.saturating_add(
+                i64::try_from(start_us.saturating_add(media_us)).unwrap_or(i64::MAX),
+            ),
         });
         Ok(())
     };
     let segment_us;
     match (&template.SegmentTimeline, template.duration) {
         (Some(timeline), _) => {
-            // The listed segments, from the first that ends within the window a session
-            // can start in; an open repeat runs to what is available now.
-            let mut time = offset;
-            let mut number = start_number;
-            let mut longest = 0u64;
+            // The listed segments, the last LIVE_LOOKAHEAD of them; an open repeat runs
+            // to what is available now. Counted first with arithmetic alone, then only
+            // the kept ones made (a URL each): a timeline of many long runs costs its
+            // length, not its length times the lookahead.
             let now_ticks =
                 offset.saturating_add((now_in_period as f64 / 1e6 * timescale as f64) as u64);
-            for (i, s) in timeline.segments.iter().enumerate() {
-                if s.d == 0 {
-                    continue;
+            let runs = timeline_runs(timeline, offset, start_number, now_ticks, &what)?;
+            let longest = runs.iter().map(|r| r.d).max().unwrap_or(0);
+            let mut left = LIVE_LOOKAHEAD as u64;
+            let mut kept = Vec::new();
+            for run in runs.iter().rev() {
+                if left == 0 {
+                    break;
                 }
-                if let Some(t) = s.t {
-                    time = t;
-                }
-                longest = longest.max(s.d);
-                let repeats = match s.r {
-                    Some(r) if r >= 0 => r as u64,
-                    _ => {
-                        let until = timeline
-                            .segments
-                            .get(i + 1)
-                            .and_then(|next| next.t)
-                            .unwrap_or(now_ticks);
-                        (until.saturating_sub(time) / s.d).saturating_sub(1)
-                    }
-                };
-                // Keep the last LIVE_LOOKAHEAD only: skip the rest without a loop.
-                let count = repeats.saturating_add(1);
-                let keep = count.min(LIVE_LOOKAHEAD as u64);
-                let skip = count - keep;
-                time = time.saturating_add(skip.saturating_mul(s.d));
-                number = number.saturating_add(skip);
-                for _ in 0..keep {
-                    push(&mut segments, number, time, s.d as f64)?;
-                    time = time.saturating_add(s.d);
-                    number = number.saturating_add(1);
-                }
-                if segments.len() > 2 * LIVE_LOOKAHEAD {
-                    segments.drain(..segments.len() - LIVE_LOOKAHEAD);
+                let keep = run.count.min(left);
+                left -= keep;
+                kept.push((run, run.count - keep, keep));
+            }
+            for (run, skip, keep) in kept.into_iter().rev() {
+                for k in skip..skip + keep {
+                    let time = run.time.saturating_add(k.saturating_mul(run.d));
+                    push(
+                        &mut segments,
+                        run.number.saturating_add(k),
+                        time,
+                        run.d as f64,
+                    )?;
                 }
             }
             segment_us = ticks_us(longest as f64, timescale);
@@ -651,7 +652,7 @@ pub(crate) fn live_view(
             let back = (delay_of(mpd, segment_us) / segment_us).saturating_add(2);
             let first = available.saturating_sub(back);
             let ahead = (task.play_ms.saturating_mul(1_000) / segment_us)
-                .saturating_add(back + 2)
+                .saturating_add(back.saturating_add(2))
                 .min(LIVE_LOOKAHEAD as u64);
             for k in first..first.saturating_add(ahead) {
                 let time = offset.saturating_add((k as f64 * duration).round() as u64);
@@ -687,6 +688,68 @@ pub(crate) fn live_view(
         segment_us,
         dynamic,
     })
+}
+
+/// `<S>` elements a timeline may have: a day of 1 s segments written one `<S>` each.
+const MAX_TIMELINE_ENTRIES: usize = 100_000;
+
+/// A run of equal segments in a live timeline: `count` of `d` ticks from `time`,
+/// numbered from `number`.
+struct Run {
+    time: u64,
+    number: u64,
+    d: u64,
+    count: u64,
+}
+
+/// A live timeline's `<S>` elements as runs: each is `r + 1` segments (`r` absent: one)
+/// of `d` ticks from `t` (absent: where the last one ended); a negative `r` repeats
+/// until the next `<S t>` or, for the last, until `now_ticks`.
+fn timeline_runs(
+    timeline: &SegmentTimeline,
+    offset: u64,
+    start_number: u64,
+    now_ticks: u64,
+    what: &str,
+) -> Result<Vec<Run>, MeasurementError> {
+    if timeline.segments.len() > MAX_TIMELINE_ENTRIES {
+        return Err(invalid(format!(
+            "{what} has a SegmentTimeline of {} entries (at most {MAX_TIMELINE_ENTRIES})",
+            timeline.segments.len()
+        )));
+    }
+    let mut runs = Vec::with_capacity(timeline.segments.len());
+    let (mut time, mut number) = (offset, start_number);
+    for (i, s) in timeline.segments.iter().enumerate() {
+        if s.d == 0 {
+            continue;
+        }
+        if let Some(t) = s.t {
+            time = t;
+        }
+        let repeats = match s.r {
+            None => 0,
+            Some(r) if r >= 0 => r as u64,
+            Some(_) => {
+                let until = timeline
+                    .segments
+                    .get(i + 1)
+                    .and_then(|next| next.t)
+                    .unwrap_or(now_ticks);
+                (until.saturating_sub(time) / s.d).saturating_sub(1)
+            }
+        };
+        let count = repeats.saturating_add(1);
+        runs.push(Run {
+            time,
+            number,
+            d: s.d,
+            count,
+        });
+        time = time.saturating_add(count.saturating_mul(s.d));
+        number = number.saturating_add(count);
+    }
+    Ok(runs)
 }
 
 /// How far behind the live edge a session starts: `suggestedPresentationDelay`, else
@@ -806,12 +869,15 @@ fn content_of<'a>(set: &'a AdaptationSet, rep: &'a Representation) -> Option<&'a
 /// `base` joined with the first of `urls` (none: `base`).
 fn resolve(base: &Url, urls: &[BaseURL]) -> Result<Url, MeasurementError> {
     match urls.first() {
-        Some(url) if !url.base.trim().is_empty() => base.join(url.base.trim()).map_err(|e| {
-            invalid(format!(
-                "{base} names an invalid BaseURL {:?}: {e}",
-                url.base
-            ))
-        }),
+        Some(url) if !url.base.trim().is_empty() => {
+            let joined = base.join(url.base.trim()).map_err(|e| {
+                invalid(format!(
+                    "{base} names an invalid BaseURL {:?}: {e}",
+                    url.base
+                ))
+            })?;
+            crate::video::short_enough(joined, &format!("{base}: a BaseURL"))
+        }
         _ => Ok(base.clone()),
     }
 }
@@ -931,8 +997,10 @@ fn init_piece(
 }
 
 fn join(base: &Url, uri: &str, what: &str) -> Result<Url, MeasurementError> {
-    base.join(uri.trim())
-        .map_err(|e| invalid(format!("{what} names an invalid URL {uri:?}: {e}")))
+    let joined = base
+        .join(uri.trim())
+        .map_err(|e| invalid(format!("{what} names an invalid URL {uri:?}: {e}")))?;
+    crate::video::short_enough(joined, what)
 }
 
 /// A `range` attribute (`first-last`, bytes, inclusive).
@@ -942,9 +1010,11 @@ fn byte_range(range: &str, what: &str) -> Result<ByteRange, MeasurementError> {
             first.trim().parse::<u64>().ok()?,
             last.trim().parse::<u64>().ok()?,
         );
-        (last >= first).then(|| ByteRange {
+        // 0-(2^64 - 1) is 2^64 bytes: a length with no number.
+        let length = last.checked_sub(first)?.checked_add(1)?;
+        Some(ByteRange {
             offset: first,
-            length: last - first + 1,
+            length,
         })
     });
     parsed.ok_or_else(|| {
@@ -976,6 +1046,12 @@ fn template_pieces(
     .into_iter()
     .collect();
     let times: Vec<(u64, u64)> = match (&template.SegmentTimeline, template.duration) {
+        (Some(timeline), _) if timeline.segments.len() > MAX_TIMELINE_ENTRIES => {
+            return Err(invalid(format!(
+                "{what} has a SegmentTimeline of {} entries (at most {MAX_TIMELINE_ENTRIES})",
+                timeline.segments.len()
+            )))
+        }
         (Some(timeline), _) => timeline_segments(
             timeline,
             timescale,
@@ -1255,7 +1331,7 @@ mod tests {
         let view = testbed_live(start_ms, 10_400, true, Some(2_000));
         assert!(view.dynamic);
         assert_eq!(view.bitrate_bps, Some(2_000_000));
-        assert_eq!(view.init.as_ref().unwrap().path(), "/vod/low/init.mp4");
+        assert_eq!(view.init.as_ref().unwrap().url.path(), "/vod/low/init.mp4");
         assert_eq!(
             view.reload_after,
             Duration::from_secs(1),
@@ -1478,7 +1554,10 @@ mod tests {
             Some(2_000_000),
             "the video, not the audio"
         );
-        assert_eq!(view.init.as_ref().unwrap().path(), "/vod/init-stream0.m4s");
+        assert_eq!(
+            view.init.as_ref().unwrap().url.path(),
+            "/vod/init-stream0.m4s"
+        );
         assert_eq!(view.segments.len(), 15);
         assert_eq!(view.segments[0].url.path(), "/vod/chunk-stream0-00001.m4s");
         assert_eq!(view.segments[14].url.path(), "/vod/chunk-stream0-00015.m4s");
@@ -1720,5 +1799,132 @@ mod tests {
         assert!(!is_mpd(b"<html><body>hi</body></html>"));
         assert!(!is_mpd(b"#EXTM3U\n# <MPD in a comment\n"));
         assert!(is_mpd(b"\xEF\xBB\xBF\n  <?xml version=\"1.0\"?><MPD/>"));
+    }
+
+    /// A live MPD started at 2026-01-01T00:00:00Z whose video set holds `inner`, viewed
+    /// `at_s` seconds in.
+    fn live_at(inner: &str, at_s: i64) -> Result<LiveView, MeasurementError> {
+        let xml = mpd(
+            r#"type="dynamic" availabilityStartTime="2026-01-01T00:00:00Z""#,
+            &format!(
+                r#"<Period start="PT0S"><AdaptationSet contentType="video">{inner}
+                   <Representation id="v" bandwidth="1000"/></AdaptationSet></Period>"#
+            ),
+        );
+        let mpd = parse(xml.as_bytes(), &url())?;
+        let start = 1_767_225_600_000_000i64; // 2026-01-01T00:00:00Z
+        live_view(&mpd, &url(), task(10_000, None), start + at_s * 1_000_000)
+    }
+
+    #[test]
+    fn a_live_timeline_entry_without_r_is_one_segment() {
+        // The compact form packagers write for audio: durations that alternate, one
+        // <S> each, with `t` on the first only.
+        let view = live_at(
+            r#"<SegmentTemplate timescale="1000" media="$Time$.m4s"><SegmentTimeline>
+                 <S t="0" d="2000"/><S d="1900"/><S d="2100" r="2"/>
+               </SegmentTimeline></SegmentTemplate>"#,
+            60,
+        )
+        .unwrap();
+        let starts: Vec<u64> = view.segments.iter().map(|s| s.start_us / 1_000).collect();
+        assert_eq!(starts, [0, 2_000, 3_900, 6_000, 8_100]);
+        assert_eq!(view.segments[1].url.path(), "/vod/2000.m4s");
+    }
+
+    #[test]
+    fn a_long_live_timeline_keeps_its_last_segments_without_making_the_rest() {
+        // 50,000 runs of 2,000 one-tick segments: 100 million segments, of which the
+        // view keeps the last LIVE_LOOKAHEAD (numbered on from startNumber).
+        let runs = r#"<S d="1" r="1999"/>"#.repeat(50_000);
+        let view = live_at(
+            &format!(
+                r#"<SegmentTemplate timescale="1000000" startNumber="1" media="$Number$.m4s">
+                   <SegmentTimeline>{runs}</SegmentTimeline></SegmentTemplate>"#
+            ),
+            1_000,
+        )
+        .unwrap();
+        assert_eq!(view.segments.len(), LIVE_LOOKAHEAD);
+        let last = view.segments.last().unwrap();
+        assert_eq!(last.url.path(), "/vod/100000000.m4s");
+        assert_eq!(last.start_us, 100_000_000 - 1);
+        // More entries than any real timeline has are refused.
+        let e = live_at(
+            &format!(
+                r#"<SegmentTemplate media="$Number$.m4s"><SegmentTimeline>{}
+                   </SegmentTimeline></SegmentTemplate>"#,
+                r#"<S d="1"/>"#.repeat(MAX_TIMELINE_ENTRIES + 1)
+            ),
+            10,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PlaylistInvalid);
+        assert!(e.message.contains("at most 100000"), "{e:?}");
+    }
+
+    #[test]
+    fn a_live_initialisation_range_is_kept() {
+        let view = live_at(
+            r#"<BaseURL>live.mp4</BaseURL><SegmentTemplate media="$Number$.m4s" duration="1">
+                 <Initialization range="0-861"/></SegmentTemplate>"#,
+            60,
+        )
+        .unwrap();
+        let init = view.init.unwrap();
+        assert_eq!(init.url.path(), "/vod/live.mp4");
+        assert_eq!(
+            init.range,
+            Some(ByteRange {
+                offset: 0,
+                length: 862
+            })
+        );
+    }
+
+    #[test]
+    fn urls_longer_than_a_cdn_takes_are_refused_before_any_is_made_twice() {
+        let long = "a".repeat(crate::video::MAX_URL_BYTES);
+        for inner in [
+            format!(r#"<SegmentTemplate media="{long}/$Number$.m4s" duration="1"/>"#),
+            format!(
+                r#"<BaseURL>{long}/</BaseURL><SegmentTemplate media="$Number$.m4s" duration="1"/>"#
+            ),
+        ] {
+            let e = live_at(&inner, 60).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::PlaylistInvalid);
+            assert!(e.message.contains("at most 8192"), "{e:?}");
+            let vod = mpd(
+                r#"mediaPresentationDuration="PT10S""#,
+                &format!(
+                    r#"<Period><AdaptationSet contentType="video">{inner}
+                       <Representation id="v" bandwidth="1"/></AdaptationSet></Period>"#
+                ),
+            );
+            assert!(refusal(&vod).contains("at most 8192"));
+        }
+    }
+
+    #[test]
+    fn hostile_boxes_and_ranges_are_refused_not_trusted() {
+        // A `free` box claiming 2^64 - 4 bytes: no index, and no panic reading past it.
+        let mut hostile = vec![0, 0, 0, 1];
+        hostile.extend_from_slice(b"free");
+        hostile.extend_from_slice(&u64::MAX.wrapping_sub(3).to_be_bytes());
+        assert_eq!(Sidx::find(&hostile), None);
+        // A box whose 32-bit size runs past the bytes read.
+        let mut short = vec![0xFF, 0xFF, 0xFF, 0xFC];
+        short.extend_from_slice(b"free");
+        short.extend_from_slice(&[0; 8]);
+        assert_eq!(Sidx::find(&short), None);
+        // A range of 2^64 bytes (its length has no number), and one backwards.
+        for range in ["0-18446744073709551615", "5-3"] {
+            let e = byte_range(range, "x").unwrap_err();
+            assert!(e.message.contains("not first-last"), "{e:?}");
+        }
+        assert_eq!(
+            byte_range("0-18446744073709551614", "x").unwrap().length,
+            u64::MAX
+        );
     }
 }

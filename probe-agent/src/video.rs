@@ -243,7 +243,7 @@ impl ByteRange {
         format!(
             "bytes={}-{}",
             self.offset,
-            self.offset + self.length.max(1) - 1
+            self.offset.saturating_add(self.length.max(1) - 1)
         )
     }
 }
@@ -302,10 +302,29 @@ fn map_range(map: &m3u8_rs::Map) -> Option<ByteRange> {
     })
 }
 
+/// The longest URL a playlist or MPD may make the agent fetch, bytes: browsers and
+/// CDNs refuse far shorter ones, and every segment of a plan keeps its URL, so a
+/// template of a megabyte would take gigabytes.
+pub(crate) const MAX_URL_BYTES: usize = 8 * 1024;
+
+/// `url`, unless it is longer than [`MAX_URL_BYTES`] (`playlist_invalid`, naming
+/// `what` made it).
+pub(crate) fn short_enough(url: Url, what: &str) -> Result<Url, MeasurementError> {
+    if url.as_str().len() > MAX_URL_BYTES {
+        return Err(invalid(format!(
+            "{what} makes a URL of {} bytes (at most {MAX_URL_BYTES})",
+            url.as_str().len()
+        )));
+    }
+    Ok(url)
+}
+
 /// `uri` as a playlist at `base` names it.
 fn join(base: &Url, uri: &str) -> Result<Url, MeasurementError> {
-    base.join(uri.trim())
-        .map_err(|e| invalid(format!("{base} names an invalid URI {uri:?}: {e}")))
+    let joined = base
+        .join(uri.trim())
+        .map_err(|e| invalid(format!("{base} names an invalid URI {uri:?}: {e}")))?;
+    short_enough(joined, &format!("{base}: a URI"))
 }
 
 /// A segment's media (`#EXTINF` seconds), µs; a negative or unreadable duration
@@ -404,6 +423,26 @@ pub fn max_reloads(play_ms: u64, target: Duration) -> u64 {
 /// Times a live DASH segment that 404s is asked for again before the session fails.
 const PUBLISH_RETRIES: u32 = 3;
 
+/// The longest a live DASH session waits for a listed segment to be published:
+/// two segments (at least 2 s, at most 30 s). A segment is chosen next once the one
+/// before it is fetched, so a well-formed presentation publishes it within a segment;
+/// one announced later is an MPD that contradicts itself (`playlist_invalid`), not a
+/// stall of the line.
+fn max_publish_wait_us(segment_us: u64) -> i64 {
+    i64::try_from(segment_us.saturating_mul(2))
+        .unwrap_or(i64::MAX)
+        .clamp(2_000_000, 30_000_000)
+}
+
+/// The largest playlist, MPD (or segment index) kept to be read, bytes: a parsed MPD
+/// takes many times its text in memory, and no real manifest comes near it.
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+
+/// A `UTCTiming` source's answer is read for at most this long...
+const TIME_SOURCE_WAIT: Duration = Duration::from_secs(2);
+/// ...and at most this many bytes of it.
+const MAX_TIME_BYTES: u64 = 1_024;
+
 /// Now on the wall clock, µs since the Unix epoch: a live DASH presentation's segments
 /// are published at moments of its origin's clock, which the agent's (kept by NTP)
 /// stands for.
@@ -411,12 +450,20 @@ fn unix_now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// The step of a live DASH session whose next segment starts at `next` (µs on the
-/// period's timeline; `None` before it chose where to start) in `view`, at `now_us`
-/// (µs since the Unix epoch). The start is chosen as HLS's: among the segments
-/// available now, the one `delay_us` before the end of the last ([`live_start`]).
-fn dash_step(view: &dash::LiveView, next: Option<u64>, now_us: i64) -> LiveStep {
-    let Some(next) = next else {
+/// The segment a live DASH session fetched last, µs on the period's timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Played {
+    start_us: u64,
+    end_us: u64,
+}
+
+/// The step of a live DASH session that last fetched `played` (`None` before it chose
+/// where to start) in `view`, at `now_us` (µs since the Unix epoch). The start is
+/// chosen as HLS's: among the segments available now, the one `delay_us` before the
+/// end of the last ([`live_start`]). The next segment is the first that starts after
+/// the last one started and where it ended.
+fn dash_step(view: &dash::LiveView, played: Option<Played>, now_us: i64) -> LiveStep {
+    let Some(played) = played else {
         let available: Vec<u64> = view
             .segments
             .iter()
@@ -433,7 +480,9 @@ fn dash_step(view: &dash::LiveView, next: Option<u64>, now_us: i64) -> LiveStep 
         return LiveStep::Fetch(live_start(&available, view.delay_us / 3));
     };
     // Start times are rounded to µs from the timeline's ticks: a segment is the next
-    // one when it starts within a quarter segment of where the last one ended.
+    // one when it starts within a quarter segment of where the last one ended, and
+    // after the last one started (segments shorter than the slack never lead back).
+    let next = played.end_us;
     let slack = view.segment_us / 4;
     if let Some(first) = view.segments.first() {
         if first.start_us > next.saturating_add(slack) {
@@ -443,7 +492,7 @@ fn dash_step(view: &dash::LiveView, next: Option<u64>, now_us: i64) -> LiveStep 
     match view
         .segments
         .iter()
-        .position(|s| s.start_us.saturating_add(slack) >= next)
+        .position(|s| s.start_us > played.start_us && s.start_us.saturating_add(slack) >= next)
     {
         Some(index) => LiveStep::Fetch(index),
         None if view.dynamic => LiveStep::Reload,
@@ -504,8 +553,19 @@ fn check_live(media: &MediaPlaylist, base: &Url) -> Result<(), MeasurementError>
             "{base} is a live playlist without #EXT-X-TARGETDURATION: it cannot be reloaded"
         )));
     }
+    if media.target_duration > MAX_LIVE_TARGET_DURATION_S {
+        return Err(invalid(format!(
+            "{base} is a live playlist whose #EXT-X-TARGETDURATION is {} s (a live \
+             stream's segments last seconds; at most {MAX_LIVE_TARGET_DURATION_S} s)",
+            media.target_duration
+        )));
+    }
     Ok(())
 }
+
+/// The longest target duration of a live playlist played, seconds: longer than any
+/// session lasts, and the agent's reload timer adds it to the present.
+const MAX_LIVE_TARGET_DURATION_S: u64 = 3_600;
 
 /// A live media playlist as last loaded.
 struct Loaded {
@@ -731,6 +791,10 @@ struct Session {
     player: Option<Player>,
     /// The origin's clock minus the agent's, µs (a live DASH session's `UTCTiming`).
     clock_offset_us: i64,
+    /// The wall clock at `start`, µs since the Unix epoch: the session's time of day
+    /// runs on from it by the monotonic clock, so a clock stepped meanwhile moves no
+    /// segment's publication.
+    wall_at_start_us: i64,
 }
 
 impl Session {
@@ -754,6 +818,8 @@ impl Session {
             segments: 0,
             player: None,
             clock_offset_us: 0,
+            wall_at_start_us: unix_now_us()
+                .saturating_sub(i64::try_from(start.elapsed().as_micros()).unwrap_or(0)),
         }
     }
 
@@ -902,7 +968,7 @@ impl Session {
                 LiveStep::Fetch(index) => {
                     let segments = &loaded.playlist.segments;
                     let segment = &segments[index];
-                    let number = loaded.playlist.media_sequence + index as u64;
+                    let number = loaded.playlist.media_sequence.saturating_add(index as u64);
                     let media_us = extinf_us(segment.duration);
                     let segment_url = join(&loaded.base, &segment.uri)?;
                     let range = segment_ranges(&loaded.playlist, &loaded.base)?[index];
@@ -926,7 +992,7 @@ impl Session {
                     self.get_range(&segment_url, expect, false, range).await?;
                     self.segment_arrived(media_us);
                     covered = covered.saturating_add(media_us);
-                    next = Some(number + 1);
+                    next = Some(number.saturating_add(1));
                 }
                 LiveStep::Reload => {
                     reloads += 1;
@@ -1005,23 +1071,32 @@ impl Session {
         self.bitrate_bps = view.bitrate_bps;
         let reload_limit = max_reloads(task.play_ms, Duration::from_micros(view.segment_us));
         let mut reloads = 0u64;
-        // The next segment, by where it starts on the period's timeline (µs).
-        let mut next: Option<u64> = None;
-        let mut init: Option<Url> = None;
+        // The segment fetched last, by where it is on the period's timeline.
+        let mut played: Option<Played> = None;
+        let mut init: Option<Piece> = None;
         let mut covered = 0u64;
         while covered < play_us && (self.segments as usize) < MAX_VIDEO_SEGMENTS {
             let now = self.origin_now_us();
-            match dash_step(&view, next, now) {
+            match dash_step(&view, played, now) {
                 LiveStep::Fetch(index) => {
                     let segment = view.segments[index].clone();
                     let wait_us = segment.available_at_us.saturating_sub(self.origin_now_us());
+                    if wait_us > max_publish_wait_us(view.segment_us) {
+                        return Err(invalid(format!(
+                            "the live presentation {url} lists {} as the next segment but \
+                             publishes it only in {:.1} s, far later than a segment",
+                            segment.url,
+                            wait_us as f64 / 1e6
+                        )));
+                    }
                     if wait_us > 0 {
                         tokio::time::sleep(Duration::from_micros(wait_us as u64)).await;
                     }
                     self.downloading = true;
                     if let Some(section) = &view.init {
                         if init.as_ref() != Some(section) {
-                            self.get(section, expect, false).await?;
+                            self.get_range(&section.url, expect, false, section.range)
+                                .await?;
                             init = Some(section.clone());
                         }
                     }
@@ -1029,7 +1104,10 @@ impl Session {
                         .await?;
                     self.segment_arrived(segment.media_us);
                     covered = covered.saturating_add(segment.media_us);
-                    next = Some(segment.start_us + segment.media_us);
+                    played = Some(Played {
+                        start_us: segment.start_us,
+                        end_us: segment.start_us.saturating_add(segment.media_us),
+                    });
                 }
                 LiveStep::Reload => {
                     reloads += 1;
@@ -1061,7 +1139,7 @@ impl Session {
                             "the segment at {} ms of the live presentation {url} left its \
                              window (it now starts at {} ms) before it was fetched: the \
                              session fell a whole window behind the live edge",
-                            next.unwrap_or(0) / 1_000,
+                            played.map_or(0, |p| p.end_us) / 1_000,
                             first_us / 1_000
                         ),
                     ))
@@ -1082,7 +1160,14 @@ impl Session {
     /// Now on the origin's clock, µs since the Unix epoch: the agent's wall clock and
     /// the offset [`Session::read_origin_clock`] found.
     fn origin_now_us(&self) -> i64 {
-        unix_now_us().saturating_add(self.clock_offset_us)
+        self.wall_now_us().saturating_add(self.clock_offset_us)
+    }
+
+    /// The agent's time of day, µs since the Unix epoch, as of the session's start and
+    /// the monotonic clock since.
+    fn wall_now_us(&self) -> i64 {
+        let since = i64::try_from(self.start.elapsed().as_micros()).unwrap_or(i64::MAX);
+        self.wall_at_start_us.saturating_add(since)
     }
 
     /// Reads the origin's clock from a live presentation's `UTCTiming` `source` and
@@ -1092,17 +1177,32 @@ impl Session {
     async fn read_origin_clock(&mut self, source: Option<dash::TimeSource>, expect: &Expectations) {
         let offset = match source {
             None => None,
-            Some(dash::TimeSource::Direct(at_us)) => Some(at_us.saturating_sub(unix_now_us())),
+            Some(dash::TimeSource::Direct(at_us)) => Some(at_us.saturating_sub(self.wall_now_us())),
             Some(dash::TimeSource::Fetch(url)) => {
-                let asked = unix_now_us();
-                match self.get(&url, expect, true).await {
-                    Ok((_, body)) => {
-                        let answered = unix_now_us();
+                // A time is a few dozen bytes, and a player does not wait long for it:
+                // a slow or bloated source leaves the agent's clock in charge, and its
+                // steps (a lookup, a connection) do not name the session's timeout.
+                let limits = Expectations {
+                    max_bytes: self.bytes.saturating_add(MAX_TIME_BYTES),
+                    ..expect.clone()
+                };
+                let stage = self.stage;
+                let asked = self.wall_now_us();
+                let read =
+                    tokio::time::timeout(TIME_SOURCE_WAIT, self.get(&url, &limits, true)).await;
+                self.stage = stage;
+                match read {
+                    Ok(Ok((_, body))) => {
+                        let answered = self.wall_now_us();
                         dash::parse_time(&body)
                             .map(|at| at.saturating_sub(asked + (answered - asked) / 2))
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         tracing::debug!(%url, error = %e.message, "the origin's clock cannot be read");
+                        None
+                    }
+                    Err(_) => {
+                        tracing::debug!(%url, "the origin's clock did not answer in time");
                         None
                     }
                 }
@@ -1129,7 +1229,8 @@ impl Session {
                         && tries < PUBLISH_RETRIES =>
                 {
                     tries += 1;
-                    tokio::time::sleep(Duration::from_micros((segment_us / 4).max(50_000))).await;
+                    let apart = (segment_us / 4).clamp(50_000, 2_000_000);
+                    tokio::time::sleep(Duration::from_micros(apart)).await;
                 }
                 other => return other.map(|_| ()),
             }
@@ -1327,6 +1428,12 @@ impl Session {
                 ));
             }
             if keep {
+                if kept.len() + data.len() > MAX_MANIFEST_BYTES {
+                    return Err(invalid(format!(
+                        "{url} is larger than a playlist or MPD can be ({} MiB at most)",
+                        MAX_MANIFEST_BYTES >> 20
+                    )));
+                }
                 kept.extend_from_slice(data);
             }
         }
@@ -1768,12 +1875,19 @@ mod tests {
         );
         // The next one by start time, even one not published yet (it is waited for),
         // within rounding of the last one's end.
-        assert_eq!(dash_step(&live, Some(12 * S), 0), LiveStep::Fetch(2));
-        assert_eq!(dash_step(&live, Some(15 * S - 3), 0), LiveStep::Fetch(5));
-        // Past the listed ones: reload; once the presentation ended: the end.
-        assert_eq!(dash_step(&live, Some(16 * S), 0), LiveStep::Reload);
+        let after = |start_us: u64, end_us: u64| Some(Played { start_us, end_us });
         assert_eq!(
-            dash_step(&view(false, 10), Some(16 * S), 0),
+            dash_step(&live, after(11 * S, 12 * S), 0),
+            LiveStep::Fetch(2)
+        );
+        assert_eq!(
+            dash_step(&live, after(14 * S, 15 * S - 3), 0),
+            LiveStep::Fetch(5)
+        );
+        // Past the listed ones: reload; once the presentation ended: the end.
+        assert_eq!(dash_step(&live, after(15 * S, 16 * S), 0), LiveStep::Reload);
+        assert_eq!(
+            dash_step(&view(false, 10), after(15 * S, 16 * S), 0),
             LiveStep::Ended
         );
         // Nothing published yet: reload (a static one has nothing to play).
@@ -1784,9 +1898,49 @@ mod tests {
         );
         // The window moved past the next segment.
         assert_eq!(
-            dash_step(&view(true, 13), Some(11 * S), 0),
+            dash_step(&view(true, 13), after(10 * S, 11 * S), 0),
             LiveStep::ScrolledOff(13 * S)
         );
+    }
+
+    #[test]
+    fn a_live_dash_session_never_steps_back_to_a_segment_it_played() {
+        // A 20 s segment, then 1 s ones: the slack (a quarter of the longest, 5 s)
+        // reaches back past the last start, which the next segment must follow.
+        let mut segments = vec![(0, 20 * S)];
+        segments.extend((20..60).map(|n| (n * S, S)));
+        let live = dash::LiveView {
+            segments: segments
+                .iter()
+                .map(|&(start_us, media_us)| dash::LiveSegment {
+                    start_us,
+                    media_us,
+                    url: Url::parse(&format!("http://x/{start_us}.m4s")).unwrap(),
+                    available_at_us: (start_us + media_us) as i64,
+                })
+                .collect(),
+            init: None,
+            bitrate_bps: None,
+            reload_after: Duration::from_secs(1),
+            delay_us: 3 * S,
+            segment_us: 20 * S,
+            dynamic: true,
+        };
+        let mut played = Played {
+            start_us: 40 * S,
+            end_us: 41 * S,
+        };
+        for _ in 0..10 {
+            let LiveStep::Fetch(index) = dash_step(&live, Some(played), 0) else {
+                panic!("a next segment is listed");
+            };
+            let next = &live.segments[index];
+            assert_eq!(next.start_us, played.end_us, "the one after {played:?}");
+            played = Played {
+                start_us: next.start_us,
+                end_us: next.start_us + next.media_us,
+            };
+        }
     }
 
     #[test]
@@ -2607,6 +2761,138 @@ mod tests {
             "the reload came a target duration after the first load"
         );
         assert_consistent(m.timings_us);
+    }
+
+    #[test]
+    fn a_live_playlist_reloaded_less_often_than_hourly_is_refused() {
+        let base = Url::parse("http://x/live.m3u8").unwrap();
+        let at = |target: u64| {
+            media(&format!(
+                "#EXTM3U\n#EXT-X-TARGETDURATION:{target}\n#EXTINF:1,\na.ts\n"
+            ))
+        };
+        assert!(check_live(&at(6), &base).is_ok());
+        for target in [3_601, 9_223_372_036_854_775_808] {
+            let e = check_live(&at(target), &base).unwrap_err();
+            assert_eq!(e.kind, ErrorKind::PlaylistInvalid, "{e:?}");
+            assert!(e.message.contains("at most 3600 s"), "{e:?}");
+        }
+        // A range header for a range that ends at the last addressable byte.
+        let last = ByteRange {
+            offset: u64::MAX,
+            length: 2,
+        };
+        assert_eq!(last.header(), format!("bytes={}-{}", u64::MAX, u64::MAX));
+    }
+
+    /// A live MPD started `ago` before now on the agent's clock, of 1 s segments
+    /// (`$Number$` from 0 under /v/), whose video set has `timeline` and whose root
+    /// ends with `tail`.
+    fn live_mpd_of(ago: Duration, timeline: &str, tail: &str) -> Vec<u8> {
+        let start = chrono::DateTime::<chrono::Utc>::from(std::time::SystemTime::now() - ago)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        format!(
+            r#"<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="dynamic"
+               availabilityStartTime="{start}" minimumUpdatePeriod="PT1S">
+               <Period id="p" start="PT0S"><AdaptationSet contentType="video">
+               <SegmentTemplate timescale="1000" startNumber="0" media="v/seg$Number$.m4s" {timeline}
+               <Representation id="v" bandwidth="100000"/></AdaptationSet></Period>{tail}</MPD>"#
+        )
+        .into_bytes()
+    }
+
+    fn one_second_segments() -> Vec<(String, Route)> {
+        (0..40)
+            .map(|n| (format!("/v/seg{n}.m4s"), Route::Body(vec![7; 1_000])))
+            .collect()
+    }
+
+    async fn play_live_mpd(mut routes: Vec<(String, Route)>, mpd: Vec<u8>) -> Measurement {
+        routes.push(("/live.mpd".into(), Route::Body(mpd)));
+        let files = Files::start(
+            routes
+                .iter()
+                .map(|(p, r)| (p.as_str(), r.clone()))
+                .collect(),
+        )
+        .await;
+        local_engine()
+            .measure_video(
+                &files.url("/live.mpd"),
+                &within(30_000),
+                session(4_000, None),
+            )
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_playlist_of_megabytes_is_refused_before_it_is_parsed() {
+        let mut huge = b"#EXTM3U\n".to_vec();
+        huge.resize(5 << 20, b'#');
+        let files = Files::start(vec![("/huge.m3u8", Route::Body(huge))]).await;
+        let m = local_engine()
+            .measure_video(
+                &files.url("/huge.m3u8"),
+                &within(30_000),
+                session(4_000, None),
+            )
+            .await;
+        failed_with(
+            &m,
+            ErrorKind::PlaylistInvalid,
+            &["larger than a playlist or MPD can be"],
+        );
+    }
+
+    #[tokio::test]
+    async fn a_live_segment_announced_far_ahead_fails_the_mpd_not_the_line() {
+        // Ten segments published, then one the timeline places a year on: the session
+        // plays the published ones behind the edge, and refuses to wait a year (it had
+        // waited for the session's time limit and reported a timeout with a stall).
+        let year_ms = 365 * 24 * 3_600 * 1_000u64;
+        let timeline = format!(
+            r#"><SegmentTimeline><S t="0" d="1000" r="9"/><S t="{year_ms}" d="1000"/></SegmentTimeline></SegmentTemplate>"#
+        );
+        let m = play_live_mpd(
+            one_second_segments(),
+            live_mpd_of(Duration::from_secs(20), &timeline, ""),
+        )
+        .await;
+        failed_with(&m, ErrorKind::PlaylistInvalid, &["publishes it only in"]);
+        assert!(
+            summary(&m).segments >= 1,
+            "the published ones played: {m:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_clock_source_that_never_answers_leaves_the_agents_clock_in_charge() {
+        // The UTCTiming URL accepts connections and never answers: after a short wait
+        // the session plays by the agent's clock (it had waited for the session's time
+        // limit and failed as a timeout of the clock's request).
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_addr = silent.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            for _ in 0..4 {
+                let Ok((conn, _)) = silent.accept().await else {
+                    break;
+                };
+                open.push(conn);
+            }
+            std::future::pending::<()>().await;
+        });
+        let tail = format!(
+            r#"<UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="http://{silent_addr}/time"/>"#
+        );
+        let m = play_live_mpd(
+            one_second_segments(),
+            live_mpd_of(Duration::from_secs(10), r#"duration="1000"/>"#, &tail),
+        )
+        .await;
+        held.abort();
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!((summary(&m).segments, summary(&m).played_ms), (4, 4_000));
     }
 
     #[tokio::test]
