@@ -209,6 +209,11 @@ pub(crate) fn plan(mpd: &MPD, url: &Url, task: VideoTask) -> Result<DashPlan, Me
                 });
             }
         };
+        if !period_pieces.iter().any(|p| p.media_us.is_some()) {
+            // A period without media (cut to nothing): its initialisation would be a
+            // download the session's segment budget does not count.
+            continue;
+        }
         for piece in period_pieces {
             if let Some(media_us) = piece.media_us {
                 covered = covered.saturating_add(media_us);
@@ -472,7 +477,8 @@ pub(crate) struct LiveView {
 /// One segment of a live presentation.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct LiveSegment {
-    /// Where it starts on the period's timeline, µs: what identifies it across loads.
+    /// Where it starts on the presentation's timeline (its period's start and its
+    /// time in the period), µs: what identifies it across loads and periods.
     pub start_us: u64,
     pub media_us: u64,
     pub url: Url,
@@ -527,14 +533,23 @@ pub(crate) fn parse_time(body: &[u8]) -> Option<i64> {
 /// session ([`MAX_VIDEO_SEGMENTS`]), and the bound of every loop over a timeline.
 const LIVE_LOOKAHEAD: usize = MAX_VIDEO_SEGMENTS;
 
+/// How far past the end of what a session played a period may start and still be
+/// the one it plays next (timelines' ticks rounded to µs).
+const PERIOD_SLACK_US: u64 = 500_000;
+
 /// The live presentation `mpd` (fetched from `url`) at `now_us` (µs since the Unix
 /// epoch): the representation a player limited to `task.max_bitrate_kbps` plays in
-/// the period under way, and its segments from a little before the live edge on.
+/// the period the session is in, and its segments from a little before the live edge
+/// on. The period is the last that has begun by `played_to_us` (where the media the
+/// session played so far ends on the presentation's timeline, µs), so a session behind
+/// the edge finishes a period before the next (an ad break, a programme); before it
+/// played anything, the last that has begun by now.
 pub(crate) fn live_view(
     mpd: &MPD,
     url: &Url,
     task: VideoTask,
     now_us: i64,
+    played_to_us: Option<u64>,
 ) -> Result<LiveView, MeasurementError> {
     let dynamic = mpd.mpdtype.as_deref() == Some("dynamic");
     let start = mpd
@@ -545,13 +560,16 @@ pub(crate) fn live_view(
                 "{url} is a live DASH presentation without an availabilityStartTime"
             ))
         })?;
-    // The last period that has begun.
+    let begun = |p: &Period| {
+        start.saturating_add(i64::try_from(start_us(p)).unwrap_or(i64::MAX)) <= now_us
+            && played_to_us.is_none_or(|to| start_us(p) <= to.saturating_add(PERIOD_SLACK_US))
+    };
     let (index, period) = mpd
         .periods
         .iter()
         .enumerate()
         .rev()
-        .find(|(_, p)| start.saturating_add(start_us(p) as i64) <= now_us)
+        .find(|(_, p)| begun(p))
         .or_else(|| mpd.periods.first().map(|p| (0, p)))
         .ok_or_else(|| invalid(format!("{url} has no Period")))?;
     let root = resolve(url, &mpd.base_url)?;
@@ -574,7 +592,8 @@ pub(crate) fn live_view(
     let media = template.media.as_deref().unwrap_or_default();
     let timescale = timescale(template.timescale, &what)?;
     let offset = template.presentationTimeOffset.unwrap_or(0);
-    let period_start = start.saturating_add(start_us(period) as i64);
+    let period_offset_us = start_us(period);
+    let period_start = start.saturating_add(i64::try_from(period_offset_us).unwrap_or(i64::MAX));
     // Where the live edge is on the period's timeline, µs.
     let now_in_period = now_us.saturating_sub(period_start).max(0) as u64;
     let init = init_piece(
@@ -591,7 +610,9 @@ pub(crate) fn live_view(
                 time: u64,
                 d_ticks: f64|
      -> Result<(), MeasurementError> {
-        let start_us = ticks_us(time.saturating_sub(offset) as f64, timescale);
+        // On the presentation's timeline, so that segments of two periods compare.
+        let start_us = period_offset_us
+            .saturating_add(ticks_us(time.saturating_sub(offset) as f64, timescale));
         let media_us = ticks_us(d_ticks, timescale);
         if media_us == 0 {
             // Shorter than a microsecond: nothing to play, and it would not move the
@@ -604,7 +625,7 @@ pub(crate) fn live_view(
             start_us,
             media_us,
             url: join(&base, &uri, &what)?,
-            available_at_us: period_start.saturating_add(
+            available_at_us: start.saturating_add(
                 i64::try_from(start_us.saturating_add(media_us)).unwrap_or(i64::MAX),
             ),
         });
@@ -1322,7 +1343,7 @@ mod tests {
         let mpd = parse(xml.as_bytes(), &url()).unwrap();
         assert!(is_live(&mpd));
         let now_us = ((start_ms + elapsed_ms) * 1_000) as i64;
-        live_view(&mpd, &url(), task(4_000, cap), now_us).unwrap()
+        live_view(&mpd, &url(), task(4_000, cap), now_us, None).unwrap()
     }
 
     #[test]
@@ -1548,7 +1569,7 @@ mod tests {
         );
         // A minute in: fifteen 4 s segments listed (0 to 60 s).
         let now = 1_796_587_260_000_000; // 2026-12-06T20:01:00Z
-        let view = live_view(&mpd, &url(), task(10_000, None), now).unwrap();
+        let view = live_view(&mpd, &url(), task(10_000, None), now, None).unwrap();
         assert_eq!(
             view.bitrate_bps,
             Some(2_000_000),
@@ -1760,7 +1781,7 @@ mod tests {
             &url(),
         )
         .unwrap();
-        let e = live_view(&no_start, &url(), task(5_000, None), 0).unwrap_err();
+        let e = live_view(&no_start, &url(), task(5_000, None), 0, None).unwrap_err();
         assert!(
             e.message.contains("without an availabilityStartTime"),
             "{e:?}"
@@ -1813,7 +1834,13 @@ mod tests {
         );
         let mpd = parse(xml.as_bytes(), &url())?;
         let start = 1_767_225_600_000_000i64; // 2026-01-01T00:00:00Z
-        live_view(&mpd, &url(), task(10_000, None), start + at_s * 1_000_000)
+        live_view(
+            &mpd,
+            &url(),
+            task(10_000, None),
+            start + at_s * 1_000_000,
+            None,
+        )
     }
 
     #[test]
@@ -1926,5 +1953,43 @@ mod tests {
             byte_range("0-18446744073709551614", "x").unwrap().length,
             u64::MAX
         );
+    }
+
+    #[test]
+    fn a_live_session_behind_the_edge_finishes_a_period_before_the_next() {
+        // A programme (0-20 s, 2 s segments) then an ad break from 20 s (1 s segments
+        // of its own, numbered from 1), 21 s in: the edge is in the ad, but a session
+        // three segments behind has the programme's last segments to play first.
+        let xml = mpd(
+            r#"type="dynamic" availabilityStartTime="2026-01-01T00:00:00Z""#,
+            r#"<Period id="show" start="PT0S"><AdaptationSet contentType="video">
+                 <SegmentTemplate timescale="1000" media="show/$Number$.m4s" startNumber="0">
+                 <SegmentTimeline><S t="0" d="2000" r="9"/></SegmentTimeline></SegmentTemplate>
+                 <Representation id="v" bandwidth="1000"/></AdaptationSet></Period>
+               <Period id="ad" start="PT20S"><AdaptationSet contentType="video">
+                 <SegmentTemplate timescale="1000" media="ad/$Number$.m4s" startNumber="1">
+                 <SegmentTimeline><S t="0" d="1000"/></SegmentTimeline></SegmentTemplate>
+                 <Representation id="v" bandwidth="1000"/></AdaptationSet></Period>"#,
+        );
+        let mpd = parse(xml.as_bytes(), &url()).unwrap();
+        let now = 1_767_225_600_000_000i64 + 21_000_000;
+        let at = |played_to_us| live_view(&mpd, &url(), task(10_000, None), now, played_to_us);
+        // Before playing: the period under way, the ad's one published segment.
+        let fresh = at(None).unwrap();
+        assert_eq!(fresh.segments.len(), 1);
+        assert_eq!(fresh.segments[0].url.path(), "/vod/ad/1.m4s");
+        assert_eq!(
+            fresh.segments[0].start_us, 20_000_000,
+            "on the presentation's timeline"
+        );
+        assert_eq!(fresh.segments[0].available_at_us, now);
+        // Played to 16 s: still the programme, whose last segments follow.
+        let show = at(Some(16_000_000)).unwrap();
+        let last = show.segments.last().unwrap();
+        assert_eq!(last.url.path(), "/vod/show/9.m4s");
+        assert_eq!((last.start_us, last.media_us), (18_000_000, 2_000_000));
+        // Played to the programme's end (within rounding): the ad, right after it.
+        let ad = at(Some(20_000_000 - 3)).unwrap();
+        assert_eq!(ad.segments[0].url.path(), "/vod/ad/1.m4s");
     }
 }

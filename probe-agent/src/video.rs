@@ -450,7 +450,7 @@ fn unix_now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 
-/// The segment a live DASH session fetched last, µs on the period's timeline.
+/// The segment a live DASH session fetched last, µs on the presentation's timeline (from `availabilityStartTime`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Played {
     start_us: u64,
@@ -843,7 +843,7 @@ impl Session {
             if dash::is_live(&mpd) {
                 self.read_origin_clock(dash::time_source(&mpd, &fetched), expect)
                     .await;
-                let view = dash::live_view(&mpd, &fetched, task, self.origin_now_us())?;
+                let view = dash::live_view(&mpd, &fetched, task, self.origin_now_us(), None)?;
                 return self.play_live_dash(&url, view, began, expect, task).await;
             }
             let dash = dash::plan(&mpd, &fetched, task)?;
@@ -1071,7 +1071,7 @@ impl Session {
         self.bitrate_bps = view.bitrate_bps;
         let reload_limit = max_reloads(task.play_ms, Duration::from_micros(view.segment_us));
         let mut reloads = 0u64;
-        // The segment fetched last, by where it is on the period's timeline.
+        // The segment fetched last, by where it is on the presentation's timeline.
         let mut played: Option<Played> = None;
         let mut init: Option<Piece> = None;
         let mut covered = 0u64;
@@ -1129,7 +1129,8 @@ impl Session {
                         )));
                     }
                     let mpd = dash::parse(&body, &base)?;
-                    view = dash::live_view(&mpd, &base, task, self.origin_now_us())?;
+                    let played_to = played.map(|p| p.end_us);
+                    view = dash::live_view(&mpd, &base, task, self.origin_now_us(), played_to)?;
                 }
                 LiveStep::Ended => break,
                 LiveStep::ScrolledOff(first_us) => {
