@@ -544,10 +544,13 @@ fn live_step(playlist: &MediaPlaylist, next: Option<u64>, target_us: u64) -> Liv
 
 /// Refuses a live playlist no session plays: those of [`refuse_unplayable`], one whose
 /// byte ranges cannot be placed ([`segment_ranges`]), and one without a target duration
-/// (it cannot be reloaded).
-fn check_live(media: &MediaPlaylist, base: &Url) -> Result<(), MeasurementError> {
+/// (it cannot be reloaded) or with one of hours. Returns its segments' byte ranges.
+fn check_live(
+    media: &MediaPlaylist,
+    base: &Url,
+) -> Result<Vec<Option<ByteRange>>, MeasurementError> {
     refuse_unplayable(media, base)?;
-    segment_ranges(media, base)?;
+    let ranges = segment_ranges(media, base)?;
     if media.target_duration == 0 {
         return Err(invalid(format!(
             "{base} is a live playlist without #EXT-X-TARGETDURATION: it cannot be reloaded"
@@ -560,7 +563,7 @@ fn check_live(media: &MediaPlaylist, base: &Url) -> Result<(), MeasurementError>
             media.target_duration
         )));
     }
-    Ok(())
+    Ok(ranges)
 }
 
 /// The longest target duration of a live playlist played, seconds: longer than any
@@ -576,6 +579,27 @@ struct Loaded {
     body: Vec<u8>,
     /// When its request began: reloads are timed from it.
     began: Instant,
+    /// Its segments' byte ranges, placed once a load (`None`: the whole resource).
+    ranges: Vec<Option<ByteRange>>,
+}
+
+impl Loaded {
+    /// A load of a live playlist, refused as [`check_live`] says.
+    fn new(
+        base: Url,
+        playlist: MediaPlaylist,
+        body: Vec<u8>,
+        began: Instant,
+    ) -> Result<Loaded, MeasurementError> {
+        let ranges = check_live(&playlist, &base)?;
+        Ok(Loaded {
+            base,
+            playlist,
+            body,
+            began,
+            ranges,
+        })
+    }
 }
 
 /// The player model of the module's doc. Pure: it is told when each segment's last
@@ -900,12 +924,7 @@ impl Session {
         self.playlist_url = Some(media_url.to_string());
 
         if !media.end_list {
-            let loaded = Loaded {
-                base: media_base,
-                playlist: media,
-                body,
-                began,
-            };
+            let loaded = Loaded::new(media_base, media, body, began)?;
             return self.play_live(&media_url, loaded, expect, task).await;
         }
         let plan = plan(&media, &media_base, task.play_ms)?;
@@ -951,7 +970,6 @@ impl Session {
         expect: &Expectations,
         task: VideoTask,
     ) -> Result<(), MeasurementError> {
-        check_live(&loaded.playlist, &loaded.base)?;
         let target = Duration::from_secs(loaded.playlist.target_duration);
         let target_us = micros(target);
         let play_us = task.play_ms.saturating_mul(1_000);
@@ -971,7 +989,7 @@ impl Session {
                     let number = loaded.playlist.media_sequence.saturating_add(index as u64);
                     let media_us = extinf_us(segment.duration);
                     let segment_url = join(&loaded.base, &segment.uri)?;
-                    let range = segment_ranges(&loaded.playlist, &loaded.base)?[index];
+                    let range = loaded.ranges[index];
                     // The initialisation section in effect: the last #EXT-X-MAP at or
                     // before the segment (a live playlist repeats it at its top).
                     let map = segments[..=index]
@@ -1018,14 +1036,8 @@ impl Session {
                             )))
                         }
                     };
-                    check_live(&playlist, &base)?;
                     changed = body != loaded.body;
-                    loaded = Loaded {
-                        base,
-                        playlist,
-                        body,
-                        began,
-                    };
+                    loaded = Loaded::new(base, playlist, body, began)?;
                 }
                 LiveStep::Ended => break,
                 LiveStep::ScrolledOff(first) => {
