@@ -52,13 +52,168 @@ impl Discovered {
     }
 }
 
+/// The most of a document discovery reads, bytes: far beyond any real page's markup.
+const MAX_HTML_BYTES: usize = 4 << 20;
+
+/// How deep elements may nest before discovery stops reading the document. The HTML
+/// parser scans its stack of open elements for most tags, so a document of nested
+/// `<div>`s costs the square of its length (40,000 of them took 90 s, and the parse
+/// cannot be interrupted); Blink builds no DOM deeper than 512 either.
+const MAX_HTML_DEPTH: usize = 512;
+
+/// Elements that never nest in themselves: void ones, and those whose end tag is
+/// implied by the next of their kind or their parent's end (`<li>` after `<li>`).
+const NOT_NESTING: [&str; 37] = [
+    "area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "param", "source",
+    "track", "wbr", "keygen", "p", "li", "dt", "dd", "option", "optgroup", "tr", "td", "th",
+    "thead", "tbody", "tfoot", "colgroup", "caption", "rb", "rt", "rtc", "rp", "html", "head",
+    "body", "a",
+];
+
+/// HTML start tags that end SVG or MathML content (the HTML standard's "any other
+/// start tag" rules in foreign content), so their `/>` no longer closes them.
+const BREAKS_OUT_OF_FOREIGN: [&str; 44] = [
+    "b",
+    "big",
+    "blockquote",
+    "body",
+    "br",
+    "center",
+    "code",
+    "dd",
+    "div",
+    "dl",
+    "dt",
+    "em",
+    "embed",
+    "h1",
+    "h2",
+    "h3",
+    "h4",
+    "h5",
+    "h6",
+    "head",
+    "hr",
+    "i",
+    "img",
+    "li",
+    "listing",
+    "menu",
+    "meta",
+    "nobr",
+    "ol",
+    "p",
+    "pre",
+    "ruby",
+    "s",
+    "small",
+    "span",
+    "strong",
+    "strike",
+    "sub",
+    "sup",
+    "table",
+    "tt",
+    "u",
+    "ul",
+    "var",
+];
+
+/// Elements whose content is text up to their end tag, not markup.
+const RAW_TEXT: [&str; 9] = [
+    "script",
+    "style",
+    "textarea",
+    "title",
+    "xmp",
+    "iframe",
+    "noembed",
+    "noframes",
+    "plaintext",
+];
+
+/// The part of `text` discovery parses: at most [`MAX_HTML_BYTES`], and only up to the
+/// first tag that would nest elements deeper than [`MAX_HTML_DEPTH`], by a linear scan
+/// of the tags (comments and raw text skipped; inside `<svg>` and `<math>` a `/>`
+/// closes its element, elsewhere it is ignored, as HTML parsers do). The count errs
+/// deep (a misnested end tag is not matched), which only ends discovery earlier in a
+/// document no browser would render sanely either.
+fn parseable(text: &str) -> &str {
+    let mut end = text.len().min(MAX_HTML_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let text = &text[..end];
+    let bytes = text.as_bytes();
+    let find = |from: usize, what: &[u8]| {
+        bytes
+            .get(from..)?
+            .windows(what.len())
+            .position(|w| w.eq_ignore_ascii_case(what))
+            .map(|at| from + at)
+    };
+    let (mut depth, mut foreign) = (0usize, 0usize);
+    let mut at = 0;
+    // Bounded: every turn moves `at` forward.
+    while let Some(open) = find(at, b"<") {
+        if bytes[open + 1..].starts_with(b"!--") {
+            at = find(open + 4, b"-->").map_or(bytes.len(), |e| e + 3);
+            continue;
+        }
+        let closing = bytes.get(open + 1) == Some(&b'/');
+        let from = open + 1 + usize::from(closing);
+        let len = bytes[from..]
+            .iter()
+            .take_while(|b| b.is_ascii_alphanumeric() || **b == b'-')
+            .count();
+        if len == 0 || !bytes[from].is_ascii_alphabetic() {
+            at = open + 1;
+            continue;
+        }
+        let name = text[from..from + len].to_ascii_lowercase();
+        let tag_end = find(from + len, b">").map_or(bytes.len(), |e| e + 1);
+        at = tag_end;
+        if NOT_NESTING.contains(&name.as_str()) {
+            continue;
+        }
+        let is_foreign_root = name == "svg" || name == "math";
+        if closing {
+            depth = depth.saturating_sub(1);
+            if is_foreign_root {
+                foreign = foreign.saturating_sub(1);
+            }
+            continue;
+        }
+        if foreign > 0 && BREAKS_OUT_OF_FOREIGN.contains(&name.as_str()) {
+            // The parser leaves SVG and MathML at these, and nests them as HTML.
+            foreign = 0;
+        }
+        if foreign > 0 && bytes[..tag_end].ends_with(b"/>") {
+            continue;
+        }
+        if RAW_TEXT.contains(&name.as_str()) {
+            let close = format!("</{name}");
+            at = find(tag_end, close.as_bytes()).unwrap_or(bytes.len());
+            continue;
+        }
+        depth += 1;
+        if is_foreign_root {
+            foreign += 1;
+        }
+        if depth > MAX_HTML_DEPTH {
+            return &text[..open];
+        }
+    }
+    text
+}
+
 /// The display width `srcset` candidates are chosen for, CSS pixels.
 const VIEWPORT_WIDTH: u32 = 1366;
 
 /// The sub-resources of an HTML document served from `document_url` (after
 /// redirects), deduplicated, in document order.
 pub fn html(text: &str, document_url: &Url) -> Vec<Discovered> {
-    let doc = Html::parse_document(text);
+    let doc = Html::parse_document(parseable(text));
     let base = select(&doc, "base[href]")
         .first()
         .and_then(|b| b.value().attr("href"))
@@ -331,9 +486,15 @@ pub fn css_references(text: &str) -> Vec<CssReference> {
     let mut input = ParserInput::new(text);
     let mut parser = Parser::new(&mut input);
     let mut out = Vec::new();
-    walk(&mut parser, Context::Rules, &mut out);
+    walk(&mut parser, Context::Rules, 0, &mut out);
     out
 }
+
+/// Blocks and functions nested deeper than this are skipped unread: real stylesheets
+/// nest a few levels (`@media { .a { background: url(x) } }`, `calc(var(--x))`), and
+/// each level is a frame of the walk's recursion, which 7,000 `(` would overflow (a
+/// stack overflow aborts the agent, taking every measurement with it).
+const MAX_CSS_DEPTH: usize = 32;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Context {
@@ -341,7 +502,16 @@ enum Context {
     FontFace,
 }
 
-fn walk(p: &mut Parser<'_, '_>, context: Context, out: &mut Vec<CssReference>) {
+fn walk(p: &mut Parser<'_, '_>, context: Context, depth: usize, out: &mut Vec<CssReference>) {
+    // Skipping a block is cssparser's own loop, not a recursion of ours.
+    let inside = |p: &mut Parser<'_, '_>, context: Context, out: &mut Vec<CssReference>| {
+        let _: Result<(), ParseError<'_, ()>> = p.parse_nested_block(|p| {
+            if depth < MAX_CSS_DEPTH {
+                walk(p, context, depth + 1, out);
+            }
+            Ok(())
+        });
+    };
     // What the previous at-keyword announced: `@import` takes a string or url() as a
     // stylesheet, `@font-face`'s block holds fonts.
     let mut import = false;
@@ -390,16 +560,10 @@ fn walk(p: &mut Parser<'_, '_>, context: Context, out: &mut Vec<CssReference>) {
                 } else {
                     context
                 };
-                let _: Result<(), ParseError<'_, ()>> = p.parse_nested_block(|p| {
-                    walk(p, inner, out);
-                    Ok(())
-                });
+                inside(p, inner, out);
             }
             Token::Function(_) | Token::ParenthesisBlock | Token::SquareBracketBlock => {
-                let _: Result<(), ParseError<'_, ()>> = p.parse_nested_block(|p| {
-                    walk(p, context, out);
-                    Ok(())
-                });
+                inside(p, context, out);
             }
             Token::Semicolon => font_face_next = false,
             _ => {}
@@ -618,5 +782,60 @@ mod tests {
             found[2].url.as_str(),
             "https://shop.example/css/fonts/shop.woff2"
         );
+    }
+
+    fn paths(found: &[Discovered]) -> Vec<String> {
+        found.iter().map(|d| d.url.path().to_owned()).collect()
+    }
+
+    #[test]
+    fn deeply_nested_markup_ends_discovery_instead_of_the_agent() {
+        // 100,000 nested divs: the parser's cost is the square of the depth (it would
+        // run for hours); discovery reads up to the 512th level.
+        let deep = format!(
+            r#"<img src="early.png">{}<img src="late.png">"#,
+            "<div>".repeat(100_000)
+        );
+        assert_eq!(paths(&html(&deep, &base())), ["/catalog/early.png"]);
+        // `<div/>` opens a div in HTML, inside an <svg> too (it leaves the SVG).
+        let sneaky = format!(
+            r#"<svg><img src="early.png">{}<img src="late.png">"#,
+            "<div/>".repeat(100_000)
+        );
+        assert_eq!(paths(&html(&sneaky, &base())), ["/catalog/early.png"]);
+        // Real pages nest far less, and SVG's self-closed shapes, unclosed list items
+        // and paragraphs, comments and scripts do not nest at all.
+        let shapes = format!(
+            r#"<ul>{}</ul><svg>{}</svg><!-- {} --><script>{}</script><img src="after.png">"#,
+            "<li><p>item".repeat(2_000),
+            r#"<path d="M0 0"/>"#.repeat(2_000),
+            "<div>".repeat(2_000),
+            "'<div>'".repeat(2_000),
+        );
+        assert_eq!(paths(&html(&shapes, &base())), ["/catalog/after.png"]);
+        let nested = format!(r#"{}<img src="inside.png">"#, "<div><span>".repeat(200));
+        assert_eq!(paths(&html(&nested, &base())), ["/catalog/inside.png"]);
+    }
+
+    #[test]
+    fn deeply_nested_css_is_skipped_not_recursed_into() {
+        // 100,000 open parentheses had overflowed the walk's stack, which aborts the
+        // agent; blocks past 32 levels are skipped by cssparser's own loop.
+        let sheet = format!(
+            r#"a {{ background: url(shallow.png) }} b {{ x: {} }}"#,
+            "(".repeat(100_000)
+        );
+        let found: Vec<String> = css_references(&sheet).into_iter().map(|r| r.href).collect();
+        assert_eq!(found, ["shallow.png"]);
+        let page = format!(
+            r#"<div style="background: url(a.png); x: {}"></div>"#,
+            "(".repeat(100_000)
+        );
+        assert_eq!(paths(&html(&page, &base())), ["/catalog/a.png"]);
+        // Ordinary nesting is read through.
+        let media =
+            "@media screen { @supports (display: grid) { .a { background: url(deep.png) } } }";
+        let found: Vec<String> = css_references(media).into_iter().map(|r| r.href).collect();
+        assert_eq!(found, ["deep.png"]);
     }
 }

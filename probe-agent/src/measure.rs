@@ -571,9 +571,35 @@ pub(crate) enum Next {
 /// Decodes a compressed body as it arrives (`Content-Encoding`), so that the decoded
 /// size is counted and `body_contains` searched without holding the body.
 enum Decoder {
-    Gzip(flate2::write::GzDecoder<Vec<u8>>),
-    Deflate(flate2::write::ZlibDecoder<Vec<u8>>),
-    Brotli(Box<brotli_decompressor::DecompressorWriter<Vec<u8>>>),
+    Gzip(flate2::write::GzDecoder<Bounded>),
+    Deflate(flate2::write::ZlibDecoder<Bounded>),
+    Brotli(Box<brotli_decompressor::DecompressorWriter<Bounded>>),
+}
+
+/// Where a decoder writes: it takes at most `room` bytes, then refuses, so that a
+/// compression bomb (1.6 KB of brotli is 2 GiB) stops at the body's limit instead of
+/// filling the volunteer's memory, and costs no more CPU than the limit's worth.
+#[derive(Default)]
+struct Bounded {
+    decoded: Vec<u8>,
+    room: u64,
+    /// Set once a write was refused.
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if (self.decoded.len() + data.len()) as u64 > self.room {
+            self.over = true;
+            return Err(std::io::Error::other("the decoded body exceeds its limit"));
+        }
+        self.decoded.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Decoder {
@@ -581,30 +607,36 @@ impl Decoder {
     /// we did not ask for (then the body is taken as it is).
     fn for_encoding(encoding: &str) -> Option<Decoder> {
         match encoding.trim().to_ascii_lowercase().as_str() {
-            "gzip" | "x-gzip" => Some(Decoder::Gzip(flate2::write::GzDecoder::new(Vec::new()))),
-            "deflate" => Some(Decoder::Deflate(
-                flate2::write::ZlibDecoder::new(Vec::new()),
-            )),
+            "gzip" | "x-gzip" => Some(Decoder::Gzip(flate2::write::GzDecoder::new(
+                Bounded::default(),
+            ))),
+            "deflate" => Some(Decoder::Deflate(flate2::write::ZlibDecoder::new(
+                Bounded::default(),
+            ))),
             "br" => Some(Decoder::Brotli(Box::new(
-                brotli_decompressor::DecompressorWriter::new(Vec::new(), 16 * 1024),
+                brotli_decompressor::DecompressorWriter::new(Bounded::default(), 16 * 1024),
             ))),
             _ => None,
         }
     }
 
-    /// Feeds wire bytes in and returns the bytes decoded so far.
-    fn decode(&mut self, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    /// Feeds wire bytes in and returns the bytes decoded so far, at most `room` of them
+    /// ([`Decoder::over`] says when more were coming).
+    fn decode(&mut self, data: &[u8], room: u64) -> std::io::Result<Vec<u8>> {
         use std::io::Write;
+        self.output().room = room;
         match self {
             Decoder::Gzip(d) => d.write_all(data)?,
             Decoder::Deflate(d) => d.write_all(data)?,
             Decoder::Brotli(d) => d.write_all(data)?,
         }
-        Ok(std::mem::take(self.output()))
+        Ok(std::mem::take(&mut self.output().decoded))
     }
 
-    /// Ends the stream (a truncated one is an error) and returns the last bytes.
-    fn finish(&mut self) -> std::io::Result<Vec<u8>> {
+    /// Ends the stream (a truncated one is an error) and returns the last bytes, at
+    /// most `room` of them.
+    fn finish(&mut self, room: u64) -> std::io::Result<Vec<u8>> {
+        self.output().room = room;
         match self {
             Decoder::Gzip(d) => d.try_finish()?,
             Decoder::Deflate(d) => d.try_finish()?,
@@ -612,10 +644,15 @@ impl Decoder {
                 .close()
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?,
         }
-        Ok(std::mem::take(self.output()))
+        Ok(std::mem::take(&mut self.output().decoded))
     }
 
-    fn output(&mut self) -> &mut Vec<u8> {
+    /// Whether the decoded body went past the room it was given.
+    fn over(&mut self) -> bool {
+        self.output().over
+    }
+
+    fn output(&mut self) -> &mut Bounded {
         match self {
             Decoder::Gzip(d) => d.get_mut(),
             Decoder::Deflate(d) => d.get_mut(),
@@ -712,8 +749,13 @@ where
     sent_on_new_connection(probe, connection, || sender.send_request(request)).await
 }
 
+/// A redirect's body read at most, bytes, on a connection of the request's own (a
+/// pooled one is read to its end, to be used again).
+const MAX_REDIRECT_BODY_BYTES: u64 = 64 * 1024;
+
 /// Reads the body to its end and checks the expectations. With `follow`, a redirect's
-/// body is read (it is part of the hop's transfer) and its location returned instead.
+/// body is read (it is part of the hop's transfer; at most [`MAX_REDIRECT_BODY_BYTES`]
+/// on a connection of its own) and its location returned instead.
 pub(crate) async fn read_response(
     sent: Sent,
     expect: &Expectations,
@@ -775,8 +817,26 @@ pub(crate) async fn read_response(
             end_connection();
             return Err(too_large("the body"));
         }
+        if let (Some(location), Some(_)) = (&redirect, &driver) {
+            if probe.bytes > MAX_REDIRECT_BODY_BYTES {
+                // Nobody reads a redirect's body: a big one is not drained but cut
+                // off with its connection (its bytes would count in no result).
+                probe.last_byte = Some(Instant::now());
+                end_connection();
+                return Ok(Next::Redirect(location.clone()));
+            }
+        }
+        let room = expect.max_bytes.saturating_sub(probe.bytes_decoded);
         let decoded = match decoder.as_mut() {
-            Some(d) => d.decode(data).map_err(decode_error)?,
+            Some(d) => match d.decode(data, room) {
+                Ok(decoded) => decoded,
+                Err(_) if d.over() => {
+                    probe.last_byte = Some(Instant::now());
+                    end_connection();
+                    return Err(too_large("the decoded body"));
+                }
+                Err(e) => return Err(decode_error(e)),
+            },
             None => data.to_vec(),
         };
         probe.bytes_decoded += decoded.len() as u64;
@@ -795,7 +855,12 @@ pub(crate) async fn read_response(
     probe.last_byte = Some(Instant::now());
     end_connection();
     if let Some(d) = decoder.as_mut() {
-        let rest = d.finish().map_err(decode_error)?;
+        let room = expect.max_bytes.saturating_sub(probe.bytes_decoded);
+        let rest = match d.finish(room) {
+            Ok(rest) => rest,
+            Err(_) if d.over() => return Err(too_large("the decoded body")),
+            Err(e) => return Err(decode_error(e)),
+        };
         probe.bytes_decoded += rest.len() as u64;
         if let Some(m) = matcher.as_mut() {
             m.feed(&rest);
@@ -1781,6 +1846,53 @@ pub(crate) mod tests {
             };
             let m = local_engine().measure(&url, &expect).await;
             assert_eq!(kind(&m), Some(ErrorKind::BodyTooLarge), "{encoding}: {m:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_redirects_body_is_not_drained() {
+        // A redirect carrying 4 MB, more than the check allows a body: the agent had
+        // read it all (uncounted in the result and the volunteer's allowance) and failed
+        // the check as body_too_large; it now cuts it off and follows the location.
+        let (addr, _) = scripted("127.0.0.1", Duration::ZERO, |req| {
+            if req.starts_with("GET /final") {
+                response(200, &[], b"arrived")
+            } else {
+                response(302, &[("location", "/final")], &vec![b'x'; 4_000_000])
+            }
+        })
+        .await;
+        let expect = Expectations {
+            max_bytes: 1_000_000,
+            max_redirects: 1,
+            ..short(10_000)
+        };
+        let m = local_engine()
+            .measure(&format!("http://{addr}/start"), &expect)
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        assert_eq!((m.status, m.bytes), (Some(200), 7));
+        assert_eq!(m.redirects.len(), 1, "{m:?}");
+    }
+
+    #[test]
+    fn a_decoder_holds_no_more_than_its_room() {
+        // 16 MiB of zeros is ~16 KiB of gzip, a few KiB of brotli: one network read that
+        // inflates a thousandfold. The decoder stops at the room it was given (it had
+        // decoded all of it, then compared).
+        let zeros = vec![0u8; 16 << 20];
+        for encoding in ["gzip", "deflate", "br"] {
+            let wire = compress(encoding, &zeros);
+            assert!(wire.len() < 1 << 20, "{encoding}: {}", wire.len());
+            let mut d = Decoder::for_encoding(encoding).unwrap();
+            let refused = d.decode(&wire, 100_000);
+            assert!(refused.is_err() && d.over(), "{encoding}");
+            assert!(d.output().decoded.len() <= 100_000, "{encoding}");
+            // With room for all of it, all of it.
+            let mut d = Decoder::for_encoding(encoding).unwrap();
+            let mut all = d.decode(&wire, u64::MAX).unwrap();
+            all.extend(d.finish(u64::MAX).unwrap());
+            assert_eq!(all.len(), zeros.len(), "{encoding}");
         }
     }
 
