@@ -65,7 +65,8 @@ use crate::measure::{
 impl Engine {
     /// Loads the line with `load.connections` connections downloading `url` for
     /// `load.duration_ms` and times `HEAD` round trips before and during the load (see
-    /// the module's doc). Every response's status must pass `expect.status`;
+    /// the module's doc). Every response's status must pass `expect.status` (when it
+    /// is empty, the load's downloads must be 2xx: a redirect is not a file);
     /// `expect.max_bytes` ends the load early (not an error) and `expect.timeout`
     /// bounds the whole measurement. Never fails: a failure is a measurement with an
     /// error kind, the phases it reached and what the load measured until then.
@@ -406,6 +407,17 @@ async fn download(load: Arc<Load>) -> Result<(), MeasurementError> {
         if let Some(e) = status_failure(status, &load.expect) {
             return Err(e);
         }
+        if load.expect.status.is_empty() && !(200..300).contains(&status) {
+            // A redirect is not followed, so its few bytes, downloaded again and again
+            // for the whole load, would be reported as the line's goodput.
+            return Err(fail(
+                ErrorKind::HttpStatus,
+                format!(
+                    "a download of the load answered {status}: a load needs a 2xx body \
+                     (a redirect is not followed; point the check at the file itself)"
+                ),
+            ));
+        }
         let mut body = response.into_body();
         let mut got = 0;
         while let Some(frame) = body.frame().await {
@@ -522,6 +534,8 @@ mod tests {
         Fixed(usize),
         /// A chunked body that never ends: `chunk` bytes every `gap`.
         Endless { chunk: usize, gap: Duration },
+        /// A `302` to `/file` with a short body.
+        Redirect,
     }
 
     /// A keep-alive HTTP server (HTTP/1.1, or HTTP/2 by ALPN over `tls`) answering
@@ -623,6 +637,15 @@ mod tests {
                 Empty::new().boxed()
             } else {
                 match serve {
+                    Serve::Redirect => {
+                        let mut moved =
+                            Response::new(Full::new(Bytes::from_static(b"moved")).boxed());
+                        *moved.status_mut() = hyper::StatusCode::FOUND;
+                        moved
+                            .headers_mut()
+                            .insert(hyper::header::LOCATION, "/file".parse().unwrap());
+                        return Ok::<_, Infallible>(moved);
+                    }
                     Serve::Fixed(n) => Full::new(Bytes::from(vec![b'x'; n])).boxed(),
                     Serve::Endless { chunk, gap } => {
                         let piece = Bytes::from(vec![b'y'; chunk]);
@@ -850,6 +873,19 @@ mod tests {
         assert_eq!(kind(&m), Some(ErrorKind::HttpStatus), "{m:?}");
         assert_eq!(m.status, Some(200));
         assert!(m.error.unwrap().message.contains("expected 204"));
+    }
+
+    #[tokio::test]
+    async fn a_load_of_a_redirect_fails_instead_of_measuring_the_redirect() {
+        // Redirects are not followed in a load: its 5-byte 302 body had been downloaded
+        // again and again for the whole duration and reported as the line's goodput.
+        let server = Server::start("127.0.0.1", Serve::Redirect, Duration::ZERO, None).await;
+        let m = local_engine()
+            .measure_throughput(&server.url(), &within(10_000), load(2, 500))
+            .await;
+        assert_eq!(kind(&m), Some(ErrorKind::HttpStatus), "{m:?}");
+        assert_eq!(m.status, Some(302));
+        assert!(m.error.unwrap().message.contains("needs a 2xx body"));
     }
 
     #[tokio::test]

@@ -395,7 +395,8 @@ fn validate_load(
     load: &lastmile_protocol::ThroughputSummary,
 ) -> Result<()> {
     use lastmile_protocol::{
-        IDLE_LATENCY_PROBES, MAX_LOADED_LATENCY_PROBES, MAX_THROUGHPUT_CONNECTIONS,
+        IDLE_LATENCY_PROBES, LATENCY_PROBE_INTERVAL_MS, MAX_LOADED_LATENCY_PROBES,
+        MAX_THROUGHPUT_CONNECTIONS,
     };
     let invalid = |why: String| Err(Error::invalid("invalid_result", why));
     if m.page.is_some() {
@@ -439,6 +440,41 @@ fn validate_load(
         return invalid(format!(
             "a latency probe of {long} µs: each is above 0 and within timings_us.total ({})",
             m.timings_us.total
+        ));
+    }
+    // The probes go one after another on one connection, the idle ones before the load
+    // begins, the loaded ones from its first body byte on, at most one an interval: a
+    // summary that could not have happened in the time the measurement took would put
+    // an invented queue (or none) into the owner's figures.
+    let total = m.timings_us.total;
+    let sum = |probes: &[u64]| probes.iter().fold(0u64, |a, &b| a.saturating_add(b));
+    let (idle, loaded) = (sum(&load.idle_latency_us), sum(&load.loaded_latency_us));
+    if idle.saturating_add(load.duration_us) > total {
+        return invalid(format!(
+            "the idle probes ({idle} µs in all) come before the load (throughput.duration_us \
+             {}), one after another: together more than timings_us.total ({total})",
+            load.duration_us
+        ));
+    }
+    if idle.saturating_add(loaded) > total {
+        return invalid(format!(
+            "the latency probes take {} µs one after another, more than timings_us.total \
+             ({total})",
+            idle.saturating_add(loaded)
+        ));
+    }
+    let most = total / (LATENCY_PROBE_INTERVAL_MS * 1_000) + 1;
+    if load.loaded_latency_us.len() as u64 > most {
+        return invalid(format!(
+            "throughput.loaded_latency_us lists {} probes; one every \
+             {LATENCY_PROBE_INTERVAL_MS} ms makes at most {most} in timings_us.total ({total})",
+            load.loaded_latency_us.len()
+        ));
+    }
+    if load.requests == 0 && load.bytes > 0 {
+        return invalid(format!(
+            "throughput.bytes is {} but throughput.requests is 0: bytes come with a response",
+            load.bytes
         ));
     }
     Ok(())
@@ -1262,7 +1298,7 @@ mod tests {
                     bytes,
                     duration_us: 1_000_000,
                     idle_latency_us: vec![40_000; 5],
-                    loaded_latency_us: vec![290_000; 10],
+                    loaded_latency_us: vec![90_000; 10],
                 }),
                 ..Default::default()
             },
@@ -1326,6 +1362,19 @@ mod tests {
         );
         assert!(refused(|m| summary(m).loaded_latency_us[3] = 0).contains("latency probe"));
         assert!(refused(|m| summary(m).loaded_latency_us[3] = 2_000_000).contains("latency probe"));
+        // Probes that could not have fitted in the measurement's time, one after another.
+        assert!(
+            refused(|m| summary(m).idle_latency_us = vec![1_300_000; 5]).contains("idle probes")
+        );
+        assert!(
+            refused(|m| summary(m).idle_latency_us = vec![90_000; 5]).contains("before the load")
+        );
+        assert!(
+            refused(|m| summary(m).loaded_latency_us = vec![150_000; 10])
+                .contains("one after another")
+        );
+        assert!(refused(|m| summary(m).loaded_latency_us = vec![1_000; 16]).contains("at most 15"));
+        assert!(refused(|m| summary(m).requests = 0).contains("throughput.requests is 0"));
         assert!(refused(|m| {
             m.page = Some(lastmile_protocol::PageSummary {
                 total_us: m.timings_us.total,
