@@ -215,7 +215,7 @@ impl Load {
         PageSummary {
             total_us,
             document_timings_us,
-            document_url: document_url.to_owned(),
+            document_url: shown(document_url, SHOWN_URL_BYTES),
             resources: t.resources,
             bytes: html_bytes + t.bytes,
             bytes_decoded: html_decoded + t.bytes_decoded,
@@ -324,10 +324,13 @@ impl Load {
             .is_some_and(|e| e.kind == ErrorKind::BodyTooLarge);
         match f.error {
             Some(error) => t.failed.push(FailedResource {
-                url: f.url.to_string(),
+                url: shown(f.url.as_str(), SHOWN_URL_BYTES),
                 kind: f.kind,
                 status: f.status,
-                error,
+                error: MeasurementError {
+                    message: shown(&error.message, SHOWN_MESSAGE_BYTES),
+                    ..error
+                },
             }),
             None => {
                 let slower = t
@@ -336,7 +339,7 @@ impl Load {
                     .is_none_or(|s| f.timings.total > s.timings_us.total);
                 if slower {
                     t.slowest = Some(ResourceTiming {
-                        url: f.url.to_string(),
+                        url: shown(f.url.as_str(), SHOWN_URL_BYTES),
                         kind: f.kind,
                         status: f.status,
                         bytes: f.bytes,
@@ -717,6 +720,28 @@ where
     })
 }
 
+/// A sub-resource's URL as a page result lists it, bytes at most: a result goes to the
+/// controller whole, under its body limit (256 KiB by default), and a page may list
+/// 200 failed resources, so URLs of tens of kilobytes (a hostile page makes them; long
+/// signed CDN URLs come close) would have had every such result refused, and the
+/// volunteer unpaid.
+const SHOWN_URL_BYTES: usize = 512;
+
+/// A failed sub-resource's error message, bytes at most (it names the URL too).
+const SHOWN_MESSAGE_BYTES: usize = 256;
+
+/// `text`, cut to at most `max` bytes (at a character boundary, marked with `…`).
+fn shown(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max.saturating_sub('…'.len_utf8());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -994,5 +1019,34 @@ mod tests {
         fn resolve(&self, _host: &str) -> crate::measure::Resolution {
             Box::pin(async { Ok(vec!["127.0.0.2".parse().unwrap()]) })
         }
+    }
+
+    #[test]
+    fn a_page_result_listing_every_failure_of_long_urls_fits_the_controllers_limit() {
+        assert_eq!(shown("short", 10), "short");
+        let cut = shown(&"é".repeat(400), SHOWN_URL_BYTES);
+        assert!(cut.len() <= SHOWN_URL_BYTES && cut.ends_with('…'), "{cut}");
+        // 200 failed images of 50 KB URLs, as a hostile page lists them: what the agent
+        // sends stays under the controller's default body limit (256 KiB).
+        let long = format!("https://site.example/{}", "a".repeat(50_000));
+        let failed = FailedResource {
+            url: shown(&long, SHOWN_URL_BYTES),
+            kind: ResourceType::Image,
+            status: Some(404),
+            error: MeasurementError {
+                kind: ErrorKind::HttpStatus,
+                message: shown(&format!("status 404 at {long}"), SHOWN_MESSAGE_BYTES),
+            },
+        };
+        let m = Measurement {
+            page: Some(PageSummary {
+                document_url: shown(&long, SHOWN_URL_BYTES),
+                failed: vec![failed; PageLimits::default().max_resources as usize],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let size = serde_json::to_vec(&m).unwrap().len();
+        assert!(size < 256 * 1024, "{size} bytes");
     }
 }
