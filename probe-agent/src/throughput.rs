@@ -10,7 +10,8 @@
 //! first answer's wait are not the line's rate). Bodies are asked for with
 //! `Accept-Encoding: identity` and counted as they come over the wire: nothing is
 //! decoded, `body_contains` does not apply, and a redirect is not followed (its status
-//! must pass the expectations like any other).
+//! must pass the expectations like any other; with none named, a load's downloads must
+//! be 2xx, since a redirect's few bytes fetched again and again are no line's goodput).
 //!
 //! The round trip is timed with `HEAD` requests (request sent to response head) on a
 //! connection of their own, kept alive so no handshake is in it: first
