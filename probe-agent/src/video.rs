@@ -2663,23 +2663,7 @@ mod tests {
             }
             routes
         };
-        let play = async |utc_timing: bool| {
-            let routes = origin(utc_timing);
-            let files = Files::start(
-                routes
-                    .iter()
-                    .map(|(p, r)| (p.as_str(), r.clone()))
-                    .collect(),
-            )
-            .await;
-            local_engine()
-                .measure_video(
-                    &files.url("/live.mpd"),
-                    &within(30_000),
-                    session(4_000, None),
-                )
-                .await
-        };
+        let play = async |utc_timing: bool| play_live_mpd(origin(utc_timing)).await;
         let (read, trusted) = tokio::join!(play(true), play(false));
         for m in [&read, &trusted] {
             assert_eq!(m.error, None, "{m:?}");
@@ -2814,14 +2798,17 @@ mod tests {
         .into_bytes()
     }
 
-    fn one_second_segments() -> Vec<(String, Route)> {
-        (0..40)
+    /// Forty one-second segments under /v/, and `mpd` at /live.mpd.
+    fn with_mpd(mpd: Vec<u8>) -> Vec<(String, Route)> {
+        let mut routes: Vec<(String, Route)> = (0..40)
             .map(|n| (format!("/v/seg{n}.m4s"), Route::Body(vec![7; 1_000])))
-            .collect()
+            .collect();
+        routes.push(("/live.mpd".into(), Route::Body(mpd)));
+        routes
     }
 
-    async fn play_live_mpd(mut routes: Vec<(String, Route)>, mpd: Vec<u8>) -> Measurement {
-        routes.push(("/live.mpd".into(), Route::Body(mpd)));
+    /// Four seconds of the live presentation at `/live.mpd` among `routes`, within 30 s.
+    async fn play_live_mpd(routes: Vec<(String, Route)>) -> Measurement {
         let files = Files::start(
             routes
                 .iter()
@@ -2866,10 +2853,11 @@ mod tests {
         let timeline = format!(
             r#"><SegmentTimeline><S t="0" d="1000" r="9"/><S t="{year_ms}" d="1000"/></SegmentTimeline></SegmentTemplate>"#
         );
-        let m = play_live_mpd(
-            one_second_segments(),
-            live_mpd_of(Duration::from_secs(20), &timeline, ""),
-        )
+        let m = play_live_mpd(with_mpd(live_mpd_of(
+            Duration::from_secs(20),
+            &timeline,
+            "",
+        )))
         .await;
         failed_with(&m, ErrorKind::PlaylistInvalid, &["publishes it only in"]);
         assert!(
@@ -2898,10 +2886,11 @@ mod tests {
         let tail = format!(
             r#"<UTCTiming schemeIdUri="urn:mpeg:dash:utc:http-iso:2014" value="http://{silent_addr}/time"/>"#
         );
-        let m = play_live_mpd(
-            one_second_segments(),
-            live_mpd_of(Duration::from_secs(10), r#"duration="1000"/>"#, &tail),
-        )
+        let m = play_live_mpd(with_mpd(live_mpd_of(
+            Duration::from_secs(10),
+            r#"duration="1000"/>"#,
+            &tail,
+        )))
         .await;
         held.abort();
         assert_eq!(m.error, None, "{m:?}");
