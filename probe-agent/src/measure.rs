@@ -817,6 +817,15 @@ pub(crate) async fn read_response(
             end_connection();
             return Err(too_large("the body"));
         }
+        if probe
+            .shared
+            .as_ref()
+            .is_some_and(|b| !b.take(data.len() as u64, 0))
+        {
+            probe.last_byte = Some(Instant::now());
+            end_connection();
+            return Err(too_large("the page (all its bodies)"));
+        }
         if let (Some(location), Some(_)) = (&redirect, &driver) {
             if probe.bytes > MAX_REDIRECT_BODY_BYTES {
                 // Nobody reads a redirect's body: a big one is not drained but cut
@@ -827,6 +836,7 @@ pub(crate) async fn read_response(
             }
         }
         let room = expect.max_bytes.saturating_sub(probe.bytes_decoded);
+        let room = probe.shared.as_ref().map_or(room, |b| room.min(b.room()));
         let decoded = match decoder.as_mut() {
             Some(d) => match d.decode(data, room) {
                 Ok(decoded) => decoded,
@@ -845,6 +855,15 @@ pub(crate) async fn read_response(
             end_connection();
             return Err(too_large("the decoded body"));
         }
+        if probe
+            .shared
+            .as_ref()
+            .is_some_and(|b| !b.take(0, decoded.len() as u64))
+        {
+            probe.last_byte = Some(Instant::now());
+            end_connection();
+            return Err(too_large("the page decoded (all its bodies)"));
+        }
         if let Some(m) = matcher.as_mut() {
             m.feed(&decoded);
         }
@@ -856,11 +875,15 @@ pub(crate) async fn read_response(
     end_connection();
     if let Some(d) = decoder.as_mut() {
         let room = expect.max_bytes.saturating_sub(probe.bytes_decoded);
+        let room = probe.shared.as_ref().map_or(room, |b| room.min(b.room()));
         let rest = match d.finish(room) {
             Ok(rest) => rest,
             Err(_) if d.over() => return Err(too_large("the decoded body")),
             Err(e) => return Err(decode_error(e)),
         };
+        if let Some(budget) = &probe.shared {
+            budget.take(0, rest.len() as u64);
+        }
         probe.bytes_decoded += rest.len() as u64;
         if let Some(m) = matcher.as_mut() {
             m.feed(&rest);
@@ -977,7 +1000,9 @@ impl Trace {
                 format!("more than {max_redirects} redirects (the last one to {target})"),
             ));
         }
-        let done = std::mem::replace(&mut self.current, Probe::new(Instant::now()));
+        let mut next = Probe::new(Instant::now());
+        next.shared = self.current.shared.clone();
+        let done = std::mem::replace(&mut self.current, next);
         self.hops.push(done.hop(url.as_str(), target.as_str()));
         Ok(target)
     }
@@ -1045,6 +1070,47 @@ pub(crate) struct Probe {
     /// When `Some`, the decoded body is kept here (a page's HTML and stylesheets, which
     /// are parsed for what they reference; `max_bytes` bounds it).
     pub(crate) body: Option<Vec<u8>>,
+    /// A budget this request shares with others (a page load's), drawn on as each
+    /// frame arrives; kept across redirects.
+    pub(crate) shared: Option<Arc<SharedBudget>>,
+}
+
+/// Bytes several requests may take together (a page's document and sub-resources),
+/// counted frame by frame as they arrive, so that what is in flight at once cannot
+/// pass the limit, and a load cut short still knows what it downloaded.
+#[derive(Debug, Default)]
+pub(crate) struct SharedBudget {
+    pub(crate) limit: u64,
+    /// Body bytes on the wire so far, every request's (redirects' too).
+    pub(crate) wire: std::sync::atomic::AtomicU64,
+    /// The same bodies decoded.
+    pub(crate) decoded: std::sync::atomic::AtomicU64,
+}
+
+impl SharedBudget {
+    pub(crate) fn new(limit: u64) -> SharedBudget {
+        SharedBudget {
+            limit,
+            ..SharedBudget::default()
+        }
+    }
+
+    /// Adds `wire` and `decoded` bytes; whether the total is still within the limit.
+    fn take(&self, wire: u64, decoded: u64) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let w = self.wire.fetch_add(wire, SeqCst).saturating_add(wire);
+        let d = self
+            .decoded
+            .fetch_add(decoded, SeqCst)
+            .saturating_add(decoded);
+        w <= self.limit && d <= self.limit
+    }
+
+    /// Decoded bytes still allowed.
+    fn room(&self) -> u64 {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.limit.saturating_sub(self.decoded.load(SeqCst))
+    }
 }
 
 impl Probe {
@@ -1066,6 +1132,7 @@ impl Probe {
             content_type: None,
             body: None,
             queued: Duration::ZERO,
+            shared: None,
         }
     }
 

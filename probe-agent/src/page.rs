@@ -42,7 +42,7 @@ use url::Url;
 use crate::discover::{self, Discovered};
 use crate::measure::{
     as_http2, fail, micros, parse_task_url, read_response, request_for, timed_send, EmptyBody,
-    Engine, Expectations, Next, Probe, Sent, Stage, Target, Trace,
+    Engine, Expectations, Next, Probe, Sent, SharedBudget, Stage, Target, Trace,
 };
 
 /// HTTP/1.1 connections per origin at once, as every major browser allows.
@@ -88,6 +88,7 @@ impl Engine {
             drivers: Mutex::new(Vec::new()),
             connections: AtomicU32::new(0),
             tally: Mutex::new(Tally::default()),
+            budget: Arc::new(SharedBudget::new(expect.max_bytes)),
         });
         let measurement = load.run(url, expect).await;
         // Every connection of this page load ends with it.
@@ -107,6 +108,9 @@ struct Load {
     drivers: Mutex<Vec<tokio::task::AbortHandle>>,
     connections: AtomicU32,
     tally: Mutex<Tally>,
+    /// Every body of the page, the document's and the sub-resources', counted frame by
+    /// frame against `max_bytes` (sub-resources in flight at once draw on it together).
+    budget: Arc<SharedBudget>,
 }
 
 /// What the sub-resources added up to so far.
@@ -142,6 +146,7 @@ impl Load {
             hops: Vec::new(),
             current: Probe::new(self.start),
         };
+        trace.current.shared = Some(self.budget.clone());
         let document = tokio::time::timeout(expect.timeout, self.document(url, expect, &mut trace))
             .await
             .unwrap_or_else(|_| Err(trace.current.timed_out(expect.timeout)));
@@ -217,8 +222,12 @@ impl Load {
             document_timings_us,
             document_url: shown(document_url, SHOWN_URL_BYTES),
             resources: t.resources,
-            bytes: html_bytes + t.bytes,
-            bytes_decoded: html_decoded + t.bytes_decoded,
+            // Everything downloaded, as the shared budget counted it frame by frame: a
+            // page cut short (a limit, the time) still says what its downloads in
+            // flight took, for the volunteer's daily allowance and the line rules.
+            bytes: (html_bytes + t.bytes).max(self.budget.wire.load(Ordering::SeqCst)),
+            bytes_decoded: (html_decoded + t.bytes_decoded)
+                .max(self.budget.decoded.load(Ordering::SeqCst)),
             connections: self.connections.load(Ordering::SeqCst),
             by_type: t.by_type,
             slowest: t.slowest.clone(),
@@ -349,9 +358,12 @@ impl Load {
                 }
             }
         }
-        // The document's bytes were already within the limit; what counts here is the
-        // page as a whole.
-        let spent = t.bytes.max(t.bytes_decoded);
+        // Every body of the page, in flight ones too, as its shared budget counted them.
+        let spent = self
+            .budget
+            .wire
+            .load(Ordering::SeqCst)
+            .max(self.budget.decoded.load(Ordering::SeqCst));
         if too_large || spent > self.max_bytes {
             return Err(fail(
                 ErrorKind::PageTooLarge,
@@ -371,16 +383,13 @@ impl Load {
             hops: Vec::new(),
             current: Probe::new(queued_from),
         };
-        let spent = self
-            .tally
-            .lock()
-            .map(|t| t.bytes.max(t.bytes_decoded))
-            .unwrap_or_default();
+        trace.current.shared = Some(self.budget.clone());
         let expect = Expectations {
             status: Vec::new(),
             body_contains: None,
-            // What the page has left; more fails the page (`page_too_large`).
-            max_bytes: self.max_bytes.saturating_sub(spent),
+            // The page's budget, shared by everything in flight (`trace.current.shared`);
+            // past it the page fails (`page_too_large`).
+            max_bytes: self.max_bytes,
             timeout: Duration::MAX,
             max_redirects: lastmile_protocol::DEFAULT_MAX_REDIRECTS,
         };
@@ -1048,5 +1057,74 @@ mod tests {
         };
         let size = serde_json::to_vec(&m).unwrap().len();
         assert!(size < 256 * 1024, "{size} bytes");
+    }
+
+    #[tokio::test]
+    async fn downloads_in_flight_draw_on_one_page_budget() {
+        // A page of 12 images of 1 MB each, sent 64 KiB every 20 ms, under a 2 MB
+        // limit: six connections download at once. Each image had been allowed what
+        // the page had left when it was found (all of it), so ~6 MB crossed the line
+        // before the page failed, and the result counted only the finished ones. Now
+        // the six draw on one budget, frame by frame, and the result says what came.
+        use std::sync::atomic::AtomicU64;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let written = Arc::new(AtomicU64::new(0));
+        let sent = written.clone();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let sent = sent.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if request.starts_with("GET / ") {
+                        let html: String = (0..12)
+                            .map(|i| format!(r#"<img src="/i{i}.png">"#))
+                            .collect();
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            html.len()
+                        );
+                        let _ = sock.write_all(format!("{head}{html}").as_bytes()).await;
+                        return;
+                    }
+                    let head = "HTTP/1.1 200 OK\r\ncontent-type: image/png\r\ncontent-length: 1048576\r\nconnection: close\r\n\r\n";
+                    if sock.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    for _ in 0..16 {
+                        if sock.write_all(&[7u8; 65_536]).await.is_err() {
+                            return;
+                        }
+                        sent.fetch_add(65_536, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                });
+            }
+        });
+        let expect = Expectations {
+            max_bytes: 2_000_000,
+            ..within(20_000)
+        };
+        let m = local_engine()
+            .measure_page(&format!("http://{addr}/"), &expect, PageLimits::default())
+            .await;
+        assert_eq!(
+            m.error.as_ref().map(|e| e.kind),
+            Some(ErrorKind::PageTooLarge),
+            "{m:?}"
+        );
+        let written = written.load(Ordering::SeqCst);
+        eprintln!(
+            "server wrote {written} bytes; the result counts {}",
+            m.bytes
+        );
+        assert!(
+            written < 3_000_000,
+            "the line carried {written} bytes for a 2 MB page"
+        );
+        assert!(m.bytes >= 2_000_000, "what came is counted: {m:?}");
+        assert!(m.bytes + 1_000_000 >= written, "{} of {written}", m.bytes);
     }
 }
