@@ -177,6 +177,7 @@ fn validate(sub: &ResultSubmission) -> Result<()> {
                 "page.total_us must equal timings_us.total (the page total)",
             ));
         }
+        validate_page(&sub.measurement, page)?;
     }
     if let Some(load) = &sub.measurement.throughput {
         validate_load(&sub.measurement, load)?;
@@ -186,6 +187,56 @@ fn validate(sub: &ResultSubmission) -> Result<()> {
     }
     if let Some(stream) = &sub.measurement.udp {
         validate_stream(&sub.measurement, stream)?;
+    }
+    Ok(())
+}
+
+/// A page summary must add up with its measurement: its bytes are the measurement's
+/// (which the line rules judge: a summary saying 5 MB beside `bytes: 0` would escape
+/// them), its resources are counted once by type, and no part of it outlasts the page.
+fn validate_page(
+    m: &lastmile_protocol::Measurement,
+    page: &lastmile_protocol::PageSummary,
+) -> Result<()> {
+    let invalid = |why: String| Err(Error::invalid("invalid_result", why));
+    if (page.bytes, page.bytes_decoded) != (m.bytes, m.bytes_decoded) {
+        return invalid(format!(
+            "page.bytes and page.bytes_decoded ({}, {}) must equal bytes and bytes_decoded \
+             ({}, {}): both count the whole page",
+            page.bytes, page.bytes_decoded, m.bytes, m.bytes_decoded
+        ));
+    }
+    if page.resources as usize > MAX_PAGE_FAILED {
+        return invalid(format!(
+            "page.resources is {}; a page load fetches at most {MAX_PAGE_FAILED}",
+            page.resources
+        ));
+    }
+    let c = &page.by_type;
+    let typed = [
+        c.stylesheet,
+        c.script,
+        c.image,
+        c.font,
+        c.icon,
+        c.media,
+        c.other,
+    ]
+    .iter()
+    .fold(0u64, |a, &n| a + u64::from(n));
+    if typed != u64::from(page.resources) {
+        return invalid(format!(
+            "page.by_type counts {typed} sub-resources; page.resources says {}",
+            page.resources
+        ));
+    }
+    let slowest = page.slowest.as_ref().map_or(0, |s| s.timings_us.total);
+    if page.document_timings_us.total > page.total_us || slowest > page.total_us {
+        return invalid(format!(
+            "the document ({} µs) and the slowest sub-resource ({slowest} µs) end within \
+             the page total ({} µs)",
+            page.document_timings_us.total, page.total_us
+        ));
     }
     Ok(())
 }
@@ -1378,10 +1429,52 @@ mod tests {
         assert!(refused(|m| {
             m.page = Some(lastmile_protocol::PageSummary {
                 total_us: m.timings_us.total,
+                bytes: m.bytes,
+                bytes_decoded: m.bytes_decoded,
                 ..Default::default()
             })
         })
         .contains("not both"));
+    }
+
+    #[test]
+    fn a_page_summary_must_add_up_with_its_measurement() {
+        let page = || {
+            let mut sub = load();
+            let m = &mut sub.measurement;
+            m.throughput = None;
+            let mut by_type = lastmile_protocol::ResourceCounts::default();
+            by_type.add(lastmile_protocol::ResourceType::Image);
+            by_type.add(lastmile_protocol::ResourceType::Stylesheet);
+            m.page = Some(lastmile_protocol::PageSummary {
+                total_us: m.timings_us.total,
+                document_timings_us: Timings {
+                    total: 300_000,
+                    ..m.timings_us
+                },
+                resources: 2,
+                bytes: m.bytes,
+                bytes_decoded: m.bytes_decoded,
+                by_type,
+                ..Default::default()
+            });
+            sub
+        };
+        assert!(validate(&page()).is_ok());
+        let refused = |change: fn(&mut lastmile_protocol::Measurement)| {
+            let mut sub = page();
+            change(&mut sub.measurement);
+            validate(&sub).unwrap_err().to_string()
+        };
+        // A measurement that hides the page's bytes from the line rules.
+        assert!(refused(|m| m.bytes = 0).contains("page.bytes"));
+        assert!(refused(|m| m.page.as_mut().unwrap().bytes_decoded += 1).contains("page.bytes"));
+        assert!(refused(|m| m.page.as_mut().unwrap().resources = 3).contains("by_type"));
+        assert!(refused(|m| m.page.as_mut().unwrap().resources = u32::MAX).contains("at most"));
+        assert!(
+            refused(|m| m.page.as_mut().unwrap().document_timings_us.total = 2_000_000)
+                .contains("within the page total")
+        );
     }
 
     #[test]
