@@ -13,8 +13,10 @@
 //! must pass the expectations like any other; with none named, a load's downloads must
 //! be 2xx, since a redirect's few bytes fetched again and again are no line's goodput).
 //!
-//! The round trip is timed with `HEAD` requests (request sent to response head) on a
-//! connection of their own, kept alive so no handshake is in it: first
+//! The round trip is timed with `HEAD` requests (request sent to response head; once a
+//! server refuses `HEAD` with 403, 405 or 501, a `GET` of the file's first byte, whose
+//! `206` counts as `200`) on a connection of their own, kept alive so no handshake is
+//! in it: first
 //! [`IDLE_LATENCY_PROBES`] one after the other on the idle line, then one every
 //! [`LATENCY_PROBE_INTERVAL_MS`] from the load's first body byte to its end (the next
 //! at once when an answer took longer). The probes do not ride a load connection:
@@ -207,6 +209,7 @@ impl Run {
             conn,
             dialer: dialer.clone(),
             url: url.clone(),
+            ranged: false,
         };
         for _ in 0..IDLE_LATENCY_PROBES {
             let (status, rtt) = line.head().await?;
@@ -490,20 +493,66 @@ struct ProbeLine {
     conn: Conn,
     dialer: Arc<Dialer>,
     url: Url,
+    /// The server refused `HEAD`: probes ask for the file's first byte instead.
+    ranged: bool,
 }
 
+/// What a server that will not answer `HEAD` answers it with: method not allowed, not
+/// implemented, or (object stores' URLs signed for `GET`) forbidden.
+const HEAD_REFUSED: [u16; 3] = [403, 405, 501];
+
+/// Body bytes a ranged probe reads at most: its one byte, or the start of a body a
+/// server sent whole (then the connection is dropped rather than drained).
+const RANGED_PROBE_BYTES: usize = 64 * 1024;
+
 impl ProbeLine {
-    /// One `HEAD` of the URL: its status and round trip (request sent to response
-    /// head), µs.
+    /// One probe of the URL: its status and round trip (request sent to response
+    /// head), µs. A `HEAD`, or, once the server refused one, a `GET` of the file's
+    /// first byte (`Range: bytes=0-0`), whose `206` counts as the file's `200`.
     async fn head(&mut self) -> Result<(u16, u64), MeasurementError> {
+        if !self.ranged {
+            let (status, rtt) = self.once(Method::HEAD).await?;
+            if !HEAD_REFUSED.contains(&status) {
+                return Ok((status, rtt));
+            }
+            self.ranged = true;
+        }
+        self.once(Method::GET).await
+    }
+
+    async fn once(&mut self, method: Method) -> Result<(u16, u64), MeasurementError> {
         if !self.conn.ready().await {
             // Closed by the server: a fresh connection, its handshakes outside the
             // round trip.
             self.conn = self.dialer.open().await?;
         }
-        let request = self.conn.request(&self.url, Method::HEAD)?;
+        let mut request = self.conn.request(&self.url, method.clone())?;
+        if method == Method::GET {
+            request.headers_mut().insert(
+                hyper::header::RANGE,
+                hyper::header::HeaderValue::from_static("bytes=0-0"),
+            );
+        }
         let (response, rtt) = self.conn.exchange(request).await?;
-        Ok((response.status().as_u16(), rtt))
+        let status = response.status().as_u16();
+        if method == Method::HEAD {
+            return Ok((status, rtt));
+        }
+        // Read the byte (the connection is used again); a body longer than a probe's is
+        // the whole file of a server that ignores ranges: not read on, and dropped with
+        // it its HTTP/1 connection (the next probe dials anew, outside its round trip)
+        // or its HTTP/2 stream.
+        let mut body = response.into_body();
+        let mut got = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| fail(ErrorKind::Http, format!("a probe broke off: {e}")))?;
+            got += frame.data_ref().map_or(0, |d| d.len());
+            if got > RANGED_PROBE_BYTES {
+                break;
+            }
+        }
+        Ok((if status == 206 { 200 } else { status }, rtt))
     }
 }
 
@@ -537,6 +586,9 @@ mod tests {
         Endless { chunk: usize, gap: Duration },
         /// A `302` to `/file` with a short body.
         Redirect,
+        /// `HEAD` refused (`405`); a `GET` with `Range: bytes=0-0` answered `206` with
+        /// one byte, any other `GET` with a body of this many bytes.
+        NoHead(usize),
     }
 
     /// A keep-alive HTTP server (HTTP/1.1, or HTTP/2 by ALPN over `tls`) answering
@@ -634,10 +686,22 @@ mod tests {
     > + Clone {
         hyper::service::service_fn(move |request: Request<Incoming>| async move {
             tokio::time::sleep(think).await;
+            if let Serve::NoHead(n) = serve {
+                let ranged = request.headers().contains_key(hyper::header::RANGE);
+                let (status, body) = match (request.method() == Method::HEAD, ranged) {
+                    (true, _) => (405, Empty::new().boxed()),
+                    (false, true) => (206, Full::new(Bytes::from_static(b"x")).boxed()),
+                    (false, false) => (200, Full::new(Bytes::from(vec![b'x'; n])).boxed()),
+                };
+                let mut response = Response::new(body);
+                *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                return Ok::<_, Infallible>(response);
+            }
             let body = if request.method() == Method::HEAD {
                 Empty::new().boxed()
             } else {
                 match serve {
+                    Serve::NoHead(_) => unreachable!("answered above"),
                     Serve::Redirect => {
                         let mut moved =
                             Response::new(Full::new(Bytes::from_static(b"moved")).boxed());
@@ -874,6 +938,26 @@ mod tests {
         assert_eq!(kind(&m), Some(ErrorKind::HttpStatus), "{m:?}");
         assert_eq!(m.status, Some(200));
         assert!(m.error.unwrap().message.contains("expected 204"));
+    }
+
+    #[tokio::test]
+    async fn a_server_refusing_head_is_probed_with_a_one_byte_range() {
+        // Object stores' signed URLs and some servers answer HEAD with 403 or 405: the
+        // load had failed on its first probe. The probes now ask for the first byte.
+        let server =
+            Server::start("127.0.0.1", Serve::NoHead(64 * 1024), Duration::ZERO, None).await;
+        let m = local_engine()
+            .measure_throughput(&server.url(), &within(10_000), load(2, 500))
+            .await;
+        assert_eq!(m.error, None, "{m:?}");
+        let s = summary(&m);
+        assert_eq!(s.idle_latency_us.len(), IDLE_LATENCY_PROBES, "{s:?}");
+        assert!(!s.loaded_latency_us.is_empty(), "{s:?}");
+        assert_eq!(m.status, Some(200), "the load's own answers");
+        assert!(
+            s.bytes >= 64 * 1024,
+            "the probes' bytes are not the load's: {s:?}"
+        );
     }
 
     #[tokio::test]
