@@ -410,16 +410,45 @@ impl Engine {
         Ok(allowed)
     }
 
-    /// Connects to the first address that answers, from the configured source address.
+    /// Connects to the first address that answers, from the configured source address,
+    /// as RFC 8305 (Happy Eyeballs) races them: the next address is tried when the last
+    /// one failed or has not answered within [`CONNECTION_ATTEMPT_DELAY`], the earlier
+    /// attempts going on; the first connection made wins. One unreachable address first
+    /// in the list (a host's dead IPv6, a load balancer's drained node) had made the
+    /// whole check a `connect_timeout`, as no browser would see it.
     pub(crate) async fn connect(
         &self,
         addrs: &[SocketAddr],
     ) -> Result<(TcpStream, SocketAddr), MeasurementError> {
+        use futures_util::stream::{FuturesUnordered, StreamExt};
+        let attempt = |addr: SocketAddr| async move { (addr, self.connect_one(addr).await) };
+        let mut waiting = addrs.iter().copied();
+        let mut racing = FuturesUnordered::new();
         let mut last_error = None;
-        for addr in addrs {
-            match self.connect_one(*addr).await {
-                Ok(stream) => return Ok((stream, *addr)),
-                Err(e) => last_error = Some((*addr, e)),
+        // Bounded: each turn starts an attempt or ends one, and there are addrs.len().
+        loop {
+            if racing.is_empty() {
+                match waiting.next() {
+                    Some(addr) => racing.push(attempt(addr)),
+                    None => break,
+                }
+            }
+            let more = waiting.len() > 0;
+            tokio::select! {
+                Some((addr, outcome)) = racing.next() => match outcome {
+                    Ok(stream) => return Ok((stream, addr)),
+                    Err(e) => {
+                        last_error = Some((addr, e));
+                        if let Some(next) = waiting.next() {
+                            racing.push(attempt(next));
+                        }
+                    }
+                },
+                _ = tokio::time::sleep(CONNECTION_ATTEMPT_DELAY), if more => {
+                    if let Some(next) = waiting.next() {
+                        racing.push(attempt(next));
+                    }
+                }
             }
         }
         Err(match last_error {
@@ -451,6 +480,10 @@ impl Engine {
         Ok(stream)
     }
 }
+
+/// How long a connection attempt has before the next address is tried beside it
+/// (RFC 8305's recommended Connection Attempt Delay).
+const CONNECTION_ATTEMPT_DELAY: Duration = Duration::from_millis(250);
 
 /// The GET request for `url` as the engine sends it (HTTP/1.1 form: origin-form path
 /// and a `Host` header).
@@ -1914,6 +1947,47 @@ pub(crate) mod tests {
             let m = local_engine().measure(&url, &expect).await;
             assert_eq!(kind(&m), Some(ErrorKind::BodyTooLarge), "{encoding}: {m:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_first_address_gives_way_to_the_next() {
+        // A listener whose accept queue is full drops further SYNs: a connection to it
+        // hangs as to a blackholed address (on the loopback, within this test).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let full = socket.listen(0).unwrap();
+        let dead = full.local_addr().unwrap();
+        let mut queued = Vec::new();
+        for _ in 0..4 {
+            let connect = tokio::net::TcpStream::connect(dead);
+            if let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_millis(200), connect).await
+            {
+                queued.push(stream);
+            }
+        }
+        let hangs = tokio::time::timeout(
+            Duration::from_millis(500),
+            tokio::net::TcpStream::connect(dead),
+        )
+        .await;
+        assert!(hangs.is_err(), "a full accept queue drops SYNs here");
+        let (good, _) = scripted("127.0.0.1", Duration::ZERO, |_| response(200, &[], b"ok")).await;
+        // The dead address first, as a host's dead IPv6 would be: the check used to
+        // wait on it until its time limit.
+        let began = Instant::now();
+        let (_, addr) = tokio::time::timeout(
+            Duration::from_secs(20),
+            local_engine().connect(&[dead, good]),
+        )
+        .await
+        .expect("not stuck on the dead address")
+        .unwrap();
+        assert_eq!(addr, good);
+        assert!(
+            began.elapsed() >= CONNECTION_ATTEMPT_DELAY,
+            "the dead one was tried first"
+        );
+        drop((full, queued));
     }
 
     #[tokio::test]
