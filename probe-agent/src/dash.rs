@@ -897,7 +897,7 @@ fn resolve(base: &Url, urls: &[BaseURL]) -> Result<Url, MeasurementError> {
                     url.base
                 ))
             })?;
-            crate::video::short_enough(joined, &format!("{base}: a BaseURL"))
+            crate::video::fetchable(joined, &format!("{base}: a BaseURL"))
         }
         _ => Ok(base.clone()),
     }
@@ -1021,7 +1021,7 @@ fn join(base: &Url, uri: &str, what: &str) -> Result<Url, MeasurementError> {
     let joined = base
         .join(uri.trim())
         .map_err(|e| invalid(format!("{what} names an invalid URL {uri:?}: {e}")))?;
-    crate::video::short_enough(joined, what)
+    crate::video::fetchable(joined, what)
 }
 
 /// A `range` attribute (`first-last`, bytes, inclusive).
@@ -1930,6 +1930,14 @@ mod tests {
             );
             assert!(refusal(&vod).contains("at most 8192"));
         }
+        // A scheme no player fetches is the MPD's fault, not the task's.
+        let e = live_at(
+            r#"<BaseURL>ftp://video.example/</BaseURL><SegmentTemplate media="$Number$.m4s" duration="1"/>"#,
+            60,
+        )
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::PlaylistInvalid, "{e:?}");
+        assert!(e.message.contains("only http and https"), "{e:?}");
     }
 
     #[test]

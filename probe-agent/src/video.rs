@@ -307,9 +307,16 @@ fn map_range(map: &m3u8_rs::Map) -> Option<ByteRange> {
 /// template of a megabyte would take gigabytes.
 pub(crate) const MAX_URL_BYTES: usize = 8 * 1024;
 
-/// `url`, unless it is longer than [`MAX_URL_BYTES`] (`playlist_invalid`, naming
-/// `what` made it).
-pub(crate) fn short_enough(url: Url, what: &str) -> Result<Url, MeasurementError> {
+/// `url`, a URL a playlist or MPD (`what`) made, unless no player would fetch it: one
+/// that is not `http` or `https`, or longer than [`MAX_URL_BYTES`] (`playlist_invalid`:
+/// the playlist is at fault, not the check's task).
+pub(crate) fn fetchable(url: Url, what: &str) -> Result<Url, MeasurementError> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid(format!(
+            "{what} names a {}: URL; only http and https are fetched",
+            url.scheme()
+        )));
+    }
     if url.as_str().len() > MAX_URL_BYTES {
         return Err(invalid(format!(
             "{what} makes a URL of {} bytes (at most {MAX_URL_BYTES})",
@@ -324,7 +331,7 @@ fn join(base: &Url, uri: &str) -> Result<Url, MeasurementError> {
     let joined = base
         .join(uri.trim())
         .map_err(|e| invalid(format!("{base} names an invalid URI {uri:?}: {e}")))?;
-    short_enough(joined, &format!("{base}: a URI"))
+    fetchable(joined, &format!("{base}: a URI"))
 }
 
 /// A segment's media (`#EXTINF` seconds), µs; a negative or unreadable duration
