@@ -58,11 +58,33 @@ pub async fn run_and_wait(app: &TestApp, owner: &str, id: &str, runs: i64) {
             let (status, run) = app.call("POST", &runs_path, Some(owner), None).await;
             assert_eq!(status, 201, "{run}");
         }
-        until(&format!("result {} is stored", n + 1), 60, async || {
-            count(app, "SELECT COUNT(*) AS n FROM results") == n + 1
-        })
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while count(app, "SELECT COUNT(*) AS n FROM results") != n + 1 {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting until result {} is stored; {}",
+                n + 1,
+                where_the_work_is(app)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
+}
+
+/// Where a test's work stands, for a timeout's message: the runs, their assignments by
+/// state, and whether the agents calibrated (runs plan only calibrated agents).
+fn where_the_work_is(app: &TestApp) -> String {
+    let n = |sql: &str| count(app, &format!("SELECT COUNT(*) AS n FROM {sql}"));
+    let states = ["pending", "leased", "done", "expired"]
+        .map(|s| format!("{s} {}", n(&format!("assignments WHERE state = '{s}'"))))
+        .join(", ");
+    format!(
+        "runs {}, assignments: {states}; agents {} of which calibrated {}; results {}",
+        n("runs"),
+        n("agents"),
+        n("agents WHERE calibrated_at IS NOT NULL"),
+        n("results")
+    )
 }
 
 /// The first row of the check's report by connection class, once it counts `samples`.
