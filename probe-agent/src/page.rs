@@ -113,12 +113,10 @@ struct Load {
     budget: Arc<SharedBudget>,
 }
 
-/// What the sub-resources added up to so far.
+/// What the finished sub-resources added up to so far (their bytes are the budget's).
 #[derive(Default)]
 struct Tally {
     resources: u32,
-    bytes: u64,
-    bytes_decoded: u64,
     by_type: ResourceCounts,
     slowest: Option<ResourceTiming>,
     failed: Vec<FailedResource>,
@@ -131,7 +129,6 @@ struct Fetched {
     kind: ResourceType,
     status: Option<u16>,
     bytes: u64,
-    bytes_decoded: u64,
     queued: Duration,
     timings: Timings,
     error: Option<MeasurementError>,
@@ -151,12 +148,11 @@ impl Load {
             .await
             .unwrap_or_else(|_| Err(trace.current.timed_out(expect.timeout)));
         let document_timings = trace.current.timings();
-        let html_bytes = (trace.current.bytes, trace.current.bytes_decoded);
         let (document_url, body, content_type) = match document {
             Ok(found) => found,
             Err(e) => {
                 let mut m = trace.into_measurement(self.start, Some(e));
-                m.page = Some(self.summary(m.timings_us.total, document_timings, url, html_bytes));
+                m.page = Some(self.summary(m.timings_us.total, document_timings, url));
                 return m;
             }
         };
@@ -194,12 +190,7 @@ impl Load {
         } else {
             m.timings_us.total = m.timings_us.total.max(last);
         }
-        let summary = self.summary(
-            m.timings_us.total,
-            document_timings,
-            document_url.as_str(),
-            html_bytes,
-        );
+        let summary = self.summary(m.timings_us.total, document_timings, document_url.as_str());
         m.bytes = summary.bytes;
         m.bytes_decoded = summary.bytes_decoded;
         m.page = Some(summary);
@@ -211,7 +202,6 @@ impl Load {
         total_us: u64,
         document_timings_us: Timings,
         document_url: &str,
-        (html_bytes, html_decoded): (u64, u64),
     ) -> PageSummary {
         let tally = self.tally.lock();
         let Ok(t) = tally.as_deref() else {
@@ -222,12 +212,12 @@ impl Load {
             document_timings_us,
             document_url: shown(document_url, SHOWN_URL_BYTES),
             resources: t.resources,
-            // Everything downloaded, as the shared budget counted it frame by frame: a
-            // page cut short (a limit, the time) still says what its downloads in
-            // flight took, for the volunteer's daily allowance and the line rules.
-            bytes: (html_bytes + t.bytes).max(self.budget.wire.load(Ordering::SeqCst)),
-            bytes_decoded: (html_decoded + t.bytes_decoded)
-                .max(self.budget.decoded.load(Ordering::SeqCst)),
+            // Everything downloaded (the document, sub-resources, redirects), as the
+            // shared budget counted it frame by frame: a page cut short (a limit, the
+            // time) still says what its downloads in flight took, for the volunteer's
+            // daily allowance and the line rules.
+            bytes: self.budget.wire.load(Ordering::SeqCst),
+            bytes_decoded: self.budget.decoded.load(Ordering::SeqCst),
             connections: self.connections.load(Ordering::SeqCst),
             by_type: t.by_type,
             slowest: t.slowest.clone(),
@@ -322,8 +312,6 @@ impl Load {
             .map_err(|_| fail(ErrorKind::Http, "page state poisoned"))?;
         t.resources += 1;
         t.by_type.add(f.kind);
-        t.bytes += f.bytes;
-        t.bytes_decoded += f.bytes_decoded;
         if let Some(at) = f.last_byte {
             t.last_byte = Some(t.last_byte.map_or(at, |prev| prev.max(at)));
         }
@@ -414,7 +402,6 @@ impl Load {
             kind: d.kind,
             status: m.status,
             bytes: m.bytes,
-            bytes_decoded: m.bytes_decoded,
             queued,
             timings,
             error,
