@@ -5,7 +5,8 @@
 //! "try again later" (network trouble, 5xx) from "this will never work" (4xx).
 
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use lastmile_protocol::{
     ApiError, EnrolRequest, EnrolResponse, Heartbeat, HeartbeatAck, LeaseRequest, LeaseResponse,
@@ -52,12 +53,28 @@ pub fn is_rejection(status: u16) -> bool {
     (400..500).contains(&status) && !matches!(status, 401 | 408 | 429)
 }
 
+/// After the agent listener could not be reached, how long the hot calls go to the
+/// controller's URL before the listener is tried again.
+pub const LISTENER_RETRY: Duration = Duration::from_secs(300);
+
 /// A connection to one controller.
 #[derive(Clone)]
 pub struct ControllerClient {
     http: reqwest::Client,
     base: Url,
     token: Option<String>,
+    /// Where the hot calls go (shared by the clones of this client).
+    hot: Arc<Mutex<HotRoute>>,
+}
+
+/// The agent listener a heartbeat's answer named (`HeartbeatAck::agent_url`): the hot
+/// calls (heartbeat, lease, path traces, results) go there, and back to the
+/// controller's URL for [`LISTENER_RETRY`] after it could not be reached or answered
+/// as no agent listener would.
+#[derive(Debug, Default)]
+struct HotRoute {
+    listener: Option<Url>,
+    failed_at: Option<Instant>,
 }
 
 impl ControllerClient {
@@ -73,7 +90,69 @@ impl ControllerClient {
             http,
             base,
             token: None,
+            hot: Arc::default(),
         })
+    }
+
+    /// The agent listener the hot calls go to now, if any.
+    pub fn listener(&self) -> Option<Url> {
+        let hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        let failed_lately = hot
+            .failed_at
+            .is_some_and(|at| at.elapsed() < LISTENER_RETRY);
+        hot.listener.clone().filter(|_| !failed_lately)
+    }
+
+    /// Takes the agent listener a heartbeat's answer named (none: the controller's URL
+    /// for everything). Refused, with a warning: a URL that is not http(s), and a plain
+    /// `http://` one when the controller's URL is `https://` (the token would travel in
+    /// the clear).
+    fn use_listener(&self, named: Option<&str>) {
+        let listener = named.and_then(|text| match Url::parse(text) {
+            Ok(url)
+                if matches!(url.scheme(), "http" | "https")
+                    && url.host().is_some()
+                    && !(self.base.scheme() == "https" && url.scheme() == "http") =>
+            {
+                Some(url)
+            }
+            _ => {
+                tracing::warn!(agent_url = text, "ignoring the agent listener the controller named: not an http(s) URL, or plain http for an https controller");
+                None
+            }
+        });
+        let mut hot = self.hot.lock().unwrap_or_else(|e| e.into_inner());
+        if hot.listener != listener {
+            tracing::info!(listener = ?listener.as_ref().map(Url::as_str), "hot calls go to the agent listener");
+            *hot = HotRoute {
+                listener,
+                failed_at: None,
+            };
+        }
+    }
+
+    /// A hot call: to the agent listener when there is one, else (and when it cannot be
+    /// reached, or answers 404/405 as no agent listener does) to the controller's URL.
+    async fn post_hot<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<R, ClientError> {
+        if let Some(listener) = self.listener() {
+            match self.post_to(&listener, path, body).await {
+                Err(ClientError::Unreachable(e)) if e.is_connect() => {
+                    tracing::warn!(error = %e, "the agent listener cannot be reached: using the controller's URL");
+                }
+                Err(ClientError::Refused {
+                    status: 404 | 405, ..
+                }) => {
+                    tracing::warn!(%listener, "the agent listener does not serve {path}: using the controller's URL");
+                }
+                answered => return answered,
+            }
+            self.hot.lock().unwrap_or_else(|e| e.into_inner()).failed_at = Some(Instant::now());
+        }
+        self.post(path, body).await
     }
 
     /// The same client, authenticated with an agent token.
@@ -87,7 +166,16 @@ impl ControllerClient {
         path: &str,
         body: &B,
     ) -> Result<R, ClientError> {
-        let url = self.base.join(path).unwrap_or_else(|_| self.base.clone());
+        self.post_to(&self.base, path, body).await
+    }
+
+    async fn post_to<B: Serialize, R: DeserializeOwned>(
+        &self,
+        base: &Url,
+        path: &str,
+        body: &B,
+    ) -> Result<R, ClientError> {
+        let url = base.join(path).unwrap_or_else(|_| base.clone());
         let mut request = self.http.post(url).json(body);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
@@ -115,7 +203,9 @@ impl ControllerClient {
 
     /// Reports that the agent is alive, with its declared class and limits.
     pub async fn heartbeat(&self, beat: &Heartbeat) -> Result<HeartbeatAck, ClientError> {
-        self.post("/api/v1/agents/heartbeat", beat).await
+        let ack: HeartbeatAck = self.post_hot("/api/v1/agents/heartbeat", beat).await?;
+        self.use_listener(ack.agent_url.as_deref());
+        Ok(ack)
     }
 
     /// Leases up to `max` assignments; with `wait_s` > 0 and no work now, the controller
@@ -126,7 +216,7 @@ impl ControllerClient {
             max,
             wait_s: (wait_s > 0).then_some(wait_s),
         };
-        self.post("/api/v1/agents/lease", &request).await
+        self.post_hot("/api/v1/agents/lease", &request).await
     }
 
     /// Reports a path trace; safe to repeat.
@@ -134,12 +224,12 @@ impl ControllerClient {
         &self,
         report: &lastmile_protocol::trace::TraceReport,
     ) -> Result<lastmile_protocol::trace::TraceAck, ClientError> {
-        self.post("/api/v1/agents/traces", report).await
+        self.post_hot("/api/v1/agents/traces", report).await
     }
 
     /// Submits one result; safe to repeat.
     pub async fn submit(&self, result: &ResultSubmission) -> Result<ResultAck, ClientError> {
-        self.post("/api/v1/results", result).await
+        self.post_hot("/api/v1/results", result).await
     }
 
     /// Submits up to `MAX_RESULTS_PER_BATCH` results in one request; safe to repeat.
@@ -152,6 +242,6 @@ impl ControllerClient {
         let batch = ResultBatch {
             results: results.to_vec(),
         };
-        self.post("/api/v1/results/batch", &batch).await
+        self.post_hot("/api/v1/results/batch", &batch).await
     }
 }

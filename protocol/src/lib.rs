@@ -1116,6 +1116,13 @@ pub struct HeartbeatAck {
     pub location: Location,
     /// Seconds until the next heartbeat is due.
     pub heartbeat_interval_s: u32,
+    /// Where this controller serves the agent protocol's hot calls (heartbeat, lease,
+    /// path traces, results) on a listener of their own, when it has one, e.g.
+    /// `https://agents.example.net`: an agent sends those calls there from now on, and
+    /// back to the controller's URL when it cannot be reached. Absent: everything goes
+    /// to the controller's URL, as before this field.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_url: Option<String>,
 }
 
 /// Agent -> controller: lease up to `max` assignments.

@@ -48,7 +48,7 @@ fn controller_child() {
         socket.set_reuseaddr(true).unwrap();
         socket.bind(listen).unwrap();
         let listener = socket.listen(1024).unwrap().into_std().unwrap();
-        server::run(listener, state, std::future::pending())
+        server::run(listener, None, state, std::future::pending())
             .await
             .unwrap();
     });

@@ -10,6 +10,7 @@ mod support;
 
 mod agent_choice;
 mod agent_lifecycle;
+mod agent_listener;
 mod agent_rejections;
 mod alerts;
 mod api_errors;

@@ -37,8 +37,30 @@ pub async fn log_and_count(
         Ok(r) => r.status(),
         Err(e) => e.as_response_error().status_code(),
     };
-    if let Some(metrics) = &metrics {
-        match status.as_u16() {
+    record(
+        metrics.as_deref(),
+        method.as_str(),
+        &path,
+        peer,
+        status.as_u16(),
+        started,
+    );
+    res
+}
+
+/// Counts an answered request's refusal (4xx, 5xx) and logs it: agents' polls that
+/// succeeded at `debug`, everything else at `info`. The agent listener records its
+/// requests here too.
+pub fn record(
+    metrics: Option<&Metrics>,
+    method: &str,
+    path: &str,
+    peer: Option<std::net::SocketAddr>,
+    status: u16,
+    started: Instant,
+) {
+    if let Some(metrics) = metrics {
+        match status {
             400..=499 => Metrics::inc(&metrics.http_errors_4xx),
             500..=599 => Metrics::inc(&metrics.http_errors_5xx),
             _ => {}
@@ -46,10 +68,9 @@ pub async fn log_and_count(
     }
     let ms = started.elapsed().as_secs_f64() * 1e3;
     let peer = peer.map(|p| p.ip());
-    if is_agent_poll(&path) && status.is_success() {
-        tracing::debug!(target: "lastmile::http", peer = ?peer, %method, %path, status = status.as_u16(), ms);
+    if is_agent_poll(path) && (200..300).contains(&status) {
+        tracing::debug!(target: "lastmile::http", peer = ?peer, %method, %path, status, ms);
     } else {
-        tracing::info!(target: "lastmile::http", peer = ?peer, %method, %path, status = status.as_u16(), ms);
+        tracing::info!(target: "lastmile::http", peer = ?peer, %method, %path, status, ms);
     }
-    res
 }

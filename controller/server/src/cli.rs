@@ -86,6 +86,14 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "LASTMILE_LISTEN")]
         listen: Option<SocketAddr>,
+        /// Address of the agent listener: agents' heartbeats, leases, path traces and
+        /// results, at far less memory per connected agent (default: none).
+        #[arg(long, env = "LASTMILE_AGENT_LISTEN")]
+        agent_listen: Option<SocketAddr>,
+        /// The agent listener's URL as agents reach it (default: http://<agent-listen>
+        /// when that is a specific address).
+        #[arg(long, env = "LASTMILE_AGENT_URL")]
+        agent_url: Option<String>,
         /// MaxMind City database (GeoLite2-City layout).
         #[arg(long, env = "LASTMILE_CITY_DB")]
         city_db: Option<PathBuf>,
@@ -393,6 +401,8 @@ pub fn main() -> anyhow::Result<()> {
         }
         Command::Serve {
             listen,
+            agent_listen,
+            agent_url,
             city_db,
             asn_db,
             admin_token,
@@ -412,6 +422,12 @@ pub fn main() -> anyhow::Result<()> {
             }
             if let Some(listen) = listen {
                 config.listen = listen;
+            }
+            if agent_listen.is_some() {
+                config.agent_listen = agent_listen;
+            }
+            if agent_url.is_some() {
+                config.agent_url = agent_url;
             }
             if city_db.is_some() {
                 config.geo.city_db = city_db;
@@ -433,9 +449,12 @@ fn serve(config: ControllerConfig) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(listen)
         .with_context(|| format!("cannot listen on {listen}"))?;
     listener.set_nonblocking(true)?;
-    tracing::info!(%listen, database = state.db.backend().name(), "controller listening");
-    actix_web::rt::System::new()
-        .block_on(async move { server::run(listener, state, shutdown_signal()).await })?;
+    let agent_listener = server::bind_agent_listener(&state)?;
+    tracing::info!(%listen, agent_listen = ?state.agent_listener.get(), agent_url = ?state.agent_url(),
+        database = state.db.backend().name(), "controller listening");
+    actix_web::rt::System::new().block_on(async move {
+        server::run(listener, agent_listener, state, shutdown_signal()).await
+    })?;
     Ok(())
 }
 

@@ -16,6 +16,14 @@ pub use lastmile_domain::stripe_api::StripeConfig;
 pub struct ControllerConfig {
     /// Address the HTTP API listens on.
     pub listen: SocketAddr,
+    /// Address of the agent listener, which serves agents' heartbeats, leases, path
+    /// traces and results holding far less memory per connected agent than the API's
+    /// (see `agent_listener`); unset: none, agents use `listen` for everything.
+    pub agent_listen: Option<SocketAddr>,
+    /// The agent listener's URL as agents reach it (e.g. through a load balancer),
+    /// named in every heartbeat's answer; unset: `http://<agent_listen>` when that is a
+    /// specific address, else none.
+    pub agent_url: Option<String>,
     /// `postgres://...` for PostgreSQL; unset means a SQLite file in `data_dir`.
     pub database_url: Option<String>,
     /// Where the embedded SQLite database and other local state live.
@@ -111,6 +119,8 @@ impl Default for ControllerConfig {
     fn default() -> Self {
         ControllerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            agent_listen: None,
+            agent_url: None,
             database_url: None,
             data_dir: PathBuf::from(".lastmile"),
             max_db_connections: 8,

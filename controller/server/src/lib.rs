@@ -9,6 +9,9 @@
 //! - [`server`] wires the state ([`AppState`]) and the scheduler loop into a service that
 //!   starts and stops cleanly; [`config`] is every setting, from flags, environment and
 //!   TOML.
+//! - [`agent_listener`]: the agent protocol's hot calls on an address of their own, over
+//!   a minimal HTTP/1.1 whose idle connections hold no buffer; they and the actix
+//!   handlers answer through [`api::agent_calls`].
 //! - [`agent_work`]: agents served from memory (heartbeats, long-polled leases) and the
 //!   loop that keeps that memory and the database in step.
 //! - [`folding`]: accepted results folded into aggregates and paid in batches (group
@@ -24,6 +27,7 @@
 
 pub mod accepting;
 pub mod access_log;
+pub mod agent_listener;
 pub mod agent_work;
 pub mod alerting;
 pub mod api;

@@ -24,6 +24,9 @@ pub struct Metrics {
     pub leases_expired: AtomicU64,
     pub http_errors_4xx: AtomicU64,
     pub http_errors_5xx: AtomicU64,
+    /// Requests the agent listener answered (`agent_listener`), and its connections open.
+    pub agent_listener_requests: AtomicU64,
+    pub agent_listener_connections: AtomicU64,
 }
 
 /// Gauges read from the database at scrape time.
@@ -114,6 +117,11 @@ impl Metrics {
                 "API answers with a 5xx status.",
                 &self.http_errors_5xx,
             ),
+            (
+                "lastmile_agent_listener_requests_total",
+                "Requests the agent listener answered (agents' hot calls off the API's address).",
+                &self.agent_listener_requests,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -122,7 +130,13 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
+        let connections = self.agent_listener_connections.load(Ordering::Relaxed) as i64;
         let gauges = [
+            (
+                "lastmile_agent_listener_connections",
+                "Connections open on the agent listener (this replica).",
+                connections,
+            ),
             (
                 "lastmile_agents_online",
                 "Agents that heartbeat within the online window.",

@@ -20,19 +20,35 @@ use crate::state::AppState;
 use lastmile_domain::clock;
 use lastmile_domain::scheduling;
 
-/// Serves the API on `listener` and runs the scheduler until `shutdown` resolves.
+/// Serves the API on `listener` (and the agent listener on `agent_listener`, from
+/// [`bind_agent_listener`]) and runs the scheduler until `shutdown` resolves.
 pub async fn run(
     listener: std::net::TcpListener,
+    agent_listener: Option<std::net::TcpListener>,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::io::Result<()> {
-    serve_until(listener, state, Box::pin(shutdown)).await
+    serve_until(listener, agent_listener, state, Box::pin(shutdown)).await
+}
+
+/// Binds the agent listener when the config asks for one (`agent_listen`), and notes its
+/// address in `state` (for the URL heartbeats name).
+pub fn bind_agent_listener(state: &AppState) -> anyhow::Result<Option<std::net::TcpListener>> {
+    let Some(listen) = state.config.agent_listen else {
+        return Ok(None);
+    };
+    let listener = std::net::TcpListener::bind(listen)
+        .map_err(|e| anyhow::anyhow!("cannot listen for agents on {listen}: {e}"))?;
+    listener.set_nonblocking(true)?;
+    let _ = state.agent_listener.set(listener.local_addr()?);
+    Ok(Some(listener))
 }
 
 /// [`run`] for one type of shutdown future: the server (actix's app factory, the
 /// middleware, every route) is compiled once, not again for each caller's future.
 async fn serve_until(
     listener: std::net::TcpListener,
+    agent_listener: Option<std::net::TcpListener>,
     state: AppState,
     shutdown: std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>>,
 ) -> std::io::Result<()> {
@@ -56,6 +72,14 @@ async fn serve_until(
     let serving = tokio::spawn(server);
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let agents = match agent_listener {
+        Some(listener) => Some(tokio::spawn(crate::agent_listener::serve(
+            tokio::net::TcpListener::from_std(listener)?,
+            state.clone(),
+            stop_rx.clone(),
+        ))),
+        None => None,
+    };
     let payouts = tokio::spawn(payout_loop(state.clone(), stop_rx.clone()));
     let presence = tokio::spawn(crate::agent_work::presence_loop(
         state.clone(),
@@ -79,6 +103,9 @@ async fn serve_until(
     held_agents.close();
     let _ = stop_tx.send(true);
     handle.stop(true).await;
+    if let Some(agents) = agents {
+        let _ = agents.await;
+    }
     let _ = scheduler.await;
     let _ = payouts.await;
     let _ = rollups.await;
@@ -224,8 +251,14 @@ impl Controller {
         let listener = std::net::TcpListener::bind(listen)?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
+        let agent_listener = bind_agent_listener(&state)?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(run(listener, state.clone(), stopped.map(|_| ())));
+        let task = tokio::spawn(run(
+            listener,
+            agent_listener,
+            state.clone(),
+            stopped.map(|_| ()),
+        ));
         Ok(Controller {
             addr,
             state,
@@ -237,6 +270,14 @@ impl Controller {
     /// The base URL of the API, e.g. `http://127.0.0.1:41234`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The agent listener's URL, when the config asked for one (`agent_listen`).
+    pub fn agent_url(&self) -> Option<String> {
+        self.state
+            .agent_listener
+            .get()
+            .map(|a| format!("http://{a}"))
     }
 
     /// Stops the server and the scheduler and waits for them.

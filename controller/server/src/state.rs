@@ -50,6 +50,8 @@ pub struct AppState {
     pub folder: Arc<crate::folding::Folder>,
     /// Group commit of agents' results into the results table.
     pub acceptor: Arc<crate::accepting::Acceptor>,
+    /// Where the agent listener listens, once bound (`server::bind_agent_listener`).
+    pub agent_listener: Arc<std::sync::OnceLock<std::net::SocketAddr>>,
 }
 
 impl AppState {
@@ -58,6 +60,14 @@ impl AppState {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             anyhow::anyhow!("cannot create data dir {}: {e}", config.data_dir.display())
         })?;
+        if let Some(url) = &config.agent_url {
+            let parsed = url::Url::parse(url)
+                .map_err(|e| anyhow::anyhow!("agent_url {url:?} is not a URL: {e}"))?;
+            anyhow::ensure!(
+                matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some(),
+                "agent_url {url:?} must be an http:// or https:// URL with a host"
+            );
+        }
         let db = Db::open(&config.effective_database_url(), config.max_db_connections)?;
         let geo = Geo::open(&config.geo)?;
         let stripe = StripeApi::from_config(&config.stripe)?.map(Arc::new);
@@ -88,9 +98,20 @@ impl AppState {
             check_lists: Arc::new(CheckLists::new(LISTED_CHECKS_HELD)),
             folder: Arc::default(),
             acceptor: Arc::default(),
+            agent_listener: Arc::default(),
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
         })
+    }
+
+    /// The agent listener's URL as heartbeats name it to agents: the configured
+    /// `agent_url`, else the listener's own address when it is a specific one.
+    pub fn agent_url(&self) -> Option<String> {
+        if let Some(url) = &self.config.agent_url {
+            return Some(url.clone());
+        }
+        let addr = self.agent_listener.get()?;
+        (!addr.ip().is_unspecified()).then(|| format!("http://{addr}"))
     }
 
     /// Awaits `write`, a write to `owner_id`'s checks, then forgets the owner's check

@@ -1,27 +1,25 @@
 //! Agent endpoints: enrol, heartbeat, lease, submit results.
 
-use std::time::Duration;
-
 use actix_web::http::header;
-use actix_web::{get, post, web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{get, post, web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use lastmile_protocol::calibration::{CalibrationAck, CalibrationReport, MAX_PAYLOAD_BYTES};
 use lastmile_protocol::trace::{TraceAck, TraceReport};
 use lastmile_protocol::{
     ApiError, EnrolRequest, EnrolResponse, Heartbeat, HeartbeatAck, LeaseRequest, LeaseResponse,
-    ResultAck, ResultBatch, ResultBatchAck, ResultDisposition, ResultOutcome, ResultSubmission,
+    ResultAck, ResultBatch, ResultBatchAck, ResultSubmission,
 };
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use super::agent_calls;
 use super::auth::{AuthAgent, AuthVolunteer, Origin};
 use crate::agent_work;
 use crate::api::error::Failure;
 use crate::calibration_timing;
-use crate::metrics::Metrics;
 use crate::state::AppState;
 use lastmile_domain::error::Error;
-use lastmile_domain::{agents, calibration, ingest, path_traces};
+use lastmile_domain::{agents, calibration};
 use uuid::Uuid;
 
 /// Enrol a new agent with a volunteer's enrolment key.
@@ -51,20 +49,8 @@ pub async fn heartbeat(
     origin: Origin,
     body: web::Json<Heartbeat>,
 ) -> Result<web::Json<HeartbeatAck>, Failure> {
-    let location = origin.location.clone();
-    agent_work::heartbeat(
-        &state,
-        &agent,
-        body.into_inner(),
-        origin.ip,
-        origin.location,
-    )
-    .await?;
-    Ok(web::Json(HeartbeatAck {
-        server_time: chrono::Utc::now(),
-        location,
-        heartbeat_interval_s: state.config.heartbeat_interval_s,
-    }))
+    let ack = agent_calls::heartbeat(&state, &agent, body.into_inner(), origin).await?;
+    Ok(web::Json(ack))
 }
 
 /// Lease up to `max` assignments (fewer if the agent's concurrency limit is reached).
@@ -79,16 +65,9 @@ pub async fn lease(
     AuthAgent(agent): AuthAgent,
     body: web::Json<LeaseRequest>,
 ) -> Result<web::Json<LeaseResponse>, Failure> {
-    let wait = body.wait_s.unwrap_or(0).min(state.config.max_lease_wait_s);
-    let leased =
-        agent_work::lease(&state, agent, body.max, Duration::from_secs(wait.into())).await?;
-    for _ in &leased.tasks {
-        Metrics::inc(&state.metrics.assignments_leased);
-    }
-    Ok(web::Json(LeaseResponse {
-        tasks: leased.tasks,
-        traces: leased.traces,
-    }))
+    Ok(web::Json(
+        agent_calls::lease(&state, agent, body.into_inner()).await?,
+    ))
 }
 
 /// Report a path trace the agent was handed in a lease (`traces`). Idempotent by trace
@@ -103,12 +82,9 @@ pub async fn report_trace(
     AuthAgent(agent): AuthAgent,
     body: web::Json<TraceReport>,
 ) -> Result<web::Json<TraceAck>, Failure> {
-    let trace_id = body.trace_id;
-    state
-        .db
-        .run(move |c| path_traces::record(c, &agent.id, &body, lastmile_domain::clock::now_us()))
-        .await?;
-    Ok(web::Json(TraceAck { trace_id }))
+    Ok(web::Json(
+        agent_calls::report_trace(&state, &agent, body.into_inner()).await?,
+    ))
 }
 
 /// Submit the result of an assignment. Idempotent by assignment id. When the answer
@@ -123,11 +99,9 @@ pub async fn submit(
     AuthAgent(agent): AuthAgent,
     body: web::Json<ResultSubmission>,
 ) -> Result<web::Json<ResultAck>, Failure> {
-    let mut outcomes = accept(&state, &agent.id, vec![body.into_inner()]).await?;
-    let submitted = outcomes
-        .pop()
-        .unwrap_or_else(|| Err(Error::Internal("no outcome".into())))?;
-    Ok(web::Json(submitted.ack))
+    Ok(web::Json(
+        agent_calls::submit(&state, &agent.id, body.into_inner()).await?,
+    ))
 }
 
 /// Submit several results at once (up to 100), e.g. a spool after an outage: one
@@ -143,70 +117,9 @@ pub async fn submit_batch(
     AuthAgent(agent): AuthAgent,
     body: web::Json<ResultBatch>,
 ) -> Result<web::Json<ResultBatchAck>, Failure> {
-    let batch = body.into_inner().results;
-    if batch.is_empty() {
-        return Err(Error::invalid("no_results", "results is empty: send 1 to 100 results").into());
-    }
-    let ids: Vec<_> = batch.iter().map(|r| r.assignment_id).collect();
-    let outcomes = accept(&state, &agent.id, batch).await?;
-    let results = ids
-        .into_iter()
-        .zip(outcomes)
-        .map(|(assignment_id, outcome)| match outcome {
-            Ok(submitted) => ResultOutcome {
-                assignment_id,
-                disposition: Some(submitted.ack.disposition),
-                status: None,
-                error: None,
-            },
-            Err(e) => {
-                let refused = Failure(e);
-                ResultOutcome {
-                    assignment_id,
-                    disposition: None,
-                    status: Some(refused.status_code().as_u16()),
-                    error: Some(refused.body()),
-                }
-            }
-        })
-        .collect();
-    Ok(web::Json(ResultBatchAck { results }))
-}
-
-/// Accepts results for the agent (in a transaction shared with other agents' requests,
-/// see `accepting`), counts them, and waits until they are folded into their
-/// aggregates (group commit, see `folding`).
-async fn accept(
-    state: &AppState,
-    agent_id: &str,
-    batch: Vec<ResultSubmission>,
-) -> Result<Vec<Result<ingest::Submitted, Error>>, Failure> {
-    let outcomes = state
-        .acceptor
-        .accept(
-            &state.db,
-            &state.metrics,
-            &state.folder.handoff,
-            agent_id.to_owned(),
-            batch,
-        )
-        .await?;
-    let mut queued = false;
-    for submitted in outcomes.iter().flatten() {
-        queued |= submitted.queued;
-        let counter = match (submitted.duplicate, submitted.ack.disposition) {
-            (true, _) => &state.metrics.results_duplicate,
-            (false, _) if submitted.flagged => &state.metrics.results_flagged,
-            (false, ResultDisposition::Accepted) => &state.metrics.results_accepted,
-            (false, ResultDisposition::Late) => &state.metrics.results_late,
-        };
-        Metrics::inc(counter);
-    }
-    if queued {
-        let ticket = state.folder.ticket();
-        state.folder.settle(&state.db, &state.metrics, ticket).await;
-    }
-    Ok(outcomes)
+    Ok(web::Json(
+        agent_calls::submit_batch(&state, &agent.id, body.into_inner()).await?,
+    ))
 }
 
 /// Revoke one of your agents (a lost or retired machine): its token stops working on

@@ -22,26 +22,28 @@ use lastmile_domain::error::Error;
 use lastmile_storage::DbConn;
 
 pub(super) fn bearer(req: &HttpRequest) -> Result<String, Failure> {
-    let header = req
-        .headers()
-        .get(actix_web::http::header::AUTHORIZATION)
-        .ok_or_else(|| {
-            Error::Unauthorized("missing Authorization: Bearer <token> header".into())
-        })?;
-    let value = header.to_str().map_err(|_| {
-        Failure(Error::Unauthorized(
-            "Authorization header is not valid text".into(),
-        ))
+    let header = req.headers().get(actix_web::http::header::AUTHORIZATION);
+    Ok(bearer_token(header.map(|v| v.as_bytes()))?)
+}
+
+/// The token of an `Authorization: Bearer <token>` header, given its bytes (from
+/// whichever listener read it); a 401 saying what is wrong otherwise.
+pub(crate) fn bearer_token(header: Option<&[u8]>) -> Result<String, Error> {
+    let header = header.ok_or_else(|| {
+        Error::Unauthorized("missing Authorization: Bearer <token> header".into())
     })?;
+    // Visible ASCII, as actix's `HeaderValue::to_str` reads it.
+    let value = header
+        .iter()
+        .all(|b| *b == b'\t' || (32..127).contains(b))
+        .then(|| std::str::from_utf8(header).ok())
+        .flatten()
+        .ok_or_else(|| Error::Unauthorized("Authorization header is not valid text".into()))?;
     value
         .strip_prefix("Bearer ")
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| {
-            Failure(Error::Unauthorized(
-                "Authorization header must be `Bearer <token>`".into(),
-            ))
-        })
+        .ok_or_else(|| Error::Unauthorized("Authorization header must be `Bearer <token>`".into()))
 }
 
 pub(super) fn state(req: &HttpRequest) -> Result<web::Data<AppState>, Failure> {
@@ -154,19 +156,23 @@ impl FromRequest for AuthAgent {
         let found = bearer(req).and_then(|t| Ok((t, state(req)?)));
         Box::pin(async move {
             let (token, state) = found?;
-            if let Some(agent) = state.presence.agent_by_token(&token) {
-                return Ok(AuthAgent(agent));
-            }
-            let agent = state
-                .db
-                .run(move |c| agents::agent_by_token(c, &token))
-                .await?
-                .ok_or_else(|| {
-                    Failure(Error::Unauthorized("unknown or revoked agent token".into()))
-                })?;
-            Ok(AuthAgent(state.presence.hold(agent)))
+            Ok(AuthAgent(agent_by_token(&state, token).await?))
         })
     }
+}
+
+/// The agent holding `token`: from memory (`Presence`), else from the database (and
+/// then held); a 401 when no agent holds it or it was revoked.
+pub(crate) async fn agent_by_token(state: &AppState, token: String) -> Result<Arc<Agent>, Error> {
+    if let Some(agent) = state.presence.agent_by_token(&token) {
+        return Ok(agent);
+    }
+    let agent = state
+        .db
+        .run(move |c| agents::agent_by_token(c, &token))
+        .await?
+        .ok_or_else(|| Error::Unauthorized("unknown or revoked agent token".into()))?;
+    Ok(state.presence.hold(agent))
 }
 
 /// An operator, by the configured admin token (`LASTMILE_ADMIN_TOKEN`). Without a
@@ -251,15 +257,20 @@ impl FromRequest for Origin {
                 .get_all("x-forwarded-for")
                 .filter_map(|v| v.to_str().ok())
                 .collect();
-            let forwarded = forwarded.join(",");
-            let ip = state
-                .geo
-                .client_ip(peer, Some(forwarded.as_str()).filter(|f| !f.is_empty()));
-            Ok(Origin {
-                ip,
-                location: state.geo.locate(ip),
-            })
+            Ok(origin(&state, peer, &forwarded.join(",")))
         })())
+    }
+}
+
+/// Where a request from `peer` comes from, given its `X-Forwarded-For` list (empty when
+/// it had none): the forwarded address when `peer` is a trusted proxy.
+pub(crate) fn origin(state: &AppState, peer: IpAddr, forwarded: &str) -> Origin {
+    let ip = state
+        .geo
+        .client_ip(peer, Some(forwarded).filter(|f| !f.is_empty()));
+    Origin {
+        ip,
+        location: state.geo.locate(ip),
     }
 }
 

@@ -42,20 +42,26 @@ impl ResponseError for Failure {
     fn error_response(&self) -> HttpResponse<BoxBody> {
         let status = HttpStatus::status_code(&self.0);
         let mut response = HttpResponse::build(status);
-        match &self.0 {
-            Error::Unauthorized(_) => {
-                response.insert_header(("WWW-Authenticate", "Bearer"));
-            }
-            Error::RateLimited { retry_after_s, .. } => {
-                response.insert_header(("Retry-After", retry_after_s.to_string()));
-            }
-            _ => {}
+        if let Some(header) = self.header() {
+            response.insert_header(header);
         }
         response.json(self.body())
     }
 }
 
 impl Failure {
+    /// The header the answer carries besides its body, if any: how to authenticate, or
+    /// when to come back.
+    pub fn header(&self) -> Option<(&'static str, String)> {
+        match &self.0 {
+            Error::Unauthorized(_) => Some(("www-authenticate", "Bearer".to_owned())),
+            Error::RateLimited { retry_after_s, .. } => {
+                Some(("retry-after", retry_after_s.to_string()))
+            }
+            _ => None,
+        }
+    }
+
     /// The JSON body of the answer: the error's code and what is wrong, in words.
     pub fn body(&self) -> ApiError {
         let message = match &self.0 {

@@ -4,6 +4,7 @@
 //! authenticates, calls one domain function through `Db::run` (so diesel never blocks
 //! an actix worker), and answers. Handlers hold no SQL and no business rules.
 
+pub mod agent_calls;
 pub mod agents;
 pub mod alerts;
 pub mod auth;
