@@ -245,3 +245,52 @@ impl ControllerClient {
         self.post_hot("/api/v1/results/batch", &batch).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(base: &str) -> ControllerClient {
+        ControllerClient::new(base.parse().unwrap(), None).unwrap()
+    }
+
+    #[test]
+    fn the_listener_a_heartbeat_names_is_taken_unless_it_would_downgrade() {
+        let plain = client("http://controller.test:8080/");
+        plain.use_listener(Some("http://agents.test:8081"));
+        assert_eq!(
+            plain.listener().map(String::from),
+            Some("http://agents.test:8081/".to_owned())
+        );
+        plain.use_listener(None);
+        assert_eq!(plain.listener(), None, "the controller stopped naming one");
+
+        let tls = client("https://controller.test/");
+        tls.use_listener(Some("http://agents.test:8081"));
+        assert_eq!(tls.listener(), None, "the token would travel in the clear");
+        tls.use_listener(Some("https://agents.test"));
+        assert!(tls.listener().is_some());
+        for bad in [
+            "ftp://agents.test",
+            "agents.test:8081",
+            "file:///etc/passwd",
+            "",
+        ] {
+            tls.use_listener(Some(bad));
+            assert_eq!(tls.listener(), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_listener_that_failed_is_left_alone_for_a_while() {
+        let plain = client("http://controller.test:8080/");
+        plain.use_listener(Some("http://agents.test:8081"));
+        plain.hot.lock().unwrap().failed_at = Some(Instant::now());
+        assert_eq!(plain.listener(), None);
+        // Named again by the next heartbeat: still failed until LISTENER_RETRY is over.
+        plain.use_listener(Some("http://agents.test:8081"));
+        assert_eq!(plain.listener(), None);
+        plain.hot.lock().unwrap().failed_at = Instant::now().checked_sub(LISTENER_RETRY);
+        assert!(plain.listener().is_some());
+    }
+}

@@ -48,7 +48,8 @@ fn controller_child() {
         socket.set_reuseaddr(true).unwrap();
         socket.bind(listen).unwrap();
         let listener = socket.listen(1024).unwrap().into_std().unwrap();
-        server::run(listener, None, state, std::future::pending())
+        let agent_listener = server::bind_agent_listener(&state).unwrap();
+        server::run(listener, agent_listener, state, std::future::pending())
             .await
             .unwrap();
     });

@@ -1,6 +1,7 @@
 //! Several controllers, one PostgreSQL: three controller processes behind a real load
 //! balancer (Debian's HAProxy, configured and started by the test), real agents talking
-//! only to the balancer, a check scheduled every two seconds, and one replica killed
+//! only to the balancer (their hot calls to the replicas' agent listeners, behind a
+//! frontend of their own, as heartbeats name it), a check scheduled every two seconds, and one replica killed
 //! with SIGKILL while assignments are leased. Afterwards: each scheduled slot made one
 //! run (three schedulers, one claim), no assignment handed out twice and every result
 //! stored once (every measurement the site served has exactly one result, with the
@@ -45,7 +46,16 @@ impl Balancer {
     /// replica out after two misses; a request whose connection a dead replica refuses
     /// is sent to another (`retries`, `redispatch`); the agents' addresses are passed on
     /// in `X-Forwarded-For`, which the controllers trust from the balancer's address.
-    fn start(dir: &Path, listen: u16, servers: &[u16]) -> Balancer {
+    /// A second frontend, `agents_listen`, balances the agents' hot calls the same way
+    /// over the replicas' agent listeners (`agent_servers`, health-checked on their
+    /// API's port).
+    fn start(
+        dir: &Path,
+        listen: u16,
+        servers: &[u16],
+        agents_listen: u16,
+        agent_servers: &[u16],
+    ) -> Balancer {
         let haproxy = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -61,6 +71,17 @@ impl Balancer {
         );
         for (i, port) in servers.iter().enumerate() {
             config.push_str(&format!("    server c{i} 127.0.0.1:{port} check\n"));
+        }
+        config.push_str(&format!(
+            "frontend agent_calls\n    bind 127.0.0.1:{agents_listen}\n    default_backend agent_listeners\n\
+             backend agent_listeners\n    balance hdr(Authorization)\n    hash-type consistent\n\
+             \x20   option httpchk GET /healthz\n\
+             \x20   default-server inter 200ms fall 2 rise 2\n"
+        ));
+        for (i, (port, api)) in agent_servers.iter().zip(servers).enumerate() {
+            config.push_str(&format!(
+                "    server a{i} 127.0.0.1:{port} check port {api}\n"
+            ));
         }
         let path = dir.join("haproxy.cfg");
         std::fs::write(&path, config).unwrap();
@@ -110,22 +131,27 @@ async fn three_replicas_behind_haproxy_lose_nothing_when_one_is_killed() {
     let db = Db::open(&test_db.url, 4).unwrap();
 
     let mut ports: Vec<u16> = Vec::new();
-    while ports.len() < REPLICAS + 1 {
+    while ports.len() < 2 * REPLICAS + 2 {
         let port = fixed_port();
         if !ports.contains(&port) {
             ports.push(port);
         }
     }
     let balancer_port = ports.pop().unwrap();
+    let balancer_agents_port = ports.pop().unwrap();
+    let agent_ports = ports.split_off(REPLICAS);
     let configs: Vec<ControllerConfig> = ports
         .iter()
-        .map(|&port| {
+        .zip(&agent_ports)
+        .map(|(&port, &agent_port)| {
             let mut config = ControllerConfig {
                 heartbeat_interval_s: 1,
                 online_window_s: 60,
                 lease_s: 3,
                 run_deadline_s: 20,
                 max_db_connections: 4,
+                agent_listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, agent_port))),
+                agent_url: Some(format!("http://127.0.0.1:{balancer_agents_port}")),
                 ..child_config(&test_db, dir.path(), port)
             };
             config.geo.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
@@ -136,7 +162,13 @@ async fn three_replicas_behind_haproxy_lose_nothing_when_one_is_killed() {
     for config in &configs {
         replicas.push(Some(ControllerProcess::start(config, 1, dir.path()).await));
     }
-    let balancer = Balancer::start(dir.path(), balancer_port, &ports);
+    let balancer = Balancer::start(
+        dir.path(),
+        balancer_port,
+        &ports,
+        balancer_agents_port,
+        &agent_ports,
+    );
     let base = format!("http://127.0.0.1:{balancer_port}");
     let http = http_client();
     let health = format!("{base}/healthz");
@@ -265,6 +297,17 @@ async fn three_replicas_behind_haproxy_lose_nothing_when_one_is_killed() {
     .await;
     assert_eq!(status, 200, "{paused}");
     agents.deliver_and_stop(&db, &site).await;
+    // The hot calls went through the agent listeners (the replicas alive now say so).
+    let mut listened = 0.0;
+    for (replica, port) in replicas.iter().zip(&ports) {
+        if replica.is_some() {
+            listened += metric(&http, *port, "lastmile_agent_listener_requests_total").await;
+        }
+    }
+    assert!(
+        listened > 0.0,
+        "no call reached the agent listeners through the balancer"
+    );
     for replica in replicas.into_iter().flatten() {
         replica.kill();
     }

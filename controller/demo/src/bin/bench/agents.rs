@@ -31,6 +31,11 @@
 //! network have their own; `--one-address` puts them all on 127.0.0.1, one volunteer's
 //! farm behind one address, whose results the controller checks for farming.
 //!
+//! With `--agent-listener`, the agents make their hot calls (heartbeat, lease, results)
+//! to the controller's agent listener (`--agent-listen`, a minimal HTTP/1.1 whose idle
+//! connections hold no buffer) instead of its API address (actix-web), as agents that
+//! were told of it do; enrolment stays on the API.
+//!
 //! With `--hello`, the same agents (polling cadence) hold their connections against an
 //! actix-web hello world (`bench hello`, which answers every call with an empty lease)
 //! instead of a controller: the floor of CPU and RSS per connected agent that actix-web
@@ -78,6 +83,8 @@ struct Args {
     /// Every agent from 127.0.0.1 (one volunteer's farm behind one address), not each
     /// from its own.
     one_address: bool,
+    /// Hot calls to the controller's agent listener, not its API address.
+    agent_listener: bool,
 }
 
 fn args(flags: Vec<String>) -> anyhow::Result<Args> {
@@ -93,13 +100,22 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
         work_agents: 20,
         hello: false,
         one_address: false,
+        agent_listener: false,
     };
     let mut it = flags.into_iter();
     while let Some(flag) = it.next() {
-        if ["--long-poll", "--hello", "--one-address"].contains(&flag.as_str()) {
+        if [
+            "--long-poll",
+            "--hello",
+            "--one-address",
+            "--agent-listener",
+        ]
+        .contains(&flag.as_str())
+        {
             a.long_poll |= flag == "--long-poll";
             a.hello |= flag == "--hello";
             a.one_address |= flag == "--one-address";
+            a.agent_listener |= flag == "--agent-listener";
             continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -118,13 +134,13 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
             "--controller" => a.controller = Some(value.into()),
             "--work-every-s" => a.work_every = Some(secs(&value)?),
             "--work-agents" => a.work_agents = value.parse()?,
-            other => bail!("unknown flag {other} (flags: --steps N,N,.. --hold-s S --heartbeat-s S --idle-poll-s S --long-poll --work-every-s S --work-agents N --hello --one-address --pg ADMIN_URL --controller PATH)"),
+            other => bail!("unknown flag {other} (flags: --steps N,N,.. --hold-s S --heartbeat-s S --idle-poll-s S --long-poll --work-every-s S --work-agents N --hello --one-address --agent-listener --pg ADMIN_URL --controller PATH)"),
         }
     }
     if a.work_every.is_some_and(|every| every.is_zero()) || a.work_agents == 0 {
         bail!("--work-every-s and --work-agents must be above 0");
     }
-    if a.hello && (a.long_poll || a.work_every.is_some() || a.pg.is_some()) {
+    if a.hello && (a.long_poll || a.work_every.is_some() || a.pg.is_some() || a.agent_listener) {
         bail!(
             "--hello holds polling agents only (a hello world answers at once and plans no work)"
         );
@@ -144,7 +160,7 @@ pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
 /// What the agents are held against.
 enum Server {
     /// A controller, and the enrolment key of its volunteer.
-    Controller(ControllerProcess, String),
+    Controller(Box<ControllerProcess>, String),
     Hello(Hello),
 }
 
@@ -505,12 +521,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     } else {
         let (controller, key) =
             ControllerProcess::start(args.controller.as_deref(), args.pg.as_deref(), "agents")?;
-        Server::Controller(controller, key)
+        Server::Controller(Box::new(controller), key)
     };
     let (addr, pid) = server.addr_and_pid();
+    // Where the agents' hot calls go.
+    let hot_addr = match &server {
+        Server::Controller(c, _) if args.agent_listener => c.agent_addr,
+        _ => addr,
+    };
     let backend = match (&server, &args.pg) {
         (Server::Hello(_), _) => "none: an actix-web hello world",
+        (_, Some(_)) if args.agent_listener => "postgres, hot calls to the agent listener",
         (_, Some(_)) => "postgres",
+        (_, None) if args.agent_listener => "sqlite, hot calls to the agent listener",
         (_, None) => "sqlite",
     };
     if args.long_poll {
@@ -587,7 +610,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let spread = args.heartbeat.as_millis() as u64;
         for (i, enrolled) in enrolled.into_iter().enumerate() {
-            let mut conn = Connection::new(addr);
+            let mut conn = Connection::new(hot_addr);
             conn.token = Some(enrolled.token);
             conn.source = (!args.one_address).then(|| Connection::loopback_source(running + i));
             let offset = Duration::from_millis(spread * i as u64 / (target - running) as u64);

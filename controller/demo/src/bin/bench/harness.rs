@@ -19,6 +19,8 @@ use tokio::net::TcpStream;
 pub struct ControllerProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// Its agent listener (`--agent-listen`), for the agents' hot calls.
+    pub agent_addr: SocketAddr,
     pub data_dir: tempfile::TempDir,
     pub scratch: Option<super::storage::ScratchPg>,
     binary: PathBuf,
@@ -93,12 +95,20 @@ impl ControllerProcess {
             .trim()
             .to_owned();
         let addr = free_port()?;
-        let child = command(&["serve", "--listen", &addr.to_string()])
-            .stdout(Stdio::null())
-            .spawn()?;
+        let agent_addr = free_port()?;
+        let child = command(&[
+            "serve",
+            "--listen",
+            &addr.to_string(),
+            "--agent-listen",
+            &agent_addr.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .spawn()?;
         let process = ControllerProcess {
             child,
             addr,
+            agent_addr,
             data_dir,
             scratch,
             binary,
