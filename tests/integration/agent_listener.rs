@@ -17,6 +17,7 @@ per_backend!(
     a_real_agent_sends_its_hot_calls_to_the_listener_its_heartbeat_names,
     an_agent_whose_listener_cannot_be_reached_uses_the_controllers_url,
     the_listener_answers_and_refuses_as_the_api_does,
+    a_long_poll_the_agent_hung_up_on_takes_no_work,
 );
 
 /// A quiet controller (see `TestApp::quiet_for_real_agents`) with an agent listener.
@@ -392,4 +393,63 @@ async fn post(
         .await
         .unwrap();
     (response.status().as_u16(), response.json().await.unwrap())
+}
+
+async fn a_long_poll_the_agent_hung_up_on_takes_no_work(db: TestDb) {
+    let app = with_listener(&db).await;
+    let owner = app.owner("owner");
+    let key = app.volunteer("volunteer");
+    let token = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "cable", 1)
+        .await;
+    let site = target_site().await;
+    let check = home_page_check(&app, &owner, &site).await;
+    let listener = listener_url(&app);
+    let client = TestApp::client_from(Ipv4Addr::new(127, 0, 0, 2));
+    let (status, _) = post(
+        &client,
+        &listener,
+        "/api/v1/agents/lease",
+        &token,
+        &json!({"max": 1}),
+    )
+    .await;
+    assert_eq!(status, 200);
+
+    // A long poll, and the agent goes away while it waits (a restart, a lost line).
+    let body = r#"{"max":1,"wait_s":10}"#;
+    let request = format!(
+        "POST /api/v1/agents/lease HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let addr = listener.trim_start_matches("http://");
+    let mut waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut waiting, request.as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(waiting);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Work for the agent: nobody waits for the answer that would carry it, so it stays
+    // offered, for the agent's next lease, instead of leased to a closed connection.
+    app.ask_run(&owner, &check).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let leased = count(
+        &app,
+        "SELECT COUNT(*) AS n FROM assignments WHERE state = 'leased'",
+    );
+    assert_eq!(leased, 0, "the abandoned long poll took the work");
+    let (status, lease) = post(
+        &client,
+        &listener,
+        "/api/v1/agents/lease",
+        &token,
+        &json!({"max": 1}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(lease["tasks"].as_array().map(Vec::len), Some(1), "{lease}");
+    app.controller.stop().await.unwrap();
 }
