@@ -57,6 +57,44 @@ pub fn is_rejection(status: u16) -> bool {
 /// controller's URL before the listener is tried again.
 pub const LISTENER_RETRY: Duration = Duration::from_secs(300);
 
+/// Whether an agent listener's refusal is the controller refusing the call itself (a
+/// result for an expired assignment, a body it cannot take), which the controller's URL
+/// would answer the same, rather than the listener failing or not being one: a 4xx in
+/// the API's error shape, but not 401 (another deployment's listener does not know the
+/// token), 404 `not_found` or 405 (not an agent listener's path), 408 or 429.
+fn refuses_the_call(status: u16, body: &ApiError) -> bool {
+    (400..500).contains(&status)
+        && body.error != UNEXPECTED_ANSWER
+        && !matches!(
+            (status, body.error.as_str()),
+            (401 | 405 | 408 | 429, _) | (404, "not_found")
+        )
+}
+
+/// The code of an error answer that was not the API's error shape.
+const UNEXPECTED_ANSWER: &str = "unexpected_answer";
+
+/// Whether `url`'s host is this machine or a private network (by address; `localhost`).
+fn is_local(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => {
+            ip.is_loopback() || ip.is_private() || ip.is_link_local() || ip.is_unspecified()
+        }
+        Some(url::Host::Ipv6(ip)) => {
+            let first = ip.segments()[0];
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || first & 0xfe00 == 0xfc00
+                || first & 0xffc0 == 0xfe80
+        }
+        Some(url::Host::Domain(name)) => {
+            name.eq_ignore_ascii_case("localhost")
+                || name.to_ascii_lowercase().ends_with(".localhost")
+        }
+        None => false,
+    }
+}
+
 /// A connection to one controller.
 #[derive(Clone)]
 pub struct ControllerClient {
@@ -104,20 +142,23 @@ impl ControllerClient {
     }
 
     /// Takes the agent listener a heartbeat's answer named (none: the controller's URL
-    /// for everything). Refused, with a warning: a URL that is not http(s), and a plain
-    /// `http://` one when the controller's URL is `https://` (the token would travel in
-    /// the clear).
+    /// for everything). Refused, with a warning, so the agent's token goes nowhere it
+    /// would not have gone: a URL that is not http(s); a plain `http://` one when the
+    /// controller's URL is `https://` (the token would travel in the clear); one on this
+    /// machine or a private network when the controller is not (a listener address
+    /// named by mistake would be some other service of the volunteer's network).
     fn use_listener(&self, named: Option<&str>) {
         let listener = named.and_then(|text| match Url::parse(text) {
             Ok(url)
                 if matches!(url.scheme(), "http" | "https")
                     && url.host().is_some()
-                    && !(self.base.scheme() == "https" && url.scheme() == "http") =>
+                    && !(self.base.scheme() == "https" && url.scheme() == "http")
+                    && (!is_local(&url) || is_local(&self.base)) =>
             {
                 Some(url)
             }
             _ => {
-                tracing::warn!(agent_url = text, "ignoring the agent listener the controller named: not an http(s) URL, or plain http for an https controller");
+                tracing::warn!(agent_url = text, "ignoring the agent listener the controller named: not an http(s) URL, plain http for an https controller, or a local address for a remote one");
                 None
             }
         });
@@ -131,8 +172,10 @@ impl ControllerClient {
         }
     }
 
-    /// A hot call: to the agent listener when there is one, else (and when it cannot be
-    /// reached, or answers 404/405 as no agent listener does) to the controller's URL.
+    /// A hot call: to the agent listener when there is one, else (and when the listener
+    /// fails in any way but a refusal of the call itself) to the controller's URL. Every
+    /// hot call is safe to repeat, so a call that may have reached the listener is sent
+    /// again; what the controller's URL answers is what counts.
     async fn post_hot<B: Serialize, R: DeserializeOwned>(
         &self,
         path: &str,
@@ -140,15 +183,13 @@ impl ControllerClient {
     ) -> Result<R, ClientError> {
         if let Some(listener) = self.listener() {
             match self.post_to(&listener, path, body).await {
-                Err(ClientError::Unreachable(e)) if e.is_connect() => {
-                    tracing::warn!(error = %e, "the agent listener cannot be reached: using the controller's URL");
+                Ok(answer) => return Ok(answer),
+                Err(ClientError::Refused { status, body }) if refuses_the_call(status, &body) => {
+                    return Err(ClientError::Refused { status, body })
                 }
-                Err(ClientError::Refused {
-                    status: 404 | 405, ..
-                }) => {
-                    tracing::warn!(%listener, "the agent listener does not serve {path}: using the controller's URL");
-                }
-                answered => return answered,
+                Err(e) => tracing::warn!(error = %e, %listener,
+                    "the agent listener failed: hot calls go to the controller's URL for {} s",
+                    LISTENER_RETRY.as_secs()),
             }
             self.hot.lock().unwrap_or_else(|e| e.into_inner()).failed_at = Some(Instant::now());
         }
@@ -187,7 +228,7 @@ impl ControllerClient {
         }
         let text = response.text().await.unwrap_or_default();
         let body = serde_json::from_str(&text).unwrap_or(ApiError {
-            error: "unexpected_answer".into(),
+            error: UNEXPECTED_ANSWER.into(),
             message: text,
         });
         Err(ClientError::Refused {
@@ -275,9 +316,44 @@ mod tests {
             "agents.test:8081",
             "file:///etc/passwd",
             "",
+            "https://127.0.0.1:8081",
+            "https://10.0.0.11:8081",
+            "https://[fd00::1]:8081",
+            "https://localhost:8081",
         ] {
             tls.use_listener(Some(bad));
             assert_eq!(tls.listener(), None, "{bad}");
+        }
+        // A controller on this machine (a trial, the tests) may name a listener here.
+        let local = client("http://127.0.0.1:8080/");
+        local.use_listener(Some("http://127.0.0.1:8081"));
+        assert!(local.listener().is_some());
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_call_itself_is_final_from_the_listener() {
+        let answer = |error: &str| ApiError {
+            error: error.into(),
+            message: String::new(),
+        };
+        assert!(refuses_the_call(404, &answer("assignment_not_found")));
+        assert!(refuses_the_call(422, &answer("invalid_result")));
+        assert!(refuses_the_call(413, &answer("payload_too_large")));
+        for (status, error) in [
+            (404, "not_found"),
+            (405, "method_not_allowed"),
+            (401, "unauthorized"),
+            (403, UNEXPECTED_ANSWER),
+            (413, UNEXPECTED_ANSWER),
+            (408, "request_timeout"),
+            (429, "rate_limited"),
+            (502, UNEXPECTED_ANSWER),
+            (503, "unavailable"),
+        ] {
+            assert!(
+                !refuses_the_call(status, &answer(error)),
+                "{status} {error}"
+            );
         }
     }
 

@@ -99,10 +99,25 @@ async fn a_real_agent_sends_its_hot_calls_to_the_listener_its_heartbeat_names(db
 }
 
 async fn an_agent_whose_listener_cannot_be_reached_uses_the_controllers_url(db: TestDb) {
-    // Heartbeats name a listener nobody listens on (a port just freed).
-    let unused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let dead = format!("http://{}", unused.local_addr().unwrap());
-    drop(unused);
+    // Heartbeats name a "listener" that is not one: a server answering every request
+    // with a 403 page, as a CDN or another service at that address would (an agent
+    // that took its answers as the controller's stopped, or put its results aside).
+    let wrong = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("http://{}", wrong.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = wrong.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await;
+                let page = "HTTP/1.1 403 Forbidden\r\ncontent-type: text/html\r\n\
+                            content-length: 9\r\nconnection: close\r\n\r\nforbidden";
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut socket, page.as_bytes()).await;
+            });
+        }
+    });
     let app = TestApp::start_with(&db, |c| {
         c.scheduler_tick_ms = 3_600_000;
         c.heartbeat_interval_s = 1;
@@ -354,6 +369,28 @@ async fn the_listener_answers_and_refuses_as_the_api_does(db: TestDb) {
         garbage.starts_with("HTTP/1.1 400 "),
         "a TLS hello: {garbage}"
     );
+
+    // Nobody reads a body for a request it will refuse: no 100 Continue, the refusal at
+    // once (the body is never sent), and the connection closed.
+    let unknown = raw(
+        &addr,
+        b"POST /api/v1/results HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\n\
+          Content-Length: 200000\r\nExpect: 100-continue\r\n\r\n",
+        1,
+    )
+    .await;
+    assert!(unknown.starts_with("HTTP/1.1 401 "), "{unknown}");
+    assert!(!unknown.contains("100 Continue"), "{unknown}");
+    assert!(unknown.contains("connection: close"), "{unknown}");
+    // A HEAD's answer has no body (a client would read it as the next answer).
+    let head = raw(
+        &addr,
+        b"HEAD /api/v1/results HTTP/1.1\r\nHost: a\r\n\r\n",
+        1,
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 405 "), "{head}");
+    assert!(head.ends_with("\r\n\r\n"), "no body: {head:?}");
 
     // Two requests in one write (pipelined) are answered in order on one connection,
     // the second after the first's long poll gave up (wait_s 1).

@@ -90,8 +90,8 @@ enum Command {
         /// results, at far less memory per connected agent (default: none).
         #[arg(long, env = "LASTMILE_AGENT_LISTEN")]
         agent_listen: Option<SocketAddr>,
-        /// The agent listener's URL as agents reach it (default: http://<agent-listen>
-        /// when that is a specific address).
+        /// The agent listener's URL as agents reach it, named in heartbeats' answers
+        /// (default: http://<agent-listen> when it and --listen are loopback, else none).
         #[arg(long, env = "LASTMILE_AGENT_URL")]
         agent_url: Option<String>,
         /// MaxMind City database (GeoLite2-City layout).

@@ -21,8 +21,8 @@ pub struct ControllerConfig {
     /// (see `agent_listener`); unset: none, agents use `listen` for everything.
     pub agent_listen: Option<SocketAddr>,
     /// The agent listener's URL as agents reach it (e.g. through a load balancer),
-    /// named in every heartbeat's answer; unset: `http://<agent_listen>` when that is a
-    /// specific address, else none.
+    /// named in every heartbeat's answer; unset: `http://<agent_listen>` when it and
+    /// `listen` are both loopback addresses (one machine), else none.
     pub agent_url: Option<String>,
     /// `postgres://...` for PostgreSQL; unset means a SQLite file in `data_dir`.
     pub database_url: Option<String>,

@@ -105,13 +105,16 @@ impl AppState {
     }
 
     /// The agent listener's URL as heartbeats name it to agents: the configured
-    /// `agent_url`, else the listener's own address when it is a specific one.
+    /// `agent_url`; else, when the listener and the API both listen on loopback (one
+    /// machine: a trial, the demo, the tests), the listener's own address; else none
+    /// (an address the controller binds is not one agents elsewhere can be told to use).
     pub fn agent_url(&self) -> Option<String> {
         if let Some(url) = &self.config.agent_url {
             return Some(url.clone());
         }
         let addr = self.agent_listener.get()?;
-        (!addr.ip().is_unspecified()).then(|| format!("http://{addr}"))
+        (addr.ip().is_loopback() && self.config.listen.ip().is_loopback())
+            .then(|| format!("http://{addr}"))
     }
 
     /// Awaits `write`, a write to `owner_id`'s checks, then forgets the owner's check

@@ -23,6 +23,7 @@
 
 use std::future::Future;
 use std::io::{self, Write};
+use std::pin::Pin;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -99,46 +100,89 @@ struct Head {
     content_length: usize,
     expect_continue: bool,
     keep_alive: bool,
+    http_10: bool,
 }
 
-/// Serves requests on `stream` one after another, answering each with `handle`, until
-/// the client closes, the connection idles past `limits.idle`, a request is refused,
-/// or `stop` turns true (a connection between requests closes at once; one in the
-/// middle of a request finishes it). While `handle` works, the socket is watched: a
-/// client that hangs up (an agent giving up a long poll) drops its answer.
-pub async fn serve<H, F>(
+/// What answers a connection's requests.
+pub trait Service {
+    /// What admitting a request yields for answering it (e.g. the caller, authenticated).
+    type Admitted;
+
+    /// Decides from the head alone, before any of the body is read (or `100 Continue`
+    /// sent), whether the request is read on: a request for something not served, or
+    /// from someone unknown, costs no more than its head. A refusal closes the
+    /// connection (its body is never read); the service logs it.
+    fn admit<'a>(
+        &'a self,
+        request: &'a Request,
+    ) -> Pin<Box<dyn Future<Output = Result<Self::Admitted, Response>> + Send + 'a>>;
+
+    /// Answers an admitted request, read whole.
+    fn answer<'a>(
+        &'a self,
+        admitted: Self::Admitted,
+        request: Request,
+    ) -> Pin<Box<dyn Future<Output = Response> + Send + 'a>>;
+
+    /// A request this module refused itself (malformed, too large, too slow: `request`
+    /// is `None` when its head could not be read), for the log and the counters.
+    fn refused(&self, request: Option<&Request>, refusal: &Response);
+}
+
+/// Serves requests on `stream` one after another, until the client closes, the
+/// connection idles past `limits.idle`, a request is refused, or `stop` turns true (a
+/// connection between requests closes at once; one in the middle of a request finishes
+/// it and says `connection: close`). While a call runs the socket is watched: a client
+/// that closes its side (an agent giving up a long poll; a half-close reads the same)
+/// drops the call, unless bytes of its next request came first.
+pub async fn serve<S: Service>(
     mut stream: TcpStream,
     limits: &Limits,
     mut stop: watch::Receiver<bool>,
-    mut handle: H,
-) where
-    H: FnMut(Request) -> F,
-    F: Future<Output = Response>,
-{
+    service: &S,
+) {
     let mut early = Vec::new();
     loop {
-        let head = match read_head(&stream, &mut early, limits, &mut stop).await {
+        let mut head = match read_head(&stream, &mut early, limits, &mut stop).await {
             Ok(Some(head)) => head,
             Ok(None) => return,
-            Err(refusal) => return refuse(stream, refusal, limits).await,
+            Err(refusal) => {
+                service.refused(None, &refusal);
+                return close(stream, Some((&refusal, false)), limits).await;
+            }
         };
-        let keep_alive = head.keep_alive && !*stop.borrow();
-        let request = match read_body(&mut stream, &mut early, head, limits).await {
-            Ok(request) => request,
-            Err(Some(refusal)) => return refuse(stream, refusal, limits).await,
+        let head_only = head.request.method == "HEAD";
+        let admitted = match service.admit(&head.request).await {
+            Ok(admitted) => admitted,
+            Err(refusal) => return close(stream, Some((&refusal, head_only)), limits).await,
+        };
+        match read_body(&mut stream, &mut early, &mut head, limits).await {
+            Ok(()) => {}
+            Err(Some(refusal)) => {
+                service.refused(Some(&head.request), &refusal);
+                return close(stream, Some((&refusal, head_only)), limits).await;
+            }
             Err(None) => return,
-        };
+        }
         // Nothing is kept between requests but bytes of the next one.
         if early.is_empty() {
             early = Vec::new();
+        } else {
+            early.shrink_to_fit();
         }
+        let Head {
+            request,
+            keep_alive,
+            http_10,
+            ..
+        } = head;
         let answer = {
-            let handling = handle(request);
+            let handling = service.answer(admitted, request);
             tokio::pin!(handling);
             tokio::select! {
                 biased;
                 answer = &mut handling => answer,
-                gone = hung_up(&stream) => {
+                gone = hung_up(&stream), if early.is_empty() => {
                     if gone {
                         return;
                     }
@@ -147,13 +191,20 @@ pub async fn serve<H, F>(
                 }
             }
         };
-        if write(&mut stream, &encode(&answer, !keep_alive), limits)
+        let keep_alive = keep_alive && !*stop.borrow();
+        let framing = Framing {
+            close: !keep_alive,
+            keep_alive_10: http_10 && keep_alive,
+            head_only,
+        };
+        if write(&mut stream, &encode(&answer, framing), limits)
             .await
             .is_err()
-            || !keep_alive
         {
-            let _ = stream.shutdown().await;
             return;
+        }
+        if !keep_alive {
+            return close(stream, None, limits).await;
         }
     }
 }
@@ -174,12 +225,20 @@ async fn read_head(
 ) -> Result<Option<Head>, Response> {
     let idle_until = Instant::now() + limits.idle;
     let mut head_until = None;
+    // Bytes already looked at for the blank line that ends a head: a head arriving a
+    // byte at a time is parsed once, when it is complete, not once a byte.
+    let mut scanned = 0;
     loop {
         if !early.is_empty() {
-            if let Some((head, used)) = parse_head(early, limits)? {
-                early.drain(..used);
-                return Ok(Some(head));
+            if ends_a_head(early, scanned) {
+                if let Some((head, used)) = parse_head(early, limits)? {
+                    early.drain(..used);
+                    return Ok(Some(head));
+                }
+            } else if early.len() >= limits.max_head_bytes {
+                return Err(head_too_large(limits));
             }
+            scanned = early.len();
             head_until.get_or_insert_with(|| Instant::now() + limits.head);
         }
         if early.is_empty() && *stop.borrow() {
@@ -216,6 +275,27 @@ async fn read_head(
     }
 }
 
+/// Whether `bytes` hold the blank line that ends a head (`\n\n`, or `\n\r\n`), looking
+/// only at what came after `scanned` (and the three bytes before it).
+fn ends_a_head(bytes: &[u8], scanned: usize) -> bool {
+    let from = scanned.saturating_sub(3);
+    bytes[from..]
+        .windows(2)
+        .enumerate()
+        .any(|(i, w)| w == b"\n\n" || (w == b"\n\r" && bytes.get(from + i + 2) == Some(&b'\n')))
+}
+
+fn head_too_large(limits: &Limits) -> Response {
+    Response::error(
+        431,
+        "headers_too_large",
+        format!(
+            "the request's head is over {} bytes or {MAX_HEADERS} headers",
+            limits.max_head_bytes
+        ),
+    )
+}
+
 /// Reads what the socket has (without waiting) onto `into`, up to `cap` bytes in all.
 /// A separate, synchronous function so that the stack buffer is never part of the
 /// connection's future.
@@ -233,16 +313,7 @@ fn read_some(stream: &TcpStream, into: &mut Vec<u8>, cap: usize) -> io::Result<u
 /// Parses a complete head at the start of `bytes`: the head and its length, or `None`
 /// when more bytes are needed.
 fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, Response> {
-    let too_large = || {
-        Response::error(
-            431,
-            "headers_too_large",
-            format!(
-                "the request's head is over {} bytes or {MAX_HEADERS} headers",
-                limits.max_head_bytes
-            ),
-        )
-    };
+    let too_large = || head_too_large(limits);
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let used = match parsed.parse(bytes) {
@@ -281,9 +352,10 @@ fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, Re
         content_length: 0,
         expect_continue: false,
         keep_alive: http_11,
+        http_10: !http_11,
     };
     let mut length: Option<usize> = None;
-    let mut host = false;
+    let mut hosts = 0;
     let mut chunked = false;
     for header in parsed.headers.iter() {
         let name = header.name;
@@ -310,7 +382,7 @@ fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, Re
                 }
             }
         } else if name.eq_ignore_ascii_case("host") {
-            host = true;
+            hosts += 1;
         } else if name.eq_ignore_ascii_case("authorization") {
             head.request.authorization = Some(header.value.to_vec());
         } else if name.eq_ignore_ascii_case("content-type") {
@@ -337,11 +409,15 @@ fn parse_head(bytes: &[u8], limits: &Limits) -> Result<Option<(Head, usize)>, Re
                     "the only expectation understood is 100-continue",
                 ));
             }
-            head.expect_continue = true;
+            // An HTTP/1.0 client does not know 100 Continue: it just sends its body.
+            head.expect_continue = http_11;
         }
     }
-    if http_11 && !host {
+    if http_11 && hosts == 0 {
         return Err(bad("an HTTP/1.1 request needs a Host header".into()));
+    }
+    if hosts > 1 {
+        return Err(bad("the request has more than one Host header".into()));
     }
     if chunked {
         // Refused whatever its value, with or without a Content-Length beside it (the
@@ -381,35 +457,30 @@ fn origin_form(target: &str) -> Option<&str> {
     path.starts_with('/').then_some(path)
 }
 
-/// Reads the body `head` announced: first what arrived with the head, then the rest.
-/// `Err(None)`: the client went away.
+/// Reads the body `head` announced into its request: first what arrived with the head,
+/// then the rest. `Err(None)`: the client went away.
 async fn read_body(
     stream: &mut TcpStream,
     early: &mut Vec<u8>,
-    head: Head,
+    head: &mut Head,
     limits: &Limits,
-) -> Result<Request, Option<Response>> {
-    let Head {
-        mut request,
-        content_length,
-        expect_continue,
-        ..
-    } = head;
-    if content_length == 0 {
-        return Ok(request);
+) -> Result<(), Option<Response>> {
+    let length = head.content_length;
+    if length == 0 {
+        return Ok(());
     }
-    let mut body = vec![0u8; content_length];
-    let ready = early.len().min(content_length);
+    let mut body = vec![0u8; length];
+    let ready = early.len().min(length);
     body[..ready].copy_from_slice(&early[..ready]);
     early.drain(..ready);
-    if ready < content_length && expect_continue {
+    if ready < length && head.expect_continue {
         write(stream, b"HTTP/1.1 100 Continue\r\n\r\n", limits)
             .await
             .map_err(|_| None)?;
     }
     let until = Instant::now() + limits.body;
     let mut filled = ready;
-    while filled < content_length {
+    while filled < length {
         match timeout_at(until, stream.read(&mut body[filled..])).await {
             Ok(Ok(0)) | Ok(Err(_)) => return Err(None),
             Ok(Ok(n)) => filled += n,
@@ -418,19 +489,30 @@ async fn read_body(
                     408,
                     "request_timeout",
                     format!(
-                    "the body did not arrive within {} s ({filled} of {content_length} bytes came)",
-                    limits.body.as_secs()
-                ),
+                        "the body did not arrive within {} s ({filled} of {length} bytes came)",
+                        limits.body.as_secs()
+                    ),
                 )))
             }
         }
     }
-    request.body = body;
-    Ok(request)
+    head.request.body = body;
+    Ok(())
+}
+
+/// How an answer is framed besides its status and body.
+#[derive(Debug, Clone, Copy, Default)]
+struct Framing {
+    /// The connection closes after it (`connection: close`).
+    close: bool,
+    /// An HTTP/1.0 client asked to keep the connection: say it is kept.
+    keep_alive_10: bool,
+    /// The answer to a `HEAD`: its headers only (the body's length still said).
+    head_only: bool,
 }
 
 /// The answer's bytes: status line, headers, body.
-fn encode(answer: &Response, close: bool) -> Vec<u8> {
+fn encode(answer: &Response, framing: Framing) -> Vec<u8> {
     let reason = actix_web::http::StatusCode::from_u16(answer.status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -447,11 +529,15 @@ fn encode(answer: &Response, close: bool) -> Vec<u8> {
     for (name, value) in &answer.headers {
         let _ = write!(out, "{name}: {value}\r\n");
     }
-    if close {
+    if framing.close {
         out.extend_from_slice(b"connection: close\r\n");
+    } else if framing.keep_alive_10 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
     }
     out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(&answer.body);
+    if !framing.head_only {
+        out.extend_from_slice(&answer.body);
+    }
     out
 }
 
@@ -461,14 +547,23 @@ async fn write(stream: &mut TcpStream, bytes: &[u8], limits: &Limits) -> io::Res
         .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))?
 }
 
-/// Answers a refused request and closes the connection, reading (and dropping) what the
-/// client still sends for a moment first (see [`LINGER`]).
-async fn refuse(mut stream: TcpStream, refusal: Response, limits: &Limits) {
-    if write(&mut stream, &encode(&refusal, true), limits)
-        .await
-        .is_err()
-    {
-        return;
+/// Closes the connection, after writing `answer` (a refusal, and whether it answers a
+/// `HEAD`) if given: its side is shut, then what the client still sends is read and
+/// dropped for a moment (see [`LINGER`]), so that it reads the answer rather than a
+/// reset.
+async fn close(mut stream: TcpStream, answer: Option<(&Response, bool)>, limits: &Limits) {
+    if let Some((answer, head_only)) = answer {
+        let framing = Framing {
+            close: true,
+            head_only,
+            ..Framing::default()
+        };
+        if write(&mut stream, &encode(answer, framing), limits)
+            .await
+            .is_err()
+        {
+            return;
+        }
     }
     let _ = stream.shutdown().await;
     let until = Instant::now() + LINGER;
@@ -601,6 +696,24 @@ mod tests {
     }
 
     #[test]
+    fn a_head_is_parsed_once_its_blank_line_came() {
+        let text = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        for end in 0..text.len() {
+            assert!(!ends_a_head(&text[..end], 0), "{end}");
+        }
+        assert!(ends_a_head(text, 0));
+        // Only what came after `scanned` (and the three bytes before) is looked at.
+        assert!(ends_a_head(text, text.len() - 1));
+        assert!(ends_a_head(b"GET / HTTP/1.0\n\n", 15));
+        assert!(!ends_a_head(b"x\n\nGET / HTTP/1.1\r\nHost: a\r\n", 10));
+        assert_eq!(
+            refused("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            400,
+            "two Hosts"
+        );
+    }
+
+    #[test]
     fn request_targets_become_paths() {
         assert_eq!(origin_form("/a/b?c=d"), Some("/a/b"));
         assert_eq!(origin_form("http://host:1/a?x"), Some("/a"));
@@ -612,7 +725,11 @@ mod tests {
     #[test]
     fn answers_carry_their_length_and_say_when_they_close() {
         let answer = Response::error(404, "not_found", "no");
-        let text = String::from_utf8(encode(&answer, true)).unwrap();
+        let closing = Framing {
+            close: true,
+            ..Framing::default()
+        };
+        let text = String::from_utf8(encode(&answer, closing)).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
         assert!(text.contains(&format!("content-length: {}\r\n", answer.body.len())));
         assert!(text.contains("connection: close\r\n"));
@@ -620,14 +737,51 @@ mod tests {
             text.ends_with(r#"{"error":"not_found","message":"no"}"#),
             "{text}"
         );
-        let kept = String::from_utf8(encode(&answer, false)).unwrap();
+        let kept = String::from_utf8(encode(&answer, Framing::default())).unwrap();
         assert!(!kept.contains("connection:"));
+        let head = Framing {
+            head_only: true,
+            ..Framing::default()
+        };
+        let text = String::from_utf8(encode(&answer, head)).unwrap();
+        assert!(text.ends_with("\r\n\r\n"), "no body after HEAD: {text}");
+        assert!(text.contains(&format!("content-length: {}\r\n", answer.body.len())));
+        let ten = Framing {
+            keep_alive_10: true,
+            ..Framing::default()
+        };
+        let text = String::from_utf8(encode(&answer, ten)).unwrap();
+        assert!(text.contains("connection: keep-alive\r\n"));
     }
 }
 
 #[cfg(test)]
 mod size {
     use super::*;
+
+    /// Answers 404 to everything.
+    struct NotFound;
+
+    impl Service for NotFound {
+        type Admitted = ();
+
+        fn admit<'a>(
+            &'a self,
+            _: &'a Request,
+        ) -> Pin<Box<dyn Future<Output = Result<(), Response>> + Send + 'a>> {
+            Box::pin(async { Err(Response::error(404, "not_found", "")) })
+        }
+
+        fn answer<'a>(
+            &'a self,
+            _: (),
+            _: Request,
+        ) -> Pin<Box<dyn Future<Output = Response> + Send + 'a>> {
+            Box::pin(async { Response::error(404, "not_found", "") })
+        }
+
+        fn refused(&self, _: Option<&Request>, _: &Response) {}
+    }
 
     /// Every connection's task is as big as its future's largest state, waiting or not:
     /// nothing big may be held across an await (a buffer on the stack of an async
@@ -647,9 +801,7 @@ mod size {
             body: Duration::from_secs(1),
             write: Duration::from_secs(1),
         };
-        let serving = serve(stream, &limits, stopped, |_| {
-            Box::pin(async { Response::error(404, "not_found", "") })
-        });
+        let serving = serve(stream, &limits, stopped, &NotFound);
         // 1,160 bytes in a debug build (timers and readiness futures, laid out less
         // tightly than in release); 5,056 when a refusal drained the socket through a
         // 4 KiB array on its stack.

@@ -17,12 +17,15 @@
 
 pub mod http1;
 
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_web::ResponseError;
+use lastmile_domain::agents::Agent;
 use lastmile_domain::error::Error;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -87,10 +90,11 @@ pub async fn serve(listener: TcpListener, state: AppState, mut stop: watch::Rece
                     state: state.clone(),
                     limits: limits.clone(),
                     open: open.clone(),
+                    peer,
                 };
                 open.count.fetch_add(1, Ordering::AcqRel);
                 Metrics::add(&state.metrics.agent_listener_connections, 1);
-                tokio::spawn(connection.serve(stream, peer, stop.clone()));
+                tokio::spawn(connection.serve(stream, stop.clone()));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the agent listener could not accept a connection");
@@ -98,6 +102,9 @@ pub async fn serve(listener: TcpListener, state: AppState, mut stop: watch::Rece
             }
         }
     }
+    // Closed at once: an agent connecting now is refused (and goes to the controller's
+    // URL) rather than left waiting in the backlog.
+    drop(listener);
     open.drained(DRAIN_TIMEOUT).await;
 }
 
@@ -123,169 +130,188 @@ impl Open {
     }
 }
 
-/// What one connection's task holds: three pointers.
+/// What one connection's task holds: its peer and three pointers.
 struct Connection {
     state: AppState,
     limits: Arc<Limits>,
     open: Arc<Open>,
+    peer: SocketAddr,
 }
 
-impl Connection {
-    async fn serve(self, stream: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
-        let state = &self.state;
-        http1::serve(stream, &self.limits, stop, |request| {
-            // Boxed: a call's future (a long poll's, a submission's) is allocated while
-            // it runs, not kept in every idle connection's task.
-            Box::pin(answer(state, peer, request))
-        })
-        .await;
-        self.state
+/// Counts the connection closed when its task ends, however it ends (a call that
+/// panicked included), so that a stopping listener does not wait for it.
+struct Closing<'a>(&'a Connection);
+
+impl Drop for Closing<'_> {
+    fn drop(&mut self) {
+        let connection = self.0;
+        connection
+            .state
             .metrics
             .agent_listener_connections
             .fetch_sub(1, Ordering::Relaxed);
-        if self.open.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.open.closed.notify_waiters();
+        if connection.open.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            connection.open.closed.notify_waiters();
         }
     }
 }
 
-/// Answers one request, logs it and counts its refusal, as the actix middleware does
-/// for the controller's address (`access_log`).
-async fn answer(state: &AppState, peer: SocketAddr, request: Request) -> Response {
-    let started = Instant::now();
-    // In a block: the request's room is not kept across the call's awaits.
-    let call = {
-        let mut request = request;
-        match Call::read(&mut request) {
-            Ok(call) => call,
-            Err(refusal) => {
-                let (method, path) = (&request.method, &request.path);
-                record(state, method, path, peer, &refusal, started);
-                return refusal;
-            }
-        }
-    };
-    let path = call.path;
-    let response = call
-        .make(state, peer)
-        .await
-        .unwrap_or_else(|refusal| refusal);
-    record(state, "POST", path, peer, &response, started);
-    response
-}
+impl Connection {
+    async fn serve(self, stream: TcpStream, stop: watch::Receiver<bool>) {
+        let _closing = Closing(&self);
+        http1::serve(stream, &self.limits, stop, &self).await;
+    }
 
-fn record(
-    state: &AppState,
-    method: &str,
-    path: &str,
-    peer: SocketAddr,
-    response: &Response,
-    started: Instant,
-) {
-    Metrics::inc(&state.metrics.agent_listener_requests);
-    crate::access_log::record(
-        Some(state.metrics.as_ref()),
-        method,
-        path,
-        Some(peer),
-        response.status,
-        started,
-    );
-}
-
-/// A call of one of [`PATHS`], with what it needs of its request: the rest of the
-/// request is dropped before the call begins, so a waiting long poll does not keep it.
-struct Call {
-    path: &'static str,
-    token: String,
-    forwarded_for: String,
-    content_type: Option<Vec<u8>>,
-    body: Vec<u8>,
-}
-
-impl Call {
-    /// The call `request` makes; or the answer to a request for something this listener
-    /// does not serve (404 for a path not in [`PATHS`], 405 for a method other than
-    /// POST), or without a bearer token (401). Takes what the call needs out of
-    /// `request`, leaving its method and path (for the log).
-    fn read(request: &mut Request) -> Result<Call, Response> {
-        let Some(path) = PATHS.iter().copied().find(|p| *p == request.path) else {
-            let refusal = Response::error(
-                404,
-                "not_found",
-                format!(
-                    "{} is not served here: this address serves agents' heartbeats, leases, \
-                     path traces and results; the rest of the API is at the controller's address",
-                    request.path
-                ),
-            );
-            return Err(refusal);
-        };
-        if request.method != "POST" {
-            let mut refusal =
-                Response::error(405, "method_not_allowed", format!("{path} takes POST"));
-            refusal.headers.push(("allow", "POST".into()));
-            return Err(refusal);
-        }
-        let token = bearer_token(request.authorization.as_deref()).map_err(refused)?;
-        Ok(Call {
+    fn record(&self, method: &str, path: &str, status: u16, started: Instant) {
+        Metrics::inc(&self.state.metrics.agent_listener_requests);
+        crate::access_log::record(
+            Some(self.state.metrics.as_ref()),
+            method,
             path,
-            token,
-            forwarded_for: std::mem::take(&mut request.forwarded_for),
-            content_type: request.content_type.take(),
-            body: std::mem::take(&mut request.body),
+            Some(self.peer),
+            status,
+            started,
+        );
+    }
+}
+
+/// A request admitted on its head: which call, by which agent, since when.
+struct Admitted {
+    path: &'static str,
+    agent: Arc<Agent>,
+    started: Instant,
+}
+
+impl http1::Service for Connection {
+    type Admitted = Admitted;
+
+    /// One of [`PATHS`] (else 404), by POST (else 405), from an agent (401): all
+    /// known before a byte of the body is read.
+    fn admit<'a>(
+        &'a self,
+        request: &'a Request,
+    ) -> Pin<Box<dyn Future<Output = Result<Admitted, Response>> + Send + 'a>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let admitted = admit(&self.state, request).await;
+            if let Err(refusal) = &admitted {
+                self.record(&request.method, &request.path, refusal.status, started);
+            }
+            admitted.map(|(path, agent)| Admitted {
+                path,
+                agent,
+                started,
+            })
         })
     }
 
-    /// Authenticates the agent, reads the body and makes the call. Each step's future
-    /// is boxed in a statement of its own: this one then holds a pointer to the step
-    /// under way (a waiting lease holds the lease's state only, not the largest of the
-    /// five calls'), and no temporary keeps room in it across an await.
-    async fn make(self, state: &AppState, peer: SocketAddr) -> Result<Response, Response> {
-        let agent = {
-            let found = Box::pin(agent_by_token(state, self.token));
-            found.await.map_err(refused)?
-        };
-        let body = JsonBody {
-            content_type: self.content_type,
-            bytes: self.body,
-        };
-        match self.path {
-            "/api/v1/agents/heartbeat" => {
-                let origin = origin(state, peer.ip(), &self.forwarded_for);
-                let call = Box::pin(agent_calls::heartbeat(state, &agent, body.read()?, origin));
-                ok(call.await)
-            }
-            "/api/v1/agents/lease" => {
-                let call = Box::pin(agent_calls::lease(state, agent, body.read()?));
-                ok(call.await)
-            }
-            "/api/v1/agents/traces" => {
-                let call = Box::pin(agent_calls::report_trace(state, &agent, body.read()?));
-                ok(call.await)
-            }
-            "/api/v1/results" => {
-                let call = Box::pin(agent_calls::submit(state, &agent.id, body.read()?));
-                ok(call.await)
-            }
-            _ => {
-                let call = Box::pin(agent_calls::submit_batch(state, &agent.id, body.read()?));
-                ok(call.await)
-            }
+    fn answer<'a>(
+        &'a self,
+        admitted: Admitted,
+        request: Request,
+    ) -> Pin<Box<dyn Future<Output = Response> + Send + 'a>> {
+        Box::pin(async move {
+            let (path, started) = (admitted.path, admitted.started);
+            let response = call(&self.state, self.peer, admitted, request)
+                .await
+                .unwrap_or_else(|refusal| refusal);
+            self.record("POST", path, response.status, started);
+            response
+        })
+    }
+
+    fn refused(&self, request: Option<&Request>, refusal: &Response) {
+        let (method, path) = request.map_or(("-", "-"), |r| (r.method.as_str(), r.path.as_str()));
+        self.record(method, path, refusal.status, Instant::now());
+    }
+}
+
+async fn admit(
+    state: &AppState,
+    request: &Request,
+) -> Result<(&'static str, Arc<Agent>), Response> {
+    let Some(path) = PATHS.iter().copied().find(|p| *p == request.path) else {
+        return Err(Response::error(
+            404,
+            "not_found",
+            format!(
+                "{} is not served here: this address serves agents' heartbeats, leases, path \
+                 traces and results; the rest of the API is at the controller's address",
+                request.path
+            ),
+        ));
+    };
+    if request.method != "POST" {
+        let mut refusal = Response::error(405, "method_not_allowed", format!("{path} takes POST"));
+        refusal.headers.push(("allow", "POST".into()));
+        return Err(refusal);
+    }
+    let token = bearer_token(request.authorization.as_deref()).map_err(refused)?;
+    let found = Box::pin(agent_by_token(state, token));
+    let agent = found.await.map_err(refused)?;
+    Ok((path, agent))
+}
+
+/// Reads the body and makes the call. Each call's future is boxed in a statement of
+/// its own: this one then holds a pointer to it (a waiting lease holds the lease's
+/// state, not the largest of the five calls'), and no temporary keeps room in it
+/// across the await. The request (its body included) is dropped before the call.
+async fn call(
+    state: &AppState,
+    peer: SocketAddr,
+    admitted: Admitted,
+    request: Request,
+) -> Result<Response, Response> {
+    let Admitted { path, agent, .. } = admitted;
+    let body = JsonBody {
+        content_type: request.content_type.as_deref(),
+        bytes: &request.body,
+    };
+    match path {
+        "/api/v1/agents/heartbeat" => {
+            let origin = origin(state, peer.ip(), &request.forwarded_for);
+            let beat = body.read()?;
+            drop(request);
+            let call = Box::pin(agent_calls::heartbeat(state, &agent, beat, origin));
+            ok(call.await)
+        }
+        "/api/v1/agents/lease" => {
+            let lease = body.read()?;
+            drop(request);
+            let call = Box::pin(agent_calls::lease(state, agent, lease));
+            ok(call.await)
+        }
+        "/api/v1/agents/traces" => {
+            let report = body.read()?;
+            drop(request);
+            let call = Box::pin(agent_calls::report_trace(state, &agent, report));
+            ok(call.await)
+        }
+        "/api/v1/results" => {
+            let result = body.read()?;
+            drop(request);
+            let call = Box::pin(agent_calls::submit(state, &agent.id, result));
+            ok(call.await)
+        }
+        _ => {
+            let batch = body.read()?;
+            drop(request);
+            let call = Box::pin(agent_calls::submit_batch(state, &agent.id, batch));
+            ok(call.await)
         }
     }
 }
 
 /// A request's JSON body, read as actix's `web::Json` reads one (`api::error::json_error`
 /// says the same things in the same words).
-struct JsonBody {
-    content_type: Option<Vec<u8>>,
-    bytes: Vec<u8>,
+struct JsonBody<'a> {
+    content_type: Option<&'a [u8]>,
+    bytes: &'a [u8],
 }
 
-impl JsonBody {
+impl JsonBody<'_> {
     fn read<T: DeserializeOwned>(&self) -> Result<T, Response> {
-        let json = self.content_type.as_deref().is_some_and(is_json);
+        let json = self.content_type.is_some_and(is_json);
         if !json {
             return Err(Response::error(
                 415,
@@ -293,7 +319,7 @@ impl JsonBody {
                 "send the body as application/json",
             ));
         }
-        serde_json::from_slice(&self.bytes).map_err(|e| {
+        serde_json::from_slice(self.bytes).map_err(|e| {
             if e.is_data() {
                 Response::error(
                     422,
@@ -347,34 +373,6 @@ fn refused(error: Error) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A waiting long poll holds its connection's task and this future (boxed), so
-    /// what the calls need must not all be laid out in it.
-    #[tokio::test]
-    async fn an_answer_in_progress_is_small() {
-        let dir = tempfile::tempdir().unwrap();
-        let config = crate::ControllerConfig {
-            data_dir: dir.path().to_owned(),
-            ..crate::ControllerConfig::default()
-        };
-        let state = tokio::task::spawn_blocking(|| AppState::open(config))
-            .await
-            .unwrap()
-            .unwrap();
-        let request = Request {
-            method: "POST".into(),
-            path: "/api/v1/agents/lease".into(),
-            authorization: None,
-            forwarded_for: String::new(),
-            content_type: None,
-            body: Vec::new(),
-        };
-        let answering = answer(&state, SocketAddr::from(([127, 0, 0, 1], 1)), request);
-        // 640 bytes in a debug build, the call under way (a waiting lease) boxed apart;
-        // 2,432 in release when every call's state was laid out in it.
-        let size = std::mem::size_of_val(&answering);
-        assert!(size <= 768, "an answer's future is {size} bytes");
-    }
 
     #[test]
     fn json_bodies_are_told_by_their_content_type() {
