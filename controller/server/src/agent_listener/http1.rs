@@ -10,6 +10,8 @@
 //! next request sent early (pipelining) are kept until it is served; otherwise nothing
 //! is held between requests.
 //!
+//! A request is admitted on its head ([`Service::admit`]) before any of its body is
+//! read, so what will be refused (a stranger, a path not served) costs a head only.
 //! What it accepts is deliberately narrow, and everything else gets a clear answer in
 //! the API's error shape: request heads are parsed by `httparse` (at most
 //! [`MAX_HEADERS`] headers and `max_head_bytes`), bodies must come with a
@@ -18,8 +20,9 @@
 //! reading it). `Expect: 100-continue` is honoured. A head must arrive within
 //! `head` of its first byte and a body within `body` (408), so a slow client cannot
 //! hold a request open; an idle connection is closed after `idle`, as actix's
-//! keep-alive does. Answers always carry a `Content-Length`; after a refusal the
-//! connection is closed.
+//! keep-alive does. Answers always carry a `Content-Length` (a `HEAD`'s has no body);
+//! after a refusal the connection is closed, and every close lingers a moment so that
+//! the client reads the last answer rather than a reset.
 
 use std::future::Future;
 use std::io::{self, Write};
@@ -802,7 +805,7 @@ mod size {
             write: Duration::from_secs(1),
         };
         let serving = serve(stream, &limits, stopped, &NotFound);
-        // 1,160 bytes in a debug build (timers and readiness futures, laid out less
+        // 1,264 bytes in a debug build (timers and readiness futures, laid out less
         // tightly than in release); 5,056 when a refusal drained the socket through a
         // 4 KiB array on its stack.
         let size = std::mem::size_of_val(&serving);
