@@ -394,15 +394,12 @@ async fn the_listener_answers_and_refuses_as_the_api_does(db: TestDb) {
 
     // Two requests in one write (pipelined) are answered in order on one connection,
     // the second after the first's long poll gave up (wait_s 1).
-    let lease_body = r#"{"max":1,"wait_s":1}"#;
-    let request = |body: &str| {
-        format!(
-            "POST /api/v1/agents/lease HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    };
-    let both = format!("{}{}", request(lease_body), request(r#"{"max":0}"#));
+    let request = |body: &str| lease_request(&token, body);
+    let both = format!(
+        "{}{}",
+        request(r#"{"max":1,"wait_s":1}"#),
+        request(r#"{"max":0}"#)
+    );
     let answers = raw(&addr, both.as_bytes(), 2).await;
     assert_eq!(answers.matches("HTTP/1.1 200 OK").count(), 2, "{answers}");
     assert!(
@@ -410,6 +407,21 @@ async fn the_listener_answers_and_refuses_as_the_api_does(db: TestDb) {
         "kept alive: {answers}"
     );
     app.controller.stop().await.unwrap();
+}
+
+/// A lease of `body`, by `token`, as raw HTTP/1.1.
+fn lease_request(token: &str, body: &str) -> String {
+    format!(
+        "POST /api/v1/agents/lease HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// A lease of one task that does not wait, at `listener`.
+async fn lease_now(client: &reqwest::Client, listener: &str, token: &str) -> (u16, Value) {
+    let body = json!({"max": 1});
+    post(client, listener, "/api/v1/agents/lease", token, &body).await
 }
 
 /// A request body and its content type.
@@ -443,23 +455,11 @@ async fn a_long_poll_the_agent_hung_up_on_takes_no_work(db: TestDb) {
     let check = home_page_check(&app, &owner, &site).await;
     let listener = listener_url(&app);
     let client = TestApp::client_from(Ipv4Addr::new(127, 0, 0, 2));
-    let (status, _) = post(
-        &client,
-        &listener,
-        "/api/v1/agents/lease",
-        &token,
-        &json!({"max": 1}),
-    )
-    .await;
+    let (status, _) = lease_now(&client, &listener, &token).await;
     assert_eq!(status, 200);
 
     // A long poll, and the agent goes away while it waits (a restart, a lost line).
-    let body = r#"{"max":1,"wait_s":10}"#;
-    let request = format!(
-        "POST /api/v1/agents/lease HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let request = lease_request(&token, r#"{"max":1,"wait_s":10}"#);
     let addr = listener.trim_start_matches("http://");
     let mut waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
     tokio::io::AsyncWriteExt::write_all(&mut waiting, request.as_bytes())
@@ -478,14 +478,7 @@ async fn a_long_poll_the_agent_hung_up_on_takes_no_work(db: TestDb) {
         "SELECT COUNT(*) AS n FROM assignments WHERE state = 'leased'",
     );
     assert_eq!(leased, 0, "the abandoned long poll took the work");
-    let (status, lease) = post(
-        &client,
-        &listener,
-        "/api/v1/agents/lease",
-        &token,
-        &json!({"max": 1}),
-    )
-    .await;
+    let (status, lease) = lease_now(&client, &listener, &token).await;
     assert_eq!(status, 200);
     assert_eq!(lease["tasks"].as_array().map(Vec::len), Some(1), "{lease}");
     app.controller.stop().await.unwrap();
