@@ -20,7 +20,7 @@ pub mod http1;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,7 +77,10 @@ pub async fn serve(listener: TcpListener, state: AppState, mut stop: watch::Rece
         body: BODY_TIMEOUT,
         write: WRITE_TIMEOUT,
     });
-    let open = Arc::new(Open::default());
+    let open = Arc::new(Open {
+        metrics: state.metrics.clone(),
+        closed: Notify::new(),
+    });
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -92,8 +95,7 @@ pub async fn serve(listener: TcpListener, state: AppState, mut stop: watch::Rece
                     open: open.clone(),
                     peer,
                 };
-                open.count.fetch_add(1, Ordering::AcqRel);
-                Metrics::add(&state.metrics.agent_listener_connections, 1);
+                open.count().fetch_add(1, Ordering::AcqRel);
                 tokio::spawn(connection.serve(stream, stop.clone()));
             }
             Err(e) => {
@@ -108,19 +110,23 @@ pub async fn serve(listener: TcpListener, state: AppState, mut stop: watch::Rece
     open.drained(DRAIN_TIMEOUT).await;
 }
 
-/// The connections open, to wait for when stopping.
-#[derive(Default)]
+/// The connections open, to wait for when stopping: counted by the metrics' gauge
+/// (`lastmile_agent_listener_connections`), the one count of them.
 struct Open {
-    count: AtomicUsize,
+    metrics: Arc<Metrics>,
     closed: Notify,
 }
 
 impl Open {
+    fn count(&self) -> &AtomicU64 {
+        &self.metrics.agent_listener_connections
+    }
+
     async fn drained(&self, within: Duration) {
         let until = tokio::time::Instant::now() + within;
-        while self.count.load(Ordering::Acquire) > 0 {
+        while self.count().load(Ordering::Acquire) > 0 {
             let closed = self.closed.notified();
-            if self.count.load(Ordering::Acquire) == 0 {
+            if self.count().load(Ordering::Acquire) == 0 {
                 return;
             }
             if tokio::time::timeout_at(until, closed).await.is_err() {
@@ -144,14 +150,9 @@ struct Closing<'a>(&'a Connection);
 
 impl Drop for Closing<'_> {
     fn drop(&mut self) {
-        let connection = self.0;
-        connection
-            .state
-            .metrics
-            .agent_listener_connections
-            .fetch_sub(1, Ordering::Relaxed);
-        if connection.open.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            connection.open.closed.notify_waiters();
+        let open = &self.0.open;
+        if open.count().fetch_sub(1, Ordering::AcqRel) == 1 {
+            open.closed.notify_waiters();
         }
     }
 }
