@@ -453,7 +453,13 @@ mod tests {
             echo.read_exact(&mut byte).await.unwrap();
             t.elapsed().as_secs_f64()
         };
-        let idle = ping(&mut echo, b'E').await;
+        // The middle of three, as under load below: one ping can meet a busy machine.
+        let mut idle = Vec::new();
+        for i in 0..3 {
+            idle.push(ping(&mut echo, b'E' + i).await);
+        }
+        idle.sort_by(f64::total_cmp);
+        let idle = idle[1];
         let mut bulk = TcpStream::connect(link.addr()).await.unwrap();
         bulk.write_all(b"D").await.unwrap();
         let draining = tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! The agent listener: the agent protocol's hot calls (heartbeat, lease, path traces,
 //! results) on an address of their own (`agent_listen`), served by [`http1`], whose
-//! idle keep-alive connection costs well under a kilobyte where actix-web's costs ten.
+//! idle keep-alive connection holds no buffer where actix-web's holds two of 8 KiB: 5-8
+//! KiB of controller memory per connected agent instead of 14-23 (`bench agents`).
 //!
 //! Why a second listener: an agent holds its connection for the whole time it runs,
 //! so at 100k agents the controller's memory is mostly idle connections. The
