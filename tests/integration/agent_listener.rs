@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::agent_lifecycle::{agents_online, eventually, settings, spawn_agent};
 use crate::per_backend;
-use crate::support::{count, target_site, TestApp, TestDb};
+use crate::support::{all_folded, count, target_site, TestApp, TestDb};
 use lastmile_testbed::site::TargetSite;
 
 per_backend!(
@@ -89,6 +89,7 @@ async fn a_real_agent_sends_its_hot_calls_to_the_listener_its_heartbeat_names(db
         listener_requests(&app) > before,
         "the lease and the result went through the listener"
     );
+    all_folded(&app).await;
     let (_, report) = app.report(&owner, &check, "").await;
     assert_eq!(report["rows"][0]["samples"], 1, "{report}");
     let open = listener_connections(&app).await;

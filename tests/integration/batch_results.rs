@@ -5,7 +5,6 @@
 //! requests that cross each other closes exactly the assignments of its timely results.
 
 use std::net::Ipv4Addr;
-use std::time::{Duration, Instant};
 
 use diesel::RunQueryDsl;
 use lastmile_billing::ledger;
@@ -195,14 +194,7 @@ async fn results_queued_but_not_folded_are_folded_by_the_background_pass(db: Tes
     drop(conn);
 
     // The background pass (every second) folds and pays it.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while count(&app, "SELECT COUNT(*) AS n FROM fold_queue") > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the queued result was not folded"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::support::all_folded(&app).await;
     let (_, report) = app.report(&owner, &check, "").await;
     assert_eq!(report["rows"][0]["successes"], 1, "{report}");
     assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM result_payments"), 1);

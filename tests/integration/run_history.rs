@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::leasing::submission;
 use crate::per_backend;
 use crate::scene;
-use crate::support::{count, TestApp, TestDb};
+use crate::support::{all_folded, count, TestApp, TestDb};
 
 per_backend!(
     a_run_over_keeps_its_counts_and_its_rows_go_once_its_results_have,
@@ -31,15 +31,6 @@ fn sql(conn: &mut DbConn, statement: &str) {
     diesel::sql_query(statement)
         .execute(conn)
         .unwrap_or_else(|e| panic!("{statement}: {e}"));
-}
-
-/// Waits (at most 20 s) until every accepted result is folded.
-async fn folded(app: &TestApp) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while count(app, "SELECT COUNT(*) AS n FROM fold_queue") > 0 {
-        assert!(Instant::now() < deadline, "results were not folded in 20 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Leases one task to the first of `agents` offered one and submits a result for it;
@@ -108,7 +99,7 @@ async fn a_run_over_keeps_its_counts_and_its_rows_go_once_its_results_have(db: T
         .to_owned();
     app.start_run(&owner, &other).await;
     measure(&app, &[&a1, &a2]).await;
-    folded(&app).await;
+    all_folded(&app).await;
     let mut conn = app.db().conn().unwrap();
     // Flagged as verification flags a result: a flag, and the result marked.
     sql(

@@ -74,6 +74,20 @@ pub fn count(app: &TestApp, sql: &str) -> i64 {
     lastmile_storage::count_sql(&mut app.db().conn().unwrap(), sql).unwrap()
 }
 
+/// Waits (at most 20 s) until the background pass (every second) has folded and paid
+/// every accepted result: a report reads aggregates, so it shows a stored result only
+/// once it is folded.
+pub async fn all_folded(app: &TestApp) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while count(app, "SELECT COUNT(*) AS n FROM fold_queue") > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "accepted results were not folded in 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some(name) = &self.pg_name {

@@ -760,14 +760,7 @@ async fn requests_written_in_one_batch_are_judged_as_if_one_after_the_other(db: 
         4
     );
     // Folded and paid by the background pass (every second): nothing was asked over HTTP.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while crate::support::count(&app, "SELECT COUNT(*) AS n FROM fold_queue") > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the batch was not folded"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    crate::support::all_folded(&app).await;
     assert_eq!(balance(&app, &farmer).await, 4);
     assert_eq!(balance(&app, &other).await, 4);
     app.controller.stop().await.unwrap();
