@@ -42,6 +42,7 @@ mod nul_text;
 mod openapi;
 mod page_checks;
 mod path_trace;
+mod postgres_plans;
 mod presence;
 mod readme;
 mod recent;

@@ -539,6 +539,11 @@ type Peers = Vec<(String, i64, i64)>;
 /// it moved the cell's 200 results, 13 KB, a result).
 type CellResults = std::collections::VecDeque<(String, String, i64, i64)>;
 
+/// A result's peer cell as `results_peers` keys it on PostgreSQL (migration 000044),
+/// compared with a bound `check|asn|class`.
+const PG_PEER_CELL: &str = "(\"results\".\"check_id\" || '|' || \"results\".\"asn\"::text || '|' \
+     || \"results\".\"connection_class\") = ";
+
 /// The (check, ASN, class) cell whose peers judge `r`.
 type CellKey = (String, i64, String);
 
@@ -554,6 +559,8 @@ fn cell_of(r: &StoredResult) -> CellKey {
 #[derive(Debug, Default)]
 pub struct PeerCells {
     cells: HashMap<CellKey, CellResults>,
+    /// The volunteer of each agent met in the cells read.
+    volunteers: HashMap<String, String>,
 }
 
 impl PeerCells {
@@ -838,34 +845,69 @@ impl<'a> Verifier<'a> {
         if self.peers.contains_key(&key) {
             return Ok(&self.peers[&key]);
         }
-        let cells = &mut self.batch.cells.cells;
-        if !cells.contains_key(&key) {
+        if !self.batch.cells.cells.contains_key(&key) {
             let since = r.received_at - PEER_WINDOW_US;
             // Bounded after as well as before (by a day: another replica's clock may run
             // ahead), so that PostgreSQL leaves out the partitions created ahead.
             let until = r.received_at + RUN_WINDOW_US;
-            let latest: Vec<(String, String, i64, i64)> = results::table
-                .inner_join(agents::table.on(agents::id.eq(results::agent_id)))
-                .filter(results::check_id.eq(&r.check_id))
-                .filter(results::asn.eq(r.asn))
-                .filter(results::connection_class.eq(&r.connection_class))
+            let counted = results::table
                 .filter(results::received_at.ge(since))
                 .filter(results::received_at.le(until))
-                .filter(results::flagged.eq(false))
-                .filter(results::late.eq(false))
+                // Literals, not bound parameters: `results_peers` holds exactly these
+                // rows, and a prepared statement's generic plan can use a partial index
+                // only if the statement says so in its text.
+                .filter(diesel::dsl::not(results::flagged))
+                .filter(diesel::dsl::not(results::late))
                 .filter(results::error_kind.is_null())
                 .order(results::received_at.desc())
                 .limit(MAX_PEER_RESULTS)
-                .select((
-                    results::agent_id,
-                    agents::volunteer_id,
-                    results::ttfb_us,
-                    results::total_us,
-                ))
-                .load(conn)?;
-            cells.insert(key.clone(), latest.into());
+                .select((results::agent_id, results::ttfb_us, results::total_us))
+                .into_boxed();
+            let in_cell = match conn {
+                // By the index's expression, which no other index has: see migration
+                // 000044 (PostgreSQL read a new day's partition by the check alone).
+                DbConn::Pg(_) => counted.filter(
+                    diesel::dsl::sql::<diesel::sql_types::Bool>(PG_PEER_CELL)
+                        .bind::<diesel::sql_types::Text, _>(format!(
+                        "{}|{}|{}",
+                        r.check_id, r.asn, r.connection_class
+                    )),
+                ),
+                DbConn::Sqlite(_) => counted
+                    .filter(results::check_id.eq(&r.check_id))
+                    .filter(results::asn.eq(r.asn))
+                    .filter(results::connection_class.eq(&r.connection_class)),
+            };
+            let latest: Vec<(String, i64, i64)> = in_cell.load(conn)?;
+            // Their volunteers by key, not joined: on a day's partition without
+            // statistics yet PostgreSQL expected one peer and joined each of the 200 to
+            // every agent (a millisecond a cell with 150 agents, a scan of all of them
+            // with 100k).
+            let volunteers = &mut self.batch.cells.volunteers;
+            let mut unknown: Vec<&str> = latest
+                .iter()
+                .map(|(agent, _, _)| agent.as_str())
+                .filter(|agent| !volunteers.contains_key(*agent))
+                .collect();
+            unknown.sort_unstable();
+            unknown.dedup();
+            for chunk in unknown.chunks(lastmile_storage::agents::KEYS_PER_LOOKUP) {
+                let found: Vec<(String, String)> = agents::table
+                    .filter(agents::id.eq_any(chunk))
+                    .select((agents::id, agents::volunteer_id))
+                    .load(conn)?;
+                volunteers.extend(found);
+            }
+            let latest: CellResults = latest
+                .into_iter()
+                .filter_map(|(agent, ttfb, total)| {
+                    let volunteer = volunteers.get(&agent)?.clone();
+                    Some((agent, volunteer, ttfb, total))
+                })
+                .collect();
+            self.batch.cells.cells.insert(key.clone(), latest);
         }
-        let peers = cells[&key]
+        let peers = self.batch.cells.cells[&key]
             .iter()
             .filter(|(_, volunteer, _, _)| *volunteer != self.agent.volunteer_id)
             .map(|(agent, _, ttfb, total)| (agent.clone(), *ttfb, *total))
