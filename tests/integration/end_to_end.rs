@@ -31,6 +31,11 @@ async fn demo_report_shows_the_physics_of_the_emulated_links(db: TestDb) {
         assert!(!agent.mismatch, "{agent:?}");
     }
     assert_physics(&outcome.physics, &outcome.by_class);
+    // As deployed, the agents' hot calls went to the agent listener.
+    assert!(
+        outcome.agent_listener_calls > 0,
+        "the demo's agents never used the agent listener"
+    );
     assert_eq!(outcome.runs.len(), 2);
     for run in &outcome.runs {
         assert_eq!(run.requested, 12);

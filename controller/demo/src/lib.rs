@@ -160,6 +160,9 @@ pub struct DemoOutcome {
     pub leaderboard: lastmile_domain::leaderboard::Leaderboard,
     /// Results verification flagged (0 for the demo's honest agents).
     pub flagged: i64,
+    /// Calls the agents made to the agent listener their heartbeats named (their
+    /// heartbeats, leases and results, once they had it).
+    pub agent_listener_calls: u64,
 }
 
 /// One demo agent's line as it declared it and as the controller measured it.
@@ -265,6 +268,9 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
             ..lastmile_controller::config::StripeConfig::default()
         },
         listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        // As deployed (deploy/compose.yaml): the agents' hot calls on a listener of
+        // their own, which their heartbeats name (see ARCHITECTURE "The agent listener").
+        agent_listen: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         database_url: opts.database_url.clone(),
         data_dir: dir.path().join("controller"),
         geo,
@@ -284,9 +290,10 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         TargetSite::start(SocketAddr::from(([127, 0, 0, 1], 0)), SiteConfig::default()).await?;
     say!(
         opts,
-        "Lastmile demo\n  controller  {} ({} database)\n  target site {}\n  stripe      {} (fake)",
+        "Lastmile demo\n  controller  {} ({} database; agents' listener {})\n  target site {}\n  stripe      {} (fake)",
         controller.url(),
         backend.name(),
+        controller.agent_url().unwrap_or_default(),
         site.origin(),
         stripe.url()
     );
@@ -712,6 +719,11 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
     drop(links);
     drop(udp_links);
     drop(reflector);
+    let agent_listener_calls = controller
+        .state
+        .metrics
+        .agent_listener_requests
+        .load(std::sync::atomic::Ordering::Relaxed);
     controller.stop().await?;
     say!(
         opts,
@@ -740,6 +752,7 @@ pub async fn run(opts: DemoOptions) -> anyhow::Result<DemoOutcome> {
         ledger,
         leaderboard,
         flagged,
+        agent_listener_calls,
     })
 }
 
