@@ -100,3 +100,17 @@ fn the_check_change_feed_reads_the_last_writes() {
         "checks_changed",
     );
 }
+
+/// Verification's peer lookup (`Verifier::peers_of`): a cell's latest counted
+/// successes through the partial `results_peers` (migration 000044), whose predicate
+/// the statement names as literals, not the check's every result by arrival.
+#[test]
+fn the_peer_lookup_reads_its_cell() {
+    let test_db = TestDb::new(Backend::Sqlite);
+    let db = Db::open(&test_db.url, 1).unwrap();
+    assert_uses(
+        &db,
+        "SELECT `results`.`agent_id`, `results`.`ttfb_us`, `results`.`total_us` FROM `results` WHERE ((((((((`results`.`received_at` >= 1000) AND (`results`.`received_at` <= 2000)) AND NOT (`results`.`flagged`)) AND NOT (`results`.`late`)) AND (`results`.`error_kind` IS NULL)) AND (`results`.`check_id` = 'c')) AND (`results`.`asn` = 64501)) AND (`results`.`connection_class` = 'dsl')) ORDER BY `results`.`received_at` DESC LIMIT 200",
+        "results_peers (check_id=? AND asn=? AND connection_class=? AND received_at>? AND received_at<?)",
+    );
+}
