@@ -23,7 +23,9 @@ async fn requests_recover_after_postgresql_drops_every_connection() {
 
     drop_every_connection(&db);
     served_again_after_at_most_one_failure_per_connection(&list).await;
+    let pool = app.db().clone();
     app.controller.stop().await.unwrap();
+    pool_refilled(&pool).await;
 }
 
 /// The connections were dropped before any of them had prepared the statement the next
@@ -45,7 +47,24 @@ async fn requests_recover_when_the_first_statement_after_the_drop_is_a_new_one()
     drop_every_connection(&db);
     let list = || app.call("GET", "/api/v1/checks", Some(&owner), None);
     served_again_after_at_most_one_failure_per_connection(&list).await;
+    let pool = app.db().clone();
     app.controller.stop().await.unwrap();
+    pool_refilled(&pool).await;
+}
+
+/// Waits (at most 20 s) until the pool has reopened every connection it dropped: it does
+/// so on threads of its own, and a test process that exits while one of them is inside
+/// libpq dies of SIGSEGV after its test passed (CI, once).
+async fn pool_refilled(db: &lastmile_storage::Db) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while db.state().connections < db.max_size() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pool did not reopen its connections: {:?}",
+            db.state()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 fn drop_every_connection(db: &TestDb) {

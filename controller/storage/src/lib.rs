@@ -294,6 +294,18 @@ impl Db {
         Ok(applied)
     }
 
+    /// How many connections the pool holds and how many of them are idle. The pool
+    /// opens connections up to its size on threads of its own, also after it dropped
+    /// broken ones.
+    pub fn state(&self) -> r2d2::State {
+        self.pool.state()
+    }
+
+    /// The most connections the pool holds.
+    pub fn max_size(&self) -> u32 {
+        self.pool.max_size()
+    }
+
     /// A pooled connection for blocking code (CLI commands, benchmarks, tests).
     pub fn conn(&self) -> Result<r2d2::PooledConnection<DbConnectionManager>, DbError> {
         Ok(self.pool.get()?)
