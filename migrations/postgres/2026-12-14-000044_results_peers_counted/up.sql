@@ -8,7 +8,9 @@
 -- `bench ingest`); no other index has this expression, so the lookup takes this one
 -- whatever the statistics say. Partial: failures and late results, never peers, cost
 -- no entry. The lookup states the predicate as literals, so that a prepared
--- statement's generic plan can use the index too.
+-- statement's generic plan can use the index too. Built on every day's partition in
+-- this one step: on a large database result writes wait for the build (agents keep
+-- their results and send them again).
 DROP INDEX results_peers;
 CREATE INDEX results_peers
     ON results ((check_id || '|' || asn::text || '|' || connection_class), received_at)
