@@ -68,39 +68,44 @@ async fn pool_refilled(db: &lastmile_storage::Db) {
 }
 
 /// Terminates every backend of the test's database and waits (at most 10 s) until they
-/// are gone: `pg_terminate_backend` only signals them, and a backend that went on for a
-/// while answered the first requests after the "drop", which then failed later, after
-/// the test had counted them served (CI).
+/// are gone: `pg_terminate_backend` only signals them, and a backend still running
+/// answers the requests sent right after the "drop" (seen here: no request failed
+/// until the last batches).
 fn drop_every_connection(db: &TestDb) {
     #[derive(diesel::QueryableByName)]
-    struct Backend {
+    struct Pid {
         #[diesel(sql_type = diesel::sql_types::Integer)]
         pid: i32,
     }
     let name = db.url.rsplit('/').next().unwrap().to_owned();
     let mut admin = PgConnection::establish(&pg_admin_url()).unwrap();
-    let backends = |admin: &mut PgConnection| -> Vec<i32> {
-        diesel::sql_query(format!(
-            "SELECT pid FROM pg_stat_activity WHERE datname = '{name}'"
-        ))
-        .load::<Backend>(admin)
-        .unwrap()
-        .into_iter()
-        .map(|b| b.pid)
-        .collect()
+    let pids = |admin: &mut PgConnection, sql: &str| -> Vec<i32> {
+        diesel::sql_query(sql)
+            .load::<Pid>(admin)
+            .unwrap()
+            .into_iter()
+            .map(|p| p.pid)
+            .collect()
     };
-    let dropped = backends(&mut admin);
+    let running = format!("SELECT pid FROM pg_stat_activity WHERE datname = '{name}'");
+    let dropped = pids(&mut admin, &running);
     assert!(
         !dropped.is_empty(),
         "the controller has connections to drop"
     );
+    // One pid at a time: in a filter beside the database's name, PostgreSQL may call
+    // `pg_terminate_backend` before it has checked the name.
     for pid in &dropped {
-        diesel::sql_query(format!("SELECT pg_terminate_backend({pid})"))
-            .execute(&mut admin)
-            .unwrap();
+        pids(
+            &mut admin,
+            &format!("SELECT {pid} AS pid WHERE pg_terminate_backend({pid})"),
+        );
     }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while backends(&mut admin).iter().any(|pid| dropped.contains(pid)) {
+    while pids(&mut admin, &running)
+        .iter()
+        .any(|pid| dropped.contains(pid))
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "terminated backends still running"
