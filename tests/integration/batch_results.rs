@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::leasing::submission;
 use crate::per_backend;
 use crate::scene;
-use crate::support::{count, TestApp, TestDb, OWNER_CREDIT};
+use crate::support::{count, TestApp, TestDb, OWNER_CREDIT, QUEUED};
 
 per_backend!(
     a_batch_answers_each_result_in_order_and_counts_and_pays_each_once,
@@ -117,7 +117,7 @@ async fn a_batch_answers_each_result_in_order_and_counts_and_pays_each_once(db: 
                 app,
                 "SELECT COUNT(*) AS n FROM ledger_transactions WHERE kind = 'result'",
             ),
-            count(app, "SELECT COUNT(*) AS n FROM fold_queue"),
+            count(app, QUEUED),
         )
     };
     assert_eq!(settled(&app), (3, 3, 3, 1, 0));
@@ -318,7 +318,7 @@ async fn a_group_commit_closes_exactly_the_assignments_of_its_timely_results(db:
         "closed: the two timely results' assignments only"
     );
     assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM results"), 3);
-    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM fold_queue"), 2);
+    assert_eq!(count(&app, QUEUED), 2);
     drop(conn);
     app.controller.stop().await.unwrap();
 }

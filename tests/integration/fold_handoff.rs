@@ -1,7 +1,8 @@
 //! Results handed from the accepting transaction to the folder in memory
 //! (`lastmile_domain::ingest::Handoff`), on both backends: the fold uses what it holds
 //! only for the queue entries it took, so a result another replica's folder took first
-//! is folded and paid once, and what it does not hold it reads back.
+//! is folded and paid once, and what it does not hold it reads back; and the queue's
+//! entries (one per run and accepting transaction) as a fold takes them.
 
 use std::net::Ipv4Addr;
 
@@ -12,9 +13,14 @@ use serde_json::json;
 
 use crate::leasing::submission;
 use crate::per_backend;
-use crate::support::{count, target_site, TestApp, TestDb};
+use lastmile_storage::{count_sql, fold_queue, write_tx};
 
-per_backend!(a_result_held_in_memory_and_taken_by_another_folder_is_counted_once);
+use crate::support::{count, target_site, TestApp, TestDb, QUEUED};
+
+per_backend!(
+    a_result_held_in_memory_and_taken_by_another_folder_is_counted_once,
+    a_fold_takes_whole_queue_entries_oldest_first_up_to_its_size,
+);
 
 async fn a_result_held_in_memory_and_taken_by_another_folder_is_counted_once(db: TestDb) {
     // Only this test folds: no background pass, no request waiting for one.
@@ -61,16 +67,21 @@ async fn a_result_held_in_memory_and_taken_by_another_folder_is_counted_once(db:
         .zip(&subs)
         .map(|(agent, subs)| Request { agent, subs })
         .collect();
+    // The first request in one transaction, the other two in the next: two queue
+    // entries of the run, of one and two results.
     let handoff = Handoff::default();
-    let answers = ingest::accept_many(&mut conn, &requests, Some(&handoff)).unwrap();
-    assert!(
-        answers.iter().flatten().flatten().all(|a| a.is_ok()),
-        "{answers:?}"
-    );
+    for requests in [&requests[..1], &requests[1..]] {
+        let answers = ingest::accept_many(&mut conn, requests, Some(&handoff)).unwrap();
+        assert!(
+            answers.iter().flatten().flatten().all(|a| a.is_ok()),
+            "{answers:?}"
+        );
+    }
     assert_eq!(handoff.len(), 3, "the three queued results are held");
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM fold_queue"), 2);
 
-    // Another replica's folder (nothing held) takes one queued result first and reads
-    // it back; this one then folds the other two from memory.
+    // Another replica's folder (nothing held) takes the older entry first and reads
+    // its result back; this one then folds the other two from memory.
     let elsewhere = ingest::fold_pending(&mut conn, 1, None, None).unwrap();
     assert_eq!(elsewhere.results, 1);
     let here = ingest::fold_pending(&mut conn, 100, Some(&handoff), None).unwrap();
@@ -102,4 +113,90 @@ async fn a_result_held_in_memory_and_taken_by_another_folder_is_counted_once(db:
     assert_eq!(ledger::audit(&mut *conn).unwrap(), Vec::<String>::new());
     drop(conn);
     app.controller.stop().await.unwrap();
+}
+
+/// The fold queue holds one entry per run and accepting transaction: a fold takes whole
+/// entries, oldest first, until it has `max` results (at least one entry, however
+/// large; at most `max / 2` entries looked at), and on PostgreSQL a folder skips the
+/// entries another folder holds.
+async fn a_fold_takes_whole_queue_entries_oldest_first_up_to_its_size(db: TestDb) {
+    let pg = db.backend_name() == "postgres";
+    // A migrated database, and no folder but this test's: the controller's folder
+    // makes a pass as it starts and another as it stops, and one running while this
+    // test queues would take entries.
+    let app = TestApp::start(&db).await;
+    let database = app.db().clone();
+    app.controller.stop().await.unwrap();
+    let mut conn = database.conn().unwrap();
+    // Runs a, b, c with ten results each, then d, e, f with one, queued in that order.
+    let mut expected: Vec<Vec<String>> = Vec::new();
+    for (i, (run, results)) in [
+        ("a", 10),
+        ("b", 10),
+        ("c", 10),
+        ("d", 1),
+        ("e", 1),
+        ("f", 1),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let ids: Vec<String> = (0..results).map(|n| format!("{run}{n}")).collect();
+        let entries = fold_queue::entries(i as i64 + 1, ids.iter().map(|id| (run, id.as_str())));
+        assert_eq!(entries.len(), 1);
+        fold_queue::enqueue(&mut conn, &entries).unwrap();
+        expected.push(ids);
+    }
+    assert_eq!(
+        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM fold_queue").unwrap(),
+        6
+    );
+    assert_eq!(count_sql(&mut conn, QUEUED).unwrap(), 33);
+    assert_eq!(fold_queue::queued_in_run(&mut conn, "a").unwrap(), 10);
+    assert_eq!(fold_queue::queued_in_run(&mut conn, "z").unwrap(), 0);
+    let results = |runs: &[usize]| -> Vec<String> {
+        runs.iter().flat_map(|r| expected[*r].clone()).collect()
+    };
+
+    if pg {
+        // A folder holding the oldest entry (its transaction still open): another one
+        // takes the next, and once the first rolls back the oldest is queued again.
+        let mut other = database.conn().unwrap();
+        let mut seen = None;
+        let rolled_back = write_tx(&mut conn, |c| {
+            let mine = fold_queue::take(c, 1)?;
+            let theirs = fold_queue::take(&mut other, 1)?;
+            seen = Some((mine, theirs));
+            Err::<(), _>(diesel::result::Error::RollbackTransaction)
+        });
+        assert!(rolled_back.is_err());
+        let (mine, theirs) = seen.unwrap();
+        assert_eq!(mine, (results(&[0]), Some((1, 1))));
+        assert_eq!(theirs, (results(&[1]), Some((2, 2))));
+        // Run b's entry was taken for good (autocommit): queue it again.
+        let b = fold_queue::entries(2, expected[1].iter().map(|id| ("b", id.as_str())));
+        fold_queue::enqueue(&mut conn, &b).unwrap();
+    }
+
+    // 12 results: a and b (20); c would start past 12.
+    assert_eq!(
+        fold_queue::take(&mut conn, 12).unwrap(),
+        (results(&[0, 1]), Some((1, 2)))
+    );
+    // One entry at least, however large.
+    assert_eq!(
+        fold_queue::take(&mut conn, 4).unwrap(),
+        (results(&[2]), Some((3, 3)))
+    );
+    // 4 results: no more than two entries looked at.
+    assert_eq!(
+        fold_queue::take(&mut conn, 4).unwrap(),
+        (results(&[3, 4]), Some((4, 5)))
+    );
+    assert_eq!(
+        fold_queue::take(&mut conn, 4).unwrap(),
+        (results(&[5]), Some((6, 6)))
+    );
+    assert_eq!(fold_queue::take(&mut conn, 8).unwrap(), (Vec::new(), None));
+    assert_eq!(count_sql(&mut conn, QUEUED).unwrap(), 0);
 }

@@ -308,14 +308,16 @@ async fn credit_is_held_for_open_and_queued_work_of_the_owner_only(db: TestDb) {
     for sql in [
         format!("UPDATE assignments SET state = 'done' WHERE id = '{queued}'"),
         format!(
-            "INSERT INTO fold_queue (assignment_id, run_id, queued_at) VALUES ('{queued}', '{run}', 1)"
+            "INSERT INTO fold_queue (run_id, first_assignment_id, assignment_ids, results, queued_at) \
+             VALUES ('{run}', '{queued}', '{queued}', 1, 1)"
         ),
         format!("UPDATE assignments SET state = 'expired' WHERE id = '{expired}'"),
         // The other owner's queued result is theirs to pay.
         format!("UPDATE assignments SET state = 'done' WHERE id = '{}'", theirs.0),
         format!(
-            "INSERT INTO fold_queue (assignment_id, run_id, queued_at) VALUES ('{}', '{}', 2)",
-            theirs.0, theirs.1
+            "INSERT INTO fold_queue (run_id, first_assignment_id, assignment_ids, results, queued_at) \
+             VALUES ('{}', '{}', '{}', 1, 2)",
+            theirs.1, theirs.0, theirs.0
         ),
     ] {
         diesel::sql_query(sql).execute(&mut conn).unwrap();
@@ -326,7 +328,7 @@ async fn credit_is_held_for_open_and_queued_work_of_the_owner_only(db: TestDb) {
     // Folded: out of the queue, no longer held (it is paid by then).
     let mut conn = app.db().conn().unwrap();
     diesel::sql_query(format!(
-        "DELETE FROM fold_queue WHERE assignment_id = '{queued}'"
+        "DELETE FROM fold_queue WHERE first_assignment_id = '{queued}'"
     ))
     .execute(&mut conn)
     .unwrap();

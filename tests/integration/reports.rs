@@ -520,7 +520,8 @@ async fn complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figu
     let queued_at = today - 2 * DAY_US + 13 * HOUR_US;
     let mut conn = app.db().conn().unwrap();
     diesel::sql_query(format!(
-        "INSERT INTO fold_queue (assignment_id, run_id, queued_at) VALUES ('waiting', 'run', {queued_at})"
+        "INSERT INTO fold_queue (run_id, first_assignment_id, assignment_ids, results, queued_at) \
+         VALUES ('run', 'waiting', 'waiting', 1, {queued_at})"
     ))
     .execute(&mut conn)
     .unwrap();
@@ -529,7 +530,7 @@ async fn complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figu
         8,
         "14 to 8 days ago, and three days ago"
     );
-    diesel::sql_query("DELETE FROM fold_queue WHERE assignment_id = 'waiting'")
+    diesel::sql_query("DELETE FROM fold_queue WHERE first_assignment_id = 'waiting'")
         .execute(&mut conn)
         .unwrap();
     assert_eq!(

@@ -105,8 +105,8 @@ async fn raw_results_past_retention_age_out_and_nothing_counted_from_them_change
     sql(
         &mut conn,
         &format!(
-            "INSERT INTO fold_queue (assignment_id, run_id, queued_at) \
-             SELECT assignment_id, run_id, received_at FROM results WHERE assignment_id = '{}'",
+            "INSERT INTO fold_queue (run_id, first_assignment_id, assignment_ids, results, queued_at) \
+             SELECT run_id, assignment_id, assignment_id, 1, received_at FROM results WHERE assignment_id = '{}'",
             ids[5]
         ),
     );

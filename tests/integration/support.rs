@@ -74,6 +74,10 @@ pub fn count(app: &TestApp, sql: &str) -> i64 {
     lastmile_storage::count_sql(&mut app.db().conn().unwrap(), sql).unwrap()
 }
 
+/// How many accepted results are still queued for folding (a queue entry holds a
+/// run's results of one accepting transaction).
+pub const QUEUED: &str = "SELECT CAST(COALESCE(SUM(results), 0) AS BIGINT) AS n FROM fold_queue";
+
 /// Waits (at most 20 s) until the background pass (every second) has folded and paid
 /// every accepted result: a report reads aggregates, so it shows a stored result only
 /// once it is folded.

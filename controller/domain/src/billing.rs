@@ -46,7 +46,7 @@ pub const HELD_FOR_ASSIGNMENTS: &str =
       WHERE a.check_id = c.id AND c.owner_id = $1 AND a.state IN ('pending', 'leased') \
       GROUP BY a.run_id \
      UNION ALL \
-     SELECT q.run_id, q.n FROM (SELECT run_id, COUNT(*) AS n FROM fold_queue GROUP BY run_id) q \
+     SELECT q.run_id, q.n FROM (SELECT run_id, SUM(results) AS n FROM fold_queue GROUP BY run_id) q \
       WHERE (SELECT c.owner_id FROM runs r JOIN checks c ON c.id = r.check_id \
               WHERE r.id = q.run_id) = $1";
 

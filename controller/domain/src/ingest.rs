@@ -49,7 +49,7 @@ pub use crate::fold_handoff::Handoff;
 use crate::histogram;
 use crate::{billing, checks, verification};
 use lastmile_storage::assignments::{in_state, state, Assignment};
-use lastmile_storage::fold_queue::{self, Queued};
+use lastmile_storage::fold_queue;
 use lastmile_storage::schema::{aggregates, assignments, results};
 use lastmile_storage::{write_tx, DbConn};
 
@@ -677,14 +677,7 @@ pub fn accept_many(
         for (request, sorted) in requests.iter().zip(sorted) {
             answers.push(match sorted {
                 Err(e) => Err(e),
-                Ok(sorted) => Ok(judge(
-                    c,
-                    request.agent,
-                    sorted,
-                    &mut batch,
-                    &mut written,
-                    now,
-                )?),
+                Ok(sorted) => Ok(judge(c, request.agent, sorted, &mut batch, &mut written)?),
             });
         }
         // Every assignment closed must have its timely result, and every timely result
@@ -697,7 +690,11 @@ pub fn accept_many(
             )));
         }
         written.store(c)?;
-        fold_queue::enqueue(c, &written.queued)?;
+        let queued = written
+            .queued
+            .iter()
+            .map(|(run, assignment)| (run.as_str(), assignment.as_str()));
+        fold_queue::enqueue(c, &fold_queue::entries(now, queued))?;
         Ok::<_, Error>((answers, written.handed))
     })?;
     if let Some(handoff) = handoff {
@@ -720,7 +717,9 @@ struct Written<'a> {
     rows: Vec<StoredResult>,
     /// Flagged results among `rows`, with their agent and flags.
     flagged: Vec<(&'a Agent, usize, Vec<verification::Flag>)>,
-    queued: Vec<Queued>,
+    /// Results to fold (run, assignment), queued at the end of the batch: one queue
+    /// entry per run.
+    queued: Vec<(String, String)>,
     /// New results in time: as many as the assignments [`claim_timely`] closed.
     timely: usize,
     /// Whether the queued results are to be handed to the folder in memory
@@ -803,7 +802,6 @@ fn judge<'a>(
     Sorted { subs, answers, new }: Sorted<'_>,
     batch: &mut verification::Batch,
     written: &mut Written<'a>,
-    now: Micros,
 ) -> Result<Vec<Result<Submitted>>> {
     if batch.has_siblings(agent) {
         // The same-address rule reads the run's stored results: the batch's so far too.
@@ -857,11 +855,9 @@ fn judge<'a>(
         if !r.late {
             written.timely += 1;
             if flags.is_empty() {
-                written.queued.push(Queued {
-                    assignment_id: r.assignment_id.clone(),
-                    run_id: r.run_id.clone(),
-                    queued_at: now,
-                });
+                written
+                    .queued
+                    .push((r.run_id.clone(), r.assignment_id.clone()));
                 if written.hand_off {
                     written.handed.push((r.clone(), agent.volunteer_id.clone()));
                 }

@@ -157,7 +157,8 @@ fn create_partition(conn: &mut DbConn, day: i64) -> Result<bool> {
 }
 
 /// Removes the results received before [`cutoff`]`(now, keep_days)` and their flags,
-/// except results still queued for folding (they stay until a later pass). On
+/// except results still queued for folding (they stay until a later pass), known by
+/// time: a queue entry's `queued_at` is its results' `received_at`. On
 /// PostgreSQL whole days are dropped with their partition; what else is that old (in the
 /// default partition, or on SQLite) is deleted in bounded batches.
 pub fn age_out(conn: &mut DbConn, now: Micros, keep_days: u32) -> Result<Aged> {
@@ -183,7 +184,7 @@ pub fn age_out(conn: &mut DbConn, now: Micros, keep_days: u32) -> Result<Aged> {
         conn,
         "DELETE FROM results WHERE (assignment_id, received_at) IN \
          (SELECT r.assignment_id, r.received_at FROM results r WHERE r.received_at < $1 \
-          AND NOT EXISTS (SELECT 1 FROM fold_queue q WHERE q.assignment_id = r.assignment_id) \
+          AND NOT EXISTS (SELECT 1 FROM fold_queue q WHERE q.queued_at = r.received_at) \
           LIMIT $2)",
         before,
     )?;
@@ -202,11 +203,15 @@ fn drop_partition(conn: &mut DbConn, day: i64) -> Result<bool> {
             return Ok(false);
         }
         let name = partition_name(day);
+        // A queue entry is queued when its results are received: one queued that day
+        // may hold results of this partition.
         let queued = count_sql(
             c,
             &format!(
-                "SELECT COUNT(*) AS n FROM (SELECT 1 FROM fold_queue q \
-                 JOIN {name} r ON r.assignment_id = q.assignment_id LIMIT 1) s"
+                "SELECT COUNT(*) AS n FROM (SELECT 1 FROM fold_queue \
+                 WHERE queued_at >= {} AND queued_at < {} LIMIT 1) s",
+                day * DAY_US,
+                (day + 1) * DAY_US
             ),
         )?;
         if queued > 0 {

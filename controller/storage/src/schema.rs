@@ -411,11 +411,13 @@ diesel::joinable!(stripe_accounts -> volunteers (volunteer_id));
 diesel::joinable!(payouts -> volunteers (volunteer_id));
 
 diesel::table! {
-    /// Results accepted and not yet folded into aggregates and paid (see
-    /// `lastmile_domain::ingest`).
-    fold_queue (assignment_id) {
-        assignment_id -> Text,
+    /// Results accepted and not yet folded into aggregates and paid, one entry per
+    /// run and accepting transaction (see `lastmile_storage::fold_queue`).
+    fold_queue (run_id, first_assignment_id) {
         run_id -> Text,
+        first_assignment_id -> Text,
+        assignment_ids -> Text,
+        results -> Integer,
         queued_at -> BigInt,
     }
 }

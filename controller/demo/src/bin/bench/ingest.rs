@@ -438,7 +438,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let after = usage(controller.pid())?;
     let db_cpu = postgres_cpu().saturating_sub(db_before);
     let mut conn = db.conn()?;
-    let left = count_sql(&mut conn, "SELECT COUNT(*) AS n FROM fold_queue")?;
+    let left = count_sql(
+        &mut conn,
+        "SELECT CAST(COALESCE(SUM(results), 0) AS BIGINT) AS n FROM fold_queue",
+    )?;
     let folded = count_sql(
         &mut conn,
         "SELECT CAST(COALESCE(SUM(successes + failures), 0) AS BIGINT) AS n FROM aggregates",
