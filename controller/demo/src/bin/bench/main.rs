@@ -27,8 +27,48 @@ mod ingest;
 mod reflector;
 mod storage;
 
+/// What `bench --help` prints (each bench's module documentation says what its flags
+/// mean and their defaults).
+const USAGE: &str = "\
+usage: bench [BENCH] [FLAGS]   (cargo run --release -p lastmile-demo --bin bench -- BENCH FLAGS)
+
+benches, each printing figures (none is a test):
+  storage    (the default) the full accept path on each backend, and an SLA report
+             from aggregates against percentile_cont over the raw rows
+             --results N  --raw-rows N  --threads N  --pg ADMIN_URL
+  agents     simulated enrolled agents at the real cadence against a controller it
+             starts: per step, requests/s, each call's p50/p99, errors, CPU and RSS
+             --steps N,N,..  --hold-s S  --heartbeat-s S  --idle-poll-s S  --long-poll
+             --agent-listener  --work-every-s S  --work-agents N  --one-address
+             --hello  --pg ADMIN_URL  --controller PATH
+  ingest     results over the HTTP API (or --in-process), and a raw COPY of the same
+             rows into PostgreSQL beside it, printed as a ratio
+             --results N  --batch N  --connections N  --agents N  --in-process
+             --group N  --history N  --pg ADMIN_URL  --controller PATH
+  http       authenticated API calls under wrk beside an actix-web hello world
+             --duration-s S  --connections N  --checks N  --latency  --timeout S
+             --bindir DIR  --pg ADMIN_URL  --controller PATH
+  choice     what choosing a run's agents costs at 10k and 100k agents, and rotation
+             --steps N,N,..  --runs N  --pg ADMIN_URL
+  reflector  how many udp streams one lastmile-reflector carries
+             --steps N,N,..  --hold-s S  --interval-ms MS  --packet-bytes N
+             --reflector PATH
+
+Each bench's flags and defaults are described at the top of
+controller/demo/src/bin/bench/BENCH.rs.";
+
+/// Whether the command line asks for the usage instead of a bench.
+fn wants_help(args: &[String]) -> bool {
+    args.iter()
+        .any(|a| matches!(a.as_str(), "--help" | "-h" | "help"))
+}
+
 fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    if wants_help(&args) {
+        println!("{USAGE}");
+        return Ok(());
+    }
     match args.first().map(String::as_str) {
         Some("agents") => agents::main(args.split_off(1)),
         Some("choice") => choice::main(args.split_off(1)),
@@ -38,5 +78,36 @@ fn main() -> anyhow::Result<()> {
         Some("reflector") => reflector::main(args.split_off(1)),
         Some("storage") => storage::main(args.split_off(1)),
         _ => storage::main(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn help_is_asked_for_anywhere_on_the_command_line() {
+        let line = |s: &str| -> Vec<String> { s.split_whitespace().map(str::to_owned).collect() };
+        assert!(wants_help(&line("--help")));
+        assert!(wants_help(&line("ingest --results 10 -h")));
+        assert!(wants_help(&line("help")));
+        assert!(!wants_help(&line(
+            "ingest --results 10 --pg postgres://h/db"
+        )));
+    }
+
+    #[test]
+    fn the_usage_names_every_bench_and_its_flags() {
+        for bench in ["storage", "agents", "ingest", "http", "choice", "reflector"] {
+            assert!(USAGE.contains(&format!("\n  {bench} ")), "{bench}");
+        }
+        for flag in [
+            "--in-process",
+            "--group",
+            "--agent-listener",
+            "--packet-bytes",
+        ] {
+            assert!(USAGE.contains(flag), "{flag}");
+        }
     }
 }
