@@ -16,7 +16,7 @@ use crate::schema::fold_queue;
 use crate::DbConn;
 
 /// One queue entry: results of one run, accepted by one transaction.
-#[derive(Debug, Clone, PartialEq, Eq, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = fold_queue, treat_none_as_default_value = false)]
 pub struct Entry {
     pub run_id: String,

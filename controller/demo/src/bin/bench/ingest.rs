@@ -429,11 +429,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             args.group,
             elapsed.as_secs_f64(),
             rates.len(),
-            rates
-                .iter()
-                .map(|r| format!("{r:.0}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            listed(&rates)
         );
         // Where the time went (CPU time on a shared machine varies from run to run as
         // well, with the host's load).
@@ -543,11 +539,7 @@ fn compare_with_copy(
         "\n  raw COPY of the same {} rows: {copy_rate:.0} rows/s (median of {}: {}); {what} / COPY = {:.3}x",
         rows.len(),
         copies.len(),
-        copies
-            .iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(", "),
+        listed(&copies),
         rate / copy_rate
     );
     println!(
@@ -555,6 +547,15 @@ fn compare_with_copy(
         db_cpu.as_micros() as f64 / (copies.len() * rows.len()).max(1) as f64
     );
     Ok(())
+}
+
+/// Rates as the bench prints them beside their median: `18600, 18737, 19745`.
+fn listed(rates: &[f64]) -> String {
+    rates
+        .iter()
+        .map(|r| format!("{r:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `requests` in three parts of (nearly) the same size, in order.
