@@ -93,14 +93,42 @@ pub async fn all_folded(app: &TestApp) {
 }
 
 impl Drop for TestDb {
+    /// Drops the PostgreSQL database once nothing is connected to it any more.
+    ///
+    /// A test's controller is dropped just before its database, often still running:
+    /// dropping it only asks it to stop, and its loops and handlers go on with the pool
+    /// for a moment. Dropping the database under them (`FORCE`) had the pool reconnect
+    /// on its own threads, inside libpq, as the test process exited, which once ended a
+    /// passing test with SIGSEGV. So this waits (at most [`DROP_WAIT`]) until the
+    /// controller has stopped and its pool has closed its connections, and only then
+    /// drops the database (still with `FORCE`, for whatever outlived the wait).
     fn drop(&mut self) {
-        if let Some(name) = &self.pg_name {
-            if let Ok(mut conn) = PgConnection::establish(&pg_admin_url()) {
-                let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
+        let Some(name) = &self.pg_name else { return };
+        let Ok(mut conn) = PgConnection::establish(&pg_admin_url()) else {
+            return;
+        };
+        #[derive(diesel::QueryableByName)]
+        struct Count {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
         }
+        let connected = format!(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS n FROM pg_stat_activity WHERE datname = '{name}'"
+        );
+        let deadline = std::time::Instant::now() + DROP_WAIT;
+        while std::time::Instant::now() < deadline
+            && diesel::RunQueryDsl::get_result::<Count>(diesel::sql_query(&connected), &mut conn)
+                .is_ok_and(|c| c.n > 0)
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = conn.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
     }
 }
+
+/// Longest a test's end waits for its controller to stop before its database is
+/// dropped: above the controller's graceful shutdown (5 s for requests in flight).
+const DROP_WAIT: Duration = Duration::from_secs(10);
 
 /// Runs a test body once per backend, each in its own fresh database.
 #[macro_export]
