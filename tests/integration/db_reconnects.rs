@@ -3,11 +3,14 @@
 //!
 //! The pool does not test a connection with `SELECT 1` before every use (that was a
 //! round trip on top of every request's own queries); a dropped connection fails its
-//! next statement and is then replaced. So a drop costs at most one failed request per
-//! pooled connection, and the controller serves on.
+//! next statement and is then replaced, and the first one found dropped has the pool
+//! test the others it holds idle. So a drop costs at most one failed request per
+//! connection in use at the time (and one for the first found), and the controller
+//! serves on.
 
+use diesel::connection::SimpleConnection;
 use diesel::{Connection, PgConnection, RunQueryDsl};
-use lastmile_storage::Backend;
+use lastmile_storage::{Backend, DbError};
 
 use crate::support::{pg_admin_url, TestApp, TestDb};
 
@@ -49,6 +52,44 @@ async fn requests_recover_when_the_first_statement_after_the_drop_is_a_new_one()
     served_again_after_at_most_one_failure_per_connection(&list).await;
     let pool = app.db().clone();
     app.controller.stop().await.unwrap();
+    pool_refilled(&pool).await;
+}
+
+/// One dropped connection found has the pool test the others it holds idle. Without
+/// that, the dropped ones the pool still held (it hands out the connection returned
+/// last, and fresh ones opened after a failure went on top) failed requests whenever
+/// concurrency first reached them, minutes later. Here: one failed piece of work, then
+/// every connection of the pool at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_dropped_connection_found_retires_the_others_idle_in_the_pool() {
+    let db = TestDb::new(Backend::Postgres);
+    let pool = lastmile_storage::Db::open(&db.url, 4).unwrap();
+    pool_refilled(&pool).await;
+    drop_every_connection(&db);
+
+    let first = pool
+        .run(|c| c.batch_execute("SELECT 1").map_err(DbError::from))
+        .await;
+    assert!(
+        first.is_err(),
+        "the first work after the drop meets a dropped connection"
+    );
+    let failed = tokio::task::spawn_blocking(move || {
+        let all: Vec<_> = (0..4).map(|_| pool.conn().unwrap()).collect();
+        let failed = all
+            .into_iter()
+            .map(|mut c| c.batch_execute("SELECT 1"))
+            .filter(Result::is_err)
+            .count();
+        (failed, pool)
+    })
+    .await
+    .unwrap();
+    let (failed, pool) = failed;
+    assert_eq!(
+        failed, 0,
+        "dropped connections handed out after the first was found"
+    );
     pool_refilled(&pool).await;
 }
 

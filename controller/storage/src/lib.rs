@@ -120,6 +120,8 @@ pub mod stripe_accounts;
 pub mod stripe_checkouts;
 pub mod volunteers;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use diesel::connection::SimpleConnection;
@@ -205,6 +207,9 @@ pub enum DbError {
 pub struct DbConnectionManager {
     url: String,
     backend: Backend,
+    /// Sweeps of the pool running ([`sweep_idle`]): while one runs, a connection is
+    /// tested before it is handed out.
+    sweeps: Arc<AtomicUsize>,
 }
 
 impl ManageConnection for DbConnectionManager {
@@ -234,7 +239,12 @@ impl ManageConnection for DbConnectionManager {
         }
     }
 
+    /// Called on every checkout, and costs nothing unless a sweep runs: then one
+    /// `SELECT 1`.
     fn is_valid(&self, conn: &mut DbConn) -> Result<(), r2d2::Error> {
+        if self.sweeps.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
         conn.batch_execute("SELECT 1")
             .map_err(r2d2::Error::QueryError)
     }
@@ -249,28 +259,38 @@ impl ManageConnection for DbConnectionManager {
 pub struct Db {
     pool: r2d2::Pool<DbConnectionManager>,
     backend: Backend,
+    /// The manager's count of sweeps running.
+    sweeps: Arc<AtomicUsize>,
 }
 
 impl Db {
     /// Connects to `url`, runs pending migrations, and returns the pool.
     pub fn open(url: &str, max_connections: u32) -> Result<Db, DbError> {
         let backend = Backend::from_url(url);
+        let sweeps = Arc::new(AtomicUsize::new(0));
         let manager = DbConnectionManager {
             url: url.to_owned(),
             backend,
+            sweeps: sweeps.clone(),
         };
         // No `SELECT 1` before every checkout (r2d2's default): on PostgreSQL it was a
-        // round trip on top of every request's own queries. A connection the server
-        // dropped fails its next statement, which leaves libpq's transaction status
-        // unknown; diesel then marks its transaction manager broken, `has_broken` says
-        // so and the pool replaces it (`db_reconnects` in the integration tests).
+        // round trip on top of every request's own queries. `is_valid` tests only
+        // while a sweep runs. A connection the server dropped fails its next
+        // statement, which leaves libpq's transaction status unknown; diesel then marks
+        // its transaction manager broken, `has_broken` says so and the pool replaces it,
+        // and the first one found dropped has the others idle in the pool tested
+        // ([`sweep_idle`]; `db_reconnects` in the integration tests).
         let pool = r2d2::Pool::builder()
             .max_size(max_connections.max(1))
-            .test_on_check_out(false)
+            .test_on_check_out(true)
             .connection_timeout(Duration::from_secs(10))
             .build(manager)
             .map_err(|e| DbError::Connect(format!("{} ({})", e, redact(url))))?;
-        let db = Db { pool, backend };
+        let db = Db {
+            pool,
+            backend,
+            sweeps,
+        };
         db.migrate()?;
         Ok(db)
     }
@@ -318,12 +338,13 @@ impl Db {
         T: Send + 'static,
         E: From<DbError> + Send + 'static,
     {
-        let pool = self.pool.clone();
+        let (pool, sweeps) = (self.pool.clone(), self.sweeps.clone());
         tokio::task::spawn_blocking(move || {
             let mut conn = pool.get().map_err(DbError::from)?;
             let outcome = f(&mut conn);
-            if outcome.is_err() {
-                mark_if_dropped(&mut conn);
+            if outcome.is_err() && mark_if_dropped(&mut conn) {
+                drop(conn);
+                sweep_idle(&pool, &sweeps);
             }
             outcome
         })
@@ -339,11 +360,34 @@ impl Db {
 /// connection) returns before diesel looks at the status, and the dead connection went
 /// back to the pool to fail the next request with the same statement, and the next
 /// (`db_reconnects` in the integration tests). Only on the error path: a success proves
-/// the connection alive.
-fn mark_if_dropped(conn: &mut DbConn) {
-    if let DbConn::Pg(_) = conn {
-        let _ = conn.batch_execute("SELECT 1");
+/// the connection alive. True when the connection was dropped.
+fn mark_if_dropped(conn: &mut DbConn) -> bool {
+    matches!(conn, DbConn::Pg(_)) && conn.batch_execute("SELECT 1").is_err()
+}
+
+/// After a connection turned out dropped by the server: the others idle in the pool most
+/// likely went with it (a restart, a failover). r2d2 hands out the connection returned
+/// last, so a dropped one could stay buried under live ones and fail a request minutes
+/// later, whenever load first reached it. Takes every idle connection out of the pool
+/// once, each tested on the way (`is_valid`, while `sweeps` counts this sweep): the
+/// dropped ones are closed (the pool opens new ones), the live ones go back.
+fn sweep_idle(pool: &r2d2::Pool<DbConnectionManager>, sweeps: &AtomicUsize) {
+    sweeps.fetch_add(1, Ordering::SeqCst);
+    let mut live = Vec::new();
+    // Bounded by the pool's size: connections it opens meanwhile are not swept twice.
+    for _ in 0..pool.max_size() {
+        match pool.try_get() {
+            Some(conn) => live.push(conn),
+            None => break,
+        }
     }
+    let swept = live.len();
+    drop(live);
+    sweeps.fetch_sub(1, Ordering::SeqCst);
+    tracing::warn!(
+        live = swept,
+        "a database connection was dropped by the server: the pool's idle connections were tested"
+    );
 }
 
 /// Runs `f` in one write transaction (see the module docs for the per-backend meaning).
