@@ -20,6 +20,7 @@ use crate::support::{count, target_site, TestApp, TestDb, QUEUED};
 per_backend!(
     a_result_held_in_memory_and_taken_by_another_folder_is_counted_once,
     a_fold_takes_whole_queue_entries_oldest_first_up_to_its_size,
+    queued_results_whose_rows_are_gone_are_counted_as_missing_not_folded,
 );
 
 async fn a_result_held_in_memory_and_taken_by_another_folder_is_counted_once(db: TestDb) {
@@ -199,4 +200,41 @@ async fn a_fold_takes_whole_queue_entries_oldest_first_up_to_its_size(db: TestDb
     );
     assert_eq!(fold_queue::take(&mut conn, 8).unwrap(), (Vec::new(), None));
     assert_eq!(count_sql(&mut conn, QUEUED).unwrap(), 0);
+}
+
+async fn queued_results_whose_rows_are_gone_are_counted_as_missing_not_folded(db: TestDb) {
+    // The background pass (every 50 ms) folds what the test queues by hand.
+    let app = TestApp::start_with(&db, |c| {
+        c.scheduler_tick_ms = 3_600_000;
+        c.fold_interval_ms = 50;
+    })
+    .await;
+    let mut conn = app.db().conn().unwrap();
+    // Two results queued whose rows are not stored (as if deleted behind the queue).
+    let now = lastmile_domain::clock::now_us();
+    let ids = ["gone-1", "gone-2"];
+    let entries = fold_queue::entries(now, ids.iter().map(|id| ("run-gone", *id)));
+    fold_queue::enqueue(&mut conn, &entries).unwrap();
+    drop(conn);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while count(&app, QUEUED) > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue was not emptied in 20 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, metrics) = app.call("GET", "/metrics", None, None).await;
+    assert_eq!(status, 200);
+    let counter = |name: &str| -> i64 {
+        let metrics = metrics.as_str().unwrap_or_default();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert_eq!(counter("lastmile_results_missing_total"), 2);
+    assert_eq!(counter("lastmile_results_folded_total"), 0);
+    assert_eq!(count(&app, "SELECT COUNT(*) AS n FROM result_payments"), 0);
 }

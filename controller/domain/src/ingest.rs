@@ -1005,6 +1005,10 @@ pub struct Folded {
     pub results: usize,
     /// Results the owner's credit no longer covered.
     pub unpaid: usize,
+    /// Queued results whose stored row was not found (deleted behind the queue's
+    /// back): their queue entries are gone, nothing was folded or paid for them.
+    /// Never expected; counted so that an operator sees it.
+    pub missing: usize,
 }
 
 /// Folds up to `max` queued results: merges them into their aggregate cells, pays for
@@ -1031,6 +1035,7 @@ pub fn fold_pending(
             oldest - crate::rollups::DAY_US,
             newest + crate::rollups::DAY_US,
         );
+        let queued = ids.len();
         let (mut rows, missing) = match handoff {
             Some(handoff) => handoff.take(ids),
             None => (Vec::new(), ids),
@@ -1056,9 +1061,18 @@ pub fn fold_pending(
             })
             .collect();
         let unpaid = billing::pay_for_results(c, &to_pay, run_terms)?;
+        let missing = queued.saturating_sub(rows.len());
+        if missing > 0 {
+            tracing::error!(
+                missing,
+                queued,
+                "queued results have no stored row: their queue entries are removed without folding"
+            );
+        }
         Ok(Folded {
             results: rows.len(),
             unpaid,
+            missing,
         })
     })
 }

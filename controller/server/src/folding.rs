@@ -75,11 +75,15 @@ impl Folder {
                 .await
             {
                 Ok(Folded {
-                    results, unpaid, ..
+                    results,
+                    unpaid,
+                    missing,
                 }) => {
                     Metrics::add(&metrics.results_folded, results as u64);
                     Metrics::add(&metrics.results_unpaid, unpaid as u64);
-                    if results < FOLD_BATCH as usize {
+                    Metrics::add(&metrics.results_missing, missing as u64);
+                    // Fewer taken than a batch: the queue is empty.
+                    if results + missing < FOLD_BATCH as usize {
                         self.folded_through.fetch_max(through, Ordering::SeqCst);
                         return;
                     }

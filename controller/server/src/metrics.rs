@@ -16,6 +16,7 @@ pub struct Metrics {
     pub results_flagged: AtomicU64,
     pub results_folded: AtomicU64,
     pub results_unpaid: AtomicU64,
+    pub results_missing: AtomicU64,
     /// Agents' requests written by the acceptor, and the transactions they took.
     pub result_requests: AtomicU64,
     pub result_batches: AtomicU64,
@@ -81,6 +82,11 @@ impl Metrics {
                 "lastmile_results_unpaid_total",
                 "Folded results the owner's credit no longer covered (stored, counted, not paid).",
                 &self.results_unpaid,
+            ),
+            (
+                "lastmile_results_missing_total",
+                "Queued results whose stored row was gone when folded (never expected: deleted behind the queue); not folded, not paid.",
+                &self.results_missing,
             ),
             (
                 "lastmile_result_requests_total",

@@ -311,7 +311,7 @@ pub fn fold_until_written(
         let writing = writers.load(std::sync::atomic::Ordering::SeqCst) > 0;
         let folded =
             ingest::fold_pending(&mut conn, ingest::FOLD_BATCH, handoff, Some(&run_terms))?;
-        if folded.results == 0 {
+        if folded.results + folded.missing == 0 {
             if !writing {
                 return Ok(());
             }
