@@ -374,6 +374,41 @@ fn pick(conn: &mut DbConn, pool: &Pool, group: &Group, n: u64) -> Result<Vec<Str
 /// Records that the chosen agents measure a run of `check_id` created `at`, and that
 /// the check took agents from their groups then: the rotation's memory.
 pub fn record_use(conn: &mut DbConn, check_id: &str, chosen: &Choice, at: Micros) -> Result<()> {
+    let mut groups: Vec<&GroupKey> = chosen.groups.iter().collect();
+    groups.sort_unstable();
+    groups.dedup();
+    if let DbConn::Pg(c) = conn {
+        // A statement each for all the run's agents and groups (one per agent and group
+        // was a round trip each: 200 agents, 400 statements a run).
+        use diesel::sql_types::Array;
+        diesel::sql_query(
+            "INSERT INTO check_agents (check_id, agent_id, last_run_at) \
+             SELECT $1, a, $3 FROM unnest($2::text[]) AS a \
+             ON CONFLICT (check_id, agent_id) DO UPDATE SET last_run_at = excluded.last_run_at",
+        )
+        .bind::<Text, _>(check_id)
+        .bind::<Array<Text>, _>(&chosen.agents)
+        .bind::<BigInt, _>(at)
+        .execute(c)?;
+        let countries: Vec<&str> = groups.iter().map(|g| g.0.as_str()).collect();
+        let asns: Vec<i64> = groups.iter().map(|g| g.1).collect();
+        let classes: Vec<&str> = groups.iter().map(|g| g.2.as_str()).collect();
+        diesel::sql_query(
+            "INSERT INTO check_groups (check_id, country, asn, class, last_used_at) \
+             SELECT $1, g.country, g.asn, g.class, $5 \
+             FROM unnest($2::text[], $3::bigint[], $4::text[]) AS g(country, asn, class) \
+             ON CONFLICT (check_id, country, asn, class) \
+             DO UPDATE SET last_used_at = excluded.last_used_at",
+        )
+        .bind::<Text, _>(check_id)
+        .bind::<Array<Text>, _>(&countries)
+        .bind::<Array<BigInt>, _>(&asns)
+        .bind::<Array<Text>, _>(&classes)
+        .bind::<BigInt, _>(at)
+        .execute(c)?;
+        return Ok(());
+    }
+    // SQLite, in process: a statement per row costs little.
     for agent in &chosen.agents {
         diesel::sql_query(
             "INSERT INTO check_agents (check_id, agent_id, last_run_at) VALUES ($1, $2, $3) \
@@ -384,9 +419,6 @@ pub fn record_use(conn: &mut DbConn, check_id: &str, chosen: &Choice, at: Micros
         .bind::<BigInt, _>(at)
         .execute(conn)?;
     }
-    let mut groups: Vec<&GroupKey> = chosen.groups.iter().collect();
-    groups.sort_unstable();
-    groups.dedup();
     for (country, asn, class) in groups {
         diesel::sql_query(
             "INSERT INTO check_groups (check_id, country, asn, class, last_used_at) \

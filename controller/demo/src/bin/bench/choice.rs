@@ -2,7 +2,7 @@
 //!
 //! For each step of N online, calibrated agents (spread over 40 countries, 400
 //! networks and the six classes) on each backend: creates runs of a check that asks
-//! for 10 agents anywhere, in proportion and equally, and prints the time a run's
+//! for `--per-run` agents anywhere (10), in proportion and equally, and prints the time a run's
 //! creation takes (the grouped count, the picks, the rows written), the time to count
 //! the eligible agents (the dashboard's live count), and how many distinct agents the
 //! runs used (rotation: every run new agents while any are left). Then `--runs` checks
@@ -10,7 +10,8 @@
 //! when the pass's runs share one count of the eligible agents.
 //!
 //! Flags: `--steps 10000,100000` (agents), `--runs N` (per step and spread, default
-//! 20), `--pg URL` (admin URL; a scratch database is created and dropped).
+//! 20), `--per-run N` (agents a run, default 10), `--pg URL` (admin URL; a scratch
+//! database is created and dropped).
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -29,6 +30,7 @@ use crate::storage::{fixture_with_tokens, policy, ScratchPg};
 struct Args {
     steps: Vec<usize>,
     runs: usize,
+    per_run: i32,
     pg: String,
 }
 
@@ -36,6 +38,7 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
     let mut args = Args {
         steps: vec![10_000, 100_000],
         runs: 20,
+        per_run: 10,
         pg: crate::storage::DEFAULT_PG.to_owned(),
     };
     let mut it = flags.into_iter();
@@ -52,6 +55,7 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
                     .collect::<Result<_, _>>()?
             }
             "--runs" => args.runs = value()?.parse()?,
+            "--per-run" => args.per_run = value()?.parse::<i32>()?.max(1),
             "--pg" => args.pg = value()?,
             other => anyhow::bail!("unknown flag {other}"),
         }
@@ -106,7 +110,13 @@ fn add_agents(conn: &mut DbConn, volunteer_id: &str, n: usize) -> anyhow::Result
     Ok(())
 }
 
-fn bench(backend: &str, db: &Db, agents_n: usize, runs_n: usize) -> anyhow::Result<()> {
+fn bench(
+    backend: &str,
+    db: &Db,
+    agents_n: usize,
+    runs_n: usize,
+    per_run: i32,
+) -> anyhow::Result<()> {
     let mut conn = db.conn()?;
     let (_, check, _) = fixture_with_tokens(&mut conn, 0)?;
     let volunteer: String = diesel::sql_query("SELECT id FROM volunteers LIMIT 1")
@@ -124,7 +134,7 @@ fn bench(backend: &str, db: &Db, agents_n: usize, runs_n: usize) -> anyhow::Resu
     for spread in [Spread::Proportional, Spread::Equal] {
         diesel::update(checks_t::table.find(&check.id))
             .set((
-                checks_t::agents_per_run.eq(10),
+                checks_t::agents_per_run.eq(per_run),
                 checks_t::spread.eq(spread.as_str()),
             ))
             .execute(&mut *conn)?;
@@ -159,7 +169,7 @@ fn bench(backend: &str, db: &Db, agents_n: usize, runs_n: usize) -> anyhow::Resu
             count_ms,
             counted,
             used.len(),
-            runs_n * 10,
+            runs_n * per_run as usize,
         );
     }
     // A scheduler pass: `runs_n` checks due at once share one census of the eligible
@@ -173,7 +183,7 @@ fn bench(backend: &str, db: &Db, agents_n: usize, runs_n: usize) -> anyhow::Resu
             c.next_run_at = Some(now - 1);
             c.interval_s = Some(300);
             c.spread = Spread::Proportional.as_str().to_owned();
-            c.agents_per_run = 10;
+            c.agents_per_run = per_run;
             c
         })
         .collect();
@@ -205,8 +215,8 @@ struct IdRow {
 pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
     let args = args(flags)?;
     println!(
-        "Choosing a run's agents: {} runs of 10 agents per step and spread\n",
-        args.runs
+        "Choosing a run's agents: {} runs of {} agents per step and spread\n",
+        args.runs, args.per_run
     );
     println!(
         "  {:<9} {:>8} {:<13} {:>9} {:>9} {:>10} {:>8} {:>12}",
@@ -215,10 +225,10 @@ pub fn main(flags: Vec<String>) -> anyhow::Result<()> {
     for &n in &args.steps {
         let dir = tempfile::tempdir()?;
         let sqlite = Db::open(&dir.path().join("bench.db").display().to_string(), 2)?;
-        bench("sqlite", &sqlite, n, args.runs)?;
+        bench("sqlite", &sqlite, n, args.runs, args.per_run)?;
         let scratch = ScratchPg::create(&args.pg, "choice")?;
         let pg = Db::open(&scratch.url, 2)?;
-        bench("postgres", &pg, n, args.runs)?;
+        bench("postgres", &pg, n, args.runs, args.per_run)?;
         drop(pg);
     }
     Ok(())

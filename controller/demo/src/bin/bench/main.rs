@@ -49,7 +49,7 @@ benches, each printing figures (none is a test):
              --duration-s S  --connections N  --checks N  --latency  --timeout S
              --bindir DIR  --pg ADMIN_URL  --controller PATH
   choice     what choosing a run's agents costs at 10k and 100k agents, and rotation
-             --steps N,N,..  --runs N  --pg ADMIN_URL
+             --steps N,N,..  --runs N  --per-run N  --pg ADMIN_URL
   reflector  how many udp streams one lastmile-reflector carries
              --steps N,N,..  --hold-s S  --interval-ms MS  --packet-bytes N
              --reflector PATH
