@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 
+use diesel::prelude::*;
 use lastmile_domain::check_terms::StoredCheck;
 use lastmile_domain::clock::now_us;
 use lastmile_domain::{checks, scheduling};
@@ -21,6 +22,7 @@ per_backend!(
     a_leased_task_carries_the_checks_expectations,
     page_runs_only_go_to_agents_that_can_load_pages,
     pending_work_of_a_run_past_its_deadline_is_given_up_and_no_other,
+    an_expiry_pass_takes_a_bounded_batch_of_overdue_leases_oldest_first,
 );
 
 /// A check of the site's home page with `selection` (the site verified first).
@@ -394,4 +396,61 @@ fn on_sqlite_a_state_in_the_statement_uses_its_partial_index() {
         steps.iter().any(|s| s.contains("assignments_leased_agent")),
         "{steps:#?}"
     );
+}
+
+/// A mass expiry is worked off in bounded passes, the leases that ran out first first:
+/// one pass is never a transaction the size of every overdue lease.
+async fn an_expiry_pass_takes_a_bounded_batch_of_overdue_leases_oldest_first(db: TestDb) {
+    let (app, site, owner, key) = scene::start(&db).await;
+    let mut agents = Vec::new();
+    for i in 2..=4 {
+        agents.push(app.agent(Ipv4Addr::new(127, 0, 0, i), &key, "dsl", 1).await);
+    }
+    let check = check_on_site(&app, &owner, &site, json!({"agents_per_run": 3})).await;
+    let (status, run) = app.ask_run(&owner, &check).await;
+    assert_eq!(status, 201, "{run}");
+    let mut leased = Vec::new();
+    for agent in &agents {
+        let (_, taken) = app.lease(agent, 1).await;
+        let id = taken["tasks"][0]["assignment_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        leased.push(id);
+    }
+    // The three leases ran out in the order third, first, second.
+    let now = now_us();
+    let mut conn = app.db().conn().unwrap();
+    for (id, ago_s) in leased.iter().zip([20, 10, 30]) {
+        diesel::sql_query(format!(
+            "UPDATE assignments SET lease_expires_at = {} WHERE id = '{id}'",
+            now - ago_s * 1_000_000
+        ))
+        .execute(&mut *conn)
+        .unwrap();
+    }
+    let policy = app.controller.state.policy;
+    let expired = |conn: &mut lastmile_storage::DbConn| -> Vec<String> {
+        let mut ids: Vec<String> = lastmile_storage::schema::assignments::table
+            .filter(lastmile_storage::schema::assignments::state.eq(scheduling::state::EXPIRED))
+            .select(lastmile_storage::schema::assignments::id)
+            .load(conn)
+            .unwrap();
+        ids.sort();
+        ids
+    };
+    let first = scheduling::expire_at_most(&mut conn, &policy, now, 2).unwrap();
+    assert_eq!(first.expired_leases, 2, "{first:?}");
+    let mut oldest = vec![leased[2].clone(), leased[0].clone()];
+    oldest.sort();
+    assert_eq!(
+        expired(&mut conn),
+        oldest,
+        "the two leases that ran out first"
+    );
+    let second = scheduling::expire_at_most(&mut conn, &policy, now, 2).unwrap();
+    assert_eq!(second.expired_leases, 1, "{second:?}");
+    let mut all = leased.clone();
+    all.sort();
+    assert_eq!(expired(&mut conn), all);
 }

@@ -607,16 +607,37 @@ pub struct ExpiryOutcome {
     pub unclaimed: u32,
 }
 
+/// Leases an expiry pass expires at most, and pending assignments it offers anew at
+/// most: each costs a few statements (the re-offer plans a replacement agent), and a
+/// mass expiry (a network's agents gone at once) must not become one transaction of
+/// tens of thousands of statements holding its rows' locks, with late results of those
+/// assignments waiting on them. The rest, oldest first, is the next pass's (every
+/// scheduler tick, a second).
+pub const EXPIRY_BATCH: i64 = 500;
+
 /// Expires leases that ran out, re-offering each while attempts remain (with the best
 /// remaining agent planned in for it), offers pending assignments that waited out the
 /// offer window to one more agent, and gives up pending assignments of runs past their
-/// deadline.
+/// deadline; at most [`EXPIRY_BATCH`] of the first two, oldest first.
 pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Result<ExpiryOutcome> {
+    expire_at_most(conn, policy, now, EXPIRY_BATCH)
+}
+
+/// [`expire`] with at most `max` leases expired and `max` pending assignments offered
+/// anew (the oldest lease deadlines and offers first).
+pub fn expire_at_most(
+    conn: &mut DbConn,
+    policy: &SchedulingPolicy,
+    now: Micros,
+    max: i64,
+) -> Result<ExpiryOutcome> {
     write_tx(conn, |c| {
         let overdue = || {
             assignments::table
                 .filter(in_state(state::LEASED))
                 .filter(assignments::lease_expires_at.lt(now))
+                .order((assignments::lease_expires_at, assignments::id))
+                .limit(max)
         };
         let overdue: Vec<Assignment> = match c {
             DbConn::Pg(pg) => overdue()
@@ -662,7 +683,7 @@ pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Resu
                 outcome.reoffered += 1;
             }
         }
-        outcome.unclaimed = offer_unclaimed(c, policy, now, &mut census)?;
+        outcome.unclaimed = offer_unclaimed(c, policy, now, max, &mut census)?;
         outcome.abandoned = abandon_past_deadline(c, now)?;
         Ok(outcome)
     })
@@ -709,6 +730,7 @@ fn offer_unclaimed(
     conn: &mut DbConn,
     policy: &SchedulingPolicy,
     now: Micros,
+    max: i64,
     census: &mut Option<Census>,
 ) -> Result<u32> {
     let waited: Vec<(String, String)> = assignments::table
@@ -716,6 +738,8 @@ fn offer_unclaimed(
         .filter(in_state(state::PENDING))
         .filter(assignments::created_at.lt(now - policy.offer_us))
         .filter(runs::deadline_at.gt(now))
+        .order((assignments::created_at, assignments::id))
+        .limit(max)
         .select((assignments::id, assignments::run_id))
         .load(conn)?;
     let mut by_run: HashMap<&str, Vec<&str>> = HashMap::new();
