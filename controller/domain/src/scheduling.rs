@@ -187,11 +187,7 @@ fn create_run_claiming(
         let plans: Vec<Plan> = chosen
             .agents
             .iter()
-            .map(|agent| Plan {
-                run_id: run_id.clone(),
-                agent_id: agent.clone(),
-                deadline_at: run.deadline_at,
-            })
+            .map(|agent| Plan::new(&run_id, run.deadline_at, agent))
             .collect();
         lastmile_storage::insert_rows!(c, run_agents::table, &plans);
         agent_choice::record_use(c, &check.id, &chosen, now)?;
@@ -229,16 +225,14 @@ struct Plan {
     deadline_at: Micros,
 }
 
-/// Plans `agent` into the run, whose deadline is `deadline_at` (see [`Plan`]).
-fn plan_in(conn: &mut DbConn, run_id: &str, deadline_at: Micros, agent: &str) -> Result<()> {
-    diesel::insert_into(run_agents::table)
-        .values((
-            run_agents::run_id.eq(run_id),
-            run_agents::agent_id.eq(agent),
-            run_agents::deadline_at.eq(deadline_at),
-        ))
-        .execute(conn)?;
-    Ok(())
+impl Plan {
+    fn new(run_id: &str, deadline_at: Micros, agent: &str) -> Plan {
+        Plan {
+            run_id: run_id.to_owned(),
+            agent_id: agent.to_owned(),
+            deadline_at,
+        }
+    }
 }
 
 /// Plans one more agent into the run for a slot `failed` (the agent that let a lease
@@ -279,7 +273,9 @@ fn plan_replacement(
     let Some(agent) = found.agents.first() else {
         return Ok(None);
     };
-    plan_in(conn, run_id, run.deadline_at, agent)?;
+    diesel::insert_into(run_agents::table)
+        .values(&Plan::new(run_id, run.deadline_at, agent))
+        .execute(conn)?;
     agent_choice::record_use(conn, &check.id, &found, now)?;
     Ok(Some(agent.clone()))
 }
