@@ -180,3 +180,31 @@ where
         "{failed} of 96 requests failed after the drop"
     );
 }
+
+/// A server on this machine is reached without TLS when the URL says nothing of it
+/// (`pg_url`), though the server offers it (Debian's does, with its own certificate)
+/// and libpq's default would take it.
+#[test]
+fn the_pool_reaches_a_server_on_this_machine_without_tls() {
+    let db = TestDb::new(Backend::Postgres);
+    assert!(!db.url.contains("sslmode"), "the test URL chooses nothing");
+    let encrypted = |conn: &mut PgConnection| -> bool {
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "(SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())",
+        ))
+        .get_result(conn)
+        .unwrap()
+    };
+    // As written, the URL gets TLS when the server offers it; where it does not, the
+    // pool's connection could not be encrypted either, and there is nothing to show.
+    if !encrypted(&mut PgConnection::establish(&db.url).unwrap()) {
+        eprintln!("the test server offers no TLS: nothing to show");
+        return;
+    }
+    let pool = lastmile_storage::Db::open(&db.url, 1).unwrap();
+    let mut conn = pool.conn().unwrap();
+    let lastmile_storage::DbConn::Pg(pg) = &mut *conn else {
+        panic!("not PostgreSQL");
+    };
+    assert!(!encrypted(pg), "the pool's connection is encrypted");
+}

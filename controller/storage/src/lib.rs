@@ -99,6 +99,7 @@ macro_rules! for_each_row {
 }
 
 pub mod clock;
+pub mod pg_url;
 pub mod schema;
 
 // Records and their queries, one module per table.
@@ -269,7 +270,12 @@ impl Db {
         let backend = Backend::from_url(url);
         let sweeps = Arc::new(AtomicUsize::new(0));
         let manager = DbConnectionManager {
-            url: url.to_owned(),
+            url: match backend {
+                Backend::Postgres => {
+                    pg_url::with_local_defaults(url, std::env::var("PGSSLMODE").ok().as_deref())
+                }
+                Backend::Sqlite => url.to_owned(),
+            },
             backend,
             sweeps: sweeps.clone(),
         };
