@@ -37,7 +37,7 @@
 //! its chosen agents and their groups only.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text};
@@ -281,13 +281,21 @@ pub fn choose(conn: &mut DbConn, census: &Census, pool: &Pool, n: u64) -> Result
             })
             .collect();
         let shares = shares(&open, left, pool.selection.spread, &mut rand::thread_rng());
+        // Each group's best agents again, past the ones it already gave.
+        let wanted: Vec<(&Group, u64)> = groups
+            .iter()
+            .zip(&given)
+            .zip(&shares)
+            .filter(|(_, &share)| share > 0)
+            .map(|((g, &given), &share)| (g, given + share))
+            .collect();
+        let mut picked = pick_groups(conn, pool, &wanted)?;
         let mut ran_dry = false;
         for (i, share) in shares.into_iter().enumerate() {
             if share == 0 {
                 continue;
             }
-            // The group's best agents again, past the ones it already gave.
-            let picked = pick(conn, pool, &groups[i], given[i] + share)?;
+            let picked = picked.remove(&groups[i].key()).unwrap_or_default();
             let new: Vec<String> = picked
                 .into_iter()
                 .filter(|a| !choice.agents.contains(a))
@@ -345,6 +353,76 @@ pub fn replacement(
         }
     }
     choose(conn, census, pool, 1)
+}
+
+/// Up to `n` eligible agents of each group, least recently used by the pool's check
+/// first, by group. On PostgreSQL one statement for all the groups: a statement a group
+/// was planned each time (0.15 ms, as much as it ran), and a run spread over 200
+/// groups sent 200 of them. SQLite, in process, picks group by group.
+fn pick_groups(
+    conn: &mut DbConn,
+    pool: &Pool,
+    wanted: &[(&Group, u64)],
+) -> Result<HashMap<GroupKey, Vec<String>>> {
+    let DbConn::Pg(c) = conn else {
+        let mut picked = HashMap::with_capacity(wanted.len());
+        for (group, n) in wanted {
+            picked.insert(group.key(), pick(conn, pool, group, *n)?);
+        }
+        return Ok(picked);
+    };
+    #[derive(QueryableByName)]
+    struct Picked {
+        #[diesel(sql_type = Text)]
+        id: String,
+        #[diesel(sql_type = Text)]
+        country: String,
+        #[diesel(sql_type = BigInt)]
+        asn: i64,
+        #[diesel(sql_type = Text)]
+        class: String,
+    }
+    use diesel::sql_types::Array;
+    let countries: Vec<&str> = wanted.iter().map(|(g, _)| g.country.as_str()).collect();
+    let asns: Vec<i64> = wanted.iter().map(|(g, _)| g.asn).collect();
+    let classes: Vec<&str> = wanted.iter().map(|(g, _)| g.class.as_str()).collect();
+    let counts: Vec<i64> = wanted
+        .iter()
+        .map(|(_, n)| i64::try_from(*n).unwrap_or(i64::MAX))
+        .collect();
+    // Ranked within each wanted group, as `pick` orders one group.
+    let rows: Vec<Picked> = diesel::sql_query(format!(
+        "WITH wanted AS ( \
+             SELECT * FROM unnest($5::text[], $6::bigint[], $7::text[], $8::bigint[]) \
+                 AS w (country, asn, class, n)) \
+         SELECT ranked.id, ranked.country, ranked.asn, ranked.class FROM ( \
+             SELECT a.id AS id, {COUNTRY} AS country, {ASN} AS asn, {CLASS} AS class, \
+                 row_number() OVER (PARTITION BY {COUNTRY}, {ASN}, {CLASS} \
+                     ORDER BY COALESCE(u.last_run_at, -1), random()) AS rank \
+             {ELIGIBLE} \
+               AND ({COUNTRY}, {ASN}, {CLASS}) IN (SELECT country, asn, class FROM wanted)) ranked \
+         JOIN wanted w ON w.country = ranked.country AND w.asn = ranked.asn \
+             AND w.class = ranked.class \
+         WHERE ranked.rank <= w.n \
+         ORDER BY ranked.country, ranked.asn, ranked.class, ranked.rank"
+    ))
+    .bind::<Text, _>(pool.check_id)
+    .bind::<BigInt, _>(pool.since)
+    .bind::<Text, _>(kind_pattern(pool.kind))
+    .bind::<Text, _>(pool.run_id.unwrap_or(""))
+    .bind::<Array<Text>, _>(&countries)
+    .bind::<Array<BigInt>, _>(&asns)
+    .bind::<Array<Text>, _>(&classes)
+    .bind::<Array<BigInt>, _>(&counts)
+    .load(c)?;
+    let mut picked: HashMap<GroupKey, Vec<String>> = HashMap::with_capacity(wanted.len());
+    for row in rows {
+        picked
+            .entry((row.country, row.asn, row.class))
+            .or_default()
+            .push(row.id);
+    }
+    Ok(picked)
 }
 
 /// Up to `n` eligible agents of `group`, least recently used by the pool's check first.
