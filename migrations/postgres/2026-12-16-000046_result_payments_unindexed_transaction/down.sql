@@ -1,0 +1,1 @@
+CREATE INDEX result_payments_transaction ON result_payments (transaction_id);
