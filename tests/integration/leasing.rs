@@ -23,6 +23,7 @@ per_backend!(
     page_runs_only_go_to_agents_that_can_load_pages,
     pending_work_of_a_run_past_its_deadline_is_given_up_and_no_other,
     an_expiry_pass_takes_a_bounded_batch_of_overdue_leases_oldest_first,
+    a_backlog_of_overdue_leases_is_expired_pass_after_pass_up_to_a_bound,
 );
 
 /// A check of the site's home page with `selection` (the site verified first).
@@ -400,8 +401,10 @@ fn on_sqlite_a_state_in_the_statement_uses_its_partial_index() {
 
 /// A mass expiry is worked off in bounded passes, the leases that ran out first first:
 /// one pass is never a transaction the size of every overdue lease.
-async fn an_expiry_pass_takes_a_bounded_batch_of_overdue_leases_oldest_first(db: TestDb) {
-    let (app, site, owner, key) = scene::start(&db).await;
+/// Three agents' leases of one run, run out 20, 10 and 30 seconds before the `now`
+/// returned, each agent allowed one lease.
+async fn three_overdue_leases(db: &TestDb) -> (TestApp, Vec<String>, i64) {
+    let (app, site, owner, key) = scene::start(db).await;
     let mut agents = Vec::new();
     for i in 2..=4 {
         agents.push(app.agent(Ipv4Addr::new(127, 0, 0, i), &key, "dsl", 1).await);
@@ -429,16 +432,25 @@ async fn an_expiry_pass_takes_a_bounded_batch_of_overdue_leases_oldest_first(db:
         .execute(&mut *conn)
         .unwrap();
     }
+    drop(conn);
+    (app, leased, now)
+}
+
+fn expired_ids(conn: &mut lastmile_storage::DbConn) -> Vec<String> {
+    let mut ids: Vec<String> = lastmile_storage::schema::assignments::table
+        .filter(lastmile_storage::schema::assignments::state.eq(scheduling::state::EXPIRED))
+        .select(lastmile_storage::schema::assignments::id)
+        .load(conn)
+        .unwrap();
+    ids.sort();
+    ids
+}
+
+async fn an_expiry_pass_takes_a_bounded_batch_of_overdue_leases_oldest_first(db: TestDb) {
+    let (app, leased, now) = three_overdue_leases(&db).await;
+    let mut conn = app.db().conn().unwrap();
     let policy = app.controller.state.policy;
-    let expired = |conn: &mut lastmile_storage::DbConn| -> Vec<String> {
-        let mut ids: Vec<String> = lastmile_storage::schema::assignments::table
-            .filter(lastmile_storage::schema::assignments::state.eq(scheduling::state::EXPIRED))
-            .select(lastmile_storage::schema::assignments::id)
-            .load(conn)
-            .unwrap();
-        ids.sort();
-        ids
-    };
+    let expired = expired_ids;
     let first = scheduling::expire_at_most(&mut conn, &policy, now, 2).unwrap();
     assert_eq!(first.expired_leases, 2, "{first:?}");
     let mut oldest = vec![leased[2].clone(), leased[0].clone()];
@@ -453,4 +465,24 @@ async fn an_expiry_pass_takes_a_bounded_batch_of_overdue_leases_oldest_first(db:
     let mut all = leased.clone();
     all.sort();
     assert_eq!(expired(&mut conn), all);
+}
+
+/// The scheduler's tick runs passes back to back while they come back full: a backlog
+/// is cleared in one tick, a transaction a batch, but never more than the passes given.
+async fn a_backlog_of_overdue_leases_is_expired_pass_after_pass_up_to_a_bound(db: TestDb) {
+    let (app, leased, now) = three_overdue_leases(&db).await;
+    let mut conn = app.db().conn().unwrap();
+    let policy = app.controller.state.policy;
+    // Batches of one, at most two passes: two leases, and more may be waiting.
+    let bounded = scheduling::expire_backlog(&mut conn, &policy, now, 1, 2).unwrap();
+    assert_eq!(bounded.expired_leases, 2, "{bounded:?}");
+    assert!(bounded.full, "{bounded:?}");
+    assert_eq!(expired_ids(&mut conn).len(), 2);
+    // Passes enough: the last lease, then a pass that finds nothing and stops.
+    let rest = scheduling::expire_backlog(&mut conn, &policy, now, 1, 10).unwrap();
+    assert_eq!(rest.expired_leases, 1, "{rest:?}");
+    assert!(!rest.full, "{rest:?}");
+    let mut all = leased.clone();
+    all.sort();
+    assert_eq!(expired_ids(&mut conn), all);
 }

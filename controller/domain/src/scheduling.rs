@@ -601,14 +601,30 @@ pub struct ExpiryOutcome {
     /// Pending assignments no planned agent came for within the offer window, offered to
     /// one more agent.
     pub unclaimed: u32,
+    /// Whether the (last) pass stopped at its bound: more may be waiting.
+    pub full: bool,
+}
+
+impl ExpiryOutcome {
+    /// This pass's counts added to `self`'s, and its `full`.
+    fn then(self, pass: ExpiryOutcome) -> ExpiryOutcome {
+        ExpiryOutcome {
+            expired_leases: self.expired_leases + pass.expired_leases,
+            reoffered: self.reoffered + pass.reoffered,
+            abandoned: self.abandoned + pass.abandoned,
+            unclaimed: self.unclaimed + pass.unclaimed,
+            full: pass.full,
+        }
+    }
 }
 
 /// Leases an expiry pass expires at most, and pending assignments it offers anew at
 /// most: each costs a few statements (the re-offer plans a replacement agent), and a
 /// mass expiry (a network's agents gone at once) must not become one transaction of
 /// tens of thousands of statements holding its rows' locks, with late results of those
-/// assignments waiting on them. The rest, oldest first, is the next pass's (every
-/// scheduler tick, a second).
+/// assignments waiting on them. The rest, oldest first, is the next pass's: right
+/// after, in the same scheduler tick, while passes come back full
+/// ([`expire_backlog`]), else the next tick's.
 pub const EXPIRY_BATCH: i64 = 500;
 
 /// Expires leases that ran out, re-offering each while attempts remain (with the best
@@ -617,6 +633,30 @@ pub const EXPIRY_BATCH: i64 = 500;
 /// deadline; at most [`EXPIRY_BATCH`] of the first two, oldest first.
 pub fn expire(conn: &mut DbConn, policy: &SchedulingPolicy, now: Micros) -> Result<ExpiryOutcome> {
     expire_at_most(conn, policy, now, EXPIRY_BATCH)
+}
+
+/// Passes a scheduler tick runs at most while each takes a full batch: a backlog of up
+/// to 20 x [`EXPIRY_BATCH`] leases (10k, a network's agents gone at once) is cleared in
+/// one tick instead of twenty, a transaction of at most a batch each.
+pub const EXPIRY_PASSES_PER_TICK: u32 = 20;
+
+/// [`expire`] pass after pass, each its own transaction, while the last one took a full
+/// batch: at most `passes` passes of at most `max` each. Returns what they did together.
+pub fn expire_backlog(
+    conn: &mut DbConn,
+    policy: &SchedulingPolicy,
+    now: Micros,
+    max: i64,
+    passes: u32,
+) -> Result<ExpiryOutcome> {
+    let mut outcome = ExpiryOutcome::default();
+    for _ in 0..passes {
+        outcome = outcome.then(expire_at_most(conn, policy, now, max)?);
+        if !outcome.full {
+            break;
+        }
+    }
+    Ok(outcome)
 }
 
 /// [`expire`] with at most `max` leases expired and `max` pending assignments offered
@@ -643,7 +683,10 @@ pub fn expire_at_most(
                 .load(pg)?,
             DbConn::Sqlite(sq) => overdue().select(Assignment::as_select()).load(sq)?,
         };
-        let mut outcome = ExpiryOutcome::default();
+        let mut outcome = ExpiryOutcome {
+            full: overdue.len() as i64 >= max,
+            ..ExpiryOutcome::default()
+        };
         let mut census = None;
         for a in overdue {
             let changed = diesel::update(assignments::table.find(&a.id))
@@ -680,6 +723,7 @@ pub fn expire_at_most(
             }
         }
         outcome.unclaimed = offer_unclaimed(c, policy, now, max, &mut census)?;
+        outcome.full |= i64::from(outcome.unclaimed) >= max;
         outcome.abandoned = abandon_past_deadline(c, now)?;
         Ok(outcome)
     })

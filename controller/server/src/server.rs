@@ -133,7 +133,13 @@ async fn scheduler_loop(state: AppState, mut stop: watch::Receiver<bool>) {
             .db
             .run(move |c| {
                 let now = clock::now_us();
-                let expired = scheduling::expire(c, &policy, now)?;
+                let expired = scheduling::expire_backlog(
+                    c,
+                    &policy,
+                    now,
+                    scheduling::EXPIRY_BATCH,
+                    scheduling::EXPIRY_PASSES_PER_TICK,
+                )?;
                 let runs = scheduling::run_due_checks(c, &policy, now)?;
                 // Its own step: a failure to settle is logged, and the runs just
                 // created are announced all the same.
