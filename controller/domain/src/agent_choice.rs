@@ -375,12 +375,8 @@ fn pick_groups(
     struct Picked {
         #[diesel(sql_type = Text)]
         id: String,
-        #[diesel(sql_type = Text)]
-        country: String,
-        #[diesel(sql_type = BigInt)]
-        asn: i64,
-        #[diesel(sql_type = Text)]
-        class: String,
+        #[diesel(embed)]
+        group: GroupColumns,
     }
     use diesel::sql_types::Array;
     let countries: Vec<&str> = wanted.iter().map(|(g, _)| g.country.as_str()).collect();
@@ -417,10 +413,7 @@ fn pick_groups(
     .load(c)?;
     let mut picked: HashMap<GroupKey, Vec<String>> = HashMap::with_capacity(wanted.len());
     for row in rows {
-        picked
-            .entry((row.country, row.asn, row.class))
-            .or_default()
-            .push(row.id);
+        picked.entry(row.group.key()).or_default().push(row.id);
     }
     Ok(picked)
 }
