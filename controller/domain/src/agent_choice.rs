@@ -136,6 +136,10 @@ const COUNTRY: &str = "COALESCE(a.country, '')";
 const ASN: &str = "COALESCE(a.asn, -1)";
 const CLASS: &str = "COALESCE(a.measured_class, a.declared_class)";
 
+/// The rotation: a group's agents least recently used by the pool's check first (never
+/// used first of all), ties at random.
+const LEAST_RECENTLY_USED: &str = "COALESCE(u.last_run_at, -1), random()";
+
 /// The network's eligible agents (online since a time, not revoked, calibrated, not
 /// paused) counted per group and the kinds they measure: read once and used for every
 /// run a scheduler pass creates, so the cost of reading every online agent is paid per
@@ -386,7 +390,7 @@ fn pick_groups(
         .iter()
         .map(|(_, n)| i64::try_from(*n).unwrap_or(i64::MAX))
         .collect();
-    // Ranked within each wanted group, as `pick` orders one group.
+    // Ranked within each wanted group, in the order `pick` takes one group's agents.
     let rows: Vec<Picked> = diesel::sql_query(format!(
         "WITH wanted AS ( \
              SELECT * FROM unnest($5::text[], $6::bigint[], $7::text[], $8::bigint[]) \
@@ -394,7 +398,7 @@ fn pick_groups(
          SELECT ranked.id, ranked.country, ranked.asn, ranked.class FROM ( \
              SELECT a.id AS id, {COUNTRY} AS country, {ASN} AS asn, {CLASS} AS class, \
                  row_number() OVER (PARTITION BY {COUNTRY}, {ASN}, {CLASS} \
-                     ORDER BY COALESCE(u.last_run_at, -1), random()) AS rank \
+                     ORDER BY {LEAST_RECENTLY_USED}) AS rank \
              {ELIGIBLE} \
                AND ({COUNTRY}, {ASN}, {CLASS}) IN (SELECT country, asn, class FROM wanted)) ranked \
          JOIN wanted w ON w.country = ranked.country AND w.asn = ranked.asn \
@@ -428,7 +432,7 @@ fn pick(conn: &mut DbConn, pool: &Pool, group: &Group, n: u64) -> Result<Vec<Str
     let picked: Vec<Id> = diesel::sql_query(format!(
         "SELECT a.id AS id {ELIGIBLE} \
            AND {COUNTRY} = $5 AND {ASN} = $6 AND {CLASS} = $7 \
-         ORDER BY COALESCE(u.last_run_at, -1), random() LIMIT $8"
+         ORDER BY {LEAST_RECENTLY_USED} LIMIT $8"
     ))
     .bind::<Text, _>(pool.check_id)
     .bind::<BigInt, _>(pool.since)
