@@ -253,11 +253,12 @@ async fn a_group_commit_closes_exactly_the_assignments_of_its_timely_results(db:
     );
     let mut conn = app.db().conn().unwrap();
     // A's second lease has run out (the expiry pass has not come by): its result is late.
-    diesel::sql_query(format!(
-        "UPDATE assignments SET lease_expires_at = 1 WHERE id = '{a2}'"
-    ))
-    .execute(&mut *conn)
-    .unwrap();
+    for sql in [
+        format!("UPDATE assignments SET lease_expires_at = 1 WHERE id = '{a2}'"),
+        format!("UPDATE open_assignments SET lease_expires_at = 1 WHERE assignment_id = '{a2}'"),
+    ] {
+        diesel::sql_query(sql).execute(&mut *conn).unwrap();
+    }
 
     let sub = |task: &Value, ttfb: u64| -> ResultSubmission {
         serde_json::from_value(submission(task, ttfb)).unwrap()

@@ -307,13 +307,16 @@ async fn credit_is_held_for_open_and_queued_work_of_the_owner_only(db: TestDb) {
     let expired = &mine[1].0;
     for sql in [
         format!("UPDATE assignments SET state = 'done' WHERE id = '{queued}'"),
+        format!("DELETE FROM open_assignments WHERE assignment_id = '{queued}'"),
         format!(
             "INSERT INTO fold_queue (run_id, first_assignment_id, assignment_ids, results, queued_at) \
              VALUES ('{run}', '{queued}', '{queued}', 1, 1)"
         ),
         format!("UPDATE assignments SET state = 'expired' WHERE id = '{expired}'"),
+        format!("DELETE FROM open_assignments WHERE assignment_id = '{expired}'"),
         // The other owner's queued result is theirs to pay.
         format!("UPDATE assignments SET state = 'done' WHERE id = '{}'", theirs.0),
+        format!("DELETE FROM open_assignments WHERE assignment_id = '{}'", theirs.0),
         format!(
             "INSERT INTO fold_queue (run_id, first_assignment_id, assignment_ids, results, queued_at) \
              VALUES ('{}', '{}', '{}', 1, 2)",

@@ -42,9 +42,9 @@ pub fn price_of(check: &Check) -> Money {
 
 /// [`held_for_assignments`]' statement (`$1`: the owner).
 pub const HELD_FOR_ASSIGNMENTS: &str =
-    "SELECT a.run_id, COUNT(*) AS n FROM checks c CROSS JOIN assignments a \
-      WHERE a.check_id = c.id AND c.owner_id = $1 AND a.state IN ('pending', 'leased') \
-      GROUP BY a.run_id \
+    "SELECT o.run_id, COUNT(*) AS n FROM checks c CROSS JOIN open_assignments o \
+      WHERE o.check_id = c.id AND c.owner_id = $1 \
+      GROUP BY o.run_id \
      UNION ALL \
      SELECT q.run_id, q.n FROM (SELECT run_id, SUM(results) AS n FROM fold_queue GROUP BY run_id) q \
       WHERE (SELECT c.owner_id FROM runs r JOIN checks c ON c.id = r.check_id \
@@ -56,16 +56,14 @@ pub const HELD_FOR_ASSIGNMENTS: &str =
 ///
 /// Called by every run's admission, so it costs what the owner has in flight, never the
 /// history: open assignments are found through the owner's checks and the index of open
-/// assignments by check (`assignments_open_check`), queued results through the fold
-/// queue (seconds of results), each queued run's owner looked up by key (a scalar
-/// subquery, which no plan turns into a walk over the owner's runs, which never age
-/// out); the two sets are disjoint (a result is queued by the transaction that closes
-/// its assignment). The states are literals in the text so that PostgreSQL
-/// proves the partial index usable in a generic plan too; an `OR` of the two sets, as
-/// this was written before, read the whole `assignments` table every time. The checks
-/// are joined with `CROSS JOIN`, which SQLite reads as "checks first" (PostgreSQL
-/// orders it freely, as an inner join): without statistics SQLite otherwise started
-/// from every open assignment of every owner, through `(state, created_at)`.
+/// work by check (`open_assignments_check`), queued results through the fold queue
+/// (seconds of results), each queued run's owner looked up by key (a scalar subquery,
+/// which no plan turns into a walk over the owner's runs, which never age out); the two
+/// sets are disjoint (a result is queued by the transaction that closes its
+/// assignment). An `OR` of the two sets, as this was written before, read the whole
+/// `assignments` table every time. The checks are joined with `CROSS JOIN`, which
+/// SQLite reads as "checks first" (PostgreSQL orders it freely, as an inner join):
+/// without statistics SQLite otherwise started from every owner's open work.
 pub fn held_for_assignments(conn: &mut DbConn, owner_id: &str) -> Result<Money> {
     #[derive(QueryableByName)]
     struct Held {

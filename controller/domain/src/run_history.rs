@@ -71,15 +71,12 @@ pub fn settle(conn: &mut DbConn, now: Micros) -> Result<u32> {
     } else {
         ""
     };
-    let due = format!(
-        "SELECT u.id FROM runs u \
+    let due = "SELECT u.id FROM runs u \
            WHERE u.settled_at IS NULL AND u.deadline_at < $1 \
-           AND NOT EXISTS (SELECT 1 FROM assignments a WHERE a.run_id = u.id \
-             AND a.state IN ('{pending}', '{leased}')) \
-           AND NOT EXISTS (SELECT 1 FROM fold_queue q WHERE q.run_id = u.id)",
-        pending = state::PENDING,
-        leased = state::LEASED,
-    );
+           AND NOT EXISTS (SELECT 1 FROM open_assignments o \
+             WHERE o.check_id = u.check_id AND o.run_id = u.id) \
+           AND NOT EXISTS (SELECT 1 FROM fold_queue q WHERE q.run_id = u.id)"
+        .to_owned();
     // SQLite's write transaction takes the one write lock, which every accept waits
     // for: look first, outside it, so that a pass with nothing to settle (nearly every
     // pass) does not take it. PostgreSQL's statement with nothing to do locks nothing.

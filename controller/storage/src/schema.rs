@@ -162,6 +162,21 @@ diesel::table! {
 }
 
 diesel::table! {
+    /// The assignments still open (pending or leased), beside their rows in
+    /// `assignments`, with the indexes of open work (migration 000047): so that closing
+    /// an assignment changes no indexed column of `assignments`.
+    open_assignments (assignment_id) {
+        assignment_id -> Text,
+        run_id -> Text,
+        check_id -> Text,
+        state -> Text,
+        agent_id -> Nullable<Text>,
+        created_at -> BigInt,
+        lease_expires_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
     results (assignment_id) {
         assignment_id -> Text,
         run_id -> Text,
@@ -301,6 +316,8 @@ diesel::table! {
 
 diesel::joinable!(assignments -> checks (check_id));
 diesel::joinable!(assignments -> runs (run_id));
+diesel::joinable!(open_assignments -> runs (run_id));
+diesel::joinable!(open_assignments -> assignments (assignment_id));
 diesel::joinable!(checks -> sites (site_id));
 diesel::joinable!(results -> assignments (assignment_id));
 diesel::joinable!(result_flags -> agents (agent_id));
@@ -452,6 +469,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     runs,
     run_agents,
     assignments,
+    open_assignments,
     results,
     result_flags,
     aggregates,

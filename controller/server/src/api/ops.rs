@@ -11,7 +11,7 @@ use lastmile_domain::clock;
 use lastmile_domain::error::Error;
 use lastmile_domain::scheduling::state as assignment_state;
 use lastmile_domain::verification::{self, FlagList};
-use lastmile_storage::schema::{agents, assignments};
+use lastmile_storage::schema::{agents, open_assignments};
 
 use super::auth::AuthAdmin;
 use crate::api::error::Failure;
@@ -82,9 +82,9 @@ pub async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, Failure
     let gauges = state
         .db
         .run(move |c| {
-            let count_state = |c: &mut lastmile_storage::DbConn, s: &str| {
-                assignments::table
-                    .filter(assignments::state.eq(s))
+            let count_state = |c: &mut lastmile_storage::DbConn, s: &'static str| {
+                open_assignments::table
+                    .filter(lastmile_storage::assignments::in_state(s))
                     .count()
                     .get_result::<i64>(c)
             };

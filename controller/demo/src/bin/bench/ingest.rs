@@ -5,7 +5,10 @@
 //! SQLite data dir or a scratch PostgreSQL database (`--pg ADMIN_URL`), sets up an
 //! owner with credit, a verified site, a check and `--agents` calibrated agents in the
 //! controller's database, creates enough runs for `--results` assignments and leases
-//! them to the agents (one SQL update: leasing is not what is measured). Then
+//! them to the agents (one SQL update: leasing is not what is measured; with `--lease`,
+//! each agent leases its assignment of each run through the controller's own lease,
+//! `scheduling::lease`, on one connection, and the bench prints leases a second and the
+//! CPU a lease cost PostgreSQL and this process). Then
 //! `--connections` keep-alive connections submit the results, each request carrying
 //! `--batch` results of one agent (`1`: `POST /api/v1/results`, as agents have always
 //! sent them; more: `POST /api/v1/results/batch`). The clock stops when every answer has
@@ -42,7 +45,7 @@ use hdrhistogram::Histogram;
 use lastmile_domain::{clock, ingest, scheduling};
 use lastmile_protocol::{ResultAck, ResultBatch, ResultBatchAck, ResultSubmission};
 use lastmile_storage::results::StoredResult;
-use lastmile_storage::schema::{assignments, results};
+use lastmile_storage::schema::{open_assignments, results};
 use lastmile_storage::{count_sql, Db};
 
 use super::harness::{postgres_cpu, usage, Connection, ControllerProcess};
@@ -62,6 +65,8 @@ struct Args {
     in_process: bool,
     /// Requests per transaction in process.
     group: usize,
+    /// The assignments leased through `scheduling::lease`, timed.
+    lease: bool,
 }
 
 fn args(flags: Vec<String>) -> anyhow::Result<Args> {
@@ -75,11 +80,13 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
         history: 0,
         in_process: false,
         group: 1,
+        lease: false,
     };
     let mut it = flags.into_iter();
     while let Some(flag) = it.next() {
-        if flag == "--in-process" {
-            a.in_process = true;
+        if flag == "--in-process" || flag == "--lease" {
+            a.in_process |= flag == "--in-process";
+            a.lease |= flag == "--lease";
             continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -92,7 +99,7 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
             "--pg" => a.pg = Some(value),
             "--controller" => a.controller = Some(value.into()),
             "--history" => a.history = value.parse()?,
-            other => bail!("unknown flag {other} (flags: --results N --batch N --connections N --agents N --pg ADMIN_URL --controller PATH --history N --in-process --group N)"),
+            other => bail!("unknown flag {other} (flags: --results N --batch N --connections N --agents N --pg ADMIN_URL --controller PATH --history N --in-process --group N --lease)"),
         }
     }
     if !(1..=lastmile_protocol::MAX_RESULTS_PER_BATCH).contains(&a.batch) {
@@ -121,6 +128,60 @@ struct Request {
     results: Vec<ResultSubmission>,
 }
 
+/// The leases made through `scheduling::lease` and what they cost.
+#[derive(Default)]
+struct LeaseCost {
+    leases: usize,
+    wall: Duration,
+    postgres: Duration,
+    own: Duration,
+}
+
+impl LeaseCost {
+    /// Each agent leases its one assignment of the run just created, as the controller
+    /// leases (no limit on leases in flight: each agent holds one of every run until
+    /// the results are sent). Returns how many were leased.
+    fn lease_run(
+        &mut self,
+        conn: &mut lastmile_storage::DbConn,
+        agents: &[(lastmile_domain::agents::Agent, String)],
+        now: i64,
+    ) -> anyhow::Result<usize> {
+        let (pg0, own0, t0) = (postgres_cpu(), own_cpu()?, Instant::now());
+        let mut leased = 0;
+        for (agent, _) in agents {
+            let unbounded = lastmile_domain::agents::Agent {
+                max_concurrent: i32::MAX,
+                ..agent.clone()
+            };
+            let got = scheduling::lease(conn, &unbounded, 1, &policy(), now)?;
+            leased += got.tasks.len();
+        }
+        self.wall += t0.elapsed();
+        self.postgres += postgres_cpu().saturating_sub(pg0);
+        self.own += own_cpu()?.saturating_sub(own0);
+        self.leases += leased;
+        Ok(leased)
+    }
+
+    fn print(&self) {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / self.leases.max(1) as f64;
+        println!(
+            "  leases (scheduling::lease, one connection): {} in {:.1} s: {:.0} leases/s; CPU a lease: PostgreSQL {:.1} µs, this process {:.1} µs",
+            self.leases,
+            self.wall.as_secs_f64(),
+            self.leases as f64 / self.wall.as_secs_f64().max(1e-9),
+            per(self.postgres),
+            per(self.own),
+        );
+    }
+}
+
+/// This process's CPU time so far.
+fn own_cpu() -> anyhow::Result<Duration> {
+    Ok(usage(std::process::id())?.cpu)
+}
+
 /// Creates the runs and leases their assignments, in the controller's database; returns
 /// the requests to send.
 fn prepare(db: &Db, args: &Args) -> anyhow::Result<Vec<Request>> {
@@ -137,9 +198,14 @@ fn prepare(db: &Db, args: &Args) -> anyhow::Result<Vec<Request>> {
     // controller's scheduler (`offer_timeout_s`), whose updates deadlocked with this
     // one now and then.
     let mut leased = 0;
+    let mut leasing = LeaseCost::default();
     for _ in 0..runs {
         let run = scheduling::create_run(&mut conn, &check, &policy(), clock::now_us())?;
         let now = clock::now_us();
+        if args.lease {
+            leased += leasing.lease_run(&mut conn, &agents, now)?;
+            continue;
+        }
         leased += diesel::sql_query(format!(
             "UPDATE assignments SET state = 'leased', agent_id = pick.agent_id, leased_at = {now}, \
              lease_expires_at = {} \
@@ -153,16 +219,25 @@ fn prepare(db: &Db, args: &Args) -> anyhow::Result<Vec<Request>> {
             run.id
         ))
         .execute(&mut *conn)?;
+        // And their open rows, as a lease writes them.
+        diesel::sql_query(format!(
+            "UPDATE open_assignments SET state = a.state, agent_id = a.agent_id, \
+             lease_expires_at = a.lease_expires_at \
+             FROM assignments a \
+             WHERE open_assignments.run_id = '{}' AND a.id = open_assignments.assignment_id",
+            run.id
+        ))
+        .execute(&mut *conn)?;
     }
     let tokens: BTreeMap<String, String> = agents
         .into_iter()
         .map(|(agent, token)| (agent.id, token))
         .collect();
-    let held: Vec<(String, Option<String>)> = assignments::table
-        .filter(assignments::state.eq("leased"))
-        .order(assignments::id)
+    let held: Vec<(String, Option<String>)> = open_assignments::table
+        .filter(open_assignments::state.eq("leased"))
+        .order(open_assignments::assignment_id)
         .limit(args.results as i64)
-        .select((assignments::id, assignments::agent_id))
+        .select((open_assignments::assignment_id, open_assignments::agent_id))
         .load(&mut *conn)?;
     let mut per_agent: BTreeMap<String, Vec<ResultSubmission>> = BTreeMap::new();
     for (i, (id, agent)) in held.into_iter().enumerate() {
@@ -183,6 +258,9 @@ fn prepare(db: &Db, args: &Args) -> anyhow::Result<Vec<Request>> {
                 results: std::mem::replace(&mut subs, rest),
             });
         }
+    }
+    if args.lease {
+        leasing.print();
     }
     println!(
         "  set up: {} agents, {runs} runs, {leased} assignments leased, {} requests of up to {} results",

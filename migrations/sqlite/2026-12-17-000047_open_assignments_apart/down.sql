@@ -1,0 +1,5 @@
+CREATE INDEX assignments_pending ON assignments (state, created_at);
+CREATE INDEX assignments_open_check ON assignments (check_id, run_id)
+    WHERE state IN ('pending', 'leased');
+CREATE INDEX assignments_leased_agent ON assignments (agent_id) WHERE state = 'leased';
+DROP TABLE open_assignments;
