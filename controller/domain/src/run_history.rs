@@ -75,8 +75,7 @@ pub fn settle(conn: &mut DbConn, now: Micros) -> Result<u32> {
            WHERE u.settled_at IS NULL AND u.deadline_at < $1 \
            AND NOT EXISTS (SELECT 1 FROM open_assignments o \
              WHERE o.check_id = u.check_id AND o.run_id = u.id) \
-           AND NOT EXISTS (SELECT 1 FROM fold_queue q WHERE q.run_id = u.id)"
-        .to_owned();
+           AND NOT EXISTS (SELECT 1 FROM fold_queue q WHERE q.run_id = u.id)";
     // SQLite's write transaction takes the one write lock, which every accept waits
     // for: look first, outside it, so that a pass with nothing to settle (nearly every
     // pass) does not take it. PostgreSQL's statement with nothing to do locks nothing.
