@@ -50,6 +50,7 @@ use crate::histogram;
 use crate::{billing, checks, verification};
 use lastmile_storage::assignments::{state, Assignment};
 use lastmile_storage::fold_queue;
+use lastmile_storage::prepared::Prepared;
 use lastmile_storage::schema::{aggregates, assignments, results};
 use lastmile_storage::{write_tx, DbConn};
 
@@ -937,9 +938,10 @@ fn claim_timely(
                 .set(assignments::state.eq(state::DONE))
             };
             let rows: Vec<Assignment> = match conn {
-                DbConn::Pg(c) => close()
-                    .returning(Assignment::as_returning())
-                    .get_results(c)?,
+                // Kept prepared: diesel plans every `UPDATE` anew otherwise.
+                DbConn::Pg(c) => {
+                    Prepared(close().returning(Assignment::as_returning())).get_results(c)?
+                }
                 // Given this filter, SQLite's planner (no statistics) read every leased
                 // assignment through an index by state instead of the keys (5.0-5.8k
                 // results/s in `bench ingest`, 7.6k before): its one writer, which
@@ -1296,9 +1298,17 @@ fn fold_into_cells<'a>(
                 .merge_into(&mut row.figures)
                 .map_err(Error::Internal)?;
         }
-        diesel::update(aggregates::table.find(key.primary_key()))
-            .set(&row)
-            .execute(conn)?;
+        let write = || diesel::update(aggregates::table.find(key.primary_key())).set(&row);
+        match conn {
+            // Kept prepared (diesel plans every `UPDATE` anew otherwise, and keeps one
+            // prepared only if it is loaded from): a busy fold writes hundreds of cells.
+            DbConn::Pg(c) => {
+                Prepared(write().returning(aggregates::check_id)).get_results::<String>(c)?;
+            }
+            DbConn::Sqlite(c) => {
+                write().execute(c)?;
+            }
+        }
     }
     Ok(())
 }
@@ -1309,10 +1319,14 @@ fn lock_aggregate(conn: &mut DbConn, key: &AggregateKey) -> Result<AggregateRow>
     let empty = empty_row(key);
     Ok(match conn {
         DbConn::Pg(c) => {
-            diesel::insert_into(aggregates::table)
-                .values(&empty)
-                .on_conflict_do_nothing()
-                .execute(c)?;
+            // Kept prepared, as the cell's write below.
+            Prepared(
+                diesel::insert_into(aggregates::table)
+                    .values(&empty)
+                    .on_conflict_do_nothing()
+                    .returning(aggregates::check_id),
+            )
+            .get_results::<String>(c)?;
             find()
                 .select(AggregateRow::as_select())
                 .for_update()

@@ -42,6 +42,7 @@ use crate::check_terms::{Selection, StoredCheck, TaskSpec};
 use crate::clock::{to_datetime, Micros};
 use crate::error::{Error, Result};
 use lastmile_storage::checks::{self as check_records, Check};
+use lastmile_storage::prepared::Prepared;
 use lastmile_storage::schema::{
     assignments, checks as checks_t, open_assignments, run_agents, runs,
 };
@@ -509,12 +510,14 @@ pub fn offers(
 /// How many of the agent's leases have not run out at `now`, through the index of
 /// leases by agent ([`in_state`]: the state written into the statement).
 fn leases_in_flight(conn: &mut DbConn, agent_id: &str, now: Micros) -> Result<i64> {
-    Ok(open_assignments::table
-        .filter(open_assignments::agent_id.eq(agent_id))
-        .filter(in_state(state::LEASED))
-        .filter(open_assignments::lease_expires_at.gt(now))
-        .count()
-        .get_result(conn)?)
+    Ok(Prepared(
+        open_assignments::table
+            .filter(open_assignments::agent_id.eq(agent_id))
+            .filter(in_state(state::LEASED))
+            .filter(open_assignments::lease_expires_at.gt(now))
+            .count(),
+    )
+    .get_result(conn)?)
 }
 
 /// Leases the oldest pending assignment this agent may take; returns its id.
@@ -570,22 +573,35 @@ fn lease_one(
          RETURNING id"
     );
     for run in runs {
-        let taken: Vec<IdRow> = diesel::sql_query(&take)
-            .bind::<Text, _>(agent_id)
-            .bind::<BigInt, _>(now)
-            .bind::<BigInt, _>(expires)
-            .bind::<Text, _>(&run.id)
-            .load(conn)?;
+        let taken: Vec<IdRow> = Prepared(
+            diesel::sql_query(&take)
+                .bind::<Text, _>(agent_id)
+                .bind::<BigInt, _>(now)
+                .bind::<BigInt, _>(expires)
+                .bind::<Text, _>(&run.id),
+        )
+        .load(conn)?;
         let Some(IdRow { id }) = taken.into_iter().next() else {
             continue;
         };
-        diesel::update(open_assignments::table.find(&id))
-            .set((
+        let open = || {
+            diesel::update(open_assignments::table.find(&id)).set((
                 open_assignments::state.eq(state::LEASED),
                 open_assignments::agent_id.eq(agent_id),
                 open_assignments::lease_expires_at.eq(expires),
             ))
-            .execute(conn)?;
+        };
+        match conn {
+            // Kept prepared, which diesel does for an `UPDATE` only if it is loaded
+            // from (`execute` asks the statement itself, and an `UPDATE` says no).
+            DbConn::Pg(c) => {
+                Prepared(open().returning(open_assignments::assignment_id))
+                    .get_results::<String>(c)?;
+            }
+            DbConn::Sqlite(c) => {
+                open().execute(c)?;
+            }
+        }
         return Ok(Some(id));
     }
     Ok(None)

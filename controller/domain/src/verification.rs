@@ -105,6 +105,7 @@ use crate::agents::Agent;
 use crate::clock::{to_datetime, Micros};
 use crate::error::{Error, Result};
 use crate::figures;
+use lastmile_storage::prepared::Prepared;
 use lastmile_storage::results::StoredResult;
 use lastmile_storage::schema::{agents, checks, result_flags, results, runs, volunteers};
 use lastmile_storage::DbConn;
@@ -894,7 +895,8 @@ impl<'a> Verifier<'a> {
                     .filter(results::asn.eq(r.asn))
                     .filter(results::connection_class.eq(&r.connection_class)),
             };
-            let latest: Vec<(String, i64, i64)> = in_cell.load(conn)?;
+            // Its text is the same every call (the cell is a parameter): kept prepared.
+            let latest: Vec<(String, i64, i64)> = Prepared(in_cell).load(conn)?;
             // Their volunteers by key, not joined: on a day's partition without
             // statistics yet PostgreSQL expected one peer and joined each of the 200 to
             // every agent (a millisecond a cell with 150 agents, a scan of all of them

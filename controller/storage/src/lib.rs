@@ -100,6 +100,7 @@ macro_rules! for_each_row {
 
 pub mod clock;
 pub mod pg_url;
+pub mod prepared;
 pub mod schema;
 
 // Records and their queries, one module per table.
