@@ -104,9 +104,8 @@ struct Taken {
 pub fn take(conn: &mut DbConn, max: i64) -> QueryResult<(Vec<String>, Option<QueuedSpan>)> {
     let look_at = (max / 2).max(1);
     let mut taken: Vec<Taken> = match conn {
-        DbConn::Pg(c) => crate::prepared::Prepared(
-            diesel::sql_query(
-                "DELETE FROM fold_queue WHERE ctid = ANY(ARRAY( \
+        DbConn::Pg(c) => diesel::sql_query(
+            "DELETE FROM fold_queue WHERE ctid = ANY(ARRAY( \
                SELECT ctid FROM ( \
                  SELECT ctid, results, \
                         SUM(results) OVER (ORDER BY queued_at ROWS UNBOUNDED PRECEDING) AS upto \
@@ -114,10 +113,9 @@ pub fn take(conn: &mut DbConn, max: i64) -> QueryResult<(Vec<String>, Option<Que
                           ORDER BY queued_at LIMIT $1 FOR UPDATE SKIP LOCKED) locked \
                ) running WHERE upto - results < $2)) \
              RETURNING 0::bigint AS row_key, assignment_ids, results, queued_at",
-            )
-            .bind::<BigInt, _>(look_at)
-            .bind::<BigInt, _>(max),
         )
+        .bind::<BigInt, _>(look_at)
+        .bind::<BigInt, _>(max)
         .load(c)?,
         DbConn::Sqlite(c) => {
             let looked_at: Vec<Taken> = diesel::sql_query(

@@ -25,7 +25,11 @@ use diesel::{QueryResult, RunQueryDsl};
 ///   key or by an index's prefix). The generic plan is kept until the tables are
 ///   analyzed again: the lease's list of candidate runs, a join of four tables, kept the
 ///   plan it was given while they were nearly empty and cost 4.2 ms a call instead of
-///   0.5 (`bench ingest --lease`), so it stays unprepared.
+///   0.3 planned each call (`bench ingest --lease`), so it stays unprepared, as does
+///   the fold queue's take (a table of seconds of results that a backlog can grow to
+///   millions of rows). The statements diesel caches by itself (every `SELECT` of
+///   the query builder) have always leaned on the same thing: autovacuum's analyze
+///   (PostgreSQL's default) remakes the plans as the tables grow.
 ///
 /// Run it with `load` or `get_result(s)`, which hand diesel the statement itself.
 /// `execute` hands it a reference, through which diesel asks the wrapped statement
