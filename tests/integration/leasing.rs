@@ -15,76 +15,6 @@ use crate::per_backend;
 use crate::scene;
 use crate::support::{TestApp, TestDb};
 
-/// The lease's statements and the close of a result are kept prepared on PostgreSQL
-/// (`lastmile_storage::prepared`): parsed once per connection and, once PostgreSQL has
-/// seen five calls, run on one generic plan, instead of parsed and planned every call
-/// (about half of a lease's PostgreSQL time). Without the wrapper, `diesel::sql_query`
-/// and `UPDATE` statements are sent unnamed and never show here.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn on_postgres_the_lease_and_the_close_stay_prepared() {
-    use lastmile_domain::{agents, ingest};
-    #[derive(diesel::QueryableByName, Debug)]
-    struct PreparedStatement {
-        #[diesel(sql_type = diesel::sql_types::Text)]
-        statement: String,
-        #[diesel(sql_type = diesel::sql_types::BigInt)]
-        generic_plans: i64,
-    }
-    let db = TestDb::new(lastmile_storage::Backend::Postgres);
-    let (app, site, owner, key) = scene::start(&db).await;
-    let agent = app
-        .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
-        .await;
-    let check = check_on_site(&app, &owner, &site, json!({"agents_per_run": 1})).await;
-    let mut conn = app.db().conn().unwrap();
-    let stored = agents::agent_by_token(&mut conn, &agent).unwrap().unwrap();
-    // Not held back by its own leases: each call takes the new run's slot.
-    let unbounded = agents::Agent {
-        max_concurrent: i32::MAX,
-        ..stored.clone()
-    };
-    let policy = scheduling::SchedulingPolicy {
-        lease_us: 600_000_000,
-        online_window_us: 600_000_000,
-        max_attempts: 3,
-        run_deadline_us: 3_600_000_000,
-        offer_us: 60_000_000,
-    };
-    let calls = 7;
-    for _ in 0..calls {
-        app.start_run(&owner, &check).await;
-        let leased = scheduling::lease(&mut conn, &unbounded, 1, &policy, now_us()).unwrap();
-        assert_eq!(leased.tasks.len(), 1, "each run's one slot is leased");
-        let sub: lastmile_protocol::ResultSubmission =
-            serde_json::from_value(submission(&json!(leased.tasks[0].assignment_id), 40_000))
-                .unwrap();
-        let accepted = ingest::accept(&mut conn, &stored, &[sub]).unwrap();
-        assert!(accepted[0].is_ok(), "{accepted:?}");
-    }
-    let prepared: Vec<PreparedStatement> =
-        diesel::sql_query("SELECT statement, generic_plans FROM pg_prepared_statements")
-            .load(&mut conn)
-            .unwrap();
-    let find = |start: &str| {
-        prepared
-            .iter()
-            .find(|p| p.statement.starts_with(start))
-            .unwrap_or_else(|| panic!("{start}... is not kept prepared: {prepared:#?}"))
-    };
-    // The lease: the slot taken, its open row, the agent's leases in flight; the close.
-    find("UPDATE assignments SET state = 'leased'");
-    find("SELECT COUNT(*) FROM \"open_assignments\"");
-    find("UPDATE \"assignments\" SET \"state\"");
-    // A write by key has one plan whatever its key: PostgreSQL settles on it.
-    let open = find("UPDATE \"open_assignments\" SET \"state\"");
-    assert!(
-        open.generic_plans > 0,
-        "the open row's update runs on a generic plan after {calls} calls: {open:?}"
-    );
-    drop(conn);
-    app.controller.stop().await.unwrap();
-}
-
 per_backend!(
     many_agents_leasing_concurrently_never_share_an_assignment,
     expired_lease_is_offered_to_another_agent_and_the_late_result_is_not_counted,
@@ -611,11 +541,7 @@ async fn on_postgres_a_result_closes_its_assignment_with_a_hot_update() {
         n_tup_hot_upd: i64,
     }
     let db = TestDb::new(lastmile_storage::Backend::Postgres);
-    let (app, site, owner, key) = scene::start(&db).await;
-    let agent = app
-        .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
-        .await;
-    let check = check_on_site(&app, &owner, &site, json!({"agents_per_run": 1})).await;
+    let (app, owner, check, agent) = one_agent_one_slot(&db).await;
     let task = app.run_and_lease(&owner, &check, &agent).await;
     let mut conn = app.db().conn().unwrap();
     let stored = agents::agent_by_token(&mut conn, &agent).unwrap().unwrap();
@@ -653,4 +579,81 @@ async fn on_postgres_a_result_closes_its_assignment_with_a_hot_update() {
     assert_open_rows_mirror_open_assignments(&mut conn);
     drop(conn);
     app.controller.stop().await.unwrap();
+}
+
+/// The lease's statements and the close of a result are kept prepared on PostgreSQL
+/// (`lastmile_storage::prepared`): parsed once per connection and, once PostgreSQL has
+/// seen five calls, run on one generic plan, instead of parsed and planned every call
+/// (about half of a lease's PostgreSQL time). Without the wrapper, `diesel::sql_query`
+/// and `UPDATE` statements are sent unnamed and never show here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_postgres_the_lease_and_the_close_stay_prepared() {
+    use lastmile_domain::{agents, ingest};
+    #[derive(diesel::QueryableByName, Debug)]
+    struct PreparedStatement {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        statement: String,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        generic_plans: i64,
+    }
+    let db = TestDb::new(lastmile_storage::Backend::Postgres);
+    let (app, owner, check, agent) = one_agent_one_slot(&db).await;
+    let mut conn = app.db().conn().unwrap();
+    let stored = agents::agent_by_token(&mut conn, &agent).unwrap().unwrap();
+    // Not held back by its own leases: each call takes the new run's slot.
+    let unbounded = agents::Agent {
+        max_concurrent: i32::MAX,
+        ..stored.clone()
+    };
+    let policy = scheduling::SchedulingPolicy {
+        lease_us: 600_000_000,
+        online_window_us: 600_000_000,
+        max_attempts: 3,
+        run_deadline_us: 3_600_000_000,
+        offer_us: 60_000_000,
+    };
+    let calls = 7;
+    for _ in 0..calls {
+        app.start_run(&owner, &check).await;
+        let leased = scheduling::lease(&mut conn, &unbounded, 1, &policy, now_us()).unwrap();
+        assert_eq!(leased.tasks.len(), 1, "each run's one slot is leased");
+        let sub: lastmile_protocol::ResultSubmission =
+            serde_json::from_value(submission(&json!(leased.tasks[0].assignment_id), 40_000))
+                .unwrap();
+        let accepted = ingest::accept(&mut conn, &stored, &[sub]).unwrap();
+        assert!(accepted[0].is_ok(), "{accepted:?}");
+    }
+    let prepared: Vec<PreparedStatement> =
+        diesel::sql_query("SELECT statement, generic_plans FROM pg_prepared_statements")
+            .load(&mut conn)
+            .unwrap();
+    let find = |start: &str| {
+        prepared
+            .iter()
+            .find(|p| p.statement.starts_with(start))
+            .unwrap_or_else(|| panic!("{start}... is not kept prepared: {prepared:#?}"))
+    };
+    // The lease: the slot taken, its open row, the agent's leases in flight; the close.
+    find("UPDATE assignments SET state = 'leased'");
+    find("SELECT COUNT(*) FROM \"open_assignments\"");
+    find("UPDATE \"assignments\" SET \"state\"");
+    // A write by key has one plan whatever its key: PostgreSQL settles on it.
+    let open = find("UPDATE \"open_assignments\" SET \"state\"");
+    assert!(
+        open.generic_plans > 0,
+        "the open row's update runs on a generic plan after {calls} calls: {open:?}"
+    );
+    drop(conn);
+    app.controller.stop().await.unwrap();
+}
+
+/// A controller with one fibre agent and a check of one slot a run: the app, the
+/// owner's token, the check and the agent's token.
+async fn one_agent_one_slot(db: &TestDb) -> (TestApp, String, String, String) {
+    let (app, site, owner, key) = scene::start(db).await;
+    let agent = app
+        .agent(Ipv4Addr::new(127, 0, 0, 2), &key, "fibre", 1)
+        .await;
+    let check = check_on_site(&app, &owner, &site, json!({"agents_per_run": 1})).await;
+    (app, owner, check, agent)
 }
