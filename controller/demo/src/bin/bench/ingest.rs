@@ -637,8 +637,9 @@ fn compare_with_copy(
     );
     // The rate ratio leans on the accept using both cores (its writers, the folder and
     // their PostgreSQL backends) where the `COPY` is one stream: on a machine whose
-    // cores are taken by other work it falls towards this one (stop 43: 0.31-0.33x
-    // with the two cores free, 0.24-0.26x with a busy loop on one of them).
+    // cores are taken by other work it falls towards this one (stop 43: 0.29-0.35x
+    // with the two cores free, 0.20-0.27x with a busy loop on one of them, this ratio
+    // 0.21-0.22x either way).
     let copy_us = per_row(db_cpu + own_cpu);
     println!(
         "  CPU a result: {what} {cpu_us:.1} µs, a row of the COPY {copy_us:.1} µs (PostgreSQL and the writing process each): {:.3}x",
