@@ -34,7 +34,11 @@
 //! requests arrive faster than one transaction writes them. The rate is the median of
 //! three passes, each over a third of the requests, as the `COPY` reference is the
 //! median of three copies. It also prints the CPU time a result cost PostgreSQL and this
-//! process, and a row of the `COPY` PostgreSQL.
+//! process, and a row of the `COPY` PostgreSQL. `--interleave` takes the agents'
+//! requests in turn (each one's first, then each one's second, ...), so that a
+//! transaction of N requests holds N agents and a fold many cells, as a group commit
+//! sees them when many agents send at once; by default each agent's requests follow
+//! one another (a transaction of 10 holds 2 or 3 agents).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -69,6 +73,10 @@ struct Args {
     group: usize,
     /// The assignments leased through `scheduling::lease`, timed.
     lease: bool,
+    /// The requests of all agents taken in turn (each agent's first, then each one's
+    /// second, ...), as a controller's group commit sees them when many agents send at
+    /// once; by default each agent's requests follow one another.
+    interleave: bool,
 }
 
 fn args(flags: Vec<String>) -> anyhow::Result<Args> {
@@ -83,12 +91,14 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
         in_process: false,
         group: 1,
         lease: false,
+        interleave: false,
     };
     let mut it = flags.into_iter();
     while let Some(flag) = it.next() {
-        if flag == "--in-process" || flag == "--lease" {
+        if ["--in-process", "--lease", "--interleave"].contains(&flag.as_str()) {
             a.in_process |= flag == "--in-process";
             a.lease |= flag == "--lease";
+            a.interleave |= flag == "--interleave";
             continue;
         }
         let value = it.next().with_context(|| format!("{flag} needs a value"))?;
@@ -101,7 +111,7 @@ fn args(flags: Vec<String>) -> anyhow::Result<Args> {
             "--pg" => a.pg = Some(value),
             "--controller" => a.controller = Some(value.into()),
             "--history" => a.history = value.parse()?,
-            other => bail!("unknown flag {other} (flags: --results N --batch N --connections N --agents N --pg ADMIN_URL --controller PATH --history N --in-process --group N --lease)"),
+            other => bail!("unknown flag {other} (flags: --results N --batch N --connections N --agents N --pg ADMIN_URL --controller PATH --history N --in-process --group N --lease --interleave)"),
         }
     }
     if !(1..=lastmile_protocol::MAX_RESULTS_PER_BATCH).contains(&a.batch) {
@@ -250,17 +260,31 @@ fn prepare(db: &Db, args: &Args) -> anyhow::Result<Vec<Request>> {
             measurement: measurement(i),
         });
     }
-    let mut requests = Vec::new();
+    let mut by_agent: Vec<Vec<Request>> = Vec::new();
     for (agent, mut subs) in per_agent {
         let token = tokens.get(&agent).context("an agent without token")?;
+        let mut own = Vec::new();
         while !subs.is_empty() {
             let rest = subs.split_off(subs.len().min(args.batch));
-            requests.push(Request {
+            own.push(Request {
                 token: token.clone(),
                 results: std::mem::replace(&mut subs, rest),
             });
         }
+        by_agent.push(own);
     }
+    let requests: Vec<Request> = if args.interleave {
+        let rounds = by_agent.iter().map(Vec::len).max().unwrap_or(0);
+        let mut lists: Vec<std::vec::IntoIter<Request>> =
+            by_agent.into_iter().map(Vec::into_iter).collect();
+        let mut requests = Vec::new();
+        for _ in 0..rounds {
+            requests.extend(lists.iter_mut().filter_map(Iterator::next));
+        }
+        requests
+    } else {
+        by_agent.into_iter().flatten().collect()
+    };
     if args.lease {
         leasing.print();
     }
