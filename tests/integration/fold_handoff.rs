@@ -2,7 +2,7 @@
 //! (`lastmile_domain::ingest::Handoff`), on both backends: the fold uses what it holds
 //! only for the queue entries it took, so a result another replica's folder took first
 //! is folded and paid once, and what it does not hold it reads back; and the queue's
-//! entries (one per run and accepting transaction) as a fold takes them.
+//! entries (one per accepting transaction) as a fold takes them.
 
 use std::net::Ipv4Addr;
 
@@ -20,6 +20,7 @@ use crate::support::{count, target_site, TestApp, TestDb, QUEUED};
 per_backend!(
     a_result_held_in_memory_and_taken_by_another_folder_is_counted_once,
     a_fold_takes_whole_queue_entries_oldest_first_up_to_its_size,
+    one_entry_holds_a_transactions_results_and_counts_them_by_run,
     queued_results_whose_rows_are_gone_are_counted_as_missing_not_folded,
 );
 
@@ -116,7 +117,7 @@ async fn a_result_held_in_memory_and_taken_by_another_folder_is_counted_once(db:
     app.controller.stop().await.unwrap();
 }
 
-/// The fold queue holds one entry per run and accepting transaction: a fold takes whole
+/// The fold queue holds one entry per accepting transaction: a fold takes whole
 /// entries, oldest first, until it has `max` results (at least one entry, however
 /// large; at most `max / 2` entries looked at), and on PostgreSQL a folder skips the
 /// entries another folder holds.
@@ -200,6 +201,37 @@ async fn a_fold_takes_whole_queue_entries_oldest_first_up_to_its_size(db: TestDb
     );
     assert_eq!(fold_queue::take(&mut conn, 8).unwrap(), (Vec::new(), None));
     assert_eq!(count_sql(&mut conn, QUEUED).unwrap(), 0);
+}
+
+/// A transaction's results of several runs make one entry, and what each run still has
+/// queued is counted from it (a run's status waits for them).
+async fn one_entry_holds_a_transactions_results_and_counts_them_by_run(db: TestDb) {
+    let app = TestApp::start(&db).await;
+    let database = app.db().clone();
+    app.controller.stop().await.unwrap();
+    let mut conn = database.conn().unwrap();
+    let results = [
+        ("g", "g1"),
+        ("h", "h1"),
+        ("g", "g2"),
+        ("i", "i1"),
+        ("g", "g3"),
+    ];
+    let entries = fold_queue::entries(5, results);
+    fold_queue::enqueue(&mut conn, &entries).unwrap();
+    assert_eq!(
+        count_sql(&mut conn, "SELECT COUNT(*) AS n FROM fold_queue").unwrap(),
+        1
+    );
+    assert_eq!(count_sql(&mut conn, QUEUED).unwrap(), 5);
+    let queued: Vec<i64> = ["g", "h", "i", "j"]
+        .iter()
+        .map(|run| fold_queue::queued_in_run(&mut conn, run).unwrap())
+        .collect();
+    assert_eq!(queued, vec![3, 1, 1, 0]);
+    let ids = ["g1", "h1", "g2", "i1", "g3"].map(String::from).to_vec();
+    assert_eq!(fold_queue::take(&mut conn, 2).unwrap(), (ids, Some((5, 5))));
+    assert_eq!(fold_queue::queued_in_run(&mut conn, "g").unwrap(), 0);
 }
 
 async fn queued_results_whose_rows_are_gone_are_counted_as_missing_not_folded(db: TestDb) {

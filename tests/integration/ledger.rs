@@ -309,8 +309,8 @@ async fn credit_is_held_for_open_and_queued_work_of_the_owner_only(db: TestDb) {
         format!("UPDATE assignments SET state = 'done' WHERE id = '{queued}'"),
         format!("DELETE FROM open_assignments WHERE assignment_id = '{queued}'"),
         format!(
-            "INSERT INTO fold_queue (run_id, first_assignment_id, assignment_ids, results, queued_at) \
-             VALUES ('{run}', '{queued}', '{queued}', 1, 1)"
+            "INSERT INTO fold_queue (first_assignment_id, assignment_ids, runs, results, queued_at) \
+             VALUES ('{queued}', '{queued}', '{{\"{run}\": 1}}', 1, 1)"
         ),
         format!("UPDATE assignments SET state = 'expired' WHERE id = '{expired}'"),
         format!("DELETE FROM open_assignments WHERE assignment_id = '{expired}'"),
@@ -318,9 +318,9 @@ async fn credit_is_held_for_open_and_queued_work_of_the_owner_only(db: TestDb) {
         format!("UPDATE assignments SET state = 'done' WHERE id = '{}'", theirs.0),
         format!("DELETE FROM open_assignments WHERE assignment_id = '{}'", theirs.0),
         format!(
-            "INSERT INTO fold_queue (run_id, first_assignment_id, assignment_ids, results, queued_at) \
-             VALUES ('{}', '{}', '{}', 1, 2)",
-            theirs.1, theirs.0, theirs.0
+            "INSERT INTO fold_queue (first_assignment_id, assignment_ids, runs, results, queued_at) \
+             VALUES ('{}', '{}', '{{\"{}\": 1}}', 1, 2)",
+            theirs.0, theirs.0, theirs.1
         ),
     ] {
         diesel::sql_query(sql).execute(&mut conn).unwrap();
@@ -378,7 +378,7 @@ fn on_sqlite_held_credit_is_read_from_the_owners_checks() {
     let pool = lastmile_storage::Db::open(&db.url, 1).unwrap();
     let plan: Vec<String> = diesel::sql_query(format!(
         "EXPLAIN QUERY PLAN {}",
-        lastmile_domain::billing::HELD_FOR_ASSIGNMENTS
+        lastmile_domain::billing::held_for_assignments_sql()
     ))
     .bind::<diesel::sql_types::Text, _>("owner")
     .load::<Step>(&mut *pool.conn().unwrap())

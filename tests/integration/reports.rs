@@ -520,8 +520,8 @@ async fn complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figu
     let queued_at = today - 2 * DAY_US + 13 * HOUR_US;
     let mut conn = app.db().conn().unwrap();
     diesel::sql_query(format!(
-        "INSERT INTO fold_queue (run_id, first_assignment_id, assignment_ids, results, queued_at) \
-         VALUES ('run', 'waiting', 'waiting', 1, {queued_at})"
+        "INSERT INTO fold_queue (first_assignment_id, assignment_ids, runs, results, queued_at) \
+         VALUES ('waiting', 'waiting', '{{\"run\": 1}}', 1, {queued_at})"
     ))
     .execute(&mut conn)
     .unwrap();

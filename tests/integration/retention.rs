@@ -102,14 +102,17 @@ async fn raw_results_past_retention_age_out_and_nothing_counted_from_them_change
     }
     back(&mut conn, &ids[2..5], days_ago(40));
     back(&mut conn, &ids[5..6], days_ago(39));
-    sql(
-        &mut conn,
-        &format!(
-            "INSERT INTO fold_queue (run_id, first_assignment_id, assignment_ids, results, queued_at) \
-             SELECT run_id, assignment_id, assignment_id, 1, received_at FROM results WHERE assignment_id = '{}'",
-            ids[5]
-        ),
-    );
+    {
+        use diesel::prelude::*;
+        use lastmile_storage::schema::results;
+        let (run_id, received_at): (String, i64) = results::table
+            .filter(results::assignment_id.eq(&ids[5]))
+            .select((results::run_id, results::received_at))
+            .first(&mut *conn)
+            .unwrap();
+        let queued = lastmile_storage::fold_queue::entries(received_at, [(&*run_id, &*ids[5])]);
+        lastmile_storage::fold_queue::enqueue(&mut conn, &queued).unwrap();
+    }
     sql(
         &mut conn,
         &format!(

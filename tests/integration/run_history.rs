@@ -129,8 +129,8 @@ async fn a_run_over_keeps_its_counts_and_its_rows_go_once_its_results_have(db: T
     sql(
         &mut conn,
         &format!(
-            "INSERT INTO fold_queue (run_id, first_assignment_id, assignment_ids, results, queued_at) \
-             VALUES ('{run_b}', 'x', 'x', 1, 1)"
+            "INSERT INTO fold_queue (first_assignment_id, assignment_ids, runs, results, queued_at) \
+             VALUES ('x', 'x', '{{\"{run_b}\": 1}}', 1, 1)"
         ),
     );
     let other_run = runs(&app, &owner, &other).await[0].clone();

@@ -41,14 +41,19 @@ pub fn price_of(check: &Check) -> Money {
 }
 
 /// [`held_for_assignments`]' statement (`$1`: the owner).
-pub const HELD_FOR_ASSIGNMENTS: &str =
-    "SELECT o.run_id, COUNT(*) AS n FROM checks c CROSS JOIN open_assignments o \
-      WHERE o.check_id = c.id AND c.owner_id = $1 \
-      GROUP BY o.run_id \
-     UNION ALL \
-     SELECT q.run_id, q.n FROM (SELECT run_id, SUM(results) AS n FROM fold_queue GROUP BY run_id) q \
-      WHERE (SELECT c.owner_id FROM runs r JOIN checks c ON c.id = r.check_id \
-              WHERE r.id = q.run_id) = $1";
+pub fn held_for_assignments_sql() -> String {
+    format!(
+        "SELECT o.run_id, COUNT(*) AS n FROM checks c CROSS JOIN open_assignments o \
+          WHERE o.check_id = c.id AND c.owner_id = $1 \
+          GROUP BY o.run_id \
+         UNION ALL \
+         SELECT q.run_id, q.n FROM ( \
+             SELECT run_id, CAST(SUM(n) AS BIGINT) AS n FROM ({}) e GROUP BY run_id) q \
+          WHERE (SELECT c.owner_id FROM runs r JOIN checks c ON c.id = r.check_id \
+                  WHERE r.id = q.run_id) = $1",
+        lastmile_storage::fold_queue::QUEUED_RUNS
+    )
+}
 
 /// Credit held for the owner's assignments that are still pending or leased, or whose
 /// result is accepted and still queued for folding: each will be paid for, at its run's
@@ -56,12 +61,12 @@ pub const HELD_FOR_ASSIGNMENTS: &str =
 ///
 /// Called by every run's admission, so it costs what the owner has in flight, never the
 /// history: open assignments are found through the owner's checks and the index of open
-/// work by check (`open_assignments_check`), queued results through the fold queue
-/// (seconds of results), each queued run's owner looked up by key (a scalar subquery,
-/// which no plan turns into a walk over the owner's runs, which never age out); the two
-/// sets are disjoint (a result is queued by the transaction that closes its
-/// assignment). An `OR` of the two sets, as this was written before, read the whole
-/// `assignments` table every time. The checks are joined with `CROSS JOIN`, which
+/// work by check (`open_assignments_check`), queued results through the runs each
+/// fold queue entry lists (seconds of results), each queued run's owner looked up by
+/// key (a scalar subquery, which no plan turns into a walk over the owner's runs, which
+/// never age out); the two sets are disjoint (a result is queued by the transaction
+/// that closes its assignment). An `OR` of the two sets, as this was written before,
+/// read the whole `assignments` table every time. The checks are joined with `CROSS JOIN`, which
 /// SQLite reads as "checks first" (PostgreSQL orders it freely, as an inner join):
 /// without statistics SQLite otherwise started from every owner's open work.
 pub fn held_for_assignments(conn: &mut DbConn, owner_id: &str) -> Result<Money> {
@@ -72,7 +77,7 @@ pub fn held_for_assignments(conn: &mut DbConn, owner_id: &str) -> Result<Money> 
         #[diesel(sql_type = diesel::sql_types::BigInt)]
         n: i64,
     }
-    let held: Vec<Held> = diesel::sql_query(HELD_FOR_ASSIGNMENTS)
+    let held: Vec<Held> = diesel::sql_query(held_for_assignments_sql())
         .bind::<diesel::sql_types::Text, _>(owner_id)
         .load(conn)?;
     let run_ids: Vec<&str> = held.iter().map(|h| h.run_id.as_str()).collect();

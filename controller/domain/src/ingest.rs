@@ -719,7 +719,7 @@ struct Written<'a> {
     /// Flagged results among `rows`, with their agent and flags.
     flagged: Vec<(&'a Agent, usize, Vec<verification::Flag>)>,
     /// Results to fold (run, assignment), queued at the end of the batch: one queue
-    /// entry per run.
+    /// entry.
     queued: Vec<(String, String)>,
     /// New results in time: as many as the assignments [`claim_timely`] closed.
     timely: usize,

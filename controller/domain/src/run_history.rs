@@ -71,11 +71,16 @@ pub fn settle(conn: &mut DbConn, now: Micros) -> Result<u32> {
     } else {
         ""
     };
-    let due = "SELECT u.id FROM runs u \
+    // The runs with queued results are read from the queue once (a few entries), not
+    // looked for in it run by run.
+    let due = format!(
+        "SELECT u.id FROM runs u \
            WHERE u.settled_at IS NULL AND u.deadline_at < $1 \
            AND NOT EXISTS (SELECT 1 FROM open_assignments o \
              WHERE o.check_id = u.check_id AND o.run_id = u.id) \
-           AND NOT EXISTS (SELECT 1 FROM fold_queue q WHERE q.run_id = u.id)";
+           AND u.id NOT IN (SELECT q.run_id FROM ({}) q)",
+        lastmile_storage::fold_queue::QUEUED_RUNS
+    );
     // SQLite's write transaction takes the one write lock, which every accept waits
     // for: look first, outside it, so that a pass with nothing to settle (nearly every
     // pass) does not take it. PostgreSQL's statement with nothing to do locks nothing.

@@ -3,11 +3,14 @@
 //! deleted by the transaction that folds them, so each accepted result is folded
 //! exactly once.
 //!
-//! One entry holds the results of one run that one transaction accepted (one row per
-//! run and batch, not per result: the queue is written and deleted for every accepted
-//! result, and a run's results usually arrive together).
+//! One entry holds the results one transaction accepted, whatever their runs (one row
+//! per group commit, not per result or per run: the queue is written and deleted for
+//! every accepted result, and a group commit's results are of many runs, each run's
+//! agents reporting at their own moments). Which runs, and how many results of each,
+//! the entry says in `runs` (JSON), for the readers that ask what a run still has
+//! queued: [`QUEUED_RUNS`].
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Integer, Text};
@@ -15,51 +18,57 @@ use diesel::sql_types::{BigInt, Integer, Text};
 use crate::schema::fold_queue;
 use crate::DbConn;
 
-/// One queue entry: results of one run, accepted by one transaction.
+/// One queue entry: the results one transaction accepted.
 #[derive(Debug, Clone, Insertable)]
 #[diesel(table_name = fold_queue, treat_none_as_default_value = false)]
 pub struct Entry {
-    pub run_id: String,
-    /// The first of `assignment_ids`: the entry's key with `run_id` (each assignment
-    /// is queued once).
+    /// The first of `assignment_ids`: the entry's key (each assignment is queued once).
     pub first_assignment_id: String,
     /// The entry's results' assignments, space-separated.
     pub assignment_ids: String,
+    /// The results' runs: a JSON object of run id to how many of the entry's results
+    /// are that run's.
+    pub runs: String,
     /// How many results the entry holds.
     pub results: i32,
     /// When the results were received: their `received_at`.
     pub queued_at: i64,
 }
 
+/// The queued results of each run, as rows `(run_id TEXT, n BIGINT)`, one per run and
+/// entry: a subquery for the statements that ask what runs still have queued, the same
+/// on both backends (`json_each` of each entry's `runs`). It reads the whole queue:
+/// seconds of results, a few entries (a group commit folds what it accepted at once).
+pub const QUEUED_RUNS: &str = "SELECT j.key AS run_id, CAST(CAST(j.value AS TEXT) AS BIGINT) AS n \
+     FROM fold_queue q, json_each(q.runs) j";
+
 /// Groups results `(run id, assignment id)`, received at `queued_at` by one
-/// transaction, into one entry per run, in the order the runs first appear.
+/// transaction, into their queue entry: one, or none for no results.
 pub fn entries<'a>(
     queued_at: i64,
     results: impl IntoIterator<Item = (&'a str, &'a str)>,
 ) -> Vec<Entry> {
-    let mut entries: Vec<Entry> = Vec::new();
-    let mut of_run: HashMap<&str, usize> = HashMap::new();
+    let mut ids: Vec<&str> = Vec::new();
+    let mut runs: BTreeMap<&str, i32> = BTreeMap::new();
     for (run_id, assignment_id) in results {
-        match of_run.get(run_id) {
-            Some(&i) => {
-                let entry = &mut entries[i];
-                entry.assignment_ids.push(' ');
-                entry.assignment_ids.push_str(assignment_id);
-                entry.results += 1;
-            }
-            None => {
-                of_run.insert(run_id, entries.len());
-                entries.push(Entry {
-                    run_id: run_id.to_owned(),
-                    first_assignment_id: assignment_id.to_owned(),
-                    assignment_ids: assignment_id.to_owned(),
-                    results: 1,
-                    queued_at,
-                });
-            }
-        }
+        ids.push(assignment_id);
+        *runs.entry(run_id).or_default() += 1;
     }
-    entries
+    let Some(first) = ids.first() else {
+        return Vec::new();
+    };
+    vec![Entry {
+        first_assignment_id: (*first).to_owned(),
+        assignment_ids: ids.join(" "),
+        runs: serde_json::Value::Object(
+            runs.into_iter()
+                .map(|(run, n)| (run.to_owned(), n.into()))
+                .collect(),
+        )
+        .to_string(),
+        results: ids.len() as i32,
+        queued_at,
+    }]
 }
 
 /// Queues entries (inside the transaction that stores their results).
@@ -89,9 +98,9 @@ struct Taken {
 /// their results' assignment ids and when they were queued ([`QueuedSpan`]). They are
 /// deleted by the same transaction, so a fold that rolls back leaves them queued and
 /// one that commits has taken them exactly once. At most half of `max` entries are
-/// looked at: in the field an entry holds tens of results, in a spread-out batch (as
-/// `bench ingest`'s, 500 results over 200 runs) two or three, which a quarter made
-/// folds of 1,250 results, more aggregate writes a result.
+/// looked at: an entry holds what one transaction accepted, one request's results when
+/// requests come one at a time (a single result in the smallest), a group commit's
+/// hundreds when they come fast.
 ///
 /// On PostgreSQL one statement picks and deletes them: entries another transaction
 /// holds are skipped (`FOR UPDATE SKIP LOCKED`), so several controllers fold side by
@@ -159,11 +168,17 @@ pub fn take(conn: &mut DbConn, max: i64) -> QueryResult<(Vec<String>, Option<Que
 
 /// How many of a run's results are still waiting to be folded.
 pub fn queued_in_run(conn: &mut DbConn, run_id: &str) -> QueryResult<i64> {
-    Ok(fold_queue::table
-        .filter(fold_queue::run_id.eq(run_id))
-        .select(diesel::dsl::sum(fold_queue::results))
-        .get_result::<Option<i64>>(conn)?
-        .unwrap_or(0))
+    #[derive(QueryableByName)]
+    struct Queued {
+        #[diesel(sql_type = diesel::sql_types::Nullable<BigInt>)]
+        n: Option<i64>,
+    }
+    let queued: Queued = diesel::sql_query(format!(
+        "SELECT CAST(SUM(n) AS BIGINT) AS n FROM ({QUEUED_RUNS}) q WHERE run_id = $1"
+    ))
+    .bind::<Text, _>(run_id)
+    .get_result(conn)?;
+    Ok(queued.n.unwrap_or(0))
 }
 
 #[cfg(test)]
@@ -171,24 +186,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_runs_results_share_one_entry_in_the_order_runs_first_appear() {
+    fn a_transactions_results_share_one_entry_that_counts_them_by_run() {
         let entries = entries(7, [("r1", "a"), ("r2", "b"), ("r1", "c"), ("r1", "d")]);
         let summary: Vec<(&str, &str, &str, i32, i64)> = entries
             .iter()
             .map(|e| {
                 (
-                    e.run_id.as_str(),
                     e.first_assignment_id.as_str(),
                     e.assignment_ids.as_str(),
+                    e.runs.as_str(),
                     e.results,
                     e.queued_at,
                 )
             })
             .collect();
-        assert_eq!(
-            summary,
-            vec![("r1", "a", "a c d", 3, 7), ("r2", "b", "b", 1, 7)]
-        );
+        assert_eq!(summary, vec![("a", "a b c d", r#"{"r1":3,"r2":1}"#, 4, 7)]);
         assert!(super::entries(7, []).is_empty());
     }
 }

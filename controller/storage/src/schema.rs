@@ -429,11 +429,12 @@ diesel::joinable!(payouts -> volunteers (volunteer_id));
 
 diesel::table! {
     /// Results accepted and not yet folded into aggregates and paid, one entry per
-    /// run and accepting transaction (see `lastmile_storage::fold_queue`).
-    fold_queue (run_id, first_assignment_id) {
-        run_id -> Text,
+    /// accepting transaction (see `lastmile_storage::fold_queue`). `runs` is JSON
+    /// (PostgreSQL's `json`), written as text.
+    fold_queue (first_assignment_id) {
         first_assignment_id -> Text,
         assignment_ids -> Text,
+        runs -> Text,
         results -> Integer,
         queued_at -> BigInt,
     }
