@@ -19,6 +19,12 @@
 //! - `reflector`: how many udp streams one `lastmile-reflector` carries: echoes a
 //!   second, loss, round trip and its CPU per probe ([`reflector`]).
 
+/// The controller's allocator (`lastmile-controller`'s `main.rs`): `bench ingest
+/// --in-process` runs the controller's accept path in this process, and with glibc's
+/// malloc that path spent about a fifth of its CPU time in the allocator (`perf`).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 mod agents;
 mod choice;
 mod harness;
