@@ -28,3 +28,9 @@ DROP TABLE fold_queue;
 ALTER TABLE fold_queue_by_transaction RENAME TO fold_queue;
 ALTER INDEX fold_queue_by_transaction_pkey RENAME TO fold_queue_pkey;
 CREATE INDEX fold_queue_queued ON fold_queue (queued_at);
+-- A group commit's entry holds hundreds of ids (37 bytes each) and runs: kept out of
+-- line (TOAST), and not compressed. UUIDs in hex do not compress, and trying cost
+-- 0.4 ms an entry of 500 ids (a `COPY` of 300 such rows: 178 ms, 51 ms without).
+ALTER TABLE fold_queue
+    ALTER COLUMN assignment_ids SET STORAGE EXTERNAL,
+    ALTER COLUMN runs SET STORAGE EXTERNAL;
