@@ -663,7 +663,8 @@ fn compare_with_copy(
     // their PostgreSQL backends) where the `COPY` is one stream: on a machine whose
     // cores are taken by other work it falls towards this one (stop 43: 0.29-0.35x
     // with the two cores free, 0.20-0.27x with a busy loop on one of them, this ratio
-    // 0.21-0.22x either way).
+    // 0.21-0.22x either way; stop 44: 0.38-0.42x free, 0.26-0.33x loaded, this ratio
+    // 0.24-0.29x free and 0.23-0.25x loaded).
     let copy_us = per_row(db_cpu + own_cpu);
     println!(
         "  CPU a result: {what} {cpu_us:.1} µs, a row of the COPY {copy_us:.1} µs (PostgreSQL and the writing process each): {:.3}x",
