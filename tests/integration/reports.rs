@@ -23,6 +23,7 @@ per_backend!(
     complete_days_roll_up_into_day_and_week_cells_that_report_the_same_figures,
     complete_quarters_of_a_day_not_rolled_up_are_read_as_quarter_cells,
     goodput_comes_from_large_bodies_with_its_low_tail_in_json_and_csv,
+    folds_of_many_cells_add_to_old_and_new_cells_side_by_side,
 );
 
 /// An app with an owner and a check carrying `objectives`; returns (app, owner, check id).
@@ -92,7 +93,7 @@ fn fold(app: &TestApp, check: &str, class: &str, at: i64, ttfb_us: i64, ok: bool
 }
 
 fn fold_stored(app: &TestApp, r: &StoredResult) {
-    ingest::fold(&mut app.db().conn().unwrap(), r).unwrap();
+    ingest::fold(&mut app.db().conn().unwrap(), std::slice::from_ref(r)).unwrap();
 }
 
 /// The measurement [`fold`] folds.
@@ -829,4 +830,83 @@ async fn goodput_comes_from_large_bodies_with_its_low_tail_in_json_and_csv(db: T
     assert_eq!(dsl_line[p50], value(dsl, 50).to_string());
     assert_eq!(dsl_line[p10], value(dsl, 10).to_string());
     app.controller.stop().await.unwrap();
+}
+
+/// A fold writes all its cells at once (on PostgreSQL, one statement to create the
+/// missing ones, one to lock them, one to write them): cells that exist and cells it
+/// creates, in several hours, countries and classes, each gets its own results, with
+/// histograms that hold what the counts say. Two folders of the same cells side by side
+/// (two replicas) each add theirs: none is lost, and they do not deadlock.
+async fn folds_of_many_cells_add_to_old_and_new_cells_side_by_side(db: TestDb) {
+    let (app, _owner, check, _site) = app_deciding_rollups(&db).await;
+    let hour = (now_us() / HOUR_US - 3) * HOUR_US;
+    let mut results = Vec::new();
+    for (h, country, class) in hours_countries_and_classes() {
+        let mut r = stored(&check, class, hour + h * HOUR_US + 60_000_000, 40_000, true);
+        r.country = country.to_owned();
+        results.push(r);
+    }
+    // Half of the cells exist before the concurrent folds.
+    let old: Vec<StoredResult> = results.iter().step_by(2).cloned().collect();
+    ingest::fold(&mut app.db().conn().unwrap(), &old).unwrap();
+
+    const FOLDS: usize = 8;
+    let folders: Vec<_> = (0..2)
+        .map(|folder| {
+            let database = app.db().clone();
+            let mut mine = results.clone();
+            // Each its own order of results: the fold sorts its cells.
+            if folder == 1 {
+                mine.reverse();
+            }
+            std::thread::spawn(move || {
+                let mut conn = database.conn().unwrap();
+                for _ in 0..FOLDS {
+                    lastmile_storage::write_tx(&mut conn, |c| ingest::fold(c, &mine)).unwrap();
+                }
+            })
+        })
+        .collect();
+    for folder in folders {
+        folder.join().unwrap();
+    }
+
+    let mut conn = app.db().conn().unwrap();
+    let rows =
+        lastmile_storage::aggregates::hours(&mut conn, &check, hour, hour + 3 * HOUR_US).unwrap();
+    assert_eq!(rows.len(), results.len(), "one cell a result");
+    for row in &rows {
+        let was_old = old.iter().any(|r| {
+            r.country == row.country
+                && r.connection_class == row.connection_class
+                && r.received_at / HOUR_US * HOUR_US == row.bucket_start
+        });
+        let expected = 2 * FOLDS as i64 + i64::from(was_old);
+        assert_eq!(
+            row.successes, expected,
+            "{} {} {}",
+            row.country, row.connection_class, row.bucket_start
+        );
+        assert_eq!(row.failures, 0);
+        for (bytes, value) in [(&row.ttfb_hist, 40_000), (&row.total_hist, 43_100)] {
+            let h: Histogram<u64> = Deserializer::new().deserialize(&mut &bytes[..]).unwrap();
+            assert_eq!(h.len(), expected as u64);
+            assert_eq!(h.value_at_quantile(0.5), h.highest_equivalent(value));
+        }
+    }
+    drop(conn);
+    app.controller.stop().await.unwrap();
+}
+
+/// Three hours, four countries and two classes: 24 cells.
+fn hours_countries_and_classes() -> Vec<(i64, &'static str, &'static str)> {
+    let mut cells = Vec::new();
+    for h in 0..3 {
+        for country in ["DE", "FR", "NL", "PL"] {
+            for class in ["fibre", "dsl"] {
+                cells.push((h, country, class));
+            }
+        }
+    }
+    cells
 }

@@ -112,7 +112,7 @@ pub fn aggregate_row(
 
 /// A cell with no results yet.
 fn empty_row(key: &AggregateKey) -> AggregateRow {
-    let empty = histogram::encode(&histogram::new_histogram());
+    let empty = histogram::empty_encoded();
     aggregate_row(key, 0, 0, std::array::from_fn(|_| empty.clone()))
 }
 
@@ -896,7 +896,8 @@ fn ack(sub: &ResultSubmission, late: bool) -> ResultAck {
 /// Closes the assignments that the batch's valid submissions are timely results of
 /// (leased to the submitting agent, the lease not run out at `now`): one update per
 /// agent and [`KEYS_PER_LOOKUP`](lastmile_storage::agents::KEYS_PER_LOOKUP) keys,
-/// which locks them as it closes them, instead of a lock and then a close. Returns them
+/// which locks them as it closes them, instead of a lock and then a close, and one
+/// delete of their open rows for the whole batch. Returns them
 /// as they were before (leased), which is how the batch's judgement reads them: each
 /// is a new, timely result, and every such result closes its assignment.
 ///
@@ -961,14 +962,17 @@ fn claim_timely(
                     timely
                 }
             };
-            let closed: Vec<&str> = rows.iter().map(|a| a.id.as_str()).collect();
-            lastmile_storage::assignments::forget_open(conn, &closed)?;
             claimed.extend(rows.into_iter().map(|mut a| {
                 a.state = state::LEASED.to_owned();
                 (a.id.clone(), a)
             }));
         }
     }
+    // Their open rows, for all agents at once (per `KEYS_PER_LOOKUP` keys): a group
+    // commit holds many agents' requests, ten in `bench ingest --interleave`.
+    let mut closed: Vec<&str> = claimed.keys().map(String::as_str).collect();
+    closed.sort_unstable();
+    lastmile_storage::assignments::forget_open(conn, &closed)?;
     Ok(claimed)
 }
 
@@ -1236,11 +1240,11 @@ pub fn key_of(r: &StoredResult) -> AggregateKey {
     }
 }
 
-/// Adds one accepted result to its aggregate row (creating the row if needed), inside
-/// the caller's write transaction. Used to place results directly (tests, tools);
-/// accepted results reach their cells through [`fold_pending`].
-pub fn fold(conn: &mut DbConn, r: &StoredResult) -> Result<()> {
-    fold_into_cells(conn, std::iter::once(r))
+/// Adds accepted results to their aggregate rows (creating the rows if needed), inside
+/// the caller's write transaction, as a fold does. Used to place results directly
+/// (tests, tools); accepted results reach their cells through [`fold_pending`].
+pub fn fold(conn: &mut DbConn, results: &[StoredResult]) -> Result<()> {
+    fold_into_cells(conn, results.iter())
 }
 
 /// What a batch adds to one cell: the successes' samples of each phase as a list, not
@@ -1254,8 +1258,8 @@ struct CellDelta {
     figures: Figures,
 }
 
-/// Merges results into their aggregate cells: each cell's histograms are decoded,
-/// the batch's samples recorded into them and encoded once.
+/// Merges results into their aggregate cells: the batch's samples recorded into each
+/// cell's stored histograms, which are written once.
 fn fold_into_cells<'a>(
     conn: &mut DbConn,
     results: impl Iterator<Item = &'a StoredResult>,
@@ -1280,71 +1284,91 @@ fn fold_into_cells<'a>(
             }
         }
     }
-    // In key order, so that two folders lock shared cells in the same order.
-    for (key, delta) in cells {
-        let mut row = lock_aggregate(conn, &key)?;
+    // In key order, so that two folders create and lock shared cells in the same order.
+    let cells: Vec<(AggregateKey, CellDelta)> = cells.into_iter().collect();
+    let mut rows: Vec<AggregateRow> = match conn {
+        DbConn::Pg(c) => {
+            let empty: Vec<AggregateRow> = cells.iter().map(|(key, _)| empty_row(key)).collect();
+            lastmile_storage::aggregates::lock_or_create_hours(c, &empty)?
+        }
+        DbConn::Sqlite(c) => cells
+            .iter()
+            .map(|(key, _)| sqlite_cell(c, key))
+            .collect::<Result<_>>()?,
+    };
+    let keys_match = rows.len() == cells.len()
+        && rows.iter().zip(&cells).all(|(row, (key, _))| {
+            (
+                row.check_id.as_str(),
+                row.bucket_start,
+                row.country.as_str(),
+                row.region.as_str(),
+                row.asn,
+                row.connection_class.as_str(),
+            ) == key.primary_key()
+        });
+    if !keys_match {
+        return Err(Error::Internal(format!(
+            "{} aggregate cells locked for {} to fold",
+            rows.len(),
+            cells.len()
+        )));
+    }
+    for (row, (_, delta)) in rows.iter_mut().zip(cells) {
         row.successes += delta.successes;
         row.failures += delta.failures;
         if delta.successes > 0 {
             for (phase, samples) in Phase::ALL.into_iter().zip(&delta.samples) {
-                let mut h = histogram::decode(row.hist(phase)).map_err(Error::Internal)?;
-                for &value in samples {
-                    h.saturating_record(value);
-                }
-                *row.hist_mut(phase) = histogram::encode(&h);
+                *row.hist_mut(phase) = histogram::record_into_encoded(row.hist(phase), samples)
+                    .map_err(Error::Internal)?;
             }
             delta
                 .figures
                 .merge_into(&mut row.figures)
                 .map_err(Error::Internal)?;
         }
-        let write = || diesel::update(aggregates::table.find(key.primary_key())).set(&row);
-        match conn {
-            // Kept prepared (diesel plans every `UPDATE` anew otherwise, and keeps one
-            // prepared only if it is loaded from): a busy fold writes hundreds of cells.
-            DbConn::Pg(c) => {
-                Prepared(write().returning(aggregates::check_id)).get_results::<String>(c)?;
-            }
-            DbConn::Sqlite(c) => {
-                write().execute(c)?;
+    }
+    match conn {
+        DbConn::Pg(c) => {
+            lastmile_storage::aggregates::write_hours(c, &rows)?;
+        }
+        // One writer, statements in process: a cell at a time costs no round trip.
+        DbConn::Sqlite(c) => {
+            for row in &rows {
+                let key = (
+                    row.check_id.as_str(),
+                    row.bucket_start,
+                    row.country.as_str(),
+                    row.region.as_str(),
+                    row.asn,
+                    row.connection_class.as_str(),
+                );
+                diesel::update(aggregates::table.find(key))
+                    .set(row)
+                    .execute(c)?;
             }
         }
     }
     Ok(())
 }
 
-/// Reads the aggregate row for `key` with a write lock, creating it empty if missing.
-fn lock_aggregate(conn: &mut DbConn, key: &AggregateKey) -> Result<AggregateRow> {
-    let find = || aggregates::table.find(key.primary_key());
-    let empty = empty_row(key);
-    Ok(match conn {
-        DbConn::Pg(c) => {
-            // Kept prepared, as the cell's write below.
-            Prepared(
-                diesel::insert_into(aggregates::table)
-                    .values(&empty)
-                    .on_conflict_do_nothing()
-                    .returning(aggregates::check_id),
-            )
-            .get_results::<String>(c)?;
-            find()
-                .select(AggregateRow::as_select())
-                .for_update()
-                .first(c)?
+/// SQLite: the aggregate row for `key`, created empty if missing (its one writer needs
+/// no lock).
+fn sqlite_cell(c: &mut diesel::SqliteConnection, key: &AggregateKey) -> Result<AggregateRow> {
+    let found = aggregates::table
+        .find(key.primary_key())
+        .select(AggregateRow::as_select())
+        .first(c)
+        .optional()?;
+    Ok(match found {
+        Some(row) => row,
+        None => {
+            let empty = empty_row(key);
+            diesel::insert_into(aggregates::table)
+                .values(&empty)
+                .execute(c)?;
+            empty
         }
-        DbConn::Sqlite(c) => match find()
-            .select(AggregateRow::as_select())
-            .first(c)
-            .optional()?
-        {
-            Some(row) => row,
-            None => {
-                diesel::insert_into(aggregates::table)
-                    .values(&empty)
-                    .execute(c)?;
-                empty
-            }
-        },
     })
 }
 
