@@ -31,10 +31,12 @@
 //! accept path without HTTP, JSON and the agent's round trips, against the same `COPY`.
 //! `--group N` has each thread take N requests a transaction (`ingest::accept_many`),
 //! as the controller's group commit of results (`server/accepting.rs`) does when
-//! requests arrive faster than one transaction writes them. The rate is the median of
-//! three passes, each over a third of the requests, as the `COPY` reference is the
-//! median of three copies. It also prints the CPU time a result cost PostgreSQL and this
-//! process, and a row of the `COPY` PostgreSQL. `--interleave` takes the agents'
+//! requests arrive faster than one transaction writes them. It makes three passes, each
+//! over a third of the requests, and with `--pg` writes each pass's rows with a raw
+//! `COPY` right after it: the ratio is the median of the three passes' ratios to their
+//! own copies, so that a pass and its reference see the host's load in the same moment.
+//! It also prints the CPU time a result cost PostgreSQL and this process, and a row of
+//! the `COPY` PostgreSQL. `--interleave` takes the agents'
 //! requests in turn (each one's first, then each one's second, ...), so that a
 //! transaction of N requests holds N agents and a fold many cells, as a group commit
 //! sees them when many agents send at once; by default each agent's requests follow
@@ -515,41 +517,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.in_process {
         // Nothing else writes meanwhile: no scheduler, no background fold.
         controller.stop();
-        // Three passes over a third of the requests each, and their median, as the
-        // `COPY` reference is the median of three: a single pass of a second or two
-        // on a shared machine varied as much as the reference did.
-        let (db_before, own_before) = (postgres_cpu(), usage(std::process::id())?.cpu);
-        let (mut accepted, mut elapsed, mut rates) = (0, Duration::ZERO, Vec::new());
-        for part in thirds(requests) {
-            let (n, took) = in_process(&db, part, args.connections, args.group)?;
-            accepted += n;
-            elapsed += took;
-            rates.push(n as f64 / took.as_secs_f64());
-        }
-        let db_cpu = postgres_cpu().saturating_sub(db_before);
-        let own_cpu = usage(std::process::id())?.cpu.saturating_sub(own_before);
-        rates.sort_by(f64::total_cmp);
-        let rate = rates[rates.len() / 2];
-        let per_result = |cpu: Duration| cpu.as_micros() as f64 / accepted.max(1) as f64;
-        println!(
-            "  in process, {} request(s) a transaction: {accepted} results accepted and folded in {:.1} s: {rate:.0} results/s (median of {} passes: {})",
-            args.group,
-            elapsed.as_secs_f64(),
-            rates.len(),
-            listed(&rates)
-        );
-        // Where the time went (CPU time on a shared machine varies from run to run as
-        // well, with the host's load).
-        println!(
-            "  CPU a result: PostgreSQL {:.1} µs, the accept path and folder (this process) {:.1} µs",
-            per_result(db_cpu),
-            per_result(own_cpu)
-        );
-        if let Some(admin) = &args.pg {
-            let cpu_us = per_result(db_cpu) + per_result(own_cpu);
-            compare_with_copy(admin, &mut *db.conn()?, rate, cpu_us, "accept in process")?;
-        }
-        return Ok(());
+        return accept_in_process(&db, requests, &args);
     }
     let results: usize = requests.iter().map(|r| r.results.len()).sum();
     let request_count = requests.len();
@@ -627,6 +595,101 @@ async fn run(args: Args) -> anyhow::Result<()> {
         compare_with_copy(admin, &mut conn, rate, cpu_us, "accept over HTTP")?;
     }
     drop(controller);
+    Ok(())
+}
+
+/// The in-process bench: three passes over a third of the requests each, and their
+/// median, as a single pass of a second or two on a shared machine varies as much as
+/// the reference does. With PostgreSQL, each pass's rows are written with a raw `COPY`
+/// right after it ([`COPIES`] times, the median), and each pass is compared with its own
+/// copies: a pass and its copies
+/// see the host in the same moment, where a pass and a copy seconds apart each saw
+/// their own share of its noise (the same build's ratio ranged 0.19-0.27x between runs
+/// with a core busy, stop 45).
+fn accept_in_process(db: &Db, requests: Vec<Request>, args: &Args) -> anyhow::Result<()> {
+    let reference = args.pg.as_deref().map(CopyReference::create).transpose()?;
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (mut accepted, mut elapsed) = (0, Duration::ZERO);
+    let (mut accept_db_cpu, mut accept_own_cpu) = (Duration::ZERO, Duration::ZERO);
+    let (mut rates, mut copies, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut copied_rows, mut copy_db_cpu, mut copy_own_cpu) = (0, Duration::ZERO, Duration::ZERO);
+    for part in thirds(requests) {
+        // Each pass starts from a checkpoint, as each copy does.
+        diesel::connection::SimpleConnection::batch_execute(&mut *db.conn()?, "CHECKPOINT")?;
+        let since = clock::now_us();
+        let (db_before, own_before) = (postgres_cpu(), own_cpu()?);
+        let (n, took) = in_process(db, part, args.connections, args.group)?;
+        accept_db_cpu += postgres_cpu().saturating_sub(db_before);
+        accept_own_cpu += own_cpu()?.saturating_sub(own_before);
+        accepted += n;
+        elapsed += took;
+        let rate = n as f64 / took.as_secs_f64();
+        rates.push(rate);
+        if let Some(reference) = &reference {
+            let rows: Vec<StoredResult> = results::table
+                .filter(results::received_at.ge(since))
+                .select(StoredResult::as_select())
+                .load(&mut *db.conn()?)?;
+            // A copy of a pass's rows takes a tenth of a second or two, and back to back
+            // such copies ranged 70k-121k rows/s (stop 45): each pass's reference is
+            // the median of three.
+            let mut pass_copies = Vec::with_capacity(COPIES);
+            for _ in 0..COPIES {
+                let copied = reference.copy(&rows)?;
+                pass_copies.push(copied.rate);
+                copied_rows += rows.len();
+                copy_db_cpu += copied.postgres;
+                copy_own_cpu += copied.own;
+            }
+            let copy_rate = median(&pass_copies);
+            copies.push(copy_rate);
+            ratios.push(rate / copy_rate);
+        }
+    }
+    let per_result = |cpu: Duration| cpu.as_micros() as f64 / accepted.max(1) as f64;
+    println!(
+        "  in process, {} request(s) a transaction: {accepted} results accepted and folded in {:.1} s: {:.0} results/s (median of {} passes, in order: {})",
+        args.group,
+        elapsed.as_secs_f64(),
+        median(&rates),
+        rates.len(),
+        listed(&rates)
+    );
+    // Where the time went (CPU time on a shared machine varies from run to run as
+    // well, with the host's load).
+    println!(
+        "  CPU a result: PostgreSQL {:.1} µs, the accept path and folder (this process) {:.1} µs",
+        per_result(accept_db_cpu),
+        per_result(accept_own_cpu)
+    );
+    if reference.is_none() {
+        return Ok(());
+    }
+    let listed_ratios: Vec<String> = ratios.iter().map(|r| format!("{r:.3}")).collect();
+    println!(
+        "\n  raw COPY of each pass's rows right after it (median of {COPIES} copies each): {:.0} rows/s (median of the passes': {}); accept in process / COPY = {:.3}x (median of the passes' ratios: {})",
+        median(&copies),
+        listed(&copies),
+        median(&ratios),
+        listed_ratios.join(", ")
+    );
+    let per_row = |cpu: Duration| cpu.as_micros() as f64 / copied_rows.max(1) as f64;
+    println!(
+        "  PostgreSQL CPU a row of the COPY: {:.1} µs",
+        per_row(copy_db_cpu)
+    );
+    let (cpu_us, copy_us) = (
+        per_result(accept_db_cpu + accept_own_cpu),
+        per_row(copy_db_cpu + copy_own_cpu),
+    );
+    println!(
+        "  CPU a result: accept in process {cpu_us:.1} µs, a row of the COPY {copy_us:.1} µs (PostgreSQL and the writing process each): {:.3}x",
+        copy_us / cpu_us.max(f64::MIN_POSITIVE)
+    );
     Ok(())
 }
 
@@ -771,37 +834,58 @@ fn in_process(
     Ok((accepted.into_inner(), started.elapsed()))
 }
 
-/// Writes `rows` into the `results` table of a fresh, migrated database with one `COPY`,
-/// [`COPIES`] times (emptied in between); returns each copy's rows per second, slowest
-/// first, and the CPU time PostgreSQL and this process (writing the rows) spent on them.
-fn raw_copy(admin: &str, rows: &[StoredResult]) -> anyhow::Result<(Vec<f64>, Duration, Duration)> {
-    let scratch = ScratchPg::create(admin, "copy")?;
-    let db = Db::open(&scratch.url, 1)?;
-    let mut conn = db.conn()?;
-    let lastmile_storage::DbConn::Pg(pg) = &mut *conn else {
-        bail!("the COPY database is not PostgreSQL");
-    };
-    // The rows alone, with the table's indexes but without its foreign keys (the runs,
-    // checks and agents they point to are not in this database).
-    diesel::connection::SimpleConnection::batch_execute(
-        pg,
-        "DO $$ DECLARE c record; BEGIN \
-           FOR c IN SELECT conname FROM pg_constraint \
-                    WHERE conrelid = 'results'::regclass AND contype = 'f' LOOP \
-             EXECUTE format('ALTER TABLE results DROP CONSTRAINT %I', c.conname); \
-           END LOOP; END $$;",
-    )?;
-    // The accept's dirty pages and WAL are written out first: flushed while the copies
-    // ran, they slowed the reference by what the accept path wrote, and a heavier
-    // accept path then looked better against it.
-    diesel::connection::SimpleConnection::batch_execute(pg, "CHECKPOINT")?;
-    // A single copy of a few tenths of a second into a database just created varied
-    // from 56k to 104k rows/s between runs: the reference is the median of three, the
-    // table emptied between them.
-    let mut rates = Vec::with_capacity(COPIES);
-    let (db_before, own_before) = (postgres_cpu(), own_cpu()?);
-    for _ in 0..COPIES {
-        diesel::connection::SimpleConnection::batch_execute(pg, "TRUNCATE results")?;
+/// The `results` table of a fresh, migrated database, which copies of accepted rows
+/// are written into with one raw `COPY` each.
+struct CopyReference {
+    // The scratch database outlives the connection to it (fields drop in order).
+    db: Db,
+    _scratch: ScratchPg,
+}
+
+/// One raw `COPY` of rows: how fast, and the CPU time PostgreSQL and this process
+/// (writing the rows) spent on it.
+struct Copied {
+    rate: f64,
+    postgres: Duration,
+    own: Duration,
+}
+
+impl CopyReference {
+    fn create(admin: &str) -> anyhow::Result<CopyReference> {
+        let scratch = ScratchPg::create(admin, "copy")?;
+        let db = Db::open(&scratch.url, 1)?;
+        let mut conn = db.conn()?;
+        let lastmile_storage::DbConn::Pg(pg) = &mut *conn else {
+            bail!("the COPY database is not PostgreSQL");
+        };
+        // The rows alone, with the table's indexes but without its foreign keys (the
+        // runs, checks and agents they point to are not in this database).
+        diesel::connection::SimpleConnection::batch_execute(
+            pg,
+            "DO $$ DECLARE c record; BEGIN \
+               FOR c IN SELECT conname FROM pg_constraint \
+                        WHERE conrelid = 'results'::regclass AND contype = 'f' LOOP \
+                 EXECUTE format('ALTER TABLE results DROP CONSTRAINT %I', c.conname); \
+               END LOOP; END $$;",
+        )?;
+        drop(conn);
+        Ok(CopyReference {
+            db,
+            _scratch: scratch,
+        })
+    }
+
+    /// Writes `rows` into the emptied table with one `COPY`.
+    fn copy(&self, rows: &[StoredResult]) -> anyhow::Result<Copied> {
+        let mut conn = self.db.conn()?;
+        let lastmile_storage::DbConn::Pg(pg) = &mut *conn else {
+            bail!("the COPY database is not PostgreSQL");
+        };
+        // The accept's dirty pages and WAL are written out first: flushed while the
+        // copy ran, they slowed the reference by what the accept path wrote, and a
+        // heavier accept path then looked better against it.
+        diesel::connection::SimpleConnection::batch_execute(pg, "TRUNCATE results; CHECKPOINT")?;
+        let (db_before, own_before) = (postgres_cpu(), own_cpu()?);
         let started = Instant::now();
         diesel::copy_from(results::table)
             .from_raw_data(results::table, |out| {
@@ -811,10 +895,31 @@ fn raw_copy(admin: &str, rows: &[StoredResult]) -> anyhow::Result<(Vec<f64>, Dur
             })
             .with_format(diesel::pg::CopyFormat::Csv)
             .execute(pg)?;
-        rates.push(rows.len() as f64 / started.elapsed().as_secs_f64());
+        let rate = rows.len() as f64 / started.elapsed().as_secs_f64();
+        Ok(Copied {
+            rate,
+            postgres: postgres_cpu().saturating_sub(db_before),
+            own: own_cpu()?.saturating_sub(own_before),
+        })
     }
-    let db_cpu = postgres_cpu().saturating_sub(db_before);
-    let own = own_cpu()?.saturating_sub(own_before);
+}
+
+/// Writes `rows` into the `results` table of a fresh, migrated database with one `COPY`,
+/// [`COPIES`] times (emptied in between); returns each copy's rows per second, slowest
+/// first, and the CPU time PostgreSQL and this process (writing the rows) spent on them.
+fn raw_copy(admin: &str, rows: &[StoredResult]) -> anyhow::Result<(Vec<f64>, Duration, Duration)> {
+    let reference = CopyReference::create(admin)?;
+    // A single copy of a few tenths of a second into a database just created varied
+    // from 56k to 104k rows/s between runs: the reference is the median of three, the
+    // table emptied between them.
+    let mut rates = Vec::with_capacity(COPIES);
+    let (mut db_cpu, mut own) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..COPIES {
+        let copied = reference.copy(rows)?;
+        rates.push(copied.rate);
+        db_cpu += copied.postgres;
+        own += copied.own;
+    }
     rates.sort_by(f64::total_cmp);
     Ok((rates, db_cpu, own))
 }
