@@ -377,16 +377,16 @@ fn summary_kind(m: &lastmile_protocol::Measurement) -> Option<CheckKind> {
 
 /// Refuses each result whose summary is of another kind than its assignment's task (a
 /// throughput summary for an http fetch): its figures would land in a check that never
-/// asked for them. Only results carrying a summary are looked up, one query for the
-/// batch (their runs' frozen tasks, or their checks' kinds for runs from before tasks
-/// were frozen); the usual http result costs nothing. A run's task never changes, so
+/// asked for them. Only results carrying a summary are looked up, two queries for the
+/// batch (their assignments' runs, then the frozen tasks of those runs this process
+/// has not seen, or their checks' kinds for runs from before tasks were frozen); the
+/// usual http result costs nothing. A run's task never changes, so
 /// this reads outside the accepting transaction.
 fn refuse_foreign_summaries(
     conn: &mut DbConn,
     requests: &[Request<'_>],
     mut checked: Vec<Result<Vec<Result<()>>>>,
 ) -> Result<Vec<Result<Vec<Result<()>>>>> {
-    use lastmile_storage::schema::{checks, runs};
     let with_summary: Vec<String> = requests
         .iter()
         .zip(&checked)
@@ -403,20 +403,24 @@ fn refuse_foreign_summaries(
     if with_summary.is_empty() {
         return Ok(checked);
     }
-    let mut kinds: HashMap<String, CheckKind> = HashMap::new();
+    // The assignments' runs, then each run's kind once (see `check_terms::run_kinds`).
+    let mut run_of: HashMap<String, String> = HashMap::with_capacity(with_summary.len());
     for chunk in with_summary.chunks(lastmile_storage::agents::KEYS_PER_LOOKUP) {
-        let rows: Vec<(String, Option<String>, String)> = assignments::table
-            .inner_join(runs::table)
-            .inner_join(checks::table)
-            .filter(assignments::id.eq_any(chunk))
-            .select((assignments::id, runs::task, checks::kind))
-            .load(conn)?;
-        for (id, task, check_kind) in rows {
-            if let Some(kind) = crate::check_terms::run_kind(task.as_deref(), &check_kind) {
-                kinds.insert(id, kind);
-            }
-        }
+        run_of.extend(
+            assignments::table
+                .filter(assignments::id.eq_any(chunk))
+                .select((assignments::id, assignments::run_id))
+                .load::<(String, String)>(conn)?,
+        );
     }
+    let mut run_ids: Vec<&str> = run_of.values().map(String::as_str).collect();
+    run_ids.sort_unstable();
+    run_ids.dedup();
+    let run_kinds = crate::check_terms::run_kinds(conn, &run_ids)?;
+    let kinds: HashMap<String, CheckKind> = run_of
+        .into_iter()
+        .filter_map(|(id, run)| Some((id, *run_kinds.get(&run)?)))
+        .collect();
     for (request, checked) in requests.iter().zip(checked.iter_mut()) {
         let Ok(checked) = checked else { continue };
         for (sub, ok) in request.subs.iter().zip(checked.iter_mut()) {

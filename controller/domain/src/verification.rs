@@ -107,7 +107,7 @@ use crate::error::{Error, Result};
 use crate::figures;
 use lastmile_storage::prepared::Prepared;
 use lastmile_storage::results::StoredResult;
-use lastmile_storage::schema::{agents, checks, result_flags, results, runs, volunteers};
+use lastmile_storage::schema::{agents, checks, result_flags, results, volunteers};
 use lastmile_storage::DbConn;
 
 /// One rule a result can break. The codes are stable (stored, and shown to operators).
@@ -656,21 +656,11 @@ impl Batch {
             }
         }
         batch.with_siblings = with_siblings(conn, agents)?;
-        // One statement for the batch's few runs (their primary keys).
-        let run_ids: HashSet<&str> = results.iter().map(|r| r.run_id.as_str()).collect();
-        if !run_ids.is_empty() {
-            let rows: Vec<(String, Option<String>, String)> = runs::table
-                .inner_join(checks::table.on(checks::id.eq(runs::check_id)))
-                .filter(runs::id.eq_any(run_ids))
-                .select((runs::id, runs::task, checks::kind))
-                .load(conn)?;
-            batch.kinds = rows
-                .into_iter()
-                .filter_map(|(id, task, kind)| {
-                    Some((id, crate::check_terms::run_kind(task.as_deref(), &kind)?))
-                })
-                .collect();
-        }
+        // The batch's runs' kinds, from this process's memory once it has seen them.
+        let mut run_ids: Vec<&str> = results.iter().map(|r| r.run_id.as_str()).collect();
+        run_ids.sort_unstable();
+        run_ids.dedup();
+        batch.kinds = crate::check_terms::run_kinds(conn, &run_ids)?;
         Ok(batch)
     }
 
