@@ -85,28 +85,14 @@ impl Merger {
         if bytes.is_empty() {
             return Ok(());
         }
-        let Some(mut payload) = payload_of_ours(bytes) else {
+        let Some(payload) = payload_of_ours(bytes) else {
             let other = self.other.get_or_insert_with(new_histogram);
             return add_decoded(other, bytes);
         };
-        let corrupt = || "corrupt histogram: bad payload".to_owned();
-        let mut index: usize = 0;
-        while !payload.is_empty() {
-            let (raw, used) = read_varint(payload).ok_or_else(corrupt)?;
-            payload = &payload[used..];
-            // ZigZag: a negative number is a run of empty counters.
-            let n = zig_zag_decode(raw);
-            if n < 0 {
-                index = index
-                    .checked_add(n.unsigned_abs() as usize)
-                    .ok_or_else(corrupt)?;
-                continue;
-            }
-            if n > 0 {
-                let counter = self.counts.get_mut(index).ok_or_else(corrupt)?;
-                *counter = counter.saturating_add(n as u64);
-            }
-            index += 1;
+        for counter in Counters::of(payload) {
+            let (index, n) = counter?;
+            let counter = self.counts.get_mut(index).ok_or_else(corrupt)?;
+            *counter = counter.saturating_add(n);
         }
         Ok(())
     }
@@ -156,20 +142,10 @@ pub fn record_into_encoded(bytes: &[u8], samples: &[u64]) -> Result<Vec<u8>, Str
     added.sort_unstable();
     let mut added = added.into_iter().peekable();
     let mut out = Writer::new(payload.len() + 4 * added.len());
-    let corrupt = || "corrupt histogram: bad payload".to_owned();
-    let (mut rest, mut index) = (payload, 0usize);
     // The stored counters, each with the samples that land before it or on it.
-    while !rest.is_empty() {
-        let (raw, used) = read_varint(rest).ok_or_else(corrupt)?;
-        rest = &rest[used..];
-        let n = zig_zag_decode(raw);
-        if n < 0 {
-            index = index
-                .checked_add(n.unsigned_abs() as usize)
-                .filter(|&i| i <= COUNTS_LEN)
-                .ok_or_else(corrupt)?;
-            continue;
-        }
+    let mut counters = Counters::of(payload);
+    for counter in counters.by_ref() {
+        let (index, n) = counter?;
         if index >= COUNTS_LEN {
             return Err(corrupt());
         }
@@ -177,11 +153,11 @@ pub fn record_into_encoded(bytes: &[u8], samples: &[u64]) -> Result<Vec<u8>, Str
             let run = 1 + count_equal(&mut added, a);
             out.counter(a, run)?;
         }
-        let count = (n as u64).saturating_add(count_equal(&mut added, index));
-        if count > 0 {
-            out.counter(index, count)?;
-        }
-        index += 1;
+        out.counter(index, n.saturating_add(count_equal(&mut added, index)))?;
+    }
+    // A run of empty counters past the last one.
+    if counters.index > COUNTS_LEN {
+        return Err(corrupt());
     }
     // The samples past the last stored counter.
     while let Some(a) = added.next() {
@@ -189,6 +165,58 @@ pub fn record_into_encoded(bytes: &[u8], samples: &[u64]) -> Result<Vec<u8>, Str
         out.counter(a, run)?;
     }
     Ok(out.finish())
+}
+
+fn corrupt() -> String {
+    "corrupt histogram: bad payload".to_owned()
+}
+
+/// The non-zero counters of a V2 payload of [`new_histogram`]'s shape, in order:
+/// (index, count). The payload lists counters one by one, a run of empty ones as one
+/// negative number (ZigZag), a single empty one as a zero.
+struct Counters<'a> {
+    rest: &'a [u8],
+    index: usize,
+}
+
+impl<'a> Counters<'a> {
+    fn of(payload: &'a [u8]) -> Counters<'a> {
+        Counters {
+            rest: payload,
+            index: 0,
+        }
+    }
+}
+
+impl Iterator for Counters<'_> {
+    type Item = Result<(usize, u64), String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        while !self.rest.is_empty() {
+            let Some((raw, used)) = read_varint(self.rest) else {
+                self.rest = &[];
+                return Some(Err(corrupt()));
+            };
+            self.rest = &self.rest[used..];
+            let n = zig_zag_decode(raw);
+            if n < 0 {
+                match self.index.checked_add(n.unsigned_abs() as usize) {
+                    Some(index) => self.index = index,
+                    None => {
+                        self.rest = &[];
+                        return Some(Err(corrupt()));
+                    }
+                }
+                continue;
+            }
+            let index = self.index;
+            self.index += 1;
+            if n > 0 {
+                return Some(Ok((index, n as u64)));
+            }
+        }
+        None
+    }
 }
 
 /// Takes the next items of `iter` equal to `value`, and says how many.

@@ -1301,16 +1301,10 @@ fn fold_into_cells<'a>(
             .collect::<Result<_>>()?,
     };
     let keys_match = rows.len() == cells.len()
-        && rows.iter().zip(&cells).all(|(row, (key, _))| {
-            (
-                row.check_id.as_str(),
-                row.bucket_start,
-                row.country.as_str(),
-                row.region.as_str(),
-                row.asn,
-                row.connection_class.as_str(),
-            ) == key.primary_key()
-        });
+        && rows
+            .iter()
+            .zip(&cells)
+            .all(|(row, (key, _))| row.primary_key() == key.primary_key());
     if !keys_match {
         return Err(Error::Internal(format!(
             "{} aggregate cells locked for {} to fold",
@@ -1339,15 +1333,7 @@ fn fold_into_cells<'a>(
         // One writer, statements in process: a cell at a time costs no round trip.
         DbConn::Sqlite(c) => {
             for row in &rows {
-                let key = (
-                    row.check_id.as_str(),
-                    row.bucket_start,
-                    row.country.as_str(),
-                    row.region.as_str(),
-                    row.asn,
-                    row.connection_class.as_str(),
-                );
-                diesel::update(aggregates::table.find(key))
+                diesel::update(aggregates::table.find(row.primary_key()))
                     .set(row)
                     .execute(c)?;
             }

@@ -32,6 +32,18 @@ pub struct AggregateRow {
 }
 
 impl AggregateRow {
+    /// The cell's key, in the table's primary key order.
+    pub fn primary_key(&self) -> (&str, i64, &str, &str, i64, &str) {
+        (
+            &self.check_id,
+            self.bucket_start,
+            &self.country,
+            &self.region,
+            self.asn,
+            &self.connection_class,
+        )
+    }
+
     /// The serialized histogram of one phase.
     pub fn hist(&self, phase: Phase) -> &[u8] {
         match phase {
