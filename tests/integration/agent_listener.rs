@@ -476,7 +476,7 @@ async fn a_long_poll_the_agent_hung_up_on_takes_no_work(db: TestDb) {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let leased = count(
         &app,
-        "SELECT COUNT(*) AS n FROM assignments WHERE state = 'leased'",
+        "SELECT COUNT(*) AS n FROM open_assignments WHERE state = 'leased'",
     );
     assert_eq!(leased, 0, "the abandoned long poll took the work");
     let (status, lease) = lease_now(&client, &listener, &token).await;

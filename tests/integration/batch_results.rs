@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use crate::leasing::submission;
 use crate::per_backend;
 use crate::scene;
-use crate::support::{count, TestApp, TestDb, OWNER_CREDIT, QUEUED};
+use crate::support::{count, TestApp, TestDb, DONE, OWNER_CREDIT, QUEUED};
 
 per_backend!(
     a_batch_answers_each_result_in_order_and_counts_and_pays_each_once,
@@ -310,7 +310,7 @@ async fn a_group_commit_closes_exactly_the_assignments_of_its_timely_results(db:
     let state = |id: &str| {
         count(
             &app,
-            &format!("SELECT COUNT(*) AS n FROM assignments WHERE id = '{id}' AND state = 'done'"),
+            &format!("SELECT COUNT(*) AS n FROM assignments a WHERE a.id = '{id}' AND {DONE}"),
         )
     };
     assert_eq!(

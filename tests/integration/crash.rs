@@ -28,6 +28,7 @@ use serde_json::{json, Value};
 
 use crate::agent_lifecycle::spawn_agent;
 use crate::controller_process::{child_config, fixed_port, ControllerProcess};
+use crate::support::DONE;
 use crate::support::{TestDb, PLACES};
 
 /// How long an agent holds a lease: short, so that some results come back late.
@@ -237,7 +238,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
         wait_until("an assignment is leased", Duration::from_secs(60), || {
             n(
                 &db,
-                "SELECT COUNT(*) AS n FROM assignments WHERE state = 'leased'",
+                "SELECT COUNT(*) AS n FROM open_assignments WHERE state = 'leased'",
             ) > 0
         })
         .await;
@@ -246,7 +247,7 @@ async fn sigkilled_controller_loses_no_measurement_and_pays_each_once() {
         // died (a result may have been stored between the look and the kill).
         let leased = n(
             &db,
-            "SELECT COUNT(*) AS n FROM assignments WHERE state = 'leased'",
+            "SELECT COUNT(*) AS n FROM open_assignments WHERE state = 'leased'",
         );
         if leased > 0 {
             kills.push(leased);
@@ -384,10 +385,7 @@ impl PlaceAgents {
             "no assignment pending or leased, every spool empty, the site idle",
             Duration::from_secs(120),
             || {
-                n(
-                    db,
-                    "SELECT COUNT(*) AS n FROM assignments WHERE state IN ('pending', 'leased')",
-                ) == 0
+                n(db, "SELECT COUNT(*) AS n FROM open_assignments") == 0
                     && spooled(&self.spools) == 0
                     && site.connections().open == 0
             },
@@ -459,9 +457,11 @@ pub(crate) fn assert_reconciled(
     assert_eq!(
         n(
             db,
-            "SELECT COUNT(*) AS n FROM results r JOIN assignments a ON a.id = r.assignment_id \
-             WHERE a.agent_id IS DISTINCT FROM r.agent_id \
-                OR (NOT r.late AND a.state <> 'done') OR (r.late AND a.state = 'done')",
+            &format!(
+                "SELECT COUNT(*) AS n FROM results r JOIN assignments a ON a.id = r.assignment_id \
+                 WHERE a.agent_id IS DISTINCT FROM r.agent_id \
+                    OR (NOT r.late AND NOT {DONE}) OR (r.late AND {DONE})"
+            ),
         ),
         0,
         "results that disagree with their assignment"
@@ -469,8 +469,10 @@ pub(crate) fn assert_reconciled(
     assert_eq!(
         n(
             db,
-            "SELECT COUNT(*) AS n FROM assignments a WHERE a.state = 'done' \
-             AND NOT EXISTS (SELECT 1 FROM results r WHERE r.assignment_id = a.id)",
+            &format!(
+                "SELECT COUNT(*) AS n FROM assignments a WHERE {DONE} \
+                 AND NOT EXISTS (SELECT 1 FROM results r WHERE r.assignment_id = a.id)"
+            ),
         ),
         0,
         "assignments done without a result"

@@ -17,7 +17,7 @@ use lastmile_testbed::udp_link::{Impairment, UdpLink};
 use serde_json::Value;
 use tokio::sync::watch;
 
-use crate::support::{count, TestApp};
+use crate::support::{count, TestApp, DONE};
 
 /// Waits until `done`, checking every 100 ms, for at most `secs` seconds.
 pub async fn until(what: &str, secs: u64, mut done: impl AsyncFnMut() -> bool) {
@@ -75,9 +75,14 @@ pub async fn run_and_wait(app: &TestApp, owner: &str, id: &str, runs: i64) {
 /// state, and whether the agents calibrated (runs plan only calibrated agents).
 fn where_the_work_is(app: &TestApp) -> String {
     let n = |sql: &str| count(app, &format!("SELECT COUNT(*) AS n FROM {sql}"));
-    let states = ["pending", "leased", "done", "expired"]
-        .map(|s| format!("{s} {}", n(&format!("assignments WHERE state = '{s}'"))))
-        .join(", ");
+    let states = [
+        ("pending", "a.state = 'pending'".to_owned()),
+        ("leased", format!("a.state = 'leased' AND NOT {DONE}")),
+        ("done", DONE.to_owned()),
+        ("expired", "a.state = 'expired'".to_owned()),
+    ]
+    .map(|(s, sql)| format!("{s} {}", n(&format!("assignments a WHERE {sql}"))))
+    .join(", ");
     format!(
         "runs {}, assignments: {states}; agents {} of which calibrated {}; results {}",
         n("runs"),

@@ -185,7 +185,7 @@ async fn a_result_with_a_nul_in_its_own_fields_is_refused_but_a_servers_text_is_
     assert_eq!(
         count(
             &app,
-            "SELECT COUNT(*) AS n FROM assignments WHERE state = 'leased'"
+            "SELECT COUNT(*) AS n FROM open_assignments WHERE state = 'leased'"
         ),
         1,
         "the assignment is still the agent's to report"

@@ -249,7 +249,7 @@ async fn three_replicas_behind_haproxy_lose_nothing_when_one_is_killed() {
     wait_until("an assignment is leased", Duration::from_secs(60), || {
         n(
             &db,
-            "SELECT COUNT(*) AS n FROM assignments WHERE state = 'leased'",
+            "SELECT COUNT(*) AS n FROM open_assignments WHERE state = 'leased'",
         ) > 0
     })
     .await;
@@ -273,7 +273,7 @@ async fn three_replicas_behind_haproxy_lose_nothing_when_one_is_killed() {
     let killed_at = lastmile_domain::clock::now_us();
     let leased_at_kill = n(
         &db,
-        "SELECT COUNT(*) AS n FROM assignments WHERE state = 'leased'",
+        "SELECT COUNT(*) AS n FROM open_assignments WHERE state = 'leased'",
     );
 
     // The two left carry on: more runs, measured and delivered through the balancer.

@@ -69,6 +69,12 @@ impl TestDb {
     }
 }
 
+/// SQL: assignment `a` is done, closed by its result: `done` (the state the close wrote
+/// before), or still `leased` in `assignments` with no open row (see
+/// `lastmile_storage::assignments`).
+pub const DONE: &str = "(a.state = 'done' OR (a.state = 'leased' AND NOT EXISTS \
+     (SELECT 1 FROM open_assignments o WHERE o.assignment_id = a.id)))";
+
 /// The `n` column of a `SELECT COUNT(*) AS n ...` on the app's database.
 pub fn count(app: &TestApp, sql: &str) -> i64 {
     lastmile_storage::count_sql(&mut app.db().conn().unwrap(), sql).unwrap()

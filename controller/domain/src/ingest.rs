@@ -36,7 +36,7 @@
 //! UPDATE` after an `INSERT ... ON CONFLICT DO NOTHING` on PostgreSQL, the single-writer
 //! transaction on SQLite; cells are locked in key order.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use diesel::prelude::*;
 use lastmile_protocol::{CheckKind, Hop, Phase, ResultAck, ResultDisposition, ResultSubmission};
@@ -48,9 +48,8 @@ use crate::figures::{self, Figures};
 pub use crate::fold_handoff::Handoff;
 use crate::histogram;
 use crate::{billing, checks, verification};
-use lastmile_storage::assignments::{state, Assignment};
+use lastmile_storage::assignments::{state, Assignment, OpenAssignment};
 use lastmile_storage::fold_queue;
-use lastmile_storage::prepared::Prepared;
 use lastmile_storage::schema::{aggregates, assignments, results};
 use lastmile_storage::{write_tx, DbConn};
 
@@ -588,7 +587,8 @@ pub struct Request<'a> {
 /// the other, each against the results of the requests before it, so a copy, a replay
 /// or a farm sibling in an earlier request of the batch is seen as if it had committed
 /// first. What the requests share is paid once: closing the assignments of timely
-/// results (one update an agent, which also locks them: [`claim_timely`]) and locking
+/// results (one delete of their open rows an agent, which also locks them:
+/// [`claim_timely`]) and locking
 /// the others, looking for results stored before, the stored results with the batch's
 /// numbers and the agents' siblings (`verification::Batch`), writing the results (one
 /// `COPY` on PostgreSQL; earlier only when the same-address rule must read them) and
@@ -632,7 +632,8 @@ pub fn accept_many(
     let (answers, handed) = write_tx(conn, |c| {
         // The usual submission, a valid result of an assignment leased to its agent and
         // still in time, closes the assignment whatever else is judged of it: closed
-        // first, by one update that locks it too. The others (late, repeated, someone
+        // first, by one delete of its open row that locks it too. The others (late,
+        // repeated, someone
         // else's) are locked and read as they are.
         let mut leased = claim_timely(c, requests, &checked, now)?;
         let claimed = leased.len();
@@ -646,7 +647,8 @@ pub fn accept_many(
         // (whose late result may be stored) can have a result already: one still leased
         // and in time has none (an assignment is leased once; a re-offer is a new one),
         // so a batch of fresh results, the usual one, does not look.
-        let settled: Vec<&Assignment> = leased.values().filter(|a| past_lease(a, now)).collect();
+        let settled: Vec<&OpenAssignment> =
+            leased.values().filter(|a| past_lease(a, now)).collect();
         // A result is received after its assignment was created: bounding the time lets
         // PostgreSQL look in the recent days' partitions only. By a day's margin, not
         // the creation itself: another replica's clock may run ahead of this one's, and
@@ -655,7 +657,7 @@ pub fn accept_many(
             match settled.iter().map(|a| a.created_at).min() {
                 None => HashMap::new(),
                 Some(oldest) => results::table
-                    .filter(results::assignment_id.eq_any(settled.iter().map(|a| &a.id)))
+                    .filter(results::assignment_id.eq_any(settled.iter().map(|a| &a.assignment_id)))
                     .filter(results::received_at.ge(oldest - crate::rollups::DAY_US))
                     .select((results::assignment_id, results::late))
                     .load(c)?
@@ -710,7 +712,7 @@ pub fn accept_many(
 
 /// Whether a result for `a` arriving `now` is late: its lease is over (run out, or the
 /// assignment closed or expired).
-fn past_lease(a: &Assignment, now: Micros) -> bool {
+fn past_lease(a: &OpenAssignment, now: Micros) -> bool {
     a.state != state::LEASED || a.lease_expires_at.is_none_or(|deadline| now > deadline)
 }
 
@@ -759,7 +761,7 @@ struct Sorted<'a> {
 fn sort<'a>(
     Request { agent, subs }: Request<'a>,
     checked: Vec<Result<()>>,
-    leased: &HashMap<String, Assignment>,
+    leased: &HashMap<String, OpenAssignment>,
     stored_before: &mut HashMap<String, bool>,
     now: Micros,
 ) -> Sorted<'a> {
@@ -898,12 +900,13 @@ fn ack(sub: &ResultSubmission, late: bool) -> ResultAck {
 }
 
 /// Closes the assignments that the batch's valid submissions are timely results of
-/// (leased to the submitting agent, the lease not run out at `now`): one update per
-/// agent and [`KEYS_PER_LOOKUP`](lastmile_storage::agents::KEYS_PER_LOOKUP) keys,
-/// which locks them as it closes them, instead of a lock and then a close, and one
-/// delete of their open rows for the whole batch. Returns them
-/// as they were before (leased), which is how the batch's judgement reads them: each
-/// is a new, timely result, and every such result closes its assignment.
+/// (leased to the submitting agent, the lease not run out at `now`) by deleting their
+/// open rows (`assignments::claim_leased`): one statement per agent and
+/// [`KEYS_PER_LOOKUP`](lastmile_storage::agents::KEYS_PER_LOOKUP) keys, which locks
+/// them as it closes them. Their rows in `assignments` are not written (see
+/// `lastmile_storage::assignments`). Returns the open rows as they were (leased), which
+/// is how the batch's judgement reads them: each is a new, timely result, and every
+/// such result closes its assignment.
 ///
 /// Agents in id order, keys in index order within each: two transactions that claim
 /// the same assignments (an agent's retry beside its first try) lock them in one
@@ -916,7 +919,7 @@ fn claim_timely(
     requests: &[Request<'_>],
     checked: &[Result<Vec<Result<()>>>],
     now: Micros,
-) -> Result<HashMap<String, Assignment>> {
+) -> Result<HashMap<String, OpenAssignment>> {
     let mut by_agent: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for (request, checked) in requests.iter().zip(checked) {
         let Ok(valid) = checked else { continue };
@@ -932,59 +935,21 @@ fn claim_timely(
         ids.sort();
         ids.dedup();
         for chunk in ids.chunks(lastmile_storage::agents::KEYS_PER_LOOKUP) {
-            let close = || {
-                diesel::update(
-                    assignments::table
-                        .filter(assignments::id.eq_any(chunk))
-                        .filter(assignments::agent_id.eq(agent_id))
-                        .filter(assignments::state.eq(state::LEASED))
-                        .filter(assignments::lease_expires_at.ge(now)),
-                )
-                .set(assignments::state.eq(state::DONE))
-            };
-            let rows: Vec<Assignment> = match conn {
-                // Kept prepared: diesel plans every `UPDATE` anew otherwise.
-                DbConn::Pg(c) => {
-                    Prepared(close().returning(Assignment::as_returning())).get_results(c)?
-                }
-                // Given this filter, SQLite's planner (no statistics) read every leased
-                // assignment through an index by state instead of the keys (5.0-5.8k
-                // results/s in `bench ingest`, 7.6k before): its one writer, which
-                // needs no lock, reads the keys and closes by key those that qualify.
-                DbConn::Sqlite(c) => {
-                    let timely: Vec<Assignment> = assignments::table
-                        .filter(assignments::id.eq_any(chunk))
-                        .select(Assignment::as_select())
-                        .load(c)?
-                        .into_iter()
-                        .filter(|a| a.agent_id.as_deref() == Some(agent_id) && !past_lease(a, now))
-                        .collect();
-                    let ids = timely.iter().map(|a| a.id.as_str());
-                    diesel::update(assignments::table.filter(assignments::id.eq_any(ids)))
-                        .set(assignments::state.eq(state::DONE))
-                        .execute(c)?;
-                    timely
-                }
-            };
-            claimed.extend(rows.into_iter().map(|mut a| {
-                a.state = state::LEASED.to_owned();
-                (a.id.clone(), a)
-            }));
+            let rows = lastmile_storage::assignments::claim_leased(conn, agent_id, chunk, now)?;
+            claimed.extend(rows.into_iter().map(|a| (a.assignment_id.clone(), a)));
         }
     }
-    // Their open rows, for all agents at once (per `KEYS_PER_LOOKUP` keys): a group
-    // commit holds many agents' requests, ten in `bench ingest --interleave`.
-    let mut closed: Vec<&str> = claimed.keys().map(String::as_str).collect();
-    closed.sort_unstable();
-    lastmile_storage::assignments::forget_open(conn, &closed)?;
     Ok(claimed)
 }
 
-/// The assignments with these ids, locked until the end of the caller's transaction
-/// on PostgreSQL (in id order, so two requests cannot deadlock; SQLite's single writer
-/// needs no lock).
-fn lock_assignments(conn: &mut DbConn, ids: &[String]) -> Result<HashMap<String, Assignment>> {
-    let mut locked = HashMap::with_capacity(ids.len());
+/// The assignments with these ids as they stand, each read as its open row would be
+/// (one closed by its result in state [`state::DONE`]), locked until the end of the
+/// caller's transaction on PostgreSQL: the `assignments` rows, then their open rows,
+/// each in id order (as a lease and an expiry take them), so that two requests cannot
+/// deadlock and a close or an expiry of the assignment meanwhile is waited for (SQLite's
+/// single writer needs no lock).
+fn lock_assignments(conn: &mut DbConn, ids: &[String]) -> Result<HashMap<String, OpenAssignment>> {
+    let mut rows: Vec<Assignment> = Vec::with_capacity(ids.len());
     // `ids` is sorted: chunk after chunk still locks in id order.
     for chunk in ids.chunks(lastmile_storage::agents::KEYS_PER_LOOKUP) {
         let query = || {
@@ -992,16 +957,30 @@ fn lock_assignments(conn: &mut DbConn, ids: &[String]) -> Result<HashMap<String,
                 .filter(assignments::id.eq_any(chunk))
                 .order(assignments::id)
         };
-        let rows: Vec<Assignment> = match conn {
+        rows.extend(match conn {
             DbConn::Pg(c) => query()
                 .select(Assignment::as_select())
                 .for_update()
                 .load(c)?,
-            DbConn::Sqlite(c) => query().select(Assignment::as_select()).load(c)?,
-        };
-        locked.extend(rows.into_iter().map(|a| (a.id.clone(), a)));
+            DbConn::Sqlite(c) => query()
+                .select(Assignment::as_select())
+                .load::<Assignment>(c)?,
+        });
     }
-    Ok(locked)
+    // A close holds the open row, not the `assignments` row: this waits for it.
+    let open: HashSet<String> = lastmile_storage::assignments::lock_open(conn, ids)?
+        .into_iter()
+        .collect();
+    Ok(rows
+        .into_iter()
+        .map(|a| {
+            let mut row = OpenAssignment::of(&a);
+            if lastmile_storage::assignments::closed_by_result(&a, open.contains(&a.id)) {
+                row.state = state::DONE.to_owned();
+            }
+            (a.id, row)
+        })
+        .collect())
 }
 
 /// Results folded per transaction: large enough that a busy controller folds
@@ -1090,7 +1069,7 @@ pub fn fold_pending(
 
 fn to_stored(
     sub: &ResultSubmission,
-    a: &Assignment,
+    a: &OpenAssignment,
     agent: &Agent,
     now: Micros,
     late: bool,
@@ -1098,7 +1077,7 @@ fn to_stored(
     let m = &sub.measurement;
     let t = m.timings_us;
     StoredResult {
-        assignment_id: a.id.clone(),
+        assignment_id: a.assignment_id.clone(),
         run_id: a.run_id.clone(),
         check_id: a.check_id.clone(),
         agent_id: agent.id.clone(),

@@ -92,18 +92,21 @@ pub fn settle(conn: &mut DbConn, now: Micros) -> Result<u32> {
             return Ok(0);
         }
     }
+    // A run due has no open rows left, so each of its assignments still `leased` in
+    // `assignments` was closed by its result: done (see `lastmile_storage::assignments`).
     let sql = format!(
         "WITH due AS MATERIALIZED ({due} \
            ORDER BY u.deadline_at LIMIT {SETTLE_BATCH}{lock}) \
          UPDATE runs SET settled_at = $1, \
            settled_done = (SELECT COUNT(*) FROM assignments a \
-             WHERE a.run_id = runs.id AND a.state = '{done}'), \
+             WHERE a.run_id = runs.id AND a.state IN ('{done}', '{leased}')), \
            settled_expired = (SELECT COUNT(*) FROM assignments a \
              WHERE a.run_id = runs.id AND a.state = '{expired}'), \
            settled_flagged = (SELECT COUNT(DISTINCT f.assignment_id) FROM result_flags f \
              WHERE f.run_id = runs.id) \
          FROM due WHERE runs.id = due.id",
         done = state::DONE,
+        leased = state::LEASED,
         expired = state::EXPIRED,
     );
     let settled = write_tx(conn, |c| {

@@ -382,12 +382,25 @@ fn run_view(conn: &mut DbConn, run_id: &str) -> Result<RunView> {
             .find(|(name, _)| name == s)
             .map_or(0, |(_, n)| *n as u32)
     };
-    let (pending, leased) = (count(state::PENDING), count(state::LEASED));
+    // Pending and leased are the open rows; an assignment closed by its result keeps
+    // `leased` in `assignments` without one (see `lastmile_storage::assignments`).
+    let open: Vec<(String, i64)> = open_assignments::table
+        .filter(open_assignments::run_id.eq(run_id))
+        .group_by(open_assignments::state)
+        .select((open_assignments::state, diesel::dsl::count_star()))
+        .load(conn)?;
+    let open_count = |s: &str| {
+        open.iter()
+            .find(|(name, _)| name == s)
+            .map_or(0, |(_, n)| *n as u32)
+    };
+    let (pending, leased) = (open_count(state::PENDING), open_count(state::LEASED));
+    let done = count(state::DONE) + count(state::LEASED).saturating_sub(leased);
     // A run is finished once its results are in its report: none still being folded.
     let folding = lastmile_storage::fold_queue::queued_in_run(conn, run_id)?;
     let flagged = crate::verification::flagged_in_run(conn, run_id)?;
     Ok(view(
-        count(state::DONE).into(),
+        done.into(),
         pending,
         leased,
         count(state::EXPIRED).into(),
@@ -728,11 +741,12 @@ pub fn expire_at_most(
     now: Micros,
     max: i64,
 ) -> Result<ExpiryOutcome> {
-    // The overdue leases, by the index of leases by deadline, each locked in
-    // `assignments` (PostgreSQL skips one a late result is closing right now; SQLite has
-    // one writer).
+    // The overdue leases, by the index of leases by deadline, each locked with its open
+    // row, which a result's close deletes (PostgreSQL skips one a result is closing right
+    // now, and a result's close that comes after finds no open row; SQLite has one
+    // writer).
     let lock = match conn {
-        DbConn::Pg(_) => "FOR UPDATE OF a SKIP LOCKED",
+        DbConn::Pg(_) => "FOR UPDATE OF o, a SKIP LOCKED",
         DbConn::Sqlite(_) => "",
     };
     let overdue_sql = format!(
