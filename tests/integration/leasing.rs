@@ -595,12 +595,7 @@ async fn on_postgres_a_result_closes_its_assignment_without_writing_its_row() {
         "the close writes nothing in assignments"
     );
     assert!(assert_open_rows_mirror_open_assignments(&mut conn).is_empty());
-    let run_path = format!(
-        "/api/v1/checks/{check}/runs/{}",
-        task["run_id"].as_str().unwrap()
-    );
-    let (status, run) = app.get(&run_path, &owner).await;
-    assert_eq!(status, 200, "{run}");
+    let run = run_of(&app, &owner, &check, &task).await;
     assert_eq!(
         (run["done"].as_u64(), run["leased"].as_u64()),
         (Some(1), Some(0)),
@@ -663,12 +658,7 @@ async fn on_postgres_an_expiry_pass_skips_a_lease_whose_result_is_closing_it() {
     let after = scheduling::expire_at_most(&mut expiring, &policy, later, 10).unwrap();
     assert_eq!((after.expired_leases, after.reoffered), (0, 0), "{after:?}");
     assert!(assert_open_rows_mirror_open_assignments(&mut expiring).is_empty());
-    let run_path = format!(
-        "/api/v1/checks/{check}/runs/{}",
-        task["run_id"].as_str().unwrap()
-    );
-    let (status, run) = app.get(&run_path, &owner).await;
-    assert_eq!(status, 200, "{run}");
+    let run = run_of(&app, &owner, &check, &task).await;
     assert_eq!(
         (
             run["done"].as_u64(),
@@ -746,6 +736,16 @@ async fn on_postgres_the_lease_and_the_close_stay_prepared() {
     );
     drop(conn);
     app.controller.stop().await.unwrap();
+}
+
+/// The run of a leased task, as its owner reads it.
+async fn run_of(app: &TestApp, owner: &str, check: &str, task: &Value) -> Value {
+    let run_id = task["run_id"].as_str().unwrap();
+    let (status, run) = app
+        .get(&format!("/api/v1/checks/{check}/runs/{run_id}"), owner)
+        .await;
+    assert_eq!(status, 200, "{run}");
+    run
 }
 
 /// A controller with one fibre agent and a check of one slot a run: the app, the

@@ -376,12 +376,6 @@ fn run_view(conn: &mut DbConn, run_id: &str) -> Result<RunView> {
         .group_by(assignments::state)
         .select((assignments::state, diesel::dsl::count_star()))
         .load(conn)?;
-    let count = |s: &str| {
-        states
-            .iter()
-            .find(|(name, _)| name == s)
-            .map_or(0, |(_, n)| *n as u32)
-    };
     // Pending and leased are the open rows; an assignment closed by its result keeps
     // `leased` in `assignments` without one (see `lastmile_storage::assignments`).
     let open: Vec<(String, i64)> = open_assignments::table
@@ -389,12 +383,11 @@ fn run_view(conn: &mut DbConn, run_id: &str) -> Result<RunView> {
         .group_by(open_assignments::state)
         .select((open_assignments::state, diesel::dsl::count_star()))
         .load(conn)?;
-    let open_count = |s: &str| {
-        open.iter()
-            .find(|(name, _)| name == s)
-            .map_or(0, |(_, n)| *n as u32)
-    };
-    let (pending, leased) = (open_count(state::PENDING), open_count(state::LEASED));
+    let count = |s: &str| count_in(&states, s);
+    let (pending, leased) = (
+        count_in(&open, state::PENDING),
+        count_in(&open, state::LEASED),
+    );
     let done = count(state::DONE) + count(state::LEASED).saturating_sub(leased);
     // A run is finished once its results are in its report: none still being folded.
     let folding = lastmile_storage::fold_queue::queued_in_run(conn, run_id)?;
@@ -407,6 +400,14 @@ fn run_view(conn: &mut DbConn, run_id: &str) -> Result<RunView> {
         flagged,
         pending == 0 && leased == 0 && folding == 0,
     ))
+}
+
+/// The count of state `s` among `(state, count)` rows, 0 if it has none.
+fn count_in(states: &[(String, i64)], s: &str) -> u32 {
+    states
+        .iter()
+        .find(|(name, _)| name == s)
+        .map_or(0, |(_, n)| u32::try_from(*n).unwrap_or(u32::MAX))
 }
 
 /// The check's latest run, if it has had one.
