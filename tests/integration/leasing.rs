@@ -609,7 +609,7 @@ async fn on_postgres_a_result_closes_its_assignment_without_writing_its_row() {
 /// writes (nor locks) the assignment's row in `assignments`: an expiry pass that runs
 /// while a timely result is closing the lease, its transaction not yet committed,
 /// skips that lease, and the assignment ends done, not expired and offered again (its
-/// slot measured twice). Locking only the `assignments` row, the pass would expire it
+/// slot measured twice), though the pass runs past the lease's deadline. Locking only the `assignments` row, the pass would expire it
 /// and then wait for the close's open row: here, its lock timeout. PostgreSQL only
 /// (SQLite has one writer).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -627,15 +627,9 @@ async fn on_postgres_an_expiry_pass_skips_a_lease_whose_result_is_closing_it() {
         .unwrap();
     let sub: lastmile_protocol::ResultSubmission =
         serde_json::from_value(submission(&task["assignment_id"], 40_000)).unwrap();
-    let policy = scheduling::SchedulingPolicy {
-        lease_us: 600_000_000,
-        online_window_us: 600_000_000,
-        max_attempts: 3,
-        run_deadline_us: 3_600_000_000,
-        offer_us: 60_000_000,
-    };
-    // An hour on, every lease of the run has run out, and its deadline not passed.
-    let later = now_us() + 1_800_000_000;
+    // The controller's own policy, a second past the lease.
+    let policy = app.controller.state.policy;
+    let later = now_us() + policy.lease_us + 1_000_000;
     let during = closing
         .transaction(|c| {
             let accepted = ingest::accept(c, &stored, &[sub]).unwrap();
