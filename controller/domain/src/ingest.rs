@@ -588,8 +588,7 @@ pub struct Request<'a> {
 /// or a farm sibling in an earlier request of the batch is seen as if it had committed
 /// first. What the requests share is paid once: closing the assignments of timely
 /// results (one delete of their open rows an agent, which also locks them:
-/// [`claim_timely`]) and locking
-/// the others, looking for results stored before, the stored results with the batch's
+/// [`claim_timely`]) and locking the others, looking for results stored before, the stored results with the batch's
 /// numbers and the agents' siblings (`verification::Batch`), writing the results (one
 /// `COPY` on PostgreSQL; earlier only when the same-address rule must read them) and
 /// queueing the fold, one statement each for the whole batch (or per
@@ -633,8 +632,7 @@ pub fn accept_many(
         // The usual submission, a valid result of an assignment leased to its agent and
         // still in time, closes the assignment whatever else is judged of it: closed
         // first, by one delete of its open row that locks it too. The others (late,
-        // repeated, someone
-        // else's) are locked and read as they are.
+        // repeated, someone else's) are locked and read as they are.
         let mut leased = claim_timely(c, requests, &checked, now)?;
         let claimed = leased.len();
         let rest: Vec<String> = ids
