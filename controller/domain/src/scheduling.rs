@@ -377,8 +377,10 @@ fn run_view(conn: &mut DbConn, run_id: &str) -> Result<RunView> {
         .select((assignments::state, diesel::dsl::count_star()))
         .load(conn)?;
     // Pending and leased are the open rows; an assignment closed by its result keeps
-    // `leased` in `assignments` without one (see `lastmile_storage::assignments`).
+    // `leased` in `assignments` without one (see `lastmile_storage::assignments`). By
+    // check and run: the index of open work by check (`open_assignments_check`).
     let open: Vec<(String, i64)> = open_assignments::table
+        .filter(open_assignments::check_id.eq(&run.check_id))
         .filter(open_assignments::run_id.eq(run_id))
         .group_by(open_assignments::state)
         .select((open_assignments::state, diesel::dsl::count_star()))
