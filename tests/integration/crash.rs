@@ -28,8 +28,7 @@ use serde_json::{json, Value};
 
 use crate::agent_lifecycle::spawn_agent;
 use crate::controller_process::{child_config, fixed_port, ControllerProcess};
-use crate::support::DONE;
-use crate::support::{TestDb, PLACES};
+use crate::support::{TestDb, DONE, PLACES};
 
 /// How long an agent holds a lease: short, so that some results come back late.
 const LEASE_S: u64 = 3;
